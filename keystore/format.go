@@ -1,0 +1,178 @@
+package keystore
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+)
+
+// base62 is the key alphabet, in ASCII order so that fixed-width base62
+// strings sort like the numbers they encode.
+const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+const (
+	randomLen   = 43  // 43 base62 characters carry 256 bits (62^43 > 2^256)
+	checksumLen = 6   // CRC-32 fits in 6 base62 digits (62^6 > 2^32)
+	maxKeyLen   = 256 // presented keys longer than this are rejected unread
+	minLegacy   = 16
+)
+
+// Format checks keys against the shape of SPEC §4 without touching a store.
+// Its zero value is not useful: build it with NewFormat.
+type Format struct {
+	prefix string // e.g. "sk"; keys look like sk_<43 random><6 checksum>
+}
+
+// NewFormat returns the format for keys with the given prefix. The prefix is
+// 1–16 characters of [A-Za-z0-9] so that a key stays one token for scanners.
+func NewFormat(prefix string) (Format, error) {
+	if len(prefix) < 1 || len(prefix) > 16 {
+		return Format{}, fmt.Errorf("key prefix %q: want 1 to 16 characters", prefix)
+	}
+	for i := 0; i < len(prefix); i++ {
+		if !isBase62(prefix[i]) {
+			return Format{}, fmt.Errorf("key prefix %q: only letters and digits are allowed", prefix)
+		}
+	}
+	return Format{prefix: prefix}, nil
+}
+
+// Prefix returns the configured key prefix.
+func (f Format) Prefix() string { return f.prefix }
+
+// Regexp is the pattern of this format's keys, for registering with secret scanners.
+func (f Format) Regexp() string {
+	return fmt.Sprintf(`\b%s_[0-9A-Za-z]{%d}\b`, f.prefix, randomLen+checksumLen)
+}
+
+// Generate returns a new key: prefix, underscore, 43 base62 characters from
+// crypto/rand, and the 6-character base62 CRC-32 of everything before it.
+func (f Format) Generate() (string, error) {
+	b := make([]byte, 0, len(f.prefix)+1+randomLen+checksumLen)
+	b = append(b, f.prefix...)
+	b = append(b, '_')
+	var err error
+	if b, err = appendRandomBase62(b, randomLen); err != nil {
+		return "", err
+	}
+	b = appendChecksum(b, crc32.ChecksumIEEE(b))
+	return string(b), nil
+}
+
+// ErrMalformed is what Check returns for a key that cannot be valid; the
+// message never contains the key.
+var ErrMalformed = errors.New("malformed API key")
+
+// Check reports whether key can be a valid key, with no store lookup: keys
+// that start with the configured prefix and an underscore must have the exact
+// shape and a matching checksum; any other (imported or legacy) key must be
+// 16–256 characters of [A-Za-z0-9_.-].
+func (f Format) Check(key string) error {
+	if len(key) > maxKeyLen {
+		return ErrMalformed
+	}
+	p := len(f.prefix)
+	if len(key) > p && key[:p] == f.prefix && key[p] == '_' {
+		if len(key) != p+1+randomLen+checksumLen {
+			return ErrMalformed
+		}
+		for i := p + 1; i < len(key); i++ {
+			if !isBase62(key[i]) {
+				return ErrMalformed
+			}
+		}
+		body := key[:len(key)-checksumLen]
+		var want [checksumLen]byte
+		appendChecksum(want[:0], crc32.ChecksumIEEE([]byte(body)))
+		if string(want[:]) != key[len(body):] {
+			return ErrMalformed
+		}
+		return nil
+	}
+	if len(key) < minLegacy {
+		return ErrMalformed
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if !isBase62(c) && c != '_' && c != '.' && c != '-' {
+			return ErrMalformed
+		}
+	}
+	return nil
+}
+
+func isBase62(c byte) bool {
+	return '0' <= c && c <= '9' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z'
+}
+
+// appendChecksum appends sum in base62, most significant digit first,
+// left-padded with '0' to checksumLen digits.
+func appendChecksum(b []byte, sum uint32) []byte {
+	var d [checksumLen]byte
+	v := uint64(sum)
+	for i := checksumLen - 1; i >= 0; i-- {
+		d[i] = base62[v%62]
+		v /= 62
+	}
+	return append(b, d[:]...)
+}
+
+// appendRandomBase62 appends n uniformly random base62 characters, using
+// rejection sampling so that no character is likelier than another.
+func appendRandomBase62(b []byte, n int) ([]byte, error) {
+	var buf [64]byte
+	for n > 0 {
+		if _, err := rand.Read(buf[:]); err != nil {
+			return nil, fmt.Errorf("read random bytes: %w", err)
+		}
+		for _, r := range buf {
+			if r >= 248 { // 248 = 4*62: keep r%62 uniform
+				continue
+			}
+			b = append(b, base62[r%62])
+			if n--; n == 0 {
+				break
+			}
+		}
+	}
+	return b, nil
+}
+
+// IDPrefix starts every key id, so ids are never mistaken for keys.
+const IDPrefix = "key_"
+
+// NewID returns a public key id: "key_", the creation time in milliseconds
+// as 8 base62 digits, then 12 random base62 digits. Ids therefore sort in
+// creation order, which is what makes cursor pagination stable.
+func NewID(now time.Time) (string, error) {
+	b := make([]byte, 0, len(IDPrefix)+20)
+	b = append(b, IDPrefix...)
+	var d [8]byte
+	ms := uint64(now.UnixMilli())
+	for i := len(d) - 1; i >= 0; i-- {
+		d[i] = base62[ms%62]
+		ms /= 62
+	}
+	b = append(b, d[:]...)
+	b, err := appendRandomBase62(b, 12)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// ValidID reports whether s has the shape of an id from NewID, so that
+// admin paths and CLI arguments can be rejected before any store call.
+func ValidID(s string) bool {
+	if len(s) != len(IDPrefix)+20 || s[:len(IDPrefix)] != IDPrefix {
+		return false
+	}
+	for i := len(IDPrefix); i < len(s); i++ {
+		if !isBase62(s[i]) {
+			return false
+		}
+	}
+	return true
+}

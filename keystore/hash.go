@@ -1,0 +1,61 @@
+package keystore
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
+	"sync"
+)
+
+// Hash is what a store keeps instead of a key: HMAC-SHA256(pepper, key), or
+// SHA-256(key) when no pepper is configured. A fixed-size array so it can be a
+// map key without allocating.
+type Hash [sha256.Size]byte
+
+// IsZero reports whether h is the zero Hash (Store.Watch's "forget everything").
+func (h Hash) IsZero() bool { return h == Hash{} }
+
+// String returns h in lowercase hex, the form backends store.
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+// ParseHash parses the hex form of a Hash.
+func ParseHash(s string) (Hash, error) {
+	var h Hash
+	if hex.DecodedLen(len(s)) != len(h) {
+		return h, hex.ErrLength
+	}
+	_, err := hex.Decode(h[:], []byte(s))
+	return h, err
+}
+
+// Hasher turns keys into Hashes. The zero value hashes with plain SHA-256.
+// Safe for concurrent use.
+type Hasher struct {
+	pool *sync.Pool // of hash.Hash (HMAC with the pepper); nil without one
+}
+
+// NewHasher returns a Hasher that uses HMAC-SHA256 with pepper, or SHA-256
+// when pepper is empty. The pepper makes a stolen database useless for
+// offline guessing of low-entropy imported keys.
+func NewHasher(pepper []byte) *Hasher {
+	if len(pepper) == 0 {
+		return &Hasher{}
+	}
+	p := append([]byte(nil), pepper...)
+	return &Hasher{pool: &sync.Pool{New: func() any { return hmac.New(sha256.New, p) }}}
+}
+
+// Hash returns the hash of key.
+func (hs *Hasher) Hash(key string) Hash {
+	if hs == nil || hs.pool == nil {
+		return sha256.Sum256([]byte(key))
+	}
+	m := hs.pool.Get().(hash.Hash)
+	m.Reset()
+	m.Write([]byte(key))
+	var h Hash
+	m.Sum(h[:0])
+	hs.pool.Put(m)
+	return h
+}

@@ -1,0 +1,161 @@
+// Package keystore is the API-key model of extauthz: the key record, the key
+// format and its checksum, hashing, the Store interface that backends
+// implement, and the in-process cache that sits in front of a Store.
+//
+// It is not a backend: SQLite and Redis live in the subpackages keystore/sqlite
+// and keystore/redis. It never holds a key's plaintext beyond the call that
+// creates or checks it.
+package keystore
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// DefaultOwner is the owner of a key created without one.
+const DefaultOwner = "default"
+
+// Key is the stored record of an API key. It never contains the secret, and
+// its JSON form (the names below, flat) is what every output shows.
+type Key struct {
+	ID          string         `json:"id"`
+	Name        string         `json:"name"`
+	Owner       string         `json:"owner"`
+	Permissions []string       `json:"permissions"`
+	RateLimit   string         `json:"rate_limit,omitempty"` // "" = the configured default; "none"; or "N/unit"
+	IPAllowlist []netip.Prefix `json:"ip_allowlist"`
+	CreatedAt   time.Time      `json:"created_at"`
+	ExpiresAt   *time.Time     `json:"expires_at"`
+	LastUsedAt  *time.Time     `json:"last_used_at"`
+	RevokedAt   *time.Time     `json:"revoked_at"`
+	RotatedFrom string         `json:"rotated_from,omitempty"`
+	RotatedTo   string         `json:"rotated_to,omitempty"`
+}
+
+// Status is where a key stands at one instant.
+type Status int
+
+const (
+	// Live keys authenticate.
+	Live Status = iota
+	// Revoked keys were revoked by an operator.
+	Revoked
+	// Expired keys passed their expires_at (for a rotated key: the end of the grace period).
+	Expired
+)
+
+func (s Status) String() string {
+	switch s {
+	case Revoked:
+		return "revoked"
+	case Expired:
+		return "expired"
+	}
+	return "live"
+}
+
+// StatusAt reports whether k is live, revoked or expired at now. Revocation
+// wins over expiry: a revoked key says so even after it would have expired.
+func (k *Key) StatusAt(now time.Time) Status {
+	if k.RevokedAt != nil {
+		return Revoked
+	}
+	if k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) {
+		return Expired
+	}
+	return Live
+}
+
+// Clone returns a deep copy of k, so that a cached record can be handed out
+// without callers sharing its slices.
+func (k *Key) Clone() *Key {
+	if k == nil {
+		return nil
+	}
+	c := *k
+	c.Permissions = slices.Clone(k.Permissions)
+	c.IPAllowlist = slices.Clone(k.IPAllowlist)
+	c.ExpiresAt = cloneTime(k.ExpiresAt)
+	c.LastUsedAt = cloneTime(k.LastUsedAt)
+	c.RevokedAt = cloneTime(k.RevokedAt)
+	return &c
+}
+
+func cloneTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	return &c
+}
+
+// Errors a Store returns. Callers compare with errors.Is.
+var (
+	// ErrNotFound: no key has that id or hash.
+	ErrNotFound = errors.New("key not found")
+	// ErrKeyLimit: the owner already has the maximum number of live keys.
+	ErrKeyLimit = errors.New("key limit reached for owner")
+	// ErrExists: a key with that id or hash already exists.
+	ErrExists = errors.New("key already exists")
+	// ErrNotLive: the operation needs a live key (rotating a revoked or expired key).
+	ErrNotLive = errors.New("key is revoked or expired")
+	// ErrUnavailable wraps a backend failure (connection refused, timeout):
+	// the store could not answer, which is not the same as "no such key".
+	ErrUnavailable = errors.New("key store unavailable")
+)
+
+// ListOptions selects and pages keys for Store.List.
+type ListOptions struct {
+	Owner          string // "" = every owner
+	IncludeRevoked bool   // also revoked and expired keys (as of Now)
+	Now            time.Time
+	Limit          int    // ≤ 0 means 100
+	After          string // cursor: return ids strictly greater than this one
+}
+
+// Store is where keys live. Implementations store only the hash of a key,
+// never the plaintext, and are safe for concurrent use. Every change (Create,
+// Update, Rotate) must be seen by Watch in every process sharing the store.
+//
+// Ids are ordered by creation (see NewID), so List pages in creation order
+// with the last id of a page as the cursor.
+type Store interface {
+	// Lookup finds the key whose hash is h: ErrNotFound if none; an error
+	// wrapping ErrUnavailable if the backend did not answer.
+	Lookup(ctx context.Context, h Hash) (*Key, error)
+	// Get finds a key by id.
+	Get(ctx context.Context, id string) (*Key, error)
+	// Create stores k under hash h. If maxPerOwner > 0 and k.Owner already has
+	// that many keys live at k.CreatedAt, it stores nothing and returns
+	// ErrKeyLimit. The check and the insert are atomic.
+	Create(ctx context.Context, k *Key, h Hash, maxPerOwner int) error
+	// Update applies fn to the current record of id and stores the result
+	// atomically (fn may be called more than once under contention; it must not
+	// change ID, Owner or CreatedAt). fn returning an error aborts the update.
+	Update(ctx context.Context, id string, fn func(*Key) error) (*Key, error)
+	// Rotate atomically stores next under hash h and updates the old key id:
+	// rotated_to = next.ID, and expires_at = graceEnd unless it already expires
+	// earlier. next.RotatedFrom must be id. The old key must be live at
+	// next.CreatedAt (ErrNotLive otherwise); a rotated key does not count
+	// against maxPerOwner, so rotation never fails with ErrKeyLimit.
+	Rotate(ctx context.Context, id string, next *Key, h Hash, graceEnd time.Time) (old *Key, err error)
+	// List returns keys ordered by id and the cursor of the next page ("" on
+	// the last page).
+	List(ctx context.Context, opts ListOptions) (keys []*Key, next string, err error)
+	// TouchLastUsed records last-use times in bulk (write-behind; ids that no
+	// longer exist are ignored). It is not a change: it does not reach Watch.
+	TouchLastUsed(ctx context.Context, used map[string]time.Time) error
+	// Watch calls onChange with the hash of every key that changes after Watch
+	// is called, in every process sharing the store, until ctx is done. When
+	// it may have missed changes (a gap in the change log, a reconnect) it
+	// calls onChange with the zero Hash, meaning "forget everything". It
+	// returns when ctx is done.
+	Watch(ctx context.Context, onChange func(Hash)) error
+	// Ping reports whether the backend answers.
+	Ping(ctx context.Context) error
+	// Close releases the backend's resources.
+	Close() error
+}

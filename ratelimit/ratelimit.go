@@ -1,0 +1,124 @@
+// Package ratelimit counts requests against limits of the form "N per W":
+// a fresh bucket may burst up to N at once, and no interval of length W holds
+// more than N allowed requests. It has a local (in-process) implementation
+// and a Redis one shared by every replica.
+//
+// It does not know about keys or routes: callers name the buckets.
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Rate is N requests per Window. The zero Rate means "no limit".
+type Rate struct {
+	N      int64
+	Window time.Duration
+}
+
+// IsZero reports whether r is "no limit".
+func (r Rate) IsZero() bool { return r.N == 0 }
+
+// String returns r in the form ParseRate reads: "100/m", "5/10s", or "none".
+func (r Rate) String() string {
+	if r.IsZero() {
+		return "none"
+	}
+	switch r.Window {
+	case time.Second:
+		return fmt.Sprintf("%d/s", r.N)
+	case time.Minute:
+		return fmt.Sprintf("%d/m", r.N)
+	case time.Hour:
+		return fmt.Sprintf("%d/h", r.N)
+	case 24 * time.Hour:
+		return fmt.Sprintf("%d/d", r.N)
+	}
+	return fmt.Sprintf("%d/%s", r.N, r.Window)
+}
+
+// MarshalText and UnmarshalText make Rate a YAML/JSON string.
+func (r Rate) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText parses the text form of a rate.
+func (r *Rate) UnmarshalText(b []byte) error {
+	v, err := ParseRate(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+const maxWindow = 366 * 24 * time.Hour
+
+// ParseRate reads "N/unit" (unit s, m, h, d) or "N/<Go duration>" ("100/10m"),
+// or "none" (the zero Rate). N is 1 to 1e9; the window is 1s to 366 days.
+func ParseRate(s string) (Rate, error) {
+	s = strings.TrimSpace(s)
+	if s == "none" {
+		return Rate{}, nil
+	}
+	n, w, ok := strings.Cut(s, "/")
+	if !ok {
+		return Rate{}, fmt.Errorf("rate %q: want N/unit (10/s, 100/m, 1000/h, 5000/d, 100/10m) or none", s)
+	}
+	count, err := strconv.ParseInt(n, 10, 64)
+	if err != nil || count < 1 || count > 1e9 {
+		return Rate{}, fmt.Errorf("rate %q: count must be a whole number from 1 to 1000000000", s)
+	}
+	var window time.Duration
+	switch w {
+	case "s":
+		window = time.Second
+	case "m":
+		window = time.Minute
+	case "h":
+		window = time.Hour
+	case "d":
+		window = 24 * time.Hour
+	default:
+		if window, err = time.ParseDuration(w); err != nil {
+			return Rate{}, fmt.Errorf("rate %q: window must be s, m, h, d or a duration like 10m", s)
+		}
+	}
+	if window < time.Second || window > maxWindow || window%time.Second != 0 {
+		return Rate{}, fmt.Errorf("rate %q: window must be whole seconds from 1s to 366 days", s)
+	}
+	return Rate{N: count, Window: window}, nil
+}
+
+// Limit is one rate applied to one bucket.
+type Limit struct {
+	// Name is what the rate-limit headers call it: "key", or a route's pattern.
+	Name string
+	// Bucket is who is counted (a key id). All limits of one check share it.
+	Bucket string
+	// Scope separates limits of the same bucket ("" for the key's own limit,
+	// the route pattern for a per-route limit).
+	Scope string
+	Rate  Rate
+}
+
+// Result is the outcome of one check of a set of limits.
+type Result struct {
+	Allowed bool
+	// Limit is the limit the headers describe: when allowed, the one with the
+	// least remaining; when denied, the exhausted one with the longest wait.
+	Limit     Limit
+	Remaining int64         // requests left in Limit's window after this one
+	Reset     time.Duration // until Limit's count is back to N (or frees one, when denied)
+	// RetryAfter is, when denied, how long until this same request would be
+	// allowed (the longest wait among the exhausted limits).
+	RetryAfter time.Duration
+}
+
+// Limiter checks a set of limits together: the request is allowed only if
+// every limit allows it, and a denied request consumes none of them.
+type Limiter interface {
+	Allow(ctx context.Context, limits []Limit) (Result, error)
+}
