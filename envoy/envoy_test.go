@@ -1,0 +1,903 @@
+// Package envoy_test proves the shipped Envoy configurations without an Envoy
+// binary: each file is parsed strictly into Envoy's own protos (the types a real
+// Envoy loads), every message is checked against Envoy's validation rules, the
+// ones packed in Any fields included, and the settings extauthz's security depends
+// on are asserted. A table of broken copies shows each check can fail.
+package envoy_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/known/anypb"
+	"sigs.k8s.io/yaml"
+)
+
+// The typed_config types the files use are registered by the imports above:
+// ext_authz, router, http_connection_manager and upstreams/http. A file naming any
+// other type fails to parse ("unable to resolve"), which is what we want: a new
+// extension should be imported here deliberately, so that it is validated.
+
+// authzMode is how Envoy talks to extauthz.
+type authzMode int
+
+const (
+	grpcMode authzMode = iota // ext_authz grpc_service → extauthz :9001
+	httpMode                  // ext_authz http_service → extauthz :9002 /authz
+)
+
+// shippedConfigs are every Envoy configuration in the repository.
+var shippedConfigs = []struct {
+	path string
+	mode authzMode
+}{
+	{"envoy.yaml", grpcMode},
+	{"envoy-http.yaml", httpMode},
+	{"../k8s/overlays/sidecar/envoy.yaml", grpcMode},
+}
+
+const extAuthzFilterName = "envoy.filters.http.ext_authz"
+
+// identityHeaders are the upstream headers extauthz sets on allow (SPEC §3).
+var identityHeaders = []string{"x-authz-key-id", "x-authz-key-name", "x-authz-owner", "x-authz-permissions"}
+
+// keyHeaders are the request headers a key may arrive in (SPEC §2 sources).
+var keyHeaders = []string{"x-api-key", "authorization", "cookie"}
+
+// denyHeaders are the headers of a denial the client must see (SPEC §3).
+var denyHeaders = []string{
+	"content-type", "www-authenticate", "retry-after", "x-authz-code",
+	"ratelimit", "ratelimit-policy", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+}
+
+// rateLimitHeaders go to the client on allow too.
+var rateLimitHeaders = []string{"ratelimit", "ratelimit-policy", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}
+
+func TestShippedConfigsAreValidAndSecure(t *testing.T) {
+	for _, c := range shippedConfigs {
+		t.Run(filepath.Base(filepath.Dir(c.path))+"/"+filepath.Base(c.path), func(t *testing.T) {
+			data, err := os.ReadFile(c.path)
+			must(t, err)
+			if err := checkConfig(data, c.mode); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestWalkerFindsEveryAny guards the walker itself: the gRPC config packs an HCM in
+// the listener, the ext_authz and router configs in the HCM, a per-route ext_authz
+// config in a route and the HTTP protocol options in a cluster. If the walker
+// missed nested Anys, the per-message validation above would pass vacuously.
+func TestWalkerFindsEveryAny(t *testing.T) {
+	data, err := os.ReadFile("envoy.yaml")
+	must(t, err)
+	b, err := parseBootstrap(data)
+	must(t, err)
+	packed, err := unpackAll(b)
+	must(t, err)
+	var got []string
+	for _, m := range packed {
+		got = append(got, string(m.ProtoReflect().Descriptor().FullName()))
+	}
+	want := []string{
+		"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+		"envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+		"envoy.extensions.filters.http.router.v3.Router",
+		"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("unpacked %v, want %v", got, want)
+	}
+}
+
+// TestBrokenConfigsAreRejected mutates a parsed copy of a shipped file and expects
+// checkConfig to name the problem.
+func TestBrokenConfigsAreRejected(t *testing.T) {
+	tests := []struct {
+		name    string
+		file    string
+		mode    authzMode
+		mutate  func(t *testing.T, doc map[string]any)
+		wantErr string
+	}{
+		{
+			name: "an unknown top-level field is a parse error",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { doc["static_resource"] = map[string]any{} },
+			wantErr: "unknown field",
+		},
+		{
+			name: "a misspelt field inside the connection manager's typed_config is a parse error",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { hcm(t, doc)["use_remote_adress"] = true },
+			wantErr: "unknown field",
+		},
+		{
+			name: "a typed_config of a type nobody registered is a parse error",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				extAuthz(t, doc)["@type"] = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuth"
+			},
+			wantErr: "unable to resolve",
+		},
+		{
+			name: "a validation rule broken outside any Any is caught by the bootstrap's ValidateAll",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { cluster(t, doc, "upstream")["connect_timeout"] = "0s" },
+			wantErr: "ConnectTimeout",
+		},
+		{
+			name: "a validation rule broken inside a per-route Any is caught by walking the Anys",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(healthzPerRoute(t, doc), "disabled") },
+			wantErr: "invalid ExtAuthzPerRoute.Override",
+		},
+		{
+			name: "a validation rule broken inside the ext_authz Any is caught by walking the Anys",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, extAuthz(t, doc), "grpc_service", "envoy_grpc")["cluster_name"] = ""
+			},
+			wantErr: "ClusterName",
+		},
+		{
+			name: "a validation rule broken inside a cluster's protocol options Any is caught by walking the Anys",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				opts := dig(t, cluster(t, doc, "extauthz"), "typed_extension_protocol_options",
+					"envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config")
+				delete(opts, "http2_protocol_options")
+			},
+			wantErr: "invalid HttpProtocolOptions_ExplicitHttpConfig.ProtocolConfig",
+		},
+		{
+			name: "ext_authz pointing at a cluster that does not exist",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, extAuthz(t, doc), "grpc_service", "envoy_grpc")["cluster_name"] = "ext-authz"
+			},
+			wantErr: `cluster "ext-authz" is not defined`,
+		},
+		{
+			name: "a route pointing at a cluster that does not exist",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				routes(t, doc)[1].(map[string]any)["route"].(map[string]any)["cluster"] = "backend"
+			},
+			wantErr: `cluster "backend" is not defined`,
+		},
+		{
+			name: "failing open",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { extAuthz(t, doc)["failure_mode_allow"] = true },
+			wantErr: "failure_mode_allow",
+		},
+		{
+			name: "no status_on_error, so an outage would look like a 403",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(extAuthz(t, doc), "status_on_error") },
+			wantErr: "status_on_error",
+		},
+		{
+			name: "status_on_error 403",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				extAuthz(t, doc)["status_on_error"] = map[string]any{"code": "Forbidden"}
+			},
+			wantErr: "status_on_error",
+		},
+		{
+			name: "buffering the request body for authorization",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				extAuthz(t, doc)["with_request_body"] = map[string]any{"max_request_bytes": 8192}
+			},
+			wantErr: "with_request_body",
+		},
+		{
+			name: "sending the peer certificate",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { extAuthz(t, doc)["include_peer_certificate"] = true },
+			wantErr: "include_peer_certificate",
+		},
+		{
+			name: "a timeout long enough to stall every request",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { dig(t, extAuthz(t, doc), "grpc_service")["timeout"] = "5s" },
+			wantErr: "timeout",
+		},
+		{
+			name: "the gRPC cluster without HTTP/2",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				delete(cluster(t, doc, "extauthz"), "typed_extension_protocol_options")
+			},
+			wantErr: "HTTP/2",
+		},
+		{
+			name: "trusting the client's X-Forwarded-For",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { hcm(t, doc)["use_remote_address"] = false },
+			wantErr: "use_remote_address",
+		},
+		{
+			name: "trusting one X-Forwarded-For hop nobody configured",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { hcm(t, doc)["xff_num_trusted_hops"] = 1 },
+			wantErr: "xff_num_trusted_hops",
+		},
+		{
+			name: "routing on the raw path",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(hcm(t, doc), "normalize_path") },
+			wantErr: "normalize_path",
+		},
+		{
+			name: "passing encoded slashes through",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(hcm(t, doc), "path_with_escaped_slashes_action") },
+			wantErr: "path_with_escaped_slashes_action",
+		},
+		{
+			name: "the admin interface on every address",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, doc, "admin", "address", "socket_address")["address"] = "0.0.0.0"
+			},
+			wantErr: "admin",
+		},
+		{
+			name: "/healthz no longer exempt from ext_authz",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				delete(routes(t, doc)[0].(map[string]any), "typed_per_filter_config")
+			},
+			wantErr: "no route exempts /healthz",
+		},
+		{
+			name: "the exemption made a prefix, which also exempts /healthz/anything",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				routes(t, doc)[0].(map[string]any)["match"] = map[string]any{"prefix": "/healthz"}
+			},
+			wantErr: "exact path",
+		},
+		{
+			name: "an exempt route that lets spoofed identity headers through",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				delete(routes(t, doc)[0].(map[string]any), "request_headers_to_remove")
+			},
+			wantErr: "x-authz-owner",
+		},
+		{
+			name: "the catch-all route exempt from ext_authz",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				r := routes(t, doc)
+				r[1].(map[string]any)["typed_per_filter_config"] = r[0].(map[string]any)["typed_per_filter_config"]
+			},
+			wantErr: "route prefix / skips ext_authz",
+		},
+		{
+			name: "the exemption filed under another filter's name, which Envoy would not apply",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				r := routes(t, doc)[0].(map[string]any)
+				tpfc := r["typed_per_filter_config"].(map[string]any)
+				tpfc["ext_authz"] = tpfc[extAuthzFilterName]
+				delete(tpfc, extAuthzFilterName)
+			},
+			wantErr: "no route exempts /healthz",
+		},
+		{
+			name: "the router before ext_authz, so authorization never runs",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				f := hcm(t, doc)["http_filters"].([]any)
+				f[0], f[1] = f[1], f[0]
+			},
+			wantErr: "router",
+		},
+		{
+			name: "HTTP mode sending to a cluster that does not exist",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, extAuthz(t, doc), "http_service", "server_uri")["cluster"] = "extauthz"
+			},
+			wantErr: `cluster "extauthz" is not defined`,
+		},
+		{
+			name: "HTTP mode without the /authz prefix",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, extAuthz(t, doc), "http_service")["path_prefix"] = "/auth"
+			},
+			wantErr: "path_prefix",
+		},
+		{
+			name: "HTTP mode not passing x-api-key to extauthz",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				p := dig(t, extAuthz(t, doc), "allowed_headers")
+				p["patterns"] = p["patterns"].([]any)[1:]
+			},
+			wantErr: "x-api-key",
+		},
+		{
+			name: "HTTP mode not copying an identity header upstream",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				p := dig(t, extAuthz(t, doc), "http_service", "authorization_response", "allowed_upstream_headers")
+				p["patterns"] = p["patterns"].([]any)[:3]
+			},
+			wantErr: "x-authz-permissions",
+		},
+		{
+			name: "HTTP mode hiding Retry-After from a rate-limited client",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				p := dig(t, extAuthz(t, doc), "http_service", "authorization_response", "allowed_client_headers")
+				var kept []any
+				for _, m := range p["patterns"].([]any) {
+					if m.(map[string]any)["exact"] != "retry-after" {
+						kept = append(kept, m)
+					}
+				}
+				p["patterns"] = kept
+			},
+			wantErr: "retry-after",
+		},
+		{
+			name: "a deprecated field, which Envoy warns about and will remove",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, extAuthz(t, doc), "http_service")["authorization_request"] = map[string]any{
+					"allowed_headers": map[string]any{"patterns": []any{map[string]any{"exact": "x-api-key"}}},
+				}
+			},
+			wantErr: "deprecated",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data, err := os.ReadFile(tt.file)
+			must(t, err)
+			// The unmutated file passes, so the failure below is the mutation's.
+			if err := checkConfig(data, tt.mode); err != nil {
+				t.Fatalf("the unmutated %s fails: %v", tt.file, err)
+			}
+
+			var doc map[string]any
+			must(t, yaml.Unmarshal(data, &doc))
+			tt.mutate(t, doc)
+			mutated, err := yaml.Marshal(doc)
+			must(t, err)
+
+			err = checkConfig(mutated, tt.mode)
+			if err == nil {
+				t.Fatalf("the broken config passed; want an error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error does not mention %q:\n%v", tt.wantErr, err)
+			}
+		})
+	}
+}
+
+// TestModeMismatchIsRejected: the HTTP-mode file is not a gRPC-mode config, and
+// the other way round; each mode's checks really look at their own service.
+func TestModeMismatchIsRejected(t *testing.T) {
+	for file, mode := range map[string]authzMode{"envoy-http.yaml": grpcMode, "envoy.yaml": httpMode} {
+		data, err := os.ReadFile(file)
+		must(t, err)
+		err = checkConfig(data, mode)
+		if err == nil || !strings.Contains(err.Error(), "ext_authz has no") {
+			t.Errorf("%s checked in the wrong mode: got %v, want a missing-service error", file, err)
+		}
+	}
+}
+
+// checkConfig parses an Envoy bootstrap strictly, validates every message in it
+// (those packed in Anys too) and checks the settings extauthz relies on.
+func checkConfig(data []byte, mode authzMode) error {
+	b, err := parseBootstrap(data)
+	if err != nil {
+		return err
+	}
+	if err := b.ValidateAll(); err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	packed, err := unpackAll(b)
+	if err != nil {
+		return err
+	}
+	for _, m := range packed {
+		v, ok := m.(interface{ ValidateAll() error })
+		if !ok {
+			return fmt.Errorf("%s has no validation rules compiled in", m.ProtoReflect().Descriptor().FullName())
+		}
+		if err := v.ValidateAll(); err != nil {
+			return fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+		}
+	}
+	for _, m := range append([]proto.Message{b}, packed...) {
+		if err := noDeprecated(m.ProtoReflect(), string(m.ProtoReflect().Descriptor().Name())); err != nil {
+			return err
+		}
+	}
+	return checkPolicy(b, mode)
+}
+
+// parseBootstrap turns YAML into a Bootstrap, rejecting unknown fields and Any
+// types that are not registered.
+func parseBootstrap(data []byte) (*bootstrapv3.Bootstrap, error) {
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("yaml: %w", err)
+	}
+	b := &bootstrapv3.Bootstrap{}
+	// protojson rejects unknown fields unless told otherwise, in Anys as well.
+	if err := protojson.Unmarshal(j, b); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	return b, nil
+}
+
+// unpackAll returns the message inside every Any in m's tree, depth first, Anys
+// nested in unpacked messages included. The generated ValidateAll stops at an Any
+// (it can't know the type), so these have to be validated one by one.
+func unpackAll(m proto.Message) ([]proto.Message, error) {
+	var out []proto.Message
+	var walk func(protoreflect.Message) error
+	walk = func(msg protoreflect.Message) error {
+		if a, ok := msg.Interface().(*anypb.Any); ok {
+			inner, err := a.UnmarshalNew()
+			if err != nil {
+				return fmt.Errorf("unpack %s: %w", a.GetTypeUrl(), err)
+			}
+			out = append(out, inner)
+			return walk(inner.ProtoReflect())
+		}
+		var err error
+		msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsList() && fd.Message() != nil:
+				for i := 0; i < v.List().Len() && err == nil; i++ {
+					err = walk(v.List().Get(i).Message())
+				}
+			case fd.IsMap() && fd.MapValue().Message() != nil:
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					err = walk(mv.Message())
+					return err == nil
+				})
+			case !fd.IsList() && !fd.IsMap() && fd.Message() != nil:
+				err = walk(v.Message())
+			}
+			return err == nil
+		})
+		return err
+	}
+	if err := walk(m.ProtoReflect()); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// noDeprecated fails on any set field or enum value marked deprecated: Envoy logs
+// a warning for each, and removes them a few releases later. Anys are not entered
+// here; the caller checks each unpacked message itself.
+func noDeprecated(msg protoreflect.Message, path string) error {
+	var err error
+	msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		p := path + "." + string(fd.Name())
+		if opts, ok := fd.Options().(*descriptorpb.FieldOptions); ok && opts.GetDeprecated() {
+			err = fmt.Errorf("%s is deprecated", p)
+			return false
+		}
+		if fd.Kind() == protoreflect.EnumKind && !fd.IsList() && !fd.IsMap() {
+			ev := fd.Enum().Values().ByNumber(v.Enum())
+			if ev != nil {
+				if opts, ok := ev.Options().(*descriptorpb.EnumValueOptions); ok && opts.GetDeprecated() {
+					err = fmt.Errorf("%s: value %s is deprecated", p, ev.Name())
+					return false
+				}
+			}
+		}
+		if fd.Message() == nil || fd.Message().FullName() == "google.protobuf.Any" {
+			return true
+		}
+		switch {
+		case fd.IsList():
+			for i := 0; i < v.List().Len() && err == nil; i++ {
+				err = noDeprecated(v.List().Get(i).Message(), fmt.Sprintf("%s[%d]", p, i))
+			}
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+					err = noDeprecated(mv.Message(), fmt.Sprintf("%s[%v]", p, k))
+					return err == nil
+				})
+			}
+		default:
+			err = noDeprecated(v.Message(), p)
+		}
+		return err == nil
+	})
+	return err
+}
+
+// maxAuthzTimeout bounds how long one request may wait for a decision.
+const maxAuthzTimeout = time.Second
+
+// problems collects everything wrong with a config, so one run names them all.
+type problems struct{ errs []error }
+
+func (p *problems) add(format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf(format, args...))
+}
+
+// checkPolicy asserts the settings that make Envoy a correct front for extauthz.
+func checkPolicy(b *bootstrapv3.Bootstrap, mode authzMode) error {
+	p := &problems{}
+	if addr := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); addr != "127.0.0.1" && addr != "::1" {
+		p.add("admin listens on %q: it must stay on loopback", addr)
+	}
+
+	clusters := map[string]*clusterv3.Cluster{}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		clusters[c.GetName()] = c
+	}
+
+	var hcms int
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				var h hcmv3.HttpConnectionManager
+				if !f.GetTypedConfig().MessageIs(&h) {
+					continue
+				}
+				if err := f.GetTypedConfig().UnmarshalTo(&h); err != nil {
+					p.add("listener %s: %v", l.GetName(), err)
+					continue
+				}
+				hcms++
+				checkHCM(p, "listener "+l.GetName(), &h, mode, clusters)
+			}
+		}
+	}
+	if hcms == 0 {
+		p.add("no listener has an http_connection_manager")
+	}
+	return errors.Join(p.errs...)
+}
+
+func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode authzMode, clusters map[string]*clusterv3.Cluster) {
+	fail := func(format string, args ...any) { p.add(where+": "+format, args...) }
+	needCluster := func(name, what string) *clusterv3.Cluster {
+		c, ok := clusters[name]
+		if !ok {
+			fail("%s: cluster %q is not defined", what, name)
+		}
+		return c
+	}
+
+	if !h.GetUseRemoteAddress().GetValue() {
+		fail("use_remote_address must be true: Envoy is the edge, the TCP peer is the client")
+	}
+	if n := h.GetXffNumTrustedHops(); n != 0 {
+		fail("xff_num_trusted_hops is %d: trust no client-sent X-Forwarded-For", n)
+	}
+	if !h.GetNormalizePath().GetValue() {
+		fail("normalize_path must be true so routes match the path extauthz authorizes")
+	}
+	if !h.GetMergeSlashes() {
+		fail("merge_slashes must be true so routes match the path extauthz authorizes")
+	}
+	if h.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_REJECT_REQUEST {
+		fail("path_with_escaped_slashes_action must be REJECT_REQUEST (extauthz rejects %%2F too)")
+	}
+	if h.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_REJECT_REQUEST {
+		fail("headers_with_underscores_action must be REJECT_REQUEST")
+	}
+
+	// Filter order: ext_authz before the router, the router last.
+	filters := h.GetHttpFilters()
+	authzAt, routerAt := -1, -1
+	var authz extauthzv3.ExtAuthz
+	for i, f := range filters {
+		switch {
+		case f.GetTypedConfig().MessageIs(&authz):
+			if authzAt >= 0 {
+				fail("more than one ext_authz filter")
+			}
+			authzAt = i
+			if f.GetName() != extAuthzFilterName {
+				fail("the ext_authz filter is named %q; per-route configs use %q", f.GetName(), extAuthzFilterName)
+			}
+			if f.GetDisabled() {
+				fail("the ext_authz filter is disabled")
+			}
+			if err := f.GetTypedConfig().UnmarshalTo(&authz); err != nil {
+				fail("ext_authz: %v", err)
+			}
+		case f.GetTypedConfig().MessageIs(&routerv3.Router{}):
+			routerAt = i
+		}
+	}
+	switch {
+	case authzAt < 0:
+		fail("no ext_authz filter")
+		return
+	case routerAt != len(filters)-1:
+		fail("the router must be the last http filter")
+	case authzAt > routerAt:
+		fail("ext_authz comes after the router and never runs")
+	}
+
+	if authz.GetTransportApiVersion() != corev3.ApiVersion_V3 {
+		fail("ext_authz transport_api_version must be V3")
+	}
+	if authz.GetFailureModeAllow() {
+		fail("ext_authz failure_mode_allow must be false: fail closed")
+	}
+	if got := authz.GetStatusOnError().GetCode(); got != typev3.StatusCode_ServiceUnavailable {
+		fail("ext_authz status_on_error is %v, want ServiceUnavailable (503)", got)
+	}
+	if authz.GetIncludePeerCertificate() {
+		fail("ext_authz include_peer_certificate must be false")
+	}
+	if authz.GetWithRequestBody() != nil {
+		fail("ext_authz with_request_body must be absent: keys never travel in the body")
+	}
+
+	switch mode {
+	case grpcMode:
+		g := authz.GetGrpcService()
+		if g == nil {
+			fail("ext_authz has no grpc_service (gRPC mode)")
+			break
+		}
+		checkTimeout(fail, g.GetTimeout() != nil, g.GetTimeout().AsDuration())
+		name := g.GetEnvoyGrpc().GetClusterName()
+		if c := needCluster(name, "ext_authz grpc_service"); c != nil && !speaksHTTP2(c) {
+			fail("cluster %q carries gRPC but is not configured for HTTP/2", name)
+		}
+	case httpMode:
+		s := authz.GetHttpService()
+		if s == nil {
+			fail("ext_authz has no http_service (HTTP mode)")
+			break
+		}
+		checkTimeout(fail, s.GetServerUri().GetTimeout() != nil, s.GetServerUri().GetTimeout().AsDuration())
+		needCluster(s.GetServerUri().GetCluster(), "ext_authz http_service server_uri")
+		if s.GetPathPrefix() != "/authz" {
+			fail("ext_authz http_service path_prefix is %q, want /authz (http_mode.prefix)", s.GetPathPrefix())
+		}
+		for _, hdr := range append(slices.Clone(keyHeaders), "x-request-id", "user-agent", "x-forwarded-for") {
+			if !matchesAny(authz.GetAllowedHeaders(), hdr) {
+				fail("ext_authz allowed_headers does not pass %s to extauthz", hdr)
+			}
+		}
+		resp := s.GetAuthorizationResponse()
+		for _, hdr := range identityHeaders {
+			if !matchesAny(resp.GetAllowedUpstreamHeaders(), hdr) {
+				fail("allowed_upstream_headers does not copy %s to the upstream", hdr)
+			}
+		}
+		for _, hdr := range denyHeaders {
+			if !matchesAny(resp.GetAllowedClientHeaders(), hdr) {
+				fail("allowed_client_headers does not pass %s to a denied client", hdr)
+			}
+		}
+		for _, hdr := range rateLimitHeaders {
+			if !matchesAny(resp.GetAllowedClientHeadersOnSuccess(), hdr) {
+				fail("allowed_client_headers_on_success does not pass %s to an allowed client", hdr)
+			}
+		}
+		// Identity headers must replace what the client sent, never sit beside it.
+		if resp.GetAllowedUpstreamHeadersToAppend() != nil {
+			fail("allowed_upstream_headers_to_append would append to client-sent headers; use allowed_upstream_headers")
+		}
+	}
+
+	checkRoutes(h.GetRouteConfig(), needCluster, fail)
+}
+
+func checkTimeout(fail func(string, ...any), set bool, d time.Duration) {
+	if !set || d <= 0 || d > maxAuthzTimeout {
+		fail("ext_authz timeout is %v (set: %v); want set and at most %v", d, set, maxAuthzTimeout)
+	}
+}
+
+func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what string) *clusterv3.Cluster, fail func(string, ...any)) {
+	if rc == nil {
+		fail("route_config must be inline (no RDS) so these checks see it")
+		return
+	}
+	exemptHealthz := false
+	for _, vh := range rc.GetVirtualHosts() {
+		if disablesExtAuthz(vh.GetTypedPerFilterConfig()) {
+			fail("virtual host %s disables ext_authz for every route", vh.GetName())
+		}
+		for _, r := range vh.GetRoutes() {
+			what := describeRoute(r)
+			if a := r.GetRoute(); a != nil {
+				if c := a.GetCluster(); c != "" {
+					needCluster(c, what)
+				}
+				for _, wc := range a.GetWeightedClusters().GetClusters() {
+					needCluster(wc.GetName(), what)
+				}
+			}
+			if !disablesExtAuthz(r.GetTypedPerFilterConfig()) {
+				continue
+			}
+			path := r.GetMatch().GetPath()
+			if path == "" {
+				fail("%s skips ext_authz; only exact path matches may (a prefix exempts everything below it)", what)
+				continue
+			}
+			for _, hdr := range append(slices.Clone(identityHeaders), keyHeaders...) {
+				if !slices.Contains(r.GetRequestHeadersToRemove(), hdr) {
+					fail("%s skips ext_authz but does not remove the client's %s", what, hdr)
+				}
+			}
+			if path == "/healthz" {
+				exemptHealthz = true
+			}
+		}
+	}
+	if !exemptHealthz {
+		fail("no route exempts /healthz from ext_authz")
+	}
+}
+
+// describeRoute names a route by its match, for messages.
+func describeRoute(r *routev3.Route) string {
+	m := r.GetMatch()
+	switch {
+	case m.GetPath() != "":
+		return "route path " + m.GetPath()
+	case m.GetPrefix() != "":
+		return "route prefix " + m.GetPrefix()
+	case m.GetPathSeparatedPrefix() != "":
+		return "route path_separated_prefix " + m.GetPathSeparatedPrefix()
+	default:
+		return fmt.Sprintf("route %v", m)
+	}
+}
+
+// disablesExtAuthz reports whether a typed_per_filter_config turns ext_authz off.
+// The key must be the filter's name: Envoy looks the config up by it.
+func disablesExtAuthz(tpfc map[string]*anypb.Any) bool {
+	a, ok := tpfc[extAuthzFilterName]
+	if !ok {
+		return false
+	}
+	var per extauthzv3.ExtAuthzPerRoute
+	if err := a.UnmarshalTo(&per); err != nil {
+		return false
+	}
+	return per.GetDisabled()
+}
+
+// speaksHTTP2 reports whether Envoy uses HTTP/2 to the cluster's endpoints.
+func speaksHTTP2(c *clusterv3.Cluster) bool {
+	a, ok := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+	if !ok {
+		return false
+	}
+	var opts upstreamhttpv3.HttpProtocolOptions
+	if err := a.UnmarshalTo(&opts); err != nil {
+		return false
+	}
+	return opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+}
+
+// matchesAny reports whether a ListStringMatcher lets the header name through.
+// Only the matcher kinds these files use are understood; any other fails closed.
+func matchesAny(l *matcherv3.ListStringMatcher, name string) bool {
+	for _, p := range l.GetPatterns() {
+		v := name
+		if p.GetIgnoreCase() {
+			v = strings.ToLower(v)
+		}
+		switch m := p.GetMatchPattern().(type) {
+		case *matcherv3.StringMatcher_Exact:
+			if want := m.Exact; v == want || (p.GetIgnoreCase() && strings.EqualFold(v, want)) {
+				return true
+			}
+		case *matcherv3.StringMatcher_Prefix:
+			if strings.HasPrefix(v, m.Prefix) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The helpers below find the pieces of a parsed file that the broken-config table
+// changes. They fail the test, rather than return nil, when the shape moved.
+
+func dig(t *testing.T, m map[string]any, keys ...string) map[string]any {
+	t.Helper()
+	for _, k := range keys {
+		next, ok := m[k].(map[string]any)
+		if !ok {
+			t.Fatalf("no object at %q in %v", k, keys)
+		}
+		m = next
+	}
+	return m
+}
+
+func hcm(t *testing.T, doc map[string]any) map[string]any {
+	t.Helper()
+	l := dig(t, doc, "static_resources")["listeners"].([]any)[0].(map[string]any)
+	fc := l["filter_chains"].([]any)[0].(map[string]any)
+	return fc["filters"].([]any)[0].(map[string]any)["typed_config"].(map[string]any)
+}
+
+func extAuthz(t *testing.T, doc map[string]any) map[string]any {
+	t.Helper()
+	for _, f := range hcm(t, doc)["http_filters"].([]any) {
+		if f := f.(map[string]any); f["name"] == extAuthzFilterName {
+			return f["typed_config"].(map[string]any)
+		}
+	}
+	t.Fatal("no ext_authz filter")
+	return nil
+}
+
+func routes(t *testing.T, doc map[string]any) []any {
+	t.Helper()
+	vh := dig(t, hcm(t, doc), "route_config")["virtual_hosts"].([]any)[0].(map[string]any)
+	return vh["routes"].([]any)
+}
+
+func healthzPerRoute(t *testing.T, doc map[string]any) map[string]any {
+	t.Helper()
+	return dig(t, routes(t, doc)[0].(map[string]any), "typed_per_filter_config", extAuthzFilterName)
+}
+
+func cluster(t *testing.T, doc map[string]any, name string) map[string]any {
+	t.Helper()
+	for _, c := range dig(t, doc, "static_resources")["clusters"].([]any) {
+		if c := c.(map[string]any); c["name"] == name {
+			return c
+		}
+	}
+	t.Fatalf("no cluster %q", name)
+	return nil
+}
