@@ -1,0 +1,507 @@
+// Package config is extauthz's one configuration loader: the YAML file of
+// SPEC §2, strict (an unknown field is an error naming its path), with a
+// default for every field so that an empty file works. Secrets are never in
+// the file: it names the environment variables that hold them.
+//
+// It only reads and checks; compiling routes into a matcher is authz's job.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// Config is the whole file.
+type Config struct {
+	Listen    Listen    `json:"listen"`
+	Store     Store     `json:"store"`
+	Hashing   Hashing   `json:"hashing"`
+	Cache     Cache     `json:"cache"`
+	Keys      Keys      `json:"keys"`
+	Sources   []Source  `json:"sources"`
+	ClientIP  ClientIP  `json:"client_ip"`
+	RateLimit RateLimit `json:"rate_limit"`
+	Routes    []Route   `json:"routes"`
+	Unmatched string    `json:"unmatched"` // deny | authenticate
+	HTTPMode  HTTPMode  `json:"http_mode"`
+	Audit     Audit     `json:"audit"`
+	Log       Log       `json:"log"`
+}
+
+// Listen holds the listener addresses; "" or "off" disables one.
+type Listen struct {
+	GRPC  string `json:"grpc"`
+	HTTP  string `json:"http"`
+	Admin string `json:"admin"`
+}
+
+// Store selects and configures the key store.
+type Store struct {
+	Backend string `json:"backend"` // embedded | redis
+	Path    string `json:"path"`
+	Redis   Redis  `json:"redis"`
+}
+
+// Redis configures the Redis backend (standalone by URL, Cluster by addrs,
+// Sentinel by master_name + addrs).
+type Redis struct {
+	URL         string   `json:"url"`
+	Addrs       []string `json:"addrs"`
+	MasterName  string   `json:"master_name"`
+	PasswordEnv string   `json:"password_env"`
+	Prefix      string   `json:"prefix"`
+	Timeout     Duration `json:"timeout"` // per Redis call on the request path
+
+	// Password is read from the environment variable PasswordEnv by Load.
+	Password string `json:"-"`
+}
+
+// Hashing names the environment variable holding the HMAC pepper.
+type Hashing struct {
+	PepperEnv string `json:"pepper_env"`
+
+	// Pepper is read from PepperEnv by Load; empty means plain SHA-256.
+	Pepper []byte `json:"-"`
+}
+
+// Cache sizes the in-process key cache.
+type Cache struct {
+	Size        int      `json:"size"`
+	TTL         Duration `json:"ttl"`
+	NegativeTTL Duration `json:"negative_ttl"`
+}
+
+// Keys sets the format of new keys and the per-owner limit.
+type Keys struct {
+	Prefix      string `json:"prefix"`
+	MaxPerOwner int    `json:"max_per_owner"`
+}
+
+// Source is one place a key may come from: exactly one of Header, Query,
+// Cookie; Scheme only with Header (e.g. "Bearer" for Authorization).
+type Source struct {
+	Header string `json:"header,omitempty"`
+	Scheme string `json:"scheme,omitempty"`
+	Query  string `json:"query,omitempty"`
+	Cookie string `json:"cookie,omitempty"`
+}
+
+// ClientIP says how to find the client's address (SPEC §2 "Client IP").
+type ClientIP struct {
+	XFFTrustedHops int `json:"xff_trusted_hops"`
+}
+
+// RateLimit holds the default per-key limit and the store-failure policy.
+type RateLimit struct {
+	Default      *ratelimit.Rate `json:"default"`        // nil = 1000/h; "none" = no limit
+	OnStoreError string          `json:"on_store_error"` // local | allow | deny
+}
+
+// Route is one entry of the route table; the first match wins.
+type Route struct {
+	Path        string          `json:"path"`
+	Methods     []string        `json:"methods,omitempty"`
+	Permissions []string        `json:"permissions,omitempty"`
+	Public      bool            `json:"public,omitempty"`
+	RateLimit   *ratelimit.Rate `json:"rate_limit,omitempty"`
+}
+
+// HTTPMode configures the HTTP (forward-auth) listener (SPEC §6).
+type HTTPMode struct {
+	Prefix         string `json:"prefix"`
+	Original       string `json:"original"` // path | x-original | x-forwarded
+	XFFTrustedHops *int   `json:"xff_trusted_hops"`
+}
+
+// Audit selects where audit events go.
+type Audit struct {
+	Sink      string `json:"sink"` // stdout | redis | none
+	StreamCap int64  `json:"stream_cap"`
+	QueueSize int    `json:"queue_size"`
+}
+
+// Log configures the service's own logs (not the audit events).
+type Log struct {
+	Level  string `json:"level"`  // debug | info | warn | error
+	Format string `json:"format"` // json | text
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string like \"30s\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("bad duration %q (want e.g. 30s, 5m, 24h)", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Default returns the configuration an empty file gives.
+func Default() Config {
+	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
+	one := 1
+	return Config{
+		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
+		Store: Store{Backend: "embedded", Path: "./data/extauthz.db", Redis: Redis{
+			URL: "redis://127.0.0.1:6379/0", PasswordEnv: "REDIS_PASSWORD", Prefix: "extauthz:",
+			Timeout: Duration(250 * time.Millisecond),
+		}},
+		Hashing: Hashing{PepperEnv: "EXTAUTHZ_PEPPER"},
+		Cache:   Cache{Size: 100000, TTL: Duration(30 * time.Second), NegativeTTL: Duration(5 * time.Second)},
+		Keys:    Keys{Prefix: "sk", MaxPerOwner: 100},
+		Sources: []Source{
+			{Header: "x-api-key"},
+			{Header: "authorization", Scheme: "Bearer"},
+			{Query: "api_key"},
+			{Cookie: "api_key"},
+		},
+		RateLimit: RateLimit{Default: &hour, OnStoreError: "local"},
+		Unmatched: "deny",
+		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
+		Audit:     Audit{Sink: "stdout", StreamCap: 1000000, QueueSize: 8192},
+		Log:       Log{Level: "info", Format: "json"},
+	}
+}
+
+// Load reads, decodes and validates the file at path ("" = defaults only),
+// then reads the secrets from the environment variables it names. Errors
+// name the file and the field.
+func Load(path string) (*Config, error) {
+	var data []byte
+	if path != "" {
+		var err error
+		if data, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		if path == "" {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes and validates YAML config text (empty text = defaults) and
+// resolves secrets from the environment.
+func Parse(data []byte) (*Config, error) {
+	cfg := Default()
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse yaml: %w", err)
+	}
+	if s := strings.TrimSpace(string(js)); s != "null" && s != "" {
+		var tree any
+		if err := json.Unmarshal(js, &tree); err != nil {
+			return nil, fmt.Errorf("parse yaml: %w", err)
+		}
+		if _, ok := tree.(map[string]any); !ok {
+			return nil, errors.New("config must be a mapping of fields (listen, store, routes, ...)")
+		}
+		if err := checkFields("", tree, reflect.TypeFor[Config]()); err != nil {
+			return nil, err
+		}
+		// Lists replace the defaults rather than merge into them.
+		if m := tree.(map[string]any); m["sources"] != nil {
+			cfg.Sources = nil
+		}
+		if err := json.Unmarshal(js, &cfg); err != nil {
+			return nil, describeJSONError(err)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.Store.Redis.Password = os.Getenv(cfg.Store.Redis.PasswordEnv)
+	if cfg.Hashing.PepperEnv != "" {
+		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
+	}
+	return &cfg, nil
+}
+
+// checkFields walks the decoded YAML tree against the Go type and reports
+// the first field the type does not have, with its full path, so that a typo
+// like "permision" is an error rather than a silently ignored setting.
+func checkFields(path string, v any, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch val := v.(type) {
+	case map[string]any:
+		if t.Kind() != reflect.Struct {
+			return nil // type errors are reported by the decoder
+		}
+		fields := map[string]reflect.Type{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name != "" && name != "-" {
+				fields[name] = f.Type
+			}
+		}
+		keys := make([]string, 0, len(val))
+		for k := range val {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				return fmt.Errorf("%s: unknown field%s", join(path, k), suggest(k, fields))
+			}
+			if err := checkFields(join(path, k), val[k], ft); err != nil {
+				return err
+			}
+		}
+	case []any:
+		if t.Kind() != reflect.Slice {
+			return nil
+		}
+		for i, e := range val {
+			if err := checkFields(fmt.Sprintf("%s[%d]", path, i), e, t.Elem()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func join(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+// suggest names the known field closest to a misspelt one.
+func suggest(k string, fields map[string]reflect.Type) string {
+	best, bestD := "", 3
+	for name := range fields {
+		if d := editDistance(k, name); d < bestD || d == bestD && name < best {
+			best, bestD = name, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func describeJSONError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("%s: want %s, got %s", te.Field, te.Type, te.Value)
+	}
+	// Errors from our own UnmarshalJSON/UnmarshalText methods carry no path in
+	// encoding/json; they do say what was wrong and with which value.
+	return fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "json: "))
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	for name, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
+		if addr == "" || addr == "off" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(name, "%q is not host:port (e.g. \":9001\" or \"127.0.0.1:9003\")", addr)
+		}
+	}
+	switch c.Store.Backend {
+	case "embedded":
+		if c.Store.Path == "" {
+			bad("store.path", "required with the embedded backend")
+		}
+	case "redis":
+		r := c.Store.Redis
+		if len(r.Addrs) > 0 && r.URL != "" && r.URL != Default().Store.Redis.URL {
+			bad("store.redis", "set url or addrs, not both")
+		}
+		if r.MasterName != "" && len(r.Addrs) == 0 {
+			bad("store.redis.addrs", "required with master_name (the Sentinel addresses)")
+		}
+		if u, err := url.Parse(r.URL); r.URL != "" && (err != nil || u.Scheme != "redis" && u.Scheme != "rediss") {
+			bad("store.redis.url", "want redis://host:port/db or rediss://...")
+		} else if _, ok := u.User.Password(); ok && err == nil {
+			bad("store.redis.url", "must not contain a password; name its environment variable in password_env")
+		}
+		if r.Prefix == "" {
+			bad("store.redis.prefix", "must not be empty")
+		}
+		if r.Timeout <= 0 {
+			bad("store.redis.timeout", "must be positive")
+		}
+	default:
+		bad("store.backend", "%q: want embedded or redis", c.Store.Backend)
+	}
+	if c.Cache.Size < 1 {
+		bad("cache.size", "must be at least 1")
+	}
+	if c.Cache.TTL <= 0 || c.Cache.NegativeTTL < 0 {
+		bad("cache.ttl", "ttl must be positive and negative_ttl not negative")
+	}
+	if c.Keys.MaxPerOwner < 0 {
+		bad("keys.max_per_owner", "must not be negative (0 = no limit)")
+	}
+	if len(c.Keys.Prefix) < 1 || len(c.Keys.Prefix) > 16 || strings.Trim(c.Keys.Prefix, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") != "" {
+		bad("keys.prefix", "%q: want 1 to 16 letters or digits", c.Keys.Prefix)
+	}
+	if len(c.Sources) == 0 {
+		bad("sources", "at least one key source is required")
+	}
+	for i, s := range c.Sources {
+		field := fmt.Sprintf("sources[%d]", i)
+		n := 0
+		for _, v := range []string{s.Header, s.Query, s.Cookie} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			bad(field, "set exactly one of header, query, cookie")
+		}
+		if s.Scheme != "" && s.Header == "" {
+			bad(field, "scheme goes with header")
+		}
+		if s.Header != "" && (strings.ToLower(s.Header) != s.Header || strings.ContainsAny(s.Header, " :\t")) {
+			bad(field+".header", "%q: header names must be lower-case tokens", s.Header)
+		}
+	}
+	if c.ClientIP.XFFTrustedHops < 0 || c.ClientIP.XFFTrustedHops > 16 {
+		bad("client_ip.xff_trusted_hops", "must be 0 to 16")
+	}
+	switch c.RateLimit.OnStoreError {
+	case "local", "allow", "deny":
+	default:
+		bad("rate_limit.on_store_error", "%q: want local, allow or deny", c.RateLimit.OnStoreError)
+	}
+	if c.RateLimit.Default == nil {
+		bad("rate_limit.default", "must be a rate like 1000/h, or none")
+	}
+	for i, r := range c.Routes {
+		field := fmt.Sprintf("routes[%d]", i)
+		if r.Public && (len(r.Permissions) > 0 || r.RateLimit != nil) {
+			bad(field, "a public route takes no permissions or rate_limit (no key is looked up)")
+		}
+		for _, m := range r.Methods {
+			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " /") {
+				bad(field+".methods", "%q: want upper-case method names like GET", m)
+			}
+		}
+		for _, p := range r.Permissions {
+			if p == "" || strings.ContainsAny(p, ", \t") {
+				bad(field+".permissions", "%q: permissions are non-empty and contain no comma or space", p)
+			}
+		}
+	}
+	switch c.Unmatched {
+	case "deny", "authenticate":
+	default:
+		bad("unmatched", "%q: want deny or authenticate", c.Unmatched)
+	}
+	hm := c.HTTPMode
+	if !strings.HasPrefix(hm.Prefix, "/") || strings.HasSuffix(hm.Prefix, "/") || slices.Contains([]string{"/healthz", "/readyz", "/metrics"}, hm.Prefix) {
+		bad("http_mode.prefix", "%q: want a path like /authz (leading slash, no trailing slash, not /healthz, /readyz or /metrics)", hm.Prefix)
+	}
+	switch hm.Original {
+	case "path", "x-original", "x-forwarded":
+	default:
+		bad("http_mode.original", "%q: want path, x-original or x-forwarded", hm.Original)
+	}
+	if hm.XFFTrustedHops == nil || *hm.XFFTrustedHops < 0 || *hm.XFFTrustedHops > 16 {
+		bad("http_mode.xff_trusted_hops", "must be 0 to 16")
+	}
+	switch c.Audit.Sink {
+	case "stdout", "none":
+	case "redis":
+		if c.Store.Backend != "redis" {
+			bad("audit.sink", "redis needs store.backend: redis")
+		}
+	default:
+		bad("audit.sink", "%q: want stdout, redis or none", c.Audit.Sink)
+	}
+	if c.Audit.StreamCap < 1 || c.Audit.QueueSize < 1 {
+		bad("audit", "stream_cap and queue_size must be positive")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format", "%q: want json or text", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// ParseCIDRs reads an IP allowlist: CIDRs or bare addresses (a bare address
+// is its own /32 or /128). Used by the CLI and the admin API alike.
+func ParseCIDRs(list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			if p != p.Masked() {
+				return nil, fmt.Errorf("ip %q: host bits set (did you mean %s?)", s, p.Masked())
+			}
+			out = append(out, p)
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("ip %q: want a CIDR like 10.0.0.0/8 or 2001:db8::/32, or an address", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
