@@ -1,0 +1,293 @@
+// Package authz is the decision of extauthz: given one HTTP request's
+// attributes, find and check its API key and answer allow or deny (SPEC §3).
+// The decision is pure logic over small interfaces (a key lookup, a rate
+// limiter, a clock); the gRPC (Envoy ext_authz) and HTTP (forward auth)
+// adapters in this package turn requests into Requests and Decisions into
+// responses. It knows nothing of Redis or SQLite.
+package authz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// KeyLookup finds a key record by hash: keystore.Cache in production.
+type KeyLookup interface {
+	Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error)
+}
+
+// Decision is the outcome of one check.
+type Decision struct {
+	Code    Code   // "" = allow
+	Message string // human message for a denial; never contains a key
+	Method  string // normalised method ("" when step 1 failed)
+	Path    string // normalised path, without query
+	Route   *Route // nil when none matched
+	Key     *keystore.Key
+	// Present has bit i set when key source i carried a value, whether or
+	// not it was the one used: every present credential is removed before the
+	// request goes upstream.
+	Present  uint64
+	ClientIP netip.Addr
+	// RateLimit is set when a limit applied (allowed or not).
+	RateLimit    ratelimit.Result
+	HasRateLimit bool
+}
+
+// Allowed reports whether the request may proceed.
+func (d Decision) Allowed() bool { return d.Code == "" }
+
+// Policy is the part of the configuration the decision reads; it is swapped
+// whole on reload.
+type Policy struct {
+	Routes       *Routes
+	Authenticate bool // unmatched routes need only a valid key
+	Sources      []Source
+	Format       keystore.Format
+	XFFHops      int
+	DefaultRate  ratelimit.Rate
+}
+
+// NewPolicy compiles the decision's part of cfg.
+func NewPolicy(cfg *config.Config) (*Policy, error) {
+	routes, err := CompileRoutes(cfg.Routes)
+	if err != nil {
+		return nil, err
+	}
+	format, err := keystore.NewFormat(cfg.Keys.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("keys.prefix: %w", err)
+	}
+	if len(cfg.Sources) > 64 {
+		return nil, fmt.Errorf("sources: at most 64")
+	}
+	p := &Policy{
+		Routes:       routes,
+		Authenticate: cfg.Unmatched == "authenticate",
+		Sources:      compileSources(cfg.Sources),
+		Format:       format,
+		XFFHops:      cfg.ClientIP.XFFTrustedHops,
+	}
+	if cfg.RateLimit.Default != nil {
+		p.DefaultRate = *cfg.RateLimit.Default
+	}
+	return p, nil
+}
+
+// Authorizer makes decisions. Its fields are set once; the Policy can be
+// swapped at any time with SetPolicy.
+type Authorizer struct {
+	keys    KeyLookup
+	hasher  *keystore.Hasher
+	limiter ratelimit.Limiter // nil = no rate limiting
+	now     func() time.Time
+	policy  atomic.Pointer[Policy]
+}
+
+// NewAuthorizer returns an Authorizer. limiter may be nil; now nil means time.Now.
+func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter ratelimit.Limiter, now func() time.Time) *Authorizer {
+	if now == nil {
+		now = time.Now
+	}
+	a := &Authorizer{keys: keys, hasher: hasher, limiter: limiter, now: now}
+	a.policy.Store(p)
+	return a
+}
+
+// SetPolicy swaps the policy (hot reload); checks in flight finish on the old one.
+func (a *Authorizer) SetPolicy(p *Policy) { a.policy.Store(p) }
+
+// Policy returns the policy in force.
+func (a *Authorizer) Policy() *Policy { return a.policy.Load() }
+
+// Decide runs the steps of SPEC §3 in order and returns at the first
+// failure. d must be zeroed by the caller (it is passed in so that adapters
+// can keep it on the stack).
+func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
+	p := a.policy.Load()
+	now := a.now()
+
+	// 1. Normalise method, path and client IP.
+	if !a.normalize(p, req, d) {
+		return
+	}
+	// 2. Route.
+	if d.Route = p.Routes.Match(d.Method, d.Path); d.Route == nil && !p.Authenticate {
+		d.deny(CodeNoRoute, "")
+		return
+	}
+	// 3. Find the key (every present source is noted, so all are stripped).
+	key, found := findKey(p, req, d)
+	if d.Route != nil && d.Route.Public {
+		return
+	}
+	if !found {
+		d.deny(CodeMissingKey, "")
+		return
+	}
+	// 4. Format, without the store.
+	if p.Format.Check(key) != nil {
+		d.deny(CodeInvalidKey, "")
+		return
+	}
+	// 5. Hash and look up (cache, then store); 10. store unreachable.
+	if !a.lookup(ctx, key, d) {
+		return
+	}
+	// 6. Revoked or expired.
+	switch d.Key.StatusAt(now) {
+	case keystore.Revoked:
+		d.deny(CodeRevokedKey, "")
+		return
+	case keystore.Expired:
+		d.deny(CodeExpiredKey, "")
+		return
+	}
+	// 7. The key's IP allowlist.
+	if !ipAllowed(d.Key.IPAllowlist, d.ClientIP) {
+		d.deny(CodeIPNotAllowed, "")
+		return
+	}
+	// 8. Permissions.
+	if missing, ok := missingPermission(d.Key.Permissions, d.Route); !ok {
+		d.deny(CodePermissionDenied, "missing permission \""+missing+"\"")
+		return
+	}
+	// 9. Rate limits.
+	a.rateLimit(ctx, p, d)
+}
+
+func (d *Decision) deny(c Code, msg string) {
+	d.Code = c
+	if msg == "" {
+		msg = c.defaultMessage()
+	}
+	d.Message = msg
+}
+
+func (a *Authorizer) normalize(p *Policy, req *Request, d *Decision) bool {
+	method, ok := normalizeMethod(req.Method)
+	if !ok {
+		d.deny(CodeBadRequest, "malformed request: bad method")
+		return false
+	}
+	path, err := NormalizePath(req.Path)
+	if err != nil {
+		d.deny(CodeBadRequest, "malformed request: "+err.Error())
+		return false
+	}
+	d.Method, d.Path = method, path
+	hops := p.XFFHops
+	if req.XFFTrustedHops >= 0 {
+		hops = req.XFFTrustedHops
+	}
+	d.ClientIP = clientIP(req, hops)
+	return true
+}
+
+// findKey returns the value of the first present source and marks every
+// present source in d.Present.
+func findKey(p *Policy, req *Request, d *Decision) (string, bool) {
+	var key string
+	found := false
+	for i, s := range p.Sources {
+		v, ok := s.lookup(req)
+		if !ok {
+			continue
+		}
+		d.Present |= 1 << i
+		if !found {
+			key, found = v, true
+		}
+	}
+	return key, found
+}
+
+func (a *Authorizer) lookup(ctx context.Context, key string, d *Decision) bool {
+	k, err := a.keys.Lookup(ctx, a.hasher.Hash(key))
+	switch {
+	case err == nil:
+		d.Key = k
+		return true
+	case errors.Is(err, keystore.ErrNotFound):
+		d.deny(CodeInvalidKey, "")
+	default:
+		d.deny(CodeUnavailable, "")
+	}
+	return false
+}
+
+func ipAllowed(allow []netip.Prefix, ip netip.Addr) bool {
+	if len(allow) == 0 {
+		return true
+	}
+	if !ip.IsValid() {
+		return false
+	}
+	for _, p := range allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// missingPermission returns the first permission the route needs that the
+// key lacks. "admin" grants every permission.
+func missingPermission(have []string, r *Route) (string, bool) {
+	if r == nil || len(r.Permissions) == 0 || slices.Contains(have, "admin") {
+		return "", true
+	}
+	for _, need := range r.Permissions {
+		if !slices.Contains(have, need) {
+			return need, false
+		}
+	}
+	return "", true
+}
+
+// rateLimit applies the key's limit and the route's per-key limit together.
+func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
+	if a.limiter == nil {
+		return
+	}
+	var limits [2]ratelimit.Limit
+	n := 0
+	keyRate := p.DefaultRate
+	if d.Key.RateLimit != "" {
+		if r, err := ratelimit.ParseRate(d.Key.RateLimit); err == nil {
+			keyRate = r
+		}
+		// A stored rate that no longer parses keeps the default: failing closed
+		// here would lock a key out over a record it cannot fix.
+	}
+	if !keyRate.IsZero() {
+		limits[n] = ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate}
+		n++
+	}
+	if d.Route != nil && !d.Route.RateLimit.IsZero() {
+		limits[n] = ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.ID, Scope: d.Route.Pattern, Rate: d.Route.RateLimit}
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	res, err := a.limiter.Allow(ctx, limits[:n])
+	if err != nil {
+		d.deny(CodeUnavailable, "")
+		return
+	}
+	d.RateLimit, d.HasRateLimit = res, true
+	if !res.Allowed {
+		d.deny(CodeRateLimited, "")
+	}
+}

@@ -1,0 +1,99 @@
+package authz
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// Header is one response or upstream header.
+type Header = ratelimit.Header
+
+// Identity header names set on allowed requests for the upstream.
+const (
+	HeaderKeyID       = "x-authz-key-id"
+	HeaderKeyName     = "x-authz-key-name"
+	HeaderOwner       = "x-authz-owner"
+	HeaderPermissions = "x-authz-permissions"
+	HeaderCode        = "x-authz-code"
+	// IdentityPrefix starts every header extauthz sets upstream; any header
+	// with it that a client sent is removed so identity cannot be spoofed.
+	IdentityPrefix = "x-authz-"
+)
+
+// IdentityHeaders appends the upstream identity headers of an allowed,
+// authenticated request (none for a public route).
+func (d *Decision) IdentityHeaders(dst []Header) []Header {
+	k := d.Key
+	if k == nil {
+		return dst
+	}
+	owner := k.Owner
+	if owner == "" {
+		owner = keystore.DefaultOwner
+	}
+	return append(dst,
+		Header{Key: HeaderKeyID, Value: k.ID},
+		Header{Key: HeaderKeyName, Value: sanitizeHeaderValue(k.Name)},
+		Header{Key: HeaderOwner, Value: sanitizeHeaderValue(owner)},
+		Header{Key: HeaderPermissions, Value: strings.Join(k.Permissions, ",")},
+	)
+}
+
+// sanitizeHeaderValue drops bytes that cannot appear in a header value, so
+// an operator-chosen key name can never split or break the upstream request.
+func sanitizeHeaderValue(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 && c != '\t' || c == 0x7f {
+			return strings.Map(func(r rune) rune {
+				if r < 0x20 && r != '\t' || r == 0x7f {
+					return -1
+				}
+				return r
+			}, s)
+		}
+	}
+	return s
+}
+
+// ResponseHeaders appends the headers for the client: for a denial the JSON
+// content type, x-authz-code, WWW-Authenticate (401), Retry-After (429, 503)
+// and the rate-limit headers; for an allow, the rate-limit headers.
+func (d *Decision) ResponseHeaders(dst []Header) []Header {
+	if d.Code != "" {
+		dst = append(dst,
+			Header{Key: "content-type", Value: "application/json"},
+			Header{Key: HeaderCode, Value: string(d.Code)},
+		)
+		switch d.Code.HTTPStatus() {
+		case 401:
+			dst = append(dst, Header{Key: "www-authenticate", Value: wwwAuthenticate(d.Code)})
+		case 503:
+			dst = append(dst, Header{Key: "retry-after", Value: "1"})
+		}
+	}
+	if d.HasRateLimit {
+		dst = ratelimit.AppendHeaders(dst, d.RateLimit)
+	}
+	return dst
+}
+
+// wwwAuthenticate follows RFC 6750 §3: no error attribute when no
+// credential was sent, invalid_token otherwise.
+func wwwAuthenticate(c Code) string {
+	if c == CodeMissingKey {
+		return `Bearer realm="extauthz"`
+	}
+	return `Bearer realm="extauthz", error="invalid_token", error_description="` + string(c) + `"`
+}
+
+// Body is the JSON body of a denial: {"error": "<message>", "code": "<code>"}.
+func (d *Decision) Body() string {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+		Code  Code   `json:"code"`
+	}{d.Message, d.Code}) // cannot fail: two strings
+	return string(b)
+}

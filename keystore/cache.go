@@ -1,0 +1,258 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// CacheOptions sizes a Cache. Zero fields take the defaults of SPEC §2.
+type CacheOptions struct {
+	Size        int           // positive entries; default 100000
+	TTL         time.Duration // how long a found key is trusted; default 30s
+	NegativeTTL time.Duration // how long "no such key" is trusted; default 5s; <0 disables
+	Now         func() time.Time
+	// FetchTimeout bounds one store lookup on a miss; default 2s.
+	FetchTimeout time.Duration
+	// TouchEvery is the least time between two last_used_at writes for one
+	// key from this process; default 1 minute.
+	TouchEvery time.Duration
+	Logger     *slog.Logger
+}
+
+// Cache is the in-process LRU in front of a Store: the only thing on the
+// request path that touches the store. It caches found keys for TTL and
+// unknown hashes for NegativeTTL (in a separate, smaller LRU, so a flood of
+// random keys cannot evict the real ones), collapses concurrent misses on one
+// hash into one store call, serves an expired entry when the store is
+// unreachable, and records last-use times to be written behind.
+type Cache struct {
+	store    Store
+	pos      *lru.Cache[Hash, *entry]
+	neg      *lru.Cache[Hash, time.Time] // hash → when the store said "not found"
+	opts     CacheOptions
+	group    singleflight.Group
+	epoch    atomic.Uint64 // bumped by every invalidation; a fill that saw it change is not cached
+	used     chan usage
+	hits     atomic.Uint64
+	misses   atomic.Uint64
+	stale    atomic.Uint64
+	failures atomic.Uint64
+}
+
+type entry struct {
+	key     *Key
+	fetched time.Time
+	touched atomic.Int64 // unix nanos of the last usage report for this key
+}
+
+type usage struct {
+	id string
+	at time.Time
+}
+
+// NewCache returns a Cache in front of store.
+func NewCache(store Store, opts CacheOptions) *Cache {
+	if opts.Size <= 0 {
+		opts.Size = 100000
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = 30 * time.Second
+	}
+	if opts.NegativeTTL == 0 {
+		opts.NegativeTTL = 5 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.FetchTimeout <= 0 {
+		opts.FetchTimeout = 2 * time.Second
+	}
+	if opts.TouchEvery <= 0 {
+		opts.TouchEvery = time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	pos, _ := lru.New[Hash, *entry](opts.Size)               // error only for size ≤ 0
+	neg, _ := lru.New[Hash, time.Time](max(opts.Size/4, 16)) // unknown hashes get a quarter
+	return &Cache{store: store, pos: pos, neg: neg, opts: opts, used: make(chan usage, 4096)}
+}
+
+// Lookup returns the key whose hash is h, from the cache when fresh, else
+// from the store. The returned Key is shared: callers must not modify it.
+// Errors: ErrNotFound, or one wrapping ErrUnavailable when the store did not
+// answer and nothing (not even an expired entry) is cached.
+func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
+	now := c.opts.Now()
+	e, ok := c.pos.Get(h)
+	if ok && now.Sub(e.fetched) < c.opts.TTL {
+		c.hits.Add(1)
+		c.noteUse(e, now)
+		return e.key, nil
+	}
+	if at, ok := c.neg.Get(h); ok && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
+		c.hits.Add(1)
+		return nil, ErrNotFound
+	}
+	c.misses.Add(1)
+	k, err := c.fetch(ctx, h)
+	switch {
+	case err == nil:
+		if fresh, ok := c.pos.Peek(h); ok {
+			c.noteUse(fresh, now)
+		}
+		return k, nil
+	case errors.Is(err, ErrNotFound):
+		return nil, err
+	}
+	c.failures.Add(1)
+	if e != nil { // expired, but the best we know while the store is down
+		c.stale.Add(1)
+		c.noteUse(e, now)
+		return e.key, nil
+	}
+	return nil, err
+}
+
+// fetch loads h from the store once for all concurrent callers and caches
+// the answer unless an invalidation raced with it.
+func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
+	v, err, _ := c.group.Do(string(h[:]), func() (any, error) {
+		epoch := c.epoch.Load()
+		// Detached from the first caller's cancellation: its result is shared.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
+		defer cancel()
+		k, err := c.store.Lookup(fctx, h)
+		now := c.opts.Now()
+		cacheable := c.epoch.Load() == epoch
+		switch {
+		case err == nil:
+			if cacheable {
+				c.neg.Remove(h)
+				c.pos.Add(h, &entry{key: k, fetched: now})
+			}
+			return k, nil
+		case errors.Is(err, ErrNotFound):
+			if cacheable && c.opts.NegativeTTL > 0 {
+				c.pos.Remove(h)
+				c.neg.Add(h, now)
+			}
+		}
+		return nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Key), nil
+}
+
+// Invalidate forgets h, or everything when h is the zero Hash. It is the
+// callback for Store.Watch.
+func (c *Cache) Invalidate(h Hash) {
+	c.epoch.Add(1)
+	if h.IsZero() {
+		c.pos.Purge()
+		c.neg.Purge()
+		return
+	}
+	c.pos.Remove(h)
+	c.neg.Remove(h)
+}
+
+// noteUse queues a last-use report at most once per TouchEvery per key,
+// without blocking: when the queue is full the report waits for the next use.
+func (c *Cache) noteUse(e *entry, now time.Time) {
+	last := e.touched.Load()
+	if now.UnixNano()-last < int64(c.opts.TouchEvery) || !e.touched.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	select {
+	case c.used <- usage{e.key.ID, now}:
+	default:
+		e.touched.Store(last)
+	}
+}
+
+// RunTouches writes queued last-use reports to the store every interval
+// (coalesced per key) until ctx is done, then writes what is left. Run it in
+// its own goroutine; it is never on the request path.
+func (c *Cache) RunTouches(ctx context.Context, interval time.Duration) {
+	pending := map[string]time.Time{}
+	add := func(u usage) {
+		if u.at.After(pending[u.id]) {
+			pending[u.id] = u.at
+		}
+	}
+	flush := func(ctx context.Context) {
+		if len(pending) == 0 {
+			return
+		}
+		if err := c.store.TouchLastUsed(ctx, pending); err != nil {
+			c.opts.Logger.Warn("write last_used_at", "keys", len(pending), "err", err)
+			return // keep them for the next round
+		}
+		pending = map[string]time.Time{}
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case u := <-c.used:
+			add(u)
+		case <-t.C:
+			flush(ctx)
+		case <-ctx.Done():
+			for drained := false; !drained; {
+				select {
+				case u := <-c.used:
+					add(u)
+				default:
+					drained = true
+				}
+			}
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			flush(fctx)
+			cancel()
+			return
+		}
+	}
+}
+
+// CacheStats are counters since the cache was made.
+type CacheStats struct {
+	Hits, Misses, Stale, StoreFailures uint64
+	Entries, NegativeEntries           int
+}
+
+// Stats returns the cache's counters.
+func (c *Cache) Stats() CacheStats {
+	return CacheStats{
+		Hits: c.hits.Load(), Misses: c.misses.Load(), Stale: c.stale.Load(), StoreFailures: c.failures.Load(),
+		Entries: c.pos.Len(), NegativeEntries: c.neg.Len(),
+	}
+}
+
+// Watch keeps the cache in step with the store's changes until ctx is done,
+// restarting the store's Watch (after forgetting everything) if it fails.
+func (c *Cache) Watch(ctx context.Context) {
+	var once sync.Once
+	for ctx.Err() == nil {
+		err := c.store.Watch(ctx, c.Invalidate)
+		if ctx.Err() != nil {
+			return
+		}
+		once.Do(func() { c.opts.Logger.Warn("watch key changes", "err", err) })
+		c.Invalidate(Hash{})
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package keystore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// countingStore is an in-memory Store for the cache's own tests: it counts
+// lookups, can be made to fail, and can hold a lookup until released. The
+// real backends are tested by keystore/storetest.
+type countingStore struct {
+	Store   // unused methods panic: the cache must not call them
+	mu      sync.Mutex
+	keys    map[Hash]*Key
+	lookups atomic.Int64
+	down    atomic.Bool
+	gate    chan struct{} // when non-nil, Lookup waits on it
+	touched map[string]time.Time
+}
+
+func newCountingStore() *countingStore {
+	return &countingStore{keys: map[Hash]*Key{}, touched: map[string]time.Time{}}
+}
+
+func (s *countingStore) Lookup(ctx context.Context, h Hash) (*Key, error) {
+	s.lookups.Add(1)
+	if s.gate != nil {
+		<-s.gate
+	}
+	if s.down.Load() {
+		return nil, fmt.Errorf("lookup: %w: connection refused", ErrUnavailable)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k, ok := s.keys[h]; ok {
+		return k.Clone(), nil
+	}
+	return nil, ErrNotFound
+}
+
+func (s *countingStore) TouchLastUsed(_ context.Context, used map[string]time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, at := range used {
+		s.touched[id] = at
+	}
+	return nil
+}
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func setup(t *testing.T) (*Cache, *countingStore, *fakeClock, Hash) {
+	t.Helper()
+	st := newCountingStore()
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	h := NewHasher(nil).Hash("sk_known")
+	st.keys[h] = &Key{ID: "key_known", Name: "known"}
+	c := NewCache(st, CacheOptions{Size: 100, TTL: 30 * time.Second, NegativeTTL: 5 * time.Second, Now: clock.Now})
+	return c, st, clock, h
+}
+
+func TestAHitCostsNoStoreCall(t *testing.T) {
+	c, st, _, h := setup(t)
+	for range 10 {
+		k, err := c.Lookup(context.Background(), h)
+		require.NoError(t, err)
+		assert.Equal(t, "key_known", k.ID)
+	}
+	assert.EqualValues(t, 1, st.lookups.Load(), "one miss, then hits")
+	assert.EqualValues(t, 9, c.Stats().Hits)
+}
+
+func TestAnEntryIsRefetchedAfterItsTTL(t *testing.T) {
+	c, st, clock, h := setup(t)
+	_, _ = c.Lookup(context.Background(), h)
+	clock.Add(29 * time.Second)
+	_, _ = c.Lookup(context.Background(), h)
+	assert.EqualValues(t, 1, st.lookups.Load())
+	clock.Add(2 * time.Second)
+	_, _ = c.Lookup(context.Background(), h)
+	assert.EqualValues(t, 2, st.lookups.Load())
+}
+
+func TestUnknownHashesAreCachedForTheNegativeTTL(t *testing.T) {
+	c, st, clock, _ := setup(t)
+	unknown := NewHasher(nil).Hash("sk_unknown")
+	for range 5 {
+		_, err := c.Lookup(context.Background(), unknown)
+		assert.ErrorIs(t, err, ErrNotFound)
+	}
+	assert.EqualValues(t, 1, st.lookups.Load())
+	clock.Add(6 * time.Second)
+	_, _ = c.Lookup(context.Background(), unknown)
+	assert.EqualValues(t, 2, st.lookups.Load())
+}
+
+func TestAFloodOfUnknownKeysCannotEvictKnownOnes(t *testing.T) {
+	c, st, _, h := setup(t)
+	_, _ = c.Lookup(context.Background(), h)
+	for i := range 1000 {
+		_, _ = c.Lookup(context.Background(), NewHasher(nil).Hash(fmt.Sprint("sk_random", i)))
+	}
+	before := st.lookups.Load()
+	_, err := c.Lookup(context.Background(), h)
+	require.NoError(t, err)
+	assert.Equal(t, before, st.lookups.Load(), "the known key is still cached")
+	assert.LessOrEqual(t, c.Stats().NegativeEntries, 25, "negatives live in their own, smaller LRU")
+}
+
+func TestConcurrentMissesOnOneKeyCostOneStoreCall(t *testing.T) {
+	c, st, _, h := setup(t)
+	st.gate = make(chan struct{})
+	var wg sync.WaitGroup
+	var started sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		started.Add(1)
+		go func() {
+			defer wg.Done()
+			started.Done()
+			k, err := c.Lookup(context.Background(), h)
+			assert.NoError(t, err)
+			assert.Equal(t, "key_known", k.ID)
+		}()
+	}
+	started.Wait()
+	// Let every goroutine reach singleflight before the one store call returns.
+	require.Eventually(t, func() bool { return st.lookups.Load() >= 1 }, time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	close(st.gate)
+	wg.Wait()
+	assert.EqualValues(t, 1, st.lookups.Load())
+}
+
+func TestAnExpiredEntryIsServedWhileTheStoreIsDown(t *testing.T) {
+	c, st, clock, h := setup(t)
+	_, _ = c.Lookup(context.Background(), h)
+	clock.Add(time.Hour)
+	st.down.Store(true)
+	k, err := c.Lookup(context.Background(), h)
+	require.NoError(t, err)
+	assert.Equal(t, "key_known", k.ID)
+	assert.EqualValues(t, 1, c.Stats().Stale)
+
+	_, err = c.Lookup(context.Background(), NewHasher(nil).Hash("sk_never_seen"))
+	assert.ErrorIs(t, err, ErrUnavailable, "nothing cached: the caller answers 503")
+}
+
+func TestInvalidateForgetsOneOrAll(t *testing.T) {
+	c, st, _, h := setup(t)
+	_, _ = c.Lookup(context.Background(), h)
+	c.Invalidate(h)
+	_, _ = c.Lookup(context.Background(), h)
+	assert.EqualValues(t, 2, st.lookups.Load())
+	c.Invalidate(Hash{})
+	_, _ = c.Lookup(context.Background(), h)
+	assert.EqualValues(t, 3, st.lookups.Load())
+}
+
+func TestAFillThatRacedAnInvalidationIsNotCached(t *testing.T) {
+	c, st, _, h := setup(t)
+	st.gate = make(chan struct{})
+	done := make(chan struct{})
+	go func() { _, _ = c.Lookup(context.Background(), h); close(done) }()
+	require.Eventually(t, func() bool { return st.lookups.Load() == 1 }, time.Second, time.Millisecond)
+	c.Invalidate(h) // the key changed while the old record was in flight
+	close(st.gate)
+	<-done
+	st.gate = nil
+	_, _ = c.Lookup(context.Background(), h)
+	assert.EqualValues(t, 2, st.lookups.Load(), "the raced result was not cached")
+}
+
+func TestLastUseIsWrittenBehindAtMostOncePerInterval(t *testing.T) {
+	c, st, clock, h := setup(t)
+	for range 100 {
+		_, _ = c.Lookup(context.Background(), h)
+	}
+	first := clock.Now()
+	assert.Len(t, c.used, 1, "one report for 100 uses")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.RunTouches(ctx, time.Hour); close(done) }()
+	clock.Add(2 * time.Minute)
+	_, _ = c.Lookup(context.Background(), h) // refetch (TTL) + a second report
+	cancel()
+	<-done // shutdown flushes what is queued
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	assert.True(t, st.touched["key_known"].After(first), "the later use wins")
+}
+
+func BenchmarkCacheHit(b *testing.B) {
+	st := newCountingStore()
+	h := NewHasher(nil).Hash("sk_known")
+	st.keys[h] = &Key{ID: "key_known"}
+	c := NewCache(st, CacheOptions{})
+	_, _ = c.Lookup(context.Background(), h)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Lookup(context.Background(), h); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

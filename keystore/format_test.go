@@ -1,0 +1,177 @@
+package keystore
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"hash/crc32"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func mustFormat(t testing.TB, prefix string) Format {
+	t.Helper()
+	f, err := NewFormat(prefix)
+	require.NoError(t, err)
+	return f
+}
+
+func TestGeneratedKeysMatchTheSpecFormat(t *testing.T) {
+	f := mustFormat(t, "sk")
+	re := regexp.MustCompile(`^sk_[0-9A-Za-z]{49}$`)
+	seen := map[string]bool{}
+	for range 1000 {
+		k, err := f.Generate()
+		require.NoError(t, err)
+		require.Regexp(t, re, k)
+		require.NoError(t, f.Check(k))
+		require.False(t, seen[k], "duplicate key")
+		seen[k] = true
+		// The checksum is the base62 CRC-32 of "<prefix>_<random>", MSD first, 0-padded to 6.
+		body := k[:len(k)-6]
+		assert.Equal(t, base62Pad(uint64(crc32.ChecksumIEEE([]byte(body))), 6), k[len(k)-6:])
+	}
+	assert.Regexp(t, f.Regexp(), "token sk_"+strings.Repeat("a", 49)+" in a file")
+}
+
+// base62Pad is an independent encoder to check appendChecksum against.
+func base62Pad(v uint64, width int) string {
+	s := ""
+	for v > 0 {
+		s = string(base62[v%62]) + s
+		v /= 62
+	}
+	return strings.Repeat("0", width-len(s)) + s
+}
+
+func TestRandomPartIsUniform(t *testing.T) {
+	// 2000 keys × 43 characters: every base62 character appears, and none
+	// far more than its share (a modulo bias would show up here).
+	f := mustFormat(t, "sk")
+	counts := map[byte]int{}
+	for range 2000 {
+		k, _ := f.Generate()
+		for i := 3; i < 3+43; i++ {
+			counts[k[i]]++
+		}
+	}
+	require.Len(t, counts, 62)
+	expect := 2000 * 43 / 62
+	for c, n := range counts {
+		assert.InDelta(t, expect, n, float64(expect)*0.2, "character %q", c)
+	}
+}
+
+func TestCheckRejectsWithoutAStore(t *testing.T) {
+	f := mustFormat(t, "sk")
+	good, _ := f.Generate()
+	flip := func(s string, i int) string {
+		b := []byte(s)
+		if b[i] == 'a' {
+			b[i] = 'b'
+		} else {
+			b[i] = 'a'
+		}
+		return string(b)
+	}
+	tests := []struct {
+		name string
+		key  string
+		ok   bool
+	}{
+		{"a generated key passes", good, true},
+		{"one changed random character fails the checksum", flip(good, 10), false},
+		{"one changed checksum character fails", flip(good, len(good)-1), false},
+		{"a truncated key fails", good[:len(good)-1], false},
+		{"a key with an extra character fails", good + "a", false},
+		{"a non-base62 character fails", good[:10] + "-" + good[11:], false},
+		{"a legacy key of 16 safe characters passes", "legacy_key-1.abc", true},
+		{"a legacy key of 15 characters fails", "legacy_key-1.ab", false},
+		{"a legacy key of 256 characters passes", strings.Repeat("x", 256), true},
+		{"anything over 256 bytes fails unread", strings.Repeat("x", 257), false},
+		{"a legacy key with a space fails", "legacy key 12345678", false},
+		{"a legacy key with a NUL fails", "legacy\x00key12345678", false},
+		{"a legacy key with unicode fails", "légacykey12345678", false},
+		{"the empty string fails", "", false},
+		{"the prefix alone fails", "sk_", false},
+		{"a prefixed key of legacy shape fails (prefix means new format)", "sk_this-is-not-a-valid-key", false},
+		{"another prefix is a legacy key", "pk_" + good[3:], true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := f.Check(tt.key)
+			if tt.ok {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorIs(t, err, ErrMalformed)
+			}
+		})
+	}
+}
+
+func TestNewFormatRejectsBadPrefixes(t *testing.T) {
+	for _, p := range []string{"", "s_k", "sk!", strings.Repeat("a", 17), "sk-live"} {
+		_, err := NewFormat(p)
+		assert.Error(t, err, "prefix %q", p)
+	}
+}
+
+func TestIDsSortByCreationAndValidate(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	a, err := NewID(t0)
+	require.NoError(t, err)
+	b, _ := NewID(t0.Add(time.Millisecond))
+	c, _ := NewID(t0.Add(100 * 24 * time.Hour))
+	assert.Less(t, a, b)
+	assert.Less(t, b, c)
+	for _, id := range []string{a, b, c} {
+		assert.True(t, ValidID(id), id)
+	}
+	for _, bad := range []string{"", "key_", "key_short", "sk_" + a[4:], a + "x", a[:len(a)-1] + "!"} {
+		assert.False(t, ValidID(bad), bad)
+	}
+}
+
+func TestHashIsHMACWithPepperAndSHA256Without(t *testing.T) {
+	key := "sk_example"
+	plain := NewHasher(nil).Hash(key)
+	assert.Equal(t, Hash(sha256.Sum256([]byte(key))), plain)
+
+	m := hmac.New(sha256.New, []byte("pepper"))
+	m.Write([]byte(key))
+	var want Hash
+	copy(want[:], m.Sum(nil))
+	hs := NewHasher([]byte("pepper"))
+	assert.Equal(t, want, hs.Hash(key))
+	assert.Equal(t, want, hs.Hash(key), "pooled hashers are reset between uses")
+	assert.NotEqual(t, plain, want)
+
+	parsed, err := ParseHash(want.String())
+	require.NoError(t, err)
+	assert.Equal(t, want, parsed)
+	_, err = ParseHash("zz")
+	assert.Error(t, err)
+}
+
+func BenchmarkCheckFormat(b *testing.B) {
+	f := mustFormat(b, "sk")
+	k, _ := f.Generate()
+	b.ReportAllocs()
+	for b.Loop() {
+		if f.Check(k) != nil {
+			b.Fatal("rejected")
+		}
+	}
+}
+
+func BenchmarkHashHMAC(b *testing.B) {
+	hs := NewHasher([]byte("pepper"))
+	b.ReportAllocs()
+	for b.Loop() {
+		hs.Hash("sk_0123456789012345678901234567890123456789012345678")
+	}
+}
