@@ -122,3 +122,15 @@ type Result struct {
 type Limiter interface {
 	Allow(ctx context.Context, limits []Limit) (Result, error)
 }
+
+// Stats are a limiter's decision counters since it started, for metrics.
+type Stats struct {
+	Allowed uint64 // checks allowed (by the shared count or a fallback)
+	Limited uint64 // checks denied because a limit was exhausted (429)
+	// Fallback counts checks decided by the OnStoreError policy because Redis
+	// was unreachable or the circuit breaker was open (some of them are also
+	// in Allowed or Limited; the "deny" policy's are only here).
+	Fallback    uint64
+	StoreErrors uint64 // Redis calls that failed or timed out
+	Evicted     uint64 // local counters dropped to bound memory
+}

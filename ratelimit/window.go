@@ -1,0 +1,287 @@
+package ratelimit
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// The algorithm: grouped sliding log.
+//
+// A limit N/W keeps its allowed requests in groups: the window W is cut into
+// k = subWindows sub-windows of length s = ceil(W/k) (in microseconds), and all
+// requests allowed during sub-window j (the times [j·s, (j+1)·s)) form group j.
+// A group remembers only its count c_j and an upper bound L_j of the time of
+// its latest request: the latest request's offset into the sub-window, rounded
+// UP to 1/255 of s and stored in one byte (the mark m_j, 1..255):
+//
+//	L_j = j·s + ceil(m_j·s/255)  ≥  the time of every request in group j.
+//
+// A group is counted at time t while L_j + W ≥ t. A request at t is allowed
+// iff, for every limit of the check, the counted groups hold fewer than N
+// requests; then it is added to group floor(t/s) of every limit.
+//
+// Claim: no closed interval [a, a+W] holds more than N allowed requests.
+// Proof: let t* be the last allowed request in [a, a+W]. Every other allowed
+// request r in the interval has a ≤ r ≤ t*, and its group has L ≥ r ≥ a ≥ t*−W,
+// so its group was still counted when t* was checked. The check saw fewer than
+// N requests (counting those, and possibly more), so together with t* itself
+// the interval holds at most N. (A denied request is added nowhere, so "a
+// denied request consumes none" needs no extra argument; clock readings that go
+// backwards are treated as the start of the newest group, which only moves
+// requests later in the bookkeeping, i.e. counts them longer.) □
+//
+// Memory: at time t in sub-window i, a group j < i−k has L_j < (j+1)·s ≤
+// (i−k)·s ≤ t−W (because k·s ≥ W), so it is dead: only the groups i−k..i can
+// be counted, and k+1 slots of a ring hold all the state (ring.go's window).
+//
+// Accuracy: a request stops being counted at most s·(1 + 1/255) after its own
+// time + W, and usually much less: under saturating demand, capacity frees
+// W after a group's latest request and is taken again at once, so requests
+// bunch at those instants and each group's L is within s/255 of all its
+// requests. The long-run throughput is measured in the tests (within 1% of N/W
+// for saturating demand, within a few percent for random demand). The
+// classic alternative that only counts the k+1 sub-windows (no marks) is just
+// as safe but holds every request for W + s on average under saturation,
+// i.e. allows only k/(k+1) ≈ 95% of N/W; the one byte per group buys that back.
+//
+// The same arithmetic is written twice: in Go below (Local) and in Lua in
+// allow.lua (Redis). The tests run one table of cases against both.
+const (
+	subWindows = 20             // k
+	slots      = subWindows + 1 // groups that can be alive at once
+	markSteps  = 255            // resolution of a group's latest-request time
+)
+
+// Errors returned for limits a check cannot apply. They are programming
+// errors in the caller, not outages.
+var (
+	// ErrMixedBuckets: the limits of one check must share one Bucket (that is
+	// what makes the check atomic on one shard and one Redis Cluster slot).
+	ErrMixedBuckets = errors.New("ratelimit: the limits of one check name different buckets")
+	// ErrDuplicateScope: two limits of one check share Bucket and Scope, so
+	// they would share one counter.
+	ErrDuplicateScope = errors.New("ratelimit: two limits of one check share a bucket and scope")
+	// ErrEmptyBucket: an enforced limit without a Bucket.
+	ErrEmptyBucket = errors.New("ratelimit: limit without a bucket")
+)
+
+// enforced reports whether a limit counts at all: a zero (or negative) N or
+// window means "no limit".
+func enforced(r Rate) bool { return r.N > 0 && r.Window > 0 }
+
+// checkLimits validates the enforced limits of one check and returns how many
+// there are. It does not allocate.
+func checkLimits(limits []Limit) (int, error) {
+	n := 0
+	var bucket string
+	for i := range limits {
+		l := &limits[i]
+		if !enforced(l.Rate) {
+			continue
+		}
+		if l.Bucket == "" {
+			return 0, fmt.Errorf("%w (limit %q)", ErrEmptyBucket, l.Name)
+		}
+		if n == 0 {
+			bucket = l.Bucket
+		} else if l.Bucket != bucket {
+			return 0, fmt.Errorf("%w: %q and %q", ErrMixedBuckets, bucket, l.Bucket)
+		}
+		for j := 0; j < i; j++ {
+			if enforced(limits[j].Rate) && limits[j].Scope == l.Scope {
+				return 0, fmt.Errorf("%w: bucket %q scope %q", ErrDuplicateScope, l.Bucket, l.Scope)
+			}
+		}
+		n++
+	}
+	return n, nil
+}
+
+// windowMicros is W in microseconds, rounded up (rounding down would count
+// requests for less than W).
+func windowMicros(w time.Duration) int64 {
+	us := w / time.Microsecond
+	if w%time.Microsecond != 0 {
+		us++
+	}
+	return int64(us)
+}
+
+// subMicros is the sub-window length s = ceil(W/k) in microseconds, at least 1.
+func subMicros(wUs int64) int64 {
+	s := wUs / subWindows
+	if wUs%subWindows != 0 {
+		s++
+	}
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+// floorDiv is a/b rounded toward minus infinity (b > 0).
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// markOf is the mark of time t in group j: the offset into the sub-window,
+// in 1/255ths of s, rounded up to at least 1. A t before the group's start
+// (the clock went back) gets 1.
+func markOf(t, j, sub int64) uint8 {
+	off := t - j*sub
+	if off < 0 {
+		return 1
+	}
+	m := off*markSteps/sub + 1
+	if m > markSteps {
+		m = markSteps
+	}
+	return uint8(m)
+}
+
+// latest is L_j, the upper bound of the time of group j's latest request.
+func latest(j int64, m uint8, sub int64) int64 {
+	return j*sub + (int64(m)*sub+markSteps-1)/markSteps
+}
+
+// window is the state of one limit: the ring of the k+1 groups that can be
+// alive, the newest being head.
+type window struct {
+	sub   int64 // s in µs; a different s (the rate changed) restarts the count
+	head  int64 // index of the newest group
+	count [slots]uint32
+	mark  [slots]uint8
+}
+
+func ring(j int64) int {
+	r := j % slots
+	if r < 0 {
+		r += slots
+	}
+	return int(r)
+}
+
+// advance moves head to the group of now (never backwards) and returns it.
+// The groups it drops are dead at now (see "Memory" above).
+func (w *window) advance(now int64) int64 {
+	idx := floorDiv(now, w.sub)
+	if idx <= w.head {
+		return w.head
+	}
+	if idx-w.head >= slots {
+		w.count = [slots]uint32{}
+		w.mark = [slots]uint8{}
+	} else {
+		for j := w.head + 1; j <= idx; j++ {
+			r := ring(j)
+			w.count[r], w.mark[r] = 0, 0
+		}
+	}
+	w.head = idx
+	return idx
+}
+
+// counted is the number of requests the limit holds at now (after advance).
+func (w *window) counted(now, wUs int64) int64 {
+	var sum int64
+	for j := w.head - subWindows; j <= w.head; j++ {
+		r := ring(j)
+		c := w.count[r]
+		if c == 0 {
+			continue
+		}
+		// L_j ≥ j·s+1, so most groups are counted without computing L_j.
+		if j*w.sub+1+wUs >= now || latest(j, w.mark[r], w.sub)+wUs >= now {
+			sum += int64(c)
+		}
+	}
+	return sum
+}
+
+// wait is how long until the limit holds fewer than n requests, when it
+// holds held ≥ n now: the oldest counted groups stop counting one by one, at
+// L_j + W + 1µs.
+func (w *window) wait(now, wUs, n, held int64) int64 {
+	need := held - n + 1
+	var freed int64
+	for j := w.head - subWindows; j <= w.head; j++ {
+		r := ring(j)
+		c := w.count[r]
+		if c == 0 {
+			continue
+		}
+		end := latest(j, w.mark[r], w.sub) + wUs + 1
+		if end <= now {
+			continue // not counted
+		}
+		freed += int64(c)
+		if freed >= need {
+			return end - now
+		}
+	}
+	return 0 // unreachable while held ≥ n > 0 came from counted
+}
+
+// add records one request at now and returns the time until the limit is
+// back to zero (all groups dead), i.e. the Reset of an allowed check.
+func (w *window) add(now, wUs int64) int64 {
+	r := ring(w.head)
+	if w.count[r] < math.MaxUint32 {
+		w.count[r]++
+	}
+	if m := markOf(now, w.head, w.sub); m > w.mark[r] {
+		w.mark[r] = m
+	}
+	return latest(w.head, w.mark[r], w.sub) + wUs + 1 - now
+}
+
+// idleAt is the time from which the window counts nothing, bounded from above
+// without knowing W (k·s ≥ W): used to evict idle buckets.
+func (w *window) idleAt() int64 {
+	return latest(w.head, markSteps, w.sub) + subWindows*w.sub + 1
+}
+
+// picker builds a Result from the per-limit outcomes of one check, the same
+// way for every implementation.
+type picker struct {
+	res     Result
+	any     bool
+	allowed bool
+}
+
+func newPicker() picker { return picker{allowed: true} }
+
+// allowedLimit records a limit of an allowed check: its remaining count after
+// the request, and the time until it is fully reset. The headers describe the
+// one with the least remaining (ties: the longer reset).
+func (p *picker) allowedLimit(l *Limit, remaining int64, reset time.Duration) {
+	if remaining < 0 {
+		remaining = 0
+	}
+	if !p.any || remaining < p.res.Remaining || (remaining == p.res.Remaining && reset > p.res.Reset) {
+		p.res.Limit, p.res.Remaining, p.res.Reset = *l, remaining, reset
+		p.any = true
+	}
+}
+
+// exhaustedLimit records an exhausted limit of a denied check and how long
+// until it would allow this request. The longest wait is the Retry-After.
+func (p *picker) exhaustedLimit(l *Limit, wait time.Duration) {
+	if p.allowed || wait > p.res.RetryAfter {
+		p.res.Limit, p.res.Remaining, p.res.Reset, p.res.RetryAfter = *l, 0, wait, wait
+	}
+	p.allowed = false
+}
+
+func (p *picker) result() Result {
+	p.res.Allowed = p.allowed
+	return p.res
+}
+
+func micros(us int64) time.Duration { return time.Duration(us) * time.Microsecond }
