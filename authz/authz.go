@@ -130,31 +130,8 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	if d.Route != nil && d.Route.Public {
 		return
 	}
-	if !found {
-		d.deny(CodeMissingKey, "")
-		return
-	}
-	// 4. Format, without the store.
-	if p.Format.Check(key) != nil {
-		d.deny(CodeInvalidKey, "")
-		return
-	}
-	// 5. Hash and look up (cache, then store); 10. store unreachable.
-	if !a.lookup(ctx, key, d) {
-		return
-	}
-	// 6. Revoked or expired.
-	switch d.Key.StatusAt(now) {
-	case keystore.Revoked:
-		d.deny(CodeRevokedKey, "")
-		return
-	case keystore.Expired:
-		d.deny(CodeExpiredKey, "")
-		return
-	}
-	// 7. The key's IP allowlist.
-	if !ipAllowed(d.Key.IPAllowlist, d.ClientIP) {
-		d.deny(CodeIPNotAllowed, "")
+	// 3–7. Present, well-formed, known, live, from an allowed address.
+	if !a.checkKey(ctx, p, key, found, now, d) {
 		return
 	}
 	// 8. Permissions.
@@ -164,6 +141,49 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	}
 	// 9. Rate limits.
 	a.rateLimit(ctx, p, d)
+}
+
+// Authenticate runs only the key steps (1, 3–7): who is calling, with no
+// route, permission or rate limit. It is how the admin API knows its caller.
+func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
+	p := a.policy.Load()
+	if !a.normalize(p, req, d) {
+		return
+	}
+	key, found := findKey(p, req, d)
+	a.checkKey(ctx, p, key, found, a.now(), d)
+}
+
+// checkKey runs steps 3 (missing) to 7 on the credential found.
+func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found bool, now time.Time, d *Decision) bool {
+	if !found {
+		d.deny(CodeMissingKey, "")
+		return false
+	}
+	// 4. Format, without the store.
+	if p.Format.Check(key) != nil {
+		d.deny(CodeInvalidKey, "")
+		return false
+	}
+	// 5. Hash and look up (cache, then store); 10. store unreachable.
+	if !a.lookup(ctx, key, d) {
+		return false
+	}
+	// 6. Revoked or expired.
+	switch d.Key.StatusAt(now) {
+	case keystore.Revoked:
+		d.deny(CodeRevokedKey, "")
+		return false
+	case keystore.Expired:
+		d.deny(CodeExpiredKey, "")
+		return false
+	}
+	// 7. The key's IP allowlist.
+	if !ipAllowed(d.Key.IPAllowlist, d.ClientIP) {
+		d.deny(CodeIPNotAllowed, "")
+		return false
+	}
+	return true
 }
 
 func (d *Decision) deny(c Code, msg string) {
