@@ -1,0 +1,248 @@
+// Package audit records what extauthz decided and what operators changed
+// (SPEC §7a): the Event record, its JSON form, the Sink interface that
+// outputs implement, and the Logger, a bounded non-blocking queue that keeps
+// audit writes off the decision path.
+//
+// It is not a general-purpose logger and it never sees a credential: an
+// Event has no field that can hold a key, an Authorization header, a cookie
+// or a query string. The Redis stream sink and the stream reader live in
+// audit/redis.
+package audit
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Type is what an Event records; its value is the JSON field "event".
+type Type string
+
+// The event types of SPEC §7a.
+const (
+	TypeDecision   Type = "decision"    // one Check answered, allow or deny
+	TypeKeyCreated Type = "key.created" // a key was created
+	TypeKeyUpdated Type = "key.updated" // a key's metadata changed
+	TypeKeyRevoked Type = "key.revoked" // a key was revoked
+	TypeKeyRotated Type = "key.rotated" // KeyID is the new key, RotatedFrom the old one
+	TypeKeyLeaked  Type = "key.leaked"  // a key was reported as leaked
+)
+
+// Values of Event.Decision.
+const (
+	Allow = "allow"
+	Deny  = "deny"
+)
+
+// MaxFieldLen caps the length in bytes of every string field of an Event,
+// truncation mark included. Several fields (user_agent, path, host,
+// request_id) come straight from client headers; the cap keeps one huge
+// header from costing megabytes per queued event, or per log line.
+const MaxFieldLen = 512
+
+// truncationMark ends a field that was cut to MaxFieldLen.
+const truncationMark = "...[truncated]"
+
+// Event is one audit record. Fields that do not apply to an event's Type stay
+// empty and are left out of its JSON form; the decision fields (RequestID to
+// LatencyUS) apply to TypeDecision only.
+//
+// The JSON form is what AppendJSON writes; the struct tags let
+// encoding/json read it back.
+type Event struct {
+	// Time is when it happened; Logger.Record sets it when zero. Written in
+	// UTC with microseconds: 2006-01-02T15:04:05.000000Z.
+	Time        time.Time `json:"time"`
+	Type        Type      `json:"event"`
+	KeyID       string    `json:"key_id,omitempty"`
+	KeyName     string    `json:"key_name,omitempty"`
+	Owner       string    `json:"owner,omitempty"`
+	Actor       string    `json:"actor,omitempty"`        // for changes: the admin key's id, or "cli"
+	RotatedFrom string    `json:"rotated_from,omitempty"` // for TypeKeyRotated: the old key's id
+
+	RequestID string `json:"request_id,omitempty"` // from x-request-id
+	Method    string `json:"method,omitempty"`
+	// Path is the normalised request path (SPEC §3 step 1), which has no
+	// query string, so query-string credentials never reach the audit log.
+	// Anything from a '?' on is cut off all the same.
+	Path      string     `json:"path,omitempty"`
+	Host      string     `json:"host,omitempty"`
+	ClientIP  netip.Addr `json:"client_ip,omitzero"`
+	UserAgent string     `json:"user_agent,omitempty"`
+	Decision  string     `json:"decision,omitempty"` // Allow or Deny
+	Status    int        `json:"status,omitempty"`   // the HTTP status answered
+	Code      string     `json:"code,omitempty"`     // the deny code ("invalid_key", …); empty on allow
+	LatencyUS int64      `json:"latency_us,omitempty"`
+}
+
+// timeLayout is RFC 3339 with a fixed six-digit fraction, so that lines sort
+// by time as text.
+const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+// AppendJSON appends e as one JSON object (no newline) to b and returns the
+// extended buffer. Strings are escaped as encoding/json escapes them (invalid
+// UTF-8 becomes U+FFFD) except that <, > and & are left alone; every string
+// is capped at MaxFieldLen and the path is cut at '?'. It allocates only
+// when b has to grow.
+func (e *Event) AppendJSON(b []byte) []byte {
+	b = append(b, `{"time":"`...)
+	b = e.Time.UTC().AppendFormat(b, timeLayout)
+	b = append(b, `","event":`...)
+	b = appendString(b, string(e.Type))
+	b = appendField(b, `,"key_id":`, e.KeyID)
+	b = appendField(b, `,"key_name":`, e.KeyName)
+	b = appendField(b, `,"owner":`, e.Owner)
+	b = appendField(b, `,"actor":`, e.Actor)
+	b = appendField(b, `,"rotated_from":`, e.RotatedFrom)
+	if e.Type == TypeDecision {
+		b = appendField(b, `,"request_id":`, e.RequestID)
+		b = appendField(b, `,"method":`, e.Method)
+		b = appendField(b, `,"path":`, cutQuery(e.Path))
+		b = appendField(b, `,"host":`, e.Host)
+		if e.ClientIP.IsValid() {
+			b = append(b, `,"client_ip":"`...)
+			b = e.ClientIP.AppendTo(b)
+			b = append(b, '"')
+		}
+		b = appendField(b, `,"user_agent":`, e.UserAgent)
+		b = appendField(b, `,"decision":`, e.Decision)
+		b = append(b, `,"status":`...)
+		b = strconv.AppendInt(b, int64(e.Status), 10)
+		b = appendField(b, `,"code":`, e.Code)
+		b = append(b, `,"latency_us":`...)
+		b = strconv.AppendInt(b, e.LatencyUS, 10)
+	}
+	return append(b, '}')
+}
+
+// MarshalJSON returns AppendJSON's form, so that encoding/json and the sinks
+// agree on what an Event looks like.
+func (e Event) MarshalJSON() ([]byte, error) {
+	return e.AppendJSON(make([]byte, 0, 256)), nil
+}
+
+// appendField appends name and s as a JSON string, or nothing when s is empty.
+func appendField(b []byte, name, s string) []byte {
+	if s == "" {
+		return b
+	}
+	return appendString(append(b, name...), s)
+}
+
+// scrub bounds e's client-controlled content before it is queued: the path
+// loses its query, and a field longer than MaxFieldLen is replaced by a
+// truncated copy so the event does not keep a large header's memory alive.
+func (e *Event) scrub() {
+	p := e.Path
+	e.Path = bound(cutQuery(p), len(p))
+	e.KeyID = bound(e.KeyID, len(e.KeyID))
+	e.KeyName = bound(e.KeyName, len(e.KeyName))
+	e.Owner = bound(e.Owner, len(e.Owner))
+	e.Actor = bound(e.Actor, len(e.Actor))
+	e.RotatedFrom = bound(e.RotatedFrom, len(e.RotatedFrom))
+	e.RequestID = bound(e.RequestID, len(e.RequestID))
+	e.Method = bound(e.Method, len(e.Method))
+	e.Host = bound(e.Host, len(e.Host))
+	e.UserAgent = bound(e.UserAgent, len(e.UserAgent))
+	e.Decision = bound(e.Decision, len(e.Decision))
+	e.Code = bound(e.Code, len(e.Code))
+}
+
+// bound returns s capped at MaxFieldLen. s is a substring of a string of
+// length origLen; when that is over the cap the result is a fresh copy, so
+// that it does not pin the original in memory.
+func bound(s string, origLen int) string {
+	if origLen <= MaxFieldLen {
+		return s
+	}
+	head, cut := truncate(s)
+	if !cut {
+		return strings.Clone(head)
+	}
+	return head + truncationMark
+}
+
+// truncate returns s if it fits in MaxFieldLen, else its longest prefix that
+// leaves room for truncationMark and does not split a UTF-8 sequence.
+func truncate(s string) (head string, cut bool) {
+	if len(s) <= MaxFieldLen {
+		return s, false
+	}
+	n := MaxFieldLen - len(truncationMark)
+	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			n = i
+			break
+		}
+	}
+	return s[:n], true
+}
+
+func cutQuery(path string) string {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		return path[:i]
+	}
+	return path
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string, capped like scrub caps it, with
+// the escaping of encoding/json's Encoder under SetEscapeHTML(false): quote,
+// backslash and control characters escaped, invalid UTF-8 bytes replaced by
+// \ufffd, U+2028 and U+2029 escaped.
+func appendString(b []byte, s string) []byte {
+	s, cut := truncate(s)
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	if cut {
+		b = append(b, truncationMark...)
+	}
+	return append(b, '"')
+}

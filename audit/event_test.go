@@ -1,0 +1,285 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+	"unsafe"
+)
+
+var when = time.Date(2026, 3, 4, 5, 6, 7, 891234567, time.FixedZone("CET", 3600))
+
+func TestEventJSONHasTheFieldsOfTheSpec(t *testing.T) {
+	tests := []struct {
+		name string
+		e    Event
+		want string
+	}{{
+		name: "a denied decision carries every request field, in UTC with microseconds",
+		e: Event{
+			Time: when, Type: TypeDecision, KeyID: "key_1", KeyName: "ci", Owner: "team-a",
+			RequestID: "req-9", Method: "DELETE", Path: "/api/users/7", Host: "api.example.com",
+			ClientIP: netip.MustParseAddr("2001:db8::1"), UserAgent: "curl/8.5.0",
+			Decision: Deny, Status: 403, Code: "permission_denied", LatencyUS: 42,
+		},
+		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","key_name":"ci","owner":"team-a",` +
+			`"request_id":"req-9","method":"DELETE","path":"/api/users/7","host":"api.example.com","client_ip":"2001:db8::1",` +
+			`"user_agent":"curl/8.5.0","decision":"deny","status":403,"code":"permission_denied","latency_us":42}`,
+	}, {
+		name: "an allowed decision has no code but keeps a zero latency",
+		e: Event{
+			Time: when.UTC(), Type: TypeDecision, KeyID: "key_1", Method: "GET", Path: "/",
+			ClientIP: netip.MustParseAddr("10.0.0.1"), Decision: Allow, Status: 200,
+		},
+		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","method":"GET","path":"/",` +
+			`"client_ip":"10.0.0.1","decision":"allow","status":200,"latency_us":0}`,
+	}, {
+		name: "a decision without a key names no key",
+		e:    Event{Time: when, Type: TypeDecision, Method: "GET", Path: "/x", Decision: Deny, Status: 401, Code: "missing_key", LatencyUS: 3},
+		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","method":"GET","path":"/x","decision":"deny","status":401,"code":"missing_key","latency_us":3}`,
+	}, {
+		name: "a rotation names the new key and the old one",
+		e:    Event{Time: when, Type: TypeKeyRotated, KeyID: "key_new", KeyName: "ci", Owner: "default", Actor: "cli", RotatedFrom: "key_old"},
+		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"key.rotated","key_id":"key_new","key_name":"ci","owner":"default","actor":"cli","rotated_from":"key_old"}`,
+	}, {
+		name: "a change event leaves out decision fields even when set",
+		e:    Event{Time: when, Type: TypeKeyRevoked, KeyID: "key_1", Actor: "key_admin", Method: "DELETE", Status: 200},
+		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"key.revoked","key_id":"key_1","actor":"key_admin"}`,
+	}, {
+		name: "the path loses its query string",
+		e:    Event{Time: when, Type: TypeDecision, Path: "/api/users?api_key=sk_secret", Decision: Deny, Status: 401},
+		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","path":"/api/users","decision":"deny","status":401,"latency_us":0}`,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := string(tt.e.AppendJSON(nil)); got != tt.want {
+				t.Errorf("AppendJSON:\n got %s\nwant %s", got, tt.want)
+			}
+			marshalled, err := json.Marshal(tt.e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(marshalled) != tt.want {
+				t.Errorf("json.Marshal disagrees with AppendJSON:\n got %s\nwant %s", marshalled, tt.want)
+			}
+		})
+	}
+}
+
+func TestEventTypesAreTheSpecNames(t *testing.T) {
+	got := []string{string(TypeDecision), string(TypeKeyCreated), string(TypeKeyUpdated), string(TypeKeyRevoked),
+		string(TypeKeyRotated), string(TypeKeyLeaked), Allow, Deny}
+	want := "decision key.created key.updated key.revoked key.rotated key.leaked allow deny"
+	if strings.Join(got, " ") != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// trickyStrings are inputs on which a hand-written JSON string encoder
+// typically goes wrong.
+var trickyStrings = []string{
+	"", "plain", `"quoted"`, `back\slash`, "tab\there", "new\nline", "cr\rlf", "\b\f",
+	"\x00", "\x01\x1f", "\x7f", "<script>&amp;</script>", "é ü 日本 🎉", "\u2028\u2029",
+	"\xff", "a\xffb", "\xc3", "\xc3(", "\xe2\x82", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+	"\ufffd", "end\\", `\u0000`, "\"\\\"", strings.Repeat("é", 300),
+}
+
+// stdlibString is encoding/json's encoding of s without HTML escaping.
+func stdlibString(t testing.TB, s string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(s); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSuffix(buf.String(), "\n")
+}
+
+func TestAppendStringEscapesLikeEncodingJSON(t *testing.T) {
+	for _, s := range trickyStrings {
+		if len(s) > MaxFieldLen {
+			continue // TestTruncation covers long strings
+		}
+		if got, want := string(appendString(nil, s)), stdlibString(t, s); got != want {
+			t.Errorf("appendString(%q) = %s, encoding/json says %s", s, got, want)
+		}
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	for _, s := range trickyStrings {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		head, cut := truncate(s)
+		want := head
+		if cut {
+			want += truncationMark
+		}
+		if len(want) > MaxFieldLen || !strings.HasPrefix(s, head) {
+			t.Fatalf("truncate(%d bytes) kept %d bytes + mark %v: not a prefix within the cap", len(s), len(head), cut)
+		}
+		if got := appendString(nil, s); string(got) != stdlibString(t, want) {
+			t.Fatalf("appendString(%q) = %s, encoding/json says %s", s, got, stdlibString(t, want))
+		}
+	})
+}
+
+func TestTruncation(t *testing.T) {
+	keep := MaxFieldLen - len(truncationMark)
+	tests := []struct {
+		name, in, want string
+	}{
+		{"a field at the cap is kept whole", strings.Repeat("a", MaxFieldLen), strings.Repeat("a", MaxFieldLen)},
+		{"one byte over the cap is cut and marked", strings.Repeat("a", MaxFieldLen+1), strings.Repeat("a", keep) + truncationMark},
+		{"a megabyte is cut and marked", strings.Repeat("b", 1<<20), strings.Repeat("b", keep) + truncationMark},
+		{"a cut never splits a UTF-8 sequence", strings.Repeat("a", keep-1) + strings.Repeat("€", 100), strings.Repeat("a", keep-1) + truncationMark},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := Event{Type: TypeDecision, UserAgent: tt.in}
+			var decoded Event
+			if err := json.Unmarshal(e.AppendJSON(nil), &decoded); err != nil {
+				t.Fatal(err)
+			}
+			if decoded.UserAgent != tt.want {
+				t.Errorf("encoded user_agent = %q (%d bytes), want %q", decoded.UserAgent, len(decoded.UserAgent), tt.want)
+			}
+			e.scrub()
+			if e.UserAgent != tt.want {
+				t.Errorf("scrubbed user_agent = %q (%d bytes), want %q", e.UserAgent, len(e.UserAgent), tt.want)
+			}
+		})
+	}
+}
+
+func TestScrubCopiesLongFieldsSoTheyDoNotPinTheHeader(t *testing.T) {
+	header := "/api/x?token=" + strings.Repeat("s", 1<<20)
+	ua := strings.Repeat("u", 1<<20)
+	host := "h.example.com"
+	e := Event{Path: header, UserAgent: ua, Host: host}
+	e.scrub()
+
+	if e.Path != "/api/x" {
+		t.Errorf("path = %q, want /api/x", e.Path)
+	}
+	if within(e.Path, header) {
+		t.Error("the cut path still points into the 1 MiB header")
+	}
+	if within(e.UserAgent, ua) {
+		t.Error("the truncated user agent still points into the 1 MiB header")
+	}
+	if e.Host != host || !within(e.Host, host) {
+		t.Error("a short field should be kept as it is, not copied")
+	}
+}
+
+// within reports whether s's bytes lie inside the memory of big.
+func within(s, big string) bool {
+	if len(s) == 0 {
+		return false
+	}
+	p, lo := uintptr(unsafe.Pointer(unsafe.StringData(s))), uintptr(unsafe.Pointer(unsafe.StringData(big)))
+	return p >= lo && p < lo+uintptr(len(big))
+}
+
+func TestEncodedEventsAlwaysParseAndRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var pieces []string
+	for _, s := range trickyStrings {
+		if len(s) <= 64 { // five pieces stay under MaxFieldLen: no truncation here
+			pieces = append(pieces, s)
+		}
+	}
+	pieces = append(pieces, "?", "/", "key_", "sk_")
+	randString := func() string {
+		var b strings.Builder
+		for n := rng.IntN(6); n > 0; n-- {
+			b.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		return b.String()
+	}
+	types := []Type{TypeDecision, TypeKeyCreated, TypeKeyUpdated, TypeKeyRevoked, TypeKeyRotated, TypeKeyLeaked}
+	var buf []byte
+	for i := range 5000 {
+		e := Event{
+			Time: time.Unix(rng.Int64N(4e9), rng.Int64N(1e9)).In(time.FixedZone("", 3600*(rng.IntN(25)-12))),
+			Type: types[rng.IntN(len(types))], KeyID: randString(), KeyName: randString(), Owner: randString(),
+			Actor: randString(), RotatedFrom: randString(),
+		}
+		if e.Type == TypeDecision {
+			e.RequestID, e.Method, e.Path, e.Host, e.UserAgent = randString(), randString(), randString(), randString(), randString()
+			e.Decision, e.Code = randString(), randString()
+			e.Status, e.LatencyUS = rng.IntN(600), rng.Int64N(1e9)
+			if rng.IntN(2) == 0 {
+				var a [16]byte
+				for j := range a {
+					a[j] = byte(rng.IntN(256))
+				}
+				e.ClientIP = netip.AddrFrom16(a).Unmap()
+			}
+		}
+		buf = e.AppendJSON(buf[:0])
+		if !json.Valid(buf) || bytes.ContainsAny(buf, "\n\r") {
+			t.Fatalf("event %d: not one line of valid JSON: %s", i, buf)
+		}
+
+		var got Event
+		if err := json.Unmarshal(buf, &got); err != nil {
+			t.Fatalf("event %d: %v: %s", i, err, buf)
+		}
+		want := e
+		want.Time = e.Time.UTC().Truncate(time.Microsecond)
+		for _, f := range []*string{&want.KeyID, &want.KeyName, &want.Owner, &want.Actor, &want.RotatedFrom,
+			&want.RequestID, &want.Method, &want.Path, &want.Host, &want.UserAgent, &want.Decision, &want.Code} {
+			*f = string([]rune(*f)) // what JSON can carry: each invalid byte becomes U+FFFD
+		}
+		want.Path = cutQuery(want.Path)
+		if !got.Time.Equal(want.Time) {
+			t.Fatalf("event %d: time %v, want %v", i, got.Time, want.Time)
+		}
+		got.Time = want.Time
+		if got != want {
+			t.Fatalf("event %d does not round-trip:\n got %+v\nwant %+v\njson %s", i, got, want, buf)
+		}
+	}
+}
+
+func TestAppendJSONDoesNotAllocateIntoABigEnoughBuffer(t *testing.T) {
+	e := Event{
+		Time: when, Type: TypeDecision, KeyID: "key_1", Method: "GET", Path: "/a\"b\x01\xff",
+		ClientIP: netip.MustParseAddr("10.1.2.3"), UserAgent: strings.Repeat("x", 2*MaxFieldLen),
+		Decision: Deny, Status: 401, Code: "invalid_key",
+	}
+	buf := make([]byte, 0, 4096)
+	if allocs := testing.AllocsPerRun(100, func() { buf = e.AppendJSON(buf[:0]) }); allocs != 0 {
+		t.Errorf("AppendJSON allocated %v times", allocs)
+	}
+	if !utf8.Valid(buf) {
+		t.Errorf("output is not UTF-8: %q", buf)
+	}
+}
+
+func BenchmarkAppendJSON(b *testing.B) {
+	e := smallEvent()
+	buf := make([]byte, 0, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = e.AppendJSON(buf[:0])
+	}
+	b.SetBytes(int64(len(buf)))
+}
+
+func smallEvent() Event {
+	return Event{
+		Time: when, Type: TypeDecision, KeyID: "key_0Abc1234xyzXYZ012345", KeyName: "ci", Owner: "default",
+		RequestID: "3f1c9a9e-8a55-4a0e-9d43-1b1f3c1f2e11", Method: "GET", Path: "/api/users/42", Host: "api.example.com",
+		ClientIP: netip.MustParseAddr("203.0.113.7"), UserAgent: "curl/8.5.0", Decision: Allow, Status: 200, LatencyUS: 87,
+	}
+}

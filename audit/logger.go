@@ -1,0 +1,244 @@
+package audit
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink is where a Logger writes events: standard output, a Redis stream,
+// nowhere. A Sink is called from one goroutine at a time by a Logger, but
+// the sinks of this module are also safe for concurrent use.
+type Sink interface {
+	// Write outputs events in order. It must not keep events after it
+	// returns (the Logger reuses the slice) and should give up when ctx is
+	// done. An error means the whole batch may be lost.
+	Write(ctx context.Context, events []Event) error
+}
+
+// Options tune a Logger. The zero value is ready to use.
+type Options struct {
+	// QueueSize is how many events can wait for the sink; beyond that
+	// Record drops. Default 8192.
+	QueueSize int
+	// BatchSize is the most events handed to one Sink.Write. Default 256.
+	BatchSize int
+	// WriteTimeout bounds each Sink.Write. Default 5s.
+	WriteTimeout time.Duration
+	// ErrorInterval is the least time between two log lines about sink
+	// errors, so that a sink that is down does not flood the log. Default 1m.
+	ErrorInterval time.Duration
+	// Log receives those lines. Default slog.Default().
+	Log *slog.Logger
+	// Now is the clock, for Event.Time and ErrorInterval. Default time.Now.
+	Now func() time.Time
+}
+
+// Logger queues events in memory and writes them to a Sink from one
+// background goroutine, so that recording an event never waits for I/O.
+// When the queue is full, events are dropped and counted: the decision path
+// must never block on audit (SPEC §8).
+//
+// Build it with New; a nil *Logger discards everything.
+type Logger struct {
+	sink          Sink
+	queue         chan Event
+	batchSize     int
+	writeTimeout  time.Duration
+	errorInterval time.Duration
+	log           *slog.Logger
+	now           func() time.Time
+
+	closed    atomic.Bool
+	stop      chan struct{} // closed by Close: flush and exit
+	done      chan struct{} // closed when the goroutine has exited
+	abort     context.CancelFunc
+	runCtx    context.Context // cancelled when Close gives up flushing
+	closeOnce sync.Once
+
+	dropped atomic.Uint64
+	written atomic.Uint64
+	failed  atomic.Uint64
+
+	// Owned by the goroutine.
+	lastErrorLog time.Time
+	unlogged     uint64 // events failed since the last error line
+}
+
+// New starts a Logger writing to sink. Stop it with Close.
+func New(sink Sink, opts Options) *Logger {
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 8192
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 256
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 5 * time.Second
+	}
+	if opts.ErrorInterval <= 0 {
+		opts.ErrorInterval = time.Minute
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	ctx, abort := context.WithCancel(context.Background())
+	l := &Logger{
+		sink:          sink,
+		queue:         make(chan Event, opts.QueueSize),
+		batchSize:     opts.BatchSize,
+		writeTimeout:  opts.WriteTimeout,
+		errorInterval: opts.ErrorInterval,
+		log:           opts.Log,
+		now:           opts.Now,
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
+		runCtx:        ctx,
+		abort:         abort,
+	}
+	go l.run()
+	return l
+}
+
+// Record queues e for writing and returns at once; it is safe for
+// concurrent use and does not allocate, except to copy a field longer than
+// MaxFieldLen into its capped form. It sets e.Time when it is zero and cuts
+// the query off e.Path. If the queue is full, or the Logger is closed, e is
+// dropped and counted in Dropped.
+func (l *Logger) Record(e Event) {
+	if l == nil {
+		return
+	}
+	if l.closed.Load() {
+		l.dropped.Add(1)
+		return
+	}
+	if e.Time.IsZero() {
+		e.Time = l.now()
+	}
+	e.scrub()
+	select {
+	case l.queue <- e:
+	default:
+		l.dropped.Add(1)
+	}
+}
+
+// Dropped is the number of events recorded but never handed to the sink:
+// the queue was full, or the Logger was closing.
+func (l *Logger) Dropped() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.dropped.Load()
+}
+
+// Written is the number of events the sink accepted.
+func (l *Logger) Written() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.written.Load()
+}
+
+// Failed is the number of events in batches the sink returned an error for.
+func (l *Logger) Failed() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.failed.Load()
+}
+
+// Close writes the events still queued and stops the Logger. If ctx ends
+// first, it abandons the rest (counted in Dropped) and returns ctx's error;
+// the goroutine then exits as soon as the sink's current Write returns.
+// Events recorded after Close are dropped; events recorded while Close runs
+// may be lost without being counted.
+func (l *Logger) Close(ctx context.Context) error {
+	if l == nil {
+		return nil
+	}
+	l.closeOnce.Do(func() {
+		l.closed.Store(true)
+		close(l.stop)
+	})
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		l.abort()
+		return ctx.Err()
+	}
+}
+
+func (l *Logger) run() {
+	defer close(l.done)
+	defer l.abort()
+	batch := make([]Event, 0, l.batchSize)
+	for {
+		select {
+		case e := <-l.queue:
+			batch = l.fill(append(batch[:0], e))
+			l.write(batch)
+		case <-l.stop:
+			l.flush(batch)
+			return
+		}
+	}
+}
+
+// fill adds queued events to batch, without waiting, up to the batch size.
+func (l *Logger) fill(batch []Event) []Event {
+	for len(batch) < l.batchSize {
+		select {
+		case e := <-l.queue:
+			batch = append(batch, e)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// flush empties the queue when Close is called: into the sink, or, once
+// Close has given up, into the Dropped count.
+func (l *Logger) flush(batch []Event) {
+	for {
+		batch = l.fill(batch[:0])
+		if len(batch) == 0 {
+			return
+		}
+		l.write(batch)
+	}
+}
+
+func (l *Logger) write(batch []Event) {
+	if l.runCtx.Err() != nil { // Close gave up: nothing more reaches the sink
+		l.dropped.Add(uint64(len(batch)))
+		clear(batch)
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.runCtx, l.writeTimeout)
+	err := l.sink.Write(ctx, batch)
+	cancel()
+	clear(batch) // let the strings go while the slice waits for the next batch
+	if err == nil {
+		l.written.Add(uint64(len(batch)))
+		return
+	}
+	l.failed.Add(uint64(len(batch)))
+	l.unlogged += uint64(len(batch))
+	if now := l.now(); l.lastErrorLog.IsZero() || now.Sub(l.lastErrorLog) >= l.errorInterval {
+		// err comes from the sink's I/O and never quotes an event; events
+		// hold no credentials anyway.
+		l.log.Warn("audit: sink write failed; events lost",
+			"err", err, "lost_events", l.unlogged, "lost_total", l.failed.Load())
+		l.lastErrorLog = now
+		l.unlogged = 0
+	}
+}
