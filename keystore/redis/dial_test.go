@@ -1,0 +1,149 @@
+package redis
+
+import (
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+)
+
+func TestDialRefusesBadOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    Options
+		wantErr string
+	}{
+		{"neither url nor addrs", Options{}, "store.redis: set url or addrs"},
+		{"both url and addrs", Options{URL: "redis://127.0.0.1:6379/0", Addrs: []string{"127.0.0.1:6379"}}, "store.redis: set url or addrs, not both"},
+		{"a url scheme other than redis or rediss", Options{URL: "http://127.0.0.1:6379"}, `store.redis: url scheme "http": want redis:// or rediss://`},
+		{"a unix socket url", Options{URL: "unix:///tmp/redis.sock"}, `url scheme "unix"`},
+		{"a url without a scheme", Options{URL: "127.0.0.1:6379"}, "store.redis: url"},
+		{"a url without a host", Options{URL: "redis:///0"}, "store.redis: url has no host"},
+		{"a url with a bad database", Options{URL: "redis://127.0.0.1:6379/zero"}, "invalid database number"},
+		{"a url with an unknown option", Options{URL: "redis://127.0.0.1:6379/0?colour=blue"}, "unexpected option: colour"},
+		{"a password in the url and from the environment", Options{URL: "redis://:a@127.0.0.1:6379/0", Password: "b"}, "password set both in the url and from password_env"},
+		{"master_name with a url", Options{URL: "redis://127.0.0.1:6379", MasterName: "mymaster"}, "master_name needs addrs (the Sentinel addresses), not url"},
+		{"cluster with a url", Options{URL: "redis://127.0.0.1:6379", Cluster: true}, "a cluster needs addrs, not url"},
+		{"tls with a url", Options{URL: "redis://127.0.0.1:6379", TLS: true}, "use a rediss:// url instead"},
+		{"db with a url", Options{URL: "redis://127.0.0.1:6379", DB: 2}, "put the database in the url path"},
+		{"master_name and cluster", Options{Addrs: []string{"a:26379"}, MasterName: "m", Cluster: true}, "set master_name (Sentinel) or cluster, not both"},
+		{"a database on a cluster", Options{Addrs: []string{"a:6379", "b:6379"}, DB: 1}, "store.redis: db 1: Redis Cluster has only database 0"},
+		{"a sentinel password without sentinel", Options{Addrs: []string{"a:6379"}, SentinelPassword: "x"}, "sentinel password set without master_name"},
+		{"a negative db", Options{Addrs: []string{"a:6379"}, DB: -1}, "db -1 must not be negative"},
+		{"an address without a port", Options{Addrs: []string{"a:6379", "redis.internal"}}, `store.redis: addrs[1] "redis.internal": want host:port`},
+		{"an address without a host", Options{Addrs: []string{":6379"}}, `addrs[0] ":6379": missing host`},
+		{"an address with a bad port", Options{Addrs: []string{"a:http"}}, `port "http": want a number from 1 to 65535`},
+		{"an address with port 0", Options{Addrs: []string{"a:0"}}, `port "0"`},
+		{"an address with a port too high", Options{Addrs: []string{"a:65536"}}, `port "65536"`},
+		{"a negative dial timeout", Options{Addrs: []string{"a:6379"}, DialTimeout: -time.Second}, "dial timeout -1s must not be negative"},
+		{"a negative read timeout", Options{Addrs: []string{"a:6379"}, ReadTimeout: -1}, "read timeout -1ns must not be negative"},
+		{"a negative write timeout", Options{Addrs: []string{"a:6379"}, WriteTimeout: -1}, "write timeout -1ns must not be negative"},
+		{"a negative pool size", Options{Addrs: []string{"a:6379"}, PoolSize: -3}, "pool size -3 must not be negative"},
+		{"max retries below -1", Options{Addrs: []string{"a:6379"}, MaxRetries: -2}, "max retries -2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Dial(tt.opts)
+			require.ErrorContains(t, err, tt.wantErr)
+			require.Nil(t, c)
+		})
+	}
+}
+
+func TestDialErrorsDoNotRepeatThePassword(t *testing.T) {
+	for _, u := range []string{
+		"redis://:hunter2@127.0.0.1:6379/0?colour=blue",
+		"redis://:hunter2@127.0.0.1:6379/zero",
+		"redis://:hunter2@127.0.0.1:port/0",
+		"redis://:hunter2@[::1/0",
+		"ftp://:hunter2@127.0.0.1/",
+	} {
+		_, err := Dial(Options{URL: u})
+		require.Error(t, err, u)
+		require.NotContains(t, err.Error(), "hunter2")
+	}
+}
+
+func TestDialPicksTheClientKind(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		want goredis.UniversalClient
+	}{
+		{"a url is a standalone server", Options{URL: "redis://127.0.0.1:6379/2"}, &goredis.Client{}},
+		{"a rediss url is a standalone server over TLS", Options{URL: "rediss://127.0.0.1:6380/0"}, &goredis.Client{}},
+		{"one address is a standalone server", Options{Addrs: []string{"127.0.0.1:6379"}, DB: 3}, &goredis.Client{}},
+		{"several addresses are a Cluster", Options{Addrs: []string{"127.0.0.1:7000", "127.0.0.1:7001"}}, &goredis.ClusterClient{}},
+		{"one address with cluster set is a Cluster", Options{Addrs: []string{"cfg.example:6379"}, Cluster: true}, &goredis.ClusterClient{}},
+		{"master_name is Sentinel", Options{Addrs: []string{"127.0.0.1:26379", "127.0.0.1:26380"}, MasterName: "mymaster"}, &goredis.Client{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Dial(tt.opts)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = c.Close() })
+			require.IsType(t, tt.want, c)
+		})
+	}
+}
+
+func TestDialDefaultsAreShort(t *testing.T) {
+	c := dial(t, Options{URL: "redis://127.0.0.1:6379/1"})
+	o := c.(*goredis.Client).Options()
+	require.Equal(t, DefaultReadTimeout, o.ReadTimeout)
+	require.Equal(t, DefaultWriteTimeout, o.WriteTimeout)
+	require.Equal(t, DefaultDialTimeout, o.DialTimeout)
+	require.Equal(t, DefaultMaxRetries, o.MaxRetries)
+	require.Equal(t, 1, o.DB)
+	require.True(t, o.ContextTimeoutEnabled)
+
+	c = dial(t, Options{URL: "redis://127.0.0.1:6379/0?read_timeout=2s&pool_size=7"})
+	o = c.(*goredis.Client).Options()
+	require.Equal(t, 2*time.Second, o.ReadTimeout, "a timeout in the url")
+	require.Equal(t, 7, o.PoolSize)
+
+	c = dial(t, Options{URL: "redis://127.0.0.1:6379/0?read_timeout=2s", ReadTimeout: 100 * time.Millisecond, PoolSize: 3, MaxRetries: -1})
+	o = c.(*goredis.Client).Options()
+	require.Equal(t, 100*time.Millisecond, o.ReadTimeout, "an explicit field wins over the url")
+	require.Equal(t, 3, o.PoolSize)
+	require.Equal(t, 0, o.MaxRetries, "-1 means no retries")
+
+	cc := dial(t, Options{Addrs: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, WriteTimeout: time.Second})
+	co := cc.(*goredis.ClusterClient).Options()
+	require.Equal(t, DefaultReadTimeout, co.ReadTimeout)
+	require.Equal(t, time.Second, co.WriteTimeout)
+}
+
+func TestDialAuthenticatesWithThePassword(t *testing.T) {
+	// Not Start(t, "--requirepass", …): Start waits for a PONG that a
+	// password-protected server never sends to it.
+	srv := redistest.Start(t)
+	reply, err := srv.Do("CONFIG", "SET", "requirepass", "s3cret")
+	require.NoError(t, err)
+	require.Equal(t, "+OK", reply)
+	tests := []struct {
+		name   string
+		opts   Options
+		wantOK bool
+	}{
+		{"the password from the environment", Options{URL: srv.URL(0), Password: "s3cret"}, true},
+		{"the password in the url", Options{URL: "redis://:s3cret@" + srv.Addr + "/0"}, true},
+		{"the password with addrs", Options{Addrs: []string{srv.Addr}, Password: "s3cret"}, true},
+		{"no password", Options{URL: srv.URL(0)}, false},
+		{"a wrong password", Options{Addrs: []string{srv.Addr}, Password: "guess"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := dial(t, tt.opts).Ping(t.Context()).Err()
+			if tt.wantOK {
+				require.NoError(t, err)
+			} else {
+				require.Error(t, err)
+				require.NotContains(t, err.Error(), "s3cret")
+			}
+		})
+	}
+}

@@ -1,0 +1,588 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/keystore/storetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const testPrefix = "extauthz:"
+
+// dial returns a client for srv, closed when the test ends.
+func dial(tb testing.TB, o Options) goredis.UniversalClient {
+	tb.Helper()
+	c, err := Dial(o)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// newStore returns a Store on its own client for srv, as one replica would
+// have; the Store is closed before its client when the test ends.
+func newStore(tb testing.TB, srv *redistest.Server, prefix string) *Store {
+	tb.Helper()
+	s := New(dial(tb, Options{URL: srv.URL(0)}), prefix)
+	tb.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+var testHasher = keystore.NewHasher([]byte("test pepper"))
+
+// newKey returns a live key record of owner and the hash of a fresh key
+// of the sk format, which is returned too.
+func newKey(tb testing.TB, owner string) (*keystore.Key, keystore.Hash, string) {
+	tb.Helper()
+	f, err := keystore.NewFormat("sk")
+	require.NoError(tb, err)
+	secret, err := f.Generate()
+	require.NoError(tb, err)
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(tb, err)
+	return &keystore.Key{
+		ID: id, Name: "test key", Owner: owner, Permissions: []string{"read:users"}, CreatedAt: now,
+	}, testHasher.Hash(secret), secret
+}
+
+func create(tb testing.TB, s *Store, owner string) (*keystore.Key, keystore.Hash, string) {
+	tb.Helper()
+	k, h, secret := newKey(tb, owner)
+	require.NoError(tb, s.Create(context.Background(), k, h, 0))
+	return k, h, secret
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) func() (keystore.Store, error) {
+		srv := redistest.Start(t)
+		return func() (keystore.Store, error) {
+			c, err := Dial(Options{URL: srv.URL(0)})
+			if err != nil {
+				return nil, err
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			return New(c, testPrefix), nil
+		}
+	})
+}
+
+func TestCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	dialCluster := func(t *testing.T) goredis.UniversalClient {
+		c := dial(t, Options{Addrs: cluster.Addrs()})
+		require.IsType(t, &goredis.ClusterClient{}, c, "more than one address dials a Cluster")
+		return c
+	}
+
+	t.Run("create, lookup, rotate, list and watch work on a 3-master cluster", func(t *testing.T) {
+		prefix := "scenario:"
+		a, b := New(dialCluster(t), prefix), New(dialCluster(t), prefix)
+		t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+		ctx := t.Context()
+
+		events := watch(t, a)
+		canary, canaryHash, _ := create(t, b, "canary")
+		awaitReady(t, b, events, canary, canaryHash)
+
+		k, h, _ := newKey(t, "alice")
+		require.NoError(t, b.Create(ctx, k, h, 2))
+		awaitHash(t, events, h, time.Second)
+		got, err := a.Lookup(ctx, h)
+		require.NoError(t, err)
+		require.Equal(t, k.ID, got.ID)
+
+		next, nextHash, _ := newKey(t, "alice")
+		next.RotatedFrom = k.ID
+		old, err := b.Rotate(ctx, k.ID, next, nextHash, next.CreatedAt.Add(time.Hour))
+		require.NoError(t, err)
+		require.Equal(t, next.ID, old.RotatedTo)
+		awaitHash(t, events, nextHash, time.Second)
+
+		listed, cursor, err := a.List(ctx, keystore.ListOptions{Owner: "alice"})
+		require.NoError(t, err)
+		require.Empty(t, cursor)
+		require.Equal(t, []string{k.ID, next.ID}, idsOf(listed))
+
+		// Every key of the store hashes to one slot, so one primary holds them all.
+		var holders atomic.Int32
+		require.NoError(t, a.client.(*goredis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+			names, err := c.Keys(ctx, prefix+"*").Result()
+			if len(names) > 0 {
+				holders.Add(1)
+			}
+			return err
+		}))
+		require.EqualValues(t, 1, holders.Load(), "primaries holding the store's keys")
+	})
+
+	t.Run("conformance", func(t *testing.T) {
+		var n atomic.Int32
+		storetest.Run(t, func(t *testing.T) func() (keystore.Store, error) {
+			// One cluster for the whole suite (starting one takes seconds);
+			// each backend is a prefix of its own.
+			prefix := fmt.Sprintf("conformance-%d:", n.Add(1))
+			return func() (keystore.Store, error) {
+				return New(dialCluster(t), prefix), nil
+			}
+		})
+	})
+}
+
+func idsOf(keys []*keystore.Key) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.ID
+	}
+	return out
+}
+
+// allKeys returns every key name in srv and, for each, its value as text.
+func allKeys(t *testing.T, c goredis.UniversalClient) map[string]string {
+	t.Helper()
+	ctx := t.Context()
+	names, err := c.Keys(ctx, "*").Result()
+	require.NoError(t, err)
+	out := make(map[string]string, len(names))
+	for _, name := range names {
+		typ, err := c.Type(ctx, name).Result()
+		require.NoError(t, err)
+		var v any
+		switch typ {
+		case "string":
+			v, err = c.Get(ctx, name).Result()
+		case "zset":
+			v, err = c.ZRangeWithScores(ctx, name, 0, -1).Result()
+		case "stream":
+			v, err = c.XRange(ctx, name, "-", "+").Result()
+		default:
+			t.Fatalf("key %s has unexpected type %s", name, typ)
+		}
+		require.NoError(t, err)
+		out[name] = fmt.Sprint(v)
+	}
+	return out
+}
+
+func TestKeyNamesCarryThePrefixAndOneHashTag(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, "tenant-a:")
+	ctx := t.Context()
+
+	k, h, _ := create(t, s, "alice")
+	_, err := s.Update(ctx, k.ID, func(k *keystore.Key) error { k.Name = "renamed"; return nil })
+	require.NoError(t, err)
+	next, nextHash, _ := newKey(t, "alice")
+	next.RotatedFrom = k.ID
+	_, err = s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	require.NoError(t, s.TouchLastUsed(ctx, map[string]time.Time{next.ID: time.Now()}))
+
+	names := allKeys(t, raw)
+	want := []string{
+		"tenant-a:{keys}:h:" + h.String(),
+		"tenant-a:{keys}:h:" + nextHash.String(),
+		"tenant-a:{keys}:id:" + k.ID,
+		"tenant-a:{keys}:id:" + next.ID,
+		"tenant-a:{keys}:all",
+		"tenant-a:{keys}:owner:alice",
+		"tenant-a:{keys}:live:alice",
+		"tenant-a:{keys}:changes",
+	}
+	for _, name := range want {
+		require.Contains(t, names, name)
+	}
+	require.Len(t, names, len(want), "unexpected keys in %v", names)
+
+	// Another prefix is another store on the same server.
+	other := newStore(t, srv, "tenant-b:")
+	_, err = other.Lookup(ctx, h)
+	require.ErrorIs(t, err, keystore.ErrNotFound)
+	create(t, other, "alice")
+	for name := range allKeys(t, raw) {
+		require.True(t, strings.HasPrefix(name, "tenant-a:{keys}:") || strings.HasPrefix(name, "tenant-b:{keys}:"),
+			"key %q is outside both prefixes", name)
+	}
+}
+
+func TestNoPlaintextKeyIsStored(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+
+	var secrets []string
+	for i := range 5 {
+		k, _, secret := create(t, s, fmt.Sprintf("owner-%d", i%2))
+		secrets = append(secrets, secret)
+		_, err := s.Update(ctx, k.ID, func(k *keystore.Key) error { k.Permissions = append(k.Permissions, "admin"); return nil })
+		require.NoError(t, err)
+		require.NoError(t, s.TouchLastUsed(ctx, map[string]time.Time{k.ID: time.Now()}))
+		if i%2 == 0 {
+			next, nextHash, nextSecret := newKey(t, k.Owner)
+			secrets = append(secrets, nextSecret)
+			next.RotatedFrom = k.ID
+			_, err := s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
+			require.NoError(t, err)
+		}
+	}
+
+	dump := allKeys(t, raw)
+	require.NotEmpty(t, dump)
+	for name, value := range dump {
+		for _, secret := range secrets {
+			random := secret[len("sk_"):] // without the prefix the format announces
+			require.NotContains(t, name, random, "a key name contains a plaintext key")
+			require.NotContains(t, value, random, "the value of %s contains a plaintext key", name)
+		}
+	}
+}
+
+func TestRedisDownIsUnavailableFast(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, testPrefix)
+	k, h, _ := create(t, s, "alice")
+	srv.Stop()
+
+	next, nextHash, _ := newKey(t, "alice")
+	next.RotatedFrom = k.ID
+	calls := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"Lookup", func(ctx context.Context) error { _, err := s.Lookup(ctx, h); return err }},
+		{"Get", func(ctx context.Context) error { _, err := s.Get(ctx, k.ID); return err }},
+		{"Create", func(ctx context.Context) error { n, nh, _ := newKey(t, "alice"); return s.Create(ctx, n, nh, 10) }},
+		{"Update", func(ctx context.Context) error {
+			_, err := s.Update(ctx, k.ID, func(*keystore.Key) error { return nil })
+			return err
+		}},
+		{"Rotate", func(ctx context.Context) error {
+			_, err := s.Rotate(ctx, k.ID, next, nextHash, time.Now())
+			return err
+		}},
+		{"List", func(ctx context.Context) error { _, _, err := s.List(ctx, keystore.ListOptions{}); return err }},
+		{"TouchLastUsed", func(ctx context.Context) error {
+			return s.TouchLastUsed(ctx, map[string]time.Time{k.ID: time.Now()})
+		}},
+		{"Ping", func(ctx context.Context) error { return s.Ping(ctx) }},
+	}
+	for _, c := range calls {
+		t.Run(c.name+" wraps ErrUnavailable within a second", func(t *testing.T) {
+			start := time.Now()
+			err := c.call(t.Context())
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			require.NotErrorIs(t, err, keystore.ErrNotFound)
+			require.Less(t, time.Since(start), time.Second)
+		})
+	}
+
+	srv.Restart()
+	_, err := s.Lookup(t.Context(), h)
+	require.ErrorIs(t, err, keystore.ErrNotFound, "after a restart without persistence the key is gone, and Redis answers again")
+}
+
+func TestRedisHangingIsUnavailableFast(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, testPrefix)
+	_, h, _ := create(t, s, "alice")
+
+	srv.Pause()
+	start := time.Now()
+	_, err := s.Lookup(t.Context(), h)
+	elapsed := time.Since(start)
+	srv.Resume()
+	require.ErrorIs(t, err, keystore.ErrUnavailable)
+	// Two attempts (DefaultMaxRetries) of DefaultReadTimeout each, plus slack.
+	require.Less(t, elapsed, 1500*time.Millisecond)
+
+	got, err := s.Lookup(t.Context(), h)
+	require.NoError(t, err, "Lookup after Redis resumed")
+	require.NotNil(t, got)
+}
+
+func TestCallerDeadlineWins(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, testPrefix)
+	_, h, _ := create(t, s, "alice")
+	srv.Pause()
+	defer srv.Resume()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Lookup(ctx, h)
+	require.ErrorIs(t, err, keystore.ErrUnavailable)
+	require.Less(t, time.Since(start), 200*time.Millisecond, "the 50ms context deadline was not honoured")
+}
+
+// watch runs s.Watch until the test ends and returns what it reports.
+func watch(t *testing.T, s *Store) <-chan keystore.Hash {
+	t.Helper()
+	events := make(chan keystore.Hash, 1024)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Watch(ctx, func(h keystore.Hash) {
+			select {
+			case events <- h:
+			default:
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(2 * time.Second):
+			t.Error("Watch did not return within 2s of its context being cancelled")
+		}
+	})
+	return events
+}
+
+// awaitReady renames canary through via until events reports it: Watch
+// starts from the end of the change log some moment after it is called.
+func awaitReady(t *testing.T, via *Store, events <-chan keystore.Hash, canary *keystore.Key, canaryHash keystore.Hash) {
+	t.Helper()
+	for i := range 100 {
+		_, err := via.Update(t.Context(), canary.ID, func(k *keystore.Key) error { k.Name = fmt.Sprint("canary ", i); return nil })
+		require.NoError(t, err)
+		timeout := time.After(100 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case h := <-events:
+				if h == canaryHash {
+					drain(events)
+					return
+				}
+			case <-timeout:
+				break wait
+			}
+		}
+	}
+	t.Fatal("Watch reported nothing for 10s while the canary changed")
+}
+
+func drain(events <-chan keystore.Hash) {
+	for {
+		select {
+		case <-events:
+		default:
+			return
+		}
+	}
+}
+
+// awaitHash waits up to d for h and fails the test otherwise.
+func awaitHash(t *testing.T, events <-chan keystore.Hash, h keystore.Hash, d time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	timeout := time.After(d)
+	for {
+		select {
+		case got := <-events:
+			if got == h {
+				return time.Since(start)
+			}
+		case <-timeout:
+			if h.IsZero() {
+				t.Fatalf("Watch did not say \"forget everything\" within %v", d)
+			}
+			t.Fatalf("Watch did not report %s… within %v", h.String()[:8], d)
+			return 0
+		}
+	}
+}
+
+func TestWatchReachesAnotherReplicaWithinASecond(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := newStore(t, srv, testPrefix), newStore(t, srv, testPrefix)
+	events := watch(t, a)
+	canary, canaryHash, _ := create(t, b, "canary")
+	awaitReady(t, b, events, canary, canaryHash)
+
+	k, h, _ := create(t, b, "alice")
+	took := awaitHash(t, events, h, time.Second)
+	t.Logf("a create reached the other replica's Watch in %v", took)
+
+	_, err := b.Update(t.Context(), k.ID, func(k *keystore.Key) error {
+		now := time.Now()
+		k.RevokedAt = &now
+		return nil
+	})
+	require.NoError(t, err)
+	awaitHash(t, events, h, time.Second)
+}
+
+func TestWatchForgetsEverythingAfterARestart(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := newStore(t, srv, testPrefix), newStore(t, srv, testPrefix)
+	events := watch(t, a)
+	canary, canaryHash, _ := create(t, b, "canary")
+	awaitReady(t, b, events, canary, canaryHash)
+
+	srv.Stop()
+	select {
+	case h := <-events:
+		t.Fatalf("Watch reported %v while Redis was down; the cache must keep serving then", h)
+	case <-time.After(time.Second):
+	}
+
+	srv.Restart() // without persistence: the change log is gone
+	awaitHash(t, events, keystore.Hash{}, 3*time.Second)
+
+	// And it reads on from the new server.
+	_, h, _ := create(t, b, "alice")
+	awaitHash(t, events, h, time.Second)
+}
+
+func TestWatchForgetsEverythingAfterAGapInTheLog(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	a, b := newStore(t, srv, testPrefix), newStore(t, srv, testPrefix)
+	events := watch(t, a)
+	canary, canaryHash, _ := create(t, b, "canary")
+	awaitReady(t, b, events, canary, canaryHash)
+
+	// What MAXLEN does to a watcher that fell behind: the entries it has
+	// not read, and the last one it has, are trimmed away.
+	require.NoError(t, raw.XTrimMaxLen(t.Context(), testPrefix+"{keys}:changes", 0).Err())
+	create(t, b, "alice")
+	awaitHash(t, events, keystore.Hash{}, time.Second)
+
+	_, h, _ := create(t, b, "bob")
+	awaitHash(t, events, h, time.Second)
+}
+
+func TestWatchIgnoresEntriesItDidNotWrite(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	a, b := newStore(t, srv, testPrefix), newStore(t, srv, testPrefix)
+	events := watch(t, a)
+	canary, canaryHash, _ := create(t, b, "canary")
+	awaitReady(t, b, events, canary, canaryHash)
+
+	for _, v := range []string{"", "not hex", strings.Repeat("0", 64), strings.Repeat("ab", 40)} {
+		require.NoError(t, raw.XAdd(t.Context(), &goredis.XAddArgs{
+			Stream: testPrefix + "{keys}:changes", Values: []string{"h", v},
+		}).Err())
+	}
+	_, h, _ := create(t, b, "alice")
+	timeout := time.After(time.Second)
+	for {
+		select {
+		case got := <-events:
+			if got == canaryHash {
+				continue // a late report of awaitReady's renames
+			}
+			require.Equal(t, h, got, "the first report after the garbage entries")
+			return
+		case <-timeout:
+			t.Fatal("Watch stopped reporting after garbage entries")
+		}
+	}
+}
+
+func TestCloseEndsWatch(t *testing.T) {
+	srv := redistest.Start(t)
+	s := New(dial(t, Options{URL: srv.URL(0)}), testPrefix)
+	done := make(chan error, 1)
+	go func() { done <- s.Watch(context.Background(), func(keystore.Hash) {}) }()
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, s.Close())
+	select {
+	case err := <-done:
+		require.Error(t, err, "Watch ended by Close rather than its context")
+	case <-time.After(time.Second):
+		t.Fatal("Watch still running after Close returned")
+	}
+	require.Error(t, s.Watch(t.Context(), func(keystore.Hash) {}), "Watch on a closed Store")
+	_, err := s.Lookup(t.Context(), keystore.Hash{1})
+	require.Error(t, err, "Lookup on a closed Store")
+	require.NoError(t, s.Close(), "a second Close")
+}
+
+func TestPrefixWithBracesIsRefused(t *testing.T) {
+	for _, prefix := range []string{"a{b}:", "{x}", "}", "x{}:"} {
+		require.Error(t, CheckPrefix(prefix), "prefix %q", prefix)
+	}
+	for _, prefix := range []string{"", "extauthz:", "tenant-a/x:"} {
+		require.NoError(t, CheckPrefix(prefix), "prefix %q", prefix)
+	}
+
+	srv := redistest.Start(t)
+	s := newStore(t, srv, "a{}:")
+	_, err := s.Lookup(t.Context(), keystore.Hash{1})
+	require.ErrorContains(t, err, "must not contain { or }")
+	require.ErrorContains(t, s.Watch(t.Context(), func(keystore.Hash) {}), "must not contain { or }")
+}
+
+func TestConcurrentTouchAndUpdateLoseNothing(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, testPrefix)
+	k, _, _ := create(t, s, "alice")
+	base := time.Now().UTC().Truncate(time.Millisecond)
+	var wg sync.WaitGroup
+	const n = 10
+	for i := range n {
+		wg.Go(func() {
+			_, err := s.Update(context.Background(), k.ID, func(k *keystore.Key) error {
+				k.Permissions = append(k.Permissions, fmt.Sprint("p", i))
+				return nil
+			})
+			assert.NoError(t, err)
+		})
+		wg.Go(func() {
+			assert.NoError(t, s.TouchLastUsed(context.Background(), map[string]time.Time{k.ID: base.Add(time.Duration(i) * time.Second)}))
+		})
+	}
+	wg.Wait()
+	got, err := s.Get(t.Context(), k.ID)
+	require.NoError(t, err)
+	require.Len(t, got.Permissions, n+1, "an update was lost")
+	require.NotNil(t, got.LastUsedAt)
+	require.True(t, got.LastUsedAt.Equal(base.Add((n-1)*time.Second)), "last_used_at %v, want the latest touch", got.LastUsedAt)
+}
+
+func BenchmarkLookup(b *testing.B) {
+	srv := redistest.Start(b)
+	s := newStore(b, srv, testPrefix)
+	_, h, _ := create(b, s, "alice")
+	ctx := context.Background()
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.Lookup(ctx, h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.Lookup(ctx, h); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}

@@ -1,0 +1,623 @@
+// Package redis is the Redis backend of the key store: a keystore.Store
+// shared by every extauthz replica, on a standalone server, Sentinel or
+// Redis Cluster, plus Dial, which builds the go-redis client that the key
+// store, the Redis rate limiter and the audit sink share.
+//
+// It is not a cache (keystore.Cache sits in front of it) and not a rate
+// limiter (ratelimit has its own Redis keys, spread across the cluster).
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// Key layout, all under the caller's prefix (e.g. "extauthz:"):
+//
+//	<prefix>{keys}:h:<hash hex>      string: the key record as JSON (id included)
+//	<prefix>{keys}:id:<id>           string: the hash hex of that id's record
+//	<prefix>{keys}:all               sorted set of every id, score 0 (ordered by id)
+//	<prefix>{keys}:owner:<owner>     sorted set of the owner's ids, score 0
+//	<prefix>{keys}:live:<owner>      sorted set of the owner's ids that are neither
+//	                                 revoked nor rotated away, scored by expiry (µs)
+//	<prefix>{keys}:changes           stream of changes, one field h = hash hex
+//
+// Every name carries the same hash tag, {keys}, so on Redis Cluster all key
+// metadata lives in one slot, on one primary. That is deliberate. Metadata
+// is small (a few hundred bytes a key) and read-mostly: replicas read it
+// through their in-process cache and hear about changes from the stream.
+// What matters for it is that create-with-limit-check, rotate and update are
+// single atomic Lua scripts, and a script can only touch keys of one slot.
+// Spreading the records over slots would buy nothing but the loss of that
+// atomicity. The hot writes, the rate-limit counters, live elsewhere and are
+// spread over the cluster by key (package ratelimit).
+//
+// Lookup, the only call on the request path, is one GET. Ids sort by
+// creation time (keystore.NewID), so List pages through the id sets with
+// ZRANGE BYLEX, which needs every score to be equal.
+//
+// Records are JSON with the field names of keystore.Key. Only hashes are
+// stored, never a key.
+type layout struct{ base string } // "<prefix>{keys}:"
+
+func (l layout) record(hexHash string) string { return l.base + "h:" + hexHash }
+func (l layout) id(id string) string          { return l.base + "id:" + id }
+func (l layout) all() string                  { return l.base + "all" }
+func (l layout) owner(owner string) string    { return l.base + "owner:" + owner }
+func (l layout) live(owner string) string     { return l.base + "live:" + owner }
+func (l layout) changes() string              { return l.base + "changes" }
+
+const (
+	// changesMaxLen caps the change stream (approximately, MAXLEN ~). A
+	// watcher more than this many changes behind sees a gap and forgets
+	// everything, which is correct, only slower.
+	changesMaxLen = 10000
+	// updateAttempts bounds the optimistic retries of Update, Rotate and
+	// TouchLastUsed. Each round of conflicts lets at least one writer through,
+	// so this many concurrent writers of one record all succeed.
+	updateAttempts = 50
+	// touchBatch is the number of records one TouchLastUsed script writes.
+	touchBatch = 256
+)
+
+// Store is a keystore.Store on Redis. Build it with New; it is safe for
+// concurrent use.
+type Store struct {
+	client goredis.UniversalClient
+	keys   layout
+	err    error // a bad prefix: every call returns it
+
+	mu       sync.Mutex
+	closed   bool
+	done     chan struct{} // closed by Close: running Watch calls return
+	watchers sync.WaitGroup
+}
+
+var _ keystore.Store = (*Store)(nil)
+
+// New returns a Store that keeps its keys in client under prefix (for
+// example "extauthz:"). It does not take ownership of client: other users
+// (the rate limiter) share it, and whoever dialed it closes it after
+// closing the Store.
+//
+// The prefix must not contain '{' or '}', which would change the Cluster
+// hash tag (see CheckPrefix); with such a prefix every method returns an
+// error.
+func New(client goredis.UniversalClient, prefix string) *Store {
+	s := &Store{client: client, keys: layout{base: prefix + "{keys}:"}, done: make(chan struct{})}
+	if client == nil {
+		s.err = errors.New("redis store: no client")
+	} else {
+		s.err = CheckPrefix(prefix)
+	}
+	return s
+}
+
+// CheckPrefix reports whether prefix can start the store's key names. It
+// may be empty; it must not contain the hash-tag braces.
+func CheckPrefix(prefix string) error {
+	if strings.ContainsAny(prefix, "{}") {
+		return fmt.Errorf("store.redis: prefix %q must not contain { or } (they would break the Cluster hash tag)", prefix)
+	}
+	return nil
+}
+
+// unavailable wraps a go-redis failure so that callers see
+// keystore.ErrUnavailable (and can serve from a stale cache) while the
+// cause stays in the message and in the chain.
+func unavailable(op string, err error) error {
+	return fmt.Errorf("redis %s: %w: %w", op, keystore.ErrUnavailable, err)
+}
+
+func (s *Store) check() error {
+	if s.err != nil {
+		return s.err
+	}
+	select {
+	case <-s.done:
+		return errors.New("redis store: closed")
+	default:
+		return nil
+	}
+}
+
+// Lookup finds the key whose hash is h with a single GET.
+func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	raw, err := s.client.Get(ctx, s.keys.record(h.String())).Result()
+	if errors.Is(err, goredis.Nil) {
+		return nil, keystore.ErrNotFound
+	}
+	if err != nil {
+		return nil, unavailable("lookup", err)
+	}
+	k, err := decode(raw)
+	if err != nil {
+		return nil, fmt.Errorf("redis lookup: %w", err)
+	}
+	return k, nil
+}
+
+// Get finds a key by id.
+func (s *Store) Get(ctx context.Context, id string) (*keystore.Key, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	k, _, _, err := s.read(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// read returns the record of id, its hash hex and the raw JSON that
+// Update-style scripts compare against.
+func (s *Store) read(ctx context.Context, id string) (*keystore.Key, string, string, error) {
+	if id == "" {
+		return nil, "", "", keystore.ErrNotFound
+	}
+	hexHash, err := s.client.Get(ctx, s.keys.id(id)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return nil, "", "", keystore.ErrNotFound
+	}
+	if err != nil {
+		return nil, "", "", unavailable(fmt.Sprintf("get %q", id), err)
+	}
+	raw, err := s.client.Get(ctx, s.keys.record(hexHash)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return nil, "", "", keystore.ErrNotFound
+	}
+	if err != nil {
+		return nil, "", "", unavailable(fmt.Sprintf("get %q", id), err)
+	}
+	k, err := decode(raw)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("redis get %q: %w", id, err)
+	}
+	return k, hexHash, raw, nil
+}
+
+// Create stores k under h, atomically with the owner's limit check.
+func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if k == nil || k.ID == "" {
+		return errors.New("redis create: key has no id")
+	}
+	if h.IsZero() {
+		return fmt.Errorf("redis create %s: zero hash", k.ID)
+	}
+	rec := normalize(k)
+	raw, err := encode(rec)
+	if err != nil {
+		return fmt.Errorf("redis create %s: %w", k.ID, err)
+	}
+	hexHash := h.String()
+	keys := []string{
+		s.keys.record(hexHash), s.keys.id(rec.ID), s.keys.all(),
+		s.keys.owner(rec.Owner), s.keys.live(rec.Owner), s.keys.changes(),
+	}
+	res, err := createScript.Run(ctx, s.client, keys,
+		raw, hexHash, rec.ID, max(maxPerOwner, 0), micros(rec.CreatedAt), liveScore(rec), changesMaxLen).Text()
+	if err != nil {
+		return unavailable("create "+rec.ID, err)
+	}
+	switch res {
+	case "OK":
+		return nil
+	case "EXISTS":
+		return fmt.Errorf("redis create %s: %w", rec.ID, keystore.ErrExists)
+	case "LIMIT":
+		return fmt.Errorf("redis create %s: owner %q: %w", rec.ID, rec.Owner, keystore.ErrKeyLimit)
+	}
+	return fmt.Errorf("redis create %s: unexpected script reply %q", rec.ID, res)
+}
+
+// Update applies fn to the record of id and writes the result if nobody
+// changed the record meanwhile, retrying otherwise.
+func (s *Store) Update(ctx context.Context, id string, fn func(*keystore.Key) error) (*keystore.Key, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	for attempt := range updateAttempts {
+		cur, hexHash, oldRaw, err := s.read(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		next := cur.Clone()
+		if err := fn(next); err != nil {
+			return nil, err
+		}
+		if next.ID != cur.ID || next.Owner != cur.Owner || !next.CreatedAt.Equal(cur.CreatedAt) {
+			return nil, fmt.Errorf("redis update %s: id, owner and created_at cannot change", id)
+		}
+		next = normalize(next)
+		newRaw, err := encode(next)
+		if err != nil {
+			return nil, fmt.Errorf("redis update %s: %w", id, err)
+		}
+		keys := []string{s.keys.record(hexHash), s.keys.live(next.Owner), s.keys.changes()}
+		res, err := updateScript.Run(ctx, s.client, keys,
+			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen).Text()
+		if err != nil {
+			return nil, unavailable("update "+id, err)
+		}
+		switch res {
+		case "OK":
+			return decode(newRaw)
+		case "CONFLICT":
+			if err := backoff(ctx, attempt); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return nil, fmt.Errorf("redis update %s: unexpected script reply %q", id, res)
+	}
+	return nil, fmt.Errorf("redis update %s: the record kept changing; gave up after %d attempts", id, updateAttempts)
+}
+
+// Rotate stores next under h and marks id rotated to it, in one script.
+func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h keystore.Hash, graceEnd time.Time) (*keystore.Key, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if next == nil || next.ID == "" {
+		return nil, fmt.Errorf("redis rotate %s: new key has no id", id)
+	}
+	if next.RotatedFrom != id {
+		return nil, fmt.Errorf("redis rotate %s: new key %s has rotated_from %q", id, next.ID, next.RotatedFrom)
+	}
+	if h.IsZero() {
+		return nil, fmt.Errorf("redis rotate %s: zero hash", id)
+	}
+	nrec := normalize(next)
+	newRaw, err := encode(nrec)
+	if err != nil {
+		return nil, fmt.Errorf("redis rotate %s: %w", id, err)
+	}
+	newHex := h.String()
+	for attempt := range updateAttempts {
+		cur, oldHex, oldRaw, err := s.read(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		// A key already rotated away no longer counts against its owner's
+		// limit; rotating it again would mint live keys past that limit.
+		if cur.StatusAt(nrec.CreatedAt) != keystore.Live || cur.RotatedTo != "" {
+			return nil, fmt.Errorf("redis rotate %s: %w", id, keystore.ErrNotLive)
+		}
+		old := cur.Clone()
+		old.RotatedTo = nrec.ID
+		if old.ExpiresAt == nil || graceEnd.Before(*old.ExpiresAt) {
+			g := graceEnd.UTC()
+			old.ExpiresAt = &g
+		}
+		rotatedRaw, err := encode(old)
+		if err != nil {
+			return nil, fmt.Errorf("redis rotate %s: %w", id, err)
+		}
+		keys := []string{
+			s.keys.record(oldHex), s.keys.live(old.Owner),
+			s.keys.record(newHex), s.keys.id(nrec.ID), s.keys.all(),
+			s.keys.owner(nrec.Owner), s.keys.live(nrec.Owner), s.keys.changes(),
+		}
+		res, err := rotateScript.Run(ctx, s.client, keys,
+			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen).Text()
+		if err != nil {
+			return nil, unavailable("rotate "+id, err)
+		}
+		switch res {
+		case "OK":
+			return old, nil
+		case "CONFLICT":
+			if err := backoff(ctx, attempt); err != nil {
+				return nil, err
+			}
+			continue
+		case "EXISTS":
+			return nil, fmt.Errorf("redis rotate %s: new key %s: %w", id, nrec.ID, keystore.ErrExists)
+		}
+		return nil, fmt.Errorf("redis rotate %s: unexpected script reply %q", id, res)
+	}
+	return nil, fmt.Errorf("redis rotate %s: the record kept changing; gave up after %d attempts", id, updateAttempts)
+}
+
+// List pages through the ids in order, dropping keys that are not live
+// unless opts.IncludeRevoked, and reading on until the page is full.
+func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystore.Key, string, error) {
+	if err := s.check(); err != nil {
+		return nil, "", err
+	}
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	set := s.keys.all()
+	if opts.Owner != "" {
+		set = s.keys.owner(opts.Owner)
+	}
+	batch := int64(min(max(limit+1, 64), 1000))
+	after := opts.After
+	// One key more than the page is read, so that the last page says so.
+	var out []*keystore.Key
+	for len(out) <= limit {
+		start := "-"
+		if after != "" {
+			start = "(" + after
+		}
+		ids, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
+			Key: set, Start: start, Stop: "+", ByLex: true, Count: batch,
+		}).Result()
+		if err != nil {
+			return nil, "", unavailable("list", err)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		keys, err := s.readIDs(ctx, ids)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, k := range keys {
+			if k == nil || (!opts.IncludeRevoked && k.StatusAt(now) != keystore.Live) {
+				continue
+			}
+			out = append(out, k)
+			if len(out) > limit {
+				break
+			}
+		}
+		after = ids[len(ids)-1]
+		if int64(len(ids)) < batch {
+			break
+		}
+	}
+	if len(out) > limit {
+		return out[:limit], out[limit-1].ID, nil
+	}
+	return out, "", nil
+}
+
+// readIDs returns the records of ids in order, nil where one is missing.
+func (s *Store) readIDs(ctx context.Context, ids []string) ([]*keystore.Key, error) {
+	hashes, raws, err := s.readRaw(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]*keystore.Key, len(ids))
+	for i, raw := range raws {
+		if hashes[i] == "" || raw == "" {
+			continue
+		}
+		if keys[i], err = decode(raw); err != nil {
+			return nil, fmt.Errorf("redis list: key %s: %w", ids[i], err)
+		}
+	}
+	return keys, nil
+}
+
+// readRaw returns the hash hex and the raw record of each id ("" where
+// missing), in two MGETs. All names share one slot, so MGET works on
+// Cluster.
+func (s *Store) readRaw(ctx context.Context, ids []string) (hashes, raws []string, err error) {
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = s.keys.id(id)
+	}
+	hv, err := s.client.MGet(ctx, names...).Result()
+	if err != nil {
+		return nil, nil, unavailable("read ids", err)
+	}
+	hashes = make([]string, len(ids))
+	raws = make([]string, len(ids))
+	names = names[:0]
+	var at []int
+	for i, v := range hv {
+		if h, ok := v.(string); ok && h != "" {
+			hashes[i] = h
+			names = append(names, s.keys.record(h))
+			at = append(at, i)
+		}
+	}
+	if len(names) == 0 {
+		return hashes, raws, nil
+	}
+	rv, err := s.client.MGet(ctx, names...).Result()
+	if err != nil {
+		return nil, nil, unavailable("read records", err)
+	}
+	for j, v := range rv {
+		if r, ok := v.(string); ok {
+			raws[at[j]] = r
+		}
+	}
+	return hashes, raws, nil
+}
+
+// TouchLastUsed moves last_used_at forward (never back) for the ids that
+// exist, without announcing a change. Records are read in bulk and written
+// by scripts that skip any record changed meanwhile; those are read again.
+func (s *Store) TouchLastUsed(ctx context.Context, used map[string]time.Time) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(used))
+	for id := range used {
+		if id != "" {
+			ids = append(ids, id)
+		}
+	}
+	for attempt := 0; len(ids) > 0; attempt++ {
+		if attempt == updateAttempts {
+			return fmt.Errorf("redis touch: %d records kept changing; gave up after %d attempts", len(ids), updateAttempts)
+		}
+		var retry []string
+		for start := 0; start < len(ids); start += touchBatch {
+			chunk := ids[start:min(start+touchBatch, len(ids))]
+			conflicts, err := s.touch(ctx, chunk, used)
+			if err != nil {
+				return err
+			}
+			retry = append(retry, conflicts...)
+		}
+		ids = retry
+		if len(ids) > 0 {
+			if err := backoff(ctx, attempt); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// backoff waits a random moment, growing with attempt, before an
+// optimistic write is retried, so that writers that collided spread out.
+func backoff(ctx context.Context, attempt int) error {
+	d := time.Duration(rand.Int64N(int64(min(attempt+1, 10)) * int64(time.Millisecond)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return unavailable("retry", ctx.Err())
+	case <-t.C:
+		return nil
+	}
+}
+
+// touch writes one batch and returns the ids whose records changed meanwhile.
+func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Time) ([]string, error) {
+	hashes, raws, err := s.readRaw(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var keys, whose []string
+	var args []any
+	for i, raw := range raws {
+		if raw == "" {
+			continue // deleted, or never existed: nothing to touch
+		}
+		k, err := decode(raw)
+		if err != nil {
+			return nil, fmt.Errorf("redis touch: key %s: %w", ids[i], err)
+		}
+		t := used[ids[i]].UTC()
+		if k.LastUsedAt != nil && !t.After(*k.LastUsedAt) {
+			continue
+		}
+		k.LastUsedAt = &t
+		newRaw, err := encode(k)
+		if err != nil {
+			return nil, fmt.Errorf("redis touch: key %s: %w", ids[i], err)
+		}
+		keys = append(keys, s.keys.record(hashes[i]))
+		whose = append(whose, ids[i])
+		args = append(args, raw, newRaw)
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	res, err := touchScript.Run(ctx, s.client, keys, args...).Int64Slice()
+	if err != nil {
+		return nil, unavailable("touch", err)
+	}
+	conflicts := make([]string, 0, len(res))
+	for _, i := range res {
+		if i >= 1 && int(i) <= len(whose) {
+			conflicts = append(conflicts, whose[i-1])
+		}
+	}
+	return conflicts, nil
+}
+
+// Ping reports whether Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := s.client.Ping(ctx).Err(); err != nil {
+		return unavailable("ping", err)
+	}
+	return nil
+}
+
+// Close stops running Watch calls and waits for them to return. It does not
+// close the client, which the Store does not own (see New). Calling it
+// twice is harmless.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	s.mu.Unlock()
+	s.watchers.Wait()
+	return nil
+}
+
+// normalize returns a copy of k as stored: owner defaulted, times in UTC
+// without monotonic readings, so that records compare and sort the same in
+// every process.
+func normalize(k *keystore.Key) *keystore.Key {
+	c := k.Clone()
+	if c.Owner == "" {
+		c.Owner = keystore.DefaultOwner
+	}
+	c.CreatedAt = c.CreatedAt.UTC()
+	for _, t := range []**time.Time{&c.ExpiresAt, &c.LastUsedAt, &c.RevokedAt} {
+		if *t != nil {
+			u := (*t).UTC()
+			*t = &u
+		}
+	}
+	return c
+}
+
+func encode(k *keystore.Key) (string, error) {
+	b, err := json.Marshal(k)
+	if err != nil {
+		return "", fmt.Errorf("encode record: %w", err)
+	}
+	return string(b), nil
+}
+
+func decode(raw string) (*keystore.Key, error) {
+	var k keystore.Key
+	if err := json.Unmarshal([]byte(raw), &k); err != nil {
+		return nil, fmt.Errorf("decode record: %w", err)
+	}
+	return &k, nil
+}
+
+// micros is t in Unix microseconds, the unit of the live-set scores.
+func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+
+// liveScore is k's score in its owner's live set: its expiry, "+inf" when
+// it never expires, or "" when it must not be in the set (revoked, or
+// rotated away: such keys never count against the owner's limit).
+func liveScore(k *keystore.Key) string {
+	switch {
+	case k.RevokedAt != nil || k.RotatedTo != "":
+		return ""
+	case k.ExpiresAt == nil:
+		return "+inf"
+	}
+	return micros(*k.ExpiresAt)
+}
