@@ -1,0 +1,388 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/keystore/storetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestStoreConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) func() (keystore.Store, error) {
+		path := filepath.Join(t.TempDir(), "extauthz.db")
+		return func() (keystore.Store, error) { return Open(path) }
+	})
+}
+
+// openTest opens a Store on path, closed when the test ends.
+func openTest(t testing.TB, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s
+}
+
+var hasher = keystore.NewHasher(nil)
+
+// testKey returns a live key of owner "alice" created now, and its hash.
+func testKey(t testing.TB) (*keystore.Key, keystore.Hash) {
+	t.Helper()
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(t, err)
+	return &keystore.Key{ID: id, Name: "test", Owner: "alice", Permissions: []string{"read:users"}, CreatedAt: now},
+		hasher.Hash("secret of " + id)
+}
+
+func TestOpenCreatesAPrivateDirectoryAndFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data", "nested", "extauthz.db")
+	s := openTest(t, path)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+
+	for p, want := range map[string]os.FileMode{
+		filepath.Dir(path):               0o700,
+		filepath.Dir(filepath.Dir(path)): 0o700,
+		path:                             0o600,
+		path + "-wal":                    0o600,
+	} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		require.Equal(t, want, fi.Mode().Perm(), p)
+	}
+}
+
+func TestOpenSetsThePragmasOnEveryConnection(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "x.db"))
+	// Hold several connections at once, so the pool has to open more than one.
+	ctx := t.Context()
+	var conns []*sql.Conn
+	for range 3 {
+		c, err := s.db.Conn(ctx)
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	for i, c := range conns {
+		for pragma, want := range map[string]string{
+			"journal_mode": "wal",
+			"synchronous":  "2", // FULL
+			"busy_timeout": "5000",
+			"foreign_keys": "1",
+			"user_version": "1",
+		} {
+			var got string
+			require.NoError(t, c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got))
+			require.Equal(t, want, got, "connection %d: PRAGMA %s", i, pragma)
+		}
+		require.NoError(t, c.Close())
+	}
+}
+
+func TestStoreKeepsTimesAsUnixNanosecondsAndOnlyTheHash(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "x.db"))
+	k, h := testKey(t)
+	k.CreatedAt = time.Date(2026, 3, 4, 5, 6, 7, 891011121, time.FixedZone("X", 3600))
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+
+	var created int64
+	var createdType string
+	var stored []byte
+	require.NoError(t, s.db.QueryRow(`SELECT created_at, typeof(created_at), hash FROM keys WHERE id = ?`, k.ID).
+		Scan(&created, &createdType, &stored))
+	require.Equal(t, "integer", createdType)
+	require.Equal(t, k.CreatedAt.UnixNano(), created)
+	require.Equal(t, h[:], stored)
+}
+
+func TestAKeySurvivesARestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s, err := Open(path)
+	require.NoError(t, err)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+	require.NoError(t, s.Close())
+	require.NoError(t, s.Close(), "a second Close does nothing")
+
+	got, err := openTest(t, path).Lookup(t.Context(), h)
+	require.NoError(t, err)
+	require.Equal(t, k.ID, got.ID)
+}
+
+func TestTwoStoresOnOneFileSeeEachOthersWritesAndChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	a, b := openTest(t, path), openTest(t, path)
+	ctx := t.Context()
+
+	events := make(chan keystore.Hash, 16)
+	watchCtx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- a.Watch(watchCtx, func(h keystore.Hash) { events <- h }) }()
+	defer func() {
+		stop()
+		require.NoError(t, <-done, "Watch returns nil when its context is done")
+	}()
+	time.Sleep(2 * a.pollInterval) // Watch starts from the log's head when it runs
+
+	k, h := testKey(t)
+	require.NoError(t, b.Create(ctx, k, h, 0))
+	got, err := a.Lookup(ctx, h)
+	require.NoError(t, err, "a sees b's write")
+	require.Equal(t, k.ID, got.ID)
+	select {
+	case got := <-events:
+		require.Equal(t, h, got)
+	case <-time.After(time.Second):
+		t.Fatal("a's Watch did not report b's create within 1s")
+	}
+
+	_, err = a.Update(ctx, k.ID, func(k *keystore.Key) error { k.Name = "renamed by a"; return nil })
+	require.NoError(t, err)
+	got, err = b.Get(ctx, k.ID)
+	require.NoError(t, err, "b sees a's write")
+	require.Equal(t, "renamed by a", got.Name)
+}
+
+func TestWatchForgetsEverythingWhenItsPositionWasTrimmed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	writer, reader := openTest(t, path), openTest(t, path)
+	writer.keepChanges = 2
+	ctx := t.Context()
+
+	pos, err := reader.changeHead(ctx)
+	require.NoError(t, err)
+	var hashes []keystore.Hash
+	for range 4 {
+		k, h := testKey(t)
+		require.NoError(t, writer.Create(ctx, k, h, 0))
+		hashes = append(hashes, h)
+	}
+
+	var got []keystore.Hash
+	pos, err = reader.readChanges(ctx, pos, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	// The first two changes are gone: forget everything, then the rest.
+	require.Equal(t, []keystore.Hash{{}, hashes[2], hashes[3]}, got)
+
+	got = nil
+	_, err = reader.readChanges(ctx, pos, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	require.Empty(t, got, "a reader that caught up gets nothing more")
+}
+
+func TestTheChangeLogForgetsOldChanges(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "extauthz.db"))
+	ctx := t.Context()
+	clock := time.Now()
+	s.now = func() time.Time { return clock }
+
+	pos, err := s.changeHead(ctx)
+	require.NoError(t, err)
+	k1, _ := testKey(t)
+	k1h := hasher.Hash("first")
+	require.NoError(t, s.Create(ctx, k1, k1h, 0))
+	clock = clock.Add(keepChangesFor + time.Second)
+	k2, k2h := testKey(t)
+	require.NoError(t, s.Create(ctx, k2, k2h, 0))
+
+	var rows int
+	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM changes`).Scan(&rows))
+	require.Equal(t, 1, rows, "only the change of the last hour is kept")
+
+	var got []keystore.Hash
+	_, err = s.readChanges(ctx, pos, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	require.Equal(t, []keystore.Hash{{}, k2h}, got)
+
+	head, err := s.changeHead(ctx)
+	require.NoError(t, err)
+	got = nil
+	_, err = s.readChanges(ctx, head, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	require.Empty(t, got, "a Watch starting now starts after the last change")
+}
+
+func TestWatchReturnsWhenTheStoreIsClosed(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "extauthz.db"))
+	require.NoError(t, err)
+	done := make(chan error)
+	go func() { done <- s.Watch(context.Background(), func(keystore.Hash) {}) }()
+	require.NoError(t, s.Close())
+	select {
+	case err := <-done:
+		require.Error(t, err)
+	case <-time.After(2 * time.Second):
+		t.Fatal("Watch went on after Close")
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	dir := t.TempDir()
+	notADatabase := filepath.Join(dir, "garbage.db")
+	require.NoError(t, os.WriteFile(notADatabase, []byte(strings.Repeat("not a database ", 100)), 0o600))
+	newer := filepath.Join(dir, "newer.db")
+	s := openTest(t, newer)
+	_, err := s.db.Exec(`PRAGMA user_version = 99`)
+	require.NoError(t, err)
+	blocked := filepath.Join(dir, "file", "x.db")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
+
+	tests := []struct {
+		name        string
+		path        string
+		wantInError string
+		unavailable bool
+	}{
+		{"an empty path", "", "no path", false},
+		{"a path with a question mark", filepath.Join(dir, "a?b.db"), "a?b.db", false},
+		{"a file that is not a database", notADatabase, notADatabase, true},
+		{"a schema newer than this code", newer, "schema version 99", false},
+		{"a path below a regular file", blocked, blocked, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Open(tt.path)
+			require.Error(t, err)
+			require.Nil(t, s)
+			require.Contains(t, err.Error(), tt.wantInError)
+			require.Equal(t, tt.unavailable, errors.Is(err, keystore.ErrUnavailable), "wraps ErrUnavailable: %v", err)
+		})
+	}
+}
+
+func TestAClosedStoreIsUnavailable(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "extauthz.db"))
+	require.NoError(t, err)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+	require.NoError(t, s.Close())
+
+	_, err = s.Lookup(t.Context(), h)
+	require.ErrorIs(t, err, keystore.ErrUnavailable)
+	require.NotErrorIs(t, err, keystore.ErrNotFound)
+	require.ErrorIs(t, s.Ping(t.Context()), keystore.ErrUnavailable)
+	require.ErrorIs(t, s.Create(t.Context(), k, hasher.Hash("other"), 0), keystore.ErrUnavailable)
+}
+
+func TestACancelledLookupIsUnavailable(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "extauthz.db"))
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := s.Lookup(ctx, hasher.Hash("whatever"))
+	require.ErrorIs(t, err, keystore.ErrUnavailable, "the store did not answer; that is not ErrNotFound")
+}
+
+func TestWritesRefuseBadRecords(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "extauthz.db"))
+	ctx := t.Context()
+	stored, storedHash := testKey(t)
+	require.NoError(t, s.Create(ctx, stored, storedHash, 0))
+	farFuture := time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+	tests := []struct {
+		name        string
+		call        func() error
+		wantInError string
+	}{
+		{"Create of a nil key", func() error { return s.Create(ctx, nil, hasher.Hash("x"), 0) }, "nil key"},
+		{"Create without an id", func() error {
+			k, h := testKey(t)
+			k.ID = ""
+			return s.Create(ctx, k, h, 0)
+		}, "no id"},
+		{"Create without created_at", func() error {
+			k, h := testKey(t)
+			k.CreatedAt = time.Time{}
+			return s.Create(ctx, k, h, 0)
+		}, "no created_at"},
+		{"Create with an expiry past 2262", func() error {
+			k, h := testKey(t)
+			k.ExpiresAt = &farFuture
+			return s.Create(ctx, k, h, 0)
+		}, "expires_at: time 3000-01-01T00:00:00Z is outside"},
+		{"Update that changes the owner", func() error {
+			_, err := s.Update(ctx, stored.ID, func(k *keystore.Key) error { k.Owner = "mallory"; return nil })
+			return err
+		}, "cannot change"},
+		{"Update that changes the id", func() error {
+			_, err := s.Update(ctx, stored.ID, func(k *keystore.Key) error { k.ID += "x"; return nil })
+			return err
+		}, "cannot change"},
+		{"Update to an expiry past 2262", func() error {
+			_, err := s.Update(ctx, stored.ID, func(k *keystore.Key) error { k.ExpiresAt = &farFuture; return nil })
+			return err
+		}, "outside the years"},
+		{"Rotate to a nil key", func() error {
+			_, err := s.Rotate(ctx, stored.ID, nil, hasher.Hash("x"), time.Now())
+			return err
+		}, "nil new key"},
+		{"Rotate to a key of another owner", func() error {
+			next, h := testKey(t)
+			next.Owner, next.RotatedFrom = "mallory", stored.ID
+			_, err := s.Rotate(ctx, stored.ID, next, h, time.Now())
+			return err
+		}, `owner "mallory"`},
+		{"Rotate with a grace period past 2262", func() error {
+			next, h := testKey(t)
+			next.RotatedFrom = stored.ID
+			_, err := s.Rotate(ctx, stored.ID, next, h, farFuture)
+			return err
+		}, "grace period"},
+		{"TouchLastUsed with a zero time", func() error {
+			return s.TouchLastUsed(ctx, map[string]time.Time{stored.ID: {}})
+		}, "outside the years"},
+		{"List live keys as of 3000", func() error {
+			_, _, err := s.List(ctx, keystore.ListOptions{Now: farFuture})
+			return err
+		}, "outside the years"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tt.wantInError)
+			require.NotErrorIs(t, err, keystore.ErrUnavailable)
+		})
+	}
+	got, err := s.Get(ctx, stored.ID)
+	require.NoError(t, err)
+	require.Equal(t, stored.Owner, got.Owner)
+	require.Nil(t, got.ExpiresAt)
+	require.Nil(t, got.LastUsedAt)
+	require.Empty(t, got.RotatedTo)
+}
+
+func BenchmarkLookup(b *testing.B) {
+	s := openTest(b, filepath.Join(b.TempDir(), "extauthz.db"))
+	ctx := context.Background()
+	const n = 1000
+	hashes := make([]keystore.Hash, n)
+	for i := range n {
+		k, h := testKey(b)
+		require.NoError(b, s.Create(ctx, k, h, 0))
+		hashes[i] = h
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if _, err := s.Lookup(ctx, hashes[i%n]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
