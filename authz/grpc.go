@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -97,7 +98,10 @@ func (s *CheckServer) response(req *Request, d *Decision) *authv3.CheckResponse 
 		case sourceQuery:
 			ok.QueryParametersToRemove = append(ok.QueryParametersToRemove, src.name)
 		case sourceCookie:
-			if rest := CookieWithout(req.Headers.Get("cookie"), src.name); rest != "" {
+			// A cookie header that is not UTF-8 (possible with Envoy's
+			// encode_raw_headers) cannot travel in the response proto: drop the
+			// whole header rather than fail the check or pass the credential on.
+			if rest := CookieWithout(req.Headers.Get("cookie"), src.name); rest != "" && utf8.ValidString(rest) {
 				up = append(up, Header{Key: "cookie", Value: rest})
 			} else {
 				remove = append(remove, "cookie")
@@ -124,6 +128,9 @@ func appendSpoofed(remove []string, h Headers, keepIdentity bool) []string {
 		return remove
 	}
 	for name := range m {
+		if !utf8.ValidString(name) {
+			continue // not a valid header name; Envoy's codec rejects such requests
+		}
 		if len(name) > len(IdentityPrefix) && strings.EqualFold(name[:len(IdentityPrefix)], IdentityPrefix) {
 			switch strings.ToLower(name) {
 			case HeaderKeyID, HeaderKeyName, HeaderOwner, HeaderPermissions:

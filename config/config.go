@@ -41,12 +41,36 @@ type Config struct {
 	Log       Log       `json:"log"`
 }
 
-// Listen holds the listener addresses; "" or "off" disables one.
+// Listen holds the listener addresses; "" or off disables one.
 type Listen struct {
-	GRPC  string `json:"grpc"`
-	HTTP  string `json:"http"`
-	Admin string `json:"admin"`
+	GRPC  Addr `json:"grpc"`
+	HTTP  Addr `json:"http"`
+	Admin Addr `json:"admin"`
 }
+
+// Addr is a listen address, "host:port", or "" when the listener is off.
+// YAML 1.1 reads a bare off (or false, no) as a boolean; those mean off too.
+type Addr string
+
+// UnmarshalJSON reads a string, or false for "off".
+func (a *Addr) UnmarshalJSON(b []byte) error {
+	if string(b) == "false" {
+		*a = ""
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want an address like \":9001\" or off, got %s", b)
+	}
+	if s == "off" {
+		s = ""
+	}
+	*a = Addr(s)
+	return nil
+}
+
+// Enabled reports whether the listener is on.
+func (a Addr) Enabled() bool { return a != "" }
 
 // Store selects and configures the key store.
 type Store struct {
@@ -347,11 +371,11 @@ func (c *Config) validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 	}
-	for name, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
-		if addr == "" || addr == "off" {
+	for name, addr := range map[string]Addr{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
+		if !addr.Enabled() {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if _, _, err := net.SplitHostPort(string(addr)); err != nil {
 			bad(name, "%q is not host:port (e.g. \":9001\" or \"127.0.0.1:9003\")", addr)
 		}
 	}

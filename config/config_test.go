@@ -141,3 +141,12 @@ func TestParseCIDRs(t *testing.T) {
 		assert.Error(t, err, bad)
 	}
 }
+
+func TestAListenerCanBeTurnedOff(t *testing.T) {
+	for _, v := range []string{"off", `"off"`, `""`, "false"} {
+		cfg, err := Parse([]byte("listen: {admin: " + v + "}"))
+		require.NoError(t, err, v)
+		assert.False(t, cfg.Listen.Admin.Enabled(), v)
+		assert.True(t, cfg.Listen.GRPC.Enabled())
+	}
+}

@@ -124,15 +124,21 @@ func FreePort(tb testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// waitPing waits until the server answers PING (a server with a password
+// answering NOAUTH is up too).
 func waitPing(addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	var reply string
 	var err error
 	for time.Now().Before(deadline) {
-		var reply string
-		if reply, err = do(addr, "PING"); err == nil && reply == "+PONG" {
+		reply, err = do(addr, "PING")
+		if err == nil && (reply == "+PONG" || strings.HasPrefix(reply, "-NOAUTH")) {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if err == nil {
+		err = fmt.Errorf("last reply %q", reply)
 	}
 	return err
 }

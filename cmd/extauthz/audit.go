@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/extauthz/extauthz/audit"
+	auditredis "github.com/extauthz/extauthz/audit/redis"
+	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// newAuditLogger returns the configured audit sink behind a non-blocking
+// queue: the Redis stream, w (stdout for the server, stderr for the CLI,
+// whose stdout is the command's own output), or nowhere.
+func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.Logger) *audit.Logger {
+	var sink audit.Sink
+	switch cfg.Audit.Sink {
+	case "redis":
+		sink = auditredis.NewSink(be.redis, cfg.Store.Redis.Prefix, cfg.Audit.StreamCap)
+	case "none":
+		sink = audit.Discard
+	default:
+		sink = audit.NewWriterSink(w)
+	}
+	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger})
+}
+
+// recordChanges makes key changes audit events.
+func recordChanges(l *audit.Logger) func(kind string, k *keystore.Key, actor string) {
+	return func(kind string, k *keystore.Key, actor string) {
+		l.Record(audit.Event{
+			Type: audit.Type(kind), KeyID: k.ID, KeyName: k.Name, Owner: k.Owner,
+			Actor: actor, RotatedFrom: k.RotatedFrom,
+		})
+	}
+}
+
+// closeAudit flushes queued events, waiting at most a few seconds.
+func closeAudit(l *audit.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = l.Close(ctx)
+}
+
+// auditCmd is "extauthz audit tail [--key ID] [-f] [-n N]".
+func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "tail" {
+		return fmt.Errorf("%w: audit takes the subcommand tail", errUsage)
+	}
+	fs := flag.NewFlagSet("audit tail", flag.ContinueOnError)
+	path := configFlag(fs)
+	keyID := fs.String("key", "", "only events of this key id")
+	follow := fs.Bool("f", false, "keep printing new events")
+	n := fs.Int("n", 100, "how many recent events to print first")
+	if pos, err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	if cfg.Audit.Sink != "redis" {
+		return fmt.Errorf("audit tail reads the Redis stream, but audit.sink is %q (with stdout, read the server's output)", cfg.Audit.Sink)
+	}
+	be, err := openBackend(cfg)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	return auditredis.Tail(ctx, be.redis, cfg.Store.Redis.Prefix, auditredis.TailOptions{KeyID: *keyID, Follow: *follow, Count: *n}, stdout)
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/config"
+)
+
+// configCmd is "extauthz config check": validate and print the route table.
+func configCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "check" {
+		return fmt.Errorf("%w: config takes the subcommand check", errUsage)
+	}
+	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
+	path := configFlag(fs)
+	if pos, err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	policy, err := authz.NewPolicy(cfg)
+	if err != nil {
+		return err
+	}
+	src := *path
+	if src == "" {
+		src = "(built-in defaults)"
+	}
+	fmt.Fprintf(stdout, "config %s: ok\nstore: %s\n\n", src, describeStore(cfg))
+	return policy.Routes.Print(stdout, cfg.Unmatched)
+}
+
+func describeStore(cfg *config.Config) string {
+	if cfg.Store.Backend == "redis" {
+		r := cfg.Store.Redis
+		switch {
+		case r.MasterName != "":
+			return fmt.Sprintf("redis sentinel %q via %v, prefix %q", r.MasterName, r.Addrs, r.Prefix)
+		case len(r.Addrs) > 0:
+			return fmt.Sprintf("redis cluster %v, prefix %q", r.Addrs, r.Prefix)
+		}
+		return fmt.Sprintf("redis %s, prefix %q", r.URL, r.Prefix)
+	}
+	return "embedded " + cfg.Store.Path
+}

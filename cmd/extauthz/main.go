@@ -1,0 +1,126 @@
+// Command extauthz is an Envoy external-authorization service for API keys:
+// it serves the ext_authz gRPC API (and an HTTP forward-auth API), and
+// manages keys from the command line. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: extauthz <command> [flags]
+
+commands:
+  serve [--config FILE]               run the gRPC, HTTP and admin listeners
+  keys create --name N --perm P ...   create a key (printed once)
+  keys list [--owner O] [--all]       list keys (never secrets)
+  keys show ID                        one key's metadata
+  keys revoke ID                      revoke a key (idempotent)
+  keys rotate ID [--grace 24h]        new key, old one expires after the grace
+  audit tail [--key ID] [-f]          read the audit stream (redis sink)
+  config check [--config FILE]        validate the config, print the routes
+  healthcheck [--config FILE]         exit 0 if the local server is healthy
+  version                             print the version
+
+The config file is --config, else $EXTAUTHZ_CONFIG, else built-in defaults.
+`
+
+// errUsage is returned for bad command lines; main prints the usage for it.
+var errUsage = errors.New("bad usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command line and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		err = serveCmd(ctx, rest, stderr)
+	case "keys":
+		err = keysCmd(ctx, rest, stdout, stderr)
+	case "audit":
+		err = auditCmd(ctx, rest, stdout, stderr)
+	case "config":
+		err = configCmd(rest, stdout)
+	case "healthcheck":
+		err = healthcheckCmd(ctx, rest)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "extauthz", version)
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "extauthz: %v\n\n%s", err, usage)
+		return 2
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	}
+	fmt.Fprintf(stderr, "extauthz: %v\n", err)
+	return 1
+}
+
+// parseFlags parses args with fs, allowing flags after positional arguments
+// ("keys show ID --json"), and returns the positional ones.
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// configFlag registers --config with its environment default.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", os.Getenv("EXTAUTHZ_CONFIG"), "config file (default $EXTAUTHZ_CONFIG, else built-in defaults)")
+}
+
+// listFlag is a repeatable flag (--perm a --perm b), also taking commas.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}

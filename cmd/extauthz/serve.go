@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	goredis "github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// serveCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
+func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := configFlag(fs)
+	if pos, err := parseFlags(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg.Log, stderr)
+	goredis.SetLogger(redisLog{logger})
+	srv, err := newServer(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if err := srv.listen(); err != nil {
+		srv.close()
+		return err
+	}
+	return srv.run(ctx)
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// server is one running extauthz: the store, the cache, the decision and
+// its listeners.
+type server struct {
+	cfg     *config.Config
+	logger  *slog.Logger
+	be      *backend
+	cache   *keystore.Cache
+	limiter limiter
+	authz   *authz.Authorizer
+
+	grpc   *grpc.Server
+	health *health.Server
+	http   *http.Server
+
+	grpcLn, httpLn net.Listener
+	// bg runs the cache's watch and last-used writer; cancelBg stops them.
+	bg       sync.WaitGroup
+	cancelBg context.CancelFunc
+}
+
+// newServer builds a server from cfg without listening yet.
+func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
+	policy, err := authz.NewPolicy(cfg)
+	if err != nil {
+		return nil, err
+	}
+	be, err := openBackend(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Hashing.Pepper) == 0 {
+		logger.Warn("no hashing pepper: keys are stored as plain SHA-256; set " + cfg.Hashing.PepperEnv + " for HMAC-SHA256")
+	}
+	s := &server{cfg: cfg, logger: logger, be: be}
+	s.cache = keystore.NewCache(be.store, keystore.CacheOptions{
+		Size:        cfg.Cache.Size,
+		TTL:         time.Duration(cfg.Cache.TTL),
+		NegativeTTL: time.Duration(cfg.Cache.NegativeTTL),
+		Logger:      logger,
+	})
+	if s.limiter, err = newLimiter(cfg, be); err != nil {
+		be.Close()
+		return nil, err
+	}
+	s.authz = authz.NewAuthorizer(policy, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
+
+	s.grpc = grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(4<<20),
+	)
+	authv3.RegisterAuthorizationServer(s.grpc, &authz.CheckServer{Authz: s.authz})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10}
+	return s, nil
+}
+
+// readyz is 200 when the store answers. A server whose store is down still
+// serves cached keys, but a load balancer should prefer a replica that can
+// also answer for uncached ones.
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.be.ping(r.Context(), time.Second); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "store unavailable\n")
+		return
+	}
+	io.WriteString(w, "ok\n")
+}
+
+// listen opens the configured listeners (":0" picks a free port; the
+// addresses are then in grpcLn/httpLn).
+func (s *server) listen() error {
+	var err error
+	if a := s.cfg.Listen.GRPC; a.Enabled() {
+		if s.grpcLn, err = net.Listen("tcp", string(a)); err != nil {
+			return fmt.Errorf("listen.grpc: %w", err)
+		}
+	}
+	if a := s.cfg.Listen.HTTP; a.Enabled() {
+		if s.httpLn, err = net.Listen("tcp", string(a)); err != nil {
+			return fmt.Errorf("listen.http: %w", err)
+		}
+	}
+	return nil
+}
+
+// run serves until ctx is done, then stops gracefully: in-flight checks
+// finish, queued last-used times are written, the store is closed.
+func (s *server) run(ctx context.Context) error {
+	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancelBg = cancel
+	s.bg.Add(2)
+	go func() { defer s.bg.Done(); s.cache.Watch(bgCtx) }()
+	go func() { defer s.bg.Done(); s.cache.RunTouches(bgCtx, 10*time.Second) }()
+
+	errc := make(chan error, 2)
+	if s.grpcLn != nil {
+		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+		go func() { errc <- s.grpc.Serve(s.grpcLn) }()
+	}
+	if s.httpLn != nil {
+		go func() {
+			if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn), "store", describeStore(s.cfg))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		s.logger.Error("listener failed", "err", err)
+	}
+	s.shutdown()
+	return err
+}
+
+// shutdown drains: gRPC health goes NOT_SERVING first so Envoy stops
+// sending, then in-flight checks finish (bounded), then background work.
+func (s *server) shutdown() {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.grpc.Stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = s.http.Shutdown(ctx)
+	cancel()
+	s.close()
+	s.logger.Info("extauthz stopped")
+}
+
+func (s *server) close() {
+	if s.cancelBg != nil {
+		s.cancelBg()
+		s.bg.Wait()
+	}
+	if s.grpcLn != nil {
+		s.grpcLn.Close()
+	}
+	if s.httpLn != nil {
+		s.httpLn.Close()
+	}
+	if err := s.limiter.Close(); err != nil {
+		s.logger.Warn("close rate limiter", "err", err)
+	}
+	if err := s.be.Close(); err != nil {
+		s.logger.Warn("close store", "err", err)
+	}
+}
+
+// limiter is a rate limiter the server owns and stops.
+type limiter interface {
+	ratelimit.Limiter
+	Stats() ratelimit.Stats
+	Close() error
+}
+
+// newLimiter returns the shared Redis limiter with the Redis store (with the
+// configured fallback when Redis fails), else a local one: with the embedded
+// store each process limits on its own (SPEC §4).
+func newLimiter(cfg *config.Config, be *backend) (limiter, error) {
+	if be.redis == nil {
+		return localLimiter{ratelimit.NewLocal(nil, 0)}, nil
+	}
+	var policy ratelimit.StoreErrorPolicy
+	if err := policy.UnmarshalText([]byte(cfg.RateLimit.OnStoreError)); err != nil {
+		return nil, err
+	}
+	return ratelimit.NewRedis(be.redis, ratelimit.RedisOptions{
+		Prefix:       cfg.Store.Redis.Prefix,
+		Timeout:      time.Duration(cfg.Store.Redis.Timeout),
+		OnStoreError: policy,
+	})
+}
+
+// localLimiter gives the local limiter the Close the server calls.
+type localLimiter struct{ *ratelimit.Local }
+
+func (localLimiter) Close() error { return nil }
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return "off"
+	}
+	return l.Addr().String()
+}

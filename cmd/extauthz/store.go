@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/keystore"
+	redisstore "github.com/extauthz/extauthz/keystore/redis"
+	"github.com/extauthz/extauthz/keystore/sqlite"
+)
+
+// backend is the configured key store, and the Redis client behind it
+// (nil for the embedded store) for the limiter and the audit sink to share.
+type backend struct {
+	store keystore.Store
+	redis goredis.UniversalClient
+}
+
+// openBackend opens the store the config names. It does not wait for Redis:
+// a server must start (and serve cached keys, and say it is not ready) while
+// Redis is still coming up.
+func openBackend(cfg *config.Config) (*backend, error) {
+	switch cfg.Store.Backend {
+	case "redis":
+		r := cfg.Store.Redis
+		opts := redisstore.Options{
+			Password:     r.Password,
+			ReadTimeout:  time.Duration(r.Timeout),
+			WriteTimeout: time.Duration(r.Timeout),
+		}
+		if len(r.Addrs) > 0 {
+			opts.Addrs, opts.MasterName = r.Addrs, r.MasterName
+		} else {
+			opts.URL = r.URL
+		}
+		client, err := redisstore.Dial(opts)
+		if err != nil {
+			return nil, fmt.Errorf("store.redis: %w", err)
+		}
+		if err := redisstore.CheckPrefix(r.Prefix); err != nil {
+			client.Close()
+			return nil, fmt.Errorf("store.redis.prefix: %w", err)
+		}
+		return &backend{store: redisstore.New(client, r.Prefix), redis: client}, nil
+	default:
+		st, err := sqlite.Open(cfg.Store.Path)
+		if err != nil {
+			return nil, err
+		}
+		return &backend{store: st}, nil
+	}
+}
+
+// redisLog routes go-redis's own messages ("failed to dial ...", which
+// name addresses, never secrets) into the service's structured log instead of
+// its default plain standard-error logger.
+type redisLog struct{ logger *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.logger.WarnContext(ctx, "redis client", "msg", fmt.Sprintf(format, v...))
+}
+
+func (b *backend) Close() error {
+	err := b.store.Close()
+	if b.redis != nil {
+		if cerr := b.redis.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// manager returns the key lifecycle over b with the config's key settings.
+func (b *backend) manager(cfg *config.Config) (*keystore.Manager, error) {
+	format, err := keystore.NewFormat(cfg.Keys.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	return &keystore.Manager{
+		Store:       b.store,
+		Hasher:      keystore.NewHasher(cfg.Hashing.Pepper),
+		Format:      format,
+		MaxPerOwner: cfg.Keys.MaxPerOwner,
+	}, nil
+}
+
+// ping waits up to d for the store to answer.
+func (b *backend) ping(ctx context.Context, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return b.store.Ping(ctx)
+}
