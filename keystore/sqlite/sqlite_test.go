@@ -1,12 +1,17 @@
 package sqlite
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,8 +22,64 @@ import (
 	"github.com/extauthz/extauthz/keystore/storetest"
 )
 
+// childDBEnv, when set, makes the test binary a child process of
+// TestProcessesShareTheKeyLimitAndChanges instead of running tests.
+const childDBEnv = "EXTAUTHZ_SQLITE_TEST_CHILD_DB"
+
 func TestMain(m *testing.M) {
+	if path := os.Getenv(childDBEnv); path != "" {
+		os.Exit(childCreates(path))
+	}
 	goleak.VerifyTestMain(m)
+}
+
+// childCreates tries 10 concurrent creates for owner "shared" with a limit
+// of 5 and prints "created <hash>" or "limit" for each.
+func childCreates(path string) int {
+	s, err := Open(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	failed := false
+	for i := range 10 {
+		wg.Go(func() {
+			line, err := childCreate(s, i)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				failed = true
+				return
+			}
+			fmt.Println(line)
+		})
+	}
+	wg.Wait()
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+func childCreate(s *Store, i int) (string, error) {
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	if err != nil {
+		return "", err
+	}
+	h := hasher.Hash(fmt.Sprintf("child %d %d %s", os.Getpid(), i, id))
+	err = s.Create(context.Background(), &keystore.Key{ID: id, Name: "child", Owner: "shared", CreatedAt: now}, h, 5)
+	switch {
+	case errors.Is(err, keystore.ErrKeyLimit):
+		return "limit", nil
+	case err != nil:
+		return "", err
+	}
+	return "created " + h.String(), nil
 }
 
 func TestStoreConformance(t *testing.T) {
@@ -155,6 +216,68 @@ func TestTwoStoresOnOneFileSeeEachOthersWritesAndChanges(t *testing.T) {
 	got, err = b.Get(ctx, k.ID)
 	require.NoError(t, err, "b sees a's write")
 	require.Equal(t, "renamed by a", got.Name)
+}
+
+func TestProcessesShareTheKeyLimitAndChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s := openTest(t, path) // creates the schema before the children race
+	events := make(chan keystore.Hash, 64)
+	watchCtx, stop := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() {
+		done <- s.Watch(watchCtx, func(h keystore.Hash) {
+			select {
+			case events <- h:
+			default:
+			}
+		})
+	}()
+	defer func() { stop(); <-done }()
+	time.Sleep(2 * s.pollInterval)
+
+	children := make([]*exec.Cmd, 2)
+	outputs := make([]*bytes.Buffer, len(children))
+	for i := range children {
+		outputs[i] = new(bytes.Buffer)
+		children[i] = exec.CommandContext(t.Context(), os.Args[0], "-test.run=^$")
+		children[i].Env = append(os.Environ(), childDBEnv+"="+path)
+		children[i].Stdout = outputs[i]
+		children[i].Stderr = os.Stderr
+		require.NoError(t, children[i].Start())
+	}
+	var created []keystore.Hash
+	limited := 0
+	for i, c := range children {
+		require.NoError(t, c.Wait(), "child %d", i)
+		sc := bufio.NewScanner(outputs[i])
+		for sc.Scan() {
+			hex, ok := strings.CutPrefix(sc.Text(), "created ")
+			if !ok {
+				require.Equal(t, "limit", sc.Text())
+				limited++
+				continue
+			}
+			h, err := keystore.ParseHash(hex)
+			require.NoError(t, err)
+			created = append(created, h)
+		}
+	}
+	require.Len(t, created, 5, "two processes together stop at maxPerOwner")
+	require.Equal(t, 15, limited)
+
+	want := map[keystore.Hash]bool{}
+	for _, h := range created {
+		want[h] = true
+	}
+	deadline := time.After(time.Second)
+	for len(want) > 0 {
+		select {
+		case h := <-events:
+			delete(want, h)
+		case <-deadline:
+			t.Fatalf("Watch in this process did not see %d of the children's creates within 1s", len(want))
+		}
+	}
 }
 
 func TestWatchForgetsEverythingWhenItsPositionWasTrimmed(t *testing.T) {

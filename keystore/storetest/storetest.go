@@ -83,17 +83,12 @@ func newFixture(t *testing.T, newBackend Backend) *fixture {
 // store opens a Store on the fixture's backend, closed when the test ends.
 func (f *fixture) store() keystore.Store {
 	f.t.Helper()
-	s, closeStore := f.storeWithClose()
-	f.t.Cleanup(func() {
-		if err := closeStore(); err != nil {
-			f.t.Errorf("Close: %v", err)
-		}
-	})
+	s, _ := f.storeWithClose()
 	return s
 }
 
-// storeWithClose opens a Store and returns a close function that the test
-// may call early; later calls do nothing.
+// storeWithClose opens a Store and returns a function that closes it early;
+// the Store is closed exactly once either way.
 func (f *fixture) storeWithClose() (keystore.Store, func() error) {
 	f.t.Helper()
 	s, err := f.open()
@@ -101,10 +96,16 @@ func (f *fixture) storeWithClose() (keystore.Store, func() error) {
 	require.NotNil(f.t, s, "open returned a nil Store")
 	var once sync.Once
 	var closeErr error
-	return s, func() error {
+	closeStore := func() error {
 		once.Do(func() { closeErr = s.Close() })
 		return closeErr
 	}
+	f.t.Cleanup(func() {
+		if err := closeStore(); err != nil {
+			f.t.Errorf("Close: %v", err)
+		}
+	})
+	return s, closeStore
 }
 
 var hasher = keystore.NewHasher(nil)
