@@ -1,0 +1,419 @@
+package deploytest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+)
+
+const (
+	extauthzConfigTarget = "/etc/extauthz/config.yaml"
+	envoyConfigTarget    = "/etc/envoy/envoy.yaml"
+)
+
+// wantComposeServices are the services the demo walkthrough names.
+var wantComposeServices = []string{"create-demo-key", "envoy", "extauthz", "redis", "upstream"}
+
+// loadCompose loads docker-compose.yml the way `docker compose` does (schema
+// validation, interpolation, path resolution), with env as the only
+// environment, so ${VAR:-default} resolves to the file's defaults.
+func loadCompose(t *testing.T, env ...string) *types.Project {
+	t.Helper()
+	p, err := loadComposeFile(t, filepath.Join(repoRoot, "docker-compose.yml"), env...)
+	if err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+// loadComposeFile loads a compose file with the repository as the project
+// directory, so relative paths resolve as they do for the real file.
+func loadComposeFile(t *testing.T, file string, env ...string) (*types.Project, error) {
+	t.Helper()
+	root, err := filepath.Abs(repoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := cli.NewProjectOptions(
+		[]string{file},
+		cli.WithWorkingDirectory(root),
+		cli.WithEnv(env),
+		cli.WithInterpolation(true),
+		cli.WithResolvedPaths(true),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts.LoadProject(context.Background())
+}
+
+// TestComposeLoaderIsStrict: compose-go validates against the Compose schema, so
+// a misspelt attribute fails to load, as it would for `docker compose`.
+func TestComposeLoaderIsStrict(t *testing.T) {
+	good, err := os.ReadFile(filepath.Join(repoRoot, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for from, to := range map[string]string{
+		"    read_only: true\n":                "    readonly: true\n",
+		"    depends_on:\n":                    "    depends-on:\n",
+		"        condition: service_healthy\n": "        condition: healthy\n",
+	} {
+		if !strings.Contains(string(good), from) {
+			t.Fatalf("docker-compose.yml no longer contains %q; update this case", from)
+		}
+		file := filepath.Join(t.TempDir(), "docker-compose.yml")
+		if err := os.WriteFile(file, []byte(strings.Replace(string(good), from, to, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadComposeFile(t, file); err == nil {
+			t.Errorf("a compose file with %q loaded without error", strings.TrimSpace(to))
+		}
+	}
+}
+
+func TestComposeMatchesEnvoyAndExtauthzConfigs(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		env   []string
+		envoy string
+	}{
+		{"gRPC mode (default)", nil, "envoy/envoy.yaml"},
+		{"HTTP mode", []string{"ENVOY_CONFIG=./envoy/envoy-http.yaml"}, "envoy/envoy-http.yaml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := loadCompose(t, tc.env...)
+			if got := bindSource(p.Services["envoy"], envoyConfigTarget); !strings.HasSuffix(got, filepath.FromSlash(tc.envoy)) {
+				t.Fatalf("envoy mounts %q, want %s", got, tc.envoy)
+			}
+			for _, problem := range composeProblems(t, p) {
+				t.Error(problem)
+			}
+		})
+	}
+}
+
+// TestComposeProblemsAreCaught breaks a loaded project in the ways that would
+// break the demo, and expects composeProblems to say so.
+func TestComposeProblemsAreCaught(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(p *types.Project)
+		wantErr string
+	}{
+		{"Redis without AOF", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = types.ShellCommand{"redis-server"} })
+		}, "appendonly"},
+		{"the echo backend on another port than Envoy's upstream cluster", func(p *types.Project) {
+			setService(p, "upstream", func(s *types.ServiceConfig) { s.Environment["HTTP_PORT"] = ptr("8080") })
+		}, "upstream"},
+		{"the key creator with another pepper than the server", func(p *types.Project) {
+			setService(p, "create-demo-key", func(s *types.ServiceConfig) { s.Environment["EXTAUTHZ_PEPPER"] = ptr("other") })
+		}, "EXTAUTHZ_PEPPER"},
+		{"the admin API published on every interface", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { s.Ports[0].HostIP = "" })
+		}, "admin"},
+		{"a service renamed away from the hostname the configs use", func(p *types.Project) {
+			s := p.Services["upstream"]
+			delete(p.Services, "upstream")
+			s.Name = "backend"
+			p.Services["backend"] = s
+			setService(p, "envoy", func(s *types.ServiceConfig) { delete(s.DependsOn, "upstream") })
+		}, `"upstream"`},
+		{"waiting for a healthy service that has no healthcheck", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.HealthCheck = nil })
+		}, "no healthcheck"},
+		{"an image without a pinned tag", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Image = "redis" })
+		}, "pinned"},
+		{"the server healthcheck not using the binary", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) {
+				s.HealthCheck.Test = types.HealthCheckTest{"CMD", "curl", "-f", "http://localhost:9002/healthz"}
+			})
+		}, "healthcheck"},
+		{"the key creator not printing JSON", func(p *types.Project) {
+			setService(p, "create-demo-key", func(s *types.ServiceConfig) {
+				s.Command = types.ShellCommand{"keys", "create", "--name", "demo", "--perm", "read:users"}
+			})
+		}, "--json"},
+		{"the Envoy admin published", func(p *types.Project) {
+			setService(p, "envoy", func(s *types.ServiceConfig) {
+				s.Ports = append(s.Ports, types.ServicePortConfig{Target: 9901, Published: "9901", Protocol: "tcp"})
+			})
+		}, "9901"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := loadCompose(t)
+			if problems := composeProblems(t, p); len(problems) > 0 {
+				t.Fatalf("the unmutated compose file has problems: %v", problems)
+			}
+			tt.mutate(p)
+			problems := composeProblems(t, p)
+			if !slices.ContainsFunc(problems, func(s string) bool { return strings.Contains(s, tt.wantErr) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, problems)
+			}
+		})
+	}
+}
+
+func setService(p *types.Project, name string, f func(*types.ServiceConfig)) {
+	s := p.Services[name]
+	f(&s)
+	p.Services[name] = s
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// composeProblems cross-checks the compose project against the files it mounts.
+func composeProblems(t *testing.T, p *types.Project) []string {
+	t.Helper()
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+
+	var names []string
+	for n := range p.Services {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, wantComposeServices) {
+		bad("services are %v, want %v", names, wantComposeServices)
+	}
+	isService := func(host string) bool { _, ok := p.Services[host]; return ok }
+
+	for name, s := range p.Services {
+		if s.Build == nil && !pinnedImage(s.Image) {
+			bad("service %s: image %q is not pinned to a tag", name, s.Image)
+		}
+		for dep, d := range s.DependsOn {
+			target, ok := p.Services[dep]
+			if !ok {
+				bad("service %s depends on %q, which does not exist", name, dep)
+				continue
+			}
+			if d.Condition == types.ServiceConditionHealthy && (target.HealthCheck == nil || len(target.HealthCheck.Test) == 0 || target.HealthCheck.Disable) {
+				bad("service %s waits for %s to be healthy, but %s has no healthcheck", name, dep, dep)
+			}
+		}
+	}
+
+	// extauthz: built here, configured by the mounted file.
+	ext := p.Services["extauthz"]
+	if ext.Build == nil || filepath.Clean(ext.Build.Context) != filepath.Clean(p.WorkingDir) {
+		bad("extauthz must be built from the repository root")
+	} else if _, err := os.Stat(filepath.Join(ext.Build.Context, orDefault(ext.Build.Dockerfile, "Dockerfile"))); err != nil {
+		bad("extauthz: %v", err)
+	}
+	cfgPath := bindSource(ext, extauthzConfigTarget)
+	if cfgPath == "" {
+		bad("extauthz does not mount a config at %s", extauthzConfigTarget)
+		return problems
+	}
+	data, err := os.ReadFile(cfgPath)
+	if err != nil {
+		bad("extauthz config: %v", err)
+		return problems
+	}
+	cfg, err := parseExtauthzConfig(data)
+	if err != nil {
+		bad("%s: %v", cfgPath, err)
+		return problems
+	}
+	if err := noSecretsInConfig(cfg); err != nil {
+		bad("%s: %v", cfgPath, err)
+	}
+	if got := envValue(ext, "EXTAUTHZ_CONFIG"); got != extauthzConfigTarget {
+		bad("extauthz: EXTAUTHZ_CONFIG is %q, want the mounted %s (healthcheck reads it)", got, extauthzConfigTarget)
+	}
+	if !slices.Equal(ext.Command, types.ShellCommand{"serve", "--config", extauthzConfigTarget}) {
+		bad("extauthz: command %q does not serve the mounted config", ext.Command)
+	}
+	if hc := ext.HealthCheck; hc == nil || !slices.Equal(hc.Test, types.HealthCheckTest{"CMD", "/extauthz", "healthcheck"}) {
+		bad("extauthz: the healthcheck must run the binary's own `healthcheck` (no curl in the image)")
+	}
+	for _, env := range []string{cfg.Hashing.PepperEnv, cfg.Store.Redis.PasswordEnv} {
+		if _, ok := ext.Environment[env]; env != "" && !ok {
+			bad("extauthz: the config reads $%s, which the service does not set", env)
+		}
+	}
+	_, adminPort := hostPort(t, cfg.adminListen())
+	for _, port := range ext.Ports {
+		if int(port.Target) == adminPort && !isLoopback(port.HostIP) {
+			bad("extauthz: the admin port %d is published on %q; publish it on 127.0.0.1 only", adminPort, orDefault(port.HostIP, "every interface"))
+		}
+	}
+
+	// Redis: the host and port of store.redis.url, with AOF on a volume.
+	redis := p.Services["redis"]
+	if cfg.Store.Backend != "redis" {
+		bad("extauthz config: store.backend is %q; the compose demo runs Redis", cfg.Store.Backend)
+	}
+	redisHost, redisPort := urlHostPort(t, cfg.Store.Redis.URL, 6379)
+	if !isService(redisHost) {
+		bad("store.redis.url host %q is not a compose service", redisHost)
+	}
+	if want := flagValue(redis.Command, "--port", "6379"); strconv.Itoa(redisPort) != want {
+		bad("store.redis.url port %d, Redis listens on %s", redisPort, want)
+	}
+	if flagValue(redis.Command, "--appendonly", "no") != "yes" {
+		bad("redis: --appendonly yes is missing: created keys would not survive a restart")
+	}
+	if v := bindOrVolume(redis, "/data"); v == nil || v.Type != types.VolumeTypeVolume {
+		bad("redis: /data must be a named volume")
+	} else if _, ok := p.Volumes[v.Source]; !ok {
+		bad("redis: volume %q is not declared", v.Source)
+	}
+
+	// Envoy: the mounted config's clusters must be these services and ports.
+	envoy := p.Services["envoy"]
+	envoyPath := bindSource(envoy, envoyConfigTarget)
+	if envoyPath == "" {
+		bad("envoy does not mount a config at %s", envoyConfigTarget)
+		return problems
+	}
+	data, err = os.ReadFile(envoyPath)
+	if err != nil {
+		bad("envoy config: %v", err)
+		return problems
+	}
+	ef := parseEnvoyFile(t, data)
+	if !regexp.MustCompile(`^envoyproxy/envoy:v1\.3[0-9]`).MatchString(envoy.Image) {
+		bad("envoy: image %q is not an official envoyproxy/envoy v1.3x", envoy.Image)
+	}
+	for cluster, eps := range ef.clusters {
+		for _, e := range eps {
+			if !isService(e.host) {
+				bad("envoy cluster %s sends to %q, which is not a compose service", cluster, e.host)
+			}
+		}
+	}
+	wantAuthzPort := cfg.grpcListen()
+	if ef.httpAuthz != nil {
+		wantAuthzPort = cfg.httpListen()
+		if ef.httpAuthz.pathPrefix != cfg.httpPrefix() {
+			bad("envoy http_service path_prefix %q, extauthz http_mode.prefix %q", ef.httpAuthz.pathPrefix, cfg.httpPrefix())
+		}
+	}
+	_, authzPort := hostPort(t, wantAuthzPort)
+	for _, e := range ef.authzEndpoints(t) {
+		if e.host != "extauthz" || e.port != authzPort {
+			bad("envoy sends ext_authz to %s, extauthz listens on extauthz:%d", e, authzPort)
+		}
+	}
+	upstreamPort := envValue(p.Services["upstream"], "HTTP_PORT")
+	for _, e := range ef.clusters["upstream"] {
+		if e.host != "upstream" || strconv.Itoa(e.port) != upstreamPort {
+			bad("envoy cluster upstream sends to %s, the upstream service listens on upstream:%s", e, upstreamPort)
+		}
+	}
+	if len(ef.clusters["upstream"]) == 0 {
+		bad("envoy has no cluster named upstream")
+	}
+	for _, port := range envoy.Ports {
+		if port.Target == 9901 {
+			bad("envoy: the admin port 9901 is published; it has no authentication")
+		} else if !slices.Contains(ef.listenPorts, int(port.Target)) {
+			bad("envoy: port %d is published but no listener uses it", port.Target)
+		}
+	}
+	if d, ok := envoy.DependsOn["extauthz"]; !ok || d.Condition != types.ServiceConditionHealthy {
+		bad("envoy must wait for extauthz to be healthy (it fails closed with 503 until then)")
+	}
+
+	// create-demo-key: same image, config and secrets as the server, one shot.
+	ck := p.Services["create-demo-key"]
+	if ck.Image != ext.Image || ck.Image == "" {
+		bad("create-demo-key runs image %q, extauthz %q: they must be the same", ck.Image, ext.Image)
+	}
+	if len(ck.Command) < 2 || ck.Command[0] != "keys" || ck.Command[1] != "create" {
+		bad("create-demo-key: command %q is not `keys create`", ck.Command)
+	}
+	for flag, want := range map[string]string{"--name": "demo", "--perm": "read:users"} {
+		if got := flagValue(ck.Command, flag, ""); got != want {
+			bad("create-demo-key: %s is %q, want %q", flag, got, want)
+		}
+	}
+	if !slices.Contains(ck.Command, "--json") {
+		bad("create-demo-key: no --json, so the walkthrough can't read the key")
+	}
+	for _, env := range []string{"EXTAUTHZ_CONFIG", "EXTAUTHZ_PEPPER", "REDIS_PASSWORD"} {
+		if envValue(ck, env) != envValue(ext, env) {
+			bad("create-demo-key: %s differs from the server's: the key would not be found", env)
+		}
+	}
+	if bindSource(ck, extauthzConfigTarget) != cfgPath {
+		bad("create-demo-key mounts another config than the server")
+	}
+	if d, ok := ck.DependsOn["redis"]; !ok || d.Condition != types.ServiceConditionHealthy {
+		bad("create-demo-key must wait for redis to be healthy")
+	}
+	if ck.Restart != "" && ck.Restart != types.RestartPolicyNo {
+		bad("create-demo-key restarts (%q): every restart would make another key", ck.Restart)
+	}
+	return problems
+}
+
+// pinnedImage: a tag other than latest, or a digest.
+func pinnedImage(image string) bool {
+	if strings.Contains(image, "@sha256:") {
+		return true
+	}
+	i := strings.LastIndex(image, ":")
+	if i < 0 || strings.Contains(image[i:], "/") {
+		return false
+	}
+	return image[i+1:] != "latest"
+}
+
+func bindOrVolume(s types.ServiceConfig, target string) *types.ServiceVolumeConfig {
+	for i := range s.Volumes {
+		if s.Volumes[i].Target == target {
+			return &s.Volumes[i]
+		}
+	}
+	return nil
+}
+
+// bindSource is the host path bound at target, "" if none.
+func bindSource(s types.ServiceConfig, target string) string {
+	v := bindOrVolume(s, target)
+	if v == nil || v.Type != types.VolumeTypeBind {
+		return ""
+	}
+	return v.Source
+}
+
+func envValue(s types.ServiceConfig, name string) string {
+	if v := s.Environment[name]; v != nil {
+		return *v
+	}
+	return ""
+}
+
+// flagValue returns the word after flag in args, or def.
+func flagValue(args []string, flag, def string) string {
+	if i := slices.Index(args, flag); i >= 0 && i+1 < len(args) {
+		return args[i+1]
+	}
+	return def
+}
+
+// urlHostPort reads a redis:// URL's host and port.
+func urlHostPort(t *testing.T, raw string, defPort int) (string, int) {
+	t.Helper()
+	rest := strings.TrimPrefix(strings.TrimPrefix(raw, "rediss://"), "redis://")
+	authority, _, _ := strings.Cut(rest, "/")
+	if !strings.Contains(authority, ":") {
+		return authority, defPort
+	}
+	return hostPort(t, authority)
+}

@@ -1,0 +1,967 @@
+package deploytest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	istiosecurityv1 "istio.io/client-go/pkg/apis/security/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+// manifests is an overlay's output, each document decoded into its API type.
+type manifests struct {
+	overlay      string
+	namespaces   []*corev1.Namespace
+	configMaps   []*corev1.ConfigMap
+	services     []*corev1.Service
+	deployments  []*appsv1.Deployment
+	statefulSets []*appsv1.StatefulSet
+	pdbs         []*policyv1.PodDisruptionBudget
+	netpols      []*networkingv1.NetworkPolicy
+	authzPolicy  []*istiosecurityv1.AuthorizationPolicy
+}
+
+// kinds maps each kind an overlay may emit to its apiVersion. Anything else in
+// the output fails the test: a new kind must be added here, with its checks.
+var kinds = map[string]string{
+	"Namespace":           "v1",
+	"ConfigMap":           "v1",
+	"Service":             "v1",
+	"Deployment":          "apps/v1",
+	"StatefulSet":         "apps/v1",
+	"PodDisruptionBudget": "policy/v1",
+	"NetworkPolicy":       "networking.k8s.io/v1",
+	"AuthorizationPolicy": "security.istio.io/v1",
+}
+
+// buildOverlay runs kustomize as `kubectl apply -k` would and decodes the
+// result strictly: unknown, misspelt (case included) or duplicate fields fail, as
+// the API server's strict field validation would.
+func buildOverlay(t *testing.T, overlay string) *manifests {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	rm, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join(repoRoot, "k8s", "overlays", overlay))
+	if err != nil {
+		t.Fatalf("kustomize build k8s/overlays/%s: %v", overlay, err)
+	}
+	m := &manifests{overlay: overlay}
+	for _, r := range rm.Resources() {
+		data, err := r.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kind, id := r.GetKind(), r.CurId().String()
+		if want, ok := kinds[kind]; !ok {
+			t.Fatalf("%s: kind %s has no decoder or checks here", id, kind)
+		} else if got := r.GetApiVersion(); got != want {
+			t.Fatalf("%s: apiVersion %s, want %s", id, got, want)
+		}
+		switch kind {
+		case "Namespace":
+			m.namespaces = append(m.namespaces, decodeStrict[corev1.Namespace](t, id, data))
+		case "ConfigMap":
+			m.configMaps = append(m.configMaps, decodeStrict[corev1.ConfigMap](t, id, data))
+		case "Service":
+			m.services = append(m.services, decodeStrict[corev1.Service](t, id, data))
+		case "Deployment":
+			m.deployments = append(m.deployments, decodeStrict[appsv1.Deployment](t, id, data))
+		case "StatefulSet":
+			m.statefulSets = append(m.statefulSets, decodeStrict[appsv1.StatefulSet](t, id, data))
+		case "PodDisruptionBudget":
+			m.pdbs = append(m.pdbs, decodeStrict[policyv1.PodDisruptionBudget](t, id, data))
+		case "NetworkPolicy":
+			m.netpols = append(m.netpols, decodeStrict[networkingv1.NetworkPolicy](t, id, data))
+		case "AuthorizationPolicy":
+			ap := decodeStrict[istiosecurityv1.AuthorizationPolicy](t, id, data)
+			// The generated spec decoder lets unknown fields through; protojson
+			// does not, so decode the spec a second time with it.
+			var raw struct {
+				Spec any `json:"spec"`
+			}
+			if err := yaml.Unmarshal(data, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if err := protojson.Unmarshal(jsonRoundTrip(t, raw.Spec), &securityv1beta1.AuthorizationPolicy{}); err != nil {
+				t.Fatalf("%s: spec: %v", id, err)
+			}
+			m.authzPolicy = append(m.authzPolicy, ap)
+		}
+	}
+	return m
+}
+
+func decodeStrict[T any](t *testing.T, id string, data []byte) *T {
+	t.Helper()
+	v := new(T)
+	strictErrs, err := kjson.UnmarshalStrict(data, v)
+	if err != nil {
+		t.Fatalf("%s: %v", id, err)
+	}
+	if len(strictErrs) > 0 {
+		t.Fatalf("%s: %v", id, errors.Join(strictErrs...))
+	}
+	return v
+}
+
+var overlays = []string{"standalone", "sidecar", "istio"}
+
+func TestOverlays(t *testing.T) {
+	for _, o := range overlays {
+		t.Run(o, func(t *testing.T) {
+			m := buildOverlay(t, o)
+			for _, p := range m.problems(t) {
+				t.Error(p)
+			}
+		})
+	}
+}
+
+// problems runs every check that applies to the overlay.
+func (m *manifests) problems(t *testing.T) []string {
+	t.Helper()
+	var ps []string
+	bad := func(format string, args ...any) { ps = append(ps, fmt.Sprintf(format, args...)) }
+	m.checkWorkloads(t, bad)
+	m.checkRedis(t, bad)
+	m.checkPDBs(bad)
+	switch m.overlay {
+	case "standalone", "istio":
+		m.checkCentralService(bad)
+	case "sidecar":
+		m.checkSidecar(t, bad)
+	}
+	if m.overlay == "istio" {
+		m.checkIstio(t, bad)
+	}
+	return ps
+}
+
+type workload struct {
+	kind, name, namespace string
+	replicas              int32
+	selector              *metav1.LabelSelector
+	pod                   *corev1.PodTemplateSpec
+}
+
+func (m *manifests) workloads() []workload {
+	var ws []workload
+	for _, d := range m.deployments {
+		ws = append(ws, workload{"Deployment", d.Name, d.Namespace, ptrOr(d.Spec.Replicas, 1), d.Spec.Selector, &d.Spec.Template})
+	}
+	for _, s := range m.statefulSets {
+		ws = append(ws, workload{"StatefulSet", s.Name, s.Namespace, ptrOr(s.Spec.Replicas, 1), s.Spec.Selector, &s.Spec.Template})
+	}
+	return ws
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func selects(sel *metav1.LabelSelector, l map[string]string) bool {
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	return err == nil && !s.Empty() && s.Matches(labels.Set(l))
+}
+
+func allContainers(spec *corev1.PodSpec) []*corev1.Container {
+	var cs []*corev1.Container
+	for i := range spec.InitContainers {
+		cs = append(cs, &spec.InitContainers[i])
+	}
+	for i := range spec.Containers {
+		cs = append(cs, &spec.Containers[i])
+	}
+	return cs
+}
+
+func isExtauthz(c *corev1.Container) bool {
+	return strings.HasPrefix(c.Image, "extauthz:") || strings.HasSuffix(strings.Split(c.Image, ":")[0], "/extauthz")
+}
+
+// checkWorkloads: the Pod hardening the restricted Pod Security Standard asks
+// for, resources, and for every extauthz container its config, secrets, ports
+// and probes.
+func (m *manifests) checkWorkloads(t *testing.T, bad func(string, ...any)) {
+	ws := m.workloads()
+	if len(ws) == 0 {
+		bad("no workloads")
+	}
+	extauthzSeen := false
+	for _, w := range ws {
+		id := w.kind + "/" + w.name
+		spec := &w.pod.Spec
+		if !selects(w.selector, w.pod.Labels) {
+			bad("%s: selector does not match its own Pod labels", id)
+		}
+		if ptrOr(spec.AutomountServiceAccountToken, true) {
+			bad("%s: automountServiceAccountToken must be false: nothing here talks to the API server", id)
+		}
+		podSC := spec.SecurityContext
+		if podSC == nil {
+			podSC = &corev1.PodSecurityContext{}
+		}
+		for _, c := range allContainers(spec) {
+			cid := id + " container " + c.Name
+			sc := c.SecurityContext
+			if sc == nil {
+				sc = &corev1.SecurityContext{}
+			}
+			if !ptrOr(sc.RunAsNonRoot, ptrOr(podSC.RunAsNonRoot, false)) {
+				bad("%s: runAsNonRoot is not set", cid)
+			}
+			if ptrOr(sc.RunAsUser, ptrOr(podSC.RunAsUser, -1)) == 0 {
+				bad("%s: runAsUser 0", cid)
+			}
+			if ptrOr(sc.AllowPrivilegeEscalation, true) {
+				bad("%s: allowPrivilegeEscalation must be false", cid)
+			}
+			if ptrOr(sc.Privileged, false) {
+				bad("%s: privileged", cid)
+			}
+			if !ptrOr(sc.ReadOnlyRootFilesystem, false) {
+				bad("%s: readOnlyRootFilesystem must be true", cid)
+			}
+			if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
+				bad("%s: capabilities must drop ALL and add none", cid)
+			}
+			seccomp := podSC.SeccompProfile
+			if sc.SeccompProfile != nil {
+				seccomp = sc.SeccompProfile
+			}
+			if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+				bad("%s: seccompProfile must be RuntimeDefault", cid)
+			}
+			r := c.Resources
+			if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
+				bad("%s: needs cpu and memory requests and a memory limit", cid)
+			}
+			if !pinnedImage(c.Image) {
+				bad("%s: image %q is not pinned to a tag", cid, c.Image)
+			}
+			for _, e := range c.Env {
+				if strings.Contains(e.Name, "PEPPER") || strings.Contains(e.Name, "PASSWORD") {
+					if e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+						bad("%s: %s must come from a Secret, not a literal", cid, e.Name)
+					}
+				}
+			}
+			if isExtauthz(c) {
+				extauthzSeen = true
+				m.checkExtauthzContainer(t, cid, c, spec, w, bad)
+			}
+		}
+		for _, v := range spec.Volumes {
+			if v.ConfigMap != nil && m.configMap(v.ConfigMap.Name) == nil {
+				bad("%s: volume %s names ConfigMap %s, which the overlay does not create", id, v.Name, v.ConfigMap.Name)
+			}
+		}
+	}
+	if !extauthzSeen {
+		bad("no extauthz container in the overlay")
+	}
+}
+
+func (m *manifests) configMap(name string) *corev1.ConfigMap {
+	for _, c := range m.configMaps {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func (m *manifests) service(name string) *corev1.Service {
+	for _, s := range m.services {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// mountedFile returns the ConfigMap data behind a file path in a container.
+func (m *manifests) mountedFile(c *corev1.Container, spec *corev1.PodSpec, file string) (string, error) {
+	for _, vm := range c.VolumeMounts {
+		if path.Dir(file) != path.Clean(vm.MountPath) {
+			continue
+		}
+		for _, v := range spec.Volumes {
+			if v.Name != vm.Name || v.ConfigMap == nil {
+				continue
+			}
+			cm := m.configMap(v.ConfigMap.Name)
+			if cm == nil {
+				return "", fmt.Errorf("ConfigMap %s does not exist", v.ConfigMap.Name)
+			}
+			data, ok := cm.Data[path.Base(file)]
+			if !ok {
+				return "", fmt.Errorf("ConfigMap %s has no key %s", cm.Name, path.Base(file))
+			}
+			return data, nil
+		}
+	}
+	return "", fmt.Errorf("%s is not in a mounted ConfigMap", file)
+}
+
+// extauthzConfigOf returns the config an extauthz container runs with.
+func (m *manifests) extauthzConfigOf(c *corev1.Container, spec *corev1.PodSpec) (*extauthzConfig, error) {
+	if len(c.Args) != 3 || c.Args[0] != "serve" || c.Args[1] != "--config" {
+		return nil, fmt.Errorf("args %q are not serve --config FILE", c.Args)
+	}
+	data, err := m.mountedFile(c, spec, c.Args[2])
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := parseExtauthzConfig([]byte(data))
+	if err != nil {
+		return nil, err
+	}
+	return cfg, noSecretsInConfig(cfg)
+}
+
+func envVar(c *corev1.Container, name string) *corev1.EnvVar {
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			return &c.Env[i]
+		}
+	}
+	return nil
+}
+
+// portNumber resolves a probe or Service port (number or name) in a container.
+func portNumber(c *corev1.Container, p intstr.IntOrString) int {
+	if p.Type == intstr.Int {
+		return p.IntValue()
+	}
+	for _, cp := range c.Ports {
+		if cp.Name == p.StrVal {
+			return int(cp.ContainerPort)
+		}
+	}
+	return -1
+}
+
+func containerPort(c *corev1.Container, name string) int {
+	return portNumber(c, intstr.FromString(name))
+}
+
+func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.Container, spec *corev1.PodSpec, w workload, bad func(string, ...any)) {
+	cfg, err := m.extauthzConfigOf(c, spec)
+	if err != nil {
+		bad("%s: config: %v", cid, err)
+		return
+	}
+	if e := envVar(c, "EXTAUTHZ_CONFIG"); e == nil || e.Value != c.Args[2] {
+		bad("%s: EXTAUTHZ_CONFIG must name %s, the file it serves (the CLI in the Pod reads it)", cid, c.Args[2])
+	}
+	if pe := cfg.Hashing.PepperEnv; pe != "" {
+		e := envVar(c, pe)
+		if e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			bad("%s: the config reads the pepper from $%s, which is not set from a Secret", cid, pe)
+		} else if ptrOr(e.ValueFrom.SecretKeyRef.Optional, false) {
+			bad("%s: the pepper Secret is optional: keys hashed without it stop matching once it appears", cid)
+		}
+	} else {
+		bad("%s: hashing.pepper_env is not set", cid)
+	}
+	_, httpPort := hostPort(t, cfg.httpListen())
+	if containerPort(c, "http") != httpPort {
+		bad("%s: containerPort http is %d, the config listens on %d", cid, containerPort(c, "http"), httpPort)
+	}
+	if grpcHost, grpcPort := hostPort(t, cfg.grpcListen()); !isLoopback(grpcHost) && containerPort(c, "grpc") != grpcPort {
+		bad("%s: containerPort grpc is %d, the config listens on %d", cid, containerPort(c, "grpc"), grpcPort)
+	}
+	for name, pr := range map[string]struct {
+		probe *corev1.Probe
+		path  string
+	}{"readiness": {c.ReadinessProbe, "/readyz"}, "liveness": {c.LivenessProbe, "/healthz"}} {
+		if pr.probe == nil || pr.probe.HTTPGet == nil {
+			bad("%s: no %s httpGet probe", cid, name)
+			continue
+		}
+		if pr.probe.HTTPGet.Path != pr.path || portNumber(c, pr.probe.HTTPGet.Port) != httpPort {
+			bad("%s: %s probe is %s on %d, want %s on the HTTP listener %d", cid, name, pr.probe.HTTPGet.Path, portNumber(c, pr.probe.HTTPGet.Port), pr.path, httpPort)
+		}
+	}
+	if host, _ := hostPort(t, cfg.adminListen()); !isLoopback(host) {
+		bad("%s: listen.admin %q is not loopback; in Kubernetes use port-forward or exec", cid, cfg.adminListen())
+	}
+	if cfg.Store.Backend != "redis" {
+		bad("%s: store.backend %q: replicas need the shared Redis store", cid, cfg.Store.Backend)
+		return
+	}
+	// store.redis.url must reach the Redis of this overlay, and the
+	// NetworkPolicy in front of it must admit this Pod.
+	host, port := urlHostPort(t, cfg.Store.Redis.URL, 6379)
+	svc := m.service(strings.Split(host, ".")[0])
+	if svc == nil {
+		bad("%s: store.redis.url host %q is no Service in the overlay", cid, host)
+		return
+	}
+	if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return int(p.Port) == port }) {
+		bad("%s: Service %s has no port %d (store.redis.url)", cid, svc.Name, port)
+	}
+	for _, np := range m.netpols {
+		for _, sts := range m.statefulSets {
+			if !selects(&np.Spec.PodSelector, sts.Spec.Template.Labels) || !selects(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, sts.Spec.Template.Labels) {
+				continue
+			}
+			if !admits(np, w.pod.Labels, port) {
+				bad("%s: NetworkPolicy %s keeps this Pod away from Redis", cid, np.Name)
+			}
+		}
+	}
+}
+
+// admits reports whether a NetworkPolicy lets Pods with these labels (in the
+// same namespace) reach the given port.
+func admits(np *networkingv1.NetworkPolicy, podLabels map[string]string, port int) bool {
+	for _, rule := range np.Spec.Ingress {
+		portOK := len(rule.Ports) == 0
+		for _, p := range rule.Ports {
+			if p.Port != nil && p.Port.IntValue() == port {
+				portOK = true
+			}
+		}
+		fromOK := len(rule.From) == 0
+		for _, peer := range rule.From {
+			if peer.PodSelector != nil && peer.NamespaceSelector == nil && selects(peer.PodSelector, podLabels) {
+				fromOK = true
+			}
+		}
+		if portOK && fromOK {
+			return true
+		}
+	}
+	return false
+}
+
+// checkRedis: the Redis the keys live in keeps them (AOF on a PersistentVolume).
+func (m *manifests) checkRedis(t *testing.T, bad func(string, ...any)) {
+	var found bool
+	for _, s := range m.statefulSets {
+		for _, c := range s.Spec.Template.Spec.Containers {
+			if !strings.HasPrefix(c.Image, "redis:") {
+				continue
+			}
+			found = true
+			id := "StatefulSet/" + s.Name
+			args := append(slices.Clone(c.Command), c.Args...)
+			if flagValue(args, "--appendonly", "no") != "yes" {
+				bad("%s: Redis runs without --appendonly yes: created keys can be lost (SPEC §8)", id)
+			}
+			if fs := flagValue(args, "--appendfsync", "everysec"); fs != "everysec" && fs != "always" {
+				bad("%s: --appendfsync %s", id, fs)
+			}
+			dir := flagValue(args, "--dir", "/data")
+			var claim string
+			for _, vm := range c.VolumeMounts {
+				if path.Clean(vm.MountPath) == path.Clean(dir) {
+					claim = vm.Name
+				}
+			}
+			if !slices.ContainsFunc(s.Spec.VolumeClaimTemplates, func(p corev1.PersistentVolumeClaim) bool { return p.Name == claim }) {
+				bad("%s: Redis's data directory %s is not on a volumeClaimTemplate", id, dir)
+			}
+			if svc := m.service(s.Spec.ServiceName); svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone {
+				bad("%s: serviceName %q is not a headless Service in the overlay", id, s.Spec.ServiceName)
+			}
+		}
+	}
+	if !found {
+		bad("no Redis StatefulSet")
+	}
+}
+
+// checkPDBs: each PDB protects exactly one workload and can be satisfied.
+func (m *manifests) checkPDBs(bad func(string, ...any)) {
+	for _, pdb := range m.pdbs {
+		var matched []workload
+		for _, w := range m.workloads() {
+			if w.namespace == pdb.Namespace && selects(pdb.Spec.Selector, w.pod.Labels) {
+				matched = append(matched, w)
+			}
+		}
+		if len(matched) != 1 {
+			bad("PodDisruptionBudget/%s selects %d workloads, want exactly 1", pdb.Name, len(matched))
+			continue
+		}
+		if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() >= int(matched[0].replicas) {
+			bad("PodDisruptionBudget/%s: minAvailable must be below %s/%s's %d replicas, or no node could ever drain", pdb.Name, matched[0].kind, matched[0].name, matched[0].replicas)
+		}
+	}
+}
+
+// checkCentralService: the shared extauthz Deployment, its Service (ports named
+// grpc and http, which Istio reads the protocol from) and its PDB.
+func (m *manifests) checkCentralService(bad func(string, ...any)) {
+	var dep *appsv1.Deployment
+	for _, d := range m.deployments {
+		if d.Name == "extauthz" {
+			dep = d
+		}
+	}
+	if dep == nil {
+		bad("no Deployment extauthz")
+		return
+	}
+	c := &dep.Spec.Template.Spec.Containers[0]
+	svc := m.service("extauthz")
+	if svc == nil {
+		bad("no Service extauthz")
+		return
+	}
+	if !selects(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, dep.Spec.Template.Labels) {
+		bad("Service extauthz does not select the Deployment's Pods")
+	}
+	want := map[string]int{"grpc": 9001, "http": 9002}
+	for name, port := range want {
+		i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == name })
+		if i < 0 {
+			bad("Service extauthz has no port named %s", name)
+			continue
+		}
+		sp := svc.Spec.Ports[i]
+		if int(sp.Port) != port || portNumber(c, sp.TargetPort) != port {
+			bad("Service extauthz port %s is %d → %d, want %d → the container's %d", name, sp.Port, portNumber(c, sp.TargetPort), port, port)
+		}
+	}
+	if !slices.ContainsFunc(m.pdbs, func(p *policyv1.PodDisruptionBudget) bool {
+		return selects(p.Spec.Selector, dep.Spec.Template.Labels)
+	}) {
+		bad("no PodDisruptionBudget covers Deployment extauthz")
+	}
+	if ptrOr(dep.Spec.Replicas, 1) < 2 {
+		bad("Deployment extauthz runs one replica: every request depends on it")
+	}
+}
+
+// checkSidecar: the app Pod runs extauthz and Envoy as native sidecars, Envoy's
+// config (the file envoy/envoy_test.go proves) points at the sidecar on
+// loopback, and nothing but Envoy is reachable from other Pods.
+func (m *manifests) checkSidecar(t *testing.T, bad func(string, ...any)) {
+	for _, d := range m.deployments {
+		if d.Name == "extauthz" {
+			bad("the sidecar overlay still runs the central Deployment extauthz")
+		}
+	}
+	if m.service("extauthz") != nil || len(m.pdbs) != 1 {
+		bad("the sidecar overlay keeps the central Service or PDB")
+	}
+	var app *appsv1.Deployment
+	for _, d := range m.deployments {
+		if d.Name == "demo-app" {
+			app = d
+		}
+	}
+	if app == nil {
+		bad("no Deployment demo-app")
+		return
+	}
+	spec := &app.Spec.Template.Spec
+	var names []string
+	for _, c := range spec.InitContainers {
+		names = append(names, c.Name)
+		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+			bad("init container %s is not a native sidecar (restartPolicy: Always)", c.Name)
+		}
+	}
+	if !slices.Equal(names, []string{"extauthz", "envoy"}) {
+		bad("sidecars are %v, want [extauthz envoy] in that order (Envoy must find extauthz up)", names)
+		return
+	}
+	ext, envoy := &spec.InitContainers[0], &spec.InitContainers[1]
+	if ext.StartupProbe == nil {
+		bad("the extauthz sidecar has no startupProbe, so Envoy starts before it answers")
+	}
+	cfg, err := m.extauthzConfigOf(ext, spec)
+	if err != nil {
+		bad("extauthz sidecar config: %v", err)
+		return
+	}
+	grpcHost, grpcPort := hostPort(t, cfg.grpcListen())
+	if !isLoopback(grpcHost) {
+		bad("the extauthz sidecar's gRPC listener %q is not loopback: other Pods could ask it for decisions", cfg.grpcListen())
+	}
+	if len(envoy.Args) < 2 || envoy.Args[0] != "-c" {
+		bad("envoy args %q do not name a config with -c", envoy.Args)
+		return
+	}
+	envoyYAML, err := m.mountedFile(envoy, spec, envoy.Args[1])
+	if err != nil {
+		bad("envoy config: %v", err)
+		return
+	}
+	if onDisk := readRepoFile(t, "k8s/overlays/sidecar/envoy.yaml"); envoyYAML != onDisk {
+		bad("the Envoy ConfigMap is not k8s/overlays/sidecar/envoy.yaml, the file envoy_test.go validates")
+	}
+	ef := parseEnvoyFile(t, []byte(envoyYAML))
+	for _, e := range ef.authzEndpoints(t) {
+		if !isLoopback(e.host) || e.port != grpcPort {
+			bad("Envoy sends ext_authz to %s, the sidecar listens on %s", e, cfg.grpcListen())
+		}
+	}
+	appC := &spec.Containers[0]
+	appPort := ""
+	if e := envVar(appC, "HTTP_PORT"); e != nil {
+		appPort = e.Value
+	}
+	for _, e := range ef.clusters["upstream"] {
+		if !isLoopback(e.host) || strconv.Itoa(e.port) != appPort {
+			bad("Envoy's upstream is %s, the app listens on 127.0.0.1:%s", e, appPort)
+		}
+	}
+	envoyPort := containerPort(envoy, "envoy")
+	if !slices.Contains(ef.listenPorts, envoyPort) {
+		bad("Envoy's containerPort %d is not its listener %v", envoyPort, ef.listenPorts)
+	}
+	svc := m.service("demo-app")
+	if svc == nil || len(svc.Spec.Ports) != 1 || portNumber(envoy, svc.Spec.Ports[0].TargetPort) != envoyPort {
+		bad("Service demo-app must expose Envoy's port %d and nothing else", envoyPort)
+	}
+	var guarded bool
+	for _, np := range m.netpols {
+		if !selects(&np.Spec.PodSelector, app.Spec.Template.Labels) {
+			continue
+		}
+		guarded = true
+		for _, rule := range np.Spec.Ingress {
+			if len(rule.Ports) == 0 {
+				bad("NetworkPolicy %s admits every port of the app Pod: Envoy can be bypassed", np.Name)
+			}
+			for _, p := range rule.Ports {
+				if p.Port == nil || p.Port.IntValue() != envoyPort {
+					bad("NetworkPolicy %s admits port %v besides Envoy's %d", np.Name, p.Port, envoyPort)
+				}
+			}
+		}
+	}
+	if !guarded {
+		bad("no NetworkPolicy limits the app Pod to Envoy's port: the app's own port bypasses authorization")
+	}
+}
+
+// meshConfigFile is k8s/overlays/istio/mesh-config.yaml.
+const meshConfigFile = "k8s/overlays/istio/mesh-config.yaml"
+
+// loadMeshConfig decodes the IstioOperator snippet: its envelope strictly, its
+// meshConfig with protojson into Istio's own MeshConfig type (strict as well).
+func loadMeshConfig(t *testing.T, data []byte) (*meshv1alpha1.MeshConfig, error) {
+	t.Helper()
+	var op struct {
+		APIVersion string            `json:"apiVersion"`
+		Kind       string            `json:"kind"`
+		Metadata   metav1.ObjectMeta `json:"metadata"`
+		Spec       struct {
+			MeshConfig any `json:"meshConfig"`
+		} `json:"spec"`
+	}
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, err
+	}
+	strictErrs, err := kjson.UnmarshalStrict(j, &op)
+	if err != nil {
+		return nil, err
+	}
+	if len(strictErrs) > 0 {
+		return nil, errors.Join(strictErrs...)
+	}
+	if op.APIVersion != "install.istio.io/v1alpha1" || op.Kind != "IstioOperator" {
+		return nil, fmt.Errorf("%s/%s is not an IstioOperator", op.APIVersion, op.Kind)
+	}
+	mc := &meshv1alpha1.MeshConfig{}
+	if err := protojson.Unmarshal(jsonRoundTrip(t, op.Spec.MeshConfig), mc); err != nil {
+		return nil, fmt.Errorf("meshConfig: %w", err)
+	}
+	return mc, nil
+}
+
+// maxAuthzTimeout bounds how long one request may wait for a decision.
+const maxAuthzTimeout = time.Second
+
+// checkIstio: the AuthorizationPolicy hands requests to a provider that the mesh
+// config defines, pointing at the Service this overlay builds, failing closed.
+func (m *manifests) checkIstio(t *testing.T, bad func(string, ...any)) {
+	mc, err := loadMeshConfig(t, []byte(readRepoFile(t, meshConfigFile)))
+	if err != nil {
+		bad("%s: %v", meshConfigFile, err)
+		return
+	}
+	m.checkIstioWith(mc, bad)
+}
+
+func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string, ...any)) {
+	if len(m.authzPolicy) == 0 {
+		bad("no AuthorizationPolicy")
+	}
+	for _, ap := range m.authzPolicy {
+		id := "AuthorizationPolicy/" + ap.Name
+		if ap.Spec.GetAction() != securityv1beta1.AuthorizationPolicy_CUSTOM {
+			bad("%s: action %v, want CUSTOM", id, ap.Spec.GetAction())
+		}
+		if len(ap.Spec.GetRules()) == 0 {
+			bad("%s: no rules: a CUSTOM policy without rules matches nothing", id)
+		}
+		if ap.Namespace == "" || ap.Namespace == "extauthz" {
+			bad("%s: lives in %q; it belongs in the protected workloads' namespace", id, ap.Namespace)
+		}
+		name := ap.Spec.GetProvider().GetName()
+		var provider *meshv1alpha1.MeshConfig_ExtensionProvider
+		for _, p := range mc.GetExtensionProviders() {
+			if p.GetName() == name {
+				provider = p
+			}
+		}
+		if provider == nil {
+			bad("%s: provider %q is not in %s", id, name, meshConfigFile)
+			continue
+		}
+		g := provider.GetEnvoyExtAuthzGrpc()
+		if g == nil {
+			bad("provider %s is not envoyExtAuthzGrpc", name)
+			continue
+		}
+		svcName, ns, ok := strings.Cut(strings.TrimSuffix(g.GetService(), ".svc.cluster.local"), ".")
+		svc := m.service(svcName)
+		if !ok || svc == nil || svc.Namespace != ns {
+			bad("provider %s: service %q is not a Service this overlay creates (want <name>.<namespace>.svc.cluster.local)", name, g.GetService())
+		} else {
+			i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return int(p.Port) == int(g.GetPort()) })
+			if i < 0 || !strings.HasPrefix(svc.Spec.Ports[i].Name, "grpc") {
+				bad("provider %s: port %d is not a grpc-named port of Service %s", name, g.GetPort(), svcName)
+			}
+		}
+		if d := g.GetTimeout(); d == nil || d.AsDuration() <= 0 || d.AsDuration() > maxAuthzTimeout {
+			bad("provider %s: timeout %v; want set and at most %v (Istio's default is 10 minutes)", name, d.AsDuration(), maxAuthzTimeout)
+		}
+		if g.GetFailOpen() {
+			bad("provider %s: failOpen must be false", name)
+		}
+		if g.GetStatusOnError() != "503" {
+			bad("provider %s: statusOnError %q, want \"503\"", name, g.GetStatusOnError())
+		}
+	}
+}
+
+// TestKubernetesProblemsAreCaught breaks a built overlay in memory and expects
+// the checks to say so.
+func TestKubernetesProblemsAreCaught(t *testing.T) {
+	extauthzContainer := func(m *manifests) *corev1.Container {
+		for _, d := range m.deployments {
+			if d.Name == "extauthz" {
+				return &d.Spec.Template.Spec.Containers[0]
+			}
+		}
+		t.Fatal("no Deployment extauthz")
+		return nil
+	}
+	setConfig := func(m *manifests, name, data string) {
+		for _, cm := range m.configMaps {
+			if strings.HasPrefix(cm.Name, name) {
+				cm.Data["config.yaml"] = data
+			}
+		}
+	}
+	tests := []struct {
+		overlay string
+		name    string
+		mutate  func(m *manifests)
+		wantErr string
+	}{
+		{"standalone", "privilege escalation allowed", func(m *manifests) {
+			extauthzContainer(m).SecurityContext.AllowPrivilegeEscalation = ptr(true)
+		}, "allowPrivilegeEscalation"},
+		{"standalone", "capabilities kept", func(m *manifests) {
+			extauthzContainer(m).SecurityContext.Capabilities.Drop = nil
+		}, "drop ALL"},
+		{"standalone", "a writable root filesystem", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = nil
+		}, "readOnlyRootFilesystem"},
+		{"standalone", "running as root", func(m *manifests) {
+			extauthzContainer(m).SecurityContext.RunAsNonRoot = nil
+			m.deployments[0].Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil
+		}, "runAsNonRoot"},
+		{"standalone", "no seccomp profile", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.SecurityContext.SeccompProfile = nil
+		}, "seccompProfile"},
+		{"standalone", "no memory limit", func(m *manifests) {
+			delete(extauthzContainer(m).Resources.Limits, corev1.ResourceMemory)
+		}, "memory limit"},
+		{"standalone", "readiness on the wrong path", func(m *manifests) {
+			extauthzContainer(m).ReadinessProbe.HTTPGet.Path = "/healthz"
+		}, "readiness probe"},
+		{"standalone", "liveness on the gRPC port", func(m *manifests) {
+			extauthzContainer(m).LivenessProbe.HTTPGet.Port = intstr.FromString("grpc")
+		}, "liveness probe"},
+		{"standalone", "the Service's gRPC port renamed, so Istio treats it as TCP", func(m *manifests) {
+			m.service("extauthz").Spec.Ports[0].Name = "tcp-authz"
+		}, "no port named grpc"},
+		{"standalone", "a PDB that selects the Redis Pods", func(m *manifests) {
+			m.pdbs[0].Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "redis"}}
+		}, "PodDisruptionBudget"},
+		{"standalone", "Redis without AOF", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Spec.Containers[0].Args = []string{"redis-server"}
+		}, "--appendonly yes"},
+		{"standalone", "Redis data not on a volume", func(m *manifests) {
+			m.statefulSets[0].Spec.VolumeClaimTemplates = nil
+		}, "volumeClaimTemplate"},
+		{"standalone", "a config key SPEC §2 does not have", func(m *manifests) {
+			setConfig(m, "extauthz-config", "listen: {grpc: ':9001'}\nstore: {backend: redis, redis: {url: 'redis://redis:6379/0', password: x}}\n")
+		}, `unknown field "password"`},
+		{"standalone", "a config whose Redis is not the overlay's", func(m *manifests) {
+			setConfig(m, "extauthz-config", "store: {backend: redis, redis: {url: 'redis://cache:6379/0'}}\nhashing: {pepper_env: EXTAUTHZ_PEPPER}\n")
+		}, `host "cache"`},
+		{"standalone", "the pepper written into the manifest", func(m *manifests) {
+			e := envVar(extauthzContainer(m), "EXTAUTHZ_PEPPER")
+			e.ValueFrom, e.Value = nil, "s3cret"
+		}, "EXTAUTHZ_PEPPER must come from a Secret"},
+		{"standalone", "the pepper Secret made optional", func(m *manifests) {
+			envVar(extauthzContainer(m), "EXTAUTHZ_PEPPER").ValueFrom.SecretKeyRef.Optional = ptr(true)
+		}, "optional"},
+		{"standalone", "the Redis NetworkPolicy shutting extauthz out", func(m *manifests) {
+			delete(m.deployments[0].Spec.Template.Labels, "extauthz/redis-client")
+		}, "keeps this Pod away from Redis"},
+		{"sidecar", "the sidecar's gRPC listener on every interface", func(m *manifests) {
+			for _, cm := range m.configMaps {
+				if strings.HasPrefix(cm.Name, "extauthz-config") {
+					cm.Data["config.yaml"] = strings.Replace(cm.Data["config.yaml"], `grpc: "127.0.0.1:9001"`, `grpc: ":9001"`, 1)
+				}
+			}
+		}, "not loopback"},
+		{"sidecar", "Envoy pointed at another port than the sidecar", func(m *manifests) {
+			for _, cm := range m.configMaps {
+				if strings.HasPrefix(cm.Name, "envoy-sidecar") {
+					cm.Data["envoy.yaml"] = strings.Replace(cm.Data["envoy.yaml"], "port_value: 9001", "port_value: 9101", 1)
+				}
+			}
+		}, "Envoy sends ext_authz to 127.0.0.1:9101"},
+		{"sidecar", "the app's port opened to other Pods", func(m *manifests) {
+			np := m.netpols[len(m.netpols)-1]
+			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{
+				Ports: []networkingv1.NetworkPolicyPort{{Port: ptr(intstr.FromInt32(8000))}},
+			})
+		}, "besides Envoy's"},
+		{"sidecar", "Envoy started before extauthz", func(m *manifests) {
+			ic := m.deployments[0].Spec.Template.Spec.InitContainers
+			ic[0], ic[1] = ic[1], ic[0]
+		}, "in that order"},
+		{"istio", "an ALLOW policy instead of CUSTOM", func(m *manifests) {
+			m.authzPolicy[0].Spec.Action = securityv1beta1.AuthorizationPolicy_ALLOW
+		}, "want CUSTOM"},
+		{"istio", "a provider the mesh config does not define", func(m *manifests) {
+			m.authzPolicy[0].Spec.ActionDetail = &securityv1beta1.AuthorizationPolicy_Provider{Provider: &securityv1beta1.AuthorizationPolicy_ExtensionProvider{Name: "ext-authz"}}
+		}, `provider "ext-authz"`},
+		{"istio", "a policy without rules", func(m *manifests) {
+			m.authzPolicy[0].Spec.Rules = nil
+		}, "no rules"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.overlay+": "+tt.name, func(t *testing.T) {
+			m := buildOverlay(t, tt.overlay)
+			if ps := m.problems(t); len(ps) > 0 {
+				t.Fatalf("the unmutated overlay has problems: %v", ps)
+			}
+			tt.mutate(m)
+			ps := m.problems(t)
+			if !slices.ContainsFunc(ps, func(p string) bool { return strings.Contains(p, tt.wantErr) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, ps)
+			}
+		})
+	}
+}
+
+func TestMeshConfigProblemsAreCaught(t *testing.T) {
+	good := readRepoFile(t, meshConfigFile)
+	m := buildOverlay(t, "istio")
+	tests := []struct{ name, from, to, wantErr string }{
+		{"failing open", "failOpen: false", "failOpen: true", "failOpen"},
+		{"an outage reported as 403", `statusOnError: "503"`, `statusOnError: "403"`, "statusOnError"},
+		{"Istio's 10-minute default timeout", "timeout: 0.25s", "timeout: 600s", "timeout"},
+		{"a service in another namespace", "extauthz.extauthz.svc", "extauthz.default.svc", "is not a Service"},
+		{"the HTTP port for a gRPC provider", "port: 9001", "port: 9002", "grpc-named port"},
+		{"a misspelt provider field", "failOpen: false", "failopen: false", "failopen"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(good, tt.from) {
+				t.Fatalf("%s no longer contains %q; update this case", meshConfigFile, tt.from)
+			}
+			var ps []string
+			bad := func(format string, args ...any) { ps = append(ps, fmt.Sprintf(format, args...)) }
+			mc, err := loadMeshConfig(t, []byte(strings.Replace(good, tt.from, tt.to, 1)))
+			if err != nil {
+				ps = append(ps, err.Error())
+			} else {
+				m.checkIstioWith(mc, bad)
+			}
+			if !slices.ContainsFunc(ps, func(p string) bool { return strings.Contains(p, tt.wantErr) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, ps)
+			}
+		})
+	}
+}
+
+// TestOverlaysRejectUnknownFields: the strict decoding above is what catches a
+// misspelt manifest field; prove it does, case included.
+func TestOverlaysRejectUnknownFields(t *testing.T) {
+	for _, doc := range []string{
+		`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"},"spec":{"replica":2}}`,
+		`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"},"spec":{"Replicas":2}}`,
+		`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"},"spec":{"replicas":2,"replicas":3}}`,
+	} {
+		strictErrs, err := kjson.UnmarshalStrict([]byte(doc), &appsv1.Deployment{})
+		if err == nil && len(strictErrs) == 0 {
+			t.Errorf("accepted %s", doc)
+		}
+	}
+	var ap securityv1beta1.AuthorizationPolicy
+	if err := protojson.Unmarshal([]byte(`{"action":"CUSTOM","provider":{"name":"x"},"rulez":[]}`), &ap); err == nil {
+		t.Error("protojson accepted an unknown AuthorizationPolicy field")
+	}
+}
+
+// TestNoManifestCarriesASecret: no Secret objects and no literal secrets in any
+// file under k8s/ (the pepper and Redis password are created out of band).
+func TestNoManifestCarriesASecret(t *testing.T) {
+	err := filepath.WalkDir(filepath.Join(repoRoot, "k8s"), func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(data), "kind: Secret") || strings.Contains(string(data), "secretGenerator") {
+			t.Errorf("%s defines a Secret; secrets are created out of band", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,385 @@
+// Package deploytest proves the deployment artefacts (Dockerfile,
+// docker-compose.yml, deploy/, k8s/) without Docker or a cluster: each file is
+// loaded with the library the real tool uses (kustomize, compose-go) or decoded
+// strictly into the API types the cluster would, and the settings that make the
+// system work and stay safe are asserted. The Envoy configs themselves are
+// proved by envoy/envoy_test.go in the main module; here they are cross-checked
+// against the files that must agree with them.
+//
+// It is a module of its own so that kustomize, k8s.io/api, istio.io and
+// compose-go never enter the service's dependency graph.
+package deploytest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// repoRoot is the main module, which holds the files under test.
+const repoRoot = ".."
+
+// extauthzConfig mirrors SPEC §2 field for field. The service's own config
+// package is written elsewhere; this copy lets the shipped configs be held to the
+// contract, so a typo or a field the spec doesn't have fails here, as it would
+// when the server starts ("unknown fields are errors").
+type extauthzConfig struct {
+	Listen struct {
+		GRPC  string `json:"grpc"`
+		HTTP  string `json:"http"`
+		Admin string `json:"admin"`
+	} `json:"listen"`
+	Store struct {
+		Backend string `json:"backend"`
+		Path    string `json:"path"`
+		Redis   struct {
+			URL         string   `json:"url"`
+			Addrs       []string `json:"addrs"`
+			MasterName  string   `json:"master_name"`
+			PasswordEnv string   `json:"password_env"`
+			Prefix      string   `json:"prefix"`
+		} `json:"redis"`
+	} `json:"store"`
+	Hashing struct {
+		PepperEnv string `json:"pepper_env"`
+	} `json:"hashing"`
+	Cache struct {
+		Size        int    `json:"size"`
+		TTL         string `json:"ttl"`
+		NegativeTTL string `json:"negative_ttl"`
+	} `json:"cache"`
+	Keys struct {
+		Prefix      string `json:"prefix"`
+		MaxPerOwner int    `json:"max_per_owner"`
+	} `json:"keys"`
+	Sources []struct {
+		Header string `json:"header"`
+		Scheme string `json:"scheme"`
+		Query  string `json:"query"`
+		Cookie string `json:"cookie"`
+	} `json:"sources"`
+	ClientIP struct {
+		XFFTrustedHops int `json:"xff_trusted_hops"`
+	} `json:"client_ip"`
+	RateLimit struct {
+		Default      string `json:"default"`
+		OnStoreError string `json:"on_store_error"`
+	} `json:"rate_limit"`
+	Routes []struct {
+		Path        string   `json:"path"`
+		Methods     []string `json:"methods"`
+		Permissions []string `json:"permissions"`
+		Public      bool     `json:"public"`
+		RateLimit   string   `json:"rate_limit"`
+	} `json:"routes"`
+	Unmatched string `json:"unmatched"`
+	HTTPMode  struct {
+		Prefix         string `json:"prefix"`
+		Original       string `json:"original"`
+		XFFTrustedHops *int   `json:"xff_trusted_hops"`
+	} `json:"http_mode"`
+	Audit struct {
+		Sink string `json:"sink"`
+	} `json:"audit"`
+}
+
+// SPEC §2 defaults the cross-checks need when a file leaves a field out.
+const (
+	defaultGRPCListen  = ":9001"
+	defaultHTTPListen  = ":9002"
+	defaultAdminListen = "127.0.0.1:9003"
+	defaultHTTPPrefix  = "/authz"
+)
+
+func (c *extauthzConfig) grpcListen() string  { return orDefault(c.Listen.GRPC, defaultGRPCListen) }
+func (c *extauthzConfig) httpListen() string  { return orDefault(c.Listen.HTTP, defaultHTTPListen) }
+func (c *extauthzConfig) adminListen() string { return orDefault(c.Listen.Admin, defaultAdminListen) }
+func (c *extauthzConfig) httpPrefix() string  { return orDefault(c.HTTPMode.Prefix, defaultHTTPPrefix) }
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// parseExtauthzConfig decodes a config strictly: every key must be a SPEC §2
+// field spelt exactly (encoding/json alone would accept `Listen` for `listen`),
+// every value of the right type, and the values the spec enumerates valid.
+func parseExtauthzConfig(data []byte) (*extauthzConfig, error) {
+	var raw any
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("yaml: %w", err)
+	}
+	if raw == nil {
+		return &extauthzConfig{}, nil // an empty file is valid (SPEC §2)
+	}
+	if err := exactKeys(raw, reflect.TypeFor[extauthzConfig](), "config"); err != nil {
+		return nil, err
+	}
+	var c extauthzConfig
+	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// exactKeys walks a decoded YAML value alongside a Go type and rejects any map
+// key that is not one of the struct's json names, compared case-sensitively.
+func exactKeys(v any, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s: want a mapping, got %T", path, v)
+		}
+		fields := map[string]reflect.Type{}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			fields[name] = f.Type
+		}
+		for k, sub := range m {
+			ft, ok := fields[k]
+			if !ok {
+				return fmt.Errorf("%s: unknown field %q", path, k)
+			}
+			if sub == nil {
+				continue
+			}
+			if err := exactKeys(sub, ft, path+"."+k); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice:
+		l, ok := v.([]any)
+		if !ok {
+			return fmt.Errorf("%s: want a list, got %T", path, v)
+		}
+		for i, e := range l {
+			if err := exactKeys(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+var (
+	// N/unit or N/<duration> (SPEC §2), or "none".
+	rateRE = regexp.MustCompile(`^(none|[1-9][0-9]*/([smhd]|[0-9]+(ms|s|m|h)))$`)
+	// A literal segment, {name}, *, or ** as the last segment (SPEC §2).
+	segmentRE = regexp.MustCompile(`^([A-Za-z0-9._~!$&'()+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\}|\*|\*\*)$`)
+)
+
+func (c *extauthzConfig) validate() error {
+	var errs []string
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
+	oneOf := func(field, v string, allowed ...string) {
+		if v != "" && !slices.Contains(allowed, v) {
+			bad("%s: %q is not one of %v", field, v, allowed)
+		}
+	}
+	duration := func(field, v string) {
+		if v == "" {
+			return
+		}
+		if d, err := time.ParseDuration(v); err != nil || d < 0 {
+			bad("%s: %q is not a Go duration", field, v)
+		}
+	}
+	rate := func(field, v string) {
+		if v != "" && !rateRE.MatchString(v) {
+			bad("%s: %q is not a rate (N/s, N/m, N/h, N/d, N/<duration>, none)", field, v)
+		}
+	}
+
+	for field, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
+		if addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			bad("%s: %q: %v", field, addr, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			bad("%s: %q: bad port", field, addr)
+		}
+	}
+	oneOf("store.backend", c.Store.Backend, "embedded", "redis")
+	if c.Store.Backend == "redis" && c.Store.Redis.URL == "" && len(c.Store.Redis.Addrs) == 0 {
+		bad("store.redis: the redis backend needs url or addrs")
+	}
+	if u := c.Store.Redis.URL; u != "" && !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
+		bad("store.redis.url: %q is not redis:// or rediss://", u)
+	}
+	duration("cache.ttl", c.Cache.TTL)
+	duration("cache.negative_ttl", c.Cache.NegativeTTL)
+	if c.Cache.Size < 0 || c.Keys.MaxPerOwner < 0 {
+		bad("cache.size and keys.max_per_owner must not be negative")
+	}
+	for i, s := range c.Sources {
+		n := 0
+		for _, v := range []string{s.Header, s.Query, s.Cookie} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			bad("sources[%d]: exactly one of header, query, cookie", i)
+		}
+		if s.Scheme != "" && s.Header == "" {
+			bad("sources[%d]: scheme applies to a header only", i)
+		}
+	}
+	if c.ClientIP.XFFTrustedHops < 0 {
+		bad("client_ip.xff_trusted_hops must not be negative")
+	}
+	rate("rate_limit.default", c.RateLimit.Default)
+	oneOf("rate_limit.on_store_error", c.RateLimit.OnStoreError, "local", "allow", "deny")
+	for i, r := range c.Routes {
+		field := fmt.Sprintf("routes[%d]", i)
+		if !strings.HasPrefix(r.Path, "/") {
+			bad("%s.path: %q must start with /", field, r.Path)
+		} else if r.Path != "/" {
+			segs := strings.Split(strings.TrimPrefix(r.Path, "/"), "/")
+			for j, seg := range segs {
+				if !segmentRE.MatchString(seg) || (seg == "**" && j != len(segs)-1) {
+					bad("%s.path: %q: bad segment %q", field, r.Path, seg)
+				}
+			}
+		}
+		for _, m := range r.Methods {
+			if m != strings.ToUpper(m) || m == "" {
+				bad("%s.methods: %q", field, m)
+			}
+		}
+		if r.Public && len(r.Permissions) > 0 {
+			bad("%s: a public route needs no permissions", field)
+		}
+		rate(field+".rate_limit", r.RateLimit)
+	}
+	oneOf("unmatched", c.Unmatched, "deny", "authenticate")
+	if p := c.HTTPMode.Prefix; p != "" && (!strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/")) {
+		bad("http_mode.prefix: %q must start, and not end, with /", p)
+	}
+	oneOf("http_mode.original", c.HTTPMode.Original, "path", "x-original", "x-forwarded")
+	if h := c.HTTPMode.XFFTrustedHops; h != nil && *h < 0 {
+		bad("http_mode.xff_trusted_hops must not be negative")
+	}
+	oneOf("audit.sink", c.Audit.Sink, "stdout", "redis", "none")
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// noSecretsInConfig: secrets come from the environment, never the file (SPEC
+// §2). A password in a redis URL is the one place a file could carry one.
+func noSecretsInConfig(c *extauthzConfig) error {
+	if c.Store.Redis.URL == "" {
+		return nil
+	}
+	if u := c.Store.Redis.URL; strings.Contains(strings.TrimPrefix(strings.TrimPrefix(u, "rediss://"), "redis://"), "@") {
+		return fmt.Errorf("store.redis.url carries credentials; use password_env")
+	}
+	return nil
+}
+
+// hostPort splits a listen address or URL authority into host and port.
+func hostPort(t *testing.T, addr string) (string, int) {
+	t.Helper()
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("address %q: %v", addr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatalf("address %q: %v", addr, err)
+	}
+	return host, port
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
+func TestSpecConfigDecoderIsStrict(t *testing.T) {
+	valid := `
+listen: {grpc: ":9001", http: ":9002", admin: "127.0.0.1:9003"}
+store: {backend: redis, redis: {url: "redis://redis:6379/0", password_env: REDIS_PASSWORD, prefix: "extauthz:"}}
+hashing: {pepper_env: EXTAUTHZ_PEPPER}
+cache: {size: 100, ttl: 30s, negative_ttl: 5s}
+keys: {prefix: sk, max_per_owner: 100}
+sources: [{header: x-api-key}, {header: authorization, scheme: Bearer}, {query: api_key}, {cookie: api_key}]
+client_ip: {xff_trusted_hops: 0}
+rate_limit: {default: 100/10m, on_store_error: local}
+routes: [{path: /healthz, public: true}, {path: "/api/users/{id}", methods: [DELETE], permissions: [delete:users], rate_limit: 10/m}, {path: "/r/**"}]
+unmatched: deny
+http_mode: {prefix: /authz, original: path, xff_trusted_hops: 1}
+audit: {sink: stdout}
+`
+	if _, err := parseExtauthzConfig([]byte(valid)); err != nil {
+		t.Fatalf("the SPEC §2 example is rejected: %v", err)
+	}
+	if _, err := parseExtauthzConfig(nil); err != nil {
+		t.Fatalf("an empty file is rejected: %v", err)
+	}
+	tests := []struct {
+		name, yaml, wantErr string
+	}{
+		{"an unknown top-level field", "listen: {grpc: ':9001'}\nlisten_admin: x\n", `unknown field "listen_admin"`},
+		{"a field in the wrong case", "Listen: {grpc: ':9001'}\n", `unknown field "Listen"`},
+		{"an unknown nested field", "store: {redis: {password: hunter2}}\n", `unknown field "password"`},
+		{"an unknown field in a list item", "routes: [{path: /x, permission: [a]}]\n", `unknown field "permission"`},
+		{"a wrong type", "cache: {size: lots}\n", "decode"},
+		{"a duplicate key", "audit: {sink: stdout}\naudit: {sink: none}\n", "already set"},
+		{"an unknown backend", "store: {backend: postgres}\n", "store.backend"},
+		{"a bad duration", "cache: {ttl: 30}\n", "cache.ttl"},
+		{"a bad rate", "rate_limit: {default: 100/minute}\n", "rate_limit.default"},
+		{"a source naming two places", "sources: [{header: x-api-key, query: api_key}]\n", "exactly one"},
+		{"** before the last segment", "routes: [{path: '/a/**/b'}]\n", "bad segment"},
+		{"an unknown original convention", "http_mode: {original: x-envoy}\n", "http_mode.original"},
+		{"a listen address without a port", "listen: {http: 'localhost'}\n", "listen.http"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseExtauthzConfig([]byte(tt.yaml))
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	withPassword, err := parseExtauthzConfig([]byte("store: {backend: redis, redis: {url: 'redis://:hunter2@redis:6379/0'}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if noSecretsInConfig(withPassword) == nil {
+		t.Fatal("a password in store.redis.url is not caught")
+	}
+}
+
+// jsonRoundTrip re-encodes v (decoded YAML) as JSON, for decoders that take JSON.
+func jsonRoundTrip(t *testing.T, v any) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
