@@ -9,10 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -20,6 +23,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
@@ -40,11 +44,11 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := newLogger(cfg.Log, stderr)
-	goredis.SetLogger(redisLog{logger})
 	srv, err := newServer(cfg, logger)
 	if err != nil {
 		return err
 	}
+	srv.cfgPath = *path
 	if err := srv.listen(); err != nil {
 		srv.close()
 		return err
@@ -72,9 +76,18 @@ type server struct {
 	limiter limiter
 	authz   *authz.Authorizer
 
-	grpc   *grpc.Server
-	health *health.Server
-	http   *http.Server
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	httpMode *authz.HTTPServer
+	audit    *audit.Logger
+	metrics  *prometheus.Registry
+
+	// cfgPath is reloaded on SIGHUP and when the file changes ("" = none);
+	// reloadEvery is how often the file is polled for changes.
+	cfgPath     string
+	reloadEvery time.Duration
+	reloads     *prometheus.CounterVec
 
 	grpcLn, httpLn net.Listener
 	// bg runs the cache's watch and last-used writer; cancelBg stops them.
@@ -88,6 +101,7 @@ func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	goredis.SetLogger(redisLog{logger})
 	be, err := openBackend(cfg)
 	if err != nil {
 		return nil, err
@@ -108,20 +122,42 @@ func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
 	}
 	s.authz = authz.NewAuthorizer(policy, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
 
+	s.audit = newAuditLogger(cfg, be, os.Stdout, logger)
+	s.metrics = prometheus.NewRegistry()
+	obs := newObserver(s.metrics, s.audit)
+	registerStats(s.metrics, s.cache, s.limiter, s.audit)
+	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_config_reloads_total", Help: "Config reloads by result."}, []string{"result"})
+	s.metrics.MustRegister(s.reloads)
+
 	s.grpc = grpc.NewServer(
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(4<<20),
 	)
-	authv3.RegisterAuthorizationServer(s.grpc, &authz.CheckServer{Authz: s.authz})
+	authv3.RegisterAuthorizationServer(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
+	s.httpMode = authz.NewHTTPServer(s.authz, authz.NewHTTPMode(cfg), obs)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
+	// Decision requests are recognised on the raw path before the mux, whose
+	// path cleaning would redirect /authz/a/../b instead of answering it.
+	s.http = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s.httpMode.Owns(r) {
+				s.httpMode.ServeHTTP(w, r)
+				return
+			}
+			mux.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10,
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	s.reloadEvery = 2 * time.Second
 	return s, nil
 }
 
@@ -159,9 +195,10 @@ func (s *server) listen() error {
 func (s *server) run(ctx context.Context) error {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancelBg = cancel
-	s.bg.Add(2)
+	s.bg.Add(3)
 	go func() { defer s.bg.Done(); s.cache.Watch(bgCtx) }()
 	go func() { defer s.bg.Done(); s.cache.RunTouches(bgCtx, 10*time.Second) }()
+	go func() { defer s.bg.Done(); s.watchConfig(bgCtx) }()
 
 	errc := make(chan error, 2)
 	if s.grpcLn != nil {
@@ -217,6 +254,7 @@ func (s *server) close() {
 	if s.httpLn != nil {
 		s.httpLn.Close()
 	}
+	closeAudit(s.audit)
 	if err := s.limiter.Close(); err != nil {
 		s.logger.Warn("close rate limiter", "err", err)
 	}

@@ -89,6 +89,7 @@ func startServerFile(t *testing.T, path string) *testServer {
 	srv, err := newServer(cfg, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.NoError(t, srv.listen())
+	srv.cfgPath, srv.reloadEvery = path, 20*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.run(ctx) }()

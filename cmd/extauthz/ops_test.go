@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+func get(t *testing.T, url string, headers map[string]string) (int, string, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	require.NoError(t, err)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), resp.Header
+}
+
+func TestMetricsCountDecisions(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
+	key, _ := ts.create(t, keystore.Spec{Name: "m", Permissions: []string{"read:users"}})
+	for range 3 {
+		ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key})
+	}
+	ts.check(t, "GET", "/api/users", nil)
+	ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": "sk_nope"})
+
+	status, body, _ := get(t, ts.httpURL+"/metrics", nil)
+	require.Equal(t, 200, status)
+	for _, want := range []string{
+		`extauthz_decisions_total{code="allow"} 3`,
+		`extauthz_decisions_total{code="missing_key"} 1`,
+		`extauthz_decisions_total{code="invalid_key"} 1`,
+		`extauthz_check_duration_seconds_count 5`,
+		`extauthz_cache_hits_total 2`,
+		`extauthz_cache_misses_total 1`,
+		`extauthz_ratelimit_allowed_total 3`,
+		`extauthz_audit_dropped_total 0`,
+	} {
+		assert.Contains(t, body, want)
+	}
+	assert.NotContains(t, body, key, "no metric carries a key")
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	r := redistest.Start(t)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q}}\n", r.URL(0)))
+	status, _, _ := get(t, ts.httpURL+"/healthz", nil)
+	assert.Equal(t, 200, status)
+	status, _, _ = get(t, ts.httpURL+"/readyz", nil)
+	assert.Equal(t, 200, status)
+	r.Stop()
+	status, body, _ := get(t, ts.httpURL+"/readyz", nil)
+	assert.Equal(t, 503, status, body)
+	status, _, _ = get(t, ts.httpURL+"/healthz", nil)
+	assert.Equal(t, 200, status, "alive even when Redis is down")
+}
+
+func TestHTTPModeThroughTheServer(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
+	key, k := ts.create(t, keystore.Spec{Name: "h", Permissions: []string{"read:users"}})
+	status, body, h := get(t, ts.httpURL+"/authz/api/users", map[string]string{"X-Api-Key": key, "X-Forwarded-For": "10.0.0.1"})
+	require.Equal(t, 200, status, body)
+	assert.Equal(t, k.ID, h.Get("X-Authz-Key-Id"))
+	status, body, h = get(t, ts.httpURL+"/authz/api/users", nil)
+	assert.Equal(t, 401, status)
+	assert.JSONEq(t, `{"error":"missing API key","code":"missing_key"}`, body)
+	assert.Equal(t, "missing_key", h.Get("X-Authz-Code"))
+	status, _, _ = get(t, ts.httpURL+"/authzfoo", nil)
+	assert.Equal(t, 404, status)
+}
+
+func TestAChangedConfigFileIsReloaded(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	write := func(perm string) {
+		yaml := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\nroutes: [{path: /api/users, permissions: [%s]}]\n",
+			filepath.Join(dir, "k.db"), perm)
+		require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	}
+	write("read:users")
+	ts := startServerFile(t, path)
+	key, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+	h := map[string]string{"x-api-key": key}
+	require.NotNil(t, ts.check(t, "GET", "/api/users", h).GetOkResponse())
+
+	time.Sleep(10 * time.Millisecond) // a different mtime even on coarse clocks
+	write("write:users")
+	require.Eventually(t, func() bool {
+		code, _ := denial(t, ts.check(t, "GET", "/api/users", h))
+		return code == "permission_denied"
+	}, 5*time.Second, 20*time.Millisecond)
+}
+
+func TestSIGHUPReloadsAndABrokenFileKeepsTheOldConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	grpcPort := redistest.FreePort(t)
+	write := func(routes string) {
+		yaml := fmt.Sprintf("listen: {grpc: \"127.0.0.1:%d\", http: off, admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+			grpcPort, filepath.Join(dir, "k.db"), routes)
+		require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	}
+	write("routes: [{path: /api/users, permissions: [read:users]}]\n")
+	var out struct{ Key string }
+	created := cli(t, "keys", "create", "--config", path, "--name", "hup", "--perm", "read:users", "--json")
+	require.NoError(t, jsonUnmarshal(created, &out))
+
+	cmd := exec.Command(os.Args[0], "serve", "--config", path)
+	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "extauthz serving") }, 10*time.Second, 20*time.Millisecond)
+
+	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", grpcPort), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := authv3.NewAuthorizationClient(conn)
+	code := func() string {
+		resp, err := client.Check(context.Background(), checkReq("GET", "/api/users", "10.0.0.1", map[string]string{"x-api-key": out.Key}))
+		require.NoError(t, err)
+		c, _ := denial(t, resp)
+		return c
+	}
+	require.Equal(t, "", code())
+
+	write("routes: [{path: /api/users, permissions: [admin:users]}]\n")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return code() == "permission_denied" }, 5*time.Second, 20*time.Millisecond)
+
+	write("routes: [{path: /api/users, permision: [read:users]}]\n")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "config reload failed") }, 5*time.Second, 20*time.Millisecond)
+	assert.Contains(t, stderr.String(), "permision: unknown field")
+	assert.Equal(t, "permission_denied", code(), "the old config still serves")
+}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
