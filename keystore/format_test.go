@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"crypto/hmac"
+	"encoding/json"
 	"crypto/sha256"
 	"hash/crc32"
 	"regexp"
@@ -174,4 +175,27 @@ func BenchmarkHashHMAC(b *testing.B) {
 	for b.Loop() {
 		hs.Hash("sk_0123456789012345678901234567890123456789012345678")
 	}
+}
+
+func TestKeyJSONUsesTheSpecNamesAndEmptyLists(t *testing.T) {
+	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	b, err := json.Marshal(&Key{ID: "key_1", Name: "n", Owner: "o", CreatedAt: created})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"id":"key_1","name":"n","owner":"o","permissions":[],"ip_allowlist":[],
+		"created_at":"2026-01-02T03:04:05Z","expires_at":null,"last_used_at":null,"revoked_at":null,
+		"rate_limit":null,"rotated_from":null,"rotated_to":null}`, string(b))
+	var back Key
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, "key_1", back.ID)
+	assert.Empty(t, back.RotatedFrom)
+}
+
+func TestCreatedAddsTheSecretToTheFlatRecord(t *testing.T) {
+	b, err := json.Marshal(Created{Key: &Key{ID: "key_1", RotatedFrom: "key_0"}, Secret: "sk_x"})
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	assert.Equal(t, "sk_x", m["key"])
+	assert.Equal(t, "key_1", m["id"])
+	assert.Equal(t, "key_0", m["rotated_from"])
 }

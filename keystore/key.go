@@ -9,6 +9,7 @@ package keystore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"slices"
@@ -46,6 +47,33 @@ const (
 	// Expired keys passed their expires_at (for a rotated key: the end of the grace period).
 	Expired
 )
+
+// MarshalJSON writes every field of the record, always: empty lists as []
+// and unset strings as null, so the output has the same shape whichever
+// backend stored it and whatever the key has been through.
+func (k Key) MarshalJSON() ([]byte, error) {
+	type plain Key // without this method
+	out := struct {
+		plain
+		RateLimit   *string `json:"rate_limit"`
+		RotatedFrom *string `json:"rotated_from"`
+		RotatedTo   *string `json:"rotated_to"`
+	}{plain: plain(k), RateLimit: nonEmpty(k.RateLimit), RotatedFrom: nonEmpty(k.RotatedFrom), RotatedTo: nonEmpty(k.RotatedTo)}
+	if out.Permissions == nil {
+		out.Permissions = []string{}
+	}
+	if out.IPAllowlist == nil {
+		out.IPAllowlist = []netip.Prefix{}
+	}
+	return json.Marshal(out)
+}
+
+func nonEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
 
 func (s Status) String() string {
 	switch s {
@@ -138,8 +166,10 @@ type Store interface {
 	Update(ctx context.Context, id string, fn func(*Key) error) (*Key, error)
 	// Rotate atomically stores next under hash h and updates the old key id:
 	// rotated_to = next.ID, and expires_at = graceEnd unless it already expires
-	// earlier. next.RotatedFrom must be id. The old key must be live at
-	// next.CreatedAt (ErrNotLive otherwise); a rotated key does not count
+	// earlier. next.RotatedFrom must be id and next.Owner the old key's owner.
+	// The old key must be live at next.CreatedAt and not rotated already
+	// (ErrNotLive otherwise: rotating one key again and again would otherwise
+	// mint live keys past maxPerOwner). A rotated-away key no longer counts
 	// against maxPerOwner, so rotation never fails with ErrKeyLimit.
 	Rotate(ctx context.Context, id string, next *Key, h Hash, graceEnd time.Time) (old *Key, err error)
 	// List returns keys ordered by id and the cursor of the next page ("" on
@@ -158,4 +188,27 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases the backend's resources.
 	Close() error
+}
+
+// Created is a key record with its plaintext, as the one response that
+// creates or rotates a key shows it: the flat record plus "key".
+type Created struct {
+	*Key
+	Secret string
+}
+
+// MarshalJSON writes the record's fields and "key". (Embedding *Key alone
+// would promote Key.MarshalJSON and silently drop the secret.)
+func (c Created) MarshalJSON() ([]byte, error) {
+	rec, err := json.Marshal(c.Key)
+	if err != nil {
+		return nil, err
+	}
+	secret, err := json.Marshal(c.Secret)
+	if err != nil {
+		return nil, err
+	}
+	out := append(rec[:len(rec)-1:len(rec)-1], `,"key":`...)
+	out = append(out, secret...)
+	return append(out, '}'), nil
 }

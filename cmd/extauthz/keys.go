@@ -186,7 +186,7 @@ func describe(err error, m *keystore.Manager) error {
 // nowhere else, ever.
 func printNewKey(w io.Writer, asJSON bool, secret string, k *keystore.Key, note string) error {
 	if asJSON {
-		return writeJSON(w, keyWithSecret{Key: k, Secret: secret})
+		return writeJSON(w, keystore.Created{Key: k, Secret: secret})
 	}
 	printKey(w, k, time.Now())
 	fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", secret)
@@ -194,12 +194,6 @@ func printNewKey(w io.Writer, asJSON bool, secret string, k *keystore.Key, note 
 		fmt.Fprintln(w, note)
 	}
 	return nil
-}
-
-// keyWithSecret is the record plus "key", flat, as `create --json` prints it.
-type keyWithSecret struct {
-	*keystore.Key
-	Secret string `json:"key"`
 }
 
 func writeJSON(w io.Writer, v any) error {
