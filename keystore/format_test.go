@@ -2,8 +2,8 @@ package keystore
 
 import (
 	"crypto/hmac"
-	"encoding/json"
 	"crypto/sha256"
+	"encoding/json"
 	"hash/crc32"
 	"regexp"
 	"strings"
