@@ -127,7 +127,7 @@ func accuracyCases(windows int) []accuracyCase {
 }
 
 func TestLocalAccuracy(t *testing.T) {
-	for _, tc := range accuracyCases(200) {
+	for _, tc := range accuracyCases(60) {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := newFakeClock()
 			lim := NewLocal(clock.Now, 0)

@@ -3,7 +3,9 @@
 // more than N allowed requests. It has a local (in-process) implementation
 // and a Redis one shared by every replica.
 //
-// It does not know about keys or routes: callers name the buckets.
+// It does not know about keys or routes: callers name the buckets. The
+// algorithm and its proof are in window.go; AppendHeaders renders a Result as
+// the HTTP rate-limit headers.
 package ratelimit
 
 import (
@@ -110,8 +112,11 @@ type Result struct {
 	// Limit is the limit the headers describe: when allowed, the one with the
 	// least remaining; when denied, the exhausted one with the longest wait.
 	Limit     Limit
-	Remaining int64         // requests left in Limit's window after this one
-	Reset     time.Duration // until Limit's count is back to N (or frees one, when denied)
+	Remaining int64 // requests left in Limit's window after this one
+	// Reset is, when allowed, how long until Limit would be fully reset
+	// (Remaining back to N) if no more requests came; when denied, how long
+	// until Limit frees enough for this request (Limit's RetryAfter).
+	Reset time.Duration
 	// RetryAfter is, when denied, how long until this same request would be
 	// allowed (the longest wait among the exhausted limits).
 	RetryAfter time.Duration
@@ -122,6 +127,11 @@ type Result struct {
 type Limiter interface {
 	Allow(ctx context.Context, limits []Limit) (Result, error)
 }
+
+var (
+	_ Limiter = (*Local)(nil)
+	_ Limiter = (*Redis)(nil)
+)
 
 // Stats are a limiter's decision counters since it started, for metrics.
 type Stats struct {

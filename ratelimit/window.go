@@ -190,15 +190,24 @@ func (w *window) advance(now int64) int64 {
 // counted is the number of requests the limit holds at now (after advance).
 func (w *window) counted(now, wUs int64) int64 {
 	var sum int64
-	for j := w.head - subWindows; j <= w.head; j++ {
-		r := ring(j)
-		c := w.count[r]
-		if c == 0 {
-			continue
-		}
-		// L_j ≥ j·s+1, so most groups are counted without computing L_j.
-		if j*w.sub+1+wUs >= now || latest(j, w.mark[r], w.sub)+wUs >= now {
+	j := w.head - subWindows
+	r := ring(j)
+	i := 0
+	// The oldest groups may have stopped counting. L_j ≥ j·s+1, so once a
+	// group counts by that bound, so do all newer ones.
+	for ; i < slots && j*w.sub+1+wUs < now; i++ {
+		if c := w.count[r]; c != 0 && latest(j, w.mark[r], w.sub)+wUs >= now {
 			sum += int64(c)
+		}
+		j++
+		if r++; r == slots {
+			r = 0
+		}
+	}
+	for ; i < slots; i++ {
+		sum += int64(w.count[r])
+		if r++; r == slots {
+			r = 0
 		}
 	}
 	return sum

@@ -1,0 +1,167 @@
+-- allow.lua: one atomic check of all the limits of one bucket. The algorithm
+-- and its proof are in window.go; this is the same integer arithmetic (Lua
+-- numbers are doubles: every value here stays far below 2^53). It is written
+-- for speed: Redis runs it for every check, and redis.call and table
+-- allocations are what it costs.
+--
+-- KEYS[i]  limit i's counter hash: field "s" = the sub-window length (µs) the
+--          groups were counted with; field "<j>" = count*256 + mark of group j.
+--          All KEYS share the hash tag {bucket}, hence one Cluster slot.
+-- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
+--          every replica, so counts do not drift with the replicas' clocks.
+-- ARGV[2]  k, the sub-windows per window
+-- ARGV[3i], ARGV[3i+1], ARGV[3i+2]  N, W (µs), s (µs) of limit i
+--
+-- Returns {allowed (1|0), held_1, t_1, held_2, t_2, ...}. Allowed: held is the
+-- count after this request, t the µs until the limit is fully reset. Denied:
+-- nothing is written; held is the count now and t the µs until the limit
+-- would allow this request (0 when it is not exhausted).
+
+local floor = math.floor
+local MARKS = 255
+
+-- a/b rounded down, exactly, for integers a and b > 0 (float division alone
+-- can land one off).
+local function floordiv(a, b)
+  local q = floor(a / b)
+  local r = a - q * b
+  if r < 0 then return q - 1 elseif r >= b then return q + 1 end
+  return q
+end
+
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local k = tonumber(ARGV[2])
+local nkeys = #KEYS
+
+-- The upper bound of the time of group j's latest request (see window.go),
+-- and the group's count.
+local function latest(j, v, s)
+  local c = floor(v / 256)
+  return j * s + floordiv((v - c * 256) * s + MARKS - 1, MARKS), c
+end
+
+-- The count of a limit at now: the groups of raw (an HGETALL reply) from
+-- idx-k to idx that still count. Also the value of group idx, and whether
+-- older (stale) groups are present.
+local function count(raw, idx, w, s)
+  local held, cur, stale = 0, nil, false
+  for f = 1, #raw, 2 do
+    local j = tonumber(raw[f])
+    if j then
+      local v = tonumber(raw[f + 1])
+      if j < idx - k then
+        stale = true
+      else
+        local l, c = latest(j, v, s)
+        if l + w >= now then held = held + c end -- counted while bound + W ≥ now
+        if j == idx then cur = v end
+      end
+    end
+  end
+  return held, cur, stale
+end
+
+-- Pass 1: the count of every limit. ST holds 8 values per limit (one table
+-- for all: tables, tonumber and redis.call are what a script pays for).
+local ST = {}
+local allowed = true
+for i = 1, nkeys do
+  local n, w, s = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
+  local raw = redis.call('HGETALL', KEYS[i])
+  local same = false
+  for f = 1, #raw, 2 do -- "s" is written first, so this is usually one step
+    if raw[f] == 's' then
+      same = tonumber(raw[f + 1]) == s
+      break
+    end
+  end
+  local idx, held, cur, stale = floordiv(now, s), 0, nil, false
+  if same then
+    held, cur, stale = count(raw, idx, w, s)
+    local newest = idx
+    for f = 1, #raw, 2 do
+      local j = tonumber(raw[f])
+      if j and j > newest then newest = j end
+    end
+    if newest > idx then -- the clock went back: count as of the newest group
+      idx = newest
+      held, cur, stale = count(raw, idx, w, s)
+    end
+  elseif #raw > 0 then
+    redis.call('DEL', KEYS[i]) -- counted with another s: void
+  end
+  local b = 8 * (i - 1)
+  ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, same and raw
+  ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8] = idx, held, cur or false, stale
+  if held >= n then allowed = false end
+end
+
+local out = {allowed and 1 or 0}
+if not allowed then
+  for i = 1, nkeys do
+    local b = 8 * (i - 1)
+    local n, w, s, raw, idx, held = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
+    local t = 0
+    if held >= n and raw then
+      -- The counted groups stop counting oldest first, each at bound + W + 1:
+      -- visit them in index order (at most k+1 of them) until enough are gone.
+      local need, freed, after = held - n + 1, 0, idx - k - 1
+      while freed < need do
+        local next, nv = nil, nil
+        for f = 1, #raw, 2 do
+          local j = tonumber(raw[f])
+          if j and j > after and j <= idx and (next == nil or j < next) then next, nv = j, tonumber(raw[f + 1]) end
+        end
+        if next == nil then break end
+        local l, c = latest(next, nv, s)
+        if l + w + 1 > now then
+          freed = freed + c
+          t = l + w + 1 - now
+        end
+        after = next
+      end
+    end
+    out[2 * i], out[2 * i + 1] = held, t
+  end
+  return out
+end
+
+-- Pass 2: count the request in every limit. Numbers go to redis.call as
+-- integers well below 1e17, which Redis writes as plain digits (%.17g): the
+-- field names read back with tonumber.
+for i = 1, nkeys do
+  local b = 8 * (i - 1)
+  local w, s, raw, idx, held, cur, stale = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8]
+  local key = KEYS[i]
+  local c, m = 1, 0
+  if cur then
+    c = floor(cur / 256)
+    m = cur - c * 256
+    c = c + 1
+  end
+  local off = now - idx * s
+  local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
+  if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
+  if mn > m then m = mn end
+  redis.call('HSET', key, 's', s, idx, c * 256 + m)
+  if not cur then
+    -- A new group: the key must live while it can count. Its bound is at
+    -- most (idx+1)*s, so this expiry also holds for every later request of
+    -- the group, which need not touch it (one call less per check).
+    redis.call('PEXPIRE', key, floordiv((idx + 1) * s + w + 1 - now + 999, 1000))
+  end
+  if stale then
+    local old = {}
+    for f = 1, #raw, 2 do
+      local j = tonumber(raw[f])
+      if j and j < idx - k then old[#old + 1] = j end
+    end
+    redis.call('HDEL', key, unpack(old))
+  end
+  out[2 * i], out[2 * i + 1] = held + 1, latest(idx, c * 256 + m, s) + w + 1 - now
+end
+return out

@@ -1,0 +1,10 @@
+-- heartbeat.lua: this replica is alive; how many are?
+-- KEYS[1] the sorted set of replicas (score: last heartbeat, ms, server clock)
+-- ARGV[1] this replica's id; ARGV[2] how long a heartbeat counts (ms)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - ttl))
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])

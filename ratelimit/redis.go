@@ -1,0 +1,485 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// StoreErrorPolicy is what the Redis limiter decides when Redis cannot answer
+// in time (or the circuit breaker is open). The zero value is PolicyLocal.
+type StoreErrorPolicy string
+
+const (
+	// PolicyLocal limits each replica locally to its share of N: N divided by
+	// the replicas alive at the last heartbeat (at least 1 per replica).
+	PolicyLocal StoreErrorPolicy = "local"
+	// PolicyAllow allows every request.
+	PolicyAllow StoreErrorPolicy = "allow"
+	// PolicyDeny answers ErrUnavailable, which the caller maps to 503.
+	PolicyDeny StoreErrorPolicy = "deny"
+)
+
+// UnmarshalText reads "local", "allow" or "deny" (the config's on_store_error).
+func (p *StoreErrorPolicy) UnmarshalText(b []byte) error {
+	switch v := StoreErrorPolicy(b); v {
+	case PolicyLocal, PolicyAllow, PolicyDeny:
+		*p = v
+		return nil
+	}
+	return fmt.Errorf("on_store_error %q: want local, allow or deny", b)
+}
+
+var (
+	// ErrUnavailable is returned (wrapped) by the Redis limiter with
+	// PolicyDeny when Redis cannot answer: the caller answers 503.
+	ErrUnavailable = errors.New("ratelimit: rate-limit store unavailable")
+	// ErrClosed is returned by Allow after Close.
+	ErrClosed = errors.New("ratelimit: limiter closed")
+)
+
+// RedisOptions configure NewRedis. The zero value works.
+type RedisOptions struct {
+	// Prefix starts every key, e.g. "extauthz:". It may not contain '{' or
+	// '}': the hash tag of a counter must be its bucket.
+	Prefix string
+	// InstanceID names this replica in the heartbeat set (default: random).
+	InstanceID string
+	// Timeout bounds every check: past it, OnStoreError decides (default 50ms).
+	// Give the client ContextTimeoutEnabled (or a ReadTimeout near this) so
+	// that its connections give up as soon, too. A check that timed out may
+	// still reach Redis and be counted there: it errs toward limiting.
+	Timeout time.Duration
+	// OnStoreError is the policy when Redis cannot answer (default local).
+	OnStoreError StoreErrorPolicy
+	// Now, when set, is the clock of the counts (sent to the script); nil uses
+	// the Redis server's clock, one clock for all replicas. The fallback
+	// limiter uses Now, or time.Now.
+	Now func() time.Time
+	// Heartbeat is how often this replica announces itself (default 2s); a
+	// replica missing three heartbeats no longer counts.
+	Heartbeat time.Duration
+	// BreakerFailures consecutive failed checks open the circuit breaker
+	// (default 5); while open, checks go straight to OnStoreError.
+	BreakerFailures int
+	// BreakerProbe is how long the breaker stays open before one check probes
+	// Redis again (default 1s).
+	BreakerProbe time.Duration
+	// MaxBatch is the most checks sent in one pipeline (default 256).
+	MaxBatch int
+	// BatchWait is how long a batch waits for more checks after its first
+	// (default 0: take what is queued and go; while a pipeline is in flight,
+	// the next batch fills by itself).
+	BatchWait time.Duration
+	// Pipelines is how many batches may be in flight at once (default 4).
+	Pipelines int
+	// MaxLocalBuckets bounds the fallback limiter (default DefaultMaxBuckets).
+	MaxLocalBuckets int
+}
+
+var (
+	//go:embed allow.lua
+	allowSrc    string
+	allowScript = goredis.NewScript(allowSrc)
+	//go:embed heartbeat.lua
+	heartbeatSrc    string
+	heartbeatScript = goredis.NewScript(heartbeatSrc)
+)
+
+// Redis is a Limiter whose counts live in Redis, shared by every replica: one
+// atomic Lua script per check, concurrent checks batched into pipelines. When
+// Redis fails it decides by RedisOptions.OnStoreError, within the Timeout, and
+// a circuit breaker keeps it from waiting on a Redis that is down.
+type Redis struct {
+	client  goredis.UniversalClient
+	opts    RedisOptions
+	local   *Local
+	breaker breaker
+	queue   chan *call
+	done    chan struct{}
+	wg      sync.WaitGroup
+	close   sync.Once
+
+	replicas                                atomic.Int64
+	allowed, limited, fallback, storeErrors atomic.Uint64
+}
+
+// call is one check waiting in the batcher.
+type call struct {
+	keys  []string
+	args  []any
+	reply chan reply // buffered: the batcher never blocks on a caller gone
+}
+
+type reply struct {
+	vals []int64
+	err  error
+}
+
+// NewRedis returns a Redis limiter on client and starts its batchers and its
+// heartbeat; Close stops them. It does not close client.
+func NewRedis(client goredis.UniversalClient, opts RedisOptions) (*Redis, error) {
+	if client == nil {
+		return nil, errors.New("ratelimit: NewRedis: nil client")
+	}
+	if strings.ContainsAny(opts.Prefix, "{}") {
+		return nil, fmt.Errorf("ratelimit: prefix %q: may not contain '{' or '}'", opts.Prefix)
+	}
+	switch opts.OnStoreError {
+	case "":
+		opts.OnStoreError = PolicyLocal
+	case PolicyLocal, PolicyAllow, PolicyDeny:
+	default:
+		return nil, fmt.Errorf("ratelimit: on_store_error %q: want local, allow or deny", opts.OnStoreError)
+	}
+	if opts.InstanceID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		opts.InstanceID = hex.EncodeToString(b[:])
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 50 * time.Millisecond
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = 2 * time.Second
+	}
+	if opts.BreakerFailures <= 0 {
+		opts.BreakerFailures = 5
+	}
+	if opts.BreakerProbe <= 0 {
+		opts.BreakerProbe = time.Second
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	if opts.Pipelines <= 0 {
+		opts.Pipelines = 4
+	}
+	r := &Redis{
+		client:  client,
+		opts:    opts,
+		local:   NewLocal(opts.Now, opts.MaxLocalBuckets),
+		breaker: breaker{threshold: int64(opts.BreakerFailures), probeAfter: opts.BreakerProbe},
+		queue:   make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
+		done:    make(chan struct{}),
+	}
+	r.replicas.Store(1)
+	for range opts.Pipelines {
+		r.wg.Go(r.batcher)
+	}
+	r.wg.Go(r.heartbeats)
+	return r, nil
+}
+
+// Close stops the batchers and the heartbeat, and takes this replica out of
+// the heartbeat set (so the others' local share grows at once). Checks after
+// Close return ErrClosed.
+func (r *Redis) Close() error {
+	r.close.Do(func() {
+		close(r.done)
+		r.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+		defer cancel()
+		_ = r.client.ZRem(ctx, r.heartbeatKey(), r.opts.InstanceID).Err()
+	})
+	return nil
+}
+
+// Replicas is the number of replicas alive at the last successful heartbeat
+// (kept while Redis is down; 1 before the first). PolicyLocal divides N by it.
+func (r *Redis) Replicas() int { return int(r.replicas.Load()) }
+
+// BreakerOpen reports whether checks currently skip Redis.
+func (r *Redis) BreakerOpen() bool { return r.breaker.isOpen() }
+
+// Stats returns the decision counters.
+func (r *Redis) Stats() Stats {
+	return Stats{
+		Allowed:     r.allowed.Load(),
+		Limited:     r.limited.Load(),
+		Fallback:    r.fallback.Load(),
+		StoreErrors: r.storeErrors.Load(),
+		Evicted:     r.local.evicted.Load(),
+	}
+}
+
+// Allow checks limits together against the shared count. See Limiter. Its
+// errors: the validation errors of window.go; ErrUnavailable (PolicyDeny);
+// ErrClosed; ctx's error when the caller gave up first.
+func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
+	n, err := checkLimits(limits)
+	if err != nil {
+		return Result{}, err
+	}
+	select {
+	case <-r.done:
+		return Result{}, ErrClosed
+	default:
+	}
+	if n == 0 {
+		r.allowed.Add(1)
+		return Result{Allowed: true}, nil
+	}
+	var cause error = errBreakerOpen
+	if ok, probe := r.breaker.enter(); ok {
+		res, err := r.shared(ctx, limits, n)
+		switch {
+		case err == nil:
+			r.breaker.success(probe)
+			r.count(res)
+			return res, nil
+		case errors.Is(err, ErrClosed) || ctx.Err() != nil:
+			// Not Redis's fault: the limiter closed or the caller gave up.
+			r.breaker.abandon(probe)
+			return Result{}, err
+		}
+		r.breaker.failure(probe)
+		r.storeErrors.Add(1)
+		cause = err
+	}
+	return r.onStoreError(ctx, limits, n, cause)
+}
+
+var errBreakerOpen = errors.New("circuit breaker open")
+
+func (r *Redis) count(res Result) {
+	if res.Allowed {
+		r.allowed.Add(1)
+	} else {
+		r.limited.Add(1)
+	}
+}
+
+// onStoreError decides a check without Redis.
+func (r *Redis) onStoreError(ctx context.Context, limits []Limit, n int, cause error) (Result, error) {
+	r.fallback.Add(1)
+	switch r.opts.OnStoreError {
+	case PolicyAllow:
+		r.allowed.Add(1)
+		return Result{Allowed: true}, nil
+	case PolicyDeny:
+		return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, cause)
+	}
+	replicas := r.replicas.Load()
+	if replicas < 1 {
+		replicas = 1
+	}
+	var buf [4]Limit
+	share := buf[:0]
+	if n > len(buf) {
+		share = make([]Limit, 0, n)
+	}
+	for _, l := range limits {
+		if !enforced(l.Rate) {
+			continue
+		}
+		l.Rate.N = max(1, l.Rate.N/replicas)
+		share = append(share, l)
+	}
+	res, err := r.local.Allow(ctx, share)
+	if err == nil {
+		r.count(res)
+	}
+	return res, err
+}
+
+// shared runs the check in Redis through the batcher, waiting at most Timeout.
+func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, error) {
+	c := &call{
+		keys:  make([]string, 0, n),
+		args:  make([]any, 0, 2+3*n),
+		reply: make(chan reply, 1),
+	}
+	now := ""
+	if r.opts.Now != nil {
+		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
+	}
+	c.args = append(c.args, now, subWindows)
+	for i := range limits {
+		l := &limits[i]
+		if !enforced(l.Rate) {
+			continue
+		}
+		wUs := windowMicros(l.Rate.Window)
+		c.keys = append(c.keys, r.counterKey(l))
+		c.args = append(c.args, l.Rate.N, wUs, subMicros(wUs))
+	}
+
+	timer := time.NewTimer(r.opts.Timeout)
+	defer timer.Stop()
+	select {
+	case r.queue <- c:
+	case <-timer.C:
+		return Result{}, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	case <-r.done:
+		return Result{}, ErrClosed
+	}
+	var rep reply
+	select {
+	case rep = <-c.reply:
+	case <-timer.C:
+		return Result{}, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	case <-r.done:
+		return Result{}, ErrClosed
+	}
+	if rep.err != nil {
+		return Result{}, fmt.Errorf("rate-limit check: %w", rep.err)
+	}
+	if len(rep.vals) != 1+2*n {
+		return Result{}, fmt.Errorf("rate-limit check: script returned %d values for %d limits", len(rep.vals), n)
+	}
+	p := newPicker()
+	allowed := rep.vals[0] == 1
+	k := 0
+	for i := range limits {
+		l := &limits[i]
+		if !enforced(l.Rate) {
+			continue
+		}
+		held, t := rep.vals[1+2*k], rep.vals[2+2*k]
+		k++
+		if allowed {
+			p.allowedLimit(l, l.Rate.N-held, micros(t))
+		} else if held >= l.Rate.N {
+			p.exhaustedLimit(l, micros(t))
+		}
+	}
+	return p.result(), nil
+}
+
+// counterKey is <prefix>rl:{<bucket>}:<scope>: the hash tag puts every limit
+// of a bucket in one Cluster slot, so one script can take them all as KEYS.
+func (r *Redis) counterKey(l *Limit) string {
+	return r.opts.Prefix + "rl:{" + l.Bucket + "}:" + l.Scope
+}
+
+func (r *Redis) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }
+
+// batcher sends queued checks to Redis, up to MaxBatch per pipeline.
+func (r *Redis) batcher() {
+	batch := make([]*call, 0, r.opts.MaxBatch)
+	var linger *time.Timer
+	if r.opts.BatchWait > 0 {
+		linger = time.NewTimer(time.Hour)
+		linger.Stop()
+	}
+	for {
+		batch = batch[:0]
+		select {
+		case c := <-r.queue:
+			batch = append(batch, c)
+		case <-r.done:
+			r.drain()
+			return
+		}
+		// Take what is queued now; with BatchWait, wait a little for more.
+	now:
+		for len(batch) < cap(batch) {
+			select {
+			case c := <-r.queue:
+				batch = append(batch, c)
+			default:
+				break now
+			}
+		}
+		if linger != nil && len(batch) < cap(batch) {
+			linger.Reset(r.opts.BatchWait)
+		wait:
+			for len(batch) < cap(batch) {
+				select {
+				case c := <-r.queue:
+					batch = append(batch, c)
+				case <-linger.C:
+					break wait
+				}
+			}
+			linger.Stop()
+		}
+		r.run(batch)
+		clear(batch)
+	}
+}
+
+// drain answers the checks still queued at Close.
+func (r *Redis) drain() {
+	for {
+		select {
+		case c := <-r.queue:
+			c.reply <- reply{err: ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+// run sends one batch as one pipeline of EVALSHA, and the ones Redis does not
+// know the script for (after a restart, or a new Cluster node) as EVAL, which
+// loads it again.
+func (r *Redis) run(batch []*call) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	defer cancel()
+	cmds := make([]*goredis.Cmd, len(batch))
+	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, c := range batch {
+			cmds[i] = allowScript.EvalSha(ctx, p, c.keys, c.args...)
+		}
+		return nil
+	})
+	var again []int
+	for i, cmd := range cmds {
+		if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for _, i := range again {
+				cmds[i] = allowScript.Eval(ctx, p, batch[i].keys, batch[i].args...)
+			}
+			return nil
+		})
+	}
+	for i, c := range batch {
+		vals, err := cmds[i].Int64Slice()
+		c.reply <- reply{vals: vals, err: err}
+	}
+}
+
+// heartbeats announces this replica every Heartbeat and keeps the count of
+// replicas alive, until Close.
+func (r *Redis) heartbeats() {
+	t := time.NewTicker(r.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		r.heartbeat()
+		select {
+		case <-t.C:
+		case <-r.done:
+			return
+		}
+	}
+}
+
+func (r *Redis) heartbeat() {
+	ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.Timeout, r.opts.Heartbeat/2))
+	defer cancel()
+	ttl := 3 * r.opts.Heartbeat.Milliseconds()
+	n, err := heartbeatScript.Run(ctx, r.client, []string{r.heartbeatKey()}, r.opts.InstanceID, ttl).Int64()
+	if err == nil && n > 0 {
+		r.replicas.Store(n)
+	}
+}
