@@ -55,6 +55,7 @@ type Policy struct {
 	Format       keystore.Format
 	XFFHops      int
 	DefaultRate  ratelimit.Rate
+	FailRate     ratelimit.Rate // invalid keys per client IP; zero = unlimited
 }
 
 // NewPolicy compiles the decision's part of cfg.
@@ -80,6 +81,9 @@ func NewPolicy(cfg *config.Config) (*Policy, error) {
 	if cfg.RateLimit.Default != nil {
 		p.DefaultRate = *cfg.RateLimit.Default
 	}
+	if cfg.RateLimit.FailedAttempts != nil {
+		p.FailRate = *cfg.RateLimit.FailedAttempts
+	}
 	return p, nil
 }
 
@@ -88,8 +92,9 @@ func NewPolicy(cfg *config.Config) (*Policy, error) {
 type Authorizer struct {
 	keys    KeyLookup
 	hasher  *keystore.Hasher
-	limiter ratelimit.Limiter // nil = no rate limiting
-	now     func() time.Time
+	limiter  ratelimit.Limiter // nil = no rate limiting
+	failures *failureGuard
+	now      func() time.Time
 	policy  atomic.Pointer[Policy]
 }
 
@@ -98,7 +103,7 @@ func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter r
 	if now == nil {
 		now = time.Now
 	}
-	a := &Authorizer{keys: keys, hasher: hasher, limiter: limiter, now: now}
+	a := &Authorizer{keys: keys, hasher: hasher, limiter: limiter, failures: newFailureGuard(now), now: now}
 	a.policy.Store(p)
 	return a
 }
@@ -160,13 +165,26 @@ func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found 
 		d.deny(CodeMissingKey, "")
 		return false
 	}
+	// An IP that used up its budget of invalid keys waits, before any work.
+	if !p.FailRate.IsZero() {
+		if until, blocked := a.failures.blockedUntil(d.ClientIP, now); blocked {
+			d.RateLimit = ratelimit.Result{Limit: ratelimit.Limit{Name: failedAttempts, Rate: p.FailRate}, Reset: until.Sub(now), RetryAfter: until.Sub(now)}
+			d.HasRateLimit = true
+			d.deny(CodeRateLimited, "too many invalid API keys from this address")
+			return false
+		}
+	}
 	// 4. Format, without the store.
 	if p.Format.Check(key) != nil {
 		d.deny(CodeInvalidKey, "")
+		a.failed(p, d, now)
 		return false
 	}
 	// 5. Hash and look up (cache, then store); 10. store unreachable.
 	if !a.lookup(ctx, key, d) {
+		if d.Code == CodeInvalidKey {
+			a.failed(p, d, now)
+		}
 		return false
 	}
 	// 6. Revoked or expired.
@@ -184,6 +202,12 @@ func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found 
 		return false
 	}
 	return true
+}
+
+func (a *Authorizer) failed(p *Policy, d *Decision, now time.Time) {
+	if !p.FailRate.IsZero() {
+		a.failures.fail(d.ClientIP, p.FailRate, now)
+	}
 }
 
 func (d *Decision) deny(c Code, msg string) {

@@ -132,6 +132,9 @@ type ClientIP struct {
 type RateLimit struct {
 	Default      *ratelimit.Rate `json:"default"`        // nil = 1000/h; "none" = no limit
 	OnStoreError string          `json:"on_store_error"` // local | allow | deny
+	// FailedAttempts bounds invalid keys per client IP (per process): past
+	// it, the IP gets 429 before any hashing or store lookup.
+	FailedAttempts *ratelimit.Rate `json:"failed_attempts"`
 }
 
 // Route is one entry of the route table; the first match wins.
@@ -186,6 +189,7 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 // Default returns the configuration an empty file gives.
 func Default() Config {
 	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
+	failures := ratelimit.Rate{N: 100, Window: time.Minute}
 	one := 1
 	return Config{
 		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
@@ -202,7 +206,7 @@ func Default() Config {
 			{Query: "api_key"},
 			{Cookie: "api_key"},
 		},
-		RateLimit: RateLimit{Default: &hour, OnStoreError: "local"},
+		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures},
 		Unmatched: "deny",
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
 		Audit:     Audit{Sink: "stdout", StreamCap: 1000000, QueueSize: 8192},
@@ -449,6 +453,9 @@ func (c *Config) validate() error {
 	}
 	if c.RateLimit.Default == nil {
 		bad("rate_limit.default", "must be a rate like 1000/h, or none")
+	}
+	if c.RateLimit.FailedAttempts == nil {
+		bad("rate_limit.failed_attempts", "must be a rate like 100/m, or none")
 	}
 	for i, r := range c.Routes {
 		field := fmt.Sprintf("routes[%d]", i)
