@@ -90,12 +90,12 @@ func NewPolicy(cfg *config.Config) (*Policy, error) {
 // Authorizer makes decisions. Its fields are set once; the Policy can be
 // swapped at any time with SetPolicy.
 type Authorizer struct {
-	keys    KeyLookup
-	hasher  *keystore.Hasher
+	keys     KeyLookup
+	hasher   *keystore.Hasher
 	limiter  ratelimit.Limiter // nil = no rate limiting
 	failures *failureGuard
 	now      func() time.Time
-	policy  atomic.Pointer[Policy]
+	policy   atomic.Pointer[Policy]
 }
 
 // NewAuthorizer returns an Authorizer. limiter may be nil; now nil means time.Now.
