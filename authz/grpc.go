@@ -2,6 +2,9 @@ package authz
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -22,22 +25,43 @@ type Observer interface {
 type CheckServer struct {
 	authv3.UnimplementedAuthorizationServer
 	Authz    *Authorizer
-	Observer Observer // may be nil
+	Observer Observer     // may be nil
+	Logger   *slog.Logger // for recovered panics; may be nil
 }
 
 // Check answers one ext_authz request. A denial is a CheckResponse with a
 // non-OK status, never an RPC error: Envoy treats an RPC error as a failure
-// of the authorization service, not as a denial.
-func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+// of the authorization service, not as a denial. A panic is recovered into
+// a 503 denial.
+func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			LogPanic(s.Logger, "check", r)
+			var d Decision
+			d.deny(CodeUnavailable, "")
+			resp = s.response(&Request{Headers: HeaderMap{}}, &d)
+		}
+	}()
 	start := time.Now()
 	req := RequestFromCheck(in)
 	var d Decision
 	s.Authz.Decide(ctx, &req, &d)
-	resp := s.response(&req, &d)
+	resp = s.response(&req, &d)
 	if s.Observer != nil {
 		s.Observer.Observe(&req, &d, time.Since(start))
 	}
 	return resp, nil
+}
+
+// LogPanic logs a recovered panic without its value: the value is whatever
+// was being formatted when it happened, which may be a key or a header. The
+// type and the stack (whose argument words are numbers, not string
+// contents) are enough to find the bug.
+func LogPanic(logger *slog.Logger, where string, r any) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger.Error("panic recovered", "in", where, "type", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
 }
 
 // RequestFromCheck reads the attributes of a CheckRequest; any part may be

@@ -134,7 +134,7 @@ func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(4<<20),
 	)
-	authv3.RegisterAuthorizationServer(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs})
+	authv3.RegisterAuthorizationServer(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -147,13 +147,13 @@ func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		Handler: recoverHTTP(logger, "http", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if s.httpMode.Owns(r) {
 				s.httpMode.ServeHTTP(w, r)
 				return
 			}
 			mux.ServeHTTP(w, r)
-		}),
+		})),
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10,
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -292,6 +292,28 @@ func newLimiter(cfg *config.Config, be *backend) (limiter, error) {
 type localLimiter struct{ *ratelimit.Local }
 
 func (localLimiter) Close() error { return nil }
+
+// recoverHTTP answers a panicking handler with a 503 JSON denial and logs
+// it without its value (net/http's own recovery would log the value, which
+// may hold a key).
+func recoverHTTP(logger *slog.Logger, where string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				authz.LogPanic(logger, where, v)
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("X-Authz-Code", string(authz.CodeUnavailable))
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				io.WriteString(w, `{"error":"internal error","code":"unavailable"}`)
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
 
 func addrOf(l net.Listener) string {
 	if l == nil {

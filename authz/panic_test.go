@@ -1,0 +1,41 @@
+package authz
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// panickyKeys panics with the hash it was given in the message, as a bug
+// formatting its input might.
+type panickyKeys struct{ secret string }
+
+func (p panickyKeys) Lookup(context.Context, keystore.Hash) (*keystore.Key, error) {
+	panic(fmt.Sprintf("boom while handling %s", p.secret))
+}
+
+func TestAPanicInCheckIsA503AndLogsNoKey(t *testing.T) {
+	f := newFixture(t, nil)
+	f.a.keys = panickyKeys{secret: f.good}
+	var logs bytes.Buffer
+	s := &CheckServer{Authz: f.a, Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		Method: "GET", Path: "/api/users", Headers: map[string]string{"x-api-key": f.good},
+	}}}}
+	resp, err := s.Check(context.Background(), in)
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.Unavailable), resp.GetStatus().GetCode())
+	assert.EqualValues(t, 503, resp.GetDeniedResponse().GetStatus().GetCode())
+	assert.Contains(t, logs.String(), "panic recovered")
+	assert.Contains(t, logs.String(), "panicky", "the stack names the culprit")
+	assert.NotContains(t, logs.String(), f.good)
+}
