@@ -9,7 +9,8 @@
 --          All KEYS share the hash tag {bucket}, hence one Cluster slot.
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          every replica, so counts do not drift with the replicas' clocks.
--- ARGV[2]  k, the sub-windows per window
+-- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
+--          sub-windows per window; see "Memory" in window.go)
 -- ARGV[3i], ARGV[3i+1], ARGV[3i+2]  N, W (µs), s (µs) of limit i
 --
 -- Returns {allowed (1|0), held_1, t_1, held_2, t_2, ...}. Allowed: held is the
@@ -34,7 +35,7 @@ if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local k = tonumber(ARGV[2])
+local span = tonumber(ARGV[2])
 local nkeys = #KEYS
 
 -- The upper bound of the time of group j's latest request (see window.go),
@@ -45,7 +46,7 @@ local function latest(j, v, s)
 end
 
 -- The count of a limit at now: the groups of raw (an HGETALL reply) from
--- idx-k to idx that still count. Also the value of group idx, and whether
+-- idx-span to idx that still count. Also the value of group idx, and whether
 -- older (stale) groups are present.
 local function count(raw, idx, w, s)
   local held, cur, stale = 0, nil, false
@@ -53,7 +54,7 @@ local function count(raw, idx, w, s)
     local j = tonumber(raw[f])
     if j then
       local v = tonumber(raw[f + 1])
-      if j < idx - k then
+      if j < idx - span then
         stale = true
       else
         local l, c = latest(j, v, s)
@@ -108,8 +109,8 @@ if not allowed then
     local t = 0
     if held >= n and raw then
       -- The counted groups stop counting oldest first, each at bound + W + 1:
-      -- visit them in index order (at most k+1 of them) until enough are gone.
-      local need, freed, after = held - n + 1, 0, idx - k - 1
+      -- visit them in index order (at most span+1 of them) until enough are gone.
+      local need, freed, after = held - n + 1, 0, idx - span - 1
       while freed < need do
         local next, nv = nil, nil
         for f = 1, #raw, 2 do
@@ -158,7 +159,7 @@ for i = 1, nkeys do
     local old = {}
     for f = 1, #raw, 2 do
       local j = tonumber(raw[f])
-      if j and j < idx - k then old[#old + 1] = j end
+      if j and j < idx - span then old[#old + 1] = j end
     end
     redis.call('HDEL', key, unpack(old))
   end

@@ -304,7 +304,7 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, erro
 	if r.opts.Now != nil {
 		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
 	}
-	c.args = append(c.args, now, subWindows)
+	c.args = append(c.args, now, span)
 	for i := range limits {
 		l := &limits[i]
 		if !enforced(l.Rate) {

@@ -462,3 +462,32 @@ func TestRedisCluster(t *testing.T) {
 	assert.Zero(t, a.Stats().Fallback+b.Stats().Fallback)
 	require.Eventually(t, func() bool { return a.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
 }
+
+func TestRedisRetryAfterAndResetAreExact(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	for seed := range uint64(6) {
+		randomWalk(t, seed, 300, func(now func() time.Time) Limiter {
+			return newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: now, Timeout: time.Second})
+		})
+	}
+}
+
+func TestRedisOddInputs(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	var made []*Redis
+	checkOddInputs(t, func(now func() time.Time) Limiter {
+		made = append(made, newRedis(t, client, RedisOptions{Now: now, Timeout: time.Second}))
+		return made[len(made)-1]
+	})
+	checkOddInputs(t, func(func() time.Time) Limiter {
+		made = append(made, newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Timeout: time.Second})) // the server's clock
+		return made[len(made)-1]
+	})
+	for _, r := range made {
+		st := r.Stats()
+		assert.Zero(t, st.StoreErrors, "the script failed on some input")
+		assert.Positive(t, st.Allowed)
+	}
+}

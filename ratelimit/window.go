@@ -32,9 +32,11 @@ import (
 // backwards are treated as the start of the newest group, which only moves
 // requests later in the bookkeeping, i.e. counts them longer.) □
 //
-// Memory: at time t in sub-window i, a group j < i−k has L_j < (j+1)·s ≤
-// (i−k)·s ≤ t−W (because k·s ≥ W), so it is dead: only the groups i−k..i can
-// be counted, and k+1 slots of a ring hold all the state (ring.go's window).
+// Memory: at time t in sub-window i, a group j ≤ i−k−2 is dead: L_j ≤
+// (j+1)·s ≤ (i−k−1)·s, and k·s ≥ W, so L_j + W ≤ (i−1)·s < t. So only the
+// k+2 groups i−k−1..i can be counted, and a ring of k+2 slots holds all the
+// state (window below). (i−k−1 is needed: with m = 255 and k·s = W exactly,
+// that group still counts at the first instant of sub-window i.)
 //
 // Accuracy: a request stops being counted at most s·(1 + 1/255) after its own
 // time + W, and usually much less: under saturating demand, capacity frees
@@ -50,7 +52,8 @@ import (
 // allow.lua (Redis). The tests run one table of cases against both.
 const (
 	subWindows = 20             // k
-	slots      = subWindows + 1 // groups that can be alive at once
+	span       = subWindows + 1 // groups head−span..head can count
+	slots      = span + 1       // groups that can be alive at once
 	markSteps  = 255            // resolution of a group's latest-request time
 )
 
@@ -100,8 +103,11 @@ func checkLimits(limits []Limit) (int, error) {
 }
 
 // windowMicros is W in microseconds, rounded up (rounding down would count
-// requests for less than W).
+// requests for less than W). Windows longer than ParseRate accepts (366
+// days) count as 366 days: it keeps every sum far from overflow, in Go and
+// in the doubles of the Lua script.
 func windowMicros(w time.Duration) int64 {
+	w = min(w, maxWindow)
 	us := w / time.Microsecond
 	if w%time.Microsecond != 0 {
 		us++
@@ -150,7 +156,7 @@ func latest(j int64, m uint8, sub int64) int64 {
 	return j*sub + (int64(m)*sub+markSteps-1)/markSteps
 }
 
-// window is the state of one limit: the ring of the k+1 groups that can be
+// window is the state of one limit: the ring of the k+2 groups that can be
 // alive, the newest being head.
 type window struct {
 	sub   int64 // s in µs; a different s (the rate changed) restarts the count
@@ -190,7 +196,7 @@ func (w *window) advance(now int64) int64 {
 // counted is the number of requests the limit holds at now (after advance).
 func (w *window) counted(now, wUs int64) int64 {
 	var sum int64
-	j := w.head - subWindows
+	j := w.head - span
 	r := ring(j)
 	i := 0
 	// The oldest groups may have stopped counting. L_j ≥ j·s+1, so once a
@@ -219,7 +225,7 @@ func (w *window) counted(now, wUs int64) int64 {
 func (w *window) wait(now, wUs, n, held int64) int64 {
 	need := held - n + 1
 	var freed int64
-	for j := w.head - subWindows; j <= w.head; j++ {
+	for j := w.head - span; j <= w.head; j++ {
 		r := ring(j)
 		c := w.count[r]
 		if c == 0 {
@@ -293,4 +299,11 @@ func (p *picker) result() Result {
 	return p.res
 }
 
-func micros(us int64) time.Duration { return time.Duration(us) * time.Microsecond }
+// micros converts µs to a Duration, saturating (a clock that jumped back
+// centuries can make a wait that long).
+func micros(us int64) time.Duration {
+	if us > math.MaxInt64/int64(time.Microsecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(max(us, 0)) * time.Microsecond
+}
