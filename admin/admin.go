@@ -1,0 +1,438 @@
+// Package admin is the key-management REST API of extauthz (SPEC §7): JSON
+// over HTTP on the admin listener, for callers whose API key carries a
+// keys:* permission. Every change goes through keystore.Manager with the
+// caller's key id as actor, so that it becomes an audit event. It also
+// receives GitHub secret-scanning reports of leaked keys and revokes them.
+//
+// It is not the decision (package authz, whose Authenticate it uses to know
+// its caller) and not a store: it reads through a keystore.Store and writes
+// through a keystore.Manager. It does not listen: cmd/extauthz mounts the
+// handler on the admin listener.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// DefaultMaxBodyBytes bounds a request body when Options.MaxBodyBytes is 0.
+// A key request is well under 1 KiB, even with 100 allowlist entries.
+const DefaultMaxBodyBytes = 64 << 10
+
+// Options configures the admin API. Authz and Manager are required.
+type Options struct {
+	// Authz authenticates callers: its Authenticate runs the key steps of
+	// the decision (sources, format, lookup, revoked/expired, IP allowlist).
+	Authz *authz.Authorizer
+	// Manager makes every change; whoever builds it sets OnChange to record
+	// the audit events.
+	Manager *keystore.Manager
+	// Store serves reads (show, list, leak lookups); nil means Manager.Store.
+	Store keystore.Store
+	// Now is the clock for ttl and "live as of"; nil means time.Now.
+	Now func() time.Time
+	// Logger receives the API's own warnings and errors (never a key); nil
+	// discards them.
+	Logger *slog.Logger
+	// Leaks enables POST /v1/leaks/github; nil leaves it off (404).
+	Leaks *LeakOptions
+	// MaxBodyBytes bounds request bodies (413 above); 0 means
+	// DefaultMaxBodyBytes. The leak endpoint has its own bound.
+	MaxBodyBytes int64
+}
+
+// access is what a route asks of its caller.
+type access int
+
+const (
+	needRead  access = iota + 1 // keys:read, implied by keys:write and keys:admin
+	needWrite                   // keys:write, implied by keys:admin
+	signed                      // no API key: a GitHub signature over the body
+)
+
+// route is one entry of the API. The table below is the single list that
+// registration, the 405 answers and the OpenAPI test all read.
+type route struct {
+	Method, Path string
+	access       access
+	timeout      time.Duration
+	serve        func(s *server, w http.ResponseWriter, r *http.Request, c *caller) error
+}
+
+// Pattern is the http.ServeMux pattern of the route.
+func (rt route) Pattern() string { return rt.Method + " " + rt.Path }
+
+const (
+	requestTimeout = 10 * time.Second
+	// GitHub waits 30 s for partners that answer with labels; a report may
+	// hold many tokens, each a store lookup.
+	leakTimeout = 25 * time.Second
+)
+
+// leakPath is where GitHub posts secret-scanning reports.
+const leakPath = "/v1/leaks/github"
+
+var routes = []route{
+	{"POST", "/v1/keys", needWrite, requestTimeout, (*server).createKey},
+	{"GET", "/v1/keys", needRead, requestTimeout, (*server).listKeys},
+	{"GET", "/v1/keys/{id}", needRead, requestTimeout, (*server).showKey},
+	{"PATCH", "/v1/keys/{id}", needWrite, requestTimeout, (*server).updateKey},
+	{"DELETE", "/v1/keys/{id}", needWrite, requestTimeout, (*server).revokeKey},
+	{"POST", "/v1/keys/{id}/rotate", needWrite, requestTimeout, (*server).rotateKey},
+	{"GET", "/v1/openapi.json", needRead, requestTimeout, (*server).openAPI},
+	{"POST", leakPath, signed, leakTimeout, (*server).githubLeaks},
+}
+
+// server is the handler New returns.
+type server struct {
+	authz   *authz.Authorizer
+	manager *keystore.Manager
+	store   keystore.Store
+	now     func() time.Time
+	log     *slog.Logger
+	leaks   *LeakOptions
+	maxBody int64
+
+	mux   *http.ServeMux
+	paths *http.ServeMux      // method-less patterns, to tell 405 from 404
+	allow map[string][]string // path pattern → methods, for the Allow header
+}
+
+// New returns the admin API handler: the routes of SPEC §7, plus
+// GET /v1/openapi.json and, when o.Leaks is set, POST /v1/leaks/github.
+// Every answer is JSON; errors are {"error": "...", "code": "..."}.
+// It panics if o.Authz or o.Manager is nil.
+func New(o Options) http.Handler {
+	var rs []route
+	for _, rt := range routes {
+		if rt.access == signed && o.Leaks == nil {
+			continue
+		}
+		rs = append(rs, rt)
+	}
+	return newServer(o, rs)
+}
+
+// NewLeakHandler returns a handler that serves only POST /v1/leaks/github,
+// for mounting on a listener GitHub can reach (the admin listener is meant
+// to stay private). It panics if o.Leaks, o.Authz or o.Manager is nil.
+func NewLeakHandler(o Options) http.Handler {
+	if o.Leaks == nil {
+		panic("admin.NewLeakHandler: Options.Leaks is nil")
+	}
+	var rs []route
+	for _, rt := range routes {
+		if rt.access == signed {
+			rs = append(rs, rt)
+		}
+	}
+	return newServer(o, rs)
+}
+
+func newServer(o Options, rs []route) *server {
+	if o.Authz == nil || o.Manager == nil {
+		panic("admin: Options.Authz and Options.Manager are required")
+	}
+	s := &server{
+		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger,
+		leaks: o.Leaks, maxBody: o.MaxBodyBytes,
+		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
+	}
+	if s.store == nil {
+		s.store = o.Manager.Store
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	for _, rt := range rs {
+		s.mux.HandleFunc(rt.Pattern(), s.handle(rt))
+		if _, ok := s.allow[rt.Path]; !ok {
+			s.paths.HandleFunc(rt.Path, func(http.ResponseWriter, *http.Request) {})
+		}
+		s.allow[rt.Path] = append(s.allow[rt.Path], rt.Method)
+		if rt.Method == "GET" {
+			s.allow[rt.Path] = append(s.allow[rt.Path], "HEAD")
+		}
+	}
+	s.mux.HandleFunc("/", s.noRoute)
+	return s
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store") // create and rotate answers carry a secret
+	h.Set("X-Content-Type-Options", "nosniff")
+	// ServeMux would answer a path with "//", "." or ".." with a redirect
+	// and an HTML body; no route has such a path, so it is simply unknown.
+	if p := r.URL.Path; p == "" || p[0] != '/' || path.Clean(p) != p {
+		s.writeError(w, r, errNoRoute)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers what no route matched: 405 when the path exists with
+// other methods, else 404.
+func (s *server) noRoute(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := s.paths.Handler(r); pattern != "" {
+		methods := s.allow[pattern]
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		s.writeError(w, r, &apiError{http.StatusMethodNotAllowed, codeMethodNotAllowed,
+			"method not allowed here; allowed: " + strings.Join(methods, ", ")})
+		return
+	}
+	s.writeError(w, r, errNoRoute)
+}
+
+// handle authenticates and authorizes the caller of rt, then serves it.
+func (s *server) handle(rt route) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+		var c *caller
+		if rt.access != signed {
+			var ok bool
+			if c, ok = s.authenticate(w, r); !ok {
+				return
+			}
+			if err := c.need(rt.access); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+		}
+		if err := rt.serve(s, w, r, c); err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
+
+// authenticate runs the key steps of the decision on r. On failure it
+// writes the decision's status, headers and JSON body (401, 403
+// ip_not_allowed, 503, or 400 for a malformed path) and returns false.
+func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, bool) {
+	req := authz.Request{
+		Method:  r.Method,
+		Path:    r.URL.RequestURI(), // with the query: api_key may be a source
+		Host:    r.Host,
+		Headers: headers(r.Header),
+		Peer:    peerHost(r.RemoteAddr),
+		// The admin listener is reached directly, not through a proxy that
+		// appends to X-Forwarded-For: the peer is the client.
+		XFFTrustedHops: 0,
+	}
+	var d authz.Decision
+	s.authz.Authenticate(r.Context(), &req, &d)
+	if d.Allowed() {
+		return newCaller(d.Key), true
+	}
+	h := w.Header()
+	for _, hd := range d.ResponseHeaders(nil) {
+		h.Set(hd.Key, hd.Value)
+	}
+	w.WriteHeader(d.Code.HTTPStatus())
+	io.WriteString(w, d.Body()) //nolint:errcheck // the client is gone
+	if d.Code == authz.CodeUnavailable {
+		s.log.Warn("admin API: key store unavailable while authenticating", "method", r.Method, "path", r.URL.Path)
+	}
+	return nil, false
+}
+
+// headers reads an http.Header by lower-case name, as authz.Headers wants.
+type headers http.Header
+
+func (h headers) Get(name string) string {
+	vs := http.Header(h).Values(name)
+	switch {
+	case len(vs) == 0:
+		return ""
+	case len(vs) > 1 && name == "cookie":
+		return strings.Join(vs, "; ") // HTTP/2 may split the cookie header
+	}
+	return vs[0]
+}
+
+func peerHost(remoteAddr string) string {
+	if host, _, err := net.SplitHostPort(remoteAddr); err == nil {
+		return host
+	}
+	return remoteAddr
+}
+
+// caller is an authenticated admin API client.
+type caller struct {
+	key   *keystore.Key // shared with the cache: read only
+	owner string
+	// admin: keys:admin (or admin) — every owner, may grant anything.
+	admin, write, read bool
+}
+
+func newCaller(k *keystore.Key) *caller {
+	c := &caller{key: k, owner: k.Owner}
+	if c.owner == "" {
+		c.owner = keystore.DefaultOwner
+	}
+	has := func(p string) bool { return slices.Contains(k.Permissions, p) }
+	c.admin = has(permAdmin) || has(permKeysAdmin)
+	c.write = c.admin || has(permKeysWrite)
+	c.read = c.write || has(permKeysRead)
+	return c
+}
+
+// The permissions the admin API reads.
+const (
+	permAdmin     = "admin" // grants every permission, keys:admin included
+	permKeysAdmin = "keys:admin"
+	permKeysWrite = "keys:write"
+	permKeysRead  = "keys:read"
+)
+
+// actor is how audit events name the caller.
+func (c *caller) actor() string { return c.key.ID }
+
+func (c *caller) need(a access) error {
+	switch {
+	case a == needWrite && !c.write:
+		return permissionDenied(`missing permission "keys:write"`)
+	case a == needRead && !c.read:
+		return permissionDenied(`missing permission "keys:read"`)
+	}
+	return nil
+}
+
+// canSee reports whether k is within the caller's reach: every key for
+// keys:admin, its own owner's keys otherwise.
+func (c *caller) canSee(k *keystore.Key) bool {
+	return c.admin || k.Owner == c.owner
+}
+
+// canGrant checks that the caller may give a key these permissions: a
+// keys:admin caller any, a keys:write caller only those it holds itself and
+// never admin or keys:admin. The error names the first one it may not.
+func (s *server) canGrant(c *caller, perms []string) error {
+	if c.admin {
+		return nil
+	}
+	for _, p := range perms {
+		if p == permAdmin || p == permKeysAdmin {
+			return permissionDenied("granting " + s.mention(p) + " needs keys:admin")
+		}
+		if !slices.Contains(c.key.Permissions, p) {
+			return permissionDenied("missing permission " + s.mention(p) + ": a keys:write caller may only grant permissions it holds")
+		}
+	}
+	return nil
+}
+
+// mention quotes a client-supplied name for an error message, unless it
+// has the shape of an API key: someone may have pasted one in the wrong
+// place, and a key never appears in an error (SPEC §8).
+func (s *server) mention(v string) string {
+	if len(v) >= 16 && s.authz.Policy().Format.Check(v) == nil {
+		return "(a value shaped like an API key, not shown)"
+	}
+	return `"` + strings.ToValidUTF8(v, "\uFFFD") + `"`
+}
+
+// Error codes of the admin API beyond those of the decision (authz.Code).
+const (
+	codeNotFound         authz.Code = "not_found"
+	codeMethodNotAllowed authz.Code = "method_not_allowed"
+	codeTooLarge         authz.Code = "payload_too_large"
+	codeUnsupportedMedia authz.Code = "unsupported_media_type"
+	codeKeyLimit         authz.Code = "key_limit_reached"
+	codeNotLive          authz.Code = "not_live"
+	codeInvalidSignature authz.Code = "invalid_signature"
+	codeInternal         authz.Code = "internal_error"
+	codeBadRequest                  = authz.CodeBadRequest
+	codePermissionDenied            = authz.CodePermissionDenied
+	codeUnavailable                 = authz.CodeUnavailable
+)
+
+// apiError is an answer other than success, with its status and code.
+type apiError struct {
+	status int
+	code   authz.Code
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+var (
+	errNoRoute  = &apiError{http.StatusNotFound, codeNotFound, "no such route"}
+	errNotFound = &apiError{http.StatusNotFound, codeNotFound, "no such key"}
+	errTooLarge = &apiError{http.StatusRequestEntityTooLarge, codeTooLarge, "request body too large"}
+)
+
+func badRequest(field, msg string) *apiError {
+	return &apiError{http.StatusBadRequest, codeBadRequest, field + ": " + msg}
+}
+
+func permissionDenied(msg string) *apiError {
+	return &apiError{http.StatusForbidden, codePermissionDenied, msg}
+}
+
+// writeError is the one mapping from errors to responses.
+func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	var fe *keystore.FieldError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &fe):
+		ae = badRequest(fe.Field, fe.Message)
+	case errors.Is(err, keystore.ErrNotFound):
+		ae = errNotFound
+	case errors.Is(err, keystore.ErrKeyLimit):
+		ae = &apiError{http.StatusConflict, codeKeyLimit, "the owner already has the maximum number of live keys (keys.max_per_owner); revoke one first"}
+	case errors.Is(err, keystore.ErrNotLive):
+		ae = &apiError{http.StatusConflict, codeNotLive, "the key is revoked or expired; create a new key instead"}
+	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		s.log.Warn("admin API: key store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return // the client went away; nobody reads an answer
+	default:
+		s.log.Error("admin API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = &apiError{http.StatusInternalServerError, codeInternal, "internal error"}
+	}
+	h := w.Header()
+	h.Set(authz.HeaderCode, string(ae.code))
+	if ae.status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", "1")
+	}
+	writeJSON(w, ae.status, errorBody{Error: ae.msg, Code: ae.code})
+}
+
+// errorBody is the JSON of every error, as the decision's denials have it.
+type errorBody struct {
+	Error string     `json:"error"`
+	Code  authz.Code `json:"code"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil { // our own types: cannot happen
+		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error","code":"internal_error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n')) //nolint:errcheck // the client is gone
+}

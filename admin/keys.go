@@ -1,0 +1,394 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// DefaultGrace is how long a rotated key keeps working when the rotate
+// request names no grace; the CLI's --grace has the same default.
+const DefaultGrace = 24 * time.Hour
+
+// List page sizes (SPEC §7).
+const (
+	defaultLimit = 100
+	maxLimit     = 1000
+)
+
+// newKey is the answer to create and rotate: the record plus the secret,
+// flat, as `extauthz keys create --json` prints it. It is the only place
+// the secret ever appears.
+type newKey struct {
+	Key    *keystore.Key
+	Secret string
+}
+
+// MarshalJSON writes the record as keystore.Key writes it, then "key". It
+// does not embed the Key: a MarshalJSON method on Key would be promoted and
+// silently drop the secret.
+func (n newKey) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(n.Key)
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.TrimRight(b, " \n")
+	if len(b) < 2 || b[len(b)-1] != '}' {
+		return nil, fmt.Errorf("key record is not a JSON object")
+	}
+	secret, _ := json.Marshal(n.Secret) // a string: cannot fail
+	if len(b) > 2 {
+		b = append(b[:len(b)-1], ',')
+	} else {
+		b = b[:1]
+	}
+	b = append(b, `"key":`...)
+	b = append(b, secret...)
+	return append(b, '}'), nil
+}
+
+// keyList is the answer to GET /v1/keys.
+type keyList struct {
+	Keys       []*keystore.Key `json:"keys"`
+	NextCursor string          `json:"next_cursor,omitempty"`
+}
+
+var createFields = []string{"name", "permissions", "owner", "rate_limit", "ip_allowlist", "expires_at", "ttl"}
+
+// createKey is POST /v1/keys.
+func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	body, err := s.readJSONBody(w, r)
+	if err != nil {
+		return err
+	}
+	o, err := s.decodeObject(body, false, createFields...)
+	if err != nil {
+		return err
+	}
+	spec, err := s.createSpec(o)
+	if err != nil {
+		return err
+	}
+	if !c.admin {
+		// The new key's owner is the caller's: naming another is asking
+		// for more than keys:write gives, hence 403 rather than 400.
+		if spec.Owner != "" && spec.Owner != c.owner {
+			return permissionDenied("creating keys for another owner needs keys:admin")
+		}
+		spec.Owner = c.owner
+	}
+	if err := s.canGrant(c, spec.Permissions); err != nil {
+		return err
+	}
+	secret, k, err := s.manager.Create(r.Context(), spec, c.actor())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/keys/"+k.ID)
+	writeJSON(w, http.StatusCreated, newKey{Key: k, Secret: secret})
+	return nil
+}
+
+// createSpec reads a create body; null fields are as good as absent.
+func (s *server) createSpec(o object) (keystore.Spec, error) {
+	var spec keystore.Spec
+	var err error
+	if !o.given("name") {
+		return spec, badRequest("name", "required")
+	}
+	if spec.Name, err = o.name(); err != nil {
+		return spec, err
+	}
+	if !o.given("permissions") {
+		return spec, badRequest("permissions", "required")
+	}
+	if spec.Permissions, err = o.permissions(); err != nil {
+		return spec, err
+	}
+	if o.given("owner") {
+		if spec.Owner, err = o.str("owner"); err != nil {
+			return spec, err
+		}
+		if err := keystore.ValidateOwner(spec.Owner); err != nil {
+			return spec, err
+		}
+	}
+	if o.given("rate_limit") {
+		if spec.RateLimit, err = o.rateLimit(); err != nil {
+			return spec, err
+		}
+	}
+	if o.given("ip_allowlist") {
+		if spec.IPAllowlist, err = o.ipAllowlist(); err != nil {
+			return spec, err
+		}
+	}
+	now := s.now().UTC()
+	switch {
+	case o.given("ttl") && o.given("expires_at"):
+		return spec, badRequest("ttl", "give ttl or expires_at, not both")
+	case o.given("ttl"):
+		ttl, err := o.duration("ttl")
+		if err != nil {
+			return spec, err
+		}
+		if ttl == 0 {
+			return spec, badRequest("ttl", "must be positive (leave it out for a key that does not expire)")
+		}
+		exp := now.Add(ttl)
+		spec.ExpiresAt = &exp
+	case o.given("expires_at"):
+		exp, err := o.expiresAt(now)
+		if err != nil {
+			return spec, err
+		}
+		spec.ExpiresAt = &exp
+	}
+	return spec, spec.Validate(now)
+}
+
+// listKeys is GET /v1/keys.
+func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return badRequest("query", "malformed query string")
+	}
+	for name, vs := range q {
+		switch {
+		case name == "owner" || name == "include_revoked" || name == "limit" || name == "cursor":
+			if len(vs) > 1 {
+				return badRequest(name, "given more than once")
+			}
+		case !s.isQuerySource(name):
+			return badRequest("query", "unknown parameter "+s.mention(name)+"; known: owner, include_revoked, limit, cursor")
+		}
+	}
+	opts := keystore.ListOptions{Owner: q.Get("owner"), Now: s.now(), Limit: defaultLimit, After: q.Get("cursor")}
+	if opts.Owner != "" {
+		if err := keystore.ValidateOwner(opts.Owner); err != nil {
+			return err
+		}
+	}
+	if !c.admin {
+		if opts.Owner != "" && opts.Owner != c.owner {
+			return permissionDenied("listing another owner's keys needs keys:admin")
+		}
+		opts.Owner = c.owner
+	}
+	if v := q.Get("include_revoked"); v != "" {
+		if opts.IncludeRevoked, err = strconv.ParseBool(v); err != nil {
+			return badRequest("include_revoked", "want true or false")
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxLimit {
+			return badRequest("limit", "want a whole number from 1 to 1000")
+		}
+		opts.Limit = n
+	}
+	if opts.After != "" && !keystore.ValidID(opts.After) {
+		return badRequest("cursor", "not a next_cursor from a previous page")
+	}
+	keys, next, err := s.store.List(r.Context(), opts)
+	if err != nil {
+		return err
+	}
+	if keys == nil {
+		keys = []*keystore.Key{}
+	}
+	writeJSON(w, http.StatusOK, keyList{Keys: keys, NextCursor: next})
+	return nil
+}
+
+// isQuerySource reports whether name is a configured query-parameter key
+// source (api_key): the caller's credential, not an unknown parameter.
+func (s *server) isQuerySource(name string) bool {
+	for _, src := range s.authz.Policy().Sources {
+		if src.Kind() == "query" && src.Name() == name {
+			return true
+		}
+	}
+	return false
+}
+
+// showKey is GET /v1/keys/{id}.
+func (s *server) showKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	k, err := s.visibleKey(r.Context(), r.PathValue("id"), c)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+// visibleKey returns the key id if the caller may see it. A malformed id,
+// an unknown one and another owner's are all 404, so ids do not leak.
+func (s *server) visibleKey(ctx context.Context, id string, c *caller) (*keystore.Key, error) {
+	if !keystore.ValidID(id) {
+		return nil, errNotFound
+	}
+	k, err := s.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !c.canSee(k) {
+		return nil, errNotFound
+	}
+	return k, nil
+}
+
+var patchFields = []string{"name", "permissions", "rate_limit", "ip_allowlist", "expires_at"}
+
+// updateKey is PATCH /v1/keys/{id}. Absent fields stay; null returns
+// rate_limit to the configured default, ip_allowlist to "any address" and
+// expires_at to "never" (JSON Merge Patch's meaning of null); name and
+// permissions cannot be null.
+func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	body, err := s.readJSONBody(w, r)
+	if err != nil {
+		return err
+	}
+	o, err := s.decodeObject(body, false, patchFields...)
+	if err != nil {
+		return err
+	}
+	p, err := s.patch(o)
+	if err != nil {
+		return err
+	}
+	k, err := s.visibleKey(r.Context(), r.PathValue("id"), c)
+	if err != nil {
+		return err
+	}
+	// A keys:write caller may only leave a key with permissions it could
+	// grant: setting them is granting them, and keeping a more powerful
+	// key alive (expiry, allowlist) is acting with its power.
+	check := func(k *keystore.Key) error {
+		if !c.canSee(k) {
+			return errNotFound
+		}
+		return s.canGrant(c, k.Permissions)
+	}
+	k, err = s.manager.Update(r.Context(), k.ID, p, check, c.actor())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+func (s *server) patch(o object) (keystore.Patch, error) {
+	var p keystore.Patch
+	if len(o) == 0 {
+		return p, badRequest("body", "nothing to change: give at least one of name, permissions, rate_limit, ip_allowlist, expires_at")
+	}
+	for _, f := range []string{"name", "permissions"} {
+		if o.isNull(f) {
+			return p, badRequest(f, "cannot be null")
+		}
+	}
+	if o.given("name") {
+		name, err := o.name()
+		if err != nil {
+			return p, err
+		}
+		p.Name = &name
+	}
+	if o.given("permissions") {
+		perms, err := o.permissions()
+		if err != nil {
+			return p, err
+		}
+		p.Permissions = &perms
+	}
+	if _, ok := o["rate_limit"]; ok {
+		rate := "" // null: the configured default
+		if o.given("rate_limit") {
+			var err error
+			if rate, err = o.rateLimit(); err != nil {
+				return p, err
+			}
+		}
+		p.RateLimit = &rate
+	}
+	if _, ok := o["ip_allowlist"]; ok {
+		allow := []netip.Prefix{} // null: any address
+		if o.given("ip_allowlist") {
+			var err error
+			if allow, err = o.ipAllowlist(); err != nil {
+				return p, err
+			}
+		}
+		p.IPAllowlist = &allow
+	}
+	if _, ok := o["expires_at"]; ok {
+		var exp *time.Time // null: never
+		if o.given("expires_at") {
+			t, err := o.expiresAt(s.now())
+			if err != nil {
+				return p, err
+			}
+			exp = &t
+		}
+		p.ExpiresAt = &exp
+	}
+	return p, nil
+}
+
+// revokeKey is DELETE /v1/keys/{id}: idempotent, 200 with the record.
+// Revoking only ever takes power away, so a keys:write caller may revoke
+// any key of its owner, more powerful ones included.
+func (s *server) revokeKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	k, err := s.visibleKey(r.Context(), r.PathValue("id"), c)
+	if err != nil {
+		return err
+	}
+	if k, err = s.manager.Revoke(r.Context(), k.ID, c.actor()); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+// rotateKey is POST /v1/keys/{id}/rotate {grace?}: 201 with the new key.
+func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) error {
+	body, err := s.readJSONBody(w, r)
+	if err != nil {
+		return err
+	}
+	o, err := s.decodeObject(body, true, "grace")
+	if err != nil {
+		return err
+	}
+	grace := DefaultGrace
+	if o.given("grace") {
+		if grace, err = o.duration("grace"); err != nil {
+			return err
+		}
+	}
+	old, err := s.visibleKey(r.Context(), r.PathValue("id"), c)
+	if err != nil {
+		return err
+	}
+	// Rotation mints a secret with the old key's permissions, for the
+	// caller: a keys:write caller may do that only with ones it could grant.
+	if err := s.canGrant(c, old.Permissions); err != nil {
+		return err
+	}
+	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Location", "/v1/keys/"+k.ID)
+	writeJSON(w, http.StatusCreated, newKey{Key: k, Secret: secret})
+	return nil
+}

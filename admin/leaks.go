@@ -1,0 +1,210 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// LeakActor is the actor of the revocations that leak reports cause.
+const LeakActor = "github-secret-scanning"
+
+// DefaultLeakBodyBytes bounds a leak report when LeakOptions.MaxBodyBytes
+// is 0. GitHub batches matches into one report; a match is a few hundred
+// bytes, so this is thousands of them.
+const DefaultLeakBodyBytes = 1 << 20
+
+// LeakOptions enables the GitHub secret-scanning partner endpoint: GitHub
+// finds one of our keys in a public repository, gist or package and posts
+// it here; a live key is revoked at once.
+type LeakOptions struct {
+	// PublicKeys are GitHub's secret-scanning signing keys by their
+	// key_identifier. GitHub publishes them at
+	// https://api.github.com/meta/public_keys/secret_scanning; fetching and
+	// refreshing that list is the operator's job (ParseGitHubPublicKeys
+	// reads the document), not this package's.
+	PublicKeys map[string]*ecdsa.PublicKey
+	// OnLeak, if set, is told about every reported token that is one of our
+	// keys (after its revocation, if it was live), to record the key.leaked
+	// audit event: Manager.OnChange knows only the four kinds of change.
+	OnLeak func(k *keystore.Key)
+	// MaxBodyBytes bounds a report (413 above); 0 means DefaultLeakBodyBytes.
+	MaxBodyBytes int64
+}
+
+// leakReport is one match in GitHub's report.
+type leakReport struct {
+	Token  string `json:"token"`
+	Type   string `json:"type"`
+	URL    string `json:"url"`
+	Source string `json:"source"`
+}
+
+// leakLabel is our feedback on one match, in GitHub's format.
+type leakLabel struct {
+	// TokenHash is the hex SHA-256 of the token. GitHub accepts the token
+	// back either raw ("token_raw") or hashed ("token_hash"); the hash tells
+	// GitHub just as well which match we mean, without a key in the
+	// response, where any proxy or debug log could pick it up.
+	TokenHash string `json:"token_hash"`
+	TokenType string `json:"token_type"`
+	Label     string `json:"label"`
+}
+
+const (
+	truePositive  = "true_positive"
+	falsePositive = "false_positive"
+)
+
+// githubLeaks is POST /v1/leaks/github. The signature is checked over the
+// raw body before anything is parsed; then each token is checked for our
+// format (no store call for anything else), hashed and looked up.
+func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) error {
+	limit := s.leaks.MaxBodyBytes
+	if limit <= 0 {
+		limit = DefaultLeakBodyBytes
+	}
+	body, err := readBody(w, r, limit)
+	if err != nil {
+		return err
+	}
+	if err := s.leaks.verify(r.Header, body); err != nil {
+		return err
+	}
+	var reports []leakReport
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&reports); err != nil || dec.More() {
+		return badRequest("body", "want a JSON array of {token, type, url, source}")
+	}
+	format := s.authz.Policy().Format
+	hasher := s.manager.Hasher
+	labels := make([]leakLabel, 0, len(reports))
+	seen := map[keystore.Hash]string{} // one report may name a token twice
+	for _, rep := range reports {
+		label := falsePositive
+		if format.Check(rep.Token) == nil {
+			h := hasher.Hash(rep.Token)
+			var ok bool
+			if label, ok = seen[h]; !ok {
+				if label, err = s.leaked(r.Context(), h, rep); err != nil {
+					return err
+				}
+				seen[h] = label
+			}
+		}
+		sum := sha256.Sum256([]byte(rep.Token))
+		labels = append(labels, leakLabel{TokenHash: hex.EncodeToString(sum[:]), TokenType: rep.Type, Label: label})
+	}
+	writeJSON(w, http.StatusOK, labels)
+	return nil
+}
+
+// leaked handles one well-formed token: ours or not, and if ours, revoked.
+// A store that cannot answer fails the whole report (503), so that GitHub
+// sends it again; revoking is idempotent.
+func (s *server) leaked(ctx context.Context, h keystore.Hash, rep leakReport) (string, error) {
+	k, err := s.store.Lookup(ctx, h)
+	switch {
+	case errors.Is(err, keystore.ErrNotFound):
+		return falsePositive, nil
+	case err != nil:
+		return "", err
+	}
+	wasLive := k.StatusAt(s.now()) == keystore.Live
+	if wasLive {
+		if k, err = s.manager.Revoke(ctx, k.ID, LeakActor); err != nil {
+			return "", err
+		}
+	}
+	s.log.Warn("GitHub reported a leaked API key", "key_id", k.ID, "owner", k.Owner,
+		"revoked_now", wasLive, "found_at", bounded(rep.URL), "source", bounded(rep.Source))
+	if s.leaks.OnLeak != nil {
+		s.leaks.OnLeak(k)
+	}
+	return truePositive, nil
+}
+
+// bounded cuts a GitHub-supplied string for a log line.
+func bounded(v string) string {
+	if len(v) > 512 {
+		return v[:512] + "...[truncated]"
+	}
+	return v
+}
+
+// verify checks GitHub's ECDSA P-256 SHA-256 signature over the raw body.
+func (lo *LeakOptions) verify(h http.Header, body []byte) error {
+	id, sig64 := h.Get("Github-Public-Key-Identifier"), h.Get("Github-Public-Key-Signature")
+	if id == "" || sig64 == "" {
+		return badSignature("missing Github-Public-Key-Identifier or Github-Public-Key-Signature")
+	}
+	pub := lo.PublicKeys[id]
+	if pub == nil {
+		return badSignature("unknown GitHub public key identifier")
+	}
+	sig, err := base64.StdEncoding.DecodeString(sig64)
+	if err != nil {
+		return badSignature("signature is not base64")
+	}
+	digest := sha256.Sum256(body)
+	if !ecdsa.VerifyASN1(pub, digest[:], sig) {
+		return badSignature("signature does not match the body")
+	}
+	return nil
+}
+
+func badSignature(msg string) *apiError {
+	return &apiError{http.StatusUnauthorized, codeInvalidSignature, msg}
+}
+
+// ParseGitHubPublicKeys reads GitHub's list of secret-scanning signing keys
+// (the JSON document at
+// https://api.github.com/meta/public_keys/secret_scanning) into
+// LeakOptions.PublicKeys. Every key must be an ECDSA P-256 public key in
+// PEM; the error names the first that is not.
+func ParseGitHubPublicKeys(doc []byte) (map[string]*ecdsa.PublicKey, error) {
+	var list struct {
+		PublicKeys []struct {
+			KeyIdentifier string `json:"key_identifier"`
+			Key           string `json:"key"`
+		} `json:"public_keys"`
+	}
+	if err := json.Unmarshal(doc, &list); err != nil {
+		return nil, fmt.Errorf("GitHub public keys: %w", err)
+	}
+	if len(list.PublicKeys) == 0 {
+		return nil, errors.New("GitHub public keys: the document lists none")
+	}
+	keys := make(map[string]*ecdsa.PublicKey, len(list.PublicKeys))
+	for _, k := range list.PublicKeys {
+		if k.KeyIdentifier == "" {
+			return nil, errors.New("GitHub public keys: a key has no key_identifier")
+		}
+		block, _ := pem.Decode([]byte(k.Key))
+		if block == nil {
+			return nil, fmt.Errorf("GitHub public key %s: not PEM", k.KeyIdentifier)
+		}
+		pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("GitHub public key %s: %w", k.KeyIdentifier, err)
+		}
+		ec, ok := pub.(*ecdsa.PublicKey)
+		if !ok || ec.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("GitHub public key %s: want an ECDSA P-256 key", k.KeyIdentifier)
+		}
+		keys[k.KeyIdentifier] = ec
+	}
+	return keys, nil
+}

@@ -1,0 +1,293 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// leakBody is a GitHub report of the given tokens.
+func leakBody(tokens ...string) []byte {
+	reports := make([]leakReport, len(tokens))
+	for i, tok := range tokens {
+		reports[i] = leakReport{Token: tok, Type: "extauthz_api_key", URL: "https://github.com/octo/repo/blob/abc/config.yaml", Source: "content"}
+	}
+	b, _ := json.Marshal(reports)
+	return b
+}
+
+func sign(t testing.TB, key *ecdsa.PrivateKey, body []byte) string {
+	t.Helper()
+	digest := sha256.Sum256(body)
+	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+	require.NoError(t, err)
+	return base64.StdEncoding.EncodeToString(sig)
+}
+
+// report posts body as GitHub would, signed with the env's GitHub key;
+// hdr overrides headers ("" deletes one).
+func (e *env) report(body []byte, hdr ...string) response {
+	e.t.Helper()
+	h := append([]string{
+		"Github-Public-Key-Identifier", githubKeyID,
+		"Github-Public-Key-Signature", sign(e.t, e.github, body),
+	}, hdr...)
+	return e.send("POST", leakPath, "", body, h...)
+}
+
+func tokenHash(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+func TestALeakedKeyIsRevokedAndReported(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		live, liveID := e.create(keystore.Spec{Name: "live", Owner: "team-a", Permissions: []string{"keys:read"}})
+		require.Equal(t, http.StatusOK, e.send("GET", "/v1/keys", live, nil).status) // cached
+		revoked, revokedID := e.create(keystore.Spec{Name: "revoked", Permissions: []string{"x"}})
+		_, err := e.manager.Revoke(context.Background(), revokedID, "cli")
+		require.NoError(t, err)
+		unknown, err := e.manager.Format.Generate()
+		require.NoError(t, err)
+		garbage := "sk_thisIsNotAValidKeyAtAllButLooksLikeOneSortOf1234"
+		tokens := []string{live, revoked, unknown, garbage, "", live}
+
+		r := e.report(leakBody(tokens...))
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		var labels []map[string]string
+		require.NoError(t, json.Unmarshal(r.body, &labels))
+		want := []string{truePositive, truePositive, falsePositive, falsePositive, falsePositive, truePositive}
+		require.Len(t, labels, len(tokens))
+		for i, l := range labels {
+			assert.Equal(t, map[string]string{"token_hash": tokenHash(tokens[i]), "token_type": "extauthz_api_key", "label": want[i]}, l, "token %d", i)
+		}
+		for _, tok := range tokens[:4] {
+			assert.NotContains(t, string(r.body), tok, "the answer names tokens by hash only")
+			assert.NotContains(t, e.rec.Logs(), tok)
+		}
+
+		k, err := e.store.Get(context.Background(), liveID)
+		require.NoError(t, err)
+		require.NotNil(t, k.RevokedAt, "the live key is revoked")
+		assert.Contains(t, e.rec.Changes(), change{keystore.ChangeRevoked, liveID, "team-a", LeakActor, ""})
+		leaked := e.rec.Leaked()
+		require.Len(t, leaked, 2, "one key.leaked each, the repeated token included once")
+		assert.Equal(t, liveID, leaked[0].ID)
+		assert.NotNil(t, leaked[0].RevokedAt, "OnLeak sees the revoked record")
+		assert.Equal(t, revokedID, leaked[1].ID)
+		assert.Contains(t, e.rec.Logs(), "https://github.com/octo/repo/blob/abc/config.yaml", "the operator learns where it leaked")
+
+		var denied response
+		eventually(t, "the leaked key answers revoked_key", func() bool {
+			denied = e.send("GET", "/v1/keys", live, nil)
+			return denied.status == http.StatusUnauthorized
+		})
+		assert.Equal(t, "revoked_key", denied.code(t))
+
+		t.Run("a second report of the same key changes nothing more", func(t *testing.T) {
+			before := len(e.rec.Changes())
+			r := e.report(leakBody(live))
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+			assert.Contains(t, string(r.body), truePositive)
+			assert.Len(t, e.rec.Changes(), before, "no second revocation")
+		})
+		t.Run("an empty report is answered with no labels", func(t *testing.T) {
+			r := e.report([]byte(`[]`))
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+			assert.JSONEq(t, `[]`, string(r.body))
+		})
+	})
+}
+
+func TestLeakReportsMustBeSignedByGitHub(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		victim, id := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})
+		body := leakBody(victim)
+		stranger, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(t, err)
+		for _, tc := range []struct {
+			name string
+			hdr  []string
+		}{
+			{"no signature headers", []string{"Github-Public-Key-Identifier", "", "Github-Public-Key-Signature", ""}},
+			{"no key identifier", []string{"Github-Public-Key-Identifier", ""}},
+			{"no signature", []string{"Github-Public-Key-Signature", ""}},
+			{"an unknown key identifier", []string{"Github-Public-Key-Identifier", "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c"}},
+			{"a signature that is not base64", []string{"Github-Public-Key-Signature", "not base64!"}},
+			{"a signature that is not ASN.1", []string{"Github-Public-Key-Signature", base64.StdEncoding.EncodeToString([]byte("hello"))}},
+			{"a signature of another body", []string{"Github-Public-Key-Signature", sign(t, e.github, leakBody("sk_other"))}},
+			{"a signature by another key", []string{"Github-Public-Key-Signature", sign(t, stranger, body)}},
+		} {
+			t.Run(tc.name+" is 401", func(t *testing.T) {
+				r := e.report(body, tc.hdr...)
+				require.Equal(t, http.StatusUnauthorized, r.status, "%s", r)
+				assert.Equal(t, "invalid_signature", r.code(t))
+			})
+		}
+		t.Run("an unsigned body is refused before it is parsed", func(t *testing.T) {
+			r := e.report([]byte(`{not json`), "Github-Public-Key-Signature", sign(t, e.github, body))
+			require.Equal(t, http.StatusUnauthorized, r.status, "%s", r)
+		})
+		k, err := e.store.Get(context.Background(), id)
+		require.NoError(t, err)
+		assert.Nil(t, k.RevokedAt, "no forged report revoked anything")
+		assert.Empty(t, e.rec.Leaked())
+	})
+}
+
+func TestMalformedAndOversizedLeakReports(t *testing.T) {
+	forEachBackend(t, envOptions{leakBytes: 4096}, func(t *testing.T, e *env) {
+		for _, tc := range []struct {
+			name   string
+			body   string
+			status int
+		}{
+			{"an object instead of an array is 400", `{"token": "x"}`, 400},
+			{"malformed JSON is 400", `[{"token": `, 400},
+			{"a token that is not a string is 400", `[{"token": 5}]`, 400},
+			{"trailing data is 400", `[] []`, 400},
+			{"unknown fields are GitHub's business and accepted", `[{"token": "x", "type": "t", "new_field": 1}]`, 200},
+			{"a body over the limit is 413", "[" + strings.Repeat(`{"token":"x"},`, 400) + `{"token":"x"}]`, 413},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := e.report([]byte(tc.body))
+				require.Equal(t, tc.status, r.status, "%s", r)
+				switch tc.status {
+				case 400:
+					assert.Equal(t, "bad_request", r.code(t))
+				case 413:
+					assert.Equal(t, "payload_too_large", r.code(t))
+				}
+			})
+		}
+	})
+}
+
+// countingStore counts Lookup calls.
+type countingStore struct {
+	keystore.Store
+	lookups atomic.Int64
+}
+
+func (s *countingStore) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
+	s.lookups.Add(1)
+	return s.Store.Lookup(ctx, h)
+}
+
+func TestGarbageInALeakReportCostsNoStoreCall(t *testing.T) {
+	counting := &countingStore{}
+	e := newEnv(t, backends[0], envOptions{readStore: func(s keystore.Store) keystore.Store {
+		counting.Store = s
+		return counting
+	}})
+	wellFormed, err := e.manager.Format.Generate()
+	require.NoError(t, err)
+	r := e.report(leakBody("", "password123", "sk_short", strings.Repeat("a", 300), "sk_"+strings.Repeat("A", 49), "legacy key with spaces in it"))
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	assert.NotContains(t, string(r.body), truePositive)
+	assert.Zero(t, counting.lookups.Load())
+
+	r = e.report(leakBody(wellFormed))
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	assert.Equal(t, int64(1), counting.lookups.Load(), "a well-formed token is looked up")
+}
+
+func TestTheLeakEndpointIsOffWithoutGitHubKeys(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{noLeaks: true})
+	r := e.report(leakBody("sk_x"))
+	require.Equal(t, http.StatusNotFound, r.status, "%s", r)
+	assert.Equal(t, "not_found", r.code(t))
+}
+
+func TestTheLeakHandlerServesOnlyTheLeakRoute(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	victim, id := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})
+	srv := httptest.NewServer(NewLeakHandler(e.opts))
+	defer srv.Close()
+	post := func(path string, body []byte, key string) *http.Response {
+		req, err := http.NewRequest("POST", srv.URL+path, bytes.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Github-Public-Key-Identifier", githubKeyID)
+		req.Header.Set("Github-Public-Key-Signature", sign(t, e.github, body))
+		req.Header.Set("x-api-key", key)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp
+	}
+	assert.Equal(t, http.StatusOK, post(leakPath, leakBody(victim), "").StatusCode)
+	k, err := e.store.Get(context.Background(), id)
+	require.NoError(t, err)
+	assert.NotNil(t, k.RevokedAt)
+	assert.Equal(t, http.StatusNotFound, post("/v1/keys", []byte(`{"name":"n","permissions":["x"]}`), e.root).StatusCode,
+		"the key API is not on the public listener")
+
+	assert.Panics(t, func() { NewLeakHandler(Options{Authz: e.opts.Authz, Manager: e.manager}) }, "Leaks is required")
+	assert.Panics(t, func() { New(Options{Manager: e.manager}) }, "Authz is required")
+	assert.Panics(t, func() { New(Options{Authz: e.opts.Authz}) }, "Manager is required")
+}
+
+func TestParseGitHubPublicKeys(t *testing.T) {
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	ecPEM := pemOf(t, &ec.PublicKey)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	require.NoError(t, err)
+
+	doc := func(id, key string) []byte {
+		b, _ := json.Marshal(map[string]any{"public_keys": []map[string]any{{"key_identifier": id, "key": key, "is_current": true}}})
+		return b
+	}
+	keys, err := ParseGitHubPublicKeys(doc("abc", ecPEM))
+	require.NoError(t, err)
+	require.Contains(t, keys, "abc")
+	assert.True(t, keys["abc"].Equal(&ec.PublicKey))
+
+	for _, tc := range []struct {
+		name string
+		doc  []byte
+		want string
+	}{
+		{"not JSON", []byte("nope"), "GitHub public keys"},
+		{"no keys", []byte(`{"public_keys": []}`), "lists none"},
+		{"no identifier", doc("", ecPEM), "key_identifier"},
+		{"not PEM", doc("abc", "MFkw..."), "abc: not PEM"},
+		{"an RSA key", doc("abc", pemOf(t, &rsaKey.PublicKey)), "P-256"},
+		{"a P-384 key", doc("abc", pemOf(t, &p384.PublicKey)), "P-256"},
+	} {
+		t.Run(tc.name+" is refused", func(t *testing.T) {
+			_, err := ParseGitHubPublicKeys(tc.doc)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func pemOf(t *testing.T, pub any) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	require.NoError(t, err)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
