@@ -15,12 +15,12 @@ const localShards = 64 // a power of two
 
 // Local is an in-process Limiter: the embedded store's limiter, and the Redis
 // limiter's fallback. Its memory is bounded: it holds at most about
-// maxBuckets counters (one per Bucket and Scope), and when a shard is full it
-// evicts an idle one (which is exactly a fresh one, so nothing is lost) or,
-// failing that among a few sampled, the one idle the longest.
+// maxBuckets buckets, and when a shard is full it evicts an idle bucket
+// (which is exactly a fresh one, so nothing is lost) or, failing that among a
+// few sampled, the one that turns idle soonest.
 //
-// Allow takes one sharded lock per check and does not allocate once a bucket
-// exists.
+// Allow takes one sharded lock and does one map lookup per check, and does
+// not allocate once a bucket exists.
 type Local struct {
 	now      func() time.Time
 	seed     maphash.Seed
@@ -32,15 +32,24 @@ type Local struct {
 
 type localShard struct {
 	mu sync.Mutex
-	m  map[bucketScope]*window
-	_  [40]byte // keep shards on separate cache lines
+	m  map[string]*bucket // by Bucket: the caller's string, never one built per call
+	_  [48]byte           // keep shards on separate cache lines
 }
 
-// bucketScope is the map key: the caller's strings, never a string built per call.
-type bucketScope struct{ bucket, scope string }
+// bucket holds the windows of one Bucket's limits, one per Scope: the first
+// scope inline (most buckets have one limit, the key's own), others beside.
+type bucket struct {
+	first scoped
+	more  *[]*scoped
+}
+
+type scoped struct {
+	scope string
+	w     window
+}
 
 // NewLocal returns a Local that reads the time from now (time.Now when nil)
-// and keeps at most about maxBuckets counters (DefaultMaxBuckets when ≤ 0).
+// and keeps at most about maxBuckets buckets (DefaultMaxBuckets when ≤ 0).
 func NewLocal(now func() time.Time, maxBuckets int) *Local {
 	if now == nil {
 		now = time.Now
@@ -50,7 +59,7 @@ func NewLocal(now func() time.Time, maxBuckets int) *Local {
 	}
 	l := &Local{now: now, seed: maphash.MakeSeed(), perShard: (maxBuckets + localShards - 1) / localShards}
 	for i := range l.shards {
-		l.shards[i].m = make(map[bucketScope]*window)
+		l.shards[i].m = make(map[string]*bucket)
 	}
 	return l
 }
@@ -76,16 +85,24 @@ func (l *Local) Allow(_ context.Context, limits []Limit) (Result, error) {
 
 // check runs one validated check with enforced limits at now (µs).
 func (l *Local) check(now int64, limits []Limit) Result {
-	var bucket string
+	var name string
 	for i := range limits {
 		if enforced(limits[i].Rate) {
-			bucket = limits[i].Bucket
+			name = limits[i].Bucket
 			break
 		}
 	}
-	sh := &l.shards[maphash.String(l.seed, bucket)&(localShards-1)]
+	sh := &l.shards[maphash.String(l.seed, name)&(localShards-1)]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	b := sh.m[name]
+	if b == nil {
+		if len(sh.m) >= l.perShard {
+			l.evict(sh, now)
+		}
+		b = &bucket{}
+		sh.m[name] = b
+	}
 
 	// Pass 1: is every limit under N? Remember the windows and counts (for
 	// the common case of ≤ 4 limits, without a second lookup or allocating).
@@ -98,8 +115,8 @@ func (l *Local) check(now int64, limits []Limit) Result {
 		if !enforced(lim.Rate) {
 			continue
 		}
-		w := sh.get(l, lim, now)
 		wUs := windowMicros(lim.Rate.Window)
+		w := b.window(lim.Scope, subMicros(wUs), now)
 		held := w.counted(now, wUs)
 		if k < len(ws) {
 			ws[k], helds[k] = w, held
@@ -125,7 +142,7 @@ func (l *Local) check(now int64, limits []Limit) Result {
 		if k < len(ws) {
 			w, held = ws[k], helds[k]
 		} else {
-			w = sh.get(l, lim, now)
+			w = b.window(lim.Scope, subMicros(wUs), now)
 			held = w.counted(now, wUs)
 		}
 		k++
@@ -135,45 +152,67 @@ func (l *Local) check(now int64, limits []Limit) Result {
 	return p.result()
 }
 
-// get returns the window of lim, advanced to now, creating (and making room
-// for) it when missing. The caller holds sh.mu.
-func (sh *localShard) get(l *Local, lim *Limit, now int64) *window {
-	key := bucketScope{lim.Bucket, lim.Scope}
-	sub := subMicros(windowMicros(lim.Rate.Window))
-	w := sh.m[key]
-	if w == nil {
-		if len(sh.m) >= l.perShard {
-			sh.evict(l, lim.Bucket, now)
+// window returns the window of scope, advanced to now, creating it when
+// missing. A window counted with another sub-window length (the rate's
+// window changed) starts over: its groups mean nothing under the new one.
+func (b *bucket) window(scope string, sub, now int64) *window {
+	var s *scoped
+	switch {
+	case b.first.w.sub == 0: // a new bucket
+		s = &b.first
+		s.scope = scope
+	case b.first.scope == scope:
+		s = &b.first
+	default:
+		if b.more != nil {
+			for _, m := range *b.more {
+				if m.scope == scope {
+					s = m
+					break
+				}
+			}
+		} else {
+			b.more = new([]*scoped)
 		}
-		w = &window{sub: sub, head: floorDiv(now, sub)}
-		sh.m[key] = w
-	} else if w.sub != sub {
-		// The rate's window changed: its groups mean nothing under the new s.
-		*w = window{sub: sub, head: floorDiv(now, sub)}
+		if s == nil {
+			s = &scoped{scope: scope}
+			*b.more = append(*b.more, s)
+		}
 	}
-	w.advance(now)
-	return w
+	if s.w.sub != sub {
+		s.w = window{sub: sub, head: floorDiv(now, sub)}
+	}
+	s.w.advance(now)
+	return &s.w
 }
 
-// evict makes room for one bucket: it samples a few entries (map iteration
-// starts at a random place), drops every idle one among them, and if none was
-// idle, drops the one idle soonest (the least recently used, roughly). It
-// never drops a counter of bucket, whose check holds pointers to them.
-func (sh *localShard) evict(l *Local, bucket string, now int64) {
+// idleAt is when every window of b counts nothing any more.
+func (b *bucket) idleAt() int64 {
+	at := b.first.w.idleAt()
+	if b.more != nil {
+		for _, m := range *b.more {
+			at = max(at, m.w.idleAt())
+		}
+	}
+	return at
+}
+
+// evict makes room for one bucket in sh (locked): it samples a few buckets
+// (map iteration starts at a random place), drops every idle one among them,
+// and if none was idle, drops the one that turns idle soonest (roughly the
+// least recently used).
+func (l *Local) evict(sh *localShard, now int64) {
 	const sample = 8
-	var oldest bucketScope
+	var oldest string
 	oldestAt := int64(0)
 	seen, dropped := 0, 0
-	for key, w := range sh.m {
-		if key.bucket == bucket {
-			continue
-		}
-		at := w.idleAt()
+	for name, b := range sh.m {
+		at := b.idleAt()
 		if at <= now {
-			delete(sh.m, key)
+			delete(sh.m, name)
 			dropped++
 		} else if seen == 0 || at < oldestAt {
-			oldest, oldestAt = key, at
+			oldest, oldestAt = name, at
 		}
 		if seen++; seen >= sample {
 			break
@@ -186,7 +225,7 @@ func (sh *localShard) evict(l *Local, bucket string, now int64) {
 	l.evicted.Add(uint64(dropped))
 }
 
-// Len is the number of counters held.
+// Len is the number of buckets held.
 func (l *Local) Len() int {
 	n := 0
 	for i := range l.shards {

@@ -108,7 +108,7 @@ type Redis struct {
 	queue   chan *call
 	done    chan struct{}
 	wg      sync.WaitGroup
-	close   sync.Once
+	closing sync.Once
 
 	replicas                                atomic.Int64
 	allowed, limited, fallback, storeErrors atomic.Uint64
@@ -185,7 +185,7 @@ func NewRedis(client goredis.UniversalClient, opts RedisOptions) (*Redis, error)
 // the heartbeat set (so the others' local share grows at once). Checks after
 // Close return ErrClosed.
 func (r *Redis) Close() error {
-	r.close.Do(func() {
+	r.closing.Do(func() {
 		close(r.done)
 		r.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
@@ -260,7 +260,9 @@ func (r *Redis) count(res Result) {
 	}
 }
 
-// onStoreError decides a check without Redis.
+// onStoreError decides a check without Redis. With PolicyLocal the Result
+// names the share of N this replica enforces (N/replicas, at least 1), so the
+// headers tell the client the limit that applies during the outage.
 func (r *Redis) onStoreError(ctx context.Context, limits []Limit, n int, cause error) (Result, error) {
 	r.fallback.Add(1)
 	switch r.opts.OnStoreError {

@@ -491,3 +491,46 @@ func TestRedisOddInputs(t *testing.T) {
 		assert.Positive(t, st.Allowed)
 	}
 }
+
+func TestManyLimitsInOneCheck(t *testing.T) {
+	limits := make([]Limit, 7)
+	for i := range limits {
+		limits[i] = Limit{Name: fmt.Sprint("l", i), Bucket: "k", Scope: fmt.Sprint("s", i), Rate: Rate{N: int64(10 + i), Window: time.Duration(i+1) * time.Second}}
+	}
+	limits[5].Rate.N = 4 // the tightest, past the first four
+	for _, tc := range []struct {
+		name string
+		new  func(t *testing.T, now func() time.Time) Limiter
+	}{
+		{"local", func(t *testing.T, now func() time.Time) Limiter { return NewLocal(now, 0) }},
+		{"redis", func(t *testing.T, now func() time.Time) Limiter {
+			srv := redistest.Start(t)
+			return newRedis(t, newClient(t, srv.Addr), RedisOptions{Now: now, Timeout: time.Second})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := newFakeClock()
+			lim := tc.new(t, clock.Now)
+			for i := range 4 {
+				res, err := lim.Allow(context.Background(), limits)
+				require.NoError(t, err)
+				require.True(t, res.Allowed)
+				assert.Equal(t, limits[5], res.Limit)
+				assert.Equal(t, int64(3-i), res.Remaining)
+			}
+			res, err := lim.Allow(context.Background(), limits)
+			require.NoError(t, err)
+			assert.False(t, res.Allowed)
+			assert.Equal(t, limits[5], res.Limit)
+			// 6s window: s = 0.3s, mark 1 bound ceil(0.3s/255) = 1177µs, free 1µs after W.
+			assert.Equal(t, us(6_001_178), res.RetryAfter)
+			clock.Set(t0.Add(us(6_001_178)))
+			res, err = lim.Allow(context.Background(), limits)
+			require.NoError(t, err)
+			assert.True(t, res.Allowed)
+			assert.Equal(t, limits[5], res.Limit)
+			assert.Equal(t, int64(3), res.Remaining)
+			assert.Equal(t, Stats{Allowed: 5, Limited: 1}, lim.(interface{ Stats() Stats }).Stats())
+		})
+	}
+}
