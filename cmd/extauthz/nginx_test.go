@@ -1,0 +1,492 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"sigs.k8s.io/yaml"
+
+	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// The proxy configs under deploy/proxies, relative to this package.
+const proxiesDir = "../../deploy/proxies"
+
+// nginxRoutes is the route table of the nginx test: a GET and a DELETE on
+// one path with different permissions (so a spoofed method would show), a
+// rate-limited route and a public one.
+const nginxRoutes = `
+http_mode: {original: x-original, xff_trusted_hops: 1}
+rate_limit: {default: none}
+routes:
+  - {path: /healthz, public: true}
+  - {path: /api/users, methods: [GET], permissions: [read:users]}
+  - {path: "/api/users/{id}", methods: [GET], permissions: [read:users]}
+  - {path: "/api/users/{id}", methods: [DELETE], permissions: [delete:users]}
+  - {path: /api/limited, methods: [GET], permissions: [read:users], rate_limit: 2/m}
+`
+
+// TestNginxAuthRequestWithTheShippedConfig runs deploy/proxies/nginx.conf in
+// a real nginx between a client and an upstream, with extauthz answering
+// auth_request in HTTP mode (original: x-original).
+func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+nginxRoutes)
+	reader, rk := ts.create(t, keystore.Spec{Name: "reader", Owner: "acme", Permissions: []string{"read:users"}})
+	local, lk := ts.create(t, keystore.Spec{Name: "loopback", Permissions: []string{"read:users"}, IPAllowlist: mustCIDRs(t, "127.0.0.0/8")})
+	remote, _ := ts.create(t, keystore.Spec{Name: "remote", Permissions: []string{"read:users"}, IPAllowlist: mustCIDRs(t, "10.9.9.9/32")})
+	limited, _ := ts.create(t, keystore.Spec{Name: "limited", Permissions: []string{"read:users"}})
+	secrets := []string{reader, local, remote, limited}
+
+	up := startEchoUpstream(t)
+	ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
+
+	t.Run("an allowed request reaches the upstream with the identity and without the key", func(t *testing.T) {
+		r := ngx.do(t, "GET", "/api/users?page=2", map[string]string{
+			"X-Api-Key":           reader,
+			"X-Authz-Key-Id":      "key_spoofed",
+			"X-Authz-Owner":       "someone-else",
+			"X-Authz-Permissions": "admin",
+			"X-Authz-Code":        "spoofed",
+		})
+		require.Equal(t, 200, r.status, r.body)
+		got := up.last(t)
+		assert.Equal(t, "/api/users?page=2", got.URI)
+		assert.Equal(t, []string{rk.ID}, got.Headers["X-Authz-Key-Id"], "the client's X-Authz-Key-Id is overwritten, not appended")
+		assert.Equal(t, []string{"reader"}, got.Headers["X-Authz-Key-Name"])
+		assert.Equal(t, []string{"acme"}, got.Headers["X-Authz-Owner"])
+		assert.Equal(t, []string{"read:users"}, got.Headers["X-Authz-Permissions"])
+		assert.NotContains(t, got.Headers, "X-Authz-Code", "a listed x-authz-* name is cleared")
+		assert.NotContains(t, got.Headers, "X-Api-Key", "the credential header never reaches the upstream")
+		assert.NotContains(t, got.Headers, "Authorization")
+		assert.Equal(t, []string{"127.0.0.1"}, got.Headers["X-Forwarded-For"])
+	})
+
+	t.Run("a Bearer key is removed too", func(t *testing.T) {
+		r := ngx.do(t, "GET", "/api/users/7", map[string]string{"Authorization": "Bearer " + reader})
+		require.Equal(t, 200, r.status, r.body)
+		got := up.last(t)
+		assert.NotContains(t, got.Headers, "Authorization")
+		assert.Equal(t, []string{rk.ID}, got.Headers["X-Authz-Key-Id"])
+	})
+
+	t.Run("a public route passes without identity headers, spoofed ones dropped", func(t *testing.T) {
+		r := ngx.do(t, "GET", "/healthz", map[string]string{"X-Authz-Key-Id": "key_spoofed", "X-Api-Key": reader})
+		require.Equal(t, 200, r.status, r.body)
+		got := up.last(t)
+		assert.NotContains(t, got.Headers, "X-Authz-Key-Id")
+		assert.NotContains(t, got.Headers, "X-Api-Key")
+	})
+
+	t.Run("the client IP is the peer nginx sees, not a client-written X-Forwarded-For", func(t *testing.T) {
+		r := ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": local, "X-Forwarded-For": "10.9.9.9"})
+		require.Equal(t, 200, r.status, r.body)
+		assert.Equal(t, []string{lk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
+	})
+
+	denials := []struct {
+		name    string
+		method  string
+		path    string
+		headers map[string]string
+		status  int
+		code    string
+	}{
+		{"no key", "GET", "/api/users", nil, 401, "missing_key"},
+		{"a key that is not one", "GET", "/api/users", map[string]string{"X-Api-Key": "sk_nope"}, 401, "invalid_key"},
+		{"a missing permission", "DELETE", "/api/users/7", map[string]string{"X-Api-Key": reader}, 403, "permission_denied"},
+		{"no route", "GET", "/admin", map[string]string{"X-Api-Key": reader}, 403, "no_route"},
+		{"an encoded slash", "GET", "/api%2Fusers", map[string]string{"X-Api-Key": reader}, 400, "bad_request"},
+		{"a client-sent X-Original-URI does not choose the path", "GET", "/api/users",
+			map[string]string{"X-Original-URI": "/healthz"}, 401, "missing_key"},
+		{"a client-sent X-Original-Method does not choose the method", "DELETE", "/api/users/7",
+			map[string]string{"X-Api-Key": reader, "X-Original-Method": "GET"}, 403, "permission_denied"},
+		{"a client-sent X-Forwarded-For does not satisfy an IP allowlist", "GET", "/api/users",
+			map[string]string{"X-Api-Key": remote, "X-Forwarded-For": "10.9.9.9"}, 403, "ip_not_allowed"},
+		{"the other convention's headers are ignored", "GET", "/api/users",
+			map[string]string{"X-Forwarded-Uri": "/healthz", "X-Forwarded-Method": "GET"}, 401, "missing_key"},
+	}
+	for _, tt := range denials {
+		t.Run("denied: "+tt.name, func(t *testing.T) {
+			before := up.calls.Load()
+			r := ngx.do(t, tt.method, tt.path, tt.headers)
+			assertNginxDenial(t, r, tt.status, tt.code)
+			assert.Equal(t, before, up.calls.Load(), "the upstream is never called for a denial")
+			if tt.status == 401 {
+				require.Len(t, r.header.Values("Www-Authenticate"), 1, "WWW-Authenticate passes once")
+				assert.Contains(t, r.header.Get("Www-Authenticate"), `Bearer realm="extauthz"`)
+				if tt.code == "missing_key" {
+					assert.NotContains(t, r.header.Get("Www-Authenticate"), "error=")
+				} else {
+					assert.Contains(t, r.header.Get("Www-Authenticate"), `error="invalid_token"`)
+				}
+			}
+		})
+	}
+
+	t.Run("a rate-limited request gets 429, Retry-After and the JSON body", func(t *testing.T) {
+		before := up.calls.Load()
+		for i := range 2 {
+			r := ngx.do(t, "GET", "/api/limited", map[string]string{"X-Api-Key": limited})
+			require.Equal(t, 200, r.status, "request %d: %s", i+1, r.body)
+			assert.Contains(t, r.header.Get("RateLimit"), `"/api/limited";r=`, "an allow carries the rate-limit headers")
+			assert.Equal(t, "2", r.header.Get("X-RateLimit-Limit"))
+		}
+		r := ngx.do(t, "GET", "/api/limited", map[string]string{"X-Api-Key": limited})
+		assertNginxDenial(t, r, 429, "rate_limited")
+		retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+		require.NoError(t, err, "Retry-After %q", r.header.Get("Retry-After"))
+		assert.GreaterOrEqual(t, retry, 1)
+		assert.LessOrEqual(t, retry, 63, "the 2/m window, within the limiter's few percent")
+		assert.Equal(t, "0", r.header.Get("X-RateLimit-Remaining"))
+		assert.Contains(t, r.header.Get("RateLimit"), ";r=0;")
+		assert.NotEmpty(t, r.header.Get("RateLimit-Policy"))
+		assert.Equal(t, before+2, up.calls.Load(), "only the two allowed requests reached the upstream")
+	})
+
+	t.Run("a key in the query is allowed but never logged", func(t *testing.T) {
+		r := ngx.do(t, "GET", "/api/users?api_key="+reader, nil)
+		require.Equal(t, 200, r.status, r.body)
+		// nginx cannot remove a query credential (README): the upstream sees it.
+		// What the shipped config does guarantee is a keyless access log.
+		assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
+	})
+
+	t.Run("extauthz down is 503 unavailable with Retry-After", func(t *testing.T) {
+		ts.stop()
+		before := up.calls.Load()
+		r := ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": reader})
+		assertNginxDenial(t, r, 503, "unavailable")
+		assert.Equal(t, "1", r.header.Get("Retry-After"))
+		assert.Equal(t, before, up.calls.Load())
+	})
+
+	require.Eventually(t, func() bool { return strings.Contains(ngx.stdout.String(), `"GET /api/users" 503`) },
+		5*time.Second, 10*time.Millisecond, "the access log is written (so the checks below can fail)")
+	access := ngx.stdout.String()
+	assert.Contains(t, access, "key="+rk.ID)
+	assert.Contains(t, access, "code=rate_limited")
+	// 400 and 429 reach auth_request as 403, so nginx does not log an error
+	// (with the request line) for each denial; only the outage is logged.
+	// The log reaches the buffer through a pipe, a moment after the response.
+	require.Eventually(t, func() bool { return strings.Contains(ngx.stderr.String(), "Connection refused") },
+		5*time.Second, 10*time.Millisecond, "the outage is in the error log")
+	errors := ngx.stderr.String()
+	assert.NotContains(t, errors, "auth request unexpected status")
+	for _, s := range secrets {
+		assert.NotContains(t, access, s, "no key in the access log")
+		assert.NotContains(t, errors, s, "no key in the error log")
+	}
+}
+
+func assertNginxDenial(t *testing.T, r nginxResponse, status int, code string) {
+	t.Helper()
+	require.Equal(t, status, r.status, "body %s", r.body)
+	assert.Equal(t, code, r.header.Get("X-Authz-Code"))
+	assert.Equal(t, "application/json", r.header.Get("Content-Type"))
+	var body map[string]string
+	require.NoError(t, json.Unmarshal([]byte(r.body), &body), "body %q", r.body)
+	assert.Equal(t, code, body["code"])
+	assert.NotEmpty(t, body["error"])
+	assert.Len(t, body, 2, "the body is exactly {error, code}")
+}
+
+// echoUpstream is the application behind nginx: it answers every request
+// with the URI and headers it received, and counts the calls.
+type echoUpstream struct {
+	addr  string
+	calls atomic.Int64
+	seen  atomic.Pointer[echoed]
+}
+
+type echoed struct {
+	URI     string      `json:"uri"`
+	Headers http.Header `json:"headers"`
+}
+
+func startEchoUpstream(t *testing.T) *echoUpstream {
+	t.Helper()
+	u := &echoUpstream{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e := &echoed{URI: r.RequestURI, Headers: r.Header.Clone()}
+		u.seen.Store(e)
+		u.calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(e)
+	}))
+	t.Cleanup(srv.Close)
+	u.addr = srv.Listener.Addr().String()
+	return u
+}
+
+// last returns what the upstream saw in its latest request.
+func (u *echoUpstream) last(t *testing.T) *echoed {
+	t.Helper()
+	e := u.seen.Load()
+	require.NotNil(t, e, "the upstream was never called")
+	return e
+}
+
+// nginxProc is one nginx started by a test.
+type nginxProc struct {
+	url    string
+	client *http.Client
+	stdout *syncBuffer // the access log
+	stderr *syncBuffer // the error log
+}
+
+type nginxResponse struct {
+	status int
+	body   string
+	header http.Header
+}
+
+// nginxConf returns deploy/proxies/nginx.conf with the demo's hosts and port
+// replaced by the test's, and nginx's temporary files kept under dir. Each
+// replaced line must occur exactly once, so the test fails rather than
+// silently running a different config when the file changes.
+func nginxConf(t *testing.T, dir string, port int, extauthzAddr, upstreamAddr string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(proxiesDir, "nginx.conf"))
+	require.NoError(t, err)
+	conf := string(b)
+	var temps strings.Builder
+	temps.WriteString("http {\n")
+	for _, name := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		fmt.Fprintf(&temps, "    %s_temp_path %s;\n", name, filepath.Join(dir, name))
+	}
+	for _, r := range []struct{ old, new string }{
+		{"listen 8080;", fmt.Sprintf("listen 127.0.0.1:%d;", port)},
+		{"server extauthz:9002;", "server " + extauthzAddr + ";"},
+		{"server upstream:8000;", "server " + upstreamAddr + ";"},
+		{"http {\n", temps.String()},
+	} {
+		require.Equal(t, 1, strings.Count(conf, r.old), "deploy/proxies/nginx.conf must contain %q exactly once", r.old)
+		conf = strings.Replace(conf, r.old, r.new, 1)
+	}
+	return conf
+}
+
+// startNginx runs nginx in the foreground on a free port with the shipped
+// config and stops it when the test ends. It fails the test when nginx is
+// not installed: CI installs it (.ci/run), so a missing binary is a broken
+// machine, not a reason to skip.
+func startNginx(t *testing.T, extauthzAddr, upstreamAddr string) *nginxProc {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		t.Fatalf("nginx not found on PATH (install nginx-light, as .ci/run does): %v", err)
+	}
+	dir := t.TempDir()
+	port := redistest.FreePort(t)
+	confPath := filepath.Join(dir, "nginx.conf")
+	require.NoError(t, os.WriteFile(confPath, []byte(nginxConf(t, dir, port, extauthzAddr, upstreamAddr)), 0o600))
+
+	n := &nginxProc{
+		url:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
+		stdout: &syncBuffer{},
+		stderr: &syncBuffer{},
+	}
+	// One process (master_process off): the parent-death signal then takes
+	// all of nginx with it if the test binary dies, leaving no orphaned
+	// workers on the port.
+	cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", "stderr",
+		"-g", fmt.Sprintf("daemon off; master_process off; pid %s;", filepath.Join(dir, "nginx.pid")))
+	cmd.Stdout, cmd.Stderr = n.stdout, n.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("nginx error log:\n%s", n.stderr.String())
+		}
+	})
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return n
+		}
+		select {
+		case <-exited:
+			t.Fatalf("nginx exited at start:\n%s", n.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx did not listen on %d: %v\n%s", port, err, n.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// do sends one request through nginx. path is sent as written, escapes
+// included.
+func (n *nginxProc) do(t *testing.T, method, path string, headers map[string]string) nginxResponse {
+	t.Helper()
+	req, err := http.NewRequest(method, n.url+path, nil)
+	require.NoError(t, err)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := n.client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return nginxResponse{status: resp.StatusCode, body: string(body), header: resp.Header}
+}
+
+// TestProxyConfigsSayWhatTheyNeed checks the proxy configs that no test here
+// can run (Traefik, Caddy) for the settings the README explains, and that
+// every extauthz snippet in the README is a valid config.
+func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
+	identity := []string{"X-Authz-Key-Id", "X-Authz-Key-Name", "X-Authz-Owner", "X-Authz-Permissions"}
+
+	t.Run("Traefik: ForwardAuth to HTTP mode, identity copied, credentials stripped after it", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(proxiesDir, "traefik.yml"))
+		require.NoError(t, err)
+		var f struct {
+			HTTP struct {
+				Routers map[string]struct {
+					EntryPoints []string `json:"entryPoints"`
+					Rule        string   `json:"rule"`
+					Service     string   `json:"service"`
+					Middlewares []string `json:"middlewares"`
+				} `json:"routers"`
+				Middlewares map[string]struct {
+					ForwardAuth *struct {
+						Address                  string   `json:"address"`
+						TrustForwardHeader       *bool    `json:"trustForwardHeader"`
+						AuthRequestHeaders       []string `json:"authRequestHeaders"`
+						AuthResponseHeaders      []string `json:"authResponseHeaders"`
+						AuthResponseHeadersRegex string   `json:"authResponseHeadersRegex"`
+					} `json:"forwardAuth"`
+					Headers *struct {
+						CustomRequestHeaders map[string]string `json:"customRequestHeaders"`
+					} `json:"headers"`
+				} `json:"middlewares"`
+				Services map[string]struct {
+					LoadBalancer struct {
+						Servers []struct {
+							URL string `json:"url"`
+						} `json:"servers"`
+					} `json:"loadBalancer"`
+				} `json:"services"`
+			} `json:"http"`
+		}
+		require.NoError(t, yaml.UnmarshalStrict(b, &f))
+
+		fa := f.HTTP.Middlewares["extauthz"].ForwardAuth
+		require.NotNil(t, fa, "middleware extauthz is a forwardAuth")
+		assert.Equal(t, "http://extauthz:9002/authz", fa.Address)
+		require.NotNil(t, fa.TrustForwardHeader, "trustForwardHeader is spelled out")
+		assert.False(t, *fa.TrustForwardHeader, "Traefik must set X-Forwarded-Method/Uri itself")
+		assert.Equal(t, identity, fa.AuthResponseHeaders)
+		assert.Subset(t, fa.AuthRequestHeaders, []string{"X-Api-Key", "Authorization"}, "extauthz sees the key sources")
+		re, err := regexp.Compile(fa.AuthResponseHeadersRegex)
+		require.NoError(t, err)
+		for _, h := range append([]string{"X-Authz-Admin", "X-Authz-Code"}, identity...) {
+			assert.True(t, re.MatchString(h), "%s is stripped from the client's request", h)
+		}
+		assert.False(t, re.MatchString("X-Api-Key"))
+
+		strip := f.HTTP.Middlewares["strip-credentials"].Headers
+		require.NotNil(t, strip, "middleware strip-credentials is a headers middleware")
+		assert.Equal(t, map[string]string{"X-Api-Key": "", "Authorization": ""}, strip.CustomRequestHeaders,
+			"an empty value removes the header")
+
+		require.NotEmpty(t, f.HTTP.Routers)
+		for name, r := range f.HTTP.Routers {
+			assert.Equal(t, []string{"extauthz", "strip-credentials"}, r.Middlewares,
+				"router %s: authorise first (extauthz needs the key), then strip", name)
+			assert.Contains(t, f.HTTP.Services, r.Service, "router %s", name)
+		}
+	})
+
+	t.Run("Caddy: forward_auth to HTTP mode, spoofed x-authz-* dropped before it, credentials after it", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(proxiesDir, "Caddyfile"))
+		require.NoError(t, err)
+		var lines []string
+		sc := bufio.NewScanner(strings.NewReader(string(b)))
+		for sc.Scan() {
+			if l := strings.TrimSpace(sc.Text()); l != "" && !strings.HasPrefix(l, "#") {
+				lines = append(lines, strings.Join(strings.Fields(l), " "))
+			}
+		}
+		at := func(line string) int {
+			t.Helper()
+			for i, l := range lines {
+				if l == line {
+					return i
+				}
+			}
+			t.Errorf("Caddyfile lacks the line %q", line)
+			return -1
+		}
+		route := at("route {")
+		dropSpoofed := at("request_header -X-Authz-*")
+		auth := at("forward_auth extauthz:9002 {")
+		at("uri /authz")
+		at("copy_headers " + strings.Join(identity, " "))
+		dropKey := at("request_header -X-Api-Key")
+		dropAuthorization := at("request_header -Authorization")
+		proxy := at("reverse_proxy upstream:8000")
+		// Inside route, handlers run in the order written; outside it Caddy
+		// would sort request_header after forward_auth.
+		assert.True(t, route < dropSpoofed && dropSpoofed < auth && auth < dropKey && auth < dropAuthorization &&
+			dropKey < proxy && dropAuthorization < proxy, "the order inside route { } is what protects the upstream")
+	})
+
+	t.Run("Envoy http_service: the doc points at a file that exists", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(proxiesDir, "envoy-http-service.md"))
+		require.NoError(t, err)
+		assert.Contains(t, string(b), "envoy/envoy-http.yaml")
+		_, err = os.Stat("../../envoy/envoy-http.yaml")
+		require.NoError(t, err)
+	})
+
+	t.Run("every extauthz snippet in the README is a valid config", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(proxiesDir, "README.md"))
+		require.NoError(t, err)
+		blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(b), -1)
+		require.GreaterOrEqual(t, len(blocks), 4, "one extauthz snippet per proxy")
+		originals := map[string]bool{}
+		for i, m := range blocks {
+			path := filepath.Join(t.TempDir(), fmt.Sprintf("snippet%d.yaml", i))
+			require.NoError(t, os.WriteFile(path, []byte(m[1]), 0o600))
+			cfg, err := config.Load(path)
+			require.NoError(t, err, "README snippet %d:\n%s", i+1, m[1])
+			originals[cfg.HTTPMode.Original] = true
+		}
+		assert.Equal(t, map[string]bool{"path": true, "x-original": true, "x-forwarded": true}, originals)
+	})
+}
