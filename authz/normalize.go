@@ -8,7 +8,7 @@ import (
 // Errors from NormalizePath. Their text is safe to show a client.
 var (
 	errPathNotAbsolute = errors.New("path must start with /")
-	errPathEscapes     = errors.New("path escapes the root with ..")
+	errPathEscapes     = errors.New("path climbs above the root")
 	errPathEncodedSep  = errors.New("path contains an encoded / or \\")
 	errPathBackslash   = errors.New("path contains a backslash")
 	errPathControl     = errors.New("path contains a control character")
