@@ -39,6 +39,16 @@ type Config struct {
 	HTTPMode  HTTPMode  `json:"http_mode"`
 	Audit     Audit     `json:"audit"`
 	Log       Log       `json:"log"`
+	Leaks     Leaks     `json:"leaks"`
+}
+
+// Leaks configures the GitHub secret-scanning endpoint (POST
+// /v1/leaks/github on the HTTP listener): off unless a key file is set.
+type Leaks struct {
+	// GitHubKeysFile is GitHub's public-keys document for secret scanning
+	// (the JSON of its meta/public_keys/secret_scanning API), saved by the
+	// operator. Reports signed by any key in it are accepted.
+	GitHubKeysFile string `json:"github_keys_file"`
 }
 
 // Listen holds the listener addresses; "" or off disables one.

@@ -199,3 +199,25 @@ func TestCreatedAddsTheSecretToTheFlatRecord(t *testing.T) {
 	assert.Equal(t, "key_1", m["id"])
 	assert.Equal(t, "key_0", m["rotated_from"])
 }
+
+func TestAKeyPastedIntoANameOrPermissionIsRefused(t *testing.T) {
+	f := mustFormat(t, "sk")
+	secret, _ := f.Generate()
+	m := &Manager{Format: f}
+	for _, tt := range []struct {
+		name  string
+		perms []string
+		field string
+	}{
+		{"ci " + secret, nil, "name"},
+		{secret, nil, "name"},
+		{"ok", []string{"read:" + secret}, "permissions"},
+	} {
+		err := m.refusePastedKeys(tt.name, tt.perms)
+		var fe *FieldError
+		require.ErrorAs(t, err, &fe)
+		assert.Equal(t, tt.field, fe.Field)
+		assert.NotContains(t, err.Error(), secret)
+	}
+	assert.NoError(t, m.refusePastedKeys("sk_live_service", []string{"read:users"}), "a name that only starts like a key is fine")
+}

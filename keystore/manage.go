@@ -88,8 +88,15 @@ func (s *Spec) Validate(now time.Time) error {
 	if s.ExpiresAt != nil && !s.ExpiresAt.After(now) {
 		return &FieldError{"expires_at", "must be in the future"}
 	}
+	if s.ExpiresAt != nil && s.ExpiresAt.Sub(now) > MaxLifetime {
+		return &FieldError{"expires_at", "must be within 100 years"}
+	}
 	return nil
 }
+
+// MaxLifetime bounds expiry and grace periods: far-future times are
+// mistakes, and the embedded store's times end in 2262.
+const MaxLifetime = 100 * 365 * 24 * time.Hour
 
 // ValidateName checks a key name: 1–128 printable characters.
 func ValidateName(name string) error {
@@ -137,11 +144,37 @@ func printable(s string) bool {
 	return true
 }
 
+// refusePastedKeys rejects a name or permission that is itself a key of
+// the configured format: someone pasted a secret where a label goes, and a
+// label travels to logs, audit events and upstream headers.
+func (m *Manager) refusePastedKeys(name string, perms []string) error {
+	looksLikeKey := func(s string) bool {
+		for _, word := range strings.FieldsFunc(s, func(r rune) bool { return !isBase62(byte(r)) && r != '_' || r > 127 }) {
+			if strings.HasPrefix(word, m.Format.prefix+"_") && m.Format.Check(word) == nil {
+				return true
+			}
+		}
+		return false
+	}
+	if looksLikeKey(name) {
+		return &FieldError{"name", "contains an API key; never put a key in a name"}
+	}
+	for _, p := range perms {
+		if looksLikeKey(p) {
+			return &FieldError{"permissions", "a permission contains an API key; never put a key in a permission"}
+		}
+	}
+	return nil
+}
+
 // Create makes a new key from spec and returns its plaintext (shown once)
 // and its record.
 func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, *Key, error) {
 	now := m.now()
 	if err := spec.Validate(now); err != nil {
+		return "", nil, err
+	}
+	if err := m.refusePastedKeys(spec.Name, spec.Permissions); err != nil {
 		return "", nil, err
 	}
 	secret, k, h, err := m.newKey(now, spec)
@@ -186,8 +219,8 @@ func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {
 // Rotate makes a new key with the old one's metadata; the old one keeps
 // working until now+grace (grace 0: it stops now).
 func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, actor string) (string, *Key, error) {
-	if grace < 0 {
-		return "", nil, &FieldError{"grace", "must not be negative"}
+	if grace < 0 || grace > MaxLifetime {
+		return "", nil, &FieldError{"grace", "must be from 0 to 100 years"}
 	}
 	now := m.now()
 	old, err := m.Store.Get(ctx, id)
@@ -266,6 +299,9 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(*Ke
 		}
 		spec := Spec{Name: k.Name, Owner: k.Owner, Permissions: k.Permissions, RateLimit: k.RateLimit, IPAllowlist: k.IPAllowlist}
 		if err := spec.Validate(now); err != nil {
+			return err
+		}
+		if err := m.refusePastedKeys(k.Name, k.Permissions); err != nil {
 			return err
 		}
 		if p.ExpiresAt != nil && *p.ExpiresAt != nil && !(*p.ExpiresAt).After(now) {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/extauthz/extauthz/admin"
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
@@ -44,7 +45,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := newLogger(cfg.Log, stderr)
-	srv, err := newServer(cfg, logger)
+	srv, err := newServer(cfg, logger, os.Stdout)
 	if err != nil {
 		return err
 	}
@@ -89,14 +90,17 @@ type server struct {
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec
 
-	grpcLn, httpLn net.Listener
+	adminSrv *http.Server
+
+	grpcLn, httpLn, adminLn net.Listener
 	// bg runs the cache's watch and last-used writer; cancelBg stops them.
 	bg       sync.WaitGroup
 	cancelBg context.CancelFunc
 }
 
-// newServer builds a server from cfg without listening yet.
-func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
+// newServer builds a server from cfg without listening yet; audit events
+// with the stdout sink go to auditOut.
+func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*server, error) {
 	policy, err := authz.NewPolicy(cfg)
 	if err != nil {
 		return nil, err
@@ -122,7 +126,7 @@ func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
 	}
 	s.authz = authz.NewAuthorizer(policy, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
 
-	s.audit = newAuditLogger(cfg, be, os.Stdout, logger)
+	s.audit = newAuditLogger(cfg, be, auditOut, logger)
 	s.metrics = prometheus.NewRegistry()
 	obs := newObserver(s.metrics, s.audit)
 	registerStats(s.metrics, s.cache, s.limiter, s.audit)
@@ -157,8 +161,45 @@ func newServer(cfg *config.Config, logger *slog.Logger) (*server, error) {
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10,
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	if err := s.buildAdmin(mux); err != nil {
+		s.limiter.Close()
+		be.Close()
+		return nil, err
+	}
 	s.reloadEvery = 2 * time.Second
 	return s, nil
+}
+
+// buildAdmin makes the admin API (its own listener, meant to stay private)
+// and, when configured, mounts the GitHub leak endpoint on the public mux.
+func (s *server) buildAdmin(public *http.ServeMux) error {
+	m, err := s.be.manager(s.cfg)
+	if err != nil {
+		return err
+	}
+	m.OnChange = recordChanges(s.audit)
+	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger}
+	if path := s.cfg.Leaks.GitHubKeysFile; path != "" {
+		doc, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("leaks.github_keys_file: %w", err)
+		}
+		keys, err := admin.ParseGitHubPublicKeys(doc)
+		if err != nil {
+			return fmt.Errorf("leaks.github_keys_file %s: %w", path, err)
+		}
+		opts.Leaks = &admin.LeakOptions{PublicKeys: keys, OnLeak: func(k *keystore.Key) {
+			s.audit.Record(audit.Event{Type: audit.TypeKeyLeaked, KeyID: k.ID, KeyName: k.Name, Owner: k.Owner, Actor: admin.LeakActor})
+		}}
+		public.Handle("POST /v1/leaks/github", admin.NewLeakHandler(opts))
+	}
+	s.adminSrv = &http.Server{
+		Handler:           recoverHTTP(s.logger, "admin", admin.New(opts)),
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+	}
+	return nil
 }
 
 // readyz is 200 when the store answers. A server whose store is down still
@@ -187,6 +228,11 @@ func (s *server) listen() error {
 			return fmt.Errorf("listen.http: %w", err)
 		}
 	}
+	if a := s.cfg.Listen.Admin; a.Enabled() {
+		if s.adminLn, err = net.Listen("tcp", string(a)); err != nil {
+			return fmt.Errorf("listen.admin: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -200,7 +246,7 @@ func (s *server) run(ctx context.Context) error {
 	go func() { defer s.bg.Done(); s.cache.RunTouches(bgCtx, 10*time.Second) }()
 	go func() { defer s.bg.Done(); s.watchConfig(bgCtx) }()
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	if s.grpcLn != nil {
 		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -213,7 +259,15 @@ func (s *server) run(ctx context.Context) error {
 			}
 		}()
 	}
-	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn), "store", describeStore(s.cfg))
+	if s.adminLn != nil {
+		go func() {
+			if err := s.adminSrv.Serve(s.adminLn); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn),
+		"admin", addrOf(s.adminLn), "store", describeStore(s.cfg))
 
 	var err error
 	select {
@@ -238,6 +292,7 @@ func (s *server) shutdown() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = s.http.Shutdown(ctx)
+	_ = s.adminSrv.Shutdown(ctx)
 	cancel()
 	s.close()
 	s.logger.Info("extauthz stopped")

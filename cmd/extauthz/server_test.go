@@ -45,14 +45,21 @@ func TestMain(m *testing.M) {
 // loopback ports, plus a key manager on its own connection to the same
 // store (as the CLI would have).
 type testServer struct {
-	cfgPath string
-	cfg     *config.Config
-	srv     *server
-	client  authv3.AuthorizationClient
-	conn    *grpc.ClientConn
-	mgr     *keystore.Manager
-	httpURL string
-	stop    func()
+	cfgPath  string
+	cfg      *config.Config
+	srv      *server
+	client   authv3.AuthorizationClient
+	conn     *grpc.ClientConn
+	mgr      *keystore.Manager
+	httpURL  string
+	adminURL string // "" unless the config turns the admin listener on
+	stop     func()
+}
+
+// serverOutput is where a test server's logs and audit events go; the
+// default discards them.
+type serverOutput struct {
+	logs, audit io.Writer
 }
 
 const testRoutes = `
@@ -76,17 +83,26 @@ func storeYAML(t *testing.T, backend string) string {
 
 func startServer(t *testing.T, yaml string) *testServer {
 	t.Helper()
+	return startServerFile(t, writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+yaml))
+}
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "extauthz.yaml")
-	full := "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n" + yaml
-	require.NoError(t, os.WriteFile(path, []byte(full), 0o600))
-	return startServerFile(t, path)
+	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	return path
 }
 
 func startServerFile(t *testing.T, path string) *testServer {
 	t.Helper()
+	return startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
+}
+
+func startServerOut(t *testing.T, path string, out serverOutput) *testServer {
+	t.Helper()
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
-	srv, err := newServer(cfg, slog.New(slog.DiscardHandler))
+	srv, err := newServer(cfg, slog.New(slog.NewJSONHandler(out.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), out.audit)
 	require.NoError(t, err)
 	require.NoError(t, srv.listen())
 	srv.cfgPath, srv.reloadEvery = path, 20*time.Millisecond
@@ -104,6 +120,9 @@ func startServerFile(t *testing.T, path string) *testServer {
 	ts := &testServer{
 		cfgPath: path, cfg: cfg, srv: srv, conn: conn, client: authv3.NewAuthorizationClient(conn), mgr: mgr,
 		httpURL: "http://" + srv.httpLn.Addr().String(),
+	}
+	if srv.adminLn != nil {
+		ts.adminURL = "http://" + srv.adminLn.Addr().String()
 	}
 	var once bool
 	ts.stop = func() {
@@ -385,7 +404,7 @@ func TestRotationGivesAGracePeriod(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
 	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: "50/m"})
 	var rotated map[string]any
-	out := cli(t, "keys", "rotate", old.ID, "--grace", "1s", "--config", ts.cfgPath, "--json")
+	out := cli(t, "keys", "rotate", old.ID, "--grace", "4s", "--config", ts.cfgPath, "--json")
 	require.NoError(t, json.Unmarshal([]byte(out), &rotated), out)
 	assert.Equal(t, old.ID, rotated["rotated_from"])
 	assert.Equal(t, "team", rotated["owner"])
@@ -398,7 +417,7 @@ func TestRotationGivesAGracePeriod(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": oldKey}))
 		return code == "expired_key"
-	}, 5*time.Second, 50*time.Millisecond, "the old key expires after the grace period")
+	}, 10*time.Second, 50*time.Millisecond, "the old key expires after the grace period")
 	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": newKey}).GetOkResponse())
 
 	var shown map[string]any
