@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -320,4 +322,30 @@ func TestAnIPThatSendsTooManyInvalidKeysWaitsWithoutStoreCalls(t *testing.T) {
 
 	f.now = f.now.Add(2 * time.Minute)
 	assert.Equal(t, CodeInvalidKey, f.decide(bad).Code, "the block ends with the window")
+}
+
+// BenchmarkCheckHandler is the whole gRPC handler for a cached key: the
+// CheckRequest read, the decision with the default rate limit (local), and
+// the CheckResponse built (no network).
+func BenchmarkCheckHandler(b *testing.B) {
+	f := newFixture(b, func(c *config.Config) { c.RateLimit.Default = &ratelimit.Rate{N: 1e9, Window: time.Hour} })
+	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
+	s := &CheckServer{Authz: f.a}
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.1"}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Path: "/api/users?page=2", Host: "api.example.com",
+			Headers: map[string]string{"x-api-key": f.good, "user-agent": "bench", "x-request-id": "r1", "accept": "*/*"},
+		}},
+	}}
+	f.now = time.Now()
+	f.a.now = time.Now
+	resp, _ := s.Check(context.Background(), in)
+	require.NotNil(b, resp.GetOkResponse(), resp.String())
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp, _ := s.Check(context.Background(), in); resp.GetOkResponse() == nil {
+			b.Fatal(resp.String())
+		}
+	}
 }

@@ -174,13 +174,18 @@ func headerOptions(hs []Header) []*corev3.HeaderValueOption {
 	if len(hs) == 0 {
 		return nil
 	}
+	// One allocation for all the messages, one for the pointers.
+	type pair struct {
+		opt corev3.HeaderValueOption
+		hv  corev3.HeaderValue
+	}
+	pairs := make([]pair, len(hs))
 	opts := make([]*corev3.HeaderValueOption, len(hs))
-	vals := make([]corev3.HeaderValueOption, len(hs))
-	hvs := make([]corev3.HeaderValue, len(hs))
 	for i, h := range hs {
-		hvs[i] = corev3.HeaderValue{Key: h.Key, Value: h.Value}
-		vals[i] = corev3.HeaderValueOption{Header: &hvs[i], AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
-		opts[i] = &vals[i]
+		p := &pairs[i]
+		p.hv.Key, p.hv.Value = h.Key, h.Value
+		p.opt.Header, p.opt.AppendAction = &p.hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		opts[i] = &p.opt
 	}
 	return opts
 }

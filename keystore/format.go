@@ -85,7 +85,7 @@ func (f Format) Check(key string) error {
 		}
 		body := key[:len(key)-checksumLen]
 		var want [checksumLen]byte
-		appendChecksum(want[:0], crc32.ChecksumIEEE([]byte(body)))
+		appendChecksum(want[:0], crcString(body))
 		if string(want[:]) != key[len(body):] {
 			return ErrMalformed
 		}
@@ -101,6 +101,18 @@ func (f Format) Check(key string) error {
 		}
 	}
 	return nil
+}
+
+var ieeeTable = crc32.MakeTable(crc32.IEEE)
+
+// crcString is crc32.ChecksumIEEE of s without converting s to a []byte,
+// which would allocate on every check.
+func crcString(s string) uint32 {
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = ieeeTable[byte(crc)^s[i]] ^ crc>>8
+	}
+	return ^crc
 }
 
 func isBase62(c byte) bool {

@@ -32,7 +32,15 @@ func ParseHash(s string) (Hash, error) {
 // Hasher turns keys into Hashes. The zero value hashes with plain SHA-256.
 // Safe for concurrent use.
 type Hasher struct {
-	pool *sync.Pool // of hash.Hash (HMAC with the pepper); nil without one
+	pool *sync.Pool // of *hmacState (HMAC with the pepper); nil without one
+}
+
+// hmacState is a keyed HMAC with scratch space, pooled so that hashing a
+// key allocates nothing.
+type hmacState struct {
+	mac hash.Hash
+	in  []byte
+	sum [sha256.Size]byte
 }
 
 // NewHasher returns a Hasher that uses HMAC-SHA256 with pepper, or SHA-256
@@ -43,7 +51,9 @@ func NewHasher(pepper []byte) *Hasher {
 		return &Hasher{}
 	}
 	p := append([]byte(nil), pepper...)
-	return &Hasher{pool: &sync.Pool{New: func() any { return hmac.New(sha256.New, p) }}}
+	return &Hasher{pool: &sync.Pool{New: func() any {
+		return &hmacState{mac: hmac.New(sha256.New, p), in: make([]byte, 0, 256)}
+	}}}
 }
 
 // Hash returns the hash of key.
@@ -51,11 +61,14 @@ func (hs *Hasher) Hash(key string) Hash {
 	if hs == nil || hs.pool == nil {
 		return sha256.Sum256([]byte(key))
 	}
-	m := hs.pool.Get().(hash.Hash)
-	m.Reset()
-	m.Write([]byte(key))
-	var h Hash
-	m.Sum(h[:0])
-	hs.pool.Put(m)
+	st := hs.pool.Get().(*hmacState)
+	st.mac.Reset()
+	st.in = append(st.in[:0], key...)
+	st.mac.Write(st.in)
+	h := Hash(st.mac.Sum(st.sum[:0]))
+	if cap(st.in) > 1024 {
+		st.in = make([]byte, 0, 256) // don't keep a huge buffer for one odd key
+	}
+	hs.pool.Put(st)
 	return h
 }
