@@ -534,3 +534,58 @@ func TestManyLimitsInOneCheck(t *testing.T) {
 		})
 	}
 }
+
+// Redis dies under load and comes back: no check fails or waits much past
+// the timeout, the fallback takes over, and the shared count resumes.
+func TestRedisKilledInTheMiddleOfARun(t *testing.T) {
+	o := newOutage(t, PolicyLocal)
+	limits := []Limit{{Name: "key", Bucket: "busy", Rate: Rate{N: 1e6, Window: time.Hour}}}
+	var slowest atomic.Int64
+	var failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				res, err := o.a.Allow(context.Background(), limits)
+				d := time.Since(start)
+				for {
+					old := slowest.Load()
+					if int64(d) <= old || slowest.CompareAndSwap(old, int64(d)) {
+						break
+					}
+				}
+				if err != nil || !res.Allowed {
+					failed.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	o.srv.Stop()
+	time.Sleep(500 * time.Millisecond)
+	fallbacks := o.a.Stats().Fallback
+	o.srv.Restart()
+	require.Eventually(t, func() bool { return !o.a.BreakerOpen() }, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	st := o.a.Stats()
+	t.Logf("stats %+v, slowest check %v", st, time.Duration(slowest.Load()))
+	assert.Zero(t, failed.Load(), "no errors and no denials beyond the policy")
+	assert.Less(t, time.Duration(slowest.Load()), 5*o.timeout)
+	assert.Positive(t, fallbacks)
+	assert.Less(t, st.StoreErrors, st.Fallback/4, "the breaker kept most checks off the dead Redis")
+	assert.Greater(t, st.Allowed, st.Fallback, "the shared count decided before and after")
+	n, err := newClient(t, o.srv.Addr).Exists(context.Background(), "rl:{busy}:").Result()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), n, "checks after the restart counted in Redis again")
+}
