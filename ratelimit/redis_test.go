@@ -301,7 +301,7 @@ func newOutage(t *testing.T, policy StoreErrorPolicy) *outage {
 	opts := RedisOptions{
 		Timeout:      o.timeout,
 		OnStoreError: policy,
-		Heartbeat:    50 * time.Millisecond,
+		Heartbeat:    200 * time.Millisecond, // replicas count for 600ms: no flapping on a loaded machine
 		BreakerProbe: 200 * time.Millisecond,
 	}
 	opts.InstanceID = "a"
