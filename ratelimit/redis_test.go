@@ -149,7 +149,8 @@ func countAllowed(t *testing.T, callers, each int, lim Limiter, limits []Limit) 
 func TestRedisTwoReplicasTogetherAllowExactlyN(t *testing.T) {
 	srv := redistest.Start(t)
 	a := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second})
-	b := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second})
+	// b batches differently: one pipeline at a time, waiting for more.
+	b := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second, Pipelines: 1, BatchWait: 200 * time.Microsecond, MaxBatch: 8})
 	limits := []Limit{
 		{Name: "key", Bucket: "shared", Rate: Rate{N: 100, Window: time.Hour}},
 		{Name: "/r", Bucket: "shared", Scope: "/r", Rate: Rate{N: 1000, Window: time.Minute}},
