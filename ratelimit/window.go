@@ -46,7 +46,7 @@ import (
 // less: capacity frees W after a group's latest request and is taken at once,
 // so requests bunch at those instants and L_j is within s/255 of all of them.
 // Measured (local_test.go, TestLocalAccuracy): saturating demand gets 99.5-100%
-// of N/W; random demand 95.8-98.7% of what an exact sliding log allows of the
+// of N/W; random demand 95.8-99.2% of what an exact sliding log allows of the
 // same arrivals. The classic design that counts the last k+1 sub-windows (no
 // marks) is just as safe but, under saturation, holds every request for
 // W + s, i.e. allows k/(k+1) ≈ 95.5% of N/W (and 95.5-97.8% under the same
