@@ -1,0 +1,506 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+
+	"github.com/extauthz/extauthz/internal/faultproxy"
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// These tests run extauthz under a steady load of checks while Redis, or the
+// network to it, fails in five ways, and hold it to SPEC §3 step 10, §5 and
+// §8: a decision is never an RPC error, a cached key keeps working, an
+// uncached one gets a quick 503, nothing waits much longer than the
+// configured timeout, and everything comes back on its own. They log what
+// they measure on lines starting with "fault:".
+
+const (
+	faultTimeout  = 100 * time.Millisecond // store.redis.timeout
+	faultCacheTTL = 1500 * time.Millisecond
+	// faultDuration is long enough for the cached key's entry to go stale
+	// (faultCacheTTL) and for the limiter's breaker to probe Redis again.
+	faultDuration = 2800 * time.Millisecond
+)
+
+// faultRig is one redis-server, a fault proxy in front of it, and an
+// extauthz server whose store and limiter reach Redis through the proxy.
+type faultRig struct {
+	redis *redistest.Server
+	proxy *faultproxy.Proxy
+	ts    *testServer
+	http  *http.Client
+}
+
+func startFaultRig(t *testing.T, extraYAML string) *faultRig {
+	t.Helper()
+	// AOF, so that keys survive a kill and a restart, as in production.
+	r := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	p := faultproxy.Start(t, r.Addr)
+	yaml := fmt.Sprintf("store: {backend: redis, redis: {url: %q, timeout: %s, prefix: \"f:\"}}\n", "redis://"+p.Addr()+"/0", faultTimeout) +
+		fmt.Sprintf("cache: {ttl: %s}\n", faultCacheTTL) + extraYAML
+	rig := &faultRig{redis: r, proxy: p, ts: startServer(t, yaml), http: &http.Client{Timeout: 5 * time.Second}}
+	t.Cleanup(rig.http.CloseIdleConnections)
+	return rig
+}
+
+// status GETs one of the server's own HTTP endpoints.
+func (rig *faultRig) status(t *testing.T, path string) int {
+	t.Helper()
+	resp, err := rig.http.Get(rig.ts.httpURL + path)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// metric reads one counter or gauge from /metrics.
+func (rig *faultRig) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	resp, err := rig.http.Get(rig.ts.httpURL + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err, sc.Text())
+			return f
+		}
+	}
+	require.NoError(t, sc.Err())
+	t.Fatalf("metric %s not in /metrics", name)
+	return 0
+}
+
+// faultSample is one Check sent during a scenario.
+type faultSample struct {
+	worker     string
+	start, end time.Time
+	code       string // "" = allowed
+	httpStatus int
+	rpcStatus  int32 // CheckResponse.status.code
+	retryAfter string
+	err        error // an RPC error: never acceptable
+}
+
+func (s faultSample) took() time.Duration { return s.end.Sub(s.start) }
+
+// faultLoad runs workers that send Checks through the server's gRPC client,
+// each pausing a little between checks so that two cores keep up, and keeps
+// every sample.
+type faultLoad struct {
+	ts      *testServer
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	samples []faultSample
+}
+
+func newFaultLoad(ts *testServer) *faultLoad {
+	return &faultLoad{ts: ts, stop: make(chan struct{})}
+}
+
+// run starts a worker named name, checking method path with key, once
+// begin is closed (nil: at once), until Stop.
+func (l *faultLoad) run(name, method, path, key string, begin <-chan struct{}) {
+	l.wg.Go(func() {
+		if begin != nil {
+			select {
+			case <-begin:
+			case <-l.stop:
+				return
+			}
+		}
+		req := checkReq(method, path, "10.1.2.3", map[string]string{"x-api-key": key})
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			// The deadline only turns a hang into a visible RPC error.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s := faultSample{worker: name, start: time.Now()}
+			resp, err := l.ts.client.Check(ctx, req)
+			s.end = time.Now()
+			cancel()
+			if s.err = err; err == nil {
+				s.rpcStatus = resp.GetStatus().GetCode()
+				s.httpStatus = 200
+				if d := resp.GetDeniedResponse(); d != nil {
+					hs := headerMap(d.GetHeaders())
+					s.code, s.retryAfter, s.httpStatus = hs["x-authz-code"], hs["retry-after"], int(d.GetStatus().GetCode())
+				}
+			}
+			l.mu.Lock()
+			l.samples = append(l.samples, s)
+			l.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
+
+// Stop ends the workers and returns every sample.
+func (l *faultLoad) Stop() []faultSample {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.samples)
+}
+
+// snapshot returns the samples so far.
+func (l *faultLoad) snapshot() []faultSample {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.samples)
+}
+
+// faultStats are latency percentiles of a set of checks.
+type faultStats struct {
+	n             int
+	p50, p99, max time.Duration
+}
+
+func latencies(samples []faultSample, keep func(faultSample) bool) faultStats {
+	var d []time.Duration
+	for _, s := range samples {
+		if keep(s) {
+			d = append(d, s.took())
+		}
+	}
+	if len(d) == 0 {
+		return faultStats{}
+	}
+	slices.Sort(d)
+	return faultStats{n: len(d), p50: d[len(d)/2], p99: d[(len(d)*99)/100], max: d[len(d)-1]}
+}
+
+func (s faultStats) String() string {
+	return fmt.Sprintf("n=%d p50=%v p99=%v max=%v", s.n, s.p50.Round(100*time.Microsecond), s.p99.Round(100*time.Microsecond), s.max.Round(100*time.Microsecond))
+}
+
+func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
+
+// faultKind is one way for Redis to fail, and its end.
+type faultKind struct {
+	name         string
+	inject, heal func(*faultRig)
+}
+
+var faultKinds = []faultKind{
+	{"killed", func(r *faultRig) { r.redis.Stop() }, func(r *faultRig) { r.redis.Restart() }},
+	{"paused", func(r *faultRig) { r.redis.Pause() }, func(r *faultRig) { r.redis.Resume() }},
+	{"slowed", func(r *faultRig) { r.proxy.SetDelay(3 * faultTimeout) }, func(r *faultRig) { r.proxy.Heal() }},
+	{"dropped", func(r *faultRig) { r.proxy.Drop() }, func(r *faultRig) { r.proxy.Heal() }},
+	{"blackholed", func(r *faultRig) { r.proxy.Blackhole() }, func(r *faultRig) { r.proxy.Heal() }},
+}
+
+// TestFaultRedisFailsUnderLoad is the scenario of issue 6 for each fault,
+// with on_store_error: local.
+func TestFaultRedisFailsUnderLoad(t *testing.T) {
+	for _, f := range faultKinds {
+		t.Run(f.name, func(t *testing.T) { runFaultScenario(t, f) })
+	}
+}
+
+func runFaultScenario(t *testing.T, f faultKind) {
+	// Every goroutine the scenario starts (server, proxy, redis-server
+	// waiter, clients) must be gone once its cleanups ran.
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+
+	rig := startFaultRig(t, testRoutes+"rate_limit: {default: 100000/m, on_store_error: local}\n")
+	ts := rig.ts
+	healed := false
+	t.Cleanup(func() { // a failed assertion must not leave the server stopping against a dead Redis
+		if !healed {
+			f.heal(rig)
+		}
+	})
+
+	cached, _ := ts.create(t, keystore.Spec{Name: "cached", Permissions: []string{"read:users"}})
+	uncached, _ := ts.create(t, keystore.Spec{Name: "uncached", Permissions: []string{"read:users"}})
+	// victim is revoked after recovery; made now so that its creation is
+	// old news to the change feed by then.
+	victim, vk := ts.create(t, keystore.Spec{Name: "victim", Permissions: []string{"read:users"}})
+	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": cached}).GetOkResponse())
+	require.Equal(t, 200, rig.status(t, "/readyz"))
+	fallbackBefore := rig.metric(t, "extauthz_ratelimit_fallback_total")
+
+	load := newFaultLoad(ts)
+	defer load.Stop()
+	faulted := make(chan struct{})
+	load.run("cached-1", "GET", "/api/users", cached, nil)
+	load.run("cached-2", "GET", "/api/users", cached, nil)
+	load.run("uncached", "GET", "/api/users", uncached, faulted)
+	time.Sleep(300 * time.Millisecond) // a healthy baseline
+	assert.Equal(t, fallbackBefore, rig.metric(t, "extauthz_ratelimit_fallback_total"), "a healthy Redis decides every rate limit")
+
+	tFault := time.Now()
+	f.inject(rig)
+	tInjected := time.Now()
+	close(faulted)
+
+	// During the fault: alive, not ready.
+	require.Eventually(t, func() bool { return rig.status(t, "/readyz") == 503 }, 3*time.Second, 50*time.Millisecond, "/readyz says 503 while Redis is unreachable")
+	tNotReady := time.Since(tFault)
+	assert.Equal(t, 200, rig.status(t, "/healthz"), "/healthz stays 200: the process is fine")
+	time.Sleep(time.Until(tFault.Add(faultDuration)))
+	assert.Equal(t, 503, rig.status(t, "/readyz"))
+	assert.Equal(t, 200, rig.status(t, "/healthz"))
+
+	tHealStart := time.Now()
+	f.heal(rig)
+	healed = true
+	tHealed := time.Now()
+
+	// Recovery: the uncached key is found, /readyz is 200, and the limiter
+	// is back on the shared count (its fallback counter stops growing for
+	// a whole second while the cached key's checks go on).
+	var uncachedBack, readyBack time.Duration
+	limiterBack, limiterOK := rig.waitShared(t, tHealed, func(now time.Time) bool {
+		if readyBack == 0 && rig.status(t, "/readyz") == 200 {
+			readyBack = now.Sub(tHealed)
+		}
+		if uncachedBack == 0 {
+			for _, s := range load.snapshot() {
+				if s.worker == "uncached" && s.start.After(tHealed) && s.err == nil && s.code == "" {
+					uncachedBack = s.end.Sub(tHealed)
+					break
+				}
+			}
+		}
+		return uncachedBack > 0 && readyBack > 0
+	})
+	samples := load.Stop()
+	require.NotZero(t, uncachedBack, "the uncached key is not found again within 8 s of the fault's end")
+	require.NotZero(t, readyBack, "/readyz is not 200 again within 8 s of the fault's end")
+	require.True(t, limiterOK, "the limiter still falls back to local limits 8 s after the fault's end")
+
+	// A revocation made now reaches the server within 1 s, through the
+	// change feed: the victim is fetched (for the first time) just before,
+	// so without the feed its cache entry would keep it alive for
+	// faultCacheTTL.
+	victimHeaders := map[string]string{"x-api-key": victim}
+	tFetched := time.Now()
+	require.NotNil(t, ts.check(t, "GET", "/api/users", victimHeaders).GetOkResponse())
+	_, err := ts.mgr.Revoke(context.Background(), vk.ID, "test")
+	require.NoError(t, err)
+	tRevoked := time.Now()
+	var revokeReach time.Duration
+	for {
+		code, _ := denial(t, ts.check(t, "GET", "/api/users", victimHeaders))
+		if code == "revoked_key" {
+			revokeReach = time.Since(tRevoked)
+			break
+		}
+		require.Equal(t, "", code)
+		require.Less(t, time.Since(tRevoked), 2*time.Second, "the revocation did not reach the server")
+		time.Sleep(5 * time.Millisecond)
+	}
+	assert.Less(t, revokeReach, time.Second, "a revocation after recovery reaches the server within 1 s")
+	assert.Less(t, time.Since(tFetched), faultCacheTTL, "inconclusive: the victim's cache entry may have expired instead of being invalidated")
+
+	// Every decision, before, during and after the fault.
+	var rpcErrors, cachedDenied, total int
+	for _, s := range samples {
+		total++
+		if s.err != nil {
+			rpcErrors++
+			if rpcErrors <= 3 {
+				t.Errorf("%s: an RPC error %v after %v (a decision is never an RPC error)", s.worker, s.err, s.took())
+			}
+			continue
+		}
+		if strings.HasPrefix(s.worker, "cached") && s.code != "" {
+			cachedDenied++
+			if cachedDenied <= 3 {
+				t.Errorf("%s: the cached key was denied %s (%d) at %v into the fault", s.worker, s.code, s.httpStatus, s.start.Sub(tFault).Round(time.Millisecond))
+			}
+		}
+	}
+	assert.Zero(t, rpcErrors, "RPC errors")
+	assert.Zero(t, cachedDenied, "denials of the cached key")
+
+	// The uncached key, between the fault and its end: 503 unavailable,
+	// Retry-After: 1, gRPC UNAVAILABLE, every time.
+	var first503 time.Duration
+	var during, wrong int
+	for _, s := range samples {
+		if s.worker != "uncached" || s.err != nil || s.start.Before(tInjected) || !s.end.Before(tHealStart) {
+			continue
+		}
+		during++
+		if s.code != "unavailable" || s.httpStatus != 503 || s.retryAfter != "1" || s.rpcStatus != int32(codes.Unavailable) {
+			wrong++
+			if wrong <= 3 {
+				t.Errorf("uncached key during the fault: code %q, status %d, Retry-After %q, rpc %d; want unavailable, 503, 1, %d",
+					s.code, s.httpStatus, s.retryAfter, s.rpcStatus, codes.Unavailable)
+			}
+			continue
+		}
+		if first503 == 0 {
+			first503 = s.end.Sub(tFault)
+		}
+	}
+	require.NotZero(t, during, "no check of the uncached key ran during the fault")
+	assert.Zero(t, wrong)
+
+	// Latency of the checks that started during the fault.
+	inFault := func(s faultSample) bool { return !s.start.Before(tFault) && s.start.Before(tHealStart) }
+	all := latencies(samples, inFault)
+	cachedStats := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker != "uncached" })
+	uncachedStats := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker == "uncached" })
+	// After the cached key's entry went stale (faultCacheTTL after it was
+	// last fetched, before the fault) every check of it asks the store.
+	staleFrom := tFault.Add(faultCacheTTL)
+	staleStats := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker != "uncached" && s.start.After(staleFrom) })
+	baseline := latencies(samples, func(s faultSample) bool { return s.start.Before(tFault) })
+
+	t.Logf("fault: %-10s healthy baseline: %v", f.name, baseline)
+	t.Logf("fault: %-10s first 503 for the uncached key %s after the fault began; /readyz 503 after %s",
+		f.name, ms(first503), ms(tNotReady))
+	t.Logf("fault: %-10s during the fault, all checks:   %v", f.name, all)
+	t.Logf("fault: %-10s during the fault, cached key:   %v (of which stale-entry: %v)", f.name, cachedStats, staleStats)
+	t.Logf("fault: %-10s during the fault, uncached key: %v", f.name, uncachedStats)
+	t.Logf("fault: %-10s recovery after the fault ended (heal took %s): uncached key found %s, /readyz 200 %s, limiter shared again %s, revocation reached the server in %s",
+		f.name, ms(tHealed.Sub(tHealStart)), ms(uncachedBack), ms(readyBack), ms(limiterBack), ms(revokeReach))
+	t.Logf("fault: %-10s %d checks in all, %d RPC errors; fallback decisions %.0f",
+		f.name, total, rpcErrors, rig.metric(t, "extauthz_ratelimit_fallback_total")-fallbackBefore)
+
+	// Loose on purpose: two shared cores under -race. What they catch is a
+	// check waiting on a dead Redis for seconds, not a few milliseconds.
+	// By design one check may wait for a key lookup of two attempts (the
+	// client retries once) and a rate-limit probe: up to 3 timeouts. So the
+	// bound is 4, and the stale-entry checks are held to nothing better:
+	// keystore.Cache asks the store again on every lookup of an expired
+	// entry, however recently the store failed, so they sit near the
+	// timeout for as long as the outage lasts.
+	assert.Less(t, all.max, time.Second, "the slowest check during the fault")
+	assert.Less(t, all.p99, 4*faultTimeout, "p99 of checks during the fault")
+}
+
+// waitShared polls, for at most 8 s after healed, until the limiter is back
+// on the shared count (its fallback counter has not grown for a whole second
+// while checks go on) and done, called at each poll, says the rest is back
+// too. It returns how long after healed the counter last grew.
+func (rig *faultRig) waitShared(t *testing.T, healed time.Time, done func(now time.Time) bool) (time.Duration, bool) {
+	t.Helper()
+	last := rig.metric(t, "extauthz_ratelimit_fallback_total")
+	lastGrowth := healed
+	for deadline := healed.Add(8 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		now := time.Now()
+		if v := rig.metric(t, "extauthz_ratelimit_fallback_total"); v != last {
+			last, lastGrowth = v, now
+		}
+		if ok := done(now); ok && now.Sub(lastGrowth) >= time.Second {
+			return lastGrowth.Sub(healed), true
+		}
+	}
+	return 0, false
+}
+
+// TestFaultOnStoreErrorPolicies: with the limiter's store partitioned, a
+// rate-limited route answers what on_store_error says, while a route with no
+// limit keeps allowing the cached key; and the limit comes back after.
+func TestFaultOnStoreErrorPolicies(t *testing.T) {
+	routes := `
+routes:
+  - {path: /api/users, methods: [GET], permissions: [read:users]}
+  - {path: /api/limited, methods: [GET], permissions: [read:users], rate_limit: 100000/m}
+`
+	for _, tt := range []struct {
+		policy string
+		code   string // for the limited route during the fault
+		status int
+	}{
+		{"deny", "unavailable", 503},
+		{"allow", "", 200},
+	} {
+		t.Run(tt.policy, func(t *testing.T) {
+			ignore := goleak.IgnoreCurrent()
+			t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+			rig := startFaultRig(t, routes+"rate_limit: {default: none, on_store_error: "+tt.policy+"}\n")
+			t.Cleanup(rig.proxy.Heal)
+			ts := rig.ts
+			key, _ := ts.create(t, keystore.Spec{Name: "k", Permissions: []string{"read:users"}})
+			headers := map[string]string{"x-api-key": key}
+			require.NotNil(t, ts.check(t, "GET", "/api/users", headers).GetOkResponse())
+			require.NotNil(t, ts.check(t, "GET", "/api/limited", headers).GetOkResponse())
+
+			load := newFaultLoad(ts)
+			defer load.Stop()
+			load.run("unlimited", "GET", "/api/users", key, nil)
+			load.run("limited", "GET", "/api/limited", key, nil)
+			time.Sleep(200 * time.Millisecond)
+
+			tFault := time.Now()
+			rig.proxy.Blackhole()
+			tInjected := time.Now()
+			time.Sleep(time.Second) // shorter than the cache TTL: the key stays fresh
+			tHealStart := time.Now()
+			rig.proxy.Heal()
+			tHealed := time.Now()
+
+			back, ok := rig.waitShared(t, tHealed, func(time.Time) bool { return true })
+			require.True(t, ok, "the limiter still falls back 8 s after the fault's end")
+			tBack := tHealed.Add(back)
+			time.Sleep(200 * time.Millisecond) // some checks on the shared count
+			samples := load.Stop()
+
+			var rpcErrors, wrong, limitedDuring int
+			bad := func(format string, args ...any) {
+				if wrong++; wrong <= 3 {
+					t.Errorf(format, args...)
+				}
+			}
+			for _, s := range samples {
+				switch {
+				case s.err != nil:
+					rpcErrors++
+					bad("%s: an RPC error %v after %v (a decision is never an RPC error)", s.worker, s.err, s.took())
+				case s.worker == "unlimited" && s.code != "":
+					bad("the cached key on a route with no limit was denied %s", s.code)
+				case s.worker == "limited" && s.start.After(tBack) && s.code != "":
+					bad("the limited route after recovery: denied %s", s.code)
+				case s.worker == "limited" && !s.start.Before(tInjected) && s.end.Before(tHealStart):
+					limitedDuring++
+					if s.code != tt.code || s.httpStatus != tt.status ||
+						(tt.status == 503 && (s.retryAfter != "1" || s.rpcStatus != int32(codes.Unavailable))) {
+						bad("the limited route during the fault: code %q status %d Retry-After %q rpc %d; want %q %d",
+							s.code, s.httpStatus, s.retryAfter, s.rpcStatus, tt.code, tt.status)
+					}
+				}
+			}
+			require.NotZero(t, limitedDuring)
+			assert.Zero(t, rpcErrors)
+			assert.Zero(t, wrong)
+			inFault := func(s faultSample) bool { return !s.start.Before(tFault) && s.start.Before(tHealStart) }
+			limited := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker == "limited" })
+			t.Logf("fault: policy-%-5s blackholed 1s: limited route %v; shared limit used again %s after the fault ended",
+				tt.policy, limited, ms(back))
+			assert.Less(t, limited.max, time.Second)
+			assert.Less(t, limited.p99, 4*faultTimeout)
+		})
+	}
+}
