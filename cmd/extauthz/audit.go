@@ -53,16 +53,10 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: audit takes the subcommand tail", errUsage)
 	}
 	fs := flag.NewFlagSet("audit tail", flag.ContinueOnError)
-	path := configFlag(fs)
 	keyID := fs.String("key", "", "only events of this key id")
 	follow := fs.Bool("f", false, "keep printing new events")
 	n := fs.Int("n", 100, "how many recent events to print first")
-	if pos, err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	cfg, err := config.Load(*path)
+	cfg, _, err := loadConfig(fs, args[1:])
 	if err != nil {
 		return err
 	}

@@ -15,13 +15,7 @@ func configCmd(args []string, stdout io.Writer) error {
 		return fmt.Errorf("%w: config takes the subcommand check", errUsage)
 	}
 	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	path := configFlag(fs)
-	if pos, err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	cfg, err := config.Load(*path)
+	cfg, path, err := loadConfig(fs, args[1:])
 	if err != nil {
 		return err
 	}
@@ -29,7 +23,7 @@ func configCmd(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	src := *path
+	src := path
 	if src == "" {
 		src = "(built-in defaults)"
 	}

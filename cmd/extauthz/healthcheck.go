@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/extauthz/extauthz/config"
 )
 
 // healthcheckCmd is "extauthz healthcheck": exit 0 when the local HTTP
@@ -17,13 +15,7 @@ import (
 // image that has no curl.
 func healthcheckCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
-	path := configFlag(fs)
-	if pos, err := parseFlags(fs, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	cfg, err := config.Load(*path)
+	cfg, _, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/extauthz/extauthz/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -104,6 +106,21 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// loadConfig parses a subcommand's flags (plus --config), refuses
+// positional arguments, and loads the config; it returns the path too.
+func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, string, error) {
+	path := configFlag(fs)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(pos) > 0 {
+		return nil, "", fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	cfg, err := config.Load(*path)
+	return cfg, *path, err
 }
 
 // configFlag registers --config with its environment default.

@@ -160,3 +160,20 @@ func TestSIGHUPReloadsAndABrokenFileKeepsTheOldConfig(t *testing.T) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+func TestAuditTailReadsTheRedisStream(t *testing.T) {
+	r := redistest.Start(t)
+	path := writeConfig(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q}}\naudit: {sink: redis}\n", r.URL(0)))
+	var a, b struct{ ID string }
+	require.NoError(t, jsonUnmarshal(cli(t, "keys", "create", "--config", path, "--name", "a", "--perm", "x", "--json"), &a))
+	require.NoError(t, jsonUnmarshal(cli(t, "keys", "create", "--config", path, "--name", "b", "--perm", "x", "--json"), &b))
+	cli(t, "keys", "revoke", a.ID, "--config", path)
+
+	out := cli(t, "audit", "tail", "--key", a.ID, "--config", path)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 2, out)
+	assert.Contains(t, lines[0], `"event":"key.created"`)
+	assert.Contains(t, lines[1], `"event":"key.revoked"`)
+	assert.Contains(t, lines[1], `"actor":"cli"`)
+	assert.NotContains(t, out, b.ID)
+}

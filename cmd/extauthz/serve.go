@@ -34,13 +34,7 @@ import (
 // serveCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
 func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	path := configFlag(fs)
-	if pos, err := parseFlags(fs, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	cfg, err := config.Load(*path)
+	cfg, path, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}
@@ -49,7 +43,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv.cfgPath = *path
+	srv.cfgPath = path
 	if err := srv.listen(); err != nil {
 		srv.close()
 		return err
