@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,11 @@ type CacheOptions struct {
 	// TouchEvery is the least time between two last_used_at writes for one
 	// key from this process; default 1 minute.
 	TouchEvery time.Duration
+	// StoreRetry is how long after the store failed to answer the cache
+	// stops waiting on it: expired entries are served at once and misses
+	// fail at once (ErrUnavailable), while one lookup per StoreRetry probes
+	// the store; default 1s.
+	StoreRetry time.Duration
 	Logger     *slog.Logger
 }
 
@@ -44,7 +50,16 @@ type Cache struct {
 	misses   atomic.Uint64
 	stale    atomic.Uint64
 	failures atomic.Uint64
+	// downUntil (unix nanos; 0 = up) is when the next lookup may probe a
+	// store that failed; probing is set while that probe runs.
+	downUntil   atomic.Int64
+	probing     atomic.Bool
+	consecutive atomic.Int32 // unavailable answers in a row
 }
+
+// storeFailuresToOpen unavailable answers in a row stop lookups from waiting
+// on the store: one slow reply alone does not fail uncached keys for a while.
+const storeFailuresToOpen = 3
 
 type entry struct {
 	key     *Key
@@ -77,6 +92,9 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 	if opts.TouchEvery <= 0 {
 		opts.TouchEvery = time.Minute
 	}
+	if opts.StoreRetry <= 0 {
+		opts.StoreRetry = time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -102,7 +120,14 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 		return nil, ErrNotFound
 	}
 	c.misses.Add(1)
-	k, err := c.fetch(ctx, h)
+	var k *Key
+	var err error
+	if ask, probe := c.mayAsk(now); ask {
+		k, err = c.fetch(ctx, h)
+		c.asked(err, probe)
+	} else {
+		err = errStoreDown
+	}
 	switch {
 	case err == nil:
 		if fresh, ok := c.pos.Peek(h); ok {
@@ -119,6 +144,42 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 		return e.key, nil
 	}
 	return nil, err
+}
+
+var errStoreDown = fmt.Errorf("%w: the store failed moments ago; not asking it again yet", ErrUnavailable)
+
+// mayAsk reports whether a lookup may go to the store now, and whether it
+// is the one probe of a store that failed: after a failure, lookups stop
+// waiting on the store for StoreRetry, like the rate limiter's breaker.
+func (c *Cache) mayAsk(now time.Time) (ask, probe bool) {
+	until := c.downUntil.Load()
+	if until == 0 {
+		return true, false
+	}
+	if now.UnixNano() < until {
+		return false, false
+	}
+	if c.probing.CompareAndSwap(false, true) {
+		return true, true
+	}
+	return false, false
+}
+
+// asked records what the store answered.
+func (c *Cache) asked(err error, probe bool) {
+	if errors.Is(err, ErrUnavailable) {
+		if c.consecutive.Add(1) >= storeFailuresToOpen || probe {
+			c.downUntil.Store(c.opts.Now().Add(c.opts.StoreRetry).UnixNano())
+		}
+	} else {
+		c.consecutive.Store(0)
+		if c.downUntil.Load() != 0 {
+			c.downUntil.Store(0)
+		}
+	}
+	if probe {
+		c.probing.Store(false)
+	}
 }
 
 // fetch loads h from the store once for all concurrent callers and caches
@@ -157,6 +218,10 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 // callback for Store.Watch.
 func (c *Cache) Invalidate(h Hash) {
 	c.epoch.Add(1)
+	// The store just spoke (a Watch delivered this). After an outage the
+	// watcher forgets everything; lookups must then ask the store again at
+	// once, not fail for the rest of StoreRetry with nothing left to serve.
+	c.downUntil.Store(0)
 	if h.IsZero() {
 		c.pos.Purge()
 		c.neg.Purge()
@@ -239,8 +304,10 @@ func (c *Cache) Stats() CacheStats {
 	}
 }
 
-// Watch keeps the cache in step with the store's changes until ctx is done,
-// restarting the store's Watch (after forgetting everything) if it fails.
+// Watch keeps the cache in step with the store's changes until ctx is done.
+// If the store's Watch fails, changes may be missed until it is back: the
+// cache then forgets everything, but only once the store answers again, so
+// that the entries it holds keep serving while the store is down.
 func (c *Cache) Watch(ctx context.Context) {
 	var once sync.Once
 	for ctx.Err() == nil {
@@ -249,10 +316,19 @@ func (c *Cache) Watch(ctx context.Context) {
 			return
 		}
 		once.Do(func() { c.opts.Logger.Warn("watch key changes", "err", err) })
-		c.Invalidate(Hash{})
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
+		for ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			err := c.store.Ping(pctx)
+			cancel()
+			if err == nil {
+				c.Invalidate(Hash{})
+				break
+			}
 		}
 	}
 }

@@ -220,3 +220,39 @@ func BenchmarkCacheHit(b *testing.B) {
 		}
 	}
 }
+
+func TestAStoreThatKeepsFailingIsNotAskedOnEveryLookup(t *testing.T) {
+	c, st, clock, h := setup(t)
+	_, _ = c.Lookup(context.Background(), h)
+	clock.Add(time.Hour) // the entry is stale
+	st.down.Store(true)
+	unknown := NewHasher(nil).Hash("sk_unknown")
+	for range 3 {
+		_, _ = c.Lookup(context.Background(), unknown)
+	}
+	asked := st.lookups.Load()
+	for range 50 {
+		k, err := c.Lookup(context.Background(), h)
+		require.NoError(t, err, "the stale entry is served")
+		assert.Equal(t, "key_known", k.ID)
+		_, err = c.Lookup(context.Background(), unknown)
+		assert.ErrorIs(t, err, ErrUnavailable)
+	}
+	assert.Equal(t, asked, st.lookups.Load(), "no lookup waits on a store that just failed three times")
+
+	clock.Add(2 * time.Second) // past StoreRetry: one probe
+	st.down.Store(false)
+	_, err := c.Lookup(context.Background(), unknown)
+	assert.ErrorIs(t, err, ErrNotFound, "the probe finds the store back")
+	assert.Equal(t, asked+1, st.lookups.Load())
+}
+
+func TestOneSlowAnswerDoesNotOpenTheBreaker(t *testing.T) {
+	c, st, _, _ := setup(t)
+	st.down.Store(true)
+	unknown := NewHasher(nil).Hash("sk_unknown")
+	_, _ = c.Lookup(context.Background(), unknown)
+	st.down.Store(false)
+	_, err := c.Lookup(context.Background(), unknown)
+	assert.ErrorIs(t, err, ErrNotFound, "asked again at once")
+}
