@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+)
+
+// cliRun runs the command as a separate process and returns what it printed
+// and its exit code.
+func cliRun(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return out.String(), errb.String(), exit.ExitCode()
+	}
+	require.NoError(t, err)
+	return out.String(), errb.String(), 0
+}
+
+func TestCLIUsageAndVersion(t *testing.T) {
+	out, _, code := cliRun(t, "version")
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "extauthz dev\n", out)
+
+	_, errOut, code := cliRun(t, "frobnicate")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, `unknown command "frobnicate"`)
+	assert.Contains(t, errOut, "usage: extauthz")
+
+	_, _, code = cliRun(t)
+	assert.Equal(t, 2, code)
+}
+
+func TestConfigCheck(t *testing.T) {
+	good := writeConfig(t, testRoutes)
+	out, _, code := cliRun(t, "config", "check", "--config", good)
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "ok")
+	assert.Contains(t, out, "/api/users/{id}")
+	assert.Contains(t, out, "2/m per key")
+
+	bad := writeConfig(t, "routes:\n  - {path: /a, permision: [x]}\n")
+	_, errOut, code := cliRun(t, "config", "check", "--config", bad)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `routes[0].permision: unknown field (did you mean "permissions"?)`)
+
+	badRoute := writeConfig(t, "routes: [{path: \"/a/**/b\"}]\n")
+	_, errOut, code = cliRun(t, "config", "check", "--config", badRoute)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "** may only be the last segment")
+
+	out, _, code = cliRun(t, "config", "check")
+	assert.Equal(t, 0, code, "built-in defaults are a valid config")
+	assert.Contains(t, out, "(built-in defaults)")
+}
+
+func TestKeysCommandsRefuseBadInputAndChangeNothing(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\nkeys: {max_per_owner: 2}\n", filepath.Join(dir, "k.db")))
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"create needs a name", []string{"keys", "create", "--perm", "x"}, 1, "name: required"},
+		{"create needs a permission", []string{"keys", "create", "--name", "n"}, 2, "--perm is required"},
+		{"a bad rate names the field", []string{"keys", "create", "--name", "n", "--perm", "x", "--rate", "lots"}, 1, "rate_limit:"},
+		{"a bad CIDR names the field", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8"}, 1, "ip: "},
+		{"an unknown flag is a usage error", []string{"keys", "create", "--nmae", "n"}, 2, "flag provided but not defined"},
+		{"show wants an id", []string{"keys", "show"}, 2, "exactly one key id"},
+		{"a pasted key is not echoed", []string{"keys", "show", "sk_0123456789012345678901234567890123456789012345678"}, 1, "not a key id"},
+		{"an unknown id", []string{"keys", "revoke", "key_0000000000000000000A"}, 1, "no key with id key_0000000000000000000A"},
+		{"an unknown subcommand", []string{"keys", "burn"}, 2, `unknown keys subcommand "burn"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, errOut, code := cliRun(t, append(tt.args, "--config", path)...)
+			assert.Equal(t, tt.code, code, errOut)
+			assert.Contains(t, errOut, tt.want)
+			assert.NotContains(t, errOut, "sk_0123456789012345678901234567890123456789012345678")
+		})
+	}
+	out, _, code := cliRun(t, "keys", "list", "--all", "--json", "--config", path)
+	require.Equal(t, 0, code)
+	assert.JSONEq(t, "[]", out, "nothing was created by the refused commands")
+}
+
+func TestKeysLifecycleThroughTheCLI(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\nkeys: {max_per_owner: 2}\n", filepath.Join(t.TempDir(), "k.db")))
+	var a struct{ ID, Key string }
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "a", "--perm", "read,write", "--owner", "team", "--rate", "5/s", "--ttl", "1h", "--ip", "10.0.0.0/8", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.NoError(t, json.Unmarshal([]byte(out), &a))
+	assert.Contains(t, errOut, `"event":"key.created"`, "the change event goes to standard error")
+	assert.NotContains(t, errOut, a.Key)
+
+	out, _, _ = cliRun(t, "keys", "create", "--config", path, "--name", "human", "--perm", "read", "--owner", "team")
+	assert.Contains(t, out, "This is the only time the key is shown")
+
+	_, errOut, code = cliRun(t, "keys", "create", "--config", path, "--name", "third", "--perm", "read", "--owner", "team")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "already has 2 live keys")
+
+	out, _, _ = cliRun(t, "keys", "show", a.ID, "--config", path)
+	for _, want := range []string{"team", "read, write", "5/s", "10.0.0.0/8", "live"} {
+		assert.Contains(t, out, want)
+	}
+	assert.NotContains(t, out, a.Key)
+
+	_, _, code = cliRun(t, "keys", "revoke", a.ID, "--config", path)
+	assert.Equal(t, 0, code)
+	_, errOut, code = cliRun(t, "keys", "revoke", a.ID, "--config", path)
+	assert.Equal(t, 0, code, "revoking twice is fine")
+	assert.NotContains(t, errOut, "key.revoked", "and is one change, not two")
+
+	out, _, _ = cliRun(t, "keys", "list", "--config", path)
+	assert.NotContains(t, out, a.ID, "revoked keys are not listed by default")
+	assert.Contains(t, out, "1 key(s)")
+	out, _, _ = cliRun(t, "keys", "list", "--all", "--owner", "team", "--config", path)
+	assert.Contains(t, out, a.ID)
+	assert.Contains(t, out, "revoked")
+
+	_, errOut, code = cliRun(t, "keys", "rotate", a.ID, "--config", path)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "revoked or expired")
+}
+
+func TestHealthcheck(t *testing.T) {
+	port := redistest.FreePort(t)
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: off, http: \"127.0.0.1:%d\", admin: off}\nstore: {path: %q}\n", port, filepath.Join(t.TempDir(), "k.db")))
+	_, _, code := cliRun(t, "healthcheck", "--config", path)
+	assert.Equal(t, 1, code, "nothing listens yet")
+
+	cmd := exec.Command(os.Args[0], "serve", "--config", path)
+	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "extauthz serving") }, 10*time.Second, 20*time.Millisecond)
+	_, errOut, code := cliRun(t, "healthcheck", "--config", path)
+	assert.Equal(t, 0, code, errOut)
+}
