@@ -4,7 +4,7 @@ CONFIG ?= extauthz.yaml
 
 FUZZTIME ?= 10s
 
-.PHONY: run build test test-short bench fuzz lint
+.PHONY: run build test test-short bench bench-go load load-scale fuzz lint
 
 run: ## run the service on the embedded store with the demo config
 	$(GO) run ./cmd/extauthz serve --config $(CONFIG)
@@ -20,8 +20,26 @@ test: ## everything CI runs: vet, the race-checked suite, the deployment checks
 test-short: ## the suite without the race detector
 	$(GO) test -count=1 ./...
 
-bench: ## Go benchmarks of the hot path
+bench: ## the Go benchmarks of the hot path, then the load comparison of the whole server (one after the other: they would skew each other)
+	$(MAKE) bench-go
+	$(MAKE) load
+
+bench-go: ## Go benchmarks of the hot path
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./authz/ ./keystore/ ./ratelimit/ ./audit/
+
+# LOADFLAGS go to `extauthz-load bench` (see `go run ./cmd/extauthz-load bench -h`),
+# e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles'.
+LOADFLAGS ?=
+
+load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~1.5 min
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
+	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
+	bin/extauthz-load bench --extauthz bin/extauthz $(LOADFLAGS)
+
+load-scale: ## 1M keys in Redis, cache 100k, Zipf traffic: hit ratio, p99, RSS; several minutes and ~2 GB of memory
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
+	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
+	bin/extauthz-load bench --extauthz bin/extauthz --scenarios noop,scale --rounds 1 --duration 10s $(LOADFLAGS)
 
 fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz run in every plain test run too)
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/

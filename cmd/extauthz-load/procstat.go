@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The CPU a process used comes from /proc/<pid>/stat: utime + stime, in
+// clock ticks, summed over all its threads. Read before and after a run, the
+// difference divided by the checks answered is the CPU one check costs,
+// everything included: gRPC, HTTP/2, the decision, the garbage collector.
+
+// cpuTicks returns utime+stime of pid from /proc/<pid>/stat.
+func cpuTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	u, s, err := parseStat(b)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return u + s, nil
+}
+
+// parseStat returns utime and stime (fields 14 and 15) of a /proc/<pid>/stat
+// line. The command name (field 2) is in parentheses and may itself contain
+// spaces and parentheses, so fields are counted from the last ')'.
+func parseStat(b []byte) (utime, stime uint64, err error) {
+	end := bytes.LastIndexByte(b, ')')
+	if end < 0 {
+		return 0, 0, fmt.Errorf("no ')' after the command name")
+	}
+	f := strings.Fields(string(b[end+1:]))
+	// f[0] is field 3 (state), so field n is f[n-3].
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("%d fields after the command name, want at least 13", len(f))
+	}
+	if utime, err = strconv.ParseUint(f[11], 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("utime: %w", err)
+	}
+	if stime, err = strconv.ParseUint(f[12], 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("stime: %w", err)
+	}
+	return utime, stime, nil
+}
+
+// rssKiB returns the resident set size of pid (VmRSS in /proc/<pid>/status).
+func rssKiB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseVmRSS(b)
+}
+
+// parseVmRSS finds "VmRSS:   1234 kB" in a /proc/<pid>/status text.
+func parseVmRSS(b []byte) (int64, error) {
+	for line := range strings.Lines(string(b)) {
+		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("VmRSS line %q: want \"<n> kB\"", strings.TrimSpace(line))
+		}
+		return strconv.ParseInt(f[0], 10, 64)
+	}
+	return 0, fmt.Errorf("no VmRSS line (a kernel thread, or a zombie)")
+}
+
+var (
+	clkTckOnce sync.Once
+	clkTck     = 100
+)
+
+// ticksPerSecond returns the kernel's USER_HZ (`getconf CLK_TCK`), 100 when
+// getconf is missing: Linux has reported 100 on every mainstream
+// architecture for decades, whatever the internal HZ.
+func ticksPerSecond() int {
+	clkTckOnce.Do(func() {
+		out, err := exec.Command("getconf", "CLK_TCK").Output()
+		if err != nil {
+			return
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil && n > 0 {
+			clkTck = n
+		}
+	})
+	return clkTck
+}
+
+// ticksToDuration converts clock ticks to time.
+func ticksToDuration(ticks uint64) time.Duration {
+	return time.Duration(ticks) * time.Second / time.Duration(ticksPerSecond())
+}
+
+// cpuMeter measures one process's CPU over an interval; pid 0 measures nothing.
+type cpuMeter struct {
+	pid   int
+	start uint64
+	err   error
+}
+
+func startCPU(pid int) *cpuMeter {
+	m := &cpuMeter{pid: pid}
+	if pid > 0 {
+		m.start, m.err = cpuTicks(pid)
+	}
+	return m
+}
+
+// stop returns the CPU time used since startCPU (0 and the error, if any read failed).
+func (m *cpuMeter) stop() (time.Duration, error) {
+	if m.pid <= 0 {
+		return 0, nil
+	}
+	if m.err != nil {
+		return 0, m.err
+	}
+	end, err := cpuTicks(m.pid)
+	if err != nil {
+		return 0, err
+	}
+	return ticksToDuration(end - m.start), nil
+}
+
+// machineBusyTicks returns the CPU time all processors spent busy (user,
+// nice, system, irq, softirq, steal: everything but idle and iowait) since
+// boot, from the first line of /proc/stat. What the machine did during a
+// run minus what the server, the load tool and Redis did is what everyone
+// else did: on a shared machine, the noise in the figures.
+func machineBusyTicks() (uint64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseMachineBusy(b)
+}
+
+func parseMachineBusy(b []byte) (uint64, error) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: first line %q is not the cpu total", line)
+	}
+	var busy uint64
+	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return busy, nil
+}

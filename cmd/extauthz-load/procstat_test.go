@@ -1,0 +1,61 @@
+package main
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+func TestParseStatCountsFieldsFromTheLastParenthesis(t *testing.T) {
+	// A command name may hold spaces and parentheses; utime is field 14,
+	// stime field 15.
+	line := "4242 (extauthz (x) y) S 1 4242 4242 0 -1 4194560 1234 0 0 0 731 269 0 0 20 0 9 0 12345 1234567 890 18446744073709551615\n"
+	u, s, err := parseStat([]byte(line))
+	if err != nil || u != 731 || s != 269 {
+		t.Fatalf("parseStat = %d, %d, %v; want 731, 269", u, s, err)
+	}
+	for _, bad := range []string{"", "12 (x) S 1 2", "12 (x) S 1 2 3 4 5 6 7 8 9 10 u s 1"} {
+		if _, _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q) did not fail", bad)
+		}
+	}
+}
+
+func TestParseVmRSS(t *testing.T) {
+	status := "Name:\textauthz\nVmPeak:\t  900000 kB\nVmRSS:\t   33064 kB\nRssAnon:\t   20000 kB\n"
+	if kib, err := parseVmRSS([]byte(status)); err != nil || kib != 33064 {
+		t.Fatalf("parseVmRSS = %d, %v; want 33064", kib, err)
+	}
+	if _, err := parseVmRSS([]byte("Name:\tkthreadd\n")); err == nil {
+		t.Fatal("a status without VmRSS gave no error")
+	}
+}
+
+func TestThisProcessCPUAndRSSAreReadable(t *testing.T) {
+	m := startCPU(os.Getpid())
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	d, err := m.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d <= 0 || d > 5*time.Second {
+		t.Errorf("50ms of spinning measured as %v of CPU", d)
+	}
+	if kib, err := rssKiB(os.Getpid()); err != nil || kib <= 0 {
+		t.Errorf("rssKiB(self) = %d, %v", kib, err)
+	}
+	if ticksPerSecond() <= 0 {
+		t.Error("no clock tick")
+	}
+}
+
+func TestParseMachineBusyLeavesOutIdleAndIOWait(t *testing.T) {
+	busy, err := parseMachineBusy([]byte("cpu  100 2 30 5000 70 4 5 6 0 0\ncpu0 50 1 15 2500 35 2 2 3 0 0\n"))
+	if err != nil || busy != 100+2+30+4+5+6 {
+		t.Fatalf("busy = %d, %v; want 147", busy, err)
+	}
+	if _, err := parseMachineBusy([]byte("intr 1 2 3\n")); err == nil {
+		t.Fatal("a file without the cpu line parsed")
+	}
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Targets of issue 6, checked by the bench table.
+const (
+	targetCachedRatio = 1.3                  // CPU per check with a cached key, × the no-op
+	targetRLRatio     = 2.0                  // with Redis rate limiting, × the no-op
+	targetP99         = 2 * time.Millisecond // at the open-loop rate of 5,000/s
+	targetRate        = 5000
+)
+
+func us(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e3) }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
+
+// printResult writes one run's report.
+func printResult(w io.Writer, r *LoadResult) {
+	switch r.Mode {
+	case "closed":
+		fmt.Fprintf(w, "closed loop, %d workers: %d checks in %s = %.0f checks/s\n",
+			r.Concurrency, r.Completed, r.Elapsed.Round(time.Millisecond), r.RPS())
+	default:
+		fmt.Fprintf(w, "open loop at %g/s: %d of %d scheduled sent, %d answered in %s = %.0f checks/s (latest send %s after its schedule)\n",
+			r.Rate, r.Sent, r.Scheduled, r.Completed, r.Elapsed.Round(time.Millisecond), r.RPS(), r.MaxLag.Round(time.Microsecond))
+	}
+	h := &r.Latency
+	fmt.Fprintf(w, "  latency ms: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  mean %s\n",
+		ms(h.Quantile(0.5)), ms(h.Quantile(0.9)), ms(h.Quantile(0.99)), ms(h.Quantile(0.999)), ms(h.Max()), ms(h.Mean()))
+	fmt.Fprintf(w, "  sent by kind: %s\n", counts(r.Kinds))
+	fmt.Fprintf(w, "  decisions: %s\n", counts(r.Decisions))
+	fmt.Fprintf(w, "  RPC errors: %s\n", counts(r.Errors))
+	if r.cpuErr != nil {
+		fmt.Fprintf(w, "  server CPU: unreadable: %v\n", r.cpuErr)
+	} else if r.ServerCPU > 0 {
+		fmt.Fprintf(w, "  server CPU: %s = %s µs/check\n", r.ServerCPU, us(r.CPUPerCheck()))
+	}
+	for _, name := range slices.Sorted(maps.Keys(r.ExtraCPU)) {
+		fmt.Fprintf(w, "  %s CPU: %s = %s µs/check\n", name, r.ExtraCPU[name], us(perCheck(r.ExtraCPU[name], r.Completed)))
+	}
+	fmt.Fprintf(w, "  load tool CPU: %s = %s µs/check\n", r.ClientCPU, us(perCheck(r.ClientCPU, r.Completed)))
+	if r.ServerCPU > 0 && r.Elapsed > 0 {
+		fmt.Fprintf(w, "  other processes on the machine meanwhile: %.2f CPUs busy\n", others(r))
+	}
+}
+
+func counts(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := slices.Sorted(maps.Keys(m))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// printTable writes the comparison of issue 6: one row per scenario, CPU
+// per check as a ratio to the no-op server measured in the same run.
+func printTable(w io.Writer, results []*ScenarioResult, o BenchOptions) {
+	noop := noopOf(results)
+	ratio := func(r *ScenarioResult, open bool) string {
+		if noop == nil || noop.CPUPerCheck(open) == 0 || r.CPUPerCheck(open) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f×", float64(r.CPUPerCheck(open))/float64(noop.CPUPerCheck(open)))
+	}
+	fmt.Fprintf(w, "\n%d rounds; per round and scenario: closed loop with %d workers over %d connections for %s, then open loop at %g checks/s for %s\n",
+		max(o.Rounds, 1), o.Concurrency, o.Conns, o.Duration, o.Rate, o.Duration)
+	fmt.Fprintf(w, "rps and CPU µs: median of the rounds; latency: all rounds' requests; CPU = server utime+stime from /proc/<pid>/stat (tick %s) / checks\n\n",
+		time.Second/time.Duration(ticksPerSecond()))
+	width := len("scenario")
+	for _, r := range results {
+		width = max(width, len([]rune(r.Scenario.Title)))
+	}
+	row := func(cols ...any) {
+		fmt.Fprintf(w, "%-*s %5s │ %7s %7s %7s │ %7s %7s %8s %7s %7s │ %6s %7s %11s %6s %9s\n", append([]any{width}, cols...)...)
+	}
+	fmt.Fprintf(w, "%-*s %5s │ %-23s │ %-39s │\n", width, "", "", "closed loop", fmt.Sprintf("open loop at %g/s", o.Rate))
+	row("scenario", "keys", "rps", "CPU µs", "×no-op", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs", "×no-op", "hits", "RSS MiB", "redis CPU µs", "errors", "others")
+	for _, r := range results {
+		c, op := r.Closed, r.Open
+		hits := "-"
+		if h, ok := r.OpenCache.ratio(); ok {
+			hits = fmt.Sprintf("%.1f%%", 100*h)
+		}
+		redis := "-"
+		if d, ok := c.ExtraCPU["redis"]; ok {
+			redis = fmt.Sprintf("%s/%s", us(perCheck(d, c.Completed)), us(perCheck(op.ExtraCPU["redis"], op.Completed)))
+		}
+		row(r.Scenario.Title, count(r.Keys),
+			fmt.Sprintf("%.0f", r.RPS(false)), us(r.CPUPerCheck(false)), ratio(r, false),
+			ms(op.Latency.Quantile(0.5)), ms(op.Latency.Quantile(0.99)), ms(op.Latency.Quantile(0.999)), us(r.CPUPerCheck(true)), ratio(r, true),
+			hits, fmt.Sprintf("%.0f", float64(r.ServerRSSKiB)/1024), redis, fmt.Sprint(c.ErrorCount()+op.ErrorCount()),
+			fmt.Sprintf("%.2f/%.2f", others(c), others(op)))
+	}
+	fmt.Fprintln(w, "\n(CPU µs = server CPU per check; hits = key cache hit ratio in the open-loop phases;\n redis CPU µs = redis-server's own CPU per check, closed/open; others = CPUs kept busy by\n other processes on the machine meanwhile, closed/open: the noise)")
+	verdicts(w, results, noop)
+}
+
+func noopOf(results []*ScenarioResult) *ScenarioResult {
+	for _, r := range results {
+		if r.Scenario.Noop {
+			return r
+		}
+	}
+	return nil
+}
+
+// verdicts compares the figures with issue 6's targets.
+func verdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
+	fmt.Fprintln(w, "\ntargets (issue 6):")
+	for _, r := range results {
+		sc := r.Scenario
+		if sc.Noop {
+			continue
+		}
+		limit := targetCachedRatio
+		if sc.KeyRate != "none" && sc.Store == "redis" {
+			limit = targetRLRatio
+		}
+		if noop != nil && sc.Scale == 0 {
+			for _, open := range []bool{false, true} {
+				if noop.CPUPerCheck(open) == 0 {
+					continue
+				}
+				name := "closed"
+				if open {
+					name = "open"
+				}
+				x := float64(r.CPUPerCheck(open)) / float64(noop.CPUPerCheck(open))
+				fmt.Fprintf(w, "  %-46s CPU/check, %-6s %.2f× no-op  (≤ %.1f×)    %s\n", sc.Title, name, x, limit, pass(x <= limit))
+			}
+		}
+		if r.Open.Rate == targetRate {
+			p99 := r.Open.Latency.Quantile(0.99)
+			fmt.Fprintf(w, "  %-46s p99 at %d/s    %s ms     (≤ %s ms)  %s\n", sc.Title, targetRate, ms(p99), ms(targetP99), pass(p99 <= targetP99))
+		}
+	}
+}
+
+// others is how many CPUs other processes kept busy during r.
+func others(r *LoadResult) float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return r.OthersCPU.Seconds() / r.Elapsed.Seconds()
+}
+
+func pass(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "MISSED"
+}
+
+// printScenario writes the detail of one scenario: each round, then all
+// rounds together.
+func printScenario(w io.Writer, r *ScenarioResult) {
+	fmt.Fprintf(w, "\n== %s (%s): %d keys", r.Scenario.Title, r.Scenario.Name, r.Keys)
+	if r.Setup > 0 {
+		fmt.Fprintf(w, ", set up in %s", r.Setup.Round(time.Millisecond))
+	}
+	fmt.Fprintln(w)
+	for i, rd := range r.Rounds {
+		c, op := rd.Closed, rd.Open
+		fmt.Fprintf(w, "  round %d: closed %6.0f rps, %5s µs/check | open p50 %s p99 %s ms, %5s µs/check | others %.2f/%.2f CPUs",
+			i+1, c.RPS(), us(c.CPUPerCheck()), ms(op.Latency.Quantile(0.5)), ms(op.Latency.Quantile(0.99)), us(op.CPUPerCheck()), others(c.LoadResult), others(op.LoadResult))
+		if h, ok := op.Cache.ratio(); ok {
+			fmt.Fprintf(w, " | hits %.1f%%", 100*h)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "all rounds:")
+	printResult(w, r.Closed)
+	if h, ok := r.ClosedCache.ratio(); ok {
+		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.ClosedCache.Hits, r.ClosedCache.Misses, 100*h)
+	}
+	printResult(w, r.Open)
+	if h, ok := r.OpenCache.ratio(); ok {
+		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.OpenCache.Hits, r.OpenCache.Misses, 100*h)
+	}
+	fmt.Fprintf(w, "server RSS %.1f MiB", float64(r.ServerRSSKiB)/1024)
+	if r.RedisRSSKiB > 0 {
+		fmt.Fprintf(w, ", redis-server RSS %.1f MiB", float64(r.RedisRSSKiB)/1024)
+	}
+	fmt.Fprintln(w)
+	for _, p := range r.Profiles {
+		fmt.Fprintf(w, "perf profile: %s\n", p)
+	}
+}

@@ -1,0 +1,496 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// Scenario is one server set-up the bench command measures.
+type Scenario struct {
+	Name  string
+	Title string
+	Noop  bool   // the built-in no-op server instead of extauthz
+	Store string // "embedded" or "redis"
+	// Binary is the extauthz binary to run ("" = BenchOptions.Extauthz):
+	// --variant runs scenarios again with another build, to measure a change.
+	Binary string
+	// KeyRate is the rate limit of the valid keys: "none" (no limiter call
+	// at all) or a rate too high to run out during a run, so that every
+	// check pays for the limiter and is allowed.
+	KeyRate string
+	// Scale, when set, replaces the CLI-created keys with this many keys
+	// written straight into Redis, Zipf traffic and the cache size below.
+	Scale     int
+	CacheSize int
+	Zipf      float64
+}
+
+// highRate never runs out in a bench run, so a key with it always asks the
+// limiter and is always allowed.
+const highRate = "1000000000/h"
+
+var scenarios = []Scenario{
+	{Name: "noop", Title: "no-op ext_authz (ceiling)", Noop: true},
+	{Name: "embedded", Title: "embedded store, cached key", Store: "embedded", KeyRate: "none"},
+	{Name: "embedded-rl", Title: "embedded store, cached key, local rate limit", Store: "embedded", KeyRate: highRate},
+	{Name: "redis", Title: "Redis store, cached key", Store: "redis", KeyRate: "none"},
+	{Name: "redis-rl", Title: "Redis store + Redis rate limiting", Store: "redis", KeyRate: highRate},
+}
+
+// scaleScenario is issue 6's scale run: 1M keys in Redis, a cache of 100k,
+// Zipf traffic. It is left out unless asked for (--scale).
+func scaleScenario(keys, cacheSize int, zipf float64, rate string) Scenario {
+	return Scenario{
+		Name: "scale", Title: fmt.Sprintf("Redis, %s keys, cache %s, Zipf s=%g", count(keys), count(cacheSize), zipf),
+		Store: "redis", KeyRate: rate, Scale: keys, CacheSize: cacheSize, Zipf: zipf,
+	}
+}
+
+func findScenario(name string) (Scenario, bool) {
+	for _, s := range scenarios {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Scenario{}, false
+}
+
+// BenchOptions are the settings shared by every scenario of one bench run.
+type BenchOptions struct {
+	Extauthz string // the extauthz binary
+	WorkDir  string
+	// NoopStreamWorkers is grpc.NumStreamWorkers of the no-op server (0 =
+	// none, like extauthz serve today).
+	NoopStreamWorkers int
+	// ServerEnv is added to the environment of every server (extauthz and
+	// the no-op), e.g. GOGC=400, to measure runtime settings.
+	ServerEnv []string
+
+	Rounds          int // each scenario is measured once per round, in turns
+	FirstWarmup     time.Duration
+	Warmup          time.Duration
+	Duration        time.Duration
+	Rate            float64 // open loop
+	Concurrency     int     // closed loop workers
+	OpenConcurrency int     // open loop: the most requests in flight
+	Conns           int
+
+	Keys        int // valid keys created through the CLI
+	LimitedKeys int // keys with rate 1/h (for the "limited" share of the mix)
+	UnknownKeys int
+	Mix         Mix
+	Paths       []requestShape
+	Zipf        float64
+	Clients     int
+	CLIParallel int
+	Audit       string // the servers' audit sink
+
+	ScaleWarmup time.Duration // warm-up of the scale scenario (filling the cache)
+	ScaleInsert int           // goroutines writing the scale keys
+
+	Profile         string // directory for perf profiles ("" = none)
+	ProfileDuration time.Duration
+
+	Log io.Writer // progress
+}
+
+type cacheDelta struct{ Hits, Misses float64 }
+
+func (c cacheDelta) ratio() (float64, bool) {
+	if c.Hits+c.Misses == 0 {
+		return 0, false
+	}
+	return c.Hits / (c.Hits + c.Misses), true
+}
+
+func (c cacheDelta) add(o cacheDelta) cacheDelta {
+	return cacheDelta{c.Hits + o.Hits, c.Misses + o.Misses}
+}
+
+const pepperEnv = "EXTAUTHZ_LOAD_PEPPER"
+
+// pepper is the HMAC pepper the scenarios hash with (a production server
+// has one; without it the server logs a warning and hashes with SHA-256).
+var pepper = "extauthz-load-pepper-not-a-secret"
+
+// deployment is one scenario set up: its servers running, its keys
+// created, a client connected. Every scenario of a bench is deployed
+// before the first measurement, so that the rounds can take turns.
+type deployment struct {
+	sc                 Scenario
+	dir                string
+	server, redis      *child
+	grpcAddr, httpAddr string
+	traffic            *Traffic
+	target             *target
+	setup              time.Duration // starting Redis and creating the keys
+}
+
+func (d *deployment) close() {
+	if d.target != nil {
+		d.target.close()
+	}
+	if d.server != nil {
+		d.server.stop()
+	}
+	if d.redis != nil {
+		d.redis.stop()
+	}
+}
+
+// meters are the processes whose CPU a phase of d measures.
+func (d *deployment) meters() meters {
+	m := meters{serverPID: d.server.pid(), extra: map[string]int{}}
+	if d.redis != nil {
+		m.extra["redis"] = d.redis.pid()
+	}
+	return m
+}
+
+// deploy starts what sc needs (Redis, the server) and creates its keys.
+func deploy(ctx context.Context, sc Scenario, o BenchOptions) (d *deployment, err error) {
+	d = &deployment{sc: sc, dir: filepath.Join(o.WorkDir, sc.Name)}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return nil, err
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "["+sc.Name+"] "+format+"\n", args...) }
+	env := append(append(os.Environ(), o.ServerEnv...), pepperEnv+"="+pepper)
+	tr := &Traffic{Mix: o.Mix, Paths: o.Paths, Zipf: o.Zipf, Clients: o.Clients}
+	d.traffic = tr
+	start := time.Now()
+
+	var valid, limited, unknown []string
+	if unknown, err = unknownKeys("sk", max(o.UnknownKeys, 1)); err != nil {
+		return nil, err
+	}
+	if sc.Noop {
+		// The no-op server reads no key; well-formed ones keep the requests
+		// the same size as the others'.
+		if valid, err = unknownKeys("sk", max(o.Keys, 1)); err != nil {
+			return nil, err
+		}
+		limited = valid[:max(min(o.LimitedKeys, len(valid)), 1)]
+		if d.server, d.grpcAddr, err = startNoop(d.dir, env, o.NoopStreamWorkers); err != nil {
+			return nil, err
+		}
+	} else {
+		cacheSize := 100000
+		if sc.CacheSize > 0 {
+			cacheSize = sc.CacheSize
+		}
+		store := fmt.Sprintf("{backend: embedded, path: %q}", filepath.Join(d.dir, "extauthz.db"))
+		redisURL := ""
+		if sc.Store == "redis" {
+			var addr string
+			if d.redis, addr, err = startRedis(d.dir); err != nil {
+				return nil, err
+			}
+			redisURL = "redis://" + addr + "/0"
+			store = fmt.Sprintf("{backend: redis, redis: {url: %q, prefix: %q}}", redisURL, "load:")
+		}
+		cfg := filepath.Join(d.dir, "extauthz.yaml")
+		if err := os.WriteFile(cfg, []byte(serverConfig(store, cacheSize, o.Audit)), 0o600); err != nil {
+			return nil, err
+		}
+		perms := []string{"read:users", "read:reports"}
+		if sc.Scale > 0 {
+			logf("inserting %d keys into Redis with %d goroutines", sc.Scale, o.ScaleInsert)
+			valid, err = bulkInsert(ctx, redisURL, "load:", []byte(pepper),
+				keystore.Spec{Permissions: perms, RateLimit: sc.KeyRate}, sc.Scale, o.ScaleInsert, o.Log)
+			if err != nil {
+				return nil, err
+			}
+			tr.Zipf = sc.Zipf
+		} else {
+			logf("creating %d keys with `extauthz keys create --json`", o.Keys)
+			if valid, err = createKeys(ctx, o.Extauthz, cfg, env, "valid", o.Keys, perms, sc.KeyRate, o.CLIParallel); err != nil {
+				return nil, err
+			}
+		}
+		if o.Mix[kindLimited] > 0 {
+			if limited, err = createKeys(ctx, o.Extauthz, cfg, env, "limited", max(o.LimitedKeys, 1), perms, "1/h", o.CLIParallel); err != nil {
+				return nil, err
+			}
+		}
+		d.setup = time.Since(start)
+		logf("%d keys ready in %s; starting extauthz", len(valid)+len(limited), d.setup.Round(time.Millisecond))
+		bin := o.Extauthz
+		if sc.Binary != "" {
+			bin = sc.Binary
+		}
+		if d.server, d.grpcAddr, d.httpAddr, err = startExtauthz(bin, d.dir, cfg, env); err != nil {
+			return nil, err
+		}
+	}
+	tr.Keys = KeySet{Valid: newKeyList(valid), Limited: newKeyList(limited), Unknown: newKeyList(unknown)}
+	if d.target, err = dialTarget(d.grpcAddr, o.Conns); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// phase is one measured phase of one round.
+type phase struct {
+	*LoadResult
+	Cache cacheDelta // the server's key cache during the phase
+}
+
+// round is one turn of a scenario: a warm-up (not measured), then a
+// closed-loop and an open-loop phase.
+type round struct{ Closed, Open phase }
+
+func (o BenchOptions) closedLoad(seed uint64) LoadOptions {
+	return LoadOptions{Concurrency: o.Concurrency, Duration: o.Duration, Seed: seed}
+}
+
+func (o BenchOptions) openLoad(seed uint64) LoadOptions {
+	return LoadOptions{Rate: o.Rate, Concurrency: o.OpenConcurrency, Duration: o.Duration, Seed: seed}
+}
+
+// measure runs round n of d.
+func (d *deployment) measure(ctx context.Context, o BenchOptions, n int) (round, error) {
+	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "["+d.sc.Name+"] "+format+"\n", args...) }
+	var r round
+	warm := o.Warmup
+	if n == 0 {
+		// A fresh server's first seconds are not its steady state (its heap
+		// and GC pacing grow, connections and caches warm up).
+		warm = max(warm, o.FirstWarmup)
+		if d.sc.Scale > 0 {
+			warm = max(warm, o.ScaleWarmup)
+		}
+	}
+	seed := uint64(n) * 1000
+	if warm > 0 {
+		logf("round %d: warm-up, closed loop for %s", n+1, warm)
+		w := o.closedLoad(seed + 1)
+		w.Duration = warm
+		if _, err := runLoad(ctx, d.target, d.traffic, w, meters{}); err != nil {
+			return r, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	before := scrapeCache(d.httpAddr)
+	c := o.closedLoad(seed + 2)
+	logf("round %d: %s", n+1, c.describe())
+	res, err := runLoad(ctx, d.target, d.traffic, c, d.meters())
+	if err != nil {
+		return r, fmt.Errorf("closed loop: %w", err)
+	}
+	mid := scrapeCache(d.httpAddr)
+	r.Closed = phase{res, cacheDelta{mid.Hits - before.Hits, mid.Misses - before.Misses}}
+	op := o.openLoad(seed + 3)
+	logf("round %d: %s", n+1, op.describe())
+	if res, err = runLoad(ctx, d.target, d.traffic, op, d.meters()); err != nil {
+		return r, fmt.Errorf("open loop: %w", err)
+	}
+	after := scrapeCache(d.httpAddr)
+	r.Open = phase{res, cacheDelta{after.Hits - mid.Hits, after.Misses - mid.Misses}}
+	return r, nil
+}
+
+// serverConfig is the extauthz config of a scenario: the store, no admin
+// listener, no default rate limit (the keys carry their own), the demo
+// routes, and logs quiet enough not to cost anything.
+func serverConfig(store string, cacheSize int, audit string) string {
+	return fmt.Sprintf(`# written by extauthz-load
+listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: off}
+store: %s
+hashing: {pepper_env: %s}
+cache: {size: %d}
+keys: {max_per_owner: 0}
+rate_limit: {default: none}
+routes:
+  - {path: /healthz, public: true}
+  - {path: /api/users, methods: [GET], permissions: [read:users]}
+  - {path: "/api/users/{id}", methods: [DELETE], permissions: [delete:users], rate_limit: 10/m}
+  - {path: "/api/reports/**", permissions: [read:reports]}
+unmatched: deny
+audit: {sink: %s}
+log: {level: info, format: json}
+`, store, pepperEnv, cacheSize, audit)
+}
+
+// createKeys runs `extauthz keys create --json` n times (parallel at a
+// time) and returns the secrets.
+func createKeys(ctx context.Context, bin, cfg string, env []string, name string, n int, perms []string, rate string, parallel int) ([]string, error) {
+	keys := make([]string, n)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, max(parallel, 1))
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			args := []string{"keys", "create", "--config", cfg, "--name", fmt.Sprintf("load-%s-%d", name, i), "--rate", rate, "--json"}
+			for _, p := range perms {
+				args = append(args, "--perm", p)
+			}
+			cmd := exec.CommandContext(ctx, bin, args...)
+			cmd.Env = env
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				errs <- fmt.Errorf("extauthz keys create: %w: %s", err, strings.TrimSpace(stderr.String()))
+				return
+			}
+			var created struct {
+				ID  string `json:"id"`
+				Key string `json:"key"`
+			}
+			if err := json.Unmarshal(out, &created); err != nil || created.Key == "" {
+				errs <- fmt.Errorf("extauthz keys create --json printed no key: %v", err)
+				return
+			}
+			keys[i] = created.Key
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// scrapeCache reads extauthz_cache_hits_total and _misses_total from the
+// server's /metrics (zeros when there is no HTTP listener or no answer).
+func scrapeCache(httpAddr string) cacheDelta {
+	var c cacheDelta
+	if httpAddr == "" || httpAddr == "off" {
+		return c
+	}
+	m, err := scrapeMetrics("http://"+httpAddr+"/metrics", "extauthz_cache_hits_total", "extauthz_cache_misses_total")
+	if err != nil {
+		return c
+	}
+	return cacheDelta{m["extauthz_cache_hits_total"], m["extauthz_cache_misses_total"]}
+}
+
+// scrapeMetrics returns the values of the named unlabelled metrics.
+func scrapeMetrics(url string, names ...string) (map[string]float64, error) {
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return parseMetrics(resp.Body, names...)
+}
+
+// parseMetrics reads Prometheus text format lines "name value".
+func parseMetrics(r io.Reader, names ...string) (map[string]float64, error) {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || !want[f[0]] {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metric %s: %w", f[0], err)
+		}
+		out[f[0]] = v
+	}
+	return out, sc.Err()
+}
+
+// profile records the server's CPU with perf during one more closed-loop
+// phase (not one of the measured ones: perf costs CPU too), and writes
+// perf's report, flat (self time) and with callers' totals, next to the
+// data.
+func profile(ctx context.Context, t *target, tr *Traffic, load LoadOptions, o BenchOptions, name string, pid int, logf func(string, ...any)) (string, error) {
+	perf, err := exec.LookPath("perf")
+	if err != nil {
+		return "", fmt.Errorf("perf not found: %w", err)
+	}
+	if err := os.MkdirAll(o.Profile, 0o755); err != nil {
+		return "", err
+	}
+	data := filepath.Join(o.Profile, name+".perf.data")
+	rec := exec.Command(perf, "record", "-F", "997", "-g", "-p", strconv.Itoa(pid), "-o", data)
+	var recOut strings.Builder
+	rec.Stdout, rec.Stderr = &recOut, &recOut
+	if err := rec.Start(); err != nil {
+		return "", err
+	}
+	time.Sleep(300 * time.Millisecond) // perf attaches
+	load.Duration = o.ProfileDuration
+	logf("profiling with perf: %s", load.describe())
+	res, lerr := runLoad(ctx, t, tr, load, meters{serverPID: pid})
+	_ = rec.Process.Signal(syscall.SIGINT)
+	// perf exits with the interrupt's status even when it wrote its data.
+	if err := rec.Wait(); err != nil {
+		if fi, serr := os.Stat(data); serr != nil || fi.Size() == 0 {
+			return "", fmt.Errorf("perf record: %w: %s", err, recOut.String())
+		}
+	}
+	if lerr != nil {
+		return "", lerr
+	}
+	out := filepath.Join(o.Profile, name+".perf.txt")
+	f, err := os.Create(out)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	script := exec.Command(perf, "script", "-i", data, "-F", "comm,ip,sym")
+	stacks, err := script.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := script.Start(); err != nil {
+		return "", err
+	}
+	sum, perr := parsePerfScript(stacks)
+	if err := script.Wait(); err != nil {
+		return "", fmt.Errorf("perf script: %w", err)
+	}
+	if perr != nil {
+		return "", perr
+	}
+	fmt.Fprintf(f, "perf record -F 997 -g of %s (pid %d), %s, %s\n", name, pid, load.describe(), data)
+	fmt.Fprintf(f, "%d checks, %.0f/s; server CPU (with perf attached) %s µs/check\n", res.Completed, res.RPS(), us(res.CPUPerCheck()))
+	sum.perCheck = float64(time.Second/997) / 1e3 / float64(max(res.Completed, 1))
+	sum.write(f, 40)
+	return out, nil
+}
+
+// count writes 1000000 as 1M and 100000 as 100k.
+func count(n int) string {
+	switch {
+	case n >= 1e6 && n%1e6 == 0:
+		return strconv.Itoa(n/1e6) + "M"
+	case n >= 1e3 && n%1e3 == 0:
+		return strconv.Itoa(n/1e3) + "k"
+	}
+	return strconv.Itoa(n)
+}
