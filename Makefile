@@ -31,7 +31,7 @@ bench-go: ## Go benchmarks of the hot path
 # e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles'.
 LOADFLAGS ?=
 
-load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~1.5 min
+load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~2 min
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
 	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
 	bin/extauthz-load bench --extauthz bin/extauthz $(LOADFLAGS)

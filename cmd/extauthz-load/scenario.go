@@ -162,11 +162,11 @@ func (d *deployment) meters() meters {
 }
 
 // deploy starts what sc needs (Redis, the server) and creates its keys.
-func deploy(ctx context.Context, sc Scenario, o BenchOptions) (d *deployment, err error) {
-	d = &deployment{sc: sc, dir: filepath.Join(o.WorkDir, sc.Name)}
+func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, err error) {
+	d := &deployment{sc: sc, dir: filepath.Join(o.WorkDir, sc.Name)}
 	defer func() {
 		if err != nil {
-			d.close()
+			d.close() // what was started before the failure
 		}
 	}()
 	if err := os.MkdirAll(d.dir, 0o700); err != nil {
@@ -330,38 +330,56 @@ log: {level: info, format: json}
 }
 
 // createKeys runs `extauthz keys create --json` n times (parallel at a
-// time) and returns the secrets.
+// time) and returns the secrets. The first runs alone: several processes
+// opening a new SQLite file at once can fail with SQLITE_BUSY while it is
+// switched to WAL (a create that meets "database is locked" later is tried
+// again, too).
 func createKeys(ctx context.Context, bin, cfg string, env []string, name string, n int, perms []string, rate string, parallel int) ([]string, error) {
 	keys := make([]string, n)
-	errs := make(chan error, n)
-	sem := make(chan struct{}, max(parallel, 1))
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			args := []string{"keys", "create", "--config", cfg, "--name", fmt.Sprintf("load-%s-%d", name, i), "--rate", rate, "--json"}
-			for _, p := range perms {
-				args = append(args, "--perm", p)
-			}
+	create := func(i int) error {
+		args := []string{"keys", "create", "--config", cfg, "--name", fmt.Sprintf("load-%s-%d", name, i), "--rate", rate, "--json"}
+		for _, p := range perms {
+			args = append(args, "--perm", p)
+		}
+		for attempt := 0; ; attempt++ {
 			cmd := exec.CommandContext(ctx, bin, args...)
 			cmd.Env = env
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
 			if err != nil {
-				errs <- fmt.Errorf("extauthz keys create: %w: %s", err, strings.TrimSpace(stderr.String()))
-				return
+				if strings.Contains(stderr.String(), "database is locked") && attempt < 5 {
+					time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+					continue
+				}
+				return fmt.Errorf("extauthz keys create: %w: %s", err, strings.TrimSpace(stderr.String()))
 			}
 			var created struct {
-				ID  string `json:"id"`
 				Key string `json:"key"`
 			}
 			if err := json.Unmarshal(out, &created); err != nil || created.Key == "" {
-				errs <- fmt.Errorf("extauthz keys create --json printed no key: %v", err)
-				return
+				return fmt.Errorf("extauthz keys create --json printed no key: %v", err)
 			}
 			keys[i] = created.Key
+			return nil
+		}
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	if err := create(0); err != nil {
+		return nil, err
+	}
+	errs := make(chan error, n)
+	sem := make(chan struct{}, max(parallel, 1))
+	var wg sync.WaitGroup
+	for i := 1; i < n; i++ {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := create(i); err != nil {
+				errs <- err
+			}
 		})
 	}
 	wg.Wait()
