@@ -260,7 +260,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jsonOut := fs.String("json", "", "also write every figure as JSON to this file")
 	var variants listFlag
 	fs.Var(&variants, "variant", "NAME=BINARY: also run each extauthz scenario with this build (repeatable), to measure a change side by side")
-	noopWorkers := fs.Int("noop-stream-workers", 0, "grpc.NumStreamWorkers of the no-op server (match a server built with it)")
+	noopWorkers := fs.Int("noop-stream-workers", 64, "grpc.NumStreamWorkers of the no-op server (extauthz serve uses 64; keep them equal)")
 	var serverEnv listFlag
 	fs.Var(&serverEnv, "server-env", "KEY=VALUE for every server's environment (repeatable), e.g. GOGC=400")
 	if err := fs.Parse(args); err != nil {

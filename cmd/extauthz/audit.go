@@ -23,7 +23,7 @@ func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.L
 	case "redis":
 		sink = auditredis.NewSink(be.redis, cfg.Store.Redis.Prefix, cfg.Audit.StreamCap)
 	case "none":
-		sink = audit.Discard
+		return nil // a nil Logger drops at Record: no queue, no goroutine woken per decision
 	default:
 		sink = audit.NewWriterSink(w)
 	}

@@ -160,3 +160,27 @@ func TestHealthcheck(t *testing.T) {
 	_, errOut, code := cliRun(t, "healthcheck", "--config", path)
 	assert.Equal(t, 0, code, errOut)
 }
+
+func TestManyProcessesCanOpenANewEmbeddedStoreAtOnce(t *testing.T) {
+	for round := range 5 {
+		path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "new", "k.db")))
+		errs := make(chan string, 8)
+		for i := range 8 {
+			go func() {
+				_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", fmt.Sprint("p", i), "--perm", "x", "--json")
+				if code != 0 {
+					errs <- errOut
+					return
+				}
+				errs <- ""
+			}()
+		}
+		for range 8 {
+			assert.Empty(t, <-errs, "round %d", round)
+		}
+		out, _, _ := cliRun(t, "keys", "list", "--json", "--config", path)
+		var keys []map[string]any
+		require.NoError(t, json.Unmarshal([]byte(out), &keys))
+		assert.Len(t, keys, 8, "round %d", round)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -173,7 +174,7 @@ func Open(path string) (*Store, error) {
 		keepChangesFor: keepChangesFor,
 		now:            time.Now,
 	}
-	if err := s.migrate(context.Background()); err != nil {
+	if err := s.migrateRetrying(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -185,6 +186,26 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, dbErr(err))
 	}
 	return s, nil
+}
+
+// migrateRetrying runs migrate, waiting out SQLITE_BUSY: when several
+// processes open a brand-new file at once, the first connection's switch to
+// WAL can fail with "database is locked" without the busy handler being
+// consulted. Bounded by busyTimeout.
+func (s *Store) migrateRetrying(ctx context.Context) error {
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err := s.migrate(ctx)
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Duration(10+rand.IntN(40)) * time.Millisecond)
+	}
+}
+
+func isBusy(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked")
 }
 
 // migrate brings the schema to schemaVersion, in one transaction so that
