@@ -39,12 +39,16 @@ type CacheOptions struct {
 // hash into one store call, serves an expired entry when the store is
 // unreachable, and records last-use times to be written behind.
 type Cache struct {
-	store    Store
-	pos      *lru.Cache[Hash, *entry]
-	neg      *lru.Cache[Hash, time.Time] // hash → when the store said "not found"
-	opts     CacheOptions
-	group    singleflight.Group
-	epoch    atomic.Uint64 // bumped by every invalidation; a fill that saw it change is not cached
+	store Store
+	pos   *lru.Cache[Hash, *entry]
+	neg   *lru.Cache[Hash, time.Time] // hash → when the store said "not found"
+	opts  CacheOptions
+	group singleflight.Group
+	// epochs[h[0]] is bumped when a hash in that shard is invalidated, purge
+	// when everything is: a fill that saw either move is not cached. Sharded
+	// so that a change to one key does not stop fills of unrelated keys.
+	epochs   [256]atomic.Uint64
+	purge    atomic.Uint64
 	used     chan usage
 	hits     atomic.Uint64
 	misses   atomic.Uint64
@@ -186,13 +190,13 @@ func (c *Cache) asked(err error, probe bool) {
 // the answer unless an invalidation raced with it.
 func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	v, err, _ := c.group.Do(string(h[:]), func() (any, error) {
-		epoch := c.epoch.Load()
+		shard, purge := c.epochs[h[0]].Load(), c.purge.Load()
 		// Detached from the first caller's cancellation: its result is shared.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
 		defer cancel()
 		k, err := c.store.Lookup(fctx, h)
 		now := c.opts.Now()
-		cacheable := c.epoch.Load() == epoch
+		cacheable := c.epochs[h[0]].Load() == shard && c.purge.Load() == purge
 		switch {
 		case err == nil:
 			if cacheable {
@@ -217,7 +221,11 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 // Invalidate forgets h, or everything when h is the zero Hash. It is the
 // callback for Store.Watch.
 func (c *Cache) Invalidate(h Hash) {
-	c.epoch.Add(1)
+	if h.IsZero() {
+		c.purge.Add(1)
+	} else {
+		c.epochs[h[0]].Add(1)
+	}
 	// The store just spoke (a Watch delivered this). After an outage the
 	// watcher forgets everything; lookups must then ask the store again at
 	// once, not fail for the rest of StoreRetry with nothing left to serve.

@@ -256,3 +256,21 @@ func TestOneSlowAnswerDoesNotOpenTheBreaker(t *testing.T) {
 	_, err := c.Lookup(context.Background(), unknown)
 	assert.ErrorIs(t, err, ErrNotFound, "asked again at once")
 }
+
+func TestAChangeToAnotherKeyDoesNotStopAFill(t *testing.T) {
+	c, st, _, h := setup(t)
+	other := NewHasher(nil).Hash("sk_other")
+	for other[0] == h[0] { // another shard
+		other[0]++
+	}
+	st.gate = make(chan struct{})
+	done := make(chan struct{})
+	go func() { _, _ = c.Lookup(context.Background(), h); close(done) }()
+	require.Eventually(t, func() bool { return st.lookups.Load() == 1 }, time.Second, time.Millisecond)
+	c.Invalidate(other)
+	close(st.gate)
+	<-done
+	st.gate = nil
+	_, _ = c.Lookup(context.Background(), h)
+	assert.EqualValues(t, 1, st.lookups.Load(), "the fill was cached")
+}

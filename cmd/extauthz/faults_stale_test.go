@@ -20,7 +20,13 @@ func TestFaultStaleKeysDoNotWaitOnADeadStore(t *testing.T) {
 	ts := rig.ts
 	key, _ := ts.create(t, keystore.Spec{Name: "cached", Permissions: []string{"read:users"}})
 	uncached, _ := ts.create(t, keystore.Spec{Name: "uncached", Permissions: []string{"read:users"}})
+	time.Sleep(100 * time.Millisecond) // let the creates' change events pass before warming the cache
 	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}).GetOkResponse())
+	require.Eventually(t, func() bool {
+		before := ts.srv.cache.Stats().Hits
+		ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key})
+		return ts.srv.cache.Stats().Hits > before
+	}, 2*time.Second, 10*time.Millisecond, "the key is cached before the fault")
 
 	load := newFaultLoad(ts)
 	defer load.Stop()
