@@ -177,7 +177,8 @@ func TestRevokedAndExpiredKeys(t *testing.T) {
 
 func TestMalformedKeysNeverReachTheStore(t *testing.T) {
 	f := newFixture(t, nil)
-	for _, key := range []string{"sk_short", f.good[:len(f.good)-1] + "0", "x", strings.Repeat("z", 5000), "sk_" + strings.Repeat("!", 49)} {
+	wrongSum := f.good[:len(f.good)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(f.good, "0")]
+	for _, key := range []string{"sk_short", wrongSum, "x", strings.Repeat("z", 5000), "sk_" + strings.Repeat("!", 49)} {
 		d := f.decide(Request{Path: "/api/users", Headers: HeaderMap{"x-api-key": key}})
 		assert.Equal(t, CodeInvalidKey, d.Code)
 	}

@@ -87,7 +87,8 @@ func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
 
 	// Denials with the key, and with near-copies of it.
 	ts.check(t, "GET", "/api/reports/x", map[string]string{"x-api-key": svcKey})
-	ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": svcKey[:len(svcKey)-1] + "0"})
+	last := map[bool]string{true: "1", false: "0"}[strings.HasSuffix(svcKey, "0")]
+	ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": svcKey[:len(svcKey)-1] + last})
 	ts.check(t, "GET", "/api/users", map[string]string{"authorization": "Basic " + svcKey})
 
 	// Rotation through both doors, and revocation.
