@@ -110,6 +110,7 @@ type Redis struct {
 	wg      sync.WaitGroup
 	closing sync.Once
 
+	inflight                                atomic.Int32 // pipelines on the wire, batched or inline
 	replicas                                atomic.Int64
 	allowed, limited, fallback, storeErrors atomic.Uint64
 }
@@ -238,7 +239,7 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 			r.breaker.success(probe)
 			r.count(res)
 			return res, nil
-		case errors.Is(err, ErrClosed) || ctx.Err() != nil:
+		case errors.Is(err, ErrClosed) || callerGaveUp(ctx):
 			// Not Redis's fault: the limiter closed or the caller gave up.
 			r.breaker.abandon(probe)
 			return Result{}, err
@@ -317,6 +318,22 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, erro
 		c.args = append(c.args, l.Rate.N, wUs, subMicros(wUs))
 	}
 
+	// With nothing on the wire there is nothing to batch with: send from
+	// this goroutine and skip two hand-offs. Under load a pipeline is always
+	// in flight, so checks queue and share the batchers' pipelines.
+	if r.inflight.Load() == 0 {
+		select {
+		case <-r.done:
+			return Result{}, ErrClosed
+		default:
+		}
+		r.run(ctx, []*call{c})
+		rep := <-c.reply
+		if rep.err != nil && callerGaveUp(ctx) {
+			return Result{}, context.DeadlineExceeded
+		}
+		return r.result(limits, n, rep)
+	}
 	timer := time.NewTimer(r.opts.Timeout)
 	defer timer.Stop()
 	select {
@@ -338,6 +355,22 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, erro
 	case <-r.done:
 		return Result{}, ErrClosed
 	}
+	return r.result(limits, n, rep)
+}
+
+// callerGaveUp reports whether ctx is done or past its deadline. The socket
+// deadline go-redis derives from ctx can fire a moment before ctx itself
+// reports it; either way the caller gave up and Redis did not fail.
+func callerGaveUp(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
+// result reads the script's reply for limits.
+func (r *Redis) result(limits []Limit, n int, rep reply) (Result, error) {
 	if rep.err != nil {
 		return Result{}, fmt.Errorf("rate-limit check: %w", rep.err)
 	}
@@ -411,7 +444,7 @@ func (r *Redis) batcher() {
 			}
 			linger.Stop()
 		}
-		r.run(batch)
+		r.run(context.Background(), batch) // a batch outlives any one caller
 		clear(batch)
 	}
 }
@@ -428,11 +461,13 @@ func (r *Redis) drain() {
 	}
 }
 
-// run sends one batch as one pipeline of EVALSHA, and the ones Redis does not
+// run sends one batch as one pipeline of EVALSHA (within ctx and Timeout), and the ones Redis does not
 // know the script for (after a restart, or a new Cluster node) as EVAL, which
 // loads it again.
-func (r *Redis) run(batch []*call) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+func (r *Redis) run(ctx context.Context, batch []*call) {
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 	defer cancel()
 	cmds := make([]*goredis.Cmd, len(batch))
 	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
