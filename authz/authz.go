@@ -41,6 +41,10 @@ type Decision struct {
 	// RateLimit is set when a limit applied (allowed or not).
 	RateLimit    ratelimit.Result
 	HasRateLimit bool
+
+	// limits is step 9's scratch space: the limits go to the Limiter
+	// interface, so a local array would be moved to the heap on every check.
+	limits [2]ratelimit.Limit
 }
 
 // Allowed reports whether the request may proceed.
@@ -304,8 +308,7 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 	if a.limiter == nil {
 		return
 	}
-	var limits [2]ratelimit.Limit
-	n := 0
+	limits := d.limits[:0]
 	keyRate := p.DefaultRate
 	if d.Key.RateLimit != "" {
 		if r, err := ratelimit.ParseRate(d.Key.RateLimit); err == nil {
@@ -315,17 +318,15 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 		// here would lock a key out over a record it cannot fix.
 	}
 	if !keyRate.IsZero() {
-		limits[n] = ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate}
-		n++
+		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate})
 	}
 	if d.Route != nil && !d.Route.RateLimit.IsZero() {
-		limits[n] = ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.ID, Scope: d.Route.Pattern, Rate: d.Route.RateLimit}
-		n++
+		limits = append(limits, ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.ID, Scope: d.Route.Pattern, Rate: d.Route.RateLimit})
 	}
-	if n == 0 {
+	if len(limits) == 0 {
 		return
 	}
-	res, err := a.limiter.Allow(ctx, limits[:n])
+	res, err := a.limiter.Allow(ctx, limits)
 	if err != nil {
 		d.deny(CodeUnavailable, "")
 		return

@@ -329,7 +329,12 @@ func TestAnIPThatSendsTooManyInvalidKeysWaitsWithoutStoreCalls(t *testing.T) {
 // CheckRequest read, the decision with the default rate limit (local), and
 // the CheckResponse built (no network).
 func BenchmarkCheckHandler(b *testing.B) {
-	f := newFixture(b, func(c *config.Config) { c.RateLimit.Default = &ratelimit.Rate{N: 1e9, Window: time.Hour} })
+	b.Run("no limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{}) })
+	b.Run("local limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{N: 1e9, Window: time.Hour}) })
+}
+
+func benchmarkCheckHandler(b *testing.B, rate ratelimit.Rate) {
+	f := newFixture(b, func(c *config.Config) { c.RateLimit.Default = &rate })
 	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
 	s := &CheckServer{Authz: f.a}
 	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -27,7 +29,19 @@ type CheckServer struct {
 	Authz    *Authorizer
 	Observer Observer     // may be nil
 	Logger   *slog.Logger // for recovered panics; may be nil
+
+	identity atomic.Pointer[identityMemo] // made on first use
 }
+
+// checkState is the request and decision of one check, reused through
+// checkStates: handing them to the Observer interface would otherwise put
+// both on the heap for every check.
+type checkState struct {
+	req Request
+	d   Decision
+}
+
+var checkStates = sync.Pool{New: func() any { return new(checkState) }}
 
 // Check answers one ext_authz request. A denial is a CheckResponse with a
 // non-OK status, never an RPC error: Envoy treats an RPC error as a failure
@@ -43,13 +57,17 @@ func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (resp 
 		}
 	}()
 	start := time.Now()
-	req := RequestFromCheck(in)
-	var d Decision
-	s.Authz.Decide(ctx, &req, &d)
-	resp = s.response(&req, &d)
+	st := checkStates.Get().(*checkState)
+	st.req = RequestFromCheck(in)
+	s.Authz.Decide(ctx, &st.req, &st.d)
+	resp = s.response(&st.req, &st.d)
 	if s.Observer != nil {
-		s.Observer.Observe(&req, &d, time.Since(start))
+		s.Observer.Observe(&st.req, &st.d, time.Since(start))
 	}
+	// Nothing of st outlives the check: the response and the observer copy
+	// what they keep (strings, which are immutable).
+	*st = checkState{}
+	checkStates.Put(st)
 	return resp, nil
 }
 
@@ -95,6 +113,16 @@ func RequestFromCheck(in *authv3.CheckRequest) Request {
 	}
 }
 
+// okResponse is an allowed CheckResponse in one allocation: its messages
+// and the backing array of headers_to_remove.
+type okResponse struct {
+	resp   authv3.CheckResponse
+	status rpcstatus.Status
+	wrap   authv3.CheckResponse_OkResponse
+	ok     authv3.OkHttpResponse
+	remove [4]string
+}
+
 func (s *CheckServer) response(req *Request, d *Decision) *authv3.CheckResponse {
 	var buf [8]Header
 	if !d.Allowed() {
@@ -108,9 +136,15 @@ func (s *CheckServer) response(req *Request, d *Decision) *authv3.CheckResponse 
 			}},
 		}
 	}
-	ok := &authv3.OkHttpResponse{}
-	up := d.IdentityHeaders(buf[:0])
-	var remove []string
+	r := &okResponse{}
+	r.resp.Status = &r.status
+	r.resp.HttpResponse = &r.wrap
+	r.wrap.OkResponse = &r.ok
+	ok := &r.ok
+	if d.Key != nil {
+		ok.Headers = s.identityMemo().options(d.Key)
+	}
+	remove := r.remove[:0]
 	p := s.Authz.Policy()
 	for i, src := range p.Sources {
 		if d.Present&(1<<i) == 0 {
@@ -126,22 +160,27 @@ func (s *CheckServer) response(req *Request, d *Decision) *authv3.CheckResponse 
 			// encode_raw_headers) cannot travel in the response proto: drop the
 			// whole header rather than fail the check or pass the credential on.
 			if rest := CookieWithout(req.Headers.Get("cookie"), src.name); rest != "" && utf8.ValidString(rest) {
-				up = append(up, Header{Key: "cookie", Value: rest})
+				// Appending copies: the memoized options are full (len == cap).
+				ok.Headers = append(ok.Headers, headerOptions([]Header{{Key: "cookie", Value: rest}})...)
 			} else {
 				remove = append(remove, "cookie")
 			}
 		}
 	}
-	remove = appendSpoofed(remove, req.Headers, d.Key != nil)
-	ok.Headers = headerOptions(up)
-	ok.HeadersToRemove = remove
+	ok.HeadersToRemove = appendSpoofed(remove, req.Headers, d.Key != nil)
 	if d.HasRateLimit {
 		ok.ResponseHeadersToAdd = headerOptions(d.ResponseHeaders(buf[:0]))
 	}
-	return &authv3.CheckResponse{
-		Status:       &rpcstatus.Status{},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+	return &r.resp
+}
+
+// identityMemo returns the server's memo of identity headers, made on first use.
+func (s *CheckServer) identityMemo() *identityMemo {
+	if m := s.identity.Load(); m != nil {
+		return m
 	}
+	s.identity.CompareAndSwap(nil, newIdentityMemo())
+	return s.identity.Load()
 }
 
 // appendSpoofed appends every client-sent x-authz-* header, except, when

@@ -26,10 +26,13 @@ const (
 // IdentityHeaders appends the upstream identity headers of an allowed,
 // authenticated request (none for a public route).
 func (d *Decision) IdentityHeaders(dst []Header) []Header {
-	k := d.Key
-	if k == nil {
+	if d.Key == nil {
 		return dst
 	}
+	return identityHeaders(d.Key, dst)
+}
+
+func identityHeaders(k *keystore.Key, dst []Header) []Header {
 	owner := k.Owner
 	if owner == "" {
 		owner = keystore.DefaultOwner
