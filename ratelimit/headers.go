@@ -22,32 +22,39 @@ type Header struct{ Key, Value string }
 // is never early; Retry-After is at least 1. r.Limit's rate-limit headers are
 // left out when it is no limit (a check without limits, or decided by the
 // "allow" fallback). The name is an sf-string: '"' and '\' are escaped, and
-// bytes a header may not carry there (controls, non-ASCII) become '?'. Only
-// the header values are allocated.
+// bytes a header may not carry there (controls, non-ASCII) become '?'. The
+// values share one allocation.
 func AppendHeaders(dst []Header, r Result) []Header {
 	if enforced(r.Limit.Rate) {
-		remaining := strconv.FormatInt(max(r.Remaining, 0), 10)
-		reset := seconds(r.Reset, 0)
-		var buf [128]byte
+		// Every value is written into one buffer that becomes one string;
+		// the values are substrings of it (one allocation, not five).
+		var buf [192]byte
 		b := appendSFString(buf[:0], r.Limit.Name)
-		n := len(b)
+		name := len(b)
 		b = append(b, ";q="...)
 		b = strconv.AppendInt(b, r.Limit.Rate.N, 10)
 		b = append(b, ";w="...)
 		b = strconv.AppendInt(b, seconds(r.Limit.Rate.Window, 1), 10)
-		policy := string(b)
-		b = append(b[:n], ";r="...)
-		b = append(b, remaining...)
+		policy := len(b)
+		b = append(b, b[:name]...)
+		b = append(b, ";r="...)
+		remainingAt := len(b)
+		b = strconv.AppendInt(b, max(r.Remaining, 0), 10)
+		remainingEnd := len(b)
 		b = append(b, ";t="...)
-		b = strconv.AppendInt(b, reset, 10)
-		current := string(b)
+		resetAt := len(b)
+		b = strconv.AppendInt(b, seconds(r.Reset, 0), 10)
+		current := len(b)
+		b = strconv.AppendInt(b, r.Limit.Rate.N, 10)
+		limit := len(b)
+		s := string(b)
 
 		dst = append(dst,
-			Header{"RateLimit-Policy", policy},
-			Header{"RateLimit", current},
-			Header{"X-RateLimit-Limit", strconv.FormatInt(r.Limit.Rate.N, 10)},
-			Header{"X-RateLimit-Remaining", remaining},
-			Header{"X-RateLimit-Reset", strconv.FormatInt(reset, 10)},
+			Header{"RateLimit-Policy", s[:policy]},
+			Header{"RateLimit", s[policy:current]},
+			Header{"X-RateLimit-Limit", s[current:limit]},
+			Header{"X-RateLimit-Remaining", s[remainingAt:remainingEnd]},
+			Header{"X-RateLimit-Reset", s[resetAt:current]},
 		)
 	}
 	if !r.Allowed {
