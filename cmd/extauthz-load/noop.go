@@ -15,6 +15,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/extauthz/extauthz/internal/gcfloor"
 )
 
 // noopServer answers every Check with OK at once. It is the ceiling the
@@ -57,6 +59,7 @@ func noopServerCmd(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("noop-server", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "gRPC listen address")
 	workers := fs.Uint("stream-workers", 0, "grpc.NumStreamWorkers (0: a goroutine per stream, as extauthz serve does)")
+	heapFloor := fs.Uint("gc-heap-floor-mib", 16, "the GC heap floor extauthz serve runs with (internal/gcfloor; 0: off, plain GOGC)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,6 +68,11 @@ func noopServerCmd(args []string, stdout io.Writer) error {
 		return err
 	}
 	s := newNoopGRPC(uint32(*workers))
+	// The same runtime setting as extauthz serve, so that the ceiling
+	// collects garbage as often as the server compared with it.
+	if *heapFloor > 0 {
+		defer gcfloor.Start(uint64(*heapFloor)<<20, 500*time.Millisecond)()
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() { <-sig; s.Stop() }()

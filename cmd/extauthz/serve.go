@@ -27,6 +27,7 @@ import (
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/internal/gcfloor"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -44,12 +45,19 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	srv.cfgPath = path
+	defer gcfloor.Start(gcHeapFloor, 500*time.Millisecond)()
 	if err := srv.listen(); err != nil {
 		srv.close()
 		return err
 	}
 	return srv.run(ctx)
 }
+
+// gcHeapFloor is how far the heap may grow between collections however
+// little is live (internal/gcfloor): it trades up to this much memory for
+// about four times fewer collections under load with a small cache. GOGC
+// in the environment turns it off.
+const gcHeapFloor = 16 << 20
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
