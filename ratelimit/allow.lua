@@ -11,12 +11,18 @@
 --          every replica, so counts do not drift with the replicas' clocks.
 -- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
 --          sub-windows per window; see "Memory" in window.go)
--- ARGV[3i], ARGV[3i+1], ARGV[3i+2]  N, W (µs), s (µs) of limit i
+-- ARGV[3]  want: how many requests to count at once, ≥ 1. Above 1 the
+--          others are a lease (see "Leases" in lease.go): the group's mark
+--          becomes the end of its sub-window, where the lease expires.
+-- ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]  N, W (µs), s (µs) of limit i
 --
--- Returns {allowed (1|0), held_1, t_1, held_2, t_2, ...}. Allowed: held is the
--- count after this request, t the µs until the limit is fully reset. Denied:
--- nothing is written; held is the count now and t the µs until the limit
--- would allow this request (0 when it is not exhausted).
+-- Returns {granted, lease, held_1, t_1, held_2, t_2, ...}. granted is how
+-- many requests were counted: 0 (denied) or 1..want, as many as every limit
+-- had room for. lease is the µs from now until the first of the limits'
+-- current sub-windows ends. Allowed: held is the count after this request,
+-- t the µs until the limit is fully reset. Denied: nothing is written; held
+-- is the count now and t the µs until the limit would allow this request (0
+-- when it is not exhausted).
 
 local floor = math.floor
 local MARKS = 255
@@ -36,6 +42,7 @@ if not now then
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local span = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local nkeys = #KEYS
 
 -- The upper bound of the time of group j's latest request (see window.go),
@@ -70,8 +77,9 @@ end
 -- for all: tables, tonumber and redis.call are what a script pays for).
 local ST = {}
 local allowed = true
+local granted, lease = want, nil
 for i = 1, nkeys do
-  local n, w, s = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
+  local n, w, s = tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]), tonumber(ARGV[3 * i + 3])
   local raw = redis.call('HGETALL', KEYS[i])
   local same = false
   for f = 1, #raw, 2 do -- "s" is written first, so this is usually one step
@@ -99,9 +107,12 @@ for i = 1, nkeys do
   ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, same and raw
   ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8] = idx, held, cur or false, stale
   if held >= n then allowed = false end
+  if n - held < granted then granted = n - held end
+  local left = (idx + 1) * s - now
+  if lease == nil or left < lease then lease = left end
 end
 
-local out = {allowed and 1 or 0}
+local out = {allowed and granted or 0, lease or 0}
 if not allowed then
   for i = 1, nkeys do
     local b = 8 * (i - 1)
@@ -126,7 +137,7 @@ if not allowed then
         after = next
       end
     end
-    out[2 * i], out[2 * i + 1] = held, t
+    out[2 * i + 1], out[2 * i + 2] = held, t
   end
   return out
 end
@@ -138,15 +149,16 @@ for i = 1, nkeys do
   local b = 8 * (i - 1)
   local w, s, raw, idx, held, cur, stale = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8]
   local key = KEYS[i]
-  local c, m = 1, 0
+  local c, m = granted, 0
   if cur then
     c = floor(cur / 256)
     m = cur - c * 256
-    c = c + 1
+    c = c + granted
   end
   local off = now - idx * s
   local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
   if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
+  if granted > 1 then mn = MARKS end -- leased: used until the sub-window ends
   if mn > m then m = mn end
   redis.call('HSET', key, 's', s, idx, c * 256 + m)
   if not cur then
@@ -163,6 +175,6 @@ for i = 1, nkeys do
     end
     redis.call('HDEL', key, unpack(old))
   end
-  out[2 * i], out[2 * i + 1] = held + 1, latest(idx, c * 256 + m, s) + w + 1 - now
+  out[2 * i + 1], out[2 * i + 2] = held + granted, latest(idx, c * 256 + m, s) + w + 1 - now
 end
 return out

@@ -143,4 +143,7 @@ type Stats struct {
 	Fallback    uint64
 	StoreErrors uint64 // Redis calls that failed or timed out
 	Evicted     uint64 // local counters dropped to bound memory
+	// Leased counts the allowed checks answered from a lease, without a
+	// Redis call (Redis limiter, large limits only: see lease.go).
+	Leased uint64
 }

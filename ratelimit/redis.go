@@ -104,6 +104,7 @@ type Redis struct {
 	client  goredis.UniversalClient
 	opts    RedisOptions
 	local   *Local
+	leases  *leases
 	breaker breaker
 	queue   chan *call
 	done    chan struct{}
@@ -113,6 +114,7 @@ type Redis struct {
 	inflight                                atomic.Int32 // pipelines on the wire, batched or inline
 	replicas                                atomic.Int64
 	allowed, limited, fallback, storeErrors atomic.Uint64
+	leased                                  atomic.Uint64
 }
 
 // call is one check waiting in the batcher.
@@ -170,6 +172,7 @@ func NewRedis(client goredis.UniversalClient, opts RedisOptions) (*Redis, error)
 		client:  client,
 		opts:    opts,
 		local:   NewLocal(opts.Now, opts.MaxLocalBuckets),
+		leases:  newLeases(),
 		breaker: breaker{threshold: int64(opts.BreakerFailures), probeAfter: opts.BreakerProbe},
 		queue:   make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
 		done:    make(chan struct{}),
@@ -211,6 +214,7 @@ func (r *Redis) Stats() Stats {
 		Fallback:    r.fallback.Load(),
 		StoreErrors: r.storeErrors.Load(),
 		Evicted:     r.local.evicted.Load(),
+		Leased:      r.leased.Load(),
 	}
 }
 
@@ -231,9 +235,31 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		r.allowed.Add(1)
 		return Result{Allowed: true}, nil
 	}
+	// A lease answers without Redis (lease.go); large limits only.
+	most := maxLease(limits)
+	var key string
+	if most > 1 {
+		key = leaseKey(limits)
+		if res, ok := r.leases.take(key, r.now()); ok {
+			r.allowed.Add(1)
+			r.leased.Add(1)
+			return res, nil
+		}
+	}
 	var cause error = errBreakerOpen
 	if ok, probe := r.breaker.enter(); ok {
-		res, err := r.shared(ctx, limits, n)
+		want, refill := int64(1), false
+		sent := r.now()
+		if key != "" {
+			want, refill = r.leases.want(key, most, sent)
+		}
+		res, got, lease, err := r.shared(ctx, limits, n, want)
+		if key != "" {
+			r.leases.granted(key, refill, got, sent.Add(lease), res)
+		}
+		if got > 1 {
+			res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
+		}
 		switch {
 		case err == nil:
 			r.breaker.success(probe)
@@ -296,18 +322,28 @@ func (r *Redis) onStoreError(ctx context.Context, limits []Limit, n int, cause e
 	return res, err
 }
 
-// shared runs the check in Redis through the batcher, waiting at most Timeout.
-func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, error) {
+func (r *Redis) now() time.Time {
+	if r.opts.Now != nil {
+		return r.opts.Now()
+	}
+	return time.Now()
+}
+
+// shared runs the check in Redis through the batcher, waiting at most
+// Timeout, asking for want requests (see allow.lua). It returns how many
+// were granted (0 when denied, or on an error) and how long until the
+// limits' current sub-window ends.
+func (r *Redis) shared(ctx context.Context, limits []Limit, n int, want int64) (Result, int64, time.Duration, error) {
 	c := &call{
 		keys:  make([]string, 0, n),
-		args:  make([]any, 0, 2+3*n),
+		args:  make([]any, 0, 3+3*n),
 		reply: make(chan reply, 1),
 	}
 	now := ""
 	if r.opts.Now != nil {
 		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
 	}
-	c.args = append(c.args, now, span)
+	c.args = append(c.args, now, span, want)
 	for i := range limits {
 		l := &limits[i]
 		if !enforced(l.Rate) {
@@ -324,13 +360,13 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, erro
 	if r.inflight.Load() == 0 {
 		select {
 		case <-r.done:
-			return Result{}, ErrClosed
+			return Result{}, 0, 0, ErrClosed
 		default:
 		}
 		r.run(ctx, []*call{c})
 		rep := <-c.reply
 		if rep.err != nil && callerGaveUp(ctx) {
-			return Result{}, context.DeadlineExceeded
+			return Result{}, 0, 0, context.DeadlineExceeded
 		}
 		return r.result(limits, n, rep)
 	}
@@ -339,21 +375,21 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int) (Result, erro
 	select {
 	case r.queue <- c:
 	case <-timer.C:
-		return Result{}, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
+		return Result{}, 0, 0, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
 	case <-ctx.Done():
-		return Result{}, ctx.Err()
+		return Result{}, 0, 0, ctx.Err()
 	case <-r.done:
-		return Result{}, ErrClosed
+		return Result{}, 0, 0, ErrClosed
 	}
 	var rep reply
 	select {
 	case rep = <-c.reply:
 	case <-timer.C:
-		return Result{}, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
+		return Result{}, 0, 0, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
 	case <-ctx.Done():
-		return Result{}, ctx.Err()
+		return Result{}, 0, 0, ctx.Err()
 	case <-r.done:
-		return Result{}, ErrClosed
+		return Result{}, 0, 0, ErrClosed
 	}
 	return r.result(limits, n, rep)
 }
@@ -369,31 +405,32 @@ func callerGaveUp(ctx context.Context) bool {
 	return ok && !time.Now().Before(dl)
 }
 
-// result reads the script's reply for limits.
-func (r *Redis) result(limits []Limit, n int, rep reply) (Result, error) {
+// result reads the script's reply for limits: the Result, how many
+// requests were granted and how long until the sub-window ends.
+func (r *Redis) result(limits []Limit, n int, rep reply) (Result, int64, time.Duration, error) {
 	if rep.err != nil {
-		return Result{}, fmt.Errorf("rate-limit check: %w", rep.err)
+		return Result{}, 0, 0, fmt.Errorf("rate-limit check: %w", rep.err)
 	}
-	if len(rep.vals) != 1+2*n {
-		return Result{}, fmt.Errorf("rate-limit check: script returned %d values for %d limits", len(rep.vals), n)
+	if len(rep.vals) != 2+2*n {
+		return Result{}, 0, 0, fmt.Errorf("rate-limit check: script returned %d values for %d limits", len(rep.vals), n)
 	}
 	p := newPicker()
-	allowed := rep.vals[0] == 1
+	granted := rep.vals[0]
 	k := 0
 	for i := range limits {
 		l := &limits[i]
 		if !enforced(l.Rate) {
 			continue
 		}
-		held, t := rep.vals[1+2*k], rep.vals[2+2*k]
+		held, t := rep.vals[2+2*k], rep.vals[3+2*k]
 		k++
-		if allowed {
+		if granted > 0 {
 			p.allowedLimit(l, l.Rate.N-held, micros(t))
 		} else if held >= l.Rate.N {
 			p.exhaustedLimit(l, micros(t))
 		}
 	}
-	return p.result(), nil
+	return p.result(), granted, micros(rep.vals[1]), nil
 }
 
 // counterKey is <prefix>rl:{<bucket>}:<scope>: the hash tag puts every limit
