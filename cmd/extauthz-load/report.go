@@ -142,7 +142,11 @@ func verdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
 		}
 		if r.Open.Rate == targetRate {
 			p99 := r.Open.Latency.Quantile(0.99)
-			fmt.Fprintf(w, "  %-46s p99 at %d/s    %s ms     (≤ %s ms)  %s\n", sc.Title, targetRate, ms(p99), ms(targetP99), pass(p99 <= targetP99))
+			ceiling := ""
+			if noop != nil && noop.Open.Rate == targetRate {
+				ceiling = fmt.Sprintf("  (the no-op's own: %s ms)", ms(noop.Open.Latency.Quantile(0.99)))
+			}
+			fmt.Fprintf(w, "  %-46s p99 at %d/s    %s ms     (≤ %s ms)  %s%s\n", sc.Title, targetRate, ms(p99), ms(targetP99), pass(p99 <= targetP99), ceiling)
 		}
 	}
 }

@@ -49,7 +49,13 @@ var scenarios = []Scenario{
 	{Name: "embedded-rl", Title: "embedded store, cached key, local rate limit", Store: "embedded", KeyRate: highRate},
 	{Name: "redis", Title: "Redis store, cached key", Store: "redis", KeyRate: "none"},
 	{Name: "redis-rl", Title: "Redis store + Redis rate limiting", Store: "redis", KeyRate: highRate},
+	{Name: "redis-rl-exact", Title: "Redis rate limiting, a limit too small to lease", Store: "redis", KeyRate: exactRate},
 }
+
+// exactRate is below the smallest limit the Redis limiter leases (2·2000,
+// ratelimit/lease.go), so every check is one Redis call; a bench run's 100
+// keys never reach it.
+const exactRate = "3999/s"
 
 // scaleScenario is issue 6's scale run: 1M keys in Redis, a cache of 100k,
 // Zipf traffic. It is left out unless asked for (--scale).
