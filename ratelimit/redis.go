@@ -97,9 +97,11 @@ var (
 )
 
 // Redis is a Limiter whose counts live in Redis, shared by every replica: one
-// atomic Lua script per check, concurrent checks batched into pipelines. When
-// Redis fails it decides by RedisOptions.OnStoreError, within the Timeout, and
-// a circuit breaker keeps it from waiting on a Redis that is down.
+// atomic Lua script per check, concurrent checks batched into pipelines, or,
+// for a busy bucket with large limits, a lease of several requests counted
+// at once (lease.go). When Redis fails it decides by RedisOptions.OnStoreError,
+// within the Timeout, and a circuit breaker keeps it from waiting on a Redis
+// that is down.
 type Redis struct {
 	client  goredis.UniversalClient
 	opts    RedisOptions
