@@ -87,8 +87,7 @@ type lease struct {
 	key       string
 	tokens    int64     // requests left to hand out
 	until     time.Time // the end of the last grant's sub-window (local clock)
-	base      int64     // Remaining after the whole last grant
-	res       Result    // the last grant's Result, for the headers
+	res       Result    // the last grant's Result (Remaining: after all of it), for the headers
 	size      int64     // how many to ask for next (at most most)
 	most      int64     // maxLease of the limits
 	gen, grew uint64    // grants so far; the grant after which size last doubled
@@ -129,7 +128,7 @@ func (ls *leases) take(key string, now time.Time) (Result, bool) {
 	}
 	l.tokens--
 	res := l.res
-	res.Remaining = l.base + l.tokens
+	res.Remaining += l.tokens
 	return res, true
 }
 
@@ -146,7 +145,7 @@ func (ls *leases) want(key string, most int64, now time.Time) (int64, bool) {
 			// lose what it has left, so this check goes without one.
 			return 1, false
 		}
-		l.key, l.tokens, l.until, l.base, l.res = key, 0, time.Time{}, 0, Result{}
+		l.key, l.tokens, l.until, l.res = key, 0, time.Time{}, Result{}
 		l.size, l.gen, l.grew, l.refilling = 1, 0, 0, false
 	}
 	l.most = most
@@ -173,11 +172,11 @@ func (ls *leases) granted(key string, refill bool, got int64, until time.Time, r
 	}
 	switch {
 	case got == 0:
-		if res.Limit.Rate.N > 0 { // denied: the limit is exhausted
-			l.size = 1
-		}
+		// Denied (the limit is exhausted) or failed: start again from exact
+		// checks.
+		l.size = 1
 	case got > 1 && refill:
-		l.tokens, l.until, l.base, l.res = got-1, until, res.Remaining, res
+		l.tokens, l.until, l.res = got-1, until, res
 		l.gen++
 	case l.tokens == 0:
 		// An exact check: it tells when this sub-window ends, which is what
