@@ -148,6 +148,30 @@ func (e *Event) scrub() {
 	e.UserAgent = bound(e.UserAgent, len(e.UserAgent))
 	e.Decision = bound(e.Decision, len(e.Decision))
 	e.Code = bound(e.Code, len(e.Code))
+	e.ownRequestFields()
+}
+
+// ownRequestFields copies the fields that come from a request into one new
+// string. The caller's strings may share the bytes of a whole decoded
+// request (authz/wire.go), which a queued event must not keep alive.
+func (e *Event) ownRequestFields() {
+	fs := [...]*string{&e.RequestID, &e.Method, &e.Path, &e.Host, &e.UserAgent}
+	n := 0
+	for _, f := range fs {
+		n += len(*f)
+	}
+	if n == 0 {
+		return
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, f := range fs {
+		b.WriteString(*f)
+	}
+	all := b.String()
+	for _, f := range fs {
+		*f, all = all[:len(*f)], all[len(*f):]
+	}
 }
 
 // bound returns s capped at MaxFieldLen. s is a substring of a string of
