@@ -44,6 +44,8 @@ load-scale: ## 1M keys in Redis, cache 100k, Zipf traffic: hit ratio, p99, RSS; 
 fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz run in every plain test run too)
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheck$$' -fuzztime $(FUZZTIME) ./authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckMessages$$' -fuzztime $(FUZZTIME) ./authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzFormatCheck$$' -fuzztime $(FUZZTIME) ./keystore/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config/
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateAndPatchBodies$$' -fuzztime $(FUZZTIME) ./admin/

@@ -37,17 +37,41 @@ type CheckServer struct {
 // checkStates: handing them to the Observer interface would otherwise put
 // both on the heap for every check.
 type checkState struct {
-	req Request
-	d   Decision
+	req  Request
+	d    Decision
+	hdrs headerList // req.Headers when decoded by the server's codec
 }
 
 var checkStates = sync.Pool{New: func() any { return new(checkState) }}
+
+// maxKeptHeaders bounds the header entries a pooled checkState keeps room
+// for: one huge request must not pin its array for good.
+const maxKeptHeaders = 64
+
+// reset empties st for its next check. Nothing of st outlives a check: the
+// response and the observer copy what they keep (strings, which are
+// immutable); the header array is kept, cleared so that it pins no strings.
+func (st *checkState) reset() {
+	hdrs := st.hdrs[:0]
+	if cap(hdrs) > maxKeptHeaders {
+		hdrs = nil
+	}
+	clear(hdrs[:cap(hdrs)])
+	*st = checkState{hdrs: hdrs}
+}
 
 // Check answers one ext_authz request. A denial is a CheckResponse with a
 // non-OK status, never an RPC error: Envoy treats an RPC error as a failure
 // of the authorization service, not as a denial. A panic is recovered into
 // a 503 denial.
-func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	st := checkStates.Get().(*checkState)
+	st.req = RequestFromCheck(in)
+	return s.check(ctx, st), nil
+}
+
+// check decides st.req and answers it, then returns st to checkStates.
+func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.CheckResponse) {
 	defer func() {
 		if r := recover(); r != nil {
 			LogPanic(s.Logger, "check", r)
@@ -57,18 +81,14 @@ func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (resp 
 		}
 	}()
 	start := time.Now()
-	st := checkStates.Get().(*checkState)
-	st.req = RequestFromCheck(in)
 	s.Authz.Decide(ctx, &st.req, &st.d)
 	resp = s.response(&st.req, &st.d)
 	if s.Observer != nil {
 		s.Observer.Observe(&st.req, &st.d, time.Since(start))
 	}
-	// Nothing of st outlives the check: the response and the observer copy
-	// what they keep (strings, which are immutable).
-	*st = checkState{}
+	st.reset()
 	checkStates.Put(st)
-	return resp, nil
+	return resp
 }
 
 // LogPanic logs a recovered panic without its value: the value is whatever
@@ -186,25 +206,39 @@ func (s *CheckServer) identityMemo() *identityMemo {
 // appendSpoofed appends every client-sent x-authz-* header, except, when
 // identity headers are set (keepIdentity), the four that overwrite them.
 func appendSpoofed(remove []string, h Headers, keepIdentity bool) []string {
-	m, ok := h.(HeaderMap)
-	if !ok {
-		return remove
-	}
-	for name := range m {
-		if !utf8.ValidString(name) {
-			continue // not a valid header name; Envoy's codec rejects such requests
+	switch h := h.(type) {
+	case HeaderMap:
+		for name := range h {
+			remove = appendIfSpoofed(remove, name, keepIdentity)
 		}
-		if len(name) > len(IdentityPrefix) && strings.EqualFold(name[:len(IdentityPrefix)], IdentityPrefix) {
-			switch strings.ToLower(name) {
-			case HeaderKeyID, HeaderKeyName, HeaderOwner, HeaderPermissions:
-				if keepIdentity {
-					continue
-				}
+	case *headerList:
+		for i, e := range *h {
+			if hasIdentityPrefix(e.Key) && !h.shadowed(i) {
+				remove = appendIfSpoofed(remove, e.Key, keepIdentity)
 			}
-			remove = append(remove, name)
 		}
 	}
 	return remove
+}
+
+func hasIdentityPrefix(name string) bool {
+	return len(name) > len(IdentityPrefix) && strings.EqualFold(name[:len(IdentityPrefix)], IdentityPrefix)
+}
+
+func appendIfSpoofed(remove []string, name string, keepIdentity bool) []string {
+	if !utf8.ValidString(name) {
+		return remove // not a valid header name; Envoy's codec rejects such requests
+	}
+	if !hasIdentityPrefix(name) {
+		return remove
+	}
+	if keepIdentity {
+		switch strings.ToLower(name) {
+		case HeaderKeyID, HeaderKeyName, HeaderOwner, HeaderPermissions:
+			return remove
+		}
+	}
+	return append(remove, name)
 }
 
 // headerOptions turns headers into Envoy's form, each overwriting any header

@@ -20,9 +20,12 @@ import (
 )
 
 // noopServer answers every Check with OK at once. It is the ceiling the
-// real server is compared with: the same grpc-go, the same server options
-// and the same request decoding, and no decision at all. Whatever the real
-// server costs above it is extauthz's own.
+// real server is compared with: the same grpc-go, the same server options,
+// and the request decoding every grpc-go ext_authz server gets from the
+// generated code (proto.Unmarshal of the whole CheckRequest), and no
+// decision at all. extauthz decodes only the fields it reads
+// (authz/wire.go), which costs less than that decoding: so it can measure
+// below 1.00×, and the handler's own cost is what --profile shows.
 type noopServer struct {
 	authv3.UnimplementedAuthorizationServer
 }

@@ -143,8 +143,11 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// whose fresh stack grows on every call: measured with the load tool,
 		// 30.0 → 26.0 µs of server CPU per check.
 		grpc.NumStreamWorkers(64),
+		// Check requests are decoded straight into what the decision
+		// reads, not into the whole CheckRequest (authz/wire.go).
+		authz.ServerCodec(),
 	)
-	authv3.RegisterAuthorizationServer(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
+	authz.Register(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/redistest"
@@ -341,6 +342,30 @@ func TestHealthService(t *testing.T) {
 	resp, err := healthpb.NewHealthClient(ts.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "envoy.service.auth.v3.Authorization"})
 	require.NoError(t, err)
 	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.GetStatus())
+}
+
+// grpcurl and ghz find the service through reflection, which goes through
+// the server's codec (authz.ServerCodec) like every other message.
+func TestReflectionListsAndDescribesTheAuthorizationService(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded"))
+	stream, err := reflectionpb.NewServerReflectionClient(ts.conn).ServerReflectionInfo(context.Background())
+	require.NoError(t, err)
+	defer stream.CloseSend()
+
+	require.NoError(t, stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}))
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	assert.Contains(t, names, "envoy.service.auth.v3.Authorization")
+
+	require.NoError(t, stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{
+		FileContainingSymbol: "envoy.service.auth.v3.Authorization"}}))
+	resp, err = stream.Recv()
+	require.NoError(t, err)
+	require.NotEmpty(t, resp.GetFileDescriptorResponse().GetFileDescriptorProto(), resp.String())
 }
 
 func TestAKeySurvivesARestartOfTheEmbeddedStore(t *testing.T) {
