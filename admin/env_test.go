@@ -33,7 +33,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(statusCoverage{m})
+	goleak.VerifyTestMain(statusCoverage{m}, redistest.LeakOptions()...)
 }
 
 // backend opens a fresh Store of one kind for a test, and says how to make

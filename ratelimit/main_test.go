@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/extauthz/extauthz/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, redistest.LeakOptions()...) }
 
 // t0 is a start time on a whole second, so sub-windows of every test rate
 // start on it.

@@ -19,7 +19,7 @@ import (
 	"github.com/extauthz/extauthz/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, redistest.LeakOptions()...) }
 
 const prefix = "test:"
 

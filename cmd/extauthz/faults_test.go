@@ -227,7 +227,7 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	// Every goroutine the scenario starts (server, proxy, redis-server
 	// waiter, clients) must be gone once its cleanups ran.
 	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	t.Cleanup(func() { goleak.VerifyNone(t, append(redistest.LeakOptions(), ignore)...) })
 
 	rig := startFaultRig(t, testRoutes+"rate_limit: {default: 100000/m, on_store_error: local}\n")
 	ts := rig.ts
@@ -442,7 +442,7 @@ routes:
 	} {
 		t.Run(tt.policy, func(t *testing.T) {
 			ignore := goleak.IgnoreCurrent()
-			t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+			t.Cleanup(func() { goleak.VerifyNone(t, append(redistest.LeakOptions(), ignore)...) })
 			rig := startFaultRig(t, routes+"rate_limit: {default: none, on_store_error: "+tt.policy+"}\n")
 			t.Cleanup(rig.proxy.Heal)
 			ts := rig.ts

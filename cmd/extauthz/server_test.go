@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, redistest.LeakOptions()...)
 }
 
 // testServer is one extauthz server running in this process on free
