@@ -29,10 +29,10 @@ type ScenarioResult struct {
 	Rounds   []round
 	// Closed and Open are every round's phase merged: counts, decisions,
 	// errors and latencies of all requests, CPU of all phases.
-	Closed, Open              *LoadResult
-	ClosedCache, OpenCache    cacheDelta
-	ServerRSSKiB, RedisRSSKiB int64 // after the last round
-	Profiles                  []string
+	Closed, Open                 *LoadResult
+	ClosedCounters, OpenCounters counters
+	ServerRSSKiB, RedisRSSKiB    int64 // after the last round
+	Profiles                     []string
 }
 
 // stat returns agg of f over the rounds' phases (0 without rounds).
@@ -108,7 +108,7 @@ func runBench(ctx context.Context, scs []Scenario, o BenchOptions) ([]*ScenarioR
 		var closed, open []*LoadResult
 		for _, rd := range r.Rounds {
 			closed, open = append(closed, rd.Closed.LoadResult), append(open, rd.Open.LoadResult)
-			r.ClosedCache, r.OpenCache = r.ClosedCache.add(rd.Closed.Cache), r.OpenCache.add(rd.Open.Cache)
+			r.ClosedCounters, r.OpenCounters = r.ClosedCounters.add(rd.Closed.Counters), r.OpenCounters.add(rd.Open.Counters)
 		}
 		r.Closed, r.Open = mergeLoad(closed), mergeLoad(open)
 		r.ServerRSSKiB, _ = rssKiB(d.server.pid())

@@ -197,13 +197,13 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if *open {
 		o.Rate, o.Concurrency = tf.rate, tf.openConcurrency
 	}
-	before := scrapeCache(*metrics)
+	before := scrapeCounters(*metrics)
 	r, err := runLoad(ctx, t, tr, o, meters{serverPID: *pid})
 	if err != nil {
 		return err
 	}
-	after := scrapeCache(*metrics)
-	cache := cacheDelta{after.Hits - before.Hits, after.Misses - before.Misses}
+	after := scrapeCounters(*metrics)
+	cache := after.sub(before)
 	var rss int64
 	if *pid > 0 {
 		rss, _ = rssKiB(*pid)
@@ -222,6 +222,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if h, ok := cache.ratio(); ok {
 		fmt.Fprintf(stdout, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", cache.Hits, cache.Misses, 100*h)
 	}
+	fmt.Fprint(stdout, cache.leaseLine())
 	if rss > 0 {
 		fmt.Fprintf(stdout, "  server RSS: %.1f MiB\n", float64(rss)/1024)
 	}
@@ -399,10 +400,10 @@ func writeJSONFile(path string, results []*ScenarioResult) error {
 			"open_best_cpu_us_per_check":   float64(r.CPUPerCheck(true)) / 1e3,
 			"server_rss_kib":               r.ServerRSSKiB, "redis_rss_kib": r.RedisRSSKiB,
 		}
-		if h, ok := r.ClosedCache.ratio(); ok {
+		if h, ok := r.ClosedCounters.ratio(); ok {
 			s["closed_cache_hit_ratio"] = h
 		}
-		if h, ok := r.OpenCache.ratio(); ok {
+		if h, ok := r.OpenCounters.ratio(); ok {
 			s["open_cache_hit_ratio"] = h
 		}
 		out = append(out, s)

@@ -89,7 +89,7 @@ func printTable(w io.Writer, results []*ScenarioResult, o BenchOptions) {
 	for _, r := range results {
 		c, op := r.Closed, r.Open
 		hits := "-"
-		if h, ok := r.OpenCache.ratio(); ok {
+		if h, ok := r.OpenCounters.ratio(); ok {
 			hits = fmt.Sprintf("%.1f%%", 100*h)
 		}
 		redis := "-"
@@ -178,7 +178,7 @@ func printScenario(w io.Writer, r *ScenarioResult) {
 		c, op := rd.Closed, rd.Open
 		fmt.Fprintf(w, "  round %d: closed %6.0f rps, %5s µs/check | open p50 %s p99 %s ms, %5s µs/check | others %.2f/%.2f CPUs",
 			i+1, c.RPS(), us(c.CPUPerCheck()), ms(op.Latency.Quantile(0.5)), ms(op.Latency.Quantile(0.99)), us(op.CPUPerCheck()), others(c.LoadResult), others(op.LoadResult))
-		if h, ok := op.Cache.ratio(); ok {
+		if h, ok := op.Counters.ratio(); ok {
 			fmt.Fprintf(w, " | hits %.1f%%", 100*h)
 		}
 		fmt.Fprintln(w)
@@ -193,13 +193,15 @@ func printScenario(w io.Writer, r *ScenarioResult) {
 	}
 	fmt.Fprintln(w, "all rounds:")
 	printResult(w, r.Closed)
-	if h, ok := r.ClosedCache.ratio(); ok {
-		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.ClosedCache.Hits, r.ClosedCache.Misses, 100*h)
+	if h, ok := r.ClosedCounters.ratio(); ok {
+		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.ClosedCounters.Hits, r.ClosedCounters.Misses, 100*h)
 	}
+	fmt.Fprint(w, r.ClosedCounters.leaseLine())
 	printResult(w, r.Open)
-	if h, ok := r.OpenCache.ratio(); ok {
-		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.OpenCache.Hits, r.OpenCache.Misses, 100*h)
+	if h, ok := r.OpenCounters.ratio(); ok {
+		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.OpenCounters.Hits, r.OpenCounters.Misses, 100*h)
 	}
+	fmt.Fprint(w, r.OpenCounters.leaseLine())
 	fmt.Fprintf(w, "server RSS %.1f MiB", float64(r.ServerRSSKiB)/1024)
 	if r.RedisRSSKiB > 0 {
 		fmt.Fprintf(w, ", redis-server RSS %.1f MiB", float64(r.RedisRSSKiB)/1024)

@@ -114,17 +114,49 @@ type BenchOptions struct {
 	Log io.Writer // progress
 }
 
-type cacheDelta struct{ Hits, Misses float64 }
+// counters are the server's own counts over a phase, from its /metrics.
+type counters struct {
+	Hits, Misses float64 // key cache
+	// RateLimited is the rate-limited checks (allowed or limited), Leased
+	// those answered from a Redis lease without a Redis call.
+	RateLimited, Leased float64
+}
 
-func (c cacheDelta) ratio() (float64, bool) {
+var counterMetrics = []string{
+	"extauthz_cache_hits_total", "extauthz_cache_misses_total",
+	"extauthz_ratelimit_allowed_total", "extauthz_ratelimit_limited_total", "extauthz_ratelimit_leased_total",
+}
+
+func countersOf(m map[string]float64) counters {
+	return counters{
+		Hits: m["extauthz_cache_hits_total"], Misses: m["extauthz_cache_misses_total"],
+		RateLimited: m["extauthz_ratelimit_allowed_total"] + m["extauthz_ratelimit_limited_total"],
+		Leased:      m["extauthz_ratelimit_leased_total"],
+	}
+}
+
+func (c counters) sub(o counters) counters {
+	return counters{c.Hits - o.Hits, c.Misses - o.Misses, c.RateLimited - o.RateLimited, c.Leased - o.Leased}
+}
+
+// leaseLine says how many rate-limited checks a lease answered ("" when
+// none was rate limited).
+func (c counters) leaseLine() string {
+	if c.RateLimited == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  rate limit: %.0f checks, %.0f answered from a lease = %.2f%% without a Redis call\n", c.RateLimited, c.Leased, 100*c.Leased/c.RateLimited)
+}
+
+func (c counters) ratio() (float64, bool) {
 	if c.Hits+c.Misses == 0 {
 		return 0, false
 	}
 	return c.Hits / (c.Hits + c.Misses), true
 }
 
-func (c cacheDelta) add(o cacheDelta) cacheDelta {
-	return cacheDelta{c.Hits + o.Hits, c.Misses + o.Misses}
+func (c counters) add(o counters) counters {
+	return counters{c.Hits + o.Hits, c.Misses + o.Misses, c.RateLimited + o.RateLimited, c.Leased + o.Leased}
 }
 
 const pepperEnv = "EXTAUTHZ_LOAD_PEPPER"
@@ -257,7 +289,7 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 // phase is one measured phase of one round.
 type phase struct {
 	*LoadResult
-	Cache cacheDelta // the server's key cache during the phase
+	Counters counters // the server's own counts during the phase
 }
 
 // round is one turn of a scenario: a warm-up (not measured), then a
@@ -294,22 +326,22 @@ func (d *deployment) measure(ctx context.Context, o BenchOptions, n int) (round,
 			return r, fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	before := scrapeCache(d.httpAddr)
+	before := scrapeCounters(d.httpAddr)
 	c := o.closedLoad(seed + 2)
 	logf("round %d: %s", n+1, c.describe())
 	res, err := runLoad(ctx, d.target, d.traffic, c, d.meters())
 	if err != nil {
 		return r, fmt.Errorf("closed loop: %w", err)
 	}
-	mid := scrapeCache(d.httpAddr)
-	r.Closed = phase{res, cacheDelta{mid.Hits - before.Hits, mid.Misses - before.Misses}}
+	mid := scrapeCounters(d.httpAddr)
+	r.Closed = phase{res, mid.sub(before)}
 	op := o.openLoad(seed + 3)
 	logf("round %d: %s", n+1, op.describe())
 	if res, err = runLoad(ctx, d.target, d.traffic, op, d.meters()); err != nil {
 		return r, fmt.Errorf("open loop: %w", err)
 	}
-	after := scrapeCache(d.httpAddr)
-	r.Open = phase{res, cacheDelta{after.Hits - mid.Hits, after.Misses - mid.Misses}}
+	after := scrapeCounters(d.httpAddr)
+	r.Open = phase{res, after.sub(mid)}
 	return r, nil
 }
 
@@ -396,18 +428,17 @@ func createKeys(ctx context.Context, bin, cfg string, env []string, name string,
 	return keys, nil
 }
 
-// scrapeCache reads extauthz_cache_hits_total and _misses_total from the
-// server's /metrics (zeros when there is no HTTP listener or no answer).
-func scrapeCache(httpAddr string) cacheDelta {
-	var c cacheDelta
+// scrapeCounters reads the server's counters from its /metrics (zeros when
+// there is no HTTP listener or no answer).
+func scrapeCounters(httpAddr string) counters {
 	if httpAddr == "" || httpAddr == "off" {
-		return c
+		return counters{}
 	}
-	m, err := scrapeMetrics("http://"+httpAddr+"/metrics", "extauthz_cache_hits_total", "extauthz_cache_misses_total")
+	m, err := scrapeMetrics("http://"+httpAddr+"/metrics", counterMetrics...)
 	if err != nil {
-		return c
+		return counters{}
 	}
-	return cacheDelta{m["extauthz_cache_hits_total"], m["extauthz_cache_misses_total"]}
+	return countersOf(m)
 }
 
 // scrapeMetrics returns the values of the named unlabelled metrics.

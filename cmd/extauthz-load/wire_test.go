@@ -82,3 +82,25 @@ extauthz_decisions_total{code="allow"} 5
 		t.Fatalf("got %v", m)
 	}
 }
+
+func TestCountersSayHowManyRateLimitedChecksALeaseAnswered(t *testing.T) {
+	read := func(text string) counters {
+		m, err := parseMetrics(strings.NewReader(text), counterMetrics...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return countersOf(m)
+	}
+	before := read("extauthz_ratelimit_allowed_total 100\nextauthz_ratelimit_limited_total 0\nextauthz_ratelimit_leased_total 50\nextauthz_cache_hits_total 7\n")
+	after := read("extauthz_ratelimit_allowed_total 1090\nextauthz_ratelimit_limited_total 10\nextauthz_ratelimit_leased_total 950\nextauthz_cache_hits_total 1007\n")
+	d := after.sub(before)
+	if d != (counters{Hits: 1000, RateLimited: 1000, Leased: 900}) {
+		t.Fatalf("delta %+v", d)
+	}
+	if got, want := d.leaseLine(), "  rate limit: 1000 checks, 900 answered from a lease = 90.00% without a Redis call\n"; got != want {
+		t.Fatalf("leaseLine() = %q, want %q", got, want)
+	}
+	if (counters{Hits: 5}).leaseLine() != "" {
+		t.Fatal("a phase without rate limiting has no lease line")
+	}
+}
