@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -589,4 +591,37 @@ func TestRedisKilledInTheMiddleOfARun(t *testing.T) {
 	n, err := newClient(t, o.srv.Addr).Exists(context.Background(), "rl:{busy}:").Result()
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), n, "checks after the restart counted in Redis again")
+}
+
+// The Redis script and the local limiter are two implementations of
+// window.go's algorithm: on the same random traffic, against the same
+// random limits, they must give the same answer at every step.
+func TestRedisDecidesExactlyAsTheLocalLimiter(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	for seed := range uint64(8) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		clock := newFakeClock()
+		local := NewLocal(clock.Now, 0)
+		shared := newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
+		limits := make([]Limit, 1+rng.IntN(3))
+		for i := range limits {
+			limits[i] = Limit{Name: "l" + strconv.Itoa(i), Bucket: "b", Scope: strconv.Itoa(i),
+				Rate: Rate{N: 1 + rng.Int64N(30), Window: time.Duration(1+rng.IntN(3000)) * time.Millisecond}}
+		}
+		now := t0
+		for step := range 400 {
+			gap := time.Duration(rng.ExpFloat64() * float64(40*time.Millisecond))
+			if rng.IntN(50) == 0 {
+				gap = time.Duration(rng.IntN(8000)) * time.Millisecond // idle past whole windows
+			}
+			now = now.Add(gap)
+			clock.Set(now)
+			want, err := local.Allow(context.Background(), limits)
+			require.NoError(t, err)
+			got, err := shared.Allow(context.Background(), limits)
+			require.NoError(t, err)
+			require.Equal(t, want, got, "seed %d step %d at %v, limits %+v", seed, step, now.Sub(t0), limits)
+		}
+	}
 }
