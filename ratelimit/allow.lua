@@ -53,24 +53,32 @@ local function latest(j, v, s)
 end
 
 -- The count of a limit at now: the groups of raw (an HGETALL reply) from
--- idx-span to idx that still count. Also the value of group idx, and whether
--- older (stale) groups are present.
+-- idx-span to idx that still count. Also the value of group idx, whether
+-- older (stale) groups are present, and the newest group's index.
 local function count(raw, idx, w, s)
-  local held, cur, stale = 0, nil, false
+  local held, cur, stale, newest = 0, nil, false, idx
+  local oldest = idx - span
   for f = 1, #raw, 2 do
     local j = tonumber(raw[f])
     if j then
-      local v = tonumber(raw[f + 1])
-      if j < idx - span then
+      if j > newest then newest = j end
+      if j < oldest then
         stale = true
       else
-        local l, c = latest(j, v, s)
-        if l + w >= now then held = held + c end -- counted while bound + W ≥ now
+        local v = tonumber(raw[f + 1])
         if j == idx then cur = v end
+        if j * s + w >= now then
+          -- its bound is at least j*s: counted (the common case, without
+          -- working the mark out)
+          held = held + floor(v / 256)
+        else
+          local l, c = latest(j, v, s)
+          if l + w >= now then held = held + c end -- counted while bound + W ≥ now
+        end
       end
     end
   end
-  return held, cur, stale
+  return held, cur, stale, newest
 end
 
 -- Pass 1: the count of every limit. ST holds 8 values per limit (one table
@@ -90,12 +98,8 @@ for i = 1, nkeys do
   end
   local idx, held, cur, stale = floordiv(now, s), 0, nil, false
   if same then
-    held, cur, stale = count(raw, idx, w, s)
-    local newest = idx
-    for f = 1, #raw, 2 do
-      local j = tonumber(raw[f])
-      if j and j > newest then newest = j end
-    end
+    local newest
+    held, cur, stale, newest = count(raw, idx, w, s)
     if newest > idx then -- the clock went back: count as of the newest group
       idx = newest
       held, cur, stale = count(raw, idx, w, s)
