@@ -196,12 +196,16 @@ func printScenario(w io.Writer, r *ScenarioResult) {
 	if h, ok := r.ClosedCounters.ratio(); ok {
 		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.ClosedCounters.Hits, r.ClosedCounters.Misses, 100*h)
 	}
-	fmt.Fprint(w, r.ClosedCounters.leaseLine())
+	if r.Scenario.Store == "redis" { // the local limiter has no leases
+		fmt.Fprint(w, r.ClosedCounters.leaseLine())
+	}
 	printResult(w, r.Open)
 	if h, ok := r.OpenCounters.ratio(); ok {
 		fmt.Fprintf(w, "  cache: %.0f hits, %.0f misses = %.2f%% hits\n", r.OpenCounters.Hits, r.OpenCounters.Misses, 100*h)
 	}
-	fmt.Fprint(w, r.OpenCounters.leaseLine())
+	if r.Scenario.Store == "redis" {
+		fmt.Fprint(w, r.OpenCounters.leaseLine())
+	}
 	fmt.Fprintf(w, "server RSS %.1f MiB", float64(r.ServerRSSKiB)/1024)
 	if r.RedisRSSKiB > 0 {
 		fmt.Fprintf(w, ", redis-server RSS %.1f MiB", float64(r.RedisRSSKiB)/1024)
