@@ -267,15 +267,7 @@ func FuzzDecodeCheckMessages(f *testing.F) {
 // CheckRequest is an RPC error, as with grpc-go's own codec.
 func TestRegisteredServerDecidesOverGRPC(t *testing.T) {
 	fx := newFixture(t, nil)
-	srv := grpc.NewServer(ServerCodec())
-	Register(srv, &CheckServer{Authz: fx.a})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
+	conn := serveChecks(t, fx)
 	client := authv3.NewAuthorizationClient(conn)
 	ctx := context.Background()
 
@@ -300,6 +292,22 @@ func TestRegisteredServerDecidesOverGRPC(t *testing.T) {
 	// Bytes that are no CheckRequest: the codec's error, as before.
 	err = conn.Invoke(ctx, checkMethod, &authv3.CheckRequest{}, new(authv3.CheckResponse), grpc.ForceCodecV2(rawBytesCodec{b: []byte{0x0a, 0x7f}}))
 	assert.Equal(t, codes.Internal, status.Code(err), "%v", err)
+}
+
+// serveChecks serves fx's Authorizer as Register does, on a server made
+// with ServerCodec and opts, and returns a client connection to it.
+func serveChecks(t *testing.T, fx *fixture, opts ...grpc.ServerOption) *grpc.ClientConn {
+	t.Helper()
+	srv := grpc.NewServer(append([]grpc.ServerOption{ServerCodec()}, opts...)...)
+	Register(srv, &CheckServer{Authz: fx.a})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // rawBytesCodec sends b whatever the message, to put malformed bytes on
@@ -337,4 +345,23 @@ func BenchmarkDecodeCheck(b *testing.B) {
 			st.reset()
 		}
 	})
+}
+
+// A server with a unary interceptor still decides through the wire
+// decoder; the interceptor sees the decoded Request (there is no
+// CheckRequest) and its own handler call.
+func TestRegisteredServerRunsUnderAnInterceptor(t *testing.T) {
+	fx := newFixture(t, nil)
+	var seen []string
+	conn := serveChecks(t, fx, grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if r, ok := req.(*Request); ok {
+			seen = append(seen, info.FullMethod+" "+r.Method+" "+r.Path)
+		}
+		return handler(ctx, req)
+	}))
+
+	resp, err := authv3.NewAuthorizationClient(conn).Check(context.Background(), checkRequest(map[string]string{"x-api-key": fx.good}))
+	require.NoError(t, err)
+	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[HeaderKeyID])
+	assert.Equal(t, []string{checkMethod + " GET /api/users"}, seen)
 }
