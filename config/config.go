@@ -192,9 +192,13 @@ type HTTPMode struct {
 
 // Audit selects where audit events go.
 type Audit struct {
-	Sink      string `json:"sink"` // stdout | redis | none
-	StreamCap int64  `json:"stream_cap"`
-	QueueSize int    `json:"queue_size"`
+	Sink string `json:"sink"` // stdout | redis | none
+	// StreamCap is about how many events the Redis stream keeps. It shares
+	// the key store's Redis, which never evicts: an event takes about 550
+	// bytes there, and up to 4.3 KB when a client fills the fields it
+	// controls (path, host, user agent) to their 512-byte cap.
+	StreamCap int64 `json:"stream_cap"`
+	QueueSize int   `json:"queue_size"`
 }
 
 // Log configures the service's own logs (not the audit events).
@@ -223,6 +227,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the Go duration string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// DefaultAuditStreamCap is audit.stream_cap's default: at most about 86 MB
+// of the key store's Redis even when every event is as large as a client
+// can make it (20,000 × 4.3 KB), about 11 MB for typical events.
+const DefaultAuditStreamCap = 20_000
+
 // Default returns the configuration an empty file gives.
 func Default() Config {
 	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
@@ -246,7 +255,7 @@ func Default() Config {
 		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures},
 		Unmatched: "deny",
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
-		Audit:     Audit{Sink: "stdout", StreamCap: 1000000, QueueSize: 8192},
+		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
 	}
 }

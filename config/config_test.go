@@ -105,6 +105,15 @@ store:
 	assert.Empty(t, Default().Store.Redis.Username, "the default user by default")
 }
 
+func TestTheAuditStreamCapIsSmallByDefault(t *testing.T) {
+	cfg, err := Parse(nil)
+	require.NoError(t, err)
+	// 4.3 KB is what one event of fields at their cap takes in Redis (measured
+	// with MEMORY USAGE); the stream must stay a small part of the key store.
+	assert.LessOrEqual(t, cfg.Audit.StreamCap*4300, int64(100<<20), "the default audit stream can hold over 100 MiB")
+	assert.EqualValues(t, 20_000, cfg.Audit.StreamCap)
+}
+
 func TestListsReplaceTheDefaults(t *testing.T) {
 	cfg, err := Parse([]byte("sources: [{header: x-token}]\n"))
 	require.NoError(t, err)
