@@ -215,12 +215,59 @@ func TestTheShippedACLIsEnoughAndNoMore(t *testing.T) {
 		require.Empty(t, aclDenials(t, admin), "Redis refused commands extauthz sent: the ACL misses them")
 		requireAllUsed(t, []map[string]int{commandCalls(t, admin)}, commandsOnlyClusterUses)
 	})
+	t.Run("a crash loses nothing that was written", func(t *testing.T) {
+		// The scripts' writes are logged as transactions, which Redis
+		// re-checks against the default user's ACL when it replays them.
+		time.Sleep(1500 * time.Millisecond) // appendfsync everysec
+		before := snapshot(t, admin)
+		require.Greater(t, len(before), 100, "too few keys to compare")
+		srv.Restart() // SIGKILL, then start.sh again
+		after := snapshot(t, admin)
+		require.Len(t, after, len(before), "%d of %d keys lost in a restart: the append-only file did not bring them back", len(before)-len(after), len(before))
+		require.Equal(t, before, after, "keys changed in a restart")
+	})
 	t.Run("with the password, nothing else is allowed", func(t *testing.T) {
 		requireRefused(t, dialExtauthz(t), admin)
 	})
 	t.Run("without the password, nothing at all", func(t *testing.T) {
 		requireLockedOut(t, srv, d)
 	})
+}
+
+// snapshot returns every key of the server that will not expire within a
+// minute, with its type and content, for comparing two points in time.
+func snapshot(t *testing.T, admin *goredis.Client) map[string]string {
+	t.Helper()
+	ctx := t.Context()
+	out := map[string]string{}
+	iter := admin.Scan(ctx, 0, "*", 1000).Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		ttl, err := admin.PTTL(ctx, key).Result()
+		require.NoError(t, err)
+		if ttl >= 0 && ttl < time.Minute {
+			continue // may expire between the two snapshots
+		}
+		kind, err := admin.Type(ctx, key).Result()
+		require.NoError(t, err)
+		var v any
+		switch kind {
+		case "string":
+			v, err = admin.Get(ctx, key).Result()
+		case "hash":
+			v, err = admin.HGetAll(ctx, key).Result()
+		case "zset":
+			v, err = admin.ZRangeWithScores(ctx, key, 0, -1).Result()
+		case "stream":
+			v, err = admin.XRange(ctx, key, "-", "+").Result()
+		default:
+			t.Fatalf("key %s has type %s, which extauthz never writes", key, kind)
+		}
+		require.NoError(t, err)
+		out[key] = fmt.Sprintf("%s %v", kind, v)
+	}
+	require.NoError(t, iter.Err())
+	return out
 }
 
 // requireAllUsed fails for every command the ACL grants that no server
@@ -557,4 +604,58 @@ func TestSentinelOverTLSWithACLUsers(t *testing.T) {
 			require.Error(t, c.Ping(t.Context()).Err())
 		})
 	}
+}
+
+// TestTheShippedRedisNeverEvicts: at maxmemory, redis.conf's noeviction
+// refuses writes rather than drop a key record.
+func TestTheShippedRedisNeverEvicts(t *testing.T) {
+	d := newDeployed(t, deployedRedis)
+	opts := d.options(t, false)
+	opts.Deployed = true
+	srv := redistest.StartWith(t, opts)
+	admin := d.admin(t, srv)
+	store := redisstore.New(d.dialAsExtauthz(t, redisstore.Options{URL: srv.URL(0)}), aclPrefix)
+	t.Cleanup(func() { _ = store.Close() })
+	ctx := t.Context()
+
+	hasher := keystore.NewHasher([]byte("pepper"))
+	create := func() (*keystore.Key, keystore.Hash) {
+		t.Helper()
+		now := time.Now().UTC()
+		id, err := keystore.NewID(now)
+		require.NoError(t, err)
+		k := &keystore.Key{ID: id, Name: "durable", Owner: "default", Permissions: []string{"read:users"}, CreatedAt: now}
+		h := hasher.Hash(id + "-secret-" + randomSecret(t))
+		require.NoError(t, store.Create(ctx, k, h, 0))
+		return k, h
+	}
+
+	t.Run("at maxmemory writes are refused and nothing is evicted", func(t *testing.T) {
+		first, h := create()
+		used, err := admin.Info(ctx, "memory").Result()
+		require.NoError(t, err)
+		var usedBytes int64
+		for _, line := range strings.Split(used, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+				usedBytes, _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+		require.Positive(t, usedBytes)
+		require.NoError(t, admin.ConfigSet(ctx, "maxmemory", strconv.FormatInt(usedBytes+2<<20, 10)).Err())
+		t.Cleanup(func() { _ = admin.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+		var refused error
+		for i := 0; i < 100_000 && refused == nil; i++ {
+			k, h := func() (*keystore.Key, keystore.Hash) {
+				now := time.Now().UTC()
+				id, err := keystore.NewID(now)
+				require.NoError(t, err)
+				return &keystore.Key{ID: id, Name: strings.Repeat("n", 200), Owner: "filler", CreatedAt: now}, hasher.Hash(id + "-filler")
+			}()
+			refused = store.Create(ctx, k, h, 0)
+		}
+		require.ErrorContains(t, refused, "OOM", "Redis took writes past maxmemory")
+		got, err := store.Lookup(ctx, h)
+		require.NoError(t, err, "a key was evicted to make room: is maxmemory-policy noeviction?")
+		require.Equal(t, first.ID, got.ID)
+	})
 }

@@ -13,6 +13,14 @@
 #                            the ACL (a replication or Sentinel user)
 #
 # Only hashes reach the rendered file, never a password.
+#
+# The default user is on, but its hash (#NO_PASSWORD_MATCHES) is replaced by
+# 32 random bytes: no password is known to match it, so nobody can log in as
+# it. It is not simply off because Redis replays the transactions in the
+# append-only file (which is how Lua scripts' writes are logged) as the
+# default user and checks its ACL as it does (redis/redis#14541, fixed after
+# 7.4): with the default user off, every key a script wrote would be lost
+# silently on restart. So it may write extauthz:* keys, and nothing more.
 set -eu
 
 here=$(dirname "$0")
@@ -34,11 +42,14 @@ if [ -n "${REDIS_PASSWORD_PREVIOUS:-}" ]; then
 	[ "${#REDIS_PASSWORD_PREVIOUS}" -ge 16 ] || fail "REDIS_PASSWORD_PREVIOUS is shorter than 16 characters"
 	hashes="$hashes #$(sha256 "$REDIS_PASSWORD_PREVIOUS")"
 fi
-[ "$(grep -c '#EXTAUTHZ_PASSWORD_SHA256' "$here/users.acl")" = 1 ] || fail "$here/users.acl must hold #EXTAUTHZ_PASSWORD_SHA256 exactly once"
+for placeholder in '#EXTAUTHZ_PASSWORD_SHA256' '#NO_PASSWORD_MATCHES'; do
+	[ "$(grep -c "$placeholder" "$here/users.acl")" = 1 ] || fail "$here/users.acl must hold $placeholder exactly once"
+done
+unknowable="#$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 
 umask 077
 {
-	sed "s/#EXTAUTHZ_PASSWORD_SHA256/$hashes/" "$here/users.acl"
+	sed -e "s/#EXTAUTHZ_PASSWORD_SHA256/$hashes/" -e "s/#NO_PASSWORD_MATCHES/$unknowable/" "$here/users.acl"
 	if [ -n "${REDIS_ACL_EXTRA:-}" ]; then
 		cat "$REDIS_ACL_EXTRA"
 	fi
