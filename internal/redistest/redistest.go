@@ -212,13 +212,14 @@ func FreePort(tb testing.TB) int {
 
 // waitPing waits until the server answers PING, or its process exits. A
 // server whose default user may not run PING, answering NOAUTH or NOPERM,
-// is up too.
+// is up too; but when the helper has a login it pings logged in, so that a
+// server still loading its data (LOADING) is not taken for ready.
 func (s *Server) waitPing(timeout time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(timeout)
 	var reply string
 	var err error
 	for time.Now().Before(deadline) {
-		reply, err = s.do(false, "PING")
+		reply, err = s.do(s.opts.Password != "", "PING")
 		if err == nil && (reply == "+PONG" || strings.HasPrefix(reply, "-NOAUTH") || strings.HasPrefix(reply, "-NOPERM")) {
 			return nil
 		}
