@@ -178,6 +178,9 @@ func commandCalls(t *testing.T, admin *goredis.Client) map[string]int {
 func (d *deployed) dialAsExtauthz(t *testing.T, o redisstore.Options) goredis.UniversalClient {
 	t.Helper()
 	o.Username, o.Password = aclUser, d.password
+	// These tests prove what Redis allows, not how fast: a TLS handshake
+	// under the race detector on a busy machine outlasts the defaults.
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 10*time.Second, 5*time.Second, 5*time.Second
 	c, err := redisstore.Dial(o)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
@@ -296,7 +299,7 @@ func exerciseLimiter(t *testing.T, c, c2 goredis.UniversalClient) {
 		// Deny on a Redis error, so that a refused command fails the test
 		// here instead of falling back quietly.
 		lim, err := ratelimit.NewRedis(c, ratelimit.RedisOptions{
-			Prefix: aclPrefix, OnStoreError: ratelimit.PolicyDeny, Heartbeat: 50 * time.Millisecond, Timeout: 2 * time.Second,
+			Prefix: aclPrefix, OnStoreError: ratelimit.PolicyDeny, Heartbeat: 50 * time.Millisecond, Timeout: 5 * time.Second,
 		})
 		require.NoError(t, err)
 		return lim
@@ -489,7 +492,7 @@ func TestAMissingCommandIsCaught(t *testing.T) {
 	defer stop()
 	require.NoError(t, store.Watch(watchCtx, func(keystore.Hash) {}), "the watcher rides Redis errors out")
 
-	lim, err := ratelimit.NewRedis(c, ratelimit.RedisOptions{Prefix: aclPrefix})
+	lim, err := ratelimit.NewRedis(c, ratelimit.RedisOptions{Prefix: aclPrefix, Timeout: 5 * time.Second})
 	require.NoError(t, err)
 	res, err := lim.Allow(t.Context(), []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 5, Window: time.Minute}}})
 	require.NoError(t, err)

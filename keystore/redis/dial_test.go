@@ -198,6 +198,9 @@ func TestDialOverTLS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// What is refused, not how fast: a handshake under the race
+			// detector on a busy machine can outlast the defaults.
+			tt.opts.DialTimeout, tt.opts.ReadTimeout = 10*time.Second, 5*time.Second
 			err := dial(t, tt.opts).Set(t.Context(), "k", "v", 0).Err()
 			if tt.wantOK {
 				require.NoError(t, err)
@@ -226,7 +229,7 @@ func TestDialRereadsARenewedClientCertificate(t *testing.T) {
 		require.NoError(t, err)
 	}
 	install(srv.TLS.ClientCert, srv.TLS.ClientKey)
-	c := dial(t, Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA, CertFile: cert, KeyFile: key}})
+	c := dial(t, Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA, CertFile: cert, KeyFile: key}, DialTimeout: 10 * time.Second, ReadTimeout: 5 * time.Second})
 	require.NoError(t, c.Ping(t.Context()).Err())
 
 	install(untrusted.ClientCert, untrusted.ClientKey)
