@@ -65,8 +65,8 @@ type deployed struct {
 
 const adminUser = "acltest-admin"
 
-// newDeployed renders nothing itself: start.sh does, from dir (default the
-// shipped directory).
+// newDeployed prepares passwords for a Redis started by dir/start.sh, which
+// renders the ACL itself: the test never writes the extauthz user's line.
 func newDeployed(t *testing.T, dir string) *deployed {
 	t.Helper()
 	d := &deployed{password: randomSecret(t), adminPassword: randomSecret(t), launcher: filepath.Join(dir, "start.sh")}
@@ -84,13 +84,14 @@ func randomSecret(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
-// options are the redistest options that start a node the deployed way.
-func (d *deployed) options(t *testing.T, tlsOn bool) redistest.Options {
+// options are the redistest options that start a node the deployed way;
+// moreUsers are ACL lines appended after the test's admin user.
+func (d *deployed) options(t *testing.T, tlsOn bool, moreUsers ...string) redistest.Options {
 	t.Helper()
 	dir := t.TempDir()
 	extra := filepath.Join(dir, "extra.acl")
-	line := fmt.Sprintf("user %s on >%s ~* &* +@all\n", adminUser, d.adminPassword)
-	require.NoError(t, os.WriteFile(extra, []byte(line), 0o600))
+	lines := append([]string{fmt.Sprintf("user %s on >%s ~* &* +@all", adminUser, d.adminPassword)}, moreUsers...)
+	require.NoError(t, os.WriteFile(extra, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
 	return redistest.Options{
 		Launcher: d.launcher,
 		Env: []string{
@@ -550,14 +551,9 @@ func TestClusterOverTLSWithTheShippedACL(t *testing.T) {
 func TestSentinelOverTLSWithACLUsers(t *testing.T) {
 	d := newDeployed(t, deployedRedis)
 	monitorPassword, sentinelPassword := randomSecret(t), randomSecret(t)
-	opts := d.options(t, true)
 	// The Sentinel's own user on the primary (what Redis documents it needs).
-	extra := strings.TrimPrefix(opts.Env[2], "REDIS_ACL_EXTRA=")
-	f, err := os.OpenFile(extra, os.O_APPEND|os.O_WRONLY, 0)
-	require.NoError(t, err)
-	_, err = fmt.Fprintf(f, "user sentinel on >%s allchannels -@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill\n", monitorPassword)
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
+	opts := d.options(t, true, "user sentinel on >"+monitorPassword+
+		" allchannels -@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill")
 	primary := redistest.StartWith(t, opts)
 
 	const master = "extauthz"
