@@ -90,17 +90,44 @@ type Store struct {
 }
 
 // Redis configures the Redis backend (standalone by URL, Cluster by addrs,
-// Sentinel by master_name + addrs).
+// Sentinel by master_name + addrs), how to log in to it and how to talk TLS.
 type Redis struct {
-	URL         string   `json:"url"`
-	Addrs       []string `json:"addrs"`
-	MasterName  string   `json:"master_name"`
-	PasswordEnv string   `json:"password_env"`
-	Prefix      string   `json:"prefix"`
-	Timeout     Duration `json:"timeout"` // per Redis call on the request path
+	URL        string   `json:"url"`
+	Addrs      []string `json:"addrs"`
+	MasterName string   `json:"master_name"`
+	// Username is the ACL user to log in as ("" = the default user, or the
+	// user in the URL).
+	Username    string `json:"username"`
+	PasswordEnv string `json:"password_env"`
+	// SentinelUsername and SentinelPasswordEnv log in to the Sentinels
+	// themselves (master_name only), when they require it.
+	SentinelUsername    string   `json:"sentinel_username"`
+	SentinelPasswordEnv string   `json:"sentinel_password_env"`
+	TLS                 RedisTLS `json:"tls"`
+	Prefix              string   `json:"prefix"`
+	Timeout             Duration `json:"timeout"` // per Redis call on the request path
 
-	// Password is read from the environment variable PasswordEnv by Load.
-	Password string `json:"-"`
+	// Password is read from the environment variable PasswordEnv by Load,
+	// SentinelPassword from SentinelPasswordEnv.
+	Password         string `json:"-"`
+	SentinelPassword string `json:"-"`
+}
+
+// RedisTLS says how to talk TLS to Redis: on for a rediss:// url, or with
+// enabled for addrs (Cluster nodes, Sentinels and the primary they name).
+// Certificates are always verified.
+type RedisTLS struct {
+	Enabled bool `json:"enabled"`
+	// CAFile is a PEM file of the CAs that sign the servers' certificates
+	// ("" = the system's roots).
+	CAFile string `json:"ca_file"`
+	// CertFile and KeyFile are a client certificate and its key, for a Redis
+	// that requires one; re-read when they change.
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	// ServerName is the name the servers' certificates must carry ("" = the
+	// host of each address).
+	ServerName string `json:"server_name"`
 }
 
 // Hashing names the environment variable holding the HMAC pepper.
@@ -165,9 +192,13 @@ type HTTPMode struct {
 
 // Audit selects where audit events go.
 type Audit struct {
-	Sink      string `json:"sink"` // stdout | redis | none
-	StreamCap int64  `json:"stream_cap"`
-	QueueSize int    `json:"queue_size"`
+	Sink string `json:"sink"` // stdout | redis | none
+	// StreamCap is about how many events the Redis stream keeps. It shares
+	// the key store's Redis, which never evicts: an event takes about 550
+	// bytes there, and up to 4.3 KB when a client fills the fields it
+	// controls (path, host, user agent) to their 512-byte cap.
+	StreamCap int64 `json:"stream_cap"`
+	QueueSize int   `json:"queue_size"`
 }
 
 // Log configures the service's own logs (not the audit events).
@@ -196,6 +227,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the Go duration string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// DefaultAuditStreamCap is audit.stream_cap's default: at most about 86 MB
+// of the key store's Redis even when every event is as large as a client
+// can make it (20,000 × 4.3 KB), about 11 MB for typical events.
+const DefaultAuditStreamCap = 20_000
+
 // Default returns the configuration an empty file gives.
 func Default() Config {
 	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
@@ -219,7 +255,7 @@ func Default() Config {
 		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures},
 		Unmatched: "deny",
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
-		Audit:     Audit{Sink: "stdout", StreamCap: 1000000, QueueSize: 8192},
+		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
 	}
 }
@@ -276,6 +312,9 @@ func Parse(data []byte) (*Config, error) {
 		return nil, err
 	}
 	cfg.Store.Redis.Password = os.Getenv(cfg.Store.Redis.PasswordEnv)
+	if cfg.Store.Redis.SentinelPasswordEnv != "" {
+		cfg.Store.Redis.SentinelPassword = os.Getenv(cfg.Store.Redis.SentinelPasswordEnv)
+	}
 	if cfg.Hashing.PepperEnv != "" {
 		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
 	}
@@ -414,6 +453,7 @@ func (c *Config) validate() error {
 		if r.Prefix == "" {
 			bad("store.redis.prefix", "must not be empty")
 		}
+		validateRedisAuth(r, bad)
 		if r.Timeout <= 0 {
 			bad("store.redis.timeout", "must be positive")
 		}
@@ -523,6 +563,48 @@ func (c *Config) validate() error {
 		bad("log.format", "%q: want json or text", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// validateRedisAuth checks the login and TLS settings of store.redis: each
+// must mean something for the topology chosen, or it is an error rather than
+// silently ignored.
+func validateRedisAuth(r Redis, bad func(field, format string, args ...any)) {
+	byURL := len(r.Addrs) == 0
+	u, err := url.Parse(r.URL)
+	secure := err == nil && u.Scheme == "rediss"
+	if byURL && err == nil {
+		if u.User.Username() != "" && r.Username != "" {
+			bad("store.redis.username", "the url names a user too; keep one")
+		}
+		if u.Query().Has("skip_verify") {
+			bad("store.redis.url", "skip_verify is not supported: certificates are always verified (set tls.ca_file or tls.server_name)")
+		}
+	}
+	if strings.ContainsAny(r.Username, " \t:@/") {
+		bad("store.redis.username", "%q: want an ACL user name (no spaces, ':', '@' or '/')", r.Username)
+	}
+	t := r.TLS
+	files := t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
+	switch {
+	case byURL && t.Enabled && !secure:
+		bad("store.redis.tls.enabled", "the url is redis://; use a rediss:// url for TLS")
+	case byURL && files && !secure:
+		bad("store.redis.tls", "ca_file, cert_file, key_file and server_name need a rediss:// url")
+	case !byURL && files && !t.Enabled:
+		bad("store.redis.tls", "ca_file, cert_file, key_file and server_name need enabled: true (with addrs)")
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		bad("store.redis.tls", "set cert_file and key_file together")
+	}
+	if strings.ContainsAny(t.ServerName, ":/ \t@") {
+		bad("store.redis.tls.server_name", "%q: want a host name, without port or scheme", t.ServerName)
+	}
+	if r.MasterName == "" && (r.SentinelUsername != "" || r.SentinelPasswordEnv != "") {
+		bad("store.redis", "sentinel_username and sentinel_password_env need master_name (Sentinel)")
+	}
+	if r.SentinelUsername != "" && r.SentinelPasswordEnv == "" {
+		bad("store.redis.sentinel_password_env", "required with sentinel_username")
+	}
 }
 
 // ParseCIDRs reads an IP allowlist: CIDRs or bare addresses (a bare address

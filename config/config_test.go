@@ -75,6 +75,45 @@ func TestSecretsComeFromTheNamedEnvironmentVariables(t *testing.T) {
 	assert.Equal(t, "pw", cfg.Store.Redis.Password)
 }
 
+func TestRedisLoginAndTLSSettings(t *testing.T) {
+	t.Setenv("REDIS_PW", "pw")
+	t.Setenv("SENTINEL_PW", "spw")
+	cfg, err := Parse([]byte(`
+store:
+  backend: redis
+  redis:
+    addrs: ["s1:26379", "s2:26379"]
+    master_name: keys
+    username: extauthz
+    password_env: REDIS_PW
+    sentinel_username: watcher
+    sentinel_password_env: SENTINEL_PW
+    tls: {enabled: true, ca_file: /tls/ca.crt, cert_file: /tls/tls.crt, key_file: /tls/tls.key, server_name: redis.internal}
+`))
+	require.NoError(t, err)
+	r := cfg.Store.Redis
+	assert.Equal(t, "extauthz", r.Username)
+	assert.Equal(t, "pw", r.Password)
+	assert.Equal(t, "watcher", r.SentinelUsername)
+	assert.Equal(t, "spw", r.SentinelPassword)
+	assert.Equal(t, RedisTLS{Enabled: true, CAFile: "/tls/ca.crt", CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key", ServerName: "redis.internal"}, r.TLS)
+
+	cfg, err = Parse([]byte("store: {backend: redis, redis: {url: \"rediss://redis:6380/0\", username: extauthz, tls: {ca_file: /tls/ca.crt}}}\n"))
+	require.NoError(t, err, "a rediss:// url needs no tls.enabled")
+	assert.Equal(t, "/tls/ca.crt", cfg.Store.Redis.TLS.CAFile)
+	assert.False(t, Default().Store.Redis.TLS.Enabled, "TLS is off by default")
+	assert.Empty(t, Default().Store.Redis.Username, "the default user by default")
+}
+
+func TestTheAuditStreamCapIsSmallByDefault(t *testing.T) {
+	cfg, err := Parse(nil)
+	require.NoError(t, err)
+	// 4.3 KB is what one event of fields at their cap takes in Redis (measured
+	// with MEMORY USAGE); the stream must stay a small part of the key store.
+	assert.LessOrEqual(t, cfg.Audit.StreamCap*4300, int64(100<<20), "the default audit stream can hold over 100 MiB")
+	assert.EqualValues(t, 20_000, cfg.Audit.StreamCap)
+}
+
 func TestListsReplaceTheDefaults(t *testing.T) {
 	cfg, err := Parse([]byte("sources: [{header: x-token}]\n"))
 	require.NoError(t, err)
@@ -103,6 +142,17 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a wrong type names the field", "cache: {size: big}", "cache.size"},
 		{"a bad listen address", "listen: {grpc: nine}", "listen.grpc"},
 		{"a redis audit sink without redis", "audit: {sink: redis}", "audit.sink"},
+		{"an unknown redis tls field", "store: {redis: {tls: {ca_fille: /x}}}", `store.redis.tls.ca_fille: unknown field (did you mean "ca_file"?)`},
+		{"tls.enabled with a redis:// url", "store: {backend: redis, redis: {url: \"redis://h:6379/0\", tls: {enabled: true}}}", "store.redis.tls.enabled: the url is redis://"},
+		{"a CA file with a redis:// url", "store: {backend: redis, redis: {url: \"redis://h:6379/0\", tls: {ca_file: /ca.crt}}}", "store.redis.tls: ca_file, cert_file, key_file and server_name need a rediss:// url"},
+		{"a CA file with addrs but TLS off", "store: {backend: redis, redis: {addrs: [\"a:6379\", \"b:6379\"], tls: {ca_file: /ca.crt}}}", "need enabled: true"},
+		{"a client certificate without its key", "store: {backend: redis, redis: {url: \"rediss://h:6379/0\", tls: {cert_file: /c.crt}}}", "set cert_file and key_file together"},
+		{"a server name with a port", "store: {backend: redis, redis: {url: \"rediss://h:6379/0\", tls: {server_name: \"h:6379\"}}}", "store.redis.tls.server_name"},
+		{"skip_verify in the url", "store: {backend: redis, redis: {url: \"rediss://h:6379/0?skip_verify=true\"}}", "store.redis.url: skip_verify is not supported"},
+		{"a username in the url and the field", "store: {backend: redis, redis: {url: \"redis://a@h:6379/0\", username: b}}", "store.redis.username: the url names a user too"},
+		{"a username with a space", "store: {backend: redis, redis: {username: \"ext authz\"}}", "store.redis.username"},
+		{"a sentinel user without sentinel", "store: {backend: redis, redis: {sentinel_username: w, sentinel_password_env: X}}", "need master_name"},
+		{"a sentinel user without a password", "store: {backend: redis, redis: {addrs: [\"s:26379\"], master_name: m, sentinel_username: w}}", "store.redis.sentinel_password_env: required with sentinel_username"},
 		{"an http_mode prefix with a trailing slash", "http_mode: {prefix: /authz/}", "http_mode.prefix"},
 		{"a bad http_mode original", "http_mode: {original: header}", "http_mode.original"},
 		{"not a mapping", "- a\n- b\n", "must be a mapping"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -111,8 +112,49 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		wantErr string
 	}{
 		{"Redis without AOF", func(p *types.Project) {
-			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = types.ShellCommand{"redis-server"} })
-		}, "appendonly"},
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = append(s.Command, "--appendonly", "no") })
+		}, "appendonly is not yes"},
+		{"Redis evicting keys", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = append(s.Command, "--maxmemory-policy", "allkeys-lru") })
+		}, "maxmemory-policy allkeys-lru"},
+		{"Redis started without the shipped script", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = types.ShellCommand{"redis-server", "--appendonly", "yes"} })
+		}, "the ACL would not be rendered"},
+		{"Redis running files other than the proved ones", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { bindOrVolume(*s, "/etc/redis").Source = "/tmp/redis" })
+		}, "the files the Go tests prove"},
+		{"Redis without a password", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Environment["REDIS_PASSWORD"] = ptr("") })
+		}, "REDIS_PASSWORD is empty"},
+		{"the server with another Redis password", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { s.Environment["REDIS_PASSWORD"] = ptr("another-password-16+") })
+		}, "not the password Redis was started with"},
+		{"a Redis healthcheck as the default user", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.HealthCheck.Test = types.HealthCheckTest{"CMD", "redis-cli", "ping"} })
+		}, "does not log in"},
+		{"the rendered ACL on disk", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Tmpfs = nil })
+		}, "is not a tmpfs"},
+		{"the upstream on Redis's network", func(p *types.Project) {
+			setService(p, "upstream", func(s *types.ServiceConfig) { s.Networks["store"] = nil })
+		}, "upstream shares network [store] with redis"},
+		{"Envoy on Redis's network", func(p *types.Project) {
+			setService(p, "envoy", func(s *types.ServiceConfig) { s.Networks["store"] = nil })
+		}, "envoy shares network [store] with redis"},
+		{"the upstream next to extauthz", func(p *types.Project) {
+			setService(p, "upstream", func(s *types.ServiceConfig) { s.Networks["edge"] = nil })
+		}, "upstream shares network [edge] with extauthz"},
+		{"a service on the default network", func(p *types.Project) {
+			setService(p, "upstream", func(s *types.ServiceConfig) { s.Networks = nil })
+		}, "on the default network"},
+		{"Redis's network open to the outside", func(p *types.Project) {
+			n := p.Networks["store"]
+			n.Internal = false
+			p.Networks["store"] = n
+		}, "not internal"},
+		{"extauthz cut off from Redis", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { delete(s.Networks, "store") })
+		}, "extauthz shares no network with redis"},
 		{"the echo backend on another port than Envoy's upstream cluster", func(p *types.Project) {
 			setService(p, "upstream", func(s *types.ServiceConfig) { s.Environment["HTTP_PORT"] = ptr("8080") })
 		}, "upstream"},
@@ -252,26 +294,12 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 		}
 	}
 
-	// Redis: the host and port of store.redis.url, with AOF on a volume.
-	redis := p.Services["redis"]
+	// Redis: the host and port of store.redis.url, running the shipped files.
 	if cfg.Store.Backend != "redis" {
 		bad("extauthz config: store.backend is %q; the compose demo runs Redis", cfg.Store.Backend)
 	}
-	redisHost, redisPort := urlHostPort(t, cfg.Store.Redis.URL, 6379)
-	if !isService(redisHost) {
-		bad("store.redis.url host %q is not a compose service", redisHost)
-	}
-	if want := flagValue(redis.Command, "--port", "6379"); strconv.Itoa(redisPort) != want {
-		bad("store.redis.url port %d, Redis listens on %s", redisPort, want)
-	}
-	if flagValue(redis.Command, "--appendonly", "no") != "yes" {
-		bad("redis: --appendonly yes is missing: created keys would not survive a restart")
-	}
-	if v := bindOrVolume(redis, "/data"); v == nil || v.Type != types.VolumeTypeVolume {
-		bad("redis: /data must be a named volume")
-	} else if _, ok := p.Volumes[v.Source]; !ok {
-		bad("redis: volume %q is not declared", v.Source)
-	}
+	problems = append(problems, composeRedisProblems(t, p, cfg)...)
+	problems = append(problems, composeNetworkProblems(p)...)
 
 	// Envoy: the mounted config's clusters must be these services and ports.
 	envoy := p.Services["envoy"]
@@ -358,6 +386,109 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 	}
 	if ck.Restart != "" && ck.Restart != types.RestartPolicyNo {
 		bad("create-demo-key restarts (%q): every restart would make another key", ck.Restart)
+	}
+	return problems
+}
+
+// composeRedisProblems: Redis runs k8s/base/redis (start.sh, redis.conf and
+// the ACL the Go tests prove) on a named volume, with the password the
+// extauthz services log in with, and extauthz logs in as the ACL's user.
+func composeRedisProblems(t *testing.T, p *types.Project, cfg *extauthzConfig) []string {
+	t.Helper()
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	redis := p.Services["redis"]
+	const startScript = "/etc/redis/start.sh"
+	if len(redis.Command) < 2 || redis.Command[0] != "sh" || redis.Command[1] != startScript {
+		bad("redis: command %q does not run %s: the ACL would not be rendered", redis.Command, startScript)
+		return problems
+	}
+	args := redis.Command[2:]
+	dir := bindSource(redis, path.Dir(startScript))
+	if want, _ := filepath.Abs(filepath.Join(repoRoot, shippedRedisDir)); dir != want {
+		bad("redis: %s is %q, want %s, the files the Go tests prove", path.Dir(startScript), dir, shippedRedisDir)
+		return problems
+	}
+	if v := bindOrVolume(redis, path.Dir(startScript)); !v.ReadOnly {
+		bad("redis: %s is mounted writable", path.Dir(startScript))
+	}
+	conf := redisConf(readRepoFile(t, path.Join(shippedRedisDir, "redis.conf")))
+	redisHost, redisPort := urlHostPort(t, cfg.Store.Redis.URL, 6379)
+	if _, ok := p.Services[redisHost]; !ok {
+		bad("store.redis.url host %q is not a compose service", redisHost)
+	}
+	if want := redisSetting(conf, args, "port", "6379"); strconv.Itoa(redisPort) != want {
+		bad("store.redis.url port %d, Redis listens on %s", redisPort, want)
+	}
+	if redisSetting(conf, args, "appendonly", "no") != "yes" {
+		bad("redis: appendonly is not yes: created keys would not survive a restart")
+	}
+	if pol := redisSetting(conf, args, "maxmemory-policy", "noeviction"); pol != "noeviction" {
+		bad("redis: maxmemory-policy %s: Redis may evict key records", pol)
+	}
+	if d := flagValue(args, "--dir", ""); d != "/data" {
+		bad("redis: --dir is %q, want /data, the volume", d)
+	}
+	if v := bindOrVolume(redis, "/data"); v == nil || v.Type != types.VolumeTypeVolume {
+		bad("redis: /data must be a named volume")
+	} else if _, ok := p.Volumes[v.Source]; !ok {
+		bad("redis: volume %q is not declared", v.Source)
+	}
+	if !slices.ContainsFunc(redis.Tmpfs, func(m string) bool { return strings.HasPrefix(m, "/run/redis:") || m == "/run/redis" }) {
+		bad("redis: /run/redis, where start.sh renders the ACL, is not a tmpfs")
+	}
+	if hc := redis.HealthCheck; hc == nil || !strings.Contains(strings.Join(hc.Test, " "), "--user "+redisUser) {
+		bad("redis: the healthcheck does not log in as %s (the default user can do nothing)", redisUser)
+	}
+	pw := envValue(redis, "REDIS_PASSWORD")
+	if len(pw) < 16 {
+		bad("redis: REDIS_PASSWORD is empty or shorter than 16 characters: start.sh refuses it")
+	}
+	for _, name := range []string{"extauthz", "create-demo-key"} {
+		if envValue(p.Services[name], cfg.Store.Redis.PasswordEnv) != pw {
+			bad("%s: $%s is not the password Redis was started with", name, cfg.Store.Redis.PasswordEnv)
+		}
+	}
+	for _, ps := range configMatchesACL(cfg, readRepoFile(t, path.Join(shippedRedisDir, "users.acl"))) {
+		bad("extauthz config: %s", ps)
+	}
+	return problems
+}
+
+// composeNetworkProblems: each service shares a network with the ones it
+// talks to and with no other; Redis's networks are internal.
+func composeNetworkProblems(p *types.Project) []string {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	shared := func(a, b string) []string {
+		var out []string
+		for n := range p.Services[a].Networks {
+			if _, ok := p.Services[b].Networks[n]; ok {
+				out = append(out, n)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	for name, s := range p.Services {
+		if _, ok := s.Networks["default"]; ok || len(s.Networks) == 0 {
+			bad("service %s is on the default network, which every service without networks joins", name)
+		}
+	}
+	for _, talk := range [][2]string{{"envoy", "extauthz"}, {"envoy", "upstream"}, {"extauthz", "redis"}, {"create-demo-key", "redis"}} {
+		if len(shared(talk[0], talk[1])) == 0 {
+			bad("%s shares no network with %s, which it talks to", talk[0], talk[1])
+		}
+	}
+	for _, apart := range [][2]string{{"upstream", "redis"}, {"envoy", "redis"}, {"upstream", "extauthz"}, {"upstream", "create-demo-key"}} {
+		if n := shared(apart[0], apart[1]); len(n) > 0 {
+			bad("%s shares network %v with %s: it could reach it", apart[0], n, apart[1])
+		}
+	}
+	for n := range p.Services["redis"].Networks {
+		if !p.Networks[n].Internal {
+			bad("redis is on network %s, which is not internal", n)
+		}
 	}
 	return problems
 }

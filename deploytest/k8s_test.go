@@ -144,6 +144,7 @@ func (m *manifests) problems(t *testing.T) []string {
 	bad := func(format string, args ...any) { ps = append(ps, fmt.Sprintf(format, args...)) }
 	m.checkWorkloads(t, bad)
 	m.checkRedis(t, bad)
+	m.checkNetworkPolicies(bad)
 	m.checkPDBs(bad)
 	switch m.overlay {
 	case "standalone", "istio":
@@ -407,12 +408,29 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 			bad("%s: %s probe is %s on %d, want %s on the HTTP listener %d", cid, name, pr.probe.HTTPGet.Path, portNumber(c, pr.probe.HTTPGet.Port), pr.path, httpPort)
 		}
 	}
-	if host, _ := hostPort(t, cfg.adminListen()); !isLoopback(host) {
-		bad("%s: listen.admin %q is not loopback; in Kubernetes use port-forward or exec", cid, cfg.adminListen())
+	if admin := cfg.adminListen(); admin != "" {
+		if host, _ := hostPort(t, admin); !isLoopback(host) {
+			bad("%s: listen.admin %q is not loopback; in Kubernetes use port-forward or exec", cid, admin)
+		}
 	}
 	if cfg.Store.Backend != "redis" {
 		bad("%s: store.backend %q: replicas need the shared Redis store", cid, cfg.Store.Backend)
 		return
+	}
+	for _, p := range configMatchesACL(cfg, readRepoFile(t, path.Join(shippedRedisDir, "users.acl"))) {
+		bad("%s: %s", cid, p)
+	}
+	if _, rc := m.redisContainer(); rc != nil {
+		mine, theirs := envVar(c, cfg.Store.Redis.PasswordEnv), envVar(rc, "REDIS_PASSWORD")
+		switch {
+		case mine == nil || mine.ValueFrom == nil || mine.ValueFrom.SecretKeyRef == nil:
+			bad("%s: $%s (store.redis.password_env) is not set from a Secret", cid, cfg.Store.Redis.PasswordEnv)
+		case ptrOr(mine.ValueFrom.SecretKeyRef.Optional, false):
+			bad("%s: the Redis password Secret is optional: extauthz would start unable to log in", cid)
+		case theirs != nil && theirs.ValueFrom != nil && theirs.ValueFrom.SecretKeyRef != nil &&
+			(mine.ValueFrom.SecretKeyRef.Name != theirs.ValueFrom.SecretKeyRef.Name || mine.ValueFrom.SecretKeyRef.Key != theirs.ValueFrom.SecretKeyRef.Key):
+			bad("%s: the Redis password comes from another Secret than Redis's own", cid)
+		}
 	}
 	// store.redis.url must reach the Redis of this overlay, and the
 	// NetworkPolicy in front of it must admit this Pod.
@@ -435,6 +453,30 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 			}
 		}
 	}
+}
+
+// extauthzAdmitsFromAnyNamespace reports whether the extauthz Pods' policies
+// let Pods with these labels, in another namespace, reach the gRPC port.
+func (m *manifests) extauthzAdmitsFromAnyNamespace(podLabels map[string]string) bool {
+	for _, w := range m.workloads() {
+		if w.kind != "Deployment" || w.name != "extauthz" {
+			continue
+		}
+		for _, np := range m.policiesFor(w) {
+			for _, rule := range np.Spec.Ingress {
+				if !ruleOpensPort(rule.Ports, grpcPort) {
+					continue
+				}
+				for _, peer := range rule.From {
+					nsAny := peer.NamespaceSelector != nil && len(peer.NamespaceSelector.MatchLabels) == 0 && len(peer.NamespaceSelector.MatchExpressions) == 0
+					if nsAny && peer.PodSelector != nil && selects(peer.PodSelector, podLabels) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
 }
 
 // admits reports whether a NetworkPolicy lets Pods with these labels (in the
@@ -460,40 +502,247 @@ func admits(np *networkingv1.NetworkPolicy, podLabels map[string]string, port in
 	return false
 }
 
-// checkRedis: the Redis the keys live in keeps them (AOF on a PersistentVolume).
-func (m *manifests) checkRedis(t *testing.T, bad func(string, ...any)) {
-	var found bool
+// redisContainer is the overlay's Redis: its StatefulSet and container.
+func (m *manifests) redisContainer() (*appsv1.StatefulSet, *corev1.Container) {
 	for _, s := range m.statefulSets {
-		for _, c := range s.Spec.Template.Spec.Containers {
-			if !strings.HasPrefix(c.Image, "redis:") {
-				continue
-			}
-			found = true
-			id := "StatefulSet/" + s.Name
-			args := append(slices.Clone(c.Command), c.Args...)
-			if flagValue(args, "--appendonly", "no") != "yes" {
-				bad("%s: Redis runs without --appendonly yes: created keys can be lost (SPEC §8)", id)
-			}
-			if fs := flagValue(args, "--appendfsync", "everysec"); fs != "everysec" && fs != "always" {
-				bad("%s: --appendfsync %s", id, fs)
-			}
-			dir := flagValue(args, "--dir", "/data")
-			var claim string
-			for _, vm := range c.VolumeMounts {
-				if path.Clean(vm.MountPath) == path.Clean(dir) {
-					claim = vm.Name
-				}
-			}
-			if !slices.ContainsFunc(s.Spec.VolumeClaimTemplates, func(p corev1.PersistentVolumeClaim) bool { return p.Name == claim }) {
-				bad("%s: Redis's data directory %s is not on a volumeClaimTemplate", id, dir)
-			}
-			if svc := m.service(s.Spec.ServiceName); svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone {
-				bad("%s: serviceName %q is not a headless Service in the overlay", id, s.Spec.ServiceName)
+		for i, c := range s.Spec.Template.Spec.Containers {
+			if strings.HasPrefix(c.Image, "redis:") {
+				return s, &s.Spec.Template.Spec.Containers[i]
 			}
 		}
 	}
-	if !found {
+	return nil, nil
+}
+
+// checkRedis: the Redis the keys live in runs the shipped files (start.sh,
+// redis.conf, the ACL), keeps what it is given (AOF on a PersistentVolume, no
+// eviction) and lets in only who knows the password from the Secret.
+func (m *manifests) checkRedis(t *testing.T, bad func(string, ...any)) {
+	s, c := m.redisContainer()
+	if s == nil {
 		bad("no Redis StatefulSet")
+		return
+	}
+	id := "StatefulSet/" + s.Name
+	spec := &s.Spec.Template.Spec
+	const startScript = "/etc/redis/start.sh"
+	if !slices.Equal(c.Command, []string{"sh", startScript}) {
+		bad("%s: command %q, want [sh %s]: the shipped start script renders the ACL", id, c.Command, startScript)
+		return
+	}
+	files := map[string]string{}
+	for _, f := range shippedRedisFiles {
+		data, err := m.mountedFile(c, spec, path.Join(path.Dir(startScript), f))
+		if err != nil {
+			bad("%s: %s: %v", id, f, err)
+			return
+		}
+		if data != readRepoFile(t, path.Join(shippedRedisDir, f)) {
+			bad("%s: the mounted %s is not %s/%s, the file the Go tests prove", id, f, shippedRedisDir, f)
+		}
+		files[f] = data
+	}
+	conf := redisConf(files["redis.conf"])
+	if redisSetting(conf, c.Args, "appendonly", "no") != "yes" {
+		bad("%s: Redis runs without appendonly yes: created keys can be lost", id)
+	}
+	if fs := redisSetting(conf, c.Args, "appendfsync", "everysec"); fs != "everysec" && fs != "always" {
+		bad("%s: appendfsync %s", id, fs)
+	}
+	if p := redisSetting(conf, c.Args, "maxmemory-policy", "noeviction"); p != "noeviction" {
+		bad("%s: maxmemory-policy %s: Redis may evict key records", id, p)
+	}
+	limit := c.Resources.Limits.Memory()
+	if mm, err := redisBytes(redisSetting(conf, c.Args, "maxmemory", "0")); err != nil || mm == 0 {
+		bad("%s: no maxmemory: at its memory limit Redis would be killed rather than refuse writes", id)
+	} else if limit.IsZero() || mm > limit.Value()*3/4 {
+		bad("%s: maxmemory %d bytes is over three quarters of the memory limit %s (an AOF rewrite forks)", id, mm, limit.String())
+	}
+	if e := envVar(c, "REDIS_PASSWORD"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+		bad("%s: REDIS_PASSWORD is not set from a Secret: start.sh will not start", id)
+	} else if ptrOr(e.ValueFrom.SecretKeyRef.Optional, false) {
+		bad("%s: the Redis password Secret is optional", id)
+	}
+	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if p == nil || p.Exec == nil || !strings.Contains(strings.Join(p.Exec.Command, " "), "--user "+redisUser) {
+			bad("%s: the %s probe does not log in as %s (the default user can do nothing)", id, name, redisUser)
+		}
+	}
+	acl := "/run/redis/users.acl" // start.sh's default
+	if e := envVar(c, "REDIS_ACL_FILE"); e != nil {
+		acl = e.Value
+	}
+	if !slices.ContainsFunc(c.VolumeMounts, func(vm corev1.VolumeMount) bool {
+		return path.Dir(acl) == path.Clean(vm.MountPath) && slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == vm.Name && v.EmptyDir != nil })
+	}) {
+		bad("%s: %s, where start.sh renders the ACL, is not an emptyDir", id, path.Dir(acl))
+	}
+	dir := flagValue(c.Args, "--dir", "/data")
+	var claim string
+	for _, vm := range c.VolumeMounts {
+		if path.Clean(vm.MountPath) == path.Clean(dir) {
+			claim = vm.Name
+		}
+	}
+	if !slices.ContainsFunc(s.Spec.VolumeClaimTemplates, func(p corev1.PersistentVolumeClaim) bool { return p.Name == claim }) {
+		bad("%s: Redis's data directory %s is not on a volumeClaimTemplate", id, dir)
+	}
+	if svc := m.service(s.Spec.ServiceName); svc == nil || svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		bad("%s: serviceName %q is not a headless Service in the overlay", id, s.Spec.ServiceName)
+	}
+}
+
+// Labels the NetworkPolicies admit by (documented in k8s/base/networkpolicy.yaml).
+const (
+	redisClientLabel = "extauthz/redis-client"
+	proxyLabel       = "extauthz/proxy"
+	protectedLabel   = "extauthz/protected" // the Istio overlay's workloads
+	monitoringNS     = "monitoring"
+)
+
+// Ports of the extauthz listeners other Pods may reach.
+const (
+	grpcPort     = 9001
+	httpPort     = 9002
+	redisPort    = 6379
+	dnsPort      = 53
+	kubeDNSLabel = "k8s-app"
+)
+
+// policiesFor returns the NetworkPolicies that select a workload's Pods.
+func (m *manifests) policiesFor(w workload) []*networkingv1.NetworkPolicy {
+	var out []*networkingv1.NetworkPolicy
+	for _, np := range m.netpols {
+		if np.Namespace == w.namespace && selects(&np.Spec.PodSelector, w.pod.Labels) {
+			out = append(out, np)
+		}
+	}
+	return out
+}
+
+func ruleOpensPort(ports []networkingv1.NetworkPolicyPort, port int) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port == nil || p.Port.IntValue() == port })
+}
+
+// requiresLabel reports whether a selector only matches objects that carry
+// label=value.
+func requiresLabel(sel *metav1.LabelSelector, label, value string) bool {
+	return sel != nil && sel.MatchLabels[label] == value
+}
+
+// checkNetworkPolicies: every Pod is behind a NetworkPolicy; Redis takes
+// connections from extauthz only and makes none; extauthz takes decisions
+// from proxies only and metrics from the monitoring namespace, and talks to
+// Redis and DNS only.
+func (m *manifests) checkNetworkPolicies(bad func(string, ...any)) {
+	redis, _ := m.redisContainer()
+	for _, w := range m.workloads() {
+		id := w.kind + "/" + w.name
+		nps := m.policiesFor(w)
+		if !slices.ContainsFunc(nps, func(np *networkingv1.NetworkPolicy) bool {
+			return slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
+		}) {
+			bad("%s: no NetworkPolicy limits who reaches its Pods", id)
+		}
+		switch {
+		case redis != nil && w.name == redis.Name && w.kind == "StatefulSet":
+			m.checkRedisPolicies(id, nps, bad)
+		case w.kind == "Deployment" && w.name == "extauthz":
+			m.checkExtauthzPolicies(id, nps, bad)
+		}
+	}
+}
+
+func (m *manifests) checkRedisPolicies(id string, nps []*networkingv1.NetworkPolicy, bad func(string, ...any)) {
+	egressClosed := false
+	for _, np := range nps {
+		pid := "NetworkPolicy/" + np.Name
+		if slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) && len(np.Spec.Egress) == 0 {
+			egressClosed = true
+		}
+		for _, rule := range np.Spec.Ingress {
+			if len(rule.Ports) == 0 || slices.ContainsFunc(rule.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port == nil || p.Port.IntValue() != redisPort }) {
+				bad("%s: opens %s on other ports than %d", pid, id, redisPort)
+			}
+			if len(rule.From) == 0 {
+				bad("%s: admits every Pod to %s", pid, id)
+			}
+			for _, peer := range rule.From {
+				if peer.IPBlock != nil || peer.NamespaceSelector != nil || !requiresLabel(peer.PodSelector, redisClientLabel, "true") {
+					bad("%s: admits Pods to %s by something other than %s=true in its own namespace", pid, id, redisClientLabel)
+				}
+			}
+		}
+	}
+	if !egressClosed {
+		bad("%s: no NetworkPolicy closes its egress: a Redis that is taken over could reach out", id)
+	}
+	// Every Pod the label admits runs extauthz (the sidecar overlay's app Pods
+	// do, beside the app: there the ACL password is what keeps the app out).
+	for _, w := range m.workloads() {
+		if w.pod.Labels[redisClientLabel] != "true" {
+			continue
+		}
+		if !slices.ContainsFunc(allContainers(&w.pod.Spec), isExtauthz) {
+			bad("%s/%s carries %s=true but runs no extauthz: it can reach Redis", w.kind, w.name, redisClientLabel)
+		}
+	}
+}
+
+func (m *manifests) checkExtauthzPolicies(id string, nps []*networkingv1.NetworkPolicy, bad func(string, ...any)) {
+	proxies, metrics, egress := false, false, false
+	for _, np := range nps {
+		pid := "NetworkPolicy/" + np.Name
+		for _, rule := range np.Spec.Ingress {
+			if len(rule.From) == 0 {
+				bad("%s: admits every Pod to %s", pid, id)
+			}
+			for _, p := range rule.Ports {
+				if p.Port == nil || (p.Port.IntValue() != grpcPort && p.Port.IntValue() != httpPort) {
+					bad("%s: opens port %v of %s; only %d and %d serve other Pods", pid, p.Port, id, grpcPort, httpPort)
+				}
+			}
+			for _, peer := range rule.From {
+				switch {
+				case peer.IPBlock != nil:
+					bad("%s: admits an IP block to %s", pid, id)
+				case peer.PodSelector != nil && (requiresLabel(peer.PodSelector, proxyLabel, "true") || requiresLabel(peer.PodSelector, protectedLabel, "true")):
+					proxies = proxies || ruleOpensPort(rule.Ports, grpcPort)
+				case peer.PodSelector == nil && requiresLabel(peer.NamespaceSelector, "kubernetes.io/metadata.name", monitoringNS):
+					if ruleOpensPort(rule.Ports, grpcPort) || len(rule.Ports) == 0 {
+						bad("%s: the monitoring namespace may reach more of %s than the metrics port %d", pid, id, httpPort)
+					}
+					metrics = true
+				default:
+					bad("%s: admits Pods to %s that are neither proxies (%s=true) nor the %s namespace", pid, id, proxyLabel, monitoringNS)
+				}
+			}
+		}
+		if slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+			egress = true
+			for _, rule := range np.Spec.Egress {
+				for _, p := range rule.Ports {
+					if p.Port == nil || (p.Port.IntValue() != redisPort && p.Port.IntValue() != dnsPort) {
+						bad("%s: lets %s connect to port %v; it needs Redis and DNS only", pid, id, p.Port)
+					}
+				}
+				if len(rule.Ports) == 0 || len(rule.To) == 0 {
+					bad("%s: lets %s connect anywhere", pid, id)
+				}
+			}
+		}
+	}
+	if !proxies {
+		bad("%s: no NetworkPolicy lets the proxies (%s=true) reach its gRPC port", id, proxyLabel)
+	}
+	if !metrics {
+		bad("%s: no NetworkPolicy lets the %s namespace scrape /metrics", id, monitoringNS)
+	}
+	if !egress {
+		bad("%s: no NetworkPolicy limits where it connects", id)
 	}
 }
 
@@ -595,6 +844,36 @@ func (m *manifests) checkSidecar(t *testing.T, bad func(string, ...any)) {
 		return
 	}
 	ext, envoy := &spec.InitContainers[0], &spec.InitContainers[1]
+	// The app shares the Pod's network, so it can reach Redis: only the
+	// password keeps it out. It must have no way to that password.
+	if ptrOr(spec.ShareProcessNamespace, false) {
+		bad("demo-app: shareProcessNamespace lets the app read the extauthz container's environment, Redis password included")
+	}
+	if pw := envVar(ext, "REDIS_PASSWORD"); pw != nil && pw.ValueFrom != nil && pw.ValueFrom.SecretKeyRef != nil {
+		secret := pw.ValueFrom.SecretKeyRef.Name
+		for _, c := range allContainers(spec) {
+			if c == ext {
+				continue
+			}
+			for _, e := range c.Env {
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == secret {
+					bad("demo-app: the %s container gets the Redis password Secret %s too", c.Name, secret)
+				}
+			}
+			for _, ef := range c.EnvFrom {
+				if ef.SecretRef != nil && ef.SecretRef.Name == secret {
+					bad("demo-app: the %s container gets the Redis password Secret %s too", c.Name, secret)
+				}
+			}
+		}
+		for _, v := range spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == secret {
+				bad("demo-app: the Redis password Secret %s is a volume of the Pod", secret)
+			}
+		}
+	} else {
+		bad("the extauthz sidecar has no REDIS_PASSWORD from a Secret")
+	}
 	if ext.StartupProbe == nil {
 		bad("the extauthz sidecar has no startupProbe, so Envoy starts before it answers")
 	}
@@ -721,6 +1000,10 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 	}
 	for _, ap := range m.authzPolicy {
 		id := "AuthorizationPolicy/" + ap.Name
+		// The sidecars of the Pods it selects are what call extauthz.
+		if sel := ap.Spec.GetSelector().GetMatchLabels(); !m.extauthzAdmitsFromAnyNamespace(sel) {
+			bad("%s: the Pods it protects (%v) are not let through to extauthz's gRPC port by a NetworkPolicy", id, sel)
+		}
 		if ap.Spec.GetAction() != securityv1beta1.AuthorizationPolicy_CUSTOM {
 			bad("%s: action %v, want CUSTOM", id, ap.Spec.GetAction())
 		}
@@ -780,6 +1063,15 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		t.Fatal("no Deployment extauthz")
 		return nil
 	}
+	netpol := func(m *manifests, name string) *networkingv1.NetworkPolicy {
+		for _, np := range m.netpols {
+			if np.Name == name {
+				return np
+			}
+		}
+		t.Fatalf("no NetworkPolicy %s", name)
+		return nil
+	}
 	setConfig := func(m *manifests, name, data string) {
 		for _, cm := range m.configMaps {
 			if strings.HasPrefix(cm.Name, name) {
@@ -825,8 +1117,95 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 			m.pdbs[0].Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "redis"}}
 		}, "PodDisruptionBudget"},
 		{"standalone", "Redis without AOF", func(m *manifests) {
-			m.statefulSets[0].Spec.Template.Spec.Containers[0].Args = []string{"redis-server"}
-		}, "--appendonly yes"},
+			c := &m.statefulSets[0].Spec.Template.Spec.Containers[0]
+			c.Args = append(c.Args, "--appendonly", "no")
+		}, "without appendonly yes"},
+		{"standalone", "Redis evicting keys", func(m *manifests) {
+			c := &m.statefulSets[0].Spec.Template.Spec.Containers[0]
+			c.Args = append(c.Args, "--maxmemory-policy", "allkeys-lru")
+		}, "maxmemory-policy allkeys-lru"},
+		{"standalone", "Redis without maxmemory", func(m *manifests) {
+			c := &m.statefulSets[0].Spec.Template.Spec.Containers[0]
+			c.Args = []string{"--dir", "/data"}
+		}, "no maxmemory"},
+		{"standalone", "Redis's maxmemory at its memory limit", func(m *manifests) {
+			c := &m.statefulSets[0].Spec.Template.Spec.Containers[0]
+			c.Args = []string{"--dir", "/data", "--maxmemory", "1gb"}
+		}, "three quarters"},
+		{"standalone", "Redis started without the shipped script", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Spec.Containers[0].Command = []string{"redis-server"}
+		}, "renders the ACL"},
+		{"standalone", "Redis running another ACL than the proved one", func(m *manifests) {
+			for _, cm := range m.configMaps {
+				if strings.HasPrefix(cm.Name, "redis-config") {
+					cm.Data["users.acl"] = "user default on nopass ~* &* +@all\n"
+				}
+			}
+		}, "the file the Go tests prove"},
+		{"standalone", "Redis without its password", func(m *manifests) {
+			c := &m.statefulSets[0].Spec.Template.Spec.Containers[0]
+			c.Env = nil
+		}, "REDIS_PASSWORD is not set from a Secret"},
+		{"standalone", "a Redis probe as the default user", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Spec.Containers[0].ReadinessProbe.Exec.Command = []string{"redis-cli", "ping"}
+		}, "does not log in"},
+		{"standalone", "extauthz logging in as the default user", func(m *manifests) {
+			setConfig(m, "extauthz-config", "store: {backend: redis, redis: {url: 'redis://redis:6379/0', password_env: REDIS_PASSWORD}}\nhashing: {pepper_env: EXTAUTHZ_PEPPER}\n")
+		}, "is not the ACL's user"},
+		{"standalone", "extauthz's keys outside the ACL's prefix", func(m *manifests) {
+			setConfig(m, "extauthz-config", "store: {backend: redis, redis: {url: 'redis://redis:6379/0', username: extauthz, password_env: REDIS_PASSWORD, prefix: 'authz:'}}\nhashing: {pepper_env: EXTAUTHZ_PEPPER}\n")
+		}, "outside the key patterns"},
+		{"standalone", "extauthz's Redis password made optional", func(m *manifests) {
+			envVar(extauthzContainer(m), "REDIS_PASSWORD").ValueFrom.SecretKeyRef.Optional = ptr(true)
+		}, "Redis password Secret is optional"},
+		{"standalone", "extauthz's Redis password from another Secret", func(m *manifests) {
+			envVar(extauthzContainer(m), "REDIS_PASSWORD").ValueFrom.SecretKeyRef.Name = "other"
+		}, "another Secret than Redis's own"},
+		{"standalone", "Redis open to every Pod", func(m *manifests) {
+			netpol(m, "redis").Spec.Ingress[0].From = nil
+		}, "admits every Pod"},
+		{"standalone", "Redis open to another namespace", func(m *manifests) {
+			netpol(m, "redis").Spec.Ingress[0].From[0].NamespaceSelector = &metav1.LabelSelector{}
+		}, "by something other than"},
+		{"standalone", "Redis allowed to connect out", func(m *manifests) {
+			np := netpol(m, "redis")
+			np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{}}
+		}, "closes its egress"},
+		{"standalone", "a Pod without extauthz labelled as a Redis client", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Labels[redisClientLabel] = "true"
+		}, "runs no extauthz"},
+		{"standalone", "extauthz's decision ports open to every Pod", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Ingress[0].From = nil
+		}, "admits every Pod"},
+		{"standalone", "extauthz's decision ports open to any Pod of the cluster", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Ingress[0].From[0].PodSelector = nil
+		}, "neither proxies"},
+		{"standalone", "the monitoring namespace let through to gRPC", func(m *manifests) {
+			np := netpol(m, "extauthz")
+			np.Spec.Ingress[1].Ports = append(np.Spec.Ingress[1].Ports, networkingv1.NetworkPolicyPort{Port: ptr(intstr.FromInt32(9001))})
+		}, "more of"},
+		{"standalone", "extauthz's admin port opened", func(m *manifests) {
+			np := netpol(m, "extauthz")
+			np.Spec.Ingress[0].Ports = append(np.Spec.Ingress[0].Ports, networkingv1.NetworkPolicyPort{Port: ptr(intstr.FromInt32(9003))})
+		}, "opens port 9003"},
+		{"standalone", "extauthz allowed to connect anywhere", func(m *manifests) {
+			np := netpol(m, "extauthz")
+			np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{})
+		}, "connect anywhere"},
+		{"standalone", "no policy in front of extauthz", func(m *manifests) {
+			m.netpols = slices.DeleteFunc(m.netpols, func(np *networkingv1.NetworkPolicy) bool { return np.Name == "extauthz" })
+		}, "no NetworkPolicy limits who reaches"},
+		{"istio", "the protected workloads shut out of extauthz", func(m *manifests) {
+			np := netpol(m, "extauthz")
+			np.Spec.Ingress[0].From = np.Spec.Ingress[0].From[:1]
+		}, "are not let through"},
+		{"sidecar", "the sidecar's Redis password given to the app too", func(m *manifests) {
+			spec := &m.deployments[0].Spec.Template.Spec
+			spec.Containers[0].Env = append(spec.Containers[0].Env, *envVar(&spec.InitContainers[0], "REDIS_PASSWORD"))
+		}, "the app container gets the Redis password"},
+		{"sidecar", "a shared process namespace", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.ShareProcessNamespace = ptr(true)
+		}, "shareProcessNamespace"},
 		{"standalone", "Redis data not on a volume", func(m *manifests) {
 			m.statefulSets[0].Spec.VolumeClaimTemplates = nil
 		}, "volumeClaimTemplate"},

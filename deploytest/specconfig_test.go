@@ -43,11 +43,22 @@ type extauthzConfig struct {
 		Backend string `json:"backend"`
 		Path    string `json:"path"`
 		Redis   struct {
-			URL         string   `json:"url"`
-			Addrs       []string `json:"addrs"`
-			MasterName  string   `json:"master_name"`
-			PasswordEnv string   `json:"password_env"`
-			Prefix      string   `json:"prefix"`
+			URL        string   `json:"url"`
+			Addrs      []string `json:"addrs"`
+			MasterName string   `json:"master_name"`
+			// The ACL login and TLS settings, beyond the contract's example.
+			Username            string `json:"username"`
+			PasswordEnv         string `json:"password_env"`
+			SentinelUsername    string `json:"sentinel_username"`
+			SentinelPasswordEnv string `json:"sentinel_password_env"`
+			TLS                 struct {
+				Enabled    bool   `json:"enabled"`
+				CAFile     string `json:"ca_file"`
+				CertFile   string `json:"cert_file"`
+				KeyFile    string `json:"key_file"`
+				ServerName string `json:"server_name"`
+			} `json:"tls"`
+			Prefix string `json:"prefix"`
 		} `json:"redis"`
 	} `json:"store"`
 	Hashing struct {
@@ -103,8 +114,16 @@ const (
 
 func (c *extauthzConfig) grpcListen() string  { return orDefault(c.Listen.GRPC, defaultGRPCListen) }
 func (c *extauthzConfig) httpListen() string  { return orDefault(c.Listen.HTTP, defaultHTTPListen) }
-func (c *extauthzConfig) adminListen() string { return orDefault(c.Listen.Admin, defaultAdminListen) }
-func (c *extauthzConfig) httpPrefix() string  { return orDefault(c.HTTPMode.Prefix, defaultHTTPPrefix) }
+func (c *extauthzConfig) adminListen() string { return listenOrOff(c.Listen.Admin, defaultAdminListen) }
+
+// listenOrOff is a listen address with its default, or "" for "off".
+func listenOrOff(v, def string) string {
+	if v == "off" {
+		return ""
+	}
+	return orDefault(v, def)
+}
+func (c *extauthzConfig) httpPrefix() string { return orDefault(c.HTTPMode.Prefix, defaultHTTPPrefix) }
 
 func orDefault(v, def string) string {
 	if v == "" {
@@ -211,7 +230,7 @@ func (c *extauthzConfig) validate() error {
 	}
 
 	for field, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
-		if addr == "" {
+		if addr == "" || addr == "off" {
 			continue
 		}
 		if _, port, err := net.SplitHostPort(addr); err != nil {

@@ -29,7 +29,14 @@ func openBackend(cfg *config.Config) (*backend, error) {
 	case "redis":
 		r := cfg.Store.Redis
 		opts := redisstore.Options{
-			Password:     r.Password,
+			Username:         r.Username,
+			Password:         r.Password,
+			SentinelUsername: r.SentinelUsername,
+			SentinelPassword: r.SentinelPassword,
+			TLS: redisstore.TLSOptions{
+				Enabled: r.TLS.Enabled, CAFile: r.TLS.CAFile, CertFile: r.TLS.CertFile,
+				KeyFile: r.TLS.KeyFile, ServerName: r.TLS.ServerName,
+			},
 			ReadTimeout:  time.Duration(r.Timeout),
 			WriteTimeout: time.Duration(r.Timeout),
 		}

@@ -3,6 +3,7 @@ package redistest
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -14,6 +15,11 @@ import (
 // test: each node a Server of its own, all stopped when the test ends.
 type Cluster struct {
 	Nodes []*Server
+	// TLS holds the certificates every node presents and trusts, when the
+	// cluster serves TLS (nodes talk TLS to each other too); nil otherwise.
+	TLS *TLSFiles
+
+	opts Options
 }
 
 // StartCluster starts masters cluster-enabled redis-servers on free ports
@@ -22,6 +28,15 @@ type Cluster struct {
 // it fails the test when redis-server or redis-cli is missing.
 func StartCluster(tb testing.TB, masters int) *Cluster {
 	tb.Helper()
+	return StartClusterWith(tb, masters, Options{})
+}
+
+// StartClusterWith starts a Cluster whose nodes run as opts say. With
+// opts.TLS the nodes share one set of certificates and also talk TLS on the
+// cluster bus. With opts.Password the helper sets the cluster up as
+// opts.User, who must be allowed to (the cluster commands, INFO).
+func StartClusterWith(tb testing.TB, masters int, opts Options) *Cluster {
+	tb.Helper()
 	if masters < 3 {
 		tb.Fatalf("StartCluster(%d): Redis Cluster needs at least 3 masters", masters)
 	}
@@ -29,26 +44,35 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 	if err != nil {
 		tb.Fatalf("redis-cli not found on PATH (install the redis-tools package): %v", err)
 	}
-	c := &Cluster{}
+	c := &Cluster{opts: opts}
+	if opts.TLS && opts.Certs == nil {
+		opts.Certs = NewTLSFiles(tb, tb.TempDir())
+	}
+	c.TLS = opts.Certs
 	for range masters {
 		// The cluster bus port is chosen explicitly: the default, port+10000,
 		// is not known to be free and may not even exist (> 65535).
-		c.Nodes = append(c.Nodes, Start(tb,
+		node := opts
+		node.Args = append([]string{
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", "nodes.conf",
 			"--cluster-port", strconv.Itoa(FreePort(tb)),
 			"--cluster-node-timeout", "5000",
-		))
+		}, opts.Args...)
+		if opts.TLS {
+			node.Args = append(node.Args, "--tls-cluster", "yes")
+		}
+		c.Nodes = append(c.Nodes, StartWith(tb, node))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+	if out, err := c.cli(ctx, cli, args...).CombinedOutput(); err != nil || strings.Contains(string(out), "[ERR]") {
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	for _, n := range c.Nodes {
-		if err := waitClusterOK(ctx, cli, n); err != nil {
+		if err := c.waitClusterOK(ctx, cli, n); err != nil {
 			tb.Fatalf("redis cluster node %s: %v", n.Addr, err)
 		}
 	}
@@ -65,11 +89,29 @@ func (c *Cluster) Addrs() []string {
 	return addrs
 }
 
+// cli is a redis-cli command with the cluster's TLS and login flags; the
+// password goes through the environment, not the command line.
+func (c *Cluster) cli(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	var pre []string
+	if c.TLS != nil {
+		pre = append(pre, "--tls", "--cacert", c.TLS.CA, "--cert", c.TLS.ServerCert, "--key", c.TLS.ServerKey)
+	}
+	if c.opts.User != "" {
+		pre = append(pre, "--user", c.opts.User)
+	}
+	cmd := exec.CommandContext(ctx, bin, append(pre, args...)...)
+	cmd.Env = os.Environ()
+	if c.opts.Password != "" {
+		cmd.Env = append(cmd.Env, "REDISCLI_AUTH="+c.opts.Password)
+	}
+	return cmd
+}
+
 // waitClusterOK polls CLUSTER INFO on n until it says cluster_state:ok.
-func waitClusterOK(ctx context.Context, cli string, n *Server) error {
+func (c *Cluster) waitClusterOK(ctx context.Context, cli string, n *Server) error {
 	var last string
 	for {
-		out, err := exec.CommandContext(ctx, cli, "-h", "127.0.0.1", "-p", strconv.Itoa(n.port), "cluster", "info").Output()
+		out, err := c.cli(ctx, cli, "-h", "127.0.0.1", "-p", strconv.Itoa(n.port), "cluster", "info").Output()
 		last = string(out)
 		if err == nil && strings.Contains(last, "cluster_state:ok") {
 			return nil

@@ -1,10 +1,16 @@
 // Package redistest starts throwaway redis-server processes for tests, each on
 // a free loopback port with its own directory, stopped when the test ends. No
 // test in this repository talks to a Redis it did not start through here.
+//
+// Servers can also be started the way a deployment starts them (through a
+// launcher script, with its redis.conf and ACL), over TLS with a throwaway
+// certificate authority, as a Cluster (cluster.go) or watched by a Sentinel
+// (sentinel.go).
 package redistest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -19,13 +25,44 @@ import (
 
 // Server is one redis-server started for a test.
 type Server struct {
-	Addr string // host:port on 127.0.0.1
+	Addr string // host:port on 127.0.0.1 (the TLS port when TLS is on)
+	// TLS holds the certificates of a server started with Options.TLS; nil
+	// otherwise.
+	TLS *TLSFiles
 
 	tb   testing.TB
 	dir  string
 	port int
+	opts Options
 	args []string
 	cmd  *exec.Cmd
+}
+
+// Options say how StartWith runs a server. The zero value is what Start does.
+type Options struct {
+	// Args are added to the command line after the helper's own, so they win.
+	Args []string
+	// Launcher, when set, is run instead of redis-server: a program that
+	// ends by exec'ing redis-server with the arguments it was given (a
+	// deployment's start script). Env is added to its environment.
+	Launcher string
+	Env      []string
+	// Deployed keeps the persistence and memory settings of the launcher's
+	// own redis.conf: the helper then passes only the port, the bind address
+	// and the data directory, not its usual "--save '' --appendonly no".
+	Deployed bool
+	// TLS serves TLS only (no plaintext port), with certificates from a CA
+	// made for this server (Server.TLS); clients must present a certificate
+	// signed by it.
+	TLS bool
+	// Certs are the certificates a TLS server presents and trusts (default:
+	// a CA and certificates made for this server). Servers that must trust
+	// each other, such as the nodes of a Cluster, share one set.
+	Certs *TLSFiles
+	// User and Password are what the helper itself logs in with (to wait for
+	// the server, for Do, to set up a Cluster) when the server's default user
+	// cannot run those commands. Empty: the default user, unauthenticated.
+	User, Password string
 }
 
 // Start runs redis-server on a free port and stops it in tb.Cleanup. extra
@@ -34,42 +71,72 @@ type Server struct {
 // is a broken machine, not a reason to skip.
 func Start(tb testing.TB, extra ...string) *Server {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
+	return StartWith(tb, Options{Args: extra})
+}
+
+// StartWith runs a server as opts say, on a free port, and stops it in
+// tb.Cleanup.
+func StartWith(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found on PATH (install the redis-server package): %v", err)
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), port: FreePort(tb)}
+	s := &Server{tb: tb, dir: tb.TempDir(), port: FreePort(tb), opts: opts}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-	s.args = append([]string{
-		"--port", strconv.Itoa(s.port),
-		"--bind", "127.0.0.1",
-		"--dir", s.dir,
-		"--save", "",
-		"--appendonly", "no",
-		"--protected-mode", "no",
-	}, extra...)
-	s.start(bin)
+	port := []string{"--port", strconv.Itoa(s.port)}
+	if opts.TLS {
+		s.TLS = opts.Certs
+		if s.TLS == nil {
+			s.TLS = NewTLSFiles(tb, s.dir)
+		}
+		port = []string{
+			"--port", "0",
+			"--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", s.TLS.ServerCert,
+			"--tls-key-file", s.TLS.ServerKey,
+			"--tls-ca-cert-file", s.TLS.CA,
+			"--tls-auth-clients", "yes",
+		}
+	}
+	s.args = append(port, "--bind", "127.0.0.1", "--dir", s.dir)
+	if !opts.Deployed {
+		s.args = append(s.args, "--save", "", "--appendonly", "no", "--protected-mode", "no")
+	}
+	s.args = append(s.args, opts.Args...)
+	s.start()
 	tb.Cleanup(s.Stop)
 	return s
 }
 
-func (s *Server) start(bin string) {
+func (s *Server) start() {
 	s.tb.Helper()
-	logf, err := os.Create(filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano())))
+	logf, err := os.Create(s.logPath())
 	if err != nil {
 		s.tb.Fatalf("create redis log: %v", err)
 	}
+	bin := s.opts.Launcher
+	if bin == "" {
+		bin, _ = exec.LookPath("redis-server")
+	}
 	cmd := exec.Command(bin, s.args...)
+	cmd.Env = append(os.Environ(), s.opts.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Kept across the launcher's exec: the server dies with the test binary.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		s.tb.Fatalf("start redis-server: %v", err)
+		s.tb.Fatalf("start %s: %v", bin, err)
 	}
 	s.cmd = cmd
-	go func() { _ = cmd.Wait(); logf.Close() }()
-	if err := waitPing(s.Addr, 10*time.Second); err != nil {
-		s.tb.Fatalf("redis-server on %s did not answer PING: %v", s.Addr, err)
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	if err := s.waitPing(10*time.Second, exited); err != nil {
+		log, _ := os.ReadFile(logf.Name())
+		s.tb.Fatalf("redis-server on %s did not answer PING: %v\n%s", s.Addr, err, log)
 	}
+}
+
+func (s *Server) logPath() string {
+	return filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano()))
 }
 
 // Stop kills the server (SIGKILL, like a crash). Calling it twice is harmless.
@@ -96,8 +163,7 @@ func (s *Server) Stop() {
 func (s *Server) Restart() {
 	s.tb.Helper()
 	s.Stop()
-	bin, _ := exec.LookPath("redis-server")
-	s.start(bin)
+	s.start()
 }
 
 // Pause stops the server process (SIGSTOP): connections stay open, nothing answers.
@@ -106,12 +172,32 @@ func (s *Server) Pause() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
 // Resume continues a paused server.
 func (s *Server) Resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
 
-// URL returns a redis:// URL for database db.
-func (s *Server) URL(db int) string { return fmt.Sprintf("redis://%s/%d", s.Addr, db) }
+// URL returns a redis:// URL for database db (rediss:// with TLS).
+func (s *Server) URL(db int) string {
+	if s.TLS != nil {
+		return fmt.Sprintf("rediss://%s/%d", s.Addr, db)
+	}
+	return fmt.Sprintf("redis://%s/%d", s.Addr, db)
+}
 
-// Do sends one command with the inline protocol and returns the first reply
-// line; enough for test set-up without a client library.
-func (s *Server) Do(args ...string) (string, error) { return do(s.Addr, args...) }
+// Dir is the server's data directory.
+func (s *Server) Dir() string { return s.dir }
+
+// Do sends one command (after logging in as Options.User, if set) and
+// returns the first line of its reply; enough for test set-up without a
+// client library.
+func (s *Server) Do(args ...string) (string, error) {
+	return s.do(true, args...)
+}
+
+// dial opens a connection to the server, over TLS when it serves TLS.
+func (s *Server) dial() (net.Conn, error) {
+	d := &net.Dialer{Timeout: time.Second}
+	if s.TLS != nil {
+		return tls.DialWithDialer(d, "tcp", s.Addr, s.TLS.ClientConfig())
+	}
+	return d.Dial("tcp", s.Addr)
+}
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(tb testing.TB) int {
@@ -124,18 +210,24 @@ func FreePort(tb testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// waitPing waits until the server answers PING (a server with a password
-// answering NOAUTH is up too).
-func waitPing(addr string, timeout time.Duration) error {
+// waitPing waits until the server answers PING, or its process exits. A
+// server whose default user may not run PING, answering NOAUTH or NOPERM,
+// is up too; but when the helper has a login it pings logged in, so that a
+// server still loading its data (LOADING) is not taken for ready.
+func (s *Server) waitPing(timeout time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(timeout)
 	var reply string
 	var err error
 	for time.Now().Before(deadline) {
-		reply, err = do(addr, "PING")
-		if err == nil && (reply == "+PONG" || strings.HasPrefix(reply, "-NOAUTH")) {
+		reply, err = s.do(s.opts.Password != "", "PING")
+		if err == nil && (reply == "+PONG" || strings.HasPrefix(reply, "-NOAUTH") || strings.HasPrefix(reply, "-NOPERM")) {
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			return fmt.Errorf("the process exited (last reply %q, %v)", reply, err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	if err == nil {
 		err = fmt.Errorf("last reply %q", reply)
@@ -143,13 +235,29 @@ func waitPing(addr string, timeout time.Duration) error {
 	return err
 }
 
-func do(addr string, args ...string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// do sends args on a fresh connection, first logging in as Options.User when
+// login is set, and returns the first line of the reply.
+func (s *Server) do(login bool, args ...string) (string, error) {
+	c, err := s.dial()
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	if login && s.opts.Password != "" {
+		line, err := roundTrip(c, r, "AUTH", orDefault(s.opts.User, "default"), s.opts.Password)
+		if err != nil {
+			return "", err
+		}
+		if line != "+OK" {
+			return "", fmt.Errorf("AUTH as %q: %s", s.opts.User, line)
+		}
+	}
+	return roundTrip(c, r, args...)
+}
+
+func roundTrip(c net.Conn, r *bufio.Reader, args ...string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
@@ -158,6 +266,13 @@ func do(addr string, args ...string) (string, error) {
 	if _, err := c.Write([]byte(b.String())); err != nil {
 		return "", err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := r.ReadString('\n')
 	return strings.TrimRight(line, "\r\n"), err
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
 }

@@ -1,6 +1,8 @@
 package redistest
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -34,5 +36,47 @@ func TestRestartKeepsTheAppendOnlyFile(t *testing.T) {
 	reply, err := s.Do("EXISTS", "durable")
 	if err != nil || reply != ":1" {
 		t.Fatalf("EXISTS after restart: %q %v", reply, err)
+	}
+}
+
+func TestStartWithTLSServesTLSOnly(t *testing.T) {
+	s := StartWith(t, Options{TLS: true})
+	if reply, err := s.Do("PING"); err != nil || reply != "+PONG" {
+		t.Fatalf("PING over TLS: %q %v", reply, err)
+	}
+	if !strings.HasPrefix(s.URL(0), "rediss://") {
+		t.Fatalf("URL %q is not rediss://", s.URL(0))
+	}
+	plain := &Server{Addr: s.Addr}
+	if reply, err := plain.Do("PING"); err == nil && reply == "+PONG" {
+		t.Fatal("the TLS port answered a plaintext PING")
+	}
+}
+
+func TestStartWithAUserLogsIn(t *testing.T) {
+	s := StartWith(t, Options{Args: []string{"--requirepass", "pw"}, Password: "pw"})
+	if reply, err := s.Do("SET", "k", "v"); err != nil || reply != "+OK" {
+		t.Fatalf("SET after logging in: %q %v", reply, err)
+	}
+}
+
+func TestStartWithALauncher(t *testing.T) {
+	launcher := filepath.Join(t.TempDir(), "launch.sh")
+	script := "#!/bin/sh\n[ \"$LAUNCH_TEST\" = yes ] || exit 3\nexec redis-server \"$@\" --requirepass from-launcher\n"
+	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := StartWith(t, Options{Launcher: launcher, Env: []string{"LAUNCH_TEST=yes"}, Password: "from-launcher"})
+	if reply, err := s.Do("PING"); err != nil || reply != "+PONG" {
+		t.Fatalf("PING through the launcher's server: %q %v", reply, err)
+	}
+}
+
+func TestStartSentinelMonitorsThePrimary(t *testing.T) {
+	primary := StartWith(t, Options{TLS: true})
+	sentinel := StartSentinel(t, primary, SentinelOptions{MasterName: "mymaster"})
+	reply, err := sentinel.Do("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+	if err != nil || reply != "*2" {
+		t.Fatalf("SENTINEL GET-MASTER-ADDR-BY-NAME: %q %v", reply, err)
 	}
 }

@@ -2,14 +2,19 @@ package redis
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Default timeouts. An auth check waits on Redis only when its cache misses,
@@ -45,20 +50,25 @@ type Options struct {
 	// service's configuration endpoint).
 	Cluster bool
 
-	// Username and Password authenticate to Redis (ACL user, or the
-	// requirepass password with no username). The password comes from an
-	// environment variable the caller resolved, never from the config file.
+	// Username and Password authenticate to Redis: an ACL user and its
+	// password, or the requirepass password alone. The password comes from
+	// an environment variable the caller resolved, never from the config
+	// file. A username may also come from the URL (redis://user@host), not
+	// from both.
 	Username string
 	Password string
-	// SentinelPassword authenticates to the Sentinels, when they need it.
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels
+	// themselves, when they require it (their ACL is their own, not the
+	// primary's).
+	SentinelUsername string
 	SentinelPassword string
 	// DB is the database number (standalone and Sentinel only; a Cluster has
 	// only database 0). With URL, the database comes from the URL's path.
 	DB int
-	// TLS connects to Addrs with TLS (each verified against its own host
-	// name). With
-	// URL, use the rediss:// scheme instead.
-	TLS bool
+	// TLS says whether and how to talk TLS: to every Cluster node, to the
+	// Sentinels and the primary they name, or to the server of a rediss://
+	// URL.
+	TLS TLSOptions
 
 	// DialTimeout bounds connecting (DefaultDialTimeout when 0).
 	DialTimeout time.Duration
@@ -73,6 +83,35 @@ type Options struct {
 	// MaxRetries is how often a failed command is retried: 0 means
 	// DefaultMaxRetries, -1 means never.
 	MaxRetries int
+}
+
+// TLSOptions say how to talk TLS to Redis. Certificates are always
+// verified: there is no switch to skip that. A private CA goes in CAFile; a
+// server known by another name than the address dialled (an IP address, a
+// Cluster node announcing its IP) is verified against ServerName.
+type TLSOptions struct {
+	// Enabled turns TLS on for Addrs. With URL the scheme decides
+	// (rediss://); Enabled may only agree with it.
+	Enabled bool
+	// CAFile is a PEM file of the certificate authorities that sign the
+	// servers' certificates; empty trusts the system's roots. It is read
+	// once, by Dial.
+	CAFile string
+	// CertFile and KeyFile are a client certificate and its key (PEM), for
+	// servers that require one (tls-auth-clients). Both or neither. They are
+	// read again for a new connection whenever either file has changed, so
+	// a renewed certificate needs no restart.
+	CertFile string
+	KeyFile  string
+	// ServerName is the name every server's certificate must carry; empty
+	// means the host of each address dialled (of the URL, of each seed or
+	// announced Cluster node, of the primary a Sentinel names).
+	ServerName string
+}
+
+// any reports whether a setting other than Enabled is made.
+func (t TLSOptions) any() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
 }
 
 // Dial checks o and returns a client for it. It does not connect: go-redis
@@ -95,21 +134,112 @@ func Dial(o Options) (goredis.UniversalClient, error) {
 		IsClusterMode:    o.Cluster,
 		Username:         o.Username,
 		Password:         o.Password,
+		SentinelUsername: o.SentinelUsername,
 		SentinelPassword: o.SentinelPassword,
 		DB:               o.DB,
 		PoolSize:         o.PoolSize,
+		// Only the commands the store, the limiter and the audit sink need
+		// reach Redis, so that its ACL can grant exactly those: no CLIENT
+		// SETINFO on connect, no CLIENT MAINT_NOTIFICATIONS (a managed
+		// service's feature; failovers are handled by the retry).
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
-	if o.TLS {
-		// No ServerName: crypto/tls takes it from each address dialed, so
-		// every Cluster node or Sentinel-announced primary is verified
-		// against its own name.
-		u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.TLS.Enabled {
+		// Without a ServerName, crypto/tls takes it from each address
+		// dialled, so every Cluster node and Sentinel-named primary is
+		// verified against its own name.
+		cfg, err := o.TLS.config("")
+		if err != nil {
+			return nil, err
+		}
+		u.TLSConfig = cfg
 	}
 	t := o.tuning()
 	u.DialTimeout, u.ReadTimeout, u.WriteTimeout = t.dial, t.read, t.write
 	u.MaxRetries, u.DialerRetries, u.PoolTimeout = t.retries, t.dialerRetries, t.pool
 	u.ContextTimeoutEnabled = true
 	return goredis.NewUniversalClient(u), nil
+}
+
+// config builds the TLS configuration, reading CAFile and checking the
+// client certificate. host is the name to verify when ServerName is empty
+// ("" = each address's own host).
+func (t TLSOptions) config(host string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	if t.ServerName != "" {
+		cfg.ServerName = t.ServerName
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("store.redis.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("store.redis.tls.ca_file %s: no PEM certificate in it", t.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cc := &clientCert{certFile: t.CertFile, keyFile: t.KeyFile}
+		if _, err := cc.load(); err != nil {
+			return nil, err
+		}
+		cfg.GetClientCertificate = cc.get
+	}
+	return cfg, nil
+}
+
+// clientCert hands crypto/tls the client certificate, read again whenever
+// either file changed since it was last read (cert-manager and the like
+// renew them in place). While a renewal is half written (a new certificate
+// next to the old key), the last pair that loaded is used.
+type clientCert struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex
+	stamp [2]os.FileInfo // of the files the pair in cert was read from
+	cert  *tls.Certificate
+}
+
+// unchanged reports whether a file is still the one read before: the same
+// file (a Kubernetes Secret volume renews by swapping in a new one), with
+// the same size and modification time.
+func unchanged(before, now os.FileInfo) bool {
+	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
+}
+
+func (c *clientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	cert, err := c.load()
+	if err != nil && cert == nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// load returns the current pair, reading the files if they changed. On a
+// read error it returns the error and the last pair that loaded (if any).
+func (c *clientCert) load() (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var now [2]os.FileInfo
+	var err error
+	if now[0], err = os.Stat(c.certFile); err != nil {
+		return c.cert, fmt.Errorf("store.redis.tls.cert_file: %w", err)
+	}
+	if now[1], err = os.Stat(c.keyFile); err != nil {
+		return c.cert, fmt.Errorf("store.redis.tls.key_file: %w", err)
+	}
+	if c.cert != nil && unchanged(c.stamp[0], now[0]) && unchanged(c.stamp[1], now[1]) {
+		return c.cert, nil
+	}
+	pair, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		return c.cert, fmt.Errorf("store.redis.tls: cert_file %s and key_file %s: %v", c.certFile, c.keyFile, err)
+	}
+	c.cert, c.stamp = &pair, now
+	return c.cert, nil
 }
 
 // validate reports the first thing wrong with o, naming the config field.
@@ -123,8 +253,22 @@ func (o *Options) validate() error {
 		return errors.New("store.redis: master_name needs addrs (the Sentinel addresses), not url")
 	case o.URL != "" && o.Cluster:
 		return errors.New("store.redis: a cluster needs addrs, not url")
-	case o.URL != "" && o.TLS:
-		return errors.New("store.redis: tls is for addrs; use a rediss:// url instead")
+	case o.URL != "" && o.TLS.Enabled && !strings.HasPrefix(o.URL, "rediss://"):
+		return errors.New("store.redis: tls.enabled with a redis:// url; use a rediss:// url instead")
+	case o.URL == "" && o.TLS.any() && !o.TLS.Enabled:
+		return errors.New("store.redis.tls: ca_file, cert_file, key_file and server_name need tls.enabled: true (with addrs)")
+	case o.URL != "" && o.TLS.any() && !strings.HasPrefix(o.URL, "rediss://"):
+		return errors.New("store.redis.tls: ca_file, cert_file, key_file and server_name need a rediss:// url")
+	case (o.TLS.CertFile == "") != (o.TLS.KeyFile == ""):
+		return errors.New("store.redis.tls: set cert_file and key_file together")
+	case strings.ContainsAny(o.TLS.ServerName, ":/ \t@"):
+		return fmt.Errorf("store.redis.tls.server_name %q: want a host name, without port or scheme", o.TLS.ServerName)
+	case o.URL == "" && o.Username != "" && o.Password == "":
+		return fmt.Errorf("store.redis: username %q has no password (set the environment variable password_env names)", o.Username)
+	case o.SentinelUsername != "" && o.SentinelPassword == "":
+		return fmt.Errorf("store.redis: sentinel username %q has no password", o.SentinelUsername)
+	case o.SentinelUsername != "" && o.MasterName == "":
+		return errors.New("store.redis: sentinel username set without master_name")
 	case o.URL != "" && o.DB != 0:
 		return errors.New("store.redis: db is for addrs; put the database in the url path (redis://host:port/1)")
 	case o.MasterName != "" && o.Cluster:
@@ -192,6 +336,12 @@ func (o *Options) urlOptions() (*goredis.Options, error) {
 	if p, ok := u.User.Password(); ok && p != "" && o.Password != "" {
 		return nil, errors.New("store.redis: password set both in the url and from password_env; keep one")
 	}
+	if u.User.Username() != "" && o.Username != "" {
+		return nil, errors.New("store.redis: username set both in the url and in username; keep one")
+	}
+	if u.Query().Has("skip_verify") {
+		return nil, errors.New("store.redis: url: skip_verify is not supported: certificates are always verified (set tls.ca_file or tls.server_name)")
+	}
 	opt, err := goredis.ParseURL(o.URL)
 	if err != nil {
 		return nil, fmt.Errorf("store.redis: url: %v", err)
@@ -199,6 +349,17 @@ func (o *Options) urlOptions() (*goredis.Options, error) {
 	if o.Username != "" {
 		opt.Username = o.Username
 	}
+	if opt.Username != "" && opt.Password == "" && o.Password == "" {
+		return nil, fmt.Errorf("store.redis: username %q has no password (set the environment variable password_env names)", opt.Username)
+	}
+	if opt.TLSConfig != nil {
+		// ParseURL verifies the URL's host; ServerName and CAFile refine that.
+		if opt.TLSConfig, err = o.TLS.config(opt.TLSConfig.ServerName); err != nil {
+			return nil, err
+		}
+	}
+	opt.DisableIdentity = true
+	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if o.Password != "" {
 		opt.Password = o.Password
 	}

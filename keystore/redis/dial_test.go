@@ -1,10 +1,14 @@
 package redis
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
@@ -27,7 +31,7 @@ func TestDialRefusesBadOptions(t *testing.T) {
 		{"a password in the url and from the environment", Options{URL: "redis://:a@127.0.0.1:6379/0", Password: "b"}, "password set both in the url and from password_env"},
 		{"master_name with a url", Options{URL: "redis://127.0.0.1:6379", MasterName: "mymaster"}, "master_name needs addrs (the Sentinel addresses), not url"},
 		{"cluster with a url", Options{URL: "redis://127.0.0.1:6379", Cluster: true}, "a cluster needs addrs, not url"},
-		{"tls with a url", Options{URL: "redis://127.0.0.1:6379", TLS: true}, "use a rediss:// url instead"},
+		{"tls with a redis url", Options{URL: "redis://127.0.0.1:6379", TLS: TLSOptions{Enabled: true}}, "use a rediss:// url instead"},
 		{"db with a url", Options{URL: "redis://127.0.0.1:6379", DB: 2}, "put the database in the url path"},
 		{"master_name and cluster", Options{Addrs: []string{"a:26379"}, MasterName: "m", Cluster: true}, "set master_name (Sentinel) or cluster, not both"},
 		{"a database on a cluster", Options{Addrs: []string{"a:6379", "b:6379"}, DB: 1}, "store.redis: db 1: Redis Cluster has only database 0"},
@@ -43,10 +47,48 @@ func TestDialRefusesBadOptions(t *testing.T) {
 		{"a negative write timeout", Options{Addrs: []string{"a:6379"}, WriteTimeout: -1}, "write timeout -1ns must not be negative"},
 		{"a negative pool size", Options{Addrs: []string{"a:6379"}, PoolSize: -3}, "pool size -3 must not be negative"},
 		{"max retries below -1", Options{Addrs: []string{"a:6379"}, MaxRetries: -2}, "max retries -2"},
+		{"a CA file with a redis url", Options{URL: "redis://127.0.0.1:6379", TLS: TLSOptions{CAFile: "ca.pem"}}, "need a rediss:// url"},
+		{"a server name with a redis url", Options{URL: "redis://127.0.0.1:6379", TLS: TLSOptions{ServerName: "redis.internal"}}, "need a rediss:// url"},
+		{"TLS files with addrs but TLS off", Options{Addrs: []string{"a:6379"}, TLS: TLSOptions{CAFile: "ca.pem"}}, "need tls.enabled: true"},
+		{"a client certificate without its key", Options{URL: "rediss://127.0.0.1:6379", TLS: TLSOptions{CertFile: "c.pem"}}, "set cert_file and key_file together"},
+		{"a client key without its certificate", Options{Addrs: []string{"a:6379"}, TLS: TLSOptions{Enabled: true, KeyFile: "k.pem"}}, "set cert_file and key_file together"},
+		{"a server name with a port", Options{URL: "rediss://127.0.0.1:6379", TLS: TLSOptions{ServerName: "redis.internal:6379"}}, `server_name "redis.internal:6379"`},
+		{"a server name with a scheme", Options{Addrs: []string{"a:6379"}, TLS: TLSOptions{Enabled: true, ServerName: "rediss://x"}}, "want a host name"},
+		{"a CA file that does not exist", Options{URL: "rediss://127.0.0.1:6379", TLS: TLSOptions{CAFile: "/nonexistent/ca.pem"}}, "store.redis.tls.ca_file: open /nonexistent/ca.pem"},
+		{"a client certificate that does not exist", Options{Addrs: []string{"a:6379"}, TLS: TLSOptions{Enabled: true, CertFile: "/nonexistent/c.pem", KeyFile: "/nonexistent/k.pem"}}, "store.redis.tls.cert_file"},
+		{"skip_verify in the url", Options{URL: "rediss://127.0.0.1:6379/0?skip_verify=true"}, "skip_verify is not supported"},
+		{"a username without a password", Options{Addrs: []string{"a:6379"}, Username: "extauthz"}, `username "extauthz" has no password`},
+		{"a username in the url without a password", Options{URL: "redis://extauthz@127.0.0.1:6379/0"}, `username "extauthz" has no password`},
+		{"a username both in the url and the field", Options{URL: "redis://extauthz@127.0.0.1:6379/0", Username: "other", Password: "pw"}, "username set both in the url and in username"},
+		{"a sentinel username without a password", Options{Addrs: []string{"a:26379"}, MasterName: "m", SentinelUsername: "s"}, `sentinel username "s" has no password`},
+		{"a sentinel username without sentinel", Options{Addrs: []string{"a:6379"}, SentinelUsername: "s", SentinelPassword: "pw"}, "sentinel username set without master_name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := Dial(tt.opts)
+			require.ErrorContains(t, err, tt.wantErr)
+			require.Nil(t, c)
+		})
+	}
+}
+
+func TestDialRefusesCertificatesThatDoNotLoad(t *testing.T) {
+	dir := t.TempDir()
+	files := redistest.NewTLSFiles(t, dir)
+	junk := filepath.Join(dir, "junk.pem")
+	require.NoError(t, os.WriteFile(junk, []byte("not a certificate"), 0o600))
+	tests := []struct {
+		name    string
+		tls     TLSOptions
+		wantErr string
+	}{
+		{"a CA file without a certificate", TLSOptions{CAFile: junk}, "ca_file " + junk + ": no PEM certificate in it"},
+		{"a key that is not the certificate's", TLSOptions{CertFile: files.ClientCert, KeyFile: files.ServerKey}, "private key does not match public key"},
+		{"a certificate file that is not one", TLSOptions{CertFile: junk, KeyFile: files.ClientKey}, "cert_file " + junk},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Dial(Options{URL: "rediss://127.0.0.1:6379/0", TLS: tt.tls})
 			require.ErrorContains(t, err, tt.wantErr)
 			require.Nil(t, c)
 		})
@@ -115,6 +157,116 @@ func TestDialDefaultsAreShort(t *testing.T) {
 	co := cc.(*goredis.ClusterClient).Options()
 	require.Equal(t, DefaultReadTimeout, co.ReadTimeout)
 	require.Equal(t, time.Second, co.WriteTimeout)
+}
+
+func TestDialSendsNothingTheACLNeedNotGrant(t *testing.T) {
+	c := dial(t, Options{URL: "redis://127.0.0.1:6379/0"})
+	o := c.(*goredis.Client).Options()
+	require.True(t, o.DisableIdentity, "CLIENT SETINFO on connect")
+	require.Equal(t, maintnotifications.ModeDisabled, o.MaintNotificationsConfig.Mode, "CLIENT MAINT_NOTIFICATIONS on connect")
+
+	cc := dial(t, Options{Addrs: []string{"127.0.0.1:7000", "127.0.0.1:7001"}})
+	co := cc.(*goredis.ClusterClient).Options()
+	require.True(t, co.DisableIdentity)
+	require.Equal(t, maintnotifications.ModeDisabled, co.MaintNotificationsConfig.Mode)
+}
+
+func TestDialOverTLS(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	other := redistest.NewTLSFiles(t, t.TempDir()) // a CA the server does not know
+	files := func(o TLSOptions) TLSOptions {
+		o.CAFile, o.CertFile, o.KeyFile = srv.TLS.CA, srv.TLS.ClientCert, srv.TLS.ClientKey
+		return o
+	}
+	port := strings.TrimPrefix(srv.Addr, "127.0.0.1:")
+	tests := []struct {
+		name   string
+		opts   Options
+		wantOK bool
+	}{
+		{"a rediss url, the CA and a client certificate", Options{URL: srv.URL(0), TLS: files(TLSOptions{})}, true},
+		{"a rediss url with tls.enabled agreeing", Options{URL: srv.URL(0), TLS: files(TLSOptions{Enabled: true})}, true},
+		{"addrs with TLS enabled", Options{Addrs: []string{srv.Addr}, TLS: files(TLSOptions{Enabled: true})}, true},
+		{"a host name verified against server_name", Options{URL: "rediss://localhost:" + port + "/0", TLS: files(TLSOptions{ServerName: redistest.ServerName})}, true},
+		{"the certificate checked against the host dialled", Options{URL: "rediss://localhost:" + port + "/0", TLS: files(TLSOptions{})}, false},
+		{"a server name the certificate does not carry", Options{URL: srv.URL(0), TLS: files(TLSOptions{ServerName: "other.test"})}, false},
+		{"the system roots, which do not know the CA", Options{URL: srv.URL(0), TLS: TLSOptions{CertFile: srv.TLS.ClientCert, KeyFile: srv.TLS.ClientKey}}, false},
+		{"no client certificate", Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA}}, false},
+		{"a client certificate from another CA", Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA, CertFile: other.ClientCert, KeyFile: other.ClientKey}}, false},
+		{"plaintext to the TLS port", Options{URL: strings.Replace(srv.URL(0), "rediss://", "redis://", 1)}, false},
+		{"addrs without TLS", Options{Addrs: []string{srv.Addr}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// What is refused, not how fast: a handshake under the race
+			// detector on a busy machine can outlast the defaults.
+			tt.opts.DialTimeout, tt.opts.ReadTimeout = 10*time.Second, 5*time.Second
+			err := dial(t, tt.opts).Set(t.Context(), "k", "v", 0).Err()
+			if tt.wantOK {
+				require.NoError(t, err)
+			} else {
+				require.Error(t, err)
+			}
+		})
+	}
+}
+
+func TestDialRereadsARenewedClientCertificate(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	untrusted := redistest.NewTLSFiles(t, t.TempDir())
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	install := func(certFrom, keyFrom string) {
+		t.Helper()
+		for from, to := range map[string]string{certFrom: cert, keyFrom: key} {
+			data, err := os.ReadFile(from)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(to+".new", data, 0o600))
+			require.NoError(t, os.Rename(to+".new", to)) // as a Secret volume swaps files
+		}
+		// The server drops every connection: the next command dials anew.
+		_, err := srv.Do("CLIENT", "KILL", "TYPE", "normal")
+		require.NoError(t, err)
+	}
+	install(srv.TLS.ClientCert, srv.TLS.ClientKey)
+	c := dial(t, Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA, CertFile: cert, KeyFile: key}, DialTimeout: 10 * time.Second, ReadTimeout: 5 * time.Second})
+	require.NoError(t, c.Ping(t.Context()).Err())
+
+	install(untrusted.ClientCert, untrusted.ClientKey)
+	require.Error(t, c.Ping(t.Context()).Err(), "a new connection still presented the old certificate")
+
+	install(srv.TLS.ClientCert, srv.TLS.ClientKey)
+	require.NoError(t, c.Ping(t.Context()).Err(), "the renewed certificate was not picked up")
+}
+
+func TestClientCertKeepsTheLastPairThatLoaded(t *testing.T) {
+	dir := t.TempDir()
+	a := redistest.NewTLSFiles(t, filepath.Join(dir, "a"))
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	copyFile := func(from, to string) {
+		t.Helper()
+		data, err := os.ReadFile(from)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(to, data, 0o600))
+	}
+	copyFile(a.ClientCert, cert)
+	copyFile(a.ClientKey, key)
+	cc := &clientCert{certFile: cert, keyFile: key}
+	first, err := cc.get(nil)
+	require.NoError(t, err)
+
+	// Half-way through a renewal: a new certificate beside the old key.
+	b := redistest.NewTLSFiles(t, filepath.Join(dir, "b"))
+	copyFile(b.ClientCert, cert)
+	got, err := cc.get(nil)
+	require.NoError(t, err)
+	require.Same(t, first, got, "a mismatched pair replaced the one in use")
+
+	copyFile(b.ClientKey, key)
+	got, err = cc.get(nil)
+	require.NoError(t, err)
+	require.NotSame(t, first, got, "the completed renewal was not loaded")
+	require.NotEqual(t, first.Certificate[0], got.Certificate[0])
 }
 
 func TestDialAuthenticatesWithThePassword(t *testing.T) {
