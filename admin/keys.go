@@ -272,7 +272,7 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	// A keys:write caller may only leave a key with permissions it could
 	// grant: setting them is granting them, and keeping a more powerful
 	// key alive (expiry, allowlist) is acting with its power.
-	check := func(k *keystore.Key) error {
+	check := func(_, k *keystore.Key) error {
 		if !c.canSee(k) {
 			return errNotFound
 		}
