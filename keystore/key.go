@@ -155,7 +155,7 @@ var (
 	ErrNotLive = errors.New("key is revoked or expired")
 	// ErrRetired: the key was revoked or rotated away, and such a record
 	// never changes again (a change could give it a new life).
-	ErrRetired = errors.New("key is revoked or rotated away")
+	ErrRetired = errors.New("a revoked or rotated-away key never changes again")
 	// ErrUnavailable wraps a backend failure (connection refused, timeout):
 	// the store could not answer, which is not the same as "no such key".
 	ErrUnavailable = errors.New("key store unavailable")
