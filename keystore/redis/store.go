@@ -478,7 +478,7 @@ func (s *Store) indexReady(ctx context.Context) (bool, error) {
 // per call, until they all are; then it unlists expired keys and purges dead
 // ones, a batch of each per call. Every step is a script that re-checks what
 // it acts on, so sweeps from several replicas at once do each thing once,
-// and a sweep with nothing to do costs two ZRANGEs.
+// and a sweep with nothing to do costs a GET and two ZRANGEs.
 func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore.SweepResult, error) {
 	var res keystore.SweepResult
 	if err := s.check(); err != nil {
@@ -488,11 +488,15 @@ func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore
 	if batch <= 0 {
 		batch = keystore.DefaultSweepBatch
 	}
-	indexed, err := s.indexReady(ctx)
-	if err != nil {
-		return res, err
+	// Read the version afresh every time, not what this process remembers:
+	// a Redis restored from a copy made before the index existed must be
+	// indexed again (List falls back to walking every id meanwhile).
+	version, err := s.client.Get(ctx, s.keys.index()).Result()
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return res, unavailable("read index version", err)
 	}
-	if !indexed {
+	s.indexed.Store(version == indexVersion)
+	if version != indexVersion {
 		done, err := s.buildIndex(ctx, batch)
 		if err != nil || !done {
 			res.More = err == nil

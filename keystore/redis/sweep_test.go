@@ -215,3 +215,25 @@ func TestSweepIndexesAStoreWrittenBeforeTheListingIndex(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 10, ends, "every revoked and expired key, for the purge")
 }
+
+func TestSweepIndexesAgainAStoreRestoredWithoutTheIndex(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+	k, _, _ := create(t, s, "alice")
+	page, _, err := s.List(ctx, keystore.ListOptions{Owner: "alice"})
+	require.NoError(t, err)
+	require.Equal(t, []string{k.ID}, idsOf(page), "indexed from the first create")
+
+	// As if Redis came back from a copy made before the index existed.
+	for _, name := range []string{"open", "open:alice", "index"} {
+		require.NoError(t, raw.Del(ctx, testPrefix+"{keys}:"+name).Err())
+	}
+	res, err := s.Sweep(ctx, keystore.SweepOptions{Now: time.Now()})
+	require.NoError(t, err)
+	require.False(t, res.More)
+	page, _, err = s.List(ctx, keystore.ListOptions{Owner: "alice"})
+	require.NoError(t, err)
+	require.Equal(t, []string{k.ID}, idsOf(page), "indexed again by the sweep")
+}
