@@ -104,10 +104,6 @@ func (k *Key) CountsAt(now time.Time) bool {
 	return k.RotatedTo == "" && k.StatusAt(now) == Live
 }
 
-// Retired reports whether k can never change again: it was revoked, or
-// rotated away (its successor carries it on).
-func (k *Key) Retired() bool { return k.RevokedAt != nil || k.RotatedTo != "" }
-
 // EndsAt is when k stopped, or will stop, being live: the earlier of its
 // revocation and its expiry; nil while it has neither.
 func (k *Key) EndsAt() *time.Time {

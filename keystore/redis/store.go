@@ -104,7 +104,8 @@ type Store struct {
 	keys   layout
 	err    error // a bad prefix: every call returns it
 
-	// indexed: the index key said indexVersion once; it never goes back.
+	// indexed: the index key said indexVersion when last read (List reads
+	// it until it does; Sweep reads it afresh every time).
 	indexed atomic.Bool
 
 	mu       sync.Mutex
@@ -458,7 +459,7 @@ func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystor
 }
 
 // indexReady reports whether the open sets cover every key, asking Redis
-// until they do and remembering it from then on.
+// until they do and remembering it (until a Sweep finds otherwise).
 func (s *Store) indexReady(ctx context.Context) (bool, error) {
 	if s.indexed.Load() {
 		return true, nil
