@@ -317,7 +317,7 @@ func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bo
 	}
 	if !res.Allowed {
 		s.writeError(w, r, &apiError{http.StatusTooManyRequests, authz.CodeRateLimited,
-			"rate limited: too many requests from this key (limit \"" + res.Limit.Name + "\": " + res.Limit.Rate.String() + "); retry after the time Retry-After gives"})
+			"rate limited: too many requests from this key (limit \"" + res.Limit.Name + "\": " + res.Limit.Rate.String() + "); retry after the seconds Retry-After gives"})
 		return false
 	}
 	return true

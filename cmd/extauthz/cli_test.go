@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/keystore/sqlite"
 )
 
 // cliRun runs the command as a separate process and returns what it printed
@@ -288,4 +290,27 @@ func TestKeysUpdateThroughTheCLI(t *testing.T) {
 		assert.Contains(t, errOut, "name: must not contain control, bidirectional, invisible or formatting characters (U+2066 at byte 1)")
 		assert.NotContains(t, errOut, "\u2066")
 	})
+}
+
+func TestKeysListShowsAnOldRecordsInvisibleCharactersEscaped(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
+	// A record written before names were checked, straight into the store.
+	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(t, err)
+	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "pay\u202Eroll\x1b[2J", Owner: "team",
+		Permissions: []string{"read\u200B"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
+	require.NoError(t, st.Close())
+
+	for _, args := range [][]string{{"keys", "list"}, {"keys", "show", id}} {
+		out, errOut, code := cliRun(t, append(args, "--config", path)...)
+		require.Equal(t, 0, code, errOut)
+		assert.Contains(t, out, `"pay\u202eroll\x1b[2J"`, "%v", args)
+		assert.Contains(t, out, `"read\u200b"`, "%v", args)
+		assert.NotContains(t, out, "\u202E")
+		assert.NotContains(t, out, "\x1b")
+	}
 }

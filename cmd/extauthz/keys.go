@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -105,7 +106,7 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if *asJSON {
 				return writeJSON(stdout, k)
 			}
-			fmt.Fprintf(stdout, "revoked %s (%s) at %s\n", k.ID, k.Name, k.RevokedAt.Format(time.RFC3339))
+			fmt.Fprintf(stdout, "revoked %s (%s) at %s\n", k.ID, shown(k.Name), k.RevokedAt.Format(time.RFC3339))
 			return nil
 		}
 	case "rotate":
@@ -306,9 +307,9 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(name, value string) { fmt.Fprintf(tw, "%s:\t%s\n", name, value) }
 	row("id", k.ID)
-	row("name", k.Name)
-	row("owner", k.Owner)
-	row("permissions", strings.Join(k.Permissions, ", "))
+	row("name", shown(k.Name))
+	row("owner", shown(k.Owner))
+	row("permissions", shown(strings.Join(k.Permissions, ", ")))
 	rate := k.RateLimit
 	if rate == "" {
 		rate = "(default)"
@@ -337,6 +338,18 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 		row("rotated to", k.RotatedTo)
 	}
 	tw.Flush()
+}
+
+// shown is a stored label as the terminal should print it: as it is when it
+// is visible text (every name and permission written since they are
+// checked), else quoted with its control, bidirectional and invisible
+// characters escaped, so that a record written before cannot steer the
+// terminal or pass for another.
+func shown(label string) string {
+	if keystore.CheckText("", label) == nil {
+		return label
+	}
+	return strconv.Quote(label)
 }
 
 func fmtTime(t *time.Time, none string) string {
@@ -371,7 +384,7 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Owner, strings.Join(k.Permissions, ","),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
 			k.StatusAt(now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
 	}
 	tw.Flush()
