@@ -66,11 +66,6 @@ type Options struct {
 	RateLimit ratelimit.Rate
 }
 
-// DefaultRateLimit is a sensible Options.RateLimit (the config default of
-// admin.rate_limit): far above what a person or a deployment script does,
-// far below a loop minting and revoking keys as fast as it can.
-var DefaultRateLimit = ratelimit.Rate{N: 600, Window: time.Minute}
-
 // adminScope is the rate-limit scope of the admin API's own limit: route
 // patterns begin with "/", so it never shares a count with a route's.
 const adminScope = "admin"

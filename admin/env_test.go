@@ -143,7 +143,7 @@ type envOptions struct {
 	noLeaks      bool
 	// readStore, if set, wraps the store the API reads through (Options.Store).
 	readStore func(keystore.Store) keystore.Store
-	// adminRate is Options.RateLimit; "" means DefaultRateLimit.
+	// adminRate is Options.RateLimit; "" means the config's default.
 	adminRate string
 }
 
@@ -197,7 +197,7 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 		Logger:       slog.New(slog.NewTextHandler(e.rec, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MaxBodyBytes: o.maxBodyBytes,
 		Limiter:      ratelimit.NewLocal(e.clock.Now, 0),
-		RateLimit:    DefaultRateLimit,
+		RateLimit:    *cfg.Admin.RateLimit,
 	}
 	if o.adminRate != "" {
 		opts.RateLimit, err = ratelimit.ParseRate(o.adminRate)

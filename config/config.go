@@ -47,7 +47,9 @@ type Config struct {
 type Admin struct {
 	// RateLimit is how many requests each calling key may make to the
 	// admin API, counted apart from its decisions (whose own rate limit
-	// applies too); "none" turns it off.
+	// applies too); "none" turns it off. The default, 600/m, is far above
+	// what a person or a deployment script does and far below a loop
+	// minting and revoking keys as fast as the store takes them.
 	RateLimit *ratelimit.Rate `json:"rate_limit"` // nil = 600/m
 }
 
