@@ -14,17 +14,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // DefaultMaxBodyBytes bounds a request body when Options.MaxBodyBytes is 0.
@@ -51,7 +54,21 @@ type Options struct {
 	// MaxBodyBytes bounds request bodies (413 above); 0 means
 	// DefaultMaxBodyBytes. The leak endpoint has its own bound.
 	MaxBodyBytes int64
+	// Limiter counts each calling key's requests (the server's own
+	// limiter, so that with Redis the count is shared by every replica);
+	// nil means a limiter of this handler's own.
+	Limiter ratelimit.Limiter
+	// RateLimit is the admin API's limit per calling key, counted apart
+	// from the key's decisions; the zero Rate means none. The key's own
+	// rate limit (its rate_limit, else the configured default) applies
+	// too, counted with its decisions: a key limited to 5/m makes 5
+	// requests a minute, of any kind.
+	RateLimit ratelimit.Rate
 }
+
+// adminScope is the rate-limit scope of the admin API's own limit: route
+// patterns begin with "/", so it never shares a count with a route's.
+const adminScope = "admin"
 
 // access is what a route asks of its caller.
 type access int
@@ -104,6 +121,8 @@ type server struct {
 	log     *slog.Logger
 	leaks   *LeakOptions
 	maxBody int64
+	limiter ratelimit.Limiter
+	rate    ratelimit.Rate
 
 	mux   *http.ServeMux
 	paths *http.ServeMux      // method-less patterns, to tell 405 from 404
@@ -147,7 +166,7 @@ func newServer(o Options, rs []route) *server {
 	}
 	s := &server{
 		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger,
-		leaks: o.Leaks, maxBody: o.MaxBodyBytes,
+		leaks: o.Leaks, maxBody: o.MaxBodyBytes, limiter: o.Limiter, rate: o.RateLimit,
 		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
 	}
 	if s.store == nil {
@@ -161,6 +180,9 @@ func newServer(o Options, rs []route) *server {
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.limiter == nil {
+		s.limiter = ratelimit.NewLocal(s.now, 0)
 	}
 	for _, rt := range rs {
 		s.mux.HandleFunc(rt.Pattern(), s.handle(rt))
@@ -214,6 +236,9 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			if c, ok = s.authenticate(w, r); !ok {
 				return
 			}
+			if !s.rateLimit(w, r, c) {
+				return
+			}
 			if err := c.need(rt.access); err != nil {
 				s.writeError(w, r, err)
 				return
@@ -256,6 +281,43 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, 
 	return nil, false
 }
 
+// rateLimit counts the request against the caller's limits: the admin API's
+// own (Options.RateLimit) and the key's (its rate_limit, else the
+// configured default), together, as a decision counts a key's and a
+// route's. Every request of an authenticated caller counts, refused ones
+// too. On 429 it writes the answer, with Retry-After and the rate-limit
+// headers, and returns false; otherwise it sets the rate-limit headers.
+func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bool {
+	var limits [2]ratelimit.Limit
+	n := 0
+	if keyRate := effectiveRate(c.key.RateLimit, s.authz.Policy().DefaultRate); !keyRate.IsZero() {
+		limits[n] = ratelimit.Limit{Name: "key", Bucket: c.key.ID, Rate: keyRate}
+		n++
+	}
+	if !s.rate.IsZero() {
+		limits[n] = ratelimit.Limit{Name: adminScope, Bucket: c.key.ID, Scope: adminScope, Rate: s.rate}
+		n++
+	}
+	if n == 0 {
+		return true
+	}
+	res, err := s.limiter.Allow(r.Context(), limits[:n])
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("rate limit: %w: %w", keystore.ErrUnavailable, err))
+		return false
+	}
+	h := w.Header()
+	for _, hd := range ratelimit.AppendHeaders(nil, res) {
+		h.Set(hd.Key, hd.Value)
+	}
+	if !res.Allowed {
+		s.writeError(w, r, &apiError{http.StatusTooManyRequests, authz.CodeRateLimited,
+			"rate limited: too many requests from this key (limit \"" + res.Limit.Name + "\": " + res.Limit.Rate.String() + "); retry after the seconds Retry-After gives"})
+		return false
+	}
+	return true
+}
+
 // headers reads an http.Header by lower-case name, as authz.Headers wants.
 type headers http.Header
 
@@ -281,17 +343,20 @@ func peerHost(remoteAddr string) string {
 type caller struct {
 	key   *keystore.Key // shared with the cache: read only
 	owner string
-	// admin: keys:admin (or admin) — every owner, may grant anything.
+	// admin: keys:admin — every owner, may grant anything.
 	admin, write, read bool
 }
 
+// newCaller reads what k may do here. Only the keys:* permissions count,
+// by name: the app-level admin permission grants every route permission of
+// the decision, not the management of keys.
 func newCaller(k *keystore.Key) *caller {
 	c := &caller{key: k, owner: k.Owner}
 	if c.owner == "" {
 		c.owner = keystore.DefaultOwner
 	}
 	has := func(p string) bool { return slices.Contains(k.Permissions, p) }
-	c.admin = has(permAdmin) || has(permKeysAdmin)
+	c.admin = has(permKeysAdmin)
 	c.write = c.admin || has(permKeysWrite)
 	c.read = c.write || has(permKeysRead)
 	return c
@@ -299,7 +364,7 @@ func newCaller(k *keystore.Key) *caller {
 
 // The permissions the admin API reads.
 const (
-	permAdmin     = "admin" // grants every permission, keys:admin included
+	permAdmin     = "admin" // every route permission; only keys:admin may grant it
 	permKeysAdmin = "keys:admin"
 	permKeysWrite = "keys:write"
 	permKeysRead  = "keys:read"
@@ -344,12 +409,14 @@ func (s *server) canGrant(c *caller, perms []string) error {
 
 // mention quotes a client-supplied name for an error message, unless it
 // has the shape of an API key: someone may have pasted one in the wrong
-// place, and a key never appears in an error (SPEC §8).
+// place, and a key never appears in an error. Quoting escapes control,
+// bidirectional and other invisible characters, so that an echoed name
+// reads as what it is.
 func (s *server) mention(v string) string {
 	if len(v) >= 16 && s.authz.Policy().Format.Check(v) == nil {
 		return "(a value shaped like an API key, not shown)"
 	}
-	return `"` + strings.ToValidUTF8(v, "\uFFFD") + `"`
+	return strconv.Quote(strings.ToValidUTF8(v, "\uFFFD"))
 }
 
 // Error codes of the admin API beyond those of the decision (authz.Code).
@@ -402,8 +469,10 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errNotFound
 	case errors.Is(err, keystore.ErrKeyLimit):
 		ae = &apiError{http.StatusConflict, codeKeyLimit, "the owner already has the maximum number of live keys (keys.max_per_owner); revoke one first"}
+	case errors.Is(err, keystore.ErrRetired):
+		ae = &apiError{http.StatusConflict, codeNotLive, "the key was revoked or rotated away, and such a key never changes again (revoking it still works); change its successor or create a new key"}
 	case errors.Is(err, keystore.ErrNotLive):
-		ae = &apiError{http.StatusConflict, codeNotLive, "the key is revoked or expired; create a new key instead"}
+		ae = &apiError{http.StatusConflict, codeNotLive, "the key is revoked, expired or rotated away; create a new key instead"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		s.log.Warn("admin API: key store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}

@@ -183,8 +183,8 @@ func (o object) name() (string, error) {
 	return v, keystore.ValidateName(v)
 }
 
-// permissions reads the permission list: at least one, each checked alone
-// so that the error names its index instead of quoting it.
+// permissions reads the permission list: at least one, each valid (the
+// error names the index of a bad one instead of quoting it).
 func (o object) permissions() ([]string, error) {
 	perms, err := o.strs("permissions")
 	if err != nil {
@@ -193,15 +193,7 @@ func (o object) permissions() ([]string, error) {
 	if len(perms) == 0 {
 		return nil, badRequest("permissions", "at least one (a key without permissions passes only routes that need none)")
 	}
-	if err := keystore.ValidatePermissions(perms); err != nil {
-		for i, p := range perms {
-			if keystore.ValidatePermissions([]string{p}) != nil {
-				return nil, badRequest(fmt.Sprintf("permissions[%d]", i), "non-empty, at most 128 bytes, no comma, space or control character")
-			}
-		}
-		return nil, err // the count
-	}
-	return perms, nil
+	return perms, keystore.ValidatePermissions(perms)
 }
 
 func (o object) rateLimit() (string, error) {

@@ -30,6 +30,7 @@ import (
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/redis"
 	"github.com/extauthz/extauthz/keystore/sqlite"
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 func TestMain(m *testing.M) {
@@ -142,6 +143,8 @@ type envOptions struct {
 	noLeaks      bool
 	// readStore, if set, wraps the store the API reads through (Options.Store).
 	readStore func(keystore.Store) keystore.Store
+	// adminRate is Options.RateLimit; "" means the config's default.
+	adminRate string
 }
 
 // env is one admin API over real HTTP on a real store, with a root key
@@ -193,6 +196,12 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 		Now:          e.clock.Now,
 		Logger:       slog.New(slog.NewTextHandler(e.rec, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MaxBodyBytes: o.maxBodyBytes,
+		Limiter:      ratelimit.NewLocal(e.clock.Now, 0),
+		RateLimit:    *cfg.Admin.RateLimit,
+	}
+	if o.adminRate != "" {
+		opts.RateLimit, err = ratelimit.ParseRate(o.adminRate)
+		require.NoError(t, err)
 	}
 	if o.readStore != nil {
 		opts.Store = o.readStore(store)
@@ -408,19 +417,36 @@ func (c statusCoverage) Run() int {
 		fmt.Fprintln(os.Stderr, "FAIL: status coverage:", err)
 		return 1
 	}
-	var missing []string
+	var missing, undocumented []string
 	seen.Lock()
 	defer seen.Unlock()
+	documented := map[string][]int{}
 	for _, op := range doc {
+		documented[op.pattern()] = op.statuses
 		for _, status := range op.statuses {
 			if !seen.m[op.pattern()][status] {
 				missing = append(missing, fmt.Sprintf("%s %d", op.pattern(), status))
 			}
 		}
 	}
+	// And the other way: every status a test saw through a route is one
+	// its document names (500 falls under "default").
+	for pattern, statuses := range seen.m {
+		for status := range statuses {
+			if status != http.StatusInternalServerError && !slices.Contains(documented[pattern], status) {
+				undocumented = append(undocumented, fmt.Sprintf("%s %d", pattern, status))
+			}
+		}
+	}
 	if len(missing) > 0 {
 		slices.Sort(missing)
 		fmt.Fprintf(os.Stderr, "FAIL: the OpenAPI document promises responses no test produced:\n\t%s\n", strings.Join(missing, "\n\t"))
+	}
+	if len(undocumented) > 0 {
+		slices.Sort(undocumented)
+		fmt.Fprintf(os.Stderr, "FAIL: tests produced responses the OpenAPI document does not name:\n\t%s\n", strings.Join(undocumented, "\n\t"))
+	}
+	if len(missing)+len(undocumented) > 0 {
 		return 1
 	}
 	return code

@@ -48,13 +48,13 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 				{"a null name", `{"name": null, "permissions": ["x"]}`, "name: required"},
 				{"a number for the name", `{"name": 5, "permissions": ["x"]}`, "name: want a string, got a number"},
 				{"an empty name", `{"name": "", "permissions": ["x"]}`, "name: required"},
-				{"a name with a newline", `{"name": "a\nb", "permissions": ["x"]}`, "name: must be printable"},
+				{"a name with a newline", `{"name": "a\nb", "permissions": ["x"]}`, "name: must not contain control, bidirectional, invisible or formatting characters (U+000A at byte 1)"},
 				{"no permissions", `{"name": "n"}`, "permissions: required"},
 				{"a string for permissions", `{"name": "n", "permissions": "x"}`, "permissions: want an array of strings, got a string"},
 				{"an object for permissions", `{"name": "n", "permissions": {"x": true}}`, "permissions: want an array of strings, got an object"},
 				{"a number among the permissions", `{"name": "n", "permissions": ["x", 1]}`, "permissions[1]: want a string, got a number"},
 				{"no permission at all", `{"name": "n", "permissions": []}`, "permissions: at least one"},
-				{"a permission with a space", `{"name": "n", "permissions": ["x", "a b"]}`, "permissions[1]: non-empty"},
+				{"a permission with a space", `{"name": "n", "permissions": ["x", "a b"]}`, "permissions[1]: must not contain a comma or a space"},
 				{"an empty permission", `{"name": "n", "permissions": [""]}`, "permissions[0]: non-empty"},
 				{"a number for the owner", `{` + ok + `, "owner": 7}`, "owner: want a string, got a number"},
 				{"a bad owner", `{` + ok + `, "owner": "a b"}`, "owner: 1 to 64 characters"},
@@ -338,5 +338,93 @@ func FuzzCreateAndPatchBodies(f *testing.F) {
 				t.Fatalf("%s %s with %q: %d %s", rt.method, rt.path, body, resp.StatusCode, b)
 			}
 		}
+	})
+}
+
+// invisibleCharacters are characters that make a label read as something
+// else in a terminal, a log line or a header: every one is refused in a
+// name and in a permission, by create and by change, naming the field and
+// the code point.
+var invisibleCharacters = []struct {
+	name string
+	r    rune
+}{
+	{"a C0 control (SOH)", 0x01},
+	{"an escape, which starts terminal sequences", 0x1b},
+	{"a tab", '\t'},
+	{"DEL", 0x7f},
+	{"a C1 control (NEL)", 0x85},
+	{"a C1 control sequence introducer", 0x9b},
+	{"a right-to-left override", 0x202e},
+	{"a left-to-right embedding", 0x202a},
+	{"a left-to-right override", 0x202d},
+	{"a pop directional formatting", 0x202c},
+	{"a left-to-right isolate", 0x2066},
+	{"a right-to-left isolate", 0x2067},
+	{"a first strong isolate", 0x2068},
+	{"a pop directional isolate", 0x2069},
+	{"a left-to-right mark", 0x200e},
+	{"a right-to-left mark", 0x200f},
+	{"an Arabic letter mark", 0x061c},
+	{"a zero-width space", 0x200b},
+	{"a zero-width non-joiner", 0x200c},
+	{"a zero-width joiner", 0x200d},
+	{"a word joiner", 0x2060},
+	{"a byte order mark", 0xfeff},
+	{"a soft hyphen", 0x00ad},
+	{"a line separator", 0x2028},
+	{"a paragraph separator", 0x2029},
+	{"a no-break space", 0x00a0},
+	{"an ideographic space", 0x3000},
+	{"a Hangul filler", 0x3164},
+	{"a Hangul choseong filler", 0x115f},
+	{"a braille blank", 0x2800},
+	{"a combining grapheme joiner", 0x034f},
+	{"a private-use character", 0xe000},
+	{"a tag character", 0xe0041},
+	{"an interlinear annotation anchor", 0xfff9},
+	{"a non-character", 0xfffe},
+}
+
+func TestNamesAndPermissionsRefuseControlBidiAndInvisibleCharacters(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		_, id := e.newKey(e.root, map[string]any{"name": "target", "permissions": []string{"x"}})
+		for _, c := range invisibleCharacters {
+			label := "ab" + string(c.r) + "cd"
+			wantAt := fmt.Sprintf("(U+%04X at byte 2)", c.r)
+			for _, tc := range []struct {
+				what, method, path, field string
+				body                      map[string]any
+			}{
+				{"a new key's name", "POST", "/v1/keys", "name:", map[string]any{"name": label, "permissions": []string{"x"}}},
+				{"a new key's permission", "POST", "/v1/keys", "permissions[1]:", map[string]any{"name": "n", "permissions": []string{"x", label}}},
+				{"a changed name", "PATCH", "/v1/keys/" + id, "name:", map[string]any{"name": label}},
+				{"a changed permission", "PATCH", "/v1/keys/" + id, "permissions[0]:", map[string]any{"permissions": []string{label}}},
+			} {
+				t.Run(c.name+" in "+tc.what+" is 400", func(t *testing.T) {
+					r := e.send(tc.method, tc.path, e.root, tc.body)
+					require.Equal(t, http.StatusBadRequest, r.status, "%s", r)
+					assert.Equal(t, "bad_request", r.code(t))
+					msg := r.str(t, "error")
+					assert.True(t, strings.HasPrefix(msg, tc.field), "names the field: %s", msg)
+					if c.r != '\t' || tc.field == "name:" { // a tab in a permission is refused as a space
+						assert.Contains(t, msg, wantAt)
+					}
+					assert.NotContains(t, msg, string(c.r), "the character itself is not echoed")
+				})
+			}
+		}
+		k, err := e.store.Get(t.Context(), id)
+		require.NoError(t, err)
+		assert.Equal(t, "target", k.Name)
+		assert.Equal(t, []string{"x"}, k.Permissions)
+
+		t.Run("names in any script, with accents and emoji, are fine", func(t *testing.T) {
+			for _, name := range []string{"Zürich billing", "東京の鍵", "ключ для отчётов", "مفتاح", "deploy 🚀", "love ❤️ (with a variation selector)", "a-b_c.d/e:f"} {
+				r := e.send("POST", "/v1/keys", e.root, map[string]any{"name": name, "permissions": []string{"x", "read:" + strings.Fields(name)[0]}})
+				require.Equal(t, http.StatusCreated, r.status, "%q: %s", name, r)
+				assert.Equal(t, name, r.str(t, "name"))
+			}
+		})
 	})
 }

@@ -85,7 +85,10 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		}
 		spec.Owner = c.owner
 	}
-	if err := s.canGrant(c, spec.Permissions); err != nil {
+	// The new key stays within a keys:write caller's own permissions and
+	// restrictions (bounds.go).
+	asked := &keystore.Key{Permissions: spec.Permissions, RateLimit: spec.RateLimit, IPAllowlist: spec.IPAllowlist, ExpiresAt: spec.ExpiresAt}
+	if err := s.exceedsCaller(c, asked); err != nil {
 		return err
 	}
 	secret, k, err := s.manager.Create(r.Context(), spec, c.actor())
@@ -251,7 +254,9 @@ var patchFields = []string{"name", "permissions", "rate_limit", "ip_allowlist", 
 // updateKey is PATCH /v1/keys/{id}. Absent fields stay; null returns
 // rate_limit to the configured default, ip_allowlist to "any address" and
 // expires_at to "never" (JSON Merge Patch's meaning of null); name and
-// permissions cannot be null.
+// permissions cannot be null. A revoked or rotated-away key never changes
+// (409), bringing an expired key back counts against max_per_owner (409),
+// and no key loosens its own restrictions (403).
 func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) error {
 	body, err := s.readJSONBody(w, r)
 	if err != nil {
@@ -269,14 +274,20 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err != nil {
 		return err
 	}
-	// A keys:write caller may only leave a key with permissions it could
-	// grant: setting them is granting them, and keeping a more powerful
-	// key alive (expiry, allowlist) is acting with its power.
-	check := func(k *keystore.Key) error {
-		if !c.canSee(k) {
+	// A keys:write caller may only leave a key with permissions and
+	// restrictions it could give: setting them is granting them, and
+	// keeping a more powerful key alive (expiry, allowlist) is acting with
+	// its power. Any caller changing itself may only narrow itself.
+	check := func(before, after *keystore.Key) error {
+		if !c.canSee(after) {
 			return errNotFound
 		}
-		return s.canGrant(c, k.Permissions)
+		if after.ID == c.key.ID {
+			if err := s.selfLoosening(before, after); err != nil {
+				return err
+			}
+		}
+		return s.exceedsCaller(c, after)
 	}
 	k, err = s.manager.Update(r.Context(), k.ID, p, check, c.actor())
 	if err != nil {
@@ -379,9 +390,10 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err != nil {
 		return err
 	}
-	// Rotation mints a secret with the old key's permissions, for the
-	// caller: a keys:write caller may do that only with ones it could grant.
-	if err := s.canGrant(c, old.Permissions); err != nil {
+	// Rotation mints a secret with the old key's permissions and
+	// restrictions, for the caller: a keys:write caller may do that only
+	// with ones it could give a key of its own making.
+	if err := s.exceedsCaller(c, old); err != nil {
 		return err
 	}
 	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor())

@@ -159,6 +159,40 @@ func TestDecisionTable(t *testing.T) {
 	}
 }
 
+func TestAdminGrantsEveryRoutePermissionButTheKeysOnes(t *testing.T) {
+	f := newFixture(t, func(c *config.Config) {
+		c.Routes = append(c.Routes,
+			config.Route{Path: "/ops/keys", Permissions: []string{"keys:admin"}},
+			config.Route{Path: "/ops/keys/read", Permissions: []string{"keys:read"}},
+			config.Route{Path: "/ops/mixed", Permissions: []string{"read:reports", "keys:write"}},
+			config.Route{Path: "/ops/keysish", Permissions: []string{"keysmith:read"}},
+		)
+	})
+	for _, tc := range []struct {
+		path, missing string
+	}{
+		{"/ops/keys", "keys:admin"},
+		{"/ops/keys/read", "keys:read"},
+		{"/ops/mixed", "keys:write"},
+		{"/ops/keysish", ""},
+		{"/api/reports/q1", ""},
+	} {
+		name := "admin passes " + tc.path
+		if tc.missing != "" {
+			name = "admin does not grant " + tc.missing + " on " + tc.path
+		}
+		t.Run(name, func(t *testing.T) {
+			d := f.decide(Request{Path: tc.path, Headers: HeaderMap{"x-api-key": f.admin}})
+			if tc.missing == "" {
+				assert.Equal(t, Code(""), d.Code)
+				return
+			}
+			assert.Equal(t, CodePermissionDenied, d.Code)
+			assert.Contains(t, d.Body(), `missing permission \"`+tc.missing+`\"`)
+		})
+	}
+}
+
 func TestRevokedAndExpiredKeys(t *testing.T) {
 	f := newFixture(t, nil)
 	k := f.keys.keys[keystore.NewHasher([]byte("pepper")).Hash(f.good)]

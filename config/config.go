@@ -40,6 +40,17 @@ type Config struct {
 	Audit     Audit     `json:"audit"`
 	Log       Log       `json:"log"`
 	Leaks     Leaks     `json:"leaks"`
+	Admin     Admin     `json:"admin"`
+}
+
+// Admin configures the admin API (its address is listen.admin).
+type Admin struct {
+	// RateLimit is how many requests each calling key may make to the
+	// admin API, counted apart from its decisions (whose own rate limit
+	// applies too); "none" turns it off. The default, 600/m, is far above
+	// what a person or a deployment script does and far below a loop
+	// minting and revoking keys as fast as the store takes them.
+	RateLimit *ratelimit.Rate `json:"rate_limit"` // nil = 600/m
 }
 
 // Leaks configures the GitHub secret-scanning endpoint (POST
@@ -145,11 +156,21 @@ type Cache struct {
 	NegativeTTL Duration `json:"negative_ttl"`
 }
 
-// Keys sets the format of new keys and the per-owner limit.
+// Keys sets the format of new keys, the per-owner limit, and how long the
+// records of dead keys are kept.
 type Keys struct {
 	Prefix      string `json:"prefix"`
 	MaxPerOwner int    `json:"max_per_owner"`
+	// Retention is how long a key is kept after it stopped being live
+	// (revoked, expired, or rotated away and past its grace period) before
+	// the server purges it; 0 keeps every key forever.
+	Retention Duration `json:"retention"`
 }
+
+// MinRetention is the shortest keys.retention other than 0: a shorter one
+// would forget what became of a key while its clients may still use it
+// (they would get invalid_key instead of revoked_key).
+const MinRetention = time.Hour
 
 // Source is one place a key may come from: exactly one of Header, Query,
 // Cookie; Scheme only with Header (e.g. "Bearer" for Authorization).
@@ -236,6 +257,7 @@ const DefaultAuditStreamCap = 20_000
 func Default() Config {
 	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
 	failures := ratelimit.Rate{N: 100, Window: time.Minute}
+	adminRate := ratelimit.Rate{N: 600, Window: time.Minute}
 	one := 1
 	return Config{
 		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
@@ -245,7 +267,7 @@ func Default() Config {
 		}},
 		Hashing: Hashing{PepperEnv: "EXTAUTHZ_PEPPER"},
 		Cache:   Cache{Size: 100000, TTL: Duration(30 * time.Second), NegativeTTL: Duration(5 * time.Second)},
-		Keys:    Keys{Prefix: "sk", MaxPerOwner: 100},
+		Keys:    Keys{Prefix: "sk", MaxPerOwner: 100, Retention: Duration(30 * 24 * time.Hour)},
 		Sources: []Source{
 			{Header: "x-api-key"},
 			{Header: "authorization", Scheme: "Bearer"},
@@ -257,6 +279,7 @@ func Default() Config {
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
 		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
+		Admin:     Admin{RateLimit: &adminRate},
 	}
 }
 
@@ -468,6 +491,12 @@ func (c *Config) validate() error {
 	}
 	if c.Keys.MaxPerOwner < 0 {
 		bad("keys.max_per_owner", "must not be negative (0 = no limit)")
+	}
+	if r := time.Duration(c.Keys.Retention); r < 0 || r > 0 && r < MinRetention {
+		bad("keys.retention", "%s: want 0 (keep dead keys forever) or at least %s, e.g. 720h", r, MinRetention)
+	}
+	if c.Admin.RateLimit == nil {
+		bad("admin.rate_limit", "must be a rate like 600/m, or none")
 	}
 	if len(c.Keys.Prefix) < 1 || len(c.Keys.Prefix) > 16 || strings.Trim(c.Keys.Prefix, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") != "" {
 		bad("keys.prefix", "%q: want 1 to 16 letters or digits", c.Keys.Prefix)

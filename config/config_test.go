@@ -23,6 +23,29 @@ func TestAnEmptyFileGivesTheDefaults(t *testing.T) {
 		assert.Equal(t, ratelimit.Rate{N: 1000, Window: time.Hour}, *cfg.RateLimit.Default)
 		assert.Equal(t, "deny", cfg.Unmatched)
 		assert.Equal(t, 1, *cfg.HTTPMode.XFFTrustedHops)
+		assert.Equal(t, 30*24*time.Hour, time.Duration(cfg.Keys.Retention))
+		assert.Equal(t, ratelimit.Rate{N: 600, Window: time.Minute}, *cfg.Admin.RateLimit)
+	}
+}
+
+func TestKeyRetentionAndTheAdminRateLimit(t *testing.T) {
+	for _, tt := range []struct {
+		name, text string
+		retention  time.Duration
+		adminRate  ratelimit.Rate
+	}{
+		{"a retention of a week", "keys: {retention: 168h}", 7 * 24 * time.Hour, ratelimit.Rate{N: 600, Window: time.Minute}},
+		{"a retention of 0 keeps dead keys forever", "keys: {retention: 0s}", 0, ratelimit.Rate{N: 600, Window: time.Minute}},
+		{"the shortest retention", "keys: {retention: 1h}", time.Hour, ratelimit.Rate{N: 600, Window: time.Minute}},
+		{"another admin rate", "admin: {rate_limit: 100/m}", 30 * 24 * time.Hour, ratelimit.Rate{N: 100, Window: time.Minute}},
+		{"no admin rate", "admin: {rate_limit: none}", 30 * 24 * time.Hour, ratelimit.Rate{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tt.text))
+			require.NoError(t, err)
+			assert.Equal(t, tt.retention, time.Duration(cfg.Keys.Retention))
+			assert.Equal(t, tt.adminRate, *cfg.Admin.RateLimit)
+		})
 	}
 }
 
@@ -157,6 +180,12 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a bad http_mode original", "http_mode: {original: header}", "http_mode.original"},
 		{"not a mapping", "- a\n- b\n", "must be a mapping"},
 		{"not YAML", "listen: [", "parse yaml"},
+		{"a negative retention", "keys: {retention: -1h}", "keys.retention: -1h0m0s: want 0 (keep dead keys forever) or at least 1h0m0s"},
+		{"a retention too short to be meant", "keys: {retention: 10m}", "keys.retention: 10m0s: want 0"},
+		{"a misspelt retention", "keys: {retension: 1h}", `keys.retension: unknown field (did you mean "retention"?)`},
+		{"a bad admin rate", "admin: {rate_limit: lots}", `rate "lots"`},
+		{"an empty admin rate", "admin: {rate_limit: null}", "admin.rate_limit: must be a rate like 600/m, or none"},
+		{"a misspelt admin field", "admin: {ratelimit: 1/s}", `admin.ratelimit: unknown field (did you mean "rate_limit"?)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -97,6 +97,25 @@ func (k *Key) StatusAt(now time.Time) Status {
 	return Live
 }
 
+// CountsAt reports whether k counts against its owner's key limit at now:
+// it is live and has not been rotated away (a key in its grace period
+// still works, but its successor is the one that counts).
+func (k *Key) CountsAt(now time.Time) bool {
+	return k.RotatedTo == "" && k.StatusAt(now) == Live
+}
+
+// EndsAt is when k stopped, or will stop, being live: the earlier of its
+// revocation and its expiry; nil while it has neither.
+func (k *Key) EndsAt() *time.Time {
+	switch {
+	case k.RevokedAt == nil:
+		return k.ExpiresAt
+	case k.ExpiresAt != nil && k.ExpiresAt.Before(*k.RevokedAt):
+		return k.ExpiresAt
+	}
+	return k.RevokedAt
+}
+
 // Clone returns a deep copy of k, so that a cached record can be handed out
 // without callers sharing its slices.
 func (k *Key) Clone() *Key {
@@ -130,6 +149,9 @@ var (
 	ErrExists = errors.New("key already exists")
 	// ErrNotLive: the operation needs a live key (rotating a revoked or expired key).
 	ErrNotLive = errors.New("key is revoked or expired")
+	// ErrRetired: the key was revoked or rotated away, and such a record
+	// never changes again (a change could give it a new life).
+	ErrRetired = errors.New("a revoked or rotated-away key never changes again")
 	// ErrUnavailable wraps a backend failure (connection refused, timeout):
 	// the store could not answer, which is not the same as "no such key".
 	ErrUnavailable = errors.New("key store unavailable")
@@ -142,6 +164,46 @@ type ListOptions struct {
 	Now            time.Time
 	Limit          int    // ≤ 0 means 100
 	After          string // cursor: return ids strictly greater than this one
+}
+
+// OwnerLimit asks Store.Update to keep an owner within its key limit: a
+// change that makes a key count against the limit at At (CountsAt: it did
+// not before the change, it does after) is refused with ErrKeyLimit when
+// the owner already has Max keys that count at At. The check and the write
+// are atomic. The zero OwnerLimit checks nothing.
+type OwnerLimit struct {
+	Max int
+	At  time.Time
+}
+
+// CheckNeeded reports whether the change from before to after needs the
+// owner's count checked: after counts at l.At and before did not.
+func (l OwnerLimit) CheckNeeded(before, after *Key) bool {
+	return l.Max > 0 && after.CountsAt(l.At) && !before.CountsAt(l.At)
+}
+
+// SweepOptions says what one Store.Sweep tidies.
+type SweepOptions struct {
+	// Now is the current time: keys expired by then leave the index that
+	// List walks for live keys.
+	Now time.Time
+	// PurgeBefore deletes the keys that stopped being live (EndsAt) before
+	// it: revoked keys, expired keys, and rotated-away keys whose grace
+	// period ended. The zero time purges nothing.
+	PurgeBefore time.Time
+	// Batch bounds how many keys one call unlists, and how many it purges;
+	// ≤ 0 means 500.
+	Batch int
+}
+
+// DefaultSweepBatch is the Batch of a SweepOptions that gives none.
+const DefaultSweepBatch = 500
+
+// SweepResult is what one Store.Sweep did.
+type SweepResult struct {
+	Unlisted int  // expired keys taken out of the live listing
+	Purged   int  // records deleted
+	More     bool // a batch was full: there may be more to do now
 }
 
 // Store is where keys live. Implementations store only the hash of a key,
@@ -163,7 +225,10 @@ type Store interface {
 	// Update applies fn to the current record of id and stores the result
 	// atomically (fn may be called more than once under contention; it must not
 	// change ID, Owner or CreatedAt). fn returning an error aborts the update.
-	Update(ctx context.Context, id string, fn func(*Key) error) (*Key, error)
+	// When the result would make the key count against its owner's limit
+	// again (see OwnerLimit), the owner's count is checked in the same atomic
+	// step: ErrKeyLimit, and nothing stored, if the owner is at limit.Max.
+	Update(ctx context.Context, id string, limit OwnerLimit, fn func(*Key) error) (*Key, error)
 	// Rotate atomically stores next under hash h and updates the old key id:
 	// rotated_to = next.ID, and expires_at = graceEnd unless it already expires
 	// earlier. next.RotatedFrom must be id and next.Owner the old key's owner.
@@ -173,8 +238,19 @@ type Store interface {
 	// against maxPerOwner, so rotation never fails with ErrKeyLimit.
 	Rotate(ctx context.Context, id string, next *Key, h Hash, graceEnd time.Time) (old *Key, err error)
 	// List returns keys ordered by id and the cursor of the next page ("" on
-	// the last page).
+	// the last page). Listing live keys walks an index that revoked keys
+	// leave when they are revoked and expired keys leave at the next Sweep,
+	// so its cost is O(Limit) plus the keys that expired since then, however
+	// many dead keys the store holds.
 	List(ctx context.Context, opts ListOptions) (keys []*Key, next string, err error)
+	// Sweep is the store's housekeeping, a bounded batch per call (see
+	// SweepOptions): expired keys leave the live listing index, and keys dead
+	// since before opts.PurgeBefore are deleted, record and indexes, after
+	// which Get and Lookup answer ErrNotFound for them. Several processes may
+	// sweep one store at once: each key is unlisted or purged once, and a key
+	// changed meanwhile (revived before its purge) is left alone. It is not a
+	// change: it does not reach Watch (a purged key was dead already).
+	Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 	// TouchLastUsed records last-use times in bulk (write-behind; ids that no
 	// longer exist are ignored). It is not a change: it does not reach Watch.
 	TouchLastUsed(ctx context.Context, used map[string]time.Time) error

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/extauthz/extauthz/ratelimit"
@@ -98,15 +99,73 @@ func (s *Spec) Validate(now time.Time) error {
 // mistakes, and the embedded store's times end in 2262.
 const MaxLifetime = 100 * 365 * 24 * time.Hour
 
-// ValidateName checks a key name: 1–128 printable characters.
+// ValidateName checks a key name: 1–128 bytes of visible UTF-8 text (see
+// CheckText).
 func ValidateName(name string) error {
 	if name == "" || len(name) > 128 {
 		return &FieldError{"name", "required, at most 128 bytes"}
 	}
-	if !printable(name) {
-		return &FieldError{"name", "must be printable UTF-8 without control characters"}
+	return CheckText("name", name)
+}
+
+// CheckText refuses text that would not read as what it is: invalid UTF-8,
+// or a character that is not a visible letter, mark, number, punctuation or
+// symbol, or the plain space. That rules out control characters (C0, DEL,
+// C1: a terminal obeys them), bidirectional controls (U+202A–U+202E,
+// U+2066–U+2069, U+200E, U+200F, U+061C: "abc\u202Efdp.exe" shows as
+// "abcexe.pdf"), zero-width and other format characters (U+200B–U+200D,
+// U+2060, U+FEFF, U+00AD, tag characters), line and paragraph separators,
+// spaces other than U+0020, private-use, unassigned and non-characters, and
+// the letters that draw nothing (Hangul fillers, U+034F, U+2800...). Names
+// and permissions reach `keys list`, audit lines and upstream headers, where
+// any of these would let one label pass for another. The error names field
+// and the first offending character by code point, never the text.
+func CheckText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return &FieldError{field, "must be valid UTF-8"}
+	}
+	for i, r := range s {
+		if !visible(r) {
+			return &FieldError{field, fmt.Sprintf(
+				"must not contain control, bidirectional, invisible or formatting characters (U+%04X at byte %d)", r, i)}
+		}
 	}
 	return nil
+}
+
+// visible reports whether r may appear in a label: a letter, mark, number,
+// punctuation or symbol that draws something, or the plain space.
+func visible(r rune) bool {
+	switch {
+	case r == ' ':
+		return true
+	case r < 0x20 || r == 0x7f:
+		return false
+	case r < 0x7f:
+		return true
+	case invisibleGraphic[r]:
+		return false
+	case r >= 0xFDD0 && r <= 0xFDEF, r&0xFFFE == 0xFFFE: // non-characters
+		return false
+	}
+	return unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S)
+}
+
+// invisibleGraphic are letters, marks and symbols that draw nothing, the
+// usual ingredients of a name that looks empty or like another.
+var invisibleGraphic = map[rune]bool{
+	0x034F: true, // combining grapheme joiner
+	0x115F: true, // Hangul choseong filler
+	0x1160: true, // Hangul jungseong filler
+	0x17B4: true, // Khmer vowel inherent aq
+	0x17B5: true, // Khmer vowel inherent aa
+	0x180B: true, // Mongolian free variation selectors
+	0x180C: true,
+	0x180D: true,
+	0x180F: true,
+	0x2800: true, // braille pattern blank
+	0x3164: true, // Hangul filler
+	0xFFA0: true, // halfwidth Hangul filler
 }
 
 // ValidateOwner checks an owner: 1–64 of [A-Za-z0-9_.@:-].
@@ -118,30 +177,26 @@ func ValidateOwner(owner string) error {
 }
 
 // ValidatePermissions checks a permission list: at most 64 names of 1–128
-// printable characters without commas or spaces (they travel comma-joined
-// in x-authz-permissions).
+// bytes of visible text (CheckText) without commas or spaces (they travel
+// comma-joined in x-authz-permissions). The error names the index of the
+// first bad one, never its text.
 func ValidatePermissions(perms []string) error {
 	if len(perms) > 64 {
 		return &FieldError{"permissions", "at most 64"}
 	}
-	for _, p := range perms {
-		if p == "" || len(p) > 128 || strings.ContainsAny(p, ", \t") || !printable(p) {
-			return &FieldError{"permissions", fmt.Sprintf("%q: non-empty, at most 128 bytes, no comma, space or control character", p)}
+	for i, p := range perms {
+		field := fmt.Sprintf("permissions[%d]", i)
+		if p == "" || len(p) > 128 {
+			return &FieldError{field, "non-empty, at most 128 bytes"}
+		}
+		if strings.ContainsAny(p, ", ") {
+			return &FieldError{field, "must not contain a comma or a space"}
+		}
+		if err := CheckText(field, p); err != nil {
+			return err
 		}
 	}
 	return nil
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // refusePastedKeys rejects a name or permission that is itself a key of
@@ -249,7 +304,7 @@ func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, ac
 // error (and not a second audit event).
 func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 	changed := false
-	k, err := m.Store.Update(ctx, id, func(k *Key) error {
+	k, err := m.Store.Update(ctx, id, OwnerLimit{}, func(k *Key) error {
 		if k.RevokedAt == nil {
 			now := m.now()
 			k.RevokedAt = &now
@@ -277,11 +332,23 @@ type Patch struct {
 	ExpiresAt   **time.Time // set to a nil *time.Time to clear
 }
 
-// Update applies p to id. check, if set, may veto the result (e.g. an
-// admin granting permissions it does not hold).
-func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(*Key) error, actor string) (*Key, error) {
+// Update applies p to id. A revoked or rotated-away key is never changed
+// (ErrRetired): a change could give it a new life. A change that makes an
+// expired key live again counts against MaxPerOwner like a new key
+// (ErrKeyLimit), atomically with the store's count. check, if set, sees the
+// record before and after the change and may veto it (an admin granting
+// permissions it does not hold, a key loosening its own restrictions).
+func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(before, after *Key) error, actor string) (*Key, error) {
 	now := m.now()
-	k, err := m.Store.Update(ctx, id, func(k *Key) error {
+	limit := OwnerLimit{Max: m.MaxPerOwner, At: now}
+	k, err := m.Store.Update(ctx, id, limit, func(k *Key) error {
+		if k.RevokedAt != nil {
+			return fmt.Errorf("key %s was revoked: %w", k.ID, ErrRetired)
+		}
+		if k.RotatedTo != "" {
+			return fmt.Errorf("key %s was rotated to %s: %w", k.ID, k.RotatedTo, ErrRetired)
+		}
+		before := k.Clone()
 		if p.Name != nil {
 			k.Name = *p.Name
 		}
@@ -294,21 +361,21 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(*Ke
 		if p.IPAllowlist != nil {
 			k.IPAllowlist = *p.IPAllowlist
 		}
-		if p.ExpiresAt != nil {
-			k.ExpiresAt = *p.ExpiresAt
-		}
 		spec := Spec{Name: k.Name, Owner: k.Owner, Permissions: k.Permissions, RateLimit: k.RateLimit, IPAllowlist: k.IPAllowlist}
+		if p.ExpiresAt != nil {
+			// Only a new expiry must lie ahead; an expired key may be
+			// renamed without reviving it.
+			k.ExpiresAt = *p.ExpiresAt
+			spec.ExpiresAt = k.ExpiresAt
+		}
 		if err := spec.Validate(now); err != nil {
 			return err
 		}
 		if err := m.refusePastedKeys(k.Name, k.Permissions); err != nil {
 			return err
 		}
-		if p.ExpiresAt != nil && *p.ExpiresAt != nil && !(*p.ExpiresAt).After(now) {
-			return &FieldError{"expires_at", "must be in the future"}
-		}
 		if check != nil {
-			return check(k)
+			return check(before, k)
 		}
 		return nil
 	})

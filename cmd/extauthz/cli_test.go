@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/keystore/sqlite"
 )
 
 // cliRun runs the command as a separate process and returns what it printed
@@ -182,5 +184,133 @@ func TestManyProcessesCanOpenANewEmbeddedStoreAtOnce(t *testing.T) {
 		var keys []map[string]any
 		require.NoError(t, json.Unmarshal([]byte(out), &keys))
 		assert.Len(t, keys, 8, "round %d", round)
+	}
+}
+
+func TestKeysUpdateThroughTheCLI(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\nkeys: {max_per_owner: 2}\n", filepath.Join(t.TempDir(), "k.db")))
+	create := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := cliRun(t, append([]string{"keys", "create", "--config", path, "--json", "--owner", "team"}, args...)...)
+		require.Equal(t, 0, code, errOut)
+		var k struct{ ID string }
+		require.NoError(t, json.Unmarshal([]byte(out), &k))
+		return k.ID
+	}
+	update := func(id string, args ...string) (map[string]any, string, int) {
+		t.Helper()
+		out, errOut, code := cliRun(t, append([]string{"keys", "update", id, "--config", path, "--json"}, args...)...)
+		var k map[string]any
+		if code == 0 {
+			require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+		}
+		return k, errOut, code
+	}
+
+	a := create("--name", "a", "--perm", "read", "--ttl", "1s")
+	time.Sleep(1100 * time.Millisecond) // a has expired
+	b := create("--name", "b", "--perm", "read")
+	c := create("--name", "c", "--perm", "read")
+
+	t.Run("only the flags given change", func(t *testing.T) {
+		k, errOut, code := update(b, "--name", "b2", "--rate", "5/s", "--ip", "10.0.0.0/8", "--ttl", "1h")
+		require.Equal(t, 0, code, errOut)
+		assert.Equal(t, "b2", k["name"])
+		assert.Equal(t, []any{"read"}, k["permissions"])
+		assert.Equal(t, "5/s", k["rate_limit"])
+		assert.Equal(t, []any{"10.0.0.0/8"}, k["ip_allowlist"])
+		assert.NotNil(t, k["expires_at"])
+		assert.Contains(t, errOut, `"event":"key.updated"`)
+		assert.Contains(t, errOut, `"actor":"cli"`)
+		k, _, code = update(b, "--rate", "default", "--any-ip", "--no-expiry", "--perm", "read,write")
+		require.Equal(t, 0, code)
+		assert.Nil(t, k["rate_limit"])
+		assert.Equal(t, []any{}, k["ip_allowlist"])
+		assert.Nil(t, k["expires_at"])
+		assert.Equal(t, []any{"read", "write"}, k["permissions"])
+	})
+	t.Run("bringing an expired key back at the owner limit is refused", func(t *testing.T) {
+		_, errOut, code := update(a, "--no-expiry")
+		assert.Equal(t, 1, code)
+		assert.Contains(t, errOut, "already has 2 live keys")
+		_, errOut, code = update(a, "--ttl", "1h")
+		assert.Equal(t, 1, code)
+		assert.Contains(t, errOut, "already has 2 live keys")
+	})
+	t.Run("with room, the operator may bring an expired key back", func(t *testing.T) {
+		_, _, code := cliRun(t, "keys", "revoke", c, "--config", path)
+		require.Equal(t, 0, code)
+		k, errOut, code := update(a, "--no-expiry")
+		require.Equal(t, 0, code, errOut)
+		assert.Nil(t, k["expires_at"])
+	})
+	t.Run("a revoked key never changes again", func(t *testing.T) {
+		for _, args := range [][]string{{"--no-expiry"}, {"--name", "back"}, {"--ttl", "1h"}} {
+			_, errOut, code := update(c, args...)
+			assert.Equal(t, 1, code, "%v", args)
+			assert.Contains(t, errOut, "never changes again")
+		}
+	})
+	t.Run("a rotated key never changes again", func(t *testing.T) {
+		_, errOut, code := cliRun(t, "keys", "rotate", b, "--grace", "0s", "--config", path)
+		require.Equal(t, 0, code, errOut)
+		_, errOut, code = update(b, "--no-expiry")
+		assert.Equal(t, 1, code)
+		assert.Contains(t, errOut, "rotated to key_")
+		assert.Contains(t, errOut, "never changes again")
+	})
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"nothing to change is a usage error", nil, 2, "nothing to change"},
+		{"--ip and --any-ip together", []string{"--ip", "10.0.0.1", "--any-ip"}, 2, "not both"},
+		{"two expiries", []string{"--ttl", "1h", "--no-expiry"}, 2, "one of --ttl"},
+		{"a bad expiry", []string{"--expires-at", "tomorrow"}, 1, "expires-at: want an RFC 3339 time"},
+		{"an expiry in the past", []string{"--expires-at", "2001-01-01T00:00:00Z"}, 1, "expires_at: must be in the future"},
+		{"a bidi override in the name", []string{"--name", "pay\u202Eroll"}, 1, "name: must not contain control, bidirectional, invisible or formatting characters (U+202E at byte 3)"},
+		{"a zero-width space in a permission", []string{"--perm", "read\u200B"}, 1, "permissions[0]: must not contain control, bidirectional, invisible or formatting characters (U+200B at byte 4)"},
+		{"an unknown id", nil, 1, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := a
+			if tc.name == "an unknown id" {
+				id, tc.args, tc.want = "key_0000000000000000000A", []string{"--name", "x"}, "no key with id key_0000000000000000000A"
+			}
+			_, errOut, code := update(id, tc.args...)
+			assert.Equal(t, tc.code, code, errOut)
+			assert.Contains(t, errOut, tc.want)
+		})
+	}
+	t.Run("create refuses the same characters", func(t *testing.T) {
+		_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "a\u2066b", "--perm", "x")
+		assert.Equal(t, 1, code)
+		assert.Contains(t, errOut, "name: must not contain control, bidirectional, invisible or formatting characters (U+2066 at byte 1)")
+		assert.NotContains(t, errOut, "\u2066")
+	})
+}
+
+func TestKeysListShowsAnOldRecordsInvisibleCharactersEscaped(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
+	// A record written before names were checked, straight into the store.
+	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(t, err)
+	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "pay\u202Eroll\x1b[2J", Owner: "team",
+		Permissions: []string{"read\u200B"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
+	require.NoError(t, st.Close())
+
+	for _, args := range [][]string{{"keys", "list"}, {"keys", "show", id}} {
+		out, errOut, code := cliRun(t, append(args, "--config", path)...)
+		require.Equal(t, 0, code, errOut)
+		assert.Contains(t, out, `"pay\u202eroll\x1b[2J"`, "%v", args)
+		assert.Contains(t, out, `"read\u200b"`, "%v", args)
+		assert.NotContains(t, out, "\u202E")
+		assert.NotContains(t, out, "\x1b")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,12 +18,13 @@ import (
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// keysCmd is "extauthz keys <create|list|show|revoke|rotate>". It acts on
-// the configured store directly, whether or not a server runs on it; running
-// servers see the change within a second through the store's change feed.
+// keysCmd is "extauthz keys <create|list|show|update|revoke|rotate>". It
+// acts on the configured store directly, whether or not a server runs on
+// it; running servers see the change within a second through the store's
+// change feed.
 func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: keys takes create, list, show, revoke or rotate", errUsage)
+		return fmt.Errorf("%w: keys takes create, list, show, update, revoke or rotate", errUsage)
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("keys "+sub, flag.ContinueOnError)
@@ -88,6 +91,8 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			printKey(stdout, k, time.Now())
 			return nil
 		}
+	case "update":
+		run = updateCmd(fs, stdout, asJSON)
 	case "revoke":
 		run = func(ctx context.Context, m *keystore.Manager, pos []string) error {
 			id, err := oneID(pos)
@@ -101,7 +106,7 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if *asJSON {
 				return writeJSON(stdout, k)
 			}
-			fmt.Fprintf(stdout, "revoked %s (%s) at %s\n", k.ID, k.Name, k.RevokedAt.Format(time.RFC3339))
+			fmt.Fprintf(stdout, "revoked %s (%s) at %s\n", k.ID, shown(k.Name), k.RevokedAt.Format(time.RFC3339))
 			return nil
 		}
 	case "rotate":
@@ -176,10 +181,106 @@ func describeID(err error, id string) error {
 }
 
 func describe(err error, m *keystore.Manager) error {
-	if errors.Is(err, keystore.ErrKeyLimit) {
+	switch {
+	case errors.Is(err, keystore.ErrKeyLimit):
 		return fmt.Errorf("the owner already has %d live keys (keys.max_per_owner); revoke one first", m.MaxPerOwner)
+	case errors.Is(err, keystore.ErrRetired):
+		return fmt.Errorf("%w (revoking it still works); change its successor or create a new key", err)
 	}
 	return err
+}
+
+// updateCmd is "keys update ID [flags]": it changes only what its flags
+// name. The CLI acts as the operator: it may lift any restriction and bring
+// an expired key back, within keys.max_per_owner, but like every change it
+// never touches a revoked or rotated-away key.
+func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
+	name := fs.String("name", "", "new name")
+	rate := fs.String("rate", "", "new rate limit, e.g. 100/m, none, or default (the configured default)")
+	ttl := fs.Duration("ttl", 0, "expire this long from now, e.g. 24h")
+	expiresAt := fs.String("expires-at", "", "expire at this RFC 3339 time")
+	noExpiry := fs.Bool("no-expiry", false, "never expire")
+	anyIP := fs.Bool("any-ip", false, "allow any client address (clear the allowlist)")
+	var perms, ips listFlag
+	fs.Var(&perms, "perm", "the new permissions (repeatable, or comma-separated; replaces them all)")
+	fs.Var(&ips, "ip", "the new allowed client CIDRs or addresses (repeatable; replaces the allowlist)")
+	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
+		id, err := oneID(pos)
+		if err != nil {
+			return err
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		var p keystore.Patch
+		if set["name"] {
+			p.Name = name
+		}
+		if set["perm"] {
+			p.Permissions = (*[]string)(&perms)
+		}
+		if set["rate"] {
+			r := strings.TrimSpace(*rate)
+			if r == "default" {
+				r = ""
+			}
+			p.RateLimit = &r
+		}
+		switch {
+		case set["ip"] && *anyIP:
+			return fmt.Errorf("%w: give --ip or --any-ip, not both", errUsage)
+		case set["ip"]:
+			allow, err := config.ParseCIDRs(ips)
+			if err != nil {
+				return &keystore.FieldError{Field: "ip", Message: err.Error()}
+			}
+			p.IPAllowlist = &allow
+		case *anyIP:
+			allow := []netip.Prefix{}
+			p.IPAllowlist = &allow
+		}
+		if n := btoi(set["ttl"]) + btoi(set["expires-at"]) + btoi(*noExpiry); n > 1 {
+			return fmt.Errorf("%w: give one of --ttl, --expires-at and --no-expiry", errUsage)
+		}
+		var exp *time.Time
+		switch {
+		case set["ttl"]:
+			if *ttl <= 0 {
+				return &keystore.FieldError{Field: "ttl", Message: "must be positive"}
+			}
+			t := time.Now().UTC().Add(*ttl)
+			exp = &t
+			p.ExpiresAt = &exp
+		case set["expires-at"]:
+			t, err := time.Parse(time.RFC3339, *expiresAt)
+			if err != nil {
+				return &keystore.FieldError{Field: "expires-at", Message: `want an RFC 3339 time like "2030-01-02T15:04:05Z"`}
+			}
+			t = t.UTC()
+			exp = &t
+			p.ExpiresAt = &exp
+		case *noExpiry:
+			p.ExpiresAt = &exp
+		}
+		if p == (keystore.Patch{}) {
+			return fmt.Errorf("%w: nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at or --no-expiry", errUsage)
+		}
+		k, err := m.Update(ctx, id, p, nil, "cli")
+		if err != nil {
+			return describeID(describe(err, m), id)
+		}
+		if *asJSON {
+			return writeJSON(stdout, k)
+		}
+		printKey(stdout, k, time.Now())
+		return nil
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // printNewKey prints a created or rotated key. The secret appears here and
@@ -206,9 +307,9 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(name, value string) { fmt.Fprintf(tw, "%s:\t%s\n", name, value) }
 	row("id", k.ID)
-	row("name", k.Name)
-	row("owner", k.Owner)
-	row("permissions", strings.Join(k.Permissions, ", "))
+	row("name", shown(k.Name))
+	row("owner", shown(k.Owner))
+	row("permissions", shown(strings.Join(k.Permissions, ", ")))
 	rate := k.RateLimit
 	if rate == "" {
 		rate = "(default)"
@@ -237,6 +338,18 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 		row("rotated to", k.RotatedTo)
 	}
 	tw.Flush()
+}
+
+// shown is a stored label as the terminal should print it: as it is when it
+// is visible text (every name and permission written since they are
+// checked), else quoted with its control, bidirectional and invisible
+// characters escaped, so that a record written before cannot steer the
+// terminal or pass for another.
+func shown(label string) string {
+	if keystore.CheckText("", label) == nil {
+		return label
+	}
+	return strconv.Quote(label)
 }
 
 func fmtTime(t *time.Time, none string) string {
@@ -271,7 +384,7 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Owner, strings.Join(k.Permissions, ","),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
 			k.StatusAt(now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
 	}
 	tw.Flush()

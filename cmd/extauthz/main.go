@@ -27,6 +27,9 @@ commands:
   keys create --name N --perm P ...   create a key (printed once)
   keys list [--owner O] [--all]       list keys (never secrets)
   keys show ID                        one key's metadata
+  keys update ID [--name N] [--perm P] [--rate R] [--ip CIDR | --any-ip]
+              [--ttl D | --expires-at T | --no-expiry]
+                                      change a key (not a revoked or rotated one)
   keys revoke ID                      revoke a key (idempotent)
   keys rotate ID [--grace 24h]        new key, old one expires after the grace
   audit tail [--key ID] [-f]          read the audit stream (redis sink)

@@ -91,11 +91,14 @@ type server struct {
 	cfgPath     string
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec
+	// sweepEvery is how often the key store is swept (sweep.go).
+	sweepEvery time.Duration
 
 	adminSrv *http.Server
 
 	grpcLn, httpLn, adminLn net.Listener
-	// bg runs the cache's watch and last-used writer; cancelBg stops them.
+	// bg runs the cache's watch and last-used writer, the config watch and
+	// the store sweep; cancelBg stops them.
 	bg       sync.WaitGroup
 	cancelBg context.CancelFunc
 }
@@ -176,6 +179,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		return nil, err
 	}
 	s.reloadEvery = 2 * time.Second
+	s.sweepEvery = defaultSweepEvery
 	return s, nil
 }
 
@@ -187,7 +191,8 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 		return err
 	}
 	m.OnChange = recordChanges(s.audit)
-	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger}
+	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
+		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit}
 	if path := s.cfg.Leaks.GitHubKeysFile; path != "" {
 		doc, err := os.ReadFile(path)
 		if err != nil {
@@ -250,10 +255,11 @@ func (s *server) listen() error {
 func (s *server) run(ctx context.Context) error {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancelBg = cancel
-	s.bg.Add(3)
+	s.bg.Add(4)
 	go func() { defer s.bg.Done(); s.cache.Watch(bgCtx) }()
 	go func() { defer s.bg.Done(); s.cache.RunTouches(bgCtx, 10*time.Second) }()
 	go func() { defer s.bg.Done(); s.watchConfig(bgCtx) }()
+	go func() { defer s.bg.Done(); s.sweepStore(bgCtx) }()
 
 	errc := make(chan error, 3)
 	if s.grpcLn != nil {

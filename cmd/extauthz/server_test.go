@@ -99,7 +99,9 @@ func startServerFile(t *testing.T, path string) *testServer {
 	return startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
 }
 
-func startServerOut(t *testing.T, path string, out serverOutput) *testServer {
+// startServerOut starts a server on the config at path; tune, if given,
+// adjusts it before it runs.
+func startServerOut(t *testing.T, path string, out serverOutput, tune ...func(*server)) *testServer {
 	t.Helper()
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
@@ -107,6 +109,9 @@ func startServerOut(t *testing.T, path string, out serverOutput) *testServer {
 	require.NoError(t, err)
 	require.NoError(t, srv.listen())
 	srv.cfgPath, srv.reloadEvery = path, 20*time.Millisecond
+	for _, f := range tune {
+		f(srv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.run(ctx) }()

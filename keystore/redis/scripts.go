@@ -11,19 +11,53 @@ import goredis "github.com/redis/go-redis/v9"
 // Scores of the live-by-owner sets are expiry times in Unix microseconds
 // ("+inf" for no expiry): exact in a Lua/float64 number until the year 2255.
 
-// createScript stores a new key unless its id or hash exists or its owner
-// is at the limit.
+// indexLua maintains a key's entries in the live listing index and the
+// expiry and end indexes (see the layout in store.go) from what the caller
+// worked out of the record it writes. Each write script below starts with it.
 //
-//	KEYS: 1 record, 2 id→hash, 3 all ids, 4 owner's ids, 5 owner's live ids, 6 changes
+//	index(open, owner's open, expiring, ends, id, member, listed ("1" or ""),
+//	      expiry score ("" = none), end score ("" = none))
+const indexLua = `
+local function index(open, ownerOpen, expiring, ends, id, member, listed, expScore, endScore)
+  if listed == '1' then
+    redis.call('ZADD', open, 0, id)
+    redis.call('ZADD', ownerOpen, 0, id)
+  else
+    redis.call('ZREM', open, id)
+    redis.call('ZREM', ownerOpen, id)
+  end
+  if expScore == '' then
+    redis.call('ZREM', expiring, member)
+  else
+    redis.call('ZADD', expiring, expScore, member)
+  end
+  if endScore == '' then
+    redis.call('ZREM', ends, member)
+  else
+    redis.call('ZADD', ends, endScore, member)
+  end
+end
+`
+
+// createScript stores a new key unless its id or hash exists or its owner
+// is at the limit. On a store with no keys yet it also marks the indexes
+// complete: there is nothing older to index.
+//
+//	KEYS: 1 record, 2 id→hash, 3 all ids, 4 owner's ids, 5 owner's live ids, 6 changes,
+//	      7 open ids, 8 owner's open ids, 9 expiring, 10 ends, 11 index version
 //	ARGV: 1 record JSON, 2 hash hex, 3 id, 4 max per owner (0 = none),
-//	      5 now (µs), 6 live score ("" = not live), 7 changes MAXLEN
-var createScript = goredis.NewScript(`
+//	      5 now (µs), 6 live score ("" = not live), 7 changes MAXLEN,
+//	      8 listed, 9 expiry score, 10 end score, 11 member, 12 index version
+var createScript = goredis.NewScript(indexLua + `
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 'EXISTS'
 end
 local max = tonumber(ARGV[4])
 if max > 0 and redis.call('ZCOUNT', KEYS[5], '(' .. ARGV[5], '+inf') >= max then
   return 'LIMIT'
+end
+if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[11]) == 0 then
+  redis.call('SET', KEYS[11], ARGV[12])
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
@@ -32,19 +66,29 @@ redis.call('ZADD', KEYS[4], 0, ARGV[3])
 if ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 end
+index(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3], ARGV[11], ARGV[8], ARGV[9], ARGV[10])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'h', ARGV[2])
 return 'OK'
 `)
 
 // updateScript replaces a record if it is still the one the caller read
-// (optimistic concurrency: the caller retries on CONFLICT).
+// (optimistic concurrency: the caller retries on CONFLICT). When the caller
+// says the change makes the key count against its owner's limit, the
+// owner's count is checked first (LIMIT): the key itself is not in it, as
+// it did not count before.
 //
-//	KEYS: 1 record, 2 owner's live ids, 3 changes
+//	KEYS: 1 record, 2 owner's live ids, 3 changes, 4 open ids, 5 owner's open ids,
+//	      6 expiring, 7 ends
 //	ARGV: 1 record JSON as read, 2 new record JSON, 3 id, 4 live score ("" = not live),
-//	      5 hash hex, 6 changes MAXLEN
-var updateScript = goredis.NewScript(`
+//	      5 hash hex, 6 changes MAXLEN, 7 listed, 8 expiry score, 9 end score,
+//	      10 member, 11 max per owner to check (0 = no check), 12 count instant (µs)
+var updateScript = goredis.NewScript(indexLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
+end
+local max = tonumber(ARGV[11])
+if max > 0 and redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[12], '+inf') >= max then
+  return 'LIMIT'
 end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[4] == '' then
@@ -52,6 +96,7 @@ if ARGV[4] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 end
+index(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[10], ARGV[7], ARGV[8], ARGV[9])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'h', ARGV[5])
 return 'OK'
 `)
@@ -59,13 +104,17 @@ return 'OK'
 // rotateScript marks the old key rotated and stores its successor, if the
 // old record is still the one the caller read and the new id and hash are
 // free. The rotated key leaves its owner's live set: it no longer counts
-// against the limit, even during its grace period.
+// against the limit, even during its grace period. It stays listed until it
+// expires at the end of the grace period.
 //
 //	KEYS: 1 old record, 2 old owner's live ids, 3 new record, 4 new id→hash,
-//	      5 all ids, 6 new owner's ids, 7 new owner's live ids, 8 changes
+//	      5 all ids, 6 new owner's ids, 7 new owner's live ids, 8 changes,
+//	      9 open ids, 10 owner's open ids, 11 expiring, 12 ends
 //	ARGV: 1 old record JSON as read, 2 old record JSON rotated, 3 old id, 4 old hash hex,
-//	      5 new record JSON, 6 new id, 7 new hash hex, 8 new live score, 9 changes MAXLEN
-var rotateScript = goredis.NewScript(`
+//	      5 new record JSON, 6 new id, 7 new hash hex, 8 new live score, 9 changes MAXLEN,
+//	      10 old expiry score, 11 old end score, 12 old member,
+//	      13 new listed, 14 new expiry score, 15 new end score, 16 new member
+var rotateScript = goredis.NewScript(indexLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
 end
@@ -74,6 +123,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
+index(KEYS[9], KEYS[10], KEYS[11], KEYS[12], ARGV[3], ARGV[12], '1', ARGV[10], ARGV[11])
 redis.call('SET', KEYS[3], ARGV[5])
 redis.call('SET', KEYS[4], ARGV[7])
 redis.call('ZADD', KEYS[5], 0, ARGV[6])
@@ -81,8 +131,99 @@ redis.call('ZADD', KEYS[6], 0, ARGV[6])
 if ARGV[8] ~= '' then
   redis.call('ZADD', KEYS[7], ARGV[8], ARGV[6])
 end
+index(KEYS[9], KEYS[10], KEYS[11], KEYS[12], ARGV[6], ARGV[16], ARGV[13], ARGV[14], ARGV[15])
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*', 'h', ARGV[4])
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*', 'h', ARGV[7])
+return 'OK'
+`)
+
+// unlistScript takes expired keys out of the live listing: each member of
+// the expiring set whose score is still below the cutoff (a concurrent
+// update may have moved it) leaves it and both open sets.
+//
+//	KEYS: 1 expiring, 2 open ids, then each member's owner's open ids
+//	ARGV: 1 cutoff (µs; scores below it have expired), then the members
+//	Returns how many it unlisted.
+var unlistScript = goredis.NewScript(`
+local cutoff = tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV do
+  local m = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], m)
+  if score and tonumber(score) < cutoff then
+    local id = string.match(m, '^(%S+)')
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[i+1], id)
+    n = n + 1
+  end
+end
+return n
+`)
+
+// purgeScript deletes keys that have been dead since before the cutoff:
+// each member of the ends set whose score is still below the cutoff (an
+// update may have revived the key meanwhile) loses its record, its id and
+// its entry in every set. It announces no change: a purged key was dead.
+//
+//	KEYS: 1 ends, 2 all ids, 3 open ids, 4 expiring, then for each member:
+//	      id→hash, record, owner's ids, owner's live ids, owner's open ids
+//	ARGV: 1 cutoff (µs), then for each member: member, id, hash hex as read
+//	Returns how many it purged.
+var purgeScript = goredis.NewScript(`
+local cutoff = tonumber(ARGV[1])
+local n = 0
+local members = (#ARGV - 1) / 3
+for i = 0, members - 1 do
+  local m, id, hash = ARGV[2+3*i], ARGV[3+3*i], ARGV[4+3*i]
+  local k = 5 + 5*i
+  local score = redis.call('ZSCORE', KEYS[1], m)
+  local cur = redis.call('GET', KEYS[k])
+  if score and cur and cur ~= hash then
+    -- not the record the caller read (cannot happen: ids never move);
+    -- drop the stale entry and leave the record alone
+    redis.call('ZREM', KEYS[1], m)
+  elseif score and tonumber(score) < cutoff then
+    if cur then
+      redis.call('DEL', KEYS[k+1])
+      redis.call('DEL', KEYS[k])
+    end
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZREM', KEYS[k+2], id)
+    redis.call('ZREM', KEYS[k+3], id)
+    redis.call('ZREM', KEYS[k+4], id)
+    redis.call('ZREM', KEYS[4], m)
+    redis.call('ZREM', KEYS[1], m)
+    n = n + 1
+  end
+end
+return n
+`)
+
+// buildIndexScript indexes a batch of keys written before the listing
+// indexes existed, and records how far the build has come, if no other
+// process moved it meanwhile (CONFLICT: that one did this batch). A record
+// that changed since the caller read it was indexed by the write that
+// changed it, and is skipped.
+//
+//	KEYS: 1 index version, 2 open ids, 3 expiring, 4 ends, then for each key:
+//	      record, owner's open ids
+//	ARGV: 1 build state as read ("" = none), 2 new state, then for each key:
+//	      record JSON as read, id, member, listed, expiry score, end score
+var buildIndexScript = goredis.NewScript(indexLua + `
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
+  return 'CONFLICT'
+end
+local keys = (#ARGV - 2) / 6
+for i = 0, keys - 1 do
+  local a = 3 + 6*i
+  local k = 5 + 2*i
+  if redis.call('GET', KEYS[k]) == ARGV[a] then
+    index(KEYS[2], KEYS[k+1], KEYS[3], KEYS[4], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
 return 'OK'
 `)
 

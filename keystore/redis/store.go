@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -31,6 +32,18 @@ import (
 //	<prefix>{keys}:owner:<owner>     sorted set of the owner's ids, score 0
 //	<prefix>{keys}:live:<owner>      sorted set of the owner's ids that are neither
 //	                                 revoked nor rotated away, scored by expiry (µs)
+//	<prefix>{keys}:open              sorted set (score 0, by id) of the ids List walks for
+//	                                 live keys: not revoked, not unlisted by Sweep
+//	<prefix>{keys}:open:<owner>      the same for one owner
+//	<prefix>{keys}:expiring          sorted set of "<id> <owner>" for the open keys that
+//	                                 have an expiry, scored by it (µs): what Sweep unlists
+//	<prefix>{keys}:ends              sorted set of "<id> <owner>" for every key that has
+//	                                 stopped or will stop being live, scored by when (µs;
+//	                                 the earlier of revoked_at and expires_at): what
+//	                                 Sweep purges
+//	<prefix>{keys}:index             string: "2" once open, expiring and ends cover every
+//	                                 key (a store written before they existed is indexed
+//	                                 by Sweep; until then List walks every id)
 //	<prefix>{keys}:changes           stream of changes, one field h = hash hex
 //
 // Every name carries the same hash tag, {keys}, so on Redis Cluster all key
@@ -45,7 +58,11 @@ import (
 //
 // Lookup, the only call on the request path, is one GET. Ids sort by
 // creation time (keystore.NewID), so List pages through the id sets with
-// ZRANGE BYLEX, which needs every score to be equal.
+// ZRANGE BYLEX, which needs every score to be equal. Listing live keys walks
+// the open sets, which a revoked key leaves when it is revoked and an
+// expired one at the next Sweep, so dead keys cost a listing nothing. The
+// members of expiring and ends carry the owner so that Sweep can name the
+// owner's sets without reading records. Ids and owners hold no spaces.
 //
 // Records are JSON with the field names of keystore.Key. Only hashes are
 // stored, never a key.
@@ -57,6 +74,15 @@ func (l layout) all() string                  { return l.base + "all" }
 func (l layout) owner(owner string) string    { return l.base + "owner:" + owner }
 func (l layout) live(owner string) string     { return l.base + "live:" + owner }
 func (l layout) changes() string              { return l.base + "changes" }
+func (l layout) open() string                 { return l.base + "open" }
+func (l layout) openOf(owner string) string   { return l.base + "open:" + owner }
+func (l layout) expiring() string             { return l.base + "expiring" }
+func (l layout) ends() string                 { return l.base + "ends" }
+func (l layout) index() string                { return l.base + "index" }
+
+// indexVersion is the value of the index key once the listing indexes
+// cover every key.
+const indexVersion = "2"
 
 const (
 	// changesMaxLen caps the change stream (approximately, MAXLEN ~). A
@@ -77,6 +103,10 @@ type Store struct {
 	client goredis.UniversalClient
 	keys   layout
 	err    error // a bad prefix: every call returns it
+
+	// indexed: the index key said indexVersion when last read (List reads
+	// it until it does; Sweep reads it afresh every time).
+	indexed atomic.Bool
 
 	mu       sync.Mutex
 	closed   bool
@@ -210,9 +240,12 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 	keys := []string{
 		s.keys.record(hexHash), s.keys.id(rec.ID), s.keys.all(),
 		s.keys.owner(rec.Owner), s.keys.live(rec.Owner), s.keys.changes(),
+		s.keys.open(), s.keys.openOf(rec.Owner), s.keys.expiring(), s.keys.ends(), s.keys.index(),
 	}
+	ix := indexOf(rec)
 	res, err := createScript.Run(ctx, s.client, keys,
-		raw, hexHash, rec.ID, max(maxPerOwner, 0), micros(rec.CreatedAt), liveScore(rec), changesMaxLen).Text()
+		raw, hexHash, rec.ID, max(maxPerOwner, 0), micros(rec.CreatedAt), liveScore(rec), changesMaxLen,
+		ix.listed, ix.expiry, ix.end, ix.member, indexVersion).Text()
 	if err != nil {
 		return unavailable("create "+rec.ID, err)
 	}
@@ -228,8 +261,9 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 }
 
 // Update applies fn to the record of id and writes the result if nobody
-// changed the record meanwhile, retrying otherwise.
-func (s *Store) Update(ctx context.Context, id string, fn func(*keystore.Key) error) (*keystore.Key, error) {
+// changed the record meanwhile, retrying otherwise. The owner's count, when
+// limit asks for it, is checked in the script that writes.
+func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit, fn func(*keystore.Key) error) (*keystore.Key, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
@@ -250,15 +284,24 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*keystore.Key) er
 		if err != nil {
 			return nil, fmt.Errorf("redis update %s: %w", id, err)
 		}
-		keys := []string{s.keys.record(hexHash), s.keys.live(next.Owner), s.keys.changes()}
+		keys := []string{s.keys.record(hexHash), s.keys.live(next.Owner), s.keys.changes(),
+			s.keys.open(), s.keys.openOf(next.Owner), s.keys.expiring(), s.keys.ends()}
+		check := 0
+		if limit.CheckNeeded(cur, next) {
+			check = limit.Max
+		}
+		ix := indexOf(next)
 		res, err := updateScript.Run(ctx, s.client, keys,
-			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen).Text()
+			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
+			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At)).Text()
 		if err != nil {
 			return nil, unavailable("update "+id, err)
 		}
 		switch res {
 		case "OK":
 			return decode(newRaw)
+		case "LIMIT":
+			return nil, fmt.Errorf("redis update %s: owner %q: %w", id, next.Owner, keystore.ErrKeyLimit)
 		case "CONFLICT":
 			if err := backoff(ctx, attempt); err != nil {
 				return nil, err
@@ -310,13 +353,19 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 		if err != nil {
 			return nil, fmt.Errorf("redis rotate %s: %w", id, err)
 		}
+		if nrec.Owner != old.Owner {
+			return nil, fmt.Errorf("redis rotate %s: the new key's owner %q is not the old key's %q", id, nrec.Owner, old.Owner)
+		}
 		keys := []string{
 			s.keys.record(oldHex), s.keys.live(old.Owner),
 			s.keys.record(newHex), s.keys.id(nrec.ID), s.keys.all(),
 			s.keys.owner(nrec.Owner), s.keys.live(nrec.Owner), s.keys.changes(),
+			s.keys.open(), s.keys.openOf(old.Owner), s.keys.expiring(), s.keys.ends(),
 		}
+		oix, nix := indexOf(old), indexOf(nrec)
 		res, err := rotateScript.Run(ctx, s.client, keys,
-			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen).Text()
+			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen,
+			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member).Text()
 		if err != nil {
 			return nil, unavailable("rotate "+id, err)
 		}
@@ -355,6 +404,19 @@ func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystor
 		set = s.keys.owner(opts.Owner)
 	}
 	batch := int64(min(max(limit+1, 64), 1000))
+	if !opts.IncludeRevoked {
+		indexed, err := s.indexReady(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		if indexed {
+			// Nearly every open id is live: read about as many as the page.
+			set, batch = s.keys.open(), int64(min(limit+1, 1000))
+			if opts.Owner != "" {
+				set = s.keys.openOf(opts.Owner)
+			}
+		}
+	}
 	after := opts.After
 	// One key more than the page is read, so that the last page says so.
 	var out []*keystore.Key
@@ -394,6 +456,191 @@ func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystor
 		return out[:limit], out[limit-1].ID, nil
 	}
 	return out, "", nil
+}
+
+// indexReady reports whether the open sets cover every key, asking Redis
+// until they do and remembering it (until a Sweep finds otherwise).
+func (s *Store) indexReady(ctx context.Context) (bool, error) {
+	if s.indexed.Load() {
+		return true, nil
+	}
+	v, err := s.client.Get(ctx, s.keys.index()).Result()
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return false, unavailable("read index version", err)
+	}
+	if v == indexVersion {
+		s.indexed.Store(true)
+		return true, nil
+	}
+	return false, nil
+}
+
+// Sweep indexes keys written before the listing indexes existed, one batch
+// per call, until they all are; then it unlists expired keys and purges dead
+// ones, a batch of each per call. Every step is a script that re-checks what
+// it acts on, so sweeps from several replicas at once do each thing once,
+// and a sweep with nothing to do costs a GET and two ZRANGEs.
+func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore.SweepResult, error) {
+	var res keystore.SweepResult
+	if err := s.check(); err != nil {
+		return res, err
+	}
+	batch := opts.Batch
+	if batch <= 0 {
+		batch = keystore.DefaultSweepBatch
+	}
+	// Read the version afresh every time, not what this process remembers:
+	// a Redis restored from a copy made before the index existed must be
+	// indexed again (List falls back to walking every id meanwhile).
+	version, err := s.client.Get(ctx, s.keys.index()).Result()
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return res, unavailable("read index version", err)
+	}
+	s.indexed.Store(version == indexVersion)
+	if version != indexVersion {
+		done, err := s.buildIndex(ctx, batch)
+		if err != nil || !done {
+			res.More = err == nil
+			return res, err
+		}
+	}
+	if res.Unlisted, err = s.unlistExpired(ctx, opts.Now, batch); err != nil {
+		return res, err
+	}
+	if !opts.PurgeBefore.IsZero() {
+		if res.Purged, err = s.purge(ctx, opts.PurgeBefore, batch); err != nil {
+			return res, err
+		}
+	}
+	res.More = res.Unlisted == batch || res.Purged == batch
+	return res, nil
+}
+
+// endedBefore returns up to batch members of the time-scored set whose
+// score is below cutoff, oldest first.
+func (s *Store) endedBefore(ctx context.Context, set string, cutoff time.Time, batch int) ([]string, error) {
+	members, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
+		Key: set, Start: "-inf", Stop: "(" + micros(cutoff), ByScore: true, Count: int64(batch),
+	}).Result()
+	if err != nil {
+		return nil, unavailable("sweep: read "+set, err)
+	}
+	return members, nil
+}
+
+// splitMember reads an "<id> <owner>" member of expiring or ends.
+func splitMember(m string) (id, owner string) {
+	id, owner, _ = strings.Cut(m, " ")
+	return id, owner
+}
+
+// unlistExpired takes up to batch keys that expired before now out of the
+// open sets.
+func (s *Store) unlistExpired(ctx context.Context, now time.Time, batch int) (int, error) {
+	members, err := s.endedBefore(ctx, s.keys.expiring(), now, batch)
+	if err != nil || len(members) == 0 {
+		return 0, err
+	}
+	keys := []string{s.keys.expiring(), s.keys.open()}
+	args := []any{micros(now)}
+	for _, m := range members {
+		_, owner := splitMember(m)
+		keys = append(keys, s.keys.openOf(owner))
+		args = append(args, m)
+	}
+	n, err := unlistScript.Run(ctx, s.client, keys, args...).Int()
+	if err != nil {
+		return 0, unavailable("sweep: unlist", err)
+	}
+	return n, nil
+}
+
+// purge deletes up to batch keys dead since before cutoff.
+func (s *Store) purge(ctx context.Context, cutoff time.Time, batch int) (int, error) {
+	members, err := s.endedBefore(ctx, s.keys.ends(), cutoff, batch)
+	if err != nil || len(members) == 0 {
+		return 0, err
+	}
+	idKeys := make([]string, len(members))
+	for i, m := range members {
+		id, _ := splitMember(m)
+		idKeys[i] = s.keys.id(id)
+	}
+	hashes, err := s.client.MGet(ctx, idKeys...).Result()
+	if err != nil {
+		return 0, unavailable("sweep: read ids", err)
+	}
+	keys := []string{s.keys.ends(), s.keys.all(), s.keys.open(), s.keys.expiring()}
+	args := []any{micros(cutoff)}
+	for i, m := range members {
+		id, owner := splitMember(m)
+		h, _ := hashes[i].(string)
+		record := s.keys.record(h)
+		keys = append(keys, idKeys[i], record, s.keys.owner(owner), s.keys.live(owner), s.keys.openOf(owner))
+		args = append(args, m, id, h)
+	}
+	n, err := purgeScript.Run(ctx, s.client, keys, args...).Int()
+	if err != nil {
+		return 0, unavailable("sweep: purge", err)
+	}
+	return n, nil
+}
+
+// buildIndex indexes the next batch of ids (in id order, from where the
+// build stands, kept in the index key as "build <last id>") and reports
+// whether the build is complete.
+func (s *Store) buildIndex(ctx context.Context, batch int) (bool, error) {
+	state, err := s.client.Get(ctx, s.keys.index()).Result()
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return false, unavailable("read index version", err)
+	}
+	if state == indexVersion {
+		s.indexed.Store(true)
+		return true, nil
+	}
+	start := "-"
+	if after, ok := strings.CutPrefix(state, "build "); ok {
+		start = "(" + after
+	}
+	ids, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
+		Key: s.keys.all(), Start: start, Stop: "+", ByLex: true, Count: int64(batch),
+	}).Result()
+	if err != nil {
+		return false, unavailable("index: read ids", err)
+	}
+	hashes, raws, err := s.readRaw(ctx, ids)
+	if err != nil {
+		return false, err
+	}
+	next := indexVersion
+	if len(ids) == batch {
+		next = "build " + ids[len(ids)-1]
+	}
+	keys := []string{s.keys.index(), s.keys.open(), s.keys.expiring(), s.keys.ends()}
+	args := []any{state, next}
+	for i, raw := range raws {
+		if hashes[i] == "" || raw == "" {
+			continue
+		}
+		k, err := decode(raw)
+		if err != nil {
+			return false, fmt.Errorf("redis index: key %s: %w", ids[i], err)
+		}
+		ix := indexOf(k)
+		keys = append(keys, s.keys.record(hashes[i]), s.keys.openOf(k.Owner))
+		args = append(args, raw, k.ID, ix.member, ix.listed, ix.expiry, ix.end)
+	}
+	res, err := buildIndexScript.Run(ctx, s.client, keys, args...).Text()
+	if err != nil {
+		return false, unavailable("index", err)
+	}
+	// CONFLICT: another process built this batch; either way the next
+	// call goes on from where the build now stands.
+	if res == "OK" && next == indexVersion {
+		s.indexed.Store(true)
+		return true, nil
+	}
+	return false, nil
 }
 
 // readIDs returns the records of ids in order, nil where one is missing.
@@ -608,6 +855,33 @@ func decode(raw string) (*keystore.Key, error) {
 
 // micros is t in Unix microseconds, the unit of the live-set scores.
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+
+// entries is where a key stands in the listing indexes, as the scripts'
+// index function takes it.
+type entries struct {
+	member string // "<id> <owner>" in expiring and ends
+	listed string // "1": in the open sets
+	expiry string // score in expiring, "" = not in it
+	end    string // score in ends, "" = not in it
+}
+
+// indexOf is k's place in the listing indexes: a key that is not revoked is
+// open (Sweep unlists it once it expires, and a write lists it again, to be
+// swept again if it is still expired); an open key with an expiry is in
+// expiring; a key that has an end (EndsAt) is in ends.
+func indexOf(k *keystore.Key) entries {
+	e := entries{member: k.ID + " " + k.Owner}
+	if k.RevokedAt == nil {
+		e.listed = "1"
+		if k.ExpiresAt != nil {
+			e.expiry = micros(*k.ExpiresAt)
+		}
+	}
+	if end := k.EndsAt(); end != nil {
+		e.end = micros(*end)
+	}
+	return e
+}
 
 // liveScore is k's score in its owner's live set: its expiry, "+inf" when
 // it never expires, or "" when it must not be in the set (revoked, or

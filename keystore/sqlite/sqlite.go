@@ -32,7 +32,7 @@ import (
 
 const (
 	// schemaVersion is the PRAGMA user_version this code writes and reads.
-	schemaVersion = 1
+	schemaVersion = 2
 
 	// busyTimeout is how long a writer waits for another process's write
 	// transaction before giving up.
@@ -81,6 +81,23 @@ CREATE TABLE changes (
 -- watcher whose position is below it may have missed some.
 CREATE TABLE changes_trimmed (through INTEGER NOT NULL) STRICT;
 INSERT INTO changes_trimmed (through) VALUES (0);
+`,
+	1: `
+-- listed = 1: the key may be live, so List walks it for live keys. Every
+-- write sets it to "not revoked"; Sweep clears it once the key has expired.
+-- The partial indexes below hold listed keys only, so listing live keys
+-- never walks the dead ones, however many there are.
+ALTER TABLE keys ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;
+UPDATE keys SET listed = 0 WHERE revoked_at IS NOT NULL;
+CREATE INDEX keys_listed ON keys (id) WHERE listed = 1;
+CREATE INDEX keys_listed_by_owner ON keys (owner, id) WHERE listed = 1;
+CREATE INDEX keys_listed_by_expiry ON keys (expires_at) WHERE listed = 1 AND expires_at IS NOT NULL;
+
+-- When the key stopped, or stops, being live: the earlier of revoked_at and
+-- expires_at (NULL while it has neither). Sweep purges by it.
+ALTER TABLE keys ADD COLUMN ends_at INTEGER GENERATED ALWAYS AS
+	(min(coalesce(revoked_at, expires_at), coalesce(expires_at, revoked_at))) VIRTUAL;
+CREATE INDEX keys_by_end ON keys (ends_at) WHERE ends_at IS NOT NULL;
 `,
 }
 
@@ -321,8 +338,10 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 
 // Update applies fn to the stored record of id and stores the result, in one
 // transaction; fn runs exactly once per successful call. fn must not change
-// the id, owner or created_at. An error from fn is returned as it is.
-func (s *Store) Update(ctx context.Context, id string, fn func(*keystore.Key) error) (*keystore.Key, error) {
+// the id, owner or created_at. An error from fn is returned as it is. A
+// result that counts against the owner's limit when the record did not is
+// checked against limit in the same transaction (ErrKeyLimit).
+func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit, fn func(*keystore.Key) error) (*keystore.Key, error) {
 	var updated *keystore.Key
 	var fnErr error
 	err := s.write(ctx, func(tx *sql.Tx) error {
@@ -340,6 +359,20 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*keystore.Key) er
 		r, err := encode(next)
 		if err != nil {
 			return err
+		}
+		if limit.CheckNeeded(cur, next) {
+			at, err := nanos(limit.At)
+			if err != nil {
+				return fmt.Errorf("limit instant: %w", err)
+			}
+			// The key itself does not count at limit.At (it did not before).
+			n, err := countLive(ctx, tx, next.Owner, at)
+			if err != nil {
+				return err
+			}
+			if n >= limit.Max {
+				return fmt.Errorf("owner %q has %d live keys: %w", next.Owner, n, keystore.ErrKeyLimit)
+			}
 		}
 		if err := update(ctx, tx, r); err != nil {
 			return err
@@ -434,27 +467,11 @@ func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystor
 	if fetch < math.MaxInt64 {
 		fetch++
 	}
-	where := []string{`id > ?`}
-	args := []any{opts.After}
-	if opts.Owner != "" {
-		where = append(where, `owner = ?`)
-		args = append(args, opts.Owner)
+	query, args, err := listQuery(opts, fetch)
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys: %w", err)
 	}
-	if !opts.IncludeRevoked {
-		now := opts.Now
-		if now.IsZero() {
-			now = time.Now()
-		}
-		n, err := nanos(now)
-		if err != nil {
-			return nil, "", fmt.Errorf("list keys: now: %w", err)
-		}
-		where = append(where, `revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`)
-		args = append(args, n)
-	}
-	args = append(args, fetch)
-	rows, err := s.db.QueryContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE `+
-		strings.Join(where, ` AND `)+` ORDER BY id LIMIT ?`, args...)
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list keys: %w", dbErr(err))
 	}
@@ -475,6 +492,82 @@ func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystor
 		return keys, keys[limit-1].ID, nil
 	}
 	return keys, "", nil
+}
+
+// listQuery is the statement List runs for opts, fetching at most fetch
+// rows. For live keys it reads only listed rows (the literal "listed = 1"
+// lets SQLite use the partial indexes), so dead keys cost nothing.
+func listQuery(opts keystore.ListOptions, fetch int64) (string, []any, error) {
+	var where []string
+	var args []any
+	if !opts.IncludeRevoked {
+		now := opts.Now
+		if now.IsZero() {
+			now = time.Now()
+		}
+		n, err := nanos(now)
+		if err != nil {
+			return "", nil, fmt.Errorf("now: %w", err)
+		}
+		where = append(where, `listed = 1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`)
+		args = append(args, n)
+	}
+	if opts.Owner != "" {
+		where = append(where, `owner = ?`)
+		args = append(args, opts.Owner)
+	}
+	where = append(where, `id > ?`)
+	args = append(args, opts.After, fetch)
+	return `SELECT ` + keyColumns + ` FROM keys WHERE ` + strings.Join(where, ` AND `) + ` ORDER BY id LIMIT ?`, args, nil
+}
+
+// Sweep unlists up to opts.Batch expired keys and purges up to opts.Batch
+// keys dead since before opts.PurgeBefore, in one transaction.
+func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore.SweepResult, error) {
+	var res keystore.SweepResult
+	batch := opts.Batch
+	if batch <= 0 {
+		batch = keystore.DefaultSweepBatch
+	}
+	now, err := nanos(opts.Now)
+	if err != nil {
+		return res, fmt.Errorf("sweep %s: now: %w", s.path, err)
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		r, err := tx.ExecContext(ctx, `UPDATE keys SET listed = 0 WHERE id IN (SELECT id FROM keys
+			WHERE listed = 1 AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?)`, now, batch)
+		if err != nil {
+			return dbErr(err)
+		}
+		n, err := r.RowsAffected()
+		if err != nil {
+			return dbErr(err)
+		}
+		res.Unlisted = int(n)
+		if opts.PurgeBefore.IsZero() {
+			return nil
+		}
+		before, err := nanos(opts.PurgeBefore)
+		if err != nil {
+			return fmt.Errorf("purge before: %w", err)
+		}
+		// Dead keys have no cache entries worth telling about and no
+		// change to announce: nothing is logged in the change table.
+		if r, err = tx.ExecContext(ctx, `DELETE FROM keys WHERE id IN (SELECT id FROM keys
+			WHERE ends_at IS NOT NULL AND ends_at < ? ORDER BY ends_at LIMIT ?)`, before, batch); err != nil {
+			return dbErr(err)
+		}
+		if n, err = r.RowsAffected(); err != nil {
+			return dbErr(err)
+		}
+		res.Purged = int(n)
+		return nil
+	})
+	if err != nil {
+		return keystore.SweepResult{}, fmt.Errorf("sweep %s: %w", s.path, err)
+	}
+	res.More = res.Unlisted == batch || res.Purged == batch
+	return res, nil
 }
 
 // TouchLastUsed sets last_used_at of each id to its time, unless the
@@ -670,8 +763,9 @@ func checkNew(ctx context.Context, tx *sql.Tx, id string, h keystore.Hash) error
 // instant at: neither revoked, expired, nor rotated away.
 func countLive(ctx context.Context, tx *sql.Tx, owner string, at int64) (int, error) {
 	var n int
+	// Listed rows only: the count does not grow with dead keys.
 	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM keys
-		WHERE owner = ? AND revoked_at IS NULL AND rotated_to = '' AND (expires_at IS NULL OR expires_at > ?)`,
+		WHERE listed = 1 AND owner = ? AND revoked_at IS NULL AND rotated_to = '' AND (expires_at IS NULL OR expires_at > ?)`,
 		owner, at).Scan(&n)
 	if err != nil {
 		return 0, dbErr(err)
@@ -745,20 +839,22 @@ func encode(k *keystore.Key) (row, error) {
 	return r, nil
 }
 
+// Every write sets listed to "not revoked"; Sweep unlists expired keys.
+
 func insert(ctx context.Context, tx *sql.Tx, r row, h keystore.Hash) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`, hash, listed)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.id, r.name, r.owner, r.permissions, r.rateLimit, r.ipAllowlist,
-		r.createdAt, r.expiresAt, r.lastUsedAt, r.revokedAt, r.rotatedFrom, r.rotatedTo, h[:])
+		r.createdAt, r.expiresAt, r.lastUsedAt, r.revokedAt, r.rotatedFrom, r.rotatedTo, h[:], !r.revokedAt.Valid)
 	return dbErr(err)
 }
 
 func update(ctx context.Context, tx *sql.Tx, r row) error {
 	_, err := tx.ExecContext(ctx, `UPDATE keys SET name = ?, permissions = ?, rate_limit = ?,
-		ip_allowlist = ?, expires_at = ?, last_used_at = ?, revoked_at = ?, rotated_from = ?, rotated_to = ?
-		WHERE id = ?`,
+		ip_allowlist = ?, expires_at = ?, last_used_at = ?, revoked_at = ?, rotated_from = ?, rotated_to = ?,
+		listed = ? WHERE id = ?`,
 		r.name, r.permissions, r.rateLimit, r.ipAllowlist, r.expiresAt, r.lastUsedAt, r.revokedAt,
-		r.rotatedFrom, r.rotatedTo, r.id)
+		r.rotatedFrom, r.rotatedTo, !r.revokedAt.Valid, r.id)
 	return dbErr(err)
 }
 

@@ -144,7 +144,7 @@ func TestOpenSetsThePragmasOnEveryConnection(t *testing.T) {
 			"synchronous":  "2", // FULL
 			"busy_timeout": "5000",
 			"foreign_keys": "1",
-			"user_version": "1",
+			"user_version": "2",
 		} {
 			var got string
 			require.NoError(t, c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got))
@@ -211,7 +211,7 @@ func TestTwoStoresOnOneFileSeeEachOthersWritesAndChanges(t *testing.T) {
 		t.Fatal("a's Watch did not report b's create within 1s")
 	}
 
-	_, err = a.Update(ctx, k.ID, func(k *keystore.Key) error { k.Name = "renamed by a"; return nil })
+	_, err = a.Update(ctx, k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.Name = "renamed by a"; return nil })
 	require.NoError(t, err)
 	got, err = b.Get(ctx, k.ID)
 	require.NoError(t, err, "b sees a's write")
@@ -438,15 +438,15 @@ func TestWritesRefuseBadRecords(t *testing.T) {
 			return s.Create(ctx, k, h, 0)
 		}, "expires_at: time 3000-01-01T00:00:00Z is outside"},
 		{"Update that changes the owner", func() error {
-			_, err := s.Update(ctx, stored.ID, func(k *keystore.Key) error { k.Owner = "mallory"; return nil })
+			_, err := s.Update(ctx, stored.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.Owner = "mallory"; return nil })
 			return err
 		}, "cannot change"},
 		{"Update that changes the id", func() error {
-			_, err := s.Update(ctx, stored.ID, func(k *keystore.Key) error { k.ID += "x"; return nil })
+			_, err := s.Update(ctx, stored.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.ID += "x"; return nil })
 			return err
 		}, "cannot change"},
 		{"Update to an expiry past 2262", func() error {
-			_, err := s.Update(ctx, stored.ID, func(k *keystore.Key) error { k.ExpiresAt = &farFuture; return nil })
+			_, err := s.Update(ctx, stored.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.ExpiresAt = &farFuture; return nil })
 			return err
 		}, "outside the years"},
 		{"Rotate to a nil key", func() error {

@@ -46,12 +46,19 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("Update changes nothing when fn fails", func(t *testing.T) { testUpdateAborts(t, newBackend) })
 	t.Run("Update of an unknown id is ErrNotFound", func(t *testing.T) { testUpdateUnknown(t, newBackend) })
 	t.Run("concurrent updates are all kept", func(t *testing.T) { testUpdateConcurrent(t, newBackend) })
+	t.Run("Update refuses to bring a key back past its owner's limit", func(t *testing.T) { testUpdateOwnerLimit(t, newBackend) })
+	t.Run("concurrent revivals for one owner stop at exactly the limit", func(t *testing.T) { testUpdateOwnerLimitConcurrent(t, newBackend) })
 	t.Run("Rotate stores the new key and winds the old one down", func(t *testing.T) { testRotate(t, newBackend) })
 	t.Run("Rotate refuses and stores nothing", func(t *testing.T) { testRotateRefuses(t, newBackend) })
 	t.Run("List returns keys in id order", func(t *testing.T) { testListOrder(t, newBackend) })
 	t.Run("List shows live keys unless IncludeRevoked", func(t *testing.T) { testListLive(t, newBackend) })
 	t.Run("List pages through every key exactly once", func(t *testing.T) { testListPages(t, newBackend) })
 	t.Run("List without a Limit returns pages of 100", func(t *testing.T) { testListDefaultLimit(t, newBackend) })
+	t.Run("Sweep purges the keys dead since before PurgeBefore and nothing else", func(t *testing.T) { testSweepPurges(t, newBackend) })
+	t.Run("List shows exactly the live keys before and after Sweep and a revival", func(t *testing.T) { testSweepKeepsListing(t, newBackend) })
+	t.Run("Sweep works in bounded batches and says when there is more", func(t *testing.T) { testSweepBatches(t, newBackend) })
+	t.Run("concurrent sweeps purge each dead key exactly once", func(t *testing.T) { testSweepConcurrent(t, newBackend) })
+	t.Run("Sweep does not reach Watch", func(t *testing.T) { testSweepIsNotAChange(t, newBackend) })
 	t.Run("TouchLastUsed records when a key was last used", func(t *testing.T) { testTouch(t, newBackend) })
 	t.Run("a key survives closing and reopening the store", func(t *testing.T) { testReopen(t, newBackend) })
 	t.Run("Ping answers on an open store", func(t *testing.T) { testPing(t, newBackend) })
@@ -450,7 +457,7 @@ func testUpdate(t *testing.T, newBackend Backend) {
 	want.RevokedAt = ptr(f.base.Add(5 * time.Millisecond))
 
 	calls := 0
-	got, err := s.Update(t.Context(), k.ID, func(cur *keystore.Key) error {
+	got, err := s.Update(t.Context(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error {
 		calls++
 		requireSameKey(t, k, cur, "fn sees the stored record")
 		cur.Name, cur.Permissions, cur.RateLimit = want.Name, slices.Clone(want.Permissions), want.RateLimit
@@ -468,7 +475,7 @@ func testUpdateAborts(t *testing.T, newBackend Backend) {
 	s := f.store()
 	k, h := f.create(s, "alice", f.base)
 	errRefused := errors.New("refused by fn")
-	_, err := s.Update(t.Context(), k.ID, func(cur *keystore.Key) error {
+	_, err := s.Update(t.Context(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error {
 		cur.Name = "should not be stored"
 		cur.RevokedAt = ptr(f.base)
 		return errRefused
@@ -482,7 +489,7 @@ func testUpdateUnknown(t *testing.T, newBackend Backend) {
 	s := f.store()
 	unknown, _ := f.newKey("alice", f.base)
 	called := false
-	_, err := s.Update(t.Context(), unknown.ID, func(*keystore.Key) error { called = true; return nil })
+	_, err := s.Update(t.Context(), unknown.ID, keystore.OwnerLimit{}, func(*keystore.Key) error { called = true; return nil })
 	require.ErrorIs(t, err, keystore.ErrNotFound)
 	require.False(t, called, "fn was called without a record")
 	_, err = s.Get(t.Context(), unknown.ID)
@@ -502,7 +509,7 @@ func testUpdateConcurrent(t *testing.T, newBackend Backend) {
 		want = append(want, perm)
 		s := stores[i%len(stores)]
 		wg.Go(func() {
-			_, errs[i] = s.Update(context.Background(), k.ID, func(cur *keystore.Key) error {
+			_, errs[i] = s.Update(context.Background(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error {
 				cur.Permissions = append(cur.Permissions, perm)
 				return nil
 			})
@@ -667,7 +674,7 @@ func testRotateRefuses(t *testing.T, newBackend Backend) {
 
 func revoke(f *fixture, s keystore.Store, k *keystore.Key) {
 	f.t.Helper()
-	got, err := s.Update(f.t.Context(), k.ID, func(cur *keystore.Key) error {
+	got, err := s.Update(f.t.Context(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error {
 		cur.RevokedAt = ptr(f.base)
 		return nil
 	})
@@ -677,7 +684,7 @@ func revoke(f *fixture, s keystore.Store, k *keystore.Key) {
 
 func expireAt(f *fixture, s keystore.Store, k *keystore.Key, at time.Time) {
 	f.t.Helper()
-	got, err := s.Update(f.t.Context(), k.ID, func(cur *keystore.Key) error {
+	got, err := s.Update(f.t.Context(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error {
 		cur.ExpiresAt = ptr(at)
 		return nil
 	})
@@ -981,7 +988,7 @@ func (w *watcher) ready(via keystore.Store, canary *keystore.Key, canaryHash key
 	w.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; time.Now().Before(deadline); i++ {
-		_, err := via.Update(w.t.Context(), canary.ID, func(k *keystore.Key) error {
+		_, err := via.Update(w.t.Context(), canary.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error {
 			k.Name = fmt.Sprintf("canary %d", i)
 			return nil
 		})
@@ -1035,7 +1042,7 @@ func testWatch(t *testing.T, newBackend Backend) {
 			return []keystore.Hash{h, nextHash}
 		}},
 		{"a key updated through the watching Store", true, func(f *fixture, s keystore.Store, k *keystore.Key, h keystore.Hash) []keystore.Hash {
-			_, err := s.Update(f.t.Context(), k.ID, func(cur *keystore.Key) error { cur.Permissions = []string{"admin"}; return nil })
+			_, err := s.Update(f.t.Context(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error { cur.Permissions = []string{"admin"}; return nil })
 			require.NoError(f.t, err)
 			return []keystore.Hash{h}
 		}},

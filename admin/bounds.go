@@ -1,0 +1,161 @@
+package admin
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// Two rules keep the admin API from being a way out of a key's own
+// restrictions (its permissions, IP allowlist, expiry and rate limit):
+//
+//   - No key loosens its own restrictions (selfLoosening): a caller
+//     changing itself may narrow them, never widen or drop them. Otherwise
+//     a stolen key limited to one address and an hour would simply lift
+//     both.
+//   - A key a keys:write caller creates, changes or rotates stays within
+//     the caller's own restrictions (exceedsCaller). Otherwise a limited
+//     writer would mint itself an unlimited child that outlives it. For a
+//     change, the whole resulting key must fit, not only the fields sent:
+//     keeping a key that exceeds the caller alive (a new name, a new
+//     expiry) is acting with more than the caller has. For a rotation, the
+//     old key's restrictions, which the new key inherits, must fit: the
+//     caller receives the new secret.
+//
+// keys:admin callers are bound by the first rule only: they may grant
+// anything to other keys.
+//
+// "Within" means, per restriction:
+//
+//   - permissions: a subset (for other keys also never admin or
+//     keys:admin, see canGrant);
+//   - ip_allowlist: every entry lies inside some entry of the bound, and
+//     an empty list (any address) fits only an empty bound;
+//   - expires_at: no later than the bound, and "never" fits only a bound
+//     that never expires;
+//   - rate_limit: neither a bigger burst nor a faster long-run rate. N/W
+//     allows up to N at once and N per W over time, so a rate fits under
+//     the bound's only if N ≤ N' and N/W ≤ N'/W' (1000/h is slower than
+//     100/m but bursts ten times higher, so it does not fit). "none" fits
+//     only "none". A key without a rate of its own has the configured
+//     default (rate_limit.default) as it stands when the request is made;
+//     two keys that both have the default always fit each other, as they
+//     move together when the default changes.
+
+// restriction names the field of the first restriction of k that goes
+// beyond bound, or "" when k fits within it.
+func restriction(k, bound *keystore.Key, defaultRate ratelimit.Rate) string {
+	switch {
+	case !allowlistWithin(k.IPAllowlist, bound.IPAllowlist):
+		return "ip_allowlist"
+	case !expiryWithin(k.ExpiresAt, bound.ExpiresAt):
+		return "expires_at"
+	case !rateWithin(k.RateLimit, bound.RateLimit, defaultRate):
+		return "rate_limit"
+	}
+	return ""
+}
+
+// selfLoosening refuses a change a key makes to itself that loosens any of
+// its restrictions; the message names the first one.
+func (s *server) selfLoosening(before, after *keystore.Key) error {
+	for _, p := range after.Permissions {
+		if !slices.Contains(before.Permissions, p) {
+			return permissionDenied("permissions: a key may not give itself a permission it lacks (" + s.mention(p) + ")")
+		}
+	}
+	if field := restriction(after, before, s.authz.Policy().DefaultRate); field != "" {
+		return permissionDenied(field + ": a key may not loosen its own restrictions (it may only narrow them)")
+	}
+	return nil
+}
+
+// exceedsCaller refuses a key that goes beyond a keys:write caller's own
+// restrictions; the message names the first field, and the caller's own
+// bound (the caller's own record, never a secret).
+func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
+	if c.admin {
+		return nil
+	}
+	if err := s.canGrant(c, k.Permissions); err != nil {
+		return err
+	}
+	switch restriction(k, c.key, s.authz.Policy().DefaultRate) {
+	case "ip_allowlist":
+		return permissionDenied("ip_allowlist: a keys:write caller's keys must be limited to addresses within its own ip_allowlist")
+	case "expires_at":
+		return permissionDenied("expires_at: a keys:write caller's keys must expire no later than the caller itself (" +
+			c.key.ExpiresAt.UTC().Format(time.RFC3339) + ")")
+	case "rate_limit":
+		return permissionDenied("rate_limit: a keys:write caller's keys may not have a higher rate limit than the caller itself (" +
+			describeRate(c.key.RateLimit, s.authz.Policy().DefaultRate) + ")")
+	}
+	return nil
+}
+
+func describeRate(own string, defaultRate ratelimit.Rate) string {
+	if own == "" {
+		return defaultRate.String() + ", the configured default"
+	}
+	return own
+}
+
+// allowlistWithin reports whether every prefix of list lies inside a prefix
+// of bound (an empty list is "any address").
+func allowlistWithin(list, bound []netip.Prefix) bool {
+	if len(bound) == 0 {
+		return true
+	}
+	if len(list) == 0 {
+		return false
+	}
+	for _, p := range list {
+		inside := slices.ContainsFunc(bound, func(b netip.Prefix) bool {
+			return b.Bits() <= p.Bits() && b.Contains(p.Masked().Addr())
+		})
+		if !inside {
+			return false
+		}
+	}
+	return true
+}
+
+// expiryWithin reports whether exp comes no later than bound (nil: never).
+func expiryWithin(exp, bound *time.Time) bool {
+	return bound == nil || exp != nil && !exp.After(*bound)
+}
+
+// rateWithin reports whether the rate limit own (a key's rate_limit: "" for
+// the default) is no looser than bound's.
+func rateWithin(own, bound string, defaultRate ratelimit.Rate) bool {
+	if own == "" && bound == "" {
+		return true
+	}
+	r, b := effectiveRate(own, defaultRate), effectiveRate(bound, defaultRate)
+	switch {
+	case b.IsZero():
+		return true
+	case r.IsZero():
+		return false
+	}
+	// N ≤ 1e9 and windows ≤ 366 days: the products fit in an int64.
+	rw, bw := int64(r.Window/time.Second), int64(b.Window/time.Second)
+	return r.N <= b.N && r.N*bw <= b.N*rw
+}
+
+// effectiveRate is the rate a key's rate_limit means: its own, or the
+// default. A stored rate that does not parse is the default, as for the
+// decision.
+func effectiveRate(own string, defaultRate ratelimit.Rate) ratelimit.Rate {
+	if own == "" {
+		return defaultRate
+	}
+	r, err := ratelimit.ParseRate(own)
+	if err != nil {
+		return defaultRate
+	}
+	return r
+}

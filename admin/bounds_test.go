@@ -1,0 +1,435 @@
+package admin
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// changesOf returns the audit changes recorded for id.
+func (e *env) changesOf(id string) []change {
+	var out []change
+	for _, c := range e.rec.Changes() {
+		if c.keyID == id {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// stored returns the record of id as the store has it.
+func (e *env) stored(id string) *keystore.Key {
+	e.t.Helper()
+	k, err := e.store.Get(context.Background(), id)
+	require.NoError(e.t, err)
+	return k
+}
+
+func TestAPatchNeverGivesARevokedOrRotatedKeyANewLife(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		future := e.clock.Now().Add(48 * time.Hour).UTC().Format(time.RFC3339)
+		states := []struct {
+			name string
+			make func() (secret, id string)
+		}{
+			{"a revoked key", func() (string, string) {
+				secret, id := e.newKey(e.root, map[string]any{"name": "k", "permissions": []string{"keys:read"}})
+				require.Equal(t, http.StatusOK, e.send("DELETE", "/v1/keys/"+id, e.root, nil).status)
+				return secret, id
+			}},
+			{"a key rotated with a grace of 0s", func() (string, string) {
+				secret, id := e.newKey(e.root, map[string]any{"name": "k", "permissions": []string{"keys:read"}})
+				require.Equal(t, http.StatusCreated, e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "0s"}).status)
+				return secret, id
+			}},
+			{"a rotated key still in its grace period", func() (string, string) {
+				secret, id := e.newKey(e.root, map[string]any{"name": "k", "permissions": []string{"keys:read"}})
+				require.Equal(t, http.StatusCreated, e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "1h"}).status)
+				return secret, id
+			}},
+			{"a rotated key whose grace period ended", func() (string, string) {
+				secret, id := e.newKey(e.root, map[string]any{"name": "k", "permissions": []string{"keys:read"}})
+				require.Equal(t, http.StatusCreated, e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "1m"}).status)
+				e.clock.Advance(2 * time.Minute)
+				return secret, id
+			}},
+			{"a revoked key that had expired", func() (string, string) {
+				secret, id := e.newKey(e.root, map[string]any{"name": "k", "permissions": []string{"keys:read"}, "ttl": "1m"})
+				e.clock.Advance(2 * time.Minute)
+				require.Equal(t, http.StatusOK, e.send("DELETE", "/v1/keys/"+id, e.root, nil).status)
+				return secret, id
+			}},
+		}
+		patches := []struct{ name, body string }{
+			{"clearing its expiry", `{"expires_at": null}`},
+			{"moving its expiry later", `{"expires_at": "` + future + `"}`},
+			{"renaming it", `{"name": "new life"}`},
+			{"changing its permissions", `{"permissions": ["keys:read", "x"]}`},
+			{"clearing its rate limit", `{"rate_limit": "none"}`},
+			{"clearing its allowlist", `{"ip_allowlist": null}`},
+			{"even narrowing its allowlist", `{"ip_allowlist": ["127.0.0.1"]}`},
+		}
+		for _, st := range states {
+			for _, p := range patches {
+				t.Run(st.name+": "+p.name+" is 409 not_live and changes nothing", func(t *testing.T) {
+					secret, id := st.make()
+					before := e.stored(id)
+					events := len(e.changesOf(id))
+					r := e.send("PATCH", "/v1/keys/"+id, e.root, p.body)
+					require.Equal(t, http.StatusConflict, r.status, "%s", r)
+					assert.Equal(t, "not_live", r.code(t))
+					assert.Contains(t, r.str(t, "error"), "revoked or rotated away")
+					assert.Equal(t, before, e.stored(id), "the record is unchanged")
+					assert.Len(t, e.changesOf(id), events, "no audit event for a refused change")
+					if before.StatusAt(e.clock.Now()) != keystore.Live {
+						got := e.send("GET", "/v1/keys", secret, nil)
+						assert.Equal(t, http.StatusUnauthorized, got.status, "the key still does not authenticate: %s", got)
+					}
+				})
+			}
+		}
+		t.Run("a rotated key in its grace period can still be revoked", func(t *testing.T) {
+			_, id := e.newKey(e.root, map[string]any{"name": "k", "permissions": []string{"x"}})
+			require.Equal(t, http.StatusCreated, e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "1h"}).status)
+			r := e.send("DELETE", "/v1/keys/"+id, e.root, nil)
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+			assert.NotNil(t, e.stored(id).RevokedAt)
+		})
+	})
+}
+
+func TestBringingAnExpiredKeyBackCountsAgainstTheOwnerLimit(t *testing.T) {
+	forEachBackend(t, envOptions{maxPerOwner: 2}, func(t *testing.T, e *env) {
+		writer, _ := e.create(keystore.Spec{Name: "writer", Owner: "capped", Permissions: []string{"keys:write", "x"}})
+		_, expired := e.newKey(writer, map[string]any{"name": "expiring", "permissions": []string{"x"}, "ttl": "1m"})
+		e.clock.Advance(2 * time.Minute)
+		_, second := e.newKey(writer, map[string]any{"name": "second", "permissions": []string{"x"}})
+		// The writer and "second" count: the owner is at its limit of 2.
+		future := e.clock.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+
+		for _, tc := range []struct {
+			name, caller, body string
+		}{
+			{"by a writer clearing its expiry", writer, `{"expires_at": null}`},
+			{"by a writer moving its expiry into the future", writer, `{"expires_at": "` + future + `"}`},
+			{"by keys:admin clearing its expiry", e.root, `{"expires_at": null}`},
+			{"by keys:admin together with a rename", e.root, `{"name": "back", "expires_at": null}`},
+		} {
+			t.Run("reviving it at the limit "+tc.name+" is 409 key_limit_reached", func(t *testing.T) {
+				before := e.stored(expired)
+				r := e.send("PATCH", "/v1/keys/"+expired, tc.caller, tc.body)
+				require.Equal(t, http.StatusConflict, r.status, "%s", r)
+				assert.Equal(t, "key_limit_reached", r.code(t))
+				assert.Equal(t, before, e.stored(expired))
+			})
+		}
+		t.Run("renaming it without reviving it is fine at the limit", func(t *testing.T) {
+			r := e.send("PATCH", "/v1/keys/"+expired, writer, `{"name": "still expired"}`)
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+			assert.Equal(t, keystore.Expired, e.stored(expired).StatusAt(e.clock.Now()))
+		})
+		t.Run("with room again, reviving it works, and the owner is at the limit again", func(t *testing.T) {
+			require.Equal(t, http.StatusOK, e.send("DELETE", "/v1/keys/"+second, writer, nil).status)
+			r := e.send("PATCH", "/v1/keys/"+expired, writer, `{"expires_at": null}`)
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+			assert.Equal(t, keystore.Live, e.stored(expired).StatusAt(e.clock.Now()))
+			r = e.send("POST", "/v1/keys", writer, map[string]any{"name": "third", "permissions": []string{"x"}})
+			require.Equal(t, http.StatusConflict, r.status, "%s", r)
+		})
+	})
+}
+
+// selfCases are changes a key makes to itself. The key starts with
+// permissions [keys:write x] (plus keys:admin for an admin caller), the
+// allowlist 127.0.0.0/8 (the tests' own address), an expiry in an hour and
+// a rate limit of 100/m; the configured default is 1000/h.
+var selfCases = []struct {
+	name  string
+	patch func(expiry time.Time) string
+	field string // "" = allowed
+}{
+	{"dropping its allowlist", func(time.Time) string { return `{"ip_allowlist": null}` }, "ip_allowlist"},
+	{"emptying its allowlist", func(time.Time) string { return `{"ip_allowlist": []}` }, "ip_allowlist"},
+	{"widening its allowlist to every address", func(time.Time) string { return `{"ip_allowlist": ["0.0.0.0/0"]}` }, "ip_allowlist"},
+	{"widening its allowlist by one bit", func(time.Time) string { return `{"ip_allowlist": ["126.0.0.0/7"]}` }, "ip_allowlist"},
+	{"adding a network to its allowlist", func(time.Time) string { return `{"ip_allowlist": ["127.0.0.0/8", "10.0.0.0/8"]}` }, "ip_allowlist"},
+	{"adding an IPv6 network to its allowlist", func(time.Time) string { return `{"ip_allowlist": ["127.0.0.0/8", "::/0"]}` }, "ip_allowlist"},
+	{"narrowing its allowlist", func(time.Time) string { return `{"ip_allowlist": ["127.0.0.1"]}` }, ""},
+	{"removing its expiry", func(time.Time) string { return `{"expires_at": null}` }, "expires_at"},
+	{"moving its expiry later", func(exp time.Time) string { return `{"expires_at": "` + exp.Add(time.Hour).Format(time.RFC3339) + `"}` }, "expires_at"},
+	{"moving its expiry a second later", func(exp time.Time) string {
+		return `{"expires_at": "` + exp.Add(time.Second).Format(time.RFC3339) + `"}`
+	}, "expires_at"},
+	{"moving its expiry earlier", func(exp time.Time) string {
+		return `{"expires_at": "` + exp.Add(-30*time.Minute).Format(time.RFC3339) + `"}`
+	}, ""},
+	{"removing its rate limit", func(time.Time) string { return `{"rate_limit": "none"}` }, "rate_limit"},
+	{"returning to the higher default rate", func(time.Time) string { return `{"rate_limit": null}` }, "rate_limit"},
+	{"raising its rate", func(time.Time) string { return `{"rate_limit": "200/m"}` }, "rate_limit"},
+	{"a slower rate with a bigger burst", func(time.Time) string { return `{"rate_limit": "1000/h"}` }, "rate_limit"},
+	{"the same rate over a shorter window", func(time.Time) string { return `{"rate_limit": "50/30s"}` }, ""},
+	{"a lower rate", func(time.Time) string { return `{"rate_limit": "50/m"}` }, ""},
+	{"giving itself a permission", func(time.Time) string { return `{"permissions": ["keys:write", "x", "y"]}` }, "permissions"},
+	{"dropping a permission", func(time.Time) string { return `{"permissions": ["keys:write"]}` }, ""},
+	{"renaming itself", func(time.Time) string { return `{"name": "still me"}` }, ""},
+}
+
+func TestNoKeyLoosensItsOwnRestrictions(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		for _, role := range []struct {
+			name  string
+			perms []string
+		}{
+			{"a writer", []string{"keys:write", "x"}},
+			{"a keys:admin caller", []string{"keys:admin", "keys:write", "x"}},
+		} {
+			for _, tc := range selfCases {
+				want := "is allowed"
+				if tc.field != "" {
+					want = "is 403 naming " + tc.field
+				}
+				t.Run(role.name+" "+tc.name+" "+want, func(t *testing.T) {
+					exp := e.clock.Now().Add(time.Hour).UTC().Truncate(time.Second)
+					secret, id := e.create(keystore.Spec{Name: "self", Owner: "team", Permissions: role.perms,
+						IPAllowlist: mustCIDRs(t, "127.0.0.0/8"), ExpiresAt: &exp, RateLimit: "100/m"})
+					body := tc.patch(exp)
+					if strings.Contains(body, `"permissions"`) && role.perms[0] == "keys:admin" {
+						body = strings.Replace(body, `["keys:write"`, `["keys:admin", "keys:write"`, 1)
+					}
+					before := e.stored(id)
+					r := e.send("PATCH", "/v1/keys/"+id, secret, body)
+					if tc.field == "" {
+						require.Equal(t, http.StatusOK, r.status, "%s", r)
+						assert.Contains(t, e.changesOf(id), change{keystore.ChangeUpdated, id, "team", id, ""})
+						return
+					}
+					require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+					assert.Equal(t, "permission_denied", r.code(t))
+					assert.True(t, strings.HasPrefix(r.str(t, "error"), tc.field+":"), "names the field: %s", r)
+					assert.Equal(t, before, e.stored(id), "nothing changed")
+					assert.Len(t, e.changesOf(id), 1, "only the creation was audited")
+				})
+			}
+		}
+		t.Run("another keys:admin key may lift a key's restrictions", func(t *testing.T) {
+			exp := e.clock.Now().Add(time.Hour)
+			_, id := e.create(keystore.Spec{Name: "limited", Permissions: []string{"x"}, IPAllowlist: mustCIDRs(t, "127.0.0.0/8"), ExpiresAt: &exp, RateLimit: "1/m"})
+			r := e.send("PATCH", "/v1/keys/"+id, e.root, `{"ip_allowlist": null, "expires_at": null, "rate_limit": "none", "permissions": ["x", "y"]}`)
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+		})
+	})
+}
+
+func TestAWritersKeysStayWithinTheWritersOwnRestrictions(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		exp := e.clock.Now().Add(time.Hour).UTC().Truncate(time.Second)
+		writer, _ := e.create(keystore.Spec{Name: "writer", Owner: "team", Permissions: []string{"keys:write", "read:users"},
+			IPAllowlist: mustCIDRs(t, "127.0.0.0/8", "2001:db8::/32"), ExpiresAt: &exp, RateLimit: "100/m"})
+		fits := map[string]any{"ttl": "30m", "ip_allowlist": []string{"127.0.0.1"}, "rate_limit": "50/m"}
+		with := func(changes map[string]any) map[string]any {
+			body := map[string]any{"name": "child", "permissions": []string{"read:users"}}
+			for k, v := range fits {
+				body[k] = v
+			}
+			for k, v := range changes {
+				if v == nil {
+					delete(body, k)
+				} else {
+					body[k] = v
+				}
+			}
+			return body
+		}
+		creates := []struct {
+			name   string
+			change map[string]any
+			field  string // "" = created
+		}{
+			{"a key within every restriction", nil, ""},
+			{"a key that never expires", map[string]any{"ttl": nil}, "expires_at"},
+			{"a key that outlives the writer", map[string]any{"ttl": "2h"}, "expires_at"},
+			{"a key that expires with the writer", map[string]any{"ttl": nil, "expires_at": exp.Format(time.RFC3339)}, ""},
+			{"a key that expires a second after the writer", map[string]any{"ttl": nil, "expires_at": exp.Add(time.Second).Format(time.RFC3339)}, "expires_at"},
+			{"a key for any address", map[string]any{"ip_allowlist": nil}, "ip_allowlist"},
+			{"a key for an empty allowlist", map[string]any{"ip_allowlist": []string{}}, "ip_allowlist"},
+			{"a key for another network", map[string]any{"ip_allowlist": []string{"10.0.0.0/8"}}, "ip_allowlist"},
+			{"a key for a wider network", map[string]any{"ip_allowlist": []string{"126.0.0.0/7"}}, "ip_allowlist"},
+			{"a key for a narrower network", map[string]any{"ip_allowlist": []string{"127.1.0.0/16"}}, ""},
+			{"a key for a network inside the IPv6 entry", map[string]any{"ip_allowlist": []string{"2001:db8:1::/48", "127.0.0.1"}}, ""},
+			{"a key for the IPv4-mapped form of an allowed address (read as the address)", map[string]any{"ip_allowlist": []string{"::ffff:127.0.0.1"}}, ""},
+			{"a key for an IPv4-mapped network (another family)", map[string]any{"ip_allowlist": []string{"::ffff:127.0.0.0/104"}}, "ip_allowlist"},
+			{"a key for one allowed and one other network", map[string]any{"ip_allowlist": []string{"127.0.0.1", "192.168.0.0/16"}}, "ip_allowlist"},
+			{"a key with no rate limit", map[string]any{"rate_limit": "none"}, "rate_limit"},
+			{"a key on the default rate, whose burst is higher", map[string]any{"rate_limit": nil}, "rate_limit"},
+			{"a key with a higher rate", map[string]any{"rate_limit": "101/m"}, "rate_limit"},
+			{"a key with a slower rate and a bigger burst", map[string]any{"rate_limit": "1000/h"}, "rate_limit"},
+			{"a key with a faster rate and a smaller burst", map[string]any{"rate_limit": "10/s"}, "rate_limit"},
+			{"a key with the same rate", map[string]any{"rate_limit": "100/m"}, ""},
+			{"a key with a smaller burst and a slower rate", map[string]any{"rate_limit": "1/s"}, ""},
+			{"a key with a permission the writer lacks", map[string]any{"permissions": []string{"delete:users"}}, "missing permission"},
+		}
+		for _, tc := range creates {
+			want := "is created"
+			if tc.field != "" {
+				want = "is 403 naming " + tc.field
+			}
+			t.Run("creating "+tc.name+" "+want, func(t *testing.T) {
+				r := e.send("POST", "/v1/keys", writer, with(tc.change))
+				if tc.field == "" {
+					require.Equal(t, http.StatusCreated, r.status, "%s", r)
+					return
+				}
+				require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+				assert.Equal(t, "permission_denied", r.code(t))
+				assert.Contains(t, r.str(t, "error"), tc.field)
+			})
+		}
+
+		// Keys of the writer's owner made by keys:admin, which may exceed it.
+		wide := func() string {
+			_, id := e.create(keystore.Spec{Name: "wide", Owner: "team", Permissions: []string{"read:users"}})
+			return id
+		}
+		narrow := func() string {
+			soon := e.clock.Now().Add(10 * time.Minute)
+			_, id := e.create(keystore.Spec{Name: "narrow", Owner: "team", Permissions: []string{"read:users"},
+				IPAllowlist: mustCIDRs(t, "127.0.0.1/32"), ExpiresAt: &soon, RateLimit: "10/m"})
+			return id
+		}
+		t.Run("rotating a key that exceeds the writer is 403: the new secret would outlive it", func(t *testing.T) {
+			id := wide()
+			r := e.send("POST", "/v1/keys/"+id+"/rotate", writer, nil)
+			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+			assert.Contains(t, r.str(t, "error"), "ip_allowlist")
+			assert.Empty(t, e.stored(id).RotatedTo)
+		})
+		t.Run("rotating a key within the writer makes a key within the writer", func(t *testing.T) {
+			id := narrow()
+			r := e.send("POST", "/v1/keys/"+id+"/rotate", writer, nil)
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+			assert.Equal(t, []any{"127.0.0.1/32"}, r.obj(t)["ip_allowlist"])
+			assert.Equal(t, "10/m", r.str(t, "rate_limit"))
+		})
+		t.Run("changing a key so that it exceeds the writer is 403", func(t *testing.T) {
+			for _, body := range []string{`{"expires_at": null}`, `{"ip_allowlist": null}`, `{"rate_limit": "none"}`, `{"rate_limit": "500/m"}`} {
+				id := narrow()
+				r := e.send("PATCH", "/v1/keys/"+id, writer, body)
+				require.Equal(t, http.StatusForbidden, r.status, "%s: %s", body, r)
+			}
+		})
+		t.Run("renaming a key that exceeds the writer is 403", func(t *testing.T) {
+			r := e.send("PATCH", "/v1/keys/"+wide(), writer, `{"name": "renamed"}`)
+			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+		})
+		t.Run("narrowing a key that exceeds the writer into its bounds is allowed", func(t *testing.T) {
+			r := e.send("PATCH", "/v1/keys/"+wide(), writer, map[string]any{
+				"ip_allowlist": []string{"127.0.0.1"}, "rate_limit": "100/m",
+				"expires_at": exp.Format(time.RFC3339),
+			})
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+		})
+		t.Run("revoking a key that exceeds the writer is allowed", func(t *testing.T) {
+			assert.Equal(t, http.StatusOK, e.send("DELETE", "/v1/keys/"+wide(), writer, nil).status)
+		})
+		t.Run("a writer on the default rate may give the default, or less, never none", func(t *testing.T) {
+			defaultWriter, _ := e.create(keystore.Spec{Name: "default writer", Owner: "team", Permissions: []string{"keys:write", "x"}})
+			for rate, status := range map[string]int{"": 201, "1000/h": 201, "500/h": 201, "1001/h": 403, "none": 403, "20/s": 403} {
+				body := map[string]any{"name": "child", "permissions": []string{"x"}}
+				if rate != "" {
+					body["rate_limit"] = rate
+				}
+				r := e.send("POST", "/v1/keys", defaultWriter, body)
+				require.Equal(t, status, r.status, "rate %q: %s", rate, r)
+			}
+		})
+		t.Run("the 403 says what the writer's own bound is", func(t *testing.T) {
+			r := e.send("POST", "/v1/keys", writer, with(map[string]any{"ttl": "5h"}))
+			assert.Contains(t, r.str(t, "error"), exp.Format(time.RFC3339))
+			r = e.send("POST", "/v1/keys", writer, with(map[string]any{"rate_limit": "none"}))
+			assert.Contains(t, r.str(t, "error"), "(100/m)")
+		})
+	})
+}
+
+func TestTheAdminAPIRateLimitsEachCallingKey(t *testing.T) {
+	forEachBackend(t, envOptions{adminRate: "3/m"}, func(t *testing.T, e *env) {
+		t.Run("the fourth request in a minute is 429 with Retry-After and the rate-limit headers", func(t *testing.T) {
+			caller, _ := e.create(keystore.Spec{Name: "busy", Permissions: []string{"keys:read"}})
+			for i := range 3 {
+				r := e.send("GET", "/v1/keys", caller, nil)
+				require.Equal(t, http.StatusOK, r.status, "request %d: %s", i+1, r)
+				assert.Equal(t, strconv.Itoa(2-i), r.header.Get("X-RateLimit-Remaining"))
+			}
+			r := e.send("GET", "/v1/keys", caller, nil)
+			require.Equal(t, http.StatusTooManyRequests, r.status, "%s", r)
+			assert.Equal(t, "rate_limited", r.code(t))
+			retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+			require.NoError(t, err)
+			assert.GreaterOrEqual(t, retry, 1)
+			assert.LessOrEqual(t, retry, 66, "at most a window and a sub-window")
+			assert.Equal(t, `"admin";q=3;w=60`, r.header.Get("RateLimit-Policy"))
+			assert.Equal(t, "3", r.header.Get("X-RateLimit-Limit"))
+			assert.Equal(t, "0", r.header.Get("X-RateLimit-Remaining"))
+
+			other, _ := e.create(keystore.Spec{Name: "other", Permissions: []string{"keys:read"}})
+			assert.Equal(t, http.StatusOK, e.send("GET", "/v1/keys", other, nil).status, "each key has its own count")
+
+			e.clock.Advance(time.Duration(retry) * time.Second)
+			assert.Equal(t, http.StatusOK, e.send("GET", "/v1/keys", caller, nil).status, "after Retry-After")
+		})
+		t.Run("a create and revoke loop is stopped", func(t *testing.T) {
+			writer, _ := e.create(keystore.Spec{Name: "looper", Owner: "loop", Permissions: []string{"keys:write", "x"}})
+			created := 0
+			for range 10 {
+				r := e.send("POST", "/v1/keys", writer, map[string]any{"name": "k", "permissions": []string{"x"}})
+				if r.status == http.StatusTooManyRequests {
+					break
+				}
+				require.Equal(t, http.StatusCreated, r.status, "%s", r)
+				created++
+				if r = e.send("DELETE", "/v1/keys/"+r.str(t, "id"), writer, nil); r.status == http.StatusTooManyRequests {
+					break
+				}
+			}
+			assert.Equal(t, 2, created, "3 requests a minute: create, revoke, create")
+		})
+		t.Run("the key's own rate limit applies too", func(t *testing.T) {
+			slow, _ := e.create(keystore.Spec{Name: "slow", Permissions: []string{"keys:read"}, RateLimit: "1/m"})
+			require.Equal(t, http.StatusOK, e.send("GET", "/v1/keys", slow, nil).status)
+			r := e.send("GET", "/v1/keys", slow, nil)
+			require.Equal(t, http.StatusTooManyRequests, r.status, "%s", r)
+			assert.Equal(t, `"key";q=1;w=60`, r.header.Get("RateLimit-Policy"))
+		})
+		t.Run("refused requests count too", func(t *testing.T) {
+			nobody, _ := e.create(keystore.Spec{Name: "no keys permission", Permissions: []string{"x"}})
+			for range 3 {
+				require.Equal(t, http.StatusForbidden, e.send("GET", "/v1/keys", nobody, nil).status)
+			}
+			assert.Equal(t, http.StatusTooManyRequests, e.send("GET", "/v1/keys", nobody, nil).status)
+		})
+		t.Run("every key route answers 429 past the limit", func(t *testing.T) {
+			_, target := e.create(keystore.Spec{Name: "target", Permissions: []string{"x"}})
+			for _, rt := range keyRoutes() {
+				caller, _ := e.create(keystore.Spec{Name: "caller", Permissions: []string{"keys:admin"}})
+				for range 3 {
+					e.send("GET", "/v1/keys", caller, nil)
+				}
+				path := strings.ReplaceAll(rt.Path, "{id}", target)
+				r := e.send(rt.Method, path, caller, rt.body)
+				require.Equal(t, http.StatusTooManyRequests, r.status, "%s: %s", rt.Pattern(), r)
+				assert.Equal(t, "rate_limited", r.code(t))
+				assert.NotEmpty(t, r.header.Get("Retry-After"))
+			}
+			assert.Equal(t, "target", e.stored(target).Name, "nothing was changed by a limited request")
+			assert.Nil(t, e.stored(target).RevokedAt)
+		})
+	})
+}
