@@ -93,13 +93,21 @@ func TestAFloodFromOneAddressNeverTurnsAwayAKnownKey(t *testing.T) {
 			f := guardFixture(t, "3/m", "10/s")
 			good := Request{Path: "/api/users", Peer: "10.1.2.3", Headers: HeaderMap{"x-api-key": f.good}}
 			require.True(t, f.decide(good).Allowed())
+			cache := f.a.keys.(*keystore.Cache)
 			refreshes := 0
 			for i := range 2000 {
 				d := f.decide(Request{Path: "/api/users", Peer: "10.1.2.3", Headers: HeaderMap{"x-api-key": flood.next(i)}})
 				require.Contains(t, []Code{CodeInvalidKey, CodeRateLimited}, d.Code)
 				if i%10 == 0 {
-					if i%500 == 0 {
+					switch i % 500 {
+					case 0:
 						f.now = f.now.Add(31 * time.Second) // the good key's entry expires (and the budget refills a little)
+						refreshes++
+					case 200:
+						cache.Invalidate(keystore.NewHasher([]byte("pepper")).Hash(f.good)) // the key was changed
+						refreshes++
+					case 400:
+						cache.Invalidate(keystore.Hash{}) // the cache forgot everything (a gap in the change feed)
 						refreshes++
 					}
 					d := f.decide(good)

@@ -56,7 +56,10 @@ type Cache struct {
 	// shards[h[0]] orders the fills and invalidations of the hashes whose
 	// first byte is h[0] (see fill). Sharded so that a change to one key
 	// does not hold up fills of unrelated keys.
-	shards   [256]shard
+	shards [256]shard
+	// gen is bumped by a purge (with every shard locked): entries of older
+	// generations are known but never served.
+	gen      atomic.Uint64
 	hooks    cacheHooks
 	used     chan usage
 	hits     atomic.Uint64
@@ -90,11 +93,20 @@ type cacheHooks struct {
 	contended func()
 }
 
+// entry is what the cache holds of a key the store found. An invalidated
+// entry stays as a tombstone (or, after a purge, an entry of an older
+// generation): never served, but it remembers that the store knew the
+// hash, so that looking it up again is a refresh, not a guess (Cached).
 type entry struct {
-	key     *Key
+	key     *Key // nil: a tombstone
 	fetched time.Time
+	gen     uint64       // the cache's generation when filled; a purge moves it on
 	touched atomic.Int64 // unix nanos of the last usage report for this key
 }
+
+// servable reports whether e may answer a lookup: not invalidated since
+// it was filled.
+func (e *entry) servable(gen uint64) bool { return e.key != nil && e.gen == gen }
 
 type usage struct {
 	id string
@@ -144,7 +156,8 @@ const (
 	// the hash here (or its entry was evicted): only the store can answer.
 	CacheUnknown CacheState = iota
 	// CacheExpired: the store confirmed this key before, but its entry is
-	// past the TTL. Asking the store again is a refresh, not a guess.
+	// past the TTL or was invalidated by a change. Asking the store again
+	// is a refresh, not a guess.
 	CacheExpired
 	// CacheAnswered: the cache answers, with a key or with ErrNotFound.
 	CacheAnswered
@@ -158,7 +171,7 @@ const (
 func (c *Cache) Cached(h Hash) (*Key, CacheState, error) {
 	now := c.opts.Now()
 	e, ok := c.pos.Get(h)
-	if ok && now.Sub(e.fetched) < c.opts.TTL {
+	if ok && now.Sub(e.fetched) < c.opts.TTL && e.servable(c.gen.Load()) {
 		c.hits.Add(1)
 		c.noteUse(e, now)
 		return e.key, CacheAnswered, nil
@@ -193,7 +206,7 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	}
 	switch {
 	case err == nil:
-		if fresh, ok := c.pos.Peek(h); ok {
+		if fresh, ok := c.pos.Peek(h); ok && fresh.servable(c.gen.Load()) {
 			c.noteUse(fresh, now)
 		}
 		return k, nil
@@ -204,7 +217,7 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	// The best we know while the store is down: the entry as it is now (an
 	// invalidation since this lookup began has removed it), if the store
 	// confirmed it recently enough.
-	if e, ok := c.pos.Peek(h); ok && now.Sub(e.fetched) < c.opts.MaxStale {
+	if e, ok := c.pos.Peek(h); ok && e.servable(c.gen.Load()) && now.Sub(e.fetched) < c.opts.MaxStale {
 		c.stale.Add(1)
 		c.noteUse(e, now)
 		return e.key, nil
@@ -298,7 +311,7 @@ func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
 	now := c.opts.Now()
 	if err == nil {
 		c.neg.Remove(h)
-		c.pos.Add(h, &entry{key: k, fetched: now})
+		c.pos.Add(h, &entry{key: k, fetched: now, gen: c.gen.Load()})
 		return
 	}
 	c.pos.Remove(h)
@@ -318,7 +331,8 @@ func (c *Cache) lock(sh *shard) {
 
 // Invalidate forgets h, or everything when h is the zero Hash. It is the
 // callback for Store.Watch. A fill of h that started before Invalidate
-// returned is not cached (see fill).
+// returned is not cached (see fill). What was known of h is never served
+// again, but the hash stays known (a tombstone) until the store is asked.
 func (c *Cache) Invalidate(h Hash) {
 	// The store just spoke (a Watch delivered this). After an outage the
 	// watcher forgets everything; lookups must then ask the store again at
@@ -328,7 +342,9 @@ func (c *Cache) Invalidate(h Hash) {
 		sh := &c.shards[h[0]]
 		c.lock(sh)
 		sh.epoch++
-		c.pos.Remove(h)
+		if c.pos.Contains(h) {
+			c.pos.Add(h, &entry{})
+		}
 		c.neg.Remove(h)
 		sh.mu.Unlock()
 		return
@@ -337,7 +353,7 @@ func (c *Cache) Invalidate(h Hash) {
 		c.lock(&c.shards[i])
 		c.shards[i].epoch++
 	}
-	c.pos.Purge()
+	c.gen.Add(1)
 	c.neg.Purge()
 	for i := range c.shards {
 		c.shards[i].mu.Unlock()

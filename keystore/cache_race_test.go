@@ -188,7 +188,37 @@ func TestCachedAnswersFromMemoryAndSaysWhatItKnows(t *testing.T) {
 	clock.Add(time.Minute)
 	assert.Equal(t, CacheExpired, state(h), "a key the store confirmed before")
 	assert.Equal(t, CacheUnknown, state(unknown), "an unknown hash stays unknown")
-	c.Invalidate(h)
-	assert.Equal(t, CacheUnknown, state(h))
 	assert.EqualValues(t, 2, st.lookups.Load(), "Cached never asks the store")
+
+	_, _ = c.Lookup(context.Background(), h)
+	c.Invalidate(h)
+	assert.Equal(t, CacheExpired, state(h), "a changed key is not served, but still known")
+	_, _ = c.Lookup(context.Background(), h)
+	c.Invalidate(Hash{})
+	assert.Equal(t, CacheExpired, state(h), "so is every key after a purge")
+	assert.Equal(t, CacheUnknown, state(unknown))
+}
+
+// TestAnInvalidatedKeyIsNeverServedStale: a key changed (revoked) and then
+// the store failing must not bring back the record from before the change.
+func TestAnInvalidatedKeyIsNeverServedStale(t *testing.T) {
+	for _, purge := range []bool{false, true} {
+		t.Run(map[bool]string{false: "one key", true: "a purge"}[purge], func(t *testing.T) {
+			c, st, clock, h := setup(t)
+			_, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			if purge {
+				c.Invalidate(Hash{})
+			} else {
+				c.Invalidate(h)
+			}
+			st.down.Store(true)
+			_, err = c.Lookup(context.Background(), h)
+			assert.ErrorIs(t, err, ErrUnavailable, "within the TTL")
+			clock.Add(time.Minute)
+			_, err = c.Lookup(context.Background(), h)
+			assert.ErrorIs(t, err, ErrUnavailable, "past the TTL, within max stale")
+			assert.Zero(t, c.Stats().Stale)
+		})
+	}
 }
