@@ -121,7 +121,8 @@ type Cache struct {
 	NegativeTTL Duration `json:"negative_ttl"`
 	// MaxStale bounds how long after the store last confirmed a key the
 	// cache may still answer with it while the store is unreachable; past
-	// it the key's checks answer 503. At least TTL.
+	// it the key's checks answer 503. At least TTL; unset, 5 minutes or the
+	// TTL, whichever is longer.
 	MaxStale Duration `json:"max_stale"`
 }
 
@@ -284,6 +285,10 @@ func Parse(data []byte) (*Config, error) {
 		}
 		if err := json.Unmarshal(js, &cfg); err != nil {
 			return nil, describeJSONError(err)
+		}
+		// An unset max_stale is the default or the ttl, whichever is longer.
+		if cache, _ := tree.(map[string]any)["cache"].(map[string]any); cache["max_stale"] == nil {
+			cfg.Cache.MaxStale = max(cfg.Cache.MaxStale, cfg.Cache.TTL)
 		}
 	}
 	if err := cfg.validate(); err != nil {

@@ -160,7 +160,11 @@ func TestCacheMaxStaleDefaultsToFiveMinutesAndIsAtLeastTheTTL(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, time.Hour, time.Duration(cfg.Cache.MaxStale))
 
-	for _, text := range []string{"cache: {max_stale: 10s}\n", "cache: {ttl: 10m}\n"} {
+	cfg, err = Parse([]byte("cache: {ttl: 1h}\n"))
+	require.NoError(t, err, "a long ttl without a max_stale is no error")
+	assert.Equal(t, time.Hour, time.Duration(cfg.Cache.MaxStale), "an unset max_stale follows a longer ttl")
+
+	for _, text := range []string{"cache: {max_stale: 10s}\n", "cache: {ttl: 10m, max_stale: 5m}\n"} {
 		_, err = Parse([]byte(text))
 		assert.ErrorContains(t, err, "cache.max_stale: ", text)
 		assert.ErrorContains(t, err, "shorter than cache.ttl", text)
