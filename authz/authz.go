@@ -257,7 +257,7 @@ func findKey(p *Policy, req *Request, d *Decision) (string, bool) {
 // lookup finds the key's record. The cache answers most checks; a key it
 // has never seen found must pass the lookup guard before it may cost a
 // store round trip (see lookupGuard), while the refresh of a key whose
-// entry expired never waits on the guard.
+// entry expired or was invalidated never waits on the guard.
 func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time.Time, d *Decision) bool {
 	h := a.hasher.Hash(key)
 	k, state, err := a.keys.Cached(h)

@@ -215,8 +215,8 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	}
 	c.failures.Add(1)
 	// The best we know while the store is down: the entry as it is now (an
-	// invalidation since this lookup began has removed it), if the store
-	// confirmed it recently enough.
+	// invalidation since this lookup began has made it a tombstone), if the
+	// store confirmed it recently enough.
 	if e, ok := c.pos.Peek(h); ok && e.servable(c.gen.Load()) && now.Sub(e.fetched) < c.opts.MaxStale {
 		c.stale.Add(1)
 		c.noteUse(e, now)
@@ -290,9 +290,9 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 
 // fill caches what the store answered for h when h's shard has not been
 // invalidated since epoch. The check and the insert are one step under the
-// shard's lock, which Invalidate holds while it bumps the epoch and removes
-// the entry: an invalidation either comes before the check (and the fill is
-// dropped) or after the insert (and removes it). A fill can therefore never
+// shard's lock, which Invalidate holds while it bumps the epoch and turns
+// the entry into a tombstone: an invalidation either comes before the check
+// (and the fill is dropped) or after the insert (and buries it). A fill can therefore never
 // land after an invalidation of its key, which a plain check-then-insert
 // allows: the invalidation could run between the two.
 func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
