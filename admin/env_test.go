@@ -237,7 +237,7 @@ func (e *env) waitForWatch() {
 		_, err = e.manager.Update(context.Background(), id, keystore.Patch{Name: &name}, nil, "test")
 		require.NoError(e.t, err)
 		for wait := time.Now().Add(200 * time.Millisecond); time.Now().Before(wait); time.Sleep(5 * time.Millisecond) {
-			if e.cache.Stats().Entries == 0 {
+			if _, state, _ := e.cache.Cached(h); state != keystore.CacheAnswered { // the change reached the cache
 				_, err := e.manager.Revoke(context.Background(), id, "test")
 				require.NoError(e.t, err)
 				return

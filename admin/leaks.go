@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/extauthz/extauthz/keystore"
 )
@@ -25,6 +27,18 @@ const LeakActor = "github-secret-scanning"
 // is 0. GitHub batches matches into one report; a match is a few hundred
 // bytes, so this is thousands of them.
 const DefaultLeakBodyBytes = 1 << 20
+
+// DefaultLeakBodyTimeout bounds the reading of a report's body when
+// LeakOptions.BodyTimeout is 0: GitHub sends a report in one go, so only a
+// client that trickles its body comes near it.
+const DefaultLeakBodyTimeout = 10 * time.Second
+
+// DefaultLeakInFlight bounds the reports read or handled at once when
+// LeakOptions.MaxInFlight is 0. The endpoint is reachable by anyone and
+// buffers each body to verify its signature, so this bounds what it can be
+// made to hold: DefaultLeakInFlight × DefaultLeakBodyBytes, 8 MiB (about
+// twice that with the read buffer's growth), however many clients try.
+const DefaultLeakInFlight = 8
 
 // LeakOptions enables the GitHub secret-scanning partner endpoint: GitHub
 // finds one of our keys in a public repository, gist or package and posts
@@ -42,7 +56,43 @@ type LeakOptions struct {
 	OnLeak func(k *keystore.Key)
 	// MaxBodyBytes bounds a report (413 above); 0 means DefaultLeakBodyBytes.
 	MaxBodyBytes int64
+	// BodyTimeout bounds the reading of a report's body, whatever the
+	// listener allows; 0 means DefaultLeakBodyTimeout.
+	BodyTimeout time.Duration
+	// MaxInFlight bounds the reports being read or handled at once; one
+	// more is answered 503 at once, before its body is read. 0 means
+	// DefaultLeakInFlight. Shared by every handler made with these options.
+	MaxInFlight int
+
+	slotsOnce sync.Once
+	slots     chan struct{} // one per report in flight
 }
+
+// inFlight returns the slots of the reports in flight, one per report.
+func (lo *LeakOptions) inFlight() chan struct{} {
+	lo.slotsOnce.Do(func() {
+		n := lo.MaxInFlight
+		if n <= 0 {
+			n = DefaultLeakInFlight
+		}
+		lo.slots = make(chan struct{}, n)
+	})
+	return lo.slots
+}
+
+// acquire takes a slot for one report, without waiting.
+func (lo *LeakOptions) acquire() bool {
+	select {
+	case lo.inFlight() <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (lo *LeakOptions) release() { <-lo.inFlight() }
+
+var errLeaksBusy = &apiError{http.StatusServiceUnavailable, codeUnavailable, "too many leak reports in progress; retry shortly"}
 
 // leakReport is one match in GitHub's report.
 type leakReport struct {
@@ -71,13 +121,34 @@ const (
 // githubLeaks is POST /v1/leaks/github. The signature is checked over the
 // raw body before anything is parsed; then each token is checked for our
 // format (no store call for anything else), hashed and looked up.
+//
+// Anyone can reach it, and it must buffer a body to check its signature:
+// so a report's body must arrive within BodyTimeout, and at most
+// MaxInFlight reports are read at once; the next is answered 503 before its
+// body is read, and its connection closed.
 func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) error {
+	rc := http.NewResponseController(w)
+	if !s.leaks.acquire() {
+		refuseBody(w, rc)
+		return errLeaksBusy
+	}
+	defer s.leaks.release()
 	limit := s.leaks.MaxBodyBytes
 	if limit <= 0 {
 		limit = DefaultLeakBodyBytes
 	}
+	timeout := s.leaks.BodyTimeout
+	if timeout <= 0 {
+		timeout = DefaultLeakBodyTimeout
+	}
+	// A listener that cannot set deadlines (ErrNotSupported) keeps its own.
+	_ = rc.SetReadDeadline(time.Now().Add(timeout))
+	if deadline, ok := r.Context().Deadline(); ok { // the route's timeout, longer than the listener's write timeout
+		_ = rc.SetWriteDeadline(deadline.Add(time.Second))
+	}
 	body, err := readBody(w, r, limit)
 	if err != nil {
+		refuseBody(w, rc)
 		return err
 	}
 	if err := s.leaks.verify(r.Header, body); err != nil {
@@ -109,6 +180,15 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 	}
 	writeJSON(w, http.StatusOK, labels)
 	return nil
+}
+
+// refuseBody makes sure nothing more of r's body is read: the connection
+// is closed after the answer, and a read still pending fails at once
+// (net/http would otherwise try to drain a small remainder after the
+// handler returns, waiting on a client that trickles it).
+func refuseBody(w http.ResponseWriter, rc *http.ResponseController) {
+	w.Header().Set("Connection", "close")
+	_ = rc.SetReadDeadline(time.Now())
 }
 
 // leaked handles one well-formed token: ours or not, and if ours, revoked.

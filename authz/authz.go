@@ -23,6 +23,11 @@ import (
 
 // KeyLookup finds a key record by hash: keystore.Cache in production.
 type KeyLookup interface {
+	// Cached answers from memory alone, without the store: with
+	// keystore.CacheAnswered the key or error is the answer; otherwise the
+	// state says whether the store has confirmed the hash before.
+	Cached(h keystore.Hash) (*keystore.Key, keystore.CacheState, error)
+	// Lookup answers from the cache or, failing that, the store.
 	Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error)
 }
 
@@ -60,7 +65,11 @@ type Policy struct {
 	Format       keystore.Format
 	XFFHops      int
 	DefaultRate  ratelimit.Rate
-	FailRate     ratelimit.Rate // invalid keys per client IP; zero = unlimited
+	// FailRate bounds the lookups of unknown keys that find nothing per
+	// client address block, FailTotalRate per process (see lookupGuard);
+	// zero = unlimited.
+	FailRate      ratelimit.Rate
+	FailTotalRate ratelimit.Rate
 }
 
 // NewPolicy compiles the decision's part of cfg.
@@ -89,18 +98,21 @@ func NewPolicy(cfg *config.Config) (*Policy, error) {
 	if cfg.RateLimit.FailedAttempts != nil {
 		p.FailRate = *cfg.RateLimit.FailedAttempts
 	}
+	if cfg.RateLimit.FailedAttemptsTotal != nil {
+		p.FailTotalRate = *cfg.RateLimit.FailedAttemptsTotal
+	}
 	return p, nil
 }
 
 // Authorizer makes decisions. Its fields are set once; the Policy can be
 // swapped at any time with SetPolicy.
 type Authorizer struct {
-	keys     KeyLookup
-	hasher   *keystore.Hasher
-	limiter  ratelimit.Limiter // nil = no rate limiting
-	failures *failureGuard
-	now      func() time.Time
-	policy   atomic.Pointer[Policy]
+	keys    KeyLookup
+	hasher  *keystore.Hasher
+	limiter ratelimit.Limiter // nil = no rate limiting
+	guard   *lookupGuard
+	now     func() time.Time
+	policy  atomic.Pointer[Policy]
 }
 
 // NewAuthorizer returns an Authorizer. limiter may be nil; now nil means time.Now.
@@ -108,7 +120,7 @@ func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter r
 	if now == nil {
 		now = time.Now
 	}
-	a := &Authorizer{keys: keys, hasher: hasher, limiter: limiter, failures: newFailureGuard(now), now: now}
+	a := &Authorizer{keys: keys, hasher: hasher, limiter: limiter, guard: newLookupGuard(), now: now}
 	a.policy.Store(p)
 	return a
 }
@@ -170,26 +182,14 @@ func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found 
 		d.deny(CodeMissingKey, "")
 		return false
 	}
-	// An IP that used up its budget of invalid keys waits, before any work.
-	if !p.FailRate.IsZero() {
-		if until, blocked := a.failures.blockedUntil(d.ClientIP, now); blocked {
-			d.RateLimit = ratelimit.Result{Limit: ratelimit.Limit{Name: failedAttempts, Rate: p.FailRate}, Reset: until.Sub(now), RetryAfter: until.Sub(now)}
-			d.HasRateLimit = true
-			d.deny(CodeRateLimited, "too many invalid API keys from this address")
-			return false
-		}
-	}
-	// 4. Format, without the store.
+	// 4. Format, without the store. A malformed key costs nothing more, so
+	// it is not counted against anyone.
 	if p.Format.Check(key) != nil {
 		d.deny(CodeInvalidKey, "")
-		a.failed(p, d, now)
 		return false
 	}
 	// 5. Hash and look up (cache, then store); 10. store unreachable.
-	if !a.lookup(ctx, key, d) {
-		if d.Code == CodeInvalidKey {
-			a.failed(p, d, now)
-		}
+	if !a.lookup(ctx, p, key, now, d) {
 		return false
 	}
 	// 6. Revoked or expired.
@@ -207,12 +207,6 @@ func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found 
 		return false
 	}
 	return true
-}
-
-func (a *Authorizer) failed(p *Policy, d *Decision, now time.Time) {
-	if !p.FailRate.IsZero() {
-		a.failures.fail(d.ClientIP, p.FailRate, now)
-	}
 }
 
 func (d *Decision) deny(c Code, msg string) {
@@ -261,8 +255,25 @@ func findKey(p *Policy, req *Request, d *Decision) (string, bool) {
 	return key, found
 }
 
-func (a *Authorizer) lookup(ctx context.Context, key string, d *Decision) bool {
-	k, err := a.keys.Lookup(ctx, a.hasher.Hash(key))
+// lookup finds the key's record. The cache answers most checks; a key it
+// has never seen found must pass the lookup guard before it may cost a
+// store round trip (see lookupGuard), while the refresh of a key whose
+// entry expired or was invalidated never waits on the guard.
+func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time.Time, d *Decision) bool {
+	h := a.hasher.Hash(key)
+	k, state, err := a.keys.Cached(h)
+	switch state {
+	case keystore.CacheAnswered:
+	case keystore.CacheExpired:
+		k, err = a.keys.Lookup(ctx, h)
+	default:
+		if !a.admitLookup(p, now, d) {
+			return false
+		}
+		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) {
+			a.guard.refund(d.ClientIP, p.FailRate, p.FailTotalRate)
+		}
+	}
 	switch {
 	case err == nil:
 		d.Key = k
@@ -273,6 +284,25 @@ func (a *Authorizer) lookup(ctx context.Context, key string, d *Decision) bool {
 		d.deny(CodeUnavailable, "")
 	}
 	return false
+}
+
+// admitLookup asks the guard for one store lookup of an unknown key, and
+// answers the check when it refuses.
+func (a *Authorizer) admitLookup(p *Policy, now time.Time, d *Decision) bool {
+	if p.FailRate.IsZero() && p.FailTotalRate.IsZero() {
+		return true
+	}
+	switch verdict, wait := a.guard.admit(d.ClientIP, p.FailRate, p.FailTotalRate, now); verdict {
+	case blockExhausted:
+		d.RateLimit = ratelimit.Result{Limit: ratelimit.Limit{Name: failedAttempts, Rate: p.FailRate}, Reset: wait, RetryAfter: wait}
+		d.HasRateLimit = true
+		d.deny(CodeRateLimited, "too many unknown API keys from this address; retry later")
+		return false
+	case totalExhausted:
+		d.deny(CodeUnavailable, "too many unknown API keys are being checked; retry shortly")
+		return false
+	}
+	return true
 }
 
 func ipAllowed(allow []netip.Prefix, ip netip.Addr) bool {

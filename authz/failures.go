@@ -1,63 +1,174 @@
 package authz
 
 import (
-	"context"
 	"net/netip"
-	"sync/atomic"
+	"sync"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/extauthz/extauthz/ratelimit"
 )
 
-// failureGuard limits invalid keys per client IP. Random well-formed keys
-// cost a store lookup each (the negative cache only helps with repeats), so
-// an IP that sends more than its budget of invalid keys is answered 429
-// before any hashing or lookup until its window frees. Counted per process.
+// lookupGuard bounds the store lookups that unknown keys cause, without
+// ever turning away a key the cache knows.
 //
-// The price: clients behind one NAT share a budget, so one of them guessing
-// keys slows the others' uncached lookups too. Set
-// rate_limit.failed_attempts to none to turn it off.
-type failureGuard struct {
-	counts  *ratelimit.Local
-	blocked *lru.Cache[netip.Addr, time.Time] // IP → blocked until
-	n       atomic.Int64                      // entries in blocked: 0 makes the check one load
+// What costs the store is a well-formed key that no cache entry answers:
+// each such key is a round trip, and a flood of random ones is a flood of
+// round trips (the negative cache only absorbs repeats). What the guard
+// must not do is what a per-address failure counter in front of the whole
+// check does: lock out valid keys because someone else sent bad ones from
+// the same address — the ingress gateway's, in a mesh, for every client —
+// or from an address they named in X-Forwarded-For. So:
+//
+//   - Malformed keys (wrong format or checksum) are rejected before
+//     hashing and cost nothing; they are never counted.
+//   - A key the cache answers (a live entry, or a fresh "not found") never
+//     reaches the guard, nor does the refresh of a key whose entry has
+//     expired: the store confirmed that hash before, so asking again is
+//     not a guess. Only a lookup of a hash this process has never seen
+//     found passes through it.
+//   - Such a lookup takes one token from its address block's bucket and
+//     one from the process's; a lookup that finds the key (or that the
+//     store did not answer) gives both back. Tokens therefore measure
+//     lookups that found nothing.
+//
+// The signal is the client's address block: an IPv4 address, or an IPv6
+// /64, the smallest block a client is routinely given (an IPv4-mapped
+// address counts as IPv4). Per block, so that one guesser cannot use up
+// everyone's share; but a block's budget can be spent by anyone who can
+// send from it or name it (a shared gateway, X-Forwarded-For), and one
+// client may own many blocks, which is why the process-wide budget bounds
+// the total whatever the addresses. The key's shape says nothing here: a
+// random key is shaped exactly as a real one.
+//
+// The promise, for a block's rate N/W (rate_limit.failed_attempts) and the
+// process's M/V (rate_limit.failed_attempts_total): over any interval of
+// length T, the lookups that find no key number at most N + N·T/W per
+// block and M + M·T/V in all, plus those in flight when the interval
+// ends. Why: a bucket holds at most N tokens, gains N/W of one per unit of
+// time, and every lookup that finds nothing keeps the token it took; so
+// those lookups cannot outnumber the N the bucket held at the start plus
+// what it gained since. A block whose bucket is empty has its unknown keys
+// answered 429 (with Retry-After: when the next token arrives); an empty
+// process bucket answers 503, as an unreachable store does. Keys that are
+// cached — every key in use — keep passing either way.
+//
+// Blocks are kept in an LRU of maxGuardBlocks: a block evicted and back
+// starts with a full bucket, which the process budget covers.
+type lookupGuard struct {
+	mu     sync.Mutex
+	blocks *simplelru.LRU[netip.Addr, *tokenBucket]
+	total  tokenBucket
 }
 
-func newFailureGuard(now func() time.Time) *failureGuard {
-	g := &failureGuard{counts: ratelimit.NewLocal(now, 65536)}
-	g.blocked, _ = lru.NewWithEvict(65536, func(netip.Addr, time.Time) { g.n.Add(-1) })
-	return g
+// maxGuardBlocks is how many address blocks the guard remembers.
+const maxGuardBlocks = 65536
+
+func newLookupGuard() *lookupGuard {
+	blocks, _ := simplelru.NewLRU[netip.Addr, *tokenBucket](maxGuardBlocks, nil) // error only for size ≤ 0
+	return &lookupGuard{blocks: blocks}
 }
 
-// blockedUntil reports until when ip is blocked, if it is.
-func (g *failureGuard) blockedUntil(ip netip.Addr, now time.Time) (time.Time, bool) {
-	if g.n.Load() == 0 {
-		return time.Time{}, false
-	}
-	until, ok := g.blocked.Get(ip)
-	if !ok {
-		return time.Time{}, false
-	}
-	if !now.Before(until) {
-		g.blocked.Remove(ip)
-		return time.Time{}, false
-	}
-	return until, true
-}
+// guardVerdict is the guard's answer to one lookup.
+type guardVerdict uint8
 
-// fail counts one invalid key from ip; the failure that exhausts the budget
-// blocks ip until the limiter would allow another.
-func (g *failureGuard) fail(ip netip.Addr, rate ratelimit.Rate, now time.Time) {
-	res, err := g.counts.Allow(context.Background(), []ratelimit.Limit{{Name: failedAttempts, Bucket: ip.String(), Rate: rate}})
-	if err == nil && !res.Allowed {
-		if !g.blocked.Contains(ip) {
-			g.n.Add(1)
+const (
+	lookupAdmitted guardVerdict = iota
+	blockExhausted              // the address block's budget: 429
+	totalExhausted              // the process's budget: 503
+)
+
+// admit takes a token for one lookup of an unknown hash from ip's block
+// and from the process. When it refuses, wait is how long until the
+// exhausted budget has a token again. An admitted lookup that finds its key
+// must be given back with refund.
+func (g *lookupGuard) admit(ip netip.Addr, perBlock, total ratelimit.Rate, now time.Time) (v guardVerdict, wait time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var b *tokenBucket
+	if !perBlock.IsZero() {
+		block := addressBlock(ip)
+		var ok bool
+		if b, ok = g.blocks.Get(block); !ok {
+			b = &tokenBucket{}
+			g.blocks.Add(block, b)
 		}
-		g.blocked.Add(ip, now.Add(res.RetryAfter))
+		if wait, ok := b.take(perBlock, now); !ok {
+			return blockExhausted, wait
+		}
+	}
+	if !total.IsZero() {
+		if wait, ok := g.total.take(total, now); !ok {
+			if b != nil {
+				b.give(perBlock)
+			}
+			return totalExhausted, wait
+		}
+	}
+	return lookupAdmitted, 0
+}
+
+// refund gives back the tokens of an admitted lookup that found its key
+// (or that the store did not answer): only lookups that found nothing count.
+func (g *lookupGuard) refund(ip netip.Addr, perBlock, total ratelimit.Rate) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !perBlock.IsZero() {
+		if b, ok := g.blocks.Peek(addressBlock(ip)); ok {
+			b.give(perBlock)
+		}
+	}
+	if !total.IsZero() {
+		g.total.give(total)
 	}
 }
 
-// failedAttempts names the limit in the rate-limit headers of a blocked IP.
+// addressBlock is the block ip is counted in: the address itself for IPv4
+// (an IPv4-mapped IPv6 address included), its /64 for IPv6. The zero Addr
+// (no usable client address) is one block of its own.
+func addressBlock(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(64) // cannot fail for 64 ≤ 128
+		return p.Addr()
+	}
+	return ip
+}
+
+// tokenBucket holds up to N tokens of a rate N/W and gains N/W of one per
+// unit of time. The zero tokenBucket is full.
+type tokenBucket struct {
+	tokens float64
+	at     time.Time // when tokens was last brought up to date; zero = full
+}
+
+// take brings the bucket up to now and takes a token if there is a whole
+// one; else it reports how long until there is.
+func (b *tokenBucket) take(r ratelimit.Rate, now time.Time) (wait time.Duration, ok bool) {
+	n := float64(r.N)
+	switch {
+	case b.at.IsZero():
+		b.tokens = n
+	case now.After(b.at):
+		b.tokens += float64(now.Sub(b.at)) * n / float64(r.Window)
+	}
+	b.tokens = min(b.tokens, n) // also after a reload lowered N
+	if b.at.Before(now) {
+		b.at = now
+	}
+	if b.tokens >= 1 {
+		b.tokens--
+		return 0, true
+	}
+	return time.Duration((1 - b.tokens) * float64(r.Window) / n), false
+}
+
+// give returns one token.
+func (b *tokenBucket) give(r ratelimit.Rate) {
+	b.tokens = min(b.tokens+1, float64(r.N))
+}
+
+// failedAttempts names the limit in the rate-limit headers of a block
+// whose budget is spent.
 const failedAttempts = "failed_attempts"

@@ -19,6 +19,10 @@ import (
 // formatting its input might.
 type panickyKeys struct{ secret string }
 
+func (p panickyKeys) Cached(keystore.Hash) (*keystore.Key, keystore.CacheState, error) {
+	return nil, keystore.CacheUnknown, nil
+}
+
 func (p panickyKeys) Lookup(context.Context, keystore.Hash) (*keystore.Key, error) {
 	panic(fmt.Sprintf("boom while handling %s", p.secret))
 }

@@ -41,6 +41,9 @@ type Config struct {
 	Log       Log       `json:"log"`
 	Leaks     Leaks     `json:"leaks"`
 	Admin     Admin     `json:"admin"`
+	// Development declares a development setup: the one thing it relaxes is
+	// the hashing pepper, which may then be missing (see CheckPepper).
+	Development bool `json:"development"`
 }
 
 // Admin configures the admin API (its address is listen.admin).
@@ -154,6 +157,11 @@ type Cache struct {
 	Size        int      `json:"size"`
 	TTL         Duration `json:"ttl"`
 	NegativeTTL Duration `json:"negative_ttl"`
+	// MaxStale bounds how long after the store last confirmed a key the
+	// cache may still answer with it while the store is unreachable; past
+	// it the key's checks answer 503. At least TTL; unset, 5 minutes or the
+	// TTL, whichever is longer.
+	MaxStale Duration `json:"max_stale"`
 }
 
 // Keys sets the format of new keys, the per-owner limit, and how long the
@@ -190,9 +198,14 @@ type ClientIP struct {
 type RateLimit struct {
 	Default      *ratelimit.Rate `json:"default"`        // nil = 1000/h; "none" = no limit
 	OnStoreError string          `json:"on_store_error"` // local | allow | deny
-	// FailedAttempts bounds invalid keys per client IP (per process): past
-	// it, the IP gets 429 before any hashing or store lookup.
+	// FailedAttempts bounds the store lookups that find no key, per client
+	// address block (an IPv4 address, an IPv6 /64) and process: past it,
+	// keys of that block the cache does not know answer 429 without a
+	// lookup. Keys in the cache, and malformed keys, are never held up.
 	FailedAttempts *ratelimit.Rate `json:"failed_attempts"`
+	// FailedAttemptsTotal is the same budget for the whole process, all
+	// addresses together: past it, keys the cache does not know answer 503.
+	FailedAttemptsTotal *ratelimit.Rate `json:"failed_attempts_total"`
 }
 
 // Route is one entry of the route table; the first match wins.
@@ -258,6 +271,7 @@ func Default() Config {
 	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
 	failures := ratelimit.Rate{N: 100, Window: time.Minute}
 	adminRate := ratelimit.Rate{N: 600, Window: time.Minute}
+	failuresTotal := ratelimit.Rate{N: 1000, Window: time.Second}
 	one := 1
 	return Config{
 		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
@@ -266,15 +280,16 @@ func Default() Config {
 			Timeout: Duration(250 * time.Millisecond),
 		}},
 		Hashing: Hashing{PepperEnv: "EXTAUTHZ_PEPPER"},
-		Cache:   Cache{Size: 100000, TTL: Duration(30 * time.Second), NegativeTTL: Duration(5 * time.Second)},
-		Keys:    Keys{Prefix: "sk", MaxPerOwner: 100, Retention: Duration(30 * 24 * time.Hour)},
+		Cache: Cache{Size: 100000, TTL: Duration(30 * time.Second), NegativeTTL: Duration(5 * time.Second),
+			MaxStale: Duration(5 * time.Minute)},
+		Keys: Keys{Prefix: "sk", MaxPerOwner: 100, Retention: Duration(30 * 24 * time.Hour)},
 		Sources: []Source{
 			{Header: "x-api-key"},
 			{Header: "authorization", Scheme: "Bearer"},
 			{Query: "api_key"},
 			{Cookie: "api_key"},
 		},
-		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures},
+		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures, FailedAttemptsTotal: &failuresTotal},
 		Unmatched: "deny",
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
 		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
@@ -330,6 +345,10 @@ func Parse(data []byte) (*Config, error) {
 		if err := json.Unmarshal(js, &cfg); err != nil {
 			return nil, describeJSONError(err)
 		}
+		// An unset max_stale is the default or the ttl, whichever is longer.
+		if cache, _ := tree.(map[string]any)["cache"].(map[string]any); cache["max_stale"] == nil {
+			cfg.Cache.MaxStale = max(cfg.Cache.MaxStale, cfg.Cache.TTL)
+		}
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -342,6 +361,23 @@ func Parse(data []byte) (*Config, error) {
 		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
 	}
 	return &cfg, nil
+}
+
+// CheckPepper reports a missing hashing pepper: without one, keys are
+// stored as plain SHA-256, and keys made before a pepper is set stop
+// matching once it is. Only a declared development setup may run so; the
+// error names the variable and the way out.
+func (c *Config) CheckPepper() error {
+	if len(c.Hashing.Pepper) > 0 || c.Development {
+		return nil
+	}
+	if c.Hashing.PepperEnv == "" {
+		return errors.New("hashing.pepper_env: no pepper variable is named, so keys would be hashed with plain SHA-256; " +
+			"name one (e.g. EXTAUTHZ_PEPPER) and set it to a long random secret, or declare a development setup with development: true")
+	}
+	return fmt.Errorf("hashing.pepper_env: $%s is empty or unset, so keys would be hashed with plain SHA-256; "+
+		"set it to a long random secret (and keep it: keys hashed under one pepper do not match under another), "+
+		"or declare a development setup with development: true", c.Hashing.PepperEnv)
 }
 
 // checkFields walks the decoded YAML tree against the Go type and reports
@@ -488,6 +524,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.TTL <= 0 || c.Cache.NegativeTTL < 0 {
 		bad("cache.ttl", "ttl must be positive and negative_ttl not negative")
+	} else if c.Cache.MaxStale < c.Cache.TTL {
+		bad("cache.max_stale", "%s is shorter than cache.ttl (%s), within which a cached key is served anyway; set it to at least the ttl",
+			time.Duration(c.Cache.MaxStale), time.Duration(c.Cache.TTL))
 	}
 	if c.Keys.MaxPerOwner < 0 {
 		bad("keys.max_per_owner", "must not be negative (0 = no limit)")
@@ -535,6 +574,9 @@ func (c *Config) validate() error {
 	}
 	if c.RateLimit.FailedAttempts == nil {
 		bad("rate_limit.failed_attempts", "must be a rate like 100/m, or none")
+	}
+	if c.RateLimit.FailedAttemptsTotal == nil {
+		bad("rate_limit.failed_attempts_total", "must be a rate like 1000/s, or none")
 	}
 	for i, r := range c.Routes {
 		field := fmt.Sprintf("routes[%d]", i)

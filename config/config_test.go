@@ -229,3 +229,66 @@ func TestAListenerCanBeTurnedOff(t *testing.T) {
 		assert.True(t, cfg.Listen.GRPC.Enabled())
 	}
 }
+
+func TestCacheMaxStaleDefaultsToFiveMinutesAndIsAtLeastTheTTL(t *testing.T) {
+	cfg, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, 5*time.Minute, time.Duration(cfg.Cache.MaxStale))
+
+	cfg, err = Parse([]byte("cache: {ttl: 1m, max_stale: 1h}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, time.Hour, time.Duration(cfg.Cache.MaxStale))
+
+	cfg, err = Parse([]byte("cache: {ttl: 1h}\n"))
+	require.NoError(t, err, "a long ttl without a max_stale is no error")
+	assert.Equal(t, time.Hour, time.Duration(cfg.Cache.MaxStale), "an unset max_stale follows a longer ttl")
+
+	for _, text := range []string{"cache: {max_stale: 10s}\n", "cache: {ttl: 10m, max_stale: 5m}\n"} {
+		_, err = Parse([]byte(text))
+		assert.ErrorContains(t, err, "cache.max_stale: ", text)
+		assert.ErrorContains(t, err, "shorter than cache.ttl", text)
+	}
+	_, err = Parse([]byte("cache: {max_stale: later}\n"))
+	assert.ErrorContains(t, err, `bad duration "later"`)
+}
+
+func TestFailedAttemptsHaveAPerAddressAndAProcessBudget(t *testing.T) {
+	cfg, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, ratelimit.Rate{N: 100, Window: time.Minute}, *cfg.RateLimit.FailedAttempts)
+	assert.Equal(t, ratelimit.Rate{N: 1000, Window: time.Second}, *cfg.RateLimit.FailedAttemptsTotal)
+
+	cfg, err = Parse([]byte("rate_limit: {failed_attempts: none, failed_attempts_total: 50/s}\n"))
+	require.NoError(t, err)
+	assert.True(t, cfg.RateLimit.FailedAttempts.IsZero())
+	assert.Equal(t, ratelimit.Rate{N: 50, Window: time.Second}, *cfg.RateLimit.FailedAttemptsTotal)
+
+	_, err = Parse([]byte("rate_limit: {failed_attempts_totl: 5/s}\n"))
+	assert.ErrorContains(t, err, `rate_limit.failed_attempts_totl: unknown field (did you mean "failed_attempts_total"?)`)
+}
+
+func TestAMissingPepperIsRefusedOutsideADevelopmentSetup(t *testing.T) {
+	tests := []struct {
+		name, text, pepper string
+		wantErr            string // "" = accepted
+	}{
+		{"a pepper is set", "", "a-long-random-secret", ""},
+		{"no pepper", "", "", "hashing.pepper_env: $EXTAUTHZ_PEPPER is empty or unset"},
+		{"no pepper variable named", "hashing: {pepper_env: \"\"}\n", "a-long-random-secret", "hashing.pepper_env: no pepper variable is named"},
+		{"no pepper in a development setup", "development: true\n", "", ""},
+		{"development: false is production", "development: false\n", "", "development: true"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("EXTAUTHZ_PEPPER", tt.pepper)
+			cfg, err := Parse([]byte(tt.text))
+			require.NoError(t, err, "loading a config never needs the pepper (keys list, revoke)")
+			err = cfg.CheckPepper()
+			if tt.wantErr == "" {
+				assert.NoError(t, err)
+				return
+			}
+			assert.ErrorContains(t, err, tt.wantErr)
+		})
+	}
+}

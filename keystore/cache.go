@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,26 +30,37 @@ type CacheOptions struct {
 	// fail at once (ErrUnavailable), while one lookup per StoreRetry probes
 	// the store; default 1s.
 	StoreRetry time.Duration
-	Logger     *slog.Logger
+	// MaxStale bounds how old an entry may be (since the store last
+	// confirmed it) and still be served when the store cannot be asked;
+	// past it the lookup fails with ErrUnavailable. Default 5 minutes; never
+	// less than TTL, within which every entry is served anyway.
+	MaxStale time.Duration
+	Logger   *slog.Logger
 }
+
+// DefaultMaxStale is CacheOptions.MaxStale when none is given.
+const DefaultMaxStale = 5 * time.Minute
 
 // Cache is the in-process LRU in front of a Store: the only thing on the
 // request path that touches the store. It caches found keys for TTL and
 // unknown hashes for NegativeTTL (in a separate, smaller LRU, so a flood of
 // random keys cannot evict the real ones), collapses concurrent misses on one
-// hash into one store call, serves an expired entry when the store is
-// unreachable, and records last-use times to be written behind.
+// hash into one store call, serves an expired entry for up to MaxStale when
+// the store is unreachable, and records last-use times to be written behind.
 type Cache struct {
 	store Store
 	pos   *lru.Cache[Hash, *entry]
 	neg   *lru.Cache[Hash, time.Time] // hash → when the store said "not found"
 	opts  CacheOptions
 	group singleflight.Group
-	// epochs[h[0]] is bumped when a hash in that shard is invalidated, purge
-	// when everything is: a fill that saw either move is not cached. Sharded
-	// so that a change to one key does not stop fills of unrelated keys.
-	epochs   [256]atomic.Uint64
-	purge    atomic.Uint64
+	// shards[h[0]] orders the fills and invalidations of the hashes whose
+	// first byte is h[0] (see fill). Sharded so that a change to one key
+	// does not hold up fills of unrelated keys.
+	shards [256]shard
+	// gen is bumped by a purge (with every shard locked): entries of older
+	// generations are known but never served.
+	gen      atomic.Uint64
+	hooks    cacheHooks
 	used     chan usage
 	hits     atomic.Uint64
 	misses   atomic.Uint64
@@ -65,11 +77,36 @@ type Cache struct {
 // on the store: one slow reply alone does not fail uncached keys for a while.
 const storeFailuresToOpen = 3
 
+// shard is one lock and invalidation counter of the cache.
+type shard struct {
+	mu    sync.Mutex
+	epoch uint64 // bumped by every invalidation of a hash of the shard
+}
+
+// cacheHooks let tests stop the cache at the points where interleavings
+// matter; nil in production.
+type cacheHooks struct {
+	// filling runs inside fill's critical section, after the epoch check and
+	// before the insert: the window a racing invalidation must not enter.
+	filling func(h Hash)
+	// contended runs when a shard's lock is held by another goroutine.
+	contended func()
+}
+
+// entry is what the cache holds of a key the store found. An invalidated
+// entry stays as a tombstone (or, after a purge, an entry of an older
+// generation): never served, but it remembers that the store knew the
+// hash, so that looking it up again is a refresh, not a guess (Cached).
 type entry struct {
-	key     *Key
+	key     *Key // nil: a tombstone
 	fetched time.Time
+	gen     uint64       // the cache's generation when filled; a purge moves it on
 	touched atomic.Int64 // unix nanos of the last usage report for this key
 }
+
+// servable reports whether e may answer a lookup: not invalidated since
+// it was filled.
+func (e *entry) servable(gen uint64) bool { return e.key != nil && e.gen == gen }
 
 type usage struct {
 	id string
@@ -99,6 +136,10 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 	if opts.StoreRetry <= 0 {
 		opts.StoreRetry = time.Second
 	}
+	if opts.MaxStale <= 0 {
+		opts.MaxStale = DefaultMaxStale
+	}
+	opts.MaxStale = max(opts.MaxStale, opts.TTL)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -107,22 +148,53 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 	return &Cache{store: store, pos: pos, neg: neg, opts: opts, used: make(chan usage, 4096)}
 }
 
+// CacheState is what the cache alone knows of a hash (Cache.Cached).
+type CacheState uint8
+
+const (
+	// CacheUnknown: nothing fresh is cached and the store has not confirmed
+	// the hash here (or its entry was evicted): only the store can answer.
+	CacheUnknown CacheState = iota
+	// CacheExpired: the store confirmed this key before, but its entry is
+	// past the TTL or was invalidated by a change. Asking the store again
+	// is a refresh, not a guess.
+	CacheExpired
+	// CacheAnswered: the cache answers, with a key or with ErrNotFound.
+	CacheAnswered
+)
+
+// Cached answers h from memory alone, never asking the store. With
+// CacheAnswered, the key and error are the answer (the key is shared:
+// callers must not modify it); otherwise Lookup asks the store. It is how
+// the decision tells a lookup that costs nothing from one that costs a
+// store round trip, before paying for it.
+func (c *Cache) Cached(h Hash) (*Key, CacheState, error) {
+	now := c.opts.Now()
+	e, ok := c.pos.Get(h)
+	if ok && now.Sub(e.fetched) < c.opts.TTL && e.servable(c.gen.Load()) {
+		c.hits.Add(1)
+		c.noteUse(e, now)
+		return e.key, CacheAnswered, nil
+	}
+	if at, hit := c.neg.Get(h); hit && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
+		c.hits.Add(1)
+		return nil, CacheAnswered, ErrNotFound
+	}
+	if ok {
+		return nil, CacheExpired, nil
+	}
+	return nil, CacheUnknown, nil
+}
+
 // Lookup returns the key whose hash is h, from the cache when fresh, else
 // from the store. The returned Key is shared: callers must not modify it.
 // Errors: ErrNotFound, or one wrapping ErrUnavailable when the store did not
-// answer and nothing (not even an expired entry) is cached.
+// answer and no entry younger than MaxStale is cached.
 func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
+	if k, state, err := c.Cached(h); state == CacheAnswered {
+		return k, err
+	}
 	now := c.opts.Now()
-	e, ok := c.pos.Get(h)
-	if ok && now.Sub(e.fetched) < c.opts.TTL {
-		c.hits.Add(1)
-		c.noteUse(e, now)
-		return e.key, nil
-	}
-	if at, ok := c.neg.Get(h); ok && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
-		c.hits.Add(1)
-		return nil, ErrNotFound
-	}
 	c.misses.Add(1)
 	var k *Key
 	var err error
@@ -134,7 +206,7 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	}
 	switch {
 	case err == nil:
-		if fresh, ok := c.pos.Peek(h); ok {
+		if fresh, ok := c.pos.Peek(h); ok && fresh.servable(c.gen.Load()) {
 			c.noteUse(fresh, now)
 		}
 		return k, nil
@@ -142,7 +214,10 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 		return nil, err
 	}
 	c.failures.Add(1)
-	if e != nil { // expired, but the best we know while the store is down
+	// The best we know while the store is down: the entry as it is now (an
+	// invalidation since this lookup began has made it a tombstone), if the
+	// store confirmed it recently enough.
+	if e, ok := c.pos.Peek(h); ok && e.servable(c.gen.Load()) && now.Sub(e.fetched) < c.opts.MaxStale {
 		c.stale.Add(1)
 		c.noteUse(e, now)
 		return e.key, nil
@@ -187,30 +262,25 @@ func (c *Cache) asked(err error, probe bool) {
 }
 
 // fetch loads h from the store once for all concurrent callers and caches
-// the answer unless an invalidation raced with it.
+// the answer unless an invalidation of h's shard raced with it.
 func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
-	v, err, _ := c.group.Do(string(h[:]), func() (any, error) {
-		shard, purge := c.epochs[h[0]].Load(), c.purge.Load()
+	sh := &c.shards[h[0]]
+	sh.mu.Lock()
+	epoch := sh.epoch
+	sh.mu.Unlock()
+	// A flight is named by the hash and the epoch it started in, so that a
+	// lookup that begins after an invalidation never takes the answer of a
+	// fetch that began before it.
+	var name [len(Hash{}) + 8]byte
+	copy(name[:], h[:])
+	binary.LittleEndian.PutUint64(name[len(h):], epoch)
+	v, err, _ := c.group.Do(string(name[:]), func() (any, error) {
 		// Detached from the first caller's cancellation: its result is shared.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
 		defer cancel()
 		k, err := c.store.Lookup(fctx, h)
-		now := c.opts.Now()
-		cacheable := c.epochs[h[0]].Load() == shard && c.purge.Load() == purge
-		switch {
-		case err == nil:
-			if cacheable {
-				c.neg.Remove(h)
-				c.pos.Add(h, &entry{key: k, fetched: now})
-			}
-			return k, nil
-		case errors.Is(err, ErrNotFound):
-			if cacheable && c.opts.NegativeTTL > 0 {
-				c.pos.Remove(h)
-				c.neg.Add(h, now)
-			}
-		}
-		return nil, err
+		c.fill(h, epoch, k, err)
+		return k, err
 	})
 	if err != nil {
 		return nil, err
@@ -218,25 +288,76 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	return v.(*Key), nil
 }
 
-// Invalidate forgets h, or everything when h is the zero Hash. It is the
-// callback for Store.Watch.
-func (c *Cache) Invalidate(h Hash) {
-	if h.IsZero() {
-		c.purge.Add(1)
-	} else {
-		c.epochs[h[0]].Add(1)
+// fill caches what the store answered for h when h's shard has not been
+// invalidated since epoch. The check and the insert are one step under the
+// shard's lock, which Invalidate holds while it bumps the epoch and turns
+// the entry into a tombstone: an invalidation either comes before the check
+// (and the fill is dropped) or after the insert (and buries it). A fill can therefore never
+// land after an invalidation of its key, which a plain check-then-insert
+// allows: the invalidation could run between the two.
+func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
+	if err != nil && (!errors.Is(err, ErrNotFound) || c.opts.NegativeTTL <= 0) {
+		return
 	}
+	sh := &c.shards[h[0]]
+	c.lock(sh)
+	defer sh.mu.Unlock()
+	if sh.epoch != epoch {
+		return
+	}
+	if c.hooks.filling != nil {
+		c.hooks.filling(h)
+	}
+	now := c.opts.Now()
+	if err == nil {
+		c.neg.Remove(h)
+		c.pos.Add(h, &entry{key: k, fetched: now, gen: c.gen.Load()})
+		return
+	}
+	c.pos.Remove(h)
+	c.neg.Add(h, now)
+}
+
+// lock takes sh's lock.
+func (c *Cache) lock(sh *shard) {
+	if sh.mu.TryLock() {
+		return
+	}
+	if c.hooks.contended != nil {
+		c.hooks.contended()
+	}
+	sh.mu.Lock()
+}
+
+// Invalidate forgets h, or everything when h is the zero Hash. It is the
+// callback for Store.Watch. A fill of h that started before Invalidate
+// returned is not cached (see fill). What was known of h is never served
+// again, but the hash stays known (a tombstone) until the store is asked.
+func (c *Cache) Invalidate(h Hash) {
 	// The store just spoke (a Watch delivered this). After an outage the
 	// watcher forgets everything; lookups must then ask the store again at
 	// once, not fail for the rest of StoreRetry with nothing left to serve.
 	c.downUntil.Store(0)
-	if h.IsZero() {
-		c.pos.Purge()
-		c.neg.Purge()
+	if !h.IsZero() {
+		sh := &c.shards[h[0]]
+		c.lock(sh)
+		sh.epoch++
+		if c.pos.Contains(h) {
+			c.pos.Add(h, &entry{})
+		}
+		c.neg.Remove(h)
+		sh.mu.Unlock()
 		return
 	}
-	c.pos.Remove(h)
-	c.neg.Remove(h)
+	for i := range c.shards { // in order, so that two purges cannot deadlock
+		c.lock(&c.shards[i])
+		c.shards[i].epoch++
+	}
+	c.gen.Add(1)
+	c.neg.Purge()
+	for i := range c.shards {
+		c.shards[i].mu.Unlock()
+	}
 }
 
 // noteUse queues a last-use report at most once per TouchEvery per key,

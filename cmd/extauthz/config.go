@@ -27,7 +27,13 @@ func configCmd(args []string, stdout io.Writer) error {
 	if src == "" {
 		src = "(built-in defaults)"
 	}
-	fmt.Fprintf(stdout, "config %s: ok\nstore: %s\n\n", src, describeStore(cfg))
+	// A missing pepper fails the check as it would fail serve; in a declared
+	// development setup it is a warning in the report.
+	var warning string
+	if err := requirePepper(cfg, func(msg string) { warning = "warning: " + msg + "\n" }); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "config %s: ok\n%sstore: %s\n\n", src, warning, describeStore(cfg))
 	return policy.Routes.Print(stdout, cfg.Unmatched)
 }
 
@@ -43,4 +49,19 @@ func describeStore(cfg *config.Config) string {
 		return fmt.Sprintf("redis %s, prefix %q", r.URL, r.Prefix)
 	}
 	return "embedded " + cfg.Store.Path
+}
+
+// requirePepper refuses to go on without a hashing pepper unless the config
+// declares a development setup; there it calls warn with a loud message
+// instead. Every command that hashes keys (serve, keys create and rotate)
+// and config check go through it.
+func requirePepper(cfg *config.Config, warn func(msg string)) error {
+	if err := cfg.CheckPepper(); err != nil {
+		return err
+	}
+	if len(cfg.Hashing.Pepper) == 0 {
+		warn(fmt.Sprintf("DEVELOPMENT SETUP, NOT FOR PRODUCTION: no hashing pepper ($%s is empty), so keys are hashed with plain SHA-256 "+
+			"and keys made now stop matching once a pepper is set; allowed only because the config says development: true", cfg.Hashing.PepperEnv))
+	}
+	return nil
 }

@@ -138,6 +138,14 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// create and rotate hash a new key: without the server's pepper it would
+	// never match. list, show and revoke hash nothing, and must work for an
+	// operator who holds the store but not the pepper (an urgent revoke).
+	if sub == "create" || sub == "rotate" {
+		if err := requirePepper(cfg, func(msg string) { fmt.Fprintln(stderr, "extauthz: warning: "+msg) }); err != nil {
+			return fmt.Errorf("keys %s: %w", sub, err)
+		}
+	}
 	be, err := openBackend(cfg)
 	if err != nil {
 		return err

@@ -89,7 +89,7 @@ func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter,
 	counter("extauthz_cache_misses_total", "Key lookups that went to the store.", func() float64 { return float64(cache.Stats().Misses) })
 	counter("extauthz_cache_stale_total", "Expired cache entries served because the store was unreachable.", func() float64 { return float64(cache.Stats().Stale) })
 	counter("extauthz_store_errors_total", "Key store lookups that failed (unreachable, timeout).", func() float64 { return float64(cache.Stats().StoreFailures) })
-	gauge("extauthz_cache_entries", "Keys in the cache.", func() float64 { return float64(cache.Stats().Entries) })
+	gauge("extauthz_cache_entries", "Keys in the cache, changed ones not yet looked up again included.", func() float64 { return float64(cache.Stats().Entries) })
 	gauge("extauthz_cache_negative_entries", "Unknown hashes in the negative cache.", func() float64 { return float64(cache.Stats().NegativeEntries) })
 	counter("extauthz_ratelimit_allowed_total", "Rate-limit checks allowed.", func() float64 { return float64(lim.Stats().Allowed) })
 	counter("extauthz_ratelimit_limited_total", "Rate-limit checks denied (429).", func() float64 { return float64(lim.Stats().Limited) })

@@ -110,19 +110,20 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	if err != nil {
 		return nil, err
 	}
+	if err := requirePepper(cfg, func(msg string) { logger.Warn(msg) }); err != nil {
+		return nil, err
+	}
 	goredis.SetLogger(redisLog{logger})
 	be, err := openBackend(cfg)
 	if err != nil {
 		return nil, err
-	}
-	if len(cfg.Hashing.Pepper) == 0 {
-		logger.Warn("no hashing pepper: keys are stored as plain SHA-256; set " + cfg.Hashing.PepperEnv + " for HMAC-SHA256")
 	}
 	s := &server{cfg: cfg, logger: logger, be: be}
 	s.cache = keystore.NewCache(be.store, keystore.CacheOptions{
 		Size:        cfg.Cache.Size,
 		TTL:         time.Duration(cfg.Cache.TTL),
 		NegativeTTL: time.Duration(cfg.Cache.NegativeTTL),
+		MaxStale:    time.Duration(cfg.Cache.MaxStale),
 		Logger:      logger,
 	})
 	if s.limiter, err = newLimiter(cfg, be); err != nil {
@@ -162,7 +163,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
-	s.http = &http.Server{
+	s.http = decisionLimits.apply(&http.Server{
 		Handler: recoverHTTP(logger, "http", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if s.httpMode.Owns(r) {
 				s.httpMode.ServeHTTP(w, r)
@@ -170,9 +171,8 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 			}
 			mux.ServeHTTP(w, r)
 		})),
-		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10,
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	})
 	if err := s.buildAdmin(mux); err != nil {
 		s.limiter.Close()
 		be.Close()
@@ -207,12 +207,10 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 		}}
 		public.Handle("POST /v1/leaks/github", admin.NewLeakHandler(opts))
 	}
-	s.adminSrv = &http.Server{
-		Handler:           recoverHTTP(s.logger, "admin", admin.New(opts)),
-		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+	s.adminSrv = adminLimits.apply(&http.Server{
+		Handler:  recoverHTTP(s.logger, "admin", admin.New(opts)),
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
-	}
+	})
 	return nil
 }
 

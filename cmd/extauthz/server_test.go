@@ -39,8 +39,18 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
+	// Every server and CLI process of these tests hashes with a pepper, as in
+	// production; a test of the pepper's absence unsets it for itself.
+	os.Setenv(testPepperEnv, testPepper)
 	goleak.VerifyTestMain(m, redistest.LeakOptions()...)
 }
+
+// The pepper every test server and CLI process hashes with, in the variable
+// the default config names.
+const (
+	testPepperEnv = "EXTAUTHZ_PEPPER"
+	testPepper    = "cmd/extauthz test pepper, not a secret"
+)
 
 // testServer is one extauthz server running in this process on free
 // loopback ports, plus a key manager on its own connection to the same
@@ -103,10 +113,21 @@ func startServerFile(t *testing.T, path string) *testServer {
 // adjusts it before it runs.
 func startServerOut(t *testing.T, path string, out serverOutput, tune ...func(*server)) *testServer {
 	t.Helper()
+	return startServerTuned(t, path, out, nil, tune...)
+}
+
+// startServerTuned is startServerOut with pre, when set, called on the
+// built server before it listens (to shrink a listener's timeouts), and
+// tune after it listens, before it serves.
+func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*server), tune ...func(*server)) *testServer {
+	t.Helper()
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
 	srv, err := newServer(cfg, slog.New(slog.NewJSONHandler(out.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), out.audit)
 	require.NoError(t, err)
+	if pre != nil {
+		pre(srv)
+	}
 	require.NoError(t, srv.listen())
 	srv.cfgPath, srv.reloadEvery = path, 20*time.Millisecond
 	for _, f := range tune {

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -162,6 +163,11 @@ func Open(path string) (*Store, error) {
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
+	for _, p := range []string{abs, abs + "-wal", abs + "-shm"} {
+		if err := makePrivate(p); err != nil {
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
 
 	// Every connection of the pool gets these. synchronous=FULL: a key is on
 	// disk once Create returns. _txlock=immediate: every read-write
@@ -203,6 +209,30 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, dbErr(err))
 	}
 	return s, nil
+}
+
+// makePrivate takes the group's and others' permissions off the file at p,
+// if it exists. A file made by an older version or copied in with a loose
+// umask would otherwise go on exposing every key's hash and record to the
+// other users of the machine. Tightening rather than refusing: the file is
+// ours and the fix is safe, and refusing would stop a working server at an
+// upgrade. Only a file whose mode cannot be changed (not ours) is refused.
+func makePrivate(p string) error {
+	fi, err := os.Stat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o077 == 0 {
+		return nil
+	}
+	if err := os.Chmod(p, perm&0o700); err != nil {
+		return fmt.Errorf("%s has mode %04o, open to other users, and cannot be made private (chmod 600 it, as its owner): %w", p, perm, err)
+	}
+	return nil
 }
 
 // migrateRetrying runs migrate, waiting out SQLITE_BUSY: when several

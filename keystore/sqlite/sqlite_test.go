@@ -121,10 +121,35 @@ func TestOpenCreatesAPrivateDirectoryAndFile(t *testing.T) {
 		filepath.Dir(filepath.Dir(path)): 0o700,
 		path:                             0o600,
 		path + "-wal":                    0o600,
+		path + "-shm":                    0o600,
 	} {
 		fi, err := os.Stat(p)
 		require.NoError(t, err)
 		require.Equal(t, want, fi.Mode().Perm(), p)
+	}
+}
+
+func TestOpenMakesAnExistingDatabaseAndItsLogsPrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s := openTest(t, path)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+	require.NoError(t, s.Close())
+	// As an older version, a copy or a loose umask might have left them.
+	require.NoError(t, os.Chmod(path, 0o644))
+	for _, log := range []string{path + "-wal", path + "-shm"} {
+		require.NoError(t, os.WriteFile(log, nil, 0o666))
+		require.NoError(t, os.Chmod(log, 0o666))
+	}
+
+	s = openTest(t, path)
+	got, err := s.Lookup(t.Context(), h)
+	require.NoError(t, err, "the tightened database still works")
+	require.Equal(t, k.ID, got.ID)
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), p)
 	}
 }
 

@@ -1,0 +1,190 @@
+package admin
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// slowLeakServer serves the leak handler on a real listener whose server
+// sets no timeouts of its own, so that only the handler's bounds act on
+// slow clients. It returns the address and the options (to watch slots).
+func slowLeakServer(t *testing.T, e *env, bodyTimeout time.Duration, inFlight int) (string, *LeakOptions) {
+	t.Helper()
+	opts := e.opts
+	opts.Leaks = &LeakOptions{
+		PublicKeys:  map[string]*ecdsa.PublicKey{githubKeyID: &e.github.PublicKey},
+		BodyTimeout: bodyTimeout,
+		MaxInFlight: inFlight,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &http.Server{Handler: NewLeakHandler(opts)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), opts.Leaks
+}
+
+// openReport starts a leak report by hand: the request line and headers,
+// declaring a body of size bytes, and then as much of the body as sent.
+func openReport(t *testing.T, addr string, size int, sent []byte) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"+
+		"Github-Public-Key-Identifier: %s\r\nGithub-Public-Key-Signature: AAAA\r\n\r\n", leakPath, size, githubKeyID)
+	require.NoError(t, err)
+	if len(sent) > 0 {
+		_, err = conn.Write(sent)
+		require.NoError(t, err)
+	}
+	return conn
+}
+
+// awaitClose reads conn until the server closes it (or within passes) and
+// returns the status of the answer it read, if any, and when it closed.
+func awaitClose(conn net.Conn, within time.Duration) (status int, closedAfter time.Duration, err error) {
+	start := time.Now()
+	_ = conn.SetReadDeadline(start.Add(within))
+	r := bufio.NewReader(conn)
+	if resp, rerr := http.ReadResponse(r, nil); rerr == nil {
+		status = resp.StatusCode
+		resp.Body.Close()
+	}
+	_, err = io.Copy(io.Discard, r)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return status, time.Since(start), fmt.Errorf("still open after %v", within)
+	}
+	return status, time.Since(start), nil // EOF or reset: closed
+}
+
+func TestATrickledLeakReportIsCutOffAtTheBodyDeadline(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	const bodyTimeout = 400 * time.Millisecond
+	addr, _ := slowLeakServer(t, e, bodyTimeout, 4)
+	var wg sync.WaitGroup
+	for range 3 {
+		conn := openReport(t, addr, DefaultLeakBodyBytes, []byte("["))
+		wg.Add(2)
+		go func() { // one byte every 50 ms, until the server hangs up
+			defer wg.Done()
+			for {
+				time.Sleep(50 * time.Millisecond)
+				if _, err := conn.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			status, after, err := awaitClose(conn, bodyTimeout+2*time.Second)
+			assert.NoError(t, err, "a trickling client holds its connection")
+			assert.GreaterOrEqual(t, after, bodyTimeout-50*time.Millisecond, "cut off before its deadline")
+			assert.Less(t, after, bodyTimeout+time.Second, "cut off well after its deadline")
+			assert.Equal(t, http.StatusBadRequest, status)
+			t.Logf("a body trickled at 20 B/s: closed after %v (deadline %v)", after.Round(time.Millisecond), bodyTimeout)
+		}()
+	}
+	wg.Wait()
+}
+
+func TestLeakReportsBeyondTheLimitAreRefusedAtOnce(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	addr, lo := slowLeakServer(t, e, 5*time.Second, 4)
+	var stalled []net.Conn
+	for range 4 {
+		stalled = append(stalled, openReport(t, addr, 1000, []byte("[")))
+	}
+	require.Eventually(t, func() bool { return len(lo.inFlight()) == 4 }, 2*time.Second, 5*time.Millisecond, "four reports in flight")
+
+	conn := openReport(t, addr, 1000, []byte("["))
+	start := time.Now()
+	status, after, err := awaitClose(conn, time.Second)
+	require.NoError(t, err, "the refused connection is closed, not drained")
+	assert.Equal(t, http.StatusServiceUnavailable, status)
+	t.Logf("a fifth report: 503 and closed after %v", after.Round(time.Millisecond))
+
+	r := e.reportTo("http://"+addr, leakBody("sk_x"))
+	assert.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+	assert.Equal(t, "unavailable", r.code(t))
+	assert.Equal(t, "1", r.header.Get("Retry-After"))
+	assert.Less(t, time.Since(start), time.Second)
+
+	for _, c := range stalled {
+		c.Close()
+	}
+	require.Eventually(t, func() bool { return len(lo.inFlight()) == 0 }, 2*time.Second, 5*time.Millisecond, "slots come back")
+	assert.Equal(t, http.StatusOK, e.reportTo("http://"+addr, leakBody("sk_x")).status)
+}
+
+// TestStalledLeakBodiesHoldBoundedMemory: 100 clients each send a report
+// of 1 MiB less one byte and stall. Without a bound the server would hold
+// 100 MiB until they gave up; with it, MaxInFlight bodies at most, and
+// every connection is closed within the body deadline.
+func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	const bodyTimeout, inFlight, clients = 2 * time.Second, 4, 100
+	addr, lo := slowLeakServer(t, e, bodyTimeout, inFlight)
+	body := make([]byte, DefaultLeakBodyBytes-1)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	conns := make([]net.Conn, clients)
+	var sent sync.WaitGroup
+	start := time.Now()
+	for i := range conns {
+		conns[i] = openReport(t, addr, DefaultLeakBodyBytes, nil)
+		sent.Add(1)
+		go func() { defer sent.Done(); _, _ = conns[i].Write(body) }() // fails on refused ones
+	}
+	var peak uint64
+	require.Eventually(t, func() bool {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		peak = max(peak, m.HeapAlloc-min(m.HeapAlloc, before.HeapAlloc))
+		return len(lo.inFlight()) == inFlight && peak >= 3<<20
+	}, bodyTimeout, 20*time.Millisecond, "the admitted reports are being read")
+	for range 5 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		peak = max(peak, m.HeapAlloc-min(m.HeapAlloc, before.HeapAlloc))
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d stalled 1 MiB reports: live heap grew by %.1f MiB at most (bound %d in flight)", clients, float64(peak)/(1<<20), inFlight)
+	assert.Less(t, peak, uint64(inFlight*3<<20+4<<20), "memory grows with the reports in flight, not with the clients")
+
+	var slowest time.Duration
+	for _, c := range conns {
+		_, _, err := awaitClose(c, bodyTimeout+2*time.Second-time.Since(start))
+		require.NoError(t, err)
+		slowest = max(slowest, time.Since(start))
+	}
+	sent.Wait()
+	t.Logf("every connection closed within %v of its start (body deadline %v)", slowest.Round(time.Millisecond), bodyTimeout)
+	require.Eventually(t, func() bool { return len(lo.inFlight()) == 0 }, time.Second, 5*time.Millisecond)
+}
+
+// reportTo posts a signed report as report does, to another server.
+func (e *env) reportTo(url string, body []byte) response {
+	e.t.Helper()
+	saved := e.url
+	e.url = url
+	defer func() { e.url = saved }()
+	return e.report(body)
+}
