@@ -19,13 +19,7 @@ func httpFixture(t *testing.T, original string, hops int) (*fixture, *httptest.S
 	s := NewHTTPServer(f.a, HTTPMode{Prefix: "/authz", Original: original, XFFHops: hops}, nil)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.Owns(r) {
-			s.ServeHTTP(w, r)
-			return
-		}
-		mux.ServeHTTP(w, r)
-	}))
+	srv := httptest.NewServer(s.Handler(mux))
 	t.Cleanup(srv.Close)
 	return f, srv
 }

@@ -222,7 +222,7 @@ func TestDecisionsOverGRPC(t *testing.T) {
 				{"double slashes merge", "GET", "//api//users", map[string]string{"x-api-key": reader}, "", 200},
 				{"an encoded slash is a bad request", "GET", "/api%2Fusers", nil, "bad_request", 400},
 				{"an encoded letter is decoded", "GET", "/api/%75sers", map[string]string{"x-api-key": reader}, "", 200},
-				{"case does not dodge a rule", "GET", "/API/REPORTS/x", map[string]string{"x-api-key": reader}, "permission_denied", 403},
+				{"case reaches no rule: literals are case-sensitive", "GET", "/API/REPORTS/x", map[string]string{"x-api-key": reader}, "no_route", 403},
 				{"a trailing slash does not dodge a rule", "GET", "/api/reports/", map[string]string{"x-api-key": reader}, "permission_denied", 403},
 				{"no route", "GET", "/admin", map[string]string{"x-api-key": admin}, "no_route", 403},
 				{"no key", "GET", "/api/users", nil, "missing_key", 401},
