@@ -160,13 +160,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = &http.Server{
-		Handler: recoverHTTP(logger, "http", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if s.httpMode.Owns(r) {
-				s.httpMode.ServeHTTP(w, r)
-				return
-			}
-			mux.ServeHTTP(w, r)
-		})),
+		Handler:           recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10,
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
