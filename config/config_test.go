@@ -23,7 +23,18 @@ func TestAnEmptyFileGivesTheDefaults(t *testing.T) {
 		assert.Equal(t, ratelimit.Rate{N: 1000, Window: time.Hour}, *cfg.RateLimit.Default)
 		assert.Equal(t, "deny", cfg.Unmatched)
 		assert.Equal(t, 1, *cfg.HTTPMode.XFFTrustedHops)
+		assert.Equal(t, Paths{MatrixParams: MatrixReject, CaseInsensitive: false}, cfg.Paths, "the strict path readings")
 	}
+}
+
+func TestThePathReadingsAreOptIn(t *testing.T) {
+	cfg, err := Parse([]byte("paths: {matrix_params: servlet, case_insensitive: true}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, Paths{MatrixParams: MatrixServlet, CaseInsensitive: true}, cfg.Paths)
+
+	cfg, err = Parse([]byte("paths: {case_insensitive: true}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, MatrixReject, cfg.Paths.MatrixParams, "setting one keeps the other's default")
 }
 
 func TestTheSpecExampleParses(t *testing.T) {
@@ -105,6 +116,10 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a redis audit sink without redis", "audit: {sink: redis}", "audit.sink"},
 		{"an http_mode prefix with a trailing slash", "http_mode: {prefix: /authz/}", "http_mode.prefix"},
 		{"a bad http_mode original", "http_mode: {original: header}", "http_mode.original"},
+		{"a bad matrix_params", "paths: {matrix_params: allow}", `paths.matrix_params: "allow": want reject or servlet`},
+		{"a misspelt matrix_params value", "paths: {matrix_params: rejects}", `(did you mean "reject"?)`},
+		{"a misspelt paths field", "paths: {case_insensitve: true}", `paths.case_insensitve: unknown field (did you mean "case_insensitive"?)`},
+		{"a case_insensitive that is not a boolean", "paths: {case_insensitive: sometimes}", "case_insensitive"},
 		{"not a mapping", "- a\n- b\n", "must be a mapping"},
 		{"not YAML", "listen: [", "parse yaml"},
 	}

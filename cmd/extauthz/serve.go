@@ -53,6 +53,15 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	return srv.run(ctx)
 }
 
+// Caps of the gRPC listener beyond authz.MaxCheckRequestBytes: the HTTP/2
+// header list of one call (Envoy's metadata: a few hundred bytes) and the
+// calls one connection may have in flight (Envoy opens another connection
+// past it).
+const (
+	grpcMaxMetadataBytes     = 64 << 10
+	grpcMaxConcurrentStreams = 1024
+)
+
 // gcHeapFloor is how far the heap may grow between collections however
 // little is live (internal/gcfloor): it trades up to this much memory for
 // about four times fewer collections under load with a small cache. GOGC
@@ -138,7 +147,12 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	s.grpc = grpc.NewServer(
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(4<<20),
+		// Caps on what one connection can make the server hold: a
+		// CheckRequest (its headers are capped again inside it, answered
+		// 400), the HTTP/2 metadata of a call, the calls in flight.
+		grpc.MaxRecvMsgSize(authz.MaxCheckRequestBytes),
+		grpc.MaxHeaderListSize(grpcMaxMetadataBytes),
+		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
 		// A fixed pool of stream workers instead of a goroutine per check,
 		// whose fresh stack grows on every call: measured with the load tool,
 		// 30.0 → 26.0 µs of server CPU per check.
