@@ -24,6 +24,7 @@ var (
 	errPathRawReserved    = errors.New("path contains a character that must be percent-encoded")
 	errPathBadUTF8        = errors.New("path contains percent-encoded bytes that are not UTF-8")
 	errPathEncodedUnicode = errors.New("path contains a percent-encoded non-ASCII character, which case-insensitive upstreams may fold")
+	errPathEmptyDotDot    = errors.New("path has a .. after an empty segment (//), which upstreams resolve differently")
 )
 
 const maxPathLen = 8192
@@ -56,7 +57,7 @@ func NormalizePath(raw string) (string, error) { return pathRules{}.normalize(ra
 // reading is on, an encoded ";", a NUL or control character raw or encoded,
 // a malformed or double percent-encoding, raw bytes that must be encoded
 // (non-ASCII, space, quotes, brackets...), encoded bytes that are not UTF-8,
-// and ".." above the root.
+// ".." after an empty segment ("//"), and ".." above the root.
 //
 // It allocates only when the path changes.
 func (pr pathRules) normalize(raw string) (string, error) {
@@ -169,10 +170,19 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 	}
 
 	segs := make([]string, 0, strings.Count(decoded, "/"))
+	empty := false // an empty segment came before
 	for seg := range strings.SplitSeq(decoded[1:], "/") {
 		switch seg {
-		case "", ".":
+		case "":
+			empty = true
+		case ".":
 		case "..":
+			// "/a//../b" is "/b" where "//" merges first (Envoy's
+			// merge_slashes, Go, servlet containers) and "/a/b" where ".."
+			// only removes the empty segment (RFC 3986, WHATWG URLs).
+			if empty {
+				return "", errPathEmptyDotDot
+			}
 			if len(segs) == 0 {
 				return "", errPathEscapes
 			}

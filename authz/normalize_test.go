@@ -64,6 +64,9 @@ func TestNormalizePath(t *testing.T) {
 		{name: "a raw brace is an error", in: "/a/{x}", bad: true},
 		{name: "a raw pipe is an error", in: "/a|b", bad: true},
 		{name: "an encoded space stays encoded", in: "/a%20b", want: "/a%20b"},
+		{name: "a dot-dot after an empty segment is an error", in: "/api/admin//../../public/x", bad: true},
+		{name: "so is an encoded one", in: "/a//%2e%2e/b", bad: true},
+		{name: "a dot-dot before an empty segment is fine", in: "/a/../b//c", want: "/b/c"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
