@@ -25,6 +25,7 @@ var (
 	errPathBadUTF8        = errors.New("path contains percent-encoded bytes that are not UTF-8")
 	errPathEncodedUnicode = errors.New("path contains a percent-encoded non-ASCII character, which case-insensitive upstreams may fold")
 	errPathEmptyDotDot    = errors.New("path has a .. after an empty segment (//), which upstreams resolve differently")
+	errPathEncodedDot     = errors.New("path has a percent-encoded dot segment (%2e), which some upstreams resolve and others take literally")
 )
 
 const maxPathLen = 8192
@@ -57,6 +58,7 @@ func NormalizePath(raw string) (string, error) { return pathRules{}.normalize(ra
 // reading is on, an encoded ";", a NUL or control character raw or encoded,
 // a malformed or double percent-encoding, raw bytes that must be encoded
 // (non-ASCII, space, quotes, brackets...), encoded bytes that are not UTF-8,
+// a percent-encoded dot segment ("%2e%2e") unless the servlet reading is on,
 // ".." after an empty segment ("//"), and ".." above the root.
 //
 // It allocates only when the path changes.
@@ -128,6 +130,13 @@ func (pr pathRules) normalize(raw string) (string, error) {
 func (pr pathRules) normalizeSlow(raw string) (string, error) {
 	if pr.servlet {
 		raw = cutMatrixParams(raw)
+	} else if encodedDotSegment(raw) {
+		// Servlet containers and Envoy's normalize_path decode "%2e%2e" and
+		// climb; Go's ServeMux and other routers that match escaped
+		// segments take it as a segment named "..", so the same request
+		// reaches different handlers. (With the servlet reading, every
+		// upstream is a servlet container, and it climbs.)
+		return "", errPathEncodedDot
 	}
 	var b strings.Builder
 	b.Grow(len(raw))
@@ -198,6 +207,32 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 		out += "/"
 	}
 	return out, nil
+}
+
+// encodedDotSegment reports whether a segment of raw decodes to "." or ".."
+// but is not written so.
+func encodedDotSegment(raw string) bool {
+	for seg := range strings.SplitSeq(raw, "/") {
+		if len(seg) < 3 || len(seg) > 6 || strings.IndexByte(seg, '%') < 0 {
+			continue
+		}
+		dots := 0
+		for i := 0; i < len(seg); i++ {
+			switch {
+			case seg[i] == '.':
+				dots++
+			case seg[i] == '%' && i+2 < len(seg) && seg[i+1] == '2' && (seg[i+2] == 'e' || seg[i+2] == 'E'):
+				dots++
+				i += 2
+			default:
+				dots = 3 // not a dot segment
+			}
+		}
+		if dots <= 2 {
+			return true
+		}
+	}
+	return false
 }
 
 // cutMatrixParams removes ";params" from every segment of raw, as servlet

@@ -122,9 +122,10 @@ func bypassAttempts() []attempt {
 		deny("an encoded backslash", strictPaths, "GET", "/public/..%5capi/admin/x", nil, 400, "bad_request"),
 		deny("a raw backslash", strictPaths, "GET", "/public\\..\\api/admin/x", nil, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
 		deny("dot-dot resolves before matching: no key", strictPaths, "GET", "/public/../api/admin/x", nil, 401, "missing_key"),
-		deny("%2e%2e resolves before matching", strictPaths, "GET", "/public/%2e%2e/api/admin/x", reader, 403, "permission_denied"),
-		deny(".%2e resolves before matching", strictPaths, "GET", "/public/.%2e/api/admin/x", reader, 403, "permission_denied"),
-		deny("%2E. resolves before matching", strictPaths, "GET", "/public/%2E./api/admin/x", reader, 403, "permission_denied"),
+		deny("%2e%2e: Go's ServeMux takes it as a name", strictPaths, "GET", "/public/%2e%2e/api/admin/x", nil, 400, "bad_request"),
+		deny(".%2e out of an admin prefix into a public one", strictPaths, "GET", "/api/admin/x/.%2e/.%2e/.%2e/public/x", nil, 400, "bad_request"),
+		deny("%2E. out of a public prefix", strictPaths, "GET", "/public/%2E./api/admin/x", reader, 400, "bad_request"),
+		deny("an encoded single dot", strictPaths, "GET", "/public/%2e/x", nil, 400, "bad_request"),
 		deny("climbing above the root", strictPaths, "GET", "/public/../../api/admin/x", nil, 400, "bad_request"),
 
 		// Double slashes.
@@ -218,6 +219,7 @@ func bypassAttempts() []attempt {
 		deny("servlet: ..; out of a reader's prefix", servletPaths, "GET", "/api/reports/..;/admin/x", reader, 403, "permission_denied"),
 		allow("servlet: ..; that lands on no route is any valid key's", servletPaths, "GET", "/api/reports/..;/api/admin/x", reader, pass("reader", "x-api-key")),
 		deny("servlet: /.;/ resolves", servletPaths, "GET", "/.;/api/admin/x", reader, 403, "permission_denied"),
+		deny("servlet: %2e%2e resolves, as the container resolves it", servletPaths, "GET", "/public/%2e%2e/api/admin/x", reader, 403, "permission_denied"),
 		deny("servlet: an encoded semicolon is still 400", servletPaths, "GET", "/public/..%3B/api/admin/x", nil, 400, "bad_request"),
 		allow("servlet: a jsessionid parameter", servletPaths, "GET", "/api/users;jsessionid=1", users, pass("users", "x-api-key")),
 		allow("servlet: params on a public path", servletPaths, "GET", "/public/x;a=b", nil, pass("")),
