@@ -26,6 +26,8 @@ var (
 	errPathEncodedUnicode = errors.New("path contains a percent-encoded non-ASCII character, which case-insensitive upstreams may fold")
 	errPathEmptyDotDot    = errors.New("path has a .. after an empty segment (//), which upstreams resolve differently")
 	errPathEncodedDot     = errors.New("path has a percent-encoded dot segment (%2e), which some upstreams resolve and others take literally")
+	errPathDotSegment     = errors.New("path has a . or .. segment, which some upstreams resolve and others take literally (Envoy's normalize_path resolves them)")
+	errPathEmptySegment   = errors.New("path has an empty segment (//), which some upstreams merge and others keep (Envoy's merge_slashes merges them)")
 )
 
 const maxPathLen = 8192
@@ -49,17 +51,23 @@ func NormalizePath(raw string) (string, error) { return pathRules{}.normalize(ra
 // normalize turns a raw path into its canonical form: every byte has one
 // spelling (the characters a path may hold raw are decoded from their
 // percent-encodings, and every other byte keeps or takes an upper-case
-// percent-encoding), "//" is merged, and "." and ".." are resolved. It
-// rejects what upstreams disagree about, so that no spelling of a path can
-// reach a route other than the one extauthz authorised: an encoded "/" or
-// "\", a raw "\" (some servers treat it as a separator), a ";" (servlet
+// percent-encoding). It rejects what upstreams disagree about, so that no
+// spelling of a path can reach a route other than the one extauthz
+// authorised: a path that is not in normal form ("//", a "." or ".."
+// segment, raw or encoded: servlet containers resolve them, Go's ServeMux
+// redirects, Express, Flask and Rails take them literally), an encoded "/"
+// or "\", a raw "\" (some servers treat it as a separator), a ";" (servlet
 // containers cut ";params" off a segment before they resolve dot segments,
-// so "..;" climbs for them and not for anyone else) unless the servlet
-// reading is on, an encoded ";", a NUL or control character raw or encoded,
-// a malformed or double percent-encoding, raw bytes that must be encoded
-// (non-ASCII, space, quotes, brackets...), encoded bytes that are not UTF-8,
-// a percent-encoded dot segment ("%2e%2e") unless the servlet reading is on,
-// ".." after an empty segment ("//"), and ".." above the root.
+// so "..;" climbs for them and not for anyone else), an encoded ";", a NUL
+// or control character raw or encoded, a malformed or double
+// percent-encoding, raw bytes that must be encoded (non-ASCII, space,
+// quotes, brackets...), and encoded bytes that are not UTF-8.
+//
+// With the servlet reading (every upstream is a servlet container), it
+// reads the path as they do instead: ";params" cut from every segment,
+// then the path decoded, "//" merged and dot segments resolved (".." above
+// the root, and ".." after an empty segment, which RFC 3986 resolves
+// otherwise, are still rejected).
 //
 // It allocates only when the path changes.
 func (pr pathRules) normalize(raw string) (string, error) {
@@ -113,9 +121,15 @@ func (pr pathRules) normalize(raw string) (string, error) {
 			}
 			i += 2
 		case c == '/' && i > 0 && raw[i-1] == '/':
+			if !pr.servlet {
+				return "", errPathEmptySegment
+			}
 			clean = false
-		case c == '.' && (i == 0 || raw[i-1] == '/'):
-			clean = false // maybe a dot segment: take the slow path
+		case c == '.' && raw[i-1] == '/' && isDotSegmentAt(raw, i):
+			if !pr.servlet {
+				return "", errPathDotSegment
+			}
+			clean = false
 		}
 	}
 	if clean {
@@ -207,6 +221,16 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 		out += "/"
 	}
 	return out, nil
+}
+
+// isDotSegmentAt reports whether the segment starting at raw[i] is "." or
+// "..".
+func isDotSegmentAt(raw string, i int) bool {
+	seg := raw[i:]
+	if j := strings.IndexByte(seg, '/'); j >= 0 {
+		seg = seg[:j]
+	}
+	return seg == "." || seg == ".."
 }
 
 // encodedDotSegment reports whether a segment of raw decodes to "." or ".."

@@ -15,9 +15,10 @@ func TestNormalizePath(t *testing.T) {
 		{name: "a clean path is unchanged", in: "/api/users", want: "/api/users"},
 		{name: "the query is dropped", in: "/api/users?api_key=x&a=b", want: "/api/users"},
 		{name: "a fragment is dropped", in: "/api/users#frag", want: "/api/users"},
-		{name: "double slashes merge", in: "//api//users", want: "/api/users"},
-		{name: "dot segments resolve", in: "/api/./users", want: "/api/users"},
-		{name: "dot-dot climbs out of a public prefix", in: "/public/../api/users", want: "/api/users"},
+		{name: "double slashes are an error: upstreams merge them or not", in: "//api//users", bad: true},
+		{name: "a dot segment is an error", in: "/api/./users", bad: true},
+		{name: "a dot-dot segment is an error: Express, Flask and Rails take it literally", in: "/public/../api/users", bad: true},
+		{name: "a name that starts with a dot is a name", in: "/.well-known/x/..a/.b.", want: "/.well-known/x/..a/.b."},
 		{name: "an encoded dot-dot is an error: Go's ServeMux takes it literally", in: "/public/%2e%2e/api/users", bad: true},
 		{name: "mixed-case encoded dots too", in: "/public/%2E%2e/api/users", bad: true},
 		{name: "an encoded dot segment", in: "/public/%2e/api/users", bad: true},
@@ -26,9 +27,9 @@ func TestNormalizePath(t *testing.T) {
 		{name: "other escapes stay, with upper-case hex", in: "/api/a%2fb%20c", bad: true},
 		{name: "a space escape stays encoded", in: "/api/a%20c/%41", want: "/api/a%20c/A"},
 		{name: "a trailing slash is kept", in: "/api/users/", want: "/api/users/"},
-		{name: "a trailing dot segment keeps the slash", in: "/api/users/.", want: "/api/users/"},
+		{name: "a trailing dot segment is an error", in: "/api/users/.", bad: true},
 		{name: "the root stays the root", in: "/", want: "/"},
-		{name: "the root with dots stays the root", in: "/a/..", want: "/"},
+		{name: "a trailing dot-dot is an error", in: "/a/..", bad: true},
 		{name: "escaping the root is an error", in: "/../etc/passwd", bad: true},
 		{name: "escaping the root with encoded dots is an error", in: "/%2e%2e/etc", bad: true},
 		{name: "three encoded dots are a name", in: "/a/%2e%2e%2e/b", want: "/a/.../b"},
@@ -69,7 +70,7 @@ func TestNormalizePath(t *testing.T) {
 		{name: "an encoded space stays encoded", in: "/a%20b", want: "/a%20b"},
 		{name: "a dot-dot after an empty segment is an error", in: "/api/admin//../../public/x", bad: true},
 		{name: "so is an encoded one", in: "/a//%2e%2e/b", bad: true},
-		{name: "a dot-dot before an empty segment is fine", in: "/a/../b//c", want: "/b/c"},
+		{name: "a trailing slash is not an empty segment", in: "/a/b/", want: "/a/b/"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,6 +95,12 @@ func TestTheOptInReadings(t *testing.T) {
 		want  string // "" = an error
 	}{
 		{"servlet: ;params are cut before dot segments resolve", servlet, "/public/..;/api/admin/x", "/api/admin/x"},
+		{"servlet: double slashes merge", servlet, "//api//users", "/api/users"},
+		{"servlet: dot segments resolve", servlet, "/api/./users/../x", "/api/x"},
+		{"servlet: a trailing dot segment keeps the slash", servlet, "/api/users/.", "/api/users/"},
+		{"servlet: the root with dots stays the root", servlet, "/a/..", "/"},
+		{"servlet: a dot-dot before an empty segment is fine", servlet, "/a/../b//c", "/b/c"},
+		{"servlet: a dot-dot after one is an error", servlet, "/api/admin//../../public/x", ""},
 		{"servlet: encoded dots with params too", servlet, "/public/%2e%2e;x=1/api/admin", "/api/admin"},
 		{"servlet: a dot with a param", servlet, "/a/.;x/b", "/a/b"},
 		{"servlet: encoded dots resolve, as the container resolves them", servlet, "/public/%2e%2e/api", "/api"},
@@ -122,10 +129,10 @@ func TestTheOptInReadings(t *testing.T) {
 }
 
 func TestNormalizedPathsAreFixedPoints(t *testing.T) {
-	for _, in := range []string{"/a/./b/../c//d/", "/%7euser/x", "/a%20b", "/x/%2ey", "/%3a%40%c3%a9", "/a/100%25"} {
-		once, err := NormalizePath(in)
+	for _, in := range []string{"/a/./b/../c//d/", "/%7euser/x", "/a%20b", "/x/%2ey", "/%3a%40%c3%a9", "/a/100%25", "/a;x/..;/b%2e%2e"} {
+		once, err := pathRules{servlet: true}.normalize(in)
 		assert.NoError(t, err)
-		twice, err := NormalizePath(once)
+		twice, err := pathRules{servlet: true}.normalize(once)
 		assert.NoError(t, err)
 		assert.Equal(t, once, twice, in)
 	}
