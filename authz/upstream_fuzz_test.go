@@ -404,6 +404,8 @@ var modelSeeds = []string{
 	"/public/..%2f..%2fapi/admin/x", "/public\\..\\api/admin/x", "/v1/things%3Alist", "/v1/things%3alist",
 	"/caf%c3%a9/x", "/CAF%C3%A9/x", "/a%20b", "/a b", "/api/users/7", "/api/users/7/", "/keys/x", "/public/x?api_key=1",
 	"/api/reports", "/api/reports/", "/static/x;jsessionid=2/../../api/admin", "/api/users/%2e%2e", "/files/..%3B/api/admin",
+	"/api/admin/../../public/x", "/api/admin/x/../../../public/x", "/public/./x", "/api/users", "/API/USERS", "/api/users/7/..",
+	"//public/x", "/public/x/", "/api/reports/x/..;/..;/admin/y",
 }
 
 // The property holds on the bypasses that once got through; and the
