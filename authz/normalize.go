@@ -188,8 +188,10 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 		i += 2
 	}
 	decoded := b.String()
-	if i := strings.Index(decoded, "%25"); i >= 0 && doubleEncoded(decoded, i) {
-		return "", errPathDoubleEncoded // "%25" + "%34%31" decodes to "%2541"
+	for i := 0; i+2 < len(decoded); i++ {
+		if decoded[i] == '%' && decoded[i+1] == '2' && decoded[i+2] == '5' && doubleEncoded(decoded, i) {
+			return "", errPathDoubleEncoded // "%25" + "%34%31" decodes to "%2541"
+		}
 	}
 
 	segs := make([]string, 0, strings.Count(decoded, "/"))
