@@ -30,7 +30,12 @@ var (
 	errPathEmptySegment   = errors.New("path has an empty segment (//), which some upstreams merge and others keep (Envoy's merge_slashes merges them)")
 )
 
-const maxPathLen = 8192
+// maxPathLen bounds the path without its query; maxTargetLen the request
+// target with it (Envoy's own default bound on all headers is 60 KiB).
+const (
+	maxPathLen   = 8192
+	maxTargetLen = 64 << 10
+)
 
 // pathRules are the opt-in readings of a path (config "paths"); the zero
 // value is the strict default.
@@ -71,6 +76,9 @@ func NormalizePath(raw string) (string, error) { return pathRules{}.normalize(ra
 //
 // It allocates only when the path changes.
 func (pr pathRules) normalize(raw string) (string, error) {
+	if len(raw) > maxTargetLen {
+		return "", errPathTooLong
+	}
 	if i := strings.IndexAny(raw, "?#"); i >= 0 {
 		raw = raw[:i]
 	}
