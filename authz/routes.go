@@ -47,6 +47,7 @@ type segment struct {
 type Routes struct {
 	routes   []*Route
 	foldCase bool // paths.case_insensitive
+	servlet  bool // paths.matrix_params: servlet (for Print)
 }
 
 // matchKind is how a request met the route table.
@@ -63,7 +64,7 @@ const (
 // CompileRoutes checks and compiles the configured routes; paths holds the
 // opt-in path readings (case folding changes how a match is checked).
 func CompileRoutes(specs []config.Route, paths config.Paths) (*Routes, error) {
-	rt := &Routes{foldCase: paths.CaseInsensitive}
+	rt := &Routes{foldCase: paths.CaseInsensitive, servlet: paths.MatrixParams == config.MatrixServlet}
 	scopes := map[string]int{}
 	for i, s := range specs {
 		r, err := compileRoute(s)
@@ -386,17 +387,22 @@ func (rt *Routes) Print(w io.Writer, unmatched string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	cases := "Literal segments match case-sensitively."
+	reading := "Paths: a ';', '//' or a dot segment is 400"
+	if rt.servlet {
+		reading = "Paths (servlet): ;params are cut, '//' merged and dot segments resolved before matching"
+	}
+	cases := "literal segments match case-sensitively."
 	if rt.foldCase {
-		cases = "Literal segments match case-sensitively, and a path whose ASCII letter case decides its route is 400 (paths.case_insensitive)."
+		cases = "literal segments match case-sensitively,\nand a path whose ASCII letter case picks its route, or with encoded non-ASCII, is 400."
 	}
 	_, err := fmt.Fprintf(w, `
-The first route whose pattern matches the path claims it. It decides if it lists
-the method (GET covers HEAD) or lists none; otherwise later routes with the same
-pattern may, and if none lists the method the answer is 403 no_route: a method
-never falls through to a broader route or to "anything else".
-/x matches only /x; /x/ matches /x and /x/; /x/** matches /x, /x/ and below. A path
-ending in / that gets another route without the slash is 400. %s
-`, cases)
+Methods: the first route whose pattern matches the path claims it, and decides if it
+lists the method (GET covers HEAD) or none; otherwise later routes with the same
+pattern may; if none lists it, 403 no_route. A method never falls through to a
+broader route or to "anything else".
+Slashes: /x matches only /x; /x/ matches /x and /x/; /x/** matches /x, /x/ and below;
+a path ending in / that gets another route without the slash is 400.
+%s; %s
+`, reading, cases)
 	return err
 }

@@ -200,7 +200,22 @@ func TestPrintRouteTable(t *testing.T) {
 	assert.Contains(t, out, "delete:users")
 	assert.Contains(t, out, "(anything else)")
 	assert.Contains(t, out, "403 no_route")
-	assert.Contains(t, out, "never falls through to a broader route")
+	assert.Contains(t, out, "A method never falls through to a\nbroader route")
+	assert.Contains(t, out, "a ';', '//' or a dot segment is 400")
+}
+
+func TestPrintSaysHowPathsAreRead(t *testing.T) {
+	for _, tt := range []struct {
+		paths config.Paths
+		want  string
+	}{
+		{config.Paths{MatrixParams: config.MatrixServlet}, "Paths (servlet): ;params are cut, '//' merged and dot segments resolved"},
+		{config.Paths{CaseInsensitive: true}, "a path whose ASCII letter case picks its route, or with encoded non-ASCII, is 400"},
+	} {
+		var b bytes.Buffer
+		require.NoError(t, compile(t, tt.paths, config.Route{Path: "/a"}).Print(&b, "deny"))
+		assert.Contains(t, b.String(), tt.want)
+	}
 }
 
 func BenchmarkRouteMatch(b *testing.B) {

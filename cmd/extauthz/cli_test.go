@@ -93,7 +93,7 @@ routes:
 	require.Equal(t, 0, code, errOut)
 	assert.Contains(t, out, "ok")
 	assert.Contains(t, out, "GET (+HEAD)")
-	assert.Contains(t, out, "a method\nnever falls through to a broader route")
+	assert.Contains(t, out, "A method never falls through to a\nbroader route")
 	warnings := strings.Split(strings.TrimSpace(errOut), "\n")
 	require.Len(t, warnings, 2, errOut)
 	assert.Contains(t, warnings[0], `warning: routes[1] "/api/admin/**" is never reached: routes[0] "/api/**" comes first`)
