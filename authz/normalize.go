@@ -91,6 +91,9 @@ func (pr pathRules) normalize(raw string) (string, error) {
 	clean := true
 	for i := 0; i < len(raw); i++ {
 		c := raw[i]
+		if plainInPath[c] {
+			continue // most bytes: one table load
+		}
 		switch {
 		case c < 0x20 || c == 0x7f:
 			return "", errPathControl
@@ -336,6 +339,16 @@ func rawInPath(c byte) bool {
 	}
 	return false
 }
+
+// plainInPath marks the bytes the fast scan passes without a second look:
+// those a canonical path holds raw, but for "/", "." and ";" (which may
+// start an empty segment, a dot segment or parameters).
+var plainInPath = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = rawInPath(byte(c)) && c != '.'
+	}
+	return t
+}()
 
 // mustEncode reports whether c may not appear raw in a path (RFC 3986): it
 // is accepted only percent-encoded, so that it has one spelling.
