@@ -43,6 +43,7 @@ load-scale: ## 1M keys in Redis, cache 100k, Zipf traffic: hit ratio, p99, RSS; 
 
 fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz run in every plain test run too)
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzRouteAgainstUpstreams$$' -fuzztime $(FUZZTIME) ./authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheck$$' -fuzztime $(FUZZTIME) ./authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckMessages$$' -fuzztime $(FUZZTIME) ./authz/

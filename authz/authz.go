@@ -51,6 +51,9 @@ type Decision struct {
 	// limits is step 9's scratch space: the limits go to the Limiter
 	// interface, so a local array would be moved to the heap on every check.
 	limits [2]ratelimit.Limit
+	// policy is the policy the decision was made under: the adapters read
+	// the sources from it, never from a policy a reload swapped in since.
+	policy *Policy
 }
 
 // Allowed reports whether the request may proceed.
@@ -60,6 +63,7 @@ func (d Decision) Allowed() bool { return d.Code == "" }
 // whole on reload.
 type Policy struct {
 	Routes       *Routes
+	paths        pathRules
 	Authenticate bool // unmatched routes need only a valid key
 	Sources      []Source
 	Format       keystore.Format
@@ -74,7 +78,7 @@ type Policy struct {
 
 // NewPolicy compiles the decision's part of cfg.
 func NewPolicy(cfg *config.Config) (*Policy, error) {
-	routes, err := CompileRoutes(cfg.Routes)
+	routes, err := CompileRoutes(cfg.Routes, cfg.Paths)
 	if err != nil {
 		return nil, err
 	}
@@ -87,6 +91,7 @@ func NewPolicy(cfg *config.Config) (*Policy, error) {
 	}
 	p := &Policy{
 		Routes:       routes,
+		paths:        newPathRules(cfg.Paths),
 		Authenticate: cfg.Unmatched == "authenticate",
 		Sources:      compileSources(cfg.Sources),
 		Format:       format,
@@ -136,6 +141,7 @@ func (a *Authorizer) Policy() *Policy { return a.policy.Load() }
 // can keep it on the stack).
 func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	p := a.policy.Load()
+	d.policy = p
 	now := a.now()
 
 	// 1. Normalise method, path and client IP.
@@ -143,13 +149,12 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 		return
 	}
 	// 2. Route.
-	if d.Route = p.Routes.Match(d.Method, d.Path); d.Route == nil && !p.Authenticate {
-		d.deny(CodeNoRoute, "")
+	if !route(p, d) {
 		return
 	}
 	// 3. Find the key (every present source is noted, so all are stripped).
-	key, found := findKey(p, req, d)
-	if d.Route != nil && d.Route.Public {
+	key, found, ok := findKey(p, req, d)
+	if !ok || d.Route != nil && d.Route.Public {
 		return
 	}
 	// 3–7. Present, well-formed, known, live, from an allowed address.
@@ -169,11 +174,13 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 // route, permission or rate limit. It is how the admin API knows its caller.
 func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
 	p := a.policy.Load()
+	d.policy = p
 	if !a.normalize(p, req, d) {
 		return
 	}
-	key, found := findKey(p, req, d)
-	a.checkKey(ctx, p, key, found, a.now(), d)
+	if key, found, ok := findKey(p, req, d); ok {
+		a.checkKey(ctx, p, key, found, a.now(), d)
+	}
 }
 
 // checkKey runs steps 3 (missing) to 7 on the credential found.
@@ -218,12 +225,16 @@ func (d *Decision) deny(c Code, msg string) {
 }
 
 func (a *Authorizer) normalize(p *Policy, req *Request, d *Decision) bool {
-	method, ok := normalizeMethod(req.Method)
-	if !ok {
-		d.deny(CodeBadRequest, "malformed request: bad method")
+	if req.Malformed != "" {
+		d.deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false
 	}
-	path, err := NormalizePath(req.Path)
+	method, ok := normalizeMethod(req.Method)
+	if !ok {
+		d.deny(CodeBadRequest, "malformed request: the method must be an upper-case token")
+		return false
+	}
+	path, err := p.paths.normalize(req.Path)
 	if err != nil {
 		d.deny(CodeBadRequest, "malformed request: "+err.Error())
 		return false
@@ -237,14 +248,41 @@ func (a *Authorizer) normalize(p *Policy, req *Request, d *Decision) bool {
 	return true
 }
 
+// route is step 2: the route that decides the request (Routes.match), or
+// the denial.
+func route(p *Policy, d *Decision) bool {
+	r, k := p.Routes.match(d.Method, d.Path)
+	switch k {
+	case matchRoute:
+		d.Route = r
+		return true
+	case matchNone:
+		if p.Authenticate {
+			return true
+		}
+		d.deny(CodeNoRoute, "")
+	case matchWrongMethod:
+		d.deny(CodeNoRoute, "no route allows "+d.Method+" on this path")
+	case matchSlashVaries:
+		d.deny(CodeBadRequest, "malformed request: the path gets another route without its trailing slash")
+	case matchCaseVaries:
+		d.deny(CodeBadRequest, "malformed request: the letter case of the path decides its route")
+	}
+	return false
+}
+
 // findKey returns the value of the first present source and marks every
-// present source in d.Present.
-func findKey(p *Policy, req *Request, d *Decision) (string, bool) {
-	var key string
-	found := false
+// present source in d.Present. A request that names a credential in a
+// spelling some upstream reads as a source's, but the proxy does not strip
+// (Source.lookup, headerAliasesSource), is denied 400 and ok is false.
+func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) {
 	for i, s := range p.Sources {
-		v, ok := s.lookup(req)
-		if !ok {
+		v, present, ambiguous := s.lookup(req)
+		if ambiguous {
+			d.deny(CodeBadRequest, "malformed request: a "+s.Kind()+" name reads as the credential's but is spelt differently")
+			return "", false, false
+		}
+		if !present {
 			continue
 		}
 		d.Present |= 1 << i
@@ -252,7 +290,11 @@ func findKey(p *Policy, req *Request, d *Decision) (string, bool) {
 			key, found = v, true
 		}
 	}
-	return key, found
+	if headerAliasesSource(req, p.Sources) {
+		d.deny(CodeBadRequest, "malformed request: a header name reads as the credential header's but is spelt differently")
+		return "", false, false
+	}
+	return key, found, true
 }
 
 // lookup finds the key's record. The cache answers most checks; a key it
@@ -359,7 +401,9 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate})
 	}
 	if d.Route != nil && !d.Route.RateLimit.IsZero() {
-		limits = append(limits, ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.ID, Scope: d.Route.Pattern, Rate: d.Route.RateLimit})
+		// Counted per route, not per pattern: GET and DELETE on one pattern
+		// are two routes with two limits.
+		limits = append(limits, ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.ID, Scope: d.Route.scope, Rate: d.Route.RateLimit})
 	}
 	if len(limits) == 0 {
 		return

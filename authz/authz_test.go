@@ -140,13 +140,18 @@ func TestDecisionTable(t *testing.T) {
 		{name: "step 7: an IPv4-mapped IPv6 peer matches the v4 CIDR", req: Request{Path: "/api/users", Peer: "::ffff:10.9.9.9", Headers: HeaderMap{"x-api-key": f.good}}, keyID: "key_good"},
 		{name: "step 7: X-Forwarded-For is not trusted by default", req: Request{Path: "/api/users", Peer: "192.168.1.1", Headers: HeaderMap{"x-api-key": f.good, "x-forwarded-for": "10.0.0.1"}}, code: CodeIPNotAllowed},
 		{name: "step 8: a missing permission is named", req: Request{Path: "/api/reports/x", Headers: HeaderMap{"x-api-key": f.good}}, code: CodePermissionDenied, message: `missing permission "read:reports"`},
-		{name: "attack: dot-dot out of a public path", req: Request{Path: "/healthz/../api/users"}, code: CodeMissingKey},
-		{name: "attack: encoded dot-dot out of a public path", req: Request{Path: "/healthz/%2e%2e/api/reports/x", Headers: HeaderMap{"x-api-key": f.good}}, code: CodePermissionDenied},
-		{name: "attack: upper case does not dodge a rule", req: Request{Path: "/API/REPORTS/x", Headers: HeaderMap{"x-api-key": f.good}}, code: CodePermissionDenied},
+		{name: "attack: dot-dot out of a public path is a bad request", req: Request{Path: "/healthz/../api/users"}, code: CodeBadRequest},
+		{name: "attack: encoded dot-dot out of a public path is a bad request", req: Request{Path: "/healthz/%2e%2e/api/reports/x", Headers: HeaderMap{"x-api-key": f.good}}, code: CodeBadRequest},
+		{name: "attack: upper case reaches no rule (literals are case-sensitive)", req: Request{Path: "/API/REPORTS/x", Headers: HeaderMap{"x-api-key": f.good}}, code: CodeNoRoute},
+		{name: "attack: a trailing slash that changes the route is a bad request", req: Request{Path: "/api/users/", Headers: HeaderMap{"x-api-key": f.good}}, code: CodeBadRequest},
+		{name: "attack: a lower-case method is a bad request", req: Request{Method: "get", Path: "/api/users", Headers: HeaderMap{"x-api-key": f.good}}, code: CodeBadRequest},
+		{name: "attack: a semicolon is a bad request", req: Request{Path: "/healthz;x/../api/users", Headers: HeaderMap{"x-api-key": f.good}}, code: CodeBadRequest},
+		{name: "attack: HEAD takes the GET route", req: Request{Method: "HEAD", Path: "/api/users", Headers: HeaderMap{"x-api-key": f.perms}}, keyID: "key_perms"},
+		{name: "attack: OPTIONS on a GET-only path is no route", req: Request{Method: "OPTIONS", Path: "/api/users", Headers: HeaderMap{"x-api-key": f.admin}}, code: CodeNoRoute, message: "no route allows OPTIONS on this path"},
 		{name: "attack: an encoded letter does not dodge a rule", req: Request{Path: "/api/%72eports/x", Headers: HeaderMap{"x-api-key": f.good}}, code: CodePermissionDenied},
 		{name: "attack: a key with a NUL is invalid", req: Request{Path: "/api/users", Headers: HeaderMap{"x-api-key": "legacy\x00key-0123456789"}}, code: CodeInvalidKey},
 		{name: "attack: a 64 KB header is invalid, not a crash", req: Request{Path: "/api/users", Headers: HeaderMap{"x-api-key": strings.Repeat("k", 64<<10)}}, code: CodeInvalidKey},
-		{name: "a legacy-format key works", req: Request{Path: "/api/users/", Method: "GET", Headers: HeaderMap{"x-api-key": f.other}}, code: CodePermissionDenied},
+		{name: "a legacy-format key works", req: Request{Path: "/api/users", Method: "GET", Headers: HeaderMap{"x-api-key": f.other}}, code: CodePermissionDenied},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

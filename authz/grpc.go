@@ -103,34 +103,62 @@ func LogPanic(logger *slog.Logger, where string, r any) {
 }
 
 // RequestFromCheck reads the attributes of a CheckRequest; any part may be
-// missing (the getters are nil-safe), which step 1 then rejects.
+// missing (the getters are nil-safe), which step 1 then rejects. A request
+// past MaxHeaders or MaxHeaderBytes gets no headers and Malformed set.
 func RequestFromCheck(in *authv3.CheckRequest) Request {
 	attrs := in.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
-	headers := h.GetHeaders()
-	if len(headers) == 0 && h.GetHeaderMap() != nil {
-		// Envoy with encode_raw_headers sends header_map instead.
-		headers = make(map[string]string, len(h.GetHeaderMap().GetHeaders()))
-		for _, hv := range h.GetHeaderMap().GetHeaders() {
-			name := strings.ToLower(hv.GetKey())
-			v := hv.GetValue()
-			if v == "" {
-				v = string(hv.GetRawValue())
-			}
-			if prev, ok := headers[name]; ok {
-				v = prev + "," + v
-			}
-			headers[name] = v
-		}
-	}
-	return Request{
+	req := Request{
 		Method:         h.GetMethod(),
 		Path:           h.GetPath(),
 		Host:           h.GetHost(),
-		Headers:        HeaderMap(headers),
 		Peer:           attrs.GetSource().GetAddress().GetSocketAddress().GetAddress(),
 		XFFTrustedHops: -1,
 	}
+	var budget headerBudget
+	headers := h.GetHeaders()
+	for k, v := range headers {
+		req.names.note(k)
+		if !budget.add(k, v) {
+			req.Malformed = errTooManyHeaders
+		}
+	}
+	if len(headers) == 0 && h.GetHeaderMap() != nil {
+		headers = joinHeaderMap(h.GetHeaderMap().GetHeaders(), &budget, &req.names)
+		if headers == nil {
+			req.Malformed = errTooManyHeaders
+		}
+	}
+	if req.Malformed != "" {
+		headers = nil
+	}
+	req.Headers = HeaderMap(headers)
+	return req
+}
+
+// joinHeaderMap reads Envoy's header_map (encode_raw_headers): names
+// lower-cased, the values of a repeated name joined with "," as Envoy joins
+// them in the headers map. It is linear in the entries (each name's values
+// are joined once), and returns nil past the budget.
+func joinHeaderMap(entries []*corev3.HeaderValue, budget *headerBudget, names *headerNames) map[string]string {
+	values := make(map[string][]string, len(entries))
+	for _, hv := range entries {
+		v := hv.GetValue()
+		if v == "" {
+			v = string(hv.GetRawValue())
+		}
+		if !budget.add(hv.GetKey(), v) {
+			return nil
+		}
+		name := strings.ToLower(hv.GetKey())
+		names.note(name)
+		values[name] = append(values[name], v)
+	}
+	headers := make(map[string]string, len(values))
+	for name, vs := range values {
+		headers[name] = strings.Join(vs, ",")
+	}
+	return headers
 }
 
 // okResponse is an allowed CheckResponse in one allocation: its messages
@@ -165,8 +193,8 @@ func (s *CheckServer) response(req *Request, d *Decision) *authv3.CheckResponse 
 		ok.Headers = s.identityMemo().options(d.Key)
 	}
 	remove := r.remove[:0]
-	p := s.Authz.Policy()
-	for i, src := range p.Sources {
+	var cookies []string // present cookie sources, stripped in one rewrite
+	for i, src := range d.policy.Sources {
 		if d.Present&(1<<i) == 0 {
 			continue
 		}
@@ -176,18 +204,21 @@ func (s *CheckServer) response(req *Request, d *Decision) *authv3.CheckResponse 
 		case sourceQuery:
 			ok.QueryParametersToRemove = append(ok.QueryParametersToRemove, src.name)
 		case sourceCookie:
-			// A cookie header that is not UTF-8 (possible with Envoy's
-			// encode_raw_headers) cannot travel in the response proto: drop the
-			// whole header rather than fail the check or pass the credential on.
-			if rest := CookieWithout(req.Headers.Get("cookie"), src.name); rest != "" && utf8.ValidString(rest) {
-				// Appending copies: the memoized options are full (len == cap).
-				ok.Headers = append(ok.Headers, headerOptions([]Header{{Key: "cookie", Value: rest}})...)
-			} else {
-				remove = append(remove, "cookie")
-			}
+			cookies = append(cookies, src.name)
 		}
 	}
-	ok.HeadersToRemove = appendSpoofed(remove, req.Headers, d.Key != nil)
+	if len(cookies) > 0 {
+		// A cookie header that is not UTF-8 (possible with Envoy's
+		// encode_raw_headers) cannot travel in the response proto: drop the
+		// whole header rather than fail the check or pass the credential on.
+		if rest := CookieWithout(req.Headers.Get("cookie"), cookies...); rest != "" && utf8.ValidString(rest) {
+			// Appending copies: the memoized options are full (len == cap).
+			ok.Headers = append(ok.Headers, headerOptions([]Header{{Key: "cookie", Value: rest}})...)
+		} else {
+			remove = append(remove, "cookie")
+		}
+	}
+	ok.HeadersToRemove = appendSpoofed(remove, req, d.Key != nil, false)
 	if d.HasRateLimit {
 		ok.ResponseHeadersToAdd = headerOptions(d.ResponseHeaders(buf[:0]))
 	}
@@ -201,44 +232,6 @@ func (s *CheckServer) identityMemo() *identityMemo {
 	}
 	s.identity.CompareAndSwap(nil, newIdentityMemo())
 	return s.identity.Load()
-}
-
-// appendSpoofed appends every client-sent x-authz-* header, except, when
-// identity headers are set (keepIdentity), the four that overwrite them.
-func appendSpoofed(remove []string, h Headers, keepIdentity bool) []string {
-	switch h := h.(type) {
-	case HeaderMap:
-		for name := range h {
-			remove = appendIfSpoofed(remove, name, keepIdentity)
-		}
-	case *headerList:
-		for i, e := range *h {
-			if hasIdentityPrefix(e.Key) && !h.shadowed(i) {
-				remove = appendIfSpoofed(remove, e.Key, keepIdentity)
-			}
-		}
-	}
-	return remove
-}
-
-func hasIdentityPrefix(name string) bool {
-	return len(name) > len(IdentityPrefix) && strings.EqualFold(name[:len(IdentityPrefix)], IdentityPrefix)
-}
-
-func appendIfSpoofed(remove []string, name string, keepIdentity bool) []string {
-	if !utf8.ValidString(name) {
-		return remove // not a valid header name; Envoy's codec rejects such requests
-	}
-	if !hasIdentityPrefix(name) {
-		return remove
-	}
-	if keepIdentity {
-		switch strings.ToLower(name) {
-		case HeaderKeyID, HeaderKeyName, HeaderOwner, HeaderPermissions:
-			return remove
-		}
-	}
-	return append(remove, name)
 }
 
 // headerOptions turns headers into Envoy's form, each overwriting any header

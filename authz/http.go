@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -29,7 +28,7 @@ func NewHTTPMode(cfg *config.Config) HTTPMode {
 // HTTP auth service: Envoy's http_service, nginx auth_request, Traefik
 // ForwardAuth, Caddy forward_auth. Allow is exactly 200 with the identity
 // and rate-limit headers; a denial is the status, headers and JSON body of
-// SPEC §3.
+// the gRPC mode's denials. Serve it with Handler.
 type HTTPServer struct {
 	Authz    *Authorizer
 	Observer Observer // may be nil
@@ -46,29 +45,47 @@ func NewHTTPServer(a *Authorizer, mode HTTPMode, obs Observer) *HTTPServer {
 // SetMode swaps the mode (hot reload).
 func (s *HTTPServer) SetMode(m HTTPMode) { s.mode.Store(&m) }
 
-// Owns reports whether the request is a decision request: its raw path is
-// the prefix or below it ("/authz", "/authz/..."), never "/authzfoo". It
-// looks at the raw request target so that no path cleaning (or redirect) by
-// a router runs first.
-func (s *HTTPServer) Owns(r *http.Request) bool {
-	p := s.mode.Load().Prefix
+// Handler returns the HTTP listener's handler: decision requests (the raw
+// request target is the prefix or below it: "/authz", "/authz/...", never
+// "/authzfoo") are answered here, everything else goes to other. It looks
+// at the raw request target so that no path cleaning (or redirect) by a
+// router runs first, and it reads the mode once per request, so that a
+// reload cannot make it recognise a request by one prefix and read it by
+// another.
+func (s *HTTPServer) Handler(other http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mode := s.mode.Load()
+		if !mode.owns(r) {
+			other.ServeHTTP(w, r)
+			return
+		}
+		s.serve(w, r, mode)
+	})
+}
+
+// owns reports whether r is a decision request under m.
+func (m *HTTPMode) owns(r *http.Request) bool {
 	raw := r.RequestURI
-	if raw == "" || raw[0] != '/' {
+	if raw == "" || raw[0] != '/' || !strings.HasPrefix(raw, m.Prefix) {
 		return false
 	}
-	if !strings.HasPrefix(raw, p) {
-		return false
-	}
-	rest := raw[len(p):]
+	rest := raw[len(m.Prefix):]
 	return rest == "" || rest[0] == '/' || rest[0] == '?'
 }
 
 var errMissingOriginal = errors.New("missing original request header")
 
-// ServeHTTP answers one decision request.
-func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// serve answers one decision request under mode.
+//
+// Allow is 200 with the identity headers on every allow, empty on a public
+// route (so that a proxy that copies them, such as Envoy's http_service,
+// overwrites a client's, and nginx sends none), and
+// x-envoy-auth-headers-to-remove naming the credential headers and every
+// client header that reads as an x-authz- one except those the identity
+// headers overwrite. Envoy applies that list after it sets the identity
+// headers; other proxies need their own configuration (deploy/proxies).
+func (s *HTTPServer) serve(w http.ResponseWriter, r *http.Request, mode *HTTPMode) {
 	start := time.Now()
-	mode := s.mode.Load()
 	req, err := originalRequest(r, mode)
 	var d Decision
 	if err != nil {
@@ -84,9 +101,12 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, hv := range d.IdentityHeaders(nil) {
 			h.Set(hv.Key, hv.Value)
 		}
-		if names := s.credentialHeaders(&d); names != "" {
-			// Envoy removes these from the upstream request; other proxies
-			// need their own configuration (see the README).
+		if d.Key == nil {
+			for _, name := range [...]string{HeaderKeyID, HeaderKeyName, HeaderOwner, HeaderPermissions} {
+				h.Set(name, "")
+			}
+		}
+		if names := removedHeaders(&req, &d); names != "" {
 			h.Set("x-envoy-auth-headers-to-remove", names)
 		}
 		w.WriteHeader(http.StatusOK)
@@ -99,14 +119,16 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// credentialHeaders names the present header sources, comma-separated.
-func (s *HTTPServer) credentialHeaders(d *Decision) string {
+// removedHeaders names, comma-separated, the headers the upstream must not
+// get: the present header sources and the spoofed identity headers.
+func removedHeaders(req *Request, d *Decision) string {
 	var names []string
-	for i, src := range s.Authz.Policy().Sources {
+	for i, src := range d.policy.Sources {
 		if d.Present&(1<<i) != 0 && src.kind == sourceHeader {
 			names = append(names, src.name)
 		}
 	}
+	names = appendSpoofed(names, req, d.Key != nil, true)
 	return strings.Join(names, ", ")
 }
 
@@ -120,6 +142,15 @@ func originalRequest(r *http.Request, mode *HTTPMode) (Request, error) {
 		Headers:        httpHeaders(r.Header),
 		Peer:           hostOnly(r.RemoteAddr),
 		XFFTrustedHops: mode.XFFHops,
+	}
+	var budget headerBudget
+	for k, vs := range r.Header {
+		req.names.note(k)
+		for _, v := range vs {
+			if !budget.add(k, v) {
+				req.Malformed = errTooManyHeaders
+			}
+		}
 	}
 	switch mode.Original {
 	case "x-original":
@@ -143,27 +174,6 @@ func originalRequest(r *http.Request, mode *HTTPMode) (Request, error) {
 		return req, errMissingOriginal
 	}
 	return req, nil
-}
-
-// httpHeaders reads http.Header by lower-case name. A header sent on
-// several lines is joined as Envoy joins it (", "; "; " for cookies), not
-// cut to its first line: with X-Forwarded-For the first line may be the
-// client's own and the trusted hops are at the end; with a credential, two
-// values make one invalid key rather than a silent choice.
-type httpHeaders http.Header
-
-func (h httpHeaders) Get(name string) string {
-	vals := h[textproto.CanonicalMIMEHeaderKey(name)]
-	switch len(vals) {
-	case 0:
-		return ""
-	case 1:
-		return vals[0]
-	}
-	if name == "cookie" {
-		return strings.Join(vals, "; ")
-	}
-	return strings.Join(vals, ",")
 }
 
 func hostOnly(addr string) string {

@@ -19,13 +19,7 @@ func httpFixture(t *testing.T, original string, hops int) (*fixture, *httptest.S
 	s := NewHTTPServer(f.a, HTTPMode{Prefix: "/authz", Original: original, XFFHops: hops}, nil)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.Owns(r) {
-			s.ServeHTTP(w, r)
-			return
-		}
-		mux.ServeHTTP(w, r)
-	}))
+	srv := httptest.NewServer(s.Handler(mux))
 	t.Cleanup(srv.Close)
 	return f, srv
 }
@@ -69,7 +63,7 @@ func TestHTTPModePath(t *testing.T) {
 		{"a query right after the prefix is the root's", "GET", "/authz?api_key=x", nil, 403, "no_route"},
 		{"no key", "GET", "/authz/api/users", nil, 401, "missing_key"},
 		{"an untrusted first XFF hop is ignored", "GET", "/authz/api/users", map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "10.0.0.7, 6.6.6.6"}, 403, "ip_not_allowed"},
-		{"dot-dot is resolved, not redirected", "GET", "/authz/healthz/../api/reports/x", xff, 403, "permission_denied"},
+		{"dot-dot is answered, not redirected", "GET", "/authz/healthz/../api/reports/x", xff, 400, "bad_request"},
 		{"an encoded slash is a bad request", "GET", "/authz/api%2Fusers", xff, 400, "bad_request"},
 		{"X-Forwarded-Uri is ignored in path mode", "GET", "/authz/api/reports/x", map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Uri": "/api/users"}, 403, "permission_denied"},
 	}

@@ -3,31 +3,82 @@ package authz
 import (
 	"errors"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/extauthz/extauthz/config"
 )
 
 // Errors from NormalizePath. Their text is safe to show a client.
 var (
-	errPathNotAbsolute = errors.New("path must start with /")
-	errPathEscapes     = errors.New("path climbs above the root")
-	errPathEncodedSep  = errors.New("path contains an encoded / or \\")
-	errPathBackslash   = errors.New("path contains a backslash")
-	errPathControl     = errors.New("path contains a control character")
-	errPathBadEscape   = errors.New("path contains a malformed percent-encoding")
-	errPathTooLong     = errors.New("path is too long")
+	errPathNotAbsolute    = errors.New("path must start with /")
+	errPathEscapes        = errors.New("path climbs above the root")
+	errPathEncodedSep     = errors.New("path contains an encoded / or \\")
+	errPathBackslash      = errors.New("path contains a backslash")
+	errPathControl        = errors.New("path contains a control character")
+	errPathBadEscape      = errors.New("path contains a malformed percent-encoding")
+	errPathTooLong        = errors.New("path is too long")
+	errPathSemicolon      = errors.New("path contains ';' (matrix parameters are not accepted)")
+	errPathEncodedSemi    = errors.New("path contains an encoded ;")
+	errPathDoubleEncoded  = errors.New("path contains a percent-encoded percent-encoding")
+	errPathRawNonASCII    = errors.New("path contains a byte that is not ASCII; percent-encode it")
+	errPathRawReserved    = errors.New("path contains a character that must be percent-encoded")
+	errPathBadUTF8        = errors.New("path contains percent-encoded bytes that are not UTF-8")
+	errPathEncodedUnicode = errors.New("path contains a percent-encoded non-ASCII character, which case-insensitive upstreams may fold")
+	errPathEmptyDotDot    = errors.New("path has a .. after an empty segment (//), which upstreams resolve differently")
+	errPathEncodedDot     = errors.New("path has a percent-encoded dot segment (%2e), which some upstreams resolve and others take literally")
+	errPathDotSegment     = errors.New("path has a . or .. segment, which some upstreams resolve and others take literally (Envoy's normalize_path resolves them)")
+	errPathEmptySegment   = errors.New("path has an empty segment (//), which some upstreams merge and others keep (Envoy's merge_slashes merges them)")
 )
 
-const maxPathLen = 8192
+// maxPathLen bounds the path without its query; maxTargetLen the request
+// target with it (Envoy's own default bound on all headers is 60 KiB).
+const (
+	maxPathLen   = 8192
+	maxTargetLen = 64 << 10
+)
+
+// pathRules are the opt-in readings of a path (config "paths"); the zero
+// value is the strict default.
+type pathRules struct {
+	servlet  bool // matrix_params: servlet
+	foldCase bool // case_insensitive: the upstreams fold ASCII case
+}
+
+func newPathRules(c config.Paths) pathRules {
+	return pathRules{servlet: c.MatrixParams == config.MatrixServlet, foldCase: c.CaseInsensitive}
+}
 
 // NormalizePath turns a request's raw path (query allowed, it is dropped) into
-// the one form that route matching sees (SPEC §3 step 1): percent-encoded
-// unreserved characters decoded, "//" merged, "." and ".." resolved. It
-// rejects what upstreams disagree about, so that no spelling of a path can
-// reach a route other than the one extauthz authorised: an encoded "/" or
-// "\", a raw "\" (some servers treat it as a separator), a NUL or control
-// character raw or encoded, a malformed escape, and ".." above the root.
+// the one form that route matching sees, with the default path rules (see
+// normalize). Route patterns must be in this form.
+func NormalizePath(raw string) (string, error) { return pathRules{}.normalize(raw) }
+
+// normalize turns a raw path into its canonical form: every byte has one
+// spelling (the characters a path may hold raw are decoded from their
+// percent-encodings, and every other byte keeps or takes an upper-case
+// percent-encoding). It rejects what upstreams disagree about, so that no
+// spelling of a path can reach a route other than the one extauthz
+// authorised: a path that is not in normal form ("//", a "." or ".."
+// segment, raw or encoded: servlet containers resolve them, Go's ServeMux
+// redirects, Express, Flask and Rails take them literally), an encoded "/"
+// or "\", a raw "\" (some servers treat it as a separator), a ";" (servlet
+// containers cut ";params" off a segment before they resolve dot segments,
+// so "..;" climbs for them and not for anyone else), an encoded ";", a NUL
+// or control character raw or encoded, a malformed or double
+// percent-encoding, raw bytes that must be encoded (non-ASCII, space,
+// quotes, brackets...), and encoded bytes that are not UTF-8.
+//
+// With the servlet reading (every upstream is a servlet container), it
+// reads the path as they do instead: ";params" cut from every segment,
+// then the path decoded, "//" merged and dot segments resolved (".." above
+// the root, and ".." after an empty segment, which RFC 3986 resolves
+// otherwise, are still rejected).
 //
 // It allocates only when the path changes.
-func NormalizePath(raw string) (string, error) {
+func (pr pathRules) normalize(raw string) (string, error) {
+	if len(raw) > maxTargetLen {
+		return "", errPathTooLong
+	}
 	if i := strings.IndexAny(raw, "?#"); i >= 0 {
 		raw = raw[:i]
 	}
@@ -40,66 +91,134 @@ func NormalizePath(raw string) (string, error) {
 	clean := true
 	for i := 0; i < len(raw); i++ {
 		c := raw[i]
+		if plainInPath[c] {
+			continue // most bytes: one table load
+		}
 		switch {
 		case c < 0x20 || c == 0x7f:
 			return "", errPathControl
+		case c >= 0x80:
+			return "", errPathRawNonASCII
 		case c == '\\':
 			return "", errPathBackslash
+		case mustEncode(c):
+			return "", errPathRawReserved
+		case c == ';':
+			if !pr.servlet {
+				return "", errPathSemicolon
+			}
+			clean = false
 		case c == '%':
-			if i+2 >= len(raw) || unhex(raw[i+1]) < 0 || unhex(raw[i+2]) < 0 {
+			d, ok := escapeAt(raw, i)
+			if !ok {
 				return "", errPathBadEscape
 			}
-			d := byte(unhex(raw[i+1])<<4 | unhex(raw[i+2]))
 			switch {
 			case d == '/' || d == '\\':
 				return "", errPathEncodedSep
 			case d < 0x20 || d == 0x7f:
 				return "", errPathControl
-			case isUnreserved(d):
+			case d == ';':
+				return "", errPathEncodedSemi
+			case d == '%' && doubleEncoded(raw, i):
+				return "", errPathDoubleEncoded
+			case d >= 0x80:
+				if pr.foldCase {
+					return "", errPathEncodedUnicode
+				}
+				clean = false // its UTF-8 is checked on the slow path
+			case rawInPath(d) || isLowerHex(raw[i+1]) || isLowerHex(raw[i+2]):
 				clean = false
 			}
 			i += 2
 		case c == '/' && i > 0 && raw[i-1] == '/':
+			if !pr.servlet {
+				return "", errPathEmptySegment
+			}
 			clean = false
-		case c == '.' && (i == 0 || raw[i-1] == '/'):
-			clean = false // maybe a dot segment: take the slow path
+		case c == '.' && raw[i-1] == '/' && isDotSegmentAt(raw, i):
+			if !pr.servlet {
+				return "", errPathDotSegment
+			}
+			clean = false
 		}
 	}
 	if clean {
 		return raw, nil
 	}
-	return normalizeSlow(raw)
+	return pr.normalizeSlow(raw)
 }
 
-// normalizeSlow decodes unreserved escapes, then resolves segments. The
-// input has already been checked for bad escapes and forbidden characters.
-func normalizeSlow(raw string) (string, error) {
+// normalizeSlow cuts ";params" (servlet reading), decodes and re-encodes
+// escapes, then resolves segments. The input has already been checked for
+// bad escapes and forbidden characters.
+func (pr pathRules) normalizeSlow(raw string) (string, error) {
+	if pr.servlet {
+		raw = cutMatrixParams(raw)
+	} else if encodedDotSegment(raw) {
+		// Servlet containers and Envoy's normalize_path decode "%2e%2e" and
+		// climb; Go's ServeMux and other routers that match escaped
+		// segments take it as a segment named "..", so the same request
+		// reaches different handlers. (With the servlet reading, every
+		// upstream is a servlet container, and it climbs.)
+		return "", errPathEncodedDot
+	}
 	var b strings.Builder
 	b.Grow(len(raw))
+	checkedTo := 0 // raw[:checkedTo] holds no unchecked run of encoded non-ASCII bytes
 	for i := 0; i < len(raw); i++ {
 		c := raw[i]
-		if c == '%' {
-			d := byte(unhex(raw[i+1])<<4 | unhex(raw[i+2]))
-			if isUnreserved(d) {
-				b.WriteByte(d)
-			} else {
-				// Keep other escapes, with upper-case hex so one byte has one spelling.
-				b.WriteByte('%')
-				b.WriteByte(upperHex(raw[i+1]))
-				b.WriteByte(upperHex(raw[i+2]))
-			}
-			i += 2
+		if c != '%' {
+			b.WriteByte(c)
 			continue
 		}
-		b.WriteByte(c)
+		d, _ := escapeAt(raw, i)
+		if d >= 0x80 && i >= checkedTo {
+			// A run of encoded non-ASCII bytes must be UTF-8 (no overlong
+			// forms, which some old servers decoded into "." and "/").
+			j := i
+			for j+2 < len(raw) && raw[j] == '%' {
+				if e, _ := escapeAt(raw, j); e < 0x80 {
+					break
+				}
+				j += 3
+			}
+			if !validEncodedUTF8(raw[i:j]) {
+				return "", errPathBadUTF8
+			}
+			checkedTo = j
+		}
+		if rawInPath(d) {
+			b.WriteByte(d)
+		} else {
+			// Keep other escapes, with upper-case hex so one byte has one spelling.
+			b.WriteByte('%')
+			b.WriteByte(upperHex(raw[i+1]))
+			b.WriteByte(upperHex(raw[i+2]))
+		}
+		i += 2
 	}
 	decoded := b.String()
+	for i := 0; i+2 < len(decoded); i++ {
+		if decoded[i] == '%' && decoded[i+1] == '2' && decoded[i+2] == '5' && doubleEncoded(decoded, i) {
+			return "", errPathDoubleEncoded // "%25" + "%34%31" decodes to "%2541"
+		}
+	}
 
 	segs := make([]string, 0, strings.Count(decoded, "/"))
+	empty := false // an empty segment came before
 	for seg := range strings.SplitSeq(decoded[1:], "/") {
 		switch seg {
-		case "", ".":
+		case "":
+			empty = true
+		case ".":
 		case "..":
+			// "/a//../b" is "/b" where "//" merges first (Envoy's
+			// merge_slashes, Go, servlet containers) and "/a/b" where ".."
+			// only removes the empty segment (RFC 3986, WHATWG URLs).
+			if empty {
+				return "", errPathEmptyDotDot
+			}
 			if len(segs) == 0 {
 				return "", errPathEscapes
 			}
@@ -109,17 +228,143 @@ func normalizeSlow(raw string) (string, error) {
 		}
 	}
 	out := "/" + strings.Join(segs, "/")
-	// A trailing slash is part of the path the upstream sees; keep it, route
-	// matching ignores it.
+	// A trailing slash is part of the path the upstream sees: keep it (route
+	// matching decides what it means).
 	if len(segs) > 0 && (strings.HasSuffix(decoded, "/") || strings.HasSuffix(decoded, "/.") || strings.HasSuffix(decoded, "/..")) {
 		out += "/"
 	}
 	return out, nil
 }
 
+// isDotSegmentAt reports whether the segment starting at raw[i] is "." or
+// "..".
+func isDotSegmentAt(raw string, i int) bool {
+	seg := raw[i:]
+	if j := strings.IndexByte(seg, '/'); j >= 0 {
+		seg = seg[:j]
+	}
+	return seg == "." || seg == ".."
+}
+
+// encodedDotSegment reports whether a segment of raw decodes to "." or ".."
+// but is not written so.
+func encodedDotSegment(raw string) bool {
+	for seg := range strings.SplitSeq(raw, "/") {
+		if len(seg) < 3 || len(seg) > 6 || strings.IndexByte(seg, '%') < 0 {
+			continue
+		}
+		dots := 0
+		for i := 0; i < len(seg); i++ {
+			switch {
+			case seg[i] == '.':
+				dots++
+			case seg[i] == '%' && i+2 < len(seg) && seg[i+1] == '2' && (seg[i+2] == 'e' || seg[i+2] == 'E'):
+				dots++
+				i += 2
+			default:
+				dots = 3 // not a dot segment
+			}
+		}
+		if dots <= 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// cutMatrixParams removes ";params" from every segment of raw, as servlet
+// containers do before they decode the path and resolve its dot segments.
+func cutMatrixParams(raw string) string {
+	var b strings.Builder
+	b.Grow(len(raw))
+	for raw != "" {
+		semi := strings.IndexByte(raw, ';')
+		if semi < 0 {
+			b.WriteString(raw)
+			break
+		}
+		b.WriteString(raw[:semi])
+		raw = raw[semi:]
+		if slash := strings.IndexByte(raw, '/'); slash >= 0 {
+			raw = raw[slash:]
+		} else {
+			raw = ""
+		}
+	}
+	return b.String()
+}
+
+// escapeAt decodes the percent-encoding at s[i] ("%41" is 'A').
+func escapeAt(s string, i int) (byte, bool) {
+	if i+2 >= len(s) {
+		return 0, false
+	}
+	hi, lo := unhex(s[i+1]), unhex(s[i+2])
+	if hi < 0 || lo < 0 {
+		return 0, false
+	}
+	return byte(hi<<4 | lo), true
+}
+
+// doubleEncoded reports whether the "%25" at s[i] starts "%25XX" with hex
+// XX: an upstream that decodes twice reads it as another escape, such as
+// "%252e" for ".".
+func doubleEncoded(s string, i int) bool {
+	return i+4 < len(s) && unhex(s[i+3]) >= 0 && unhex(s[i+4]) >= 0
+}
+
+// validEncodedUTF8 reports whether a run of escapes ("%C3%A9") decodes to
+// valid UTF-8.
+func validEncodedUTF8(run string) bool {
+	var buf [64]byte
+	dec := buf[:0]
+	for i := 0; i+2 < len(run); i += 3 {
+		d, _ := escapeAt(run, i)
+		dec = append(dec, d)
+	}
+	return utf8.Valid(dec)
+}
+
+// rawInPath reports whether c is written raw in a canonical path: RFC
+// 3986's unreserved characters, its sub-delimiters but ";", and ":" and "@".
+// Upstreams decode the others' escapes alike before they route, so a raw
+// and an encoded spelling would be two names for one resource.
+func rawInPath(c byte) bool {
+	if isUnreserved(c) {
+		return true
+	}
+	switch c {
+	case '!', '$', '&', '\'', '(', ')', '*', '+', ',', '=', ':', '@':
+		return true
+	}
+	return false
+}
+
+// plainInPath marks the bytes the fast scan passes without a second look:
+// those a canonical path holds raw, but for "/", "." and ";" (which may
+// start an empty segment, a dot segment or parameters).
+var plainInPath = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = rawInPath(byte(c)) && c != '.'
+	}
+	return t
+}()
+
+// mustEncode reports whether c may not appear raw in a path (RFC 3986): it
+// is accepted only percent-encoded, so that it has one spelling.
+func mustEncode(c byte) bool {
+	switch c {
+	case ' ', '"', '<', '>', '[', ']', '^', '`', '{', '|', '}':
+		return true
+	}
+	return false
+}
+
 func isUnreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
+
+func isLowerHex(c byte) bool { return 'a' <= c && c <= 'f' }
 
 func unhex(c byte) int {
 	switch {
@@ -140,24 +385,20 @@ func upperHex(c byte) byte {
 	return c
 }
 
-// normalizeMethod upper-cases an HTTP method and checks that it is a token.
+// normalizeMethod checks that an HTTP method is an upper-case token. A
+// method is case-sensitive (RFC 9110): "get" is not GET to every upstream,
+// and one that routes it to another handler than GET's would be served
+// under rules extauthz did not apply, so it is rejected rather than
+// upper-cased.
 func normalizeMethod(m string) (string, bool) {
 	if m == "" || len(m) > 32 {
 		return "", false
 	}
-	upper := true
 	for i := 0; i < len(m); i++ {
 		c := m[i]
-		if 'a' <= c && c <= 'z' {
-			upper = false
-			continue
-		}
 		if !('A' <= c && c <= 'Z') && c != '-' && c != '_' {
 			return "", false
 		}
 	}
-	if upper {
-		return m, true
-	}
-	return strings.ToUpper(m), true
+	return m, true
 }

@@ -15,20 +15,24 @@ func TestNormalizePath(t *testing.T) {
 		{name: "a clean path is unchanged", in: "/api/users", want: "/api/users"},
 		{name: "the query is dropped", in: "/api/users?api_key=x&a=b", want: "/api/users"},
 		{name: "a fragment is dropped", in: "/api/users#frag", want: "/api/users"},
-		{name: "double slashes merge", in: "//api//users", want: "/api/users"},
-		{name: "dot segments resolve", in: "/api/./users", want: "/api/users"},
-		{name: "dot-dot climbs out of a public prefix", in: "/public/../api/users", want: "/api/users"},
-		{name: "encoded dots are decoded and then resolved", in: "/public/%2e%2e/api/users", want: "/api/users"},
-		{name: "mixed-case encoded dots too", in: "/public/%2E%2e/api/users", want: "/api/users"},
+		{name: "double slashes are an error: upstreams merge them or not", in: "//api//users", bad: true},
+		{name: "a dot segment is an error", in: "/api/./users", bad: true},
+		{name: "a dot-dot segment is an error: Express, Flask and Rails take it literally", in: "/public/../api/users", bad: true},
+		{name: "a name that starts with a dot is a name", in: "/.well-known/x/..a/.b.", want: "/.well-known/x/..a/.b."},
+		{name: "an encoded dot-dot is an error: Go's ServeMux takes it literally", in: "/public/%2e%2e/api/users", bad: true},
+		{name: "mixed-case encoded dots too", in: "/public/%2E%2e/api/users", bad: true},
+		{name: "an encoded dot segment", in: "/public/%2e/api/users", bad: true},
+		{name: "an encoded dot inside a name is decoded", in: "/files/report%2Epdf", want: "/files/report.pdf"},
 		{name: "an encoded unreserved letter is decoded", in: "/api/%75sers", want: "/api/users"},
 		{name: "other escapes stay, with upper-case hex", in: "/api/a%2fb%20c", bad: true},
 		{name: "a space escape stays encoded", in: "/api/a%20c/%41", want: "/api/a%20c/A"},
 		{name: "a trailing slash is kept", in: "/api/users/", want: "/api/users/"},
-		{name: "a trailing dot segment keeps the slash", in: "/api/users/.", want: "/api/users/"},
+		{name: "a trailing dot segment is an error", in: "/api/users/.", bad: true},
 		{name: "the root stays the root", in: "/", want: "/"},
-		{name: "the root with dots stays the root", in: "/a/..", want: "/"},
+		{name: "a trailing dot-dot is an error", in: "/a/..", bad: true},
 		{name: "escaping the root is an error", in: "/../etc/passwd", bad: true},
 		{name: "escaping the root with encoded dots is an error", in: "/%2e%2e/etc", bad: true},
+		{name: "three encoded dots are a name", in: "/a/%2e%2e%2e/b", want: "/a/.../b"},
 		{name: "an encoded slash is an error", in: "/api%2Fusers", bad: true},
 		{name: "an encoded lower-case slash is an error", in: "/api%2fusers", bad: true},
 		{name: "an encoded backslash is an error", in: "/api%5Cusers", bad: true},
@@ -44,6 +48,29 @@ func TestNormalizePath(t *testing.T) {
 		{name: "the empty path is an error", in: "", bad: true},
 		{name: "an absolute URI is an error", in: "http://evil/api", bad: true},
 		{name: "an enormous path is an error", in: "/" + strings.Repeat("a", 9000), bad: true},
+		{name: "lower-case hex becomes upper-case", in: "/a%7cb", want: "/a%7Cb"},
+		{name: "an encoded sub-delimiter is decoded: one spelling per byte", in: "/v1/things%3Alist%21", want: "/v1/things:list!"},
+		{name: "encoded dot-dot with a mixed spelling", in: "/a/.%2e/b", bad: true},
+		{name: "encoded dot-dot spelt the other way", in: "/a/%2E./b", bad: true},
+		{name: "a semicolon is an error by default", in: "/public/..;/api/admin", bad: true},
+		{name: "an encoded dot-dot with a semicolon too", in: "/public/%2e%2e;/api/admin", bad: true},
+		{name: "a dot with a semicolon too", in: "/.;/api", bad: true},
+		{name: "any semicolon", in: "/api/users;jsessionid=1", bad: true},
+		{name: "an encoded semicolon is an error", in: "/api/users%3Bx", bad: true},
+		{name: "a double encoding is an error", in: "/a/%252e%252e/b", bad: true},
+		{name: "a double encoding assembled by decoding is an error", in: "/a/%25%34%31", bad: true},
+		{name: "a lone encoded percent is kept", in: "/a/100%25", want: "/a/100%25"},
+		{name: "a raw non-ASCII byte is an error", in: "/\u017ftatic/x", bad: true},
+		{name: "encoded UTF-8 is kept encoded, never folded", in: "/%c5%bftatic/x", want: "/%C5%BFtatic/x"},
+		{name: "an overlong encoded dot is an error", in: "/a/%c0%ae%c0%ae/b", bad: true},
+		{name: "a truncated UTF-8 sequence is an error", in: "/a/%c3", bad: true},
+		{name: "a raw space is an error", in: "/a b", bad: true},
+		{name: "a raw brace is an error", in: "/a/{x}", bad: true},
+		{name: "a raw pipe is an error", in: "/a|b", bad: true},
+		{name: "an encoded space stays encoded", in: "/a%20b", want: "/a%20b"},
+		{name: "a dot-dot after an empty segment is an error", in: "/api/admin//../../public/x", bad: true},
+		{name: "so is an encoded one", in: "/a//%2e%2e/b", bad: true},
+		{name: "a trailing slash is not an empty segment", in: "/a/b/", want: "/a/b/"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,23 +85,67 @@ func TestNormalizePath(t *testing.T) {
 	}
 }
 
+func TestTheOptInReadings(t *testing.T) {
+	servlet := pathRules{servlet: true}
+	folding := pathRules{foldCase: true}
+	tests := []struct {
+		name  string
+		rules pathRules
+		in    string
+		want  string // "" = an error
+	}{
+		{"servlet: ;params are cut before dot segments resolve", servlet, "/public/..;/api/admin/x", "/api/admin/x"},
+		{"servlet: double slashes merge", servlet, "//api//users", "/api/users"},
+		{"servlet: dot segments resolve", servlet, "/api/./users/../x", "/api/x"},
+		{"servlet: a trailing dot segment keeps the slash", servlet, "/api/users/.", "/api/users/"},
+		{"servlet: the root with dots stays the root", servlet, "/a/..", "/"},
+		{"servlet: a dot-dot before an empty segment is fine", servlet, "/a/../b//c", "/b/c"},
+		{"servlet: a dot-dot after one is an error", servlet, "/api/admin//../../public/x", ""},
+		{"servlet: encoded dots with params too", servlet, "/public/%2e%2e;x=1/api/admin", "/api/admin"},
+		{"servlet: a dot with a param", servlet, "/a/.;x/b", "/a/b"},
+		{"servlet: encoded dots resolve, as the container resolves them", servlet, "/public/%2e%2e/api", "/api"},
+		{"servlet: .%2e too", servlet, "/a/b/.%2e/c", "/a/c"},
+		{"servlet: params anywhere", servlet, "/api/users;jsessionid=ABC/7;v=2", "/api/users/7"},
+		{"servlet: a segment of only params is empty", servlet, "/a/;x/b", "/a/b"},
+		{"servlet: params on the last segment keep its slash", servlet, "/a/b;x/", "/a/b/"},
+		{"servlet: climbing above the root is still an error", servlet, "/..;x/etc", ""},
+		{"servlet: an encoded semicolon is still an error", servlet, "/a%3Bb", ""},
+		{"case folding: ASCII passes as it is", folding, "/API/Users", "/API/Users"},
+		{"case folding: an encoded non-ASCII byte is an error", folding, "/%C5%BFtatic", ""},
+		{"case folding: so is the Kelvin sign", folding, "/%E2%84%AA", ""},
+		{"case folding: a semicolon is still an error", folding, "/a;b", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.rules.normalize(tt.in)
+			if tt.want == "" {
+				assert.Error(t, err, "got %q", got)
+				return
+			}
+			assert.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
 func TestNormalizedPathsAreFixedPoints(t *testing.T) {
-	for _, in := range []string{"/a/./b/../c//d/", "/%7euser/x", "/a%20b", "/x/%2e/y"} {
-		once, err := NormalizePath(in)
+	for _, in := range []string{"/a/./b/../c//d/", "/%7euser/x", "/a%20b", "/x/%2ey", "/%3a%40%c3%a9", "/a/100%25", "/a;x/..;/b%2e%2e"} {
+		once, err := pathRules{servlet: true}.normalize(in)
 		assert.NoError(t, err)
-		twice, err := NormalizePath(once)
+		twice, err := pathRules{servlet: true}.normalize(once)
 		assert.NoError(t, err)
 		assert.Equal(t, once, twice, in)
 	}
 }
 
 func TestNormalizeMethod(t *testing.T) {
-	for in, want := range map[string]string{"get": "GET", "GET": "GET", "Delete": "DELETE", "M-SEARCH": "M-SEARCH"} {
-		got, ok := normalizeMethod(in)
-		assert.True(t, ok, in)
-		assert.Equal(t, want, got)
+	for _, ok := range []string{"GET", "DELETE", "M-SEARCH", "PROPFIND", "FOO_BAR"} {
+		got, valid := normalizeMethod(ok)
+		assert.True(t, valid, ok)
+		assert.Equal(t, ok, got)
 	}
-	for _, bad := range []string{"", "GE T", "GET\n", "G/ET", strings.Repeat("A", 40)} {
+	// A method is case-sensitive: "get" is not GET to every upstream.
+	for _, bad := range []string{"", "get", "Delete", "GE T", "GET\n", "G/ET", strings.Repeat("A", 40)} {
 		_, ok := normalizeMethod(bad)
 		assert.False(t, ok, "%q", bad)
 	}

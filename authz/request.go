@@ -3,6 +3,7 @@ package authz
 import (
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/extauthz/extauthz/config"
@@ -35,6 +36,12 @@ type Request struct {
 	// XFFTrustedHops overrides the configured client_ip.xff_trusted_hops
 	// when ≥ 0 (HTTP mode has its own setting); -1 means "use the config".
 	XFFTrustedHops int
+	// Malformed is set by an adapter that found the request breaking one of
+	// its limits (too many headers, say), with the reason: step 1 answers
+	// 400 bad_request with it. It is safe to show a client.
+	Malformed string
+	// names is the adapter's summary of the header names (zero: none).
+	names headerNames
 }
 
 // Source is a compiled key source.
@@ -42,6 +49,9 @@ type Source struct {
 	kind   sourceKind
 	name   string // header name (lower-case), query parameter or cookie name
 	scheme string // for headers: required auth scheme, e.g. "Bearer"
+	fold   string // for query and cookie: the name as the loosest upstream reads it (foldName)
+	// underscored lists a header source's "_" spellings (underscoreSpellings).
+	underscored []string
 }
 
 type sourceKind uint8
@@ -65,11 +75,12 @@ func compileSources(specs []config.Source) []Source {
 	for _, s := range specs {
 		switch {
 		case s.Header != "":
-			out = append(out, Source{kind: sourceHeader, name: strings.ToLower(s.Header), scheme: s.Scheme})
+			name := strings.ToLower(s.Header)
+			out = append(out, Source{kind: sourceHeader, name: name, scheme: s.Scheme, underscored: underscoreSpellings(name)})
 		case s.Query != "":
-			out = append(out, Source{kind: sourceQuery, name: s.Query})
+			out = append(out, Source{kind: sourceQuery, name: s.Query, fold: foldName(s.Query)})
 		case s.Cookie != "":
-			out = append(out, Source{kind: sourceCookie, name: s.Cookie})
+			out = append(out, Source{kind: sourceCookie, name: s.Cookie, fold: foldName(s.Cookie)})
 		}
 	}
 	return out
@@ -77,32 +88,41 @@ func compileSources(specs []config.Source) []Source {
 
 // lookup returns the credential this source carries in req, if present: an
 // empty value, or an Authorization header with another scheme, is absent.
-func (s Source) lookup(req *Request) (string, bool) {
+// ambiguous is set when the request also holds a query parameter or cookie
+// that some upstream reads as this source's, under another raw name (see
+// foldName), or behind a separator the proxy does not split on: the proxy
+// strips a credential by its raw name only, so that one would reach the
+// upstream.
+func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	switch s.kind {
 	case sourceHeader:
 		v := strings.TrimSpace(req.Headers.Get(s.name))
 		if s.scheme != "" {
 			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || v[len(s.scheme)] != ' ' {
-				return "", false
+				return "", false, false
 			}
 			v = strings.TrimSpace(v[len(s.scheme)+1:])
 		}
-		return v, v != ""
+		return v, v != "", false
 	case sourceQuery:
-		return queryValue(req.Path, s.name)
+		return queryCredential(req.Path, s.name, s.fold)
 	case sourceCookie:
-		return cookieValue(req.Headers.Get("cookie"), s.name)
+		return cookieCredential(req.Headers.Get("cookie"), s.name, s.fold)
 	}
-	return "", false
+	return "", false, false
 }
 
-// queryValue returns the first non-empty value of parameter name in the
-// query part of path, percent-decoded. It does not allocate unless the
-// value is encoded.
-func queryValue(path, name string) (string, bool) {
+// queryCredential returns the first non-empty value of parameter name in
+// the query part of path, percent-decoded, and whether the query is
+// ambiguous about it: it holds a parameter whose raw name differs from name
+// but reads as it (fold), or a ";"-separated piece named like it (some
+// upstreams split the query on ";" too). Envoy removes every parameter of
+// the raw name, so such a parameter would reach the upstream. It does not
+// allocate unless the value is encoded.
+func queryCredential(path, name, fold string) (value string, present, ambiguous bool) {
 	i := strings.IndexByte(path, '?')
 	if i < 0 {
-		return "", false
+		return "", false, false
 	}
 	q := path[i+1:]
 	if j := strings.IndexByte(q, '#'); j >= 0 {
@@ -112,17 +132,25 @@ func queryValue(path, name string) (string, bool) {
 		var pair string
 		pair, q, _ = strings.Cut(q, "&")
 		k, v, _ := strings.Cut(pair, "=")
-		if k != name && !(strings.ContainsAny(k, "%+") && unescapeQuery(k) == name) {
-			continue
+		switch {
+		case k == name:
+			if !present {
+				if strings.ContainsAny(v, "%+") {
+					v = unescapeQuery(v)
+				}
+				value, present = v, v != ""
+			}
+		case readsAs(k, fold):
+			ambiguous = true
 		}
-		if strings.ContainsAny(v, "%+") {
-			v = unescapeQuery(v)
-		}
-		if v != "" {
-			return v, true
+		for j := strings.IndexByte(pair, ';'); j >= 0; j = strings.IndexByte(pair, ';') {
+			pair = pair[j+1:]
+			if k, _, _ := strings.Cut(pair, "="); k == name || readsAs(k, fold) {
+				ambiguous = true
+			}
 		}
 	}
-	return "", false
+	return value, present, ambiguous
 }
 
 func unescapeQuery(s string) string {
@@ -133,40 +161,116 @@ func unescapeQuery(s string) string {
 	return u
 }
 
-// cookieValue returns the first non-empty value of cookie name.
-func cookieValue(header, name string) (string, bool) {
+// cookieCredential returns the first non-empty value of cookie name, and
+// whether the header is ambiguous about it (a cookie whose raw name differs
+// but reads as name, see foldName). Pairs are separated by ";" and by ","
+// too: Envoy joins two Cookie lines with a comma, and the second line's
+// cookies are cookies all the same.
+func cookieCredential(header, name, fold string) (value string, present, ambiguous bool) {
 	for header != "" {
 		var part string
-		part, header, _ = strings.Cut(header, ";")
-		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
-		if !ok || k != name {
-			continue
+		if i := strings.IndexAny(header, ";,"); i >= 0 {
+			part, header = header[:i], header[i+1:]
+		} else {
+			part, header = header, ""
 		}
-		v = strings.Trim(strings.TrimSpace(v), `"`)
-		if v != "" {
-			return v, true
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch {
+		case k == name:
+			if v = strings.Trim(strings.TrimSpace(v), `"`); v != "" && !present {
+				value, present = v, true
+			}
+		case readsAs(k, fold):
+			ambiguous = true
 		}
 	}
-	return "", false
+	return value, present, ambiguous
 }
 
-// CookieWithout returns the cookie header without every cookie called name,
-// keeping the others in order; "" when none is left.
-func CookieWithout(header, name string) string {
+// CookieWithout returns the cookie header without every cookie whose name
+// is in names, keeping the others in order and as they were written; ""
+// when none is left. Like the lookup, it treats ";" and "," as separators:
+// "a=1,api_key=x; b=2" keeps "a=1; b=2".
+func CookieWithout(header string, names ...string) string {
 	var b strings.Builder
 	for header != "" {
 		var part string
 		part, header, _ = strings.Cut(header, ";")
-		part = strings.TrimSpace(part)
-		if k, _, _ := strings.Cut(part, "="); k == name || part == "" {
-			continue
+		kept := 0
+		start := b.Len()
+		for piece := range strings.SplitSeq(part, ",") {
+			piece = strings.TrimSpace(piece)
+			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, k) {
+				continue
+			}
+			if kept == 0 && start > 0 {
+				b.WriteString("; ")
+			} else if kept > 0 {
+				b.WriteString(",")
+			}
+			b.WriteString(piece)
+			kept++
 		}
-		if b.Len() > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(part)
 	}
 	return b.String()
+}
+
+// foldName is a query parameter or cookie name as the loosest common
+// upstream reads it: percent-decoded with "+" as a space (PHP decoded
+// cookie names too, before 8.1.11), then " ", "." and "[" made "_" (PHP's
+// variable names), then ASCII lower-cased (ASP.NET's collections ignore
+// case). A raw name other than the configured one that folds to the same
+// string names the credential for some upstream.
+func foldName(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c, n := foldByte(s, i)
+		b.WriteByte(c)
+		i += n
+	}
+	return b.String()
+}
+
+// foldByte returns the folded byte at s[i] and how many more bytes of s it
+// consumed (2 for a percent-encoding).
+func foldByte(s string, i int) (byte, int) {
+	c, n := s[i], 0
+	switch c {
+	case '%':
+		if d, ok := escapeAt(s, i); ok {
+			c, n = d, 2
+		}
+	case '+':
+		c = ' '
+	}
+	switch {
+	case c == ' ' || c == '.' || c == '[':
+		c = '_'
+	case 'A' <= c && c <= 'Z':
+		c += 'a' - 'A'
+	}
+	return c, n
+}
+
+// readsAs reports whether the raw name k folds to fold (foldName), without
+// allocating.
+func readsAs(k, fold string) bool {
+	if fold == "" || len(k) < len(fold) {
+		return false
+	}
+	j := 0
+	for i := 0; i < len(k); i++ {
+		if j == len(fold) {
+			return false
+		}
+		c, n := foldByte(k, i)
+		if c != fold[j] {
+			return false
+		}
+		i += n
+		j++
+	}
+	return j == len(fold)
 }
 
 // clientIP finds the client address (SPEC §2 "Client IP"): with hops = 0 the

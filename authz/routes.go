@@ -14,12 +14,20 @@ import (
 // Route is one compiled entry of the route table.
 type Route struct {
 	Pattern     string
-	Methods     []string // empty = every method
+	Methods     []string // empty = every method; GET covers HEAD
 	Permissions []string
 	Public      bool
 	RateLimit   ratelimit.Rate // zero = no per-route limit
-	segs        []segment
-	rest        bool // the pattern ends in "**"
+
+	// scope names the route's rate-limit counters: its pattern and methods,
+	// so that a counter belongs to one route (not to every route with the
+	// same pattern) and survives a reload that leaves the route as it was.
+	scope    string
+	segs     []segment
+	rest     bool // the pattern ends in "**"
+	slash    bool // the pattern ends in "/": it matches with or without one
+	head     bool // Methods lists GET, so HEAD is allowed too
+	sameNext int  // index of the next route with the same pattern shape, or -1
 }
 
 type segKind uint8
@@ -34,21 +42,51 @@ type segment struct {
 	lit  string
 }
 
-// Routes is a compiled route table: the first route whose pattern and
-// methods match wins.
+// Routes is a compiled route table. See match for how a request finds its
+// route.
 type Routes struct {
-	routes []*Route
+	routes   []*Route
+	foldCase bool // paths.case_insensitive
+	servlet  bool // paths.matrix_params: servlet (for Print)
 }
 
-// CompileRoutes checks and compiles the configured routes.
-func CompileRoutes(specs []config.Route) (*Routes, error) {
-	rt := &Routes{}
+// matchKind is how a request met the route table.
+type matchKind uint8
+
+const (
+	matchNone        matchKind = iota // no route's pattern matches the path
+	matchRoute                        // a route decides the request
+	matchWrongMethod                  // routes claim the path; none lists the method
+	matchSlashVaries                  // with and without its trailing slash, the path gets different routes
+	matchCaseVaries                   // with its letter case folded, the path gets another route
+)
+
+// CompileRoutes checks and compiles the configured routes; paths holds the
+// opt-in path readings (case folding changes how a match is checked).
+func CompileRoutes(specs []config.Route, paths config.Paths) (*Routes, error) {
+	rt := &Routes{foldCase: paths.CaseInsensitive, servlet: paths.MatrixParams == config.MatrixServlet}
+	scopes := map[string]int{}
 	for i, s := range specs {
 		r, err := compileRoute(s)
 		if err != nil {
 			return nil, fmt.Errorf("routes[%d] %q: %w", i, s.Path, err)
 		}
+		if n := scopes[r.scope]; n > 0 {
+			scopes[r.scope] = n + 1
+			r.scope += fmt.Sprintf(" #%d", n+1)
+		} else {
+			scopes[r.scope] = 1
+		}
 		rt.routes = append(rt.routes, r)
+	}
+	for i, r := range rt.routes {
+		r.sameNext = -1
+		for j := i + 1; j < len(rt.routes); j++ {
+			if r.sameShape(rt.routes[j]) {
+				r.sameNext = j
+				break
+			}
+		}
 	}
 	return rt, nil
 }
@@ -57,55 +95,136 @@ func compileRoute(s config.Route) (*Route, error) {
 	if !strings.HasPrefix(s.Path, "/") {
 		return nil, fmt.Errorf("path must start with /")
 	}
-	norm, err := NormalizePath(s.Path)
-	if err != nil || norm != s.Path && norm+"/" != s.Path {
-		return nil, fmt.Errorf("path must be in normal form (no //, ., .., percent-escapes of letters)")
+	r := &Route{
+		Pattern: s.Path, Methods: s.Methods, Permissions: s.Permissions, Public: s.Public,
+		head: slices.Contains(s.Methods, "GET"),
 	}
-	r := &Route{Pattern: s.Path, Methods: s.Methods, Permissions: s.Permissions, Public: s.Public}
 	if s.RateLimit != nil {
 		r.RateLimit = *s.RateLimit
 	}
-	parts := strings.Split(strings.Trim(s.Path, "/"), "/")
-	if parts[0] == "" {
-		parts = nil // "/"
+	methods := "*"
+	if len(s.Methods) > 0 {
+		sorted := slices.Clone(s.Methods)
+		slices.Sort(sorted)
+		methods = strings.Join(slices.Compact(sorted), ",")
 	}
+	r.scope = s.Path + " " + methods
+
+	body := s.Path[1:]
+	if body != "" && strings.HasSuffix(body, "/") {
+		r.slash = true
+		body = body[:len(body)-1]
+	}
+	if body == "" {
+		if s.Path != "/" {
+			return nil, fmt.Errorf("empty segment: write // as /")
+		}
+		r.slash = true // "/" is the root and only the root
+		return r, nil
+	}
+	parts := strings.Split(body, "/")
 	for i, p := range parts {
 		switch {
+		case p == "":
+			return nil, fmt.Errorf("empty segment: write // as /")
 		case p == "**":
 			if i != len(parts)-1 {
 				return nil, fmt.Errorf("** may only be the last segment")
 			}
+			if r.slash {
+				return nil, fmt.Errorf("** takes no trailing slash (it matches either)")
+			}
 			r.rest = true
-		case p == "*" || len(p) > 2 && p[0] == '{' && p[len(p)-1] == '}':
+		case p == "*" || len(p) > 2 && p[0] == '{' && p[len(p)-1] == '}' && !strings.ContainsAny(p[1:len(p)-1], "{}/"):
 			r.segs = append(r.segs, segment{kind: segOne})
 		case strings.ContainsAny(p, "{}*"):
 			return nil, fmt.Errorf("segment %q: use {name} or * for a whole segment, ** for the rest", p)
 		default:
+			if norm, err := NormalizePath("/" + p); err != nil {
+				return nil, fmt.Errorf("segment %q: %v", p, err)
+			} else if norm != "/"+p {
+				return nil, fmt.Errorf("segment %q is not in normal form: write %q (no . or .., escapes only where a character must be encoded, upper-case hex)", p, strings.TrimPrefix(norm, "/"))
+			}
 			r.segs = append(r.segs, segment{kind: segLiteral, lit: p})
 		}
 	}
 	return r, nil
 }
 
-// Match returns the first route matching method and the normalised path.
-func (rt *Routes) Match(method, path string) *Route {
-	for _, r := range rt.routes {
-		if r.matchPath(path) && (len(r.Methods) == 0 || slices.Contains(r.Methods, method)) {
-			return r
+// match finds the route that decides method on the normalised path, in
+// three rules:
+//
+//  1. Routes are tried in order, and the first whose pattern matches the
+//     path claims it. The claiming route decides if it lists the method
+//     (GET covers HEAD) or lists none; otherwise only the later routes with
+//     the same pattern (the same literals and wildcards) may, in order, and
+//     when none lists the method the answer is matchWrongMethod (403). A
+//     method a route does not list never falls through to a later, broader
+//     route, nor to "unmatched: authenticate": most frameworks answer HEAD
+//     with the GET handler, and a route with methods says what its path
+//     accepts.
+//  2. A trailing slash is significant: "/x" matches only "/x", "/x/" both
+//     "/x" and "/x/", and "/x/**" either. But upstreams disagree about
+//     "/x/" (most frameworks serve it as "/x", Go's ServeMux and others as
+//     the root of "/x/..."), so a path with a trailing slash must get the
+//     same answer without it; if not, it is matchSlashVaries (400).
+//  3. Literal segments compare case-sensitively, as Envoy's route matcher
+//     does. With paths.case_insensitive, the path must also get the same
+//     answer with ASCII letter case folded; if not, it is matchCaseVaries
+//     (400). Folding thus only ever rejects; it never picks a route.
+//     Nothing folds Unicode.
+//
+// It does not allocate.
+func (rt *Routes) match(method, path string) (*Route, matchKind) {
+	r, k := rt.lookup(method, path, false)
+	trimmed, slashed := strings.CutSuffix(path, "/")
+	slashed = slashed && trimmed != ""
+	if slashed {
+		if r2, k2 := rt.lookup(method, trimmed, false); r2 != r || k2 != k {
+			return nil, matchSlashVaries
 		}
 	}
-	return nil
+	if rt.foldCase {
+		if r2, k2 := rt.lookup(method, path, true); r2 != r || k2 != k {
+			return nil, matchCaseVaries
+		}
+		if slashed {
+			if r2, k2 := rt.lookup(method, trimmed, true); r2 != r || k2 != k {
+				return nil, matchCaseVaries
+			}
+		}
+	}
+	return r, k
+}
+
+// lookup applies rule 1 of match, comparing literals with ASCII case
+// folded when fold is set.
+func (rt *Routes) lookup(method, path string, fold bool) (*Route, matchKind) {
+	for i, r := range rt.routes {
+		if !r.matchPath(path, fold) {
+			continue
+		}
+		for j := i; j >= 0; j = rt.routes[j].sameNext {
+			if rt.routes[j].allows(method) {
+				return rt.routes[j], matchRoute
+			}
+		}
+		return nil, matchWrongMethod
+	}
+	return nil, matchNone
+}
+
+// allows reports whether the route accepts method.
+func (r *Route) allows(method string) bool {
+	return len(r.Methods) == 0 || slices.Contains(r.Methods, method) || method == "HEAD" && r.head
 }
 
 // matchPath matches segment by segment without splitting the path, so it
-// does not allocate. Literal segments compare case-insensitively and ignore
-// ";params", and a trailing slash is ignored: every spelling an upstream might
-// treat as the same resource meets the same rule, so "/API/Admin/" cannot
-// slip past the rule for "/api/admin" into a laxer one.
-func (r *Route) matchPath(path string) bool {
-	rest := strings.TrimSuffix(path, "/")
+// does not allocate.
+func (r *Route) matchPath(path string, fold bool) bool {
+	rest := path
 	for _, s := range r.segs {
-		if len(rest) < 2 || rest[0] != '/' {
+		if len(rest) < 2 || rest[0] != '/' || rest[1] == '/' {
 			return false
 		}
 		rest = rest[1:]
@@ -115,22 +234,127 @@ func (r *Route) matchPath(path string) bool {
 		}
 		seg := rest[:end]
 		rest = rest[end:]
-		if s.kind == segLiteral {
-			if p := strings.IndexByte(seg, ';'); p >= 0 {
-				seg = seg[:p]
-			}
-			if !strings.EqualFold(seg, s.lit) {
-				return false
-			}
+		if s.kind == segLiteral && seg != s.lit && !(fold && equalFoldASCII(seg, s.lit)) {
+			return false
 		}
 	}
-	return rest == "" || r.rest
+	switch {
+	case r.rest, rest == "":
+		return true
+	case rest == "/":
+		return r.slash
+	}
+	return false
+}
+
+// equalFoldASCII reports whether a and b are equal with ASCII letters
+// folded; every other byte (all of UTF-8's multi-byte sequences) must be
+// equal, so no Unicode folding (ſ and s, K and K) can happen.
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// sameShape reports whether r and o match exactly the same paths.
+func (r *Route) sameShape(o *Route) bool {
+	return r.rest == o.rest && r.slash == o.slash && slices.Equal(r.segs, o.segs)
+}
+
+// covers reports whether r's pattern matches every path o's does (with
+// exact case), so that o can never claim a path before r.
+func (r *Route) covers(o *Route) bool {
+	if len(o.segs) < len(r.segs) {
+		return false
+	}
+	for i, s := range r.segs {
+		if s.kind == segLiteral && o.segs[i] != s {
+			return false
+		}
+	}
+	if r.rest {
+		return true
+	}
+	return len(o.segs) == len(r.segs) && !o.rest && (r.slash || !o.slash)
 }
 
 // Len is the number of routes.
 func (rt *Routes) Len() int { return len(rt.routes) }
 
-// Print writes the compiled table, one route a line, in match order.
+// Warnings describes the routes that can never decide a request (or some
+// of their methods), because an earlier route takes every path they match:
+// a duplicate pattern whose methods an earlier route with that pattern
+// already lists, and a route whose paths a broader earlier route claims.
+// Neither is an error (the table still works), but both are almost
+// certainly a mistake in the order of the table.
+func (rt *Routes) Warnings() []string {
+	var out []string
+	for j, b := range rt.routes {
+		for i, a := range rt.routes[:j] {
+			if !a.covers(b) {
+				continue
+			}
+			if !b.covers(a) {
+				out = append(out, fmt.Sprintf("routes[%d] %q is never reached: routes[%d] %q comes first and matches every path it matches (and a path's first route passes a method it does not list only to later routes with its own pattern)",
+					j, b.Pattern, i, a.Pattern))
+				break
+			}
+			// The same paths: earlier routes with this pattern take the
+			// methods they list.
+			if w := duplicateWarning(rt.routes[:j], j, b); w != "" {
+				out = append(out, w)
+			}
+			break
+		}
+	}
+	return out
+}
+
+// duplicateWarning describes what earlier routes with b's pattern take
+// from b (routes[j]), or "".
+func duplicateWarning(earlier []*Route, j int, b *Route) string {
+	var first = -1
+	var taken []string
+	for i, a := range earlier {
+		if !a.sameShape(b) {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		if len(a.Methods) == 0 {
+			return fmt.Sprintf("routes[%d] %q is never reached: it repeats the pattern of routes[%d] %q, which takes every method", j, b.Pattern, i, a.Pattern)
+		}
+		for _, m := range b.Methods {
+			if a.allows(m) && !slices.Contains(taken, m) {
+				taken = append(taken, m)
+			}
+		}
+	}
+	switch {
+	case len(taken) == 0:
+		return ""
+	case len(taken) == len(slices.Compact(slices.Sorted(slices.Values(b.Methods)))):
+		return fmt.Sprintf("routes[%d] %q is never reached: it repeats the pattern of routes[%d], and earlier routes with that pattern take its methods (%s)", j, b.Pattern, first, strings.Join(taken, ","))
+	}
+	return fmt.Sprintf("routes[%d] %q repeats the pattern of routes[%d]: its methods %s go to an earlier route with that pattern", j, b.Pattern, first, strings.Join(taken, ","))
+}
+
+// Print writes the compiled table, one route a line, in match order, and
+// the rules that read it.
 func (rt *Routes) Print(w io.Writer, unmatched string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tPATH\tMETHODS\tACCESS\tRATE LIMIT")
@@ -138,6 +362,9 @@ func (rt *Routes) Print(w io.Writer, unmatched string) error {
 		methods := "*"
 		if len(r.Methods) > 0 {
 			methods = strings.Join(r.Methods, ",")
+			if r.head && !slices.Contains(r.Methods, "HEAD") {
+				methods += " (+HEAD)"
+			}
 		}
 		access := "public"
 		if !r.Public {
@@ -157,5 +384,25 @@ func (rt *Routes) Print(w io.Writer, unmatched string) error {
 		other = "any valid key"
 	}
 	fmt.Fprintf(tw, "-\t(anything else)\t*\t%s\t-\n", other)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	reading := "Paths: a ';', '//' or a dot segment is 400"
+	if rt.servlet {
+		reading = "Paths (servlet): ;params are cut, '//' merged and dot segments resolved before matching"
+	}
+	cases := "literal segments match case-sensitively."
+	if rt.foldCase {
+		cases = "literal segments match case-sensitively,\nand a path whose ASCII letter case picks its route, or with encoded non-ASCII, is 400."
+	}
+	_, err := fmt.Fprintf(w, `
+Methods: the first route whose pattern matches the path claims it, and decides if it
+lists the method (GET covers HEAD) or none; otherwise later routes with the same
+pattern may; if none lists it, 403 no_route. A method never falls through to a
+broader route or to "anything else".
+Slashes: /x matches only /x; /x/ matches /x and /x/; /x/** matches /x, /x/ and below;
+a path ending in / that gets another route without the slash is 400.
+%s; %s
+`, reading, cases)
+	return err
 }

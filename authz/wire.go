@@ -127,24 +127,14 @@ func (l *headerList) Get(name string) string {
 	return ""
 }
 
-// shadowed reports whether the entry at i is replaced by a later one.
-func (l *headerList) shadowed(i int) bool {
-	hs := *l
-	for j := i + 1; j < len(hs); j++ {
-		if hs[j].Key == hs[i].Key {
-			return true
-		}
-	}
-	return false
-}
-
 // wireDecoder reads the fields of a CheckRequest a decision needs. Each
 // method walks one message's fields in order, so that a message or scalar
 // repeated on the wire merges or replaces exactly as proto.Unmarshal does;
 // each returns false for anything it leaves to proto.Unmarshal.
 type wireDecoder struct {
-	req  *Request
-	hdrs *headerList
+	req    *Request
+	hdrs   *headerList
+	budget headerBudget // past it, entries are read but not kept
 	// socket says the last member of source.address's oneof on the wire
 	// was socket_address: another member replaces it (Peer becomes "").
 	socket bool
@@ -297,6 +287,16 @@ func (w *wireDecoder) header(v []byte) bool {
 		}
 		return ok
 	})
-	*w.hdrs = append(*w.hdrs, h)
+	w.req.names.note(h.Key)
+	if w.req.Malformed == "" && !w.budget.add(h.Key, h.Value) {
+		// Stop keeping entries: the request is answered 400 whatever they
+		// say, and a message of empty entries must not grow a huge list.
+		w.req.Malformed = errTooManyHeaders
+		clear(*w.hdrs)
+		*w.hdrs = (*w.hdrs)[:0]
+	}
+	if w.req.Malformed == "" {
+		*w.hdrs = append(*w.hdrs, h)
+	}
 	return ok
 }

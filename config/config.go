@@ -36,6 +36,7 @@ type Config struct {
 	RateLimit RateLimit `json:"rate_limit"`
 	Routes    []Route   `json:"routes"`
 	Unmatched string    `json:"unmatched"` // deny | authenticate
+	Paths     Paths     `json:"paths"`
 	HTTPMode  HTTPMode  `json:"http_mode"`
 	Audit     Audit     `json:"audit"`
 	Log       Log       `json:"log"`
@@ -217,6 +218,32 @@ type Route struct {
 	RateLimit   *ratelimit.Rate `json:"rate_limit,omitempty"`
 }
 
+// Paths holds the opt-in ways of reading a request path, for upstreams that
+// read paths more loosely than Envoy's route matcher. The defaults reject
+// every spelling such upstreams could read differently; each opt-in accepts
+// one such spelling, exactly as that kind of upstream reads it.
+type Paths struct {
+	// MatrixParams is what a ";" in a path segment means: MatrixReject (the
+	// default) answers 400; MatrixServlet removes ";params" from every
+	// segment before dot segments are resolved, as servlet containers do, so
+	// "/a/..;x/b" is "/b".
+	MatrixParams MatrixParams `json:"matrix_params"`
+	// CaseInsensitive says the upstreams fold ASCII letter case. Matching
+	// stays case-sensitive; a path whose letter case decides which route it
+	// gets, or that holds a percent-encoded non-ASCII byte (such upstreams
+	// often fold Unicode too), is answered 400.
+	CaseInsensitive bool `json:"case_insensitive"`
+}
+
+// MatrixParams is the value of paths.matrix_params.
+type MatrixParams string
+
+// The values of paths.matrix_params.
+const (
+	MatrixReject  MatrixParams = "reject"
+	MatrixServlet MatrixParams = "servlet"
+)
+
 // HTTPMode configures the HTTP (forward-auth) listener (SPEC §6).
 type HTTPMode struct {
 	Prefix         string `json:"prefix"`
@@ -291,6 +318,7 @@ func Default() Config {
 		},
 		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures, FailedAttemptsTotal: &failuresTotal},
 		Unmatched: "deny",
+		Paths:     Paths{MatrixParams: MatrixReject},
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
 		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
@@ -448,6 +476,15 @@ func suggest(k string, fields map[string]reflect.Type) string {
 	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
+// suggestValue names the allowed value closest to a misspelt one, if any is close.
+func suggestValue(v string, allowed ...string) string {
+	fields := map[string]reflect.Type{}
+	for _, a := range allowed {
+		fields[a] = nil
+	}
+	return suggest(v, fields)
+}
+
 func editDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
@@ -598,6 +635,12 @@ func (c *Config) validate() error {
 	case "deny", "authenticate":
 	default:
 		bad("unmatched", "%q: want deny or authenticate", c.Unmatched)
+	}
+	switch c.Paths.MatrixParams {
+	case MatrixReject, MatrixServlet:
+	default:
+		bad("paths.matrix_params", "%q: want reject or servlet%s", c.Paths.MatrixParams,
+			suggestValue(string(c.Paths.MatrixParams), string(MatrixReject), string(MatrixServlet)))
 	}
 	hm := c.HTTPMode
 	if !strings.HasPrefix(hm.Prefix, "/") || strings.HasSuffix(hm.Prefix, "/") || slices.Contains([]string{"/healthz", "/readyz", "/metrics"}, hm.Prefix) {

@@ -25,6 +25,7 @@ func TestAnEmptyFileGivesTheDefaults(t *testing.T) {
 		assert.Equal(t, 1, *cfg.HTTPMode.XFFTrustedHops)
 		assert.Equal(t, 30*24*time.Hour, time.Duration(cfg.Keys.Retention))
 		assert.Equal(t, ratelimit.Rate{N: 600, Window: time.Minute}, *cfg.Admin.RateLimit)
+		assert.Equal(t, Paths{MatrixParams: MatrixReject, CaseInsensitive: false}, cfg.Paths, "the strict path readings")
 	}
 }
 
@@ -47,6 +48,16 @@ func TestKeyRetentionAndTheAdminRateLimit(t *testing.T) {
 			assert.Equal(t, tt.adminRate, *cfg.Admin.RateLimit)
 		})
 	}
+}
+
+func TestThePathReadingsAreOptIn(t *testing.T) {
+	cfg, err := Parse([]byte("paths: {matrix_params: servlet, case_insensitive: true}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, Paths{MatrixParams: MatrixServlet, CaseInsensitive: true}, cfg.Paths)
+
+	cfg, err = Parse([]byte("paths: {case_insensitive: true}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, MatrixReject, cfg.Paths.MatrixParams, "setting one keeps the other's default")
 }
 
 func TestTheSpecExampleParses(t *testing.T) {
@@ -178,6 +189,10 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a sentinel user without a password", "store: {backend: redis, redis: {addrs: [\"s:26379\"], master_name: m, sentinel_username: w}}", "store.redis.sentinel_password_env: required with sentinel_username"},
 		{"an http_mode prefix with a trailing slash", "http_mode: {prefix: /authz/}", "http_mode.prefix"},
 		{"a bad http_mode original", "http_mode: {original: header}", "http_mode.original"},
+		{"a bad matrix_params", "paths: {matrix_params: allow}", `paths.matrix_params: "allow": want reject or servlet`},
+		{"a misspelt matrix_params value", "paths: {matrix_params: rejects}", `(did you mean "reject"?)`},
+		{"a misspelt paths field", "paths: {case_insensitve: true}", `paths.case_insensitve: unknown field (did you mean "case_insensitive"?)`},
+		{"a case_insensitive that is not a boolean", "paths: {case_insensitive: sometimes}", "case_insensitive"},
 		{"not a mapping", "- a\n- b\n", "must be a mapping"},
 		{"not YAML", "listen: [", "parse yaml"},
 		{"a negative retention", "keys: {retention: -1h}", "keys.retention: -1h0m0s: want 0 (keep dead keys forever) or at least 1h0m0s"},

@@ -262,6 +262,16 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "path_with_escaped_slashes_action",
 		},
 		{
+			name: "HTTP mode hiding client x-authz-* headers from extauthz",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				m := dig(t, extAuthz(t, doc), "allowed_headers")
+				pats := m["patterns"].([]any)
+				m["patterns"] = pats[:len(pats)-1]
+			},
+			wantErr: "x-authz-admin",
+		},
+		{
 			name: "the admin interface on every address",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
@@ -700,6 +710,13 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 		for _, hdr := range append(slices.Clone(keyHeaders), "x-request-id", "user-agent", "x-forwarded-for") {
 			if !matchesAny(authz.GetAllowedHeaders(), hdr) {
 				fail("ext_authz allowed_headers does not pass %s to extauthz", hdr)
+			}
+		}
+		// extauthz names every client x-authz-* header it sees for removal;
+		// it must see all of them, not only the identity headers.
+		for _, hdr := range append(slices.Clone(identityHeaders), "x-authz-admin", "x-authz-code") {
+			if !matchesAny(authz.GetAllowedHeaders(), hdr) {
+				fail("ext_authz allowed_headers does not pass %s to extauthz, which could not name it for removal", hdr)
 			}
 		}
 		resp := s.GetAuthorizationResponse()

@@ -44,7 +44,9 @@ func newNoopGRPC(streamWorkers uint32) *grpc.Server {
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(4 << 20),
+		grpc.MaxRecvMsgSize(1 << 20),
+		grpc.MaxHeaderListSize(64 << 10),
+		grpc.MaxConcurrentStreams(1024),
 	}
 	if streamWorkers > 0 {
 		opts = append(opts, grpc.NumStreamWorkers(streamWorkers))

@@ -72,6 +72,38 @@ func TestConfigCheck(t *testing.T) {
 	out, _, code = cliRun(t, "config", "check")
 	assert.Equal(t, 0, code, "built-in defaults are a valid config")
 	assert.Contains(t, out, "(built-in defaults)")
+
+	badPaths := writeConfig(t, "paths: {matrix_params: servelt}\n")
+	_, errOut, code = cliRun(t, "config", "check", "--config", badPaths)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, `paths.matrix_params: "servelt": want reject or servlet (did you mean "servlet"?)`)
+}
+
+// A table with routes that can never decide a request is valid (exit 0),
+// but config check says which and why on stderr, and the clean table
+// nothing.
+func TestConfigCheckWarnsAboutDuplicateAndShadowedRoutes(t *testing.T) {
+	path := writeConfig(t, `
+routes:
+  - {path: "/api/**", permissions: [read:api]}
+  - {path: "/api/admin/**", permissions: [admin]}
+  - {path: "/users/{id}", methods: [GET], permissions: [read:users]}
+  - {path: "/users/{id}", methods: [DELETE], permissions: [delete:users]}
+  - {path: "/users/{uid}", methods: [DELETE], permissions: [x]}
+`)
+	out, errOut, code := cliRun(t, "config", "check", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "ok")
+	assert.Contains(t, out, "GET (+HEAD)")
+	assert.Contains(t, out, "A method never falls through to a\nbroader route")
+	warnings := strings.Split(strings.TrimSpace(errOut), "\n")
+	require.Len(t, warnings, 2, errOut)
+	assert.Contains(t, warnings[0], `warning: routes[1] "/api/admin/**" is never reached: routes[0] "/api/**" comes first`)
+	assert.Contains(t, warnings[1], `warning: routes[4] "/users/{uid}" is never reached: it repeats the pattern of routes[2], and earlier routes with that pattern take its methods (DELETE)`)
+
+	_, errOut, code = cliRun(t, "config", "check", "--config", writeConfig(t, testRoutes))
+	assert.Equal(t, 0, code)
+	assert.Empty(t, errOut, "a clean table gives no warning")
 }
 
 func TestKeysCommandsRefuseBadInputAndChangeNothing(t *testing.T) {

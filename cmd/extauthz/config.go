@@ -9,8 +9,10 @@ import (
 	"github.com/extauthz/extauthz/config"
 )
 
-// configCmd is "extauthz config check": validate and print the route table.
-func configCmd(args []string, stdout io.Writer) error {
+// configCmd is "extauthz config check": validate and print the route
+// table. Routes that can never decide a request (duplicates, routes a
+// broader earlier one shadows) are warnings on stderr: the file is valid.
+func configCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
 		return fmt.Errorf("%w: config takes the subcommand check", errUsage)
 	}
@@ -32,6 +34,9 @@ func configCmd(args []string, stdout io.Writer) error {
 	var warning string
 	if err := requirePepper(cfg, func(msg string) { warning = "warning: " + msg + "\n" }); err != nil {
 		return err
+	}
+	for _, w := range policy.Routes.Warnings() {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
 	fmt.Fprintf(stdout, "config %s: ok\n%sstore: %s\n\n", src, warning, describeStore(cfg))
 	return policy.Routes.Print(stdout, cfg.Unmatched)

@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "audit":
 		err = auditCmd(ctx, rest, stdout, stderr)
 	case "config":
-		err = configCmd(rest, stdout)
+		err = configCmd(rest, stdout, stderr)
 	case "healthcheck":
 		err = healthcheckCmd(ctx, rest)
 	case "version", "--version", "-v":

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -58,4 +60,50 @@ func TestTwoReplicasShareOneCount(t *testing.T) {
 	hs := headerMap(resp.GetDeniedResponse().GetHeaders())
 	assert.Equal(t, `"key";q=25;w=60`, hs["ratelimit-policy"])
 	assert.Equal(t, "0", hs["x-ratelimit-remaining"])
+}
+
+// Two routes with one pattern, GET at 1000/m and DELETE at 2/h, are two
+// limits: alternating them, as the issue's probe did, allows exactly 2
+// DELETEs (it allowed all 10 when both counted under the pattern and each
+// check restarted the other's window), with the local limiter (embedded
+// store) and with the shared Redis one. A reload that keeps the route
+// keeps its count.
+func TestRouteLimitsBelongToTheRouteNotThePattern(t *testing.T) {
+	const routes = `
+routes:
+  - {path: "/api/users/{id}", methods: [GET], permissions: [read:users], rate_limit: 1000/m}
+  - {path: "/api/users/{id}", methods: [DELETE], permissions: [delete:users], rate_limit: 2/h}
+`
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			store := storeYAML(t, backend) + "rate_limit: {default: none}\n"
+			ts := startServer(t, store+routes)
+			key, _ := ts.create(t, keystore.Spec{Name: "both", Permissions: []string{"read:users", "delete:users"}})
+			h := map[string]string{"x-api-key": key}
+
+			deletes := 0
+			for range 10 {
+				require.NotNil(t, ts.check(t, "GET", "/api/users/7", h).GetOkResponse(), "GET is far under its 1000/m")
+				resp := ts.check(t, "DELETE", "/api/users/7", h)
+				if resp.GetOkResponse() != nil {
+					deletes++
+					continue
+				}
+				code, status := denial(t, resp)
+				require.Equal(t, "rate_limited", code)
+				require.Equal(t, 429, status)
+				assert.Equal(t, `"/api/users/{id}";q=2;w=3600`, headerMap(resp.GetDeniedResponse().GetHeaders())["ratelimit-policy"])
+			}
+			assert.Equal(t, 2, deletes, "DELETE is limited to 2/h however many GETs come between")
+
+			// A reload that adds a route in front keeps this one's counter.
+			require.NoError(t, os.WriteFile(ts.cfgPath, []byte("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
+				store+routes+"  - {path: /reloaded, public: true}\n"), 0o600))
+			require.Eventually(t, func() bool {
+				return ts.check(t, "GET", "/reloaded", nil).GetOkResponse() != nil
+			}, 5*time.Second, 20*time.Millisecond, "the reload did not happen")
+			code, _ := denial(t, ts.check(t, "DELETE", "/api/users/7", h))
+			assert.Equal(t, "rate_limited", code, "the reloaded route still counts the DELETEs made")
+		})
+	}
 }

@@ -1,0 +1,276 @@
+package authz
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits on one request's headers, in every mode. Envoy's own defaults are
+// far below them (100 headers, 60 KiB); a request past either is answered
+// 400 bad_request, and no step of a check does more than linear work in
+// what is left.
+const (
+	// MaxHeaders is the most header entries a request may carry (each
+	// entry of Envoy's headers map or header_map; each line in HTTP mode).
+	MaxHeaders = 512
+	// MaxHeaderBytes is the most bytes of header names and values.
+	MaxHeaderBytes = 256 << 10
+	// MaxCheckRequestBytes is the largest CheckRequest the gRPC server
+	// accepts (grpc.MaxRecvMsgSize): room for MaxHeaderBytes of headers and
+	// the rest of what Envoy sends. A larger message is an RPC error, which
+	// Envoy answers with its status_on_error.
+	MaxCheckRequestBytes = 1 << 20
+)
+
+// errTooManyHeaders is Request.Malformed past MaxHeaders or MaxHeaderBytes.
+const errTooManyHeaders = "more than 512 headers or 256 KiB of headers"
+
+// headerBudget counts a request's headers against MaxHeaders and
+// MaxHeaderBytes.
+type headerBudget struct{ n, bytes int }
+
+// add counts one entry and reports whether the request is still within the
+// limits.
+func (b *headerBudget) add(name, value string) bool {
+	b.n++
+	b.bytes += len(name) + len(value)
+	return b.n <= MaxHeaders && b.bytes <= MaxHeaderBytes
+}
+
+// eachHeader calls f with every header entry of h, names as received.
+// Only the adapters' own Headers can be listed; any other lists nothing.
+func eachHeader(h Headers, f func(name, value string)) {
+	switch h := h.(type) {
+	case HeaderMap:
+		for k, v := range h {
+			f(k, v)
+		}
+	case *headerList:
+		for _, e := range *h {
+			f(e.Key, e.Value)
+		}
+	case httpHeaders:
+		for k, vs := range h {
+			for _, v := range vs {
+				f(k, v)
+			}
+		}
+	}
+}
+
+// dashFold is a header-name byte as CGI, WSGI, PHP and Rack read it: "_"
+// and "-" are the same, and case does not matter.
+func dashFold(c byte) byte {
+	switch {
+	case c == '_':
+		return '-'
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// readsAsHeader reports whether the raw header name reads as the lower-case
+// name canonical for some upstream (dashFold).
+func readsAsHeader(raw, canonical string) bool {
+	if len(raw) != len(canonical) {
+		return false
+	}
+	for i := 0; i < len(raw); i++ {
+		if dashFold(raw[i]) != canonical[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// readsAsIdentity reports whether a client header name reads as one of the
+// x-authz- headers extauthz sets (any case, "_" for "-"): a client must
+// never set one.
+func readsAsIdentity(name string) bool {
+	if len(name) <= len(IdentityPrefix) {
+		return false
+	}
+	for i := 0; i < len(IdentityPrefix); i++ {
+		if dashFold(name[i]) != IdentityPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// isIdentityHeader reports whether name is, up to case, one of the four
+// identity headers: setting it (Envoy's setCopy, HTTP proxies' overwrite)
+// replaces a client's header of that name.
+func isIdentityHeader(name string) bool {
+	for _, h := range [...]string{HeaderKeyID, HeaderKeyName, HeaderOwner, HeaderPermissions} {
+		if equalFoldASCII(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// headerNames summarises a request's header names, as an adapter saw them
+// while it read the headers, so that a check looks for the rare spellings
+// below only in a request that has them. The zero value means "not
+// summarised" (a Request built by hand): the checks then look themselves.
+type headerNames uint8
+
+const (
+	namesSeen       headerNames = 1 << iota // the adapter summarised the names
+	namesUnderscore                         // some name holds a "_"
+	namesIdentity                           // some name reads as an x-authz- header
+)
+
+// note adds one header name to the summary.
+func (n *headerNames) note(name string) {
+	*n |= namesSeen
+	if strings.IndexByte(name, '_') >= 0 {
+		*n |= namesUnderscore
+	}
+	if readsAsIdentity(name) {
+		*n |= namesIdentity
+	}
+}
+
+// lacks reports whether the summary says that no name has the flag.
+func (n headerNames) lacks(flag headerNames) bool { return n&namesSeen != 0 && n&flag == 0 }
+
+// maxAliasDashes bounds the "-" in a header source's name for which every
+// "_" spelling is listed up front (2^n of them); a longer name is looked
+// for by walking the headers.
+const maxAliasDashes = 4
+
+// underscoreSpellings lists the spellings of a lower-case header name with
+// one or more of its "-" written "_", or nil past maxAliasDashes.
+func underscoreSpellings(name string) []string {
+	n := strings.Count(name, "-")
+	if n == 0 || n > maxAliasDashes {
+		return nil
+	}
+	var out []string
+	for mask := 1; mask < 1<<n; mask++ {
+		b := []byte(name)
+		k := 0
+		for i, c := range b {
+			if c == '-' {
+				if mask&(1<<k) != 0 {
+					b[i] = '_'
+				}
+				k++
+			}
+		}
+		out = append(out, string(b))
+	}
+	return out
+}
+
+// headerAliasesSource reports whether the request carries a header whose
+// name differs from a header source's only by "_" for "-" (x_api_key for
+// x-api-key): an upstream that reads the two alike (CGI, WSGI, PHP, Rack)
+// would be handed a credential that extauthz neither checked nor stripped.
+func headerAliasesSource(req *Request, sources []Source) bool {
+	if req.names.lacks(namesUnderscore) {
+		return false
+	}
+	if m, ok := req.Headers.(HeaderMap); ok && req.names == 0 {
+		// Envoy's lower-case names: a few lookups beat walking the map.
+		walk := false
+		for i := range sources {
+			s := &sources[i]
+			if s.kind != sourceHeader {
+				continue
+			}
+			walk = walk || s.underscored == nil && strings.IndexByte(s.name, '-') >= 0
+			for _, alias := range s.underscored {
+				if _, ok := m[alias]; ok {
+					return true
+				}
+			}
+		}
+		if !walk {
+			return false
+		}
+	}
+	found := false
+	eachHeader(req.Headers, func(name, _ string) {
+		if found || strings.IndexByte(name, '_') < 0 {
+			return
+		}
+		for i := range sources {
+			if s := &sources[i]; s.kind == sourceHeader && readsAsHeader(name, s.name) {
+				found = true
+			}
+		}
+	})
+	return found
+}
+
+// appendSpoofed appends the names of every client-sent header that reads as
+// an x-authz- header (readsAsIdentity), once each, except, when identity
+// headers are set (keepIdentity), the names that setting them overwrites:
+// Envoy removes headers after it sets them, so removing those would remove
+// extauthz's own values. lower writes the names lower-cased. It is linear
+// in the number of headers.
+func appendSpoofed(remove []string, req *Request, keepIdentity, lower bool) []string {
+	if req.names.lacks(namesIdentity) {
+		return remove
+	}
+	start := len(remove)
+	eachHeader(req.Headers, func(name, _ string) {
+		if !readsAsIdentity(name) || !utf8.ValidString(name) {
+			return // a name that is not UTF-8 cannot be named back to Envoy; its codec rejects such requests
+		}
+		if keepIdentity && isIdentityHeader(name) {
+			return
+		}
+		if lower {
+			name = strings.ToLower(name)
+		}
+		remove = append(remove, name)
+	})
+	return dedupe(remove, start)
+}
+
+// dedupe removes repeated strings from s[start:], keeping the first of
+// each, in linear time.
+func dedupe(s []string, start int) []string {
+	added := s[start:]
+	if len(added) < 2 {
+		return s
+	}
+	seen := make(map[string]struct{}, len(added))
+	out := added[:0]
+	for _, v := range added {
+		if _, ok := seen[v]; !ok {
+			seen[v] = struct{}{}
+			out = append(out, v)
+		}
+	}
+	clear(added[len(out):])
+	return s[:start+len(out)]
+}
+
+// httpHeaders reads http.Header by lower-case name. A header sent on
+// several lines is joined as Envoy joins it (", "; "; " for cookies), not
+// cut to its first line: with X-Forwarded-For the first line may be the
+// client's own and the trusted hops are at the end; with a credential, two
+// values make one invalid key rather than a silent choice.
+type httpHeaders http.Header
+
+func (h httpHeaders) Get(name string) string {
+	vals := h[textproto.CanonicalMIMEHeaderKey(name)]
+	switch len(vals) {
+	case 0:
+		return ""
+	case 1:
+		return vals[0]
+	}
+	if name == "cookie" {
+		return strings.Join(vals, "; ")
+	}
+	return strings.Join(vals, ",")
+}

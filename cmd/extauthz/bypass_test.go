@@ -1,0 +1,463 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// bypassRoutes is the table every attempt is made against. unmatched:
+// authenticate is the laxest setting: there, any request that slips past
+// the route it belongs to lands on "any valid key", so each fall-through
+// the suite looks for would show.
+const bypassRoutes = `
+routes:
+  - {path: "/public/**", public: true}
+  - {path: /files/public, public: true}
+  - {path: "/files/{name}", permissions: [read:files]}
+  - {path: "/static/**", public: true}
+  - {path: /api/users, methods: [GET], permissions: [read:users]}
+  - {path: "/api/users/{id}", methods: [GET], permissions: [read:users]}
+  - {path: "/api/users/{id}", methods: [DELETE], permissions: [delete:users]}
+  - {path: "/api/reports/**", permissions: [read:reports]}
+  - {path: "/api/admin/**", permissions: [admin:all]}
+  - {path: "/keys/**", permissions: [admin:all]}
+  - {path: "/docs/", public: true}
+  - {path: "/v1/things:list", permissions: [list:things]}
+unmatched: authenticate
+rate_limit: {default: none}
+`
+
+// The path readings a server of the suite runs with.
+const (
+	strictPaths  = ""
+	servletPaths = "paths: {matrix_params: servlet}\n"
+	foldingPaths = "paths: {case_insensitive: true}\n"
+)
+
+// The transports an attempt is made over: Envoy's gRPC Check, and the
+// HTTP listener in each of its three conventions.
+const (
+	viaGRPC       = "grpc"
+	viaPath       = "http path"
+	viaXOriginal  = "http x-original"
+	viaXForwarded = "http x-forwarded"
+)
+
+var allTransports = []string{viaGRPC, viaPath, viaXOriginal, viaXForwarded}
+
+// upstream is what an allowed request may carry on to the upstream.
+type upstream struct {
+	key     string   // the key whose identity the upstream gets; "" = a public route (identity emptied)
+	removed []string // header names (lower-case) that must be removed before the upstream
+	query   []string // query parameters removed (gRPC mode only: HTTP mode cannot)
+	cookie  *string  // the cookie header rewritten without the credential (gRPC only); "" = removed whole
+}
+
+// attempt is one request an attacker makes, and who may pass.
+type attempt struct {
+	name    string
+	paths   string // strictPaths, servletPaths or foldingPaths
+	method  string
+	path    string
+	headers [][2]string // as the client sends them, in order; "{reader}" and the like are keys
+	via     []string    // transports; nil = all
+	status  int
+	code    string    // the deny code; "" = allowed
+	allow   *upstream // for allows: what the upstream sees
+}
+
+func pass(key string, removed ...string) *upstream { return &upstream{key: key, removed: removed} }
+
+func hdr(kv ...string) [][2]string {
+	var out [][2]string
+	for i := 0; i+1 < len(kv); i += 2 {
+		out = append(out, [2]string{kv[i], kv[i+1]})
+	}
+	return out
+}
+
+// bypassAttempts are the classes of issue 11 and 17, each with its
+// variants and encodings. Every row asserts who may pass.
+func bypassAttempts() []attempt {
+	deny := func(name, paths, method, path string, h [][2]string, status int, code string, via ...string) attempt {
+		return attempt{name: name, paths: paths, method: method, path: path, headers: h, status: status, code: code, via: via}
+	}
+	allow := func(name, paths, method, path string, h [][2]string, up *upstream, via ...string) attempt {
+		return attempt{name: name, paths: paths, method: method, path: path, headers: h, status: 200, allow: up, via: via}
+	}
+	reader := hdr("x-api-key", "{reader}")
+	users := hdr("x-api-key", "{users}")
+	cookieRest := "a=1"
+	noCookie := ""
+	return []attempt{
+		// Dot segments with ;params, in every encoding.
+		deny("..; out of a public prefix", strictPaths, "GET", "/public/..;/api/admin/x", nil, 400, "bad_request"),
+		deny("%2e%2e; out of a public prefix", strictPaths, "GET", "/public/%2e%2e;/api/admin/x", nil, 400, "bad_request"),
+		deny("%2E%2E;x=1 out of a public prefix", strictPaths, "GET", "/public/%2E%2E;x=1/api/admin/x", nil, 400, "bad_request"),
+		deny(".%2e; out of a public prefix", strictPaths, "GET", "/public/.%2e;/api/admin/x", nil, 400, "bad_request"),
+		deny("%2E.; out of a public prefix", strictPaths, "GET", "/public/%2E.;/api/admin/x", nil, 400, "bad_request"),
+		deny("..;a=b out of a public prefix", strictPaths, "GET", "/public/..;a=b/api/admin/x", nil, 400, "bad_request"),
+		deny("/.;/ in a public prefix", strictPaths, "GET", "/public/.;/x", nil, 400, "bad_request"),
+		deny("..; out of a reader's prefix", strictPaths, "GET", "/api/reports/..;/admin/x", reader, 400, "bad_request"),
+		deny("..; from the root", strictPaths, "GET", "/..;/api/admin/x", nil, 400, "bad_request"),
+		deny("a jsessionid parameter", strictPaths, "GET", "/public/x;jsessionid=1", nil, 400, "bad_request"),
+		deny("an encoded semicolon", strictPaths, "GET", "/public/..%3B/api/admin/x", nil, 400, "bad_request"),
+		deny("a double-encoded dot-dot", strictPaths, "GET", "/public/%252e%252e/api/admin/x", nil, 400, "bad_request"),
+		deny("an overlong UTF-8 dot-dot", strictPaths, "GET", "/public/%c0%ae%c0%ae/api/admin/x", nil, 400, "bad_request"),
+		deny("an encoded slash", strictPaths, "GET", "/public/..%2f..%2fapi/admin/x", nil, 400, "bad_request"),
+		deny("an encoded backslash", strictPaths, "GET", "/public/..%5capi/admin/x", nil, 400, "bad_request"),
+		deny("a raw backslash", strictPaths, "GET", "/public\\..\\api/admin/x", nil, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
+		deny("a raw dot-dot (Express and Flask take it literally)", strictPaths, "GET", "/api/admin/../../public/x", nil, 400, "bad_request"),
+		deny("a raw dot-dot into a stricter route", strictPaths, "GET", "/public/../api/admin/x", nil, 400, "bad_request"),
+		deny("a raw dot segment", strictPaths, "GET", "/public/./x", nil, 400, "bad_request"),
+		deny("%2e%2e: Go's ServeMux takes it as a name", strictPaths, "GET", "/public/%2e%2e/api/admin/x", nil, 400, "bad_request"),
+		deny(".%2e out of an admin prefix into a public one", strictPaths, "GET", "/api/admin/x/.%2e/.%2e/.%2e/public/x", nil, 400, "bad_request"),
+		deny("%2E. out of a public prefix", strictPaths, "GET", "/public/%2E./api/admin/x", reader, 400, "bad_request"),
+		deny("an encoded single dot", strictPaths, "GET", "/public/%2e/x", nil, 400, "bad_request"),
+		deny("climbing above the root", strictPaths, "GET", "/public/../../api/admin/x", nil, 400, "bad_request"),
+
+		// Double slashes.
+		deny("// (upstreams merge it or not)", strictPaths, "GET", "//public//x", nil, 400, "bad_request"),
+		deny("// then .. resolves differently per upstream", strictPaths, "GET", "/api/admin//../../public/x", nil, 400, "bad_request"),
+		deny("//.. from a public prefix", strictPaths, "GET", "/public//../api/admin/x", nil, 400, "bad_request"),
+
+		// Case and Unicode.
+		deny("upper case is another file, not the public one", strictPaths, "GET", "/files/PUBLIC", nil, 401, "missing_key"),
+		deny("a ;param on a public literal", strictPaths, "GET", "/files/public;x", nil, 400, "bad_request"),
+		deny("an upper-case public prefix is not public", strictPaths, "GET", "/Public/x", nil, 401, "missing_key"),
+		deny("raw long s (U+017F) is not s", strictPaths, "GET", "/\u017ftatic/x", nil, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
+		deny("encoded long s is not s", strictPaths, "GET", "/%C5%BFtatic/x", nil, 401, "missing_key"),
+		deny("the Kelvin sign is not K", strictPaths, "GET", "/%E2%84%AAeys/x", nil, 401, "missing_key"),
+		deny("a fullwidth s is not s", strictPaths, "GET", "/%EF%BD%93tatic/x", nil, 401, "missing_key"),
+		deny("a dotted capital I is not i", strictPaths, "GET", "/f%C4%B0les/public", nil, 401, "missing_key"),
+		deny("folding: upper case that picks the public route", foldingPaths, "GET", "/files/PUBLIC", nil, 400, "bad_request"),
+		deny("folding: upper case that reaches the admin prefix", foldingPaths, "GET", "/API/admin/x", reader, 400, "bad_request"),
+		deny("folding: the Kelvin sign", foldingPaths, "GET", "/%E2%84%AAeys/x", reader, 400, "bad_request"),
+		deny("folding: long s", foldingPaths, "GET", "/%C5%BFtatic/x", nil, 400, "bad_request"),
+		deny("folding: a fullwidth letter", foldingPaths, "GET", "/%EF%BD%93tatic/x", nil, 400, "bad_request"),
+		allow("folding: a case that changes no route", foldingPaths, "GET", "/files/Report", hdr("x-api-key", "{files}"), pass("files", "x-api-key")),
+
+		// Trailing slashes.
+		deny("a trailing slash that changes the route", strictPaths, "GET", "/api/users/", users, 400, "bad_request"),
+		deny("a trailing slash on a public literal", strictPaths, "GET", "/files/public/", nil, 400, "bad_request"),
+		allow("a pattern with a slash takes both spellings", strictPaths, "GET", "/docs", nil, pass("")),
+		allow("** takes a trailing slash", strictPaths, "GET", "/api/reports/", reader, pass("reader", "x-api-key")),
+
+		// Methods.
+		allow("HEAD takes the GET route", strictPaths, "HEAD", "/api/users", users, pass("users", "x-api-key")),
+		deny("HEAD needs the GET route's permission", strictPaths, "HEAD", "/api/users", reader, 403, "permission_denied"),
+		deny("OPTIONS does not fall through to any valid key", strictPaths, "OPTIONS", "/api/users", reader, 403, "no_route"),
+		deny("POST does not fall through", strictPaths, "POST", "/api/users", reader, 403, "no_route"),
+		deny("an unknown method does not fall through", strictPaths, "FOO", "/api/users", reader, 403, "no_route"),
+		deny("PATCH on a GET and DELETE pattern", strictPaths, "PATCH", "/api/users/7", reader, 403, "no_route"),
+		deny("HEAD on a per-method pattern needs GET's permission", strictPaths, "HEAD", "/api/users/7", reader, 403, "permission_denied"),
+		deny("DELETE goes to the DELETE route of the pattern", strictPaths, "DELETE", "/api/users/7", users, 403, "permission_denied"),
+		deny("a lower-case method", strictPaths, "get", "/api/users", users, 400, "bad_request"),
+		deny("a mixed-case method", strictPaths, "Get", "/api/users", users, 400, "bad_request"),
+		allow("a route without methods takes any token", strictPaths, "M-SEARCH", "/public/x", nil, pass("")),
+
+		// Credential names in the query.
+		deny("api%5Fkey in the query", strictPaths, "GET", "/public/x?api%5Fkey={reader}", nil, 400, "bad_request"),
+		deny("%61pi_key in the query", strictPaths, "GET", "/public/x?%61pi_key={reader}", nil, 400, "bad_request"),
+		deny("api+key in the query", strictPaths, "GET", "/public/x?api+key={reader}", nil, 400, "bad_request"),
+		deny("api.key in the query (PHP's api_key)", strictPaths, "GET", "/public/x?api.key={reader}", nil, 400, "bad_request"),
+		deny("api[key in the query (PHP's api_key)", strictPaths, "GET", "/public/x?api[key={reader}", nil, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
+		deny("API_KEY in the query (ASP.NET's api_key)", strictPaths, "GET", "/public/x?API_KEY={reader}", nil, 400, "bad_request"),
+		deny("api_key behind a ; in the query", strictPaths, "GET", "/public/x?x=1;api_key={reader}", nil, 400, "bad_request"),
+		deny("api%5Fkey beside a good credential", strictPaths, "GET", "/api/reports/x?api%5Fkey={admin}", reader, 400, "bad_request"),
+		allow("two api_key parameters: both go", strictPaths, "GET", "/public/x?api_key={reader}&api_key={admin}", nil, &upstream{query: []string{"api_key"}}),
+		allow("a query credential is stripped", strictPaths, "GET", "/api/reports/x?page=2&api_key={reader}", nil, &upstream{key: "reader", query: []string{"api_key"}}),
+
+		// Credential names in cookies.
+		deny("api%5Fkey as a cookie", strictPaths, "GET", "/public/x", hdr("cookie", "api%5Fkey={reader}"), 400, "bad_request"),
+		deny("API_KEY as a cookie", strictPaths, "GET", "/public/x", hdr("cookie", "a=1; API_KEY={reader}"), 400, "bad_request"),
+		deny("api.key as a cookie", strictPaths, "GET", "/public/x", hdr("cookie", "api.key={reader}"), 400, "bad_request"),
+		allow("a cookie in a second Cookie line is found and cut", strictPaths, "GET", "/api/reports/x",
+			hdr("cookie", "a=1", "cookie", "api_key={reader}"), &upstream{key: "reader", cookie: &cookieRest}),
+		allow("a cookie after a comma on a public route is cut", strictPaths, "GET", "/public/x",
+			hdr("cookie", "a=1,api_key={reader}"), &upstream{cookie: &cookieRest}, viaGRPC),
+		allow("two api_key cookies: both go", strictPaths, "GET", "/public/x",
+			hdr("cookie", "api_key={reader}; api_key={admin}"), &upstream{cookie: &noCookie}),
+
+		// Identity headers in every spelling.
+		allow("x_authz_owner is removed", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "x_authz_owner", "root"), pass("reader", "x-api-key", "x_authz_owner")),
+		allow("X-AUTHZ-OWNER is overwritten", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "X-AUTHZ-OWNER", "root"), pass("reader", "x-api-key")),
+		allow("x-authz_owner is removed", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "x-authz_owner", "root"), pass("reader", "x-api-key", "x-authz_owner")),
+		allow("X_Authz-Key_Id is removed", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "X_Authz-Key_Id", "key_admin"), pass("reader", "x-api-key", "x_authz-key_id")),
+		allow("x-authz-admin is removed", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "x-authz-admin", "true"), pass("reader", "x-api-key", "x-authz-admin")),
+		allow("a public route removes x-authz-owner", strictPaths, "GET", "/public/x", hdr("x-authz-owner", "root"), pass("", "x-authz-owner")),
+		allow("a public route removes x_authz_key_id", strictPaths, "GET", "/public/x", hdr("x_authz_key_id", "key_admin"), pass("", "x_authz_key_id")),
+		allow("a public route strips a credential sent anyway", strictPaths, "GET", "/public/x", hdr("authorization", "Bearer {reader}", "x-authz-permissions", "admin"), pass("", "authorization", "x-authz-permissions")),
+		deny("x_api_key spells the credential header otherwise", strictPaths, "GET", "/public/x", hdr("x_api_key", "{reader}"), 400, "bad_request"),
+		deny("X-API_KEY spells it otherwise too", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "X-API_KEY", "{admin}"), 400, "bad_request"),
+
+		// HTTP-mode conventions: one place only.
+		deny("path mode ignores a client X-Forwarded-Uri", strictPaths, "GET", "/api/admin/x", hdr("X-Forwarded-Uri", "/public/x", "X-Original-URI", "/public/x"), 401, "missing_key", viaPath),
+		deny("x-original ignores a client X-Forwarded-Uri", strictPaths, "GET", "/api/admin/x", hdr("X-Forwarded-Uri", "/public/x", "X-Forwarded-Method", "GET"), 401, "missing_key", viaXOriginal),
+		deny("x-forwarded ignores a client X-Original-URI", strictPaths, "GET", "/api/admin/x", hdr("X-Original-URI", "/public/x", "X-Original-Method", "GET"), 401, "missing_key", viaXForwarded),
+		deny("x-original without its headers", strictPaths, "", "", nil, 400, "bad_request", viaXOriginal),
+		deny("x-forwarded without its headers", strictPaths, "", "", nil, 400, "bad_request", viaXForwarded),
+
+		// Too many headers.
+		deny("600 headers", strictPaths, "GET", "/public/x", manyHeaders(600), 400, "bad_request"),
+
+		// The servlet reading: the path a servlet container serves.
+		deny("servlet: ..; reaches the admin prefix it climbs to", servletPaths, "GET", "/public/..;/api/admin/x", nil, 401, "missing_key"),
+		deny("servlet: %2e%2e;x reaches it too", servletPaths, "GET", "/public/%2e%2e;x/api/admin/x", reader, 403, "permission_denied"),
+		deny("servlet: ..; out of a reader's prefix", servletPaths, "GET", "/api/reports/..;/admin/x", reader, 403, "permission_denied"),
+		allow("servlet: ..; that lands on no route is any valid key's", servletPaths, "GET", "/api/reports/..;/api/admin/x", reader, pass("reader", "x-api-key")),
+		deny("servlet: /.;/ resolves", servletPaths, "GET", "/.;/api/admin/x", reader, 403, "permission_denied"),
+		deny("servlet: a raw dot-dot resolves", servletPaths, "GET", "/public/../api/admin/x", nil, 401, "missing_key"),
+		deny("servlet: // merges", servletPaths, "GET", "//api//admin//x", reader, 403, "permission_denied"),
+		deny("servlet: // then .. is still 400", servletPaths, "GET", "/api/admin//../../public/x", nil, 400, "bad_request"),
+		deny("servlet: %2e%2e resolves, as the container resolves it", servletPaths, "GET", "/public/%2e%2e/api/admin/x", reader, 403, "permission_denied"),
+		deny("servlet: an encoded semicolon is still 400", servletPaths, "GET", "/public/..%3B/api/admin/x", nil, 400, "bad_request"),
+		allow("servlet: a jsessionid parameter", servletPaths, "GET", "/api/users;jsessionid=1", users, pass("users", "x-api-key")),
+		allow("servlet: params on a public path", servletPaths, "GET", "/public/x;a=b", nil, pass("")),
+	}
+}
+
+// manyHeaders returns n distinct headers.
+func manyHeaders(n int) [][2]string {
+	out := make([][2]string, n)
+	for i := range out {
+		out[i] = [2]string{fmt.Sprintf("x-pad-%d", i), "v"}
+	}
+	return out
+}
+
+// bypassFixture is, for each path reading, one server per HTTP-mode
+// convention on one shared store, and the keys of the suite.
+type bypassFixture struct {
+	servers map[string]map[string]*testServer // paths → transport → server
+	keys    map[string]string                 // name → secret
+	ids     map[string]string                 // name → key id
+}
+
+func newBypassFixture(t *testing.T) *bypassFixture {
+	t.Helper()
+	f := &bypassFixture{servers: map[string]map[string]*testServer{}, keys: map[string]string{}, ids: map[string]string{}}
+	db := fmt.Sprintf("store: {backend: embedded, path: %q}\n", filepath.Join(t.TempDir(), "bypass.db"))
+	for _, paths := range []string{strictPaths, servletPaths, foldingPaths} {
+		f.servers[paths] = map[string]*testServer{}
+		for original, via := range map[string]string{"path": viaPath, "x-original": viaXOriginal, "x-forwarded": viaXForwarded} {
+			ts := startServer(t, db+bypassRoutes+paths+"http_mode: {original: "+original+"}\n")
+			f.servers[paths][via] = ts
+			if original == "path" {
+				f.servers[paths][viaGRPC] = ts
+			}
+		}
+	}
+	ts := f.servers[strictPaths][viaGRPC]
+	for name, perms := range map[string][]string{
+		"reader": {"read:reports"}, "users": {"read:users"}, "files": {"read:files"}, "admin": {"admin:all", "delete:users", "read:users"},
+	} {
+		secret, k := ts.create(t, keystore.Spec{Name: name, Permissions: perms})
+		f.keys[name], f.ids[name] = secret, k.ID
+	}
+	return f
+}
+
+func (f *bypassFixture) expand(s string) string {
+	for name, key := range f.keys {
+		s = strings.ReplaceAll(s, "{"+name+"}", key)
+	}
+	return s
+}
+
+// TestBypassAttempts makes every attempt of bypassAttempts over a real gRPC
+// connection and over real HTTP in each convention, and checks who passes:
+// the status and code of a denial; for an allow, the identity the upstream
+// gets and every header, query parameter and cookie removed on the way.
+func TestBypassAttempts(t *testing.T) {
+	f := newBypassFixture(t)
+	n := 0
+	for _, a := range bypassAttempts() {
+		via := a.via
+		if via == nil {
+			via = allTransports
+		}
+		for _, transport := range via {
+			n++
+			t.Run(a.name+"/"+transport, func(t *testing.T) {
+				ts := f.servers[a.paths][transport]
+				if transport == viaGRPC {
+					f.checkGRPC(t, ts, a)
+				} else {
+					f.checkHTTP(t, ts, transport, a)
+				}
+			})
+		}
+	}
+	t.Logf("%d attempts, %d requests", len(bypassAttempts()), n)
+	require.GreaterOrEqual(t, len(bypassAttempts()), 60)
+}
+
+// checkGRPC sends a as Envoy would: header names lower-cased, a repeated
+// header's lines joined with a comma.
+func (f *bypassFixture) checkGRPC(t *testing.T, ts *testServer, a attempt) {
+	headers := map[string]string{}
+	for _, h := range a.headers {
+		name := strings.ToLower(h[0])
+		if prev, ok := headers[name]; ok {
+			headers[name] = prev + "," + f.expand(h[1])
+		} else {
+			headers[name] = f.expand(h[1])
+		}
+	}
+	resp, err := ts.client.Check(context.Background(), checkReq(a.method, f.expand(a.path), "10.1.2.3", headers))
+	require.NoError(t, err, "a decision is never an RPC error")
+	for _, k := range f.keys {
+		require.NotContains(t, resp.String(), k, "no response carries a key")
+	}
+	if a.allow == nil {
+		code, status := denial(t, resp)
+		assert.Equal(t, a.code, code, resp.GetStatus().GetMessage())
+		assert.Equal(t, a.status, status)
+		return
+	}
+	ok := resp.GetOkResponse()
+	require.NotNil(t, ok, "want an allow, got %s", resp.GetStatus().GetMessage())
+	set := headerMap(ok.GetHeaders())
+	if a.allow.key != "" {
+		assert.Equal(t, f.ids[a.allow.key], set["x-authz-key-id"])
+		assert.Equal(t, a.allow.key, set["x-authz-key-name"])
+	} else {
+		assert.NotContains(t, set, "x-authz-key-id", "a public route sets no identity")
+	}
+	removed := ok.GetHeadersToRemove()
+	lower := make([]string, len(removed))
+	for i, r := range removed {
+		lower[i] = strings.ToLower(r)
+		assert.False(t, a.allow.key != "" && isIdentityName(r), "removing %s would remove the identity just set", r)
+	}
+	for _, want := range a.allow.removed {
+		assert.Contains(t, lower, want)
+	}
+	assert.ElementsMatch(t, a.allow.query, ok.GetQueryParametersToRemove())
+	if a.allow.cookie != nil {
+		if *a.allow.cookie == "" {
+			assert.Contains(t, lower, "cookie")
+			assert.NotContains(t, set, "cookie")
+		} else {
+			assert.Equal(t, *a.allow.cookie, set["cookie"])
+		}
+	}
+}
+
+func isIdentityName(name string) bool {
+	return slices.Contains([]string{"x-authz-key-id", "x-authz-key-name", "x-authz-owner", "x-authz-permissions"}, strings.ToLower(name))
+}
+
+// checkHTTP sends a to the HTTP listener in the transport's convention,
+// with the request written byte for byte (names, order and repeated lines
+// as given).
+func (f *bypassFixture) checkHTTP(t *testing.T, ts *testServer, transport string, a attempt) {
+	method, target := "GET", "/authz"
+	headers := slices.Clone(a.headers)
+	switch transport {
+	case viaPath:
+		method, target = a.method, "/authz"+f.expand(a.path)
+	case viaXOriginal:
+		if a.method != "" {
+			headers = append(headers, [2]string{"X-Original-Method", a.method}, [2]string{"X-Original-URI", a.path})
+		}
+	case viaXForwarded:
+		if a.method != "" {
+			headers = append(headers, [2]string{"X-Forwarded-Method", a.method}, [2]string{"X-Forwarded-Uri", a.path})
+		}
+	}
+	for i := range headers {
+		headers[i][1] = f.expand(headers[i][1])
+	}
+	resp := rawHTTP(t, strings.TrimPrefix(ts.httpURL, "http://"), method, target, headers)
+	for _, k := range f.keys {
+		for name, vs := range resp.Header {
+			require.NotContains(t, strings.Join(vs, " "), k, "header %s carries a key", name)
+		}
+	}
+	assert.Equal(t, a.status, resp.StatusCode)
+	if a.allow == nil {
+		assert.Equal(t, a.code, resp.Header.Get("X-Authz-Code"))
+		return
+	}
+	if a.allow.key != "" {
+		assert.Equal(t, f.ids[a.allow.key], resp.Header.Get("X-Authz-Key-Id"))
+	} else {
+		// Present and empty: a proxy that copies it overwrites the client's.
+		for _, name := range []string{"X-Authz-Key-Id", "X-Authz-Key-Name", "X-Authz-Owner", "X-Authz-Permissions"} {
+			assert.Equal(t, []string{""}, resp.Header.Values(name), name)
+		}
+	}
+	var named []string
+	for _, n := range strings.Split(resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			named = append(named, n)
+		}
+	}
+	for _, want := range a.allow.removed {
+		assert.Contains(t, named, want)
+	}
+	for _, n := range named {
+		assert.False(t, a.allow.key != "" && isIdentityName(n), "naming %s would remove the identity just set", n)
+	}
+}
+
+// rawHTTP writes one HTTP/1.1 request exactly as given and reads the
+// response.
+func rawHTTP(t *testing.T, addr, method, target string, headers [][2]string) *http.Response {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close\r\n", method, target)
+	for _, h := range headers {
+		fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
+	}
+	b.WriteString("\r\n")
+	_, err = conn.Write([]byte(b.String()))
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp
+}
+
+// The gRPC listener's caps: past MaxHeaders a CheckRequest is a 400
+// CheckResponse (above); past 1 MiB it is refused as a message (an RPC
+// error, which Envoy answers with its status_on_error).
+func TestTheGRPCListenerRefusesAMessageOverOneMiB(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
+	req := checkReq("GET", "/healthz", "10.1.2.3", nil)
+	req.Attributes.ContextExtensions = map[string]string{"pad": strings.Repeat("p", 1<<20)}
+	_, err := ts.client.Check(context.Background(), req)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "larger than max")
+
+	raw := checkReq("GET", "/healthz", "10.1.2.3", nil)
+	raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{}
+	for i := range 600 {
+		raw.Attributes.Request.Http.HeaderMap.Headers = append(raw.Attributes.Request.Http.HeaderMap.Headers, &corev3.HeaderValue{Key: "x-same", Value: fmt.Sprint(i)})
+	}
+	resp, err := ts.client.Check(context.Background(), raw)
+	require.NoError(t, err)
+	code, status := denial(t, resp)
+	assert.Equal(t, "bad_request", code, "600 entries of Envoy's header_map")
+	assert.Equal(t, 400, status)
+}
