@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -476,4 +477,177 @@ func mountedSecret(c *corev1.Container, spec *corev1.PodSpec, file string) (secr
 		}
 	}
 	return "", "", fmt.Errorf("%s is not in a mounted Secret", file)
+}
+
+// TestChartRefusesBadValues: values that cannot work, or that say one thing
+// in two places, fail at render time with a message naming the value.
+func TestChartRefusesBadValues(t *testing.T) {
+	ch := loadChart(t)
+	tests := []struct{ name, values, wantErr string }{
+		{"the embedded store with two replicas", "store: {backend: embedded}\nreplicaCount: 2", "exactly 1 replica"},
+		{"the embedded store left at the default replica count", "store: {backend: embedded}", "replicaCount 2"},
+		{"the embedded store autoscaled", "store: {backend: embedded}\nreplicaCount: 1\nautoscaling: {enabled: true}", "cannot scale"},
+		{"the embedded store as a sidecar", "store: {backend: embedded}\nreplicaCount: 1\nsidecar: {enabled: true}", "sidecar.enabled with store.backend embedded"},
+		{"an unknown store", "store: {backend: postgres}", "store/backend"},
+		{"a misspelt top-level value", "replicas: 3", "replicas"},
+		{"a misspelt nested value", "store: {redis: {pasword: {value: x}}}", "pasword"},
+		{"a listen port in config", "config: {listen: {grpc: ':9101'}}", "config.listen is set by the chart: use the value listen"},
+		{"the Redis URL in config", "config: {store: {redis: {url: 'redis://other:6379/0'}}}", "config.store.redis.url is set by the chart: use the value store.redis.url"},
+		{"the pepper's variable in config", "config: {hashing: {pepper_env: MY_PEPPER}}", "use the value pepper"},
+		{"TLS files in config", "config: {tls: {cert_file: /x}}", "config.tls is set by the chart"},
+		{"the embedded store's path in config", "config: {store: {path: /data/x.db}}", "config.store.path"},
+		{"a password in the Redis URL", "redis: {enabled: false}\nstore: {redis: {url: 'redis://:hunter2@redis.example:6379/0'}}\nnetworkPolicy: {extraEgress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}", "store/redis/url"},
+		{"a Redis URL that is not redis://", "redis: {enabled: false}\nstore: {redis: {url: 'http://redis.example:6379'}}\nnetworkPolicy: {extraEgress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}", "store/redis/url"},
+		{"the admin API on every interface", "listen: {admin: ':9003'}", "listen/admin"},
+		{"the admin API on a Pod address", "listen: {admin: '10.0.0.1:9003'}", "listen/admin"},
+		{"two listeners on one port", "listen: {grpc: 9002}", "three different ports"},
+		{"the admin API on the HTTP port", "listen: {admin: '127.0.0.1:9002'}", "three different ports"},
+		{"TLS without its Secret", "tls: {enabled: true}", "tls.existingSecret"},
+		{"a TLS Secret with TLS off", "tls: {existingSecret: x}", "tls.enabled is false"},
+		{"a client CA with TLS off", "tls: {clientCA: {enabled: true}}", "tls.enabled is false"},
+		{"the pepper both from a Secret and a value", "pepper: {existingSecret: a, value: b}", "pepper: set existingSecret or value, not both"},
+		{"the Redis password both ways", "store: {redis: {password: {existingSecret: a, value: b}}}", "not both"},
+		{"your Redis and the chart's at once", "store: {redis: {url: 'redis://mine:6379/0'}}", "set redis.enabled false"},
+		{"no Redis at all", "redis: {enabled: false}", "store.redis.url"},
+		{"your Redis behind a NetworkPolicy with no way out to it", "redis: {enabled: false}\nstore: {redis: {url: 'redis://mine:6379/0'}}", "networkPolicy.extraEgress"},
+		{"an egress rule that opens everything", "networkPolicy: {extraEgress: [{}]}", "extraEgress"},
+		{"the chart's Redis with another ACL user", "store: {redis: {username: admin}}", "lets in the ACL user extauthz only"},
+		{"keys outside the chart's Redis ACL", "store: {redis: {prefix: 'authz:'}}", "keep the prefix under extauthz:"},
+		{"an autoscaler floor of one", "autoscaling: {enabled: true, minReplicas: 1}", "autoscaling/minReplicas"},
+		{"an autoscaler ceiling below its floor", "autoscaling: {enabled: true, minReplicas: 4, maxReplicas: 3}", "maxReplicas is below minReplicas"},
+		{"a disruption budget nothing can satisfy", "podDisruptionBudget: {minAvailable: 2}", "no node could ever be drained"},
+		{"a memory limit GOMEMLIMIT cannot be derived from", "resources: {limits: {memory: 1000M}}", "give it in Mi or Gi"},
+		{"no memory limit", "resources: {limits: {memory: null}}", "memory"},
+		{"Istio without the protected namespace", "istio: {enabled: true}", "istio.namespace"},
+		{"a sidecar with an autoscaler", "sidecar: {enabled: true}\nautoscaling: {enabled: true}", "autoscaling.enabled with sidecar.enabled"},
+		{"a sidecar with Istio", "sidecar: {enabled: true}\nistio: {enabled: true, namespace: demo}", "istio.enabled with sidecar.enabled"},
+		{"an image digest that is not one", "image: {digest: latest}", "image/digest"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := installDryRun(t, ch, tt.values)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestChartProblemsAreCaught breaks a rendered chart in memory and expects the
+// checks to say so: the chart's own checks can fail.
+func TestChartProblemsAreCaught(t *testing.T) {
+	container := func(m *manifests) *corev1.Container {
+		w, ok := m.extauthzWorkload()
+		if !ok {
+			t.Fatal("no extauthz workload")
+		}
+		return &w.pod.Spec.Containers[0]
+	}
+	const (
+		defaults = ``
+		embedded = "store: {backend: embedded}\nreplicaCount: 1"
+		scaled   = "autoscaling: {enabled: true}\nmetrics: {serviceMonitor: {enabled: true}}\ntls: {enabled: true, existingSecret: extauthz-tls}"
+		withMade = "pepper: {value: a-pepper-for-the-test-only-0123456789}"
+		mtls     = "tls: {enabled: true, existingSecret: extauthz-tls, clientCA: {enabled: true}}"
+	)
+	tests := []struct {
+		values  string
+		name    string
+		mutate  func(m *manifests)
+		wantErr string
+	}{
+		{embedded, "the embedded store with two replicas", func(m *manifests) {
+			m.statefulSets[0].Spec.Replicas = ptr(int32(2))
+		}, "StatefulSet of exactly 1"},
+		{embedded, "the embedded store in a Deployment", func(m *manifests) {
+			s := m.statefulSets[0]
+			m.deployments = append(m.deployments, &appsv1.Deployment{ObjectMeta: s.ObjectMeta, Spec: appsv1.DeploymentSpec{Replicas: s.Spec.Replicas, Selector: s.Spec.Selector, Template: s.Spec.Template}})
+			m.statefulSets = m.statefulSets[:0]
+		}, "StatefulSet of exactly 1"},
+		{embedded, "the embedded store off its volume", func(m *manifests) {
+			c := container(m)
+			c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(vm corev1.VolumeMount) bool { return vm.Name == "data" })
+		}, "not on a volumeClaimTemplate"},
+		{embedded, "the embedded store's volume deleted with the StatefulSet", func(m *manifests) {
+			m.statefulSets[0].Spec.PersistentVolumeClaimRetentionPolicy = nil
+		}, "deleted with the StatefulSet"},
+		{embedded, "the embedded store's volume not writable by the process", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Spec.SecurityContext.FSGroup = nil
+		}, "fsGroup"},
+		{scaled, "an autoscaler that may scale to one replica", func(m *manifests) {
+			m.hpas[0].Spec.MinReplicas = ptr(int32(1))
+		}, "minReplicas 1"},
+		{scaled, "an autoscaler fighting the Deployment's replicas", func(m *manifests) {
+			m.deployments[0].Spec.Replicas = ptr(int32(2))
+		}, "still sets replicas"},
+		{scaled, "an autoscaler aimed at another Deployment", func(m *manifests) {
+			m.hpas[0].Spec.ScaleTargetRef.Name = "other"
+		}, "not an extauthz Deployment"},
+		{scaled, "a ServiceMonitor that scrapes each Pod twice", func(m *manifests) {
+			m.serviceMonitors[0].Spec.Selector.MatchExpressions = nil
+		}, "selects 2 Services"},
+		{scaled, "a ServiceMonitor on the gRPC port", func(m *manifests) {
+			m.serviceMonitors[0].Spec.Endpoints[0].Port = "grpc"
+		}, "/metrics is on the HTTP listener"},
+		{scaled, "a ServiceMonitor scraping a TLS listener in plain HTTP", func(m *manifests) {
+			m.serviceMonitors[0].Spec.Endpoints[0].Scheme = nil
+		}, "the listener speaks https"},
+		{scaled, "a plain-HTTP readiness probe on a TLS listener", func(m *manifests) {
+			container(m).ReadinessProbe.HTTPGet.Scheme = corev1.URISchemeHTTP
+		}, "speaks HTTP to a listener that serves HTTPS"},
+		{scaled, "the certificate mounted with subPath", func(m *manifests) {
+			c := container(m)
+			for i := range c.VolumeMounts {
+				if c.VolumeMounts[i].Name == "extauthz-tls" {
+					c.VolumeMounts[i].SubPath = "tls.crt"
+				}
+			}
+		}, "subPath"},
+		{scaled, "the certificate not mounted at all", func(m *manifests) {
+			c := container(m)
+			c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(vm corev1.VolumeMount) bool { return vm.Name == "extauthz-tls" })
+		}, "tls.cert_file"},
+		{mtls, "an HTTP probe the kubelet cannot pass under mutual TLS", func(m *manifests) {
+			container(m).LivenessProbe.ProbeHandler = corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http"), Scheme: corev1.URISchemeHTTPS}}
+		}, "cannot complete a TLS handshake"},
+		{defaults, "GOMEMLIMIT at the memory limit", func(m *manifests) {
+			envVar(container(m), "GOMEMLIMIT").Value = "512MiB"
+		}, "keep it at 80–95%"},
+		{defaults, "GOMEMLIMIT missing", func(m *manifests) {
+			c := container(m)
+			c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" })
+		}, "GOMEMLIMIT"},
+		{withMade, "the pepper's Secret deleted on uninstall", func(m *manifests) {
+			m.secrets[0].Annotations = nil
+		}, "every key"},
+		{withMade, "a created Secret without the key the container reads", func(m *manifests) {
+			m.secrets[0].Data = map[string][]byte{"other": []byte("x")}
+		}, "no key pepper"},
+		{defaults, "a ServiceAccount that mounts a token", func(m *manifests) {
+			m.serviceAccounts[0].AutomountServiceAccountToken = nil
+		}, "automountServiceAccountToken"},
+		{defaults, "Pods under an account the chart does not create", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.ServiceAccountName = "default"
+		}, `ServiceAccount "default"`},
+		{defaults, "the chart's Redis running other files than k8s/base/redis", func(m *manifests) {
+			for _, cm := range m.configMaps {
+				if cm.Name == "extauthz-redis" {
+					cm.Data["redis.conf"] += "appendonly no\n"
+				}
+			}
+		}, "the file the Go tests prove"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, notes := mustRenderChart(t, tt.values)
+			if ps := m.chartProblems(t, notes); len(ps) > 0 {
+				t.Fatalf("the unmutated chart has problems: %v", ps)
+			}
+			tt.mutate(m)
+			ps := m.chartProblems(t, notes)
+			if !slices.ContainsFunc(ps, func(p string) bool { return strings.Contains(p, tt.wantErr) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, ps)
+			}
+		})
+	}
 }
