@@ -19,6 +19,8 @@ import (
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/common"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
+	"helm.sh/helm/v4/pkg/chart/v2/lint"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	releasev1 "helm.sh/helm/v4/pkg/release/v1"
 	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
@@ -239,7 +241,7 @@ func (m *manifests) chartProblems(t *testing.T, notes string) []string {
 	m.checkServiceMonitors(bad)
 	m.checkServiceAccounts(bad)
 	m.checkChartSecrets(bad)
-	if len(m.deployments) > 0 {
+	if w, ok := m.extauthzWorkload(); ok && w.kind == "Deployment" {
 		m.checkCentralService(bad)
 	}
 	if len(m.authzPolicy) > 0 {
@@ -649,5 +651,187 @@ func TestChartProblemsAreCaught(t *testing.T) {
 				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, ps)
 			}
 		})
+	}
+}
+
+// TestChartAsASidecar renders an app's chart that includes the extauthz
+// chart's sidecar templates (testdata/sidecar-app, with the Envoy config the
+// sidecar overlay uses) and holds it to the same checks: extauthz beside the
+// app as a native sidecar that starts first, gRPC on loopback where Envoy
+// sends its checks, the admin API off, and the Redis password for the
+// extauthz container alone.
+func TestChartAsASidecar(t *testing.T) {
+	m, notes := renderSidecarApp(t, "")
+	for _, p := range m.chartProblems(t, notes) {
+		t.Error(p)
+	}
+	for _, p := range m.sidecarProblems(t) {
+		t.Error(p)
+	}
+}
+
+func renderSidecarApp(t *testing.T, values string) (*manifests, string) {
+	t.Helper()
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	app, err := loader.Load("testdata/sidecar-app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What helm dependency update would put into charts/.
+	app.AddDependency(loadChart(t))
+	m, notes, err := renderChartOf(t, app, values)
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	return m, notes
+}
+
+// sidecarProblems: the checks of a Pod that runs extauthz beside an app.
+func (m *manifests) sidecarProblems(t *testing.T) []string {
+	t.Helper()
+	var ps []string
+	bad := func(format string, args ...any) { ps = append(ps, fmt.Sprintf(format, args...)) }
+	if _, ok := m.extauthzWorkload(); ok || m.service(releaseName) != nil || len(m.pdbs) > 0 || len(m.hpas) > 0 {
+		bad("sidecar.enabled still renders an extauthz Deployment, Service, PDB or autoscaler of its own")
+	}
+	sidecars := 0
+	for _, w := range m.workloads() {
+		spec := &w.pod.Spec
+		for i := range spec.Containers {
+			if isExtauthz(&spec.Containers[i]) {
+				bad("%s/%s: extauthz is a plain container: it may start after the proxy that needs it, and stop before", w.kind, w.name)
+			}
+		}
+		if len(spec.InitContainers) == 0 || !isExtauthz(&spec.InitContainers[0]) {
+			continue
+		}
+		sidecars++
+		ext := &spec.InitContainers[0]
+		if ext.RestartPolicy == nil || *ext.RestartPolicy != corev1.ContainerRestartPolicyAlways || ext.StartupProbe == nil {
+			bad("%s/%s: extauthz is not the first native sidecar (restartPolicy Always, a startupProbe): the proxy may start before it answers", w.kind, w.name)
+		}
+		checkRedisPasswordIsolated(w.name, spec, ext, bad)
+		cfg, err := m.extauthzConfigOf(ext, spec)
+		if err != nil {
+			bad("%s/%s: %v", w.kind, w.name, err)
+			continue
+		}
+		grpcHost, grpcPort := hostPort(t, cfg.grpcListen())
+		if !isLoopback(grpcHost) {
+			bad("%s/%s: the sidecar's gRPC listener %q is not loopback: other Pods could ask it for decisions", w.kind, w.name, cfg.grpcListen())
+		}
+		if cfg.adminListen() != "" {
+			bad("%s/%s: the sidecar's admin API %q is on: the app shares its loopback", w.kind, w.name, cfg.adminListen())
+		}
+		for _, c := range spec.InitContainers[1:] {
+			if len(c.Args) < 2 || c.Args[0] != "-c" {
+				continue
+			}
+			envoyYAML, err := m.mountedFile(&c, spec, c.Args[1])
+			if err != nil {
+				bad("%s: %v", c.Name, err)
+				continue
+			}
+			for _, e := range parseEnvoyFile(t, []byte(envoyYAML)).authzEndpoints(t) {
+				if !isLoopback(e.host) || e.port != grpcPort {
+					bad("%s/%s: Envoy sends ext_authz to %s, the sidecar listens on %s", w.kind, w.name, e, cfg.grpcListen())
+				}
+			}
+		}
+	}
+	if sidecars == 0 {
+		bad("no Pod runs extauthz as a sidecar")
+	}
+	return ps
+}
+
+func TestChartSidecarProblemsAreCaught(t *testing.T) {
+	app := func(m *manifests) *corev1.PodSpec { return &m.deployments[0].Spec.Template.Spec }
+	tests := []struct {
+		name, values string
+		mutate       func(m *manifests)
+		wantErr      string
+	}{
+		{"the app given the Redis password", "", func(m *manifests) {
+			spec := app(m)
+			spec.Containers[0].Env = append(spec.Containers[0].Env, *envVar(&spec.InitContainers[0], "REDIS_PASSWORD"))
+		}, "the app container gets the Redis password"},
+		{"a shared process namespace", "", func(m *manifests) {
+			app(m).ShareProcessNamespace = ptr(true)
+		}, "shareProcessNamespace"},
+		{"extauthz as a plain container", "", func(m *manifests) {
+			spec := app(m)
+			spec.Containers = append(spec.Containers, spec.InitContainers[0])
+			spec.InitContainers = spec.InitContainers[1:]
+		}, "plain container"},
+		{"extauthz started after Envoy", "", func(m *manifests) {
+			ic := app(m).InitContainers
+			ic[0], ic[1] = ic[1], ic[0]
+		}, "no Pod runs extauthz as a sidecar"},
+		{"Envoy pointed at another port", "extauthz: {listen: {grpc: 9101}}", func(m *manifests) {}, "Envoy sends ext_authz to 127.0.0.1:9001"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, notes := renderSidecarApp(t, tt.values)
+			if tt.values == "" {
+				if ps := append(m.chartProblems(t, notes), m.sidecarProblems(t)...); len(ps) > 0 {
+					t.Fatalf("the unmutated app has problems: %v", ps)
+				}
+			}
+			tt.mutate(m)
+			ps := append(m.chartProblems(t, notes), m.sidecarProblems(t)...)
+			if !slices.ContainsFunc(ps, func(p string) bool { return strings.Contains(p, tt.wantErr) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, ps)
+			}
+		})
+	}
+}
+
+// TestSidecarTemplatesNeedSidecarMode: an app that includes the sidecar
+// templates while the extauthz chart runs as a Deployment fails to render,
+// rather than get a sidecar whose gRPC listens on every interface.
+func TestSidecarTemplatesNeedSidecarMode(t *testing.T) {
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	app, err := loader.Load("testdata/sidecar-app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.AddDependency(loadChart(t))
+	_, _, err = installDryRun(t, app, "extauthz: {sidecar: {enabled: false}}")
+	if err == nil || !strings.Contains(err.Error(), "need sidecar.enabled: true") {
+		t.Fatalf("got %v, want the sidecar templates to refuse", err)
+	}
+}
+
+// TestChartLints: helm lint --strict passes for every value set the chart
+// must render (Chart.yaml, values against the schema, templates rendered with
+// missing keys as errors, the rendered YAML's object names).
+func TestChartLints(t *testing.T) {
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	kv, err := common.ParseKubeVersion(renderKubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range chartCases {
+		t.Run(tc.name, func(t *testing.T) {
+			vals := map[string]any{}
+			if err := yaml.Unmarshal([]byte(tc.values), &vals); err != nil {
+				t.Fatal(err)
+			}
+			result := lint.RunAll(filepath.Join(repoRoot, chartDir), vals, releaseNamespace, lint.WithKubeVersion(kv))
+			for _, msg := range result.Messages {
+				if msg.Severity >= support.WarningSev {
+					t.Error(msg)
+				}
+			}
+		})
+	}
+	// The linter itself can fail.
+	result := lint.RunAll(filepath.Join(repoRoot, chartDir), map[string]any{"replicas": 3}, releaseNamespace, lint.WithKubeVersion(kv))
+	if result.HighestSeverity < support.ErrorSev {
+		t.Errorf("helm lint accepted an unknown value: %v", result.Messages)
 	}
 }

@@ -1003,36 +1003,7 @@ func (m *manifests) checkSidecar(t *testing.T, bad func(string, ...any)) {
 		return
 	}
 	ext, envoy := &spec.InitContainers[0], &spec.InitContainers[1]
-	// The app shares the Pod's network, so it can reach Redis: only the
-	// password keeps it out. It must have no way to that password.
-	if ptrOr(spec.ShareProcessNamespace, false) {
-		bad("demo-app: shareProcessNamespace lets the app read the extauthz container's environment, Redis password included")
-	}
-	if pw := envVar(ext, "REDIS_PASSWORD"); pw != nil && pw.ValueFrom != nil && pw.ValueFrom.SecretKeyRef != nil {
-		secret := pw.ValueFrom.SecretKeyRef.Name
-		for _, c := range allContainers(spec) {
-			if c == ext {
-				continue
-			}
-			for _, e := range c.Env {
-				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == secret {
-					bad("demo-app: the %s container gets the Redis password Secret %s too", c.Name, secret)
-				}
-			}
-			for _, ef := range c.EnvFrom {
-				if ef.SecretRef != nil && ef.SecretRef.Name == secret {
-					bad("demo-app: the %s container gets the Redis password Secret %s too", c.Name, secret)
-				}
-			}
-		}
-		for _, v := range spec.Volumes {
-			if v.Secret != nil && v.Secret.SecretName == secret {
-				bad("demo-app: the Redis password Secret %s is a volume of the Pod", secret)
-			}
-		}
-	} else {
-		bad("the extauthz sidecar has no REDIS_PASSWORD from a Secret")
-	}
+	checkRedisPasswordIsolated(app.Name, spec, ext, bad)
 	if ext.StartupProbe == nil {
 		bad("the extauthz sidecar has no startupProbe, so Envoy starts before it answers")
 	}
@@ -1100,6 +1071,41 @@ func (m *manifests) checkSidecar(t *testing.T, bad func(string, ...any)) {
 	}
 	if !guarded {
 		bad("no NetworkPolicy limits the app Pod to Envoy's port: the app's own port bypasses authorization")
+	}
+}
+
+// checkRedisPasswordIsolated: an app that shares its Pod with an extauthz
+// sidecar shares its network too, so it can reach Redis: only the password
+// keeps it out. Nothing but the extauthz container may have a way to it.
+func checkRedisPasswordIsolated(pod string, spec *corev1.PodSpec, ext *corev1.Container, bad func(string, ...any)) {
+	if ptrOr(spec.ShareProcessNamespace, false) {
+		bad("%s: shareProcessNamespace lets the app read the extauthz container's environment, Redis password included", pod)
+	}
+	pw := envVar(ext, "REDIS_PASSWORD")
+	if pw == nil || pw.ValueFrom == nil || pw.ValueFrom.SecretKeyRef == nil {
+		bad("the extauthz sidecar has no REDIS_PASSWORD from a Secret")
+		return
+	}
+	secret := pw.ValueFrom.SecretKeyRef.Name
+	for _, c := range allContainers(spec) {
+		if c == ext {
+			continue
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == secret {
+				bad("%s: the %s container gets the Redis password Secret %s too", pod, c.Name, secret)
+			}
+		}
+		for _, ef := range c.EnvFrom {
+			if ef.SecretRef != nil && ef.SecretRef.Name == secret {
+				bad("%s: the %s container gets the Redis password Secret %s too", pod, c.Name, secret)
+			}
+		}
+	}
+	for _, v := range spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == secret {
+			bad("%s: the Redis password Secret %s is a volume of the Pod", pod, secret)
+		}
 	}
 }
 
