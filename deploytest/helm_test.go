@@ -835,3 +835,45 @@ func TestChartLints(t *testing.T) {
 		t.Errorf("helm lint accepted an unknown value: %v", result.Messages)
 	}
 }
+
+// TestOneExtauthzImage: every overlay and the chart's defaults run the same
+// extauthz image, so the README's places to change its name (the kustomize
+// images entries, image.repository and image.tag) are all there is to change.
+func TestOneExtauthzImage(t *testing.T) {
+	images := map[string][]string{}
+	collect := func(from string, m *manifests) {
+		for _, w := range m.workloads() {
+			for _, c := range allContainers(&w.pod.Spec) {
+				if isExtauthz(c) && !slices.Contains(images[c.Image], from) {
+					images[c.Image] = append(images[c.Image], from)
+				}
+			}
+		}
+	}
+	for _, o := range overlays {
+		collect("k8s/overlays/"+o, buildOverlay(t, o))
+	}
+	chartDefaults, _ := mustRenderChart(t, "")
+	collect(chartDir, chartDefaults)
+	if len(images) != 1 {
+		t.Fatalf("the extauthz image differs between deployments: %v", images)
+	}
+	// The images entries rename that image, not one nobody uses.
+	for _, o := range []string{"base", "overlays/sidecar"} {
+		var k struct {
+			Images []struct {
+				Name, NewName, NewTag string
+			} `json:"images"`
+		}
+		if err := yaml.Unmarshal([]byte(readRepoFile(t, "k8s/"+o+"/kustomization.yaml")), &k); err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Images) != 1 || k.Images[0].Name != "extauthz" {
+			t.Errorf("k8s/%s/kustomization.yaml: images %v, want one entry for extauthz", o, k.Images)
+			continue
+		}
+		if _, ok := images[k.Images[0].NewName+":"+k.Images[0].NewTag]; !ok {
+			t.Errorf("k8s/%s/kustomization.yaml sets %s:%s, the deployments run %v", o, k.Images[0].NewName, k.Images[0].NewTag, images)
+		}
+	}
+}
