@@ -597,6 +597,9 @@ func TestChartProblemsAreCaught(t *testing.T) {
 		{scaled, "a plain-HTTP readiness probe on a TLS listener", func(m *manifests) {
 			container(m).ReadinessProbe.HTTPGet.Scheme = corev1.URISchemeHTTP
 		}, "speaks HTTP to a listener that serves HTTPS"},
+		{scaled, "a plain-text gRPC startup probe on a TLS listener", func(m *manifests) {
+			container(m).StartupProbe.ProbeHandler = corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9001}}
+		}, "with TLS"},
 		{scaled, "the certificate mounted with subPath", func(m *manifests) {
 			c := container(m)
 			for i := range c.VolumeMounts {
@@ -612,6 +615,12 @@ func TestChartProblemsAreCaught(t *testing.T) {
 		{mtls, "an HTTP probe the kubelet cannot pass under mutual TLS", func(m *manifests) {
 			container(m).LivenessProbe.ProbeHandler = corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http"), Scheme: corev1.URISchemeHTTPS}}
 		}, "cannot complete a TLS handshake"},
+		{defaults, "a gRPC startup probe on the HTTP port", func(m *manifests) {
+			container(m).StartupProbe.GRPC.Port = 9002
+		}, "the gRPC startup probe asks port 9002"},
+		{defaults, "a gRPC startup probe for a service extauthz does not report", func(m *manifests) {
+			container(m).StartupProbe.GRPC.Service = ptr("grpc.health.v1.Health")
+		}, "does not report"},
 		{defaults, "GOMEMLIMIT at the memory limit", func(m *manifests) {
 			envVar(container(m), "GOMEMLIMIT").Value = "512MiB"
 		}, "keep it at 80–95%"},

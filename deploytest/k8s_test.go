@@ -519,6 +519,17 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 // which has no client certificate, can only see that the port accepts
 // connections.
 func (m *manifests) checkProbes(cid string, c *corev1.Container, cfg *extauthzConfig, httpPort int, bad func(string, ...any)) {
+	// A gRPC probe asks grpc.health.v1 on the Check listener, in plain text
+	// from the node: it must be that listener, reachable and without TLS.
+	if p := c.StartupProbe; p != nil && p.GRPC != nil {
+		host, port, _ := net.SplitHostPort(cfg.grpcListen())
+		if strconv.Itoa(int(p.GRPC.Port)) != port || isLoopback(host) || cfg.TLS.CertFile != "" {
+			bad("%s: the gRPC startup probe asks port %d; the gRPC listener is %s%s", cid, p.GRPC.Port, cfg.grpcListen(), map[bool]string{true: " with TLS", false: ""}[cfg.TLS.CertFile != ""])
+		}
+		if s := ptrOr(p.GRPC.Service, ""); s != "" && s != "envoy.service.auth.v3.Authorization" {
+			bad("%s: the gRPC startup probe asks for service %q, which extauthz does not report", cid, s)
+		}
+	}
 	for name, pr := range map[string]struct {
 		probe *corev1.Probe
 		path  string

@@ -56,7 +56,14 @@ httpGet: {path: {{ .path }}, port: http, scheme: {{ ternary "HTTPS" "HTTP" .Valu
     containerPort: {{ .Values.listen.http }}
   # The admin API listens on loopback (or not at all) and is not listed.
   startupProbe:
+    {{- if or .Values.tls.enabled .Values.sidecar.enabled }}
     {{- include "extauthz.probe" (merge (dict "path" "/healthz") .) | nindent 4 }}
+    {{- else }}
+    # Started means the Check service itself answers (grpc.health.v1), not only
+    # the HTTP listener. The kubelet's gRPC probes speak neither TLS nor
+    # loopback, hence /healthz with TLS or as a sidecar.
+    grpc: {port: {{ .Values.listen.grpc }}, service: envoy.service.auth.v3.Authorization}
+    {{- end }}
     periodSeconds: 2
     failureThreshold: 30
   readinessProbe:
