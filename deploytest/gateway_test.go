@@ -17,7 +17,6 @@ import (
 // gatewayObjects are the Gateway API and Envoy Gateway documents of an
 // overlay, each decoded strictly into the projects' own Go API types.
 type gatewayObjects struct {
-	classes         []*gwapiv1.GatewayClass
 	gateways        []*gwapiv1.Gateway
 	routes          []*gwapiv1.HTTPRoute
 	referenceGrants []*gwapiv1b1.ReferenceGrant
@@ -31,8 +30,6 @@ func (g *gatewayObjects) add(t *testing.T, id, kind string, data []byte) {
 	t.Helper()
 	g.anyGatewayKinds = true
 	switch kind {
-	case "GatewayClass":
-		g.classes = append(g.classes, decodeStrict[gwapiv1.GatewayClass](t, id, data))
 	case "Gateway":
 		g.gateways = append(g.gateways, decodeStrict[gwapiv1.Gateway](t, id, data))
 	case "HTTPRoute":
@@ -114,11 +111,12 @@ func (m *manifests) checkEnvoyGateway(bad func(string, ...any)) {
 }
 
 // clientTrafficIsCanonical: encoded slashes and underscored header names are
-// refused, and slashes are merged.
+// refused, said explicitly rather than left to a default, and slashes are
+// merged.
 func clientTrafficIsCanonical(ct *egv1a1.ClientTrafficPolicy) bool {
 	p, h := ct.Spec.Path, ct.Spec.Headers
-	return p != nil && ptrOr(p.EscapedSlashesAction, egv1a1.UnescapeAndRedirect) == egv1a1.RejectRequestAction && !ptrOr(p.DisableMergeSlashes, false) &&
-		h != nil && ptrOr(h.WithUnderscoresAction, egv1a1.WithUnderscoresActionRejectRequest) == egv1a1.WithUnderscoresActionRejectRequest
+	return p != nil && p.EscapedSlashesAction != nil && *p.EscapedSlashesAction == egv1a1.RejectRequestAction && !ptrOr(p.DisableMergeSlashes, false) &&
+		h != nil && h.WithUnderscoresAction != nil && *h.WithUnderscoresAction == egv1a1.WithUnderscoresActionRejectRequest
 }
 
 // targets reports whether policy target references name a kind and name.
@@ -321,6 +319,12 @@ func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
 		}, "not let through"},
 		{"encoded slashes unescaped", func(m *manifests) {
 			m.gateway.clientTraffic[0].Spec.Path.EscapedSlashesAction = ptr(egv1a1.UnescapeAndForward)
+		}, "encoded slashes"},
+		{"header names with underscores left to the default", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Headers.WithUnderscoresAction = nil
+		}, "underscores"},
+		{"slashes not merged", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Path.DisableMergeSlashes = ptr(true)
 		}, "encoded slashes"},
 	}
 	for _, tt := range tests {

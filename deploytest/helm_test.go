@@ -2,7 +2,6 @@ package deploytest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,13 +15,14 @@ import (
 	"strings"
 	"testing"
 
-	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/chart/common"
+	"helm.sh/helm/v4/pkg/chart/common/util"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/lint"
 	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	releasev1 "helm.sh/helm/v4/pkg/release/v1"
+	chartutil "helm.sh/helm/v4/pkg/chart/v2/util"
+	"helm.sh/helm/v4/pkg/engine"
 	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -60,38 +60,61 @@ func loadChart(t *testing.T) *chart.Chart {
 	return ch
 }
 
-// installDryRun renders a chart with values exactly as `helm template` (a
-// client-only dry-run install) does: values schema, the chart's kubeVersion,
-// templates, NOTES. It returns the manifest stream and the notes.
+// installDryRun renders a chart with values as `helm template` (a
+// client-only dry-run install) does, step for step with the packages its
+// install action uses: the chart's kubeVersion against the cluster's, the
+// values coalesced and checked against values.schema.json, the templates
+// rendered, NOTES.txt of the top chart taken apart, hooks split from the
+// manifests in install order. (The action itself would also link Helm's
+// Kubernetes client and registry code, twice the packages to compile.) It
+// returns the manifest stream and the notes.
 func installDryRun(t *testing.T, ch *chart.Chart, valuesYAML string) (manifest, notes string, err error) {
 	t.Helper()
 	vals := map[string]any{}
 	if err := yaml.Unmarshal([]byte(valuesYAML), &vals); err != nil {
 		t.Fatalf("values: %v", err)
 	}
-	cfg := action.NewConfiguration(action.ConfigurationSetLogger(slog.NewTextHandler(io.Discard, nil)))
-	install := action.NewInstall(cfg)
-	install.DryRunStrategy = action.DryRunClient
-	install.Replace = true
-	install.ReleaseName = releaseName
-	install.Namespace = releaseNamespace
 	kv, err := common.ParseKubeVersion(renderKubeVersion)
 	if err != nil {
 		t.Fatal(err)
 	}
-	install.KubeVersion = kv
-	r, err := install.RunWithContext(context.Background(), ch, vals)
+	caps := common.DefaultCapabilities.Copy()
+	caps.KubeVersion = *kv
+	if c := ch.Metadata.KubeVersion; c != "" && !chartutil.IsCompatibleRange(c, caps.KubeVersion.String()) {
+		return "", "", fmt.Errorf("chart requires kubeVersion: %s which is incompatible with Kubernetes %s", c, caps.KubeVersion.Version)
+	}
+	if err := chartutil.ProcessDependencies(ch, vals); err != nil {
+		return "", "", err
+	}
+	opts := common.ReleaseOptions{Name: releaseName, Namespace: releaseNamespace, Revision: 1, IsInstall: true}
+	top, err := util.ToRenderValuesWithSchemaValidation(ch, vals, opts, caps, false)
 	if err != nil {
 		return "", "", err
 	}
-	rel, ok := r.(*releasev1.Release)
-	if !ok {
-		t.Fatalf("install returned a %T", r)
+	files, err := engine.Engine{}.Render(ch, top)
+	if err != nil {
+		return "", "", err
 	}
-	if len(rel.Hooks) > 0 {
-		t.Fatalf("the chart renders %d hooks; it has none on purpose (helm template would print them apart)", len(rel.Hooks))
+	for name, text := range files {
+		if strings.HasSuffix(name, "/NOTES.txt") {
+			if name == path.Join(ch.Name(), "templates", "NOTES.txt") {
+				notes = text
+			}
+			delete(files, name)
+		}
 	}
-	return rel.Manifest, rel.Info.Notes, nil
+	hooks, sorted, err := releaseutil.SortManifests(files, caps.APIVersions, releaseutil.InstallOrder)
+	if err != nil {
+		return "", "", err
+	}
+	if len(hooks) > 0 {
+		t.Fatalf("the chart renders %d hooks; it has none on purpose (helm template would print them apart)", len(hooks))
+	}
+	var b strings.Builder
+	for _, m := range sorted {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, m.Content)
+	}
+	return b.String(), notes, nil
 }
 
 // renderChart renders the chart with values and decodes every document

@@ -67,7 +67,6 @@ var kinds = map[string]string{
 	"NetworkPolicy":           "networking.k8s.io/v1",
 	"ServiceMonitor":          "monitoring.coreos.com/v1",
 	"AuthorizationPolicy":     "security.istio.io/v1",
-	"GatewayClass":            "gateway.networking.k8s.io/v1",
 	"Gateway":                 "gateway.networking.k8s.io/v1",
 	"HTTPRoute":               "gateway.networking.k8s.io/v1",
 	"ReferenceGrant":          "gateway.networking.k8s.io/v1beta1",
