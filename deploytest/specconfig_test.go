@@ -414,6 +414,9 @@ audit: {sink: stdout}
 		{"** before the last segment", "routes: [{path: '/a/**/b'}]\n", "bad segment"},
 		{"an unknown original convention", "http_mode: {original: x-envoy}\n", "http_mode.original"},
 		{"a listen address without a port", "listen: {http: 'localhost'}\n", "listen.http"},
+		{"a TLS certificate without its key", "tls: {cert_file: /etc/tls/tls.crt}\n", "go together"},
+		{"a client CA without a certificate to serve", "tls: {client_ca_file: /etc/ca.crt}\n", "tls.client_ca_file"},
+		{"a misspelt TLS field", "tls: {certfile: /x}\n", `unknown field "certfile"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
