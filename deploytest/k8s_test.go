@@ -3,6 +3,7 @@ package deploytest
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
@@ -12,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 	istiosecurityv1 "istio.io/client-go/pkg/apis/security/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -29,30 +32,47 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// manifests is an overlay's output, each document decoded into its API type.
+// manifests is an overlay's or a chart's output, each document decoded into
+// its API type.
 type manifests struct {
-	overlay      string
-	namespaces   []*corev1.Namespace
-	configMaps   []*corev1.ConfigMap
-	services     []*corev1.Service
-	deployments  []*appsv1.Deployment
-	statefulSets []*appsv1.StatefulSet
-	pdbs         []*policyv1.PodDisruptionBudget
-	netpols      []*networkingv1.NetworkPolicy
-	authzPolicy  []*istiosecurityv1.AuthorizationPolicy
+	overlay         string
+	namespaces      []*corev1.Namespace
+	configMaps      []*corev1.ConfigMap
+	secrets         []*corev1.Secret
+	serviceAccounts []*corev1.ServiceAccount
+	services        []*corev1.Service
+	deployments     []*appsv1.Deployment
+	statefulSets    []*appsv1.StatefulSet
+	pdbs            []*policyv1.PodDisruptionBudget
+	hpas            []*autoscalingv2.HorizontalPodAutoscaler
+	netpols         []*networkingv1.NetworkPolicy
+	serviceMonitors []*monitoringv1.ServiceMonitor
+	authzPolicy     []*istiosecurityv1.AuthorizationPolicy
+	gateway         gatewayObjects
 }
 
-// kinds maps each kind an overlay may emit to its apiVersion. Anything else in
-// the output fails the test: a new kind must be added here, with its checks.
+// kinds maps each kind an overlay or the chart may emit to its apiVersion.
+// Anything else in the output fails the test: a new kind must be added here,
+// with its checks.
 var kinds = map[string]string{
-	"Namespace":           "v1",
-	"ConfigMap":           "v1",
-	"Service":             "v1",
-	"Deployment":          "apps/v1",
-	"StatefulSet":         "apps/v1",
-	"PodDisruptionBudget": "policy/v1",
-	"NetworkPolicy":       "networking.k8s.io/v1",
-	"AuthorizationPolicy": "security.istio.io/v1",
+	"Namespace":               "v1",
+	"ConfigMap":               "v1",
+	"Secret":                  "v1",
+	"ServiceAccount":          "v1",
+	"Service":                 "v1",
+	"Deployment":              "apps/v1",
+	"StatefulSet":             "apps/v1",
+	"PodDisruptionBudget":     "policy/v1",
+	"HorizontalPodAutoscaler": "autoscaling/v2",
+	"NetworkPolicy":           "networking.k8s.io/v1",
+	"ServiceMonitor":          "monitoring.coreos.com/v1",
+	"AuthorizationPolicy":     "security.istio.io/v1",
+	"Gateway":                 "gateway.networking.k8s.io/v1",
+	"HTTPRoute":               "gateway.networking.k8s.io/v1",
+	"ReferenceGrant":          "gateway.networking.k8s.io/v1beta1",
+	"SecurityPolicy":          "gateway.envoyproxy.io/v1alpha1",
+	"ClientTrafficPolicy":     "gateway.envoyproxy.io/v1alpha1",
+	"EnvoyProxy":              "gateway.envoyproxy.io/v1alpha1",
 }
 
 // buildOverlay runs kustomize as `kubectl apply -k` would and decodes the
@@ -71,60 +91,85 @@ func buildOverlay(t *testing.T, overlay string) *manifests {
 		if err != nil {
 			t.Fatal(err)
 		}
-		kind, id := r.GetKind(), r.CurId().String()
-		if want, ok := kinds[kind]; !ok {
-			t.Fatalf("%s: kind %s has no decoder or checks here", id, kind)
-		} else if got := r.GetApiVersion(); got != want {
-			t.Fatalf("%s: apiVersion %s, want %s", id, got, want)
-		}
-		switch kind {
-		case "Namespace":
-			m.namespaces = append(m.namespaces, decodeStrict[corev1.Namespace](t, id, data))
-		case "ConfigMap":
-			m.configMaps = append(m.configMaps, decodeStrict[corev1.ConfigMap](t, id, data))
-		case "Service":
-			m.services = append(m.services, decodeStrict[corev1.Service](t, id, data))
-		case "Deployment":
-			m.deployments = append(m.deployments, decodeStrict[appsv1.Deployment](t, id, data))
-		case "StatefulSet":
-			m.statefulSets = append(m.statefulSets, decodeStrict[appsv1.StatefulSet](t, id, data))
-		case "PodDisruptionBudget":
-			m.pdbs = append(m.pdbs, decodeStrict[policyv1.PodDisruptionBudget](t, id, data))
-		case "NetworkPolicy":
-			m.netpols = append(m.netpols, decodeStrict[networkingv1.NetworkPolicy](t, id, data))
-		case "AuthorizationPolicy":
-			ap := decodeStrict[istiosecurityv1.AuthorizationPolicy](t, id, data)
-			// The generated spec decoder lets unknown fields through; protojson
-			// does not, so decode the spec a second time with it.
-			var raw struct {
-				Spec any `json:"spec"`
-			}
-			if err := yaml.Unmarshal(data, &raw); err != nil {
-				t.Fatal(err)
-			}
-			if err := protojson.Unmarshal(jsonRoundTrip(t, raw.Spec), &securityv1beta1.AuthorizationPolicy{}); err != nil {
-				t.Fatalf("%s: spec: %v", id, err)
-			}
-			m.authzPolicy = append(m.authzPolicy, ap)
-		}
+		m.add(t, r.CurId().String(), r.GetKind(), r.GetApiVersion(), data)
 	}
 	return m
 }
 
+// add decodes one document (JSON) strictly into the type of its kind.
+func (m *manifests) add(t *testing.T, id, kind, apiVersion string, data []byte) {
+	t.Helper()
+	if want, ok := kinds[kind]; !ok {
+		t.Fatalf("%s: kind %s has no decoder or checks here", id, kind)
+	} else if apiVersion != want {
+		t.Fatalf("%s: apiVersion %s, want %s", id, apiVersion, want)
+	}
+	switch kind {
+	case "Namespace":
+		m.namespaces = append(m.namespaces, decodeStrict[corev1.Namespace](t, id, data))
+	case "ConfigMap":
+		m.configMaps = append(m.configMaps, decodeStrict[corev1.ConfigMap](t, id, data))
+	case "Secret":
+		m.secrets = append(m.secrets, decodeStrict[corev1.Secret](t, id, data))
+	case "ServiceAccount":
+		m.serviceAccounts = append(m.serviceAccounts, decodeStrict[corev1.ServiceAccount](t, id, data))
+	case "Service":
+		m.services = append(m.services, decodeStrict[corev1.Service](t, id, data))
+	case "Deployment":
+		m.deployments = append(m.deployments, decodeStrict[appsv1.Deployment](t, id, data))
+	case "StatefulSet":
+		m.statefulSets = append(m.statefulSets, decodeStrict[appsv1.StatefulSet](t, id, data))
+	case "PodDisruptionBudget":
+		m.pdbs = append(m.pdbs, decodeStrict[policyv1.PodDisruptionBudget](t, id, data))
+	case "HorizontalPodAutoscaler":
+		m.hpas = append(m.hpas, decodeStrict[autoscalingv2.HorizontalPodAutoscaler](t, id, data))
+	case "NetworkPolicy":
+		m.netpols = append(m.netpols, decodeStrict[networkingv1.NetworkPolicy](t, id, data))
+	case "ServiceMonitor":
+		m.serviceMonitors = append(m.serviceMonitors, decodeStrict[monitoringv1.ServiceMonitor](t, id, data))
+	case "AuthorizationPolicy":
+		ap := decodeStrict[istiosecurityv1.AuthorizationPolicy](t, id, data)
+		// The generated spec decoder lets unknown fields through; protojson
+		// does not, so decode the spec a second time with it.
+		var raw struct {
+			Spec any `json:"spec"`
+		}
+		if err := yaml.Unmarshal(data, &raw); err != nil {
+			t.Fatal(err)
+		}
+		if err := protojson.Unmarshal(jsonRoundTrip(t, raw.Spec), &securityv1beta1.AuthorizationPolicy{}); err != nil {
+			t.Fatalf("%s: spec: %v", id, err)
+		}
+		m.authzPolicy = append(m.authzPolicy, ap)
+	default:
+		m.gateway.add(t, id, kind, data)
+	}
+}
+
 func decodeStrict[T any](t *testing.T, id string, data []byte) *T {
 	t.Helper()
-	v := new(T)
-	strictErrs, err := kjson.UnmarshalStrict(data, v)
+	v, err := decodeStrictErr[T](data)
 	if err != nil {
 		t.Fatalf("%s: %v", id, err)
-	}
-	if len(strictErrs) > 0 {
-		t.Fatalf("%s: %v", id, errors.Join(strictErrs...))
 	}
 	return v
 }
 
-var overlays = []string{"standalone", "sidecar", "istio"}
+// decodeStrictErr decodes JSON into T, refusing unknown, misspelt (case
+// included) and duplicate fields.
+func decodeStrictErr[T any](data []byte) (*T, error) {
+	v := new(T)
+	strictErrs, err := kjson.UnmarshalStrict(data, v)
+	if err != nil {
+		return nil, err
+	}
+	if len(strictErrs) > 0 {
+		return nil, errors.Join(strictErrs...)
+	}
+	return v, nil
+}
+
+var overlays = []string{"standalone", "sidecar", "istio", "envoy-gateway"}
 
 func TestOverlays(t *testing.T) {
 	for _, o := range overlays {
@@ -147,13 +192,16 @@ func (m *manifests) problems(t *testing.T) []string {
 	m.checkNetworkPolicies(bad)
 	m.checkPDBs(bad)
 	switch m.overlay {
-	case "standalone", "istio":
+	case "standalone", "istio", "envoy-gateway":
 		m.checkCentralService(bad)
 	case "sidecar":
 		m.checkSidecar(t, bad)
 	}
 	if m.overlay == "istio" {
 		m.checkIstio(t, bad)
+	}
+	if m.gateway.anyGatewayKinds {
+		m.checkEnvoyGateway(bad)
 	}
 	return ps
 }
@@ -168,7 +216,14 @@ type workload struct {
 func (m *manifests) workloads() []workload {
 	var ws []workload
 	for _, d := range m.deployments {
-		ws = append(ws, workload{"Deployment", d.Name, d.Namespace, ptrOr(d.Spec.Replicas, 1), d.Spec.Selector, &d.Spec.Template})
+		replicas := ptrOr(d.Spec.Replicas, 1)
+		for _, h := range m.hpas {
+			// An autoscaler owns the count: its floor is what is guaranteed.
+			if h.Spec.ScaleTargetRef.Kind == "Deployment" && h.Spec.ScaleTargetRef.Name == d.Name && d.Spec.Replicas == nil {
+				replicas = ptrOr(h.Spec.MinReplicas, 1)
+			}
+		}
+		ws = append(ws, workload{"Deployment", d.Name, d.Namespace, replicas, d.Spec.Selector, &d.Spec.Template})
 	}
 	for _, s := range m.statefulSets {
 		ws = append(ws, workload{"StatefulSet", s.Name, s.Namespace, ptrOr(s.Spec.Replicas, 1), s.Spec.Selector, &s.Spec.Template})
@@ -389,6 +444,7 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 	} else {
 		bad("%s: hashing.pepper_env is not set", cid)
 	}
+	checkGoMemLimit(cid, c, bad)
 	_, httpPort := hostPort(t, cfg.httpListen())
 	if containerPort(c, "http") != httpPort {
 		bad("%s: containerPort http is %d, the config listens on %d", cid, containerPort(c, "http"), httpPort)
@@ -396,25 +452,27 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 	if grpcHost, grpcPort := hostPort(t, cfg.grpcListen()); !isLoopback(grpcHost) && containerPort(c, "grpc") != grpcPort {
 		bad("%s: containerPort grpc is %d, the config listens on %d", cid, containerPort(c, "grpc"), grpcPort)
 	}
-	for name, pr := range map[string]struct {
-		probe *corev1.Probe
-		path  string
-	}{"readiness": {c.ReadinessProbe, "/readyz"}, "liveness": {c.LivenessProbe, "/healthz"}} {
-		if pr.probe == nil || pr.probe.HTTPGet == nil {
-			bad("%s: no %s httpGet probe", cid, name)
-			continue
-		}
-		if pr.probe.HTTPGet.Path != pr.path || portNumber(c, pr.probe.HTTPGet.Port) != httpPort {
-			bad("%s: %s probe is %s on %d, want %s on the HTTP listener %d", cid, name, pr.probe.HTTPGet.Path, portNumber(c, pr.probe.HTTPGet.Port), pr.path, httpPort)
-		}
-	}
+	m.checkProbes(cid, c, cfg, httpPort, bad)
+	m.checkTLSFiles(cid, c, spec, cfg, bad)
 	if admin := cfg.adminListen(); admin != "" {
 		if host, _ := hostPort(t, admin); !isLoopback(host) {
 			bad("%s: listen.admin %q is not loopback; in Kubernetes use port-forward or exec", cid, admin)
 		}
 	}
+	if cfg.Store.Backend == "embedded" {
+		m.checkEmbedded(cid, c, cfg, w, bad)
+		return
+	}
 	if cfg.Store.Backend != "redis" {
 		bad("%s: store.backend %q: replicas need the shared Redis store", cid, cfg.Store.Backend)
+		return
+	}
+	if _, rc := m.redisContainer(); rc == nil {
+		// Redis is not part of this deployment (the chart with your own
+		// Redis): its password must still come from a Secret.
+		if e := envVar(c, cfg.Store.Redis.PasswordEnv); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			bad("%s: $%s (store.redis.password_env) is not set from a Secret", cid, cfg.Store.Redis.PasswordEnv)
+		}
 		return
 	}
 	for _, p := range configMatchesACL(cfg, readRepoFile(t, path.Join(shippedRedisDir, "users.acl"))) {
@@ -455,6 +513,99 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 	}
 }
 
+// checkProbes: readiness asks /readyz and liveness /healthz on the HTTP
+// listener, over TLS when the listeners serve it. With a client CA the kubelet,
+// which has no client certificate, can only see that the port accepts
+// connections.
+func (m *manifests) checkProbes(cid string, c *corev1.Container, cfg *extauthzConfig, httpPort int, bad func(string, ...any)) {
+	// A gRPC probe asks grpc.health.v1 on the Check listener, in plain text
+	// from the node: it must be that listener, reachable and without TLS.
+	if p := c.StartupProbe; p != nil && p.GRPC != nil {
+		host, port, _ := net.SplitHostPort(cfg.grpcListen())
+		if strconv.Itoa(int(p.GRPC.Port)) != port || isLoopback(host) || cfg.TLS.CertFile != "" {
+			bad("%s: the gRPC startup probe asks port %d; the gRPC listener is %s%s", cid, p.GRPC.Port, cfg.grpcListen(), map[bool]string{true: " with TLS", false: ""}[cfg.TLS.CertFile != ""])
+		}
+		if s := ptrOr(p.GRPC.Service, ""); s != "" && s != "envoy.service.auth.v3.Authorization" {
+			bad("%s: the gRPC startup probe asks for service %q, which extauthz does not report", cid, s)
+		}
+	}
+	for name, pr := range map[string]struct {
+		probe *corev1.Probe
+		path  string
+	}{"readiness": {c.ReadinessProbe, "/readyz"}, "liveness": {c.LivenessProbe, "/healthz"}} {
+		if cfg.TLS.ClientCAFile != "" {
+			if pr.probe == nil || pr.probe.TCPSocket == nil || portNumber(c, pr.probe.TCPSocket.Port) != httpPort {
+				bad("%s: %s probe: with a client CA the kubelet cannot complete a TLS handshake; want tcpSocket on the HTTP listener %d", cid, name, httpPort)
+			}
+			continue
+		}
+		if pr.probe == nil || pr.probe.HTTPGet == nil {
+			bad("%s: no %s httpGet probe", cid, name)
+			continue
+		}
+		if pr.probe.HTTPGet.Path != pr.path || portNumber(c, pr.probe.HTTPGet.Port) != httpPort {
+			bad("%s: %s probe is %s on %d, want %s on the HTTP listener %d", cid, name, pr.probe.HTTPGet.Path, portNumber(c, pr.probe.HTTPGet.Port), pr.path, httpPort)
+		}
+		want := corev1.URISchemeHTTP
+		if cfg.TLS.CertFile != "" {
+			want = corev1.URISchemeHTTPS
+		}
+		if got := orDefault(string(pr.probe.HTTPGet.Scheme), string(corev1.URISchemeHTTP)); got != string(want) {
+			bad("%s: %s probe speaks %s to a listener that serves %s", cid, name, got, want)
+		}
+	}
+}
+
+// checkTLSFiles: the listeners' certificate, key and client CA are files of
+// mounted Secrets, whole volumes (no subPath) so that a renewal reaches them.
+func (m *manifests) checkTLSFiles(cid string, c *corev1.Container, spec *corev1.PodSpec, cfg *extauthzConfig, bad func(string, ...any)) {
+	for field, file := range map[string]string{"tls.cert_file": cfg.TLS.CertFile, "tls.key_file": cfg.TLS.KeyFile, "tls.client_ca_file": cfg.TLS.ClientCAFile} {
+		if file == "" {
+			continue
+		}
+		if _, _, err := mountedSecret(c, spec, file); err != nil {
+			bad("%s: %s: %v", cid, field, err)
+		}
+	}
+}
+
+// checkEmbedded: the embedded store is one SQLite file, so exactly one
+// process may open it: a StatefulSet of one replica (never two Pods of an
+// ordinal at once), nothing that scales it, and the file on a volume of its
+// own that outlives the Pod.
+func (m *manifests) checkEmbedded(cid string, c *corev1.Container, cfg *extauthzConfig, w workload, bad func(string, ...any)) {
+	if w.kind != "StatefulSet" || w.replicas != 1 {
+		bad("%s: the embedded store runs in a %s of %d replicas; want a StatefulSet of exactly 1", cid, w.kind, w.replicas)
+	}
+	for _, h := range m.hpas {
+		if h.Spec.ScaleTargetRef.Name == w.name {
+			bad("%s: HorizontalPodAutoscaler %s scales the embedded store", cid, h.Name)
+		}
+	}
+	var sts *appsv1.StatefulSet
+	for _, s := range m.statefulSets {
+		if s.Name == w.name {
+			sts = s
+		}
+	}
+	dir := path.Dir(cfg.Store.Path)
+	var claim string
+	for _, vm := range c.VolumeMounts {
+		if path.Clean(vm.MountPath) == dir && !vm.ReadOnly {
+			claim = vm.Name
+		}
+	}
+	if sts == nil || claim == "" || !slices.ContainsFunc(sts.Spec.VolumeClaimTemplates, func(p corev1.PersistentVolumeClaim) bool { return p.Name == claim }) {
+		bad("%s: store.path %s is not on a volumeClaimTemplate: the keys would die with the Pod", cid, cfg.Store.Path)
+	}
+	if sts != nil && (sts.Spec.PersistentVolumeClaimRetentionPolicy == nil || sts.Spec.PersistentVolumeClaimRetentionPolicy.WhenDeleted != appsv1.RetainPersistentVolumeClaimRetentionPolicyType) {
+		bad("%s: the embedded store's volume is deleted with the StatefulSet, and every key with it", cid)
+	}
+	if fs := ptrOr(w.pod.Spec.SecurityContext, corev1.PodSecurityContext{}).FSGroup; fs == nil || *fs != ptrOr(ptrOr(c.SecurityContext, corev1.SecurityContext{}).RunAsUser, -1) {
+		bad("%s: fsGroup must be the container's user, or the non-root process cannot write the store's volume", cid)
+	}
+}
+
 // extauthzAdmitsFromAnyNamespace reports whether the extauthz Pods' policies
 // let Pods with these labels, in another namespace, reach the gRPC port.
 func (m *manifests) extauthzAdmitsFromAnyNamespace(podLabels map[string]string) bool {
@@ -462,6 +613,7 @@ func (m *manifests) extauthzAdmitsFromAnyNamespace(podLabels map[string]string) 
 		if w.kind != "Deployment" || w.name != "extauthz" {
 			continue
 		}
+		grpcPort, _ := m.listenPorts(w.name)
 		for _, np := range m.policiesFor(w) {
 			for _, rule := range np.Spec.Ingress {
 				if !ruleOpensPort(rule.Ports, grpcPort) {
@@ -600,7 +752,8 @@ const (
 	monitoringNS     = "monitoring"
 )
 
-// Ports of the extauthz listeners other Pods may reach.
+// Ports of the extauthz listeners other Pods may reach, unless the config
+// says otherwise (listenPorts).
 const (
 	grpcPort     = 9001
 	httpPort     = 9002
@@ -650,8 +803,8 @@ func (m *manifests) checkNetworkPolicies(bad func(string, ...any)) {
 		switch {
 		case redis != nil && w.name == redis.Name && w.kind == "StatefulSet":
 			m.checkRedisPolicies(id, nps, bad)
-		case w.kind == "Deployment" && w.name == "extauthz":
-			m.checkExtauthzPolicies(id, nps, bad)
+		case w.name == "extauthz" && (w.kind == "Deployment" || w.kind == "StatefulSet"):
+			m.checkExtauthzPolicies(id, w, nps, bad)
 		}
 	}
 }
@@ -692,7 +845,22 @@ func (m *manifests) checkRedisPolicies(id string, nps []*networkingv1.NetworkPol
 	}
 }
 
-func (m *manifests) checkExtauthzPolicies(id string, nps []*networkingv1.NetworkPolicy, bad func(string, ...any)) {
+// listenPorts are the gRPC and HTTP ports a workload's extauthz listens on.
+func (m *manifests) listenPorts(name string) (grpc, http int) {
+	grpc, http = grpcPort, httpPort
+	if cfg := m.configOfWorkload(name); cfg != nil {
+		if _, p, err := net.SplitHostPort(cfg.grpcListen()); err == nil {
+			grpc, _ = strconv.Atoi(p)
+		}
+		if _, p, err := net.SplitHostPort(cfg.httpListen()); err == nil {
+			http, _ = strconv.Atoi(p)
+		}
+	}
+	return grpc, http
+}
+
+func (m *manifests) checkExtauthzPolicies(id string, w workload, nps []*networkingv1.NetworkPolicy, bad func(string, ...any)) {
+	grpcPort, httpPort := m.listenPorts(w.name)
 	proxies, metrics, egress := false, false, false
 	for _, np := range nps {
 		pid := "NetworkPolicy/" + np.Name
@@ -787,7 +955,8 @@ func (m *manifests) checkCentralService(bad func(string, ...any)) {
 	if !selects(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, dep.Spec.Template.Labels) {
 		bad("Service extauthz does not select the Deployment's Pods")
 	}
-	want := map[string]int{"grpc": 9001, "http": 9002}
+	grpc, http := m.listenPorts(dep.Name)
+	want := map[string]int{"grpc": grpc, "http": http}
 	for name, port := range want {
 		i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == name })
 		if i < 0 {
@@ -804,7 +973,7 @@ func (m *manifests) checkCentralService(bad func(string, ...any)) {
 	}) {
 		bad("no PodDisruptionBudget covers Deployment extauthz")
 	}
-	if ptrOr(dep.Spec.Replicas, 1) < 2 {
+	if i := slices.IndexFunc(m.workloads(), func(w workload) bool { return w.kind == "Deployment" && w.name == dep.Name }); i >= 0 && m.workloads()[i].replicas < 2 {
 		bad("Deployment extauthz runs one replica: every request depends on it")
 	}
 }
@@ -844,36 +1013,7 @@ func (m *manifests) checkSidecar(t *testing.T, bad func(string, ...any)) {
 		return
 	}
 	ext, envoy := &spec.InitContainers[0], &spec.InitContainers[1]
-	// The app shares the Pod's network, so it can reach Redis: only the
-	// password keeps it out. It must have no way to that password.
-	if ptrOr(spec.ShareProcessNamespace, false) {
-		bad("demo-app: shareProcessNamespace lets the app read the extauthz container's environment, Redis password included")
-	}
-	if pw := envVar(ext, "REDIS_PASSWORD"); pw != nil && pw.ValueFrom != nil && pw.ValueFrom.SecretKeyRef != nil {
-		secret := pw.ValueFrom.SecretKeyRef.Name
-		for _, c := range allContainers(spec) {
-			if c == ext {
-				continue
-			}
-			for _, e := range c.Env {
-				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == secret {
-					bad("demo-app: the %s container gets the Redis password Secret %s too", c.Name, secret)
-				}
-			}
-			for _, ef := range c.EnvFrom {
-				if ef.SecretRef != nil && ef.SecretRef.Name == secret {
-					bad("demo-app: the %s container gets the Redis password Secret %s too", c.Name, secret)
-				}
-			}
-		}
-		for _, v := range spec.Volumes {
-			if v.Secret != nil && v.Secret.SecretName == secret {
-				bad("demo-app: the Redis password Secret %s is a volume of the Pod", secret)
-			}
-		}
-	} else {
-		bad("the extauthz sidecar has no REDIS_PASSWORD from a Secret")
-	}
+	checkRedisPasswordIsolated(app.Name, spec, ext, bad)
 	if ext.StartupProbe == nil {
 		bad("the extauthz sidecar has no startupProbe, so Envoy starts before it answers")
 	}
@@ -941,6 +1081,41 @@ func (m *manifests) checkSidecar(t *testing.T, bad func(string, ...any)) {
 	}
 	if !guarded {
 		bad("no NetworkPolicy limits the app Pod to Envoy's port: the app's own port bypasses authorization")
+	}
+}
+
+// checkRedisPasswordIsolated: an app that shares its Pod with an extauthz
+// sidecar shares its network too, so it can reach Redis: only the password
+// keeps it out. Nothing but the extauthz container may have a way to it.
+func checkRedisPasswordIsolated(pod string, spec *corev1.PodSpec, ext *corev1.Container, bad func(string, ...any)) {
+	if ptrOr(spec.ShareProcessNamespace, false) {
+		bad("%s: shareProcessNamespace lets the app read the extauthz container's environment, Redis password included", pod)
+	}
+	pw := envVar(ext, "REDIS_PASSWORD")
+	if pw == nil || pw.ValueFrom == nil || pw.ValueFrom.SecretKeyRef == nil {
+		bad("the extauthz sidecar has no REDIS_PASSWORD from a Secret")
+		return
+	}
+	secret := pw.ValueFrom.SecretKeyRef.Name
+	for _, c := range allContainers(spec) {
+		if c == ext {
+			continue
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == secret {
+				bad("%s: the %s container gets the Redis password Secret %s too", pod, c.Name, secret)
+			}
+		}
+		for _, ef := range c.EnvFrom {
+			if ef.SecretRef != nil && ef.SecretRef.Name == secret {
+				bad("%s: the %s container gets the Redis password Secret %s too", pod, c.Name, secret)
+			}
+		}
+	}
+	for _, v := range spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == secret {
+			bad("%s: the Redis password Secret %s is a volume of the Pod", pod, secret)
+		}
 	}
 }
 

@@ -58,7 +58,8 @@ type extauthzConfig struct {
 				KeyFile    string `json:"key_file"`
 				ServerName string `json:"server_name"`
 			} `json:"tls"`
-			Prefix string `json:"prefix"`
+			Prefix  string `json:"prefix"`
+			Timeout string `json:"timeout"`
 		} `json:"redis"`
 	} `json:"store"`
 	Hashing struct {
@@ -68,10 +69,12 @@ type extauthzConfig struct {
 		Size        int    `json:"size"`
 		TTL         string `json:"ttl"`
 		NegativeTTL string `json:"negative_ttl"`
+		MaxStale    string `json:"max_stale"`
 	} `json:"cache"`
 	Keys struct {
 		Prefix      string `json:"prefix"`
 		MaxPerOwner int    `json:"max_per_owner"`
+		Retention   string `json:"retention"`
 	} `json:"keys"`
 	Sources []struct {
 		Header string `json:"header"`
@@ -83,8 +86,10 @@ type extauthzConfig struct {
 		XFFTrustedHops int `json:"xff_trusted_hops"`
 	} `json:"client_ip"`
 	RateLimit struct {
-		Default      string `json:"default"`
-		OnStoreError string `json:"on_store_error"`
+		Default             string `json:"default"`
+		OnStoreError        string `json:"on_store_error"`
+		FailedAttempts      string `json:"failed_attempts"`
+		FailedAttemptsTotal string `json:"failed_attempts_total"`
 	} `json:"rate_limit"`
 	Routes []struct {
 		Path        string   `json:"path"`
@@ -100,8 +105,28 @@ type extauthzConfig struct {
 		XFFTrustedHops *int   `json:"xff_trusted_hops"`
 	} `json:"http_mode"`
 	Audit struct {
-		Sink string `json:"sink"`
+		Sink      string `json:"sink"`
+		StreamCap int64  `json:"stream_cap"`
+		QueueSize int    `json:"queue_size"`
 	} `json:"audit"`
+	// The settings the README documents beyond the contract's example.
+	Log struct {
+		Level  string `json:"level"`
+		Format string `json:"format"`
+	} `json:"log"`
+	Leaks struct {
+		GitHubKeysFile string `json:"github_keys_file"`
+	} `json:"leaks"`
+	Admin struct {
+		RateLimit string `json:"rate_limit"`
+	} `json:"admin"`
+	Development bool `json:"development"`
+	// TLS on every listener; client_ca_file asks clients for certificates.
+	TLS struct {
+		CertFile     string `json:"cert_file"`
+		KeyFile      string `json:"key_file"`
+		ClientCAFile string `json:"client_ca_file"`
+	} `json:"tls"`
 }
 
 // SPEC §2 defaults the cross-checks need when a file leaves a field out.
@@ -248,6 +273,9 @@ func (c *extauthzConfig) validate() error {
 	}
 	duration("cache.ttl", c.Cache.TTL)
 	duration("cache.negative_ttl", c.Cache.NegativeTTL)
+	duration("cache.max_stale", c.Cache.MaxStale)
+	duration("keys.retention", c.Keys.Retention)
+	duration("store.redis.timeout", c.Store.Redis.Timeout)
 	if c.Cache.Size < 0 || c.Keys.MaxPerOwner < 0 {
 		bad("cache.size and keys.max_per_owner must not be negative")
 	}
@@ -269,6 +297,17 @@ func (c *extauthzConfig) validate() error {
 		bad("client_ip.xff_trusted_hops must not be negative")
 	}
 	rate("rate_limit.default", c.RateLimit.Default)
+	rate("rate_limit.failed_attempts", c.RateLimit.FailedAttempts)
+	rate("rate_limit.failed_attempts_total", c.RateLimit.FailedAttemptsTotal)
+	rate("admin.rate_limit", c.Admin.RateLimit)
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "json", "text")
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls: cert_file and key_file go together")
+	}
+	if c.TLS.ClientCAFile != "" && c.TLS.CertFile == "" {
+		bad("tls.client_ca_file: needs cert_file and key_file")
+	}
 	oneOf("rate_limit.on_store_error", c.RateLimit.OnStoreError, "local", "allow", "deny")
 	for i, r := range c.Routes {
 		field := fmt.Sprintf("routes[%d]", i)
@@ -375,6 +414,9 @@ audit: {sink: stdout}
 		{"** before the last segment", "routes: [{path: '/a/**/b'}]\n", "bad segment"},
 		{"an unknown original convention", "http_mode: {original: x-envoy}\n", "http_mode.original"},
 		{"a listen address without a port", "listen: {http: 'localhost'}\n", "listen.http"},
+		{"a TLS certificate without its key", "tls: {cert_file: /etc/tls/tls.crt}\n", "go together"},
+		{"a client CA without a certificate to serve", "tls: {client_ca_file: /etc/ca.crt}\n", "tls.client_ca_file"},
+		{"a misspelt TLS field", "tls: {certfile: /x}\n", `unknown field "certfile"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

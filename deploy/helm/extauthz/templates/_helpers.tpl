@@ -1,0 +1,269 @@
+{{/*
+Helpers. Each takes this chart's context: an app's chart that has this one as a
+dependency passes it as .Subcharts.extauthz (see _sidecar.tpl).
+*/}}
+
+{{- define "extauthz.name" -}}
+{{- default "extauthz" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The prefix of every object name. */}}
+{{- define "extauthz.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "extauthz.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of every object the chart renders. */}}
+{{- define "extauthz.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: extauthz
+app.kubernetes.io/version: {{ include "extauthz.imageTag" . | trunc 63 | quote }}
+{{- end -}}
+
+{{/* What selects the extauthz Pods. */}}
+{{- define "extauthz.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "extauthz.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* What selects the chart's Redis Pod. */}}
+{{- define "extauthz.redis.selectorLabels" -}}
+app.kubernetes.io/name: redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+The labels of a Pod that runs extauthz: the selector labels, and on the Redis
+store extauthz/redis-client, which the Redis NetworkPolicy admits.
+*/}}
+{{- define "extauthz.podLabels" -}}
+{{ include "extauthz.selectorLabels" . }}
+app.kubernetes.io/component: authz
+{{- if include "extauthz.chartRedis" . }}
+extauthz/redis-client: "true"
+{{- end }}
+{{- end -}}
+
+{{- define "extauthz.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "extauthz.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "extauthz.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{/* The extauthz image, by digest when one is given. */}}
+{{- define "extauthz.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else if .Values.image.tag -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository .Chart.AppVersion -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart runs its own Redis. */}}
+{{- define "extauthz.chartRedis" -}}
+{{- if and (eq .Values.store.backend "redis") .Values.redis.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "extauthz.redis.fullname" -}}
+{{- printf "%s-redis" (include "extauthz.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret and key holding the Redis password. */}}
+{{- define "extauthz.redis.secretName" -}}
+{{- default (include "extauthz.redis.fullname" .) .Values.store.redis.password.existingSecret -}}
+{{- end -}}
+
+{{/* The Secret and key holding the pepper. */}}
+{{- define "extauthz.pepper.secretName" -}}
+{{- default (printf "%s-pepper" (include "extauthz.fullname" .)) .Values.pepper.existingSecret -}}
+{{- end -}}
+
+{{/* Where the files live in the container. */}}
+{{- define "extauthz.configFile" -}}/etc/extauthz/config.yaml{{- end -}}
+{{- define "extauthz.tlsDir" -}}/etc/extauthz-tls{{- end -}}
+{{- define "extauthz.clientCADir" -}}/etc/extauthz-client-ca{{- end -}}
+{{- define "extauthz.embeddedDir" -}}/var/lib/extauthz{{- end -}}
+
+{{/*
+GOMEMLIMIT: goMemLimit, or 90% of the memory limit (given in Mi or Gi), in MiB.
+*/}}
+{{- define "extauthz.goMemLimit" -}}
+{{- if .Values.goMemLimit -}}
+{{- .Values.goMemLimit -}}
+{{- else -}}
+{{- $limit := toString .Values.resources.limits.memory -}}
+{{- if regexMatch "^[1-9][0-9]*Mi$" $limit -}}
+{{- div (mul (trimSuffix "Mi" $limit | atoi) 9) 10 }}MiB
+{{- else if regexMatch "^[1-9][0-9]*Gi$" $limit -}}
+{{- div (mul (trimSuffix "Gi" $limit | atoi) 1024 9) 10 }}MiB
+{{- else -}}
+{{- fail (printf "resources.limits.memory %q: give it in Mi or Gi (e.g. 512Mi), or set goMemLimit yourself" $limit) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The extauthz config file: .Values.config with what the chart owns put in.
+Settings the chart owns are refused in .Values.config, naming the value that
+sets them: two places for one setting is one too many.
+*/}}
+{{- define "extauthz.config" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) -}}
+{{- $owned := dict
+  "listen" "listen"
+  "hashing.pepper_env" "pepper"
+  "tls" "tls"
+  "store.backend" "store.backend"
+  "store.path" "store.backend (embedded)"
+  "store.redis.url" "store.redis.url"
+  "store.redis.username" "store.redis.username"
+  "store.redis.password_env" "store.redis.password"
+  "store.redis.prefix" "store.redis.prefix" -}}
+{{- range $path, $value := $owned -}}
+{{- $node := $cfg -}}
+{{- $found := true -}}
+{{- range splitList "." $path -}}
+{{- if and $found (kindIs "map" $node) (hasKey $node .) -}}
+{{- $node = index $node . -}}
+{{- else -}}
+{{- $found = false -}}
+{{- end -}}
+{{- end -}}
+{{- if $found -}}
+{{- fail (printf "config.%s is set by the chart: use the value %s instead" $path $value) -}}
+{{- end -}}
+{{- end -}}
+{{- $listen := dict "http" (printf ":%d" (int .Values.listen.http)) -}}
+{{- if .Values.sidecar.enabled -}}
+{{- $_ := set $listen "grpc" (printf "127.0.0.1:%d" (int .Values.listen.grpc)) -}}
+{{- $_ := set $listen "admin" "off" -}}
+{{- else -}}
+{{- $_ := set $listen "grpc" (printf ":%d" (int .Values.listen.grpc)) -}}
+{{- $_ := set $listen "admin" .Values.listen.admin -}}
+{{- end -}}
+{{- $_ := set $cfg "listen" $listen -}}
+{{- $store := deepCopy (get $cfg "store" | default dict) -}}
+{{- $_ := set $store "backend" .Values.store.backend -}}
+{{- if eq .Values.store.backend "embedded" -}}
+{{- $_ := set $store "path" (printf "%s/extauthz.db" (include "extauthz.embeddedDir" .)) -}}
+{{- else -}}
+{{- $redis := deepCopy (get $store "redis" | default dict) -}}
+{{- if include "extauthz.chartRedis" . -}}
+{{- $_ := set $redis "url" (printf "redis://%s:6379/0" (include "extauthz.redis.fullname" .)) -}}
+{{- else if .Values.store.redis.url -}}
+{{- $_ := set $redis "url" .Values.store.redis.url -}}
+{{- end -}}
+{{- $_ := set $redis "username" .Values.store.redis.username -}}
+{{- $_ := set $redis "password_env" "REDIS_PASSWORD" -}}
+{{- $_ := set $redis "prefix" .Values.store.redis.prefix -}}
+{{- $_ := set $store "redis" $redis -}}
+{{- end -}}
+{{- $_ := set $cfg "store" $store -}}
+{{- $hashing := deepCopy (get $cfg "hashing" | default dict) -}}
+{{- $_ := set $hashing "pepper_env" "EXTAUTHZ_PEPPER" -}}
+{{- $_ := set $cfg "hashing" $hashing -}}
+{{- if .Values.tls.enabled -}}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" (include "extauthz.tlsDir" .)) "key_file" (printf "%s/tls.key" (include "extauthz.tlsDir" .)) -}}
+{{- if .Values.tls.clientCA.enabled -}}
+{{- $_ := set $tls "client_ca_file" (printf "%s/%s" (include "extauthz.clientCADir" .) .Values.tls.clientCA.key) -}}
+{{- end -}}
+{{- $_ := set $cfg "tls" $tls -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+Refuses combinations of values that cannot work or that say two things at
+once, before anything is rendered. values.schema.json has already checked
+each value on its own.
+*/}}
+{{- define "extauthz.validate" -}}
+{{- $v := .Values -}}
+{{- if eq $v.store.backend "embedded" -}}
+{{- if ne (int $v.replicaCount) 1 -}}
+{{- fail (printf "replicaCount %d: the embedded store is one SQLite file on one volume, so it runs exactly 1 replica; use store.backend redis to run more" (int $v.replicaCount)) -}}
+{{- end -}}
+{{- if $v.autoscaling.enabled -}}
+{{- fail "autoscaling.enabled: the embedded store runs exactly 1 replica and cannot scale; use store.backend redis" -}}
+{{- end -}}
+{{- if $v.sidecar.enabled -}}
+{{- fail "sidecar.enabled with store.backend embedded: every app Pod would keep keys of its own; sidecars share keys in Redis" -}}
+{{- end -}}
+{{- else -}}
+{{- if and $v.redis.enabled $v.store.redis.url -}}
+{{- fail "store.redis.url names your own Redis while redis.enabled also runs the chart's: set redis.enabled false, or store.redis.url \"\"" -}}
+{{- end -}}
+{{- if not $v.redis.enabled -}}
+{{- $addrs := dig "store" "redis" "addrs" list ($v.config | default dict) -}}
+{{- if and (not $v.store.redis.url) (not $addrs) -}}
+{{- fail "redis.enabled is false: give your Redis as store.redis.url, or its Cluster nodes or Sentinels as config.store.redis.addrs" -}}
+{{- end -}}
+{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.extraEgress) (not $v.sidecar.enabled) -}}
+{{- fail "networkPolicy.enabled with your own Redis: add an egress rule that reaches it to networkPolicy.extraEgress (the chart cannot know where it is), or set networkPolicy.enabled false" -}}
+{{- end -}}
+{{- else -}}
+{{- if ne $v.store.redis.username "extauthz" -}}
+{{- fail (printf "store.redis.username %q: the chart's Redis lets in the ACL user extauthz only" $v.store.redis.username) -}}
+{{- end -}}
+{{- if not (hasPrefix "extauthz:" $v.store.redis.prefix) -}}
+{{- fail (printf "store.redis.prefix %q: the chart's Redis ACL grants extauthz:* keys only; keep the prefix under extauthz:" $v.store.redis.prefix) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.store.redis.password.existingSecret $v.store.redis.password.value -}}
+{{- fail "store.redis.password: set existingSecret or value, not both" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.pepper.existingSecret $v.pepper.value -}}
+{{- fail "pepper: set existingSecret or value, not both" -}}
+{{- end -}}
+{{- if $v.tls.enabled -}}
+{{- if not $v.tls.existingSecret -}}
+{{- fail "tls.enabled: name the kubernetes.io/tls Secret in tls.existingSecret" -}}
+{{- end -}}
+{{- else if or $v.tls.existingSecret $v.tls.clientCA.enabled -}}
+{{- fail "tls.existingSecret or tls.clientCA.enabled is set but tls.enabled is false: turn TLS on, or clear them" -}}
+{{- end -}}
+{{- if and $v.tls.clientCA.existingSecret (not $v.tls.clientCA.enabled) -}}
+{{- fail "tls.clientCA.existingSecret is set but tls.clientCA.enabled is false" -}}
+{{- end -}}
+{{- if or (eq (int $v.listen.grpc) (int $v.listen.http)) (hasSuffix (printf ":%d" (int $v.listen.grpc)) (toString $v.listen.admin)) (hasSuffix (printf ":%d" (int $v.listen.http)) (toString $v.listen.admin)) -}}
+{{- fail "listen: grpc, http and admin need three different ports" -}}
+{{- end -}}
+{{- if $v.sidecar.enabled -}}
+{{- range $name, $on := dict "autoscaling.enabled" $v.autoscaling.enabled "istio.enabled" $v.istio.enabled "metrics.serviceMonitor.enabled" $v.metrics.serviceMonitor.enabled -}}
+{{- if $on -}}
+{{- fail (printf "%s with sidecar.enabled: there is no extauthz Deployment or Service of the chart's own (the sidecars live in your app's Pods)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.istio.enabled (not $v.istio.namespace) -}}
+{{- fail "istio.enabled: set istio.namespace, the namespace of the workloads to protect (the AuthorizationPolicy goes there)" -}}
+{{- end -}}
+{{- if and $v.autoscaling.enabled (lt (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) -}}
+{{- fail "autoscaling: maxReplicas is below minReplicas" -}}
+{{- end -}}
+{{- if and $v.podDisruptionBudget.enabled (ne $v.store.backend "embedded") (not $v.sidecar.enabled) -}}
+{{- $replicas := ternary $v.autoscaling.minReplicas $v.replicaCount $v.autoscaling.enabled | int -}}
+{{- if ge (int $v.podDisruptionBudget.minAvailable) $replicas -}}
+{{- fail (printf "podDisruptionBudget.minAvailable %d is not below the %d replicas: no node could ever be drained" (int $v.podDisruptionBudget.minAvailable) $replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := include "extauthz.goMemLimit" . -}}
+{{- end -}}

@@ -1,0 +1,360 @@
+package deploytest
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwapiv1b1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+)
+
+// gatewayObjects are the Gateway API and Envoy Gateway documents of an
+// overlay, each decoded strictly into the projects' own Go API types.
+type gatewayObjects struct {
+	gateways        []*gwapiv1.Gateway
+	routes          []*gwapiv1.HTTPRoute
+	referenceGrants []*gwapiv1b1.ReferenceGrant
+	securityPolicy  []*egv1a1.SecurityPolicy
+	clientTraffic   []*egv1a1.ClientTrafficPolicy
+	envoyProxies    []*egv1a1.EnvoyProxy
+	anyGatewayKinds bool
+}
+
+func (g *gatewayObjects) add(t *testing.T, id, kind string, data []byte) {
+	t.Helper()
+	g.anyGatewayKinds = true
+	switch kind {
+	case "Gateway":
+		g.gateways = append(g.gateways, decodeStrict[gwapiv1.Gateway](t, id, data))
+	case "HTTPRoute":
+		g.routes = append(g.routes, decodeStrict[gwapiv1.HTTPRoute](t, id, data))
+	case "ReferenceGrant":
+		g.referenceGrants = append(g.referenceGrants, decodeStrict[gwapiv1b1.ReferenceGrant](t, id, data))
+	case "SecurityPolicy":
+		g.securityPolicy = append(g.securityPolicy, decodeStrict[egv1a1.SecurityPolicy](t, id, data))
+	case "ClientTrafficPolicy":
+		g.clientTraffic = append(g.clientTraffic, decodeStrict[egv1a1.ClientTrafficPolicy](t, id, data))
+	case "EnvoyProxy":
+		g.envoyProxies = append(g.envoyProxies, decodeStrict[egv1a1.EnvoyProxy](t, id, data))
+	default:
+		t.Fatalf("%s: kind %s has no decoder here", id, kind)
+	}
+}
+
+// Headers that carry a credential or the identity extauthz vouches for. A
+// route extauthz does not see must strip them, or a client could write them.
+var identityHeaders = []string{"x-authz-key-id", "x-authz-key-name", "x-authz-owner", "x-authz-permissions", "x-api-key", "authorization", "cookie"}
+
+// checkEnvoyGateway: every route of every Gateway goes through a
+// SecurityPolicy whose extAuth asks extauthz over gRPC, failing closed with a
+// 503 within a second, with the target namespace's consent; the only routes
+// left out are exact health paths that strip identity headers; the Gateway's
+// Envoy Pods are let through extauthz's NetworkPolicy; and the Gateway
+// refuses the paths and headers two upstreams could read differently.
+func (m *manifests) checkEnvoyGateway(bad func(string, ...any)) {
+	g := &m.gateway
+	if len(g.securityPolicy) == 0 || len(g.gateways) == 0 {
+		bad("no SecurityPolicy or no Gateway")
+	}
+	for _, sp := range g.securityPolicy {
+		m.checkSecurityPolicy(sp, bad)
+	}
+	for _, gw := range g.gateways {
+		id := "Gateway/" + gw.Name
+		m.checkGatewayProxies(gw, bad)
+		if !slices.ContainsFunc(g.clientTraffic, func(ct *egv1a1.ClientTrafficPolicy) bool {
+			return ct.Namespace == gw.Namespace && targets(ct.Spec.PolicyTargetReferences, "Gateway", gw.Name) && clientTrafficIsCanonical(ct)
+		}) {
+			bad("%s: no ClientTrafficPolicy refuses encoded slashes and header names with underscores", id)
+		}
+		for _, r := range g.routes {
+			if !slices.ContainsFunc(r.Spec.ParentRefs, func(p gwapiv1.ParentReference) bool {
+				return string(p.Name) == gw.Name && string(ptrOr(p.Namespace, gwapiv1.Namespace(r.Namespace))) == gw.Namespace
+			}) {
+				continue
+			}
+			if g.protects(r, gw) {
+				continue
+			}
+			rid := "HTTPRoute/" + r.Name
+			for _, rule := range r.Spec.Rules {
+				for _, match := range rule.Matches {
+					if match.Path == nil || ptrOr(match.Path.Type, gwapiv1.PathMatchPathPrefix) != gwapiv1.PathMatchExact || ptrOr(match.Path.Value, "/") != "/healthz" || len(match.Headers) > 0 || len(match.QueryParams) > 0 {
+						bad("%s: not covered by a SecurityPolicy, and matches more than the exact path /healthz", rid)
+					}
+				}
+				if len(rule.Matches) == 0 {
+					bad("%s: not covered by a SecurityPolicy, and matches every request", rid)
+				}
+				removed := []string{}
+				for _, f := range rule.Filters {
+					if f.Type == gwapiv1.HTTPRouteFilterRequestHeaderModifier && f.RequestHeaderModifier != nil {
+						for _, h := range f.RequestHeaderModifier.Remove {
+							removed = append(removed, strings.ToLower(h))
+						}
+					}
+				}
+				for _, h := range identityHeaders {
+					if !slices.Contains(removed, h) {
+						bad("%s: skips extauthz but passes a client's %s header on", rid, h)
+					}
+				}
+			}
+		}
+	}
+}
+
+// clientTrafficIsCanonical: encoded slashes and underscored header names are
+// refused, said explicitly rather than left to a default, and slashes are
+// merged.
+func clientTrafficIsCanonical(ct *egv1a1.ClientTrafficPolicy) bool {
+	p, h := ct.Spec.Path, ct.Spec.Headers
+	return p != nil && p.EscapedSlashesAction != nil && *p.EscapedSlashesAction == egv1a1.RejectRequestAction && !ptrOr(p.DisableMergeSlashes, false) &&
+		h != nil && h.WithUnderscoresAction != nil && *h.WithUnderscoresAction == egv1a1.WithUnderscoresActionRejectRequest
+}
+
+// targets reports whether policy target references name a kind and name.
+func targets(refs egv1a1.PolicyTargetReferences, kind, name string) bool {
+	all := refs.TargetRefs
+	if refs.TargetRef != nil {
+		all = append(all, *refs.TargetRef)
+	}
+	return slices.ContainsFunc(all, func(r gwapiv1.LocalPolicyTargetReferenceWithSectionName) bool {
+		return string(r.Kind) == kind && string(r.Name) == name && string(r.Group) == gwapiv1.GroupName && r.SectionName == nil
+	})
+}
+
+// protects reports whether a SecurityPolicy with extAuth covers the whole route.
+func (g *gatewayObjects) protects(r *gwapiv1.HTTPRoute, gw *gwapiv1.Gateway) bool {
+	return slices.ContainsFunc(g.securityPolicy, func(sp *egv1a1.SecurityPolicy) bool {
+		if sp.Spec.ExtAuth == nil {
+			return false
+		}
+		return (sp.Namespace == r.Namespace && targets(sp.Spec.PolicyTargetReferences, "HTTPRoute", r.Name)) ||
+			(sp.Namespace == gw.Namespace && targets(sp.Spec.PolicyTargetReferences, "Gateway", gw.Name))
+	})
+}
+
+func (m *manifests) checkSecurityPolicy(sp *egv1a1.SecurityPolicy, bad func(string, ...any)) {
+	id := "SecurityPolicy/" + sp.Name
+	ea := sp.Spec.ExtAuth
+	if ea == nil || ea.GRPC == nil || ea.HTTP != nil {
+		bad("%s: extAuth must name one gRPC service", id)
+		return
+	}
+	if len(sp.Spec.TargetRefs) == 0 && sp.Spec.TargetRef == nil {
+		bad("%s: targets nothing", id)
+	}
+	if len(sp.Spec.TargetSelectors) > 0 {
+		bad("%s: targetSelectors pick routes by label; name them in targetRefs so that what is protected can be read here", id)
+	}
+	all := slices.Clone(sp.Spec.TargetRefs)
+	if sp.Spec.TargetRef != nil {
+		all = append(all, *sp.Spec.TargetRef)
+	}
+	for _, ref := range all {
+		found := false
+		switch ref.Kind {
+		case "HTTPRoute":
+			found = slices.ContainsFunc(m.gateway.routes, func(r *gwapiv1.HTTPRoute) bool { return r.Name == string(ref.Name) && r.Namespace == sp.Namespace })
+		case "Gateway":
+			found = slices.ContainsFunc(m.gateway.gateways, func(g *gwapiv1.Gateway) bool { return g.Name == string(ref.Name) && g.Namespace == sp.Namespace })
+		}
+		if !found {
+			bad("%s: targets %s %s, which is not in namespace %s here", id, ref.Kind, ref.Name, sp.Namespace)
+		}
+	}
+	if ea.FailOpen == nil || *ea.FailOpen {
+		bad("%s: failOpen must be false, and say so", id)
+	}
+	if ptrOr(ea.StatusOnError, 403) != 503 {
+		bad("%s: statusOnError %d, want 503 (an outage is not a denial)", id, ptrOr(ea.StatusOnError, 403))
+	}
+	if d, err := time.ParseDuration(string(ptrOr(ea.Timeout, "10s"))); err != nil || d <= 0 || d > maxAuthzTimeout {
+		bad("%s: timeout %v; want set and at most %v (Envoy Gateway's default is 10 s)", id, ptrOr(ea.Timeout, ""), maxAuthzTimeout)
+	}
+	refs := ea.GRPC.BackendRefs
+	if ea.GRPC.BackendRef != nil {
+		refs = append(refs, egv1a1.BackendRef{BackendObjectReference: *ea.GRPC.BackendRef})
+	}
+	if len(refs) != 1 {
+		bad("%s: %d backends, want the one extauthz Service", id, len(refs))
+		return
+	}
+	ref := refs[0].BackendObjectReference
+	ns := string(ptrOr(ref.Namespace, gwapiv1.Namespace(sp.Namespace)))
+	if string(ptrOr(ref.Group, "")) != "" || string(ptrOr(ref.Kind, "Service")) != "Service" {
+		bad("%s: backend %s/%s is not a Service", id, ptrOr(ref.Group, ""), ptrOr(ref.Kind, "Service"))
+		return
+	}
+	svc := m.service(string(ref.Name))
+	if svc == nil || svc.Namespace != ns {
+		bad("%s: backend %s.%s is not a Service here", id, ref.Name, ns)
+		return
+	}
+	i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return ref.Port != nil && p.Port == int32(*ref.Port) })
+	if i < 0 || svc.Spec.Ports[i].Name != "grpc" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		bad("%s: backend port %v is not the grpc port of the ClusterIP Service %s", id, ptrOr(ref.Port, 0), svc.Name)
+	}
+	if ns != sp.Namespace && !m.gateway.grants(sp, string(ref.Name), ns) {
+		bad("%s: refers to Service %s in namespace %s, and no ReferenceGrant there allows it", id, ref.Name, ns)
+	}
+	if hc := ptrOr(ea.GRPC.BackendSettings, egv1a1.ClusterSettings{}).HealthCheck; hc == nil || hc.Active == nil || hc.Active.Type != egv1a1.ActiveHealthCheckerTypeGRPC {
+		bad("%s: no active gRPC health check: a replica that is shutting down keeps getting checks", id)
+	}
+}
+
+// grants reports whether a ReferenceGrant in namespace ns lets the policy refer
+// to the Service.
+func (g *gatewayObjects) grants(sp *egv1a1.SecurityPolicy, service, ns string) bool {
+	return slices.ContainsFunc(g.referenceGrants, func(rg *gwapiv1b1.ReferenceGrant) bool {
+		if rg.Namespace != ns {
+			return false
+		}
+		from := slices.ContainsFunc(rg.Spec.From, func(f gwapiv1b1.ReferenceGrantFrom) bool {
+			return string(f.Group) == egv1a1.GroupName && f.Kind == egv1a1.KindSecurityPolicy && string(f.Namespace) == sp.Namespace
+		})
+		to := slices.ContainsFunc(rg.Spec.To, func(to gwapiv1b1.ReferenceGrantTo) bool {
+			return to.Group == "" && to.Kind == "Service" && (to.Name == nil || string(*to.Name) == service)
+		})
+		return from && to
+	})
+}
+
+// checkGatewayProxies: the Gateway's Envoy Pods carry the label the extauthz
+// NetworkPolicy admits.
+func (m *manifests) checkGatewayProxies(gw *gwapiv1.Gateway, bad func(string, ...any)) {
+	id := "Gateway/" + gw.Name
+	var labels map[string]string
+	if infra := gw.Spec.Infrastructure; infra != nil && infra.ParametersRef != nil && string(infra.ParametersRef.Group) == egv1a1.GroupName && string(infra.ParametersRef.Kind) == egv1a1.KindEnvoyProxy {
+		for _, ep := range m.gateway.envoyProxies {
+			if ep.Name == infra.ParametersRef.Name && ep.Namespace == gw.Namespace {
+				if k := ep.Spec.Provider; k != nil && k.Kubernetes != nil && k.Kubernetes.EnvoyDeployment != nil && k.Kubernetes.EnvoyDeployment.Pod != nil {
+					labels = k.Kubernetes.EnvoyDeployment.Pod.Labels
+				}
+			}
+		}
+	}
+	if labels == nil {
+		bad("%s: no EnvoyProxy of its namespace labels its Envoy Pods", id)
+		return
+	}
+	if !m.extauthzAdmitsFromAnyNamespace(labels) {
+		bad("%s: its Envoy Pods (%v) are not let through to extauthz's gRPC port by a NetworkPolicy", id, labels)
+	}
+}
+
+// TestEnvoyGatewayMatchesTheChart: the example's SecurityPolicy reaches the
+// Service the chart creates when installed as release extauthz in namespace
+// extauthz, as the overlay's comment says.
+func TestEnvoyGatewayMatchesTheChart(t *testing.T) {
+	overlay := buildOverlay(t, "envoy-gateway")
+	chart, _ := mustRenderChart(t, "")
+	chart.gateway = overlay.gateway
+	var ps []string
+	chart.checkEnvoyGateway(func(format string, args ...any) { ps = append(ps, fmt.Sprintf(format, args...)) })
+	for _, p := range ps {
+		t.Error(p)
+	}
+}
+
+func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
+	sp := func(m *manifests) *egv1a1.SecurityPolicy { return m.gateway.securityPolicy[0] }
+	route := func(m *manifests, name string) *gwapiv1.HTTPRoute {
+		for _, r := range m.gateway.routes {
+			if r.Name == name {
+				return r
+			}
+		}
+		t.Fatalf("no HTTPRoute %s", name)
+		return nil
+	}
+	tests := []struct {
+		name    string
+		mutate  func(m *manifests)
+		wantErr string
+	}{
+		{"failing open", func(m *manifests) { sp(m).Spec.ExtAuth.FailOpen = ptr(true) }, "failOpen"},
+		{"failOpen left to its default", func(m *manifests) { sp(m).Spec.ExtAuth.FailOpen = nil }, "failOpen"},
+		{"an outage answered 403", func(m *manifests) { sp(m).Spec.ExtAuth.StatusOnError = nil }, "statusOnError 403"},
+		{"Envoy Gateway's 10 s default timeout", func(m *manifests) { sp(m).Spec.ExtAuth.Timeout = nil }, "timeout"},
+		{"the HTTP port for a gRPC check", func(m *manifests) {
+			sp(m).Spec.ExtAuth.GRPC.BackendRefs[0].Port = ptr(gwapiv1.PortNumber(9002))
+		}, "not the grpc port"},
+		{"a Service that does not exist", func(m *manifests) {
+			sp(m).Spec.ExtAuth.GRPC.BackendRefs[0].Name = "ext-authz"
+		}, "is not a Service here"},
+		{"no consent from namespace extauthz", func(m *manifests) { m.gateway.referenceGrants = nil }, "no ReferenceGrant"},
+		{"consent for another kind of policy", func(m *manifests) {
+			m.gateway.referenceGrants[0].Spec.From[0].Kind = "EnvoyExtensionPolicy"
+		}, "no ReferenceGrant"},
+		{"extAuth over HTTP", func(m *manifests) {
+			sp(m).Spec.ExtAuth.HTTP = &egv1a1.HTTPExtAuthService{}
+		}, "one gRPC service"},
+		{"no health check", func(m *manifests) { sp(m).Spec.ExtAuth.GRPC.BackendSettings = nil }, "health check"},
+		{"the policy targeting a route that does not exist", func(m *manifests) {
+			sp(m).Spec.TargetRefs[0].Name = "demo"
+		}, "not covered by a SecurityPolicy"},
+		{"the health route widened to a prefix", func(m *manifests) {
+			route(m, "demo-app-healthz").Spec.Rules[0].Matches[0].Path.Type = ptr(gwapiv1.PathMatchPathPrefix)
+		}, "more than the exact path"},
+		{"the health route passing a client's identity headers on", func(m *manifests) {
+			route(m, "demo-app-healthz").Spec.Rules[0].Filters = nil
+		}, "x-authz-owner"},
+		{"the Envoy Pods without the proxy label", func(m *manifests) {
+			m.gateway.envoyProxies[0].Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels = map[string]string{"app": "gw"}
+		}, "not let through"},
+		{"the extauthz NetworkPolicy without the proxies", func(m *manifests) {
+			for _, np := range m.netpols {
+				if np.Name == "extauthz" {
+					np.Spec.Ingress[0].From = []networkingv1.NetworkPolicyPeer{np.Spec.Ingress[1].From[0]}
+				}
+			}
+		}, "not let through"},
+		{"encoded slashes unescaped", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Path.EscapedSlashesAction = ptr(egv1a1.UnescapeAndForward)
+		}, "encoded slashes"},
+		{"header names with underscores left to the default", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Headers.WithUnderscoresAction = nil
+		}, "underscores"},
+		{"slashes not merged", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Path.DisableMergeSlashes = ptr(true)
+		}, "encoded slashes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := buildOverlay(t, "envoy-gateway")
+			if ps := m.problems(t); len(ps) > 0 {
+				t.Fatalf("the unmutated overlay has problems: %v", ps)
+			}
+			tt.mutate(m)
+			ps := m.problems(t)
+			if !slices.ContainsFunc(ps, func(p string) bool { return strings.Contains(p, tt.wantErr) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, ps)
+			}
+		})
+	}
+}
+
+// TestGatewayDecodersAreStrict: a misspelt field of the SecurityPolicy, deep or
+// in the wrong case, fails the decoding the overlay goes through.
+func TestGatewayDecodersAreStrict(t *testing.T) {
+	for _, doc := range []string{
+		`{"apiVersion":"gateway.envoyproxy.io/v1alpha1","kind":"SecurityPolicy","metadata":{"name":"x"},"spec":{"extauth":{}}}`,
+		`{"apiVersion":"gateway.envoyproxy.io/v1alpha1","kind":"SecurityPolicy","metadata":{"name":"x"},"spec":{"extAuth":{"failopen":false}}}`,
+		`{"apiVersion":"gateway.envoyproxy.io/v1alpha1","kind":"SecurityPolicy","metadata":{"name":"x"},"spec":{"extAuth":{"grpc":{"backendRefs":[{"name":"a","prot":9001}]}}}}`,
+	} {
+		if _, err := decodeStrictErr[egv1a1.SecurityPolicy]([]byte(doc)); err == nil {
+			t.Errorf("accepted %s", doc)
+		}
+	}
+	if _, err := decodeStrictErr[gwapiv1.HTTPRoute]([]byte(`{"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute","metadata":{"name":"x"},"spec":{"rules":[{"matchs":[]}]}}`)); err == nil {
+		t.Error("accepted a misspelt HTTPRoute field")
+	}
+}
