@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"os"
@@ -25,6 +26,10 @@ type SentinelOptions struct {
 	// Quorum is how many Sentinels must agree that the primary is down
 	// (default 1).
 	Quorum int
+	// PrimaryAddr is where the Sentinel is told the primary is (default:
+	// its own address). A fault proxy's address there puts the proxy between
+	// the primary and every client the Sentinel sends to it.
+	PrimaryAddr string
 	// DownAfter is down-after-milliseconds: how long the primary may not
 	// answer before a Sentinel counts it down (Redis's default, 30 s, when
 	// 0). FailoverTimeout is failover-timeout (Redis's default when 0).
@@ -60,7 +65,7 @@ func StartSentinel(tb testing.TB, primary *Server, so SentinelOptions) *Server {
 			"tls-replication yes", // to the primary, over TLS
 		}
 	}
-	host, port, _ := net.SplitHostPort(primary.Addr)
+	host, port, _ := net.SplitHostPort(cmp.Or(so.PrimaryAddr, primary.Addr))
 	lines = append(lines, fmt.Sprintf("sentinel monitor %s %s %s %d", so.MasterName, host, port, max(so.Quorum, 1)))
 	if so.DownAfter > 0 {
 		lines = append(lines, fmt.Sprintf("sentinel down-after-milliseconds %s %d", so.MasterName, so.DownAfter.Milliseconds()))
