@@ -54,6 +54,9 @@ type Decision struct {
 	// policy is the policy the decision was made under: the adapters read
 	// the sources from it, never from a policy a reload swapped in since.
 	policy *Policy
+	// storeAsked is when step 5 went past the cache to the store (zero when
+	// the cache answered): the check's time for the store runs from then.
+	storeAsked time.Time
 }
 
 // Allowed reports whether the request may proceed.
@@ -118,6 +121,9 @@ type Authorizer struct {
 	guard   *lookupGuard
 	now     func() time.Time
 	policy  atomic.Pointer[Policy]
+	// storeTime bounds what one check waits on the stores in all (0 = each
+	// store call on its own bound); see SetStoreTime.
+	storeTime time.Duration
 }
 
 // NewAuthorizer returns an Authorizer. limiter may be nil; now nil means time.Now.
@@ -129,6 +135,14 @@ func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter r
 	a.policy.Store(p)
 	return a
 }
+
+// SetStoreTime bounds the time one check waits on its stores in all: a
+// check whose key lookup missed the cache and waited on the store leaves
+// the rate limiter only what is left of d, and past it the limiter decides
+// as when its store fails (ratelimit.WithStoreDeadline). Without it a
+// lookup and a rate-limit call could each wait out a timeout of their own.
+// Call it before the first decision.
+func (a *Authorizer) SetStoreTime(d time.Duration) { a.storeTime = d }
 
 // SetPolicy swaps the policy (hot reload); checks in flight finish on the old one.
 func (a *Authorizer) SetPolicy(p *Policy) { a.policy.Store(p) }
@@ -307,11 +321,13 @@ func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time
 	switch state {
 	case keystore.CacheAnswered:
 	case keystore.CacheExpired:
+		d.storeAsked = time.Now()
 		k, err = a.keys.Lookup(ctx, h)
 	default:
 		if !a.admitLookup(p, now, d) {
 			return false
 		}
+		d.storeAsked = time.Now()
 		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) {
 			a.guard.refund(d.ClientIP, p.FailRate, p.FailTotalRate)
 		}
@@ -407,6 +423,12 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 	}
 	if len(limits) == 0 {
 		return
+	}
+	if a.storeTime > 0 && !d.storeAsked.IsZero() {
+		// The lookup waited on the store: the limiter gets what is left.
+		var cancel context.CancelFunc
+		ctx, cancel = ratelimit.WithStoreDeadline(ctx, d.storeAsked.Add(a.storeTime))
+		defer cancel()
 	}
 	res, err := a.limiter.Allow(ctx, limits)
 	if err != nil {

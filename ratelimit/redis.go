@@ -222,7 +222,9 @@ func (r *Redis) Stats() Stats {
 
 // Allow checks limits together against the shared count. See Limiter. Its
 // errors: the validation errors of window.go; ErrUnavailable (PolicyDeny);
-// ErrClosed; ctx's error when the caller gave up first.
+// ErrClosed; ctx's error when the caller gave up first. Past the deadline
+// of a WithStoreDeadline context it decides by OnStoreError, as when Redis
+// fails, without counting a Redis failure.
 func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 	n, err := checkLimits(limits)
 	if err != nil {
@@ -249,7 +251,9 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		}
 	}
 	var cause error = errBreakerOpen
-	if ok, probe := r.breaker.enter(); ok {
+	if StoreTimeSpent(ctx) {
+		cause = ErrStoreTimeSpent
+	} else if ok, probe := r.breaker.enter(); ok {
 		want, refill := int64(1), false
 		sent := r.now()
 		if key != "" {
@@ -268,13 +272,18 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 			r.count(res)
 			return res, nil
 		case errors.Is(err, ErrClosed) || callerGaveUp(ctx):
-			// Not Redis's fault: the limiter closed or the caller gave up.
+			// Not Redis's fault: the limiter closed, the caller gave up, or
+			// the check's time for Redis ran out (then decide without it).
 			r.breaker.abandon(probe)
-			return Result{}, err
+			if errors.Is(err, ErrClosed) || !StoreTimeSpent(ctx) {
+				return Result{}, err
+			}
+			cause = ErrStoreTimeSpent
+		default:
+			r.breaker.failure(probe)
+			r.storeErrors.Add(1)
+			cause = err
 		}
-		r.breaker.failure(probe)
-		r.storeErrors.Add(1)
-		cause = err
 	}
 	return r.onStoreError(ctx, limits, n, cause)
 }
