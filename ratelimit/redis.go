@@ -259,6 +259,7 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		if key != "" {
 			want, refill = r.leases.want(key, most, sent)
 		}
+		fair := r.fairChance(ctx)
 		res, got, lease, err := r.shared(ctx, limits, n, want)
 		if key != "" {
 			r.leases.granted(key, refill, got, sent.Add(lease), res)
@@ -266,20 +267,24 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		if got > 1 {
 			res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
 		}
+		spent := err != nil && !errors.Is(err, ErrClosed) && callerGaveUp(ctx) && StoreTimeSpent(ctx)
 		switch {
 		case err == nil:
 			r.breaker.success(probe)
 			r.count(res)
 			return res, nil
-		case errors.Is(err, ErrClosed) || callerGaveUp(ctx):
-			// Not Redis's fault: the limiter closed, the caller gave up, or
-			// the check's time for Redis ran out (then decide without it).
+		case spent && !fair:
+			// The check's time for Redis ran out before Redis had a fair
+			// part of its own timeout: decide without it, blaming it for
+			// nothing.
 			r.breaker.abandon(probe)
-			if errors.Is(err, ErrClosed) || !StoreTimeSpent(ctx) {
-				return Result{}, err
-			}
 			cause = ErrStoreTimeSpent
+		case !spent && (errors.Is(err, ErrClosed) || callerGaveUp(ctx)):
+			// Not Redis's fault: the limiter closed or the caller gave up.
+			r.breaker.abandon(probe)
+			return Result{}, err
 		default:
+			// Redis failed, or had a fair chance and did not answer.
 			r.breaker.failure(probe)
 			r.storeErrors.Add(1)
 			cause = err
@@ -289,6 +294,17 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 }
 
 var errBreakerOpen = errors.New("circuit breaker open")
+
+// fairChance reports whether ctx leaves a Redis call at least half of
+// Timeout: a call that gets no answer within that much has seen Redis
+// fail, and counts toward the breaker, even when what ended it was the
+// check's store deadline rather than Timeout (a key lookup that took no time
+// leaves a deadline a hair before Timeout; without this, the breaker
+// would never open for checks of stale cached keys).
+func (r *Redis) fairChance(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) >= r.opts.Timeout/2
+}
 
 func (r *Redis) count(res Result) {
 	if res.Allowed {

@@ -662,6 +662,19 @@ func TestRedisDecidesByPolicyWhenTheCheckTimeForTheStoreIsSpent(t *testing.T) {
 		assert.False(t, o.a.BreakerOpen())
 	})
 
+	t.Run("a deadline that left Redis most of its timeout: a failure like any", func(t *testing.T) {
+		o := newOutage(t, PolicyDeny)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		for range 10 {
+			ctx, cancel := WithStoreDeadline(context.Background(), time.Now().Add(o.timeout-time.Millisecond))
+			_, err := o.a.Allow(ctx, limits)
+			cancel()
+			require.ErrorIs(t, err, ErrUnavailable)
+		}
+		assert.True(t, o.a.BreakerOpen(), "a Redis that never answers opens the breaker, whichever deadline ended each call")
+	})
+
 	t.Run("the caller's own deadline still means the caller gave up", func(t *testing.T) {
 		o := newOutage(t, PolicyAllow)
 		o.srv.Pause()
