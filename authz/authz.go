@@ -136,12 +136,16 @@ func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter r
 	return a
 }
 
-// SetStoreTime bounds the time one check waits on its stores in all: a
-// check whose key lookup missed the cache and waited on the store leaves
-// the rate limiter only what is left of d, and past it the limiter decides
-// as when its store fails (ratelimit.WithStoreDeadline). Without it a
-// lookup and a rate-limit call could each wait out a timeout of their own.
-// Call it before the first decision.
+// SetStoreTime bounds the time one check waits on its stores in all, to d
+// and a tenth: a check whose key lookup missed the cache and went to the
+// store leaves the rate limiter what is left of d, but never less than d/10,
+// and past that the limiter decides as when its store fails
+// (ratelimit.WithStoreDeadline). Without it a lookup and a rate-limit call
+// could each wait out a timeout of their own. The tenth is for the check
+// whose lookup waited out d on a failed node while its rate limit lives on
+// a healthy one (another Cluster master): that master answers within it,
+// and the count stays shared rather than local. Call it before the first
+// decision.
 func (a *Authorizer) SetStoreTime(d time.Duration) { a.storeTime = d }
 
 // SetPolicy swaps the policy (hot reload); checks in flight finish on the old one.
@@ -425,9 +429,14 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 		return
 	}
 	if a.storeTime > 0 && !d.storeAsked.IsZero() {
-		// The lookup waited on the store: the limiter gets what is left.
+		// The lookup went to the store: the limiter gets what is left, and
+		// at least a tenth of the store time (see SetStoreTime).
+		deadline := d.storeAsked.Add(a.storeTime)
+		if floor := time.Now().Add(a.storeTime / 10); deadline.Before(floor) {
+			deadline = floor
+		}
 		var cancel context.CancelFunc
-		ctx, cancel = ratelimit.WithStoreDeadline(ctx, d.storeAsked.Add(a.storeTime))
+		ctx, cancel = ratelimit.WithStoreDeadline(ctx, deadline)
 		defer cancel()
 	}
 	res, err := a.limiter.Allow(ctx, limits)

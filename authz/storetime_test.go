@@ -57,6 +57,7 @@ func TestACheckWaitsOnItsStoresForTheStoreTimeInAll(t *testing.T) {
 		wantDeadline bool
 	}{
 		{"a lookup that went to the store leaves the limiter the rest", false, 80 * time.Millisecond, true, true},
+		{"a lookup that took all the store time leaves the limiter a tenth", false, 250 * time.Millisecond, true, true},
 		{"a cached key leaves the limiter its own bound", true, 0, true, false},
 		{"without a store time each call has its own bound", false, 10 * time.Millisecond, false, false},
 	} {
@@ -74,8 +75,9 @@ func TestACheckWaitsOnItsStoresForTheStoreTimeInAll(t *testing.T) {
 			require.True(t, d.Allowed(), d.Code)
 			require.Equal(t, tt.wantDeadline, lim.has)
 			if tt.wantDeadline {
-				assert.WithinRange(t, lim.deadline, start.Add(storeTime), start.Add(storeTime+20*time.Millisecond),
-					"the deadline is the store time from when the lookup began")
+				want := start.Add(max(storeTime, tt.wait+storeTime/10))
+				assert.WithinRange(t, lim.deadline, want, want.Add(20*time.Millisecond),
+					"the deadline is the store time from when the lookup began, or a tenth of it from when the lookup ended")
 			}
 		})
 	}
