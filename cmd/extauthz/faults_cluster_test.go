@@ -112,7 +112,9 @@ type scenario struct {
 	notes    []string
 }
 
-func (sc *scenario) note(format string, args ...any) { sc.notes = append(sc.notes, fmt.Sprintf(format, args...)) }
+func (sc *scenario) note(format string, args ...any) {
+	sc.notes = append(sc.notes, fmt.Sprintf(format, args...))
+}
 
 // topoFault is one way for the node holding the key records to fail.
 type topoFault struct {
@@ -249,7 +251,7 @@ func TestFaultClusterUnderLoad(t *testing.T) {
 // extauthz servers, the primary failing over.
 func TestFaultSentinelUnderLoad(t *testing.T) {
 	set := redistest.StartSentinelSet(t, redistest.SentinelSetOptions{
-		Node: redistest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}},
+		Node:     redistest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}},
 		Sentinel: redistest.SentinelOptions{MasterName: "extauthz", DownAfter: time.Second, FailoverTimeout: 10 * time.Second},
 	})
 	tp := &topo{name: "sentinel", sentinels: set, storeYAML: func(prefix string) string {
