@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"maps"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -277,8 +280,16 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	yaml := tp.storeYAML(prefix) + testRoutes + fmt.Sprintf("cache: {ttl: %s}\n", faultCacheTTL) +
 		"keys: {max_per_owner: 0}\nrate_limit: {default: none, on_store_error: local}\n"
 	sc := &scenario{t: t, tp: tp, prefix: prefix, durable: map[string]string{}}
-	for range 2 {
-		rig := &faultRig{ts: startServer(t, yaml), http: &http.Client{Timeout: 5 * time.Second}}
+	// Server 1's log is kept: what an operator reads during the fault. (It
+	// starts last: go-redis logs to the logger of the last server started.)
+	var logs syncBuffer
+	for i := range 2 {
+		out := serverOutput{logs: io.Discard, audit: io.Discard}
+		if i == 1 {
+			out.logs = &logs
+		}
+		cfg := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+yaml)
+		rig := &faultRig{ts: startServerOut(t, cfg, out), http: &http.Client{Timeout: 5 * time.Second}}
 		t.Cleanup(rig.http.CloseIdleConnections)
 		sc.servers = append(sc.servers, rig)
 	}
@@ -340,9 +351,10 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	defer stopAll()
 	time.Sleep(300 * time.Millisecond) // a healthy baseline
 
+	seen := operatorMetrics(t, sc.servers[1])
+	logsFrom := len(logs.String())
 	tFault := time.Now()
 	f.inject(sc)
-	tInjected := time.Now()
 	close(faulted)
 	f.heal(sc)
 	tHealed := time.Now()
@@ -370,6 +382,10 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	}
 	time.Sleep(meteredW) // a window of checks on the healed store
 	samples := stopAll()
+	for name, v := range operatorMetrics(t, sc.servers[1]) {
+		seen[name] = v - seen[name]
+	}
+	logLines := logMessages(logs.String()[logsFrom:])
 	created, createFailed := creator.stop()
 	for i := range sc.servers {
 		require.NotZero(t, uncachedBack[i], "server %d: the uncached key is not allowed within 10 s of the fault's end", i)
@@ -408,7 +424,7 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 		}
 	}
 
-	sc.judge(samples, tFault, tInjected, tHealed, f)
+	sc.judge(samples, tFault, tHealed, f)
 	for i := range sc.servers {
 		t.Logf("fault: %s %-68s server %d: uncached key allowed %s after the fault ended, /readyz 200 after %s",
 			tp.name, f.name, i, ms(uncachedBack[i]), ms(readyBack[i]))
@@ -421,10 +437,66 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	for _, n := range sc.notes {
 		t.Logf("fault: %s %-68s %s", tp.name, f.name, n)
 	}
+	var grew []string
+	for _, name := range slices.Sorted(maps.Keys(seen)) {
+		grew = append(grew, fmt.Sprintf("%s +%.0f", name, seen[name]))
+	}
+	t.Logf("fault: %s %-68s server 1's metrics over the scenario: %s", tp.name, f.name, strings.Join(grew, ", "))
+	t.Logf("fault: %s %-68s server 1 logged: %s", tp.name, f.name, strings.Join(logLines, " | "))
 }
 
+// operatorMetrics reads the metrics an operator watches during a Redis fault.
+func operatorMetrics(t *testing.T, rig *faultRig) map[string]float64 {
+	t.Helper()
+	m := map[string]float64{}
+	for _, name := range []string{
+		`extauthz_decisions_total{code="unavailable"}`, "extauthz_store_errors_total", "extauthz_cache_stale_total",
+		"extauthz_ratelimit_fallback_total", "extauthz_ratelimit_store_errors_total",
+	} {
+		m[name] = rig.metric(t, name)
+	}
+	return m
+}
+
+// logMessages returns each distinct message of a JSON log, with its level
+// and how often it came; a redis client message (logged with its own "msg"
+// attribute) is cut before the first address or number in it.
+func logMessages(text string) []string {
+	counts := map[string]int{}
+	var order []string
+	for _, line := range strings.Split(text, "\n") {
+		level := logField.FindStringSubmatch(line)
+		msgs := logMsg.FindAllStringSubmatch(line, -1)
+		if level == nil || len(msgs) == 0 {
+			continue
+		}
+		msg := level[1] + " " + msgs[0][1]
+		if len(msgs) > 1 {
+			inner := msgs[1][1]
+			if i := strings.IndexAny(inner, "0123456789"); i > 0 {
+				inner = strings.TrimSpace(inner[:i]) + "…"
+			}
+			msg += ": " + inner
+		}
+		if counts[msg] == 0 {
+			order = append(order, msg)
+		}
+		counts[msg]++
+	}
+	out := make([]string, len(order))
+	for i, m := range order {
+		out[i] = fmt.Sprintf("%s (×%d)", m, counts[m])
+	}
+	return out
+}
+
+var (
+	logField = regexp.MustCompile(`"level":"([A-Z]+)"`)
+	logMsg   = regexp.MustCompile(`"msg":"((?:[^"\\]|\\.)*)"`)
+)
+
 // judge holds every sample of the scenario to the rules and logs the figures.
-func (sc *scenario) judge(samples []faultSample, tFault, tInjected, tHealed time.Time, f topoFault) {
+func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f topoFault) {
 	t := sc.t
 	bound := faultTimeout + checkMargin
 	var rpcErrors, cachedDenied, over, uncachedWrong, uncached503 int
@@ -505,7 +577,6 @@ func (sc *scenario) judge(samples []faultSample, tFault, tInjected, tHealed time
 	t.Logf("fault: %s %-68s checks: all %v; during the fault %v", sc.tp.name, f.name, all, during)
 	t.Logf("fault: %s %-68s uncached key: %d × 503 during the fault; metered key (%d/%s): at most %d allowed in a %v window (%s)",
 		sc.tp.name, f.name, uncached503, meteredN, meteredW, most, span.Round(time.Millisecond), where)
-	_ = tInjected
 }
 
 // creator makes keys all along a scenario (each its own owner), as an
