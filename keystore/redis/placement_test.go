@@ -64,7 +64,7 @@ func BenchmarkKeyPlacement(b *testing.B) {
 	loadTook := time.Since(start)
 	after := mastersNow(b, masters)
 	b.Logf("placement: %d keys created in %s (%.0f creates/s, one script each on the records' master: %.1f µs of its CPU per create)",
-		n, loadTook.Round(time.Second), float64(n)/loadTook.Seconds(), (after[recordsMaster].cpu - before[recordsMaster].cpu).Seconds()*1e6/float64(n))
+		n, loadTook.Round(time.Second), float64(n)/loadTook.Seconds(), (after[recordsMaster].cpu-before[recordsMaster].cpu).Seconds()*1e6/float64(n))
 	for _, m := range masters {
 		s := after[m]
 		per := ""
@@ -324,6 +324,8 @@ func (l *latencies) quantiles() (p50, p99, p999 time.Duration) {
 		return
 	}
 	slices.Sort(l.d)
-	at := func(q float64) time.Duration { return l.d[min(len(l.d)-1, int(q*float64(len(l.d))))].Round(10 * time.Microsecond) }
+	at := func(q float64) time.Duration {
+		return l.d[min(len(l.d)-1, int(q*float64(len(l.d))))].Round(10 * time.Microsecond)
+	}
 	return at(0.5), at(0.99), at(0.999)
 }
