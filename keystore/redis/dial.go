@@ -76,10 +76,9 @@ type Options struct {
 	// Timeout bounds each call as a whole: every retry, Cluster redirect,
 	// dial and wait for a pooled connection inside one command or pipeline
 	// (a blocking read, XREAD BLOCK, gets its block time and a second on
-	// top). A caller's
-	// context deadline, when earlier, wins. It is also the default of the
-	// three socket timeouts below. When 0, calls are bounded by the largest
-	// of those.
+	// top). A caller's context deadline, when earlier, wins. It is also the
+	// default of the three socket timeouts below. When 0, calls are bounded
+	// by the largest of those.
 	Timeout time.Duration
 	// DialTimeout bounds connecting (Timeout, else DefaultDialTimeout, when
 	// 0).
@@ -330,9 +329,10 @@ func (r reloadOnFailure) ProcessPipelineHook(next goredis.ProcessPipelineHook) g
 
 // topologySuspect reports whether err may mean the node is gone or the slot
 // map changed: anything but a reply of Redis (a missing key, a script
-// error), and the replies that say the Cluster is changing.
+// error) or a caller that cancelled, and the replies that say the Cluster
+// is changing.
 func topologySuspect(err error) bool {
-	if err == nil || errors.Is(err, goredis.Nil) {
+	if err == nil || errors.Is(err, goredis.Nil) || errors.Is(err, context.Canceled) {
 		return false
 	}
 	var reply goredis.Error
