@@ -129,7 +129,7 @@ type topoFault struct {
 	// for a slot migration, which Redis serves throughout).
 	unavailable bool
 	inject      func(sc *scenario)
-	// heal ends the fault, and returns once the store answers again.
+	// heal ends the fault, or waits for Redis to end it (a promotion).
 	heal func(sc *scenario)
 }
 
