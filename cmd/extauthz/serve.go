@@ -181,7 +181,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
-		Handler: recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
+		Handler:  recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	})
 	if err := s.buildAdmin(mux); err != nil {
