@@ -4,7 +4,7 @@ CONFIG ?= extauthz.yaml
 
 FUZZTIME ?= 10s
 
-.PHONY: run build test test-short bench bench-go load load-scale fuzz lint
+.PHONY: run build test test-short bench bench-go load load-scale measure-placement fuzz lint
 
 run: ## run the service on the embedded store with the demo config
 	$(GO) run ./cmd/extauthz serve --config $(CONFIG)
@@ -40,6 +40,11 @@ load-scale: ## 1M keys in Redis, cache 100k, Zipf traffic: hit ratio, p99, RSS; 
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
 	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
 	bin/extauthz-load bench --extauthz bin/extauthz --scenarios noop,scale --rounds 1 --duration 10s $(LOADFLAGS)
+
+PLACEMENT_KEYS ?= 1000000
+
+measure-placement: ## key records on a 3-master Redis Cluster with PLACEMENT_KEYS keys: memory and CPU per master, cache-miss cost, change-feed cost; ~2 min and ~2 GB for 1M
+	EXTAUTHZ_PLACEMENT_KEYS=$(PLACEMENT_KEYS) $(GO) test -run '^$$' -bench '^BenchmarkKeyPlacement$$' -benchtime 5s -timeout 60m -v ./keystore/redis/ | grep -E '^(Benchmark|ok|FAIL)|placement:'
 
 fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz run in every plain test run too)
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/

@@ -54,6 +54,9 @@ type Decision struct {
 	// policy is the policy the decision was made under: the adapters read
 	// the sources from it, never from a policy a reload swapped in since.
 	policy *Policy
+	// storeAsked is when step 5 went past the cache to the store (zero when
+	// the cache answered): the check's time for the store runs from then.
+	storeAsked time.Time
 }
 
 // Allowed reports whether the request may proceed.
@@ -118,6 +121,9 @@ type Authorizer struct {
 	guard   *lookupGuard
 	now     func() time.Time
 	policy  atomic.Pointer[Policy]
+	// storeTime bounds what one check waits on the stores in all (0 = each
+	// store call on its own bound); see SetStoreTime.
+	storeTime time.Duration
 }
 
 // NewAuthorizer returns an Authorizer. limiter may be nil; now nil means time.Now.
@@ -129,6 +135,18 @@ func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter r
 	a.policy.Store(p)
 	return a
 }
+
+// SetStoreTime bounds the time one check waits on its stores in all, to d
+// and a tenth: a check whose key lookup missed the cache and went to the
+// store leaves the rate limiter what is left of d, but never less than d/10,
+// and past that the limiter decides as when its store fails
+// (ratelimit.WithStoreDeadline). Without it a lookup and a rate-limit call
+// could each wait out a timeout of their own. The tenth is for the check
+// whose lookup waited out d on a failed node while its rate limit lives on
+// a healthy one (another Cluster master): that master answers within it,
+// and the count stays shared rather than local. Call it before the first
+// decision.
+func (a *Authorizer) SetStoreTime(d time.Duration) { a.storeTime = d }
 
 // SetPolicy swaps the policy (hot reload); checks in flight finish on the old one.
 func (a *Authorizer) SetPolicy(p *Policy) { a.policy.Store(p) }
@@ -307,11 +325,13 @@ func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time
 	switch state {
 	case keystore.CacheAnswered:
 	case keystore.CacheExpired:
+		d.storeAsked = time.Now()
 		k, err = a.keys.Lookup(ctx, h)
 	default:
 		if !a.admitLookup(p, now, d) {
 			return false
 		}
+		d.storeAsked = time.Now()
 		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) {
 			a.guard.refund(d.ClientIP, p.FailRate, p.FailTotalRate)
 		}
@@ -407,6 +427,17 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 	}
 	if len(limits) == 0 {
 		return
+	}
+	if a.storeTime > 0 && !d.storeAsked.IsZero() {
+		// The lookup went to the store: the limiter gets what is left, and
+		// at least a tenth of the store time (see SetStoreTime).
+		deadline := d.storeAsked.Add(a.storeTime)
+		if floor := time.Now().Add(a.storeTime / 10); deadline.Before(floor) {
+			deadline = floor
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = ratelimit.WithStoreDeadline(ctx, deadline)
+		defer cancel()
 	}
 	res, err := a.limiter.Allow(ctx, limits)
 	if err != nil {

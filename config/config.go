@@ -120,7 +120,7 @@ type Redis struct {
 	SentinelPasswordEnv string   `json:"sentinel_password_env"`
 	TLS                 RedisTLS `json:"tls"`
 	Prefix              string   `json:"prefix"`
-	Timeout             Duration `json:"timeout"` // per Redis call on the request path
+	Timeout             Duration `json:"timeout"` // what one check may wait on Redis in all
 
 	// Password is read from the environment variable PasswordEnv by Load,
 	// SentinelPassword from SentinelPasswordEnv.
@@ -304,7 +304,7 @@ func Default() Config {
 		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
 		Store: Store{Backend: "embedded", Path: "./data/extauthz.db", Redis: Redis{
 			URL: "redis://127.0.0.1:6379/0", PasswordEnv: "REDIS_PASSWORD", Prefix: "extauthz:",
-			Timeout: Duration(250 * time.Millisecond),
+			Timeout: Duration(200 * time.Millisecond),
 		}},
 		Hashing: Hashing{PepperEnv: "EXTAUTHZ_PEPPER"},
 		Cache: Cache{Size: 100000, TTL: Duration(30 * time.Second), NegativeTTL: Duration(5 * time.Second),

@@ -139,6 +139,18 @@ store:
 	assert.Empty(t, Default().Store.Redis.Username, "the default user by default")
 }
 
+// A check waits on Redis for store.redis.timeout and a tenth more at most;
+// the shipped Envoy configs give a decision 250 ms (envoy/envoy_test.go
+// holds them to more than this default allows).
+func TestTheRedisTimeoutFitsUnderEnvoysDefault(t *testing.T) {
+	cfg, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, Duration(200*time.Millisecond), cfg.Store.Redis.Timeout)
+	cfg, err = Parse([]byte("store: {redis: {timeout: 120ms}}"))
+	require.NoError(t, err)
+	assert.Equal(t, Duration(120*time.Millisecond), cfg.Store.Redis.Timeout)
+}
+
 func TestTheAuditStreamCapIsSmallByDefault(t *testing.T) {
 	cfg, err := Parse(nil)
 	require.NoError(t, err)

@@ -31,6 +31,8 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
+
+	"github.com/extauthz/extauthz/config"
 )
 
 // The typed_config types the files use are registered by the imports above:
@@ -227,6 +229,12 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			name: "a timeout long enough to stall every request",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate:  func(t *testing.T, doc map[string]any) { dig(t, extAuthz(t, doc), "grpc_service")["timeout"] = "5s" },
+			wantErr: "timeout",
+		},
+		{
+			name: "a timeout shorter than a check may wait on a failing Redis",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { dig(t, extAuthz(t, doc), "grpc_service")["timeout"] = "0.1s" },
 			wantErr: "timeout",
 		},
 		{
@@ -563,6 +571,16 @@ func noDeprecated(msg protoreflect.Message, path string) error {
 // maxAuthzTimeout bounds how long one request may wait for a decision.
 const maxAuthzTimeout = time.Second
 
+// minAuthzTimeout is the longest a check may wait on Redis with the default
+// store.redis.timeout (the timeout and a tenth more for a rate limit after
+// a lookup that took all of it), plus 25 ms for the rest of the check: a
+// shorter ext_authz timeout would fail, as errors, the checks of cached keys
+// that extauthz answers from its cache while Redis is failing.
+var minAuthzTimeout = func() time.Duration {
+	d := time.Duration(config.Default().Store.Redis.Timeout)
+	return d + d/10 + 25*time.Millisecond
+}()
+
 // problems collects everything wrong with a config, so one run names them all.
 type problems struct{ errs []error }
 
@@ -745,8 +763,9 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 }
 
 func checkTimeout(fail func(string, ...any), set bool, d time.Duration) {
-	if !set || d <= 0 || d > maxAuthzTimeout {
-		fail("ext_authz timeout is %v (set: %v); want set and at most %v", d, set, maxAuthzTimeout)
+	if !set || d < minAuthzTimeout || d > maxAuthzTimeout {
+		fail("ext_authz timeout is %v (set: %v); want set, at least %v (a check waiting on a failing Redis with the default store.redis.timeout) and at most %v",
+			d, set, minAuthzTimeout, maxAuthzTimeout)
 	}
 }
 

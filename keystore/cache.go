@@ -71,6 +71,9 @@ type Cache struct {
 	downUntil   atomic.Int64
 	probing     atomic.Bool
 	consecutive atomic.Int32 // unavailable answers in a row
+	// downSince (unix nanos; 0 = up) is when lookups stopped waiting on the
+	// store: the outage the log reports when it begins and ends.
+	downSince atomic.Int64
 }
 
 // storeFailuresToOpen unavailable answers in a row stop lookups from waiting
@@ -248,16 +251,32 @@ func (c *Cache) mayAsk(now time.Time) (ask, probe bool) {
 func (c *Cache) asked(err error, probe bool) {
 	if errors.Is(err, ErrUnavailable) {
 		if c.consecutive.Add(1) >= storeFailuresToOpen || probe {
-			c.downUntil.Store(c.opts.Now().Add(c.opts.StoreRetry).UnixNano())
+			now := c.opts.Now()
+			c.downUntil.Store(now.Add(c.opts.StoreRetry).UnixNano())
+			if c.downSince.CompareAndSwap(0, now.UnixNano()) {
+				c.opts.Logger.Warn("key store unreachable: cached keys are served for up to cache.max_stale, other keys answer 503 until it is back",
+					"probe_every", c.opts.StoreRetry.String(), "err", err)
+			}
 		}
 	} else {
 		c.consecutive.Store(0)
 		if c.downUntil.Load() != 0 {
 			c.downUntil.Store(0)
 		}
+		c.storeBack()
 	}
 	if probe {
 		c.probing.Store(false)
+	}
+}
+
+// storeBack logs the end of an outage, once.
+func (c *Cache) storeBack() {
+	if c.downSince.Load() == 0 {
+		return
+	}
+	if since := c.downSince.Swap(0); since != 0 {
+		c.opts.Logger.Info("key store answers again", "unreachable_for", time.Duration(c.opts.Now().UnixNano()-since).Round(time.Millisecond).String())
 	}
 }
 
@@ -338,6 +357,7 @@ func (c *Cache) Invalidate(h Hash) {
 	// watcher forgets everything; lookups must then ask the store again at
 	// once, not fail for the rest of StoreRetry with nothing left to serve.
 	c.downUntil.Store(0)
+	c.storeBack()
 	if !h.IsZero() {
 		sh := &c.shards[h[0]]
 		c.lock(sh)

@@ -1,10 +1,13 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -261,6 +264,28 @@ func TestAStoreThatKeepsFailingIsNotAskedOnEveryLookup(t *testing.T) {
 	_, err := c.Lookup(context.Background(), unknown)
 	assert.ErrorIs(t, err, ErrNotFound, "the probe finds the store back")
 	assert.Equal(t, asked+1, st.lookups.Load())
+}
+
+func TestAnOutageIsLoggedOnceWhenItBeginsAndOnceWhenItEnds(t *testing.T) {
+	st := newCountingStore()
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	var log bytes.Buffer
+	c := NewCache(st, CacheOptions{Now: clock.Now, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	unknown := NewHasher(nil).Hash("sk_unknown")
+	st.down.Store(true)
+	for range 20 {
+		_, _ = c.Lookup(context.Background(), unknown)
+		clock.Add(300 * time.Millisecond) // probes included
+	}
+	assert.Equal(t, 1, strings.Count(log.String(), "key store unreachable"), log.String())
+	assert.NotContains(t, log.String(), "answers again")
+	st.down.Store(false)
+	clock.Add(time.Second)
+	for range 5 {
+		_, _ = c.Lookup(context.Background(), unknown)
+	}
+	assert.Equal(t, 1, strings.Count(log.String(), "key store answers again"), log.String())
+	assert.Contains(t, log.String(), "unreachable_for=6.")
 }
 
 func TestOneSlowAnswerDoesNotOpenTheBreaker(t *testing.T) {

@@ -10,6 +10,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -124,8 +125,38 @@ type Result struct {
 
 // Limiter checks a set of limits together: the request is allowed only if
 // every limit allows it, and a denied request consumes none of them.
+//
+// A limiter that waits on a store stops waiting at the deadline of a
+// context from WithStoreDeadline and decides as it does when the store
+// fails; the deadline of any other context is the caller giving up.
 type Limiter interface {
 	Allow(ctx context.Context, limits []Limit) (Result, error)
+}
+
+// ErrStoreTimeSpent is the cause (context.Cause) of a context from
+// WithStoreDeadline once its deadline has passed.
+var ErrStoreTimeSpent = errors.New("ratelimit: the check's time for the store is spent")
+
+// WithStoreDeadline returns ctx with a deadline at which a check stops
+// waiting on the rate-limit store: the part of the check's time for the
+// store that an earlier step (a key lookup that missed the cache) left.
+func WithStoreDeadline(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadlineCause(ctx, deadline, ErrStoreTimeSpent)
+}
+
+// StoreTimeSpent reports whether ctx is past a WithStoreDeadline deadline
+// (not its parent's): what a limiter asks before and after it waits on its
+// store. A deadline reached a moment ago may not have ended ctx yet; ctx is
+// then about to end, and is waited for.
+func StoreTimeSpent(ctx context.Context) bool {
+	if ctx.Err() == nil {
+		dl, ok := ctx.Deadline()
+		if !ok || time.Now().Before(dl) {
+			return false
+		}
+		<-ctx.Done()
+	}
+	return errors.Is(context.Cause(ctx), ErrStoreTimeSpent)
 }
 
 var (

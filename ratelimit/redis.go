@@ -222,7 +222,9 @@ func (r *Redis) Stats() Stats {
 
 // Allow checks limits together against the shared count. See Limiter. Its
 // errors: the validation errors of window.go; ErrUnavailable (PolicyDeny);
-// ErrClosed; ctx's error when the caller gave up first.
+// ErrClosed; ctx's error when the caller gave up first. Past the deadline
+// of a WithStoreDeadline context it decides by OnStoreError, as when Redis
+// fails, without counting a Redis failure.
 func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 	n, err := checkLimits(limits)
 	if err != nil {
@@ -249,12 +251,15 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		}
 	}
 	var cause error = errBreakerOpen
-	if ok, probe := r.breaker.enter(); ok {
+	if StoreTimeSpent(ctx) {
+		cause = ErrStoreTimeSpent
+	} else if ok, probe := r.breaker.enter(); ok {
 		want, refill := int64(1), false
 		sent := r.now()
 		if key != "" {
 			want, refill = r.leases.want(key, most, sent)
 		}
+		fair := r.fairChance(ctx)
 		res, got, lease, err := r.shared(ctx, limits, n, want)
 		if key != "" {
 			r.leases.granted(key, refill, got, sent.Add(lease), res)
@@ -262,24 +267,44 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		if got > 1 {
 			res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
 		}
+		spent := err != nil && !errors.Is(err, ErrClosed) && callerGaveUp(ctx) && StoreTimeSpent(ctx)
 		switch {
 		case err == nil:
 			r.breaker.success(probe)
 			r.count(res)
 			return res, nil
-		case errors.Is(err, ErrClosed) || callerGaveUp(ctx):
+		case spent && !fair:
+			// The check's time for Redis ran out before Redis had a fair
+			// part of its own timeout: decide without it, blaming it for
+			// nothing.
+			r.breaker.abandon(probe)
+			cause = ErrStoreTimeSpent
+		case !spent && (errors.Is(err, ErrClosed) || callerGaveUp(ctx)):
 			// Not Redis's fault: the limiter closed or the caller gave up.
 			r.breaker.abandon(probe)
 			return Result{}, err
+		default:
+			// Redis failed, or had a fair chance and did not answer.
+			r.breaker.failure(probe)
+			r.storeErrors.Add(1)
+			cause = err
 		}
-		r.breaker.failure(probe)
-		r.storeErrors.Add(1)
-		cause = err
 	}
 	return r.onStoreError(ctx, limits, n, cause)
 }
 
 var errBreakerOpen = errors.New("circuit breaker open")
+
+// fairChance reports whether ctx leaves a Redis call at least half of
+// Timeout: a call that gets no answer within that much has seen Redis
+// fail, and counts toward the breaker, even when what ended it was the
+// check's store deadline rather than Timeout (a key lookup that took no time
+// leaves a deadline a hair before Timeout; without this, the breaker
+// would never open for checks of stale cached keys).
+func (r *Redis) fairChance(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) >= r.opts.Timeout/2
+}
 
 func (r *Redis) count(res Result) {
 	if res.Allowed {

@@ -625,3 +625,65 @@ func TestRedisDecidesExactlyAsTheLocalLimiter(t *testing.T) {
 		}
 	}
 }
+
+// A check whose time for the store an earlier step spent (a key lookup
+// that waited on a Redis that does not answer) is decided by the
+// store-error policy at its store deadline, not after a timeout of its own,
+// and without counting against Redis or tripping the breaker.
+func TestRedisDecidesByPolicyWhenTheCheckTimeForTheStoreIsSpent(t *testing.T) {
+	limits := []Limit{{Name: "key", Bucket: "spent", Rate: Rate{N: 1, Window: time.Hour}}}
+
+	t.Run("a deadline already past: no call to Redis at all", func(t *testing.T) {
+		o := newOutage(t, PolicyAllow)
+		ctx, cancel := WithStoreDeadline(context.Background(), time.Now().Add(-time.Millisecond))
+		defer cancel()
+		for range 3 { // N is 1: only the policy allows three
+			res, err := o.a.Allow(ctx, limits)
+			require.NoError(t, err)
+			assert.True(t, res.Allowed)
+		}
+		assert.Equal(t, Stats{Allowed: 3, Fallback: 3}, o.a.Stats())
+	})
+
+	t.Run("a deadline reached while Redis does not answer", func(t *testing.T) {
+		o := newOutage(t, PolicyDeny)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		for range 10 {
+			ctx, cancel := WithStoreDeadline(context.Background(), time.Now().Add(20*time.Millisecond))
+			start := time.Now()
+			_, err := o.a.Allow(ctx, limits)
+			took := time.Since(start)
+			cancel()
+			require.ErrorIs(t, err, ErrUnavailable, "the deny policy decided")
+			assert.Less(t, took, 20*time.Millisecond+o.timeout/2, "waited past the store deadline")
+		}
+		assert.Zero(t, o.a.Stats().StoreErrors, "running out of the check's time is not a Redis failure")
+		assert.False(t, o.a.BreakerOpen())
+	})
+
+	t.Run("a deadline that left Redis most of its timeout: a failure like any", func(t *testing.T) {
+		o := newOutage(t, PolicyDeny)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		for range 10 {
+			ctx, cancel := WithStoreDeadline(context.Background(), time.Now().Add(o.timeout-time.Millisecond))
+			_, err := o.a.Allow(ctx, limits)
+			cancel()
+			require.ErrorIs(t, err, ErrUnavailable)
+		}
+		assert.True(t, o.a.BreakerOpen(), "a Redis that never answers opens the breaker, whichever deadline ended each call")
+	})
+
+	t.Run("the caller's own deadline still means the caller gave up", func(t *testing.T) {
+		o := newOutage(t, PolicyAllow)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		parent, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		defer cancel()
+		ctx, cancel2 := WithStoreDeadline(parent, time.Now().Add(time.Hour))
+		defer cancel2()
+		_, err := o.a.Allow(ctx, limits)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	})
+}

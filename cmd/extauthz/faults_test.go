@@ -388,16 +388,10 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	t.Logf("fault: %-10s %d checks in all, %d RPC errors; fallback decisions %.0f",
 		f.name, total, rpcErrors, rig.metric(t, "extauthz_ratelimit_fallback_total")-fallbackBefore)
 
-	// Loose on purpose: two shared cores under -race. What they catch is a
-	// check waiting on a dead Redis for seconds, not a few milliseconds.
-	// By design one check may wait for a key lookup of two attempts (the
-	// client retries once) and a rate-limit probe: up to 3 timeouts. So the
-	// bound is 4, and the stale-entry checks are held to nothing better:
-	// keystore.Cache asks the store again on every lookup of an expired
-	// entry, however recently the store failed, so they sit near the
-	// timeout for as long as the outage lasts.
-	assert.Less(t, all.max, time.Second, "the slowest check during the fault")
-	assert.Less(t, all.p99, 4*faultTimeout, "p99 of checks during the fault")
+	// A check waits on Redis for the timeout in all, its retries, its
+	// lookup and its rate-limit call together (and a tenth more for the
+	// rate limit after a lookup that took all of it).
+	assert.Less(t, all.max, faultTimeout+checkMargin, "the slowest check during the fault")
 }
 
 // waitShared polls, for at most 8 s after healed, until the limiter is back
@@ -513,8 +507,7 @@ routes:
 			limited := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker == "limited" })
 			t.Logf("fault: policy-%-5s blackholed 1s: limited route %v; shared limit used again %s after the fault ended",
 				tt.policy, limited, ms(back))
-			assert.Less(t, limited.max, time.Second)
-			assert.Less(t, limited.p99, 4*faultTimeout)
+			assert.Less(t, limited.max, faultTimeout+checkMargin)
 		})
 	}
 }

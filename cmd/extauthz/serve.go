@@ -140,6 +140,9 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		return nil, err
 	}
 	s.authz = authz.NewAuthorizer(policy, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
+	if be.redis != nil {
+		s.authz.SetStoreTime(time.Duration(cfg.Store.Redis.Timeout))
+	}
 
 	s.audit = newAuditLogger(cfg, be, auditOut, logger)
 	s.metrics = prometheus.NewRegistry()

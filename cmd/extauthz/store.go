@@ -37,8 +37,7 @@ func openBackend(cfg *config.Config) (*backend, error) {
 				Enabled: r.TLS.Enabled, CAFile: r.TLS.CAFile, CertFile: r.TLS.CertFile,
 				KeyFile: r.TLS.KeyFile, ServerName: r.TLS.ServerName,
 			},
-			ReadTimeout:  time.Duration(r.Timeout),
-			WriteTimeout: time.Duration(r.Timeout),
+			Timeout: time.Duration(r.Timeout),
 		}
 		if len(r.Addrs) > 0 {
 			opts.Addrs, opts.MasterName = r.Addrs, r.MasterName

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +37,9 @@ type Server struct {
 	opts Options
 	args []string
 	cmd  *exec.Cmd
+
+	mu     sync.Mutex
+	paused bool
 }
 
 // Options say how StartWith runs a server. The zero value is what Start does.
@@ -63,6 +67,8 @@ type Options struct {
 	// the server, for Do, to set up a Cluster) when the server's default user
 	// cannot run those commands. Empty: the default user, unauthenticated.
 	User, Password string
+	// Port is the port to listen on; 0 picks a free one.
+	Port int
 }
 
 // Start runs redis-server on a free port and stops it in tb.Cleanup. extra
@@ -81,7 +87,10 @@ func StartWith(tb testing.TB, opts Options) *Server {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found on PATH (install the redis-server package): %v", err)
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), port: FreePort(tb), opts: opts}
+	s := &Server{tb: tb, dir: tb.TempDir(), port: opts.Port, opts: opts}
+	if s.port == 0 {
+		s.port = FreePort(tb)
+	}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	port := []string{"--port", strconv.Itoa(s.port)}
 	if opts.TLS {
@@ -126,7 +135,9 @@ func (s *Server) start() {
 	if err := cmd.Start(); err != nil {
 		s.tb.Fatalf("start %s: %v", bin, err)
 	}
+	s.mu.Lock()
 	s.cmd = cmd
+	s.mu.Unlock()
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
 	if err := s.waitPing(10*time.Second, exited); err != nil {
@@ -139,13 +150,18 @@ func (s *Server) logPath() string {
 	return filepath.Join(s.dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano()))
 }
 
-// Stop kills the server (SIGKILL, like a crash). Calling it twice is harmless.
+// Stop kills the server (SIGKILL, like a crash) and waits until its port
+// refuses connections. Calling it twice is harmless.
 func (s *Server) Stop() {
-	if s.cmd == nil || s.cmd.Process == nil {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd, s.paused = nil, false
+	s.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused server must be able to die
-	_ = s.cmd.Process.Kill()
+	_ = cmd.Process.Signal(syscall.SIGCONT) // a paused server must be able to die
+	_ = cmd.Process.Kill()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if c, err := net.DialTimeout("tcp", s.Addr, 50*time.Millisecond); err != nil {
@@ -155,7 +171,6 @@ func (s *Server) Stop() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	s.cmd = nil
 }
 
 // Restart starts the server again on the same port and directory (with AOF
@@ -167,10 +182,32 @@ func (s *Server) Restart() {
 }
 
 // Pause stops the server process (SIGSTOP): connections stay open, nothing answers.
-func (s *Server) Pause() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
+func (s *Server) Pause() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		s.paused = true
+		_ = s.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
 
 // Resume continues a paused server.
-func (s *Server) Resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
+func (s *Server) Resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		s.paused = false
+		_ = s.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
+// Up reports whether the server runs and is not paused: whether the helper
+// may expect an answer from it.
+func (s *Server) Up() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil && !s.paused
+}
 
 // URL returns a redis:// URL for database db (rediss:// with TLS).
 func (s *Server) URL(db int) string {
@@ -238,36 +275,53 @@ func (s *Server) waitPing(timeout time.Duration, exited <-chan struct{}) error {
 // do sends args on a fresh connection, first logging in as Options.User when
 // login is set, and returns the first line of the reply.
 func (s *Server) do(login bool, args ...string) (string, error) {
-	c, err := s.dial()
+	c, r, err := s.session(login)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
+	return roundTrip(c, r, args...)
+}
+
+// session opens a connection with a 5 s deadline, logged in as Options.User
+// when login is set and the helper has a password.
+func (s *Server) session(login bool) (net.Conn, *bufio.Reader, error) {
+	c, err := s.dial()
+	if err != nil {
+		return nil, nil, err
+	}
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReader(c)
 	if login && s.opts.Password != "" {
 		line, err := roundTrip(c, r, "AUTH", orDefault(s.opts.User, "default"), s.opts.Password)
-		if err != nil {
-			return "", err
+		if err == nil && line != "+OK" {
+			err = fmt.Errorf("AUTH as %q: %s", s.opts.User, line)
 		}
-		if line != "+OK" {
-			return "", fmt.Errorf("AUTH as %q: %s", s.opts.User, line)
+		if err != nil {
+			c.Close()
+			return nil, nil, err
 		}
 	}
-	return roundTrip(c, r, args...)
+	return c, r, nil
 }
 
 func roundTrip(c net.Conn, r *bufio.Reader, args ...string) (string, error) {
+	if err := send(c, args...); err != nil {
+		return "", err
+	}
+	line, err := r.ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+// send writes one command in RESP.
+func send(c net.Conn, args ...string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
 		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
 	}
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		return "", err
-	}
-	line, err := r.ReadString('\n')
-	return strings.TrimRight(line, "\r\n"), err
+	_, err := c.Write([]byte(b.String()))
+	return err
 }
 
 func orDefault(v, def string) string {

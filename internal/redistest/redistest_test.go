@@ -1,10 +1,14 @@
 package redistest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 func TestStartAnswersAndStops(t *testing.T) {
@@ -79,4 +83,95 @@ func TestStartSentinelMonitorsThePrimary(t *testing.T) {
 	if err != nil || reply != "*2" {
 		t.Fatalf("SENTINEL GET-MASTER-ADDR-BY-NAME: %q %v", reply, err)
 	}
+}
+
+func TestClusterWithReplicasFailsOverAndMovesSlots(t *testing.T) {
+	c := StartClusterOf(t, ClusterOptions{Masters: 3, Replicas: 1, NodeTimeout: time.Second, Proxied: true,
+		Node: Options{Args: []string{"--cluster-require-full-coverage", "no"}}})
+	require.Len(t, c.Nodes, 6)
+	require.Len(t, c.Masters(), 3)
+	slot := c.Slot("{k}x")
+	old := c.Master(slot)
+	require.Len(t, c.Replicas(slot), 1)
+	for _, a := range c.Addrs() {
+		require.NotContains(t, []string{c.Nodes[0].Addr}, a, "clients are given the proxies")
+	}
+	for i := range 50 {
+		_, err := old.Query("SET", fmt.Sprintf("{k}%d", i), "v")
+		require.NoError(t, err)
+	}
+
+	t.Run("a slot moves, key by key", func(t *testing.T) {
+		var to *Server
+		for _, m := range c.Masters() {
+			if m != old {
+				to = m
+			}
+		}
+		m, err := c.StartMigration(slot, to)
+		require.NoError(t, err)
+		left, err := m.Move(20)
+		require.NoError(t, err)
+		require.Equal(t, 30, left)
+		asked := 0
+		for i := range 50 {
+			if _, err := old.Query("GET", fmt.Sprintf("{k}%d", i)); err != nil {
+				require.ErrorContains(t, err, "ASK")
+				asked++
+			}
+		}
+		require.Equal(t, 20, asked, "the keys already moved are asked for on the target")
+		moved, err := m.Finish()
+		require.NoError(t, err)
+		require.Equal(t, 50, moved)
+		require.Equal(t, to, c.Master(slot))
+		_, err = old.Query("GET", "{k}0")
+		require.ErrorContains(t, err, "MOVED")
+		v, err := to.Query("GET", "{k}49")
+		require.NoError(t, err)
+		require.Equal(t, "v", v)
+		old = to
+	})
+
+	t.Run("a killed master's replica takes over", func(t *testing.T) {
+		require.NoError(t, c.WaitHealthy(30*time.Second))
+		replica := c.Replicas(slot)[0]
+		old.Stop()
+		got, took, err := c.WaitPromoted(slot, old, 30*time.Second)
+		if err != nil {
+			nodes, _ := replica.QueryString("CLUSTER", "NODES")
+			logs, _ := filepath.Glob(filepath.Join(replica.Dir(), "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Log(string(b))
+			}
+			t.Fatalf("%v\n%s", err, nodes)
+		}
+		require.Equal(t, replica, got)
+		t.Logf("promoted in %v", took)
+		v, err := got.Query("GET", "{k}49")
+		require.NoError(t, err)
+		require.Equal(t, "v", v, "the replica had the data")
+		old.Restart()
+		require.NoError(t, c.WaitHealthy(30*time.Second), "the old master rejoins as a replica")
+	})
+}
+
+func TestSentinelSetFailsOver(t *testing.T) {
+	set := StartSentinelSet(t, SentinelSetOptions{Sentinel: SentinelOptions{MasterName: "m", DownAfter: time.Second, FailoverTimeout: 5 * time.Second}})
+	m, err := set.Master()
+	require.NoError(t, err)
+	require.Equal(t, set.Primary, m)
+	_, err = m.Query("SET", "k", "v")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		v, err := set.Replicas[0].Query("GET", "k")
+		return err == nil && v == "v"
+	}, 5*time.Second, 10*time.Millisecond)
+	set.Primary.Pause()
+	got, took, err := set.WaitPromoted(set.Primary, 30*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, set.Replicas[0], got)
+	t.Logf("promoted in %v", took)
+	set.Primary.Resume()
 }

@@ -1,6 +1,8 @@
 package redis
 
 import (
+	"cmp"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -20,7 +22,8 @@ import (
 // Default timeouts. An auth check waits on Redis only when its cache misses,
 // and then it must answer quickly either way: a slow Redis is a 503 (or a
 // stale cache entry) in a quarter of a second, never a request stuck for the
-// go-redis default of 5 s per read.
+// go-redis default of 5 s per read. Options.Timeout, when set, replaces them
+// all.
 const (
 	DefaultDialTimeout  = time.Second
 	DefaultReadTimeout  = 250 * time.Millisecond
@@ -70,11 +73,18 @@ type Options struct {
 	// URL.
 	TLS TLSOptions
 
-	// DialTimeout bounds connecting (DefaultDialTimeout when 0).
+	// Timeout bounds each call as a whole: every retry, Cluster redirect,
+	// dial and wait for a pooled connection inside one command or pipeline
+	// (a blocking read, XREAD BLOCK, gets its block time and a second on
+	// top). A caller's context deadline, when earlier, wins. It is also the
+	// default of the three socket timeouts below. When 0, calls are bounded
+	// by the largest of those.
+	Timeout time.Duration
+	// DialTimeout bounds connecting (Timeout, else DefaultDialTimeout, when
+	// 0).
 	DialTimeout time.Duration
 	// ReadTimeout and WriteTimeout bound each command on the socket
-	// (DefaultReadTimeout and DefaultWriteTimeout when 0). A caller's context
-	// deadline, when earlier, wins.
+	// (Timeout, else DefaultReadTimeout and DefaultWriteTimeout, when 0).
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
 	// PoolSize is the number of connections per node (go-redis' default,
@@ -117,16 +127,33 @@ func (t TLSOptions) any() bool {
 // Dial checks o and returns a client for it. It does not connect: go-redis
 // dials on first use, so a server can start while Redis is still coming up
 // (use Ping to wait for it). The caller owns the client and closes it.
+//
+// Every call on the client ends within Options.Timeout, on every topology:
+// go-redis's own bounds are per attempt (a read, a dial), and a Cluster
+// client makes up to four attempts (MaxRedirects) with back-off between
+// them, each of which may wait out a read timeout on a master that stopped
+// answering. So the client carries a hook that gives each call a deadline
+// of Timeout, and with ContextTimeoutEnabled every socket wait inside it
+// (reads, writes, dials, the Sentinel's answer, the pool) ends there too.
+// On a Cluster, a call that fails on the network also makes the client
+// read the slot map again (see reloadOnFailure).
 func Dial(o Options) (goredis.UniversalClient, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	t := o.tuning()
 	if o.URL != "" {
-		opt, err := o.urlOptions()
+		opt, err := o.urlOptions(t)
 		if err != nil {
 			return nil, err
 		}
-		return goredis.NewClient(opt), nil
+		budget := t.call
+		if o.Timeout == 0 { // the url's query may have set the socket timeouts
+			budget = max(opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout)
+		}
+		c := goredis.NewClient(opt)
+		c.AddHook(callBudget{d: budget})
+		return c, nil
 	}
 	u := &goredis.UniversalOptions{
 		Addrs:            o.Addrs,
@@ -155,11 +182,165 @@ func Dial(o Options) (goredis.UniversalClient, error) {
 		}
 		u.TLSConfig = cfg
 	}
-	t := o.tuning()
 	u.DialTimeout, u.ReadTimeout, u.WriteTimeout = t.dial, t.read, t.write
 	u.MaxRetries, u.DialerRetries, u.PoolTimeout = t.retries, t.dialerRetries, t.pool
 	u.ContextTimeoutEnabled = true
-	return goredis.NewUniversalClient(u), nil
+	budget := callBudget{d: t.call}
+	switch {
+	case o.MasterName != "":
+		c := goredis.NewFailoverClient(u.Failover())
+		c.AddHook(budget)
+		return c, nil
+	case o.isCluster():
+		co := u.Cluster()
+		// The Cluster client retries a failed command itself (MaxRedirects
+		// attempts, a MOVED or ASK included), choosing the node afresh each
+		// time; a retry inside the node's client would only ask the same
+		// node again.
+		co.MaxRetries = -1
+		c := goredis.NewClusterClient(co)
+		c.AddHook(budget)
+		c.AddHook(reloadOnFailure{c})
+		return c, nil
+	default:
+		c := goredis.NewClient(u.Simple())
+		c.AddHook(budget)
+		return c, nil
+	}
+}
+
+// callBudget gives every call that reaches it a deadline of d (plus the
+// block time of a blocking read), unless its context ends sooner. It is the
+// outermost hook, so the deadline covers go-redis's retries, redirects,
+// back-off and dials, which its own timeouts bound only one by one.
+type callBudget struct{ d time.Duration }
+
+func (b callBudget) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (b callBudget) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		block, forever := blockTime(cmd)
+		if forever {
+			return next(ctx, cmd)
+		}
+		ctx, cancel := b.bound(ctx, block)
+		defer cancel()
+		return next(ctx, cmd)
+	}
+}
+
+func (b callBudget) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		var block time.Duration
+		for _, cmd := range cmds {
+			d, forever := blockTime(cmd)
+			if forever {
+				return next(ctx, cmds)
+			}
+			block = max(block, d)
+		}
+		ctx, cancel := b.bound(ctx, block)
+		defer cancel()
+		return next(ctx, cmds)
+	}
+}
+
+// bound returns ctx with a deadline d+extra from now, or ctx itself when its
+// own deadline is sooner (the rate limiter's calls already carry one: no
+// allocation for them).
+func (b callBudget) bound(ctx context.Context, extra time.Duration) (context.Context, context.CancelFunc) {
+	limit := b.d + extra
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= limit {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, limit)
+}
+
+// blockSlack is what a blocking read may take past its block time besides
+// the timeout: Redis ends a block on its own timer, which it checks hz times
+// a second (every 100 ms by default), later still when it is busy.
+const blockSlack = time.Second
+
+// blockTime reads the BLOCK argument of XREAD and XREADGROUP, the blocking
+// reads extauthz sends (the change feed, audit tail -f): how long Redis may
+// rightly hold the call (block time and blockSlack), and whether it may
+// hold it forever (BLOCK 0).
+func blockTime(cmd goredis.Cmder) (time.Duration, bool) {
+	switch cmd.Name() {
+	case "xread", "xreadgroup":
+	default:
+		return 0, false
+	}
+	args := cmd.Args()
+	for i := 1; i+1 < len(args); i++ {
+		if s, ok := args[i].(string); !ok || !strings.EqualFold(s, "block") {
+			continue
+		}
+		var ms int64
+		switch v := args[i+1].(type) {
+		case int64:
+			ms = v
+		case int:
+			ms = int64(v)
+		case string:
+			ms, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if ms <= 0 {
+			return 0, true
+		}
+		return time.Duration(ms)*time.Millisecond + blockSlack, false
+	}
+	return 0, false
+}
+
+// reloadOnFailure has a Cluster client read the slot map again after a
+// call failed on the network or with CLUSTERDOWN. go-redis reloads it on a
+// MOVED or ASK reply and otherwise only once a minute: after a master is
+// killed and a replica promoted, nothing answers MOVED, and without this the
+// client would keep calling the dead address for up to a minute. Reloads are
+// coalesced (one at a time, 200 ms apart) and run in the background.
+type reloadOnFailure struct{ c *goredis.ClusterClient }
+
+func (r reloadOnFailure) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (r reloadOnFailure) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		err := next(ctx, cmd)
+		if topologySuspect(err) {
+			r.c.ReloadState(ctx)
+		}
+		return err
+	}
+}
+
+func (r reloadOnFailure) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		err := next(ctx, cmds)
+		suspect := topologySuspect(err)
+		for _, cmd := range cmds {
+			suspect = suspect || topologySuspect(cmd.Err())
+		}
+		if suspect {
+			r.c.ReloadState(ctx)
+		}
+		return err
+	}
+}
+
+// topologySuspect reports whether err may mean the node is gone or the slot
+// map changed: anything but a reply of Redis (a missing key, a script
+// error) or a caller that cancelled, and the replies that say the Cluster
+// is changing.
+func topologySuspect(err error) bool {
+	if err == nil || errors.Is(err, goredis.Nil) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var reply goredis.Error
+	if errors.As(err, &reply) {
+		msg := reply.Error()
+		return strings.HasPrefix(msg, "CLUSTERDOWN") || strings.HasPrefix(msg, "MASTERDOWN")
+	}
+	return true
 }
 
 // config builds the TLS configuration, reading CAFile and checking the
@@ -285,6 +466,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("store.redis: read timeout %s must not be negative", o.ReadTimeout)
 	case o.WriteTimeout < 0:
 		return fmt.Errorf("store.redis: write timeout %s must not be negative", o.WriteTimeout)
+	case o.Timeout < 0:
+		return fmt.Errorf("store.redis: timeout %s must not be negative", o.Timeout)
 	case o.PoolSize < 0:
 		return fmt.Errorf("store.redis: pool size %d must not be negative", o.PoolSize)
 	case o.MaxRetries < -1:
@@ -318,7 +501,7 @@ func checkAddr(a string) error {
 
 // urlOptions parses o.URL and applies the other fields. Errors never repeat
 // the URL: it may carry a password.
-func (o *Options) urlOptions() (*goredis.Options, error) {
+func (o *Options) urlOptions(t tuning) (*goredis.Options, error) {
 	u, err := url.Parse(o.URL)
 	if err != nil {
 		var ue *url.Error
@@ -368,7 +551,6 @@ func (o *Options) urlOptions() (*goredis.Options, error) {
 	}
 	// Timeouts from the URL's query win over our defaults but not over
 	// explicit fields.
-	t := o.tuning()
 	if o.DialTimeout > 0 || opt.DialTimeout == 0 {
 		opt.DialTimeout = t.dial
 	}
@@ -381,7 +563,7 @@ func (o *Options) urlOptions() (*goredis.Options, error) {
 	if o.MaxRetries != 0 || opt.MaxRetries == 0 {
 		opt.MaxRetries = t.retries
 	}
-	if opt.PoolTimeout == 0 {
+	if opt.PoolTimeout == 0 || o.Timeout > 0 {
 		opt.PoolTimeout = t.pool
 	}
 	opt.DialerRetries = t.dialerRetries
@@ -390,21 +572,24 @@ func (o *Options) urlOptions() (*goredis.Options, error) {
 }
 
 type tuning struct {
-	dial, read, write, pool time.Duration
-	retries, dialerRetries  int
+	call, dial, read, write, pool time.Duration
+	retries, dialerRetries        int
 }
 
 // tuning fills in the defaults.
 func (o *Options) tuning() tuning {
-	t := tuning{dial: o.DialTimeout, read: o.ReadTimeout, write: o.WriteTimeout, retries: o.MaxRetries}
+	t := tuning{call: o.Timeout, dial: o.DialTimeout, read: o.ReadTimeout, write: o.WriteTimeout, retries: o.MaxRetries}
 	if t.dial == 0 {
-		t.dial = DefaultDialTimeout
+		t.dial = cmp.Or(o.Timeout, DefaultDialTimeout)
 	}
 	if t.read == 0 {
-		t.read = DefaultReadTimeout
+		t.read = cmp.Or(o.Timeout, DefaultReadTimeout)
 	}
 	if t.write == 0 {
-		t.write = DefaultWriteTimeout
+		t.write = cmp.Or(o.Timeout, DefaultWriteTimeout)
+	}
+	if t.call == 0 {
+		t.call = max(t.dial, t.read, t.write)
 	}
 	if t.retries == 0 {
 		t.retries = DefaultMaxRetries
@@ -416,5 +601,8 @@ func (o *Options) tuning() tuning {
 	// Waiting for a free pooled connection is bounded like a read: a pool
 	// exhausted by a slow Redis must not queue requests for seconds.
 	t.pool = 2 * t.read
+	if o.Timeout > 0 {
+		t.pool = o.Timeout
+	}
 	return t
 }

@@ -299,3 +299,41 @@ func TestDialAuthenticatesWithThePassword(t *testing.T) {
 		})
 	}
 }
+
+func TestDialTimeoutSetsEverySocketTimeout(t *testing.T) {
+	const d = 80 * time.Millisecond
+	o := dial(t, Options{URL: "redis://127.0.0.1:6379/0", Timeout: d}).(*goredis.Client).Options()
+	require.Equal(t, []time.Duration{d, d, d, d}, []time.Duration{o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout})
+
+	o = dial(t, Options{URL: "redis://127.0.0.1:6379/0?read_timeout=2s", Timeout: d}).(*goredis.Client).Options()
+	require.Equal(t, 2*time.Second, o.ReadTimeout, "a socket timeout in the url still wins over the default")
+
+	co := dial(t, Options{Addrs: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, Timeout: d, DialTimeout: time.Second}).(*goredis.ClusterClient).Options()
+	require.Equal(t, []time.Duration{time.Second, d, d, d}, []time.Duration{co.DialTimeout, co.ReadTimeout, co.WriteTimeout, co.PoolTimeout})
+	require.Equal(t, -1, co.MaxRetries, "a Cluster node's client does not retry: the Cluster client does")
+	require.Equal(t, 3, co.MaxRedirects)
+
+	_, err := Dial(Options{URL: "redis://127.0.0.1:6379/0", Timeout: -time.Second})
+	require.ErrorContains(t, err, "store.redis: timeout -1s must not be negative")
+}
+
+// A blocking read (the change feed's XREAD BLOCK) may wait its block time:
+// the call's deadline is the timeout and blockSlack on top of it.
+func TestABlockingReadMayWaitItsBlockTime(t *testing.T) {
+	srv := redistest.Start(t)
+	c := dial(t, Options{URL: srv.URL(0), Timeout: 50 * time.Millisecond})
+	start := time.Now()
+	err := c.XRead(t.Context(), &goredis.XReadArgs{Streams: []string{"s", "$"}, Block: 300 * time.Millisecond}).Err()
+	require.ErrorIs(t, err, goredis.Nil, "the read ended on its block time, not on the 50ms timeout")
+	require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
+
+	srv.Pause()
+	defer srv.Resume()
+	start = time.Now()
+	err = c.XRead(t.Context(), &goredis.XReadArgs{Streams: []string{"s", "$"}, Block: 100 * time.Millisecond}).Err()
+	require.Error(t, err)
+	require.NotErrorIs(t, err, goredis.Nil)
+	took := time.Since(start)
+	require.Less(t, took, 100*time.Millisecond+50*time.Millisecond+blockSlack+100*time.Millisecond, "a server that does not answer holds the read no longer than block + timeout + slack")
+	require.Greater(t, took, 100*time.Millisecond+50*time.Millisecond+blockSlack-50*time.Millisecond, "go-redis would have given up only after block + 10 s: the budget ended it")
+}

@@ -794,12 +794,16 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 	return conflicts, nil
 }
 
-// Ping reports whether Redis answers.
+// Ping reports whether Redis answers a lookup now. It reads a key of the
+// slot that holds every key record rather than send PING, which a Cluster
+// client sends to any node: readiness must follow the one master lookups
+// need, and fail as they do while the Cluster is down (CLUSTERDOWN) or a
+// restarted server is still loading its data.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if err := s.client.Ping(ctx).Err(); err != nil {
+	if err := s.client.Get(ctx, s.keys.index()).Err(); err != nil && !errors.Is(err, goredis.Nil) {
 		return unavailable("ping", err)
 	}
 	return nil
