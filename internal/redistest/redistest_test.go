@@ -136,6 +136,11 @@ func TestClusterWithReplicasFailsOverAndMovesSlots(t *testing.T) {
 	t.Run("a killed master's replica takes over", func(t *testing.T) {
 		require.NoError(t, c.WaitHealthy(30*time.Second))
 		replica := c.Replicas(slot)[0]
+		// Replication is asynchronous: the keys just migrated in must reach
+		// the replica before its master dies, or the promotion loses them.
+		acked, err := old.Query("WAIT", "1", "5000")
+		require.NoError(t, err)
+		require.EqualValues(t, 1, acked, "the replica acknowledged every write")
 		old.Stop()
 		got, took, err := c.WaitPromoted(slot, old, 30*time.Second)
 		if err != nil {
