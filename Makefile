@@ -25,7 +25,7 @@ bench: ## the Go benchmarks of the hot path, then the load comparison of the who
 	$(MAKE) load
 
 bench-go: ## Go benchmarks of the hot path
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./authz/ ./keystore/ ./ratelimit/ ./audit/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./authz/ ./keystore/ ./ratelimit/ ./ratelimit/redis/ ./audit/
 
 # LOADFLAGS go to `extauthz-load bench` (see `go run ./cmd/extauthz-load bench -h`),
 # e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles'.

@@ -25,7 +25,7 @@ type Header struct{ Key, Value string }
 // bytes a header may not carry there (controls, non-ASCII) become '?'. The
 // values share one allocation.
 func AppendHeaders(dst []Header, r Result) []Header {
-	if enforced(r.Limit.Rate) {
+	if r.Limit.Rate.Enforced() {
 		// Every value is written into one buffer that becomes one string;
 		// the values are substrings of it (one allocation, not five).
 		var buf [192]byte

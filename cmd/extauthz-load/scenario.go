@@ -53,7 +53,7 @@ var scenarios = []Scenario{
 }
 
 // exactRate is below the smallest limit the Redis limiter leases (2·2000,
-// ratelimit/lease.go), so every check is one Redis call; a bench run's 100
+// ratelimit/redis/lease.go), so every check is one Redis call; a bench run's 100
 // keys never reach it.
 const exactRate = "3999/s"
 

@@ -423,7 +423,7 @@ func (rig *faultRig) waitShared(t *testing.T, healed time.Time, done func(now ti
 // TestFaultOnStoreErrorPolicies: with the limiter's store partitioned, a
 // rate-limited route answers what on_store_error says, while a route with no
 // limit keeps allowing the cached key; and the limit comes back after. The
-// route's limit is large enough to be leased (ratelimit/lease.go): requests
+// route's limit is large enough to be leased (ratelimit/redis/lease.go): requests
 // already counted in Redis before the fault may still be handed out at its
 // start, at most one lease's worth, and never once the policy has answered.
 func TestFaultOnStoreErrorPolicies(t *testing.T) {

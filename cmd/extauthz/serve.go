@@ -30,6 +30,7 @@ import (
 	"github.com/extauthz/extauthz/internal/gcfloor"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
+	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
 )
 
 // serveCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
@@ -178,7 +179,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
-		Handler: recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
+		Handler:  recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	})
 	if err := s.buildAdmin(mux); err != nil {
@@ -357,7 +358,7 @@ func newLimiter(cfg *config.Config, be *backend) (limiter, error) {
 	if err := policy.UnmarshalText([]byte(cfg.RateLimit.OnStoreError)); err != nil {
 		return nil, err
 	}
-	return ratelimit.NewRedis(be.redis, ratelimit.RedisOptions{
+	return rlredis.New(be.redis, rlredis.Options{
 		Prefix:       cfg.Store.Redis.Prefix,
 		Timeout:      time.Duration(cfg.Store.Redis.Timeout),
 		OnStoreError: policy,

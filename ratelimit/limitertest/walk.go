@@ -1,4 +1,4 @@
-package ratelimit
+package limitertest
 
 import (
 	"context"
@@ -8,25 +8,28 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
-// randomWalk drives lim through random demand against random limits of one
-// bucket on a clock that only moves forward, and checks after every denial
-// that RetryAfter is exact: 1µs earlier the same check is still denied, at
-// RetryAfter it is allowed. With a single limit it checks Reset the same way:
-// at Reset the limit is whole again. Every limit keeps at most N in any W.
-func randomWalk(t *testing.T, seed uint64, steps int, newLimiter func(now func() time.Time) Limiter) {
-	rng := rand.New(rand.NewPCG(seed, seed))
-	clock := newFakeClock()
-	lim := newLimiter(clock.Now)
-	limits := make([]Limit, 1+rng.IntN(3))
+// RandomWalk drives a limiter from newLimiter through random demand against
+// random limits of one bucket on a clock that only moves forward, and checks
+// after every denial that RetryAfter is exact: 1µs earlier the same check is
+// still denied, at RetryAfter it is allowed. With a single limit it checks
+// Reset the same way: at Reset the limit is whole again. Every limit keeps at
+// most N in any W.
+func RandomWalk(t *testing.T, seed uint64, steps int, newLimiter Factory) {
+	rng := newRand(seed, seed)
+	clock := NewClock()
+	lim := newLimiter(t, clock.Now)
+	limits := make([]ratelimit.Limit, 1+rng.IntN(3))
 	for i := range limits {
-		limits[i] = Limit{Name: "l" + string(rune('a'+i)), Bucket: "walk", Scope: string(rune('a' + i)),
-			Rate: Rate{N: 1 + rng.Int64N(20), Window: time.Duration(1+rng.IntN(5000)) * time.Millisecond}}
+		limits[i] = ratelimit.Limit{Name: "l" + string(rune('a'+i)), Bucket: "walk", Scope: string(rune('a' + i)),
+			Rate: ratelimit.Rate{N: 1 + rng.Int64N(20), Window: time.Duration(1+rng.IntN(5000)) * time.Millisecond}}
 	}
 	allowed := make([][]time.Time, len(limits))
-	now := t0
-	check := func(at time.Time) Result {
+	now := T0
+	check := func(at time.Time) ratelimit.Result {
 		clock.Set(at)
 		res, err := lim.Allow(context.Background(), limits)
 		require.NoError(t, err)
@@ -59,45 +62,40 @@ func randomWalk(t *testing.T, seed uint64, steps int, newLimiter func(now func()
 		}
 	}
 	for i, l := range limits {
-		assertNoIntervalOverN(t, allowed[i], int(l.Rate.N), l.Rate.Window)
+		AssertNoIntervalOverN(t, allowed[i], int(l.Rate.N), l.Rate.Window)
 	}
 }
 
-func TestLocalRetryAfterAndResetAreExact(t *testing.T) {
-	for seed := range uint64(40) {
-		randomWalk(t, seed, 2000, func(now func() time.Time) Limiter { return NewLocal(now, 0) })
-	}
-}
+// newRand is the suite's seeded source of randomness.
+func newRand(a, b uint64) *rand.Rand { return rand.New(rand.NewPCG(a, b)) }
 
-// No input panics or fails: odd rates, odd clocks, odd names.
-func TestLocalOddInputs(t *testing.T) {
-	checkOddInputs(t, func(now func() time.Time) Limiter { return NewLocal(now, 16) })
-}
-
-func checkOddInputs(t *testing.T, newLimiter func(now func() time.Time) Limiter) {
-	rates := []Rate{
+// OddInputs checks that no input makes lim panic or fail: odd rates
+// (negative, zero, huge, tiny windows), odd clock readings (set on clock,
+// lim's clock: the zero time, far past and future) and odd bucket names. The
+// only error it accepts is ratelimit.ErrEmptyBucket; every Result must be
+// non-negative and render as headers.
+func OddInputs(t *testing.T, lim ratelimit.Limiter, clock *Clock) {
+	rates := []ratelimit.Rate{
 		{}, {N: -5, Window: time.Second}, {N: 5, Window: -time.Second}, {N: 1, Window: 1},
 		{N: math.MaxInt64, Window: math.MaxInt64}, {N: 1, Window: math.MaxInt64}, {N: math.MaxInt64, Window: time.Nanosecond},
 		{N: 3, Window: 366 * 24 * time.Hour},
 	}
-	times := []time.Time{{}, t0, time.Unix(0, 0), time.Unix(1<<40, 0), time.Unix(-1<<40, 0), t0.Add(-time.Nanosecond)}
-	clock := newFakeClock()
-	lim := newLimiter(clock.Now)
+	times := []time.Time{{}, T0, time.Unix(0, 0), time.Unix(1<<40, 0), time.Unix(-1<<40, 0), T0.Add(-time.Nanosecond)}
 	for _, at := range times {
 		clock.Set(at)
 		for i, a := range rates {
 			for j, b := range rates {
 				for _, bucket := range []string{"k", "", "{}", "\x00\xff"} {
-					limits := []Limit{{Bucket: bucket, Scope: "a", Rate: a}, {Bucket: bucket, Scope: "b", Rate: b}}
+					limits := []ratelimit.Limit{{Bucket: bucket, Scope: "a", Rate: a}, {Bucket: bucket, Scope: "b", Rate: b}}
 					res, err := lim.Allow(context.Background(), limits)
 					if err != nil {
-						require.ErrorIs(t, err, ErrEmptyBucket, "rates %d,%d at %v", i, j, at)
+						require.ErrorIs(t, err, ratelimit.ErrEmptyBucket, "rates %d,%d at %v", i, j, at)
 						continue
 					}
 					require.GreaterOrEqual(t, res.Remaining, int64(0))
 					require.GreaterOrEqual(t, res.Reset, time.Duration(0))
 					require.GreaterOrEqual(t, res.RetryAfter, time.Duration(0))
-					_ = AppendHeaders(nil, res)
+					_ = ratelimit.AppendHeaders(nil, res)
 				}
 			}
 		}

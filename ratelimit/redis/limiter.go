@@ -1,4 +1,13 @@
-package ratelimit
+// Package redis is the rate limiter whose counts live in Redis, shared by
+// every replica: the ratelimit.Limiter for the Redis key store. It runs the
+// algorithm of ratelimit's window.go as one atomic Lua script per check
+// (allow.lua), batches concurrent checks into pipelines, leases part of a
+// large limit to a busy replica (lease.go), and when Redis fails decides by
+// the configured ratelimit.StoreErrorPolicy behind a circuit breaker.
+//
+// It is not the algorithm (package ratelimit) and does not dial Redis: it
+// takes a client from keystore/redis.Dial (or any go-redis client).
+package redis
 
 import (
 	"context"
@@ -14,42 +23,15 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
-// StoreErrorPolicy is what the Redis limiter decides when Redis cannot answer
-// in time (or the circuit breaker is open). The zero value is PolicyLocal.
-type StoreErrorPolicy string
+// ErrClosed is returned by Allow after Close.
+var ErrClosed = errors.New("ratelimit: limiter closed")
 
-const (
-	// PolicyLocal limits each replica locally to its share of N: N divided by
-	// the replicas alive at the last heartbeat (at least 1 per replica).
-	PolicyLocal StoreErrorPolicy = "local"
-	// PolicyAllow allows every request.
-	PolicyAllow StoreErrorPolicy = "allow"
-	// PolicyDeny answers ErrUnavailable, which the caller maps to 503.
-	PolicyDeny StoreErrorPolicy = "deny"
-)
-
-// UnmarshalText reads "local", "allow" or "deny" (the config's on_store_error).
-func (p *StoreErrorPolicy) UnmarshalText(b []byte) error {
-	switch v := StoreErrorPolicy(b); v {
-	case PolicyLocal, PolicyAllow, PolicyDeny:
-		*p = v
-		return nil
-	}
-	return fmt.Errorf("on_store_error %q: want local, allow or deny", b)
-}
-
-var (
-	// ErrUnavailable is returned (wrapped) by the Redis limiter with
-	// PolicyDeny when Redis cannot answer: the caller answers 503.
-	ErrUnavailable = errors.New("ratelimit: rate-limit store unavailable")
-	// ErrClosed is returned by Allow after Close.
-	ErrClosed = errors.New("ratelimit: limiter closed")
-)
-
-// RedisOptions configure NewRedis. The zero value works.
-type RedisOptions struct {
+// Options configure New. The zero value works.
+type Options struct {
 	// Prefix starts every key, e.g. "extauthz:". It may not contain '{' or
 	// '}': the hash tag of a counter must be its bucket.
 	Prefix string
@@ -61,7 +43,7 @@ type RedisOptions struct {
 	// still reach Redis and be counted there: it errs toward limiting.
 	Timeout time.Duration
 	// OnStoreError is the policy when Redis cannot answer (default local).
-	OnStoreError StoreErrorPolicy
+	OnStoreError ratelimit.StoreErrorPolicy
 	// Now, when set, is the clock of the counts (sent to the script); nil uses
 	// the Redis server's clock, one clock for all replicas. The fallback
 	// limiter uses Now, or time.Now.
@@ -83,7 +65,8 @@ type RedisOptions struct {
 	BatchWait time.Duration
 	// Pipelines is how many batches may be in flight at once (default 4).
 	Pipelines int
-	// MaxLocalBuckets bounds the fallback limiter (default DefaultMaxBuckets).
+	// MaxLocalBuckets bounds the fallback limiter (default
+	// ratelimit.DefaultMaxBuckets).
 	MaxLocalBuckets int
 }
 
@@ -96,16 +79,16 @@ var (
 	heartbeatScript = goredis.NewScript(heartbeatSrc)
 )
 
-// Redis is a Limiter whose counts live in Redis, shared by every replica: one
-// atomic Lua script per check, concurrent checks batched into pipelines, or,
-// for a busy bucket with large limits, a lease of several requests counted
-// at once (lease.go). When Redis fails it decides by RedisOptions.OnStoreError,
-// within the Timeout, and a circuit breaker keeps it from waiting on a Redis
-// that is down.
-type Redis struct {
+// Limiter is a ratelimit.Limiter whose counts live in Redis, shared by every
+// replica: one atomic Lua script per check, concurrent checks batched into
+// pipelines, or, for a busy bucket with large limits, a lease of several
+// requests counted at once (lease.go). When Redis fails it decides by
+// Options.OnStoreError, within the Timeout, and a circuit breaker keeps it
+// from waiting on a Redis that is down.
+type Limiter struct {
 	client  goredis.UniversalClient
-	opts    RedisOptions
-	local   *Local
+	opts    Options
+	local   *ratelimit.Local
 	leases  *leases
 	breaker breaker
 	queue   chan *call
@@ -131,22 +114,22 @@ type reply struct {
 	err  error
 }
 
-// NewRedis returns a Redis limiter on client and starts its batchers and its
+var _ ratelimit.Limiter = (*Limiter)(nil)
+
+// New returns a Redis limiter on client and starts its batchers and its
 // heartbeat; Close stops them. It does not close client.
-func NewRedis(client goredis.UniversalClient, opts RedisOptions) (*Redis, error) {
+func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 	if client == nil {
-		return nil, errors.New("ratelimit: NewRedis: nil client")
+		return nil, errors.New("ratelimit: redis.New: nil client")
 	}
 	if strings.ContainsAny(opts.Prefix, "{}") {
 		return nil, fmt.Errorf("ratelimit: prefix %q: may not contain '{' or '}'", opts.Prefix)
 	}
-	switch opts.OnStoreError {
-	case "":
-		opts.OnStoreError = PolicyLocal
-	case PolicyLocal, PolicyAllow, PolicyDeny:
-	default:
-		return nil, fmt.Errorf("ratelimit: on_store_error %q: want local, allow or deny", opts.OnStoreError)
+	policy, err := ratelimit.ParseStoreErrorPolicy(string(opts.OnStoreError))
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
+	opts.OnStoreError = policy
 	if opts.InstanceID == "" {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
@@ -170,10 +153,10 @@ func NewRedis(client goredis.UniversalClient, opts RedisOptions) (*Redis, error)
 	if opts.Pipelines <= 0 {
 		opts.Pipelines = 4
 	}
-	r := &Redis{
+	r := &Limiter{
 		client:  client,
 		opts:    opts,
-		local:   NewLocal(opts.Now, opts.MaxLocalBuckets),
+		local:   ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
 		leases:  newLeases(),
 		breaker: breaker{threshold: int64(opts.BreakerFailures), probeAfter: opts.BreakerProbe},
 		queue:   make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
@@ -190,7 +173,7 @@ func NewRedis(client goredis.UniversalClient, opts RedisOptions) (*Redis, error)
 // Close stops the batchers and the heartbeat, and takes this replica out of
 // the heartbeat set (so the others' local share grows at once). Checks after
 // Close return ErrClosed.
-func (r *Redis) Close() error {
+func (r *Limiter) Close() error {
 	r.closing.Do(func() {
 		close(r.done)
 		r.wg.Wait()
@@ -203,39 +186,40 @@ func (r *Redis) Close() error {
 
 // Replicas is the number of replicas alive at the last successful heartbeat
 // (kept while Redis is down; 1 before the first). PolicyLocal divides N by it.
-func (r *Redis) Replicas() int { return int(r.replicas.Load()) }
+func (r *Limiter) Replicas() int { return int(r.replicas.Load()) }
 
 // BreakerOpen reports whether checks currently skip Redis.
-func (r *Redis) BreakerOpen() bool { return r.breaker.isOpen() }
+func (r *Limiter) BreakerOpen() bool { return r.breaker.isOpen() }
 
 // Stats returns the decision counters.
-func (r *Redis) Stats() Stats {
-	return Stats{
+func (r *Limiter) Stats() ratelimit.Stats {
+	return ratelimit.Stats{
 		Allowed:     r.allowed.Load(),
 		Limited:     r.limited.Load(),
 		Fallback:    r.fallback.Load(),
 		StoreErrors: r.storeErrors.Load(),
-		Evicted:     r.local.evicted.Load(),
+		Evicted:     r.local.Stats().Evicted,
 		Leased:      r.leased.Load(),
 	}
 }
 
-// Allow checks limits together against the shared count. See Limiter. Its
-// errors: the validation errors of window.go; ErrUnavailable (PolicyDeny);
-// ErrClosed; ctx's error when the caller gave up first.
-func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
-	n, err := checkLimits(limits)
+// Allow checks limits together against the shared count. See
+// ratelimit.Limiter. Its errors: the validation errors of
+// ratelimit.CheckLimits; ratelimit.ErrUnavailable (PolicyDeny); ErrClosed;
+// ctx's error when the caller gave up first.
+func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimit.Result, error) {
+	n, err := ratelimit.CheckLimits(limits)
 	if err != nil {
-		return Result{}, err
+		return ratelimit.Result{}, err
 	}
 	select {
 	case <-r.done:
-		return Result{}, ErrClosed
+		return ratelimit.Result{}, ErrClosed
 	default:
 	}
 	if n == 0 {
 		r.allowed.Add(1)
-		return Result{Allowed: true}, nil
+		return ratelimit.Result{Allowed: true}, nil
 	}
 	// A lease answers without Redis (lease.go); large limits only.
 	most := maxLease(limits)
@@ -270,7 +254,7 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 		case errors.Is(err, ErrClosed) || callerGaveUp(ctx):
 			// Not Redis's fault: the limiter closed or the caller gave up.
 			r.breaker.abandon(probe)
-			return Result{}, err
+			return ratelimit.Result{}, err
 		}
 		r.breaker.failure(probe)
 		r.storeErrors.Add(1)
@@ -281,7 +265,7 @@ func (r *Redis) Allow(ctx context.Context, limits []Limit) (Result, error) {
 
 var errBreakerOpen = errors.New("circuit breaker open")
 
-func (r *Redis) count(res Result) {
+func (r *Limiter) count(res ratelimit.Result) {
 	if res.Allowed {
 		r.allowed.Add(1)
 	} else {
@@ -292,26 +276,26 @@ func (r *Redis) count(res Result) {
 // onStoreError decides a check without Redis. With PolicyLocal the Result
 // names the share of N this replica enforces (N/replicas, at least 1), so the
 // headers tell the client the limit that applies during the outage.
-func (r *Redis) onStoreError(ctx context.Context, limits []Limit, n int, cause error) (Result, error) {
+func (r *Limiter) onStoreError(ctx context.Context, limits []ratelimit.Limit, n int, cause error) (ratelimit.Result, error) {
 	r.fallback.Add(1)
 	switch r.opts.OnStoreError {
-	case PolicyAllow:
+	case ratelimit.PolicyAllow:
 		r.allowed.Add(1)
-		return Result{Allowed: true}, nil
-	case PolicyDeny:
-		return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, cause)
+		return ratelimit.Result{Allowed: true}, nil
+	case ratelimit.PolicyDeny:
+		return ratelimit.Result{}, fmt.Errorf("%w: %v", ratelimit.ErrUnavailable, cause)
 	}
 	replicas := r.replicas.Load()
 	if replicas < 1 {
 		replicas = 1
 	}
-	var buf [4]Limit
+	var buf [4]ratelimit.Limit
 	share := buf[:0]
 	if n > len(buf) {
-		share = make([]Limit, 0, n)
+		share = make([]ratelimit.Limit, 0, n)
 	}
 	for _, l := range limits {
-		if !enforced(l.Rate) {
+		if !l.Rate.Enforced() {
 			continue
 		}
 		l.Rate.N = max(1, l.Rate.N/replicas)
@@ -324,7 +308,7 @@ func (r *Redis) onStoreError(ctx context.Context, limits []Limit, n int, cause e
 	return res, err
 }
 
-func (r *Redis) now() time.Time {
+func (r *Limiter) now() time.Time {
 	if r.opts.Now != nil {
 		return r.opts.Now()
 	}
@@ -335,7 +319,7 @@ func (r *Redis) now() time.Time {
 // Timeout, asking for want requests (see allow.lua). It returns how many
 // were granted (0 when denied, or on an error) and how long until the
 // limits' current sub-window ends.
-func (r *Redis) shared(ctx context.Context, limits []Limit, n int, want int64) (Result, int64, time.Duration, error) {
+func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, want int64) (ratelimit.Result, int64, time.Duration, error) {
 	c := &call{
 		keys:  make([]string, 0, n),
 		args:  make([]any, 0, 3+3*n),
@@ -345,15 +329,15 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int, want int64) (
 	if r.opts.Now != nil {
 		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
 	}
-	c.args = append(c.args, now, span, want)
+	c.args = append(c.args, now, ratelimit.Span, want)
 	for i := range limits {
 		l := &limits[i]
-		if !enforced(l.Rate) {
+		if !l.Rate.Enforced() {
 			continue
 		}
-		wUs := windowMicros(l.Rate.Window)
+		wUs, sUs := l.Rate.Micros()
 		c.keys = append(c.keys, r.counterKey(l))
-		c.args = append(c.args, l.Rate.N, wUs, subMicros(wUs))
+		c.args = append(c.args, l.Rate.N, wUs, sUs)
 	}
 
 	// With nothing on the wire there is nothing to batch with: send from
@@ -362,13 +346,13 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int, want int64) (
 	if r.inflight.Load() == 0 {
 		select {
 		case <-r.done:
-			return Result{}, 0, 0, ErrClosed
+			return ratelimit.Result{}, 0, 0, ErrClosed
 		default:
 		}
 		r.run(ctx, []*call{c})
 		rep := <-c.reply
 		if rep.err != nil && callerGaveUp(ctx) {
-			return Result{}, 0, 0, context.DeadlineExceeded
+			return ratelimit.Result{}, 0, 0, context.DeadlineExceeded
 		}
 		return r.result(limits, n, rep)
 	}
@@ -377,21 +361,21 @@ func (r *Redis) shared(ctx context.Context, limits []Limit, n int, want int64) (
 	select {
 	case r.queue <- c:
 	case <-timer.C:
-		return Result{}, 0, 0, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
 	case <-ctx.Done():
-		return Result{}, 0, 0, ctx.Err()
+		return ratelimit.Result{}, 0, 0, ctx.Err()
 	case <-r.done:
-		return Result{}, 0, 0, ErrClosed
+		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
 	var rep reply
 	select {
 	case rep = <-c.reply:
 	case <-timer.C:
-		return Result{}, 0, 0, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
 	case <-ctx.Done():
-		return Result{}, 0, 0, ctx.Err()
+		return ratelimit.Result{}, 0, 0, ctx.Err()
 	case <-r.done:
-		return Result{}, 0, 0, ErrClosed
+		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
 	return r.result(limits, n, rep)
 }
@@ -409,42 +393,42 @@ func callerGaveUp(ctx context.Context) bool {
 
 // result reads the script's reply for limits: the Result, how many
 // requests were granted and how long until the sub-window ends.
-func (r *Redis) result(limits []Limit, n int, rep reply) (Result, int64, time.Duration, error) {
+func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.Result, int64, time.Duration, error) {
 	if rep.err != nil {
-		return Result{}, 0, 0, fmt.Errorf("rate-limit check: %w", rep.err)
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: %w", rep.err)
 	}
 	if len(rep.vals) != 2+2*n {
-		return Result{}, 0, 0, fmt.Errorf("rate-limit check: script returned %d values for %d limits", len(rep.vals), n)
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: script returned %d values for %d limits", len(rep.vals), n)
 	}
-	p := newPicker()
+	p := ratelimit.NewPicker()
 	granted := rep.vals[0]
 	k := 0
 	for i := range limits {
 		l := &limits[i]
-		if !enforced(l.Rate) {
+		if !l.Rate.Enforced() {
 			continue
 		}
 		held, t := rep.vals[2+2*k], rep.vals[3+2*k]
 		k++
 		if granted > 0 {
-			p.allowedLimit(l, l.Rate.N-held, micros(t))
+			p.Allowed(l, l.Rate.N-held, ratelimit.FromMicros(t))
 		} else if held >= l.Rate.N {
-			p.exhaustedLimit(l, micros(t))
+			p.Exhausted(l, ratelimit.FromMicros(t))
 		}
 	}
-	return p.result(), granted, micros(rep.vals[1]), nil
+	return p.Result(), granted, ratelimit.FromMicros(rep.vals[1]), nil
 }
 
 // counterKey is <prefix>rl:{<bucket>}:<scope>: the hash tag puts every limit
 // of a bucket in one Cluster slot, so one script can take them all as KEYS.
-func (r *Redis) counterKey(l *Limit) string {
+func (r *Limiter) counterKey(l *ratelimit.Limit) string {
 	return r.opts.Prefix + "rl:{" + l.Bucket + "}:" + l.Scope
 }
 
-func (r *Redis) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }
+func (r *Limiter) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }
 
 // batcher sends queued checks to Redis, up to MaxBatch per pipeline.
-func (r *Redis) batcher() {
+func (r *Limiter) batcher() {
 	batch := make([]*call, 0, r.opts.MaxBatch)
 	var linger *time.Timer
 	if r.opts.BatchWait > 0 {
@@ -489,7 +473,7 @@ func (r *Redis) batcher() {
 }
 
 // drain answers the checks still queued at Close.
-func (r *Redis) drain() {
+func (r *Limiter) drain() {
 	for {
 		select {
 		case c := <-r.queue:
@@ -503,7 +487,7 @@ func (r *Redis) drain() {
 // run sends one batch as one pipeline of EVALSHA (within ctx and Timeout), and the ones Redis does not
 // know the script for (after a restart, or a new Cluster node) as EVAL, which
 // loads it again.
-func (r *Redis) run(ctx context.Context, batch []*call) {
+func (r *Limiter) run(ctx context.Context, batch []*call) {
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
@@ -537,7 +521,7 @@ func (r *Redis) run(ctx context.Context, batch []*call) {
 
 // heartbeats announces this replica every Heartbeat and keeps the count of
 // replicas alive, until Close.
-func (r *Redis) heartbeats() {
+func (r *Limiter) heartbeats() {
 	t := time.NewTicker(r.opts.Heartbeat)
 	defer t.Stop()
 	for {
@@ -550,7 +534,7 @@ func (r *Redis) heartbeats() {
 	}
 }
 
-func (r *Redis) heartbeat() {
+func (r *Limiter) heartbeat() {
 	ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.Timeout, r.opts.Heartbeat/2))
 	defer cancel()
 	ttl := 3 * r.opts.Heartbeat.Milliseconds()

@@ -1,12 +1,10 @@
-package ratelimit
+package redis
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/ratelimit"
+	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
 
 // newClient is a client for one test that gives up as fast as the limiter:
@@ -36,9 +36,9 @@ func newClient(t testing.TB, addr string) *goredis.Client {
 }
 
 // newRedis is a Redis limiter closed when the test ends (before its client).
-func newRedis(t testing.TB, client goredis.UniversalClient, opts RedisOptions) *Redis {
+func newRedis(t testing.TB, client goredis.UniversalClient, opts Options) *Limiter {
 	t.Helper()
-	r, err := NewRedis(client, opts)
+	r, err := New(client, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = r.Close() })
 	return r
@@ -49,55 +49,42 @@ var prefixes atomic.Int64
 // uniquePrefix keeps the tests that share a server apart.
 func uniquePrefix() string { return fmt.Sprintf("t%d:", prefixes.Add(1)) }
 
-func TestRedisExactResults(t *testing.T) {
-	srv := redistest.Start(t)
-	client := newClient(t, srv.Addr)
-	runExactCases(t, func(t *testing.T, now func() time.Time) Limiter {
-		return newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: now, Timeout: time.Second})
+// shared is the factory of the conformance suite: a Redis limiter on srv
+// with a prefix of its own, counting on the suite's clock.
+func shared(srv *redistest.Server) limitertest.Factory {
+	return func(t *testing.T, now func() time.Time) ratelimit.Limiter {
+		return newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Now: now, Timeout: time.Second})
+	}
+}
+
+func TestRedisConformsToTheLimiterContract(t *testing.T) {
+	limitertest.Run(t, shared(redistest.Start(t)))
+}
+
+// With Redis unreachable, ratelimit.PolicyLocal decides every check with the local
+// fallback, which for one replica is the whole N: the contract holds there
+// too.
+func TestRedisFallbackConformsToTheLimiterContract(t *testing.T) {
+	limitertest.Run(t, func(t *testing.T, now func() time.Time) ratelimit.Limiter {
+		down := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
+		t.Cleanup(func() { _ = down.Close() })
+		return newRedis(t, down, Options{Now: now, Timeout: time.Second, OnStoreError: ratelimit.PolicyLocal})
 	})
 }
 
 // The Lua script and the Go code are one algorithm written twice: on the
 // same demand they must give the same Result at every check.
-func TestRedisMatchesLocalCheckForCheck(t *testing.T) {
-	srv := redistest.Start(t)
-	client := newClient(t, srv.Addr)
-	for _, tc := range accuracyCases(10) {
-		times := tc.times()
-		if len(times) > 20000 {
-			continue // the dense cases are covered by TestLocalAccuracy
-		}
-		t.Run(tc.name, func(t *testing.T) {
-			clock := newFakeClock()
-			local := NewLocal(clock.Now, 0)
-			shared := newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
-			limits := []Limit{
-				{Name: "key", Bucket: "k", Rate: tc.rate},
-				{Name: "/r", Bucket: "k", Scope: "/r", Rate: Rate{N: tc.rate.N * 3 / 2, Window: 2 * tc.rate.Window}},
-			}
-			var allowed []time.Time
-			for i, at := range times {
-				clock.Set(at)
-				want, err := local.Allow(context.Background(), limits)
-				require.NoError(t, err)
-				got, err := shared.Allow(context.Background(), limits)
-				require.NoError(t, err)
-				require.Equal(t, want, got, "check %d at %v", i, at.Sub(t0))
-				if got.Allowed {
-					allowed = append(allowed, at)
-				}
-			}
-			assertNoIntervalOverN(t, allowed, int(tc.rate.N), tc.rate.Window)
-			assert.Equal(t, Stats{Allowed: uint64(len(allowed)), Limited: uint64(len(times) - len(allowed))}, shared.Stats())
-		})
-	}
+func TestRedisDecidesExactlyAsTheLocalLimiter(t *testing.T) {
+	limitertest.Differential(t, func(_ *testing.T, now func() time.Time) ratelimit.Limiter {
+		return ratelimit.NewLocal(now, 0)
+	}, shared(redistest.Start(t)))
 }
 
 func TestRedisKeysShareTheBucketsHashTagAndExpire(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	r := newRedis(t, client, RedisOptions{Prefix: "extauthz:"})
-	res, err := r.Allow(context.Background(), []Limit{key10, route3})
+	r := newRedis(t, client, Options{Prefix: "extauthz:"})
+	res, err := r.Allow(context.Background(), []ratelimit.Limit{limitertest.Key10, limitertest.Route3})
 	require.NoError(t, err)
 	require.True(t, res.Allowed)
 
@@ -112,55 +99,31 @@ func TestRedisKeysShareTheBucketsHashTagAndExpire(t *testing.T) {
 		ttl, err := client.PTTL(context.Background(), tc.key).Result()
 		require.NoError(t, err)
 		assert.Greater(t, ttl, tc.w-100*time.Millisecond, tc.key)
-		assert.LessOrEqual(t, ttl, tc.w+tc.w/subWindows+time.Millisecond, tc.key)
+		assert.LessOrEqual(t, ttl, tc.w+tc.w/ratelimit.SubWindows+time.Millisecond, tc.key)
 	}
 }
 
 func TestRedisBurstFromFreshAllowsExactlyN(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	r := newRedis(t, client, RedisOptions{Timeout: time.Second})
-	limits := []Limit{{Name: "key", Bucket: "burst", Rate: Rate{N: 2, Window: time.Second}}}
-	assert.Equal(t, 2, countAllowed(t, 16, 4, r, limits))
-}
-
-// countAllowed runs callers goroutines of each checks each, and counts the
-// allowed checks.
-func countAllowed(t *testing.T, callers, each int, lim Limiter, limits []Limit) int {
-	t.Helper()
-	var allowed atomic.Int64
-	var wg sync.WaitGroup
-	for range callers {
-		wg.Go(func() {
-			for range each {
-				res, err := lim.Allow(context.Background(), limits)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if res.Allowed {
-					allowed.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return int(allowed.Load())
+	r := newRedis(t, client, Options{Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "burst", Rate: ratelimit.Rate{N: 2, Window: time.Second}}}
+	assert.Equal(t, 2, limitertest.CountAllowed(t, 16, 4, r, limits))
 }
 
 func TestRedisTwoReplicasTogetherAllowExactlyN(t *testing.T) {
 	srv := redistest.Start(t)
-	a := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second})
+	a := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
 	// b batches differently: one pipeline at a time, waiting for more.
-	b := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second, Pipelines: 1, BatchWait: 200 * time.Microsecond, MaxBatch: 8})
-	limits := []Limit{
-		{Name: "key", Bucket: "shared", Rate: Rate{N: 100, Window: time.Hour}},
-		{Name: "/r", Bucket: "shared", Scope: "/r", Rate: Rate{N: 1000, Window: time.Minute}},
+	b := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second, Pipelines: 1, BatchWait: 200 * time.Microsecond, MaxBatch: 8})
+	limits := []ratelimit.Limit{
+		{Name: "key", Bucket: "shared", Rate: ratelimit.Rate{N: 100, Window: time.Hour}},
+		{Name: "/r", Bucket: "shared", Scope: "/r", Rate: ratelimit.Rate{N: 1000, Window: time.Minute}},
 	}
 	var got [2]int
 	var wg sync.WaitGroup
-	for i, lim := range []Limiter{a, b} {
-		wg.Go(func() { got[i] = countAllowed(t, 8, 25, lim, limits) })
+	for i, lim := range []ratelimit.Limiter{a, b} {
+		wg.Go(func() { got[i] = limitertest.CountAllowed(t, 8, 25, lim, limits) })
 	}
 	wg.Wait()
 	t.Logf("replica a allowed %d, replica b %d", got[0], got[1])
@@ -176,9 +139,9 @@ func TestRedisTwoReplicasTogetherAllowExactlyN(t *testing.T) {
 // span more than W from the first call to the last answer.
 func TestRedisRealTimeAccuracy(t *testing.T) {
 	srv := redistest.Start(t)
-	r := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second})
+	r := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
 	const n, w, run = 20, 2 * time.Second, 7 * time.Second
-	limits := []Limit{{Name: "key", Bucket: "realtime", Rate: Rate{N: n, Window: w}}}
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "realtime", Rate: ratelimit.Rate{N: n, Window: w}}}
 	type span struct{ call, answer time.Time }
 	var mu sync.Mutex
 	var allowed []span
@@ -223,8 +186,8 @@ func TestRedisRealTimeAccuracy(t *testing.T) {
 
 func TestRedisReloadsTheScriptAfterAFlush(t *testing.T) {
 	srv := redistest.Start(t)
-	r := newRedis(t, newClient(t, srv.Addr), RedisOptions{Timeout: time.Second})
-	limits := []Limit{{Name: "key", Bucket: "flush", Rate: Rate{N: 3, Window: time.Hour}}}
+	r := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "flush", Rate: ratelimit.Rate{N: 3, Window: time.Hour}}}
 	for i := range 4 {
 		if i == 2 {
 			reply, err := srv.Do("SCRIPT", "FLUSH")
@@ -243,48 +206,48 @@ func TestNewRedisRejectsBadOptions(t *testing.T) {
 	defer client.Close()
 	for _, tc := range []struct {
 		name string
-		opts RedisOptions
+		opts Options
 		want string
 	}{
-		{"a prefix with a hash tag", RedisOptions{Prefix: "a{b}:"}, `prefix "a{b}:"`},
-		{"an unknown policy", RedisOptions{OnStoreError: "retry"}, `on_store_error "retry"`},
+		{"a prefix with a hash tag", Options{Prefix: "a{b}:"}, `prefix "a{b}:"`},
+		{"an unknown policy", Options{OnStoreError: "retry"}, `on_store_error "retry"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := NewRedis(client, tc.opts)
+			_, err := New(client, tc.opts)
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
-	_, err := NewRedis(nil, RedisOptions{})
+	_, err := New(nil, Options{})
 	require.Error(t, err)
 
-	var p StoreErrorPolicy
+	var p ratelimit.StoreErrorPolicy
 	require.NoError(t, p.UnmarshalText([]byte("deny")))
-	assert.Equal(t, PolicyDeny, p)
+	assert.Equal(t, ratelimit.PolicyDeny, p)
 	require.ErrorContains(t, p.UnmarshalText([]byte("Deny")), `"Deny"`)
 }
 
 func TestRedisRejectsLimitsItCannotApplyWithoutCallingRedis(t *testing.T) {
 	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
 	defer client.Close()
-	r := newRedis(t, client, RedisOptions{OnStoreError: PolicyDeny})
-	one := Rate{N: 1, Window: time.Second}
-	_, err := r.Allow(context.Background(), []Limit{{Bucket: "a", Rate: one}, {Bucket: "b", Scope: "s", Rate: one}})
-	require.ErrorIs(t, err, ErrMixedBuckets)
+	r := newRedis(t, client, Options{OnStoreError: ratelimit.PolicyDeny})
+	one := ratelimit.Rate{N: 1, Window: time.Second}
+	_, err := r.Allow(context.Background(), []ratelimit.Limit{{Bucket: "a", Rate: one}, {Bucket: "b", Scope: "s", Rate: one}})
+	require.ErrorIs(t, err, ratelimit.ErrMixedBuckets)
 	res, err := r.Allow(context.Background(), nil)
 	require.NoError(t, err)
-	assert.Equal(t, Result{Allowed: true}, res)
-	assert.Equal(t, Stats{Allowed: 1}, r.Stats())
+	assert.Equal(t, ratelimit.Result{Allowed: true}, res)
+	assert.Equal(t, ratelimit.Stats{Allowed: 1}, r.Stats())
 }
 
 func TestRedisCloseStopsChecks(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	a := newRedis(t, client, RedisOptions{Heartbeat: 50 * time.Millisecond, InstanceID: "a"})
-	b := newRedis(t, client, RedisOptions{Heartbeat: 50 * time.Millisecond, InstanceID: "b"})
+	a := newRedis(t, client, Options{Heartbeat: 50 * time.Millisecond, InstanceID: "a"})
+	b := newRedis(t, client, Options{Heartbeat: 50 * time.Millisecond, InstanceID: "b"})
 	require.Eventually(t, func() bool { return a.Replicas() == 2 && b.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, a.Close())
 	require.NoError(t, a.Close(), "twice")
-	_, err := a.Allow(context.Background(), []Limit{key10})
+	_, err := a.Allow(context.Background(), []ratelimit.Limit{limitertest.Key10})
 	require.ErrorIs(t, err, ErrClosed)
 	require.Eventually(t, func() bool { return b.Replicas() == 1 }, 5*time.Second, 10*time.Millisecond,
 		"a closed replica leaves the heartbeat set at once")
@@ -294,14 +257,14 @@ func TestRedisCloseStopsChecks(t *testing.T) {
 // heartbeats, timeout and breaker interval.
 type outage struct {
 	srv     *redistest.Server
-	a, b    *Redis
+	a, b    *Limiter
 	timeout time.Duration
 }
 
-func newOutage(t *testing.T, policy StoreErrorPolicy) *outage {
+func newOutage(t *testing.T, policy ratelimit.StoreErrorPolicy) *outage {
 	t.Helper()
 	o := &outage{srv: redistest.Start(t), timeout: 50 * time.Millisecond}
-	opts := RedisOptions{
+	opts := Options{
 		Timeout:      o.timeout,
 		OnStoreError: policy,
 		Heartbeat:    200 * time.Millisecond, // replicas count for 600ms: no flapping on a loaded machine
@@ -317,7 +280,7 @@ func newOutage(t *testing.T, policy StoreErrorPolicy) *outage {
 
 // checks runs count checks on r one after another and returns how many were
 // allowed, the errors, and the slowest check.
-func checks(r *Redis, limits []Limit, count int) (allowed int, errs []error, slowest time.Duration) {
+func checks(r *Limiter, limits []ratelimit.Limit, count int) (allowed int, errs []error, slowest time.Duration) {
 	for range count {
 		start := time.Now()
 		res, err := r.Allow(context.Background(), limits)
@@ -341,15 +304,15 @@ func TestRedisOutageWithLocalFallback(t *testing.T) {
 		{"redis hung (SIGSTOP) and resumed", func(o *outage) { o.srv.Pause() }, func(o *outage) { o.srv.Resume() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o := newOutage(t, PolicyLocal)
-			limits := []Limit{{Name: "key", Bucket: "down", Rate: Rate{N: 10, Window: time.Hour}}}
+			o := newOutage(t, ratelimit.PolicyLocal)
+			limits := []ratelimit.Limit{{Name: "key", Bucket: "down", Rate: ratelimit.Rate{N: 10, Window: time.Hour}}}
 			allowed, errs, _ := checks(o.a, limits, 4)
 			require.Empty(t, errs)
 			require.Equal(t, 4, allowed)
 
 			tc.down(o)
 			// Each replica now allows its share, 10/2, on its own.
-			for _, r := range []*Redis{o.a, o.b} {
+			for _, r := range []*Limiter{o.a, o.b} {
 				allowed, errs, slowest := checks(r, limits, 20)
 				assert.Empty(t, errs)
 				assert.Equal(t, 5, allowed)
@@ -374,14 +337,14 @@ func TestRedisOutageWithLocalFallback(t *testing.T) {
 			// a and b together allow N of a fresh bucket.
 			require.Eventually(t, func() bool {
 				fallbacks := o.a.Stats().Fallback
-				_, _ = o.a.Allow(context.Background(), []Limit{{Name: "probe", Bucket: "probe", Rate: Rate{N: 1000, Window: time.Second}}})
+				_, _ = o.a.Allow(context.Background(), []ratelimit.Limit{{Name: "probe", Bucket: "probe", Rate: ratelimit.Rate{N: 1000, Window: time.Second}}})
 				return o.a.Stats().Fallback == fallbacks && !o.a.BreakerOpen()
 			}, 10*time.Second, 20*time.Millisecond)
 			require.Eventually(t, func() bool {
-				_, _ = o.b.Allow(context.Background(), []Limit{{Name: "probe", Bucket: "probe", Rate: Rate{N: 1000, Window: time.Second}}})
+				_, _ = o.b.Allow(context.Background(), []ratelimit.Limit{{Name: "probe", Bucket: "probe", Rate: ratelimit.Rate{N: 1000, Window: time.Second}}})
 				return !o.b.BreakerOpen()
 			}, 10*time.Second, 20*time.Millisecond)
-			fresh := []Limit{{Name: "key", Bucket: "after", Rate: Rate{N: 10, Window: time.Hour}}}
+			fresh := []ratelimit.Limit{{Name: "key", Bucket: "after", Rate: ratelimit.Rate{N: 10, Window: time.Hour}}}
 			aAllowed, errs, _ := checks(o.a, fresh, 7)
 			require.Empty(t, errs)
 			bAllowed, errs, _ := checks(o.b, fresh, 7)
@@ -393,24 +356,24 @@ func TestRedisOutageWithLocalFallback(t *testing.T) {
 }
 
 func TestRedisOutagePolicies(t *testing.T) {
-	limits := []Limit{{Name: "key", Bucket: "k", Rate: Rate{N: 1, Window: time.Hour}}}
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "k", Rate: ratelimit.Rate{N: 1, Window: time.Hour}}}
 	t.Run("allow lets every check through", func(t *testing.T) {
-		o := newOutage(t, PolicyAllow)
+		o := newOutage(t, ratelimit.PolicyAllow)
 		o.srv.Stop()
 		allowed, errs, slowest := checks(o.a, limits, 20)
 		assert.Empty(t, errs)
 		assert.Equal(t, 20, allowed)
 		assert.Less(t, slowest, 5*o.timeout)
-		assert.Equal(t, Stats{Allowed: 20, Fallback: 20, StoreErrors: o.a.Stats().StoreErrors}, o.a.Stats())
+		assert.Equal(t, ratelimit.Stats{Allowed: 20, Fallback: 20, StoreErrors: o.a.Stats().StoreErrors}, o.a.Stats())
 	})
-	t.Run("deny answers ErrUnavailable, for a 503", func(t *testing.T) {
-		o := newOutage(t, PolicyDeny)
+	t.Run("deny answers ratelimit.ErrUnavailable, for a 503", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyDeny)
 		o.srv.Pause()
 		for range 10 {
 			start := time.Now()
 			res, err := o.a.Allow(context.Background(), limits)
 			assert.Less(t, time.Since(start), 5*o.timeout)
-			require.ErrorIs(t, err, ErrUnavailable)
+			require.ErrorIs(t, err, ratelimit.ErrUnavailable)
 			assert.False(t, res.Allowed)
 		}
 		assert.True(t, o.a.BreakerOpen())
@@ -419,12 +382,12 @@ func TestRedisOutagePolicies(t *testing.T) {
 }
 
 func TestRedisGivesUpWithTheCaller(t *testing.T) {
-	o := newOutage(t, PolicyAllow)
+	o := newOutage(t, ratelimit.PolicyAllow)
 	o.srv.Pause()
 	defer o.srv.Resume()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
 	defer cancel()
-	_, err := o.a.Allow(ctx, []Limit{key10})
+	_, err := o.a.Allow(ctx, []ratelimit.Limit{limitertest.Key10})
 	require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
 	assert.Zero(t, o.a.Stats().StoreErrors, "a caller giving up is not a Redis failure")
 }
@@ -437,21 +400,21 @@ func TestRedisCluster(t *testing.T) {
 		MaxRetries:            3,
 	})
 	t.Cleanup(func() { _ = client.Close() })
-	a := newRedis(t, client, RedisOptions{Prefix: "extauthz:", Timeout: time.Second})
-	b := newRedis(t, client, RedisOptions{Prefix: "extauthz:", Timeout: time.Second})
+	a := newRedis(t, client, Options{Prefix: "extauthz:", Timeout: time.Second})
+	b := newRedis(t, client, Options{Prefix: "extauthz:", Timeout: time.Second})
 
 	// Buckets on every node: each check's limits must land in one slot.
 	nodes := map[string]bool{}
 	for i := range 30 {
 		bucket := fmt.Sprint("key", i)
-		limits := []Limit{
-			{Name: "key", Bucket: bucket, Rate: Rate{N: 5, Window: time.Hour}},
-			{Name: "/r", Bucket: bucket, Scope: "/r", Rate: Rate{N: 50, Window: time.Minute}},
+		limits := []ratelimit.Limit{
+			{Name: "key", Bucket: bucket, Rate: ratelimit.Rate{N: 5, Window: time.Hour}},
+			{Name: "/r", Bucket: bucket, Scope: "/r", Rate: ratelimit.Rate{N: 50, Window: time.Minute}},
 		}
-		assert.Equal(t, 5, countAllowed(t, 2, 4, a, limits)+countAllowed(t, 2, 4, b, limits), bucket)
+		assert.Equal(t, 5, limitertest.CountAllowed(t, 2, 4, a, limits)+limitertest.CountAllowed(t, 2, 4, b, limits), bucket)
 
 		ctx := context.Background()
-		slot := func(l *Limit) int64 {
+		slot := func(l *ratelimit.Limit) int64 {
 			s, err := client.ClusterKeySlot(ctx, a.counterKey(l)).Result()
 			require.NoError(t, err)
 			return s
@@ -466,28 +429,17 @@ func TestRedisCluster(t *testing.T) {
 	require.Eventually(t, func() bool { return a.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
 }
 
-func TestRedisRetryAfterAndResetAreExact(t *testing.T) {
-	srv := redistest.Start(t)
-	client := newClient(t, srv.Addr)
-	for seed := range uint64(6) {
-		randomWalk(t, seed, 300, func(now func() time.Time) Limiter {
-			return newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: now, Timeout: time.Second})
-		})
-	}
-}
-
 func TestRedisOddInputs(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	var made []*Redis
-	checkOddInputs(t, func(now func() time.Time) Limiter {
-		made = append(made, newRedis(t, client, RedisOptions{Now: now, Timeout: time.Second}))
-		return made[len(made)-1]
-	})
-	checkOddInputs(t, func(func() time.Time) Limiter {
-		made = append(made, newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Timeout: time.Second})) // the server's clock
-		return made[len(made)-1]
-	})
+	clock := limitertest.NewClock()
+	made := []*Limiter{
+		newRedis(t, client, Options{Now: clock.Now, Timeout: time.Second}),
+		newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: time.Second}), // the server's clock
+	}
+	for _, r := range made {
+		limitertest.OddInputs(t, r, clock)
+	}
 	for _, r := range made {
 		st := r.Stats()
 		assert.Zero(t, st.StoreErrors, "the script failed on some input")
@@ -495,54 +447,11 @@ func TestRedisOddInputs(t *testing.T) {
 	}
 }
 
-func TestManyLimitsInOneCheck(t *testing.T) {
-	limits := make([]Limit, 7)
-	for i := range limits {
-		limits[i] = Limit{Name: fmt.Sprint("l", i), Bucket: "k", Scope: fmt.Sprint("s", i), Rate: Rate{N: int64(10 + i), Window: time.Duration(i+1) * time.Second}}
-	}
-	limits[5].Rate.N = 4 // the tightest, past the first four
-	for _, tc := range []struct {
-		name string
-		new  func(t *testing.T, now func() time.Time) Limiter
-	}{
-		{"local", func(t *testing.T, now func() time.Time) Limiter { return NewLocal(now, 0) }},
-		{"redis", func(t *testing.T, now func() time.Time) Limiter {
-			srv := redistest.Start(t)
-			return newRedis(t, newClient(t, srv.Addr), RedisOptions{Now: now, Timeout: time.Second})
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			clock := newFakeClock()
-			lim := tc.new(t, clock.Now)
-			for i := range 4 {
-				res, err := lim.Allow(context.Background(), limits)
-				require.NoError(t, err)
-				require.True(t, res.Allowed)
-				assert.Equal(t, limits[5], res.Limit)
-				assert.Equal(t, int64(3-i), res.Remaining)
-			}
-			res, err := lim.Allow(context.Background(), limits)
-			require.NoError(t, err)
-			assert.False(t, res.Allowed)
-			assert.Equal(t, limits[5], res.Limit)
-			// 6s window: s = 0.3s, mark 1 bound ceil(0.3s/255) = 1177µs, free 1µs after W.
-			assert.Equal(t, us(6_001_178), res.RetryAfter)
-			clock.Set(t0.Add(us(6_001_178)))
-			res, err = lim.Allow(context.Background(), limits)
-			require.NoError(t, err)
-			assert.True(t, res.Allowed)
-			assert.Equal(t, limits[5], res.Limit)
-			assert.Equal(t, int64(3), res.Remaining)
-			assert.Equal(t, Stats{Allowed: 5, Limited: 1}, lim.(interface{ Stats() Stats }).Stats())
-		})
-	}
-}
-
 // Redis dies under load and comes back: no check fails or waits much past
 // the timeout, the fallback takes over, and the shared count resumes.
 func TestRedisKilledInTheMiddleOfARun(t *testing.T) {
-	o := newOutage(t, PolicyLocal)
-	limits := []Limit{{Name: "key", Bucket: "busy", Rate: Rate{N: 1e6, Window: time.Hour}}}
+	o := newOutage(t, ratelimit.PolicyLocal)
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "busy", Rate: ratelimit.Rate{N: 1e6, Window: time.Hour}}}
 	var slowest atomic.Int64
 	var failed atomic.Int64
 	stop := make(chan struct{})
@@ -591,37 +500,4 @@ func TestRedisKilledInTheMiddleOfARun(t *testing.T) {
 	n, err := newClient(t, o.srv.Addr).Exists(context.Background(), "rl:{busy}:").Result()
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), n, "checks after the restart counted in Redis again")
-}
-
-// The Redis script and the local limiter are two implementations of
-// window.go's algorithm: on the same random traffic, against the same
-// random limits, they must give the same answer at every step.
-func TestRedisDecidesExactlyAsTheLocalLimiter(t *testing.T) {
-	srv := redistest.Start(t)
-	client := newClient(t, srv.Addr)
-	for seed := range uint64(8) {
-		rng := rand.New(rand.NewPCG(seed, 7))
-		clock := newFakeClock()
-		local := NewLocal(clock.Now, 0)
-		shared := newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
-		limits := make([]Limit, 1+rng.IntN(3))
-		for i := range limits {
-			limits[i] = Limit{Name: "l" + strconv.Itoa(i), Bucket: "b", Scope: strconv.Itoa(i),
-				Rate: Rate{N: 1 + rng.Int64N(30), Window: time.Duration(1+rng.IntN(3000)) * time.Millisecond}}
-		}
-		now := t0
-		for step := range 400 {
-			gap := time.Duration(rng.ExpFloat64() * float64(40*time.Millisecond))
-			if rng.IntN(50) == 0 {
-				gap = time.Duration(rng.IntN(8000)) * time.Millisecond // idle past whole windows
-			}
-			now = now.Add(gap)
-			clock.Set(now)
-			want, err := local.Allow(context.Background(), limits)
-			require.NoError(t, err)
-			got, err := shared.Allow(context.Background(), limits)
-			require.NoError(t, err)
-			require.Equal(t, want, got, "seed %d step %d at %v, limits %+v", seed, step, now.Sub(t0), limits)
-		}
-	}
 }

@@ -1,10 +1,12 @@
-package ratelimit
+package redis
 
 import (
 	"hash/maphash"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // Leases.
@@ -18,8 +20,8 @@ import (
 // Safety: no interval of length W holds more than N allowed requests, as
 // before. Every leased request is counted in Redis before it is handed out,
 // in the group of the sub-window the lease ends with, and that group's bound
-// (window.go's L_j) becomes the end of the sub-window, which is after every
-// use: the proof in window.go holds as if each leased request had been made
+// (ratelimit/window.go's L_j) becomes the end of the sub-window, which is after every
+// use: the proof in ratelimit/window.go holds as if each leased request had been made
 // at the grant. The local deadline is the time the request was sent plus
 // what Redis said was left of the sub-window; Redis read its clock after the
 // send, so by its clock the lease ends no later than the sub-window.
@@ -42,10 +44,10 @@ const (
 
 // maxLease is the largest lease for limits: N/leaseShare of the smallest
 // limit (1 means no leasing).
-func maxLease(limits []Limit) int64 {
+func maxLease(limits []ratelimit.Limit) int64 {
 	m := int64(-1)
 	for i := range limits {
-		if r := limits[i].Rate; enforced(r) && (m < 0 || r.N/leaseShare < m) {
+		if r := limits[i].Rate; r.Enforced() && (m < 0 || r.N/leaseShare < m) {
 			m = r.N / leaseShare
 		}
 	}
@@ -54,12 +56,12 @@ func maxLease(limits []Limit) int64 {
 
 // leaseKey names one set of limits of one bucket: the counters and their
 // rates (a lease from other rates, before a reload, does not apply).
-func leaseKey(limits []Limit) string {
+func leaseKey(limits []ratelimit.Limit) string {
 	var buf [160]byte
 	b := buf[:0]
 	for i := range limits {
 		l := &limits[i]
-		if !enforced(l.Rate) {
+		if !l.Rate.Enforced() {
 			continue
 		}
 		b = append(b, l.Bucket...)
@@ -95,13 +97,13 @@ type leaseSet struct {
 
 type lease struct {
 	key       string
-	tokens    int64     // requests left to hand out
-	until     time.Time // the end of the last grant's sub-window (local clock)
-	res       Result    // the last grant's Result (Remaining: after all of it), for the headers
-	size      int64     // how many to ask for next (at most most)
-	most      int64     // maxLease of the limits
-	gen, grew uint64    // grants so far; the grant after which size last doubled
-	refilling bool      // a check asking for size > 1 is on its way
+	tokens    int64            // requests left to hand out
+	until     time.Time        // the end of the last grant's sub-window (local clock)
+	res       ratelimit.Result // the last grant's Result (Remaining: after all of it), for the headers
+	size      int64            // how many to ask for next (at most most)
+	most      int64            // maxLease of the limits
+	gen, grew uint64           // grants so far; the grant after which size last doubled
+	refilling bool             // a check asking for size > 1 is on its way
 }
 
 func newLeases() *leases { return &leases{seed: maphash.MakeSeed()} }
@@ -130,12 +132,12 @@ func (l *lease) live(now time.Time) bool {
 }
 
 // take hands out one leased request for key at now, if a lease holds one.
-func (ls *leases) take(key string, now time.Time) (Result, bool) {
+func (ls *leases) take(key string, now time.Time) (ratelimit.Result, bool) {
 	set := ls.lock(key)
 	defer set.mu.Unlock()
 	l := set.find(key)
 	if l == nil {
-		return Result{}, false
+		return ratelimit.Result{}, false
 	}
 	if !now.Before(l.until) {
 		// The sub-window ended: what is left is lost, and next time ask for
@@ -144,7 +146,7 @@ func (ls *leases) take(key string, now time.Time) (Result, bool) {
 			l.size = max(1, l.size-l.tokens)
 			l.tokens = 0
 		}
-		return Result{}, false
+		return ratelimit.Result{}, false
 	}
 	if l.tokens == 0 {
 		// Demand outran the grant within its sub-window: ask for twice as
@@ -153,7 +155,7 @@ func (ls *leases) take(key string, now time.Time) (Result, bool) {
 			l.grew = l.gen
 			l.size = min(2*l.size, l.most)
 		}
-		return Result{}, false
+		return ratelimit.Result{}, false
 	}
 	l.tokens--
 	res := l.res
@@ -193,7 +195,7 @@ func (ls *leases) want(key string, most int64, now time.Time) (int64, bool) {
 // counted (0 when denied or failed), the first for the caller, until the
 // local deadline; res is the caller's Result, whose Remaining counts the
 // whole grant.
-func (ls *leases) granted(key string, refill bool, got int64, until time.Time, res Result) {
+func (ls *leases) granted(key string, refill bool, got int64, until time.Time, res ratelimit.Result) {
 	set := ls.lock(key)
 	defer set.mu.Unlock()
 	l := set.find(key)

@@ -1,4 +1,4 @@
-package ratelimit
+package redis
 
 import (
 	"sync/atomic"

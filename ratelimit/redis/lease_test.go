@@ -1,4 +1,4 @@
-package ratelimit
+package redis
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/ratelimit"
+	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
 
 // Two replicas share one large limit under saturating demand (1.3·N/W, a
@@ -23,26 +25,26 @@ import (
 func TestRedisLeasesKeepTheLimitAcrossReplicas(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	clock := newFakeClock()
+	clock := limitertest.NewClock()
 	prefix := uniquePrefix()
-	replicas := []*Redis{
-		newRedis(t, client, RedisOptions{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
-		newRedis(t, client, RedisOptions{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
+	replicas := []*Limiter{
+		newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
+		newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
 	}
 	const (
 		n = 20000
 		w = 10 * time.Second
 	)
-	key := Limit{Name: "key", Bucket: "hot", Rate: Rate{N: n, Window: w}}
-	route := Limit{Name: "/r", Bucket: "hot", Scope: "/r", Rate: Rate{N: 3 * n, Window: w}}
+	key := ratelimit.Limit{Name: "key", Bucket: "hot", Rate: ratelimit.Rate{N: n, Window: w}}
+	route := ratelimit.Limit{Name: "/r", Bucket: "hot", Scope: "/r", Rate: ratelimit.Rate{N: 3 * n, Window: w}}
 	rng := rand.New(rand.NewPCG(1, 2))
 	step := w * 10 / (13 * n) // demand 1.3·N/W
-	end := t0.Add(2*w + w/2)
+	end := limitertest.T0.Add(2*w + w/2)
 	var allowed []time.Time
 	checks := 0
-	for now := t0; now.Before(end); now = now.Add(step) {
+	for now := limitertest.T0; now.Before(end); now = now.Add(step) {
 		clock.Set(now)
-		limits := []Limit{key}
+		limits := []ratelimit.Limit{key}
 		if rng.IntN(4) == 0 {
 			limits = append(limits, route)
 		}
@@ -58,7 +60,7 @@ func TestRedisLeasesKeepTheLimitAcrossReplicas(t *testing.T) {
 		}
 	}
 	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
-	assertNoIntervalOverN(t, allowed, n, w)
+	limitertest.AssertNoIntervalOverN(t, allowed, n, w)
 
 	leased := replicas[0].Stats().Leased + replicas[1].Stats().Leased
 	t.Logf("%d checks, %d allowed, %d from leases", checks, len(allowed), leased)
@@ -74,8 +76,8 @@ func TestRedisLeasesKeepTheLimitAcrossReplicas(t *testing.T) {
 func TestRedisSmallLimitsAreNeverLeased(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	lim := newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Timeout: time.Second})
-	limits := []Limit{{Name: "key", Bucket: "b", Rate: Rate{N: 2*leaseShare - 1, Window: time.Hour}}}
+	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 2*leaseShare - 1, Window: time.Hour}}}
 	for range 200 {
 		res, err := lim.Allow(context.Background(), limits)
 		require.NoError(t, err)
@@ -83,8 +85,8 @@ func TestRedisSmallLimitsAreNeverLeased(t *testing.T) {
 	}
 	assert.Zero(t, lim.Stats().Leased)
 	assert.EqualValues(t, 1, maxLease(limits))
-	assert.EqualValues(t, 2, maxLease([]Limit{{Rate: Rate{N: 2 * leaseShare, Window: time.Hour}}}))
-	assert.EqualValues(t, 1, maxLease([]Limit{{Rate: Rate{N: 1e9, Window: time.Hour}}, {Rate: Rate{N: 10, Window: time.Hour}}}),
+	assert.EqualValues(t, 2, maxLease([]ratelimit.Limit{{Rate: ratelimit.Rate{N: 2 * leaseShare, Window: time.Hour}}}))
+	assert.EqualValues(t, 1, maxLease([]ratelimit.Limit{{Rate: ratelimit.Rate{N: 1e9, Window: time.Hour}}, {Rate: ratelimit.Rate{N: 10, Window: time.Hour}}}),
 		"the smallest limit of a check decides")
 }
 
@@ -93,11 +95,11 @@ func TestRedisSmallLimitsAreNeverLeased(t *testing.T) {
 func TestRedisLeaseEndsWithItsSubWindow(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
-	clock := newFakeClock()
-	lim := newRedis(t, client, RedisOptions{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
-	limits := []Limit{{Name: "key", Bucket: "b", Rate: Rate{N: 1e6, Window: 20 * time.Second}}} // sub-windows of 1s
+	clock := limitertest.NewClock()
+	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 1e6, Window: 20 * time.Second}}} // sub-windows of 1s
 	// Within the first sub-window, demand grows the lease until one is left over.
-	now := t0
+	now := limitertest.T0
 	for i := 0; i < 200; i++ {
 		clock.Set(now)
 		res, err := lim.Allow(context.Background(), limits)
@@ -109,7 +111,7 @@ func TestRedisLeaseEndsWithItsSubWindow(t *testing.T) {
 	require.Positive(t, leased)
 	left, until := lim.leases.peek(leaseKey(limits))
 	require.Positive(t, left, "the test needs a lease with requests left")
-	require.Equal(t, t0.Add(time.Second), until, "the lease ends with the sub-window")
+	require.Equal(t, limitertest.T0.Add(time.Second), until, "the lease ends with the sub-window")
 
 	clock.Set(until)
 	res, err := lim.Allow(context.Background(), limits)
@@ -124,11 +126,11 @@ func TestRedisLeasesUnderConcurrentCallers(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
 	prefix := uniquePrefix()
-	replicas := []*Redis{
-		newRedis(t, client, RedisOptions{Prefix: prefix, Timeout: time.Second}),
-		newRedis(t, client, RedisOptions{Prefix: prefix, Timeout: time.Second}),
+	replicas := []*Limiter{
+		newRedis(t, client, Options{Prefix: prefix, Timeout: time.Second}),
+		newRedis(t, client, Options{Prefix: prefix, Timeout: time.Second}),
 	}
-	limits := []Limit{{Name: "key", Bucket: "hot", Rate: Rate{N: 1e8, Window: time.Hour}}}
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "hot", Rate: ratelimit.Rate{N: 1e8, Window: time.Hour}}}
 	var wg sync.WaitGroup
 	for g := range 32 {
 		wg.Go(func() {
@@ -166,7 +168,7 @@ func grant(t *testing.T, ls *leases, key string, n int64, now, end time.Time) {
 	want, refill := ls.want(key, 100, now)
 	require.Equal(t, n, want)
 	require.True(t, refill)
-	ls.granted(key, true, n, end, Result{Allowed: true, Remaining: 50})
+	ls.granted(key, true, n, end, ratelimit.Result{Allowed: true, Remaining: 50})
 }
 
 // Buckets whose keys share a set use its ways. One more bucket than ways is
@@ -181,21 +183,21 @@ func TestALeaseIsNotCutShortByAnotherBucket(t *testing.T) {
 			keys = append(keys, k)
 		}
 	}
-	end := t0.Add(time.Second)
+	end := limitertest.T0.Add(time.Second)
 	for _, k := range keys[:leaseWays] {
-		grant(t, ls, k, 8, t0, end)
+		grant(t, ls, k, 8, limitertest.T0, end)
 	}
 	for _, k := range keys[:leaseWays] {
-		res, ok := ls.take(k, t0)
+		res, ok := ls.take(k, limitertest.T0)
 		require.True(t, ok, "bucket %s has a lease of its own", k)
 		assert.Equal(t, int64(56), res.Remaining, "the grant's remaining plus what the lease still holds")
 	}
 
 	extra := keys[leaseWays]
-	want, refill := ls.want(extra, 100, t0)
+	want, refill := ls.want(extra, 100, limitertest.T0)
 	assert.Equal(t, int64(1), want, "every way holds a live lease: checked exactly")
 	assert.False(t, refill)
-	_, ok := ls.take("a", t0)
+	_, ok := ls.take("a", limitertest.T0)
 	require.True(t, ok, "a's lease survives")
 
 	ls.want(extra, 100, end) // every lease has ended
@@ -217,12 +219,12 @@ func TestALeaseIsNotCutShortByAnotherBucket(t *testing.T) {
 // has odds below 1 in 10,000.
 func TestAHundredBusyBucketsAllGetLeases(t *testing.T) {
 	ls := newLeases()
-	end := t0.Add(time.Minute)
+	end := limitertest.T0.Add(time.Minute)
 	for i := range 100 {
-		grant(t, ls, "key_"+strconv.Itoa(i), 8, t0, end)
+		grant(t, ls, "key_"+strconv.Itoa(i), 8, limitertest.T0, end)
 	}
 	for i := range 100 {
-		_, ok := ls.take("key_"+strconv.Itoa(i), t0)
+		_, ok := ls.take("key_"+strconv.Itoa(i), limitertest.T0)
 		assert.True(t, ok, "bucket %d has no lease", i)
 	}
 }

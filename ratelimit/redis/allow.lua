@@ -1,5 +1,5 @@
 -- allow.lua: one atomic check of all the limits of one bucket. The algorithm
--- and its proof are in window.go; this is the same integer arithmetic (Lua
+-- and its proof are in ratelimit/window.go; this is the same integer arithmetic (Lua
 -- numbers are doubles: every value here stays far below 2^53). It is written
 -- for speed: Redis runs it for every check, and redis.call and table
 -- allocations are what it costs.
@@ -10,7 +10,7 @@
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          every replica, so counts do not drift with the replicas' clocks.
 -- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
---          sub-windows per window; see "Memory" in window.go)
+--          sub-windows per window; see "Memory" in ratelimit/window.go)
 -- ARGV[3]  want: how many requests to count at once, ≥ 1. Above 1 the
 --          others are a lease (see "Leases" in lease.go): the group's mark
 --          becomes the end of its sub-window, where the lease expires.
@@ -45,7 +45,7 @@ local span = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local nkeys = #KEYS
 
--- The upper bound of the time of group j's latest request (see window.go),
+-- The upper bound of the time of group j's latest request (see ratelimit/window.go),
 -- and the group's count.
 local function latest(j, v, s)
   local c = floor(v / 256)

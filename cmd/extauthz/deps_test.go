@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The layers of extauthz point inward: the backends (Redis, SQLite) and the
+// protocols (gRPC, Envoy's protos, HTTP) are adapters in subpackages of
+// their own, and the domain packages link none of them. This test is here
+// because this is the one package that wires every layer together; it asks
+// the go command for each domain package's whole dependency graph (what a
+// program importing it links), so an indirect import breaks it as surely as
+// a direct one.
+//
+// TestDependenciesPointInward fails when a domain package's dependencies
+// include one it must not have.
+func TestDependenciesPointInward(t *testing.T) {
+	const module = "github.com/extauthz/extauthz/"
+	backends := []string{"github.com/redis/go-redis/", "modernc.org/sqlite"}
+	for _, rule := range []struct {
+		pkg       string
+		forbidden []string
+		why       string
+	}{
+		{"authz", backends, "the decision works over small interfaces; the stores and limiters behind them are adapters"},
+		{"keystore", backends, "the key model; its backends are keystore/redis and keystore/sqlite"},
+		{"config", backends, "the config file is read without a store"},
+		{"ratelimit", backends, "the limiter contract and the local limiter; Redis is ratelimit/redis"},
+		{"audit", backends, "audit events and the queue; the Redis stream is audit/redis"},
+	} {
+		t.Run(rule.pkg+" links no backend", func(t *testing.T) {
+			for _, dep := range goListDeps(t, module+rule.pkg) {
+				for _, f := range rule.forbidden {
+					if dep == strings.TrimSuffix(f, "/") || strings.HasPrefix(dep, strings.TrimSuffix(f, "/")+"/") {
+						t.Errorf("%s depends on %s: %s", rule.pkg, dep, rule.why)
+					}
+				}
+			}
+		})
+	}
+}
+
+// goListDeps returns the import paths of every package pkg depends on,
+// directly or not (tests excluded), as `go list -deps` reports them.
+func goListDeps(t *testing.T, pkg string) []string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is not on PATH: %v", err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(goBin, "list", "-deps", "-json=ImportPath", pkg)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, stderr.String())
+	}
+	var deps []string
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p struct{ ImportPath string }
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("go list -deps %s: reading its output: %v", pkg, err)
+		}
+		if p.ImportPath != pkg {
+			deps = append(deps, p.ImportPath)
+		}
+	}
+	if len(deps) == 0 {
+		t.Fatalf("go list -deps %s listed nothing", pkg)
+	}
+	return deps
+}
