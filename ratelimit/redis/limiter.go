@@ -24,6 +24,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/extauthz/extauthz/internal/breaker"
 	"github.com/extauthz/extauthz/ratelimit"
 )
 
@@ -90,7 +91,7 @@ type Limiter struct {
 	opts    Options
 	local   *ratelimit.Local
 	leases  *leases
-	breaker breaker
+	breaker *breaker.Breaker // on the real clock: Now is the counts' clock, not the outage's
 	queue   chan *call
 	done    chan struct{}
 	wg      sync.WaitGroup
@@ -158,7 +159,7 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 		opts:    opts,
 		local:   ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
 		leases:  newLeases(),
-		breaker: breaker{threshold: int64(opts.BreakerFailures), probeAfter: opts.BreakerProbe},
+		breaker: breaker.New(opts.BreakerFailures, opts.BreakerProbe, nil),
 		queue:   make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
 		done:    make(chan struct{}),
 	}
@@ -189,7 +190,7 @@ func (r *Limiter) Close() error {
 func (r *Limiter) Replicas() int { return int(r.replicas.Load()) }
 
 // BreakerOpen reports whether checks currently skip Redis.
-func (r *Limiter) BreakerOpen() bool { return r.breaker.isOpen() }
+func (r *Limiter) BreakerOpen() bool { return r.breaker.Open() }
 
 // Stats returns the decision counters.
 func (r *Limiter) Stats() ratelimit.Stats {
@@ -233,7 +234,7 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 		}
 	}
 	var cause error = errBreakerOpen
-	if ok, probe := r.breaker.enter(); ok {
+	if ok, probe := r.breaker.Enter(); ok {
 		want, refill := int64(1), false
 		sent := r.now()
 		if key != "" {
@@ -248,15 +249,15 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 		}
 		switch {
 		case err == nil:
-			r.breaker.success(probe)
+			r.breaker.Success(probe)
 			r.count(res)
 			return res, nil
 		case errors.Is(err, ErrClosed) || callerGaveUp(ctx):
 			// Not Redis's fault: the limiter closed or the caller gave up.
-			r.breaker.abandon(probe)
+			r.breaker.Abandon(probe)
 			return ratelimit.Result{}, err
 		}
-		r.breaker.failure(probe)
+		r.breaker.Failure(probe)
 		r.storeErrors.Add(1)
 		cause = err
 	}
