@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -219,7 +218,7 @@ func (o object) ipAllowlist() ([]netip.Prefix, error) {
 	}
 	out := make([]netip.Prefix, 0, len(list))
 	for i, v := range list {
-		p, err := config.ParseCIDRs([]string{v})
+		p, err := keystore.ParseCIDRs([]string{v})
 		if err != nil {
 			msg := "want a CIDR like 10.0.0.0/8 or 2001:db8::/32, or an address"
 			if _, perr := netip.ParsePrefix(strings.TrimSpace(v)); perr == nil {

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -76,37 +75,56 @@ type Policy struct {
 	FailTotalRate ratelimit.Rate
 }
 
-// NewPolicy compiles the decision's part of cfg.
-func NewPolicy(cfg *config.Config) (*Policy, error) {
-	routes, err := CompileRoutes(cfg.Routes, cfg.Paths)
+// PolicyOptions are the decision's settings, from which NewPolicy compiles a
+// Policy. They are the decision's own types: cmd/extauthz fills them from
+// the config file.
+type PolicyOptions struct {
+	// Routes is the route table; the first route whose pattern matches
+	// the path claims it (see Routes).
+	Routes []RouteSpec
+	// Paths are the opt-in path readings; the zero value is strict.
+	Paths Paths
+	// Authenticate makes a request no route matches need only a valid key;
+	// otherwise it is 403 no_route.
+	Authenticate bool
+	// Sources are where the key may come from, tried in order (at most 64).
+	Sources []Source
+	// Format is the key format (NewFormat); the zero Format is refused.
+	Format keystore.Format
+	// XFFHops is how many X-Forwarded-For hops are trusted for the client
+	// address (0: the peer).
+	XFFHops int
+	// DefaultRate is the limit of keys without one of their own; zero = none.
+	DefaultRate ratelimit.Rate
+	// FailRate bounds the lookups of unknown keys that find nothing per
+	// client address block, FailTotalRate per process (see lookupGuard);
+	// zero = unlimited.
+	FailRate, FailTotalRate ratelimit.Rate
+}
+
+// NewPolicy compiles o into a Policy. The error names what is wrong.
+func NewPolicy(o PolicyOptions) (*Policy, error) {
+	routes, err := CompileRoutes(o.Routes, o.Paths)
 	if err != nil {
 		return nil, err
 	}
-	format, err := keystore.NewFormat(cfg.Keys.Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("keys.prefix: %w", err)
+	if o.Format.Prefix() == "" {
+		return nil, errors.New("key format: none given (make one with keystore.NewFormat)")
 	}
-	if len(cfg.Sources) > 64 {
+	if len(o.Sources) > 64 {
 		return nil, fmt.Errorf("sources: at most 64")
 	}
-	p := &Policy{
-		Routes:       routes,
-		paths:        newPathRules(cfg.Paths),
-		Authenticate: cfg.Unmatched == "authenticate",
-		Sources:      compileSources(cfg.Sources),
-		Format:       format,
-		XFFHops:      cfg.ClientIP.XFFTrustedHops,
-	}
-	if cfg.RateLimit.Default != nil {
-		p.DefaultRate = *cfg.RateLimit.Default
-	}
-	if cfg.RateLimit.FailedAttempts != nil {
-		p.FailRate = *cfg.RateLimit.FailedAttempts
-	}
-	if cfg.RateLimit.FailedAttemptsTotal != nil {
-		p.FailTotalRate = *cfg.RateLimit.FailedAttemptsTotal
-	}
-	return p, nil
+	return &Policy{
+		Routes:        routes,
+		paths:         newPathRules(o.Paths),
+		Authenticate:  o.Authenticate,
+		Sources:       slices.Clone(o.Sources),
+		Format:        o.Format,
+		XFFHops:       o.XFFHops,
+		DefaultRate:   o.DefaultRate,
+		FailRate:      o.FailRate,
+		FailTotalRate: o.FailTotalRate,
+	}, nil
 }
 
 // Authorizer makes decisions. Its fields are set once; the Policy can be

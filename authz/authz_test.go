@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -52,21 +51,40 @@ type fixture struct {
 	perms string // read:users, delete:users, rate 2/m
 }
 
-func newFixture(t testing.TB, mutate func(*config.Config)) *fixture {
-	t.Helper()
-	cfg, err := config.Parse([]byte(`
-routes:
-  - {path: /healthz, public: true}
-  - {path: /api/users, methods: [GET], permissions: [read:users]}
-  - {path: "/api/users/{id}", methods: [DELETE], permissions: [delete:users], rate_limit: 1/m}
-  - {path: "/api/reports/**", permissions: [read:reports]}
-rate_limit: {default: 100/m}
-`))
-	require.NoError(t, err)
-	if mutate != nil {
-		mutate(cfg)
+// testFormat is the fixture's key format: the default prefix, sk.
+var testFormat = func() keystore.Format {
+	f, err := keystore.NewFormat("sk")
+	if err != nil {
+		panic(err)
 	}
-	p, err := NewPolicy(cfg)
+	return f
+}()
+
+// testOptions are the fixture's settings: the default configuration's
+// sources and failed-attempts budgets, 100/m per key, and four routes.
+func testOptions() PolicyOptions {
+	return PolicyOptions{
+		Routes: []RouteSpec{
+			{Path: "/healthz", Public: true},
+			{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
+			{Path: "/api/users/{id}", Methods: []string{"DELETE"}, Permissions: []string{"delete:users"}, RateLimit: ratelimit.Rate{N: 1, Window: time.Minute}},
+			{Path: "/api/reports/**", Permissions: []string{"read:reports"}},
+		},
+		Sources:       []Source{HeaderSource("x-api-key", ""), HeaderSource("authorization", "Bearer"), QuerySource("api_key"), CookieSource("api_key")},
+		Format:        testFormat,
+		DefaultRate:   ratelimit.Rate{N: 100, Window: time.Minute},
+		FailRate:      ratelimit.Rate{N: 100, Window: time.Minute},
+		FailTotalRate: ratelimit.Rate{N: 1000, Window: time.Second},
+	}
+}
+
+func newFixture(t testing.TB, mutate func(*PolicyOptions)) *fixture {
+	t.Helper()
+	o := testOptions()
+	if mutate != nil {
+		mutate(&o)
+	}
+	p, err := NewPolicy(o)
 	require.NoError(t, err)
 	f := &fixture{keys: &memKeys{keys: map[keystore.Hash]*keystore.Key{}}, now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
 	hasher := keystore.NewHasher([]byte("pepper"))
@@ -170,12 +188,12 @@ func TestDecisionTable(t *testing.T) {
 }
 
 func TestAdminGrantsEveryRoutePermissionButTheKeysOnes(t *testing.T) {
-	f := newFixture(t, func(c *config.Config) {
-		c.Routes = append(c.Routes,
-			config.Route{Path: "/ops/keys", Permissions: []string{"keys:admin"}},
-			config.Route{Path: "/ops/keys/read", Permissions: []string{"keys:read"}},
-			config.Route{Path: "/ops/mixed", Permissions: []string{"read:reports", "keys:write"}},
-			config.Route{Path: "/ops/keysish", Permissions: []string{"keysmith:read"}},
+	f := newFixture(t, func(o *PolicyOptions) {
+		o.Routes = append(o.Routes,
+			RouteSpec{Path: "/ops/keys", Permissions: []string{"keys:admin"}},
+			RouteSpec{Path: "/ops/keys/read", Permissions: []string{"keys:read"}},
+			RouteSpec{Path: "/ops/mixed", Permissions: []string{"read:reports", "keys:write"}},
+			RouteSpec{Path: "/ops/keysish", Permissions: []string{"keysmith:read"}},
 		)
 	})
 	for _, tc := range []struct {
@@ -238,7 +256,7 @@ func TestAnUnreachableStoreIsUnavailable(t *testing.T) {
 }
 
 func TestClientIPFromTrustedHops(t *testing.T) {
-	f := newFixture(t, func(c *config.Config) { c.ClientIP.XFFTrustedHops = 2 })
+	f := newFixture(t, func(o *PolicyOptions) { o.XFFHops = 2 })
 	tests := []struct {
 		name, xff, peer string
 		code            Code
@@ -257,7 +275,7 @@ func TestClientIPFromTrustedHops(t *testing.T) {
 }
 
 func TestUnmatchedAuthenticateNeedsOnlyAValidKey(t *testing.T) {
-	f := newFixture(t, func(c *config.Config) { c.Unmatched = "authenticate" })
+	f := newFixture(t, func(o *PolicyOptions) { o.Authenticate = true })
 	assert.Equal(t, Code(""), f.decide(Request{Path: "/anything", Headers: HeaderMap{"x-api-key": f.other}}).Code)
 	assert.Equal(t, CodeMissingKey, f.decide(Request{Path: "/anything"}).Code)
 }
@@ -310,7 +328,7 @@ func TestResponses(t *testing.T) {
 }
 
 func BenchmarkDecideCachedKey(b *testing.B) {
-	f := newFixture(b, func(c *config.Config) { c.RateLimit.Default = &ratelimit.Rate{} })
+	f := newFixture(b, func(o *PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
 	cache := keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
 	f.a.keys = cache
 	req := Request{Method: "GET", Path: "/api/users?x=1", Headers: HeaderMap{"x-api-key": f.admin, "user-agent": "bench"}, Peer: "10.0.0.1", XFFTrustedHops: -1}
@@ -325,7 +343,7 @@ func BenchmarkDecideCachedKey(b *testing.B) {
 }
 
 func BenchmarkDecideCachedKeyWithLocalRateLimit(b *testing.B) {
-	f := newFixture(b, func(c *config.Config) { c.RateLimit.Default = &ratelimit.Rate{N: 1e9, Window: time.Hour} })
+	f := newFixture(b, func(o *PolicyOptions) { o.DefaultRate = ratelimit.Rate{N: 1e9, Window: time.Hour} })
 	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
 	req := Request{Method: "GET", Path: "/api/users", Headers: HeaderMap{"x-api-key": f.admin}, Peer: "10.0.0.1", XFFTrustedHops: -1}
 	b.ReportAllocs()
@@ -356,7 +374,7 @@ func BenchmarkCheckHandler(b *testing.B) {
 }
 
 func benchmarkCheckHandler(b *testing.B, rate ratelimit.Rate) {
-	f := newFixture(b, func(c *config.Config) { c.RateLimit.Default = &rate })
+	f := newFixture(b, func(o *PolicyOptions) { o.DefaultRate = rate })
 	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
 	s := &CheckServer{Authz: f.a}
 	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{

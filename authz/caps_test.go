@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -42,7 +41,7 @@ func cappedRequest(key string, n, bytes int) *authv3.CheckRequest {
 // capsFixture is the decision the caps benchmark and test run: a cached
 // admin key, no rate limit.
 func capsFixture(t testing.TB) (*fixture, *CheckServer) {
-	f := newFixture(t, func(c *config.Config) { c.RateLimit.Default = &ratelimit.Rate{} })
+	f := newFixture(t, func(o *PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
 	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
 	return f, &CheckServer{Authz: f.a}
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -27,12 +26,12 @@ import (
 // that a valid key checked thousands of times is never rate limited.
 func guardFixture(t testing.TB, perBlock, total string) *fixture {
 	t.Helper()
-	f := newFixture(t, func(c *config.Config) {
-		c.RateLimit.Default = &ratelimit.Rate{}
-		for rate, s := range map[**ratelimit.Rate]string{&c.RateLimit.FailedAttempts: perBlock, &c.RateLimit.FailedAttemptsTotal: total} {
+	f := newFixture(t, func(o *PolicyOptions) {
+		o.DefaultRate = ratelimit.Rate{}
+		for rate, s := range map[*ratelimit.Rate]string{&o.FailRate: perBlock, &o.FailTotalRate: total} {
 			r, err := ratelimit.ParseRate(s)
 			require.NoError(t, err)
-			*rate = &r
+			*rate = r
 		}
 	})
 	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{TTL: 30 * time.Second, Now: func() time.Time { return f.now }})
@@ -285,11 +284,10 @@ func TestAFloodNeverTurnsAwayAValidKeyOverGRPC(t *testing.T) {
 // victim's address; the victim's key still passes.
 func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
 	f, srv := httpFixture(t, "path", 1)
-	p, err := NewPolicy(func() *config.Config {
-		cfg, err := config.Parse([]byte("routes: [{path: /api/users, methods: [GET], permissions: [read:users]}]\nrate_limit: {default: none}\n"))
-		require.NoError(t, err)
-		return cfg
-	}())
+	o := testOptions()
+	o.Routes = []RouteSpec{{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}}}
+	o.DefaultRate = ratelimit.Rate{}
+	p, err := NewPolicy(o)
 	require.NoError(t, err)
 	f.a.SetPolicy(p)
 	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{TTL: 30 * time.Second, Now: func() time.Time { return f.now }})

@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -77,7 +76,7 @@ func TestCookieHeaderDoesNotStickToTheSharedIdentity(t *testing.T) {
 // and every response must encode the same bytes.
 func TestSharedIdentityHeadersMarshalConcurrently(t *testing.T) {
 	// No rate limit: its headers would differ from one response to the next.
-	f := newFixture(t, func(c *config.Config) { c.RateLimit.Default = &ratelimit.Rate{} })
+	f := newFixture(t, func(o *PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
 	s := &CheckServer{Authz: f.a}
 	in := checkRequest(map[string]string{"x-api-key": f.good})
 	first, err := s.Check(context.Background(), in)

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/extauthz/extauthz/config"
 )
 
 // HTTPMode is how the HTTP adapter learns the original request (SPEC §6).
@@ -17,11 +15,6 @@ type HTTPMode struct {
 	Prefix   string // e.g. "/authz"
 	Original string // "path", "x-original" or "x-forwarded"
 	XFFHops  int    // trusted X-Forwarded-For hops for the client IP
-}
-
-// NewHTTPMode reads the http_mode section of cfg.
-func NewHTTPMode(cfg *config.Config) HTTPMode {
-	return HTTPMode{Prefix: cfg.HTTPMode.Prefix, Original: cfg.HTTPMode.Original, XFFHops: *cfg.HTTPMode.XFFTrustedHops}
 }
 
 // HTTPServer answers the decision over plain HTTP for proxies that call an

@@ -5,8 +5,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-
-	"github.com/extauthz/extauthz/config"
 )
 
 // Headers reads request headers by lower-case name. Envoy's CheckRequest
@@ -44,7 +42,9 @@ type Request struct {
 	names headerNames
 }
 
-// Source is a compiled key source.
+// Source is one place a key may come from: a header (with an auth scheme,
+// or none), a query parameter or a cookie. Make it with HeaderSource,
+// QuerySource or CookieSource.
 type Source struct {
 	kind   sourceKind
 	name   string // header name (lower-case), query parameter or cookie name
@@ -70,20 +70,21 @@ func (s Source) Kind() string {
 // Name returns the header, query parameter or cookie name.
 func (s Source) Name() string { return s.name }
 
-func compileSources(specs []config.Source) []Source {
-	out := make([]Source, 0, len(specs))
-	for _, s := range specs {
-		switch {
-		case s.Header != "":
-			name := strings.ToLower(s.Header)
-			out = append(out, Source{kind: sourceHeader, name: name, scheme: s.Scheme, underscored: underscoreSpellings(name)})
-		case s.Query != "":
-			out = append(out, Source{kind: sourceQuery, name: s.Query, fold: foldName(s.Query)})
-		case s.Cookie != "":
-			out = append(out, Source{kind: sourceCookie, name: s.Cookie, fold: foldName(s.Cookie)})
-		}
-	}
-	return out
+// HeaderSource is the key in header name (any case); with a scheme
+// ("Bearer"), only a value of that auth scheme, whose credential follows it.
+func HeaderSource(name, scheme string) Source {
+	name = strings.ToLower(name)
+	return Source{kind: sourceHeader, name: name, scheme: scheme, underscored: underscoreSpellings(name)}
+}
+
+// QuerySource is the key in the query parameter name.
+func QuerySource(name string) Source {
+	return Source{kind: sourceQuery, name: name, fold: foldName(name)}
+}
+
+// CookieSource is the key in the cookie name.
+func CookieSource(name string) Source {
+	return Source{kind: sourceCookie, name: name, fold: foldName(name)}
 }
 
 // lookup returns the credential this source carries in req, if present: an

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -719,26 +718,4 @@ func validateRedisAuth(r Redis, bad func(field, format string, args ...any)) {
 	if r.SentinelUsername != "" && r.SentinelPasswordEnv == "" {
 		bad("store.redis.sentinel_password_env", "required with sentinel_username")
 	}
-}
-
-// ParseCIDRs reads an IP allowlist: CIDRs or bare addresses (a bare address
-// is its own /32 or /128). Used by the CLI and the admin API alike.
-func ParseCIDRs(list []string) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(list))
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if p, err := netip.ParsePrefix(s); err == nil {
-			if p != p.Masked() {
-				return nil, fmt.Errorf("ip %q: host bits set (did you mean %s?)", s, p.Masked())
-			}
-			out = append(out, p)
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return nil, fmt.Errorf("ip %q: want a CIDR like 10.0.0.0/8 or 2001:db8::/32, or an address", s)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
 }

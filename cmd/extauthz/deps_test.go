@@ -36,13 +36,30 @@ func TestDependenciesPointInward(t *testing.T) {
 	} {
 		t.Run(rule.pkg+" links no backend", func(t *testing.T) {
 			for _, dep := range goListDeps(t, module+rule.pkg) {
-				for _, f := range rule.forbidden {
-					if dep == strings.TrimSuffix(f, "/") || strings.HasPrefix(dep, strings.TrimSuffix(f, "/")+"/") {
-						t.Errorf("%s depends on %s: %s", rule.pkg, dep, rule.why)
-					}
-				}
+				checkDep(t, rule.pkg, dep, rule.forbidden, rule.why)
 			}
 		})
+	}
+	// The domain does not read the config file: cmd/extauthz translates the
+	// config into the decision's and the admin API's own types.
+	for _, pkg := range []string{"authz", "admin"} {
+		t.Run(pkg+" does not read the config file", func(t *testing.T) {
+			for _, dep := range goListDeps(t, module+pkg) {
+				checkDep(t, pkg, dep, []string{module + "config"}, "cmd/extauthz translates the config into its own types")
+			}
+		})
+	}
+}
+
+// checkDep fails t when dep, a dependency of pkg, is or lies below one of
+// forbidden.
+func checkDep(t *testing.T, pkg, dep string, forbidden []string, why string) {
+	t.Helper()
+	for _, f := range forbidden {
+		f = strings.TrimSuffix(f, "/")
+		if dep == f || strings.HasPrefix(dep, f+"/") {
+			t.Errorf("%s depends on %s: %s", pkg, dep, why)
+		}
 	}
 }
 

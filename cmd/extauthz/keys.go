@@ -57,7 +57,7 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				spec.ExpiresAt = &exp
 			}
 			var err error
-			if spec.IPAllowlist, err = config.ParseCIDRs(ips); err != nil {
+			if spec.IPAllowlist, err = keystore.ParseCIDRs(ips); err != nil {
 				return &keystore.FieldError{Field: "ip", Message: err.Error()}
 			}
 			secret, k, err := m.Create(ctx, spec, "cli")
@@ -237,7 +237,7 @@ func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Co
 		case set["ip"] && *anyIP:
 			return fmt.Errorf("%w: give --ip or --any-ip, not both", errUsage)
 		case set["ip"]:
-			allow, err := config.ParseCIDRs(ips)
+			allow, err := keystore.ParseCIDRs(ips)
 			if err != nil {
 				return &keystore.FieldError{Field: "ip", Message: err.Error()}
 			}

@@ -116,7 +116,7 @@ type server struct {
 // newServer builds a server from cfg without listening yet; audit events
 // with the stdout sink go to auditOut.
 func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*server, error) {
-	policy, err := authz.NewPolicy(cfg)
+	policy, err := newPolicy(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +171,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
-	s.httpMode = authz.NewHTTPServer(s.authz, authz.NewHTTPMode(cfg), obs)
+	s.httpMode = authz.NewHTTPServer(s.authz, httpMode(cfg), obs)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)

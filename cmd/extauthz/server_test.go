@@ -495,7 +495,7 @@ func TestServeStopsGracefullyOnSIGTERM(t *testing.T) {
 
 func mustCIDRs(t *testing.T, s ...string) []netip.Prefix {
 	t.Helper()
-	p, err := config.ParseCIDRs(s)
+	p, err := keystore.ParseCIDRs(s)
 	require.NoError(t, err)
 	return p
 }
