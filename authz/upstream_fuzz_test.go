@@ -344,7 +344,7 @@ func checkAgainstUpstreams(t *testing.T, raw string, sel uint8) {
 	c := modelConfigs[int(sel)%len(modelConfigs)]
 	authenticate := sel/3%2 == 1
 	method := modelMethods[int(sel/6)%len(modelMethods)]
-	p, err := NewPolicy(PolicyOptions{Routes: modelRoutes, Paths: c.paths, Authenticate: authenticate, Format: testFormat})
+	p, err := NewPolicy(PolicyOptions{Routes: modelRoutes, Paths: c.paths, Authenticate: authenticate, Format: testFormat()})
 	if err != nil {
 		t.Fatal(err)
 	}

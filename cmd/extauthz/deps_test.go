@@ -40,6 +40,14 @@ func TestDependenciesPointInward(t *testing.T) {
 			}
 		})
 	}
+	// The decision is no protocol's: authz/envoy and authz/forwardauth are
+	// its adapters.
+	t.Run("authz speaks no protocol", func(t *testing.T) {
+		for _, dep := range goListDeps(t, module+"authz") {
+			checkDep(t, "authz", dep, []string{"google.golang.org/protobuf", "google.golang.org/grpc", "github.com/envoyproxy/go-control-plane", "net/http"},
+				"the gRPC and HTTP adapters are authz/envoy and authz/forwardauth")
+		}
+	})
 	// The domain does not read the config file: cmd/extauthz translates the
 	// config into the decision's and the admin API's own types.
 	for _, pkg := range []string{"authz", "admin"} {

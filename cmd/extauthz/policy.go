@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
@@ -56,6 +57,6 @@ func rateOf(r *ratelimit.Rate) ratelimit.Rate {
 
 // httpMode is the HTTP listener's way of reading the original request, from
 // cfg's http_mode.
-func httpMode(cfg *config.Config) authz.HTTPMode {
-	return authz.HTTPMode{Prefix: cfg.HTTPMode.Prefix, Original: cfg.HTTPMode.Original, XFFHops: *cfg.HTTPMode.XFFTrustedHops}
+func httpMode(cfg *config.Config) forwardauth.Mode {
+	return forwardauth.Mode{Prefix: cfg.HTTPMode.Prefix, Original: cfg.HTTPMode.Original, XFFHops: *cfg.HTTPMode.XFFTrustedHops}
 }

@@ -26,6 +26,8 @@ import (
 	"github.com/extauthz/extauthz/admin"
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/envoy"
+	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/gcfloor"
 	"github.com/extauthz/extauthz/keystore"
@@ -54,7 +56,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	return srv.run(ctx)
 }
 
-// Caps of the gRPC listener beyond authz.MaxCheckRequestBytes: the HTTP/2
+// Caps of the gRPC listener beyond envoy.MaxCheckRequestBytes: the HTTP/2
 // header list of one call (Envoy's metadata: a few hundred bytes) and the
 // calls one connection may have in flight (Envoy opens another connection
 // past it).
@@ -92,7 +94,7 @@ type server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	http     *http.Server
-	httpMode *authz.HTTPServer
+	httpMode *forwardauth.Server
 	audit    *audit.Logger
 	metrics  *prometheus.Registry
 
@@ -155,7 +157,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// Caps on what one connection can make the server hold: a
 		// CheckRequest (its headers are capped again inside it, answered
 		// 400), the HTTP/2 metadata of a call, the calls in flight.
-		grpc.MaxRecvMsgSize(authz.MaxCheckRequestBytes),
+		grpc.MaxRecvMsgSize(envoy.MaxCheckRequestBytes),
 		grpc.MaxHeaderListSize(grpcMaxMetadataBytes),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
 		// A fixed pool of stream workers instead of a goroutine per check,
@@ -163,15 +165,15 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// 30.0 → 26.0 µs of server CPU per check.
 		grpc.NumStreamWorkers(64),
 		// Check requests are decoded straight into what the decision
-		// reads, not into the whole CheckRequest (authz/wire.go).
-		authz.ServerCodec(),
+		// reads, not into the whole CheckRequest (authz/envoy/wire.go).
+		envoy.ServerCodec(),
 	)
-	authz.Register(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
+	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
-	s.httpMode = authz.NewHTTPServer(s.authz, httpMode(cfg), obs)
+	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), obs)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
@@ -349,7 +351,7 @@ type limiter interface {
 
 // newLimiter returns the shared Redis limiter with the Redis store (with the
 // configured fallback when Redis fails), else a local one: with the embedded
-// store each process limits on its own (SPEC §4).
+// store each process limits on its own (docs/rate-limiting.md).
 func newLimiter(cfg *config.Config, be *backend) (limiter, error) {
 	if be.redis == nil {
 		return localLimiter{ratelimit.NewLocal(nil, 0)}, nil
@@ -381,11 +383,7 @@ func recoverHTTP(logger *slog.Logger, where string, h http.Handler) http.Handler
 					panic(v)
 				}
 				authz.LogPanic(logger, where, v)
-				w.Header().Set("Content-Type", "application/json")
-				w.Header().Set("X-Authz-Code", string(authz.CodeUnavailable))
-				w.Header().Set("Retry-After", "1")
-				w.WriteHeader(http.StatusServiceUnavailable)
-				io.WriteString(w, `{"error":"internal error","code":"unavailable"}`)
+				forwardauth.WriteError(w, http.StatusServiceUnavailable, authz.CodeUnavailable, "internal error")
 			}
 		}()
 		h.ServeHTTP(w, r)

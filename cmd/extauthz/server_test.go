@@ -371,7 +371,7 @@ func TestHealthService(t *testing.T) {
 }
 
 // grpcurl and ghz find the service through reflection, which goes through
-// the server's codec (authz.ServerCodec) like every other message.
+// the server's codec (envoy.ServerCodec) like every other message.
 func TestReflectionListsAndDescribesTheAuthorizationService(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded"))
 	stream, err := reflectionpb.NewServerReflectionClient(ts.conn).ServerReflectionInfo(context.Background())

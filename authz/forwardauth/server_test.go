@@ -1,4 +1,4 @@
-package authz
+package forwardauth
 
 import (
 	"encoding/json"
@@ -7,21 +7,33 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // httpFixture serves the fixture's decision over HTTP in one mode.
-func httpFixture(t *testing.T, original string, hops int) (*fixture, *httptest.Server) {
+func httpFixture(t *testing.T, original string, hops int) (*authztest.Fixture, *httptest.Server) {
 	t.Helper()
-	f := newFixture(t, nil)
-	s := NewHTTPServer(f.a, HTTPMode{Prefix: "/authz", Original: original, XFFHops: hops}, nil)
+	f := authztest.New(t, nil)
+	return f, serveHTTP(t, f, original, hops)
+}
+
+// serveHTTP serves f's decision over HTTP in one mode.
+func serveHTTP(t *testing.T, f *authztest.Fixture, original string, hops int) *httptest.Server {
+	t.Helper()
+	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: original, XFFHops: hops}, nil)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
 	srv := httptest.NewServer(s.Handler(mux))
 	t.Cleanup(srv.Close)
-	return f, srv
+	return srv
 }
 
 func do(t *testing.T, srv *httptest.Server, method, target string, headers map[string]string) (*http.Response, string) {
@@ -41,7 +53,7 @@ func do(t *testing.T, srv *httptest.Server, method, target string, headers map[s
 func TestHTTPModePath(t *testing.T) {
 	f, srv := httpFixture(t, "path", 1)
 	// The fixture's good key is allowed from 10/8 only: XFF's last hop decides.
-	xff := map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "6.6.6.6, 10.0.0.7"}
+	xff := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "6.6.6.6, 10.0.0.7"}
 
 	resp, body := do(t, srv, "GET", "/authz/api/users?page=2", xff)
 	require.Equal(t, 200, resp.StatusCode, body)
@@ -62,10 +74,10 @@ func TestHTTPModePath(t *testing.T) {
 		{"nothing after the prefix is the root", "GET", "/authz", xff, 403, "no_route"},
 		{"a query right after the prefix is the root's", "GET", "/authz?api_key=x", nil, 403, "no_route"},
 		{"no key", "GET", "/authz/api/users", nil, 401, "missing_key"},
-		{"an untrusted first XFF hop is ignored", "GET", "/authz/api/users", map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "10.0.0.7, 6.6.6.6"}, 403, "ip_not_allowed"},
+		{"an untrusted first XFF hop is ignored", "GET", "/authz/api/users", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7, 6.6.6.6"}, 403, "ip_not_allowed"},
 		{"dot-dot is answered, not redirected", "GET", "/authz/healthz/../api/reports/x", xff, 400, "bad_request"},
 		{"an encoded slash is a bad request", "GET", "/authz/api%2Fusers", xff, 400, "bad_request"},
-		{"X-Forwarded-Uri is ignored in path mode", "GET", "/authz/api/reports/x", map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Uri": "/api/users"}, 403, "permission_denied"},
+		{"X-Forwarded-Uri is ignored in path mode", "GET", "/authz/api/reports/x", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Uri": "/api/users"}, 403, "permission_denied"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,7 +102,7 @@ func TestHTTPModePath(t *testing.T) {
 func TestHTTPModeXOriginal(t *testing.T) {
 	f, srv := httpFixture(t, "x-original", 1)
 	base := func(extra map[string]string) map[string]string {
-		h := map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "10.0.0.7"}
+		h := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7"}
 		for k, v := range extra {
 			h[k] = v
 		}
@@ -106,14 +118,14 @@ func TestHTTPModeXOriginal(t *testing.T) {
 	assert.Equal(t, 400, resp.StatusCode, "a missing X-Original-URI")
 	assert.Equal(t, "bad_request", resp.Header.Get("X-Authz-Code"))
 
-	resp, _ = do(t, srv, "GET", "/authz", base(map[string]string{"X-Original-Uri": "/api/users?api_key=" + f.admin, "X-Original-Method": "GET", "X-Api-Key": ""}))
+	resp, _ = do(t, srv, "GET", "/authz", base(map[string]string{"X-Original-Uri": "/api/users?api_key=" + f.Admin, "X-Original-Method": "GET", "X-Api-Key": ""}))
 	assert.Equal(t, 200, resp.StatusCode, "the query key comes from the original URI")
 	assert.Equal(t, "key_admin", resp.Header.Get("X-Authz-Key-Id"))
 }
 
 func TestHTTPModeXForwarded(t *testing.T) {
 	f, srv := httpFixture(t, "x-forwarded", 1)
-	h := map[string]string{"X-Api-Key": f.good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"}
+	h := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"}
 	resp, body := do(t, srv, "POST", "/authz", h)
 	assert.Equal(t, 200, resp.StatusCode, body)
 
@@ -131,7 +143,7 @@ func TestHTTPModeXForwarded(t *testing.T) {
 func TestHTTPModeJoinsRepeatedHeaders(t *testing.T) {
 	f, srv := httpFixture(t, "path", 1)
 	req, _ := http.NewRequest("GET", srv.URL+"/authz/api/users", nil)
-	req.Header.Set("X-Api-Key", f.good)
+	req.Header.Set("X-Api-Key", f.Good)
 	// The client's own line first, the proxy's appended line last.
 	req.Header.Add("X-Forwarded-For", "10.0.0.7")
 	req.Header.Add("X-Forwarded-For", "6.6.6.6")
@@ -141,12 +153,41 @@ func TestHTTPModeJoinsRepeatedHeaders(t *testing.T) {
 	assert.Equal(t, 403, resp.StatusCode, "the last line is the trusted hop")
 
 	req, _ = http.NewRequest("GET", srv.URL+"/authz/api/users", nil)
-	req.Header.Add("X-Api-Key", f.good)
-	req.Header.Add("X-Api-Key", f.admin)
+	req.Header.Add("X-Api-Key", f.Good)
+	req.Header.Add("X-Api-Key", f.Admin)
 	req.Header.Set("X-Forwarded-For", "10.0.0.7")
 	resp, err = srv.Client().Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, 401, resp.StatusCode, "two keys in one header are one invalid key")
 	assert.False(t, strings.Contains(resp.Header.Get("X-Authz-Key-Id"), "key_"))
+}
+
+// TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP: in HTTP mode
+// the client address is read from X-Forwarded-For, so a flood can name the
+// victim's address; the victim's key still passes.
+func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
+	f := authztest.New(t, func(o *authz.PolicyOptions) {
+		o.Routes = []authz.RouteSpec{{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}}}
+		o.DefaultRate = ratelimit.Rate{}
+	})
+	f.UseCache(keystore.CacheOptions{TTL: 30 * time.Second})
+	srv := serveHTTP(t, f, "path", 1)
+	victim := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.1.2.3"}
+	resp, _ := do(t, srv, "GET", "/authz/api/users", victim)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	calls := f.Keys.Calls.Load()
+	statuses := map[int]int{}
+	for _, flood := range authztest.Floods(t, f.Policy.Format) {
+		for i := range 300 {
+			resp, _ := do(t, srv, "GET", "/authz/api/users", map[string]string{"X-Api-Key": flood.Next(i), "X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
+			statuses[resp.StatusCode]++
+			if i%5 == 0 {
+				resp, body := do(t, srv, "GET", "/authz/api/users", victim)
+				require.Equal(t, http.StatusOK, resp.StatusCode, "%s, step %d: %s", flood.Name, i, body)
+			}
+		}
+	}
+	assert.Positive(t, statuses[http.StatusTooManyRequests], "the named address's budget ran out: %v", statuses)
+	assert.LessOrEqual(t, f.Keys.Calls.Load()-calls, int64(100), "at most the default budget of lookups (100/m)")
 }

@@ -1,4 +1,4 @@
-package authz
+package envoy
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/extauthz/extauthz/authz"
 )
 
 // A CheckRequest carries far more than a decision reads: Envoy sends the
@@ -28,8 +30,8 @@ import (
 // FuzzDecodeCheck holds them to that.
 
 // ServerCodec is the gRPC server option Register needs: the "proto" codec,
-// except that it decodes an Authorization/Check request straight into a
-// Request. Every other message (health, reflection) goes to grpc-go's own
+// except that it decodes an Authorization/Check request straight into an
+// authz.Request. Every other message (health, reflection) goes to grpc-go's own
 // proto codec.
 func ServerCodec() grpc.ServerOption {
 	return grpc.ForceServerCodecV2(checkCodec{base: encoding.GetCodecV2("proto")})
@@ -100,7 +102,7 @@ func (st *checkState) decode(b []byte) (err error) {
 		st.req.XFFTrustedHops = -1
 		return nil
 	}
-	st.req = Request{}
+	st.req = authz.Request{}
 	clear(st.hdrs)
 	st.hdrs = st.hdrs[:0]
 	var in authv3.CheckRequest
@@ -111,30 +113,13 @@ func (st *checkState) decode(b []byte) (err error) {
 	return nil
 }
 
-// headerList is a Headers over the (name, value) entries of a CheckRequest's
-// headers map, in wire order. A map entry that repeats a name replaces the
-// earlier one (protobuf's rule), so Get answers the last.
-type headerList []Header
-
-// Get returns the value of the last entry named name.
-func (l *headerList) Get(name string) string {
-	hs := *l
-	for i := len(hs) - 1; i >= 0; i-- {
-		if hs[i].Key == name {
-			return hs[i].Value
-		}
-	}
-	return ""
-}
-
 // wireDecoder reads the fields of a CheckRequest a decision needs. Each
 // method walks one message's fields in order, so that a message or scalar
 // repeated on the wire merges or replaces exactly as proto.Unmarshal does;
 // each returns false for anything it leaves to proto.Unmarshal.
 type wireDecoder struct {
-	req    *Request
-	hdrs   *headerList
-	budget headerBudget // past it, entries are read but not kept
+	req  *authz.Request
+	hdrs *authz.HeaderList
 	// socket says the last member of source.address's oneof on the wire
 	// was socket_address: another member replaces it (Peer becomes "").
 	socket bool
@@ -273,8 +258,9 @@ func (w *wireDecoder) http(num protowire.Number, v []byte) bool {
 }
 
 // header reads one entry of the headers map: a missing key or value is "".
+// Past the header limits, entries are read but not kept.
 func (w *wireDecoder) header(v []byte) bool {
-	var h Header
+	var h authz.Header
 	ok := fields(v, func(num protowire.Number, v []byte) bool {
 		var ok bool
 		switch num {
@@ -287,11 +273,10 @@ func (w *wireDecoder) header(v []byte) bool {
 		}
 		return ok
 	})
-	w.req.names.note(h.Key)
-	if w.req.Malformed == "" && !w.budget.add(h.Key, h.Value) {
+	within := w.req.Malformed == ""
+	if !w.req.NoteHeader(h.Key, h.Value) && within {
 		// Stop keeping entries: the request is answered 400 whatever they
 		// say, and a message of empty entries must not grow a huge list.
-		w.req.Malformed = errTooManyHeaders
 		clear(*w.hdrs)
 		*w.hdrs = (*w.hdrs)[:0]
 	}

@@ -1,4 +1,4 @@
-package authz
+package envoy
 
 import (
 	"context"
@@ -19,6 +19,9 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
 )
 
 // envoyRequest is a CheckRequest as Envoy fills it: both peers, a
@@ -50,7 +53,7 @@ func envoyRequest() *authv3.CheckRequest {
 // decodeBoth decodes b with the server's wire decoder and with
 // proto.Unmarshal and RequestFromCheck, and fails unless they agree: the
 // same Request, or (only when proto.Unmarshal fails) anything but a panic.
-func decodeBoth(t *testing.T, b []byte) (Request, error) {
+func decodeBoth(t *testing.T, b []byte) (authz.Request, error) {
 	t.Helper()
 	var in authv3.CheckRequest
 	stdErr := proto.Unmarshal(b, &in)
@@ -60,7 +63,7 @@ func decodeBoth(t *testing.T, b []byte) (Request, error) {
 		t.Fatalf("decoding %x: %v", b, fastErr)
 	}
 	if stdErr != nil {
-		return Request{}, stdErr
+		return authz.Request{}, stdErr
 	}
 	if fastErr != nil {
 		t.Fatalf("proto.Unmarshal reads %x, the wire decoder fails: %v", b, fastErr)
@@ -81,8 +84,8 @@ func decodeBoth(t *testing.T, b []byte) (Request, error) {
 	if got.Malformed != "" {
 		return got, nil // answered 400 whatever the headers say
 	}
-	if got.names != want.names {
-		t.Fatalf("decoding %x: header names summary %b, want %b", b, got.names, want.names)
+	if got.Noted() != want.Noted() {
+		t.Fatalf("decoding %x: header names noted %+v, want %+v", b, got.Noted(), want.Noted())
 	}
 	if g, w := headerMapOf(got.Headers), headerMapOf(want.Headers); !assert.ObjectsAreEqual(w, g) {
 		t.Fatalf("decoding %x: headers\n got %v\nwant %v", b, g, w)
@@ -99,21 +102,21 @@ func decodeBoth(t *testing.T, b []byte) (Request, error) {
 // repeatsHeaderNames reports whether the wire form b of in holds more header
 // entries than in's headers map kept.
 func repeatsHeaderNames(in *authv3.CheckRequest, b []byte) bool {
-	var req Request
-	var hdrs headerList
+	var req authz.Request
+	var hdrs authz.HeaderList
 	w := wireDecoder{req: &req, hdrs: &hdrs}
 	w.checkRequest(b)
-	return w.budget.n > len(in.GetAttributes().GetRequest().GetHttp().GetHeaders())
+	return req.HeaderEntries() > len(in.GetAttributes().GetRequest().GetHttp().GetHeaders())
 }
 
-func headerMapOf(h Headers) map[string]string {
+func headerMapOf(h authz.Headers) map[string]string {
 	m := map[string]string{}
 	switch h := h.(type) {
-	case HeaderMap:
+	case authz.HeaderMap:
 		for k, v := range h {
 			m[k] = v
 		}
-	case *headerList:
+	case *authz.HeaderList:
 		for _, e := range *h {
 			m[e.Key] = e.Value
 		}
@@ -194,8 +197,8 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			var req Request
-			var hdrs headerList
+			var req authz.Request
+			var hdrs authz.HeaderList
 			fast := (&wireDecoder{req: &req, hdrs: &hdrs}).checkRequest(tt.b)
 			assert.Equal(t, tt.fast, fast, "answered by the wire decoder itself")
 		})
@@ -203,7 +206,11 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 
 	got, err := decodeBoth(t, marshal(t, full))
 	require.NoError(t, err)
-	assert.Equal(t, Request{Method: "GET", Path: "/api/users?page=2", Host: "api.example.com", Peer: "203.0.113.9", XFFTrustedHops: -1, Headers: got.Headers, names: namesSeen | namesIdentity}, got)
+	assert.Equal(t, []any{"GET", "/api/users?page=2", "api.example.com", "203.0.113.9", -1, ""},
+		[]any{got.Method, got.Path, got.Host, got.Peer, got.XFFTrustedHops, got.Malformed})
+	noted := got.Noted()
+	assert.Equal(t, []any{13, false, true}, []any{got.HeaderEntries(), noted.Underscored(), noted.Spoofing()},
+		"13 header names noted: one reads as an x-authz- header, none holds a _")
 	assert.Equal(t, "sk_live_abc", got.Headers.Get("x-api-key"))
 }
 
@@ -226,9 +233,9 @@ func TestDecodedStringsShareOneCopyAndAreDroppedOnReset(t *testing.T) {
 	st.reset()
 	assert.Empty(t, st.hdrs)
 	for _, h := range st.hdrs[:cap(st.hdrs)] {
-		assert.Equal(t, Header{}, h, "a pooled header array must not pin the last request's bytes")
+		assert.Equal(t, authz.Header{}, h, "a pooled header array must not pin the last request's bytes")
 	}
-	assert.Equal(t, Request{}, st.req)
+	assert.Equal(t, authz.Request{}, st.req)
 }
 
 // FuzzDecodeCheck holds the wire decoder to proto.Unmarshal and
@@ -290,24 +297,24 @@ func FuzzDecodeCheckMessages(f *testing.F) {
 // to proto.Unmarshal, is decided the same; a message that is not a
 // CheckRequest is an RPC error, as with grpc-go's own codec.
 func TestRegisteredServerDecidesOverGRPC(t *testing.T) {
-	fx := newFixture(t, nil)
+	fx := authztest.New(t, nil)
 	conn := serveChecks(t, fx)
 	client := authv3.NewAuthorizationClient(conn)
 	ctx := context.Background()
 
-	req := checkRequest(map[string]string{"x-api-key": fx.good, "x-authz-owner": "spoofed", "user-agent": "test"})
+	req := checkRequest(map[string]string{"x-api-key": fx.Good, "x-authz-owner": "spoofed", "user-agent": "test"})
 	resp, err := client.Check(ctx, req)
 	require.NoError(t, err)
 	require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.String())
-	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[HeaderKeyID])
-	assert.Equal(t, "acme", upstreamHeaders(t, resp)[HeaderOwner], "the spoofed owner is overwritten")
+	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[authz.HeaderKeyID])
+	assert.Equal(t, "acme", upstreamHeaders(t, resp)[authz.HeaderOwner], "the spoofed owner is overwritten")
 	assert.Contains(t, resp.GetOkResponse().GetHeadersToRemove(), "x-api-key")
 
 	raw := checkRequest(nil)
-	raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "X-Api-Key", RawValue: []byte(fx.good)}}}
+	raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "X-Api-Key", RawValue: []byte(fx.Good)}}}
 	resp, err = client.Check(ctx, raw)
 	require.NoError(t, err)
-	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[HeaderKeyID])
+	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[authz.HeaderKeyID])
 
 	resp, err = client.Check(ctx, checkRequest(map[string]string{"user-agent": "test"}))
 	require.NoError(t, err)
@@ -320,10 +327,10 @@ func TestRegisteredServerDecidesOverGRPC(t *testing.T) {
 
 // serveChecks serves fx's Authorizer as Register does, on a server made
 // with ServerCodec and opts, and returns a client connection to it.
-func serveChecks(t *testing.T, fx *fixture, opts ...grpc.ServerOption) *grpc.ClientConn {
+func serveChecks(t *testing.T, fx *authztest.Fixture, opts ...grpc.ServerOption) *grpc.ClientConn {
 	t.Helper()
 	srv := grpc.NewServer(append([]grpc.ServerOption{ServerCodec()}, opts...)...)
-	Register(srv, &CheckServer{Authz: fx.a})
+	Register(srv, &CheckServer{Authz: fx.Authz})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.Serve(ln)
@@ -375,17 +382,17 @@ func BenchmarkDecodeCheck(b *testing.B) {
 // decoder; the interceptor sees the decoded Request (there is no
 // CheckRequest) and its own handler call.
 func TestRegisteredServerRunsUnderAnInterceptor(t *testing.T) {
-	fx := newFixture(t, nil)
+	fx := authztest.New(t, nil)
 	var seen []string
 	conn := serveChecks(t, fx, grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if r, ok := req.(*Request); ok {
+		if r, ok := req.(*authz.Request); ok {
 			seen = append(seen, info.FullMethod+" "+r.Method+" "+r.Path)
 		}
 		return handler(ctx, req)
 	}))
 
-	resp, err := authv3.NewAuthorizationClient(conn).Check(context.Background(), checkRequest(map[string]string{"x-api-key": fx.good}))
+	resp, err := authv3.NewAuthorizationClient(conn).Check(context.Background(), checkRequest(map[string]string{"x-api-key": fx.Good}))
 	require.NoError(t, err)
-	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[HeaderKeyID])
+	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[authz.HeaderKeyID])
 	assert.Equal(t, []string{checkMethod + " GET /api/users"}, seen)
 }

@@ -1,4 +1,4 @@
-package authz
+package envoy
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 
+	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -28,12 +29,12 @@ func (p panickyKeys) Lookup(context.Context, keystore.Hash) (*keystore.Key, erro
 }
 
 func TestAPanicInCheckIsA503AndLogsNoKey(t *testing.T) {
-	f := newFixture(t, nil)
-	f.a.keys = panickyKeys{secret: f.good}
+	f := authztest.New(t, nil)
+	f.Rebuild(panickyKeys{secret: f.Good}, nil)
 	var logs bytes.Buffer
-	s := &CheckServer{Authz: f.a, Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	s := &CheckServer{Authz: f.Authz, Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
 	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-		Method: "GET", Path: "/api/users", Headers: map[string]string{"x-api-key": f.good},
+		Method: "GET", Path: "/api/users", Headers: map[string]string{"x-api-key": f.Good},
 	}}}}
 	resp, err := s.Check(context.Background(), in)
 	require.NoError(t, err)
@@ -41,5 +42,5 @@ func TestAPanicInCheckIsA503AndLogsNoKey(t *testing.T) {
 	assert.EqualValues(t, 503, resp.GetDeniedResponse().GetStatus().GetCode())
 	assert.Contains(t, logs.String(), "panic recovered")
 	assert.Contains(t, logs.String(), "panicky", "the stack names the culprit")
-	assert.NotContains(t, logs.String(), f.good)
+	assert.NotContains(t, logs.String(), f.Good)
 }

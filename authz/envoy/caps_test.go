@@ -1,4 +1,4 @@
-package authz
+package envoy
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -40,10 +42,10 @@ func cappedRequest(key string, n, bytes int) *authv3.CheckRequest {
 
 // capsFixture is the decision the caps benchmark and test run: a cached
 // admin key, no rate limit.
-func capsFixture(t testing.TB) (*fixture, *CheckServer) {
-	f := newFixture(t, func(o *PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
-	f.a.keys = keystore.NewCache(storeOver(f.keys), keystore.CacheOptions{})
-	return f, &CheckServer{Authz: f.a}
+func capsFixture(t testing.TB) (*authztest.Fixture, *CheckServer) {
+	f := authztest.New(t, func(o *authz.PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
+	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), nil)
+	return f, &CheckServer{Authz: f.Authz}
 }
 
 // decodeAndCheck is what the server does with one message: the codec's
@@ -63,20 +65,20 @@ func decodeAndCheck(tb testing.TB, s *CheckServer, msg []byte) *authv3.CheckResp
 
 func TestARequestAtTheCapsIsAnsweredAndOnePastThemIs400(t *testing.T) {
 	f, s := capsFixture(t)
-	req := cappedRequest(f.admin, MaxHeaders, MaxHeaderBytes)
+	req := cappedRequest(f.Admin, authz.MaxHeaders, authz.MaxHeaderBytes)
 	msg := marshal(t, req)
 	require.Less(t, len(msg), MaxCheckRequestBytes)
 
 	resp := decodeAndCheck(t, s, msg)
 	ok := resp.GetOkResponse()
 	require.NotNil(t, ok, resp.GetStatus().GetMessage())
-	assert.Len(t, ok.GetHeadersToRemove(), MaxHeaders-4+1, "every spoofed header, once, and the credential header")
+	assert.Len(t, ok.GetHeadersToRemove(), authz.MaxHeaders-4+1, "every spoofed header, once, and the credential header")
 	assert.Equal(t, []string{"api_key"}, ok.GetQueryParametersToRemove())
-	assert.NotContains(t, upstreamHeaders(t, resp)["cookie"], f.admin, "the cookie is rewritten without the key")
+	assert.NotContains(t, upstreamHeaders(t, resp)["cookie"], f.Admin, "the cookie is rewritten without the key")
 
 	for name, over := range map[string]*authv3.CheckRequest{
-		"one header too many": cappedRequest(f.admin, MaxHeaders+1, MaxHeaderBytes-1024),
-		"one byte too many":   cappedRequest(f.admin, MaxHeaders, MaxHeaderBytes+512),
+		"one header too many": cappedRequest(f.Admin, authz.MaxHeaders+1, authz.MaxHeaderBytes-1024),
+		"one byte too many":   cappedRequest(f.Admin, authz.MaxHeaders, authz.MaxHeaderBytes+512),
 	} {
 		resp := decodeAndCheck(t, s, marshal(t, over))
 		assert.Equal(t, int32(400), int32(resp.GetDeniedResponse().GetStatus().GetCode()), name)
@@ -92,15 +94,15 @@ func TestARequestAtTheCapsIsAnsweredAndOnePastThemIs400(t *testing.T) {
 func BenchmarkCheckAtTheCaps(b *testing.B) {
 	f, s := capsFixture(b)
 	normal := envoyRequest()
-	normal.Attributes.Request.Http.Headers["x-api-key"] = f.admin
+	normal.Attributes.Request.Http.Headers["x-api-key"] = f.Admin
 	cases := []struct {
 		name string
 		req  *authv3.CheckRequest
 	}{
 		{"envoy", normal},
-		{"quarter caps", cappedRequest(f.admin, MaxHeaders/4, MaxHeaderBytes/4)},
-		{"half caps", cappedRequest(f.admin, MaxHeaders/2, MaxHeaderBytes/2)},
-		{"caps", cappedRequest(f.admin, MaxHeaders, MaxHeaderBytes)},
+		{"quarter caps", cappedRequest(f.Admin, authz.MaxHeaders/4, authz.MaxHeaderBytes/4)},
+		{"half caps", cappedRequest(f.Admin, authz.MaxHeaders/2, authz.MaxHeaderBytes/2)},
+		{"caps", cappedRequest(f.Admin, authz.MaxHeaders, authz.MaxHeaderBytes)},
 	}
 	for _, c := range cases {
 		msg := marshal(b, c.req)
