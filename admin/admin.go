@@ -282,7 +282,7 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, 
 func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bool {
 	var limits [2]ratelimit.Limit
 	n := 0
-	if keyRate := effectiveRate(c.key.RateLimit, s.authz.Policy().DefaultRate); !keyRate.IsZero() {
+	if keyRate := c.key.RateLimit.Or(s.authz.Policy().DefaultRate); !keyRate.IsZero() {
 		limits[n] = ratelimit.Limit{Name: "key", Bucket: c.key.ID, Rate: keyRate}
 		n++
 	}

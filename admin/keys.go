@@ -289,7 +289,7 @@ func (s *server) patch(o object) (keystore.Patch, error) {
 		p.Permissions = &perms
 	}
 	if _, ok := o["rate_limit"]; ok {
-		rate := "" // null: the configured default
+		var rate keystore.RateLimit // null: the configured default
 		if o.given("rate_limit") {
 			var err error
 			if rate, err = o.rateLimit(); err != nil {

@@ -448,14 +448,7 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 		return
 	}
 	limits := d.limits[:0]
-	keyRate := p.DefaultRate
-	if d.Key.RateLimit != "" {
-		if r, err := ratelimit.ParseRate(d.Key.RateLimit); err == nil {
-			keyRate = r
-		}
-		// A stored rate that no longer parses keeps the default: failing closed
-		// here would lock a key out over a record it cannot fix.
-	}
+	keyRate := d.Key.RateLimit.Or(p.DefaultRate)
 	if !keyRate.IsZero() {
 		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate})
 	}

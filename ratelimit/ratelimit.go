@@ -158,13 +158,13 @@ func ParseStoreErrorPolicy(s string) (StoreErrorPolicy, error) {
 	case PolicyLocal, PolicyAllow, PolicyDeny:
 		return v, nil
 	}
-	return "", fmt.Errorf("on_store_error %q: want local, allow or deny", s)
+	return "", fmt.Errorf("%q: want local, allow or deny", s)
 }
 
 // UnmarshalText reads "local", "allow" or "deny" (the config's on_store_error).
 func (p *StoreErrorPolicy) UnmarshalText(b []byte) error {
 	if len(b) == 0 {
-		return fmt.Errorf("on_store_error %q: want local, allow or deny", b)
+		return fmt.Errorf("%q: want local, allow or deny", b)
 	}
 	v, err := ParseStoreErrorPolicy(string(b))
 	if err != nil {

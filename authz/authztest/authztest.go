@@ -156,7 +156,9 @@ func New(tb testing.TB, mutate func(*authz.PolicyOptions)) *Fixture {
 	f.Good = add(&keystore.Key{ID: "key_good", Name: "good", Owner: "acme", Permissions: []string{"read:users"},
 		IPAllowlist: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}})
 	f.Admin = add(&keystore.Key{ID: "key_admin", Name: "admin", Owner: "default", Permissions: []string{"admin"}})
-	f.Perms = add(&keystore.Key{ID: "key_perms", Name: "perms", Permissions: []string{"read:users", "delete:users"}, RateLimit: "2/m"})
+	twoPerMinute, err := keystore.ParseRateLimit("2/m")
+	require.NoError(tb, err)
+	f.Perms = add(&keystore.Key{ID: "key_perms", Name: "perms", Permissions: []string{"read:users", "delete:users"}, RateLimit: twoPerMinute})
 	f.Other = "legacy-key-0123456789"
 	f.Keys.Put(f.Hasher.Hash(f.Other), &keystore.Key{ID: "key_legacy", Name: "legacy", Permissions: []string{}})
 	f.limiter = ratelimit.NewLocal(f.clock, 1000)

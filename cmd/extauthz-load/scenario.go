@@ -252,8 +252,12 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 		perms := []string{"read:users", "read:reports"}
 		if sc.Scale > 0 {
 			logf("inserting %d keys into Redis with %d goroutines", sc.Scale, o.ScaleInsert)
+			rate, err := keystore.ParseRateLimit(sc.KeyRate)
+			if err != nil {
+				return nil, err
+			}
 			valid, err = bulkInsert(ctx, redisURL, "load:", []byte(pepper),
-				keystore.Spec{Permissions: perms, RateLimit: sc.KeyRate}, sc.Scale, o.ScaleInsert, o.Log)
+				keystore.Spec{Permissions: perms, RateLimit: rate}, sc.Scale, o.ScaleInsert, o.Log)
 			if err != nil {
 				return nil, err
 			}

@@ -45,9 +45,13 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if err := noArgs(pos); err != nil {
 				return err
 			}
-			spec := keystore.Spec{Name: *name, Owner: *owner, Permissions: perms, RateLimit: *rate}
 			if len(perms) == 0 {
 				return fmt.Errorf("%w: --perm is required (a key without permissions can only pass routes with none)", errUsage)
+			}
+			spec := keystore.Spec{Name: *name, Owner: *owner, Permissions: perms}
+			var err error
+			if spec.RateLimit, err = keystore.ParseRateLimit(*rate); err != nil {
+				return err
 			}
 			if *ttl < 0 {
 				return &keystore.FieldError{Field: "ttl", Message: "must be positive"}
@@ -56,7 +60,6 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				exp := time.Now().UTC().Add(*ttl)
 				spec.ExpiresAt = &exp
 			}
-			var err error
 			if spec.IPAllowlist, err = keystore.ParseCIDRs(ips); err != nil {
 				return &keystore.FieldError{Field: "ip", Message: err.Error()}
 			}
@@ -151,10 +154,7 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer be.Close()
-	m, err := be.manager(cfg)
-	if err != nil {
-		return err
-	}
+	m := be.manager(cfg)
 	auditLog := newAuditLogger(cfg, be, stderr, slog.New(slog.NewTextHandler(stderr, nil)))
 	defer closeAudit(auditLog)
 	m.OnChange = recordChanges(auditLog)
@@ -231,7 +231,11 @@ func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Co
 			if r == "default" {
 				r = ""
 			}
-			p.RateLimit = &r
+			rate, err := keystore.ParseRateLimit(r)
+			if err != nil {
+				return err
+			}
+			p.RateLimit = &rate
 		}
 		switch {
 		case set["ip"] && *anyIP:
@@ -318,7 +322,7 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	row("name", shown(k.Name))
 	row("owner", shown(k.Owner))
 	row("permissions", shown(strings.Join(k.Permissions, ", ")))
-	rate := k.RateLimit
+	rate := k.RateLimit.String()
 	if rate == "" {
 		rate = "(default)"
 	}

@@ -1,29 +1,22 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/config"
-	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // newPolicy compiles the decision's part of cfg: the config file's settings
 // turned into authz's own types, which is all the decision ever reads.
 func newPolicy(cfg *config.Config) (*authz.Policy, error) {
-	format, err := keystore.NewFormat(cfg.Keys.Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("keys.prefix: %w", err)
-	}
 	o := authz.PolicyOptions{
 		Paths: authz.Paths{
 			Servlet:         cfg.Paths.MatrixParams == config.MatrixServlet,
 			CaseInsensitive: cfg.Paths.CaseInsensitive,
 		},
 		Authenticate:  cfg.Unmatched == "authenticate",
-		Format:        format,
+		Format:        cfg.Keys.Format,
 		XFFHops:       cfg.ClientIP.XFFTrustedHops,
 		DefaultRate:   rateOf(cfg.RateLimit.Default),
 		FailRate:      rateOf(cfg.RateLimit.FailedAttempts),

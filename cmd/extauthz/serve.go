@@ -197,10 +197,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 // buildAdmin makes the admin API (its own listener, meant to stay private)
 // and, when configured, mounts the GitHub leak endpoint on the public mux.
 func (s *server) buildAdmin(public *http.ServeMux) error {
-	m, err := s.be.manager(s.cfg)
-	if err != nil {
-		return err
-	}
+	m := s.be.manager(s.cfg)
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
 		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit}
@@ -356,14 +353,10 @@ func newLimiter(cfg *config.Config, be *backend) (limiter, error) {
 	if be.redis == nil {
 		return localLimiter{ratelimit.NewLocal(nil, 0)}, nil
 	}
-	var policy ratelimit.StoreErrorPolicy
-	if err := policy.UnmarshalText([]byte(cfg.RateLimit.OnStoreError)); err != nil {
-		return nil, err
-	}
 	return rlredis.New(be.redis, rlredis.Options{
 		Prefix:       cfg.Store.Redis.Prefix,
 		Timeout:      time.Duration(cfg.Store.Redis.Timeout),
-		OnStoreError: policy,
+		OnStoreError: cfg.RateLimit.OnStoreError,
 	})
 }
 

@@ -141,8 +141,7 @@ func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*ser
 	require.NoError(t, err)
 	be, err := openBackend(cfg)
 	require.NoError(t, err)
-	mgr, err := be.manager(cfg)
-	require.NoError(t, err)
+	mgr := be.manager(cfg)
 
 	ts := &testServer{
 		cfgPath: path, cfg: cfg, srv: srv, conn: conn, client: authv3.NewAuthorizationClient(conn), mgr: mgr,
@@ -453,7 +452,7 @@ func TestCLIChangesReachARunningServerWithinOneSecond(t *testing.T) {
 
 func TestRotationGivesAGracePeriod(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
-	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: "50/m"})
+	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "50/m")})
 	var rotated map[string]any
 	out := cli(t, "keys", "rotate", old.ID, "--grace", "4s", "--config", ts.cfgPath, "--json")
 	require.NoError(t, json.Unmarshal([]byte(out), &rotated), out)

@@ -826,7 +826,7 @@ type row struct {
 }
 
 func encode(k *keystore.Key) (row, error) {
-	r := row{id: k.ID, name: k.Name, owner: k.Owner, rateLimit: k.RateLimit,
+	r := row{id: k.ID, name: k.Name, owner: k.Owner, rateLimit: k.RateLimit.String(),
 		rotatedFrom: k.RotatedFrom, rotatedTo: k.RotatedTo}
 	if k.ID == "" {
 		return r, errors.New("no id")
@@ -904,7 +904,6 @@ func scanKey(sc interface{ Scan(...any) error }, extra ...any) (*keystore.Key, e
 		ID:          r.id,
 		Name:        r.name,
 		Owner:       r.owner,
-		RateLimit:   r.rateLimit,
 		CreatedAt:   time.Unix(0, r.createdAt).UTC(),
 		ExpiresAt:   timePtr(r.expiresAt),
 		LastUsedAt:  timePtr(r.lastUsedAt),
@@ -912,6 +911,7 @@ func scanKey(sc interface{ Scan(...any) error }, extra ...any) (*keystore.Key, e
 		RotatedFrom: r.rotatedFrom,
 		RotatedTo:   r.rotatedTo,
 	}
+	_ = k.RateLimit.UnmarshalText([]byte(r.rateLimit)) // never fails: a text that no longer parses is kept
 	if err := json.Unmarshal([]byte(r.permissions), &k.Permissions); err != nil {
 		return nil, fmt.Errorf("key %q: stored permissions: %w", r.id, err)
 	}

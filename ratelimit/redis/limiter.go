@@ -128,7 +128,7 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 	}
 	policy, err := ratelimit.ParseStoreErrorPolicy(string(opts.OnStoreError))
 	if err != nil {
-		return nil, fmt.Errorf("ratelimit: %w", err)
+		return nil, fmt.Errorf("ratelimit: on_store_error %w", err)
 	}
 	opts.OnStoreError = policy
 	if opts.InstanceID == "" {
