@@ -25,6 +25,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/redis"
@@ -172,13 +173,9 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 	e := &env{t: t, store: store, breakStore: breakStore, clock: &clock{}, rec: &recorder{}}
 
 	// The decision's settings of the default configuration.
-	format, err := keystore.NewFormat("sk")
-	require.NoError(t, err)
+	format := authztest.Format
 	policy, err := authz.NewPolicy(authz.PolicyOptions{
-		Sources: []authz.Source{
-			authz.HeaderSource("x-api-key", ""), authz.HeaderSource("authorization", "Bearer"),
-			authz.QuerySource("api_key"), authz.CookieSource("api_key"),
-		},
+		Sources:       authztest.Sources(),
 		Format:        format,
 		DefaultRate:   ratelimit.Rate{N: 1000, Window: time.Hour},
 		FailRate:      ratelimit.Rate{N: 100, Window: time.Minute},

@@ -12,21 +12,6 @@ import (
 	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
 
-// benchLimits returns checks of buckets distinct keys, each with the
-// key's limit and, with two, a route's; the rates are high enough that every
-// check is allowed (the allowed path is the one that writes).
-func benchLimits(buckets int, two bool) [][]ratelimit.Limit {
-	out := make([][]ratelimit.Limit, buckets)
-	for i := range out {
-		b := "key_" + strconv.Itoa(i)
-		out[i] = []ratelimit.Limit{{Name: "key", Bucket: b, Rate: ratelimit.Rate{N: 1e9, Window: time.Hour}}}
-		if two {
-			out[i] = append(out[i], ratelimit.Limit{Name: "/api/users/{id}", Bucket: b, Scope: "/api/users/{id}", Rate: ratelimit.Rate{N: 1e9, Window: time.Minute}})
-		}
-	}
-	return out
-}
-
 // tickClock is a clock that costs next to nothing: it moves 1µs per reading.
 // On this project's CI VMs time.Now alone takes 50-150 ns, more than the rest
 // of a check, so the benchmarks run with both clocks.
@@ -48,7 +33,7 @@ func BenchmarkLocalAllow(b *testing.B) {
 		{"one limit, cheap clock", false, tick.Now},
 		{"two limits, cheap clock", true, tick.Now},
 	} {
-		checks := benchLimits(1024, tc.two)
+		checks := limitertest.Checks(1024, tc.two)
 		name := tc.name
 		b.Run(name, func(b *testing.B) {
 			lim := ratelimit.NewLocal(tc.now, 0)

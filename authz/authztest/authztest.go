@@ -91,6 +91,15 @@ var Format = func() keystore.Format {
 	return f
 }()
 
+// Sources are the default configuration's key sources: the x-api-key
+// header, a Bearer token, the api_key query parameter and cookie.
+func Sources() []authz.Source {
+	return []authz.Source{
+		authz.HeaderSource("x-api-key", ""), authz.HeaderSource("authorization", "Bearer"),
+		authz.QuerySource("api_key"), authz.CookieSource("api_key"),
+	}
+}
+
 // Options are the fixture's settings: the default configuration's sources
 // and failed-attempts budgets, 100/m per key, and four routes.
 func Options() authz.PolicyOptions {
@@ -101,10 +110,7 @@ func Options() authz.PolicyOptions {
 			{Path: "/api/users/{id}", Methods: []string{"DELETE"}, Permissions: []string{"delete:users"}, RateLimit: ratelimit.Rate{N: 1, Window: time.Minute}},
 			{Path: "/api/reports/**", Permissions: []string{"read:reports"}},
 		},
-		Sources: []authz.Source{
-			authz.HeaderSource("x-api-key", ""), authz.HeaderSource("authorization", "Bearer"),
-			authz.QuerySource("api_key"), authz.CookieSource("api_key"),
-		},
+		Sources:       Sources(),
 		Format:        Format,
 		DefaultRate:   ratelimit.Rate{N: 100, Window: time.Minute},
 		FailRate:      ratelimit.Rate{N: 100, Window: time.Minute},

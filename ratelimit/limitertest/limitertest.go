@@ -100,24 +100,34 @@ func assertStats(t *testing.T, lim ratelimit.Limiter, allowed, limited uint64) {
 	}
 }
 
-func testRejects(t *testing.T, newLimiter Factory) {
+// BadLimits are checks no limiter can apply, and the error each must give.
+func BadLimits() []struct {
+	Name   string
+	Limits []ratelimit.Limit
+	Want   error
+} {
 	r := ratelimit.Rate{N: 1, Window: time.Second}
-	for _, tc := range []struct {
-		name   string
-		limits []ratelimit.Limit
-		want   error
+	return []struct {
+		Name   string
+		Limits []ratelimit.Limit
+		Want   error
 	}{
 		{"limits of different buckets", []ratelimit.Limit{{Bucket: "a", Rate: r}, {Bucket: "b", Scope: "x", Rate: r}}, ratelimit.ErrMixedBuckets},
 		{"two limits with one scope", []ratelimit.Limit{{Bucket: "a", Rate: r}, {Bucket: "a", Rate: r}}, ratelimit.ErrDuplicateScope},
 		{"a limit without a bucket", []ratelimit.Limit{{Name: "key", Rate: r}}, ratelimit.ErrEmptyBucket},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	}
+}
+
+func testRejects(t *testing.T, newLimiter Factory) {
+	for _, tc := range BadLimits() {
+		t.Run(tc.Name, func(t *testing.T) {
 			lim := newLimiter(t, NewClock().Now)
-			_, err := lim.Allow(context.Background(), tc.limits)
-			require.ErrorIs(t, err, tc.want)
+			_, err := lim.Allow(context.Background(), tc.Limits)
+			require.ErrorIs(t, err, tc.Want)
 			assertStats(t, lim, 0, 0)
 		})
 	}
+	r := ratelimit.Rate{N: 1, Window: time.Second}
 	t.Run("zero limits are ignored by the checks too", func(t *testing.T) {
 		lim := newLimiter(t, NewClock().Now)
 		res, err := lim.Allow(context.Background(), []ratelimit.Limit{{Bucket: "a", Rate: r}, {Bucket: "b"}, {Bucket: "a", Rate: ratelimit.Rate{N: -1, Window: time.Second}}, {Rate: ratelimit.Rate{N: 5}}})
@@ -270,4 +280,20 @@ func Differential(t *testing.T, reference, candidate Factory) {
 			}
 		}
 	})
+}
+
+// Checks returns, for benchmarks, one check for each of buckets distinct
+// keys: the key's limit and, with route, a route's too. The rates are high
+// enough that every check is allowed (the allowed path is the one that
+// writes).
+func Checks(buckets int, route bool) [][]ratelimit.Limit {
+	out := make([][]ratelimit.Limit, buckets)
+	for i := range out {
+		b := "key_" + strconv.Itoa(i)
+		out[i] = []ratelimit.Limit{{Name: "key", Bucket: b, Rate: ratelimit.Rate{N: 1e9, Window: time.Hour}}}
+		if route {
+			out[i] = append(out[i], ratelimit.Limit{Name: "/api/users/{id}", Bucket: b, Scope: "/api/users/{id}", Rate: ratelimit.Rate{N: 1e9, Window: time.Minute}})
+		}
+	}
+	return out
 }

@@ -11,23 +11,8 @@ import (
 	"time"
 
 	"github.com/extauthz/extauthz/internal/redistest"
-	"github.com/extauthz/extauthz/ratelimit"
+	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
-
-// benchLimits returns checks of buckets distinct keys, each with the key's
-// limit and, with two, a route's; the rates are high enough that every check
-// is allowed (the allowed path is the one that writes).
-func benchLimits(buckets int, two bool) [][]ratelimit.Limit {
-	out := make([][]ratelimit.Limit, buckets)
-	for i := range out {
-		b := "key_" + strconv.Itoa(i)
-		out[i] = []ratelimit.Limit{{Name: "key", Bucket: b, Rate: ratelimit.Rate{N: 1e9, Window: time.Hour}}}
-		if two {
-			out[i] = append(out[i], ratelimit.Limit{Name: "/api/users/{id}", Bucket: b, Scope: "/api/users/{id}", Rate: ratelimit.Rate{N: 1e9, Window: time.Minute}})
-		}
-	}
-	return out
-}
 
 // BenchmarkRedisAllow measures the Redis limiter's throughput with 64
 // concurrent callers against a redistest server, and beside it what
@@ -49,7 +34,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 		{"one limit, 1 pipeline", false, Options{Pipelines: 1}},
 		{"one limit, 100µs batch wait", false, Options{BatchWait: 100 * time.Microsecond}},
 	} {
-		checks := benchLimits(10000, tc.two)
+		checks := limitertest.Checks(10000, tc.two)
 		b.Run(tc.name, func(b *testing.B) {
 			tc.opts.Prefix = uniquePrefix()
 			tc.opts.Timeout = time.Second
