@@ -28,7 +28,7 @@ bench-go: ## Go benchmarks of the hot path
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./authz/ ./keystore/ ./ratelimit/ ./ratelimit/redis/ ./audit/
 
 # LOADFLAGS go to `extauthz-load bench` (see `go run ./cmd/extauthz-load bench -h`),
-# e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles'.
+# e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles' (cmd/extauthz-load/README.md).
 LOADFLAGS ?=
 
 load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~2 min
