@@ -351,7 +351,7 @@ func (e *env) newKey(caller string, body map[string]any) (secret, id string) {
 	return r.str(e.t, "key"), r.str(e.t, "id")
 }
 
-// eventually retries cond every 10 ms for up to a second (SPEC §4: changes
+// eventually retries cond every 10 ms for up to a second (docs/keys.md: changes
 // reach every server's cache within 1 s).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()

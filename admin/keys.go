@@ -16,7 +16,7 @@ import (
 // request names no grace; the CLI's --grace has the same default.
 const DefaultGrace = 24 * time.Hour
 
-// List page sizes (SPEC §7).
+// List page sizes: 100 by default, at most 1000 (docs/keys.md).
 const (
 	defaultLimit = 100
 	maxLimit     = 1000

@@ -306,7 +306,8 @@ func readsAs(k, fold string) bool {
 	return j == len(fold)
 }
 
-// clientIP finds the client address (SPEC §2 "Client IP"): with hops = 0 the
+// clientIP finds the client address (client_ip in the README's
+// Configuration): with hops = 0 the
 // peer; with N ≥ 1 the Nth address from the right of X-Forwarded-For, or the
 // peer when the header has fewer than N entries — never an entry the client
 // chose. The zero Addr means unknown (it matches no allowlist).

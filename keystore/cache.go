@@ -16,7 +16,7 @@ import (
 	"github.com/extauthz/extauthz/internal/breaker"
 )
 
-// CacheOptions sizes a Cache. Zero fields take the defaults of SPEC §2.
+// CacheOptions sizes a Cache. Zero fields take the defaults of the config file's cache section.
 type CacheOptions struct {
 	Size        int           // positive entries; default 100000
 	TTL         time.Duration // how long a found key is trusted; default 30s

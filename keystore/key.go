@@ -77,6 +77,7 @@ func nonEmpty(s string) *string {
 	return &s
 }
 
+// String is how outputs name the status: "live", "revoked" or "expired".
 func (s Status) String() string {
 	switch s {
 	case Revoked:

@@ -17,6 +17,7 @@ type FieldError struct {
 	Message string
 }
 
+// Error is "<field>: <message>".
 func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
 
 // Change kinds passed to Manager.OnChange (the audit event names).

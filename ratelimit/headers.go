@@ -8,7 +8,8 @@ import (
 // Header is one response header.
 type Header struct{ Key, Value string }
 
-// AppendHeaders appends to dst the rate-limit headers of SPEC §3 for r and
+// AppendHeaders appends to dst the rate-limit headers (docs/rate-limiting.md)
+// for r and
 // returns the extended slice:
 //
 //	RateLimit-Policy: "<name>";q=<N>;w=<window seconds>

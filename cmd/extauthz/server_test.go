@@ -292,7 +292,7 @@ func TestDecisionsOverGRPC(t *testing.T) {
 				assert.Equal(t, "session=abc; theme=dark", set["cookie"], "the api_key cookie is cut, the rest kept")
 				for _, o := range ok.GetHeaders() {
 					assert.Equal(t, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, o.GetAppendAction())
-					//lint:ignore SA1019 SPEC §3 requires the deprecated append field to stay unset
+					//lint:ignore SA1019 identity headers overwrite (docs/decision.md): the deprecated append field stays unset
 					assert.Nil(t, o.GetAppend())
 				}
 				assert.ElementsMatch(t, []string{"x-api-key", "x-authz-admin", "X-Authz-Something"}, ok.GetHeadersToRemove())

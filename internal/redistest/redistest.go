@@ -1,6 +1,10 @@
 // Package redistest starts throwaway redis-server processes for tests, each on
 // a free loopback port with its own directory, stopped when the test ends. No
-// test in this repository talks to a Redis it did not start through here.
+// test in this repository talks to a Redis it did not start through here, and
+// the load tool starts its Redis through Run.
+//
+// It is not for a Redis anyone depends on: servers keep no data unless asked
+// to, and die with the process that started them.
 //
 // Servers can also be started the way a deployment starts them (through a
 // launcher script, with its redis.conf and ACL), over TLS with a throwaway

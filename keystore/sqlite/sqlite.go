@@ -34,7 +34,7 @@ const (
 	busyTimeout = 5 * time.Second
 
 	// pollInterval is how often Watch reads the change log; well inside the
-	// one second in which changes must reach every server (SPEC §4).
+	// one second in which changes must reach every server (docs/keys.md).
 	pollInterval = 200 * time.Millisecond
 
 	// The change log keeps at most keepChanges rows and none older than

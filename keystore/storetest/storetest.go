@@ -1062,7 +1062,7 @@ func testWatch(t *testing.T, newBackend Backend) {
 
 			want := tt.change(f, via, existing, existingHash)
 			for _, h := range want {
-				// Within a second of the change returning (SPEC §4).
+				// Within a second of the change returning (docs/keys.md).
 				w.await(h, time.Second, "the change of hash "+h.String()[:8])
 			}
 		})
