@@ -153,7 +153,7 @@ func (e *Event) scrub() {
 
 // ownRequestFields copies the fields that come from a request into one new
 // string. The caller's strings may share the bytes of a whole decoded
-// request (authz/wire.go), which a queued event must not keep alive.
+// request (authz/envoy/wire.go), which a queued event must not keep alive.
 func (e *Event) ownRequestFields() {
 	fs := [...]*string{&e.RequestID, &e.Method, &e.Path, &e.Host, &e.UserAgent}
 	n := 0
