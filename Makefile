@@ -25,10 +25,10 @@ bench: ## the Go benchmarks of the hot path, then the load comparison of the who
 	$(MAKE) load
 
 bench-go: ## Go benchmarks of the hot path
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./authz/ ./keystore/ ./ratelimit/ ./audit/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./authz/ ./authz/envoy/ ./keystore/ ./ratelimit/ ./ratelimit/redis/ ./audit/
 
 # LOADFLAGS go to `extauthz-load bench` (see `go run ./cmd/extauthz-load bench -h`),
-# e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles'.
+# e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles' (cmd/extauthz-load/README.md).
 LOADFLAGS ?=
 
 load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~2 min
@@ -49,9 +49,9 @@ measure-placement: ## key records on a 3-master Redis Cluster with PLACEMENT_KEY
 fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz run in every plain test run too)
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzRouteAgainstUpstreams$$' -fuzztime $(FUZZTIME) ./authz/
-	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./authz/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheck$$' -fuzztime $(FUZZTIME) ./authz/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckMessages$$' -fuzztime $(FUZZTIME) ./authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./authz/envoy/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheck$$' -fuzztime $(FUZZTIME) ./authz/envoy/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckMessages$$' -fuzztime $(FUZZTIME) ./authz/envoy/
 	$(GO) test -run '^$$' -fuzz '^FuzzFormatCheck$$' -fuzztime $(FUZZTIME) ./keystore/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config/
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateAndPatchBodies$$' -fuzztime $(FUZZTIME) ./admin/

@@ -1,5 +1,5 @@
-// Package admin is the key-management REST API of extauthz (SPEC §7): JSON
-// over HTTP on the admin listener, for callers whose API key carries a
+// Package admin is the key-management REST API of extauthz (docs/keys.md):
+// JSON over HTTP on the admin listener, for callers whose API key carries a
 // keys:* permission. Every change goes through keystore.Manager with the
 // caller's key id as actor, so that it becomes an audit event. It also
 // receives GitHub secret-scanning reports of leaked keys and revokes them.
@@ -15,9 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"path"
 	"slices"
@@ -26,6 +24,7 @@ import (
 	"time"
 
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -129,7 +128,7 @@ type server struct {
 	allow map[string][]string // path pattern → methods, for the Allow header
 }
 
-// New returns the admin API handler: the routes of SPEC §7, plus
+// New returns the admin API handler: the key routes below, plus
 // GET /v1/openapi.json and, when o.Leaks is set, POST /v1/leaks/github.
 // Every answer is JSON; errors are {"error": "...", "code": "..."}.
 // It panics if o.Authz or o.Manager is nil.
@@ -250,31 +249,24 @@ func (s *server) handle(rt route) http.HandlerFunc {
 	}
 }
 
-// authenticate runs the key steps of the decision on r. On failure it
+// authenticate runs the key steps of the decision on r, read as every HTTP
+// entry point reads a request (forwardauth.NewRequest: the same header
+// adapter, limits and credential-name checks as HTTP mode). On failure it
 // writes the decision's status, headers and JSON body (401, 403
-// ip_not_allowed, 503, or 400 for a malformed path) and returns false.
+// ip_not_allowed, 503, or 400 for a malformed path or an ambiguous
+// credential name) and returns false.
 func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, bool) {
-	req := authz.Request{
-		Method:  r.Method,
-		Path:    r.URL.RequestURI(), // with the query: api_key may be a source
-		Host:    r.Host,
-		Headers: headers(r.Header),
-		Peer:    peerHost(r.RemoteAddr),
-		// The admin listener is reached directly, not through a proxy that
-		// appends to X-Forwarded-For: the peer is the client.
-		XFFTrustedHops: 0,
-	}
+	// The admin listener is reached directly, not through a proxy that
+	// appends to X-Forwarded-For: the peer is the client.
+	req := forwardauth.NewRequest(r, 0)
+	req.Method = r.Method
+	req.Path = r.URL.RequestURI() // with the query: api_key may be a source
 	var d authz.Decision
 	s.authz.Authenticate(r.Context(), &req, &d)
 	if d.Allowed() {
 		return newCaller(d.Key), true
 	}
-	h := w.Header()
-	for _, hd := range d.ResponseHeaders(nil) {
-		h.Set(hd.Key, hd.Value)
-	}
-	w.WriteHeader(d.Code.HTTPStatus())
-	io.WriteString(w, d.Body()) //nolint:errcheck // the client is gone
+	forwardauth.WriteDenial(w, &d)
 	if d.Code == authz.CodeUnavailable {
 		s.log.Warn("admin API: key store unavailable while authenticating", "method", r.Method, "path", r.URL.Path)
 	}
@@ -290,7 +282,7 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, 
 func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bool {
 	var limits [2]ratelimit.Limit
 	n := 0
-	if keyRate := effectiveRate(c.key.RateLimit, s.authz.Policy().DefaultRate); !keyRate.IsZero() {
+	if keyRate := c.key.RateLimit.Or(s.authz.Policy().DefaultRate); !keyRate.IsZero() {
 		limits[n] = ratelimit.Limit{Name: "key", Bucket: c.key.ID, Rate: keyRate}
 		n++
 	}
@@ -316,27 +308,6 @@ func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bo
 		return false
 	}
 	return true
-}
-
-// headers reads an http.Header by lower-case name, as authz.Headers wants.
-type headers http.Header
-
-func (h headers) Get(name string) string {
-	vs := http.Header(h).Values(name)
-	switch {
-	case len(vs) == 0:
-		return ""
-	case len(vs) > 1 && name == "cookie":
-		return strings.Join(vs, "; ") // HTTP/2 may split the cookie header
-	}
-	return vs[0]
-}
-
-func peerHost(remoteAddr string) string {
-	if host, _, err := net.SplitHostPort(remoteAddr); err == nil {
-		return host
-	}
-	return remoteAddr
 }
 
 // caller is an authenticated admin API client.
@@ -482,24 +453,15 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Error("admin API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = &apiError{http.StatusInternalServerError, codeInternal, "internal error"}
 	}
-	h := w.Header()
-	h.Set(authz.HeaderCode, string(ae.code))
-	if ae.status == http.StatusServiceUnavailable {
-		h.Set("Retry-After", "1")
-	}
-	writeJSON(w, ae.status, errorBody{Error: ae.msg, Code: ae.code})
+	forwardauth.WriteError(w, ae.status, ae.code, ae.msg)
 }
 
-// errorBody is the JSON of every error, as the decision's denials have it.
-type errorBody struct {
-	Error string     `json:"error"`
-	Code  authz.Code `json:"code"`
-}
-
+// writeJSON answers a success with v as JSON.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil { // our own types: cannot happen
-		status, b = http.StatusInternalServerError, []byte(`{"error":"internal error","code":"internal_error"}`)
+		forwardauth.WriteError(w, http.StatusInternalServerError, codeInternal, "internal error")
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

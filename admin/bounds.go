@@ -96,11 +96,11 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 	return nil
 }
 
-func describeRate(own string, defaultRate ratelimit.Rate) string {
-	if own == "" {
+func describeRate(own keystore.RateLimit, defaultRate ratelimit.Rate) string {
+	if !own.IsSet() {
 		return defaultRate.String() + ", the configured default"
 	}
-	return own
+	return own.String()
 }
 
 // allowlistWithin reports whether every prefix of list lies inside a prefix
@@ -128,13 +128,13 @@ func expiryWithin(exp, bound *time.Time) bool {
 	return bound == nil || exp != nil && !exp.After(*bound)
 }
 
-// rateWithin reports whether the rate limit own (a key's rate_limit: "" for
-// the default) is no looser than bound's.
-func rateWithin(own, bound string, defaultRate ratelimit.Rate) bool {
-	if own == "" && bound == "" {
+// rateWithin reports whether the rate limit own (a key's rate_limit, unset
+// for the default) is no looser than bound's.
+func rateWithin(own, bound keystore.RateLimit, defaultRate ratelimit.Rate) bool {
+	if !own.IsSet() && !bound.IsSet() {
 		return true
 	}
-	r, b := effectiveRate(own, defaultRate), effectiveRate(bound, defaultRate)
+	r, b := own.Or(defaultRate), bound.Or(defaultRate)
 	switch {
 	case b.IsZero():
 		return true
@@ -144,18 +144,4 @@ func rateWithin(own, bound string, defaultRate ratelimit.Rate) bool {
 	// N ≤ 1e9 and windows ≤ 366 days: the products fit in an int64.
 	rw, bw := int64(r.Window/time.Second), int64(b.Window/time.Second)
 	return r.N <= b.N && r.N*bw <= b.N*rw
-}
-
-// effectiveRate is the rate a key's rate_limit means: its own, or the
-// default. A stored rate that does not parse is the default, as for the
-// decision.
-func effectiveRate(own string, defaultRate ratelimit.Rate) ratelimit.Rate {
-	if own == "" {
-		return defaultRate
-	}
-	r, err := ratelimit.ParseRate(own)
-	if err != nil {
-		return defaultRate
-	}
-	return r
 }

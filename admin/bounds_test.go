@@ -199,7 +199,7 @@ func TestNoKeyLoosensItsOwnRestrictions(t *testing.T) {
 				t.Run(role.name+" "+tc.name+" "+want, func(t *testing.T) {
 					exp := e.clock.Now().Add(time.Hour).UTC().Truncate(time.Second)
 					secret, id := e.create(keystore.Spec{Name: "self", Owner: "team", Permissions: role.perms,
-						IPAllowlist: mustCIDRs(t, "127.0.0.0/8"), ExpiresAt: &exp, RateLimit: "100/m"})
+						IPAllowlist: mustCIDRs(t, "127.0.0.0/8"), ExpiresAt: &exp, RateLimit: rateLimit(t, "100/m")})
 					body := tc.patch(exp)
 					if strings.Contains(body, `"permissions"`) && role.perms[0] == "keys:admin" {
 						body = strings.Replace(body, `["keys:write"`, `["keys:admin", "keys:write"`, 1)
@@ -221,7 +221,7 @@ func TestNoKeyLoosensItsOwnRestrictions(t *testing.T) {
 		}
 		t.Run("another keys:admin key may lift a key's restrictions", func(t *testing.T) {
 			exp := e.clock.Now().Add(time.Hour)
-			_, id := e.create(keystore.Spec{Name: "limited", Permissions: []string{"x"}, IPAllowlist: mustCIDRs(t, "127.0.0.0/8"), ExpiresAt: &exp, RateLimit: "1/m"})
+			_, id := e.create(keystore.Spec{Name: "limited", Permissions: []string{"x"}, IPAllowlist: mustCIDRs(t, "127.0.0.0/8"), ExpiresAt: &exp, RateLimit: rateLimit(t, "1/m")})
 			r := e.send("PATCH", "/v1/keys/"+id, e.root, `{"ip_allowlist": null, "expires_at": null, "rate_limit": "none", "permissions": ["x", "y"]}`)
 			require.Equal(t, http.StatusOK, r.status, "%s", r)
 		})
@@ -232,7 +232,7 @@ func TestAWritersKeysStayWithinTheWritersOwnRestrictions(t *testing.T) {
 	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
 		exp := e.clock.Now().Add(time.Hour).UTC().Truncate(time.Second)
 		writer, _ := e.create(keystore.Spec{Name: "writer", Owner: "team", Permissions: []string{"keys:write", "read:users"},
-			IPAllowlist: mustCIDRs(t, "127.0.0.0/8", "2001:db8::/32"), ExpiresAt: &exp, RateLimit: "100/m"})
+			IPAllowlist: mustCIDRs(t, "127.0.0.0/8", "2001:db8::/32"), ExpiresAt: &exp, RateLimit: rateLimit(t, "100/m")})
 		fits := map[string]any{"ttl": "30m", "ip_allowlist": []string{"127.0.0.1"}, "rate_limit": "50/m"}
 		with := func(changes map[string]any) map[string]any {
 			body := map[string]any{"name": "child", "permissions": []string{"read:users"}}
@@ -301,7 +301,7 @@ func TestAWritersKeysStayWithinTheWritersOwnRestrictions(t *testing.T) {
 		narrow := func() string {
 			soon := e.clock.Now().Add(10 * time.Minute)
 			_, id := e.create(keystore.Spec{Name: "narrow", Owner: "team", Permissions: []string{"read:users"},
-				IPAllowlist: mustCIDRs(t, "127.0.0.1/32"), ExpiresAt: &soon, RateLimit: "10/m"})
+				IPAllowlist: mustCIDRs(t, "127.0.0.1/32"), ExpiresAt: &soon, RateLimit: rateLimit(t, "10/m")})
 			return id
 		}
 		t.Run("rotating a key that exceeds the writer is 403: the new secret would outlive it", func(t *testing.T) {
@@ -402,7 +402,7 @@ func TestTheAdminAPIRateLimitsEachCallingKey(t *testing.T) {
 			assert.Equal(t, 2, created, "3 requests a minute: create, revoke, create")
 		})
 		t.Run("the key's own rate limit applies too", func(t *testing.T) {
-			slow, _ := e.create(keystore.Spec{Name: "slow", Permissions: []string{"keys:read"}, RateLimit: "1/m"})
+			slow, _ := e.create(keystore.Spec{Name: "slow", Permissions: []string{"keys:read"}, RateLimit: rateLimit(t, "1/m")})
 			require.Equal(t, http.StatusOK, e.send("GET", "/v1/keys", slow, nil).status)
 			r := e.send("GET", "/v1/keys", slow, nil)
 			require.Equal(t, http.StatusTooManyRequests, r.status, "%s", r)
@@ -432,4 +432,12 @@ func TestTheAdminAPIRateLimitsEachCallingKey(t *testing.T) {
 			assert.Nil(t, e.stored(target).RevokedAt)
 		})
 	})
+}
+
+// rateLimit is the key rate limit s, which must parse.
+func rateLimit(t testing.TB, s string) keystore.RateLimit {
+	t.Helper()
+	r, err := keystore.ParseRateLimit(s)
+	require.NoError(t, err)
+	return r
 }

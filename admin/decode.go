@@ -13,9 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
-	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // maxFuture bounds expires_at, ttl and grace: far enough for any real key,
@@ -196,17 +194,18 @@ func (o object) permissions() ([]string, error) {
 	return perms, keystore.ValidatePermissions(perms)
 }
 
-func (o object) rateLimit() (string, error) {
+func (o object) rateLimit() (keystore.RateLimit, error) {
 	v, err := o.str("rate_limit")
 	if err != nil {
-		return "", err
+		return keystore.RateLimit{}, err
 	}
 	v = strings.TrimSpace(v)
-	if _, perr := ratelimit.ParseRate(v); perr != nil || v == "" {
-		// ParseRate's message quotes the value; this one does not.
-		return "", badRequest("rate_limit", `want a rate like "100/m" (N/s, N/m, N/h, N/d or N/<duration> from 1s to 366 days) or "none"`)
+	r, perr := keystore.ParseRateLimit(v)
+	if perr != nil || v == "" {
+		// ParseRateLimit's message quotes the value; this one does not.
+		return keystore.RateLimit{}, badRequest("rate_limit", `want a rate like "100/m" (N/s, N/m, N/h, N/d or N/<duration> from 1s to 366 days) or "none"`)
 	}
-	return v, nil
+	return r, nil
 }
 
 func (o object) ipAllowlist() ([]netip.Prefix, error) {
@@ -219,7 +218,7 @@ func (o object) ipAllowlist() ([]netip.Prefix, error) {
 	}
 	out := make([]netip.Prefix, 0, len(list))
 	for i, v := range list {
-		p, err := config.ParseCIDRs([]string{v})
+		p, err := keystore.ParseCIDRs([]string{v})
 		if err != nil {
 			msg := "want a CIDR like 10.0.0.0/8 or 2001:db8::/32, or an address"
 			if _, perr := netip.ParsePrefix(strings.TrimSpace(v)); perr == nil {

@@ -25,7 +25,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/extauthz/extauthz/authz"
-	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/redis"
@@ -172,8 +172,15 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 	store, breakStore := b.open(t)
 	e := &env{t: t, store: store, breakStore: breakStore, clock: &clock{}, rec: &recorder{}}
 
-	cfg := config.Default()
-	policy, err := authz.NewPolicy(&cfg)
+	// The decision's settings of the default configuration.
+	format := authztest.Format
+	policy, err := authz.NewPolicy(authz.PolicyOptions{
+		Sources:       authztest.Sources(),
+		Format:        format,
+		DefaultRate:   ratelimit.Rate{N: 1000, Window: time.Hour},
+		FailRate:      ratelimit.Rate{N: 100, Window: time.Minute},
+		FailTotalRate: ratelimit.Rate{N: 1000, Window: time.Second},
+	})
 	require.NoError(t, err)
 	hasher := keystore.NewHasher([]byte("test pepper"))
 	e.cache = keystore.NewCache(store, keystore.CacheOptions{Now: e.clock.Now})
@@ -182,8 +189,6 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 	go func() { defer close(watching); e.cache.Watch(ctx) }()
 	t.Cleanup(func() { cancel(); <-watching })
 
-	format, err := keystore.NewFormat(cfg.Keys.Prefix)
-	require.NoError(t, err)
 	e.manager = &keystore.Manager{
 		Store: store, Hasher: hasher, Format: format, MaxPerOwner: o.maxPerOwner,
 		Now: e.clock.Now, OnChange: e.rec.onChange,
@@ -197,7 +202,7 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 		Logger:       slog.New(slog.NewTextHandler(e.rec, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MaxBodyBytes: o.maxBodyBytes,
 		Limiter:      ratelimit.NewLocal(e.clock.Now, 0),
-		RateLimit:    *cfg.Admin.RateLimit,
+		RateLimit:    ratelimit.Rate{N: 600, Window: time.Minute}, // the default admin.rate_limit
 	}
 	if o.adminRate != "" {
 		opts.RateLimit, err = ratelimit.ParseRate(o.adminRate)
@@ -346,7 +351,7 @@ func (e *env) newKey(caller string, body map[string]any) (secret, id string) {
 	return r.str(e.t, "key"), r.str(e.t, "id")
 }
 
-// eventually retries cond every 10 ms for up to a second (SPEC §4: changes
+// eventually retries cond every 10 ms for up to a second (docs/keys.md: changes
 // reach every server's cache within 1 s).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()

@@ -1,16 +1,14 @@
 package admin
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"time"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -18,42 +16,11 @@ import (
 // request names no grace; the CLI's --grace has the same default.
 const DefaultGrace = 24 * time.Hour
 
-// List page sizes (SPEC §7).
+// List page sizes: 100 by default, at most 1000 (docs/keys.md).
 const (
 	defaultLimit = 100
 	maxLimit     = 1000
 )
-
-// newKey is the answer to create and rotate: the record plus the secret,
-// flat, as `extauthz keys create --json` prints it. It is the only place
-// the secret ever appears.
-type newKey struct {
-	Key    *keystore.Key
-	Secret string
-}
-
-// MarshalJSON writes the record as keystore.Key writes it, then "key". It
-// does not embed the Key: a MarshalJSON method on Key would be promoted and
-// silently drop the secret.
-func (n newKey) MarshalJSON() ([]byte, error) {
-	b, err := json.Marshal(n.Key)
-	if err != nil {
-		return nil, err
-	}
-	b = bytes.TrimRight(b, " \n")
-	if len(b) < 2 || b[len(b)-1] != '}' {
-		return nil, fmt.Errorf("key record is not a JSON object")
-	}
-	secret, _ := json.Marshal(n.Secret) // a string: cannot fail
-	if len(b) > 2 {
-		b = append(b[:len(b)-1], ',')
-	} else {
-		b = b[:1]
-	}
-	b = append(b, `"key":`...)
-	b = append(b, secret...)
-	return append(b, '}'), nil
-}
 
 // keyList is the answer to GET /v1/keys.
 type keyList struct {
@@ -96,7 +63,7 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		return err
 	}
 	w.Header().Set("Location", "/v1/keys/"+k.ID)
-	writeJSON(w, http.StatusCreated, newKey{Key: k, Secret: secret})
+	writeJSON(w, http.StatusCreated, keystore.Created{Key: k, Secret: secret})
 	return nil
 }
 
@@ -216,7 +183,7 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 // source (api_key): the caller's credential, not an unknown parameter.
 func (s *server) isQuerySource(name string) bool {
 	for _, src := range s.authz.Policy().Sources {
-		if src.Kind() == "query" && src.Name() == name {
+		if src.Kind() == authz.SourceQuery && src.Name() == name {
 			return true
 		}
 	}
@@ -322,7 +289,7 @@ func (s *server) patch(o object) (keystore.Patch, error) {
 		p.Permissions = &perms
 	}
 	if _, ok := o["rate_limit"]; ok {
-		rate := "" // null: the configured default
+		var rate keystore.RateLimit // null: the configured default
 		if o.given("rate_limit") {
 			var err error
 			if rate, err = o.rateLimit(); err != nil {
@@ -401,6 +368,6 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		return err
 	}
 	w.Header().Set("Location", "/v1/keys/"+k.ID)
-	writeJSON(w, http.StatusCreated, newKey{Key: k, Secret: secret})
+	writeJSON(w, http.StatusCreated, keystore.Created{Key: k, Secret: secret})
 	return nil
 }

@@ -1,7 +1,7 @@
 // Package audit records what extauthz decided and what operators changed
-// (SPEC §7a): the Event record, its JSON form, the Sink interface that
-// outputs implement, and the Logger, a bounded non-blocking queue that keeps
-// audit writes off the decision path.
+// (docs/operations.md, "Audit events"): the Event record, its JSON form,
+// the Sink interface that outputs implement, and the Logger, a bounded
+// non-blocking queue that keeps audit writes off the decision path.
 //
 // It is not a general-purpose logger and it never sees a credential: an
 // Event has no field that can hold a key, an Authorization header, a cookie
@@ -20,7 +20,7 @@ import (
 // Type is what an Event records; its value is the JSON field "event".
 type Type string
 
-// The event types of SPEC §7a.
+// The event types, one per kind of thing audited.
 const (
 	TypeDecision   Type = "decision"    // one Check answered, allow or deny
 	TypeKeyCreated Type = "key.created" // a key was created
@@ -64,7 +64,7 @@ type Event struct {
 
 	RequestID string `json:"request_id,omitempty"` // from x-request-id
 	Method    string `json:"method,omitempty"`
-	// Path is the normalised request path (SPEC §3 step 1), which has no
+	// Path is the normalised request path (the decision's step 1), which has no
 	// query string, so query-string credentials never reach the audit log.
 	// Anything from a '?' on is cut off all the same.
 	Path      string     `json:"path,omitempty"`
@@ -153,7 +153,7 @@ func (e *Event) scrub() {
 
 // ownRequestFields copies the fields that come from a request into one new
 // string. The caller's strings may share the bytes of a whole decoded
-// request (authz/wire.go), which a queued event must not keep alive.
+// request (authz/envoy/wire.go), which a queued event must not keep alive.
 func (e *Event) ownRequestFields() {
 	fs := [...]*string{&e.RequestID, &e.Method, &e.Path, &e.Host, &e.UserAgent}
 	n := 0

@@ -181,7 +181,7 @@ func TestScrubCopiesLongFieldsSoTheyDoNotPinTheHeader(t *testing.T) {
 }
 
 // The gRPC server's strings share the bytes of the whole decoded request
-// (authz/wire.go): a queued event must hold copies of the short request
+// (authz/envoy/wire.go): a queued event must hold copies of the short request
 // fields too, or each one would pin a request's worth of memory.
 func TestScrubCopiesRequestFieldsOutOfTheRequestBuffer(t *testing.T) {
 	request := "GET/api/users?x=1api.example.comreq-7curl/8.5" + strings.Repeat("h", 64<<10)

@@ -39,7 +39,7 @@ type Options struct {
 // Logger queues events in memory and writes them to a Sink from one
 // background goroutine, so that recording an event never waits for I/O.
 // When the queue is full, events are dropped and counted: the decision path
-// must never block on audit (SPEC §8).
+// must never block on audit.
 //
 // Build it with New; a nil *Logger discards everything.
 type Logger struct {

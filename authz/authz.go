@@ -1,22 +1,29 @@
 // Package authz is the decision of extauthz: given one HTTP request's
-// attributes, find and check its API key and answer allow or deny (SPEC §3).
-// The decision is pure logic over small interfaces (a key lookup, a rate
-// limiter, a clock); the gRPC (Envoy ext_authz) and HTTP (forward auth)
-// adapters in this package turn requests into Requests and Decisions into
-// responses. It knows nothing of Redis or SQLite.
+// attributes, find and check its API key and answer allow or deny, in the
+// numbered steps of Decide (docs/decision.md tells them). The decision is
+// pure logic over small interfaces (a key lookup, a rate limiter, a clock):
+// the canonical request, the route table, the key sources and the lookup
+// guard live here, and so does what a response must say (codes, headers,
+// the JSON body, what to strip), in no protocol's terms.
+//
+// It is not an adapter: the Envoy gRPC service is authz/envoy, the HTTP
+// (forward-auth) endpoint authz/forwardauth; they turn requests into
+// Requests and Decisions into responses. It knows nothing of Redis, SQLite,
+// protobuf, gRPC or net/http, and does not read the config file.
 package authz
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -79,37 +86,56 @@ type Policy struct {
 	FailTotalRate ratelimit.Rate
 }
 
-// NewPolicy compiles the decision's part of cfg.
-func NewPolicy(cfg *config.Config) (*Policy, error) {
-	routes, err := CompileRoutes(cfg.Routes, cfg.Paths)
+// PolicyOptions are the decision's settings, from which NewPolicy compiles a
+// Policy. They are the decision's own types: cmd/extauthz fills them from
+// the config file.
+type PolicyOptions struct {
+	// Routes is the route table; the first route whose pattern matches
+	// the path claims it (see Routes).
+	Routes []RouteSpec
+	// Paths are the opt-in path readings; the zero value is strict.
+	Paths Paths
+	// Authenticate makes a request no route matches need only a valid key;
+	// otherwise it is 403 no_route.
+	Authenticate bool
+	// Sources are where the key may come from, tried in order (at most 64).
+	Sources []Source
+	// Format is the key format (NewFormat); the zero Format is refused.
+	Format keystore.Format
+	// XFFHops is how many X-Forwarded-For hops are trusted for the client
+	// address (0: the peer).
+	XFFHops int
+	// DefaultRate is the limit of keys without one of their own; zero = none.
+	DefaultRate ratelimit.Rate
+	// FailRate bounds the lookups of unknown keys that find nothing per
+	// client address block, FailTotalRate per process (see lookupGuard);
+	// zero = unlimited.
+	FailRate, FailTotalRate ratelimit.Rate
+}
+
+// NewPolicy compiles o into a Policy. The error names what is wrong.
+func NewPolicy(o PolicyOptions) (*Policy, error) {
+	routes, err := CompileRoutes(o.Routes, o.Paths)
 	if err != nil {
 		return nil, err
 	}
-	format, err := keystore.NewFormat(cfg.Keys.Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("keys.prefix: %w", err)
+	if o.Format.Prefix() == "" {
+		return nil, errors.New("key format: none given (make one with keystore.NewFormat)")
 	}
-	if len(cfg.Sources) > 64 {
+	if len(o.Sources) > 64 {
 		return nil, fmt.Errorf("sources: at most 64")
 	}
-	p := &Policy{
-		Routes:       routes,
-		paths:        newPathRules(cfg.Paths),
-		Authenticate: cfg.Unmatched == "authenticate",
-		Sources:      compileSources(cfg.Sources),
-		Format:       format,
-		XFFHops:      cfg.ClientIP.XFFTrustedHops,
-	}
-	if cfg.RateLimit.Default != nil {
-		p.DefaultRate = *cfg.RateLimit.Default
-	}
-	if cfg.RateLimit.FailedAttempts != nil {
-		p.FailRate = *cfg.RateLimit.FailedAttempts
-	}
-	if cfg.RateLimit.FailedAttemptsTotal != nil {
-		p.FailTotalRate = *cfg.RateLimit.FailedAttemptsTotal
-	}
-	return p, nil
+	return &Policy{
+		Routes:        routes,
+		paths:         newPathRules(o.Paths),
+		Authenticate:  o.Authenticate,
+		Sources:       slices.Clone(o.Sources),
+		Format:        o.Format,
+		XFFHops:       o.XFFHops,
+		DefaultRate:   o.DefaultRate,
+		FailRate:      o.FailRate,
+		FailTotalRate: o.FailTotalRate,
+	}, nil
 }
 
 // Authorizer makes decisions. Its fields are set once; the Policy can be
@@ -154,7 +180,7 @@ func (a *Authorizer) SetPolicy(p *Policy) { a.policy.Store(p) }
 // Policy returns the policy in force.
 func (a *Authorizer) Policy() *Policy { return a.policy.Load() }
 
-// Decide runs the steps of SPEC §3 in order and returns at the first
+// Decide runs the steps of the decision in order and returns at the first
 // failure. d must be zeroed by the caller (it is passed in so that adapters
 // can keep it on the stack).
 func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
@@ -181,7 +207,7 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	}
 	// 8. Permissions.
 	if missing, ok := missingPermission(d.Key.Permissions, d.Route); !ok {
-		d.deny(CodePermissionDenied, "missing permission \""+missing+"\"")
+		d.Deny(CodePermissionDenied, "missing permission \""+missing+"\"")
 		return
 	}
 	// 9. Rate limits.
@@ -204,13 +230,13 @@ func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision
 // checkKey runs steps 3 (missing) to 7 on the credential found.
 func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found bool, now time.Time, d *Decision) bool {
 	if !found {
-		d.deny(CodeMissingKey, "")
+		d.Deny(CodeMissingKey, "")
 		return false
 	}
 	// 4. Format, without the store. A malformed key costs nothing more, so
 	// it is not counted against anyone.
 	if p.Format.Check(key) != nil {
-		d.deny(CodeInvalidKey, "")
+		d.Deny(CodeInvalidKey, "")
 		return false
 	}
 	// 5. Hash and look up (cache, then store); 10. store unreachable.
@@ -220,41 +246,74 @@ func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found 
 	// 6. Revoked or expired.
 	switch d.Key.StatusAt(now) {
 	case keystore.Revoked:
-		d.deny(CodeRevokedKey, "")
+		d.Deny(CodeRevokedKey, "")
 		return false
 	case keystore.Expired:
-		d.deny(CodeExpiredKey, "")
+		d.Deny(CodeExpiredKey, "")
 		return false
 	}
 	// 7. The key's IP allowlist.
 	if !ipAllowed(d.Key.IPAllowlist, d.ClientIP) {
-		d.deny(CodeIPNotAllowed, "")
+		d.Deny(CodeIPNotAllowed, "")
 		return false
 	}
 	return true
 }
 
-func (d *Decision) deny(c Code, msg string) {
+// Deny records a denial with code c and message (c's own message when
+// empty; never a key). Decide denies through it, and so does an adapter
+// that answers a request it could not hand to Decide (a malformed original
+// request, a recovered panic).
+func (d *Decision) Deny(c Code, message string) {
 	d.Code = c
-	if msg == "" {
-		msg = c.defaultMessage()
+	if message == "" {
+		message = c.defaultMessage()
 	}
-	d.Message = msg
+	d.Message = message
+}
+
+// Sources are the key sources of the policy d was decided under (nil when
+// Decide did not run): the credentials an adapter removes before the
+// request goes upstream are those of d.Present among them. Reading them
+// from d, not from the Authorizer, keeps a reload between the decision and
+// the response from naming other sources.
+func (d *Decision) Sources() []Source {
+	if d.policy == nil {
+		return nil
+	}
+	return d.policy.Sources
+}
+
+// Observer is told about every decision after it is made (metrics, audit).
+// It must not block.
+type Observer interface {
+	Observe(req *Request, d *Decision, latency time.Duration)
+}
+
+// LogPanic logs a recovered panic without its value: the value is whatever
+// was being formatted when it happened, which may be a key or a header. The
+// type and the stack (whose argument words are numbers, not string
+// contents) are enough to find the bug.
+func LogPanic(logger *slog.Logger, where string, r any) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger.Error("panic recovered", "in", where, "type", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
 }
 
 func (a *Authorizer) normalize(p *Policy, req *Request, d *Decision) bool {
 	if req.Malformed != "" {
-		d.deny(CodeBadRequest, "malformed request: "+req.Malformed)
+		d.Deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false
 	}
 	method, ok := normalizeMethod(req.Method)
 	if !ok {
-		d.deny(CodeBadRequest, "malformed request: the method must be an upper-case token")
+		d.Deny(CodeBadRequest, "malformed request: the method must be an upper-case token")
 		return false
 	}
 	path, err := p.paths.normalize(req.Path)
 	if err != nil {
-		d.deny(CodeBadRequest, "malformed request: "+err.Error())
+		d.Deny(CodeBadRequest, "malformed request: "+err.Error())
 		return false
 	}
 	d.Method, d.Path = method, path
@@ -278,13 +337,13 @@ func route(p *Policy, d *Decision) bool {
 		if p.Authenticate {
 			return true
 		}
-		d.deny(CodeNoRoute, "")
+		d.Deny(CodeNoRoute, "")
 	case matchWrongMethod:
-		d.deny(CodeNoRoute, "no route allows "+d.Method+" on this path")
+		d.Deny(CodeNoRoute, "no route allows "+d.Method+" on this path")
 	case matchSlashVaries:
-		d.deny(CodeBadRequest, "malformed request: the path gets another route without its trailing slash")
+		d.Deny(CodeBadRequest, "malformed request: the path gets another route without its trailing slash")
 	case matchCaseVaries:
-		d.deny(CodeBadRequest, "malformed request: the letter case of the path decides its route")
+		d.Deny(CodeBadRequest, "malformed request: the letter case of the path decides its route")
 	}
 	return false
 }
@@ -297,7 +356,7 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 	for i, s := range p.Sources {
 		v, present, ambiguous := s.lookup(req)
 		if ambiguous {
-			d.deny(CodeBadRequest, "malformed request: a "+s.Kind()+" name reads as the credential's but is spelt differently")
+			d.Deny(CodeBadRequest, "malformed request: a "+s.Kind().String()+" name reads as the credential's but is spelt differently")
 			return "", false, false
 		}
 		if !present {
@@ -309,7 +368,7 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 		}
 	}
 	if headerAliasesSource(req, p.Sources) {
-		d.deny(CodeBadRequest, "malformed request: a header name reads as the credential header's but is spelt differently")
+		d.Deny(CodeBadRequest, "malformed request: a header name reads as the credential header's but is spelt differently")
 		return "", false, false
 	}
 	return key, found, true
@@ -341,9 +400,9 @@ func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time
 		d.Key = k
 		return true
 	case errors.Is(err, keystore.ErrNotFound):
-		d.deny(CodeInvalidKey, "")
+		d.Deny(CodeInvalidKey, "")
 	default:
-		d.deny(CodeUnavailable, "")
+		d.Deny(CodeUnavailable, "")
 	}
 	return false
 }
@@ -358,10 +417,10 @@ func (a *Authorizer) admitLookup(p *Policy, now time.Time, d *Decision) bool {
 	case blockExhausted:
 		d.RateLimit = ratelimit.Result{Limit: ratelimit.Limit{Name: failedAttempts, Rate: p.FailRate}, Reset: wait, RetryAfter: wait}
 		d.HasRateLimit = true
-		d.deny(CodeRateLimited, "too many unknown API keys from this address; retry later")
+		d.Deny(CodeRateLimited, "too many unknown API keys from this address; retry later")
 		return false
 	case totalExhausted:
-		d.deny(CodeUnavailable, "too many unknown API keys are being checked; retry shortly")
+		d.Deny(CodeUnavailable, "too many unknown API keys are being checked; retry shortly")
 		return false
 	}
 	return true
@@ -409,14 +468,7 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 		return
 	}
 	limits := d.limits[:0]
-	keyRate := p.DefaultRate
-	if d.Key.RateLimit != "" {
-		if r, err := ratelimit.ParseRate(d.Key.RateLimit); err == nil {
-			keyRate = r
-		}
-		// A stored rate that no longer parses keeps the default: failing closed
-		// here would lock a key out over a record it cannot fix.
-	}
+	keyRate := d.Key.RateLimit.Or(p.DefaultRate)
 	if !keyRate.IsZero() {
 		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate})
 	}
@@ -441,11 +493,11 @@ func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
 	}
 	res, err := a.limiter.Allow(ctx, limits)
 	if err != nil {
-		d.deny(CodeUnavailable, "")
+		d.Deny(CodeUnavailable, "")
 		return
 	}
 	d.RateLimit, d.HasRateLimit = res, true
 	if !res.Allowed {
-		d.deny(CodeRateLimited, "")
+		d.Deny(CodeRateLimited, "")
 	}
 }

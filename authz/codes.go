@@ -1,14 +1,11 @@
 package authz
 
-import (
-	"google.golang.org/grpc/codes"
-)
-
 // Code is the machine-readable reason of a denial, the "code" of the JSON
 // body and the x-authz-code header. The empty Code is an allow.
 type Code string
 
-// The codes of SPEC §3, in the order of the steps that produce them.
+// The codes of a denial, in the order of the steps that produce them
+// (Codes lists them).
 const (
 	CodeBadRequest       Code = "bad_request"
 	CodeNoRoute          Code = "no_route"
@@ -39,21 +36,11 @@ func (c Code) HTTPStatus() int {
 	return 503
 }
 
-// GRPCCode is the google.rpc code of CheckResponse.status for this code.
-func (c Code) GRPCCode() codes.Code {
-	switch c.HTTPStatus() {
-	case 200:
-		return codes.OK
-	case 400:
-		return codes.InvalidArgument
-	case 401:
-		return codes.Unauthenticated
-	case 403:
-		return codes.PermissionDenied
-	case 429:
-		return codes.ResourceExhausted
-	}
-	return codes.Unavailable
+// Codes lists every denial code, in the order of the steps that produce
+// them: the one list that metrics, documentation tests and adapters read.
+func Codes() []Code {
+	return []Code{CodeBadRequest, CodeNoRoute, CodeMissingKey, CodeInvalidKey, CodeRevokedKey,
+		CodeExpiredKey, CodeIPNotAllowed, CodePermissionDenied, CodeRateLimited, CodeUnavailable}
 }
 
 // defaultMessage is the human message of a code when the step has nothing

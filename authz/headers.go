@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"net/http"
 	"net/textproto"
 	"strings"
 	"unicode/utf8"
@@ -17,11 +16,6 @@ const (
 	MaxHeaders = 512
 	// MaxHeaderBytes is the most bytes of header names and values.
 	MaxHeaderBytes = 256 << 10
-	// MaxCheckRequestBytes is the largest CheckRequest the gRPC server
-	// accepts (grpc.MaxRecvMsgSize): room for MaxHeaderBytes of headers and
-	// the rest of what Envoy sends. A larger message is an RPC error, which
-	// Envoy answers with its status_on_error.
-	MaxCheckRequestBytes = 1 << 20
 )
 
 // errTooManyHeaders is Request.Malformed past MaxHeaders or MaxHeaderBytes.
@@ -39,19 +33,87 @@ func (b *headerBudget) add(name, value string) bool {
 	return b.n <= MaxHeaders && b.bytes <= MaxHeaderBytes
 }
 
-// eachHeader calls f with every header entry of h, names as received.
-// Only the adapters' own Headers can be listed; any other lists nothing.
+// Headers reads a request's headers by lower-case name. It has one
+// implementation per way an adapter receives headers, all of them here:
+// HeaderMap (Envoy's headers map), HeaderList (the same map's entries as they
+// arrive on the wire) and HeaderLines (net/http's header lines). The set is
+// closed so that every Headers can also be walked entry by entry, which the
+// checks for credential and identity spellings do: a Headers that could not
+// be walked would skip them.
+type Headers interface {
+	Get(name string) string
+	headers() // seals the set
+}
+
+// HeaderMap is a Headers over a map with lower-case names, one value each
+// (Envoy's form: it joins a repeated header's values with ",").
+type HeaderMap map[string]string
+
+// Get returns the value of the lower-case header name.
+func (m HeaderMap) Get(name string) string { return m[name] }
+
+func (HeaderMap) headers() {}
+
+// HeaderList is a Headers over (name, value) entries in the order they
+// arrived, as the entries of Envoy's headers map come on the wire. A repeated
+// name replaces the earlier entry (protobuf's rule for a map), so Get
+// answers the last.
+type HeaderList []Header
+
+// Get returns the value of the last entry named name.
+func (l *HeaderList) Get(name string) string {
+	hs := *l
+	for i := len(hs) - 1; i >= 0; i-- {
+		if hs[i].Key == name {
+			return hs[i].Value
+		}
+	}
+	return ""
+}
+
+func (*HeaderList) headers() {}
+
+// HeaderLines is a Headers over header lines by canonical name, as net/http
+// keeps them (convert an http.Header). The lines of a name sent more than
+// once read as one value, joined as Envoy joins them (","; "; " for
+// cookies), never cut to the first line: with X-Forwarded-For the first line
+// may be the client's own and the trusted hops are at the end, and two
+// credentials make one invalid key rather than a silent choice. Every HTTP
+// entry point (HTTP mode, the admin API) reads its headers through it, so
+// all read a repeated header alike.
+type HeaderLines map[string][]string
+
+// Get returns the lines of the header name, joined.
+func (h HeaderLines) Get(name string) string {
+	vals := h[textproto.CanonicalMIMEHeaderKey(name)]
+	switch len(vals) {
+	case 0:
+		return ""
+	case 1:
+		return vals[0]
+	}
+	if name == "cookie" {
+		return strings.Join(vals, "; ")
+	}
+	return strings.Join(vals, ",")
+}
+
+func (HeaderLines) headers() {}
+
+// eachHeader calls f with every header entry of h, names as received. It
+// switches on the implementations rather than calling a method so that f
+// does not escape: the walk allocates nothing.
 func eachHeader(h Headers, f func(name, value string)) {
 	switch h := h.(type) {
 	case HeaderMap:
 		for k, v := range h {
 			f(k, v)
 		}
-	case *headerList:
+	case *HeaderList:
 		for _, e := range *h {
 			f(e.Key, e.Value)
 		}
-	case httpHeaders:
+	case HeaderLines:
 		for k, vs := range h {
 			for _, v := range vs {
 				f(k, v)
@@ -173,15 +235,15 @@ func underscoreSpellings(name string) []string {
 // x-api-key): an upstream that reads the two alike (CGI, WSGI, PHP, Rack)
 // would be handed a credential that extauthz neither checked nor stripped.
 func headerAliasesSource(req *Request, sources []Source) bool {
-	if req.names.lacks(namesUnderscore) {
+	if req.noted.names.lacks(namesUnderscore) {
 		return false
 	}
-	if m, ok := req.Headers.(HeaderMap); ok && req.names == 0 {
+	if m, ok := req.Headers.(HeaderMap); ok && req.noted.names == 0 {
 		// Envoy's lower-case names: a few lookups beat walking the map.
 		walk := false
 		for i := range sources {
 			s := &sources[i]
-			if s.kind != sourceHeader {
+			if s.kind != SourceHeader {
 				continue
 			}
 			walk = walk || s.underscored == nil && strings.IndexByte(s.name, '-') >= 0
@@ -201,7 +263,7 @@ func headerAliasesSource(req *Request, sources []Source) bool {
 			return
 		}
 		for i := range sources {
-			if s := &sources[i]; s.kind == sourceHeader && readsAsHeader(name, s.name) {
+			if s := &sources[i]; s.kind == SourceHeader && readsAsHeader(name, s.name) {
 				found = true
 			}
 		}
@@ -209,18 +271,18 @@ func headerAliasesSource(req *Request, sources []Source) bool {
 	return found
 }
 
-// appendSpoofed appends the names of every client-sent header that reads as
-// an x-authz- header (readsAsIdentity), once each, except, when identity
-// headers are set (keepIdentity), the names that setting them overwrites:
-// Envoy removes headers after it sets them, so removing those would remove
-// extauthz's own values. lower writes the names lower-cased. It is linear
-// in the number of headers.
-func appendSpoofed(remove []string, req *Request, keepIdentity, lower bool) []string {
-	if req.names.lacks(namesIdentity) {
+// AppendSpoofed appends to remove the names of every client-sent header of
+// r that reads as an x-authz- header (any case, "_" for "-"), once each,
+// except, when identity headers are set (keepIdentity), the names that
+// setting them overwrites: Envoy removes headers after it sets them, so
+// removing those would remove extauthz's own values. lower writes the names
+// lower-cased. It is linear in the number of headers.
+func (r *Request) AppendSpoofed(remove []string, keepIdentity, lower bool) []string {
+	if r.noted.names.lacks(namesIdentity) {
 		return remove
 	}
 	start := len(remove)
-	eachHeader(req.Headers, func(name, _ string) {
+	eachHeader(r.Headers, func(name, _ string) {
 		if !readsAsIdentity(name) || !utf8.ValidString(name) {
 			return // a name that is not UTF-8 cannot be named back to Envoy; its codec rejects such requests
 		}
@@ -252,25 +314,4 @@ func dedupe(s []string, start int) []string {
 	}
 	clear(added[len(out):])
 	return s[:start+len(out)]
-}
-
-// httpHeaders reads http.Header by lower-case name. A header sent on
-// several lines is joined as Envoy joins it (", "; "; " for cookies), not
-// cut to its first line: with X-Forwarded-For the first line may be the
-// client's own and the trusted hops are at the end; with a credential, two
-// values make one invalid key rather than a silent choice.
-type httpHeaders http.Header
-
-func (h httpHeaders) Get(name string) string {
-	vals := h[textproto.CanonicalMIMEHeaderKey(name)]
-	switch len(vals) {
-	case 0:
-		return ""
-	case 1:
-		return vals[0]
-	}
-	if name == "cookie" {
-		return strings.Join(vals, "; ")
-	}
-	return strings.Join(vals, ",")
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/extauthz/extauthz/config"
 )
 
 // Errors from NormalizePath. Their text is safe to show a client.
@@ -37,15 +35,30 @@ const (
 	maxTargetLen = 64 << 10
 )
 
-// pathRules are the opt-in readings of a path (config "paths"); the zero
-// value is the strict default.
-type pathRules struct {
-	servlet  bool // matrix_params: servlet
-	foldCase bool // case_insensitive: the upstreams fold ASCII case
+// Paths are the opt-in readings of a request path, each for one kind of
+// upstream that reads paths more loosely than Envoy's route matcher. The
+// zero value is the strict reading: every spelling such upstreams could read
+// differently is 400.
+type Paths struct {
+	// Servlet reads ";params" as servlet containers do: they are cut from
+	// every segment before dot segments resolve ("/a/..;x/b" is "/b").
+	// Otherwise a ";" in a path is 400.
+	Servlet bool
+	// CaseInsensitive says the upstreams fold ASCII letter case: a path
+	// whose letter case picks its route, or that holds a percent-encoded
+	// non-ASCII byte, is 400. Matching stays case-sensitive.
+	CaseInsensitive bool
 }
 
-func newPathRules(c config.Paths) pathRules {
-	return pathRules{servlet: c.MatrixParams == config.MatrixServlet, foldCase: c.CaseInsensitive}
+// pathRules are the Paths as the normaliser reads them; the zero value is
+// the strict default.
+type pathRules struct {
+	servlet  bool // Paths.Servlet
+	foldCase bool // Paths.CaseInsensitive: the upstreams fold ASCII case
+}
+
+func newPathRules(p Paths) pathRules {
+	return pathRules{servlet: p.Servlet, foldCase: p.CaseInsensitive}
 }
 
 // NormalizePath turns a request's raw path (query allowed, it is dropped) into

@@ -5,22 +5,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-
-	"github.com/extauthz/extauthz/config"
 )
-
-// Headers reads request headers by lower-case name. Envoy's CheckRequest
-// gives a map with lower-case names already; the HTTP adapter wraps
-// http.Header.
-type Headers interface {
-	Get(name string) string
-}
-
-// HeaderMap is a Headers over a map with lower-case names (Envoy's form).
-type HeaderMap map[string]string
-
-// Get returns the value of the lower-case header name.
-func (m HeaderMap) Get(name string) string { return m[name] }
 
 // Request is what the decision needs to know about one HTTP request,
 // whichever adapter (gRPC or HTTP) it came from.
@@ -37,16 +22,58 @@ type Request struct {
 	// when ≥ 0 (HTTP mode has its own setting); -1 means "use the config".
 	XFFTrustedHops int
 	// Malformed is set by an adapter that found the request breaking one of
-	// its limits (too many headers, say), with the reason: step 1 answers
-	// 400 bad_request with it. It is safe to show a client.
+	// its limits (too many headers, say; see NoteHeader), with the reason:
+	// step 1 answers 400 bad_request with it. It is safe to show a client.
 	Malformed string
-	// names is the adapter's summary of the header names (zero: none).
-	names headerNames
+
+	// noted and budget are what the adapter noted of the headers
+	// (NoteHeader).
+	noted  Noted
+	budget headerBudget
 }
 
-// Source is a compiled key source.
+// NoteHeader is how an adapter reports each header entry it reads into the
+// Request, name as received: it counts the entry against MaxHeaders and
+// MaxHeaderBytes, and past either sets Malformed (the request is answered
+// 400 whatever its headers say); and it summarises the names, so that the
+// checks for rare spellings (a "_" for a "-", a name that reads as an
+// x-authz- header) walk the headers only of a request that has one. It
+// reports whether the request is still within the limits.
+func (r *Request) NoteHeader(name, value string) bool {
+	r.noted.names.note(name)
+	if r.budget.add(name, value) {
+		return true
+	}
+	if r.Malformed == "" {
+		r.Malformed = errTooManyHeaders
+	}
+	return false
+}
+
+// Noted is the summary of a request's header names an adapter noted through
+// NoteHeader: comparable, so that two adapters reading the same request can
+// be held to the same. The zero value means nothing was noted (a Request
+// built by hand): the checks then walk the headers themselves.
+type Noted struct{ names headerNames }
+
+// Noted returns the summary of r's header names.
+func (r *Request) Noted() Noted { return r.noted }
+
+// HeaderEntries is how many header entries the adapter noted.
+func (r *Request) HeaderEntries() int { return r.budget.n }
+
+// Underscored reports whether some noted name holds a "_" (it may spell a
+// credential header another way).
+func (n Noted) Underscored() bool { return n.names&namesUnderscore != 0 }
+
+// Spoofing reports whether some noted name reads as an x-authz- header.
+func (n Noted) Spoofing() bool { return n.names&namesIdentity != 0 }
+
+// Source is one place a key may come from: a header (with an auth scheme,
+// or none), a query parameter or a cookie. Make it with HeaderSource,
+// QuerySource or CookieSource.
 type Source struct {
-	kind   sourceKind
+	kind   SourceKind
 	name   string // header name (lower-case), query parameter or cookie name
 	scheme string // for headers: required auth scheme, e.g. "Bearer"
 	fold   string // for query and cookie: the name as the loosest upstream reads it (foldName)
@@ -54,36 +81,42 @@ type Source struct {
 	underscored []string
 }
 
-type sourceKind uint8
+// SourceKind is where a Source looks: a header, the query or a cookie.
+type SourceKind uint8
 
+// The kinds of Source.
 const (
-	sourceHeader sourceKind = iota
-	sourceQuery
-	sourceCookie
+	SourceHeader SourceKind = iota
+	SourceQuery
+	SourceCookie
 )
 
-// Kind returns "header", "query" or "cookie".
-func (s Source) Kind() string {
-	return [...]string{"header", "query", "cookie"}[s.kind]
+// String returns "header", "query" or "cookie".
+func (k SourceKind) String() string {
+	return [...]string{"header", "query", "cookie"}[k]
 }
+
+// Kind returns where s looks.
+func (s Source) Kind() SourceKind { return s.kind }
 
 // Name returns the header, query parameter or cookie name.
 func (s Source) Name() string { return s.name }
 
-func compileSources(specs []config.Source) []Source {
-	out := make([]Source, 0, len(specs))
-	for _, s := range specs {
-		switch {
-		case s.Header != "":
-			name := strings.ToLower(s.Header)
-			out = append(out, Source{kind: sourceHeader, name: name, scheme: s.Scheme, underscored: underscoreSpellings(name)})
-		case s.Query != "":
-			out = append(out, Source{kind: sourceQuery, name: s.Query, fold: foldName(s.Query)})
-		case s.Cookie != "":
-			out = append(out, Source{kind: sourceCookie, name: s.Cookie, fold: foldName(s.Cookie)})
-		}
-	}
-	return out
+// HeaderSource is the key in header name (any case); with a scheme
+// ("Bearer"), only a value of that auth scheme, whose credential follows it.
+func HeaderSource(name, scheme string) Source {
+	name = strings.ToLower(name)
+	return Source{kind: SourceHeader, name: name, scheme: scheme, underscored: underscoreSpellings(name)}
+}
+
+// QuerySource is the key in the query parameter name.
+func QuerySource(name string) Source {
+	return Source{kind: SourceQuery, name: name, fold: foldName(name)}
+}
+
+// CookieSource is the key in the cookie name.
+func CookieSource(name string) Source {
+	return Source{kind: SourceCookie, name: name, fold: foldName(name)}
 }
 
 // lookup returns the credential this source carries in req, if present: an
@@ -95,7 +128,7 @@ func compileSources(specs []config.Source) []Source {
 // upstream.
 func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	switch s.kind {
-	case sourceHeader:
+	case SourceHeader:
 		v := strings.TrimSpace(req.Headers.Get(s.name))
 		if s.scheme != "" {
 			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || v[len(s.scheme)] != ' ' {
@@ -104,9 +137,9 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 			v = strings.TrimSpace(v[len(s.scheme)+1:])
 		}
 		return v, v != "", false
-	case sourceQuery:
+	case SourceQuery:
 		return queryCredential(req.Path, s.name, s.fold)
-	case sourceCookie:
+	case SourceCookie:
 		return cookieCredential(req.Headers.Get("cookie"), s.name, s.fold)
 	}
 	return "", false, false
@@ -273,7 +306,8 @@ func readsAs(k, fold string) bool {
 	return j == len(fold)
 }
 
-// clientIP finds the client address (SPEC §2 "Client IP"): with hops = 0 the
+// clientIP finds the client address (client_ip in the README's
+// Configuration): with hops = 0 the
 // peer; with N ≥ 1 the Nth address from the right of X-Forwarded-For, or the
 // peer when the header has fewer than N entries — never an entry the client
 // chose. The zero Addr means unknown (it matches no allowlist).

@@ -29,10 +29,13 @@ func (d *Decision) IdentityHeaders(dst []Header) []Header {
 	if d.Key == nil {
 		return dst
 	}
-	return identityHeaders(d.Key, dst)
+	return AppendIdentityHeaders(dst, d.Key)
 }
 
-func identityHeaders(k *keystore.Key, dst []Header) []Header {
+// AppendIdentityHeaders appends the upstream identity headers of key k: its
+// id, name, owner (DefaultOwner when it has none) and comma-joined
+// permissions, with the bytes a header value cannot hold dropped.
+func AppendIdentityHeaders(dst []Header, k *keystore.Key) []Header {
 	owner := k.Owner
 	if owner == "" {
 		owner = keystore.DefaultOwner
@@ -92,11 +95,17 @@ func wwwAuthenticate(c Code) string {
 	return `Bearer realm="extauthz", error="invalid_token", error_description="` + string(c) + `"`
 }
 
-// Body is the JSON body of a denial: {"error": "<message>", "code": "<code>"}.
-func (d *Decision) Body() string {
+// Body is the JSON body of a denial: ErrorBody of its code and message.
+func (d *Decision) Body() string { return ErrorBody(d.Code, d.Message) }
+
+// ErrorBody is the JSON body of every error answer extauthz gives, over
+// gRPC (a denial's body) and HTTP (a denial, an admin API error, a recovered
+// panic): {"error": "<message>", "code": "<code>"}. message must never hold
+// a key.
+func ErrorBody(code Code, message string) string {
 	b, _ := json.Marshal(struct {
 		Error string `json:"error"`
 		Code  Code   `json:"code"`
-	}{d.Message, d.Code}) // cannot fail: two strings
+	}{message, code}) // cannot fail: two strings
 	return string(b)
 }

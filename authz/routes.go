@@ -7,9 +7,24 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/ratelimit"
 )
+
+// RouteSpec is one entry of the route table as an operator writes it, before
+// CompileRoutes checks and compiles it.
+type RouteSpec struct {
+	// Path is the pattern: literal segments in canonical form, {name} or *
+	// for one segment, ** for the rest (last segment only).
+	Path string
+	// Methods the route decides; empty = every method. GET covers HEAD.
+	Methods []string
+	// Permissions a key needs, all of them.
+	Permissions []string
+	// Public routes allow without a key lookup.
+	Public bool
+	// RateLimit is counted per key on this route; zero = none.
+	RateLimit ratelimit.Rate
+}
 
 // Route is one compiled entry of the route table.
 type Route struct {
@@ -61,10 +76,10 @@ const (
 	matchCaseVaries                   // with its letter case folded, the path gets another route
 )
 
-// CompileRoutes checks and compiles the configured routes; paths holds the
-// opt-in path readings (case folding changes how a match is checked).
-func CompileRoutes(specs []config.Route, paths config.Paths) (*Routes, error) {
-	rt := &Routes{foldCase: paths.CaseInsensitive, servlet: paths.MatrixParams == config.MatrixServlet}
+// CompileRoutes checks and compiles the route table; paths holds the opt-in
+// path readings (case folding changes how a match is checked).
+func CompileRoutes(specs []RouteSpec, paths Paths) (*Routes, error) {
+	rt := &Routes{foldCase: paths.CaseInsensitive, servlet: paths.Servlet}
 	scopes := map[string]int{}
 	for i, s := range specs {
 		r, err := compileRoute(s)
@@ -91,16 +106,13 @@ func CompileRoutes(specs []config.Route, paths config.Paths) (*Routes, error) {
 	return rt, nil
 }
 
-func compileRoute(s config.Route) (*Route, error) {
+func compileRoute(s RouteSpec) (*Route, error) {
 	if !strings.HasPrefix(s.Path, "/") {
 		return nil, fmt.Errorf("path must start with /")
 	}
 	r := &Route{
 		Pattern: s.Path, Methods: s.Methods, Permissions: s.Permissions, Public: s.Public,
-		head: slices.Contains(s.Methods, "GET"),
-	}
-	if s.RateLimit != nil {
-		r.RateLimit = *s.RateLimit
+		RateLimit: s.RateLimit, head: slices.Contains(s.Methods, "GET"),
 	}
 	methods := "*"
 	if len(s.Methods) > 0 {

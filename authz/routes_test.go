@@ -6,11 +6,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/extauthz/extauthz/config"
 )
 
-func compile(t testing.TB, paths config.Paths, routes ...config.Route) *Routes {
+func compile(t testing.TB, paths Paths, routes ...RouteSpec) *Routes {
 	t.Helper()
 	rt, err := CompileRoutes(routes, paths)
 	require.NoError(t, err)
@@ -19,14 +17,14 @@ func compile(t testing.TB, paths config.Paths, routes ...config.Route) *Routes {
 
 func testRoutes(t testing.TB) *Routes {
 	t.Helper()
-	return compile(t, config.Paths{},
-		config.Route{Path: "/healthz", Public: true},
-		config.Route{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"DELETE"}, Permissions: []string{"delete:users"}},
-		config.Route{Path: "/api/users/*/avatar", Permissions: []string{"read:users"}},
-		config.Route{Path: "/api/reports/**", Permissions: []string{"read:reports"}},
-		config.Route{Path: "/docs/", Public: true},
-		config.Route{Path: "/", Public: true},
+	return compile(t, Paths{},
+		RouteSpec{Path: "/healthz", Public: true},
+		RouteSpec{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"DELETE"}, Permissions: []string{"delete:users"}},
+		RouteSpec{Path: "/api/users/*/avatar", Permissions: []string{"read:users"}},
+		RouteSpec{Path: "/api/reports/**", Permissions: []string{"read:reports"}},
+		RouteSpec{Path: "/docs/", Public: true},
+		RouteSpec{Path: "/", Public: true},
 	)
 }
 
@@ -78,10 +76,10 @@ func TestRouteMatching(t *testing.T) {
 }
 
 func TestAMethodNeverFallsThroughToABroaderRoute(t *testing.T) {
-	rt := compile(t, config.Paths{},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
-		config.Route{Path: "/api/**", Public: true},
-		config.Route{Path: "/api/users/{uid}", Methods: []string{"DELETE"}, Permissions: []string{"delete:users"}},
+	rt := compile(t, Paths{},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
+		RouteSpec{Path: "/api/**", Public: true},
+		RouteSpec{Path: "/api/users/{uid}", Methods: []string{"DELETE"}, Permissions: []string{"delete:users"}},
 	)
 	for _, tt := range []struct{ method, want string }{
 		{"GET", "read:users"},
@@ -105,10 +103,10 @@ func TestAMethodNeverFallsThroughToABroaderRoute(t *testing.T) {
 }
 
 func TestCaseInsensitiveMatchingOnlyEverRejects(t *testing.T) {
-	rt := compile(t, config.Paths{CaseInsensitive: true},
-		config.Route{Path: "/files/public", Public: true},
-		config.Route{Path: "/files/{name}", Permissions: []string{"read:files"}},
-		config.Route{Path: "/api/admin/**", Permissions: []string{"admin"}},
+	rt := compile(t, Paths{CaseInsensitive: true},
+		RouteSpec{Path: "/files/public", Public: true},
+		RouteSpec{Path: "/files/{name}", Permissions: []string{"read:files"}},
+		RouteSpec{Path: "/api/admin/**", Permissions: []string{"admin"}},
 	)
 	tests := []struct {
 		name, path, want string
@@ -143,20 +141,20 @@ func TestEqualFoldASCIIFoldsNoUnicode(t *testing.T) {
 
 func TestCompileRoutesRejectsBadPatterns(t *testing.T) {
 	for _, p := range []string{"api", "/a/**/b", "/a/x*", "/a/{id", "/a//b", "//", "/a/../b", "/a/./b", "/a/%61", "/a;b", "/a/%3Bb", "/a/é", "/a/%c3%a9", "/a b", "/a/**/", "/a|b"} {
-		_, err := CompileRoutes([]config.Route{{Path: p}}, config.Paths{})
+		_, err := CompileRoutes([]RouteSpec{{Path: p}}, Paths{})
 		assert.Error(t, err, p)
 	}
 	for _, p := range []string{"/", "/a/", "/a/{id}/", "/v1/things:list", "/caf%C3%A9", "/a/%20b"} {
-		_, err := CompileRoutes([]config.Route{{Path: p}}, config.Paths{})
+		_, err := CompileRoutes([]RouteSpec{{Path: p}}, Paths{})
 		assert.NoError(t, err, p)
 	}
 }
 
 func TestRouteLimitsAreCountedPerRoute(t *testing.T) {
-	rt := compile(t, config.Paths{},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"GET"}},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"DELETE"}},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"DELETE"}},
+	rt := compile(t, Paths{},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"GET"}},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"DELETE"}},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"DELETE"}},
 	)
 	get, _ := rt.match("GET", "/api/users/1")
 	del, _ := rt.match("DELETE", "/api/users/1")
@@ -166,20 +164,20 @@ func TestRouteLimitsAreCountedPerRoute(t *testing.T) {
 }
 
 func TestWarningsNameDuplicateAndShadowedRoutes(t *testing.T) {
-	rt := compile(t, config.Paths{},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"GET"}},
-		config.Route{Path: "/api/users/{id}", Methods: []string{"DELETE"}},                   // fine: another method
-		config.Route{Path: "/api/users/{uid}", Methods: []string{"GET", "PUT"}},              // GET is taken
-		config.Route{Path: "/api/users/{x}", Methods: []string{"HEAD"}},                      // HEAD is GET's
-		config.Route{Path: "/api/**"},                                                        // fine: broader, later
-		config.Route{Path: "/api/reports/2026", Public: true},                                // shadowed by /api/**
-		config.Route{Path: "/other", Methods: []string{"GET"}},                               // fine
-		config.Route{Path: "/other"},                                                         // fine: the other methods
-		config.Route{Path: "/other", Methods: []string{"POST"}},                              // never reached
-		config.Route{Path: "/docs/", Public: true},                                           // fine
-		config.Route{Path: "/docs", Permissions: []string{"x"}},                              // shadowed: /docs/ matches /docs
-		config.Route{Path: "/z/{id}", Methods: []string{"GET"}},                              // fine
-		config.Route{Path: "/z/me", Methods: []string{"DELETE"}, Permissions: []string{"x"}}, // shadowed: no fall-through
+	rt := compile(t, Paths{},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"GET"}},
+		RouteSpec{Path: "/api/users/{id}", Methods: []string{"DELETE"}},                   // fine: another method
+		RouteSpec{Path: "/api/users/{uid}", Methods: []string{"GET", "PUT"}},              // GET is taken
+		RouteSpec{Path: "/api/users/{x}", Methods: []string{"HEAD"}},                      // HEAD is GET's
+		RouteSpec{Path: "/api/**"},                                                        // fine: broader, later
+		RouteSpec{Path: "/api/reports/2026", Public: true},                                // shadowed by /api/**
+		RouteSpec{Path: "/other", Methods: []string{"GET"}},                               // fine
+		RouteSpec{Path: "/other"},                                                         // fine: the other methods
+		RouteSpec{Path: "/other", Methods: []string{"POST"}},                              // never reached
+		RouteSpec{Path: "/docs/", Public: true},                                           // fine
+		RouteSpec{Path: "/docs", Permissions: []string{"x"}},                              // shadowed: /docs/ matches /docs
+		RouteSpec{Path: "/z/{id}", Methods: []string{"GET"}},                              // fine
+		RouteSpec{Path: "/z/me", Methods: []string{"DELETE"}, Permissions: []string{"x"}}, // shadowed: no fall-through
 	)
 	w := rt.Warnings()
 	require.Len(t, w, 6, "%q", w)
@@ -206,14 +204,14 @@ func TestPrintRouteTable(t *testing.T) {
 
 func TestPrintSaysHowPathsAreRead(t *testing.T) {
 	for _, tt := range []struct {
-		paths config.Paths
+		paths Paths
 		want  string
 	}{
-		{config.Paths{MatrixParams: config.MatrixServlet}, "Paths (servlet): ;params are cut, '//' merged and dot segments resolved"},
-		{config.Paths{CaseInsensitive: true}, "a path whose ASCII letter case picks its route, or with encoded non-ASCII, is 400"},
+		{Paths{Servlet: true}, "Paths (servlet): ;params are cut, '//' merged and dot segments resolved"},
+		{Paths{CaseInsensitive: true}, "a path whose ASCII letter case picks its route, or with encoded non-ASCII, is 400"},
 	} {
 		var b bytes.Buffer
-		require.NoError(t, compile(t, tt.paths, config.Route{Path: "/a"}).Print(&b, "deny"))
+		require.NoError(t, compile(t, tt.paths, RouteSpec{Path: "/a"}).Print(&b, "deny"))
 		assert.Contains(t, b.String(), tt.want)
 	}
 }

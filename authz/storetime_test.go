@@ -1,4 +1,4 @@
-package authz
+package authz_test
 
 import (
 	"context"
@@ -8,21 +8,23 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
 
-// slowKeys is memKeys whose store takes wait to answer, and whose cache
+// slowKeys is authztest.Keys whose store takes wait to answer, and whose cache
 // answers when cached is set.
 type slowKeys struct {
-	*memKeys
+	*authztest.Keys
 	wait   time.Duration
 	cached bool
 }
 
 func (s *slowKeys) Cached(h keystore.Hash) (*keystore.Key, keystore.CacheState, error) {
 	if s.cached {
-		k, err := s.memKeys.Lookup(context.Background(), h)
+		k, err := s.Keys.Lookup(context.Background(), h)
 		return k, keystore.CacheAnswered, err
 	}
 	return nil, keystore.CacheUnknown, nil
@@ -30,7 +32,7 @@ func (s *slowKeys) Cached(h keystore.Hash) (*keystore.Key, keystore.CacheState, 
 
 func (s *slowKeys) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
 	time.Sleep(s.wait)
-	return s.memKeys.Lookup(ctx, h)
+	return s.Keys.Lookup(ctx, h)
 }
 
 // deadlineLimiter allows everything and notes the deadline it was given.
@@ -62,16 +64,16 @@ func TestACheckWaitsOnItsStoresForTheStoreTimeInAll(t *testing.T) {
 		{"without a store time each call has its own bound", false, 10 * time.Millisecond, false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t, nil)
+			f := authztest.New(t, nil)
 			lim := &deadlineLimiter{}
-			keys := &slowKeys{memKeys: f.keys, wait: tt.wait, cached: tt.cached}
-			a := NewAuthorizer(f.a.Policy(), keys, f.a.hasher, lim, func() time.Time { return f.now })
+			keys := &slowKeys{Keys: f.Keys, wait: tt.wait, cached: tt.cached}
+			a := authz.NewAuthorizer(f.Policy, keys, f.Hasher, lim, func() time.Time { return f.Now })
 			if tt.set {
 				a.SetStoreTime(storeTime)
 			}
-			var d Decision
+			var d authz.Decision
 			start := time.Now()
-			a.Decide(context.Background(), &Request{Method: "GET", Path: "/api/users", Headers: HeaderMap{"x-api-key": f.good}, Peer: "10.1.2.3", XFFTrustedHops: -1}, &d)
+			a.Decide(context.Background(), &authz.Request{Method: "GET", Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": f.Good}, Peer: "10.1.2.3", XFFTrustedHops: -1}, &d)
 			require.True(t, d.Allowed(), d.Code)
 			require.Equal(t, tt.wantDeadline, lim.has)
 			if tt.wantDeadline {

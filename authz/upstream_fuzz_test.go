@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
-
-	"github.com/extauthz/extauthz/config"
 )
 
 // This file holds extauthz's reading of a raw path to four models of how
@@ -22,7 +20,7 @@ import (
 
 // modelRoutes is the table the fuzz target decides with. Its literals
 // exercise case, trailing slashes, encoded characters and method rules.
-var modelRoutes = []config.Route{
+var modelRoutes = []RouteSpec{
 	{Path: "/public/**", Public: true},
 	{Path: "/files/public", Public: true},
 	{Path: "/files/{name}", Permissions: []string{"read:files"}},
@@ -294,7 +292,7 @@ func (m modelPattern) matches(sp servedPath, model upstreamModel) bool {
 // the first route whose pattern matches claims the path; it, or a later
 // route with the same pattern, takes the method if it lists it (GET covers
 // HEAD) or none; else nothing does.
-func modelLookup(routes []config.Route, authenticate bool, method string, sp servedPath, model upstreamModel) requirement {
+func modelLookup(routes []RouteSpec, authenticate bool, method string, sp servedPath, model upstreamModel) requirement {
 	pats := make([]modelPattern, len(routes))
 	for i, r := range routes {
 		pats[i] = parseModelPattern(r.Path)
@@ -329,12 +327,12 @@ func modelLookup(routes []config.Route, authenticate bool, method string, sp ser
 // case_insensitive for case-insensitive upstreams (and case-sensitive ones,
 // since it only adds rejections).
 var modelConfigs = []struct {
-	paths  config.Paths
+	paths  Paths
 	models []upstreamModel
 }{
-	{config.Paths{MatrixParams: config.MatrixReject}, []upstreamModel{servletModel, muxModel, literalModel}},
-	{config.Paths{MatrixParams: config.MatrixServlet}, []upstreamModel{servletModel}},
-	{config.Paths{MatrixParams: config.MatrixReject, CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel}},
+	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel}},
+	{Paths{Servlet: true}, []upstreamModel{servletModel}},
+	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel}},
 }
 
 var modelMethods = []string{"GET", "HEAD", "DELETE", "OPTIONS", "POST"}
@@ -346,11 +344,7 @@ func checkAgainstUpstreams(t *testing.T, raw string, sel uint8) {
 	c := modelConfigs[int(sel)%len(modelConfigs)]
 	authenticate := sel/3%2 == 1
 	method := modelMethods[int(sel/6)%len(modelMethods)]
-	unmatched := "deny"
-	if authenticate {
-		unmatched = "authenticate"
-	}
-	p, err := NewPolicy(&config.Config{Routes: modelRoutes, Paths: c.paths, Unmatched: unmatched, Keys: config.Keys{Prefix: "sk"}})
+	p, err := NewPolicy(PolicyOptions{Routes: modelRoutes, Paths: c.paths, Authenticate: authenticate, Format: testFormat()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,8 +365,8 @@ func checkAgainstUpstreams(t *testing.T, raw string, sel uint8) {
 			if d.Route != nil {
 				pattern = d.Route.Pattern
 			}
-			t.Fatalf("%s %q (paths %+v, unmatched %s): extauthz lets it through as %s %+v (normalised %q), but a %s serves %q, which needs %+v",
-				method, raw, c.paths, unmatched, pattern, got, d.Path, m.name, sp.segs, want)
+			t.Fatalf("%s %q (paths %+v, authenticate unmatched %v): extauthz lets it through as %s %+v (normalised %q), but a %s serves %q, which needs %+v",
+				method, raw, c.paths, authenticate, pattern, got, d.Path, m.name, sp.segs, want)
 		}
 	}
 }

@@ -1,17 +1,21 @@
-// Package config is extauthz's one configuration loader: the YAML file of
-// SPEC §2, strict (an unknown field is an error naming its path), with a
-// default for every field so that an empty file works. Secrets are never in
-// the file: it names the environment variables that hold them.
+// Package config is extauthz's one configuration loader: the YAML file the
+// README's Configuration section shows, strict (an unknown field is an error
+// naming its path), with a default for every field so that an empty file
+// works. Typed values (rates, durations, the store-error policy, the key
+// format) are parsed once, here. Secrets are never in the file: it names
+// the environment variables that hold them.
 //
-// It only reads and checks; compiling routes into a matcher is authz's job.
+// It only reads and checks: the packages it configures do not read it
+// (cmd/extauthz translates it into their own types), and compiling routes
+// into a matcher is authz's job.
 package config
 
 import (
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -21,6 +25,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
 
@@ -170,6 +175,9 @@ type Cache struct {
 type Keys struct {
 	Prefix      string `json:"prefix"`
 	MaxPerOwner int    `json:"max_per_owner"`
+	// Format is the format of Prefix, made by keystore.NewFormat when the
+	// file is checked: the one place a prefix is validated.
+	Format keystore.Format `json:"-"`
 	// Retention is how long a key is kept after it stopped being live
 	// (revoked, expired, or rotated away and past its grace period) before
 	// the server purges it; 0 keeps every key forever.
@@ -190,15 +198,16 @@ type Source struct {
 	Cookie string `json:"cookie,omitempty"`
 }
 
-// ClientIP says how to find the client's address (SPEC §2 "Client IP").
+// ClientIP says how to find the client's address: the peer, or the Nth
+// X-Forwarded-For entry from the right.
 type ClientIP struct {
 	XFFTrustedHops int `json:"xff_trusted_hops"`
 }
 
 // RateLimit holds the default per-key limit and the store-failure policy.
 type RateLimit struct {
-	Default      *ratelimit.Rate `json:"default"`        // nil = 1000/h; "none" = no limit
-	OnStoreError string          `json:"on_store_error"` // local | allow | deny
+	Default      *ratelimit.Rate            `json:"default"`        // nil = 1000/h; "none" = no limit
+	OnStoreError ratelimit.StoreErrorPolicy `json:"on_store_error"` // local | allow | deny
 	// FailedAttempts bounds the store lookups that find no key, per client
 	// address block (an IPv4 address, an IPv6 /64) and process: past it,
 	// keys of that block the cache does not know answer 429 without a
@@ -244,7 +253,8 @@ const (
 	MatrixServlet MatrixParams = "servlet"
 )
 
-// HTTPMode configures the HTTP (forward-auth) listener (SPEC §6).
+// HTTPMode configures the HTTP (forward-auth) listener: where a decision
+// request reads the original request from.
 type HTTPMode struct {
 	Prefix         string `json:"prefix"`
 	Original       string `json:"original"` // path | x-original | x-forwarded
@@ -316,7 +326,7 @@ func Default() Config {
 			{Query: "api_key"},
 			{Cookie: "api_key"},
 		},
-		RateLimit: RateLimit{Default: &hour, OnStoreError: "local", FailedAttempts: &failures, FailedAttemptsTotal: &failuresTotal},
+		RateLimit: RateLimit{Default: &hour, OnStoreError: ratelimit.PolicyLocal, FailedAttempts: &failures, FailedAttemptsTotal: &failuresTotal},
 		Unmatched: "deny",
 		Paths:     Paths{MatrixParams: MatrixReject},
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
@@ -451,6 +461,15 @@ func checkFields(path string, v any, t reflect.Type) error {
 				return err
 			}
 		}
+	case string:
+		// A typed value (a rate, the store-error policy) is parsed here
+		// first, so that its error names its path; the decoder then parses
+		// it into the Config.
+		if u, ok := reflect.New(t).Interface().(encoding.TextUnmarshaler); ok {
+			if err := u.UnmarshalText([]byte(val)); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+		}
 	}
 	return nil
 }
@@ -574,8 +593,10 @@ func (c *Config) validate() error {
 	if c.Admin.RateLimit == nil {
 		bad("admin.rate_limit", "must be a rate like 600/m, or none")
 	}
-	if len(c.Keys.Prefix) < 1 || len(c.Keys.Prefix) > 16 || strings.Trim(c.Keys.Prefix, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") != "" {
-		bad("keys.prefix", "%q: want 1 to 16 letters or digits", c.Keys.Prefix)
+	if f, err := keystore.NewFormat(c.Keys.Prefix); err != nil {
+		bad("keys.prefix", "%v", err)
+	} else {
+		c.Keys.Format = f
 	}
 	if len(c.Sources) == 0 {
 		bad("sources", "at least one key source is required")
@@ -600,11 +621,6 @@ func (c *Config) validate() error {
 	}
 	if c.ClientIP.XFFTrustedHops < 0 || c.ClientIP.XFFTrustedHops > 16 {
 		bad("client_ip.xff_trusted_hops", "must be 0 to 16")
-	}
-	switch c.RateLimit.OnStoreError {
-	case "local", "allow", "deny":
-	default:
-		bad("rate_limit.on_store_error", "%q: want local, allow or deny", c.RateLimit.OnStoreError)
 	}
 	if c.RateLimit.Default == nil {
 		bad("rate_limit.default", "must be a rate like 1000/h, or none")
@@ -719,26 +735,4 @@ func validateRedisAuth(r Redis, bad func(field, format string, args ...any)) {
 	if r.SentinelUsername != "" && r.SentinelPasswordEnv == "" {
 		bad("store.redis.sentinel_password_env", "required with sentinel_username")
 	}
-}
-
-// ParseCIDRs reads an IP allowlist: CIDRs or bare addresses (a bare address
-// is its own /32 or /128). Used by the CLI and the admin API alike.
-func ParseCIDRs(list []string) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(list))
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if p, err := netip.ParsePrefix(s); err == nil {
-			if p != p.Masked() {
-				return nil, fmt.Errorf("ip %q: host bits set (did you mean %s?)", s, p.Masked())
-			}
-			out = append(out, p)
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return nil, fmt.Errorf("ip %q: want a CIDR like 10.0.0.0/8 or 2001:db8::/32, or an address", s)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
 }

@@ -331,7 +331,7 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// TestImageDefaultConfig: the config baked into the image is a SPEC §2 config
+// TestImageDefaultConfig: the config baked into the image is a valid extauthz config
 // whose embedded store lives in the directory the Dockerfile hands to the
 // non-root user, and whose admin API stays on loopback.
 func TestImageDefaultConfig(t *testing.T) {

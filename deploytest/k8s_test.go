@@ -1384,7 +1384,7 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"standalone", "Redis data not on a volume", func(m *manifests) {
 			m.statefulSets[0].Spec.VolumeClaimTemplates = nil
 		}, "volumeClaimTemplate"},
-		{"standalone", "a config key SPEC §2 does not have", func(m *manifests) {
+		{"standalone", "a config key extauthz does not have", func(m *manifests) {
 			setConfig(m, "extauthz-config", "listen: {grpc: ':9001'}\nstore: {backend: redis, redis: {url: 'redis://redis:6379/0', password: x}}\n")
 		}, `unknown field "password"`},
 		{"standalone", "a config whose Redis is not the overlay's", func(m *manifests) {

@@ -29,10 +29,11 @@ import (
 // repoRoot is the main module, which holds the files under test.
 const repoRoot = ".."
 
-// extauthzConfig mirrors SPEC §2 field for field. The service's own config
-// package is written elsewhere; this copy lets the shipped configs be held to the
-// contract, so a typo or a field the spec doesn't have fails here, as it would
-// when the server starts ("unknown fields are errors").
+// extauthzConfig mirrors the config file (the README's Configuration block)
+// field for field. The service's own config package is written elsewhere;
+// this copy lets the shipped configs be held to the contract, so a typo or a
+// field the config doesn't have fails here, as it would when the server
+// starts ("unknown fields are errors").
 type extauthzConfig struct {
 	Listen struct {
 		GRPC  string `json:"grpc"`
@@ -129,7 +130,7 @@ type extauthzConfig struct {
 	} `json:"tls"`
 }
 
-// SPEC §2 defaults the cross-checks need when a file leaves a field out.
+// The config file's defaults the cross-checks need when a file leaves a field out.
 const (
 	defaultGRPCListen  = ":9001"
 	defaultHTTPListen  = ":9002"
@@ -157,16 +158,16 @@ func orDefault(v, def string) string {
 	return v
 }
 
-// parseExtauthzConfig decodes a config strictly: every key must be a SPEC §2
+// parseExtauthzConfig decodes a config strictly: every key must be a config file
 // field spelt exactly (encoding/json alone would accept `Listen` for `listen`),
-// every value of the right type, and the values the spec enumerates valid.
+// every value of the right type, and the values the config enumerates valid.
 func parseExtauthzConfig(data []byte) (*extauthzConfig, error) {
 	var raw any
 	if err := yaml.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("yaml: %w", err)
 	}
 	if raw == nil {
-		return &extauthzConfig{}, nil // an empty file is valid (SPEC §2)
+		return &extauthzConfig{}, nil // an empty file is valid: every field has a default
 	}
 	if err := exactKeys(raw, reflect.TypeFor[extauthzConfig](), "config"); err != nil {
 		return nil, err
@@ -226,9 +227,9 @@ func exactKeys(v any, t reflect.Type, path string) error {
 }
 
 var (
-	// N/unit or N/<duration> (SPEC §2), or "none".
+	// N/unit or N/<duration>, or "none".
 	rateRE = regexp.MustCompile(`^(none|[1-9][0-9]*/([smhd]|[0-9]+(ms|s|m|h)))$`)
-	// A literal segment, {name}, *, or ** as the last segment (SPEC §2).
+	// A literal segment, {name}, *, or ** as the last segment.
 	segmentRE = regexp.MustCompile(`^([A-Za-z0-9._~!$&'()+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\}|\*|\*\*)$`)
 )
 
@@ -346,8 +347,8 @@ func (c *extauthzConfig) validate() error {
 	return nil
 }
 
-// noSecretsInConfig: secrets come from the environment, never the file (SPEC
-// §2). A password in a redis URL is the one place a file could carry one.
+// noSecretsInConfig: secrets come from the environment, never the file. A
+// password in a redis URL is the one place a file could carry one.
 func noSecretsInConfig(c *extauthzConfig) error {
 	if c.Store.Redis.URL == "" {
 		return nil
@@ -393,7 +394,7 @@ http_mode: {prefix: /authz, original: path, xff_trusted_hops: 1}
 audit: {sink: stdout}
 `
 	if _, err := parseExtauthzConfig([]byte(valid)); err != nil {
-		t.Fatalf("the SPEC §2 example is rejected: %v", err)
+		t.Fatalf("the README's example config is rejected: %v", err)
 	}
 	if _, err := parseExtauthzConfig(nil); err != nil {
 		t.Fatalf("an empty file is rejected: %v", err)

@@ -60,13 +60,13 @@ var shippedConfigs = []struct {
 
 const extAuthzFilterName = "envoy.filters.http.ext_authz"
 
-// identityHeaders are the upstream headers extauthz sets on allow (SPEC §3).
+// identityHeaders are the upstream headers extauthz sets on allow (docs/decision.md).
 var identityHeaders = []string{"x-authz-key-id", "x-authz-key-name", "x-authz-owner", "x-authz-permissions"}
 
-// keyHeaders are the request headers a key may arrive in (SPEC §2 sources).
+// keyHeaders are the request headers a key may arrive in (the default sources).
 var keyHeaders = []string{"x-api-key", "authorization", "cookie"}
 
-// denyHeaders are the headers of a denial the client must see (SPEC §3).
+// denyHeaders are the headers of a denial the client must see (docs/decision.md).
 var denyHeaders = []string{
 	"content-type", "www-authenticate", "retry-after", "x-authz-code",
 	"ratelimit", "ratelimit-policy", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",

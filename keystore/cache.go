@@ -12,9 +12,11 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/extauthz/extauthz/internal/breaker"
 )
 
-// CacheOptions sizes a Cache. Zero fields take the defaults of SPEC §2.
+// CacheOptions sizes a Cache. Zero fields take the defaults of the config file's cache section.
 type CacheOptions struct {
 	Size        int           // positive entries; default 100000
 	TTL         time.Duration // how long a found key is trusted; default 30s
@@ -66,11 +68,10 @@ type Cache struct {
 	misses   atomic.Uint64
 	stale    atomic.Uint64
 	failures atomic.Uint64
-	// downUntil (unix nanos; 0 = up) is when the next lookup may probe a
-	// store that failed; probing is set while that probe runs.
-	downUntil   atomic.Int64
-	probing     atomic.Bool
-	consecutive atomic.Int32 // unavailable answers in a row
+	// breaker stops lookups from waiting on a store that keeps failing:
+	// misses fail at once and expired entries are served (up to MaxStale),
+	// while one lookup per StoreRetry probes the store.
+	breaker *breaker.Breaker
 	// downSince (unix nanos; 0 = up) is when lookups stopped waiting on the
 	// store: the outage the log reports when it begins and ends.
 	downSince atomic.Int64
@@ -148,7 +149,8 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 	}
 	pos, _ := lru.New[Hash, *entry](opts.Size)               // error only for size ≤ 0
 	neg, _ := lru.New[Hash, time.Time](max(opts.Size/4, 16)) // unknown hashes get a quarter
-	return &Cache{store: store, pos: pos, neg: neg, opts: opts, used: make(chan usage, 4096)}
+	return &Cache{store: store, pos: pos, neg: neg, opts: opts, used: make(chan usage, 4096),
+		breaker: breaker.New(storeFailuresToOpen, opts.StoreRetry, opts.Now)}
 }
 
 // CacheState is what the cache alone knows of a hash (Cache.Cached).
@@ -201,9 +203,15 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	c.misses.Add(1)
 	var k *Key
 	var err error
-	if ask, probe := c.mayAsk(now); ask {
+	if ask, probe := c.breaker.Enter(); ask {
 		k, err = c.fetch(ctx, h)
-		c.asked(err, probe)
+		if errors.Is(err, ErrUnavailable) {
+			c.breaker.Failure(probe)
+			c.storeDown(err)
+		} else {
+			c.breaker.Success(probe) // "not found" is an answer too
+			c.storeBack()
+		}
 	} else {
 		err = errStoreDown
 	}
@@ -230,43 +238,14 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 
 var errStoreDown = fmt.Errorf("%w: the store failed moments ago; not asking it again yet", ErrUnavailable)
 
-// mayAsk reports whether a lookup may go to the store now, and whether it
-// is the one probe of a store that failed: after a failure, lookups stop
-// waiting on the store for StoreRetry, like the rate limiter's breaker.
-func (c *Cache) mayAsk(now time.Time) (ask, probe bool) {
-	until := c.downUntil.Load()
-	if until == 0 {
-		return true, false
+// storeDown logs the start of an outage, once: the breaker has opened.
+func (c *Cache) storeDown(err error) {
+	if !c.breaker.Open() {
+		return
 	}
-	if now.UnixNano() < until {
-		return false, false
-	}
-	if c.probing.CompareAndSwap(false, true) {
-		return true, true
-	}
-	return false, false
-}
-
-// asked records what the store answered.
-func (c *Cache) asked(err error, probe bool) {
-	if errors.Is(err, ErrUnavailable) {
-		if c.consecutive.Add(1) >= storeFailuresToOpen || probe {
-			now := c.opts.Now()
-			c.downUntil.Store(now.Add(c.opts.StoreRetry).UnixNano())
-			if c.downSince.CompareAndSwap(0, now.UnixNano()) {
-				c.opts.Logger.Warn("key store unreachable: cached keys are served for up to cache.max_stale, other keys answer 503 until it is back",
-					"probe_every", c.opts.StoreRetry.String(), "err", err)
-			}
-		}
-	} else {
-		c.consecutive.Store(0)
-		if c.downUntil.Load() != 0 {
-			c.downUntil.Store(0)
-		}
-		c.storeBack()
-	}
-	if probe {
-		c.probing.Store(false)
+	if c.downSince.CompareAndSwap(0, c.opts.Now().UnixNano()) {
+		c.opts.Logger.Warn("key store unreachable: cached keys are served for up to cache.max_stale, other keys answer 503 until it is back",
+			"probe_every", c.opts.StoreRetry.String(), "err", err)
 	}
 }
 
@@ -356,7 +335,7 @@ func (c *Cache) Invalidate(h Hash) {
 	// The store just spoke (a Watch delivered this). After an outage the
 	// watcher forgets everything; lookups must then ask the store again at
 	// once, not fail for the rest of StoreRetry with nothing left to serve.
-	c.downUntil.Store(0)
+	c.breaker.Close()
 	c.storeBack()
 	if !h.IsZero() {
 		sh := &c.shards[h[0]]

@@ -19,7 +19,8 @@ const (
 	minLegacy   = 16
 )
 
-// Format checks keys against the shape of SPEC §4 without touching a store.
+// Format checks keys against their shape (docs/keys.md) without touching a
+// store.
 // Its zero value is not useful: build it with NewFormat.
 type Format struct {
 	prefix string // e.g. "sk"; keys look like sk_<43 random><6 checksum>

@@ -26,7 +26,7 @@ type Key struct {
 	Name        string         `json:"name"`
 	Owner       string         `json:"owner"`
 	Permissions []string       `json:"permissions"`
-	RateLimit   string         `json:"rate_limit,omitempty"` // "" = the configured default; "none"; or "N/unit"
+	RateLimit   RateLimit      `json:"rate_limit"` // unset = the configured default
 	IPAllowlist []netip.Prefix `json:"ip_allowlist"`
 	CreatedAt   time.Time      `json:"created_at"`
 	ExpiresAt   *time.Time     `json:"expires_at"`
@@ -53,12 +53,14 @@ const (
 // backend stored it and whatever the key has been through.
 func (k Key) MarshalJSON() ([]byte, error) {
 	type plain Key // without this method
+	// The fields after plain keep their place at the end of the object,
+	// where every output and the Redis store have always had them.
 	out := struct {
 		plain
-		RateLimit   *string `json:"rate_limit"`
-		RotatedFrom *string `json:"rotated_from"`
-		RotatedTo   *string `json:"rotated_to"`
-	}{plain: plain(k), RateLimit: nonEmpty(k.RateLimit), RotatedFrom: nonEmpty(k.RotatedFrom), RotatedTo: nonEmpty(k.RotatedTo)}
+		RateLimit   RateLimit `json:"rate_limit"`
+		RotatedFrom *string   `json:"rotated_from"`
+		RotatedTo   *string   `json:"rotated_to"`
+	}{plain: plain(k), RateLimit: k.RateLimit, RotatedFrom: nonEmpty(k.RotatedFrom), RotatedTo: nonEmpty(k.RotatedTo)}
 	if out.Permissions == nil {
 		out.Permissions = []string{}
 	}
@@ -75,6 +77,7 @@ func nonEmpty(s string) *string {
 	return &s
 }
 
+// String is how outputs name the status: "live", "revoked" or "expired".
 func (s Status) String() string {
 	switch s {
 	case Revoked:

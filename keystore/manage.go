@@ -8,8 +8,6 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // FieldError is bad input for one field: the CLI prints it, the admin API
@@ -19,6 +17,7 @@ type FieldError struct {
 	Message string
 }
 
+// Error is "<field>: <message>".
 func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
 
 // Change kinds passed to Manager.OnChange (the audit event names).
@@ -48,7 +47,7 @@ type Spec struct {
 	Name        string
 	Owner       string // "" = DefaultOwner
 	Permissions []string
-	RateLimit   string // "" = the configured default, "none", or a rate
+	RateLimit   RateLimit // unset = the configured default
 	IPAllowlist []netip.Prefix
 	ExpiresAt   *time.Time
 }
@@ -73,9 +72,11 @@ func (s *Spec) Validate(now time.Time) error {
 	if err := ValidatePermissions(s.Permissions); err != nil {
 		return err
 	}
-	if s.RateLimit != "" {
-		if _, err := ratelimit.ParseRate(s.RateLimit); err != nil {
-			return &FieldError{"rate_limit", err.Error()}
+	if s.RateLimit.IsSet() && !s.RateLimit.ok {
+		// A stored text that no longer parses is refused, so that a
+		// change never writes it back: the error says why.
+		if _, err := ParseRateLimit(s.RateLimit.String()); err != nil {
+			return err
 		}
 	}
 	if len(s.IPAllowlist) > 100 {
@@ -327,7 +328,7 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 type Patch struct {
 	Name        *string
 	Permissions *[]string
-	RateLimit   *string
+	RateLimit   *RateLimit
 	IPAllowlist *[]netip.Prefix
 	ExpiresAt   **time.Time // set to a nil *time.Time to clear
 }

@@ -8,7 +8,8 @@ import (
 // Header is one response header.
 type Header struct{ Key, Value string }
 
-// AppendHeaders appends to dst the rate-limit headers of SPEC §3 for r and
+// AppendHeaders appends to dst the rate-limit headers (docs/rate-limiting.md)
+// for r and
 // returns the extended slice:
 //
 //	RateLimit-Policy: "<name>";q=<N>;w=<window seconds>
@@ -25,7 +26,7 @@ type Header struct{ Key, Value string }
 // bytes a header may not carry there (controls, non-ASCII) become '?'. The
 // values share one allocation.
 func AppendHeaders(dst []Header, r Result) []Header {
-	if enforced(r.Limit.Rate) {
+	if r.Limit.Rate.Enforced() {
 		// Every value is written into one buffer that becomes one string;
 		// the values are substrings of it (one allocation, not five).
 		var buf [192]byte

@@ -66,7 +66,7 @@ func NewLocal(now func() time.Time, maxBuckets int) *Local {
 
 // Allow checks limits together at the current time. See Limiter.
 func (l *Local) Allow(_ context.Context, limits []Limit) (Result, error) {
-	n, err := checkLimits(limits)
+	n, err := CheckLimits(limits)
 	if err != nil {
 		return Result{}, err
 	}
@@ -87,7 +87,7 @@ func (l *Local) Allow(_ context.Context, limits []Limit) (Result, error) {
 func (l *Local) check(now int64, limits []Limit) Result {
 	var name string
 	for i := range limits {
-		if enforced(limits[i].Rate) {
+		if limits[i].Rate.Enforced() {
 			name = limits[i].Bucket
 			break
 		}
@@ -108,11 +108,11 @@ func (l *Local) check(now int64, limits []Limit) Result {
 	// the common case of ≤ 4 limits, without a second lookup or allocating).
 	var ws [4]*window
 	var helds [4]int64
-	p := newPicker()
+	p := NewPicker()
 	k := 0
 	for i := range limits {
 		lim := &limits[i]
-		if !enforced(lim.Rate) {
+		if !lim.Rate.Enforced() {
 			continue
 		}
 		wUs := windowMicros(lim.Rate.Window)
@@ -123,17 +123,17 @@ func (l *Local) check(now int64, limits []Limit) Result {
 		}
 		k++
 		if held >= lim.Rate.N {
-			p.exhaustedLimit(lim, micros(w.wait(now, wUs, lim.Rate.N, held)))
+			p.Exhausted(lim, FromMicros(w.wait(now, wUs, lim.Rate.N, held)))
 		}
 	}
-	if !p.allowed {
-		return p.result()
+	if p.Denied() {
+		return p.Result()
 	}
 	// Pass 2: count the request in every limit.
 	k = 0
 	for i := range limits {
 		lim := &limits[i]
-		if !enforced(lim.Rate) {
+		if !lim.Rate.Enforced() {
 			continue
 		}
 		wUs := windowMicros(lim.Rate.Window)
@@ -147,9 +147,9 @@ func (l *Local) check(now int64, limits []Limit) Result {
 		}
 		k++
 		reset := w.add(now, wUs)
-		p.allowedLimit(lim, lim.Rate.N-held-1, micros(reset))
+		p.Allowed(lim, lim.Rate.N-held-1, FromMicros(reset))
 	}
-	return p.result()
+	return p.Result()
 }
 
 // window returns the window of scope, advanced to now, creating it when

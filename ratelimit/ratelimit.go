@@ -1,11 +1,13 @@
 // Package ratelimit counts requests against limits of the form "N per W":
 // a fresh bucket may burst up to N at once, and no interval of length W holds
-// more than N allowed requests. It has a local (in-process) implementation
-// and a Redis one shared by every replica.
+// more than N allowed requests. It holds the Limiter contract, the algorithm
+// (window.go, its promise and its proof above the code), the in-process
+// implementation (Local), and AppendHeaders, which renders a Result as the
+// HTTP rate-limit headers.
 //
-// It does not know about keys or routes: callers name the buckets. The
-// algorithm and its proof are in window.go; AppendHeaders renders a Result as
-// the HTTP rate-limit headers.
+// It does not know about keys or routes: callers name the buckets. It is not
+// a Redis client: the limiter shared by every replica through Redis is in
+// ratelimit/redis, and ratelimit/limitertest is the suite both pass.
 package ratelimit
 
 import (
@@ -159,10 +161,52 @@ func StoreTimeSpent(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), ErrStoreTimeSpent)
 }
 
-var (
-	_ Limiter = (*Local)(nil)
-	_ Limiter = (*Redis)(nil)
+var _ Limiter = (*Local)(nil)
+
+// StoreErrorPolicy is what a limiter whose counts live in a shared store
+// decides when the store cannot answer in time (or its circuit breaker is
+// open): the config's rate_limit.on_store_error. The zero value is
+// PolicyLocal.
+type StoreErrorPolicy string
+
+const (
+	// PolicyLocal limits each replica locally to its share of N: N divided by
+	// the replicas alive at the last heartbeat (at least 1 per replica).
+	PolicyLocal StoreErrorPolicy = "local"
+	// PolicyAllow allows every request.
+	PolicyAllow StoreErrorPolicy = "allow"
+	// PolicyDeny answers ErrUnavailable, which the caller maps to 503.
+	PolicyDeny StoreErrorPolicy = "deny"
 )
+
+// ParseStoreErrorPolicy reads "local", "allow" or "deny"; "" is PolicyLocal.
+// It is the one place the policies are checked.
+func ParseStoreErrorPolicy(s string) (StoreErrorPolicy, error) {
+	switch v := StoreErrorPolicy(s); v {
+	case "":
+		return PolicyLocal, nil
+	case PolicyLocal, PolicyAllow, PolicyDeny:
+		return v, nil
+	}
+	return "", fmt.Errorf("%q: want local, allow or deny", s)
+}
+
+// UnmarshalText reads "local", "allow" or "deny" (the config's on_store_error).
+func (p *StoreErrorPolicy) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		return fmt.Errorf("%q: want local, allow or deny", b)
+	}
+	v, err := ParseStoreErrorPolicy(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// ErrUnavailable is returned (wrapped) by a shared limiter with PolicyDeny
+// when its store cannot answer: the caller answers 503.
+var ErrUnavailable = errors.New("ratelimit: rate-limit store unavailable")
 
 // Stats are a limiter's decision counters since it started, for metrics.
 type Stats struct {
@@ -175,6 +219,6 @@ type Stats struct {
 	StoreErrors uint64 // Redis calls that failed or timed out
 	Evicted     uint64 // local counters dropped to bound memory
 	// Leased counts the allowed checks answered from a lease, without a
-	// Redis call (Redis limiter, large limits only: see lease.go).
+	// Redis call (ratelimit/redis, large limits only: see its lease.go).
 	Leased uint64
 }

@@ -53,12 +53,17 @@ import (
 // random demand): the one byte per group buys that back.
 //
 // The same arithmetic is written twice: in Go below (Local) and in Lua in
-// allow.lua (Redis). The tests run one table of cases against both.
+// ratelimit/redis's allow.lua. Both pass ratelimit/limitertest, and the
+// Redis limiter's tests hold the two to the same Result check for check.
 const (
-	subWindows = 20             // k
-	span       = subWindows + 1 // groups head−span..head can count
-	slots      = span + 1       // groups that can be alive at once
-	markSteps  = 255            // resolution of a group's latest-request time
+	// SubWindows is k, the number of sub-windows a window is counted in.
+	SubWindows = 20
+	// Span is how many groups before the newest can still count (k+1:
+	// groups head−Span..head); the Lua implementation takes it as an
+	// argument.
+	Span      = SubWindows + 1
+	slots     = Span + 1 // groups that can be alive at once
+	markSteps = 255      // resolution of a group's latest-request time
 )
 
 // Errors returned for limits a check cannot apply. They are programming
@@ -74,18 +79,19 @@ var (
 	ErrEmptyBucket = errors.New("ratelimit: limit without a bucket")
 )
 
-// enforced reports whether a limit counts at all: a zero (or negative) N or
+// Enforced reports whether r limits at all: a zero (or negative) N or
 // window means "no limit".
-func enforced(r Rate) bool { return r.N > 0 && r.Window > 0 }
+func (r Rate) Enforced() bool { return r.N > 0 && r.Window > 0 }
 
-// checkLimits validates the enforced limits of one check and returns how many
-// there are. It does not allocate.
-func checkLimits(limits []Limit) (int, error) {
+// CheckLimits validates the enforced limits of one check (one Bucket, each
+// Scope once, no Bucket missing) and returns how many there are. Every
+// Limiter calls it before it counts anything; it does not allocate.
+func CheckLimits(limits []Limit) (int, error) {
 	n := 0
 	var bucket string
 	for i := range limits {
 		l := &limits[i]
-		if !enforced(l.Rate) {
+		if !l.Rate.Enforced() {
 			continue
 		}
 		if l.Bucket == "" {
@@ -97,13 +103,21 @@ func checkLimits(limits []Limit) (int, error) {
 			return 0, fmt.Errorf("%w: %q and %q", ErrMixedBuckets, bucket, l.Bucket)
 		}
 		for j := 0; j < i; j++ {
-			if enforced(limits[j].Rate) && limits[j].Scope == l.Scope {
+			if limits[j].Rate.Enforced() && limits[j].Scope == l.Scope {
 				return 0, fmt.Errorf("%w: bucket %q scope %q", ErrDuplicateScope, l.Bucket, l.Scope)
 			}
 		}
 		n++
 	}
 	return n, nil
+}
+
+// Micros returns r's window W and its sub-window length s in microseconds,
+// as the algorithm counts them (windowMicros, subMicros): what another
+// implementation of it needs to count alike.
+func (r Rate) Micros() (window, sub int64) {
+	w := windowMicros(r.Window)
+	return w, subMicros(w)
 }
 
 // windowMicros is W in microseconds, rounded up (rounding down would count
@@ -121,8 +135,8 @@ func windowMicros(w time.Duration) int64 {
 
 // subMicros is the sub-window length s = ceil(W/k) in microseconds, at least 1.
 func subMicros(wUs int64) int64 {
-	s := wUs / subWindows
-	if wUs%subWindows != 0 {
+	s := wUs / SubWindows
+	if wUs%SubWindows != 0 {
 		s++
 	}
 	if s < 1 {
@@ -200,7 +214,7 @@ func (w *window) advance(now int64) int64 {
 // counted is the number of requests the limit holds at now (after advance).
 func (w *window) counted(now, wUs int64) int64 {
 	var sum int64
-	j := w.head - span
+	j := w.head - Span
 	r := ring(j)
 	i := 0
 	// The oldest groups may have stopped counting. L_j ≥ j·s+1, so once a
@@ -229,7 +243,7 @@ func (w *window) counted(now, wUs int64) int64 {
 func (w *window) wait(now, wUs, n, held int64) int64 {
 	need := held - n + 1
 	var freed int64
-	for j := w.head - span; j <= w.head; j++ {
+	for j := w.head - Span; j <= w.head; j++ {
 		r := ring(j)
 		c := w.count[r]
 		if c == 0 {
@@ -263,23 +277,27 @@ func (w *window) add(now, wUs int64) int64 {
 // idleAt is the time from which the window counts nothing, bounded from above
 // without knowing W (k·s ≥ W): used to evict idle buckets.
 func (w *window) idleAt() int64 {
-	return latest(w.head, markSteps, w.sub) + subWindows*w.sub + 1
+	return latest(w.head, markSteps, w.sub) + SubWindows*w.sub + 1
 }
 
-// picker builds a Result from the per-limit outcomes of one check, the same
-// way for every implementation.
-type picker struct {
-	res     Result
-	any     bool
-	allowed bool
+// Picker builds a Result from the per-limit outcomes of one check, the same
+// way for every Limiter: when allowed, the limit with the least remaining;
+// when denied, the exhausted one with the longest wait. Make it with
+// NewPicker.
+type Picker struct {
+	res    Result
+	any    bool
+	denied bool
 }
 
-func newPicker() picker { return picker{allowed: true} }
+// NewPicker returns a Picker for one check, allowed until a limit is
+// exhausted.
+func NewPicker() Picker { return Picker{} }
 
-// allowedLimit records a limit of an allowed check: its remaining count after
+// Allowed records a limit of an allowed check: its remaining count after
 // the request, and the time until it is fully reset. The headers describe the
 // one with the least remaining (ties: the longer reset).
-func (p *picker) allowedLimit(l *Limit, remaining int64, reset time.Duration) {
+func (p *Picker) Allowed(l *Limit, remaining int64, reset time.Duration) {
 	if remaining < 0 {
 		remaining = 0
 	}
@@ -289,23 +307,27 @@ func (p *picker) allowedLimit(l *Limit, remaining int64, reset time.Duration) {
 	}
 }
 
-// exhaustedLimit records an exhausted limit of a denied check and how long
+// Exhausted records an exhausted limit of a denied check and how long
 // until it would allow this request. The longest wait is the Retry-After.
-func (p *picker) exhaustedLimit(l *Limit, wait time.Duration) {
-	if p.allowed || wait > p.res.RetryAfter {
+func (p *Picker) Exhausted(l *Limit, wait time.Duration) {
+	if !p.denied || wait > p.res.RetryAfter {
 		p.res.Limit, p.res.Remaining, p.res.Reset, p.res.RetryAfter = *l, 0, wait, wait
 	}
-	p.allowed = false
+	p.denied = true
 }
 
-func (p *picker) result() Result {
-	p.res.Allowed = p.allowed
+// Denied reports whether a limit was exhausted.
+func (p *Picker) Denied() bool { return p.denied }
+
+// Result is the outcome of the check.
+func (p *Picker) Result() Result {
+	p.res.Allowed = !p.denied
 	return p.res
 }
 
-// micros converts µs to a Duration, saturating (a clock that jumped back
-// centuries can make a wait that long).
-func micros(us int64) time.Duration {
+// FromMicros converts µs to a Duration, saturating (a clock that jumped
+// back centuries can make a wait that long).
+func FromMicros(us int64) time.Duration {
 	if us > math.MaxInt64/int64(time.Microsecond) {
 		return math.MaxInt64
 	}

@@ -340,7 +340,7 @@ func TestTailReportsAnUnreachableRedis(t *testing.T) {
 	}
 }
 
-// Check that an event read back from the stream is still the JSON of §7a.
+// Check that an event read back from the stream is still the JSON of an audit event (docs/operations.md).
 func TestStreamEntriesDecodeAsEvents(t *testing.T) {
 	_, c := newClient(t)
 	want := event("key_a", 7)

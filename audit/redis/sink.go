@@ -4,6 +4,9 @@
 //
 // The stream is <prefix>audit; each entry has one field, "event", holding
 // the event's JSON (audit.Event.AppendJSON).
+//
+// It is not the queue in front of a sink (audit.Logger) and does not dial
+// Redis: it takes the key store's client.
 package redis
 
 import (

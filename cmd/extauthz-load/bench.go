@@ -113,7 +113,7 @@ func runBench(ctx context.Context, scs []Scenario, o BenchOptions) ([]*ScenarioR
 		r.Closed, r.Open = mergeLoad(closed), mergeLoad(open)
 		r.ServerRSSKiB, _ = rssKiB(d.server.pid())
 		if d.redis != nil {
-			r.RedisRSSKiB, _ = rssKiB(d.redis.pid())
+			r.RedisRSSKiB, _ = rssKiB(d.redis.PID())
 		}
 	}
 	if o.Profile != "" {

@@ -24,7 +24,7 @@ import (
 // and the request decoding every grpc-go ext_authz server gets from the
 // generated code (proto.Unmarshal of the whole CheckRequest), and no
 // decision at all. extauthz decodes only the fields it reads
-// (authz/wire.go), which costs less than that decoding: so it can measure
+// (authz/envoy/wire.go), which costs less than that decoding: so it can measure
 // below 1.00×, and the handler's own cost is what --profile shows.
 type noopServer struct {
 	authv3.UnimplementedAuthorizationServer

@@ -8,14 +8,14 @@ import (
 func TestPerfScriptCountsEachFunctionOncePerSample(t *testing.T) {
 	script := `extauthz 
 	          9f83f1 runtime.mallocgc
-	          9f8cb5 github.com/extauthz/extauthz/authz.(*CheckServer).response
-	          a0fdbc github.com/extauthz/extauthz/authz.(*CheckServer).check
+	          9f8cb5 github.com/extauthz/extauthz/authz/envoy.(*CheckServer).response
+	          a0fdbc github.com/extauthz/extauthz/authz/envoy.(*CheckServer).check
 	          90ec1 runtime.goexit.abi0
 
 extauthz 
 	           774a5 runtime.mallocgc
 	           6e475 runtime.mallocgc
-	           6ea69 github.com/extauthz/extauthz/authz.(*CheckServer).check
+	           6ea69 github.com/extauthz/extauthz/authz/envoy.(*CheckServer).check
 
 extauthz 
 	           90e60 runtime.gcBgMarkWorker
@@ -27,7 +27,7 @@ extauthz
 	if s.samples != 3 {
 		t.Fatalf("%d samples, want 3", s.samples)
 	}
-	check := "github.com/extauthz/extauthz/authz.(*CheckServer).check"
+	check := "github.com/extauthz/extauthz/authz/envoy.(*CheckServer).check"
 	if s.inclusive[check] != 2 || s.self[check] != 0 {
 		t.Errorf("Check: inclusive %d self %d, want 2 and 0", s.inclusive[check], s.self[check])
 	}

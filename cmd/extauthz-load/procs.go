@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,13 +12,12 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	goredis "github.com/redis/go-redis/v9"
 )
 
-// child is a process the load tool started: a server under test, the no-op
-// server, or a redis-server. It is stopped by its own pid, and dies with the
-// load tool (Pdeathsig) if the tool is killed first.
+// child is a process the load tool started: a server under test or the
+// no-op server (Redis is started through internal/redistest). It is stopped
+// by its own pid, and dies with the load tool (Pdeathsig) if the tool is
+// killed first.
 type child struct {
 	name string
 	cmd  *exec.Cmd
@@ -132,56 +129,6 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// startRedis runs a throwaway redis-server on a free port, without
-// persistence (as internal/redistest does for tests).
-func startRedis(dir string) (*child, string, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, "", fmt.Errorf("redis-server not found on PATH (install the redis-server package): %w", err)
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, "", err
-	}
-	rdir := filepath.Join(dir, "redis")
-	if err := os.MkdirAll(rdir, 0o700); err != nil {
-		return nil, "", err
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	c, err := startChild("redis", dir, os.Environ(), nil, bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", rdir,
-		"--save", "", "--appendonly", "no", "--protected-mode", "no")
-	if err != nil {
-		return nil, "", err
-	}
-	client := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-	defer client.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err = client.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return c, addr, nil
-		}
-		if time.Now().After(deadline) {
-			c.stop()
-			return nil, "", fmt.Errorf("redis-server on %s did not answer PING: %w\n%s", addr, err, tail(c.log, 20))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // startExtauthz runs `extauthz serve --config cfg` and returns its gRPC and

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -53,7 +54,7 @@ var scenarios = []Scenario{
 }
 
 // exactRate is below the smallest limit the Redis limiter leases (2·2000,
-// ratelimit/lease.go), so every check is one Redis call; a bench run's 100
+// ratelimit/redis/lease.go), so every check is one Redis call; a bench run's 100
 // keys never reach it.
 const exactRate = "3999/s"
 
@@ -171,7 +172,8 @@ var pepper = "extauthz-load-pepper-not-a-secret"
 type deployment struct {
 	sc                 Scenario
 	dir                string
-	server, redis      *child
+	server             *child
+	redis              *redistest.Server
 	grpcAddr, httpAddr string
 	traffic            *Traffic
 	target             *target
@@ -186,7 +188,7 @@ func (d *deployment) close() {
 		d.server.stop()
 	}
 	if d.redis != nil {
-		d.redis.stop()
+		d.redis.Stop()
 	}
 }
 
@@ -194,7 +196,7 @@ func (d *deployment) close() {
 func (d *deployment) meters() meters {
 	m := meters{serverPID: d.server.pid(), extra: map[string]int{}}
 	if d.redis != nil {
-		m.extra["redis"] = d.redis.pid()
+		m.extra["redis"] = d.redis.PID()
 	}
 	return m
 }
@@ -238,11 +240,10 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 		store := fmt.Sprintf("{backend: embedded, path: %q}", filepath.Join(d.dir, "extauthz.db"))
 		redisURL := ""
 		if sc.Store == "redis" {
-			var addr string
-			if d.redis, addr, err = startRedis(d.dir); err != nil {
+			if d.redis, err = redistest.Run(filepath.Join(d.dir, "redis")); err != nil {
 				return nil, err
 			}
-			redisURL = "redis://" + addr + "/0"
+			redisURL = d.redis.URL(0)
 			store = fmt.Sprintf("{backend: redis, redis: {url: %q, prefix: %q}}", redisURL, "load:")
 		}
 		cfg := filepath.Join(d.dir, "extauthz.yaml")
@@ -252,8 +253,12 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 		perms := []string{"read:users", "read:reports"}
 		if sc.Scale > 0 {
 			logf("inserting %d keys into Redis with %d goroutines", sc.Scale, o.ScaleInsert)
+			rate, err := keystore.ParseRateLimit(sc.KeyRate)
+			if err != nil {
+				return nil, err
+			}
 			valid, err = bulkInsert(ctx, redisURL, "load:", []byte(pepper),
-				keystore.Spec{Permissions: perms, RateLimit: sc.KeyRate}, sc.Scale, o.ScaleInsert, o.Log)
+				keystore.Spec{Permissions: perms, RateLimit: rate}, sc.Scale, o.ScaleInsert, o.Log)
 			if err != nil {
 				return nil, err
 			}

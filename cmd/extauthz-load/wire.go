@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/extauthz/extauthz/authz"
 )
 
 // The load tool must spend as little CPU as it can: it shares the machine
@@ -278,13 +280,13 @@ func eachVarint(b []byte, want protowire.Number, fn func(uint64)) error {
 	return nil
 }
 
-// knownCodes are SPEC §3's deny codes: counting them allocates nothing.
+// knownCodes are the decision's deny codes, interned: counting them
+// allocates nothing.
 var knownCodes = map[string]string{}
 
 func init() {
-	for _, c := range []string{"bad_request", "no_route", "missing_key", "invalid_key", "revoked_key",
-		"expired_key", "ip_not_allowed", "permission_denied", "rate_limited", "unavailable"} {
-		knownCodes[c] = c
+	for _, c := range authz.Codes() {
+		knownCodes[string(c)] = string(c)
 	}
 }
 

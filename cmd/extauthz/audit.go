@@ -5,47 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"time"
 
-	"github.com/extauthz/extauthz/audit"
 	auditredis "github.com/extauthz/extauthz/audit/redis"
-	"github.com/extauthz/extauthz/config"
-	"github.com/extauthz/extauthz/keystore"
 )
-
-// newAuditLogger returns the configured audit sink behind a non-blocking
-// queue: the Redis stream, w (stdout for the server, stderr for the CLI,
-// whose stdout is the command's own output), or nowhere.
-func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.Logger) *audit.Logger {
-	var sink audit.Sink
-	switch cfg.Audit.Sink {
-	case "redis":
-		sink = auditredis.NewSink(be.redis, cfg.Store.Redis.Prefix, cfg.Audit.StreamCap)
-	case "none":
-		return nil // a nil Logger drops at Record: no queue, no goroutine woken per decision
-	default:
-		sink = audit.NewWriterSink(w)
-	}
-	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger})
-}
-
-// recordChanges makes key changes audit events.
-func recordChanges(l *audit.Logger) func(kind string, k *keystore.Key, actor string) {
-	return func(kind string, k *keystore.Key, actor string) {
-		l.Record(audit.Event{
-			Type: audit.Type(kind), KeyID: k.ID, KeyName: k.Name, Owner: k.Owner,
-			Actor: actor, RotatedFrom: k.RotatedFrom,
-		})
-	}
-}
-
-// closeAudit flushes queued events, waiting at most a few seconds.
-func closeAudit(l *audit.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = l.Close(ctx)
-}
 
 // auditCmd is "extauthz audit tail [--key ID] [-f] [-n N]".
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
 )
 
@@ -21,7 +20,7 @@ func configCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	policy, err := authz.NewPolicy(cfg)
+	policy, err := newPolicy(cfg)
 	if err != nil {
 		return err
 	}

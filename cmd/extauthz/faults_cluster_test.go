@@ -312,7 +312,9 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	sc.node = tp.recordsMaster(t, prefix)
 	// The metered key: its counters on the failing node, or elsewhere.
 	metered := read
-	metered.RateLimit = fmt.Sprintf("%d/%s", meteredN, meteredW)
+	meteredRate, perr := keystore.ParseRateLimit(fmt.Sprintf("%d/%s", meteredN, meteredW))
+	require.NoError(t, perr)
+	metered.RateLimit = meteredRate
 	for i := 0; sc.metered == ""; i++ {
 		require.Less(t, i, 50, "no key id whose counters land where the scenario needs them")
 		secret, k := mk("metered", metered)

@@ -23,10 +23,11 @@ import (
 )
 
 // These tests run extauthz under a steady load of checks while Redis, or the
-// network to it, fails in five ways, and hold it to SPEC §3 step 10, §5 and
-// §8: a decision is never an RPC error, a cached key keeps working, an
-// uncached one gets a quick 503, nothing waits much longer than the
-// configured timeout, and everything comes back on its own. They log what
+// network to it, fails in five ways, and hold it to the decision's step 10
+// (docs/decision.md), rate limiting's fallback (docs/rate-limiting.md) and
+// what never happens (README): a decision is never an RPC error, a cached
+// key keeps working, an uncached one gets a quick 503, nothing waits much
+// longer than the configured timeout, and everything comes back on its own. They log what
 // they measure on lines starting with "fault:".
 
 const (
@@ -417,7 +418,7 @@ func (rig *faultRig) waitShared(t *testing.T, healed time.Time, done func(now ti
 // TestFaultOnStoreErrorPolicies: with the limiter's store partitioned, a
 // rate-limited route answers what on_store_error says, while a route with no
 // limit keeps allowing the cached key; and the limit comes back after. The
-// route's limit is large enough to be leased (ratelimit/lease.go): requests
+// route's limit is large enough to be leased (ratelimit/redis/lease.go): requests
 // already counted in Redis before the fault may still be handed out at its
 // start, at most one lease's worth, and never once the policy has answered.
 func TestFaultOnStoreErrorPolicies(t *testing.T) {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -34,98 +33,17 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var run func(ctx context.Context, m *keystore.Manager, pos []string) error
 	switch sub {
 	case "create":
-		name := fs.String("name", "", "key name (required)")
-		owner := fs.String("owner", "", "owner (default \"default\")")
-		rate := fs.String("rate", "", "rate limit, e.g. 100/m, or none (default: the configured default)")
-		ttl := fs.Duration("ttl", 0, "expire after this long, e.g. 24h (default: never)")
-		var perms, ips listFlag
-		fs.Var(&perms, "perm", "permission (repeatable, or comma-separated)")
-		fs.Var(&ips, "ip", "allowed client CIDR or address (repeatable)")
-		run = func(ctx context.Context, m *keystore.Manager, pos []string) error {
-			if err := noArgs(pos); err != nil {
-				return err
-			}
-			spec := keystore.Spec{Name: *name, Owner: *owner, Permissions: perms, RateLimit: *rate}
-			if len(perms) == 0 {
-				return fmt.Errorf("%w: --perm is required (a key without permissions can only pass routes with none)", errUsage)
-			}
-			if *ttl < 0 {
-				return &keystore.FieldError{Field: "ttl", Message: "must be positive"}
-			}
-			if *ttl > 0 {
-				exp := time.Now().UTC().Add(*ttl)
-				spec.ExpiresAt = &exp
-			}
-			var err error
-			if spec.IPAllowlist, err = config.ParseCIDRs(ips); err != nil {
-				return &keystore.FieldError{Field: "ip", Message: err.Error()}
-			}
-			secret, k, err := m.Create(ctx, spec, "cli")
-			if err != nil {
-				return describe(err, m)
-			}
-			return printNewKey(stdout, *asJSON, secret, k, "")
-		}
+		run = createCmd(fs, stdout, asJSON)
 	case "list":
-		owner := fs.String("owner", "", "only this owner's keys")
-		all := fs.Bool("all", false, "include revoked and expired keys")
-		run = func(ctx context.Context, m *keystore.Manager, pos []string) error {
-			if err := noArgs(pos); err != nil {
-				return err
-			}
-			return listKeys(ctx, m, stdout, *owner, *all, *asJSON)
-		}
+		run = listCmd(fs, stdout, asJSON)
 	case "show":
-		run = func(ctx context.Context, m *keystore.Manager, pos []string) error {
-			id, err := oneID(pos)
-			if err != nil {
-				return err
-			}
-			k, err := m.Store.Get(ctx, id)
-			if err != nil {
-				return describeID(err, id)
-			}
-			if *asJSON {
-				return writeJSON(stdout, k)
-			}
-			printKey(stdout, k, time.Now())
-			return nil
-		}
+		run = showCmd(fs, stdout, asJSON)
 	case "update":
 		run = updateCmd(fs, stdout, asJSON)
 	case "revoke":
-		run = func(ctx context.Context, m *keystore.Manager, pos []string) error {
-			id, err := oneID(pos)
-			if err != nil {
-				return err
-			}
-			k, err := m.Revoke(ctx, id, "cli")
-			if err != nil {
-				return describeID(err, id)
-			}
-			if *asJSON {
-				return writeJSON(stdout, k)
-			}
-			fmt.Fprintf(stdout, "revoked %s (%s) at %s\n", k.ID, shown(k.Name), k.RevokedAt.Format(time.RFC3339))
-			return nil
-		}
+		run = revokeCmd(fs, stdout, asJSON)
 	case "rotate":
-		grace := fs.Duration("grace", 24*time.Hour, "how long the old key keeps working (0 = stop now)")
-		run = func(ctx context.Context, m *keystore.Manager, pos []string) error {
-			id, err := oneID(pos)
-			if err != nil {
-				return err
-			}
-			secret, k, err := m.Rotate(ctx, id, *grace, "cli")
-			if err != nil {
-				if errors.Is(err, keystore.ErrNotLive) {
-					return fmt.Errorf("rotate %s: the key is revoked or expired; create a new key instead", id)
-				}
-				return describeID(err, id)
-			}
-			note := fmt.Sprintf("The old key %s stops working at %s.", id, time.Now().UTC().Add(*grace).Format(time.RFC3339))
-			return printNewKey(stdout, *asJSON, secret, k, note)
-		}
+		run = rotateCmd(fs, stdout, asJSON)
 	default:
 		return fmt.Errorf("%w: unknown keys subcommand %q", errUsage, sub)
 	}
@@ -151,10 +69,7 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer be.Close()
-	m, err := be.manager(cfg)
-	if err != nil {
-		return err
-	}
+	m := be.manager(cfg)
 	auditLog := newAuditLogger(cfg, be, stderr, slog.New(slog.NewTextHandler(stderr, nil)))
 	defer closeAudit(auditLog)
 	m.OnChange = recordChanges(auditLog)
@@ -198,113 +113,6 @@ func describe(err error, m *keystore.Manager) error {
 	return err
 }
 
-// updateCmd is "keys update ID [flags]": it changes only what its flags
-// name. The CLI acts as the operator: it may lift any restriction and bring
-// an expired key back, within keys.max_per_owner, but like every change it
-// never touches a revoked or rotated-away key.
-func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
-	name := fs.String("name", "", "new name")
-	rate := fs.String("rate", "", "new rate limit, e.g. 100/m, none, or default (the configured default)")
-	ttl := fs.Duration("ttl", 0, "expire this long from now, e.g. 24h")
-	expiresAt := fs.String("expires-at", "", "expire at this RFC 3339 time")
-	noExpiry := fs.Bool("no-expiry", false, "never expire")
-	anyIP := fs.Bool("any-ip", false, "allow any client address (clear the allowlist)")
-	var perms, ips listFlag
-	fs.Var(&perms, "perm", "the new permissions (repeatable, or comma-separated; replaces them all)")
-	fs.Var(&ips, "ip", "the new allowed client CIDRs or addresses (repeatable; replaces the allowlist)")
-	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
-		id, err := oneID(pos)
-		if err != nil {
-			return err
-		}
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		var p keystore.Patch
-		if set["name"] {
-			p.Name = name
-		}
-		if set["perm"] {
-			p.Permissions = (*[]string)(&perms)
-		}
-		if set["rate"] {
-			r := strings.TrimSpace(*rate)
-			if r == "default" {
-				r = ""
-			}
-			p.RateLimit = &r
-		}
-		switch {
-		case set["ip"] && *anyIP:
-			return fmt.Errorf("%w: give --ip or --any-ip, not both", errUsage)
-		case set["ip"]:
-			allow, err := config.ParseCIDRs(ips)
-			if err != nil {
-				return &keystore.FieldError{Field: "ip", Message: err.Error()}
-			}
-			p.IPAllowlist = &allow
-		case *anyIP:
-			allow := []netip.Prefix{}
-			p.IPAllowlist = &allow
-		}
-		if n := btoi(set["ttl"]) + btoi(set["expires-at"]) + btoi(*noExpiry); n > 1 {
-			return fmt.Errorf("%w: give one of --ttl, --expires-at and --no-expiry", errUsage)
-		}
-		var exp *time.Time
-		switch {
-		case set["ttl"]:
-			if *ttl <= 0 {
-				return &keystore.FieldError{Field: "ttl", Message: "must be positive"}
-			}
-			t := time.Now().UTC().Add(*ttl)
-			exp = &t
-			p.ExpiresAt = &exp
-		case set["expires-at"]:
-			t, err := time.Parse(time.RFC3339, *expiresAt)
-			if err != nil {
-				return &keystore.FieldError{Field: "expires-at", Message: `want an RFC 3339 time like "2030-01-02T15:04:05Z"`}
-			}
-			t = t.UTC()
-			exp = &t
-			p.ExpiresAt = &exp
-		case *noExpiry:
-			p.ExpiresAt = &exp
-		}
-		if p == (keystore.Patch{}) {
-			return fmt.Errorf("%w: nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at or --no-expiry", errUsage)
-		}
-		k, err := m.Update(ctx, id, p, nil, "cli")
-		if err != nil {
-			return describeID(describe(err, m), id)
-		}
-		if *asJSON {
-			return writeJSON(stdout, k)
-		}
-		printKey(stdout, k, time.Now())
-		return nil
-	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// printNewKey prints a created or rotated key. The secret appears here and
-// nowhere else, ever.
-func printNewKey(w io.Writer, asJSON bool, secret string, k *keystore.Key, note string) error {
-	if asJSON {
-		return writeJSON(w, keystore.Created{Key: k, Secret: secret})
-	}
-	printKey(w, k, time.Now())
-	fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", secret)
-	if note != "" {
-		fmt.Fprintln(w, note)
-	}
-	return nil
-}
-
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -318,7 +126,7 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	row("name", shown(k.Name))
 	row("owner", shown(k.Owner))
 	row("permissions", shown(strings.Join(k.Permissions, ", ")))
-	rate := k.RateLimit
+	rate := k.RateLimit.String()
 	if rate == "" {
 		rate = "(default)"
 	}
@@ -365,37 +173,4 @@ func fmtTime(t *time.Time, none string) string {
 		return none
 	}
 	return t.UTC().Format(time.RFC3339)
-}
-
-// listKeys prints every page; --json prints one array.
-func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner string, all, asJSON bool) error {
-	now := time.Now()
-	var keys []*keystore.Key
-	opts := keystore.ListOptions{Owner: owner, IncludeRevoked: all, Now: now, Limit: 1000}
-	for {
-		page, next, err := m.Store.List(ctx, opts)
-		if err != nil {
-			return err
-		}
-		keys = append(keys, page...)
-		if next == "" {
-			break
-		}
-		opts.After = next
-	}
-	if asJSON {
-		if keys == nil {
-			keys = []*keystore.Key{}
-		}
-		return writeJSON(w, keys)
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
-	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
-			k.StatusAt(now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "%d key(s)\n", len(keys))
-	return nil
 }

@@ -1,6 +1,12 @@
 // Command extauthz is an Envoy external-authorization service for API keys:
 // it serves the ext_authz gRPC API (and an HTTP forward-auth API), and
 // manages keys from the command line. See README.md.
+//
+// This package is the wiring: one file per subcommand (serve.go, keys.go and
+// keys_*.go, config.go, audit.go, healthcheck.go, version.go), and the files
+// that turn the config into the other packages' own types and start them
+// (policy.go, store.go, auditlog.go, listeners.go, observe.go, reload.go,
+// sweep.go).
 package main
 
 import (
@@ -16,9 +22,6 @@ import (
 
 	"github.com/extauthz/extauthz/config"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 const usage = `usage: extauthz <command> [flags]
 
@@ -68,7 +71,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "healthcheck":
 		err = healthcheckCmd(ctx, rest)
 	case "version", "--version", "-v":
-		fmt.Fprintln(stdout, "extauthz", version)
+		versionCmd(stdout)
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -11,12 +11,6 @@ import (
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// allCodes are the decision outcomes, "allow" first, so each has its
-// counter made up front and the hot path does no label lookup.
-var allCodes = []authz.Code{"", authz.CodeBadRequest, authz.CodeNoRoute, authz.CodeMissingKey, authz.CodeInvalidKey,
-	authz.CodeRevokedKey, authz.CodeExpiredKey, authz.CodeIPNotAllowed, authz.CodePermissionDenied,
-	authz.CodeRateLimited, authz.CodeUnavailable}
-
 // observer turns every decision into metrics and an audit event. Neither
 // blocks: counters are atomic and the audit queue drops when full.
 type observer struct {
@@ -37,7 +31,9 @@ func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
 		}),
 		audit: auditLog,
 	}
-	for _, c := range allCodes {
+	// Every outcome, allow ("") first, has its counter made up front, so
+	// the hot path does no label lookup.
+	for _, c := range append([]authz.Code{""}, authz.Codes()...) {
 		label := string(c)
 		if c == "" {
 			label = "allow"

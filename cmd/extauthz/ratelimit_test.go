@@ -23,7 +23,7 @@ func TestTwoReplicasShareOneCount(t *testing.T) {
 	r := redistest.Start(t)
 	yaml := fmt.Sprintf("store: {backend: redis, redis: {url: %q}}\n%s", r.URL(0), testRoutes)
 	a, b := startServer(t, yaml), startServer(t, yaml)
-	key, _ := a.create(t, keystore.Spec{Name: "shared", Permissions: []string{"read:users"}, RateLimit: "25/m"})
+	key, _ := a.create(t, keystore.Spec{Name: "shared", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "25/m")})
 
 	var allowed, limited atomic.Int64
 	var wg sync.WaitGroup
@@ -106,4 +106,12 @@ routes:
 			assert.Equal(t, "rate_limited", code, "the reloaded route still counts the DELETEs made")
 		})
 	}
+}
+
+// rateLimit is the key rate limit s, which must parse.
+func rateLimit(t testing.TB, s string) keystore.RateLimit {
+	t.Helper()
+	r, err := keystore.ParseRateLimit(s)
+	require.NoError(t, err)
+	return r
 }

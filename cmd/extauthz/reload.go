@@ -61,9 +61,9 @@ func (s *server) reload(why string) {
 	cfg, err := config.Load(s.cfgPath)
 	if err == nil {
 		var policy *authz.Policy
-		if policy, err = authz.NewPolicy(cfg); err == nil {
+		if policy, err = newPolicy(cfg); err == nil {
 			s.authz.SetPolicy(policy)
-			s.httpMode.SetMode(authz.NewHTTPMode(cfg))
+			s.httpMode.SetMode(httpMode(cfg))
 		}
 	}
 	if err != nil {

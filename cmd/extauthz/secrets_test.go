@@ -134,7 +134,7 @@ func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
 		}
 	}
 
-	// The audit events say who did what, with the fields of SPEC §7a.
+	// The audit events say who did what, with the fields of docs/operations.md.
 	var decisions, changes []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(events.String()))
 	for sc.Scan() {

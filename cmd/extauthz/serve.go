@@ -26,10 +26,13 @@ import (
 	"github.com/extauthz/extauthz/admin"
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/envoy"
+	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/gcfloor"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
+	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
 )
 
 // serveCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
@@ -53,7 +56,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	return srv.run(ctx)
 }
 
-// Caps of the gRPC listener beyond authz.MaxCheckRequestBytes: the HTTP/2
+// Caps of the gRPC listener beyond envoy.MaxCheckRequestBytes: the HTTP/2
 // header list of one call (Envoy's metadata: a few hundred bytes) and the
 // calls one connection may have in flight (Envoy opens another connection
 // past it).
@@ -91,7 +94,7 @@ type server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	http     *http.Server
-	httpMode *authz.HTTPServer
+	httpMode *forwardauth.Server
 	audit    *audit.Logger
 	metrics  *prometheus.Registry
 
@@ -115,7 +118,7 @@ type server struct {
 // newServer builds a server from cfg without listening yet; audit events
 // with the stdout sink go to auditOut.
 func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*server, error) {
-	policy, err := authz.NewPolicy(cfg)
+	policy, err := newPolicy(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +160,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// Caps on what one connection can make the server hold: a
 		// CheckRequest (its headers are capped again inside it, answered
 		// 400), the HTTP/2 metadata of a call, the calls in flight.
-		grpc.MaxRecvMsgSize(authz.MaxCheckRequestBytes),
+		grpc.MaxRecvMsgSize(envoy.MaxCheckRequestBytes),
 		grpc.MaxHeaderListSize(grpcMaxMetadataBytes),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
 		// A fixed pool of stream workers instead of a goroutine per check,
@@ -165,15 +168,15 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// 30.0 → 26.0 µs of server CPU per check.
 		grpc.NumStreamWorkers(64),
 		// Check requests are decoded straight into what the decision
-		// reads, not into the whole CheckRequest (authz/wire.go).
-		authz.ServerCodec(),
+		// reads, not into the whole CheckRequest (authz/envoy/wire.go).
+		envoy.ServerCodec(),
 	)
-	authz.Register(s.grpc, &authz.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
+	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
-	s.httpMode = authz.NewHTTPServer(s.authz, authz.NewHTTPMode(cfg), obs)
+	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), obs)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
@@ -197,10 +200,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 // buildAdmin makes the admin API (its own listener, meant to stay private)
 // and, when configured, mounts the GitHub leak endpoint on the public mux.
 func (s *server) buildAdmin(public *http.ServeMux) error {
-	m, err := s.be.manager(s.cfg)
-	if err != nil {
-		return err
-	}
+	m := s.be.manager(s.cfg)
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
 		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit}
@@ -351,19 +351,15 @@ type limiter interface {
 
 // newLimiter returns the shared Redis limiter with the Redis store (with the
 // configured fallback when Redis fails), else a local one: with the embedded
-// store each process limits on its own (SPEC §4).
+// store each process limits on its own (docs/rate-limiting.md).
 func newLimiter(cfg *config.Config, be *backend) (limiter, error) {
 	if be.redis == nil {
 		return localLimiter{ratelimit.NewLocal(nil, 0)}, nil
 	}
-	var policy ratelimit.StoreErrorPolicy
-	if err := policy.UnmarshalText([]byte(cfg.RateLimit.OnStoreError)); err != nil {
-		return nil, err
-	}
-	return ratelimit.NewRedis(be.redis, ratelimit.RedisOptions{
+	return rlredis.New(be.redis, rlredis.Options{
 		Prefix:       cfg.Store.Redis.Prefix,
 		Timeout:      time.Duration(cfg.Store.Redis.Timeout),
-		OnStoreError: policy,
+		OnStoreError: cfg.RateLimit.OnStoreError,
 	})
 }
 
@@ -383,11 +379,7 @@ func recoverHTTP(logger *slog.Logger, where string, h http.Handler) http.Handler
 					panic(v)
 				}
 				authz.LogPanic(logger, where, v)
-				w.Header().Set("Content-Type", "application/json")
-				w.Header().Set("X-Authz-Code", string(authz.CodeUnavailable))
-				w.Header().Set("Retry-After", "1")
-				w.WriteHeader(http.StatusServiceUnavailable)
-				io.WriteString(w, `{"error":"internal error","code":"unavailable"}`)
+				forwardauth.WriteError(w, http.StatusServiceUnavailable, authz.CodeUnavailable, "internal error")
 			}
 		}()
 		h.ServeHTTP(w, r)

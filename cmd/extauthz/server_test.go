@@ -141,8 +141,7 @@ func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*ser
 	require.NoError(t, err)
 	be, err := openBackend(cfg)
 	require.NoError(t, err)
-	mgr, err := be.manager(cfg)
-	require.NoError(t, err)
+	mgr := be.manager(cfg)
 
 	ts := &testServer{
 		cfgPath: path, cfg: cfg, srv: srv, conn: conn, client: authv3.NewAuthorizationClient(conn), mgr: mgr,
@@ -293,7 +292,7 @@ func TestDecisionsOverGRPC(t *testing.T) {
 				assert.Equal(t, "session=abc; theme=dark", set["cookie"], "the api_key cookie is cut, the rest kept")
 				for _, o := range ok.GetHeaders() {
 					assert.Equal(t, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, o.GetAppendAction())
-					//lint:ignore SA1019 SPEC §3 requires the deprecated append field to stay unset
+					//lint:ignore SA1019 identity headers overwrite (docs/decision.md): the deprecated append field stays unset
 					assert.Nil(t, o.GetAppend())
 				}
 				assert.ElementsMatch(t, []string{"x-api-key", "x-authz-admin", "X-Authz-Something"}, ok.GetHeadersToRemove())
@@ -371,7 +370,7 @@ func TestHealthService(t *testing.T) {
 }
 
 // grpcurl and ghz find the service through reflection, which goes through
-// the server's codec (authz.ServerCodec) like every other message.
+// the server's codec (envoy.ServerCodec) like every other message.
 func TestReflectionListsAndDescribesTheAuthorizationService(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded"))
 	stream, err := reflectionpb.NewServerReflectionClient(ts.conn).ServerReflectionInfo(context.Background())
@@ -453,7 +452,7 @@ func TestCLIChangesReachARunningServerWithinOneSecond(t *testing.T) {
 
 func TestRotationGivesAGracePeriod(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
-	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: "50/m"})
+	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "50/m")})
 	var rotated map[string]any
 	out := cli(t, "keys", "rotate", old.ID, "--grace", "4s", "--config", ts.cfgPath, "--json")
 	require.NoError(t, json.Unmarshal([]byte(out), &rotated), out)
@@ -495,7 +494,7 @@ func TestServeStopsGracefullyOnSIGTERM(t *testing.T) {
 
 func mustCIDRs(t *testing.T, s ...string) []netip.Prefix {
 	t.Helper()
-	p, err := config.ParseCIDRs(s)
+	p, err := keystore.ParseCIDRs(s)
 	require.NoError(t, err)
 	return p
 }

@@ -82,17 +82,13 @@ func (b *backend) Close() error {
 }
 
 // manager returns the key lifecycle over b with the config's key settings.
-func (b *backend) manager(cfg *config.Config) (*keystore.Manager, error) {
-	format, err := keystore.NewFormat(cfg.Keys.Prefix)
-	if err != nil {
-		return nil, err
-	}
+func (b *backend) manager(cfg *config.Config) *keystore.Manager {
 	return &keystore.Manager{
 		Store:       b.store,
 		Hasher:      keystore.NewHasher(cfg.Hashing.Pepper),
-		Format:      format,
+		Format:      cfg.Keys.Format,
 		MaxPerOwner: cfg.Keys.MaxPerOwner,
-	}, nil
+	}
 }
 
 // ping waits up to d for the store to answer.

@@ -11,6 +11,9 @@
 // collection: the cost of a cycle is then spread over many thousands of
 // checks. Once the live heap exceeds floor (a large cache), GOGC is 100
 // again. GOMEMLIMIT, when set, still caps the heap.
+//
+// It is not a memory limit: it only ever lets the heap grow more between
+// collections, and GOGC set in the environment turns it off.
 package gcfloor
 
 import (

@@ -1,6 +1,10 @@
 // Package redistest starts throwaway redis-server processes for tests, each on
 // a free loopback port with its own directory, stopped when the test ends. No
-// test in this repository talks to a Redis it did not start through here.
+// test in this repository talks to a Redis it did not start through here, and
+// the load tool starts its Redis through Run.
+//
+// It is not for a Redis anyone depends on: servers keep no data unless asked
+// to, and die with the process that started them.
 //
 // Servers can also be started the way a deployment starts them (through a
 // launcher script, with its redis.conf and ACL), over TLS with a throwaway
@@ -91,13 +95,25 @@ func StartWith(tb testing.TB, opts Options) *Server {
 	if s.port == 0 {
 		s.port = FreePort(tb)
 	}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-	port := []string{"--port", strconv.Itoa(s.port)}
 	if opts.TLS {
 		s.TLS = opts.Certs
 		if s.TLS == nil {
 			s.TLS = NewTLSFiles(tb, s.dir)
 		}
+	}
+	s.commandLine()
+	s.start()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// commandLine sets the server's address and arguments from its port,
+// directory, options and certificates.
+func (s *Server) commandLine() {
+	opts := s.opts
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	port := []string{"--port", strconv.Itoa(s.port)}
+	if opts.TLS {
 		port = []string{
 			"--port", "0",
 			"--tls-port", strconv.Itoa(s.port),
@@ -112,16 +128,21 @@ func StartWith(tb testing.TB, opts Options) *Server {
 		s.args = append(s.args, "--save", "", "--appendonly", "no", "--protected-mode", "no")
 	}
 	s.args = append(s.args, opts.Args...)
-	s.start()
-	tb.Cleanup(s.Stop)
-	return s
 }
 
+// start launches the server and fails the test if it does not come up.
 func (s *Server) start() {
 	s.tb.Helper()
+	if err := s.launch(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// launch runs the server process and waits until it answers PING.
+func (s *Server) launch() error {
 	logf, err := os.Create(s.logPath())
 	if err != nil {
-		s.tb.Fatalf("create redis log: %v", err)
+		return fmt.Errorf("create redis log: %w", err)
 	}
 	bin := s.opts.Launcher
 	if bin == "" {
@@ -133,7 +154,8 @@ func (s *Server) start() {
 	// Kept across the launcher's exec: the server dies with the test binary.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		s.tb.Fatalf("start %s: %v", bin, err)
+		logf.Close()
+		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	s.mu.Lock()
 	s.cmd = cmd
@@ -142,8 +164,9 @@ func (s *Server) start() {
 	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
 	if err := s.waitPing(10*time.Second, exited); err != nil {
 		log, _ := os.ReadFile(logf.Name())
-		s.tb.Fatalf("redis-server on %s did not answer PING: %v\n%s", s.Addr, err, log)
+		return fmt.Errorf("redis-server on %s did not answer PING: %w\n%s", s.Addr, err, log)
 	}
+	return nil
 }
 
 func (s *Server) logPath() string {
@@ -239,12 +262,20 @@ func (s *Server) dial() (net.Conn, error) {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freePort()
 	if err != nil {
 		tb.Fatalf("find a free port: %v", err)
 	}
+	return port
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitPing waits until the server answers PING, or its process exits. A

@@ -180,3 +180,30 @@ func TestSentinelSetFailsOver(t *testing.T) {
 	t.Logf("promoted in %v", took)
 	set.Primary.Resume()
 }
+
+// Run is Start for a program that is not a test: it returns an error
+// instead of failing a test, and the caller stops the server.
+func TestRunStartsAServerOutsideATest(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "redis")
+	s, err := Run(dir, "--maxmemory", "10mb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	if s.PID() <= 0 {
+		t.Fatalf("PID %d", s.PID())
+	}
+	if reply, err := s.Do("CONFIG", "GET", "dir"); err != nil || !strings.HasPrefix(reply, "*2") {
+		t.Fatalf("CONFIG GET dir: %q %v", reply, err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("its data directory: %v", err)
+	}
+	s.Stop()
+	if s.PID() != 0 {
+		t.Fatalf("PID %d after Stop", s.PID())
+	}
+	if _, err := s.Do("PING"); err == nil {
+		t.Fatal("the server still answers after Stop")
+	}
+}

@@ -37,6 +37,7 @@ import (
 	redisstore "github.com/extauthz/extauthz/keystore/redis"
 	"github.com/extauthz/extauthz/keystore/storetest"
 	"github.com/extauthz/extauthz/ratelimit"
+	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
 )
 
 // deployedRedis is the directory of the Redis that every shipped deployment
@@ -301,10 +302,10 @@ func requireAllUsed(t *testing.T, perServer []map[string]int, exempt []string) {
 // leasing a large limit, heartbeats, and leaving the heartbeat set.
 func exerciseLimiter(t *testing.T, c, c2 goredis.UniversalClient) {
 	ctx := t.Context()
-	newLimiter := func(c goredis.UniversalClient) *ratelimit.Redis {
+	newLimiter := func(c goredis.UniversalClient) *rlredis.Limiter {
 		// Deny on a Redis error, so that a refused command fails the test
 		// here instead of falling back quietly.
-		lim, err := ratelimit.NewRedis(c, ratelimit.RedisOptions{
+		lim, err := rlredis.New(c, rlredis.Options{
 			Prefix: aclPrefix, OnStoreError: ratelimit.PolicyDeny, Heartbeat: 50 * time.Millisecond, Timeout: 5 * time.Second,
 		})
 		require.NoError(t, err)
@@ -348,7 +349,7 @@ func exerciseLimiter(t *testing.T, c, c2 goredis.UniversalClient) {
 		5*time.Second, 10*time.Millisecond, "the two replicas do not see each other's heartbeat")
 	require.NoError(t, other.Close())
 	require.NoError(t, lim.Close())
-	for _, l := range []*ratelimit.Redis{lim, other} {
+	for _, l := range []*rlredis.Limiter{lim, other} {
 		require.Zero(t, l.Stats().StoreErrors, "Redis refused or failed rate-limit calls")
 		require.Zero(t, l.Stats().Fallback)
 	}
@@ -498,7 +499,7 @@ func TestAMissingCommandIsCaught(t *testing.T) {
 	defer stop()
 	require.NoError(t, store.Watch(watchCtx, func(keystore.Hash) {}), "the watcher rides Redis errors out")
 
-	lim, err := ratelimit.NewRedis(c, ratelimit.RedisOptions{Prefix: aclPrefix, Timeout: 5 * time.Second})
+	lim, err := rlredis.New(c, rlredis.Options{Prefix: aclPrefix, Timeout: 5 * time.Second})
 	require.NoError(t, err)
 	res, err := lim.Allow(t.Context(), []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 5, Window: time.Minute}}})
 	require.NoError(t, err)

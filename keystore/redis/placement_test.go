@@ -19,6 +19,7 @@ import (
 	"github.com/extauthz/extauthz/keystore"
 	redisstore "github.com/extauthz/extauthz/keystore/redis"
 	"github.com/extauthz/extauthz/ratelimit"
+	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
 )
 
 // BenchmarkKeyPlacement measures what keeping every key record in one hash
@@ -107,7 +108,7 @@ func BenchmarkKeyPlacement(b *testing.B) {
 		// What a busy server sends: one script per check for limits too
 		// small to lease, one bucket per key, and a lookup for one check
 		// in ten (a 90% cache hit ratio).
-		lim, err := ratelimit.NewRedis(client, ratelimit.RedisOptions{Prefix: prefix, Timeout: 10 * time.Second, OnStoreError: ratelimit.PolicyDeny})
+		lim, err := rlredis.New(client, rlredis.Options{Prefix: prefix, Timeout: 10 * time.Second, OnStoreError: ratelimit.PolicyDeny})
 		require.NoError(b, err)
 		defer lim.Close()
 		s0 := mastersNow(b, masters)
@@ -258,6 +259,8 @@ func bulkCreate(tb testing.TB, store *redisstore.Store, n int) []keystore.Hash {
 	tb.Helper()
 	hasher := keystore.NewHasher([]byte("placement pepper"))
 	hashes := make([]keystore.Hash, n)
+	perMinute, err := keystore.ParseRateLimit("1000/m")
+	require.NoError(tb, err)
 	var next atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -274,7 +277,7 @@ func bulkCreate(tb testing.TB, store *redisstore.Store, n int) []keystore.Hash {
 				if err == nil {
 					k := &keystore.Key{
 						ID: id, Name: "placement-" + strconv.Itoa(i), Owner: "tenant-" + strconv.Itoa(i%1000),
-						Permissions: []string{"read:users", "write:orders"}, RateLimit: "1000/m", CreatedAt: now,
+						Permissions: []string{"read:users", "write:orders"}, RateLimit: perMinute, CreatedAt: now,
 					}
 					hashes[i] = hasher.Hash(id + "-secret")
 					err = store.Create(context.Background(), k, hashes[i], 0)

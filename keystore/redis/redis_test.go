@@ -17,6 +17,7 @@ import (
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/storetest"
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 func TestMain(m *testing.M) {
@@ -256,6 +257,51 @@ func TestNoPlaintextKeyIsStored(t *testing.T) {
 			require.NotContains(t, name, random, "a key name contains a plaintext key")
 			require.NotContains(t, value, random, "the value of %s contains a plaintext key", name)
 		}
+	}
+}
+
+// Rate limits as the Redis records have always held them (the record's
+// JSON: a string as written, or null for the default) load as typed values
+// and are written back unchanged: a record an earlier version wrote reads as
+// it did then.
+func TestRateLimitsStoredByEarlierVersionsLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+	def := ratelimit.Rate{N: 7, Window: time.Hour}
+	for _, tt := range []struct {
+		stored string // the JSON value of rate_limit
+		text   string
+		rate   ratelimit.Rate
+	}{
+		{"null", "", def},
+		{`"none"`, "none", ratelimit.Rate{}},
+		{`"100/m"`, "100/m", ratelimit.Rate{N: 100, Window: time.Minute}},
+		{`" 100/10m"`, " 100/10m", ratelimit.Rate{N: 100, Window: 10 * time.Minute}},
+		{`"10/fortnight"`, "10/fortnight", def}, // no longer parses: the default, as the decision always read it
+	} {
+		k, h, _ := create(t, s, "alice")
+		record := s.keys.record(h.String())
+		before, err := raw.Get(ctx, record).Result()
+		require.NoError(t, err)
+		require.Contains(t, before, `"rate_limit":null`)
+		require.NoError(t, raw.Set(ctx, record, strings.Replace(before, `"rate_limit":null`, `"rate_limit":`+tt.stored, 1), 0).Err())
+
+		for _, read := range []func() (*keystore.Key, error){
+			func() (*keystore.Key, error) { return s.Get(ctx, k.ID) },
+			func() (*keystore.Key, error) { return s.Lookup(ctx, h) },
+		} {
+			got, err := read()
+			require.NoError(t, err, tt.stored)
+			assert.Equal(t, tt.text, got.RateLimit.String())
+			assert.Equal(t, tt.rate, got.RateLimit.Or(def), tt.stored)
+		}
+		_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.Name = "renamed"; return nil })
+		require.NoError(t, err)
+		after, err := raw.Get(ctx, record).Result()
+		require.NoError(t, err)
+		assert.Contains(t, after, `"rate_limit":`+tt.stored, "a write keeps the text as it was")
 	}
 }
 

@@ -54,7 +54,7 @@ import (
 // single atomic Lua scripts, and a script can only touch keys of one slot.
 // Spreading the records over slots would buy nothing but the loss of that
 // atomicity. The hot writes, the rate-limit counters, live elsewhere and are
-// spread over the cluster by key (package ratelimit).
+// spread over the cluster by key (ratelimit/redis).
 //
 // Lookup, the only call on the request path, is one GET. Ids sort by
 // creation time (keystore.NewID), so List pages through the id sets with

@@ -15,11 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/storetest"
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // childDBEnv, when set, makes the test binary a child process of
@@ -193,6 +195,44 @@ func TestStoreKeepsTimesAsUnixNanosecondsAndOnlyTheHash(t *testing.T) {
 	require.Equal(t, "integer", createdType)
 	require.Equal(t, k.CreatedAt.UnixNano(), created)
 	require.Equal(t, h[:], stored)
+}
+
+// Rate limits as the keys table has always held them, TEXT as written ("" =
+// the default), load as typed values and are written back unchanged: a row
+// an earlier version wrote reads as it did then.
+func TestRateLimitsStoredByEarlierVersionsLoad(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "x.db"))
+	def := ratelimit.Rate{N: 7, Window: time.Hour}
+	for _, tt := range []struct {
+		stored string
+		rate   ratelimit.Rate
+	}{
+		{"", def},
+		{"none", ratelimit.Rate{}},
+		{"100/m", ratelimit.Rate{N: 100, Window: time.Minute}},
+		{" 100/10m", ratelimit.Rate{N: 100, Window: 10 * time.Minute}},
+		{"10/fortnight", def}, // no longer parses: the default, as the decision always read it
+	} {
+		k, h := testKey(t)
+		require.NoError(t, s.Create(t.Context(), k, h, 0))
+		_, err := s.db.Exec(`UPDATE keys SET rate_limit = ? WHERE id = ?`, tt.stored, k.ID)
+		require.NoError(t, err)
+
+		for _, read := range []func() (*keystore.Key, error){
+			func() (*keystore.Key, error) { return s.Get(t.Context(), k.ID) },
+			func() (*keystore.Key, error) { return s.Lookup(t.Context(), h) },
+		} {
+			got, err := read()
+			require.NoError(t, err, "%q", tt.stored)
+			assert.Equal(t, tt.stored, got.RateLimit.String())
+			assert.Equal(t, tt.rate, got.RateLimit.Or(def), "%q", tt.stored)
+		}
+		_, err = s.Update(t.Context(), k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.Name = "renamed"; return nil })
+		require.NoError(t, err)
+		var after string
+		require.NoError(t, s.db.QueryRow(`SELECT rate_limit FROM keys WHERE id = ?`, k.ID).Scan(&after))
+		assert.Equal(t, tt.stored, after, "a write keeps the text as it was")
+	}
 }
 
 func TestAKeySurvivesARestart(t *testing.T) {

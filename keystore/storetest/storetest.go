@@ -224,7 +224,7 @@ func testRoundTrip(t *testing.T, newBackend Backend) {
 		{"a minimal key", func(k *keystore.Key) { k.Permissions = nil }},
 		{"a key with every field set", func(k *keystore.Key) {
 			k.Permissions = []string{"read:users", "write:users", "admin"}
-			k.RateLimit = "100/m"
+			k.RateLimit = rate("100/m")
 			k.IPAllowlist = []netip.Prefix{
 				netip.MustParsePrefix("10.0.0.0/8"),
 				netip.MustParsePrefix("192.0.2.7/32"),
@@ -252,7 +252,7 @@ func testRoundTrip(t *testing.T, newBackend Backend) {
 			k.CreatedAt = now
 			k.ExpiresAt = ptr(now.Add(time.Hour))
 		}},
-		{"a key without a rate limit of its own", func(k *keystore.Key) { k.RateLimit = "none" }},
+		{"a key without a rate limit of its own", func(k *keystore.Key) { k.RateLimit = rate("none") }},
 		{"a key with quotes and non-ASCII text", func(k *keystore.Key) {
 			k.Name = `O'Brien's "test" key; DROP TABLE keys; -- ключ 鍵 🔑`
 			k.Owner = `team "blue" 'ops'`
@@ -451,7 +451,7 @@ func testUpdate(t *testing.T, newBackend Backend) {
 	want := k.Clone()
 	want.Name = "renamed"
 	want.Permissions = []string{"read:users", "read:reports"}
-	want.RateLimit = "10/s"
+	want.RateLimit = rate("10/s")
 	want.IPAllowlist = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
 	want.ExpiresAt = nil
 	want.RevokedAt = ptr(f.base.Add(5 * time.Millisecond))
@@ -541,7 +541,7 @@ func testRotate(t *testing.T, newBackend Backend) {
 			f := newFixture(t, newBackend)
 			s := f.store()
 			old, oldHash := f.create(s, "alice", f.base, func(k *keystore.Key) {
-				k.RateLimit = "5/s"
+				k.RateLimit = rate("5/s")
 				k.IPAllowlist = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 				if tt.oldExpiry != 0 {
 					k.ExpiresAt = ptr(f.base.Add(tt.oldExpiry))
@@ -1062,7 +1062,7 @@ func testWatch(t *testing.T, newBackend Backend) {
 
 			want := tt.change(f, via, existing, existingHash)
 			for _, h := range want {
-				// Within a second of the change returning (SPEC §4).
+				// Within a second of the change returning (docs/keys.md).
 				w.await(h, time.Second, "the change of hash "+h.String()[:8])
 			}
 		})
@@ -1101,4 +1101,13 @@ func testWatchReturns(t *testing.T, newBackend Backend) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Watch did not return within 2s of its context being cancelled")
 	}
+}
+
+// rate is the rate limit s, which must parse.
+func rate(s string) keystore.RateLimit {
+	r, err := keystore.ParseRateLimit(s)
+	if err != nil {
+		panic(err)
+	}
+	return r
 }

@@ -6,7 +6,7 @@
 #   REDIS_PASSWORD           the extauthz user's password (required, at least
 #                            16 characters: openssl rand -base64 32)
 #   REDIS_PASSWORD_PREVIOUS  optional: a second password that also works, for
-#                            a rotation without downtime (see the README)
+#                            a rotation without downtime (docs/operations.md)
 #   REDIS_ACL_FILE           where the rendered ACL goes (default
 #                            /run/redis/users.acl; keep it off the data volume)
 #   REDIS_ACL_EXTRA          optional: a file of more `user` lines appended to

@@ -1,0 +1,46 @@
+package envoy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+
+	"github.com/extauthz/extauthz/authz/authztest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// panickyKeys panics with the hash it was given in the message, as a bug
+// formatting its input might.
+type panickyKeys struct{ secret string }
+
+func (p panickyKeys) Cached(keystore.Hash) (*keystore.Key, keystore.CacheState, error) {
+	return nil, keystore.CacheUnknown, nil
+}
+
+func (p panickyKeys) Lookup(context.Context, keystore.Hash) (*keystore.Key, error) {
+	panic(fmt.Sprintf("boom while handling %s", p.secret))
+}
+
+func TestAPanicInCheckIsA503AndLogsNoKey(t *testing.T) {
+	f := authztest.New(t, nil)
+	f.Rebuild(panickyKeys{secret: f.Good}, nil)
+	var logs bytes.Buffer
+	s := &CheckServer{Authz: f.Authz, Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		Method: "GET", Path: "/api/users", Headers: map[string]string{"x-api-key": f.Good},
+	}}}}
+	resp, err := s.Check(context.Background(), in)
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.Unavailable), resp.GetStatus().GetCode())
+	assert.EqualValues(t, 503, resp.GetDeniedResponse().GetStatus().GetCode())
+	assert.Contains(t, logs.String(), "panic recovered")
+	assert.Contains(t, logs.String(), "panicky", "the stack names the culprit")
+	assert.NotContains(t, logs.String(), f.Good)
+}

@@ -1,0 +1,179 @@
+package envoy
+
+import (
+	"hash/maphash"
+	"sync/atomic"
+	"unicode/utf8"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// okResponse is an allowed CheckResponse in one allocation: its messages
+// and the backing array of headers_to_remove.
+type okResponse struct {
+	resp   authv3.CheckResponse
+	status rpcstatus.Status
+	wrap   authv3.CheckResponse_OkResponse
+	ok     authv3.OkHttpResponse
+	remove [4]string
+}
+
+// response is the one path from a Decision to the CheckResponse Envoy gets.
+//
+// A denial carries the google.rpc status of its code, and the HTTP status,
+// headers and JSON body the client sees. An allow sets the identity headers
+// upstream (overwriting, never appending, so a client's value cannot
+// survive), removes every credential present (a header by name, a query
+// parameter with query_parameters_to_remove, a cookie by rewriting the
+// cookie header without it) and every client header that reads as an
+// x-authz- one, and adds the rate-limit headers to the response.
+func (s *CheckServer) response(req *authz.Request, d *authz.Decision) *authv3.CheckResponse {
+	var buf [8]authz.Header
+	if !d.Allowed() {
+		headers := d.ResponseHeaders(buf[:0])
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(grpcCode(d.Code)), Message: d.Message},
+			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+				Status:  &typev3.HttpStatus{Code: typev3.StatusCode(d.Code.HTTPStatus())},
+				Headers: headerOptions(headers),
+				Body:    d.Body(),
+			}},
+		}
+	}
+	r := &okResponse{}
+	r.resp.Status = &r.status
+	r.resp.HttpResponse = &r.wrap
+	r.wrap.OkResponse = &r.ok
+	ok := &r.ok
+	if d.Key != nil {
+		ok.Headers = s.identityMemo().options(d.Key)
+	}
+	remove := r.remove[:0]
+	var cookies []string // present cookie sources, stripped in one rewrite
+	for i, src := range d.Sources() {
+		if d.Present&(1<<i) == 0 {
+			continue
+		}
+		switch src.Kind() {
+		case authz.SourceHeader:
+			remove = append(remove, src.Name())
+		case authz.SourceQuery:
+			ok.QueryParametersToRemove = append(ok.QueryParametersToRemove, src.Name())
+		case authz.SourceCookie:
+			cookies = append(cookies, src.Name())
+		}
+	}
+	if len(cookies) > 0 {
+		// A cookie header that is not UTF-8 (possible with Envoy's
+		// encode_raw_headers) cannot travel in the response proto: drop the
+		// whole header rather than fail the check or pass the credential on.
+		if rest := authz.CookieWithout(req.Headers.Get("cookie"), cookies...); rest != "" && utf8.ValidString(rest) {
+			// Appending copies: the memoized options are full (len == cap).
+			ok.Headers = append(ok.Headers, headerOptions([]authz.Header{{Key: "cookie", Value: rest}})...)
+		} else {
+			remove = append(remove, "cookie")
+		}
+	}
+	ok.HeadersToRemove = req.AppendSpoofed(remove, d.Key != nil, false)
+	if d.HasRateLimit {
+		ok.ResponseHeadersToAdd = headerOptions(d.ResponseHeaders(buf[:0]))
+	}
+	return &r.resp
+}
+
+// identityMemo returns the server's memo of identity headers, made on first use.
+func (s *CheckServer) identityMemo() *identityMemo {
+	if m := s.identity.Load(); m != nil {
+		return m
+	}
+	s.identity.CompareAndSwap(nil, newIdentityMemo())
+	return s.identity.Load()
+}
+
+// headerOptions turns headers into Envoy's form, each overwriting any header
+// of the same name (never appending, so a client value cannot survive).
+func headerOptions(hs []authz.Header) []*corev3.HeaderValueOption {
+	if len(hs) == 0 {
+		return nil
+	}
+	// One allocation for all the messages, one for the pointers.
+	type pair struct {
+		opt corev3.HeaderValueOption
+		hv  corev3.HeaderValue
+	}
+	pairs := make([]pair, len(hs))
+	opts := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		p := &pairs[i]
+		p.hv.Key, p.hv.Value = h.Key, h.Value
+		p.opt.Header, p.opt.AppendAction = &p.hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		opts[i] = &p.opt
+	}
+	return opts
+}
+
+// grpcCode is the google.rpc code of CheckResponse.status for a decision's
+// code: the one matching its HTTP status.
+func grpcCode(c authz.Code) codes.Code {
+	switch c.HTTPStatus() {
+	case 200:
+		return codes.OK
+	case 400:
+		return codes.InvalidArgument
+	case 401:
+		return codes.Unauthenticated
+	case 403:
+		return codes.PermissionDenied
+	case 429:
+		return codes.ResourceExhausted
+	}
+	return codes.Unavailable
+}
+
+// identitySlots bounds the identity memo: at most this many key records are
+// remembered (and kept alive by it), about 700 bytes each.
+const identitySlots = 4096
+
+// identityMemo remembers, for recently allowed key records, their identity
+// headers already in Envoy's form, so that allowing a cached key builds no
+// header messages: they were most of what a response allocated.
+//
+// Sharing is safe because both sides are read-only: a key record is never
+// modified once the cache hands it out (keystore.Cache.Lookup), and proto
+// messages are only read when marshalled (the size cache they keep is
+// written atomically). A record is recognised by its pointer, which its
+// entry keeps alive, so a new record at a recycled address cannot be
+// mistaken for it. Slots are chosen by key ID, so a record refetched from
+// the store takes over its predecessor's slot.
+type identityMemo struct {
+	seed  maphash.Seed
+	slots [identitySlots]atomic.Pointer[identityEntry]
+}
+
+type identityEntry struct {
+	key  *keystore.Key
+	opts []*corev3.HeaderValueOption // len == cap: appending copies
+}
+
+func newIdentityMemo() *identityMemo { return &identityMemo{seed: maphash.MakeSeed()} }
+
+// options returns k's identity headers in Envoy's form. The slice is shared:
+// callers may append to it (that copies) but not modify it.
+func (m *identityMemo) options(k *keystore.Key) []*corev3.HeaderValueOption {
+	slot := &m.slots[maphash.String(m.seed, k.ID)%identitySlots]
+	if e := slot.Load(); e != nil && e.key == k {
+		return e.opts
+	}
+	var buf [4]authz.Header
+	opts := headerOptions(authz.AppendIdentityHeaders(buf[:0], k))
+	opts = opts[:len(opts):len(opts)]
+	slot.Store(&identityEntry{key: k, opts: opts})
+	return opts
+}

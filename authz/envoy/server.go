@@ -1,0 +1,151 @@
+// Package envoy is the decision's face to Envoy: the
+// envoy.service.auth.v3.Authorization gRPC service (ext_authz), which reads
+// a CheckRequest into an authz.Request, has authz decide, and answers with
+// the CheckResponse of the Decision. Its codec decodes CheckRequests straight
+// from the wire (wire.go), and response.go is the one path from a Decision
+// to a CheckResponse.
+//
+// It is not the decision (package authz) and does not listen: cmd/extauthz
+// registers it on its gRPC server.
+package envoy
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/extauthz/extauthz/authz"
+)
+
+// MaxCheckRequestBytes is the largest CheckRequest the gRPC server accepts
+// (grpc.MaxRecvMsgSize): room for authz.MaxHeaderBytes of headers and the
+// rest of what Envoy sends. A larger message is an RPC error, which Envoy
+// answers with its status_on_error.
+const MaxCheckRequestBytes = 1 << 20
+
+// CheckServer is Envoy's envoy.service.auth.v3.Authorization over an
+// authz.Authorizer.
+type CheckServer struct {
+	authv3.UnimplementedAuthorizationServer
+	Authz    *authz.Authorizer
+	Observer authz.Observer // may be nil
+	Logger   *slog.Logger   // for recovered panics; may be nil
+
+	identity atomic.Pointer[identityMemo] // made on first use
+}
+
+// checkState is the request and decision of one check, reused through
+// checkStates: handing them to the Observer interface would otherwise put
+// both on the heap for every check.
+type checkState struct {
+	req  authz.Request
+	d    authz.Decision
+	hdrs authz.HeaderList // req.Headers when decoded by the server's codec
+}
+
+var checkStates = sync.Pool{New: func() any { return new(checkState) }}
+
+// maxKeptHeaders bounds the header entries a pooled checkState keeps room
+// for: one huge request must not pin its array for good.
+const maxKeptHeaders = 64
+
+// reset empties st for its next check. Nothing of st outlives a check: the
+// response and the observer copy what they keep (strings, which are
+// immutable); the header array is kept, cleared so that it pins no strings.
+func (st *checkState) reset() {
+	hdrs := st.hdrs[:0]
+	if cap(hdrs) > maxKeptHeaders {
+		hdrs = nil
+	}
+	clear(hdrs[:cap(hdrs)])
+	*st = checkState{hdrs: hdrs}
+}
+
+// Check answers one ext_authz request. A denial is a CheckResponse with a
+// non-OK status, never an RPC error: Envoy treats an RPC error as a failure
+// of the authorization service, not as a denial. A panic is recovered into
+// a 503 denial.
+func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	st := checkStates.Get().(*checkState)
+	st.req = RequestFromCheck(in)
+	return s.check(ctx, st), nil
+}
+
+// check decides st.req and answers it, then returns st to checkStates.
+func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.CheckResponse) {
+	defer func() {
+		if r := recover(); r != nil {
+			authz.LogPanic(s.Logger, "check", r)
+			var d authz.Decision
+			d.Deny(authz.CodeUnavailable, "")
+			resp = s.response(&authz.Request{Headers: authz.HeaderMap{}}, &d)
+		}
+	}()
+	start := time.Now()
+	s.Authz.Decide(ctx, &st.req, &st.d)
+	resp = s.response(&st.req, &st.d)
+	if s.Observer != nil {
+		s.Observer.Observe(&st.req, &st.d, time.Since(start))
+	}
+	st.reset()
+	checkStates.Put(st)
+	return resp
+}
+
+// RequestFromCheck reads the attributes of a CheckRequest; any part may be
+// missing (the getters are nil-safe), which the decision's first step then
+// rejects. A request past authz.MaxHeaders or authz.MaxHeaderBytes gets no
+// headers and Malformed set.
+func RequestFromCheck(in *authv3.CheckRequest) authz.Request {
+	attrs := in.GetAttributes()
+	h := attrs.GetRequest().GetHttp()
+	req := authz.Request{
+		Method:         h.GetMethod(),
+		Path:           h.GetPath(),
+		Host:           h.GetHost(),
+		Peer:           attrs.GetSource().GetAddress().GetSocketAddress().GetAddress(),
+		XFFTrustedHops: -1,
+	}
+	headers := h.GetHeaders()
+	for k, v := range headers {
+		req.NoteHeader(k, v)
+	}
+	if len(headers) == 0 && h.GetHeaderMap() != nil {
+		headers = joinHeaderMap(h.GetHeaderMap().GetHeaders(), &req)
+	}
+	if req.Malformed != "" {
+		headers = nil
+	}
+	req.Headers = authz.HeaderMap(headers)
+	return req
+}
+
+// joinHeaderMap reads Envoy's header_map (encode_raw_headers) for req:
+// names lower-cased, the values of a repeated name joined with "," as Envoy
+// joins them in the headers map. It is linear in the entries (each name's
+// values are joined once), and returns nil past the header limits.
+func joinHeaderMap(entries []*corev3.HeaderValue, req *authz.Request) map[string]string {
+	values := make(map[string][]string, len(entries))
+	for _, hv := range entries {
+		v := hv.GetValue()
+		if v == "" {
+			v = string(hv.GetRawValue())
+		}
+		name := strings.ToLower(hv.GetKey())
+		if !req.NoteHeader(name, v) {
+			return nil
+		}
+		values[name] = append(values[name], v)
+	}
+	headers := make(map[string]string, len(values))
+	for name, vs := range values {
+		headers[name] = strings.Join(vs, ",")
+	}
+	return headers
+}

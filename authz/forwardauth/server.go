@@ -1,0 +1,228 @@
+// Package forwardauth is the decision's face to HTTP: the forward-auth
+// endpoint that proxies which call an HTTP auth service ask (Envoy's
+// http_service, nginx auth_request, Traefik ForwardAuth, Caddy
+// forward_auth), and the two pieces every HTTP entry point of extauthz
+// shares, so that all of them read a request and answer an error alike:
+// NewRequest, which reads an *http.Request into an authz.Request through one
+// header adapter (authz.HeaderLines) and the decision's header limits, and
+// WriteError and WriteDenial, the one writer of the JSON error answer. The
+// admin API authenticates its callers with them.
+//
+// It is not the decision (package authz) and does not listen: cmd/extauthz
+// mounts its handler on the HTTP listener.
+package forwardauth
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/extauthz/extauthz/authz"
+)
+
+// Mode is how the endpoint learns the original request: docs/http-mode.md
+// tells each convention and the proxies that use it.
+type Mode struct {
+	Prefix   string // e.g. "/authz": this path and those below it are decisions
+	Original string // "path", "x-original" or "x-forwarded"
+	XFFHops  int    // trusted X-Forwarded-For hops for the client IP
+}
+
+// Server answers the decision over plain HTTP for proxies that call an HTTP
+// auth service. Allow is exactly 200 with the identity and rate-limit
+// headers; a denial is the status, headers and JSON body of the gRPC mode's
+// denials. Serve it with Handler.
+type Server struct {
+	Authz    *authz.Authorizer
+	Observer authz.Observer // may be nil
+	mode     atomic.Pointer[Mode]
+}
+
+// NewServer returns a Server for mode.
+func NewServer(a *authz.Authorizer, mode Mode, obs authz.Observer) *Server {
+	s := &Server{Authz: a, Observer: obs}
+	s.mode.Store(&mode)
+	return s
+}
+
+// SetMode swaps the mode (hot reload).
+func (s *Server) SetMode(m Mode) { s.mode.Store(&m) }
+
+// Handler returns the HTTP listener's handler: decision requests (the raw
+// request target is the prefix or below it: "/authz", "/authz/...", never
+// "/authzfoo") are answered here, everything else goes to other. It looks
+// at the raw request target so that no path cleaning (or redirect) by a
+// router runs first, and it reads the mode once per request, so that a
+// reload cannot make it recognise a request by one prefix and read it by
+// another.
+func (s *Server) Handler(other http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mode := s.mode.Load()
+		if !mode.owns(r) {
+			other.ServeHTTP(w, r)
+			return
+		}
+		s.serve(w, r, mode)
+	})
+}
+
+// owns reports whether r is a decision request under m.
+func (m *Mode) owns(r *http.Request) bool {
+	raw := r.RequestURI
+	if raw == "" || raw[0] != '/' || !strings.HasPrefix(raw, m.Prefix) {
+		return false
+	}
+	rest := raw[len(m.Prefix):]
+	return rest == "" || rest[0] == '/' || rest[0] == '?'
+}
+
+var errMissingOriginal = errors.New("missing original request header")
+
+// serve answers one decision request under mode.
+//
+// Allow is 200 with the identity headers on every allow, empty on a public
+// route (so that a proxy that copies them, such as Envoy's http_service,
+// overwrites a client's, and nginx sends none), and
+// x-envoy-auth-headers-to-remove naming the credential headers and every
+// client header that reads as an x-authz- one except those the identity
+// headers overwrite. Envoy applies that list after it sets the identity
+// headers; other proxies need their own configuration (deploy/proxies).
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
+	start := time.Now()
+	req, err := originalRequest(r, mode)
+	var d authz.Decision
+	if err != nil {
+		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
+	} else {
+		s.Authz.Decide(r.Context(), &req, &d)
+	}
+	if d.Allowed() {
+		h := w.Header()
+		for _, hv := range d.ResponseHeaders(nil) {
+			h.Set(hv.Key, hv.Value)
+		}
+		for _, hv := range d.IdentityHeaders(nil) {
+			h.Set(hv.Key, hv.Value)
+		}
+		if d.Key == nil {
+			for _, name := range [...]string{authz.HeaderKeyID, authz.HeaderKeyName, authz.HeaderOwner, authz.HeaderPermissions} {
+				h.Set(name, "")
+			}
+		}
+		if names := removedHeaders(&req, &d); names != "" {
+			h.Set("x-envoy-auth-headers-to-remove", names)
+		}
+		w.WriteHeader(http.StatusOK)
+	} else {
+		WriteDenial(w, &d)
+	}
+	if s.Observer != nil {
+		s.Observer.Observe(&req, &d, time.Since(start))
+	}
+}
+
+// removedHeaders names, comma-separated, the headers the upstream must not
+// get: the present header sources and the spoofed identity headers.
+func removedHeaders(req *authz.Request, d *authz.Decision) string {
+	var names []string
+	for i, src := range d.Sources() {
+		if d.Present&(1<<i) != 0 && src.Kind() == authz.SourceHeader {
+			names = append(names, src.Name())
+		}
+	}
+	names = req.AppendSpoofed(names, d.Key != nil, true)
+	return strings.Join(names, ", ")
+}
+
+// originalRequest reads the original request from exactly the place mode
+// names; the headers of the other conventions are ignored, so a client
+// cannot choose the path that gets authorised by sending its own
+// X-Forwarded-Uri through a proxy that passes client headers on.
+func originalRequest(r *http.Request, mode *Mode) (authz.Request, error) {
+	req := NewRequest(r, mode.XFFHops)
+	switch mode.Original {
+	case "x-original":
+		req.Method, req.Path = r.Header.Get("X-Original-Method"), r.Header.Get("X-Original-Uri")
+		if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
+			req.Host = fh
+		}
+	case "x-forwarded":
+		req.Method, req.Path = r.Header.Get("X-Forwarded-Method"), r.Header.Get("X-Forwarded-Uri")
+		if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
+			req.Host = fh
+		}
+	default: // "path": the request itself, below the prefix
+		req.Method = r.Method
+		req.Path = r.RequestURI[len(mode.Prefix):]
+		if req.Path == "" || req.Path[0] == '?' {
+			req.Path = "/" + req.Path
+		}
+	}
+	if req.Method == "" || req.Path == "" {
+		return req, errMissingOriginal
+	}
+	return req, nil
+}
+
+// NewRequest reads r's headers, host and peer into an authz.Request, as
+// every HTTP entry point must: its headers through authz.HeaderLines (a
+// header sent on several lines reads as one value, joined as Envoy joins
+// it, so two credentials are one invalid key wherever they arrive), each
+// noted against the decision's header limits. xffHops is how many
+// X-Forwarded-For hops to trust for the client address (0: the peer).
+// Method and Path are the caller's to fill: they depend on where the
+// original request is read from.
+func NewRequest(r *http.Request, xffHops int) authz.Request {
+	req := authz.Request{
+		Host:           r.Host,
+		Headers:        authz.HeaderLines(r.Header),
+		Peer:           PeerHost(r.RemoteAddr),
+		XFFTrustedHops: xffHops,
+	}
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			req.NoteHeader(k, v)
+		}
+	}
+	return req
+}
+
+// PeerHost is the host of a "host:port" remote address (the address itself
+// when it has no port).
+func PeerHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+// WriteDenial answers d's denial as every HTTP entry point answers one: the
+// decision's status and response headers (WWW-Authenticate, Retry-After,
+// the rate-limit headers) and, through WriteError, the JSON body.
+func WriteDenial(w http.ResponseWriter, d *authz.Decision) {
+	h := w.Header()
+	for _, hv := range d.ResponseHeaders(nil) {
+		h.Set(hv.Key, hv.Value)
+	}
+	WriteError(w, d.Code.HTTPStatus(), d.Code, d.Message)
+}
+
+// WriteError is the one writer of an error answer over HTTP: status, the
+// JSON content type, x-authz-code (from which a proxy that drops the body,
+// such as nginx, can rebuild it), Retry-After: 1 with a 503, and the body
+// authz.ErrorBody. The decision's denials, the admin API's errors and a
+// recovered panic all answer through it. message must never hold a key.
+func WriteError(w http.ResponseWriter, status int, code authz.Code, message string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set(authz.HeaderCode, string(code))
+	if status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", "1")
+	}
+	w.WriteHeader(status)
+	io.WriteString(w, authz.ErrorBody(code, message)) //nolint:errcheck // the client is gone
+}

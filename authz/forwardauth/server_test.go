@@ -1,0 +1,193 @@
+package forwardauth
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// httpFixture serves the fixture's decision over HTTP in one mode.
+func httpFixture(t *testing.T, original string, hops int) (*authztest.Fixture, *httptest.Server) {
+	t.Helper()
+	f := authztest.New(t, nil)
+	return f, serveHTTP(t, f, original, hops)
+}
+
+// serveHTTP serves f's decision over HTTP in one mode.
+func serveHTTP(t *testing.T, f *authztest.Fixture, original string, hops int) *httptest.Server {
+	t.Helper()
+	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: original, XFFHops: hops}, nil)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	srv := httptest.NewServer(s.Handler(mux))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func do(t *testing.T, srv *httptest.Server, method, target string, headers map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+target, nil)
+	require.NoError(t, err)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+func TestHTTPModePath(t *testing.T) {
+	f, srv := httpFixture(t, "path", 1)
+	// The fixture's good key is allowed from 10/8 only: XFF's last hop decides.
+	xff := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "6.6.6.6, 10.0.0.7"}
+
+	resp, body := do(t, srv, "GET", "/authz/api/users?page=2", xff)
+	require.Equal(t, 200, resp.StatusCode, body)
+	assert.Empty(t, body)
+	assert.Equal(t, "key_good", resp.Header.Get("X-Authz-Key-Id"))
+	assert.Equal(t, "acme", resp.Header.Get("X-Authz-Owner"))
+	assert.Equal(t, "read:users", resp.Header.Get("X-Authz-Permissions"))
+	assert.Equal(t, "x-api-key", resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"))
+	assert.Equal(t, `"key";q=100;w=60`, resp.Header.Get("RateLimit-Policy"))
+
+	tests := []struct {
+		name, method, target string
+		headers              map[string]string
+		status               int
+		code                 string
+	}{
+		{"the method is the request's own", "DELETE", "/authz/api/users", xff, 403, "no_route"},
+		{"nothing after the prefix is the root", "GET", "/authz", xff, 403, "no_route"},
+		{"a query right after the prefix is the root's", "GET", "/authz?api_key=x", nil, 403, "no_route"},
+		{"no key", "GET", "/authz/api/users", nil, 401, "missing_key"},
+		{"an untrusted first XFF hop is ignored", "GET", "/authz/api/users", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7, 6.6.6.6"}, 403, "ip_not_allowed"},
+		{"dot-dot is answered, not redirected", "GET", "/authz/healthz/../api/reports/x", xff, 400, "bad_request"},
+		{"an encoded slash is a bad request", "GET", "/authz/api%2Fusers", xff, 400, "bad_request"},
+		{"X-Forwarded-Uri is ignored in path mode", "GET", "/authz/api/reports/x", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Uri": "/api/users"}, 403, "permission_denied"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := do(t, srv, tt.method, tt.target, tt.headers)
+			assert.Equal(t, tt.status, resp.StatusCode)
+			var got struct{ Error, Code string }
+			require.NoError(t, json.Unmarshal([]byte(body), &got), body)
+			assert.Equal(t, tt.code, got.Code)
+			assert.Equal(t, tt.code, resp.Header.Get("X-Authz-Code"))
+			assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		})
+	}
+
+	t.Run("other paths are not decisions", func(t *testing.T) {
+		for _, p := range []string{"/authzfoo", "/healthz", "/metrics", "/"} {
+			resp, _ := do(t, srv, "GET", p, nil)
+			assert.Equal(t, http.StatusTeapot, resp.StatusCode, p)
+		}
+	})
+}
+
+func TestHTTPModeXOriginal(t *testing.T) {
+	f, srv := httpFixture(t, "x-original", 1)
+	base := func(extra map[string]string) map[string]string {
+		h := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7"}
+		for k, v := range extra {
+			h[k] = v
+		}
+		return h
+	}
+	resp, body := do(t, srv, "GET", "/authz", base(map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "/api/users?x=1"}))
+	assert.Equal(t, 200, resp.StatusCode, body)
+
+	resp, _ = do(t, srv, "GET", "/authz", base(map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "/api/reports/1", "X-Forwarded-Uri": "/api/users"}))
+	assert.Equal(t, 403, resp.StatusCode, "X-Forwarded-Uri cannot override X-Original-URI")
+
+	resp, _ = do(t, srv, "GET", "/authz", base(map[string]string{"X-Original-Method": "GET"}))
+	assert.Equal(t, 400, resp.StatusCode, "a missing X-Original-URI")
+	assert.Equal(t, "bad_request", resp.Header.Get("X-Authz-Code"))
+
+	resp, _ = do(t, srv, "GET", "/authz", base(map[string]string{"X-Original-Uri": "/api/users?api_key=" + f.Admin, "X-Original-Method": "GET", "X-Api-Key": ""}))
+	assert.Equal(t, 200, resp.StatusCode, "the query key comes from the original URI")
+	assert.Equal(t, "key_admin", resp.Header.Get("X-Authz-Key-Id"))
+}
+
+func TestHTTPModeXForwarded(t *testing.T) {
+	f, srv := httpFixture(t, "x-forwarded", 1)
+	h := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"}
+	resp, body := do(t, srv, "POST", "/authz", h)
+	assert.Equal(t, 200, resp.StatusCode, body)
+
+	h["X-Original-Uri"] = "/api/reports/x"
+	h["X-Forwarded-Uri"] = "/api/reports/x"
+	delete(h, "X-Original-Uri")
+	resp, _ = do(t, srv, "GET", "/authz", h)
+	assert.Equal(t, 403, resp.StatusCode)
+
+	delete(h, "X-Forwarded-Method")
+	resp, _ = do(t, srv, "GET", "/authz", h)
+	assert.Equal(t, 400, resp.StatusCode)
+}
+
+func TestHTTPModeJoinsRepeatedHeaders(t *testing.T) {
+	f, srv := httpFixture(t, "path", 1)
+	req, _ := http.NewRequest("GET", srv.URL+"/authz/api/users", nil)
+	req.Header.Set("X-Api-Key", f.Good)
+	// The client's own line first, the proxy's appended line last.
+	req.Header.Add("X-Forwarded-For", "10.0.0.7")
+	req.Header.Add("X-Forwarded-For", "6.6.6.6")
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 403, resp.StatusCode, "the last line is the trusted hop")
+
+	req, _ = http.NewRequest("GET", srv.URL+"/authz/api/users", nil)
+	req.Header.Add("X-Api-Key", f.Good)
+	req.Header.Add("X-Api-Key", f.Admin)
+	req.Header.Set("X-Forwarded-For", "10.0.0.7")
+	resp, err = srv.Client().Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 401, resp.StatusCode, "two keys in one header are one invalid key")
+	assert.False(t, strings.Contains(resp.Header.Get("X-Authz-Key-Id"), "key_"))
+}
+
+// TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP: in HTTP mode
+// the client address is read from X-Forwarded-For, so a flood can name the
+// victim's address; the victim's key still passes.
+func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
+	f := authztest.New(t, func(o *authz.PolicyOptions) {
+		o.Routes = []authz.RouteSpec{{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}}}
+		o.DefaultRate = ratelimit.Rate{}
+	})
+	f.UseCache(keystore.CacheOptions{TTL: 30 * time.Second})
+	srv := serveHTTP(t, f, "path", 1)
+	victim := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.1.2.3"}
+	resp, _ := do(t, srv, "GET", "/authz/api/users", victim)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	calls := f.Keys.Calls.Load()
+	statuses := map[int]int{}
+	for _, flood := range authztest.Floods(t, f.Policy.Format) {
+		for i := range 300 {
+			resp, _ := do(t, srv, "GET", "/authz/api/users", map[string]string{"X-Api-Key": flood.Next(i), "X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
+			statuses[resp.StatusCode]++
+			if i%5 == 0 {
+				resp, body := do(t, srv, "GET", "/authz/api/users", victim)
+				require.Equal(t, http.StatusOK, resp.StatusCode, "%s, step %d: %s", flood.Name, i, body)
+			}
+		}
+	}
+	assert.Positive(t, statuses[http.StatusTooManyRequests], "the named address's budget ran out: %v", statuses)
+	assert.LessOrEqual(t, f.Keys.Calls.Load()-calls, int64(100), "at most the default budget of lookups (100/m)")
+}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// listCmd is "keys list": live keys (--all: revoked and expired too),
+// never a secret or a hash.
+func listCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
+	owner := fs.String("owner", "", "only this owner's keys")
+	all := fs.Bool("all", false, "include revoked and expired keys")
+	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
+		if err := noArgs(pos); err != nil {
+			return err
+		}
+		return listKeys(ctx, m, stdout, *owner, *all, *asJSON)
+	}
+}
+
+// listKeys prints every page; --json prints one array.
+func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner string, all, asJSON bool) error {
+	now := time.Now()
+	var keys []*keystore.Key
+	opts := keystore.ListOptions{Owner: owner, IncludeRevoked: all, Now: now, Limit: 1000}
+	for {
+		page, next, err := m.Store.List(ctx, opts)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, page...)
+		if next == "" {
+			break
+		}
+		opts.After = next
+	}
+	if asJSON {
+		if keys == nil {
+			keys = []*keystore.Key{}
+		}
+		return writeJSON(w, keys)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
+			k.StatusAt(now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d key(s)\n", len(keys))
+	return nil
+}

@@ -1,0 +1,344 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// Lookup finds the key whose hash is h.
+func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
+	k, err := scanKey(s.lookup.QueryRowContext(ctx, h[:]))
+	if err != nil {
+		return nil, fmt.Errorf("look up key hash %s: %w", shortHash(h), err)
+	}
+	return k, nil
+}
+
+// Get finds the key with the given id.
+func (s *Store) Get(ctx context.Context, id string) (*keystore.Key, error) {
+	k, err := scanKey(s.get.QueryRowContext(ctx, id))
+	if err != nil {
+		return nil, fmt.Errorf("get key %q: %w", id, err)
+	}
+	return k, nil
+}
+
+// Create stores k under hash h, unless its id or hash exists (ErrExists) or
+// its owner already has maxPerOwner keys live at k.CreatedAt (ErrKeyLimit).
+func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int) error {
+	if k == nil {
+		return errors.New("create key: nil key")
+	}
+	r, err := encode(k)
+	if err != nil {
+		return fmt.Errorf("create key %q: %w", k.ID, err)
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		if err := checkNew(ctx, tx, k.ID, h); err != nil {
+			return err
+		}
+		if maxPerOwner > 0 {
+			n, err := countLive(ctx, tx, k.Owner, r.createdAt)
+			if err != nil {
+				return err
+			}
+			if n >= maxPerOwner {
+				return fmt.Errorf("owner %q has %d live keys: %w", k.Owner, n, keystore.ErrKeyLimit)
+			}
+		}
+		if err := insert(ctx, tx, r, h); err != nil {
+			return err
+		}
+		return s.logChanges(ctx, tx, h)
+	})
+	if err != nil {
+		return fmt.Errorf("create key %q: %w", k.ID, err)
+	}
+	return nil
+}
+
+// Update applies fn to the stored record of id and stores the result, in one
+// transaction; fn runs exactly once per successful call. fn must not change
+// the id, owner or created_at. An error from fn is returned as it is. A
+// result that counts against the owner's limit when the record did not is
+// checked against limit in the same transaction (ErrKeyLimit).
+func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit, fn func(*keystore.Key) error) (*keystore.Key, error) {
+	var updated *keystore.Key
+	var fnErr error
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		cur, h, err := getForWrite(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		next := cur.Clone()
+		if fnErr = fn(next); fnErr != nil {
+			return fnErr
+		}
+		if next.ID != cur.ID || next.Owner != cur.Owner || !next.CreatedAt.Equal(cur.CreatedAt) {
+			return errors.New("the id, owner and created_at of a key cannot change")
+		}
+		r, err := encode(next)
+		if err != nil {
+			return err
+		}
+		if limit.CheckNeeded(cur, next) {
+			at, err := nanos(limit.At)
+			if err != nil {
+				return fmt.Errorf("limit instant: %w", err)
+			}
+			// The key itself does not count at limit.At (it did not before).
+			n, err := countLive(ctx, tx, next.Owner, at)
+			if err != nil {
+				return err
+			}
+			if n >= limit.Max {
+				return fmt.Errorf("owner %q has %d live keys: %w", next.Owner, n, keystore.ErrKeyLimit)
+			}
+		}
+		if err := update(ctx, tx, r); err != nil {
+			return err
+		}
+		if err := s.logChanges(ctx, tx, h); err != nil {
+			return err
+		}
+		updated, _, err = getForWrite(ctx, tx, id)
+		return err
+	})
+	if fnErr != nil {
+		return nil, fnErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("update key %q: %w", id, err)
+	}
+	return updated, nil
+}
+
+// Rotate stores next under hash h and winds down the key id: rotated_to
+// names next, and it expires at graceEnd unless it expires earlier. The old
+// key must be live at next.CreatedAt and not already rotated (ErrNotLive),
+// and next must have its owner and name it in rotated_from. It returns the
+// old key as stored.
+func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h keystore.Hash, graceEnd time.Time) (*keystore.Key, error) {
+	if next == nil {
+		return nil, fmt.Errorf("rotate key %q: nil new key", id)
+	}
+	if next.RotatedFrom != id {
+		return nil, fmt.Errorf("rotate key %q: the new key's rotated_from is %q", id, next.RotatedFrom)
+	}
+	r, err := encode(next)
+	if err != nil {
+		return nil, fmt.Errorf("rotate key %q: new key: %w", id, err)
+	}
+	graceNanos, err := nanos(graceEnd)
+	if err != nil {
+		return nil, fmt.Errorf("rotate key %q: end of grace period: %w", id, err)
+	}
+	var rotated *keystore.Key
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		old, oldHash, err := getForWrite(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if old.RotatedTo != "" {
+			// A rotated key no longer counts against maxPerOwner; rotating
+			// it again would mint live keys past the limit.
+			return fmt.Errorf("already rotated to %s: %w", old.RotatedTo, keystore.ErrNotLive)
+		}
+		if st := old.StatusAt(next.CreatedAt); st != keystore.Live {
+			return fmt.Errorf("the key is %s: %w", st, keystore.ErrNotLive)
+		}
+		if next.Owner != old.Owner {
+			return fmt.Errorf("the new key's owner %q is not the old key's %q", next.Owner, old.Owner)
+		}
+		if err := checkNew(ctx, tx, next.ID, h); err != nil {
+			return err
+		}
+		if err := insert(ctx, tx, r, h); err != nil {
+			return err
+		}
+		expires := graceNanos
+		if old.ExpiresAt != nil && old.ExpiresAt.Before(graceEnd) {
+			expires = old.ExpiresAt.UnixNano()
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET rotated_to = ?, expires_at = ? WHERE id = ?`,
+			next.ID, expires, id); err != nil {
+			return dbErr(err)
+		}
+		if err := s.logChanges(ctx, tx, oldHash, h); err != nil {
+			return err
+		}
+		rotated, _, err = getForWrite(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rotate key %q: %w", id, err)
+	}
+	return rotated, nil
+}
+
+// List returns keys in id order, a page at a time.
+func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystore.Key, string, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	// One row more than the page tells whether another page follows, so the
+	// last page says so instead of the caller finding an empty one.
+	fetch := int64(limit)
+	if fetch < math.MaxInt64 {
+		fetch++
+	}
+	query, args, err := listQuery(opts, fetch)
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys: %w", err)
+	}
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys: %w", dbErr(err))
+	}
+	defer rows.Close()
+	var keys []*keystore.Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("list keys: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list keys: %w", dbErr(err))
+	}
+	if int64(len(keys)) > int64(limit) {
+		keys = keys[:limit]
+		return keys, keys[limit-1].ID, nil
+	}
+	return keys, "", nil
+}
+
+// listQuery is the statement List runs for opts, fetching at most fetch
+// rows. For live keys it reads only listed rows (the literal "listed = 1"
+// lets SQLite use the partial indexes), so dead keys cost nothing.
+func listQuery(opts keystore.ListOptions, fetch int64) (string, []any, error) {
+	var where []string
+	var args []any
+	if !opts.IncludeRevoked {
+		now := opts.Now
+		if now.IsZero() {
+			now = time.Now()
+		}
+		n, err := nanos(now)
+		if err != nil {
+			return "", nil, fmt.Errorf("now: %w", err)
+		}
+		where = append(where, `listed = 1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`)
+		args = append(args, n)
+	}
+	if opts.Owner != "" {
+		where = append(where, `owner = ?`)
+		args = append(args, opts.Owner)
+	}
+	where = append(where, `id > ?`)
+	args = append(args, opts.After, fetch)
+	return `SELECT ` + keyColumns + ` FROM keys WHERE ` + strings.Join(where, ` AND `) + ` ORDER BY id LIMIT ?`, args, nil
+}
+
+// TouchLastUsed sets last_used_at of each id to its time, unless the
+// stored one is later, in one transaction. Unknown ids are ignored. It is
+// not a change: it does not reach Watch.
+func (s *Store) TouchLastUsed(ctx context.Context, used map[string]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		st, err := tx.PrepareContext(ctx,
+			`UPDATE keys SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)`)
+		if err != nil {
+			return dbErr(err)
+		}
+		defer st.Close()
+		for id, at := range used {
+			n, err := nanos(at)
+			if err != nil {
+				return fmt.Errorf("key %q: %w", id, err)
+			}
+			if _, err := st.ExecContext(ctx, n, id); err != nil {
+				return dbErr(err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("touch last use of %d keys: %w", len(used), err)
+	}
+	return nil
+}
+
+// write runs fn in one BEGIN IMMEDIATE transaction and commits it unless fn
+// fails.
+func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return dbErr(err)
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return dbErr(err)
+	}
+	return nil
+}
+
+// checkNew returns ErrExists if a key has the id or the hash.
+func checkNew(ctx context.Context, tx *sql.Tx, id string, h keystore.Hash) error {
+	var existing string
+	err := tx.QueryRowContext(ctx, `SELECT id FROM keys WHERE id = ? OR hash = ? LIMIT 1`, id, h[:]).Scan(&existing)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return dbErr(err)
+	case existing == id:
+		return fmt.Errorf("id %q is taken: %w", id, keystore.ErrExists)
+	default:
+		return fmt.Errorf("key %q has the same hash: %w", existing, keystore.ErrExists)
+	}
+}
+
+// countLive counts the keys of owner that count against maxPerOwner at the
+// instant at: neither revoked, expired, nor rotated away.
+func countLive(ctx context.Context, tx *sql.Tx, owner string, at int64) (int, error) {
+	var n int
+	// Listed rows only: the count does not grow with dead keys.
+	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM keys
+		WHERE listed = 1 AND owner = ? AND revoked_at IS NULL AND rotated_to = '' AND (expires_at IS NULL OR expires_at > ?)`,
+		owner, at).Scan(&n)
+	if err != nil {
+		return 0, dbErr(err)
+	}
+	return n, nil
+}
+
+func getForWrite(ctx context.Context, tx *sql.Tx, id string) (*keystore.Key, keystore.Hash, error) {
+	var h keystore.Hash
+	var b []byte
+	k, err := scanKey(tx.QueryRowContext(ctx, `SELECT `+keyColumns+`, hash FROM keys WHERE id = ?`, id), &b)
+	if err != nil {
+		return nil, h, err
+	}
+	if len(b) != len(h) {
+		return nil, h, fmt.Errorf("key %q: stored hash has %d bytes, want %d", id, len(b), len(h))
+	}
+	copy(h[:], b)
+	return k, h, nil
+}

@@ -1,0 +1,117 @@
+package sqlite
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+)
+
+// migrations[v] takes the schema from version v to v+1.
+var migrations = []string{
+	0: `
+CREATE TABLE keys (
+	id           TEXT PRIMARY KEY,
+	hash         BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+	name         TEXT NOT NULL,
+	owner        TEXT NOT NULL,
+	permissions  TEXT NOT NULL,    -- JSON array of strings
+	rate_limit   TEXT NOT NULL,
+	ip_allowlist TEXT NOT NULL,    -- JSON array of CIDR strings
+	created_at   INTEGER NOT NULL, -- times: unix nanoseconds, UTC
+	expires_at   INTEGER,
+	last_used_at INTEGER,
+	revoked_at   INTEGER,
+	rotated_from TEXT NOT NULL,
+	rotated_to   TEXT NOT NULL
+) STRICT;
+CREATE INDEX keys_by_owner ON keys (owner, id);
+
+-- The change log Watch polls: one row per changed hash, written in the
+-- transaction that makes the change.
+CREATE TABLE changes (
+	seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+	hash BLOB NOT NULL,
+	at   INTEGER NOT NULL
+) STRICT;
+
+-- One row: every change with seq <= through has been trimmed away, so a
+-- watcher whose position is below it may have missed some.
+CREATE TABLE changes_trimmed (through INTEGER NOT NULL) STRICT;
+INSERT INTO changes_trimmed (through) VALUES (0);
+`,
+	1: `
+-- listed = 1: the key may be live, so List walks it for live keys. Every
+-- write sets it to "not revoked"; Sweep clears it once the key has expired.
+-- The partial indexes below hold listed keys only, so listing live keys
+-- never walks the dead ones, however many there are.
+ALTER TABLE keys ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;
+UPDATE keys SET listed = 0 WHERE revoked_at IS NOT NULL;
+CREATE INDEX keys_listed ON keys (id) WHERE listed = 1;
+CREATE INDEX keys_listed_by_owner ON keys (owner, id) WHERE listed = 1;
+CREATE INDEX keys_listed_by_expiry ON keys (expires_at) WHERE listed = 1 AND expires_at IS NOT NULL;
+
+-- When the key stopped, or stops, being live: the earlier of revoked_at and
+-- expires_at (NULL while it has neither). Sweep purges by it.
+ALTER TABLE keys ADD COLUMN ends_at INTEGER GENERATED ALWAYS AS
+	(min(coalesce(revoked_at, expires_at), coalesce(expires_at, revoked_at))) VIRTUAL;
+CREATE INDEX keys_by_end ON keys (ends_at) WHERE ends_at IS NOT NULL;
+`,
+}
+
+// keyColumns are the columns scanKey reads, in its order.
+const keyColumns = `id, name, owner, permissions, rate_limit, ip_allowlist,
+	created_at, expires_at, last_used_at, revoked_at, rotated_from, rotated_to`
+
+// migrateRetrying runs migrate, waiting out SQLITE_BUSY: when several
+// processes open a brand-new file at once, the first connection's switch to
+// WAL can fail with "database is locked" without the busy handler being
+// consulted. Bounded by busyTimeout.
+func (s *Store) migrateRetrying(ctx context.Context) error {
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err := s.migrate(ctx)
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Duration(10+rand.IntN(40)) * time.Millisecond)
+	}
+}
+
+func isBusy(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked")
+}
+
+// migrate brings the schema to schemaVersion, in one transaction so that
+// processes opening a new file at once do not both create it.
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return dbErr(err)
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return dbErr(err)
+	}
+	if v == schemaVersion {
+		return nil
+	}
+	if v > schemaVersion || v < 0 {
+		return fmt.Errorf("schema version %d: this extauthz knows versions up to %d; upgrade it", v, schemaVersion)
+	}
+	for ; v < schemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("migrate schema from version %d: %w", v, dbErr(err))
+		}
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion)); err != nil {
+		return dbErr(err)
+	}
+	if err := tx.Commit(); err != nil {
+		return dbErr(err)
+	}
+	return nil
+}

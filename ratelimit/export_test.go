@@ -1,0 +1,4 @@
+package ratelimit
+
+// LocalShards is how many shards a Local spreads its buckets over.
+const LocalShards = localShards

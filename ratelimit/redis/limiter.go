@@ -1,0 +1,571 @@
+// Package redis is the rate limiter whose counts live in Redis, shared by
+// every replica: the ratelimit.Limiter for the Redis key store. It runs the
+// algorithm of ratelimit's window.go as one atomic Lua script per check
+// (allow.lua), batches concurrent checks into pipelines, leases part of a
+// large limit to a busy replica (lease.go), and when Redis fails decides by
+// the configured ratelimit.StoreErrorPolicy behind a circuit breaker.
+//
+// It is not the algorithm (package ratelimit) and does not dial Redis: it
+// takes a client from keystore/redis.Dial (or any go-redis client).
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/extauthz/extauthz/internal/breaker"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// ErrClosed is returned by Allow after Close.
+var ErrClosed = errors.New("ratelimit: limiter closed")
+
+// Options configure New. The zero value works.
+type Options struct {
+	// Prefix starts every key, e.g. "extauthz:". It may not contain '{' or
+	// '}': the hash tag of a counter must be its bucket.
+	Prefix string
+	// InstanceID names this replica in the heartbeat set (default: random).
+	InstanceID string
+	// Timeout bounds every check: past it, OnStoreError decides (default 50ms).
+	// Give the client ContextTimeoutEnabled (or a ReadTimeout near this) so
+	// that its connections give up as soon, too. A check that timed out may
+	// still reach Redis and be counted there: it errs toward limiting.
+	Timeout time.Duration
+	// OnStoreError is the policy when Redis cannot answer (default local).
+	OnStoreError ratelimit.StoreErrorPolicy
+	// Now, when set, is the clock of the counts (sent to the script); nil uses
+	// the Redis server's clock, one clock for all replicas. The fallback
+	// limiter uses Now, or time.Now.
+	Now func() time.Time
+	// Heartbeat is how often this replica announces itself (default 2s); a
+	// replica missing three heartbeats no longer counts.
+	Heartbeat time.Duration
+	// BreakerFailures consecutive failed checks open the circuit breaker
+	// (default 5); while open, checks go straight to OnStoreError.
+	BreakerFailures int
+	// BreakerProbe is how long the breaker stays open before one check probes
+	// Redis again (default 1s).
+	BreakerProbe time.Duration
+	// MaxBatch is the most checks sent in one pipeline (default 256).
+	MaxBatch int
+	// BatchWait is how long a batch waits for more checks after its first
+	// (default 0: take what is queued and go; while a pipeline is in flight,
+	// the next batch fills by itself).
+	BatchWait time.Duration
+	// Pipelines is how many batches may be in flight at once (default 4).
+	Pipelines int
+	// MaxLocalBuckets bounds the fallback limiter (default
+	// ratelimit.DefaultMaxBuckets).
+	MaxLocalBuckets int
+}
+
+var (
+	//go:embed allow.lua
+	allowSrc    string
+	allowScript = goredis.NewScript(allowSrc)
+	//go:embed heartbeat.lua
+	heartbeatSrc    string
+	heartbeatScript = goredis.NewScript(heartbeatSrc)
+)
+
+// Limiter is a ratelimit.Limiter whose counts live in Redis, shared by every
+// replica: one atomic Lua script per check, concurrent checks batched into
+// pipelines, or, for a busy bucket with large limits, a lease of several
+// requests counted at once (lease.go). When Redis fails it decides by
+// Options.OnStoreError, within the Timeout, and a circuit breaker keeps it
+// from waiting on a Redis that is down.
+type Limiter struct {
+	client  goredis.UniversalClient
+	opts    Options
+	local   *ratelimit.Local
+	leases  *leases
+	breaker *breaker.Breaker // on the real clock: Now is the counts' clock, not the outage's
+	queue   chan *call
+	done    chan struct{}
+	wg      sync.WaitGroup
+	closing sync.Once
+
+	inflight                                atomic.Int32 // pipelines on the wire, batched or inline
+	replicas                                atomic.Int64
+	allowed, limited, fallback, storeErrors atomic.Uint64
+	leased                                  atomic.Uint64
+}
+
+// call is one check waiting in the batcher.
+type call struct {
+	keys  []string
+	args  []any
+	reply chan reply // buffered: the batcher never blocks on a caller gone
+}
+
+type reply struct {
+	vals []int64
+	err  error
+}
+
+var _ ratelimit.Limiter = (*Limiter)(nil)
+
+// New returns a Redis limiter on client and starts its batchers and its
+// heartbeat; Close stops them. It does not close client.
+func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
+	if client == nil {
+		return nil, errors.New("ratelimit: redis.New: nil client")
+	}
+	if strings.ContainsAny(opts.Prefix, "{}") {
+		return nil, fmt.Errorf("ratelimit: prefix %q: may not contain '{' or '}'", opts.Prefix)
+	}
+	policy, err := ratelimit.ParseStoreErrorPolicy(string(opts.OnStoreError))
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: on_store_error %w", err)
+	}
+	opts.OnStoreError = policy
+	if opts.InstanceID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		opts.InstanceID = hex.EncodeToString(b[:])
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 50 * time.Millisecond
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = 2 * time.Second
+	}
+	if opts.BreakerFailures <= 0 {
+		opts.BreakerFailures = 5
+	}
+	if opts.BreakerProbe <= 0 {
+		opts.BreakerProbe = time.Second
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	if opts.Pipelines <= 0 {
+		opts.Pipelines = 4
+	}
+	r := &Limiter{
+		client:  client,
+		opts:    opts,
+		local:   ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
+		leases:  newLeases(),
+		breaker: breaker.New(opts.BreakerFailures, opts.BreakerProbe, nil),
+		queue:   make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
+		done:    make(chan struct{}),
+	}
+	r.replicas.Store(1)
+	for range opts.Pipelines {
+		r.wg.Go(r.batcher)
+	}
+	r.wg.Go(r.heartbeats)
+	return r, nil
+}
+
+// Close stops the batchers and the heartbeat, and takes this replica out of
+// the heartbeat set (so the others' local share grows at once). Checks after
+// Close return ErrClosed.
+func (r *Limiter) Close() error {
+	r.closing.Do(func() {
+		close(r.done)
+		r.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+		defer cancel()
+		_ = r.client.ZRem(ctx, r.heartbeatKey(), r.opts.InstanceID).Err()
+	})
+	return nil
+}
+
+// Replicas is the number of replicas alive at the last successful heartbeat
+// (kept while Redis is down; 1 before the first). PolicyLocal divides N by it.
+func (r *Limiter) Replicas() int { return int(r.replicas.Load()) }
+
+// BreakerOpen reports whether checks currently skip Redis.
+func (r *Limiter) BreakerOpen() bool { return r.breaker.Open() }
+
+// Stats returns the decision counters.
+func (r *Limiter) Stats() ratelimit.Stats {
+	return ratelimit.Stats{
+		Allowed:     r.allowed.Load(),
+		Limited:     r.limited.Load(),
+		Fallback:    r.fallback.Load(),
+		StoreErrors: r.storeErrors.Load(),
+		Evicted:     r.local.Stats().Evicted,
+		Leased:      r.leased.Load(),
+	}
+}
+
+// Allow checks limits together against the shared count. See
+// ratelimit.Limiter. Its errors: the validation errors of
+// ratelimit.CheckLimits; ratelimit.ErrUnavailable (PolicyDeny); ErrClosed;
+// ctx's error when the caller gave up first. Past the deadline of a
+// ratelimit.WithStoreDeadline context it decides by OnStoreError, as when
+// Redis fails, without counting a Redis failure.
+func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimit.Result, error) {
+	n, err := ratelimit.CheckLimits(limits)
+	if err != nil {
+		return ratelimit.Result{}, err
+	}
+	select {
+	case <-r.done:
+		return ratelimit.Result{}, ErrClosed
+	default:
+	}
+	if n == 0 {
+		r.allowed.Add(1)
+		return ratelimit.Result{Allowed: true}, nil
+	}
+	// A lease answers without Redis (lease.go); large limits only.
+	most := maxLease(limits)
+	var key string
+	if most > 1 {
+		key = leaseKey(limits)
+		if res, ok := r.leases.take(key, r.now()); ok {
+			r.allowed.Add(1)
+			r.leased.Add(1)
+			return res, nil
+		}
+	}
+	var cause error = errBreakerOpen
+	if ratelimit.StoreTimeSpent(ctx) {
+		cause = ratelimit.ErrStoreTimeSpent
+	} else if ok, probe := r.breaker.Enter(); ok {
+		want, refill := int64(1), false
+		sent := r.now()
+		if key != "" {
+			want, refill = r.leases.want(key, most, sent)
+		}
+		fair := r.fairChance(ctx)
+		res, got, lease, err := r.shared(ctx, limits, n, want)
+		if key != "" {
+			r.leases.granted(key, refill, got, sent.Add(lease), res)
+		}
+		if got > 1 {
+			res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
+		}
+		spent := err != nil && !errors.Is(err, ErrClosed) && callerGaveUp(ctx) && ratelimit.StoreTimeSpent(ctx)
+		switch {
+		case err == nil:
+			r.breaker.Success(probe)
+			r.count(res)
+			return res, nil
+		case spent && !fair:
+			// The check's time for Redis ran out before Redis had a fair
+			// part of its own timeout: decide without it, blaming it for
+			// nothing.
+			r.breaker.Abandon(probe)
+			cause = ratelimit.ErrStoreTimeSpent
+		case !spent && (errors.Is(err, ErrClosed) || callerGaveUp(ctx)):
+			// Not Redis's fault: the limiter closed or the caller gave up.
+			r.breaker.Abandon(probe)
+			return ratelimit.Result{}, err
+		default:
+			// Redis failed, or had a fair chance and did not answer.
+			r.breaker.Failure(probe)
+			r.storeErrors.Add(1)
+			cause = err
+		}
+	}
+	return r.onStoreError(ctx, limits, n, cause)
+}
+
+var errBreakerOpen = errors.New("circuit breaker open")
+
+// fairChance reports whether ctx leaves a Redis call at least half of
+// Timeout: a call that gets no answer within that much has seen Redis
+// fail, and counts toward the breaker, even when what ended it was the
+// check's store deadline rather than Timeout (a key lookup that took no time
+// leaves a deadline a hair before Timeout; without this, the breaker
+// would never open for checks of stale cached keys).
+func (r *Limiter) fairChance(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) >= r.opts.Timeout/2
+}
+
+func (r *Limiter) count(res ratelimit.Result) {
+	if res.Allowed {
+		r.allowed.Add(1)
+	} else {
+		r.limited.Add(1)
+	}
+}
+
+// onStoreError decides a check without Redis. With PolicyLocal the Result
+// names the share of N this replica enforces (N/replicas, at least 1), so the
+// headers tell the client the limit that applies during the outage.
+func (r *Limiter) onStoreError(ctx context.Context, limits []ratelimit.Limit, n int, cause error) (ratelimit.Result, error) {
+	r.fallback.Add(1)
+	switch r.opts.OnStoreError {
+	case ratelimit.PolicyAllow:
+		r.allowed.Add(1)
+		return ratelimit.Result{Allowed: true}, nil
+	case ratelimit.PolicyDeny:
+		return ratelimit.Result{}, fmt.Errorf("%w: %v", ratelimit.ErrUnavailable, cause)
+	}
+	replicas := r.replicas.Load()
+	if replicas < 1 {
+		replicas = 1
+	}
+	var buf [4]ratelimit.Limit
+	share := buf[:0]
+	if n > len(buf) {
+		share = make([]ratelimit.Limit, 0, n)
+	}
+	for _, l := range limits {
+		if !l.Rate.Enforced() {
+			continue
+		}
+		l.Rate.N = max(1, l.Rate.N/replicas)
+		share = append(share, l)
+	}
+	res, err := r.local.Allow(ctx, share)
+	if err == nil {
+		r.count(res)
+	}
+	return res, err
+}
+
+func (r *Limiter) now() time.Time {
+	if r.opts.Now != nil {
+		return r.opts.Now()
+	}
+	return time.Now()
+}
+
+// shared runs the check in Redis through the batcher, waiting at most
+// Timeout, asking for want requests (see allow.lua). It returns how many
+// were granted (0 when denied, or on an error) and how long until the
+// limits' current sub-window ends.
+func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, want int64) (ratelimit.Result, int64, time.Duration, error) {
+	c := &call{
+		keys:  make([]string, 0, n),
+		args:  make([]any, 0, 3+3*n),
+		reply: make(chan reply, 1),
+	}
+	now := ""
+	if r.opts.Now != nil {
+		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
+	}
+	c.args = append(c.args, now, ratelimit.Span, want)
+	for i := range limits {
+		l := &limits[i]
+		if !l.Rate.Enforced() {
+			continue
+		}
+		wUs, sUs := l.Rate.Micros()
+		c.keys = append(c.keys, r.counterKey(l))
+		c.args = append(c.args, l.Rate.N, wUs, sUs)
+	}
+
+	// With nothing on the wire there is nothing to batch with: send from
+	// this goroutine and skip two hand-offs. Under load a pipeline is always
+	// in flight, so checks queue and share the batchers' pipelines.
+	if r.inflight.Load() == 0 {
+		select {
+		case <-r.done:
+			return ratelimit.Result{}, 0, 0, ErrClosed
+		default:
+		}
+		r.run(ctx, []*call{c})
+		rep := <-c.reply
+		if rep.err != nil && callerGaveUp(ctx) {
+			return ratelimit.Result{}, 0, 0, context.DeadlineExceeded
+		}
+		return r.result(limits, n, rep)
+	}
+	timer := time.NewTimer(r.opts.Timeout)
+	defer timer.Stop()
+	select {
+	case r.queue <- c:
+	case <-timer.C:
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
+	case <-ctx.Done():
+		return ratelimit.Result{}, 0, 0, ctx.Err()
+	case <-r.done:
+		return ratelimit.Result{}, 0, 0, ErrClosed
+	}
+	var rep reply
+	select {
+	case rep = <-c.reply:
+	case <-timer.C:
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
+	case <-ctx.Done():
+		return ratelimit.Result{}, 0, 0, ctx.Err()
+	case <-r.done:
+		return ratelimit.Result{}, 0, 0, ErrClosed
+	}
+	return r.result(limits, n, rep)
+}
+
+// callerGaveUp reports whether ctx is done or past its deadline. The socket
+// deadline go-redis derives from ctx can fire a moment before ctx itself
+// reports it; either way the caller gave up and Redis did not fail.
+func callerGaveUp(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
+// result reads the script's reply for limits: the Result, how many
+// requests were granted and how long until the sub-window ends.
+func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.Result, int64, time.Duration, error) {
+	if rep.err != nil {
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: %w", rep.err)
+	}
+	if len(rep.vals) != 2+2*n {
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: script returned %d values for %d limits", len(rep.vals), n)
+	}
+	p := ratelimit.NewPicker()
+	granted := rep.vals[0]
+	k := 0
+	for i := range limits {
+		l := &limits[i]
+		if !l.Rate.Enforced() {
+			continue
+		}
+		held, t := rep.vals[2+2*k], rep.vals[3+2*k]
+		k++
+		if granted > 0 {
+			p.Allowed(l, l.Rate.N-held, ratelimit.FromMicros(t))
+		} else if held >= l.Rate.N {
+			p.Exhausted(l, ratelimit.FromMicros(t))
+		}
+	}
+	return p.Result(), granted, ratelimit.FromMicros(rep.vals[1]), nil
+}
+
+// counterKey is <prefix>rl:{<bucket>}:<scope>: the hash tag puts every limit
+// of a bucket in one Cluster slot, so one script can take them all as KEYS.
+func (r *Limiter) counterKey(l *ratelimit.Limit) string {
+	return r.opts.Prefix + "rl:{" + l.Bucket + "}:" + l.Scope
+}
+
+func (r *Limiter) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }
+
+// batcher sends queued checks to Redis, up to MaxBatch per pipeline.
+func (r *Limiter) batcher() {
+	batch := make([]*call, 0, r.opts.MaxBatch)
+	var linger *time.Timer
+	if r.opts.BatchWait > 0 {
+		linger = time.NewTimer(time.Hour)
+		linger.Stop()
+	}
+	for {
+		batch = batch[:0]
+		select {
+		case c := <-r.queue:
+			batch = append(batch, c)
+		case <-r.done:
+			r.drain()
+			return
+		}
+		// Take what is queued now; with BatchWait, wait a little for more.
+	now:
+		for len(batch) < cap(batch) {
+			select {
+			case c := <-r.queue:
+				batch = append(batch, c)
+			default:
+				break now
+			}
+		}
+		if linger != nil && len(batch) < cap(batch) {
+			linger.Reset(r.opts.BatchWait)
+		wait:
+			for len(batch) < cap(batch) {
+				select {
+				case c := <-r.queue:
+					batch = append(batch, c)
+				case <-linger.C:
+					break wait
+				}
+			}
+			linger.Stop()
+		}
+		r.run(context.Background(), batch) // a batch outlives any one caller
+		clear(batch)
+	}
+}
+
+// drain answers the checks still queued at Close.
+func (r *Limiter) drain() {
+	for {
+		select {
+		case c := <-r.queue:
+			c.reply <- reply{err: ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+// run sends one batch as one pipeline of EVALSHA (within ctx and Timeout), and the ones Redis does not
+// know the script for (after a restart, or a new Cluster node) as EVAL, which
+// loads it again.
+func (r *Limiter) run(ctx context.Context, batch []*call) {
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	defer cancel()
+	cmds := make([]*goredis.Cmd, len(batch))
+	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, c := range batch {
+			cmds[i] = allowScript.EvalSha(ctx, p, c.keys, c.args...)
+		}
+		return nil
+	})
+	var again []int
+	for i, cmd := range cmds {
+		if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for _, i := range again {
+				cmds[i] = allowScript.Eval(ctx, p, batch[i].keys, batch[i].args...)
+			}
+			return nil
+		})
+	}
+	for i, c := range batch {
+		vals, err := cmds[i].Int64Slice()
+		c.reply <- reply{vals: vals, err: err}
+	}
+}
+
+// heartbeats announces this replica every Heartbeat and keeps the count of
+// replicas alive, until Close.
+func (r *Limiter) heartbeats() {
+	t := time.NewTicker(r.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		r.heartbeat()
+		select {
+		case <-t.C:
+		case <-r.done:
+			return
+		}
+	}
+}
+
+func (r *Limiter) heartbeat() {
+	ctx, cancel := context.WithTimeout(context.Background(), max(r.opts.Timeout, r.opts.Heartbeat/2))
+	defer cancel()
+	ttl := 3 * r.opts.Heartbeat.Milliseconds()
+	n, err := heartbeatScript.Run(ctx, r.client, []string{r.heartbeatKey()}, r.opts.InstanceID, ttl).Int64()
+	if err == nil && n > 0 {
+		r.replicas.Store(n)
+	}
+}

@@ -1,0 +1,565 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/ratelimit"
+	"github.com/extauthz/extauthz/ratelimit/limitertest"
+)
+
+// newClient is a client for one test that gives up as fast as the limiter:
+// the context deadline reaches the socket, and nothing is retried.
+func newClient(t testing.TB, addr string) *goredis.Client {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+		DialerRetries:         1,
+		DialTimeout:           time.Second,
+		PoolSize:              32,
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// newRedis is a Redis limiter closed when the test ends (before its client).
+func newRedis(t testing.TB, client goredis.UniversalClient, opts Options) *Limiter {
+	t.Helper()
+	r, err := New(client, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+var prefixes atomic.Int64
+
+// uniquePrefix keeps the tests that share a server apart.
+func uniquePrefix() string { return fmt.Sprintf("t%d:", prefixes.Add(1)) }
+
+// shared is the factory of the conformance suite: a Redis limiter on srv
+// with a prefix of its own, counting on the suite's clock.
+func shared(srv *redistest.Server) limitertest.Factory {
+	return func(t *testing.T, now func() time.Time) ratelimit.Limiter {
+		return newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Now: now, Timeout: time.Second})
+	}
+}
+
+func TestRedisConformsToTheLimiterContract(t *testing.T) {
+	limitertest.Run(t, shared(redistest.Start(t)))
+}
+
+// With Redis unreachable, ratelimit.PolicyLocal decides every check with the local
+// fallback, which for one replica is the whole N: the contract holds there
+// too.
+func TestRedisFallbackConformsToTheLimiterContract(t *testing.T) {
+	limitertest.Run(t, func(t *testing.T, now func() time.Time) ratelimit.Limiter {
+		down := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
+		t.Cleanup(func() { _ = down.Close() })
+		return newRedis(t, down, Options{Now: now, Timeout: time.Second, OnStoreError: ratelimit.PolicyLocal})
+	})
+}
+
+// The Lua script and the Go code are one algorithm written twice: on the
+// same demand they must give the same Result at every check.
+func TestRedisDecidesExactlyAsTheLocalLimiter(t *testing.T) {
+	limitertest.Differential(t, func(_ *testing.T, now func() time.Time) ratelimit.Limiter {
+		return ratelimit.NewLocal(now, 0)
+	}, shared(redistest.Start(t)))
+}
+
+func TestRedisKeysShareTheBucketsHashTagAndExpire(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	r := newRedis(t, client, Options{Prefix: "extauthz:"})
+	res, err := r.Allow(context.Background(), []ratelimit.Limit{limitertest.Key10, limitertest.Route3})
+	require.NoError(t, err)
+	require.True(t, res.Allowed)
+
+	keys, err := client.Keys(context.Background(), "extauthz:rl:*").Result()
+	require.NoError(t, err)
+	slices.Sort(keys)
+	assert.Equal(t, []string{"extauthz:rl:{k1}:", "extauthz:rl:{k1}:/api/x"}, keys)
+	for _, tc := range []struct {
+		key string
+		w   time.Duration
+	}{{keys[0], 10 * time.Second}, {keys[1], time.Second}} {
+		ttl, err := client.PTTL(context.Background(), tc.key).Result()
+		require.NoError(t, err)
+		assert.Greater(t, ttl, tc.w-100*time.Millisecond, tc.key)
+		assert.LessOrEqual(t, ttl, tc.w+tc.w/ratelimit.SubWindows+time.Millisecond, tc.key)
+	}
+}
+
+func TestRedisBurstFromFreshAllowsExactlyN(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	r := newRedis(t, client, Options{Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "burst", Rate: ratelimit.Rate{N: 2, Window: time.Second}}}
+	assert.Equal(t, 2, limitertest.CountAllowed(t, 16, 4, r, limits))
+}
+
+func TestRedisTwoReplicasTogetherAllowExactlyN(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
+	// b batches differently: one pipeline at a time, waiting for more.
+	b := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second, Pipelines: 1, BatchWait: 200 * time.Microsecond, MaxBatch: 8})
+	limits := []ratelimit.Limit{
+		{Name: "key", Bucket: "shared", Rate: ratelimit.Rate{N: 100, Window: time.Hour}},
+		{Name: "/r", Bucket: "shared", Scope: "/r", Rate: ratelimit.Rate{N: 1000, Window: time.Minute}},
+	}
+	var got [2]int
+	var wg sync.WaitGroup
+	for i, lim := range []ratelimit.Limiter{a, b} {
+		wg.Go(func() { got[i] = limitertest.CountAllowed(t, 8, 25, lim, limits) })
+	}
+	wg.Wait()
+	t.Logf("replica a allowed %d, replica b %d", got[0], got[1])
+	assert.Equal(t, 100, got[0]+got[1])
+	assert.Equal(t, uint64(100), a.Stats().Allowed+b.Stats().Allowed)
+	assert.Equal(t, uint64(300), a.Stats().Limited+b.Stats().Limited)
+}
+
+// With the server's clock and real time: every interval of W holds at most
+// N, and the long run is close to N/W. The client cannot see the server's
+// clock, only that each check ran between its call and its answer, so the
+// interval check is the one those bounds make certain: any N+1 allowed checks
+// span more than W from the first call to the last answer.
+func TestRedisRealTimeAccuracy(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
+	const n, w, run = 20, 2 * time.Second, 7 * time.Second
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "realtime", Rate: ratelimit.Rate{N: n, Window: w}}}
+	type span struct{ call, answer time.Time }
+	var mu sync.Mutex
+	var allowed []span
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for time.Since(start) < run {
+				call := time.Now()
+				res, err := r.Allow(context.Background(), limits)
+				answer := time.Now()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Allowed {
+					mu.Lock()
+					allowed = append(allowed, span{call, answer})
+					mu.Unlock()
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(allowed, func(a, b span) int { return a.call.Compare(b.call) })
+	for i := 0; i+n < len(allowed); i++ {
+		last := allowed[i].answer
+		for _, s := range allowed[i : i+n+1] {
+			if s.answer.After(last) {
+				last = s.answer
+			}
+		}
+		require.Greater(t, last.Sub(allowed[i].call), w-time.Microsecond,
+			"%d checks allowed within %v from %v", n+1, last.Sub(allowed[i].call), allowed[i].call.Sub(start))
+	}
+	// An exact sliding log allows the opening burst, then N per W.
+	ideal := n * (1 + float64(run-w/2)/float64(w))
+	t.Logf("%d allowed in %v at %d/%v (an exact sliding log: about %.0f)", len(allowed), run, n, w, ideal)
+	assert.InDelta(t, ideal, float64(len(allowed)), ideal*0.06)
+}
+
+func TestRedisReloadsTheScriptAfterAFlush(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "flush", Rate: ratelimit.Rate{N: 3, Window: time.Hour}}}
+	for i := range 4 {
+		if i == 2 {
+			reply, err := srv.Do("SCRIPT", "FLUSH")
+			require.NoError(t, err)
+			require.Equal(t, "+OK", reply)
+		}
+		res, err := r.Allow(context.Background(), limits)
+		require.NoError(t, err)
+		assert.Equal(t, i < 3, res.Allowed, "check %d", i)
+	}
+	assert.Zero(t, r.Stats().Fallback)
+}
+
+func TestNewRedisRejectsBadOptions(t *testing.T) {
+	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})
+	defer client.Close()
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"a prefix with a hash tag", Options{Prefix: "a{b}:"}, `prefix "a{b}:"`},
+		{"an unknown policy", Options{OnStoreError: "retry"}, `on_store_error "retry"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(client, tc.opts)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+	_, err := New(nil, Options{})
+	require.Error(t, err)
+
+	var p ratelimit.StoreErrorPolicy
+	require.NoError(t, p.UnmarshalText([]byte("deny")))
+	assert.Equal(t, ratelimit.PolicyDeny, p)
+	require.ErrorContains(t, p.UnmarshalText([]byte("Deny")), `"Deny"`)
+}
+
+func TestRedisRejectsLimitsItCannotApplyWithoutCallingRedis(t *testing.T) {
+	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer client.Close()
+	r := newRedis(t, client, Options{OnStoreError: ratelimit.PolicyDeny})
+	one := ratelimit.Rate{N: 1, Window: time.Second}
+	_, err := r.Allow(context.Background(), []ratelimit.Limit{{Bucket: "a", Rate: one}, {Bucket: "b", Scope: "s", Rate: one}})
+	require.ErrorIs(t, err, ratelimit.ErrMixedBuckets)
+	res, err := r.Allow(context.Background(), nil)
+	require.NoError(t, err)
+	assert.Equal(t, ratelimit.Result{Allowed: true}, res)
+	assert.Equal(t, ratelimit.Stats{Allowed: 1}, r.Stats())
+}
+
+func TestRedisCloseStopsChecks(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	a := newRedis(t, client, Options{Heartbeat: 50 * time.Millisecond, InstanceID: "a"})
+	b := newRedis(t, client, Options{Heartbeat: 50 * time.Millisecond, InstanceID: "b"})
+	require.Eventually(t, func() bool { return a.Replicas() == 2 && b.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, a.Close())
+	require.NoError(t, a.Close(), "twice")
+	_, err := a.Allow(context.Background(), []ratelimit.Limit{limitertest.Key10})
+	require.ErrorIs(t, err, ErrClosed)
+	require.Eventually(t, func() bool { return b.Replicas() == 1 }, 5*time.Second, 10*time.Millisecond,
+		"a closed replica leaves the heartbeat set at once")
+}
+
+// outage is a test bed of two replicas (a and b) on one Redis, with short
+// heartbeats, timeout and breaker interval.
+type outage struct {
+	srv     *redistest.Server
+	a, b    *Limiter
+	timeout time.Duration
+}
+
+func newOutage(t *testing.T, policy ratelimit.StoreErrorPolicy) *outage {
+	t.Helper()
+	o := &outage{srv: redistest.Start(t), timeout: 50 * time.Millisecond}
+	opts := Options{
+		Timeout:      o.timeout,
+		OnStoreError: policy,
+		Heartbeat:    200 * time.Millisecond, // replicas count for 600ms: no flapping on a loaded machine
+		BreakerProbe: 200 * time.Millisecond,
+	}
+	opts.InstanceID = "a"
+	o.a = newRedis(t, newClient(t, o.srv.Addr), opts)
+	opts.InstanceID = "b"
+	o.b = newRedis(t, newClient(t, o.srv.Addr), opts)
+	require.Eventually(t, func() bool { return o.a.Replicas() == 2 && o.b.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
+	return o
+}
+
+// checks runs count checks on r one after another and returns how many were
+// allowed, the errors, and the slowest check.
+func checks(r *Limiter, limits []ratelimit.Limit, count int) (allowed int, errs []error, slowest time.Duration) {
+	for range count {
+		start := time.Now()
+		res, err := r.Allow(context.Background(), limits)
+		slowest = max(slowest, time.Since(start))
+		if err != nil {
+			errs = append(errs, err)
+		} else if res.Allowed {
+			allowed++
+		}
+	}
+	return allowed, errs, slowest
+}
+
+func TestRedisOutageWithLocalFallback(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		down func(o *outage)
+		up   func(o *outage)
+	}{
+		{"redis killed and restarted", func(o *outage) { o.srv.Stop() }, func(o *outage) { o.srv.Restart() }},
+		{"redis hung (SIGSTOP) and resumed", func(o *outage) { o.srv.Pause() }, func(o *outage) { o.srv.Resume() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := newOutage(t, ratelimit.PolicyLocal)
+			limits := []ratelimit.Limit{{Name: "key", Bucket: "down", Rate: ratelimit.Rate{N: 10, Window: time.Hour}}}
+			allowed, errs, _ := checks(o.a, limits, 4)
+			require.Empty(t, errs)
+			require.Equal(t, 4, allowed)
+
+			tc.down(o)
+			// Each replica now allows its share, 10/2, on its own.
+			for _, r := range []*Limiter{o.a, o.b} {
+				allowed, errs, slowest := checks(r, limits, 20)
+				assert.Empty(t, errs)
+				assert.Equal(t, 5, allowed)
+				assert.Less(t, slowest, 5*o.timeout, "no check waits much past the timeout")
+				assert.True(t, r.BreakerOpen())
+				st := r.Stats()
+				assert.Equal(t, uint64(20), st.Fallback)
+				assert.GreaterOrEqual(t, st.StoreErrors, uint64(5))
+				assert.Less(t, st.StoreErrors, uint64(20), "the breaker stopped calling Redis")
+				assert.Equal(t, 2, r.Replicas(), "the last count is kept while Redis is down")
+			}
+			// A breaker interval later one check probes, fails, and is decided
+			// locally too: still nothing beyond the share.
+			time.Sleep(250 * time.Millisecond)
+			allowed, errs, slowest := checks(o.a, limits, 5)
+			assert.Empty(t, errs)
+			assert.Zero(t, allowed)
+			assert.Less(t, slowest, 5*o.timeout)
+
+			tc.up(o)
+			// The breaker closes after a probe, and the shared count is back:
+			// a and b together allow N of a fresh bucket.
+			require.Eventually(t, func() bool {
+				fallbacks := o.a.Stats().Fallback
+				_, _ = o.a.Allow(context.Background(), []ratelimit.Limit{{Name: "probe", Bucket: "probe", Rate: ratelimit.Rate{N: 1000, Window: time.Second}}})
+				return o.a.Stats().Fallback == fallbacks && !o.a.BreakerOpen()
+			}, 10*time.Second, 20*time.Millisecond)
+			require.Eventually(t, func() bool {
+				_, _ = o.b.Allow(context.Background(), []ratelimit.Limit{{Name: "probe", Bucket: "probe", Rate: ratelimit.Rate{N: 1000, Window: time.Second}}})
+				return !o.b.BreakerOpen()
+			}, 10*time.Second, 20*time.Millisecond)
+			fresh := []ratelimit.Limit{{Name: "key", Bucket: "after", Rate: ratelimit.Rate{N: 10, Window: time.Hour}}}
+			aAllowed, errs, _ := checks(o.a, fresh, 7)
+			require.Empty(t, errs)
+			bAllowed, errs, _ := checks(o.b, fresh, 7)
+			require.Empty(t, errs)
+			assert.Equal(t, 7, aAllowed)
+			assert.Equal(t, 3, bAllowed)
+		})
+	}
+}
+
+func TestRedisOutagePolicies(t *testing.T) {
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "k", Rate: ratelimit.Rate{N: 1, Window: time.Hour}}}
+	t.Run("allow lets every check through", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyAllow)
+		o.srv.Stop()
+		allowed, errs, slowest := checks(o.a, limits, 20)
+		assert.Empty(t, errs)
+		assert.Equal(t, 20, allowed)
+		assert.Less(t, slowest, 5*o.timeout)
+		assert.Equal(t, ratelimit.Stats{Allowed: 20, Fallback: 20, StoreErrors: o.a.Stats().StoreErrors}, o.a.Stats())
+	})
+	t.Run("deny answers ratelimit.ErrUnavailable, for a 503", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyDeny)
+		o.srv.Pause()
+		for range 10 {
+			start := time.Now()
+			res, err := o.a.Allow(context.Background(), limits)
+			assert.Less(t, time.Since(start), 5*o.timeout)
+			require.ErrorIs(t, err, ratelimit.ErrUnavailable)
+			assert.False(t, res.Allowed)
+		}
+		assert.True(t, o.a.BreakerOpen())
+		o.srv.Resume()
+	})
+}
+
+func TestRedisGivesUpWithTheCaller(t *testing.T) {
+	o := newOutage(t, ratelimit.PolicyAllow)
+	o.srv.Pause()
+	defer o.srv.Resume()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+	defer cancel()
+	_, err := o.a.Allow(ctx, []ratelimit.Limit{limitertest.Key10})
+	require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
+	assert.Zero(t, o.a.Stats().StoreErrors, "a caller giving up is not a Redis failure")
+}
+
+func TestRedisCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	client := goredis.NewClusterClient(&goredis.ClusterOptions{
+		Addrs:                 cluster.Addrs(),
+		ContextTimeoutEnabled: true,
+		MaxRetries:            3,
+	})
+	t.Cleanup(func() { _ = client.Close() })
+	a := newRedis(t, client, Options{Prefix: "extauthz:", Timeout: time.Second})
+	b := newRedis(t, client, Options{Prefix: "extauthz:", Timeout: time.Second})
+
+	// Buckets on every node: each check's limits must land in one slot.
+	nodes := map[string]bool{}
+	for i := range 30 {
+		bucket := fmt.Sprint("key", i)
+		limits := []ratelimit.Limit{
+			{Name: "key", Bucket: bucket, Rate: ratelimit.Rate{N: 5, Window: time.Hour}},
+			{Name: "/r", Bucket: bucket, Scope: "/r", Rate: ratelimit.Rate{N: 50, Window: time.Minute}},
+		}
+		assert.Equal(t, 5, limitertest.CountAllowed(t, 2, 4, a, limits)+limitertest.CountAllowed(t, 2, 4, b, limits), bucket)
+
+		ctx := context.Background()
+		slot := func(l *ratelimit.Limit) int64 {
+			s, err := client.ClusterKeySlot(ctx, a.counterKey(l)).Result()
+			require.NoError(t, err)
+			return s
+		}
+		require.Equal(t, slot(&limits[0]), slot(&limits[1]))
+		node, err := client.MasterForKey(ctx, a.counterKey(&limits[0]))
+		require.NoError(t, err)
+		nodes[node.Options().Addr] = true
+	}
+	assert.Len(t, nodes, 3, "the buckets spread over the masters")
+	assert.Zero(t, a.Stats().Fallback+b.Stats().Fallback)
+	require.Eventually(t, func() bool { return a.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestRedisOddInputs(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	made := []*Limiter{
+		newRedis(t, client, Options{Now: clock.Now, Timeout: time.Second}),
+		newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: time.Second}), // the server's clock
+	}
+	for _, r := range made {
+		limitertest.OddInputs(t, r, clock)
+	}
+	for _, r := range made {
+		st := r.Stats()
+		assert.Zero(t, st.StoreErrors, "the script failed on some input")
+		assert.Positive(t, st.Allowed)
+	}
+}
+
+// Redis dies under load and comes back: no check fails or waits much past
+// the timeout, the fallback takes over, and the shared count resumes.
+func TestRedisKilledInTheMiddleOfARun(t *testing.T) {
+	o := newOutage(t, ratelimit.PolicyLocal)
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "busy", Rate: ratelimit.Rate{N: 1e6, Window: time.Hour}}}
+	var slowest atomic.Int64
+	var failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				res, err := o.a.Allow(context.Background(), limits)
+				d := time.Since(start)
+				for {
+					old := slowest.Load()
+					if int64(d) <= old || slowest.CompareAndSwap(old, int64(d)) {
+						break
+					}
+				}
+				if err != nil || !res.Allowed {
+					failed.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	o.srv.Stop()
+	time.Sleep(500 * time.Millisecond)
+	fallbacks := o.a.Stats().Fallback
+	o.srv.Restart()
+	require.Eventually(t, func() bool { return !o.a.BreakerOpen() }, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	st := o.a.Stats()
+	t.Logf("stats %+v, slowest check %v", st, time.Duration(slowest.Load()))
+	assert.Zero(t, failed.Load(), "no errors and no denials beyond the policy")
+	assert.Less(t, time.Duration(slowest.Load()), 5*o.timeout)
+	assert.Positive(t, fallbacks)
+	assert.Less(t, st.StoreErrors, st.Fallback/4, "the breaker kept most checks off the dead Redis")
+	assert.Greater(t, st.Allowed, st.Fallback, "the shared count decided before and after")
+	n, err := newClient(t, o.srv.Addr).Exists(context.Background(), "rl:{busy}:").Result()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), n, "checks after the restart counted in Redis again")
+}
+
+// A check whose time for the store an earlier step spent (a key lookup
+// that waited on a Redis that does not answer) is decided by the
+// store-error policy at its store deadline, not after a timeout of its own,
+// and without counting against Redis or tripping the breaker.
+func TestRedisDecidesByPolicyWhenTheCheckTimeForTheStoreIsSpent(t *testing.T) {
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "spent", Rate: ratelimit.Rate{N: 1, Window: time.Hour}}}
+
+	t.Run("a deadline already past: no call to Redis at all", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyAllow)
+		ctx, cancel := ratelimit.WithStoreDeadline(context.Background(), time.Now().Add(-time.Millisecond))
+		defer cancel()
+		for range 3 { // N is 1: only the policy allows three
+			res, err := o.a.Allow(ctx, limits)
+			require.NoError(t, err)
+			assert.True(t, res.Allowed)
+		}
+		assert.Equal(t, ratelimit.Stats{Allowed: 3, Fallback: 3}, o.a.Stats())
+	})
+
+	t.Run("a deadline reached while Redis does not answer", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyDeny)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		for range 10 {
+			ctx, cancel := ratelimit.WithStoreDeadline(context.Background(), time.Now().Add(20*time.Millisecond))
+			start := time.Now()
+			_, err := o.a.Allow(ctx, limits)
+			took := time.Since(start)
+			cancel()
+			require.ErrorIs(t, err, ratelimit.ErrUnavailable, "the deny policy decided")
+			assert.Less(t, took, 20*time.Millisecond+o.timeout/2, "waited past the store deadline")
+		}
+		assert.Zero(t, o.a.Stats().StoreErrors, "running out of the check's time is not a Redis failure")
+		assert.False(t, o.a.BreakerOpen())
+	})
+
+	t.Run("a deadline that left Redis most of its timeout: a failure like any", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyDeny)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		for range 10 {
+			ctx, cancel := ratelimit.WithStoreDeadline(context.Background(), time.Now().Add(o.timeout-time.Millisecond))
+			_, err := o.a.Allow(ctx, limits)
+			cancel()
+			require.ErrorIs(t, err, ratelimit.ErrUnavailable)
+		}
+		assert.True(t, o.a.BreakerOpen(), "a Redis that never answers opens the breaker, whichever deadline ended each call")
+	})
+
+	t.Run("the caller's own deadline still means the caller gave up", func(t *testing.T) {
+		o := newOutage(t, ratelimit.PolicyAllow)
+		o.srv.Pause()
+		defer o.srv.Resume()
+		parent, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		defer cancel()
+		ctx, cancel2 := ratelimit.WithStoreDeadline(parent, time.Now().Add(time.Hour))
+		defer cancel2()
+		_, err := o.a.Allow(ctx, limits)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	})
+}
