@@ -276,7 +276,7 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() {
 		goleak.VerifyNone(t, append(redistest.LeakOptions(), ignore,
-			goleak.IgnoreAnyFunction("github.com/extauthz/extauthz/internal/redistest.(*Server).start.func1"))...)
+			goleak.IgnoreAnyFunction("github.com/extauthz/extauthz/internal/redistest.(*Server).launch.func1"))...)
 	})
 	tp.waitWhole(t)
 
