@@ -272,7 +272,7 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	var name [len(Hash{}) + 8]byte
 	copy(name[:], h[:])
 	binary.LittleEndian.PutUint64(name[len(h):], epoch)
-	v, err, _ := c.group.Do(string(name[:]), func() (any, error) {
+	flight := c.group.DoChan(string(name[:]), func() (any, error) {
 		// Detached from the first caller's cancellation: its result is shared.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
 		defer cancel()
@@ -280,11 +280,25 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 		c.fill(h, epoch, k, err)
 		return k, err
 	})
-	if err != nil {
-		return nil, err
+	// The caller waits FetchTimeout at most, whatever the store's client
+	// does with its deadline (a client busy with a failover may overrun
+	// it): the flight goes on and fills the cache when it ends.
+	timer := time.NewTimer(c.opts.FetchTimeout)
+	defer timer.Stop()
+	select {
+	case res := <-flight:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*Key), nil
+	case <-timer.C:
+		return nil, errFetchTimeout
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
-	return v.(*Key), nil
 }
+
+var errFetchTimeout = fmt.Errorf("%w: no answer from the store within the lookup timeout", ErrUnavailable)
 
 // fill caches what the store answered for h when h's shard has not been
 // invalidated since epoch. The check and the insert are one step under the

@@ -344,6 +344,9 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 		l.run(name("cached"), "GET", "/api/users", sc.cached, nil)
 		l.run(name("metered"), "GET", "/api/users", sc.metered, nil)
 		l.run(name("uncached"), "GET", "/api/users", sc.uncached, faulted)
+		// A public route asks no store: how long it takes is the machine's
+		// own stall at that moment, which judge takes off the other checks.
+		l.run(name("control"), "GET", "/healthz", "", nil)
 	}
 	creator := startCreator(a)
 	stopAll := func() []faultSample {
@@ -504,7 +507,7 @@ var (
 func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f topoFault) {
 	t := sc.t
 	bound := faultTimeout + checkMargin
-	var rpcErrors, cachedDenied, over, uncachedWrong, uncached503 int
+	var rpcErrors, cachedDenied, over, excused, uncachedWrong, uncached503 int
 	for _, s := range samples {
 		if s.err != nil {
 			if rpcErrors++; rpcErrors <= 3 {
@@ -513,8 +516,14 @@ func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f to
 			continue
 		}
 		if s.took() > bound {
-			if over++; over <= 3 {
-				t.Errorf("%s: a check took %v at %v into the fault, past the bound %v", s.worker, s.took(), s.start.Sub(tFault).Round(time.Millisecond), bound)
+			// What is bounded is the wait on the stores: a check whose
+			// excess a storeless check on the same server saw at the same
+			// moment was held up by the machine, not by Redis.
+			if stall := machineStall(s, samples); s.took()-stall <= bound {
+				excused++
+			} else if over++; over <= 3 {
+				t.Errorf("%s: a check took %v at %v into the fault (the machine stalled storeless checks by %v then), past the bound %v",
+					s.worker, s.took(), s.start.Sub(tFault).Round(time.Millisecond), stall, bound)
 			}
 		}
 		switch {
@@ -536,6 +545,9 @@ func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f to
 	}
 	assert.Zero(t, rpcErrors, "RPC errors")
 	assert.Zero(t, over, "checks past store.redis.timeout + %v", checkMargin)
+	if excused > 0 {
+		t.Logf("%d checks past the bound were matched by a storeless check stalled as long at the same moment (machine load, not Redis)", excused)
+	}
 	assert.Zero(t, cachedDenied, "denials of the cached key")
 	assert.Zero(t, uncachedWrong, "denials of the uncached key other than 503 unavailable")
 	if f.unavailable {
@@ -627,4 +639,18 @@ func (c *creator) stop() (map[string]string, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.created, c.failed
+}
+
+// machineStall is the longest a storeless check ("control" worker) on the
+// same server took while s ran: time the machine, not a store, took.
+func machineStall(s faultSample, samples []faultSample) time.Duration {
+	_, server, _ := strings.Cut(s.worker, "@")
+	var most time.Duration
+	for _, c := range samples {
+		if c.err != nil || c.worker != "control@"+server || c.end.Before(s.start) || c.start.After(s.end) {
+			continue
+		}
+		most = max(most, c.took())
+	}
+	return most
 }

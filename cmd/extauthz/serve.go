@@ -131,13 +131,18 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		return nil, err
 	}
 	s := &server{cfg: cfg, logger: logger, be: be}
-	s.cache = keystore.NewCache(be.store, keystore.CacheOptions{
+	cacheOpts := keystore.CacheOptions{
 		Size:        cfg.Cache.Size,
 		TTL:         time.Duration(cfg.Cache.TTL),
 		NegativeTTL: time.Duration(cfg.Cache.NegativeTTL),
 		MaxStale:    time.Duration(cfg.Cache.MaxStale),
 		Logger:      logger,
-	})
+	}
+	if be.redis != nil {
+		// A lookup waits on Redis no longer than any other Redis call.
+		cacheOpts.FetchTimeout = time.Duration(cfg.Store.Redis.Timeout)
+	}
+	s.cache = keystore.NewCache(be.store, cacheOpts)
 	if s.limiter, err = newLimiter(cfg, be); err != nil {
 		be.Close()
 		return nil, err
