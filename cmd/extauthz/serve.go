@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -35,15 +35,35 @@ import (
 	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
 )
 
-// serveCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
-func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	cfg, path, err := loadConfig(fs, args)
-	if err != nil {
-		return err
+// newServeCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
+func newServeCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "serve [--config FILE]",
+		Short: "Run the gRPC, HTTP and admin listeners",
+		Long: `Run the servers: gRPC ext_authz and health (listen.grpc), HTTP forward-auth,
+/healthz, /readyz and /metrics (listen.http), and the admin API (listen.admin).
+SIGTERM or SIGINT drains them; SIGHUP, or a change of the file, reloads the
+routes, sources and limits. Without --config or $EXTAUTHZ_CONFIG it serves the
+built-in defaults. It refuses to start without a hashing pepper unless the config
+declares development: true.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, path, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			return serve(c.Context(), cfg, path, c.ErrOrStderr(), c.OutOrStdout())
+		},
 	}
+	addConfigFlag(c.Flags())
+	return c
+}
+
+// serve runs a server on cfg until ctx is done; audit events with the
+// stdout sink go to auditOut.
+func serve(ctx context.Context, cfg *config.Config, path string, stderr, auditOut io.Writer) error {
 	logger := newLogger(cfg.Log, stderr)
-	srv, err := newServer(cfg, logger, os.Stdout)
+	srv, err := newServer(cfg, logger, auditOut)
 	if err != nil {
 		return err
 	}
