@@ -123,6 +123,9 @@ type server struct {
 	cfgPath     string
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec
+	lastLoad    prometheus.Gauge
+	obs         *observer
+	grpcMetrics *grpcMetrics
 	// sweepEvery is how often the key store is swept (sweep.go).
 	sweepEvery time.Duration
 
@@ -169,12 +172,22 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 
 	s.audit = newAuditLogger(cfg, be, auditOut, logger)
 	s.metrics = prometheus.NewRegistry()
-	obs := newObserver(s.metrics, s.audit)
+	s.obs = newObserver(s.metrics, s.audit)
+	s.obs.setPolicy(policy)
 	registerStats(s.metrics, s.cache, s.limiter, s.audit)
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_config_reloads_total", Help: "Config reloads by result."}, []string{"result"})
-	s.metrics.MustRegister(s.reloads)
+	s.lastLoad = prometheus.NewGauge(prometheus.GaugeOpts{Name: "extauthz_config_last_reload_success_timestamp_seconds",
+		Help: "When the config in force was loaded (at start, or by the last successful reload), in seconds since the Unix epoch."})
+	s.lastLoad.SetToCurrentTime()
+	s.reloads.WithLabelValues("ok")
+	s.reloads.WithLabelValues("error")
+	s.metrics.MustRegister(s.reloads, s.lastLoad)
+	s.grpcMetrics = newGRPCMetrics(cfg.Metrics.GRPC)
+	if s.grpcMetrics != nil {
+		s.metrics.MustRegister(s.grpcMetrics)
+	}
 
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(s.grpcMetrics.serverOptions(),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Caps on what one connection can make the server hold: a
@@ -190,13 +203,14 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// Check requests are decoded straight into what the decision
 		// reads, not into the whole CheckRequest (authz/envoy/wire.go).
 		envoy.ServerCodec(),
-	)
-	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
+	)...)
+	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	s.grpcMetrics.initialize(s.grpc)
 
-	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), obs)
+	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), s.obs)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
@@ -223,7 +237,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	m := s.be.manager(s.cfg)
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
-		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit}
+		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure}
 	if path := s.cfg.Leaks.GitHubKeysFile; path != "" {
 		doc, err := os.ReadFile(path)
 		if err != nil {
@@ -243,6 +257,13 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	})
 	return nil
+}
+
+// auditAuthFailure records a request the admin API refused for its
+// credential.
+func (s *server) auditAuthFailure(f admin.AuthFailure) {
+	s.audit.Record(audit.Event{Type: audit.TypeAdminAuthFailed, KeyID: f.KeyID, ClientIP: f.ClientIP,
+		Method: f.Method, Route: f.Route, RequestID: f.RequestID, UserAgent: f.UserAgent, Status: f.Status, Code: string(f.Code)})
 }
 
 // readyz is 200 when the store answers. A server whose store is down still
