@@ -18,6 +18,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -130,6 +131,8 @@ type server struct {
 	sweepEvery time.Duration
 
 	adminSrv *http.Server
+	// tls is what every listener serves TLS with; nil when off.
+	tls *listenerTLS
 
 	grpcLn, httpLn, adminLn net.Listener
 	// bg runs the cache's watch and last-used writer, the config watch and
@@ -187,7 +190,16 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		s.metrics.MustRegister(s.grpcMetrics)
 	}
 
-	s.grpc = grpc.NewServer(append(s.grpcMetrics.serverOptions(),
+	if s.tls, err = newListenerTLS(cfg.TLS); err != nil {
+		s.limiter.Close()
+		be.Close()
+		return nil, err
+	}
+	grpcOpts := s.grpcMetrics.serverOptions()
+	if tc := s.tls.config("h2"); tc != nil {
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	s.grpc = grpc.NewServer(append(grpcOpts,
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Caps on what one connection can make the server hold: a
@@ -218,8 +230,9 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
-		Handler:  recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
+		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
 		s.limiter.Close()
@@ -253,8 +266,9 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 		public.Handle("POST /v1/leaks/github", admin.NewLeakHandler(opts))
 	}
 	s.adminSrv = adminLimits.apply(&http.Server{
-		Handler:  recoverHTTP(s.logger, "admin", admin.New(opts)),
-		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		Handler:   recoverHTTP(s.logger, "admin", admin.New(opts)),
+		ErrorLog:  slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	return nil
 }
@@ -317,22 +331,27 @@ func (s *server) run(ctx context.Context) error {
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 		go func() { errc <- s.grpc.Serve(s.grpcLn) }()
 	}
-	if s.httpLn != nil {
+	for _, l := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{s.http, s.httpLn}, {s.adminSrv, s.adminLn}} {
+		if l.ln == nil {
+			continue
+		}
 		go func() {
-			if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
+			var err error
+			if l.srv.TLSConfig != nil {
+				err = l.srv.ServeTLS(l.ln, "", "") // the certificate comes from TLSConfig.GetCertificate
+			} else {
+				err = l.srv.Serve(l.ln)
 			}
-		}()
-	}
-	if s.adminLn != nil {
-		go func() {
-			if err := s.adminSrv.Serve(s.adminLn); !errors.Is(err, http.ErrServerClosed) {
+			if !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		}()
 	}
 	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn),
-		"admin", addrOf(s.adminLn), "store", describeStore(s.cfg))
+		"admin", addrOf(s.adminLn), "store", describeStore(s.cfg), "tls", describeTLS(s.cfg.TLS))
 
 	var err error
 	select {
