@@ -133,6 +133,8 @@ type server struct {
 	adminSrv *http.Server
 	// tls is what every listener serves TLS with; nil when off.
 	tls *listenerTLS
+	// tracing exports a span per check and admin call; nil when off.
+	tracing *tracing
 
 	grpcLn, httpLn, adminLn net.Listener
 	// bg runs the cache's watch and last-used writer, the config watch and
@@ -195,6 +197,11 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		be.Close()
 		return nil, err
 	}
+	if s.tracing, err = newTracing(context.Background()); err != nil {
+		s.limiter.Close()
+		be.Close()
+		return nil, err
+	}
 	grpcOpts := s.grpcMetrics.serverOptions()
 	if tc := s.tls.config("h2"); tc != nil {
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tc)))
@@ -216,13 +223,14 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// reads, not into the whole CheckRequest (authz/envoy/wire.go).
 		envoy.ServerCodec(),
 	)...)
-	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger})
+	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger, Tracer: s.tracing.checks()})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.grpcMetrics.initialize(s.grpc)
 
 	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), s.obs)
+	s.httpMode.Tracer = s.tracing.checks()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
@@ -235,6 +243,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
+		s.tracing.shutdown()
 		s.limiter.Close()
 		be.Close()
 		return nil, err
@@ -251,6 +260,9 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
 		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure}
+	if s.tracing != nil {
+		opts.OnCaller = noteCaller
+	}
 	if path := s.cfg.Leaks.GitHubKeysFile; path != "" {
 		doc, err := os.ReadFile(path)
 		if err != nil {
@@ -266,7 +278,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 		public.Handle("POST /v1/leaks/github", admin.NewLeakHandler(opts))
 	}
 	s.adminSrv = adminLimits.apply(&http.Server{
-		Handler:   recoverHTTP(s.logger, "admin", admin.New(opts)),
+		Handler:   recoverHTTP(s.logger, "admin", s.tracing.admin(admin.New(opts))),
 		ErrorLog:  slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
@@ -394,6 +406,7 @@ func (s *server) close() {
 		s.httpLn.Close()
 	}
 	closeAudit(s.audit)
+	s.tracing.shutdown()
 	if err := s.limiter.Close(); err != nil {
 		s.logger.Warn("close rate limiter", "err", err)
 	}
