@@ -224,7 +224,7 @@ func TestKeysCommandsSayWhichStoreTheyUse(t *testing.T) {
 	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", db))
 	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "n", "--perm", "x", "--json")
 	require.Equal(t, 0, code, errOut)
-	assert.Contains(t, errOut, "wrote to embedded store "+db+" (config "+path+")")
+	assert.Contains(t, errOut, "wrote to embedded store "+db+", config "+path+"\n")
 	var k struct{ ID string }
 	require.NoError(t, json.Unmarshal([]byte(out), &k))
 	_, errOut, code = cliRun(t, "keys", "revoke", k.ID, "--config", path)
@@ -237,7 +237,7 @@ func TestKeysCommandsSayWhichStoreTheyUse(t *testing.T) {
 	t.Setenv("EXTAUTHZ_CONFIG", path)
 	_, errOut, code = cliRun(t, "keys", "create", "--name", "m", "--perm", "x")
 	require.Equal(t, 0, code, errOut)
-	assert.Contains(t, errOut, "(config "+path+")", "$EXTAUTHZ_CONFIG is a config too")
+	assert.Contains(t, errOut, ", config "+path+"\n", "$EXTAUTHZ_CONFIG is a config too")
 
 	// Redis: the url and prefix, never the password.
 	srv := redistest.Start(t)
@@ -621,7 +621,7 @@ func TestConfigExplain(t *testing.T) {
 		json   map[string]any
 	}{
 		{"a route with permissions and a limit", path, []string{"--method", "DELETE", "--path", "/api/users/7?x=1"},
-			[]string{"policy:  default", "request: DELETE /api/users/7", "route:   routes[2] /api/users/{id} (DELETE)", "delete:users", "key: 100/m", "/api/users/{id}: 2/m (per key, on this route only)"},
+			[]string{"policy:  default", "request: DELETE /api/users/7", "route:   #3 /api/users/{id} (DELETE), routes[2] of the file", "delete:users", "key: 100/m", "/api/users/{id}: 2/m (per key, on this route only)"},
 			map[string]any{"policy": "default", "method": "DELETE", "path": "/api/users/7", "outcome": "key", "permissions": []any{"delete:users"}}},
 		{"a dot segment is refused, as the decision refuses it", path, []string{"--method", "GET", "--path", "/api/../admin"},
 			[]string{"outcome: 400 bad_request: malformed request:"},
@@ -639,7 +639,7 @@ func TestConfigExplain(t *testing.T) {
 		{"a method the path's routes do not list", path, []string{"--method", "POST", "--path", "/api/users"},
 			[]string{"outcome: 403 no_route: no route allows POST on this path"}, map[string]any{"code": "no_route"}},
 		{"HEAD goes with GET", path, []string{"--method", "HEAD", "--path", "/api/users"},
-			[]string{"routes[1] /api/users (GET)", "read:users"}, map[string]any{"outcome": "key"}},
+			[]string{"#2 /api/users (GET)", "read:users"}, map[string]any{"outcome": "key"}},
 		{"unmatched: authenticate", authenticate, []string{"--method", "GET", "--path", "/nowhere"},
 			[]string{"no route matches; unmatched: authenticate", "key: 1000/h"}, map[string]any{"outcome": "key", "permissions": []any{}}},
 		{"context extensions are shown", path, []string{"--method", "GET", "--path", "/api/users", "--context", "policy=billing"},

@@ -189,7 +189,7 @@ func printExplanation(w io.Writer, ex explanation) {
 		if len(r.Methods) > 0 {
 			methods = strings.Join(r.Methods, ",")
 		}
-		fmt.Fprintf(w, "route:   routes[%d] %s (%s)\n", r.Index, r.Path, methods)
+		fmt.Fprintf(w, "route:   #%d %s (%s), routes[%d] of the file\n", r.Index+1, r.Path, methods, r.Index)
 	default:
 		fmt.Fprintln(w, "route:   (none)")
 	}

@@ -88,7 +88,7 @@ func withManager(c *cobra.Command, act keysAction, fn keysRun) error {
 		return err
 	}
 	if act.writes {
-		fmt.Fprintf(stderr, "wrote to %s (config %s)\n", describeStoreAt(cfg), path)
+		fmt.Fprintf(stderr, "wrote to %s, config %s\n", describeStoreAt(cfg), path)
 	}
 	return nil
 }
