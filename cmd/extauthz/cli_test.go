@@ -109,6 +109,8 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"", []string{"sevre"}, 2, `did you mean "serve"?`},
 		{"", []string{pasted}, 2, "unknown command"},
+		{"help", []string{"help", "frob"}, 2, `unknown command "frob"`},
+		{"help", []string{"help", "keys", "burn"}, 2, `unknown command "keys burn"`},
 		{"serve", []string{"serve", "extra"}, 2, `unexpected argument "extra"`},
 		{"serve", []string{"serve", "--config", badCfg}, 1, "permision: unknown field"},
 		{"keys", []string{"keys"}, 2, "missing command"},

@@ -89,6 +89,17 @@ fall back to the built-in defaults without either, the keys commands do not.`,
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{c, err} })
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usageErrorf(c, "unknown command %q: see extauthz --help", strings.Join(args, " "))
+			}
+			return cmd.Help()
+		},
+	})
 	root.AddCommand(
 		newServeCmd(),
 		newKeysCmd(),
