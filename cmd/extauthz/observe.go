@@ -42,11 +42,12 @@ type observer struct {
 	table     atomic.Pointer[routeTable]
 }
 
-// routeTable is the labels entry of each route of the policies in force.
+// routeTable is the labels entry of each route of the policies in force,
+// and of each policy's "(unmatched)" and "(none)".
 type routeTable struct {
 	byRoute   map[*authz.Route]*labels
-	unmatched *labels
-	none      *labels
+	unmatched map[string]*labels // by policy name
+	none      map[string]*labels
 }
 
 // labels holds the counters of one policy and route label.
@@ -59,6 +60,11 @@ type labels struct {
 // defaultPolicy is the policy label of every decision of a config without
 // named policies.
 const defaultPolicy = "default"
+
+// policyOf is the name of the policy d was decided under: with one policy,
+// always the default. (Named policies give the decision its policy's name;
+// this is the one place the metrics and the trace read it from.)
+func policyOf(*authz.Decision) string { return defaultPolicy }
 
 func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
 	o := &observer{
@@ -94,7 +100,8 @@ func (o *observer) setPolicy(p *authz.Policy) {
 
 func (o *observer) newTable(p *authz.Policy) *routeTable {
 	t := &routeTable{byRoute: map[*authz.Route]*labels{},
-		unmatched: o.newLabels(defaultPolicy, routeUnmatched), none: o.newLabels(defaultPolicy, routeNone)}
+		unmatched: map[string]*labels{defaultPolicy: o.newLabels(defaultPolicy, routeUnmatched)},
+		none:      map[string]*labels{defaultPolicy: o.newLabels(defaultPolicy, routeNone)}}
 	if p != nil {
 		for _, r := range p.Routes.List() {
 			t.byRoute[r] = o.newLabels(defaultPolicy, r.Pattern)
@@ -110,17 +117,32 @@ func (o *observer) newLabels(policy, route string) *labels {
 // labelsOf is the labels entry of d's policy and route.
 func (o *observer) labelsOf(d *authz.Decision) *labels {
 	t := o.table.Load()
+	var l *labels
 	switch {
 	case d.Route != nil:
-		if l, ok := t.byRoute[d.Route]; ok {
-			return l
-		}
-		// A route of a policy a reload has replaced since.
-		return o.newLabels(defaultPolicy, d.Route.Pattern)
+		l = t.byRoute[d.Route]
 	case d.Method == "":
-		return t.none
+		l = t.none[policyOf(d)]
+	default:
+		l = t.unmatched[policyOf(d)]
 	}
-	return t.unmatched
+	if l == nil {
+		// A route or policy a reload has replaced since.
+		l = o.newLabels(policyOf(d), routeLabel(d))
+	}
+	return l
+}
+
+// routeLabel is the route label of d: the configured pattern, "(unmatched)"
+// or "(none)".
+func routeLabel(d *authz.Decision) string {
+	switch {
+	case d.Route != nil:
+		return d.Route.Pattern
+	case d.Method == "":
+		return routeNone
+	}
+	return routeUnmatched
 }
 
 // counter returns the counter in p, made from vec with values on first use.

@@ -144,16 +144,9 @@ func (c checkTracer) Start(ctx context.Context, req *authz.Request) (context.Con
 		if d.Allowed() {
 			code = "allow"
 		}
-		route := routeNone
-		switch {
-		case d.Route != nil:
-			route = d.Route.Pattern
-		case d.Method != "":
-			route = routeUnmatched
-		}
 		span.SetAttributes(
-			attribute.String(attrPolicy, defaultPolicy),
-			attribute.String(attrRoute, route),
+			attribute.String(attrPolicy, policyOf(d)),
+			attribute.String(attrRoute, routeLabel(d)),
 			attribute.String(attrCode, code),
 			attribute.Int("http.response.status_code", d.Code.HTTPStatus()),
 		)
