@@ -174,7 +174,7 @@ func StartSentinelSet(tb testing.TB, o SentinelSetOptions) *SentinelSet {
 					return err
 				}
 				if got := len(v.([]any)); got < want {
-					return fmt.Errorf("Sentinel %s knows %d %s, want %d", s.Addr, got, strings.ToLower(what), want)
+					return fmt.Errorf("sentinel %s knows %d %s, want %d", s.Addr, got, strings.ToLower(what), want)
 				}
 			}
 		}
@@ -238,7 +238,7 @@ func (set *SentinelSet) WaitPromoted(old *Server, timeout time.Duration) (*Serve
 			}
 			hp, _ := v.([]any)
 			if len(hp) != 2 || net.JoinHostPort(hp[0].(string), hp[1].(string)) == old.Addr {
-				return fmt.Errorf("Sentinel %s still names %v", s.Addr, v)
+				return fmt.Errorf("sentinel %s still names %v", s.Addr, v)
 			}
 		}
 		n, err := set.Master()
