@@ -2,7 +2,8 @@
 #
 # extauthz image: a static Go binary on distroless, running as a non-root user.
 #
-#   docker build -t extauthz:dev --build-arg VERSION=$(git describe --always --dirty) .
+#   docker build -t extauthz:dev \
+#     --build-arg VERSION=$(git describe --tags --always --dirty) --build-arg COMMIT=$(git rev-parse HEAD) .
 #
 # Checked by deploytest/dockerfile_test.go (cd deploytest && go test ./...).
 
@@ -11,7 +12,10 @@
 FROM --platform=$BUILDPLATFORM golang:1.26 AS build
 ARG TARGETOS
 ARG TARGETARCH
+# What `extauthz version` and extauthz_build_info report. The build context
+# has no .git (.dockerignore), so the commit must be passed in.
 ARG VERSION=dev
+ARG COMMIT=unknown
 WORKDIR /src
 
 # Dependencies first, so a source change does not re-download modules.
@@ -26,7 +30,7 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/extauthz ./cmd/extauthz
+    go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/extauthz ./cmd/extauthz
 
 # The embedded store's directory, owned by the runtime user: distroless has no
 # shell to create it at run time, and the root filesystem may be read-only.

@@ -4,13 +4,19 @@ CONFIG ?= extauthz.yaml
 
 FUZZTIME ?= 10s
 
+# What `extauthz version` and extauthz_build_info report: the tag or commit
+# the tree is at (with -dirty for uncommitted changes), and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 .PHONY: run build test test-short bench bench-go load load-scale measure-placement fuzz lint
 
 run: ## run the service on the embedded store with the demo config
 	$(GO) run ./cmd/extauthz serve --config $(CONFIG)
 
-build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
+build: ## bin/extauthz, static, stamped with VERSION and COMMIT
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/extauthz ./cmd/extauthz
 
 test: ## everything CI runs: vet, the race-checked suite, the deployment checks
 	$(GO) vet ./...
@@ -32,12 +38,12 @@ bench-go: ## Go benchmarks of the hot path
 LOADFLAGS ?=
 
 load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~2 min
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/extauthz ./cmd/extauthz
 	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
 	bin/extauthz-load bench --extauthz bin/extauthz $(LOADFLAGS)
 
 load-scale: ## 1M keys in Redis, cache 100k, Zipf traffic: hit ratio, p99, RSS; several minutes and ~2 GB of memory
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/extauthz ./cmd/extauthz
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/extauthz ./cmd/extauthz
 	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
 	bin/extauthz-load bench --extauthz bin/extauthz --scenarios noop,scale --rounds 1 --duration 10s $(LOADFLAGS)
 

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"path"
 	"slices"
 	"strconv"
@@ -63,6 +64,34 @@ type Options struct {
 	// too, counted with its decisions: a key limited to 5/m makes 5
 	// requests a minute, of any kind.
 	RateLimit ratelimit.Rate
+	// OnAuthFailure is told of every request refused for its credential
+	// (to audit it); nil tells no one. It must not block.
+	OnAuthFailure func(AuthFailure)
+	// OnCaller is told of every authenticated caller, with the request's
+	// context (to name the key on the request's trace span); nil tells no
+	// one. It must not block.
+	OnCaller func(ctx context.Context, keyID string)
+}
+
+// AuthFailure is a request the admin API refused for its credential: no
+// key, an unknown, revoked or expired one, an address the key's allowlist
+// does not hold (401, 403 ip_not_allowed, 400 for a credential spelt
+// ambiguously), or a key without the keys:* permission the route needs
+// (403 permission_denied). It never holds the credential.
+type AuthFailure struct {
+	// KeyID is the key that was presented, when it is known (revoked,
+	// expired, not allowed from the address, lacking the permission); ""
+	// when there was none or it matched no key.
+	KeyID string
+	// ClientIP is the peer (the admin listener is reached directly).
+	ClientIP netip.Addr
+	// Method is the request's; Route the pattern of the route it asked
+	// for ("/v1/keys/{id}"), never the raw path, in which a pasted key may
+	// stand for an id.
+	Method, Route        string
+	RequestID, UserAgent string
+	Status               int
+	Code                 authz.Code
 }
 
 // adminScope is the rate-limit scope of the admin API's own limit: route
@@ -123,6 +152,9 @@ type server struct {
 	limiter ratelimit.Limiter
 	rate    ratelimit.Rate
 
+	onAuthFailure func(AuthFailure)
+	onCaller      func(ctx context.Context, keyID string)
+
 	mux   *http.ServeMux
 	paths *http.ServeMux      // method-less patterns, to tell 405 from 404
 	allow map[string][]string // path pattern → methods, for the Allow header
@@ -166,6 +198,7 @@ func newServer(o Options, rs []route) *server {
 	s := &server{
 		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger,
 		leaks: o.Leaks, maxBody: o.MaxBodyBytes, limiter: o.Limiter, rate: o.RateLimit,
+		onAuthFailure: o.OnAuthFailure, onCaller: o.OnCaller,
 		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
 	}
 	if s.store == nil {
@@ -232,13 +265,17 @@ func (s *server) handle(rt route) http.HandlerFunc {
 		var c *caller
 		if rt.access != signed {
 			var ok bool
-			if c, ok = s.authenticate(w, r); !ok {
+			if c, ok = s.authenticate(w, r, rt); !ok {
 				return
+			}
+			if s.onCaller != nil {
+				s.onCaller(r.Context(), c.key.ID)
 			}
 			if !s.rateLimit(w, r, c) {
 				return
 			}
 			if err := c.need(rt.access); err != nil {
+				s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
 				s.writeError(w, r, err)
 				return
 			}
@@ -255,7 +292,7 @@ func (s *server) handle(rt route) http.HandlerFunc {
 // writes the decision's status, headers and JSON body (401, 403
 // ip_not_allowed, 503, or 400 for a malformed path or an ambiguous
 // credential name) and returns false.
-func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, bool) {
+func (s *server) authenticate(w http.ResponseWriter, r *http.Request, rt route) (*caller, bool) {
 	// The admin listener is reached directly, not through a proxy that
 	// appends to X-Forwarded-For: the peer is the client.
 	req := forwardauth.NewRequest(r, 0)
@@ -268,9 +305,26 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request) (*caller, 
 	}
 	forwardauth.WriteDenial(w, &d)
 	if d.Code == authz.CodeUnavailable {
+		// The store failed, not the caller's credential.
 		s.log.Warn("admin API: key store unavailable while authenticating", "method", r.Method, "path", r.URL.Path)
+		return nil, false
 	}
+	var keyID string
+	if d.Key != nil {
+		keyID = d.Key.ID
+	}
+	s.authFailed(r, rt, keyID, d.Code.HTTPStatus(), d.Code)
 	return nil, false
+}
+
+// authFailed tells OnAuthFailure of a request refused for its credential.
+func (s *server) authFailed(r *http.Request, rt route, keyID string, status int, code authz.Code) {
+	if s.onAuthFailure == nil {
+		return
+	}
+	ip, _ := netip.ParseAddr(forwardauth.PeerHost(r.RemoteAddr))
+	s.onAuthFailure(AuthFailure{KeyID: keyID, ClientIP: ip.Unmap(), Method: r.Method, Route: rt.Path,
+		RequestID: r.Header.Get("X-Request-Id"), UserAgent: r.Header.Get("User-Agent"), Status: status, Code: code})
 }
 
 // rateLimit counts the request against the caller's limits: the admin API's

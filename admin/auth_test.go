@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -49,11 +50,12 @@ func TestEveryRouteRefusesCallersWithoutAUsableKey(t *testing.T) {
 		unknown, err := e.manager.Format.Generate()
 		require.NoError(t, err)
 		revoked, revokedID := e.create(keystore.Spec{Name: "revoked", Permissions: []string{"keys:admin"}})
+		plain, plainID := e.create(keystore.Spec{Name: "plain", Permissions: []string{"admin"}})
 		_, err = e.manager.Revoke(context.Background(), revokedID, "test")
 		require.NoError(t, err)
 		expiry := e.clock.Now().Add(time.Minute)
-		expired, _ := e.create(keystore.Spec{Name: "expired", Permissions: []string{"keys:admin"}, ExpiresAt: &expiry})
-		faraway, _ := e.create(keystore.Spec{Name: "faraway", Permissions: []string{"keys:admin"},
+		expired, expiredID := e.create(keystore.Spec{Name: "expired", Permissions: []string{"keys:admin"}, ExpiresAt: &expiry})
+		faraway, farawayID := e.create(keystore.Spec{Name: "faraway", Permissions: []string{"keys:admin"},
 			IPAllowlist: mustCIDRs(t, "203.0.113.0/24")})
 		e.clock.Advance(2 * time.Minute)
 
@@ -62,18 +64,21 @@ func TestEveryRouteRefusesCallersWithoutAUsableKey(t *testing.T) {
 			hdr    []string
 			status int
 			code   string
+			keyID  string // the key id the audit names, when the key is known
 		}{
-			{"no key is 401 missing_key", nil, 401, "missing_key"},
-			{"an empty key is 401 missing_key", []string{"x-api-key", " "}, 401, "missing_key"},
-			{"another Authorization scheme is 401 missing_key", []string{"Authorization", "Basic " + e.root}, 401, "missing_key"},
-			{"a malformed key is 401 invalid_key", []string{"x-api-key", "not a key!"}, 401, "invalid_key"},
-			{"a key with a bad checksum is 401 invalid_key", []string{"x-api-key", badChecksum(e.root)}, 401, "invalid_key"},
-			{"an unknown key is 401 invalid_key", []string{"x-api-key", unknown}, 401, "invalid_key"},
-			{"a revoked key is 401 revoked_key", []string{"x-api-key", revoked}, 401, "revoked_key"},
-			{"an expired key is 401 expired_key", []string{"x-api-key", expired}, 401, "expired_key"},
-			{"a key from outside its allowlist is 403 ip_not_allowed", []string{"x-api-key", faraway}, 403, "ip_not_allowed"},
+			{"no key is 401 missing_key", nil, 401, "missing_key", ""},
+			{"an empty key is 401 missing_key", []string{"x-api-key", " "}, 401, "missing_key", ""},
+			{"another Authorization scheme is 401 missing_key", []string{"Authorization", "Basic " + e.root}, 401, "missing_key", ""},
+			{"a malformed key is 401 invalid_key", []string{"x-api-key", "not a key!"}, 401, "invalid_key", ""},
+			{"a key with a bad checksum is 401 invalid_key", []string{"x-api-key", badChecksum(e.root)}, 401, "invalid_key", ""},
+			{"an unknown key is 401 invalid_key", []string{"x-api-key", unknown}, 401, "invalid_key", ""},
+			{"a revoked key is 401 revoked_key", []string{"x-api-key", revoked}, 401, "revoked_key", revokedID},
+			{"an expired key is 401 expired_key", []string{"x-api-key", expired}, 401, "expired_key", expiredID},
+			{"a key from outside its allowlist is 403 ip_not_allowed", []string{"x-api-key", faraway}, 403, "ip_not_allowed", farawayID},
+			{"a key without keys:* is 403 permission_denied", []string{"x-api-key", plain}, 403, "permission_denied", plainID},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
+				e.rec.AuthFailures()
 				for _, rt := range keyRoutes() {
 					path := strings.ReplaceAll(rt.Path, "{id}", target)
 					r := e.send(rt.Method, path, "", rt.body, tc.hdr...)
@@ -82,6 +87,14 @@ func TestEveryRouteRefusesCallersWithoutAUsableKey(t *testing.T) {
 					if tc.status == 401 {
 						assert.Contains(t, r.header.Get("WWW-Authenticate"), `Bearer realm="extauthz"`)
 					}
+				}
+				// Each refusal is audited: the key when it is known, never a secret.
+				failures := e.rec.AuthFailures()
+				require.Len(t, failures, len(keyRoutes()))
+				for i, rt := range keyRoutes() {
+					f := failures[i]
+					assert.Equal(t, AuthFailure{KeyID: tc.keyID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: rt.Method, Route: rt.Path,
+						UserAgent: "Go-http-client/1.1", Status: tc.status, Code: authz.Code(tc.code)}, f)
 				}
 			})
 		}

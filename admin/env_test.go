@@ -94,16 +94,32 @@ type change struct {
 
 // recorder collects audit changes, leak reports and log output.
 type recorder struct {
-	mu      sync.Mutex
-	changes []change
-	leaked  []*keystore.Key
-	logs    bytes.Buffer
+	mu       sync.Mutex
+	failures []AuthFailure
+	changes  []change
+	leaked   []*keystore.Key
+	logs     bytes.Buffer
 }
 
 func (r *recorder) onChange(kind string, k *keystore.Key, actor string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.changes = append(r.changes, change{kind, k.ID, k.Owner, actor, k.RotatedFrom})
+}
+
+func (r *recorder) onAuthFailure(f AuthFailure) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failures = append(r.failures, f)
+}
+
+// AuthFailures returns the failures recorded since the last call.
+func (r *recorder) AuthFailures() []AuthFailure {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.failures
+	r.failures = nil
+	return f
 }
 
 func (r *recorder) onLeak(k *keystore.Key) {
@@ -196,13 +212,14 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 	e.github, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	opts := Options{
-		Authz:        authz.NewAuthorizer(policy, e.cache, hasher, nil, e.clock.Now),
-		Manager:      e.manager,
-		Now:          e.clock.Now,
-		Logger:       slog.New(slog.NewTextHandler(e.rec, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		MaxBodyBytes: o.maxBodyBytes,
-		Limiter:      ratelimit.NewLocal(e.clock.Now, 0),
-		RateLimit:    ratelimit.Rate{N: 600, Window: time.Minute}, // the default admin.rate_limit
+		Authz:         authz.NewAuthorizer(policy, e.cache, hasher, nil, e.clock.Now),
+		Manager:       e.manager,
+		Now:           e.clock.Now,
+		Logger:        slog.New(slog.NewTextHandler(e.rec, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		MaxBodyBytes:  o.maxBodyBytes,
+		Limiter:       ratelimit.NewLocal(e.clock.Now, 0),
+		RateLimit:     ratelimit.Rate{N: 600, Window: time.Minute}, // the default admin.rate_limit
+		OnAuthFailure: e.rec.onAuthFailure,
 	}
 	if o.adminRate != "" {
 		opts.RateLimit, err = ratelimit.ParseRate(o.adminRate)

@@ -28,7 +28,22 @@ const (
 	TypeKeyRevoked Type = "key.revoked" // a key was revoked
 	TypeKeyRotated Type = "key.rotated" // KeyID is the new key, RotatedFrom the old one
 	TypeKeyLeaked  Type = "key.leaked"  // a key was reported as leaked
+	// TypeAdminAuthFailed is a request to the admin API refused for its
+	// credential: none, an unknown, revoked or expired key, a key from an
+	// address its allowlist does not hold, or a key without the keys:*
+	// permission the call needs. KeyID is set when the key is known; the
+	// request fields (RequestID to UserAgent, Status, Code) say what was
+	// asked and the answer, and Route the API route asked for
+	// ("/v1/keys/{id}"), in place of the path (a pasted key may stand where
+	// an id goes).
+	TypeAdminAuthFailed Type = "admin.auth_failed"
 )
+
+// SchemaVersion is the "schema" of every event: the version of the format
+// this package writes. Fields are only ever added within a version; a field
+// renamed or removed, or a meaning changed, raises it. (Events written
+// before the field existed have none.)
+const SchemaVersion = 1
 
 // Values of Event.Decision.
 const (
@@ -46,8 +61,10 @@ const MaxFieldLen = 512
 const truncationMark = "...[truncated]"
 
 // Event is one audit record. Fields that do not apply to an event's Type stay
-// empty and are left out of its JSON form; the decision fields (RequestID to
-// LatencyUS) apply to TypeDecision only.
+// empty and are left out of its JSON form; the request fields (RequestID to
+// UserAgent, Route, Status, Code) apply to TypeDecision and
+// TypeAdminAuthFailed, Permissions, Decision and LatencyUS to TypeDecision
+// only.
 //
 // The JSON form is what AppendJSON writes; the struct tags let
 // encoding/json read it back.
@@ -71,10 +88,14 @@ type Event struct {
 	Host      string     `json:"host,omitempty"`
 	ClientIP  netip.Addr `json:"client_ip,omitzero"`
 	UserAgent string     `json:"user_agent,omitempty"`
-	Decision  string     `json:"decision,omitempty"` // Allow or Deny
-	Status    int        `json:"status,omitempty"`   // the HTTP status answered
-	Code      string     `json:"code,omitempty"`     // the deny code ("invalid_key", …); empty on allow
-	LatencyUS int64      `json:"latency_us,omitempty"`
+	// Route is the pattern of the route that decided the request ("" when
+	// none matched), Permissions what it requires of a key.
+	Route       string   `json:"route,omitempty"`
+	Permissions []string `json:"permissions,omitempty"`
+	Decision    string   `json:"decision,omitempty"` // Allow or Deny
+	Status      int      `json:"status,omitempty"`   // the HTTP status answered
+	Code        string   `json:"code,omitempty"`     // the deny code ("invalid_key", …); empty on allow
+	LatencyUS   int64    `json:"latency_us,omitempty"`
 }
 
 // timeLayout is RFC 3339 with a fixed six-digit fraction, so that lines sort
@@ -87,7 +108,9 @@ const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
 // is capped at MaxFieldLen and the path is cut at '?'. It allocates only
 // when b has to grow.
 func (e *Event) AppendJSON(b []byte) []byte {
-	b = append(b, `{"time":"`...)
+	b = append(b, `{"schema":`...)
+	b = strconv.AppendInt(b, SchemaVersion, 10)
+	b = append(b, `,"time":"`...)
 	b = e.Time.UTC().AppendFormat(b, timeLayout)
 	b = append(b, `","event":`...)
 	b = appendString(b, string(e.Type))
@@ -96,7 +119,7 @@ func (e *Event) AppendJSON(b []byte) []byte {
 	b = appendField(b, `,"owner":`, e.Owner)
 	b = appendField(b, `,"actor":`, e.Actor)
 	b = appendField(b, `,"rotated_from":`, e.RotatedFrom)
-	if e.Type == TypeDecision {
+	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed {
 		b = appendField(b, `,"request_id":`, e.RequestID)
 		b = appendField(b, `,"method":`, e.Method)
 		b = appendField(b, `,"path":`, cutQuery(e.Path))
@@ -107,10 +130,29 @@ func (e *Event) AppendJSON(b []byte) []byte {
 			b = append(b, '"')
 		}
 		b = appendField(b, `,"user_agent":`, e.UserAgent)
+	}
+	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed {
+		b = appendField(b, `,"route":`, e.Route)
+	}
+	if e.Type == TypeDecision {
+		if len(e.Permissions) > 0 {
+			b = append(b, `,"permissions":[`...)
+			for i, p := range e.Permissions {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendString(b, p)
+			}
+			b = append(b, ']')
+		}
 		b = appendField(b, `,"decision":`, e.Decision)
+	}
+	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed {
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(e.Status), 10)
 		b = appendField(b, `,"code":`, e.Code)
+	}
+	if e.Type == TypeDecision {
 		b = append(b, `,"latency_us":`...)
 		b = strconv.AppendInt(b, e.LatencyUS, 10)
 	}
@@ -148,6 +190,7 @@ func (e *Event) scrub() {
 	e.UserAgent = bound(e.UserAgent, len(e.UserAgent))
 	e.Decision = bound(e.Decision, len(e.Decision))
 	e.Code = bound(e.Code, len(e.Code))
+	e.Route = bound(e.Route, len(e.Route))
 	e.ownRequestFields()
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -25,35 +26,43 @@ func TestEventJSONHasTheFieldsOfTheSpec(t *testing.T) {
 			Time: when, Type: TypeDecision, KeyID: "key_1", KeyName: "ci", Owner: "team-a",
 			RequestID: "req-9", Method: "DELETE", Path: "/api/users/7", Host: "api.example.com",
 			ClientIP: netip.MustParseAddr("2001:db8::1"), UserAgent: "curl/8.5.0",
+			Route: "/api/users/{id}", Permissions: []string{"delete:users", "audit\"log"},
 			Decision: Deny, Status: 403, Code: "permission_denied", LatencyUS: 42,
 		},
-		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","key_name":"ci","owner":"team-a",` +
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","key_name":"ci","owner":"team-a",` +
 			`"request_id":"req-9","method":"DELETE","path":"/api/users/7","host":"api.example.com","client_ip":"2001:db8::1",` +
-			`"user_agent":"curl/8.5.0","decision":"deny","status":403,"code":"permission_denied","latency_us":42}`,
+			`"user_agent":"curl/8.5.0","route":"/api/users/{id}","permissions":["delete:users","audit\"log"],"decision":"deny","status":403,"code":"permission_denied","latency_us":42}`,
 	}, {
 		name: "an allowed decision has no code but keeps a zero latency",
 		e: Event{
 			Time: when.UTC(), Type: TypeDecision, KeyID: "key_1", Method: "GET", Path: "/",
 			ClientIP: netip.MustParseAddr("10.0.0.1"), Decision: Allow, Status: 200,
 		},
-		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","method":"GET","path":"/",` +
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","method":"GET","path":"/",` +
 			`"client_ip":"10.0.0.1","decision":"allow","status":200,"latency_us":0}`,
 	}, {
 		name: "a decision without a key names no key",
 		e:    Event{Time: when, Type: TypeDecision, Method: "GET", Path: "/x", Decision: Deny, Status: 401, Code: "missing_key", LatencyUS: 3},
-		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","method":"GET","path":"/x","decision":"deny","status":401,"code":"missing_key","latency_us":3}`,
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","method":"GET","path":"/x","decision":"deny","status":401,"code":"missing_key","latency_us":3}`,
 	}, {
 		name: "a rotation names the new key and the old one",
 		e:    Event{Time: when, Type: TypeKeyRotated, KeyID: "key_new", KeyName: "ci", Owner: "default", Actor: "cli", RotatedFrom: "key_old"},
-		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"key.rotated","key_id":"key_new","key_name":"ci","owner":"default","actor":"cli","rotated_from":"key_old"}`,
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.rotated","key_id":"key_new","key_name":"ci","owner":"default","actor":"cli","rotated_from":"key_old"}`,
 	}, {
 		name: "a change event leaves out decision fields even when set",
 		e:    Event{Time: when, Type: TypeKeyRevoked, KeyID: "key_1", Actor: "key_admin", Method: "DELETE", Status: 200},
-		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"key.revoked","key_id":"key_1","actor":"key_admin"}`,
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.revoked","key_id":"key_1","actor":"key_admin"}`,
+	}, {
+		name: "a failed admin authentication names the key when it is known, and the request",
+		e: Event{Time: when, Type: TypeAdminAuthFailed, KeyID: "key_1", Method: "DELETE", Route: "/v1/keys/{id}",
+			ClientIP: netip.MustParseAddr("10.0.0.9"), UserAgent: "curl/8.5.0", Status: 403, Code: "permission_denied",
+			Permissions: []string{"ignored"}, Decision: Deny, LatencyUS: 5},
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"admin.auth_failed","key_id":"key_1","method":"DELETE",` +
+			`"client_ip":"10.0.0.9","user_agent":"curl/8.5.0","route":"/v1/keys/{id}","status":403,"code":"permission_denied"}`,
 	}, {
 		name: "the path loses its query string",
 		e:    Event{Time: when, Type: TypeDecision, Path: "/api/users?api_key=sk_secret", Decision: Deny, Status: 401},
-		want: `{"time":"2026-03-04T04:06:07.891234Z","event":"decision","path":"/api/users","decision":"deny","status":401,"latency_us":0}`,
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","path":"/api/users","decision":"deny","status":401,"latency_us":0}`,
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -194,7 +203,7 @@ func TestScrubCopiesRequestFieldsOutOfTheRequestBuffer(t *testing.T) {
 		Type: TypeDecision, Method: "GET", Path: "/api/users", Host: "api.example.com",
 		RequestID: "req-7", UserAgent: "curl/8.5", KeyID: "key_1",
 	}
-	if e != want {
+	if !reflect.DeepEqual(e, want) {
 		t.Fatalf("scrubbed %+v, want %+v", e, want)
 	}
 	for name, f := range map[string]string{"method": e.Method, "path": e.Path, "host": e.Host, "request_id": e.RequestID, "user_agent": e.UserAgent} {
@@ -269,7 +278,7 @@ func TestEncodedEventsAlwaysParseAndRoundTrip(t *testing.T) {
 			t.Fatalf("event %d: time %v, want %v", i, got.Time, want.Time)
 		}
 		got.Time = want.Time
-		if got != want {
+		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("event %d does not round-trip:\n got %+v\nwant %+v\njson %s", i, got, want, buf)
 		}
 	}

@@ -189,7 +189,7 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	now := a.now()
 
 	// 1. Normalise method, path and client IP.
-	if !a.normalize(p, req, d) {
+	if !normalize(p, req, d) {
 		return
 	}
 	// 2. Route.
@@ -219,7 +219,7 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
 	p := a.policy.Load()
 	d.policy = p
-	if !a.normalize(p, req, d) {
+	if !normalize(p, req, d) {
 		return
 	}
 	if key, found, ok := findKey(p, req, d); ok {
@@ -301,7 +301,8 @@ func LogPanic(logger *slog.Logger, where string, r any) {
 	logger.Error("panic recovered", "in", where, "type", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
 }
 
-func (a *Authorizer) normalize(p *Policy, req *Request, d *Decision) bool {
+// normalize is step 1: the canonical method and path, and the client IP.
+func normalize(p *Policy, req *Request, d *Decision) bool {
 	if req.Malformed != "" {
 		d.Deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false

@@ -350,7 +350,7 @@ func checkAgainstUpstreams(t *testing.T, raw string, sel uint8) {
 	}
 	var d Decision
 	req := Request{Method: method, Path: raw, Headers: HeaderMap{}, XFFTrustedHops: -1}
-	if !(&Authorizer{}).normalize(p, &req, &d) || !route(p, &d) {
+	if !p.Match(&req, &d) {
 		return // rejected (400) or denied (403): nothing passes
 	}
 	got := requirementOf(d.Route, authenticate)

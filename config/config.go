@@ -32,6 +32,7 @@ import (
 // Config is the whole file.
 type Config struct {
 	Listen    Listen    `json:"listen"`
+	TLS       TLS       `json:"tls"`
 	Store     Store     `json:"store"`
 	Hashing   Hashing   `json:"hashing"`
 	Cache     Cache     `json:"cache"`
@@ -47,6 +48,7 @@ type Config struct {
 	Log       Log       `json:"log"`
 	Leaks     Leaks     `json:"leaks"`
 	Admin     Admin     `json:"admin"`
+	Metrics   Metrics   `json:"metrics"`
 	// Development declares a development setup: the one thing it relaxes is
 	// the hashing pepper, which may then be missing (see CheckPepper).
 	Development bool `json:"development"`
@@ -60,6 +62,17 @@ type Admin struct {
 	// what a person or a deployment script does and far below a loop
 	// minting and revoking keys as fast as the store takes them.
 	RateLimit *ratelimit.Rate `json:"rate_limit"` // nil = 600/m
+}
+
+// Metrics configures what /metrics exports beyond extauthz's own metrics.
+type Metrics struct {
+	// GRPC exports the gRPC server's metrics by service, method and status
+	// (grpc_server_started_total, grpc_server_handled_total,
+	// grpc_server_msg_received_total, grpc_server_msg_sent_total). Off by
+	// default: they cost 0.7–1.3 µs and two allocations per check, as much
+	// as the rest of the check handler, for what extauthz_decisions_total
+	// mostly tells already; what they add is the count of RPC errors.
+	GRPC bool `json:"grpc"`
 }
 
 // Leaks configures the GitHub secret-scanning endpoint (POST
@@ -77,6 +90,23 @@ type Listen struct {
 	HTTP  Addr `json:"http"`
 	Admin Addr `json:"admin"`
 }
+
+// TLS is what every listener (gRPC, HTTP, admin) serves TLS with; off
+// while CertFile is empty. The files are read at start and again when they
+// change (a renewed certificate is served without a restart).
+type TLS struct {
+	// CertFile and KeyFile are the server's certificate chain and private
+	// key, PEM (as in a kubernetes.io/tls Secret: tls.crt, tls.key).
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	// ClientCAFile, when set, turns on mutual TLS: a client must present a
+	// certificate signed by one of the CAs in this PEM file, or the
+	// handshake fails.
+	ClientCAFile string `json:"client_ca_file"`
+}
+
+// Enabled reports whether the listeners serve TLS.
+func (t TLS) Enabled() bool { return t.CertFile != "" }
 
 // Addr is a listen address, "host:port", or "" when the listener is off.
 // YAML 1.1 reads a bare off (or false, no) as a boolean; those mean off too.
@@ -546,6 +576,12 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(string(addr)); err != nil {
 			bad(name, "%q is not host:port (e.g. \":9001\" or \"127.0.0.1:9003\")", addr)
 		}
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		bad("tls", "set cert_file and key_file together")
+	}
+	if c.TLS.ClientCAFile != "" && c.TLS.CertFile == "" {
+		bad("tls.client_ca_file", "needs cert_file and key_file (mutual TLS is TLS first)")
 	}
 	switch c.Store.Backend {
 	case "embedded":

@@ -216,6 +216,12 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a bad admin rate", "admin: {rate_limit: lots}", `rate "lots"`},
 		{"an empty admin rate", "admin: {rate_limit: null}", "admin.rate_limit: must be a rate like 600/m, or none"},
 		{"a misspelt admin field", "admin: {ratelimit: 1/s}", `admin.ratelimit: unknown field (did you mean "rate_limit"?)`},
+		{"a TLS certificate without its key", "tls: {cert_file: /etc/tls/tls.crt}", "tls: set cert_file and key_file together"},
+		{"a TLS key without its certificate", "tls: {key_file: /etc/tls/tls.key}", "tls: set cert_file and key_file together"},
+		{"a client CA without TLS", "tls: {client_ca_file: /etc/tls/ca.crt}", "tls.client_ca_file: needs cert_file and key_file"},
+		{"a misspelt TLS field", "tls: {certfile: /x}", `tls.certfile: unknown field (did you mean "cert_file"?)`},
+		{"a misspelt metrics field", "metrics: {gprc: true}", `metrics.gprc: unknown field (did you mean "grpc"?)`},
+		{"metrics.grpc that is not a boolean", "metrics: {grpc: yes please}", "metrics.grpc"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -225,6 +231,20 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 			assert.NotContains(t, err.Error(), "hunter2", "errors never echo a secret")
 		})
 	}
+}
+
+// TLS is off and the gRPC server's own metrics are off unless the file
+// says otherwise; both take effect for every listener.
+func TestTLSAndMetricsSettings(t *testing.T) {
+	cfg, err := Parse(nil)
+	require.NoError(t, err)
+	assert.False(t, cfg.TLS.Enabled())
+	assert.False(t, cfg.Metrics.GRPC)
+	cfg, err = Parse([]byte("tls: {cert_file: /etc/tls/tls.crt, key_file: /etc/tls/tls.key, client_ca_file: /etc/ca/ca.crt}\nmetrics: {grpc: true}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, TLS{CertFile: "/etc/tls/tls.crt", KeyFile: "/etc/tls/tls.key", ClientCAFile: "/etc/ca/ca.crt"}, cfg.TLS)
+	assert.True(t, cfg.TLS.Enabled())
+	assert.True(t, cfg.Metrics.GRPC)
 }
 
 func TestLoadNamesTheFile(t *testing.T) {

@@ -154,7 +154,7 @@ func dockerfileProblems(src string, ignore *patternmatcher.PatternMatcher, exist
 			if !cgoOffByEnv && !regexp.MustCompile(`\bCGO_ENABLED=0\s`).MatchString(in.args) {
 				bad("stage %d: go build without CGO_ENABLED=0: the binary would need libc, which distroless/static lacks", i)
 			}
-			for _, want := range []string{"-trimpath", "./cmd/extauthz", "-X main.version="} {
+			for _, want := range []string{"-trimpath", "./cmd/extauthz", "-X main.version=${VERSION}", "-X main.commit=${COMMIT}"} {
 				if !strings.Contains(in.args, want) {
 					bad("stage %d: go build lacks %s", i, want)
 				}
@@ -166,6 +166,18 @@ func dockerfileProblems(src string, ignore *patternmatcher.PatternMatcher, exist
 	}
 	if !built {
 		bad("no golang:1.26 stage runs go build")
+	}
+	// The stamps come from build arguments, with defaults that say so.
+	for _, arg := range []string{"VERSION", "COMMIT"} {
+		declared := false
+		for _, s := range stages[:len(stages)-1] {
+			for _, in := range s.insts {
+				declared = declared || in.cmd == "ARG" && strings.HasPrefix(in.args, arg+"=")
+			}
+		}
+		if !declared {
+			bad("no build stage declares ARG %s=<default>: `docker build --build-arg %s=...` would stamp nothing", arg, arg)
+		}
 	}
 
 	// The final stage: distroless nonroot, an explicit non-root USER, no RUN.
@@ -371,6 +383,8 @@ func TestDockerfileProblemsAreCaught(t *testing.T) {
 		{name: "a final stage with a shell and root", from: "FROM gcr.io/distroless/static-debian12:nonroot", to: "FROM debian:12", wantSubstring: "final stage is"},
 		{name: "cgo left on", from: "CGO_ENABLED=0 GOOS", to: "CGO_ENABLED=1 GOOS", wantSubstring: "CGO_ENABLED=0"},
 		{name: "no -trimpath", from: "go build -trimpath ", to: "go build ", wantSubstring: "-trimpath"},
+		{name: "the commit not stamped", from: " -X main.commit=${COMMIT}", to: "", wantSubstring: "main.commit"},
+		{name: "the commit argument not declared", from: "ARG COMMIT=unknown", to: "", wantSubstring: "ARG COMMIT"},
 		{name: "a curl healthcheck", from: `CMD ["/extauthz", "healthcheck"]`, to: `CMD curl -f http://localhost:9002/healthz`, wantSubstring: "HEALTHCHECK"},
 		{name: "a shell-form entrypoint", from: `ENTRYPOINT ["/extauthz"]`, to: `ENTRYPOINT /extauthz`, wantSubstring: "ENTRYPOINT"},
 		{name: "CMD and EXTAUTHZ_CONFIG disagreeing", from: "ENV EXTAUTHZ_CONFIG=/etc/extauthz/config.yaml", to: "ENV EXTAUTHZ_CONFIG=/config.yaml", wantSubstring: "EXTAUTHZ_CONFIG"},

@@ -22,6 +22,7 @@ import (
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -55,6 +56,7 @@ var shippedConfigs = []struct {
 }{
 	{"envoy.yaml", grpcMode},
 	{"envoy-http.yaml", httpMode},
+	{"envoy-tls.yaml", grpcMode},
 	{"../k8s/overlays/sidecar/envoy.yaml", grpcMode},
 }
 
@@ -936,4 +938,86 @@ func cluster(t *testing.T, doc map[string]any, name string) map[string]any {
 	}
 	t.Fatalf("no cluster %q", name)
 	return nil
+}
+
+// extauthzTLS returns the transport socket of the extauthz cluster of a
+// config, decoded (nil when the cluster speaks plain text).
+func extauthzTLS(t *testing.T, data []byte) *tlsv3.UpstreamTlsContext {
+	t.Helper()
+	b, err := parseBootstrap(data)
+	must(t, err)
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() != "extauthz" {
+			continue
+		}
+		ts := c.GetTransportSocket()
+		if ts == nil {
+			return nil
+		}
+		var ctx tlsv3.UpstreamTlsContext
+		must(t, ts.GetTypedConfig().UnmarshalTo(&ctx))
+		return &ctx
+	}
+	t.Fatal("no extauthz cluster")
+	return nil
+}
+
+// envoy-tls.yaml speaks TLS to extauthz and verifies it: a CA to trust, the
+// name the certificate must carry, TLS 1.2 at least, h2 by ALPN (gRPC), and
+// a client certificate for extauthz's mutual TLS. envoy.yaml carries the
+// same block, commented out, and this holds the two to the same text.
+func TestTheTLSVariantVerifiesExtauthz(t *testing.T) {
+	data, err := os.ReadFile("envoy-tls.yaml")
+	must(t, err)
+	ctx := extauthzTLS(t, data)
+	if ctx == nil {
+		t.Fatal("envoy-tls.yaml: the extauthz cluster has no transport_socket")
+	}
+	common := ctx.GetCommonTlsContext()
+	v := common.GetValidationContext()
+	switch {
+	case ctx.GetSni() != "extauthz":
+		t.Errorf("sni %q, want extauthz", ctx.GetSni())
+	case v.GetTrustedCa().GetFilename() == "":
+		t.Error("no trusted_ca: Envoy would not verify extauthz's certificate")
+	case len(v.GetMatchTypedSubjectAltNames()) == 0:
+		t.Error("no match_typed_subject_alt_names: any certificate the CA signed would pass")
+	case v.GetTrustChainVerification() != tlsv3.CertificateValidationContext_VERIFY_TRUST_CHAIN:
+		t.Error("trust_chain_verification is not VERIFY_TRUST_CHAIN")
+	case !slices.Equal(common.GetAlpnProtocols(), []string{"h2"}):
+		t.Errorf("alpn_protocols %v, want [h2]: gRPC needs HTTP/2", common.GetAlpnProtocols())
+	case common.GetTlsParams().GetTlsMinimumProtocolVersion() != tlsv3.TlsParameters_TLSv1_2:
+		t.Error("tls_minimum_protocol_version is not TLSv1_2")
+	case len(common.GetTlsCertificates()) != 1:
+		t.Error("no client certificate for mutual TLS")
+	}
+
+	plain, err := os.ReadFile("envoy.yaml")
+	must(t, err)
+	if extauthzTLS(t, plain) != nil {
+		t.Fatal("envoy.yaml speaks TLS to extauthz; compose runs it in plain text")
+	}
+	// Uncomment envoy.yaml's block (and its mutual-TLS lines) and it must be
+	// envoy-tls.yaml's.
+	var lines []string
+	in := false
+	for _, line := range strings.Split(string(plain), "\n") {
+		switch {
+		case strings.HasPrefix(line, "    # transport_socket:"):
+			in = true
+		case in && !strings.HasPrefix(line, "    #"):
+			in = false
+		}
+		if in {
+			line = "    " + strings.TrimPrefix(line, "    # ")
+			line = strings.Replace(line, "# - certificate_chain", "- certificate_chain", 1)
+			line = strings.Replace(line, "#   private_key", "  private_key", 1)
+			line = strings.Replace(line, "# tls_certificates:", "tls_certificates:", 1)
+		}
+		lines = append(lines, line)
+	}
+	uncommented := extauthzTLS(t, []byte(strings.Join(lines, "\n")))
+	if uncommented == nil || !proto.Equal(uncommented, ctx) {
+		t.Errorf("envoy.yaml's commented transport_socket is not envoy-tls.yaml's:\n%v\n%v", uncommented, ctx)
+	}
 }

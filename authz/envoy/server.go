@@ -36,6 +36,8 @@ type CheckServer struct {
 	Authz    *authz.Authorizer
 	Observer authz.Observer // may be nil
 	Logger   *slog.Logger   // for recovered panics; may be nil
+	// Tracer makes a span of each check; nil = none, at no cost.
+	Tracer authz.Tracer
 
 	identity atomic.Pointer[identityMemo] // made on first use
 }
@@ -88,8 +90,15 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.C
 		}
 	}()
 	start := time.Now()
+	var traced func(*authz.Decision)
+	if s.Tracer != nil {
+		ctx, traced = s.Tracer.Start(ctx, &st.req)
+	}
 	s.Authz.Decide(ctx, &st.req, &st.d)
 	resp = s.response(&st.req, &st.d)
+	if traced != nil {
+		traced(&st.d)
+	}
 	if s.Observer != nil {
 		s.Observer.Observe(&st.req, &st.d, time.Since(start))
 	}

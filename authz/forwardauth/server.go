@@ -39,7 +39,9 @@ type Mode struct {
 type Server struct {
 	Authz    *authz.Authorizer
 	Observer authz.Observer // may be nil
-	mode     atomic.Pointer[Mode]
+	// Tracer makes a span of each decision; nil = none, at no cost.
+	Tracer authz.Tracer
+	mode   atomic.Pointer[Mode]
 }
 
 // NewServer returns a Server for mode.
@@ -94,11 +96,19 @@ var errMissingOriginal = errors.New("missing original request header")
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	start := time.Now()
 	req, err := originalRequest(r, mode)
+	ctx := r.Context()
+	var traced func(*authz.Decision)
+	if s.Tracer != nil {
+		ctx, traced = s.Tracer.Start(ctx, &req)
+	}
 	var d authz.Decision
 	if err != nil {
 		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
 	} else {
-		s.Authz.Decide(r.Context(), &req, &d)
+		s.Authz.Decide(ctx, &req, &d)
+	}
+	if traced != nil {
+		traced(&d)
 	}
 	if d.Allowed() {
 		h := w.Header()

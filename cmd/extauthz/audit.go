@@ -1,34 +1,65 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
-	"io"
+
+	"github.com/spf13/cobra"
 
 	auditredis "github.com/extauthz/extauthz/audit/redis"
+	"github.com/extauthz/extauthz/keystore"
 )
 
-// auditCmd is "extauthz audit tail [--key ID] [-f] [-n N]".
-func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "tail" {
-		return fmt.Errorf("%w: audit takes the subcommand tail", errUsage)
+// newAuditCmd is "extauthz audit": the audit stream's commands.
+func newAuditCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "audit <command>",
+		Short: "Read the audit stream (audit.sink: redis)",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  groupRun,
 	}
-	fs := flag.NewFlagSet("audit tail", flag.ContinueOnError)
-	keyID := fs.String("key", "", "only events of this key id")
-	follow := fs.Bool("f", false, "keep printing new events")
-	n := fs.Int("n", 100, "how many recent events to print first")
-	cfg, _, err := loadConfig(fs, args[1:])
-	if err != nil {
-		return err
+	addConfigFlag(c.PersistentFlags())
+	c.AddCommand(newAuditTailCmd())
+	return c
+}
+
+// newAuditTailCmd is "extauthz audit tail [--key ID] [-f] [-n N]".
+func newAuditTailCmd() *cobra.Command {
+	var (
+		keyID  string
+		follow bool
+		n      int
+	)
+	c := &cobra.Command{
+		Use:   "tail [--key ID] [-f] [-n N]",
+		Short: "Print the recent audit events of the Redis stream, and follow it",
+		Long: `Print the most recent events of the audit stream <prefix>audit, one JSON object a
+line, oldest first; -f keeps printing new ones. It reads the stream of the Redis
+sink (audit.sink: redis); with the stdout sink, read the server's output instead.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if n < 0 {
+				return usageErrorf(c, "-n must not be negative")
+			}
+			if keyID != "" && !keystore.ValidID(keyID) {
+				return usageErrorf(c, "--key: that is not a key id (ids look like key_0Abc...)")
+			}
+			cfg, _, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			if cfg.Audit.Sink != "redis" {
+				return fmt.Errorf("audit tail reads the Redis stream, but audit.sink is %q (with stdout, read the server's output)", cfg.Audit.Sink)
+			}
+			be, err := openBackend(cfg)
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			return auditredis.Tail(c.Context(), be.redis, cfg.Store.Redis.Prefix, auditredis.TailOptions{KeyID: keyID, Follow: follow, Count: n}, c.OutOrStdout())
+		},
 	}
-	if cfg.Audit.Sink != "redis" {
-		return fmt.Errorf("audit tail reads the Redis stream, but audit.sink is %q (with stdout, read the server's output)", cfg.Audit.Sink)
-	}
-	be, err := openBackend(cfg)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	return auditredis.Tail(ctx, be.redis, cfg.Store.Redis.Prefix, auditredis.TailOptions{KeyID: *keyID, Follow: *follow, Count: *n}, stdout)
+	c.Flags().StringVar(&keyID, "key", "", "only the events of this key id")
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events")
+	c.Flags().IntVarP(&n, "count", "n", 100, "how many recent events to print first")
+	return c
 }

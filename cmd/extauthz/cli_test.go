@@ -5,12 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -37,18 +43,214 @@ func cliRun(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	return out.String(), errb.String(), 0
 }
 
-func TestCLIUsageAndVersion(t *testing.T) {
-	out, _, code := cliRun(t, "version")
+// commandPaths lists every command of the tree, "" being extauthz itself,
+// so that a command added later is in the tables below without anyone
+// remembering to add it.
+func commandPaths() []string {
+	var paths []string
+	var walk func(c *cobra.Command, prefix string)
+	walk = func(c *cobra.Command, prefix string) {
+		paths = append(paths, prefix)
+		for _, sub := range c.Commands() {
+			if sub.IsAvailableCommand() {
+				walk(sub, strings.TrimSpace(prefix+" "+sub.Name()))
+			}
+		}
+	}
+	walk(newRootCmd(io.Discard, io.Discard), "")
+	return paths
+}
+
+// Every command and subcommand prints its usage and flags for -h and
+// --help, on standard output, and exits 0; a group lists its subcommands.
+func TestEveryCommandHasHelp(t *testing.T) {
+	root := newRootCmd(io.Discard, io.Discard)
+	for _, path := range commandPaths() {
+		cmd, _, err := root.Find(strings.Fields(path))
+		require.NoError(t, err, path)
+		for _, flag := range []string{"--help", "-h"} {
+			t.Run(strings.TrimSpace("extauthz "+path+" "+flag), func(t *testing.T) {
+				out, errOut, code := cliRun(t, append(strings.Fields(path), flag)...)
+				assert.Equal(t, 0, code, errOut)
+				assert.Empty(t, errOut, "help goes to standard output")
+				assert.Contains(t, out, "Usage:")
+				cmd.Flags().VisitAll(func(f *pflag.Flag) {
+					assert.Contains(t, out, "--"+f.Name, "the help names every flag")
+				})
+				for _, sub := range cmd.Commands() {
+					if sub.IsAvailableCommand() {
+						assert.Contains(t, out, "\n  "+sub.Name()+" ", "a group lists its subcommands")
+					}
+				}
+			})
+		}
+	}
+	out, _, code := cliRun(t, "help", "keys", "create")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "--perm")
+}
+
+// Exit status 2 is a command line that could not be understood, always:
+// an unknown command or flag, a missing required flag or argument, a flag
+// value that does not parse. The message names the flag or argument and
+// the usage follows. 1 is a failure of the work itself.
+func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, fmt.Sprintf("store: {path: %q}\nlisten: {http: \"127.0.0.1:%d\"}\n", filepath.Join(dir, "k.db"), redistest.FreePort(t)))
+	badCfg := writeConfig(t, "routes: [{path: /a, permision: [x]}]\n")
+	const pasted = "sk_0123456789012345678901234567890123456789012345678"
+	tests := []struct {
+		cmd  string // the command the case is about
+		args []string
+		code int
+		want string
+	}{
+		{"", nil, 2, "missing command"},
+		{"", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"", []string{"sevre"}, 2, `did you mean "serve"?`},
+		{"", []string{pasted}, 2, "unknown command"},
+		{"help", []string{"help", "frob"}, 2, `unknown command "frob"`},
+		{"help", []string{"help", "keys", "burn"}, 2, `unknown command "keys burn"`},
+		{"serve", []string{"serve", "extra"}, 2, `unexpected argument "extra"`},
+		{"serve", []string{"serve", "--config", badCfg}, 1, "permision: unknown field"},
+		{"keys", []string{"keys"}, 2, "missing command"},
+		{"keys", []string{"keys", "burn"}, 2, `unknown command "burn"`},
+		{"keys create", []string{"keys", "create", "--perm", "x", "--config", cfg}, 2, "--name is required"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--config", cfg}, 2, "--perm is required"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--rate", "lots", "--config", cfg}, 2, `"--rate" flag`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "soon", "--config", cfg}, 2, `"--ttl" flag`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "-1h", "--config", cfg}, 2, "--ttl must be positive"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8", "--config", cfg}, 2, `"--ip" flag`},
+		{"keys create", []string{"keys", "create", "--name", "pay\u202eroll", "--perm", "x", "--config", cfg}, 2, "--name: must not contain"},
+		{"keys create", []string{"keys", "create", "--nmae", "n", "--config", cfg}, 2, "unknown flag: --nmae"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x"}, 2, "no config: give --config FILE or set $EXTAUTHZ_CONFIG"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--config", badCfg}, 1, "permision: unknown field"},
+		{"keys list", []string{"keys", "list", "team", "--config", cfg}, 2, `unexpected argument "team"`},
+		{"keys list", []string{"keys", "list", "--config", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
+		{"keys show", []string{"keys", "show", "--config", cfg}, 2, "want exactly one key id"},
+		{"keys show", []string{"keys", "show", pasted, "--config", cfg}, 2, "not a key id"},
+		{"keys show", []string{"keys", "show", "key_0000000000000000000A", "--config", cfg}, 1, "no key with id key_0000000000000000000A"},
+		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--config", cfg}, 2, "nothing to change"},
+		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--expires-at", "tomorrow", "--config", cfg}, 2, `"--expires-at" flag: want an RFC 3339 time`},
+		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--name", "x", "--config", cfg}, 1, "no key with id"},
+		{"keys revoke", []string{"keys", "revoke", "--config", cfg}, 2, "want exactly one key id"},
+		{"keys revoke", []string{"keys", "revoke", "key_0000000000000000000A", "--config", cfg}, 1, "no key with id key_0000000000000000000A"},
+		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--grace", "1 day", "--config", cfg}, 2, `"--grace" flag`},
+		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--config", cfg}, 1, "no key with id"},
+		{"audit", []string{"audit", "head"}, 2, `unknown command "head"`},
+		{"audit tail", []string{"audit", "tail", "-n", "many", "--config", cfg}, 2, `"-n, --count" flag`},
+		{"audit tail", []string{"audit", "tail", "--config", cfg}, 1, "audit.sink is \"stdout\""},
+		{"config", []string{"config", "chekc"}, 2, `did you mean "check"?`},
+		{"config check", []string{"config", "check", "now", "--config", cfg}, 2, `unexpected argument "now"`},
+		{"config check", []string{"config", "check", "--config", badCfg}, 1, "permision: unknown field"},
+		{"config explain", []string{"config", "explain", "--path", "/", "--config", cfg}, 2, "--method is required"},
+		{"config explain", []string{"config", "explain", "--method", "GET", "--config", cfg}, 2, "--path is required"},
+		{"config explain", []string{"config", "explain", "--method", "GET", "--path", "/", "--context", "policy", "--config", cfg}, 2, "--context: want key=value"},
+		{"config explain", []string{"config", "explain", "--method", "GET", "--path", "/", "--config", badCfg}, 1, "permision: unknown field"},
+		{"healthcheck", []string{"healthcheck", "--client-cert", "c.pem", "--config", cfg}, 2, "--client-cert and --client-key together"},
+		{"healthcheck", []string{"healthcheck", "--config", cfg}, 1, "healthcheck:"},
+		{"version", []string{"version", "--jsn"}, 2, "unknown flag: --jsn"},
+		{"version", []string{"version", "now"}, 2, `unexpected argument "now"`},
+	}
+	covered := map[string]bool{}
+	for _, tt := range tests {
+		covered[tt.cmd] = true
+		t.Run(strings.Join(append([]string{"extauthz"}, tt.args...), " "), func(t *testing.T) {
+			out, errOut, code := cliRun(t, tt.args...)
+			assert.Equal(t, tt.code, code, errOut)
+			assert.Contains(t, errOut, tt.want)
+			if tt.code == 2 {
+				assert.Contains(t, errOut, "Usage: extauthz", "a usage error shows the usage line")
+			}
+			assert.Empty(t, out, "nothing on standard output")
+			assert.NotContains(t, errOut, pasted, "a pasted key is never echoed")
+		})
+	}
+	for _, path := range commandPaths() {
+		assert.True(t, covered[path], "no exit-status case for %q", "extauthz "+path)
+	}
+	out, _, code := cliRun(t, "keys", "list", "--all", "--json", "--config", cfg)
+	require.Equal(t, 0, code)
+	assert.JSONEq(t, "[]", out, "nothing was created by the refused commands")
+}
+
+func TestVersion(t *testing.T) {
+	out, errOut, code := cliRun(t, "version")
+	require.Equal(t, 0, code, errOut)
+	assert.Regexp(t, `^extauthz dev\ncommit: \S+\ngo: go1\.\d+`, out)
+	out, _, code = cliRun(t, "version", "--json")
+	require.Equal(t, 0, code)
+	var v map[string]string
+	require.NoError(t, json.Unmarshal([]byte(out), &v))
+	assert.Equal(t, "dev", v["version"])
+	assert.Equal(t, runtime.Version(), v["go_version"])
+	assert.NotEmpty(t, v["commit"])
+	out, _, code = cliRun(t, "--version")
 	assert.Equal(t, 0, code)
 	assert.Equal(t, "extauthz dev\n", out)
+}
 
-	_, errOut, code := cliRun(t, "frobnicate")
-	assert.Equal(t, 2, code)
-	assert.Contains(t, errOut, `unknown command "frobnicate"`)
-	assert.Contains(t, errOut, "usage: extauthz")
+// A binary built as make build and the Dockerfile build it says the
+// version and commit it was stamped with.
+func TestVersionIsStampedAtBuild(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "extauthz")
+	build := exec.Command("go", "build", "-o", bin, "-ldflags", "-X main.version=v9.8.7 -X main.commit=0123abcd", ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, string(out))
+	got, err := exec.Command(bin, "version", "--json").Output()
+	require.NoError(t, err)
+	var v map[string]string
+	require.NoError(t, json.Unmarshal(got, &v))
+	assert.Equal(t, "v9.8.7", v["version"])
+	assert.Equal(t, "0123abcd", v["commit"])
+}
 
-	_, _, code = cliRun(t)
-	assert.Equal(t, 2, code)
+// With no config, the keys commands refuse rather than act on the built-in
+// default store (./data/extauthz.db wherever they run); with one, a
+// command that writes says which store it wrote to.
+func TestKeysCommandsSayWhichStoreTheyUse(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "keys", "create", "--name", "n", "--perm", "x")
+	cmd.Dir = dir
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, "EXTAUTHZ_CONFIG=") }), "EXTAUTHZ_TEST_AS_MAIN=1")
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit)
+	assert.Equal(t, 2, exit.ExitCode())
+	assert.Contains(t, errb.String(), "no config")
+	assert.NoDirExists(t, filepath.Join(dir, "data"), "nothing was written to the default store")
+
+	db := filepath.Join(dir, "k.db")
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", db))
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "n", "--perm", "x", "--json")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, errOut, "wrote to embedded store "+db+", config "+path+"\n")
+	var k struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	_, errOut, code = cliRun(t, "keys", "revoke", k.ID, "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, errOut, "wrote to embedded store "+db)
+	_, errOut, code = cliRun(t, "keys", "list", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assert.NotContains(t, errOut, "wrote to", "a read writes nothing")
+
+	t.Setenv("EXTAUTHZ_CONFIG", path)
+	_, errOut, code = cliRun(t, "keys", "create", "--name", "m", "--perm", "x")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, errOut, ", config "+path+"\n", "$EXTAUTHZ_CONFIG is a config too")
+
+	// Redis: the url and prefix, never the password.
+	srv := redistest.Start(t)
+	_, err = srv.Do("CONFIG", "SET", "requirepass", "s3cret-redis-pw")
+	require.NoError(t, err)
+	t.Setenv("REDIS_PASSWORD", "s3cret-redis-pw")
+	rpath := writeConfig(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q}}\n", srv.URL(0)))
+	_, errOut, code = cliRun(t, "keys", "create", "--config", rpath, "--name", "n", "--perm", "x")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, errOut, "wrote to redis "+srv.URL(0)+`, prefix "extauthz:"`)
+	assert.NotContains(t, errOut, "s3cret-redis-pw")
 }
 
 func TestConfigCheck(t *testing.T) {
@@ -104,38 +306,6 @@ routes:
 	_, errOut, code = cliRun(t, "config", "check", "--config", writeConfig(t, testRoutes))
 	assert.Equal(t, 0, code)
 	assert.Empty(t, errOut, "a clean table gives no warning")
-}
-
-func TestKeysCommandsRefuseBadInputAndChangeNothing(t *testing.T) {
-	dir := t.TempDir()
-	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\nkeys: {max_per_owner: 2}\n", filepath.Join(dir, "k.db")))
-	tests := []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
-		{"create needs a name", []string{"keys", "create", "--perm", "x"}, 1, "name: required"},
-		{"create needs a permission", []string{"keys", "create", "--name", "n"}, 2, "--perm is required"},
-		{"a bad rate names the field", []string{"keys", "create", "--name", "n", "--perm", "x", "--rate", "lots"}, 1, "rate_limit:"},
-		{"a bad CIDR names the field", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8"}, 1, "ip: "},
-		{"an unknown flag is a usage error", []string{"keys", "create", "--nmae", "n"}, 2, "flag provided but not defined"},
-		{"show wants an id", []string{"keys", "show"}, 2, "exactly one key id"},
-		{"a pasted key is not echoed", []string{"keys", "show", "sk_0123456789012345678901234567890123456789012345678"}, 1, "not a key id"},
-		{"an unknown id", []string{"keys", "revoke", "key_0000000000000000000A"}, 1, "no key with id key_0000000000000000000A"},
-		{"an unknown subcommand", []string{"keys", "burn"}, 2, `unknown keys subcommand "burn"`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, errOut, code := cliRun(t, append(tt.args, "--config", path)...)
-			assert.Equal(t, tt.code, code, errOut)
-			assert.Contains(t, errOut, tt.want)
-			assert.NotContains(t, errOut, "sk_0123456789012345678901234567890123456789012345678")
-		})
-	}
-	out, _, code := cliRun(t, "keys", "list", "--all", "--json", "--config", path)
-	require.Equal(t, 0, code)
-	assert.JSONEq(t, "[]", out, "nothing was created by the refused commands")
 }
 
 func TestKeysLifecycleThroughTheCLI(t *testing.T) {
@@ -300,10 +470,10 @@ func TestKeysUpdateThroughTheCLI(t *testing.T) {
 		{"nothing to change is a usage error", nil, 2, "nothing to change"},
 		{"--ip and --any-ip together", []string{"--ip", "10.0.0.1", "--any-ip"}, 2, "not both"},
 		{"two expiries", []string{"--ttl", "1h", "--no-expiry"}, 2, "one of --ttl"},
-		{"a bad expiry", []string{"--expires-at", "tomorrow"}, 1, "expires-at: want an RFC 3339 time"},
-		{"an expiry in the past", []string{"--expires-at", "2001-01-01T00:00:00Z"}, 1, "expires_at: must be in the future"},
-		{"a bidi override in the name", []string{"--name", "pay\u202Eroll"}, 1, "name: must not contain control, bidirectional, invisible or formatting characters (U+202E at byte 3)"},
-		{"a zero-width space in a permission", []string{"--perm", "read\u200B"}, 1, "permissions[0]: must not contain control, bidirectional, invisible or formatting characters (U+200B at byte 4)"},
+		{"a bad expiry", []string{"--expires-at", "tomorrow"}, 2, `"--expires-at" flag: want an RFC 3339 time`},
+		{"an expiry in the past", []string{"--expires-at", "2001-01-01T00:00:00Z"}, 2, "--ttl/--expires-at: must be in the future"},
+		{"a bidi override in the name", []string{"--name", "pay\u202Eroll"}, 2, "--name: must not contain control, bidirectional, invisible or formatting characters (U+202E at byte 3)"},
+		{"a zero-width space in a permission", []string{"--perm", "read\u200B"}, 2, "--perm: must not contain control, bidirectional, invisible or formatting characters (U+200B at byte 4)"},
 		{"an unknown id", nil, 1, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -318,8 +488,8 @@ func TestKeysUpdateThroughTheCLI(t *testing.T) {
 	}
 	t.Run("create refuses the same characters", func(t *testing.T) {
 		_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "a\u2066b", "--perm", "x")
-		assert.Equal(t, 1, code)
-		assert.Contains(t, errOut, "name: must not contain control, bidirectional, invisible or formatting characters (U+2066 at byte 1)")
+		assert.Equal(t, 2, code)
+		assert.Contains(t, errOut, "--name: must not contain control, bidirectional, invisible or formatting characters (U+2066 at byte 1)")
 		assert.NotContains(t, errOut, "\u2066")
 	})
 }
@@ -344,5 +514,154 @@ func TestKeysListShowsAnOldRecordsInvisibleCharactersEscaped(t *testing.T) {
 		assert.Contains(t, out, `"read\u200b"`, "%v", args)
 		assert.NotContains(t, out, "\u202E")
 		assert.NotContains(t, out, "\x1b")
+	}
+}
+
+// config check --json reports everything the text form does, on standard
+// output, with the same exit status.
+func TestConfigCheckJSON(t *testing.T) {
+	type report struct {
+		OK       bool
+		Config   string
+		Store    string
+		Warnings []string
+		Errors   []string
+		Routes   []struct {
+			Index       int
+			Path        string
+			Methods     []string
+			Permissions []string
+			Public      bool
+			RateLimit   string `json:"rate_limit"`
+		}
+	}
+	read := func(t *testing.T, args ...string) (report, int) {
+		t.Helper()
+		out, errOut, code := cliRun(t, append([]string{"config", "check", "--json"}, args...)...)
+		assert.Empty(t, errOut)
+		var r report
+		require.NoError(t, json.Unmarshal([]byte(out), &r), out)
+		return r, code
+	}
+	path := writeConfig(t, testRoutes)
+	r, code := read(t, "--config", path)
+	assert.Equal(t, 0, code)
+	assert.True(t, r.OK)
+	assert.Equal(t, path, r.Config)
+	assert.Equal(t, "embedded store ./data/extauthz.db", r.Store)
+	assert.Empty(t, r.Errors)
+	assert.Empty(t, r.Warnings)
+	require.Len(t, r.Routes, 4)
+	assert.Equal(t, "/api/users/{id}", r.Routes[2].Path)
+	assert.Equal(t, []string{"DELETE"}, r.Routes[2].Methods)
+	assert.Equal(t, []string{"delete:users"}, r.Routes[2].Permissions)
+	assert.Equal(t, "2/m", r.Routes[2].RateLimit)
+	assert.True(t, r.Routes[0].Public)
+
+	t.Setenv(testPepperEnv, "")
+	r, code = read(t, "--config", writeConfig(t, `
+listen: {admin: "0.0.0.0:9003"}
+routes:
+  - {path: "/api/**", permissions: [read]}
+  - {path: "/api/x", permissions: [write]}
+`))
+	assert.Equal(t, 1, code, "no pepper outside a development setup fails the check")
+	assert.False(t, r.OK)
+	require.Len(t, r.Errors, 1)
+	assert.Contains(t, r.Errors[0], "hashing.pepper_env")
+	require.Len(t, r.Warnings, 2)
+	assert.Contains(t, r.Warnings[0], `routes[1] "/api/x" is never reached`)
+	assert.Contains(t, r.Warnings[1], `listen.admin "0.0.0.0:9003" is reachable off this host and tls is off`)
+
+	r, code = read(t, "--config", writeConfig(t, "routes: [{path: /a, permision: [x]}]\n"))
+	assert.Equal(t, 1, code)
+	assert.False(t, r.OK)
+	assert.Contains(t, r.Errors[0], "permision: unknown field")
+}
+
+// An admin listener off loopback is worth a warning without TLS, and none
+// with it (or on loopback).
+func TestConfigCheckWarnsAboutAnAdminListenerOffLoopbackWithoutTLS(t *testing.T) {
+	tls := "tls: {cert_file: /etc/tls/tls.crt, key_file: /etc/tls/tls.key}\n"
+	for _, tc := range []struct {
+		config string
+		warn   bool
+	}{
+		{`listen: {admin: "0.0.0.0:9003"}`, true},
+		{`listen: {admin: ":9003"}`, true},
+		{`listen: {admin: "10.1.2.3:9003"}`, true},
+		{`listen: {admin: "[::]:9003"}`, true},
+		{`listen: {admin: "127.0.0.1:9003"}`, false},
+		{`listen: {admin: "[::1]:9003"}`, false},
+		{`listen: {admin: "localhost:9003"}`, false},
+		{`listen: {admin: off}`, false},
+		{`listen: {admin: "0.0.0.0:9003"}` + "\n" + tls, false},
+	} {
+		t.Run(tc.config, func(t *testing.T) {
+			_, errOut, code := cliRun(t, "config", "check", "--config", writeConfig(t, tc.config+"\n"))
+			require.Equal(t, 0, code, errOut)
+			if tc.warn {
+				assert.Contains(t, errOut, "warning: listen.admin")
+			} else {
+				assert.NotContains(t, errOut, "listen.admin")
+			}
+		})
+	}
+}
+
+// config explain runs the decision's own first steps: the canonical path
+// or the 400, the route, its permissions and limits, or the answer any
+// key gets.
+func TestConfigExplain(t *testing.T) {
+	path := writeConfig(t, testRoutes+"rate_limit: {default: 100/m}\n")
+	authenticate := writeConfig(t, testRoutes+"unmatched: authenticate\n")
+	tests := []struct {
+		name   string
+		config string
+		args   []string
+		want   []string
+		json   map[string]any
+	}{
+		{"a route with permissions and a limit", path, []string{"--method", "DELETE", "--path", "/api/users/7?x=1"},
+			[]string{"policy:  default", "request: DELETE /api/users/7", "route:   #3 /api/users/{id} (DELETE), routes[2] of the file", "delete:users", "key: 100/m", "/api/users/{id}: 2/m (per key, on this route only)"},
+			map[string]any{"policy": "default", "method": "DELETE", "path": "/api/users/7", "outcome": "key", "permissions": []any{"delete:users"}}},
+		{"a dot segment is refused, as the decision refuses it", path, []string{"--method", "GET", "--path", "/api/../admin"},
+			[]string{"outcome: 400 bad_request: malformed request:"},
+			map[string]any{"outcome": "deny", "status": float64(400), "code": "bad_request", "path": ""}},
+		{"a lower-case method is refused, as the decision refuses it", path, []string{"--method", "delete", "--path", "/api/users/7"},
+			[]string{"400 bad_request: malformed request: the method must be an upper-case token"}, map[string]any{"code": "bad_request"}},
+		{"an encoded slash is refused", path, []string{"--method", "GET", "--path", "/api%2Fusers"},
+			[]string{"400 bad_request"}, map[string]any{"code": "bad_request"}},
+		{"a public route needs no key", path, []string{"--method", "GET", "--path", "/healthz", "--host", "api.example.com"},
+			[]string{"request: GET /healthz (host api.example.com)", "outcome: 200: public route"},
+			map[string]any{"outcome": "allow", "status": float64(200), "host": "api.example.com"}},
+		{"unmatched: deny", path, []string{"--method", "GET", "--path", "/nowhere"},
+			[]string{"route:   (none)", "outcome: 403 no_route: no route allows this request (unmatched: deny)"},
+			map[string]any{"outcome": "deny", "code": "no_route", "route": nil}},
+		{"a method the path's routes do not list", path, []string{"--method", "POST", "--path", "/api/users"},
+			[]string{"outcome: 403 no_route: no route allows POST on this path"}, map[string]any{"code": "no_route"}},
+		{"HEAD goes with GET", path, []string{"--method", "HEAD", "--path", "/api/users"},
+			[]string{"#2 /api/users (GET)", "read:users"}, map[string]any{"outcome": "key"}},
+		{"unmatched: authenticate", authenticate, []string{"--method", "GET", "--path", "/nowhere"},
+			[]string{"no route matches; unmatched: authenticate", "key: 1000/h"}, map[string]any{"outcome": "key", "permissions": []any{}}},
+		{"context extensions are shown", path, []string{"--method", "GET", "--path", "/api/users", "--context", "policy=billing"},
+			[]string{"policy:  default"}, map[string]any{"context": map[string]any{"policy": "billing"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"config", "explain", "--config", tt.config}, tt.args...)
+			out, errOut, code := cliRun(t, args...)
+			require.Equal(t, 0, code, errOut)
+			for _, w := range tt.want {
+				assert.Contains(t, out, w)
+			}
+			out, errOut, code = cliRun(t, append(args, "--json")...)
+			require.Equal(t, 0, code, errOut)
+			var got map[string]any
+			require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+			for k, v := range tt.json {
+				assert.Equal(t, v, got[k], k)
+			}
+		})
 	}
 }

@@ -1,46 +1,168 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
 
+	"github.com/spf13/cobra"
+
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
 )
 
-// configCmd is "extauthz config check": validate and print the route
-// table. Routes that can never decide a request (duplicates, routes a
-// broader earlier one shadows) are warnings on stderr: the file is valid.
-func configCmd(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "check" {
-		return fmt.Errorf("%w: config takes the subcommand check", errUsage)
+// newConfigCmd is "extauthz config": check and explain the config.
+func newConfigCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "config <command>",
+		Short: "Validate the config, or explain what it decides for a request",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  groupRun,
 	}
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	cfg, path, err := loadConfig(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	policy, err := newPolicy(cfg)
-	if err != nil {
-		return err
-	}
-	src := path
-	if src == "" {
-		src = "(built-in defaults)"
-	}
-	// A missing pepper fails the check as it would fail serve; in a declared
-	// development setup it is a warning in the report.
-	var warning string
-	if err := requirePepper(cfg, func(msg string) { warning = "warning: " + msg + "\n" }); err != nil {
-		return err
-	}
-	for _, w := range policy.Routes.Warnings() {
-		fmt.Fprintf(stderr, "warning: %s\n", w)
-	}
-	fmt.Fprintf(stdout, "config %s: ok\n%sstore: %s\n\n", src, warning, describeStore(cfg))
-	return policy.Routes.Print(stdout, cfg.Unmatched)
+	addConfigFlag(c.PersistentFlags())
+	c.AddCommand(newConfigCheckCmd(), newConfigExplainCmd())
+	return c
 }
 
+// checkReport is what config check finds; --json prints it.
+type checkReport struct {
+	OK       bool          `json:"ok"`
+	Config   string        `json:"config"`
+	Store    string        `json:"store,omitempty"`
+	Warnings []string      `json:"warnings"`
+	Errors   []string      `json:"errors"`
+	Routes   []routeReport `json:"routes"`
+}
+
+// routeReport is one compiled route, as config check and explain print it.
+type routeReport struct {
+	Index       int      `json:"index"` // routes[index] of the file
+	Path        string   `json:"path"`
+	Methods     []string `json:"methods"` // empty: every method
+	Permissions []string `json:"permissions"`
+	Public      bool     `json:"public"`
+	RateLimit   string   `json:"rate_limit,omitempty"` // per key on this route
+}
+
+func reportRoute(i int, r *authz.Route) routeReport {
+	rr := routeReport{Index: i, Path: r.Pattern, Methods: r.Methods, Permissions: r.Permissions, Public: r.Public}
+	if rr.Methods == nil {
+		rr.Methods = []string{}
+	}
+	if rr.Permissions == nil {
+		rr.Permissions = []string{}
+	}
+	if !r.RateLimit.IsZero() {
+		rr.RateLimit = r.RateLimit.String()
+	}
+	return rr
+}
+
+// newConfigCheckCmd is "extauthz config check": validate and print the
+// route table. What the file gets wrong is an error (exit 1); what is
+// valid but almost certainly a mistake is a warning (exit 0).
+func newConfigCheckCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "check [--config FILE] [--json]",
+		Short: "Validate the config and print the compiled route table",
+		Long: `Validate the config as serve would read it, and print the compiled route table.
+Exit 1 with a message naming the field when it is wrong: a misspelt field, a bad
+value, a missing hashing pepper outside a development setup.
+
+Warnings (on standard error; the file stays valid): routes that can never decide a
+request (a repeated pattern, a route a broader earlier one shadows), a missing
+pepper in a development setup, an admin listener reachable off loopback without
+TLS. --json prints {ok, config, store, warnings, errors, routes} on standard
+output instead, with the same exit status.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			rep, policy, cfg := checkConfig(configPath(c))
+			if asJSON {
+				if err := writeJSON(c.OutOrStdout(), rep); err != nil {
+					return err
+				}
+				if !rep.OK {
+					return errReported
+				}
+				return nil
+			}
+			for _, w := range rep.Warnings {
+				fmt.Fprintf(c.ErrOrStderr(), "warning: %s\n", w)
+			}
+			if !rep.OK {
+				return fmt.Errorf("%s", strings.Join(rep.Errors, "\n"))
+			}
+			out := c.OutOrStdout()
+			fmt.Fprintf(out, "config %s: ok\nstore: %s\n\n", rep.Config, rep.Store)
+			return policy.Routes.Print(out, cfg.Unmatched)
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return c
+}
+
+// errReported is a failure whose details the command has printed already:
+// exit 1 with no further message.
+var errReported = reportedError{}
+
+type reportedError struct{}
+
+func (reportedError) Error() string { return "" }
+
+// checkConfig loads and checks the config at path ("" = built-in defaults).
+func checkConfig(path string) (checkReport, *authz.Policy, *config.Config) {
+	rep := checkReport{Config: path, Warnings: []string{}, Errors: []string{}, Routes: []routeReport{}}
+	if path == "" {
+		rep.Config = "(built-in defaults)"
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
+		return rep, nil, nil
+	}
+	rep.Store = describeStore(cfg)
+	policy, err := newPolicy(cfg)
+	if err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
+		return rep, nil, cfg
+	}
+	for i, r := range policy.Routes.List() {
+		rep.Routes = append(rep.Routes, reportRoute(i, r))
+	}
+	// A missing pepper fails the check as it would fail serve; in a declared
+	// development setup it is a warning.
+	if err := requirePepper(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) }); err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
+	}
+	rep.Warnings = append(rep.Warnings, policy.Routes.Warnings()...)
+	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
+			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
+	}
+	rep.OK = len(rep.Errors) == 0
+	return rep, policy, cfg
+}
+
+// loopbackAddr reports whether a listen address accepts connections from
+// this host only: a loopback IP, or localhost.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// describeStore names the configured store, never a password (a Redis url
+// cannot hold one: the config refuses it).
 func describeStore(cfg *config.Config) string {
 	if cfg.Store.Backend == "redis" {
 		r := cfg.Store.Redis
@@ -52,7 +174,19 @@ func describeStore(cfg *config.Config) string {
 		}
 		return fmt.Sprintf("redis %s, prefix %q", r.URL, r.Prefix)
 	}
-	return "embedded " + cfg.Store.Path
+	return "embedded store " + cfg.Store.Path
+}
+
+// describeStoreAt is describeStore with a relative embedded path resolved
+// against the current directory, which is what it is relative to.
+func describeStoreAt(cfg *config.Config) string {
+	d := describeStore(cfg)
+	if cfg.Store.Backend != "redis" && !filepath.IsAbs(cfg.Store.Path) {
+		if abs, err := filepath.Abs(cfg.Store.Path); err == nil {
+			d += " (" + abs + ")"
+		}
+	}
+	return d
 }
 
 // requirePepper refuses to go on without a hashing pepper unless the config
@@ -68,4 +202,14 @@ func requirePepper(cfg *config.Config, warn func(msg string)) error {
 			"and keys made now stop matching once a pepper is set; allowed only because the config says development: true", cfg.Hashing.PepperEnv))
 	}
 	return nil
+}
+
+// printList writes items one a line, indented, or "(none)".
+func printList(w io.Writer, items []string) {
+	if len(items) == 0 {
+		fmt.Fprintln(w, "  (none)")
+	}
+	for _, s := range items {
+		fmt.Fprintln(w, "  "+s)
+	}
 }

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -68,24 +66,23 @@ func (rig *faultRig) status(t *testing.T, path string) int {
 	return resp.StatusCode
 }
 
-// metric reads one counter or gauge from /metrics.
+// metric reads one counter or gauge from /metrics: name, or
+// name{label="value",...}, the sum of its series with those labels.
 func (rig *faultRig) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	resp, err := rig.http.Get(rig.ts.httpURL + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			require.NoError(t, err, sc.Text())
-			return f
+	family, sel, _ := strings.Cut(strings.TrimSuffix(name, "}"), "{")
+	var labels []string
+	for pair := range strings.SplitSeq(sel, ",") {
+		if k, v, ok := strings.Cut(pair, "="); ok {
+			labels = append(labels, k, strings.Trim(v, `"`))
 		}
 	}
-	require.NoError(t, sc.Err())
-	t.Fatalf("metric %s not in /metrics", name)
-	return 0
+	fams := scrape(t, rig.http, rig.ts.httpURL+"/metrics")
+	if fams[family] == nil {
+		t.Fatalf("metric %s not in /metrics", family)
+	}
+	v, _ := sample(fams, family, labels...) // no such series yet: 0
+	return v
 }
 
 // faultSample is one Check sent during a scenario.

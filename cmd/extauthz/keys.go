@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,55 +12,65 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// keysCmd is "extauthz keys <create|list|show|update|revoke|rotate>". It
-// acts on the configured store directly, whether or not a server runs on
-// it; running servers see the change within a second through the store's
-// change feed.
-func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: keys takes create, list, show, update, revoke or rotate", errUsage)
-	}
-	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("keys "+sub, flag.ContinueOnError)
-	path := configFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
+// newKeysCmd is "extauthz keys": the key commands. They act on the
+// configured store directly, whether or not a server runs on it; running
+// servers see a change within a second through the store's change feed.
+func newKeysCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "keys <command>",
+		Short: "Create, list, show, update, revoke and rotate API keys",
+		Long: `The keys commands act on the store the config names, directly, whether or not a
+server runs on it: that is how the first admin key is made. Running servers see a
+change within a second.
 
-	var run func(ctx context.Context, m *keystore.Manager, pos []string) error
-	switch sub {
-	case "create":
-		run = createCmd(fs, stdout, asJSON)
-	case "list":
-		run = listCmd(fs, stdout, asJSON)
-	case "show":
-		run = showCmd(fs, stdout, asJSON)
-	case "update":
-		run = updateCmd(fs, stdout, asJSON)
-	case "revoke":
-		run = revokeCmd(fs, stdout, asJSON)
-	case "rotate":
-		run = rotateCmd(fs, stdout, asJSON)
-	default:
-		return fmt.Errorf("%w: unknown keys subcommand %q", errUsage, sub)
+They need a config: --config FILE or $EXTAUTHZ_CONFIG. Without one they refuse,
+rather than act on the built-in default store (./data/extauthz.db, relative to the
+current directory), which no server may be reading. A command that changes a key
+says on standard error which store it wrote to.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRun,
 	}
+	addConfigFlag(c.PersistentFlags())
+	c.AddCommand(newCreateCmd(), newListCmd(), newShowCmd(), newUpdateCmd(), newRevokeCmd(), newRotateCmd())
+	return c
+}
 
-	pos, err := parseFlags(fs, args)
+// keysRun is what a keys subcommand does with the key manager.
+type keysRun func(ctx context.Context, m *keystore.Manager) error
+
+// keysAction describes a keys subcommand to withManager.
+type keysAction struct {
+	// hashes: the command hashes a new key, which needs the server's
+	// pepper (create, rotate). list, show, update and revoke hash nothing,
+	// and must work for an operator who holds the store but not the pepper
+	// (an urgent revoke).
+	hashes bool
+	// writes: the command changes a key; it then says where it wrote.
+	writes bool
+}
+
+// withManager loads the config, opens the store and runs fn with a key
+// manager whose changes are audited (actor "cli").
+func withManager(c *cobra.Command, act keysAction, fn keysRun) error {
+	path := configPath(c)
+	if path == "" {
+		return usageErrorf(c, "no config: give --config FILE or set $EXTAUTHZ_CONFIG (the keys commands do not fall back "+
+			"to the built-in default store ./data/extauthz.db, relative to the current directory, which no server may be reading)")
+	}
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	// create and rotate hash a new key: without the server's pepper it would
-	// never match. list, show and revoke hash nothing, and must work for an
-	// operator who holds the store but not the pepper (an urgent revoke).
-	if sub == "create" || sub == "rotate" {
-		if err := requirePepper(cfg, func(msg string) { fmt.Fprintln(stderr, "extauthz: warning: "+msg) }); err != nil {
-			return fmt.Errorf("keys %s: %w", sub, err)
+	stderr := c.ErrOrStderr()
+	if act.hashes {
+		if err := requirePepper(cfg, func(msg string) { fmt.Fprintln(stderr, "warning: "+msg) }); err != nil {
+			return err
 		}
 	}
 	be, err := openBackend(cfg)
@@ -73,27 +82,27 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	auditLog := newAuditLogger(cfg, be, stderr, slog.New(slog.NewTextHandler(stderr, nil)))
 	defer closeAudit(auditLog)
 	m.OnChange = recordChanges(auditLog)
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
 	defer cancel()
-	return run(ctx, m, pos)
-}
-
-func noArgs(pos []string) error {
-	if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	if err := fn(ctx, m); err != nil {
+		return err
+	}
+	if act.writes {
+		fmt.Fprintf(stderr, "wrote to %s, config %s\n", describeStoreAt(cfg), path)
 	}
 	return nil
 }
 
-func oneID(pos []string) (string, error) {
-	if len(pos) != 1 {
-		return "", fmt.Errorf("%w: want exactly one key id", errUsage)
+// oneID is the one key id a command takes.
+func oneID(c *cobra.Command, args []string) (string, error) {
+	if len(args) != 1 {
+		return "", usageErrorf(c, "want exactly one key id (got %d arguments)", len(args))
 	}
-	if !keystore.ValidID(pos[0]) {
+	if !keystore.ValidID(args[0]) {
 		// Never echo it: someone may have pasted a secret where an id goes.
-		return "", errors.New("that is not a key id (ids look like key_0Abc...; see keys list)")
+		return "", usageErrorf(c, "that is not a key id (ids look like key_0Abc...; see keys list)")
 	}
-	return pos[0], nil
+	return args[0], nil
 }
 
 func describeID(err error, id string) error {

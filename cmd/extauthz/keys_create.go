@@ -2,52 +2,65 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// createCmd is "keys create": a new key, printed once (with --json, the
+// newCreateCmd is "keys create": a new key, printed once (with --json, the
 // flat record and "key").
-func createCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
-	name := fs.String("name", "", "key name (required)")
-	owner := fs.String("owner", "", "owner (default \"default\")")
-	rate := fs.String("rate", "", "rate limit, e.g. 100/m, or none (default: the configured default)")
-	ttl := fs.Duration("ttl", 0, "expire after this long, e.g. 24h (default: never)")
-	var perms, ips listFlag
-	fs.Var(&perms, "perm", "permission (repeatable, or comma-separated)")
-	fs.Var(&ips, "ip", "allowed client CIDR or address (repeatable)")
-	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
-		if err := noArgs(pos); err != nil {
-			return err
-		}
-		if len(perms) == 0 {
-			return fmt.Errorf("%w: --perm is required (a key without permissions can only pass routes with none)", errUsage)
-		}
-		spec := keystore.Spec{Name: *name, Owner: *owner, Permissions: perms}
-		var err error
-		if spec.RateLimit, err = keystore.ParseRateLimit(*rate); err != nil {
-			return err
-		}
-		if *ttl < 0 {
-			return &keystore.FieldError{Field: "ttl", Message: "must be positive"}
-		}
-		if *ttl > 0 {
-			exp := time.Now().UTC().Add(*ttl)
-			spec.ExpiresAt = &exp
-		}
-		if spec.IPAllowlist, err = keystore.ParseCIDRs(ips); err != nil {
-			return &keystore.FieldError{Field: "ip", Message: err.Error()}
-		}
-		secret, k, err := m.Create(ctx, spec, "cli")
-		if err != nil {
-			return describe(err, m)
-		}
-		return printNewKey(stdout, *asJSON, secret, k, "")
+func newCreateCmd() *cobra.Command {
+	var (
+		name, owner string
+		asJSON      bool
+		ttl         time.Duration
+		perms       listFlag
+		rate        rateFlag
+		ips         cidrFlag
+	)
+	c := &cobra.Command{
+		Use:   "create --name N --perm P [--perm P...] [flags]",
+		Short: "Create a key; it is printed once",
+		Long: `Create a key. The key is printed once, here and never again: only its hash is
+stored. It needs the server's hashing pepper (the variable hashing.pepper_env
+names), or the key would never match.`,
+		Example: `  extauthz keys create --config extauthz.yaml --name billing --perm read:invoices --rate 100/m
+  extauthz keys create --config extauthz.yaml --name ops --perm keys:admin --ip 127.0.0.1/32 --json`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := requireFlags(c, "name", "perm"); err != nil {
+				return err
+			}
+			if ttl < 0 {
+				return usageErrorf(c, "--ttl must be positive")
+			}
+			spec := keystore.Spec{Name: name, Owner: owner, Permissions: perms, RateLimit: rate.rate, IPAllowlist: ips.prefixes}
+			if ttl > 0 {
+				exp := time.Now().UTC().Add(ttl)
+				spec.ExpiresAt = &exp
+			}
+			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
+				secret, k, err := m.Create(ctx, spec, "cli")
+				if err != nil {
+					return flagError(c, describe(err, m))
+				}
+				return printNewKey(c.OutOrStdout(), asJSON, secret, k, "")
+			})
+		},
 	}
+	fs := c.Flags()
+	fs.StringVar(&name, "name", "", "key name (required)")
+	fs.Var(&perms, "perm", "permission the key grants (required; repeatable, or comma-separated)")
+	fs.StringVar(&owner, "owner", "", `owner (default "default")`)
+	fs.Var(&rate, "rate", "rate limit, e.g. 100/m, or none (default: rate_limit.default of the config)")
+	fs.DurationVar(&ttl, "ttl", 0, "expire after this long, e.g. 24h (default: never)")
+	fs.Var(&ips, "ip", "allowed client CIDR or address (repeatable; default: any)")
+	fs.BoolVar(&asJSON, "json", false, "print one JSON object: the key record and \"key\"")
+	return c
 }
 
 // printNewKey prints a created or rotated key. The secret appears here and

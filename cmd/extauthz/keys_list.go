@@ -2,27 +2,38 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// listCmd is "keys list": live keys (--all: revoked and expired too),
+// newListCmd is "keys list": live keys (--all: revoked and expired too),
 // never a secret or a hash.
-func listCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
-	owner := fs.String("owner", "", "only this owner's keys")
-	all := fs.Bool("all", false, "include revoked and expired keys")
-	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
-		if err := noArgs(pos); err != nil {
-			return err
-		}
-		return listKeys(ctx, m, stdout, *owner, *all, *asJSON)
+func newListCmd() *cobra.Command {
+	var (
+		owner       string
+		all, asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "list [--owner O] [--all] [--json]",
+		Short: "List keys (never a secret or a hash)",
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withManager(c, keysAction{}, func(ctx context.Context, m *keystore.Manager) error {
+				return listKeys(ctx, m, c.OutOrStdout(), owner, all, asJSON)
+			})
+		},
 	}
+	c.Flags().StringVar(&owner, "owner", "", "only this owner's keys")
+	c.Flags().BoolVar(&all, "all", false, "include revoked and expired keys")
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON array")
+	return c
 }
 
 // listKeys prints every page; --json prints one array.

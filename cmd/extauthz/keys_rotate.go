@@ -3,31 +3,49 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// rotateCmd is "keys rotate ID": a new key with the old one's metadata;
+// newRotateCmd is "keys rotate ID": a new key with the old one's metadata;
 // the old one keeps working for the grace period.
-func rotateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
-	grace := fs.Duration("grace", 24*time.Hour, "how long the old key keeps working (0 = stop now)")
-	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
-		id, err := oneID(pos)
-		if err != nil {
-			return err
-		}
-		secret, k, err := m.Rotate(ctx, id, *grace, "cli")
-		if err != nil {
-			if errors.Is(err, keystore.ErrNotLive) {
-				return fmt.Errorf("rotate %s: the key is revoked or expired; create a new key instead", id)
+func newRotateCmd() *cobra.Command {
+	var (
+		grace  time.Duration
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "rotate ID [--grace 24h] [--json]",
+		Short: "Replace a key with a new one; the old one works for the grace period",
+		Long: `Create a new key (a new id) with the old key's metadata, printed once. The old key
+answers expired_key after the grace period (0 = at once). Like create, it needs
+the server's hashing pepper.`,
+		RunE: func(c *cobra.Command, args []string) error {
+			id, err := oneID(c, args)
+			if err != nil {
+				return err
 			}
-			return describeID(err, id)
-		}
-		note := fmt.Sprintf("The old key %s stops working at %s.", id, time.Now().UTC().Add(*grace).Format(time.RFC3339))
-		return printNewKey(stdout, *asJSON, secret, k, note)
+			if grace < 0 {
+				return usageErrorf(c, "--grace must not be negative")
+			}
+			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
+				secret, k, err := m.Rotate(ctx, id, grace, "cli")
+				if err != nil {
+					if errors.Is(err, keystore.ErrNotLive) {
+						return fmt.Errorf("rotate %s: the key is revoked or expired; create a new key instead", id)
+					}
+					return describeID(err, id)
+				}
+				note := fmt.Sprintf("The old key %s stops working at %s.", id, time.Now().UTC().Add(grace).Format(time.RFC3339))
+				return printNewKey(c.OutOrStdout(), asJSON, secret, k, note)
+			})
+		},
 	}
+	c.Flags().DurationVar(&grace, "grace", 24*time.Hour, "how long the old key keeps working (0 = stop now)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object: the new key record, \"key\" and \"rotated_from\"")
+	return c
 }

@@ -2,28 +2,37 @@ package main
 
 import (
 	"context"
-	"flag"
-	"io"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// showCmd is "keys show ID": one key's record.
-func showCmd(_ *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
-	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
-		id, err := oneID(pos)
-		if err != nil {
-			return err
-		}
-		k, err := m.Store.Get(ctx, id)
-		if err != nil {
-			return describeID(err, id)
-		}
-		if *asJSON {
-			return writeJSON(stdout, k)
-		}
-		printKey(stdout, k, time.Now())
-		return nil
+// newShowCmd is "keys show ID": one key's record.
+func newShowCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "show ID [--json]",
+		Short: "Show one key's metadata",
+		RunE: func(c *cobra.Command, args []string) error {
+			id, err := oneID(c, args)
+			if err != nil {
+				return err
+			}
+			return withManager(c, keysAction{}, func(ctx context.Context, m *keystore.Manager) error {
+				k, err := m.Store.Get(ctx, id)
+				if err != nil {
+					return describeID(err, id)
+				}
+				if asJSON {
+					return writeJSON(c.OutOrStdout(), k)
+				}
+				printKey(c.OutOrStdout(), k, time.Now())
+				return nil
+			})
+		},
 	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the key record as JSON")
+	return c
 }

@@ -2,104 +2,104 @@ package main
 
 import (
 	"context"
-	"flag"
-	"fmt"
-	"io"
 	"net/netip"
-	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/extauthz/extauthz/keystore"
 )
 
-// updateCmd is "keys update ID [flags]": it changes only what its flags
+// newUpdateCmd is "keys update ID [flags]": it changes only what its flags
 // name. The CLI acts as the operator: it may lift any restriction and bring
 // an expired key back, within keys.max_per_owner, but like every change it
 // never touches a revoked or rotated-away key.
-func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Context, *keystore.Manager, []string) error {
-	name := fs.String("name", "", "new name")
-	rate := fs.String("rate", "", "new rate limit, e.g. 100/m, none, or default (the configured default)")
-	ttl := fs.Duration("ttl", 0, "expire this long from now, e.g. 24h")
-	expiresAt := fs.String("expires-at", "", "expire at this RFC 3339 time")
-	noExpiry := fs.Bool("no-expiry", false, "never expire")
-	anyIP := fs.Bool("any-ip", false, "allow any client address (clear the allowlist)")
-	var perms, ips listFlag
-	fs.Var(&perms, "perm", "the new permissions (repeatable, or comma-separated; replaces them all)")
-	fs.Var(&ips, "ip", "the new allowed client CIDRs or addresses (repeatable; replaces the allowlist)")
-	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
-		id, err := oneID(pos)
-		if err != nil {
-			return err
-		}
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		var p keystore.Patch
-		if set["name"] {
-			p.Name = name
-		}
-		if set["perm"] {
-			p.Permissions = (*[]string)(&perms)
-		}
-		if set["rate"] {
-			r := strings.TrimSpace(*rate)
-			if r == "default" {
-				r = ""
-			}
-			rate, err := keystore.ParseRateLimit(r)
+func newUpdateCmd() *cobra.Command {
+	var (
+		name                    string
+		ttl                     time.Duration
+		expiresAt               timeFlag
+		noExpiry, anyIP, asJSON bool
+		perms                   listFlag
+		rate                    = rateFlag{allowDefault: true}
+		ips                     cidrFlag
+	)
+	c := &cobra.Command{
+		Use:   "update ID [--name N] [--perm P...] [--rate R|default] [--ip CIDR...|--any-ip] [--ttl D|--expires-at T|--no-expiry] [--json]",
+		Short: "Change a key's metadata (never a revoked or rotated-away key)",
+		Long: `Change only what the flags name. Bringing an expired key back counts against
+keys.max_per_owner; a revoked or rotated-away key never changes again.`,
+		Example: `  extauthz keys update key_0Abc... --config extauthz.yaml --perm read:users,write:users --ttl 720h`,
+		RunE: func(c *cobra.Command, args []string) error {
+			id, err := oneID(c, args)
 			if err != nil {
 				return err
 			}
-			p.RateLimit = &rate
-		}
-		switch {
-		case set["ip"] && *anyIP:
-			return fmt.Errorf("%w: give --ip or --any-ip, not both", errUsage)
-		case set["ip"]:
-			allow, err := keystore.ParseCIDRs(ips)
-			if err != nil {
-				return &keystore.FieldError{Field: "ip", Message: err.Error()}
+			set := func(n string) bool { return c.Flags().Changed(n) }
+			var p keystore.Patch
+			if set("name") {
+				p.Name = &name
 			}
-			p.IPAllowlist = &allow
-		case *anyIP:
-			allow := []netip.Prefix{}
-			p.IPAllowlist = &allow
-		}
-		if n := btoi(set["ttl"]) + btoi(set["expires-at"]) + btoi(*noExpiry); n > 1 {
-			return fmt.Errorf("%w: give one of --ttl, --expires-at and --no-expiry", errUsage)
-		}
-		var exp *time.Time
-		switch {
-		case set["ttl"]:
-			if *ttl <= 0 {
-				return &keystore.FieldError{Field: "ttl", Message: "must be positive"}
+			if set("perm") {
+				p.Permissions = (*[]string)(&perms)
 			}
-			t := time.Now().UTC().Add(*ttl)
-			exp = &t
-			p.ExpiresAt = &exp
-		case set["expires-at"]:
-			t, err := time.Parse(time.RFC3339, *expiresAt)
-			if err != nil {
-				return &keystore.FieldError{Field: "expires-at", Message: `want an RFC 3339 time like "2030-01-02T15:04:05Z"`}
+			if set("rate") {
+				p.RateLimit = &rate.rate
 			}
-			t = t.UTC()
-			exp = &t
-			p.ExpiresAt = &exp
-		case *noExpiry:
-			p.ExpiresAt = &exp
-		}
-		if p == (keystore.Patch{}) {
-			return fmt.Errorf("%w: nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at or --no-expiry", errUsage)
-		}
-		k, err := m.Update(ctx, id, p, nil, "cli")
-		if err != nil {
-			return describeID(describe(err, m), id)
-		}
-		if *asJSON {
-			return writeJSON(stdout, k)
-		}
-		printKey(stdout, k, time.Now())
-		return nil
+			switch {
+			case set("ip") && anyIP:
+				return usageErrorf(c, "give --ip or --any-ip, not both")
+			case set("ip"):
+				p.IPAllowlist = &ips.prefixes
+			case anyIP:
+				allow := []netip.Prefix{}
+				p.IPAllowlist = &allow
+			}
+			if n := btoi(set("ttl")) + btoi(set("expires-at")) + btoi(noExpiry); n > 1 {
+				return usageErrorf(c, "give one of --ttl, --expires-at and --no-expiry")
+			}
+			var exp *time.Time
+			switch {
+			case set("ttl"):
+				if ttl <= 0 {
+					return usageErrorf(c, "--ttl must be positive")
+				}
+				t := time.Now().UTC().Add(ttl)
+				exp = &t
+				p.ExpiresAt = &exp
+			case set("expires-at"):
+				exp = &expiresAt.t
+				p.ExpiresAt = &exp
+			case noExpiry:
+				p.ExpiresAt = &exp
+			}
+			if p == (keystore.Patch{}) {
+				return usageErrorf(c, "nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at or --no-expiry")
+			}
+			return withManager(c, keysAction{writes: true}, func(ctx context.Context, m *keystore.Manager) error {
+				k, err := m.Update(ctx, id, p, nil, "cli")
+				if err != nil {
+					return flagError(c, describeID(describe(err, m), id))
+				}
+				if asJSON {
+					return writeJSON(c.OutOrStdout(), k)
+				}
+				printKey(c.OutOrStdout(), k, time.Now())
+				return nil
+			})
+		},
 	}
+	fs := c.Flags()
+	fs.StringVar(&name, "name", "", "new name")
+	fs.Var(&perms, "perm", "the new permissions (repeatable, or comma-separated; replaces them all)")
+	fs.Var(&rate, "rate", "new rate limit, e.g. 100/m, none, or default (rate_limit.default of the config)")
+	fs.Var(&ips, "ip", "the new allowed client CIDRs or addresses (repeatable; replaces the allowlist)")
+	fs.BoolVar(&anyIP, "any-ip", false, "allow any client address (clear the allowlist)")
+	fs.DurationVar(&ttl, "ttl", 0, "expire this long from now, e.g. 24h")
+	fs.Var(&expiresAt, "expires-at", "expire at this RFC 3339 time")
+	fs.BoolVar(&noExpiry, "no-expiry", false, "never expire")
+	fs.BoolVar(&asJSON, "json", false, "print the changed key record as JSON")
+	return c
 }
 
 func btoi(b bool) int {

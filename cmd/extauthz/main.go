@@ -3,48 +3,38 @@
 // manages keys from the command line. See README.md.
 //
 // This package is the wiring: one file per subcommand (serve.go, keys.go and
-// keys_*.go, config.go, audit.go, healthcheck.go, version.go), and the files
-// that turn the config into the other packages' own types and start them
-// (policy.go, store.go, auditlog.go, listeners.go, observe.go, reload.go,
-// sweep.go).
+// keys_*.go, config.go, explain.go, audit.go, healthcheck.go, version.go),
+// the command line's conventions (main.go, flags.go), and the files that turn
+// the config into the other packages' own types and start them (policy.go,
+// store.go, auditlog.go, listeners.go, tls.go, observe.go, tracing.go,
+// reload.go, sweep.go).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
-	"github.com/extauthz/extauthz/config"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
-const usage = `usage: extauthz <command> [flags]
-
-commands:
-  serve [--config FILE]               run the gRPC, HTTP and admin listeners
-  keys create --name N --perm P ...   create a key (printed once)
-  keys list [--owner O] [--all]       list keys (never secrets)
-  keys show ID                        one key's metadata
-  keys update ID [--name N] [--perm P] [--rate R] [--ip CIDR | --any-ip]
-              [--ttl D | --expires-at T | --no-expiry]
-                                      change a key (not a revoked or rotated one)
-  keys revoke ID                      revoke a key (idempotent)
-  keys rotate ID [--grace 24h]        new key, old one expires after the grace
-  audit tail [--key ID] [-f]          read the audit stream (redis sink)
-  config check [--config FILE]        validate the config, print the routes
-  healthcheck [--config FILE]         exit 0 if the local server is healthy
-  version                             print the version
-
-The config file is --config, else $EXTAUTHZ_CONFIG, else built-in defaults.
-`
-
-// errUsage is returned for bad command lines; main prints the usage for it.
-var errUsage = errors.New("bad usage")
+// The command line follows the conventions of kubectl, gh and the go
+// command: every command and subcommand has -h/--help, printing its usage and
+// flags to standard output (exit 0); exit status 0 is success, 1 a failure
+// of the work itself, 2 a command line that could not be understood (an
+// unknown command or flag, a missing required flag, a flag value that does
+// not parse), always. It is built on cobra, as kubectl and gh are: one
+// definition per command gives its help, its flag parsing (GNU style, flags
+// before or after the arguments) and the list of subcommands a group prints.
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -52,98 +42,150 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run executes one command line and returns the exit code.
+// run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	var err error
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "serve":
-		err = serveCmd(ctx, rest, stderr)
-	case "keys":
-		err = keysCmd(ctx, rest, stdout, stderr)
-	case "audit":
-		err = auditCmd(ctx, rest, stdout, stderr)
-	case "config":
-		err = configCmd(rest, stdout, stderr)
-	case "healthcheck":
-		err = healthcheckCmd(ctx, rest)
-	case "version", "--version", "-v":
-		versionCmd(stdout)
-	case "help", "--help", "-h":
-		fmt.Fprint(stdout, usage)
-	default:
-		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
-	}
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "extauthz: %v\n\n%s", err, usage)
-		return 2
-	case errors.Is(err, flag.ErrHelp):
+	// go-redis logs on its own (a failed dial); in the CLI its lines go to
+	// standard error as the CLI's own warnings do. serve routes them into
+	// the server's structured log instead.
+	goredis.SetLogger(redisLog{slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	root := newRootCmd(stdout, stderr)
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "extauthz: %v\n", err)
+	if errors.Is(err, errReported) {
+		return 1
+	}
+	msg := redactArgs(err.Error(), args)
+	if ue := (*usageError)(nil); errors.As(err, &ue) {
+		path := ue.cmd.CommandPath()
+		fmt.Fprintf(stderr, "%s: %s\nUsage: %s\nRun '%s --help' for more.\n", path, msg, ue.cmd.UseLine(), path)
+		return 2
+	}
+	fmt.Fprintf(stderr, "%s: %s\n", cmd.CommandPath(), msg)
 	return 1
 }
 
-// parseFlags parses args with fs, allowing flags after positional arguments
-// ("keys show ID --json"), and returns the positional ones.
-func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
+// newRootCmd is the command tree; stdout and stderr are where commands
+// write (tests pass buffers).
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "extauthz <command>",
+		Short: "API-key authorization for Envoy (ext_authz) and forward-auth proxies",
+		Long: `extauthz answers Envoy's ext_authz checks (gRPC) and forward-auth requests (HTTP)
+for API keys, and manages the keys.
+
+The config file is --config, else $EXTAUTHZ_CONFIG; serve, config and healthcheck
+fall back to the built-in defaults without either, the keys commands do not.`,
+		Version:       version,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args:          cobra.ArbitraryArgs,
+		RunE:          groupRun,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{c, err} })
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usageErrorf(c, "unknown command %q: see extauthz --help", strings.Join(args, " "))
 			}
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		if args[0] == "--" {
-			return append(pos, args[1:]...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
+			return cmd.Help()
+		},
+	})
+	root.AddCommand(
+		newServeCmd(),
+		newKeysCmd(),
+		newAuditCmd(),
+		newConfigCmd(),
+		newHealthcheckCmd(),
+		newVersionCmd(),
+	)
+	return root
 }
 
-// loadConfig parses a subcommand's flags (plus --config), refuses
-// positional arguments, and loads the config; it returns the path too.
-func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, string, error) {
-	path := configFlag(fs)
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return nil, "", err
-	}
-	if len(pos) > 0 {
-		return nil, "", fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	cfg, err := config.Load(*path)
-	return cfg, *path, err
-}
-
-// configFlag registers --config with its environment default.
-func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", os.Getenv("EXTAUTHZ_CONFIG"), "config file (default $EXTAUTHZ_CONFIG, else built-in defaults)")
-}
-
-// listFlag is a repeatable flag (--perm a --perm b), also taking commas.
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-
-func (l *listFlag) Set(v string) error {
-	for p := range strings.SplitSeq(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
+// groupRun is the run of a command that only groups others (extauthz,
+// extauthz keys, ...): with no subcommand, or an unknown one, it is a usage
+// error naming the subcommands there are.
+func groupRun(c *cobra.Command, args []string) error {
+	var names []string
+	for _, sub := range c.Commands() {
+		if sub.IsAvailableCommand() {
+			names = append(names, sub.Name())
 		}
+	}
+	if len(args) == 0 {
+		return usageErrorf(c, "missing command: %s takes %s", c.CommandPath(), strings.Join(names, ", "))
+	}
+	if c.SuggestionsMinimumDistance <= 0 {
+		c.SuggestionsMinimumDistance = 2
+	}
+	hint := ""
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		hint = fmt.Sprintf(" (did you mean %q?)", s[0])
+	}
+	return usageErrorf(c, "unknown command %q for %q%s; it takes %s", args[0], c.CommandPath(), hint, strings.Join(names, ", "))
+}
+
+// usageError is a command line that could not be understood: exit status 2,
+// with the command's usage line.
+type usageError struct {
+	cmd *cobra.Command
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// usageErrorf is a usageError of c with a formatted message.
+func usageErrorf(c *cobra.Command, format string, args ...any) error {
+	return &usageError{c, fmt.Errorf(format, args...)}
+}
+
+// noArgs refuses positional arguments.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf(c, "unexpected argument %q (this command takes flags only)", args[0])
 	}
 	return nil
+}
+
+// redactArgs replaces in msg every command-line word that may be an API key:
+// an error may quote what it was given (an unknown command, a flag value
+// that did not parse), and someone may have pasted a secret where an id or
+// a name goes. A word may be a key when it could pass the decision's format
+// check for some key (16 to 256 characters of [A-Za-z0-9_.-]) and is not a
+// key id, which is public.
+func redactArgs(msg string, args []string) string {
+	for _, a := range args {
+		if i := strings.IndexByte(a, '='); i >= 0 && strings.HasPrefix(a, "-") {
+			a = a[i+1:]
+		}
+		a = strings.TrimLeft(a, "-")
+		if mayBeKey(a) {
+			msg = strings.ReplaceAll(msg, a, "[redacted: may be a key]")
+		}
+	}
+	return msg
+}
+
+// mayBeKey reports whether s has the shape of some API key.
+func mayBeKey(s string) bool {
+	if len(s) < 16 || len(s) > 256 || keystore.ValidID(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,43 +12,161 @@ import (
 	"github.com/extauthz/extauthz/keystore"
 )
 
+// The route label of a decision that matched no route, and of one refused
+// before routing (400 at step 1). Route labels are otherwise the patterns
+// of the config, so the label's values are bounded by the config, never by
+// the paths clients send.
+const (
+	routeUnmatched = "(unmatched)"
+	routeNone      = "(none)"
+)
+
+// nearLimitShare is when an allowed check counts as near its limit: the
+// limit its headers describe (the one with the least remaining) has at
+// most this share of its requests left.
+const nearLimitShare = 0.10
+
 // observer turns every decision into metrics and an audit event. Neither
 // blocks: counters are atomic and the audit queue drops when full.
+//
+// The decision counters are by policy, route and code. Their children are
+// found without building a label string per check: the route table in
+// force is mapped once (setPolicy) to a labels entry per route, whose
+// counters are made on first use and kept.
 type observer struct {
-	decisions map[authz.Code]prometheus.Counter
+	decisions *prometheus.CounterVec // policy, route, code
+	nearLimit *prometheus.CounterVec // policy, route
 	latency   prometheus.Histogram
 	audit     *audit.Logger
+	codes     map[authz.Code]int // index into labels.byCode; allow is 0
+	table     atomic.Pointer[routeTable]
 }
 
+// routeTable is the labels entry of each route of the policies in force,
+// and of each policy's "(unmatched)" and "(none)".
+type routeTable struct {
+	byRoute   map[*authz.Route]*labels
+	unmatched map[string]*labels // by policy name
+	none      map[string]*labels
+}
+
+// labels holds the counters of one policy and route label.
+type labels struct {
+	policy, route string
+	byCode        []atomic.Pointer[prometheus.Counter]
+	near          atomic.Pointer[prometheus.Counter]
+}
+
+// defaultPolicy is the policy label of every decision of a config without
+// named policies.
+const defaultPolicy = "default"
+
+// policyOf is the name of the policy d was decided under: with one policy,
+// always the default. (Named policies give the decision its policy's name;
+// this is the one place the metrics and the trace read it from.)
+func policyOf(*authz.Decision) string { return defaultPolicy }
+
 func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
-	byCode := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "extauthz_decisions_total", Help: "Decisions by outcome: allow, or the deny code.",
-	}, []string{"code"})
 	o := &observer{
-		decisions: map[authz.Code]prometheus.Counter{},
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "extauthz_decisions_total",
+			Help: "Decisions by policy, route (the configured pattern, (unmatched) or (none) before routing) and outcome (allow, or the deny code).",
+		}, []string{"policy", "route", "code"}),
+		nearLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "extauthz_ratelimit_near_limit_total",
+			Help: "Allowed checks that left their tightest rate limit with at most 10% of its requests, by policy and route.",
+		}, []string{"policy", "route"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "extauthz_check_duration_seconds", Help: "Time to decide one check, from request to response.",
 			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3},
 		}),
 		audit: auditLog,
+		codes: map[authz.Code]int{"": 0},
 	}
-	// Every outcome, allow ("") first, has its counter made up front, so
-	// the hot path does no label lookup.
-	for _, c := range append([]authz.Code{""}, authz.Codes()...) {
-		label := string(c)
-		if c == "" {
-			label = "allow"
-		}
-		o.decisions[c] = byCode.WithLabelValues(label)
+	for i, c := range authz.Codes() {
+		o.codes[c] = i + 1
 	}
-	reg.MustRegister(byCode, o.latency)
+	o.table.Store(o.newTable(nil))
+	reg.MustRegister(o.decisions, o.nearLimit, o.latency)
 	return o
+}
+
+// setPolicy maps the routes of p, the policy in force from now on, to
+// their counters. Checks still deciding under the policy before find their
+// routes by label instead (labelsOf).
+func (o *observer) setPolicy(p *authz.Policy) {
+	o.table.Store(o.newTable(p))
+}
+
+func (o *observer) newTable(p *authz.Policy) *routeTable {
+	t := &routeTable{byRoute: map[*authz.Route]*labels{},
+		unmatched: map[string]*labels{defaultPolicy: o.newLabels(defaultPolicy, routeUnmatched)},
+		none:      map[string]*labels{defaultPolicy: o.newLabels(defaultPolicy, routeNone)}}
+	if p != nil {
+		for _, r := range p.Routes.List() {
+			t.byRoute[r] = o.newLabels(defaultPolicy, r.Pattern)
+		}
+	}
+	return t
+}
+
+func (o *observer) newLabels(policy, route string) *labels {
+	return &labels{policy: policy, route: route, byCode: make([]atomic.Pointer[prometheus.Counter], len(o.codes))}
+}
+
+// labelsOf is the labels entry of d's policy and route.
+func (o *observer) labelsOf(d *authz.Decision) *labels {
+	t := o.table.Load()
+	var l *labels
+	switch {
+	case d.Route != nil:
+		l = t.byRoute[d.Route]
+	case d.Method == "":
+		l = t.none[policyOf(d)]
+	default:
+		l = t.unmatched[policyOf(d)]
+	}
+	if l == nil {
+		// A route or policy a reload has replaced since.
+		l = o.newLabels(policyOf(d), routeLabel(d))
+	}
+	return l
+}
+
+// routeLabel is the route label of d: the configured pattern, "(unmatched)"
+// or "(none)".
+func routeLabel(d *authz.Decision) string {
+	switch {
+	case d.Route != nil:
+		return d.Route.Pattern
+	case d.Method == "":
+		return routeNone
+	}
+	return routeUnmatched
+}
+
+// counter returns the counter in p, made from vec with values on first use.
+func counter(p *atomic.Pointer[prometheus.Counter], vec *prometheus.CounterVec, values ...string) prometheus.Counter {
+	if c := p.Load(); c != nil {
+		return *c
+	}
+	c := vec.WithLabelValues(values...)
+	p.Store(&c)
+	return c
 }
 
 // Observe implements authz.Observer.
 func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.Duration) {
-	if c, ok := o.decisions[d.Code]; ok {
-		c.Inc()
+	l := o.labelsOf(d)
+	if i, ok := o.codes[d.Code]; ok {
+		code := string(d.Code)
+		if d.Code == "" {
+			code = "allow"
+		}
+		counter(&l.byCode[i], o.decisions, l.policy, l.route, code).Inc()
+	}
+	if d.Allowed() && d.HasRateLimit && nearLimit(d) {
+		counter(&l.near, o.nearLimit, l.policy, l.route).Inc()
 	}
 	o.latency.Observe(latency.Seconds())
 	ev := audit.Event{
@@ -66,14 +185,24 @@ func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.D
 	if !d.Allowed() {
 		ev.Decision = audit.Deny
 	}
+	if d.Route != nil {
+		ev.Route, ev.Permissions = d.Route.Pattern, d.Route.Permissions
+	}
 	if d.Key != nil {
 		ev.KeyID, ev.KeyName, ev.Owner = d.Key.ID, d.Key.Name, d.Key.Owner
 	}
 	o.audit.Record(ev)
 }
 
+// nearLimit reports whether an allowed check left the limit its headers
+// describe with at most nearLimitShare of its requests.
+func nearLimit(d *authz.Decision) bool {
+	n := d.RateLimit.Limit.Rate.N
+	return n > 0 && float64(d.RateLimit.Remaining) <= nearLimitShare*float64(n)
+}
+
 // registerStats exports the counters the cache, the limiter and the audit
-// queue keep themselves, read at scrape time.
+// queue keep themselves, read at scrape time, and what the binary is.
 func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter, auditLog *audit.Logger) {
 	counter := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
@@ -98,5 +227,10 @@ func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter,
 	counter("extauthz_audit_dropped_total", "Audit events dropped because the queue was full.", func() float64 { return float64(auditLog.Dropped()) })
 	counter("extauthz_audit_written_total", "Audit events written to the sink.", func() float64 { return float64(auditLog.Written()) })
 	counter("extauthz_audit_failed_total", "Audit events lost to sink errors.", func() float64 { return float64(auditLog.Failed()) })
+	b := currentBuild()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "extauthz_build_info", Help: "Always 1: the version, commit and Go version of the running binary."},
+		[]string{"version", "commit", "goversion"})
+	build.WithLabelValues(b.Version, b.Commit, b.GoVersion).Set(1)
+	reg.MustRegister(build)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
@@ -111,4 +112,37 @@ func (f lookupFunc) Lookup(_ context.Context, h keystore.Hash) (*keystore.Key, e
 // Cached knows nothing: every lookup goes to the function.
 func (f lookupFunc) Cached(keystore.Hash) (*keystore.Key, keystore.CacheState, error) {
 	return nil, keystore.CacheUnknown, nil
+}
+
+// BenchmarkObserve is what the server's observer adds to a check: the
+// decision counters (by policy, route and code), the near-limit check and
+// the latency histogram, with the audit sink off.
+func BenchmarkObserve(b *testing.B) {
+	cfg, err := config.Parse([]byte(testRoutes))
+	require.NoError(b, err)
+	policy, err := newPolicy(cfg)
+	require.NoError(b, err)
+	obs := newObserver(prometheus.NewRegistry(), nil)
+	obs.setPolicy(policy)
+	req := authz.Request{Method: "GET", Path: "/api/users", Headers: authz.HeaderMap{}, XFFTrustedHops: -1}
+	var d authz.Decision
+	require.True(b, policy.Match(&req, &d))
+	b.ReportAllocs()
+	for b.Loop() {
+		obs.Observe(&req, &d, time.Millisecond)
+	}
+}
+
+// BenchmarkGRPCServerMetrics is what the grpc-ecosystem provider's
+// interceptor adds to one unary call (metrics.grpc).
+func BenchmarkGRPCServerMetrics(b *testing.B) {
+	m := newGRPCMetrics(true)
+	intercept := m.UnaryServerInterceptor()
+	info := &grpc.UnaryServerInfo{FullMethod: "/envoy.service.auth.v3.Authorization/Check"}
+	handler := func(context.Context, any) (any, error) { return nil, nil }
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = intercept(ctx, nil, info, handler)
+	}
 }

@@ -50,9 +50,9 @@ func TestMetricsCountDecisions(t *testing.T) {
 	status, body, _ := get(t, ts.httpURL+"/metrics", nil)
 	require.Equal(t, 200, status)
 	for _, want := range []string{
-		`extauthz_decisions_total{code="allow"} 3`,
-		`extauthz_decisions_total{code="missing_key"} 1`,
-		`extauthz_decisions_total{code="invalid_key"} 1`,
+		`extauthz_decisions_total{code="allow",policy="default",route="/api/users"} 3`,
+		`extauthz_decisions_total{code="missing_key",policy="default",route="/api/users"} 1`,
+		`extauthz_decisions_total{code="invalid_key",policy="default",route="/api/users"} 1`,
 		`extauthz_check_duration_seconds_count 5`,
 		`extauthz_cache_hits_total 2`,
 		`extauthz_cache_misses_total 1`,
@@ -62,6 +62,7 @@ func TestMetricsCountDecisions(t *testing.T) {
 		assert.Contains(t, body, want)
 	}
 	assert.NotContains(t, body, key, "no metric carries a key")
+	assert.NotContains(t, body, "grpc_server_", "the gRPC server's own metrics are off by default")
 }
 
 func TestHealthAndReadiness(t *testing.T) {

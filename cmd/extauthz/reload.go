@@ -62,6 +62,7 @@ func (s *server) reload(why string) {
 	if err == nil {
 		var policy *authz.Policy
 		if policy, err = newPolicy(cfg); err == nil {
+			s.obs.setPolicy(policy)
 			s.authz.SetPolicy(policy)
 			s.httpMode.SetMode(httpMode(cfg))
 		}
@@ -72,6 +73,7 @@ func (s *server) reload(why string) {
 		return
 	}
 	s.reloads.WithLabelValues("ok").Inc()
+	s.lastLoad.SetToCurrentTime()
 	if !reflect.DeepEqual(cfg.Listen, s.cfg.Listen) || !reflect.DeepEqual(cfg.Store, s.cfg.Store) ||
 		!reflect.DeepEqual(cfg.Hashing, s.cfg.Hashing) || !reflect.DeepEqual(cfg.Cache, s.cfg.Cache) ||
 		cfg.Audit != s.cfg.Audit || cfg.RateLimit.OnStoreError != s.cfg.RateLimit.OnStoreError {

@@ -135,16 +135,19 @@ func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
 	}
 
 	// The audit events say who did what, with the fields of docs/operations.md.
-	var decisions, changes []map[string]any
+	var decisions, changes, refused []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(events.String()))
 	for sc.Scan() {
 		var ev map[string]any
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &ev), sc.Text())
 		_, err := time.Parse(time.RFC3339Nano, ev["time"].(string))
 		require.NoError(t, err)
-		if ev["event"] == "decision" {
+		switch ev["event"] {
+		case "decision":
 			decisions = append(decisions, ev)
-		} else {
+		case "admin.auth_failed":
+			refused = append(refused, ev)
+		default:
 			changes = append(changes, ev)
 		}
 	}
@@ -179,6 +182,10 @@ func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
 		kinds[fmt.Sprint(c["event"])] = c
 		assert.Equal(t, adminID, c["actor"])
 	}
+	// The admin call with a key lacking keys:* is audited, naming that key.
+	require.Len(t, refused, 1)
+	assert.Equal(t, svcID, refused[0]["key_id"])
+	assert.Equal(t, "permission_denied", refused[0]["code"])
 	require.Contains(t, kinds, "key.created")
 	require.Contains(t, kinds, "key.rotated")
 	require.Contains(t, kinds, "key.revoked")

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -35,15 +36,35 @@ import (
 	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
 )
 
-// serveCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
-func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	cfg, path, err := loadConfig(fs, args)
-	if err != nil {
-		return err
+// newServeCmd is "extauthz serve": run until SIGINT/SIGTERM, then drain.
+func newServeCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "serve [--config FILE]",
+		Short: "Run the gRPC, HTTP and admin listeners",
+		Long: `Run the servers: gRPC ext_authz and health (listen.grpc), HTTP forward-auth,
+/healthz, /readyz and /metrics (listen.http), and the admin API (listen.admin).
+SIGTERM or SIGINT drains them; SIGHUP, or a change of the file, reloads the
+routes, sources and limits. Without --config or $EXTAUTHZ_CONFIG it serves the
+built-in defaults. It refuses to start without a hashing pepper unless the config
+declares development: true.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, path, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			return serve(c.Context(), cfg, path, c.ErrOrStderr(), c.OutOrStdout())
+		},
 	}
+	addConfigFlag(c.Flags())
+	return c
+}
+
+// serve runs a server on cfg until ctx is done; audit events with the
+// stdout sink go to auditOut.
+func serve(ctx context.Context, cfg *config.Config, path string, stderr, auditOut io.Writer) error {
 	logger := newLogger(cfg.Log, stderr)
-	srv, err := newServer(cfg, logger, os.Stdout)
+	srv, err := newServer(cfg, logger, auditOut)
 	if err != nil {
 		return err
 	}
@@ -103,10 +124,17 @@ type server struct {
 	cfgPath     string
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec
+	lastLoad    prometheus.Gauge
+	obs         *observer
+	grpcMetrics *grpcMetrics
 	// sweepEvery is how often the key store is swept (sweep.go).
 	sweepEvery time.Duration
 
 	adminSrv *http.Server
+	// tls is what every listener serves TLS with; nil when off.
+	tls *listenerTLS
+	// tracing exports a span per check and admin call; nil when off.
+	tracing *tracing
 
 	grpcLn, httpLn, adminLn net.Listener
 	// bg runs the cache's watch and last-used writer, the config watch and
@@ -154,12 +182,36 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 
 	s.audit = newAuditLogger(cfg, be, auditOut, logger)
 	s.metrics = prometheus.NewRegistry()
-	obs := newObserver(s.metrics, s.audit)
+	s.obs = newObserver(s.metrics, s.audit)
+	s.obs.setPolicy(policy)
 	registerStats(s.metrics, s.cache, s.limiter, s.audit)
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_config_reloads_total", Help: "Config reloads by result."}, []string{"result"})
-	s.metrics.MustRegister(s.reloads)
+	s.lastLoad = prometheus.NewGauge(prometheus.GaugeOpts{Name: "extauthz_config_last_reload_success_timestamp_seconds",
+		Help: "When the config in force was loaded (at start, or by the last successful reload), in seconds since the Unix epoch."})
+	s.lastLoad.SetToCurrentTime()
+	s.reloads.WithLabelValues("ok")
+	s.reloads.WithLabelValues("error")
+	s.metrics.MustRegister(s.reloads, s.lastLoad)
+	s.grpcMetrics = newGRPCMetrics(cfg.Metrics.GRPC)
+	if s.grpcMetrics != nil {
+		s.metrics.MustRegister(s.grpcMetrics)
+	}
 
-	s.grpc = grpc.NewServer(
+	if s.tls, err = newListenerTLS(cfg.TLS); err != nil {
+		s.limiter.Close()
+		be.Close()
+		return nil, err
+	}
+	if s.tracing, err = newTracing(context.Background()); err != nil {
+		s.limiter.Close()
+		be.Close()
+		return nil, err
+	}
+	grpcOpts := s.grpcMetrics.serverOptions()
+	if tc := s.tls.config("h2"); tc != nil {
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	s.grpc = grpc.NewServer(append(grpcOpts,
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Caps on what one connection can make the server hold: a
@@ -175,13 +227,15 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		// Check requests are decoded straight into what the decision
 		// reads, not into the whole CheckRequest (authz/envoy/wire.go).
 		envoy.ServerCodec(),
-	)
-	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: obs, Logger: logger})
+	)...)
+	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger, Tracer: s.tracing.checks()})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	s.grpcMetrics.initialize(s.grpc)
 
-	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), obs)
+	s.httpMode = forwardauth.NewServer(s.authz, httpMode(cfg), s.obs)
+	s.httpMode.Tracer = s.tracing.checks()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
@@ -189,10 +243,12 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// Decision requests are recognised on the raw path before the mux, whose
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
-		Handler:  recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
+		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
+		s.tracing.shutdown()
 		s.limiter.Close()
 		be.Close()
 		return nil, err
@@ -208,7 +264,10 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	m := s.be.manager(s.cfg)
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
-		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit}
+		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure}
+	if s.tracing != nil {
+		opts.OnCaller = noteCaller
+	}
 	if path := s.cfg.Leaks.GitHubKeysFile; path != "" {
 		doc, err := os.ReadFile(path)
 		if err != nil {
@@ -224,10 +283,18 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 		public.Handle("POST /v1/leaks/github", admin.NewLeakHandler(opts))
 	}
 	s.adminSrv = adminLimits.apply(&http.Server{
-		Handler:  recoverHTTP(s.logger, "admin", admin.New(opts)),
-		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		Handler:   recoverHTTP(s.logger, "admin", s.tracing.admin(admin.New(opts))),
+		ErrorLog:  slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	return nil
+}
+
+// auditAuthFailure records a request the admin API refused for its
+// credential.
+func (s *server) auditAuthFailure(f admin.AuthFailure) {
+	s.audit.Record(audit.Event{Type: audit.TypeAdminAuthFailed, KeyID: f.KeyID, ClientIP: f.ClientIP,
+		Method: f.Method, Route: f.Route, RequestID: f.RequestID, UserAgent: f.UserAgent, Status: f.Status, Code: string(f.Code)})
 }
 
 // readyz is 200 when the store answers. A server whose store is down still
@@ -281,22 +348,27 @@ func (s *server) run(ctx context.Context) error {
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 		go func() { errc <- s.grpc.Serve(s.grpcLn) }()
 	}
-	if s.httpLn != nil {
+	for _, l := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{s.http, s.httpLn}, {s.adminSrv, s.adminLn}} {
+		if l.ln == nil {
+			continue
+		}
 		go func() {
-			if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
+			var err error
+			if l.srv.TLSConfig != nil {
+				err = l.srv.ServeTLS(l.ln, "", "") // the certificate comes from TLSConfig.GetCertificate
+			} else {
+				err = l.srv.Serve(l.ln)
 			}
-		}()
-	}
-	if s.adminLn != nil {
-		go func() {
-			if err := s.adminSrv.Serve(s.adminLn); !errors.Is(err, http.ErrServerClosed) {
+			if !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
 			}
 		}()
 	}
 	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn),
-		"admin", addrOf(s.adminLn), "store", describeStore(s.cfg))
+		"admin", addrOf(s.adminLn), "store", describeStore(s.cfg), "tls", describeTLS(s.cfg.TLS))
 
 	var err error
 	select {
@@ -339,6 +411,7 @@ func (s *server) close() {
 		s.httpLn.Close()
 	}
 	closeAudit(s.audit)
+	s.tracing.shutdown()
 	if err := s.limiter.Close(); err != nil {
 		s.logger.Warn("close rate limiter", "err", err)
 	}

@@ -68,7 +68,9 @@ func openBackend(cfg *config.Config) (*backend, error) {
 type redisLog struct{ logger *slog.Logger }
 
 func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
-	l.logger.WarnContext(ctx, "redis client", "msg", fmt.Sprintf(format, v...))
+	// The text as the message: a "msg" attribute would repeat the JSON
+	// handler's own key.
+	l.logger.WarnContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }
 
 func (b *backend) Close() error {

@@ -12,10 +12,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/extauthz/extauthz/internal/certfile"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
@@ -363,64 +364,15 @@ func (t TLSOptions) config(host string) (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	if t.CertFile != "" {
-		cc := &clientCert{certFile: t.CertFile, keyFile: t.KeyFile}
-		if _, err := cc.load(); err != nil {
+		// Read again for each new connection once either file has changed
+		// (cert-manager and the like renew them in place).
+		pair, err := certfile.Load("store.redis.tls", t.CertFile, t.KeyFile)
+		if err != nil {
 			return nil, err
 		}
-		cfg.GetClientCertificate = cc.get
+		cfg.GetClientCertificate = pair.GetClientCertificate
 	}
 	return cfg, nil
-}
-
-// clientCert hands crypto/tls the client certificate, read again whenever
-// either file changed since it was last read (cert-manager and the like
-// renew them in place). While a renewal is half written (a new certificate
-// next to the old key), the last pair that loaded is used.
-type clientCert struct {
-	certFile, keyFile string
-
-	mu    sync.Mutex
-	stamp [2]os.FileInfo // of the files the pair in cert was read from
-	cert  *tls.Certificate
-}
-
-// unchanged reports whether a file is still the one read before: the same
-// file (a Kubernetes Secret volume renews by swapping in a new one), with
-// the same size and modification time.
-func unchanged(before, now os.FileInfo) bool {
-	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
-}
-
-func (c *clientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	cert, err := c.load()
-	if err != nil && cert == nil {
-		return nil, err
-	}
-	return cert, nil
-}
-
-// load returns the current pair, reading the files if they changed. On a
-// read error it returns the error and the last pair that loaded (if any).
-func (c *clientCert) load() (*tls.Certificate, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var now [2]os.FileInfo
-	var err error
-	if now[0], err = os.Stat(c.certFile); err != nil {
-		return c.cert, fmt.Errorf("store.redis.tls.cert_file: %w", err)
-	}
-	if now[1], err = os.Stat(c.keyFile); err != nil {
-		return c.cert, fmt.Errorf("store.redis.tls.key_file: %w", err)
-	}
-	if c.cert != nil && unchanged(c.stamp[0], now[0]) && unchanged(c.stamp[1], now[1]) {
-		return c.cert, nil
-	}
-	pair, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-	if err != nil {
-		return c.cert, fmt.Errorf("store.redis.tls: cert_file %s and key_file %s: %v", c.certFile, c.keyFile, err)
-	}
-	c.cert, c.stamp = &pair, now
-	return c.cert, nil
 }
 
 // validate reports the first thing wrong with o, naming the config field.

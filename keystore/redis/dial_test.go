@@ -239,36 +239,6 @@ func TestDialRereadsARenewedClientCertificate(t *testing.T) {
 	require.NoError(t, c.Ping(t.Context()).Err(), "the renewed certificate was not picked up")
 }
 
-func TestClientCertKeepsTheLastPairThatLoaded(t *testing.T) {
-	dir := t.TempDir()
-	a := redistest.NewTLSFiles(t, filepath.Join(dir, "a"))
-	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	copyFile := func(from, to string) {
-		t.Helper()
-		data, err := os.ReadFile(from)
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(to, data, 0o600))
-	}
-	copyFile(a.ClientCert, cert)
-	copyFile(a.ClientKey, key)
-	cc := &clientCert{certFile: cert, keyFile: key}
-	first, err := cc.get(nil)
-	require.NoError(t, err)
-
-	// Half-way through a renewal: a new certificate beside the old key.
-	b := redistest.NewTLSFiles(t, filepath.Join(dir, "b"))
-	copyFile(b.ClientCert, cert)
-	got, err := cc.get(nil)
-	require.NoError(t, err)
-	require.Same(t, first, got, "a mismatched pair replaced the one in use")
-
-	copyFile(b.ClientKey, key)
-	got, err = cc.get(nil)
-	require.NoError(t, err)
-	require.NotSame(t, first, got, "the completed renewal was not loaded")
-	require.NotEqual(t, first.Certificate[0], got.Certificate[0])
-}
-
 func TestDialAuthenticatesWithThePassword(t *testing.T) {
 	// Not Start(t, "--requirepass", …): Start waits for a PONG that a
 	// password-protected server never sends to it.

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// auditEvents decodes the JSON lines of a server's audit output.
+func auditEvents(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var events []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var e map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &e), line)
+		events = append(events, e)
+	}
+	return events
+}
+
+// Every event says its schema version; a decision names the route that
+// decided it and the permissions the route requires; a request the admin
+// API refused for its credential is an event of its own, naming the key
+// when it is known and never the secret.
+func TestAuditEventsCarryTheSchemaTheRouteAndFailedAdminLogins(t *testing.T) {
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	ts.check(t, "DELETE", "/api/users/7", map[string]string{"x-api-key": key})
+	ts.check(t, "GET", "/nowhere", map[string]string{"x-api-key": key})
+
+	adminCall := func(key string) int {
+		req, err := http.NewRequest("GET", ts.adminURL+"/v1/keys/"+k.ID, nil)
+		require.NoError(t, err)
+		if key != "" {
+			req.Header.Set("x-api-key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, 403, adminCall(key), "a key without keys:read")
+	assert.Equal(t, 401, adminCall(""))
+	unknown, err := ts.mgr.Format.Generate()
+	require.NoError(t, err)
+	assert.Equal(t, 401, adminCall(unknown))
+
+	var events []map[string]any
+	require.Eventually(t, func() bool {
+		events = auditEvents(t, audit.String())
+		return len(events) >= 5
+	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	for _, e := range events {
+		assert.Equal(t, float64(1), e["schema"], "every event carries the schema version: %v", e)
+	}
+	byType := map[string][]map[string]any{}
+	for _, e := range events {
+		byType[e["event"].(string)] = append(byType[e["event"].(string)], e)
+	}
+	require.Len(t, byType["decision"], 2)
+	denied := byType["decision"][0]
+	assert.Equal(t, "/api/users/{id}", denied["route"])
+	assert.Equal(t, []any{"delete:users"}, denied["permissions"])
+	assert.Equal(t, "permission_denied", denied["code"])
+	assert.Nil(t, byType["decision"][1]["route"], "no route matched")
+
+	failed := byType["admin.auth_failed"]
+	require.Len(t, failed, 3)
+	assert.Equal(t, k.ID, failed[0]["key_id"], "a known key is named")
+	assert.Equal(t, "permission_denied", failed[0]["code"])
+	assert.Equal(t, float64(403), failed[0]["status"])
+	assert.Equal(t, "/v1/keys/{id}", failed[0]["route"], "the route, not the path a key could be pasted into")
+	assert.Equal(t, "127.0.0.1", failed[0]["client_ip"])
+	assert.Equal(t, "GET", failed[0]["method"])
+	assert.Equal(t, "missing_key", failed[1]["code"])
+	assert.Nil(t, failed[1]["key_id"])
+	assert.Equal(t, "invalid_key", failed[2]["code"])
+	assert.Nil(t, failed[2]["key_id"], "an unknown key has no id")
+	assert.NotContains(t, audit.String(), key)
+	assert.NotContains(t, audit.String(), unknown)
+}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// tlsServer is a server whose every listener speaks TLS with the
+// certificate files in dir (tls.crt, tls.key), made from certs.
+type tlsServer struct {
+	*testServer
+	grpcAddr, httpAddr, adminAddr string
+	certFile, keyFile             string
+}
+
+func startTLSServer(t *testing.T, certs *redistest.TLSFiles, clientCA bool) *tlsServer {
+	t.Helper()
+	return startTLSServerOn(t, certs, clientCA, "127.0.0.1:0")
+}
+
+// startTLSServerOn is startTLSServer with the HTTP listener on httpAddr
+// (for a healthcheck, which reads the address from the config).
+func startTLSServerOn(t *testing.T, certs *redistest.TLSFiles, clientCA bool, httpAddr string) *tlsServer {
+	t.Helper()
+	dir := t.TempDir()
+	ts := &tlsServer{certFile: filepath.Join(dir, "tls.crt"), keyFile: filepath.Join(dir, "tls.key")}
+	installPair(t, certs.ServerCert, certs.ServerKey, ts.certFile, ts.keyFile)
+	tlsYAML := fmt.Sprintf("tls: {cert_file: %q, key_file: %q}\n", ts.certFile, ts.keyFile)
+	if clientCA {
+		tlsYAML = fmt.Sprintf("tls: {cert_file: %q, key_file: %q, client_ca_file: %q}\n", ts.certFile, ts.keyFile, certs.CA)
+	}
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: %q, admin: \"127.0.0.1:0\"}\naudit: {sink: none}\nstore: {path: %q}\n%s%s",
+		httpAddr, filepath.Join(dir, "k.db"), testRoutes, tlsYAML))
+	ts.testServer = startServerFile(t, path)
+	ts.grpcAddr, ts.httpAddr, ts.adminAddr = ts.srv.grpcLn.Addr().String(), ts.srv.httpLn.Addr().String(), ts.srv.adminLn.Addr().String()
+	return ts
+}
+
+// installPair copies a certificate and key into place as a Secret volume
+// renews them: each written aside, then renamed over the old one.
+func installPair(t *testing.T, certFrom, keyFrom, certTo, keyTo string) {
+	t.Helper()
+	for from, to := range map[string]string{certFrom: certTo, keyFrom: keyTo} {
+		data, err := os.ReadFile(from)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(to+".new", data, 0o600))
+		require.NoError(t, os.Rename(to+".new", to))
+	}
+}
+
+// clientTLS trusts the CA of certs and, with withCert, presents its client
+// certificate.
+func clientTLS(certs *redistest.TLSFiles, withCert bool) *tls.Config {
+	c := certs.ClientConfig()
+	if !withCert {
+		c.Certificates = nil
+	}
+	return c
+}
+
+func grpcCheck(t *testing.T, addr string, creds credentials.TransportCredentials, key string) (*authv3.CheckResponse, error) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return authv3.NewAuthorizationClient(conn).Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": key}))
+}
+
+func httpsGet(t *testing.T, c *tls.Config, url, key string) (int, error) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: c}, Timeout: 5 * time.Second}
+	req, err := http.NewRequest("GET", url, nil)
+	require.NoError(t, err)
+	req.Header.Set("x-api-key", key)
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+// Every listener serves TLS when tls is set: gRPC checks, HTTP-mode
+// decisions and the admin API, over real TLS connections; none of them
+// still answers in plain text.
+func TestEveryListenerServesTLS(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	ts := startTLSServer(t, certs, false)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	admin, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	c := clientTLS(certs, false)
+
+	resp, err := grpcCheck(t, ts.grpcAddr, credentials.NewTLS(c), key)
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), "a gRPC check over TLS")
+
+	status, err := httpsGet(t, c, "https://"+ts.httpAddr+"/authz/api/users", key)
+	require.NoError(t, err)
+	assert.Equal(t, 200, status, "an HTTP-mode decision over TLS")
+	status, err = httpsGet(t, c, "https://"+ts.adminAddr+"/v1/keys", admin)
+	require.NoError(t, err)
+	assert.Equal(t, 200, status, "the admin API over TLS")
+
+	_, err = grpcCheck(t, ts.grpcAddr, insecure.NewCredentials(), key)
+	assert.Error(t, err, "no plain-text gRPC")
+	for _, addr := range []string{ts.httpAddr, ts.adminAddr} {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "plain HTTP gets the TLS listener's refusal")
+			resp.Body.Close()
+		}
+	}
+	// TLS 1.1 is refused.
+	old := c.Clone()
+	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+	_, err = httpsGet(t, old, "https://"+ts.httpAddr+"/healthz", "")
+	assert.Error(t, err, "TLS below 1.2")
+}
+
+// With tls.client_ca_file, a client without a certificate the CA signed
+// gets no answer from any listener; one with it does.
+func TestMutualTLSRefusesAClientWithoutACertificate(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	other := redistest.NewTLSFiles(t, t.TempDir()) // a certificate another CA signed
+	ts := startTLSServer(t, certs, true)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	stranger := clientTLS(certs, false)
+	stranger.Certificates = other.ClientConfig().Certificates
+
+	for _, tc := range []struct {
+		name string
+		c    *tls.Config
+		ok   bool
+	}{
+		{"no client certificate", clientTLS(certs, false), false},
+		{"a certificate another CA signed", stranger, false},
+		{"a certificate the client CA signed", clientTLS(certs, true), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := grpcCheck(t, ts.grpcAddr, credentials.NewTLS(tc.c), key)
+			if tc.ok {
+				require.NoError(t, err)
+				assert.Equal(t, int32(codes.OK), resp.GetStatus().GetCode())
+			} else {
+				assert.Error(t, err, "gRPC")
+			}
+			for _, url := range []string{"https://" + ts.httpAddr + "/authz/api/users", "https://" + ts.adminAddr + "/v1/keys"} {
+				status, err := httpsGet(t, tc.c, url, key)
+				if tc.ok {
+					require.NoError(t, err, url)
+					assert.NotZero(t, status)
+				} else {
+					assert.Error(t, err, url)
+				}
+			}
+		})
+	}
+}
+
+// A renewed certificate is served from the next handshake on, without a
+// restart; while a renewal is half written the pair in use stays.
+func TestARenewedCertificateIsServedWithoutARestart(t *testing.T) {
+	a := redistest.NewTLSFiles(t, t.TempDir())
+	b := redistest.NewTLSFiles(t, t.TempDir())
+	ts := startTLSServer(t, a, false)
+	trustBoth := x509.NewCertPool()
+	for _, ca := range []string{a.CA, b.CA} {
+		pem, err := os.ReadFile(ca)
+		require.NoError(t, err)
+		require.True(t, trustBoth.AppendCertsFromPEM(pem))
+	}
+	served := func(addr string) []byte {
+		t.Helper()
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: trustBoth, NextProtos: []string{"h2"}})
+		require.NoError(t, err)
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Raw
+	}
+	pemDER := func(file string) []byte {
+		t.Helper()
+		pair, err := tls.LoadX509KeyPair(file, strings.Replace(file, ".crt", ".key", 1))
+		require.NoError(t, err)
+		return pair.Certificate[0]
+	}
+	for _, addr := range []string{ts.grpcAddr, ts.httpAddr, ts.adminAddr} {
+		assert.Equal(t, pemDER(a.ServerCert), served(addr))
+	}
+
+	// Half-way: b's certificate beside a's key. The pair in use stays.
+	data, err := os.ReadFile(b.ServerCert)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(ts.certFile, data, 0o600))
+	assert.Equal(t, pemDER(a.ServerCert), served(ts.httpAddr), "a half-written renewal replaced the pair in use")
+
+	installPair(t, b.ServerCert, b.ServerKey, ts.certFile, ts.keyFile)
+	for _, addr := range []string{ts.grpcAddr, ts.httpAddr, ts.adminAddr} {
+		assert.Equal(t, pemDER(b.ServerCert), served(addr), "the renewed certificate, on %s", addr)
+	}
+	// And a real check over the renewed certificate.
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	resp, err := grpcCheck(t, ts.grpcAddr, credentials.NewTLS(&tls.Config{RootCAs: trustBoth}), key)
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.OK), resp.GetStatus().GetCode())
+}
+
+// extauthz healthcheck (the image's HEALTHCHECK) works when the listeners
+// speak TLS, and under mutual TLS with a client certificate: its own flags,
+// or the server's certificate when the client CA signed it for client use.
+func TestHealthcheckSpeaksTLS(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	for _, mutual := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mutual=%v", mutual), func(t *testing.T) {
+			ts := startTLSServerOn(t, certs, mutual, fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)))
+			_, errOut, code := cliRun(t, "healthcheck", "--config", ts.cfgPath)
+			assert.Equal(t, 0, code, errOut)
+			_, errOut, code = cliRun(t, "healthcheck", "--config", ts.cfgPath, "--client-cert", certs.ClientCert, "--client-key", certs.ClientKey)
+			assert.Equal(t, 0, code, errOut)
+			if mutual {
+				other := redistest.NewTLSFiles(t, t.TempDir())
+				_, errOut, code = cliRun(t, "healthcheck", "--config", ts.cfgPath, "--client-cert", other.ClientCert, "--client-key", other.ClientKey)
+				assert.Equal(t, 1, code, "a certificate the client CA did not sign: %s", errOut)
+			}
+		})
+	}
+}
+
+// A certificate that does not load stops the server from starting, with
+// the field named.
+func TestTLSFilesThatDoNotLoadStopTheStart(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	dir := t.TempDir()
+	for _, tc := range []struct{ tls, want string }{
+		{fmt.Sprintf("{cert_file: %q, key_file: %q}", filepath.Join(dir, "none.crt"), certs.ServerKey), "tls.cert_file: "},
+		{fmt.Sprintf("{cert_file: %q, key_file: %q}", certs.ServerCert, certs.ClientKey), "tls: cert_file"},
+		{fmt.Sprintf("{cert_file: %q, key_file: %q, client_ca_file: %q}", certs.ServerCert, certs.ServerKey, certs.ServerKey), "tls.client_ca_file"},
+	} {
+		path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\ntls: %s\n", filepath.Join(dir, "k.db"), tc.tls))
+		_, errOut, code := cliRun(t, "serve", "--config", path)
+		assert.Equal(t, 1, code)
+		assert.Contains(t, errOut, tc.want)
+	}
+}

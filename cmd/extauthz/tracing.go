@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/extauthz/extauthz/authz"
+)
+
+// Tracing is on when the standard OpenTelemetry environment asks for it,
+// and off otherwise, with nothing on the check path but a nil check:
+//
+//   - OTEL_SDK_DISABLED=true, or OTEL_TRACES_EXPORTER=none: off;
+//   - OTEL_TRACES_EXPORTER=otlp: on;
+//   - OTEL_TRACES_EXPORTER unset: on when OTEL_EXPORTER_OTLP_ENDPOINT or
+//     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, else off;
+//   - any other exporter, or an OTLP protocol other than grpc, is an error
+//     at start (it would otherwise be silently ignored).
+//
+// Spans go over OTLP/gRPC; the exporter reads the rest of its settings
+// (endpoint, OTEL_EXPORTER_OTLP_INSECURE, headers, certificates, timeout)
+// from the same variables, the batch processor its own (OTEL_BSP_*), the
+// sampler OTEL_TRACES_SAMPLER (default: parentbased_always_on), and the
+// resource OTEL_SERVICE_NAME (default extauthz) and OTEL_RESOURCE_ATTRIBUTES.
+// The incoming trace context is W3C traceparent.
+
+// tracing is the trace pipeline of a server; a nil *tracing is off.
+type tracing struct {
+	provider *sdktrace.TracerProvider
+	tracer   trace.Tracer
+	prop     propagation.TraceContext
+}
+
+// tracingWanted reads the switch above from getenv.
+func tracingWanted(getenv func(string) string) (bool, error) {
+	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
+		return false, nil
+	}
+	switch exp := strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER")); exp {
+	case "none":
+		return false, nil
+	case "":
+		if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" {
+			return false, nil
+		}
+	case "otlp":
+	default:
+		return false, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: extauthz exports traces over otlp only (or none)", exp)
+	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		if p := getenv(name); p != "" && p != "grpc" {
+			return false, fmt.Errorf("%s=%q: extauthz exports OTLP over grpc only", name, p)
+		}
+		if getenv(name) != "" {
+			break // the traces-specific one wins
+		}
+	}
+	return true, nil
+}
+
+// newTracing starts the trace pipeline when the environment asks for it,
+// else returns nil.
+func newTracing(ctx context.Context) (*tracing, error) {
+	on, err := tracingWanted(os.Getenv)
+	if err != nil || !on {
+		return nil, err
+	}
+	exp, err := otlptracegrpc.New(ctx) // does not wait for the collector
+	if err != nil {
+		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
+	}
+	b := currentBuild()
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", "extauthz"), attribute.String("service.version", b.Version)),
+		resource.WithFromEnv(), // OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES override the above
+		resource.WithTelemetrySDK(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	return &tracing{provider: tp, tracer: tp.Tracer("github.com/extauthz/extauthz")}, nil
+}
+
+// shutdown sends the spans still queued, waiting at most a few seconds.
+func (t *tracing) shutdown() {
+	if t == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = t.provider.Shutdown(ctx)
+}
+
+// checks is the authz.Tracer of the check path, or nil when off (the
+// adapters then skip tracing entirely).
+func (t *tracing) checks() authz.Tracer {
+	if t == nil {
+		return nil
+	}
+	return checkTracer{t}
+}
+
+type checkTracer struct{ t *tracing }
+
+// The attributes of a check's span. They name what the decision used from
+// the config and the key's public id; never a header value, the path or
+// anything else a client wrote, which could hold a credential.
+const (
+	attrPolicy = "extauthz.policy"
+	attrRoute  = "extauthz.route"
+	attrCode   = "extauthz.code"
+	attrKeyID  = "extauthz.key_id"
+)
+
+// Start opens the span of one check, joined to the trace it came with: the
+// traceparent of the gRPC call's metadata (Envoy's own span of the
+// ext_authz call), else that of the request being authorized (the
+// client's, or in HTTP mode the proxy's auth request).
+func (c checkTracer) Start(ctx context.Context, req *authz.Request) (context.Context, func(*authz.Decision)) {
+	parent := ctx
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get("traceparent")) > 0 {
+		parent = c.t.prop.Extract(ctx, propagation.HeaderCarrier(http.Header{"Traceparent": md.Get("traceparent"), "Tracestate": md.Get("tracestate")}))
+	}
+	if !trace.SpanContextFromContext(parent).IsValid() && req.Headers != nil {
+		parent = c.t.prop.Extract(ctx, headersCarrier{req.Headers})
+	}
+	ctx, span := c.t.tracer.Start(parent, "extauthz.check", trace.WithSpanKind(trace.SpanKindServer))
+	return ctx, func(d *authz.Decision) {
+		code := string(d.Code)
+		if d.Allowed() {
+			code = "allow"
+		}
+		span.SetAttributes(
+			attribute.String(attrPolicy, policyOf(d)),
+			attribute.String(attrRoute, routeLabel(d)),
+			attribute.String(attrCode, code),
+			attribute.Int("http.response.status_code", d.Code.HTTPStatus()),
+		)
+		if d.Key != nil {
+			span.SetAttributes(attribute.String(attrKeyID, d.Key.ID))
+		}
+		if d.Code == authz.CodeUnavailable {
+			span.SetStatus(codes.Error, "unavailable")
+		}
+		span.End()
+	}
+}
+
+// headersCarrier reads a trace context from the headers of the request
+// being authorized.
+type headersCarrier struct{ h authz.Headers }
+
+func (c headersCarrier) Get(key string) string { return c.h.Get(strings.ToLower(key)) }
+func (headersCarrier) Set(string, string)      {}
+func (headersCarrier) Keys() []string          { return nil }
+
+// admin wraps the admin API's handler with a span per call, joined to the
+// caller's traceparent, naming the method, the status and (through
+// noteCaller) the calling key's id; nil t returns h as it is.
+func (t *tracing) admin(h http.Handler) http.Handler {
+	if t == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := t.tracer.Start(ctx, "extauthz.admin "+r.Method, trace.WithSpanKind(trace.SpanKindServer))
+		defer span.End()
+		sw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(sw, r.WithContext(ctx))
+		span.SetAttributes(attribute.String("http.request.method", r.Method), attribute.Int("http.response.status_code", sw.status))
+		if code := sw.Header().Get(authz.HeaderCode); code != "" {
+			span.SetAttributes(attribute.String(attrCode, code))
+		}
+		if sw.status >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(sw.status))
+		}
+	})
+}
+
+// noteCaller names the admin API's authenticated caller on the call's span.
+func noteCaller(ctx context.Context, keyID string) {
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String(attrKeyID, keyID))
+}
+
+// statusRecorder remembers the status a handler answered with.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// otlpCollector is an OTLP/gRPC trace collector in the test process: it
+// keeps every span it is sent, with its resource's attributes.
+type otlpCollector struct {
+	collectortrace.UnimplementedTraceServiceServer
+	addr string
+
+	mu        sync.Mutex
+	spans     []*tracepb.Span
+	resources [][]*commonpb.KeyValue
+}
+
+func startCollector(t *testing.T) *otlpCollector {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	c := &otlpCollector{addr: ln.Addr().String()}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, c)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return c
+}
+
+func (c *otlpCollector) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range req.GetResourceSpans() {
+		c.resources = append(c.resources, rs.GetResource().GetAttributes())
+		for _, ss := range rs.GetScopeSpans() {
+			c.spans = append(c.spans, ss.GetSpans()...)
+		}
+	}
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+// received returns the spans so far, by trace id (hex).
+func (c *otlpCollector) received() map[string]*tracepb.Span {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]*tracepb.Span{}
+	for _, s := range c.spans {
+		out[hex.EncodeToString(s.GetTraceId())] = s
+	}
+	return out
+}
+
+func attrs(s *tracepb.Span) map[string]string {
+	m := map[string]string{}
+	for _, kv := range s.GetAttributes() {
+		v := kv.GetValue()
+		switch {
+		case v.GetStringValue() != "":
+			m[kv.GetKey()] = v.GetStringValue()
+		default:
+			m[kv.GetKey()] = fmt.Sprint(v.GetIntValue())
+		}
+	}
+	return m
+}
+
+// traceparent is a W3C traceparent for trace n, and its trace and parent
+// span ids.
+func traceparent(n int) (header, traceID, spanID string) {
+	traceID = fmt.Sprintf("%032x", 0xabc000+n)
+	spanID = fmt.Sprintf("%016x", 0xdef000+n)
+	return "00-" + traceID + "-" + spanID + "-01", traceID, spanID
+}
+
+// startTracedServer points the OTLP environment at a collector in this
+// process and starts a server with HTTP mode and the admin API.
+func startTracedServer(t *testing.T) (*testServer, *otlpCollector) {
+	t.Helper()
+	col := startCollector(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+col.addr)
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	return startServerFile(t, path), col
+}
+
+// With OTEL_EXPORTER_OTLP_ENDPOINT set, each check (gRPC and HTTP mode) and
+// each admin call is a span in the collector, in the trace of the
+// traceparent it came with, a child of the span that sent it, naming the
+// policy, route, code and key id.
+func TestEveryCheckIsASpanJoinedToItsTrace(t *testing.T) {
+	ts, col := startTracedServer(t)
+	key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users", "keys:read"}})
+
+	// 1: a gRPC check whose call carries Envoy's traceparent in its metadata.
+	tp1, trace1, parent1 := traceparent(1)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", tp1)
+	resp, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": key}))
+	require.NoError(t, err)
+	require.NotNil(t, resp.GetOkResponse())
+	// 2: no metadata; the request being authorized carries the client's.
+	tp2, trace2, parent2 := traceparent(2)
+	resp, err = ts.client.Check(context.Background(), checkReq("DELETE", "/api/users/7", "10.1.2.3", map[string]string{"x-api-key": key, "traceparent": tp2}))
+	require.NoError(t, err)
+	require.Nil(t, resp.GetOkResponse())
+	// 3: HTTP mode, the proxy's auth request carrying it.
+	tp3, trace3, parent3 := traceparent(3)
+	status, _, _ := get(t, ts.httpURL+"/authz/nowhere", map[string]string{"x-api-key": key, "traceparent": tp3})
+	require.Equal(t, 403, status)
+	// 4: an admin call.
+	tp4, trace4, parent4 := traceparent(4)
+	status, _, _ = get(t, ts.adminURL+"/v1/keys/"+k.ID, map[string]string{"x-api-key": key, "traceparent": tp4})
+	require.Equal(t, 200, status)
+	// 5: a check refused before routing.
+	tp5, trace5, parent5 := traceparent(5)
+	status, _, _ = get(t, ts.httpURL+"/authz/a/%2e%2e/b", map[string]string{"traceparent": tp5})
+	require.Equal(t, 400, status)
+
+	var spans map[string]*tracepb.Span
+	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 5 }, 10*time.Second, 20*time.Millisecond)
+	for _, tc := range []struct {
+		name, trace, parent string
+		want                map[string]string
+	}{
+		{"a gRPC check", trace1, parent1, map[string]string{"extauthz.policy": "default", "extauthz.route": "/api/users", "extauthz.code": "allow",
+			"extauthz.key_id": k.ID, "http.response.status_code": "200"}},
+		{"a gRPC check with the client's traceparent", trace2, parent2, map[string]string{"extauthz.route": "/api/users/{id}", "extauthz.code": "permission_denied",
+			"extauthz.key_id": k.ID, "http.response.status_code": "403"}},
+		{"an HTTP-mode check", trace3, parent3, map[string]string{"extauthz.route": "(unmatched)", "extauthz.code": "no_route"}},
+		{"an admin call", trace4, parent4, map[string]string{"extauthz.key_id": k.ID, "http.request.method": "GET", "http.response.status_code": "200"}},
+		{"a check refused before routing", trace5, parent5, map[string]string{"extauthz.route": "(none)", "extauthz.code": "bad_request"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := spans[tc.trace]
+			require.NotNil(t, s, "no span in trace %s", tc.trace)
+			assert.Equal(t, tc.parent, hex.EncodeToString(s.GetParentSpanId()), "the span's parent is the sender's span")
+			assert.Equal(t, tracepb.Span_SPAN_KIND_SERVER, s.GetKind())
+			got := attrs(s)
+			for k, v := range tc.want {
+				assert.Equal(t, v, got[k], k)
+			}
+		})
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	var service string
+	for _, kv := range col.resources[0] {
+		if kv.GetKey() == "service.name" {
+			service = kv.GetValue().GetStringValue()
+		}
+	}
+	assert.Equal(t, "extauthz", service)
+}
+
+// No span or resource attribute carries a secret or anything the client
+// wrote: the key (header, query, cookie, bearer), other header values, the
+// path and its query.
+func TestNoSecretInAnySpan(t *testing.T) {
+	ts, col := startTracedServer(t)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	const ua, custom = "agent-7f3c-distinctive", "custom-value-91ab"
+	sends := []map[string]string{
+		{"x-api-key": key},
+		{"authorization": "Bearer " + key},
+		{"cookie": "session=1; api_key=" + key},
+		{"x-api-key": key + "x"},
+	}
+	for i, h := range sends {
+		tp, _, _ := traceparent(100 + i)
+		h["traceparent"], h["user-agent"], h["x-custom"] = tp, ua, custom
+		_, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users?page=2&q="+custom, "10.1.2.3", h))
+		require.NoError(t, err)
+		status, _, _ := get(t, ts.httpURL+"/authz/api/users?api_key="+key, map[string]string{"traceparent": tp, "user-agent": ua, "x-custom": custom})
+		require.NotZero(t, status)
+	}
+	req, err := http.NewRequest("GET", ts.adminURL+"/v1/keys?api_key="+key, nil)
+	require.NoError(t, err)
+	req.Header.Set("x-api-key", key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+
+	require.Eventually(t, func() bool { col.mu.Lock(); defer col.mu.Unlock(); return len(col.spans) >= 2*len(sends)+1 }, 10*time.Second, 20*time.Millisecond)
+	ts.stop() // flush
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	var all []*commonpb.KeyValue
+	for _, s := range col.spans {
+		all = append(all, s.GetAttributes()...)
+		assert.NotContains(t, s.GetName(), key)
+	}
+	for _, r := range col.resources {
+		all = append(all, r...)
+	}
+	require.NotEmpty(t, all)
+	for _, kv := range all {
+		v := kv.GetValue().String()
+		for _, secret := range []string{key, key[3:20], ua, custom, "page=2", "api_key"} {
+			assert.False(t, strings.Contains(v, secret), "attribute %s carries %q", kv.GetKey(), secret)
+		}
+	}
+}
+
+// The switch: off unless the environment asks, and a request it cannot
+// serve is an error rather than silently no traces.
+func TestTracingIsOnOnlyWhenTheEnvironmentAsks(t *testing.T) {
+	for _, tc := range []struct {
+		env     map[string]string
+		on      bool
+		wantErr string
+	}{
+		{nil, false, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, true, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4317"}, true, ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, false, ""},
+		{map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, false, ""},
+		{map[string]string{"OTEL_SERVICE_NAME": "x"}, false, ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, false, `OTEL_TRACES_EXPORTER="zipkin"`},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, false, "OTEL_EXPORTER_OTLP_PROTOCOL"},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, true, ""},
+	} {
+		t.Run(fmt.Sprint(tc.env), func(t *testing.T) {
+			on, err := tracingWanted(func(k string) string { return tc.env[k] })
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.on, on)
+		})
+	}
+}

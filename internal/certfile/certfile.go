@@ -1,0 +1,134 @@
+// Package certfile serves a TLS certificate and key from files that are
+// renewed in place (cert-manager, a Kubernetes Secret volume, certbot): it
+// reads them again when either file has changed, and keeps the last pair
+// that loaded while a renewal is half written. The key store's Redis client
+// presents its client certificate through it, and every listener of the
+// server its certificate.
+//
+// It is not a certificate manager: it neither requests nor renews
+// certificates, only notices that someone did.
+package certfile
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// Pair is a certificate and its key, read from CertFile and KeyFile and
+// read again on the first use after either file changed. Field is the
+// config path errors name ("tls", "store.redis.tls").
+type Pair struct {
+	field, certFile, keyFile string
+
+	mu    sync.Mutex
+	stamp [2]os.FileInfo // of the files the pair in cert was read from
+	cert  *tls.Certificate
+}
+
+// Load reads the pair for the first time; the error names field and the
+// files.
+func Load(field, certFile, keyFile string) (*Pair, error) {
+	p := &Pair{field: field, certFile: certFile, keyFile: keyFile}
+	if _, err := p.Current(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Current returns the pair, read again if either file changed since it was
+// last read. When the files do not load (missing, or a new certificate next
+// to the old key while a renewal is being written), it returns the last pair
+// that loaded, with the error; once nothing ever loaded, nil and the error.
+func (p *Pair) Current() (*tls.Certificate, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var now [2]os.FileInfo
+	var err error
+	if now[0], err = os.Stat(p.certFile); err != nil {
+		return p.cert, fmt.Errorf("%s.cert_file: %w", p.field, err)
+	}
+	if now[1], err = os.Stat(p.keyFile); err != nil {
+		return p.cert, fmt.Errorf("%s.key_file: %w", p.field, err)
+	}
+	if p.cert != nil && unchanged(p.stamp[0], now[0]) && unchanged(p.stamp[1], now[1]) {
+		return p.cert, nil
+	}
+	pair, err := tls.LoadX509KeyPair(p.certFile, p.keyFile)
+	if err != nil {
+		return p.cert, fmt.Errorf("%s: cert_file %s and key_file %s: %v", p.field, p.certFile, p.keyFile, err)
+	}
+	p.cert, p.stamp = &pair, now
+	return p.cert, nil
+}
+
+// usable is Current for crypto/tls: the last pair that loaded if any,
+// else the error (the handshake then fails).
+func (p *Pair) usable() (*tls.Certificate, error) {
+	cert, err := p.Current()
+	if cert == nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// GetCertificate is tls.Config.GetCertificate for a server.
+func (p *Pair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.usable() }
+
+// GetClientCertificate is tls.Config.GetClientCertificate for a client.
+func (p *Pair) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return p.usable()
+}
+
+// unchanged reports whether a file is still the one read before: the same
+// file (a Kubernetes Secret volume renews by swapping in a new one), with
+// the same size and modification time.
+func unchanged(before, now os.FileInfo) bool {
+	return before != nil && os.SameFile(before, now) && before.Size() == now.Size() && before.ModTime().Equal(now.ModTime())
+}
+
+// CAPool is a PEM bundle of certificate authorities read from a file, and
+// read again on the first use after it changed (a bundle that does not load
+// then keeps the last one that did).
+type CAPool struct {
+	field, file string
+
+	mu    sync.Mutex
+	stamp os.FileInfo
+	pool  *x509.CertPool
+}
+
+// LoadCAPool reads the bundle for the first time; the error names field.
+func LoadCAPool(field, file string) (*CAPool, error) {
+	c := &CAPool{field: field, file: file}
+	if _, err := c.Current(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Current returns the pool, read again if the file changed; on an error,
+// the last pool that loaded (nil if none ever did) and the error.
+func (c *CAPool) Current() (*x509.CertPool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fi, err := os.Stat(c.file)
+	if err != nil {
+		return c.pool, fmt.Errorf("%s: %w", c.field, err)
+	}
+	if c.pool != nil && unchanged(c.stamp, fi) {
+		return c.pool, nil
+	}
+	pem, err := os.ReadFile(c.file)
+	if err != nil {
+		return c.pool, fmt.Errorf("%s: %w", c.field, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return c.pool, fmt.Errorf("%s %s: no PEM certificate in it", c.field, c.file)
+	}
+	c.pool, c.stamp = pool, fi
+	return c.pool, nil
+}
