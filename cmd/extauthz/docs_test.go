@@ -68,6 +68,9 @@ func TestTheDocsStandAlone(t *testing.T) {
 				}
 				return nil
 			}
+			if d.Type()&fs.ModeSymlink != 0 {
+				return nil // its target is walked where it lives (the chart's files/redis is k8s/base/redis)
+			}
 			b, err := os.ReadFile(path)
 			if err != nil || bytes.IndexByte(b, 0) >= 0 { // unreadable, or not text
 				return err
