@@ -67,7 +67,7 @@ func (s *server) selfLoosening(before, after *keystore.Key) error {
 			return permissionDenied("permissions: a key may not give itself a permission it lacks (" + s.mention(p) + ")")
 		}
 	}
-	if field := restriction(after, before, s.authz.Policy().DefaultRate); field != "" {
+	if field := restriction(after, before, s.authz.Policies().Default.DefaultRate); field != "" {
 		return permissionDenied(field + ": a key may not loosen its own restrictions (it may only narrow them)")
 	}
 	return nil
@@ -83,7 +83,7 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 	if err := s.canGrant(c, k.Permissions); err != nil {
 		return err
 	}
-	switch restriction(k, c.key, s.authz.Policy().DefaultRate) {
+	switch restriction(k, c.key, s.authz.Policies().Default.DefaultRate) {
 	case "ip_allowlist":
 		return permissionDenied("ip_allowlist: a keys:write caller's keys must be limited to addresses within its own ip_allowlist")
 	case "expires_at":
@@ -91,7 +91,7 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 			c.key.ExpiresAt.UTC().Format(time.RFC3339) + ")")
 	case "rate_limit":
 		return permissionDenied("rate_limit: a keys:write caller's keys may not have a higher rate limit than the caller itself (" +
-			describeRate(c.key.RateLimit, s.authz.Policy().DefaultRate) + ")")
+			describeRate(c.key.RateLimit, s.authz.Policies().Default.DefaultRate) + ")")
 	}
 	return nil
 }

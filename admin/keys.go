@@ -182,7 +182,7 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 // isQuerySource reports whether name is a configured query-parameter key
 // source (api_key): the caller's credential, not an unknown parameter.
 func (s *server) isQuerySource(name string) bool {
-	for _, src := range s.authz.Policy().Sources {
+	for _, src := range s.authz.Policies().Default.Sources {
 		if src.Kind() == authz.SourceQuery && src.Name() == name {
 			return true
 		}

@@ -167,7 +167,7 @@ func TestHTTPModeJoinsRepeatedHeaders(t *testing.T) {
 // the client address is read from X-Forwarded-For, so a flood can name the
 // victim's address; the victim's key still passes.
 func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
-	f := authztest.New(t, func(o *authz.PolicyOptions) {
+	f := authztest.New(t, func(o *authz.Options) {
 		o.Routes = []authz.RouteSpec{{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}}}
 		o.DefaultRate = ratelimit.Rate{}
 	})
@@ -178,7 +178,7 @@ func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	calls := f.Keys.Calls.Load()
 	statuses := map[int]int{}
-	for _, flood := range authztest.Floods(t, f.Policy.Format) {
+	for _, flood := range authztest.Floods(t, f.Policies.Format) {
 		for i := range 300 {
 			resp, _ := do(t, srv, "GET", "/authz/api/users", map[string]string{"X-Api-Key": flood.Next(i), "X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
 			statuses[resp.StatusCode]++

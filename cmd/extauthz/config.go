@@ -4,7 +4,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
 )
 
@@ -20,7 +24,7 @@ func configCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	policy, err := newPolicy(cfg)
+	policies, err := newPolicies(cfg)
 	if err != nil {
 		return err
 	}
@@ -34,11 +38,73 @@ func configCmd(args []string, stdout, stderr io.Writer) error {
 	if err := requirePepper(cfg, func(msg string) { warning = "warning: " + msg + "\n" }); err != nil {
 		return err
 	}
-	for _, w := range policy.Routes.Warnings() {
-		fmt.Fprintf(stderr, "warning: %s\n", w)
+	for _, p := range policies.Policies() {
+		where := ""
+		if policies.Named() {
+			where = "policy " + p.Name + ": "
+		}
+		for _, w := range p.Routes.Warnings() {
+			fmt.Fprintf(stderr, "warning: %s%s\n", where, w)
+		}
 	}
 	fmt.Fprintf(stdout, "config %s: ok\n%sstore: %s\n\n", src, warning, describeStore(cfg))
-	return policy.Routes.Print(stdout, cfg.Unmatched)
+	if !policies.Named() {
+		return policies.Default.Routes.Print(stdout, cfg.Unmatched)
+	}
+	return printPolicies(stdout, policies)
+}
+
+// printPolicies writes each policy: what selects it, its mode and forwarded
+// metadata, then its route table.
+func printPolicies(w io.Writer, set *authz.PolicySet) error {
+	fmt.Fprintf(w, "Policies are selected by Envoy's context_extensions, then the destination principal, then the host;\n")
+	if set.DenyUnselected {
+		fmt.Fprintf(w, "a request none selects is 403 no_policy (unselected: deny). HTTP mode: the auth path names the policy.\n")
+	} else {
+		fmt.Fprintf(w, "a request none selects gets policy default. HTTP mode: the auth path names the policy.\n")
+	}
+	for _, p := range set.Policies() {
+		fmt.Fprintf(w, "\n== policy %s", p.Name)
+		var sel []string
+		if len(p.Match.Context) > 0 {
+			var kv []string
+			for _, k := range slices.Sorted(maps.Keys(p.Match.Context)) {
+				kv = append(kv, k+"="+p.Match.Context[k])
+			}
+			sel = append(sel, "context "+strings.Join(kv, ","))
+		}
+		if len(p.Match.Principals) > 0 {
+			sel = append(sel, "principals "+strings.Join(p.Match.Principals, " "))
+		}
+		if len(p.Match.Hosts) > 0 {
+			sel = append(sel, "hosts "+strings.Join(p.Match.Hosts, " "))
+		}
+		switch {
+		case p == set.Default:
+			fmt.Fprintf(w, " (the top-level settings)")
+		case len(sel) == 0:
+			fmt.Fprintf(w, " (selected only by an HTTP-mode auth path)")
+		default:
+			fmt.Fprintf(w, ": %s", strings.Join(sel, "; "))
+		}
+		mode := "enforce"
+		if p.Shadow {
+			mode = "shadow (decisions are audited and counted, every request is allowed)"
+		}
+		fmt.Fprintf(w, "\nmode: %s", mode)
+		if len(p.ForwardMeta) > 0 {
+			fmt.Fprintf(w, "; forwards metadata %s", strings.Join(p.ForwardMeta, ", "))
+		}
+		fmt.Fprintf(w, "\n\n")
+		unmatched := "deny"
+		if p.Authenticate {
+			unmatched = "authenticate"
+		}
+		if err := p.Routes.Print(w, unmatched); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func describeStore(cfg *config.Config) string {

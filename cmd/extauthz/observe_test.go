@@ -55,7 +55,7 @@ func (s *pinSink) Write(_ context.Context, events []audit.Event) error {
 func TestAQueuedAuditEventPinsNoPartOfTheReceivedMessage(t *testing.T) {
 	cfg, err := config.Parse([]byte("routes: [{path: /api/users, permissions: [read:users]}]\nrate_limit: {default: none}\n"))
 	require.NoError(t, err)
-	policy, err := newPolicy(cfg)
+	policy, err := newPolicies(cfg)
 	require.NoError(t, err)
 	hasher := keystore.NewHasher(nil)
 	key := "legacy-key-for-audit-test-0001"

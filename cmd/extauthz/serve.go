@@ -118,7 +118,7 @@ type server struct {
 // newServer builds a server from cfg without listening yet; audit events
 // with the stdout sink go to auditOut.
 func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*server, error) {
-	policy, err := newPolicy(cfg)
+	policies, err := newPolicies(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +142,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		be.Close()
 		return nil, err
 	}
-	s.authz = authz.NewAuthorizer(policy, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
+	s.authz = authz.NewAuthorizer(policies, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
 	if be.redis != nil {
 		s.authz.SetStoreTime(time.Duration(cfg.Store.Redis.Timeout))
 	}
