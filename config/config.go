@@ -41,6 +41,16 @@ type Config struct {
 	RateLimit RateLimit `json:"rate_limit"`
 	Routes    []Route   `json:"routes"`
 	Unmatched string    `json:"unmatched"` // deny | authenticate
+	Paths     Paths     `json:"paths"`
+	HTTPMode  HTTPMode  `json:"http_mode"`
+	Audit     Audit     `json:"audit"`
+	Log       Log       `json:"log"`
+	Leaks     Leaks     `json:"leaks"`
+	Admin     Admin     `json:"admin"`
+	// Development declares a development setup: the one thing it relaxes is
+	// the hashing pepper, which may then be missing (see CheckPepper).
+	Development bool `json:"development"`
+
 	// Mode and ForwardMeta are the default policy's, as Policy's are a
 	// named policy's.
 	Mode        Mode     `json:"mode"`
@@ -52,15 +62,6 @@ type Config struct {
 	// Unselected is what a request no policy selects gets: the default
 	// policy, or 403 no_policy.
 	Unselected Unselected `json:"unselected"`
-	Paths      Paths      `json:"paths"`
-	HTTPMode  HTTPMode  `json:"http_mode"`
-	Audit     Audit     `json:"audit"`
-	Log       Log       `json:"log"`
-	Leaks     Leaks     `json:"leaks"`
-	Admin     Admin     `json:"admin"`
-	// Development declares a development setup: the one thing it relaxes is
-	// the hashing pepper, which may then be missing (see CheckPepper).
-	Development bool `json:"development"`
 }
 
 // Admin configures the admin API (its address is listen.admin).
@@ -393,14 +394,15 @@ func Default() Config {
 			{Cookie: "api_key"},
 		},
 		RateLimit: RateLimit{Default: &hour, OnStoreError: ratelimit.PolicyLocal, FailedAttempts: &failures, FailedAttemptsTotal: &failuresTotal},
-		Unmatched:  "deny",
-		Mode:       ModeEnforce,
-		Unselected: UnselectedDefault,
-		Paths:      Paths{MatrixParams: MatrixReject},
+		Unmatched: "deny",
+		Paths:     Paths{MatrixParams: MatrixReject},
 		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
 		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
 		Admin:     Admin{RateLimit: &adminRate},
+
+		Mode:       ModeEnforce,
+		Unselected: UnselectedDefault,
 	}
 }
 

@@ -132,13 +132,10 @@ type wireDecoder struct {
 
 // Field numbers, from envoy/service/auth/v3 and envoy/config/core/v3.
 const (
-	fieldCheckAttributes       = 1  // CheckRequest.attributes
-	fieldAttrSource            = 1  // AttributeContext.source
-	fieldAttrDestination       = 2  // AttributeContext.destination
-	fieldAttrRequest           = 4  // AttributeContext.request
-	fieldAttrContextExtensions = 10 // AttributeContext.context_extensions: map<string, string>
-	fieldPeerAddress           = 1  // AttributeContext.Peer.address
-	fieldPeerPrincipal         = 4  // AttributeContext.Peer.principal
+	fieldCheckAttributes       = 1 // CheckRequest.attributes
+	fieldAttrSource            = 1 // AttributeContext.source
+	fieldAttrRequest           = 4 // AttributeContext.request
+	fieldPeerAddress           = 1 // AttributeContext.Peer.address
 	fieldAddrSocket            = 1 // Address.socket_address
 	fieldAddrPipe              = 2 // Address.pipe
 	fieldAddrInternal          = 3 // Address.envoy_internal_address
@@ -150,6 +147,11 @@ const (
 	fieldHTTPHost              = 5
 	fieldHTTPHeaderMap         = 13 // encode_raw_headers: left to RequestFromCheck
 	fieldMapKey, fieldMapValue = 1, 2
+
+	// What selects a policy.
+	fieldAttrDestination       = 2  // AttributeContext.destination
+	fieldAttrContextExtensions = 10 // AttributeContext.context_extensions: map<string, string>
+	fieldPeerPrincipal         = 4  // AttributeContext.Peer.principal
 )
 
 // fields calls f with the number and contents of each length-delimited
