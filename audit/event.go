@@ -47,7 +47,7 @@ const truncationMark = "...[truncated]"
 
 // Event is one audit record. Fields that do not apply to an event's Type stay
 // empty and are left out of its JSON form; the decision fields (RequestID to
-// LatencyUS) apply to TypeDecision only.
+// Mode) apply to TypeDecision only.
 //
 // The JSON form is what AppendJSON writes; the struct tags let
 // encoding/json read it back.
@@ -75,6 +75,15 @@ type Event struct {
 	Status    int        `json:"status,omitempty"`   // the HTTP status answered
 	Code      string     `json:"code,omitempty"`     // the deny code ("invalid_key", …); empty on allow
 	LatencyUS int64      `json:"latency_us,omitempty"`
+
+	// Policy is the policy the decision was made under ("" when none was
+	// selected), Route the pattern of the route that decided it ("" when
+	// none matched). Mode is "enforce", or "shadow": the request was
+	// allowed whatever Decision and Code say, which are what the decision
+	// would have been.
+	Policy string `json:"policy,omitempty"`
+	Route  string `json:"route,omitempty"`
+	Mode   string `json:"mode,omitempty"`
 }
 
 // timeLayout is RFC 3339 with a fixed six-digit fraction, so that lines sort
@@ -113,6 +122,9 @@ func (e *Event) AppendJSON(b []byte) []byte {
 		b = appendField(b, `,"code":`, e.Code)
 		b = append(b, `,"latency_us":`...)
 		b = strconv.AppendInt(b, e.LatencyUS, 10)
+		b = appendField(b, `,"policy":`, e.Policy)
+		b = appendField(b, `,"route":`, e.Route)
+		b = appendField(b, `,"mode":`, e.Mode)
 	}
 	return append(b, '}')
 }
@@ -148,6 +160,9 @@ func (e *Event) scrub() {
 	e.UserAgent = bound(e.UserAgent, len(e.UserAgent))
 	e.Decision = bound(e.Decision, len(e.Decision))
 	e.Code = bound(e.Code, len(e.Code))
+	e.Policy = bound(e.Policy, len(e.Policy))
+	e.Route = bound(e.Route, len(e.Route))
+	e.Mode = bound(e.Mode, len(e.Mode))
 	e.ownRequestFields()
 }
 

@@ -14,31 +14,36 @@ import (
 // observer turns every decision into metrics and an audit event. Neither
 // blocks: counters are atomic and the audit queue drops when full.
 type observer struct {
-	decisions map[authz.Code]prometheus.Counter
+	// decisions are the counters by code, [0] in enforce mode, [1] in
+	// shadow mode.
+	decisions [2]map[authz.Code]prometheus.Counter
 	latency   prometheus.Histogram
 	audit     *audit.Logger
 }
 
 func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
 	byCode := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "extauthz_decisions_total", Help: "Decisions by outcome: allow, or the deny code.",
-	}, []string{"code"})
+		Name: "extauthz_decisions_total",
+		Help: "Decisions by outcome (allow, or the deny code) and mode: enforce, or shadow, where the outcome is what it would have been and the request was allowed.",
+	}, []string{"code", "mode"})
 	o := &observer{
-		decisions: map[authz.Code]prometheus.Counter{},
+		decisions: [2]map[authz.Code]prometheus.Counter{{}, {}},
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "extauthz_check_duration_seconds", Help: "Time to decide one check, from request to response.",
 			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3},
 		}),
 		audit: auditLog,
 	}
-	// Every outcome, allow ("") first, has its counter made up front, so
+	// Every outcome, allow ("") first, has its counters made up front, so
 	// the hot path does no label lookup.
 	for _, c := range append([]authz.Code{""}, authz.Codes()...) {
 		label := string(c)
 		if c == "" {
 			label = "allow"
 		}
-		o.decisions[c] = byCode.WithLabelValues(label)
+		for i, mode := range []authz.Mode{authz.ModeEnforce, authz.ModeShadow} {
+			o.decisions[i][c] = byCode.WithLabelValues(label, mode.String())
+		}
 	}
 	reg.MustRegister(byCode, o.latency)
 	return o
@@ -46,7 +51,11 @@ func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
 
 // Observe implements authz.Observer.
 func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.Duration) {
-	if c, ok := o.decisions[d.Code]; ok {
+	mode := 0
+	if d.Shadow {
+		mode = 1
+	}
+	if c, ok := o.decisions[mode][d.Code]; ok {
 		c.Inc()
 	}
 	o.latency.Observe(latency.Seconds())
@@ -62,6 +71,9 @@ func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.D
 		Status:    d.Code.HTTPStatus(),
 		Code:      string(d.Code),
 		LatencyUS: latency.Microseconds(),
+		Policy:    d.PolicyName(),
+		Route:     d.RoutePattern(),
+		Mode:      d.Mode().String(),
 	}
 	if !d.Allowed() {
 		ev.Decision = audit.Deny
