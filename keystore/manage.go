@@ -347,9 +347,12 @@ type Patch struct {
 	IPAllowlist *[]netip.Prefix
 	ExpiresAt   **time.Time // set to a nil *time.Time to clear
 	Policies    *[]string   // the whole new list; empty = every policy
-	// Meta is the whole new metadata (a caller merging a change into the
-	// current entries does so in check, which sees the record).
-	Meta *map[string]string
+	// Meta replaces the metadata; MetaChanges then merges into it (or into
+	// the current metadata): a name with a value sets that entry, a name
+	// with "" deletes it. The merge is made on the record the store holds,
+	// in the same atomic step as the rest of the change.
+	Meta        *map[string]string
+	MetaChanges map[string]string
 }
 
 // Update applies p to id. A revoked or rotated-away key is never changed
@@ -386,6 +389,16 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		}
 		if p.Meta != nil {
 			k.Meta = maps.Clone(*p.Meta)
+		}
+		for name, v := range p.MetaChanges {
+			if v == "" {
+				delete(k.Meta, name)
+				continue
+			}
+			if k.Meta == nil {
+				k.Meta = map[string]string{}
+			}
+			k.Meta[name] = v
 		}
 		spec := Spec{Name: k.Name, Owner: k.Owner, Permissions: k.Permissions, RateLimit: k.RateLimit, IPAllowlist: k.IPAllowlist,
 			Policies: k.Policies, Meta: k.Meta}

@@ -17,9 +17,12 @@ func createCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Co
 	owner := fs.String("owner", "", "owner (default \"default\")")
 	rate := fs.String("rate", "", "rate limit, e.g. 100/m, or none (default: the configured default)")
 	ttl := fs.Duration("ttl", 0, "expire after this long, e.g. 24h (default: never)")
-	var perms, ips listFlag
+	var perms, ips, policies listFlag
+	var meta metaFlag
 	fs.Var(&perms, "perm", "permission (repeatable, or comma-separated)")
 	fs.Var(&ips, "ip", "allowed client CIDR or address (repeatable)")
+	fs.Var(&policies, "policy", "a policy the key is valid under (repeatable; default: every policy)")
+	fs.Var(&meta, "meta", "a metadata entry name=value (repeatable)")
 	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
 		if err := noArgs(pos); err != nil {
 			return err
@@ -27,7 +30,10 @@ func createCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Co
 		if len(perms) == 0 {
 			return fmt.Errorf("%w: --perm is required (a key without permissions can only pass routes with none)", errUsage)
 		}
-		spec := keystore.Spec{Name: *name, Owner: *owner, Permissions: perms}
+		if err := meta.check(); err != nil {
+			return err
+		}
+		spec := keystore.Spec{Name: *name, Owner: *owner, Permissions: perms, Policies: policies, Meta: meta.entries}
 		var err error
 		if spec.RateLimit, err = keystore.ParseRateLimit(*rate); err != nil {
 			return err

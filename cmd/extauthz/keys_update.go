@@ -23,9 +23,14 @@ func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Co
 	expiresAt := fs.String("expires-at", "", "expire at this RFC 3339 time")
 	noExpiry := fs.Bool("no-expiry", false, "never expire")
 	anyIP := fs.Bool("any-ip", false, "allow any client address (clear the allowlist)")
-	var perms, ips listFlag
+	anyPolicy := fs.Bool("any-policy", false, "make the key valid under every policy (clear its policies)")
+	noMeta := fs.Bool("no-meta", false, "remove all metadata (then --meta sets entries afresh)")
+	var perms, ips, policies listFlag
+	var meta metaFlag
 	fs.Var(&perms, "perm", "the new permissions (repeatable, or comma-separated; replaces them all)")
 	fs.Var(&ips, "ip", "the new allowed client CIDRs or addresses (repeatable; replaces the allowlist)")
+	fs.Var(&policies, "policy", "the policies the key is valid under (repeatable; replaces them all)")
+	fs.Var(&meta, "meta", "set a metadata entry name=value, or delete it with name= (repeatable; the others stay)")
 	return func(ctx context.Context, m *keystore.Manager, pos []string) error {
 		id, err := oneID(pos)
 		if err != nil {
@@ -87,8 +92,24 @@ func updateCmd(fs *flag.FlagSet, stdout io.Writer, asJSON *bool) func(context.Co
 		case *noExpiry:
 			p.ExpiresAt = &exp
 		}
-		if p == (keystore.Patch{}) {
-			return fmt.Errorf("%w: nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at or --no-expiry", errUsage)
+		switch {
+		case set["policy"] && *anyPolicy:
+			return fmt.Errorf("%w: give --policy or --any-policy, not both", errUsage)
+		case set["policy"]:
+			p.Policies = (*[]string)(&policies)
+		case *anyPolicy:
+			p.Policies = &[]string{}
+		}
+		if err := meta.check(); err != nil {
+			return err
+		}
+		if *noMeta {
+			p.Meta = &map[string]string{}
+		}
+		p.MetaChanges = meta.entries
+		if !set["name"] && !set["perm"] && !set["rate"] && p.IPAllowlist == nil && p.ExpiresAt == nil &&
+			p.Policies == nil && p.Meta == nil && p.MetaChanges == nil {
+			return fmt.Errorf("%w: nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at, --no-expiry, --policy, --any-policy, --meta or --no-meta", errUsage)
 		}
 		k, err := m.Update(ctx, id, p, nil, "cli")
 		if err != nil {

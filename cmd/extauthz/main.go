@@ -32,6 +32,7 @@ commands:
   keys show ID                        one key's metadata
   keys update ID [--name N] [--perm P] [--rate R] [--ip CIDR | --any-ip]
               [--ttl D | --expires-at T | --no-expiry]
+              [--policy NAME... | --any-policy] [--no-meta] [--meta K=V...]
                                       change a key (not a revoked or rotated one)
   keys revoke ID                      revoke a key (idempotent)
   keys rotate ID [--grace 24h]        new key, old one expires after the grace
