@@ -75,7 +75,7 @@ func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.D
 		Route:     d.RoutePattern(),
 		Mode:      d.Mode().String(),
 	}
-	if !d.Allowed() {
+	if d.Code != "" { // in shadow mode too: what the decision was, not what was done
 		ev.Decision = audit.Deny
 	}
 	if d.Key != nil {
