@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 
+	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -248,4 +249,28 @@ policies:
 	assert.Greater(t, reloads, 100)
 	assert.Positive(t, seenA.Load(), "version A answered")
 	assert.Positive(t, seenB.Load(), "version B answered")
+}
+
+// Every config file the repository ships loads and compiles as the server
+// would load it: the deployment tests check them against a mirror of the
+// config's fields, this against the decision's own rules (exclusive
+// selectors, hosts that can match, policy names).
+func TestTheShippedConfigsCompile(t *testing.T) {
+	for _, path := range []string{
+		"../../extauthz.yaml",
+		"../../deploy/compose/extauthz.yaml",
+		"../../deploy/docker/extauthz.yaml",
+		"../../k8s/base/config.yaml",
+		"../../k8s/overlays/istio/config.yaml",
+	} {
+		t.Run(strings.TrimPrefix(path, "../../"), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			cfg, err := config.Parse(data)
+			require.NoError(t, err)
+			set, err := newPolicies(cfg)
+			require.NoError(t, err)
+			assert.Len(t, set.Policies(), len(cfg.Policies)+1)
+		})
+	}
 }
