@@ -2,8 +2,9 @@
 // envoy.service.auth.v3.Authorization gRPC service (ext_authz), which reads
 // a CheckRequest into an authz.Request, has authz decide, and answers with
 // the CheckResponse of the Decision. Its codec decodes CheckRequests straight
-// from the wire (wire.go), and response.go is the one path from a Decision
-// to a CheckResponse.
+// from the wire (wire.go), response.go is the one path from a Decision to a
+// CheckResponse, and metadata.go encodes the dynamic metadata every
+// response carries.
 //
 // It is not the decision (package authz) and does not listen: cmd/extauthz
 // registers it on its gRPC server.
