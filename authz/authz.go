@@ -67,8 +67,6 @@ type Decision struct {
 	// limits is step 11's scratch space: the limits go to the Limiter
 	// interface, so a local array would be moved to the heap on every check.
 	limits [2]ratelimit.Limit
-	// set is the policy set the decision was made under.
-	set *PolicySet
 	// selector is what chose Policy.
 	selector Selector
 	// storeAsked is when step 6 went past the cache to the store (zero when
@@ -162,7 +160,6 @@ func (a *Authorizer) Policies() *PolicySet { return a.policies.Load() }
 // can keep it on the stack).
 func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	set := a.policies.Load()
-	d.set = set
 	now := a.now()
 
 	// 1. Select the policy (and its mode): the auth path in HTTP mode, else
@@ -206,7 +203,7 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 // rate limit. It is how the admin API knows its caller.
 func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
 	set := a.policies.Load()
-	d.set, d.Policy = set, set.Default
+	d.Policy = set.Default
 	if !normalize(set, req, d) {
 		return
 	}

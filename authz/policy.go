@@ -601,7 +601,6 @@ type Explanation struct {
 // policy, normalise, route) on req, as Decide would.
 func (ps *PolicySet) Explain(req *Request) Explanation {
 	var d Decision
-	d.set = ps
 	_ = ps.selectPolicy(req, &d) && normalize(ps, req, &d) && route(&d)
 	return Explanation{Policy: d.Policy, SelectedBy: d.selector, Method: d.Method, Path: d.Path, Route: d.Route,
 		Shadow: d.Shadow, Code: d.Code, Message: d.Message}
