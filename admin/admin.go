@@ -336,7 +336,7 @@ func (s *server) authFailed(r *http.Request, rt route, keyID string, status int,
 func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bool {
 	var limits [2]ratelimit.Limit
 	n := 0
-	if keyRate := c.key.RateLimit.Or(s.authz.Policy().DefaultRate); !keyRate.IsZero() {
+	if keyRate := c.key.RateLimit.Or(s.authz.Policies().Default.DefaultRate); !keyRate.IsZero() {
 		limits[n] = ratelimit.Limit{Name: "key", Bucket: c.key.ID, Rate: keyRate}
 		n++
 	}
@@ -438,7 +438,7 @@ func (s *server) canGrant(c *caller, perms []string) error {
 // bidirectional and other invisible characters, so that an echoed name
 // reads as what it is.
 func (s *server) mention(v string) string {
-	if len(v) >= 16 && s.authz.Policy().Format.Check(v) == nil {
+	if len(v) >= 16 && s.authz.Policies().Format.Check(v) == nil {
 		return "(a value shaped like an API key, not shown)"
 	}
 	return strconv.Quote(strings.ToValidUTF8(v, "\uFFFD"))

@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -10,7 +12,8 @@ import (
 )
 
 // Two rules keep the admin API from being a way out of a key's own
-// restrictions (its permissions, IP allowlist, expiry and rate limit):
+// restrictions (its permissions, IP allowlist, expiry, rate limit and
+// policies) and its metadata:
 //
 //   - No key loosens its own restrictions (selfLoosening): a caller
 //     changing itself may narrow them, never widen or drop them. Otherwise
@@ -36,6 +39,14 @@ import (
 //     an empty list (any address) fits only an empty bound;
 //   - expires_at: no later than the bound, and "never" fits only a bound
 //     that never expires;
+//   - policies: a key scoped to policies stays scoped within them (a
+//     subset); an empty list (every policy) fits only an empty bound;
+//   - meta: exactly the bound's. Metadata means whatever the upstream makes
+//     of it (a plan, a tenant, a sandbox flag), so extauthz cannot tell an
+//     entry that grants from one that restricts: adding, changing or
+//     dropping any could be a way out. A keys:write caller's keys carry its
+//     own metadata (a create that gives none inherits it), only keys:admin
+//     gives others, and no key changes its own;
 //   - rate_limit: neither a bigger burst nor a faster long-run rate. N/W
 //     allows up to N at once and N per W over time, so a rate fits under
 //     the bound's only if N ≤ N' and N/W ≤ N'/W' (1000/h is slower than
@@ -55,6 +66,10 @@ func restriction(k, bound *keystore.Key, defaultRate ratelimit.Rate) string {
 		return "expires_at"
 	case !rateWithin(k.RateLimit, bound.RateLimit, defaultRate):
 		return "rate_limit"
+	case !policiesWithin(k.Policies, bound.Policies):
+		return "policies"
+	case !maps.Equal(k.Meta, bound.Meta):
+		return "meta"
 	}
 	return ""
 }
@@ -67,7 +82,11 @@ func (s *server) selfLoosening(before, after *keystore.Key) error {
 			return permissionDenied("permissions: a key may not give itself a permission it lacks (" + s.mention(p) + ")")
 		}
 	}
-	if field := restriction(after, before, s.authz.Policy().DefaultRate); field != "" {
+	switch field := restriction(after, before, s.authz.Policies().Default.DefaultRate); field {
+	case "":
+	case "meta":
+		return permissionDenied("meta: a key may not change its own metadata")
+	default:
 		return permissionDenied(field + ": a key may not loosen its own restrictions (it may only narrow them)")
 	}
 	return nil
@@ -83,7 +102,7 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 	if err := s.canGrant(c, k.Permissions); err != nil {
 		return err
 	}
-	switch restriction(k, c.key, s.authz.Policy().DefaultRate) {
+	switch restriction(k, c.key, s.authz.Policies().Default.DefaultRate) {
 	case "ip_allowlist":
 		return permissionDenied("ip_allowlist: a keys:write caller's keys must be limited to addresses within its own ip_allowlist")
 	case "expires_at":
@@ -91,7 +110,12 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 			c.key.ExpiresAt.UTC().Format(time.RFC3339) + ")")
 	case "rate_limit":
 		return permissionDenied("rate_limit: a keys:write caller's keys may not have a higher rate limit than the caller itself (" +
-			describeRate(c.key.RateLimit, s.authz.Policy().DefaultRate) + ")")
+			describeRate(c.key.RateLimit, s.authz.Policies().Default.DefaultRate) + ")")
+	case "policies":
+		return permissionDenied("policies: a keys:write caller scoped to policies [" + strings.Join(c.key.Policies, ", ") +
+			"] may only give keys scoped within them")
+	case "meta":
+		return permissionDenied("meta: a keys:write caller's keys carry exactly its own metadata; only keys:admin gives other metadata")
 	}
 	return nil
 }
@@ -117,6 +141,23 @@ func allowlistWithin(list, bound []netip.Prefix) bool {
 			return b.Bits() <= p.Bits() && b.Contains(p.Masked().Addr())
 		})
 		if !inside {
+			return false
+		}
+	}
+	return true
+}
+
+// policiesWithin reports whether a key valid under list stays within bound
+// (an empty list is every policy).
+func policiesWithin(list, bound []string) bool {
+	if len(bound) == 0 {
+		return true
+	}
+	if len(list) == 0 {
+		return false
+	}
+	for _, p := range list {
+		if !slices.Contains(bound, p) {
 			return false
 		}
 	}

@@ -231,6 +231,50 @@ func (o object) ipAllowlist() ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// policies reads the policies a key is valid under ([] = every policy).
+func (o object) policies() ([]string, error) {
+	list, err := o.strs("policies")
+	if err != nil {
+		return nil, err
+	}
+	return list, keystore.ValidatePolicies(list)
+}
+
+// meta reads a metadata object: names to strings, or (nullOK, a PATCH)
+// to null, which deletes the entry; a deletion is "" in the map. The
+// entries' bounds are checked on the resulting record (keystore.ValidateMeta).
+// Errors name the entry, never quote a value.
+func (o object) meta(nullOK bool) (map[string]string, error) {
+	raw := o["meta"]
+	var entries map[string]json.RawMessage
+	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &entries) != nil {
+		return nil, badRequest("meta", "want an object of strings, got "+kind(raw))
+	}
+	if len(entries) > keystore.MaxMetaEntries {
+		return nil, badRequest("meta", fmt.Sprintf("at most %d entries", keystore.MaxMetaEntries))
+	}
+	out := make(map[string]string, len(entries))
+	for name, v := range entries {
+		if err := keystore.ValidateMetaName("meta", name); err != nil {
+			return nil, err
+		}
+		v = bytes.TrimSpace(v)
+		if nullOK && string(v) == "null" {
+			out[name] = ""
+			continue
+		}
+		s, err := stringAt("meta."+name, v)
+		if err != nil {
+			return nil, err
+		}
+		if s == "" {
+			return nil, badRequest("meta."+name, "values are 1 to 256 bytes (delete an entry with null)")
+		}
+		out[name] = s
+	}
+	return out, nil
+}
+
 func (o object) expiresAt(now time.Time) (time.Time, error) {
 	v, err := o.str("expires_at")
 	if err != nil {

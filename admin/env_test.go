@@ -190,7 +190,7 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 
 	// The decision's settings of the default configuration.
 	format := authztest.Format
-	policy, err := authz.NewPolicy(authz.PolicyOptions{
+	policy, err := authz.Compile(authz.Options{
 		Sources:       authztest.Sources(),
 		Format:        format,
 		DefaultRate:   ratelimit.Rate{N: 1000, Window: time.Hour},

@@ -316,6 +316,8 @@ func FuzzCreateAndPatchBodies(f *testing.F) {
 		`{"name": "n", "permissions": ["x"], "ttl": "1h", "rate_limit": "10/s", "ip_allowlist": ["10.0.0.0/8"]}`,
 		`{"name": "n", "permissions": ["x"], "expires_at": "2030-01-01T00:00:00Z", "owner": "o"}`,
 		`{"expires_at": null, "rate_limit": null, "ip_allowlist": null}`,
+		`{"name": "n", "permissions": ["x"], "policies": ["billing"], "meta": {"plan": "gold", "tenant_id": "t-42"}}`,
+		`{"meta": {"plan": null, "x": "y"}, "policies": null}`,
 		`{"grace": "0s"}`, `{`, `[]`, `null`, "",
 	} {
 		f.Add(seed)

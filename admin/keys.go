@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -28,7 +29,7 @@ type keyList struct {
 	NextCursor string          `json:"next_cursor,omitempty"`
 }
 
-var createFields = []string{"name", "permissions", "owner", "rate_limit", "ip_allowlist", "expires_at", "ttl"}
+var createFields = []string{"name", "permissions", "owner", "rate_limit", "ip_allowlist", "expires_at", "ttl", "policies", "meta"}
 
 // createKey is POST /v1/keys.
 func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) error {
@@ -51,10 +52,15 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 			return permissionDenied("creating keys for another owner needs keys:admin")
 		}
 		spec.Owner = c.owner
+		if !o.given("meta") {
+			// A keys:write caller's keys carry its own metadata (bounds.go).
+			spec.Meta = maps.Clone(c.key.Meta)
+		}
 	}
 	// The new key stays within a keys:write caller's own permissions and
 	// restrictions (bounds.go).
-	asked := &keystore.Key{Permissions: spec.Permissions, RateLimit: spec.RateLimit, IPAllowlist: spec.IPAllowlist, ExpiresAt: spec.ExpiresAt}
+	asked := &keystore.Key{Permissions: spec.Permissions, RateLimit: spec.RateLimit, IPAllowlist: spec.IPAllowlist, ExpiresAt: spec.ExpiresAt,
+		Policies: spec.Policies, Meta: spec.Meta}
 	if err := s.exceedsCaller(c, asked); err != nil {
 		return err
 	}
@@ -98,6 +104,16 @@ func (s *server) createSpec(o object) (keystore.Spec, error) {
 	}
 	if o.given("ip_allowlist") {
 		if spec.IPAllowlist, err = o.ipAllowlist(); err != nil {
+			return spec, err
+		}
+	}
+	if o.given("policies") {
+		if spec.Policies, err = o.policies(); err != nil {
+			return spec, err
+		}
+	}
+	if o.given("meta") {
+		if spec.Meta, err = o.meta(false); err != nil {
 			return spec, err
 		}
 	}
@@ -182,7 +198,7 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 // isQuerySource reports whether name is a configured query-parameter key
 // source (api_key): the caller's credential, not an unknown parameter.
 func (s *server) isQuerySource(name string) bool {
-	for _, src := range s.authz.Policy().Sources {
+	for _, src := range s.authz.Policies().Default.Sources {
 		if src.Kind() == authz.SourceQuery && src.Name() == name {
 			return true
 		}
@@ -216,14 +232,15 @@ func (s *server) visibleKey(ctx context.Context, id string, c *caller) (*keystor
 	return k, nil
 }
 
-var patchFields = []string{"name", "permissions", "rate_limit", "ip_allowlist", "expires_at"}
+var patchFields = []string{"name", "permissions", "rate_limit", "ip_allowlist", "expires_at", "policies", "meta"}
 
 // updateKey is PATCH /v1/keys/{id}. Absent fields stay; null returns
-// rate_limit to the configured default, ip_allowlist to "any address" and
-// expires_at to "never" (JSON Merge Patch's meaning of null); name and
-// permissions cannot be null. A revoked or rotated-away key never changes
-// (409), bringing an expired key back counts against max_per_owner (409),
-// and no key loosens its own restrictions (403).
+// rate_limit to the configured default, ip_allowlist to "any address",
+// expires_at to "never", policies to "every policy" and meta to none, and
+// meta merges entry by entry, null deleting one (JSON Merge Patch's
+// meaning); name and permissions cannot be null. A revoked or rotated-away
+// key never changes (409), bringing an expired key back counts against
+// max_per_owner (409), and no key loosens its own restrictions (403).
 func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) error {
 	body, err := s.readJSONBody(w, r)
 	if err != nil {
@@ -267,7 +284,7 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 func (s *server) patch(o object) (keystore.Patch, error) {
 	var p keystore.Patch
 	if len(o) == 0 {
-		return p, badRequest("body", "nothing to change: give at least one of name, permissions, rate_limit, ip_allowlist, expires_at")
+		return p, badRequest("body", "nothing to change: give at least one of name, permissions, rate_limit, ip_allowlist, expires_at, policies, meta")
 	}
 	for _, f := range []string{"name", "permissions"} {
 		if o.isNull(f) {
@@ -318,6 +335,27 @@ func (s *server) patch(o object) (keystore.Patch, error) {
 			exp = &t
 		}
 		p.ExpiresAt = &exp
+	}
+	if _, ok := o["policies"]; ok {
+		policies := []string{} // null: every policy
+		if o.given("policies") {
+			var err error
+			if policies, err = o.policies(); err != nil {
+				return p, err
+			}
+		}
+		p.Policies = &policies
+	}
+	if _, ok := o["meta"]; ok {
+		if !o.given("meta") {
+			p.Meta = &map[string]string{} // null: no metadata
+		} else {
+			changes, err := o.meta(true)
+			if err != nil {
+				return p, err
+			}
+			p.MetaChanges = changes
+		}
 	}
 	return p, nil
 }

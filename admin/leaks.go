@@ -159,7 +159,7 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 	if err := dec.Decode(&reports); err != nil || dec.More() {
 		return badRequest("body", "want a JSON array of {token, type, url, source}")
 	}
-	format := s.authz.Policy().Format
+	format := s.authz.Policies().Format
 	hasher := s.manager.Hasher
 	labels := make([]leakLabel, 0, len(reports))
 	seen := map[keystore.Hash]string{} // one report may name a token twice

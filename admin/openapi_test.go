@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // docOp is one operation of the OpenAPI document.
@@ -161,4 +163,42 @@ func TestTheDocumentIsServedToAReader(t *testing.T) {
 		assert.JSONEq(t, string(openAPIDocument), string(r.body))
 		assert.Equal(t, openAPIDocument, OpenAPI())
 	})
+}
+
+// The request schemas name exactly the fields the handlers read, and the
+// Key schema exactly the fields of a key record's JSON.
+func TestTheSchemasNameExactlyTheFields(t *testing.T) {
+	var d struct {
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]json.RawMessage `json:"properties"`
+				Required   []string                   `json:"required"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	require.NoError(t, json.Unmarshal(openAPIDocument, &d))
+	props := func(schema string) []string {
+		var out []string
+		for name := range d.Components.Schemas[schema].Properties {
+			out = append(out, name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	sorted := func(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+	assert.Equal(t, sorted(createFields), props("CreateKeyRequest"))
+	assert.Equal(t, sorted(patchFields), props("UpdateKeyRequest"))
+
+	b, err := json.Marshal(&keystore.Key{})
+	require.NoError(t, err)
+	var record map[string]any
+	require.NoError(t, json.Unmarshal(b, &record))
+	var fields []string
+	for name := range record {
+		fields = append(fields, name)
+	}
+	assert.Equal(t, sorted(fields), props("Key"))
+	for _, name := range []string{"policies", "meta"} {
+		assert.Contains(t, d.Components.Schemas["Key"].Required, name, "every record has %s", name)
+	}
 }

@@ -63,8 +63,8 @@ const truncationMark = "...[truncated]"
 // Event is one audit record. Fields that do not apply to an event's Type stay
 // empty and are left out of its JSON form; the request fields (RequestID to
 // UserAgent, Route, Status, Code) apply to TypeDecision and
-// TypeAdminAuthFailed, Permissions, Decision and LatencyUS to TypeDecision
-// only.
+// TypeAdminAuthFailed; Permissions, Decision, LatencyUS, Policy and Mode to
+// TypeDecision only.
 //
 // The JSON form is what AppendJSON writes; the struct tags let
 // encoding/json read it back.
@@ -96,6 +96,13 @@ type Event struct {
 	Status      int      `json:"status,omitempty"`   // the HTTP status answered
 	Code        string   `json:"code,omitempty"`     // the deny code ("invalid_key", …); empty on allow
 	LatencyUS   int64    `json:"latency_us,omitempty"`
+
+	// Policy is the policy the decision was made under ("" when none was
+	// selected). Mode is "enforce", or "shadow": the request was allowed
+	// whatever Decision and Code say, which are what the decision would
+	// have been.
+	Policy string `json:"policy,omitempty"`
+	Mode   string `json:"mode,omitempty"`
 }
 
 // timeLayout is RFC 3339 with a fixed six-digit fraction, so that lines sort
@@ -155,6 +162,8 @@ func (e *Event) AppendJSON(b []byte) []byte {
 	if e.Type == TypeDecision {
 		b = append(b, `,"latency_us":`...)
 		b = strconv.AppendInt(b, e.LatencyUS, 10)
+		b = appendField(b, `,"policy":`, e.Policy)
+		b = appendField(b, `,"mode":`, e.Mode)
 	}
 	return append(b, '}')
 }
@@ -190,7 +199,9 @@ func (e *Event) scrub() {
 	e.UserAgent = bound(e.UserAgent, len(e.UserAgent))
 	e.Decision = bound(e.Decision, len(e.Decision))
 	e.Code = bound(e.Code, len(e.Code))
+	e.Policy = bound(e.Policy, len(e.Policy))
 	e.Route = bound(e.Route, len(e.Route))
+	e.Mode = bound(e.Mode, len(e.Mode))
 	e.ownRequestFields()
 }
 

@@ -41,6 +41,14 @@ func TestEventJSONHasTheFieldsOfTheSpec(t *testing.T) {
 		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","method":"GET","path":"/",` +
 			`"client_ip":"10.0.0.1","decision":"allow","status":200,"latency_us":0}`,
 	}, {
+		name: "a shadow decision names its policy, route and mode, and what it would have been",
+		e: Event{
+			Time: when, Type: TypeDecision, KeyID: "key_1", Method: "GET", Path: "/orders/7", Decision: Deny, Status: 403,
+			Code: "permission_denied", LatencyUS: 9, Policy: "orders", Route: "/orders/{id}", Mode: "shadow",
+		},
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","key_id":"key_1","method":"GET","path":"/orders/7",` +
+			`"route":"/orders/{id}","decision":"deny","status":403,"code":"permission_denied","latency_us":9,"policy":"orders","mode":"shadow"}`,
+	}, {
 		name: "a decision without a key names no key",
 		e:    Event{Time: when, Type: TypeDecision, Method: "GET", Path: "/x", Decision: Deny, Status: 401, Code: "missing_key", LatencyUS: 3},
 		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"decision","method":"GET","path":"/x","decision":"deny","status":401,"code":"missing_key","latency_us":3}`,
@@ -249,6 +257,7 @@ func TestEncodedEventsAlwaysParseAndRoundTrip(t *testing.T) {
 		if e.Type == TypeDecision {
 			e.RequestID, e.Method, e.Path, e.Host, e.UserAgent = randString(), randString(), randString(), randString(), randString()
 			e.Decision, e.Code = randString(), randString()
+			e.Policy, e.Route, e.Mode = randString(), randString(), randString()
 			e.Status, e.LatencyUS = rng.IntN(600), rng.Int64N(1e9)
 			if rng.IntN(2) == 0 {
 				var a [16]byte
@@ -270,7 +279,8 @@ func TestEncodedEventsAlwaysParseAndRoundTrip(t *testing.T) {
 		want := e
 		want.Time = e.Time.UTC().Truncate(time.Microsecond)
 		for _, f := range []*string{&want.KeyID, &want.KeyName, &want.Owner, &want.Actor, &want.RotatedFrom,
-			&want.RequestID, &want.Method, &want.Path, &want.Host, &want.UserAgent, &want.Decision, &want.Code} {
+			&want.RequestID, &want.Method, &want.Path, &want.Host, &want.UserAgent, &want.Decision, &want.Code,
+			&want.Policy, &want.Route, &want.Mode} {
 			*f = string([]rune(*f)) // what JSON can carry: each invalid byte becomes U+FFFD
 		}
 		want.Path = cutQuery(want.Path)

@@ -40,12 +40,21 @@ type KeyLookup interface {
 
 // Decision is the outcome of one check.
 type Decision struct {
-	Code    Code   // "" = allow
+	// Code is the decision: "" = allow, else the denial's code. In shadow
+	// mode it is what the decision would have been, and the request is
+	// allowed all the same (see Allowed).
+	Code    Code
 	Message string // human message for a denial; never contains a key
-	Method  string // normalised method ("" when step 1 failed)
-	Path    string // normalised path, without query
-	Route   *Route // nil when none matched
-	Key     *keystore.Key
+	// Policy is the policy the request was decided by (nil when none was
+	// selected: a no_policy denial, or a decision Decide did not make).
+	Policy *Policy
+	// Shadow is set when the policy or route runs in shadow mode: the
+	// decision is recorded (Code), not enforced.
+	Shadow bool
+	Method string // normalised method ("" when step 2 failed)
+	Path   string // normalised path, without query
+	Route  *Route // nil when none matched
+	Key    *keystore.Key
 	// Present has bit i set when key source i carried a value, whether or
 	// not it was the one used: every present credential is removed before the
 	// request goes upstream.
@@ -55,110 +64,75 @@ type Decision struct {
 	RateLimit    ratelimit.Result
 	HasRateLimit bool
 
-	// limits is step 9's scratch space: the limits go to the Limiter
+	// limits is step 11's scratch space: the limits go to the Limiter
 	// interface, so a local array would be moved to the heap on every check.
 	limits [2]ratelimit.Limit
-	// policy is the policy the decision was made under: the adapters read
-	// the sources from it, never from a policy a reload swapped in since.
-	policy *Policy
-	// storeAsked is when step 5 went past the cache to the store (zero when
+	// selector is what chose Policy.
+	selector Selector
+	// storeAsked is when step 6 went past the cache to the store (zero when
 	// the cache answered): the check's time for the store runs from then.
 	storeAsked time.Time
 }
 
-// Allowed reports whether the request may proceed.
-func (d Decision) Allowed() bool { return d.Code == "" }
+// Allowed reports whether the request may proceed: the decision allowed
+// it, or it was made in shadow mode.
+func (d Decision) Allowed() bool { return d.Code == "" || d.Shadow }
 
-// Policy is the part of the configuration the decision reads; it is swapped
-// whole on reload.
-type Policy struct {
-	Routes       *Routes
-	paths        pathRules
-	Authenticate bool // unmatched routes need only a valid key
-	Sources      []Source
-	Format       keystore.Format
-	XFFHops      int
-	DefaultRate  ratelimit.Rate
-	// FailRate bounds the lookups of unknown keys that find nothing per
-	// client address block, FailTotalRate per process (see lookupGuard);
-	// zero = unlimited.
-	FailRate      ratelimit.Rate
-	FailTotalRate ratelimit.Rate
+// Identified reports whether the upstream learns who is calling: the
+// decision allowed the request (not only in shadow mode) with a key.
+// Identity headers and forwarded metadata are set then and only then.
+func (d *Decision) Identified() bool { return d.Code == "" && d.Key != nil }
+
+// PolicyName is the name of the policy the request was decided by, ""
+// when none was selected.
+func (d *Decision) PolicyName() string {
+	if d.Policy == nil {
+		return ""
+	}
+	return d.Policy.Name
 }
 
-// PolicyOptions are the decision's settings, from which NewPolicy compiles a
-// Policy. They are the decision's own types: cmd/extauthz fills them from
-// the config file.
-type PolicyOptions struct {
-	// Routes is the route table; the first route whose pattern matches
-	// the path claims it (see Routes).
-	Routes []RouteSpec
-	// Paths are the opt-in path readings; the zero value is strict.
-	Paths Paths
-	// Authenticate makes a request no route matches need only a valid key;
-	// otherwise it is 403 no_route.
-	Authenticate bool
-	// Sources are where the key may come from, tried in order (at most 64).
-	Sources []Source
-	// Format is the key format (NewFormat); the zero Format is refused.
-	Format keystore.Format
-	// XFFHops is how many X-Forwarded-For hops are trusted for the client
-	// address (0: the peer).
-	XFFHops int
-	// DefaultRate is the limit of keys without one of their own; zero = none.
-	DefaultRate ratelimit.Rate
-	// FailRate bounds the lookups of unknown keys that find nothing per
-	// client address block, FailTotalRate per process (see lookupGuard);
-	// zero = unlimited.
-	FailRate, FailTotalRate ratelimit.Rate
+// RoutePattern is the pattern of the route that decided the request, ""
+// when none matched.
+func (d *Decision) RoutePattern() string {
+	if d.Route == nil {
+		return ""
+	}
+	return d.Route.Pattern
 }
 
-// NewPolicy compiles o into a Policy. The error names what is wrong.
-func NewPolicy(o PolicyOptions) (*Policy, error) {
-	routes, err := CompileRoutes(o.Routes, o.Paths)
-	if err != nil {
-		return nil, err
+// Mode is the mode the decision was made in: ModeShadow or ModeEnforce.
+func (d *Decision) Mode() Mode {
+	if d.Shadow {
+		return ModeShadow
 	}
-	if o.Format.Prefix() == "" {
-		return nil, errors.New("key format: none given (make one with keystore.NewFormat)")
-	}
-	if len(o.Sources) > 64 {
-		return nil, fmt.Errorf("sources: at most 64")
-	}
-	return &Policy{
-		Routes:        routes,
-		paths:         newPathRules(o.Paths),
-		Authenticate:  o.Authenticate,
-		Sources:       slices.Clone(o.Sources),
-		Format:        o.Format,
-		XFFHops:       o.XFFHops,
-		DefaultRate:   o.DefaultRate,
-		FailRate:      o.FailRate,
-		FailTotalRate: o.FailTotalRate,
-	}, nil
+	return ModeEnforce
 }
 
-// Authorizer makes decisions. Its fields are set once; the Policy can be
-// swapped at any time with SetPolicy.
+// SelectedBy is what chose the decision's policy.
+func (d *Decision) SelectedBy() Selector { return d.selector }
+
+// Authorizer makes decisions. Its fields are set once; the PolicySet can be
+// swapped at any time with SetPolicies.
 type Authorizer struct {
-	keys    KeyLookup
-	hasher  *keystore.Hasher
-	limiter ratelimit.Limiter // nil = no rate limiting
-	guard   *lookupGuard
-	now     func() time.Time
-	policy  atomic.Pointer[Policy]
+	keys     KeyLookup
+	hasher   *keystore.Hasher
+	limiter  ratelimit.Limiter // nil = no rate limiting
+	guard    *lookupGuard
+	now      func() time.Time
+	policies atomic.Pointer[PolicySet]
 	// storeTime bounds what one check waits on the stores in all (0 = each
 	// store call on its own bound); see SetStoreTime.
 	storeTime time.Duration
 }
 
 // NewAuthorizer returns an Authorizer. limiter may be nil; now nil means time.Now.
-func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter ratelimit.Limiter, now func() time.Time) *Authorizer {
+func NewAuthorizer(set *PolicySet, keys KeyLookup, hasher *keystore.Hasher, limiter ratelimit.Limiter, now func() time.Time) *Authorizer {
 	if now == nil {
 		now = time.Now
 	}
 	a := &Authorizer{keys: keys, hasher: hasher, limiter: limiter, guard: newLookupGuard(), now: now}
-	a.policy.Store(p)
+	a.policies.Store(set)
 	return a
 }
 
@@ -174,76 +148,87 @@ func NewAuthorizer(p *Policy, keys KeyLookup, hasher *keystore.Hasher, limiter r
 // decision.
 func (a *Authorizer) SetStoreTime(d time.Duration) { a.storeTime = d }
 
-// SetPolicy swaps the policy (hot reload); checks in flight finish on the old one.
-func (a *Authorizer) SetPolicy(p *Policy) { a.policy.Store(p) }
+// SetPolicies swaps every policy at once (hot reload): one pointer, so a
+// check decides wholly under the set it started with, the old or the new.
+func (a *Authorizer) SetPolicies(set *PolicySet) { a.policies.Store(set) }
 
-// Policy returns the policy in force.
-func (a *Authorizer) Policy() *Policy { return a.policy.Load() }
+// Policies returns the policy set in force.
+func (a *Authorizer) Policies() *PolicySet { return a.policies.Load() }
 
 // Decide runs the steps of the decision in order and returns at the first
 // failure. d must be zeroed by the caller (it is passed in so that adapters
 // can keep it on the stack).
 func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
-	p := a.policy.Load()
-	d.policy = p
+	set := a.policies.Load()
 	now := a.now()
 
-	// 1. Normalise method, path and client IP.
-	if !normalize(p, req, d) {
+	// 1. Select the policy (and its mode): the auth path in HTTP mode, else
+	// Envoy's context extensions, the destination principal, the host.
+	if !set.selectPolicy(req, d) {
 		return
 	}
-	// 2. Route.
-	if !route(p, d) {
+	// 2. Normalise method, path and client IP.
+	if !normalize(set, req, d) {
 		return
 	}
-	// 3. Find the key (every present source is noted, so all are stripped).
-	key, found, ok := findKey(p, req, d)
+	// 3. Route (and the route's own mode, if it has one).
+	if !route(d) {
+		return
+	}
+	// 4. Find the key (every present source is noted, so all are stripped).
+	key, found, ok := findKey(d.Policy, req, d)
 	if !ok || d.Route != nil && d.Route.Public {
 		return
 	}
-	// 3–7. Present, well-formed, known, live, from an allowed address.
-	if !a.checkKey(ctx, p, key, found, now, d) {
+	// 4–8. Present, well-formed, known, live, from an allowed address.
+	if !a.checkKey(ctx, set, key, found, now, d) {
 		return
 	}
-	// 8. Permissions.
+	// 9. The key's policies.
+	if !d.Key.ValidUnder(d.Policy.Name) {
+		d.Deny(CodePolicyNotAllowed, "API key is not valid under policy \""+d.Policy.Name+"\"")
+		return
+	}
+	// 10. Permissions.
 	if missing, ok := missingPermission(d.Key.Permissions, d.Route); !ok {
 		d.Deny(CodePermissionDenied, "missing permission \""+missing+"\"")
 		return
 	}
-	// 9. Rate limits.
-	a.rateLimit(ctx, p, d)
+	// 11. Rate limits.
+	a.rateLimit(ctx, d)
 }
 
-// Authenticate runs only the key steps (1, 3–7): who is calling, with no
-// route, permission or rate limit. It is how the admin API knows its caller.
+// Authenticate runs only the key steps (2, 4–8) under the default policy:
+// who is calling, with no policy selection, route, scope, permission or
+// rate limit. It is how the admin API knows its caller.
 func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
-	p := a.policy.Load()
-	d.policy = p
-	if !normalize(p, req, d) {
+	set := a.policies.Load()
+	d.Policy = set.Default
+	if !normalize(set, req, d) {
 		return
 	}
-	if key, found, ok := findKey(p, req, d); ok {
-		a.checkKey(ctx, p, key, found, a.now(), d)
+	if key, found, ok := findKey(d.Policy, req, d); ok {
+		a.checkKey(ctx, set, key, found, a.now(), d)
 	}
 }
 
-// checkKey runs steps 3 (missing) to 7 on the credential found.
-func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found bool, now time.Time, d *Decision) bool {
+// checkKey runs steps 4 (missing) to 8 on the credential found.
+func (a *Authorizer) checkKey(ctx context.Context, set *PolicySet, key string, found bool, now time.Time, d *Decision) bool {
 	if !found {
 		d.Deny(CodeMissingKey, "")
 		return false
 	}
-	// 4. Format, without the store. A malformed key costs nothing more, so
+	// 5. Format, without the store. A malformed key costs nothing more, so
 	// it is not counted against anyone.
-	if p.Format.Check(key) != nil {
+	if set.Format.Check(key) != nil {
 		d.Deny(CodeInvalidKey, "")
 		return false
 	}
-	// 5. Hash and look up (cache, then store); 10. store unreachable.
-	if !a.lookup(ctx, p, key, now, d) {
+	// 6. Hash and look up (cache, then store); 12. store unreachable.
+	if !a.lookup(ctx, set, key, now, d) {
 		return false
 	}
-	// 6. Revoked or expired.
+	// 7. Revoked or expired.
 	switch d.Key.StatusAt(now) {
 	case keystore.Revoked:
 		d.Deny(CodeRevokedKey, "")
@@ -252,7 +237,7 @@ func (a *Authorizer) checkKey(ctx context.Context, p *Policy, key string, found 
 		d.Deny(CodeExpiredKey, "")
 		return false
 	}
-	// 7. The key's IP allowlist.
+	// 8. The key's IP allowlist.
 	if !ipAllowed(d.Key.IPAllowlist, d.ClientIP) {
 		d.Deny(CodeIPNotAllowed, "")
 		return false
@@ -273,15 +258,15 @@ func (d *Decision) Deny(c Code, message string) {
 }
 
 // Sources are the key sources of the policy d was decided under (nil when
-// Decide did not run): the credentials an adapter removes before the
+// none was selected): the credentials an adapter removes before the
 // request goes upstream are those of d.Present among them. Reading them
 // from d, not from the Authorizer, keeps a reload between the decision and
 // the response from naming other sources.
 func (d *Decision) Sources() []Source {
-	if d.policy == nil {
+	if d.Policy == nil {
 		return nil
 	}
-	return d.policy.Sources
+	return d.Policy.Sources
 }
 
 // Observer is told about every decision after it is made (metrics, audit).
@@ -301,8 +286,9 @@ func LogPanic(logger *slog.Logger, where string, r any) {
 	logger.Error("panic recovered", "in", where, "type", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
 }
 
-// normalize is step 1: the canonical method and path, and the client IP.
-func normalize(p *Policy, req *Request, d *Decision) bool {
+// normalize is step 2: the method, path and client address in their one
+// canonical form, or the 400.
+func normalize(set *PolicySet, req *Request, d *Decision) bool {
 	if req.Malformed != "" {
 		d.Deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false
@@ -312,13 +298,13 @@ func normalize(p *Policy, req *Request, d *Decision) bool {
 		d.Deny(CodeBadRequest, "malformed request: the method must be an upper-case token")
 		return false
 	}
-	path, err := p.paths.normalize(req.Path)
+	path, err := set.paths.normalize(req.Path)
 	if err != nil {
 		d.Deny(CodeBadRequest, "malformed request: "+err.Error())
 		return false
 	}
 	d.Method, d.Path = method, path
-	hops := p.XFFHops
+	hops := set.XFFHops
 	if req.XFFTrustedHops >= 0 {
 		hops = req.XFFTrustedHops
 	}
@@ -326,13 +312,18 @@ func normalize(p *Policy, req *Request, d *Decision) bool {
 	return true
 }
 
-// route is step 2: the route that decides the request (Routes.match), or
-// the denial.
-func route(p *Policy, d *Decision) bool {
+// route is step 3: the route of the selected policy that decides the
+// request (Routes.match), or the denial. A route with a mode of its own
+// overrides the policy's.
+func route(d *Decision) bool {
+	p := d.Policy
 	r, k := p.Routes.match(d.Method, d.Path)
 	switch k {
 	case matchRoute:
 		d.Route = r
+		if r.Mode != ModeInherit {
+			d.Shadow = r.Mode == ModeShadow
+		}
 		return true
 	case matchNone:
 		if p.Authenticate {
@@ -379,7 +370,7 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 // has never seen found must pass the lookup guard before it may cost a
 // store round trip (see lookupGuard), while the refresh of a key whose
 // entry expired or was invalidated never waits on the guard.
-func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time.Time, d *Decision) bool {
+func (a *Authorizer) lookup(ctx context.Context, set *PolicySet, key string, now time.Time, d *Decision) bool {
 	h := a.hasher.Hash(key)
 	k, state, err := a.keys.Cached(h)
 	switch state {
@@ -388,12 +379,12 @@ func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time
 		d.storeAsked = time.Now()
 		k, err = a.keys.Lookup(ctx, h)
 	default:
-		if !a.admitLookup(p, now, d) {
+		if !a.admitLookup(set, now, d) {
 			return false
 		}
 		d.storeAsked = time.Now()
 		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) {
-			a.guard.refund(d.ClientIP, p.FailRate, p.FailTotalRate)
+			a.guard.refund(d.ClientIP, set.FailRate, set.FailTotalRate)
 		}
 	}
 	switch {
@@ -410,13 +401,13 @@ func (a *Authorizer) lookup(ctx context.Context, p *Policy, key string, now time
 
 // admitLookup asks the guard for one store lookup of an unknown key, and
 // answers the check when it refuses.
-func (a *Authorizer) admitLookup(p *Policy, now time.Time, d *Decision) bool {
-	if p.FailRate.IsZero() && p.FailTotalRate.IsZero() {
+func (a *Authorizer) admitLookup(set *PolicySet, now time.Time, d *Decision) bool {
+	if set.FailRate.IsZero() && set.FailTotalRate.IsZero() {
 		return true
 	}
-	switch verdict, wait := a.guard.admit(d.ClientIP, p.FailRate, p.FailTotalRate, now); verdict {
+	switch verdict, wait := a.guard.admit(d.ClientIP, set.FailRate, set.FailTotalRate, now); verdict {
 	case blockExhausted:
-		d.RateLimit = ratelimit.Result{Limit: ratelimit.Limit{Name: failedAttempts, Rate: p.FailRate}, Reset: wait, RetryAfter: wait}
+		d.RateLimit = ratelimit.Result{Limit: ratelimit.Limit{Name: failedAttempts, Rate: set.FailRate}, Reset: wait, RetryAfter: wait}
 		d.HasRateLimit = true
 		d.Deny(CodeRateLimited, "too many unknown API keys from this address; retry later")
 		return false
@@ -463,13 +454,14 @@ func missingPermission(have []string, r *Route) (string, bool) {
 	return "", true
 }
 
-// rateLimit applies the key's limit and the route's per-key limit together.
-func (a *Authorizer) rateLimit(ctx context.Context, p *Policy, d *Decision) {
+// rateLimit applies the key's limit (its own, else the policy's default)
+// and the route's per-key limit together.
+func (a *Authorizer) rateLimit(ctx context.Context, d *Decision) {
 	if a.limiter == nil {
 		return
 	}
 	limits := d.limits[:0]
-	keyRate := d.Key.RateLimit.Or(p.DefaultRate)
+	keyRate := d.Key.RateLimit.Or(d.Policy.DefaultRate)
 	if !keyRate.IsZero() {
 		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate})
 	}

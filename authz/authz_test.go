@@ -34,24 +34,24 @@ func TestDecisionTable(t *testing.T) {
 		{name: "a public route needs no key", req: authz.Request{Path: "/healthz"}},
 		{name: "a public route ignores a bad key", req: authz.Request{Path: "/healthz", Headers: authz.HeaderMap{"x-api-key": "garbage"}}},
 
-		{name: "step 1: a path escaping the root is a bad request", req: authz.Request{Path: "/../x"}, code: authz.CodeBadRequest},
-		{name: "step 1: an encoded slash is a bad request", req: authz.Request{Path: "/api%2Fusers"}, code: authz.CodeBadRequest},
-		{name: "step 1: a missing path is a bad request", req: authz.Request{}, code: authz.CodeBadRequest},
-		{name: "step 1: a bad method is a bad request", req: authz.Request{Method: "G ET", Path: "/api/users"}, code: authz.CodeBadRequest},
-		{name: "step 2: no route is denied", req: authz.Request{Path: "/admin", Headers: authz.HeaderMap{"x-api-key": f.Admin}}, code: authz.CodeNoRoute},
-		{name: "step 2: a route with another method is no route", req: authz.Request{Method: "POST", Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": f.Admin}}, code: authz.CodeNoRoute},
-		{name: "step 3: no key", req: authz.Request{Path: "/api/users"}, code: authz.CodeMissingKey},
-		{name: "step 3: an empty header is not present", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": ""}}, code: authz.CodeMissingKey},
-		{name: "step 3: another Authorization scheme is not present", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"authorization": "Basic dXNlcjpwYXNz"}}, code: authz.CodeMissingKey},
-		{name: "step 3: an invalid first source does not fall through", req: authz.Request{Path: "/api/users?api_key=" + f.Good, Headers: authz.HeaderMap{"x-api-key": "sk_bad"}}, code: authz.CodeInvalidKey},
-		{name: "step 4: a bad checksum is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": f.Good[:10] + "X" + f.Good[11:]}}, code: authz.CodeInvalidKey},
-		{name: "step 4: an over-long key is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": long}}, code: authz.CodeInvalidKey},
-		{name: "step 5: an unknown well-formed key is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": "legacy-key-unknown-99"}}, code: authz.CodeInvalidKey},
-		{name: "step 7: an address outside the allowlist", req: authz.Request{Path: "/api/users", Peer: "192.168.1.1", Headers: authz.HeaderMap{"x-api-key": f.Good}}, code: authz.CodeIPNotAllowed},
-		{name: "step 7: IPv6 inside the allowlist", req: authz.Request{Path: "/api/users", Peer: "2001:db8::1", Headers: authz.HeaderMap{"x-api-key": f.Good}}, keyID: "key_good"},
-		{name: "step 7: an IPv4-mapped IPv6 peer matches the v4 CIDR", req: authz.Request{Path: "/api/users", Peer: "::ffff:10.9.9.9", Headers: authz.HeaderMap{"x-api-key": f.Good}}, keyID: "key_good"},
-		{name: "step 7: X-Forwarded-For is not trusted by default", req: authz.Request{Path: "/api/users", Peer: "192.168.1.1", Headers: authz.HeaderMap{"x-api-key": f.Good, "x-forwarded-for": "10.0.0.1"}}, code: authz.CodeIPNotAllowed},
-		{name: "step 8: a missing permission is named", req: authz.Request{Path: "/api/reports/x", Headers: authz.HeaderMap{"x-api-key": f.Good}}, code: authz.CodePermissionDenied, message: `missing permission "read:reports"`},
+		{name: "step 2: a path escaping the root is a bad request", req: authz.Request{Path: "/../x"}, code: authz.CodeBadRequest},
+		{name: "step 2: an encoded slash is a bad request", req: authz.Request{Path: "/api%2Fusers"}, code: authz.CodeBadRequest},
+		{name: "step 2: a missing path is a bad request", req: authz.Request{}, code: authz.CodeBadRequest},
+		{name: "step 2: a bad method is a bad request", req: authz.Request{Method: "G ET", Path: "/api/users"}, code: authz.CodeBadRequest},
+		{name: "step 3: no route is denied", req: authz.Request{Path: "/admin", Headers: authz.HeaderMap{"x-api-key": f.Admin}}, code: authz.CodeNoRoute},
+		{name: "step 3: a route with another method is no route", req: authz.Request{Method: "POST", Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": f.Admin}}, code: authz.CodeNoRoute},
+		{name: "step 4: no key", req: authz.Request{Path: "/api/users"}, code: authz.CodeMissingKey},
+		{name: "step 4: an empty header is not present", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": ""}}, code: authz.CodeMissingKey},
+		{name: "step 4: another Authorization scheme is not present", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"authorization": "Basic dXNlcjpwYXNz"}}, code: authz.CodeMissingKey},
+		{name: "step 4: an invalid first source does not fall through", req: authz.Request{Path: "/api/users?api_key=" + f.Good, Headers: authz.HeaderMap{"x-api-key": "sk_bad"}}, code: authz.CodeInvalidKey},
+		{name: "step 5: a bad checksum is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": f.Good[:10] + "X" + f.Good[11:]}}, code: authz.CodeInvalidKey},
+		{name: "step 5: an over-long key is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": long}}, code: authz.CodeInvalidKey},
+		{name: "step 6: an unknown well-formed key is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": "legacy-key-unknown-99"}}, code: authz.CodeInvalidKey},
+		{name: "step 8: an address outside the allowlist", req: authz.Request{Path: "/api/users", Peer: "192.168.1.1", Headers: authz.HeaderMap{"x-api-key": f.Good}}, code: authz.CodeIPNotAllowed},
+		{name: "step 8: IPv6 inside the allowlist", req: authz.Request{Path: "/api/users", Peer: "2001:db8::1", Headers: authz.HeaderMap{"x-api-key": f.Good}}, keyID: "key_good"},
+		{name: "step 8: an IPv4-mapped IPv6 peer matches the v4 CIDR", req: authz.Request{Path: "/api/users", Peer: "::ffff:10.9.9.9", Headers: authz.HeaderMap{"x-api-key": f.Good}}, keyID: "key_good"},
+		{name: "step 8: X-Forwarded-For is not trusted by default", req: authz.Request{Path: "/api/users", Peer: "192.168.1.1", Headers: authz.HeaderMap{"x-api-key": f.Good, "x-forwarded-for": "10.0.0.1"}}, code: authz.CodeIPNotAllowed},
+		{name: "step 10: a missing permission is named", req: authz.Request{Path: "/api/reports/x", Headers: authz.HeaderMap{"x-api-key": f.Good}}, code: authz.CodePermissionDenied, message: `missing permission "read:reports"`},
 		{name: "attack: dot-dot out of a public path is a bad request", req: authz.Request{Path: "/healthz/../api/users"}, code: authz.CodeBadRequest},
 		{name: "attack: encoded dot-dot out of a public path is a bad request", req: authz.Request{Path: "/healthz/%2e%2e/api/reports/x", Headers: authz.HeaderMap{"x-api-key": f.Good}}, code: authz.CodeBadRequest},
 		{name: "attack: upper case reaches no rule (literals are case-sensitive)", req: authz.Request{Path: "/API/REPORTS/x", Headers: authz.HeaderMap{"x-api-key": f.Good}}, code: authz.CodeNoRoute},
@@ -82,7 +82,7 @@ func TestDecisionTable(t *testing.T) {
 }
 
 func TestAdminGrantsEveryRoutePermissionButTheKeysOnes(t *testing.T) {
-	f := authztest.New(t, func(o *authz.PolicyOptions) {
+	f := authztest.New(t, func(o *authz.Options) {
 		o.Routes = append(o.Routes,
 			authz.RouteSpec{Path: "/ops/keys", Permissions: []string{"keys:admin"}},
 			authz.RouteSpec{Path: "/ops/keys/read", Permissions: []string{"keys:read"}},
@@ -150,7 +150,7 @@ func TestAnUnreachableStoreIsUnavailable(t *testing.T) {
 }
 
 func TestClientIPFromTrustedHops(t *testing.T) {
-	f := authztest.New(t, func(o *authz.PolicyOptions) { o.XFFHops = 2 })
+	f := authztest.New(t, func(o *authz.Options) { o.XFFHops = 2 })
 	tests := []struct {
 		name, xff, peer string
 		code            authz.Code
@@ -169,7 +169,7 @@ func TestClientIPFromTrustedHops(t *testing.T) {
 }
 
 func TestUnmatchedAuthenticateNeedsOnlyAValidKey(t *testing.T) {
-	f := authztest.New(t, func(o *authz.PolicyOptions) { o.Authenticate = true })
+	f := authztest.New(t, func(o *authz.Options) { o.Authenticate = true })
 	assert.Equal(t, authz.Code(""), f.Decide(authz.Request{Path: "/anything", Headers: authz.HeaderMap{"x-api-key": f.Other}}).Code)
 	assert.Equal(t, authz.CodeMissingKey, f.Decide(authz.Request{Path: "/anything"}).Code)
 }
@@ -222,7 +222,7 @@ func TestResponses(t *testing.T) {
 }
 
 func BenchmarkDecideCachedKey(b *testing.B) {
-	f := authztest.New(b, func(o *authz.PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
+	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = ratelimit.Rate{} })
 	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), nil)
 	req := authz.Request{Method: "GET", Path: "/api/users?x=1", Headers: authz.HeaderMap{"x-api-key": f.Admin, "user-agent": "bench"}, Peer: "10.0.0.1", XFFTrustedHops: -1}
 	var d authz.Decision
@@ -236,7 +236,7 @@ func BenchmarkDecideCachedKey(b *testing.B) {
 }
 
 func BenchmarkDecideCachedKeyWithLocalRateLimit(b *testing.B) {
-	f := authztest.New(b, func(o *authz.PolicyOptions) { o.DefaultRate = ratelimit.Rate{N: 1e9, Window: time.Hour} })
+	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = ratelimit.Rate{N: 1e9, Window: time.Hour} })
 	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), nil)
 	req := authz.Request{Method: "GET", Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": f.Admin}, Peer: "10.0.0.1", XFFTrustedHops: -1}
 	b.ReportAllocs()

@@ -7,6 +7,7 @@ type Code string
 // The codes of a denial, in the order of the steps that produce them
 // (Codes lists them).
 const (
+	CodeNoPolicy         Code = "no_policy"
 	CodeBadRequest       Code = "bad_request"
 	CodeNoRoute          Code = "no_route"
 	CodeMissingKey       Code = "missing_key"
@@ -14,6 +15,7 @@ const (
 	CodeRevokedKey       Code = "revoked_key"
 	CodeExpiredKey       Code = "expired_key"
 	CodeIPNotAllowed     Code = "ip_not_allowed"
+	CodePolicyNotAllowed Code = "policy_not_allowed"
 	CodePermissionDenied Code = "permission_denied"
 	CodeRateLimited      Code = "rate_limited"
 	CodeUnavailable      Code = "unavailable"
@@ -28,7 +30,7 @@ func (c Code) HTTPStatus() int {
 		return 400
 	case CodeMissingKey, CodeInvalidKey, CodeRevokedKey, CodeExpiredKey:
 		return 401
-	case CodeNoRoute, CodeIPNotAllowed, CodePermissionDenied:
+	case CodeNoPolicy, CodeNoRoute, CodeIPNotAllowed, CodePolicyNotAllowed, CodePermissionDenied:
 		return 403
 	case CodeRateLimited:
 		return 429
@@ -39,14 +41,16 @@ func (c Code) HTTPStatus() int {
 // Codes lists every denial code, in the order of the steps that produce
 // them: the one list that metrics, documentation tests and adapters read.
 func Codes() []Code {
-	return []Code{CodeBadRequest, CodeNoRoute, CodeMissingKey, CodeInvalidKey, CodeRevokedKey,
-		CodeExpiredKey, CodeIPNotAllowed, CodePermissionDenied, CodeRateLimited, CodeUnavailable}
+	return []Code{CodeNoPolicy, CodeBadRequest, CodeNoRoute, CodeMissingKey, CodeInvalidKey, CodeRevokedKey,
+		CodeExpiredKey, CodeIPNotAllowed, CodePolicyNotAllowed, CodePermissionDenied, CodeRateLimited, CodeUnavailable}
 }
 
 // defaultMessage is the human message of a code when the step has nothing
 // more precise to say. Messages never contain a key.
 func (c Code) defaultMessage() string {
 	switch c {
+	case CodeNoPolicy:
+		return "no policy applies to this request"
 	case CodeBadRequest:
 		return "malformed request"
 	case CodeNoRoute:
@@ -61,6 +65,8 @@ func (c Code) defaultMessage() string {
 		return "API key has expired"
 	case CodeIPNotAllowed:
 		return "client IP is not allowed for this API key"
+	case CodePolicyNotAllowed:
+		return "API key is not valid under this policy"
 	case CodePermissionDenied:
 		return "permission denied"
 	case CodeRateLimited:

@@ -273,11 +273,12 @@ func headerAliasesSource(req *Request, sources []Source) bool {
 
 // AppendSpoofed appends to remove the names of every client-sent header of
 // r that reads as an x-authz- header (any case, "_" for "-"), once each,
-// except, when identity headers are set (keepIdentity), the names that
-// setting them overwrites: Envoy removes headers after it sets them, so
-// removing those would remove extauthz's own values. lower writes the names
-// lower-cased. It is linear in the number of headers.
-func (r *Request) AppendSpoofed(remove []string, keepIdentity, lower bool) []string {
+// except the names an allowed response to d sets itself (an identity
+// header, a forwarded metadata entry): setting overwrites the client's, and
+// Envoy removes headers after it sets them, so removing those would remove
+// extauthz's own values. lower writes the names lower-cased. It is linear
+// in the number of headers.
+func (r *Request) AppendSpoofed(remove []string, d *Decision, lower bool) []string {
 	if r.noted.names.lacks(namesIdentity) {
 		return remove
 	}
@@ -286,7 +287,7 @@ func (r *Request) AppendSpoofed(remove []string, keepIdentity, lower bool) []str
 		if !readsAsIdentity(name) || !utf8.ValidString(name) {
 			return // a name that is not UTF-8 cannot be named back to Envoy; its codec rejects such requests
 		}
-		if keepIdentity && isIdentityHeader(name) {
+		if d.setsHeader(name) {
 			return
 		}
 		if lower {

@@ -23,8 +23,25 @@ type Request struct {
 	XFFTrustedHops int
 	// Malformed is set by an adapter that found the request breaking one of
 	// its limits (too many headers, say; see NoteHeader), with the reason:
-	// step 1 answers 400 bad_request with it. It is safe to show a client.
+	// step 2 answers 400 bad_request with it. It is safe to show a client.
 	Malformed string
+
+	// What selects the request's policy (step 1, PolicySet.selectPolicy).
+	// ContextExtensions are Envoy's attributes.context_extensions, as
+	// entries in wire order: Envoy's own configuration sets them per
+	// virtual host or route, never the client. DestinationPrincipal is
+	// attributes.destination.principal: the URI SAN of the certificate
+	// Envoy presented on the client's connection (Istio: the workload's
+	// SPIFFE id); empty without TLS.
+	ContextExtensions    []Header
+	DestinationPrincipal string
+	// PolicyFromPath is set by an adapter whose proxy names the policy in
+	// the path of the request it sends (HTTP mode's auth path,
+	// <prefix>/_policy/<name>/...), PolicyName to the name found there (""
+	// when the path names none). Such a request selects its policy by that
+	// name alone.
+	PolicyFromPath bool
+	PolicyName     string
 
 	// noted and budget are what the adapter noted of the headers
 	// (NoteHeader).

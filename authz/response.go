@@ -24,12 +24,54 @@ const (
 )
 
 // IdentityHeaders appends the upstream identity headers of an allowed,
-// authenticated request (none for a public route).
+// authenticated request: none for a public route, and none for a request
+// allowed only because its decision was made in shadow mode (Identified).
 func (d *Decision) IdentityHeaders(dst []Header) []Header {
-	if d.Key == nil {
+	if !d.Identified() {
 		return dst
 	}
 	return AppendIdentityHeaders(dst, d.Key)
+}
+
+// MetaHeaders appends, for an identified request (Identified), the
+// x-authz-meta-<name> header of each metadata entry the policy forwards and
+// the key carries. With blanks, every header the policy forwards is there,
+// empty when it carries nothing: a proxy that copies the headers it was
+// told to then overwrites whatever a client sent under those names.
+func (d *Decision) MetaHeaders(dst []Header, blanks bool) []Header {
+	if d.Policy == nil {
+		return dst
+	}
+	for _, f := range d.Policy.forward {
+		v := ""
+		if d.Identified() {
+			v = d.Key.Meta[f.name]
+		}
+		if v != "" || blanks {
+			dst = append(dst, Header{Key: f.header, Value: sanitizeHeaderValue(v)})
+		}
+	}
+	return dst
+}
+
+// setsHeader reports whether an allowed response to d sets the upstream
+// header name (any case) to a value: an identity header or a forwarded
+// metadata entry the key carries. Setting overwrites a client's header of
+// that name, which must then not be removed as spoofed (a proxy removes
+// after it sets, and would remove extauthz's own value).
+func (d *Decision) setsHeader(name string) bool {
+	if !d.Identified() {
+		return false
+	}
+	if isIdentityHeader(name) {
+		return true
+	}
+	for _, f := range d.Policy.forward {
+		if equalFoldASCII(name, f.header) && d.Key.Meta[f.name] != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // AppendIdentityHeaders appends the upstream identity headers of key k: its
@@ -66,8 +108,12 @@ func sanitizeHeaderValue(s string) string {
 
 // ResponseHeaders appends the headers for the client: for a denial the JSON
 // content type, x-authz-code, WWW-Authenticate (401), Retry-After (429, 503)
-// and the rate-limit headers; for an allow, the rate-limit headers.
+// and the rate-limit headers; for an allow, the rate-limit headers; for a
+// decision made in shadow mode, none: the client sees no trace of it.
 func (d *Decision) ResponseHeaders(dst []Header) []Header {
+	if d.Shadow {
+		return dst
+	}
 	if d.Code != "" {
 		dst = append(dst,
 			Header{Key: "content-type", Value: "application/json"},

@@ -24,6 +24,9 @@ type RouteSpec struct {
 	Public bool
 	// RateLimit is counted per key on this route; zero = none.
 	RateLimit ratelimit.Rate
+	// Mode overrides the policy's mode for this route; ModeInherit (the
+	// zero value) keeps it.
+	Mode Mode
 }
 
 // Route is one compiled entry of the route table.
@@ -33,6 +36,7 @@ type Route struct {
 	Permissions []string
 	Public      bool
 	RateLimit   ratelimit.Rate // zero = no per-route limit
+	Mode        Mode           // ModeInherit: the policy's
 
 	// scope names the route's rate-limit counters: its pattern and methods,
 	// so that a counter belongs to one route (not to every route with the
@@ -79,10 +83,17 @@ const (
 // CompileRoutes checks and compiles the route table; paths holds the opt-in
 // path readings (case folding changes how a match is checked).
 func CompileRoutes(specs []RouteSpec, paths Paths) (*Routes, error) {
+	return compileRoutes(specs, paths, "")
+}
+
+// compileRoutes is CompileRoutes with the routes' rate-limit scopes
+// prefixed by scope (a named policy's name), so that two policies' routes
+// never share a count.
+func compileRoutes(specs []RouteSpec, paths Paths, scope string) (*Routes, error) {
 	rt := &Routes{foldCase: paths.CaseInsensitive, servlet: paths.Servlet}
 	scopes := map[string]int{}
 	for i, s := range specs {
-		r, err := compileRoute(s)
+		r, err := compileRoute(s, scope)
 		if err != nil {
 			return nil, fmt.Errorf("routes[%d] %q: %w", i, s.Path, err)
 		}
@@ -106,13 +117,16 @@ func CompileRoutes(specs []RouteSpec, paths Paths) (*Routes, error) {
 	return rt, nil
 }
 
-func compileRoute(s RouteSpec) (*Route, error) {
+func compileRoute(s RouteSpec, scope string) (*Route, error) {
 	if !strings.HasPrefix(s.Path, "/") {
 		return nil, fmt.Errorf("path must start with /")
 	}
+	if s.Mode > ModeShadow {
+		return nil, fmt.Errorf("mode: %d is not a mode", s.Mode)
+	}
 	r := &Route{
 		Pattern: s.Path, Methods: s.Methods, Permissions: s.Permissions, Public: s.Public,
-		RateLimit: s.RateLimit, head: slices.Contains(s.Methods, "GET"),
+		RateLimit: s.RateLimit, Mode: s.Mode, head: slices.Contains(s.Methods, "GET"),
 	}
 	methods := "*"
 	if len(s.Methods) > 0 {
@@ -120,7 +134,7 @@ func compileRoute(s RouteSpec) (*Route, error) {
 		slices.Sort(sorted)
 		methods = strings.Join(slices.Compact(sorted), ",")
 	}
-	r.scope = s.Path + " " + methods
+	r.scope = scope + s.Path + " " + methods
 
 	body := s.Path[1:]
 	if body != "" && strings.HasSuffix(body, "/") {

@@ -67,7 +67,7 @@ func TestACheckWaitsOnItsStoresForTheStoreTimeInAll(t *testing.T) {
 			f := authztest.New(t, nil)
 			lim := &deadlineLimiter{}
 			keys := &slowKeys{Keys: f.Keys, wait: tt.wait, cached: tt.cached}
-			a := authz.NewAuthorizer(f.Policy, keys, f.Hasher, lim, func() time.Time { return f.Now })
+			a := authz.NewAuthorizer(f.Policies, keys, f.Hasher, lim, func() time.Time { return f.Now })
 			if tt.set {
 				a.SetStoreTime(storeTime)
 			}

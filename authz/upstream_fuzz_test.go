@@ -344,13 +344,13 @@ func checkAgainstUpstreams(t *testing.T, raw string, sel uint8) {
 	c := modelConfigs[int(sel)%len(modelConfigs)]
 	authenticate := sel/3%2 == 1
 	method := modelMethods[int(sel/6)%len(modelMethods)]
-	p, err := NewPolicy(PolicyOptions{Routes: modelRoutes, Paths: c.paths, Authenticate: authenticate, Format: testFormat()})
+	set, err := Compile(Options{Routes: modelRoutes, Paths: c.paths, Authenticate: authenticate, Format: testFormat()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var d Decision
 	req := Request{Method: method, Path: raw, Headers: HeaderMap{}, XFFTrustedHops: -1}
-	if !p.Match(&req, &d) {
+	if !set.selectPolicy(&req, &d) || !normalize(set, &req, &d) || !route(&d) {
 		return // rejected (400) or denied (403): nothing passes
 	}
 	got := requirementOf(d.Route, authenticate)

@@ -52,6 +52,18 @@ type Config struct {
 	// Development declares a development setup: the one thing it relaxes is
 	// the hashing pepper, which may then be missing (see CheckPepper).
 	Development bool `json:"development"`
+
+	// Mode and ForwardMeta are the default policy's, as Policy's are a
+	// named policy's.
+	Mode        Mode     `json:"mode"`
+	ForwardMeta []string `json:"forward_meta"`
+	// Policies are the named policies besides the default one, which the
+	// top-level routes, unmatched, sources, rate_limit.default, mode and
+	// forward_meta make.
+	Policies []Policy `json:"policies"`
+	// Unselected is what a request no policy selects gets: the default
+	// policy, or 403 no_policy.
+	Unselected Unselected `json:"unselected"`
 }
 
 // Admin configures the admin API (its address is listen.admin).
@@ -255,6 +267,61 @@ type Route struct {
 	Permissions []string        `json:"permissions,omitempty"`
 	Public      bool            `json:"public,omitempty"`
 	RateLimit   *ratelimit.Rate `json:"rate_limit,omitempty"`
+	// Mode overrides the policy's mode for this route; "" keeps it.
+	Mode Mode `json:"mode,omitempty"`
+}
+
+// Mode is enforce (decisions are answered) or shadow (decisions are made,
+// audited and counted, and every request is allowed); "" means the
+// default: enforce for a policy, the policy's for a route.
+type Mode string
+
+// The values of mode.
+const (
+	ModeEnforce Mode = "enforce"
+	ModeShadow  Mode = "shadow"
+)
+
+// Unselected is the value of unselected.
+type Unselected string
+
+// The values of unselected.
+const (
+	UnselectedDefault Unselected = "default"
+	UnselectedDeny    Unselected = "deny"
+)
+
+// Policy is one named policy: which requests select it (Match) and what
+// decides them, as the top-level settings decide the default policy's.
+type Policy struct {
+	Name  string      `json:"name"`
+	Match PolicyMatch `json:"match"`
+	// Routes and Unmatched as the top-level ones; unmatched defaults to
+	// deny, whatever the top level says.
+	Routes    []Route `json:"routes"`
+	Unmatched string  `json:"unmatched"`
+	// Sources replace the top-level sources for this policy; unset, the
+	// policy has the top-level ones.
+	Sources   []Source        `json:"sources"`
+	RateLimit PolicyRateLimit `json:"rate_limit"`
+	Mode      Mode            `json:"mode"`
+	// ForwardMeta names key metadata entries sent upstream as
+	// x-authz-meta-<name> ("_" written "-") on an allowed request.
+	ForwardMeta []string `json:"forward_meta"`
+}
+
+// PolicyMatch says which requests select a policy, tried in this order
+// across all policies: Envoy's context_extensions (every entry given must
+// be there), the destination principal, the host.
+type PolicyMatch struct {
+	Context    map[string]string `json:"context"`
+	Principals []string          `json:"principals"`
+	Hosts      []string          `json:"hosts"`
+}
+
+// PolicyRateLimit is a policy's own default key rate limit.
+type PolicyRateLimit struct {
+	Default *ratelimit.Rate `json:"default"` // nil = the top-level rate_limit.default; "none" = no limit
 }
 
 // Paths holds the opt-in ways of reading a request path, for upstreams that
@@ -363,6 +430,9 @@ func Default() Config {
 		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
 		Admin:     Admin{RateLimit: &adminRate},
+
+		Mode:       ModeEnforce,
+		Unselected: UnselectedDefault,
 	}
 }
 
@@ -637,24 +707,7 @@ func (c *Config) validate() error {
 	if len(c.Sources) == 0 {
 		bad("sources", "at least one key source is required")
 	}
-	for i, s := range c.Sources {
-		field := fmt.Sprintf("sources[%d]", i)
-		n := 0
-		for _, v := range []string{s.Header, s.Query, s.Cookie} {
-			if v != "" {
-				n++
-			}
-		}
-		if n != 1 {
-			bad(field, "set exactly one of header, query, cookie")
-		}
-		if s.Scheme != "" && s.Header == "" {
-			bad(field, "scheme goes with header")
-		}
-		if s.Header != "" && (strings.ToLower(s.Header) != s.Header || strings.ContainsAny(s.Header, " :\t")) {
-			bad(field+".header", "%q: header names must be lower-case tokens", s.Header)
-		}
-	}
+	validateSources("sources", c.Sources, bad)
 	if c.ClientIP.XFFTrustedHops < 0 || c.ClientIP.XFFTrustedHops > 16 {
 		bad("client_ip.xff_trusted_hops", "must be 0 to 16")
 	}
@@ -667,27 +720,17 @@ func (c *Config) validate() error {
 	if c.RateLimit.FailedAttemptsTotal == nil {
 		bad("rate_limit.failed_attempts_total", "must be a rate like 1000/s, or none")
 	}
-	for i, r := range c.Routes {
-		field := fmt.Sprintf("routes[%d]", i)
-		if r.Public && (len(r.Permissions) > 0 || r.RateLimit != nil) {
-			bad(field, "a public route takes no permissions or rate_limit (no key is looked up)")
-		}
-		for _, m := range r.Methods {
-			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " /") {
-				bad(field+".methods", "%q: want upper-case method names like GET", m)
-			}
-		}
-		for _, p := range r.Permissions {
-			if p == "" || strings.ContainsAny(p, ", \t") {
-				bad(field+".permissions", "%q: permissions are non-empty and contain no comma or space", p)
-			}
-		}
-	}
-	switch c.Unmatched {
-	case "deny", "authenticate":
+	validateRoutes("routes", c.Routes, bad)
+	validateUnmatched("unmatched", c.Unmatched, bad)
+	validateMode("mode", c.Mode, bad)
+	validateForwardMeta("forward_meta", c.ForwardMeta, bad)
+	switch c.Unselected {
+	case UnselectedDefault, UnselectedDeny:
 	default:
-		bad("unmatched", "%q: want deny or authenticate", c.Unmatched)
+		bad("unselected", "%q: want default or deny%s", c.Unselected,
+			suggestValue(string(c.Unselected), string(UnselectedDefault), string(UnselectedDeny)))
 	}
+	c.validatePolicies(bad)
 	switch c.Paths.MatrixParams {
 	case MatrixReject, MatrixServlet:
 	default:
@@ -729,6 +772,117 @@ func (c *Config) validate() error {
 		bad("log.format", "%q: want json or text", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// validateSources checks a list of key sources at path.
+func validateSources(path string, sources []Source, bad func(field, format string, args ...any)) {
+	for i, s := range sources {
+		field := fmt.Sprintf("%s[%d]", path, i)
+		n := 0
+		for _, v := range []string{s.Header, s.Query, s.Cookie} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			bad(field, "set exactly one of header, query, cookie")
+		}
+		if s.Scheme != "" && s.Header == "" {
+			bad(field, "scheme goes with header")
+		}
+		if s.Header != "" && (strings.ToLower(s.Header) != s.Header || strings.ContainsAny(s.Header, " :\t")) {
+			bad(field+".header", "%q: header names must be lower-case tokens", s.Header)
+		}
+	}
+}
+
+// validateRoutes checks a route table at path (the compiled table's own
+// checks, of patterns and their order, are authz's).
+func validateRoutes(path string, routes []Route, bad func(field, format string, args ...any)) {
+	for i, r := range routes {
+		field := fmt.Sprintf("%s[%d]", path, i)
+		if r.Public && (len(r.Permissions) > 0 || r.RateLimit != nil) {
+			bad(field, "a public route takes no permissions or rate_limit (no key is looked up)")
+		}
+		for _, m := range r.Methods {
+			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " /") {
+				bad(field+".methods", "%q: want upper-case method names like GET", m)
+			}
+		}
+		for _, p := range r.Permissions {
+			if p == "" || strings.ContainsAny(p, ", \t") {
+				bad(field+".permissions", "%q: permissions are non-empty and contain no comma or space", p)
+			}
+		}
+		if r.Mode != "" {
+			validateMode(field+".mode", r.Mode, bad)
+		}
+	}
+}
+
+func validateUnmatched(field, v string, bad func(field, format string, args ...any)) {
+	switch v {
+	case "deny", "authenticate":
+	default:
+		bad(field, "%q: want deny or authenticate%s", v, suggestValue(v, "deny", "authenticate"))
+	}
+}
+
+func validateMode(field string, m Mode, bad func(field, format string, args ...any)) {
+	switch m {
+	case ModeEnforce, ModeShadow:
+	default:
+		bad(field, "%q: want enforce or shadow%s", m, suggestValue(string(m), string(ModeEnforce), string(ModeShadow)))
+	}
+}
+
+// validateForwardMeta checks the metadata names a policy forwards.
+func validateForwardMeta(path string, names []string, bad func(field, format string, args ...any)) {
+	for i, name := range names {
+		field := fmt.Sprintf("%s[%d]", path, i)
+		if err := keystore.ValidateMetaName(field, name); err != nil {
+			bad(field, "%q: %s", name, err.(*keystore.FieldError).Message)
+		} else if slices.Contains(names[:i], name) {
+			bad(field, "%q is named twice", name)
+		}
+	}
+}
+
+// validatePolicies checks the named policies' own settings and fills in
+// their defaults (unmatched: deny, mode: enforce). Their selectors are
+// checked when the decision compiles them: whether two policies could be
+// selected alike, or one never, is the decision's knowledge.
+func (c *Config) validatePolicies(bad func(field, format string, args ...any)) {
+	names := map[string]int{}
+	for i := range c.Policies {
+		p := &c.Policies[i]
+		at := fmt.Sprintf("policies[%d]", i)
+		switch err := keystore.ValidatePolicyName(at+".name", p.Name); {
+		case err != nil:
+			bad(at+".name", "%q: %s", p.Name, err.(*keystore.FieldError).Message)
+		case p.Name == "default":
+			bad(at+".name", `"default" is the policy of the top-level routes, unmatched, sources and rate_limit; name this one otherwise`)
+		default:
+			if j, dup := names[p.Name]; dup {
+				bad(at+".name", "%q already names policies[%d]", p.Name, j)
+			}
+			names[p.Name] = i
+		}
+		if p.Unmatched == "" {
+			p.Unmatched = "deny"
+		}
+		validateUnmatched(at+".unmatched", p.Unmatched, bad)
+		if p.Mode == "" {
+			p.Mode = ModeEnforce
+		}
+		validateMode(at+".mode", p.Mode, bad)
+		validateRoutes(at+".routes", p.Routes, bad)
+		if p.Sources != nil && len(p.Sources) == 0 {
+			bad(at+".sources", "at least one key source, or leave sources out for the top-level ones")
+		}
+		validateSources(at+".sources", p.Sources, bad)
+		validateForwardMeta(at+".forward_meta", p.ForwardMeta, bad)
+	}
 }
 
 // validateRedisAuth checks the login and TLS settings of store.redis: each

@@ -222,6 +222,23 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a misspelt TLS field", "tls: {certfile: /x}", `tls.certfile: unknown field (did you mean "cert_file"?)`},
 		{"a misspelt metrics field", "metrics: {gprc: true}", `metrics.gprc: unknown field (did you mean "grpc"?)`},
 		{"metrics.grpc that is not a boolean", "metrics: {grpc: yes please}", "metrics.grpc"},
+		{"a misspelt policy field", "policies: [{name: a, mach: {}}]", `policies[0].mach: unknown field (did you mean "match"?)`},
+		{"a misspelt selector", "policies: [{name: a, match: {host: [a.example.com]}}]", `policies[0].match.host: unknown field (did you mean "hosts"?)`},
+		{"a policy named default", "policies: [{name: default}]", `policies[0].name: "default" is the policy of the top-level routes`},
+		{"two policies of one name", "policies: [{name: a}, {name: a}]", `policies[1].name: "a" already names policies[0]`},
+		{"a policy name with a capital", "policies: [{name: Billing}]", `policies[0].name: "Billing": 1 to 63 characters`},
+		{"a policy without a name", "policies: [{match: {hosts: [a.example.com]}}]", `policies[0].name: "": 1 to 63 characters`},
+		{"a bad policy unmatched", "policies: [{name: a, unmatched: allow}]", `policies[0].unmatched: "allow": want deny or authenticate`},
+		{"a misspelt mode", "policies: [{name: a, mode: shdow}]", `policies[0].mode: "shdow": want enforce or shadow (did you mean "shadow"?)`},
+		{"a bad top-level mode", "mode: dryrun", `mode: "dryrun": want enforce or shadow`},
+		{"a bad route mode", "policies: [{name: a, routes: [{path: /x, mode: audit}]}]", `policies[0].routes[0].mode: "audit"`},
+		{"a bad route in a policy", "policies: [{name: a, routes: [{path: /x, methods: [get]}]}]", "policies[0].routes[0].methods"},
+		{"an empty source list in a policy", "policies: [{name: a, sources: []}]", "policies[0].sources: at least one key source, or leave sources out"},
+		{"a bad source in a policy", "policies: [{name: a, sources: [{header: X-Key}]}]", "policies[0].sources[0].header"},
+		{"a bad policy rate", "policies: [{name: a, rate_limit: {default: lots}}]", `policies[0].rate_limit.default: rate "lots"`},
+		{"a forward_meta name no key can have", "forward_meta: [Plan]", `forward_meta[0]: "Plan": names are 1 to 64 characters`},
+		{"a policy forwarding an entry twice", "policies: [{name: a, forward_meta: [plan, plan]}]", `policies[0].forward_meta[1]: "plan" is named twice`},
+		{"a misspelt unselected", "unselected: defualt", `unselected: "defualt": want default or deny (did you mean "default"?)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -245,6 +262,54 @@ func TestTLSAndMetricsSettings(t *testing.T) {
 	assert.Equal(t, TLS{CertFile: "/etc/tls/tls.crt", KeyFile: "/etc/tls/tls.key", ClientCAFile: "/etc/ca/ca.crt"}, cfg.TLS)
 	assert.True(t, cfg.TLS.Enabled())
 	assert.True(t, cfg.Metrics.GRPC)
+}
+
+func TestPoliciesParseWithTheirDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(`
+routes: [{path: /api/users, permissions: [read:users], mode: shadow}]
+forward_meta: [plan]
+unselected: deny
+policies:
+  - name: billing
+    match:
+      context: {policy: billing}
+      principals: ["spiffe://cluster.local/ns/billing/sa/billing"]
+      hosts: [billing.example.com, "*.billing.example.com"]
+    routes: [{path: "/invoices/**", permissions: [read:invoices]}]
+    sources: [{header: x-billing-key}]
+    rate_limit: {default: 100/m}
+    mode: shadow
+    forward_meta: [plan, tenant_id]
+  - name: orders
+    routes: [{path: /orders}]
+`))
+	require.NoError(t, err)
+	assert.Equal(t, ModeEnforce, cfg.Mode, "the default policy enforces unless told otherwise")
+	assert.Equal(t, ModeShadow, cfg.Routes[0].Mode)
+	assert.Equal(t, []string{"plan"}, cfg.ForwardMeta)
+	assert.Equal(t, UnselectedDeny, cfg.Unselected)
+	require.Len(t, cfg.Policies, 2)
+	b := cfg.Policies[0]
+	assert.Equal(t, "billing", b.Name)
+	assert.Equal(t, map[string]string{"policy": "billing"}, b.Match.Context)
+	assert.Equal(t, []string{"spiffe://cluster.local/ns/billing/sa/billing"}, b.Match.Principals)
+	assert.Equal(t, []string{"billing.example.com", "*.billing.example.com"}, b.Match.Hosts)
+	assert.Equal(t, []Source{{Header: "x-billing-key"}}, b.Sources)
+	assert.Equal(t, ratelimit.Rate{N: 100, Window: time.Minute}, *b.RateLimit.Default)
+	assert.Equal(t, ModeShadow, b.Mode)
+	assert.Equal(t, []string{"plan", "tenant_id"}, b.ForwardMeta)
+	assert.Equal(t, "deny", b.Unmatched)
+
+	o := cfg.Policies[1]
+	assert.Equal(t, "deny", o.Unmatched, "a policy's unmatched defaults to deny")
+	assert.Equal(t, ModeEnforce, o.Mode)
+	assert.Nil(t, o.Sources, "no sources of its own: the top-level ones")
+	assert.Nil(t, o.RateLimit.Default, "no default rate of its own: the top-level one")
+
+	cfg, err = Parse(nil)
+	require.NoError(t, err)
+	assert.Empty(t, cfg.Policies)
+	assert.Equal(t, UnselectedDefault, cfg.Unselected)
 }
 
 func TestLoadNamesTheFile(t *testing.T) {

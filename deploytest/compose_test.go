@@ -22,7 +22,11 @@ const (
 )
 
 // wantComposeServices are the services the demo walkthrough names.
-var wantComposeServices = []string{"create-demo-key", "envoy", "extauthz", "redis", "upstream"}
+var wantComposeServices = []string{"billing", "create-demo-key", "envoy", "extauthz", "redis", "upstream"}
+
+// backends are the compose services Envoy forwards to, each an Envoy cluster
+// of its own name.
+var backends = []string{"upstream", "billing"}
 
 // loadCompose loads docker-compose.yml the way `docker compose` does (schema
 // validation, interpolation, path resolution), with env as the only
@@ -141,6 +145,12 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		{"Envoy on Redis's network", func(p *types.Project) {
 			setService(p, "envoy", func(s *types.ServiceConfig) { s.Networks["store"] = nil })
 		}, "envoy shares network [store] with redis"},
+		{"the billing backend on Redis's network", func(p *types.Project) {
+			setService(p, "billing", func(s *types.ServiceConfig) { s.Networks["store"] = nil })
+		}, "billing shares network [store] with redis"},
+		{"the billing backend on another port than Envoy's billing cluster", func(p *types.Project) {
+			setService(p, "billing", func(s *types.ServiceConfig) { s.Environment["HTTP_PORT"] = ptr("8080") })
+		}, "envoy cluster billing"},
 		{"the upstream next to extauthz", func(p *types.Project) {
 			setService(p, "upstream", func(s *types.ServiceConfig) { s.Networks["edge"] = nil })
 		}, "upstream shares network [edge] with extauthz"},
@@ -205,6 +215,51 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 				t.Fatalf("no problem mentions %q; got %q", tt.wantErr, problems)
 			}
 		})
+	}
+}
+
+// The virtual hosts of the Envoy config and the policies of the extauthz
+// config must agree: each names a policy the config has, once.
+func TestEnvoyVirtualHostsNameThePoliciesOfTheConfig(t *testing.T) {
+	cfg, err := parseExtauthzConfig([]byte(readRepoFile(t, "deploy/compose/extauthz.yaml")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Policies) < 2 {
+		t.Fatalf("the compose config has %d named policies; the demo shows two", len(cfg.Policies))
+	}
+	ef := loadEnvoyFile(t, "envoy/envoy.yaml")
+	if problems := vhostPolicyProblems(ef, cfg); len(problems) > 0 {
+		t.Fatalf("envoy/envoy.yaml: %v", problems)
+	}
+	if len(ef.vhostContext) < 2 {
+		t.Fatalf("envoy/envoy.yaml has %d virtual hosts; the demo shows two on two policies", len(ef.vhostContext))
+	}
+	http := loadEnvoyFile(t, "envoy/envoy-http.yaml")
+	if problems := authPathProblems(http.httpAuthz.pathPrefix, cfg); len(problems) > 0 {
+		t.Fatalf("envoy/envoy-http.yaml: %v", problems)
+	}
+
+	for _, tt := range []struct {
+		name   string
+		vhosts map[string]map[string]string
+		want   string
+	}{
+		{"a virtual host naming a policy the config lacks", map[string]map[string]string{"a": {"policy": "payroll"}}, "select no policy"},
+		{"a virtual host naming none under unselected: deny", map[string]map[string]string{"a": nil}, "names no policy"},
+		{"two virtual hosts on one policy", map[string]map[string]string{"a": {"policy": "users"}, "b": {"policy": "users"}}, "both select policy users"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			problems := vhostPolicyProblems(&envoyFile{vhostContext: tt.vhosts}, cfg)
+			if !slices.ContainsFunc(problems, func(s string) bool { return strings.Contains(s, tt.want) }) {
+				t.Fatalf("no problem mentions %q; got %q", tt.want, problems)
+			}
+		})
+	}
+	for _, bad := range []string{"/authz", "/authz/_policy/payroll", "/other/_policy/users"} {
+		if len(authPathProblems(bad, cfg)) == 0 {
+			t.Errorf("the auth path %q passes", bad)
+		}
 	}
 }
 
@@ -327,9 +382,9 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 	wantAuthzPort := cfg.grpcListen()
 	if ef.httpAuthz != nil {
 		wantAuthzPort = cfg.httpListen()
-		if ef.httpAuthz.pathPrefix != cfg.httpPrefix() {
-			bad("envoy http_service path_prefix %q, extauthz http_mode.prefix %q", ef.httpAuthz.pathPrefix, cfg.httpPrefix())
-		}
+		problems = append(problems, authPathProblems(ef.httpAuthz.pathPrefix, cfg)...)
+	} else {
+		problems = append(problems, vhostPolicyProblems(ef, cfg)...)
 	}
 	_, authzPort := hostPort(t, wantAuthzPort)
 	for _, e := range ef.authzEndpoints(t) {
@@ -337,14 +392,16 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 			bad("envoy sends ext_authz to %s, extauthz listens on extauthz:%d", e, authzPort)
 		}
 	}
-	upstreamPort := envValue(p.Services["upstream"], "HTTP_PORT")
-	for _, e := range ef.clusters["upstream"] {
-		if e.host != "upstream" || strconv.Itoa(e.port) != upstreamPort {
-			bad("envoy cluster upstream sends to %s, the upstream service listens on upstream:%s", e, upstreamPort)
+	for _, b := range backends {
+		port := envValue(p.Services[b], "HTTP_PORT")
+		for _, e := range ef.clusters[b] {
+			if e.host != b || strconv.Itoa(e.port) != port {
+				bad("envoy cluster %s sends to %s, the %s service listens on %s:%s", b, e, b, b, port)
+			}
 		}
-	}
-	if len(ef.clusters["upstream"]) == 0 {
-		bad("envoy has no cluster named upstream")
+		if b == "upstream" && len(ef.clusters[b]) == 0 {
+			bad("envoy has no cluster named upstream")
+		}
 	}
 	for _, port := range envoy.Ports {
 		if port.Target == 9901 {
@@ -388,6 +445,54 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 		bad("create-demo-key restarts (%q): every restart would make another key", ck.Restart)
 	}
 	return problems
+}
+
+// vhostPolicyProblems: with named policies, each of Envoy's virtual hosts
+// names one in its context_extensions that the extauthz config defines, and
+// no two name the same (two services on one policy is a copy-paste slip);
+// under unselected: deny a virtual host naming none would answer every
+// request 403 no_policy.
+func vhostPolicyProblems(ef *envoyFile, cfg *extauthzConfig) []string {
+	var problems []string
+	if len(cfg.Policies) == 0 {
+		return nil
+	}
+	seen := map[string]string{}
+	for vh, ext := range ef.vhostContext {
+		if len(ext) == 0 {
+			if cfg.Unselected == "deny" {
+				problems = append(problems, fmt.Sprintf("envoy virtual host %s names no policy in context_extensions; under unselected: deny it answers 403 no_policy", vh))
+			}
+			continue
+		}
+		name := cfg.policyByContext(ext)
+		if name == "" {
+			problems = append(problems, fmt.Sprintf("envoy virtual host %s sets context_extensions %v, which select no policy of the extauthz config (403 no_policy)", vh, ext))
+			continue
+		}
+		if other, dup := seen[name]; dup {
+			problems = append(problems, fmt.Sprintf("envoy virtual hosts %s and %s both select policy %s", other, vh, name))
+		}
+		seen[name] = vh
+	}
+	return problems
+}
+
+// authPathProblems: an HTTP-mode auth path is http_mode.prefix, and names a
+// policy of the config when it has named policies (without one every
+// decision is 403 no_policy).
+func authPathProblems(pathPrefix string, cfg *extauthzConfig) []string {
+	if len(cfg.Policies) == 0 {
+		if pathPrefix != cfg.httpPrefix() {
+			return []string{fmt.Sprintf("envoy http_service path_prefix %q, extauthz http_mode.prefix %q", pathPrefix, cfg.httpPrefix())}
+		}
+		return nil
+	}
+	name, ok := strings.CutPrefix(pathPrefix, cfg.httpPrefix()+"/_policy/")
+	if !ok || !cfg.policyNamed(name) {
+		return []string{fmt.Sprintf("envoy http_service path_prefix %q names no policy of the extauthz config: want %s/_policy/<name>", pathPrefix, cfg.httpPrefix())}
+	}
+	return nil
 }
 
 // composeRedisProblems: Redis runs k8s/base/redis (start.sh, redis.conf and
@@ -475,12 +580,18 @@ func composeNetworkProblems(p *types.Project) []string {
 			bad("service %s is on the default network, which every service without networks joins", name)
 		}
 	}
-	for _, talk := range [][2]string{{"envoy", "extauthz"}, {"envoy", "upstream"}, {"extauthz", "redis"}, {"create-demo-key", "redis"}} {
+	talks := [][2]string{{"envoy", "extauthz"}, {"extauthz", "redis"}, {"create-demo-key", "redis"}}
+	apart := [][2]string{{"envoy", "redis"}}
+	for _, b := range backends {
+		talks = append(talks, [2]string{"envoy", b})
+		apart = append(apart, [2]string{b, "redis"}, [2]string{b, "extauthz"}, [2]string{b, "create-demo-key"})
+	}
+	for _, talk := range talks {
 		if len(shared(talk[0], talk[1])) == 0 {
 			bad("%s shares no network with %s, which it talks to", talk[0], talk[1])
 		}
 	}
-	for _, apart := range [][2]string{{"upstream", "redis"}, {"envoy", "redis"}, {"upstream", "extauthz"}, {"upstream", "create-demo-key"}} {
+	for _, apart := range apart {
 		if n := shared(apart[0], apart[1]); len(n) > 0 {
 			bad("%s shares network %v with %s: it could reach it", apart[0], n, apart[1])
 		}

@@ -24,6 +24,9 @@ type envoyFile struct {
 	httpAuthz *struct {
 		uri, cluster, pathPrefix string
 	}
+	// vhostContext maps each virtual host to the context_extensions its
+	// ext_authz per-filter config sets (nil when it sets none).
+	vhostContext map[string]map[string]string
 }
 
 type endpoint struct {
@@ -57,6 +60,16 @@ func parseEnvoyFile(t *testing.T, data []byte) *envoyFile {
 				FilterChains []struct {
 					Filters []struct {
 						TypedConfig struct {
+							RouteConfig struct {
+								VirtualHosts []struct {
+									Name                 string `json:"name"`
+									TypedPerFilterConfig map[string]struct {
+										CheckSettings struct {
+											ContextExtensions map[string]string `json:"context_extensions"`
+										} `json:"check_settings"`
+									} `json:"typed_per_filter_config"`
+								} `json:"virtual_hosts"`
+							} `json:"route_config"`
 							HTTPFilters []struct {
 								Name        string `json:"name"`
 								TypedConfig struct {
@@ -98,7 +111,7 @@ func parseEnvoyFile(t *testing.T, data []byte) *envoyFile {
 	if err := yaml.Unmarshal(data, &b); err != nil {
 		t.Fatalf("envoy config: %v", err)
 	}
-	f := &envoyFile{clusters: map[string][]endpoint{}}
+	f := &envoyFile{clusters: map[string][]endpoint{}, vhostContext: map[string]map[string]string{}}
 	for _, c := range b.StaticResources.Clusters {
 		var eps []endpoint
 		for _, le := range c.LoadAssignment.Endpoints {
@@ -113,6 +126,9 @@ func parseEnvoyFile(t *testing.T, data []byte) *envoyFile {
 		f.listenPorts = append(f.listenPorts, l.Address.SocketAddress.PortValue)
 		for _, fc := range l.FilterChains {
 			for _, flt := range fc.Filters {
+				for _, vh := range flt.TypedConfig.RouteConfig.VirtualHosts {
+					f.vhostContext[vh.Name] = vh.TypedPerFilterConfig["envoy.filters.http.ext_authz"].CheckSettings.ContextExtensions
+				}
 				for _, hf := range flt.TypedConfig.HTTPFilters {
 					if hf.Name != "envoy.filters.http.ext_authz" {
 						continue

@@ -48,6 +48,7 @@ type manifests struct {
 	netpols         []*networkingv1.NetworkPolicy
 	serviceMonitors []*monitoringv1.ServiceMonitor
 	authzPolicy     []*istiosecurityv1.AuthorizationPolicy
+	peerAuthn       []*istiosecurityv1.PeerAuthentication
 	gateway         gatewayObjects
 }
 
@@ -67,6 +68,7 @@ var kinds = map[string]string{
 	"NetworkPolicy":           "networking.k8s.io/v1",
 	"ServiceMonitor":          "monitoring.coreos.com/v1",
 	"AuthorizationPolicy":     "security.istio.io/v1",
+	"PeerAuthentication":      "security.istio.io/v1",
 	"Gateway":                 "gateway.networking.k8s.io/v1",
 	"HTTPRoute":               "gateway.networking.k8s.io/v1",
 	"ReferenceGrant":          "gateway.networking.k8s.io/v1beta1",
@@ -141,6 +143,18 @@ func (m *manifests) add(t *testing.T, id, kind, apiVersion string, data []byte) 
 			t.Fatalf("%s: spec: %v", id, err)
 		}
 		m.authzPolicy = append(m.authzPolicy, ap)
+	case "PeerAuthentication":
+		pa := decodeStrict[istiosecurityv1.PeerAuthentication](t, id, data)
+		var raw struct {
+			Spec any `json:"spec"`
+		}
+		if err := yaml.Unmarshal(data, &raw); err != nil {
+			t.Fatal(err)
+		}
+		if err := protojson.Unmarshal(jsonRoundTrip(t, raw.Spec), &securityv1beta1.PeerAuthentication{}); err != nil {
+			t.Fatalf("%s: spec: %v", id, err)
+		}
+		m.peerAuthn = append(m.peerAuthn, pa)
 	default:
 		m.gateway.add(t, id, kind, data)
 	}
@@ -1167,6 +1181,53 @@ func (m *manifests) checkIstio(t *testing.T, bad func(string, ...any)) {
 		return
 	}
 	m.checkIstioWith(mc, bad)
+	if cfg := m.configOfWorkload("extauthz"); cfg == nil {
+		bad("no extauthz config")
+	} else {
+		m.checkIstioPolicies(cfg, bad)
+	}
+}
+
+// checkIstioPolicies: the workloads the AuthorizationPolicies protect are
+// told apart by their destination principals (Istio's CUSTOM action sets no
+// context_extensions): every policy of extauthz's config is selected by
+// principals, each the SPIFFE id of a service account in the namespace an
+// AuthorizationPolicy protects, and mTLS is STRICT there, or a plaintext
+// request would carry no principal.
+func (m *manifests) checkIstioPolicies(cfg *extauthzConfig, bad func(string, ...any)) {
+	if len(cfg.Policies) < 2 {
+		bad("the Istio overlay's config has %d named policies; it shows one per protected workload", len(cfg.Policies))
+	}
+	if cfg.Unselected != "deny" {
+		bad("the Istio overlay's config must say unselected: deny: a request of a workload no policy names must not get another's rules")
+	}
+	protected := map[string]bool{}
+	for _, ap := range m.authzPolicy {
+		protected[ap.Namespace] = true
+	}
+	for _, p := range cfg.Policies {
+		if len(p.Match.Principals) == 0 || len(p.Match.Context) > 0 || len(p.Match.Hosts) > 0 {
+			bad("policy %s: select it by destination principal alone (Istio sets no context_extensions, and hosts are the client's)", p.Name)
+		}
+		for _, principal := range p.Match.Principals {
+			ns, sa, ok := strings.Cut(strings.TrimPrefix(principal, "spiffe://cluster.local/ns/"), "/sa/")
+			if !strings.HasPrefix(principal, "spiffe://cluster.local/ns/") || !ok || sa == "" || strings.Contains(sa, "/") {
+				bad("policy %s: principal %q is not spiffe://cluster.local/ns/<namespace>/sa/<service account>", p.Name, principal)
+				continue
+			}
+			if !protected[ns] {
+				bad("policy %s: principal %q is in namespace %s, which no AuthorizationPolicy protects", p.Name, principal, ns)
+			}
+		}
+	}
+	for ns := range protected {
+		strict := slices.ContainsFunc(m.peerAuthn, func(pa *istiosecurityv1.PeerAuthentication) bool {
+			return pa.Namespace == ns && pa.Spec.GetMtls().GetMode() == securityv1beta1.PeerAuthentication_MutualTLS_STRICT
+		})
+		if !strict {
+			bad("namespace %s: no PeerAuthentication with mtls STRICT, so a plaintext request carries no destination principal", ns)
+		}
+	}
 }
 
 func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string, ...any)) {
@@ -1433,6 +1494,18 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"istio", "a policy without rules", func(m *manifests) {
 			m.authzPolicy[0].Spec.Rules = nil
 		}, "no rules"},
+		{"istio", "mTLS permissive, so a plaintext request has no principal", func(m *manifests) {
+			m.peerAuthn[0].Spec.Mtls.Mode = securityv1beta1.PeerAuthentication_MutualTLS_PERMISSIVE
+		}, "mtls STRICT"},
+		{"istio", "a workload's policy selected by host", func(m *manifests) {
+			editIstioConfig(t, m, `principals: ["spiffe://cluster.local/ns/demo/sa/orders"]`, `hosts: [orders.demo.svc.cluster.local]`)
+		}, "select it by destination principal alone"},
+		{"istio", "a principal in a namespace nothing protects", func(m *manifests) {
+			editIstioConfig(t, m, "ns/demo/sa/orders", "ns/shop/sa/orders")
+		}, "which no AuthorizationPolicy protects"},
+		{"istio", "the default policy for a workload no policy names", func(m *manifests) {
+			editIstioConfig(t, m, "\nunselected: deny\n", "\nunselected: default\n")
+		}, "unselected: deny"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.overlay+": "+tt.name, func(t *testing.T) {
@@ -1447,6 +1520,22 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 			}
 		})
 	}
+}
+
+// editIstioConfig replaces from with to in the extauthz config of the built
+// Istio overlay.
+func editIstioConfig(t *testing.T, m *manifests, from, to string) {
+	t.Helper()
+	for _, cm := range m.configMaps {
+		if data, ok := cm.Data["config.yaml"]; ok && strings.Contains(data, "policies:") {
+			if !strings.Contains(data, from) {
+				t.Fatalf("the Istio config no longer contains %q; update this case", from)
+			}
+			cm.Data["config.yaml"] = strings.Replace(data, from, to, 1)
+			return
+		}
+	}
+	t.Fatal("no ConfigMap holds the Istio overlay's config")
 }
 
 func TestMeshConfigProblemsAreCaught(t *testing.T) {

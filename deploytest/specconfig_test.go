@@ -92,15 +92,15 @@ type extauthzConfig struct {
 		FailedAttempts      string `json:"failed_attempts"`
 		FailedAttemptsTotal string `json:"failed_attempts_total"`
 	} `json:"rate_limit"`
-	Routes []struct {
-		Path        string   `json:"path"`
-		Methods     []string `json:"methods"`
-		Permissions []string `json:"permissions"`
-		Public      bool     `json:"public"`
-		RateLimit   string   `json:"rate_limit"`
-	} `json:"routes"`
-	Unmatched string `json:"unmatched"`
-	HTTPMode  struct {
+	Routes    []configRoute `json:"routes"`
+	Unmatched string        `json:"unmatched"`
+	// The default policy's mode and forwarded metadata; the named policies,
+	// and what a request none selects gets.
+	Mode        string         `json:"mode"`
+	ForwardMeta []string       `json:"forward_meta"`
+	Policies    []configPolicy `json:"policies"`
+	Unselected  string         `json:"unselected"`
+	HTTPMode    struct {
 		Prefix         string `json:"prefix"`
 		Original       string `json:"original"`
 		XFFTrustedHops *int   `json:"xff_trusted_hops"`
@@ -128,6 +128,63 @@ type extauthzConfig struct {
 		KeyFile      string `json:"key_file"`
 		ClientCAFile string `json:"client_ca_file"`
 	} `json:"tls"`
+}
+
+// configRoute is one entry of a route table.
+type configRoute struct {
+	Path        string   `json:"path"`
+	Methods     []string `json:"methods"`
+	Permissions []string `json:"permissions"`
+	Public      bool     `json:"public"`
+	RateLimit   string   `json:"rate_limit"`
+	Mode        string   `json:"mode"`
+}
+
+// configPolicy is one named policy.
+type configPolicy struct {
+	Name  string `json:"name"`
+	Match struct {
+		Context    map[string]string `json:"context"`
+		Principals []string          `json:"principals"`
+		Hosts      []string          `json:"hosts"`
+	} `json:"match"`
+	Routes    []configRoute `json:"routes"`
+	Unmatched string        `json:"unmatched"`
+	Sources   []struct {
+		Header string `json:"header"`
+		Scheme string `json:"scheme"`
+		Query  string `json:"query"`
+		Cookie string `json:"cookie"`
+	} `json:"sources"`
+	RateLimit struct {
+		Default string `json:"default"`
+	} `json:"rate_limit"`
+	Mode        string   `json:"mode"`
+	ForwardMeta []string `json:"forward_meta"`
+}
+
+// policyByContext returns the named policy whose context selector the
+// context_extensions ext satisfy ("" when none does). Selectors are
+// mutually exclusive (the server refuses a config where they are not).
+func (c *extauthzConfig) policyByContext(ext map[string]string) string {
+	for _, p := range c.Policies {
+		if len(p.Match.Context) == 0 {
+			continue
+		}
+		ok := true
+		for k, v := range p.Match.Context {
+			ok = ok && ext[k] == v
+		}
+		if ok {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+// policyNamed reports whether name is the default policy or a named one.
+func (c *extauthzConfig) policyNamed(name string) bool {
+	return name == "default" || slices.ContainsFunc(c.Policies, func(p configPolicy) bool { return p.Name == name })
 }
 
 // The config file's defaults the cross-checks need when a file leaves a field out.
@@ -227,6 +284,9 @@ func exactKeys(v any, t reflect.Type, path string) error {
 }
 
 var (
+	// A policy name, and a metadata entry's name.
+	policyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	metaNameRE   = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 	// N/unit or N/<duration>, or "none".
 	rateRE = regexp.MustCompile(`^(none|[1-9][0-9]*/([smhd]|[0-9]+(ms|s|m|h)))$`)
 	// A literal segment, {name}, *, or ** as the last segment.
@@ -310,27 +370,36 @@ func (c *extauthzConfig) validate() error {
 		bad("tls.client_ca_file: needs cert_file and key_file")
 	}
 	oneOf("rate_limit.on_store_error", c.RateLimit.OnStoreError, "local", "allow", "deny")
-	for i, r := range c.Routes {
-		field := fmt.Sprintf("routes[%d]", i)
-		if !strings.HasPrefix(r.Path, "/") {
-			bad("%s.path: %q must start with /", field, r.Path)
-		} else if r.Path != "/" {
-			segs := strings.Split(strings.TrimPrefix(r.Path, "/"), "/")
-			for j, seg := range segs {
-				if !segmentRE.MatchString(seg) || (seg == "**" && j != len(segs)-1) {
-					bad("%s.path: %q: bad segment %q", field, r.Path, seg)
-				}
+	checkRoutes := func(at string, routes []configRoute) {
+		for i, r := range routes {
+			validateRoute(fmt.Sprintf("%s[%d]", at, i), r, bad, rate)
+			oneOf(fmt.Sprintf("%s[%d].mode", at, i), r.Mode, "enforce", "shadow")
+		}
+	}
+	checkRoutes("routes", c.Routes)
+	oneOf("mode", c.Mode, "enforce", "shadow")
+	oneOf("unselected", c.Unselected, "default", "deny")
+	for _, m := range c.ForwardMeta {
+		if !metaNameRE.MatchString(m) {
+			bad("forward_meta: %q is not a metadata name", m)
+		}
+	}
+	names := map[string]bool{"default": true}
+	for i, p := range c.Policies {
+		at := fmt.Sprintf("policies[%d]", i)
+		if !policyNameRE.MatchString(p.Name) || names[p.Name] {
+			bad("%s.name: %q is not a policy name, or is taken", at, p.Name)
+		}
+		names[p.Name] = true
+		checkRoutes(at+".routes", p.Routes)
+		oneOf(at+".unmatched", p.Unmatched, "deny", "authenticate")
+		oneOf(at+".mode", p.Mode, "enforce", "shadow")
+		rate(at+".rate_limit.default", p.RateLimit.Default)
+		for _, m := range p.ForwardMeta {
+			if !metaNameRE.MatchString(m) {
+				bad("%s.forward_meta: %q is not a metadata name", at, m)
 			}
 		}
-		for _, m := range r.Methods {
-			if m != strings.ToUpper(m) || m == "" {
-				bad("%s.methods: %q", field, m)
-			}
-		}
-		if r.Public && len(r.Permissions) > 0 {
-			bad("%s: a public route needs no permissions", field)
-		}
-		rate(field+".rate_limit", r.RateLimit)
 	}
 	oneOf("unmatched", c.Unmatched, "deny", "authenticate")
 	if p := c.HTTPMode.Prefix; p != "" && (!strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/")) {
@@ -345,6 +414,29 @@ func (c *extauthzConfig) validate() error {
 		return fmt.Errorf("config: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// validateRoute checks one route of a table at field.
+func validateRoute(field string, r configRoute, bad func(string, ...any), rate func(field, v string)) {
+	if !strings.HasPrefix(r.Path, "/") {
+		bad("%s.path: %q must start with /", field, r.Path)
+	} else if r.Path != "/" {
+		segs := strings.Split(strings.TrimPrefix(r.Path, "/"), "/")
+		for j, seg := range segs {
+			if !segmentRE.MatchString(seg) || (seg == "**" && j != len(segs)-1) {
+				bad("%s.path: %q: bad segment %q", field, r.Path, seg)
+			}
+		}
+	}
+	for _, m := range r.Methods {
+		if m != strings.ToUpper(m) || m == "" {
+			bad("%s.methods: %q", field, m)
+		}
+	}
+	if r.Public && len(r.Permissions) > 0 {
+		bad("%s: a public route needs no permissions", field)
+	}
+	rate(field+".rate_limit", r.RateLimit)
 }
 
 // noSecretsInConfig: secrets come from the environment, never the file. A
@@ -392,6 +484,18 @@ routes: [{path: /healthz, public: true}, {path: "/api/users/{id}", methods: [DEL
 unmatched: deny
 http_mode: {prefix: /authz, original: path, xff_trusted_hops: 1}
 audit: {sink: stdout}
+mode: enforce
+forward_meta: [plan]
+unselected: deny
+policies:
+  - name: billing
+    match: {context: {policy: billing}, principals: ["spiffe://cluster.local/ns/billing/sa/billing"], hosts: ["*.billing.example.com"]}
+    routes: [{path: "/invoices/**", permissions: [read:invoices], mode: shadow}]
+    unmatched: deny
+    sources: [{header: x-api-key}]
+    rate_limit: {default: 100/m}
+    mode: shadow
+    forward_meta: [plan, tenant_id]
 `
 	if _, err := parseExtauthzConfig([]byte(valid)); err != nil {
 		t.Fatalf("the README's example config is rejected: %v", err)
@@ -418,6 +522,13 @@ audit: {sink: stdout}
 		{"a TLS certificate without its key", "tls: {cert_file: /etc/tls/tls.crt}\n", "go together"},
 		{"a client CA without a certificate to serve", "tls: {client_ca_file: /etc/ca.crt}\n", "tls.client_ca_file"},
 		{"a misspelt TLS field", "tls: {certfile: /x}\n", `unknown field "certfile"`},
+		{"a misspelt policy field", "policies: [{name: a, mach: {}}]\n", `unknown field "mach"`},
+		{"a misspelt selector", "policies: [{name: a, match: {host: [a.example.com]}}]\n", `unknown field "host"`},
+		{"a policy named default", "policies: [{name: default}]\n", "policies[0].name"},
+		{"a bad policy mode", "policies: [{name: a, mode: dryrun}]\n", "policies[0].mode"},
+		{"a bad route mode", "routes: [{path: /a, mode: off}]\n", "routes[0].mode"},
+		{"a bad unselected", "unselected: allow\n", "unselected"},
+		{"a forwarded metadata name with a dash", "forward_meta: [plan-tier]\n", "forward_meta"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,15 +10,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -37,7 +40,8 @@ import (
 )
 
 // The typed_config types the files use are registered by the imports above:
-// ext_authz, router, http_connection_manager and upstreams/http. A file naming any
+// ext_authz, router, http_connection_manager, upstreams/http and the stdout
+// access logger. A file naming any
 // other type fails to parse ("unable to resolve"), which is what we want: a new
 // extension should be imported here deliberately, so that it is validated.
 
@@ -105,6 +109,7 @@ func TestWalkerFindsEveryAny(t *testing.T) {
 		got = append(got, string(m.ProtoReflect().Descriptor().FullName()))
 	}
 	want := []string{
+		"envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
 		"envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
 		"envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
 		"envoy.extensions.filters.http.router.v3.Router",
@@ -112,6 +117,7 @@ func TestWalkerFindsEveryAny(t *testing.T) {
 		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 	}
 	slices.Sort(got)
+	got = slices.Compact(got)
 	if !slices.Equal(got, want) {
 		t.Fatalf("unpacked %v, want %v", got, want)
 	}
@@ -321,6 +327,26 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 				r[1].(map[string]any)["typed_per_filter_config"] = r[0].(map[string]any)["typed_per_filter_config"]
 			},
 			wantErr: "route prefix / skips ext_authz",
+		},
+		{
+			name: "an access log of the path with its query",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { accessLogFields(t, doc)["path"] = "%REQ(:PATH)%" },
+			wantErr: "writes the path with its query",
+		},
+		{
+			name: "an access log of the Authorization header",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { accessLogFields(t, doc)["auth"] = "%REQ(Authorization)%" },
+			wantErr: "writes a header a key travels in",
+		},
+		{
+			name: "an access log in Envoy's default format",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				delete(hcm(t, doc)["access_log"].([]any)[0].(map[string]any)["typed_config"].(map[string]any), "log_format")
+			},
+			wantErr: "no log_format",
 		},
 		{
 			name: "the exemption filed under another filter's name, which Envoy would not apply",
@@ -724,8 +750,8 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 		}
 		checkTimeout(fail, s.GetServerUri().GetTimeout() != nil, s.GetServerUri().GetTimeout().AsDuration())
 		needCluster(s.GetServerUri().GetCluster(), "ext_authz http_service server_uri")
-		if s.GetPathPrefix() != "/authz" {
-			fail("ext_authz http_service path_prefix is %q, want /authz (http_mode.prefix)", s.GetPathPrefix())
+		if pp := s.GetPathPrefix(); !authPathRE.MatchString(pp) {
+			fail("ext_authz http_service path_prefix is %q, want /authz (http_mode.prefix) or /authz/_policy/<name> (a policy)", pp)
 		}
 		for _, hdr := range append(slices.Clone(keyHeaders), "x-request-id", "user-agent", "x-forwarded-for") {
 			if !matchesAny(authz.GetAllowedHeaders(), hdr) {
@@ -761,7 +787,59 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 		}
 	}
 
+	checkAccessLogs(h.GetAccessLog(), fail)
 	checkRoutes(h.GetRouteConfig(), needCluster, fail)
+}
+
+// authPathRE is an HTTP-mode auth path: the prefix, or the prefix naming a
+// policy.
+var authPathRE = regexp.MustCompile(`^/authz(/_policy/[a-z0-9][a-z0-9_-]{0,62})?$`)
+
+// loggedCommandRE finds the access-log commands that read a request or
+// response header (or the path) by name.
+var loggedCommandRE = regexp.MustCompile(`%(REQ|RESP|TRAILER|REQ_WITHOUT_QUERY)\(([^)]*)\)`)
+
+// checkAccessLogs: no access log may write a credential or the path with its
+// query (?api_key=...): only REQ_WITHOUT_QUERY may name the path, and no
+// command may name a header a key travels in.
+func checkAccessLogs(logs []*accesslogv3.AccessLog, fail func(string, ...any)) {
+	for _, l := range logs {
+		var stdout streamv3.StdoutAccessLog
+		if !l.GetTypedConfig().MessageIs(&stdout) {
+			fail("access log %s: only envoy.access_loggers.stdout is checked here; add its checks for another", l.GetName())
+			continue
+		}
+		if err := l.GetTypedConfig().UnmarshalTo(&stdout); err != nil {
+			fail("access log %s: %v", l.GetName(), err)
+			continue
+		}
+		f := stdout.GetLogFormat()
+		if f == nil {
+			fail("access log %s: no log_format: Envoy's default writes the path with its query", l.GetName())
+			continue
+		}
+		var formats []string
+		if t := f.GetTextFormatSource(); t != nil {
+			formats = append(formats, t.GetInlineString())
+		}
+		for _, v := range f.GetJsonFormat().GetFields() {
+			formats = append(formats, v.GetStringValue())
+		}
+		for _, format := range formats {
+			if strings.Contains(format, "%PATH") {
+				fail("access log %s: %q writes the path with its query; use %%REQ_WITHOUT_QUERY(:PATH)%%", l.GetName(), format)
+			}
+			for _, m := range loggedCommandRE.FindAllStringSubmatch(format, -1) {
+				name := strings.ToLower(strings.TrimSpace(strings.SplitN(m[2], "?", 2)[0]))
+				switch {
+				case m[1] != "REQ_WITHOUT_QUERY" && (name == ":path" || name == "x-envoy-original-path"):
+					fail("access log %s: %s writes the path with its query, where a key may be; use %%REQ_WITHOUT_QUERY(:PATH)%%", l.GetName(), m[0])
+				case slices.Contains(keyHeaders, name):
+					fail("access log %s: %s writes a header a key travels in", l.GetName(), m[0])
+				}
+			}
+		}
+	}
 }
 
 func checkTimeout(fail func(string, ...any), set bool, d time.Duration) {
@@ -776,11 +854,13 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 		fail("route_config must be inline (no RDS) so these checks see it")
 		return
 	}
-	exemptHealthz := false
 	for _, vh := range rc.GetVirtualHosts() {
 		if disablesExtAuthz(vh.GetTypedPerFilterConfig()) {
 			fail("virtual host %s disables ext_authz for every route", vh.GetName())
 		}
+		// Each virtual host fronts a backend whose liveness must stay
+		// reachable without a key.
+		exemptHealthz := false
 		for _, r := range vh.GetRoutes() {
 			what := describeRoute(r)
 			if a := r.GetRoute(); a != nil {
@@ -808,9 +888,9 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 				exemptHealthz = true
 			}
 		}
-	}
-	if !exemptHealthz {
-		fail("no route exempts /healthz from ext_authz")
+		if !exemptHealthz {
+			fail("virtual host %s: no route exempts /healthz from ext_authz", vh.GetName())
+		}
 	}
 }
 
@@ -916,6 +996,12 @@ func extAuthz(t *testing.T, doc map[string]any) map[string]any {
 	}
 	t.Fatal("no ext_authz filter")
 	return nil
+}
+
+func accessLogFields(t *testing.T, doc map[string]any) map[string]any {
+	t.Helper()
+	l := hcm(t, doc)["access_log"].([]any)[0].(map[string]any)
+	return dig(t, l, "typed_config", "log_format", "json_format")
 }
 
 func routes(t *testing.T, doc map[string]any) []any {

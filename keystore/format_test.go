@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"hash/crc32"
 	"regexp"
 	"strings"
@@ -177,11 +178,11 @@ func BenchmarkHashHMAC(b *testing.B) {
 	}
 }
 
-func TestKeyJSONUsesTheSpecNamesAndEmptyLists(t *testing.T) {
+func TestKeyJSONUsesTheRecordNamesAndEmptyLists(t *testing.T) {
 	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	b, err := json.Marshal(&Key{ID: "key_1", Name: "n", Owner: "o", CreatedAt: created})
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"id":"key_1","name":"n","owner":"o","permissions":[],"ip_allowlist":[],
+	assert.JSONEq(t, `{"id":"key_1","name":"n","owner":"o","permissions":[],"ip_allowlist":[],"policies":[],"meta":{},
 		"created_at":"2026-01-02T03:04:05Z","expires_at":null,"last_used_at":null,"revoked_at":null,
 		"rate_limit":null,"rotated_from":null,"rotated_to":null}`, string(b))
 	var back Key
@@ -200,24 +201,103 @@ func TestCreatedAddsTheSecretToTheFlatRecord(t *testing.T) {
 	assert.Equal(t, "key_0", m["rotated_from"])
 }
 
-func TestAKeyPastedIntoANameOrPermissionIsRefused(t *testing.T) {
+func TestAKeyPastedIntoANamePermissionOrMetadataIsRefused(t *testing.T) {
 	f := mustFormat(t, "sk")
 	secret, _ := f.Generate()
 	m := &Manager{Format: f}
 	for _, tt := range []struct {
 		name  string
 		perms []string
+		meta  map[string]string
 		field string
 	}{
-		{"ci " + secret, nil, "name"},
-		{secret, nil, "name"},
-		{"ok", []string{"read:" + secret}, "permissions"},
+		{"ci " + secret, nil, nil, "name"},
+		{secret, nil, nil, "name"},
+		{"ok", []string{"read:" + secret}, nil, "permissions"},
+		{"ok", nil, map[string]string{"plan": secret}, "meta"},
+		{"ok", nil, map[string]string{"note": "rotated from " + secret + " yesterday"}, "meta"},
 	} {
-		err := m.refusePastedKeys(tt.name, tt.perms)
+		err := m.refusePastedKeys(tt.name, tt.perms, tt.meta)
 		var fe *FieldError
 		require.ErrorAs(t, err, &fe)
 		assert.Equal(t, tt.field, fe.Field)
 		assert.NotContains(t, err.Error(), secret)
 	}
-	assert.NoError(t, m.refusePastedKeys("sk_live_service", []string{"read:users"}), "a name that only starts like a key is fine")
+	assert.NoError(t, m.refusePastedKeys("sk_live_service", []string{"read:users"}, map[string]string{"plan": "sk_gold"}),
+		"a label that only starts like a key is fine")
+}
+
+func TestKeyJSONCarriesPoliciesAndMeta(t *testing.T) {
+	k := &Key{ID: "key_1", Policies: []string{"billing"}, Meta: map[string]string{"plan": "gold"}}
+	b, err := json.Marshal(k)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	assert.Equal(t, []any{"billing"}, m["policies"])
+	assert.Equal(t, map[string]any{"plan": "gold"}, m["meta"])
+	var back Key
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, k.Policies, back.Policies)
+	assert.Equal(t, k.Meta, back.Meta)
+
+	// A record written before keys had policies and metadata reads as a key
+	// valid under every policy, with none.
+	var old Key
+	require.NoError(t, json.Unmarshal([]byte(`{"id":"key_0","name":"n","owner":"o","permissions":["a"],"ip_allowlist":[],
+		"created_at":"2026-01-02T03:04:05Z","expires_at":null,"last_used_at":null,"revoked_at":null,
+		"rate_limit":null,"rotated_from":null,"rotated_to":null}`), &old))
+	assert.Empty(t, old.Policies)
+	assert.Empty(t, old.Meta)
+	assert.True(t, old.ValidUnder("billing"))
+}
+
+func TestPoliciesAndMetaAreBounded(t *testing.T) {
+	long := strings.Repeat("a", 257)
+	tooMany := map[string]string{}
+	for i := range MaxMetaEntries + 1 {
+		tooMany[fmt.Sprintf("m%d", i)] = "v"
+	}
+	tests := []struct {
+		name     string
+		policies []string
+		meta     map[string]string
+		field    string // "" = valid
+	}{
+		{"no policies and no metadata", nil, nil, ""},
+		{"policies and metadata within bounds", []string{"billing", "orders-v2", "a_b"}, map[string]string{"plan": "gold", "tenant_id": "t-42", "note": "Zürich office"}, ""},
+		{"an upper-case policy name", []string{"Billing"}, nil, "policies[0]"},
+		{"a policy name with a slash", []string{"billing/x"}, nil, "policies[0]"},
+		{"a policy name starting with _", []string{"_policy"}, nil, "policies[0]"},
+		{"an empty policy name", []string{""}, nil, "policies[0]"},
+		{"a policy named twice", []string{"a", "b", "a"}, nil, "policies[2]"},
+		{"too many policies", make([]string, MaxPolicies+1), nil, "policies"},
+		{"a metadata name with a dash", nil, map[string]string{"plan-tier": "x"}, "meta"},
+		{"an upper-case metadata name", nil, map[string]string{"Plan": "x"}, "meta"},
+		{"a metadata name starting with a digit", nil, map[string]string{"1plan": "x"}, "meta"},
+		{"a metadata name of 65 bytes", nil, map[string]string{strings.Repeat("a", 65): "x"}, "meta"},
+		{"an empty metadata value", nil, map[string]string{"plan": ""}, "meta.plan"},
+		{"a metadata value of 257 bytes", nil, map[string]string{"plan": long}, "meta.plan"},
+		{"a metadata value with a newline", nil, map[string]string{"plan": "gold\r\nx-injected: 1"}, "meta.plan"},
+		{"a metadata value with a bidirectional control", nil, map[string]string{"plan": "gold\u202e"}, "meta.plan"},
+		{"a metadata value that is not UTF-8", nil, map[string]string{"plan": "\xff"}, "meta.plan"},
+		{"seventeen metadata entries", nil, tooMany, "meta"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := Spec{Name: "k", Policies: tt.policies, Meta: tt.meta}
+			err := s.Validate(time.Now())
+			if tt.field == "" {
+				require.NoError(t, err)
+				return
+			}
+			var fe *FieldError
+			require.ErrorAs(t, err, &fe)
+			assert.Equal(t, tt.field, fe.Field)
+			for _, v := range tt.meta {
+				if len(v) > 3 {
+					assert.NotContains(t, err.Error(), v, "an error never quotes a value")
+				}
+			}
+		})
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -28,12 +29,19 @@ type Key struct {
 	Permissions []string       `json:"permissions"`
 	RateLimit   RateLimit      `json:"rate_limit"` // unset = the configured default
 	IPAllowlist []netip.Prefix `json:"ip_allowlist"`
-	CreatedAt   time.Time      `json:"created_at"`
-	ExpiresAt   *time.Time     `json:"expires_at"`
-	LastUsedAt  *time.Time     `json:"last_used_at"`
-	RevokedAt   *time.Time     `json:"revoked_at"`
-	RotatedFrom string         `json:"rotated_from,omitempty"`
-	RotatedTo   string         `json:"rotated_to,omitempty"`
+	// Policies names the policies the key is valid under; empty means all
+	// of them (see ValidatePolicies).
+	Policies []string `json:"policies"`
+	// Meta is the key's metadata: a few named strings that travel with its
+	// decisions (Envoy's dynamic metadata, x-authz-meta-* headers where a
+	// policy forwards them). See ValidateMeta for the bounds.
+	Meta        map[string]string `json:"meta"`
+	CreatedAt   time.Time         `json:"created_at"`
+	ExpiresAt   *time.Time        `json:"expires_at"`
+	LastUsedAt  *time.Time        `json:"last_used_at"`
+	RevokedAt   *time.Time        `json:"revoked_at"`
+	RotatedFrom string            `json:"rotated_from,omitempty"`
+	RotatedTo   string            `json:"rotated_to,omitempty"`
 }
 
 // Status is where a key stands at one instant.
@@ -48,8 +56,8 @@ const (
 	Expired
 )
 
-// MarshalJSON writes every field of the record, always: empty lists as []
-// and unset strings as null, so the output has the same shape whichever
+// MarshalJSON writes every field of the record, always: empty lists as [],
+// no metadata as {} and unset strings as null, so the output has the same shape whichever
 // backend stored it and whatever the key has been through.
 func (k Key) MarshalJSON() ([]byte, error) {
 	type plain Key // without this method
@@ -66,6 +74,12 @@ func (k Key) MarshalJSON() ([]byte, error) {
 	}
 	if out.IPAllowlist == nil {
 		out.IPAllowlist = []netip.Prefix{}
+	}
+	if out.Policies == nil {
+		out.Policies = []string{}
+	}
+	if out.Meta == nil {
+		out.Meta = map[string]string{}
 	}
 	return json.Marshal(out)
 }
@@ -128,6 +142,8 @@ func (k *Key) Clone() *Key {
 	c := *k
 	c.Permissions = slices.Clone(k.Permissions)
 	c.IPAllowlist = slices.Clone(k.IPAllowlist)
+	c.Policies = slices.Clone(k.Policies)
+	c.Meta = maps.Clone(k.Meta)
 	c.ExpiresAt = cloneTime(k.ExpiresAt)
 	c.LastUsedAt = cloneTime(k.LastUsedAt)
 	c.RevokedAt = cloneTime(k.RevokedAt)

@@ -3,7 +3,9 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -50,6 +52,8 @@ type Spec struct {
 	RateLimit   RateLimit // unset = the configured default
 	IPAllowlist []netip.Prefix
 	ExpiresAt   *time.Time
+	Policies    []string          // empty = every policy
+	Meta        map[string]string // see ValidateMeta
 }
 
 func (m *Manager) now() time.Time {
@@ -93,7 +97,10 @@ func (s *Spec) Validate(now time.Time) error {
 	if s.ExpiresAt != nil && s.ExpiresAt.Sub(now) > MaxLifetime {
 		return &FieldError{"expires_at", "must be within 100 years"}
 	}
-	return nil
+	if err := ValidatePolicies(s.Policies); err != nil {
+		return err
+	}
+	return ValidateMeta(s.Meta)
 }
 
 // MaxLifetime bounds expiry and grace periods: far-future times are
@@ -200,10 +207,11 @@ func ValidatePermissions(perms []string) error {
 	return nil
 }
 
-// refusePastedKeys rejects a name or permission that is itself a key of
-// the configured format: someone pasted a secret where a label goes, and a
-// label travels to logs, audit events and upstream headers.
-func (m *Manager) refusePastedKeys(name string, perms []string) error {
+// refusePastedKeys rejects a name, permission or metadata entry that is
+// itself a key of the configured format: someone pasted a secret where a
+// label goes, and a label travels to logs, audit events, Envoy's metadata
+// and upstream headers.
+func (m *Manager) refusePastedKeys(name string, perms []string, meta map[string]string) error {
 	looksLikeKey := func(s string) bool {
 		for _, word := range strings.FieldsFunc(s, func(r rune) bool { return !isBase62(byte(r)) && r != '_' || r > 127 }) {
 			if strings.HasPrefix(word, m.Format.prefix+"_") && m.Format.Check(word) == nil {
@@ -220,6 +228,11 @@ func (m *Manager) refusePastedKeys(name string, perms []string) error {
 			return &FieldError{"permissions", "a permission contains an API key; never put a key in a permission"}
 		}
 	}
+	for k, v := range meta {
+		if looksLikeKey(k) || looksLikeKey(v) {
+			return &FieldError{"meta", "an entry contains an API key; never put a key in metadata"}
+		}
+	}
 	return nil
 }
 
@@ -230,7 +243,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if err := spec.Validate(now); err != nil {
 		return "", nil, err
 	}
-	if err := m.refusePastedKeys(spec.Name, spec.Permissions); err != nil {
+	if err := m.refusePastedKeys(spec.Name, spec.Permissions, spec.Meta); err != nil {
 		return "", nil, err
 	}
 	secret, k, h, err := m.newKey(now, spec)
@@ -268,6 +281,7 @@ func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {
 	k := &Key{
 		ID: id, Name: spec.Name, Owner: owner, Permissions: perms,
 		RateLimit: spec.RateLimit, IPAllowlist: allow, CreatedAt: now, ExpiresAt: spec.ExpiresAt,
+		Policies: slices.Clone(spec.Policies), Meta: maps.Clone(spec.Meta),
 	}
 	return secret, k, m.Hasher.Hash(secret), nil
 }
@@ -289,6 +303,7 @@ func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, ac
 	secret, k, h, err := m.newKey(now, Spec{
 		Name: old.Name, Owner: old.Owner, Permissions: old.Permissions,
 		RateLimit: old.RateLimit, IPAllowlist: old.IPAllowlist, ExpiresAt: old.ExpiresAt,
+		Policies: old.Policies, Meta: old.Meta,
 	})
 	if err != nil {
 		return "", nil, err
@@ -331,6 +346,13 @@ type Patch struct {
 	RateLimit   *RateLimit
 	IPAllowlist *[]netip.Prefix
 	ExpiresAt   **time.Time // set to a nil *time.Time to clear
+	Policies    *[]string   // the whole new list; empty = every policy
+	// Meta replaces the metadata; MetaChanges then merges into it (or into
+	// the current metadata): a name with a value sets that entry, a name
+	// with "" deletes it. The merge is made on the record the store holds,
+	// in the same atomic step as the rest of the change.
+	Meta        *map[string]string
+	MetaChanges map[string]string
 }
 
 // Update applies p to id. A revoked or rotated-away key is never changed
@@ -362,7 +384,24 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		if p.IPAllowlist != nil {
 			k.IPAllowlist = *p.IPAllowlist
 		}
-		spec := Spec{Name: k.Name, Owner: k.Owner, Permissions: k.Permissions, RateLimit: k.RateLimit, IPAllowlist: k.IPAllowlist}
+		if p.Policies != nil {
+			k.Policies = slices.Clone(*p.Policies)
+		}
+		if p.Meta != nil {
+			k.Meta = maps.Clone(*p.Meta)
+		}
+		for name, v := range p.MetaChanges {
+			if v == "" {
+				delete(k.Meta, name)
+				continue
+			}
+			if k.Meta == nil {
+				k.Meta = map[string]string{}
+			}
+			k.Meta[name] = v
+		}
+		spec := Spec{Name: k.Name, Owner: k.Owner, Permissions: k.Permissions, RateLimit: k.RateLimit, IPAllowlist: k.IPAllowlist,
+			Policies: k.Policies, Meta: k.Meta}
 		if p.ExpiresAt != nil {
 			// Only a new expiry must lie ahead; an expired key may be
 			// renamed without reviving it.
@@ -372,7 +411,7 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		if err := spec.Validate(now); err != nil {
 			return err
 		}
-		if err := m.refusePastedKeys(k.Name, k.Permissions); err != nil {
+		if err := m.refusePastedKeys(k.Name, k.Permissions, k.Meta); err != nil {
 			return err
 		}
 		if check != nil {

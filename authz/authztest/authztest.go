@@ -101,9 +101,10 @@ func Sources() []authz.Source {
 }
 
 // Options are the fixture's settings: the default configuration's sources
-// and failed-attempts budgets, 100/m per key, and four routes.
-func Options() authz.PolicyOptions {
-	return authz.PolicyOptions{
+// and failed-attempts budgets, 100/m per key, and four routes, all in the
+// default policy.
+func Options() authz.Options {
+	return authz.Options{
 		Routes: []authz.RouteSpec{
 			{Path: "/healthz", Public: true},
 			{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
@@ -121,10 +122,10 @@ func Options() authz.PolicyOptions {
 // Fixture is a decision over Keys, with four keys of known shape.
 type Fixture struct {
 	// Authz decides; Rebuild replaces it.
-	Authz  *authz.Authorizer
-	Keys   *Keys
-	Policy *authz.Policy
-	Hasher *keystore.Hasher
+	Authz    *authz.Authorizer
+	Keys     *Keys
+	Policies *authz.PolicySet
+	Hasher   *keystore.Hasher
 	// Cache is the keystore.Cache in front of Keys, when Rebuild put one.
 	Cache *keystore.Cache
 	// Now is the fixture's clock: the decision and the rate limiter read it.
@@ -139,19 +140,19 @@ type Fixture struct {
 }
 
 // New returns a Fixture with Options, changed by mutate when it is not nil.
-func New(tb testing.TB, mutate func(*authz.PolicyOptions)) *Fixture {
+func New(tb testing.TB, mutate func(*authz.Options)) *Fixture {
 	tb.Helper()
 	o := Options()
 	if mutate != nil {
 		mutate(&o)
 	}
-	p, err := authz.NewPolicy(o)
+	p, err := authz.Compile(o)
 	require.NoError(tb, err)
 	f := &Fixture{
-		Keys:   &Keys{records: map[keystore.Hash]*keystore.Key{}},
-		Policy: p,
-		Hasher: keystore.NewHasher([]byte(Pepper)),
-		Now:    time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC),
+		Keys:     &Keys{records: map[keystore.Hash]*keystore.Key{}},
+		Policies: p,
+		Hasher:   keystore.NewHasher([]byte(Pepper)),
+		Now:      time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC),
 	}
 	add := func(k *keystore.Key) string {
 		secret, err := p.Format.Generate()
@@ -174,8 +175,18 @@ func New(tb testing.TB, mutate func(*authz.PolicyOptions)) *Fixture {
 
 func (f *Fixture) clock() time.Time { return f.Now }
 
+// AddKey stores k under a new secret of the fixture's format and returns
+// the secret.
+func (f *Fixture) AddKey(tb testing.TB, k *keystore.Key) string {
+	tb.Helper()
+	secret, err := Format.Generate()
+	require.NoError(tb, err)
+	f.Keys.Put(f.Hasher.Hash(secret), k)
+	return secret
+}
+
 // Rebuild replaces Authz with one over keys (a *keystore.Cache is also kept
-// in Cache) and the clock now (nil: the fixture's), with the same policy,
+// in Cache) and the clock now (nil: the fixture's), with the same policies,
 // hasher and rate limiter.
 func (f *Fixture) Rebuild(keys authz.KeyLookup, now func() time.Time) {
 	if now == nil {
@@ -184,7 +195,7 @@ func (f *Fixture) Rebuild(keys authz.KeyLookup, now func() time.Time) {
 	if c, ok := keys.(*keystore.Cache); ok {
 		f.Cache = c
 	}
-	f.Authz = authz.NewAuthorizer(f.Policy, keys, f.Hasher, f.limiter, now)
+	f.Authz = authz.NewAuthorizer(f.Policies, keys, f.Hasher, f.limiter, now)
 }
 
 // UseCache puts a keystore.Cache with opts in front of Keys (on the
@@ -223,7 +234,7 @@ func (f *Fixture) Decide(req authz.Request) authz.Decision {
 // checked thousands of times is never rate limited.
 func NewGuarded(tb testing.TB, perBlock, total string) *Fixture {
 	tb.Helper()
-	f := New(tb, func(o *authz.PolicyOptions) {
+	f := New(tb, func(o *authz.Options) {
 		o.DefaultRate = ratelimit.Rate{}
 		for rate, s := range map[*ratelimit.Rate]string{&o.FailRate: perBlock, &o.FailTotalRate: total} {
 			r, err := ratelimit.ParseRate(s)

@@ -43,7 +43,7 @@ func cappedRequest(key string, n, bytes int) *authv3.CheckRequest {
 // capsFixture is the decision the caps benchmark and test run: a cached
 // admin key, no rate limit.
 func capsFixture(t testing.TB) (*authztest.Fixture, *CheckServer) {
-	f := authztest.New(t, func(o *authz.PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
+	f := authztest.New(t, func(o *authz.Options) { o.DefaultRate = ratelimit.Rate{} })
 	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), nil)
 	return f, &CheckServer{Authz: f.Authz}
 }

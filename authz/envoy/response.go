@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"hash/maphash"
+	"slices"
 	"sync/atomic"
 	"unicode/utf8"
 
@@ -10,6 +11,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/keystore"
@@ -28,17 +30,24 @@ type okResponse struct {
 // response is the one path from a Decision to the CheckResponse Envoy gets.
 //
 // A denial carries the google.rpc status of its code, and the HTTP status,
-// headers and JSON body the client sees. An allow sets the identity headers
-// upstream (overwriting, never appending, so a client's value cannot
+// headers and JSON body the client sees. An allow (a decision made in
+// shadow mode is one, whatever its code) sets the identity headers and the
+// metadata headers the policy forwards upstream when the decision itself
+// allowed a key (overwriting, never appending, so a client's value cannot
 // survive), removes every credential present (a header by name, a query
 // parameter with query_parameters_to_remove, a cookie by rewriting the
 // cookie header without it) and every client header that reads as an
-// x-authz- one, and adds the rate-limit headers to the response.
+// x-authz- one, and adds the rate-limit headers to the response. Both carry
+// dynamic_metadata (metadata.go).
 func (s *CheckServer) response(req *authz.Request, d *authz.Decision) *authv3.CheckResponse {
 	var buf [8]authz.Header
+	var parts *responseParts
+	if d.Key != nil {
+		parts = s.identityMemo().parts(d)
+	}
 	if !d.Allowed() {
 		headers := d.ResponseHeaders(buf[:0])
-		return &authv3.CheckResponse{
+		resp := &authv3.CheckResponse{
 			Status: &rpcstatus.Status{Code: int32(grpcCode(d.Code)), Message: d.Message},
 			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 				Status:  &typev3.HttpStatus{Code: typev3.StatusCode(d.Code.HTTPStatus())},
@@ -46,14 +55,16 @@ func (s *CheckServer) response(req *authz.Request, d *authz.Decision) *authv3.Ch
 				Body:    d.Body(),
 			}},
 		}
+		setMetadata(resp, d, parts)
+		return resp
 	}
 	r := &okResponse{}
 	r.resp.Status = &r.status
 	r.resp.HttpResponse = &r.wrap
 	r.wrap.OkResponse = &r.ok
 	ok := &r.ok
-	if d.Key != nil {
-		ok.Headers = s.identityMemo().options(d.Key)
+	if parts != nil {
+		ok.Headers = parts.headers
 	}
 	remove := r.remove[:0]
 	var cookies []string // present cookie sources, stripped in one rewrite
@@ -81,11 +92,24 @@ func (s *CheckServer) response(req *authz.Request, d *authz.Decision) *authv3.Ch
 			remove = append(remove, "cookie")
 		}
 	}
-	ok.HeadersToRemove = req.AppendSpoofed(remove, d.Key != nil, false)
-	if d.HasRateLimit {
-		ok.ResponseHeadersToAdd = headerOptions(d.ResponseHeaders(buf[:0]))
+	ok.HeadersToRemove = req.AppendSpoofed(remove, d, false)
+	if hs := d.ResponseHeaders(buf[:0]); len(hs) > 0 {
+		ok.ResponseHeadersToAdd = headerOptions(hs)
 	}
+	setMetadata(&r.resp, d, parts)
 	return &r.resp
+}
+
+// setMetadata puts d's dynamic_metadata into resp (see metadata.go): the
+// memoized bytes of parts when there are some, else encoded now.
+func setMetadata(resp *authv3.CheckResponse, d *authz.Decision, parts *responseParts) {
+	var b []byte
+	if parts != nil {
+		b = parts.metadata
+	} else {
+		b = dynamicMetadata(d, nil)
+	}
+	resp.ProtoReflect().SetUnknown(protoreflect.RawFields(b))
 }
 
 // identityMemo returns the server's memo of identity headers, made on first use.
@@ -138,42 +162,88 @@ func grpcCode(c authz.Code) codes.Code {
 }
 
 // identitySlots bounds the identity memo: at most this many key records are
-// remembered (and kept alive by it), about 700 bytes each.
+// remembered (and kept alive by it), about 1.5 KB each.
 const identitySlots = 4096
 
-// identityMemo remembers, for recently allowed key records, their identity
-// headers already in Envoy's form, so that allowing a cached key builds no
-// header messages: they were most of what a response allocated.
+// identityMemo remembers, for recently seen key records, what a response
+// says about the key, already encoded: its identity headers in Envoy's form
+// and its part of the dynamic metadata; and, for the last policy, route and
+// outcome it was decided under, the whole upstream header list (the
+// identity headers and the forwarded metadata) and dynamic_metadata field.
+// Allowing a cached key again on the same route thus builds nothing: header
+// messages and the metadata were most of what a response cost.
 //
 // Sharing is safe because both sides are read-only: a key record is never
 // modified once the cache hands it out (keystore.Cache.Lookup), and proto
-// messages are only read when marshalled (the size cache they keep is
-// written atomically). A record is recognised by its pointer, which its
-// entry keeps alive, so a new record at a recycled address cannot be
-// mistaken for it. Slots are chosen by key ID, so a record refetched from
-// the store takes over its predecessor's slot.
+// messages and unknown-field bytes are only read when marshalled (the size
+// cache they keep is written atomically). A record is recognised by its
+// pointer, which its entry keeps alive, so a new record at a recycled
+// address cannot be mistaken for it. Slots are chosen by key ID, so a record
+// refetched from the store takes over its predecessor's slot; likewise a
+// policy or route is recognised by its pointer, which a reload replaces.
 type identityMemo struct {
 	seed  maphash.Seed
 	slots [identitySlots]atomic.Pointer[identityEntry]
 }
 
 type identityEntry struct {
-	key  *keystore.Key
-	opts []*corev3.HeaderValueOption // len == cap: appending copies
+	key      *keystore.Key
+	opts     []*corev3.HeaderValueOption // the identity headers; len == cap: appending copies
+	metadata []byte                      // keyMetadata(key)
+	last     atomic.Pointer[responseParts]
+}
+
+// responseParts are the parts of a response to one key under one policy,
+// route and outcome.
+type responseParts struct {
+	policy *authz.Policy
+	route  *authz.Route
+	code   authz.Code
+	shadow bool
+	// headers are the upstream headers of an identified decision (identity
+	// and forwarded metadata; nil otherwise), len == cap: appending copies.
+	headers  []*corev3.HeaderValueOption
+	metadata []byte // the dynamic_metadata field
 }
 
 func newIdentityMemo() *identityMemo { return &identityMemo{seed: maphash.MakeSeed()} }
 
-// options returns k's identity headers in Envoy's form. The slice is shared:
-// callers may append to it (that copies) but not modify it.
-func (m *identityMemo) options(k *keystore.Key) []*corev3.HeaderValueOption {
+// entry returns k's entry, made when k is not the record in its slot.
+func (m *identityMemo) entry(k *keystore.Key) *identityEntry {
 	slot := &m.slots[maphash.String(m.seed, k.ID)%identitySlots]
 	if e := slot.Load(); e != nil && e.key == k {
-		return e.opts
+		return e
 	}
 	var buf [4]authz.Header
 	opts := headerOptions(authz.AppendIdentityHeaders(buf[:0], k))
-	opts = opts[:len(opts):len(opts)]
-	slot.Store(&identityEntry{key: k, opts: opts})
-	return opts
+	e := &identityEntry{key: k, opts: opts[:len(opts):len(opts)], metadata: keyMetadata(k)}
+	slot.Store(e)
+	return e
+}
+
+// options returns k's identity headers in Envoy's form. The slice is shared:
+// callers may append to it (that copies) but not modify it.
+func (m *identityMemo) options(k *keystore.Key) []*corev3.HeaderValueOption {
+	return m.entry(k).opts
+}
+
+// parts returns the response parts of d, which has a key: the entry's last
+// ones when d was decided under the same policy, route and outcome, else
+// new ones, which become the last. Shared like options.
+func (m *identityMemo) parts(d *authz.Decision) *responseParts {
+	e := m.entry(d.Key)
+	if p := e.last.Load(); p != nil && p.policy == d.Policy && p.route == d.Route && p.code == d.Code && p.shadow == d.Shadow {
+		return p
+	}
+	p := &responseParts{policy: d.Policy, route: d.Route, code: d.Code, shadow: d.Shadow, metadata: dynamicMetadata(d, e.metadata)}
+	if d.Identified() {
+		p.headers = e.opts
+		var buf [4]authz.Header
+		if meta := d.MetaHeaders(buf[:0], false); len(meta) > 0 {
+			p.headers = append(slices.Clip(e.opts), headerOptions(meta)...)
+			p.headers = p.headers[:len(p.headers):len(p.headers)]
+		}
+	}
+	e.last.Store(p)
+	return p
 }

@@ -2,8 +2,9 @@
 // envoy.service.auth.v3.Authorization gRPC service (ext_authz), which reads
 // a CheckRequest into an authz.Request, has authz decide, and answers with
 // the CheckResponse of the Decision. Its codec decodes CheckRequests straight
-// from the wire (wire.go), and response.go is the one path from a Decision
-// to a CheckResponse.
+// from the wire (wire.go), response.go is the one path from a Decision to a
+// CheckResponse, and metadata.go encodes the dynamic metadata every
+// response carries.
 //
 // It is not the decision (package authz) and does not listen: cmd/extauthz
 // registers it on its gRPC server.
@@ -49,6 +50,7 @@ type checkState struct {
 	req  authz.Request
 	d    authz.Decision
 	hdrs authz.HeaderList // req.Headers when decoded by the server's codec
+	ext  []authz.Header   // req.ContextExtensions, likewise
 }
 
 var checkStates = sync.Pool{New: func() any { return new(checkState) }}
@@ -66,7 +68,9 @@ func (st *checkState) reset() {
 		hdrs = nil
 	}
 	clear(hdrs[:cap(hdrs)])
-	*st = checkState{hdrs: hdrs}
+	ext := st.ext[:0]
+	clear(ext[:cap(ext)])
+	*st = checkState{hdrs: hdrs, ext: ext}
 }
 
 // Check answers one ext_authz request. A denial is a CheckResponse with a
@@ -107,19 +111,32 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.C
 	return resp
 }
 
+// MaxContextExtensions is the most context_extensions entries a
+// CheckRequest may carry: Envoy's configuration sets a handful; a request
+// with more is answered 400.
+const MaxContextExtensions = 64
+
 // RequestFromCheck reads the attributes of a CheckRequest; any part may be
-// missing (the getters are nil-safe), which the decision's first step then
-// rejects. A request past authz.MaxHeaders or authz.MaxHeaderBytes gets no
-// headers and Malformed set.
+// missing (the getters are nil-safe), which the decision's steps then
+// reject. A request past authz.MaxHeaders or authz.MaxHeaderBytes gets no
+// headers and Malformed set, as does one past MaxContextExtensions.
 func RequestFromCheck(in *authv3.CheckRequest) authz.Request {
 	attrs := in.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
 	req := authz.Request{
-		Method:         h.GetMethod(),
-		Path:           h.GetPath(),
-		Host:           h.GetHost(),
-		Peer:           attrs.GetSource().GetAddress().GetSocketAddress().GetAddress(),
-		XFFTrustedHops: -1,
+		Method:               h.GetMethod(),
+		Path:                 h.GetPath(),
+		Host:                 h.GetHost(),
+		Peer:                 attrs.GetSource().GetAddress().GetSocketAddress().GetAddress(),
+		DestinationPrincipal: attrs.GetDestination().GetPrincipal(),
+		XFFTrustedHops:       -1,
+	}
+	if ext := attrs.GetContextExtensions(); len(ext) > MaxContextExtensions {
+		req.Malformed = "more than 64 context_extensions"
+	} else {
+		for k, v := range ext {
+			req.ContextExtensions = append(req.ContextExtensions, authz.Header{Key: k, Value: v})
+		}
 	}
 	headers := h.GetHeaders()
 	for k, v := range headers {

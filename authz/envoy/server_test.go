@@ -82,7 +82,7 @@ func TestCookieHeaderDoesNotStickToTheSharedIdentity(t *testing.T) {
 // and every response must encode the same bytes.
 func TestSharedIdentityHeadersMarshalConcurrently(t *testing.T) {
 	// No rate limit: its headers would differ from one response to the next.
-	f := authztest.New(t, func(o *authz.PolicyOptions) { o.DefaultRate = ratelimit.Rate{} })
+	f := authztest.New(t, func(o *authz.Options) { o.DefaultRate = ratelimit.Rate{} })
 	s := &CheckServer{Authz: f.Authz}
 	in := checkRequest(map[string]string{"x-api-key": f.Good})
 	first, err := s.Check(context.Background(), in)
@@ -186,7 +186,7 @@ func BenchmarkCheckHandler(b *testing.B) {
 }
 
 func benchmarkCheckHandler(b *testing.B, rate ratelimit.Rate) {
-	f := authztest.New(b, func(o *authz.PolicyOptions) { o.DefaultRate = rate })
+	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = rate })
 	f.Now = time.Now()
 	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), time.Now)
 	s := &CheckServer{Authz: f.Authz}
@@ -222,7 +222,7 @@ func TestAFloodNeverTurnsAwayAValidKeyOverGRPC(t *testing.T) {
 	}
 	require.Equal(t, int32(codes.OK), check(f.Good).GetStatus().GetCode())
 	calls := f.Keys.Calls.Load()
-	for _, flood := range authztest.Floods(t, f.Policy.Format) {
+	for _, flood := range authztest.Floods(t, f.Policies.Format) {
 		for i := range 500 {
 			resp := check(flood.Next(i))
 			require.NotEqual(t, int32(codes.OK), resp.GetStatus().GetCode())

@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -33,7 +34,7 @@ func envoyRequest() *authv3.CheckRequest {
 	}
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source:      &authv3.AttributeContext_Peer{Address: sock("203.0.113.9", 51234), Principal: "spiffe://c", Labels: map[string]string{"app": "web"}},
-		Destination: &authv3.AttributeContext_Peer{Address: sock("10.0.0.2", 8080)},
+		Destination: &authv3.AttributeContext_Peer{Address: sock("10.0.0.2", 8080), Principal: "spiffe://cluster.local/ns/billing/sa/billing"},
 		Request: &authv3.AttributeContext_Request{
 			Time: timestamppb.Now(),
 			Http: &authv3.AttributeContext_HttpRequest{
@@ -46,7 +47,7 @@ func envoyRequest() *authv3.CheckRequest {
 				},
 			},
 		},
-		ContextExtensions: map[string]string{"route": "users"},
+		ContextExtensions: map[string]string{"route": "users", "policy": "billing"},
 	}}
 }
 
@@ -70,8 +71,14 @@ func decodeBoth(t *testing.T, b []byte) (authz.Request, error) {
 	}
 	want := RequestFromCheck(&in)
 	got := st.req
-	if got.Method != want.Method || got.Path != want.Path || got.Host != want.Host || got.Peer != want.Peer || got.XFFTrustedHops != want.XFFTrustedHops {
+	if got.Method != want.Method || got.Path != want.Path || got.Host != want.Host || got.Peer != want.Peer || got.XFFTrustedHops != want.XFFTrustedHops ||
+		got.DestinationPrincipal != want.DestinationPrincipal {
 		t.Fatalf("decoding %x:\n got %+v\nwant %+v", b, got, want)
+	}
+	// The wire keeps every context_extensions entry in order, protobuf's map
+	// the last of each key: the decision reads them alike (lastExtension).
+	if g, w := extensionMap(got.ContextExtensions), extensionMap(want.ContextExtensions); !assert.ObjectsAreEqual(w, g) {
+		t.Fatalf("decoding %x: context_extensions\n got %v\nwant %v", b, g, w)
 	}
 	if got.Malformed != want.Malformed {
 		// The wire decoder counts map entries as they come; proto.Unmarshal
@@ -109,6 +116,16 @@ func repeatsHeaderNames(in *authv3.CheckRequest, b []byte) bool {
 	return req.HeaderEntries() > len(in.GetAttributes().GetRequest().GetHttp().GetHeaders())
 }
 
+// extensionMap is context_extensions as the decision reads them: the last
+// value of each key.
+func extensionMap(ext []authz.Header) map[string]string {
+	m := map[string]string{}
+	for _, e := range ext {
+		m[e.Key] = e.Value
+	}
+	return m
+}
+
 func headerMapOf(h authz.Headers) map[string]string {
 	m := map[string]string{}
 	switch h := h.(type) {
@@ -144,6 +161,26 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 1}}}}}}}
 	otherHeaders := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 		Method: "POST", Headers: map[string]string{"x-api-key": "second", "x-new": ""}}}}}
+	otherSelectors := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Destination:       &authv3.AttributeContext_Peer{Principal: "spiffe://cluster.local/ns/orders/sa/orders"},
+		ContextExtensions: map[string]string{"policy": "orders", "tier": "gold"},
+	}}
+	destinationAddressOnly := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Destination: &authv3.AttributeContext_Peer{Service: "billing", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: "10.0.0.3"}}}},
+	}}
+	manyExtensions := envoyRequest()
+	for i := range MaxContextExtensions + 1 {
+		manyExtensions.Attributes.ContextExtensions[fmt.Sprintf("k%d", i)] = "v"
+	}
+	// 64 entries on the wire, but one key given twice: protobuf keeps 63.
+	var repeatedExtensions []byte
+	for i := range MaxContextExtensions {
+		repeatedExtensions = append(repeatedExtensions, marshal(t, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			ContextExtensions: map[string]string{fmt.Sprintf("k%d", min(i, 62)): fmt.Sprint(i)}}})...)
+	}
+	repeatedExtensions = append(repeatedExtensions, marshal(t, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		ContextExtensions: map[string]string{"k0": "last"}}})...)
 
 	cat := func(parts ...[]byte) []byte {
 		return []byte(strings.Join(func() []string {
@@ -178,6 +215,13 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		{"socket, then pipe: no peer", cat(marshal(t, full), marshal(t, withPipe)), true, false},
 		{"pipe, then a socket without an address: no peer", cat(marshal(t, withPipe), marshal(t, socketAgain)), true, false},
 		{"socket, then socket without an address: the address stays", cat(marshal(t, full), marshal(t, socketAgain)), true, false},
+		{"two messages merge: a repeated context key keeps the last value, the principal is replaced", cat(marshal(t, full), marshal(t, otherSelectors)), true, false},
+		{"a destination without a principal leaves the principal as it was", cat(marshal(t, full), marshal(t, destinationAddressOnly)), true, false},
+		{"more context_extensions than the decision reads: left to proto.Unmarshal, answered 400", marshal(t, manyExtensions), false, false},
+		{"65 context_extensions entries on the wire of 63 keys", repeatedExtensions, false, false},
+		{"a context extension that is not UTF-8", cat(marshal(t, full), field(1, field(10, cat(field(1, []byte("policy")), field(2, []byte("\xff")))))), false, true},
+		{"a destination principal that is not UTF-8", cat(marshal(t, full), field(1, field(2, field(4, []byte("\xc3"))))), false, true},
+		{"a context extension entry without a value is the empty value", cat(marshal(t, full), field(1, field(10, field(1, []byte("policy"))))), true, false},
 		{"a known field with another wire type is an unknown field", cat(marshal(t, full), varint(1, 7)), true, false},
 		{"a map entry without a key is the empty name", cat(marshal(t, full), field(1, field(4, field(2, field(3, field(2, []byte("v"))))))), true, false},
 		{"a map entry with unknown fields", cat(marshal(t, full), field(1, field(4, field(2, field(3, cat(field(1, []byte("k")), varint(9, 1), field(2, []byte("v")))))))), true, false},
@@ -208,6 +252,17 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []any{"GET", "/api/users?page=2", "api.example.com", "203.0.113.9", -1, ""},
 		[]any{got.Method, got.Path, got.Host, got.Peer, got.XFFTrustedHops, got.Malformed})
+	assert.Equal(t, "spiffe://cluster.local/ns/billing/sa/billing", got.DestinationPrincipal)
+	assert.Equal(t, map[string]string{"route": "users", "policy": "billing"}, extensionMap(got.ContextExtensions))
+
+	many, err := decodeBoth(t, marshal(t, manyExtensions))
+	require.NoError(t, err)
+	assert.Equal(t, "more than 64 context_extensions", many.Malformed)
+	assert.Empty(t, many.ContextExtensions)
+	repeated, err := decodeBoth(t, repeatedExtensions)
+	require.NoError(t, err)
+	assert.Empty(t, repeated.Malformed, "63 keys are within the limit")
+	assert.Equal(t, "last", extensionMap(repeated.ContextExtensions)["k0"])
 	noted := got.Noted()
 	assert.Equal(t, []any{13, false, true}, []any{got.HeaderEntries(), noted.Underscored(), noted.Spoofing()},
 		"13 header names noted: one reads as an x-authz- header, none holds a _")
@@ -259,6 +314,7 @@ func FuzzDecodeCheckMessages(f *testing.F) {
 	f.Add("GET", "/api/users", "api.example.com", "10.0.0.1", "x-api-key", "sk_1", "x-api-key", "sk_2", uint8(0))
 	f.Add("", "", "", "::1", "", "", "cookie", "a=b", uint8(1))
 	f.Add("POST", "/a?b", "h", "", "X-Upper", "v", "x-authz-owner", "spoof", uint8(2))
+	f.Add("GET", "/", "h", "10.0.0.1", "policy", "billing", "orders", "spiffe://cluster.local/ns/a/sa/b", uint8(12))
 	f.Fuzz(func(t *testing.T, method, path, host, peer, k1, v1, k2, v2 string, shape uint8) {
 		first := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 			Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: peer}}}},
@@ -274,6 +330,14 @@ func FuzzDecodeCheckMessages(f *testing.F) {
 		}
 		if shape&2 != 0 {
 			second.Attributes.Request.Http.Method, second.Attributes.Request.Http.Path = v1, k1
+		}
+		if shape&4 != 0 { // context_extensions, a key of them repeated
+			first.Attributes.ContextExtensions = map[string]string{k1: v1, "policy": v2}
+			second.Attributes.ContextExtensions = map[string]string{k1: v2}
+		}
+		if shape&8 != 0 { // the destination principal, replaced
+			first.Attributes.Destination = &authv3.AttributeContext_Peer{Principal: v1}
+			second.Attributes.Destination = &authv3.AttributeContext_Peer{Principal: v2}
 		}
 		a, err := proto.Marshal(first)
 		if err != nil {
@@ -395,4 +459,26 @@ func TestRegisteredServerRunsUnderAnInterceptor(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "key_good", upstreamHeaders(t, resp)[authz.HeaderKeyID])
 	assert.Equal(t, []string{checkMethod + " GET /api/users"}, seen)
+}
+
+// The selectors cost a check no allocation: a pooled state decodes a
+// request with context extensions and a destination principal into arrays
+// it keeps, and one without them touches none.
+func TestDecodingSelectorsAllocatesNothing(t *testing.T) {
+	with := marshal(t, envoyRequest())
+	plain := envoyRequest()
+	plain.Attributes.ContextExtensions, plain.Attributes.Destination = nil, nil
+	without := marshal(t, plain)
+	for name, b := range map[string][]byte{"with selectors": with, "without": without} {
+		st := new(checkState)
+		require.NoError(t, st.decode(b))
+		st.reset()
+		allocs := testing.AllocsPerRun(100, func() {
+			if err := st.decode(b); err != nil {
+				t.Fatal(err)
+			}
+			st.reset()
+		})
+		assert.Zero(t, allocs, name)
+	}
 }

@@ -86,16 +86,17 @@ var errMissingOriginal = errors.New("missing original request header")
 
 // serve answers one decision request under mode.
 //
-// Allow is 200 with the identity headers on every allow, empty on a public
-// route (so that a proxy that copies them, such as Envoy's http_service,
-// overwrites a client's, and nginx sends none), and
-// x-envoy-auth-headers-to-remove naming the credential headers and every
-// client header that reads as an x-authz- one except those the identity
-// headers overwrite. Envoy applies that list after it sets the identity
+// Allow is 200 with the identity headers and the metadata headers the
+// policy forwards on every allow, empty when the request was allowed
+// without a key (a public route, shadow mode: so that a proxy that copies
+// them, such as Envoy's http_service, overwrites a client's, and nginx
+// sends none), and x-envoy-auth-headers-to-remove naming the credential
+// headers and every client header that reads as an x-authz- one except
+// those set with a value. Envoy applies that list after it sets the
 // headers; other proxies need their own configuration (deploy/proxies).
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	start := time.Now()
-	req, err := originalRequest(r, mode)
+	req, err := originalRequest(r, mode, s.Authz.Policies().Named())
 	ctx := r.Context()
 	var traced func(*authz.Decision)
 	if s.Tracer != nil {
@@ -118,10 +119,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 		for _, hv := range d.IdentityHeaders(nil) {
 			h.Set(hv.Key, hv.Value)
 		}
-		if d.Key == nil {
+		if !d.Identified() {
 			for _, name := range [...]string{authz.HeaderKeyID, authz.HeaderKeyName, authz.HeaderOwner, authz.HeaderPermissions} {
 				h.Set(name, "")
 			}
+		}
+		for _, hv := range d.MetaHeaders(nil, true) {
+			h.Set(hv.Key, hv.Value)
 		}
 		if names := removedHeaders(&req, &d); names != "" {
 			h.Set("x-envoy-auth-headers-to-remove", names)
@@ -144,16 +148,27 @@ func removedHeaders(req *authz.Request, d *authz.Decision) string {
 			names = append(names, src.Name())
 		}
 	}
-	names = req.AppendSpoofed(names, d.Key != nil, true)
+	names = req.AppendSpoofed(names, d, true)
 	return strings.Join(names, ", ")
 }
+
+// PolicyPathPrefix starts the part of the auth path that names the policy:
+// <prefix>/_policy/<name>, then (original: path) the original path.
+const PolicyPathPrefix = "/_policy/"
 
 // originalRequest reads the original request from exactly the place mode
 // names; the headers of the other conventions are ignored, so a client
 // cannot choose the path that gets authorised by sending its own
-// X-Forwarded-Uri through a proxy that passes client headers on.
-func originalRequest(r *http.Request, mode *Mode) (authz.Request, error) {
+// X-Forwarded-Uri through a proxy that passes client headers on. The policy
+// comes from the auth path alone (see authPolicy), read only when named
+// policies exist: without them /_policy/... is a path like any other.
+func originalRequest(r *http.Request, mode *Mode, named bool) (authz.Request, error) {
 	req := NewRequest(r, mode.XFFHops)
+	rest := r.RequestURI[len(mode.Prefix):]
+	req.PolicyFromPath = true
+	if named {
+		req.PolicyName, rest = authPolicy(rest)
+	}
 	switch mode.Original {
 	case "x-original":
 		req.Method, req.Path = r.Header.Get("X-Original-Method"), r.Header.Get("X-Original-Uri")
@@ -165,9 +180,9 @@ func originalRequest(r *http.Request, mode *Mode) (authz.Request, error) {
 		if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
 			req.Host = fh
 		}
-	default: // "path": the request itself, below the prefix
+	default: // "path": the request itself, below the prefix (and the policy)
 		req.Method = r.Method
-		req.Path = r.RequestURI[len(mode.Prefix):]
+		req.Path = rest
 		if req.Path == "" || req.Path[0] == '?' {
 			req.Path = "/" + req.Path
 		}
@@ -176,6 +191,24 @@ func originalRequest(r *http.Request, mode *Mode) (authz.Request, error) {
 		return req, errMissingOriginal
 	}
 	return req, nil
+}
+
+// authPolicy splits the auth path below the prefix into the policy it names
+// (/_policy/<name>) and what follows ("/", "/...", "?..." or ""). A path
+// that names none gives "" and is answered 403 no_policy: the proxy's
+// config writes the name, so a request without one comes from a proxy that
+// was not told which policy it serves. (Defaulting instead would let a
+// client behind a proxy with the bare prefix write /_policy/<name>/ into
+// its own path and choose.)
+func authPolicy(rest string) (name, after string) {
+	tail, ok := strings.CutPrefix(rest, PolicyPathPrefix)
+	if !ok {
+		return "", rest
+	}
+	if i := strings.IndexAny(tail, "/?"); i >= 0 {
+		return tail[:i], tail[i:]
+	}
+	return tail, ""
 }
 
 // NewRequest reads r's headers, host and peer into an authz.Request, as

@@ -167,7 +167,7 @@ func TestHTTPModeJoinsRepeatedHeaders(t *testing.T) {
 // the client address is read from X-Forwarded-For, so a flood can name the
 // victim's address; the victim's key still passes.
 func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
-	f := authztest.New(t, func(o *authz.PolicyOptions) {
+	f := authztest.New(t, func(o *authz.Options) {
 		o.Routes = []authz.RouteSpec{{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}}}
 		o.DefaultRate = ratelimit.Rate{}
 	})
@@ -178,7 +178,7 @@ func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	calls := f.Keys.Calls.Load()
 	statuses := map[int]int{}
-	for _, flood := range authztest.Floods(t, f.Policy.Format) {
+	for _, flood := range authztest.Floods(t, f.Policies.Format) {
 		for i := range 300 {
 			resp, _ := do(t, srv, "GET", "/authz/api/users", map[string]string{"X-Api-Key": flood.Next(i), "X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
 			statuses[resp.StatusCode]++
@@ -190,4 +190,119 @@ func TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP(t *testing.T) {
 	}
 	assert.Positive(t, statuses[http.StatusTooManyRequests], "the named address's budget ran out: %v", statuses)
 	assert.LessOrEqual(t, f.Keys.Calls.Load()-calls, int64(100), "at most the default budget of lookups (100/m)")
+}
+
+// servePolicies serves a decision with two named policies besides the
+// fixture's default one: billing (forwarding plan) and orders (shadow).
+func servePolicies(t *testing.T, original string) (*authztest.Fixture, *httptest.Server) {
+	t.Helper()
+	f := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{
+			{Name: "billing", Match: authz.Match{Hosts: []string{"billing.example.com"}, Context: map[string]string{"policy": "billing"}},
+				Routes: []authz.RouteSpec{{Path: "/invoices/**", Permissions: []string{"read:invoices"}}}, Sources: authztest.Sources(), ForwardMeta: []string{"plan"}},
+			{Name: "orders", Routes: []authz.RouteSpec{{Path: "/orders/**", Permissions: []string{"read:orders"}}}, Sources: authztest.Sources(), Mode: authz.ModeShadow},
+		}
+	})
+	return f, serveHTTP(t, f, original, 1)
+}
+
+// In HTTP mode the auth path names the policy, in every convention; the
+// host and every header the client can write are ignored, and a path that
+// names none is refused rather than defaulted: a client behind a proxy
+// with the bare prefix could otherwise write the name into its own path.
+func TestHTTPModeSelectsThePolicyByTheAuthPathOnly(t *testing.T) {
+	f, srv := servePolicies(t, "path")
+	inv := f.AddKey(t, &keystore.Key{ID: "key_inv", Name: "inv", Permissions: []string{"read:invoices"}, Meta: map[string]string{"plan": "gold"}})
+	key := map[string]string{"X-Api-Key": inv, "X-Forwarded-For": "10.0.0.7"}
+	withHost := func(host string) map[string]string {
+		h := map[string]string{"Host": host, "X-Forwarded-Host": host}
+		for k, v := range key {
+			h[k] = v
+		}
+		return h
+	}
+	tests := []struct {
+		name, target string
+		headers      map[string]string
+		status       int
+		code         string
+	}{
+		{"the auth path names billing", "/authz/_policy/billing/invoices/1", key, 200, ""},
+		{"a query after the name", "/authz/_policy/billing?x=1", key, 403, "no_route"},
+		{"the default policy by name", "/authz/_policy/default/api/users", key, 403, "permission_denied"},
+		{"no name: no policy, even on billing's host", "/authz/invoices/1", withHost("billing.example.com"), 403, "no_policy"},
+		{"a client path that writes the marker after the proxy's is a path", "/authz/_policy/default/_policy/billing/invoices/1", key, 403, "no_route"},
+		{"an empty name", "/authz/_policy//invoices/1", key, 403, "no_policy"},
+		{"an unknown name", "/authz/_policy/payroll/invoices/1", key, 403, "no_policy"},
+		{"an encoded name is not decoded", "/authz/_policy/bill%69ng/invoices/1", key, 403, "no_policy"},
+		{"a shadow policy allows what it would deny", "/authz/_policy/orders/orders/1", key, 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest("GET", srv.URL+tt.target, nil)
+			require.NoError(t, err)
+			for k, v := range tt.headers {
+				req.Header.Set(k, v)
+			}
+			if h := tt.headers["Host"]; h != "" {
+				req.Host = h
+			}
+			resp, err := srv.Client().Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, tt.status, resp.StatusCode)
+			assert.Equal(t, tt.code, resp.Header.Get("X-Authz-Code"))
+		})
+	}
+
+	resp, _ := do(t, srv, "GET", "/authz/_policy/billing/invoices/1", map[string]string{"X-Api-Key": inv, "X-Forwarded-For": "10.0.0.7", "X-Authz-Meta-Plan": "enterprise"})
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "gold", resp.Header.Get("X-Authz-Meta-Plan"), "the forwarded metadata, overwriting the client's")
+	assert.Equal(t, "key_inv", resp.Header.Get("X-Authz-Key-Id"))
+	assert.Equal(t, "x-api-key", resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "the client's own x-authz-meta-plan is overwritten, not removed")
+
+	// Shadow: allowed, no identity (the decision itself denied), the blank
+	// identity and metadata headers overwrite what a client sent, and the
+	// spoofed ones are named for removal.
+	resp, _ = do(t, srv, "GET", "/authz/_policy/orders/orders/1", map[string]string{"X-Api-Key": inv, "X-Forwarded-For": "10.0.0.7", "X-Authz-Key-Id": "spoofed"})
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Empty(t, resp.Header.Get("X-Authz-Key-Id"))
+	assert.Empty(t, resp.Header.Get("X-Authz-Code"), "no trace of the would-be denial for the client")
+	assert.Empty(t, resp.Header.Get("RateLimit"))
+	assert.Equal(t, "x-api-key, x-authz-key-id", resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"))
+}
+
+// With x-original (nginx) and x-forwarded (Traefik, Caddy) the auth path
+// is the proxy's alone and names the policy; the original URI comes from
+// the convention's header.
+func TestHTTPModeConventionsNameThePolicyInTheAuthPath(t *testing.T) {
+	for _, tt := range []struct {
+		original string
+		headers  map[string]string
+	}{
+		{"x-original", map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "/invoices/1"}},
+		{"x-forwarded", map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/invoices/1"}},
+	} {
+		t.Run(tt.original, func(t *testing.T) {
+			f, srv := servePolicies(t, tt.original)
+			inv := f.AddKey(t, &keystore.Key{ID: "key_inv", Name: "inv", Permissions: []string{"read:invoices"}})
+			h := map[string]string{"X-Api-Key": inv, "X-Forwarded-For": "10.0.0.7"}
+			for k, v := range tt.headers {
+				h[k] = v
+			}
+			resp, _ := do(t, srv, "GET", "/authz/_policy/billing", h)
+			assert.Equal(t, 200, resp.StatusCode)
+			resp, _ = do(t, srv, "GET", "/authz", h)
+			assert.Equal(t, 403, resp.StatusCode)
+			assert.Equal(t, "no_policy", resp.Header.Get("X-Authz-Code"))
+		})
+	}
+}
+
+// Without named policies, /_policy/... is a path like any other.
+func TestWithoutPoliciesTheMarkerIsAPath(t *testing.T) {
+	f, srv := httpFixture(t, "path", 1)
+	resp, _ := do(t, srv, "GET", "/authz/_policy/default/api/users", map[string]string{"X-Api-Key": f.Admin})
+	assert.Equal(t, 403, resp.StatusCode)
+	assert.Equal(t, "no_route", resp.Header.Get("X-Authz-Code"))
 }

@@ -494,6 +494,70 @@ func TestKeysUpdateThroughTheCLI(t *testing.T) {
 	})
 }
 
+func TestKeysCarryPoliciesAndMetadataThroughTheCLI(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "k.db")))
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--json", "--name", "billing", "--perm", "read",
+		"--policy", "billing", "--policy", "reports", "--meta", "plan=gold", "--meta", "note=a=b, c")
+	require.Equal(t, 0, code, errOut)
+	var k map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	id := k["id"].(string)
+	assert.Equal(t, []any{"billing", "reports"}, k["policies"])
+	assert.Equal(t, map[string]any{"plan": "gold", "note": "a=b, c"}, k["meta"], "a value keeps its '=' and ','")
+
+	out, errOut, code = cliRun(t, "keys", "show", id, "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "policies:      billing, reports")
+	assert.Contains(t, out, "meta:          note=a=b, c, plan=gold")
+
+	update := func(args ...string) map[string]any {
+		t.Helper()
+		out, errOut, code := cliRun(t, append([]string{"keys", "update", id, "--config", path, "--json"}, args...)...)
+		require.Equal(t, 0, code, errOut)
+		var k map[string]any
+		require.NoError(t, json.Unmarshal([]byte(out), &k))
+		return k
+	}
+	k = update("--meta", "plan=platinum", "--meta", "note=", "--meta", "region=eu")
+	assert.Equal(t, map[string]any{"plan": "platinum", "region": "eu"}, k["meta"], "set, delete, add; the rest stays")
+	assert.Equal(t, []any{"billing", "reports"}, k["policies"], "untouched")
+	k = update("--policy", "billing")
+	assert.Equal(t, []any{"billing"}, k["policies"])
+	k = update("--any-policy", "--no-meta", "--meta", "plan=free")
+	assert.Equal(t, []any{}, k["policies"])
+	assert.Equal(t, map[string]any{"plan": "free"}, k["meta"], "--no-meta, then the entries given")
+
+	out, errOut, code = cliRun(t, "keys", "rotate", id, "--config", path, "--json", "--grace", "0s")
+	require.Equal(t, 0, code, errOut)
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	assert.Equal(t, map[string]any{"plan": "free"}, k["meta"], "a rotated key keeps its metadata")
+
+	secret := strings.TrimSpace(strings.Split(out, `"key": "`)[1][:52])
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"a policy name with a capital", []string{"--policy", "Billing"}, 1, "policies[0]: 1 to 63 characters"},
+		{"a metadata entry without =", []string{"--meta", "plan"}, 2, "--meta wants name=value"},
+		{"an empty metadata value", []string{"--meta", "plan="}, 1, "meta.plan: values are 1 to 256 bytes"},
+		{"a metadata name with a dash", []string{"--meta", "plan-tier=x"}, 1, "meta: names are 1 to 64 characters"},
+		{"a key pasted as metadata", []string{"--meta", "note=" + secret}, 1, "meta: an entry contains an API key"},
+		{"a key pasted without =", []string{"--meta", secret}, 2, "--meta wants name=value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, errOut, code := cliRun(t, append([]string{"keys", "create", "--config", path, "--name", "x", "--perm", "read"}, tc.args...)...)
+			assert.Equal(t, tc.code, code, errOut)
+			assert.Contains(t, errOut, tc.want)
+			assert.NotContains(t, errOut, secret, "never echoes a key")
+		})
+	}
+	_, errOut, code = cliRun(t, "keys", "update", id, "--config", path, "--policy", "a", "--any-policy")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "--policy or --any-policy, not both")
+}
+
 func TestKeysListShowsAnOldRecordsInvisibleCharactersEscaped(t *testing.T) {
 	dir := t.TempDir()
 	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))

@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -39,7 +41,8 @@ type checkReport struct {
 
 // routeReport is one compiled route, as config check and explain print it.
 type routeReport struct {
-	Index       int      `json:"index"` // routes[index] of the file
+	Policy      string   `json:"policy"` // "default": the top-level routes
+	Index       int      `json:"index"`  // routes[index] of the policy
 	Path        string   `json:"path"`
 	Methods     []string `json:"methods"` // empty: every method
 	Permissions []string `json:"permissions"`
@@ -47,8 +50,8 @@ type routeReport struct {
 	RateLimit   string   `json:"rate_limit,omitempty"` // per key on this route
 }
 
-func reportRoute(i int, r *authz.Route) routeReport {
-	rr := routeReport{Index: i, Path: r.Pattern, Methods: r.Methods, Permissions: r.Permissions, Public: r.Public}
+func reportRoute(policy string, i int, r *authz.Route) routeReport {
+	rr := routeReport{Policy: policy, Index: i, Path: r.Pattern, Methods: r.Methods, Permissions: r.Permissions, Public: r.Public}
 	if rr.Methods == nil {
 		rr.Methods = []string{}
 	}
@@ -80,7 +83,7 @@ TLS. --json prints {ok, config, store, warnings, errors, routes} on standard
 output instead, with the same exit status.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			rep, policy, cfg := checkConfig(configPath(c))
+			rep, policies, cfg := checkConfig(configPath(c))
 			if asJSON {
 				if err := writeJSON(c.OutOrStdout(), rep); err != nil {
 					return err
@@ -98,7 +101,10 @@ output instead, with the same exit status.`,
 			}
 			out := c.OutOrStdout()
 			fmt.Fprintf(out, "config %s: ok\nstore: %s\n\n", rep.Config, rep.Store)
-			return policy.Routes.Print(out, cfg.Unmatched)
+			if !policies.Named() {
+				return policies.Default.Routes.Print(out, cfg.Unmatched)
+			}
+			return printPolicies(out, policies)
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
@@ -114,7 +120,7 @@ type reportedError struct{}
 func (reportedError) Error() string { return "" }
 
 // checkConfig loads and checks the config at path ("" = built-in defaults).
-func checkConfig(path string) (checkReport, *authz.Policy, *config.Config) {
+func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 	rep := checkReport{Config: path, Warnings: []string{}, Errors: []string{}, Routes: []routeReport{}}
 	if path == "" {
 		rep.Config = "(built-in defaults)"
@@ -125,26 +131,36 @@ func checkConfig(path string) (checkReport, *authz.Policy, *config.Config) {
 		return rep, nil, nil
 	}
 	rep.Store = describeStore(cfg)
-	policy, err := newPolicy(cfg)
+	policies, err := newPolicies(cfg)
 	if err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 		return rep, nil, cfg
 	}
-	for i, r := range policy.Routes.List() {
-		rep.Routes = append(rep.Routes, reportRoute(i, r))
+	for _, p := range policies.Policies() {
+		for i, r := range p.Routes.List() {
+			rep.Routes = append(rep.Routes, reportRoute(p.Name, i, r))
+		}
 	}
 	// A missing pepper fails the check as it would fail serve; in a declared
 	// development setup it is a warning.
 	if err := requirePepper(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) }); err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 	}
-	rep.Warnings = append(rep.Warnings, policy.Routes.Warnings()...)
+	for _, p := range policies.Policies() {
+		where := ""
+		if policies.Named() {
+			where = "policy " + p.Name + ": "
+		}
+		for _, w := range p.Routes.Warnings() {
+			rep.Warnings = append(rep.Warnings, where+w)
+		}
+	}
 	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
 			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
 	}
 	rep.OK = len(rep.Errors) == 0
-	return rep, policy, cfg
+	return rep, policies, cfg
 }
 
 // loopbackAddr reports whether a listen address accepts connections from
@@ -212,4 +228,57 @@ func printList(w io.Writer, items []string) {
 	for _, s := range items {
 		fmt.Fprintln(w, "  "+s)
 	}
+}
+
+// printPolicies writes each policy: what selects it, its mode and forwarded
+// metadata, then its route table.
+func printPolicies(w io.Writer, set *authz.PolicySet) error {
+	fmt.Fprintf(w, "Policies are selected by Envoy's context_extensions, then the destination principal, then the host;\n")
+	if set.DenyUnselected {
+		fmt.Fprintf(w, "a request none selects is 403 no_policy (unselected: deny). HTTP mode: the auth path names the policy.\n")
+	} else {
+		fmt.Fprintf(w, "a request none selects gets policy default. HTTP mode: the auth path names the policy.\n")
+	}
+	for _, p := range set.Policies() {
+		fmt.Fprintf(w, "\n== policy %s", p.Name)
+		var sel []string
+		if len(p.Match.Context) > 0 {
+			var kv []string
+			for _, k := range slices.Sorted(maps.Keys(p.Match.Context)) {
+				kv = append(kv, k+"="+p.Match.Context[k])
+			}
+			sel = append(sel, "context "+strings.Join(kv, ","))
+		}
+		if len(p.Match.Principals) > 0 {
+			sel = append(sel, "principals "+strings.Join(p.Match.Principals, " "))
+		}
+		if len(p.Match.Hosts) > 0 {
+			sel = append(sel, "hosts "+strings.Join(p.Match.Hosts, " "))
+		}
+		switch {
+		case p == set.Default:
+			fmt.Fprintf(w, " (the top-level settings)")
+		case len(sel) == 0:
+			fmt.Fprintf(w, " (selected only by an HTTP-mode auth path)")
+		default:
+			fmt.Fprintf(w, ": %s", strings.Join(sel, "; "))
+		}
+		mode := "enforce"
+		if p.Shadow {
+			mode = "shadow (decisions are audited and counted, every request is allowed)"
+		}
+		fmt.Fprintf(w, "\nmode: %s", mode)
+		if len(p.ForwardMeta) > 0 {
+			fmt.Fprintf(w, "; forwards metadata %s", strings.Join(p.ForwardMeta, ", "))
+		}
+		fmt.Fprintf(w, "\n\n")
+		unmatched := "deny"
+		if p.Authenticate {
+			unmatched = "authenticate"
+		}
+		if err := p.Routes.Print(w, unmatched); err != nil {
+			return err
+		}
+	}
+	return nil
 }

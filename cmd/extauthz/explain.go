@@ -3,13 +3,13 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/extauthz/extauthz/authz"
-	"github.com/extauthz/extauthz/config"
 )
 
 // explanation is what config explain reports for one request; --json
@@ -19,7 +19,9 @@ type explanation struct {
 	PolicyReason string            `json:"policy_reason"`
 	Method       string            `json:"method"`
 	Path         string            `json:"path"` // the normalised path ("" when step 1 refused it)
+	Mode         string            `json:"mode"` // enforce, or shadow: decided and recorded, but allowed
 	Host         string            `json:"host,omitempty"`
+	Principal    string            `json:"principal,omitempty"`
 	Context      map[string]string `json:"context,omitempty"`
 	Route        *routeReport      `json:"route"` // null: no route matched
 	// Outcome is what the request gets before any key is looked at:
@@ -45,9 +47,9 @@ type limitNote struct {
 // permissions and limits apply to a method, path and host.
 func newConfigExplainCmd() *cobra.Command {
 	var (
-		method, path, host string
-		context            listFlag
-		asJSON             bool
+		method, path, host, principal string
+		context                       listFlag
+		asJSON                        bool
 	)
 	c := &cobra.Command{
 		Use:   "explain --method M --path P [--host H] [--context k=v...] [--json]",
@@ -58,7 +60,8 @@ the permissions a key needs there and the rate limits that count, or the answer
 it gets whatever the key (public, 403 no_route).
 
 --context k=v are Envoy's context_extensions, as a route of Envoy's config would
-set them; --host is the request's host.`,
+set them; --principal is the destination principal Envoy reports; --host is the
+request's host. They select the policy as they would for a real request.`,
 		Example: `  extauthz config explain --config extauthz.yaml --method DELETE --path /api/users/7
   extauthz config explain --method GET --path '/api/../admin' --json`,
 		Args: noArgs,
@@ -78,11 +81,11 @@ set them; --host is the request's host.`,
 			if err != nil {
 				return err
 			}
-			policies, err := compilePolicies(cfg)
+			policies, err := newPolicies(cfg)
 			if err != nil {
 				return err
 			}
-			ex := explain(policies, cfg, method, path, host, ctx)
+			ex := explain(policies, method, path, host, principal, ctx)
 			if asJSON {
 				return writeJSON(c.OutOrStdout(), ex)
 			}
@@ -94,79 +97,79 @@ set them; --host is the request's host.`,
 	fs.StringVar(&method, "method", "", "the request's method, e.g. GET (required)")
 	fs.StringVar(&path, "path", "", "the request's path as the client sent it, query included (required)")
 	fs.StringVar(&host, "host", "", "the request's host")
+	fs.StringVar(&principal, "principal", "", "the destination principal Envoy reports (Istio: the workload's SPIFFE id)")
 	fs.Var(&context, "context", "an Envoy context_extensions entry, key=value (repeatable)")
 	fs.BoolVar(&asJSON, "json", false, "print the explanation as JSON")
 	return c
 }
 
-// compiledPolicies are the config's policies, compiled, for explain to
-// choose from.
-type compiledPolicies struct {
-	def *authz.Policy
-}
-
-// compilePolicies compiles the config's policies.
-func compilePolicies(cfg *config.Config) (*compiledPolicies, error) {
-	p, err := newPolicy(cfg)
-	if err != nil {
-		return nil, err
+// explain runs the steps of the decision that need no key (select the
+// policy, normalise, route) on the request, as Decide would, and says what
+// a key would then need.
+func explain(set *authz.PolicySet, method, path, host, principal string, ctx map[string]string) explanation {
+	req := authz.Request{Method: method, Path: path, Host: host, Headers: authz.HeaderMap{}, XFFTrustedHops: -1,
+		DestinationPrincipal: principal}
+	for _, k := range slices.Sorted(maps.Keys(ctx)) {
+		req.ContextExtensions = append(req.ContextExtensions, authz.Header{Key: k, Value: ctx[k]})
 	}
-	return &compiledPolicies{def: p}, nil
-}
-
-// selectPolicy is the policy a request is decided under, and why. A config
-// has one policy, the default; choosing among named ones (by Envoy's
-// context_extensions, the destination, the host) slots in here.
-func (ps *compiledPolicies) selectPolicy(_ *authz.Request, _ map[string]string) (name, why string, p *authz.Policy) {
-	return "default", "the config has one policy", ps.def
-}
-
-// explain runs steps 1 and 2 of the decision on the request, under the
-// policy it selects.
-func explain(ps *compiledPolicies, cfg *config.Config, method, path, host string, ctx map[string]string) explanation {
-	req := authz.Request{Method: method, Path: path, Host: host, Headers: authz.HeaderMap{}, XFFTrustedHops: -1}
-	name, why, p := ps.selectPolicy(&req, ctx)
-	ex := explanation{Policy: name, PolicyReason: why, Method: method, Host: host, Permissions: []string{}, RateLimits: []limitNote{}}
+	e := set.Explain(&req)
+	ex := explanation{Method: method, Host: host, Principal: principal, Permissions: []string{}, RateLimits: []limitNote{}}
 	if len(ctx) > 0 {
 		ex.Context = ctx
 	}
-	var d authz.Decision
-	ok := p.Match(&req, &d)
-	ex.Path = d.Path
-	if d.Method != "" {
-		ex.Method = d.Method
+	if e.Policy != nil {
+		ex.Policy = e.Policy.Name
+		ex.PolicyReason = "selected by " + e.SelectedBy.String()
+		if !set.Named() {
+			ex.PolicyReason = "the config has one policy"
+		}
+	} else {
+		ex.PolicyReason = "no policy selects the request"
 	}
-	if d.Route != nil {
-		i := slices.Index(p.Routes.List(), d.Route)
-		rr := reportRoute(i, d.Route)
+	if e.Shadow {
+		ex.Mode = "shadow"
+	} else {
+		ex.Mode = "enforce"
+	}
+	ex.Path = e.Path
+	if e.Method != "" {
+		ex.Method = e.Method
+	}
+	if e.Route != nil {
+		i := slices.Index(e.Policy.Routes.List(), e.Route)
+		rr := reportRoute(e.Policy.Name, i, e.Route)
 		ex.Route = &rr
 	}
 	switch {
-	case !ok:
-		ex.Outcome, ex.Status, ex.Code, ex.Message = "deny", d.Code.HTTPStatus(), d.Code, d.Message
-		if d.Code == authz.CodeNoRoute && d.Message == "no route allows this request" {
+	case e.Code != "":
+		ex.Outcome, ex.Status, ex.Code, ex.Message = "deny", e.Code.HTTPStatus(), e.Code, e.Message
+		if e.Code == authz.CodeNoRoute && e.Message == "no route allows this request" {
 			ex.Message += " (unmatched: deny)"
 		}
 		return ex
-	case d.Route != nil && d.Route.Public:
+	case e.Route != nil && e.Route.Public:
 		ex.Outcome, ex.Status, ex.Message = "allow", 200, "public route: allowed without a key lookup; any credential sent is still stripped"
 		return ex
 	}
+	p := e.Policy
 	ex.Outcome, ex.Status = "key", 0
 	ex.Message = "a valid key with the permissions below, within the rate limits below, is allowed; the key steps decide (401, 403, 429)"
-	if d.Route == nil {
+	if e.Route == nil {
 		ex.Message = "no route matches; unmatched: authenticate lets any valid key through, within its rate limit"
 	} else {
-		ex.Permissions = append(ex.Permissions, d.Route.Permissions...)
+		ex.Permissions = append(ex.Permissions, e.Route.Permissions...)
+	}
+	if set.Named() {
+		ex.Message += "; the key must be valid under policy " + p.Name + " (its policies empty or naming it)"
 	}
 	def := "none"
 	if !p.DefaultRate.IsZero() {
 		def = p.DefaultRate.String()
 	}
 	ex.RateLimits = append(ex.RateLimits, limitNote{Name: "key", Rate: def,
-		Note: "the key's own rate_limit if it has one, else rate_limit.default; counted over all the key's requests"})
-	if d.Route != nil && !d.Route.RateLimit.IsZero() {
-		ex.RateLimits = append(ex.RateLimits, limitNote{Name: d.Route.Pattern, Rate: d.Route.RateLimit.String(),
+		Note: "the key's own rate_limit if it has one, else the policy's default; counted over all the key's requests"})
+	if e.Route != nil && !e.Route.RateLimit.IsZero() {
+		ex.RateLimits = append(ex.RateLimits, limitNote{Name: e.Route.Pattern, Rate: e.Route.RateLimit.String(),
 			Note: "per key, on this route only"})
 	}
 	return ex
@@ -174,7 +177,11 @@ func explain(ps *compiledPolicies, cfg *config.Config, method, path, host string
 
 // printExplanation writes ex for a person.
 func printExplanation(w io.Writer, ex explanation) {
-	fmt.Fprintf(w, "policy:  %s (%s)\n", ex.Policy, ex.PolicyReason)
+	policy := ex.Policy
+	if policy == "" {
+		policy = "(none)"
+	}
+	fmt.Fprintf(w, "policy:  %s (%s), mode %s\n", policy, ex.PolicyReason, ex.Mode)
 	req := ex.Method + " " + ex.Path
 	if ex.Path == "" {
 		req = ex.Method + " (refused before it could be normalised)"
@@ -189,7 +196,11 @@ func printExplanation(w io.Writer, ex explanation) {
 		if len(r.Methods) > 0 {
 			methods = strings.Join(r.Methods, ",")
 		}
-		fmt.Fprintf(w, "route:   #%d %s (%s), routes[%d] of the file\n", r.Index+1, r.Path, methods, r.Index)
+		where := "the file's top-level routes"
+		if r.Policy != "default" {
+			where = "policy " + r.Policy + "'s routes"
+		}
+		fmt.Fprintf(w, "route:   #%d %s (%s), routes[%d] of %s\n", r.Index+1, r.Path, methods, r.Index, where)
 	default:
 		fmt.Fprintln(w, "route:   (none)")
 	}

@@ -458,7 +458,7 @@ func operatorMetrics(t *testing.T, rig *faultRig) map[string]float64 {
 	t.Helper()
 	m := map[string]float64{}
 	for _, name := range []string{
-		`extauthz_decisions_total{code="unavailable"}`, "extauthz_store_errors_total", "extauthz_cache_stale_total",
+		`extauthz_decisions_total{code="unavailable",mode="enforce"}`, "extauthz_store_errors_total", "extauthz_cache_stale_total",
 		"extauthz_ratelimit_fallback_total", "extauthz_ratelimit_store_errors_total",
 	} {
 		m[name] = rig.metric(t, name)

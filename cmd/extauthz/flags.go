@@ -50,7 +50,7 @@ func requireFlags(c *cobra.Command, names ...string) error {
 // key manager reports by field ("permissions[0]: ..." is --perm's).
 var flagOfField = map[string]string{
 	"name": "--name", "owner": "--owner", "permissions": "--perm", "rate_limit": "--rate",
-	"ip_allowlist": "--ip", "expires_at": "--ttl/--expires-at",
+	"ip_allowlist": "--ip", "expires_at": "--ttl/--expires-at", "policies": "--policy", "meta": "--meta",
 }
 
 // flagError turns the key manager's complaint about a field given on the

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -122,6 +124,40 @@ func describe(err error, m *keystore.Manager) error {
 	return err
 }
 
+// metaFlag collects --meta name=value flags: each sets one metadata entry
+// (update: an empty value deletes it). Values may hold commas and "=", so
+// nothing is split but the first "=". A flag without "=" is counted, not
+// refused at once: the flag package would quote the value in its error,
+// and a pasted key is the likeliest such value (see check).
+type metaFlag struct {
+	entries   map[string]string
+	malformed int
+}
+
+func (m *metaFlag) String() string { return "" }
+func (m *metaFlag) Type() string   { return "name=value" }
+
+func (m *metaFlag) Set(v string) error {
+	name, value, ok := strings.Cut(v, "=")
+	if !ok {
+		m.malformed++
+		return nil
+	}
+	if m.entries == nil {
+		m.entries = map[string]string{}
+	}
+	m.entries[strings.TrimSpace(name)] = value
+	return nil
+}
+
+// check reports a --meta flag without "=", never quoting it.
+func (m *metaFlag) check(c *cobra.Command) error {
+	if m.malformed > 0 {
+		return usageErrorf(c, "--meta wants name=value, e.g. --meta plan=gold")
+	}
+	return nil
+}
+
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -149,6 +185,18 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 		ips = strings.Join(parts, ", ")
 	}
 	row("ip allowlist", ips)
+	policies := "(all)"
+	if len(k.Policies) > 0 {
+		policies = strings.Join(k.Policies, ", ")
+	}
+	row("policies", policies)
+	if len(k.Meta) > 0 {
+		var entries []string
+		for _, name := range slices.Sorted(maps.Keys(k.Meta)) {
+			entries = append(entries, shown(name)+"="+shown(k.Meta[name]))
+		}
+		row("meta", strings.Join(entries, ", "))
+	}
 	row("status", k.StatusAt(now).String())
 	row("created", k.CreatedAt.Format(time.RFC3339))
 	row("expires", fmtTime(k.ExpiresAt, "never"))

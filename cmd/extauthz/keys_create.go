@@ -21,6 +21,8 @@ func newCreateCmd() *cobra.Command {
 		perms       listFlag
 		rate        rateFlag
 		ips         cidrFlag
+		policies    listFlag
+		meta        metaFlag
 	)
 	c := &cobra.Command{
 		Use:   "create --name N --perm P [--perm P...] [flags]",
@@ -38,7 +40,11 @@ names), or the key would never match.`,
 			if ttl < 0 {
 				return usageErrorf(c, "--ttl must be positive")
 			}
-			spec := keystore.Spec{Name: name, Owner: owner, Permissions: perms, RateLimit: rate.rate, IPAllowlist: ips.prefixes}
+			if err := meta.check(c); err != nil {
+				return err
+			}
+			spec := keystore.Spec{Name: name, Owner: owner, Permissions: perms, RateLimit: rate.rate, IPAllowlist: ips.prefixes,
+				Policies: policies, Meta: meta.entries}
 			if ttl > 0 {
 				exp := time.Now().UTC().Add(ttl)
 				spec.ExpiresAt = &exp
@@ -59,6 +65,8 @@ names), or the key would never match.`,
 	fs.Var(&rate, "rate", "rate limit, e.g. 100/m, or none (default: rate_limit.default of the config)")
 	fs.DurationVar(&ttl, "ttl", 0, "expire after this long, e.g. 24h (default: never)")
 	fs.Var(&ips, "ip", "allowed client CIDR or address (repeatable; default: any)")
+	fs.Var(&policies, "policy", "a policy the key is valid under (repeatable; default: every policy)")
+	fs.Var(&meta, "meta", "a metadata entry name=value (repeatable)")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object: the key record and \"key\"")
 	return c
 }

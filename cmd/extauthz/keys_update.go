@@ -20,12 +20,14 @@ func newUpdateCmd() *cobra.Command {
 		ttl                     time.Duration
 		expiresAt               timeFlag
 		noExpiry, anyIP, asJSON bool
-		perms                   listFlag
+		anyPolicy, noMeta       bool
+		perms, policies         listFlag
+		meta                    metaFlag
 		rate                    = rateFlag{allowDefault: true}
 		ips                     cidrFlag
 	)
 	c := &cobra.Command{
-		Use:   "update ID [--name N] [--perm P...] [--rate R|default] [--ip CIDR...|--any-ip] [--ttl D|--expires-at T|--no-expiry] [--json]",
+		Use:   "update ID [--name N] [--perm P...] [--rate R|default] [--ip CIDR...|--any-ip] [--ttl D|--expires-at T|--no-expiry] [--policy NAME...|--any-policy] [--no-meta] [--meta K=V...] [--json]",
 		Short: "Change a key's metadata (never a revoked or rotated-away key)",
 		Long: `Change only what the flags name. Bringing an expired key back counts against
 keys.max_per_owner; a revoked or rotated-away key never changes again.`,
@@ -73,8 +75,24 @@ keys.max_per_owner; a revoked or rotated-away key never changes again.`,
 			case noExpiry:
 				p.ExpiresAt = &exp
 			}
-			if p == (keystore.Patch{}) {
-				return usageErrorf(c, "nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at or --no-expiry")
+			switch {
+			case set("policy") && anyPolicy:
+				return usageErrorf(c, "give --policy or --any-policy, not both")
+			case set("policy"):
+				p.Policies = (*[]string)(&policies)
+			case anyPolicy:
+				p.Policies = &[]string{}
+			}
+			if err := meta.check(c); err != nil {
+				return err
+			}
+			if noMeta {
+				p.Meta = &map[string]string{}
+			}
+			p.MetaChanges = meta.entries
+			if p.Name == nil && p.Permissions == nil && p.RateLimit == nil && p.IPAllowlist == nil && p.ExpiresAt == nil &&
+				p.Policies == nil && p.Meta == nil && p.MetaChanges == nil {
+				return usageErrorf(c, "nothing to change: give --name, --perm, --rate, --ip, --any-ip, --ttl, --expires-at, --no-expiry, --policy, --any-policy, --meta or --no-meta")
 			}
 			return withManager(c, keysAction{writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				k, err := m.Update(ctx, id, p, nil, "cli")
@@ -98,6 +116,10 @@ keys.max_per_owner; a revoked or rotated-away key never changes again.`,
 	fs.DurationVar(&ttl, "ttl", 0, "expire this long from now, e.g. 24h")
 	fs.Var(&expiresAt, "expires-at", "expire at this RFC 3339 time")
 	fs.BoolVar(&noExpiry, "no-expiry", false, "never expire")
+	fs.Var(&policies, "policy", "the policies the key is valid under (repeatable; replaces them all)")
+	fs.BoolVar(&anyPolicy, "any-policy", false, "make the key valid under every policy (clear its policies)")
+	fs.Var(&meta, "meta", "set a metadata entry name=value, or delete it with name= (repeatable; the others stay)")
+	fs.BoolVar(&noMeta, "no-meta", false, "remove all metadata (then --meta sets entries afresh)")
 	fs.BoolVar(&asJSON, "json", false, "print the changed key record as JSON")
 	return c
 }

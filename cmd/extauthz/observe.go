@@ -31,10 +31,10 @@ const nearLimitShare = 0.10
 //
 // The decision counters are by policy, route and code. Their children are
 // found without building a label string per check: the route table in
-// force is mapped once (setPolicy) to a labels entry per route, whose
+// force is mapped once (setPolicies) to a labels entry per route, whose
 // counters are made on first use and kept.
 type observer struct {
-	decisions *prometheus.CounterVec // policy, route, code
+	decisions *prometheus.CounterVec // policy, route, code, mode
 	nearLimit *prometheus.CounterVec // policy, route
 	latency   prometheus.Histogram
 	audit     *audit.Logger
@@ -53,25 +53,27 @@ type routeTable struct {
 // labels holds the counters of one policy and route label.
 type labels struct {
 	policy, route string
-	byCode        []atomic.Pointer[prometheus.Counter]
-	near          atomic.Pointer[prometheus.Counter]
+	byCode        [2][]atomic.Pointer[prometheus.Counter] // [0] enforce, [1] shadow; by code index
+
+	near atomic.Pointer[prometheus.Counter]
 }
 
-// defaultPolicy is the policy label of every decision of a config without
-// named policies.
-const defaultPolicy = "default"
-
-// policyOf is the name of the policy d was decided under: with one policy,
-// always the default. (Named policies give the decision its policy's name;
-// this is the one place the metrics and the trace read it from.)
-func policyOf(*authz.Decision) string { return defaultPolicy }
+// policyOf is the policy label of d: the name of the policy it was decided
+// under, or "(none)" when no policy was selected (403 no_policy, or a 400
+// before selection). It is the one place the metrics and the trace read it.
+func policyOf(d *authz.Decision) string {
+	if name := d.PolicyName(); name != "" {
+		return name
+	}
+	return routeNone
+}
 
 func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
 	o := &observer{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "extauthz_decisions_total",
-			Help: "Decisions by policy, route (the configured pattern, (unmatched) or (none) before routing) and outcome (allow, or the deny code).",
-		}, []string{"policy", "route", "code"}),
+			Help: "Decisions by policy, route (the configured pattern, (unmatched) or (none) before routing), outcome (allow, or the deny code) and mode: enforce, or shadow, where the outcome is what it would have been and the request was allowed.",
+		}, []string{"policy", "route", "code", "mode"}),
 		nearLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "extauthz_ratelimit_near_limit_total",
 			Help: "Allowed checks that left their tightest rate limit with at most 10% of its requests, by policy and route.",
@@ -91,27 +93,32 @@ func newObserver(reg *prometheus.Registry, auditLog *audit.Logger) *observer {
 	return o
 }
 
-// setPolicy maps the routes of p, the policy in force from now on, to
-// their counters. Checks still deciding under the policy before find their
-// routes by label instead (labelsOf).
-func (o *observer) setPolicy(p *authz.Policy) {
-	o.table.Store(o.newTable(p))
+// setPolicies maps the routes of every policy of set, in force from now
+// on, to their counters. Checks still deciding under the policies before
+// find their routes by label instead (labelsOf).
+func (o *observer) setPolicies(set *authz.PolicySet) {
+	o.table.Store(o.newTable(set))
 }
 
-func (o *observer) newTable(p *authz.Policy) *routeTable {
-	t := &routeTable{byRoute: map[*authz.Route]*labels{},
-		unmatched: map[string]*labels{defaultPolicy: o.newLabels(defaultPolicy, routeUnmatched)},
-		none:      map[string]*labels{defaultPolicy: o.newLabels(defaultPolicy, routeNone)}}
-	if p != nil {
+func (o *observer) newTable(set *authz.PolicySet) *routeTable {
+	t := &routeTable{byRoute: map[*authz.Route]*labels{}, unmatched: map[string]*labels{}, none: map[string]*labels{}}
+	t.none[routeNone] = o.newLabels(routeNone, routeNone)
+	if set == nil {
+		return t
+	}
+	for _, p := range set.Policies() {
+		t.unmatched[p.Name] = o.newLabels(p.Name, routeUnmatched)
+		t.none[p.Name] = o.newLabels(p.Name, routeNone)
 		for _, r := range p.Routes.List() {
-			t.byRoute[r] = o.newLabels(defaultPolicy, r.Pattern)
+			t.byRoute[r] = o.newLabels(p.Name, r.Pattern)
 		}
 	}
 	return t
 }
 
 func (o *observer) newLabels(policy, route string) *labels {
-	return &labels{policy: policy, route: route, byCode: make([]atomic.Pointer[prometheus.Counter], len(o.codes))}
+	return &labels{policy: policy, route: route, byCode: [2][]atomic.Pointer[prometheus.Counter]{
+		make([]atomic.Pointer[prometheus.Counter], len(o.codes)), make([]atomic.Pointer[prometheus.Counter], len(o.codes))}}
 }
 
 // labelsOf is the labels entry of d's policy and route.
@@ -163,7 +170,11 @@ func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.D
 		if d.Code == "" {
 			code = "allow"
 		}
-		counter(&l.byCode[i], o.decisions, l.policy, l.route, code).Inc()
+		mode := 0
+		if d.Shadow {
+			mode = 1
+		}
+		counter(&l.byCode[mode][i], o.decisions, l.policy, l.route, code, d.Mode().String()).Inc()
 	}
 	if d.Allowed() && d.HasRateLimit && nearLimit(d) {
 		counter(&l.near, o.nearLimit, l.policy, l.route).Inc()
@@ -181,12 +192,15 @@ func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.D
 		Status:    d.Code.HTTPStatus(),
 		Code:      string(d.Code),
 		LatencyUS: latency.Microseconds(),
+		Policy:    d.PolicyName(),
+		Route:     d.RoutePattern(),
+		Mode:      d.Mode().String(),
 	}
-	if !d.Allowed() {
+	if d.Code != "" { // in shadow mode too: what the decision was, not what was done
 		ev.Decision = audit.Deny
 	}
 	if d.Route != nil {
-		ev.Route, ev.Permissions = d.Route.Pattern, d.Route.Permissions
+		ev.Permissions = d.Route.Permissions
 	}
 	if d.Key != nil {
 		ev.KeyID, ev.KeyName, ev.Owner = d.Key.ID, d.Key.Name, d.Key.Owner

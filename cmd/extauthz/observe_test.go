@@ -56,7 +56,7 @@ func (s *pinSink) Write(_ context.Context, events []audit.Event) error {
 func TestAQueuedAuditEventPinsNoPartOfTheReceivedMessage(t *testing.T) {
 	cfg, err := config.Parse([]byte("routes: [{path: /api/users, permissions: [read:users]}]\nrate_limit: {default: none}\n"))
 	require.NoError(t, err)
-	policy, err := newPolicy(cfg)
+	policy, err := newPolicies(cfg)
 	require.NoError(t, err)
 	hasher := keystore.NewHasher(nil)
 	key := "legacy-key-for-audit-test-0001"
@@ -120,13 +120,15 @@ func (f lookupFunc) Cached(keystore.Hash) (*keystore.Key, keystore.CacheState, e
 func BenchmarkObserve(b *testing.B) {
 	cfg, err := config.Parse([]byte(testRoutes))
 	require.NoError(b, err)
-	policy, err := newPolicy(cfg)
+	policies, err := newPolicies(cfg)
 	require.NoError(b, err)
 	obs := newObserver(prometheus.NewRegistry(), nil)
-	obs.setPolicy(policy)
+	obs.setPolicies(policies)
 	req := authz.Request{Method: "GET", Path: "/api/users", Headers: authz.HeaderMap{}, XFFTrustedHops: -1}
-	var d authz.Decision
-	require.True(b, policy.Match(&req, &d))
+	d := authz.Decision{Policy: policies.Default}
+	e := policies.Explain(&req)
+	require.Empty(b, e.Code)
+	d.Method, d.Path, d.Route = e.Method, e.Path, e.Route
 	b.ReportAllocs()
 	for b.Loop() {
 		obs.Observe(&req, &d, time.Millisecond)

@@ -50,9 +50,9 @@ func TestMetricsCountDecisions(t *testing.T) {
 	status, body, _ := get(t, ts.httpURL+"/metrics", nil)
 	require.Equal(t, 200, status)
 	for _, want := range []string{
-		`extauthz_decisions_total{code="allow",policy="default",route="/api/users"} 3`,
-		`extauthz_decisions_total{code="missing_key",policy="default",route="/api/users"} 1`,
-		`extauthz_decisions_total{code="invalid_key",policy="default",route="/api/users"} 1`,
+		`extauthz_decisions_total{code="allow",mode="enforce",policy="default",route="/api/users"} 3`,
+		`extauthz_decisions_total{code="missing_key",mode="enforce",policy="default",route="/api/users"} 1`,
+		`extauthz_decisions_total{code="invalid_key",mode="enforce",policy="default",route="/api/users"} 1`,
 		`extauthz_check_duration_seconds_count 5`,
 		`extauthz_cache_hits_total 2`,
 		`extauthz_cache_misses_total 1`,

@@ -53,17 +53,19 @@ func fileStamp(path string) stamp {
 	return stamp{fi.ModTime(), fi.Size()}
 }
 
-// reload swaps in the routes, sources, limits and HTTP mode of the file
-// atomically; checks in flight finish on the old policy. A file that does
+// reload swaps in the policies (routes, sources, limits, selectors, modes)
+// and HTTP mode of the file atomically: every policy in one pointer, so a
+// check decides wholly under the old set or wholly under the new, and
+// checks in flight finish on the old one. A file that does
 // not load keeps the old config, and says why. Settings that need a restart
 // (listeners, store, cache size, hashing) are reported, not applied.
 func (s *server) reload(why string) {
 	cfg, err := config.Load(s.cfgPath)
 	if err == nil {
-		var policy *authz.Policy
-		if policy, err = newPolicy(cfg); err == nil {
-			s.obs.setPolicy(policy)
-			s.authz.SetPolicy(policy)
+		var policies *authz.PolicySet
+		if policies, err = newPolicies(cfg); err == nil {
+			s.obs.setPolicies(policies)
+			s.authz.SetPolicies(policies)
 			s.httpMode.SetMode(httpMode(cfg))
 		}
 	}
@@ -79,5 +81,5 @@ func (s *server) reload(why string) {
 		cfg.Audit != s.cfg.Audit || cfg.RateLimit.OnStoreError != s.cfg.RateLimit.OnStoreError {
 		s.logger.Warn("config reloaded, but listen, store, hashing, cache, audit and on_store_error changes need a restart", "trigger", why)
 	}
-	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes))
+	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes), "policies", len(cfg.Policies)+1)
 }

@@ -146,7 +146,7 @@ type server struct {
 // newServer builds a server from cfg without listening yet; audit events
 // with the stdout sink go to auditOut.
 func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*server, error) {
-	policy, err := newPolicy(cfg)
+	policies, err := newPolicies(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +175,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		be.Close()
 		return nil, err
 	}
-	s.authz = authz.NewAuthorizer(policy, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
+	s.authz = authz.NewAuthorizer(policies, s.cache, keystore.NewHasher(cfg.Hashing.Pepper), s.limiter, nil)
 	if be.redis != nil {
 		s.authz.SetStoreTime(time.Duration(cfg.Store.Redis.Timeout))
 	}
@@ -183,7 +183,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	s.audit = newAuditLogger(cfg, be, auditOut, logger)
 	s.metrics = prometheus.NewRegistry()
 	s.obs = newObserver(s.metrics, s.audit)
-	s.obs.setPolicy(policy)
+	s.obs.setPolicies(policies)
 	registerStats(s.metrics, s.cache, s.limiter, s.audit)
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_config_reloads_total", Help: "Config reloads by result."}, []string{"result"})
 	s.lastLoad = prometheus.NewGauge(prometheus.GaugeOpts{Name: "extauthz_config_last_reload_success_timestamp_seconds",

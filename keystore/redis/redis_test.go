@@ -305,6 +305,42 @@ func TestRateLimitsStoredByEarlierVersionsLoad(t *testing.T) {
 	}
 }
 
+// A record written before keys had policies and metadata (its JSON has
+// neither field) loads as a key valid under every policy with no metadata,
+// and a change writes both fields.
+func TestRecordsFromBeforePoliciesLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+	k, h, _ := create(t, s, "alice")
+	record := s.keys.record(h.String())
+	current, err := raw.Get(ctx, record).Result()
+	require.NoError(t, err)
+	require.Contains(t, current, `"policies":[],"meta":{},`)
+	old := strings.Replace(current, `"policies":[],"meta":{},`, "", 1)
+	require.NoError(t, raw.Set(ctx, record, old, 0).Err())
+
+	for _, read := range []func() (*keystore.Key, error){
+		func() (*keystore.Key, error) { return s.Get(ctx, k.ID) },
+		func() (*keystore.Key, error) { return s.Lookup(ctx, h) },
+	} {
+		got, err := read()
+		require.NoError(t, err)
+		assert.Empty(t, got.Policies)
+		assert.Empty(t, got.Meta)
+		assert.True(t, got.ValidUnder("billing"))
+	}
+	_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error {
+		k.Policies, k.Meta = []string{"billing"}, map[string]string{"plan": "gold"}
+		return nil
+	})
+	require.NoError(t, err)
+	after, err := raw.Get(ctx, record).Result()
+	require.NoError(t, err)
+	assert.Contains(t, after, `"policies":["billing"],"meta":{"plan":"gold"}`)
+}
+
 func TestRedisDownIsUnavailableFast(t *testing.T) {
 	srv := redistest.Start(t)
 	s := newStore(t, srv, testPrefix)

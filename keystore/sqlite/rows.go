@@ -21,6 +21,7 @@ type row struct {
 	createdAt                                            int64
 	expiresAt, lastUsedAt, revokedAt                     sql.NullInt64
 	rotatedFrom, rotatedTo                               string
+	policies, meta                                       string // JSON
 }
 
 func encode(k *keystore.Key) (row, error) {
@@ -64,6 +65,17 @@ func encode(k *keystore.Key) (row, error) {
 		return r, fmt.Errorf("ip_allowlist: %w", err)
 	}
 	r.permissions, r.ipAllowlist = string(p), string(ips)
+	// Unlike the lists above, no policies and no metadata have one form
+	// each ([] and {}): a key has no other way to say "every policy".
+	pol, err := json.Marshal(k.Policies)
+	if err != nil || k.Policies == nil {
+		pol = []byte("[]")
+	}
+	meta, err := json.Marshal(k.Meta)
+	if err != nil || k.Meta == nil {
+		meta = []byte("{}")
+	}
+	r.policies, r.meta = string(pol), string(meta)
 	return r, nil
 }
 
@@ -71,18 +83,18 @@ func encode(k *keystore.Key) (row, error) {
 
 func insert(ctx context.Context, tx *sql.Tx, r row, h keystore.Hash) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`, hash, listed)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.id, r.name, r.owner, r.permissions, r.rateLimit, r.ipAllowlist,
-		r.createdAt, r.expiresAt, r.lastUsedAt, r.revokedAt, r.rotatedFrom, r.rotatedTo, h[:], !r.revokedAt.Valid)
+		r.createdAt, r.expiresAt, r.lastUsedAt, r.revokedAt, r.rotatedFrom, r.rotatedTo, r.policies, r.meta, h[:], !r.revokedAt.Valid)
 	return dbErr(err)
 }
 
 func update(ctx context.Context, tx *sql.Tx, r row) error {
 	_, err := tx.ExecContext(ctx, `UPDATE keys SET name = ?, permissions = ?, rate_limit = ?,
 		ip_allowlist = ?, expires_at = ?, last_used_at = ?, revoked_at = ?, rotated_from = ?, rotated_to = ?,
-		listed = ? WHERE id = ?`,
+		policies = ?, meta = ?, listed = ? WHERE id = ?`,
 		r.name, r.permissions, r.rateLimit, r.ipAllowlist, r.expiresAt, r.lastUsedAt, r.revokedAt,
-		r.rotatedFrom, r.rotatedTo, !r.revokedAt.Valid, r.id)
+		r.rotatedFrom, r.rotatedTo, r.policies, r.meta, !r.revokedAt.Valid, r.id)
 	return dbErr(err)
 }
 
@@ -91,7 +103,7 @@ func update(ctx context.Context, tx *sql.Tx, r row) error {
 func scanKey(sc interface{ Scan(...any) error }, extra ...any) (*keystore.Key, error) {
 	var r row
 	dst := append([]any{&r.id, &r.name, &r.owner, &r.permissions, &r.rateLimit, &r.ipAllowlist,
-		&r.createdAt, &r.expiresAt, &r.lastUsedAt, &r.revokedAt, &r.rotatedFrom, &r.rotatedTo}, extra...)
+		&r.createdAt, &r.expiresAt, &r.lastUsedAt, &r.revokedAt, &r.rotatedFrom, &r.rotatedTo, &r.policies, &r.meta}, extra...)
 	if err := sc.Scan(dst...); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, keystore.ErrNotFound
@@ -115,6 +127,18 @@ func scanKey(sc interface{ Scan(...any) error }, extra ...any) (*keystore.Key, e
 	}
 	if err := json.Unmarshal([]byte(r.ipAllowlist), &k.IPAllowlist); err != nil {
 		return nil, fmt.Errorf("key %q: stored ip_allowlist: %w", r.id, err)
+	}
+	if err := json.Unmarshal([]byte(r.policies), &k.Policies); err != nil {
+		return nil, fmt.Errorf("key %q: stored policies: %w", r.id, err)
+	}
+	if err := json.Unmarshal([]byte(r.meta), &k.Meta); err != nil {
+		return nil, fmt.Errorf("key %q: stored meta: %w", r.id, err)
+	}
+	if len(k.Policies) == 0 {
+		k.Policies = nil
+	}
+	if len(k.Meta) == 0 {
+		k.Meta = nil
 	}
 	return k, nil
 }

@@ -58,11 +58,18 @@ ALTER TABLE keys ADD COLUMN ends_at INTEGER GENERATED ALWAYS AS
 	(min(coalesce(revoked_at, expires_at), coalesce(expires_at, revoked_at))) VIRTUAL;
 CREATE INDEX keys_by_end ON keys (ends_at) WHERE ends_at IS NOT NULL;
 `,
+	2: `
+-- The policies a key is valid under (a JSON array of names; [] = every
+-- policy) and its metadata (a JSON object of strings). Keys made before
+-- them are valid under every policy and carry no metadata.
+ALTER TABLE keys ADD COLUMN policies TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE keys ADD COLUMN meta TEXT NOT NULL DEFAULT '{}';
+`,
 }
 
 // keyColumns are the columns scanKey reads, in its order.
 const keyColumns = `id, name, owner, permissions, rate_limit, ip_allowlist,
-	created_at, expires_at, last_used_at, revoked_at, rotated_from, rotated_to`
+	created_at, expires_at, last_used_at, revoked_at, rotated_from, rotated_to, policies, meta`
 
 // migrateRetrying runs migrate, waiting out SQLITE_BUSY: when several
 // processes open a brand-new file at once, the first connection's switch to

@@ -27,7 +27,7 @@ import (
 
 const (
 	// schemaVersion is the PRAGMA user_version this code writes and reads.
-	schemaVersion = 2
+	schemaVersion = 3
 
 	// busyTimeout is how long a writer waits for another process's write
 	// transaction before giving up.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -171,7 +172,7 @@ func TestOpenSetsThePragmasOnEveryConnection(t *testing.T) {
 			"synchronous":  "2", // FULL
 			"busy_timeout": "5000",
 			"foreign_keys": "1",
-			"user_version": "2",
+			"user_version": strconv.Itoa(schemaVersion),
 		} {
 			var got string
 			require.NoError(t, c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got))
@@ -233,6 +234,47 @@ func TestRateLimitsStoredByEarlierVersionsLoad(t *testing.T) {
 		require.NoError(t, s.db.QueryRow(`SELECT rate_limit FROM keys WHERE id = ?`, k.ID).Scan(&after))
 		assert.Equal(t, tt.stored, after, "a write keeps the text as it was")
 	}
+}
+
+// A file written by the version before keys had policies and metadata
+// (schema 2) is migrated when opened: its keys load as valid under every
+// policy, with no metadata, and take both from then on.
+func TestAFileFromBeforePoliciesIsMigrated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	for _, m := range migrations[:2] {
+		_, err := db.Exec(m)
+		require.NoError(t, err)
+	}
+	k, h := testKey(t)
+	_, err = db.Exec(`INSERT INTO keys (id, hash, name, owner, permissions, rate_limit, ip_allowlist, created_at, rotated_from, rotated_to)
+		VALUES (?, ?, ?, ?, '["read:users"]', '', '[]', ?, '', '')`, k.ID, h[:], k.Name, k.Owner, k.CreatedAt.UnixNano())
+	require.NoError(t, err)
+	_, err = db.Exec(`PRAGMA user_version = 2`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s := openTest(t, path)
+	var v int
+	require.NoError(t, s.db.QueryRow(`PRAGMA user_version`).Scan(&v))
+	assert.Equal(t, schemaVersion, v)
+	got, err := s.Lookup(t.Context(), h)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"read:users"}, got.Permissions)
+	assert.Empty(t, got.Policies)
+	assert.Empty(t, got.Meta)
+	assert.True(t, got.ValidUnder("billing"))
+
+	got, err = s.Update(t.Context(), k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error {
+		k.Policies, k.Meta = []string{"billing"}, map[string]string{"plan": "gold"}
+		return nil
+	})
+	require.NoError(t, err)
+	got, err = s.Lookup(t.Context(), h)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"billing"}, got.Policies)
+	assert.Equal(t, map[string]string{"plan": "gold"}, got.Meta)
 }
 
 func TestAKeySurvivesARestart(t *testing.T) {

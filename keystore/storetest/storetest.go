@@ -9,8 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,6 +154,8 @@ func (f *fixture) nextOf(old *keystore.Key, at time.Time) (*keystore.Key, keysto
 	next.Permissions = slices.Clone(old.Permissions)
 	next.RateLimit = old.RateLimit
 	next.IPAllowlist = slices.Clone(old.IPAllowlist)
+	next.Policies = slices.Clone(old.Policies)
+	next.Meta = maps.Clone(old.Meta)
 	next.RotatedFrom = old.ID
 	return next, h
 }
@@ -179,6 +183,12 @@ func normalize(k *keystore.Key) *keystore.Key {
 	}
 	if len(c.IPAllowlist) == 0 {
 		c.IPAllowlist = nil
+	}
+	if len(c.Policies) == 0 {
+		c.Policies = nil
+	}
+	if len(c.Meta) == 0 {
+		c.Meta = nil
 	}
 	c.CreatedAt = c.CreatedAt.UTC() // also drops the monotonic reading
 	for _, p := range []**time.Time{&c.ExpiresAt, &c.LastUsedAt, &c.RevokedAt} {
@@ -236,6 +246,21 @@ func testRoundTrip(t *testing.T, newBackend Backend) {
 			k.RevokedAt = ptr(f.base.Add(time.Millisecond))
 			k.RotatedFrom = other.ID
 			k.RotatedTo = other.ID + "x"
+			k.Policies = []string{"billing", "orders-v2"}
+			k.Meta = map[string]string{"plan": "gold", "tenant_id": "t-42"}
+		}},
+		{"a key scoped to one policy, with metadata of every size", func(k *keystore.Key) {
+			k.Policies = []string{"billing"}
+			k.Meta = map[string]string{}
+			for i := range keystore.MaxMetaEntries {
+				k.Meta[fmt.Sprintf("m%02d", i)] = strings.Repeat(string(rune('a'+i)), 1+i*keystore.MaxMetaValueBytes/keystore.MaxMetaEntries)
+			}
+			k.Meta["note"] = `"quoted" ключ 鍵 🔑 \ {}`
+			delete(k.Meta, "m00")
+		}},
+		{"a key with empty policy and metadata sets", func(k *keystore.Key) {
+			k.Policies = []string{}
+			k.Meta = map[string]string{}
 		}},
 		{"a key with empty permission and allowlist lists", func(k *keystore.Key) {
 			k.Permissions = []string{}
@@ -275,6 +300,7 @@ func testNoAliasing(t *testing.T, newBackend Backend) {
 	s := f.store()
 	k, h := f.newKey("alice", f.base)
 	k.IPAllowlist = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	k.Policies, k.Meta = []string{"billing"}, map[string]string{"plan": "gold"}
 	want := k.Clone()
 	require.NoError(t, s.Create(t.Context(), k, h, 0))
 
@@ -282,6 +308,8 @@ func testNoAliasing(t *testing.T, newBackend Backend) {
 	k.Name = "changed by the caller"
 	k.Permissions[0] = "admin"
 	k.IPAllowlist[0] = netip.MustParsePrefix("0.0.0.0/0")
+	k.Policies[0] = "admin"
+	k.Meta["plan"] = "enterprise"
 	requireStored(t, s, want, h)
 
 	// And changes what Get and Lookup return.
@@ -289,9 +317,12 @@ func testNoAliasing(t *testing.T, newBackend Backend) {
 	require.NoError(t, err)
 	got.Permissions[0] = "admin"
 	got.Name = "changed"
+	got.Policies[0] = "admin"
+	got.Meta["plan"] = "enterprise"
 	got, err = s.Lookup(t.Context(), h)
 	require.NoError(t, err)
 	got.IPAllowlist[0] = netip.MustParsePrefix("0.0.0.0/0")
+	got.Meta["plan"] = "enterprise"
 	requireStored(t, s, want, h)
 }
 
@@ -446,10 +477,15 @@ func testKeyLimitCountsLiveKeys(t *testing.T, newBackend Backend) {
 func testUpdate(t *testing.T, newBackend Backend) {
 	f := newFixture(t, newBackend)
 	s := f.store()
-	k, h := f.create(s, "alice", f.base, func(k *keystore.Key) { k.ExpiresAt = ptr(f.base.Add(time.Hour)) })
+	k, h := f.create(s, "alice", f.base, func(k *keystore.Key) {
+		k.ExpiresAt = ptr(f.base.Add(time.Hour))
+		k.Policies, k.Meta = []string{"orders"}, map[string]string{"plan": "free", "old": "x"}
+	})
 
 	want := k.Clone()
 	want.Name = "renamed"
+	want.Policies = []string{"billing", "reports"}
+	want.Meta = map[string]string{"plan": "gold"}
 	want.Permissions = []string{"read:users", "read:reports"}
 	want.RateLimit = rate("10/s")
 	want.IPAllowlist = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
@@ -462,6 +498,7 @@ func testUpdate(t *testing.T, newBackend Backend) {
 		requireSameKey(t, k, cur, "fn sees the stored record")
 		cur.Name, cur.Permissions, cur.RateLimit = want.Name, slices.Clone(want.Permissions), want.RateLimit
 		cur.IPAllowlist, cur.ExpiresAt, cur.RevokedAt = slices.Clone(want.IPAllowlist), nil, ptr(*want.RevokedAt)
+		cur.Policies, cur.Meta = slices.Clone(want.Policies), maps.Clone(want.Meta)
 		return nil
 	})
 	require.NoError(t, err)
@@ -543,6 +580,7 @@ func testRotate(t *testing.T, newBackend Backend) {
 			old, oldHash := f.create(s, "alice", f.base, func(k *keystore.Key) {
 				k.RateLimit = rate("5/s")
 				k.IPAllowlist = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+				k.Policies, k.Meta = []string{"billing"}, map[string]string{"plan": "gold"}
 				if tt.oldExpiry != 0 {
 					k.ExpiresAt = ptr(f.base.Add(tt.oldExpiry))
 				}

@@ -1,0 +1,285 @@
+package envoy
+
+import (
+	"context"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// meshFixture decides with the fixture's routes as the default policy, and
+// two more: billing (context policy=billing, its principal, its hosts; it
+// forwards plan and tenant_id) and orders (context policy=orders, its
+// hosts, shadow mode).
+func meshFixture(t *testing.T) *authztest.Fixture {
+	return authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{
+			{
+				Name: "billing",
+				Match: authz.Match{
+					Context:    map[string]string{"policy": "billing"},
+					Principals: []string{"spiffe://cluster.local/ns/billing/sa/billing"},
+					Hosts:      []string{"billing.example.com", "*.billing.example.com"},
+				},
+				Routes:      []authz.RouteSpec{{Path: "/invoices/**", Permissions: []string{"read:invoices"}}},
+				Sources:     authztest.Sources(),
+				ForwardMeta: []string{"plan", "tenant_id"},
+			},
+			{
+				Name:    "orders",
+				Match:   authz.Match{Context: map[string]string{"policy": "orders"}, Hosts: []string{"orders.example.com"}},
+				Routes:  []authz.RouteSpec{{Path: "/orders/**", Permissions: []string{"read:orders"}}},
+				Sources: authztest.Sources(),
+				Mode:    authz.ModeShadow,
+			},
+		}
+	})
+}
+
+// meshRequest is a CheckRequest as Envoy sends it for path on host, with
+// the headers, context_extensions and destination principal given.
+func meshRequest(path, host string, headers, ext map[string]string, principal string) *authv3.CheckRequest {
+	in := checkRequest(headers)
+	in.Attributes.Request.Http.Path, in.Attributes.Request.Http.Host = path, host
+	in.Attributes.ContextExtensions = ext
+	if principal != "" {
+		in.Attributes.Destination = &authv3.AttributeContext_Peer{Principal: principal}
+	}
+	return in
+}
+
+// metadata is dynamic_metadata as Envoy reads it: the Struct decoded from
+// the response bytes by the generated types, as plain values.
+func metadata(t *testing.T, resp *authv3.CheckResponse) map[string]any {
+	t.Helper()
+	md := resp.GetDynamicMetadata()
+	require.NotNil(t, md, "every CheckResponse carries dynamic_metadata")
+	return md.AsMap()
+}
+
+// Over a real gRPC connection, each selector picks its policy: the
+// dynamic metadata names it and the policy's own route decides.
+func TestEachSelectorChoosesItsPolicyOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_inv", Name: "invoices", Owner: "acme", Permissions: []string{"read:invoices", "read:users"}})
+	h := map[string]string{"x-api-key": key}
+	tests := []struct {
+		name   string
+		in     *authv3.CheckRequest
+		policy string
+		route  string
+		code   codes.Code
+	}{
+		{"context_extensions pick billing on any host", meshRequest("/invoices/7", "orders.example.com", h, map[string]string{"policy": "billing"}, ""), "billing", "/invoices/**", codes.OK},
+		{"the destination principal picks billing", meshRequest("/invoices/7", "api.example.com", h, nil, "spiffe://cluster.local/ns/billing/sa/billing"), "billing", "/invoices/**", codes.OK},
+		{"a host suffix picks billing", meshRequest("/invoices/7", "EU.Billing.example.com:443", h, nil, ""), "billing", "/invoices/**", codes.OK},
+		{"nothing picks the default policy, where /invoices is no route", meshRequest("/invoices/7", "api.example.com", h, nil, ""), "default", "", codes.PermissionDenied},
+		{"the default policy's own route", meshRequest("/api/users", "api.example.com", h, nil, ""), "default", "/api/users", codes.OK},
+		{"an unknown context value is no policy", meshRequest("/invoices/7", "billing.example.com", h, map[string]string{"policy": "payroll"}, ""), "", "", codes.PermissionDenied},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), tt.in)
+			require.NoError(t, err)
+			assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			md := metadata(t, resp)
+			if tt.policy == "" {
+				assert.NotContains(t, md, "policy")
+				assert.Equal(t, "no_policy", md["code"])
+				return
+			}
+			assert.Equal(t, tt.policy, md["policy"])
+			if tt.route == "" {
+				assert.NotContains(t, md, "route")
+			} else {
+				assert.Equal(t, tt.route, md["route"])
+			}
+		})
+	}
+}
+
+func TestAScopedKeyIsRefusedElsewhereOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_billing", Name: "billing job", Permissions: []string{"admin"}, Policies: []string{"billing"}})
+	h := map[string]string{"x-api-key": key}
+
+	resp, err := client.Check(context.Background(), meshRequest("/invoices/1", "billing.example.com", h, nil, ""))
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+
+	resp, err = client.Check(context.Background(), meshRequest("/api/users", "api.example.com", h, nil, ""))
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.PermissionDenied), resp.GetStatus().GetCode())
+	denied := resp.GetDeniedResponse()
+	require.NotNil(t, denied)
+	assert.Equal(t, int32(403), int32(denied.GetStatus().GetCode()))
+	assert.JSONEq(t, `{"error":"API key is not valid under policy \"default\"","code":"policy_not_allowed"}`, denied.GetBody())
+	md := metadata(t, resp)
+	assert.Equal(t, "policy_not_allowed", md["code"])
+	assert.Equal(t, "key_billing", md["key_id"], "the key is known: the access log can say whose it was")
+}
+
+// Every field the decision knows is in dynamic_metadata, typed as Envoy's
+// filters read them, for allowed and denied checks alike; the forwarded
+// metadata reaches the upstream as headers.
+func TestDynamicMetadataCarriesTheDecision(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_meta", Name: "billing svc", Owner: "acme", Permissions: []string{"read:invoices", "read:users"},
+		Meta: map[string]string{"plan": "gold", "tenant_id": "t-42", "region": "eu"}})
+	bare := fx.AddKey(t, &keystore.Key{ID: "key_bare", Name: "bare", Permissions: []string{}})
+	billing := map[string]string{"policy": "billing"}
+
+	resp, err := client.Check(context.Background(), meshRequest("/invoices/1", "x", map[string]string{"x-api-key": key}, billing, ""))
+	require.NoError(t, err)
+	require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+	assert.Equal(t, map[string]any{
+		"decision": "allow", "mode": "enforce", "policy": "billing", "route": "/invoices/**",
+		"key_id": "key_meta", "key_name": "billing svc", "owner": "acme",
+		"permissions": []any{"read:invoices", "read:users"},
+		"meta":        map[string]any{"plan": "gold", "tenant_id": "t-42", "region": "eu"},
+	}, metadata(t, resp))
+	up := upstreamHeaders(t, resp)
+	assert.Equal(t, "gold", up["x-authz-meta-plan"])
+	assert.Equal(t, "t-42", up["x-authz-meta-tenant-id"])
+	assert.NotContains(t, up, "x-authz-meta-region", "only what the policy forwards")
+
+	// The same key again: the memoized bytes, the same answer.
+	again, err := client.Check(context.Background(), meshRequest("/invoices/2", "x", map[string]string{"x-api-key": key}, billing, ""))
+	require.NoError(t, err)
+	assert.Equal(t, metadata(t, resp), metadata(t, again))
+
+	tests := []struct {
+		name string
+		in   *authv3.CheckRequest
+		want map[string]any
+	}{
+		{"a missing key: no key fields", meshRequest("/invoices/1", "x", nil, billing, ""),
+			map[string]any{"decision": "deny", "mode": "enforce", "code": "missing_key", "policy": "billing", "route": "/invoices/**"}},
+		{"a key without the permission: the key and the code", meshRequest("/invoices/1", "x", map[string]string{"x-api-key": bare}, billing, ""),
+			map[string]any{"decision": "deny", "mode": "enforce", "code": "permission_denied", "policy": "billing", "route": "/invoices/**",
+				"key_id": "key_bare", "key_name": "bare", "owner": "default", "permissions": []any{}, "meta": map[string]any{}}},
+		{"no route: no route field", meshRequest("/nowhere", "x", nil, billing, ""),
+			map[string]any{"decision": "deny", "mode": "enforce", "code": "no_route", "policy": "billing"}},
+		{"a public route", meshRequest("/healthz", "x", nil, nil, ""),
+			map[string]any{"decision": "allow", "mode": "enforce", "policy": "default", "route": "/healthz"}},
+		{"a shadow policy's would-be denial", meshRequest("/orders/1", "x", map[string]string{"x-api-key": bare}, map[string]string{"policy": "orders"}, ""),
+			map[string]any{"decision": "deny", "mode": "shadow", "code": "permission_denied", "policy": "orders", "route": "/orders/**",
+				"key_id": "key_bare", "key_name": "bare", "owner": "default", "permissions": []any{}, "meta": map[string]any{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), tt.in)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, metadata(t, resp))
+		})
+	}
+}
+
+// The hand-encoded field is exactly what the generated Struct would be:
+// decoding it gives the message structpb builds from the same values.
+func TestTheEncodedMetadataIsAStruct(t *testing.T) {
+	k := &keystore.Key{ID: "key_1", Name: `quote " and ключ`, Permissions: []string{"a", "b:c"}, Meta: map[string]string{"z": "1", "a": "2"}}
+	var d authz.Decision
+	d.Key = k
+	d.Deny(authz.CodeRateLimited, "")
+	b := dynamicMetadata(&d, keyMetadata(k))
+	var resp authv3.CheckResponse
+	require.NoError(t, proto.Unmarshal(b, &resp))
+	want, err := structpb.NewStruct(map[string]any{
+		"decision": "deny", "mode": "enforce", "code": "rate_limited",
+		"key_id": "key_1", "key_name": `quote " and ключ`, "owner": "default", "permissions": []any{"a", "b:c"},
+		"meta": map[string]any{"z": "1", "a": "2"},
+	})
+	require.NoError(t, err)
+	assert.True(t, proto.Equal(want, resp.GetDynamicMetadata()), "got %v", resp.GetDynamicMetadata())
+	assert.Empty(t, resp.ProtoReflect().GetUnknown(), "nothing but the field")
+}
+
+// In shadow mode the check is answered OK whatever the decision was, with
+// the credential still stripped, spoofed identity headers still removed,
+// and identity headers only when the decision itself allowed the key.
+func TestAShadowDecisionIsAllowedOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	bare := fx.AddKey(t, &keystore.Key{ID: "key_bare", Name: "bare", Permissions: []string{}})
+	reader := fx.AddKey(t, &keystore.Key{ID: "key_reader", Name: "reader", Permissions: []string{"read:orders"}})
+	orders := map[string]string{"policy": "orders"}
+
+	for _, tt := range []struct {
+		name     string
+		headers  map[string]string
+		code     string
+		identity bool
+	}{
+		{"no key", map[string]string{"x-authz-key-id": "spoofed"}, "missing_key", false},
+		{"an invalid key", map[string]string{"x-api-key": "sk_nonsense", "x-authz-owner": "spoofed"}, "invalid_key", false},
+		{"a key without the permission", map[string]string{"x-api-key": bare, "x-authz-key-id": "spoofed"}, "permission_denied", false},
+		{"a key the decision allows", map[string]string{"x-api-key": reader, "x-authz-key-id": "spoofed"}, "", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest("/orders/1", "x", tt.headers, orders, ""))
+			require.NoError(t, err)
+			assert.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), "shadow mode answers OK")
+			ok := resp.GetOkResponse()
+			require.NotNil(t, ok)
+			assert.Empty(t, ok.GetResponseHeadersToAdd(), "no trace on the client's answer")
+			up := upstreamHeaders(t, resp)
+			if tt.identity {
+				assert.Equal(t, "key_reader", up["x-authz-key-id"])
+			} else {
+				assert.NotContains(t, up, "x-authz-key-id")
+				for name := range tt.headers {
+					if name != "x-api-key" {
+						assert.Contains(t, ok.GetHeadersToRemove(), name, "a spoofed identity header is removed")
+					}
+				}
+			}
+			if _, sent := tt.headers["x-api-key"]; sent {
+				assert.Contains(t, ok.GetHeadersToRemove(), "x-api-key", "the credential never reaches the upstream")
+			}
+			md := metadata(t, resp)
+			assert.Equal(t, "shadow", md["mode"])
+			if tt.code == "" {
+				assert.Equal(t, "allow", md["decision"])
+				assert.NotContains(t, md, "code")
+			} else {
+				assert.Equal(t, "deny", md["decision"])
+				assert.Equal(t, tt.code, md["code"])
+			}
+		})
+	}
+}
+
+// A client's x-authz-meta-* headers never reach the upstream: removed, or
+// overwritten by the key's own value.
+func TestSpoofedMetadataHeadersAreRemovedOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	withPlan := fx.AddKey(t, &keystore.Key{ID: "key_plan", Name: "p", Permissions: []string{"read:invoices"}, Meta: map[string]string{"plan": "free"}})
+	resp, err := client.Check(context.Background(), meshRequest("/invoices/1", "billing.example.com", map[string]string{
+		"x-api-key": withPlan, "x-authz-meta-plan": "enterprise", "x-authz-meta-tenant-id": "victim", "x_authz_meta_plan": "enterprise",
+	}, nil, ""))
+	require.NoError(t, err)
+	require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+	ok := resp.GetOkResponse()
+	assert.Equal(t, "free", upstreamHeaders(t, resp)["x-authz-meta-plan"])
+	for _, h := range ok.GetHeaders() {
+		if h.GetHeader().GetKey() == "x-authz-meta-plan" {
+			assert.Equal(t, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, h.GetAppendAction())
+		}
+	}
+	assert.ElementsMatch(t, []string{"x-api-key", "x-authz-meta-tenant-id", "x_authz_meta_plan"}, ok.GetHeadersToRemove())
+}

@@ -1,0 +1,607 @@
+package authz
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
+)
+
+// DefaultPolicy is the name of the policy the top-level settings make: the
+// one every request gets when no other policy selects it (unless
+// Options.DenyUnselected), and the only one of a config without policies.
+const DefaultPolicy = "default"
+
+// Mode says whether a policy or a route enforces its decisions or only
+// records them.
+type Mode uint8
+
+// The modes. A route's zero Mode is its policy's; a policy's is enforce.
+const (
+	ModeInherit Mode = iota // a route: the policy's mode
+	ModeEnforce             // a denial is answered
+	ModeShadow              // the decision runs, is audited and counted, and the request is allowed
+)
+
+// String returns "enforce", "shadow", or "" for ModeInherit.
+func (m Mode) String() string {
+	switch m {
+	case ModeEnforce:
+		return "enforce"
+	case ModeShadow:
+		return "shadow"
+	}
+	return ""
+}
+
+// Match says which requests select a policy. Envoy sets the first two from
+// its own configuration and certificates, never from what a client sends;
+// the host comes from the client (see PolicySet.selectPolicy).
+type Match struct {
+	// Context are entries of Envoy's context_extensions (set per virtual
+	// host or route in Envoy's ext_authz per-route config), all of which a
+	// request must carry.
+	Context map[string]string
+	// Principals are destination principals: the URI SAN of the
+	// certificate Envoy presents to the client (in Istio, the destination
+	// workload's SPIFFE id).
+	Principals []string
+	// Hosts are request hosts: exact ("billing.example.com") or a suffix
+	// below a dot ("*.billing.example.com"), lower-case, without a port.
+	Hosts []string
+}
+
+// PolicySpec is one named policy as the operator writes it, before Compile
+// checks it.
+type PolicySpec struct {
+	Name  string
+	Match Match
+	// Routes, Authenticate, Sources and DefaultRate are the policy's own,
+	// as Options' are the default policy's.
+	Routes       []RouteSpec
+	Authenticate bool
+	Sources      []Source
+	DefaultRate  ratelimit.Rate
+	// Mode is ModeEnforce (the zero value too) or ModeShadow.
+	Mode Mode
+	// ForwardMeta names key metadata entries sent upstream as
+	// x-authz-meta-<name> on an allowed request.
+	ForwardMeta []string
+}
+
+// Policy is one compiled named policy: what a request that selects it is
+// decided by.
+type Policy struct {
+	Name         string
+	Match        Match
+	Routes       *Routes
+	Authenticate bool // a request no route matches needs only a valid key
+	Sources      []Source
+	DefaultRate  ratelimit.Rate
+	Shadow       bool // ModeShadow: decisions are recorded, never answered
+	ForwardMeta  []string
+
+	// forward pairs each ForwardMeta name with its header.
+	forward []forwardedMeta
+}
+
+// forwardedMeta is one metadata entry a policy forwards, and the header
+// that carries it.
+type forwardedMeta struct{ name, header string }
+
+// MetaHeaderPrefix starts the header that carries a forwarded metadata
+// entry: x-authz-meta-<name>, with the name's "_" written "-".
+const MetaHeaderPrefix = IdentityPrefix + "meta-"
+
+// MetaHeader is the header that carries the metadata entry name upstream.
+func MetaHeader(name string) string {
+	return MetaHeaderPrefix + strings.ReplaceAll(name, "_", "-")
+}
+
+// PolicySet is everything the decision reads, swapped whole on reload: the
+// named policies, how a request selects one, and the settings they share.
+type PolicySet struct {
+	// Default is the policy of the top-level settings.
+	Default *Policy
+	// DenyUnselected answers 403 no_policy to a request no policy selects
+	// instead of deciding it by Default.
+	DenyUnselected bool
+	Format         keystore.Format
+	// XFFHops is how many X-Forwarded-For hops are trusted for the client
+	// address (0: the peer).
+	XFFHops int
+	// FailRate bounds the lookups of unknown keys that find nothing per
+	// client address block, FailTotalRate per process (see lookupGuard);
+	// zero = unlimited.
+	FailRate, FailTotalRate ratelimit.Rate
+
+	paths    pathRules
+	policies []*Policy // Default first, then the named ones in order
+	byName   map[string]*Policy
+	// context maps a context_extensions key to its values, each to the
+	// policies whose Match.Context holds that entry.
+	context    map[string]map[string][]*Policy
+	principals map[string]*Policy
+	hosts      map[string]*Policy // exact
+	suffixes   map[string]*Policy // "b.example.com" for "*.b.example.com"
+}
+
+// Options are the decision's settings, from which Compile makes a
+// PolicySet. They are the decision's own types: cmd/extauthz fills them
+// from the config file.
+type Options struct {
+	// Routes, Authenticate, Sources, DefaultRate, Mode and ForwardMeta are
+	// the default policy's (see PolicySpec).
+	Routes       []RouteSpec
+	Authenticate bool
+	// Sources are where the key may come from, tried in order (at most 64).
+	Sources     []Source
+	DefaultRate ratelimit.Rate
+	Mode        Mode
+	ForwardMeta []string
+
+	// Policies are the named policies besides the default one.
+	Policies []PolicySpec
+	// DenyUnselected: see PolicySet.
+	DenyUnselected bool
+
+	// Paths are the opt-in path readings; the zero value is strict.
+	Paths Paths
+	// Format is the key format (NewFormat); the zero Format is refused.
+	Format keystore.Format
+	// XFFHops, FailRate and FailTotalRate: see PolicySet.
+	XFFHops                 int
+	FailRate, FailTotalRate ratelimit.Rate
+}
+
+// Compile checks o and compiles it into a PolicySet. The error names what
+// is wrong, by the path of the setting (policies[1].match.hosts[0]).
+func Compile(o Options) (*PolicySet, error) {
+	if o.Format.Prefix() == "" {
+		return nil, errors.New("key format: none given (make one with keystore.NewFormat)")
+	}
+	set := &PolicySet{
+		DenyUnselected: o.DenyUnselected,
+		Format:         o.Format,
+		XFFHops:        o.XFFHops,
+		FailRate:       o.FailRate,
+		FailTotalRate:  o.FailTotalRate,
+		paths:          newPathRules(o.Paths),
+		byName:         map[string]*Policy{},
+	}
+	def, err := compilePolicy(PolicySpec{
+		Name: DefaultPolicy, Routes: o.Routes, Authenticate: o.Authenticate, Sources: o.Sources,
+		DefaultRate: o.DefaultRate, Mode: o.Mode, ForwardMeta: o.ForwardMeta,
+	}, o.Paths, "")
+	if err != nil {
+		return nil, err
+	}
+	set.Default = def
+	set.policies = append(set.policies, def)
+	set.byName[DefaultPolicy] = def
+	for i, spec := range o.Policies {
+		at := fmt.Sprintf("policies[%d]", i)
+		if spec.Name == DefaultPolicy {
+			return nil, fmt.Errorf("%s.name: %q is the policy of the top-level settings; name this one otherwise", at, spec.Name)
+		}
+		if err := keystore.ValidatePolicyName(at+".name", spec.Name); err != nil {
+			return nil, err
+		}
+		if _, dup := set.byName[spec.Name]; dup {
+			return nil, fmt.Errorf("%s.name: %q names two policies", at, spec.Name)
+		}
+		// A named policy's rate-limit counters are its own: the same route
+		// pattern in two policies is two routes (two services).
+		p, err := compilePolicy(spec, o.Paths, spec.Name+" ")
+		if err != nil {
+			return nil, fmt.Errorf("%s.%w", at, err)
+		}
+		set.policies = append(set.policies, p)
+		set.byName[p.Name] = p
+	}
+	if err := set.indexMatches(); err != nil {
+		return nil, err
+	}
+	return set, nil
+}
+
+// compilePolicy compiles one policy; scope prefixes its routes' rate-limit
+// counters ("" for the default policy, whose counters keep the names they
+// had before there were policies).
+func compilePolicy(s PolicySpec, paths Paths, scope string) (*Policy, error) {
+	routes, err := compileRoutes(s.Routes, paths, scope)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.Sources) > 64 {
+		return nil, errors.New("sources: at most 64")
+	}
+	p := &Policy{
+		Name: s.Name, Routes: routes, Authenticate: s.Authenticate, Sources: slices.Clone(s.Sources),
+		DefaultRate: s.DefaultRate, ForwardMeta: slices.Clone(s.ForwardMeta),
+		Match: Match{Context: maps.Clone(s.Match.Context), Principals: slices.Clone(s.Match.Principals), Hosts: slices.Clone(s.Match.Hosts)},
+	}
+	switch s.Mode {
+	case ModeInherit, ModeEnforce:
+	case ModeShadow:
+		p.Shadow = true
+	default:
+		return nil, fmt.Errorf("mode: %d is not a mode", s.Mode)
+	}
+	for i, name := range s.ForwardMeta {
+		field := fmt.Sprintf("forward_meta[%d]", i)
+		if err := keystore.ValidateMetaName(field, name); err != nil {
+			return nil, err
+		}
+		if slices.Contains(s.ForwardMeta[:i], name) {
+			return nil, fmt.Errorf("%s: %q is named twice", field, name)
+		}
+		p.forward = append(p.forward, forwardedMeta{name: name, header: MetaHeader(name)})
+	}
+	return p, nil
+}
+
+// indexMatches builds the selection indexes and refuses selectors that are
+// ambiguous (two policies one request could select alike) or can never
+// match a request.
+func (ps *PolicySet) indexMatches() error {
+	ps.principals = map[string]*Policy{}
+	ps.hosts = map[string]*Policy{}
+	ps.suffixes = map[string]*Policy{}
+	var withContext []*Policy
+	for i, p := range ps.policies[1:] {
+		at := fmt.Sprintf("policies[%d].match", i)
+		if len(p.Match.Context) > 0 {
+			for k, v := range p.Match.Context {
+				if k == "" || v == "" {
+					return fmt.Errorf("%s.context: keys and values must not be empty", at)
+				}
+			}
+			// Two context selectors one request could both satisfy would
+			// make the choice depend on their order: they must differ in
+			// the value of some key both name.
+			for _, q := range withContext {
+				if !contextsExclusive(p.Match.Context, q.Match.Context) {
+					return fmt.Errorf("%s.context: a request with %s would select both %q and %q; give them a key with different values",
+						at, describeContext(p.Match.Context, q.Match.Context), q.Name, p.Name)
+				}
+			}
+			withContext = append(withContext, p)
+			if ps.context == nil {
+				ps.context = map[string]map[string][]*Policy{}
+			}
+			for k, v := range p.Match.Context {
+				if ps.context[k] == nil {
+					ps.context[k] = map[string][]*Policy{}
+				}
+				ps.context[k][v] = append(ps.context[k][v], p)
+			}
+		}
+		for j, principal := range p.Match.Principals {
+			field := fmt.Sprintf("%s.principals[%d]", at, j)
+			if principal == "" || strings.ContainsAny(principal, " \t\r\n") {
+				return fmt.Errorf("%s: %q: a principal is a certificate's URI SAN, e.g. spiffe://cluster.local/ns/billing/sa/billing", field, principal)
+			}
+			if q := ps.principals[principal]; q != nil {
+				return fmt.Errorf("%s: %q already selects policy %q", field, principal, q.Name)
+			}
+			ps.principals[principal] = p
+		}
+		for j, host := range p.Match.Hosts {
+			field := fmt.Sprintf("%s.hosts[%d]", at, j)
+			index, key, err := ps.hostIndex(host)
+			if err != nil {
+				return fmt.Errorf("%s: %q: %v", field, host, err)
+			}
+			if q := index[key]; q != nil {
+				return fmt.Errorf("%s: %q already selects policy %q", field, host, q.Name)
+			}
+			index[key] = p
+		}
+	}
+	return nil
+}
+
+// hostIndex returns the index a configured host goes into and its key
+// there, or why no request's host could ever match it.
+func (ps *PolicySet) hostIndex(host string) (map[string]*Policy, string, error) {
+	index, name := ps.hosts, host
+	if rest, ok := strings.CutPrefix(host, "*."); ok {
+		index, name = ps.suffixes, rest
+	}
+	switch {
+	case name == "" || strings.Contains(name, "*"):
+		return nil, "", errors.New(`want a host name ("billing.example.com") or "*." and one ("*.billing.example.com"); no other wildcard`)
+	case strings.ToLower(name) != name:
+		return nil, "", errors.New("hosts are compared in lower case; write it so")
+	case strings.Contains(name, ":"):
+		return nil, "", errors.New("a request's port is not part of its host here; leave the port out")
+	}
+	if n, ok := canonicalHost(name); !ok || n != len(name) || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-_.") != "" {
+		return nil, "", errors.New("not a host name: letters, digits, '-', '_' and dots, no empty label, no trailing dot")
+	}
+	return index, name, nil
+}
+
+// contextsExclusive reports whether no request could satisfy both context
+// selectors: some key they both name wants different values.
+func contextsExclusive(a, b map[string]string) bool {
+	for k, v := range a {
+		if w, ok := b[k]; ok && w != v {
+			return true
+		}
+	}
+	return false
+}
+
+// describeContext is the smallest context_extensions satisfying a and b,
+// for an error message.
+func describeContext(a, b map[string]string) string {
+	all := maps.Clone(a)
+	maps.Copy(all, b)
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(all)) {
+		parts = append(parts, k+"="+all[k])
+	}
+	return "context_extensions {" + strings.Join(parts, ", ") + "}"
+}
+
+// Named reports whether the set has policies besides the default one.
+func (ps *PolicySet) Named() bool { return len(ps.policies) > 1 }
+
+// Policies lists every policy, the default one first, then the named ones
+// in the order they were given.
+func (ps *PolicySet) Policies() []*Policy { return slices.Clone(ps.policies) }
+
+// Lookup returns the policy called name, or nil.
+func (ps *PolicySet) Lookup(name string) *Policy { return ps.byName[name] }
+
+// Selector is what chose a request's policy.
+type Selector uint8
+
+// The selectors, in the order a request is tried against them.
+const (
+	SelectedByNone        Selector = iota // no policy was selected
+	SelectedByPath                        // HTTP mode: the auth path named it
+	SelectedByContext                     // Envoy's context_extensions
+	SelectedByDestination                 // the destination principal
+	SelectedByHost                        // the request's host
+	SelectedByDefault                     // nothing else did: the default policy
+)
+
+// String names the selector as the docs do.
+func (s Selector) String() string {
+	return [...]string{"none", "auth path", "context_extensions", "destination principal", "host", "default"}[s]
+}
+
+// selectPolicy is step 1: the policy req is decided by, and what chose it,
+// or the denial. In order:
+//
+//  1. HTTP mode (Request.PolicyFromPath): the policy its auth path names,
+//     and nothing else: a header there is the client's.
+//  2. Envoy's context_extensions, which Envoy's own configuration sets per
+//     virtual host or route. When the request carries a key some policy's
+//     context selector names but no policy matches, it is no_policy:
+//     Envoy meant a policy this config lacks, and any other choice would
+//     decide by rules nobody intended.
+//  3. The destination principal: the URI SAN of the certificate the proxy
+//     presented on the client's connection (Istio: the workload's SPIFFE
+//     id), which the client cannot choose.
+//  4. The host, exact before "*.suffix", the longest suffix first. The host
+//     is the client's to write, so a host-selected policy is only as good as
+//     the proxy's virtual-host routing, which must send exactly those hosts
+//     to that policy's service; a host that proxies read differently (a
+//     trailing dot, an empty label) is 400 rather than guessed at.
+//  5. The default policy, or no_policy with DenyUnselected.
+//
+// A config without named policies returns Default at once.
+func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
+	if len(ps.policies) == 1 {
+		return d.choose(ps.Default, SelectedByDefault)
+	}
+	if req.PolicyFromPath {
+		if p := ps.byName[req.PolicyName]; p != nil {
+			return d.choose(p, SelectedByPath)
+		}
+		if req.PolicyName == "" {
+			d.Deny(CodeNoPolicy, "no policy named: the auth path must be <prefix>/_policy/<name>/... when the config has policies")
+		} else {
+			d.Deny(CodeNoPolicy, "no policy is named "+strconvQuote(req.PolicyName))
+		}
+		return false
+	}
+	if ps.context != nil {
+		p, keyed := ps.byContext(req.ContextExtensions)
+		if p != nil {
+			return d.choose(p, SelectedByContext)
+		}
+		if keyed {
+			d.Deny(CodeNoPolicy, "no policy matches the context_extensions Envoy sent")
+			return false
+		}
+	}
+	if req.DestinationPrincipal != "" {
+		if p := ps.principals[req.DestinationPrincipal]; p != nil {
+			return d.choose(p, SelectedByDestination)
+		}
+	}
+	if len(ps.hosts)+len(ps.suffixes) > 0 && req.Host != "" {
+		p, ok := ps.byHost(req.Host)
+		if !ok {
+			d.Deny(CodeBadRequest, "malformed request: the host is not in one canonical form (a trailing dot, an empty label)")
+			return false
+		}
+		if p != nil {
+			return d.choose(p, SelectedByHost)
+		}
+	}
+	if ps.DenyUnselected {
+		d.Deny(CodeNoPolicy, "")
+		return false
+	}
+	return d.choose(ps.Default, SelectedByDefault)
+}
+
+// choose records the selected policy and its mode.
+func (d *Decision) choose(p *Policy, by Selector) bool {
+	d.Policy, d.selector, d.Shadow = p, by, p.Shadow
+	return true
+}
+
+// byContext returns the policy whose context selector the request's
+// context_extensions satisfy, and whether they hold any key a selector
+// names. Selectors are mutually exclusive (indexMatches), so at most one
+// matches. It does not allocate.
+func (ps *PolicySet) byContext(ext []Header) (*Policy, bool) {
+	keyed := false
+	for _, e := range ext {
+		values := ps.context[e.Key]
+		if values == nil {
+			continue
+		}
+		keyed = true
+	candidates:
+		for _, p := range values[e.Value] {
+			for k, v := range p.Match.Context {
+				if value, ok := lastExtension(ext, k); !ok || value != v {
+					continue candidates
+				}
+			}
+			return p, true
+		}
+	}
+	return nil, keyed
+}
+
+// lastExtension returns the value of key in ext; a key repeated on the wire
+// has its last value, as in protobuf's map.
+func lastExtension(ext []Header, key string) (string, bool) {
+	for i := len(ext) - 1; i >= 0; i-- {
+		if ext[i].Key == key {
+			return ext[i].Value, true
+		}
+	}
+	return "", false
+}
+
+// maxHostBytes is the longest host selection looks at: a DNS name is at
+// most 253 bytes, and a port adds six.
+const maxHostBytes = 260
+
+// byHost returns the policy the host selects (nil: none), or false when the
+// host is not in canonical form. Letter case is folded and a port dropped,
+// as Envoy matches virtual hosts (with strip_any_host_port); it does not
+// allocate.
+func (ps *PolicySet) byHost(raw string) (*Policy, bool) {
+	if len(raw) > maxHostBytes {
+		return nil, true // no configured host is that long
+	}
+	var buf [maxHostBytes]byte
+	host := buf[:0]
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		host = append(host, c)
+	}
+	n, ok := canonicalHost(host)
+	if !ok {
+		return nil, false
+	}
+	host = host[:n]
+	if p := ps.hosts[string(host)]; p != nil {
+		return p, true
+	}
+	for i, c := range host {
+		if c == '.' {
+			if p := ps.suffixes[string(host[i+1:])]; p != nil {
+				return p, true
+			}
+		}
+	}
+	return nil, true
+}
+
+// canonicalHost returns the length of host without its port, and false
+// when two reasonable proxies could route it differently: a trailing dot
+// (some strip it, some do not), an empty label, an empty or non-numeric
+// port, or a byte no host name holds (a space, a control character, "/" or
+// "@"). An IP literal is canonical (it never matches a configured name).
+// Other bytes are kept, not guessed at: Envoy compares them as they are,
+// and so does a "*.suffix" here.
+func canonicalHost[T string | []byte](host T) (int, bool) {
+	if len(host) > 0 && host[0] == '[' { // [v6] or [v6]:port
+		for i := 1; i < len(host); i++ {
+			if host[i] == ']' {
+				return i + 1, true
+			}
+		}
+		return 0, false
+	}
+	n := len(host)
+	for i := len(host) - 1; i >= 0; i-- {
+		if host[i] == ':' {
+			if i == len(host)-1 {
+				return 0, false
+			}
+			for j := i + 1; j < len(host); j++ {
+				if host[j] < '0' || host[j] > '9' {
+					return 0, false
+				}
+			}
+			n = i
+			break
+		}
+	}
+	if n == 0 || host[0] == '.' || host[n-1] == '.' {
+		return 0, false
+	}
+	for i := 0; i < n; i++ {
+		switch c := host[i]; {
+		case c == '.' && host[i+1] == '.':
+			return 0, false
+		case c < 0x21, c == 0x7f, c == '/', c == '@', c == ':':
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// strconvQuote quotes s for a message; policy names reach messages only
+// after the charset check, but a name from a path may be anything.
+func strconvQuote(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// Explanation is what applies to a request before any key is looked at:
+// the policy it selects and how, the route that decides it, and whether
+// the decision is enforced. `extauthz config explain` shows it.
+type Explanation struct {
+	Policy     *Policy  // nil when no policy was selected (Code says why)
+	SelectedBy Selector // what chose Policy
+	Method     string   // normalised ("" when step 2 failed)
+	Path       string   // normalised, without query
+	Route      *Route   // nil when none matched (Code says why, or the policy authenticates unmatched paths)
+	Shadow     bool     // the decision is recorded, not enforced
+	// Code and Message are the denial the request gets before its key is
+	// looked at ("" = it goes on to the key steps, or Route is public).
+	Code    Code
+	Message string
+}
+
+// Explain runs the steps of the decision that need no key (select the
+// policy, normalise, route) on req, as Decide would.
+func (ps *PolicySet) Explain(req *Request) Explanation {
+	var d Decision
+	_ = ps.selectPolicy(req, &d) && normalize(ps, req, &d) && route(&d)
+	return Explanation{Policy: d.Policy, SelectedBy: d.selector, Method: d.Method, Path: d.Path, Route: d.Route,
+		Shadow: d.Shadow, Code: d.Code, Message: d.Message}
+}

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+
+	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// meshConfig is a config with the default policy and two named ones, one
+// of them in shadow mode, as an operator writes it.
+const meshConfig = `
+routes:
+  - {path: /healthz, public: true}
+  - {path: /api/users, methods: [GET], permissions: [read:users]}
+policies:
+  - name: billing
+    match:
+      context: {policy: billing}
+      principals: ["spiffe://cluster.local/ns/billing/sa/billing"]
+      hosts: [billing.example.com]
+    routes: [{path: "/invoices/**", permissions: [read:invoices]}]
+    forward_meta: [plan]
+  - name: orders
+    match:
+      context: {policy: orders}
+      hosts: ["*.orders.example.com"]
+    routes: [{path: "/orders/**", permissions: [read:orders]}]
+    mode: shadow
+`
+
+// meshCheck is a CheckRequest for path on host with the key in x-api-key,
+// Envoy's context_extensions and the destination principal.
+func meshCheck(path, host, key string, ext map[string]string, principal string) *authv3.CheckRequest {
+	in := checkReq("GET", path, "10.1.2.3", map[string]string{"x-api-key": key, "x-request-id": "r-" + path})
+	in.Attributes.Request.Http.Host = host
+	in.Attributes.ContextExtensions = ext
+	if principal != "" {
+		in.Attributes.Destination = &authv3.AttributeContext_Peer{Principal: principal}
+	}
+	return in
+}
+
+// One server, its policies from the config file, over a real gRPC
+// connection: each selector picks its policy, a scoped key is refused
+// elsewhere, the key's metadata reaches Envoy's dynamic metadata and the
+// upstream, and a shadow policy allows what it would deny while the audit
+// log and the metrics record what it would have done.
+func TestPoliciesFromTheConfigFileOverGRPC(t *testing.T) {
+	var events syncBuffer
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: stdout}\n"+
+		storeYAML(t, "embedded")+meshConfig)
+	ts := startServerOut(t, path, serverOutput{logs: &events, audit: &events})
+	billingKey, bk := ts.create(t, keystore.Spec{Name: "billing svc", Owner: "acme", Permissions: []string{"read:invoices"},
+		Policies: []string{"billing"}, Meta: map[string]string{"plan": "gold", "tenant_id": "t-42"}})
+	reader, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	ctx := context.Background()
+	check := func(in *authv3.CheckRequest) *authv3.CheckResponse {
+		t.Helper()
+		resp, err := ts.client.Check(ctx, in)
+		require.NoError(t, err)
+		return resp
+	}
+
+	for _, tt := range []struct {
+		name string
+		in   *authv3.CheckRequest
+	}{
+		{"by context_extensions", meshCheck("/invoices/1", "api.example.com", billingKey, map[string]string{"policy": "billing"}, "")},
+		{"by destination principal", meshCheck("/invoices/1", "api.example.com", billingKey, nil, "spiffe://cluster.local/ns/billing/sa/billing")},
+		{"by host", meshCheck("/invoices/1", "billing.example.com", billingKey, nil, "")},
+	} {
+		t.Run("billing is selected "+tt.name, func(t *testing.T) {
+			resp := check(tt.in)
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			md := resp.GetDynamicMetadata().AsMap()
+			assert.Equal(t, "billing", md["policy"])
+			assert.Equal(t, "/invoices/**", md["route"])
+			assert.Equal(t, bk.ID, md["key_id"])
+			assert.Equal(t, map[string]any{"plan": "gold", "tenant_id": "t-42"}, md["meta"])
+			up := headerMap(resp.GetOkResponse().GetHeaders())
+			assert.Equal(t, "gold", up["x-authz-meta-plan"])
+			assert.NotContains(t, up, "x-authz-meta-tenant-id", "billing forwards plan only")
+		})
+	}
+	t.Run("the billing key is refused under the default policy", func(t *testing.T) {
+		resp := check(meshCheck("/api/users", "api.example.com", billingKey, nil, ""))
+		code, status := denial(t, resp)
+		assert.Equal(t, "policy_not_allowed", code)
+		assert.Equal(t, 403, status)
+	})
+	t.Run("a shadow policy allows what it would deny", func(t *testing.T) {
+		resp := check(meshCheck("/orders/7", "eu.orders.example.com", reader, nil, ""))
+		require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode())
+		assert.Contains(t, resp.GetOkResponse().GetHeadersToRemove(), "x-api-key", "the credential is still stripped")
+		assert.NotContains(t, headerMap(resp.GetOkResponse().GetHeaders()), "x-authz-key-id")
+		md := resp.GetDynamicMetadata().AsMap()
+		assert.Equal(t, []any{"shadow", "deny", "permission_denied", "orders"}, []any{md["mode"], md["decision"], md["code"], md["policy"]})
+	})
+
+	// The audit log and the metrics record the shadow decision as what it
+	// would have been.
+	var shadow map[string]any
+	require.Eventually(t, func() bool {
+		for line := range strings.SplitSeq(events.String(), "\n") {
+			var ev map[string]any
+			if json.Unmarshal([]byte(line), &ev) == nil && ev["path"] == "/orders/7" {
+				shadow = ev
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 20*time.Millisecond)
+	assert.Equal(t, "shadow", shadow["mode"])
+	assert.Equal(t, "deny", shadow["decision"])
+	assert.Equal(t, "permission_denied", shadow["code"])
+	assert.Equal(t, float64(403), shadow["status"])
+	assert.Equal(t, "orders", shadow["policy"])
+	assert.Equal(t, "/orders/**", shadow["route"])
+	assert.NotContains(t, events.String(), reader, "no key in any audit event")
+	assert.NotContains(t, events.String(), billingKey)
+
+	_, body, _ := get(t, ts.httpURL+"/metrics", nil)
+	assert.Contains(t, body, `extauthz_decisions_total{code="permission_denied",mode="shadow"} 1`)
+	assert.Contains(t, body, `extauthz_decisions_total{code="policy_not_allowed",mode="enforce"} 1`)
+	assert.Contains(t, body, `extauthz_decisions_total{code="allow",mode="enforce"} 3`)
+}
+
+// The HTTP listener selects by the auth path the proxy sets.
+func TestPoliciesOverHTTPMode(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+meshConfig+"http_mode: {xff_trusted_hops: 0}\n")
+	billingKey, _ := ts.create(t, keystore.Spec{Name: "billing svc", Permissions: []string{"read:invoices"}, Policies: []string{"billing"},
+		Meta: map[string]string{"plan": "gold"}})
+	status, _, h := get(t, ts.httpURL+"/authz/_policy/billing/invoices/1", map[string]string{"X-Api-Key": billingKey})
+	assert.Equal(t, 200, status)
+	assert.Equal(t, "gold", h.Get("X-Authz-Meta-Plan"))
+	status, _, h = get(t, ts.httpURL+"/authz/invoices/1", map[string]string{"X-Api-Key": billingKey, "Host": "billing.example.com"})
+	assert.Equal(t, 403, status)
+	assert.Equal(t, "no_policy", h.Get("X-Authz-Code"))
+	status, _, h = get(t, ts.httpURL+"/authz/_policy/default/api/users", map[string]string{"X-Api-Key": billingKey})
+	assert.Equal(t, 403, status)
+	assert.Equal(t, "policy_not_allowed", h.Get("X-Authz-Code"))
+}
+
+// A reload swaps every policy at once. Two configs whose answers to the
+// same checks differ in every field (the policy that selects them, its
+// route, its mode, the key source it reads, the code) are swapped in and
+// out while workers send checks over gRPC without pause: every answer must
+// be wholly one config's, never a mixture a half-loaded set would give.
+func TestAReloadSwapsEveryPolicyAtOnceUnderLoad(t *testing.T) {
+	store := storeYAML(t, "embedded")
+	const head = "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nrate_limit: {default: none}\n"
+	// Version A: context policy=svc selects "alpha", which reads x-key-a
+	// and enforces /r/{a}; the key has the permission.
+	versionA := head + store + `
+policies:
+  - name: alpha
+    match: {context: {policy: svc}}
+    sources: [{header: x-key-a}]
+    routes: [{path: "/r/{a}", permissions: [p]}]
+`
+	// Version B: the same context selects "beta", which reads x-key-b, in
+	// shadow mode, on /r/{b} needing a permission the key lacks.
+	versionB := head + store + `
+policies:
+  - name: beta
+    match: {context: {policy: svc}}
+    sources: [{header: x-key-b}]
+    routes: [{path: "/r/{b}", permissions: [q]}]
+    mode: shadow
+`
+	path := writeConfig(t, versionA)
+	ts := startServerFile(t, path)
+	key, _ := ts.create(t, keystore.Spec{Name: "k", Permissions: []string{"p"}})
+	in := checkReq("GET", "/r/1", "10.1.2.3", map[string]string{"x-key-a": key, "x-key-b": key})
+	in.Attributes.ContextExtensions = map[string]string{"policy": "svc"}
+
+	type answer struct{ policy, route, mode, decision, code, removed string }
+	wantA := answer{"alpha", "/r/{a}", "enforce", "allow", "", "x-key-a"}
+	wantB := answer{"beta", "/r/{b}", "shadow", "deny", "permission_denied", "x-key-b"}
+	read := func(resp *authv3.CheckResponse) answer {
+		md := resp.GetDynamicMetadata().AsMap()
+		s := func(k string) string { v, _ := md[k].(string); return v }
+		return answer{s("policy"), s("route"), s("mode"), s("decision"), s("code"), strings.Join(resp.GetOkResponse().GetHeadersToRemove(), ",")}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var seenA, seenB, checks atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan string, 16)
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := ts.client.Check(context.Background(), in)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				if resp.GetStatus().GetCode() != int32(codes.OK) {
+					errs <- fmt.Sprintf("denied: %s %v", resp.GetStatus().GetMessage(), resp.GetDynamicMetadata().AsMap())
+					return
+				}
+				checks.Add(1)
+				switch got := read(resp); got {
+				case wantA:
+					seenA.Add(1)
+				case wantB:
+					seenB.Add(1)
+				default:
+					errs <- fmt.Sprintf("an answer of neither config: %+v", got)
+					return
+				}
+			}
+		})
+	}
+	reloads := 0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && len(errs) == 0; reloads++ {
+		next := versionB
+		if reloads%2 == 1 {
+			next = versionA
+		}
+		// Written whole and renamed into place, as editors and ConfigMap
+		// updates do: the file watch must never read half a file.
+		require.NoError(t, os.WriteFile(path+".new", []byte(next), 0o600))
+		require.NoError(t, os.Rename(path+".new", path))
+		ts.srv.reload("test") // as SIGHUP does; the file watch may reload it too
+		time.Sleep(2 * time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	t.Logf("%d reloads, %d checks: %d answered by version A, %d by version B", reloads, checks.Load(), seenA.Load(), seenB.Load())
+	assert.Greater(t, reloads, 100)
+	assert.Positive(t, seenA.Load(), "version A answered")
+	assert.Positive(t, seenB.Load(), "version B answered")
+}
+
+// Every config file the repository ships loads and compiles as the server
+// would load it: the deployment tests check them against a mirror of the
+// config's fields, this against the decision's own rules (exclusive
+// selectors, hosts that can match, policy names).
+func TestTheShippedConfigsCompile(t *testing.T) {
+	for _, path := range []string{
+		"../../extauthz.yaml",
+		"../../deploy/compose/extauthz.yaml",
+		"../../deploy/docker/extauthz.yaml",
+		"../../k8s/base/config.yaml",
+		"../../k8s/overlays/istio/config.yaml",
+	} {
+		t.Run(strings.TrimPrefix(path, "../../"), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			cfg, err := config.Parse(data)
+			require.NoError(t, err)
+			set, err := newPolicies(cfg)
+			require.NoError(t, err)
+			assert.Len(t, set.Policies(), len(cfg.Policies)+1)
+		})
+	}
+}
