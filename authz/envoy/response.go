@@ -221,15 +221,10 @@ func (m *identityMemo) entry(k *keystore.Key) *identityEntry {
 	return e
 }
 
-// options returns k's identity headers in Envoy's form. The slice is shared:
-// callers may append to it (that copies) but not modify it.
-func (m *identityMemo) options(k *keystore.Key) []*corev3.HeaderValueOption {
-	return m.entry(k).opts
-}
-
 // parts returns the response parts of d, which has a key: the entry's last
 // ones when d was decided under the same policy, route and outcome, else
-// new ones, which become the last. Shared like options.
+// new ones, which become the last. The parts are shared: callers may append
+// to their slices (that copies, as they are full) but not modify them.
 func (m *identityMemo) parts(d *authz.Decision) *responseParts {
 	e := m.entry(d.Key)
 	if p := e.last.Load(); p != nil && p.policy == d.Policy && p.route == d.Route && p.code == d.Code && p.shadow == d.Shadow {

@@ -271,6 +271,7 @@ func TestAFileFromBeforePoliciesIsMigrated(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
+	assert.Equal(t, []string{"billing"}, got.Policies, "Update returns the key as stored")
 	got, err = s.Lookup(t.Context(), h)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"billing"}, got.Policies)
