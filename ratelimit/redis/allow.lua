@@ -1,28 +1,36 @@
--- allow.lua: one atomic check of all the limits of one bucket. The algorithm
--- and its proof are in ratelimit/window.go; this is the same integer arithmetic (Lua
--- numbers are doubles: every value here stays far below 2^53). It is written
--- for speed: Redis runs it for every check, and redis.call and table
--- allocations are what it costs.
+-- allow.lua: atomic checks of the limits of buckets, a batch of checks per
+-- call. The algorithm and its proof are in ratelimit/window.go; this is the
+-- same integer arithmetic (Lua numbers are doubles: every value here stays
+-- far below 2^53). It is written for speed: Redis runs it for every batch,
+-- and redis.call and table allocations are what it costs. Running a batch in
+-- one call pays the fixed cost of a script call (and of reading the clock)
+-- once for all of its checks; the checks run one after the other, exactly as
+-- separate calls would, so two checks of one bucket in a batch see each
+-- other's counts.
 --
--- KEYS[i]  limit i's counter hash: field "s" = the sub-window length (µs) the
---          groups were counted with; field "<j>" = count*256 + mark of group j.
---          All KEYS share the hash tag {bucket}, hence one Cluster slot.
+-- KEYS     the counter hashes of every check, in order: check c's limits
+--          take the next nlim_c keys. Limit i's hash: field "s" = the
+--          sub-window length (µs) the groups were counted with; field "<j>" =
+--          count*256 + mark of group j. The keys of one check share the hash
+--          tag {bucket}, hence one Cluster slot (a Cluster client sends each
+--          check as its own call).
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          every replica, so counts do not drift with the replicas' clocks.
 -- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
 --          sub-windows per window; see "Memory" in ratelimit/window.go)
--- ARGV[3]  want: how many requests to count at once, ≥ 1. Above 1 the
+-- Then per check: want, nlim, and nlim triples N, W (µs), s (µs).
+--          want is how many requests to count at once, ≥ 1. Above 1 the
 --          others are a lease (see "Leases" in lease.go): the group's mark
 --          becomes the end of its sub-window, where the lease expires.
--- ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]  N, W (µs), s (µs) of limit i
 --
--- Returns {granted, lease, held_1, t_1, held_2, t_2, ...}. granted is how
--- many requests were counted: 0 (denied) or 1..want, as many as every limit
--- had room for. lease is the µs from now until the first of the limits'
--- current sub-windows ends. Allowed: held is the count after this request,
--- t the µs until the limit is fully reset. Denied: nothing is written; held
--- is the count now and t the µs until the limit would allow this request (0
--- when it is not exhausted).
+-- Returns, per check in order, {granted, lease, held_1, t_1, held_2, t_2, ...}
+-- (2 + 2*nlim values), all in one flat array. granted is how many requests
+-- were counted: 0 (denied) or 1..want, as many as every limit had room for.
+-- lease is the µs from now until the first of the limits' current
+-- sub-windows ends. Allowed: held is the count after this request, t the µs
+-- until the limit is fully reset. Denied: nothing is written; held is the
+-- count now and t the µs until the limit would allow this request (0 when it
+-- is not exhausted).
 
 local floor = math.floor
 local MARKS = 255
@@ -42,8 +50,6 @@ if not now then
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local span = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local nkeys = #KEYS
 
 -- The upper bound of the time of group j's latest request (see ratelimit/window.go),
 -- and the group's count.
@@ -81,104 +87,117 @@ local function count(raw, idx, w, s)
   return held, cur, stale, newest
 end
 
--- Pass 1: the count of every limit. ST holds 8 values per limit (one table
--- for all: tables, tonumber and redis.call are what a script pays for).
+-- ST holds 8 values per limit of the check at hand (one table for all:
+-- tables, tonumber and redis.call are what a script pays for).
 local ST = {}
-local allowed = true
-local granted, lease = want, nil
-for i = 1, nkeys do
-  local n, w, s = tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]), tonumber(ARGV[3 * i + 3])
-  local raw = redis.call('HGETALL', KEYS[i])
-  local same = false
-  for f = 1, #raw, 2 do -- "s" is written first, so this is usually one step
-    if raw[f] == 's' then
-      same = tonumber(raw[f + 1]) == s
-      break
-    end
-  end
-  local idx, held, cur, stale = floordiv(now, s), 0, nil, false
-  if same then
-    local newest
-    held, cur, stale, newest = count(raw, idx, w, s)
-    if newest > idx then -- the clock went back: count as of the newest group
-      idx = newest
-      held, cur, stale = count(raw, idx, w, s)
-    end
-  elseif #raw > 0 then
-    redis.call('DEL', KEYS[i]) -- counted with another s: void
-  end
-  local b = 8 * (i - 1)
-  ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, same and raw
-  ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8] = idx, held, cur or false, stale
-  if held >= n then allowed = false end
-  if n - held < granted then granted = n - held end
-  local left = (idx + 1) * s - now
-  if lease == nil or left < lease then lease = left end
-end
 
-local out = {allowed and granted or 0, lease or 0}
-if not allowed then
+-- check runs one check: its limits are KEYS[k+1..k+nkeys] with their N, W, s
+-- at ARGV[a+1..a+3*nkeys]. It appends the check's values to out at o+1.
+local function check(k, nkeys, a, want, out, o)
+  -- Pass 1: the count of every limit.
+  local allowed = true
+  local granted, lease = want, nil
   for i = 1, nkeys do
-    local b = 8 * (i - 1)
-    local n, w, s, raw, idx, held = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
-    local t = 0
-    if held >= n and raw then
-      -- The counted groups stop counting oldest first, each at bound + W + 1:
-      -- visit them in index order (at most span+1 of them) until enough are gone.
-      local need, freed, after = held - n + 1, 0, idx - span - 1
-      while freed < need do
-        local next, nv = nil, nil
-        for f = 1, #raw, 2 do
-          local j = tonumber(raw[f])
-          if j and j > after and j <= idx and (next == nil or j < next) then next, nv = j, tonumber(raw[f + 1]) end
-        end
-        if next == nil then break end
-        local l, c = latest(next, nv, s)
-        if l + w + 1 > now then
-          freed = freed + c
-          t = l + w + 1 - now
-        end
-        after = next
+    local n, w, s = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i])
+    local raw = redis.call('HGETALL', KEYS[k + i])
+    local same = false
+    for f = 1, #raw, 2 do -- "s" is written first, so this is usually one step
+      if raw[f] == 's' then
+        same = tonumber(raw[f + 1]) == s
+        break
       end
     end
-    out[2 * i + 1], out[2 * i + 2] = held, t
+    local idx, held, cur, stale = floordiv(now, s), 0, nil, false
+    if same then
+      local newest
+      held, cur, stale, newest = count(raw, idx, w, s)
+      if newest > idx then -- the clock went back: count as of the newest group
+        idx = newest
+        held, cur, stale = count(raw, idx, w, s)
+      end
+    elseif #raw > 0 then
+      redis.call('DEL', KEYS[k + i]) -- counted with another s: void
+    end
+    local b = 8 * (i - 1)
+    ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, same and raw
+    ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8] = idx, held, cur or false, stale
+    if held >= n then allowed = false end
+    if n - held < granted then granted = n - held end
+    local left = (idx + 1) * s - now
+    if lease == nil or left < lease then lease = left end
   end
-  return out
+
+  out[o + 1], out[o + 2] = allowed and granted or 0, lease or 0
+  if not allowed then
+    for i = 1, nkeys do
+      local b = 8 * (i - 1)
+      local n, w, s, raw, idx, held = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
+      local t = 0
+      if held >= n and raw then
+        -- The counted groups stop counting oldest first, each at bound + W + 1:
+        -- visit them in index order (at most span+1 of them) until enough are gone.
+        local need, freed, after = held - n + 1, 0, idx - span - 1
+        while freed < need do
+          local next, nv = nil, nil
+          for f = 1, #raw, 2 do
+            local j = tonumber(raw[f])
+            if j and j > after and j <= idx and (next == nil or j < next) then next, nv = j, tonumber(raw[f + 1]) end
+          end
+          if next == nil then break end
+          local l, c = latest(next, nv, s)
+          if l + w + 1 > now then
+            freed = freed + c
+            t = l + w + 1 - now
+          end
+          after = next
+        end
+      end
+      out[o + 2 * i + 1], out[o + 2 * i + 2] = held, t
+    end
+    return
+  end
+
+  -- Pass 2: count the request in every limit. Numbers go to redis.call as
+  -- integers well below 1e17, which Redis writes as plain digits (%.17g): the
+  -- field names read back with tonumber.
+  for i = 1, nkeys do
+    local b = 8 * (i - 1)
+    local w, s, raw, idx, held, cur, stale = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8]
+    local key = KEYS[k + i]
+    local c, m = granted, 0
+    if cur then
+      c = floor(cur / 256)
+      m = cur - c * 256
+      c = c + granted
+    end
+    local off = now - idx * s
+    local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
+    if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
+    if granted > 1 then mn = MARKS end -- leased: used until the sub-window ends
+    if mn > m then m = mn end
+    redis.call('HSET', key, 's', s, idx, c * 256 + m)
+    if not cur then
+      -- A new group: the key must live while it can count. Its bound is at
+      -- most (idx+1)*s, so this expiry also holds for every later request of
+      -- the group, which need not touch it (one call less per check).
+      redis.call('PEXPIRE', key, floordiv((idx + 1) * s + w + 1 - now + 999, 1000))
+    end
+    if stale then
+      local old = {}
+      for f = 1, #raw, 2 do
+        local j = tonumber(raw[f])
+        if j and j < idx - span then old[#old + 1] = j end
+      end
+      redis.call('HDEL', key, unpack(old))
+    end
+    out[o + 2 * i + 1], out[o + 2 * i + 2] = held + granted, latest(idx, c * 256 + m, s) + w + 1 - now
+  end
 end
 
--- Pass 2: count the request in every limit. Numbers go to redis.call as
--- integers well below 1e17, which Redis writes as plain digits (%.17g): the
--- field names read back with tonumber.
-for i = 1, nkeys do
-  local b = 8 * (i - 1)
-  local w, s, raw, idx, held, cur, stale = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8]
-  local key = KEYS[i]
-  local c, m = granted, 0
-  if cur then
-    c = floor(cur / 256)
-    m = cur - c * 256
-    c = c + granted
-  end
-  local off = now - idx * s
-  local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
-  if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
-  if granted > 1 then mn = MARKS end -- leased: used until the sub-window ends
-  if mn > m then m = mn end
-  redis.call('HSET', key, 's', s, idx, c * 256 + m)
-  if not cur then
-    -- A new group: the key must live while it can count. Its bound is at
-    -- most (idx+1)*s, so this expiry also holds for every later request of
-    -- the group, which need not touch it (one call less per check).
-    redis.call('PEXPIRE', key, floordiv((idx + 1) * s + w + 1 - now + 999, 1000))
-  end
-  if stale then
-    local old = {}
-    for f = 1, #raw, 2 do
-      local j = tonumber(raw[f])
-      if j and j < idx - span then old[#old + 1] = j end
-    end
-    redis.call('HDEL', key, unpack(old))
-  end
-  out[2 * i + 1], out[2 * i + 2] = held + granted, latest(idx, c * 256 + m, s) + w + 1 - now
+local out, o, k, a = {}, 0, 0, 2
+while a < #ARGV do
+  local want, nkeys = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  check(k, nkeys, a + 2, want, out, o)
+  o, k, a = o + 2 + 2 * nkeys, k + nkeys, a + 2 + 3 * nkeys
 end
 return out

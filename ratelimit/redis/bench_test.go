@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
@@ -46,6 +48,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 			if b.N > 1 {
 				incr = redisBenchmarkINCR(b, srv)
 			}
+			cpu0 := redisCPU(b, client)
 			start := time.Now()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
@@ -61,6 +64,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 			rate := float64(b.N) / time.Since(start).Seconds()
 			b.StopTimer()
 			b.ReportMetric(rate, "checks/s")
+			b.ReportMetric((redisCPU(b, client)-cpu0).Seconds()*1e6/float64(b.N), "redis-µs/check")
 			if b.N > 1 {
 				incr = (incr + redisBenchmarkINCR(b, srv)) / 2
 				b.ReportMetric(incr, "redis-benchmark-incr/s")
@@ -71,6 +75,27 @@ func BenchmarkRedisAllow(b *testing.B) {
 			}
 		})
 	}
+}
+
+// redisCPU is the CPU time the Redis server has used, user and system, from
+// INFO cpu.
+func redisCPU(b *testing.B, client goredis.UniversalClient) time.Duration {
+	info, err := client.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatalf("INFO cpu: %v", err)
+	}
+	var total float64
+	for line := range strings.Lines(info) {
+		name, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (name == "used_cpu_sys" || name == "used_cpu_user") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("INFO cpu: %s: %v", line, err)
+			}
+			total += f
+		}
+	}
+	return time.Duration(total * float64(time.Second))
 }
 
 // redisBenchmarkINCR runs redis-benchmark's INCR test (64 clients, no

@@ -87,15 +87,18 @@ var (
 // Options.OnStoreError, within the Timeout, and a circuit breaker keeps it
 // from waiting on a Redis that is down.
 type Limiter struct {
-	client  goredis.UniversalClient
-	opts    Options
-	local   *ratelimit.Local
-	leases  *leases
-	breaker *breaker.Breaker // on the real clock: Now is the counts' clock, not the outage's
-	queue   chan *call
-	done    chan struct{}
-	wg      sync.WaitGroup
-	closing sync.Once
+	client goredis.UniversalClient
+	opts   Options
+	// perCheck: one script call per check (a Cluster client, whose
+	// checks' counters live in different slots), not one per batch.
+	perCheck bool
+	local    *ratelimit.Local
+	leases   *leases
+	breaker  *breaker.Breaker // on the real clock: Now is the counts' clock, not the outage's
+	queue    chan *call
+	done     chan struct{}
+	wg       sync.WaitGroup
+	closing  sync.Once
 
 	inflight                                atomic.Int32 // pipelines on the wire, batched or inline
 	replicas                                atomic.Int64
@@ -105,8 +108,8 @@ type Limiter struct {
 
 // call is one check waiting in the batcher.
 type call struct {
-	keys  []string
-	args  []any
+	keys  []string   // the counter of each enforced limit
+	args  []any      // want, len(keys), then N, W, s of each limit (allow.lua)
 	reply chan reply // buffered: the batcher never blocks on a caller gone
 }
 
@@ -154,14 +157,16 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 	if opts.Pipelines <= 0 {
 		opts.Pipelines = 4
 	}
+	_, cluster := client.(*goredis.ClusterClient)
 	r := &Limiter{
-		client:  client,
-		opts:    opts,
-		local:   ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
-		leases:  newLeases(),
-		breaker: breaker.New(opts.BreakerFailures, opts.BreakerProbe, nil),
-		queue:   make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
-		done:    make(chan struct{}),
+		client:   client,
+		opts:     opts,
+		perCheck: cluster,
+		local:    ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
+		leases:   newLeases(),
+		breaker:  breaker.New(opts.BreakerFailures, opts.BreakerProbe, nil),
+		queue:    make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
+		done:     make(chan struct{}),
 	}
 	r.replicas.Store(1)
 	for range opts.Pipelines {
@@ -346,25 +351,7 @@ func (r *Limiter) now() time.Time {
 // were granted (0 when denied, or on an error) and how long until the
 // limits' current sub-window ends.
 func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, want int64) (ratelimit.Result, int64, time.Duration, error) {
-	c := &call{
-		keys:  make([]string, 0, n),
-		args:  make([]any, 0, 3+3*n),
-		reply: make(chan reply, 1),
-	}
-	now := ""
-	if r.opts.Now != nil {
-		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
-	}
-	c.args = append(c.args, now, ratelimit.Span, want)
-	for i := range limits {
-		l := &limits[i]
-		if !l.Rate.Enforced() {
-			continue
-		}
-		wUs, sUs := l.Rate.Micros()
-		c.keys = append(c.keys, r.counterKey(l))
-		c.args = append(c.args, l.Rate.N, wUs, sUs)
-	}
+	c := r.newCall(limits, n, want)
 
 	// With nothing on the wire there is nothing to batch with: send from
 	// this goroutine and skip two hand-offs. Under load a pipeline is always
@@ -404,6 +391,27 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
 	return r.result(limits, n, rep)
+}
+
+// newCall is the script's part of a check of limits, n of them enforced,
+// asking for want requests.
+func (r *Limiter) newCall(limits []ratelimit.Limit, n int, want int64) *call {
+	c := &call{
+		keys:  make([]string, 0, n),
+		args:  make([]any, 0, 2+3*n),
+		reply: make(chan reply, 1),
+	}
+	c.args = append(c.args, want, n)
+	for i := range limits {
+		l := &limits[i]
+		if !l.Rate.Enforced() {
+			continue
+		}
+		wUs, sUs := l.Rate.Micros()
+		c.keys = append(c.keys, r.counterKey(l))
+		c.args = append(c.args, l.Rate.N, wUs, sUs)
+	}
+	return c
 }
 
 // callerGaveUp reports whether ctx is done or past its deadline. The socket
@@ -510,18 +518,50 @@ func (r *Limiter) drain() {
 	}
 }
 
-// run sends one batch as one pipeline of EVALSHA (within ctx and Timeout), and the ones Redis does not
-// know the script for (after a restart, or a new Cluster node) as EVAL, which
-// loads it again.
+// run sends one batch (within ctx and Timeout) and answers its calls. On
+// one Redis, the whole batch is one script call: the fixed cost of a call
+// (and of reading the clock) is paid once per batch, not per check. A
+// Cluster client gets one call per check, in one pipeline, as the checks'
+// counters are in different slots. A call Redis does not know the script
+// for (after a restart, or on a new Cluster node) is sent again as EVAL,
+// which loads it.
 func (r *Limiter) run(ctx context.Context, batch []*call) {
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 	defer cancel()
+	now := ""
+	if r.opts.Now != nil {
+		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
+	}
+	if !r.perCheck {
+		keys, args := batchArgs(batch, now)
+		cmd := allowScript.EvalSha(ctx, r.client, keys, args...)
+		if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			cmd = allowScript.Eval(ctx, r.client, keys, args...)
+		}
+		vals, err := cmd.Int64Slice()
+		for _, c := range batch {
+			if err != nil {
+				c.reply <- reply{err: err}
+				continue
+			}
+			k := 2 + 2*len(c.keys)
+			if len(vals) < k {
+				c.reply <- reply{err: fmt.Errorf("script returned %d values for a batch of %d checks", len(vals), len(batch))}
+				continue
+			}
+			c.reply <- reply{vals: vals[:k:k]}
+			vals = vals[k:]
+		}
+		return
+	}
 	cmds := make([]*goredis.Cmd, len(batch))
+	args := make([][]any, len(batch))
 	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i, c := range batch {
-			cmds[i] = allowScript.EvalSha(ctx, p, c.keys, c.args...)
+			args[i] = append([]any{now, ratelimit.Span}, c.args...)
+			cmds[i] = allowScript.EvalSha(ctx, p, c.keys, args[i]...)
 		}
 		return nil
 	})
@@ -534,7 +574,7 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 	if len(again) > 0 {
 		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for _, i := range again {
-				cmds[i] = allowScript.Eval(ctx, p, batch[i].keys, batch[i].args...)
+				cmds[i] = allowScript.Eval(ctx, p, batch[i].keys, args[i]...)
 			}
 			return nil
 		})
@@ -543,6 +583,24 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		vals, err := cmds[i].Int64Slice()
 		c.reply <- reply{vals: vals, err: err}
 	}
+}
+
+// batchArgs lays a batch out as one call of allow.lua: every check's keys
+// in order, and the clock and span followed by every check's arguments.
+func batchArgs(batch []*call, now string) ([]string, []any) {
+	nk, na := 0, 2
+	for _, c := range batch {
+		nk += len(c.keys)
+		na += len(c.args)
+	}
+	keys := make([]string, 0, nk)
+	args := make([]any, 0, na)
+	args = append(args, now, ratelimit.Span)
+	for _, c := range batch {
+		keys = append(keys, c.keys...)
+		args = append(args, c.args...)
+	}
+	return keys, args
 }
 
 // heartbeats announces this replica every Heartbeat and keeps the count of

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -567,4 +568,70 @@ func TestRedisDecidesByPolicyWhenTheCheckTimeForTheStoreIsSpent(t *testing.T) {
 		_, err := o.a.Allow(ctx, limits)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 	})
+}
+
+// One script call decides a whole batch (one Redis). It must decide exactly
+// as the same checks sent one call each: checks of one bucket in a batch see
+// each other's counts, and every check's values land in its own place
+// whatever the number of limits of the checks around it. The two runs use
+// two prefixes on one server and one clock; every value of every reply is
+// compared.
+func TestABatchDecidesAsItsChecksOneByOne(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	opts := func() Options { return Options{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second} }
+	batched, single := newRedis(t, client, opts()), newRedis(t, client, opts())
+	require.False(t, batched.perCheck, "a plain client gets one call per batch")
+
+	rng := rand.New(rand.NewPCG(15, 1))
+	rates := []ratelimit.Rate{{N: 2, Window: time.Second}, {N: 5, Window: 2 * time.Second}, {N: 4000, Window: time.Minute}}
+	check := func() ([]ratelimit.Limit, int64) {
+		i := rng.IntN(4) // few buckets: batches repeat them
+		b := fmt.Sprintf("b%d", i)
+		limits := []ratelimit.Limit{{Name: "key", Bucket: b, Rate: rates[i%len(rates)]}}
+		if rng.IntN(2) == 0 {
+			limits = append(limits, ratelimit.Limit{Name: "/r", Bucket: b, Scope: "/r", Rate: rates[(i+1)%2]})
+		}
+		want := int64(1)
+		if rng.IntN(5) == 0 {
+			want = 1 + rng.Int64N(3) // a lease's ask
+		}
+		return limits, want
+	}
+	ctx := context.Background()
+	var allowed, denied, twoOfABucket int
+	for step := range 60 {
+		size := 1 + rng.IntN(12)
+		var inBatch, oneByOne []*call
+		seen := map[string]bool{}
+		for range size {
+			limits, want := check()
+			if seen[limits[0].Bucket] {
+				twoOfABucket++
+			}
+			seen[limits[0].Bucket] = true
+			inBatch = append(inBatch, batched.newCall(limits, len(limits), want))
+			oneByOne = append(oneByOne, single.newCall(limits, len(limits), want))
+		}
+		batched.run(ctx, inBatch)
+		for i := range size {
+			single.run(ctx, oneByOne[i:i+1])
+			a, b := <-inBatch[i].reply, <-oneByOne[i].reply
+			require.NoError(t, a.err)
+			require.NoError(t, b.err)
+			require.Equal(t, b.vals, a.vals, "step %d, check %d of %d", step, i, size)
+			if a.vals[0] > 0 {
+				allowed++
+			} else {
+				denied++
+			}
+		}
+		clock.Set(clock.Now().Add(time.Duration(rng.IntN(150)) * time.Millisecond))
+	}
+	// The walk exercised what it claims to.
+	t.Logf("%d allowed, %d denied, %d checks of a bucket already in their batch", allowed, denied, twoOfABucket)
+	assert.Greater(t, allowed, 50)
+	assert.Greater(t, denied, 50)
+	assert.Greater(t, twoOfABucket, 100)
 }
