@@ -539,11 +539,11 @@ func TestKeysCarryPoliciesAndMetadataThroughTheCLI(t *testing.T) {
 		code int
 		want string
 	}{
-		{"a policy name with a capital", []string{"--policy", "Billing"}, 1, "policies[0]: 1 to 63 characters"},
+		{"a policy name with a capital", []string{"--policy", "Billing"}, 2, "--policy: 1 to 63 characters"},
 		{"a metadata entry without =", []string{"--meta", "plan"}, 2, "--meta wants name=value"},
 		{"an empty metadata value", []string{"--meta", "plan="}, 1, "meta.plan: values are 1 to 256 bytes"},
-		{"a metadata name with a dash", []string{"--meta", "plan-tier=x"}, 1, "meta: names are 1 to 64 characters"},
-		{"a key pasted as metadata", []string{"--meta", "note=" + secret}, 1, "meta: an entry contains an API key"},
+		{"a metadata name with a dash", []string{"--meta", "plan-tier=x"}, 2, "--meta: names are 1 to 64 characters"},
+		{"a key pasted as metadata", []string{"--meta", "note=" + secret}, 2, "--meta: an entry contains an API key"},
 		{"a key pasted without =", []string{"--meta", secret}, 2, "--meta wants name=value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

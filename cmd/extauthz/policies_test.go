@@ -134,9 +134,9 @@ func TestPoliciesFromTheConfigFileOverGRPC(t *testing.T) {
 	assert.NotContains(t, events.String(), billingKey)
 
 	_, body, _ := get(t, ts.httpURL+"/metrics", nil)
-	assert.Contains(t, body, `extauthz_decisions_total{code="permission_denied",mode="shadow"} 1`)
-	assert.Contains(t, body, `extauthz_decisions_total{code="policy_not_allowed",mode="enforce"} 1`)
-	assert.Contains(t, body, `extauthz_decisions_total{code="allow",mode="enforce"} 3`)
+	assert.Contains(t, body, `extauthz_decisions_total{code="permission_denied",mode="shadow",policy="orders",route="/orders/**"} 1`)
+	assert.Contains(t, body, `extauthz_decisions_total{code="policy_not_allowed",mode="enforce",policy="default",route="/api/users"} 1`)
+	assert.Contains(t, body, `extauthz_decisions_total{code="allow",mode="enforce",policy="billing",route="/invoices/**"} 3`)
 }
 
 // The HTTP listener selects by the auth path the proxy sets.
