@@ -33,8 +33,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 	}{
 		{"one limit", false, Options{}},
 		{"two limits", true, Options{}},
-		{"one limit, 1 pipeline", false, Options{Pipelines: 1}},
-		{"one limit, 100µs batch wait", false, Options{BatchWait: 100 * time.Microsecond}},
+		{"one limit, 4 pipelines", false, Options{Pipelines: 4}},
 	} {
 		checks := limitertest.Checks(10000, tc.two)
 		b.Run(tc.name, func(b *testing.B) {

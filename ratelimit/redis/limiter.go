@@ -58,13 +58,14 @@ type Options struct {
 	// BreakerProbe is how long the breaker stays open before one check probes
 	// Redis again (default 1s).
 	BreakerProbe time.Duration
-	// MaxBatch is the most checks sent in one pipeline (default 256).
+	// MaxBatch is the most checks sent in one batch (default 256).
 	MaxBatch int
-	// BatchWait is how long a batch waits for more checks after its first
-	// (default 0: take what is queued and go; while a pipeline is in flight,
-	// the next batch fills by itself).
-	BatchWait time.Duration
-	// Pipelines is how many batches may be in flight at once (default 4).
+	// Pipelines is how many batches may be on the wire at once (default 1).
+	// A check that finds fewer on the wire is sent at once, from its own
+	// goroutine; the others wait, and go together as the next batch when one
+	// on the wire returns. One keeps batches as large as the load makes them
+	// (Redis's cost is per call, not per check) while adding at most one
+	// round trip of wait.
 	Pipelines int
 	// MaxLocalBuckets bounds the fallback limiter (default
 	// ratelimit.DefaultMaxBuckets).
@@ -81,8 +82,7 @@ var (
 )
 
 // Limiter is a ratelimit.Limiter whose counts live in Redis, shared by every
-// replica: one atomic Lua script per check, concurrent checks batched into
-// pipelines, or, for a busy bucket with large limits, a lease of several
+// replica: one atomic Lua script call per batch of concurrent checks, or, for a busy bucket with large limits, a lease of several
 // requests counted at once (lease.go). When Redis fails it decides by
 // Options.OnStoreError, within the Timeout, and a circuit breaker keeps it
 // from waiting on a Redis that is down.
@@ -95,12 +95,20 @@ type Limiter struct {
 	local    *ratelimit.Local
 	leases   *leases
 	breaker  *breaker.Breaker // on the real clock: Now is the counts' clock, not the outage's
-	queue    chan *call
 	done     chan struct{}
 	wg       sync.WaitGroup
 	closing  sync.Once
 
-	inflight                                atomic.Int32 // pipelines on the wire, batched or inline
+	// The batcher: checks wait in pending while Pipelines batches are on
+	// the wire. Whoever brings a batch back takes the pending checks as the
+	// next one (handing it to a sender goroutine through kick), so a wire
+	// slot is only given up with nothing pending: no check waits unseen.
+	mu      sync.Mutex
+	pending []*call
+	sending int  // batches on the wire, ≤ Pipelines
+	closed  bool // no more pending checks: Close has begun
+	kick    chan struct{}
+
 	replicas                                atomic.Int64
 	allowed, limited, fallback, storeErrors atomic.Uint64
 	leased                                  atomic.Uint64
@@ -155,7 +163,7 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 		opts.MaxBatch = 256
 	}
 	if opts.Pipelines <= 0 {
-		opts.Pipelines = 4
+		opts.Pipelines = 1
 	}
 	_, cluster := client.(*goredis.ClusterClient)
 	r := &Limiter{
@@ -165,12 +173,12 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 		local:    ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
 		leases:   newLeases(),
 		breaker:  breaker.New(opts.BreakerFailures, opts.BreakerProbe, nil),
-		queue:    make(chan *call, 4*opts.MaxBatch*opts.Pipelines),
 		done:     make(chan struct{}),
+		kick:     make(chan struct{}, opts.Pipelines),
 	}
 	r.replicas.Store(1)
 	for range opts.Pipelines {
-		r.wg.Go(r.batcher)
+		r.wg.Go(r.sender)
 	}
 	r.wg.Go(r.heartbeats)
 	return r, nil
@@ -181,8 +189,12 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 // Close return ErrClosed.
 func (r *Limiter) Close() error {
 	r.closing.Do(func() {
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
 		close(r.done)
 		r.wg.Wait()
+		r.drain()
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
 		_ = r.client.ZRem(ctx, r.heartbeatKey(), r.opts.InstanceID).Err()
@@ -353,33 +365,28 @@ func (r *Limiter) now() time.Time {
 func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, want int64) (ratelimit.Result, int64, time.Duration, error) {
 	c := r.newCall(limits, n, want)
 
-	// With nothing on the wire there is nothing to batch with: send from
-	// this goroutine and skip two hand-offs. Under load a pipeline is always
-	// in flight, so checks queue and share the batchers' pipelines.
-	if r.inflight.Load() == 0 {
-		select {
-		case <-r.done:
-			return ratelimit.Result{}, 0, 0, ErrClosed
-		default:
-		}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return ratelimit.Result{}, 0, 0, ErrClosed
+	}
+	if r.sending < r.opts.Pipelines {
+		// A wire slot is free, so nothing is pending: send this check from
+		// this goroutine, without a hand-off, then pass the slot on.
+		r.sending++
+		r.mu.Unlock()
 		r.run(ctx, []*call{c})
+		r.passOn()
 		rep := <-c.reply
 		if rep.err != nil && callerGaveUp(ctx) {
 			return ratelimit.Result{}, 0, 0, context.DeadlineExceeded
 		}
 		return r.result(limits, n, rep)
 	}
+	r.pending = append(r.pending, c)
+	r.mu.Unlock()
 	timer := time.NewTimer(r.opts.Timeout)
 	defer timer.Stop()
-	select {
-	case r.queue <- c:
-	case <-timer.C:
-		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: queued longer than %v", r.opts.Timeout)
-	case <-ctx.Done():
-		return ratelimit.Result{}, 0, 0, ctx.Err()
-	case <-r.done:
-		return ratelimit.Result{}, 0, 0, ErrClosed
-	}
 	var rep reply
 	select {
 	case rep = <-c.reply:
@@ -461,61 +468,57 @@ func (r *Limiter) counterKey(l *ratelimit.Limit) string {
 
 func (r *Limiter) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }
 
-// batcher sends queued checks to Redis, up to MaxBatch per pipeline.
-func (r *Limiter) batcher() {
-	batch := make([]*call, 0, r.opts.MaxBatch)
-	var linger *time.Timer
-	if r.opts.BatchWait > 0 {
-		linger = time.NewTimer(time.Hour)
-		linger.Stop()
+// passOn is called by whoever brought a batch back from the wire: with
+// checks pending, the wire slot goes to a sender, which sends them; without,
+// it is free again.
+func (r *Limiter) passOn() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) == 0 || r.closed {
+		r.sending--
+		return
 	}
+	r.kick <- struct{}{} // never blocks: one kick per slot, Pipelines slots
+}
+
+// sender sends the pending checks, MaxBatch at a time, for as long as there
+// are any once a batch returns: the checks that arrive while one batch is on
+// the wire go together as the next.
+func (r *Limiter) sender() {
+	batch := make([]*call, 0, r.opts.MaxBatch)
 	for {
-		batch = batch[:0]
 		select {
-		case c := <-r.queue:
-			batch = append(batch, c)
+		case <-r.kick:
 		case <-r.done:
-			r.drain()
 			return
 		}
-		// Take what is queued now; with BatchWait, wait a little for more.
-	now:
-		for len(batch) < cap(batch) {
-			select {
-			case c := <-r.queue:
-				batch = append(batch, c)
-			default:
-				break now
+		for {
+			r.mu.Lock()
+			if len(r.pending) == 0 || r.closed {
+				r.sending--
+				r.mu.Unlock()
+				break
 			}
+			k := min(len(r.pending), r.opts.MaxBatch)
+			batch = append(batch[:0], r.pending[:k]...)
+			rest := copy(r.pending, r.pending[k:])
+			clear(r.pending[rest:])
+			r.pending = r.pending[:rest]
+			r.mu.Unlock()
+			r.run(context.Background(), batch) // a batch outlives any one caller
+			clear(batch)
 		}
-		if linger != nil && len(batch) < cap(batch) {
-			linger.Reset(r.opts.BatchWait)
-		wait:
-			for len(batch) < cap(batch) {
-				select {
-				case c := <-r.queue:
-					batch = append(batch, c)
-				case <-linger.C:
-					break wait
-				}
-			}
-			linger.Stop()
-		}
-		r.run(context.Background(), batch) // a batch outlives any one caller
-		clear(batch)
 	}
 }
 
-// drain answers the checks still queued at Close.
+// drain answers the checks still pending at Close.
 func (r *Limiter) drain() {
-	for {
-		select {
-		case c := <-r.queue:
-			c.reply <- reply{err: ErrClosed}
-		default:
-			return
-		}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.pending {
+		c.reply <- reply{err: ErrClosed}
 	}
+	r.pending = nil
 }
 
 // run sends one batch (within ctx and Timeout) and answers its calls. On
@@ -526,8 +529,6 @@ func (r *Limiter) drain() {
 // for (after a restart, or on a new Cluster node) is sent again as EVAL,
 // which loads it.
 func (r *Limiter) run(ctx context.Context, batch []*call) {
-	r.inflight.Add(1)
-	defer r.inflight.Add(-1)
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 	defer cancel()
 	now := ""

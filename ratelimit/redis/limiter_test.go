@@ -115,8 +115,8 @@ func TestRedisBurstFromFreshAllowsExactlyN(t *testing.T) {
 func TestRedisTwoReplicasTogetherAllowExactlyN(t *testing.T) {
 	srv := redistest.Start(t)
 	a := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second})
-	// b batches differently: one pipeline at a time, waiting for more.
-	b := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second, Pipelines: 1, BatchWait: 200 * time.Microsecond, MaxBatch: 8})
+	// b batches differently: two batches on the wire, of at most 8 checks.
+	b := newRedis(t, newClient(t, srv.Addr), Options{Timeout: time.Second, Pipelines: 2, MaxBatch: 8})
 	limits := []ratelimit.Limit{
 		{Name: "key", Bucket: "shared", Rate: ratelimit.Rate{N: 100, Window: time.Hour}},
 		{Name: "/r", Bucket: "shared", Scope: "/r", Rate: ratelimit.Rate{N: 1000, Window: time.Minute}},
