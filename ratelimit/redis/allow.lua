@@ -8,12 +8,15 @@
 -- separate calls would, so two checks of one bucket in a batch see each
 -- other's counts.
 --
--- KEYS     the counter hashes of every check, in order: check c's limits
---          take the next nlim_c keys. Limit i's hash: field "s" = the
---          sub-window length (µs) the groups were counted with; field "<j>" =
---          count*256 + mark of group j. The keys of one check share the hash
---          tag {bucket}, hence one Cluster slot (a Cluster client sends each
---          check as its own call).
+-- KEYS     the counters of every check, in order: check c's limits take the
+--          next nlim_c keys. A counter is a string of little-endian doubles
+--          (struct "<d...": exact for the integers here): the sub-window
+--          length s (µs) the groups were counted with, then a pair (j,
+--          count*256 + mark) per group j, in ascending j. One GET and one
+--          SET per limit: a hash of the groups costs Redis several times
+--          more to read into Lua (a string per field and per value). The
+--          keys of one check share the hash tag {bucket}, hence one Cluster
+--          slot (a Cluster client sends each check as its own call).
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          every replica, so counts do not drift with the replicas' clocks.
 -- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
@@ -58,33 +61,51 @@ local function latest(j, v, s)
   return j * s + floordiv((v - c * 256) * s + MARKS - 1, MARKS), c
 end
 
--- The count of a limit at now: the groups of raw (an HGETALL reply) from
--- idx-span to idx that still count. Also the value of group idx, whether
--- older (stale) groups are present, and the newest group's index.
-local function count(raw, idx, w, s)
-  local held, cur, stale, newest = 0, nil, false, idx
+-- FMT[n] is the struct format of a counter of n groups.
+local FMT = {}
+local function fmt(n)
+  local f = FMT[n]
+  if not f then
+    f = '<d' .. string.rep('dd', n)
+    FMT[n] = f
+  end
+  return f
+end
+
+-- decode reads a counter: {s, j1, v1, j2, v2, ...}, or nil for none or a
+-- malformed one (counted again from empty, like one of another s).
+local function decode(str)
+  if not str then return nil end
+  local n = (#str / 8 - 1) / 2
+  if n < 0 or n ~= floor(n) then return nil end
+  local g = {struct.unpack(fmt(n), str)}
+  g[#g] = nil -- unpack's last value is the position after the string
+  return g
+end
+
+-- The count of a limit at now: the groups of g (decode's table) from
+-- idx-span to idx that still count. Also the value of group idx, and the
+-- newest group's index.
+local function count(g, idx, w, s)
+  local held, cur, newest = 0, nil, idx
   local oldest = idx - span
-  for f = 1, #raw, 2 do
-    local j = tonumber(raw[f])
-    if j then
-      if j > newest then newest = j end
-      if j < oldest then
-        stale = true
+  for f = 2, #g, 2 do
+    local j = g[f]
+    if j > newest then newest = j end
+    if j >= oldest then
+      local v = g[f + 1]
+      if j == idx then cur = v end
+      if j * s + w >= now then
+        -- its bound is at least j*s: counted (the common case, without
+        -- working the mark out)
+        held = held + floor(v / 256)
       else
-        local v = tonumber(raw[f + 1])
-        if j == idx then cur = v end
-        if j * s + w >= now then
-          -- its bound is at least j*s: counted (the common case, without
-          -- working the mark out)
-          held = held + floor(v / 256)
-        else
-          local l, c = latest(j, v, s)
-          if l + w >= now then held = held + c end -- counted while bound + W ≥ now
-        end
+        local l, c = latest(j, v, s)
+        if l + w >= now then held = held + c end -- counted while bound + W ≥ now
       end
     end
   end
-  return held, cur, stale, newest
+  return held, cur, newest
 end
 
 -- ST holds 8 values per limit of the check at hand (one table for all:
@@ -99,28 +120,20 @@ local function check(k, nkeys, a, want, out, o)
   local granted, lease = want, nil
   for i = 1, nkeys do
     local n, w, s = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i])
-    local raw = redis.call('HGETALL', KEYS[k + i])
-    local same = false
-    for f = 1, #raw, 2 do -- "s" is written first, so this is usually one step
-      if raw[f] == 's' then
-        same = tonumber(raw[f + 1]) == s
-        break
-      end
-    end
-    local idx, held, cur, stale = floordiv(now, s), 0, nil, false
-    if same then
+    local g = decode(redis.call('GET', KEYS[k + i]))
+    if g and g[1] ~= s then g = nil end -- counted with another s: void
+    local idx, held, cur = floordiv(now, s), 0, nil
+    if g then
       local newest
-      held, cur, stale, newest = count(raw, idx, w, s)
+      held, cur, newest = count(g, idx, w, s)
       if newest > idx then -- the clock went back: count as of the newest group
         idx = newest
-        held, cur, stale = count(raw, idx, w, s)
+        held, cur = count(g, idx, w, s)
       end
-    elseif #raw > 0 then
-      redis.call('DEL', KEYS[k + i]) -- counted with another s: void
     end
     local b = 8 * (i - 1)
-    ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, same and raw
-    ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8] = idx, held, cur or false, stale
+    ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, g or false
+    ST[b + 5], ST[b + 6], ST[b + 7] = idx, held, cur or false
     if held >= n then allowed = false end
     if n - held < granted then granted = n - held end
     local left = (idx + 1) * s - now
@@ -131,17 +144,17 @@ local function check(k, nkeys, a, want, out, o)
   if not allowed then
     for i = 1, nkeys do
       local b = 8 * (i - 1)
-      local n, w, s, raw, idx, held = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
+      local n, w, s, g, idx, held = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
       local t = 0
-      if held >= n and raw then
+      if held >= n and g then
         -- The counted groups stop counting oldest first, each at bound + W + 1:
         -- visit them in index order (at most span+1 of them) until enough are gone.
         local need, freed, after = held - n + 1, 0, idx - span - 1
         while freed < need do
           local next, nv = nil, nil
-          for f = 1, #raw, 2 do
-            local j = tonumber(raw[f])
-            if j and j > after and j <= idx and (next == nil or j < next) then next, nv = j, tonumber(raw[f + 1]) end
+          for f = 2, #g, 2 do
+            local j = g[f]
+            if j > after and j <= idx and (next == nil or j < next) then next, nv = j, g[f + 1] end
           end
           if next == nil then break end
           local l, c = latest(next, nv, s)
@@ -157,13 +170,12 @@ local function check(k, nkeys, a, want, out, o)
     return
   end
 
-  -- Pass 2: count the request in every limit. Numbers go to redis.call as
-  -- integers well below 1e17, which Redis writes as plain digits (%.17g): the
-  -- field names read back with tonumber.
+  -- Pass 2: count the request in every limit: the groups that can still
+  -- count, with group idx's new value, written back in one SET whose expiry
+  -- is when group idx stops counting (the latest of them all).
   for i = 1, nkeys do
     local b = 8 * (i - 1)
-    local w, s, raw, idx, held, cur, stale = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7], ST[b + 8]
-    local key = KEYS[k + i]
+    local w, s, g, idx, held, cur = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7]
     local c, m = granted, 0
     if cur then
       c = floor(cur / 256)
@@ -175,21 +187,23 @@ local function check(k, nkeys, a, want, out, o)
     if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
     if granted > 1 then mn = MARKS end -- leased: used until the sub-window ends
     if mn > m then m = mn end
-    redis.call('HSET', key, 's', s, idx, c * 256 + m)
-    if not cur then
-      -- A new group: the key must live while it can count. Its bound is at
-      -- most (idx+1)*s, so this expiry also holds for every later request of
-      -- the group, which need not touch it (one call less per check).
-      redis.call('PEXPIRE', key, floordiv((idx + 1) * s + w + 1 - now + 999, 1000))
-    end
-    if stale then
-      local old = {}
-      for f = 1, #raw, 2 do
-        local j = tonumber(raw[f])
-        if j and j < idx - span then old[#old + 1] = j end
+    local new, n = {s}, 0
+    if g then
+      for f = 2, #g, 2 do
+        local j = g[f]
+        if j >= idx - span and j ~= idx then
+          new[2 * n + 2], new[2 * n + 3] = j, g[f + 1]
+          n = n + 1
+        end
       end
-      redis.call('HDEL', key, unpack(old))
     end
+    new[2 * n + 2], new[2 * n + 3] = idx, c * 256 + m -- idx is the newest group
+    n = n + 1
+    -- At least 1ms: SET takes no other (only clocks beyond 2^53 µs, which
+    -- doubles cannot hold exactly, come near it).
+    local ttl = floordiv((idx + 1) * s + w + 1 - now + 999, 1000)
+    if ttl < 1 then ttl = 1 end
+    redis.call('SET', KEYS[k + i], struct.pack(fmt(n), unpack(new)), 'PX', ttl)
     out[o + 2 * i + 1], out[o + 2 * i + 2] = held + granted, latest(idx, c * 256 + m, s) + w + 1 - now
   end
 end

@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/ratelimit"
 	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
 
@@ -27,15 +28,22 @@ func BenchmarkRedisAllow(b *testing.B) {
 	srv := redistest.Start(b)
 	client := newClient(b, srv.Addr)
 	for _, tc := range []struct {
-		name string
-		two  bool
-		opts Options
+		name  string
+		two   bool
+		exact bool // a limit too small to lease: every check goes to Redis
+		opts  Options
 	}{
-		{"one limit", false, Options{}},
-		{"two limits", true, Options{}},
-		{"one limit, 4 pipelines", false, Options{Pipelines: 4}},
+		{"one limit", false, false, Options{}},
+		{"two limits", true, false, Options{}},
+		{"one limit, exact", false, true, Options{}},
+		{"one limit, exact, 4 pipelines", false, true, Options{Pipelines: 4}},
 	} {
 		checks := limitertest.Checks(10000, tc.two)
+		if tc.exact {
+			for _, c := range checks {
+				c[0].Rate = ratelimit.Rate{N: 2*leaseShare - 1, Window: time.Second}
+			}
+		}
 		b.Run(tc.name, func(b *testing.B) {
 			tc.opts.Prefix = uniquePrefix()
 			tc.opts.Timeout = time.Second
@@ -78,7 +86,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 
 // redisCPU is the CPU time the Redis server has used, user and system, from
 // INFO cpu.
-func redisCPU(b *testing.B, client goredis.UniversalClient) time.Duration {
+func redisCPU(b testing.TB, client goredis.UniversalClient) time.Duration {
 	info, err := client.Info(context.Background(), "cpu").Result()
 	if err != nil {
 		b.Fatalf("INFO cpu: %v", err)

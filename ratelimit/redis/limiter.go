@@ -60,7 +60,8 @@ type Options struct {
 	BreakerProbe time.Duration
 	// MaxBatch is the most checks sent in one batch (default 256).
 	MaxBatch int
-	// Pipelines is how many batches may be on the wire at once (default 1).
+	// Pipelines is how many batches may be on the wire at once (default 1;
+	// 4 for a Cluster client).
 	// A check that finds fewer on the wire is sent at once, from its own
 	// goroutine; the others wait, and go together as the next batch when one
 	// on the wire returns. One keeps batches as large as the load makes them
@@ -162,10 +163,15 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 256
 	}
+	_, cluster := client.(*goredis.ClusterClient)
 	if opts.Pipelines <= 0 {
 		opts.Pipelines = 1
+		if cluster {
+			// A Cluster batch waits for every master it touches: with one
+			// on the wire, a stalled master would hold up every check.
+			opts.Pipelines = 4
+		}
 	}
-	_, cluster := client.(*goredis.ClusterClient)
 	r := &Limiter{
 		client:   client,
 		opts:     opts,
@@ -460,10 +466,12 @@ func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.
 	return p.Result(), granted, ratelimit.FromMicros(rep.vals[1]), nil
 }
 
-// counterKey is <prefix>rl:{<bucket>}:<scope>: the hash tag puts every limit
-// of a bucket in one Cluster slot, so one script can take them all as KEYS.
+// counterKey is <prefix>rate:{<bucket>}:<scope>: the hash tag puts every
+// limit of a bucket in one Cluster slot, so one script can take them all as
+// KEYS. (Before the counters were packed strings they were hashes named
+// rl:…; the new name keeps a replica of either kind from reading the other's.)
 func (r *Limiter) counterKey(l *ratelimit.Limit) string {
-	return r.opts.Prefix + "rl:{" + l.Bucket + "}:" + l.Scope
+	return r.opts.Prefix + "rate:{" + l.Bucket + "}:" + l.Scope
 }
 
 func (r *Limiter) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }
