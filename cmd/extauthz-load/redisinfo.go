@@ -43,7 +43,7 @@ func parseInfoCPU(text string) (time.Duration, error) {
 		if err != nil || !(s >= 0) || math.IsInf(s, 0) {
 			return 0, fmt.Errorf("redis INFO cpu: %s: %q is not a number of seconds", name, value)
 		}
-		total += time.Duration(math.Round(s * 1e6)) * time.Microsecond
+		total += time.Duration(math.Round(s*1e6)) * time.Microsecond
 		found++
 	}
 	if found != 2 {
