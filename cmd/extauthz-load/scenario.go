@@ -33,8 +33,8 @@ type Scenario struct {
 	// at all) or a rate too high to run out during a run, so that every
 	// check pays for the limiter and is allowed.
 	KeyRate string
-	// Scale, when set, replaces the CLI-created keys with this many keys
-	// written straight into Redis, Zipf traffic and the cache size below.
+	// Scale marks the scale scenario: that many keys written straight into
+	// Redis (Keys, Bulk), Zipf traffic and the cache size below.
 	Scale     int
 	CacheSize int
 	Zipf      float64
@@ -73,8 +73,9 @@ var scenarios = []Scenario{
 	// Issue 15: the Redis limiter at its limit. A fleet's keys each see a
 	// few checks a second, so none earns a lease (ratelimit/redis/lease.go)
 	// and every check is one round trip of the limiter; the peer does the
-	// same job. At the bench's loads, 1000 keys used evenly get 2 to 7
-	// checks a second each: far below exactRate, far from a lease.
+	// same job. At the bench's loads, 1000 keys used evenly get a few to a
+	// few tens of checks a second each: far below exactRate, which is too
+	// small to lease anyway.
 	{Name: "redis-even", Title: "Redis rate limiting, 1k keys evenly, no lease", Store: "redis", KeyRate: exactRate, Keys: evenKeys, Bulk: true, Even: true},
 	{Name: "ratelimit", Title: "peer envoyproxy/ratelimit, 1k key ids evenly", Store: "redis", Peer: true, Keys: evenKeys, Even: true},
 }
@@ -92,7 +93,7 @@ const exactRate = "3999/s"
 func scaleScenario(keys, cacheSize int, zipf float64, rate string) Scenario {
 	return Scenario{
 		Name: "scale", Title: fmt.Sprintf("Redis, %s keys, cache %s, Zipf s=%g", count(keys), count(cacheSize), zipf),
-		Store: "redis", KeyRate: rate, Scale: keys, CacheSize: cacheSize, Zipf: zipf,
+		Store: "redis", KeyRate: rate, Scale: keys, Keys: keys, Bulk: true, CacheSize: cacheSize, Zipf: zipf,
 	}
 }
 
@@ -248,6 +249,8 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 	tr := &Traffic{Mix: o.Mix, Paths: o.Paths, Zipf: o.Zipf, Clients: o.Clients}
 	if sc.Even {
 		tr.Zipf = 0
+	} else if sc.Zipf > 0 {
+		tr.Zipf = sc.Zipf
 	}
 	d.traffic = tr
 	start := time.Now()
@@ -306,30 +309,19 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 			return nil, err
 		}
 		perms := []string{"read:users", "read:reports"}
-		if sc.Scale > 0 {
-			logf("inserting %d keys into Redis with %d goroutines", sc.Scale, o.ScaleInsert)
-			rate, err := keystore.ParseRateLimit(sc.KeyRate)
-			if err != nil {
-				return nil, err
-			}
-			valid, err = bulkInsert(ctx, redisURL, "load:", []byte(pepper),
-				keystore.Spec{Permissions: perms, RateLimit: rate}, sc.Scale, o.ScaleInsert, o.Log)
-			if err != nil {
-				return nil, err
-			}
-			tr.Zipf = sc.Zipf
-		} else if sc.Bulk {
+		if sc.Bulk {
 			if redisURL == "" {
 				return nil, fmt.Errorf("bulk keys are written into Redis: the scenario's store is %s", sc.Store)
 			}
 			n := sc.keyCount(o)
-			logf("writing %d keys straight into Redis (keystore/redis Create, what keys create does without a process per key)", n)
+			workers := min(o.ScaleInsert, n)
+			logf("writing %d keys straight into Redis with %d goroutines (keystore/redis Create: what keys create does, without a process per key)", n, workers)
 			rate, err := keystore.ParseRateLimit(sc.KeyRate)
 			if err != nil {
 				return nil, err
 			}
 			valid, err = bulkInsert(ctx, redisURL, "load:", []byte(pepper),
-				keystore.Spec{Permissions: perms, RateLimit: rate}, n, min(o.ScaleInsert, n), o.Log)
+				keystore.Spec{Permissions: perms, RateLimit: rate}, n, workers, o.Log)
 			if err != nil {
 				return nil, err
 			}
