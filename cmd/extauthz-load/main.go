@@ -436,6 +436,9 @@ func writeJSONFile(path string, results []*ScenarioResult) error {
 	if err != nil {
 		return err
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { // bench/, ignored by git, may not be there yet
+		return err
+	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
