@@ -15,13 +15,13 @@ import (
 // divided by the checks answered is what one check cost Redis, the figure
 // that says how many checks one Redis can take.
 
-// infoCPU is what a redis-server answers INFO cpu with.
-type infoCPU interface {
+// redisQuerier is a redis-server to ask (a redistest.Server).
+type redisQuerier interface {
 	QueryString(args ...string) (string, error)
 }
 
 // redisCPU returns the CPU time redis-server has used since it started.
-func redisCPU(r infoCPU) (time.Duration, error) {
+func redisCPU(r redisQuerier) (time.Duration, error) {
 	text, err := r.QueryString("INFO", "cpu")
 	if err != nil {
 		return 0, fmt.Errorf("redis INFO cpu: %w", err)
