@@ -37,7 +37,7 @@ bench-go: ## Go benchmarks of the hot path
 # e.g. LOADFLAGS='--rounds 5 --duration 3s' or LOADFLAGS='--profile bench/profiles' (cmd/extauthz-load/README.md).
 LOADFLAGS ?=
 
-load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting): one table; needs redis-server, ~2 min
+load: ## the load comparison (no-op server, embedded store, Redis, Redis rate limiting, 1000 keys without leases, the envoyproxy/ratelimit peer when installed): one table; needs redis-server, ~3 min
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/extauthz ./cmd/extauthz
 	$(GO) build -o bin/extauthz-load ./cmd/extauthz-load
 	bin/extauthz-load bench --extauthz bin/extauthz $(LOADFLAGS)

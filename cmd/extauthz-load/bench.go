@@ -56,6 +56,12 @@ func (r *ScenarioResult) CPUPerCheck(open bool) time.Duration {
 	return time.Duration(r.stat(open, slices.Min, func(l *LoadResult) float64 { return float64(l.CPUPerCheck()) }))
 }
 
+// RedisCPUPerCheck is the least redis-server CPU per check of the rounds
+// (INFO cpu), for the same reason as CPUPerCheck.
+func (r *ScenarioResult) RedisCPUPerCheck(open bool) time.Duration {
+	return time.Duration(r.stat(open, slices.Min, func(l *LoadResult) float64 { return float64(l.RedisCPUPerCheck()) }))
+}
+
 // RPS is the highest checks per second of the rounds.
 func (r *ScenarioResult) RPS(open bool) float64 {
 	return r.stat(open, slices.Max, (*LoadResult).RPS)
@@ -159,6 +165,8 @@ func mergeLoad(rs []*LoadResult) *LoadResult {
 		m.ServerCPU += r.ServerCPU
 		m.ClientCPU += r.ClientCPU
 		m.OthersCPU += r.OthersCPU
+		m.RedisCPU += r.RedisCPU
+		m.RedisMeasured = m.RedisMeasured || r.RedisMeasured
 		for k, v := range r.ExtraCPU {
 			m.ExtraCPU[k] += v
 		}

@@ -59,7 +59,7 @@ func bulkInsert(ctx context.Context, redisURL, prefix string, pepper []byte, spe
 					return
 				}
 				keys[i] = secret
-				if d := done.Add(1); progress != nil && d%100000 == 0 {
+				if d := done.Add(1); progress != nil && d%100000 == 0 && int(d) < n {
 					el := time.Since(start)
 					fmt.Fprintf(progress, "  inserted %d/%d keys in %s (%.0f/s)\n", d, n, el.Round(time.Second), float64(d)/el.Seconds())
 				}
@@ -70,7 +70,14 @@ func bulkInsert(ctx context.Context, redisURL, prefix string, pepper []byte, spe
 	if firstErr != nil {
 		return nil, firstErr
 	}
-	return keys, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if progress != nil {
+		el := time.Since(start)
+		fmt.Fprintf(progress, "  inserted %d keys in %s (%.0f/s)\n", n, el.Round(time.Millisecond), float64(n)/el.Seconds())
+	}
+	return keys, nil
 }
 
 // insertOne generates, hashes and stores key number i, retrying when the

@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,7 @@ const usage = `usage: extauthz-load <command> [flags]
 
 commands:
   bench [--scenarios noop,embedded,...] [--scale]   start servers per scenario, measure, print the table
+                   [--ratelimit PATH]               (the ratelimit scenario: envoyproxy/ratelimit's service_cmd)
   run --target HOST:PORT --keys-file F [--pid PID]  load a running server
   noop-server [--listen ADDR]                       serve a Check that allows at once
 
@@ -261,6 +263,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jsonOut := fs.String("json", "", "also write every figure as JSON to this file")
 	var variants listFlag
 	fs.Var(&variants, "variant", "NAME=BINARY: also run each extauthz scenario with this build (repeatable), to measure a change side by side")
+	rateLimitBin := fs.String("ratelimit", "", "envoyproxy/ratelimit's service_cmd, for the ratelimit scenario (default: service_cmd in $GOBIN or $(go env GOPATH)/bin; build it with `"+rateLimitInstall+"`)")
+	rateLimitWindow := fs.Duration("ratelimit-pipeline-window", 150*time.Microsecond, "REDIS_PIPELINE_WINDOW of the ratelimit scenario: its README recommends 150us-500us for throughput; 0 is its default, no write buffering")
 	noopWorkers := fs.Int("noop-stream-workers", 64, "grpc.NumStreamWorkers of the no-op server (extauthz serve uses 64; keep them equal)")
 	var serverEnv listFlag
 	fs.Var(&serverEnv, "server-env", "KEY=VALUE for every server's environment (repeatable), e.g. GOGC=400")
@@ -285,6 +289,19 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		run = append(run, sc)
 	}
+	var rateLimit RateLimitOptions
+	if slices.ContainsFunc(run, func(sc Scenario) bool { return sc.Peer }) {
+		rateLimit = RateLimitOptions{PipelineWindow: *rateLimitWindow}
+		explicit := false // --scenarios given: the peer was asked for by name
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "scenarios" || f.Name == "ratelimit" })
+		rateLimit.Binary, err = findRateLimit(*rateLimitBin)
+		if errors.Is(err, errNoRateLimit) && !explicit {
+			fmt.Fprintf(stdout, "ratelimit scenario skipped: %v\n", err)
+			run = slices.DeleteFunc(run, func(sc Scenario) bool { return sc.Peer })
+		} else if err != nil {
+			return fmt.Errorf("the ratelimit scenario: %w", err)
+		}
+	}
 	if *scale || strings.Contains(","+*which+",", ",scale,") {
 		run = append(run, scaleScenario(*scaleKeys, *scaleCache, *scaleZipf, "none"))
 	}
@@ -298,7 +315,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		for _, sc := range run {
-			if !sc.Noop {
+			if !sc.Noop && !sc.Peer {
 				sc.Name, sc.Title, sc.Binary = sc.Name+"@"+name, sc.Title+" ["+name+"]", path
 				extra = append(extra, sc)
 			}
@@ -325,7 +342,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		OpenConcurrency: tf.openConcurrency, Conns: tf.conns,
 		Keys: *keys, LimitedKeys: *limited, UnknownKeys: tf.unknown, Mix: tr.Mix, Paths: tr.Paths, Zipf: tr.Zipf, Clients: tr.Clients,
 		CLIParallel: *cliParallel, Audit: *audit,
-		ScaleWarmup: *scaleWarmup, ScaleInsert: *scaleInsert,
+		ScaleWarmup: *scaleWarmup, ScaleInsert: *scaleInsert, RateLimit: rateLimit,
 		Profile: *profileDir, ProfileDuration: *profileDur, Log: stderr,
 	}
 	if o.WorkDir == "" {
@@ -383,8 +400,11 @@ func summarize(r *LoadResult) map[string]any {
 		"client_cpu_us_per_check": float64(perCheck(r.ClientCPU, r.Completed)) / 1e3,
 		"other_processes_cpus":    others(r),
 	}
-	for name, d := range r.ExtraCPU {
+	for name, d := range r.ExtraCPU { // from /proc/<pid>/stat
 		out[name+"_cpu_us_per_check"] = float64(perCheck(d, r.Completed)) / 1e3
+	}
+	if r.RedisMeasured {
+		out["redis_info_cpu_us_per_check"] = float64(r.RedisCPUPerCheck()) / 1e3
 	}
 	return out
 }
@@ -400,6 +420,10 @@ func writeJSONFile(path string, results []*ScenarioResult) error {
 			"open_best_cpu_us_per_check":   float64(r.CPUPerCheck(true)) / 1e3,
 			"server_rss_kib":               r.ServerRSSKiB, "redis_rss_kib": r.RedisRSSKiB,
 		}
+		if r.Closed.RedisMeasured {
+			s["closed_best_redis_cpu_us_per_check"] = float64(r.RedisCPUPerCheck(false)) / 1e3
+			s["open_best_redis_cpu_us_per_check"] = float64(r.RedisCPUPerCheck(true)) / 1e3
+		}
 		if h, ok := r.ClosedCounters.ratio(); ok {
 			s["closed_cache_hit_ratio"] = h
 		}
@@ -410,6 +434,9 @@ func writeJSONFile(path string, results []*ScenarioResult) error {
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { // bench/, ignored by git, may not be there yet
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)

@@ -42,7 +42,13 @@ func printResult(w io.Writer, r *LoadResult) {
 	} else if r.ServerCPU > 0 {
 		fmt.Fprintf(w, "  server CPU: %s = %s µs/check\n", r.ServerCPU, us(r.CPUPerCheck()))
 	}
+	if r.RedisMeasured {
+		fmt.Fprintf(w, "  redis CPU (INFO cpu): %s = %s µs/check\n", r.RedisCPU, us(r.RedisCPUPerCheck()))
+	}
 	for _, name := range slices.Sorted(maps.Keys(r.ExtraCPU)) {
+		if name == "redis" && r.RedisMeasured {
+			continue // the line above, to the microsecond rather than the tick
+		}
 		fmt.Fprintf(w, "  %s CPU: %s = %s µs/check\n", name, r.ExtraCPU[name], us(perCheck(r.ExtraCPU[name], r.Completed)))
 	}
 	fmt.Fprintf(w, "  load tool CPU: %s = %s µs/check\n", r.ClientCPU, us(perCheck(r.ClientCPU, r.Completed)))
@@ -93,8 +99,8 @@ func printTable(w io.Writer, results []*ScenarioResult, o BenchOptions) {
 			hits = fmt.Sprintf("%.1f%%", 100*h)
 		}
 		redis := "-"
-		if d, ok := c.ExtraCPU["redis"]; ok {
-			redis = fmt.Sprintf("%s/%s", us(perCheck(d, c.Completed)), us(perCheck(op.ExtraCPU["redis"], op.Completed)))
+		if c.RedisMeasured {
+			redis = fmt.Sprintf("%s/%s", us(r.RedisCPUPerCheck(false)), us(r.RedisCPUPerCheck(true)))
 		}
 		row(r.Scenario.Title, count(r.Keys),
 			fmt.Sprintf("%.0f", r.RPS(false)), us(r.CPUPerCheck(false)), ratio(r, false),
@@ -102,7 +108,7 @@ func printTable(w io.Writer, results []*ScenarioResult, o BenchOptions) {
 			hits, fmt.Sprintf("%.0f", float64(r.ServerRSSKiB)/1024), redis, fmt.Sprint(c.ErrorCount()+op.ErrorCount()),
 			fmt.Sprintf("%.2f/%.2f", others(c), others(op)))
 	}
-	fmt.Fprintln(w, "\n(CPU µs = server CPU per check; hits = key cache hit ratio in the open-loop phases;\n redis CPU µs = redis-server's own CPU per check, closed/open; others = CPUs kept busy by\n other processes on the machine meanwhile, closed/open: the noise)")
+	fmt.Fprintln(w, "\n(CPU µs = server CPU per check; hits = key cache hit ratio in the open-loop phases;\n redis CPU µs = redis-server's own CPU per check, INFO cpu used_cpu_sys+used_cpu_user, best round, closed/open;\n others = CPUs kept busy by other processes on the machine meanwhile, closed/open: the noise)")
 	verdicts(w, results, noop)
 }
 
@@ -120,7 +126,7 @@ func verdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
 	fmt.Fprintln(w, "\ntargets (issue 6):")
 	for _, r := range results {
 		sc := r.Scenario
-		if sc.Noop {
+		if sc.Noop || sc.Peer { // the targets are extauthz's
 			continue
 		}
 		limit := targetCachedRatio
@@ -180,6 +186,9 @@ func printScenario(w io.Writer, r *ScenarioResult) {
 			i+1, c.RPS(), us(c.CPUPerCheck()), ms(op.Latency.Quantile(0.5)), ms(op.Latency.Quantile(0.99)), us(op.CPUPerCheck()), others(c.LoadResult), others(op.LoadResult))
 		if h, ok := op.Counters.ratio(); ok {
 			fmt.Fprintf(w, " | hits %.1f%%", 100*h)
+		}
+		if c.RedisMeasured {
+			fmt.Fprintf(w, " | redis %s/%s µs/check", us(c.RedisCPUPerCheck()), us(op.RedisCPUPerCheck()))
 		}
 		fmt.Fprintln(w)
 	}

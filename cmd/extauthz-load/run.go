@@ -88,7 +88,12 @@ type LoadResult struct {
 	// (all busy CPU time minus the server's, this process's and ExtraCPU):
 	// on a shared machine, a measure of the noise in the figures.
 	OthersCPU time.Duration
-	cpuErr    error
+	// RedisCPU is what redis-server used meanwhile by its own account
+	// (INFO cpu, redisinfo.go), when RedisMeasured: the run's server uses a
+	// Redis the load tool started.
+	RedisCPU      time.Duration
+	RedisMeasured bool
+	cpuErr        error
 }
 
 // RPS is the checks answered per second.
@@ -109,6 +114,9 @@ func perCheck(cpu time.Duration, n uint64) time.Duration {
 	return cpu / time.Duration(n)
 }
 
+// RedisCPUPerCheck is redis-server's CPU time per answered check (INFO cpu).
+func (r *LoadResult) RedisCPUPerCheck() time.Duration { return perCheck(r.RedisCPU, r.Completed) }
+
 // ErrorCount is the number of failed RPCs (never a denial).
 func (r *LoadResult) ErrorCount() uint64 {
 	var n uint64
@@ -128,14 +136,14 @@ type workerStats struct {
 	maxLag          time.Duration
 }
 
-func (w *workerStats) send(ctx context.Context, conn *grpc.ClientConn, p *picker, res *checkResult) (time.Time, error) {
+func (w *workerStats) send(ctx context.Context, conn *grpc.ClientConn, method string, p *picker, res reply) (time.Time, error) {
 	k, req, err := p.next()
 	if err != nil {
 		return time.Time{}, err
 	}
 	w.kinds[k]++
 	w.sent++
-	err = conn.Invoke(ctx, checkMethod, req, res)
+	err = conn.Invoke(ctx, method, req, res)
 	done := time.Now()
 	if err != nil {
 		w.errors[errorName(err)]++
@@ -184,6 +192,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 			return nil, err
 		}
 	}
+	method := tr.method()
 	res := &LoadResult{Rate: o.Rate, Concurrency: o.Concurrency, ExtraCPU: map[string]time.Duration{}}
 	server := startCPU(m.serverPID)
 	client := startCPU(os.Getpid())
@@ -214,7 +223,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 		for i := range workers {
 			wg.Go(func() {
 				w, p, conn := workers[i], pickers[i], t.conns[i%len(t.conns)]
-				var r checkResult
+				r := tr.newReply()
 				var end time.Time
 				for ctx.Err() == nil {
 					sent := time.Now()
@@ -222,7 +231,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 						break
 					}
 					before := w.completed
-					done, err := w.send(ctx, conn, p, &r)
+					done, err := w.send(ctx, conn, method, p, r)
 					if err != nil {
 						fail(err)
 						return
@@ -243,7 +252,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 		for i := range workers {
 			wg.Go(func() {
 				w, p, conn := workers[i], pickers[i], t.conns[i%len(t.conns)]
-				var r checkResult
+				r := tr.newReply()
 				var end time.Time
 				for at := range jobs {
 					intended := start.Add(at)
@@ -251,7 +260,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 						w.maxLag = lag
 					}
 					before := w.completed
-					done, err := w.send(ctx, conn, p, &r)
+					done, err := w.send(ctx, conn, method, p, r)
 					if err != nil {
 						fail(err)
 						return

@@ -33,11 +33,30 @@ type Scenario struct {
 	// at all) or a rate too high to run out during a run, so that every
 	// check pays for the limiter and is allowed.
 	KeyRate string
-	// Scale, when set, replaces the CLI-created keys with this many keys
-	// written straight into Redis, Zipf traffic and the cache size below.
+	// Scale marks the scale scenario: that many keys written straight into
+	// Redis (Keys, Bulk), Zipf traffic and the cache size below.
 	Scale     int
 	CacheSize int
 	Zipf      float64
+	// Keys, when set, is the number of valid keys instead of
+	// BenchOptions.Keys. Bulk writes them straight into Redis (bulkInsert)
+	// rather than through the CLI, a process per key; Even picks them
+	// uniformly whatever --zipf says.
+	Keys int
+	Bulk bool
+	Even bool
+	// Peer runs envoyproxy/ratelimit (ratelimitpeer.go) instead of
+	// extauthz, on a Redis of its own: ShouldRateLimit calls, one
+	// descriptor per call, over Keys key ids.
+	Peer bool
+}
+
+// keyCount is the number of valid keys sc uses.
+func (sc Scenario) keyCount(o BenchOptions) int {
+	if sc.Keys > 0 {
+		return sc.Keys
+	}
+	return o.Keys
 }
 
 // highRate never runs out in a bench run, so a key with it always asks the
@@ -51,7 +70,18 @@ var scenarios = []Scenario{
 	{Name: "redis", Title: "Redis store, cached key", Store: "redis", KeyRate: "none"},
 	{Name: "redis-rl", Title: "Redis store + Redis rate limiting", Store: "redis", KeyRate: highRate},
 	{Name: "redis-rl-exact", Title: "Redis rate limiting, a limit too small to lease", Store: "redis", KeyRate: exactRate},
+	// Issue 15: the Redis limiter at its limit. A fleet's keys each see a
+	// few checks a second, so none earns a lease (ratelimit/redis/lease.go)
+	// and every check is one round trip of the limiter; the peer does the
+	// same job. At the bench's loads, 1000 keys used evenly get a few to a
+	// few tens of checks a second each: far below exactRate, which is too
+	// small to lease anyway.
+	{Name: "redis-even", Title: "Redis rate limiting, 1k keys evenly, no lease", Store: "redis", KeyRate: exactRate, Keys: evenKeys, Bulk: true, Even: true},
+	{Name: "ratelimit", Title: "peer envoyproxy/ratelimit, 1k key ids evenly", Store: "redis", Peer: true, Keys: evenKeys, Even: true},
 }
+
+// evenKeys is the number of keys of redis-even and of the peer.
+const evenKeys = 1000
 
 // exactRate is below the smallest limit the Redis limiter leases (2·2000,
 // ratelimit/redis/lease.go), so every check is one Redis call; a bench run's 100
@@ -63,7 +93,7 @@ const exactRate = "3999/s"
 func scaleScenario(keys, cacheSize int, zipf float64, rate string) Scenario {
 	return Scenario{
 		Name: "scale", Title: fmt.Sprintf("Redis, %s keys, cache %s, Zipf s=%g", count(keys), count(cacheSize), zipf),
-		Store: "redis", KeyRate: rate, Scale: keys, CacheSize: cacheSize, Zipf: zipf,
+		Store: "redis", KeyRate: rate, Scale: keys, Keys: keys, Bulk: true, CacheSize: cacheSize, Zipf: zipf,
 	}
 }
 
@@ -107,7 +137,9 @@ type BenchOptions struct {
 	Audit       string // the servers' audit sink
 
 	ScaleWarmup time.Duration // warm-up of the scale scenario (filling the cache)
-	ScaleInsert int           // goroutines writing the scale keys
+	ScaleInsert int           // goroutines writing the scale (and other bulk) keys
+
+	RateLimit RateLimitOptions // the peer scenario's
 
 	Profile         string // directory for perf profiles ("" = none)
 	ProfileDuration time.Duration
@@ -215,6 +247,11 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "["+sc.Name+"] "+format+"\n", args...) }
 	env := append(append(os.Environ(), o.ServerEnv...), pepperEnv+"="+pepper)
 	tr := &Traffic{Mix: o.Mix, Paths: o.Paths, Zipf: o.Zipf, Clients: o.Clients}
+	if sc.Even {
+		tr.Zipf = 0
+	} else if sc.Zipf > 0 {
+		tr.Zipf = sc.Zipf
+	}
 	d.traffic = tr
 	start := time.Now()
 
@@ -230,6 +267,27 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 		}
 		limited = valid[:max(min(o.LimitedKeys, len(valid)), 1)]
 		if d.server, d.grpcAddr, err = startNoop(d.dir, env, o.NoopStreamWorkers); err != nil {
+			return nil, err
+		}
+	} else if sc.Peer {
+		if d.redis, err = redistest.Run(filepath.Join(d.dir, "redis")); err != nil {
+			return nil, err
+		}
+		valid = make([]string, sc.keyCount(o))
+		for i := range valid {
+			if valid[i], err = keystore.NewID(time.Now()); err != nil {
+				return nil, err
+			}
+		}
+		// The peer is asked about key ids, nothing else: no paths, no
+		// invalid keys (those never reach a rate limit service).
+		if tr.Mix != (Mix{kindValid: 1}) {
+			logf("the peer gets valid key ids only (--mix %s does not apply)", tr.Mix)
+		}
+		tr.Mix, tr.Paths, tr.RateLimit = Mix{kindValid: 1}, tr.Paths[:1], &peerDescriptor
+		d.setup = time.Since(start)
+		logf("starting envoyproxy/ratelimit %s with %d descriptors, REDIS_PIPELINE_WINDOW=%s", o.RateLimit.Binary, len(valid), o.RateLimit.PipelineWindow)
+		if d.server, d.grpcAddr, err = startRateLimit(o.RateLimit, d.dir, env, d.redis.Addr, valid); err != nil {
 			return nil, err
 		}
 	} else {
@@ -251,21 +309,26 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 			return nil, err
 		}
 		perms := []string{"read:users", "read:reports"}
-		if sc.Scale > 0 {
-			logf("inserting %d keys into Redis with %d goroutines", sc.Scale, o.ScaleInsert)
+		if sc.Bulk {
+			if redisURL == "" {
+				return nil, fmt.Errorf("bulk keys are written into Redis: the scenario's store is %s", sc.Store)
+			}
+			n := sc.keyCount(o)
+			workers := min(o.ScaleInsert, n)
+			logf("writing %d keys straight into Redis with %d goroutines (keystore/redis Create: what keys create does, without a process per key)", n, workers)
 			rate, err := keystore.ParseRateLimit(sc.KeyRate)
 			if err != nil {
 				return nil, err
 			}
 			valid, err = bulkInsert(ctx, redisURL, "load:", []byte(pepper),
-				keystore.Spec{Permissions: perms, RateLimit: rate}, sc.Scale, o.ScaleInsert, o.Log)
+				keystore.Spec{Permissions: perms, RateLimit: rate}, n, workers, o.Log)
 			if err != nil {
 				return nil, err
 			}
-			tr.Zipf = sc.Zipf
 		} else {
-			logf("creating %d keys with `extauthz keys create --json`", o.Keys)
-			if valid, err = createKeys(ctx, o.Extauthz, cfg, env, "valid", o.Keys, perms, sc.KeyRate, o.CLIParallel); err != nil {
+			n := sc.keyCount(o)
+			logf("creating %d keys with `extauthz keys create --json`", n)
+			if valid, err = createKeys(ctx, o.Extauthz, cfg, env, "valid", n, perms, sc.KeyRate, o.CLIParallel); err != nil {
 				return nil, err
 			}
 		}
@@ -334,7 +397,7 @@ func (d *deployment) measure(ctx context.Context, o BenchOptions, n int) (round,
 	before := scrapeCounters(d.httpAddr)
 	c := o.closedLoad(seed + 2)
 	logf("round %d: %s", n+1, c.describe())
-	res, err := runLoad(ctx, d.target, d.traffic, c, d.meters())
+	res, err := d.run(ctx, c)
 	if err != nil {
 		return r, fmt.Errorf("closed loop: %w", err)
 	}
@@ -342,12 +405,34 @@ func (d *deployment) measure(ctx context.Context, o BenchOptions, n int) (round,
 	r.Closed = phase{res, mid.sub(before)}
 	op := o.openLoad(seed + 3)
 	logf("round %d: %s", n+1, op.describe())
-	if res, err = runLoad(ctx, d.target, d.traffic, op, d.meters()); err != nil {
+	if res, err = d.run(ctx, op); err != nil {
 		return r, fmt.Errorf("open loop: %w", err)
 	}
 	after := scrapeCounters(d.httpAddr)
 	r.Open = phase{res, after.sub(mid)}
 	return r, nil
+}
+
+// run is one measured phase of d: runLoad, and redis-server's own CPU
+// meanwhile when d has one.
+func (d *deployment) run(ctx context.Context, load LoadOptions) (*LoadResult, error) {
+	if d.redis == nil {
+		return runLoad(ctx, d.target, d.traffic, load, d.meters())
+	}
+	before, err := redisCPU(d.redis)
+	if err != nil {
+		return nil, err
+	}
+	res, err := runLoad(ctx, d.target, d.traffic, load, d.meters())
+	if err != nil {
+		return nil, err
+	}
+	after, err := redisCPU(d.redis)
+	if err != nil {
+		return nil, err
+	}
+	res.RedisCPU, res.RedisMeasured = after-before, true
+	return res, nil
 }
 
 // serverConfig is the extauthz config of a scenario: the store, no admin

@@ -140,6 +140,26 @@ type Traffic struct {
 	// uniformly (at least 1). It matters: the server limits invalid keys
 	// per client address (rate_limit.failed_attempts).
 	Clients int
+	// RateLimit, when set, makes every request a ShouldRateLimit call of
+	// the rate limit service (the peer scenario) whose descriptor value is
+	// a valid key (there a key id), instead of a Check carrying the key.
+	RateLimit *descriptorShape
+}
+
+// method is the gRPC method the traffic calls.
+func (t *Traffic) method() string {
+	if t.RateLimit != nil {
+		return shouldRateLimitMethod
+	}
+	return checkMethod
+}
+
+// newReply is where a worker decodes the responses to the traffic's calls.
+func (t *Traffic) newReply() reply {
+	if t.RateLimit != nil {
+		return &rateLimitResult{}
+	}
+	return &checkResult{}
 }
 
 // ParsePaths reads "GET /api/users,GET /api/reports/2026" (method and path,
@@ -268,7 +288,13 @@ func (p *picker) template(path, keyLen int) (*requestTemplate, error) {
 			return &ts[i], nil
 		}
 	}
-	t, err := newTemplate(p.t.Paths[path], keyLen)
+	var t requestTemplate
+	var err error
+	if p.t.RateLimit != nil {
+		t, err = newRateLimitTemplate(*p.t.RateLimit, keyLen)
+	} else {
+		t, err = newTemplate(p.t.Paths[path], keyLen)
+	}
 	if err != nil {
 		return nil, err
 	}

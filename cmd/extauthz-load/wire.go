@@ -26,8 +26,8 @@ import (
 const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
 
 // rawCodec sends a *[]byte as it is and parses a response into a
-// *checkResult. Its name is "proto", so the server sees ordinary
-// application/grpc+proto calls.
+// *checkResult or a *rateLimitResult. Its name is "proto", so the server
+// sees ordinary application/grpc+proto calls.
 type rawCodec struct{}
 
 func (rawCodec) Name() string { return "proto" }
@@ -41,14 +41,20 @@ func (rawCodec) Marshal(v any) ([]byte, error) {
 }
 
 func (rawCodec) Unmarshal(data []byte, v any) error {
-	r, ok := v.(*checkResult)
-	if !ok {
+	var err error
+	switch r := v.(type) {
+	case *checkResult:
+		*r, err = parseCheckResponse(data)
+	case *rateLimitResult:
+		*r, err = parseRateLimitResponse(data)
+	default:
 		return fmt.Errorf("rawCodec: cannot receive into %T", v)
 	}
-	var err error
-	*r, err = parseCheckResponse(data)
 	return err
 }
+
+// reply is a decoded response, as the workers count it.
+type reply interface{ decision() string }
 
 // requestShape says what a CheckRequest carries besides the key.
 type requestShape struct {
