@@ -73,7 +73,8 @@ func BenchmarkLocalAllow(b *testing.B) {
 // names, less the heap before the names were made (a limiter that keeps the
 // caller's strings pays for them, one that copies them pays for its copies).
 // The resident set is measured the same way after the heap has been handed
-// back to the system (Linux only), and so also counts what the runtime keeps.
+// back to the system (Linux only), and so also counts what the runtime keeps;
+// ms/GC is how long one collection takes with nothing else live.
 //
 // go test -run '^$' -bench 'BenchmarkLocalIdleBuckets' -benchtime 1x ./ratelimit/
 func BenchmarkLocalIdleBuckets(b *testing.B) {
@@ -93,6 +94,10 @@ func BenchmarkLocalIdleBuckets(b *testing.B) {
 			}
 		}
 		names, limits[0] = nil, ratelimit.Limit{}
+		runtime.GC()
+		start := time.Now()
+		runtime.GC() // what the collector spends on the buckets: marking them
+		gc := time.Since(start)
 		debug.FreeOSMemory()
 		runtime.ReadMemStats(&after)
 		rssAfter, _ := residentBytes()
@@ -102,6 +107,7 @@ func BenchmarkLocalIdleBuckets(b *testing.B) {
 		heap := float64(after.HeapAlloc) - float64(before.HeapAlloc)
 		b.ReportMetric(heap/n, "bytes/bucket")
 		b.ReportMetric(heap/(1<<20), "MiB/1M-buckets")
+		b.ReportMetric(float64(gc.Microseconds())/1000, "ms/GC")
 		if rssOK {
 			b.ReportMetric((float64(rssAfter)-float64(rssBefore))/(1<<20), "RSS-MiB/1M-buckets")
 		}
