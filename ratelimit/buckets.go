@@ -16,9 +16,9 @@ import (
 //     record it does not want; a name is found by comparing the name itself,
 //     so two names whose hashes collide never share a count;
 //   - windows: the rings of windows that do not fit the compact form (see
-//     window.go), by number;
-//   - scoped: the windows of buckets with another scope than "", as a list
-//     per bucket, each naming its scope by number (scopes).
+//     window.go) or are busy, by number;
+//   - scoped: all the windows of a bucket that has a scope other than "",
+//     as a list per bucket, each naming its scope by number (scopes).
 //
 // Records, rings and list entries live in chunks that never move, so a
 // pointer to one stays good through a check. Names longer than a record holds
@@ -399,7 +399,8 @@ func (t *bucketTable) evict(now int64) uint64 {
 	var drop [sample]uint32
 	dropped, seen := 0, 0
 	var oldest uint32
-	oldestAt := int64(math.MaxInt64)
+	var oldestAt int64
+	haveOldest := false
 	mask := uint64(len(t.index) - 1)
 	start := rand.Uint64()
 	for i := uint64(0); i <= mask && seen < sample; i++ {
@@ -412,11 +413,11 @@ func (t *bucketTable) evict(now int64) uint64 {
 		if at := t.idleAt(rec); at <= now {
 			drop[dropped] = rec
 			dropped++
-		} else if at < oldestAt {
-			oldest, oldestAt = rec, at
+		} else if !haveOldest || at < oldestAt {
+			oldest, oldestAt, haveOldest = rec, at, true
 		}
 	}
-	if dropped == 0 && seen > 0 {
+	if dropped == 0 && haveOldest {
 		drop[0] = oldest
 		dropped = 1
 	}
