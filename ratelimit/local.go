@@ -19,8 +19,11 @@ const localShards = 64 // a power of two
 // (which is exactly a fresh one, so nothing is lost) or, failing that among a
 // few sampled, the one that turns idle soonest.
 //
-// Allow takes one sharded lock and does one map lookup per check, and does
-// not allocate once a bucket exists.
+// A bucket is kept without a pointer (see bucketTable), so a million of them
+// cost the collector nothing to walk and an idle one costs about 56 bytes.
+// Allow takes one sharded lock and does one hash lookup per check, and does
+// not allocate once a bucket exists (but for the occasional chunk when the
+// number of busy windows grows).
 type Local struct {
 	now      func() time.Time
 	seed     maphash.Seed
@@ -32,20 +35,8 @@ type Local struct {
 
 type localShard struct {
 	mu sync.Mutex
-	m  map[string]*bucket // by Bucket: the caller's string, never one built per call
-	_  [48]byte           // keep shards on separate cache lines
-}
-
-// bucket holds the windows of one Bucket's limits, one per Scope: the first
-// scope inline (most buckets have one limit, the key's own), others beside.
-type bucket struct {
-	first scoped
-	more  *[]*scoped
-}
-
-type scoped struct {
-	scope string
-	w     window
+	t  bucketTable
+	_  [64]byte // keep shards' locks on separate cache lines
 }
 
 // NewLocal returns a Local that reads the time from now (time.Now when nil)
@@ -57,9 +48,10 @@ func NewLocal(now func() time.Time, maxBuckets int) *Local {
 	if maxBuckets <= 0 {
 		maxBuckets = DefaultMaxBuckets
 	}
-	l := &Local{now: now, seed: maphash.MakeSeed(), perShard: (maxBuckets + localShards - 1) / localShards}
+	perShard := min((maxBuckets+localShards-1)/localShards, maxSlots)
+	l := &Local{now: now, seed: maphash.MakeSeed(), perShard: perShard}
 	for i := range l.shards {
-		l.shards[i].m = make(map[string]*bucket)
+		l.shards[i].t.seed = l.seed
 	}
 	return l
 }
@@ -74,7 +66,7 @@ func (l *Local) Allow(_ context.Context, limits []Limit) (Result, error) {
 		l.allowed.Add(1)
 		return Result{Allowed: true}, nil
 	}
-	res := l.check(l.now().UnixMicro(), limits)
+	res := l.check(l.now().UnixMicro(), limits, n)
 	if res.Allowed {
 		l.allowed.Add(1)
 	} else {
@@ -83,8 +75,8 @@ func (l *Local) Allow(_ context.Context, limits []Limit) (Result, error) {
 	return res, nil
 }
 
-// check runs one validated check with enforced limits at now (µs).
-func (l *Local) check(now int64, limits []Limit) Result {
+// check runs one validated check with n enforced limits at now (µs).
+func (l *Local) check(now int64, limits []Limit, n int) Result {
 	var name string
 	for i := range limits {
 		if limits[i].Rate.Enforced() {
@@ -92,20 +84,30 @@ func (l *Local) check(now int64, limits []Limit) Result {
 			break
 		}
 	}
-	sh := &l.shards[maphash.String(l.seed, name)&(localShards-1)]
+	h := maphash.String(l.seed, name)
+	sh := &l.shards[h&(localShards-1)]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	b := sh.m[name]
-	if b == nil {
-		if len(sh.m) >= l.perShard {
-			l.evict(sh, now)
+	t := &sh.t
+	rec, ok := t.find(name, h)
+	if !ok {
+		if t.n >= l.perShard {
+			l.evicted.Add(t.evict(now))
 		}
-		b = &bucket{}
-		sh.m[name] = b
+		rec = t.insert(name, h)
+	}
+	b := t.records.at(rec)
+	if n > 1 {
+		// Before any window is opened: a bucket's second scope would move
+		// its first window into a list.
+		t.list(b)
 	}
 
 	// Pass 1: is every limit under N? Remember the windows and counts (for
-	// the common case of ≤ 4 limits, without a second lookup or allocating).
+	// the common case of ≤ 4 limits, without a second lookup or allocating;
+	// compact windows are unpacked into the shard's rings, and packed again
+	// at the end).
+	var at [4]*slotWindow
 	var ws [4]*window
 	var helds [4]int64
 	p := NewPicker()
@@ -116,10 +118,17 @@ func (l *Local) check(now int64, limits []Limit) Result {
 			continue
 		}
 		wUs := windowMicros(lim.Rate.Window)
-		w := b.window(lim.Scope, subMicros(wUs), now)
+		sw := t.window(b, lim.Scope)
+		var w *window
+		if k < len(ws) {
+			w = t.open(sw, &t.rings[k], subMicros(wUs), now)
+			at[k], ws[k] = sw, w
+		} else {
+			w = t.open(sw, nil, subMicros(wUs), now)
+		}
 		held := w.counted(now, wUs)
 		if k < len(ws) {
-			ws[k], helds[k] = w, held
+			helds[k] = held
 		}
 		k++
 		if held >= lim.Rate.N {
@@ -127,6 +136,7 @@ func (l *Local) check(now int64, limits []Limit) Result {
 		}
 	}
 	if p.Denied() {
+		t.closeAll(at[:min(k, len(at))], ws[:])
 		return p.Result()
 	}
 	// Pass 2: count the request in every limit.
@@ -142,87 +152,15 @@ func (l *Local) check(now int64, limits []Limit) Result {
 		if k < len(ws) {
 			w, held = ws[k], helds[k]
 		} else {
-			w = b.window(lim.Scope, subMicros(wUs), now)
+			w = t.open(t.window(b, lim.Scope), nil, subMicros(wUs), now)
 			held = w.counted(now, wUs)
 		}
 		k++
 		reset := w.add(now, wUs)
 		p.Allowed(lim, lim.Rate.N-held-1, FromMicros(reset))
 	}
+	t.closeAll(at[:min(k, len(at))], ws[:])
 	return p.Result()
-}
-
-// window returns the window of scope, advanced to now, creating it when
-// missing. A window counted with another sub-window length (the rate's
-// window changed) starts over: its groups mean nothing under the new one.
-func (b *bucket) window(scope string, sub, now int64) *window {
-	var s *scoped
-	switch {
-	case b.first.w.sub == 0: // a new bucket
-		s = &b.first
-		s.scope = scope
-	case b.first.scope == scope:
-		s = &b.first
-	default:
-		if b.more != nil {
-			for _, m := range *b.more {
-				if m.scope == scope {
-					s = m
-					break
-				}
-			}
-		} else {
-			b.more = new([]*scoped)
-		}
-		if s == nil {
-			s = &scoped{scope: scope}
-			*b.more = append(*b.more, s)
-		}
-	}
-	if s.w.sub != sub {
-		s.w = window{sub: sub, head: floorDiv(now, sub)}
-	}
-	s.w.advance(now)
-	return &s.w
-}
-
-// idleAt is when every window of b counts nothing any more.
-func (b *bucket) idleAt() int64 {
-	at := b.first.w.idleAt()
-	if b.more != nil {
-		for _, m := range *b.more {
-			at = max(at, m.w.idleAt())
-		}
-	}
-	return at
-}
-
-// evict makes room for one bucket in sh (locked): it samples a few buckets
-// (map iteration starts at a random place), drops every idle one among them,
-// and if none was idle, drops the one that turns idle soonest (roughly the
-// least recently used).
-func (l *Local) evict(sh *localShard, now int64) {
-	const sample = 8
-	var oldest string
-	oldestAt := int64(0)
-	seen, dropped := 0, 0
-	for name, b := range sh.m {
-		at := b.idleAt()
-		if at <= now {
-			delete(sh.m, name)
-			dropped++
-		} else if seen == 0 || at < oldestAt {
-			oldest, oldestAt = name, at
-		}
-		if seen++; seen >= sample {
-			break
-		}
-	}
-	if dropped == 0 && seen > 0 {
-		delete(sh.m, oldest)
-		dropped++
-	}
-	l.evicted.Add(uint64(dropped))
 }
 
 // Len is the number of buckets held.
@@ -231,7 +169,7 @@ func (l *Local) Len() int {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		n += len(sh.m)
+		n += sh.t.n
 		sh.mu.Unlock()
 	}
 	return n

@@ -183,6 +183,98 @@ type window struct {
 	mark  [slots]uint8
 }
 
+// The compact form of a window. Most windows hold few groups: a key checked a
+// few times and then left idle has one or two, and its ring of k+2 groups
+// (128 bytes) is mostly zeros. A window with at most compactGroups non-empty
+// groups, each counting under 2^countBits, is kept as its head and one word:
+// per group 32 bits, its count, its mark and its slot in the ring (which,
+// with the head, says which group it is: the ring holds groups head−Span..head).
+// A check unpacks it into a ring, counts with the ring, and packs it again
+// (Local). Only empty groups are dropped, and an empty group's mark is 0 too
+// (add sets both, advance clears both), so unpack(pack(w)) is w: the compact
+// form changes what a window costs, never what it decides.
+const (
+	compactGroups = 2
+	countBits     = 19
+	markShift     = countBits
+	slotShift     = countBits + 8 // 5 bits: slots 0..slots−1
+)
+
+// packed is one group of the compact form.
+func packed(c uint32, m uint8, r int) uint32 {
+	return c | uint32(m)<<markShift | uint32(r)<<slotShift
+}
+
+// pack returns the compact form of w's groups, or false when w has more
+// groups, or larger ones, than the compact form holds. It looks from the head
+// back, so a busy window is turned down after its first few groups.
+func (w *window) pack() (groups uint64, ok bool) {
+	n := 0
+	r := ring(w.head)
+	for range slots {
+		if c := w.count[r]; c != 0 {
+			if n == compactGroups || c >= 1<<countBits {
+				return 0, false
+			}
+			groups |= uint64(packed(c, w.mark[r], r)) << (32 * n)
+			n++
+		}
+		if r--; r < 0 {
+			r = slots - 1
+		}
+	}
+	return groups, true
+}
+
+// repack is pack for a window unpacked from the compact form groups and
+// since then only advanced and added to: its groups can only be those and
+// its head's, so only they are read.
+func (w *window) repack(groups uint64) (uint64, bool) {
+	var rs [compactGroups + 1]int
+	rs[0] = ring(w.head)
+	n := 1
+	for ; groups != 0; groups >>= 32 {
+		if r := int(uint32(groups) >> slotShift); r != rs[0] {
+			rs[n] = r
+			n++
+		}
+	}
+	var out uint64
+	k := 0
+	for _, r := range rs[:n] {
+		c := w.count[r]
+		if c == 0 {
+			continue
+		}
+		if k == compactGroups || c >= 1<<countBits {
+			return 0, false
+		}
+		out |= uint64(packed(c, w.mark[r], r)) << (32 * k)
+		k++
+	}
+	return out, true
+}
+
+// unpack sets w, whose groups are all empty, to the window of sub-window
+// length sub and head whose groups pack returned.
+func (w *window) unpack(sub, head int64, groups uint64) {
+	w.sub, w.head = sub, head
+	for ; groups != 0; groups >>= 32 {
+		g := uint32(groups)
+		r := g >> slotShift
+		w.count[r], w.mark[r] = g&(1<<countBits-1), uint8(g>>markShift)
+	}
+}
+
+// clear empties the groups that pack or repack returned as groups, which
+// were all of w's: every group of w is then empty, as unpack wants it.
+func (w *window) clear(groups uint64) {
+	for ; groups != 0; groups >>= 32 {
+		r := uint32(groups) >> slotShift
+		w.count[r], w.mark[r] = 0, 0
+	}
+}
+
 func ring(j int64) int {
 	r := j % slots
 	if r < 0 {
