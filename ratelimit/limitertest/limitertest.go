@@ -220,7 +220,8 @@ func AssertNoIntervalOverN(t testing.TB, times []time.Time, n int, w time.Durati
 
 // Differential holds candidate to reference check for check: on the same
 // demand (the accuracy cases, then random traffic against random limits,
-// idle past whole windows now and then), both must give the same Result at
+// idle past whole windows now and then, the clock stepping back now and
+// then), both must give the same Result at
 // every step. It is how a second implementation of the algorithm (Lua in
 // Redis) is held to the first.
 func Differential(t *testing.T, reference, candidate Factory) {
@@ -267,8 +268,13 @@ func Differential(t *testing.T, reference, candidate Factory) {
 			now := T0
 			for step := range 400 {
 				gap := time.Duration(rng.ExpFloat64() * float64(40*time.Millisecond))
-				if rng.IntN(50) == 0 {
+				switch rng.IntN(50) {
+				case 0:
 					gap = time.Duration(rng.IntN(8000)) * time.Millisecond // idle past whole windows
+				case 1:
+					// The clock steps back (Redis failed over to a host whose
+					// clock is behind): both count as of their newest group.
+					gap = -time.Duration(rng.IntN(3000)) * time.Millisecond
 				}
 				now = now.Add(gap)
 				clock.Set(now)

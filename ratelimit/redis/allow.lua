@@ -2,7 +2,7 @@
 -- call. The algorithm and its proof are in ratelimit/window.go; this is the
 -- same integer arithmetic (Lua numbers are doubles: every value here stays
 -- far below 2^53). It is written for speed: Redis runs it for every batch,
--- and redis.call and table allocations are what it costs. Running a batch in
+-- and Lua steps, tables and redis.call are what it costs. Running a batch in
 -- one call pays the fixed cost of a script call (and of reading the clock)
 -- once for all of its checks; the checks run one after the other, exactly as
 -- separate calls would, so two checks of one bucket in a batch see each
@@ -10,13 +10,16 @@
 --
 -- KEYS     the counters of every check, in order: check c's limits take the
 --          next nlim_c keys. A counter is a string of little-endian doubles
---          (struct "<d...": exact for the integers here): the sub-window
---          length s (µs) the groups were counted with, then a pair (j,
---          count*256 + mark) per group j, in ascending j. One GET and one
---          SET per limit: a hash of the groups costs Redis several times
---          more to read into Lua (a string per field and per value). The
---          keys of one check share the hash tag {bucket}, hence one Cluster
---          slot (a Cluster client sends each check as its own call).
+--          (struct "<d": exact for the integers here): the sub-window length
+--          s (µs) the groups were counted with, the total count T of the
+--          groups it holds, then a pair (j, count*256 + mark) per group j, in
+--          ascending j. So a check reads the newest group and the total
+--          directly and works out only the oldest groups, the ones that may
+--          have stopped counting: its cost does not grow with the number of
+--          groups, and the write is one SET of the string with its oldest
+--          groups cut and its newest one changed or added. The keys of one
+--          check share the hash tag {bucket}, hence one Cluster slot (a
+--          Cluster client sends each check as its own call).
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          every replica, so counts do not drift with the replicas' clocks.
 -- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
@@ -36,6 +39,7 @@
 -- is not exhausted).
 
 local floor = math.floor
+local sunpack, spack, sub = struct.unpack, struct.pack, string.sub
 local MARKS = 255
 
 -- a/b rounded down, exactly, for integers a and b > 0 (float division alone
@@ -61,55 +65,13 @@ local function latest(j, v, s)
   return j * s + floordiv((v - c * 256) * s + MARKS - 1, MARKS), c
 end
 
--- FMT[n] is the struct format of a counter of n groups.
-local FMT = {}
-local function fmt(n)
-  local f = FMT[n]
-  if not f then
-    f = '<d' .. string.rep('dd', n)
-    FMT[n] = f
-  end
-  return f
+-- pair returns group p's (0-based) index and value.
+local function pair(str, p)
+  return sunpack('<dd', str, 17 + 16 * p)
 end
 
--- decode reads a counter: {s, j1, v1, j2, v2, ...}, or nil for none or a
--- malformed one (counted again from empty, like one of another s).
-local function decode(str)
-  if not str then return nil end
-  local n = (#str / 8 - 1) / 2
-  if n < 0 or n ~= floor(n) then return nil end
-  local g = {struct.unpack(fmt(n), str)}
-  g[#g] = nil -- unpack's last value is the position after the string
-  return g
-end
-
--- The count of a limit at now: the groups of g (decode's table) from
--- idx-span to idx that still count. Also the value of group idx, and the
--- newest group's index.
-local function count(g, idx, w, s)
-  local held, cur, newest = 0, nil, idx
-  local oldest = idx - span
-  for f = 2, #g, 2 do
-    local j = g[f]
-    if j > newest then newest = j end
-    if j >= oldest then
-      local v = g[f + 1]
-      if j == idx then cur = v end
-      if j * s + w >= now then
-        -- its bound is at least j*s: counted (the common case, without
-        -- working the mark out)
-        held = held + floor(v / 256)
-      else
-        local l, c = latest(j, v, s)
-        if l + w >= now then held = held + c end -- counted while bound + W ≥ now
-      end
-    end
-  end
-  return held, cur, newest
-end
-
--- ST holds 8 values per limit of the check at hand (one table for all:
--- tables, tonumber and redis.call are what a script pays for).
+-- ST holds 12 values per limit of the check at hand (one table for all:
+-- tables and redis.call are what a script pays for).
 local ST = {}
 
 -- check runs one check: its limits are KEYS[k+1..k+nkeys] with their N, W, s
@@ -120,20 +82,42 @@ local function check(k, nkeys, a, want, out, o)
   local granted, lease = want, nil
   for i = 1, nkeys do
     local n, w, s = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i])
-    local g = decode(redis.call('GET', KEYS[k + i]))
-    if g and g[1] ~= s then g = nil end -- counted with another s: void
-    local idx, held, cur = floordiv(now, s), 0, nil
-    if g then
-      local newest
-      held, cur, newest = count(g, idx, w, s)
-      if newest > idx then -- the clock went back: count as of the newest group
-        idx = newest
-        held, cur = count(g, idx, w, s)
+    local str = redis.call('GET', KEYS[k + i])
+    local np, total = 0, 0
+    if str then
+      np = (#str - 16) / 16
+      local cs
+      cs, total = sunpack('<dd', str)
+      -- Counted with another s (void), or not a counter: start afresh.
+      if np < 1 or np ~= floor(np) or cs ~= s then str, np, total = false, 0, 0 end
+    end
+    local idx, held, cur, drop, dropped = floordiv(now, s), 0, false, 0, 0
+    if str then
+      local lj, lv = pair(str, np - 1)
+      if lj > idx then idx = lj end -- the clock went back: count as of the newest group
+      if lj == idx then cur = lv end
+      -- The groups that no longer count are the oldest: those before
+      -- idx-span (stale: cut at the next write) and those whose bound is
+      -- more than W ago (kept, as the local limiter keeps them until they
+      -- are stale). Every later group counts: its bound is at least j*s.
+      local oldest = idx - span
+      held = total
+      for p = 0, np - 1 do
+        local j, v = pair(str, p)
+        if j < oldest then
+          local c = floor(v / 256)
+          held, drop, dropped = held - c, p + 1, dropped + c
+        elseif j * s + w >= now then
+          break
+        else
+          local l, c = latest(j, v, s)
+          if l + w < now then held = held - c end -- counted while bound + W ≥ now
+        end
       end
     end
-    local b = 8 * (i - 1)
-    ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4] = n, w, s, g or false
-    ST[b + 5], ST[b + 6], ST[b + 7] = idx, held, cur or false
+    local b = 12 * (i - 1)
+    ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6] = n, w, s, str, idx, held
+    ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11] = cur, np, total, drop, dropped
     if held >= n then allowed = false end
     if n - held < granted then granted = n - held end
     local left = (idx + 1) * s - now
@@ -143,26 +127,23 @@ local function check(k, nkeys, a, want, out, o)
   out[o + 1], out[o + 2] = allowed and granted or 0, lease or 0
   if not allowed then
     for i = 1, nkeys do
-      local b = 8 * (i - 1)
-      local n, w, s, g, idx, held = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
+      local b = 12 * (i - 1)
+      local n, w, s, str, idx, held, np = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 8]
       local t = 0
-      if held >= n and g then
+      if held >= n and str then
         -- The counted groups stop counting oldest first, each at bound + W + 1:
         -- visit them in index order (at most span+1 of them) until enough are gone.
-        local need, freed, after = held - n + 1, 0, idx - span - 1
-        while freed < need do
-          local next, nv = nil, nil
-          for f = 2, #g, 2 do
-            local j = g[f]
-            if j > after and j <= idx and (next == nil or j < next) then next, nv = j, g[f + 1] end
+        local need, freed, oldest = held - n + 1, 0, idx - span
+        for p = 0, np - 1 do
+          if freed >= need then break end
+          local j, v = pair(str, p)
+          if j >= oldest then
+            local l, c = latest(j, v, s)
+            if l + w + 1 > now then
+              freed = freed + c
+              t = l + w + 1 - now
+            end
           end
-          if next == nil then break end
-          local l, c = latest(next, nv, s)
-          if l + w + 1 > now then
-            freed = freed + c
-            t = l + w + 1 - now
-          end
-          after = next
         end
       end
       out[o + 2 * i + 1], out[o + 2 * i + 2] = held, t
@@ -170,12 +151,13 @@ local function check(k, nkeys, a, want, out, o)
     return
   end
 
-  -- Pass 2: count the request in every limit: the groups that can still
-  -- count, with group idx's new value, written back in one SET whose expiry
-  -- is when group idx stops counting (the latest of them all).
+  -- Pass 2: count the request in every limit: one SET of the counter with
+  -- the stale groups cut and group idx (the newest) changed or added, whose
+  -- expiry is when group idx stops counting, the latest of them all.
   for i = 1, nkeys do
-    local b = 8 * (i - 1)
-    local w, s, g, idx, held, cur = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 7]
+    local b = 12 * (i - 1)
+    local w, s, str, idx, held = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
+    local cur, np, total, drop, dropped = ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11]
     local c, m = granted, 0
     if cur then
       c = floor(cur / 256)
@@ -187,23 +169,17 @@ local function check(k, nkeys, a, want, out, o)
     if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
     if granted > 1 then mn = MARKS end -- leased: used until the sub-window ends
     if mn > m then m = mn end
-    local new, n = {s}, 0
-    if g then
-      for f = 2, #g, 2 do
-        local j = g[f]
-        if j >= idx - span and j ~= idx then
-          new[2 * n + 2], new[2 * n + 3] = j, g[f + 1]
-          n = n + 1
-        end
-      end
+    local kept = ''
+    if str then
+      local last = np -- the groups kept: drop..last-1 (0-based), group idx replaced
+      if cur then last = np - 1 end
+      if last > drop then kept = sub(str, 17 + 16 * drop, 16 + 16 * last) end
     end
-    new[2 * n + 2], new[2 * n + 3] = idx, c * 256 + m -- idx is the newest group
-    n = n + 1
     -- At least 1ms: SET takes no other (only clocks beyond 2^53 µs, which
     -- doubles cannot hold exactly, come near it).
     local ttl = floordiv((idx + 1) * s + w + 1 - now + 999, 1000)
     if ttl < 1 then ttl = 1 end
-    redis.call('SET', KEYS[k + i], struct.pack(fmt(n), unpack(new)), 'PX', ttl)
+    redis.call('SET', KEYS[k + i], spack('<dd', s, total - dropped + granted) .. kept .. spack('<dd', idx, c * 256 + m), 'PX', ttl)
     out[o + 2 * i + 1], out[o + 2 * i + 2] = held + granted, latest(idx, c * 256 + m, s) + w + 1 - now
   end
 end
