@@ -6,13 +6,13 @@ import (
 )
 
 // compact returns a copy of k in as few allocations as its contents allow,
-// for the cache to keep: a decoded record is a dozen small objects (the
-// record, each string, the lists, three times, an empty metadata map), and
-// every collection marks each of them for every cached key. The copy holds
-// the record and its times in one allocation, all its strings in a second
-// and its two string lists in a third; its metadata map is k's, or nil when
-// k has none (the two mean the same everywhere, as in the SQLite store).
-// k itself is left as it was.
+// for the cache to keep. A record decoded from JSON is an object per string,
+// per list, per time and one for an empty metadata map (seven for the load
+// tool's keys), and every collection marks each of them for every cached
+// key. The copy is the record and its times (if it has any) in one
+// allocation, all its strings in a second and its two string lists in a
+// third. Its metadata map is k's, or nil when k has none: the two mean the
+// same everywhere, as in the SQLite store. k itself is left as it was.
 func compact(k *Key) *Key {
 	if k == nil {
 		return nil
@@ -46,11 +46,15 @@ func compact(k *Key) *Key {
 		return out
 	}
 
-	block := &struct {
-		key   Key
-		times [3]time.Time
-	}{key: *k}
-	c := &block.key
+	c, times := new(Key), (*[3]time.Time)(nil)
+	if k.ExpiresAt != nil || k.LastUsedAt != nil || k.RevokedAt != nil {
+		block := new(struct {
+			key   Key
+			times [3]time.Time
+		})
+		c, times = &block.key, &block.times
+	}
+	*c = *k
 	c.ID, c.Name, c.Owner, c.RotatedFrom, c.RotatedTo = next(k.ID), next(k.Name), next(k.Owner), next(k.RotatedFrom), next(k.RotatedTo)
 	np := len(k.Permissions)
 	lists := make([]string, np+len(k.Policies))
@@ -71,8 +75,8 @@ func compact(k *Key) *Key {
 	}
 	for i, t := range [...]**time.Time{&c.ExpiresAt, &c.LastUsedAt, &c.RevokedAt} {
 		if *t != nil {
-			block.times[i] = **t
-			*t = &block.times[i]
+			times[i] = **t
+			*t = &times[i]
 		}
 	}
 	return c
