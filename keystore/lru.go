@@ -4,13 +4,12 @@ import "sync"
 
 // lru is a least-recently-used map from Hash to V of at most size entries,
 // safe for concurrent use, laid out for the garbage collector: the index is
-// a map[Hash]int32 and the recency list is made of slot numbers, so that
-// neither holds a pointer and the collector skips both without reading
-// them. With 100k cached keys, hashicorp/golang-lru (a map of pointers to
-// list elements, one allocation per entry) and a separately allocated entry
-// per key were two thirds of the objects every collection had to mark; here
-// all entries are one array, walked in one sweep when V holds pointers and
-// not at all when it does not.
+// a map[Hash]int32 and the recency list is made of slot numbers, so neither
+// holds a pointer and the collector skips both without reading them. All
+// entries are values in one array, walked in one sweep when V holds
+// pointers. With 100k cached keys, hashicorp/golang-lru (a map of pointers,
+// a list element per entry) and an entry allocated per key were 300k of the
+// 900k objects every collection marked.
 type lru[V any] struct {
 	mu    sync.Mutex
 	size  int
@@ -35,7 +34,12 @@ func newLRU[V any](size int) *lru[V] {
 }
 
 // get returns the value of h and marks it the most recently used.
-func (l *lru[V]) get(h Hash) (V, bool) {
+func (l *lru[V]) get(h Hash) (V, bool) { return l.find(h, true) }
+
+// peek returns the value of h without marking it used.
+func (l *lru[V]) peek(h Hash) (V, bool) { return l.find(h, false) }
+
+func (l *lru[V]) find(h Hash, use bool) (V, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	i, ok := l.index[h]
@@ -43,19 +47,9 @@ func (l *lru[V]) get(h Hash) (V, bool) {
 		var zero V
 		return zero, false
 	}
-	l.unlink(i)
-	l.pushFront(i)
-	return l.slots[i].val, true
-}
-
-// peek returns the value of h without marking it used.
-func (l *lru[V]) peek(h Hash) (V, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	i, ok := l.index[h]
-	if !ok {
-		var zero V
-		return zero, false
+	if use {
+		l.unlink(i)
+		l.pushFront(i)
 	}
 	return l.slots[i].val, true
 }
