@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/extauthz/extauthz/internal/breaker"
@@ -51,8 +50,8 @@ const DefaultMaxStale = 5 * time.Minute
 // the store is unreachable, and records last-use times to be written behind.
 type Cache struct {
 	store Store
-	pos   *lru.Cache[Hash, *entry]
-	neg   *lru.Cache[Hash, time.Time] // hash → when the store said "not found"
+	pos   *lru[entry]
+	neg   *lru[time.Time] // hash → when the store said "not found"
 	opts  CacheOptions
 	group singleflight.Group
 	// shards[h[0]] orders the fills and invalidations of the hashes whose
@@ -101,11 +100,15 @@ type cacheHooks struct {
 // entry stays as a tombstone (or, after a purge, an entry of an older
 // generation): never served, but it remembers that the store knew the
 // hash, so that looking it up again is a refresh, not a guess (Cached).
+//
+// Entries are values in the lru, not pointers to them: the collector then
+// has one array to walk for all of them (see lru), and the key each holds is
+// laid out by compact.
 type entry struct {
 	key     *Key // nil: a tombstone
 	fetched time.Time
-	gen     uint64       // the cache's generation when filled; a purge moves it on
-	touched atomic.Int64 // unix nanos of the last usage report for this key
+	gen     uint64 // the cache's generation when filled; a purge moves it on
+	touched int64  // unix nanos of the last usage report for this key
 }
 
 // servable reports whether e may answer a lookup: not invalidated since
@@ -147,8 +150,8 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	pos, _ := lru.New[Hash, *entry](opts.Size)               // error only for size ≤ 0
-	neg, _ := lru.New[Hash, time.Time](max(opts.Size/4, 16)) // unknown hashes get a quarter
+	pos := newLRU[entry](opts.Size)
+	neg := newLRU[time.Time](max(opts.Size/4, 16)) // unknown hashes get a quarter
 	return &Cache{store: store, pos: pos, neg: neg, opts: opts, used: make(chan usage, 4096),
 		breaker: breaker.New(storeFailuresToOpen, opts.StoreRetry, opts.Now)}
 }
@@ -175,13 +178,13 @@ const (
 // store round trip, before paying for it.
 func (c *Cache) Cached(h Hash) (*Key, CacheState, error) {
 	now := c.opts.Now()
-	e, ok := c.pos.Get(h)
+	e, ok := c.pos.get(h)
 	if ok && now.Sub(e.fetched) < c.opts.TTL && e.servable(c.gen.Load()) {
 		c.hits.Add(1)
-		c.noteUse(e, now)
+		c.noteUse(h, e, now)
 		return e.key, CacheAnswered, nil
 	}
-	if at, hit := c.neg.Get(h); hit && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
+	if at, hit := c.neg.get(h); hit && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
 		c.hits.Add(1)
 		return nil, CacheAnswered, ErrNotFound
 	}
@@ -217,8 +220,8 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	}
 	switch {
 	case err == nil:
-		if fresh, ok := c.pos.Peek(h); ok && fresh.servable(c.gen.Load()) {
-			c.noteUse(fresh, now)
+		if fresh, ok := c.pos.peek(h); ok && fresh.servable(c.gen.Load()) {
+			c.noteUse(h, fresh, now)
 		}
 		return k, nil
 	case errors.Is(err, ErrNotFound):
@@ -228,9 +231,9 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	// The best we know while the store is down: the entry as it is now (an
 	// invalidation since this lookup began has made it a tombstone), if the
 	// store confirmed it recently enough.
-	if e, ok := c.pos.Peek(h); ok && e.servable(c.gen.Load()) && now.Sub(e.fetched) < c.opts.MaxStale {
+	if e, ok := c.pos.peek(h); ok && e.servable(c.gen.Load()) && now.Sub(e.fetched) < c.opts.MaxStale {
 		c.stale.Add(1)
-		c.noteUse(e, now)
+		c.noteUse(h, e, now)
 		return e.key, nil
 	}
 	return nil, err
@@ -277,6 +280,9 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
 		defer cancel()
 		k, err := c.store.Lookup(fctx, h)
+		if err == nil {
+			k = compact(k)
+		}
 		c.fill(h, epoch, k, err)
 		return k, err
 	})
@@ -322,12 +328,12 @@ func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
 	}
 	now := c.opts.Now()
 	if err == nil {
-		c.neg.Remove(h)
-		c.pos.Add(h, &entry{key: k, fetched: now, gen: c.gen.Load()})
+		c.neg.remove(h)
+		c.pos.add(h, entry{key: k, fetched: now, gen: c.gen.Load()})
 		return
 	}
-	c.pos.Remove(h)
-	c.neg.Add(h, now)
+	c.pos.remove(h)
+	c.neg.add(h, now)
 }
 
 // lock takes sh's lock.
@@ -355,10 +361,10 @@ func (c *Cache) Invalidate(h Hash) {
 		sh := &c.shards[h[0]]
 		c.lock(sh)
 		sh.epoch++
-		if c.pos.Contains(h) {
-			c.pos.Add(h, &entry{})
+		if c.pos.contains(h) {
+			c.pos.add(h, entry{})
 		}
-		c.neg.Remove(h)
+		c.neg.remove(h)
 		sh.mu.Unlock()
 		return
 	}
@@ -367,7 +373,7 @@ func (c *Cache) Invalidate(h Hash) {
 		c.shards[i].epoch++
 	}
 	c.gen.Add(1)
-	c.neg.Purge()
+	c.neg.purge()
 	for i := range c.shards {
 		c.shards[i].mu.Unlock()
 	}
@@ -375,16 +381,30 @@ func (c *Cache) Invalidate(h Hash) {
 
 // noteUse queues a last-use report at most once per TouchEvery per key,
 // without blocking: when the queue is full the report waits for the next use.
-func (c *Cache) noteUse(e *entry, now time.Time) {
-	last := e.touched.Load()
-	if now.UnixNano()-last < int64(c.opts.TouchEvery) || !e.touched.CompareAndSwap(last, now.UnixNano()) {
+// e is the entry of h as served; the lru's lock is taken only when a report
+// is due, to claim it.
+func (c *Cache) noteUse(h Hash, e entry, now time.Time) {
+	last, at := e.touched, now.UnixNano()
+	if at-last < int64(c.opts.TouchEvery) || !c.swapTouched(h, e.key, last, at) {
 		return
 	}
 	select {
 	case c.used <- usage{e.key.ID, now}:
 	default:
-		e.touched.Store(last)
+		c.swapTouched(h, e.key, at, last)
 	}
+}
+
+// swapTouched sets the last report time of h's entry to new if the entry
+// still holds key and its last report time is old, and reports whether it did.
+func (c *Cache) swapTouched(h Hash, key *Key, old, new int64) bool {
+	swapped := false
+	c.pos.update(h, func(e *entry) {
+		if e.key == key && e.touched == old {
+			e.touched, swapped = new, true
+		}
+	})
+	return swapped
 }
 
 // RunTouches writes queued last-use reports to the store every interval
@@ -442,7 +462,7 @@ type CacheStats struct {
 func (c *Cache) Stats() CacheStats {
 	return CacheStats{
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Stale: c.stale.Load(), StoreFailures: c.failures.Load(),
-		Entries: c.pos.Len(), NegativeEntries: c.neg.Len(),
+		Entries: c.pos.len(), NegativeEntries: c.neg.len(),
 	}
 }
 

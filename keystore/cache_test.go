@@ -3,6 +3,7 @@ package keystore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -234,6 +235,30 @@ func BenchmarkCacheHit(b *testing.B) {
 	_, _ = c.Lookup(context.Background(), h)
 	b.ReportAllocs()
 	for b.Loop() {
+		if _, err := c.Lookup(context.Background(), h); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// oneKeyStore answers every hash with the same key, at once.
+type oneKeyStore struct {
+	Store
+	key *Key
+}
+
+func (s oneKeyStore) Lookup(context.Context, Hash) (*Key, error) { return s.key, nil }
+
+// BenchmarkCacheMiss is what the cache adds to the store's own lookup when
+// a key is not cached: the flight, the timeout, the compact copy, the fill
+// and an eviction.
+func BenchmarkCacheMiss(b *testing.B) {
+	k := &Key{ID: "key_known", Name: "known", Owner: "default", Permissions: []string{"read:users"}, CreatedAt: time.Now()}
+	c := NewCache(oneKeyStore{key: k}, CacheOptions{Size: 1000})
+	var h Hash
+	b.ReportAllocs()
+	for i := uint64(0); b.Loop(); i++ {
+		binary.LittleEndian.PutUint64(h[:], i)
 		if _, err := c.Lookup(context.Background(), h); err != nil {
 			b.Fatal(err)
 		}
