@@ -67,6 +67,8 @@ type Cache struct {
 	misses   atomic.Uint64
 	stale    atomic.Uint64
 	failures atomic.Uint64
+	// refreshes counts the lookups refreshAhead started.
+	refreshes atomic.Uint64
 	// breaker stops lookups from waiting on a store that keeps failing:
 	// misses fail at once and expired entries are served (up to MaxStale),
 	// while one lookup per StoreRetry probes the store.
@@ -74,7 +76,15 @@ type Cache struct {
 	// downSince (unix nanos; 0 = up) is when lookups stopped waiting on the
 	// store: the outage the log reports when it begins and ends.
 	downSince atomic.Int64
+	// refreshed[i] is when (unix nanos) a refresh ahead of expiry last
+	// started for a hash of slot i (refreshAhead): at most one per slot per
+	// quarter TTL, so a failing store is not asked on every hit.
+	refreshed [refreshSlots]atomic.Int64
 }
+
+// refreshSlots bounds the memory of refreshAhead's throttle; hashes sharing
+// a slot only share its throttle (a refresh skipped is a miss later).
+const refreshSlots = 4096
 
 // storeFailuresToOpen unavailable answers in a row stop lookups from waiting
 // on the store: one slow reply alone does not fail uncached keys for a while.
@@ -179,9 +189,12 @@ const (
 func (c *Cache) Cached(h Hash) (*Key, CacheState, error) {
 	now := c.opts.Now()
 	e, ok := c.pos.get(h)
-	if ok && now.Sub(e.fetched) < c.opts.TTL && e.servable(c.gen.Load()) {
+	if age := now.Sub(e.fetched); ok && age < c.opts.TTL && e.servable(c.gen.Load()) {
 		c.hits.Add(1)
 		c.noteUse(h, e, now)
+		if age >= c.opts.TTL-c.opts.TTL/4 {
+			c.refreshAhead(h, now)
+		}
 		return e.key, CacheAnswered, nil
 	}
 	if at, hit := c.neg.get(h); hit && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
@@ -262,30 +275,30 @@ func (c *Cache) storeBack() {
 	}
 }
 
+// refreshAhead asks the store for h, which is cached and in use but in the
+// last quarter of its TTL, in the background: a key in use is then found
+// fresh when its TTL would have ended, instead of making one of its checks
+// wait for the store. What the store answers is filled as a lookup's answer
+// is (a key revoked meanwhile is forgotten at once); a failure changes
+// nothing, and the entry expires as it would have. Not while the store is
+// known to be down.
+func (c *Cache) refreshAhead(h Hash, now time.Time) {
+	if c.breaker.Open() {
+		return
+	}
+	slot := &c.refreshed[binary.LittleEndian.Uint16(h[1:3])%refreshSlots]
+	last, n := slot.Load(), now.UnixNano()
+	if n-last < int64(c.opts.TTL/4) || !slot.CompareAndSwap(last, n) {
+		return
+	}
+	c.refreshes.Add(1)
+	c.flight(context.Background(), h) // the flight fills the cache; its buffered channel is dropped
+}
+
 // fetch loads h from the store once for all concurrent callers and caches
 // the answer unless an invalidation of h's shard raced with it.
 func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
-	sh := &c.shards[h[0]]
-	sh.mu.Lock()
-	epoch := sh.epoch
-	sh.mu.Unlock()
-	// A flight is named by the hash and the epoch it started in, so that a
-	// lookup that begins after an invalidation never takes the answer of a
-	// fetch that began before it.
-	var name [len(Hash{}) + 8]byte
-	copy(name[:], h[:])
-	binary.LittleEndian.PutUint64(name[len(h):], epoch)
-	flight := c.group.DoChan(string(name[:]), func() (any, error) {
-		// Detached from the first caller's cancellation: its result is shared.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
-		defer cancel()
-		k, err := c.store.Lookup(fctx, h)
-		if err == nil {
-			k = compact(k)
-		}
-		c.fill(h, epoch, k, err)
-		return k, err
-	})
+	flight := c.flight(ctx, h)
 	// The caller waits FetchTimeout at most, whatever the store's client
 	// does with its deadline (a client busy with a failover may overrun
 	// it): the flight goes on and fills the cache when it ends.
@@ -302,6 +315,32 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
+}
+
+// flight starts (or joins) the store lookup of h, which fills the cache when
+// it ends, and returns the channel its result arrives on.
+func (c *Cache) flight(ctx context.Context, h Hash) <-chan singleflight.Result {
+	sh := &c.shards[h[0]]
+	sh.mu.Lock()
+	epoch := sh.epoch
+	sh.mu.Unlock()
+	// A flight is named by the hash and the epoch it started in, so that a
+	// lookup that begins after an invalidation never takes the answer of a
+	// fetch that began before it.
+	var name [len(Hash{}) + 8]byte
+	copy(name[:], h[:])
+	binary.LittleEndian.PutUint64(name[len(h):], epoch)
+	return c.group.DoChan(string(name[:]), func() (any, error) {
+		// Detached from the first caller's cancellation: its result is shared.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
+		defer cancel()
+		k, err := c.store.Lookup(fctx, h)
+		if err == nil {
+			k = compact(k)
+		}
+		c.fill(h, epoch, k, err)
+		return k, err
+	})
 }
 
 var errFetchTimeout = fmt.Errorf("%w: no answer from the store within the lookup timeout", ErrUnavailable)
@@ -455,14 +494,17 @@ func (c *Cache) RunTouches(ctx context.Context, interval time.Duration) {
 // CacheStats are counters since the cache was made.
 type CacheStats struct {
 	Hits, Misses, Stale, StoreFailures uint64
-	Entries, NegativeEntries           int
+	// Refreshes are lookups started ahead of a used entry's expiry.
+	Refreshes                uint64
+	Entries, NegativeEntries int
 }
 
 // Stats returns the cache's counters.
 func (c *Cache) Stats() CacheStats {
 	return CacheStats{
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Stale: c.stale.Load(), StoreFailures: c.failures.Load(),
-		Entries: c.pos.len(), NegativeEntries: c.neg.len(),
+		Refreshes: c.refreshes.Load(),
+		Entries:   c.pos.len(), NegativeEntries: c.neg.len(),
 	}
 }
 

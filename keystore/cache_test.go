@@ -110,12 +110,74 @@ func TestAHitCostsNoStoreCall(t *testing.T) {
 func TestAnEntryIsRefetchedAfterItsTTL(t *testing.T) {
 	c, st, clock, h := setup(t)
 	_, _ = c.Lookup(context.Background(), h)
-	clock.Add(29 * time.Second)
+	clock.Add(20 * time.Second) // used, but not in the last quarter of its TTL
 	_, _ = c.Lookup(context.Background(), h)
 	assert.EqualValues(t, 1, st.lookups.Load())
-	clock.Add(2 * time.Second)
+	clock.Add(11 * time.Second)
 	_, _ = c.Lookup(context.Background(), h)
 	assert.EqualValues(t, 2, st.lookups.Load())
+	assert.EqualValues(t, 2, c.Stats().Misses)
+	assert.Zero(t, c.Stats().Refreshes)
+}
+
+// A key in use is looked up again in the background in the last quarter of
+// its TTL, so no check of it waits for the store when the TTL would have
+// ended; once per quarter TTL, not on every hit.
+func TestAKeyInUseIsRefreshedBeforeItsTTLEnds(t *testing.T) {
+	c, st, clock, h := setup(t)
+	_, err := c.Lookup(context.Background(), h)
+	require.NoError(t, err)
+	clock.Add(23 * time.Second)
+	for range 5 {
+		k, err := c.Lookup(context.Background(), h)
+		require.NoError(t, err)
+		assert.Equal(t, "key_known", k.ID, "answered from the cache meanwhile")
+	}
+	require.Eventually(t, func() bool { return st.lookups.Load() == 2 }, time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		e, ok := c.pos.peek(h)
+		return ok && e.fetched.Equal(clock.Now())
+	}, time.Second, time.Millisecond, "the refresh filled the entry")
+	clock.Add(10 * time.Second) // 33s after the first fill: past its TTL
+	_, err = c.Lookup(context.Background(), h)
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, st.lookups.Load(), "a hit: the entry was refreshed at 23s")
+	assert.EqualValues(t, 1, c.Stats().Misses)
+	assert.EqualValues(t, 1, c.Stats().Refreshes)
+}
+
+// A refresh that finds the key gone forgets it at once; one that fails
+// changes nothing, and the entry expires as it would have.
+func TestARefreshFillsAsALookupDoes(t *testing.T) {
+	t.Run("revoked meanwhile", func(t *testing.T) {
+		c, st, clock, h := setup(t)
+		_, _ = c.Lookup(context.Background(), h)
+		st.mu.Lock()
+		delete(st.keys, h)
+		st.mu.Unlock()
+		clock.Add(25 * time.Second)
+		_, _ = c.Lookup(context.Background(), h) // served, and refreshed
+		require.Eventually(t, func() bool { _, ok := c.pos.peek(h); return !ok }, time.Second, time.Millisecond)
+		_, err := c.Lookup(context.Background(), h)
+		require.ErrorIs(t, err, ErrNotFound)
+	})
+	t.Run("the store fails", func(t *testing.T) {
+		c, st, clock, h := setup(t)
+		_, _ = c.Lookup(context.Background(), h)
+		st.down.Store(true)
+		clock.Add(25 * time.Second)
+		_, err := c.Lookup(context.Background(), h)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return st.lookups.Load() == 2 }, time.Second, time.Millisecond)
+		for range 10 {
+			_, err = c.Lookup(context.Background(), h)
+			require.NoError(t, err, "still within its TTL")
+		}
+		assert.EqualValues(t, 2, st.lookups.Load(), "a failed refresh is not retried on every hit")
+		e, ok := c.pos.peek(h)
+		require.True(t, ok)
+		assert.True(t, e.fetched.Before(clock.Now()), "the failed refresh changed nothing")
+	})
 }
 
 func TestUnknownHashesAreCachedForTheNegativeTTL(t *testing.T) {
