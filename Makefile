@@ -53,15 +53,16 @@ measure-placement: ## key records on a 3-master Redis Cluster with PLACEMENT_KEY
 	EXTAUTHZ_PLACEMENT_KEYS=$(PLACEMENT_KEYS) $(GO) test -run '^$$' -bench '^BenchmarkKeyPlacement$$' -benchtime 5s -timeout 60m -v ./keystore/redis/ | grep -E '^(Benchmark|ok|FAIL)|placement:'
 
 fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz run in every plain test run too)
-	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./authz/
-	$(GO) test -run '^$$' -fuzz '^FuzzRouteAgainstUpstreams$$' -fuzztime $(FUZZTIME) ./authz/
-	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./authz/envoy/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheck$$' -fuzztime $(FUZZTIME) ./authz/envoy/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckMessages$$' -fuzztime $(FUZZTIME) ./authz/envoy/
-	$(GO) test -run '^$$' -fuzz '^FuzzFormatCheck$$' -fuzztime $(FUZZTIME) ./keystore/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config/
-	$(GO) test -run '^$$' -fuzz '^FuzzCreateAndPatchBodies$$' -fuzztime $(FUZZTIME) ./admin/
-	$(GO) test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./audit/
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) \
+	  authz:FuzzNormalizePath \
+	  authz:FuzzRouteAgainstUpstreams \
+	  authz/envoy:FuzzCheck \
+	  authz/envoy:FuzzDecodeCheck \
+	  authz/envoy:FuzzDecodeCheckMessages \
+	  keystore:FuzzFormatCheck \
+	  config:FuzzParse \
+	  admin:FuzzCreateAndPatchBodies \
+	  audit:FuzzAppendString
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOVULNCHECK ?= golang.org/x/vuln/cmd/govulncheck@v1.9.0
