@@ -1,9 +1,10 @@
 // Package redis is the rate limiter whose counts live in Redis, shared by
 // every replica: the ratelimit.Limiter for the Redis key store. It runs the
-// algorithm of ratelimit's window.go as one atomic Lua script per check
-// (allow.lua), batches concurrent checks into pipelines, leases part of a
-// large limit to a busy replica (lease.go), and when Redis fails decides by
-// the configured ratelimit.StoreErrorPolicy behind a circuit breaker.
+// algorithm of ratelimit's window.go as an atomic Lua script (allow.lua),
+// one call per batch of concurrent checks (one call per check on a Cluster),
+// leases part of a large limit to a busy replica (lease.go), and when Redis
+// fails decides by the configured ratelimit.StoreErrorPolicy behind a circuit
+// breaker.
 //
 // It is not the algorithm (package ratelimit) and does not dial Redis: it
 // takes a client from keystore/redis.Dial (or any go-redis client).
