@@ -227,7 +227,7 @@ func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter,
 	counter("extauthz_cache_hits_total", "Key lookups answered by the cache.", func() float64 { return float64(cache.Stats().Hits) })
 	counter("extauthz_cache_misses_total", "Key lookups that went to the store.", func() float64 { return float64(cache.Stats().Misses) })
 	counter("extauthz_cache_stale_total", "Expired cache entries served because the store was unreachable.", func() float64 { return float64(cache.Stats().Stale) })
-	counter("extauthz_cache_refreshes_total", "Key lookups started in the background for a key in use whose cache entry was in the last quarter of its TTL, so that no check waits for it.", func() float64 { return float64(cache.Stats().Refreshes) })
+	counter("extauthz_cache_refreshes_total", "Key lookups started in the background for a key in use whose cache entry was in the last quarter of its TTL, so that its checks need not wait for it.", func() float64 { return float64(cache.Stats().Refreshes) })
 	counter("extauthz_store_errors_total", "Key store lookups that failed (unreachable, timeout).", func() float64 { return float64(cache.Stats().StoreFailures) })
 	gauge("extauthz_cache_entries", "Keys in the cache, changed ones not yet looked up again included.", func() float64 { return float64(cache.Stats().Entries) })
 	gauge("extauthz_cache_negative_entries", "Unknown hashes in the negative cache.", func() float64 { return float64(cache.Stats().NegativeEntries) })

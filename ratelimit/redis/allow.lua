@@ -70,7 +70,7 @@ local function pair(str, p)
   return sunpack('<dd', str, 17 + 16 * p)
 end
 
--- ST holds 12 values per limit of the check at hand (one table for all:
+-- ST holds 11 values per limit of the check at hand (one table for all:
 -- tables and redis.call are what a script pays for).
 local ST = {}
 
@@ -115,7 +115,7 @@ local function check(k, nkeys, a, want, out, o)
         end
       end
     end
-    local b = 12 * (i - 1)
+    local b = 11 * (i - 1)
     ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6] = n, w, s, str, idx, held
     ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11] = cur, np, total, drop, dropped
     if held >= n then allowed = false end
@@ -127,7 +127,7 @@ local function check(k, nkeys, a, want, out, o)
   out[o + 1], out[o + 2] = allowed and granted or 0, lease or 0
   if not allowed then
     for i = 1, nkeys do
-      local b = 12 * (i - 1)
+      local b = 11 * (i - 1)
       local n, w, s, str, idx, held, np = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 8]
       local t = 0
       if held >= n and str then
@@ -155,7 +155,7 @@ local function check(k, nkeys, a, want, out, o)
   -- the stale groups cut and group idx (the newest) changed or added, whose
   -- expiry is when group idx stops counting, the latest of them all.
   for i = 1, nkeys do
-    local b = 12 * (i - 1)
+    local b = 11 * (i - 1)
     local w, s, str, idx, held = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
     local cur, np, total, drop, dropped = ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11]
     local c, m = granted, 0

@@ -84,8 +84,9 @@ var (
 )
 
 // Limiter is a ratelimit.Limiter whose counts live in Redis, shared by every
-// replica: one atomic Lua script call per batch of concurrent checks, or, for a busy bucket with large limits, a lease of several
-// requests counted at once (lease.go). When Redis fails it decides by
+// replica: one atomic Lua script call per batch of concurrent checks, or,
+// for a busy bucket with large limits, a lease of several requests counted
+// at once (lease.go). When Redis fails it decides by
 // Options.OnStoreError, within the Timeout, and a circuit breaker keeps it
 // from waiting on a Redis that is down.
 type Limiter struct {
