@@ -39,8 +39,8 @@ const (
 	rateLimitInstall = "cd /tmp && go install github.com/envoyproxy/ratelimit/src/service_cmd@latest"
 
 	// peerLimit is each key id's limit in the peer's config, per second in
-	// a fixed window: exactRate, redis-even's own limit, which no run
-	// reaches (a few checks per key and second).
+	// a fixed window: redis-even-lease's, which no run reaches (a few checks
+	// per key and second). The peer's cost does not depend on it.
 	peerLimit = 3999
 )
 

@@ -26,21 +26,36 @@
 --          sub-windows per window; see "Memory" in ratelimit/window.go)
 -- Then per check: want, nlim, and nlim triples N, W (µs), s (µs).
 --          want is how many requests to count at once, ≥ 1. Above 1 the
---          others are a lease (see "Leases" in lease.go): the group's mark
---          becomes the end of its sub-window, where the lease expires.
+--          others are a lease (see "Leases" in lease.go), of one of two
+--          kinds. While every limit of the check, with the lease, counts at
+--          most N/QUIET, the lease lasts until the end of the sub-window
+--          span-2 after the current one (about W) and is counted in that
+--          future group, marked 0: "a lease, its bound the end of its
+--          sub-window". Otherwise it lasts until the end of the current
+--          sub-window, is counted in the current group, whose mark becomes
+--          255, and is at most N/BUSY of every limit.
+--
+-- A group's mark 0 means the same bound as 255 (the end of its sub-window);
+-- only leases write it, and only into groups after the current one. A check
+-- skips such future lease groups to find the current group; a later group
+-- with any other mark means the clock went back, and the check counts as of
+-- that group (its bound is later than the request: counting longer is safe).
 --
 -- Returns, per check in order, {granted, lease, held_1, t_1, held_2, t_2, ...}
 -- (2 + 2*nlim values), all in one flat array. granted is how many requests
 -- were counted: 0 (denied) or 1..want, as many as every limit had room for.
--- lease is the µs from now until the first of the limits' current
--- sub-windows ends. Allowed: held is the count after this request, t the µs
--- until the limit is fully reset. Denied: nothing is written; held is the
--- count now and t the µs until the limit would allow this request (0 when it
--- is not exhausted).
+-- lease is the µs from now until the lease counted (or one that could have
+-- been counted) would end: the first of the limits' groups ends. Allowed:
+-- held is the count after this request, t the µs until the limit is fully
+-- reset. Denied: nothing is written; held is the count now and t the µs
+-- until the limit would allow this request (0 when it is not exhausted).
 
 local floor = math.floor
 local sunpack, spack, sub = struct.unpack, struct.pack, string.sub
 local MARKS = 255
+-- Leases (lease.go): a long lease while the count stays at most N/QUIET, a
+-- short one at most N/BUSY otherwise.
+local QUIET, BUSY = 32, 2000
 
 -- a/b rounded down, exactly, for integers a and b > 0 (float division alone
 -- can land one off).
@@ -62,7 +77,9 @@ local span = tonumber(ARGV[2])
 -- and the group's count.
 local function latest(j, v, s)
   local c = floor(v / 256)
-  return j * s + floordiv((v - c * 256) * s + MARKS - 1, MARKS), c
+  local m = v - c * 256
+  if m == 0 then m = MARKS end -- a lease group
+  return j * s + floordiv(m * s + MARKS - 1, MARKS), c
 end
 
 -- pair returns group p's (0-based) index and value.
@@ -70,7 +87,21 @@ local function pair(str, p)
   return sunpack('<dd', str, 17 + 16 * p)
 end
 
--- ST holds 11 values per limit of the check at hand (one table for all:
+-- find returns where group g of str (np groups, ascending) is and its value,
+-- or false and where it would go, scanning from the newest: groups after g
+-- are few, the future groups of leases. With bump, a later group that is not
+-- a lease's (mark 0) means the clock went back, and g becomes that group.
+local function find(str, np, g, bump)
+  for p = np - 1, 0, -1 do
+    local j, v = pair(str, p)
+    if bump and j > g and v % 256 ~= 0 then g = j end
+    if j == g then return g, p, v end
+    if j < g then return g, p + 1, false end
+  end
+  return g, 0, false
+end
+
+-- ST holds 12 values per limit of the check at hand (one table for all:
 -- tables and redis.call are what a script pays for).
 local ST = {}
 
@@ -79,7 +110,7 @@ local ST = {}
 local function check(k, nkeys, a, want, out, o)
   -- Pass 1: the count of every limit.
   local allowed = true
-  local granted, lease = want, nil
+  local granted = want
   for i = 1, nkeys do
     local n, w, s = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i])
     local str = redis.call('GET', KEYS[k + i])
@@ -91,11 +122,11 @@ local function check(k, nkeys, a, want, out, o)
       -- Counted with another s (void), or not a counter: start afresh.
       if np < 1 or np ~= floor(np) or cs ~= s then str, np, total = false, 0, 0 end
     end
-    local idx, held, cur, drop, dropped = floordiv(now, s), 0, false, 0, 0
+    local idx, held, cur, drop, dropped, pos = floordiv(now, s), 0, false, 0, 0, 0
     if str then
-      local lj, lv = pair(str, np - 1)
-      if lj > idx then idx = lj end -- the clock went back: count as of the newest group
-      if lj == idx then cur = lv end
+      -- pos: where group idx is (cur: its value) or would go. A later
+      -- group that is not a lease's means the clock went back: count as of it.
+      idx, pos, cur = find(str, np, idx, true)
       -- The groups that no longer count are the oldest: those before
       -- idx-span (stale: cut at the next write) and those whose bound is
       -- more than W ago (kept, as the local limiter keeps them until they
@@ -115,19 +146,36 @@ local function check(k, nkeys, a, want, out, o)
         end
       end
     end
-    local b = 11 * (i - 1)
+    local b = 12 * (i - 1)
     ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6] = n, w, s, str, idx, held
-    ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11] = cur, np, total, drop, dropped
+    ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11], ST[b + 12] = cur, np, total, drop, dropped, pos
     if held >= n then allowed = false end
     if n - held < granted then granted = n - held end
+  end
+
+  -- The kind of lease (see KEYS above): long while every limit stays at
+  -- most N/QUIET with it, else short, at most N/BUSY. lease is when it ends
+  -- (for an exact check, when one would: lease.go sizes the next by it).
+  local long, lease = true, nil
+  for i = 1, nkeys do
+    local b = 12 * (i - 1)
+    local n, held = ST[b + 1], ST[b + 6]
+    if (held + granted) * QUIET > n then long = false end
+  end
+  for i = 1, nkeys do
+    local b = 12 * (i - 1)
+    local n, s, idx = ST[b + 1], ST[b + 3], ST[b + 5]
+    local short = floor(n / BUSY)
+    if not long and short < granted then granted = math.max(short, 1) end
     local left = (idx + 1) * s - now
+    if long then left = (idx + span - 1) * s - now end
     if lease == nil or left < lease then lease = left end
   end
 
   out[o + 1], out[o + 2] = allowed and granted or 0, lease or 0
   if not allowed then
     for i = 1, nkeys do
-      local b = 11 * (i - 1)
+      local b = 12 * (i - 1)
       local n, w, s, str, idx, held, np = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 8]
       local t = 0
       if held >= n and str then
@@ -152,35 +200,50 @@ local function check(k, nkeys, a, want, out, o)
   end
 
   -- Pass 2: count the request in every limit: one SET of the counter with
-  -- the stale groups cut and group idx (the newest) changed or added, whose
-  -- expiry is when group idx stops counting, the latest of them all.
+  -- the stale groups cut and one group changed or added: group idx, or for
+  -- a long lease group idx+span-2, marked 0. The expiry is when the newest
+  -- group stops counting, the latest of them all.
+  local lg = long and granted > 1
   for i = 1, nkeys do
-    local b = 11 * (i - 1)
+    local b = 12 * (i - 1)
     local w, s, str, idx, held = ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6]
-    local cur, np, total, drop, dropped = ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11]
-    local c, m = granted, 0
+    local cur, np, total, drop, dropped, pos = ST[b + 7], ST[b + 8], ST[b + 9], ST[b + 10], ST[b + 11], ST[b + 12]
+    local g, m = idx, 0
+    if lg then g, pos, cur = find(str, np, idx + span - 2, false) end
+    local c = granted
     if cur then
       c = floor(cur / 256)
       m = cur - c * 256
+      if m == 0 then m = MARKS end -- a lease group
       c = c + granted
     end
-    local off = now - idx * s
-    local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
-    if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
-    if granted > 1 then mn = MARKS end -- leased: used until the sub-window ends
-    if mn > m then m = mn end
-    local kept = ''
+    if lg then
+      m = 0
+    else
+      local off = now - idx * s
+      local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
+      if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
+      if granted > 1 then mn = MARKS end -- a short lease: used until the sub-window ends
+      if mn > m then m = mn end
+    end
+    local v = c * 256 + m
+    local head, tail, last, lastv = '', '', g, v
     if str then
-      local last = np -- the groups kept: drop..last-1 (0-based), group idx replaced
-      if cur then last = np - 1 end
-      if last > drop then kept = sub(str, 17 + 16 * drop, 16 + 16 * last) end
+      -- Kept: the groups drop..np-1 (0-based), group g replaced or added at pos.
+      local from = pos
+      if cur then from = pos + 1 end
+      if pos > drop then head = sub(str, 17 + 16 * drop, 16 + 16 * pos) end
+      if from < np then
+        tail = sub(str, 17 + 16 * from)
+        last, lastv = pair(str, np - 1)
+      end
     end
     -- At least 1ms: SET takes no other (only clocks beyond 2^53 µs, which
     -- doubles cannot hold exactly, come near it).
-    local ttl = floordiv((idx + 1) * s + w + 1 - now + 999, 1000)
+    local ttl = floordiv((last + 1) * s + w + 1 - now + 999, 1000)
     if ttl < 1 then ttl = 1 end
-    redis.call('SET', KEYS[k + i], spack('<dd', s, total - dropped + granted) .. kept .. spack('<dd', idx, c * 256 + m), 'PX', ttl)
-    out[o + 2 * i + 1], out[o + 2 * i + 2] = held + granted, latest(idx, c * 256 + m, s) + w + 1 - now
+    redis.call('SET', KEYS[k + i], spack('<dd', s, total - dropped + granted) .. head .. spack('<dd', g, v) .. tail, 'PX', ttl)
+    out[o + 2 * i + 1], out[o + 2 * i + 2] = held + granted, latest(last, lastv, s) + w + 1 - now
   end
 end
 

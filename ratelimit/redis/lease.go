@@ -12,32 +12,53 @@ import (
 // Leases.
 //
 // A check against the shared count costs a Redis round trip. For a bucket
-// this replica checks often and whose limits are large, the Redis limiter
-// instead has Redis count several requests at once (allow.lua's want) and
-// hands out the extra ones itself, a lease, until they run out or the
-// limits' current sub-window ends, whichever comes first.
+// this replica checks more than once in a while and whose limits are not
+// small, the Redis limiter instead has Redis count several requests at once
+// (allow.lua's want) and hands out the extra ones itself, a lease, until they
+// run out or the lease's deadline passes, whichever comes first.
 //
 // Safety: no interval of length W holds more than N allowed requests, as
 // before. Every leased request is counted in Redis before it is handed out,
-// in the group of the sub-window the lease ends with, and that group's bound
-// (ratelimit/window.go's L_j) becomes the end of the sub-window, which is after every
-// use: the proof in ratelimit/window.go holds as if each leased request had been made
-// at the grant. The local deadline is the time the request was sent plus
-// what Redis said was left of the sub-window; Redis read its clock after the
-// send, so by its clock the lease ends no later than the sub-window.
+// in a group whose bound (ratelimit/window.go's L_j) is the end of a
+// sub-window no earlier than the lease's deadline, so the bound is after
+// every use. The proof in ratelimit/window.go then holds as if each leased
+// request had been made at the grant and used at once: a group counts from
+// its grant until its bound plus W, which covers every use plus W. The local
+// deadline is the time the request was sent plus what Redis said was left
+// until that sub-window ends; Redis read its clock after the send, so by its
+// clock the lease ends no later than the group's bound.
 //
-// Cost: requests counted but never handed out (a lease that ends with some
-// left, or is dropped) are capacity lost until they age out of the window.
-// A lease is at most N/leaseShare of every limit of the check, so with 20
-// sub-windows a replica can lose at most about 1% of N per window to
-// leftovers, and it is sized by this replica's own demand: 1 (an exact
-// check per request) to begin with, doubled whenever demand outran the last
-// grant before its sub-window ended, cut to what was used when a lease ends
-// with some left. So a quiet bucket, or one whose limit is under 2·leaseShare,
-// is checked exactly, one request per Redis call; and denials, which only
-// Redis gives, are exact: a replica without a lease asks for one request.
+// Two kinds, which allow.lua chooses per grant:
+//   - Long, while every limit of the check, with the grant, counts at most
+//     N/32: the lease lasts until the end of the sub-window 19 after the
+//     current one (about W) and is counted in that future group. This is
+//     what serves a key that is busy but far from its limit: a few checks a
+//     second against a limit of thousands see a lease of about a second's
+//     demand, so one Redis call answers many checks, where a lease ending
+//     with its sub-window (W/20) would hold a request or none.
+//   - Short, otherwise: until the end of the current sub-window, counted in
+//     the current group, at most N/2000 of every limit (near its limit a
+//     key's requests must not count longer than they are used).
+//
+// Cost, always capacity, never the promise. Requests counted but never
+// handed out (a lease that ends with some left, or is dropped) are lost
+// until they age out of the window. A lease is at most N/leaseShare (long)
+// or N/2000 (short) of every limit, and a replica holds one lease of a
+// bucket at a time, ending at most once per W (long) or W/20 (short), so a
+// replica loses at most about 1% of N per window to leftovers of either
+// kind, 2% in a window that sees both. And a long
+// lease's requests count until about 2W after the grant however early they
+// are used: as long grants are only made while the count stays at most N/32,
+// they can hold at most N/32 of a key's limit beyond their time, which a key
+// that goes from quiet to its whole limit at once may find missing for up to
+// 2W. Leases are sized by this replica's own demand: 1 (an exact check per
+// request) to begin with, doubled whenever demand outran the last grant
+// before its deadline, cut to what was used when a lease ends with some
+// left. So a quiet bucket, or one whose limit is under 2·leaseShare, is
+// checked exactly, one request per Redis call; and denials, which only Redis
+// gives, are exact: a replica without a lease asks for one request.
 const (
-	leaseShare = 2000
+	leaseShare = 100
 	leaseSets  = 1024
 	leaseWays  = 4 // leases per set: a bucket can use any free way of its set
 )
@@ -98,7 +119,7 @@ type leaseSet struct {
 type lease struct {
 	key       string
 	tokens    int64            // requests left to hand out
-	until     time.Time        // the end of the last grant's sub-window (local clock)
+	until     time.Time        // the last grant's deadline (local clock)
 	res       ratelimit.Result // the last grant's Result (Remaining: after all of it), for the headers
 	size      int64            // how many to ask for next (at most most)
 	most      int64            // maxLease of the limits
@@ -140,7 +161,7 @@ func (ls *leases) take(key string, now time.Time) (ratelimit.Result, bool) {
 		return ratelimit.Result{}, false
 	}
 	if !now.Before(l.until) {
-		// The sub-window ended: what is left is lost, and next time ask for
+		// The deadline passed: what is left is lost, and next time ask for
 		// what was used.
 		if l.tokens > 0 {
 			l.size = max(1, l.size-l.tokens)
@@ -149,7 +170,7 @@ func (ls *leases) take(key string, now time.Time) (ratelimit.Result, bool) {
 		return ratelimit.Result{}, false
 	}
 	if l.tokens == 0 {
-		// Demand outran the grant within its sub-window: ask for twice as
+		// Demand outran the grant before its deadline: ask for twice as
 		// many next time (once per grant, however many callers see it).
 		if l.grew != l.gen {
 			l.grew = l.gen
@@ -214,8 +235,8 @@ func (ls *leases) granted(key string, refill bool, got int64, until time.Time, r
 		l.tokens, l.until, l.res = got-1, until, res
 		l.gen++
 	case l.tokens == 0:
-		// An exact check: it tells when this sub-window ends, which is what
-		// take needs to see that demand outran it.
+		// An exact check: it tells when a lease granted now would end,
+		// which is what take needs to see that demand outran it.
 		l.until = until
 		l.gen++
 	}

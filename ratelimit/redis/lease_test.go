@@ -17,20 +17,25 @@ import (
 	"github.com/extauthz/extauthz/ratelimit/limitertest"
 )
 
+// twoReplicas are two Redis limiters of one fleet (one prefix, one Redis
+// of their own) on clock.
+func twoReplicas(t *testing.T, clock *limitertest.Clock) []*Limiter {
+	client := newClient(t, redistest.Start(t).Addr)
+	prefix := uniquePrefix()
+	return []*Limiter{
+		newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
+		newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
+	}
+}
+
 // Two replicas share one large limit under saturating demand (1.3·N/W, a
 // check every ~380µs of a shared fake clock, each sent by a random replica,
 // with the key limit and sometimes a route limit as well). Leases must carry
 // most of the allowed checks, and still no interval of W may hold more than
 // N, while the replicas together get close to N per W.
 func TestRedisLeasesKeepTheLimitAcrossReplicas(t *testing.T) {
-	srv := redistest.Start(t)
-	client := newClient(t, srv.Addr)
 	clock := limitertest.NewClock()
-	prefix := uniquePrefix()
-	replicas := []*Limiter{
-		newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
-		newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second}),
-	}
+	replicas := twoReplicas(t, clock)
 	const (
 		n = 20000
 		w = 10 * time.Second
@@ -78,7 +83,7 @@ func TestRedisSmallLimitsAreNeverLeased(t *testing.T) {
 	client := newClient(t, srv.Addr)
 	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: time.Second})
 	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 2*leaseShare - 1, Window: time.Hour}}}
-	for range 200 {
+	for range 2*leaseShare - 1 {
 		res, err := lim.Allow(context.Background(), limits)
 		require.NoError(t, err)
 		require.True(t, res.Allowed)
@@ -90,34 +95,74 @@ func TestRedisSmallLimitsAreNeverLeased(t *testing.T) {
 		"the smallest limit of a check decides")
 }
 
-// A lease ends with its sub-window: past it the next check goes to Redis,
-// and what was left of the lease is lost, not handed out later.
-func TestRedisLeaseEndsWithItsSubWindow(t *testing.T) {
-	srv := redistest.Start(t)
-	client := newClient(t, srv.Addr)
-	clock := limitertest.NewClock()
-	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
-	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 1e6, Window: 20 * time.Second}}} // sub-windows of 1s
-	// Within the first sub-window, demand grows the lease until one is left over.
-	now := limitertest.T0
-	for i := 0; i < 200; i++ {
+// leaseRun sends checks every gap from start until one is answered from a
+// lease and the lease still holds requests, and returns the times of the
+// checks (all allowed).
+func leaseRun(t *testing.T, lim *Limiter, clock *limitertest.Clock, limits []ratelimit.Limit, start time.Time, gap time.Duration) []time.Time {
+	t.Helper()
+	var times []time.Time
+	for now := start; len(times) < 1000; now = now.Add(gap) {
 		clock.Set(now)
 		res, err := lim.Allow(context.Background(), limits)
 		require.NoError(t, err)
 		require.True(t, res.Allowed)
-		now = now.Add(time.Millisecond)
+		times = append(times, now)
+		if left, _ := lim.leases.peek(leaseKey(limits)); left > 0 && lim.Stats().Leased > 0 {
+			return times
+		}
 	}
-	leased := lim.Stats().Leased
-	require.Positive(t, leased)
-	left, until := lim.leases.peek(leaseKey(limits))
-	require.Positive(t, left, "the test needs a lease with requests left")
-	require.Equal(t, limitertest.T0.Add(time.Second), until, "the lease ends with the sub-window")
+	t.Fatal("no lease with requests left after 1000 checks")
+	return nil
+}
+
+// A key far from its limit gets long leases: one lasts until the end of the
+// sub-window 19 after the one it was granted in (about W), so a key checked a
+// few times a second against a large limit is served mostly without Redis.
+// Past the deadline, the next check goes to Redis and what was left is lost,
+// not handed out later.
+func TestRedisALongLeaseEndsAboutAWindowAfterItsGrant(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 4000, Window: 20 * time.Second}}} // sub-windows of 1s
+	// A check every 300ms: fewer than one per sub-window, which a lease
+	// ending with its sub-window would never serve.
+	times := leaseRun(t, lim, clock, limits, limitertest.T0.Add(100*time.Millisecond), 300*time.Millisecond)
+	last, leased := times[len(times)-1], lim.Stats().Leased
+	_, until := lim.leases.peek(leaseKey(limits))
+	granted := last.Truncate(time.Second) // the last grant was at most a few checks ago
+	assert.True(t, until.Sub(granted) >= 19*time.Second && until.Sub(granted) <= 20*time.Second,
+		"a long lease ends with the 20th sub-window from its grant: until %v, last check %v", until.Sub(limitertest.T0), last.Sub(limitertest.T0))
+	assert.Zero(t, until.Sub(until.Truncate(time.Second)), "a lease ends with a sub-window")
 
 	clock.Set(until)
 	res, err := lim.Allow(context.Background(), limits)
 	require.NoError(t, err)
 	require.True(t, res.Allowed)
-	assert.Equal(t, leased, lim.Stats().Leased, "at the end of the sub-window the lease is over")
+	assert.Equal(t, leased, lim.Stats().Leased, "past its deadline the lease is over")
+}
+
+// A key whose count is above N/32 gets short leases only: they end with
+// their sub-window and hold at most N/2000.
+func TestRedisABusyKeysLeaseEndsWithItsSubWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	prefix := uniquePrefix()
+	lim := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second})
+	const n = 64000                                                                                               // N/32 = 2000, N/2000 = 32
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: n, Window: 20 * time.Second}}} // sub-windows of 1s
+	// Another replica, checking exactly, brings the count above N/32.
+	other := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second, NoLeases: true})
+	clock.Set(limitertest.T0)
+	require.Greater(t, limitertest.CountAllowed(t, 8, n/32/8+1, other, limits), n/32)
+
+	times := leaseRun(t, lim, clock, limits, limitertest.T0.Add(10*time.Millisecond), time.Millisecond)
+	last := times[len(times)-1]
+	left, until := lim.leases.peek(leaseKey(limits))
+	assert.LessOrEqual(t, left, int64(n/2000))
+	assert.Equal(t, last.Truncate(time.Second).Add(time.Second), until, "a short lease ends with its sub-window")
 }
 
 // Many callers on two replicas share leases of one bucket; under -race this
@@ -227,4 +272,138 @@ func TestAHundredBusyBucketsAllGetLeases(t *testing.T) {
 		_, ok := ls.take("key_"+strconv.Itoa(i), limitertest.T0)
 		assert.True(t, ok, "bucket %d has no lease", i)
 	}
+}
+
+// Two replicas share a key limit and a route limit through phases of
+// random demand, from a check every few seconds to three times the limit,
+// so that long leases (granted while the key is quiet), short ones and exact
+// checks all meet, and a burst arrives while long leases are out. No
+// interval of W may hold more than N allowed checks, for either limit; and
+// when demand turns from quiet to saturating, what the long leases still
+// hold costs at most N/32 (plus leftovers) of the next window.
+func TestRedisLeasesKeepTheLimitThroughChangingDemand(t *testing.T) {
+	clock := limitertest.NewClock()
+	replicas := twoReplicas(t, clock)
+	const (
+		n  = 6400 // long leases up to 64 while the count is under 200, short ones up to 3
+		w  = 20 * time.Second
+		rn = 4800
+		rw = 7 * time.Second // another sub-window length: the limits' groups end apart
+	)
+	key := ratelimit.Limit{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: n, Window: w}}
+	route := ratelimit.Limit{Name: "/r", Bucket: "b", Scope: "/r", Rate: ratelimit.Rate{N: rn, Window: rw}}
+	rng := rand.New(rand.NewPCG(7, 8))
+	perSecond := []float64{0.3, 2, 5, 20, 3 * n / w.Seconds()}
+	var keyAllowed, routeAllowed []time.Time
+	now := limitertest.T0
+	end := now.Add(8 * w)
+	for now.Before(end) {
+		rate := perSecond[rng.IntN(len(perSecond))]
+		phaseEnd := now.Add(time.Duration((0.2 + 1.3*rng.Float64()) * float64(w)))
+		for now.Before(phaseEnd) && now.Before(end) {
+			now = now.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
+			clock.Set(now)
+			limits := []ratelimit.Limit{key}
+			withRoute := rng.IntN(3) == 0
+			if withRoute {
+				limits = append(limits, route)
+			}
+			res, err := replicas[rng.IntN(2)].Allow(context.Background(), limits)
+			require.NoError(t, err)
+			if res.Allowed {
+				keyAllowed = append(keyAllowed, now)
+				if withRoute {
+					routeAllowed = append(routeAllowed, now)
+				}
+			}
+		}
+	}
+	limitertest.AssertNoIntervalOverN(t, keyAllowed, n, w)
+	limitertest.AssertNoIntervalOverN(t, routeAllowed, rn, rw)
+	leased := replicas[0].Stats().Leased + replicas[1].Stats().Leased
+	t.Logf("%d allowed, %d through the route, %d from leases", len(keyAllowed), len(routeAllowed), leased)
+	assert.Positive(t, leased)
+}
+
+// A key quiet enough for long leases that then wants far more than its
+// limit gets, over the next two windows, all that an exact limiter would
+// allow but what the long leases still hold: at most N/32, and those leases'
+// leftovers (at most N/100).
+func TestRedisLongLeasesCostAQuietKeyLittleOfItsNextBurst(t *testing.T) {
+	const (
+		n = 6400
+		w = 20 * time.Second
+	)
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: n, Window: w}}}
+	srv := redistest.Start(t)
+	run := func(noLeases bool) (quiet, burst int, leased uint64) {
+		clock := limitertest.NewClock()
+		lim := newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second, NoLeases: noLeases})
+		var allowed []time.Time
+		now := limitertest.T0
+		for ; now.Before(limitertest.T0.Add(w)); now = now.Add(200 * time.Millisecond) { // 5/s: 100 per W
+			clock.Set(now)
+			res, err := lim.Allow(context.Background(), limits)
+			require.NoError(t, err)
+			require.True(t, res.Allowed)
+			allowed = append(allowed, now)
+		}
+		quiet = len(allowed)
+		for end := now.Add(2 * w); now.Before(end); now = now.Add(w / (3 * n)) { // then 3·N/W
+			clock.Set(now)
+			res, err := lim.Allow(context.Background(), limits)
+			require.NoError(t, err)
+			if res.Allowed {
+				allowed = append(allowed, now)
+			}
+		}
+		limitertest.AssertNoIntervalOverN(t, allowed, n, w)
+		return quiet, len(allowed) - quiet, lim.Stats().Leased
+	}
+	quiet, exact, _ := run(true)
+	_, leasedBurst, leased := run(false)
+	t.Logf("%d checks in the quiet W; then over 2W an exact limiter allowed %d, with leases %d (%d checks from leases)", quiet, exact, leasedBurst, leased)
+	require.Positive(t, leased, "the quiet phase should be leased")
+	assert.GreaterOrEqual(t, leasedBurst, exact-n/32-n/leaseShare)
+}
+
+// A long lease's requests count in Redis until W after its deadline, so
+// requests handed out at the last moment still hold another replica back for
+// a whole W after they were used.
+func TestRedisALongLeaseCountsUntilWAfterItsDeadline(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	prefix := uniquePrefix()
+	const (
+		n = 6400
+		w = 20 * time.Second
+	)
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: n, Window: w}}}
+	leasing := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second})
+	exact := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second, NoLeases: true})
+	allowed := leaseRun(t, leasing, clock, limits, limitertest.T0, time.Millisecond)
+	left, until := leasing.leases.peek(leaseKey(limits))
+	require.Greater(t, left, int64(1))
+	// The lease's last requests, handed out just before its deadline.
+	clock.Set(until.Add(-time.Millisecond))
+	for range left {
+		res, err := leasing.Allow(context.Background(), limits)
+		require.NoError(t, err)
+		require.True(t, res.Allowed)
+		allowed = append(allowed, clock.Now())
+	}
+	// Then the other replica asks for more than N, spread over the next W.
+	from := until
+	for i := range n + n/10 {
+		at := from.Add(time.Duration(i) * w / time.Duration(n+n/10))
+		clock.Set(at)
+		res, err := exact.Allow(context.Background(), limits)
+		require.NoError(t, err)
+		if res.Allowed {
+			allowed = append(allowed, at)
+		}
+	}
+	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
+	limitertest.AssertNoIntervalOverN(t, allowed, n, w)
 }

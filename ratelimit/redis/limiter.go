@@ -72,6 +72,9 @@ type Options struct {
 	// MaxLocalBuckets bounds the fallback limiter (default
 	// ratelimit.DefaultMaxBuckets).
 	MaxLocalBuckets int
+	// NoLeases sends every check to Redis, one request at a time (lease.go
+	// explains leases): the Results are then exactly the local limiter's.
+	NoLeases bool
 }
 
 var (
@@ -252,7 +255,7 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 	// A lease answers without Redis (lease.go); large limits only.
 	most := maxLease(limits)
 	var key string
-	if most > 1 {
+	if most > 1 && !r.opts.NoLeases {
 		key = leaseKey(limits)
 		if res, ok := r.leases.take(key, r.now()); ok {
 			r.allowed.Add(1)
