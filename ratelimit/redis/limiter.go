@@ -252,7 +252,7 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 		r.allowed.Add(1)
 		return ratelimit.Result{Allowed: true}, nil
 	}
-	// A lease answers without Redis (lease.go); large limits only.
+	// A lease answers without Redis (lease.go); limits of 200 or more only.
 	most := maxLease(limits)
 	var key string
 	if most > 1 && !r.opts.NoLeases {
@@ -471,12 +471,15 @@ func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.
 	return p.Result(), granted, ratelimit.FromMicros(rep.vals[1]), nil
 }
 
-// counterKey is <prefix>rate:{<bucket>}:<scope>: the hash tag puts every
+// counterKey is <prefix>count:{<bucket>}:<scope>: the hash tag puts every
 // limit of a bucket in one Cluster slot, so one script can take them all as
-// KEYS. (Before the counters were packed strings they were hashes named
-// rl:…; the new name keeps a replica of either kind from reading the other's.)
+// KEYS. The name changes whenever a replica of the previous build could
+// misread the counters: they were hashes named rl:…, then packed strings
+// named rate:… that a replica took a long lease's future group in for a
+// clock gone back (cutting groups that still counted). Replicas of different
+// names count apart: at most 2N while both run, never an undercount.
 func (r *Limiter) counterKey(l *ratelimit.Limit) string {
-	return r.opts.Prefix + "rate:{" + l.Bucket + "}:" + l.Scope
+	return r.opts.Prefix + "count:{" + l.Bucket + "}:" + l.Scope
 }
 
 func (r *Limiter) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas" }

@@ -94,10 +94,10 @@ func TestRedisKeysShareTheBucketsHashTagAndExpire(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, res.Allowed)
 
-	keys, err := client.Keys(context.Background(), "extauthz:rate:*").Result()
+	keys, err := client.Keys(context.Background(), "extauthz:count:*").Result()
 	require.NoError(t, err)
 	slices.Sort(keys)
-	assert.Equal(t, []string{"extauthz:rate:{k1}:", "extauthz:rate:{k1}:/api/x"}, keys)
+	assert.Equal(t, []string{"extauthz:count:{k1}:", "extauthz:count:{k1}:/api/x"}, keys)
 	for _, tc := range []struct {
 		key string
 		w   time.Duration
@@ -503,7 +503,7 @@ func TestRedisKilledInTheMiddleOfARun(t *testing.T) {
 	assert.Positive(t, fallbacks)
 	assert.Less(t, st.StoreErrors, st.Fallback/4, "the breaker kept most checks off the dead Redis")
 	assert.Greater(t, st.Allowed, st.Fallback, "the shared count decided before and after")
-	n, err := newClient(t, o.srv.Addr).Exists(context.Background(), "rate:{busy}:").Result()
+	n, err := newClient(t, o.srv.Addr).Exists(context.Background(), "count:{busy}:").Result()
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), n, "checks after the restart counted in Redis again")
 }
