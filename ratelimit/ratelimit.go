@@ -219,6 +219,6 @@ type Stats struct {
 	StoreErrors uint64 // Redis calls that failed or timed out
 	Evicted     uint64 // local counters dropped to bound memory
 	// Leased counts the allowed checks answered from a lease, without a
-	// Redis call (ratelimit/redis, large limits only: see its lease.go).
+	// Redis call (ratelimit/redis, limits of 200 or more: see its lease.go).
 	Leased uint64
 }
