@@ -238,6 +238,23 @@ func (c *Cluster) healthy() error {
 				}
 			}
 		}
+		// Every node must also know every replica as one (gossip lags the
+		// replication link): Replicas and Master ask any node.
+		for _, n := range c.Nodes {
+			nodes, err := n.QueryString("CLUSTER", "NODES")
+			if err != nil {
+				return fmt.Errorf("node %s: %w", n.Addr, err)
+			}
+			known := 0
+			for _, l := range parseNodes(nodes) {
+				if l.of != "" {
+					known++
+				}
+			}
+			if want := c.opts.Masters * c.opts.Replicas; known < want {
+				return fmt.Errorf("node %s knows %d replicas, want %d", n.Addr, known, want)
+			}
+		}
 	}
 	return nil
 }
