@@ -59,8 +59,11 @@ import (
 // gives, are exact: a replica without a lease asks for one request.
 const (
 	leaseShare = 100
-	leaseSets  = 1024
+	leaseSets  = 4096
 	leaseWays  = 4 // leases per set: a bucket can use any free way of its set
+	// leaseIdle is how long a lease must go unused before another bucket may
+	// take its way while it still holds requests (see leases).
+	leaseIdle = time.Second
 )
 
 // maxLease is the largest lease for limits: N/leaseShare of the smallest
@@ -98,14 +101,22 @@ func leaseKey(limits []ratelimit.Limit) string {
 }
 
 // leases is a set-associative table of leases: a bucket's lease lives in
-// one of the leaseWays ways of the set its key hashes to. A bucket that
-// finds every way of its set holding another bucket's live lease is checked
-// exactly until one of them ends; then it takes that way over. So no lease
-// is cut short, and the leftovers stay within the bound above. (With one
-// way per set, two of the load tool's 100 busy buckets share a slot in 70%
-// of runs, by the birthday odds over 4096 slots, and one of them then went
-// to Redis for every check until the other's sub-window ended, minutes for
-// an hourly limit: 2.4% of all checks went to Redis instead of 0.1%.)
+// one of the leaseWays ways of the set its key hashes to, 16,384 leases in
+// all (about 3 MiB). A bucket that finds every way of its set holding
+// another bucket's live lease takes over the one unused longest if that
+// one has gone unused for leaseIdle, and is otherwise checked exactly until
+// a way frees. A busy bucket's lease is never cut short; a long lease lasts
+// up to W (an hour for an hourly limit), and without the takeover the
+// leases of keys that went quiet would keep busier ones from leasing for
+// that long. What a lease taken over still held is lost like a leftover, and
+// stays within the bounds above: a bucket's lease starts again at one
+// request after it is taken over, so each loss is at most about what that
+// bucket's own demand used of its lease before, and a long lease's requests
+// count toward the N/32 that long leases may take at all. (With one way per
+// set, two of the load tool's 100 busy buckets shared a slot in 70% of runs,
+// by the birthday odds over 4096 slots, and one of them then went to Redis
+// for every check until the other's sub-window ended: 2.4% of all checks
+// went to Redis instead of 0.1%.)
 type leases struct {
 	seed maphash.Seed
 	sets [leaseSets]leaseSet
@@ -121,6 +132,7 @@ type lease struct {
 	tokens    int64            // requests left to hand out
 	until     time.Time        // the last grant's deadline (local clock)
 	res       ratelimit.Result // the last grant's Result (Remaining: after all of it), for the headers
+	used      time.Time        // when this bucket was last checked (local clock)
 	size      int64            // how many to ask for next (at most most)
 	most      int64            // maxLease of the limits
 	gen, grew uint64           // grants so far; the grant after which size last doubled
@@ -179,6 +191,7 @@ func (ls *leases) take(key string, now time.Time) (ratelimit.Result, bool) {
 		return ratelimit.Result{}, false
 	}
 	l.tokens--
+	l.used = now
 	res := l.res
 	res.Remaining += l.tokens
 	return res, true
@@ -198,13 +211,21 @@ func (ls *leases) want(key string, most int64, now time.Time) (int64, bool) {
 			}
 		}
 		if l == nil {
-			// Other buckets' leases hold every way: taking one over would
-			// lose what it has left, so this check goes without one.
-			return 1, false
+			// Other buckets' leases hold every way: take over the one
+			// unused longest if it has gone unused for leaseIdle (what it
+			// holds is lost), else go without one.
+			for i := range set.ways {
+				if w := &set.ways[i]; !w.refilling && now.Sub(w.used) >= leaseIdle && (l == nil || w.used.Before(l.used)) {
+					l = w
+				}
+			}
+			if l == nil {
+				return 1, false
+			}
 		}
 		*l = lease{key: key, size: 1}
 	}
-	l.most = most
+	l.most, l.used = most, now
 	if l.refilling || l.size <= 1 || most <= 1 {
 		return 1, false
 	}

@@ -258,6 +258,47 @@ func TestALeaseIsNotCutShortByAnotherBucket(t *testing.T) {
 	assert.Equal(t, leaseWays-1, found, "exactly one ended lease made way")
 }
 
+// A long lease can last an hour. Once every way of a set holds one, the
+// lease unused longest, if unused for leaseIdle, makes way for a new
+// bucket; a lease in use is never taken over.
+func TestAnIdleLeaseMakesWayForABusyBucket(t *testing.T) {
+	ls := newLeases()
+	set := func(k string) *leaseSet { s := ls.lock(k); s.mu.Unlock(); return s }
+	keys := []string{"a"}
+	for i := 0; len(keys) < leaseWays+1; i++ {
+		if k := strconv.Itoa(i); set(k) == set("a") {
+			keys = append(keys, k)
+		}
+	}
+	end := limitertest.T0.Add(time.Hour)
+	for i, k := range keys[:leaseWays] {
+		at := limitertest.T0.Add(time.Duration(i) * 100 * time.Millisecond) // keys[0] granted first
+		grant(t, ls, k, 8, at, end)
+	}
+	extra := keys[leaseWays]
+	now := limitertest.T0.Add(leaseIdle + 50*time.Millisecond) // only keys[0] idle for leaseIdle
+	_, ok := ls.take(keys[1], now.Add(-10*time.Millisecond))
+	require.True(t, ok)
+	ls.want(extra, 100, now)
+	assert.NotNil(t, set(extra).find(extra), "the new bucket took a way over")
+	assert.Nil(t, set(keys[0]).find(keys[0]), "the lease unused longest made way")
+	for _, k := range keys[1:leaseWays] {
+		assert.NotNil(t, set(k).find(k), "lease %s was in use within leaseIdle", k)
+	}
+	grant(t, ls, extra, 8, now, end) // every way holds a live lease again
+
+	another := ""
+	for i := 0; another == ""; i++ {
+		if k := "another" + strconv.Itoa(i); set(k) == set("a") {
+			another = k
+		}
+	}
+	want, refill := ls.want(another, 100, now)
+	assert.Equal(t, int64(1), want, "no way idle long enough: checked exactly")
+	assert.False(t, refill)
+	assert.Nil(t, set(another).find(another))
+}
+
 // The load tool's 100 busy buckets all get leases. With one lease per slot
 // of 4096, two of them shared a slot in 70% of runs and one went to Redis on
 // every check; with four ways per set, five of 100 keys in one set of 1024
