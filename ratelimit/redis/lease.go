@@ -46,12 +46,11 @@ import (
 // or N/2000 (short) of every limit, and a replica holds one lease of a
 // bucket at a time, ending at most once per W (long) or W/20 (short), so a
 // replica loses at most about 1% of N per window to leftovers of either
-// kind, 2% in a window that sees both. And a long
-// lease's requests count until about 2W after the grant however early they
-// are used: as long grants are only made while the count stays at most N/32,
-// they can hold at most N/32 of a key's limit beyond their time, which a key
-// that goes from quiet to its whole limit at once may find missing for up to
-// 2W. Leases are sized by this replica's own demand: 1 (an exact check per
+// kind, 2% in a window that sees both. And a long lease's requests count
+// until about 2W after the grant however early they are used: as long
+// grants are only made while the count stays at most N/32, they can hold at
+// most N/32 of a key's limit beyond their time, which a key that goes from
+// quiet to its whole limit at once may find missing for up to 2W. Leases are sized by this replica's own demand: 1 (an exact check per
 // request) to begin with, doubled whenever demand outran the last grant
 // before its deadline, cut to what was used when a lease ends with some
 // left. So a quiet bucket, or one whose limit is under 2·leaseShare, is
