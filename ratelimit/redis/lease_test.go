@@ -301,8 +301,8 @@ func TestAnIdleLeaseMakesWayForABusyBucket(t *testing.T) {
 
 // The load tool's 100 busy buckets all get leases. With one lease per slot
 // of 4096, two of them shared a slot in 70% of runs and one went to Redis on
-// every check; with four ways per set, five of 100 keys in one set of 1024
-// has odds below 1 in 10,000.
+// every check; with four ways per set, five of 100 keys in one of 1,024
+// sets had odds below 1 in 10,000, and there are 4,096 sets now.
 func TestAHundredBusyBucketsAllGetLeases(t *testing.T) {
 	ls := newLeases()
 	end := limitertest.T0.Add(time.Minute)
