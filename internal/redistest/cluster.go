@@ -203,6 +203,7 @@ func (c *Cluster) WaitHealthy(timeout time.Duration) error {
 
 func (c *Cluster) healthy() error {
 	up := 0
+	var unaware error // a node that does not list every replica yet
 	for _, n := range c.Nodes {
 		if !n.Up() {
 			continue
@@ -222,6 +223,17 @@ func (c *Cluster) healthy() error {
 		if flag := troubled(nodes); flag != "" {
 			return fmt.Errorf("node %s sees a node %s:\n%s", n.Addr, flag, nodes)
 		}
+		// Gossip lags the replication link, and Replicas and Master ask any
+		// node: every node must list every replica as one.
+		known := 0
+		for _, l := range parseNodes(nodes) {
+			if l.of != "" {
+				known++
+			}
+		}
+		if want := c.opts.Masters * c.opts.Replicas; known < want && unaware == nil {
+			unaware = fmt.Errorf("node %s knows %d replicas, want %d", n.Addr, known, want)
+		}
 	}
 	if up == len(c.Nodes) {
 		for _, m := range c.Masters() {
@@ -238,22 +250,8 @@ func (c *Cluster) healthy() error {
 				}
 			}
 		}
-		// Every node must also know every replica as one (gossip lags the
-		// replication link): Replicas and Master ask any node.
-		for _, n := range c.Nodes {
-			nodes, err := n.QueryString("CLUSTER", "NODES")
-			if err != nil {
-				return fmt.Errorf("node %s: %w", n.Addr, err)
-			}
-			known := 0
-			for _, l := range parseNodes(nodes) {
-				if l.of != "" {
-					known++
-				}
-			}
-			if want := c.opts.Masters * c.opts.Replicas; known < want {
-				return fmt.Errorf("node %s knows %d replicas, want %d", n.Addr, known, want)
-			}
+		if unaware != nil {
+			return unaware
 		}
 	}
 	return nil
