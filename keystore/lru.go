@@ -6,15 +6,22 @@ import "sync"
 // safe for concurrent use, laid out for the garbage collector: the index is
 // a map[Hash]int32 and the recency list is made of slot numbers, so neither
 // holds a pointer and the collector skips both without reading them. All
-// entries are values in one array, walked in one sweep when V holds
-// pointers. With 100k cached keys, hashicorp/golang-lru (a map of pointers,
+// entries are values in a few large chunks, each walked in one sweep when V
+// holds pointers. With 100k cached keys, hashicorp/golang-lru (a map of pointers,
 // a list element per entry) and an entry allocated per key were 300k of the
 // 900k objects every collection marked.
+//
+// The slots are in chunks of lruChunk, added as the lru fills: one array
+// grown by append was copied whole, under the lock, each time it doubled (a
+// 30 MB copy, and every check waiting on it, while a large cache filled).
 type lru[V any] struct {
 	mu    sync.Mutex
 	size  int
 	index map[Hash]int32
-	slots []lruSlot[V] // grows up to size, then slots are reused
+	// chunks hold the slots; used of them have held an entry (the rest
+	// of the last chunk is unused), and then slots are reused.
+	chunks [][]lruSlot[V]
+	used   int32
 	// head and tail are the most and least recently used slots, free the
 	// first of the slots that remove emptied, linked by next; none is -1.
 	head, tail, free int32
@@ -27,6 +34,12 @@ type lruSlot[V any] struct {
 }
 
 const none int32 = -1
+
+// lruChunk is the number of slots in a chunk: 320 KB of cache entries.
+const lruChunk = 1024
+
+// slot returns slot i.
+func (l *lru[V]) slot(i int32) *lruSlot[V] { return &l.chunks[i/lruChunk][i%lruChunk] }
 
 // newLRU returns an empty lru of at most size (≥ 1) entries.
 func newLRU[V any](size int) *lru[V] {
@@ -51,7 +64,7 @@ func (l *lru[V]) find(h Hash, use bool) (V, bool) {
 		l.unlink(i)
 		l.pushFront(i)
 	}
-	return l.slots[i].val, true
+	return l.slot(i).val, true
 }
 
 // contains reports whether h has a value, without marking it used.
@@ -68,7 +81,7 @@ func (l *lru[V]) add(h Hash, v V) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if i, ok := l.index[h]; ok {
-		l.slots[i].val = v
+		l.slot(i).val = v
 		l.unlink(i)
 		l.pushFront(i)
 		return
@@ -77,16 +90,19 @@ func (l *lru[V]) add(h Hash, v V) {
 	switch {
 	case l.free != none:
 		i = l.free
-		l.free = l.slots[i].next
-	case len(l.slots) < l.size:
-		l.slots = append(l.slots, lruSlot[V]{})
-		i = int32(len(l.slots) - 1)
+		l.free = l.slot(i).next
+	case int(l.used) < l.size:
+		if int(l.used) == len(l.chunks)*lruChunk {
+			l.chunks = append(l.chunks, make([]lruSlot[V], min(lruChunk, l.size-int(l.used))))
+		}
+		i = l.used
+		l.used++
 	default:
 		i = l.tail
 		l.unlink(i)
-		delete(l.index, l.slots[i].hash)
+		delete(l.index, l.slot(i).hash)
 	}
-	l.slots[i].hash, l.slots[i].val = h, v
+	l.slot(i).hash, l.slot(i).val = h, v
 	l.index[h] = i
 	l.pushFront(i)
 }
@@ -98,7 +114,7 @@ func (l *lru[V]) update(h Hash, f func(*V)) bool {
 	defer l.mu.Unlock()
 	i, ok := l.index[h]
 	if ok {
-		f(&l.slots[i].val)
+		f(&l.slot(i).val)
 	}
 	return ok
 }
@@ -113,7 +129,7 @@ func (l *lru[V]) remove(h Hash) {
 	}
 	l.unlink(i)
 	delete(l.index, h)
-	l.slots[i] = lruSlot[V]{next: l.free} // drops what val pointed to
+	*l.slot(i) = lruSlot[V]{next: l.free} // drops what val pointed to
 	l.free = i
 }
 
@@ -122,8 +138,10 @@ func (l *lru[V]) purge() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	clear(l.index)
-	clear(l.slots)
-	l.slots = l.slots[:0]
+	for _, c := range l.chunks {
+		clear(c)
+	}
+	l.used = 0
 	l.head, l.tail, l.free = none, none, none
 }
 
@@ -135,24 +153,24 @@ func (l *lru[V]) len() int {
 }
 
 func (l *lru[V]) unlink(i int32) {
-	s := &l.slots[i]
+	s := l.slot(i)
 	if s.prev != none {
-		l.slots[s.prev].next = s.next
+		l.slot(s.prev).next = s.next
 	} else {
 		l.head = s.next
 	}
 	if s.next != none {
-		l.slots[s.next].prev = s.prev
+		l.slot(s.next).prev = s.prev
 	} else {
 		l.tail = s.prev
 	}
 }
 
 func (l *lru[V]) pushFront(i int32) {
-	s := &l.slots[i]
+	s := l.slot(i)
 	s.prev, s.next = none, l.head
 	if l.head != none {
-		l.slots[l.head].prev = i
+		l.slot(l.head).prev = i
 	}
 	l.head = i
 	if l.tail == none {

@@ -14,8 +14,8 @@ func (l *lru[V]) keys() []Hash {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var hs []Hash
-	for i := l.head; i != none; i = l.slots[i].next {
-		hs = append(hs, l.slots[i].hash)
+	for i := l.head; i != none; i = l.slot(i).next {
+		hs = append(hs, l.slot(i).hash)
 	}
 	return hs
 }
@@ -70,7 +70,7 @@ func TestRemovedSlotsAreReusedBeforeAnythingIsEvicted(t *testing.T) {
 	l.add(hashOf(3), 3)
 	l.add(hashOf(4), 4)
 	assert.Equal(t, []Hash{hashOf(4), hashOf(3), hashOf(2)}, l.keys())
-	assert.Len(t, l.slots, 3, "the removed slots, not new ones")
+	assert.EqualValues(t, 3, l.used, "the removed slots, not new ones")
 	l.add(hashOf(5), 5)
 	assert.Equal(t, []Hash{hashOf(5), hashOf(4), hashOf(3)}, l.keys())
 }
@@ -82,9 +82,35 @@ func TestAPurgedLRUStartsAfresh(t *testing.T) {
 	l.purge()
 	assert.Equal(t, 0, l.len())
 	assert.Empty(t, l.keys())
-	assert.Nil(t, l.slots[:1][0].val, "purge drops the pointers it held")
+	assert.Nil(t, l.chunks[0][0].val, "purge drops the pointers it held")
 	l.add(hashOf(2), &Key{ID: "c"})
 	v, ok := l.get(hashOf(2))
 	assert.True(t, ok)
 	assert.Equal(t, "c", v.ID)
+}
+
+// Slots come in chunks as the lru fills, the last one no longer than the
+// size needs; an lru that spans several evicts and reuses across them.
+func TestTheLRUFillsChunkByChunk(t *testing.T) {
+	size := 2*lruChunk + 5
+	l := newLRU[int](size)
+	hash := func(i int) Hash { return Hash{byte(i), byte(i >> 8), 7} }
+	for i := range size + 10 {
+		l.add(hash(i), i)
+		assert.Len(t, l.chunks, i/lruChunk+1, "a chunk is added only when the last is full")
+	}
+	assert.Len(t, l.chunks, 3)
+	assert.Len(t, l.chunks[2], 5, "the last chunk holds what the size leaves")
+	assert.Equal(t, size, l.len())
+	for i := range 10 {
+		_, ok := l.get(hash(i))
+		assert.False(t, ok, "the oldest were evicted")
+	}
+	l.remove(hash(lruChunk + 3))
+	l.add(hash(100000), 1)
+	assert.Equal(t, lruChunk+3, int(l.index[hash(100000)]), "the removed slot, in the second chunk, is reused")
+	keys := l.keys()
+	assert.Len(t, keys, size)
+	assert.Equal(t, hash(100000), keys[0])
+	assert.Equal(t, hash(10), keys[len(keys)-1], "the least recently used")
 }
