@@ -60,6 +60,7 @@ fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz
 	  authz/envoy:FuzzDecodeCheck \
 	  authz/envoy:FuzzDecodeCheckMessages \
 	  keystore:FuzzFormatCheck \
+	  keystore:FuzzDecodeRecord \
 	  config:FuzzParse \
 	  admin:FuzzCreateAndPatchBodies \
 	  audit:FuzzAppendString

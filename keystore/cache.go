@@ -51,8 +51,20 @@ const DefaultMaxStale = 5 * time.Minute
 type Cache struct {
 	store Store
 	pos   *lru[entry]
-	neg   *lru[time.Time] // hash → when the store said "not found"
+	neg   *lru[int64] // hash → when (since born) the store said "not found"
 	opts  CacheOptions
+	// born is when the cache was made: entries hold their times as
+	// durations since born (a time.Time is a pointer the collector would
+	// follow), measured on the monotonic clock when Now has one.
+	born time.Time
+	// seq numbers the fills: an entry's seq tells it from any other fill
+	// of its hash (0 is a tombstone).
+	seq atomic.Uint64
+	// front[i] is the decoded key of a hash of slot i (frontSlot): hits on
+	// it share one *Key instead of decoding the record each time. Few
+	// enough for the collector to mark at no cost; a key used now and then
+	// is decoded again.
+	front [frontSlots]atomic.Pointer[decoded]
 	group singleflight.Group
 	// shards[h[0]] orders the fills and invalidations of the hashes whose
 	// first byte is h[0] (see fill). Sharded so that a change to one key
@@ -81,6 +93,18 @@ type Cache struct {
 	// quarter TTL, so a failing store is not asked on every hit.
 	refreshed [refreshSlots]atomic.Int64
 }
+
+// frontSlots is the number of decoded keys the cache keeps (front).
+const frontSlots = 4096
+
+// decoded is a key decoded from the record of one fill of hash.
+type decoded struct {
+	hash Hash
+	seq  uint64
+	key  *Key
+}
+
+func frontSlot(h Hash) uint32 { return binary.LittleEndian.Uint32(h[4:8]) % frontSlots }
 
 // refreshSlots bounds the memory of refreshAhead's throttle; hashes sharing
 // a slot only share its throttle (a refresh skipped is a miss later).
@@ -111,19 +135,20 @@ type cacheHooks struct {
 // generation): never served, but it remembers that the store knew the
 // hash, so that looking it up again is a refresh, not a guess (Cached).
 //
-// Entries are values in the lru, not pointers to them: the collector then
-// has one array to walk for all of them (see lru), and the key each holds is
-// laid out by compact.
+// Entries are values in the lru, not pointers to them, and hold no
+// pointer but a long record's: the collector has nothing to walk for them
+// (see lru and record).
 type entry struct {
-	key     *Key // nil: a tombstone
-	fetched time.Time
+	seq     uint64 // the fill that made it (Cache.seq); 0: a tombstone
+	fetched int64  // when the store answered, in nanoseconds since the cache was born
 	gen     uint64 // the cache's generation when filled; a purge moves it on
 	touched int64  // unix nanos of the last usage report for this key
+	rec     record // the key
 }
 
 // servable reports whether e may answer a lookup: not invalidated since
 // it was filled.
-func (e *entry) servable(gen uint64) bool { return e.key != nil && e.gen == gen }
+func (e *entry) servable(gen uint64) bool { return e.seq != 0 && e.gen == gen }
 
 type usage struct {
 	id string
@@ -161,8 +186,8 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	pos := newLRU[entry](opts.Size)
-	neg := newLRU[time.Time](max(opts.Size/4, 16)) // unknown hashes get a quarter
-	return &Cache{store: store, pos: pos, neg: neg, opts: opts, used: make(chan usage, 4096),
+	neg := newLRU[int64](max(opts.Size/4, 16)) // unknown hashes get a quarter
+	return &Cache{store: store, pos: pos, neg: neg, opts: opts, born: opts.Now(), used: make(chan usage, 4096),
 		breaker: breaker.New(storeFailuresToOpen, opts.StoreRetry, opts.Now)}
 }
 
@@ -188,16 +213,19 @@ const (
 // store round trip, before paying for it.
 func (c *Cache) Cached(h Hash) (*Key, CacheState, error) {
 	now := c.opts.Now()
+	since := c.since(now)
 	e, ok := c.pos.get(h)
-	if age := now.Sub(e.fetched); ok && age < c.opts.TTL && e.servable(c.gen.Load()) {
-		c.hits.Add(1)
-		c.noteUse(h, e, now)
-		if age >= c.opts.TTL-c.opts.TTL/4 {
-			c.refreshAhead(h, now)
+	if age := time.Duration(since - e.fetched); ok && age < c.opts.TTL && e.servable(c.gen.Load()) {
+		if k := c.key(h, &e); k != nil {
+			c.hits.Add(1)
+			c.noteUse(h, k, &e, now)
+			if age >= c.opts.TTL-c.opts.TTL/4 {
+				c.refreshAhead(h, now)
+			}
+			return k, CacheAnswered, nil
 		}
-		return e.key, CacheAnswered, nil
 	}
-	if at, hit := c.neg.get(h); hit && c.opts.NegativeTTL > 0 && now.Sub(at) < c.opts.NegativeTTL {
+	if at, hit := c.neg.get(h); hit && c.opts.NegativeTTL > 0 && time.Duration(since-at) < c.opts.NegativeTTL {
 		c.hits.Add(1)
 		return nil, CacheAnswered, ErrNotFound
 	}
@@ -205,6 +233,27 @@ func (c *Cache) Cached(h Hash) (*Key, CacheState, error) {
 		return nil, CacheExpired, nil
 	}
 	return nil, CacheUnknown, nil
+}
+
+// since is now as the cache's entries hold times.
+func (c *Cache) since(now time.Time) int64 { return int64(now.Sub(c.born)) }
+
+// key returns the key e (the entry of h) holds: the one decoded for it
+// before, else its record decoded, which the front then keeps. It is nil
+// only if the record does not decode, which is a bug: the lookup then asks
+// the store.
+func (c *Cache) key(h Hash, e *entry) *Key {
+	slot := &c.front[frontSlot(h)]
+	if d := slot.Load(); d != nil && d.seq == e.seq && d.hash == h {
+		return d.key
+	}
+	k, err := decodeRecord(e.rec.bytes())
+	if err != nil { // logged without err, which would make e escape: it says only this
+		c.opts.Logger.Error("a cached key record does not decode; asking the store")
+		return nil
+	}
+	slot.Store(&decoded{hash: h, seq: e.seq, key: k})
+	return k
 }
 
 // Lookup returns the key whose hash is h, from the cache when fresh, else
@@ -234,7 +283,7 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	switch {
 	case err == nil:
 		if fresh, ok := c.pos.peek(h); ok && fresh.servable(c.gen.Load()) {
-			c.noteUse(h, fresh, now)
+			c.noteUse(h, k, &fresh, now)
 		}
 		return k, nil
 	case errors.Is(err, ErrNotFound):
@@ -244,10 +293,12 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	// The best we know while the store is down: the entry as it is now (an
 	// invalidation since this lookup began has made it a tombstone), if the
 	// store confirmed it recently enough.
-	if e, ok := c.pos.peek(h); ok && e.servable(c.gen.Load()) && now.Sub(e.fetched) < c.opts.MaxStale {
-		c.stale.Add(1)
-		c.noteUse(h, e, now)
-		return e.key, nil
+	if e, ok := c.pos.peek(h); ok && e.servable(c.gen.Load()) && time.Duration(c.since(now)-e.fetched) < c.opts.MaxStale {
+		if k := c.key(h, &e); k != nil {
+			c.stale.Add(1)
+			c.noteUse(h, k, &e, now)
+			return k, nil
+		}
 	}
 	return nil, err
 }
@@ -335,9 +386,6 @@ func (c *Cache) flight(ctx context.Context, h Hash) <-chan singleflight.Result {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
 		defer cancel()
 		k, err := c.store.Lookup(fctx, h)
-		if err == nil {
-			k = compact(k)
-		}
 		c.fill(h, epoch, k, err)
 		return k, err
 	})
@@ -365,14 +413,19 @@ func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
 	if c.hooks.filling != nil {
 		c.hooks.filling(h)
 	}
-	now := c.opts.Now()
+	since := c.since(c.opts.Now())
 	if err == nil {
 		c.neg.remove(h)
-		c.pos.add(h, entry{key: k, fetched: now, gen: c.gen.Load()})
+		e := entry{seq: c.seq.Add(1), fetched: since, gen: c.gen.Load()}
+		var buf [recordInline]byte
+		e.rec.set(k, buf[:0])
+		c.pos.add(h, e)
+		// The fetched key is the fill's: its first hits need not decode it.
+		c.front[frontSlot(h)].Store(&decoded{hash: h, seq: e.seq, key: k})
 		return
 	}
 	c.pos.remove(h)
-	c.neg.add(h, now)
+	c.neg.add(h, since)
 }
 
 // lock takes sh's lock.
@@ -420,26 +473,27 @@ func (c *Cache) Invalidate(h Hash) {
 
 // noteUse queues a last-use report at most once per TouchEvery per key,
 // without blocking: when the queue is full the report waits for the next use.
-// e is the entry of h as served; the lru's lock is taken only when a report
-// is due, to claim it.
-func (c *Cache) noteUse(h Hash, e entry, now time.Time) {
+// e is the entry of h as served and k its key; the lru's lock is taken only
+// when a report is due, to claim it.
+func (c *Cache) noteUse(h Hash, k *Key, e *entry, now time.Time) {
 	last, at := e.touched, now.UnixNano()
-	if at-last < int64(c.opts.TouchEvery) || !c.swapTouched(h, e.key, last, at) {
+	if at-last < int64(c.opts.TouchEvery) || !c.swapTouched(h, e.seq, last, at) {
 		return
 	}
 	select {
-	case c.used <- usage{e.key.ID, now}:
+	case c.used <- usage{k.ID, now}:
 	default:
-		c.swapTouched(h, e.key, at, last)
+		c.swapTouched(h, e.seq, at, last)
 	}
 }
 
 // swapTouched sets the last report time of h's entry to new if the entry
-// still holds key and its last report time is old, and reports whether it did.
-func (c *Cache) swapTouched(h Hash, key *Key, old, new int64) bool {
+// is still the fill seq and its last report time is old, and reports
+// whether it did.
+func (c *Cache) swapTouched(h Hash, seq uint64, old, new int64) bool {
 	swapped := false
 	c.pos.update(h, func(e *entry) {
-		if e.key == key && e.touched == old {
+		if e.seq == seq && e.touched == old {
 			e.touched, swapped = new, true
 		}
 	})
