@@ -170,7 +170,7 @@ func TestHitsShareOneKeyUntilItIsFilledAgain(t *testing.T) {
 		require.NoError(t, err)
 		assert.Same(t, first, k)
 	}
-	c.front[frontSlot(h)].Store(nil) // as if another hash had taken the slot
+	forget(c, h) // as if other hashes had taken its place
 	fromRecord, err := c.Lookup(context.Background(), h)
 	require.NoError(t, err)
 	assert.Equal(t, first, fromRecord, "decoded from the record")
@@ -183,10 +183,55 @@ func TestHitsShareOneKeyUntilItIsFilledAgain(t *testing.T) {
 	renamed, err := c.Lookup(context.Background(), h)
 	require.NoError(t, err)
 	assert.Equal(t, "renamed", renamed.Name)
-	c.front[frontSlot(h)].Store(&decoded{hash: h, seq: 1, key: first}) // the first fill's, left over
+	for i := range c.front[frontSet(h)] { // the first fill's, left over
+		c.front[frontSet(h)][i].Store(&decoded{hash: h, seq: 1, key: first})
+	}
 	k, err := c.Lookup(context.Background(), h)
 	require.NoError(t, err)
 	assert.Equal(t, "renamed", k.Name, "a decoded key of an earlier fill is never served")
+}
+
+// forget empties the front set of h.
+func forget(c *Cache, h Hash) {
+	for i := range c.front[frontSet(h)] {
+		c.front[frontSet(h)][i].Store(nil)
+	}
+}
+
+// Two keys whose hashes share a set of the front both keep their decoded
+// key; a third takes the place of the one remembered first.
+func TestTwoKeysOfOneFrontSetBothStayDecoded(t *testing.T) {
+	c, st, _, _ := setup(t)
+	var hs []Hash
+	for i := 0; len(hs) < 3; i++ {
+		h := NewHasher(nil).Hash(fmt.Sprintf("sk_%d", i))
+		if len(hs) == 0 || frontSet(h) == frontSet(hs[0]) {
+			hs = append(hs, h)
+			st.set(h, &Key{ID: fmt.Sprintf("key_%d", i)})
+		}
+	}
+	first := map[Hash]*Key{}
+	for _, h := range hs[:2] {
+		k, err := c.Lookup(context.Background(), h)
+		require.NoError(t, err)
+		first[h] = k
+	}
+	for range 3 {
+		for _, h := range hs[:2] {
+			k, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			assert.Same(t, first[h], k, "%s is still decoded", k.ID)
+		}
+	}
+	_, err := c.Lookup(context.Background(), hs[2]) // the third: hs[0] was remembered first
+	require.NoError(t, err)
+	k, err := c.Lookup(context.Background(), hs[1])
+	require.NoError(t, err)
+	assert.Same(t, first[hs[1]], k)
+	k, err = c.Lookup(context.Background(), hs[0])
+	require.NoError(t, err)
+	assert.NotSame(t, first[hs[0]], k, "decoded again")
+	assert.Equal(t, first[hs[0]].ID, k.ID)
 }
 
 // A key too long to keep inline is served as it was stored.
@@ -196,7 +241,7 @@ func TestALongKeyIsCachedWhole(t *testing.T) {
 	st.set(h, &big)
 	_, err := c.Lookup(context.Background(), h)
 	require.NoError(t, err)
-	c.front[frontSlot(h)].Store(nil)
+	forget(c, h)
 	k, err := c.Lookup(context.Background(), h)
 	require.NoError(t, err)
 	assert.Equal(t, &big, k)
