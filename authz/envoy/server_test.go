@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -183,6 +184,39 @@ func utf8Valid(ss ...string) bool {
 func BenchmarkCheckHandler(b *testing.B) {
 	b.Run("no limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{}) })
 	b.Run("local limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{N: 1e9, Window: time.Hour}) })
+}
+
+// BenchmarkCheckHandlerManyKeys is the handler for cached keys when many
+// are in use: a thousand keys taken in turn, each with its own identity
+// headers, so that what is kept per key (the cache's decoded keys, the
+// response's identity memo) is tried beyond a handful.
+func BenchmarkCheckHandlerManyKeys(b *testing.B) {
+	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = ratelimit.Rate{} })
+	f.Now = time.Now()
+	secrets := make([]string, 1000)
+	for i := range secrets {
+		secrets[i] = f.AddKey(b, &keystore.Key{ID: fmt.Sprintf("key_%04d", i), Name: "many", Owner: "acme", Permissions: []string{"read:users"}})
+	}
+	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), time.Now)
+	s := &CheckServer{Authz: f.Authz}
+	reqs := make([]*authv3.CheckRequest, len(secrets))
+	for i, secret := range secrets {
+		reqs[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.1"}}}},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "GET", Path: "/api/users", Host: "api.example.com",
+				Headers: map[string]string{"x-api-key": secret, "user-agent": "bench", "x-request-id": "r1"},
+			}},
+		}}
+		resp, _ := s.Check(context.Background(), reqs[i])
+		require.NotNil(b, resp.GetOkResponse(), resp.String())
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if resp, _ := s.Check(context.Background(), reqs[i%len(reqs)]); resp.GetOkResponse() == nil {
+			b.Fatal(resp.String())
+		}
+	}
 }
 
 func benchmarkCheckHandler(b *testing.B, rate ratelimit.Rate) {
