@@ -130,12 +130,20 @@ func appendRecord(dst []byte, k *Key) []byte {
 	return dst
 }
 
+// appendTime appends t, in its zone when the binary form can say it. It
+// cannot say an offset of exactly one minute west of UTC (the form's marker
+// for UTC) or beyond ±22 days, which a stored RFC 3339 time could still
+// carry: such a time goes as the same instant in UTC, so that the key is
+// still cached rather than asked of the store on every check.
 func appendTime(dst []byte, t time.Time) []byte {
 	n := len(dst)
 	dst = append(dst, 0)
-	dst, _ = t.AppendBinary(dst) // fails only for a zone offset no stored time has
-	dst[n] = byte(len(dst) - n - 1)
-	return dst
+	out, err := t.AppendBinary(dst)
+	if err != nil {
+		out, _ = t.UTC().AppendBinary(dst) // UTC never fails
+	}
+	out[n] = byte(len(out) - n - 1)
+	return out
 }
 
 func appendCount(dst []byte, isNil bool, n int) []byte {

@@ -54,6 +54,7 @@ func recordCases(t *testing.T) []struct {
 		{"with a rate that no longer parses", Key{ID: "key_1", RateLimit: stale, ExpiresAt: at("2027-01-01T00:00:00Z")}},
 		{"longer than fits inline", Key{ID: "key_big", Name: strings.Repeat("n", 300), Permissions: long, Meta: map[string]string{"k": strings.Repeat("v", 500)}}},
 		{"with nothing", Key{}},
+		{"with a zone the binary form cannot say", Key{ID: "key_1", CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("", -60))}},
 	}
 }
 
@@ -72,6 +73,11 @@ func TestARecordIsTheSameKey(t *testing.T) {
 			want := *orig
 			if len(want.Meta) == 0 {
 				want.Meta = nil // no metadata is none, in the cache as in the SQLite store
+			}
+			if _, off := want.CreatedAt.Zone(); off == -60 {
+				assert.True(t, k.CreatedAt.Equal(want.CreatedAt), "the same instant")
+				assert.Equal(t, time.UTC, k.CreatedAt.Location(), "in UTC")
+				want.CreatedAt = k.CreatedAt
 			}
 			assert.Equal(t, &want, k)
 			assert.Equal(t, orig.Permissions == nil, k.Permissions == nil)
