@@ -15,6 +15,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -113,6 +114,76 @@ func TestAChangedConfigFileIsReloaded(t *testing.T) {
 		code, _ := denial(t, ts.check(t, "GET", "/api/users", h))
 		return code == "permission_denied"
 	}, 5*time.Second, 20*time.Millisecond)
+}
+
+// A file written in place can be read halfway, and YAML cut short can still
+// be valid and more open: here the half of the new file has the route with
+// no permissions. The watch loads a changed file only once it stayed the same
+// from one poll to the next.
+func TestAConfigFileCaughtHalfWrittenIsNotLoaded(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	head := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n", filepath.Join(dir, "k.db"))
+	route := "routes:\n  - path: /api/users\n    methods: [GET]\n    permissions:\n"
+	before := head + route + "      - admin:users\n"
+	after := before + "      - audit:users\n"
+	half := head + route // cut where a write pauses: valid, and needs no permission at all
+	write := func(text string) {
+		time.Sleep(10 * time.Millisecond) // a different mtime even on coarse clocks
+		require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+	}
+	write(before)
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard},
+		func(s *server) { s.reloadEvery = time.Hour }) // the test polls, below
+	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+	admin, _ := ts.create(t, keystore.Spec{Name: "a", Permissions: []string{"admin:users"}})
+	code := func(key string) string {
+		c, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
+		return c
+	}
+	inForce := func() string {
+		switch r, a := code(reader), code(admin); {
+		case r == "permission_denied" && a == "":
+			return "before"
+		case r == "" && a == "":
+			return "half"
+		case r == "permission_denied" && a == "permission_denied":
+			return "after"
+		default:
+			return "reader " + r + ", admin " + a
+		}
+	}
+	w := ts.srv.newWatch()
+	w.poll()
+	require.Equal(t, "before", inForce())
+
+	write(half)
+	w.poll()
+	assert.Equal(t, "before", inForce(), "a file seen changed for the first time is not loaded")
+	write(after)
+	w.poll()
+	assert.Equal(t, "before", inForce(), "nor one that changed again since")
+	w.poll()
+	assert.Equal(t, "after", inForce(), "a file that stayed the same for a poll is loaded")
+	w.poll()
+	assert.Equal(t, "after", inForce())
+
+	// A file that does not load is said once, and the next good one loads.
+	reloads := func(result string) float64 {
+		var m dto.Metric
+		require.NoError(t, ts.srv.reloads.WithLabelValues(result).Write(&m))
+		return m.GetCounter().GetValue()
+	}
+	write(before + "  - {path: /x, permision: [y]}\n")
+	w.poll()
+	w.poll()
+	w.poll()
+	assert.Equal(t, 1.0, reloads("error"))
+	assert.Equal(t, "after", inForce())
+	write(before)
+	w.poll()
+	w.poll()
+	assert.Equal(t, "before", inForce())
 }
 
 func TestSIGHUPReloadsAndABrokenFileKeepsTheOldConfig(t *testing.T) {

@@ -21,24 +21,73 @@ func (s *server) watchConfig(ctx context.Context) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	last := fileStamp(s.cfgPath)
 	t := time.NewTicker(s.reloadEvery)
 	defer t.Stop()
+	w := s.newWatch()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			last = fileStamp(s.cfgPath)
-			s.reload("SIGHUP")
+			w.reload("SIGHUP")
 		case <-t.C:
-			if st := fileStamp(s.cfgPath); st != last {
-				last = st
-				s.reload("file changed")
-			}
+			w.poll()
 		}
 	}
 }
+
+// A configWatch decides when a changed file is loaded.
+//
+// A changed file is loaded only once it has stayed the same from one poll to
+// the next, and only if it did not change while it was read. A file written
+// in place (an editor saving over it, `cat >`, a copy) can be caught halfway
+// by a poll, and YAML cut short is often still valid: a route whose list of
+// permissions was cut off would be enforced as written, more open than
+// intended. Waiting one poll keeps out a write that pauses for less than the
+// poll interval; a file renamed over the config (what a Kubernetes ConfigMap
+// volume does, and `mv` of a finished file) is whole from the start and only
+// waits that one poll.
+type configWatch struct {
+	s      *server
+	loaded stamp // the file in force, as it was when read
+	seen   stamp // the file at the last poll
+}
+
+func (s *server) newWatch() *configWatch {
+	st := fileStamp(s.cfgPath)
+	return &configWatch{s: s, loaded: st, seen: st}
+}
+
+// poll looks at the file once, and loads it when it changed and then stayed
+// the same since the previous poll.
+func (w *configWatch) poll() {
+	st := fileStamp(w.s.cfgPath)
+	if st == w.loaded || st != w.seen {
+		w.seen = st // unchanged, or changed since the last poll: maybe still being written
+		return
+	}
+	w.reload("file changed")
+}
+
+// reload loads the file now (SIGHUP does not wait for it to settle: the
+// operator says it is ready). A file that does not load is said once, not at
+// every poll; one that changed while it was read is loaded once it settles.
+func (w *configWatch) reload(why string) {
+	st, out := w.s.reload(why)
+	w.seen = st
+	if out != reloadMoving {
+		w.loaded = st
+	}
+}
+
+// reloadOutcome is what a reload did.
+type reloadOutcome int
+
+const (
+	reloaded     reloadOutcome = iota
+	reloadFailed               // the file does not load; the running config stays
+	reloadMoving               // the file changed while it was read; nothing was applied
+)
 
 type stamp struct {
 	mod  time.Time
@@ -59,8 +108,16 @@ func fileStamp(path string) stamp {
 // checks in flight finish on the old one. A file that does
 // not load keeps the old config, and says why. Settings that need a restart
 // (listeners, store, cache size, hashing) are reported, not applied.
-func (s *server) reload(why string) {
+//
+// It returns the file's stamp as read, and what it did.
+func (s *server) reload(why string) (stamp, reloadOutcome) {
+	before := fileStamp(s.cfgPath)
 	cfg, err := config.Load(s.cfgPath)
+	after := fileStamp(s.cfgPath)
+	if after != before {
+		s.logger.Warn("config file changed while it was read; it loads once it settles", "trigger", why)
+		return after, reloadMoving
+	}
 	if err == nil {
 		var policies *authz.PolicySet
 		if policies, err = newPolicies(cfg); err == nil {
@@ -72,7 +129,7 @@ func (s *server) reload(why string) {
 	if err != nil {
 		s.reloads.WithLabelValues("error").Inc()
 		s.logger.Error("config reload failed; keeping the running config", "trigger", why, "err", err)
-		return
+		return after, reloadFailed
 	}
 	s.reloads.WithLabelValues("ok").Inc()
 	s.lastLoad.SetToCurrentTime()
@@ -82,4 +139,5 @@ func (s *server) reload(why string) {
 		s.logger.Warn("config reloaded, but listen, store, hashing, cache, audit and on_store_error changes need a restart", "trigger", why)
 	}
 	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes), "policies", len(cfg.Policies)+1)
+	return after, reloaded
 }
