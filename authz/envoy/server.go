@@ -13,6 +13,7 @@ package envoy
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/extauthz/extauthz/authz"
 )
@@ -51,13 +53,19 @@ type checkState struct {
 	d    authz.Decision
 	hdrs authz.HeaderList // req.Headers when decoded by the server's codec
 	ext  []authz.Header   // req.ContextExtensions, likewise
+	out  []byte           // the response being written
+	tmp  []byte           // the message within it being written
 }
 
 var checkStates = sync.Pool{New: func() any { return new(checkState) }}
 
 // maxKeptHeaders bounds the header entries a pooled checkState keeps room
-// for: one huge request must not pin its array for good.
-const maxKeptHeaders = 64
+// for, and maxKeptBytes the bytes of response it keeps room for: one huge
+// request must not pin its arrays for good.
+const (
+	maxKeptHeaders = 64
+	maxKeptBytes   = 16 << 10
+)
 
 // reset empties st for its next check. Nothing of st outlives a check: the
 // response and the observer copy what they keep (strings, which are
@@ -70,27 +78,45 @@ func (st *checkState) reset() {
 	clear(hdrs[:cap(hdrs)])
 	ext := st.ext[:0]
 	clear(ext[:cap(ext)])
-	*st = checkState{hdrs: hdrs, ext: ext}
+	out, tmp := st.out[:0], st.tmp[:0]
+	if cap(out) > maxKeptBytes || cap(tmp) > maxKeptBytes {
+		out, tmp = nil, nil
+	}
+	*st = checkState{hdrs: hdrs, ext: ext, out: out, tmp: tmp}
 }
 
 // Check answers one ext_authz request. A denial is a CheckResponse with a
 // non-OK status, never an RPC error: Envoy treats an RPC error as a failure
 // of the authorization service, not as a denial. A panic is recovered into
 // a 503 denial.
+//
+// The server registered by Register does not come here: it decodes the
+// request from the wire and sends the response's bytes as written. This
+// method reads the response back into its message.
 func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	st := checkStates.Get().(*checkState)
 	st.req = RequestFromCheck(in)
-	return s.check(ctx, st), nil
+	b, err := s.check(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	resp := new(authv3.CheckResponse)
+	if err := proto.Unmarshal(b, resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
-// check decides st.req and answers it, then returns st to checkStates.
-func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.CheckResponse) {
+// check decides st.req and answers it with the serialized CheckResponse
+// (a new slice, the caller's), then returns st to checkStates. The error is
+// a response that cannot be sent (errNotUTF8).
+func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			authz.LogPanic(s.Logger, "check", r)
 			var d authz.Decision
 			d.Deny(authz.CodeUnavailable, "")
-			resp = s.response(&authz.Request{Headers: authz.HeaderMap{}}, &d)
+			resp, _, err = s.appendResponse(nil, nil, &authz.Request{Headers: authz.HeaderMap{}}, &d)
 		}
 	}()
 	start := time.Now()
@@ -99,7 +125,10 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.C
 		ctx, traced = s.Tracer.Start(ctx, &st.req)
 	}
 	s.Authz.Decide(ctx, &st.req, &st.d)
-	resp = s.response(&st.req, &st.d)
+	st.out, st.tmp, err = s.appendResponse(st.out[:0], st.tmp, &st.req, &st.d)
+	if err == nil {
+		resp = slices.Clone(st.out)
+	}
 	if traced != nil {
 		traced(&st.d)
 	}
@@ -108,7 +137,7 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp *authv3.C
 	}
 	st.reset()
 	checkStates.Put(st)
-	return resp
+	return resp, err
 }
 
 // MaxContextExtensions is the most context_extensions entries a

@@ -120,8 +120,9 @@ func TestSharedIdentityHeadersMarshalConcurrently(t *testing.T) {
 
 // FuzzCheck drives the whole gRPC handler with arbitrary attributes: it
 // must never panic, never return an RPC error, always produce a response
-// that marshals (a non-UTF-8 string in it would fail on the wire), and
-// never put a presented credential into it.
+// that marshals (a non-UTF-8 string in it would fail on the wire) and
+// whose bytes decode to the messages of the decision, and never put a
+// presented credential into it.
 func FuzzCheck(f *testing.F) {
 	fx := authztest.New(f, nil)
 	s := &CheckServer{Authz: fx.Authz}
@@ -148,13 +149,31 @@ func FuzzCheck(f *testing.F) {
 		}}
 		resp, err := s.Check(context.Background(), in)
 		if err != nil {
-			t.Fatalf("RPC error: %v", err)
+			if utf8Valid(method, path, name, value, cookie, peer) {
+				t.Fatalf("RPC error: %v", err)
+			}
+			return // such a request cannot arrive: Envoy's strings are UTF-8
 		}
 		if resp.GetStatus() == nil || resp.GetHttpResponse() == nil {
 			t.Fatalf("incomplete response: %v", resp)
 		}
 		if _, err := proto.Marshal(resp); err != nil && utf8Valid(method, path, name, value, cookie, peer) {
 			t.Fatalf("response does not marshal: %v", err)
+		}
+		// The bytes decode to the messages of the decision.
+		req := RequestFromCheck(in)
+		var d authz.Decision
+		fx.Authz.Decide(context.Background(), &req, &d)
+		if b, _, err := s.appendResponse(nil, nil, &req, &d); err == nil {
+			var got authv3.CheckResponse
+			if err := proto.Unmarshal(b, &got); err != nil {
+				t.Fatalf("the written response does not decode: %v", err)
+			}
+			if want := wantResponse(&req, &d); !proto.Equal(want, &got) {
+				t.Fatalf("written:\n%v\nwant:\n%v", &got, want)
+			}
+		} else if utf8Valid(method, path, name, value, cookie, peer) {
+			t.Fatalf("the response to a request that could arrive cannot be written: %v", err)
 		}
 		if resp.GetStatus().GetCode() == 0 {
 			for _, o := range resp.GetOkResponse().GetHeaders() {
@@ -178,12 +197,13 @@ func utf8Valid(ss ...string) bool {
 	return true
 }
 
-// BenchmarkCheckHandler is the whole gRPC handler for a cached key: the
-// CheckRequest read, the decision with the default rate limit (local), and
-// the CheckResponse built (no network).
+// BenchmarkCheckHandler is the whole gRPC handler for a cached key, as the
+// server runs it: the CheckRequest's wire bytes read, the decision with the
+// default rate limit (local), and the CheckResponse's bytes written (no
+// network).
 func BenchmarkCheckHandler(b *testing.B) {
-	b.Run("no limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{}) })
-	b.Run("local limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{N: 1e9, Window: time.Hour}) })
+	b.Run("no limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{}, 1) })
+	b.Run("local limit", func(b *testing.B) { benchmarkCheckHandler(b, ratelimit.Rate{N: 1e9, Window: time.Hour}, 1) })
 }
 
 // BenchmarkCheckHandlerManyKeys is the handler for cached keys when many
@@ -191,53 +211,36 @@ func BenchmarkCheckHandler(b *testing.B) {
 // headers, so that what is kept per key (the cache's decoded keys, the
 // response's identity memo) is tried beyond a handful.
 func BenchmarkCheckHandlerManyKeys(b *testing.B) {
-	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = ratelimit.Rate{} })
+	benchmarkCheckHandler(b, ratelimit.Rate{}, 1000)
+}
+
+func benchmarkCheckHandler(b *testing.B, rate ratelimit.Rate, keys int) {
+	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = rate })
 	f.Now = time.Now()
-	secrets := make([]string, 1000)
-	for i := range secrets {
-		secrets[i] = f.AddKey(b, &keystore.Key{ID: fmt.Sprintf("key_%04d", i), Name: "many", Owner: "acme", Permissions: []string{"read:users"}})
+	msgs := make([][]byte, keys)
+	for i := range msgs {
+		secret := f.Good
+		if keys > 1 {
+			secret = f.AddKey(b, &keystore.Key{ID: fmt.Sprintf("key_%04d", i), Name: "many", Owner: "acme", Permissions: []string{"read:users"}})
+		}
+		msgs[i] = marshal(b, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.1"}}}},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "GET", Path: "/api/users?page=2", Host: "api.example.com",
+				Headers: map[string]string{"x-api-key": secret, "user-agent": "bench", "x-request-id": "r1", "accept": "*/*"},
+			}},
+		}})
 	}
 	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), time.Now)
 	s := &CheckServer{Authz: f.Authz}
-	reqs := make([]*authv3.CheckRequest, len(secrets))
-	for i, secret := range secrets {
-		reqs[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.1"}}}},
-			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-				Method: "GET", Path: "/api/users", Host: "api.example.com",
-				Headers: map[string]string{"x-api-key": secret, "user-agent": "bench", "x-request-id": "r1"},
-			}},
-		}}
-		resp, _ := s.Check(context.Background(), reqs[i])
+	for _, msg := range msgs {
+		var resp authv3.CheckResponse
+		require.NoError(b, proto.Unmarshal(wireCheck(b, s, msg), &resp))
 		require.NotNil(b, resp.GetOkResponse(), resp.String())
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		if resp, _ := s.Check(context.Background(), reqs[i%len(reqs)]); resp.GetOkResponse() == nil {
-			b.Fatal(resp.String())
-		}
-	}
-}
-
-func benchmarkCheckHandler(b *testing.B, rate ratelimit.Rate) {
-	f := authztest.New(b, func(o *authz.Options) { o.DefaultRate = rate })
-	f.Now = time.Now()
-	f.Rebuild(keystore.NewCache(f.Keys.Store(), keystore.CacheOptions{}), time.Now)
-	s := &CheckServer{Authz: f.Authz}
-	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.1"}}}},
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Method: "GET", Path: "/api/users?page=2", Host: "api.example.com",
-			Headers: map[string]string{"x-api-key": f.Good, "user-agent": "bench", "x-request-id": "r1", "accept": "*/*"},
-		}},
-	}}
-	resp, _ := s.Check(context.Background(), in)
-	require.NotNil(b, resp.GetOkResponse(), resp.String())
-	b.ReportAllocs()
-	for b.Loop() {
-		if resp, _ := s.Check(context.Background(), in); resp.GetOkResponse() == nil {
-			b.Fatal(resp.String())
-		}
+		wireCheck(b, s, msgs[i%len(msgs)])
 	}
 }
 

@@ -61,20 +61,39 @@ func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor
 		return nil, err
 	}
 	if interceptor == nil {
-		return s.check(ctx, st), nil
+		return encoded(s.check(ctx, st))
 	}
-	// Interceptors see the decoded Request: there is no CheckRequest.
+	// Interceptors see the decoded Request and the response's bytes: there
+	// is neither a CheckRequest nor a CheckResponse.
 	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: checkMethod}
 	return interceptor(ctx, &st.req, info, func(ctx context.Context, _ any) (any, error) {
-		return s.check(ctx, st), nil
+		return encoded(s.check(ctx, st))
 	})
+}
+
+// encoded is a serialized CheckResponse as the handler returns it for
+// checkCodec to send: a mem.SliceBuffer, which Marshal passes on as it is.
+// (Only this handler returns a mem.Buffer; boxed as one, it reaches the
+// wire without another allocation.)
+func encoded(b []byte, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return mem.SliceBuffer(b), nil
 }
 
 type checkCodec struct{ base encoding.CodecV2 }
 
 func (c checkCodec) Name() string { return c.base.Name() }
 
-func (c checkCodec) Marshal(v any) (mem.BufferSlice, error) { return c.base.Marshal(v) }
+// Marshal sends a response the Check handler wrote (encoded) as it is, and
+// marshals any other message (health, reflection) as grpc-go does.
+func (c checkCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.(mem.Buffer); ok {
+		return mem.BufferSlice{b}, nil
+	}
+	return c.base.Marshal(v)
+}
 
 func (c checkCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	st, ok := v.(*checkState)

@@ -88,7 +88,7 @@ var landmarks = []struct{ name, prefix string }{
 	{"      hash (HMAC-SHA256)", "github.com/extauthz/extauthz/keystore.(*Hasher).Hash"},
 	{"      cache lookup", "github.com/extauthz/extauthz/keystore.(*Cache).Lookup"},
 	{"      rate limit (authz side)", "github.com/extauthz/extauthz/authz.(*Authorizer).rateLimit"},
-	{"    response building", "github.com/extauthz/extauthz/authz/envoy.(*CheckServer).response"},
+	{"    response writing", "github.com/extauthz/extauthz/authz/envoy.(*CheckServer).appendResponse"},
 	{"    observer (metrics + audit event)", "main.(*observer).Observe"},
 	{"  encode and send the CheckResponse (SendMsg)", "google.golang.org/grpc.(*serverStream).SendMsg"},
 	{"gRPC reader: frames, HPACK (HandleStreams)", "google.golang.org/grpc/internal/transport.(*http2Server).HandleStreams"},

@@ -8,7 +8,7 @@ import (
 func TestPerfScriptCountsEachFunctionOncePerSample(t *testing.T) {
 	script := `extauthz 
 	          9f83f1 runtime.mallocgc
-	          9f8cb5 github.com/extauthz/extauthz/authz/envoy.(*CheckServer).response
+	          9f8cb5 github.com/extauthz/extauthz/authz/envoy.(*CheckServer).appendResponse
 	          a0fdbc github.com/extauthz/extauthz/authz/envoy.(*CheckServer).check
 	          90ec1 runtime.goexit.abi0
 
@@ -36,7 +36,7 @@ extauthz
 	}
 	var out strings.Builder
 	s.write(&out, 5)
-	for _, want := range []string{"66.7%    extauthz Check (the handler)", "33.3%  GC background mark workers", "(*CheckServer).response"} {
+	for _, want := range []string{"66.7%    extauthz Check (the handler)", "33.3%  GC background mark workers", "(*CheckServer).appendResponse"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}
