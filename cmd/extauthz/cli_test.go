@@ -68,19 +68,27 @@ func TestEveryCommandHasHelp(t *testing.T) {
 	for _, path := range commandPaths() {
 		cmd, _, err := root.Find(strings.Fields(path))
 		require.NoError(t, err, path)
+		// What the help must name, read here: the subtests run in
+		// parallel (a process each), and reading flags sorts them.
+		var flags, subs []string
+		cmd.Flags().VisitAll(func(f *pflag.Flag) { flags = append(flags, f.Name) })
+		for _, sub := range cmd.Commands() {
+			if sub.IsAvailableCommand() {
+				subs = append(subs, sub.Name())
+			}
+		}
 		for _, flag := range []string{"--help", "-h"} {
 			t.Run(strings.TrimSpace("extauthz "+path+" "+flag), func(t *testing.T) {
+				t.Parallel()
 				out, errOut, code := cliRun(t, append(strings.Fields(path), flag)...)
 				assert.Equal(t, 0, code, errOut)
 				assert.Empty(t, errOut, "help goes to standard output")
 				assert.Contains(t, out, "Usage:")
-				cmd.Flags().VisitAll(func(f *pflag.Flag) {
-					assert.Contains(t, out, "--"+f.Name, "the help names every flag")
-				})
-				for _, sub := range cmd.Commands() {
-					if sub.IsAvailableCommand() {
-						assert.Contains(t, out, "\n  "+sub.Name()+" ", "a group lists its subcommands")
-					}
+				for _, name := range flags {
+					assert.Contains(t, out, "--"+name, "the help names every flag")
+				}
+				for _, name := range subs {
+					assert.Contains(t, out, "\n  "+name+" ", "a group lists its subcommands")
 				}
 			})
 		}
@@ -662,6 +670,7 @@ func TestConfigCheckWarnsAboutAnAdminListenerOffLoopbackWithoutTLS(t *testing.T)
 		{`listen: {admin: "0.0.0.0:9003"}` + "\n" + tls, false},
 	} {
 		t.Run(tc.config, func(t *testing.T) {
+			t.Parallel() // a process each
 			_, errOut, code := cliRun(t, "config", "check", "--config", writeConfig(t, tc.config+"\n"))
 			require.Equal(t, 0, code, errOut)
 			if tc.warn {
@@ -713,6 +722,7 @@ func TestConfigExplain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // two processes each; the configs are only read
 			args := append([]string{"config", "explain", "--config", tt.config}, tt.args...)
 			out, errOut, code := cliRun(t, args...)
 			require.Equal(t, 0, code, errOut)
