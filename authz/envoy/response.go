@@ -40,10 +40,10 @@ const (
 
 // A response is written as the bytes it marshals to, the way requests are
 // read (wire.go): building the messages and having proto.Marshal size and
-// walk them cost about as much as the whole decision (3 µs a check with
-// the rate-limit headers, under perf on the development VM), while the
-// bytes of what repeats (a key's identity headers, its dynamic metadata)
-// can be kept encoded. The bytes are those of the message the decision
+// walk them took 5.5 µs of a Redis-limited check under perf on the
+// development VM (2.2 to build, 3.3 to marshal), several times the
+// decision of a cached key, while the bytes of what repeats (a key's
+// identity headers, its dynamic metadata) can be kept encoded. The bytes are those of the message the decision
 // describes, fields in number order, empty strings omitted as proto3
 // omits them: TestTheWrittenResponseIsTheProtoOfTheDecision holds them
 // to the messages proto.Marshal would be given, and FuzzCheck to
