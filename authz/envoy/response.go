@@ -43,11 +43,11 @@ const (
 // walk them took 5.5 µs of a Redis-limited check under perf on the
 // development VM (2.2 to build, 3.3 to marshal), several times the
 // decision of a cached key, while the bytes of what repeats (a key's
-// identity headers, its dynamic metadata) can be kept encoded. The bytes are those of the message the decision
-// describes, fields in number order, empty strings omitted as proto3
-// omits them: TestTheWrittenResponseIsTheProtoOfTheDecision holds them
-// to the messages proto.Marshal would be given, and FuzzCheck to
-// responses that decode.
+// identity headers, its dynamic metadata) can be kept encoded. The bytes
+// are those of the message the decision describes, fields in number order,
+// empty strings omitted as proto3 omits them:
+// TestTheWrittenResponseIsTheProtoOfTheDecision holds them to the messages
+// proto.Marshal would be given, and FuzzCheck to responses that decode.
 
 // errNotUTF8 is a response that cannot be sent: proto3 strings are UTF-8,
 // and Envoy refuses a response that is not. proto.Marshal refused it too;
@@ -82,6 +82,8 @@ func (s *CheckServer) appendResponse(b, tmp []byte, req *authz.Request, d *authz
 		rpc = protowire.AppendVarint(rpc, uint64(grpcCode(d.Code)))
 		rpc = w.appendString(rpc, fieldRPCStatusMessage, d.Message)
 		b = appendMessage(b, fieldCheckResponseStatus, rpc)
+		// The status is copied into b: the denied_response is written in
+		// tmp's room after it.
 		denied := protowire.AppendTag(rpc[len(rpc):], fieldDeniedStatus, protowire.BytesType)
 		denied = protowire.AppendVarint(denied, uint64(protowire.SizeTag(fieldHTTPStatusCode)+protowire.SizeVarint(uint64(d.Code.HTTPStatus()))))
 		denied = protowire.AppendTag(denied, fieldHTTPStatusCode, protowire.VarintType)
@@ -344,7 +346,6 @@ func (m *identityMemo) parts(d *authz.Decision) *responseParts {
 			p.notUTF8 = p.notUTF8 || w.notUTF8
 		}
 	}
-
 	e.last.Store(p)
 	return p
 }

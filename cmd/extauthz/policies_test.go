@@ -236,7 +236,7 @@ policies:
 		// updates do: the file watch must never read half a file.
 		require.NoError(t, os.WriteFile(path+".new", []byte(next), 0o600))
 		require.NoError(t, os.Rename(path+".new", path))
-		ts.srv.reload("test") // as SIGHUP does; the file watch may reload it too
+		ts.srv.reload("test", nil) // as SIGHUP does; the file watch may reload it too
 		time.Sleep(2 * time.Millisecond)
 	}
 	cancel()

@@ -66,28 +66,22 @@ func (w *configWatch) poll() {
 		w.seen = st // unchanged, or changed since the last poll: maybe still being written
 		return
 	}
-	w.reload("file changed")
+	w.apply(w.s.reload("file changed", &st))
 }
 
-// reload loads the file now (SIGHUP does not wait for it to settle: the
-// operator says it is ready). A file that does not load is said once, not at
-// every poll; one that changed while it was read is loaded once it settles.
-func (w *configWatch) reload(why string) {
-	st, out := w.s.reload(why)
-	w.seen = st
-	if out != reloadMoving {
-		w.loaded = st
+// reload loads the file now: SIGHUP does not wait for it to settle, the
+// operator says it is ready.
+func (w *configWatch) reload(why string) { w.apply(w.s.reload(why, nil)) }
+
+// apply notes what a reload read. A file that does not load is said once,
+// not at every poll; one that moved while it was read is loaded once it
+// settles.
+func (w *configWatch) apply(read stamp, moved bool) {
+	w.seen = read
+	if !moved {
+		w.loaded = read
 	}
 }
-
-// reloadOutcome is what a reload did.
-type reloadOutcome int
-
-const (
-	reloaded     reloadOutcome = iota
-	reloadFailed               // the file does not load; the running config stays
-	reloadMoving               // the file changed while it was read; nothing was applied
-)
 
 type stamp struct {
 	mod  time.Time
@@ -109,14 +103,20 @@ func fileStamp(path string) stamp {
 // not load keeps the old config, and says why. Settings that need a restart
 // (listeners, store, cache size, hashing) are reported, not applied.
 //
-// It returns the file's stamp as read, and what it did.
-func (s *server) reload(why string) (stamp, reloadOutcome) {
+// expect, when not nil, is the stamp the file was seen to settle at: a file
+// that no longer has it, or that changed while it was read, is not applied
+// (moved), and the stamp it has is returned for the watch to wait on.
+// Otherwise the stamp returned is the file's as it was read.
+func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 	before := fileStamp(s.cfgPath)
+	if expect != nil && before != *expect {
+		return before, true
+	}
 	cfg, err := config.Load(s.cfgPath)
 	after := fileStamp(s.cfgPath)
 	if after != before {
 		s.logger.Warn("config file changed while it was read; it loads once it settles", "trigger", why)
-		return after, reloadMoving
+		return after, true
 	}
 	if err == nil {
 		var policies *authz.PolicySet
@@ -129,7 +129,7 @@ func (s *server) reload(why string) (stamp, reloadOutcome) {
 	if err != nil {
 		s.reloads.WithLabelValues("error").Inc()
 		s.logger.Error("config reload failed; keeping the running config", "trigger", why, "err", err)
-		return after, reloadFailed
+		return after, false
 	}
 	s.reloads.WithLabelValues("ok").Inc()
 	s.lastLoad.SetToCurrentTime()
@@ -139,5 +139,5 @@ func (s *server) reload(why string) (stamp, reloadOutcome) {
 		s.logger.Warn("config reloaded, but listen, store, hashing, cache, audit and on_store_error changes need a restart", "trigger", why)
 	}
 	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes), "policies", len(cfg.Policies)+1)
-	return after, reloaded
+	return after, false
 }
