@@ -453,6 +453,7 @@ const (
 	codeKeyLimit         authz.Code = "key_limit_reached"
 	codeNotLive          authz.Code = "not_live"
 	codeInvalidSignature authz.Code = "invalid_signature"
+	codeUnconfirmed      authz.Code = "unconfirmed"
 	codeInternal         authz.Code = "internal_error"
 	codeBadRequest                  = authz.CodeBadRequest
 	codePermissionDenied            = authz.CodePermissionDenied
@@ -498,6 +499,9 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = &apiError{http.StatusConflict, codeNotLive, "the key was revoked or rotated away, and such a key never changes again (revoking it still works); change its successor or create a new key"}
 	case errors.Is(err, keystore.ErrNotLive):
 		ae = &apiError{http.StatusConflict, codeNotLive, "the key is revoked, expired or rotated away; create a new key instead"}
+	case errors.Is(err, keystore.ErrUnconfirmed):
+		s.log.Warn("admin API: a change is stored but not confirmed by the store's replicas", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = &apiError{http.StatusServiceUnavailable, codeUnconfirmed, "the change is made and in effect, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it; repeat the same request (it is safe to) once replication is healthy"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		s.log.Warn("admin API: key store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}

@@ -202,14 +202,16 @@ func (s *server) leaked(ctx context.Context, h keystore.Hash, rep leakReport) (s
 	case err != nil:
 		return "", err
 	}
-	wasLive := k.StatusAt(s.now()) == keystore.Live
-	if wasLive {
-		if k, err = s.manager.Revoke(ctx, k.ID, LeakActor); err != nil {
-			return "", err
-		}
+	// Revoked whatever its state: an expired key would work again once
+	// someone moved its expiry, and revoking a revoked key again is a no-op
+	// that asks the replicas once more to confirm it (store.redis.
+	// confirm_replicas), for a report that failed on that and came again.
+	wasRevoked := k.RevokedAt != nil
+	if k, err = s.manager.Revoke(ctx, k.ID, LeakActor); err != nil {
+		return "", err
 	}
 	s.log.Warn("GitHub reported a leaked API key", "key_id", k.ID, "owner", k.Owner,
-		"revoked_now", wasLive, "found_at", bounded(rep.URL), "source", bounded(rep.Source))
+		"revoked_now", !wasRevoked, "found_at", bounded(rep.URL), "source", bounded(rep.Source))
 	if s.leaks.OnLeak != nil {
 		s.leaks.OnLeak(k)
 	}

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -115,6 +116,28 @@ func TestALeakedKeyIsRevokedAndReported(t *testing.T) {
 			require.Equal(t, http.StatusOK, r.status, "%s", r)
 			assert.JSONEq(t, `[]`, string(r.body))
 		})
+	})
+}
+
+// An expired key that leaked is revoked too: moving its expiry would
+// otherwise make the leaked secret work again.
+func TestALeakedExpiredKeyIsRevoked(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		secret, id := e.create(keystore.Spec{Name: "old", Permissions: []string{"x"}})
+		past := time.Now().Add(-time.Hour).UTC().Truncate(time.Millisecond)
+		_, err := e.store.Update(context.Background(), id, keystore.OwnerLimit{}, func(k *keystore.Key) error {
+			k.ExpiresAt = &past
+			return nil
+		})
+		require.NoError(t, err)
+
+		r := e.report(leakBody(secret))
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		assert.Contains(t, string(r.body), truePositive)
+		k, err := e.store.Get(context.Background(), id)
+		require.NoError(t, err)
+		require.NotNil(t, k.RevokedAt, "the expired key is revoked")
+		assert.Contains(t, e.rec.Changes(), change{keystore.ChangeRevoked, id, keystore.DefaultOwner, LeakActor, ""})
 	})
 }
 

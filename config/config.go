@@ -168,6 +168,12 @@ type Redis struct {
 	TLS                 RedisTLS `json:"tls"`
 	Prefix              string   `json:"prefix"`
 	Timeout             Duration `json:"timeout"` // what one check may wait on Redis in all
+	// ConfirmReplicas is how many replicas must acknowledge a change to an
+	// existing key (revoke, expire, update) before it is reported done, so
+	// that a failover cannot undo it unnoticed; ConfirmTimeout is how long
+	// to wait for them. 0 (the default) does not wait.
+	ConfirmReplicas int      `json:"confirm_replicas"`
+	ConfirmTimeout  Duration `json:"confirm_timeout"`
 
 	// Password is read from the environment variable PasswordEnv by Load,
 	// SentinelPassword from SentinelPasswordEnv.
@@ -400,6 +406,14 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 // can make it (20,000 × 4.3 KB), about 11 MB for typical events.
 const DefaultAuditStreamCap = 20_000
 
+// The bounds of store.redis.confirm_replicas and confirm_timeout: more
+// replicas than a deployment runs would never confirm, and an admin request
+// (10 s) must outlast the wait.
+const (
+	maxConfirmReplicas = 16
+	maxConfirmTimeout  = 5 * time.Second
+)
+
 // Default returns the configuration an empty file gives.
 func Default() Config {
 	hour := ratelimit.Rate{N: 1000, Window: time.Hour}
@@ -411,7 +425,7 @@ func Default() Config {
 		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
 		Store: Store{Backend: "embedded", Path: "./data/extauthz.db", Redis: Redis{
 			URL: "redis://127.0.0.1:6379/0", PasswordEnv: "REDIS_PASSWORD", Prefix: "extauthz:",
-			Timeout: Duration(200 * time.Millisecond),
+			Timeout: Duration(200 * time.Millisecond), ConfirmTimeout: Duration(time.Second),
 		}},
 		Hashing: Hashing{PepperEnv: "EXTAUTHZ_PEPPER"},
 		Cache: Cache{Size: 100000, TTL: Duration(30 * time.Second), NegativeTTL: Duration(5 * time.Second),
@@ -677,6 +691,12 @@ func (c *Config) validate() error {
 		validateRedisAuth(r, bad)
 		if r.Timeout <= 0 {
 			bad("store.redis.timeout", "must be positive")
+		}
+		if r.ConfirmReplicas < 0 || r.ConfirmReplicas > maxConfirmReplicas {
+			bad("store.redis.confirm_replicas", "%d: want 0 (do not wait) to %d replicas", r.ConfirmReplicas, maxConfirmReplicas)
+		}
+		if r.ConfirmReplicas > 0 && (r.ConfirmTimeout <= 0 || time.Duration(r.ConfirmTimeout) > maxConfirmTimeout) {
+			bad("store.redis.confirm_timeout", "%s: want more than 0 and at most %s (a change's request waits this long when a replica is behind)", time.Duration(r.ConfirmTimeout), maxConfirmTimeout)
 		}
 	default:
 		bad("store.backend", "%q: want embedded or redis", c.Store.Backend)

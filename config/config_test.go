@@ -151,6 +151,18 @@ func TestTheRedisTimeoutFitsUnderEnvoysDefault(t *testing.T) {
 	assert.Equal(t, Duration(120*time.Millisecond), cfg.Store.Redis.Timeout)
 }
 
+// Changes are not confirmed by replicas unless asked for; when asked, the
+// wait is a second unless set.
+func TestConfirmingChangesIsOffByDefault(t *testing.T) {
+	cfg, err := Parse([]byte("store: {backend: redis}"))
+	require.NoError(t, err)
+	assert.Zero(t, cfg.Store.Redis.ConfirmReplicas)
+	cfg, err = Parse([]byte("store: {backend: redis, redis: {confirm_replicas: 1}}"))
+	require.NoError(t, err)
+	assert.Equal(t, 1, cfg.Store.Redis.ConfirmReplicas)
+	assert.Equal(t, Duration(time.Second), cfg.Store.Redis.ConfirmTimeout)
+}
+
 func TestTheAuditStreamCapIsSmallByDefault(t *testing.T) {
 	cfg, err := Parse(nil)
 	require.NoError(t, err)
@@ -197,6 +209,9 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a CA file with addrs but TLS off", "store: {backend: redis, redis: {addrs: [\"a:6379\", \"b:6379\"], tls: {ca_file: /ca.crt}}}", "need enabled: true"},
 		{"a client certificate without its key", "store: {backend: redis, redis: {url: \"rediss://h:6379/0\", tls: {cert_file: /c.crt}}}", "set cert_file and key_file together"},
 		{"a server name with a port", "store: {backend: redis, redis: {url: \"rediss://h:6379/0\", tls: {server_name: \"h:6379\"}}}", "store.redis.tls.server_name"},
+		{"a negative confirm_replicas", "store: {backend: redis, redis: {confirm_replicas: -1}}", "store.redis.confirm_replicas: -1: want 0 (do not wait) to 16 replicas"},
+		{"confirm_replicas without a timeout", "store: {backend: redis, redis: {confirm_replicas: 1, confirm_timeout: 0s}}", "store.redis.confirm_timeout: 0s: want more than 0 and at most 5s"},
+		{"a confirm_timeout past an admin request's", "store: {backend: redis, redis: {confirm_replicas: 1, confirm_timeout: 10s}}", "store.redis.confirm_timeout: 10s"},
 		{"skip_verify in the url", "store: {backend: redis, redis: {url: \"rediss://h:6379/0?skip_verify=true\"}}", "store.redis.url: skip_verify is not supported"},
 		{"a username in the url and the field", "store: {backend: redis, redis: {url: \"redis://a@h:6379/0\", username: b}}", "store.redis.username: the url names a user too"},
 		{"a username with a space", "store: {backend: redis, redis: {username: \"ext authz\"}}", "store.redis.username"},

@@ -174,6 +174,11 @@ var (
 	// ErrUnavailable wraps a backend failure (connection refused, timeout):
 	// the store could not answer, which is not the same as "no such key".
 	ErrUnavailable = errors.New("key store unavailable")
+	// ErrUnconfirmed: a change was stored and is in effect, but fewer of
+	// the store's replicas than configured acknowledged it in time, so a
+	// failover of the store could still undo it. Update returns it with the
+	// changed key; repeating the same change is safe and asks again.
+	ErrUnconfirmed = errors.New("change stored, but not confirmed by enough replicas")
 )
 
 // ListOptions selects and pages keys for Store.List.
@@ -247,6 +252,9 @@ type Store interface {
 	// When the result would make the key count against its owner's limit
 	// again (see OwnerLimit), the owner's count is checked in the same atomic
 	// step: ErrKeyLimit, and nothing stored, if the owner is at limit.Max.
+	// A store that waits for its replicas may return the changed key with
+	// an error wrapping ErrUnconfirmed: stored, but not yet safe from a
+	// failover.
 	Update(ctx context.Context, id string, limit OwnerLimit, fn func(*Key) error) (*Key, error)
 	// Rotate atomically stores next under hash h and updates the old key id:
 	// rotated_to = next.ID, and expires_at = graceEnd unless it already expires

@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -330,13 +331,21 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 		}
 		return nil
 	})
-	if err != nil {
+	if !stored(k, err) {
 		return nil, err
 	}
 	if changed {
 		m.changed(ChangeRevoked, k, actor)
 	}
-	return k, nil
+	return k, err
+}
+
+// stored reports whether an Update that returned k and err stored its
+// change: it succeeded, or it stored the change without the replicas'
+// confirmation (ErrUnconfirmed), which is in effect and is audited as made
+// while the caller still hears the error.
+func stored(k *Key, err error) bool {
+	return err == nil || k != nil && errors.Is(err, ErrUnconfirmed)
 }
 
 // Patch is a partial change to a key: nil fields are left alone.
@@ -419,11 +428,11 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		}
 		return nil
 	})
-	if err != nil {
+	if !stored(k, err) {
 		return nil, err
 	}
 	m.changed(ChangeUpdated, k, actor)
-	return k, nil
+	return k, err
 }
 
 func (m *Manager) changed(kind string, k *Key, actor string) {

@@ -52,7 +52,8 @@ func openBackend(cfg *config.Config) (*backend, error) {
 			client.Close()
 			return nil, fmt.Errorf("store.redis.prefix: %w", err)
 		}
-		return &backend{store: redisstore.New(client, r.Prefix), redis: client}, nil
+		confirm := redisstore.ConfirmChanges(redisstore.Confirm{Replicas: r.ConfirmReplicas, Timeout: time.Duration(r.ConfirmTimeout)})
+		return &backend{store: redisstore.New(client, r.Prefix, confirm), redis: client}, nil
 	default:
 		st, err := sqlite.Open(cfg.Store.Path)
 		if err != nil {

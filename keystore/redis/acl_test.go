@@ -221,6 +221,9 @@ func TestTheShippedACLIsEnoughAndNoMore(t *testing.T) {
 	t.Run("the audit stream takes events and tails them", func(t *testing.T) {
 		exerciseAudit(t, dialExtauthz(t))
 	})
+	t.Run("a change asks the replicas to confirm it", func(t *testing.T) {
+		exerciseConfirm(t, dialExtauthz(t))
+	})
 	t.Run("nothing was refused and every granted command was used", func(t *testing.T) {
 		require.Empty(t, aclDenials(t, admin), "Redis refused commands extauthz sent: the ACL misses them")
 		requireAllUsed(t, []map[string]int{commandCalls(t, admin)}, append(commandsOnlyClusterUses, commandsOnlyHealthChecksUse...))
@@ -278,6 +281,23 @@ func snapshot(t *testing.T, admin *goredis.Client) map[string]string {
 	}
 	require.NoError(t, iter.Err())
 	return out
+}
+
+// exerciseConfirm revokes a key through a store that asks one replica to
+// confirm each change, on c, whose Redis has no replica: WAIT is allowed,
+// and answers that none acknowledged the change.
+func exerciseConfirm(t *testing.T, c goredis.UniversalClient) {
+	t.Helper()
+	s := redisstore.New(c, aclPrefix+"confirm:", redisstore.ConfirmChanges(redisstore.Confirm{Replicas: 1, Timeout: 50 * time.Millisecond}))
+	t.Cleanup(func() { _ = s.Close() })
+	f, err := keystore.NewFormat("sk")
+	require.NoError(t, err)
+	m := &keystore.Manager{Store: s, Format: f, Hasher: keystore.NewHasher([]byte("acl test pepper"))}
+	_, k, err := m.Create(t.Context(), keystore.Spec{Name: "confirm", Owner: "acl", Permissions: []string{"read:users"}}, "test")
+	require.NoError(t, err)
+	_, err = m.Revoke(t.Context(), k.ID, "test")
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+	require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT was refused or failed instead of answering")
 }
 
 // requireAllUsed fails for every command the ACL grants that no server
@@ -533,6 +553,7 @@ func TestClusterOverTLSWithTheShippedACL(t *testing.T) {
 	})
 	t.Run("the rate limiter", func(t *testing.T) { exerciseLimiter(t, dialCluster(t), dialCluster(t)) })
 	t.Run("the audit stream", func(t *testing.T) { exerciseAudit(t, dialCluster(t)) })
+	t.Run("confirming a change", func(t *testing.T) { exerciseConfirm(t, dialCluster(t)) })
 	t.Run("nothing was refused and every granted command was used", func(t *testing.T) {
 		var calls []map[string]int
 		for _, n := range cluster.Nodes {

@@ -262,36 +262,43 @@ func (b callBudget) bound(ctx context.Context, extra time.Duration) (context.Con
 // a second (every 100 ms by default), later still when it is busy.
 const blockSlack = time.Second
 
-// blockTime reads the BLOCK argument of XREAD and XREADGROUP, the blocking
-// reads extauthz sends (the change feed, audit tail -f): how long Redis may
-// rightly hold the call (block time and blockSlack), and whether it may
-// hold it forever (BLOCK 0).
+// blockTime reads how long Redis may rightly hold a call extauthz sends
+// (its block time and blockSlack), and whether it may hold it forever: the
+// BLOCK argument of XREAD and XREADGROUP (the change feed, audit tail -f),
+// and the timeout of WAIT (a change waiting for its replicas); 0 is
+// forever for both.
 func blockTime(cmd goredis.Cmder) (time.Duration, bool) {
+	args := cmd.Args()
 	switch cmd.Name() {
 	case "xread", "xreadgroup":
-	default:
-		return 0, false
-	}
-	args := cmd.Args()
-	for i := 1; i+1 < len(args); i++ {
-		if s, ok := args[i].(string); !ok || !strings.EqualFold(s, "block") {
-			continue
+		for i := 1; i+1 < len(args); i++ {
+			if s, ok := args[i].(string); ok && strings.EqualFold(s, "block") {
+				return blockArg(args[i+1])
+			}
 		}
-		var ms int64
-		switch v := args[i+1].(type) {
-		case int64:
-			ms = v
-		case int:
-			ms = int64(v)
-		case string:
-			ms, _ = strconv.ParseInt(v, 10, 64)
+	case "wait":
+		if len(args) == 3 {
+			return blockArg(args[2])
 		}
-		if ms <= 0 {
-			return 0, true
-		}
-		return time.Duration(ms)*time.Millisecond + blockSlack, false
 	}
 	return 0, false
+}
+
+// blockArg reads a block time in milliseconds, as blockTime returns it.
+func blockArg(arg any) (time.Duration, bool) {
+	var ms int64
+	switch v := arg.(type) {
+	case int64:
+		ms = v
+	case int:
+		ms = int64(v)
+	case string:
+		ms, _ = strconv.ParseInt(v, 10, 64)
+	}
+	if ms <= 0 {
+		return 0, true
+	}
+	return time.Duration(ms)*time.Millisecond + blockSlack, false
 }
 
 // reloadOnFailure has a Cluster client read the slot map again after a

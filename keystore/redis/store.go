@@ -108,6 +108,8 @@ type Store struct {
 	// it until it does; Sweep reads it afresh every time).
 	indexed atomic.Bool
 
+	confirm Confirm
+
 	mu       sync.Mutex
 	closed   bool
 	done     chan struct{} // closed by Close: running Watch calls return
@@ -124,15 +126,48 @@ var _ keystore.Store = (*Store)(nil)
 // The prefix must not contain '{' or '}', which would change the Cluster
 // hash tag (see CheckPrefix); with such a prefix every method returns an
 // error.
-func New(client goredis.UniversalClient, prefix string) *Store {
+func New(client goredis.UniversalClient, prefix string, opts ...Option) *Store {
 	s := &Store{client: client, keys: layout{base: prefix + "{keys}:"}, done: make(chan struct{})}
-	if client == nil {
+	for _, o := range opts {
+		o(s)
+	}
+	switch {
+	case client == nil:
 		s.err = errors.New("redis store: no client")
-	} else {
+	case s.confirm.Replicas < 0 || s.confirm.Replicas > 0 && s.confirm.Timeout <= 0:
+		s.err = fmt.Errorf("redis store: confirming changes needs a replica count ≥ 0 and, with replicas, a positive timeout (have %d, %s)", s.confirm.Replicas, s.confirm.Timeout)
+	default:
 		s.err = CheckPrefix(prefix)
 	}
 	return s
 }
+
+// An Option changes how New's Store works.
+type Option func(*Store)
+
+// Confirm says how many replicas must acknowledge a change to an existing
+// key (Update: revoking, expiring, changing it) before the change is
+// reported done, and how long to wait for them. Redis replicates
+// asynchronously: a failover promotes a replica that may not have received
+// the primary's last writes, and a revocation lost that way makes the key
+// work again. Replicas 0 (the default) does not wait.
+//
+// Creates and rotations are not confirmed. A create lost in a failover
+// leaves a key that every check refuses (the client was handed a secret
+// nothing knows), which fails closed; and both hand out a secret once, which
+// an error after the write would lose while the key stays behind.
+type Confirm struct {
+	Replicas int
+	Timeout  time.Duration
+}
+
+// ConfirmChanges makes Update wait for c.Replicas replicas, for up to
+// c.Timeout, after storing a change (Redis's WAIT). If fewer acknowledge it
+// in time, Update returns the changed key and an error wrapping
+// keystore.ErrUnconfirmed: the change stands on the primary (every server
+// already applies it, through the change feed), and repeating it asks the
+// replicas again.
+func ConfirmChanges(c Confirm) Option { return func(s *Store) { s.confirm = c } }
 
 // CheckPrefix reports whether prefix can start the store's key names. It
 // may be empty; it must not contain the hash-tag braces.
@@ -291,15 +326,19 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 			check = limit.Max
 		}
 		ix := indexOf(next)
-		res, err := updateScript.Run(ctx, s.client, keys,
+		res, confirmed, err := s.change(ctx, updateScript, keys,
 			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
-			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At)).Text()
+			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At))
 		if err != nil {
 			return nil, unavailable("update "+id, err)
 		}
 		switch res {
 		case "OK":
-			return decode(newRaw)
+			k, err := decode(newRaw)
+			if err == nil && confirmed != nil {
+				err = fmt.Errorf("redis update %s: %w", id, confirmed)
+			}
+			return k, err
 		case "LIMIT":
 			return nil, fmt.Errorf("redis update %s: owner %q: %w", id, next.Owner, keystore.ErrKeyLimit)
 		case "CONFLICT":
@@ -311,6 +350,56 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 		return nil, fmt.Errorf("redis update %s: unexpected script reply %q", id, res)
 	}
 	return nil, fmt.Errorf("redis update %s: the record kept changing; gave up after %d attempts", id, updateAttempts)
+}
+
+// change runs script, a write of key records, and returns its reply. With
+// confirmation on and the reply "OK", it then waits for the replicas, and
+// confirmed is an error wrapping keystore.ErrUnconfirmed when too few of
+// them acknowledged the write (err is for the write itself). WAIT counts the
+// acknowledgements of its own connection's writes, so the script and WAIT
+// go over one connection to the primary of the records' slot.
+func (s *Store) change(ctx context.Context, script *goredis.Script, keys []string, args ...any) (reply string, confirmed, err error) {
+	if s.confirm.Replicas == 0 {
+		reply, err = script.Run(ctx, s.client, keys, args...).Text()
+		return reply, nil, err
+	}
+	primary, err := s.primary(ctx, keys[0])
+	if err != nil {
+		return "", nil, err
+	}
+	conn := primary.Conn()
+	defer conn.Close()
+	if reply, err = script.Run(ctx, conn, keys, args...).Text(); err != nil || reply != "OK" {
+		if c, ok := s.client.(*goredis.ClusterClient); ok && err != nil {
+			// The node came from the slot map, which a failover or a slot
+			// move leaves stale; the Cluster client's own calls reload it
+			// on such failures (reloadOnFailure), this one must ask.
+			c.ReloadState(ctx)
+		}
+		return reply, nil, err
+	}
+	n, werr := conn.Wait(ctx, s.confirm.Replicas, s.confirm.Timeout).Result()
+	switch {
+	case werr != nil:
+		confirmed = fmt.Errorf("%w: the change is stored on the primary and in effect, but asking its replicas failed (%w), so a failover could still undo it; repeat it once Redis answers", keystore.ErrUnconfirmed, werr)
+	case n < int64(s.confirm.Replicas):
+		confirmed = fmt.Errorf("%w: the change is stored on the primary and in effect, but %d of the %d replicas store.redis.confirm_replicas asks for acknowledged it within %s, so a failover could still undo it; repeat it once replication is healthy",
+			keystore.ErrUnconfirmed, n, s.confirm.Replicas, s.confirm.Timeout)
+	}
+	return reply, confirmed, nil
+}
+
+// primary returns the client of the primary that holds key: on a Cluster
+// the master of its slot, otherwise the one client there is (a standalone
+// server, or the primary a Sentinel names).
+func (s *Store) primary(ctx context.Context, key string) (*goredis.Client, error) {
+	switch c := s.client.(type) {
+	case *goredis.ClusterClient:
+		return c.MasterForKey(ctx, key)
+	case *goredis.Client:
+		return c, nil
+	}
+	return nil, fmt.Errorf("confirming changes needs a go-redis Client or ClusterClient, not %T", s.client)
 }
 
 // Rotate stores next under h and marks id rotated to it, in one script.

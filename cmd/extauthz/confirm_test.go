@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// With store.redis.confirm_replicas, a revocation returns 200 only once a
+// replica holds it, so that a failover cannot bring the key back
+// unnoticed. When the replica does not confirm in time, the revocation is
+// still in effect (every server refuses the key) and audited, the admin API
+// answers 503 unconfirmed saying so, and the same request again confirms it.
+func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
+	primary := redistest.Start(t)
+	replica := redistest.StartReplica(t, primary, redistest.Options{})
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: stdout}\n"+
+		"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 300ms}}\n%s", primary.URL(0), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: &audit})
+	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	key, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}})
+
+	revoke := func() (int, http.Header, string) {
+		req, err := http.NewRequest("DELETE", ts.adminURL+"/v1/keys/"+k.ID, nil)
+		require.NoError(t, err)
+		req.Header.Set("X-Api-Key", adminKey)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, resp.Header, string(b)
+	}
+	checkCode := func() int32 {
+		resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key})
+		if resp.GetDeniedResponse() == nil {
+			return 200
+		}
+		return int32(resp.GetDeniedResponse().GetStatus().GetCode())
+	}
+	require.EqualValues(t, 200, checkCode())
+
+	replica.Pause()
+	status, h, body := revoke()
+	replica.Resume()
+	require.Equal(t, http.StatusServiceUnavailable, status, body)
+	require.Equal(t, "unconfirmed", h.Get("x-authz-code"))
+	require.Equal(t, "1", h.Get("Retry-After"))
+	require.Contains(t, body, "the change is made and in effect")
+	require.Contains(t, body, "repeat the same request")
+	require.Eventually(t, func() bool { return checkCode() == 401 }, 5*time.Second, 10*time.Millisecond,
+		"an unconfirmed revocation must be in effect at once")
+	require.Eventually(t, func() bool {
+		return strings.Contains(audit.String(), `"event":"key.revoked"`) && strings.Contains(audit.String(), k.ID)
+	}, 5*time.Second, 10*time.Millisecond, "the revocation was made, so it is audited")
+
+	status, _, body = revoke()
+	require.Equal(t, http.StatusOK, status, "the same request again, with the replica back, confirms it: %s", body)
+	require.Contains(t, body, `"revoked_at"`)
+	require.EqualValues(t, 401, checkCode())
+}

@@ -1,0 +1,159 @@
+package redis
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// expire is a change to an existing key that Update confirms: it sets
+// the key's expiry to at.
+func expire(at time.Time) func(*keystore.Key) error {
+	return func(k *keystore.Key) error {
+		at := at.UTC().Truncate(time.Millisecond)
+		k.ExpiresAt = &at
+		return nil
+	}
+}
+
+// replicated reads the record of h on srv, a replica, as it stands.
+func replicated(t *testing.T, srv *redistest.Server, h keystore.Hash) *keystore.Key {
+	t.Helper()
+	raw, err := dial(t, Options{URL: srv.URL(0)}).Get(t.Context(), testPrefix+"{keys}:h:"+h.String()).Result()
+	require.NoError(t, err)
+	k, err := decode(raw)
+	require.NoError(t, err)
+	return k
+}
+
+// Redis replicates asynchronously: a failover promotes a replica that may
+// not have the primary's last writes, and a revocation lost that way makes
+// the key work again. With confirmation on, a change to a key returns only
+// once enough replicas hold it, or says that they do not.
+func TestChangesWaitForTheReplicas(t *testing.T) {
+	primary := redistest.Start(t)
+	replica := redistest.StartReplica(t, primary, redistest.Options{})
+	const wait = 400 * time.Millisecond
+	// A call budget shorter than the wait: WAIT's own timeout must be
+	// what bounds it, not the budget of an ordinary call.
+	client := dial(t, Options{URL: primary.URL(0), Timeout: 100 * time.Millisecond})
+	confirming := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: wait}))
+	t.Cleanup(func() { _ = confirming.Close() })
+	ctx := t.Context()
+
+	k, h, _ := create(t, confirming, "alice")
+	m := &keystore.Manager{Store: confirming}
+	var changes []string
+	m.OnChange = func(kind string, _ *keystore.Key, _ string) { changes = append(changes, kind) }
+
+	t.Run("a change the replica acknowledged is done, and the replica holds it", func(t *testing.T) {
+		at := time.Now().Add(time.Hour)
+		got, err := confirming.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(at))
+		require.NoError(t, err)
+		require.NotNil(t, got.ExpiresAt)
+		require.Equal(t, got.ExpiresAt, replicated(t, replica, h).ExpiresAt, "returned before the replica had the change")
+	})
+
+	t.Run("with the replica stopped, the change stands but is reported unconfirmed", func(t *testing.T) {
+		replica.Pause()
+		defer replica.Resume()
+		at := time.Now().Add(2 * time.Hour)
+		start := time.Now()
+		got, err := confirming.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(at))
+		took := time.Since(start)
+		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+		require.NotErrorIs(t, err, keystore.ErrUnavailable, "the change was made: it is not a store that did not answer")
+		require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT answered rather than the call budget cutting it short")
+		require.GreaterOrEqual(t, took, wait, "gave up before the confirmation timeout")
+		require.NotNil(t, got, "the changed key comes with the error")
+		stored, err := confirming.Get(ctx, k.ID)
+		require.NoError(t, err)
+		require.Equal(t, got.ExpiresAt, stored.ExpiresAt, "the primary holds the change")
+	})
+
+	t.Run("repeating the change once the replica is back confirms it", func(t *testing.T) {
+		stored, err := confirming.Get(ctx, k.ID)
+		require.NoError(t, err)
+		got, err := confirming.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(*stored.ExpiresAt))
+		require.NoError(t, err)
+		require.Equal(t, got.ExpiresAt, replicated(t, replica, h).ExpiresAt)
+	})
+
+	t.Run("an unconfirmed revocation is in effect and audited, and the caller hears why", func(t *testing.T) {
+		replica.Pause()
+		got, err := m.Revoke(ctx, k.ID, "test")
+		replica.Resume()
+		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+		require.NotNil(t, got)
+		require.NotNil(t, got.RevokedAt)
+		require.Equal(t, []string{keystore.ChangeRevoked}, changes, "the revocation was made: its event must not be lost")
+		found, err := confirming.Lookup(ctx, h)
+		require.NoError(t, err)
+		require.NotNil(t, found.RevokedAt, "the primary serves the key revoked")
+
+		again, err := m.Revoke(ctx, k.ID, "test")
+		require.NoError(t, err, "revoking again asks the replica again")
+		require.NotNil(t, replicated(t, replica, h).RevokedAt)
+		require.Equal(t, got.RevokedAt, again.RevokedAt, "the second revocation changes nothing")
+	})
+
+	t.Run("more replicas than acknowledge it is unconfirmed, with the count", func(t *testing.T) {
+		two := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 2, Timeout: 50 * time.Millisecond}))
+		t.Cleanup(func() { _ = two.Close() })
+		k, _, _ := create(t, two, "bob")
+		_, err := two.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
+		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+		require.ErrorContains(t, err, "1 of the 2 replicas")
+	})
+
+	t.Run("creates do not wait, and without confirmation nothing does", func(t *testing.T) {
+		plain := New(client, testPrefix)
+		t.Cleanup(func() { _ = plain.Close() })
+		replica.Pause()
+		defer replica.Resume()
+		k, h, _ := newKey(t, "carol")
+		require.NoError(t, confirming.Create(ctx, k, h, 0), "a create lost in a failover fails closed")
+		_, err := plain.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
+		require.NoError(t, err)
+	})
+
+}
+
+// A Cluster's replicas confirm too: the change and WAIT go to the master of
+// the records' slot, on one connection.
+func TestChangesWaitForTheReplicasOnACluster(t *testing.T) {
+	cluster := redistest.StartClusterOf(t, redistest.ClusterOptions{Masters: 3, Replicas: 1})
+	client := dial(t, Options{Addrs: cluster.Addrs()})
+	require.IsType(t, &goredis.ClusterClient{}, client)
+	s := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: 300 * time.Millisecond}))
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := t.Context()
+	k, _, _ := create(t, s, "alice")
+
+	_, err := s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
+	require.NoError(t, err)
+
+	replicas := cluster.Replicas(cluster.Slot(testPrefix + "{keys}:all"))
+	require.Len(t, replicas, 1)
+	replicas[0].Pause()
+	_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(2*time.Hour)))
+	replicas[0].Resume()
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+	require.ErrorContains(t, err, "0 of the 1 replicas")
+}
+
+func TestConfirmingNeedsATimeout(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, c := range []Confirm{{Replicas: 1}, {Replicas: -1, Timeout: time.Second}} {
+		s := New(dial(t, Options{URL: srv.URL(0)}), testPrefix, ConfirmChanges(c))
+		_, err := s.Get(context.Background(), "key_x")
+		require.ErrorContains(t, err, "confirming changes needs", "%+v", c)
+		require.NoError(t, s.Close())
+	}
+}
