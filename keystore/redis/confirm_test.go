@@ -148,6 +148,29 @@ func TestChangesWaitForTheReplicasOnACluster(t *testing.T) {
 	require.ErrorContains(t, err, "0 of the 1 replicas")
 }
 
+// Behind a Sentinel the client's connections are to the primary it names:
+// the change and WAIT go there, on one connection, as on one server.
+func TestChangesWaitForTheReplicasBehindASentinel(t *testing.T) {
+	primary := redistest.Start(t)
+	replica := redistest.StartReplica(t, primary, redistest.Options{})
+	sentinel := redistest.StartSentinel(t, primary, redistest.SentinelOptions{MasterName: "m"})
+	client := dial(t, Options{Addrs: []string{sentinel.Addr}, MasterName: "m"})
+	s := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: 300 * time.Millisecond}))
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := t.Context()
+	k, h, _ := create(t, s, "alice")
+
+	got, err := s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
+	require.NoError(t, err)
+	require.Equal(t, got.ExpiresAt, replicated(t, replica, h).ExpiresAt)
+
+	replica.Pause()
+	_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(2*time.Hour)))
+	replica.Resume()
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+	require.ErrorContains(t, err, "0 of the 1 replicas")
+}
+
 func TestConfirmingNeedsATimeout(t *testing.T) {
 	srv := redistest.Start(t)
 	for _, c := range []Confirm{{Replicas: 1}, {Replicas: -1, Timeout: time.Second}} {
