@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,10 +101,17 @@ type Limiter struct {
 	perCheck bool
 	local    *ratelimit.Local
 	leases   *leases
-	breaker  *breaker.Breaker // on the real clock: Now is the counts' clock, not the outage's
-	done     chan struct{}
-	wg       sync.WaitGroup
-	closing  sync.Once
+	// breaker keeps checks from waiting on a Redis that is down; on the real
+	// clock (Now is the counts' clock, not the outage's). A Cluster client
+	// has one per master, in nodes (address → *breaker.Breaker), so that a
+	// failing master sends only its own buckets to OnStoreError; breaker
+	// then serves only while the client knows no slot map.
+	breaker *breaker.Breaker
+	cluster *goredis.ClusterClient // nil unless the client is one
+	nodes   sync.Map
+	done    chan struct{}
+	wg      sync.WaitGroup
+	closing sync.Once
 
 	// The batcher: checks wait in pending while Pipelines batches are on
 	// the wire. Whoever brings a batch back takes the pending checks as the
@@ -187,6 +195,7 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 		done:     make(chan struct{}),
 		kick:     make(chan struct{}, opts.Pipelines),
 	}
+	r.cluster, _ = client.(*goredis.ClusterClient)
 	r.replicas.Store(1)
 	for range opts.Pipelines {
 		r.wg.Go(r.sender)
@@ -218,7 +227,36 @@ func (r *Limiter) Close() error {
 func (r *Limiter) Replicas() int { return int(r.replicas.Load()) }
 
 // BreakerOpen reports whether checks currently skip Redis.
-func (r *Limiter) BreakerOpen() bool { return r.breaker.Open() }
+func (r *Limiter) BreakerOpen() bool {
+	open := r.breaker.Open()
+	r.nodes.Range(func(_, b any) bool {
+		open = open || b.(*breaker.Breaker).Open()
+		return !open
+	})
+	return open
+}
+
+// breakerFor returns the breaker of the Redis holding the counters of
+// limits (whose keys share one slot): on a Cluster, that of the master
+// serving their slot now, so that one master failing opens only its own and
+// the buckets of the others keep their shared counts; otherwise the one
+// breaker.
+func (r *Limiter) breakerFor(ctx context.Context, limits []ratelimit.Limit) *breaker.Breaker {
+	if r.cluster == nil {
+		return r.breaker
+	}
+	i := slices.IndexFunc(limits, func(l ratelimit.Limit) bool { return l.Rate.Enforced() })
+	node, err := r.cluster.MasterForKey(ctx, r.counterKey(&limits[i]))
+	if err != nil {
+		return r.breaker // no slot map yet: the call will fail alike
+	}
+	addr := node.Options().Addr
+	if b, ok := r.nodes.Load(addr); ok {
+		return b.(*breaker.Breaker)
+	}
+	b, _ := r.nodes.LoadOrStore(addr, breaker.New(r.opts.BreakerFailures, r.opts.BreakerProbe, nil))
+	return b.(*breaker.Breaker)
+}
 
 // Stats returns the decision counters.
 func (r *Limiter) Stats() ratelimit.Stats {
@@ -263,45 +301,49 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 			return res, nil
 		}
 	}
-	var cause error = errBreakerOpen
 	if ratelimit.StoreTimeSpent(ctx) {
+		return r.onStoreError(ctx, limits, n, ratelimit.ErrStoreTimeSpent)
+	}
+	b := r.breakerFor(ctx, limits)
+	ok, probe := b.Enter()
+	if !ok {
+		return r.onStoreError(ctx, limits, n, errBreakerOpen)
+	}
+	want, refill := int64(1), false
+	sent := r.now()
+	if key != "" {
+		want, refill = r.leases.want(key, most, sent)
+	}
+	fair := r.fairChance(ctx)
+	res, got, lease, err := r.shared(ctx, limits, n, want)
+	if key != "" {
+		r.leases.granted(key, refill, got, sent.Add(lease), res)
+	}
+	if got > 1 {
+		res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
+	}
+	spent := err != nil && !errors.Is(err, ErrClosed) && callerGaveUp(ctx) && ratelimit.StoreTimeSpent(ctx)
+	var cause error
+	switch {
+	case err == nil:
+		b.Success(probe)
+		r.count(res)
+		return res, nil
+	case spent && !fair:
+		// The check's time for Redis ran out before Redis had a fair
+		// part of its own timeout: decide without it, blaming it for
+		// nothing.
+		b.Abandon(probe)
 		cause = ratelimit.ErrStoreTimeSpent
-	} else if ok, probe := r.breaker.Enter(); ok {
-		want, refill := int64(1), false
-		sent := r.now()
-		if key != "" {
-			want, refill = r.leases.want(key, most, sent)
-		}
-		fair := r.fairChance(ctx)
-		res, got, lease, err := r.shared(ctx, limits, n, want)
-		if key != "" {
-			r.leases.granted(key, refill, got, sent.Add(lease), res)
-		}
-		if got > 1 {
-			res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
-		}
-		spent := err != nil && !errors.Is(err, ErrClosed) && callerGaveUp(ctx) && ratelimit.StoreTimeSpent(ctx)
-		switch {
-		case err == nil:
-			r.breaker.Success(probe)
-			r.count(res)
-			return res, nil
-		case spent && !fair:
-			// The check's time for Redis ran out before Redis had a fair
-			// part of its own timeout: decide without it, blaming it for
-			// nothing.
-			r.breaker.Abandon(probe)
-			cause = ratelimit.ErrStoreTimeSpent
-		case !spent && (errors.Is(err, ErrClosed) || callerGaveUp(ctx)):
-			// Not Redis's fault: the limiter closed or the caller gave up.
-			r.breaker.Abandon(probe)
-			return ratelimit.Result{}, err
-		default:
-			// Redis failed, or had a fair chance and did not answer.
-			r.breaker.Failure(probe)
-			r.storeErrors.Add(1)
-			cause = err
-		}
+	case !spent && (errors.Is(err, ErrClosed) || callerGaveUp(ctx)):
+		// Not Redis's fault: the limiter closed or the caller gave up.
+		b.Abandon(probe)
+		return ratelimit.Result{}, err
+	default:
+		// Redis failed, or had a fair chance and did not answer.
+		b.Failure(probe)
+		r.storeErrors.Add(1)
+		cause = err
 	}
 	return r.onStoreError(ctx, limits, n, cause)
 }

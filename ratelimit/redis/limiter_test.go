@@ -435,6 +435,65 @@ func TestRedisCluster(t *testing.T) {
 	require.Eventually(t, func() bool { return a.Replicas() == 2 }, 5*time.Second, 10*time.Millisecond)
 }
 
+// On a Cluster, one master failing opens only its own breaker: the
+// buckets of the other masters keep their shared counts. With one breaker
+// for all, a few failed checks on the failing master sent every bucket to
+// OnStoreError, where "local" lets each replica allow its share of N on top
+// of what Redis had counted.
+func TestAFailingClusterMasterOpensOnlyItsOwnBreaker(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	client := goredis.NewClusterClient(&goredis.ClusterOptions{
+		Addrs: cluster.Addrs(), ContextTimeoutEnabled: true, MaxRetries: -1, DialTimeout: time.Second,
+	})
+	t.Cleanup(func() { _ = client.Close() })
+	const timeout = 100 * time.Millisecond
+	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: timeout,
+		OnStoreError: ratelimit.PolicyDeny, BreakerFailures: 2, BreakerProbe: time.Minute})
+	ctx := context.Background()
+
+	// Two buckets whose counters live on different masters.
+	limitsOf := func(bucket string) []ratelimit.Limit {
+		return []ratelimit.Limit{{Name: "key", Bucket: bucket, Rate: ratelimit.Rate{N: 1000, Window: time.Hour}}}
+	}
+	masterOf := func(bucket string) string {
+		node, err := client.MasterForKey(ctx, lim.counterKey(&limitsOf(bucket)[0]))
+		require.NoError(t, err)
+		return node.Options().Addr
+	}
+	failing, healthy := "key0", ""
+	for i := 1; healthy == ""; i++ {
+		if b := fmt.Sprint("key", i); masterOf(b) != masterOf(failing) {
+			healthy = b
+		}
+	}
+	for _, b := range []string{failing, healthy} {
+		res, err := lim.Allow(ctx, limitsOf(b))
+		require.NoError(t, err)
+		require.True(t, res.Allowed)
+	}
+
+	victim := cluster.Master(cluster.Slot(lim.counterKey(&limitsOf(failing)[0])))
+	victim.Pause()
+	defer victim.Resume()
+	for range 3 {
+		_, err := lim.Allow(ctx, limitsOf(failing))
+		require.ErrorIs(t, err, ratelimit.ErrUnavailable, "deny: a check its master does not answer is a 503")
+	}
+	require.True(t, lim.BreakerOpen())
+	start := time.Now()
+	_, err := lim.Allow(ctx, limitsOf(failing))
+	require.ErrorIs(t, err, ratelimit.ErrUnavailable)
+	require.Less(t, time.Since(start), timeout/2, "the failing master's breaker is open: no wait")
+
+	fallbacks := lim.Stats().Fallback
+	for range 5 {
+		res, err := lim.Allow(ctx, limitsOf(healthy))
+		require.NoError(t, err, "a bucket on a healthy master is counted in Redis, not sent to on_store_error")
+		require.True(t, res.Allowed)
+	}
+	require.Equal(t, fallbacks, lim.Stats().Fallback)
+}
+
 func TestRedisOddInputs(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
