@@ -68,3 +68,31 @@ func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
 	require.Contains(t, body, `"revoked_at"`)
 	require.EqualValues(t, 401, checkCode())
 }
+
+// A server told to confirm changes with more replicas than the primary has
+// says so at start, once Redis answers, and says it is fine when it is.
+func TestTooFewReplicasToConfirmChangesAreWarnedAtStart(t *testing.T) {
+	start := func(t *testing.T, srv *redistest.Server) *syncBuffer {
+		var logs syncBuffer
+		path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
+			"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 200ms}}\n", srv.URL(0)))
+		startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+		return &logs
+	}
+	t.Run("without a replica: a warning naming both counts", func(t *testing.T) {
+		logs := start(t, redistest.Start(t))
+		require.Eventually(t, func() bool {
+			return strings.Contains(logs.String(), `"confirm_replicas":1,"acknowledging":0`)
+		}, 10*time.Second, 20*time.Millisecond, logs.String())
+		require.Contains(t, logs.String(), "will wait confirm_timeout and answer 503 unconfirmed")
+	})
+	t.Run("with one: confirmed", func(t *testing.T) {
+		primary := redistest.Start(t)
+		redistest.StartReplica(t, primary, redistest.Options{})
+		logs := start(t, primary)
+		require.Eventually(t, func() bool {
+			return strings.Contains(logs.String(), "changes to keys are confirmed by the primary's replicas")
+		}, 10*time.Second, 20*time.Millisecond, logs.String())
+		require.NotContains(t, logs.String(), "acknowledging")
+	})
+}

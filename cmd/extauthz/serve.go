@@ -336,7 +336,8 @@ func (s *server) listen() error {
 func (s *server) run(ctx context.Context) error {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancelBg = cancel
-	s.bg.Add(4)
+	s.bg.Add(5)
+	go func() { defer s.bg.Done(); s.checkConfirmingReplicas(bgCtx) }()
 	go func() { defer s.bg.Done(); s.cache.Watch(bgCtx) }()
 	go func() { defer s.bg.Done(); s.cache.RunTouches(bgCtx, 10*time.Second) }()
 	go func() { defer s.bg.Done(); s.watchConfig(bgCtx) }()

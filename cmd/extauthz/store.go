@@ -63,6 +63,40 @@ func openBackend(cfg *config.Config) (*backend, error) {
 	}
 }
 
+// checkConfirmingReplicas warns, once Redis answers, when the primary of
+// the key records has fewer replicas acknowledging its writes than
+// store.redis.confirm_replicas asks to confirm each change: every
+// revocation would then wait its whole timeout and answer 503 unconfirmed.
+// The check is Redis's WAIT, which the shipped ACL grants (INFO is not).
+func (s *server) checkConfirmingReplicas(ctx context.Context) {
+	r := s.cfg.Store.Redis
+	st, ok := s.be.store.(*redisstore.Store)
+	if !ok || r.ConfirmReplicas == 0 {
+		return
+	}
+	for {
+		callCtx, cancel := context.WithTimeout(ctx, time.Duration(r.ConfirmTimeout)+time.Duration(r.Timeout))
+		have, err := st.ConfirmingReplicas(callCtx)
+		cancel()
+		if err == nil {
+			if have < r.ConfirmReplicas {
+				s.logger.Warn("store.redis.confirm_replicas asks for more replicas than acknowledge the primary's writes: every change to a key (revoke, expire, update) will wait confirm_timeout and answer 503 unconfirmed until they do",
+					"confirm_replicas", r.ConfirmReplicas, "acknowledging", have, "confirm_timeout", time.Duration(r.ConfirmTimeout).String())
+			} else {
+				s.logger.Info("changes to keys are confirmed by the primary's replicas", "confirm_replicas", r.ConfirmReplicas)
+			}
+			return
+		}
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // redisLog routes go-redis's own messages ("failed to dial ...", which
 // name addresses, never secrets) into the service's structured log instead of
 // its default plain standard-error logger.

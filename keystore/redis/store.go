@@ -389,6 +389,27 @@ func (s *Store) change(ctx context.Context, script *goredis.Script, keys []strin
 	return reply, confirmed, nil
 }
 
+// ConfirmingReplicas asks the primary of the key records how many of its
+// replicas acknowledge its writes within the confirmation timeout, up to
+// the number confirmation needs (Redis's WAIT, which returns as soon as that
+// many have). Fewer than that means every confirmed change will be
+// reported unconfirmed. It returns 0 without asking when confirmation is
+// off.
+func (s *Store) ConfirmingReplicas(ctx context.Context) (int, error) {
+	if err := s.check(); err != nil || s.confirm.Replicas == 0 {
+		return 0, err
+	}
+	primary, err := s.primary(ctx, s.keys.all())
+	if err != nil {
+		return 0, unavailable("count replicas", err)
+	}
+	n, err := primary.Wait(ctx, s.confirm.Replicas, s.confirm.Timeout).Result()
+	if err != nil {
+		return 0, unavailable("count replicas", err)
+	}
+	return int(n), nil
+}
+
 // primary returns the client of the primary that holds key: on a Cluster
 // the master of its slot, otherwise the one client there is (a standalone
 // server, or the primary a Sentinel names).
