@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +64,16 @@ func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return strings.Contains(audit.String(), `"event":"key.revoked"`) && strings.Contains(audit.String(), k.ID)
 	}, 5*time.Second, 10*time.Millisecond, "the revocation was made, so it is audited")
+
+	// The CLI says the same and fails, so that a script repeats it.
+	replica.Pause()
+	cmd := exec.Command(os.Args[0], "keys", "revoke", k.ID, "--config", path)
+	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+	out, err := cmd.CombinedOutput()
+	replica.Resume()
+	require.Error(t, err, "keys revoke must fail when no replica confirmed it: %s", out)
+	require.Contains(t, string(out), "0 of the 1 replicas")
+	require.Contains(t, string(out), "stored on the primary and in effect")
 
 	status, _, body = revoke()
 	require.Equal(t, http.StatusOK, status, "the same request again, with the replica back, confirms it: %s", body)

@@ -22,10 +22,16 @@ func expire(at time.Time) func(*keystore.Key) error {
 	}
 }
 
-// replicated reads the record of h on srv, a replica, as it stands.
+// replicated reads the record of h on srv, a replica, as it stands. A
+// Cluster replica serves reads only after READONLY (one that is not in a
+// Cluster refuses that, and needs nothing).
 func replicated(t *testing.T, srv *redistest.Server, h keystore.Hash) *keystore.Key {
 	t.Helper()
-	raw, err := dial(t, Options{URL: srv.URL(0)}).Get(t.Context(), testPrefix+"{keys}:h:"+h.String()).Result()
+	c := dial(t, Options{URL: srv.URL(0)}).(*goredis.Client)
+	conn := c.Conn()
+	defer conn.Close()
+	_ = conn.ReadOnly(t.Context()).Err()
+	raw, err := conn.Get(t.Context(), testPrefix+"{keys}:h:"+h.String()).Result()
 	require.NoError(t, err)
 	k, err := decode(raw)
 	require.NoError(t, err)
@@ -122,39 +128,12 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 		_, err := plain.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
 		require.NoError(t, err)
 	})
-
 }
 
-// A Cluster's replicas confirm too: the change and WAIT go to the master of
-// the records' slot, on one connection.
-func TestChangesWaitForTheReplicasOnACluster(t *testing.T) {
-	cluster := redistest.StartClusterOf(t, redistest.ClusterOptions{Masters: 3, Replicas: 1})
-	client := dial(t, Options{Addrs: cluster.Addrs()})
-	require.IsType(t, &goredis.ClusterClient{}, client)
-	s := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: 300 * time.Millisecond}))
-	t.Cleanup(func() { _ = s.Close() })
-	ctx := t.Context()
-	k, _, _ := create(t, s, "alice")
-
-	_, err := s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
-	require.NoError(t, err)
-
-	replicas := cluster.Replicas(cluster.Slot(testPrefix + "{keys}:all"))
-	require.Len(t, replicas, 1)
-	replicas[0].Pause()
-	_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(2*time.Hour)))
-	replicas[0].Resume()
-	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
-	require.ErrorContains(t, err, "0 of the 1 replicas")
-}
-
-// Behind a Sentinel the client's connections are to the primary it names:
-// the change and WAIT go there, on one connection, as on one server.
-func TestChangesWaitForTheReplicasBehindASentinel(t *testing.T) {
-	primary := redistest.Start(t)
-	replica := redistest.StartReplica(t, primary, redistest.Options{})
-	sentinel := redistest.StartSentinel(t, primary, redistest.SentinelOptions{MasterName: "m"})
-	client := dial(t, Options{Addrs: []string{sentinel.Addr}, MasterName: "m"})
+// requireConfirmedUnlessPaused changes a key through a confirming store on
+// client: done while replica runs, unconfirmed while it is paused.
+func requireConfirmedUnlessPaused(t *testing.T, client goredis.UniversalClient, replica *redistest.Server) {
+	t.Helper()
 	s := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: 300 * time.Millisecond}))
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := t.Context()
@@ -169,6 +148,26 @@ func TestChangesWaitForTheReplicasBehindASentinel(t *testing.T) {
 	replica.Resume()
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
 	require.ErrorContains(t, err, "0 of the 1 replicas")
+}
+
+// A Cluster's replicas confirm too: the change and WAIT go to the master of
+// the records' slot, on one connection.
+func TestChangesWaitForTheReplicasOnACluster(t *testing.T) {
+	cluster := redistest.StartClusterOf(t, redistest.ClusterOptions{Masters: 3, Replicas: 1})
+	client := dial(t, Options{Addrs: cluster.Addrs()})
+	require.IsType(t, &goredis.ClusterClient{}, client)
+	replicas := cluster.Replicas(cluster.Slot(testPrefix + "{keys}:all"))
+	require.Len(t, replicas, 1)
+	requireConfirmedUnlessPaused(t, client, replicas[0])
+}
+
+// Behind a Sentinel the client's connections are to the primary it names:
+// the change and WAIT go there, on one connection, as on one server.
+func TestChangesWaitForTheReplicasBehindASentinel(t *testing.T) {
+	primary := redistest.Start(t)
+	replica := redistest.StartReplica(t, primary, redistest.Options{})
+	sentinel := redistest.StartSentinel(t, primary, redistest.SentinelOptions{MasterName: "m"})
+	requireConfirmedUnlessPaused(t, dial(t, Options{Addrs: []string{sentinel.Addr}, MasterName: "m"}), replica)
 }
 
 func TestConfirmingNeedsATimeout(t *testing.T) {
