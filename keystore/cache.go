@@ -42,16 +42,17 @@ type CacheOptions struct {
 // DefaultMaxStale is CacheOptions.MaxStale when none is given.
 const DefaultMaxStale = 5 * time.Minute
 
-// Cache is the in-process LRU in front of a Store: the only thing on the
+// Cache is the in-process cache in front of a Store: the only thing on the
 // request path that touches the store. It caches found keys for TTL and
-// unknown hashes for NegativeTTL (in a separate, smaller LRU, so a flood of
-// random keys cannot evict the real ones), collapses concurrent misses on one
-// hash into one store call, serves an expired entry for up to MaxStale when
-// the store is unreachable, and records last-use times to be written behind.
+// unknown hashes for NegativeTTL (in a separate, smaller map, so a flood of
+// random keys cannot evict the real ones), both bounded and evicting by
+// SIEVE (see sieve), collapses concurrent misses on one hash into one store
+// call, serves an expired entry for up to MaxStale when the store is
+// unreachable, and records last-use times to be written behind.
 type Cache struct {
 	store Store
-	pos   *lru[entry]
-	neg   *lru[int64] // hash → when (since born) the store said "not found"
+	pos   *sieve[entry]
+	neg   *sieve[int64] // hash → when (since born) the store said "not found"
 	opts  CacheOptions
 	// born is when the cache was made: entries hold their times as
 	// durations since born (a time.Time is a pointer the collector would
@@ -137,9 +138,9 @@ type cacheHooks struct {
 // generation): never served, but it remembers that the store knew the
 // hash, so that looking it up again is a refresh, not a guess (Cached).
 //
-// Entries are values in the lru, not pointers to them, and hold no
+// Entries are values in the sieve, not pointers to them, and hold no
 // pointer but a long record's: the collector has nothing to walk for them
-// (see lru and record).
+// (see sieve and record).
 type entry struct {
 	seq     uint64 // the fill that made it (Cache.seq); 0: a tombstone
 	fetched int64  // when the store answered, in nanoseconds since the cache was born
@@ -187,8 +188,8 @@ func NewCache(store Store, opts CacheOptions) *Cache {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	pos := newLRU[entry](opts.Size)
-	neg := newLRU[int64](max(opts.Size/4, 16)) // unknown hashes get a quarter
+	pos := newSieve[entry](opts.Size)
+	neg := newSieve[int64](max(opts.Size/4, 16)) // unknown hashes get a quarter
 	return &Cache{store: store, pos: pos, neg: neg, opts: opts, born: opts.Now(), used: make(chan usage, 4096),
 		breaker: breaker.New(storeFailuresToOpen, opts.StoreRetry, opts.Now)}
 }
@@ -487,7 +488,7 @@ func (c *Cache) Invalidate(h Hash) {
 
 // noteUse queues a last-use report at most once per TouchEvery per key,
 // without blocking: when the queue is full the report waits for the next use.
-// e is the entry of h as served and k its key; the lru's lock is taken only
+// e is the entry of h as served and k its key; the sieve's lock is taken only
 // when a report is due, to claim it.
 func (c *Cache) noteUse(h Hash, k *Key, e *entry, now time.Time) {
 	last, at := e.touched, now.UnixNano()

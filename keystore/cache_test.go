@@ -203,7 +203,42 @@ func TestAFloodOfUnknownKeysCannotEvictKnownOnes(t *testing.T) {
 	_, err := c.Lookup(context.Background(), h)
 	require.NoError(t, err)
 	assert.Equal(t, before, st.lookups.Load(), "the known key is still cached")
-	assert.LessOrEqual(t, c.Stats().NegativeEntries, 25, "negatives live in their own, smaller LRU")
+	assert.LessOrEqual(t, c.Stats().NegativeEntries, 25, "negatives live in their own, smaller map")
+}
+
+// Keys in steady use (more than once between bursts) stay cached while
+// twice the cache's size of keys, each used once, pass through it: a
+// least-recently-used cache lost them all to every such burst and asked the
+// store for each again.
+func TestKeysInUseOutlastABurstOfKeysUsedOnce(t *testing.T) {
+	st := newCountingStore()
+	c := NewCache(st, CacheOptions{Size: 100, TTL: time.Hour, NegativeTTL: time.Minute})
+	hash := func(kind string, i int) Hash {
+		h := NewHasher(nil).Hash(fmt.Sprintf("sk_%s_%d", kind, i))
+		st.set(h, &Key{ID: fmt.Sprintf("key_%s_%d", kind, i)})
+		return h
+	}
+	hot := make([]Hash, 50)
+	for i := range hot {
+		hot[i] = hash("hot", i)
+	}
+	var hotMisses int64
+	for round := range 5 {
+		for range 2 {
+			for _, h := range hot {
+				before := st.lookups.Load()
+				_, err := c.Lookup(context.Background(), h)
+				require.NoError(t, err)
+				hotMisses += st.lookups.Load() - before
+			}
+		}
+		for i := range 200 {
+			_, err := c.Lookup(context.Background(), hash("once", round*200+i))
+			require.NoError(t, err)
+		}
+	}
+	assert.EqualValues(t, len(hot), hotMisses, "each key in use was fetched once, when first used")
+	assert.Equal(t, 100, c.Stats().Entries)
 }
 
 func TestConcurrentMissesOnOneKeyCostOneStoreCall(t *testing.T) {
@@ -299,6 +334,29 @@ func BenchmarkCacheHit(b *testing.B) {
 	for b.Loop() {
 		if _, err := c.Lookup(context.Background(), h); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCacheHitFullCache is a hit in a full cache of 100k keys, the
+// keys taken in a random order: what a hit costs when its entry (and
+// whatever else it writes) is not in the processor's cache.
+func BenchmarkCacheHitFullCache(b *testing.B) {
+	const size = 100000
+	k := &Key{ID: "key_known", Name: "known", Owner: "default", Permissions: []string{"read:users"}, CreatedAt: time.Now()}
+	c := NewCache(oneKeyStore{key: k}, CacheOptions{Size: size})
+	hashes := make([]Hash, size)
+	for i := range hashes {
+		binary.LittleEndian.PutUint64(hashes[i][:], uint64(i)*0x9e3779b97f4a7c15)
+		if _, err := c.Lookup(context.Background(), hashes[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rand.New(rand.NewPCG(1, 2)).Shuffle(size, func(i, j int) { hashes[i], hashes[j] = hashes[j], hashes[i] })
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, state, _ := c.Cached(hashes[i%size]); state != CacheAnswered {
+			b.Fatal("not cached")
 		}
 	}
 }

@@ -159,9 +159,9 @@ func TestACacheEntryHoldsNoPointerButALongRecords(t *testing.T) {
 		}
 		return []string{path}
 	}
-	assert.Equal(t, []string{"lruSlot.val.rec.big"}, walk(reflect.TypeFor[lruSlot[entry]](), "lruSlot"))
-	assert.Empty(t, walk(reflect.TypeFor[lruSlot[int64]](), "lruSlot"), "the negative entries")
-	assert.Equal(t, 320, int(reflect.TypeFor[lruSlot[entry]]().Size()), "the size the comment on recordInline gives")
+	assert.Equal(t, []string{"sieveSlot.val.rec.big"}, walk(reflect.TypeFor[sieveSlot[entry]](), "sieveSlot"))
+	assert.Empty(t, walk(reflect.TypeFor[sieveSlot[int64]](), "sieveSlot"), "the negative entries")
+	assert.Equal(t, 320, int(reflect.TypeFor[sieveSlot[entry]]().Size()), "the size the comment on recordInline gives")
 }
 
 // A hit shares the key its record was last decoded to, so that what is
