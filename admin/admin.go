@@ -460,6 +460,12 @@ const (
 	codeUnavailable                 = authz.CodeUnavailable
 )
 
+// unconfirmedRotation is the "unconfirmed" note of a rotation that the
+// store's replicas did not confirm in time. A rotation cannot be repeated;
+// a later confirmed change (a replica takes its primary's writes in order)
+// confirms it.
+const unconfirmedRotation = "the rotation is made and in effect, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it and leave the old key working past its grace period; once the old key's clients use the new one, revoke the old key (DELETE /v1/keys/{old id}): a confirmed revocation confirms the rotation with it"
+
 // apiError is an answer other than success, with its status and code.
 type apiError struct {
 	status int

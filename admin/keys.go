@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/http"
 	"net/netip"
@@ -402,10 +403,18 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		return err
 	}
 	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor())
-	if err != nil {
+	created := keystore.Created{Key: k, Secret: secret}
+	switch {
+	case err == nil:
+	case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
+		// The rotation is in effect and its secret exists nowhere else:
+		// it must reach the caller, with the warning, as a success.
+		s.log.Warn("admin API: a rotation is stored but not confirmed by the store's replicas", "id", old.ID, "new_id", k.ID, "err", err)
+		created.Unconfirmed = unconfirmedRotation
+	default:
 		return err
 	}
 	w.Header().Set("Location", "/v1/keys/"+k.ID)
-	writeJSON(w, http.StatusCreated, keystore.Created{Key: k, Secret: secret})
+	writeJSON(w, http.StatusCreated, created)
 	return nil
 }

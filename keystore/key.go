@@ -177,7 +177,9 @@ var (
 	// ErrUnconfirmed: a change was stored and is in effect, but fewer of
 	// the store's replicas than configured acknowledged it in time, so a
 	// failover of the store could still undo it. Update returns it with the
-	// changed key; repeating the same change is safe and asks again.
+	// changed key, and repeating the same change is safe and asks again;
+	// Rotate returns it with the old key, and Manager.Rotate with the new
+	// key and its secret, which the caller must still show.
 	ErrUnconfirmed = errors.New("change stored, but not confirmed by enough replicas")
 )
 
@@ -262,7 +264,10 @@ type Store interface {
 	// The old key must be live at next.CreatedAt and not rotated already
 	// (ErrNotLive otherwise: rotating one key again and again would otherwise
 	// mint live keys past maxPerOwner). A rotated-away key no longer counts
-	// against maxPerOwner, so rotation never fails with ErrKeyLimit.
+	// against maxPerOwner, so rotation never fails with ErrKeyLimit. A
+	// store that waits for its replicas may return the old key with an
+	// error wrapping ErrUnconfirmed: stored, but not yet safe from a
+	// failover.
 	Rotate(ctx context.Context, id string, next *Key, h Hash, graceEnd time.Time) (old *Key, err error)
 	// List returns keys ordered by id and the cursor of the next page ("" on
 	// the last page). Listing live keys walks an index that revoked keys
@@ -294,14 +299,20 @@ type Store interface {
 }
 
 // Created is a key record with its plaintext, as the one response that
-// creates or rotates a key shows it: the flat record plus "key".
+// creates or rotates a key shows it: the flat record plus "key", and
+// "unconfirmed" when the store's replicas did not confirm a rotation.
 type Created struct {
 	*Key
 	Secret string
+	// Unconfirmed, when set, says that the change is in effect but not
+	// yet safe from a failover of the store, and what to do (the message
+	// of an ErrUnconfirmed error).
+	Unconfirmed string
 }
 
-// MarshalJSON writes the record's fields and "key". (Embedding *Key alone
-// would promote Key.MarshalJSON and silently drop the secret.)
+// MarshalJSON writes the record's fields, "key" and, when set,
+// "unconfirmed". (Embedding *Key alone would promote Key.MarshalJSON and
+// silently drop the secret.)
 func (c Created) MarshalJSON() ([]byte, error) {
 	rec, err := json.Marshal(c.Key)
 	if err != nil {
@@ -313,5 +324,12 @@ func (c Created) MarshalJSON() ([]byte, error) {
 	}
 	out := append(rec[:len(rec)-1:len(rec)-1], `,"key":`...)
 	out = append(out, secret...)
+	if c.Unconfirmed != "" {
+		note, err := json.Marshal(c.Unconfirmed)
+		if err != nil {
+			return nil, err
+		}
+		out = append(append(out, `,"unconfirmed":`...), note...)
+	}
 	return append(out, '}'), nil
 }

@@ -288,7 +288,10 @@ func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {
 }
 
 // Rotate makes a new key with the old one's metadata; the old one keeps
-// working until now+grace (grace 0: it stops now).
+// working until now+grace (grace 0: it stops now). A rotation stored but
+// not confirmed by the store's replicas (ErrUnconfirmed) is in effect: it
+// is audited, and its secret and key come with the error, for the caller
+// to show (there is no other chance) along with the warning.
 func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, actor string) (string, *Key, error) {
 	if grace < 0 || grace > MaxLifetime {
 		return "", nil, &FieldError{"grace", "must be from 0 to 100 years"}
@@ -310,11 +313,12 @@ func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, ac
 		return "", nil, err
 	}
 	k.RotatedFrom = old.ID
-	if _, err := m.Store.Rotate(ctx, id, k, h, now.Add(grace)); err != nil {
+	rotated, err := m.Store.Rotate(ctx, id, k, h, now.Add(grace))
+	if !stored(rotated, err) {
 		return "", nil, err
 	}
 	m.changed(ChangeRotated, k, actor)
-	return secret, k, nil
+	return secret, k, err
 }
 
 // Revoke revokes id; revoking a revoked key changes nothing and is not an
@@ -340,8 +344,8 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 	return k, err
 }
 
-// stored reports whether an Update that returned k and err stored its
-// change: it succeeded, or it stored the change without the replicas'
+// stored reports whether an Update (or a Rotate) that returned k and err
+// stored its change: it succeeded, or it stored the change without the replicas'
 // confirmation (ErrUnconfirmed), which is in effect and is audited as made
 // while the caller still hears the error.
 func stored(k *Key, err error) bool {

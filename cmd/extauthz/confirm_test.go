@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,18 +17,27 @@ import (
 	"github.com/extauthz/extauthz/keystore"
 )
 
+// startConfirming starts a server whose store is a Redis primary with one
+// replica, confirming changes with it (store.redis.confirm_replicas: 1)
+// within 300 ms, and auditing to the buffer it returns with its config's
+// path and the replica.
+func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syncBuffer) {
+	t.Helper()
+	primary := redistest.Start(t)
+	replica := redistest.StartReplica(t, primary, redistest.Options{})
+	audit := new(syncBuffer)
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: stdout}\n"+
+		"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 300ms}}\n%s", primary.URL(0), testRoutes))
+	return startServerOut(t, path, serverOutput{logs: io.Discard, audit: audit}), path, replica, audit
+}
+
 // With store.redis.confirm_replicas, a revocation returns 200 only once a
 // replica holds it, so that a failover cannot bring the key back
 // unnoticed. When the replica does not confirm in time, the revocation is
 // still in effect (every server refuses the key) and audited, the admin API
 // answers 503 unconfirmed saying so, and the same request again confirms it.
 func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
-	primary := redistest.Start(t)
-	replica := redistest.StartReplica(t, primary, redistest.Options{})
-	var audit syncBuffer
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: stdout}\n"+
-		"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 300ms}}\n%s", primary.URL(0), testRoutes))
-	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: &audit})
+	ts, path, replica, audit := startConfirming(t)
 	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
 	key, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}})
 
@@ -79,6 +89,66 @@ func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, "the same request again, with the replica back, confirms it: %s", body)
 	require.Contains(t, body, `"revoked_at"`)
 	require.EqualValues(t, 401, checkCode())
+}
+
+// A rotation waits for the replicas as a revocation does: one they did not
+// confirm would, lost in a failover, leave the old key working for good.
+// But a rotation cannot be repeated, and its secret is shown only once, so
+// an unconfirmed one still succeeds (201, the CLI exit status 0) with the
+// secret, and says what confirms it; and it is in effect and audited.
+func TestARotationNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
+	ts, path, replica, audit := startConfirming(t)
+	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	_, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}})
+	allowed := func(key string) bool {
+		return ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}).GetDeniedResponse() == nil
+	}
+
+	replica.Pause()
+	req, err := http.NewRequest("POST", ts.adminURL+"/v1/keys/"+k.ID+"/rotate", strings.NewReader(`{"grace": "1h"}`))
+	require.NoError(t, err)
+	req.Header.Set("X-Api-Key", adminKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var created struct {
+		ID          string `json:"id"`
+		Key         string `json:"key"`
+		Unconfirmed string `json:"unconfirmed"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&created))
+	resp.Body.Close()
+	replica.Resume()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.NotEmpty(t, created.Key, "the secret exists nowhere else: it must reach the caller")
+	require.Contains(t, created.Unconfirmed, "a failover could still undo it")
+	require.Contains(t, created.Unconfirmed, "revoke the old key")
+	require.Equal(t, "/v1/keys/"+created.ID, resp.Header.Get("Location"))
+	require.Eventually(t, func() bool { return allowed(created.Key) }, 5*time.Second, 10*time.Millisecond, "the rotation is in effect")
+	require.Eventually(t, func() bool {
+		return strings.Contains(audit.String(), `"event":"key.rotated"`) && strings.Contains(audit.String(), created.ID)
+	}, 5*time.Second, 10*time.Millisecond, "the rotation was made, so it is audited")
+
+	// The CLI prints the key and its secret, warns, and succeeds.
+	replica.Pause()
+	cmd := exec.Command(os.Args[0], "keys", "rotate", created.ID, "--json", "--config", path)
+	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	replica.Resume()
+	require.NoError(t, err, "stdout: %s\nstderr: %s", stdout.String(), stderr.String())
+	var printed struct {
+		Key         string `json:"key"`
+		Unconfirmed string `json:"unconfirmed"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout.String()), &printed), stdout.String())
+	require.NotEmpty(t, printed.Key)
+	require.Contains(t, printed.Unconfirmed, "0 of the 1 replicas")
+	require.Contains(t, stderr.String(), "warning: rotate "+created.ID)
+	require.Contains(t, stderr.String(), "revoke the old key")
+	require.NotContains(t, stderr.String(), printed.Key, "the secret goes to stdout only")
+	require.Eventually(t, func() bool { return allowed(printed.Key) }, 5*time.Second, 10*time.Millisecond)
 }
 
 // A server told to confirm changes with more replicas than the primary has

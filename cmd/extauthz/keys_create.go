@@ -54,7 +54,7 @@ names), or the key would never match.`,
 				if err != nil {
 					return flagError(c, describe(err, m))
 				}
-				return printNewKey(c.OutOrStdout(), asJSON, secret, k, "")
+				return printNewKey(c.OutOrStdout(), asJSON, keystore.Created{Key: k, Secret: secret}, "")
 			})
 		},
 	}
@@ -73,12 +73,12 @@ names), or the key would never match.`,
 
 // printNewKey prints a created or rotated key. The secret appears here and
 // nowhere else, ever.
-func printNewKey(w io.Writer, asJSON bool, secret string, k *keystore.Key, note string) error {
+func printNewKey(w io.Writer, asJSON bool, created keystore.Created, note string) error {
 	if asJSON {
-		return writeJSON(w, keystore.Created{Key: k, Secret: secret})
+		return writeJSON(w, created)
 	}
-	printKey(w, k, time.Now())
-	fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", secret)
+	printKey(w, created.Key, time.Now())
+	fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", created.Secret)
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}

@@ -54,7 +54,9 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 	ctx := t.Context()
 
 	k, h, _ := create(t, confirming, "alice")
-	m := &keystore.Manager{Store: confirming}
+	format, err := keystore.NewFormat("sk")
+	require.NoError(t, err)
+	m := &keystore.Manager{Store: confirming, Hasher: testHasher, Format: format}
 	var changes []string
 	m.OnChange = func(kind string, _ *keystore.Key, _ string) { changes = append(changes, kind) }
 
@@ -109,6 +111,40 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 		require.Equal(t, got.RevokedAt, again.RevokedAt, "the second revocation changes nothing")
 	})
 
+	t.Run("a rotation waits for the replica too; unconfirmed, it stands, is audited and hands out its secret", func(t *testing.T) {
+		old, _, _ := create(t, confirming, "dave")
+		secret, next, err := m.Rotate(ctx, old.ID, time.Hour, "test")
+		require.NoError(t, err)
+		require.Equal(t, next.ID, replicated(t, replica, testHasher.Hash(secret)).ID, "returned before the replica had the new key")
+
+		changes = nil
+		replica.Pause()
+		start := time.Now()
+		secret, rotated, err := m.Rotate(ctx, next.ID, time.Hour, "test")
+		took := time.Since(start)
+		replica.Resume()
+		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+		require.ErrorContains(t, err, "0 of the 1 replicas")
+		require.ErrorContains(t, err, "revoke the old key", "a rotation cannot be repeated: the error says what confirms it")
+		require.GreaterOrEqual(t, took, wait)
+		require.NotEmpty(t, secret, "the secret is shown once: an unconfirmed rotation must still hand it out")
+		require.NotNil(t, rotated)
+		require.Equal(t, []string{keystore.ChangeRotated}, changes, "the rotation was made: its event must not be lost")
+		found, err := confirming.Lookup(ctx, testHasher.Hash(secret))
+		require.NoError(t, err, "the primary serves the new key")
+		require.Equal(t, rotated.ID, found.ID)
+		was, err := confirming.Get(ctx, next.ID)
+		require.NoError(t, err)
+		require.Equal(t, rotated.ID, was.RotatedTo, "and the old key rotated away, its grace period set")
+		require.NotNil(t, was.ExpiresAt)
+
+		// A confirmed change made after it confirms it: the replica takes
+		// the primary's writes in order.
+		_, err = m.Revoke(ctx, next.ID, "test")
+		require.NoError(t, err)
+		require.Equal(t, rotated.ID, replicated(t, replica, testHasher.Hash(secret)).ID)
+	})
+
 	t.Run("more replicas than acknowledge it is unconfirmed, with the count", func(t *testing.T) {
 		two := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 2, Timeout: 50 * time.Millisecond}))
 		t.Cleanup(func() { _ = two.Close() })
@@ -145,9 +181,14 @@ func requireConfirmedUnlessPaused(t *testing.T, client goredis.UniversalClient, 
 
 	replica.Pause()
 	_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(2*time.Hour)))
-	replica.Resume()
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
 	require.ErrorContains(t, err, "0 of the 1 replicas")
+	next, nextHash, _ := newKey(t, k.Owner)
+	next.RotatedFrom = k.ID
+	old, err := s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
+	replica.Resume()
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed, "a rotation waits for the replica too")
+	require.Equal(t, next.ID, old.RotatedTo)
 }
 
 // A Cluster's replicas confirm too: the change and WAIT go to the master of

@@ -152,21 +152,27 @@ type Option func(*Store)
 // the primary's last writes, and a revocation lost that way makes the key
 // work again. Replicas 0 (the default) does not wait.
 //
-// Creates and rotations are not confirmed. A create lost in a failover
-// leaves a key that every check refuses (the client was handed a secret
-// nothing knows), which fails closed; and both hand out a secret once, which
-// an error after the write would lose while the key stays behind.
+// Rotations are confirmed too: a rotation lost in a failover would leave
+// the old key without the end of its grace period, working for good. As it
+// hands out a secret once, an unconfirmed rotation still returns the new
+// key (and its error): the caller must show the secret. Creates are not
+// confirmed: a create lost in a failover leaves a key that every check
+// refuses (the client was handed a secret nothing knows), which fails
+// closed.
 type Confirm struct {
 	Replicas int
 	Timeout  time.Duration
 }
 
-// ConfirmChanges makes Update wait for c.Replicas replicas, for up to
-// c.Timeout, after storing a change (Redis's WAIT). If fewer acknowledge it
-// in time, Update returns the changed key and an error wrapping
-// keystore.ErrUnconfirmed: the change stands on the primary (every server
-// already applies it, through the change feed), and repeating it asks the
-// replicas again.
+// ConfirmChanges makes Update and Rotate wait for c.Replicas replicas, for
+// up to c.Timeout, after storing a change (Redis's WAIT). If fewer
+// acknowledge it in time, they return the changed key (Rotate: the old
+// one) and an error wrapping keystore.ErrUnconfirmed: the change stands on
+// the primary (every server already applies it, through the change feed).
+// Repeating an update asks the replicas again; a rotation cannot be
+// repeated, but any later change to a key that is confirmed confirms it
+// too, as a replica takes the primary's writes in order and all key records
+// live on one primary.
 func ConfirmChanges(c Confirm) Option { return func(s *Store) { s.confirm = c } }
 
 // CheckPrefix reports whether prefix can start the store's key names. It
@@ -326,7 +332,7 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 			check = limit.Max
 		}
 		ix := indexOf(next)
-		res, confirmed, err := s.change(ctx, updateScript, keys,
+		res, confirmed, err := s.change(ctx, updateScript, repeatUpdate, keys,
 			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
 			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At))
 		if err != nil {
@@ -352,13 +358,23 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 	return nil, fmt.Errorf("redis update %s: the record kept changing; gave up after %d attempts", id, updateAttempts)
 }
 
+// What an unconfirmed change's error tells the caller to do. A rotation
+// cannot be repeated (the old key is rotated away), but a confirmed
+// revocation of the old key, due once its clients use the new one,
+// confirms it with everything the primary wrote before.
+const (
+	repeatUpdate    = "repeat it once replication is healthy"
+	confirmRotation = "once the old key's clients use the new key, revoke the old key: a confirmed revocation confirms the rotation with it"
+)
+
 // change runs script, a write of key records, and returns its reply. With
 // confirmation on and the reply "OK", it then waits for the replicas, and
 // confirmed is an error wrapping keystore.ErrUnconfirmed when too few of
 // them acknowledged the write (err is for the write itself). WAIT counts the
 // acknowledgements of its own connection's writes, so the script and WAIT
-// go over one connection to the primary of the records' slot.
-func (s *Store) change(ctx context.Context, script *goredis.Script, keys []string, args ...any) (reply string, confirmed, err error) {
+// go over one connection to the primary of the records' slot. remedy ends
+// the error's message: what the caller can do about it.
+func (s *Store) change(ctx context.Context, script *goredis.Script, remedy string, keys []string, args ...any) (reply string, confirmed, err error) {
 	if s.confirm.Replicas == 0 {
 		reply, err = script.Run(ctx, s.client, keys, args...).Text()
 		return reply, nil, err
@@ -381,10 +397,10 @@ func (s *Store) change(ctx context.Context, script *goredis.Script, keys []strin
 	n, werr := conn.Wait(ctx, s.confirm.Replicas, s.confirm.Timeout).Result()
 	switch {
 	case werr != nil:
-		confirmed = fmt.Errorf("%w: the change is stored on the primary and in effect, but asking its replicas failed (%w), so a failover could still undo it; repeat it once Redis answers", keystore.ErrUnconfirmed, werr)
+		confirmed = fmt.Errorf("%w: the change is stored on the primary and in effect, but asking its replicas failed (%w), so a failover could still undo it; %s", keystore.ErrUnconfirmed, werr, remedy)
 	case n < int64(s.confirm.Replicas):
-		confirmed = fmt.Errorf("%w: the change is stored on the primary and in effect, but %d of the %d replicas store.redis.confirm_replicas asks for acknowledged it within %s, so a failover could still undo it; repeat it once replication is healthy",
-			keystore.ErrUnconfirmed, n, s.confirm.Replicas, s.confirm.Timeout)
+		confirmed = fmt.Errorf("%w: the change is stored on the primary and in effect, but %d of the %d replicas store.redis.confirm_replicas asks for acknowledged it within %s, so a failover could still undo it; %s",
+			keystore.ErrUnconfirmed, n, s.confirm.Replicas, s.confirm.Timeout, remedy)
 	}
 	return reply, confirmed, nil
 }
@@ -473,15 +489,15 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 			s.keys.open(), s.keys.openOf(old.Owner), s.keys.expiring(), s.keys.ends(),
 		}
 		oix, nix := indexOf(old), indexOf(nrec)
-		res, err := rotateScript.Run(ctx, s.client, keys,
+		res, confirmed, err := s.change(ctx, rotateScript, confirmRotation, keys,
 			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen,
-			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member).Text()
+			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member)
 		if err != nil {
 			return nil, unavailable("rotate "+id, err)
 		}
 		switch res {
 		case "OK":
-			return old, nil
+			return old, confirmed
 		case "CONFLICT":
 			if err := backoff(ctx, attempt); err != nil {
 				return nil, err
