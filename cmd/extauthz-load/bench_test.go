@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,5 +32,91 @@ func TestTheTableTakesTheBestRound(t *testing.T) {
 	}
 	if (&ScenarioResult{}).CPUPerCheck(false) != 0 {
 		t.Error("no rounds, yet a CPU figure")
+	}
+}
+
+// Issue 15's targets are ratios to servers of the same run: the no-op for
+// server CPU and p99, the peer for Redis CPU.
+func TestIssue15TargetsAreRatiosOfTheSameRun(t *testing.T) {
+	// result makes a scenario's result of one round: checks in each
+	// phase, the server's and Redis's CPU in microseconds per check
+	// (closed, open), and every open-loop check taking p99.
+	result := func(sc Scenario, server, redis [2]time.Duration, p99 time.Duration) *ScenarioResult {
+		const checks = 1000
+		ph := func(i int, rate float64) phase {
+			l := &LoadResult{Completed: checks, Rate: rate, ServerCPU: checks * server[i], RedisCPU: checks * redis[i], RedisMeasured: redis[i] > 0, Elapsed: time.Second}
+			if rate > 0 {
+				for range checks {
+					l.Latency.Record(p99)
+				}
+			}
+			return phase{LoadResult: l}
+		}
+		rd := round{Closed: ph(0, 0), Open: ph(1, 5000)}
+		return &ScenarioResult{Scenario: sc, Rounds: []round{rd}, Closed: rd.Closed.LoadResult, Open: rd.Open.LoadResult}
+	}
+	us := time.Microsecond
+	results := []*ScenarioResult{
+		result(scenarios[0], [2]time.Duration{20 * us, 100 * us}, [2]time.Duration{}, 4*time.Millisecond),
+		result(Scenario{Title: "exact", Store: "redis", KeyRate: exactRate, Even: true}, [2]time.Duration{40 * us, 110 * us}, [2]time.Duration{13 * us, 45 * us}, 5*time.Millisecond),
+		result(Scenario{Title: "leased", Store: "redis", KeyRate: quietRate, Even: true}, [2]time.Duration{23 * us, 100 * us}, [2]time.Duration{2 * us, 14 * us}, 7*time.Millisecond),
+		result(Scenario{Title: "peer", Store: "redis", Peer: true, Even: true}, [2]time.Duration{80 * us, 150 * us}, [2]time.Duration{14 * us, 28 * us}, 8*time.Millisecond),
+		result(Scenario{Title: "scale", Store: "redis", KeyRate: "none", Scale: 1000000}, [2]time.Duration{40 * us, 150 * us}, [2]time.Duration{9 * us, 18 * us}, 9*time.Millisecond),
+	}
+	var b strings.Builder
+	ratioVerdicts(&b, results, results[0])
+	out := b.String()
+	for _, want := range []string{
+		"exact Redis CPU/check, closed loop 0.93× the peer",
+		"exact Redis CPU/check, at 5000/s    1.61× the peer",
+		"exact server CPU/check, closed loop 2.00× no-op",
+		"exact server CPU/check, at 5000/s   1.10× no-op",
+		"exact p99 at 5000/s                 1.25× no-op",
+		"leased Redis CPU/check, at 5000/s   0.50× the peer",
+		"leased server CPU/check, closed loop 1.15× no-op",
+		"leased p99 at 5000/s                1.75× no-op",
+		"scale p99 at 5000/s                 2.25× no-op",
+	} {
+		want = strings.Join(strings.Fields(want), " ")
+		found := false
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.Join(strings.Fields(line), " "), want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no line %q in:\n%s", want, out)
+		}
+	}
+	verdict := func(prefix string) string {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.Join(strings.Fields(line), " "), prefix) {
+				f := strings.Fields(line)
+				return f[len(f)-1]
+			}
+		}
+		return ""
+	}
+	for prefix, want := range map[string]string{
+		"exact Redis CPU/check, closed loop":  "ok",
+		"exact Redis CPU/check, at 5000/s":    "MISSED",
+		"exact server CPU/check, closed loop": "MISSED",
+		"exact server CPU/check, at 5000/s":   "ok",
+		"exact p99 at 5000/s":                 "ok",
+		"leased p99 at 5000/s":                "MISSED",
+		"scale p99 at 5000/s":                 "MISSED",
+	} {
+		if got := verdict(prefix); got != want {
+			t.Errorf("%s: %q, want %q", prefix, got, want)
+		}
+	}
+	if strings.Contains(out, "peer Redis") || strings.Contains(out, "no-op ext_authz") {
+		t.Errorf("the servers compared against have no targets of their own:\n%s", out)
+	}
+
+	b.Reset()
+	ratioVerdicts(&b, results[:1], results[0])
+	if !strings.Contains(b.String(), "none measured") {
+		t.Errorf("without the scenarios, it says so: %s", b.String())
 	}
 }

@@ -17,6 +17,17 @@ const (
 	targetRate        = 5000
 )
 
+// Targets of issue 15 (the Redis path at its limit): ratios of one run, so
+// that they hold on any machine. They apply to the scenarios of evenly used
+// keys limited in Redis (the case a few hot keys' leases do not cover) and
+// to the scale scenario.
+const (
+	targetRedisVsPeer = 1.0 // Redis CPU per check, × envoyproxy/ratelimit's per descriptor
+	targetEvenCPU     = 1.2 // server CPU per check, × the no-op's
+	targetEvenP99     = 1.5 // p99 at the open-loop rate, × the no-op's
+	targetScaleP99    = 2.0 // the scale scenario's p99, × the no-op's
+)
+
 func us(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e3) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
@@ -110,6 +121,7 @@ func printTable(w io.Writer, results []*ScenarioResult, o BenchOptions) {
 	}
 	fmt.Fprintln(w, "\n(CPU µs = server CPU per check; hits = key cache hit ratio in the open-loop phases;\n redis CPU µs = redis-server's own CPU per check, INFO cpu used_cpu_sys+used_cpu_user, best round, closed/open;\n others = CPUs kept busy by other processes on the machine meanwhile, closed/open: the noise)")
 	verdicts(w, results, noop)
+	ratioVerdicts(w, results, noop)
 }
 
 func noopOf(results []*ScenarioResult) *ScenarioResult {
@@ -154,6 +166,66 @@ func verdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
 			}
 			fmt.Fprintf(w, "  %-46s p99 at %d/s    %s ms     (≤ %s ms)  %s%s\n", sc.Title, targetRate, ms(p99), ms(targetP99), pass(p99 <= targetP99), ceiling)
 		}
+	}
+}
+
+// ratioVerdicts compares the figures with issue 15's targets, each a ratio
+// to a server measured in the same run: the no-op, or the peer.
+func ratioVerdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
+	var peer *ScenarioResult
+	for _, r := range results {
+		if r.Scenario.Peer {
+			peer = r
+		}
+	}
+	fmt.Fprintln(w, "\ntargets (issue 15, ratios of this run):")
+	line := func(title, what string, x, limit float64, than string) {
+		fmt.Fprintf(w, "  %-46s %-28s %.2f× %-8s (≤ %.1f×)  %s\n", title, what, x, than, limit, pass(x <= limit))
+	}
+	ratio := func(a, b time.Duration) (float64, bool) {
+		return float64(a) / float64(b), a > 0 && b > 0
+	}
+	printed := false
+	for _, r := range results {
+		sc := r.Scenario
+		if sc.Noop || sc.Peer {
+			continue
+		}
+		if sc.Even && sc.Store == "redis" && sc.KeyRate != "none" {
+			for _, open := range []bool{false, true} {
+				phase := "closed loop"
+				if open {
+					phase = fmt.Sprintf("at %g/s", r.Open.Rate)
+				}
+				if peer != nil && r.Closed.RedisMeasured && peer.Closed.RedisMeasured {
+					if x, ok := ratio(r.RedisCPUPerCheck(open), peer.RedisCPUPerCheck(open)); ok {
+						line(sc.Title, "Redis CPU/check, "+phase, x, targetRedisVsPeer, "the peer")
+						printed = true
+					}
+				}
+				if noop != nil {
+					if x, ok := ratio(r.CPUPerCheck(open), noop.CPUPerCheck(open)); ok {
+						line(sc.Title, "server CPU/check, "+phase, x, targetEvenCPU, "no-op")
+						printed = true
+					}
+				}
+			}
+			if noop != nil && r.Open.Rate == noop.Open.Rate {
+				if x, ok := ratio(r.Open.Latency.Quantile(0.99), noop.Open.Latency.Quantile(0.99)); ok {
+					line(sc.Title, fmt.Sprintf("p99 at %g/s", r.Open.Rate), x, targetEvenP99, "no-op")
+					printed = true
+				}
+			}
+		}
+		if sc.Scale > 0 && noop != nil && r.Open.Rate == noop.Open.Rate {
+			if x, ok := ratio(r.Open.Latency.Quantile(0.99), noop.Open.Latency.Quantile(0.99)); ok {
+				line(sc.Title, fmt.Sprintf("p99 at %g/s", r.Open.Rate), x, targetScaleP99, "no-op")
+				printed = true
+			}
+		}
+	}
+	if !printed {
+		fmt.Fprintln(w, "  none measured: they need the no-op and redis-even, redis-even-lease (with ratelimit, for Redis CPU) or scale")
 	}
 }
 
