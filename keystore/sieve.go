@@ -20,9 +20,13 @@ import "sync"
 //     store round trips go.
 //
 // A walk is short: 0.2 slots on average and 30 at most in that simulation.
-// Its bound is the whole cache, once, when every entry was used since the
-// hand last passed; clearing them all makes the next walks short again, so
-// each hit pays for at most one step of a walk.
+// It is cut off at sieveMaxWalk slots, though, and the entry under the hand
+// evicted whatever its mark: when every entry is in use (a working set as
+// large as the cache, new keys arriving now and then), the walk would
+// otherwise go round the whole cache, a cache miss per slot, under the lock
+// every check takes (some 10 ms for 100k entries). When that many entries
+// in a row were used since the hand last passed, any of them is as good a
+// choice as the next.
 //
 // It is laid out for the garbage collector: the index is a map[Hash]int32,
 // the order is a list of slot numbers and the marks are a bitmap, so none of
@@ -63,6 +67,9 @@ const none int32 = -1
 
 // sieveChunk is the number of slots in a chunk: 320 KB of cache entries.
 const sieveChunk = 1024
+
+// sieveMaxWalk bounds an eviction's walk (see sieve).
+const sieveMaxWalk = 64
 
 // slot returns slot i.
 func (s *sieve[V]) slot(i int32) *sieveSlot[V] { return &s.chunks[i/sieveChunk][i%sieveChunk] }
@@ -139,13 +146,14 @@ func (s *sieve[V]) add(h Hash, v V) {
 
 // evict empties the first unmarked slot from the hand toward the head,
 // unmarking those it passes, going round from the tail when it reaches the
-// head, and returns it. The sieve is full, so there is one.
+// head, and returns it; or, after sieveMaxWalk marked slots, the next one.
+// The sieve is full, so there is one.
 func (s *sieve[V]) evict() int32 {
 	i := s.hand
 	if i == none {
 		i = s.tail
 	}
-	for s.marked(i) {
+	for walked := 0; s.marked(i) && walked < sieveMaxWalk; walked++ {
 		s.unmark(i)
 		if i = s.slot(i).prev; i == none {
 			i = s.tail

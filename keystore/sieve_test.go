@@ -70,6 +70,31 @@ func TestAWholeSieveUsedEvictsAfterOneRound(t *testing.T) {
 	}
 }
 
+// The walk stops after sieveMaxWalk marked entries and evicts the next,
+// marked or not: going round a whole cache in use, a cache miss a slot,
+// would hold the lock every check takes for milliseconds.
+func TestAnEvictionWalksABoundedWay(t *testing.T) {
+	const size = 10 * sieveMaxWalk
+	l := newSieve[int](size)
+	hash := func(i int) Hash { return Hash{byte(i), byte(i >> 8), 3} }
+	for i := range size {
+		l.add(hash(i), i)
+	}
+	for i := range size {
+		_, ok := l.get(hash(i))
+		require.True(t, ok)
+	}
+	l.add(hash(size), size)
+	assert.False(t, l.contains(hash(sieveMaxWalk)), "the entry after sieveMaxWalk marked ones goes")
+	for i := range size {
+		if i == sieveMaxWalk {
+			continue
+		}
+		require.True(t, l.contains(hash(i)), "%d", i)
+		assert.Equal(t, i > sieveMaxWalk, l.marked(l.index[hash(i)]), "%d: only the entries walked past lose their mark", i)
+	}
+}
+
 // Entries used again outlast a burst of entries used once, which a
 // least-recently-used order would let push them out.
 func TestEntriesUsedAgainOutlastABurstOfNewOnes(t *testing.T) {
