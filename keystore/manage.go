@@ -345,9 +345,9 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 }
 
 // stored reports whether an Update (or a Rotate) that returned k and err
-// stored its change: it succeeded, or it stored the change without the replicas'
-// confirmation (ErrUnconfirmed), which is in effect and is audited as made
-// while the caller still hears the error.
+// stored its change: it succeeded, or it stored the change without the
+// replicas' confirmation (ErrUnconfirmed), which is in effect and is
+// audited as made while the caller still hears the error.
 func stored(k *Key, err error) bool {
 	return err == nil || k != nil && errors.Is(err, ErrUnconfirmed)
 }
