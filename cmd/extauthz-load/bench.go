@@ -62,6 +62,13 @@ func (r *ScenarioResult) RedisCPUPerCheck(open bool) time.Duration {
 	return time.Duration(r.stat(open, slices.Min, func(l *LoadResult) float64 { return float64(l.RedisCPUPerCheck()) }))
 }
 
+// BestP99 is the lowest open-loop p99 of the rounds: for a ratio of two
+// servers' tails, a stall that landed on one round of one of them (the
+// merged percentiles of the table take it in whole) would decide it.
+func (r *ScenarioResult) BestP99() time.Duration {
+	return time.Duration(r.stat(true, slices.Min, func(l *LoadResult) float64 { return float64(l.Latency.Quantile(0.99)) }))
+}
+
 // RPS is the highest checks per second of the rounds.
 func (r *ScenarioResult) RPS(open bool) float64 {
 	return r.stat(open, slices.Max, (*LoadResult).RPS)
