@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/extauthz/extauthz/config"
 )
 
 func TestTheTableTakesTheBestRound(t *testing.T) {
@@ -133,5 +135,29 @@ func TestTheBestP99IsTheBestRounds(t *testing.T) {
 	r := &ScenarioResult{Rounds: []round{open(70 * time.Millisecond), open(5 * time.Millisecond)}}
 	if got := r.BestP99(); got < 4900*time.Microsecond || got > 5100*time.Microsecond {
 		t.Errorf("best p99 %v, want the second round's 5ms", got)
+	}
+}
+
+// The servers' config is one extauthz takes, and the scale scenario's
+// --scale-ttl reaches its cache.
+func TestTheServerConfigLoads(t *testing.T) {
+	t.Setenv(pepperEnv, "a pepper of the load tool, long enough")
+	for _, tc := range []struct {
+		cache string
+		ttl   time.Duration
+	}{
+		{"{size: 100000}", 30 * time.Second},
+		{"{size: 100000, ttl: 5m0s}", 5 * time.Minute},
+	} {
+		cfg, err := config.Parse([]byte(serverConfig(`{backend: redis, redis: {url: "redis://127.0.0.1:1", prefix: "load:"}}`, tc.cache, "none")))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.cache, err)
+		}
+		if got := time.Duration(cfg.Cache.TTL); got != tc.ttl {
+			t.Errorf("%s: ttl %v, want %v", tc.cache, got, tc.ttl)
+		}
+	}
+	if sc := scaleScenario(1000, 100, 5*time.Minute, 1.1, "none"); sc.CacheTTL != 5*time.Minute || !strings.HasSuffix(sc.Title, ", ttl 5m0s") {
+		t.Errorf("scale scenario with a ttl: %+v", sc)
 	}
 }

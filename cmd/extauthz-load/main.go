@@ -255,6 +255,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	scale := fs.Bool("scale", false, "also run the scale scenario (issue 6 item 3): takes minutes")
 	scaleKeys := fs.Int("scale-keys", 1000000, "keys of the scale scenario, written straight into Redis")
 	scaleCache := fs.Int("scale-cache", 100000, "cache.size of the scale scenario")
+	scaleTTL := fs.Duration("scale-ttl", 0, "cache.ttl of the scale scenario (default: the server's, 30s): how long a found key is trusted before it is looked up again")
 	scaleZipf := fs.Float64("scale-zipf", 1.1, "Zipf exponent of the scale scenario's traffic")
 	scaleWarmup := fs.Duration("scale-warmup", 10*time.Second, "warm-up of the scale scenario")
 	scaleInsert := fs.Int("scale-insert-workers", 64, "goroutines inserting the scale keys")
@@ -303,7 +304,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if *scale || strings.Contains(","+*which+",", ",scale,") {
-		run = append(run, scaleScenario(*scaleKeys, *scaleCache, *scaleZipf, "none"))
+		if *scaleTTL < 0 {
+			return fmt.Errorf("--scale-ttl %s: must not be negative", *scaleTTL)
+		}
+		run = append(run, scaleScenario(*scaleKeys, *scaleCache, *scaleTTL, *scaleZipf, "none"))
 	}
 	var extra []Scenario
 	for _, v := range variants {

@@ -37,6 +37,7 @@ type Scenario struct {
 	// Redis (Keys, Bulk), Zipf traffic and the cache size below.
 	Scale     int
 	CacheSize int
+	CacheTTL  time.Duration // 0: the server's default
 	Zipf      float64
 	// Keys, when set, is the number of valid keys instead of
 	// BenchOptions.Keys. Bulk writes them straight into Redis (bulkInsert)
@@ -96,10 +97,14 @@ const quietRate = "3999/s"
 
 // scaleScenario is issue 6's scale run: 1M keys in Redis, a cache of 100k,
 // Zipf traffic. It is left out unless asked for (--scale).
-func scaleScenario(keys, cacheSize int, zipf float64, rate string) Scenario {
+func scaleScenario(keys, cacheSize int, ttl time.Duration, zipf float64, rate string) Scenario {
+	title := fmt.Sprintf("Redis, %s keys, cache %s, Zipf s=%g", count(keys), count(cacheSize), zipf)
+	if ttl > 0 {
+		title += ", ttl " + ttl.String()
+	}
 	return Scenario{
-		Name: "scale", Title: fmt.Sprintf("Redis, %s keys, cache %s, Zipf s=%g", count(keys), count(cacheSize), zipf),
-		Store: "redis", KeyRate: rate, Scale: keys, Keys: keys, Bulk: true, CacheSize: cacheSize, Zipf: zipf,
+		Name: "scale", Title: title,
+		Store: "redis", KeyRate: rate, Scale: keys, Keys: keys, Bulk: true, CacheSize: cacheSize, CacheTTL: ttl, Zipf: zipf,
 	}
 }
 
@@ -311,7 +316,11 @@ func deploy(ctx context.Context, sc Scenario, o BenchOptions) (_ *deployment, er
 			store = fmt.Sprintf("{backend: redis, redis: {url: %q, prefix: %q}}", redisURL, "load:")
 		}
 		cfg := filepath.Join(d.dir, "extauthz.yaml")
-		if err := os.WriteFile(cfg, []byte(serverConfig(store, cacheSize, o.Audit)), 0o600); err != nil {
+		cache := fmt.Sprintf("{size: %d}", cacheSize)
+		if sc.CacheTTL > 0 {
+			cache = fmt.Sprintf("{size: %d, ttl: %s}", cacheSize, sc.CacheTTL)
+		}
+		if err := os.WriteFile(cfg, []byte(serverConfig(store, cache, o.Audit)), 0o600); err != nil {
 			return nil, err
 		}
 		perms := []string{"read:users", "read:reports"}
@@ -444,12 +453,12 @@ func (d *deployment) run(ctx context.Context, load LoadOptions) (*LoadResult, er
 // serverConfig is the extauthz config of a scenario: the store, no admin
 // listener, no default rate limit (the keys carry their own), the demo
 // routes, and logs quiet enough not to cost anything.
-func serverConfig(store string, cacheSize int, audit string) string {
+func serverConfig(store, cache, audit string) string {
 	return fmt.Sprintf(`# written by extauthz-load
 listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: off}
 store: %s
 hashing: {pepper_env: %s}
-cache: {size: %d}
+cache: %s
 keys: {max_per_owner: 0}
 rate_limit: {default: none}
 routes:
@@ -460,7 +469,7 @@ routes:
 unmatched: deny
 audit: {sink: %s}
 log: {level: info, format: json}
-`, store, pepperEnv, cacheSize, audit)
+`, store, pepperEnv, cache, audit)
 }
 
 // createKeys runs `extauthz keys create --json` n times (parallel at a
