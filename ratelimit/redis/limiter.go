@@ -133,6 +133,11 @@ type call struct {
 	keys  []string   // the counter of each enforced limit
 	args  []any      // want, len(keys), then N, W, s of each limit (allow.lua)
 	reply chan reply // buffered: the batcher never blocks on a caller gone
+
+	// Room for keys and args of a check of up to two limits (a key's and a
+	// route's), so that the call is one allocation, not three.
+	keyRoom [2]string
+	argRoom [2 + 3*2]any
 }
 
 type reply struct {
@@ -456,10 +461,10 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 // newCall is the script's part of a check of limits, n of them enforced,
 // asking for want requests.
 func (r *Limiter) newCall(limits []ratelimit.Limit, n int, want int64) *call {
-	c := &call{
-		keys:  make([]string, 0, n),
-		args:  make([]any, 0, 2+3*n),
-		reply: make(chan reply, 1),
+	c := &call{reply: make(chan reply, 1)}
+	c.keys, c.args = c.keyRoom[:0], c.argRoom[:0]
+	if n > len(c.keyRoom) {
+		c.keys, c.args = make([]string, 0, n), make([]any, 0, 2+3*n)
 	}
 	c.args = append(c.args, want, n)
 	for i := range limits {
@@ -594,12 +599,7 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
 	}
 	if !r.perCheck {
-		keys, args := batchArgs(batch, now)
-		cmd := allowScript.EvalSha(ctx, r.client, keys, args...)
-		if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			cmd = allowScript.Eval(ctx, r.client, keys, args...)
-		}
-		vals, err := cmd.Int64Slice()
+		vals, err := allow(ctx, r.client, batchArgs(batch, now)).Result()
 		for _, c := range batch {
 			if err != nil {
 				c.reply <- reply{err: err}
@@ -615,12 +615,13 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		}
 		return
 	}
-	cmds := make([]*goredis.Cmd, len(batch))
+	cmds := make([]*goredis.IntSliceCmd, len(batch))
 	args := make([][]any, len(batch))
 	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for i, c := range batch {
-			args[i] = append([]any{now, ratelimit.Span}, c.args...)
-			cmds[i] = allowScript.EvalSha(ctx, p, c.keys, args[i]...)
+		for i := range batch {
+			args[i] = batchArgs(batch[i:i+1], now)
+			cmds[i] = evalsha(ctx, args[i])
+			_ = p.Process(ctx, cmds[i])
 		}
 		return nil
 	})
@@ -633,33 +634,71 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 	if len(again) > 0 {
 		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for _, i := range again {
-				cmds[i] = allowScript.Eval(ctx, p, batch[i].keys, args[i]...)
+				cmds[i] = eval(ctx, args[i])
+				_ = p.Process(ctx, cmds[i])
 			}
 			return nil
 		})
 	}
 	for i, c := range batch {
-		vals, err := cmds[i].Int64Slice()
+		vals, err := cmds[i].Result()
 		c.reply <- reply{vals: vals, err: err}
 	}
 }
 
-// batchArgs lays a batch out as one call of allow.lua: every check's keys
-// in order, and the clock and span followed by every check's arguments.
-func batchArgs(batch []*call, now string) ([]string, []any) {
+// allow runs one call of allow.lua with args (from batchArgs) on client: by
+// its hash, and again with its source if Redis does not know it.
+func allow(ctx context.Context, client goredis.UniversalClient, args []any) *goredis.IntSliceCmd {
+	cmd := evalsha(ctx, args)
+	_ = client.Process(ctx, cmd)
+	if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		cmd = eval(ctx, args)
+		_ = client.Process(ctx, cmd)
+	}
+	return cmd
+}
+
+// evalsha is the EVALSHA of allow.lua with args (from batchArgs), read as the
+// flat array of integers it returns: into one []int64, where go-redis's
+// script call would box every value and copy them again.
+func evalsha(ctx context.Context, args []any) *goredis.IntSliceCmd {
+	args[0], args[1] = "evalsha", allowScript.Hash()
+	cmd := goredis.NewIntSliceCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3)
+	return cmd
+}
+
+// eval is evalsha with the script's source, which loads it.
+func eval(ctx context.Context, args []any) *goredis.IntSliceCmd {
+	args = slices.Clone(args)
+	args[0], args[1] = "eval", allowSrc
+	cmd := goredis.NewIntSliceCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3)
+	return cmd
+}
+
+// batchArgs lays a batch out as the arguments of one call of allow.lua,
+// after two left for evalsha or eval to fill (the command and the script):
+// the number of keys, every check's keys in order, then the clock and span
+// followed by every check's arguments.
+func batchArgs(batch []*call, now string) []any {
 	nk, na := 0, 2
 	for _, c := range batch {
 		nk += len(c.keys)
 		na += len(c.args)
 	}
-	keys := make([]string, 0, nk)
-	args := make([]any, 0, na)
+	args := make([]any, 3, 3+nk+na)
+	args[2] = nk
+	for _, c := range batch {
+		for _, k := range c.keys {
+			args = append(args, k)
+		}
+	}
 	args = append(args, now, ratelimit.Span)
 	for _, c := range batch {
-		keys = append(keys, c.keys...)
 		args = append(args, c.args...)
 	}
-	return keys, args
+	return args
 }
 
 // heartbeats announces this replica every Heartbeat and keeps the count of
