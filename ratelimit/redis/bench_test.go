@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -129,4 +130,86 @@ func redisBenchmarkINCR(b *testing.B, srv *redistest.Server) float64 {
 		b.Fatalf("redis-benchmark: unexpected output %q", out)
 	}
 	return rate
+}
+
+// BenchmarkRedisCallAtRest measures what one call costs a Redis that is
+// otherwise idle: calls one at a time at 5,000 a second, as a replica sends
+// them when every check is its own batch (a limit too small to lease, a few
+// checks a second per key). The metric redis-µs/call is Redis's own CPU per
+// call (INFO cpu) for a PING (waking up to read a request and write a reply,
+// whatever the request), for envoyproxy/ratelimit's call (INCRBY and PEXPIRE
+// in one pipeline), for the least a script call can be (a script that
+// returns 1), for the least a script that counts can be (one that reads a
+// key and writes it back with an expiry), and for allow.lua checking one
+// limit of one of 1,000 keys. What each adds to the PING is its own work,
+// paid on a core whose caches the rest of the machine has used since the
+// last call:
+//
+//	go test -run '^$' -bench 'BenchmarkRedisCallAtRest' -benchtime 20000x ./ratelimit/redis/
+func BenchmarkRedisCallAtRest(b *testing.B) {
+	srv := redistest.Start(b)
+	client := newClient(b, srv.Addr)
+	ctx := context.Background()
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("bench:count:{key%d}:", i)
+	}
+	rate := ratelimit.Rate{N: 2*leaseShare - 1, Window: time.Second}
+	wUs, sUs := rate.Micros()
+	trivial := goredis.NewScript("return 1")
+	getSet := goredis.NewScript("local v = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], 'x', 'PX', 1000) return 1")
+	for _, s := range []*goredis.Script{trivial, getSet} {
+		if err := s.Load(ctx, client).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		call func(i int) error
+	}{
+		{"PING", func(int) error { return client.Ping(ctx).Err() }},
+		{"INCRBY and PEXPIRE", func(i int) error {
+			_, err := client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+				p.IncrBy(ctx, keys[i%len(keys)], 1)
+				p.PExpire(ctx, keys[i%len(keys)], time.Second)
+				return nil
+			})
+			return err
+		}},
+		{"a script that returns 1", func(i int) error {
+			return trivial.EvalSha(ctx, client, []string{keys[i%len(keys)]}).Err()
+		}},
+		{"a script that GETs and SETs", func(i int) error {
+			return getSet.EvalSha(ctx, client, []string{keys[i%len(keys)]}).Err()
+		}},
+		{"allow.lua", func(i int) error {
+			c := &call{keys: []string{keys[i%len(keys)]}, args: []any{int64(1), 1, rate.N, wUs, sUs}}
+			return allow(ctx, client, batchArgs([]*call{c}, "")).Err()
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			if err := client.Del(ctx, keys...).Err(); err != nil {
+				b.Fatal(err)
+			}
+			for i := range 1000 { // warm: the script loaded, the counters there
+				if err := tc.call(i); err != nil {
+					b.Fatal(err)
+				}
+			}
+			const every = time.Second / 5000
+			cpu0 := redisCPU(b, client)
+			b.ResetTimer()
+			start := time.Now()
+			i := 0
+			for b.Loop() {
+				time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+				if err := tc.call(i); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+			b.StopTimer()
+			b.ReportMetric((redisCPU(b, client)-cpu0).Seconds()*1e6/float64(i), "redis-µs/call")
+		})
+	}
 }
