@@ -24,16 +24,18 @@
 --          every replica, so counts do not drift with the replicas' clocks.
 -- ARGV[2]  span: only the groups idx-span..idx can count (k+1 for k
 --          sub-windows per window; see "Memory" in ratelimit/window.go)
--- Then per check: want, nlim, and nlim triples N, W (µs), s (µs).
---          want is how many requests to count at once, ≥ 1. Above 1 the
---          others are a lease (see "Leases" in lease.go), of one of two
---          kinds. While every limit of the check, with the lease, counts at
---          most N/QUIET, the lease lasts until the end of the sub-window
---          span-2 after the current one (about W) and is counted in that
---          future group, marked 0: "a lease, its bound the end of its
---          sub-window". Otherwise it lasts until the end of the current
---          sub-window, is counted in the current group, whose mark becomes
---          255, and is at most N/BUSY of every limit.
+-- ARGV[3..] one per check: want, nlim, and nlim triples N, W (µs), s (µs),
+--          as little-endian doubles: exact for the integers here, and
+--          struct.unpack reads them for a fraction of what converting
+--          decimals costs. want is how many requests to count at once,
+--          ≥ 1. Above 1 the others are a lease (see "Leases" in lease.go),
+--          of one of two kinds. While every limit of the check, with the
+--          lease, counts at most N/QUIET, the lease lasts until the end of
+--          the sub-window span-2 after the current one (about W) and is
+--          counted in that future group, marked 0: "a lease, its bound the
+--          end of its sub-window". Otherwise it lasts until the end of the
+--          current sub-window, is counted in the current group, whose mark
+--          becomes 255, and is at most N/BUSY of every limit.
 --
 -- A group's mark 0 means the same bound as 255 (the end of its sub-window);
 -- only leases write it, and only into groups after the current one. A check
@@ -51,7 +53,7 @@
 -- until the limit would allow this request (0 when it is not exhausted).
 
 local floor = math.floor
-local sunpack, spack, sub = struct.unpack, struct.pack, string.sub
+local sunpack, spack, sub, format = struct.unpack, struct.pack, string.sub, string.format
 local MARKS = 255
 -- Leases (lease.go): a long lease while the count stays at most N/QUIET, a
 -- short one at most N/BUSY otherwise.
@@ -106,13 +108,13 @@ end
 local ST = {}
 
 -- check runs one check: its limits are KEYS[k+1..k+nkeys] with their N, W, s
--- at ARGV[a+1..a+3*nkeys]. It appends the check's values to out at o+1.
-local function check(k, nkeys, a, want, out, o)
+-- in args after want and nlim. It appends the check's values to out at o+1.
+local function check(k, nkeys, args, want, out, o)
   -- Pass 1: the count of every limit.
   local allowed = true
   local granted = want
   for i = 1, nkeys do
-    local n, w, s = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1]), tonumber(ARGV[a + 3 * i])
+    local n, w, s = sunpack('<ddd', args, 24 * i - 7)
     local str = redis.call('GET', KEYS[k + i])
     local np, total = 0, 0
     if str then
@@ -239,18 +241,21 @@ local function check(k, nkeys, a, want, out, o)
       end
     end
     -- At least 1ms: SET takes no other (only clocks beyond 2^53 µs, which
-    -- doubles cannot hold exactly, come near it).
+    -- doubles cannot hold exactly, come near it). Passed as a decimal
+    -- integer made here: Redis would turn the number into text with %.17g,
+    -- which costs twice as much.
     local ttl = floordiv((last + 1) * s + w + 1 - now + 999, 1000)
     if ttl < 1 then ttl = 1 end
-    redis.call('SET', KEYS[k + i], spack('<dd', s, total - dropped + granted) .. head .. spack('<dd', g, v) .. tail, 'PX', ttl)
+    redis.call('SET', KEYS[k + i], spack('<dd', s, total - dropped + granted) .. head .. spack('<dd', g, v) .. tail, 'PX', format('%d', ttl))
     out[o + 2 * i + 1], out[o + 2 * i + 2] = held + granted, latest(last, lastv, s) + w + 1 - now
   end
 end
 
-local out, o, k, a = {}, 0, 0, 2
-while a < #ARGV do
-  local want, nkeys = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  check(k, nkeys, a + 2, want, out, o)
-  o, k, a = o + 2 + 2 * nkeys, k + nkeys, a + 2 + 3 * nkeys
+local out, o, k = {}, 0, 0
+for a = 3, #ARGV do
+  local args = ARGV[a]
+  local want, nkeys = sunpack('<dd', args)
+  check(k, nkeys, args, want, out, o)
+  o, k = o + 2 + 2 * nkeys, k + nkeys
 end
 return out

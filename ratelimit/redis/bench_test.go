@@ -183,7 +183,7 @@ func BenchmarkRedisCallAtRest(b *testing.B) {
 			return getSet.EvalSha(ctx, client, []string{keys[i%len(keys)]}).Err()
 		}},
 		{"allow.lua", func(i int) error {
-			c := &call{keys: []string{keys[i%len(keys)]}, args: []any{int64(1), 1, rate.N, wUs, sUs}}
+			c := &call{keys: []string{keys[i%len(keys)]}, args: appendArgs(nil, 1, 1, rate.N, wUs, sUs)}
 			return allow(ctx, client, batchArgs([]*call{c}, "")).Err()
 		}},
 	} {

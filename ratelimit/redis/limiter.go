@@ -14,9 +14,11 @@ import (
 	"context"
 	"crypto/rand"
 	_ "embed"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -131,13 +133,13 @@ type Limiter struct {
 // call is one check waiting in the batcher.
 type call struct {
 	keys  []string   // the counter of each enforced limit
-	args  []any      // want, len(keys), then N, W, s of each limit (allow.lua)
+	args  []byte     // allow.lua's argument for the check (appendArgs)
 	reply chan reply // buffered: the batcher never blocks on a caller gone
 
 	// Room for keys and args of a check of up to two limits (a key's and a
 	// route's), so that the call is one allocation, not three.
 	keyRoom [2]string
-	argRoom [2 + 3*2]any
+	argRoom [8 * (2 + 3*2)]byte
 }
 
 type reply struct {
@@ -464,9 +466,9 @@ func (r *Limiter) newCall(limits []ratelimit.Limit, n int, want int64) *call {
 	c := &call{reply: make(chan reply, 1)}
 	c.keys, c.args = c.keyRoom[:0], c.argRoom[:0]
 	if n > len(c.keyRoom) {
-		c.keys, c.args = make([]string, 0, n), make([]any, 0, 2+3*n)
+		c.keys, c.args = make([]string, 0, n), make([]byte, 0, 8*(2+3*n))
 	}
-	c.args = append(c.args, want, n)
+	c.args = appendArgs(c.args, want, int64(n))
 	for i := range limits {
 		l := &limits[i]
 		if !l.Rate.Enforced() {
@@ -474,9 +476,20 @@ func (r *Limiter) newCall(limits []ratelimit.Limit, n int, want int64) *call {
 		}
 		wUs, sUs := l.Rate.Micros()
 		c.keys = append(c.keys, r.counterKey(l))
-		c.args = append(c.args, l.Rate.N, wUs, sUs)
+		c.args = appendArgs(c.args, l.Rate.N, wUs, sUs)
 	}
 	return c
+}
+
+// appendArgs appends vs to a check's argument of allow.lua (want, the number
+// of limits, then N, W and s in µs of each) as little-endian doubles. A
+// double holds every W and s exactly, and every N below 2^53; a larger N
+// rounds to the nearest double, which is what the script counts against.
+func appendArgs(b []byte, vs ...int64) []byte {
+	for _, v := range vs {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(v)))
+	}
+	return b
 }
 
 // callerGaveUp reports whether ctx is done or past its deadline. The socket
@@ -680,14 +693,13 @@ func eval(ctx context.Context, args []any) *goredis.IntSliceCmd {
 // batchArgs lays a batch out as the arguments of one call of allow.lua,
 // after two left for evalsha or eval to fill (the command and the script):
 // the number of keys, every check's keys in order, then the clock and span
-// followed by every check's arguments.
+// followed by every check's argument.
 func batchArgs(batch []*call, now string) []any {
-	nk, na := 0, 2
+	nk := 0
 	for _, c := range batch {
 		nk += len(c.keys)
-		na += len(c.args)
 	}
-	args := make([]any, 3, 3+nk+na)
+	args := make([]any, 3, 3+nk+2+len(batch))
 	args[2] = nk
 	for _, c := range batch {
 		for _, k := range c.keys {
@@ -696,7 +708,7 @@ func batchArgs(batch []*call, now string) []any {
 	}
 	args = append(args, now, ratelimit.Span)
 	for _, c := range batch {
-		args = append(args, c.args...)
+		args = append(args, c.args)
 	}
 	return args
 }
