@@ -221,4 +221,8 @@ type Stats struct {
 	// Leased counts the allowed checks answered from a lease, without a
 	// Redis call (ratelimit/redis, limits of 200 or more: see its lease.go).
 	Leased uint64
+	// Calls counts the calls of the shared count's script (ratelimit/redis):
+	// one per batch of checks sent together, one per check on a Cluster.
+	// The checks that went to Redis over Calls is the batches' mean size.
+	Calls uint64
 }

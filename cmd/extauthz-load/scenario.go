@@ -162,13 +162,15 @@ type BenchOptions struct {
 type counters struct {
 	Hits, Misses float64 // key cache
 	// RateLimited is the rate-limited checks (allowed or limited), Leased
-	// those answered from a Redis lease without a Redis call.
-	RateLimited, Leased float64
+	// those answered from a Redis lease without a Redis call, Calls the
+	// calls of the rate-limit script in Redis (one per batch).
+	RateLimited, Leased, Calls float64
 }
 
 var counterMetrics = []string{
 	"extauthz_cache_hits_total", "extauthz_cache_misses_total",
 	"extauthz_ratelimit_allowed_total", "extauthz_ratelimit_limited_total", "extauthz_ratelimit_leased_total",
+	"extauthz_ratelimit_redis_calls_total",
 }
 
 func countersOf(m map[string]float64) counters {
@@ -176,20 +178,26 @@ func countersOf(m map[string]float64) counters {
 		Hits: m["extauthz_cache_hits_total"], Misses: m["extauthz_cache_misses_total"],
 		RateLimited: m["extauthz_ratelimit_allowed_total"] + m["extauthz_ratelimit_limited_total"],
 		Leased:      m["extauthz_ratelimit_leased_total"],
+		Calls:       m["extauthz_ratelimit_redis_calls_total"],
 	}
 }
 
 func (c counters) sub(o counters) counters {
-	return counters{c.Hits - o.Hits, c.Misses - o.Misses, c.RateLimited - o.RateLimited, c.Leased - o.Leased}
+	return counters{c.Hits - o.Hits, c.Misses - o.Misses, c.RateLimited - o.RateLimited, c.Leased - o.Leased, c.Calls - o.Calls}
 }
 
-// leaseLine says how many rate-limited checks a lease answered ("" when
-// none was rate limited).
+// leaseLine says how many rate-limited checks a lease answered, and how
+// many of the others went to Redis together in one script call, on average
+// ("" when none was rate limited).
 func (c counters) leaseLine() string {
 	if c.RateLimited == 0 {
 		return ""
 	}
-	return fmt.Sprintf("  rate limit: %.0f checks, %.0f answered from a lease = %.2f%% without a Redis call\n", c.RateLimited, c.Leased, 100*c.Leased/c.RateLimited)
+	line := fmt.Sprintf("  rate limit: %.0f checks, %.0f answered from a lease = %.2f%% without a Redis call", c.RateLimited, c.Leased, 100*c.Leased/c.RateLimited)
+	if c.Calls > 0 {
+		line += fmt.Sprintf("; %.0f script calls = %.1f checks a call", c.Calls, (c.RateLimited-c.Leased)/c.Calls)
+	}
+	return line + "\n"
 }
 
 func (c counters) ratio() (float64, bool) {
@@ -200,7 +208,7 @@ func (c counters) ratio() (float64, bool) {
 }
 
 func (c counters) add(o counters) counters {
-	return counters{c.Hits + o.Hits, c.Misses + o.Misses, c.RateLimited + o.RateLimited, c.Leased + o.Leased}
+	return counters{c.Hits + o.Hits, c.Misses + o.Misses, c.RateLimited + o.RateLimited, c.Leased + o.Leased, c.Calls + o.Calls}
 }
 
 const pepperEnv = "EXTAUTHZ_LOAD_PEPPER"

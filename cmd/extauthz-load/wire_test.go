@@ -91,14 +91,18 @@ func TestCountersSayHowManyRateLimitedChecksALeaseAnswered(t *testing.T) {
 		}
 		return countersOf(m)
 	}
-	before := read("extauthz_ratelimit_allowed_total 100\nextauthz_ratelimit_limited_total 0\nextauthz_ratelimit_leased_total 50\nextauthz_cache_hits_total 7\n")
-	after := read("extauthz_ratelimit_allowed_total 1090\nextauthz_ratelimit_limited_total 10\nextauthz_ratelimit_leased_total 950\nextauthz_cache_hits_total 1007\n")
+	before := read("extauthz_ratelimit_allowed_total 100\nextauthz_ratelimit_limited_total 0\nextauthz_ratelimit_leased_total 50\nextauthz_ratelimit_redis_calls_total 30\nextauthz_cache_hits_total 7\n")
+	after := read("extauthz_ratelimit_allowed_total 1090\nextauthz_ratelimit_limited_total 10\nextauthz_ratelimit_leased_total 950\nextauthz_ratelimit_redis_calls_total 70\nextauthz_cache_hits_total 1007\n")
 	d := after.sub(before)
-	if d != (counters{Hits: 1000, RateLimited: 1000, Leased: 900}) {
+	if d != (counters{Hits: 1000, RateLimited: 1000, Leased: 900, Calls: 40}) {
 		t.Fatalf("delta %+v", d)
 	}
-	if got, want := d.leaseLine(), "  rate limit: 1000 checks, 900 answered from a lease = 90.00% without a Redis call\n"; got != want {
+	if got, want := d.leaseLine(), "  rate limit: 1000 checks, 900 answered from a lease = 90.00% without a Redis call; 40 script calls = 2.5 checks a call\n"; got != want {
 		t.Fatalf("leaseLine() = %q, want %q", got, want)
+	}
+	d.Calls = 0 // a server without the counter (or the local limiter)
+	if got, want := d.leaseLine(), "  rate limit: 1000 checks, 900 answered from a lease = 90.00% without a Redis call\n"; got != want {
+		t.Fatalf("leaseLine() without calls = %q, want %q", got, want)
 	}
 	if (counters{Hits: 5}).leaseLine() != "" {
 		t.Fatal("a phase without rate limiting has no lease line")

@@ -127,7 +127,7 @@ type Limiter struct {
 
 	replicas                                atomic.Int64
 	allowed, limited, fallback, storeErrors atomic.Uint64
-	leased                                  atomic.Uint64
+	leased, calls                           atomic.Uint64
 }
 
 // call is one check waiting in the batcher.
@@ -274,6 +274,7 @@ func (r *Limiter) Stats() ratelimit.Stats {
 		StoreErrors: r.storeErrors.Load(),
 		Evicted:     r.local.Stats().Evicted,
 		Leased:      r.leased.Load(),
+		Calls:       r.calls.Load(),
 	}
 }
 
@@ -612,6 +613,7 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
 	}
 	if !r.perCheck {
+		r.calls.Add(1)
 		vals, err := allow(ctx, r.client, batchArgs(batch, now)).Result()
 		for _, c := range batch {
 			if err != nil {
@@ -628,6 +630,7 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		}
 		return
 	}
+	r.calls.Add(uint64(len(batch)))
 	cmds := make([]*goredis.IntSliceCmd, len(batch))
 	args := make([][]any, len(batch))
 	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {

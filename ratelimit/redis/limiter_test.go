@@ -370,7 +370,11 @@ func TestRedisOutagePolicies(t *testing.T) {
 		assert.Empty(t, errs)
 		assert.Equal(t, 20, allowed)
 		assert.Less(t, slowest, 5*o.timeout)
-		assert.Equal(t, ratelimit.Stats{Allowed: 20, Fallback: 20, StoreErrors: o.a.Stats().StoreErrors}, o.a.Stats())
+		st := o.a.Stats()
+		assert.Positive(t, st.Calls)
+		assert.LessOrEqual(t, st.Calls, st.StoreErrors, "every call failed, and the breaker stopped them")
+		st.Calls = 0
+		assert.Equal(t, ratelimit.Stats{Allowed: 20, Fallback: 20, StoreErrors: st.StoreErrors}, st)
 	})
 	t.Run("deny answers ratelimit.ErrUnavailable, for a 503", func(t *testing.T) {
 		o := newOutage(t, ratelimit.PolicyDeny)
@@ -698,4 +702,45 @@ func TestABatchDecidesAsItsChecksOneByOne(t *testing.T) {
 	assert.Greater(t, allowed, 50)
 	assert.Greater(t, denied, 50)
 	assert.Greater(t, twoOfABucket, 100)
+}
+
+// Stats().Calls counts the script's calls: one per check while each finds
+// the wire free, and one for all the checks that queued behind a call.
+// Redis is paused (CLIENT PAUSE) while the queue fills, so that the batch's
+// size does not depend on the scheduler.
+func TestRedisCountsItsScriptCalls(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Timeout: 10 * time.Second})
+	ctx := context.Background()
+	limits := func(i int) []ratelimit.Limit {
+		return []ratelimit.Limit{{Name: "key", Bucket: fmt.Sprint("calls", i), Rate: ratelimit.Rate{N: 5, Window: time.Hour}}}
+	}
+	for i := range 10 {
+		_, err := r.Allow(ctx, limits(i))
+		require.NoError(t, err)
+	}
+	require.EqualValues(t, 10, r.Stats().Calls, "one at a time: a call each")
+
+	_, err := srv.Do("CLIENT", "PAUSE", "10000", "WRITE") // scripts wait; CLIENT UNPAUSE does not
+	require.NoError(t, err)
+	const n = 64
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := r.Allow(ctx, limits(100+i))
+			assert.NoError(t, err)
+		})
+	}
+	// One check is on the wire, held by the pause; the others queue.
+	require.Eventually(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.pending) == n-1
+	}, 5*time.Second, time.Millisecond)
+	_, err = srv.Do("CLIENT", "UNPAUSE")
+	require.NoError(t, err)
+	wg.Wait()
+	st := r.Stats()
+	assert.EqualValues(t, 12, st.Calls, "the queued checks went as one call")
+	assert.EqualValues(t, 10+n, st.Allowed)
 }
