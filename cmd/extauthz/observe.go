@@ -235,7 +235,7 @@ func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter,
 	counter("extauthz_ratelimit_limited_total", "Rate-limit checks denied (429).", func() float64 { return float64(lim.Stats().Limited) })
 	counter("extauthz_ratelimit_fallback_total", "Rate-limit checks decided by on_store_error because Redis was unreachable.", func() float64 { return float64(lim.Stats().Fallback) })
 	counter("extauthz_ratelimit_leased_total", "Rate-limit checks allowed from a lease of the shared count, without a Redis call (limits of 200 or more).", func() float64 { return float64(lim.Stats().Leased) })
-	counter("extauthz_ratelimit_redis_calls_total", "Calls of the rate-limit script in Redis: one per batch of checks sent together, one per check on a Cluster. The rate-limited checks not answered from a lease, over this, is the mean batch size.", func() float64 { return float64(lim.Stats().Calls) })
+	counter("extauthz_ratelimit_redis_calls_total", "Calls of the rate-limit script in Redis: one per batch of checks sent together, one per check on a Cluster. The rate-limited checks not answered from a lease, over this, is about the mean batch size.", func() float64 { return float64(lim.Stats().Calls) })
 	counter("extauthz_ratelimit_evicted_total", "Idle or nearly idle keys dropped from the in-process rate-limit counts to keep them within their bound (the embedded store's counts, or the Redis limiter's fallback).", func() float64 { return float64(lim.Stats().Evicted) })
 	counter("extauthz_ratelimit_store_errors_total", "Rate-limit Redis calls that failed or timed out.", func() float64 { return float64(lim.Stats().StoreErrors) })
 	if r, ok := lim.(interface{ Replicas() int }); ok {

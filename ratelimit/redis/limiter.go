@@ -636,7 +636,7 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i := range batch {
 			args[i] = batchArgs(batch[i:i+1], now)
-			cmds[i] = evalsha(ctx, args[i])
+			cmds[i] = allowCmd(ctx, args[i], "evalsha", allowScript.Hash())
 			_ = p.Process(ctx, cmds[i])
 		}
 		return nil
@@ -650,7 +650,7 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 	if len(again) > 0 {
 		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for _, i := range again {
-				cmds[i] = eval(ctx, args[i])
+				cmds[i] = allowCmd(ctx, args[i], "eval", allowSrc)
 				_ = p.Process(ctx, cmds[i])
 			}
 			return nil
@@ -665,36 +665,29 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 // allow runs one call of allow.lua with args (from batchArgs) on client: by
 // its hash, and again with its source if Redis does not know it.
 func allow(ctx context.Context, client goredis.UniversalClient, args []any) *goredis.IntSliceCmd {
-	cmd := evalsha(ctx, args)
+	cmd := allowCmd(ctx, args, "evalsha", allowScript.Hash())
 	_ = client.Process(ctx, cmd)
 	if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-		cmd = eval(ctx, args)
+		cmd = allowCmd(ctx, args, "eval", allowSrc)
 		_ = client.Process(ctx, cmd)
 	}
 	return cmd
 }
 
-// evalsha is the EVALSHA of allow.lua with args (from batchArgs), read as the
-// flat array of integers it returns: into one []int64, where go-redis's
-// script call would box every value and copy them again.
-func evalsha(ctx context.Context, args []any) *goredis.IntSliceCmd {
-	args[0], args[1] = "evalsha", allowScript.Hash()
-	cmd := goredis.NewIntSliceCmd(ctx, args...)
-	cmd.SetFirstKeyPos(3)
-	return cmd
-}
-
-// eval is evalsha with the script's source, which loads it.
-func eval(ctx context.Context, args []any) *goredis.IntSliceCmd {
-	args = slices.Clone(args)
-	args[0], args[1] = "eval", allowSrc
+// allowCmd is a call of allow.lua with args (from batchArgs, whose first two
+// slots it fills): "evalsha" and the script's hash, or "eval" and its
+// source, which loads it. The reply, a flat array of integers, is read into
+// one []int64, where go-redis's script call would box every value and copy
+// them again. args is reused by a call that follows one that has returned.
+func allowCmd(ctx context.Context, args []any, command, script string) *goredis.IntSliceCmd {
+	args[0], args[1] = command, script
 	cmd := goredis.NewIntSliceCmd(ctx, args...)
 	cmd.SetFirstKeyPos(3)
 	return cmd
 }
 
 // batchArgs lays a batch out as the arguments of one call of allow.lua,
-// after two left for evalsha or eval to fill (the command and the script):
+// after two left for allowCmd to fill (the command and the script):
 // the number of keys, every check's keys in order, then the clock and span
 // followed by every check's argument.
 func batchArgs(batch []*call, now string) []any {
