@@ -466,6 +466,10 @@ const (
 // confirms it.
 const unconfirmedRotation = "the rotation is made and in effect, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it and leave the old key working past its grace period; once the old key's clients use the new one, revoke the old key (DELETE /v1/keys/{old id}): a confirmed revocation confirms the rotation with it"
 
+// unconfirmedCreate is the "unconfirmed" note of a create that the store's
+// replicas did not confirm in time. Repeating it would make a second key.
+const unconfirmedCreate = "the key is made and works, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it, and then every check would refuse this key as unknown; do not create it again: any confirmed change to a key after this one (a replica takes its primary's writes in order) confirms it too"
+
 // apiError is an answer other than success, with its status and code.
 type apiError struct {
 	status int

@@ -66,11 +66,19 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		return err
 	}
 	secret, k, err := s.manager.Create(r.Context(), spec, c.actor())
-	if err != nil {
+	created := keystore.Created{Key: k, Secret: secret}
+	switch {
+	case err == nil:
+	case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
+		// As for a rotation: the key is in effect and its secret exists
+		// nowhere else, and repeating the request would make another key.
+		s.log.Warn("admin API: a create is stored but not confirmed by the store's replicas", "id", k.ID, "err", err)
+		created.Unconfirmed = unconfirmedCreate
+	default:
 		return err
 	}
 	w.Header().Set("Location", "/v1/keys/"+k.ID)
-	writeJSON(w, http.StatusCreated, keystore.Created{Key: k, Secret: secret})
+	writeJSON(w, http.StatusCreated, created)
 	return nil
 }
 

@@ -178,8 +178,9 @@ var (
 	// the store's replicas than configured acknowledged it in time, so a
 	// failover of the store could still undo it. Update returns it with the
 	// changed key, and repeating the same change is safe and asks again;
-	// Rotate returns it with the old key, and Manager.Rotate with the new
-	// key and its secret, which the caller must still show.
+	// Rotate returns it with the old key, and Manager.Rotate and
+	// Manager.Create with the new key and its secret, which the caller must
+	// still show.
 	ErrUnconfirmed = errors.New("change stored, but not confirmed by enough replicas")
 )
 
@@ -246,7 +247,9 @@ type Store interface {
 	Get(ctx context.Context, id string) (*Key, error)
 	// Create stores k under hash h. If maxPerOwner > 0 and k.Owner already has
 	// that many keys live at k.CreatedAt, it stores nothing and returns
-	// ErrKeyLimit. The check and the insert are atomic.
+	// ErrKeyLimit. The check and the insert are atomic. A store that waits
+	// for its replicas may return an error wrapping ErrUnconfirmed: stored,
+	// but not yet safe from a failover.
 	Create(ctx context.Context, k *Key, h Hash, maxPerOwner int) error
 	// Update applies fn to the current record of id and stores the result
 	// atomically (fn may be called more than once under contention; it must not

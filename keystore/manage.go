@@ -238,7 +238,10 @@ func (m *Manager) refusePastedKeys(name string, perms []string, meta map[string]
 }
 
 // Create makes a new key from spec and returns its plaintext (shown once)
-// and its record.
+// and its record. A create stored but not confirmed by the store's
+// replicas (ErrUnconfirmed) is in effect: like an unconfirmed rotation, it
+// is audited, and its secret and key come with the error for the caller to
+// show along with the warning.
 func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, *Key, error) {
 	now := m.now()
 	if err := spec.Validate(now); err != nil {
@@ -251,11 +254,12 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if err != nil {
 		return "", nil, err
 	}
-	if err := m.Store.Create(ctx, k, h, m.MaxPerOwner); err != nil {
+	err = m.Store.Create(ctx, k, h, m.MaxPerOwner)
+	if err != nil && !errors.Is(err, ErrUnconfirmed) {
 		return "", nil, err
 	}
 	m.changed(ChangeCreated, k, actor)
-	return secret, k, nil
+	return secret, k, err
 }
 
 func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {

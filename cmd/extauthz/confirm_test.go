@@ -131,24 +131,86 @@ func TestARotationNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
 
 	// The CLI prints the key and its secret, warns, and succeeds.
 	replica.Pause()
-	cmd := exec.Command(os.Args[0], "keys", "rotate", created.ID, "--json", "--config", path)
-	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
+	printed, stderr := cliUnconfirmed(t, "keys", "rotate", created.ID, "--json", "--config", path)
 	replica.Resume()
-	require.NoError(t, err, "stdout: %s\nstderr: %s", stdout.String(), stderr.String())
-	var printed struct {
-		Key         string `json:"key"`
-		Unconfirmed string `json:"unconfirmed"`
+	require.Contains(t, stderr, "warning: rotate "+created.ID)
+	require.Contains(t, stderr, "revoke the old key")
+	require.Eventually(t, func() bool { return allowed(printed.Key) }, 5*time.Second, 10*time.Millisecond)
+}
+
+// A create waits for the replicas too: one lost in a failover leaves its
+// holder a secret every check refuses, after being told it worked. Like a
+// rotation it hands out its secret once and cannot be repeated (that would
+// make a second key), so an unconfirmed create still succeeds (201, the
+// CLI exit status 0) with the secret and a warning, is in effect and is
+// audited.
+func TestACreateNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
+	ts, path, replica, audit := startConfirming(t)
+	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	allowed := func(key string) bool {
+		return ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}).GetDeniedResponse() == nil
 	}
-	require.NoError(t, json.Unmarshal([]byte(stdout.String()), &printed), stdout.String())
+	post := func() (*http.Response, unconfirmedKey) {
+		req, err := http.NewRequest("POST", ts.adminURL+"/v1/keys", strings.NewReader(`{"name": "svc", "permissions": ["read:users"]}`))
+		require.NoError(t, err)
+		req.Header.Set("X-Api-Key", adminKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var c unconfirmedKey
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&c))
+		return resp, c
+	}
+
+	resp, c := post()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Empty(t, c.Unconfirmed, "with the replica running the create is confirmed")
+
+	replica.Pause()
+	resp, c = post()
+	replica.Resume()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.NotEmpty(t, c.Key, "the secret exists nowhere else: it must reach the caller")
+	require.Contains(t, c.Unconfirmed, "a failover could still undo it")
+	require.Contains(t, c.Unconfirmed, "do not create it again")
+	require.Equal(t, "/v1/keys/"+c.ID, resp.Header.Get("Location"))
+	require.True(t, allowed(c.Key), "the create is in effect")
+	require.Eventually(t, func() bool {
+		return strings.Contains(audit.String(), `"event":"key.created"`) && strings.Contains(audit.String(), c.ID)
+	}, 5*time.Second, 10*time.Millisecond, "the create was made, so it is audited")
+
+	// The CLI prints the key and its secret, warns, and succeeds.
+	replica.Pause()
+	printed, stderr := cliUnconfirmed(t, "keys", "create", "--name", "cli", "--perm", "read:users", "--json", "--config", path)
+	replica.Resume()
+	require.Contains(t, stderr, "warning: create "+printed.ID)
+	require.Contains(t, stderr, "need not be made again")
+	require.Eventually(t, func() bool { return allowed(printed.Key) }, 5*time.Second, 10*time.Millisecond)
+}
+
+// unconfirmedKey is what a CLI command that hands out a secret prints with
+// --json.
+type unconfirmedKey struct {
+	ID          string `json:"id"`
+	Key         string `json:"key"`
+	Unconfirmed string `json:"unconfirmed"`
+}
+
+// cliUnconfirmed runs a CLI command that makes a key (create, rotate) while
+// no replica confirms it: it must succeed and print the key, its secret and
+// the unconfirmed note on stdout, and a warning (returned) on stderr
+// without the secret.
+func cliUnconfirmed(t *testing.T, args ...string) (unconfirmedKey, string) {
+	t.Helper()
+	stdout, stderr, code := cliRun(t, args...)
+	require.Zero(t, code, "stdout: %s\nstderr: %s", stdout, stderr)
+	var printed unconfirmedKey
+	require.NoError(t, json.Unmarshal([]byte(stdout), &printed), stdout)
 	require.NotEmpty(t, printed.Key)
 	require.Contains(t, printed.Unconfirmed, "0 of the 1 replicas")
-	require.Contains(t, stderr.String(), "warning: rotate "+created.ID)
-	require.Contains(t, stderr.String(), "revoke the old key")
-	require.NotContains(t, stderr.String(), printed.Key, "the secret goes to stdout only")
-	require.Eventually(t, func() bool { return allowed(printed.Key) }, 5*time.Second, 10*time.Millisecond)
+	require.NotContains(t, stderr, printed.Key, "the secret goes to stdout only")
+	return printed, stderr
 }
 
 // A server told to confirm changes with more replicas than the primary has

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
+	redisstore "github.com/extauthz/extauthz/keystore/redis"
 )
 
 // These tests run two extauthz servers on one Redis Cluster, or one
@@ -29,7 +31,8 @@ import (
 // restarted from its append-only file, its slots moved to another master.
 // For each they hold extauthz to what faults_test.go holds it to on one
 // server, and more: no check waits past store.redis.timeout plus
-// checkMargin, no key whose create returned is lost, a shared rate limit
+// checkMargin, no key whose create a replica confirmed is lost (one lost
+// unconfirmed fails closed), a shared rate limit
 // never allows more than N in any window, and a revocation after recovery
 // reaches both servers within a second. They log what they measure on
 // lines starting with "fault:".
@@ -246,12 +249,18 @@ func TestFaultClusterUnderLoad(t *testing.T) {
 	c := redistest.StartClusterOf(t, redistest.ClusterOptions{Masters: 3, Replicas: 1, NodeTimeout: time.Second,
 		Node: redistest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always", "--cluster-require-full-coverage", "no"}}})
 	tp := &topo{name: "cluster", cluster: c, storeYAML: func(prefix string) string {
-		return fmt.Sprintf("store: {backend: redis, redis: {addrs: [%s], timeout: %s, prefix: %q}}\n", strings.Join(c.Addrs(), ", "), faultTimeout, prefix)
+		return fmt.Sprintf("store: {backend: redis, redis: {addrs: [%s], timeout: %s, prefix: %q, %s}}\n", strings.Join(c.Addrs(), ", "), faultTimeout, prefix, faultConfirm)
 	}}
 	for i, f := range clusterFaults() {
 		t.Run(f.name, func(t *testing.T) { runTopoScenario(t, tp, f, fmt.Sprintf("c%d:", i)) })
 	}
 }
+
+// faultConfirm makes every change to a key, creates included, wait for one
+// replica (up to 300 ms): a create that returned without an error must
+// survive any failover, and one the replicas did not confirm must fail
+// closed if a failover loses it.
+const faultConfirm = "confirm_replicas: 1, confirm_timeout: 300ms"
 
 // TestFaultSentinelUnderLoad: a primary, a replica and three Sentinels, two
 // extauthz servers, the primary failing over.
@@ -261,8 +270,8 @@ func TestFaultSentinelUnderLoad(t *testing.T) {
 		Sentinel: redistest.SentinelOptions{MasterName: "extauthz", DownAfter: time.Second, FailoverTimeout: 10 * time.Second},
 	})
 	tp := &topo{name: "sentinel", sentinels: set, storeYAML: func(prefix string) string {
-		return fmt.Sprintf("store: {backend: redis, redis: {addrs: [%s], master_name: extauthz, timeout: %s, prefix: %q}}\n",
-			strings.Join(set.Addrs(), ", "), faultTimeout, prefix)
+		return fmt.Sprintf("store: {backend: redis, redis: {addrs: [%s], master_name: extauthz, timeout: %s, prefix: %q, %s}}\n",
+			strings.Join(set.Addrs(), ", "), faultTimeout, prefix, faultConfirm)
 	}}
 	for i, f := range sentinelFaults() {
 		t.Run(f.name, func(t *testing.T) { runTopoScenario(t, tp, f, fmt.Sprintf("s%d:", i)) })
@@ -297,6 +306,12 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 		sc.servers = append(sc.servers, rig)
 	}
 	a := sc.servers[0].ts
+	// A replica that has just connected may still be loading the primary's
+	// data, and acknowledges nothing until it has.
+	require.Eventually(t, func() bool {
+		n, err := a.mgr.Store.(*redisstore.Store).ConfirmingReplicas(context.Background())
+		return err == nil && n >= 1
+	}, 30*time.Second, 20*time.Millisecond, "no replica confirms the key records' writes")
 	read := keystore.Spec{Permissions: []string{"read:users"}}
 	mk := func(name string, spec keystore.Spec) (string, *keystore.Key) {
 		spec.Name = name
@@ -394,7 +409,7 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 		seen[name] = v - seen[name]
 	}
 	logLines := logMessages(logs.String()[logsFrom:])
-	created, createFailed := creator.stop()
+	created := creator.stop()
 	for i := range sc.servers {
 		require.NotZero(t, uncachedBack[i], "server %d: the uncached key is not allowed within 10 s of the fault's end", i)
 		require.NotZero(t, readyBack[i], "server %d: /readyz is not 200 within 10 s of the fault's end", i)
@@ -405,8 +420,12 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	for _, rig := range sc.servers {
 		require.NotNil(t, rig.ts.check(t, "GET", "/api/users", victim).GetOkResponse())
 	}
+	// The old primary may not yet be the new one's replica, so the
+	// revocation may be unconfirmed; it is in effect all the same.
 	_, err := a.mgr.Revoke(context.Background(), sc.victim.ID, "test")
-	require.NoError(t, err)
+	if !errors.Is(err, keystore.ErrUnconfirmed) {
+		require.NoError(t, err)
+	}
 	tRevoked := time.Now()
 	var revokeReach time.Duration
 	for _, rig := range sc.servers {
@@ -418,12 +437,13 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	}
 	assert.Less(t, revokeReach, time.Second, "a revocation after recovery reaches every server within 1 s")
 
-	// Every key made before the fault is found in the store. So is every key
-	// whose create returned during it, but for those a failover lost: a
-	// create does not wait for the replicas (the README's "Changes that a
-	// failover cannot undo"), so one the old primary acknowledged in its
-	// last moment, or back from its AOF before it became a replica, can go.
-	// Such a key must fail closed: every server refuses it as invalid.
+	// Every key made before the fault is found in the store, and so is every
+	// key whose create returned during it: a replica confirmed it. A create
+	// the replicas did not confirm (the README's "Changes that a failover
+	// cannot undo") still stands without a failover, but one the old
+	// primary took in its last moment, or back from its AOF before it
+	// became a replica, can go in a failover. Such a key must fail closed:
+	// every server refuses it as invalid.
 	found := func(secret, id string) (bool, error) {
 		k, err := a.mgr.Store.Lookup(context.Background(), a.mgr.Hasher.Hash(secret))
 		return err == nil && k.ID == id, err
@@ -436,8 +456,15 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 			}
 		}
 	}
+	for secret, id := range created.confirmed {
+		if ok, err := found(secret, id); !ok {
+			if lost++; lost <= 3 {
+				t.Errorf("key %s, whose create returned confirmed, is not in the store after the fault: %v", id, err)
+			}
+		}
+	}
 	lostInFailover := 0
-	for secret, id := range created {
+	for secret, id := range created.unconfirmed {
 		ok, err := found(secret, id)
 		switch {
 		case ok:
@@ -459,8 +486,8 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 		t.Logf("fault: %s %-68s server %d: uncached key allowed %s after the fault ended, /readyz 200 after %s",
 			tp.name, f.name, i, ms(uncachedBack[i]), ms(readyBack[i]))
 	}
-	t.Logf("fault: %s %-68s %d keys created before and %d during the fault, %d of those lost in the failover and refused (%d creates failed during it); revocation reached both servers in %s",
-		tp.name, f.name, len(sc.durable), len(created), lostInFailover, createFailed, ms(revokeReach))
+	t.Logf("fault: %s %-68s %d keys created before and %d during the fault (%d unconfirmed, %d of those lost in the failover and refused; %d creates failed); revocation reached both servers in %s",
+		tp.name, f.name, len(sc.durable), len(created.confirmed)+len(created.unconfirmed), len(created.unconfirmed), lostInFailover, created.failed, ms(revokeReach))
 	if sc.promoted > 0 {
 		t.Logf("fault: %s %-68s Redis promoted a replica %s after the fault began", tp.name, f.name, ms(sc.promoted))
 	}
@@ -619,18 +646,25 @@ func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f to
 }
 
 // creator makes keys all along a scenario (each its own owner), as an
-// operator's automation would, and remembers those whose create returned.
+// operator's automation would, and remembers those whose create returned,
+// confirmed by a replica or not.
 type creator struct {
 	ts      *testServer
 	stopped chan struct{}
 	done    sync.WaitGroup
 	mu      sync.Mutex
-	created map[string]string
-	failed  int
+	created createdKeys
+}
+
+// createdKeys are the creator's keys (secret -> id) and how many creates
+// failed.
+type createdKeys struct {
+	confirmed, unconfirmed map[string]string
+	failed                 int
 }
 
 func startCreator(ts *testServer) *creator {
-	c := &creator{ts: ts, stopped: make(chan struct{}), created: map[string]string{}}
+	c := &creator{ts: ts, stopped: make(chan struct{}), created: createdKeys{confirmed: map[string]string{}, unconfirmed: map[string]string{}}}
 	c.done.Go(func() {
 		for i := 0; ; i++ {
 			select {
@@ -642,10 +676,13 @@ func startCreator(ts *testServer) *creator {
 				Name: "made-during", Owner: fmt.Sprintf("creator-%d", i), Permissions: []string{"read:users"},
 			}, "test")
 			c.mu.Lock()
-			if err == nil {
-				c.created[secret] = k.ID
-			} else {
-				c.failed++
+			switch {
+			case err == nil:
+				c.created.confirmed[secret] = k.ID
+			case errors.Is(err, keystore.ErrUnconfirmed):
+				c.created.unconfirmed[secret] = k.ID
+			default:
+				c.created.failed++
 			}
 			c.mu.Unlock()
 		}
@@ -653,14 +690,13 @@ func startCreator(ts *testServer) *creator {
 	return c
 }
 
-// stop ends the creator and returns the keys it made (secret -> id) and how
-// many creates failed.
-func (c *creator) stop() (map[string]string, int) {
+// stop ends the creator and returns what it made.
+func (c *creator) stop() createdKeys {
 	close(c.stopped)
 	c.done.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.created, c.failed
+	return c.created
 }
 
 // machineStall is the longest a storeless check ("control" worker) on the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -51,10 +52,23 @@ names), or the key would never match.`,
 			}
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				secret, k, err := m.Create(ctx, spec, "cli")
-				if err != nil {
+				unconfirmed := ""
+				switch {
+				case err == nil:
+				case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
+					// In effect, and the secret exists nowhere else: show
+					// it, and the warning, and succeed (as rotate does).
+					unconfirmed = err.Error()
+				default:
 					return flagError(c, describe(err, m))
 				}
-				return printNewKey(c.OutOrStdout(), asJSON, keystore.Created{Key: k, Secret: secret}, "")
+				if err := printNewKey(c.OutOrStdout(), asJSON, keystore.Created{Key: k, Secret: secret, Unconfirmed: unconfirmed}, ""); err != nil {
+					return err
+				}
+				if unconfirmed != "" {
+					fmt.Fprintf(c.ErrOrStderr(), "warning: create %s: %s\n", k.ID, unconfirmed)
+				}
+				return nil
 			})
 		},
 	}

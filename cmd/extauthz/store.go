@@ -80,7 +80,7 @@ func (s *server) checkConfirmingReplicas(ctx context.Context) {
 		cancel()
 		if err == nil {
 			if have < r.ConfirmReplicas {
-				s.logger.Warn("store.redis.confirm_replicas asks for more replicas than acknowledge the primary's writes: every change to a key will wait confirm_timeout and answer 503 unconfirmed (a rotation: 201 with an unconfirmed note) until they do",
+				s.logger.Warn("store.redis.confirm_replicas asks for more replicas than acknowledge the primary's writes: every change to a key will wait confirm_timeout and answer 503 unconfirmed (a create or a rotation: 201 with an unconfirmed note) until they do",
 					"confirm_replicas", r.ConfirmReplicas, "acknowledging", have, "confirm_timeout", time.Duration(r.ConfirmTimeout).String())
 			} else {
 				s.logger.Info("changes to keys are confirmed by the primary's replicas", "confirm_replicas", r.ConfirmReplicas)

@@ -283,9 +283,9 @@ func snapshot(t *testing.T, admin *goredis.Client) map[string]string {
 	return out
 }
 
-// exerciseConfirm revokes a key through a store that asks one replica to
-// confirm each change, on c, whose Redis has no replica: WAIT is allowed,
-// and answers that none acknowledged the change.
+// exerciseConfirm creates and revokes a key through a store that asks one
+// replica to confirm each change, on c, whose Redis has no replica: WAIT is
+// allowed, and answers that none acknowledged the change.
 func exerciseConfirm(t *testing.T, c goredis.UniversalClient) {
 	t.Helper()
 	s := redisstore.New(c, aclPrefix+"confirm:", redisstore.ConfirmChanges(redisstore.Confirm{Replicas: 1, Timeout: 50 * time.Millisecond}))
@@ -294,7 +294,8 @@ func exerciseConfirm(t *testing.T, c goredis.UniversalClient) {
 	require.NoError(t, err)
 	m := &keystore.Manager{Store: s, Format: f, Hasher: keystore.NewHasher([]byte("acl test pepper"))}
 	_, k, err := m.Create(t.Context(), keystore.Spec{Name: "confirm", Owner: "acl", Permissions: []string{"read:users"}}, "test")
-	require.NoError(t, err)
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+	require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT was refused or failed instead of answering")
 	_, err = m.Revoke(t.Context(), k.ID, "test")
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
 	require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT was refused or failed instead of answering")

@@ -148,19 +148,61 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 	t.Run("more replicas than acknowledge it is unconfirmed, with the count", func(t *testing.T) {
 		two := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 2, Timeout: 50 * time.Millisecond}))
 		t.Cleanup(func() { _ = two.Close() })
-		k, _, _ := create(t, two, "bob")
+		k, _, _ := create(t, confirming, "bob")
 		_, err := two.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
 		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
 		require.ErrorContains(t, err, "1 of the 2 replicas")
 	})
 
-	t.Run("creates do not wait, and without confirmation nothing does", func(t *testing.T) {
+	t.Run("a create waits for the replica too; unconfirmed, it stands, is audited and hands out its secret", func(t *testing.T) {
+		secret, k, err := m.Create(ctx, keystore.Spec{Name: "erin", Permissions: []string{"read"}}, "test")
+		require.NoError(t, err)
+		require.Equal(t, k.ID, replicated(t, replica, testHasher.Hash(secret)).ID, "returned before the replica had the key")
+
+		changes = nil
+		replica.Pause()
+		start := time.Now()
+		secret, k, err = m.Create(ctx, keystore.Spec{Name: "frank", Permissions: []string{"read"}}, "test")
+		took := time.Since(start)
+		replica.Resume()
+		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
+		require.NotErrorIs(t, err, keystore.ErrUnavailable)
+		require.ErrorContains(t, err, "0 of the 1 replicas")
+		require.ErrorContains(t, err, "need not be made again", "repeating a create makes a second key: the error says so")
+		require.GreaterOrEqual(t, took, wait)
+		require.NotEmpty(t, secret, "the secret is shown once: an unconfirmed create must still hand it out")
+		require.NotNil(t, k)
+		require.Equal(t, []string{keystore.ChangeCreated}, changes, "the create was made: its event must not be lost")
+		found, err := confirming.Lookup(ctx, testHasher.Hash(secret))
+		require.NoError(t, err, "the primary serves the new key")
+		require.Equal(t, k.ID, found.ID)
+
+		// A confirmed change made after it confirms it.
+		_, err = m.Revoke(ctx, found.ID, "test")
+		require.NoError(t, err)
+		require.Equal(t, k.ID, replicated(t, replica, testHasher.Hash(secret)).ID)
+	})
+
+	t.Run("a create refused for the owner's limit does not wait", func(t *testing.T) {
+		limited := &keystore.Manager{Store: confirming, Hasher: testHasher, Format: format, MaxPerOwner: 1}
+		_, _, err := limited.Create(ctx, keystore.Spec{Name: "g", Owner: "grace", Permissions: []string{"read"}}, "test")
+		require.NoError(t, err)
+		replica.Pause()
+		defer replica.Resume()
+		start := time.Now()
+		_, _, err = limited.Create(ctx, keystore.Spec{Name: "g2", Owner: "grace", Permissions: []string{"read"}}, "test")
+		require.ErrorIs(t, err, keystore.ErrKeyLimit)
+		require.NotErrorIs(t, err, keystore.ErrUnconfirmed)
+		require.Less(t, time.Since(start), wait, "nothing was stored, so there is nothing to confirm")
+	})
+
+	t.Run("without confirmation nothing waits", func(t *testing.T) {
 		plain := New(client, testPrefix)
 		t.Cleanup(func() { _ = plain.Close() })
 		replica.Pause()
 		defer replica.Resume()
 		k, h, _ := newKey(t, "carol")
-		require.NoError(t, confirming.Create(ctx, k, h, 0), "a create lost in a failover fails closed")
+		require.NoError(t, plain.Create(ctx, k, h, 0))
 		_, err := plain.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(time.Hour)))
 		require.NoError(t, err)
 	})
@@ -186,9 +228,15 @@ func requireConfirmedUnlessPaused(t *testing.T, client goredis.UniversalClient, 
 	next, nextHash, _ := newKey(t, k.Owner)
 	next.RotatedFrom = k.ID
 	old, err := s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
-	replica.Resume()
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed, "a rotation waits for the replica too")
 	require.Equal(t, next.ID, old.RotatedTo)
+	fresh, freshHash, _ := newKey(t, k.Owner)
+	err = s.Create(ctx, fresh, freshHash, 0)
+	replica.Resume()
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed, "and so does a create")
+	found, err := s.Lookup(ctx, freshHash)
+	require.NoError(t, err)
+	require.Equal(t, fresh.ID, found.ID)
 }
 
 // A Cluster's replicas confirm too: the change and WAIT go to the master of

@@ -152,27 +152,26 @@ type Option func(*Store)
 // the primary's last writes, and a revocation lost that way makes the key
 // work again. Replicas 0 (the default) does not wait.
 //
-// Rotations are confirmed too: a rotation lost in a failover would leave
-// the old key without the end of its grace period, working for good. As it
-// hands out a secret once, an unconfirmed rotation still returns the new
-// key (and its error): the caller must show the secret. Creates are not
-// confirmed: a create lost in a failover leaves a key that every check
-// refuses (the client was handed a secret nothing knows), which fails
-// closed.
+// Rotations and creates are confirmed too. A rotation lost in a failover
+// would leave the old key without the end of its grace period, working for
+// good; a create lost in one leaves its client a secret that every check
+// refuses (it fails closed, but the key's holder was told it worked). As
+// both hand out a secret once, an unconfirmed one still stands and reports
+// success with its error: the caller must show the secret.
 type Confirm struct {
 	Replicas int
 	Timeout  time.Duration
 }
 
-// ConfirmChanges makes Update and Rotate wait for c.Replicas replicas, for
-// up to c.Timeout, after storing a change (Redis's WAIT). If fewer
-// acknowledge it in time, they return the changed key (Rotate: the old
-// one) and an error wrapping keystore.ErrUnconfirmed: the change stands on
-// the primary (every server already applies it, through the change feed).
-// Repeating an update asks the replicas again; a rotation cannot be
-// repeated, but any later change to a key that is confirmed confirms it
-// too, as a replica takes the primary's writes in order and all key records
-// live on one primary.
+// ConfirmChanges makes Create, Update and Rotate wait for c.Replicas
+// replicas, for up to c.Timeout, after storing a change (Redis's WAIT). If
+// fewer acknowledge it in time, they return an error wrapping
+// keystore.ErrUnconfirmed (Update with the changed key, Rotate with the old
+// one): the change stands on the primary (every server already applies it,
+// through the change feed). Repeating an update asks the replicas again; a
+// create or a rotation cannot be repeated, but any later change to a key
+// that is confirmed confirms it too, as a replica takes the primary's
+// writes in order and all key records live on one primary.
 func ConfirmChanges(c Confirm) Option { return func(s *Store) { s.confirm = c } }
 
 // CheckPrefix reports whether prefix can start the store's key names. It
@@ -284,15 +283,15 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		s.keys.open(), s.keys.openOf(rec.Owner), s.keys.expiring(), s.keys.ends(), s.keys.index(),
 	}
 	ix := indexOf(rec)
-	res, err := createScript.Run(ctx, s.client, keys,
+	res, confirmed, err := s.change(ctx, createScript, confirmCreate, keys,
 		raw, hexHash, rec.ID, max(maxPerOwner, 0), micros(rec.CreatedAt), liveScore(rec), changesMaxLen,
-		ix.listed, ix.expiry, ix.end, ix.member, indexVersion).Text()
+		ix.listed, ix.expiry, ix.end, ix.member, indexVersion)
 	if err != nil {
 		return unavailable("create "+rec.ID, err)
 	}
 	switch res {
 	case "OK":
-		return nil
+		return confirmed
 	case "EXISTS":
 		return fmt.Errorf("redis create %s: %w", rec.ID, keystore.ErrExists)
 	case "LIMIT":
@@ -361,10 +360,12 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 // What an unconfirmed change's error tells the caller to do. A rotation
 // cannot be repeated (the old key is rotated away), but a confirmed
 // revocation of the old key, due once its clients use the new one,
-// confirms it with everything the primary wrote before.
+// confirms it with everything the primary wrote before. Repeating a create
+// would make a second key; any confirmed change after it confirms it.
 const (
 	repeatUpdate    = "repeat it once replication is healthy"
 	confirmRotation = "once the old key's clients use the new key, revoke the old key: a confirmed revocation confirms the rotation with it"
+	confirmCreate   = "the key works now and need not be made again: any confirmed change to a key after it confirms it too (a replica takes its primary's writes in order), and should a failover undo it first, every check refuses its secret as an unknown key"
 )
 
 // change runs script, a write of key records, and returns its reply. With
