@@ -130,17 +130,45 @@ type Limiter struct {
 	leased, calls                           atomic.Uint64
 }
 
-// call is one check waiting in the batcher.
+// call is one check waiting in the batcher. Calls are pooled (newCall,
+// release): a Redis-bound check would otherwise allocate its call, its
+// reply channel and its timer every time.
 type call struct {
-	keys  []string   // the counter of each enforced limit
-	args  []byte     // allow.lua's argument for the check (appendArgs)
-	reply chan reply // buffered: the batcher never blocks on a caller gone
+	keys  []string    // the counter of each enforced limit
+	args  []byte      // allow.lua's argument for the check (appendArgs)
+	reply chan reply  // buffered: the batcher never blocks on a caller gone
+	timer *time.Timer // bounds a pending check's wait; nil until first needed
 
 	// Room for keys and args of a check of up to two limits (a key's and a
-	// route's), so that the call is one allocation, not three.
+	// route's), so that they need no allocation of their own.
 	keyRoom [2]string
 	argRoom [8 * (2 + 3*2)]byte
+	self    [1]*call // alone's batch
 }
+
+// alone is a batch of c only, for a check sent by its own caller.
+func (c *call) alone() []*call {
+	c.self[0] = c
+	return c.self[:]
+}
+
+var calls = sync.Pool{New: func() any { return &call{reply: make(chan reply, 1)} }}
+
+// release returns c to the pool. Only a caller that has received c's reply
+// may release it: then the batch that carried it is done with it (run sends
+// a call's reply after its last use of the call), and its channel is empty.
+// A caller that gave up leaves its call to the garbage collector, as the
+// batcher may still hold it.
+func release(c *call) {
+	clear(c.keyRoom[:])
+	c.keys, c.args = nil, nil
+	calls.Put(c)
+}
+
+// MarshalBinary gives go-redis the check's argument (appendArgs): passing
+// the call rather than its args slice to the script keeps the argument
+// list from boxing a slice header per check.
+func (c *call) MarshalBinary() ([]byte, error) { return c.args, nil }
 
 type reply struct {
 	vals []int64
@@ -429,6 +457,7 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
+		release(c)
 		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
 	if r.sending < r.opts.Pipelines {
@@ -436,9 +465,10 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 		// this goroutine, without a hand-off, then pass the slot on.
 		r.sending++
 		r.mu.Unlock()
-		r.run(ctx, []*call{c})
+		r.run(ctx, c.alone())
 		r.passOn()
 		rep := <-c.reply
+		release(c)
 		if rep.err != nil && callerGaveUp(ctx) {
 			return ratelimit.Result{}, 0, 0, context.DeadlineExceeded
 		}
@@ -446,16 +476,23 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 	}
 	r.pending = append(r.pending, c)
 	r.mu.Unlock()
-	timer := time.NewTimer(r.opts.Timeout)
-	defer timer.Stop()
+	if c.timer == nil {
+		c.timer = time.NewTimer(r.opts.Timeout)
+	} else {
+		c.timer.Reset(r.opts.Timeout) // a pooled call's timer is stopped
+	}
 	var rep reply
 	select {
 	case rep = <-c.reply:
-	case <-timer.C:
+		c.timer.Stop()
+		release(c)
+	case <-c.timer.C:
 		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
 	case <-ctx.Done():
+		c.timer.Stop()
 		return ratelimit.Result{}, 0, 0, ctx.Err()
 	case <-r.done:
+		c.timer.Stop()
 		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
 	return r.result(limits, n, rep)
@@ -464,7 +501,7 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 // newCall is the script's part of a check of limits, n of them enforced,
 // asking for want requests.
 func (r *Limiter) newCall(limits []ratelimit.Limit, n int, want int64) *call {
-	c := &call{reply: make(chan reply, 1)}
+	c := calls.Get().(*call)
 	c.keys, c.args = c.keyRoom[:0], c.argRoom[:0]
 	if n > len(c.keyRoom) {
 		c.keys, c.args = make([]string, 0, n), make([]byte, 0, 8*(2+3*n))
@@ -698,13 +735,13 @@ func batchArgs(batch []*call, now string) []any {
 	args := make([]any, 3, 3+nk+2+len(batch))
 	args[2] = nk
 	for _, c := range batch {
-		for _, k := range c.keys {
-			args = append(args, k)
+		for i := range c.keys {
+			args = append(args, &c.keys[i]) // a pointer boxes without allocating
 		}
 	}
 	args = append(args, now, ratelimit.Span)
 	for _, c := range batch {
-		args = append(args, c.args)
+		args = append(args, c) // its args, through MarshalBinary
 	}
 	return args
 }

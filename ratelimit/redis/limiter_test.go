@@ -744,3 +744,68 @@ func TestRedisCountsItsScriptCalls(t *testing.T) {
 	assert.EqualValues(t, 12, st.Calls, "the queued checks went as one call")
 	assert.EqualValues(t, 10+n, st.Allowed)
 }
+
+// Calls are pooled, and a check whose caller gave up leaves its call in a
+// batch that is still on the wire: its reply comes later. That call must
+// never be handed to another check, or the late reply would answer that
+// check (and the batcher, finding the channel full, would block). Here the
+// first wave's callers give up while Redis is paused with their batch; the
+// second wave, on another bucket with room to spare, queues behind it and
+// must get answers of its own: every check allowed.
+func TestRedisNeverReusesTheCallOfACallerThatGaveUp(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Timeout: 10 * time.Second})
+	scarce := []ratelimit.Limit{{Name: "key", Bucket: "scarce", Rate: ratelimit.Rate{N: 1, Window: time.Hour}}}
+	ample := []ratelimit.Limit{{Name: "key", Bucket: "ample", Rate: ratelimit.Rate{N: 1000, Window: time.Hour}}}
+	giveUpAfter := func(d time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		_, err := r.Allow(ctx, scarce)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+	}
+	state := func(pending, sending int) func() bool {
+		return func() bool {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return len(r.pending) == pending && r.sending == sending
+		}
+	}
+
+	_, err := srv.Do("CLIENT", "PAUSE", "2000", "WRITE")
+	require.NoError(t, err)
+	// The opener goes on the wire first and gives up first, so that the
+	// first wave, queued behind it, leaves as one batch, which the pause
+	// holds past the first wave's own deadline.
+	var gaveUp sync.WaitGroup
+	gaveUp.Go(func() { giveUpAfter(200 * time.Millisecond) })
+	require.Eventually(t, state(0, 1), 5*time.Second, time.Millisecond)
+	const n = 16
+	for range n {
+		gaveUp.Go(func() { giveUpAfter(time.Second) })
+	}
+	require.Eventually(t, state(n, 1), 5*time.Second, time.Millisecond, "the first wave queues")
+	require.Eventually(t, state(0, 1), 5*time.Second, time.Millisecond, "the first wave leaves as a batch")
+	gaveUp.Wait()
+
+	var waited sync.WaitGroup
+	for range n {
+		waited.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			res, err := r.Allow(ctx, ample)
+			if assert.NoError(t, err) {
+				assert.True(t, res.Allowed, "a check got the answer of an abandoned one")
+				assert.GreaterOrEqual(t, res.Remaining, int64(1000-n))
+			}
+		})
+	}
+	waited.Wait()
+	// A call reused too soon also goes out with arguments that are no
+	// longer its batch's (go-redis reads them as it writes the batch),
+	// which Redis refuses; the checks would then fall back to OnStoreError,
+	// which allows them. So no check may have seen Redis fail.
+	st := r.Stats()
+	assert.Zero(t, st.StoreErrors, "a batch failed")
+	assert.Zero(t, st.Fallback, "a check was decided without Redis")
+	assert.EqualValues(t, n, st.Allowed, "the second wave: an abandoned check counts nowhere")
+}
