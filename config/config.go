@@ -168,8 +168,8 @@ type Redis struct {
 	TLS                 RedisTLS `json:"tls"`
 	Prefix              string   `json:"prefix"`
 	Timeout             Duration `json:"timeout"` // what one check may wait on Redis in all
-	// ConfirmReplicas is how many replicas must acknowledge a change to an
-	// existing key (revoke, expire, update, rotate) before it is reported
+	// ConfirmReplicas is how many replicas must acknowledge a change to a
+	// key (create, revoke, expire, update, rotate) before it is reported
 	// done, so that a failover cannot undo it unnoticed; ConfirmTimeout is
 	// how long to wait for them. 0 (the default) does not wait.
 	ConfirmReplicas int      `json:"confirm_replicas"`
