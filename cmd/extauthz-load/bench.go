@@ -174,6 +174,9 @@ func mergeLoad(rs []*LoadResult) *LoadResult {
 		m.OthersCPU += r.OthersCPU
 		m.RedisCPU += r.RedisCPU
 		m.RedisMeasured = m.RedisMeasured || r.RedisMeasured
+		m.ServerReads += r.ServerReads
+		m.ServerWrites += r.ServerWrites
+		m.IOMeasured = m.IOMeasured || r.IOMeasured
 		for k, v := range r.ExtraCPU {
 			m.ExtraCPU[k] += v
 		}

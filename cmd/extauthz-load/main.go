@@ -410,6 +410,10 @@ func summarize(r *LoadResult) map[string]any {
 	if r.RedisMeasured {
 		out["redis_info_cpu_us_per_check"] = float64(r.RedisCPUPerCheck()) / 1e3
 	}
+	if r.IOMeasured && r.Completed > 0 {
+		out["server_reads_per_check"] = float64(r.ServerReads) / float64(r.Completed)
+		out["server_writes_per_check"] = float64(r.ServerWrites) / float64(r.Completed)
+	}
 	return out
 }
 

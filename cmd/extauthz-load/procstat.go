@@ -51,6 +51,75 @@ func parseStat(b []byte) (utime, stime uint64, err error) {
 	return utime, stime, nil
 }
 
+// sysIO returns how many read and write system calls pid has made: syscr
+// and syscw of /proc/<pid>/io, which count read(2) and write(2) and their
+// vector forms on any file, so a Go server's socket reads and writes
+// (gRPC's frames, Redis's commands and replies) whatever their size. How
+// many a check costs shows how well each side gathers its traffic, which a
+// noisy machine's CPU figures cannot.
+func sysIO(pid int) (reads, writes uint64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseIO(b)
+}
+
+// parseIO reads syscr and syscw from a /proc/<pid>/io text.
+func parseIO(b []byte) (reads, writes uint64, err error) {
+	var seen int
+	for line := range strings.Lines(string(b)) {
+		name, value, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || name != "syscr" && name != "syscw" {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", name, err)
+		}
+		if name == "syscr" {
+			reads = n
+		} else {
+			writes = n
+		}
+		seen++
+	}
+	if seen != 2 {
+		return 0, 0, fmt.Errorf("no syscr and syscw lines")
+	}
+	return reads, writes, nil
+}
+
+// ioMeter counts one process's read and write system calls over an
+// interval; pid 0, or a /proc/<pid>/io this process may not read, measures
+// nothing.
+type ioMeter struct {
+	pid           int
+	reads, writes uint64
+	err           error
+}
+
+func startIO(pid int) *ioMeter {
+	m := &ioMeter{pid: pid}
+	if pid > 0 {
+		m.reads, m.writes, m.err = sysIO(pid)
+	}
+	return m
+}
+
+// stop returns the reads and writes since startIO, and whether they were
+// measured.
+func (m *ioMeter) stop() (reads, writes uint64, ok bool) {
+	if m.pid <= 0 || m.err != nil {
+		return 0, 0, false
+	}
+	r, w, err := sysIO(m.pid)
+	if err != nil {
+		return 0, 0, false
+	}
+	return r - m.reads, w - m.writes, true
+}
+
 // rssKiB returns the resident set size of pid (VmRSS in /proc/<pid>/status).
 func rssKiB(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

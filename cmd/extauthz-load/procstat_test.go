@@ -31,6 +31,44 @@ func TestParseVmRSS(t *testing.T) {
 	}
 }
 
+func TestParseIO(t *testing.T) {
+	in := "rchar: 4096\nwchar: 512\nsyscr: 17\nsyscw: 9\nread_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n"
+	r, w, err := parseIO([]byte(in))
+	if err != nil || r != 17 || w != 9 {
+		t.Errorf("parseIO = %d, %d, %v; want 17, 9", r, w, err)
+	}
+	if _, _, err := parseIO([]byte("rchar: 1\nsyscr: 2\n")); err == nil {
+		t.Error("a text without syscw gave no error")
+	}
+	if _, _, err := parseIO([]byte("syscr: x\nsyscw: 1\n")); err == nil {
+		t.Error("a bad count gave no error")
+	}
+}
+
+// Writing to a pipe is a write system call this process's own counts see.
+func TestThisProcessSystemCallsAreCounted(t *testing.T) {
+	m := startIO(os.Getpid())
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	for range 10 {
+		if _, err := pw.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b [16]byte
+	if _, err := pr.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	r, w, ok := m.stop()
+	if !ok || w < 10 || r < 1 {
+		t.Errorf("after 10 writes and a read: %d reads, %d writes (measured: %v)", r, w, ok)
+	}
+}
+
 func TestThisProcessCPUAndRSSAreReadable(t *testing.T) {
 	m := startCPU(os.Getpid())
 	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {

@@ -53,6 +53,10 @@ func printResult(w io.Writer, r *LoadResult) {
 	} else if r.ServerCPU > 0 {
 		fmt.Fprintf(w, "  server CPU: %s = %s µs/check\n", r.ServerCPU, us(r.CPUPerCheck()))
 	}
+	if r.IOMeasured && r.Completed > 0 {
+		fmt.Fprintf(w, "  server system calls: %d reads, %d writes = %.2f reads and %.2f writes a check\n",
+			r.ServerReads, r.ServerWrites, float64(r.ServerReads)/float64(r.Completed), float64(r.ServerWrites)/float64(r.Completed))
+	}
 	if r.RedisMeasured {
 		fmt.Fprintf(w, "  redis CPU (INFO cpu): %s = %s µs/check\n", r.RedisCPU, us(r.RedisCPUPerCheck()))
 	}

@@ -93,7 +93,11 @@ type LoadResult struct {
 	// Redis the load tool started.
 	RedisCPU      time.Duration
 	RedisMeasured bool
-	cpuErr        error
+	// ServerReads and ServerWrites are the server's read and write system
+	// calls (procstat.go's sysIO), when IOMeasured.
+	ServerReads, ServerWrites uint64
+	IOMeasured                bool
+	cpuErr                    error
 }
 
 // RPS is the checks answered per second.
@@ -195,6 +199,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 	method := tr.method()
 	res := &LoadResult{Rate: o.Rate, Concurrency: o.Concurrency, ExtraCPU: map[string]time.Duration{}}
 	server := startCPU(m.serverPID)
+	serverIO := startIO(m.serverPID)
 	client := startCPU(os.Getpid())
 	busy0, busyErr := machineBusyTicks()
 	extra := map[string]*cpuMeter{}
@@ -292,6 +297,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 	}
 	res.Elapsed = last.Sub(start)
 	res.ServerCPU, res.cpuErr = server.stop()
+	res.ServerReads, res.ServerWrites, res.IOMeasured = serverIO.stop()
 	res.ClientCPU, _ = client.stop()
 	for name, mtr := range extra {
 		res.ExtraCPU[name], _ = mtr.stop()
