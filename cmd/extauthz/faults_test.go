@@ -173,6 +173,47 @@ func (l *faultLoad) snapshot() []faultSample {
 	return slices.Clone(l.samples)
 }
 
+// controlWorker is the load's storeless check, on a public route that asks
+// no store: how long it takes is the machine's own stall at that moment.
+const controlWorker = "control"
+
+// machineStall is the longest a storeless check (the worker named control,
+// on the same server) took while s ran: time the machine, not a store, took.
+func machineStall(s faultSample, samples []faultSample, control string) time.Duration {
+	var most time.Duration
+	for _, c := range samples {
+		if c.err != nil || c.worker != control || c.end.Before(s.start) || c.start.After(s.end) {
+			continue
+		}
+		most = max(most, c.took())
+	}
+	return most
+}
+
+// requireWithinBound fails t for each check kept by keep that took longer
+// than bound, unless the control worker's checks saw as long a stall at the
+// same moment: what is bounded is the wait on the stores, and on two
+// shared cores under the race detector the machine alone can hold a check
+// up for tens of milliseconds. It logs how many it excused.
+func requireWithinBound(t *testing.T, samples []faultSample, keep func(faultSample) bool, bound time.Duration) {
+	t.Helper()
+	var over, excused int
+	for _, s := range samples {
+		if s.err != nil || !keep(s) || s.took() <= bound {
+			continue
+		}
+		if stall := machineStall(s, samples, controlWorker); s.took()-stall <= bound {
+			excused++
+		} else if over++; over <= 3 {
+			t.Errorf("%s: a check took %v (the machine stalled storeless checks by %v then), past the bound %v", s.worker, s.took(), stall, bound)
+		}
+	}
+	assert.Zero(t, over, "checks past store.redis.timeout + %v", checkMargin)
+	if excused > 0 {
+		t.Logf("%d checks past the bound were matched by a storeless check stalled as long at the same moment (machine load, not Redis)", excused)
+	}
+}
+
 // faultStats are latency percentiles of a set of checks.
 type faultStats struct {
 	n             int
@@ -251,6 +292,7 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	load.run("cached-1", "GET", "/api/users", cached, nil)
 	load.run("cached-2", "GET", "/api/users", cached, nil)
 	load.run("uncached", "GET", "/api/users", uncached, faulted)
+	load.run(controlWorker, "GET", "/healthz", "", nil)
 	time.Sleep(300 * time.Millisecond) // a healthy baseline
 	assert.Equal(t, fallbackBefore, rig.metric(t, "extauthz_ratelimit_fallback_total"), "a healthy Redis decides every rate limit")
 
@@ -365,7 +407,9 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	assert.Zero(t, wrong)
 
 	// Latency of the checks that started during the fault.
-	inFault := func(s faultSample) bool { return !s.start.Before(tFault) && s.start.Before(tHealStart) }
+	inFault := func(s faultSample) bool {
+		return !s.start.Before(tFault) && s.start.Before(tHealStart) && s.worker != controlWorker
+	}
 	all := latencies(samples, inFault)
 	cachedStats := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker != "uncached" })
 	uncachedStats := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker == "uncached" })
@@ -373,7 +417,7 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	// last fetched, before the fault) every check of it asks the store.
 	staleFrom := tFault.Add(faultCacheTTL)
 	staleStats := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker != "uncached" && s.start.After(staleFrom) })
-	baseline := latencies(samples, func(s faultSample) bool { return s.start.Before(tFault) })
+	baseline := latencies(samples, func(s faultSample) bool { return s.start.Before(tFault) && s.worker != controlWorker })
 
 	t.Logf("fault: %-10s healthy baseline: %v", f.name, baseline)
 	t.Logf("fault: %-10s first 503 for the uncached key %s after the fault began; /readyz 503 after %s",
@@ -389,7 +433,7 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	// A check waits on Redis for the timeout in all, its retries, its
 	// lookup and its rate-limit call together (and a tenth more for the
 	// rate limit after a lookup that took all of it).
-	assert.Less(t, all.max, faultTimeout+checkMargin, "the slowest check during the fault")
+	requireWithinBound(t, samples, inFault, faultTimeout+checkMargin)
 }
 
 // waitShared polls, for at most 8 s after healed, until the limiter is back
@@ -423,6 +467,7 @@ func TestFaultOnStoreErrorPolicies(t *testing.T) {
 routes:
   - {path: /api/users, methods: [GET], permissions: [read:users]}
   - {path: /api/limited, methods: [GET], permissions: [read:users], rate_limit: 100000/m}
+  - {path: /healthz, public: true}
 `
 	for _, tt := range []struct {
 		policy string
@@ -447,6 +492,7 @@ routes:
 			defer load.Stop()
 			load.run("unlimited", "GET", "/api/users", key, nil)
 			load.run("limited", "GET", "/api/limited", key, nil)
+			load.run(controlWorker, "GET", "/healthz", "", nil)
 			time.Sleep(200 * time.Millisecond)
 
 			tFault := time.Now()
@@ -502,10 +548,11 @@ routes:
 			assert.Zero(t, rpcErrors)
 			assert.Zero(t, wrong)
 			inFault := func(s faultSample) bool { return !s.start.Before(tFault) && s.start.Before(tHealStart) }
-			limited := latencies(samples, func(s faultSample) bool { return inFault(s) && s.worker == "limited" })
+			isLimited := func(s faultSample) bool { return inFault(s) && s.worker == "limited" }
+			limited := latencies(samples, isLimited)
 			t.Logf("fault: policy-%-5s blackholed 1s: limited route %v; shared limit used again %s after the fault ended",
 				tt.policy, limited, ms(back))
-			assert.Less(t, limited.max, faultTimeout+checkMargin)
+			requireWithinBound(t, samples, isLimited, faultTimeout+checkMargin)
 		})
 	}
 }
