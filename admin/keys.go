@@ -66,14 +66,25 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		return err
 	}
 	secret, k, err := s.manager.Create(r.Context(), spec, c.actor())
+	return s.writeNewKey(w, secret, k, err, "create", unconfirmedCreate)
+}
+
+// writeNewKey answers a create or a rotation (what) that returned secret, k
+// and err: 201 with the key and its secret. One stored but not confirmed by
+// the store's replicas is in effect, its secret exists nowhere else and it
+// cannot be repeated, so it is a success too, with the unconfirmed note;
+// any other error is returned.
+func (s *server) writeNewKey(w http.ResponseWriter, secret string, k *keystore.Key, err error, what, note string) error {
 	created := keystore.Created{Key: k, Secret: secret}
 	switch {
 	case err == nil:
 	case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
-		// As for a rotation: the key is in effect and its secret exists
-		// nowhere else, and repeating the request would make another key.
-		s.log.Warn("admin API: a create is stored but not confirmed by the store's replicas", "id", k.ID, "err", err)
-		created.Unconfirmed = unconfirmedCreate
+		attrs := []any{"id", k.ID, "err", err}
+		if k.RotatedFrom != "" {
+			attrs = append(attrs, "rotated_from", k.RotatedFrom)
+		}
+		s.log.Warn("admin API: a "+what+" is stored but not confirmed by the store's replicas", attrs...)
+		created.Unconfirmed = note
 	default:
 		return err
 	}
@@ -411,18 +422,5 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		return err
 	}
 	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor())
-	created := keystore.Created{Key: k, Secret: secret}
-	switch {
-	case err == nil:
-	case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
-		// The rotation is in effect and its secret exists nowhere else:
-		// it must reach the caller, with the warning, as a success.
-		s.log.Warn("admin API: a rotation is stored but not confirmed by the store's replicas", "id", old.ID, "new_id", k.ID, "err", err)
-		created.Unconfirmed = unconfirmedRotation
-	default:
-		return err
-	}
-	w.Header().Set("Location", "/v1/keys/"+k.ID)
-	writeJSON(w, http.StatusCreated, created)
-	return nil
+	return s.writeNewKey(w, secret, k, err, "rotation", unconfirmedRotation)
 }

@@ -255,7 +255,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 		return "", nil, err
 	}
 	err = m.Store.Create(ctx, k, h, m.MaxPerOwner)
-	if err != nil && !errors.Is(err, ErrUnconfirmed) {
+	if !stored(k, err) {
 		return "", nil, err
 	}
 	m.changed(ChangeCreated, k, actor)
@@ -348,8 +348,8 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 	return k, err
 }
 
-// stored reports whether an Update (or a Rotate) that returned k and err
-// stored its change: it succeeded, or it stored the change without the
+// stored reports whether an Update (or a Rotate, or a Create of k) that
+// returned k and err stored its change: it succeeded, or it stored the change without the
 // replicas' confirmation (ErrUnconfirmed), which is in effect and is
 // audited as made while the caller still hears the error.
 func stored(k *Key, err error) bool {

@@ -67,7 +67,7 @@ func sysIO(pid int) (reads, writes uint64, err error) {
 
 // parseIO reads syscr and syscw from a /proc/<pid>/io text.
 func parseIO(b []byte) (reads, writes uint64, err error) {
-	var seen int
+	var haveR, haveW bool
 	for line := range strings.Lines(string(b)) {
 		name, value, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok || name != "syscr" && name != "syscw" {
@@ -78,13 +78,12 @@ func parseIO(b []byte) (reads, writes uint64, err error) {
 			return 0, 0, fmt.Errorf("%s: %w", name, err)
 		}
 		if name == "syscr" {
-			reads = n
+			reads, haveR = n, true
 		} else {
-			writes = n
+			writes, haveW = n, true
 		}
-		seen++
 	}
-	if seen != 2 {
+	if !haveR || !haveW {
 		return 0, 0, fmt.Errorf("no syscr and syscw lines")
 	}
 	return reads, writes, nil

@@ -105,25 +105,10 @@ func TestARotationNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
 	}
 
 	replica.Pause()
-	req, err := http.NewRequest("POST", ts.adminURL+"/v1/keys/"+k.ID+"/rotate", strings.NewReader(`{"grace": "1h"}`))
-	require.NoError(t, err)
-	req.Header.Set("X-Api-Key", adminKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	var created struct {
-		ID          string `json:"id"`
-		Key         string `json:"key"`
-		Unconfirmed string `json:"unconfirmed"`
-	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&created))
-	resp.Body.Close()
+	created := adminNewKey(t, ts, adminKey, "/v1/keys/"+k.ID+"/rotate", `{"grace": "1h"}`)
 	replica.Resume()
-	require.Equal(t, http.StatusCreated, resp.StatusCode)
-	require.NotEmpty(t, created.Key, "the secret exists nowhere else: it must reach the caller")
 	require.Contains(t, created.Unconfirmed, "a failover could still undo it")
 	require.Contains(t, created.Unconfirmed, "revoke the old key")
-	require.Equal(t, "/v1/keys/"+created.ID, resp.Header.Get("Location"))
 	require.Eventually(t, func() bool { return allowed(created.Key) }, 5*time.Second, 10*time.Millisecond, "the rotation is in effect")
 	require.Eventually(t, func() bool {
 		return strings.Contains(audit.String(), `"event":"key.rotated"`) && strings.Contains(audit.String(), created.ID)
@@ -150,31 +135,15 @@ func TestACreateNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
 	allowed := func(key string) bool {
 		return ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}).GetDeniedResponse() == nil
 	}
-	post := func() (*http.Response, unconfirmedKey) {
-		req, err := http.NewRequest("POST", ts.adminURL+"/v1/keys", strings.NewReader(`{"name": "svc", "permissions": ["read:users"]}`))
-		require.NoError(t, err)
-		req.Header.Set("X-Api-Key", adminKey)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		var c unconfirmedKey
-		require.NoError(t, json.NewDecoder(resp.Body).Decode(&c))
-		return resp, c
-	}
-
-	resp, c := post()
-	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	const body = `{"name": "svc", "permissions": ["read:users"]}`
+	c := adminNewKey(t, ts, adminKey, "/v1/keys", body)
 	require.Empty(t, c.Unconfirmed, "with the replica running the create is confirmed")
 
 	replica.Pause()
-	resp, c = post()
+	c = adminNewKey(t, ts, adminKey, "/v1/keys", body)
 	replica.Resume()
-	require.Equal(t, http.StatusCreated, resp.StatusCode)
-	require.NotEmpty(t, c.Key, "the secret exists nowhere else: it must reach the caller")
 	require.Contains(t, c.Unconfirmed, "a failover could still undo it")
 	require.Contains(t, c.Unconfirmed, "do not create it again")
-	require.Equal(t, "/v1/keys/"+c.ID, resp.Header.Get("Location"))
 	require.True(t, allowed(c.Key), "the create is in effect")
 	require.Eventually(t, func() bool {
 		return strings.Contains(audit.String(), `"event":"key.created"`) && strings.Contains(audit.String(), c.ID)
@@ -195,6 +164,26 @@ type unconfirmedKey struct {
 	ID          string `json:"id"`
 	Key         string `json:"key"`
 	Unconfirmed string `json:"unconfirmed"`
+}
+
+// adminNewKey POSTs body to the admin API's path, a create or a rotation,
+// and returns the new key it answers: 201, with the key's secret and a
+// Location naming it, confirmed or not.
+func adminNewKey(t *testing.T, ts *testServer, adminKey, path, body string) unconfirmedKey {
+	t.Helper()
+	req, err := http.NewRequest("POST", ts.adminURL+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("X-Api-Key", adminKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	var c unconfirmedKey
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&c))
+	require.NotEmpty(t, c.Key, "the secret exists nowhere else: it must reach the caller")
+	require.Equal(t, "/v1/keys/"+c.ID, resp.Header.Get("Location"))
+	return c
 }
 
 // cliUnconfirmed runs a CLI command that makes a key (create, rotate) while

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,23 +51,10 @@ names), or the key would never match.`,
 			}
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				secret, k, err := m.Create(ctx, spec, "cli")
-				unconfirmed := ""
-				switch {
-				case err == nil:
-				case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
-					// In effect, and the secret exists nowhere else: show
-					// it, and the warning, and succeed (as rotate does).
-					unconfirmed = err.Error()
-				default:
+				if err != nil && !unconfirmedOnly(secret, err) {
 					return flagError(c, describe(err, m))
 				}
-				if err := printNewKey(c.OutOrStdout(), asJSON, keystore.Created{Key: k, Secret: secret, Unconfirmed: unconfirmed}, ""); err != nil {
-					return err
-				}
-				if unconfirmed != "" {
-					fmt.Fprintf(c.ErrOrStderr(), "warning: create %s: %s\n", k.ID, unconfirmed)
-				}
-				return nil
+				return printNewKey(c, asJSON, secret, k, err, "", "create "+k.ID)
 			})
 		},
 	}
@@ -85,9 +71,25 @@ names), or the key would never match.`,
 	return c
 }
 
-// printNewKey prints a created or rotated key. The secret appears here and
-// nowhere else, ever.
-func printNewKey(w io.Writer, asJSON bool, created keystore.Created, note string) error {
+// unconfirmedOnly reports whether err, from a create or a rotation that
+// handed out secret, says only that the store's replicas did not confirm
+// it: the key is in effect and its secret exists nowhere else, so it is
+// shown, with the warning, as a success.
+func unconfirmedOnly(secret string, err error) bool {
+	return secret != "" && errors.Is(err, keystore.ErrUnconfirmed)
+}
+
+// printNewKey prints a created or rotated key, k with secret and note. The
+// secret appears here and nowhere else, ever. err, when not nil, is the
+// replicas' unconfirmedOnly warning: it goes with the key (its unconfirmed
+// field) and to stderr, prefixed with what.
+func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, err error, note, what string) error {
+	created := keystore.Created{Key: k, Secret: secret}
+	if err != nil {
+		created.Unconfirmed = err.Error()
+		defer fmt.Fprintf(c.ErrOrStderr(), "warning: %s: %s\n", what, created.Unconfirmed)
+	}
+	w := c.OutOrStdout()
 	if asJSON {
 		return writeJSON(w, created)
 	}

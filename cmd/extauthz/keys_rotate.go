@@ -34,26 +34,15 @@ the server's hashing pepper.`,
 			}
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				secret, k, err := m.Rotate(ctx, id, grace, "cli")
-				unconfirmed := ""
 				switch {
-				case err == nil:
-				case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
-					// In effect, and the secret exists nowhere else: show
-					// it, and the warning, and succeed.
-					unconfirmed = err.Error()
+				case err == nil || unconfirmedOnly(secret, err):
 				case errors.Is(err, keystore.ErrNotLive):
 					return fmt.Errorf("rotate %s: the key is revoked or expired; create a new key instead", id)
 				default:
 					return describeID(err, id)
 				}
 				note := fmt.Sprintf("The old key %s stops working at %s.", id, time.Now().UTC().Add(grace).Format(time.RFC3339))
-				if err := printNewKey(c.OutOrStdout(), asJSON, keystore.Created{Key: k, Secret: secret, Unconfirmed: unconfirmed}, note); err != nil {
-					return err
-				}
-				if unconfirmed != "" {
-					fmt.Fprintf(c.ErrOrStderr(), "warning: rotate %s: %s\n", id, unconfirmed)
-				}
-				return nil
+				return printNewKey(c, asJSON, secret, k, err, note, "rotate "+id)
 			})
 		},
 	}
