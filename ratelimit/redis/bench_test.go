@@ -3,7 +3,10 @@ package redis
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -212,4 +215,115 @@ func BenchmarkRedisCallAtRest(b *testing.B) {
 			b.ReportMetric((redisCPU(b, client)-cpu0).Seconds()*1e6/float64(i), "redis-µs/call")
 		})
 	}
+}
+
+// BenchmarkRedisScriptInstructions counts the instructions Redis runs for
+// allow.lua, under valgrind's callgrind: a count that repeats exactly from
+// run to run, where Redis's CPU time on a shared machine moves by half, so a
+// change to the script can be judged by a few percent. The traffic is
+// `make load`'s redis-even: 1,000 keys used evenly, 5,000 checks a second
+// (of a clock the benchmark passes to the script, so the counters look the
+// same however slowly Redis runs under valgrind), one limit too small to
+// lease; the counters are warmed with 4 seconds of it first. It reports
+// instructions per call and per check for a call of one check (the case of
+// an idle Redis) and of 16 (a busy one), and for a PING: what reading a
+// request and writing its reply costs whatever the request. The script is
+// given the clock, so its call of TIME, about 9,000 instructions a call, is
+// not counted. It needs valgrind (callgrind_control included):
+//
+//	go test -run '^$' -bench 'BenchmarkRedisScriptInstructions' -benchtime 300x ./ratelimit/redis/
+func BenchmarkRedisScriptInstructions(b *testing.B) {
+	for _, tool := range []string{"valgrind", "callgrind_control"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Skipf("%s not found (install the valgrind package): %v", tool, err)
+		}
+	}
+	dir := b.TempDir()
+	launcher := filepath.Join(dir, "redis-under-callgrind")
+	script := "#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no --toggle-collect=processInputBuffer --callgrind-out-file=" + filepath.Join(dir, "cg.out") + " redis-server \"$@\"\n"
+	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	srv := redistest.StartWith(b, redistest.Options{Launcher: launcher})
+	client := newClient(b, srv.Addr)
+	ctx := context.Background()
+	if err := allowScript.Load(ctx, client).Err(); err != nil {
+		b.Fatal(err)
+	}
+	rate := ratelimit.Rate{N: 2*leaseShare - 1, Window: time.Second}
+	wUs, sUs := rate.Micros()
+	callgrind := func(args ...string) {
+		if out, err := exec.Command("callgrind_control", append(args, strconv.Itoa(srv.PID()))...).CombinedOutput(); err != nil {
+			b.Fatalf("callgrind_control %v: %v\n%s", args, err, out)
+		}
+	}
+	// counted runs f with instructions counted and returns how many Redis ran.
+	dumps := 0
+	counted := func(f func()) float64 {
+		callgrind("--zero")
+		callgrind("--instr=on")
+		f()
+		callgrind("--instr=off")
+		callgrind("--dump")
+		dumps++
+		data, err := os.ReadFile(filepath.Join(dir, "cg.out."+strconv.Itoa(dumps)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for line := range strings.Lines(string(data)) {
+			if v, ok := strings.CutPrefix(line, "totals: "); ok {
+				n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					b.Fatalf("callgrind dump: %q: %v", line, err)
+				}
+				return n
+			}
+		}
+		b.Fatalf("callgrind dump %d has no totals line", dumps)
+		return 0
+	}
+	for _, size := range []int{1, 16} {
+		// The clock and the keys go on from run to run of the benchmark
+		// (go test runs it with b.N = 1 first): the warm-up is paid once.
+		rng := rand.New(rand.NewPCG(1, 2))
+		now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
+		batch := make([]*call, size)
+		send := func(b *testing.B) {
+			for i := range batch {
+				now += 200 // 5,000 checks a second
+				key := fmt.Sprintf("bench:count:{key%d}:", rng.IntN(1000))
+				batch[i] = &call{keys: []string{key}, args: appendArgs(nil, 1, 1, rate.N, wUs, sUs)}
+			}
+			if err := allow(ctx, client, batchArgs(batch, strconv.FormatInt(now, 10))).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		warm := false
+		b.Run(fmt.Sprintf("a call of %d", size), func(b *testing.B) {
+			if !warm {
+				for range 20000 / size {
+					send(b)
+				}
+				warm = true
+			}
+			b.ResetTimer()
+			n := counted(func() {
+				for range b.N {
+					send(b)
+				}
+			})
+			b.ReportMetric(n/float64(b.N), "instructions/call")
+			b.ReportMetric(n/float64(b.N*size), "instructions/check")
+		})
+	}
+	b.Run("PING", func(b *testing.B) {
+		n := counted(func() {
+			for range b.N {
+				if err := client.Ping(ctx).Err(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.ReportMetric(n/float64(b.N), "instructions/call")
+	})
 }
