@@ -52,18 +52,22 @@
 -- reset. Denied: nothing is written; held is the count now and t the µs
 -- until the limit would allow this request (0 when it is not exhausted).
 
-local floor = math.floor
 local sunpack, spack, sub, format = struct.unpack, struct.pack, string.sub, string.format
 local MARKS = 255
 -- Leases (lease.go): a long lease while the count stays at most N/QUIET, a
 -- short one at most N/BUSY otherwise.
 local QUIET, BUSY = 32, 2000
 
+-- The script calls no math.floor: x % m is x - floor(x/m)*m worked out by the
+-- interpreter itself, where a call of a library function costs about as much
+-- as a dozen of its steps. For integers v ≥ 0, (v - v % 256) / 256 is
+-- floor(v/256) exactly.
+
 -- a/b rounded down, exactly, for integers a and b > 0 (float division alone
--- can land one off).
+-- can land one off: a % b may come out negative or ≥ b, and is corrected).
 local function floordiv(a, b)
-  local q = floor(a / b)
-  local r = a - q * b
+  local r = a % b
+  local q = (a - r) / b
   if r < 0 then return q - 1 elseif r >= b then return q + 1 end
   return q
 end
@@ -78,15 +82,10 @@ local span = tonumber(ARGV[2])
 -- The upper bound of the time of group j's latest request (see ratelimit/window.go),
 -- and the group's count.
 local function latest(j, v, s)
-  local c = floor(v / 256)
-  local m = v - c * 256
+  local m = v % 256
+  local c = (v - m) / 256
   if m == 0 then m = MARKS end -- a lease group
   return j * s + floordiv(m * s + MARKS - 1, MARKS), c
-end
-
--- pair returns group p's (0-based) index and value.
-local function pair(str, p)
-  return sunpack('<dd', str, 17 + 16 * p)
 end
 
 -- find returns where group g of str (np groups, ascending) is and its value,
@@ -95,7 +94,7 @@ end
 -- a lease's (mark 0) means the clock went back, and g becomes that group.
 local function find(str, np, g, bump)
   for p = np - 1, 0, -1 do
-    local j, v = pair(str, p)
+    local j, v = sunpack('<dd', str, 17 + 16 * p)
     if bump and j > g and v % 256 ~= 0 then g = j end
     if j == g then return g, p, v end
     if j < g then return g, p + 1, false end
@@ -105,7 +104,7 @@ end
 
 -- ST holds 12 values per limit of the check at hand (one table for all:
 -- tables and redis.call are what a script pays for).
-local ST = {}
+local ST = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
 -- check runs one check: its limits are KEYS[k+1..k+nkeys] with their N, W, s
 -- in args after want and nlim. It appends the check's values to out at o+1.
@@ -122,7 +121,7 @@ local function check(k, nkeys, args, want, out, o)
       local cs
       cs, total = sunpack('<dd', str)
       -- Counted with another s (void), or not a counter: start afresh.
-      if np < 1 or np ~= floor(np) or cs ~= s then str, np, total = false, 0, 0 end
+      if np < 1 or np % 1 ~= 0 or cs ~= s then str, np, total = false, 0, 0 end
     end
     local idx, held, cur, drop, dropped, pos = floordiv(now, s), 0, false, 0, 0, 0
     if str then
@@ -136,9 +135,9 @@ local function check(k, nkeys, args, want, out, o)
       local oldest = idx - span
       held = total
       for p = 0, np - 1 do
-        local j, v = pair(str, p)
+        local j, v = sunpack('<dd', str, 17 + 16 * p)
         if j < oldest then
-          local c = floor(v / 256)
+          local c = (v - v % 256) / 256
           held, drop, dropped = held - c, p + 1, dropped + c
         elseif j * s + w >= now then
           break
@@ -167,8 +166,11 @@ local function check(k, nkeys, args, want, out, o)
   for i = 1, nkeys do
     local b = 12 * (i - 1)
     local n, s, idx = ST[b + 1], ST[b + 3], ST[b + 5]
-    local short = floor(n / BUSY)
-    if not long and short < granted then granted = math.max(short, 1) end
+    local short = (n - n % BUSY) / BUSY
+    if not long and short < granted then
+      granted = short
+      if granted < 1 then granted = 1 end
+    end
     local left = (idx + 1) * s - now
     if long then left = (idx + span - 1) * s - now end
     if lease == nil or left < lease then lease = left end
@@ -186,7 +188,7 @@ local function check(k, nkeys, args, want, out, o)
         local need, freed, oldest = held - n + 1, 0, idx - span
         for p = 0, np - 1 do
           if freed >= need then break end
-          local j, v = pair(str, p)
+          local j, v = sunpack('<dd', str, 17 + 16 * p)
           if j >= oldest then
             local l, c = latest(j, v, s)
             if l + w + 1 > now then
@@ -214,8 +216,8 @@ local function check(k, nkeys, args, want, out, o)
     if lg then g, pos, cur = find(str, np, idx + span - 2, false) end
     local c = granted
     if cur then
-      c = floor(cur / 256)
-      m = cur - c * 256
+      m = cur % 256
+      c = (cur - m) / 256
       if m == 0 then m = MARKS end -- a lease group
       c = c + granted
     end
@@ -224,7 +226,10 @@ local function check(k, nkeys, args, want, out, o)
     else
       local off = now - idx * s
       local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
-      if off > 0 then mn = math.min(floordiv(off * MARKS, s) + 1, MARKS) end
+      if off > 0 then
+        mn = floordiv(off * MARKS, s) + 1
+        if mn > MARKS then mn = MARKS end
+      end
       if granted > 1 then mn = MARKS end -- a short lease: used until the sub-window ends
       if mn > m then m = mn end
     end
@@ -237,7 +242,7 @@ local function check(k, nkeys, args, want, out, o)
       if pos > drop then head = sub(str, 17 + 16 * drop, 16 + 16 * pos) end
       if from < np then
         tail = sub(str, 17 + 16 * from)
-        last, lastv = pair(str, np - 1)
+        last, lastv = sunpack('<dd', str, 17 + 16 * (np - 1))
       end
     end
     -- At least 1ms: SET takes no other (only clocks beyond 2^53 µs, which
