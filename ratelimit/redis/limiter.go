@@ -244,12 +244,9 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 // Close return ErrClosed.
 func (r *Limiter) Close() error {
 	r.closing.Do(func() {
-		r.mu.Lock()
-		r.closed = true
-		r.mu.Unlock()
+		r.drain()
 		close(r.done)
 		r.wg.Wait()
-		r.drain()
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
 		defer cancel()
 		_ = r.client.ZRem(ctx, r.heartbeatKey(), r.opts.InstanceID).Err()
@@ -491,9 +488,6 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 	case <-ctx.Done():
 		c.timer.Stop()
 		return ratelimit.Result{}, 0, 0, ctx.Err()
-	case <-r.done:
-		c.timer.Stop()
-		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
 	return r.result(limits, n, rep)
 }
@@ -625,10 +619,15 @@ func (r *Limiter) sender() {
 	}
 }
 
-// drain answers the checks still pending at Close.
+// drain answers the checks pending at Close with ErrClosed, and lets no
+// more wait: at once, before Close waits for its goroutines (a heartbeat on
+// a hung Redis can take Timeout). A waiting check has no case of its own for
+// Close, which would cost every one of them a lock of a channel they all
+// share; checks already on the wire are answered by their batches.
 func (r *Limiter) drain() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	for _, c := range r.pending {
 		c.reply <- reply{err: ErrClosed}
 	}

@@ -259,6 +259,45 @@ func TestRedisCloseStopsChecks(t *testing.T) {
 		"a closed replica leaves the heartbeat set at once")
 }
 
+// A check waiting behind a batch on the wire is answered ErrClosed by Close,
+// not left to its timeout: Close answers every pending check (the wait has
+// no case of its own for Close, which would cost every waiting check a lock
+// of one channel they all share).
+func TestRedisCloseAnswersAPendingCheck(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	r, err := New(client, Options{Prefix: uniquePrefix(), Timeout: 5 * time.Second, Pipelines: 1, InstanceID: "a"})
+	require.NoError(t, err)
+	exact := ratelimit.Limit{Name: "key", Bucket: "k", Rate: ratelimit.Rate{N: 10, Window: time.Second}}
+	srv.Pause()
+	defer srv.Resume()
+	onWire := make(chan error, 1)
+	go func() { _, err := r.Allow(context.Background(), []ratelimit.Limit{exact}); onWire <- err }()
+	require.Eventually(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.sending == 1
+	}, 5*time.Second, time.Millisecond, "the first check takes the wire")
+	pending := make(chan error, 1)
+	go func() { _, err := r.Allow(context.Background(), []ratelimit.Limit{exact}); pending <- err }()
+	require.Eventually(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.pending) == 1
+	}, 5*time.Second, time.Millisecond, "the second check waits behind it")
+	start := time.Now()
+	go func() { _ = r.Close() }()
+	select {
+	case err := <-pending:
+		require.ErrorIs(t, err, ErrClosed)
+		assert.Less(t, time.Since(start), 2*time.Second, "answered by Close, not by its 5s timeout")
+	case <-time.After(4 * time.Second):
+		t.Fatal("a pending check was not answered by Close")
+	}
+	srv.Resume()
+	require.NoError(t, <-onWire, "the check on the wire is answered by its own call")
+}
+
 // outage is a test bed of two replicas (a and b) on one Redis, with short
 // heartbeats, timeout and breaker interval.
 type outage struct {
