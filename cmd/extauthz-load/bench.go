@@ -176,6 +176,8 @@ func mergeLoad(rs []*LoadResult) *LoadResult {
 		m.RedisMeasured = m.RedisMeasured || r.RedisMeasured
 		m.ServerReads += r.ServerReads
 		m.ServerWrites += r.ServerWrites
+		m.ServerVoluntary += r.ServerVoluntary
+		m.ServerInvoluntary += r.ServerInvoluntary
 		m.IOMeasured = m.IOMeasured || r.IOMeasured
 		for k, v := range r.ExtraCPU {
 			m.ExtraCPU[k] += v

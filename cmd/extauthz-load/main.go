@@ -413,6 +413,8 @@ func summarize(r *LoadResult) map[string]any {
 	if r.IOMeasured && r.Completed > 0 {
 		out["server_reads_per_check"] = float64(r.ServerReads) / float64(r.Completed)
 		out["server_writes_per_check"] = float64(r.ServerWrites) / float64(r.Completed)
+		out["server_voluntary_switches_per_check"] = float64(r.ServerVoluntary) / float64(r.Completed)
+		out["server_involuntary_switches_per_check"] = float64(r.ServerInvoluntary) / float64(r.Completed)
 	}
 	return out
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -89,34 +91,108 @@ func parseIO(b []byte) (reads, writes uint64, err error) {
 	return reads, writes, nil
 }
 
-// ioMeter counts one process's read and write system calls over an
-// interval; pid 0, or a /proc/<pid>/io this process may not read, measures
-// nothing.
-type ioMeter struct {
-	pid           int
-	reads, writes uint64
-	err           error
+// ctxSwitches returns how many times pid's threads were switched out:
+// voluntary_ctxt_switches (the thread slept: waiting on a futex, on the
+// network poller) and nonvoluntary_ctxt_switches (the kernel preempted it),
+// summed over /proc/<pid>/task. A thread that exited takes its counts with
+// it; a Go server's threads seldom exit. Each voluntary switch is a wake-up
+// paid later, which is what handing work between goroutines costs a
+// process beyond its system calls.
+func ctxSwitches(pid int) (voluntary, involuntary uint64, err error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // the thread exited meanwhile
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		v, i, err := parseSwitches(b)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s/%s/status: %w", dir, t.Name(), err)
+		}
+		voluntary, involuntary = voluntary+v, involuntary+i
+	}
+	return voluntary, involuntary, nil
 }
 
-func startIO(pid int) *ioMeter {
-	m := &ioMeter{pid: pid}
+// parseSwitches reads voluntary_ctxt_switches and nonvoluntary_ctxt_switches
+// from a /proc/<pid>/task/<tid>/status text.
+func parseSwitches(b []byte) (voluntary, involuntary uint64, err error) {
+	var haveV, haveI bool
+	for line := range strings.Lines(string(b)) {
+		name, value, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || name != "voluntary_ctxt_switches" && name != "nonvoluntary_ctxt_switches" {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", name, err)
+		}
+		if name == "voluntary_ctxt_switches" {
+			voluntary, haveV = n, true
+		} else {
+			involuntary, haveI = n, true
+		}
+	}
+	if !haveV || !haveI {
+		return 0, 0, fmt.Errorf("no voluntary_ctxt_switches and nonvoluntary_ctxt_switches lines")
+	}
+	return voluntary, involuntary, nil
+}
+
+// sysCounts are what show how a process gathers its work, which a noisy
+// machine's CPU figures cannot: its read and write system calls (sysIO) and
+// its threads' context switches (ctxSwitches).
+type sysCounts struct {
+	Reads, Writes          uint64
+	Voluntary, Involuntary uint64
+}
+
+func readSysCounts(pid int) (c sysCounts, err error) {
+	if c.Reads, c.Writes, err = sysIO(pid); err != nil {
+		return c, err
+	}
+	c.Voluntary, c.Involuntary, err = ctxSwitches(pid)
+	return c, err
+}
+
+// sysMeter counts one process's sysCounts over an interval; pid 0, or a
+// /proc/<pid> this process may not read, measures nothing.
+type sysMeter struct {
+	pid   int
+	start sysCounts
+	err   error
+}
+
+func startSys(pid int) *sysMeter {
+	m := &sysMeter{pid: pid}
 	if pid > 0 {
-		m.reads, m.writes, m.err = sysIO(pid)
+		m.start, m.err = readSysCounts(pid)
 	}
 	return m
 }
 
-// stop returns the reads and writes since startIO, and whether they were
-// measured.
-func (m *ioMeter) stop() (reads, writes uint64, ok bool) {
+// stop returns the counts since startSys, and whether they were measured.
+func (m *sysMeter) stop() (sysCounts, bool) {
 	if m.pid <= 0 || m.err != nil {
-		return 0, 0, false
+		return sysCounts{}, false
 	}
-	r, w, err := sysIO(m.pid)
+	c, err := readSysCounts(m.pid)
 	if err != nil {
-		return 0, 0, false
+		return sysCounts{}, false
 	}
-	return r - m.reads, w - m.writes, true
+	return sysCounts{
+		Reads:       c.Reads - m.start.Reads,
+		Writes:      c.Writes - m.start.Writes,
+		Voluntary:   c.Voluntary - m.start.Voluntary,
+		Involuntary: c.Involuntary - m.start.Involuntary,
+	}, true
 }
 
 // rssKiB returns the resident set size of pid (VmRSS in /proc/<pid>/status).

@@ -45,9 +45,36 @@ func TestParseIO(t *testing.T) {
 	}
 }
 
+func TestParseSwitches(t *testing.T) {
+	in := "Name:\textauthz\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n"
+	v, i, err := parseSwitches([]byte(in))
+	if err != nil || v != 1234 || i != 56 {
+		t.Errorf("parseSwitches = %d, %d, %v; want 1234, 56", v, i, err)
+	}
+	if _, _, err := parseSwitches([]byte("voluntary_ctxt_switches:\t3\n")); err == nil {
+		t.Error("a text without nonvoluntary_ctxt_switches gave no error")
+	}
+	if _, _, err := parseSwitches([]byte("voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t1\n")); err == nil {
+		t.Error("a bad count gave no error")
+	}
+}
+
+// A thread that sleeps and is woken again is switched out: this process's
+// own counts, summed over its threads, see every one of those sleeps.
+func TestThisProcessContextSwitchesAreCounted(t *testing.T) {
+	m := startSys(os.Getpid())
+	for range 20 {
+		time.Sleep(time.Millisecond)
+	}
+	c, ok := m.stop()
+	if !ok || c.Voluntary < 10 {
+		t.Errorf("after 20 sleeps: %d voluntary switches (measured: %v)", c.Voluntary, ok)
+	}
+}
+
 // Writing to a pipe is a write system call this process's own counts see.
 func TestThisProcessSystemCallsAreCounted(t *testing.T) {
-	m := startIO(os.Getpid())
+	m := startSys(os.Getpid())
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -63,9 +90,9 @@ func TestThisProcessSystemCallsAreCounted(t *testing.T) {
 	if _, err := pr.Read(b[:]); err != nil {
 		t.Fatal(err)
 	}
-	r, w, ok := m.stop()
-	if !ok || w < 10 || r < 1 {
-		t.Errorf("after 10 writes and a read: %d reads, %d writes (measured: %v)", r, w, ok)
+	c, ok := m.stop()
+	if !ok || c.Writes < 10 || c.Reads < 1 {
+		t.Errorf("after 10 writes and a read: %d reads, %d writes (measured: %v)", c.Reads, c.Writes, ok)
 	}
 }
 

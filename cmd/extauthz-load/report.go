@@ -56,6 +56,8 @@ func printResult(w io.Writer, r *LoadResult) {
 	if r.IOMeasured && r.Completed > 0 {
 		fmt.Fprintf(w, "  server system calls: %d reads, %d writes = %.2f reads and %.2f writes a check\n",
 			r.ServerReads, r.ServerWrites, float64(r.ServerReads)/float64(r.Completed), float64(r.ServerWrites)/float64(r.Completed))
+		fmt.Fprintf(w, "  server context switches: %d voluntary, %d involuntary = %.2f and %.2f a check\n",
+			r.ServerVoluntary, r.ServerInvoluntary, float64(r.ServerVoluntary)/float64(r.Completed), float64(r.ServerInvoluntary)/float64(r.Completed))
 	}
 	if r.RedisMeasured {
 		fmt.Fprintf(w, "  redis CPU (INFO cpu): %s = %s µs/check\n", r.RedisCPU, us(r.RedisCPUPerCheck()))

@@ -94,10 +94,12 @@ type LoadResult struct {
 	RedisCPU      time.Duration
 	RedisMeasured bool
 	// ServerReads and ServerWrites are the server's read and write system
-	// calls (procstat.go's sysIO), when IOMeasured.
-	ServerReads, ServerWrites uint64
-	IOMeasured                bool
-	cpuErr                    error
+	// calls (procstat.go's sysIO), ServerVoluntary and ServerInvoluntary its
+	// threads' context switches (ctxSwitches), when IOMeasured.
+	ServerReads, ServerWrites          uint64
+	ServerVoluntary, ServerInvoluntary uint64
+	IOMeasured                         bool
+	cpuErr                             error
 }
 
 // RPS is the checks answered per second.
@@ -199,7 +201,7 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 	method := tr.method()
 	res := &LoadResult{Rate: o.Rate, Concurrency: o.Concurrency, ExtraCPU: map[string]time.Duration{}}
 	server := startCPU(m.serverPID)
-	serverIO := startIO(m.serverPID)
+	serverSys := startSys(m.serverPID)
 	client := startCPU(os.Getpid())
 	busy0, busyErr := machineBusyTicks()
 	extra := map[string]*cpuMeter{}
@@ -297,7 +299,10 @@ func runLoad(ctx context.Context, t *target, tr *Traffic, o LoadOptions, m meter
 	}
 	res.Elapsed = last.Sub(start)
 	res.ServerCPU, res.cpuErr = server.stop()
-	res.ServerReads, res.ServerWrites, res.IOMeasured = serverIO.stop()
+	var sys sysCounts
+	sys, res.IOMeasured = serverSys.stop()
+	res.ServerReads, res.ServerWrites = sys.Reads, sys.Writes
+	res.ServerVoluntary, res.ServerInvoluntary = sys.Voluntary, sys.Involuntary
 	res.ClientCPU, _ = client.stop()
 	for name, mtr := range extra {
 		res.ExtraCPU[name], _ = mtr.stop()
