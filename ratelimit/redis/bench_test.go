@@ -228,7 +228,7 @@ func BenchmarkRedisCallAtRest(b *testing.B) {
 // instructions per call and per check for a call of one check (the case of
 // an idle Redis) and of 16 (a busy one), and for a PING: what reading a
 // request and writing its reply costs whatever the request. The script is
-// given the clock, so its call of TIME, about 9,000 instructions a call, is
+// given the clock, so its call of TIME, about 11,000 instructions a call, is
 // not counted. It needs valgrind (callgrind_control included):
 //
 //	go test -run '^$' -bench 'BenchmarkRedisScriptInstructions' -benchtime 300x ./ratelimit/redis/

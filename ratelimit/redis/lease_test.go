@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -163,6 +164,46 @@ func TestRedisABusyKeysLeaseEndsWithItsSubWindow(t *testing.T) {
 	left, until := lim.leases.peek(leaseKey(limits))
 	assert.LessOrEqual(t, left, int64(n/2000))
 	assert.Equal(t, last.Truncate(time.Second).Add(time.Second), until, "a short lease ends with its sub-window")
+}
+
+// The script chooses the kind of a lease at exactly N/32: a grant that
+// leaves every limit's count at most N/32 is a long lease, ending about W
+// later; one past it is short, at most N/2000 and ending with its
+// sub-window. Checked at the boundary on fresh buckets, for a check of one
+// limit and of two (the script runs them by different paths).
+func TestTheLeaseKindTurnsAtExactlyAThirtySecondOfN(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := limitertest.NewClock()
+	lim := newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Now: clock.Now, Timeout: time.Second})
+	const n = 6400                                         // N/32 = 200, N/2000 = 3
+	rate := ratelimit.Rate{N: n, Window: 20 * time.Second} // sub-windows of 1s
+	clock.Set(limitertest.T0.Add(250 * time.Millisecond))
+	for _, tc := range []struct {
+		want, granted int64
+		long          bool
+	}{{n / 32, n / 32, true}, {n/32 + 1, n / 2000, false}} {
+		for _, two := range []bool{false, true} {
+			bucket := fmt.Sprintf("b%d-%v", tc.want, two)
+			limits := []ratelimit.Limit{{Name: "key", Bucket: bucket, Rate: rate}}
+			if two {
+				limits = append(limits, ratelimit.Limit{Name: "/r", Bucket: bucket, Scope: "/r", Rate: rate})
+			}
+			c := lim.newCall(limits, len(limits), tc.want)
+			lim.run(context.Background(), c.alone())
+			rep := <-c.reply
+			require.NoError(t, rep.err)
+			granted, lease := rep.vals[0], time.Duration(rep.vals[1])*time.Microsecond
+			assert.Equal(t, tc.granted, granted, "want %d, two limits: %v", tc.want, two)
+			end := 1 * time.Second // the end of the current sub-window
+			if tc.long {
+				end = 20 * time.Second // the end of the 20th sub-window from this one
+			}
+			assert.Equal(t, end-250*time.Millisecond, lease, "want %d, two limits: %v: when the lease ends", tc.want, two)
+			for i := range limits {
+				assert.Equal(t, granted, rep.vals[2+2*i], "want %d, two limits: %v: limit %d's count", tc.want, two, i)
+			}
+		}
+	}
 }
 
 // Many callers on two replicas share leases of one bucket; under -race this
