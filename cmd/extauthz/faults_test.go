@@ -294,7 +294,8 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	load.run("uncached", "GET", "/api/users", uncached, faulted)
 	load.run(controlWorker, "GET", "/healthz", "", nil)
 	time.Sleep(300 * time.Millisecond) // a healthy baseline
-	assert.Equal(t, fallbackBefore, rig.metric(t, "extauthz_ratelimit_fallback_total"), "a healthy Redis decides every rate limit")
+	assert.Equal(t, fallbackBefore, rig.metric(t, "extauthz_ratelimit_fallback_total"),
+		"a healthy Redis decides every rate limit (Redis store errors so far: %v)", rig.metric(t, "extauthz_ratelimit_store_errors_total"))
 
 	tFault := time.Now()
 	f.inject(rig)
@@ -306,8 +307,8 @@ func runFaultScenario(t *testing.T, f faultKind) {
 	tNotReady := time.Since(tFault)
 	assert.Equal(t, 200, rig.status(t, "/healthz"), "/healthz stays 200: the process is fine")
 	time.Sleep(time.Until(tFault.Add(faultDuration)))
-	assert.Equal(t, 503, rig.status(t, "/readyz"))
-	assert.Equal(t, 200, rig.status(t, "/healthz"))
+	assert.Equal(t, 503, rig.status(t, "/readyz"), "/readyz stays 503 until Redis is back")
+	assert.Equal(t, 200, rig.status(t, "/healthz"), "/healthz stays 200 to the end of the fault")
 
 	tHealStart := time.Now()
 	f.heal(rig)
