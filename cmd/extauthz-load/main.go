@@ -367,6 +367,17 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else if o.Extauthz, err = filepath.Abs(o.Extauthz); err != nil {
 		return err
 	}
+	if o.Profile != "" {
+		bins := []string{o.Extauthz}
+		for _, sc := range extra {
+			bins = append(bins, sc.Binary)
+		}
+		for _, bin := range bins {
+			if err := profilable(bin); err != nil {
+				return fmt.Errorf("--profile: %w", err)
+			}
+		}
+	}
 
 	loadavg, _ := os.ReadFile("/proc/loadavg")
 	fmt.Fprintf(stdout, "extauthz-load bench: %s, %d CPUs, GOMAXPROCS %d, load average %s\nmix %s, paths %q, %d client addresses\n",

@@ -2,6 +2,9 @@ package main
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -122,5 +125,36 @@ func TestParseMachineBusyLeavesOutIdleAndIOWait(t *testing.T) {
 	}
 	if _, err := parseMachineBusy([]byte("intr 1 2 3\n")); err == nil {
 		t.Fatal("a file without the cpu line parsed")
+	}
+}
+
+// --profile refuses a server built without its symbol table, whose profile
+// would name none of its functions, and takes one built with it.
+func TestProfileNeedsASymbolTable(t *testing.T) {
+	dir := t.TempDir()
+	src := "package main\n\nfunc main() {}\n"
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module stripped\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := func(name string, flags ...string) string {
+		bin := filepath.Join(dir, name)
+		cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, ".")...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
+		return bin
+	}
+	if err := profilable(build("plain")); err != nil {
+		t.Errorf("a binary built as make load builds it: %v", err)
+	}
+	if err := profilable(build("stripped", "-ldflags", "-s -w")); err == nil || !strings.Contains(err.Error(), "no symbol table") {
+		t.Errorf("a stripped binary: %v", err)
+	}
+	if err := profilable(filepath.Join(dir, "main.go")); err == nil {
+		t.Error("a file that is not a binary gave no error")
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -589,6 +590,22 @@ func parseMetrics(r io.Reader, names ...string) (map[string]float64, error) {
 		out[f[0]] = v
 	}
 	return out, sc.Err()
+}
+
+// profilable reports why perf could not name bin's functions: a binary
+// linked with -ldflags "-s" has no symbol table, and every Go function of
+// its profile would read [unknown]. A run with --profile checks its servers
+// first rather than measure for minutes to print nothing of use.
+func profilable(bin string) error {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return fmt.Errorf("%s: %w", bin, err)
+	}
+	defer f.Close()
+	if f.Section(".symtab") == nil {
+		return fmt.Errorf("%s has no symbol table (linked with -ldflags -s), so perf could not name its functions: build it without -s, as make load does", bin)
+	}
+	return nil
 }
 
 // profile records the server's CPU with perf during one more closed-loop
