@@ -188,11 +188,21 @@ func (m *sysMeter) stop() (sysCounts, bool) {
 		return sysCounts{}, false
 	}
 	return sysCounts{
-		Reads:       c.Reads - m.start.Reads,
-		Writes:      c.Writes - m.start.Writes,
-		Voluntary:   c.Voluntary - m.start.Voluntary,
-		Involuntary: c.Involuntary - m.start.Involuntary,
+		Reads:       since(c.Reads, m.start.Reads),
+		Writes:      since(c.Writes, m.start.Writes),
+		Voluntary:   since(c.Voluntary, m.start.Voluntary),
+		Involuntary: since(c.Involuntary, m.start.Involuntary),
 	}, true
+}
+
+// since is now - then, or 0 when the count went down: a thread that exited
+// meanwhile took its context switches with it, which may undercount an
+// interval but must not wrap it around to an absurd figure.
+func since(now, then uint64) uint64 {
+	if now < then {
+		return 0
+	}
+	return now - then
 }
 
 // rssKiB returns the resident set size of pid (VmRSS in /proc/<pid>/status).

@@ -62,6 +62,15 @@ func TestParseSwitches(t *testing.T) {
 	}
 }
 
+func TestACountThatWentDownIsNotWrappedAround(t *testing.T) {
+	if got := since(5, 9); got != 0 {
+		t.Errorf("since(5, 9) = %d, want 0", got)
+	}
+	if got := since(9, 5); got != 4 {
+		t.Errorf("since(9, 5) = %d, want 4", got)
+	}
+}
+
 // A thread that sleeps and is woken again is switched out: this process's
 // own counts, summed over its threads, see every one of those sleeps.
 func TestThisProcessContextSwitchesAreCounted(t *testing.T) {
