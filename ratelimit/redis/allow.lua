@@ -253,7 +253,8 @@ local function check1(k, args, want, out, o)
 end
 
 -- ST holds 12 values per limit of the check at hand (one table for all:
--- tables and redis.call are what a script pays for).
+-- tables and redis.call are what a script pays for), made with room for two
+-- limits, as checkN runs checks of two or more.
 local ST = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
 -- checkN runs a check of any number of limits: its limits are
