@@ -226,7 +226,9 @@ func BenchmarkRedisCallAtRest(b *testing.B) {
 // same however slowly Redis runs under valgrind), one limit too small to
 // lease; the counters are warmed with 4 seconds of it first. It reports
 // instructions per call and per check for a call of one check (the case of
-// an idle Redis) and of 16 (a busy one), and for a PING: what reading a
+// an idle Redis) and of 16 (a busy one), of 16 checks of two limits each (a
+// key's and a route's, which the script runs by its path for several
+// limits), and for a PING: what reading a
 // request and writing its reply costs whatever the request. The script is
 // given the clock, so its call of TIME, about 11,000 instructions a call, is
 // not counted. It needs valgrind (callgrind_control included):
@@ -282,9 +284,13 @@ func BenchmarkRedisScriptInstructions(b *testing.B) {
 		b.Fatalf("callgrind dump %d has no totals line", dumps)
 		return 0
 	}
-	for _, size := range []int{1, 16} {
+	for _, tc := range []struct {
+		size int
+		two  bool // a key's limit and a route's: the script's path for several limits
+	}{{1, false}, {16, false}, {16, true}} {
 		// The clock and the keys go on from run to run of the benchmark
 		// (go test runs it with b.N = 1 first): the warm-up is paid once.
+		size := tc.size
 		rng := rand.New(rand.NewPCG(1, 2))
 		now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
 		batch := make([]*call, size)
@@ -292,14 +298,23 @@ func BenchmarkRedisScriptInstructions(b *testing.B) {
 			for i := range batch {
 				now += 200 // 5,000 checks a second
 				key := fmt.Sprintf("bench:count:{key%d}:", rng.IntN(1000))
-				batch[i] = &call{keys: []string{key}, args: appendArgs(nil, 1, 1, rate.N, wUs, sUs)}
+				c := &call{keys: []string{key}, args: appendArgs(nil, 1, 1, rate.N, wUs, sUs)}
+				if tc.two {
+					c.keys = append(c.keys, key+"/r")
+					c.args = appendArgs(nil, 1, 2, rate.N, wUs, sUs, rate.N, wUs, sUs)
+				}
+				batch[i] = c
 			}
 			if err := allow(ctx, client, batchArgs(batch, strconv.FormatInt(now, 10))).Err(); err != nil {
 				b.Fatal(err)
 			}
 		}
 		warm := false
-		b.Run(fmt.Sprintf("a call of %d", size), func(b *testing.B) {
+		name := fmt.Sprintf("a call of %d", size)
+		if tc.two {
+			name += ", two limits"
+		}
+		b.Run(name, func(b *testing.B) {
 			if !warm {
 				for range 20000 / size {
 					send(b)
