@@ -69,26 +69,33 @@ func sysIO(pid int) (reads, writes uint64, err error) {
 
 // parseIO reads syscr and syscw from a /proc/<pid>/io text.
 func parseIO(b []byte) (reads, writes uint64, err error) {
-	var haveR, haveW bool
+	return parseCounts(b, "syscr", "syscw")
+}
+
+// parseCounts reads the counts named first and second from a /proc text of
+// "name: value" lines (/proc/<pid>/io, /proc/<pid>/task/<tid>/status); both
+// must be there.
+func parseCounts(b []byte, first, second string) (a, c uint64, err error) {
+	var haveA, haveC bool
 	for line := range strings.Lines(string(b)) {
 		name, value, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || name != "syscr" && name != "syscw" {
+		if !ok || name != first && name != second {
 			continue
 		}
 		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
 		if err != nil {
 			return 0, 0, fmt.Errorf("%s: %w", name, err)
 		}
-		if name == "syscr" {
-			reads, haveR = n, true
+		if name == first {
+			a, haveA = n, true
 		} else {
-			writes, haveW = n, true
+			c, haveC = n, true
 		}
 	}
-	if !haveR || !haveW {
-		return 0, 0, fmt.Errorf("no syscr and syscw lines")
+	if !haveA || !haveC {
+		return 0, 0, fmt.Errorf("no %s and %s lines", first, second)
 	}
-	return reads, writes, nil
+	return a, c, nil
 }
 
 // ctxSwitches returns how many times pid's threads were switched out:
@@ -124,26 +131,7 @@ func ctxSwitches(pid int) (voluntary, involuntary uint64, err error) {
 // parseSwitches reads voluntary_ctxt_switches and nonvoluntary_ctxt_switches
 // from a /proc/<pid>/task/<tid>/status text.
 func parseSwitches(b []byte) (voluntary, involuntary uint64, err error) {
-	var haveV, haveI bool
-	for line := range strings.Lines(string(b)) {
-		name, value, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || name != "voluntary_ctxt_switches" && name != "nonvoluntary_ctxt_switches" {
-			continue
-		}
-		n, err := strconv.ParseUint(strings.TrimSpace(value), 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %w", name, err)
-		}
-		if name == "voluntary_ctxt_switches" {
-			voluntary, haveV = n, true
-		} else {
-			involuntary, haveI = n, true
-		}
-	}
-	if !haveV || !haveI {
-		return 0, 0, fmt.Errorf("no voluntary_ctxt_switches and nonvoluntary_ctxt_switches lines")
-	}
-	return voluntary, involuntary, nil
+	return parseCounts(b, "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 }
 
 // sysCounts are what show how a process gathers its work, which a noisy

@@ -34,31 +34,33 @@ func TestParseVmRSS(t *testing.T) {
 	}
 }
 
-func TestParseIO(t *testing.T) {
-	in := "rchar: 4096\nwchar: 512\nsyscr: 17\nsyscw: 9\nread_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n"
-	r, w, err := parseIO([]byte(in))
-	if err != nil || r != 17 || w != 9 {
-		t.Errorf("parseIO = %d, %d, %v; want 17, 9", r, w, err)
-	}
-	if _, _, err := parseIO([]byte("rchar: 1\nsyscr: 2\n")); err == nil {
-		t.Error("a text without syscw gave no error")
-	}
-	if _, _, err := parseIO([]byte("syscr: x\nsyscw: 1\n")); err == nil {
-		t.Error("a bad count gave no error")
-	}
-}
-
-func TestParseSwitches(t *testing.T) {
-	in := "Name:\textauthz\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n"
-	v, i, err := parseSwitches([]byte(in))
-	if err != nil || v != 1234 || i != 56 {
-		t.Errorf("parseSwitches = %d, %d, %v; want 1234, 56", v, i, err)
-	}
-	if _, _, err := parseSwitches([]byte("voluntary_ctxt_switches:\t3\n")); err == nil {
-		t.Error("a text without nonvoluntary_ctxt_switches gave no error")
-	}
-	if _, _, err := parseSwitches([]byte("voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t1\n")); err == nil {
-		t.Error("a bad count gave no error")
+// The two counts of /proc/<pid>/io and of a thread's status, read by one
+// parser: both must be there, and a count must be a number.
+func TestParseIOAndSwitches(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		parse        func([]byte) (uint64, uint64, error)
+		in           string
+		want1, want2 uint64
+		missing, bad string
+	}{
+		{"io", parseIO,
+			"rchar: 4096\nwchar: 512\nsyscr: 17\nsyscw: 9\nread_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n", 17, 9,
+			"rchar: 1\nsyscr: 2\n", "syscr: x\nsyscw: 1\n"},
+		{"switches", parseSwitches,
+			"Name:\textauthz\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n", 1234, 56,
+			"voluntary_ctxt_switches:\t3\n", "voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t1\n"},
+	} {
+		a, b, err := tc.parse([]byte(tc.in))
+		if err != nil || a != tc.want1 || b != tc.want2 {
+			t.Errorf("%s: got %d, %d, %v; want %d, %d", tc.name, a, b, err, tc.want1, tc.want2)
+		}
+		if _, _, err := tc.parse([]byte(tc.missing)); err == nil {
+			t.Errorf("%s: a text without its second count gave no error", tc.name)
+		}
+		if _, _, err := tc.parse([]byte(tc.bad)); err == nil {
+			t.Errorf("%s: a bad count gave no error", tc.name)
+		}
 	}
 }
 
