@@ -253,14 +253,16 @@ local function check1(k, args, want, out, o)
 end
 
 -- ST holds 12 values per limit of the check at hand (one table for all:
--- tables and redis.call are what a script pays for), made with room for two
--- limits, as checkN runs checks of two or more.
-local ST = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+-- tables and redis.call are what a script pays for). checkN makes it, with
+-- room for two limits, when a call first needs it: a call of one-limit
+-- checks only (an idle Redis's usual call) makes no table but out.
+local ST
 
 -- checkN runs a check of any number of limits: its limits are
 -- KEYS[k+1..k+nkeys] with their N, W, s in args after want and nlim. It
 -- puts the check's values in out at o+1.
 local function checkN(k, nkeys, args, want, out, o)
+  if not ST then ST = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} end
   -- Pass 1: the count of every limit.
   local allowed = true
   local granted = want
@@ -316,7 +318,9 @@ local function checkN(k, nkeys, args, want, out, o)
   end
 end
 
-local out, o, k = {}, 0, 0
+-- out starts with room for one check of one limit, which every call holds
+-- at least, so an idle Redis's usual call never grows it.
+local out, o, k = {0, 0, 0, 0}, 0, 0
 for a = 3, #ARGV do
   local args = ARGV[a]
   local want, nkeys = sunpack('<dd', args)
