@@ -60,6 +60,7 @@ fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz
 	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) \
 	  authz:FuzzNormalizePath \
 	  authz:FuzzRouteAgainstUpstreams \
+	  authz:FuzzCredentialsAgainstGo \
 	  authz/envoy:FuzzCheck \
 	  authz/envoy:FuzzDecodeCheck \
 	  authz/envoy:FuzzDecodeCheckMessages \

@@ -298,6 +298,10 @@ func normalize(set *PolicySet, req *Request, d *Decision) bool {
 		d.Deny(CodeBadRequest, "malformed request: the method must be an upper-case token")
 		return false
 	}
+	if overridden(req, method) {
+		d.Deny(CodeBadRequest, "malformed request: a method override (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override or a _method parameter) names another method than the request's")
+		return false
+	}
 	path, err := set.paths.normalize(req.Path)
 	if err != nil {
 		d.Deny(CodeBadRequest, "malformed request: "+err.Error())

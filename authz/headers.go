@@ -163,6 +163,27 @@ func readsAsIdentity(name string) bool {
 	return true
 }
 
+// overrideHeaders are the headers through which frameworks let a client
+// name a method other than the request's own: Symfony and Laravel read
+// X-HTTP-Method-Override on a POST by default; Express's method-override,
+// ASP.NET Core's UseHttpMethodOverride and gorilla's handler read one of the
+// three once enabled.
+var overrideHeaders = [...]string{"x-http-method-override", "x-http-method", "x-method-override"}
+
+// readsAsOverride reports whether a header name reads as a method-override
+// header for some upstream (any case, "_" for "-", as PHP reads it).
+func readsAsOverride(name string) bool {
+	if len(name) < len("x-http-method") || name[0]|0x20 != 'x' {
+		return false // most names, at the cost of a length and a byte
+	}
+	for _, h := range overrideHeaders {
+		if readsAsHeader(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
 // isIdentityHeader reports whether name is, up to case, one of the four
 // identity headers: setting it (Envoy's setCopy, HTTP proxies' overwrite)
 // replaces a client's header of that name.
@@ -185,6 +206,7 @@ const (
 	namesSeen       headerNames = 1 << iota // the adapter summarised the names
 	namesUnderscore                         // some name holds a "_"
 	namesIdentity                           // some name reads as an x-authz- header
+	namesOverride                           // some name reads as a method-override header
 )
 
 // note adds one header name to the summary.
@@ -195,6 +217,9 @@ func (n *headerNames) note(name string) {
 	}
 	if readsAsIdentity(name) {
 		*n |= namesIdentity
+	}
+	if readsAsOverride(name) {
+		*n |= namesOverride
 	}
 }
 

@@ -148,7 +148,10 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	case SourceHeader:
 		v := strings.TrimSpace(req.Headers.Get(s.name))
 		if s.scheme != "" {
-			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || v[len(s.scheme)] != ' ' {
+			// A tab after the scheme separates as a space does: upstreams
+			// that split the value on any white space read the credential
+			// that follows, so it is found, checked and stripped.
+			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || (v[len(s.scheme)] != ' ' && v[len(s.scheme)] != '\t') {
 				return "", false, false
 			}
 			v = strings.TrimSpace(v[len(s.scheme)+1:])
@@ -219,16 +222,22 @@ func unescapeQuery(s string) string {
 func cookieCredential(header, name, fold string) (value string, present, ambiguous bool) {
 	for header != "" {
 		var part string
+		comma := false
 		if i := strings.IndexAny(header, ";,"); i >= 0 {
-			part, header = header[:i], header[i+1:]
+			part, header, comma = header[:i], header[i+1:], header[i] == ','
 		} else {
 			part, header = header, ""
 		}
 		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		k = strings.TrimSpace(k) // "api_key =": Go, Node and Python read the name trimmed
 		switch {
 		case k == name:
 			if v = strings.Trim(strings.TrimSpace(v), `"`); v != "" && !present {
 				value, present = v, true
+			} else if v == "" && comma {
+				// "api_key=,x": empty here, but ",x" to a reader that
+				// splits on ";" alone (Go's net/http, Node's cookie).
+				ambiguous = true
 			}
 		case readsAs(k, fold):
 			ambiguous = true
@@ -250,7 +259,7 @@ func CookieWithout(header string, names ...string) string {
 		start := b.Len()
 		for piece := range strings.SplitSeq(part, ",") {
 			piece = strings.TrimSpace(piece)
-			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, k) {
+			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, strings.TrimSpace(k)) {
 				continue
 			}
 			if kept == 0 && start > 0 {
@@ -267,10 +276,12 @@ func CookieWithout(header string, names ...string) string {
 
 // foldName is a query parameter or cookie name as the loosest common
 // upstream reads it: percent-decoded with "+" as a space (PHP decoded
-// cookie names too, before 8.1.11), then " ", "." and "[" made "_" (PHP's
-// variable names), then ASCII lower-cased (ASP.NET's collections ignore
-// case). A raw name other than the configured one that folds to the same
-// string names the credential for some upstream.
+// cookie names too, before 8.1.11), without the spaces it starts with (PHP
+// drops them), then " ", "." and "[" made "_" (PHP's variable names), then
+// ASCII lower-cased (ASP.NET's collections ignore case). A raw name other
+// than the configured one that folds to the same string names the
+// credential for some upstream. (The configured names start with no
+// space; readsAs drops a raw name's leading ones.)
 func foldName(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
@@ -309,7 +320,7 @@ func readsAs(k, fold string) bool {
 		return false
 	}
 	j := 0
-	for i := 0; i < len(k); i++ {
+	for i := leadingSpaces(k); i < len(k); i++ {
 		if j == len(fold) {
 			return false
 		}
@@ -321,6 +332,83 @@ func readsAs(k, fold string) bool {
 		j++
 	}
 	return j == len(fold)
+}
+
+// leadingSpaces returns how many bytes of the raw name k are spaces before
+// its first other character, once decoded: " ", "+" or "%20", which PHP
+// drops from the start of a variable's name ("+api_key" is $_GET['api_key']).
+func leadingSpaces(k string) int {
+	i := 0
+	for i < len(k) {
+		switch c, n := foldByte(k, i); {
+		case c == '_' && (k[i] == ' ' || k[i] == '+' || n == 2 && k[i+1] == '2' && k[i+2] == '0'):
+			i += n + 1
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// overridden reports whether some upstream could take another method from
+// req than method: a method-override header's value (readsAsOverride) or a
+// query parameter that reads as _method (Symfony and Laravel read it there,
+// case folded; foldName) names another method than method, in any case.
+// Such a request is one upstream's POST and another's DELETE, decided under
+// rules that are not the ones it is served by, so step 2 refuses it; an
+// override that names the request's own method changes nothing. An
+// override in the body (a form's _method field) is out of sight: see
+// docs/decision.md.
+func overridden(req *Request, method string) bool {
+	if !req.noted.names.lacks(namesOverride) {
+		found := false
+		eachHeader(req.Headers, func(name, value string) {
+			found = found || readsAsOverride(name) && overrides(value, method)
+		})
+		if found {
+			return true
+		}
+	}
+	i := strings.IndexByte(req.Path, '?')
+	if i < 0 {
+		return false
+	}
+	q := req.Path[i+1:]
+	if j := strings.IndexByte(q, '#'); j >= 0 {
+		q = q[:j]
+	}
+	// Pieces after a ";" count too, as for credentials (queryCredential).
+	for q != "" {
+		piece := q
+		if j := strings.IndexAny(q, "&;"); j >= 0 {
+			piece, q = q[:j], q[j+1:]
+		} else {
+			q = ""
+		}
+		// Most names are out at their first byte: one that reads as
+		// "_method" starts with a byte that folds to "_" or a space.
+		if len(piece) < len("_method") || strings.IndexByte("_.[ +%", piece[0]) < 0 {
+			continue
+		}
+		k, v, _ := strings.Cut(piece, "=")
+		if !readsAs(k, "_method") {
+			continue
+		}
+		if strings.ContainsAny(v, "%+") {
+			v = unescapeQuery(v)
+		}
+		if overrides(v, method) {
+			return true
+		}
+	}
+	return false
+}
+
+// overrides reports whether an override's value names a method other than
+// method: empty names none (Symfony ignores it).
+func overrides(value, method string) bool {
+	v := strings.TrimSpace(value)
+	return v != "" && !strings.EqualFold(v, method)
 }
 
 // clientIP finds the client address (client_ip in the README's

@@ -170,6 +170,25 @@ func bypassAttempts() []attempt {
 		deny("a mixed-case method", strictPaths, "Get", "/api/users", users, 400, "bad_request"),
 		allow("a route without methods takes any token", strictPaths, "M-SEARCH", "/public/x", nil, pass("")),
 
+		// Method overrides: Symfony and Laravel serve a POST with
+		// X-HTTP-Method-Override: DELETE as a DELETE, by default.
+		deny("X-HTTP-Method-Override names another method", strictPaths, "POST", "/api/users/7", hdr("x-api-key", "{users}", "X-HTTP-Method-Override", "DELETE"), 400, "bad_request"),
+		deny("X-HTTP-Method names another method", strictPaths, "POST", "/api/users/7", hdr("x-api-key", "{users}", "X-HTTP-Method", "DELETE"), 400, "bad_request"),
+		deny("X-Method-Override names another method", strictPaths, "POST", "/api/users/7", hdr("x-api-key", "{users}", "X-Method-Override", "DELETE"), 400, "bad_request"),
+		deny("x_http_method_override (PHP's HTTP_X_HTTP_METHOD_OVERRIDE)", strictPaths, "POST", "/api/users/7", hdr("x-api-key", "{users}", "x_http_method_override", "DELETE"), 400, "bad_request"),
+		deny("X-HTTP-METHOD-OVERRIDE in lower case names DELETE", strictPaths, "POST", "/api/users/7", hdr("x-api-key", "{users}", "X-HTTP-METHOD-OVERRIDE", "delete"), 400, "bad_request"),
+		deny("an override on a GET that has a route", strictPaths, "GET", "/api/users/7", hdr("x-api-key", "{users}", "x-http-method-override", "DELETE"), 400, "bad_request"),
+		deny("an override on a public route", strictPaths, "POST", "/public/x", hdr("X-HTTP-Method-Override", "DELETE"), 400, "bad_request"),
+		deny("_method in the query", strictPaths, "POST", "/api/users/7?_method=DELETE", hdr("x-api-key", "{users}"), 400, "bad_request"),
+		deny("_METHOD in the query", strictPaths, "POST", "/api/users/7?a=1&_METHOD=delete", hdr("x-api-key", "{users}"), 400, "bad_request"),
+		deny("%5Fmethod in the query", strictPaths, "POST", "/api/users/7?%5Fmethod=DELETE", hdr("x-api-key", "{users}"), 400, "bad_request"),
+		deny(".method in the query (PHP's _method)", strictPaths, "POST", "/api/users/7?.method=DELETE", hdr("x-api-key", "{users}"), 400, "bad_request"),
+		deny("_method behind a ; in the query", strictPaths, "POST", "/api/users/7?a=1;_method=DELETE", hdr("x-api-key", "{users}"), 400, "bad_request"),
+		deny("_method encoded in the value", strictPaths, "POST", "/api/users/7?_method=DEL%45TE", hdr("x-api-key", "{users}"), 400, "bad_request"),
+		allow("an override that names the request's own method", strictPaths, "GET", "/api/users/7?_method=get", hdr("x-api-key", "{users}", "X-HTTP-Method-Override", "GET"), pass("users", "x-api-key")),
+		allow("an empty override names none", strictPaths, "GET", "/api/users/7?_method=", hdr("x-api-key", "{users}"), pass("users", "x-api-key")),
+		allow("a parameter named method is not an override", strictPaths, "GET", "/api/users/7?method=DELETE", hdr("x-api-key", "{users}"), pass("users", "x-api-key")),
+
 		// Credential names in the query.
 		deny("api%5Fkey in the query", strictPaths, "GET", "/public/x?api%5Fkey={reader}", nil, 400, "bad_request"),
 		deny("%61pi_key in the query", strictPaths, "GET", "/public/x?%61pi_key={reader}", nil, 400, "bad_request"),
@@ -179,6 +198,9 @@ func bypassAttempts() []attempt {
 		deny("API_KEY in the query (ASP.NET's api_key)", strictPaths, "GET", "/public/x?API_KEY={reader}", nil, 400, "bad_request"),
 		deny("api_key behind a ; in the query", strictPaths, "GET", "/public/x?x=1;api_key={reader}", nil, 400, "bad_request"),
 		deny("api%5Fkey beside a good credential", strictPaths, "GET", "/api/reports/x?api%5Fkey={admin}", reader, 400, "bad_request"),
+		deny("+api_key in the query (PHP drops leading spaces)", strictPaths, "GET", "/public/x?+api_key={reader}", nil, 400, "bad_request"),
+		deny("%20api_key beside a good credential", strictPaths, "GET", "/api/reports/x?%20api_key={admin}", reader, 400, "bad_request"),
+		deny("%20%20api.key in the query", strictPaths, "GET", "/public/x?%20%20api.key={reader}", nil, 400, "bad_request"),
 		allow("two api_key parameters: both go", strictPaths, "GET", "/public/x?api_key={reader}&api_key={admin}", nil, &upstream{query: []string{"api_key"}}),
 		allow("a query credential is stripped", strictPaths, "GET", "/api/reports/x?page=2&api_key={reader}", nil, &upstream{key: "reader", query: []string{"api_key"}}),
 
@@ -192,6 +214,20 @@ func bypassAttempts() []attempt {
 			hdr("cookie", "a=1,api_key={reader}"), &upstream{cookie: &cookieRest}, viaGRPC),
 		allow("two api_key cookies: both go", strictPaths, "GET", "/public/x",
 			hdr("cookie", "api_key={reader}; api_key={admin}"), &upstream{cookie: &noCookie}),
+		allow("a space before a cookie's = (Go, Node and Python trim it)", strictPaths, "GET", "/api/reports/x",
+			hdr("cookie", "a=1; api_key ={reader}"), &upstream{key: "reader", cookie: &cookieRest}),
+		allow("a tab before a cookie's =", strictPaths, "GET", "/api/reports/x",
+			hdr("cookie", "api_key\t={reader}"), &upstream{key: "reader", cookie: &noCookie}),
+		allow("a spaced cookie beside a header credential goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "cookie", "api_key ={admin}"), &upstream{key: "reader", removed: []string{"x-api-key"}, cookie: &noCookie}),
+		deny("an empty api_key cookie before a comma (net/http reads \",{admin}\")", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "cookie", "api_key=,{admin}"), 400, "bad_request"),
+		deny("%20api_key as a cookie", strictPaths, "GET", "/public/x", hdr("cookie", "%20api_key={reader}"), 400, "bad_request"),
+
+		// Bearer and the white space after it.
+		allow("Bearer and a tab", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\t{reader}"), pass("reader", "authorization")),
+		allow("Bearer and a tab beside a header credential goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "Bearer\t{admin}"), pass("reader", "x-api-key", "authorization")),
 
 		// Identity headers in every spelling.
 		allow("x_authz_owner is removed", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "x_authz_owner", "root"), pass("reader", "x-api-key", "x_authz_owner")),
