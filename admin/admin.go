@@ -306,7 +306,9 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request, rt route) 
 	forwardauth.WriteDenial(w, &d)
 	if d.Code == authz.CodeUnavailable {
 		// The store failed, not the caller's credential.
-		s.log.Warn("admin API: key store unavailable while authenticating", "method", r.Method, "path", r.URL.Path)
+		// The route's pattern, not the path: a secret pasted into the path
+		// (DELETE /v1/keys/sk_…) would land in the log.
+		s.log.Warn("admin API: key store unavailable while authenticating", "route", rt.Pattern())
 		return nil, false
 	}
 	var keyID string
@@ -493,7 +495,9 @@ func permissionDenied(msg string) *apiError {
 	return &apiError{http.StatusForbidden, codePermissionDenied, msg}
 }
 
-// writeError is the one mapping from errors to responses.
+// writeError is the one mapping from errors to responses. Its log lines name
+// the route's pattern (r.Pattern), never the path, which may hold whatever a
+// caller pasted into it.
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	var fe *keystore.FieldError
@@ -510,15 +514,15 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, keystore.ErrNotLive):
 		ae = &apiError{http.StatusConflict, codeNotLive, "the key is revoked, expired or rotated away; create a new key instead"}
 	case errors.Is(err, keystore.ErrUnconfirmed):
-		s.log.Warn("admin API: a change is stored but not confirmed by the store's replicas", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.log.Warn("admin API: a change is stored but not confirmed by the store's replicas", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnconfirmed, "the change is made and in effect, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it; repeat the same request (it is safe to) once replication is healthy"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		s.log.Warn("admin API: key store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.log.Warn("admin API: key store unavailable", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return // the client went away; nobody reads an answer
 	default:
-		s.log.Error("admin API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.log.Error("admin API request failed", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusInternalServerError, codeInternal, "internal error"}
 	}
 	forwardauth.WriteError(w, ae.status, ae.code, ae.msg)

@@ -378,7 +378,16 @@ func TestEveryRouteAnswers503WhenTheStoreIsDownAndTheKeyIsNotCached(t *testing.T
 			require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
 			assert.Equal(t, "unavailable", r.code(t))
 		})
+		t.Run("a secret pasted into the path reaches no log", func(t *testing.T) {
+			// Authenticating the uncached caller fails on the store; the
+			// cached root is let in, and a secret is no key id.
+			r := e.send("DELETE", "/v1/keys/"+leaked, fresh, nil)
+			require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+			r = e.send("DELETE", "/v1/keys/"+leaked, e.root, nil)
+			require.Equal(t, http.StatusNotFound, r.status, "%s", r)
+		})
 		assert.Contains(t, e.rec.Logs(), "key store unavailable")
 		assert.NotContains(t, e.rec.Logs(), fresh)
+		assert.NotContains(t, e.rec.Logs(), leaked)
 	})
 }
