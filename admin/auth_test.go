@@ -379,12 +379,13 @@ func TestEveryRouteAnswers503WhenTheStoreIsDownAndTheKeyIsNotCached(t *testing.T
 			assert.Equal(t, "unavailable", r.code(t))
 		})
 		t.Run("a secret pasted into the path reaches no log", func(t *testing.T) {
-			// Authenticating the uncached caller fails on the store; the
-			// cached root is let in, and a secret is no key id.
+			// Authenticating the uncached caller fails on the store. The
+			// root is let in while its cache entry is fresh (a secret is no
+			// key id: 404), and fails like the other once it is not.
 			r := e.send("DELETE", "/v1/keys/"+leaked, fresh, nil)
 			require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
 			r = e.send("DELETE", "/v1/keys/"+leaked, e.root, nil)
-			require.Equal(t, http.StatusNotFound, r.status, "%s", r)
+			require.Contains(t, []int{http.StatusNotFound, http.StatusServiceUnavailable}, r.status, "%s", r)
 		})
 		assert.Contains(t, e.rec.Logs(), "key store unavailable")
 		assert.NotContains(t, e.rec.Logs(), fresh)
