@@ -298,8 +298,12 @@ func normalize(set *PolicySet, req *Request, d *Decision) bool {
 		d.Deny(CodeBadRequest, "malformed request: the method must be an upper-case token")
 		return false
 	}
-	if overridden(req, method) {
+	switch overridden(req, method) {
+	case overridesMethod:
 		d.Deny(CodeBadRequest, "malformed request: a method override (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override or a _method parameter) names another method than the request's")
+		return false
+	case overridesTarget:
+		d.Deny(CodeBadRequest, "malformed request: X-Original-URL or X-Rewrite-URL names another target than the request's")
 		return false
 	}
 	path, err := set.paths.normalize(req.Path)

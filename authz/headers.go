@@ -163,25 +163,45 @@ func readsAsIdentity(name string) bool {
 	return true
 }
 
-// overrideHeaders are the headers through which frameworks let a client
-// name a method other than the request's own: Symfony and Laravel read
-// X-HTTP-Method-Override on a POST by default; Express's method-override,
-// ASP.NET Core's UseHttpMethodOverride and gorilla's handler read one of the
-// three once enabled.
-var overrideHeaders = [...]string{"x-http-method-override", "x-http-method", "x-method-override"}
+// The headers through which frameworks let a client override what a proxy
+// saw. A method: Symfony and Laravel read X-HTTP-Method-Override on a POST
+// by default; Express's method-override, ASP.NET Core's
+// UseHttpMethodOverride and gorilla's handler read one of the three once
+// enabled. A target: IIS's URL Rewrite sets X-Original-URL, and Symfony and
+// Zend Framework served the path in it or in X-Rewrite-URL until 2018
+// (CVE-2018-14773), as other stacks built for IIS still may.
+var (
+	methodOverrideHeaders = [...]string{"x-http-method-override", "x-http-method", "x-method-override"}
+	targetOverrideHeaders = [...]string{"x-original-url", "x-rewrite-url"}
+)
 
-// readsAsOverride reports whether a header name reads as a method-override
-// header for some upstream (any case, "_" for "-", as PHP reads it).
-func readsAsOverride(name string) bool {
+// override is what an override header names: nothing (not one), a method or
+// a target.
+type override uint8
+
+const (
+	overridesNothing override = iota
+	overridesMethod
+	overridesTarget
+)
+
+// readsAsOverride tells what a header name overrides for some upstream that
+// reads it in any case and with "_" for "-", as PHP does.
+func readsAsOverride(name string) override {
 	if len(name) < len("x-http-method") || name[0]|0x20 != 'x' {
-		return false // most names, at the cost of a length and a byte
+		return overridesNothing // most names, at the cost of a length and a byte
 	}
-	for _, h := range overrideHeaders {
+	for _, h := range methodOverrideHeaders {
 		if readsAsHeader(name, h) {
-			return true
+			return overridesMethod
 		}
 	}
-	return false
+	for _, h := range targetOverrideHeaders {
+		if readsAsHeader(name, h) {
+			return overridesTarget
+		}
+	}
+	return overridesNothing
 }
 
 // isIdentityHeader reports whether name is, up to case, one of the four
@@ -206,7 +226,7 @@ const (
 	namesSeen       headerNames = 1 << iota // the adapter summarised the names
 	namesUnderscore                         // some name holds a "_"
 	namesIdentity                           // some name reads as an x-authz- header
-	namesOverride                           // some name reads as a method-override header
+	namesOverride                           // some name reads as an override header (readsAsOverride)
 )
 
 // note adds one header name to the summary.
@@ -218,7 +238,7 @@ func (n *headerNames) note(name string) {
 	if readsAsIdentity(name) {
 		*n |= namesIdentity
 	}
-	if readsAsOverride(name) {
+	if readsAsOverride(name) != overridesNothing {
 		*n |= namesOverride
 	}
 }

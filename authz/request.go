@@ -350,28 +350,37 @@ func leadingSpaces(k string) int {
 	return i
 }
 
-// overridden reports whether some upstream could take another method from
-// req than method: a method-override header's value (readsAsOverride) or a
-// query parameter that reads as _method (Symfony and Laravel read it there,
-// case folded; foldName) names another method than method, in any case.
-// Such a request is one upstream's POST and another's DELETE, decided under
-// rules that are not the ones it is served by, so step 2 refuses it; an
-// override that names the request's own method changes nothing. An
-// override in the body (a form's _method field) is out of sight: see
-// docs/decision.md.
-func overridden(req *Request, method string) bool {
+// overridden tells whether some upstream could serve req as another request
+// than the one decided: a method-override header's value, or a query
+// parameter that reads as _method (Symfony and Laravel read it there, case
+// folded; foldName), that names another method than method, in any case
+// (overridesMethod); or a target-override header whose value is another
+// target than req.Path (overridesTarget). Such a request is one upstream's
+// POST /public/x and another's DELETE /api/admin, decided under rules that
+// are not the ones it is served by, so step 2 refuses it; an override that
+// names the request's own method or target changes nothing. An override in
+// the body (a form's _method field) is out of sight: see docs/decision.md.
+func overridden(req *Request, method string) override {
 	if !req.noted.names.lacks(namesOverride) {
-		found := false
+		found := overridesNothing
 		eachHeader(req.Headers, func(name, value string) {
-			found = found || readsAsOverride(name) && overrides(value, method)
+			if found != overridesNothing {
+				return
+			}
+			switch kind := readsAsOverride(name); {
+			case kind == overridesMethod && overrides(value, method):
+				found = kind
+			case kind == overridesTarget && strings.TrimSpace(value) != "" && strings.TrimSpace(value) != req.Path:
+				found = kind
+			}
 		})
-		if found {
-			return true
+		if found != overridesNothing {
+			return found
 		}
 	}
 	i := strings.IndexByte(req.Path, '?')
 	if i < 0 {
-		return false
+		return overridesNothing
 	}
 	q := req.Path[i+1:]
 	if j := strings.IndexByte(q, '#'); j >= 0 {
@@ -398,10 +407,10 @@ func overridden(req *Request, method string) bool {
 			v = unescapeQuery(v)
 		}
 		if overrides(v, method) {
-			return true
+			return overridesMethod
 		}
 	}
-	return false
+	return overridesNothing
 }
 
 // overrides reports whether an override's value names a method other than

@@ -187,6 +187,13 @@ func bypassAttempts() []attempt {
 		deny("_method encoded in the value", strictPaths, "POST", "/api/users/7?_method=DEL%45TE", hdr("x-api-key", "{users}"), 400, "bad_request"),
 		allow("an override that names the request's own method", strictPaths, "GET", "/api/users/7?_method=get", hdr("x-api-key", "{users}", "X-HTTP-Method-Override", "GET"), pass("users", "x-api-key")),
 		allow("an empty override names none", strictPaths, "GET", "/api/users/7?_method=", hdr("x-api-key", "{users}"), pass("users", "x-api-key")),
+		// Target overrides: IIS's X-Original-URL, which Symfony and Zend
+		// served in place of the path until 2018 (CVE-2018-14773).
+		deny("X-Original-URL names another path", strictPaths, "GET", "/public/x", hdr("X-Original-URL", "/api/admin/x"), 400, "bad_request"),
+		deny("X-Rewrite-URL names another path", strictPaths, "GET", "/public/x", hdr("X-Rewrite-URL", "/api/admin/x"), 400, "bad_request"),
+		deny("x_original_url (PHP's HTTP_X_ORIGINAL_URL)", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "x_original_url", "/api/admin/x"), 400, "bad_request"),
+		deny("X-ORIGINAL-URL naming the path with another query", strictPaths, "GET", "/api/reports/x", hdr("x-api-key", "{reader}", "X-ORIGINAL-URL", "/api/reports/x?a=1"), 400, "bad_request"),
+		allow("X-Original-URL naming the request's own target", strictPaths, "GET", "/api/reports/x?a=1", hdr("x-api-key", "{reader}", "X-Original-URL", "/api/reports/x?a=1"), pass("reader", "x-api-key")),
 		allow("a parameter named method is not an override", strictPaths, "GET", "/api/users/7?method=DELETE", hdr("x-api-key", "{users}"), pass("users", "x-api-key")),
 
 		// Credential names in the query.
