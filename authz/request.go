@@ -148,10 +148,11 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	case SourceHeader:
 		v := strings.TrimSpace(req.Headers.Get(s.name))
 		if s.scheme != "" {
-			// A tab after the scheme separates as a space does: upstreams
-			// that split the value on any white space read the credential
-			// that follows, so it is found, checked and stripped.
-			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || (v[len(s.scheme)] != ' ' && v[len(s.scheme)] != '\t') {
+			// Any white space after the scheme separates as a space does:
+			// upstreams that split the value at white space (Python's
+			// split, so Django REST framework) read the credential that
+			// follows, so it is found, checked and stripped.
+			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || strings.IndexByte(" \t\v\f\r\n", v[len(s.scheme)]) < 0 {
 				return "", false, false
 			}
 			v = strings.TrimSpace(v[len(s.scheme)+1:])

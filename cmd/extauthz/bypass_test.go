@@ -233,6 +233,7 @@ func bypassAttempts() []attempt {
 
 		// Bearer and the white space after it.
 		allow("Bearer and a tab", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\t{reader}"), pass("reader", "authorization")),
+		allow("Bearer and a vertical tab (Python's split)", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\v{reader}"), pass("reader", "authorization"), viaGRPC),
 		allow("Bearer and a tab beside a header credential goes", strictPaths, "GET", "/api/reports/x",
 			hdr("x-api-key", "{reader}", "authorization", "Bearer\t{admin}"), pass("reader", "x-api-key", "authorization")),
 
