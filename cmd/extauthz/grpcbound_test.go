@@ -1,0 +1,91 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+// heldChecks counts this process's Check handlers waiting for a message.
+func heldChecks() int {
+	var b bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	n := 0
+	for g := range strings.SplitSeq(b.String(), "\n\n") {
+		if strings.Contains(g, "authz/envoy.checkHandler(") && strings.Contains(g, "RecvMsg") {
+			n++
+		}
+	}
+	return n
+}
+
+// A client that opens Check calls and never sends their message, with no
+// deadline or a long one, is cut off at the server's bound (shortened here
+// to 400 ms), and so are its handlers; Envoy's Check with its own deadline,
+// and a health Watch stream, are not.
+func TestAGRPCCallThatNeverSendsIsCutOff(t *testing.T) {
+	const bound = 400 * time.Millisecond
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	var applied time.Duration
+	ts := startServerTuned(t, path, serverOutput{logs: io.Discard, audit: io.Discard}, func(s *server) { applied, s.maxCall = s.maxCall, bound })
+	assert.Equal(t, 10*time.Second, applied, "the server runs with the documented bound")
+
+	watch, err := healthpb.NewHealthClient(ts.conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	_, err = watch.Recv()
+	require.NoError(t, err, "the Watch stream's first status")
+	watched := make(chan error, 1)
+	go func() { _, err := watch.Recv(); watched <- err }()
+
+	const calls = 50
+	desc := &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}
+	ended := make(chan error, calls)
+	start := time.Now()
+	for i := range calls {
+		ctx := context.Background()
+		if i%2 == 1 { // a deadline far past the bound
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+		}
+		stream, err := ts.conn.NewStream(ctx, desc, authv3.Authorization_Check_FullMethodName)
+		require.NoError(t, err)
+		go func() { ended <- stream.RecvMsg(new(authv3.CheckResponse)) }()
+	}
+	require.Eventually(t, func() bool { return heldChecks() == calls }, 5*time.Second, 10*time.Millisecond, "every call reaches a handler")
+
+	// Meanwhile a Check with Envoy's own deadline is answered.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := ts.client.Check(ctx, checkReq("GET", "/healthz", "10.1.2.3", nil))
+	require.NoError(t, err)
+	assert.NotNil(t, resp.GetOkResponse())
+
+	for range calls {
+		select {
+		case err := <-ended:
+			assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a call that never sent is still open %v after it began (bound %v)", time.Since(start), bound)
+		}
+	}
+	assert.Eventually(t, func() bool { return heldChecks() == 0 }, 5*time.Second, 10*time.Millisecond, "handlers left waiting")
+
+	select {
+	case err := <-watched:
+		t.Fatalf("the health Watch stream ended: %v", err)
+	case <-time.After(bound):
+	}
+}
