@@ -339,11 +339,11 @@ func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bo
 	var limits [2]ratelimit.Limit
 	n := 0
 	if keyRate := c.key.RateLimit.Or(s.authz.Policies().Default.DefaultRate); !keyRate.IsZero() {
-		limits[n] = ratelimit.Limit{Name: "key", Bucket: c.key.ID, Rate: keyRate}
+		limits[n] = ratelimit.Limit{Name: "key", Bucket: c.key.RateBucket(), Rate: keyRate}
 		n++
 	}
 	if !s.rate.IsZero() {
-		limits[n] = ratelimit.Limit{Name: adminScope, Bucket: c.key.ID, Scope: adminScope, Rate: s.rate}
+		limits[n] = ratelimit.Limit{Name: adminScope, Bucket: c.key.RateBucket(), Scope: adminScope, Rate: s.rate}
 		n++
 	}
 	if n == 0 {

@@ -441,3 +441,35 @@ func rateLimit(t testing.TB, s string) keystore.RateLimit {
 	require.NoError(t, err)
 	return r
 }
+
+// A key that rotates itself, again and again with a grace period, does not
+// multiply its rate limit: every key of its line of rotations counts in the
+// first one's buckets, the old keys in their grace period included. (Each
+// rotation is a request of the key that makes it.)
+func TestRotatingItselfDoesNotMultiplyAKeysRateLimit(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		secret, id := e.newKey(e.root, map[string]any{"name": "w", "permissions": []string{"keys:write"}, "rate_limit": "5/m"})
+		first := id
+		secrets := []string{secret}
+		allowed := 0
+		for range 4 {
+			r := e.send("POST", "/v1/keys/"+id+"/rotate", secret, map[string]any{"grace": "1h"})
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+			allowed++
+			secret, id = r.str(t, "key"), r.str(t, "id")
+			assert.Equal(t, first, r.str(t, "lineage"))
+			secrets = append(secrets, secret)
+		}
+		for _, s := range secrets {
+			for {
+				r := e.send("GET", "/v1/keys/"+id, s, nil)
+				if r.status == http.StatusTooManyRequests {
+					break
+				}
+				require.Equal(t, http.StatusOK, r.status, "%s", r)
+				allowed++
+			}
+		}
+		assert.Equal(t, 5, allowed, "requests allowed in a minute to a key limited to 5/m and its rotations")
+	})
+}

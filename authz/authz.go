@@ -471,12 +471,12 @@ func (a *Authorizer) rateLimit(ctx context.Context, d *Decision) {
 	limits := d.limits[:0]
 	keyRate := d.Key.RateLimit.Or(d.Policy.DefaultRate)
 	if !keyRate.IsZero() {
-		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.ID, Rate: keyRate})
+		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.RateBucket(), Rate: keyRate})
 	}
 	if d.Route != nil && !d.Route.RateLimit.IsZero() {
 		// Counted per route, not per pattern: GET and DELETE on one pattern
 		// are two routes with two limits.
-		limits = append(limits, ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.ID, Scope: d.Route.scope, Rate: d.Route.RateLimit})
+		limits = append(limits, ratelimit.Limit{Name: d.Route.Pattern, Bucket: d.Key.RateBucket(), Scope: d.Route.scope, Rate: d.Route.RateLimit})
 	}
 	if len(limits) == 0 {
 		return

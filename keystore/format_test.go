@@ -184,7 +184,7 @@ func TestKeyJSONUsesTheRecordNamesAndEmptyLists(t *testing.T) {
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"id":"key_1","name":"n","owner":"o","permissions":[],"ip_allowlist":[],"policies":[],"meta":{},
 		"created_at":"2026-01-02T03:04:05Z","expires_at":null,"last_used_at":null,"revoked_at":null,
-		"rate_limit":null,"rotated_from":null,"rotated_to":null}`, string(b))
+		"rate_limit":null,"rotated_from":null,"rotated_to":null,"lineage":null}`, string(b))
 	var back Key
 	require.NoError(t, json.Unmarshal(b, &back))
 	assert.Equal(t, "key_1", back.ID)
@@ -249,6 +249,7 @@ func TestKeyJSONCarriesPoliciesAndMeta(t *testing.T) {
 	assert.Empty(t, old.Policies)
 	assert.Empty(t, old.Meta)
 	assert.True(t, old.ValidUnder("billing"))
+	assert.Equal(t, "key_0", old.RateBucket(), "a record from before lineages counts in its own buckets")
 }
 
 func TestPoliciesAndMetaAreBounded(t *testing.T) {

@@ -42,6 +42,22 @@ type Key struct {
 	RevokedAt   *time.Time        `json:"revoked_at"`
 	RotatedFrom string            `json:"rotated_from,omitempty"`
 	RotatedTo   string            `json:"rotated_to,omitempty"`
+	// Lineage is the id of the first key of the key's line of rotations,
+	// for a key rotated into ("" for one created). Every rotation passes
+	// it on, and the rate limits of the whole line count together, in the
+	// first key's buckets (RateBucket): a key that rotated itself would
+	// otherwise start every successor on fresh counts, and keep the old
+	// one spending its own through the grace period.
+	Lineage string `json:"lineage,omitempty"`
+}
+
+// RateBucket is the bucket the key's rate limits count in: the first key of
+// its line of rotations (Lineage), else the key itself.
+func (k *Key) RateBucket() string {
+	if k.Lineage != "" {
+		return k.Lineage
+	}
+	return k.ID
 }
 
 // Status is where a key stands at one instant.
@@ -68,7 +84,8 @@ func (k Key) MarshalJSON() ([]byte, error) {
 		RateLimit   RateLimit `json:"rate_limit"`
 		RotatedFrom *string   `json:"rotated_from"`
 		RotatedTo   *string   `json:"rotated_to"`
-	}{plain: plain(k), RateLimit: k.RateLimit, RotatedFrom: nonEmpty(k.RotatedFrom), RotatedTo: nonEmpty(k.RotatedTo)}
+		Lineage     *string   `json:"lineage"`
+	}{plain: plain(k), RateLimit: k.RateLimit, RotatedFrom: nonEmpty(k.RotatedFrom), RotatedTo: nonEmpty(k.RotatedTo), Lineage: nonEmpty(k.Lineage)}
 	if out.Permissions == nil {
 		out.Permissions = []string{}
 	}

@@ -316,7 +316,7 @@ func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, ac
 	if err != nil {
 		return "", nil, err
 	}
-	k.RotatedFrom = old.ID
+	k.RotatedFrom, k.Lineage = old.ID, old.RateBucket()
 	rotated, err := m.Store.Rotate(ctx, id, k, h, now.Add(grace))
 	if !stored(rotated, err) {
 		return "", nil, err

@@ -55,7 +55,7 @@ func (r *record) bytes() []byte {
 //	rate           N and window (nanoseconds), when it parsed
 //	list counts    permissions, policies, allowlist, metadata: n+1, 0 = nil
 //	allowlist      each prefix: length, netip.Prefix.AppendBinary
-//	string lengths id, name, owner, rotated_from, rotated_to, rate text,
+//	string lengths id, name, owner, rotated_from, rotated_to, lineage, rate text,
 //	               each permission, each policy, each metadata name and value
 //	string bytes   in that order
 //
@@ -99,7 +99,7 @@ func appendRecord(dst []byte, k *Key) []byte {
 		dst, _ = p.AppendBinary(dst) // never fails
 		dst[n] = byte(len(dst) - n - 1)
 	}
-	strs := [...]string{k.ID, k.Name, k.Owner, k.RotatedFrom, k.RotatedTo, k.RateLimit.text}
+	strs := [recordStrings]string{k.ID, k.Name, k.Owner, k.RotatedFrom, k.RotatedTo, k.Lineage, k.RateLimit.text}
 	for _, s := range strs {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 	}
@@ -205,6 +205,10 @@ func (r *recordReader) time(t *time.Time) {
 	}
 }
 
+// recordStrings is the number of single strings a record holds (strs in
+// appendRecord), before its lists.
+const recordStrings = 7
+
 // decodeRecord returns the key b encodes, in at most five allocations: the
 // record with its times, the strings' bytes, the two string lists, the
 // allowlist and the metadata (the last three only when the key has them).
@@ -250,7 +254,7 @@ func decodeRecord(b []byte) (*Key, error) {
 			}
 		}
 	}
-	nstr := 6 + max(np, 0) + max(npol, 0) + 2*max(nmeta, 0)
+	nstr := recordStrings + max(np, 0) + max(npol, 0) + 2*max(nmeta, 0)
 	if nstr > len(r.b) {
 		return nil, errBadRecord
 	}
@@ -271,7 +275,7 @@ func decodeRecord(b []byte) (*Key, error) {
 		all, lengths = all[lengths[0]:], lengths[1:]
 		return s
 	}
-	k.ID, k.Name, k.Owner, k.RotatedFrom, k.RotatedTo, k.RateLimit.text = next(), next(), next(), next(), next(), next()
+	k.ID, k.Name, k.Owner, k.RotatedFrom, k.RotatedTo, k.Lineage, k.RateLimit.text = next(), next(), next(), next(), next(), next(), next()
 	if np >= 0 || npol >= 0 {
 		lists := make([]string, max(np, 0)+max(npol, 0))
 		for i := range lists {

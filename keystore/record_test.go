@@ -46,7 +46,7 @@ func recordCases(t *testing.T) []struct {
 			Policies:    []string{"public", "internal"}, Meta: map[string]string{"tier": "gold", "team": "ünïcode ✓"},
 			CreatedAt: *at("2026-01-01T00:00:00.123456789Z"), ExpiresAt: at("2027-01-01T00:00:00Z"),
 			LastUsedAt: at("2026-06-01T00:00:00+02:00"), RevokedAt: at("2026-07-01T00:00:00Z"),
-			RotatedFrom: "key_0", RotatedTo: "key_2",
+			RotatedFrom: "key_0", RotatedTo: "key_2", Lineage: "key_00",
 		}},
 		{"with empty lists", Key{ID: "key_1", Owner: "default", Permissions: []string{}, IPAllowlist: []netip.Prefix{}, Policies: []string{}, RateLimit: none}},
 		{"with permissions but no policies", Key{ID: "key_1", Permissions: []string{"a", ""}, Policies: nil}},

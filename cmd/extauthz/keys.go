@@ -210,6 +210,9 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	if k.RotatedTo != "" {
 		row("rotated to", k.RotatedTo)
 	}
+	if k.Lineage != "" {
+		row("lineage", k.Lineage+" (counts in its rate limits)")
+	}
 	tw.Flush()
 }
 

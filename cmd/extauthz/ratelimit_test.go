@@ -115,3 +115,35 @@ func rateLimit(t testing.TB, s string) keystore.RateLimit {
 	require.NoError(t, err)
 	return r
 }
+
+// A key's line of rotations shares one rate limit, whichever of its keys is
+// used: rotating a key (here twice, each with an hour's grace) gives no
+// fresh counts, on either store, over gRPC.
+func TestALineOfRotationsSharesOneRateLimit(t *testing.T) {
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			ts := startServer(t, storeYAML(t, backend)+testRoutes)
+			secret, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "4/m")})
+			secrets, id := []string{secret}, k.ID
+			for range 2 {
+				s, next, err := ts.mgr.Rotate(t.Context(), id, time.Hour, "test")
+				require.NoError(t, err)
+				assert.Equal(t, k.ID, next.Lineage)
+				secrets, id = append(secrets, s), next.ID
+			}
+			allowed := 0
+			for range 3 {
+				for _, s := range secrets {
+					resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": s})
+					if resp.GetOkResponse() != nil {
+						allowed++
+						continue
+					}
+					code, _ := denial(t, resp)
+					require.Equal(t, "rate_limited", code)
+				}
+			}
+			assert.Equal(t, 4, allowed, "three keys of one line, nine checks, a limit of 4/m")
+		})
+	}
+}

@@ -452,13 +452,14 @@ func TestCLIChangesReachARunningServerWithinOneSecond(t *testing.T) {
 
 func TestRotationGivesAGracePeriod(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
-	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "50/m")})
+	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "1000/m")})
 	var rotated map[string]any
 	out := cli(t, "keys", "rotate", old.ID, "--grace", "4s", "--config", ts.cfgPath, "--json")
 	require.NoError(t, json.Unmarshal([]byte(out), &rotated), out)
 	assert.Equal(t, old.ID, rotated["rotated_from"])
+	assert.Equal(t, old.ID, rotated["lineage"], "the new key counts in the old one's rate limits")
 	assert.Equal(t, "team", rotated["owner"])
-	assert.Equal(t, "50/m", rotated["rate_limit"])
+	assert.Equal(t, "1000/m", rotated["rate_limit"])
 	newKey := rotated["key"].(string)
 
 	for _, k := range []string{oldKey, newKey} {

@@ -20,13 +20,13 @@ type row struct {
 	id, name, owner, permissions, rateLimit, ipAllowlist string
 	createdAt                                            int64
 	expiresAt, lastUsedAt, revokedAt                     sql.NullInt64
-	rotatedFrom, rotatedTo                               string
+	rotatedFrom, rotatedTo, lineage                      string
 	policies, meta                                       string // JSON
 }
 
 func encode(k *keystore.Key) (row, error) {
 	r := row{id: k.ID, name: k.Name, owner: k.Owner, rateLimit: k.RateLimit.String(),
-		rotatedFrom: k.RotatedFrom, rotatedTo: k.RotatedTo}
+		rotatedFrom: k.RotatedFrom, rotatedTo: k.RotatedTo, lineage: k.Lineage}
 	if k.ID == "" {
 		return r, errors.New("no id")
 	}
@@ -83,9 +83,9 @@ func encode(k *keystore.Key) (row, error) {
 
 func insert(ctx context.Context, tx *sql.Tx, r row, h keystore.Hash) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`, hash, listed)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.id, r.name, r.owner, r.permissions, r.rateLimit, r.ipAllowlist,
-		r.createdAt, r.expiresAt, r.lastUsedAt, r.revokedAt, r.rotatedFrom, r.rotatedTo, r.policies, r.meta, h[:], !r.revokedAt.Valid)
+		r.createdAt, r.expiresAt, r.lastUsedAt, r.revokedAt, r.rotatedFrom, r.rotatedTo, r.policies, r.meta, r.lineage, h[:], !r.revokedAt.Valid)
 	return dbErr(err)
 }
 
@@ -103,7 +103,7 @@ func update(ctx context.Context, tx *sql.Tx, r row) error {
 func scanKey(sc interface{ Scan(...any) error }, extra ...any) (*keystore.Key, error) {
 	var r row
 	dst := append([]any{&r.id, &r.name, &r.owner, &r.permissions, &r.rateLimit, &r.ipAllowlist,
-		&r.createdAt, &r.expiresAt, &r.lastUsedAt, &r.revokedAt, &r.rotatedFrom, &r.rotatedTo, &r.policies, &r.meta}, extra...)
+		&r.createdAt, &r.expiresAt, &r.lastUsedAt, &r.revokedAt, &r.rotatedFrom, &r.rotatedTo, &r.policies, &r.meta, &r.lineage}, extra...)
 	if err := sc.Scan(dst...); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, keystore.ErrNotFound
@@ -120,6 +120,7 @@ func scanKey(sc interface{ Scan(...any) error }, extra ...any) (*keystore.Key, e
 		RevokedAt:   timePtr(r.revokedAt),
 		RotatedFrom: r.rotatedFrom,
 		RotatedTo:   r.rotatedTo,
+		Lineage:     r.lineage,
 	}
 	_ = k.RateLimit.UnmarshalText([]byte(r.rateLimit)) // never fails: a text that no longer parses is kept
 	if err := json.Unmarshal([]byte(r.permissions), &k.Permissions); err != nil {

@@ -65,11 +65,17 @@ CREATE INDEX keys_by_end ON keys (ends_at) WHERE ends_at IS NOT NULL;
 ALTER TABLE keys ADD COLUMN policies TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE keys ADD COLUMN meta TEXT NOT NULL DEFAULT '{}';
 `,
+	3: `
+-- The first key of a rotated key's line of rotations, whose rate-limit
+-- counts the whole line shares ('' = the key's own: created, or rotated
+-- before the column, whose line then counts from it).
+ALTER TABLE keys ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // keyColumns are the columns scanKey reads, in its order.
 const keyColumns = `id, name, owner, permissions, rate_limit, ip_allowlist,
-	created_at, expires_at, last_used_at, revoked_at, rotated_from, rotated_to, policies, meta`
+	created_at, expires_at, last_used_at, revoked_at, rotated_from, rotated_to, policies, meta, lineage`
 
 // migrateRetrying runs migrate, waiting out SQLITE_BUSY: when several
 // processes open a brand-new file at once, the first connection's switch to

@@ -27,7 +27,7 @@ import (
 
 const (
 	// schemaVersion is the PRAGMA user_version this code writes and reads.
-	schemaVersion = 3
+	schemaVersion = 4
 
 	// busyTimeout is how long a writer waits for another process's write
 	// transaction before giving up.

@@ -240,25 +240,8 @@ func TestRateLimitsStoredByEarlierVersionsLoad(t *testing.T) {
 // (schema 2) is migrated when opened: its keys load as valid under every
 // policy, with no metadata, and take both from then on.
 func TestAFileFromBeforePoliciesIsMigrated(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	db, err := sql.Open("sqlite", path)
-	require.NoError(t, err)
-	for _, m := range migrations[:2] {
-		_, err := db.Exec(m)
-		require.NoError(t, err)
-	}
 	k, h := testKey(t)
-	_, err = db.Exec(`INSERT INTO keys (id, hash, name, owner, permissions, rate_limit, ip_allowlist, created_at, rotated_from, rotated_to)
-		VALUES (?, ?, ?, ?, '["read:users"]', '', '[]', ?, '', '')`, k.ID, h[:], k.Name, k.Owner, k.CreatedAt.UnixNano())
-	require.NoError(t, err)
-	_, err = db.Exec(`PRAGMA user_version = 2`)
-	require.NoError(t, err)
-	require.NoError(t, db.Close())
-
-	s := openTest(t, path)
-	var v int
-	require.NoError(t, s.db.QueryRow(`PRAGMA user_version`).Scan(&v))
-	assert.Equal(t, schemaVersion, v)
+	s := openOld(t, 2, k, h, "")
 	got, err := s.Lookup(t.Context(), h)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"read:users"}, got.Permissions)
@@ -616,4 +599,50 @@ func BenchmarkLookup(b *testing.B) {
 		}
 		i++
 	}
+}
+
+// A file written before keys carried their line of rotations (schema 3) is
+// migrated when opened: its keys, rotated ones included, count in their own
+// rate-limit buckets, and a rotation from then on passes its line on.
+func TestAFileFromBeforeLineagesIsMigrated(t *testing.T) {
+	k, h := testKey(t)
+	s := openOld(t, 3, k, h, "key_before")
+	got, err := s.Lookup(t.Context(), h)
+	require.NoError(t, err)
+	assert.Equal(t, "key_before", got.RotatedFrom)
+	assert.Empty(t, got.Lineage)
+	assert.Equal(t, k.ID, got.RateBucket())
+
+	m := &keystore.Manager{Store: s, Hasher: hasher}
+	_, next, err := m.Rotate(t.Context(), k.ID, 0, "test")
+	require.NoError(t, err)
+	stored, err := s.Get(t.Context(), next.ID)
+	require.NoError(t, err)
+	assert.Equal(t, k.ID, stored.Lineage, "the rotation passes the line on")
+	assert.Equal(t, k.ID, stored.RateBucket())
+}
+
+// openOld writes a store file at schema version, the way that version did,
+// holding k (permissions read:users, rotated from rotatedFrom), and opens
+// it, which migrates it to schemaVersion.
+func openOld(t *testing.T, version int, k *keystore.Key, h keystore.Hash, rotatedFrom string) *Store {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	for _, m := range migrations[:version] {
+		_, err := db.Exec(m)
+		require.NoError(t, err)
+	}
+	_, err = db.Exec(`INSERT INTO keys (id, hash, name, owner, permissions, rate_limit, ip_allowlist, created_at, rotated_from, rotated_to)
+		VALUES (?, ?, ?, ?, '["read:users"]', '', '[]', ?, ?, '')`, k.ID, h[:], k.Name, k.Owner, k.CreatedAt.UnixNano(), rotatedFrom)
+	require.NoError(t, err)
+	_, err = db.Exec(`PRAGMA user_version = ` + strconv.Itoa(version))
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	s := openTest(t, path)
+	var v int
+	require.NoError(t, s.db.QueryRow(`PRAGMA user_version`).Scan(&v))
+	require.Equal(t, schemaVersion, v, "migrated")
+	return s
 }

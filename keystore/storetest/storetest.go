@@ -156,7 +156,7 @@ func (f *fixture) nextOf(old *keystore.Key, at time.Time) (*keystore.Key, keysto
 	next.IPAllowlist = slices.Clone(old.IPAllowlist)
 	next.Policies = slices.Clone(old.Policies)
 	next.Meta = maps.Clone(old.Meta)
-	next.RotatedFrom = old.ID
+	next.RotatedFrom, next.Lineage = old.ID, old.RateBucket()
 	return next, h
 }
 
