@@ -51,6 +51,10 @@ func (g *gatewayObjects) add(t *testing.T, id, kind string, data []byte) {
 // route extauthz does not see must strip them, or a client could write them.
 var identityHeaders = []string{"x-authz-key-id", "x-authz-key-name", "x-authz-owner", "x-authz-permissions", "x-api-key", "authorization", "cookie"}
 
+// overrideHeaders are the method and target overrides extauthz refuses where
+// it decides: a route that skips it must remove them.
+var overrideHeaders = []string{"x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"}
+
 // checkEnvoyGateway: every route of every Gateway goes through a
 // SecurityPolicy whose extAuth asks extauthz over gRPC, failing closed with a
 // 503 within a second, with the target namespace's consent; the only routes
@@ -100,7 +104,7 @@ func (m *manifests) checkEnvoyGateway(bad func(string, ...any)) {
 						}
 					}
 				}
-				for _, h := range identityHeaders {
+				for _, h := range slices.Concat(identityHeaders, overrideHeaders) {
 					if !slices.Contains(removed, h) {
 						bad("%s: skips extauthz but passes a client's %s header on", rid, h)
 					}
@@ -307,6 +311,10 @@ func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
 		{"the health route passing a client's identity headers on", func(m *manifests) {
 			route(m, "demo-app-healthz").Spec.Rules[0].Filters = nil
 		}, "x-authz-owner"},
+		{"the health route passing a client's target override on", func(m *manifests) {
+			mod := route(m, "demo-app-healthz").Spec.Rules[0].Filters[0].RequestHeaderModifier
+			mod.Remove = slices.DeleteFunc(mod.Remove, func(h string) bool { return h == "x-original-url" })
+		}, "x-original-url"},
 		{"the Envoy Pods without the proxy label", func(m *manifests) {
 			m.gateway.envoyProxies[0].Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels = map[string]string{"app": "gw"}
 		}, "not let through"},

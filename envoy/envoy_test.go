@@ -72,6 +72,12 @@ var identityHeaders = []string{"x-authz-key-id", "x-authz-key-name", "x-authz-ow
 // keyHeaders are the request headers a key may arrive in (the default sources).
 var keyHeaders = []string{"x-api-key", "authorization", "cookie"}
 
+// overrideHeaders are the headers some upstreams take a method or a target
+// from instead of the request's own: extauthz answers 400 to one naming
+// another (docs/decision.md), so it must see them, and a route that skips it
+// must remove them.
+var overrideHeaders = []string{"x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"}
+
 // denyHeaders are the headers of a denial the client must see (docs/decision.md).
 var denyHeaders = []string{
 	"content-type", "www-authenticate", "retry-after", "x-authz-code",
@@ -281,11 +287,26 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			name: "HTTP mode hiding client x-authz-* headers from extauthz",
 			file: "envoy-http.yaml", mode: httpMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				m := dig(t, extAuthz(t, doc), "allowed_headers")
-				pats := m["patterns"].([]any)
-				m["patterns"] = pats[:len(pats)-1]
+				dropPattern(t, extAuthz(t, doc), "prefix", "x-authz-")
 			},
 			wantErr: "x-authz-admin",
+		},
+		{
+			name: "HTTP mode hiding a method override from extauthz",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dropPattern(t, extAuthz(t, doc), "exact", "x-http-method-override")
+			},
+			wantErr: "does not pass x-http-method-override",
+		},
+		{
+			name: "/healthz passing a target override to the upstream",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				r := routes(t, doc)[0].(map[string]any)
+				r["request_headers_to_remove"] = slices.DeleteFunc(r["request_headers_to_remove"].([]any), func(h any) bool { return h == "x-original-url" })
+			},
+			wantErr: "does not remove the client's x-original-url",
 		},
 		{
 			name: "the admin interface on every address",
@@ -753,7 +774,7 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 		if pp := s.GetPathPrefix(); !authPathRE.MatchString(pp) {
 			fail("ext_authz http_service path_prefix is %q, want /authz (http_mode.prefix) or /authz/_policy/<name> (a policy)", pp)
 		}
-		for _, hdr := range append(slices.Clone(keyHeaders), "x-request-id", "user-agent", "x-forwarded-for") {
+		for _, hdr := range append(slices.Concat(keyHeaders, overrideHeaders), "x-request-id", "user-agent", "x-forwarded-for") {
 			if !matchesAny(authz.GetAllowedHeaders(), hdr) {
 				fail("ext_authz allowed_headers does not pass %s to extauthz", hdr)
 			}
@@ -879,7 +900,7 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 				fail("%s skips ext_authz; only exact path matches may (a prefix exempts everything below it)", what)
 				continue
 			}
-			for _, hdr := range append(slices.Clone(identityHeaders), keyHeaders...) {
+			for _, hdr := range slices.Concat(identityHeaders, keyHeaders, overrideHeaders) {
 				if !slices.Contains(r.GetRequestHeadersToRemove(), hdr) {
 					fail("%s skips ext_authz but does not remove the client's %s", what, hdr)
 				}
@@ -1008,6 +1029,19 @@ func routes(t *testing.T, doc map[string]any) []any {
 	t.Helper()
 	vh := dig(t, hcm(t, doc), "route_config")["virtual_hosts"].([]any)[0].(map[string]any)
 	return vh["routes"].([]any)
+}
+
+// dropPattern removes the allowed_headers pattern {kind: value} of the
+// ext_authz filter config, which must have it.
+func dropPattern(t *testing.T, authz map[string]any, kind, value string) {
+	t.Helper()
+	m := dig(t, authz, "allowed_headers")
+	pats := m["patterns"].([]any)
+	n := len(pats)
+	m["patterns"] = slices.DeleteFunc(pats, func(p any) bool { return p.(map[string]any)[kind] == value })
+	if len(m["patterns"].([]any)) != n-1 {
+		t.Fatalf("allowed_headers has no %s pattern %q", kind, value)
+	}
 }
 
 func healthzPerRoute(t *testing.T, doc map[string]any) map[string]any {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/textproto"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -412,6 +413,21 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		assert.False(t, *fa.TrustForwardHeader, "Traefik must set X-Forwarded-Method/Uri itself")
 		assert.Equal(t, identity, fa.AuthResponseHeaders)
 		assert.Subset(t, fa.AuthRequestHeaders, []string{"X-Api-Key", "Authorization"}, "extauthz sees the key sources")
+		// extauthz answers 400 to these; Traefik passes them upstream, so
+		// extauthz must see them, in every "_" spelling and any case.
+		sent := map[string]bool{}
+		for _, h := range fa.AuthRequestHeaders {
+			sent[textproto.CanonicalMIMEHeaderKey(h)] = true
+		}
+		for _, h := range []string{"x-api-key", "x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"} {
+			n := 0
+			for name := range sent {
+				if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), h) {
+					n++
+				}
+			}
+			assert.Equal(t, 1<<strings.Count(h, "-"), n, "authRequestHeaders lacks some \"_\" spelling of %s: extauthz would not see it", h)
+		}
 		re, err := regexp.Compile(fa.AuthResponseHeadersRegex)
 		require.NoError(t, err)
 		// Go's canonical forms of x_authz_owner and x-authz_owner, as Traefik holds them.
