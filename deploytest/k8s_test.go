@@ -1246,6 +1246,17 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 		if len(ap.Spec.GetRules()) == 0 {
 			bad("%s: no rules: a CUSTOM policy without rules matches nothing", id)
 		}
+		// A path Istio skips reaches the workload with whatever headers the
+		// client wrote (identity headers, credentials, method and target
+		// overrides): Istio cannot strip them there. extauthz answers such a
+		// path itself, as a public route.
+		for _, r := range ap.Spec.GetRules() {
+			for _, to := range r.GetTo() {
+				if p := to.GetOperation().GetNotPaths(); len(p) > 0 {
+					bad("%s: skips %v, where a client's identity headers and overrides reach the workload unchecked; make them public routes of extauthz instead", id, p)
+				}
+			}
+		}
 		if ap.Namespace == "" || ap.Namespace == "extauthz" {
 			bad("%s: lives in %q; it belongs in the protected workloads' namespace", id, ap.Namespace)
 		}
@@ -1494,6 +1505,9 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"istio", "a policy without rules", func(m *manifests) {
 			m.authzPolicy[0].Spec.Rules = nil
 		}, "no rules"},
+		{"istio", "a policy that skips /healthz", func(m *manifests) {
+			m.authzPolicy[0].Spec.Rules[0].To[0].Operation.NotPaths = []string{"/healthz"}
+		}, "skips [/healthz]"},
 		{"istio", "mTLS permissive, so a plaintext request has no principal", func(m *manifests) {
 			m.peerAuthn[0].Spec.Mtls.Mode = securityv1beta1.PeerAuthentication_MutualTLS_PERMISSIVE
 		}, "mtls STRICT"},
