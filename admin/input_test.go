@@ -259,7 +259,11 @@ func TestNoKeyIsEverEchoed(t *testing.T) {
 				e.send("POST", "/v1/keys/"+e.rootID+"/rotate", e.root, `{"grace": "`+s+`"}`),
 			)
 		}
-		answers = append(answers, e.send("GET", "/v1/keys", unknown, nil), e.send("GET", "/v1/keys?api_key="+unknown, "", nil))
+		answers = append(answers, e.send("GET", "/v1/keys", unknown, nil), e.send("GET", "/v1/keys?api_key="+unknown, "", nil),
+			// A key of the configured format is found inside a value too (a
+			// legacy key has no shape to find it by inside other text).
+			e.send("POST", "/v1/keys", writer, `{"name": "n", "permissions": ["x:`+secret+`"]}`),
+			e.send("POST", "/v1/keys", writer, `{"name": "n", "permissions": ["read_`+secret+`"]}`))
 		for _, r := range answers {
 			require.GreaterOrEqual(t, r.status, 400, "%s", r)
 			for _, s := range []string{secret, legacy, unknown} {

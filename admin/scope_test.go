@@ -84,6 +84,10 @@ func TestBadPoliciesAndMetadataAre400NamingTheField(t *testing.T) {
 			{"a metadata value with a newline", map[string]any{"meta": map[string]any{"plan": "a\nb"}}, "meta.plan"},
 			{"seventeen metadata entries", map[string]any{"meta": many}, "meta"},
 			{"a key pasted into metadata", map[string]any{"meta": map[string]any{"note": "old key " + secret}}, "meta"},
+			{"a key glued into metadata with _", map[string]any{"meta": map[string]any{"note": "was_" + secret}}, "meta"},
+			{"a key glued after a name", map[string]any{"name": "old_" + secret}, "name"},
+			{"a key glued before a name", map[string]any{"name": secret + "_old"}, "name"},
+			{"a key glued into a permission", map[string]any{"permissions": []string{"read_" + secret}}, "permissions"},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				body := map[string]any{"name": "k", "permissions": []string{"x"}}

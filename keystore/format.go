@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"strings"
 	"time"
 )
 
@@ -102,6 +103,27 @@ func (f Format) Check(key string) error {
 		}
 	}
 	return nil
+}
+
+// ContainsKey reports whether s holds a key of this format anywhere, glued
+// to other text or not ("old_sk_…", "sk_…_v2", "note:sk_…"): the prefix, an
+// underscore and the base62 characters of a key with a matching checksum.
+// What comes before or after does not matter, so no joining character
+// hides one.
+func (f Format) ContainsKey(s string) bool {
+	marker := f.prefix + "_"
+	n := len(marker) + randomLen + checksumLen
+	for i := strings.Index(s, marker); i >= 0 && len(s)-i >= n; {
+		if f.Check(s[i:i+n]) == nil {
+			return true
+		}
+		j := strings.Index(s[i+1:], marker)
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 var ieeeTable = crc32.MakeTable(crc32.IEEE)

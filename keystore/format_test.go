@@ -216,6 +216,13 @@ func TestAKeyPastedIntoANamePermissionOrMetadataIsRefused(t *testing.T) {
 		{"ok", []string{"read:" + secret}, nil, "permissions"},
 		{"ok", nil, map[string]string{"plan": secret}, "meta"},
 		{"ok", nil, map[string]string{"note": "rotated from " + secret + " yesterday"}, "meta"},
+		// Glued to a label by characters a key may hold itself, or not.
+		{"old_" + secret, nil, nil, "name"},
+		{secret + "_old", nil, nil, "name"},
+		{"x" + secret + "y", nil, nil, "name"},
+		{"ok", []string{"read_" + secret}, nil, "permissions"},
+		{"ok", nil, map[string]string{"note": "was_" + secret}, "meta"},
+		{"ok", nil, map[string]string{"note": "sk_" + secret}, "meta"},
 	} {
 		err := m.refusePastedKeys(tt.name, tt.perms, tt.meta)
 		var fe *FieldError
@@ -225,6 +232,13 @@ func TestAKeyPastedIntoANamePermissionOrMetadataIsRefused(t *testing.T) {
 	}
 	assert.NoError(t, m.refusePastedKeys("sk_live_service", []string{"read:users"}, map[string]string{"plan": "sk_gold"}),
 		"a label that only starts like a key is fine")
+	other := "0"
+	if secret[len(secret)-1] == '0' {
+		other = "1"
+	}
+	broken := secret[:len(secret)-1] + other // its checksum's last character changed
+	assert.NoError(t, m.refusePastedKeys("old_"+broken, nil, nil), "a key-shaped string whose checksum fails is no key")
+	assert.NoError(t, m.refusePastedKeys("old_"+secret[:len(secret)-1], nil, nil), "nor one character short of a key")
 }
 
 func TestKeyJSONCarriesPoliciesAndMeta(t *testing.T) {

@@ -208,19 +208,12 @@ func ValidatePermissions(perms []string) error {
 	return nil
 }
 
-// refusePastedKeys rejects a name, permission or metadata entry that is
-// itself a key of the configured format: someone pasted a secret where a
-// label goes, and a label travels to logs, audit events, Envoy's metadata
-// and upstream headers.
+// refusePastedKeys rejects a name, permission or metadata entry that holds
+// a key of the configured format anywhere (Format.ContainsKey): someone
+// pasted a secret where a label goes, and a label travels to logs, audit
+// events, Envoy's metadata and upstream headers.
 func (m *Manager) refusePastedKeys(name string, perms []string, meta map[string]string) error {
-	looksLikeKey := func(s string) bool {
-		for _, word := range strings.FieldsFunc(s, func(r rune) bool { return !isBase62(byte(r)) && r != '_' || r > 127 }) {
-			if strings.HasPrefix(word, m.Format.prefix+"_") && m.Format.Check(word) == nil {
-				return true
-			}
-		}
-		return false
-	}
+	looksLikeKey := m.Format.ContainsKey
 	if looksLikeKey(name) {
 		return &FieldError{"name", "contains an API key; never put a key in a name"}
 	}
