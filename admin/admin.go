@@ -453,6 +453,7 @@ const (
 	codeTooLarge         authz.Code = "payload_too_large"
 	codeUnsupportedMedia authz.Code = "unsupported_media_type"
 	codeKeyLimit         authz.Code = "key_limit_reached"
+	codeChanged          authz.Code = "key_changed"
 	codeNotLive          authz.Code = "not_live"
 	codeInvalidSignature authz.Code = "invalid_signature"
 	codeUnconfirmed      authz.Code = "unconfirmed"
@@ -511,6 +512,8 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = &apiError{http.StatusConflict, codeKeyLimit, "the owner already has the maximum number of live keys (keys.max_per_owner); revoke one first"}
 	case errors.Is(err, keystore.ErrRetired):
 		ae = &apiError{http.StatusConflict, codeNotLive, "the key was revoked or rotated away, and such a key never changes again (revoking it still works); change its successor or create a new key"}
+	case errors.Is(err, keystore.ErrChanged):
+		ae = &apiError{http.StatusConflict, codeChanged, "the key changed again and again while it was being rotated; read it and try again"}
 	case errors.Is(err, keystore.ErrNotLive):
 		ae = &apiError{http.StatusConflict, codeNotLive, "the key is revoked, expired or rotated away; create a new key instead"}
 	case errors.Is(err, keystore.ErrUnconfirmed):

@@ -421,6 +421,13 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err := s.exceedsCaller(c, old); err != nil {
 		return err
 	}
-	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor())
+	// The same checks again on the record the new key copies: an admin's
+	// change since the read above must not slip into the copy.
+	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor(), func(cur *keystore.Key) error {
+		if !c.canSee(cur) {
+			return errNotFound
+		}
+		return s.exceedsCaller(c, cur)
+	})
 	return s.writeNewKey(w, secret, k, err, "rotation", unconfirmedRotation)
 }

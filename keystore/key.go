@@ -175,6 +175,22 @@ func cloneTime(t *time.Time) *time.Time {
 	return &c
 }
 
+// CopiesOld reports whether next, a rotation's new key, carries what old
+// grants and restricts as old is now: its name, owner, permissions, rate
+// limit, allowlist, expiry, policies, metadata and line of rotations. Empty
+// and nil lists are the same.
+func CopiesOld(next, old *Key) bool {
+	sameTime := func(a, b *time.Time) bool { return a == nil && b == nil || a != nil && b != nil && a.Equal(*b) }
+	return next.Name == old.Name && next.Owner == old.Owner &&
+		slices.Equal(next.Permissions, old.Permissions) &&
+		next.RateLimit.String() == old.RateLimit.String() &&
+		slices.Equal(next.IPAllowlist, old.IPAllowlist) &&
+		sameTime(next.ExpiresAt, old.ExpiresAt) &&
+		slices.Equal(next.Policies, old.Policies) &&
+		maps.Equal(next.Meta, old.Meta) &&
+		next.Lineage == old.RateBucket()
+}
+
 // Errors a Store returns. Callers compare with errors.Is.
 var (
 	// ErrNotFound: no key has that id or hash.
@@ -188,6 +204,9 @@ var (
 	// ErrRetired: the key was revoked or rotated away, and such a record
 	// never changes again (a change could give it a new life).
 	ErrRetired = errors.New("a revoked or rotated-away key never changes again")
+	// ErrChanged: the key changed between the read a rotation copied it
+	// from and the rotation itself (CopiesOld); nothing was stored.
+	ErrChanged = errors.New("the key changed while it was being rotated")
 	// ErrUnavailable wraps a backend failure (connection refused, timeout):
 	// the store could not answer, which is not the same as "no such key".
 	ErrUnavailable = errors.New("key store unavailable")
@@ -288,6 +307,10 @@ type Store interface {
 	// store that waits for its replicas may return the old key with an
 	// error wrapping ErrUnconfirmed: stored, but not yet safe from a
 	// failover.
+	// next must copy the old key as it is when stored (CopiesOld): a copy
+	// of an earlier read is ErrChanged, and nothing is stored, so that a
+	// change made meanwhile (an admin narrowing the key) is never undone
+	// by its successor.
 	Rotate(ctx context.Context, id string, next *Key, h Hash, graceEnd time.Time) (old *Key, err error)
 	// List returns keys ordered by id and the cursor of the next page ("" on
 	// the last page). Listing live keys walks an index that revoked keys

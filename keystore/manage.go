@@ -285,14 +285,31 @@ func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {
 }
 
 // Rotate makes a new key with the old one's metadata; the old one keeps
-// working until now+grace (grace 0: it stops now). A rotation stored but
-// not confirmed by the store's replicas (ErrUnconfirmed) is in effect: it
-// is audited, and its secret and key come with the error, for the caller
-// to show (there is no other chance) along with the warning.
-func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, actor string) (string, *Key, error) {
+// working until now+grace (grace 0: it stops now). check, when not nil, is
+// run on the very record the new key copies (the admin API's check that a
+// writer could grant it): its error aborts the rotation. The store refuses a
+// copy of a record that changed meanwhile (ErrChanged), and Rotate then
+// reads, checks and copies again, a few times. A rotation stored but not
+// confirmed by the store's replicas (ErrUnconfirmed) is in effect: it is
+// audited, and its secret and key come with the error, for the caller to
+// show (there is no other chance) along with the warning.
+func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, actor string, check func(old *Key) error) (string, *Key, error) {
 	if grace < 0 || grace > MaxLifetime {
 		return "", nil, &FieldError{"grace", "must be from 0 to 100 years"}
 	}
+	for range rotateAttempts - 1 {
+		secret, k, err := m.rotateOnce(ctx, id, grace, actor, check)
+		if !errors.Is(err, ErrChanged) {
+			return secret, k, err
+		}
+	}
+	return m.rotateOnce(ctx, id, grace, actor, check)
+}
+
+// rotateAttempts bounds how often Rotate copies a key that keeps changing.
+const rotateAttempts = 3
+
+func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration, actor string, check func(old *Key) error) (string, *Key, error) {
 	now := m.now()
 	old, err := m.Store.Get(ctx, id)
 	if err != nil {
@@ -300,6 +317,11 @@ func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, ac
 	}
 	if old.StatusAt(now) != Live {
 		return "", nil, ErrNotLive
+	}
+	if check != nil {
+		if err := check(old); err != nil {
+			return "", nil, err
+		}
 	}
 	secret, k, h, err := m.newKey(now, Spec{
 		Name: old.Name, Owner: old.Owner, Permissions: old.Permissions,

@@ -33,7 +33,7 @@ the server's hashing pepper.`,
 				return usageErrorf(c, "--grace must not be negative")
 			}
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
-				secret, k, err := m.Rotate(ctx, id, grace, "cli")
+				secret, k, err := m.Rotate(ctx, id, grace, "cli", nil)
 				switch {
 				case err == nil || unconfirmedOnly(secret, err):
 				case errors.Is(err, keystore.ErrNotLive):

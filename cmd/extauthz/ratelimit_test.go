@@ -126,7 +126,7 @@ func TestALineOfRotationsSharesOneRateLimit(t *testing.T) {
 			secret, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "4/m")})
 			secrets, id := []string{secret}, k.ID
 			for range 2 {
-				s, next, err := ts.mgr.Rotate(t.Context(), id, time.Hour, "test")
+				s, next, err := ts.mgr.Rotate(t.Context(), id, time.Hour, "test", nil)
 				require.NoError(t, err)
 				assert.Equal(t, k.ID, next.Lineage)
 				secrets, id = append(secrets, s), next.ID

@@ -113,14 +113,14 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 
 	t.Run("a rotation waits for the replica too; unconfirmed, it stands, is audited and hands out its secret", func(t *testing.T) {
 		old, _, _ := create(t, confirming, "dave")
-		secret, next, err := m.Rotate(ctx, old.ID, time.Hour, "test")
+		secret, next, err := m.Rotate(ctx, old.ID, time.Hour, "test", nil)
 		require.NoError(t, err)
 		require.Equal(t, next.ID, replicated(t, replica, testHasher.Hash(secret)).ID, "returned before the replica had the new key")
 
 		changes = nil
 		replica.Pause()
 		start := time.Now()
-		secret, rotated, err := m.Rotate(ctx, next.ID, time.Hour, "test")
+		secret, rotated, err := m.Rotate(ctx, next.ID, time.Hour, "test", nil)
 		took := time.Since(start)
 		replica.Resume()
 		require.ErrorIs(t, err, keystore.ErrUnconfirmed)
@@ -225,8 +225,7 @@ func requireConfirmedUnlessPaused(t *testing.T, client goredis.UniversalClient, 
 	_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(time.Now().Add(2*time.Hour)))
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
 	require.ErrorContains(t, err, "0 of the 1 replicas")
-	next, nextHash, _ := newKey(t, k.Owner)
-	next.RotatedFrom = k.ID
+	next, nextHash, _ := successor(t, s, k.ID)
 	old, err := s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed, "a rotation waits for the replica too")
 	require.Equal(t, next.ID, old.RotatedTo)

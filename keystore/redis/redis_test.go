@@ -62,6 +62,19 @@ func newKey(tb testing.TB, owner string) (*keystore.Key, keystore.Hash, string) 
 	}, testHasher.Hash(secret), secret
 }
 
+// successor is a new key for rotating id: a copy of id as s holds it now,
+// as a rotation's new key must be (keystore.CopiesOld), and its secret.
+func successor(tb testing.TB, s *Store, id string) (*keystore.Key, keystore.Hash, string) {
+	tb.Helper()
+	cur, err := s.Get(context.Background(), id)
+	require.NoError(tb, err)
+	next, h, secret := newKey(tb, cur.Owner)
+	next.Name, next.Permissions, next.RateLimit, next.IPAllowlist = cur.Name, cur.Permissions, cur.RateLimit, cur.IPAllowlist
+	next.ExpiresAt, next.Policies, next.Meta = cur.ExpiresAt, cur.Policies, cur.Meta
+	next.RotatedFrom, next.Lineage = cur.ID, cur.RateBucket()
+	return next, h, secret
+}
+
 func create(tb testing.TB, s *Store, owner string) (*keystore.Key, keystore.Hash, string) {
 	tb.Helper()
 	k, h, secret := newKey(tb, owner)
@@ -108,8 +121,7 @@ func TestCluster(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, k.ID, got.ID)
 
-		next, nextHash, _ := newKey(t, "alice")
-		next.RotatedFrom = k.ID
+		next, nextHash, _ := successor(t, b, k.ID)
 		old, err := b.Rotate(ctx, k.ID, next, nextHash, next.CreatedAt.Add(time.Hour))
 		require.NoError(t, err)
 		require.Equal(t, next.ID, old.RotatedTo)
@@ -189,8 +201,7 @@ func TestKeyNamesCarryThePrefixAndOneHashTag(t *testing.T) {
 	k, h, _ := create(t, s, "alice")
 	_, err := s.Update(ctx, k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.Name = "renamed"; return nil })
 	require.NoError(t, err)
-	next, nextHash, _ := newKey(t, "alice")
-	next.RotatedFrom = k.ID
+	next, nextHash, _ := successor(t, s, k.ID)
 	_, err = s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
 	require.NoError(t, err)
 	require.NoError(t, s.TouchLastUsed(ctx, map[string]time.Time{next.ID: time.Now()}))
@@ -241,9 +252,8 @@ func TestNoPlaintextKeyIsStored(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, s.TouchLastUsed(ctx, map[string]time.Time{k.ID: time.Now()}))
 		if i%2 == 0 {
-			next, nextHash, nextSecret := newKey(t, k.Owner)
+			next, nextHash, nextSecret := successor(t, s, k.ID)
 			secrets = append(secrets, nextSecret)
-			next.RotatedFrom = k.ID
 			_, err := s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
 			require.NoError(t, err)
 		}

@@ -470,6 +470,9 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 		if cur.StatusAt(nrec.CreatedAt) != keystore.Live || cur.RotatedTo != "" {
 			return nil, fmt.Errorf("redis rotate %s: %w", id, keystore.ErrNotLive)
 		}
+		if !keystore.CopiesOld(nrec, cur) {
+			return nil, fmt.Errorf("redis rotate %s: %w", id, keystore.ErrChanged)
+		}
 		old := cur.Clone()
 		old.RotatedTo = nrec.ID
 		if old.ExpiresAt == nil || graceEnd.Before(*old.ExpiresAt) {

@@ -157,6 +157,9 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 		if next.Owner != old.Owner {
 			return fmt.Errorf("the new key's owner %q is not the old key's %q", next.Owner, old.Owner)
 		}
+		if !keystore.CopiesOld(next, old) {
+			return keystore.ErrChanged
+		}
 		if err := checkNew(ctx, tx, next.ID, h); err != nil {
 			return err
 		}

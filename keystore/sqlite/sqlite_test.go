@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -614,7 +615,7 @@ func TestAFileFromBeforeLineagesIsMigrated(t *testing.T) {
 	assert.Equal(t, k.ID, got.RateBucket())
 
 	m := &keystore.Manager{Store: s, Hasher: hasher}
-	_, next, err := m.Rotate(t.Context(), k.ID, 0, "test")
+	_, next, err := m.Rotate(t.Context(), k.ID, 0, "test", nil)
 	require.NoError(t, err)
 	stored, err := s.Get(t.Context(), next.ID)
 	require.NoError(t, err)
@@ -645,4 +646,62 @@ func openOld(t *testing.T, version int, k *keystore.Key, h keystore.Hash, rotate
 	require.NoError(t, s.db.QueryRow(`PRAGMA user_version`).Scan(&v))
 	require.Equal(t, schemaVersion, v, "migrated")
 	return s
+}
+
+// staleFirstGet hands out, on its first Get, the key as it was before its
+// last change: the read of a rotation that raced an admin's change.
+type staleFirstGet struct {
+	keystore.Store
+	stale *keystore.Key
+	used  bool
+}
+
+func (s *staleFirstGet) Get(ctx context.Context, id string) (*keystore.Key, error) {
+	if !s.used {
+		s.used = true
+		return s.stale.Clone(), nil
+	}
+	return s.Store.Get(ctx, id)
+}
+
+// A rotation copies the key as it is stored, and runs its caller's check on
+// that record: a copy of an earlier read is refused by the store, and the
+// rotation reads, checks and copies again.
+func TestARotationCopiesAndChecksTheKeyAsItIsNow(t *testing.T) {
+	errTooWide := errors.New("the caller could not grant admin")
+	noAdmin := func(old *keystore.Key) error {
+		if slices.Contains(old.Permissions, "admin") {
+			return errTooWide
+		}
+		return nil
+	}
+	for _, tt := range []struct {
+		name  string
+		check func(*keystore.Key) error
+	}{{"with a check that the change fails", noAdmin}, {"without a check", nil}} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openTest(t, filepath.Join(t.TempDir(), "k.db"))
+			k, h := testKey(t)
+			require.NoError(t, s.Create(t.Context(), k, h, 0))
+			stale := k.Clone()
+			widened, err := s.Update(t.Context(), k.ID, keystore.OwnerLimit{}, func(cur *keystore.Key) error {
+				cur.Permissions = append(cur.Permissions, "admin")
+				return nil
+			})
+			require.NoError(t, err)
+
+			m := &keystore.Manager{Store: &staleFirstGet{Store: s, stale: stale}, Hasher: hasher}
+			_, next, err := m.Rotate(t.Context(), k.ID, time.Hour, "test", tt.check)
+			cur, getErr := s.Get(t.Context(), k.ID)
+			require.NoError(t, getErr)
+			if tt.check != nil {
+				require.ErrorIs(t, err, errTooWide, "the check ran on the key as it is now")
+				assert.Empty(t, cur.RotatedTo, "nothing was rotated")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, widened.Permissions, next.Permissions, "the new key copies the key as it is now")
+			assert.Equal(t, next.ID, cur.RotatedTo)
+		})
+	}
 }

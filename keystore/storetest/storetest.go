@@ -156,6 +156,10 @@ func (f *fixture) nextOf(old *keystore.Key, at time.Time) (*keystore.Key, keysto
 	next.IPAllowlist = slices.Clone(old.IPAllowlist)
 	next.Policies = slices.Clone(old.Policies)
 	next.Meta = maps.Clone(old.Meta)
+	if old.ExpiresAt != nil {
+		e := *old.ExpiresAt
+		next.ExpiresAt = &e
+	}
 	next.RotatedFrom, next.Lineage = old.ID, old.RateBucket()
 	return next, h
 }
@@ -669,6 +673,33 @@ func testRotateRefuses(t *testing.T, newBackend Backend) {
 				next.ID = old.ID
 			},
 			wantErr: keystore.ErrExists,
+		},
+		{
+			// As when an admin narrowed the key after the read the new key
+			// was copied from: the rotation must not undo the change.
+			name:    "a new key with a permission the old one no longer has is ErrChanged",
+			prepare: func(_ *fixture, _ keystore.Store, old *keystore.Key) string { return old.ID },
+			nextEdit: func(next *keystore.Key, _ *keystore.Hash, _ *keystore.Key, _ keystore.Hash) {
+				next.Permissions = append(next.Permissions, "admin")
+			},
+			wantErr: keystore.ErrChanged,
+		},
+		{
+			name:    "a new key whose expiry is not the old one's is ErrChanged",
+			prepare: func(_ *fixture, _ keystore.Store, old *keystore.Key) string { return old.ID },
+			nextEdit: func(next *keystore.Key, _ *keystore.Hash, _ *keystore.Key, _ keystore.Hash) {
+				end := next.CreatedAt.Add(time.Hour)
+				next.ExpiresAt = &end
+			},
+			wantErr: keystore.ErrChanged,
+		},
+		{
+			name:    "a new key outside the old one's line of rotations is ErrChanged",
+			prepare: func(_ *fixture, _ keystore.Store, old *keystore.Key) string { return old.ID },
+			nextEdit: func(next *keystore.Key, _ *keystore.Hash, _ *keystore.Key, _ keystore.Hash) {
+				next.Lineage = "key_someoneelse"
+			},
+			wantErr: keystore.ErrChanged,
 		},
 		{
 			name:    "a new key that does not name the old one in rotated_from is an error",
