@@ -411,23 +411,20 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 			return err
 		}
 	}
-	old, err := s.visibleKey(r.Context(), r.PathValue("id"), c)
-	if err != nil {
-		return err
+	id := r.PathValue("id")
+	if !keystore.ValidID(id) {
+		return errNotFound
 	}
 	// Rotation mints a secret with the old key's permissions and
 	// restrictions, for the caller: a keys:write caller may do that only
-	// with ones it could give a key of its own making.
-	if err := s.exceedsCaller(c, old); err != nil {
-		return err
-	}
-	// The same checks again on the record the new key copies: an admin's
-	// change since the read above must not slip into the copy.
-	secret, k, err := s.manager.Rotate(r.Context(), old.ID, grace, c.actor(), func(cur *keystore.Key) error {
-		if !c.canSee(cur) {
+	// with ones it could give a key of its own making. Checked on the very
+	// record the new key copies, so that no change made meanwhile slips
+	// into the copy; another owner's key is 404 before anything else.
+	secret, k, err := s.manager.Rotate(r.Context(), id, grace, c.actor(), func(old *keystore.Key) error {
+		if !c.canSee(old) {
 			return errNotFound
 		}
-		return s.exceedsCaller(c, cur)
+		return s.exceedsCaller(c, old)
 	})
 	return s.writeNewKey(w, secret, k, err, "rotation", unconfirmedRotation)
 }

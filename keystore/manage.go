@@ -315,13 +315,13 @@ func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration
 	if err != nil {
 		return "", nil, err
 	}
-	if old.StatusAt(now) != Live {
-		return "", nil, ErrNotLive
-	}
-	if check != nil {
+	if check != nil { // first: its caller may not even see the key
 		if err := check(old); err != nil {
 			return "", nil, err
 		}
+	}
+	if old.StatusAt(now) != Live {
+		return "", nil, ErrNotLive
 	}
 	secret, k, h, err := m.newKey(now, Spec{
 		Name: old.Name, Owner: old.Owner, Permissions: old.Permissions,
