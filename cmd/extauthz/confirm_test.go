@@ -19,7 +19,7 @@ import (
 
 // startConfirming starts a server whose store is a Redis primary with one
 // replica, confirming changes with it (store.redis.confirm_replicas: 1)
-// within 300 ms, and auditing to the buffer it returns with its config's
+// within 1 s, and auditing to the buffer it returns with its config's
 // path and the replica.
 func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syncBuffer) {
 	t.Helper()
@@ -27,7 +27,7 @@ func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syn
 	replica := redistest.StartReplica(t, primary, redistest.Options{})
 	audit := new(syncBuffer)
 	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: stdout}\n"+
-		"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 300ms}}\n%s", primary.URL(0), testRoutes))
+		"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 1s}}\n%s", primary.URL(0), testRoutes))
 	return startServerOut(t, path, serverOutput{logs: io.Discard, audit: audit}), path, replica, audit
 }
 

@@ -93,7 +93,7 @@ func StartSentinel(tb testing.TB, primary *Server, so SentinelOptions) *Server {
 
 // StartReplica runs a server like StartWith that replicates primary (over
 // TLS when primary serves TLS), and waits until its link to the primary is
-// up. The primary must let the replica in: opts.Args may carry --masteruser
+// up on both sides. The primary must let the replica in: opts.Args may carry --masteruser
 // and --masterauth.
 func StartReplica(tb testing.TB, primary *Server, opts Options) *Server {
 	tb.Helper()
@@ -104,12 +104,19 @@ func StartReplica(tb testing.TB, primary *Server, opts Options) *Server {
 	}
 	opts.Args = append([]string{"--replicaof", host, port}, opts.Args...)
 	r := StartWith(tb, opts)
+	_, myPort, _ := net.SplitHostPort(r.Addr)
 	if err := waitFor(10*time.Second, func() error {
 		repl, err := r.Info("replication")
 		if err == nil && repl["master_link_status"] != "up" {
 			err = fmt.Errorf("master_link_status %q", repl["master_link_status"])
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		// The replica's side of the link can be up before the primary
+		// counts it: WAIT on the primary counts only replicas it lists
+		// online, so a test that confirms a change at once would find none.
+		return listsOnline(primary, myPort)
 	}); err != nil {
 		tb.Fatalf("replica %s of %s: %v", r.Addr, primary.Addr, err)
 	}
@@ -269,4 +276,23 @@ func waitFor(timeout time.Duration, f func() error) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// listsOnline says whether primary's INFO lists a replica on port as
+// online (a "slaveN" line: "ip=…,port=…,state=online,…").
+func listsOnline(primary *Server, port string) error {
+	repl, err := primary.Info("replication")
+	if err != nil {
+		return err
+	}
+	for name, v := range repl {
+		if !strings.HasPrefix(name, "slave") || !strings.Contains(","+v+",", ",port="+port+",") {
+			continue
+		}
+		if strings.Contains(","+v+",", ",state=online,") {
+			return nil
+		}
+		return fmt.Errorf("primary lists replica :%s as %s", port, v)
+	}
+	return fmt.Errorf("primary does not list replica :%s yet", port)
 }

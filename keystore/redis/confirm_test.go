@@ -45,7 +45,7 @@ func replicated(t *testing.T, srv *redistest.Server, h keystore.Hash) *keystore.
 func TestChangesWaitForTheReplicas(t *testing.T) {
 	primary := redistest.Start(t)
 	replica := redistest.StartReplica(t, primary, redistest.Options{})
-	const wait = 400 * time.Millisecond
+	const wait = time.Second
 	// A call budget shorter than the wait: WAIT's own timeout must be
 	// what bounds it, not the budget of an ordinary call.
 	client := dial(t, Options{URL: primary.URL(0), Timeout: 100 * time.Millisecond})
@@ -212,7 +212,7 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 // client: done while replica runs, unconfirmed while it is paused.
 func requireConfirmedUnlessPaused(t *testing.T, client goredis.UniversalClient, replica *redistest.Server) {
 	t.Helper()
-	s := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: 300 * time.Millisecond}))
+	s := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: time.Second}))
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := t.Context()
 	k, h, _ := create(t, s, "alice")
