@@ -64,8 +64,9 @@ type Options struct {
 	// too, counted with its decisions: a key limited to 5/m makes 5
 	// requests a minute, of any kind.
 	RateLimit ratelimit.Rate
-	// OnAuthFailure is told of every request refused for its credential
-	// (to audit it); nil tells no one. It must not block.
+	// OnAuthFailure is told of every request refused for its credential,
+	// and of every change refused as beyond what its caller may make (to
+	// audit them); nil tells no one. It must not block.
 	OnAuthFailure func(AuthFailure)
 	// OnCaller is told of every authenticated caller, with the request's
 	// context (to name the key on the request's trace span); nil tells no
@@ -76,8 +77,10 @@ type Options struct {
 // AuthFailure is a request the admin API refused for its credential: no
 // key, an unknown, revoked or expired one, an address the key's allowlist
 // does not hold (401, 403 ip_not_allowed, 400 for a credential spelt
-// ambiguously), or a key without the keys:* permission the route needs
-// (403 permission_denied). It never holds the credential.
+// ambiguously), a key without the keys:* permission the route needs, or a
+// key asking for a change beyond what it may make (403 permission_denied:
+// granting what it lacks, loosening its own key, another owner's list). It
+// never holds the credential.
 type AuthFailure struct {
 	// KeyID is the key that was presented, when it is known (revoked,
 	// expired, not allowed from the address, lacking the permission); ""
@@ -281,9 +284,23 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			}
 		}
 		if err := rt.serve(s, w, r, c); err != nil {
+			if c != nil && isPermissionDenied(err) {
+				// A change beyond what the caller may make (granting a
+				// permission it lacks, loosening its own key, another
+				// owner's list) is an attempt to escalate: audited like
+				// a call without the route's permission.
+				s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
+			}
 			s.writeError(w, r, err)
 		}
 	}
+}
+
+// isPermissionDenied says whether err is the admin API's 403
+// permission_denied.
+func isPermissionDenied(err error) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.code == codePermissionDenied
 }
 
 // authenticate runs the key steps of the decision on r, read as every HTTP

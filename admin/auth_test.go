@@ -185,9 +185,10 @@ func TestEveryRouteNeedsItsKeysPermission(t *testing.T) {
 
 func TestWhatACallerMayGrant(t *testing.T) {
 	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
-		writer, _ := e.create(keystore.Spec{Name: "writer", Owner: "team-a", Permissions: []string{"keys:write", "read:users"}})
-		superuser, _ := e.create(keystore.Spec{Name: "superuser", Owner: "ops", Permissions: []string{"admin"}})
-		superWriter, _ := e.create(keystore.Spec{Name: "super writer", Owner: "ops", Permissions: []string{"admin", "keys:write", "keys:admin:not"}})
+		writer, writerID := e.create(keystore.Spec{Name: "writer", Owner: "team-a", Permissions: []string{"keys:write", "read:users"}})
+		superuser, superuserID := e.create(keystore.Spec{Name: "superuser", Owner: "ops", Permissions: []string{"admin"}})
+		superWriter, superWriterID := e.create(keystore.Spec{Name: "super writer", Owner: "ops", Permissions: []string{"admin", "keys:write", "keys:admin:not"}})
+		idOf := map[string]string{writer: writerID, superuser: superuserID, superWriter: superWriterID}
 		for _, tc := range []struct {
 			name      string
 			caller    string
@@ -224,21 +225,26 @@ func TestWhatACallerMayGrant(t *testing.T) {
 				map[string]any{"name": "k", "permissions": []string{"keys:admin"}}, 403, "", `"keys:admin"`},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
+				e.rec.AuthFailures()
 				r := e.send("POST", "/v1/keys", tc.caller, tc.body)
 				require.Equal(t, tc.status, r.status, "%s", r)
 				if tc.status == 201 {
 					assert.Equal(t, tc.owner, r.str(t, "owner"))
+					assert.Empty(t, e.rec.AuthFailures())
 					return
 				}
 				assert.Equal(t, "permission_denied", r.code(t))
 				assert.Contains(t, r.str(t, "error"), tc.mentioned)
+				requireEscalationAudited(t, e, idOf[tc.caller], "POST", "/v1/keys")
 			})
 		}
 		t.Run("a writer may not raise its own key to keys:admin", func(t *testing.T) {
 			w, id := e.create(keystore.Spec{Name: "w", Owner: "team-a", Permissions: []string{"keys:write"}})
+			e.rec.AuthFailures()
 			r := e.send("PATCH", "/v1/keys/"+id, w, map[string]any{"permissions": []string{"keys:write", "keys:admin"}})
 			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
 			assert.Contains(t, r.str(t, "error"), `"keys:admin"`)
+			requireEscalationAudited(t, e, id, "PATCH", "/v1/keys/{id}")
 		})
 		t.Run("the admin permission alone may not even read keys", func(t *testing.T) {
 			for _, path := range []string{"/v1/keys", "/v1/keys?owner=team-a", "/v1/keys/" + e.rootID, "/v1/openapi.json"} {
@@ -289,10 +295,12 @@ func TestAWriterReachesOnlyItsOwnersKeys(t *testing.T) {
 			assert.ElementsMatch(t, []string{writerAID, ownA}, listedIDs(t, r))
 		})
 		t.Run("a writer asking for another owner's list is refused", func(t *testing.T) {
+			e.rec.AuthFailures()
 			r := e.send("GET", "/v1/keys?owner=team-b", writerA, nil)
 			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
 			assert.Equal(t, "permission_denied", r.code(t))
 			assert.Contains(t, r.str(t, "error"), "keys:admin")
+			requireEscalationAudited(t, e, writerAID, "GET", "/v1/keys")
 		})
 		t.Run("a writer can do all of it to its own owner's key", func(t *testing.T) {
 			assert.Equal(t, http.StatusOK, e.send("GET", "/v1/keys/"+ownA, writerA, nil).status)
@@ -391,4 +399,13 @@ func TestEveryRouteAnswers503WhenTheStoreIsDownAndTheKeyIsNotCached(t *testing.T
 		assert.NotContains(t, e.rec.Logs(), fresh)
 		assert.NotContains(t, e.rec.Logs(), leaked)
 	})
+}
+
+// requireEscalationAudited requires that the one request since the last
+// look was audited as a refused escalation by the key callerID.
+func requireEscalationAudited(t *testing.T, e *env, callerID, method, route string) {
+	t.Helper()
+	assert.Equal(t, []AuthFailure{{KeyID: callerID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: method, Route: route,
+		UserAgent: "Go-http-client/1.1", Status: http.StatusForbidden, Code: authz.CodePermissionDenied}}, e.rec.AuthFailures(),
+		"a refused escalation is audited, naming the key that tried")
 }

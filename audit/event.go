@@ -30,8 +30,10 @@ const (
 	TypeKeyLeaked  Type = "key.leaked"  // a key was reported as leaked
 	// TypeAdminAuthFailed is a request to the admin API refused for its
 	// credential: none, an unknown, revoked or expired key, a key from an
-	// address its allowlist does not hold, or a key without the keys:*
-	// permission the call needs. KeyID is set when the key is known; the
+	// address its allowlist does not hold, a key without the keys:*
+	// permission the call needs, or one asking for a change beyond what it
+	// may make (granting what it lacks, loosening its own key, another
+	// owner's keys). KeyID is set when the key is known; the
 	// request fields (RequestID to UserAgent, Status, Code) say what was
 	// asked and the answer, and Route the API route asked for
 	// ("/v1/keys/{id}"), in place of the path (a pasted key may stand where

@@ -32,9 +32,9 @@ func auditEvents(t *testing.T, out string) []map[string]any {
 
 // Every event says its schema version; a decision names the route that
 // decided it and the permissions the route requires; a request the admin
-// API refused for its credential is an event of its own, naming the key
-// when it is known and never the secret.
-func TestAuditEventsCarryTheSchemaTheRouteAndFailedAdminLogins(t *testing.T) {
+// API refused for its credential, or as an escalation, is an event of its
+// own, naming the key when it is known and never the secret.
+func TestAuditEventsCarryTheSchemaTheRouteAndRefusedAdminCalls(t *testing.T) {
 	var audit syncBuffer
 	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
 		filepath.Join(t.TempDir(), "k.db"), testRoutes))
@@ -59,11 +59,21 @@ func TestAuditEventsCarryTheSchemaTheRouteAndFailedAdminLogins(t *testing.T) {
 	unknown, err := ts.mgr.Format.Generate()
 	require.NoError(t, err)
 	assert.Equal(t, 401, adminCall(unknown))
+	// A writer granting what it lacks tries to escalate: audited too.
+	writer, w := ts.create(t, keystore.Spec{Name: "writer", Permissions: []string{"keys:write", "read:users"}})
+	req, err := http.NewRequest("POST", ts.adminURL+"/v1/keys", strings.NewReader(`{"name": "mine", "permissions": ["admin"]}`))
+	require.NoError(t, err)
+	req.Header.Set("x-api-key", writer)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 403, resp.StatusCode, "a writer may not grant admin")
 
 	var events []map[string]any
 	require.Eventually(t, func() bool {
 		events = auditEvents(t, audit.String())
-		return len(events) >= 5
+		return len(events) >= 6
 	}, 5*time.Second, 10*time.Millisecond, audit.String())
 	for _, e := range events {
 		assert.Equal(t, float64(1), e["schema"], "every event carries the schema version: %v", e)
@@ -80,7 +90,7 @@ func TestAuditEventsCarryTheSchemaTheRouteAndFailedAdminLogins(t *testing.T) {
 	assert.Nil(t, byType["decision"][1]["route"], "no route matched")
 
 	failed := byType["admin.auth_failed"]
-	require.Len(t, failed, 3)
+	require.Len(t, failed, 4)
 	assert.Equal(t, k.ID, failed[0]["key_id"], "a known key is named")
 	assert.Equal(t, "permission_denied", failed[0]["code"])
 	assert.Equal(t, float64(403), failed[0]["status"])
@@ -91,6 +101,11 @@ func TestAuditEventsCarryTheSchemaTheRouteAndFailedAdminLogins(t *testing.T) {
 	assert.Nil(t, failed[1]["key_id"])
 	assert.Equal(t, "invalid_key", failed[2]["code"])
 	assert.Nil(t, failed[2]["key_id"], "an unknown key has no id")
+	assert.Equal(t, w.ID, failed[3]["key_id"], "the writer that tried to grant admin")
+	assert.Equal(t, "permission_denied", failed[3]["code"])
+	assert.Equal(t, "/v1/keys", failed[3]["route"])
+	assert.Equal(t, "POST", failed[3]["method"])
+	assert.NotContains(t, audit.String(), writer)
 	assert.NotContains(t, audit.String(), key)
 	assert.NotContains(t, audit.String(), unknown)
 }
