@@ -61,40 +61,59 @@ func (s *server) decodeObject(body []byte, emptyOK bool, known ...string) (objec
 	if emptyOK && len(bytes.TrimSpace(body)) == 0 {
 		return object{}, nil
 	}
+	o := object{}
+	err := eachMember(body, "", func(name string, raw json.RawMessage) error {
+		if !slices.Contains(known, name) {
+			return badRequest("body", "unknown field "+s.mention(name)+"; known fields: "+strings.Join(known, ", "))
+		}
+		o[name] = raw
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// eachMember calls fn with each name and value (white space trimmed) of
+// the JSON object in body, in order, and stops at fn's first error. A name
+// given twice is an error (its field is prefix+name), never "last wins":
+// two readers of the same body must not see different values.
+func eachMember(body []byte, prefix string, fn func(name string, raw json.RawMessage) error) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	tok, err := dec.Token()
 	if err != nil {
-		return nil, syntaxError(err, "want a JSON object")
+		return syntaxError(err, "want a JSON object")
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, badRequest("body", "want a JSON object")
+		return badRequest("body", "want a JSON object")
 	}
-	o := object{}
+	seen := map[string]bool{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, syntaxError(err, "")
+			return syntaxError(err, "")
 		}
 		name, _ := tok.(string) // inside an object every token here is a name
-		if !slices.Contains(known, name) {
-			return nil, badRequest("body", "unknown field "+s.mention(name)+"; known fields: "+strings.Join(known, ", "))
-		}
-		if _, dup := o[name]; dup {
-			return nil, badRequest(name, "given more than once")
-		}
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return nil, syntaxError(err, "")
+			return syntaxError(err, "")
 		}
-		o[name] = bytes.TrimSpace(raw)
+		if err := fn(name, bytes.TrimSpace(raw)); err != nil {
+			return err
+		}
+		if seen[name] {
+			return badRequest(prefix+name, "given more than once")
+		}
+		seen[name] = true
 	}
 	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, syntaxError(err, "")
+		return syntaxError(err, "")
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, badRequest("body", "unexpected data after the JSON object")
+		return badRequest("body", "unexpected data after the JSON object")
 	}
-	return o, nil
+	return nil
 }
 
 // syntaxError describes malformed JSON by position. encoding/json's
@@ -246,31 +265,33 @@ func (o object) policies() ([]string, error) {
 // Errors name the entry, never quote a value.
 func (o object) meta(nullOK bool) (map[string]string, error) {
 	raw := o["meta"]
-	var entries map[string]json.RawMessage
-	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &entries) != nil {
+	if len(raw) == 0 || raw[0] != '{' || !json.Valid(raw) {
 		return nil, badRequest("meta", "want an object of strings, got "+kind(raw))
 	}
-	if len(entries) > keystore.MaxMetaEntries {
-		return nil, badRequest("meta", fmt.Sprintf("at most %d entries", keystore.MaxMetaEntries))
-	}
-	out := make(map[string]string, len(entries))
-	for name, v := range entries {
+	out := map[string]string{}
+	err := eachMember(raw, "meta.", func(name string, v json.RawMessage) error {
 		if err := keystore.ValidateMetaName("meta", name); err != nil {
-			return nil, err
+			return err
 		}
-		v = bytes.TrimSpace(v)
+		if _, dup := out[name]; !dup && len(out) == keystore.MaxMetaEntries {
+			return badRequest("meta", fmt.Sprintf("at most %d entries", keystore.MaxMetaEntries))
+		}
 		if nullOK && string(v) == "null" {
 			out[name] = ""
-			continue
+			return nil
 		}
 		s, err := stringAt("meta."+name, v)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if s == "" {
-			return nil, badRequest("meta."+name, "values are 1 to 256 bytes (delete an entry with null)")
+			return badRequest("meta."+name, "values are 1 to 256 bytes (delete an entry with null)")
 		}
 		out[name] = s
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -475,7 +475,9 @@ func Load(path string) (*Config, error) {
 // resolves secrets from the environment.
 func Parse(data []byte) (*Config, error) {
 	cfg := Default()
-	js, err := yaml.YAMLToJSON(data)
+	// Strict: a field given twice is an error, never "last wins" (a second
+	// routes: block would silently drop the first one's protected routes).
+	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return nil, fmt.Errorf("parse yaml: %w", err)
 	}

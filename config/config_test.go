@@ -184,6 +184,10 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 	}{
 		{"an unknown top-level field names itself", "listne: {}", `listne: unknown field (did you mean "listen"?)`},
 		{"an unknown nested field names its path", "routes:\n  - {path: /a, permision: [x]}", `routes[0].permision: unknown field (did you mean "permissions"?)`},
+		// Last-wins would let a second block silently drop the first.
+		{"a top-level field given twice", "routes:\n  - {path: /admin/**, permissions: [admin]}\nroutes:\n  - {path: /**, public: true}", `key "routes" already set in map`},
+		{"a nested field given twice", "store:\n  path: a.db\n  path: b.db", `line 3: key "path" already set in map`},
+		{"a route field given twice", "routes:\n  - {path: /a, permissions: [x], public: false, public: true}", `key "public" already set in map`},
 		{"an unknown redis field names its path", "store: {redis: {pasword_env: X}}", "store.redis.pasword_env: unknown field"},
 		{"a password in the file is refused", "store: {backend: redis, redis: {url: \"redis://:hunter2@h:6379/0\"}}", "store.redis.url: must not contain a password"},
 		{"a bad duration", "cache: {ttl: soon}", `bad duration "soon"`},
