@@ -469,9 +469,13 @@ func (a *Authorizer) rateLimit(ctx context.Context, d *Decision) {
 		return
 	}
 	limits := d.limits[:0]
-	keyRate := d.Key.RateLimit.Or(d.Policy.DefaultRate)
+	keyRate, keyScope := d.Key.RateLimit.Or(d.Policy.DefaultRate), ""
+	if !d.Key.RateLimit.Own() {
+		// The policy's default: counted per default rate (Policy.keyScope).
+		keyScope = d.Policy.keyScope
+	}
 	if !keyRate.IsZero() {
-		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.RateBucket(), Rate: keyRate})
+		limits = append(limits, ratelimit.Limit{Name: "key", Bucket: d.Key.RateBucket(), Scope: keyScope, Rate: keyRate})
 	}
 	if d.Route != nil && !d.Route.RateLimit.IsZero() {
 		// Counted per route, not per pattern: GET and DELETE on one pattern

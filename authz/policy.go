@@ -87,6 +87,15 @@ type Policy struct {
 
 	// forward pairs each ForwardMeta name with its header.
 	forward []forwardedMeta
+	// keyScope names the counter of a key limited by this policy's
+	// DefaultRate (a key without a rate of its own): "" when the rate is
+	// the default policy's (the counter the admin API counts in too, shared
+	// by every policy that inherits that default), else one named by the
+	// rate. A counter counted with another window starts afresh, so two
+	// different defaults in one counter would let each check under one
+	// policy reset the other's count; one rate in two counters would give
+	// a key that rate twice.
+	keyScope string
 }
 
 // forwardedMeta is one metadata entry a policy forwards, and the header
@@ -199,6 +208,12 @@ func Compile(o Options) (*PolicySet, error) {
 		p, err := compilePolicy(spec, o.Paths, spec.Name+" ")
 		if err != nil {
 			return nil, fmt.Errorf("%s.%w", at, err)
+		}
+		if p.DefaultRate != def.DefaultRate {
+			// Route scopes are "<name> /<pattern> <methods>", the admin
+			// API's "admin": a policy name holds no ":", so this is none
+			// of them.
+			p.keyScope = "rate:" + p.DefaultRate.String()
 		}
 		set.policies = append(set.policies, p)
 		set.byName[p.Name] = p

@@ -50,6 +50,10 @@ func (r RateLimit) Or(def ratelimit.Rate) ratelimit.Rate {
 	return r.rate
 }
 
+// Own reports whether the key's own rate applies: Or then ignores the
+// default. (Unset, or a stored text that no longer parses: the default.)
+func (r RateLimit) Own() bool { return r.ok }
+
 // MarshalText writes the text as written ("" when unset).
 func (r RateLimit) MarshalText() ([]byte, error) { return []byte(r.text), nil }
 

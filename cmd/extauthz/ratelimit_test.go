@@ -147,3 +147,60 @@ func TestALineOfRotationsSharesOneRateLimit(t *testing.T) {
 		})
 	}
 }
+
+// A key without a rate limit of its own is limited by the default of the
+// policy it is used under. Two policies with defaults of different windows
+// must not share one counter: each check under the other policy restarted
+// it (a counter counted with another sub-window is void), so alternating
+// one request under the lax policy with requests under the strict one
+// allowed the strict policy's N again and again. Policies that share one
+// default must share its count, or a key would have that rate per policy.
+func TestAPolicysDefaultLimitIsNotResetByAnotherPolicys(t *testing.T) {
+	const cfg = `
+rate_limit: {default: 3/m}
+routes:
+  - {path: /api/users, methods: [GET], permissions: [read:users]}
+policies:
+  - name: bulk
+    match: {context: {policy: bulk}}
+    rate_limit: {default: 1000/h}
+    routes: [{path: /api/users, methods: [GET], permissions: [read:users]}]
+  - name: mirror
+    match: {context: {policy: mirror}}
+    routes: [{path: /api/users, methods: [GET], permissions: [read:users]}]
+`
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			ts := startServer(t, storeYAML(t, backend)+cfg)
+			check := func(key string, ext map[string]string) bool {
+				t.Helper()
+				resp, err := ts.client.Check(context.Background(), meshCheck("/api/users", "api.example.com", key, ext, ""))
+				require.NoError(t, err)
+				return resp.GetOkResponse() != nil
+			}
+			t.Run("another default does not reset the count", func(t *testing.T) {
+				key, _ := ts.create(t, keystore.Spec{Name: "no own limit", Permissions: []string{"read:users"}})
+				strict := 0
+				for range 10 {
+					if check(key, nil) {
+						strict++
+					}
+					require.True(t, check(key, map[string]string{"policy": "bulk"}), "bulk is far under its 1000/h")
+				}
+				assert.Equal(t, 3, strict, "the default policy allows 3/m however many checks under bulk come between")
+			})
+			t.Run("an inherited default is one count", func(t *testing.T) {
+				key, _ := ts.create(t, keystore.Spec{Name: "no own limit either", Permissions: []string{"read:users"}})
+				allowed := 0
+				for range 5 {
+					for _, ext := range []map[string]string{nil, {"policy": "mirror"}} {
+						if check(key, ext) {
+							allowed++
+						}
+					}
+				}
+				assert.Equal(t, 3, allowed, "3/m under the default policy and the one inheriting its default, together")
+			})
+		})
+	}
+}
