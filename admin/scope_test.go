@@ -88,6 +88,8 @@ func TestBadPoliciesAndMetadataAre400NamingTheField(t *testing.T) {
 			{"a key glued after a name", map[string]any{"name": "old_" + secret}, "name"},
 			{"a key glued before a name", map[string]any{"name": secret + "_old"}, "name"},
 			{"a key glued into a permission", map[string]any{"permissions": []string{"read_" + secret}}, "permissions"},
+			{"a key pasted as the owner", map[string]any{"owner": secret}, "owner"},
+			{"a key glued into the owner", map[string]any{"owner": "team_" + secret}, "owner"},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				body := map[string]any{"name": "k", "permissions": []string{"x"}}

@@ -201,7 +201,7 @@ func TestCreatedAddsTheSecretToTheFlatRecord(t *testing.T) {
 	assert.Equal(t, "key_0", m["rotated_from"])
 }
 
-func TestAKeyPastedIntoANamePermissionOrMetadataIsRefused(t *testing.T) {
+func TestAKeyPastedIntoANameOwnerPermissionOrMetadataIsRefused(t *testing.T) {
 	f := mustFormat(t, "sk")
 	secret, _ := f.Generate()
 	m := &Manager{Format: f}
@@ -210,35 +210,39 @@ func TestAKeyPastedIntoANamePermissionOrMetadataIsRefused(t *testing.T) {
 		perms []string
 		meta  map[string]string
 		field string
+		owner string
 	}{
-		{"ci " + secret, nil, nil, "name"},
-		{secret, nil, nil, "name"},
-		{"ok", []string{"read:" + secret}, nil, "permissions"},
-		{"ok", nil, map[string]string{"plan": secret}, "meta"},
-		{"ok", nil, map[string]string{"note": "rotated from " + secret + " yesterday"}, "meta"},
+		{"ok", nil, nil, "owner", secret},
+		{"ok", nil, nil, "owner", "team_" + secret},
+		{"ok", nil, nil, "owner", secret + "@corp"},
+		{"ci " + secret, nil, nil, "name", ""},
+		{secret, nil, nil, "name", ""},
+		{"ok", []string{"read:" + secret}, nil, "permissions", ""},
+		{"ok", nil, map[string]string{"plan": secret}, "meta", ""},
+		{"ok", nil, map[string]string{"note": "rotated from " + secret + " yesterday"}, "meta", ""},
 		// Glued to a label by characters a key may hold itself, or not.
-		{"old_" + secret, nil, nil, "name"},
-		{secret + "_old", nil, nil, "name"},
-		{"x" + secret + "y", nil, nil, "name"},
-		{"ok", []string{"read_" + secret}, nil, "permissions"},
-		{"ok", nil, map[string]string{"note": "was_" + secret}, "meta"},
-		{"ok", nil, map[string]string{"note": "sk_" + secret}, "meta"},
+		{"old_" + secret, nil, nil, "name", ""},
+		{secret + "_old", nil, nil, "name", ""},
+		{"x" + secret + "y", nil, nil, "name", ""},
+		{"ok", []string{"read_" + secret}, nil, "permissions", ""},
+		{"ok", nil, map[string]string{"note": "was_" + secret}, "meta", ""},
+		{"ok", nil, map[string]string{"note": "sk_" + secret}, "meta", ""},
 	} {
-		err := m.refusePastedKeys(tt.name, tt.perms, tt.meta)
+		err := m.refusePastedKeys(tt.name, tt.owner, tt.perms, tt.meta)
 		var fe *FieldError
 		require.ErrorAs(t, err, &fe)
 		assert.Equal(t, tt.field, fe.Field)
 		assert.NotContains(t, err.Error(), secret)
 	}
-	assert.NoError(t, m.refusePastedKeys("sk_live_service", []string{"read:users"}, map[string]string{"plan": "sk_gold"}),
+	assert.NoError(t, m.refusePastedKeys("sk_live_service", "sk_team", []string{"read:users"}, map[string]string{"plan": "sk_gold"}),
 		"a label that only starts like a key is fine")
 	other := "0"
 	if secret[len(secret)-1] == '0' {
 		other = "1"
 	}
 	broken := secret[:len(secret)-1] + other // its checksum's last character changed
-	assert.NoError(t, m.refusePastedKeys("old_"+broken, nil, nil), "a key-shaped string whose checksum fails is no key")
-	assert.NoError(t, m.refusePastedKeys("old_"+secret[:len(secret)-1], nil, nil), "nor one character short of a key")
+	assert.NoError(t, m.refusePastedKeys("old_"+broken, "", nil, nil), "a key-shaped string whose checksum fails is no key")
+	assert.NoError(t, m.refusePastedKeys("old_"+secret[:len(secret)-1], "", nil, nil), "nor one character short of a key")
 }
 
 func TestKeyJSONCarriesPoliciesAndMeta(t *testing.T) {

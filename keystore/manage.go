@@ -208,14 +208,18 @@ func ValidatePermissions(perms []string) error {
 	return nil
 }
 
-// refusePastedKeys rejects a name, permission or metadata entry that holds
-// a key of the configured format anywhere (Format.ContainsKey): someone
-// pasted a secret where a label goes, and a label travels to logs, audit
-// events, Envoy's metadata and upstream headers.
-func (m *Manager) refusePastedKeys(name string, perms []string, meta map[string]string) error {
+// refusePastedKeys rejects a name, owner, permission or metadata entry
+// that holds a key of the configured format anywhere (Format.ContainsKey):
+// someone pasted a secret where a label goes, and a label travels to logs,
+// audit events, Envoy's metadata and upstream headers (the owner as
+// x-authz-owner, on every request the key makes).
+func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[string]string) error {
 	looksLikeKey := m.Format.ContainsKey
 	if looksLikeKey(name) {
 		return &FieldError{"name", "contains an API key; never put a key in a name"}
+	}
+	if looksLikeKey(owner) {
+		return &FieldError{"owner", "contains an API key; never put a key in an owner"}
 	}
 	for _, p := range perms {
 		if looksLikeKey(p) {
@@ -240,7 +244,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if err := spec.Validate(now); err != nil {
 		return "", nil, err
 	}
-	if err := m.refusePastedKeys(spec.Name, spec.Permissions, spec.Meta); err != nil {
+	if err := m.refusePastedKeys(spec.Name, spec.Owner, spec.Permissions, spec.Meta); err != nil {
 		return "", nil, err
 	}
 	secret, k, h, err := m.newKey(now, spec)
@@ -443,7 +447,7 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		if err := spec.Validate(now); err != nil {
 			return err
 		}
-		if err := m.refusePastedKeys(k.Name, k.Permissions, k.Meta); err != nil {
+		if err := m.refusePastedKeys(k.Name, k.Owner, k.Permissions, k.Meta); err != nil {
 			return err
 		}
 		if check != nil {
