@@ -739,3 +739,39 @@ func TestConfigExplain(t *testing.T) {
 		})
 	}
 }
+
+// A key pasted into a flag's value is neither stored nor echoed, wherever in
+// the value it sits: as the owner (which travels into every audit event,
+// Envoy's metadata and the x-authz-owner header upstream, as a name does),
+// or glued into a list or a rate whose error quotes the value it refused.
+func TestAKeyPastedIntoAnyFlagIsNeitherStoredNorEchoed(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "k.db")))
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--json", "--name", "a", "--perm", "read")
+	require.Equal(t, 0, code, errOut)
+	var made struct{ Key string }
+	require.NoError(t, json.Unmarshal([]byte(out), &made))
+	secret := made.Key
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a key pasted as the owner", []string{"--owner", secret}, "owner"},
+		{"a key glued into the owner", []string{"--owner", "team_" + secret}, "owner"},
+		{"a key in a list of addresses", []string{"--ip", "10.0.0.1," + secret}, `"--ip" flag`},
+		{"a key in a rate", []string{"--rate", secret + "/m"}, `"--rate" flag`},
+		{"a key in a duration", []string{"--ttl", secret + "h"}, `"--ttl" flag`},
+		{"a key in a list of policies", []string{"--policy", "billing," + secret}, "--policy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := cliRun(t, append([]string{"keys", "create", "--config", path, "--name", "x", "--perm", "read"}, tc.args...)...)
+			assert.NotEqual(t, 0, code, "refused: %s", out)
+			assert.Contains(t, errOut, tc.want)
+			assert.NotContains(t, errOut, secret[3:len(secret)-6], "never echoes a key")
+			assert.NotContains(t, out, secret[3:len(secret)-6])
+		})
+	}
+	out, _, code = cliRun(t, "keys", "list", "--all", "--json", "--config", path)
+	require.Equal(t, 0, code)
+	assert.NotContains(t, out, secret[3:len(secret)-6], "no key was stored with a secret in it")
+}

@@ -162,18 +162,44 @@ func noArgs(c *cobra.Command, args []string) error {
 // that did not parse), and someone may have pasted a secret where an id or
 // a name goes. A word may be a key when it could pass the decision's format
 // check for some key (16 to 256 characters of [A-Za-z0-9_.-]) and is not a
-// key id, which is public.
+// key id, which is public. A value is searched word by word too, since a
+// key pasted into a list or a rate ("--ip 10.0.0.1,sk_...", "--rate
+// sk_.../m") is quoted whole by the error that refuses it; file paths (the
+// values of --config, --client-cert, --client-key) only as a whole, so that
+// an error about a file still names it.
 func redactArgs(msg string, args []string) string {
+	redact := func(w string) {
+		if mayBeKey(w) {
+			msg = strings.ReplaceAll(msg, w, "[redacted: may be a key]")
+		}
+	}
+	isPath := false
 	for _, a := range args {
+		path := isPath
+		isPath = false
 		if i := strings.IndexByte(a, '='); i >= 0 && strings.HasPrefix(a, "-") {
+			path = pathFlags[strings.TrimLeft(a[:i], "-")]
 			a = a[i+1:]
+		} else if strings.HasPrefix(a, "-") {
+			isPath = pathFlags[strings.TrimLeft(a, "-")]
 		}
 		a = strings.TrimLeft(a, "-")
-		if mayBeKey(a) {
-			msg = strings.ReplaceAll(msg, a, "[redacted: may be a key]")
+		redact(a)
+		if path {
+			continue
+		}
+		for _, w := range strings.FieldsFunc(a, func(r rune) bool { return !isKeyChar(r) }) {
+			redact(w)
 		}
 	}
 	return msg
+}
+
+// pathFlags are the flags whose values are file paths.
+var pathFlags = map[string]bool{"config": true, "client-cert": true, "client-key": true}
+
+func isKeyChar(c rune) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-'
 }
 
 // mayBeKey reports whether s has the shape of some API key.
@@ -182,8 +208,7 @@ func mayBeKey(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-') {
+		if !isKeyChar(rune(s[i])) {
 			return false
 		}
 	}
