@@ -249,3 +249,46 @@ func TestAuditTailReadsTheRedisStream(t *testing.T) {
 	assert.Contains(t, lines[1], `"actor":"cli"`)
 	assert.NotContains(t, out, b.ID)
 }
+
+// A reload applies the decision's settings only. A change it does not apply
+// (here: turning on mutual TLS, tightening the admin API's rate limit and
+// the per-owner key limit) must say so, naming each, rather than log
+// "config reloaded" while the listeners go on taking plain text from
+// anyone.
+func TestAReloadNamesEveryChangeItDoesNotApply(t *testing.T) {
+	dir := t.TempDir()
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	path := filepath.Join(dir, "extauthz.yaml")
+	head := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(dir, "k.db"), testRoutes)
+	require.NoError(t, os.WriteFile(path, []byte(head), 0o600))
+	var logs syncBuffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	key, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+
+	// A change a reload applies is not warned about.
+	time.Sleep(10 * time.Millisecond) // a different mtime even on coarse clocks
+	require.NoError(t, os.WriteFile(path, []byte(head+"unmatched: deny\nmode: enforce\n"), 0o600))
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "config reloaded") }, 5*time.Second, 20*time.Millisecond)
+	assert.NotContains(t, logs.String(), "need a restart")
+
+	time.Sleep(10 * time.Millisecond)
+	next := head + fmt.Sprintf("tls: {cert_file: %q, key_file: %q, client_ca_file: %q}\nadmin: {rate_limit: 10/m}\nkeys: {max_per_owner: 5}\n",
+		certs.ServerCert, certs.ServerKey, certs.CA)
+	require.NoError(t, os.WriteFile(path, []byte(next), 0o600))
+	require.Eventually(t, func() bool { return strings.Count(logs.String(), `"msg":"config reloaded",`) == 2 }, 5*time.Second, 20*time.Millisecond)
+
+	// What the reload could not do: the gRPC listener still answers a
+	// plain-text client with no certificate.
+	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}).GetOkResponse())
+	var warned string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "need a restart") {
+			warned = line
+		}
+	}
+	require.NotEmpty(t, warned, "the reload says that some changes are not in effect:\n%s", logs.String())
+	for _, field := range []string{"tls", "admin", "keys"} {
+		assert.Contains(t, warned, `"`+field, "names %s", field)
+	}
+}

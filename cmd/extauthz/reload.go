@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"strings"
 	"syscall"
 	"time"
 
@@ -133,11 +134,43 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 	}
 	s.reloads.WithLabelValues("ok").Inc()
 	s.lastLoad.SetToCurrentTime()
-	if !reflect.DeepEqual(cfg.Listen, s.cfg.Listen) || !reflect.DeepEqual(cfg.Store, s.cfg.Store) ||
-		!reflect.DeepEqual(cfg.Hashing, s.cfg.Hashing) || !reflect.DeepEqual(cfg.Cache, s.cfg.Cache) ||
-		cfg.Audit != s.cfg.Audit || cfg.RateLimit.OnStoreError != s.cfg.RateLimit.OnStoreError {
-		s.logger.Warn("config reloaded, but listen, store, hashing, cache, audit and on_store_error changes need a restart", "trigger", why)
+	if stale := restartOnlyChanges(s.cfg, cfg); len(stale) > 0 {
+		s.logger.Warn("config reloaded, but these changes need a restart and are not in effect", "trigger", why, "settings", stale)
 	}
 	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes), "policies", len(cfg.Policies)+1)
 	return after, false
+}
+
+// reloadedFields are the config's top-level fields a reload applies (the
+// decision's: newPolicies and httpMode read nothing else), but for
+// rate_limit.on_store_error, which the limiter took at start.
+var reloadedFields = map[string]bool{
+	"routes": true, "sources": true, "client_ip": true, "rate_limit": true, "unmatched": true, "paths": true,
+	"http_mode": true, "mode": true, "forward_meta": true, "policies": true, "unselected": true,
+}
+
+// restartOnlyChanges names every setting in which next differs from the
+// config the server started with and which a reload does not apply: each
+// top-level field but reloadedFields (listen, tls, store, hashing, cache,
+// keys, audit, log, leaks, admin, metrics, development, and any field added
+// later), and rate_limit.on_store_error. Naming them all matters: a reload
+// that turns on mutual TLS or tightens the admin API's limit and says only
+// "config reloaded" leaves the operator believing in a protection that is
+// not there.
+func restartOnlyChanges(running, next *config.Config) []string {
+	var stale []string
+	a, b := reflect.ValueOf(*running), reflect.ValueOf(*next)
+	for i := 0; i < a.NumField(); i++ {
+		name, _, _ := strings.Cut(a.Type().Field(i).Tag.Get("json"), ",")
+		if reloadedFields[name] {
+			continue
+		}
+		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			stale = append(stale, name)
+		}
+	}
+	if running.RateLimit.OnStoreError != next.RateLimit.OnStoreError {
+		stale = append(stale, "rate_limit.on_store_error")
+	}
+	return stale
 }
