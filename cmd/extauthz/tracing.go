@@ -177,11 +177,12 @@ func (t *tracing) admin(h http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		ctx, span := t.tracer.Start(ctx, "extauthz.admin "+r.Method, trace.WithSpanKind(trace.SpanKindServer))
+		method := spanMethod(r.Method)
+		ctx, span := t.tracer.Start(ctx, "extauthz.admin "+method, trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()
 		sw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(sw, r.WithContext(ctx))
-		span.SetAttributes(attribute.String("http.request.method", r.Method), attribute.Int("http.response.status_code", sw.status))
+		span.SetAttributes(attribute.String("http.request.method", method), attribute.Int("http.response.status_code", sw.status))
 		if code := sw.Header().Get(authz.HeaderCode); code != "" {
 			span.SetAttributes(attribute.String(attrCode, code))
 		}
@@ -189,6 +190,20 @@ func (t *tracing) admin(h http.Handler) http.Handler {
 			span.SetStatus(codes.Error, http.StatusText(sw.status))
 		}
 	})
+}
+
+// spanMethod is an HTTP method as a span names it: one of the known
+// methods, else "_OTHER" (OpenTelemetry's HTTP conventions). The method is
+// the client's to write, any token at all: taken as written it would put
+// whatever the client likes, a pasted key included, into span names and
+// attributes, and make a span name per request.
+func spanMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "_OTHER"
 }
 
 // noteCaller names the admin API's authenticated caller on the call's span.

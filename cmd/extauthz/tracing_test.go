@@ -251,3 +251,36 @@ func TestTracingIsOnOnlyWhenTheEnvironmentAsks(t *testing.T) {
 		})
 	}
 }
+
+// The method of an admin call is the client's to write: any token goes
+// (a pasted key, or a fresh word per request). Its span is named, and its
+// http.request.method set, from the known methods only, others being
+// _OTHER (as OpenTelemetry's HTTP conventions have it), so that no client
+// puts a secret in a span or makes a span name per request.
+func TestAnAdminCallsMethodIsNotTakenAsWritten(t *testing.T) {
+	ts, col := startTracedServer(t)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	methods := []string{key, "PROBE1", "PROBE2", "GET"}
+	for _, m := range methods {
+		req, err := http.NewRequest(m, ts.adminURL+"/v1/keys", nil)
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+	}
+	require.Eventually(t, func() bool { col.mu.Lock(); defer col.mu.Unlock(); return len(col.spans) >= len(methods) }, 10*time.Second, 20*time.Millisecond)
+	ts.stop() // flush
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	names := map[string]bool{}
+	for _, s := range col.spans {
+		names[s.GetName()] = true
+		for _, m := range methods[:3] {
+			assert.NotContains(t, s.GetName(), m)
+			for k, v := range attrs(s) {
+				assert.NotContains(t, v, m, "attribute %s", k)
+			}
+		}
+	}
+	assert.Equal(t, map[string]bool{"extauthz.admin GET": true, "extauthz.admin _OTHER": true}, names)
+}
