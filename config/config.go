@@ -529,9 +529,37 @@ func (c *Config) CheckPepper() error {
 		return errors.New("hashing.pepper_env: no pepper variable is named, so keys would be hashed with plain SHA-256; " +
 			"name one (e.g. EXTAUTHZ_PEPPER) and set it to a long random secret, or declare a development setup with development: true")
 	}
-	return fmt.Errorf("hashing.pepper_env: $%s is empty or unset, so keys would be hashed with plain SHA-256; "+
+	return fmt.Errorf("hashing.pepper_env: %s is empty or unset, so keys would be hashed with plain SHA-256; "+
 		"set it to a long random secret (and keep it: keys hashed under one pepper do not match under another), "+
-		"or declare a development setup with development: true", c.Hashing.PepperEnv)
+		"or declare a development setup with development: true", EnvRef(c.Hashing.PepperEnv))
+}
+
+// validEnvName reports whether name can name an environment variable:
+// letters, digits and _, not starting with a digit.
+func validEnvName(name string) bool {
+	for i, r := range name {
+		if !(r == '_' || 'A' <= r && r <= 'Z' || 'a' <= r && r <= 'z' || i > 0 && '0' <= r && r <= '9') {
+			return false
+		}
+	}
+	return name != ""
+}
+
+// EnvRef is how a message names the variable an *_env field names: $NAME
+// when it looks like a variable's name (upper case, digits and _, as
+// variables are named), else "the variable it names". Someone may have
+// written the secret itself where its variable's name goes, and a random
+// secret has lower-case letters: a message must not print it.
+func EnvRef(name string) string {
+	for _, r := range name {
+		if !(r == '_' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9') {
+			return "the variable it names"
+		}
+	}
+	if len(name) > 64 {
+		return "the variable it names"
+	}
+	return "$" + name
 }
 
 // checkFields walks the decoded YAML tree against the Go type and reports
@@ -661,6 +689,14 @@ func (c *Config) validate() error {
 		}
 		if _, _, err := net.SplitHostPort(string(addr)); err != nil {
 			bad(name, "%q is not host:port (e.g. \":9001\" or \"127.0.0.1:9003\")", addr)
+		}
+	}
+	// A variable's name, never the secret: a value no variable can be named
+	// (a base64 secret) is refused without quoting it.
+	for field, name := range map[string]string{"hashing.pepper_env": c.Hashing.PepperEnv,
+		"store.redis.password_env": c.Store.Redis.PasswordEnv, "store.redis.sentinel_password_env": c.Store.Redis.SentinelPasswordEnv} {
+		if name != "" && !validEnvName(name) {
+			bad(field, "not an environment variable name (letters, digits and _): name the variable that holds the secret, never the secret itself")
 		}
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {

@@ -413,3 +413,47 @@ func TestAMissingPepperIsRefusedOutsideADevelopmentSetup(t *testing.T) {
 		})
 	}
 }
+
+// A field given twice is an error, not the last one silently winning: a
+// second permissions line, or a second routes block further down a long
+// file, would otherwise open what the first one closed, and config check
+// would call it ok.
+func TestAFieldGivenTwiceIsAnError(t *testing.T) {
+	for _, text := range []string{
+		"routes:\n  - path: /admin/**\n    permissions: [admin:all]\n    permissions: []\n",
+		"routes: [{path: /admin/**, permissions: [admin:all]}]\nunmatched: deny\nroutes: [{path: /public, public: true}]\nunmatched: authenticate\n",
+		"mode: enforce\nmode: shadow\n",
+		"store: {backend: redis, backend: embedded}\n",
+	} {
+		_, err := Parse([]byte(text))
+		require.Error(t, err, text)
+		assert.Contains(t, err.Error(), "already set", text)
+	}
+}
+
+// The *_env fields name a variable; putting the secret itself there is an
+// easy slip (pepper_env: <the pepper>). Such a value is refused if it
+// cannot be a variable's name, and no message quotes it either way.
+func TestASecretWrittenWhereItsVariableGoesIsNeverEchoed(t *testing.T) {
+	const b64 = "Zq8kR2pL+x9vW4mT/7nB3cY6hJ1sD5fG0a=" // openssl rand -base64
+	const alnum = "Zq8kR2pLx9vW4mT7nB3cY6hJ1sD5fG0a"  // a secret that is also a valid name
+	for _, tt := range []struct{ text, field string }{
+		{"hashing: {pepper_env: \"" + b64 + "\"}", "hashing.pepper_env"},
+		{"store: {backend: redis, redis: {password_env: \"" + b64 + "\"}}", "store.redis.password_env"},
+		{"store: {backend: redis, redis: {addrs: [a:1], master_name: m, sentinel_username: u, sentinel_password_env: \"" + b64 + "\"}}", "store.redis.sentinel_password_env"},
+	} {
+		_, err := Parse([]byte(tt.text))
+		require.Error(t, err, tt.text)
+		assert.Contains(t, err.Error(), tt.field+": not an environment variable name")
+		assert.NotContains(t, err.Error(), "Zq8kR2pL")
+	}
+	cfg, err := Parse([]byte("hashing: {pepper_env: " + alnum + "}"))
+	require.NoError(t, err)
+	err = cfg.CheckPepper()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "hashing.pepper_env")
+	assert.NotContains(t, err.Error(), "Zq8kR2pL", "a name that does not look like one is not quoted")
+	cfg, err = Parse([]byte("hashing: {pepper_env: MY_PEPPER}"))
+	require.NoError(t, err)
+	assert.Contains(t, cfg.CheckPepper().Error(), "$MY_PEPPER is empty or unset", "a conventional name still is")
+}

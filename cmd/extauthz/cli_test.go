@@ -775,3 +775,32 @@ func TestAKeyPastedIntoAnyFlagIsNeitherStoredNorEchoed(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.NotContains(t, out, secret[3:len(secret)-6], "no key was stored with a secret in it")
 }
+
+// config check refuses a file that gives a field twice, naming the line,
+// rather than calling ok a route whose second permissions line opened it.
+func TestConfigCheckRefusesAFieldGivenTwice(t *testing.T) {
+	path := writeConfig(t, "routes:\n  - path: /admin/**\n    permissions: [admin:all]\n    permissions: []\n")
+	out, errOut, code := cliRun(t, "config", "check", "--config", path)
+	assert.Equal(t, 1, code, out)
+	assert.Contains(t, errOut, `line 4: key "permissions" already set`)
+}
+
+// The pepper written where the name of its variable goes never reaches
+// standard error, from config check or serve, nor a development setup's
+// warning.
+func TestAPepperWrittenAsItsVariableIsNeverEchoed(t *testing.T) {
+	const pepper = "Zq8kR2pLx9vW4mT7nB3cY6hJ1sD5fG0a"
+	store := fmt.Sprintf("store: {path: %q}\nlisten: {grpc: off, http: off, admin: off}\n", filepath.Join(t.TempDir(), "k.db"))
+	path := writeConfig(t, store+"hashing: {pepper_env: "+pepper+"}\n")
+	for _, args := range [][]string{{"config", "check"}, {"serve"}, {"keys", "create", "--name", "n", "--perm", "p"}} {
+		_, errOut, code := cliRun(t, append(args, "--config", path)...)
+		assert.Equal(t, 1, code, errOut)
+		assert.Contains(t, errOut, "hashing.pepper_env")
+		assert.NotContains(t, errOut, pepper[:12], strings.Join(args, " "))
+	}
+	dev := writeConfig(t, store+"development: true\nhashing: {pepper_env: "+pepper+"}\n")
+	_, errOut, code := cliRun(t, "config", "check", "--config", dev)
+	assert.Equal(t, 0, code, errOut)
+	assert.Contains(t, errOut, "DEVELOPMENT SETUP")
+	assert.NotContains(t, errOut, pepper[:12])
+}

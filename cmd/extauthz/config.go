@@ -214,8 +214,8 @@ func requirePepper(cfg *config.Config, warn func(msg string)) error {
 		return err
 	}
 	if len(cfg.Hashing.Pepper) == 0 {
-		warn(fmt.Sprintf("DEVELOPMENT SETUP, NOT FOR PRODUCTION: no hashing pepper ($%s is empty), so keys are hashed with plain SHA-256 "+
-			"and keys made now stop matching once a pepper is set; allowed only because the config says development: true", cfg.Hashing.PepperEnv))
+		warn(fmt.Sprintf("DEVELOPMENT SETUP, NOT FOR PRODUCTION: no hashing pepper (hashing.pepper_env: %s is empty), so keys are hashed with plain SHA-256 "+
+			"and keys made now stop matching once a pepper is set; allowed only because the config says development: true", config.EnvRef(cfg.Hashing.PepperEnv)))
 	}
 	return nil
 }
