@@ -50,8 +50,13 @@ func startFaultRig(t *testing.T, extraYAML string) *faultRig {
 	// AOF, so that keys survive a kill and a restart, as in production.
 	r := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
 	p := faultproxy.Start(t, r.Addr)
-	yaml := fmt.Sprintf("store: {backend: redis, redis: {url: %q, timeout: %s, prefix: \"f:\"}}\n", "redis://"+p.Addr()+"/0", faultTimeout) +
-		fmt.Sprintf("cache: {ttl: %s}\n", faultCacheTTL) + extraYAML
+	yaml := fmt.Sprintf("store: {backend: redis, redis: {url: %q, timeout: %s, prefix: \"f:\"}}\n", "redis://"+p.Addr()+"/0", faultTimeout)
+	if !strings.Contains(extraYAML, "\ncache:") && !strings.HasPrefix(extraYAML, "cache:") {
+		// The rig's cache, unless the test gives its own (a field given
+		// twice is an error).
+		yaml += fmt.Sprintf("cache: {ttl: %s}\n", faultCacheTTL)
+	}
+	yaml += extraYAML
 	rig := &faultRig{redis: r, proxy: p, ts: startServer(t, yaml), http: &http.Client{Timeout: 5 * time.Second}}
 	t.Cleanup(rig.http.CloseIdleConnections)
 	return rig
