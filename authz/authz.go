@@ -257,16 +257,16 @@ func (d *Decision) Deny(c Code, message string) {
 	d.Message = message
 }
 
-// Sources are the key sources of the policy d was decided under (nil when
-// none was selected): the credentials an adapter removes before the
-// request goes upstream are those of d.Present among them. Reading them
-// from d, not from the Authorizer, keeps a reload between the decision and
-// the response from naming other sources.
+// Sources are the key sources of the policy d was decided under, then
+// every other policy's (nil when none was selected): the credentials an
+// adapter removes before the request goes upstream are those of d.Present
+// among them. Reading them from d, not from the Authorizer, keeps a reload
+// between the decision and the response from naming other sources.
 func (d *Decision) Sources() []Source {
 	if d.Policy == nil {
 		return nil
 	}
-	return d.Policy.Sources
+	return d.Policy.strip
 }
 
 // Observer is told about every decision after it is made (metrics, audit).
@@ -348,8 +348,9 @@ func route(d *Decision) bool {
 	return false
 }
 
-// findKey returns the value of the first present source and marks every
-// present source in d.Present. A request that names a credential in a
+// findKey returns the value of the first present source of p and marks
+// every present source in d.Present, p's own and, never read, the other
+// policies' (Policy.strip). A request that names a credential in a
 // spelling some upstream reads as a source's, but the proxy does not strip
 // (Source.lookup, headerAliasesSource), is denied 400 and ok is false.
 func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) {
@@ -370,6 +371,13 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 	if headerAliasesSource(req, p.Sources) {
 		d.Deny(CodeBadRequest, "malformed request: a header name reads as the credential header's but is spelt differently")
 		return "", false, false
+	}
+	// Other policies' sources: never read, only noted, so that a key sent
+	// where another service takes it is removed too.
+	for i := len(p.Sources); i < len(p.strip); i++ {
+		if _, present, _ := p.strip[i].lookup(req); present {
+			d.Present |= 1 << i
+		}
 	}
 	return key, found, true
 }

@@ -87,6 +87,11 @@ type Policy struct {
 
 	// forward pairs each ForwardMeta name with its header.
 	forward []forwardedMeta
+	// strip is Sources, then every other policy's source that is none of
+	// them: the credentials removed before a request goes upstream. A key
+	// sent in another service's source is no credential here, but it is
+	// still a secret, and this upstream must not get it.
+	strip []Source
 	// keyScope names the counter of a key limited by this policy's
 	// DefaultRate (a key without a rate of its own): "" when the rate is
 	// the default policy's (the counter the admin API counts in too, shared
@@ -221,7 +226,29 @@ func Compile(o Options) (*PolicySet, error) {
 	if err := set.indexMatches(); err != nil {
 		return nil, err
 	}
+	if err := set.unionSources(); err != nil {
+		return nil, err
+	}
 	return set, nil
+}
+
+// unionSources gives each policy its strip list: its own sources, then
+// the others' (each once). Decision.Present has a bit for each.
+func (set *PolicySet) unionSources() error {
+	for _, p := range set.policies {
+		p.strip = slices.Clone(p.Sources)
+		for _, other := range set.policies {
+			for _, src := range other.Sources {
+				if !slices.ContainsFunc(p.strip, src.sameAs) {
+					p.strip = append(p.strip, src)
+				}
+			}
+		}
+		if len(p.strip) > 64 {
+			return fmt.Errorf("sources: at most 64 different key sources in all the policies together (policy %q would strip %d)", p.Name, len(p.strip))
+		}
+	}
+	return nil
 }
 
 // compilePolicy compiles one policy; scope prefixes its routes' rate-limit

@@ -116,6 +116,11 @@ func (k SourceKind) String() string {
 // Kind returns where s looks.
 func (s Source) Kind() SourceKind { return s.kind }
 
+// sameAs reports whether s and o read the same credential.
+func (s Source) sameAs(o Source) bool {
+	return s.kind == o.kind && s.name == o.name && s.scheme == o.scheme
+}
+
 // Name returns the header, query parameter or cookie name.
 func (s Source) Name() string { return s.name }
 

@@ -274,3 +274,65 @@ func TestTheShippedConfigsCompile(t *testing.T) {
 		})
 	}
 }
+
+// A key sent in another policy's source is no credential under the policy
+// that decides the request, but it is a secret all the same: it is removed
+// before the request goes upstream, over gRPC and in HTTP mode, while the
+// decision reads only the selected policy's own source.
+func TestAKeyInAnotherPolicysSourceIsStrippedToo(t *testing.T) {
+	const cfg = `
+http_mode: {xff_trusted_hops: 0}
+routes: [{path: /api/users, permissions: [read:users]}]
+policies:
+  - name: billing
+    match: {context: {policy: billing}}
+    sources: [{header: x-billing-key}]
+    routes: [{path: "/invoices/**", permissions: [read:invoices]}]
+`
+	ts := startServer(t, storeYAML(t, "embedded")+cfg)
+	billing, _ := ts.create(t, keystore.Spec{Name: "billing", Permissions: []string{"read:invoices"}})
+	other, _ := ts.create(t, keystore.Spec{Name: "other", Permissions: []string{"read:users"}})
+
+	in := checkReq("GET", "/invoices/1?api_key="+other+"&page=2", "10.1.2.3", map[string]string{
+		"x-billing-key": billing, "x-api-key": other, "authorization": "Bearer " + other, "cookie": "api_key=" + other + "; theme=dark"})
+	in.Attributes.ContextExtensions = map[string]string{"policy": "billing"}
+	resp, err := ts.client.Check(context.Background(), in)
+	require.NoError(t, err)
+	ok := resp.GetOkResponse()
+	require.NotNil(t, ok, "%v", resp.GetStatus())
+	assert.Equal(t, "billing", resp.GetDynamicMetadata().AsMap()["key_name"], "decided on the policy's own source")
+	assert.ElementsMatch(t, []string{"x-billing-key", "x-api-key", "authorization"}, filterSources(ok.GetHeadersToRemove()))
+	assert.Equal(t, []string{"api_key"}, ok.GetQueryParametersToRemove())
+	var cookie string
+	for _, h := range ok.GetHeaders() {
+		if h.GetHeader().GetKey() == "cookie" {
+			cookie = h.GetHeader().GetValue()
+		}
+	}
+	assert.Equal(t, "theme=dark", cookie, "the other policy's cookie is cut")
+
+	t.Run("a key only in another policy's source is still no credential here", func(t *testing.T) {
+		in := checkReq("GET", "/invoices/1", "10.1.2.3", map[string]string{"x-api-key": billing})
+		in.Attributes.ContextExtensions = map[string]string{"policy": "billing"}
+		resp, err := ts.client.Check(context.Background(), in)
+		require.NoError(t, err)
+		assert.Equal(t, "missing_key", resp.GetDynamicMetadata().AsMap()["code"])
+	})
+	t.Run("HTTP mode removes it too", func(t *testing.T) {
+		status, _, h := get(t, ts.httpURL+"/authz/_policy/billing/invoices/1", map[string]string{"X-Billing-Key": billing, "X-Api-Key": other})
+		require.Equal(t, 200, status)
+		assert.ElementsMatch(t, []string{"x-billing-key", "x-api-key"}, filterSources(strings.Split(h.Get("X-Envoy-Auth-Headers-To-Remove"), ", ")))
+	})
+}
+
+// filterSources keeps the credential headers among names (dropping the
+// identity headers every allow removes as spoofable).
+func filterSources(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if !strings.HasPrefix(n, "x-authz-") && n != "x-envoy-auth-headers-to-remove" && n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
