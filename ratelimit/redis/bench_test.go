@@ -331,6 +331,45 @@ func BenchmarkRedisScriptInstructions(b *testing.B) {
 			b.ReportMetric(n/float64(b.N*size), "instructions/check")
 		})
 	}
+	// What commands without a script cost, for comparison: the peer's pair
+	// (envoyproxy/ratelimit's INCRBY and EXPIRE, pipelined), and a count
+	// kept as INCR-first sub-window counters (INCRBY, PEXPIRE, and an MGET
+	// of the window's 20 sub-windows).
+	rng := rand.New(rand.NewPCG(3, 4))
+	b.Run("peer: INCRBY+EXPIRE", func(b *testing.B) {
+		n := counted(func() {
+			for range b.N {
+				key := fmt.Sprintf("bench:peer:key%d_%d", rng.IntN(1000), time.Now().Unix())
+				pipe := client.Pipeline()
+				pipe.IncrBy(ctx, key, 1)
+				pipe.Expire(ctx, key, time.Second)
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.ReportMetric(n/float64(b.N), "instructions/call")
+	})
+	b.Run("INCRBY+PEXPIRE+MGET20", func(b *testing.B) {
+		keys := make([]string, 20)
+		n := counted(func() {
+			for range b.N {
+				k := rng.IntN(1000)
+				sub := time.Now().UnixMilli() / 50
+				for j := range keys {
+					keys[j] = fmt.Sprintf("bench:sub:{key%d}:%d", k, sub-int64(j))
+				}
+				pipe := client.Pipeline()
+				pipe.IncrBy(ctx, keys[0], 1)
+				pipe.PExpire(ctx, keys[0], 2*time.Second)
+				pipe.MGet(ctx, keys...)
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.ReportMetric(n/float64(b.N), "instructions/call")
+	})
 	b.Run("PING", func(b *testing.B) {
 		n := counted(func() {
 			for range b.N {
