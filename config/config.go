@@ -720,7 +720,7 @@ func (c *Config) validate() error {
 		}
 		if u, err := url.Parse(r.URL); r.URL != "" && (err != nil || u.Scheme != "redis" && u.Scheme != "rediss") {
 			bad("store.redis.url", "want redis://host:port/db or rediss://...")
-		} else if _, ok := u.User.Password(); ok && err == nil {
+		} else if _, ok := u.User.Password(); ok && err == nil || err == nil && u.Query().Has("password") {
 			bad("store.redis.url", "must not contain a password; name its environment variable in password_env")
 		}
 		if r.Prefix == "" {

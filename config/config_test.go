@@ -447,6 +447,9 @@ func TestASecretWrittenWhereItsVariableGoesIsNeverEchoed(t *testing.T) {
 		assert.Contains(t, err.Error(), tt.field+": not an environment variable name")
 		assert.NotContains(t, err.Error(), "Zq8kR2pL")
 	}
+	_, err := Parse([]byte("store: {backend: redis, redis: {url: \"redis://127.0.0.1:6379/0?password=" + alnum + "\"}}"))
+	require.ErrorContains(t, err, "store.redis.url: must not contain a password", "a password in the query is one too")
+	assert.NotContains(t, err.Error(), "Zq8kR2pL")
 	cfg, err := Parse([]byte("hashing: {pepper_env: " + alnum + "}"))
 	require.NoError(t, err)
 	err = cfg.CheckPepper()

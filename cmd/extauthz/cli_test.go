@@ -804,3 +804,17 @@ func TestAPepperWrittenAsItsVariableIsNeverEchoed(t *testing.T) {
 	assert.Contains(t, errOut, "DEVELOPMENT SETUP")
 	assert.NotContains(t, errOut, pepper[:12])
 }
+
+// A password written where a Redis url's user name goes reads as a user
+// name; config check names the store without it, and no error quotes it.
+func TestARedisURLIsNamedWithoutItsUser(t *testing.T) {
+	const secret = "Zq8kR2pLx9vW4mT7nB3c"
+	path := writeConfig(t, "store: {backend: redis, redis: {url: \"redis://"+secret+"@127.0.0.1:1/0\"}}\n")
+	out, errOut, _ := cliRun(t, "config", "check", "--config", path)
+	assert.Contains(t, out+errOut, "redis://127.0.0.1:1/0")
+	assert.NotContains(t, out+errOut, secret[:8])
+	_, errOut, code := cliRun(t, "serve", "--config", path)
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, "the username has no password")
+	assert.NotContains(t, errOut, secret[:8])
+}

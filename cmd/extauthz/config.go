@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -177,8 +178,9 @@ func loopbackAddr(addr string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// describeStore names the configured store, never a password (a Redis url
-// cannot hold one: the config refuses it).
+// describeStore names the configured store, never a password: a Redis url
+// is named without its user and query (the config refuses a password there,
+// but one written where the user name goes reads as a user name).
 func describeStore(cfg *config.Config) string {
 	if cfg.Store.Backend == "redis" {
 		r := cfg.Store.Redis
@@ -188,9 +190,19 @@ func describeStore(cfg *config.Config) string {
 		case len(r.Addrs) > 0:
 			return fmt.Sprintf("redis cluster %v, prefix %q", r.Addrs, r.Prefix)
 		}
-		return fmt.Sprintf("redis %s, prefix %q", r.URL, r.Prefix)
+		return fmt.Sprintf("redis %s, prefix %q", hostOfURL(r.URL), r.Prefix)
 	}
 	return "embedded store " + cfg.Store.Path
+}
+
+// hostOfURL is a Redis url without its user and query.
+func hostOfURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a url that does not parse)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment = nil, "", false, ""
+	return u.String()
 }
 
 // describeStoreAt is describeStore with a relative embedded path resolved

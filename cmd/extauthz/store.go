@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -46,6 +47,9 @@ func openBackend(cfg *config.Config) (*backend, error) {
 		}
 		client, err := redisstore.Dial(opts)
 		if err != nil {
+			if strings.HasPrefix(err.Error(), "store.redis") { // Dial's own errors name the field
+				return nil, err
+			}
 			return nil, fmt.Errorf("store.redis: %w", err)
 		}
 		if err := redisstore.CheckPrefix(r.Prefix); err != nil {

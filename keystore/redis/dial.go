@@ -492,7 +492,9 @@ func (o *Options) urlOptions(t tuning) (*goredis.Options, error) {
 		opt.Username = o.Username
 	}
 	if opt.Username != "" && opt.Password == "" && o.Password == "" {
-		return nil, fmt.Errorf("store.redis: username %q has no password (set the environment variable password_env names)", opt.Username)
+		// Not quoted: a password written where the url's user name goes
+		// (redis://SECRET@host) reads as a user name.
+		return nil, errors.New("store.redis: the username has no password (set the environment variable password_env names)")
 	}
 	if opt.TLSConfig != nil {
 		// ParseURL verifies the URL's host; ServerName and CAFile refine that.
