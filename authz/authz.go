@@ -344,6 +344,8 @@ func route(d *Decision) bool {
 		d.Deny(CodeBadRequest, "malformed request: the path gets another route without its trailing slash")
 	case matchCaseVaries:
 		d.Deny(CodeBadRequest, "malformed request: the letter case of the path decides its route")
+	case matchFormatVaries:
+		d.Deny(CodeBadRequest, "malformed request: the path gets another route without its extension, as frameworks that read it as a format serve it")
 	}
 	return false
 }

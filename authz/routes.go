@@ -73,11 +73,12 @@ type Routes struct {
 type matchKind uint8
 
 const (
-	matchNone        matchKind = iota // no route's pattern matches the path
-	matchRoute                        // a route decides the request
-	matchWrongMethod                  // routes claim the path; none lists the method
-	matchSlashVaries                  // with and without its trailing slash, the path gets different routes
-	matchCaseVaries                   // with its letter case folded, the path gets another route
+	matchNone         matchKind = iota // no route's pattern matches the path
+	matchRoute                         // a route decides the request
+	matchWrongMethod                   // routes claim the path; none lists the method
+	matchSlashVaries                   // with and without its trailing slash, the path gets different routes
+	matchCaseVaries                    // with its letter case folded, the path gets another route
+	matchFormatVaries                  // without its last segment's extension, the path gets another route
 )
 
 // CompileRoutes checks and compiles the route table; paths holds the opt-in
@@ -199,6 +200,13 @@ func compileRoute(s RouteSpec, scope string) (*Route, error) {
 //     answer with ASCII letter case folded; if not, it is matchCaseVaries
 //     (400). Folding thus only ever rejects; it never picks a route.
 //     Nothing folds Unicode.
+//  4. Rails and Spring MVC (before 5.3) read the end of a last segment
+//     from a dot as a format: "/api/admin.json" is "/api/admin". So a path
+//     whose last segment holds a dot (after its first byte) must get the
+//     same answer without what follows its first dot, and without what
+//     follows its last; if not, it is matchFormatVaries (400). A route
+//     whose pattern ends in a literal with a dot ("/openapi.json") names
+//     the path as it is written and is taken as it stands.
 //
 // It does not allocate.
 func (rt *Routes) match(method, path string) (*Route, matchKind) {
@@ -220,7 +228,54 @@ func (rt *Routes) match(method, path string) (*Route, matchKind) {
 			}
 		}
 	}
+	if !r.namesDottedFile() {
+		stems, n := formatStems(trimmed)
+		for _, stem := range stems[:n] {
+			if r2, k2 := rt.lookup(method, stem, false); r2 != r || k2 != k {
+				return nil, matchFormatVaries
+			}
+			if rt.foldCase {
+				if r2, k2 := rt.lookup(method, stem, true); r2 != r || k2 != k {
+					return nil, matchFormatVaries
+				}
+			}
+		}
+	}
 	return r, k
+}
+
+// formatStems returns path without the end of its last segment from the
+// segment's first dot, and from its last (when that is another), skipping
+// a dot that starts the segment: the path a format-reading upstream routes.
+func formatStems(path string) (stems [2]string, n int) {
+	start := strings.LastIndexByte(path, '/') + 1
+	seg := path[start:]
+	first := strings.IndexByte(seg, '.')
+	if first <= 0 {
+		if first < 0 || len(seg) == 1 {
+			return stems, 0
+		}
+		// A leading dot ("/.env", "/.well-known.x"): the next one.
+		if first = strings.IndexByte(seg[1:], '.'); first < 0 {
+			return stems, 0
+		}
+		first++
+	}
+	stems[0], n = path[:start+first], 1
+	if last := strings.LastIndexByte(seg, '.'); last > first {
+		stems[1], n = path[:start+last], 2
+	}
+	return stems, n
+}
+
+// namesDottedFile reports whether r's pattern ends in a literal holding a
+// dot: the operator named that path as it is written.
+func (r *Route) namesDottedFile() bool {
+	if r == nil || r.rest || len(r.segs) == 0 {
+		return false
+	}
+	last := r.segs[len(r.segs)-1]
+	return last.kind == segLiteral && strings.IndexByte(last.lit, '.') > 0
 }
 
 // lookup applies rule 1 of match, comparing literals with ASCII case
@@ -345,8 +400,59 @@ func (rt *Routes) Warnings() []string {
 			}
 			break
 		}
+		if w := rt.formatWarning(j, b); w != "" {
+			out = append(out, w)
+		}
 	}
 	return out
+}
+
+// sameAccess reports whether a and b let the same requests through: both
+// none, or both public, or both needing the same permissions.
+func sameAccess(a, b *Route) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Public == b.Public && (a.Public ||
+		slices.Equal(slices.Sorted(slices.Values(a.Permissions)), slices.Sorted(slices.Values(b.Permissions))))
+}
+
+// formatWarning describes a route named by a file name ("/openapi.json")
+// whose path, read with its extension as a format, gets another answer: a
+// Rails or Spring MVC upstream serves both paths with one handler, and
+// the table says two things about it. The route is taken as written (see
+// match), so this is the operator's to settle.
+func (rt *Routes) formatWarning(j int, r *Route) string {
+	if !r.namesDottedFile() {
+		return ""
+	}
+	var b strings.Builder
+	for _, s := range r.segs {
+		b.WriteByte('/')
+		if s.kind == segLiteral {
+			b.WriteString(s.lit)
+		} else {
+			b.WriteString("x")
+		}
+	}
+	path := b.String()
+	method := "GET"
+	if len(r.Methods) > 0 {
+		method = r.Methods[0]
+	}
+	got, k := rt.lookup(method, path, false)
+	stems, n := formatStems(path)
+	for _, stem := range stems[:n] {
+		if r2, k2 := rt.lookup(method, stem, false); k2 != k || !sameAccess(r2, got) {
+			other := "no route"
+			if r2 != nil {
+				other = fmt.Sprintf("the route %q", r2.Pattern)
+			}
+			return fmt.Sprintf("routes[%d] %q names a file, but Rails and Spring MVC (before 5.3) serve its path as %q, which gets %s: "+
+				"behind such an upstream, give both the same access", j, r.Pattern, stem, other)
+		}
+	}
+	return ""
 }
 
 // duplicateWarning describes what earlier routes with b's pattern take

@@ -223,3 +223,45 @@ func BenchmarkRouteMatch(b *testing.B) {
 		rt.match("GET", "/api/reports/2026/q1")
 	}
 }
+
+// A path whose last segment has an extension must get the answer of its
+// path without it (Rails and Spring MVC before 5.3 serve both with one
+// handler), unless a route names the file itself.
+func TestAnExtensionMustNotChangeTheRoute(t *testing.T) {
+	rt := compile(t, Paths{},
+		RouteSpec{Path: "/openapi.json", Public: true},
+		RouteSpec{Path: "/openapi", Permissions: []string{"docs"}},
+		RouteSpec{Path: "/api/users", Methods: []string{"GET"}, Permissions: []string{"read:users"}},
+		RouteSpec{Path: "/api/users/{id}", Permissions: []string{"read:users"}},
+		RouteSpec{Path: "/api/**", Permissions: []string{"api"}},
+		RouteSpec{Path: "/static/**", Public: true},
+	)
+	for _, tt := range []struct {
+		path string
+		want matchKind
+		perm string // of the route, when one decides
+	}{
+		{"/api/users.json", matchFormatVaries, ""},      // /api/** here, /api/users for Rails
+		{"/api/users.tar.gz", matchFormatVaries, ""},    // cut at the first dot
+		{"/api/users.json/", matchFormatVaries, ""},     // after the trailing slash's rule
+		{"/api/users/7.json", matchRoute, "read:users"}, // {id} takes both
+		{"/api/users/v1.2.3", matchRoute, "read:users"}, // a version is the same
+		{"/api/reports.v2/x.csv", matchRoute, "api"},    // a dot before the last segment is no format
+		{"/static/app.min.js", matchRoute, ""},          // both stems are under /static/**
+		{"/openapi.json", matchRoute, ""},               // named as a file: taken as written
+		{"/openapi.yaml", matchFormatVaries, ""},        // not named: /openapi decides for Rails
+		{"/.env", matchNone, ""},                        // a leading dot is no extension
+		{"/api/.hidden.json", matchRoute, "api"},        // cut at the next dot: /api/.hidden is /api/**
+	} {
+		r, k := rt.match("GET", tt.path)
+		require.Equal(t, tt.want, k, tt.path)
+		if k == matchRoute && tt.perm != "" {
+			assert.Equal(t, []string{tt.perm}, r.Permissions, tt.path)
+		}
+	}
+	w := rt.Warnings()
+	require.Len(t, w, 1, "%q", w)
+	assert.Contains(t, w[0], `routes[0] "/openapi.json" names a file, but Rails and Spring MVC (before 5.3) serve its path as "/openapi", which gets the route "/openapi"`)
+	assert.Empty(t, compile(t, Paths{}, RouteSpec{Path: "/openapi.json", Public: true}, RouteSpec{Path: "/openapi", Public: true}).Warnings(),
+		"a file route whose stem has the same access is fine")
+}

@@ -76,7 +76,32 @@ var (
 	// Unicode case folded (strings.EqualFold: ſ is s, K is k), a trailing
 	// slash ignored.
 	foldingModel = upstreamModel{name: "case-insensitive upstream", serve: foldingServe, equal: strings.EqualFold, slashBlind: true}
+	// railsModel is Rails: the literal router, with the end of the last
+	// segment from its first dot taken as the format ("/api/admin.json"
+	// is "/api/admin").
+	railsModel = upstreamModel{name: "Rails (format suffix)", serve: formatCut(literalServe), equal: func(a, b string) bool { return a == b }}
+	// springModel is Spring MVC before 5.3 on a servlet container: a
+	// pattern also matches its path with any ".ext" (suffix pattern
+	// matching), which for these patterns is the same as cutting the last
+	// segment at its first dot.
+	springModel = upstreamModel{name: "Spring MVC (suffix patterns)", serve: formatCut(servletServe), equal: func(a, b string) bool { return a == b }}
 )
+
+// formatCut reads a path as serve does, then cuts the last segment at its
+// first dot that does not start it.
+func formatCut(serve func(string) (servedPath, bool)) func(string) (servedPath, bool) {
+	return func(raw string) (servedPath, bool) {
+		sp, ok := serve(raw)
+		if !ok || len(sp.segs) == 0 {
+			return sp, ok
+		}
+		last := sp.segs[len(sp.segs)-1]
+		if i := strings.IndexByte(last[min(1, len(last)):], '.'); i >= 0 {
+			sp.segs = append(slices.Clone(sp.segs[:len(sp.segs)-1]), last[:i+min(1, len(last))])
+		}
+		return sp, true
+	}
+}
 
 // decodeAll percent-decodes s fully, refusing a malformed escape.
 func decodeAll(s string) (string, bool) {
@@ -330,9 +355,9 @@ var modelConfigs = []struct {
 	paths  Paths
 	models []upstreamModel
 }{
-	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel}},
-	{Paths{Servlet: true}, []upstreamModel{servletModel}},
-	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel}},
+	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, railsModel, springModel}},
+	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel}},
+	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel, railsModel}},
 }
 
 var modelMethods = []string{"GET", "HEAD", "DELETE", "OPTIONS", "POST"}
@@ -400,6 +425,8 @@ var modelSeeds = []string{
 	"/api/reports", "/api/reports/", "/static/x;jsessionid=2/../../api/admin", "/api/users/%2e%2e", "/files/..%3B/api/admin",
 	"/api/admin/../../public/x", "/api/admin/x/../../../public/x", "/public/./x", "/api/users", "/API/USERS", "/api/users/7/..",
 	"//public/x", "/public/x/", "/api/reports/x/..;/..;/admin/y",
+	"/api/admin.json", "/api/users.json", "/api/users.csv/", "/keys.json", "/api/users/7.json", "/api/admin.tar.gz",
+	"/API/Admin.json", "/docs.html", "/docs.json/", "/.env", "/api/.json", "/public/x.json",
 }
 
 // The property holds on the bypasses that once got through; and the

@@ -157,6 +157,19 @@ func bypassAttempts() []attempt {
 		allow("a pattern with a slash takes both spellings", strictPaths, "GET", "/docs", nil, pass("")),
 		allow("** takes a trailing slash", strictPaths, "GET", "/api/reports/", reader, pass("reader", "x-api-key")),
 
+		// Format suffixes: Rails and Spring MVC (before 5.3) serve
+		// /api/admin.json as /api/admin.
+		deny("a format suffix on an admin prefix", strictPaths, "GET", "/api/admin.json", reader, 400, "bad_request"),
+		deny("a format suffix on a GET-only literal", strictPaths, "GET", "/api/users.json", reader, 400, "bad_request"),
+		deny("a format suffix and a trailing slash", strictPaths, "GET", "/api/admin.json/", reader, 400, "bad_request"),
+		deny("two extensions", strictPaths, "GET", "/api/admin.tar.gz", reader, 400, "bad_request"),
+		deny("an encoded dot", strictPaths, "GET", "/api/admin%2Ejson", reader, 400, "bad_request"),
+		deny("a format suffix under servlet readings", servletPaths, "GET", "/keys.json", reader, 400, "bad_request"),
+		deny("a format suffix in another case", foldingPaths, "GET", "/API/Admin.json", reader, 400, "bad_request"),
+		allow("an extension that changes no route", strictPaths, "GET", "/files/report.pdf", hdr("x-api-key", "{files}"), pass("files", "x-api-key")),
+		allow("an extension under **", strictPaths, "GET", "/api/reports/q1.csv", reader, pass("reader", "x-api-key")),
+		allow("a leading dot is no extension", strictPaths, "GET", "/public/.env", nil, pass("")),
+
 		// Methods.
 		allow("HEAD takes the GET route", strictPaths, "HEAD", "/api/users", users, pass("users", "x-api-key")),
 		deny("HEAD needs the GET route's permission", strictPaths, "HEAD", "/api/users", reader, 403, "permission_denied"),
