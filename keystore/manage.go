@@ -400,6 +400,13 @@ type Patch struct {
 func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(before, after *Key) error, actor string) (*Key, error) {
 	now := m.now()
 	limit := OwnerLimit{Max: m.MaxPerOwner, At: now}
+	var earlier []*Key
+	if p.RateLimit != nil {
+		var err error
+		if earlier, err = m.liveEarlierKeys(ctx, id, now); err != nil {
+			return nil, err
+		}
+	}
 	k, err := m.Store.Update(ctx, id, limit, func(k *Key) error {
 		if k.RevokedAt != nil {
 			return fmt.Errorf("key %s was revoked: %w", k.ID, ErrRetired)
@@ -416,6 +423,12 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		}
 		if p.RateLimit != nil {
 			k.RateLimit = *p.RateLimit
+			for _, e := range earlier {
+				if !oneCount(e.RateLimit, k.RateLimit) {
+					return &FieldError{Field: "rate_limit", Message: fmt.Sprintf("key %s, earlier in this key's line of rotations, is live until %s and counts in the same rate limit as %q: a rate over another window, or the default in place of a rate of its own, would count the two keys apart (each check restarting the other's count); revoke it first, or keep a rate over the same window",
+						e.ID, endsAt(e), rateText(e.RateLimit))}
+				}
+			}
 		}
 		if p.IPAllowlist != nil {
 			k.IPAllowlist = *p.IPAllowlist
@@ -466,4 +479,72 @@ func (m *Manager) changed(kind string, k *Key, actor string) {
 	if m.OnChange != nil {
 		m.OnChange(kind, k, actor)
 	}
+}
+
+// maxLineWalk bounds how many earlier keys of a line of rotations
+// liveEarlierKeys reads; a longer line refuses a rate change rather than
+// miss a live key at its start.
+const maxLineWalk = 1000
+
+// liveEarlierKeys returns the keys before id in its line of rotations
+// (RotatedFrom, back to the line's first key or one deleted) that are still
+// live at now: in their grace period, checks of them count in the same
+// rate-limit bucket as id's (Key.RateBucket). A rotated-away key never
+// changes again, and can only die, so what this finds stays true, or
+// becomes stricter than needed, until the change is written.
+func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time) ([]*Key, error) {
+	k, err := m.Store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var live []*Key
+	for n, prev := 0, k.RotatedFrom; prev != ""; n++ {
+		if n == maxLineWalk {
+			return nil, &FieldError{Field: "rate_limit", Message: fmt.Sprintf("the key's line of rotations is longer than %d keys, whose rate limits it shares; revoke the key and create a new one to change its rate limit", maxLineWalk)}
+		}
+		e, err := m.Store.Get(ctx, prev)
+		if errors.Is(err, ErrNotFound) {
+			break // deleted after keys.retention: long dead
+		}
+		if err != nil {
+			return nil, err
+		}
+		if e.StatusAt(now) == Live {
+			live = append(live, e)
+		}
+		prev = e.RotatedFrom
+	}
+	return live, nil
+}
+
+// oneCount reports whether two keys of one line, limited by a and b, can
+// count in one counter: the limiter restarts a counter checked with another
+// window, so alternating keys whose rates have different windows would
+// restart it at every check. A key with no limit ("none") counts nothing;
+// two keys on the default are on one rate; a rate of its own and the
+// default may have different windows.
+func oneCount(a, b RateLimit) bool {
+	switch {
+	case a.Own() && a.rate.IsZero(), b.Own() && b.rate.IsZero():
+		return true
+	case !a.Own() || !b.Own():
+		return a.Own() == b.Own()
+	}
+	return a.rate.Window == b.rate.Window
+}
+
+// rateText is r as a message names it: as written, or "the default".
+func rateText(r RateLimit) string {
+	if !r.Own() {
+		return "the default"
+	}
+	return r.String()
+}
+
+// endsAt is when the live key k stops being live, as a message says it.
+func endsAt(k *Key) string {
+	if end := k.EndsAt(); end != nil {
+		return end.Format(time.RFC3339)
+	}
+	return "revoked"
 }

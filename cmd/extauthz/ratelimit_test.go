@@ -204,3 +204,59 @@ policies:
 		})
 	}
 }
+
+// Two keys of one line whose rates have different windows count in the
+// line's one bucket, and the limiter restarts a counter checked with another
+// window: with the successor narrowed from 4/m to 1/15s during the old key's
+// grace period (as its holder may do to itself with keys:write, or an admin
+// changing it), alternating the two keys allowed every request, 20 of 20.
+// Such a change is refused while an earlier key of the line is live; one
+// over the same window is made, and the line still makes 4 a minute; once
+// the old key is revoked the window may change.
+func TestALineWhoseKeysHaveDifferentWindowsIsStillLimited(t *testing.T) {
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			ts := startServer(t, storeYAML(t, backend)+testRoutes)
+			oldSecret, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "4/m")})
+			newSecret, next, err := ts.mgr.Rotate(t.Context(), k.ID, time.Hour, "test", nil)
+			require.NoError(t, err)
+			other := rateLimit(t, "1/15s")
+			_, err = ts.mgr.Update(t.Context(), next.ID, keystore.Patch{RateLimit: &other}, nil, "test")
+			var fe *keystore.FieldError
+			require.ErrorAs(t, err, &fe, "a rate over another window while the old key is live")
+			assert.Equal(t, "rate_limit", fe.Field)
+			assert.Contains(t, fe.Message, k.ID)
+			for _, rate := range []string{"", "none"} { // the default; no limit at all is no count to restart
+				r := rateLimit(t, rate)
+				_, err = ts.mgr.Update(t.Context(), next.ID, keystore.Patch{RateLimit: &r}, nil, "test")
+				if rate == "" {
+					require.ErrorAs(t, err, &fe, "the default in place of a rate of its own")
+				} else {
+					require.NoError(t, err)
+				}
+			}
+			same := rateLimit(t, "3/m")
+			_, err = ts.mgr.Update(t.Context(), next.ID, keystore.Patch{RateLimit: &same}, nil, "test")
+			require.NoError(t, err, "a rate over the same window counts in the same counter")
+
+			allowed := 0
+			for range 10 {
+				for _, s := range []string{oldSecret, newSecret} {
+					resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": s})
+					if resp.GetOkResponse() != nil {
+						allowed++
+						continue
+					}
+					code, _ := denial(t, resp)
+					require.Equal(t, "rate_limited", code)
+				}
+			}
+			assert.Equal(t, 4, allowed, "twenty checks of a line whose keys allow 4/m and 3/m, in one count")
+
+			_, err = ts.mgr.Revoke(t.Context(), k.ID, "test")
+			require.NoError(t, err)
+			_, err = ts.mgr.Update(t.Context(), next.ID, keystore.Patch{RateLimit: &other}, nil, "test")
+			require.NoError(t, err, "no earlier key is live")
+		})
+	}
+}
