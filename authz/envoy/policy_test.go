@@ -21,7 +21,7 @@ import (
 // two more: billing (context policy=billing, its principal, its hosts; it
 // forwards plan and tenant_id) and orders (context policy=orders, its
 // hosts, shadow mode).
-func meshFixture(t *testing.T) *authztest.Fixture {
+func meshFixture(t testing.TB) *authztest.Fixture {
 	return authztest.New(t, func(o *authz.Options) {
 		o.Policies = []authz.PolicySpec{
 			{
