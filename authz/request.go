@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Request is what the decision needs to know about one HTTP request,
@@ -157,10 +159,14 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 			// upstreams that split the value at white space (Python's
 			// split, so Django REST framework) read the credential that
 			// follows, so it is found, checked and stripped.
-			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) || strings.IndexByte(" \t\v\f\r\n", v[len(s.scheme)]) < 0 {
+			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) {
 				return "", false, false
 			}
-			v = strings.TrimSpace(v[len(s.scheme)+1:])
+			sep := schemeSeparator(v[len(s.scheme):])
+			if sep == 0 {
+				return "", false, false
+			}
+			v = strings.TrimSpace(v[len(s.scheme)+sep:])
 		}
 		return v, v != "", false
 	case SourceQuery:
@@ -459,4 +465,26 @@ func parseAddr(s string) netip.Addr {
 		return ap.Addr().Unmap().WithZone("")
 	}
 	return netip.Addr{}
+}
+
+// schemeSeparator returns the length of the white space that starts rest,
+// the text after an auth scheme, as some upstream splits on it (0: none).
+// Python's str.split, on a header WSGI and ASGI servers decode as Latin-1,
+// splits at the ASCII white space, at \x1c-\x1f and at the single bytes
+// \x85 and \xa0 (NEL and NBSP there); Go's strings.Fields at any Unicode
+// space in UTF-8 ("\u00a0", "\u2003").
+func schemeSeparator(rest string) int {
+	switch c := rest[0]; {
+	case strings.IndexByte(" \t\v\f\r\n\x1c\x1d\x1e\x1f", c) >= 0:
+		return 1
+	case c < utf8.RuneSelf:
+		return 0
+	}
+	if r, n := utf8.DecodeRuneInString(rest); r != utf8.RuneError && unicode.IsSpace(r) {
+		return n
+	}
+	if rest[0] == 0x85 || rest[0] == 0xa0 {
+		return 1
+	}
+	return 0
 }

@@ -247,6 +247,13 @@ func bypassAttempts() []attempt {
 		// Bearer and the white space after it.
 		allow("Bearer and a tab", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\t{reader}"), pass("reader", "authorization")),
 		allow("Bearer and a vertical tab (Python's split)", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\v{reader}"), pass("reader", "authorization"), viaGRPC),
+		allow("Bearer and a unit separator (Python's str.split)", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\x1f{reader}"), pass("reader", "authorization"), viaGRPC),
+		allow("Bearer and a raw NBSP byte (str.split on a Latin-1 header)", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\xa0{reader}"), pass("reader", "authorization"), viaPath, viaXOriginal, viaXForwarded),
+		allow("Bearer and a UTF-8 NBSP (Go's strings.Fields)", strictPaths, "GET", "/api/reports/x", hdr("authorization", "Bearer\u00a0{reader}"), pass("reader", "authorization")),
+		allow("Bearer, NBSP and a key beside a header credential goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "Bearer\xa0{admin}"), pass("reader", "x-api-key", "authorization"), viaPath, viaXOriginal, viaXForwarded),
+		allow("Bearer, an em space and a key beside a header credential goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "Bearer\u2003{admin}"), pass("reader", "x-api-key", "authorization")),
 		allow("Bearer and a tab beside a header credential goes", strictPaths, "GET", "/api/reports/x",
 			hdr("x-api-key", "{reader}", "authorization", "Bearer\t{admin}"), pass("reader", "x-api-key", "authorization")),
 
