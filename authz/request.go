@@ -241,7 +241,7 @@ func cookieCredential(header, name, fold string) (value string, present, ambiguo
 			part, header = header, ""
 		}
 		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
-		k = strings.TrimSpace(k) // "api_key =": Go, Node and Python read the name trimmed
+		k = trimCookieName(k) // "api_key =": Go, Node and Python read the name trimmed
 		switch {
 		case k == name:
 			if v = strings.Trim(strings.TrimSpace(v), `"`); v != "" && !present {
@@ -271,7 +271,7 @@ func CookieWithout(header string, names ...string) string {
 		start := b.Len()
 		for piece := range strings.SplitSeq(part, ",") {
 			piece = strings.TrimSpace(piece)
-			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, strings.TrimSpace(k)) {
+			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, trimCookieName(k)) {
 				continue
 			}
 			if kept == 0 && start > 0 {
@@ -487,4 +487,32 @@ func schemeSeparator(rest string) int {
 		return 1
 	}
 	return 0
+}
+
+// trimCookieName is a cookie name without the white space around it, as
+// the readers that trim most read it: Go's and Node's trim ASCII white
+// space; Python's frameworks (Django, werkzeug, Starlette) call str.strip
+// on a header decoded as Latin-1, which also takes \x1c-\x1f and the single
+// bytes \x85 and \xa0, and any Unicode space.
+func trimCookieName(k string) string {
+	k = strings.TrimSpace(k)
+	for {
+		n := len(k)
+		for len(k) > 0 && latin1Space(k[0]) {
+			k = strings.TrimSpace(k[1:])
+		}
+		for len(k) > 0 && latin1Space(k[len(k)-1]) {
+			k = strings.TrimSpace(k[:len(k)-1])
+		}
+		if len(k) == n {
+			return k
+		}
+	}
+}
+
+// latin1Space reports whether c is white space to Python's str.strip on a
+// Latin-1 string beyond what strings.TrimSpace takes (a \xa0 or \x85 byte
+// that is not part of a UTF-8 character, which TrimSpace leaves).
+func latin1Space(c byte) bool {
+	return c >= 0x1c && c <= 0x1f || c == 0x85 || c == 0xa0
 }

@@ -482,3 +482,27 @@ func TestDecodingSelectorsAllocatesNothing(t *testing.T) {
 		assert.Zero(t, allocs, name)
 	}
 }
+
+// With encode_raw_headers Envoy sends header bytes as they came: a cookie
+// named "\xa0api_key" is api_key to Python's frameworks (str.strip on a
+// header decoded as Latin-1), so it is found, checked and cut from the
+// cookie header like "api_key"; the rewritten header, not UTF-8 otherwise,
+// is removed whole.
+func TestARawCookieNameIsReadTrimmedAsPythonReadsIt(t *testing.T) {
+	fx := authztest.New(t, nil)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	for _, cookie := range []string{"\xa0api_key=" + fx.Admin, "a=1; api_key\x85=" + fx.Admin} {
+		raw := checkRequest(nil)
+		raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			{Key: "x-api-key", RawValue: []byte(fx.Good)}, {Key: "cookie", RawValue: []byte(cookie)},
+		}}
+		resp, err := client.Check(context.Background(), raw)
+		require.NoError(t, err)
+		require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.String())
+		assert.Equal(t, "key_good", upstreamHeaders(t, resp)[authz.HeaderKeyID])
+		assert.NotContains(t, upstreamHeaders(t, resp)["cookie"], fx.Admin)
+		if _, set := upstreamHeaders(t, resp)["cookie"]; !set {
+			assert.Contains(t, resp.GetOkResponse().GetHeadersToRemove(), "cookie", "%q reaches the upstream", cookie)
+		}
+	}
+}

@@ -242,6 +242,8 @@ func bypassAttempts() []attempt {
 			hdr("x-api-key", "{reader}", "cookie", "api_key ={admin}"), &upstream{key: "reader", removed: []string{"x-api-key"}, cookie: &noCookie}),
 		deny("an empty api_key cookie before a comma (net/http reads \",{admin}\")", strictPaths, "GET", "/api/reports/x",
 			hdr("x-api-key", "{reader}", "cookie", "api_key=,{admin}"), 400, "bad_request"),
+		allow("a unit separator after a cookie's name", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "cookie", "a=1; api_key\x1f={admin}"), &upstream{key: "reader", removed: []string{"x-api-key"}, cookie: &cookieRest}, viaGRPC),
 		deny("%20api_key as a cookie", strictPaths, "GET", "/public/x", hdr("cookie", "%20api_key={reader}"), 400, "bad_request"),
 
 		// Bearer and the white space after it.
