@@ -472,10 +472,12 @@ func parseAddr(s string) netip.Addr {
 // Python's str.split, on a header WSGI and ASGI servers decode as Latin-1,
 // splits at the ASCII white space, at \x1c-\x1f and at the single bytes
 // \x85 and \xa0 (NEL and NBSP there); Go's strings.Fields at any Unicode
-// space in UTF-8 ("\u00a0", "\u2003").
+// space in UTF-8 ("\u00a0", "\u2003"). A "!" separates too: Envoy sends
+// extauthz a byte that is not UTF-8 as "!" (and the upstream the byte), so
+// "Bearer!" may be "Bearer\xa0" upstream.
 func schemeSeparator(rest string) int {
 	switch c := rest[0]; {
-	case strings.IndexByte(" \t\v\f\r\n\x1c\x1d\x1e\x1f", c) >= 0:
+	case strings.IndexByte(" \t\v\f\r\n\x1c\x1d\x1e\x1f!", c) >= 0:
 		return 1
 	case c < utf8.RuneSelf:
 		return 0
@@ -512,7 +514,8 @@ func trimCookieName(k string) string {
 
 // latin1Space reports whether c is white space to Python's str.strip on a
 // Latin-1 string beyond what strings.TrimSpace takes (a \xa0 or \x85 byte
-// that is not part of a UTF-8 character, which TrimSpace leaves).
+// that is not part of a UTF-8 character, which TrimSpace leaves), or a "!",
+// which is how Envoy shows extauthz a byte that is not UTF-8.
 func latin1Space(c byte) bool {
-	return c >= 0x1c && c <= 0x1f || c == 0x85 || c == 0xa0
+	return c >= 0x1c && c <= 0x1f || c == 0x85 || c == 0xa0 || c == '!'
 }
