@@ -332,8 +332,10 @@ type Store interface {
 	// Watch calls onChange with the hash of every key that changes after Watch
 	// is called, in every process sharing the store, until ctx is done. When
 	// it may have missed changes (a gap in the change log, a reconnect) it
-	// calls onChange with the zero Hash, meaning "forget everything". It
-	// returns when ctx is done.
+	// calls onChange with the zero Hash, meaning "forget everything"; so it
+	// does once it has found where the change log stands, since what its
+	// caller cached before then may have changed unseen. It returns when
+	// ctx is done.
 	Watch(ctx context.Context, onChange func(Hash)) error
 	// Ping reports whether the backend answers.
 	Ping(ctx context.Context) error

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"testing"
@@ -115,4 +116,49 @@ func TestLastUsedIsWrittenAtShutdown(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, got.LastUsedAt)
 	assert.True(t, got.LastUsedAt.After(before))
+}
+
+// A server answers checks from the moment it listens, and its cache starts
+// watching the store at that moment too, on its own goroutine. A check that
+// fills the cache, then a revocation, both before the watch has found where
+// the change log stands, left the key allowed for the cache's whole TTL:
+// the revocation came before the watch's starting point, so it was never
+// reported. Here the first check's fill is made before run (the order the
+// scheduler may pick), the key revoked, and the server started: a check
+// over gRPC must be refused within the second docs/keys.md promises.
+func TestARevocationBeforeTheCacheWatchesStillReachesIt(t *testing.T) {
+	for _, backend := range []string{"redis", "embedded"} {
+		t.Run(backend, func(t *testing.T) {
+			path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
+				storeYAML(t, backend)+"cache: {ttl: 1h}\n"+testRoutes)
+			var secret string
+			ts := startServerTuned(t, path, serverOutput{logs: io.Discard, audit: io.Discard}, func(srv *server) {
+				be, err := openBackend(srv.cfg)
+				require.NoError(t, err)
+				defer be.Close()
+				mgr := be.manager(srv.cfg)
+				s, k, err := mgr.Create(context.Background(), keystore.Spec{Name: "early", Permissions: []string{"read:users"}}, "test")
+				require.NoError(t, err)
+				secret = s
+				// The first check, before the watch has begun.
+				got, err := srv.cache.Lookup(context.Background(), keystore.NewHasher(srv.cfg.Hashing.Pepper).Hash(secret))
+				require.NoError(t, err)
+				require.Nil(t, got.RevokedAt)
+				_, err = mgr.Revoke(context.Background(), k.ID, "test")
+				require.NoError(t, err)
+			})
+			deadline := time.Now().Add(time.Second)
+			for {
+				resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret})
+				if resp.GetDeniedResponse() != nil {
+					require.Equal(t, "revoked_key", headerMap(resp.GetDeniedResponse().GetHeaders())["x-authz-code"])
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("a key revoked before the cache's watch began is still allowed 1s after the server started (and would be for the cache's TTL)")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
 }

@@ -48,8 +48,9 @@ const (
 // closed or misconfigured Store: it rides out Redis failures itself.
 //
 // When it may have missed changes it calls onChange with the zero Hash
-// ("forget everything"): after the change log had a gap, and when it reads
-// again after a failure. It does not do so while Redis is down: the cache
+// ("forget everything"): once it has found where the change log ends (what
+// came before is unknown to it), after the change log had a gap, and when
+// it reads again after a failure. It does not do so while Redis is down: the cache
 // it feeds is then the only source of answers, and emptying it would turn a
 // Redis outage into a denial of every request.
 func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
@@ -78,7 +79,11 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 		}
 	}()
 
-	w := watcher{s: s, onChange: onChange}
+	// failed from the start: the first poll only finds where the stream
+	// ends, and what changed before that is unknown to the caller, whose
+	// cache may already hold keys (a server answers checks from the moment
+	// it listens). Its END therefore says "forget everything" too.
+	w := watcher{s: s, onChange: onChange, failed: true}
 	w.run(ctx)
 	select {
 	case <-s.done:

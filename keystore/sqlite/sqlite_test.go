@@ -289,7 +289,14 @@ func TestTwoStoresOnOneFileSeeEachOthersWritesAndChanges(t *testing.T) {
 		stop()
 		require.NoError(t, <-done, "Watch returns nil when its context is done")
 	}()
-	time.Sleep(2 * a.pollInterval) // Watch starts from the log's head when it runs
+	// Watch starts from the log's head when it runs, and then says "forget
+	// everything": what changed before is unknown to it.
+	select {
+	case got := <-events:
+		require.True(t, got.IsZero(), "the first report is forget-everything")
+	case <-time.After(time.Second):
+		t.Fatal("a's Watch did not say forget-everything as it started")
+	}
 
 	k, h := testKey(t)
 	require.NoError(t, b.Create(ctx, k, h, 0))

@@ -11,11 +11,16 @@ import (
 
 // Watch polls the change log and calls onChange with the hash of every key
 // that any process changes after Watch is called, or with the zero Hash when
-// it may have missed some. It returns nil when ctx is done, and an error
+// it may have missed some: first of all once it has found where the log
+// ends, since what changed before that is unknown to it and its caller may
+// have cached keys already. It returns nil when ctx is done, and an error
 // when the Store is closed first.
 func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 	pos, err := s.changeHead(ctx)
 	started := err == nil
+	if started {
+		onChange(keystore.Hash{})
+	}
 	t := time.NewTicker(s.pollInterval)
 	defer t.Stop()
 	for {

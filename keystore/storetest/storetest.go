@@ -67,6 +67,7 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("Watch sees every change within a second", func(t *testing.T) { testWatch(t, newBackend) })
 	t.Run("Watch does not report TouchLastUsed", func(t *testing.T) { testWatchIgnoresTouch(t, newBackend) })
 	t.Run("Watch returns when its context is done", func(t *testing.T) { testWatchReturns(t, newBackend) })
+	t.Run("a cache filled before its Watch began forgets a revocation made meanwhile", func(t *testing.T) { testWatchForgetsWhatCameBefore(t, newBackend) })
 }
 
 // fixture is one fresh backend, a clock reading shared by the test's keys,
@@ -1179,4 +1180,42 @@ func rate(s string) keystore.RateLimit {
 		panic(err)
 	}
 	return r
+}
+
+// A server serves checks from the moment it listens, and starts watching
+// the store at the same moment: a check may fill the cache, and the key be
+// revoked, before the watch has found where the change log stands. That
+// revocation is older than the watch's starting point, so the watch never
+// reports it; the cache would go on serving the key as live for its whole
+// TTL. Watch must therefore say "forget everything" once it has found its
+// starting point, as it does after any other moment it could not see.
+func testWatchForgetsWhatCameBefore(t *testing.T, newBackend Backend) {
+	f := newFixture(t, newBackend)
+	watching, other := f.store(), f.store()
+	k, h := f.create(other, "alice", f.base)
+	c := keystore.NewCache(watching, keystore.CacheOptions{TTL: time.Hour, MaxStale: time.Hour})
+	got, err := c.Lookup(t.Context(), h)
+	require.NoError(t, err)
+	require.Nil(t, got.RevokedAt, "the key is live when the first check fills the cache")
+
+	revoke(f, other, k) // before the server's watch has begun
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Watch(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// Within a second of the watch starting (docs/keys.md), with room.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got, err := c.Lookup(t.Context(), h)
+		require.NoError(t, err)
+		if got.RevokedAt != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a key revoked between the cache's first fill and the start of its Watch is still served as live 2s later (it would be for the cache's whole TTL)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
