@@ -471,6 +471,7 @@ const (
 	codeUnsupportedMedia authz.Code = "unsupported_media_type"
 	codeKeyLimit         authz.Code = "key_limit_reached"
 	codeChanged          authz.Code = "key_changed"
+	codeRotationPending  authz.Code = "rotation_pending"
 	codeNotLive          authz.Code = "not_live"
 	codeInvalidSignature authz.Code = "invalid_signature"
 	codeUnconfirmed      authz.Code = "unconfirmed"

@@ -451,11 +451,23 @@ func TestRotatingItselfDoesNotMultiplyAKeysRateLimit(t *testing.T) {
 		secret, id := e.newKey(e.root, map[string]any{"name": "w", "permissions": []string{"keys:write"}, "rate_limit": "5/m"})
 		first := id
 		secrets := []string{secret}
-		allowed := 0
-		for range 4 {
-			r := e.send("POST", "/v1/keys/"+id+"/rotate", secret, map[string]any{"grace": "1h"})
+		used := 0
+		// The key rotates itself once, with an hour's grace…
+		r := e.send("POST", "/v1/keys/"+id+"/rotate", secret, map[string]any{"grace": "1h"})
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		used++
+		secret, id = r.str(t, "key"), r.str(t, "id")
+		secrets = append(secrets, secret)
+		// …and not again while the first is live: one rotation at a time.
+		r = e.send("POST", "/v1/keys/"+id+"/rotate", secret, map[string]any{"grace": "1h"})
+		require.Equal(t, http.StatusConflict, r.status, "%s", r)
+		assert.Equal(t, "rotation_pending", r.code(t))
+		assert.Contains(t, r.str(t, "error"), first)
+		used++
+		// An admin may chain rotations; the line still shares one limit.
+		for range 3 {
+			r := e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "1h"})
 			require.Equal(t, http.StatusCreated, r.status, "%s", r)
-			allowed++
 			secret, id = r.str(t, "key"), r.str(t, "id")
 			assert.Equal(t, first, r.str(t, "lineage"))
 			secrets = append(secrets, secret)
@@ -467,9 +479,37 @@ func TestRotatingItselfDoesNotMultiplyAKeysRateLimit(t *testing.T) {
 					break
 				}
 				require.Equal(t, http.StatusOK, r.status, "%s", r)
-				allowed++
+				used++
 			}
 		}
-		assert.Equal(t, 5, allowed, "requests allowed in a minute to a key limited to 5/m and its rotations")
+		assert.Equal(t, 5, used, "requests allowed in a minute to a key limited to 5/m and its rotations")
+	})
+}
+
+// Keys in their grace period do not count against keys.max_per_owner, so a
+// keys:write caller that could rotate a line again and again, each time
+// with a long grace, would hold as many live keys as it liked.
+func TestAWriterRotatesALineOnceAtATime(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		writer, _ := e.newKey(e.root, map[string]any{"name": "w", "owner": "team-a", "permissions": []string{"keys:write", "x"}})
+		_, id := e.newKey(writer, map[string]any{"name": "svc", "permissions": []string{"x"}})
+		r := e.send("POST", "/v1/keys/"+id+"/rotate", writer, map[string]any{"grace": "8760h"})
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		next := r.str(t, "id")
+		r = e.send("POST", "/v1/keys/"+next+"/rotate", writer, map[string]any{"grace": "8760h"})
+		require.Equal(t, http.StatusConflict, r.status, "%s", r)
+		assert.Equal(t, "rotation_pending", r.code(t))
+		live := func() int {
+			r := e.send("GET", "/v1/keys?owner=team-a", writer, nil)
+			require.Equal(t, http.StatusOK, r.status, "%s", r)
+			return len(listedIDs(t, r))
+		}
+		assert.Equal(t, 3, live(), "the writer, the new key and the old one in its grace: nothing more")
+
+		require.Equal(t, http.StatusOK, e.send("DELETE", "/v1/keys/"+id, writer, nil).status)
+		r = e.send("POST", "/v1/keys/"+next+"/rotate", writer, map[string]any{"grace": "1h"})
+		require.Equal(t, http.StatusCreated, r.status, "once the earlier key is revoked the line rotates again: %s", r)
+		r = e.send("POST", "/v1/keys/"+r.str(t, "id")+"/rotate", e.root, map[string]any{"grace": "1h"})
+		require.Equal(t, http.StatusCreated, r.status, "keys:admin may chain rotations: %s", r)
 	})
 }

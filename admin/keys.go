@@ -396,6 +396,33 @@ func (s *server) revokeKey(w http.ResponseWriter, r *http.Request, c *caller) er
 }
 
 // rotateKey is POST /v1/keys/{id}/rotate {grace?}: 201 with the new key.
+// rotationPending refuses a keys:write caller's rotation of a key whose
+// line of rotations still has a live earlier key (409 rotation_pending):
+// keys in their grace period do not count against keys.max_per_owner, so
+// rotating a line again and again, each time with a long grace, would give
+// a writer as many live keys as it liked. One rotation at a time: the
+// earlier key must be revoked or past its grace first. keys:admin may
+// chain rotations.
+func (s *server) rotationPending(ctx context.Context, c *caller, old *keystore.Key) error {
+	if c.admin {
+		return nil
+	}
+	live, err := s.manager.LiveEarlierKeys(ctx, old.ID)
+	if err != nil {
+		return err
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	e := live[0]
+	until := "revoked"
+	if end := e.EndsAt(); end != nil {
+		until = end.UTC().Format(time.RFC3339)
+	}
+	return &apiError{http.StatusConflict, codeRotationPending, "key " + e.ID + ", earlier in this key's line of rotations, is live until " + until +
+		": a keys:write caller rotates a line again only once its earlier keys are revoked or past their grace period"}
+}
+
 func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) error {
 	body, err := s.readJSONBody(w, r)
 	if err != nil {
@@ -424,7 +451,10 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		if !c.canSee(old) {
 			return errNotFound
 		}
-		return s.exceedsCaller(c, old)
+		if err := s.exceedsCaller(c, old); err != nil {
+			return err
+		}
+		return s.rotationPending(r.Context(), c, old)
 	})
 	return s.writeNewKey(w, secret, k, err, "rotation", unconfirmedRotation)
 }

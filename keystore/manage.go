@@ -486,6 +486,13 @@ func (m *Manager) changed(kind string, k *Key, actor string) {
 // miss a live key at its start.
 const maxLineWalk = 1000
 
+// LiveEarlierKeys returns the keys before id in its line of rotations that
+// are still live (in their grace period), newest first; see
+// liveEarlierKeys.
+func (m *Manager) LiveEarlierKeys(ctx context.Context, id string) ([]*Key, error) {
+	return m.liveEarlierKeys(ctx, id, m.now())
+}
+
 // liveEarlierKeys returns the keys before id in its line of rotations
 // (RotatedFrom, back to the line's first key or one deleted) that are still
 // live at now: in their grace period, checks of them count in the same
