@@ -228,9 +228,24 @@ func requirePepper(cfg *config.Config, warn func(msg string)) error {
 	if len(cfg.Hashing.Pepper) == 0 {
 		warn(fmt.Sprintf("DEVELOPMENT SETUP, NOT FOR PRODUCTION: no hashing pepper (hashing.pepper_env: %s is empty), so keys are hashed with plain SHA-256 "+
 			"and keys made now stop matching once a pepper is set; allowed only because the config says development: true", config.EnvRef(cfg.Hashing.PepperEnv)))
+	} else if slices.Contains(publicPeppers, string(cfg.Hashing.Pepper)) {
+		warn(fmt.Sprintf("the hashing pepper (%s) is the demo default written in docker-compose.yml, which anyone can read: "+
+			"set it to a random secret of your own (openssl rand -base64 32) before keys that matter are made", config.EnvRef(cfg.Hashing.PepperEnv)))
+	} else if n := len(cfg.Hashing.Pepper); n < minPepperBytes {
+		warn(fmt.Sprintf("the hashing pepper (%s) is %d bytes: a pepper guards the stored hashes only if it cannot be guessed; "+
+			"use at least %d random bytes (openssl rand -base64 32), and keep it: keys hashed under one pepper do not match under another",
+			config.EnvRef(cfg.Hashing.PepperEnv), n, minPepperBytes))
 	}
 	return nil
 }
+
+// publicPeppers are the peppers the repository itself writes down (the
+// compose demo's default): a pepper is a secret, so these are none.
+var publicPeppers = []string{"demo-only-pepper-not-for-production"}
+
+// minPepperBytes is the pepper length below which every command warns:
+// 32 bytes of base64 text carry 192 bits.
+const minPepperBytes = 32
 
 // printList writes items one a line, indented, or "(none)".
 func printList(w io.Writer, items []string) {

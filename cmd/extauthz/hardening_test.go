@@ -291,3 +291,25 @@ func TestACachedKeyIsServedForAtMostMaxStaleWhileRedisIsDown(t *testing.T) {
 	proxy.Heal()
 	require.Eventually(t, func() bool { return check() == "" }, 5*time.Second, 50*time.Millisecond, "served again once Redis is back")
 }
+
+// A pepper guards the stored hashes only if it cannot be guessed: every
+// command warns of a short one and of the compose demo's, and still runs.
+func TestAWeakPepperIsWarnedOf(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db"))
+	for _, tc := range []struct{ pepper, want string }{
+		{"short", "is 5 bytes"},
+		{"demo-only-pepper-not-for-production", "the demo default written in docker-compose.yml"},
+	} {
+		t.Setenv(testPepperEnv, tc.pepper)
+		_, stderr, code := cliRun(t, "config", "check", "--config", path)
+		assert.Equal(t, 0, code, stderr)
+		assert.Contains(t, stderr, tc.want)
+		assert.NotContains(t, stderr, "-pepper-not-for", "the pepper itself is never printed")
+		_, stderr, code = cliRun(t, "keys", "create", "--config", path, "--name", "n", "--perm", "p")
+		assert.Equal(t, 0, code, stderr)
+		assert.Contains(t, stderr, tc.want)
+	}
+	t.Setenv(testPepperEnv, testPepper)
+	_, stderr, _ := cliRun(t, "config", "check", "--config", path)
+	assert.NotContains(t, stderr, "pepper", "a long pepper of one's own is no warning")
+}
