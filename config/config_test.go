@@ -460,3 +460,18 @@ func TestASecretWrittenWhereItsVariableGoesIsNeverEchoed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, cfg.CheckPepper().Error(), "$MY_PEPPER is empty or unset", "a conventional name still is")
 }
+
+// A merge key brings in an anchored mapping's fields, and the mapping's own
+// keys override them: that is no field given twice, and a config written so
+// loaded before duplicate keys were refused. A key written twice beside a
+// merge key is still refused.
+func TestAMergeKeysFieldsMayBeOverridden(t *testing.T) {
+	cfg, err := Parse([]byte("routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n    path: /internal/**\n"))
+	require.NoError(t, err)
+	require.Len(t, cfg.Routes, 2)
+	assert.Equal(t, "/internal/**", cfg.Routes[1].Path)
+	assert.Equal(t, []string{"admin"}, cfg.Routes[1].Permissions)
+
+	_, err = Parse([]byte("routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n    path: /internal/**\n    path: /public/**\n"))
+	require.ErrorContains(t, err, `line 5: key "path" already set in map`)
+}
