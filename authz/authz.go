@@ -375,9 +375,12 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 		return "", false, false
 	}
 	// Other policies' sources: never read, only noted, so that a key sent
-	// where another service takes it is removed too.
+	// where another service takes it is removed too. Only a key: the same
+	// name may carry what this policy's upstream takes for itself (its
+	// users' own Bearer tokens, a cookie of its own), which is no key of
+	// ours and must still reach it.
 	for i := len(p.Sources); i < len(p.strip); i++ {
-		if _, present, _ := p.strip[i].lookup(req); present {
+		if v, present, _ := p.strip[i].lookup(req); present && p.ourKey(v) {
 			d.Present |= 1 << i
 		}
 	}

@@ -92,6 +92,9 @@ type Policy struct {
 	// sent in another service's source is no credential here, but it is
 	// still a secret, and this upstream must not get it.
 	strip []Source
+	// format is the key format, for telling a key of ours in another
+	// policy's source (ourKey).
+	format keystore.Format
 	// keyScope names the counter of a key limited by this policy's
 	// DefaultRate (a key without a rate of its own): "" when the rate is
 	// the default policy's (the counter the admin API counts in too, shared
@@ -236,6 +239,7 @@ func Compile(o Options) (*PolicySet, error) {
 // the others' (each once). Decision.Present has a bit for each.
 func (set *PolicySet) unionSources() error {
 	for _, p := range set.policies {
+		p.format = set.Format
 		p.strip = slices.Clone(p.Sources)
 		for _, other := range set.policies {
 			for _, src := range other.Sources {
@@ -249,6 +253,15 @@ func (set *PolicySet) unionSources() error {
 		}
 	}
 	return nil
+}
+
+// ourKey reports whether v, found in another policy's source, has the
+// shape of a key of this format: its prefix, "_" and a matching checksum.
+// Imported keys of another shape cannot be told from the tokens an
+// upstream takes under the same name, so those are left alone.
+func (p *Policy) ourKey(v string) bool {
+	pre := p.format.Prefix()
+	return len(v) > len(pre) && v[:len(pre)] == pre && v[len(pre)] == '_' && p.format.Check(v) == nil
 }
 
 // compilePolicy compiles one policy; scope prefixes its routes' rate-limit

@@ -336,3 +336,41 @@ func filterSources(names []string) []string {
 	}
 	return out
 }
+
+// Another policy's sources are stripped for the keys sent there, not for
+// whatever this policy's upstream takes under the same name: billing's
+// upstream reads its users' own Bearer tokens, which the top level's
+// default Authorization source names too. Before the strip list they
+// reached it; they still must, while a key of ours there is removed.
+func TestAnotherPolicysSourceLeavesWhatIsNoKeyAlone(t *testing.T) {
+	const cfg = `
+http_mode: {xff_trusted_hops: 0}
+routes: [{path: /api/users, permissions: [read:users]}]
+policies:
+  - name: billing
+    match: {context: {policy: billing}}
+    sources: [{header: x-billing-key}]
+    routes: [{path: "/invoices/**", permissions: [read:invoices]}]
+`
+	ts := startServer(t, storeYAML(t, "embedded")+cfg)
+	billing, _ := ts.create(t, keystore.Spec{Name: "billing", Permissions: []string{"read:invoices"}})
+	const session = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLXRoZS11cHN0cmVhbQ"
+	in := checkReq("GET", "/invoices/1?api_key=a-widget-setting", "10.1.2.3", map[string]string{
+		"x-billing-key": billing, "authorization": "Bearer " + session, "cookie": "api_key=0123456789abcdef0123; theme=dark"})
+	in.Attributes.ContextExtensions = map[string]string{"policy": "billing"}
+	resp, err := ts.client.Check(context.Background(), in)
+	require.NoError(t, err)
+	ok := resp.GetOkResponse()
+	require.NotNil(t, ok, "%v", resp.GetStatus())
+	assert.ElementsMatch(t, []string{"x-billing-key"}, filterSources(ok.GetHeadersToRemove()), "the upstream's own token is no key of ours")
+	assert.Empty(t, ok.GetQueryParametersToRemove())
+	for _, h := range ok.GetHeaders() {
+		assert.NotEqual(t, "cookie", h.GetHeader().GetKey(), "the cookie header is left as it is")
+	}
+
+	t.Run("HTTP mode leaves it too", func(t *testing.T) {
+		status, _, h := get(t, ts.httpURL+"/authz/_policy/billing/invoices/1", map[string]string{"X-Billing-Key": billing, "Authorization": "Bearer " + session})
+		require.Equal(t, 200, status)
+		assert.ElementsMatch(t, []string{"x-billing-key"}, filterSources(strings.Split(h.Get("X-Envoy-Auth-Headers-To-Remove"), ", ")))
+	})
+}
