@@ -155,6 +155,13 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	case SourceHeader:
 		v := strings.TrimSpace(req.Headers.Get(s.name))
 		if s.scheme != "" {
+			// Before the scheme as after it: str.split(None, 1) drops the
+			// \x1c-\x1f, \x85 and \xa0 a value starts with (and "!" is
+			// how Envoy shows extauthz such a byte), so "\xa0Bearer <key>"
+			// is the scheme and the key to the upstream.
+			for len(v) > 0 && latin1Space(v[0]) {
+				v = strings.TrimSpace(v[1:])
+			}
 			// Any white space after the scheme separates as a space does:
 			// upstreams that split the value at white space (Python's
 			// split, so Django REST framework) read the credential that

@@ -262,6 +262,15 @@ func bypassAttempts() []attempt {
 		// byte itself upstream: "Bearer!" may be "Bearer\xa0" there.
 		allow("Bearer and the ! Envoy puts for a raw byte, beside a header credential", strictPaths, "GET", "/api/reports/x",
 			hdr("x-api-key", "{reader}", "authorization", "Bearer!{admin}"), pass("reader", "x-api-key", "authorization")),
+		// Before the scheme too: str.split(None, 1) and strings.Fields drop
+		// the white space a value starts with, so "\xa0Bearer <key>" is
+		// ("Bearer", key) to the upstream.
+		allow("a raw NBSP before Bearer, beside a header credential", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "\xa0Bearer {admin}"), pass("reader", "x-api-key", "authorization"), viaPath, viaXOriginal, viaXForwarded),
+		allow("a unit separator before Bearer, beside a header credential", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "\x1fBearer {admin}"), pass("reader", "x-api-key", "authorization"), viaGRPC),
+		allow("the ! Envoy puts for a raw byte before Bearer, beside a header credential", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "!Bearer {admin}"), pass("reader", "x-api-key", "authorization")),
 		allow("a cookie name after the ! Envoy puts for a raw byte", strictPaths, "GET", "/api/reports/x",
 			hdr("x-api-key", "{reader}", "cookie", "a=1; !api_key={admin}"), &upstream{key: "reader", removed: []string{"x-api-key"}, cookie: &cookieRest}, viaGRPC),
 
