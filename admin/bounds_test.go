@@ -513,3 +513,33 @@ func TestAWriterRotatesALineOnceAtATime(t *testing.T) {
 		require.Equal(t, http.StatusCreated, r.status, "keys:admin may chain rotations: %s", r)
 	})
 }
+
+// A line's middle key can be purged (keys.retention after its grace ended)
+// while a key before it is still live: keys:admin chained the rotations,
+// the first with a long grace and the second with none. The live first key
+// still counts in the line's bucket, so a keys:write caller must not rotate
+// the line again, nor move its rate to another window, until it is dead.
+func TestALiveKeyBeforeAPurgedOneStillHoldsTheLine(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		writer, _ := e.newKey(e.root, map[string]any{"name": "w", "owner": "team-a", "permissions": []string{"keys:write", "x"}})
+		_, first := e.newKey(writer, map[string]any{"name": "svc", "permissions": []string{"x"}, "rate_limit": "4/m"})
+		r := e.send("POST", "/v1/keys/"+first+"/rotate", e.root, map[string]any{"grace": "8760h"})
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		middle := r.str(t, "id")
+		r = e.send("POST", "/v1/keys/"+middle+"/rotate", e.root, map[string]any{"grace": "0s"})
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		last := r.str(t, "id")
+
+		e.clock.Advance(time.Hour)
+		_, err := e.store.Sweep(context.Background(), keystore.SweepOptions{Now: e.clock.Now(), PurgeBefore: e.clock.Now()})
+		require.NoError(t, err)
+		_, err = e.store.Get(context.Background(), middle)
+		require.ErrorIs(t, err, keystore.ErrNotFound, "the middle key is purged")
+		require.Equal(t, keystore.Live, e.stored(first).StatusAt(e.clock.Now()), "the first key is in its grace")
+
+		r = e.send("PATCH", "/v1/keys/"+last, writer, map[string]any{"rate_limit": "1/15s"})
+		assert.Equal(t, http.StatusBadRequest, r.status, "a rate over another window: %s", r)
+		r = e.send("POST", "/v1/keys/"+last+"/rotate", writer, map[string]any{"grace": "8760h"})
+		assert.Equal(t, http.StatusConflict, r.status, "%s", r)
+	})
+}

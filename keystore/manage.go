@@ -511,7 +511,14 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 		}
 		e, err := m.Store.Get(ctx, prev)
 		if errors.Is(err, ErrNotFound) {
-			break // deleted after keys.retention: long dead
+			if prev == k.RateBucket() {
+				break // the line's first key, deleted after keys.retention: nothing before it
+			}
+			// A middle key, purged keys.retention after its grace ended,
+			// while one before it may still be in a longer grace: the
+			// walk cannot reach those, so look for them among the
+			// owner's live keys (a line keeps one owner).
+			return m.liveKeysOfLine(ctx, k, live, now)
 		}
 		if err != nil {
 			return nil, err
@@ -522,6 +529,31 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 		prev = e.RotatedFrom
 	}
 	return live, nil
+}
+
+// liveKeysOfLine adds to live the owner's live keys, other than k, that
+// count in k's bucket and were rotated away: the earlier keys of k's line
+// (k is the newest; Update and Rotate refuse a rotated-away key).
+func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now time.Time) ([]*Key, error) {
+	after := ""
+	for seen := 0; ; {
+		page, next, err := m.Store.List(ctx, ListOptions{Owner: k.Owner, Now: now, Limit: 500, After: after})
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range page {
+			if e.ID != k.ID && e.RotatedTo != "" && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live &&
+				!slices.ContainsFunc(live, func(l *Key) bool { return l.ID == e.ID }) {
+				live = append(live, e)
+			}
+		}
+		if seen += len(page); next == "" {
+			return live, nil
+		} else if seen >= 100*maxLineWalk {
+			return nil, &FieldError{Field: "rate_limit", Message: fmt.Sprintf("the key's owner has over %d live keys to look through for the key's line of rotations; revoke the key and create a new one", 100*maxLineWalk)}
+		}
+		after = next
+	}
 }
 
 // oneCount reports whether two keys of one line, limited by a and b, can
