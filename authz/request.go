@@ -225,6 +225,36 @@ func queryCredential(path, name, fold string) (value string, present, ambiguous 
 	return value, present, ambiguous
 }
 
+// anyValue reports whether f holds for any value of a query source in req,
+// not only the first that lookup returns: the proxy strips every parameter
+// of the name, and a key in a later one would otherwise reach the upstream.
+func (s Source) anyValue(req *Request, f func(string) bool) bool {
+	if s.kind != SourceQuery {
+		return false
+	}
+	i := strings.IndexByte(req.Path, '?')
+	if i < 0 {
+		return false
+	}
+	q := req.Path[i+1:]
+	if j := strings.IndexByte(q, '#'); j >= 0 {
+		q = q[:j]
+	}
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		if k, v, _ := strings.Cut(pair, "="); k == s.name {
+			if strings.ContainsAny(v, "%+") {
+				v = unescapeQuery(v)
+			}
+			if f(v) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func unescapeQuery(s string) string {
 	u, err := url.QueryUnescape(s)
 	if err != nil {

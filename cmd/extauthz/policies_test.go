@@ -374,3 +374,29 @@ policies:
 		assert.ElementsMatch(t, []string{"x-billing-key"}, filterSources(strings.Split(h.Get("X-Envoy-Auth-Headers-To-Remove"), ", ")))
 	})
 }
+
+// Only the first non-empty value of a query parameter was looked at for
+// another policy's source: a key in a second api_key parameter reached this
+// upstream (the proxy strips every parameter of the name once noted).
+func TestAKeyInASecondParameterOfAnotherPolicysSourceIsStripped(t *testing.T) {
+	const cfg = `
+http_mode: {xff_trusted_hops: 0}
+routes: [{path: /api/users, permissions: [read:users]}]
+policies:
+  - name: billing
+    match: {context: {policy: billing}}
+    sources: [{header: x-billing-key}]
+    routes: [{path: "/invoices/**", permissions: [read:invoices]}]
+`
+	ts := startServer(t, storeYAML(t, "embedded")+cfg)
+	billing, _ := ts.create(t, keystore.Spec{Name: "billing", Permissions: []string{"read:invoices"}})
+	other, _ := ts.create(t, keystore.Spec{Name: "other", Permissions: []string{"read:users"}})
+
+	in := checkReq("GET", "/invoices/1?api_key=page2&api_key="+other, "10.1.2.3", map[string]string{"x-billing-key": billing})
+	in.Attributes.ContextExtensions = map[string]string{"policy": "billing"}
+	resp, err := ts.client.Check(context.Background(), in)
+	require.NoError(t, err)
+	ok := resp.GetOkResponse()
+	require.NotNil(t, ok, "%v", resp.GetStatus())
+	assert.Equal(t, []string{"api_key"}, ok.GetQueryParametersToRemove(), "the key in the second api_key must not reach the upstream")
+}
