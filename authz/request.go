@@ -225,10 +225,14 @@ func queryCredential(path, name, fold string) (value string, present, ambiguous 
 	return value, present, ambiguous
 }
 
-// anyValue reports whether f holds for any value of a query source in req,
-// not only the first that lookup returns: the proxy strips every parameter
-// of the name, and a key in a later one would otherwise reach the upstream.
+// anyValue reports whether f holds for any value of a query or cookie
+// source in req, not only the first that lookup returns: the proxy strips
+// every parameter, and the cookie rewrite every cookie, of the name, and a
+// key in a later one would otherwise reach the upstream.
 func (s Source) anyValue(req *Request, f func(string) bool) bool {
+	if s.kind == SourceCookie {
+		return anyCookie(req.Headers.Get("cookie"), s.name, f)
+	}
 	if s.kind != SourceQuery {
 		return false
 	}
@@ -249,6 +253,22 @@ func (s Source) anyValue(req *Request, f func(string) bool) bool {
 			}
 			if f(v) {
 				return true
+			}
+		}
+	}
+	return false
+}
+
+// anyCookie reports whether f holds for the value of any cookie named name
+// (trimmed as cookieCredential reads names) in header, split at ";" and ","
+// as CookieWithout splits it.
+func anyCookie(header, name string, f func(string) bool) bool {
+	for part := range strings.SplitSeq(header, ";") {
+		for piece := range strings.SplitSeq(part, ",") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(piece), "="); ok && trimCookieName(k) == name {
+				if f(strings.Trim(strings.TrimSpace(v), `"`)) {
+					return true
+				}
 			}
 		}
 	}

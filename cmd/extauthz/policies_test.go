@@ -399,4 +399,19 @@ policies:
 	ok := resp.GetOkResponse()
 	require.NotNil(t, ok, "%v", resp.GetStatus())
 	assert.Equal(t, []string{"api_key"}, ok.GetQueryParametersToRemove(), "the key in the second api_key must not reach the upstream")
+
+	// The same with two api_key cookies, the key in the second.
+	in = checkReq("GET", "/invoices/1", "10.1.2.3", map[string]string{"x-billing-key": billing, "cookie": "api_key=theme; a=1; api_key=" + other})
+	in.Attributes.ContextExtensions = map[string]string{"policy": "billing"}
+	resp, err = ts.client.Check(context.Background(), in)
+	require.NoError(t, err)
+	ok = resp.GetOkResponse()
+	require.NotNil(t, ok, "%v", resp.GetStatus())
+	var cookie string
+	for _, h := range ok.GetHeaders() {
+		if h.GetHeader().GetKey() == "cookie" {
+			cookie = h.GetHeader().GetValue()
+		}
+	}
+	assert.Equal(t, "a=1", cookie, "the key in the second api_key cookie must not reach the upstream")
 }
