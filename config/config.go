@@ -23,7 +23,6 @@ import (
 	"strings"
 	"time"
 
-	yaml3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -476,15 +475,18 @@ func Load(path string) (*Config, error) {
 // resolves secrets from the environment.
 func Parse(data []byte) (*Config, error) {
 	cfg := Default()
-	js, err := yaml.YAMLToJSON(data)
+	// Strict: a field given twice is an error, never "last wins" (a second
+	// routes: block would silently drop the first one's protected routes).
+	// The decoder's own strict mode, so that what counts as the same key
+	// (an alias, "on" and "true", "1" and "01") is what the decoder reads.
+	// It also refuses a field that a merge key (<<: *anchor) brings in and
+	// the mapping gives again: the one reading that cannot disagree with
+	// the decoder's, at the price of writing such a route out.
+	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, fmt.Errorf("parse yaml: %w", err)
-	}
-	// A field given twice is an error, never "last wins" (a second routes:
-	// block would silently drop the first one's protected routes). Not
-	// YAMLToJSONStrict: it also refuses a key that overrides one a merge
-	// key (<<: *anchor) brought in, which is what merge keys are for.
-	if err := duplicateKey(data); err != nil {
+		if strings.Contains(err.Error(), "already set in map") {
+			return nil, fmt.Errorf("parse yaml: %w (a field given twice, or given again beside a merge key (<<) that brings it: write it once)", err)
+		}
 		return nil, fmt.Errorf("parse yaml: %w", err)
 	}
 	if s := strings.TrimSpace(string(js)); s != "null" && s != "" {
@@ -989,38 +991,4 @@ func validateRedisAuth(r Redis, bad func(field, format string, args ...any)) {
 	if r.SentinelUsername != "" && r.SentinelPasswordEnv == "" {
 		bad("store.redis.sentinel_password_env", "required with sentinel_username")
 	}
-}
-
-// duplicateKey reports a mapping of data that names one key twice, as
-// written: keys brought in by a merge key ("<<") are not the mapping's own,
-// and an explicit key overrides them. Text the YAML 1.2 parser cannot read
-// is left to the decoder (nil).
-func duplicateKey(data []byte) error {
-	var root yaml3.Node
-	if yaml3.Unmarshal(data, &root) != nil {
-		return nil
-	}
-	var walk func(n *yaml3.Node) error
-	walk = func(n *yaml3.Node) error {
-		if n.Kind == yaml3.MappingNode {
-			seen := make(map[string]int, len(n.Content)/2)
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k := n.Content[i]
-				if k.Kind != yaml3.ScalarNode || k.Tag == "!!merge" {
-					continue
-				}
-				if first, dup := seen[k.Value]; dup {
-					return fmt.Errorf("line %d: key %q already set in map (first at line %d)", k.Line, k.Value, first)
-				}
-				seen[k.Value] = k.Line
-			}
-		}
-		for _, c := range n.Content {
-			if err := walk(c); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return walk(&root)
 }

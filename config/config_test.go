@@ -461,17 +461,23 @@ func TestASecretWrittenWhereItsVariableGoesIsNeverEchoed(t *testing.T) {
 	assert.Contains(t, cfg.CheckPepper().Error(), "$MY_PEPPER is empty or unset", "a conventional name still is")
 }
 
-// A merge key brings in an anchored mapping's fields, and the mapping's own
-// keys override them: that is no field given twice, and a config written so
-// loaded before duplicate keys were refused. A key written twice beside a
-// merge key is still refused.
-func TestAMergeKeysFieldsMayBeOverridden(t *testing.T) {
-	cfg, err := Parse([]byte("routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n    path: /internal/**\n"))
-	require.NoError(t, err)
-	require.Len(t, cfg.Routes, 2)
-	assert.Equal(t, "/internal/**", cfg.Routes[1].Path)
+// The decoder's own strict reading decides what a field given twice is, so
+// that no other reading of the file can disagree with it. A field a merge
+// key brings in and the mapping gives again counts too: refused with a
+// message that says how to write it.
+func TestADuplicateAsTheDecoderReadsItIsRefused(t *testing.T) {
+	for _, text := range []string{
+		"routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n    path: /internal/**\n",
+		"routes: [{path: /a, permissions: [x]}]\n\"routes\": [{path: /b, public: true}]\n",
+		"policies:\n  - name: p\n    match: {context: {on: a, true: b}}\n",
+		"policies:\n  - name: p\n    match: {context: {1: a, 01: b}}\n",
+	} {
+		_, err := Parse([]byte(text))
+		require.Error(t, err, text)
+		assert.Contains(t, err.Error(), "already set in map", text)
+		assert.Contains(t, err.Error(), "write it once", text)
+	}
+	cfg, err := Parse([]byte("routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n"))
+	require.NoError(t, err, "a merge key alone is fine")
 	assert.Equal(t, []string{"admin"}, cfg.Routes[1].Permissions)
-
-	_, err = Parse([]byte("routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n    path: /internal/**\n    path: /public/**\n"))
-	require.ErrorContains(t, err, `line 5: key "path" already set in map`)
 }
