@@ -469,6 +469,7 @@ func TestADuplicateAsTheDecoderReadsItIsRefused(t *testing.T) {
 	for _, text := range []string{
 		"routes:\n  - &admin {path: /api/admin/**, permissions: [admin]}\n  - <<: *admin\n    path: /internal/**\n",
 		"routes: [{path: /a, permissions: [x]}]\n\"routes\": [{path: /b, public: true}]\n",
+		"&k routes: [{path: /a, permissions: [x]}]\n*k : [{path: /b, public: true}]\n",
 		"policies:\n  - name: p\n    match: {context: {on: a, true: b}}\n",
 		"policies:\n  - name: p\n    match: {context: {1: a, 01: b}}\n",
 	} {
