@@ -9,6 +9,7 @@ import (
 // Errors from NormalizePath. Their text is safe to show a client.
 var (
 	errPathNotAbsolute    = errors.New("path must start with /")
+	errPathFragment       = errors.New("request target contains '#': a request carries no fragment, and upstreams read a raw one as part of the path or query")
 	errPathEscapes        = errors.New("path climbs above the root")
 	errPathEncodedSep     = errors.New("path contains an encoded / or \\")
 	errPathBackslash      = errors.New("path contains a backslash")
@@ -92,7 +93,14 @@ func (pr pathRules) normalize(raw string) (string, error) {
 	if len(raw) > maxTargetLen {
 		return "", errPathTooLong
 	}
-	if i := strings.IndexAny(raw, "?#"); i >= 0 {
+	// A request target has no fragment (RFC 9112). nginx passes a raw "#"
+	// on as written, and Go's net/http (Caddy, Traefik, Go upstreams) reads
+	// it as part of the path or query: cutting there would decide another
+	// path than the one served.
+	if strings.IndexByte(raw, '#') >= 0 {
+		return "", errPathFragment
+	}
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
 		raw = raw[:i]
 	}
 	if len(raw) > maxPathLen {

@@ -14,7 +14,9 @@ func TestNormalizePath(t *testing.T) {
 	}{
 		{name: "a clean path is unchanged", in: "/api/users", want: "/api/users"},
 		{name: "the query is dropped", in: "/api/users?api_key=x&a=b", want: "/api/users"},
-		{name: "a fragment is dropped", in: "/api/users#frag", want: "/api/users"},
+		{name: "a raw # is an error: nginx passes it on, Go reads it as part of the path", in: "/api/users#frag", bad: true},
+		{name: "a raw # in the query is an error too", in: "/api/users?a=1#&_method=DELETE", bad: true},
+		{name: "an encoded # is a byte of the path", in: "/api/a%23b", want: "/api/a%23b"},
 		{name: "double slashes are an error: upstreams merge them or not", in: "//api//users", bad: true},
 		{name: "a dot segment is an error", in: "/api/./users", bad: true},
 		{name: "a dot-dot segment is an error: Express, Flask and Rails take it literally", in: "/public/../api/users", bad: true},
