@@ -157,6 +157,11 @@ func bypassAttempts() []attempt {
 		allow("a pattern with a slash takes both spellings", strictPaths, "GET", "/docs", nil, pass("")),
 		allow("** takes a trailing slash", strictPaths, "GET", "/api/reports/", reader, pass("reader", "x-api-key")),
 
+		// A raw "#": a request has no fragment, and Go's net/http reads it
+		// as part of the path (nginx passes it on as written).
+		deny("a raw # after a public path", strictPaths, "GET", "/healthz#/x", nil, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
+		deny("a raw # in the query hiding an override", strictPaths, "GET", "/api/users/7?a=1#&_method=DELETE", users, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
+
 		// Format suffixes: Rails and Spring MVC (before 5.3) serve
 		// /api/admin.json as /api/admin.
 		deny("a format suffix on an admin prefix", strictPaths, "GET", "/api/admin.json", reader, 400, "bad_request"),
