@@ -380,7 +380,7 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 	// users' own Bearer tokens, a cookie of its own), which is no key of
 	// ours and must still reach it.
 	for i := len(p.Sources); i < len(p.strip); i++ {
-		if v, present, _ := p.strip[i].lookup(req); present && (p.ourKey(v) || p.strip[i].anyValue(req, p.ourKey)) {
+		if p.strip[i].anyValue(req, p.ourKey) {
 			d.Present |= 1 << i
 		}
 	}

@@ -28,7 +28,7 @@ func FuzzCredentialsAgainstGo(f *testing.F) {
 	const name = "api_key"
 	fold := foldName(name)
 	f.Fuzz(func(t *testing.T, cookie, query string) {
-		if _, present, ambiguous := cookieCredential(cookie, name, fold); !ambiguous {
+		if _, present, ambiguous := cookieCredential(cookie, name, fold, nil); !ambiguous {
 			if goCookie(cookie, name) != "" && !present {
 				t.Fatalf("cookie %q: net/http reads %s=%q, extauthz finds none", cookie, name, goCookie(cookie, name))
 			}
@@ -39,7 +39,7 @@ func FuzzCredentialsAgainstGo(f *testing.F) {
 		if strings.Contains(query, "#") {
 			return // a fragment, never sent: the query ends before it
 		}
-		if _, present, ambiguous := queryCredential("/x?"+query, name, fold); !ambiguous {
+		if _, present, ambiguous := queryCredential("/x?"+query, name, fold, nil); !ambiguous {
 			if goParam(query, name) != "" && !present {
 				t.Fatalf("query %q: url.ParseQuery reads %s=%q, extauthz finds none", query, name, goParam(query, name))
 			}

@@ -177,9 +177,9 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 		}
 		return v, v != "", false
 	case SourceQuery:
-		return queryCredential(req.Path, s.name, s.fold)
+		return queryCredential(req.Path, s.name, s.fold, nil)
 	case SourceCookie:
-		return cookieCredential(req.Headers.Get("cookie"), s.name, s.fold)
+		return cookieCredential(req.Headers.Get("cookie"), s.name, s.fold, nil)
 	}
 	return "", false, false
 }
@@ -191,7 +191,7 @@ func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 // upstreams split the query on ";" too). Envoy removes every parameter of
 // the raw name, so such a parameter would reach the upstream. It does not
 // allocate unless the value is encoded.
-func queryCredential(path, name, fold string) (value string, present, ambiguous bool) {
+func queryCredential(path, name, fold string, each func(string)) (value string, present, ambiguous bool) {
 	i := strings.IndexByte(path, '?')
 	if i < 0 {
 		return "", false, false
@@ -206,10 +206,15 @@ func queryCredential(path, name, fold string) (value string, present, ambiguous 
 		k, v, _ := strings.Cut(pair, "=")
 		switch {
 		case k == name:
-			if !present {
+			if !present || each != nil {
 				if strings.ContainsAny(v, "%+") {
 					v = unescapeQuery(v)
 				}
+				if each != nil && v != "" {
+					each(v)
+				}
+			}
+			if !present {
 				value, present = v, v != ""
 			}
 		case readsAs(k, fold):
@@ -225,54 +230,22 @@ func queryCredential(path, name, fold string) (value string, present, ambiguous 
 	return value, present, ambiguous
 }
 
-// anyValue reports whether f holds for any value of a query or cookie
-// source in req, not only the first that lookup returns: the proxy strips
-// every parameter, and the cookie rewrite every cookie, of the name, and a
-// key in a later one would otherwise reach the upstream.
-func (s Source) anyValue(req *Request, f func(string) bool) bool {
-	if s.kind == SourceCookie {
-		return anyCookie(req.Headers.Get("cookie"), s.name, f)
+// anyValue reports whether f holds for any value of s in req, not only the
+// first that lookup returns: the proxy strips every parameter, and the
+// cookie rewrite every cookie, of the name, and a key in a later one would
+// otherwise reach the upstream. Values are read as lookup reads them.
+func (s Source) anyValue(req *Request, f func(string) bool) (hit bool) {
+	each := func(v string) { hit = hit || f(v) }
+	switch s.kind {
+	case SourceQuery:
+		queryCredential(req.Path, s.name, s.fold, each)
+	case SourceCookie:
+		cookieCredential(req.Headers.Get("cookie"), s.name, s.fold, each)
+	default:
+		v, present, _ := s.lookup(req)
+		hit = present && f(v)
 	}
-	if s.kind != SourceQuery {
-		return false
-	}
-	i := strings.IndexByte(req.Path, '?')
-	if i < 0 {
-		return false
-	}
-	q := req.Path[i+1:]
-	if j := strings.IndexByte(q, '#'); j >= 0 {
-		q = q[:j]
-	}
-	for q != "" {
-		var pair string
-		pair, q, _ = strings.Cut(q, "&")
-		if k, v, _ := strings.Cut(pair, "="); k == s.name {
-			if strings.ContainsAny(v, "%+") {
-				v = unescapeQuery(v)
-			}
-			if f(v) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// anyCookie reports whether f holds for the value of any cookie named name
-// (trimmed as cookieCredential reads names) in header, split at ";" and ","
-// as CookieWithout splits it.
-func anyCookie(header, name string, f func(string) bool) bool {
-	for part := range strings.SplitSeq(header, ";") {
-		for piece := range strings.SplitSeq(part, ",") {
-			if k, v, ok := strings.Cut(strings.TrimSpace(piece), "="); ok && trimCookieName(k) == name {
-				if f(strings.Trim(strings.TrimSpace(v), `"`)) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	return hit
 }
 
 func unescapeQuery(s string) string {
@@ -288,7 +261,7 @@ func unescapeQuery(s string) string {
 // but reads as name, see foldName). Pairs are separated by ";" and by ","
 // too: Envoy joins two Cookie lines with a comma, and the second line's
 // cookies are cookies all the same.
-func cookieCredential(header, name, fold string) (value string, present, ambiguous bool) {
+func cookieCredential(header, name, fold string, each func(string)) (value string, present, ambiguous bool) {
 	for header != "" {
 		var part string
 		comma := false
@@ -301,7 +274,10 @@ func cookieCredential(header, name, fold string) (value string, present, ambiguo
 		k = trimCookieName(k) // "api_key =": Go, Node and Python read the name trimmed
 		switch {
 		case k == name:
-			if v = strings.Trim(strings.TrimSpace(v), `"`); v != "" && !present {
+			if v = strings.Trim(strings.TrimSpace(v), `"`); v != "" && each != nil {
+				each(v)
+			}
+			if v != "" && !present {
 				value, present = v, true
 			} else if v == "" && comma {
 				// "api_key=,x": empty here, but ",x" to a reader that
