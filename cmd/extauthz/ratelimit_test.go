@@ -131,19 +131,7 @@ func TestALineOfRotationsSharesOneRateLimit(t *testing.T) {
 				assert.Equal(t, k.ID, next.Lineage)
 				secrets, id = append(secrets, s), next.ID
 			}
-			allowed := 0
-			for range 3 {
-				for _, s := range secrets {
-					resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": s})
-					if resp.GetOkResponse() != nil {
-						allowed++
-						continue
-					}
-					code, _ := denial(t, resp)
-					require.Equal(t, "rate_limited", code)
-				}
-			}
-			assert.Equal(t, 4, allowed, "three keys of one line, nine checks, a limit of 4/m")
+			assert.Equal(t, 4, allowedInTurns(t, ts, 3, secrets...), "three keys of one line, nine checks, a limit of 4/m")
 		})
 	}
 }
@@ -239,19 +227,7 @@ func TestALineWhoseKeysHaveDifferentWindowsIsStillLimited(t *testing.T) {
 			_, err = ts.mgr.Update(t.Context(), next.ID, keystore.Patch{RateLimit: &same}, nil, "test")
 			require.NoError(t, err, "a rate over the same window counts in the same counter")
 
-			allowed := 0
-			for range 10 {
-				for _, s := range []string{oldSecret, newSecret} {
-					resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": s})
-					if resp.GetOkResponse() != nil {
-						allowed++
-						continue
-					}
-					code, _ := denial(t, resp)
-					require.Equal(t, "rate_limited", code)
-				}
-			}
-			assert.Equal(t, 4, allowed, "twenty checks of a line whose keys allow 4/m and 3/m, in one count")
+			assert.Equal(t, 4, allowedInTurns(t, ts, 10, oldSecret, newSecret), "twenty checks of a line whose keys allow 4/m and 3/m, in one count")
 
 			_, err = ts.mgr.Revoke(t.Context(), k.ID, "test")
 			require.NoError(t, err)
@@ -259,4 +235,23 @@ func TestALineWhoseKeysHaveDifferentWindowsIsStillLimited(t *testing.T) {
 			require.NoError(t, err, "no earlier key is live")
 		})
 	}
+}
+
+// allowedInTurns checks GET /api/users rounds times with each secret in
+// turn and returns how many were allowed; every denial must be a rate limit.
+func allowedInTurns(t *testing.T, ts *testServer, rounds int, secrets ...string) int {
+	t.Helper()
+	allowed := 0
+	for range rounds {
+		for _, s := range secrets {
+			resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": s})
+			if resp.GetOkResponse() != nil {
+				allowed++
+				continue
+			}
+			code, _ := denial(t, resp)
+			require.Equal(t, "rate_limited", code)
+		}
+	}
+	return allowed
 }
