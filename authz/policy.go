@@ -99,10 +99,11 @@ type Policy struct {
 	// DefaultRate (a key without a rate of its own): "" when the rate is
 	// the default policy's (the counter the admin API counts in too, shared
 	// by every policy that inherits that default), else one named by the
-	// rate. A counter counted with another window starts afresh, so two
-	// different defaults in one counter would let each check under one
-	// policy reset the other's count; one rate in two counters would give
-	// a key that rate twice.
+	// rate. A counter checked with another window is carried over to it
+	// (as if its requests were all made at the latest), so two different
+	// defaults in one counter would hold each policy's requests to the
+	// other's window; one rate in two counters would give a key that rate
+	// twice.
 	keyScope string
 }
 

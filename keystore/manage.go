@@ -425,7 +425,7 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 			k.RateLimit = *p.RateLimit
 			for _, e := range earlier {
 				if !oneCount(e.RateLimit, k.RateLimit) {
-					return &FieldError{Field: "rate_limit", Message: fmt.Sprintf("key %s, earlier in this key's line of rotations, is live until %s and counts in the same rate limit as %q: a rate over another window, or the default in place of a rate of its own, would count the two keys apart (each check restarting the other's count); revoke it first, or keep a rate over the same window",
+					return &FieldError{Field: "rate_limit", Message: fmt.Sprintf("key %s, earlier in this key's line of rotations, is live until %s and counts in the same rate limit as %q: a rate over another window, or the default in place of a rate of its own, would count the two keys apart, or carry each other's count over at every check; revoke it first, or keep a rate over the same window",
 						e.ID, endsAt(e), rateText(e.RateLimit))}
 				}
 			}
@@ -557,9 +557,10 @@ func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now t
 }
 
 // oneCount reports whether two keys of one line, limited by a and b, can
-// count in one counter: the limiter restarts a counter checked with another
-// window, so alternating keys whose rates have different windows would
-// restart it at every check. A key with no limit ("none") counts nothing;
+// count in one counter: the limiter carries a counter checked with another
+// window over to it, as if all its requests were made at the latest, so
+// alternating keys whose rates have different windows would hold every
+// request until the latest ages out. A key with no limit ("none") counts nothing;
 // two keys on the default are on one rate; a rate of its own and the
 // default may have different windows.
 func oneCount(a, b RateLimit) bool {

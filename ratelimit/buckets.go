@@ -292,9 +292,9 @@ func (t *bucketTable) list(r *record) {
 // unpacked into scratch, one of t.rings (closeAll packs it again and leaves
 // scratch empty). With no scratch, the
 // window moves to windows for good. A window counted with another sub-window
-// length (the rate's window changed) starts over: its groups mean nothing
-// under the new one.
-func (t *bucketTable) open(sw *slotWindow, scratch *window, sub, now int64) *window {
+// length (the rate's window changed) is carried over to sub (window.carry):
+// the check is of a window of wUs µs.
+func (t *bucketTable) open(sw *slotWindow, scratch *window, sub, wUs, now int64) *window {
 	var w *window
 	switch {
 	case sw.form() == formFull:
@@ -310,7 +310,17 @@ func (t *bucketTable) open(sw *slotWindow, scratch *window, sub, now int64) *win
 		sw.set(formFull, 0, 0, uint64(i))
 	}
 	if w.sub != sub {
-		*w = window{sub: sub, head: floorDiv(now, sub)}
+		w.carry(sub, wUs, now)
+		if w == scratch {
+			// closeAll repacks scratch reading only the groups sw
+			// holds and the head's: sw must hold the carried group.
+			if groups, ok := w.pack(); ok {
+				sw.set(formCompact, sub, w.head, groups)
+			} else {
+				t.ring(sw, w)
+				w = t.windows.at(sw.ring())
+			}
+		}
 	}
 	w.advance(now)
 	return w

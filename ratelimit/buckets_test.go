@@ -89,7 +89,7 @@ func (ref refLimiter) check(now int64, limits []Limit) Result {
 			ref[[2]string{lim.Bucket, lim.Scope}] = w
 		}
 		if w.sub != sub {
-			*w = window{sub: sub, head: floorDiv(now, sub)}
+			w.carry(sub, wUs, now)
 		}
 		w.advance(now)
 		held := w.counted(now, wUs)

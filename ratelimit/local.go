@@ -121,10 +121,10 @@ func (l *Local) check(now int64, limits []Limit, n int) Result {
 		sw := t.window(b, lim.Scope)
 		var w *window
 		if k < len(ws) {
-			w = t.open(sw, &t.rings[k], subMicros(wUs), now)
+			w = t.open(sw, &t.rings[k], subMicros(wUs), wUs, now)
 			at[k], ws[k] = sw, w
 		} else {
-			w = t.open(sw, nil, subMicros(wUs), now)
+			w = t.open(sw, nil, subMicros(wUs), wUs, now)
 		}
 		held := w.counted(now, wUs)
 		if k < len(ws) {
@@ -152,7 +152,7 @@ func (l *Local) check(now int64, limits []Limit, n int) Result {
 		if k < len(ws) {
 			w, held = ws[k], helds[k]
 		} else {
-			w = t.open(t.window(b, lim.Scope), nil, subMicros(wUs), now)
+			w = t.open(t.window(b, lim.Scope), nil, subMicros(wUs), wUs, now)
 			held = w.counted(now, wUs)
 		}
 		k++

@@ -59,7 +59,9 @@ func TestLocalRateChanges(t *testing.T) {
 	require.False(t, allow(ratelimit.Rate{N: 2, Window: time.Second}))
 	assert.True(t, allow(ratelimit.Rate{N: 3, Window: time.Second}), "a larger N over the same window keeps the count: one more")
 	assert.False(t, allow(ratelimit.Rate{N: 3, Window: time.Second}))
-	assert.True(t, allow(ratelimit.Rate{N: 3, Window: 2 * time.Second}), "another window restarts the count")
+	assert.False(t, allow(ratelimit.Rate{N: 3, Window: 2 * time.Second}), "another window carries the count over")
+	assert.False(t, allow(ratelimit.Rate{N: 3, Window: time.Second}), "and back")
+	assert.True(t, allow(ratelimit.Rate{N: 4, Window: 2 * time.Second}), "one more under a larger N")
 }
 
 func TestLocalEvictsIdleBucketsFirst(t *testing.T) {

@@ -177,7 +177,7 @@ func latest(j int64, m uint8, sub int64) int64 {
 // window is the state of one limit: the ring of the k+2 groups that can be
 // alive, the newest being head.
 type window struct {
-	sub   int64 // s in µs; a different s (the rate changed) restarts the count
+	sub   int64 // s in µs; a different s (the rate changed) is carried over (carry)
 	head  int64 // index of the newest group
 	count [slots]uint32
 	mark  [slots]uint8
@@ -301,6 +301,53 @@ func (w *window) advance(now int64) int64 {
 	}
 	w.head = idx
 	return idx
+}
+
+// carry moves w, counted in sub-windows of another length (its limit's
+// window changed), to sub-windows of sub for a window of wUs µs at now. The
+// count must not start over: replicas that disagree on a limit's window for
+// a while (a reload on its way through the fleet, a key's new rate on its
+// way to their caches) would then each restart it at every check, and a
+// client whose checks alternate between them would never be limited. So
+// every request w still holds that can count under the new window (its
+// group's bound L plus wUs is not before now) stays counted, all of them in
+// one group whose bound is the latest of their bounds, rounded up: each
+// request's bound only moves later, so the proof above holds across the
+// change (a request counts under each check's window at least as long as it
+// did), and what is dropped could not have counted again. Only capacity is
+// lost: the carried requests count until the latest of them ages out. The
+// Lua script does the same, at the same point of a check.
+func (w *window) carry(sub, wUs, now int64) {
+	var held, last int64
+	if w.sub > 0 {
+		w.advance(now)
+		for j := w.head - Span; j <= w.head; j++ {
+			r := ring(j)
+			c := w.count[r]
+			if c == 0 {
+				continue
+			}
+			if l := latest(j, w.mark[r], w.sub); l+wUs >= now {
+				held += int64(c)
+				last = max(last, l)
+			}
+		}
+	}
+	*w = window{sub: sub, head: floorDiv(now, sub)}
+	if held == 0 {
+		return
+	}
+	// Group g, the first whose end is not before last, with the least mark
+	// whose bound is not before last either. last + wUs ≥ now and wUs ≤
+	// k·s put g within Span of the head, where the ring holds it; a g after
+	// the head (the clock went back) becomes the head, as a later group
+	// does in advance.
+	g := floorDiv(last-1, sub)
+	m := (last - g*sub) * markSteps
+	m = (m + sub - 1) / sub
+	w.head = max(w.head, g)
+	r := ring(g)
+	w.count[r], w.mark[r] = uint32(min(held, math.MaxUint32)), uint8(m)
 }
 
 // counted is the number of requests the limit holds at now (after advance).

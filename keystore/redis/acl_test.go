@@ -348,8 +348,9 @@ func exerciseLimiter(t *testing.T, c, c2 goredis.UniversalClient) {
 	require.False(t, allow(small, bucket), "the 4th request of 3/m")
 
 	// The same bucket under another window (a key's rate_limit changed):
-	// the old counts are void.
-	require.True(t, allow(ratelimit.Rate{N: 3, Window: 2 * time.Minute}, bucket))
+	// the count is carried over (written at once, the check denied).
+	require.False(t, allow(ratelimit.Rate{N: 3, Window: 2 * time.Minute}, bucket))
+	require.True(t, allow(ratelimit.Rate{N: 4, Window: 3 * time.Minute}, bucket))
 
 	// A steady stream for longer than the window: sub-windows that aged
 	// out are dropped from the counter.

@@ -289,6 +289,58 @@ func Differential(t *testing.T, reference, candidate Factory) {
 			}
 		}
 	})
+	t.Run("limits whose window changes", func(t *testing.T) {
+		// Replicas that disagree on a limit's window (a reload on its way,
+		// a key's new rate on its way to their caches) check one counter
+		// with two windows in turn: the count carries over, alike in both,
+		// and no interval of the shorter window holds more than N.
+		for seed := range uint64(8) {
+			rng := newRand(seed, 11)
+			clock := NewClock()
+			ref, cand := reference(t, clock.Now), candidate(t, clock.Now)
+			type scope struct {
+				n       int64
+				windows [2]time.Duration
+				allowed []time.Time
+			}
+			scopes := make([]scope, 1+rng.IntN(2))
+			for i := range scopes {
+				scopes[i].n = 1 + rng.Int64N(10)
+				for k := range scopes[i].windows {
+					scopes[i].windows[k] = time.Duration(1+rng.IntN(3000)) * time.Millisecond
+				}
+			}
+			now := T0
+			for step := range 600 {
+				now = now.Add(time.Duration(rng.ExpFloat64() * float64(30*time.Millisecond)))
+				if seed%2 == 1 && rng.IntN(50) == 0 {
+					now = now.Add(-time.Duration(rng.IntN(1000)) * time.Millisecond) // the clock steps back
+				}
+				clock.Set(now)
+				limits := make([]ratelimit.Limit, len(scopes))
+				for i, sc := range scopes {
+					limits[i] = ratelimit.Limit{Name: "l" + strconv.Itoa(i), Bucket: "b", Scope: strconv.Itoa(i),
+						Rate: ratelimit.Rate{N: sc.n, Window: sc.windows[rng.IntN(2)]}}
+				}
+				want, err := ref.Allow(context.Background(), limits)
+				require.NoError(t, err)
+				got, err := cand.Allow(context.Background(), limits)
+				require.NoError(t, err)
+				require.Equal(t, want, got, "seed %d step %d at %v, limits %+v", seed, step, now.Sub(T0), limits)
+				if got.Allowed {
+					for i := range scopes {
+						scopes[i].allowed = append(scopes[i].allowed, now)
+					}
+				}
+			}
+			for _, sc := range scopes {
+				if seed%2 == 1 {
+					break // the clock went back: the interval check needs one that does not
+				}
+				AssertNoIntervalOverN(t, sc.allowed, int(sc.n), min(sc.windows[0], sc.windows[1]))
+			}
+		}
+	})
 }
 
 // Checks returns, for benchmarks, one check for each of buckets distinct

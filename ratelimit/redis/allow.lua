@@ -105,9 +105,43 @@ local function find(str, np, g, bump)
   return g, 0, false
 end
 
+-- carry moves the counter str (np groups, counted in sub-windows of cs) to
+-- sub-windows of s, for a window of w µs, as window.carry in
+-- ratelimit/window.go does: the count must not start over when the limit's
+-- window changes (replicas that disagree on it for a while would each
+-- restart it at every check). Every group that may still count (from the
+-- current group idx-span on) and whose bound plus w is not before now
+-- stays counted, all in one group whose bound is the latest of theirs,
+-- rounded up. It writes the counter at once (a denied check writes
+-- nothing else), so that the next check finds it carried, as the local
+-- limiter keeps it. It returns the new counter, or false when nothing is
+-- left to count.
+local function carry(key, str, np, cs, s, w)
+  local idx = find(str, np, floordiv(now, cs), true)
+  local held, last = 0, 0
+  for p = 0, np - 1 do
+    local j, v = sunpack('<dd', str, 17 + 16 * p)
+    if j >= idx - span then
+      local l, c = latest(j, v, cs)
+      if c > 0 and l + w >= now then
+        held = held + c
+        if l > last then last = l end
+      end
+    end
+  end
+  if held == 0 then return false end
+  local g = floordiv(last - 1, s)
+  local m = floordiv((last - g * s) * 255 + s - 1, s)
+  str = spack('<dddd', s, held, g, held * 256 + m)
+  local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
+  if ttl < 1 then ttl = 1 end
+  redis.call('SET', key, str, 'PX', format('%d', ttl))
+  return str
+end
+
 -- count reads a limit's counter (key: a window of w µs in sub-windows of s) and
 -- works out where it stands now. It returns the counter (str, false when
--- there is none or it was counted with another s), its np groups and their
+-- there is none; one counted with another s is carried over), its np groups and their
 -- total, the current group idx, the count held now, and for writing it back:
 -- the current group's value cur (false when it has none) and where it is or
 -- would go (pos), and how many of the oldest groups are stale (drop, holding
@@ -119,8 +153,13 @@ local function count(key, w, s)
     np = (#str - 16) / 16
     local cs
     cs, total = sunpack('<dd', str)
-    -- Counted with another s (void), or not a counter: start afresh.
-    if np < 1 or np % 1 ~= 0 or cs ~= s then str, np, total = false, 0, 0 end
+    if np < 1 or np % 1 ~= 0 then
+      str, np, total = false, 0, 0 -- not a counter: start afresh
+    elseif cs ~= s then
+      str = carry(key, str, np, cs, s, w) -- counted with another s
+      np, total = 0, 0
+      if str then np, total = 1, sunpack('<d', str, 9) end
+    end
   end
   local idx, held, cur, drop, dropped, pos = floordiv(now, s), 0, false, 0, 0, 0
   if str then

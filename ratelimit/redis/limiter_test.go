@@ -848,3 +848,39 @@ func TestRedisNeverReusesTheCallOfACallerThatGaveUp(t *testing.T) {
 	assert.Zero(t, st.Fallback, "a check was decided without Redis")
 	assert.EqualValues(t, n, st.Allowed, "the second wave: an abandoned check counts nowhere")
 }
+
+// Replicas whose configs disagree on a limit's window, for as long as a
+// reload takes to reach them all (or a key's new rate to reach their
+// caches), check one counter each with its own window. The count carries
+// over from one window to the other: were it to start over, a client whose
+// checks alternate between the replicas would never be limited.
+func TestRedisReplicasOnTwoWindowsShareOneCount(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, n := range []int64{5, 400} { // exact checks, and leases
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			prefix := uniquePrefix()
+			a := newRedis(t, newClient(t, srv.Addr), Options{Prefix: prefix, Timeout: time.Second})
+			b := newRedis(t, newClient(t, srv.Addr), Options{Prefix: prefix, Timeout: time.Second})
+			limits := func(w time.Duration) []ratelimit.Limit {
+				return []ratelimit.Limit{
+					{Name: "key", Bucket: "k", Rate: ratelimit.Rate{N: 10 * n, Window: time.Hour}},
+					{Name: "/r", Bucket: "k", Scope: "/r", Rate: ratelimit.Rate{N: n, Window: w}},
+				}
+			}
+			old, reloaded := limits(time.Minute), limits(2*time.Minute)
+			allowed := 0
+			for i := range 4 * n {
+				lim, l := a, old
+				if i%2 == 1 || n > 5 && i%64 >= 32 {
+					lim, l = b, reloaded
+				}
+				res, err := lim.Allow(context.Background(), l)
+				require.NoError(t, err)
+				if res.Allowed {
+					allowed++
+				}
+			}
+			assert.LessOrEqual(t, allowed, int(n), "allowed of %d/m on one replica and %d/2m on the other", n, n)
+		})
+	}
+}
