@@ -112,26 +112,30 @@ end
 -- restart it at every check). Every group that may still count (from the
 -- current group idx-span on) and whose bound plus w is not before now
 -- stays counted, all in one group whose bound is the latest of theirs,
--- rounded up. It writes the counter at once (a denied check writes
--- nothing else), so that the next check finds it carried, as the local
--- limiter keeps it. It returns the new counter, or false when nothing is
--- left to count.
+-- rounded up. When that bound is a long lease's, in a sub-window after
+-- the current one, the group stays a lease's (mark 0, its bound the end of
+-- its sub-window): were it taken for a clock gone back, every later
+-- request would be counted in it, until long after its own time. It writes
+-- the counter at once (a denied check writes nothing else), so that the
+-- next check finds it carried, as the local limiter keeps it. It returns
+-- the new counter, or false when nothing is left to count.
 local function carry(key, str, np, cs, s, w)
   local idx = find(str, np, floordiv(now, cs), true)
-  local held, last = 0, 0
+  local held, last, leased = 0, 0, false
   for p = 0, np - 1 do
     local j, v = sunpack('<dd', str, 17 + 16 * p)
     if j >= idx - span then
       local l, c = latest(j, v, cs)
       if c > 0 and l + w >= now then
         held = held + c
-        if l > last then last = l end
+        if l > last then last, leased = l, v % 256 == 0 end
       end
     end
   end
   if held == 0 then return false end
   local g = floordiv(last - 1, s)
   local m = floordiv((last - g * s) * 255 + s - 1, s)
+  if leased and g > floordiv(now, s) then m = 0 end -- still a lease's
   str = spack('<dddd', s, held, g, held * 256 + m)
   local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
   if ttl < 1 then ttl = 1 end

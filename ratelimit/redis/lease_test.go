@@ -489,3 +489,41 @@ func TestRedisALongLeaseCountsUntilWAfterItsDeadline(t *testing.T) {
 	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
 	limitertest.AssertNoIntervalOverN(t, allowed, n, w)
 }
+
+// A counter holding a long lease's group (a sub-window about W ahead) that
+// a replica checks under a shorter window (a reload on its way) carries the
+// lease over as a lease's: the leased requests still count until W after
+// the lease's end, but later requests count from their own time, not from
+// the lease's future sub-window, as if the clock had gone back.
+func TestRedisACarriedLeaseStaysALease(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	prefix := uniquePrefix()
+	old := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second})
+	reloaded := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second, NoLeases: true})
+	before := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 40000, Window: time.Hour}}}
+	after := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 1000, Window: time.Second}}}
+	for i := 0; old.Stats().Leased < 100; i++ {
+		require.Less(t, i, 1000, "no long lease")
+		res, err := old.Allow(context.Background(), before)
+		require.NoError(t, err)
+		require.True(t, res.Allowed)
+	}
+	burst := func() int {
+		n := 0
+		for ; n <= 1000; n++ {
+			res, err := reloaded.Allow(context.Background(), after)
+			require.NoError(t, err)
+			if !res.Allowed {
+				return n
+			}
+		}
+		return n
+	}
+	first := burst()
+	require.Positive(t, first)
+	require.Less(t, first, 1000, "the leased requests count under the new window")
+	clock.Set(clock.Now().Add(1100 * time.Millisecond))
+	assert.Equal(t, first, burst(), "a second later the new window's own requests are free again")
+}
