@@ -105,44 +105,6 @@ local function find(str, np, g, bump)
   return g, 0, false
 end
 
--- carry moves the counter str (np groups, counted in sub-windows of cs) to
--- sub-windows of s, for a window of w µs, as window.carry in
--- ratelimit/window.go does: the count must not start over when the limit's
--- window changes (replicas that disagree on it for a while would each
--- restart it at every check). Every group that may still count (from the
--- current group idx-span on) and whose bound plus w is not before now
--- stays counted, all in one group whose bound is the latest of theirs,
--- rounded up. When that bound is a long lease's, in a sub-window after
--- the current one, the group stays a lease's (mark 0, its bound the end of
--- its sub-window): were it taken for a clock gone back, every later
--- request would be counted in it, until long after its own time. It writes
--- the counter at once (a denied check writes nothing else), so that the
--- next check finds it carried, as the local limiter keeps it. It returns
--- the new counter, or false when nothing is left to count.
-local function carry(key, str, np, cs, s, w)
-  local idx = find(str, np, floordiv(now, cs), true)
-  local held, last, leased = 0, 0, false
-  for p = 0, np - 1 do
-    local j, v = sunpack('<dd', str, 17 + 16 * p)
-    if j >= idx - span then
-      local l, c = latest(j, v, cs)
-      if c > 0 and l + w >= now then
-        held = held + c
-        if l > last then last, leased = l, v % 256 == 0 end
-      end
-    end
-  end
-  if held == 0 then return false end
-  local g = floordiv(last - 1, s)
-  local m = floordiv((last - g * s) * 255 + s - 1, s)
-  if leased and g > floordiv(now, s) then m = 0 end -- still a lease's
-  str = spack('<dddd', s, held, g, held * 256 + m)
-  local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
-  if ttl < 1 then ttl = 1 end
-  redis.call('SET', key, str, 'PX', format('%d', ttl))
-  return str
-end
-
 -- count reads a limit's counter (key: a window of w µs in sub-windows of s) and
 -- works out where it stands now. It returns the counter (str, false when
 -- there is none; one counted with another s is carried over), its np groups and their
@@ -160,9 +122,43 @@ local function count(key, w, s)
     if np < 1 or np % 1 ~= 0 then
       str, np, total = false, 0, 0 -- not a counter: start afresh
     elseif cs ~= s then
-      str = carry(key, str, np, cs, s, w) -- counted with another s
-      np, total = 0, 0
-      if str then np, total = 1, sunpack('<d', str, 9) end
+      -- Counted with another s: carried over, as window.carry in
+      -- ratelimit/window.go does (here, not in a function of its own,
+      -- which would be one more closure made at every call). The count
+      -- must not start over when the limit's window changes: replicas
+      -- that disagree on it for a while would each restart it at every
+      -- check. Every group that may still count (from the current group
+      -- idx-span on) and whose bound plus w is not before now stays
+      -- counted, all in one group whose bound is the latest of theirs,
+      -- rounded up. When that bound is a long lease's, in a sub-window
+      -- after the current one, the group stays a lease's (mark 0, its
+      -- bound the end of its sub-window): were it taken for a clock gone
+      -- back, every later request would be counted in it, until long
+      -- after its own time. The counter is written at once (a denied
+      -- check writes nothing else), so that the next check finds it
+      -- carried, as the local limiter keeps it.
+      local idx = find(str, np, floordiv(now, cs), true)
+      local held, last, leased = 0, 0, false
+      for p = 0, np - 1 do
+        local j, v = sunpack('<dd', str, 17 + 16 * p)
+        if j >= idx - span then
+          local l, c = latest(j, v, cs)
+          if c > 0 and l + w >= now then
+            held = held + c
+            if l > last then last, leased = l, v % 256 == 0 end
+          end
+        end
+      end
+      str, np, total = false, 0, 0
+      if held > 0 then
+        local g = floordiv(last - 1, s)
+        local m = floordiv((last - g * s) * 255 + s - 1, s)
+        if leased and g > floordiv(now, s) then m = 0 end -- still a lease's
+        str, np, total = spack('<dddd', s, held, g, held * 256 + m), 1, held
+        local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
+        if ttl < 1 then ttl = 1 end
+        redis.call('SET', key, str, 'PX', format('%d', ttl))
+      end
     end
   end
   local idx, held, cur, drop, dropped, pos = floordiv(now, s), 0, false, 0, 0, 0
