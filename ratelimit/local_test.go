@@ -62,6 +62,17 @@ func TestLocalRateChanges(t *testing.T) {
 	assert.False(t, allow(ratelimit.Rate{N: 3, Window: 2 * time.Second}), "another window carries the count over")
 	assert.False(t, allow(ratelimit.Rate{N: 3, Window: time.Second}), "and back")
 	assert.True(t, allow(ratelimit.Rate{N: 4, Window: 2 * time.Second}), "one more under a larger N")
+
+	// Carried before 1970 too (a clock far off): the count's bound is its
+	// latest request's, not the epoch.
+	clock.Set(time.Unix(-1000, 0))
+	res, err := lim.Allow(context.Background(), []ratelimit.Limit{{Name: "key", Bucket: "early", Rate: ratelimit.Rate{N: 2, Window: time.Second}}})
+	require.NoError(t, err)
+	require.True(t, res.Allowed)
+	res, err = lim.Allow(context.Background(), []ratelimit.Limit{{Name: "key", Bucket: "early", Rate: ratelimit.Rate{N: 2, Window: 2 * time.Second}}})
+	require.NoError(t, err)
+	assert.True(t, res.Allowed)
+	assert.LessOrEqual(t, res.Reset, 2*time.Second+100*time.Millisecond, "reset once both requests age out")
 }
 
 func TestLocalEvictsIdleBucketsFirst(t *testing.T) {

@@ -318,7 +318,7 @@ func (w *window) advance(now int64) int64 {
 // lost: the carried requests count until the latest of them ages out. The
 // Lua script does the same, at the same point of a check.
 func (w *window) carry(sub, wUs, now int64) {
-	var held, last int64
+	held, last := int64(0), int64(math.MinInt64)
 	if w.sub > 0 {
 		w.advance(now)
 		for j := w.head - Span; j <= w.head; j++ {

@@ -138,14 +138,14 @@ local function count(key, w, s)
       -- check writes nothing else), so that the next check finds it
       -- carried, as the local limiter keeps it.
       local idx = find(str, np, floordiv(now, cs), true)
-      local held, last, leased = 0, 0, false
+      local held, last, leased = 0, nil, false
       for p = 0, np - 1 do
         local j, v = sunpack('<dd', str, 17 + 16 * p)
         if j >= idx - span then
           local l, c = latest(j, v, cs)
           if c > 0 and l + w >= now then
             held = held + c
-            if l > last then last, leased = l, v % 256 == 0 end
+            if not last or l > last then last, leased = l, v % 256 == 0 end
           end
         end
       end
