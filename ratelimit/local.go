@@ -39,11 +39,11 @@ type localShard struct {
 	_  [64]byte // keep shards' locks on separate cache lines
 }
 
-// NewLocal returns a Local that reads the time from now (time.Now when nil)
-// and keeps at most about maxBuckets buckets (DefaultMaxBuckets when ≤ 0).
+// NewLocal returns a Local that reads the time from now (steadyClock when
+// nil) and keeps at most about maxBuckets buckets (DefaultMaxBuckets when ≤ 0).
 func NewLocal(now func() time.Time, maxBuckets int) *Local {
 	if now == nil {
-		now = time.Now
+		now = steadyClock()
 	}
 	if maxBuckets <= 0 {
 		maxBuckets = DefaultMaxBuckets
@@ -54,6 +54,17 @@ func NewLocal(now func() time.Time, maxBuckets int) *Local {
 		l.shards[i].t.seed = l.seed
 	}
 	return l
+}
+
+// steadyClock returns a clock that reads the wall time of its making plus
+// the monotonic time since. Counts are kept in the wall clock's µs (Unix),
+// but time.Now().UnixMicro() reads the wall clock alone, and a wall clock
+// stepped forward (an NTP correction, an operator's date) would free every
+// count early by the step. This clock never steps; it drifts from the wall
+// clock only as the machine's monotonic clock does.
+func steadyClock() func() time.Time {
+	start := time.Now()
+	return func() time.Time { return start.Add(time.Since(start)) }
 }
 
 // Allow checks limits together at the current time. See Limiter.

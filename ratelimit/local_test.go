@@ -130,3 +130,18 @@ func TestLocalAllowDoesNotAllocate(t *testing.T) {
 		assert.Zero(t, allocs, "%d limits", len(limits))
 	}
 }
+
+// A Local given no clock reads the wall time of its making plus the
+// monotonic time since: Unix µs like the wall clock's, but never stepped
+// (a wall clock stepped forward would free every count early by the step).
+func TestLocalClockIsTheWallClockMovedMonotonically(t *testing.T) {
+	now := ratelimit.SteadyClock()
+	prev := now()
+	assert.WithinDuration(t, time.Now(), prev, time.Second, "anchored at the wall clock")
+	for range 10_000 {
+		at := now()
+		require.False(t, at.Before(prev), "the clock went back: %v after %v", at, prev)
+		prev = at
+	}
+	assert.WithinDuration(t, time.Now(), prev, time.Second)
+}

@@ -30,10 +30,12 @@ import (
 // the interval holds at most N. A denied request is added nowhere, so "a
 // denied request consumes none" needs no extra argument. □
 //
-// The proof takes one bucket's clock readings to be monotonic, as the Redis
-// server's clock (one for all replicas) and time.Now are. A reading that goes
-// back is recorded in the newest group, whose bound is later than the
-// reading: nothing is ever counted for less than W after its reading.
+// The proof takes one bucket's clock readings to be monotonic. The local
+// limiter's are (steadyClock); the Redis server's clock (TIME, one for all
+// replicas) is its wall clock: a step back is safe, as here a reading that
+// goes back is recorded in the newest group, whose bound is later than the
+// reading, so nothing is ever counted for less than W after its reading; a
+// step forward frees counts early by the step (docs/operations.md, Clocks).
 //
 // Memory: at time t in sub-window i, a group j ≤ i−k−2 is dead: L_j ≤
 // (j+1)·s ≤ (i−k−1)·s, and k·s ≥ W, so L_j + W ≤ (i−1)·s < t. So only the
