@@ -4,9 +4,11 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -51,20 +53,26 @@ import (
 //     allows up to N at once and N per W over time, so a rate fits under
 //     the bound's only if N ≤ N' and N/W ≤ N'/W' (1000/h is slower than
 //     100/m but bursts ten times higher, so it does not fit). "none" fits
-//     only "none". A key without a rate of its own has the configured
-//     default (rate_limit.default) as it stands when the request is made;
-//     two keys that both have the default always fit each other, as they
-//     move together when the default changes.
+//     only "none". A key without a rate of its own has, under each policy,
+//     that policy's default (its rate_limit.default, else the top-level
+//     one) as it stands when the request is made, and a named policy may
+//     have a looser default than the top-level one: the rate must fit
+//     under every policy both keys are valid under, and under the
+//     top-level default, by which the admin API counts. Two keys that both
+//     have the default always fit each other, as they move together when
+//     a default changes.
 
 // restriction names the field of the first restriction of k that goes
-// beyond bound, or "" when k fits within it.
-func restriction(k, bound *keystore.Key, defaultRate ratelimit.Rate) string {
+// beyond bound, or "" when k fits within it; defaults are every policy's
+// default rate (defaultRates).
+func restriction(k, bound *keystore.Key, defaults []policyRate) string {
+	_, rateBeyond := rateBeyond(k, bound, defaults)
 	switch {
 	case !allowlistWithin(k.IPAllowlist, bound.IPAllowlist):
 		return "ip_allowlist"
 	case !expiryWithin(k.ExpiresAt, bound.ExpiresAt):
 		return "expires_at"
-	case !rateWithin(k.RateLimit, bound.RateLimit, defaultRate):
+	case rateBeyond:
 		return "rate_limit"
 	case !policiesWithin(k.Policies, bound.Policies):
 		return "policies"
@@ -82,7 +90,7 @@ func (s *server) selfLoosening(before, after *keystore.Key) error {
 			return permissionDenied("permissions: a key may not give itself a permission it lacks (" + s.mention(p) + ")")
 		}
 	}
-	switch field := restriction(after, before, s.authz.Policies().Default.DefaultRate); field {
+	switch field := restriction(after, before, s.defaultRates()); field {
 	case "":
 	case "meta":
 		return permissionDenied("meta: a key may not change its own metadata")
@@ -102,15 +110,22 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 	if err := s.canGrant(c, k.Permissions); err != nil {
 		return err
 	}
-	switch restriction(k, c.key, s.authz.Policies().Default.DefaultRate) {
+	defaults := s.defaultRates()
+	switch restriction(k, c.key, defaults) {
 	case "ip_allowlist":
 		return permissionDenied("ip_allowlist: a keys:write caller's keys must be limited to addresses within its own ip_allowlist")
 	case "expires_at":
 		return permissionDenied("expires_at: a keys:write caller's keys must expire no later than the caller itself (" +
 			c.key.ExpiresAt.UTC().Format(time.RFC3339) + ")")
 	case "rate_limit":
+		p, _ := rateBeyond(k, c.key, defaults)
+		under := ""
+		if p.name != authz.DefaultPolicy && c.key.RateLimit.Own() {
+			// The key's rate is the default of a named policy.
+			under = " under policy " + strconv.Quote(p.name) + ", whose default for a key without a rate of its own is " + p.rate.String()
+		}
 		return permissionDenied("rate_limit: a keys:write caller's keys may not have a higher rate limit than the caller itself (" +
-			describeRate(c.key.RateLimit, s.authz.Policies().Default.DefaultRate) + ")")
+			describeRate(c.key.RateLimit, p) + ")" + under)
 	case "policies":
 		return permissionDenied("policies: a keys:write caller scoped to policies [" + strings.Join(c.key.Policies, ", ") +
 			"] may only give keys scoped within them")
@@ -120,11 +135,51 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 	return nil
 }
 
-func describeRate(own keystore.RateLimit, defaultRate ratelimit.Rate) string {
-	if !own.IsSet() {
-		return defaultRate.String() + ", the configured default"
+// describeRate names the caller's rate limit own as it applies under the
+// policy p, where a key's rate went beyond it.
+func describeRate(own keystore.RateLimit, p policyRate) string {
+	switch {
+	case own.Own():
+		return own.String()
+	case p.name == authz.DefaultPolicy:
+		return p.rate.String() + ", the configured default"
 	}
-	return own.String()
+	return p.rate.String() + ", the default of policy " + strconv.Quote(p.name)
+}
+
+// policyRate is one policy's default rate: that of a key without a rate of
+// its own, under the policy.
+type policyRate struct {
+	name string
+	rate ratelimit.Rate
+}
+
+// defaultRates returns the default rate of every policy in force.
+func (s *server) defaultRates() []policyRate {
+	ps := s.authz.Policies().Policies()
+	out := make([]policyRate, len(ps))
+	for i, p := range ps {
+		out[i] = policyRate{p.Name, p.DefaultRate}
+	}
+	return out
+}
+
+// rateBeyond returns the first policy, among those both k and bound are
+// valid under, where k's rate limit is looser than bound's, and true; or
+// false when there is none. A key without a rate of its own has each
+// policy's default, and a named policy's may be looser than the top-level
+// one, so comparing under the top-level default alone would let a key on
+// the default outrun its bound under such a policy. The top-level default
+// is always compared, whatever the keys' policies: the admin API, which is
+// no policy, counts a key's own requests by it.
+func rateBeyond(k, bound *keystore.Key, defaults []policyRate) (policyRate, bool) {
+	for _, p := range defaults {
+		both := p.name == authz.DefaultPolicy || k.ValidUnder(p.name) && bound.ValidUnder(p.name)
+		if both && !rateWithin(k.RateLimit, bound.RateLimit, p.rate) {
+			return p, true
+		}
+	}
+	return policyRate{}, false
 }
 
 // allowlistWithin reports whether every prefix of list lies inside a prefix

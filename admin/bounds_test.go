@@ -11,7 +11,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/ratelimit"
 )
 
 // changesOf returns the audit changes recorded for id.
@@ -541,5 +544,42 @@ func TestALiveKeyBeforeAPurgedOneStillHoldsTheLine(t *testing.T) {
 		assert.Equal(t, http.StatusBadRequest, r.status, "a rate over another window: %s", r)
 		r = e.send("POST", "/v1/keys/"+last+"/rotate", writer, map[string]any{"grace": "8760h"})
 		assert.Equal(t, http.StatusConflict, r.status, "%s", r)
+	})
+}
+
+// A key without a rate of its own is limited, under each policy, by that
+// policy's rate_limit.default, not only the top-level one: a named policy
+// may have a looser default. Dropping a key's own rate (a writer's new key
+// without one, or a key's own PATCH to null) must not be a way to that
+// looser default, under which the key would outrun its maker, or itself.
+func TestTheDefaultRateIsEveryPoliciesDefault(t *testing.T) {
+	bulk := authz.PolicySpec{Name: "bulk", Match: authz.Match{Hosts: []string{"bulk.example.com"}}, Sources: authztest.Sources(),
+		DefaultRate: ratelimit.Rate{N: 1000000, Window: time.Hour}}
+	forEachBackend(t, envOptions{policies: []authz.PolicySpec{bulk}}, func(t *testing.T, e *env) {
+		// 1000/h is the top-level default, 1000000/h bulk's.
+		writer, writerID := e.create(keystore.Spec{Name: "writer", Owner: "team", Permissions: []string{"keys:write", "x"}, RateLimit: rateLimit(t, "1000/h")})
+
+		t.Run("a writer's key on the default, which under bulk outruns the writer, is 403", func(t *testing.T) {
+			r := e.send("POST", "/v1/keys", writer, map[string]any{"name": "child", "permissions": []string{"x"}})
+			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+			assert.Contains(t, r.str(t, "error"), "rate_limit")
+			assert.Contains(t, r.str(t, "error"), "bulk")
+		})
+		t.Run("a writer's key on the default, valid only under the default policy, is created", func(t *testing.T) {
+			r := e.send("POST", "/v1/keys", writer, map[string]any{"name": "child", "permissions": []string{"x"}, "policies": []string{"default"}})
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		})
+		t.Run("a key dropping its own rate for the defaults is 403", func(t *testing.T) {
+			before := e.stored(writerID)
+			r := e.send("PATCH", "/v1/keys/"+writerID, writer, `{"rate_limit": null}`)
+			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+			assert.True(t, strings.HasPrefix(r.str(t, "error"), "rate_limit:"), "%s", r)
+			assert.Equal(t, before, e.stored(writerID))
+		})
+		t.Run("a writer on the defaults makes keys on the defaults", func(t *testing.T) {
+			w, _ := e.create(keystore.Spec{Name: "writer2", Owner: "team", Permissions: []string{"keys:write", "x"}})
+			r := e.send("POST", "/v1/keys", w, map[string]any{"name": "child", "permissions": []string{"x"}})
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		})
 	})
 }

@@ -161,6 +161,8 @@ type envOptions struct {
 	readStore func(keystore.Store) keystore.Store
 	// adminRate is Options.RateLimit; "" means the config's default.
 	adminRate string
+	// policies are named policies besides the default one.
+	policies []authz.PolicySpec
 }
 
 // env is one admin API over real HTTP on a real store, with a root key
@@ -196,6 +198,7 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 		DefaultRate:   ratelimit.Rate{N: 1000, Window: time.Hour},
 		FailRate:      ratelimit.Rate{N: 100, Window: time.Minute},
 		FailTotalRate: ratelimit.Rate{N: 1000, Window: time.Second},
+		Policies:      o.policies,
 	})
 	require.NoError(t, err)
 	hasher := keystore.NewHasher([]byte("test pepper"))
