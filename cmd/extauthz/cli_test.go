@@ -128,6 +128,7 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--rate", "lots", "--config", cfg}, 2, `"--rate" flag`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "soon", "--config", cfg}, 2, `"--ttl" flag`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "-1h", "--config", cfg}, 2, "--ttl must be positive"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "0s", "--config", cfg}, 2, "--ttl must be positive"},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8", "--config", cfg}, 2, `"--ip" flag`},
 		{"keys create", []string{"keys", "create", "--name", "pay\u202eroll", "--perm", "x", "--config", cfg}, 2, "--name: must not contain"},
 		{"keys create", []string{"keys", "create", "--nmae", "n", "--config", cfg}, 2, "unknown flag: --nmae"},

@@ -37,8 +37,10 @@ names), or the key would never match.`,
 			if err := requireFlags(c, "name", "perm"); err != nil {
 				return err
 			}
-			if ttl < 0 {
-				return usageErrorf(c, "--ttl must be positive")
+			if c.Flags().Changed("ttl") && ttl <= 0 {
+				// --ttl 0 (an unset variable, a computed 0) is a mistake,
+				// never "does not expire", which is leaving --ttl out.
+				return usageErrorf(c, "--ttl must be positive (leave it out for a key that does not expire)")
 			}
 			if err := meta.check(c); err != nil {
 				return err
