@@ -129,6 +129,9 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "soon", "--config", cfg}, 2, `"--ttl" flag`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "-1h", "--config", cfg}, 2, "--ttl must be positive"},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ttl", "0s", "--config", cfg}, 2, "--ttl must be positive"},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "", "--config", cfg}, 2, `"--perm" flag: no names`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", " , ", "--config", cfg}, 2, `"--perm" flag: no names`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--policy", "", "--config", cfg}, 2, `"--policy" flag: no names`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8", "--config", cfg}, 2, `"--ip" flag`},
 		{"keys create", []string{"keys", "create", "--name", "pay\u202eroll", "--perm", "x", "--config", cfg}, 2, "--name: must not contain"},
 		{"keys create", []string{"keys", "create", "--nmae", "n", "--config", cfg}, 2, "unknown flag: --nmae"},
@@ -142,6 +145,8 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--config", cfg}, 2, "nothing to change"},
 		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--expires-at", "tomorrow", "--config", cfg}, 2, `"--expires-at" flag: want an RFC 3339 time`},
 		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--name", "x", "--config", cfg}, 1, "no key with id"},
+		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--policy", "", "--config", cfg}, 2, `"--policy" flag: no names`},
+		{"keys update", []string{"keys", "update", "key_0000000000000000000A", "--perm", "", "--config", cfg}, 2, `"--perm" flag: no names`},
 		{"keys revoke", []string{"keys", "revoke", "--config", cfg}, 2, "want exactly one key id"},
 		{"keys revoke", []string{"keys", "revoke", "key_0000000000000000000A", "--config", cfg}, 1, "no key with id key_0000000000000000000A"},
 		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--grace", "1 day", "--config", cfg}, 2, `"--grace" flag`},
@@ -532,6 +537,14 @@ func TestKeysCarryPoliciesAndMetadataThroughTheCLI(t *testing.T) {
 	assert.Equal(t, []any{"billing", "reports"}, k["policies"], "untouched")
 	k = update("--policy", "billing")
 	assert.Equal(t, []any{"billing"}, k["policies"])
+	// An empty --policy (an unset variable) is a mistake, not --any-policy:
+	// it would widen the key to every policy.
+	_, errOut, code = cliRun(t, "keys", "update", id, "--config", path, "--policy", "")
+	assert.Equal(t, 2, code, errOut)
+	out, errOut, code = cliRun(t, "keys", "show", id, "--config", path, "--json")
+	require.Equal(t, 0, code, errOut)
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	assert.Equal(t, []any{"billing"}, k["policies"], "still scoped")
 	k = update("--any-policy", "--no-meta", "--meta", "plan=free")
 	assert.Equal(t, []any{}, k["policies"])
 	assert.Equal(t, map[string]any{"plan": "free"}, k["meta"], "--no-meta, then the entries given")

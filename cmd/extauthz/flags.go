@@ -74,11 +74,19 @@ type listFlag []string
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
 func (l *listFlag) Type() string   { return "list" }
 
+// Set adds the comma-separated names of v. A value without any ("", " , ")
+// is refused: it is an unset variable in a script, and an empty --policy
+// list would widen a key to every policy (that is --any-policy), an empty
+// --perm list strip every permission.
 func (l *listFlag) Set(v string) error {
+	n := len(*l)
 	for p := range strings.SplitSeq(v, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			*l = append(*l, p)
 		}
+	}
+	if len(*l) == n {
+		return errors.New("no names (give one or more, comma-separated)")
 	}
 	return nil
 }
