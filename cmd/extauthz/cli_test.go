@@ -138,6 +138,8 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x"}, 2, "no config: give --config FILE or set $EXTAUTHZ_CONFIG"},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--config", badCfg}, 1, "permision: unknown field"},
 		{"keys list", []string{"keys", "list", "team", "--config", cfg}, 2, `unexpected argument "team"`},
+		{"keys list", []string{"keys", "list", "--owner", "", "--config", cfg}, 2, "--owner: 1 to 64 characters"},
+		{"keys list", []string{"keys", "list", "--owner", "a b", "--config", cfg}, 2, "--owner: 1 to 64 characters"},
 		{"keys list", []string{"keys", "list", "--config", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
 		{"keys show", []string{"keys", "show", "--config", cfg}, 2, "want exactly one key id"},
 		{"keys show", []string{"keys", "show", pasted, "--config", cfg}, 2, "not a key id"},

@@ -25,6 +25,13 @@ func newListCmd() *cobra.Command {
 		Short: "List keys (never a secret or a hash)",
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if c.Flags().Changed("owner") {
+				// --owner "" (an unset variable) would list every owner's
+				// keys, and a malformed owner none: both are mistakes.
+				if err := keystore.ValidateOwner(owner); err != nil {
+					return flagError(c, err)
+				}
+			}
 			return withManager(c, keysAction{}, func(ctx context.Context, m *keystore.Manager) error {
 				return listKeys(ctx, m, c.OutOrStdout(), owner, all, asJSON)
 			})
