@@ -132,6 +132,8 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "", "--config", cfg}, 2, `"--perm" flag: no names`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", " , ", "--config", cfg}, 2, `"--perm" flag: no names`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--policy", "", "--config", cfg}, 2, `"--policy" flag: no names`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "", "--config", cfg}, 2, `"--ip" flag: no addresses`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--rate", "", "--config", cfg}, 2, `"--rate" flag: empty`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8", "--config", cfg}, 2, `"--ip" flag`},
 		{"keys create", []string{"keys", "create", "--name", "pay\u202eroll", "--perm", "x", "--config", cfg}, 2, "--name: must not contain"},
 		{"keys create", []string{"keys", "create", "--nmae", "n", "--config", cfg}, 2, "unknown flag: --nmae"},
@@ -440,6 +442,17 @@ func TestKeysUpdateThroughTheCLI(t *testing.T) {
 		assert.NotNil(t, k["expires_at"])
 		assert.Contains(t, errOut, `"event":"key.updated"`)
 		assert.Contains(t, errOut, `"actor":"cli"`)
+		// An empty value (an unset variable) is a usage error, never
+		// --any-ip or --rate default, which would loosen the key.
+		for _, args := range [][]string{{"--ip", ""}, {"--ip", " , "}, {"--rate", ""}, {"--rate", " "}} {
+			_, errOut, code := update(b, args...)
+			assert.Equal(t, 2, code, "%q: %s", args, errOut)
+		}
+		out, errOut, code := cliRun(t, "keys", "show", b, "--config", path, "--json")
+		require.Equal(t, 0, code, errOut)
+		require.NoError(t, json.Unmarshal([]byte(out), &k))
+		assert.Equal(t, "5/s", k["rate_limit"], "still its own rate")
+		assert.Equal(t, []any{"10.0.0.0/8"}, k["ip_allowlist"], "still its allowlist")
 		k, _, code = update(b, "--rate", "default", "--any-ip", "--no-expiry", "--perm", "read,write")
 		require.Equal(t, 0, code)
 		assert.Nil(t, k["rate_limit"])

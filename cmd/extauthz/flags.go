@@ -104,6 +104,14 @@ func (r *rateFlag) Type() string   { return "rate" }
 
 func (r *rateFlag) Set(v string) error {
 	v = strings.TrimSpace(v)
+	if v == "" {
+		// An unset variable, not "default": that would drop the key's own
+		// rate for a default that may be looser, or none.
+		if r.allowDefault {
+			return errors.New("empty (give a rate like 100/m, none, or default)")
+		}
+		return errors.New("empty (give a rate like 100/m, or none; leave --rate out for the default)")
+	}
 	if r.allowDefault && v == "default" {
 		r.rate = keystore.RateLimit{}
 		return nil
@@ -132,7 +140,11 @@ func (f *cidrFlag) Type() string { return "cidr" }
 
 func (f *cidrFlag) Set(v string) error {
 	var list listFlag
-	_ = list.Set(v)
+	if err := list.Set(v); err != nil {
+		// An unset variable, not --any-ip: an empty --ip list would let
+		// the key in from every address.
+		return errors.New("no addresses (give one or more CIDRs or addresses, comma-separated)")
+	}
 	ps, err := keystore.ParseCIDRs(list)
 	if err != nil {
 		return err
