@@ -133,6 +133,7 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", " , ", "--config", cfg}, 2, `"--perm" flag: no names`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--policy", "", "--config", cfg}, 2, `"--policy" flag: no names`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "", "--config", cfg}, 2, `"--ip" flag: no addresses`},
+		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--owner", "", "--config", cfg}, 2, "--owner: 1 to 64 characters"},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--rate", "", "--config", cfg}, 2, `"--rate" flag: empty`},
 		{"keys create", []string{"keys", "create", "--name", "n", "--perm", "x", "--ip", "10.0.0.1/8", "--config", cfg}, 2, `"--ip" flag`},
 		{"keys create", []string{"keys", "create", "--name", "pay\u202eroll", "--perm", "x", "--config", cfg}, 2, "--name: must not contain"},

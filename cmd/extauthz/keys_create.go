@@ -42,6 +42,13 @@ names), or the key would never match.`,
 				// never "does not expire", which is leaving --ttl out.
 				return usageErrorf(c, "--ttl must be positive (leave it out for a key that does not expire)")
 			}
+			if c.Flags().Changed("owner") {
+				// --owner "" (an unset variable) would file the key under
+				// owner default, with the bootstrap admin key.
+				if err := keystore.ValidateOwner(owner); err != nil {
+					return flagError(c, err)
+				}
+			}
 			if err := meta.check(c); err != nil {
 				return err
 			}
