@@ -383,6 +383,7 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 	if ef.httpAuthz != nil {
 		wantAuthzPort = cfg.httpListen()
 		problems = append(problems, authPathProblems(ef.httpAuthz.pathPrefix, cfg)...)
+		problems = append(problems, unstrippableSourceProblems(cfg)...)
 	} else {
 		problems = append(problems, vhostPolicyProblems(ef, cfg)...)
 	}
@@ -443,6 +444,33 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 	}
 	if ck.Restart != "" && ck.Restart != types.RestartPolicyNo {
 		bad("create-demo-key restarts (%q): every restart would make another key", ck.Restart)
+	}
+	return problems
+}
+
+// unstrippableSourceProblems: behind an HTTP-mode proxy (Envoy's
+// http_service here) nothing can take a query or cookie credential off the
+// request: an HTTP auth answer has no query_parameters_to_remove and no cookie
+// rewrite, so a key sent as ?api_key= or in a cookie is allowed and then
+// handed to the upstream as it came. Every source of the config, the default
+// policy's and each named policy's, must be a header.
+func unstrippableSourceProblems(cfg *extauthzConfig) []string {
+	var problems []string
+	check := func(where, query, cookie string) {
+		switch {
+		case query != "":
+			problems = append(problems, fmt.Sprintf("%s: source {query: %s} in HTTP mode: the proxy cannot remove it, so the upstream gets the key", where, query))
+		case cookie != "":
+			problems = append(problems, fmt.Sprintf("%s: source {cookie: %s} in HTTP mode: the proxy cannot remove it, so the upstream gets the key", where, cookie))
+		}
+	}
+	for i, s := range cfg.Sources {
+		check(fmt.Sprintf("sources[%d]", i), s.Query, s.Cookie)
+	}
+	for _, p := range cfg.Policies {
+		for i, s := range p.Sources {
+			check(fmt.Sprintf("policy %s: sources[%d]", p.Name, i), s.Query, s.Cookie)
+		}
 	}
 	return problems
 }
