@@ -27,6 +27,7 @@ import (
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -760,9 +761,13 @@ func (m *manifests) sidecarProblems(t *testing.T) []string {
 		if cfg.adminListen() != "" {
 			bad("%s/%s: the sidecar's admin API %q is on: the app shares its loopback", w.kind, w.name, cfg.adminListen())
 		}
+		var proxyPorts []int
 		for _, c := range spec.InitContainers[1:] {
 			if len(c.Args) < 2 || c.Args[0] != "-c" {
 				continue
+			}
+			for _, p := range c.Ports {
+				proxyPorts = append(proxyPorts, int(p.ContainerPort))
 			}
 			envoyYAML, err := m.mountedFile(&c, spec, c.Args[1])
 			if err != nil {
@@ -774,6 +779,30 @@ func (m *manifests) sidecarProblems(t *testing.T) []string {
 					bad("%s/%s: Envoy sends ext_authz to %s, the sidecar listens on %s", w.kind, w.name, e, cfg.grpcListen())
 				}
 			}
+		}
+		// Other Pods may reach the proxy only: the app listens on the Pod's
+		// address too and would skip authorization, and so does extauthz's
+		// HTTP listener (it must, for the kubelet's probes), which answers
+		// HTTP-mode decisions and /metrics to whoever asks.
+		guarded := false
+		for _, np := range m.policiesFor(w) {
+			if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+				continue
+			}
+			guarded = true
+			for _, rule := range np.Spec.Ingress {
+				if len(rule.Ports) == 0 {
+					bad("%s/%s: NetworkPolicy %s admits every port of the Pod: the proxy can be bypassed", w.kind, w.name, np.Name)
+				}
+				for _, p := range rule.Ports {
+					if p.Port == nil || !slices.Contains(proxyPorts, p.Port.IntValue()) {
+						bad("%s/%s: NetworkPolicy %s admits port %v besides the proxy's %v", w.kind, w.name, np.Name, p.Port, proxyPorts)
+					}
+				}
+			}
+		}
+		if !guarded {
+			bad("%s/%s: no NetworkPolicy limits the Pod to the proxy's port: the app's own port and extauthz's HTTP listener (decisions, /metrics) are open to every Pod", w.kind, w.name)
 		}
 	}
 	if sidecars == 0 {
@@ -806,6 +835,16 @@ func TestChartSidecarProblemsAreCaught(t *testing.T) {
 			ic[0], ic[1] = ic[1], ic[0]
 		}, "no Pod runs extauthz as a sidecar"},
 		{"Envoy pointed at another port", "extauthz: {listen: {grpc: 9101}}", func(m *manifests) {}, "Envoy sends ext_authz to 127.0.0.1:9001"},
+		{"no NetworkPolicy in front of the app Pod", "", func(m *manifests) {
+			m.netpols = slices.DeleteFunc(m.netpols, func(np *networkingv1.NetworkPolicy) bool { return np.Name == "shop" })
+		}, "no NetworkPolicy limits the Pod to the proxy's port"},
+		{"extauthz's HTTP port opened to other Pods", "", func(m *manifests) {
+			for _, np := range m.netpols {
+				if np.Name == "shop" {
+					np.Spec.Ingress[0].Ports = append(np.Spec.Ingress[0].Ports, networkingv1.NetworkPolicyPort{Port: ptr(intstr.FromInt32(9002))})
+				}
+			}
+		}, "admits port 9002 besides the proxy's"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,6 +23,19 @@ context:
 Keep the app container away from the Redis password: no env var, envFrom or
 volume of that Secret, no shareProcessNamespace. The Redis NetworkPolicy admits
 the Pod (podLabels), not a container: the password is what keeps the app out.
+
+Add a NetworkPolicy for the app's Pods that admits your Envoy's port and no
+other: the app listens on the Pod's address too, and a request to its own
+port skips authorization; extauthz's HTTP listener is on the Pod's address
+(the kubelet probes it there) and answers HTTP-mode decisions and /metrics to
+any caller. This chart renders no policy for Pods that are your app's.
+
+  kind: NetworkPolicy
+  spec:
+    podSelector: {matchLabels: <your app's Pod labels>}
+    policyTypes: [Ingress]
+    ingress:
+    - ports: [{port: <Envoy's listener port>, protocol: TCP}]
 */}}
 
 {{- define "extauthz.sidecar.container" -}}
