@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -686,4 +687,25 @@ func urlHostPort(t *testing.T, raw string, defPort int) (string, int) {
 		return authority, defPort
 	}
 	return hostPort(t, authority)
+}
+
+// TestComposeSecretsFileIsIgnored: docker-compose.yml tells the reader to put
+// EXTAUTHZ_PEPPER and REDIS_PASSWORD in a .env file next to it, which is the
+// repository's root; git must never offer to commit that file.
+func TestComposeSecretsFileIsIgnored(t *testing.T) {
+	if !strings.Contains(readRepoFile(t, "docker-compose.yml"), " .env file") {
+		t.Fatal("docker-compose.yml no longer names a .env file; update this test")
+	}
+	git, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("no git")
+	}
+	if err := exec.Command(git, "-C", repoRoot, "rev-parse", "--git-dir").Run(); err != nil {
+		t.Skip("not a git checkout")
+	}
+	for _, name := range []string{".env", "prod.env"} {
+		if err := exec.Command(git, "-C", repoRoot, "check-ignore", "-q", "--no-index", name).Run(); err != nil {
+			t.Errorf("git does not ignore %s, where the compose demo's secrets go: %v", name, err)
+		}
+	}
 }
