@@ -712,6 +712,40 @@ func TestConfigCheckWarnsAboutAnAdminListenerOffLoopbackWithoutTLS(t *testing.T)
 	}
 }
 
+// nginx, Traefik and Caddy (http_mode.original x-original, x-forwarded) can
+// remove a credential header but not a query parameter or a cookie: a config
+// for them that accepts one is worth a warning. The default sources accept
+// both, so the defaults with those modes warn; original: path (Envoy, and
+// every gRPC deployment's probe listener) does not.
+func TestConfigCheckWarnsAboutSourcesAnHTTPModeProxyCannotStrip(t *testing.T) {
+	headers := "sources: [{header: x-api-key}, {header: authorization, scheme: Bearer}]\n"
+	for _, tc := range []struct {
+		config string
+		warn   []string
+	}{
+		{"http_mode: {original: x-original}\n", []string{"sources[2] {query: api_key} with http_mode.original x-original", "sources[3] {cookie: api_key}"}},
+		{"http_mode: {original: x-forwarded}\n", []string{"sources[2] {query: api_key} with http_mode.original x-forwarded"}},
+		{"http_mode: {original: x-forwarded}\n" + headers +
+			"policies: [{name: billing, match: {context: {policy: billing}}, sources: [{cookie: session_key}], routes: [{path: /x, public: true}]}]\n",
+			[]string{"policy billing: sources[0] {cookie: session_key}"}},
+		{"http_mode: {original: x-original}\n" + headers, nil},
+		{"http_mode: {original: x-original}\nlisten: {http: off}\n", nil},
+		{"http_mode: {original: path}\n", nil},
+	} {
+		t.Run(tc.config, func(t *testing.T) {
+			t.Parallel() // a process each
+			_, errOut, code := cliRun(t, "config", "check", "--config", writeConfig(t, tc.config))
+			require.Equal(t, 0, code, errOut)
+			for _, w := range tc.warn {
+				assert.Contains(t, errOut, "warning: "+w)
+			}
+			if tc.warn == nil {
+				assert.NotContains(t, errOut, "cannot remove")
+			}
+		})
+	}
+}
+
 // config explain runs the decision's own first steps: the canonical path
 // or the 400, the route, its permissions and limits, or the answer any
 // key gets.

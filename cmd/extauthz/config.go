@@ -80,7 +80,8 @@ value, a missing hashing pepper outside a development setup.
 Warnings (on standard error; the file stays valid): routes that can never decide a
 request (a repeated pattern, a route a broader earlier one shadows), a missing
 pepper in a development setup, an admin listener reachable off loopback without
-TLS. --json prints {ok, config, store, warnings, errors, routes} on standard
+TLS, a query or cookie source with http_mode.original x-original or x-forwarded
+(nginx, Traefik and Caddy cannot remove it). --json prints {ok, config, store, warnings, errors, routes} on standard
 output instead, with the same exit status.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -156,12 +157,45 @@ func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 			rep.Warnings = append(rep.Warnings, where+w)
 		}
 	}
+	rep.Warnings = append(rep.Warnings, unstrippableSourceWarnings(cfg)...)
 	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
 			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
 	}
 	rep.OK = len(rep.Errors) == 0
 	return rep, policies, cfg
+}
+
+// unstrippableSourceWarnings: http_mode.original x-original and x-forwarded
+// are the conventions of nginx, Traefik and Caddy, none of which can take a
+// query parameter or one cookie off the request it forwards. With such a
+// source, a key sent there is allowed and then reaches the upstream, its
+// logs included. (original: path is Envoy's http_service, which cannot
+// either, but the same listener serves gRPC deployments' probes, so the
+// default says nothing of the proxy in front.)
+func unstrippableSourceWarnings(cfg *config.Config) []string {
+	if !cfg.Listen.HTTP.Enabled() || cfg.HTTPMode.Original == "path" {
+		return nil
+	}
+	var out []string
+	check := func(where string, srcs []config.Source) {
+		for i, src := range srcs {
+			kind, name := "query", src.Query
+			if src.Cookie != "" {
+				kind, name = "cookie", src.Cookie
+			}
+			if name == "" {
+				continue
+			}
+			out = append(out, fmt.Sprintf("%ssources[%d] {%s: %s} with http_mode.original %s: the proxy in front (nginx, Traefik, Caddy) cannot remove a %s credential, "+
+				"so a key sent there reaches the upstream; accept keys in headers only", where, i, kind, name, cfg.HTTPMode.Original, kind))
+		}
+	}
+	check("", cfg.Sources)
+	for _, p := range cfg.Policies {
+		check("policy "+p.Name+": ", p.Sources)
+	}
+	return out
 }
 
 // loopbackAddr reports whether a listen address accepts connections from

@@ -53,6 +53,18 @@ func TestADevelopmentSetupStartsWithoutAPepperAndSaysSo(t *testing.T) {
 	assert.Contains(t, logs.String(), "DEVELOPMENT SETUP, NOT FOR PRODUCTION: no hashing pepper")
 }
 
+// A server whose config is for nginx, Traefik or Caddy (http_mode.original
+// x-original) and keeps the default query and cookie sources says at start
+// that those keys would reach the upstream; it still serves.
+func TestServeWarnsOfSourcesAnHTTPModeProxyCannotStrip(t *testing.T) {
+	var logs syncBuffer
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
+		"http_mode: {original: x-original}\n"+storeYAML(t, "embedded")+testRoutes)
+	startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	assert.Contains(t, logs.String(), "sources[2] {query: api_key} with http_mode.original x-original")
+	assert.Contains(t, logs.String(), "sources[3] {cookie: api_key} with http_mode.original x-original")
+}
+
 func TestConfigCheckAndKeyCommandsWithoutAPepper(t *testing.T) {
 	t.Setenv(testPepperEnv, "")
 	store := fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db")

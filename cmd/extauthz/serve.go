@@ -164,6 +164,9 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	if err := requirePepper(cfg, func(msg string) { logger.Warn(msg) }); err != nil {
 		return nil, err
 	}
+	for _, w := range unstrippableSourceWarnings(cfg) {
+		logger.Warn(w)
+	}
 	goredis.SetLogger(redisLog{logger})
 	be, err := openBackend(cfg)
 	if err != nil {
