@@ -35,13 +35,17 @@
 --          counted in that future group, marked 0: "a lease, its bound the
 --          end of its sub-window". Otherwise it lasts until the end of the
 --          current sub-window, is counted in the current group, whose mark
---          becomes 255, and is at most N/BUSY of every limit.
+--          becomes 0 for good (a lease's: the end of the sub-window), and
+--          is at most N/BUSY of every limit.
 --
 -- A group's mark 0 means the same bound as 255 (the end of its sub-window);
--- only leases write it, and only into groups after the current one. A check
--- skips such future lease groups to find the current group; a later group
--- with any other mark means the clock went back, and the check counts as of
--- that group (its bound is later than the request: counting longer is safe).
+-- only leases write it: a long one into a group after the current one, a
+-- short one into the current group. A check skips such lease groups to
+-- find the current group; a later group with any other mark means the
+-- clock went back, and the check counts as of that group (its bound is
+-- later than the request: counting longer is safe). A carried count (see
+-- count) needs to tell a lease's group from a request's: a request's bound
+-- is within s/255 of it, a lease's up to a whole sub-window after now.
 --
 -- Returns, per check in order, {granted, lease, held_1, t_1, held_2, t_2, ...}
 -- (2 + 2*nlim values), all in one flat array. granted is how many requests
@@ -130,13 +134,15 @@ local function count(key, w, s)
       -- check. Every group that may still count (from the current group
       -- idx-span on) and whose bound plus w is not before now stays
       -- counted, all in one group whose bound is the latest of theirs,
-      -- rounded up. When that bound is a long lease's, in a sub-window
-      -- after the current one, the group stays a lease's (mark 0, its
-      -- bound the end of its sub-window): were it taken for a clock gone
-      -- back, every later request would be counted in it, until long
-      -- after its own time. The counter is written at once (a denied
-      -- check writes nothing else), so that the next check finds it
-      -- carried, as the local limiter keeps it.
+      -- rounded up. When that bound is a lease's (a long lease's future
+      -- group, or a short one's current group, up to a whole old
+      -- sub-window after now), in the current sub-window or a later one,
+      -- the group stays a lease's (mark 0, its bound the end of its
+      -- sub-window): were it taken for a clock gone back, every later
+      -- request would be counted in it, until long after its own time.
+      -- The counter is written at once (a denied check writes nothing
+      -- else), so that the next check finds it carried, as the local
+      -- limiter keeps it.
       local idx = find(str, np, floordiv(now, cs), true)
       local held, last, leased = 0, nil, false
       for p = 0, np - 1 do
@@ -153,7 +159,7 @@ local function count(key, w, s)
       if held > 0 then
         local g = floordiv(last - 1, s)
         local m = floordiv((last - g * s) * 255 + s - 1, s)
-        if leased and g > floordiv(now, s) then m = 0 end -- still a lease's
+        if leased and g >= floordiv(now, s) then m = 0 end -- still a lease's
         str, np, total = spack('<dddd', s, held, g, held * 256 + m), 1, held
         local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
         if ttl < 1 then ttl = 1 end
@@ -213,22 +219,24 @@ end
 
 -- record counts granted requests in a limit (its state from count): one SET
 -- of the counter with the stale groups cut and one group changed or added:
--- group idx, or with lg (a long lease of more than one) group idx+span-2,
--- marked 0. The expiry is when the newest group stops counting, the latest
--- of them all. It returns the limit's count after it and the µs until the
--- limit is fully reset.
+-- group idx, or with lg (a long lease of more than one) group idx+span-2.
+-- A group a lease (long or short) is counted in is marked 0, and stays so:
+-- a carry (count) must know a lease's bound from a request's. The expiry
+-- is when the newest group stops counting, the latest of them all. It
+-- returns the limit's count after it and the µs until the limit is fully
+-- reset.
 local function record(key, w, s, str, np, total, idx, held, cur, drop, dropped, pos, granted, lg)
   local g, m = idx, 0
   if lg then g, pos, cur = find(str, np, idx + span - 2, false) end
-  local c = granted
+  local c, leased = granted, granted > 1 -- a lease, long or short
   if cur then
     m = cur % 256
     c = (cur - m) / 256
-    if m == 0 then m = 255 end -- a lease group
+    if m == 0 then m, leased = 255, true end -- a lease group
     c = c + granted
   end
-  if lg then
-    m = 0
+  if leased then
+    m = 0 -- a lease's group stays one: its bound is the end of its sub-window
   else
     local off = now - idx * s
     local mn = 1 -- the mark of now: its offset in 1/255ths of s, rounded up
@@ -236,7 +244,6 @@ local function record(key, w, s, str, np, total, idx, held, cur, drop, dropped, 
       mn = floordiv(off * 255, s) + 1
       if mn > 255 then mn = 255 end -- MARKS
     end
-    if granted > 1 then mn = 255 end -- a short lease: used until the sub-window ends
     if mn > m then m = mn end
   end
   local v = c * 256 + m

@@ -527,3 +527,53 @@ func TestRedisACarriedLeaseStaysALease(t *testing.T) {
 	clock.Set(clock.Now().Add(1100 * time.Millisecond))
 	assert.Equal(t, first, burst(), "a second later the new window's own requests are free again")
 }
+
+// A busy key's current group, marked to the end of its sub-window by short
+// leases, carried over to a much shorter window lies sub-windows ahead of
+// now. The carried requests count until that end plus the new window, but
+// later requests must count from their own time, not be lumped into that
+// group as if the clock had gone back: a client well under both limits
+// would be locked out for most of the old sub-window.
+func TestRedisACarriedShortLeaseDoesNotHoldLaterRequests(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	prefix := uniquePrefix()
+	before := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 40000, Window: time.Hour}}}
+	after := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 1000, Window: time.Minute}}}
+	exact := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second, NoLeases: true})
+	leasing := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second})
+	reloaded := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second, NoLeases: true})
+	allow := func(lim *Limiter, l []ratelimit.Limit) bool {
+		res, err := lim.Allow(context.Background(), l)
+		require.NoError(t, err)
+		return res.Allowed
+	}
+	// Busy: more than N/32 of 40000/h counted, so leases are short.
+	for range 1300 {
+		require.True(t, allow(exact, before))
+	}
+	// The next sub-window of 3 minutes, its first second: short leases
+	// mark its group to its end.
+	_, sub := before[0].Rate.Micros()
+	start := time.UnixMicro((limitertest.T0.UnixMicro()/sub + 1) * sub)
+	clock.Set(start.Add(time.Second))
+	var allowed []time.Time
+	for range 400 {
+		require.True(t, allow(leasing, before))
+		allowed = append(allowed, clock.Now())
+	}
+	require.Positive(t, leasing.Stats().Leased, "no short lease")
+	// The limit becomes 1000/m; the client sends 5 a second, 300 a minute.
+	denied := 0
+	for i := range 5 * 240 {
+		clock.Set(start.Add(time.Second + time.Duration(i)*200*time.Millisecond))
+		if allow(reloaded, after) {
+			allowed = append(allowed, clock.Now())
+		} else {
+			denied++
+		}
+	}
+	assert.Zero(t, denied, "of 1200 requests at 300/m under 1000/m, 400 carried")
+	limitertest.AssertNoIntervalOverN(t, allowed, 1000, time.Minute)
+}
