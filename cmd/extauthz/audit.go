@@ -40,7 +40,9 @@ sink (audit.sink: redis); with the stdout sink, read the server's output instead
 			if n < 0 {
 				return usageErrorf(c, "-n must not be negative")
 			}
-			if keyID != "" && !keystore.ValidID(keyID) {
+			// --key "" (an unset variable) would print every key's
+			// events: a mistake, as keys list --owner "" is.
+			if c.Flags().Changed("key") && !keystore.ValidID(keyID) {
 				return usageErrorf(c, "--key: that is not a key id (ids look like key_0Abc...)")
 			}
 			cfg, _, err := loadConfig(c)

@@ -159,6 +159,7 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"audit", []string{"audit", "head"}, 2, `unknown command "head"`},
 		{"audit tail", []string{"audit", "tail", "-n", "many", "--config", cfg}, 2, `"-n, --count" flag`},
 		{"audit tail", []string{"audit", "tail", "--config", cfg}, 1, "audit.sink is \"stdout\""},
+		{"audit tail", []string{"audit", "tail", "--key", "", "--config", cfg}, 2, "--key: that is not a key id"},
 		{"config", []string{"config", "chekc"}, 2, `did you mean "check"?`},
 		{"config check", []string{"config", "check", "now", "--config", cfg}, 2, `unexpected argument "now"`},
 		{"config check", []string{"config", "check", "--config", badCfg}, 1, "permision: unknown field"},
