@@ -341,6 +341,31 @@ func Differential(t *testing.T, reference, candidate Factory) {
 			}
 		}
 	})
+	t.Run("a carry that keeps nothing, in a denied check", func(t *testing.T) {
+		// A limit checked with a shorter window finds none of its requests
+		// still counting under it, while another limit of the check denies
+		// it: the count is void all the same, and when the old window
+		// comes back (the other replica's check) it counts nothing of them.
+		clock := NewClock()
+		ref, cand := reference(t, clock.Now), candidate(t, clock.Now)
+		limits := func(w time.Duration) []ratelimit.Limit {
+			return []ratelimit.Limit{
+				{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 1, Window: w}},
+				{Name: "/r", Bucket: "b", Scope: "/r", Rate: ratelimit.Rate{N: 1, Window: 2 * time.Second}},
+			}
+		}
+		for i, step := range []struct {
+			at time.Duration
+			w  time.Duration
+		}{{0, 3 * time.Second}, {1500 * time.Millisecond, time.Second}, {1600 * time.Millisecond, 3 * time.Second}} {
+			clock.Set(T0.Add(step.at))
+			want, err := ref.Allow(context.Background(), limits(step.w))
+			require.NoError(t, err)
+			got, err := cand.Allow(context.Background(), limits(step.w))
+			require.NoError(t, err)
+			require.Equal(t, want, got, "check %d at %v", i, step.at)
+		}
+	})
 }
 
 // Checks returns, for benchmarks, one check for each of buckets distinct

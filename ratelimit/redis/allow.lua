@@ -140,9 +140,9 @@ local function count(key, w, s)
       -- the group stays a lease's (mark 0, its bound the end of its
       -- sub-window): were it taken for a clock gone back, every later
       -- request would be counted in it, until long after its own time.
-      -- The counter is written at once (a denied check writes nothing
-      -- else), so that the next check finds it carried, as the local
-      -- limiter keeps it.
+      -- The counter is written (deleted, when nothing is left) at once (a
+      -- denied check writes nothing else), so that the next check finds
+      -- it carried, as the local limiter keeps it.
       local idx = find(str, np, floordiv(now, cs), true)
       local held, last, leased = 0, nil, false
       for p = 0, np - 1 do
@@ -164,6 +164,11 @@ local function count(key, w, s)
         local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
         if ttl < 1 then ttl = 1 end
         redis.call('SET', key, str, 'PX', format('%d', ttl))
+      else
+        -- Nothing left to carry: the counter is void, as the local
+        -- limiter's window is. Left as it was, it would count again under
+        -- its old window, should that come back (another replica's check).
+        redis.call('DEL', key)
       end
     end
   end
