@@ -166,6 +166,7 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"config explain", []string{"config", "explain", "--path", "/", "--config", cfg}, 2, "--method is required"},
 		{"config explain", []string{"config", "explain", "--method", "GET", "--config", cfg}, 2, "--path is required"},
 		{"config explain", []string{"config", "explain", "--method", "GET", "--path", "/", "--context", "policy", "--config", cfg}, 2, "--context: want key=value"},
+		{"config explain", []string{"config", "explain", "--method", "GET", "--path", "/", "--context", "", "--config", cfg}, 2, `"--context" flag: no entries (give one or more key=value`},
 		{"config explain", []string{"config", "explain", "--method", "GET", "--path", "/", "--config", badCfg}, 1, "permision: unknown field"},
 		{"healthcheck", []string{"healthcheck", "--client-cert", "c.pem", "--config", cfg}, 2, "--client-cert and --client-key together"},
 		{"healthcheck", []string{"healthcheck", "--config", cfg}, 1, "healthcheck:"},

@@ -48,7 +48,7 @@ type limitNote struct {
 func newConfigExplainCmd() *cobra.Command {
 	var (
 		method, path, host, principal string
-		context                       listFlag
+		context                       pairsFlag
 		asJSON                        bool
 	)
 	c := &cobra.Command{
@@ -70,7 +70,7 @@ request's host. They select the policy as they would for a real request.`,
 				return err
 			}
 			ctx := map[string]string{}
-			for _, kv := range context {
+			for _, kv := range context.listFlag {
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok || k == "" {
 					return usageErrorf(c, "--context: want key=value, got %q", kv)

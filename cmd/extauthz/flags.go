@@ -91,6 +91,20 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
+// pairsFlag is a repeatable flag of key=value entries (--context k=v),
+// also taking commas: a listFlag whose empty value is refused as having no
+// entries (the value's shape is checked where the entries are read).
+type pairsFlag struct{ listFlag }
+
+func (p *pairsFlag) Type() string { return "key=value" }
+
+func (p *pairsFlag) Set(v string) error {
+	if err := p.listFlag.Set(v); err != nil {
+		return errors.New("no entries (give one or more key=value, comma-separated)")
+	}
+	return nil
+}
+
 // rateFlag is a key's rate limit ("100/m", "none"; with allowDefault also
 // "default", the configured default), parsed when the flag is, so that a
 // bad one is a usage error naming the flag.
