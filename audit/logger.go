@@ -20,15 +20,23 @@ type Sink interface {
 
 // Options tune a Logger. The zero value is ready to use.
 type Options struct {
-	// QueueSize is how many events can wait for the sink; beyond that
-	// Record drops. Default 8192.
+	// QueueSize is how many decisions and refused admin calls can wait for
+	// the sink; beyond that Record drops them. Default 8192. Key changes
+	// have a queue of their own (ChangeQueueSize).
 	QueueSize int
+	// ChangeQueueSize is how many key changes (every Type but TypeDecision
+	// and TypeAdminAuthFailed) can wait for the sink, in a queue of their
+	// own that the writer empties first: anyone who can send requests can
+	// fill the other queue, and must not push a key's creation or
+	// revocation out of the trail with it. Default 1024.
+	ChangeQueueSize int
 	// BatchSize is the most events handed to one Sink.Write. Default 256.
 	BatchSize int
 	// WriteTimeout bounds each Sink.Write. Default 5s.
 	WriteTimeout time.Duration
 	// ErrorInterval is the least time between two log lines about sink
-	// errors, so that a sink that is down does not flood the log. Default 1m.
+	// errors, and between two about dropped events, so that a sink that is
+	// down or slow does not flood the log. Default 1m.
 	ErrorInterval time.Duration
 	// Log receives those lines. Default slog.Default().
 	Log *slog.Logger
@@ -39,12 +47,15 @@ type Options struct {
 // Logger queues events in memory and writes them to a Sink from one
 // background goroutine, so that recording an event never waits for I/O.
 // When the queue is full, events are dropped and counted: the decision path
-// must never block on audit.
+// must never block on audit. Key changes wait in a queue of their own,
+// written first, so that a flood of decisions does not drop them; and the
+// log says when events were dropped, and how many of them were changes.
 //
 // Build it with New; a nil *Logger discards everything.
 type Logger struct {
 	sink          Sink
 	queue         chan Event
+	changes       chan Event // key changes: written before queue
 	batchSize     int
 	writeTimeout  time.Duration
 	errorInterval time.Duration
@@ -58,19 +69,26 @@ type Logger struct {
 	runCtx    context.Context // cancelled when Close gives up flushing
 	closeOnce sync.Once
 
-	dropped atomic.Uint64
-	written atomic.Uint64
-	failed  atomic.Uint64
+	dropped        atomic.Uint64
+	droppedChanges atomic.Uint64 // of dropped, the key changes
+	written        atomic.Uint64
+	failed         atomic.Uint64
 
 	// Owned by the goroutine.
 	lastErrorLog time.Time
 	unlogged     uint64 // events failed since the last error line
+	lastDropLog  time.Time
+	loggedDrops  uint64 // Dropped when the last drop line was written
+	loggedChange uint64 // DroppedChanges then
 }
 
 // New starts a Logger writing to sink. Stop it with Close.
 func New(sink Sink, opts Options) *Logger {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 8192
+	}
+	if opts.ChangeQueueSize <= 0 {
+		opts.ChangeQueueSize = 1024
 	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 256
@@ -91,6 +109,7 @@ func New(sink Sink, opts Options) *Logger {
 	l := &Logger{
 		sink:          sink,
 		queue:         make(chan Event, opts.QueueSize),
+		changes:       make(chan Event, opts.ChangeQueueSize),
 		batchSize:     opts.BatchSize,
 		writeTimeout:  opts.WriteTimeout,
 		errorInterval: opts.ErrorInterval,
@@ -108,25 +127,45 @@ func New(sink Sink, opts Options) *Logger {
 // Record queues e for writing and returns at once; it is safe for
 // concurrent use and does not allocate, except to copy a field longer than
 // MaxFieldLen into its capped form. It sets e.Time when it is zero and cuts
-// the query off e.Path. If the queue is full, or the Logger is closed, e is
-// dropped and counted in Dropped.
+// the query off e.Path. If its queue is full (a key change's own, or the
+// one of the others), or the Logger is closed, e is dropped and counted in
+// Dropped (and a change in DroppedChanges).
 func (l *Logger) Record(e Event) {
 	if l == nil {
 		return
 	}
+	change := e.isChange()
 	if l.closed.Load() {
-		l.dropped.Add(1)
+		l.drop(change)
 		return
 	}
 	if e.Time.IsZero() {
 		e.Time = l.now()
 	}
 	e.scrub()
-	select {
-	case l.queue <- e:
-	default:
-		l.dropped.Add(1)
+	q := l.queue
+	if change {
+		q = l.changes
 	}
+	select {
+	case q <- e:
+	default:
+		l.drop(change)
+	}
+}
+
+func (l *Logger) drop(change bool) {
+	l.dropped.Add(1)
+	if change {
+		l.droppedChanges.Add(1)
+	}
+}
+
+// isChange reports whether e records a change to a key: the events that
+// only a key manager, the CLI or a signed leak report makes, as opposed to
+// those any client can cause (decisions, refused admin calls).
+func (e *Event) isChange() bool {
+	return e.Type != TypeDecision && e.Type != TypeAdminAuthFailed
 }
 
 // Dropped is the number of events recorded but never handed to the sink:
@@ -136,6 +175,14 @@ func (l *Logger) Dropped() uint64 {
 		return 0
 	}
 	return l.dropped.Load()
+}
+
+// DroppedChanges is the number of key changes among Dropped.
+func (l *Logger) DroppedChanges() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.droppedChanges.Load()
 }
 
 // Written is the number of events the sink accepted.
@@ -182,19 +229,47 @@ func (l *Logger) run() {
 	batch := make([]Event, 0, l.batchSize)
 	for {
 		select {
-		case e := <-l.queue:
+		case e := <-l.changes:
 			batch = l.fill(append(batch[:0], e))
+			l.write(batch)
+		case e := <-l.queue:
+			// select picks either ready case at random: changes go first
+			// all the same.
+			batch = l.fill(append(l.takeChanges(batch[:0]), e))
 			l.write(batch)
 		case <-l.stop:
 			l.flush(batch)
+			l.logDrops(true)
 			return
 		}
+		l.logDrops(false)
 	}
 }
 
-// fill adds queued events to batch, without waiting, up to the batch size.
+// takeChanges adds queued key changes to batch, without waiting, leaving
+// room for one more event.
+func (l *Logger) takeChanges(batch []Event) []Event {
+	for len(batch) < l.batchSize-1 {
+		select {
+		case e := <-l.changes:
+			batch = append(batch, e)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// fill adds queued events to batch, without waiting, up to the batch size:
+// key changes first, then the others.
 func (l *Logger) fill(batch []Event) []Event {
 	for len(batch) < l.batchSize {
+		select {
+		case e := <-l.changes:
+			batch = append(batch, e)
+			continue
+		default:
+		}
 		select {
 		case e := <-l.queue:
 			batch = append(batch, e)
@@ -203,6 +278,28 @@ func (l *Logger) fill(batch []Event) []Event {
 		}
 	}
 	return batch
+}
+
+// logDrops says in the log, at most once per ErrorInterval unless final,
+// how many events were dropped since it last did: the audit trail has a
+// gap, and its reader should hear of it somewhere else than in a metric.
+func (l *Logger) logDrops(final bool) {
+	dropped, changes := l.dropped.Load(), l.droppedChanges.Load()
+	if dropped == l.loggedDrops {
+		return
+	}
+	now := l.now()
+	if !final && !l.lastDropLog.IsZero() && now.Sub(l.lastDropLog) < l.errorInterval {
+		return
+	}
+	level := slog.LevelWarn
+	if changes != l.loggedChange {
+		level = slog.LevelError // a key change is missing from the trail
+	}
+	l.log.Log(context.Background(), level, "audit: events dropped, the audit trail has a gap (queue full, or shutdown)",
+		"dropped_events", dropped-l.loggedDrops, "dropped_changes", changes-l.loggedChange,
+		"dropped_total", dropped)
+	l.lastDropLog, l.loggedDrops, l.loggedChange = now, dropped, changes
 }
 
 // flush empties the queue when Close is called: into the sink, or, once
@@ -219,7 +316,9 @@ func (l *Logger) flush(batch []Event) {
 
 func (l *Logger) write(batch []Event) {
 	if l.runCtx.Err() != nil { // Close gave up: nothing more reaches the sink
-		l.dropped.Add(uint64(len(batch)))
+		for i := range batch {
+			l.drop(batch[i].isChange())
+		}
 		clear(batch)
 		return
 	}

@@ -58,9 +58,9 @@ func (s *memorySink) written() []Event {
 	return append([]Event(nil), s.events...)
 }
 
-// seq is an event numbered n (in KeyName, so that order can be checked).
+// seq is a decision numbered n (in KeyName, so that order can be checked).
 func seq(n int) Event {
-	return Event{Time: when, Type: TypeKeyUpdated, KeyID: "key_x", KeyName: strconv.Itoa(n), Actor: "cli"}
+	return Event{Time: when, Type: TypeDecision, KeyID: "key_x", KeyName: strconv.Itoa(n), Decision: Deny, Code: "invalid_key"}
 }
 
 // checkInOrder fails unless events are seq(0), seq(1), … in that order.
@@ -129,6 +129,69 @@ func TestRecordDropsWithoutBlockingWhenTheSinkIsStuck(t *testing.T) {
 	checkCount(t, "Written", l.Written(), 1+queueSize)
 	checkCount(t, "Dropped", l.Dropped(), wantDropped)
 	checkInOrder(t, sink.written(), 1+queueSize)
+}
+
+// A flood of decisions (anyone who can send requests can make one, with
+// missing or made-up keys) while the sink is slow fills the queue; a key
+// created or revoked meanwhile still reaches the sink, and the log says
+// that events were dropped and whether changes were among them.
+func TestAFloodOfDecisionsDropsNoKeyChange(t *testing.T) {
+	const queueSize, burst = 64, 10_000
+	logs := &logRecorder{}
+	sink := &memorySink{entered: make(chan int, 1), release: make(chan struct{})}
+	l := New(sink, Options{QueueSize: queueSize, BatchSize: 16, Log: slog.New(logs)})
+	l.Record(seq(0))
+	<-sink.entered // the sink is stuck: the queue fills
+
+	for i := 1; i <= burst; i++ {
+		l.Record(seq(i))
+	}
+	created := Event{Type: TypeKeyCreated, KeyID: "key_new", Actor: "key_stolen"}
+	revoked := Event{Type: TypeKeyRevoked, KeyID: "key_old", Actor: "key_stolen"}
+	l.Record(created)
+	for i := 1; i <= burst; i++ {
+		l.Record(seq(burst + i))
+	}
+	l.Record(revoked)
+	checkCount(t, "DroppedChanges", l.DroppedChanges(), 0)
+	checkCount(t, "Dropped", l.Dropped(), 2*burst-queueSize)
+
+	close(sink.release)
+	closeLogger(t, l)
+	var changes []string
+	for _, e := range sink.written() {
+		if e.Type != TypeDecision {
+			changes = append(changes, string(e.Type)+" "+e.KeyID)
+		}
+	}
+	if want := []string{"key.created key_new", "key.revoked key_old"}; strings.Join(changes, ",") != strings.Join(want, ",") {
+		t.Errorf("changes written = %q, want %q", changes, want)
+	}
+	got := logs.logged()
+	if len(got) == 0 || got[0]["level"] != "WARN" || got[0]["dropped_events"] != strconv.Itoa(2*burst-queueSize) ||
+		got[0]["dropped_changes"] != "0" || !strings.Contains(got[0]["msg"], "dropped") {
+		t.Errorf("logged %v; want a warning that %d events, no change, were dropped", got, 2*burst-queueSize)
+	}
+}
+
+// When even the changes' own queue overflows, the log line is an error
+// that counts them.
+func TestDroppedKeyChangesAreLoggedAsAnError(t *testing.T) {
+	logs := &logRecorder{}
+	sink := &memorySink{entered: make(chan int, 1), release: make(chan struct{})}
+	l := New(sink, Options{ChangeQueueSize: 2, Log: slog.New(logs)})
+	l.Record(seq(0))
+	<-sink.entered
+	for range 5 {
+		l.Record(Event{Type: TypeKeyUpdated, KeyID: "key_x", Actor: "cli"})
+	}
+	checkCount(t, "DroppedChanges", l.DroppedChanges(), 3)
+	close(sink.release)
+	closeLogger(t, l)
+	got := logs.logged()
+	if len(got) != 1 || got[0]["level"] != "ERROR" || got[0]["dropped_changes"] != "3" {
+		t.Errorf("logged %v; want one error line with dropped_changes 3", got)
+	}
 }
 
 func TestCloseWritesEverythingQueued(t *testing.T) {
@@ -201,6 +264,9 @@ func TestRecordStampsTheTimeAndBoundsFields(t *testing.T) {
 	got := sink.written()
 	if len(got) != 2 {
 		t.Fatalf("sink got %d events, want 2", len(got))
+	}
+	if got[0].Type != TypeDecision { // the change may have been written first
+		got[0], got[1] = got[1], got[0]
 	}
 	if !got[0].Time.Equal(now) {
 		t.Errorf("zero time became %v, want the clock's %v", got[0].Time, now)
@@ -326,10 +392,10 @@ func TestNilLoggerDiscards(t *testing.T) {
 func TestWriterSinkWritesOneJSONLinePerEvent(t *testing.T) {
 	var out bytes.Buffer
 	l := New(NewWriterSink(&out), Options{})
-	events := []Event{
+	events := []Event{ // key changes first: a batch holds them before decisions
 		{Time: when, Type: TypeKeyCreated, KeyID: "key_1", KeyName: "line\nbreak", Owner: "default", Actor: "cli"},
-		smallEvent(),
 		{Time: when, Type: TypeKeyRotated, KeyID: "key_2", RotatedFrom: "key_1", Actor: "cli"},
+		smallEvent(),
 	}
 	for _, e := range events {
 		l.Record(e)

@@ -59,6 +59,7 @@ func TestMetricsCountDecisions(t *testing.T) {
 		`extauthz_cache_misses_total 1`,
 		`extauthz_ratelimit_allowed_total 3`,
 		`extauthz_audit_dropped_total 0`,
+		`extauthz_audit_dropped_changes_total 0`,
 	} {
 		assert.Contains(t, body, want)
 	}
