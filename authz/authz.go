@@ -287,8 +287,15 @@ func LogPanic(logger *slog.Logger, where string, r any) {
 }
 
 // normalize is step 2: the method, path and client address in their one
-// canonical form, or the 400.
+// canonical form, or the 400. The client address comes first, so that a
+// request refused here is still attributed to whoever sent it: malformed
+// paths are what a prober sends.
 func normalize(set *PolicySet, req *Request, d *Decision) bool {
+	hops := set.XFFHops
+	if req.XFFTrustedHops >= 0 {
+		hops = req.XFFTrustedHops
+	}
+	d.ClientIP = clientIP(req, hops)
 	if req.Malformed != "" {
 		d.Deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false
@@ -312,11 +319,6 @@ func normalize(set *PolicySet, req *Request, d *Decision) bool {
 		return false
 	}
 	d.Method, d.Path = method, path
-	hops := set.XFFHops
-	if req.XFFTrustedHops >= 0 {
-		hops = req.XFFTrustedHops
-	}
-	d.ClientIP = clientIP(req, hops)
 	return true
 }
 

@@ -109,3 +109,35 @@ func TestAuditEventsCarryTheSchemaTheRouteAndRefusedAdminCalls(t *testing.T) {
 	assert.NotContains(t, audit.String(), key)
 	assert.NotContains(t, audit.String(), unknown)
 }
+
+// A request refused as malformed (400, before routing) is what someone
+// probing for another spelling of a protected path sends: its event still
+// names the client address the decision read, so that the probe can be
+// followed, though not the path, which may hold anything.
+func TestAMalformedRequestIsAuditedWithItsClientAddress(t *testing.T) {
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	for _, p := range []string{"/api/../admin", "/api/users%2fx", "/api/users\x00"} {
+		code, _ := denial(t, ts.check(t, "GET", p, nil))
+		require.Equal(t, "bad_request", code, p)
+	}
+	st, _, _ := get(t, ts.httpURL+"/authz/api/%2e%2e/admin", nil)
+	require.Equal(t, 400, st)
+
+	var events []map[string]any
+	require.Eventually(t, func() bool {
+		events = auditEvents(t, audit.String())
+		return len(events) >= 4
+	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	for i, e := range events {
+		assert.Equal(t, "bad_request", e["code"], "%v", e)
+		want := "10.1.2.3" // the gRPC test client's source address
+		if i == 3 {
+			want = "127.0.0.1" // HTTP mode's peer
+		}
+		assert.Equal(t, want, e["client_ip"], "a 400 names its client: %v", e)
+		assert.Nil(t, e["path"], "a refused path is not written: %v", e)
+	}
+}
