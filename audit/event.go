@@ -3,10 +3,11 @@
 // the Sink interface that outputs implement, and the Logger, a bounded
 // non-blocking queue that keeps audit writes off the decision path.
 //
-// It is not a general-purpose logger and it never sees a credential: an
-// Event has no field that can hold a key, an Authorization header, a cookie
-// or a query string. The Redis stream sink and the stream reader live in
-// audit/redis.
+// It is not a general-purpose logger and it writes no credential: an Event
+// has no field meant for a key, an Authorization header, a cookie or a query
+// string, and a request field that holds a key all the same (pasted into a
+// path or a user agent) is redacted (Options.HoldsKey). The Redis stream
+// sink and the stream reader live in audit/redis.
 package audit
 
 import (

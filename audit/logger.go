@@ -42,7 +42,17 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock, for Event.Time and ErrorInterval. Default time.Now.
 	Now func() time.Time
+	// HoldsKey reports whether a string holds an API key
+	// (keystore.Format.ContainsKey). Record replaces each field a client
+	// wrote (request_id, path, host, user_agent) that does with
+	// RedactedMark: someone who pastes a key into a path or a header the
+	// decision does not read as a credential must not put it in the audit
+	// trail. Default: nothing is replaced.
+	HoldsKey func(string) bool
 }
+
+// RedactedMark stands in the place of a request field that held a key.
+const RedactedMark = "[redacted: held an API key]"
 
 // Logger queues events in memory and writes them to a Sink from one
 // background goroutine, so that recording an event never waits for I/O.
@@ -61,6 +71,7 @@ type Logger struct {
 	errorInterval time.Duration
 	log           *slog.Logger
 	now           func() time.Time
+	holdsKey      func(string) bool
 
 	closed    atomic.Bool
 	stop      chan struct{} // closed by Close: flush and exit
@@ -115,6 +126,7 @@ func New(sink Sink, opts Options) *Logger {
 		errorInterval: opts.ErrorInterval,
 		log:           opts.Log,
 		now:           opts.Now,
+		holdsKey:      opts.HoldsKey,
 		stop:          make(chan struct{}),
 		done:          make(chan struct{}),
 		runCtx:        ctx,
@@ -126,8 +138,9 @@ func New(sink Sink, opts Options) *Logger {
 
 // Record queues e for writing and returns at once; it is safe for
 // concurrent use and does not allocate, except to copy a field longer than
-// MaxFieldLen into its capped form. It sets e.Time when it is zero and cuts
-// the query off e.Path. If its queue is full (a key change's own, or the
+// MaxFieldLen into its capped form. It sets e.Time when it is zero, cuts
+// the query off e.Path and replaces a request field holding a key (see
+// Options.HoldsKey). If its queue is full (a key change's own, or the
 // one of the others), or the Logger is closed, e is dropped and counted in
 // Dropped (and a change in DroppedChanges).
 func (l *Logger) Record(e Event) {
@@ -141,6 +154,19 @@ func (l *Logger) Record(e Event) {
 	}
 	if e.Time.IsZero() {
 		e.Time = l.now()
+	}
+	if l.holdsKey != nil {
+		// Before scrub: a key that its cap would cut in two would no
+		// longer be recognised, and half of it would stay. (The path's
+		// query is cut off anyway.)
+		if e.Path != "" && l.holdsKey(cutQuery(e.Path)) {
+			e.Path = RedactedMark
+		}
+		for _, f := range [...]*string{&e.RequestID, &e.Host, &e.UserAgent} {
+			if *f != "" && l.holdsKey(*f) {
+				*f = RedactedMark
+			}
+		}
 	}
 	e.scrub()
 	q := l.queue

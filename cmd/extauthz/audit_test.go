@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	auditpkg "github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -140,4 +141,50 @@ func TestAMalformedRequestIsAuditedWithItsClientAddress(t *testing.T) {
 		assert.Equal(t, want, e["client_ip"], "a 400 names its client: %v", e)
 		assert.Nil(t, e["path"], "a refused path is not written: %v", e)
 	}
+}
+
+// A key pasted where the decision does not read one (into the path, the
+// user agent, the request id, the host) is still a secret: the event
+// says that field held a key, and never shows it, not even the half of it
+// that the field's length cap would leave.
+func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:reports"}})
+
+	ts.check(t, "GET", "/api/reports/"+key, map[string]string{"x-api-key": key})
+	ts.check(t, "GET", "/api/reports/x", map[string]string{"x-api-key": key,
+		"user-agent": "tool/1.0 (key=" + key + ")", "x-request-id": key})
+	ts.check(t, "GET", "/api/reports/x", map[string]string{"user-agent": strings.Repeat("u", auditpkg.MaxFieldLen-20) + key})
+	// The admin API's refusals carry the user agent and request id too.
+	req, err := http.NewRequest("GET", ts.adminURL+"/v1/keys/"+k.ID, nil)
+	require.NoError(t, err)
+	req.Header.Set("x-api-key", key)
+	req.Header.Set("User-Agent", "ua "+key)
+	req.Header.Set("X-Request-Id", "id-"+key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 403, resp.StatusCode)
+
+	var events []map[string]any
+	require.Eventually(t, func() bool {
+		events = auditEvents(t, audit.String())
+		return len(events) >= 4
+	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	out := audit.String()
+	assert.NotContains(t, out, key[3:len(key)-6], "the audit holds a key")
+	assert.NotContains(t, out, key[:20], "the audit holds the start of a key")
+	const mark = "[redacted: held an API key]"
+	assert.Equal(t, mark, events[0]["path"])
+	assert.Equal(t, "/api/reports/**", events[0]["route"], "the route still says what was asked")
+	assert.Equal(t, mark, events[1]["user_agent"])
+	assert.Equal(t, mark, events[1]["request_id"])
+	assert.Equal(t, "/api/reports/x", events[1]["path"], "a field without a key is kept")
+	assert.Equal(t, mark, events[2]["user_agent"])
+	assert.Equal(t, "admin.auth_failed", events[3]["event"])
+	assert.Equal(t, mark, events[3]["user_agent"])
+	assert.Equal(t, mark, events[3]["request_id"])
 }

@@ -25,7 +25,7 @@ func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.L
 	default:
 		sink = audit.NewWriterSink(w)
 	}
-	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger})
+	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger, HoldsKey: cfg.Keys.Format.ContainsKey})
 }
 
 // recordChanges makes key changes audit events.
