@@ -228,7 +228,8 @@ func (l *Logger) Failed() uint64 {
 }
 
 // Close writes the events still queued and stops the Logger. If ctx ends
-// first, it abandons the rest (counted in Dropped) and returns ctx's error;
+// first, it abandons the rest (counted in Dropped), logs how many were
+// queued (besides the batch in the sink), and returns ctx's error;
 // the goroutine then exits as soon as the sink's current Write returns.
 // Events recorded after Close are dropped; events recorded while Close runs
 // may be lost without being counted.
@@ -245,6 +246,12 @@ func (l *Logger) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		l.abort()
+		// The goroutine may be stuck in a sink that cannot be interrupted
+		// (standard output into a pipe nobody reads) and never get to say
+		// so itself; the process is about to exit.
+		l.log.Warn("audit: gave up writing the queued events at close; they are lost",
+			"err", ctx.Err(), "unwritten_events", len(l.queue)+len(l.changes),
+			"unwritten_changes", len(l.changes))
 		return ctx.Err()
 	}
 }

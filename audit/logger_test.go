@@ -244,6 +244,33 @@ func TestCloseGivesUpWhenItsContextEnds(t *testing.T) {
 	checkCount(t, "Dropped (the events still queued)", l.Dropped(), 50)
 }
 
+// A sink that cannot be interrupted (standard output into a pipe nobody
+// reads) keeps the goroutine from ever reporting what it lost; Close,
+// giving up, says so in the log before the process exits.
+func TestCloseThatGivesUpLogsWhatIsLost(t *testing.T) {
+	logs := &logRecorder{}
+	sink := &memorySink{entered: make(chan int, 1), release: make(chan struct{})}
+	l := New(sink, Options{Log: slog.New(logs)})
+	l.Record(seq(0))
+	<-sink.entered
+	for i := 1; i <= 5; i++ {
+		l.Record(seq(i))
+	}
+	l.Record(Event{Type: TypeKeyRevoked, KeyID: "key_x", Actor: "cli"})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := l.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close = %v, want context.DeadlineExceeded", err)
+	}
+	got := logs.logged()
+	if len(got) != 1 || got[0]["unwritten_events"] != "6" || got[0]["unwritten_changes"] != "1" {
+		t.Errorf("logged %v; want one line: 6 events unwritten, 1 change", got)
+	}
+	close(sink.release)
+	<-l.done
+}
+
 func TestRecordAfterCloseIsDroppedAndCounted(t *testing.T) {
 	sink := &memorySink{}
 	l := New(sink, Options{})
