@@ -97,6 +97,31 @@ type AuthFailure struct {
 	Code                 authz.Code
 }
 
+// Call is where an admin API call that changes a key came from, for its
+// audit event: the Manager's OnChange reads it from the context of the
+// change with CallFrom. Its fields are those of AuthFailure.
+type Call struct {
+	ClientIP             netip.Addr
+	Method, Route        string
+	RequestID, UserAgent string
+}
+
+type callKey struct{}
+
+// CallFrom returns the admin API call a change was made in; ok is false
+// for a change made otherwise (the CLI, a leak report).
+func CallFrom(ctx context.Context) (c Call, ok bool) {
+	c, ok = ctx.Value(callKey{}).(Call)
+	return c, ok
+}
+
+// callOf is r's Call, asking for rt.
+func callOf(r *http.Request, rt route) Call {
+	ip, _ := netip.ParseAddr(forwardauth.PeerHost(r.RemoteAddr))
+	return Call{ClientIP: ip.Unmap(), Method: r.Method, Route: rt.Path,
+		RequestID: r.Header.Get("X-Request-Id"), UserAgent: r.Header.Get("User-Agent")}
+}
+
 // adminScope is the rate-limit scope of the admin API's own limit: route
 // patterns begin with "/", so it never shares a count with a route's.
 const adminScope = "admin"
@@ -267,6 +292,7 @@ func (s *server) handle(rt route) http.HandlerFunc {
 		r = r.WithContext(ctx)
 		var c *caller
 		if rt.access != signed {
+			r = r.WithContext(context.WithValue(r.Context(), callKey{}, callOf(r, rt)))
 			var ok bool
 			if c, ok = s.authenticate(w, r, rt); !ok {
 				return
@@ -341,9 +367,9 @@ func (s *server) authFailed(r *http.Request, rt route, keyID string, status int,
 	if s.onAuthFailure == nil {
 		return
 	}
-	ip, _ := netip.ParseAddr(forwardauth.PeerHost(r.RemoteAddr))
-	s.onAuthFailure(AuthFailure{KeyID: keyID, ClientIP: ip.Unmap(), Method: r.Method, Route: rt.Path,
-		RequestID: r.Header.Get("X-Request-Id"), UserAgent: r.Header.Get("User-Agent"), Status: status, Code: code})
+	call := callOf(r, rt)
+	s.onAuthFailure(AuthFailure{KeyID: keyID, ClientIP: call.ClientIP, Method: call.Method, Route: call.Route,
+		RequestID: call.RequestID, UserAgent: call.UserAgent, Status: status, Code: code})
 }
 
 // rateLimit counts the request against the caller's limits: the admin API's

@@ -101,7 +101,7 @@ type recorder struct {
 	logs     bytes.Buffer
 }
 
-func (r *recorder) onChange(kind string, k *keystore.Key, actor string) {
+func (r *recorder) onChange(_ context.Context, kind string, k *keystore.Key, actor string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.changes = append(r.changes, change{kind, k.ID, k.Owner, actor, k.RotatedFrom})

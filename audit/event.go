@@ -66,8 +66,9 @@ const truncationMark = "...[truncated]"
 // Event is one audit record. Fields that do not apply to an event's Type stay
 // empty and are left out of its JSON form; the request fields (RequestID to
 // UserAgent, Route, Status, Code) apply to TypeDecision and
-// TypeAdminAuthFailed; Permissions, Decision, LatencyUS, Policy and Mode to
-// TypeDecision only.
+// TypeAdminAuthFailed, and all but Path, Host, Status and Code to a key
+// change made through the admin API (the call that made it);
+// Permissions, Decision, LatencyUS, Policy and Mode to TypeDecision only.
 //
 // The JSON form is what AppendJSON writes; the struct tags let
 // encoding/json read it back.
@@ -129,21 +130,20 @@ func (e *Event) AppendJSON(b []byte) []byte {
 	b = appendField(b, `,"owner":`, e.Owner)
 	b = appendField(b, `,"actor":`, e.Actor)
 	b = appendField(b, `,"rotated_from":`, e.RotatedFrom)
+	// Every type: a change made through the admin API names its call.
+	b = appendField(b, `,"request_id":`, e.RequestID)
+	b = appendField(b, `,"method":`, e.Method)
 	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed {
-		b = appendField(b, `,"request_id":`, e.RequestID)
-		b = appendField(b, `,"method":`, e.Method)
 		b = appendField(b, `,"path":`, cutQuery(e.Path))
 		b = appendField(b, `,"host":`, e.Host)
-		if e.ClientIP.IsValid() {
-			b = append(b, `,"client_ip":"`...)
-			b = e.ClientIP.AppendTo(b)
-			b = append(b, '"')
-		}
-		b = appendField(b, `,"user_agent":`, e.UserAgent)
 	}
-	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed {
-		b = appendField(b, `,"route":`, e.Route)
+	if e.ClientIP.IsValid() {
+		b = append(b, `,"client_ip":"`...)
+		b = e.ClientIP.AppendTo(b)
+		b = append(b, '"')
 	}
+	b = appendField(b, `,"user_agent":`, e.UserAgent)
+	b = appendField(b, `,"route":`, e.Route)
 	if e.Type == TypeDecision {
 		if len(e.Permissions) > 0 {
 			b = append(b, `,"permissions":[`...)

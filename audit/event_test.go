@@ -58,8 +58,15 @@ func TestEventJSONHasTheFieldsOfTheSpec(t *testing.T) {
 		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.rotated","key_id":"key_new","key_name":"ci","owner":"default","actor":"cli","rotated_from":"key_old"}`,
 	}, {
 		name: "a change event leaves out decision fields even when set",
-		e:    Event{Time: when, Type: TypeKeyRevoked, KeyID: "key_1", Actor: "key_admin", Method: "DELETE", Status: 200},
+		e: Event{Time: when, Type: TypeKeyRevoked, KeyID: "key_1", Actor: "key_admin", Status: 200, Path: "/v1/keys/x",
+			Host: "h", Decision: Allow, Permissions: []string{"p"}, Code: "c"},
 		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.revoked","key_id":"key_1","actor":"key_admin"}`,
+	}, {
+		name: "a change made through the admin API names the call",
+		e: Event{Time: when, Type: TypeKeyRevoked, KeyID: "key_1", Actor: "key_admin", Method: "DELETE", Route: "/v1/keys/{id}",
+			ClientIP: netip.MustParseAddr("10.0.0.9"), RequestID: "r1", UserAgent: "curl/8.5.0"},
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.revoked","key_id":"key_1","actor":"key_admin",` +
+			`"request_id":"r1","method":"DELETE","client_ip":"10.0.0.9","user_agent":"curl/8.5.0","route":"/v1/keys/{id}"}`,
 	}, {
 		name: "a failed admin authentication names the key when it is known, and the request",
 		e: Event{Time: when, Type: TypeAdminAuthFailed, KeyID: "key_1", Method: "DELETE", Route: "/v1/keys/{id}",

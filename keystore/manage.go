@@ -41,8 +41,9 @@ type Manager struct {
 	MaxPerOwner int
 	Now         func() time.Time
 	// OnChange, if set, is told about every change (for audit). actor is
-	// who made it: an admin key's id, or "cli".
-	OnChange func(kind string, k *Key, actor string)
+	// who made it: an admin key's id, or "cli"; ctx is the one the change
+	// was made with, which may say more (the admin API's request).
+	OnChange func(ctx context.Context, kind string, k *Key, actor string)
 }
 
 // Spec is what a caller may choose about a new key or change in one.
@@ -255,7 +256,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if !stored(k, err) {
 		return "", nil, err
 	}
-	m.changed(ChangeCreated, k, actor)
+	m.changed(ctx, ChangeCreated, k, actor)
 	return secret, k, err
 }
 
@@ -340,7 +341,7 @@ func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration
 	if !stored(rotated, err) {
 		return "", nil, err
 	}
-	m.changed(ChangeRotated, k, actor)
+	m.changed(ctx, ChangeRotated, k, actor)
 	return secret, k, err
 }
 
@@ -362,7 +363,7 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 		return nil, err
 	}
 	if changed {
-		m.changed(ChangeRevoked, k, actor)
+		m.changed(ctx, ChangeRevoked, k, actor)
 	}
 	return k, err
 }
@@ -471,13 +472,13 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 	if !stored(k, err) {
 		return nil, err
 	}
-	m.changed(ChangeUpdated, k, actor)
+	m.changed(ctx, ChangeUpdated, k, actor)
 	return k, err
 }
 
-func (m *Manager) changed(kind string, k *Key, actor string) {
+func (m *Manager) changed(ctx context.Context, kind string, k *Key, actor string) {
 	if m.OnChange != nil {
-		m.OnChange(kind, k, actor)
+		m.OnChange(ctx, kind, k, actor)
 	}
 }
 

@@ -188,3 +188,53 @@ func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
 	assert.Equal(t, mark, events[3]["user_agent"])
 	assert.Equal(t, mark, events[3]["request_id"])
 }
+
+// A change made through the admin API names the call that made it, as a
+// refused call does: after a keys:write key is stolen, its key.created
+// and key.revoked events say from where it was used.
+func TestAnAdminChangeNamesTheCallThatMadeIt(t *testing.T) {
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	writer, w := ts.create(t, keystore.Spec{Name: "writer", Permissions: []string{"keys:write", "read:users"}})
+
+	call := func(method, p, body string) string {
+		req, err := http.NewRequest(method, ts.adminURL+p, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("x-api-key", writer)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("User-Agent", "attacker-tool/2")
+		req.Header.Set("X-Request-Id", "req-"+method)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Less(t, resp.StatusCode, 300)
+		var v struct{ ID string }
+		_ = json.NewDecoder(resp.Body).Decode(&v)
+		return v.ID
+	}
+	id := call("POST", "/v1/keys", `{"name": "backdoor", "permissions": ["read:users"]}`)
+	call("DELETE", "/v1/keys/"+id, "")
+
+	var events []map[string]any
+	require.Eventually(t, func() bool {
+		events = auditEvents(t, audit.String())
+		return len(events) >= 2
+	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	for i, want := range []struct{ event, method, route string }{
+		{"key.created", "POST", "/v1/keys"},
+		{"key.revoked", "DELETE", "/v1/keys/{id}"},
+	} {
+		e := events[i]
+		assert.Equal(t, want.event, e["event"])
+		assert.Equal(t, id, e["key_id"])
+		assert.Equal(t, w.ID, e["actor"])
+		assert.Equal(t, "127.0.0.1", e["client_ip"], "%v", e)
+		assert.Equal(t, want.method, e["method"], "%v", e)
+		assert.Equal(t, want.route, e["route"], "the route, not the path: %v", e)
+		assert.Equal(t, "attacker-tool/2", e["user_agent"], "%v", e)
+		assert.Equal(t, "req-"+want.method, e["request_id"], "%v", e)
+		assert.Nil(t, e["path"])
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/extauthz/extauthz/admin"
 	"github.com/extauthz/extauthz/audit"
 	auditredis "github.com/extauthz/extauthz/audit/redis"
 	"github.com/extauthz/extauthz/config"
@@ -28,13 +29,18 @@ func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.L
 	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger, HoldsKey: cfg.Keys.Format.ContainsKey})
 }
 
-// recordChanges makes key changes audit events.
-func recordChanges(l *audit.Logger) func(kind string, k *keystore.Key, actor string) {
-	return func(kind string, k *keystore.Key, actor string) {
-		l.Record(audit.Event{
+// recordChanges makes key changes audit events; one made through the admin
+// API says where the call came from.
+func recordChanges(l *audit.Logger) func(ctx context.Context, kind string, k *keystore.Key, actor string) {
+	return func(ctx context.Context, kind string, k *keystore.Key, actor string) {
+		e := audit.Event{
 			Type: audit.Type(kind), KeyID: k.ID, KeyName: k.Name, Owner: k.Owner,
 			Actor: actor, RotatedFrom: k.RotatedFrom,
-		})
+		}
+		if c, ok := admin.CallFrom(ctx); ok {
+			e.ClientIP, e.Method, e.Route, e.RequestID, e.UserAgent = c.ClientIP, c.Method, c.Route, c.RequestID, c.UserAgent
+		}
+		l.Record(e)
 	}
 }
 

@@ -58,7 +58,7 @@ func TestChangesWaitForTheReplicas(t *testing.T) {
 	require.NoError(t, err)
 	m := &keystore.Manager{Store: confirming, Hasher: testHasher, Format: format}
 	var changes []string
-	m.OnChange = func(kind string, _ *keystore.Key, _ string) { changes = append(changes, kind) }
+	m.OnChange = func(_ context.Context, kind string, _ *keystore.Key, _ string) { changes = append(changes, kind) }
 
 	t.Run("a change the replica acknowledged is done, and the replica holds it", func(t *testing.T) {
 		at := time.Now().Add(time.Hour)
