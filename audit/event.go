@@ -270,10 +270,31 @@ func cutQuery(path string) string {
 
 const hexDigits = "0123456789abcdef"
 
+// displayControl reports whether r changes how the text around it shows,
+// rather than showing itself: the C1 controls (U+009B is a terminal's CSI,
+// as ESC [ is, and ESC is escaped as a control character), the
+// bidirectional marks, embeddings, overrides and isolates (U+202E shows a
+// client's "1.0 resu" as "user 0.1"), and the line and paragraph
+// separators. A client writes the user agent, path, host and request id
+// of an event: escaped as \uXXXX, these are the same string to a JSON
+// reader, and cannot rearrange a line shown in a terminal (audit tail)
+// or a log viewer so that one field reads as another.
+func displayControl(r rune) bool {
+	switch {
+	case r >= 0x80 && r <= 0x9F,
+		r == 0x061C, r == 0x200E, r == 0x200F,
+		r >= 0x2028 && r <= 0x202E,
+		r >= 0x2066 && r <= 0x2069:
+		return true
+	}
+	return false
+}
+
 // appendString appends s as a JSON string, capped like scrub caps it, with
 // the escaping of encoding/json's Encoder under SetEscapeHTML(false): quote,
 // backslash and control characters escaped, invalid UTF-8 bytes replaced by
-// \ufffd, U+2028 and U+2029 escaped.
+// \ufffd, U+2028 and U+2029 escaped; and further the characters of
+// displayControl, which encoding/json leaves as they are.
 func appendString(b []byte, s string) []byte {
 	s, cut := truncate(s)
 	b = append(b, '"')
@@ -311,9 +332,9 @@ func appendString(b []byte, s string) []byte {
 		case r == utf8.RuneError && size == 1:
 			b = append(b, s[start:i]...)
 			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
+		case displayControl(r):
 			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			b = append(b, '\\', 'u', hexDigits[r>>12], hexDigits[r>>8&0xF], hexDigits[r>>4&0xF], hexDigits[r&0xF])
 		default:
 			i += size
 			continue

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -111,9 +112,12 @@ var trickyStrings = []string{
 	"\x00", "\x01\x1f", "\x7f", "<script>&amp;</script>", "é ü 日本 🎉", "\u2028\u2029",
 	"\xff", "a\xffb", "\xc3", "\xc3(", "\xe2\x82", "\xed\xa0\x80", "\xf4\x90\x80\x80",
 	"\ufffd", "end\\", `\u0000`, "\"\\\"", strings.Repeat("é", 300),
+	"\u202e1.0 resu", "\u0085\u009b31m", "a\u2066b\u2069c\u200e\u200f\u061c", "\u202a\u202b\u202c\u202d",
 }
 
-// stdlibString is encoding/json's encoding of s without HTML escaping.
+// stdlibString is encoding/json's encoding of s without HTML escaping,
+// with the characters that change how text shows (displayControl)
+// escaped too.
 func stdlibString(t testing.TB, s string) string {
 	t.Helper()
 	var buf bytes.Buffer
@@ -122,7 +126,36 @@ func stdlibString(t testing.TB, s string) string {
 	if err := enc.Encode(s); err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSuffix(buf.String(), "\n")
+	var out strings.Builder
+	for _, r := range strings.TrimSuffix(buf.String(), "\n") {
+		if displayControl(r) {
+			fmt.Fprintf(&out, `\u%04x`, r)
+			continue
+		}
+		out.WriteRune(r)
+	}
+	return out.String()
+}
+
+// A client's user agent or path with a bidirectional override or a C1
+// control cannot rearrange the event's line where it is shown: they are
+// written escaped, and read back as sent.
+func TestCharactersThatRearrangeALineAreEscaped(t *testing.T) {
+	ua := "curl/8.5.0\u202e\" ,\"code\":\"allow\u2066\u009b2J"
+	e := Event{Time: when, Type: TypeDecision, UserAgent: ua, Path: "/a\u202eb"}
+	line := string(e.AppendJSON(nil))
+	for _, r := range line {
+		if displayControl(r) {
+			t.Fatalf("line holds U+%04X unescaped: %q", r, line)
+		}
+	}
+	if !strings.Contains(line, `\u202e`) || !strings.Contains(line, `\u009b`) {
+		t.Errorf("line = %s; want the controls as \\u escapes", line)
+	}
+	var back Event
+	if err := json.Unmarshal([]byte(line), &back); err != nil || back.UserAgent != ua || back.Path != "/a\u202eb" {
+		t.Errorf("read back as %q, %q (err %v); want what was sent", back.UserAgent, back.Path, err)
+	}
 }
 
 func TestAppendStringEscapesLikeEncodingJSON(t *testing.T) {
