@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	auditpkg "github.com/extauthz/extauthz/audit"
+	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -237,4 +240,46 @@ func TestAnAdminChangeNamesTheCallThatMadeIt(t *testing.T) {
 		assert.Equal(t, "req-"+want.method, e["request_id"], "%v", e)
 		assert.Nil(t, e["path"])
 	}
+}
+
+// Standard output is the audit sink, and often a pipe into a log shipper.
+// When the shipper goes away, the next event's write fails; that is an
+// audit sink error, counted and logged, not a reason for the authorization
+// service to die (Go's default on a broken pipe at standard output), which
+// would take every request behind it down with the log reader.
+func TestABrokenAuditPipeDoesNotKillTheServer(t *testing.T) {
+	port := redistest.FreePort(t)
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: off, http: \"127.0.0.1:%d\", admin: off}\nstore: {path: %q}\naudit: {sink: stdout}\n%s",
+		port, filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "serve", "--config", path)
+	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+	var stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	require.NoError(t, cmd.Start())
+	w.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "extauthz serving") }, 10*time.Second, 20*time.Millisecond)
+	r.Close() // the log shipper is gone
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	for range 3 {
+		st, _, _ := get(t, base+"/authz/api/users", nil)
+		require.Equal(t, 401, st)
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the server exited when its audit pipe broke: %v\n%s", err, stderr.String())
+	case <-time.After(300 * time.Millisecond):
+	}
+	st, _, _ := get(t, base+"/authz/api/users", nil)
+	assert.Equal(t, 401, st, "still deciding")
+	assert.Contains(t, stderr.String(), "audit: sink write failed", "the lost events are logged")
 }

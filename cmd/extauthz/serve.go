@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -54,6 +56,12 @@ declares development: true.`,
 			if err != nil {
 				return err
 			}
+			// Standard output (the audit sink) and standard error are often
+			// pipes into a log shipper. Go exits on a write to either once
+			// its reader is gone; a server must not die with its log
+			// reader: the write fails, and the audit queue counts and logs
+			// the events lost.
+			signal.Ignore(syscall.SIGPIPE)
 			return serve(c.Context(), cfg, path, c.ErrOrStderr(), c.OutOrStdout())
 		},
 	}
