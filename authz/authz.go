@@ -161,13 +161,17 @@ func (a *Authorizer) Policies() *PolicySet { return a.policies.Load() }
 func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	set := a.policies.Load()
 	now := a.now()
+	// The client address first, so that every decision is attributed to
+	// whoever sent it, those refused at steps 1 and 2 too: unknown hosts
+	// and malformed paths are what a prober sends.
+	d.ClientIP = set.clientIP(req)
 
 	// 1. Select the policy (and its mode): the auth path in HTTP mode, else
 	// Envoy's context extensions, the destination principal, the host.
 	if !set.selectPolicy(req, d) {
 		return
 	}
-	// 2. Normalise method, path and client IP.
+	// 2. Normalise method and path.
 	if !normalize(set, req, d) {
 		return
 	}
@@ -204,6 +208,7 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
 	set := a.policies.Load()
 	d.Policy = set.Default
+	d.ClientIP = set.clientIP(req)
 	if !normalize(set, req, d) {
 		return
 	}
@@ -286,16 +291,24 @@ func LogPanic(logger *slog.Logger, where string, r any) {
 	logger.Error("panic recovered", "in", where, "type", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
 }
 
-// normalize is step 2: the method, path and client address in their one
-// canonical form, or the 400. The client address comes first, so that a
-// request refused here is still attributed to whoever sent it: malformed
-// paths are what a prober sends.
-func normalize(set *PolicySet, req *Request, d *Decision) bool {
+// ClientIP is the client address a decision of req reads: the peer, or
+// the trusted X-Forwarded-For hop. An adapter that answers a request
+// without deciding it (one it could not read) names its client with it.
+func (a *Authorizer) ClientIP(req *Request) netip.Addr {
+	return a.policies.Load().clientIP(req)
+}
+
+func (set *PolicySet) clientIP(req *Request) netip.Addr {
 	hops := set.XFFHops
 	if req.XFFTrustedHops >= 0 {
 		hops = req.XFFTrustedHops
 	}
-	d.ClientIP = clientIP(req, hops)
+	return clientIP(req, hops)
+}
+
+// normalize is step 2: the method and path in their one canonical form
+// (the client address is read before step 1), or the 400.
+func normalize(set *PolicySet, req *Request, d *Decision) bool {
 	if req.Malformed != "" {
 		d.Deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false

@@ -104,6 +104,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	}
 	var d authz.Decision
 	if err != nil {
+		d.ClientIP = s.Authz.ClientIP(&req)
 		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
 	} else {
 		s.Authz.Decide(ctx, &req, &d)

@@ -283,3 +283,30 @@ func TestABrokenAuditPipeDoesNotKillTheServer(t *testing.T) {
 	assert.Equal(t, 401, st, "still deciding")
 	assert.Contains(t, stderr.String(), "audit: sink write failed", "the lost events are logged")
 }
+
+// Refused before step 2 too: a request that selects no policy (an unknown
+// context_extensions value: 403 no_policy), and an HTTP-mode auth request
+// without the original request's headers (400), name their client: for
+// the latter, the trusted X-Forwarded-For hop, as a decision would read it.
+func TestARequestRefusedBeforeItIsReadNamesItsClient(t *testing.T) {
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\n"+
+		"http_mode: {original: x-forwarded, xff_trusted_hops: 1}\n%s", filepath.Join(t.TempDir(), "k.db"), meshConfig))
+	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	resp, err := ts.client.Check(t.Context(), meshCheck("/invoices/1", "api.example.com", "", map[string]string{"policy": "nosuch"}, ""))
+	require.NoError(t, err)
+	code, _ := denial(t, resp)
+	require.Equal(t, "no_policy", code)
+	st, _, _ := get(t, ts.httpURL+"/authz", map[string]string{"X-Forwarded-For": "198.51.100.7"})
+	require.Equal(t, 400, st, "no X-Forwarded-Uri")
+
+	var events []map[string]any
+	require.Eventually(t, func() bool {
+		events = auditEvents(t, audit.String())
+		return len(events) >= 2
+	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	assert.Equal(t, "no_policy", events[0]["code"])
+	assert.Equal(t, "10.1.2.3", events[0]["client_ip"], "%v", events[0])
+	assert.Equal(t, "bad_request", events[1]["code"])
+	assert.Equal(t, "198.51.100.7", events[1]["client_ip"], "%v", events[1])
+}
