@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/authz/authztest"
 	"github.com/extauthz/extauthz/keystore"
 )
@@ -43,4 +46,35 @@ func TestAPanicInCheckIsA503AndLogsNoKey(t *testing.T) {
 	assert.Contains(t, logs.String(), "panic recovered")
 	assert.Contains(t, logs.String(), "panicky", "the stack names the culprit")
 	assert.NotContains(t, logs.String(), f.Good)
+}
+
+// observed records the decisions it is told of.
+type observed struct{ decisions []authz.Decision }
+
+func (o *observed) Observe(_ *authz.Request, d *authz.Decision, _ time.Duration) {
+	o.decisions = append(o.decisions, *d)
+}
+
+// A check that panics is still a decision the Observer hears of (and so
+// the audit): a 503, with the client address and the path it had read.
+// Someone who found an input that crashes a check is attributed for each
+// try, not only a stack trace in the log.
+func TestAPanicInCheckIsObserved(t *testing.T) {
+	f := authztest.New(t, nil)
+	f.Rebuild(panickyKeys{secret: f.Good}, nil)
+	var obs observed
+	s := &CheckServer{Authz: f.Authz, Observer: &obs, Logger: slog.New(slog.DiscardHandler)}
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: "203.0.113.9"}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Path: "/api/users", Headers: map[string]string{"x-api-key": f.Good},
+		}}}}
+	_, err := s.Check(context.Background(), in)
+	require.NoError(t, err)
+	require.Len(t, obs.decisions, 1, "the panicked check is observed")
+	d := obs.decisions[0]
+	assert.Equal(t, authz.CodeUnavailable, d.Code)
+	assert.Equal(t, "203.0.113.9", d.ClientIP.String())
+	assert.Equal(t, "/api/users", d.Path)
 }

@@ -111,15 +111,16 @@ func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (*auth
 // (a new slice, the caller's), then returns st to checkStates. The error is
 // a response that cannot be sent (errNotUTF8).
 func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, err error) {
+	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
 			authz.LogPanic(s.Logger, "check", r)
 			var d authz.Decision
 			d.Deny(authz.CodeUnavailable, "")
 			resp, _, err = s.appendResponse(nil, nil, &authz.Request{Headers: authz.HeaderMap{}}, &d)
+			s.observePanic(st, &d, time.Since(start))
 		}
 	}()
-	start := time.Now()
 	var traced func(*authz.Decision)
 	if s.Tracer != nil {
 		ctx, traced = s.Tracer.Start(ctx, &st.req)
@@ -138,6 +139,20 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, e
 	st.reset()
 	checkStates.Put(st)
 	return resp, err
+}
+
+// observePanic tells the Observer of a check that panicked, answered d
+// (503), with what the decision had learnt: someone who found an input that
+// crashes a check is audited, and attributed, for each try. A panic of the
+// Observer itself is not retried.
+func (s *CheckServer) observePanic(st *checkState, d *authz.Decision, latency time.Duration) {
+	if s.Observer == nil {
+		return
+	}
+	defer func() { _ = recover() }()
+	d.ClientIP, d.Method, d.Path = st.d.ClientIP, st.d.Method, st.d.Path
+	d.Policy, d.Route, d.Key = st.d.Policy, st.d.Route, st.d.Key
+	s.Observer.Observe(&st.req, d, latency)
 }
 
 // MaxContextExtensions is the most context_extensions entries a

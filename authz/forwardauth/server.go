@@ -103,6 +103,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 		ctx, traced = s.Tracer.Start(ctx, &req)
 	}
 	var d authz.Decision
+	if s.Observer != nil {
+		// A check that panics is audited too, as the 503 the server's
+		// recovery answers, with what the decision had read: someone who
+		// found an input that crashes a check is attributed for each try.
+		// The panic goes on to that recovery, which logs it.
+		defer func() {
+			if v := recover(); v != nil {
+				observePanic(s.Observer, &req, d, time.Since(start))
+				panic(v)
+			}
+		}()
+	}
 	if err != nil {
 		d.ClientIP = s.Authz.ClientIP(&req)
 		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
@@ -138,6 +150,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	if s.Observer != nil {
 		s.Observer.Observe(&req, &d, time.Since(start))
 	}
+}
+
+// observePanic tells obs of a check that panicked, as a 503 with what d
+// had read. A panic of the Observer itself is not retried.
+func observePanic(obs authz.Observer, req *authz.Request, d authz.Decision, latency time.Duration) {
+	defer func() { _ = recover() }()
+	p := authz.Decision{ClientIP: d.ClientIP, Method: d.Method, Path: d.Path, Policy: d.Policy, Route: d.Route, Key: d.Key}
+	p.Deny(authz.CodeUnavailable, "")
+	obs.Observe(req, &p, latency)
 }
 
 // removedHeaders names, comma-separated, the headers the upstream must not

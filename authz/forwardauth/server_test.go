@@ -1,11 +1,13 @@
 package forwardauth
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -305,4 +307,59 @@ func TestWithoutPoliciesTheMarkerIsAPath(t *testing.T) {
 	resp, _ := do(t, srv, "GET", "/authz/_policy/default/api/users", map[string]string{"X-Api-Key": f.Admin})
 	assert.Equal(t, 403, resp.StatusCode)
 	assert.Equal(t, "no_route", resp.Header.Get("X-Authz-Code"))
+}
+
+// panickyKeys panics on a lookup, as a bug in the store might.
+type panickyKeys struct{}
+
+func (panickyKeys) Cached(keystore.Hash) (*keystore.Key, keystore.CacheState, error) {
+	return nil, keystore.CacheUnknown, nil
+}
+
+func (panickyKeys) Lookup(context.Context, keystore.Hash) (*keystore.Key, error) {
+	panic("boom")
+}
+
+// observed records the decisions it is told of.
+type observed struct {
+	mu        sync.Mutex
+	decisions []authz.Decision
+}
+
+func (o *observed) Observe(_ *authz.Request, d *authz.Decision, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.decisions = append(o.decisions, *d)
+}
+
+// A check that panics is still a decision the Observer (the audit) hears
+// of, over a real HTTP connection: a 503 naming the client address and
+// the path the decision had read; the panic still reaches the server's
+// recovery.
+func TestAPanicInAnHTTPCheckIsObserved(t *testing.T) {
+	f := authztest.New(t, nil)
+	f.Rebuild(panickyKeys{}, nil)
+	var obs observed
+	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: "x-forwarded", XFFHops: 1}, &obs)
+	var recovered any
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if recovered = recover(); recovered != nil {
+				WriteError(w, http.StatusServiceUnavailable, authz.CodeUnavailable, "internal error")
+			}
+		}()
+		s.Handler(nil).ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	resp, _ := do(t, srv, "GET", "/authz", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7",
+		"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"})
+	assert.Equal(t, 503, resp.StatusCode)
+	assert.Equal(t, "boom", recovered, "the panic goes on to the server's recovery")
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	require.Len(t, obs.decisions, 1, "the panicked check is observed")
+	d := obs.decisions[0]
+	assert.Equal(t, authz.CodeUnavailable, d.Code)
+	assert.Equal(t, "10.0.0.7", d.ClientIP.String())
+	assert.Equal(t, "/api/users", d.Path)
 }
