@@ -147,7 +147,7 @@ func (l *Logger) Record(e Event) {
 	if l == nil {
 		return
 	}
-	change := e.isChange()
+	change := e.IsChange()
 	if l.closed.Load() {
 		l.drop(change)
 		return
@@ -187,10 +187,10 @@ func (l *Logger) drop(change bool) {
 	}
 }
 
-// isChange reports whether e records a change to a key: the events that
+// IsChange reports whether e records a change to a key: the events that
 // only a key manager, the CLI or a signed leak report makes, as opposed to
 // those any client can cause (decisions, refused admin calls).
-func (e *Event) isChange() bool {
+func (e *Event) IsChange() bool {
 	return e.Type != TypeDecision && e.Type != TypeAdminAuthFailed
 }
 
@@ -350,7 +350,7 @@ func (l *Logger) flush(batch []Event) {
 func (l *Logger) write(batch []Event) {
 	if l.runCtx.Err() != nil { // Close gave up: nothing more reaches the sink
 		for i := range batch {
-			l.drop(batch[i].isChange())
+			l.drop(batch[i].IsChange())
 		}
 		clear(batch)
 		return

@@ -367,7 +367,8 @@ type HTTPMode struct {
 // Audit selects where audit events go.
 type Audit struct {
 	Sink string `json:"sink"` // stdout | redis | none
-	// StreamCap is about how many events the Redis stream keeps. It shares
+	// StreamCap is about how many events each Redis stream keeps (the
+	// decisions', and the key changes'). It shares
 	// the key store's Redis, which never evicts: an event takes about 550
 	// bytes there, and up to 4.3 KB when a client fills the fields it
 	// controls (path, host, user agent) to their 512-byte cap.
@@ -401,7 +402,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the Go duration string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
-// DefaultAuditStreamCap is audit.stream_cap's default: at most about 86 MB
+// DefaultAuditStreamCap is audit.stream_cap's default, the cap of each of
+// the two audit streams (decisions, key changes): at most about 86 MB
 // of the key store's Redis even when every event is as large as a client
 // can make it (20,000 × 4.3 KB), about 11 MB for typical events.
 const DefaultAuditStreamCap = 20_000

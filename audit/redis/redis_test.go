@@ -60,19 +60,25 @@ func TestSinkAppendsOneEntryPerEventToThePrefixedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	msgs, err := c.XRange(ctx(t), "test:audit", "-", "+").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(msgs) != len(events) {
-		t.Fatalf("stream test:audit has %d entries, want %d", len(msgs), len(events))
-	}
-	for i, m := range msgs {
-		if len(m.Values) != 1 || m.Values["event"] != line(events[i]) {
-			t.Errorf("entry %d = %v, want one field event=%s", i, m.Values, line(events[i]))
+	// Decisions (and refused admin calls) in one stream, key changes in
+	// the other, each in the order written.
+	var all []goredis.XMessage
+	for stream, want := range map[string][]audit.Event{"test:audit": events[1:2], "test:audit:keys": {events[0], events[2]}} {
+		msgs, err := c.XRange(ctx(t), stream, "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
 		}
+		if len(msgs) != len(want) {
+			t.Fatalf("stream %s has %d entries, want %d", stream, len(msgs), len(want))
+		}
+		for i, m := range msgs {
+			if len(m.Values) != 1 || m.Values["event"] != line(want[i]) {
+				t.Errorf("%s entry %d = %v, want one field event=%s", stream, i, m.Values, line(want[i]))
+			}
+		}
+		all = append(all, msgs...)
 	}
-	if strings.Contains(fmt.Sprint(msgs), "secret") {
+	if strings.Contains(fmt.Sprint(all), "secret") {
 		t.Error("the query string reached the stream")
 	}
 	if n, _ := c.Exists(ctx(t), "audit").Result(); n != 0 {
@@ -95,14 +101,14 @@ func TestSinkCapsTheStream(t *testing.T) {
 		}
 	}
 
-	n, err := c.XLen(ctx(t), "test:audit").Result()
+	n, err := c.XLen(ctx(t), "test:audit:keys").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n < maxLen || n > maxLen+nodeSize {
 		t.Errorf("XLEN after %d events with MAXLEN ~ %d = %d, want %d..%d", total, maxLen, n, maxLen, maxLen+nodeSize)
 	}
-	newest, err := c.XRevRangeN(ctx(t), "test:audit", "+", "-", 1).Result()
+	newest, err := c.XRevRangeN(ctx(t), "test:audit:keys", "+", "-", 1).Result()
 	if err != nil || len(newest) != 1 || newest[0].Values["event"] != line(event("key_a", total-1)) {
 		t.Errorf("newest entry = %v (%v), want the last event written", newest, err)
 	}
@@ -171,13 +177,15 @@ func TestTailPrintsTheLastEventsOldestFirst(t *testing.T) {
 	all = append(all, rotation, event("key_b", 26))
 	fill(t, c, all...)
 	// Entries that are not ours are skipped.
-	for _, v := range []string{"not json", `"a string"`, "null", "42"} {
-		if err := c.XAdd(ctx(t), &goredis.XAddArgs{Stream: "test:audit", Values: []any{"event", v}}).Err(); err != nil {
+	for _, stream := range []string{"test:audit", "test:audit:keys"} {
+		for _, v := range []string{"not json", `"a string"`, "null", "42"} {
+			if err := c.XAdd(ctx(t), &goredis.XAddArgs{Stream: stream, Values: []any{"event", v}}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.XAdd(ctx(t), &goredis.XAddArgs{Stream: stream, Values: []any{"other", "x"}}).Err(); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := c.XAdd(ctx(t), &goredis.XAddArgs{Stream: "test:audit", Values: []any{"other", "x"}}).Err(); err != nil {
-		t.Fatal(err)
 	}
 
 	tests := []struct {
@@ -201,6 +209,78 @@ func TestTailPrintsTheLastEventsOldestFirst(t *testing.T) {
 				t.Errorf("got\n%s\nwant\n%s", out.String(), tt.want)
 			}
 		})
+	}
+}
+
+// decision is a decision about keyID at when + n ms.
+func decision(keyID string, n int) audit.Event {
+	return audit.Event{Time: when.Add(time.Duration(n) * time.Millisecond), Type: audit.TypeDecision,
+		KeyID: keyID, Method: "GET", Path: "/x", Decision: audit.Deny, Status: 401, Code: "invalid_key"}
+}
+
+// Anyone who can send a request adds decisions to the audit; a flood of
+// them, trimming their stream, must not trim a key's creation or
+// revocation out of the trail.
+func TestAFloodOfDecisionsTrimsNoKeyChange(t *testing.T) {
+	_, c := newClient(t)
+	sink := NewSink(c, prefix, 1000)
+	created := audit.Event{Time: when, Type: audit.TypeKeyCreated, KeyID: "key_stolen", Owner: "default", Actor: "key_writer"}
+	if err := sink.Write(ctx(t), []audit.Event{created}); err != nil {
+		t.Fatal(err)
+	}
+	flood := make([]audit.Event, 256)
+	for i := range 40 {
+		for j := range flood {
+			flood[j] = decision("", 1+i*len(flood)+j)
+		}
+		if err := sink.Write(ctx(t), flood); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := c.XLen(ctx(t), "test:audit").Result(); err != nil || n > 1100 {
+		t.Fatalf("XLEN test:audit = %d, %v: want the decisions' stream trimmed to about 1000", n, err)
+	}
+	var out bytes.Buffer
+	if err := Tail(ctx(t), c, prefix, TailOptions{KeyID: "key_stolen"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := lines(created); out.String() != want {
+		t.Errorf("audit tail --key key_stolen printed\n%s\nwant\n%s", out.String(), want)
+	}
+}
+
+// Tail merges the two streams by the events' time, in its past and as it
+// follows: the sink writes a key change ahead of decisions queued before it.
+func TestTailMergesTheStreamsByTime(t *testing.T) {
+	_, c := newClient(t)
+	past := []audit.Event{decision("key_a", 0), event("key_a", 1), decision("key_a", 2), decision("key_a", 4), event("key_a", 3)}
+	// As the sink gets them: the changes first.
+	fill(t, c, past[1], past[4], past[0], past[2], past[3])
+	var out bytes.Buffer
+	if err := Tail(ctx(t), c, prefix, TailOptions{KeyID: "key_a", Count: 4}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := lines(past[1], past[2], past[4], past[3]); out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
+	}
+
+	following := &onCommand{name: "xread", seen: make(chan struct{})}
+	c.AddHook(following)
+	live := &syncBuffer{}
+	tailCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Tail(tailCtx, c, prefix, TailOptions{Count: -1, Follow: true}, live) }()
+	<-following.seen
+	next := []audit.Event{decision("key_b", 10), event("key_b", 11), decision("key_b", 12)}
+	fill(t, c, next[1], next[0], next[2])
+	waitForOutput(t, live, lines(next...))
+	// A change alone, with no decision to wake the wait on that stream.
+	alone := event("key_b", 13)
+	fill(t, c, alone)
+	waitForOutput(t, live, lines(append(next, alone)...))
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Tail after cancel = %v, want nil", err)
 	}
 }
 
@@ -345,7 +425,7 @@ func TestStreamEntriesDecodeAsEvents(t *testing.T) {
 	_, c := newClient(t)
 	want := event("key_a", 7)
 	fill(t, c, want)
-	msgs, err := c.XRange(ctx(t), "test:audit", "-", "+").Result()
+	msgs, err := c.XRange(ctx(t), "test:audit:keys", "-", "+").Result()
 	if err != nil || len(msgs) != 1 {
 		t.Fatalf("XRANGE = %v, %v", msgs, err)
 	}

@@ -1,9 +1,12 @@
-// Package redis is the Redis side of audit: a Sink that appends events to a
-// capped stream, and Tail, which reads that stream back for
+// Package redis is the Redis side of audit: a Sink that appends events to
+// two capped streams, and Tail, which reads them back, merged, for
 // "extauthz audit tail".
 //
-// The stream is <prefix>audit; each entry has one field, "event", holding
-// the event's JSON (audit.Event.AppendJSON).
+// Decisions and refused admin calls go to <prefix>audit, key changes
+// (audit.Event.IsChange) to <prefix>audit:keys: anyone who can send a
+// request can add to the first, and a flood of them, trimming it, must not
+// trim a key's creation or revocation out of the trail with it. Each entry
+// has one field, "event", holding the event's JSON (audit.Event.AppendJSON).
 //
 // It is not the queue in front of a sink (audit.Logger) and does not dial
 // Redis: it takes the key store's client.
@@ -27,32 +30,40 @@ const DefaultMaxLen = 20_000
 // field is the one field of each stream entry.
 const field = "event"
 
-// StreamKey returns the name of the audit stream under a key prefix.
+// StreamKey returns the name of the audit stream of decisions and refused
+// admin calls under a key prefix.
 func StreamKey(prefix string) string { return prefix + "audit" }
 
-// Sink appends events to the capped stream <prefix>audit, one pipelined
-// XADD MAXLEN ~ per event, one round trip per batch.
+// ChangeStreamKey returns the name of the audit stream of key changes under
+// a key prefix.
+func ChangeStreamKey(prefix string) string { return prefix + "audit:keys" }
+
+// Sink appends events to the capped streams <prefix>audit and
+// <prefix>audit:keys (key changes), one pipelined XADD MAXLEN ~ per event,
+// one round trip per batch.
 type Sink struct {
-	client goredis.UniversalClient
-	stream string
-	maxLen int64
+	client  goredis.UniversalClient
+	stream  string
+	changes string
+	maxLen  int64
 
 	mu  sync.Mutex
 	buf []byte
 }
 
-// NewSink returns a Sink writing to StreamKey(prefix) on client, trimming
-// the stream to about maxLen entries (DefaultMaxLen when maxLen ≤ 0). Redis
-// trims whole stream nodes, so the stream can hold up to one node (100
-// entries by default) more than maxLen.
+// NewSink returns a Sink writing to StreamKey(prefix) and
+// ChangeStreamKey(prefix) on client, trimming each stream to about maxLen
+// entries (DefaultMaxLen when maxLen ≤ 0). Redis trims whole stream nodes,
+// so a stream can hold up to one node (100 entries by default) more than
+// maxLen.
 func NewSink(client goredis.UniversalClient, prefix string, maxLen int64) *Sink {
 	if maxLen <= 0 {
 		maxLen = DefaultMaxLen
 	}
-	return &Sink{client: client, stream: StreamKey(prefix), maxLen: maxLen}
+	return &Sink{client: client, stream: StreamKey(prefix), changes: ChangeStreamKey(prefix), maxLen: maxLen}
 }
 
-// Write appends events to the stream in order, in one pipeline.
+// Write appends events to their streams in order, in one pipeline.
 func (s *Sink) Write(ctx context.Context, events []audit.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -70,9 +81,13 @@ func (s *Sink) Write(ctx context.Context, events []audit.Event) error {
 	}
 	pipe := s.client.Pipeline()
 	start := 0
-	for _, end := range ends {
+	for i, end := range ends {
+		stream := s.stream
+		if events[i].IsChange() {
+			stream = s.changes
+		}
 		pipe.XAdd(ctx, &goredis.XAddArgs{
-			Stream: s.stream,
+			Stream: stream,
 			MaxLen: s.maxLen,
 			Approx: true,
 			Values: []any{field, b[start:end]},
@@ -84,7 +99,7 @@ func (s *Sink) Write(ctx context.Context, events []audit.Event) error {
 		s.buf = b
 	}
 	if err != nil {
-		return fmt.Errorf("append %d audit events to redis stream %s: %w", len(events), s.stream, err)
+		return fmt.Errorf("append %d audit events to redis streams %s and %s: %w", len(events), s.stream, s.changes, err)
 	}
 	return nil
 }

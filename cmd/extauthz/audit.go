@@ -32,9 +32,10 @@ func newAuditTailCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "tail [--key ID] [-f] [-n N]",
 		Short: "Print the recent audit events of the Redis stream, and follow it",
-		Long: `Print the most recent events of the audit stream <prefix>audit, one JSON object a
-line, oldest first; -f keeps printing new ones. It reads the stream of the Redis
-sink (audit.sink: redis); with the stdout sink, read the server's output instead.`,
+		Long: `Print the most recent events of the audit streams <prefix>audit (decisions and
+refused admin calls) and <prefix>audit:keys (key changes), merged by time, one JSON
+object a line, oldest first; -f keeps printing new ones. It reads the streams of the
+Redis sink (audit.sink: redis); with the stdout sink, read the server's output instead.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if n < 0 {
