@@ -68,6 +68,10 @@ type Options struct {
 	// and of every change refused as beyond what its caller may make (to
 	// audit them); nil tells no one. It must not block.
 	OnAuthFailure func(AuthFailure)
+	// OnRead is told of every read of keys answered (GET /v1/keys and
+	// /v1/keys/{id}), with the caller's key id, to audit them; nil tells
+	// no one. It must not block.
+	OnRead func(keyID string, c Call)
 	// OnCaller is told of every authenticated caller, with the request's
 	// context (to name the key on the request's trace span); nil tells no
 	// one. It must not block.
@@ -181,6 +185,7 @@ type server struct {
 	rate    ratelimit.Rate
 
 	onAuthFailure func(AuthFailure)
+	onRead        func(keyID string, c Call)
 	onCaller      func(ctx context.Context, keyID string)
 
 	mux   *http.ServeMux
@@ -226,7 +231,7 @@ func newServer(o Options, rs []route) *server {
 	s := &server{
 		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger,
 		leaks: o.Leaks, maxBody: o.MaxBodyBytes, limiter: o.Limiter, rate: o.RateLimit,
-		onAuthFailure: o.OnAuthFailure, onCaller: o.OnCaller,
+		onAuthFailure: o.OnAuthFailure, onRead: o.OnRead, onCaller: o.OnCaller,
 		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
 	}
 	if s.store == nil {
@@ -309,7 +314,13 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				return
 			}
 		}
-		if err := rt.serve(s, w, r, c); err != nil {
+		err := rt.serve(s, w, r, c)
+		if err == nil && c != nil && rt.access == needRead && s.onRead != nil && strings.HasPrefix(rt.Path, "/v1/keys") {
+			// Keys read: who read them, from where (the spec at
+			// /v1/openapi.json is no key's).
+			s.onRead(c.key.ID, callOf(r, rt))
+		}
+		if err != nil {
 			if c != nil && isPermissionDenied(err) {
 				// A change beyond what the caller may make (granting a
 				// permission it lacks, loosening its own key, another

@@ -40,6 +40,12 @@ const (
 	// ("/v1/keys/{id}"), in place of the path (a pasted key may stand where
 	// an id goes).
 	TypeAdminAuthFailed Type = "admin.auth_failed"
+	// TypeAdminRead is a read of keys through the admin API answered (a
+	// list of keys, one key's record): what a stolen keys:read key does
+	// first. KeyID is the caller's key; Method, Route (never the raw path),
+	// ClientIP, RequestID, UserAgent and Status say what was asked and the
+	// answer.
+	TypeAdminRead Type = "admin.read"
 )
 
 // SchemaVersion is the "schema" of every event: the version of the format
@@ -157,7 +163,7 @@ func (e *Event) AppendJSON(b []byte) []byte {
 		}
 		b = appendField(b, `,"decision":`, e.Decision)
 	}
-	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed {
+	if e.Type == TypeDecision || e.Type == TypeAdminAuthFailed || e.Type == TypeAdminRead {
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(e.Status), 10)
 		b = appendField(b, `,"code":`, e.Code)

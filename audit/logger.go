@@ -24,8 +24,7 @@ type Options struct {
 	// the sink; beyond that Record drops them. Default 8192. Key changes
 	// have a queue of their own (ChangeQueueSize).
 	QueueSize int
-	// ChangeQueueSize is how many key changes (every Type but TypeDecision
-	// and TypeAdminAuthFailed) can wait for the sink, in a queue of their
+	// ChangeQueueSize is how many key changes (Event.IsChange) can wait for the sink, in a queue of their
 	// own that the writer empties first: anyone who can send requests can
 	// fill the other queue, and must not push a key's creation or
 	// revocation out of the trail with it. Default 1024.
@@ -189,9 +188,9 @@ func (l *Logger) drop(change bool) {
 
 // IsChange reports whether e records a change to a key: the events that
 // only a key manager, the CLI or a signed leak report makes, as opposed to
-// those any client can cause (decisions, refused admin calls).
+// those any client can cause (decisions, refused admin calls) and reads.
 func (e *Event) IsChange() bool {
-	return e.Type != TypeDecision && e.Type != TypeAdminAuthFailed
+	return e.Type != TypeDecision && e.Type != TypeAdminAuthFailed && e.Type != TypeAdminRead
 }
 
 // Dropped is the number of events recorded but never handed to the sink:

@@ -114,6 +114,62 @@ func TestAuditEventsCarryTheSchemaTheRouteAndRefusedAdminCalls(t *testing.T) {
 	assert.NotContains(t, audit.String(), unknown)
 }
 
+// Reading every key's metadata is the first thing a stolen keys:read key
+// does: each read of keys answered is an admin.read event naming the
+// caller, its address and the route; the OpenAPI document is no key's and
+// a refused read is admin.auth_failed, not admin.read.
+func TestAnAdminReadOfKeysIsAudited(t *testing.T) {
+	var audit syncBuffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	reader, r := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"keys:read"}})
+	_, other := ts.create(t, keystore.Spec{Name: "other", Permissions: []string{"read:users"}})
+	get := func(path, key string) int {
+		req, err := http.NewRequest("GET", ts.adminURL+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("x-api-key", key)
+		req.Header.Set("x-request-id", "req-"+strings.ReplaceAll(path, "/", "-"))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, 200, get("/v1/keys", reader))
+	require.Equal(t, 200, get("/v1/keys/"+other.ID, reader))
+	require.Equal(t, 200, get("/v1/openapi.json", reader))
+	require.Equal(t, 404, get("/v1/keys/key_0000000000000000000A", reader))
+
+	var reads []map[string]any
+	require.Eventually(t, func() bool {
+		reads = reads[:0]
+		for _, e := range auditEvents(t, audit.String()) {
+			if e["event"] == "admin.read" {
+				reads = append(reads, e)
+			}
+		}
+		return len(reads) >= 2
+	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	time.Sleep(100 * time.Millisecond) // any event that should not be there has had time to come
+	reads = reads[:0]
+	for _, e := range auditEvents(t, audit.String()) {
+		if e["event"] == "admin.read" {
+			reads = append(reads, e)
+		}
+	}
+	require.Len(t, reads, 2, audit.String())
+	for i, route := range []string{"/v1/keys", "/v1/keys/{id}"} {
+		assert.Equal(t, r.ID, reads[i]["key_id"], "the caller is named")
+		assert.Equal(t, route, reads[i]["route"], "the route, never the raw path")
+		assert.Equal(t, "GET", reads[i]["method"])
+		assert.Equal(t, "127.0.0.1", reads[i]["client_ip"])
+		assert.Equal(t, float64(200), reads[i]["status"])
+		assert.Nil(t, reads[i]["path"])
+	}
+	assert.Equal(t, "req--v1-keys", reads[0]["request_id"])
+	assert.NotContains(t, audit.String(), reader)
+}
+
 // A request refused as malformed (400, before routing) is what someone
 // probing for another spelling of a protected path sends: its event still
 // names the client address the decision read, so that the probe can be

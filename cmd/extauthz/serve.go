@@ -287,7 +287,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	m := s.be.manager(s.cfg)
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
-		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure}
+		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure, OnRead: s.auditRead}
 	if s.tracing != nil {
 		opts.OnCaller = noteCaller
 	}
@@ -318,6 +318,12 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 func (s *server) auditAuthFailure(f admin.AuthFailure) {
 	s.audit.Record(audit.Event{Type: audit.TypeAdminAuthFailed, KeyID: f.KeyID, ClientIP: f.ClientIP,
 		Method: f.Method, Route: f.Route, RequestID: f.RequestID, UserAgent: f.UserAgent, Status: f.Status, Code: string(f.Code)})
+}
+
+// auditRead records a read of keys the admin API answered.
+func (s *server) auditRead(keyID string, c admin.Call) {
+	s.audit.Record(audit.Event{Type: audit.TypeAdminRead, KeyID: keyID, ClientIP: c.ClientIP,
+		Method: c.Method, Route: c.Route, RequestID: c.RequestID, UserAgent: c.UserAgent, Status: http.StatusOK})
 }
 
 // readyz is 200 when the store answers. A server whose store is down still
