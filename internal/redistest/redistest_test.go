@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,11 +137,20 @@ func TestClusterWithReplicasFailsOverAndMovesSlots(t *testing.T) {
 	t.Run("a killed master's replica takes over", func(t *testing.T) {
 		require.NoError(t, c.WaitHealthy(30*time.Second))
 		replica := c.Replicas(slot)[0]
+		// The slot's new owner reaches the replicas by gossip, not by the
+		// migration's SETSLOT: a replica that still takes the slot for the
+		// old master's when it learns otherwise may drop the slot's keys
+		// as another node's. Every node must name the new owner first.
+		require.Eventually(t, func() bool { return c.agree(slot, old) }, 30*time.Second, 20*time.Millisecond,
+			"every node names the slot's new master")
 		// Replication is asynchronous: the keys just migrated in must reach
 		// the replica before its master dies, or the promotion loses them.
 		acked, err := old.Query("WAIT", "1", "5000")
 		require.NoError(t, err)
 		require.EqualValues(t, 1, acked, "the replica acknowledged every write")
+		held, err := replica.Query("CLUSTER", "COUNTKEYSINSLOT", strconv.Itoa(slot))
+		require.NoError(t, err)
+		require.EqualValues(t, 50, held, "the replica holds the slot's keys before its master dies")
 		old.Stop()
 		got, took, err := c.WaitPromoted(slot, old, 30*time.Second)
 		if err != nil {
