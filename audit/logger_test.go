@@ -194,6 +194,25 @@ func TestDroppedKeyChangesAreLoggedAsAnError(t *testing.T) {
 	}
 }
 
+// The key changes, and only they, wait in the changes' queue (and go to
+// their own Redis stream). A type added later is one only if it is a key.*
+// one: taken for a change, a type a client can cause would let anyone fill
+// that queue and trim that stream.
+func TestIsChangeNamesTheKeyChangesOnly(t *testing.T) {
+	for typ, want := range map[Type]bool{
+		TypeDecision: false, TypeAdminAuthFailed: false, TypeAdminRead: false,
+		TypeKeyCreated: true, TypeKeyUpdated: true, TypeKeyRevoked: true, TypeKeyRotated: true, TypeKeyLeaked: true,
+		"key.deleted":        true,  // a kind of change added later
+		"admin.rate_limited": false, // an event a client can cause, added later
+		"":                   false,
+	} {
+		e := Event{Type: typ}
+		if got := e.IsChange(); got != want {
+			t.Errorf("Event{Type: %q}.IsChange() = %v, want %v", typ, got, want)
+		}
+	}
+}
+
 func TestCloseWritesEverythingQueued(t *testing.T) {
 	const n = 20_000
 	sink := &memorySink{}
