@@ -159,11 +159,11 @@ func (l *Logger) Record(e Event) {
 		// Before scrub: a key that its cap would cut in two would no
 		// longer be recognised, and half of it would stay. (The path's
 		// query is cut off anyway.)
-		if e.Path != "" && l.holdsKey(cutQuery(e.Path)) {
+		if e.Path != "" && l.holdsKey(heldKeyScope(cutQuery(e.Path))) {
 			e.Path = RedactedMark
 		}
 		for _, f := range [...]*string{&e.RequestID, &e.Host, &e.UserAgent} {
-			if *f != "" && l.holdsKey(*f) {
+			if *f != "" && l.holdsKey(heldKeyScope(*f)) {
 				*f = RedactedMark
 			}
 		}
@@ -178,6 +178,22 @@ func (l *Logger) Record(e Event) {
 	default:
 		l.drop(change)
 	}
+}
+
+// heldKeyScan is how much of a field Record shows HoldsKey: what can be
+// written of it (MaxFieldLen), and as much again, where a key that the cap
+// cuts in two ends (a key is far shorter: at most 256 bytes). A key further
+// on is cut off with the rest and never written; and a client can send a
+// header of tens of kilobytes, whose every byte scanned on every decision
+// would cost the decision path that much more time.
+const heldKeyScan = 2 * MaxFieldLen
+
+// heldKeyScope is the part of a field HoldsKey must see.
+func heldKeyScope(s string) string {
+	if len(s) > heldKeyScan {
+		return s[:heldKeyScan]
+	}
+	return s
 }
 
 func (l *Logger) drop(change bool) {

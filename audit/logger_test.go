@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -325,6 +326,34 @@ func TestRecordStampsTheTimeAndBoundsFields(t *testing.T) {
 	}
 	if !got[1].Time.Equal(when) {
 		t.Errorf("a time set by the caller became %v, want %v", got[1].Time, when)
+	}
+}
+
+// HoldsKey is shown the part of a client's field that can be written, and
+// where a key the cap cuts in two ends, not a header of tens of kilobytes:
+// a key further on is cut off anyway, and the scan is on the decision path.
+func TestHoldsKeySeesNoMoreThanCanBeWritten(t *testing.T) {
+	const key = "sk_THISISAPASTEDKEYTHISISAPASTEDKEYTHISISAPASTEDKEY12"
+	var longest atomic.Int64
+	holds := func(s string) bool {
+		if n := int64(len(s)); n > longest.Load() {
+			longest.Store(n)
+		}
+		return strings.Contains(s, key)
+	}
+	sink := &memorySink{}
+	l := New(sink, Options{HoldsKey: holds})
+	straddling := strings.Repeat("u", MaxFieldLen-20) + key + strings.Repeat("u", 60_000)
+	l.Record(Event{Type: TypeDecision, UserAgent: straddling, Host: strings.Repeat("h", 60_000),
+		RequestID: strings.Repeat("r", 60_000), Path: "/" + strings.Repeat("p", 60_000)})
+	closeLogger(t, l)
+
+	if n := longest.Load(); n > 2*MaxFieldLen {
+		t.Errorf("HoldsKey was shown %d bytes of a field, want at most %d", n, 2*MaxFieldLen)
+	}
+	got := sink.written()
+	if len(got) != 1 || got[0].UserAgent != RedactedMark {
+		t.Errorf("a key cut in two by the cap: wrote %+v, want the user agent redacted", got)
 	}
 }
 
