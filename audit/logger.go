@@ -21,9 +21,9 @@ type Sink interface {
 
 // Options tune a Logger. The zero value is ready to use.
 type Options struct {
-	// QueueSize is how many decisions and refused admin calls can wait for
-	// the sink; beyond that Record drops them. Default 8192. Key changes
-	// have a queue of their own (ChangeQueueSize).
+	// QueueSize is how many decisions, refused admin calls and reads of
+	// keys can wait for the sink; beyond that Record drops them. Default
+	// 8192. Key changes have a queue of their own (ChangeQueueSize).
 	QueueSize int
 	// ChangeQueueSize is how many key changes (Event.IsChange) can wait for the sink, in a queue of their
 	// own that the writer empties first: anyone who can send requests can

@@ -2,9 +2,9 @@
 // two capped streams, and Tail, which reads them back, merged, for
 // "extauthz audit tail".
 //
-// Decisions and refused admin calls go to <prefix>audit, key changes
-// (audit.Event.IsChange) to <prefix>audit:keys: anyone who can send a
-// request can add to the first, and a flood of them, trimming it, must not
+// Decisions, refused admin calls and reads of keys go to <prefix>audit,
+// key changes (audit.Event.IsChange) to <prefix>audit:keys: anyone who can
+// send a request can add to the first, and a flood of them, trimming it, must not
 // trim a key's creation or revocation out of the trail with it. Each entry
 // has one field, "event", holding the event's JSON (audit.Event.AppendJSON).
 //
@@ -30,8 +30,9 @@ const DefaultMaxLen = 20_000
 // field is the one field of each stream entry.
 const field = "event"
 
-// StreamKey returns the name of the audit stream of decisions and refused
-// admin calls under a key prefix.
+// StreamKey returns the name of the audit stream of decisions, refused
+// admin calls and reads of keys (every event but the key changes) under a
+// key prefix.
 func StreamKey(prefix string) string { return prefix + "audit" }
 
 // ChangeStreamKey returns the name of the audit stream of key changes under
