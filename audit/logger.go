@@ -281,8 +281,17 @@ func (l *Logger) run() {
 	defer close(l.done)
 	defer l.abort()
 	batch := make([]Event, 0, l.batchSize)
+	// A drop line held back by ErrorInterval is written when it ends, not
+	// at the next write after it: a flood may be followed by no event for
+	// a long time, and the gap it left must not wait for one to be told.
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
+	defer wake.Stop()
+	waking := false
 	for {
 		select {
+		case <-wake.C:
+			waking = false
 		case e := <-l.changes:
 			batch = l.fill(append(batch[:0], e))
 			l.write(batch)
@@ -296,7 +305,10 @@ func (l *Logger) run() {
 			l.logDrops(true)
 			return
 		}
-		l.logDrops(false)
+		if wait := l.logDrops(false); wait > 0 && !waking {
+			wake.Reset(wait)
+			waking = true
+		}
 	}
 }
 
@@ -337,14 +349,16 @@ func (l *Logger) fill(batch []Event) []Event {
 // logDrops says in the log, at most once per ErrorInterval unless final,
 // how many events were dropped since it last did: the audit trail has a
 // gap, and its reader should hear of it somewhere else than in a metric.
-func (l *Logger) logDrops(final bool) {
+// When ErrorInterval holds a line back, it returns how long until it may
+// be written (else 0).
+func (l *Logger) logDrops(final bool) time.Duration {
 	dropped, changes := l.dropped.Load(), l.droppedChanges.Load()
 	if dropped == l.loggedDrops {
-		return
+		return 0
 	}
 	now := l.now()
-	if !final && !l.lastDropLog.IsZero() && now.Sub(l.lastDropLog) < l.errorInterval {
-		return
+	if since := now.Sub(l.lastDropLog); !final && !l.lastDropLog.IsZero() && since < l.errorInterval {
+		return l.errorInterval - since
 	}
 	level := slog.LevelWarn
 	if changes != l.loggedChange {
@@ -354,6 +368,7 @@ func (l *Logger) logDrops(final bool) {
 		"dropped_events", dropped-l.loggedDrops, "dropped_changes", changes-l.loggedChange,
 		"dropped_total", dropped)
 	l.lastDropLog, l.loggedDrops, l.loggedChange = now, dropped, changes
+	return 0
 }
 
 // flush empties the queue when Close is called: into the sink, or, once

@@ -214,6 +214,47 @@ func TestIsChangeNamesTheKeyChangesOnly(t *testing.T) {
 	}
 }
 
+// gatedSink takes one token from pass for each Write, saying on entered
+// that it was called.
+type gatedSink struct {
+	entered chan struct{}
+	pass    chan struct{}
+}
+
+func (s *gatedSink) Write(context.Context, []Event) error {
+	s.entered <- struct{}{}
+	<-s.pass
+	return nil
+}
+
+// Drops held back by ErrorInterval are logged when it ends, even when no
+// event comes after them: a flood that stops leaves a gap that must not
+// wait for the next event, hours later, to be told.
+func TestDropsHeldBackAreLoggedWhenTheIntervalEnds(t *testing.T) {
+	const interval = 300 * time.Millisecond
+	logs := &logRecorder{}
+	sink := &gatedSink{entered: make(chan struct{}, 16), pass: make(chan struct{})}
+	l := New(sink, Options{QueueSize: 2, BatchSize: 2, ErrorInterval: interval, Log: slog.New(logs)})
+	l.Record(seq(0))
+	<-sink.entered
+	for i := range 5 { // 2 queued, 3 dropped
+		l.Record(seq(1 + i))
+	}
+	sink.pass <- struct{}{} // the first line: 3 dropped
+	<-sink.entered          // the writer holds the 2 queued
+	for i := range 6 {      // 2 queued, 4 dropped, within the interval
+		l.Record(seq(6 + i))
+	}
+	close(sink.pass) // then nothing more comes
+	checkCount(t, "Dropped", l.Dropped(), 7)
+	waitFor(t, "a second drop line", func() bool { return len(logs.logged()) >= 2 })
+	got := logs.logged()
+	if got[0]["dropped_events"] != "3" || got[1]["dropped_events"] != "4" {
+		t.Errorf("logged %v; want lines for 3, then 4 dropped events", got)
+	}
+	closeLogger(t, l)
+}
+
 func TestCloseWritesEverythingQueued(t *testing.T) {
 	const n = 20_000
 	sink := &memorySink{}
