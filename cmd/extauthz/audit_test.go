@@ -20,6 +20,32 @@ import (
 )
 
 // auditEvents decodes the JSON lines of a server's audit output.
+// startAudited starts a server on the embedded store with testRoutes, with
+// or without the admin API, and returns it with its audit output.
+func startAudited(t *testing.T, admin bool) (*testServer, *syncBuffer) {
+	t.Helper()
+	listen := "off"
+	if admin {
+		listen = `"127.0.0.1:0"`
+	}
+	audit := &syncBuffer{}
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: %s}\nstore: {path: %q}\n%s",
+		listen, filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	return startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: audit}), audit
+}
+
+// auditEventsOf returns the events of type typ in out.
+func auditEventsOf(t *testing.T, out, typ string) []map[string]any {
+	t.Helper()
+	var events []map[string]any
+	for _, e := range auditEvents(t, out) {
+		if e["event"] == typ {
+			events = append(events, e)
+		}
+	}
+	return events
+}
+
 func auditEvents(t *testing.T, out string) []map[string]any {
 	t.Helper()
 	var events []map[string]any
@@ -39,10 +65,7 @@ func auditEvents(t *testing.T, out string) []map[string]any {
 // API refused for its credential, or as an escalation, is an event of its
 // own, naming the key when it is known and never the secret.
 func TestAuditEventsCarryTheSchemaTheRouteAndRefusedAdminCalls(t *testing.T) {
-	var audit syncBuffer
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
-		filepath.Join(t.TempDir(), "k.db"), testRoutes))
-	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	ts, audit := startAudited(t, true)
 	key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
 	ts.check(t, "DELETE", "/api/users/7", map[string]string{"x-api-key": key})
 	ts.check(t, "GET", "/nowhere", map[string]string{"x-api-key": key})
@@ -119,10 +142,7 @@ func TestAuditEventsCarryTheSchemaTheRouteAndRefusedAdminCalls(t *testing.T) {
 // caller, its address and the route; the OpenAPI document is no key's and
 // a refused read is admin.auth_failed, not admin.read.
 func TestAnAdminReadOfKeysIsAudited(t *testing.T) {
-	var audit syncBuffer
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
-		filepath.Join(t.TempDir(), "k.db"), testRoutes))
-	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	ts, audit := startAudited(t, true)
 	reader, r := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"keys:read"}})
 	_, other := ts.create(t, keystore.Spec{Name: "other", Permissions: []string{"read:users"}})
 	get := func(path, key string) int {
@@ -140,23 +160,10 @@ func TestAnAdminReadOfKeysIsAudited(t *testing.T) {
 	require.Equal(t, 200, get("/v1/openapi.json", reader))
 	require.Equal(t, 404, get("/v1/keys/key_0000000000000000000A", reader))
 
-	var reads []map[string]any
-	require.Eventually(t, func() bool {
-		reads = reads[:0]
-		for _, e := range auditEvents(t, audit.String()) {
-			if e["event"] == "admin.read" {
-				reads = append(reads, e)
-			}
-		}
-		return len(reads) >= 2
-	}, 5*time.Second, 10*time.Millisecond, audit.String())
+	require.Eventually(t, func() bool { return len(auditEventsOf(t, audit.String(), "admin.read")) >= 2 },
+		5*time.Second, 10*time.Millisecond, audit.String())
 	time.Sleep(100 * time.Millisecond) // any event that should not be there has had time to come
-	reads = reads[:0]
-	for _, e := range auditEvents(t, audit.String()) {
-		if e["event"] == "admin.read" {
-			reads = append(reads, e)
-		}
-	}
+	reads := auditEventsOf(t, audit.String(), "admin.read")
 	require.Len(t, reads, 2, audit.String())
 	for i, route := range []string{"/v1/keys", "/v1/keys/{id}"} {
 		assert.Equal(t, r.ID, reads[i]["key_id"], "the caller is named")
@@ -175,10 +182,7 @@ func TestAnAdminReadOfKeysIsAudited(t *testing.T) {
 // names the client address the decision read, so that the probe can be
 // followed, though not the path, which may hold anything.
 func TestAMalformedRequestIsAuditedWithItsClientAddress(t *testing.T) {
-	var audit syncBuffer
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\n%s",
-		filepath.Join(t.TempDir(), "k.db"), testRoutes))
-	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	ts, audit := startAudited(t, false)
 	for _, p := range []string{"/api/../admin", "/api/users%2fx", "/api/users\x00"} {
 		code, _ := denial(t, ts.check(t, "GET", p, nil))
 		require.Equal(t, "bad_request", code, p)
@@ -207,10 +211,7 @@ func TestAMalformedRequestIsAuditedWithItsClientAddress(t *testing.T) {
 // says that field held a key, and never shows it, not even the half of it
 // that the field's length cap would leave.
 func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
-	var audit syncBuffer
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
-		filepath.Join(t.TempDir(), "k.db"), testRoutes))
-	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	ts, audit := startAudited(t, true)
 	key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:reports"}})
 
 	ts.check(t, "GET", "/api/reports/"+key, map[string]string{"x-api-key": key})
@@ -252,10 +253,7 @@ func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
 // refused call does: after a keys:write key is stolen, its key.created
 // and key.revoked events say from where it was used.
 func TestAnAdminChangeNamesTheCallThatMadeIt(t *testing.T) {
-	var audit syncBuffer
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\nstore: {path: %q}\n%s",
-		filepath.Join(t.TempDir(), "k.db"), testRoutes))
-	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	ts, audit := startAudited(t, true)
 	writer, w := ts.create(t, keystore.Spec{Name: "writer", Permissions: []string{"keys:write", "read:users"}})
 
 	call := func(method, p, body string) string {
