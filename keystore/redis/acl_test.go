@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -51,9 +52,10 @@ const (
 )
 
 // commandsOnlyClusterUses are granted for the Cluster client's routing (it
-// reads the slot map and the command table); a standalone client never sends
-// them. TestClusterOverTLSWithTheShippedACL proves they are used.
-var commandsOnlyClusterUses = []string{"cluster|slots", "command"}
+// reads the slot map and the command table, and follows an ASK redirect
+// while a slot moves); a standalone client never sends them.
+// TestClusterOverTLSWithTheShippedACL proves they are used.
+var commandsOnlyClusterUses = []string{"cluster|slots", "command", "asking"}
 
 // commandsOnlyHealthChecksUse are granted for the deployments' own Redis
 // health check (docker-compose.yml runs `redis-cli --user extauthz ping`);
@@ -299,6 +301,150 @@ func exerciseConfirm(t *testing.T, c goredis.UniversalClient) {
 	_, err = m.Revoke(t.Context(), k.ID, "test")
 	require.ErrorIs(t, err, keystore.ErrUnconfirmed)
 	require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT was refused or failed instead of answering")
+}
+
+// exerciseMigration moves the key records' slot and two rate-limit
+// counters' slots to another master the way a resharding does, and checks
+// that extauthz keeps working on c while they move: keys are found wherever
+// their records are (an ASK redirect), checks are counted, and a change or a
+// check whose keys the move has split (Redis answers TRYAGAIN) waits for the
+// move to end instead of failing.
+func exerciseMigration(t *testing.T, cluster *redistest.Cluster, c goredis.UniversalClient) {
+	ctx := t.Context()
+	prefix := aclPrefix + "migration:"
+	f, err := keystore.NewFormat("sk")
+	require.NoError(t, err)
+	hasher := keystore.NewHasher([]byte("acl test pepper"))
+	store := redisstore.New(c, prefix)
+	confirming := redisstore.New(c, prefix, redisstore.ConfirmChanges(redisstore.Confirm{Replicas: 1, Timeout: 50 * time.Millisecond}))
+	for _, s := range []*redisstore.Store{store, confirming} {
+		t.Cleanup(func() { _ = s.Close() })
+	}
+	m := &keystore.Manager{Store: store, Format: f, Hasher: hasher}
+	mc := &keystore.Manager{Store: confirming, Format: f, Hasher: hasher}
+	// An expiry puts every index a revocation writes in place, so that
+	// all of its keys are there to move.
+	expires := time.Now().Add(time.Hour)
+	spec := keystore.Spec{Name: "moving", Owner: "acl", Permissions: []string{"read:users"}, ExpiresAt: &expires}
+	var secrets, ids []string
+	for range 10 {
+		secret, k, err := m.Create(ctx, spec, "test")
+		require.NoError(t, err)
+		secrets, ids = append(secrets, secret), append(ids, k.ID)
+	}
+
+	lim, err := rlredis.New(c, rlredis.Options{Prefix: prefix, OnStoreError: ratelimit.PolicyDeny, Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lim.Close() })
+	rate := ratelimit.Rate{N: 1000, Window: time.Minute}
+	keyLimit := func(bucket string) ratelimit.Limit { return ratelimit.Limit{Name: "key", Bucket: bucket, Rate: rate} }
+	routeLimit := func(bucket string) ratelimit.Limit {
+		return ratelimit.Limit{Name: "route", Bucket: bucket, Scope: "route:/api", Rate: rate}
+	}
+	allow := func(limits ...ratelimit.Limit) error {
+		res, err := lim.Allow(ctx, limits)
+		if err == nil && !res.Allowed {
+			err = errors.New("denied")
+		}
+		return err
+	}
+	single, double := "key_"+randomSecret(t)[:12], "key_"+randomSecret(t)[:12]
+	require.NoError(t, allow(keyLimit(single)))
+	require.NoError(t, allow(keyLimit(double)))
+
+	// The records' slot moves part of its keys; each counter's slot moves
+	// all of its keys, but is not handed over yet.
+	var migrations []*redistest.Migration
+	for i, key := range []string{prefix + "{keys}:all", "{" + single + "}", "{" + double + "}"} {
+		slot := cluster.Slot(key)
+		var to *redistest.Server
+		for _, n := range cluster.Masters() {
+			if n != cluster.Master(slot) {
+				to = n
+				break
+			}
+		}
+		mig, err := cluster.StartMigration(slot, to)
+		require.NoError(t, err)
+		migrations = append(migrations, mig)
+		left, err := mig.Move(0)
+		require.NoError(t, err)
+		require.Positive(t, left)
+		if i == 0 {
+			left, err = mig.Move(left / 2)
+			require.Positive(t, left)
+		} else {
+			left, err = mig.Move(left)
+			require.Zero(t, left)
+		}
+		require.NoError(t, err)
+	}
+
+	// Meanwhile: every key is found and checks of one limit are counted.
+	lookAll := func(when string) {
+		t.Helper()
+		for i, secret := range secrets {
+			k, err := store.Lookup(ctx, hasher.Hash(secret))
+			require.NoError(t, err, "key %d of %d, %s", i+1, len(secrets), when)
+			require.Equal(t, ids[i], k.ID)
+		}
+		listed, _, err := store.List(ctx, keystore.ListOptions{Owner: "acl", IncludeRevoked: true})
+		require.NoError(t, err, "listing keys %s", when)
+		require.GreaterOrEqual(t, len(listed), len(ids), "listing keys %s", when)
+	}
+	lookAll("the records' slot half moved")
+	require.NoError(t, allow(keyLimit(single)), "a check whose counter moved")
+
+	// Once every record has moved, a change of existing records is made on
+	// the new master (an ASK redirect), and confirmed there.
+	left, err := migrations[0].Move(1 << 20)
+	require.NoError(t, err)
+	require.Zero(t, left)
+	lookAll("every record moved, the slot not handed over")
+	_, err = mc.Revoke(ctx, ids[1], "test")
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed, "a revocation whose replicas confirm it, every record moved")
+	require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT was not asked on the new master")
+
+	// These wait for the moves to end: a new record, or a route's counter
+	// beside a key's that moved, needs every key of its call on one node.
+	type outcome struct {
+		what string
+		err  error
+	}
+	done := make(chan outcome, 4)
+	go func() {
+		_, _, err := m.Create(ctx, spec, "test")
+		done <- outcome{"a create", err}
+	}()
+	go func() {
+		_, _, err := mc.Create(ctx, spec, "test")
+		if errors.Is(err, keystore.ErrUnconfirmed) {
+			err = nil // stored, but this Cluster has no replica to confirm it
+		}
+		done <- outcome{"a create whose replicas confirm it", err}
+	}()
+	go func() {
+		_, err := m.Revoke(ctx, ids[0], "test")
+		done <- outcome{"a revocation", err}
+	}()
+	go func() { done <- outcome{"a check of two limits", allow(keyLimit(double), routeLimit(double))} }()
+	time.Sleep(300 * time.Millisecond)
+	for _, mig := range migrations {
+		_, err := mig.Finish()
+		require.NoError(t, err)
+	}
+	for range cap(done) {
+		o := <-done
+		require.NoError(t, o.err, "%s while the slots moved", o.what)
+	}
+	for _, id := range ids[:2] {
+		k, err := store.Get(ctx, id)
+		require.NoError(t, err)
+		require.NotNil(t, k.RevokedAt, "the revocation made while the records moved")
+	}
+	lookAll("after the move")
+	require.Zero(t, lim.Stats().StoreErrors)
+	require.Zero(t, lim.Stats().Fallback)
 }
 
 // requireAllUsed fails for every command the ACL grants that no server
@@ -556,6 +702,7 @@ func TestClusterOverTLSWithTheShippedACL(t *testing.T) {
 	t.Run("the rate limiter", func(t *testing.T) { exerciseLimiter(t, dialCluster(t), dialCluster(t)) })
 	t.Run("the audit stream", func(t *testing.T) { exerciseAudit(t, dialCluster(t)) })
 	t.Run("confirming a change", func(t *testing.T) { exerciseConfirm(t, dialCluster(t)) })
+	t.Run("while slots move to another master", func(t *testing.T) { exerciseMigration(t, cluster, dialCluster(t)) })
 	t.Run("nothing was refused and every granted command was used", func(t *testing.T) {
 		var calls []map[string]int
 		for _, n := range cluster.Nodes {

@@ -371,11 +371,24 @@ const (
 // change runs script, a write of key records, and returns its reply. With
 // confirmation on and the reply "OK", it then waits for the replicas, and
 // confirmed is an error wrapping keystore.ErrUnconfirmed when too few of
-// them acknowledged the write (err is for the write itself). WAIT counts the
-// acknowledgements of its own connection's writes, so the script and WAIT
-// go over one connection to the primary of the records' slot. remedy ends
-// the error's message: what the caller can do about it.
+// them acknowledged the write (err is for the write itself). remedy ends
+// the error's message: what the caller can do about it. A write the
+// records' slot move refuses is tried again until the move ends
+// (whileSlotMoves).
 func (s *Store) change(ctx context.Context, script *goredis.Script, remedy string, keys []string, args ...any) (reply string, confirmed, err error) {
+	err = whileSlotMoves(ctx, func() error {
+		var err error
+		reply, confirmed, err = s.changeOnce(ctx, script, remedy, keys, args)
+		return err
+	})
+	return reply, confirmed, err
+}
+
+// changeOnce is one try of change. WAIT counts the acknowledgements of its
+// own connection's writes, so the script and WAIT go over one connection to
+// the primary of the records' slot, or, while that slot moves and the
+// records have moved, to the master it moves to (an ASK redirect).
+func (s *Store) changeOnce(ctx context.Context, script *goredis.Script, remedy string, keys []string, args []any) (reply string, confirmed, err error) {
 	if s.confirm.Replicas == 0 {
 		reply, err = script.Run(ctx, s.client, keys, args...).Text()
 		return reply, nil, err
@@ -386,12 +399,23 @@ func (s *Store) change(ctx context.Context, script *goredis.Script, remedy strin
 	}
 	conn := primary.Conn()
 	defer conn.Close()
-	if reply, err = script.Run(ctx, conn, keys, args...).Text(); err != nil || reply != "OK" {
-		if c, ok := s.client.(*goredis.ClusterClient); ok && err != nil {
+	cmd := script.Run(ctx, conn, keys, args...)
+	cluster, _ := s.client.(*goredis.ClusterClient)
+	if addr, ok := askedTo(cmd.Err()); ok && cluster != nil {
+		target, err := masterAt(ctx, cluster, addr)
+		if err != nil {
+			return "", nil, err
+		}
+		conn = target.Conn()
+		defer conn.Close()
+		cmd = runAsking(ctx, conn, script, keys, args)
+	}
+	if reply, err = cmd.Text(); err != nil || reply != "OK" {
+		if cluster != nil && err != nil && !goredis.HasErrorPrefix(err, "TRYAGAIN") {
 			// The node came from the slot map, which a failover or a slot
 			// move leaves stale; the Cluster client's own calls reload it
 			// on such failures (reloadOnFailure), this one must ask.
-			c.ReloadState(ctx)
+			cluster.ReloadState(ctx)
 		}
 		return reply, nil, err
 	}
@@ -678,7 +702,7 @@ func (s *Store) unlistExpired(ctx context.Context, now time.Time, batch int) (in
 		keys = append(keys, s.keys.openOf(owner))
 		args = append(args, m)
 	}
-	n, err := unlistScript.Run(ctx, s.client, keys, args...).Int()
+	n, err := s.runScript(ctx, unlistScript, keys, args...).Int()
 	if err != nil {
 		return 0, unavailable("sweep: unlist", err)
 	}
@@ -696,7 +720,7 @@ func (s *Store) purge(ctx context.Context, cutoff time.Time, batch int) (int, er
 		id, _ := splitMember(m)
 		idKeys[i] = s.keys.id(id)
 	}
-	hashes, err := s.client.MGet(ctx, idKeys...).Result()
+	hashes, err := s.mget(ctx, idKeys...)
 	if err != nil {
 		return 0, unavailable("sweep: read ids", err)
 	}
@@ -709,7 +733,7 @@ func (s *Store) purge(ctx context.Context, cutoff time.Time, batch int) (int, er
 		keys = append(keys, idKeys[i], record, s.keys.owner(owner), s.keys.live(owner), s.keys.openOf(owner))
 		args = append(args, m, id, h)
 	}
-	n, err := purgeScript.Run(ctx, s.client, keys, args...).Int()
+	n, err := s.runScript(ctx, purgeScript, keys, args...).Int()
 	if err != nil {
 		return 0, unavailable("sweep: purge", err)
 	}
@@ -760,7 +784,7 @@ func (s *Store) buildIndex(ctx context.Context, batch int) (bool, error) {
 		keys = append(keys, s.keys.record(hashes[i]), s.keys.openOf(k.Owner))
 		args = append(args, raw, k.ID, ix.member, ix.listed, ix.expiry, ix.end)
 	}
-	res, err := buildIndexScript.Run(ctx, s.client, keys, args...).Text()
+	res, err := s.runScript(ctx, buildIndexScript, keys, args...).Text()
 	if err != nil {
 		return false, unavailable("index", err)
 	}
@@ -799,7 +823,7 @@ func (s *Store) readRaw(ctx context.Context, ids []string) (hashes, raws []strin
 	for i, id := range ids {
 		names[i] = s.keys.id(id)
 	}
-	hv, err := s.client.MGet(ctx, names...).Result()
+	hv, err := s.mget(ctx, names...)
 	if err != nil {
 		return nil, nil, unavailable("read ids", err)
 	}
@@ -817,7 +841,7 @@ func (s *Store) readRaw(ctx context.Context, ids []string) (hashes, raws []strin
 	if len(names) == 0 {
 		return hashes, raws, nil
 	}
-	rv, err := s.client.MGet(ctx, names...).Result()
+	rv, err := s.mget(ctx, names...)
 	if err != nil {
 		return nil, nil, unavailable("read records", err)
 	}
@@ -911,7 +935,7 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	res, err := touchScript.Run(ctx, s.client, keys, args...).Int64Slice()
+	res, err := s.runScript(ctx, touchScript, keys, args...).Int64Slice()
 	if err != nil {
 		return nil, unavailable("touch", err)
 	}

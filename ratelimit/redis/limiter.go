@@ -669,32 +669,64 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 	r.calls.Add(uint64(len(batch)))
 	cmds := make([]*goredis.IntSliceCmd, len(batch))
 	args := make([][]any, len(batch))
-	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for i := range batch {
-			args[i] = batchArgs(batch[i:i+1], now)
-			cmds[i] = allowCmd(ctx, args[i], "evalsha", allowScript.Hash())
-			_ = p.Process(ctx, cmds[i])
-		}
-		return nil
-	})
-	var again []int
-	for i, cmd := range cmds {
-		if goredis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			again = append(again, i)
-		}
+	for i := range batch {
+		args[i] = batchArgs(batch[i:i+1], now)
 	}
-	if len(again) > 0 {
+	send := func(which []int, command, script string) {
 		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			for _, i := range again {
-				cmds[i] = allowCmd(ctx, args[i], "eval", allowSrc)
+			for _, i := range which {
+				cmds[i] = allowCmd(ctx, args[i], command, script)
 				_ = p.Process(ctx, cmds[i])
 			}
 			return nil
 		})
 	}
+	which := make([]int, len(batch))
+	for i := range which {
+		which[i] = i
+	}
+	send(which, "evalsha", allowScript.Hash())
+	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		if again := failedWith(cmds, "NOSCRIPT"); len(again) > 0 {
+			send(again, "eval", allowSrc)
+		}
+		// While a slot moves to another master, a check of two limits whose
+		// counters the move has split, or one of them not yet counted on the
+		// new master, is refused with TRYAGAIN until the move ends (a few
+		// milliseconds for a counter's slot): it waits for it, within the
+		// batch's Timeout, rather than being decided without Redis.
+		again := failedWith(cmds, "TRYAGAIN")
+		if len(again) == 0 || !sleep(ctx, pause) {
+			break
+		}
+		send(again, "evalsha", allowScript.Hash())
+	}
 	for i, c := range batch {
 		vals, err := cmds[i].Result()
 		c.reply <- reply{vals: vals, err: err}
+	}
+}
+
+// failedWith returns the indexes of the cmds whose error starts with prefix.
+func failedWith(cmds []*goredis.IntSliceCmd, prefix string) []int {
+	var out []int
+	for i, cmd := range cmds {
+		if goredis.HasErrorPrefix(cmd.Err(), prefix) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// sleep waits d, and reports false if ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
