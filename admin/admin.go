@@ -65,8 +65,9 @@ type Options struct {
 	// requests a minute, of any kind.
 	RateLimit ratelimit.Rate
 	// OnAuthFailure is told of every request refused for its credential,
-	// and of every change refused as beyond what its caller may make (to
-	// audit them); nil tells no one. It must not block.
+	// of every change refused as beyond what its caller may make, and of
+	// every request refused for its key's rate limit (429), to audit them;
+	// nil tells no one. It must not block.
 	OnAuthFailure func(AuthFailure)
 	// OnRead is told of every read of keys answered (GET /v1/keys and
 	// /v1/keys/{id}), with the caller's key id, to audit them; nil tells
@@ -305,7 +306,7 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			if s.onCaller != nil {
 				s.onCaller(r.Context(), c.key.ID)
 			}
-			if !s.rateLimit(w, r, c) {
+			if !s.rateLimit(w, r, rt, c) {
 				return
 			}
 			if err := c.need(rt.access); err != nil {
@@ -388,8 +389,10 @@ func (s *server) authFailed(r *http.Request, rt route, keyID string, status int,
 // configured default), together, as a decision counts a key's and a
 // route's. Every request of an authenticated caller counts, refused ones
 // too. On 429 it writes the answer, with Retry-After and the rate-limit
-// headers, and returns false; otherwise it sets the rate-limit headers.
-func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bool {
+// headers, tells OnAuthFailure (a key hammering the admin API is what a
+// stolen one does), and returns false; otherwise it sets the rate-limit
+// headers.
+func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, rt route, c *caller) bool {
 	var limits [2]ratelimit.Limit
 	n := 0
 	if keyRate := c.key.RateLimit.Or(s.authz.Policies().Default.DefaultRate); !keyRate.IsZero() {
@@ -413,6 +416,7 @@ func (s *server) rateLimit(w http.ResponseWriter, r *http.Request, c *caller) bo
 		h.Set(hd.Key, hd.Value)
 	}
 	if !res.Allowed {
+		s.authFailed(r, rt, c.key.ID, http.StatusTooManyRequests, authz.CodeRateLimited)
 		s.writeError(w, r, &apiError{http.StatusTooManyRequests, authz.CodeRateLimited,
 			"rate limited: too many requests from this key (limit \"" + res.Limit.Name + "\": " + res.Limit.Rate.String() + "); retry after the seconds Retry-After gives"})
 		return false

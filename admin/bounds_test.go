@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -365,15 +366,19 @@ func TestAWritersKeysStayWithinTheWritersOwnRestrictions(t *testing.T) {
 func TestTheAdminAPIRateLimitsEachCallingKey(t *testing.T) {
 	forEachBackend(t, envOptions{adminRate: "3/m"}, func(t *testing.T, e *env) {
 		t.Run("the fourth request in a minute is 429 with Retry-After and the rate-limit headers", func(t *testing.T) {
-			caller, _ := e.create(keystore.Spec{Name: "busy", Permissions: []string{"keys:read"}})
+			caller, callerID := e.create(keystore.Spec{Name: "busy", Permissions: []string{"keys:read"}})
 			for i := range 3 {
 				r := e.send("GET", "/v1/keys", caller, nil)
 				require.Equal(t, http.StatusOK, r.status, "request %d: %s", i+1, r)
 				assert.Equal(t, strconv.Itoa(2-i), r.header.Get("X-RateLimit-Remaining"))
 			}
+			e.rec.AuthFailures()
 			r := e.send("GET", "/v1/keys", caller, nil)
 			require.Equal(t, http.StatusTooManyRequests, r.status, "%s", r)
 			assert.Equal(t, "rate_limited", r.code(t))
+			assert.Equal(t, []AuthFailure{{KeyID: callerID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: "GET", Route: "/v1/keys",
+				UserAgent: "Go-http-client/1.1", Status: http.StatusTooManyRequests, Code: authz.CodeRateLimited}}, e.rec.AuthFailures(),
+				"a 429 is audited, naming the key")
 			retry, err := strconv.Atoi(r.header.Get("Retry-After"))
 			require.NoError(t, err)
 			assert.GreaterOrEqual(t, retry, 1)

@@ -34,7 +34,8 @@ const (
 	// address its allowlist does not hold, a key without the keys:*
 	// permission the call needs, or one asking for a change beyond what it
 	// may make (granting what it lacks, loosening its own key, another
-	// owner's keys). KeyID is set when the key is known; the
+	// owner's keys), or a known key over its rate limit (status 429,
+	// code rate_limited). KeyID is set when the key is known; the
 	// request fields (RequestID to UserAgent, Status, Code) say what was
 	// asked and the answer, and Route the API route asked for
 	// ("/v1/keys/{id}"), in place of the path (a pasted key may stand where
