@@ -588,3 +588,31 @@ func TestTheDefaultRateIsEveryPoliciesDefault(t *testing.T) {
 		})
 	})
 }
+
+// A line of rotations too long to look through for earlier keys still in
+// their grace period refuses what needs to know, saying what to do: a
+// writer's rotation (409) and a rate change (400); an admin still rotates it.
+func TestALineTooLongToLookThroughIsRefusedClearly(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	writer, _ := e.newKey(e.root, map[string]any{"name": "w", "owner": "team-a", "permissions": []string{"keys:write", "x"}})
+	_, id := e.newKey(writer, map[string]any{"name": "svc", "permissions": []string{"x"}})
+	ctx := context.Background()
+	for range 1001 { // rotated by the store's owner, with no grace: every earlier key is dead
+		_, k, err := e.manager.Rotate(ctx, id, 0, "cli", nil)
+		require.NoError(t, err)
+		id = k.ID
+	}
+	r := e.send("POST", "/v1/keys/"+id+"/rotate", writer, map[string]any{"grace": "1h"})
+	require.Equal(t, http.StatusConflict, r.status, "%s", r)
+	assert.Equal(t, "rotation_pending", r.code(t))
+	assert.Contains(t, r.str(t, "error"), "longer than 1000 keys")
+	assert.Contains(t, r.str(t, "error"), "a keys:admin caller may rotate it")
+
+	r = e.send("PATCH", "/v1/keys/"+id, writer, map[string]any{"rate_limit": "10/m"})
+	require.Equal(t, http.StatusBadRequest, r.status, "%s", r)
+	assert.Contains(t, r.str(t, "error"), "longer than 1000 keys")
+	assert.Contains(t, r.str(t, "error"), "revoke the key and create a new one")
+
+	r = e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "1h"})
+	require.Equal(t, http.StatusCreated, r.status, "%s", r)
+}

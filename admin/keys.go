@@ -408,6 +408,10 @@ func (s *server) rotationPending(ctx context.Context, c *caller, old *keystore.K
 		return nil
 	}
 	live, err := s.manager.LiveEarlierKeys(ctx, old.ID)
+	if errors.Is(err, keystore.ErrLineTooLong) {
+		return &apiError{http.StatusConflict, codeRotationPending, err.Error() +
+			" for an earlier key still in its grace period; a keys:admin caller may rotate it, or revoke it and create a new key"}
+	}
 	if err != nil {
 		return err
 	}

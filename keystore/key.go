@@ -218,6 +218,10 @@ var (
 	// Manager.Create with the new key and its secret, which the caller must
 	// still show.
 	ErrUnconfirmed = errors.New("change stored, but not confirmed by enough replicas")
+	// ErrLineTooLong: a key's line of rotations is too long to look
+	// through for its earlier keys still in their grace period (which a
+	// rate change and a keys:write caller's rotation need to know).
+	ErrLineTooLong = errors.New("the key's line of rotations is too long to look through")
 )
 
 // ListOptions selects and pages keys for Store.List.

@@ -404,7 +404,9 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 	var earlier []*Key
 	if p.RateLimit != nil {
 		var err error
-		if earlier, err = m.liveEarlierKeys(ctx, id, now); err != nil {
+		if earlier, err = m.liveEarlierKeys(ctx, id, now); errors.Is(err, ErrLineTooLong) {
+			return nil, &FieldError{Field: "rate_limit", Message: err.Error() + "; revoke the key and create a new one to change its rate limit"}
+		} else if err != nil {
 			return nil, err
 		}
 	}
@@ -483,8 +485,9 @@ func (m *Manager) changed(ctx context.Context, kind string, k *Key, actor string
 }
 
 // maxLineWalk bounds how many earlier keys of a line of rotations
-// liveEarlierKeys reads; a longer line refuses a rate change rather than
-// miss a live key at its start.
+// liveEarlierKeys reads; for a longer line it returns ErrLineTooLong, and
+// the change that needed to know is refused rather than miss a live key at
+// the line's start.
 const maxLineWalk = 1000
 
 // LiveEarlierKeys returns the keys before id in its line of rotations that
@@ -508,7 +511,7 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 	var live []*Key
 	for n, prev := 0, k.RotatedFrom; prev != ""; n++ {
 		if n == maxLineWalk {
-			return nil, &FieldError{Field: "rate_limit", Message: fmt.Sprintf("the key's line of rotations is longer than %d keys, whose rate limits it shares; revoke the key and create a new one to change its rate limit", maxLineWalk)}
+			return nil, fmt.Errorf("%w: it is longer than %d keys", ErrLineTooLong, maxLineWalk)
 		}
 		e, err := m.Store.Get(ctx, prev)
 		if errors.Is(err, ErrNotFound) {
@@ -551,7 +554,7 @@ func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now t
 		if seen += len(page); next == "" {
 			return live, nil
 		} else if seen >= 100*maxLineWalk {
-			return nil, &FieldError{Field: "rate_limit", Message: fmt.Sprintf("the key's owner has over %d live keys to look through for the key's line of rotations; revoke the key and create a new one", 100*maxLineWalk)}
+			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, 100*maxLineWalk)
 		}
 		after = next
 	}
