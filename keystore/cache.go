@@ -285,6 +285,12 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	var err error
 	if ask, probe := c.breaker.Enter(); ask {
 		k, err = c.fetch(ctx, h)
+		if errors.Is(err, errCallerLeft) {
+			// Nothing learned of the store; the caller is gone, so no
+			// stale answer either.
+			c.breaker.Abandon(probe)
+			return nil, err
+		}
 		if errors.Is(err, ErrUnavailable) {
 			c.breaker.Failure(probe)
 			c.storeDown(err)
@@ -364,6 +370,7 @@ func (c *Cache) refreshAhead(h Hash, now time.Time) {
 // fetch loads h from the store once for all concurrent callers and caches
 // the answer unless an invalidation of h's shard raced with it.
 func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
+	start := time.Now()
 	flight := c.flight(ctx, h)
 	// The caller waits FetchTimeout at most, whatever the store's client
 	// does with its deadline (a client busy with a failover may overrun
@@ -379,9 +386,24 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	case <-timer.C:
 		return nil, errFetchTimeout
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) && time.Since(start) < c.opts.FetchTimeout/2 {
+			// The caller left (a client reset its request, and Envoy its
+			// check) before the store had a fair part of the timeout: that
+			// says nothing of the store. Were it taken as the store's
+			// failure, a client resetting three requests in a row would
+			// open the breaker and turn every uncached key away for a
+			// while. A deadline is not the client's to set (Envoy's
+			// ext_authz timeout is), and one that passes is the store's
+			// slowness.
+			return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, errCallerLeft, ctx.Err())
+		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
 }
+
+// errCallerLeft is a lookup whose caller left before the store had a fair
+// chance to answer: not a failure of the store's.
+var errCallerLeft = errors.New("the caller left before the store had half the lookup timeout")
 
 // flight starts (or joins) the store lookup of h, which fills the cache when
 // it ends, and returns the channel its result arrives on.

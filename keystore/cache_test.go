@@ -460,3 +460,27 @@ func TestAChangeToAnotherKeyDoesNotStopAFill(t *testing.T) {
 	_, _ = c.Lookup(context.Background(), h)
 	assert.EqualValues(t, 1, st.lookups.Load(), "the fill was cached")
 }
+
+// A caller that leaves before the store answers (a client resetting its
+// request) proves nothing about the store: three in a row must not stop
+// the next lookup from asking it.
+func TestCallersThatLeaveDoNotOpenTheBreaker(t *testing.T) {
+	c, st, _, _ := setup(t)
+	st.gate = make(chan struct{})
+	for i := range 5 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Lookup(ctx, NewHasher(nil).Hash(fmt.Sprintf("sk_gone_%d", i)))
+			done <- err
+		}()
+		require.Eventually(t, func() bool { return st.lookups.Load() == int64(i+1) }, time.Second, time.Millisecond)
+		cancel()
+		err := <-done
+		require.ErrorIs(t, err, context.Canceled)
+	}
+	close(st.gate)
+	_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_unknown"))
+	assert.ErrorIs(t, err, ErrNotFound, "the store is asked: callers leaving did not open the breaker")
+	assert.Zero(t, c.Stats().StoreFailures, "a caller leaving is not a store failure")
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/extauthz/extauthz/internal/faultproxy"
 	"github.com/extauthz/extauthz/internal/redistest"
@@ -561,4 +562,27 @@ routes:
 			requireWithinBound(t, samples, isLimited, faultTimeout+checkMargin)
 		})
 	}
+}
+
+// A client that resets its requests while their keys are looked up (Envoy
+// then cancels their checks) must not make a server take Redis for down:
+// were each reset a store failure, three in a row would open the key
+// cache's breaker, and every uncached key would get 503 for a second.
+func TestFaultClientsResettingChecksDoNotTakeTheStoreForDown(t *testing.T) {
+	rig := startFaultRig(t, "routes:\n  - {path: /api/users, methods: [GET], permissions: [read:users]}\n")
+	ts := rig.ts
+	key, _ := ts.create(t, keystore.Spec{Name: "k", Permissions: []string{"read:users"}})
+	rig.proxy.SetDelay(faultTimeout / 4) // Redis answers every call, after 25 ms
+	t.Cleanup(rig.proxy.Heal)
+	for i := range 5 {
+		unknown, err := ts.mgr.Format.Generate() // well-formed: it is looked up
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(5*time.Millisecond, cancel)
+		resp, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": unknown}))
+		require.Equal(t, codes.Canceled, status.Code(err), "reset %d was answered before it was reset (%s): the store was not asked", i+1, resp.GetDeniedResponse().GetBody())
+	}
+	rig.proxy.Heal() // Redis at full speed: only an open breaker would refuse now
+	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
+	assert.Equal(t, 200, httpStatus, "an uncached key after five resets: denied %s", code)
 }
