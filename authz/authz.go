@@ -419,7 +419,11 @@ func (a *Authorizer) lookup(ctx context.Context, set *PolicySet, key string, now
 			return false
 		}
 		d.storeAsked = time.Now()
-		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) {
+		// A lookup that found its key, or that the store did not answer,
+		// is given back; one that found nothing, or whose client left
+		// while the store was asked (a reset costs the store its lookup
+		// all the same), stays counted.
+		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) && !errors.Is(err, keystore.ErrCallerLeft) {
 			a.guard.refund(d.ClientIP, set.FailRate, set.FailTotalRate)
 		}
 	}

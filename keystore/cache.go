@@ -285,7 +285,7 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	var err error
 	if ask, probe := c.breaker.Enter(); ask {
 		k, err = c.fetch(ctx, h)
-		if errors.Is(err, errCallerLeft) {
+		if errors.Is(err, ErrCallerLeft) {
 			// Nothing learned of the store; the caller is gone, so no
 			// stale answer either.
 			c.breaker.Abandon(probe)
@@ -395,15 +395,17 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 			// while. A deadline is not the client's to set (Envoy's
 			// ext_authz timeout is), and one that passes is the store's
 			// slowness.
-			return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, errCallerLeft, ctx.Err())
+			return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrCallerLeft, ctx.Err())
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
 }
 
-// errCallerLeft is a lookup whose caller left before the store had a fair
-// chance to answer: not a failure of the store's.
-var errCallerLeft = errors.New("the caller left before the store had half the lookup timeout")
+// ErrCallerLeft is a lookup whose caller left before the store had a fair
+// chance to answer: not a failure of the store's. The lookup goes on (its
+// answer fills the cache), so it still cost the store a round trip. It
+// wraps ErrUnavailable.
+var ErrCallerLeft = errors.New("the caller left before the store had half the lookup timeout")
 
 // flight starts (or joins) the store lookup of h, which fills the cache when
 // it ends, and returns the channel its result arrives on.

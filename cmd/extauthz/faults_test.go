@@ -586,3 +586,28 @@ func TestFaultClientsResettingChecksDoNotTakeTheStoreForDown(t *testing.T) {
 	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
 	assert.Equal(t, 200, httpStatus, "an uncached key after five resets: denied %s", code)
 }
+
+// A lookup of an unknown key counts against its client's failed attempts
+// even when the client resets the request: the store is asked all the
+// same, so resets must not be a way around the bound.
+func TestFaultResetLookupsCountAsFailedAttempts(t *testing.T) {
+	rig := startFaultRig(t, "routes:\n  - {path: /api/users, methods: [GET], permissions: [read:users]}\n"+
+		"rate_limit: {failed_attempts: 3/m}\n")
+	ts := rig.ts
+	rig.proxy.SetDelay(faultTimeout / 4)
+	t.Cleanup(rig.proxy.Heal)
+	unknownKey := func() map[string]string {
+		unknown, err := ts.mgr.Format.Generate()
+		require.NoError(t, err)
+		return map[string]string{"x-api-key": unknown}
+	}
+	for i := range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(5*time.Millisecond, cancel)
+		resp, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", unknownKey()))
+		require.Equal(t, codes.Canceled, status.Code(err), "reset %d was answered before it was reset (%s)", i+1, resp.GetDeniedResponse().GetBody())
+	}
+	rig.proxy.Heal()
+	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", unknownKey()))
+	assert.Equal(t, "rate_limited", code, "a fourth unknown key from the address after three reset lookups (status %d)", httpStatus)
+}
