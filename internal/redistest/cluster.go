@@ -30,6 +30,7 @@ type Cluster struct {
 	TLS *TLSFiles
 
 	opts    ClusterOptions
+	node    Options // how each node runs, its certificates filled in
 	cliBin  string
 	proxies map[*Server]*faultproxy.Proxy
 	byAddr  map[string]*Server // by the address clients are told (the proxy's, when proxied)
@@ -93,41 +94,9 @@ func StartClusterOf(tb testing.TB, co ClusterOptions) *Cluster {
 		opts.Certs = NewTLSFiles(tb, tb.TempDir())
 	}
 	c.TLS = opts.Certs
+	c.node = opts
 	for range co.Masters * (1 + co.Replicas) {
-		// The cluster bus port is chosen explicitly: the default, port+10000,
-		// is not known to be free and may not even exist (> 65535).
-		node, bus := opts, FreePort(tb)
-		node.Port = FreePort(tb)
-		node.Args = []string{
-			"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf",
-			"--cluster-port", strconv.Itoa(bus),
-			"--cluster-node-timeout", strconv.FormatInt(co.NodeTimeout.Milliseconds(), 10),
-			// A master waits 5 s by default for more replicas before it
-			// streams its data to a new one.
-			"--repl-diskless-sync-delay", "0",
-		}
-		if opts.TLS {
-			node.Args = append(node.Args, "--tls-cluster", "yes", "--tls-replication", "yes")
-		}
-		var proxy *faultproxy.Proxy
-		if co.Proxied {
-			proxy = faultproxy.Start(tb, net.JoinHostPort("127.0.0.1", strconv.Itoa(node.Port)))
-			_, port, _ := net.SplitHostPort(proxy.Addr())
-			node.Args = append(node.Args,
-				"--cluster-announce-ip", "127.0.0.1",
-				"--cluster-announce-port", port,
-				"--cluster-announce-tls-port", port,
-				"--cluster-announce-bus-port", strconv.Itoa(bus))
-		}
-		node.Args = append(node.Args, opts.Args...)
-		s := StartWith(tb, node)
-		c.Nodes = append(c.Nodes, s)
-		c.byAddr[s.Addr] = s
-		if proxy != nil {
-			c.proxies[s] = proxy
-			c.byAddr[proxy.Addr()] = s
-		}
+		c.startNode(tb)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -143,6 +112,92 @@ func StartClusterOf(tb testing.TB, co ClusterOptions) *Cluster {
 		tb.Fatal(err)
 	}
 	return c
+}
+
+// startNode starts one cluster-enabled node as the Cluster's nodes run
+// (behind a fault proxy of its own when the Cluster is Proxied), adds it to
+// Nodes and returns it with its cluster bus port.
+func (c *Cluster) startNode(tb testing.TB) (*Server, int) {
+	tb.Helper()
+	opts, co := c.node, c.opts
+	// The cluster bus port is chosen explicitly: the default, port+10000,
+	// is not known to be free and may not even exist (> 65535).
+	node, bus := opts, FreePort(tb)
+	node.Port = FreePort(tb)
+	node.Args = []string{
+		"--cluster-enabled", "yes",
+		"--cluster-config-file", "nodes.conf",
+		"--cluster-port", strconv.Itoa(bus),
+		"--cluster-node-timeout", strconv.FormatInt(co.NodeTimeout.Milliseconds(), 10),
+		// A master waits 5 s by default for more replicas before it
+		// streams its data to a new one.
+		"--repl-diskless-sync-delay", "0",
+	}
+	if opts.TLS {
+		node.Args = append(node.Args, "--tls-cluster", "yes", "--tls-replication", "yes")
+	}
+	var proxy *faultproxy.Proxy
+	if co.Proxied {
+		proxy = faultproxy.Start(tb, net.JoinHostPort("127.0.0.1", strconv.Itoa(node.Port)))
+		_, port, _ := net.SplitHostPort(proxy.Addr())
+		node.Args = append(node.Args,
+			"--cluster-announce-ip", "127.0.0.1",
+			"--cluster-announce-port", port,
+			"--cluster-announce-tls-port", port,
+			"--cluster-announce-bus-port", strconv.Itoa(bus))
+	}
+	node.Args = append(node.Args, opts.Args...)
+	s := StartWith(tb, node)
+	c.Nodes = append(c.Nodes, s)
+	c.byAddr[s.Addr] = s
+	if proxy != nil {
+		c.proxies[s] = proxy
+		c.byAddr[proxy.Addr()] = s
+	}
+	return s, bus
+}
+
+// AddMaster starts one more node, as the others run, and joins it to the
+// Cluster as a master that serves no slot: a master new to the Cluster, as
+// one added for a resharding is until the first slot moves to it. A
+// client's slot map (CLUSTER SLOTS) does not list it. It has no replica of
+// its own (so WaitHealthy on a Cluster started with replicas does not
+// finish after it). It waits until every node that is up knows it and reports
+// cluster_state:ok (the new one too: it learns the slots' owners by gossip).
+func (c *Cluster) AddMaster(tb testing.TB) *Server {
+	tb.Helper()
+	s, bus := c.startNode(tb)
+	id, err := s.clusterID()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(s.Addr)
+	if _, err := c.Nodes[0].Query("CLUSTER", "MEET", host, port, strconv.Itoa(bus)); err != nil {
+		tb.Fatalf("CLUSTER MEET %s: %v", s.Addr, err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		known := 0
+		for _, n := range c.Nodes {
+			if !n.Up() {
+				known++
+				continue
+			}
+			nodes, err := n.QueryString("CLUSTER", "NODES")
+			info, ierr := n.QueryString("CLUSTER", "INFO")
+			if err == nil && ierr == nil && troubled(nodes) == "" && strings.Contains(nodes, id) &&
+				strings.Contains(info, "cluster_state:ok") {
+				known++
+			}
+		}
+		if known == len(c.Nodes) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of the %d nodes know the new master %s after a minute", known, len(c.Nodes), s.Addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Addrs returns the address clients are to use for each node (the proxy's,

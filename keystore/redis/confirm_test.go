@@ -267,3 +267,44 @@ func TestConfirmingNeedsATimeout(t *testing.T) {
 		require.NoError(t, s.Close())
 	}
 }
+
+// A resharding that adds a master moves slots to one the client's slot map
+// does not list (it serves no slot yet). A confirmed change whose records
+// have all moved there is redirected to it (ASK) before the hand-over; it
+// waits for the hand-over rather than failing, and is confirmed there.
+func TestAConfirmedChangeWaitsForItsRecordsToMoveToANewMaster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	client := dial(t, Options{Addrs: cluster.Addrs()})
+	plain := New(client, testPrefix)
+	confirming := New(client, testPrefix, ConfirmChanges(Confirm{Replicas: 1, Timeout: 50 * time.Millisecond}))
+	t.Cleanup(func() { _ = plain.Close(); _ = confirming.Close() })
+	ctx := t.Context()
+	// An expiry puts every index an update writes in place, so that all of
+	// the update's keys are there to move.
+	k, h, _ := newKey(t, "alice")
+	require.NoError(t, expire(time.Now().Add(time.Hour))(k))
+	require.NoError(t, plain.Create(ctx, k, h, 0))
+
+	fresh := cluster.AddMaster(t)
+	mig, err := cluster.StartMigration(cluster.Slot(testPrefix+"{keys}:all"), fresh)
+	require.NoError(t, err)
+	left, err := mig.Move(1 << 20)
+	require.NoError(t, err)
+	require.Zero(t, left)
+
+	later := time.Now().Add(2 * time.Hour)
+	done := make(chan error, 1)
+	go func() {
+		_, err := confirming.Update(ctx, k.ID, keystore.OwnerLimit{}, expire(later))
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	_, err = mig.Finish()
+	require.NoError(t, err)
+	err = <-done
+	require.ErrorIs(t, err, keystore.ErrUnconfirmed, "an update whose records moved to a new master")
+	require.ErrorContains(t, err, "0 of the 1 replicas", "WAIT was not asked on the new master")
+	got, err := plain.Lookup(ctx, h)
+	require.NoError(t, err)
+	require.Equal(t, later.UTC().Truncate(time.Millisecond), got.ExpiresAt.UTC())
+}

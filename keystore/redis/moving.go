@@ -3,7 +3,6 @@ package redis
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -30,10 +29,12 @@ import (
 const slotMoveWait = 5 * time.Second
 
 // slotMoving reports whether err is Redis saying that the call's slot is
-// moving (TRYAGAIN), or has moved since the client last read the slot map
-// (MOVED, from a call made on one node's connection).
+// moving (TRYAGAIN, or ASK to a master change cannot follow it to), or has
+// moved since the client last read the slot map (MOVED, from a call made on
+// one node's connection). Redis ran none of these calls.
 func slotMoving(err error) bool {
-	return goredis.HasErrorPrefix(err, "TRYAGAIN") || goredis.HasErrorPrefix(err, "MOVED")
+	return goredis.HasErrorPrefix(err, "TRYAGAIN") || goredis.HasErrorPrefix(err, "MOVED") ||
+		goredis.HasErrorPrefix(err, "ASK")
 }
 
 // whileSlotMoves calls call until it returns anything but slotMoving, for
@@ -112,7 +113,10 @@ func askedTo(err error) (string, bool) {
 	return f[1], true
 }
 
-// masterAt returns the client of the Cluster master at addr.
+// masterAt returns the client of the Cluster master at addr, or nil when
+// the slot map lists no master there: a master new to the Cluster serves no
+// slot until the first one moved to it is handed over, so no slot map lists
+// it while that slot moves.
 func masterAt(ctx context.Context, c *goredis.ClusterClient, addr string) (*goredis.Client, error) {
 	var mu sync.Mutex
 	var found *goredis.Client
@@ -126,9 +130,6 @@ func masterAt(ctx context.Context, c *goredis.ClusterClient, addr string) (*gore
 	})
 	if err != nil {
 		return nil, err
-	}
-	if found == nil {
-		return nil, fmt.Errorf("redirected to %s, which is not a master in the slot map", addr)
 	}
 	return found, nil
 }

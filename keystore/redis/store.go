@@ -387,7 +387,9 @@ func (s *Store) change(ctx context.Context, script *goredis.Script, remedy strin
 // changeOnce is one try of change. WAIT counts the acknowledgements of its
 // own connection's writes, so the script and WAIT go over one connection to
 // the primary of the records' slot, or, while that slot moves and the
-// records have moved, to the master it moves to (an ASK redirect).
+// records have moved, to the master it moves to (an ASK redirect) when the
+// slot map lists that master; when it does not (a master new to the
+// Cluster), the ASK is returned, and change waits for the hand-over.
 func (s *Store) changeOnce(ctx context.Context, script *goredis.Script, remedy string, keys []string, args []any) (reply string, confirmed, err error) {
 	if s.confirm.Replicas == 0 {
 		reply, err = script.Run(ctx, s.client, keys, args...).Text()
@@ -405,6 +407,11 @@ func (s *Store) changeOnce(ctx context.Context, script *goredis.Script, remedy s
 		target, err := masterAt(ctx, cluster, addr)
 		if err != nil {
 			return "", nil, err
+		}
+		if target == nil {
+			// A master new to the Cluster: the change waits for the
+			// hand-over (the ASK error is slotMoving), then goes there.
+			return "", nil, cmd.Err()
 		}
 		conn = target.Conn()
 		defer conn.Close()
