@@ -638,17 +638,17 @@ func (r *Limiter) drain() {
 // one Redis, the whole batch is one script call: the fixed cost of a call
 // (and of reading the clock) is paid once per batch, not per check. A
 // Cluster client gets one call per check, in one pipeline, as the checks'
-// counters are in different slots. A call Redis does not know the script
-// for (after a restart, or on a new Cluster node) is sent again as EVAL,
-// which loads it.
+// counters are in different slots (runEach). A call Redis does not know the
+// script for (after a restart, or on a new Cluster node) is sent again as
+// EVAL, which loads it.
 func (r *Limiter) run(ctx context.Context, batch []*call) {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
-	defer cancel()
 	now := ""
 	if r.opts.Now != nil {
 		now = strconv.FormatInt(r.opts.Now().UnixMicro(), 10)
 	}
 	if !r.perCheck {
+		defer cancel()
 		r.calls.Add(1)
 		vals, err := allow(ctx, r.client, batchArgs(batch, now)).Result()
 		for _, c := range batch {
@@ -666,56 +666,111 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		}
 		return
 	}
+	r.runEach(ctx, cancel, batch, now)
+}
+
+// runEach sends a Cluster batch, one call per check, and answers every
+// check Redis decided. While a slot moves to another master, a check of two
+// limits whose counters the move has split, or one of them not yet counted
+// on the new master, is refused with TRYAGAIN until the move ends (a few
+// milliseconds for a counter's slot); those wait for it, within the batch's
+// Timeout, rather than being decided without Redis, in a goroutine of their
+// own (waitOutMove): the batch's wire slot goes on to the checks pending, and
+// a move that stalls holds up no check but those it refuses. That goroutine,
+// like a check sent from its caller's goroutine, may outlive Close by up to
+// Timeout. runEach calls cancel, ctx's, or leaves it to waitOutMove.
+func (r *Limiter) runEach(ctx context.Context, cancel context.CancelFunc, batch []*call, now string) {
 	r.calls.Add(uint64(len(batch)))
 	cmds := make([]*goredis.IntSliceCmd, len(batch))
 	args := make([][]any, len(batch))
-	for i := range batch {
-		args[i] = batchArgs(batch[i:i+1], now)
-	}
-	send := func(which []int, command, script string) {
-		_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			for _, i := range which {
-				cmds[i] = allowCmd(ctx, args[i], command, script)
-				_ = p.Process(ctx, cmds[i])
-			}
-			return nil
-		})
-	}
-	which := make([]int, len(batch))
-	for i := range which {
-		which[i] = i
-	}
-	send(which, "evalsha", allowScript.Hash())
-	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
-		if again := failedWith(cmds, "NOSCRIPT"); len(again) > 0 {
-			send(again, "eval", allowSrc)
+	_, _ = r.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i := range batch {
+			args[i] = batchArgs(batch[i:i+1], now)
+			cmds[i] = allowCmd(ctx, args[i], "evalsha", allowScript.Hash())
+			_ = p.Process(ctx, cmds[i])
 		}
-		// While a slot moves to another master, a check of two limits whose
-		// counters the move has split, or one of them not yet counted on the
-		// new master, is refused with TRYAGAIN until the move ends (a few
-		// milliseconds for a counter's slot): it waits for it, within the
-		// batch's Timeout, rather than being decided without Redis.
-		again := failedWith(cmds, "TRYAGAIN")
-		if len(again) == 0 || !sleep(ctx, pause) {
-			break
-		}
-		send(again, "evalsha", allowScript.Hash())
+		return nil
+	})
+	if again := failedWith(cmds, nil, "NOSCRIPT"); len(again) > 0 {
+		resend(ctx, r.client, cmds, args, again, "eval", allowSrc)
 	}
+	var moving []int
 	for i, c := range batch {
+		if hasErrorPrefix(cmds[i].Err(), "TRYAGAIN") {
+			moving = append(moving, i)
+			continue
+		}
 		vals, err := cmds[i].Result()
 		c.reply <- reply{vals: vals, err: err}
 	}
+	if len(moving) == 0 {
+		cancel()
+		return
+	}
+	// batch is the sender's, filled afresh once run returns.
+	go r.waitOutMove(ctx, cancel, slices.Clone(batch), cmds, args, moving)
 }
 
-// failedWith returns the indexes of the cmds whose error starts with prefix.
-func failedWith(cmds []*goredis.IntSliceCmd, prefix string) []int {
+// waitOutMove sends the checks at the indexes moving of calls (their calls
+// cmds and arguments args) again every few milliseconds while Redis refuses
+// them with TRYAGAIN, until ctx ends, and answers each once Redis decides
+// it, or with its last refusal. It answers only those: the others may have
+// been released and taken by new checks. It calls cancel, ctx's.
+func (r *Limiter) waitOutMove(ctx context.Context, cancel context.CancelFunc, calls []*call, cmds []*goredis.IntSliceCmd, args [][]any, moving []int) {
+	defer cancel()
+	for pause := time.Millisecond; len(moving) > 0 && sleep(ctx, pause); pause = min(2*pause, 20*time.Millisecond) {
+		resend(ctx, r.client, cmds, args, moving, "evalsha", allowScript.Hash())
+		if again := failedWith(cmds, moving, "NOSCRIPT"); len(again) > 0 {
+			resend(ctx, r.client, cmds, args, again, "eval", allowSrc)
+		}
+		refused := moving[:0]
+		for _, i := range moving {
+			if hasErrorPrefix(cmds[i].Err(), "TRYAGAIN") {
+				refused = append(refused, i)
+				continue
+			}
+			vals, err := cmds[i].Result()
+			calls[i].reply <- reply{vals: vals, err: err}
+		}
+		moving = refused
+	}
+	for _, i := range moving {
+		calls[i].reply <- reply{err: cmds[i].Err()}
+	}
+}
+
+// resend sends the checks at the indexes which again, in one pipeline, as
+// command ("evalsha" or "eval") with script (its hash or its source),
+// replacing their cmds.
+func resend(ctx context.Context, client goredis.UniversalClient, cmds []*goredis.IntSliceCmd, args [][]any, which []int, command, script string) {
+	_, _ = client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, i := range which {
+			cmds[i] = allowCmd(ctx, args[i], command, script)
+			_ = p.Process(ctx, cmds[i])
+		}
+		return nil
+	})
+}
+
+// failedWith returns the indexes of the cmds whose error starts with
+// prefix, among those at the indexes among (all of them when nil).
+func failedWith(cmds []*goredis.IntSliceCmd, among []int, prefix string) []int {
 	var out []int
 	for i, cmd := range cmds {
-		if goredis.HasErrorPrefix(cmd.Err(), prefix) {
+		if among != nil && !slices.Contains(among, i) {
+			continue
+		}
+		if hasErrorPrefix(cmd.Err(), prefix) {
 			out = append(out, i)
 		}
 	}
 	return out
+}
+
+// hasErrorPrefix is goredis.HasErrorPrefix without its allocation (of the
+// target of errors.As) when err is nil, as a check's mostly is.
+func hasErrorPrefix(err error, prefix string) bool {
+	return err != nil && goredis.HasErrorPrefix(err, prefix)
 }
 
 // sleep waits d, and reports false if ctx ends first.

@@ -884,3 +884,90 @@ func TestRedisReplicasOnTwoWindowsShareOneCount(t *testing.T) {
 		})
 	}
 }
+
+// While a slot moves, a check of two limits whose counters the move has
+// split is refused (TRYAGAIN) and sent again until the move ends, within
+// Timeout. A move that stalls (a resharding stopped halfway leaves its slot
+// moving until someone fixes it) refuses it for the whole Timeout: that
+// wait is the refused check's alone, not the other checks', which are
+// answered by Redis meanwhile, not held up behind it until they time out.
+func TestAStalledSlotMoveHoldsUpOnlyTheChecksItRefuses(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	client := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: cluster.Addrs(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = client.Close() })
+	const timeout = time.Second
+	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: timeout, Pipelines: 1, NoLeases: true,
+		OnStoreError: ratelimit.PolicyDeny, BreakerFailures: 100})
+	ctx := context.Background()
+	rate := ratelimit.Rate{N: 1000, Window: time.Minute}
+	key := ratelimit.Limit{Name: "key", Bucket: "stalled", Rate: rate}
+	route := ratelimit.Limit{Name: "route", Bucket: "stalled", Scope: "/r", Rate: rate}
+	_, err := lim.Allow(ctx, []ratelimit.Limit{key})
+	require.NoError(t, err)
+
+	// The key's counter moves; the route's, not yet counted, would be made
+	// on the new master, which refuses it until the slot is handed over.
+	slot := cluster.Slot(lim.counterKey(&key))
+	from := cluster.Master(slot)
+	var to *redistest.Server
+	for _, m := range cluster.Masters() {
+		if m != from {
+			to = m
+			break
+		}
+	}
+	mig, err := cluster.StartMigration(slot, to)
+	require.NoError(t, err)
+	left, err := mig.Move(1 << 20)
+	require.NoError(t, err)
+	require.Zero(t, left)
+	refusals := func() int {
+		info, err := to.Info("errorstats")
+		require.NoError(t, err)
+		var n int
+		_, _ = fmt.Sscanf(info["errorstat_TRYAGAIN"], "count=%d", &n)
+		return n
+	}
+
+	split := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := lim.Allow(ctx, []ratelimit.Limit{key, route})
+		split <- err
+	}()
+	require.Eventually(t, func() bool { return refusals() > 0 }, timeout/2, time.Millisecond, "the check of both limits is refused")
+	other := ratelimit.Limit{Name: "key", Bucket: "elsewhere", Rate: rate}
+	for range 3 {
+		asked := time.Now()
+		res, err := lim.Allow(ctx, []ratelimit.Limit{other})
+		require.NoError(t, err, "a check the move does not refuse, made while a refused one waits")
+		require.True(t, res.Allowed)
+		require.Less(t, time.Since(asked), timeout/4, "a check the move does not refuse waited for one it does")
+	}
+	require.ErrorIs(t, <-split, ratelimit.ErrUnavailable, "the move never ended")
+	require.GreaterOrEqual(t, time.Since(start), timeout-50*time.Millisecond, "the refused check waited for the move until its Timeout")
+	require.Greater(t, refusals(), 3, "the refused check was sent again while it waited")
+	require.EqualValues(t, 1, lim.Stats().Fallback, "only the refused check was decided without Redis")
+}
+
+// Looking through a Cluster batch's answers for the refused ones (NOSCRIPT,
+// TRYAGAIN) costs nothing when Redis answered them all: go-redis's
+// HasErrorPrefix allocates even for no error.
+func TestLookingForRefusedChecksAllocatesNothing(t *testing.T) {
+	cmds := []*goredis.IntSliceCmd{goredis.NewIntSliceCmd(context.Background()), goredis.NewIntSliceCmd(context.Background())}
+	allocs := testing.AllocsPerRun(100, func() {
+		_ = failedWith(cmds, nil, "NOSCRIPT")
+		_ = hasErrorPrefix(cmds[0].Err(), "TRYAGAIN")
+	})
+	assert.Zero(t, allocs)
+	cmds[1].SetErr(replyError("TRYAGAIN Multiple keys request during rehashing of slot"))
+	assert.Equal(t, []int{1}, failedWith(cmds, nil, "TRYAGAIN"))
+	assert.Empty(t, failedWith(cmds, []int{0}, "TRYAGAIN"))
+	assert.Empty(t, failedWith(cmds, nil, "NOSCRIPT"))
+}
+
+// replyError is an error reply of Redis, as go-redis reads one.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}
