@@ -21,7 +21,9 @@ import (
 //     key is refused on both until the move ends.
 //
 // Every key record is in one slot ({keys}), so a move of that slot makes
-// every create, update and revocation a TRYAGAIN until it ends. The Cluster
+// every create and rotation (each makes a record) a TRYAGAIN until it ends,
+// and every update and revocation one while the move has split the records
+// it writes. The Cluster
 // client retries a TRYAGAIN only three times within a few tens of
 // milliseconds, which no move of more than a handful of keys ends in; a
 // change waits for up to slotMoveWait instead (within its caller's
