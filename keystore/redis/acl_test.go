@@ -188,9 +188,11 @@ func commandCalls(t *testing.T, admin *goredis.Client) map[string]int {
 func (d *deployed) dialAsExtauthz(t *testing.T, o redisstore.Options) goredis.UniversalClient {
 	t.Helper()
 	o.Username, o.Password = aclUser, d.password
-	// These tests prove what Redis allows, not how fast: a TLS handshake
-	// under the race detector on a busy machine outlasts the defaults.
-	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 10*time.Second, 5*time.Second, 5*time.Second
+	if o.Timeout == 0 {
+		// These tests prove what Redis allows, not how fast: a TLS handshake
+		// under the race detector on a busy machine outlasts the defaults.
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 10*time.Second, 5*time.Second, 5*time.Second
+	}
 	c, err := redisstore.Dial(o)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
@@ -222,7 +224,7 @@ func TestTheShippedACLIsEnoughAndNoMore(t *testing.T) {
 		exerciseLimiter(t, dialExtauthz(t), dialExtauthz(t))
 	})
 	t.Run("the audit stream takes events and tails them", func(t *testing.T) {
-		exerciseAudit(t, dialExtauthz(t))
+		exerciseAudit(t, dialExtauthz(t), aclPrefix)
 	})
 	t.Run("a change asks the replicas to confirm it", func(t *testing.T) {
 		exerciseConfirm(t, dialExtauthz(t))
@@ -535,25 +537,25 @@ func exerciseLimiter(t *testing.T, c, c2 goredis.UniversalClient) {
 	}
 }
 
-// exerciseAudit writes events to the stream on c and reads them back, the
-// past ones and, following, a new one.
-func exerciseAudit(t *testing.T, c goredis.UniversalClient) {
+// exerciseAudit writes events to the streams of prefix on c and reads them
+// back, the past ones and, following, a new one.
+func exerciseAudit(t *testing.T, c goredis.UniversalClient, prefix string) {
 	ctx := t.Context()
-	sink := auditredis.NewSink(c, aclPrefix, 1000)
+	sink := auditredis.NewSink(c, prefix, 1000)
 	ev := func(n int) audit.Event {
 		return audit.Event{Time: time.Now(), Type: audit.TypeKeyUpdated, KeyID: "key_acl", KeyName: strconv.Itoa(n), Owner: "default", Actor: "cli"}
 	}
 	require.NoError(t, sink.Write(ctx, []audit.Event{ev(1), ev(2)}))
 
 	var past bytes.Buffer
-	require.NoError(t, auditredis.Tail(ctx, c, aclPrefix, auditredis.TailOptions{KeyID: "key_acl"}, &past))
+	require.NoError(t, auditredis.Tail(ctx, c, prefix, auditredis.TailOptions{KeyID: "key_acl"}, &past))
 	require.Equal(t, 2, strings.Count(past.String(), "\n"), "the past events: %s", past.String())
 
 	followCtx, stop := context.WithCancel(ctx)
 	r, w := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- auditredis.Tail(followCtx, c, aclPrefix, auditredis.TailOptions{Count: -1, Follow: true}, w)
+		done <- auditredis.Tail(followCtx, c, prefix, auditredis.TailOptions{Count: -1, Follow: true}, w)
 		w.Close()
 	}()
 	lines := make(chan string, 1)
@@ -652,22 +654,35 @@ func requireLockedOut(t *testing.T, srv *redistest.Server, d *deployed) {
 	}
 }
 
+// shippedCopy copies the shipped Redis files to a directory of the test's,
+// through edit (when not nil), and returns the directory.
+func shippedCopy(t *testing.T, edit func(name string, data []byte) []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"start.sh", "redis.conf", "users.acl"} {
+		data, err := os.ReadFile(filepath.Join(deployedRedis, name))
+		require.NoError(t, err)
+		if edit != nil {
+			data = edit(name, data)
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), data, 0o755))
+	}
+	return dir
+}
+
 // TestAMissingCommandIsCaught: a command extauthz needs but the ACL lacks
 // shows in the ACL log even where extauthz rides the error out (the change
 // watcher retries, the limiter falls back), so the checks above fail.
 func TestAMissingCommandIsCaught(t *testing.T) {
-	dir := t.TempDir()
-	for _, f := range []string{"start.sh", "redis.conf", "users.acl"} {
-		data, err := os.ReadFile(filepath.Join(deployedRedis, f))
-		require.NoError(t, err)
-		if f == "users.acl" {
+	dir := shippedCopy(t, func(name string, data []byte) []byte {
+		if name == "users.acl" {
 			for _, cmd := range []string{" +xread", " +set "} {
 				require.Contains(t, string(data), cmd)
 				data = bytes.Replace(data, []byte(cmd), []byte(" "), 1)
 			}
 		}
-		require.NoError(t, os.WriteFile(filepath.Join(dir, f), data, 0o755))
-	}
+		return data
+	})
 	d := newDeployed(t, dir)
 	srv := redistest.StartWith(t, d.options(t, false))
 	admin := d.admin(t, srv)
@@ -712,7 +727,7 @@ func TestClusterOverTLSWithTheShippedACL(t *testing.T) {
 		})
 	})
 	t.Run("the rate limiter", func(t *testing.T) { exerciseLimiter(t, dialCluster(t), dialCluster(t)) })
-	t.Run("the audit stream", func(t *testing.T) { exerciseAudit(t, dialCluster(t)) })
+	t.Run("the audit stream", func(t *testing.T) { exerciseAudit(t, dialCluster(t), aclPrefix) })
 	t.Run("confirming a change", func(t *testing.T) { exerciseConfirm(t, dialCluster(t)) })
 	t.Run("while slots move to another master", func(t *testing.T) { exerciseMigration(t, cluster, dialCluster(t)) })
 	t.Run("nothing was refused and every granted command was used", func(t *testing.T) {
@@ -732,6 +747,21 @@ func TestClusterOverTLSWithTheShippedACL(t *testing.T) {
 	})
 }
 
+// sentinelMonitorUser is the ACL line, on each node, of the user a Sentinel
+// logs in as to watch it and to reconfigure it in a failover: what Redis
+// documents a Sentinel needs.
+func sentinelMonitorUser(password string) string {
+	return "user sentinel on >" + password +
+		" allchannels -@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill"
+}
+
+// extauthzSentinelUser is the ACL line, on each Sentinel, of the user
+// extauthz asks it for the primary as: what docs/operations.md documents.
+func extauthzSentinelUser(password string) string {
+	return "user extauthz-sentinel on >" + password +
+		" resetchannels &+switch-master &+replica-reconf-done -@all +ping +sentinel|get-master-addr-by-name +sentinel|sentinels +subscribe"
+}
+
 // TestSentinelOverTLSWithACLUsers: a primary started from the shipped files
 // and a Sentinel, both over TLS with client certificates, each with its own
 // ACL: extauthz logs in to the Sentinel as one user and to the primary as
@@ -740,8 +770,7 @@ func TestSentinelOverTLSWithACLUsers(t *testing.T) {
 	d := newDeployed(t, deployedRedis)
 	monitorPassword, sentinelPassword := randomSecret(t), randomSecret(t)
 	// The Sentinel's own user on the primary (what Redis documents it needs).
-	opts := d.options(t, true, "user sentinel on >"+monitorPassword+
-		" allchannels -@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill")
+	opts := d.options(t, true, sentinelMonitorUser(monitorPassword))
 	primary := redistest.StartWith(t, opts)
 
 	const master = "extauthz"
@@ -749,7 +778,7 @@ func TestSentinelOverTLSWithACLUsers(t *testing.T) {
 		MasterName: master, AuthUser: "sentinel", AuthPass: monitorPassword,
 		Config: []string{
 			"user default off",
-			"user extauthz-sentinel on >" + sentinelPassword + " resetchannels &+switch-master &+replica-reconf-done -@all +ping +sentinel|get-master-addr-by-name +sentinel|sentinels +subscribe",
+			extauthzSentinelUser(sentinelPassword),
 			fmt.Sprintf("user %s on >%s ~* &* +@all", adminUser, d.adminPassword),
 		},
 	})
@@ -774,7 +803,7 @@ func TestSentinelOverTLSWithACLUsers(t *testing.T) {
 	t.Run("the rate limiter", func(t *testing.T) {
 		exerciseLimiter(t, c, d.dialAsExtauthz(t, sentinelOpts("extauthz-sentinel", sentinelPassword)))
 	})
-	t.Run("the audit stream", func(t *testing.T) { exerciseAudit(t, c) })
+	t.Run("the audit stream", func(t *testing.T) { exerciseAudit(t, c, aclPrefix) })
 	t.Run("neither the primary nor the Sentinel refused anything extauthz sent", func(t *testing.T) {
 		for _, e := range aclDenials(t, d.admin(t, primary)) {
 			require.NotContains(t, e, " by "+aclUser, "the primary refused a command extauthz sent")
