@@ -19,6 +19,7 @@ import (
 	"github.com/extauthz/extauthz/internal/faultproxy"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
+	redisstore "github.com/extauthz/extauthz/keystore/redis"
 )
 
 // These tests run extauthz under a steady load of checks while Redis, or the
@@ -610,4 +611,88 @@ func TestFaultResetLookupsCountAsFailedAttempts(t *testing.T) {
 	rig.proxy.Heal()
 	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", unknownKey()))
 	assert.Equal(t, "rate_limited", code, "a fourth unknown key from the address after three reset lookups (status %d)", httpStatus)
+}
+
+// TestFaultChangesMadeWhileCutOffAreInForceOnceRedisAnswers: a server cut
+// off from Redis hears of no change, and keeps serving its cached keys as
+// they were (README, Cache: for up to cache.max_stale). Changes made
+// meanwhile by a client that still reaches Redis (a revocation, a narrowed
+// permission or allowlist, a rotation ending the grace period now) must
+// all be in force within about a second of the server reaching Redis again,
+// however long the entries had left: the change feed, unable to know what
+// it missed, makes the cache forget everything. The cache TTL here is far
+// longer than the test, so nothing but that can refuse the keys.
+func TestFaultChangesMadeWhileCutOffAreInForceOnceRedisAnswers(t *testing.T) {
+	for _, f := range []faultKind{faultKinds[3], faultKinds[4]} { // dropped, blackholed
+		t.Run(f.name, func(t *testing.T) {
+			ignore := goleak.IgnoreCurrent()
+			t.Cleanup(func() { goleak.VerifyNone(t, append(redistest.LeakOptions(), ignore)...) })
+			rig := startFaultRig(t, testRoutes+"cache: {ttl: 1m, max_stale: 5m}\n")
+			t.Cleanup(rig.proxy.Heal)
+			ts := rig.ts
+			// The operator's CLI, on its own connection to Redis, past the proxy.
+			client, err := redisstore.Dial(redisstore.Options{URL: rig.redis.URL(0)})
+			require.NoError(t, err)
+			t.Cleanup(func() { client.Close() })
+			cli := &keystore.Manager{Store: redisstore.New(client, "f:"), Hasher: ts.mgr.Hasher, Format: ts.mgr.Format}
+
+			type change struct {
+				name, want string
+				make       func(id string) error
+				secret     string
+				id         string
+			}
+			ctx := context.Background()
+			changes := []*change{
+				{name: "revoked", want: "revoked_key", make: func(id string) error { _, err := cli.Revoke(ctx, id, "test"); return err }},
+				{name: "narrowed", want: "permission_denied", make: func(id string) error {
+					perms := []string{"read:reports"}
+					_, err := cli.Update(ctx, id, keystore.Patch{Permissions: &perms}, nil, "test")
+					return err
+				}},
+				{name: "fenced", want: "ip_not_allowed", make: func(id string) error {
+					allow := mustCIDRs(t, "192.0.2.0/24")
+					_, err := cli.Update(ctx, id, keystore.Patch{IPAllowlist: &allow}, nil, "test")
+					return err
+				}},
+				{name: "rotated", want: "expired_key", make: func(id string) error { _, _, err := cli.Rotate(ctx, id, 0, "test", nil); return err }},
+			}
+			for _, c := range changes {
+				var k *keystore.Key
+				c.secret, k = ts.create(t, keystore.Spec{Name: c.name, Permissions: []string{"read:users"}})
+				c.id = k.ID
+			}
+			time.Sleep(100 * time.Millisecond) // the creates' change events pass before the keys are cached
+			code := func(c *change) string {
+				resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": c.secret})
+				code, _ := denial(t, resp)
+				return code
+			}
+			for _, c := range changes {
+				require.Empty(t, code(c), "%s: allowed before the fault", c.name)
+			}
+
+			f.inject(rig)
+			time.Sleep(300 * time.Millisecond)
+			for _, c := range changes {
+				require.NoError(t, c.make(c.id), c.name)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			for _, c := range changes {
+				assert.Empty(t, code(c), "%s: a cached key is served as it was while the store cannot be asked", c.name)
+			}
+
+			f.heal(rig)
+			healed := time.Now()
+			for _, c := range changes {
+				for got := code(c); got != c.want; got = code(c) {
+					require.Less(t, time.Since(healed), 5*time.Second, "%s: still %q after Redis answered again", c.name, got)
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			took := time.Since(healed)
+			t.Logf("fault: %-10s changes made while cut off were all in force %s after Redis answered again", f.name, ms(took))
+			assert.Less(t, took, 1500*time.Millisecond, "changes made while cut off take effect within about a second of Redis answering")
+		})
+	}
 }
