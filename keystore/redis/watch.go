@@ -18,7 +18,10 @@ import (
 //     subscription is reconnecting (a network blip, a Redis failover) is
 //     gone, and nothing tells the replica: it keeps serving a revoked key
 //     from its cache until the TTL runs out. A stream keeps the entries, so
-//     a watcher that reconnects reads on from the last entry it saw.
+//     a read that a reconnection retries (go-redis retries a call on a new
+//     connection once) reads on from the last entry seen; a watcher whose
+//     call failed does not know what happened meanwhile, and tells its
+//     cache to forget everything once Redis answers again.
 //   - The gaps a stream can still have are detectable: the watcher checks
 //     that its last-seen entry is still there before reading on. If it was
 //     trimmed away (the watcher fell more than ~10000 changes behind) or lost
