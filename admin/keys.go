@@ -409,8 +409,8 @@ func (s *server) rotationPending(ctx context.Context, c *caller, old *keystore.K
 	}
 	live, err := s.manager.LiveEarlierKeys(ctx, old.ID)
 	if errors.Is(err, keystore.ErrLineTooLong) {
-		return &apiError{http.StatusConflict, codeRotationPending, err.Error() +
-			" for an earlier key still in its grace period; a keys:admin caller may rotate it, or revoke it and create a new key"}
+		return &apiError{http.StatusConflict, codeRotationPending, "cannot tell whether an earlier key of this key's line of rotations is still in its grace period (" +
+			err.Error() + "); a keys:admin caller may rotate it, or revoke it and create a new key"}
 	}
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, redistest.LeakOptions()...) }
@@ -266,7 +267,7 @@ func TestTailMergesTheStreamsByTime(t *testing.T) {
 
 	following := &onCommand{name: "xread", seen: make(chan struct{})}
 	c.AddHook(following)
-	live := &syncBuffer{}
+	live := &syncbuf.Buffer{}
 	tailCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Tail(tailCtx, c, prefix, TailOptions{Count: -1, Follow: true}, live) }()
@@ -313,24 +314,6 @@ func TestTailOnAnEmptyStreamPrintsNothing(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe to read while Tail writes to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestTailFollowsNewEventsUntilCancelled(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
@@ -346,7 +329,7 @@ func TestTailFollowsNewEventsUntilCancelled(t *testing.T) {
 
 			following := &onCommand{name: "xread", seen: make(chan struct{})}
 			c.AddHook(following)
-			out := &syncBuffer{}
+			out := &syncbuf.Buffer{}
 			tailCtx, stop := context.WithCancel(context.Background())
 			defer stop()
 			done := make(chan error, 1)
@@ -402,7 +385,7 @@ func (h *onCommand) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	}
 }
 
-func waitForOutput(t *testing.T, out *syncBuffer, want string) {
+func waitForOutput(t *testing.T, out *syncbuf.Buffer, want string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); out.String() != want; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {

@@ -53,7 +53,7 @@ Redis sink (audit.sink: redis); with the stdout sink, read the server's output i
 			if cfg.Audit.Sink != "redis" {
 				return fmt.Errorf("audit tail reads the Redis stream, but audit.sink is %q (with stdout, read the server's output)", cfg.Audit.Sink)
 			}
-			be, err := openBackend(cfg)
+			be, err := openBackend(cfg, nil)
 			if err != nil {
 				return err
 			}

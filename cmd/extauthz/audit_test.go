@@ -16,22 +16,23 @@ import (
 
 	auditpkg "github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
 // auditEvents decodes the JSON lines of a server's audit output.
 // startAudited starts a server on the embedded store with testRoutes, with
 // or without the admin API, and returns it with its audit output.
-func startAudited(t *testing.T, admin bool) (*testServer, *syncBuffer) {
+func startAudited(t *testing.T, admin bool) (*testServer, *syncbuf.Buffer) {
 	t.Helper()
 	listen := "off"
 	if admin {
 		listen = `"127.0.0.1:0"`
 	}
-	audit := &syncBuffer{}
+	audit := &syncbuf.Buffer{}
 	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: %s}\nstore: {path: %q}\n%s",
 		listen, filepath.Join(t.TempDir(), "k.db"), testRoutes))
-	return startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: audit}), audit
+	return startServerOut(t, path, serverOutput{logs: &syncbuf.Buffer{}, audit: audit}), audit
 }
 
 // auditEventsOf returns the events of type typ in out.
@@ -309,7 +310,7 @@ func TestABrokenAuditPipeDoesNotKillTheServer(t *testing.T) {
 	require.NoError(t, err)
 	cmd := exec.Command(os.Args[0], "serve", "--config", path)
 	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = w, &stderr
 	require.NoError(t, cmd.Start())
 	w.Close()
@@ -343,10 +344,10 @@ func TestABrokenAuditPipeDoesNotKillTheServer(t *testing.T) {
 // without the original request's headers (400), name their client: for
 // the latter, the trusted X-Forwarded-For hop, as a decision would read it.
 func TestARequestRefusedBeforeItIsReadNamesItsClient(t *testing.T) {
-	var audit syncBuffer
+	var audit syncbuf.Buffer
 	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\n"+
 		"http_mode: {original: x-forwarded, xff_trusted_hops: 1}\n%s", filepath.Join(t.TempDir(), "k.db"), meshConfig))
-	ts := startServerOut(t, path, serverOutput{logs: &syncBuffer{}, audit: &audit})
+	ts := startServerOut(t, path, serverOutput{logs: &syncbuf.Buffer{}, audit: &audit})
 	resp, err := ts.client.Check(t.Context(), meshCheck("/invoices/1", "api.example.com", "", map[string]string{"policy": "nosuch"}, ""))
 	require.NoError(t, err)
 	code, _ := denial(t, resp)

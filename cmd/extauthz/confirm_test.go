@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -21,11 +22,11 @@ import (
 // replica, confirming changes with it (store.redis.confirm_replicas: 1)
 // within 1 s, and auditing to the buffer it returns with its config's
 // path and the replica.
-func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syncBuffer) {
+func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syncbuf.Buffer) {
 	t.Helper()
 	primary := redistest.Start(t)
 	replica := redistest.StartReplica(t, primary, redistest.Options{})
-	audit := new(syncBuffer)
+	audit := new(syncbuf.Buffer)
 	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: stdout}\n"+
 		"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 1s}}\n%s", primary.URL(0), testRoutes))
 	return startServerOut(t, path, serverOutput{logs: io.Discard, audit: audit}), path, replica, audit
@@ -205,8 +206,8 @@ func cliUnconfirmed(t *testing.T, args ...string) (unconfirmedKey, string) {
 // A server told to confirm changes with more replicas than the primary has
 // says so at start, once Redis answers, and says it is fine when it is.
 func TestTooFewReplicasToConfirmChangesAreWarnedAtStart(t *testing.T) {
-	start := func(t *testing.T, srv *redistest.Server) *syncBuffer {
-		var logs syncBuffer
+	start := func(t *testing.T, srv *redistest.Server) *syncbuf.Buffer {
+		var logs syncbuf.Buffer
 		path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
 			"store: {backend: redis, redis: {url: %q, prefix: \"t:\", confirm_replicas: 1, confirm_timeout: 200ms}}\n", srv.URL(0)))
 		startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})

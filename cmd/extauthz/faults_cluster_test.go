@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 	redisstore "github.com/extauthz/extauthz/keystore/redis"
 )
@@ -298,7 +299,7 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	sc := &scenario{t: t, tp: tp, prefix: prefix, durable: map[string]string{}}
 	// Server 1's log is kept: what an operator reads during the fault. (It
 	// starts last: go-redis logs to the logger of the last server started.)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	for i := range 2 {
 		out := serverOutput{logs: io.Discard, audit: io.Discard}
 		if i == 1 {

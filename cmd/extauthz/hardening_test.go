@@ -23,6 +23,7 @@ import (
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/faultproxy"
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -43,7 +44,7 @@ func TestServeRefusesToStartWithoutAPepper(t *testing.T) {
 
 func TestADevelopmentSetupStartsWithoutAPepperAndSaysSo(t *testing.T) {
 	t.Setenv(testPepperEnv, "")
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	path := writeConfig(t, "development: true\nlisten: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
 		storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
@@ -57,7 +58,7 @@ func TestADevelopmentSetupStartsWithoutAPepperAndSaysSo(t *testing.T) {
 // x-original) and keeps the default query and cookie sources says at start
 // that those keys would reach the upstream; it still serves.
 func TestServeWarnsOfSourcesAnHTTPModeProxyCannotStrip(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
 		"http_mode: {original: x-original}\n"+storeYAML(t, "embedded")+testRoutes)
 	startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})

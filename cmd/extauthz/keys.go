@@ -75,7 +75,7 @@ func withManager(c *cobra.Command, act keysAction, fn keysRun) error {
 			return err
 		}
 	}
-	be, err := openBackend(cfg)
+	be, err := openBackend(cfg, nil)
 	if err != nil {
 		return err
 	}

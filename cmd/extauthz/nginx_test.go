@@ -26,6 +26,7 @@ import (
 
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -250,8 +251,8 @@ func (u *echoUpstream) last(t *testing.T) *echoed {
 type nginxProc struct {
 	url    string
 	client *http.Client
-	stdout *syncBuffer // the access log
-	stderr *syncBuffer // the error log
+	stdout *syncbuf.Buffer // the access log
+	stderr *syncbuf.Buffer // the error log
 }
 
 type nginxResponse struct {
@@ -304,8 +305,8 @@ func startNginx(t *testing.T, extauthzAddr, upstreamAddr string) *nginxProc {
 	n := &nginxProc{
 		url:    fmt.Sprintf("http://127.0.0.1:%d", port),
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
-		stdout: &syncBuffer{},
-		stderr: &syncBuffer{},
+		stdout: &syncbuf.Buffer{},
+		stderr: &syncbuf.Buffer{},
 	}
 	// One process (master_process off): the parent-death signal then takes
 	// all of nginx with it if the test binary dies, leaving no orphaned

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -203,7 +204,7 @@ func TestSIGHUPReloadsAndABrokenFileKeepsTheOldConfig(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "serve", "--config", path)
 	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
@@ -263,7 +264,7 @@ func TestAReloadNamesEveryChangeItDoesNotApply(t *testing.T) {
 	head := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
 		filepath.Join(dir, "k.db"), testRoutes)
 	require.NoError(t, os.WriteFile(path, []byte(head), 0o600))
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
 	key, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
 

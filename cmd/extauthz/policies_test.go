@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -60,7 +61,7 @@ func meshCheck(path, host, key string, ext map[string]string, principal string) 
 // upstream, and a shadow policy allows what it would deny while the audit
 // log and the metrics record what it would have done.
 func TestPoliciesFromTheConfigFileOverGRPC(t *testing.T) {
-	var events syncBuffer
+	var events syncbuf.Buffer
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: stdout}\n"+
 		storeYAML(t, "embedded")+meshConfig)
 	ts := startServerOut(t, path, serverOutput{logs: &events, audit: &events})

@@ -109,7 +109,7 @@ func TestLastUsedIsWrittenAtShutdown(t *testing.T) {
 	assert.Nil(t, got.LastUsedAt, "written behind, not on the request path")
 
 	ts.stop() // drains: queued last-use times are written
-	be, err := openBackend(ts.cfg)
+	be, err := openBackend(ts.cfg, nil)
 	require.NoError(t, err)
 	defer be.Close()
 	got, err = be.store.Get(context.Background(), k.ID)
@@ -133,7 +133,7 @@ func TestARevocationBeforeTheCacheWatchesStillReachesIt(t *testing.T) {
 				storeYAML(t, backend)+"cache: {ttl: 1h}\n"+testRoutes)
 			var secret string
 			ts := startServerTuned(t, path, serverOutput{logs: io.Discard, audit: io.Discard}, func(srv *server) {
-				be, err := openBackend(srv.cfg)
+				be, err := openBackend(srv.cfg, nil)
 				require.NoError(t, err)
 				defer be.Close()
 				mgr := be.manager(srv.cfg)

@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/internal/syncbuf"
 )
 
 // TestNoKeyEverReachesALogOrAuditEvent runs a whole life of keys — created
@@ -25,7 +27,7 @@ import (
 // Then no key created appears in any of them. It also checks the audit
 // events' fields.
 func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
-	var logs, events syncBuffer
+	var logs, events syncbuf.Buffer
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\n"+
 		"audit: {sink: stdout}\nlog: {level: debug}\nhttp_mode: {xff_trusted_hops: 0}\n"+storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: &events})

@@ -176,7 +176,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		logger.Warn(w)
 	}
 	goredis.SetLogger(redisLog{logger})
-	be, err := openBackend(cfg)
+	be, err := openBackend(cfg, logger)
 	if err != nil {
 		return nil, err
 	}

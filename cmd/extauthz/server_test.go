@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -139,7 +139,7 @@ func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*ser
 
 	conn, err := grpc.NewClient(srv.grpcLn.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
-	be, err := openBackend(cfg)
+	be, err := openBackend(cfg, nil)
 	require.NoError(t, err)
 	mgr := be.manager(cfg)
 
@@ -484,7 +484,7 @@ func TestServeStopsGracefullyOnSIGTERM(t *testing.T) {
 		"listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\n", filepath.Join(dir, "k.db"))), 0o600))
 	cmd := exec.Command(os.Args[0], "serve", "--config", path)
 	cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "extauthz serving") }, 10*time.Second, 20*time.Millisecond)
@@ -500,17 +500,4 @@ func mustCIDRs(t *testing.T, s ...string) []netip.Prefix {
 	return p
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-var _ io.Writer = (*syncBuffer)(nil)
+var _ io.Writer = (*syncbuf.Buffer)(nil)

@@ -25,7 +25,8 @@ type backend struct {
 // openBackend opens the store the config names. It does not wait for Redis:
 // a server must start (and serve cached keys, and say it is not ready) while
 // Redis is still coming up.
-func openBackend(cfg *config.Config) (*backend, error) {
+// log (nil for none) hears of the Redis change feed's failures.
+func openBackend(cfg *config.Config, log *slog.Logger) (*backend, error) {
 	switch cfg.Store.Backend {
 	case "redis":
 		r := cfg.Store.Redis
@@ -57,7 +58,7 @@ func openBackend(cfg *config.Config) (*backend, error) {
 			return nil, fmt.Errorf("store.redis.prefix: %w", err)
 		}
 		confirm := redisstore.ConfirmChanges(redisstore.Confirm{Replicas: r.ConfirmReplicas, Timeout: time.Duration(r.ConfirmTimeout)})
-		return &backend{store: redisstore.New(client, r.Prefix, confirm), redis: client}, nil
+		return &backend{store: redisstore.New(client, r.Prefix, confirm, redisstore.LogTo(log)), redis: client}, nil
 	default:
 		st, err := sqlite.Open(cfg.Store.Path)
 		if err != nil {

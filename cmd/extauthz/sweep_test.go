@@ -10,16 +10,17 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
 func TestTheServerPurgesKeysDeadLongerThanTheRetention(t *testing.T) {
 	for _, backend := range []string{"embedded", "redis"} {
 		t.Run(backend, func(t *testing.T) {
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
 				"keys: {retention: 1h}\n"+storeYAML(t, backend))
-			ts := startServerOut(t, path, serverOutput{logs: logs, audit: &syncBuffer{}}, func(s *server) { s.sweepEvery = 20 * time.Millisecond })
+			ts := startServerOut(t, path, serverOutput{logs: logs, audit: &syncbuf.Buffer{}}, func(s *server) { s.sweepEvery = 20 * time.Millisecond })
 
 			// Keys made and revoked as if hours ago, through a manager whose
 			// clock is set back.

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -688,11 +689,16 @@ func TestAMissingCommandIsCaught(t *testing.T) {
 	admin := d.admin(t, srv)
 	c := d.dialAsExtauthz(t, redisstore.Options{URL: srv.URL(0)})
 
-	store := redisstore.New(c, aclPrefix)
+	var feedLog bytes.Buffer
+	store := redisstore.New(c, aclPrefix, redisstore.LogTo(slog.New(slog.NewTextHandler(&feedLog, nil))))
 	t.Cleanup(func() { _ = store.Close() })
 	watchCtx, stop := context.WithTimeout(t.Context(), 700*time.Millisecond)
 	defer stop()
 	require.NoError(t, store.Watch(watchCtx, func(keystore.Hash) {}), "the watcher rides Redis errors out")
+	// The feed failed on every wait: the operator is told, once.
+	require.Equal(t, 1, strings.Count(feedLog.String(), "key change feed: Redis failed"), "%s", feedLog.String())
+	require.Contains(t, feedLog.String(), "NOPERM")
+	require.NotContains(t, feedLog.String(), "reading changes from Redis again")
 
 	lim, err := rlredis.New(c, rlredis.Options{Prefix: aclPrefix, Timeout: 5 * time.Second})
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/storetest"
 	"github.com/extauthz/extauthz/ratelimit"
@@ -532,7 +534,10 @@ func TestWatchReachesAnotherReplicaWithinASecond(t *testing.T) {
 
 func TestWatchForgetsEverythingAfterARestart(t *testing.T) {
 	srv := redistest.Start(t)
-	a, b := newStore(t, srv, testPrefix), newStore(t, srv, testPrefix)
+	var log syncbuf.Buffer
+	a := New(dial(t, Options{URL: srv.URL(0)}), testPrefix, LogTo(slog.New(slog.NewTextHandler(&log, nil))))
+	t.Cleanup(func() { _ = a.Close() })
+	b := newStore(t, srv, testPrefix)
 	events := watch(t, a)
 	canary, canaryHash, _ := create(t, b, "canary")
 	awaitReady(t, b, events, canary, canaryHash)
@@ -558,6 +563,10 @@ func TestWatchForgetsEverythingAfterARestart(t *testing.T) {
 	// And it reads on from the new server.
 	_, h, _ := create(t, b, "alice")
 	awaitHash(t, events, h, time.Second)
+
+	// The operator heard of the outage once, and of its end.
+	require.Eventually(t, func() bool { return strings.Contains(log.String(), "reading changes from Redis again") }, time.Second, 10*time.Millisecond)
+	assert.Equal(t, 1, strings.Count(log.String(), "key change feed: Redis failed"), "%s", log.String())
 }
 
 func TestWatchForgetsEverythingAfterAGapInTheLog(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -109,6 +110,7 @@ type Store struct {
 	indexed atomic.Bool
 
 	confirm Confirm
+	log     *slog.Logger // the change feed's failures; nil logs nothing
 
 	mu       sync.Mutex
 	closed   bool
@@ -173,6 +175,13 @@ type Confirm struct {
 // that is confirmed confirms it too, as a replica takes the primary's
 // writes in order and all key records live on one primary.
 func ConfirmChanges(c Confirm) Option { return func(s *Store) { s.confirm = c } }
+
+// LogTo makes Watch log to l when the change feed fails, and when it reads
+// changes again. While it fails, a change reaches the caller's cache only
+// when the cache forgets everything or its entry expires, so an operator
+// must hear of it: a feed that never works (an ACL without XREAD) would
+// otherwise pass unnoticed, every revocation taking up to the cache's TTL.
+func LogTo(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
 
 // CheckPrefix reports whether prefix can start the store's key names. It
 // may be empty; it must not contain the hash-tag braces.

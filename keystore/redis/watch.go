@@ -103,6 +103,12 @@ type watcher struct {
 	last    string // id of the last entry seen; "" = not known yet
 	failed  bool   // Redis failed since the last good read
 	backoff time.Duration
+
+	// What the log was told: a failure, when (for repeating it at most
+	// once a minute while failures go on) and how many since.
+	warned   bool
+	warnedAt time.Time
+	failures int
 }
 
 func (w *watcher) run(ctx context.Context) {
@@ -112,7 +118,14 @@ func (w *watcher) run(ctx context.Context) {
 			err = w.wait(ctx)
 		}
 		if err != nil {
+			w.report(ctx, err)
 			w.fail(ctx)
+		} else if w.warned {
+			// A poll and a wait (or a full batch) in a row: reading again.
+			w.warned = false
+			if w.s.log != nil {
+				w.s.log.Info("key change feed: reading changes from Redis again", "failures", w.failures)
+			}
 		}
 	}
 }
@@ -174,6 +187,22 @@ func (w *watcher) wait(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// report logs err, a failure of the feed: the first of a run of failures,
+// then at most once a minute while they go on. Redis's errors carry no
+// secret (a key's hash at most, in a script's keys).
+func (w *watcher) report(ctx context.Context, err error) {
+	if ctx.Err() != nil || w.s.log == nil {
+		return
+	}
+	w.failures++
+	if w.warned && time.Since(w.warnedAt) < time.Minute {
+		return
+	}
+	w.warned, w.warnedAt = true, time.Now()
+	w.s.log.Warn("key change feed: Redis failed; until it reads changes again, a change to a key (a revocation) reaches this server only when its cache forgets every key, after each recovery, or when the key's entry expires (cache.ttl)",
+		"err", err, "failures", w.failures)
 }
 
 // fail backs off after a Redis error. The next successful poll starts from
