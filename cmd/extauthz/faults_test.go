@@ -565,51 +565,70 @@ routes:
 	}
 }
 
-// A client that resets its requests while their keys are looked up (Envoy
-// then cancels their checks) must not make a server take Redis for down:
-// were each reset a store failure, three in a row would open the key
-// cache's breaker, and every uncached key would get 503 for a second.
+// resetRig is a server whose Redis answers every call, slowly (300 ms each
+// way, through a proxy), within a store timeout of 2 s: a check of a key not
+// cached waits on its lookup long enough to be reset while it does.
+func resetRig(t *testing.T, extraYAML string) (*testServer, *faultproxy.Proxy) {
+	t.Helper()
+	r := redistest.Start(t)
+	p := faultproxy.Start(t, r.Addr)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, timeout: 2s, prefix: \"f:\"}}\n", "redis://"+p.Addr()+"/0")+
+		"routes:\n  - {path: /api/users, methods: [GET], permissions: [read:users]}\n"+extraYAML)
+	p.SetDelay(300 * time.Millisecond)
+	t.Cleanup(p.Heal)
+	return ts, p
+}
+
+// resetWhileLookedUp sends a check of an unknown, well-formed key and
+// resets it (cancels the RPC, as Envoy does when its client resets) once
+// the server has begun to look the key up in the store, and requires that
+// the reset ended it.
+func resetWhileLookedUp(t *testing.T, ts *testServer) {
+	t.Helper()
+	unknown, err := ts.mgr.Format.Generate()
+	require.NoError(t, err)
+	misses := ts.srv.cache.Stats().Misses
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": unknown}))
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return ts.srv.cache.Stats().Misses > misses }, 5*time.Second, time.Millisecond,
+		"the check never asked the store")
+	cancel()
+	require.Equal(t, codes.Canceled, status.Code(<-done), "the reset did not end the check")
+}
+
+// A client that resets its requests while their keys are looked up must
+// not make a server take Redis for down: were each reset a store failure,
+// three in a row would open the key cache's breaker, and every uncached
+// key would get 503 for a second.
 func TestFaultClientsResettingChecksDoNotTakeTheStoreForDown(t *testing.T) {
-	rig := startFaultRig(t, "routes:\n  - {path: /api/users, methods: [GET], permissions: [read:users]}\n")
-	ts := rig.ts
+	ts, proxy := resetRig(t, "")
 	key, _ := ts.create(t, keystore.Spec{Name: "k", Permissions: []string{"read:users"}})
-	rig.proxy.SetDelay(faultTimeout / 4) // Redis answers every call, after 25 ms
-	t.Cleanup(rig.proxy.Heal)
-	for i := range 5 {
-		unknown, err := ts.mgr.Format.Generate() // well-formed: it is looked up
-		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		time.AfterFunc(5*time.Millisecond, cancel)
-		resp, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": unknown}))
-		require.Equal(t, codes.Canceled, status.Code(err), "reset %d was answered before it was reset (%s): the store was not asked", i+1, resp.GetDeniedResponse().GetBody())
+	for range 5 {
+		resetWhileLookedUp(t, ts)
 	}
-	rig.proxy.Heal() // Redis at full speed: only an open breaker would refuse now
+	proxy.Heal() // Redis at full speed: only an open breaker would refuse now
 	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
 	assert.Equal(t, 200, httpStatus, "an uncached key after five resets: denied %s", code)
+	assert.Zero(t, ts.srv.cache.Stats().StoreFailures, "a reset counted as a store failure")
 }
 
 // A lookup of an unknown key counts against its client's failed attempts
 // even when the client resets the request: the store is asked all the
 // same, so resets must not be a way around the bound.
 func TestFaultResetLookupsCountAsFailedAttempts(t *testing.T) {
-	rig := startFaultRig(t, "routes:\n  - {path: /api/users, methods: [GET], permissions: [read:users]}\n"+
-		"rate_limit: {failed_attempts: 3/m}\n")
-	ts := rig.ts
-	rig.proxy.SetDelay(faultTimeout / 4)
-	t.Cleanup(rig.proxy.Heal)
-	unknownKey := func() map[string]string {
-		unknown, err := ts.mgr.Format.Generate()
-		require.NoError(t, err)
-		return map[string]string{"x-api-key": unknown}
+	ts, proxy := resetRig(t, "rate_limit: {failed_attempts: 3/m}\n")
+	for range 3 {
+		resetWhileLookedUp(t, ts)
 	}
-	for i := range 3 {
-		ctx, cancel := context.WithCancel(context.Background())
-		time.AfterFunc(5*time.Millisecond, cancel)
-		resp, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", unknownKey()))
-		require.Equal(t, codes.Canceled, status.Code(err), "reset %d was answered before it was reset (%s)", i+1, resp.GetDeniedResponse().GetBody())
-	}
-	rig.proxy.Heal()
-	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", unknownKey()))
+	proxy.Heal()
+	unknown, err := ts.mgr.Format.Generate()
+	require.NoError(t, err)
+	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": unknown}))
 	assert.Equal(t, "rate_limited", code, "a fourth unknown key from the address after three reset lookups (status %d)", httpStatus)
 }
 
