@@ -2,6 +2,8 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -77,14 +79,17 @@ ALTER TABLE keys ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
 const keyColumns = `id, name, owner, permissions, rate_limit, ip_allowlist,
 	created_at, expires_at, last_used_at, revoked_at, rotated_from, rotated_to, policies, meta, lineage`
 
-// migrateRetrying runs migrate, waiting out SQLITE_BUSY: when several
-// processes open a brand-new file at once, the first connection's switch to
-// WAL can fail with "database is locked" without the busy handler being
-// consulted. Bounded by busyTimeout.
-func (s *Store) migrateRetrying(ctx context.Context) error {
+// errNotAStore marks a file that is a database but not a key store.
+var errNotAStore = errors.New("not an extauthz key store")
+
+// retryBusy runs fn, waiting out SQLITE_BUSY: when several processes open a
+// brand-new file at once, the first connection's switch to WAL can fail with
+// "database is locked" without the busy handler being consulted. Bounded by
+// busyTimeout.
+func retryBusy(fn func() error) error {
 	deadline := time.Now().Add(busyTimeout)
 	for {
-		err := s.migrate(ctx)
+		err := fn()
 		if err == nil || !isBusy(err) || time.Now().After(deadline) {
 			return err
 		}
@@ -97,23 +102,52 @@ func isBusy(err error) bool {
 	return strings.Contains(msg, "SQLITE_BUSY") || strings.Contains(msg, "database is locked")
 }
 
+// querier is a connection pool or a transaction.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// schemaOf returns the schema version of the file q reads, after checking
+// that the file is a key store this code can use or an empty database: a
+// file with tables but no schema version, or one whose version's tables are
+// missing, is another application's (errNotAStore).
+func schemaOf(ctx context.Context, q querier) (int, error) {
+	var v, objects, tables int
+	if err := q.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return 0, dbErr(err)
+	}
+	if v > schemaVersion || v < 0 {
+		return 0, fmt.Errorf("schema version %d: this extauthz knows versions up to %d; upgrade it", v, schemaVersion)
+	}
+	if err := q.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE type = 'table' AND name IN ('keys', 'changes', 'changes_trimmed'))
+		FROM sqlite_schema`).Scan(&objects, &tables); err != nil {
+		return 0, dbErr(err)
+	}
+	switch {
+	case v == 0 && objects > 0:
+		return 0, fmt.Errorf("%w: the database has tables of its own and no extauthz schema version (PRAGMA user_version is 0)", errNotAStore)
+	case v > 0 && tables < 3:
+		return 0, fmt.Errorf("%w: the database says schema version %d but lacks the tables keys, changes and changes_trimmed", errNotAStore, v)
+	}
+	return v, nil
+}
+
 // migrate brings the schema to schemaVersion, in one transaction so that
-// processes opening a new file at once do not both create it.
+// processes opening a new file at once do not both create it. A file at
+// schemaVersion is only read: a command that reads keys does not wait for
+// the write lock.
 func (s *Store) migrate(ctx context.Context) error {
+	v, err := schemaOf(ctx, s.db)
+	if err != nil || v == schemaVersion {
+		return err
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return dbErr(err)
 	}
 	defer tx.Rollback()
-	var v int
-	if err := tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
-		return dbErr(err)
-	}
-	if v == schemaVersion {
-		return nil
-	}
-	if v > schemaVersion || v < 0 {
-		return fmt.Errorf("schema version %d: this extauthz knows versions up to %d; upgrade it", v, schemaVersion)
+	if v, err = schemaOf(ctx, tx); err != nil || v == schemaVersion { // another process may have migrated it meanwhile
+		return err
 	}
 	for ; v < schemaVersion; v++ {
 		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {

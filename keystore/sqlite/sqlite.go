@@ -101,19 +101,16 @@ func Open(path string) (*Store, error) {
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
-	for _, p := range []string{abs, abs + "-wal", abs + "-shm"} {
-		if err := makePrivate(p); err != nil {
-			return nil, fmt.Errorf("open %s: %w", path, err)
-		}
-	}
 
 	// Every connection of the pool gets these. synchronous=FULL: a key is on
 	// disk once Create returns. _txlock=immediate: every read-write
 	// transaction takes the write lock at BEGIN, so that a check and the write
-	// that depends on it (maxPerOwner) are atomic across processes.
+	// that depends on it (maxPerOwner) are atomic across processes. WAL is
+	// not among them: it is a setting of the file, written once the file is
+	// known to be a key store (setUp), so that another application's
+	// database named by mistake is left as it was.
 	dsn := abs + "?_txlock=immediate" +
 		fmt.Sprintf("&_pragma=busy_timeout(%d)", busyTimeout.Milliseconds()) +
-		"&_pragma=journal_mode(WAL)" +
 		"&_pragma=synchronous(FULL)" +
 		"&_pragma=foreign_keys(ON)"
 	db, err := sql.Open("sqlite", dsn)
@@ -135,18 +132,47 @@ func Open(path string) (*Store, error) {
 		keepChangesFor: keepChangesFor,
 		now:            time.Now,
 	}
-	if err := s.migrateRetrying(context.Background()); err != nil {
-		db.Close()
+	if err := s.setUp(context.Background(), abs); err != nil {
+		s.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if s.lookup, err = db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE hash = ?`); err == nil {
-		s.get, err = db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE id = ?`)
+	return s, nil
+}
+
+// setUp makes the file at abs a key store of schemaVersion in WAL mode, and
+// prepares the statements of every lookup. Nothing in the file or its mode
+// changes before it is known to be a key store, or empty: a file that is
+// not is refused as it was.
+func (s *Store) setUp(ctx context.Context, abs string) error {
+	if err := retryBusy(func() error { return s.migrate(ctx) }); err != nil {
+		return err
+	}
+	// Preparing reads the columns: a file whose tables only have the names
+	// of a key store's is refused here, unchanged.
+	var err error
+	if s.lookup, err = s.db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE hash = ?`); err == nil {
+		s.get, err = s.db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE id = ?`)
 	}
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("open %s: %w", path, dbErr(err))
+		return dbErr(err)
 	}
-	return s, nil
+	for _, p := range []string{abs, abs + "-wal", abs + "-shm"} {
+		if err := makePrivate(p); err != nil {
+			return err
+		}
+	}
+	return retryBusy(func() error {
+		var mode string
+		if err := s.db.QueryRowContext(ctx, `PRAGMA journal_mode = WAL`).Scan(&mode); err != nil {
+			return dbErr(err)
+		}
+		if mode != "wal" {
+			return fmt.Errorf("%w: the file cannot be put in WAL mode (journal mode %q)", keystore.ErrUnavailable, mode)
+		}
+		// SQLite makes the -wal and -shm files with the mode of the
+		// database, which is private by now.
+		return nil
+	})
 }
 
 // makePrivate takes the group's and others' permissions off the file at p,

@@ -454,12 +454,6 @@ func TestWatchReturnsWhenTheStoreIsClosed(t *testing.T) {
 
 func TestOpenRefuses(t *testing.T) {
 	dir := t.TempDir()
-	notADatabase := filepath.Join(dir, "garbage.db")
-	require.NoError(t, os.WriteFile(notADatabase, []byte(strings.Repeat("not a database ", 100)), 0o600))
-	newer := filepath.Join(dir, "newer.db")
-	s := openTest(t, newer)
-	_, err := s.db.Exec(`PRAGMA user_version = 99`)
-	require.NoError(t, err)
 	blocked := filepath.Join(dir, "file", "x.db")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
 
@@ -471,8 +465,6 @@ func TestOpenRefuses(t *testing.T) {
 	}{
 		{"an empty path", "", "no path", false},
 		{"a path with a question mark", filepath.Join(dir, "a?b.db"), "a?b.db", false},
-		{"a file that is not a database", notADatabase, notADatabase, true},
-		{"a schema newer than this code", newer, "schema version 99", false},
 		{"a path below a regular file", blocked, blocked, true},
 	}
 	for _, tt := range tests {
@@ -482,6 +474,72 @@ func TestOpenRefuses(t *testing.T) {
 			require.Nil(t, s)
 			require.Contains(t, err.Error(), tt.wantInError)
 			require.Equal(t, tt.unavailable, errors.Is(err, keystore.ErrUnavailable), "wraps ErrUnavailable: %v", err)
+		})
+	}
+}
+
+// A file the store did not make (a config naming another application's
+// database, or anything else) is refused, and left exactly as it was: its
+// bytes, its mode (0644 here, which a store file would be tightened from),
+// its journal mode, and no -wal, -shm or -journal file beside it.
+func TestOpenRefusesAFileItDidNotMakeAndLeavesItAsItWas(t *testing.T) {
+	dir := t.TempDir()
+	sqliteFile := func(name string, stmts ...string) string {
+		path := filepath.Join(dir, name)
+		db, err := sql.Open("sqlite", path)
+		require.NoError(t, err)
+		for _, st := range stmts {
+			_, err := db.Exec(st)
+			require.NoError(t, err)
+		}
+		require.NoError(t, db.Close())
+		return path
+	}
+	garbage := filepath.Join(dir, "garbage.db")
+	require.NoError(t, os.WriteFile(garbage, []byte(strings.Repeat("not a database ", 100)), 0o600))
+	newer := filepath.Join(dir, "newer.db")
+	s := openTest(t, newer)
+	_, err := s.db.Exec(`PRAGMA user_version = 99`)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	tests := []struct {
+		name        string
+		path        string
+		wantInError string
+		unavailable bool
+	}{
+		{"a file that is not a database", garbage, "file is not a database", true},
+		{"another application's database", sqliteFile("notes.db", `CREATE TABLE notes (body TEXT)`, `INSERT INTO notes VALUES ('mine')`),
+			"not an extauthz key store", false},
+		{"another application's database with a schema version of its own",
+			sqliteFile("versioned.db", `CREATE TABLE notes (body TEXT)`, `PRAGMA user_version = 2`), "not an extauthz key store", false},
+		{"a database with a table named keys of its own",
+			sqliteFile("lookalike.db", `CREATE TABLE keys (k TEXT)`, `PRAGMA user_version = 4`), "not an extauthz key store", false},
+		{"a schema newer than this code", newer, "schema version 99", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.NoError(t, os.Chmod(tt.path, 0o644))
+			before, err := os.ReadFile(tt.path)
+			require.NoError(t, err)
+
+			s, err := Open(tt.path)
+			require.Error(t, err)
+			require.Nil(t, s)
+			require.Contains(t, err.Error(), tt.wantInError)
+			require.Contains(t, err.Error(), tt.path)
+			require.Equal(t, tt.unavailable, errors.Is(err, keystore.ErrUnavailable), "wraps ErrUnavailable: %v", err)
+
+			after, err := os.ReadFile(tt.path)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(before, after), "the file's bytes changed")
+			fi, err := os.Stat(tt.path)
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o644), fi.Mode().Perm(), "the file's mode changed")
+			for _, side := range []string{"-wal", "-shm", "-journal"} {
+				require.NoFileExists(t, tt.path+side)
+			}
 		})
 	}
 }
