@@ -14,6 +14,9 @@ import (
 
 // Lookup finds the key whose hash is h.
 func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
+	if err := s.lostErr(); err != nil {
+		return nil, fmt.Errorf("look up key hash %s: %w", shortHash(h), err)
+	}
 	k, err := scanKey(s.lookup.QueryRowContext(ctx, h[:]))
 	if err != nil {
 		return nil, fmt.Errorf("look up key hash %s: %w", shortHash(h), err)
@@ -23,6 +26,9 @@ func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, err
 
 // Get finds the key with the given id.
 func (s *Store) Get(ctx context.Context, id string) (*keystore.Key, error) {
+	if err := s.lostErr(); err != nil {
+		return nil, fmt.Errorf("get key %q: %w", id, err)
+	}
 	k, err := scanKey(s.get.QueryRowContext(ctx, id))
 	if err != nil {
 		return nil, fmt.Errorf("get key %q: %w", id, err)
@@ -198,6 +204,9 @@ func (s *Store) List(ctx context.Context, opts keystore.ListOptions) ([]*keystor
 	if fetch < math.MaxInt64 {
 		fetch++
 	}
+	if err := s.lostErr(); err != nil {
+		return nil, "", fmt.Errorf("list keys: %w", err)
+	}
 	query, args, err := listQuery(opts, fetch)
 	if err != nil {
 		return nil, "", fmt.Errorf("list keys: %w", err)
@@ -284,10 +293,13 @@ func (s *Store) TouchLastUsed(ctx context.Context, used map[string]time.Time) er
 }
 
 // write runs fn in one BEGIN IMMEDIATE transaction and commits it unless fn
-// fails.
+// fails, on the files the store opened only.
 func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	if err := s.checkFiles(); err != nil {
+		return err
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return dbErr(err)

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -49,6 +50,7 @@ const (
 // share its file.
 type Store struct {
 	path string // as given to Open, for error messages
+	abs  string // the absolute path
 	db   *sql.DB
 
 	// writeMu queues this process's writers, so that they do not spin in
@@ -58,6 +60,16 @@ type Store struct {
 
 	lookup *sql.Stmt
 	get    *sql.Stmt
+
+	// files are the database, its -wal and its -shm as they were once
+	// open, under the paths filePaths names (nil: not there then). pin is a
+	// connection held for as long as the Store is open, so that SQLite
+	// never deletes the -wal and -shm while it is: a file at one of those
+	// paths that is not the one opened, or none, means someone removed or
+	// replaced it, and lost then holds the error every call returns.
+	files [3]os.FileInfo
+	pin   *sql.Conn
+	lost  atomic.Pointer[error]
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed by Close, which ends every Watch
@@ -118,13 +130,14 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	// Each connection has its own page cache; a bounded pool keeps a burst
-	// of lookups from opening hundreds.
-	conns := max(4, runtime.GOMAXPROCS(0))
+	// of lookups from opening hundreds. One more for pin.
+	conns := max(4, runtime.GOMAXPROCS(0)) + 1
 	db.SetMaxOpenConns(conns)
 	db.SetMaxIdleConns(conns)
 
 	s := &Store{
 		path:           path,
+		abs:            abs,
 		db:             db,
 		closed:         make(chan struct{}),
 		pollInterval:   pollInterval,
@@ -132,18 +145,18 @@ func Open(path string) (*Store, error) {
 		keepChangesFor: keepChangesFor,
 		now:            time.Now,
 	}
-	if err := s.setUp(context.Background(), abs); err != nil {
+	if err := s.setUp(context.Background()); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return s, nil
 }
 
-// setUp makes the file at abs a key store of schemaVersion in WAL mode, and
-// prepares the statements of every lookup. Nothing in the file or its mode
-// changes before it is known to be a key store, or empty: a file that is
-// not is refused as it was.
-func (s *Store) setUp(ctx context.Context, abs string) error {
+// setUp makes the file at s.abs a key store of schemaVersion in WAL mode,
+// prepares the statements of every lookup and notes which files it opened.
+// Nothing in the file or its mode changes before it is known to be a key
+// store, or empty: a file that is not is refused as it was.
+func (s *Store) setUp(ctx context.Context) error {
 	if err := retryBusy(func() error { return s.migrate(ctx) }); err != nil {
 		return err
 	}
@@ -156,12 +169,12 @@ func (s *Store) setUp(ctx context.Context, abs string) error {
 	if err != nil {
 		return dbErr(err)
 	}
-	for _, p := range []string{abs, abs + "-wal", abs + "-shm"} {
+	for _, p := range s.filePaths() {
 		if err := makePrivate(p); err != nil {
 			return err
 		}
 	}
-	return retryBusy(func() error {
+	err = retryBusy(func() error {
 		var mode string
 		if err := s.db.QueryRowContext(ctx, `PRAGMA journal_mode = WAL`).Scan(&mode); err != nil {
 			return dbErr(err)
@@ -173,6 +186,70 @@ func (s *Store) setUp(ctx context.Context, abs string) error {
 		// database, which is private by now.
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if s.pin, err = s.db.Conn(ctx); err != nil {
+		return dbErr(err)
+	}
+	// A read opens the -wal and -shm, which the pin then holds.
+	var through int64
+	if err := s.pin.QueryRowContext(ctx, `SELECT through FROM changes_trimmed`).Scan(&through); err != nil {
+		return dbErr(err)
+	}
+	for i, p := range s.filePaths() {
+		fi, err := os.Stat(p)
+		switch {
+		case err == nil:
+			s.files[i] = fi
+		case !errors.Is(err, fs.ErrNotExist):
+			return fmt.Errorf("%w: %w", keystore.ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// filePaths are the paths of the database, its -wal and its -shm.
+func (s *Store) filePaths() [3]string {
+	return [3]string{s.abs, s.abs + "-wal", s.abs + "-shm"}
+}
+
+// checkFiles reports an error wrapping keystore.ErrUnavailable when the
+// files at the store's paths are no longer the ones it opened, and from
+// then on for good: a process that went on with the files it has open would
+// answer from a database the others no longer see, and write where nobody
+// will read, while two -wal files for one database corrupt it. An error
+// reading a path (not its absence) is reported for this call only.
+func (s *Store) checkFiles() error {
+	if err := s.lostErr(); err != nil {
+		return err
+	}
+	for i, p := range s.filePaths() {
+		if s.files[i] == nil {
+			continue
+		}
+		fi, err := os.Stat(p)
+		if err == nil && os.SameFile(fi, s.files[i]) {
+			continue
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %w", keystore.ErrUnavailable, err)
+		}
+		lost := fmt.Errorf("%w: %s was removed or replaced while this process had the key store open, so it no longer sees the "+
+			"store others change; restart it to open the files now at the path", keystore.ErrUnavailable, p)
+		s.lost.CompareAndSwap(nil, &lost)
+		return s.lostErr()
+	}
+	return nil
+}
+
+// lostErr is the error of checkFiles once it found the files replaced, else
+// nil.
+func (s *Store) lostErr() error {
+	if err := s.lost.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // makePrivate takes the group's and others' permissions off the file at p,
@@ -210,6 +287,9 @@ func (s *Store) Close() error {
 				st.Close()
 			}
 		}
+		if s.pin != nil {
+			s.pin.Close()
+		}
 		if cerr := s.db.Close(); cerr != nil {
 			err = fmt.Errorf("close %s: %w", s.path, cerr)
 		}
@@ -217,8 +297,12 @@ func (s *Store) Close() error {
 	return err
 }
 
-// Ping reports whether the file answers a query.
+// Ping reports whether the file answers a query, and is still the one the
+// store opened.
 func (s *Store) Ping(ctx context.Context) error {
+	if err := s.checkFiles(); err != nil {
+		return fmt.Errorf("ping %s: %w", s.path, err)
+	}
 	var through int64
 	if err := s.db.QueryRowContext(ctx, `SELECT through FROM changes_trimmed`).Scan(&through); err != nil {
 		return fmt.Errorf("ping %s: %w", s.path, dbErr(err))

@@ -14,7 +14,8 @@ import (
 // it may have missed some: first of all once it has found where the log
 // ends, since what changed before that is unknown to it and its caller may
 // have cached keys already. It returns nil when ctx is done, and an error
-// when the Store is closed first.
+// when the Store is closed first, or its files were removed or replaced
+// (checkFiles).
 func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 	pos, err := s.changeHead(ctx)
 	started := err == nil
@@ -30,6 +31,9 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 		case <-s.closed:
 			return fmt.Errorf("watch %s: store closed", s.path)
 		case <-t.C:
+		}
+		if err := s.checkFiles(); err != nil && s.lostErr() != nil {
+			return fmt.Errorf("watch %s: %w", s.path, err)
 		}
 		if !started {
 			// Changes made since Watch was called cannot be known.

@@ -1,0 +1,120 @@
+package sqlite
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
+)
+
+// A running server's store whose files are removed or replaced under it
+// (an rm -rf of the data directory, a backup moved over the live file, a
+// cleanup of the -wal and -shm files) stops answering from them: otherwise
+// it goes on serving the file it has open while the CLI writes to the one now
+// at the path, so a revocation the CLI reports done never reaches it, and a
+// key it creates itself is written to a file nobody will open again. Within a
+// poll it is unavailable (readiness fails, cached keys are served up to
+// cache.max_stale), its Watch ends with an error naming the file, and it
+// writes nothing more.
+func TestAStoreWhoseFilesAreRemovedOrReplacedStopsUsingThem(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		tamper func(t *testing.T, path string)
+		names  string // the file the errors name
+	}{
+		{"the database removed", func(t *testing.T, path string) {
+			require.NoError(t, os.Remove(path))
+		}, ""},
+		{"the database and its -wal and -shm removed, and a new store made at the path", func(t *testing.T, path string) {
+			for _, p := range []string{path, path + "-wal", path + "-shm"} {
+				require.NoError(t, os.Remove(p))
+			}
+			fresh := openTest(t, path)
+			k, h := testKey(t)
+			require.NoError(t, fresh.Create(t.Context(), k, h, 0))
+		}, ""},
+		{"another store moved over the database", func(t *testing.T, path string) {
+			other := filepath.Join(t.TempDir(), "backup.db")
+			require.NoError(t, openTest(t, other).Close())
+			require.NoError(t, os.Rename(other, path))
+		}, ""},
+		{"the -wal removed", func(t *testing.T, path string) {
+			require.NoError(t, os.Remove(path+"-wal"))
+		}, "-wal"},
+		{"the -shm removed and made again by another process", func(t *testing.T, path string) {
+			require.NoError(t, os.Remove(path+"-shm"))
+			_ = openTest(t, path)
+		}, "-shm"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "extauthz.db")
+			s := openTest(t, path)
+			s.pollInterval = 20 * time.Millisecond
+			ctx := t.Context()
+			k, h := testKey(t)
+			require.NoError(t, s.Create(ctx, k, h, 0))
+
+			watchErr := make(chan error, 1)
+			watchCtx, stop := context.WithCancel(ctx)
+			defer stop()
+			go func() { watchErr <- s.Watch(watchCtx, func(keystore.Hash) {}) }()
+
+			tt.tamper(t, path)
+
+			select {
+			case err := <-watchErr:
+				require.ErrorIs(t, err, keystore.ErrUnavailable)
+				require.ErrorContains(t, err, path+tt.names+" was removed or replaced")
+			case <-time.After(2 * time.Second):
+				t.Fatal("Watch went on reading a file no longer at its path")
+			}
+			err := s.Ping(ctx)
+			require.ErrorIs(t, err, keystore.ErrUnavailable, "Ping (readiness) fails")
+			require.ErrorContains(t, err, "restart")
+			_, err = s.Lookup(ctx, h)
+			require.ErrorIs(t, err, keystore.ErrUnavailable, "lookups fail, so cached keys last only cache.max_stale")
+			require.NotErrorIs(t, err, keystore.ErrNotFound)
+			_, err = s.Get(ctx, k.ID)
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			_, _, err = s.List(ctx, keystore.ListOptions{})
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			k2, h2 := testKey(t)
+			require.ErrorIs(t, s.Create(ctx, k2, h2, 0), keystore.ErrUnavailable, "a create is refused, not written where nobody looks")
+			_, err = s.Update(ctx, k.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error { k.Name = "x"; return nil })
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			require.ErrorIs(t, s.TouchLastUsed(ctx, map[string]time.Time{k.ID: time.Now()}), keystore.ErrUnavailable)
+			_, err = s.Sweep(ctx, keystore.SweepOptions{Now: time.Now()})
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+		})
+	}
+}
+
+// Nothing that a store does to its own files, nor another process opening,
+// writing and closing the same store, reads as a replacement.
+func TestAStoreKeepsItsFilesWhileOthersComeAndGo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s := openTest(t, path)
+	ctx := t.Context()
+	for range 3 {
+		other, err := Open(path)
+		require.NoError(t, err)
+		k, h := testKey(t)
+		require.NoError(t, other.Create(ctx, k, h, 0))
+		require.NoError(t, other.Close())
+		require.NoError(t, s.Ping(ctx))
+		_, err = s.Lookup(ctx, h)
+		require.NoError(t, err)
+	}
+	// Every connection of s's pool closed and opened again.
+	s.db.SetMaxIdleConns(0)
+	require.NoError(t, s.Ping(ctx))
+	s.db.SetMaxIdleConns(4)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(ctx, k, h, 0))
+	require.NoError(t, s.Ping(ctx))
+}
