@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"testing"
@@ -117,4 +118,47 @@ func TestAStoreKeepsItsFilesWhileOthersComeAndGo(t *testing.T) {
 	k, h := testKey(t)
 	require.NoError(t, s.Create(ctx, k, h, 0))
 	require.NoError(t, s.Ping(ctx))
+}
+
+// The -wal grows while a reader holds an old snapshot (a backup of a large
+// store, an operator's open sqlite3 shell, checkpoints failing on a full
+// disk), since no change can be copied back into the database meanwhile.
+// Once they can, the -wal is cut back to walSizeLimit: a server has the
+// store open for good, so the -wal is never removed, and without a limit
+// it would keep the largest size it ever had.
+func TestTheWALShrinksBackAfterAReaderHeldItOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s := openTest(t, path)
+	ctx := t.Context()
+	walSize := func() int64 {
+		fi, err := os.Stat(path + "-wal")
+		require.NoError(t, err)
+		return fi.Size()
+	}
+
+	reader, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer reader.Close()
+	conn, err := reader.Conn(ctx)
+	require.NoError(t, err)
+	_, err = conn.ExecContext(ctx, `BEGIN`)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, conn.QueryRowContext(ctx, `SELECT count(*) FROM keys`).Scan(&n))
+	for walSize() < 2*walSizeLimit {
+		k, h := testKey(t)
+		require.NoError(t, s.Create(ctx, k, h, 0))
+	}
+	_, err = conn.ExecContext(ctx, `COMMIT`)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close())
+
+	// The first change after the reader left copies the -wal back (the
+	// checkpoint every 1,000 pages), the next starts the -wal again and
+	// cuts it.
+	for range 3 {
+		k, h := testKey(t)
+		require.NoError(t, s.Create(ctx, k, h, 0))
+	}
+	require.LessOrEqual(t, walSize(), int64(walSizeLimit))
 }

@@ -43,6 +43,13 @@ const (
 	// and is told to forget everything.
 	keepChanges    = 10_000
 	keepChangesFor = time.Hour
+
+	// walSizeLimit is what the -wal is cut back to once it starts again
+	// from its beginning: about the 1,000 pages after which SQLite copies
+	// it into the database, so that a -wal grown past that (while a
+	// reader held an old snapshot, or checkpoints failed on a full disk)
+	// gives the space back.
+	walSizeLimit = 4 << 20
 )
 
 // Store is a keystore.Store on one SQLite file. Build it with Open; it is
@@ -117,14 +124,16 @@ func Open(path string) (*Store, error) {
 	// Every connection of the pool gets these. synchronous=FULL: a key is on
 	// disk once Create returns. _txlock=immediate: every read-write
 	// transaction takes the write lock at BEGIN, so that a check and the write
-	// that depends on it (maxPerOwner) are atomic across processes. WAL is
-	// not among them: it is a setting of the file, written once the file is
-	// known to be a key store (setUp), so that another application's
-	// database named by mistake is left as it was.
+	// that depends on it (maxPerOwner) are atomic across processes.
+	// journal_size_limit: see walSizeLimit. WAL is not among them: it is a
+	// setting of the file, written once the file is known to be a key store
+	// (setUp), so that another application's database named by mistake is
+	// left as it was.
 	dsn := abs + "?_txlock=immediate" +
 		fmt.Sprintf("&_pragma=busy_timeout(%d)", busyTimeout.Milliseconds()) +
 		"&_pragma=synchronous(FULL)" +
-		"&_pragma=foreign_keys(ON)"
+		"&_pragma=foreign_keys(ON)" +
+		fmt.Sprintf("&_pragma=journal_size_limit(%d)", walSizeLimit)
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)

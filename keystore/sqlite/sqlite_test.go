@@ -169,11 +169,12 @@ func TestOpenSetsThePragmasOnEveryConnection(t *testing.T) {
 	}
 	for i, c := range conns {
 		for pragma, want := range map[string]string{
-			"journal_mode": "wal",
-			"synchronous":  "2", // FULL
-			"busy_timeout": "5000",
-			"foreign_keys": "1",
-			"user_version": strconv.Itoa(schemaVersion),
+			"journal_mode":       "wal",
+			"synchronous":        "2", // FULL
+			"busy_timeout":       "5000",
+			"foreign_keys":       "1",
+			"journal_size_limit": strconv.Itoa(walSizeLimit),
+			"user_version":       strconv.Itoa(schemaVersion),
 		} {
 			var got string
 			require.NoError(t, c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got))
