@@ -180,6 +180,12 @@ func dbErr(err error) error {
 		switch se.Code() {
 		case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
 			return fmt.Errorf("%w: %w", keystore.ErrExists, err)
+		case sqlite3.SQLITE_IOERR_SHMSIZE:
+			// "disk I/O error" says nothing of the cause, which is nearly
+			// always a full disk: SQLite needs room for the -shm (32 KiB,
+			// and more as the -wal grows) before it reads anything.
+			return fmt.Errorf("%w: %w (the -shm file beside the database could not be grown: is the file system full?)",
+				keystore.ErrUnavailable, err)
 		}
 	}
 	return fmt.Errorf("%w: %w", keystore.ErrUnavailable, err)

@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(childDBEnv); path != "" {
 		os.Exit(childCreates(path))
 	}
+	if arg := os.Getenv(fullEnv); arg != "" {
+		os.Exit(childOnAFullDisk(arg))
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -134,11 +137,7 @@ func TestOpenCreatesAPrivateDirectoryAndFile(t *testing.T) {
 }
 
 func TestOpenMakesAnExistingDatabaseAndItsLogsPrivate(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "extauthz.db")
-	s := openTest(t, path)
-	k, h := testKey(t)
-	require.NoError(t, s.Create(t.Context(), k, h, 0))
-	require.NoError(t, s.Close())
+	path, k, h := closedStoreWithAKey(t)
 	// As an older version, a copy or a loose umask might have left them.
 	require.NoError(t, os.Chmod(path, 0o644))
 	for _, log := range []string{path + "-wal", path + "-shm"} {
@@ -146,7 +145,7 @@ func TestOpenMakesAnExistingDatabaseAndItsLogsPrivate(t *testing.T) {
 		require.NoError(t, os.Chmod(log, 0o666))
 	}
 
-	s = openTest(t, path)
+	s := openTest(t, path)
 	got, err := s.Lookup(t.Context(), h)
 	require.NoError(t, err, "the tightened database still works")
 	require.Equal(t, k.ID, got.ID)
