@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"modernc.org/sqlite"
 
 	"github.com/extauthz/extauthz/keystore"
 )
@@ -161,4 +162,71 @@ func TestTheWALShrinksBackAfterAReaderHeldItOpen(t *testing.T) {
 		require.NoError(t, s.Create(ctx, k, h, 0))
 	}
 	require.LessOrEqual(t, walSize(), int64(walSizeLimit))
+}
+
+// A backup restored into the running store through SQLite (sqlite3's
+// .restore, the backup API) takes the change log back to the backup's, so
+// the changes made after it are numbered again from where the backup's log
+// ended, below the position a watcher has reached. The watcher reads that
+// as a log it may have missed changes of, and forgets everything: a
+// revocation made after the restore reaches it at once, not once the new
+// numbers pass its old position.
+func TestWatchForgetsEverythingWhenABackupIsRestoredUnderIt(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.db")
+	server, cli := openTest(t, path), openTest(t, path)
+	server.pollInterval = 20 * time.Millisecond
+	ctx := t.Context()
+	k, h := testKey(t)
+	require.NoError(t, cli.Create(ctx, k, h, 0))
+	backup := filepath.Join(dir, "backup.db")
+	_, err := cli.db.ExecContext(ctx, `VACUUM INTO ?`, backup)
+	require.NoError(t, err)
+
+	events := make(chan keystore.Hash, 64)
+	watchCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- server.Watch(watchCtx, func(h keystore.Hash) { events <- h }) }()
+	defer func() {
+		stop()
+		require.NoError(t, <-done)
+	}()
+	next := func() keystore.Hash {
+		t.Helper()
+		select {
+		case got := <-events:
+			return got
+		case <-time.After(2 * time.Second):
+			t.Fatal("no change reported within 2s")
+			return keystore.Hash{}
+		}
+	}
+	require.True(t, next().IsZero(), "Watch starts by forgetting everything")
+	for range 5 { // the log moves past the backup's
+		k2, h2 := testKey(t)
+		require.NoError(t, cli.Create(ctx, k2, h2, 0))
+		require.Equal(t, h2, next())
+	}
+
+	conn, err := cli.db.Conn(ctx)
+	require.NoError(t, err)
+	require.NoError(t, conn.Raw(func(dc any) error {
+		r, err := dc.(interface {
+			NewRestore(string) (*sqlite.Backup, error)
+		}).NewRestore(backup)
+		if err != nil {
+			return err
+		}
+		if _, err := r.Step(-1); err != nil {
+			r.Finish()
+			return err
+		}
+		return r.Finish()
+	}))
+	require.NoError(t, conn.Close())
+
+	_, err = (&keystore.Manager{Store: cli, Hasher: hasher}).Revoke(ctx, k.ID, "test")
+	require.NoError(t, err)
+	got := next()
+	require.True(t, got == h || got.IsZero(), "the revocation after the restore reaches the watcher, or it forgets everything")
 }

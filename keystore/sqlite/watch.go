@@ -62,10 +62,14 @@ func (s *Store) changeHead(ctx context.Context) (int64, error) {
 }
 
 // readChanges reports the changes after pos to onChange, preceded by the zero
-// Hash if some of them were trimmed away, and returns the new position.
+// Hash if some of them were trimmed away, and returns the new position. A
+// log that ends before pos was taken back (a backup restored into the file
+// through SQLite): the changes made since are numbered again from its end,
+// so the zero Hash, and the position moves back to that end.
 func (s *Store) readChanges(ctx context.Context, pos int64, onChange func(keystore.Hash)) (int64, error) {
-	// One statement, so the trim mark and the rows are one snapshot.
-	rows, err := s.db.QueryContext(ctx, `SELECT t.through, c.seq, c.hash
+	// One statement, so the trim mark, the log's end and the rows are one
+	// snapshot.
+	rows, err := s.db.QueryContext(ctx, `SELECT t.through, coalesce((SELECT max(seq) FROM changes), 0), c.seq, c.hash
 		FROM changes_trimmed AS t LEFT JOIN changes AS c ON c.seq > ?
 		ORDER BY c.seq`, pos)
 	if err != nil {
@@ -75,12 +79,12 @@ func (s *Store) readChanges(ctx context.Context, pos int64, onChange func(keysto
 		seq  int64
 		hash keystore.Hash
 	}
-	var through int64
+	var through, last int64
 	var changes []change
 	for rows.Next() {
 		var seq sql.NullInt64
 		var b []byte
-		if err := rows.Scan(&through, &seq, &b); err != nil {
+		if err := rows.Scan(&through, &last, &seq, &b); err != nil {
 			rows.Close()
 			return pos, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
 		}
@@ -99,6 +103,10 @@ func (s *Store) readChanges(ctx context.Context, pos int64, onChange func(keysto
 		return pos, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
 	}
 	// onChange runs with no connection held, so it may call the Store.
+	if end := max(through, last); end < pos {
+		onChange(keystore.Hash{})
+		pos = end
+	}
 	if through > pos {
 		onChange(keystore.Hash{})
 		pos = through
