@@ -368,6 +368,23 @@ func TestKeysLifecycleThroughTheCLI(t *testing.T) {
 	_, errOut, code = cliRun(t, "keys", "rotate", a.ID, "--config", path)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "revoked or expired")
+
+	// A rotation run again (its output lost after the change was made) says
+	// where the key went, not that it is revoked or expired.
+	out, errOut, code = cliRun(t, "keys", "list", "--owner", "team", "--json", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	var listed []struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(out), &listed))
+	require.Len(t, listed, 1)
+	live := listed[0]
+	out, errOut, code = cliRun(t, "keys", "rotate", live.ID, "--json", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	var next struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(out), &next))
+	_, errOut, code = cliRun(t, "keys", "rotate", live.ID, "--config", path)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "already rotated, to "+next.ID)
+	assert.NotContains(t, errOut, "revoked or expired")
 }
 
 func TestHealthcheck(t *testing.T) {

@@ -37,6 +37,12 @@ the server's hashing pepper.`,
 				switch {
 				case err == nil || unconfirmedOnly(secret, err):
 				case errors.Is(err, keystore.ErrNotLive):
+					if cur, gerr := m.Store.Get(ctx, id); gerr == nil && cur.RotatedTo != "" {
+						// A rotation repeated because its output was lost: the
+						// new key exists, and its secret was shown only then.
+						return fmt.Errorf("rotate %s: the key was already rotated, to %s, whose key that rotation printed; "+
+							"rotate %s if that key is lost", id, cur.RotatedTo, cur.RotatedTo)
+					}
 					return fmt.Errorf("rotate %s: the key is revoked or expired; create a new key instead", id)
 				default:
 					return describeID(err, id)
