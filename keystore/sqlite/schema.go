@@ -113,17 +113,17 @@ type querier interface {
 // missing, is another application's (errNotAStore).
 func schemaOf(ctx context.Context, q querier) (int, error) {
 	var v, objects, tables int
-	if err := q.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
-		return 0, dbErr(err)
-	}
-	if v > schemaVersion || v < 0 {
-		return 0, fmt.Errorf("schema version %d: this extauthz knows versions up to %d; upgrade it", v, schemaVersion)
-	}
-	if err := q.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE type = 'table' AND name IN ('keys', 'changes', 'changes_trimmed'))
-		FROM sqlite_schema`).Scan(&objects, &tables); err != nil {
+	// One statement, so that the version and the tables are of one
+	// snapshot: read apart, on a new file that another process makes a key
+	// store of in between, they would say version 0 with tables.
+	if err := q.QueryRowContext(ctx, `SELECT (SELECT user_version FROM pragma_user_version),
+		count(*), count(*) FILTER (WHERE type = 'table' AND name IN ('keys', 'changes', 'changes_trimmed'))
+		FROM sqlite_schema`).Scan(&v, &objects, &tables); err != nil {
 		return 0, dbErr(err)
 	}
 	switch {
+	case v > schemaVersion || v < 0:
+		return 0, fmt.Errorf("schema version %d: this extauthz knows versions up to %d; upgrade it", v, schemaVersion)
 	case v == 0 && objects > 0:
 		return 0, fmt.Errorf("%w: the database has tables of its own and no extauthz schema version (PRAGMA user_version is 0)", errNotAStore)
 	case v > 0 && tables < 3:

@@ -544,6 +544,41 @@ func TestOpenRefusesAFileItDidNotMakeAndLeavesItAsItWas(t *testing.T) {
 	}
 }
 
+// queryHook runs before every query but the first, as another process
+// could act between two statements.
+type queryHook struct {
+	db      *sql.DB
+	queries int
+	between func()
+}
+
+func (q *queryHook) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if q.queries++; q.queries > 1 && q.between != nil {
+		q.between()
+		q.between = nil
+	}
+	return q.db.QueryRowContext(ctx, query, args...)
+}
+
+// Processes opening a brand-new file at once (a server starting and the
+// keys create that makes the first admin key) must all open it: one reading
+// the file as it is made a key store by another must not take it for
+// another application's database. Here the other process migrates the file
+// right after the first statement of the check.
+func TestAFileMadeAKeyStoreMeanwhileIsNotRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer db.Close()
+	q := &queryHook{db: db, between: func() { require.NoError(t, openTest(t, path).Close()) }}
+
+	v, err := schemaOf(t.Context(), q)
+	require.NoError(t, err)
+	require.Contains(t, []int{0, schemaVersion}, v)
+	s := openTest(t, path)
+	require.NoError(t, s.Ping(t.Context()))
+}
+
 func TestAClosedStoreIsUnavailable(t *testing.T) {
 	s, err := Open(filepath.Join(t.TempDir(), "extauthz.db"))
 	require.NoError(t, err)
