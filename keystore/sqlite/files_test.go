@@ -208,8 +208,21 @@ func TestWatchForgetsEverythingWhenABackupIsRestoredUnderIt(t *testing.T) {
 		require.Equal(t, h2, next())
 	}
 
-	conn, err := cli.db.Conn(ctx)
+	restore(t, cli, backup)
+
+	_, err = (&keystore.Manager{Store: cli, Hasher: hasher}).Revoke(ctx, k.ID, "test")
 	require.NoError(t, err)
+	got := next()
+	require.True(t, got == h || got.IsZero(), "the revocation after the restore reaches the watcher, or it forgets everything")
+}
+
+// restore writes the database at backup into s's file through SQLite's
+// backup API, as sqlite3's .restore does.
+func restore(t *testing.T, s *Store, backup string) {
+	t.Helper()
+	conn, err := s.db.Conn(t.Context())
+	require.NoError(t, err)
+	defer conn.Close()
 	require.NoError(t, conn.Raw(func(dc any) error {
 		r, err := dc.(interface {
 			NewRestore(string) (*sqlite.Backup, error)
@@ -223,10 +236,45 @@ func TestWatchForgetsEverythingWhenABackupIsRestoredUnderIt(t *testing.T) {
 		}
 		return r.Finish()
 	}))
-	require.NoError(t, conn.Close())
+}
 
-	_, err = (&keystore.Manager{Store: cli, Hasher: hasher}).Revoke(ctx, k.ID, "test")
+// Changes made after a restore, before a watcher's next poll, are numbered
+// again from the end of the backup's log; more of them than the backup was
+// behind take the log's end past the watcher's position again. The
+// watcher must still see that the log was rewritten under it, and forget
+// everything: otherwise it skips the changes numbered up to its position
+// (a revocation among them reaches it only when its cache entry expires),
+// and never learns of the restore.
+func TestWatchForgetsEverythingWhenARestoredLogPassesItsPosition(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.db")
+	server, cli := openTest(t, path), openTest(t, path)
+	ctx := t.Context()
+	create := func() keystore.Hash {
+		k, h := testKey(t)
+		require.NoError(t, cli.Create(ctx, k, h, 0))
+		return h
+	}
+	create()
+	backup := filepath.Join(dir, "backup.db")
+	_, err := cli.db.ExecContext(ctx, `VACUUM INTO ?`, backup)
 	require.NoError(t, err)
-	got := next()
-	require.True(t, got == h || got.IsZero(), "the revocation after the restore reaches the watcher, or it forgets everything")
+	pos, err := server.changeHead(ctx)
+	require.NoError(t, err)
+	create()
+	create()
+	pos, err = server.readChanges(ctx, pos, func(keystore.Hash) {})
+	require.NoError(t, err)
+
+	restore(t, cli, backup)
+	var made []keystore.Hash
+	for range 3 { // numbered 2 to 4: past the watcher's 3
+		made = append(made, create())
+	}
+
+	var got []keystore.Hash
+	_, err = server.readChanges(ctx, pos, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	require.NotEmpty(t, got)
+	require.True(t, got[0].IsZero(), "the watcher forgets everything first; got %v after making %v", got, made)
 }

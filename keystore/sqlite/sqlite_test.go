@@ -417,6 +417,12 @@ func TestTheChangeLogForgetsOldChanges(t *testing.T) {
 	k1, _ := testKey(t)
 	k1h := hasher.Hash("first")
 	require.NoError(t, s.Create(ctx, k1, k1h, 0))
+	var got []keystore.Hash
+	// A second watcher sees the first change: when it is trimmed away by
+	// the next, an hour later, that watcher has missed nothing.
+	seen, err := s.readChanges(ctx, pos, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	require.Equal(t, []keystore.Hash{k1h}, got)
 	clock = clock.Add(keepChangesFor + time.Second)
 	k2, k2h := testKey(t)
 	require.NoError(t, s.Create(ctx, k2, k2h, 0))
@@ -425,10 +431,14 @@ func TestTheChangeLogForgetsOldChanges(t *testing.T) {
 	require.NoError(t, s.db.QueryRow(`SELECT count(*) FROM changes`).Scan(&rows))
 	require.Equal(t, 1, rows, "only the change of the last hour is kept")
 
-	var got []keystore.Hash
+	got = nil
 	_, err = s.readChanges(ctx, pos, func(h keystore.Hash) { got = append(got, h) })
 	require.NoError(t, err)
 	require.Equal(t, []keystore.Hash{{}, k2h}, got)
+	got = nil
+	_, err = s.readChanges(ctx, seen, func(h keystore.Hash) { got = append(got, h) })
+	require.NoError(t, err)
+	require.Equal(t, []keystore.Hash{k2h}, got, "a watcher whose last change was trimmed gets the next only, not an order to forget everything")
 
 	head, err := s.changeHead(ctx)
 	require.NoError(t, err)

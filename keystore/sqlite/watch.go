@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -50,51 +51,77 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 	}
 }
 
-// changeHead returns the position after the last change logged.
-func (s *Store) changeHead(ctx context.Context) (int64, error) {
-	var head int64
-	err := s.db.QueryRowContext(ctx,
-		`SELECT max(coalesce((SELECT max(seq) FROM changes), 0), (SELECT through FROM changes_trimmed))`).Scan(&head)
-	if err != nil {
-		return 0, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
+// mark is a watcher's position in the change log: the last change it has
+// seen, with that change's time and hash, which tell the change from
+// another given the same number after the log was taken back (a backup
+// restored into the file through SQLite numbers the changes made since
+// from the end of the backup's log). at and hash are zero where no change
+// is there to compare: an empty log, or a position at the trim mark.
+type mark struct {
+	seq  int64
+	at   int64
+	hash []byte
+}
+
+// logEnd is the SQL of the log's end as a mark: its last change, or the
+// trim mark if that is later (the log is empty). t is changes_trimmed, l the
+// last change or NULLs.
+const logEnd = `FROM changes_trimmed AS t LEFT JOIN changes AS l ON l.seq = (SELECT max(seq) FROM changes)`
+
+// endOf returns the mark of the log's end given the trim mark and the last
+// change read with logEnd.
+func endOf(through int64, last sql.NullInt64, at sql.NullInt64, hash []byte) mark {
+	if !last.Valid || last.Int64 < through {
+		return mark{seq: through}
 	}
-	return head, nil
+	return mark{seq: last.Int64, at: at.Int64, hash: hash}
+}
+
+// changeHead returns the position after the last change logged.
+func (s *Store) changeHead(ctx context.Context) (mark, error) {
+	var through int64
+	var last, at sql.NullInt64
+	var hash []byte
+	err := s.db.QueryRowContext(ctx, `SELECT t.through, l.seq, l.at, l.hash `+logEnd).Scan(&through, &last, &at, &hash)
+	if err != nil {
+		return mark{}, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
+	}
+	return endOf(through, last, at, hash), nil
 }
 
 // readChanges reports the changes after pos to onChange, preceded by the zero
 // Hash if some of them were trimmed away, and returns the new position. A
-// log that ends before pos was taken back (a backup restored into the file
-// through SQLite): the changes made since are numbered again from its end,
-// so the zero Hash, and the position moves back to that end.
-func (s *Store) readChanges(ctx context.Context, pos int64, onChange func(keystore.Hash)) (int64, error) {
-	// One statement, so the trim mark, the log's end and the rows are one
-	// snapshot.
-	rows, err := s.db.QueryContext(ctx, `SELECT t.through, coalesce((SELECT max(seq) FROM changes), 0), c.seq, c.hash
-		FROM changes_trimmed AS t LEFT JOIN changes AS c ON c.seq > ?
-		ORDER BY c.seq`, pos)
+// log that ends before pos, or whose change at pos is another or gone, was
+// taken back (a backup restored into the file through SQLite), and the
+// changes made since are numbered again from its end: the zero Hash, and the
+// position moves to the log's end.
+func (s *Store) readChanges(ctx context.Context, pos mark, onChange func(keystore.Hash)) (mark, error) {
+	// One statement, so the trim mark, the log's end, the change at pos and
+	// the rows are one snapshot.
+	rows, err := s.db.QueryContext(ctx, `SELECT t.through, l.seq, l.at, l.hash, p.at, p.hash, c.seq, c.at, c.hash `+logEnd+`
+		LEFT JOIN changes AS p ON p.seq = ?1
+		LEFT JOIN changes AS c ON c.seq > ?1
+		ORDER BY c.seq`, pos.seq)
 	if err != nil {
 		return pos, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
 	}
-	type change struct {
-		seq  int64
-		hash keystore.Hash
-	}
-	var through, last int64
-	var changes []change
+	var (
+		through      int64
+		last, lastAt sql.NullInt64
+		lastHash     []byte
+		posAt        sql.NullInt64
+		posHash      []byte
+		changes      []mark
+	)
 	for rows.Next() {
-		var seq sql.NullInt64
+		var seq, at sql.NullInt64
 		var b []byte
-		if err := rows.Scan(&through, &last, &seq, &b); err != nil {
+		if err := rows.Scan(&through, &last, &lastAt, &lastHash, &posAt, &posHash, &seq, &at, &b); err != nil {
 			rows.Close()
 			return pos, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
 		}
 		if seq.Valid {
-			var c change
-			c.seq = seq.Int64
-			if len(b) == len(c.hash) { // anything else stays the zero Hash: forget everything
-				copy(c.hash[:], b)
-			}
-			changes = append(changes, c)
+			changes = append(changes, mark{seq: seq.Int64, at: at.Int64, hash: b})
 		}
 	}
 	err = rows.Err()
@@ -103,17 +130,23 @@ func (s *Store) readChanges(ctx context.Context, pos int64, onChange func(keysto
 		return pos, fmt.Errorf("read change log of %s: %w", s.path, dbErr(err))
 	}
 	// onChange runs with no connection held, so it may call the Store.
-	if end := max(through, last); end < pos {
+	end := endOf(through, last, lastAt, lastHash)
+	// A change at pos trimmed away is no sign: the trim mark says so.
+	if end.seq < pos.seq || pos.hash != nil && pos.seq > through && (!posAt.Valid || posAt.Int64 != pos.at || !bytes.Equal(posHash, pos.hash)) {
 		onChange(keystore.Hash{})
-		pos = end
+		return end, nil
 	}
-	if through > pos {
+	if through > pos.seq {
 		onChange(keystore.Hash{})
-		pos = through
+		pos = mark{seq: through}
 	}
 	for _, c := range changes {
-		onChange(c.hash)
-		pos = c.seq
+		var h keystore.Hash
+		if len(c.hash) == len(h) { // anything else stays the zero Hash: forget everything
+			copy(h[:], c.hash)
+		}
+		onChange(h)
+		pos = c
 	}
 	return pos, nil
 }
