@@ -136,13 +136,16 @@ func TestClusterWithReplicasFailsOverAndMovesSlots(t *testing.T) {
 
 	t.Run("a killed master's replica takes over", func(t *testing.T) {
 		require.NoError(t, c.WaitHealthy(30*time.Second))
-		replica := c.Replicas(slot)[0]
 		// The slot's new owner reaches the replicas by gossip, not by the
 		// migration's SETSLOT: a replica that still takes the slot for the
 		// old master's when it learns otherwise may drop the slot's keys
-		// as another node's. Every node must name the new owner first.
+		// as another node's. Every node must name the new owner first, and
+		// only then is the slot's replica the new owner's (asked before,
+		// the slot map could still name the old owner's replica, which
+		// rightly holds none of the slot's keys).
 		require.Eventually(t, func() bool { return c.agree(slot, old) }, 30*time.Second, 20*time.Millisecond,
 			"every node names the slot's new master")
+		replica := c.Replicas(slot)[0]
 		// Replication is asynchronous: the keys just migrated in must reach
 		// the replica before its master dies, or the promotion loses them.
 		acked, err := old.Query("WAIT", "1", "5000")
