@@ -119,6 +119,21 @@ func StartClusterOf(tb testing.TB, co ClusterOptions) *Cluster {
 // Nodes and returns it with its cluster bus port.
 func (c *Cluster) startNode(tb testing.TB) (*Server, int) {
 	tb.Helper()
+	for attempt := 1; ; attempt++ {
+		s, bus, err := c.tryNode(tb)
+		if err == nil {
+			return s, bus
+		}
+		if !portTaken(err) || attempt == portAttempts {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// tryNode is one try of startNode, on ports free a moment ago; it returns
+// why the node did not start.
+func (c *Cluster) tryNode(tb testing.TB) (*Server, int, error) {
+	tb.Helper()
 	opts, co := c.node, c.opts
 	// The cluster bus port is chosen explicitly: the default, port+10000,
 	// is not known to be free and may not even exist (> 65535).
@@ -147,14 +162,20 @@ func (c *Cluster) startNode(tb testing.TB) (*Server, int) {
 			"--cluster-announce-bus-port", strconv.Itoa(bus))
 	}
 	node.Args = append(node.Args, opts.Args...)
-	s := StartWith(tb, node)
+	s, err := tryStart(tb, node)
+	if err != nil {
+		if proxy != nil {
+			proxy.Close()
+		}
+		return nil, 0, err
+	}
 	c.Nodes = append(c.Nodes, s)
 	c.byAddr[s.Addr] = s
 	if proxy != nil {
 		c.proxies[s] = proxy
 		c.byAddr[proxy.Addr()] = s
 	}
-	return s, bus
+	return s, bus, nil
 }
 
 // AddMaster starts one more node, as the others run, and joins it to the

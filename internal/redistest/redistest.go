@@ -88,6 +88,32 @@ func Start(tb testing.TB, extra ...string) *Server {
 // tb.Cleanup.
 func StartWith(tb testing.TB, opts Options) *Server {
 	tb.Helper()
+	for attempt := 1; ; attempt++ {
+		s, err := tryStart(tb, opts)
+		if err == nil {
+			return s
+		}
+		if opts.Port != 0 || !portTaken(err) || attempt == portAttempts {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// portAttempts bounds how often a server is started again on other ports
+// because one it was given was taken meanwhile.
+const portAttempts = 3
+
+// portTaken reports whether a server failed to start because a port it was
+// to listen on was taken between FreePort and its bind (another test's
+// process got it first).
+func portTaken(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "Address already in use")
+}
+
+// tryStart runs a server as opts say (on a free port unless opts.Port) and
+// stops it in tb.Cleanup, or returns why it did not start.
+func tryStart(tb testing.TB, opts Options) (*Server, error) {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found on PATH (install the redis-server package): %v", err)
 	}
@@ -102,9 +128,19 @@ func StartWith(tb testing.TB, opts Options) *Server {
 		}
 	}
 	s.commandLine()
-	s.start()
 	tb.Cleanup(s.Stop)
-	return s
+	if err := s.launch(); err != nil {
+		// Killed without waiting for its port to close: the port may be
+		// another process's, which is why it failed.
+		s.mu.Lock()
+		if s.cmd != nil && s.cmd.Process != nil {
+			_ = s.cmd.Process.Kill()
+		}
+		s.cmd = nil
+		s.mu.Unlock()
+		return nil, err
+	}
+	return s, nil
 }
 
 // commandLine sets the server's address and arguments from its port,
@@ -262,12 +298,15 @@ func (s *Server) dial() (net.Conn, error) {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	port, err := freePort()
+	port, err := pickPort()
 	if err != nil {
 		tb.Fatalf("find a free port: %v", err)
 	}
 	return port
 }
+
+// pickPort is how FreePort finds a port (a test hands out a taken one).
+var pickPort = freePort
 
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -219,4 +220,35 @@ func TestRunStartsAServerOutsideATest(t *testing.T) {
 	if _, err := s.Do("PING"); err == nil {
 		t.Fatal("the server still answers after Stop")
 	}
+}
+
+// A port FreePort found free may be taken before the server binds it (by
+// another test's process): the server starts again on another.
+func TestAServerWhosePortWasTakenStartsOnAnother(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	go func() { // whoever took it hangs up on the helper's PING
+		for {
+			c, err := taken.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	first := true
+	pickPort = func() (int, error) {
+		if first {
+			first = false
+			return taken.Addr().(*net.TCPAddr).Port, nil
+		}
+		return freePort()
+	}
+	t.Cleanup(func() { pickPort = freePort })
+	s := Start(t)
+	require.NotEqual(t, taken.Addr().String(), s.Addr)
+	v, err := s.Query("PING")
+	require.NoError(t, err)
+	require.Equal(t, "PONG", v)
 }
