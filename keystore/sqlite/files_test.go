@@ -278,3 +278,53 @@ func TestWatchForgetsEverythingWhenARestoredLogPassesItsPosition(t *testing.T) {
 	require.NotEmpty(t, got)
 	require.True(t, got[0].IsZero(), "the watcher forgets everything first; got %v after making %v", got, made)
 }
+
+// A -wal or -shm beside the database that its owner did not make (planted
+// in a directory others can write to) is refused before SQLite reads it,
+// and left where it is.
+func TestOpenRefusesACompanionFileItsOwnerDidNotMake(t *testing.T) {
+	for _, suffix := range []string{"-wal", "-shm"} {
+		t.Run("a symbolic link as "+suffix, func(t *testing.T) {
+			path := newClosedStore(t)
+			target := filepath.Join(t.TempDir(), "elsewhere")
+			require.NoError(t, os.WriteFile(target, nil, 0o600))
+			require.NoError(t, os.Symlink(target, path+suffix))
+			_, err := Open(path)
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			require.ErrorContains(t, err, suffix+" is a symbolic link")
+		})
+		t.Run("another user's "+suffix, func(t *testing.T) {
+			if os.Geteuid() != 0 {
+				t.Skip("giving a file to another user takes root (CI runs as root)")
+			}
+			path := newClosedStore(t)
+			require.NoError(t, os.WriteFile(path+suffix, []byte("planted"), 0o666))
+			require.NoError(t, os.Chown(path+suffix, 12345, 12345))
+			_, err := Open(path)
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			require.ErrorContains(t, err, suffix+" belongs to user 12345")
+			got, err := os.ReadFile(path + suffix)
+			require.NoError(t, err)
+			require.Equal(t, "planted", string(got), "the file is left as it was")
+		})
+	}
+	t.Run("the store's own files are accepted", func(t *testing.T) {
+		path := newClosedStore(t)
+		s, err := Open(path) // makes a -wal and -shm of its own
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = s.Close() })
+		other, err := Open(path) // finds them there
+		require.NoError(t, err)
+		require.NoError(t, other.Close())
+	})
+}
+
+// newClosedStore makes a key store and closes it, and returns its path.
+func newClosedStore(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keys.db")
+	s, err := Open(path)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	return path
+}

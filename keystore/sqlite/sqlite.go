@@ -120,6 +120,9 @@ func Open(path string) (*Store, error) {
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
+	if err := checkCompanions(abs); err != nil {
+		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
+	}
 
 	// Every connection of the pool gets these. synchronous=FULL: a key is on
 	// disk once Create returns. _txlock=immediate: every read-write
@@ -159,6 +162,38 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// checkCompanions refuses a -wal or -shm beside the database at abs that
+// its owner did not make: one that is a symbolic link, or belongs to
+// another user. SQLite reads a -wal it finds as part of the database, so
+// in a directory others can write to, one planted there before a process
+// opens the store would add to it whatever its maker wrote. (Whoever
+// writes these files can write the database: the process's own user, or
+// root, which SQLite makes give them to the database's owner.)
+func checkCompanions(abs string) error {
+	db, err := os.Stat(abs)
+	if err != nil {
+		return err
+	}
+	owner := ownerOf(db)
+	for _, suffix := range []string{"-wal", "-shm"} {
+		fi, err := os.Lstat(abs + suffix)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			return fmt.Errorf("%s%s is a symbolic link: remove it (with every extauthz process stopped); keep the store in a directory only extauthz's user can write", abs, suffix)
+		case ownerOf(fi) != owner:
+			return fmt.Errorf("%s%s belongs to user %d, the database to user %d: another user may have planted it; remove it (with every extauthz process stopped) and keep the store in a directory only extauthz's user can write",
+				abs, suffix, ownerOf(fi), owner)
+		}
+	}
+	return nil
 }
 
 // setUp makes the file at s.abs a key store of schemaVersion in WAL mode,
