@@ -395,10 +395,37 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 			// while. A deadline is not the client's to set (Envoy's
 			// ext_authz timeout is), and one that passes is the store's
 			// slowness.
+			go c.judgeLater(flight, start)
 			return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrCallerLeft, ctx.Err())
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
+}
+
+// judgeLater waits for the flight its caller left (started at start) and
+// tells the breaker what it shows of the store, as the caller would have:
+// an answer is a success, an error or no answer within FetchTimeout a
+// failure. Without it, an outage in which every check is cancelled before
+// half the timeout (Envoy's ext_authz timeout is shorter than that, and in
+// HTTP mode its timeout reaches us as a cancellation) would never open the
+// breaker: every check would go on asking a store that does not answer.
+func (c *Cache) judgeLater(flight <-chan singleflight.Result, start time.Time) {
+	timer := time.NewTimer(max(c.opts.FetchTimeout-time.Since(start), 0))
+	defer timer.Stop()
+	var err error
+	select {
+	case res := <-flight:
+		err = res.Err
+	case <-timer.C:
+		err = errFetchTimeout
+	}
+	if errors.Is(err, ErrUnavailable) {
+		c.breaker.Failure(false)
+		c.storeDown(err)
+		return
+	}
+	c.breaker.Success(false)
+	c.storeBack()
 }
 
 // ErrCallerLeft is a lookup whose caller left before the store had a fair

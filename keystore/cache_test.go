@@ -468,19 +468,44 @@ func TestCallersThatLeaveDoNotOpenTheBreaker(t *testing.T) {
 	c, st, _, _ := setup(t)
 	st.gate = make(chan struct{})
 	for i := range 5 {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			_, err := c.Lookup(ctx, NewHasher(nil).Hash(fmt.Sprintf("sk_gone_%d", i)))
-			done <- err
-		}()
-		require.Eventually(t, func() bool { return st.lookups.Load() == int64(i+1) }, time.Second, time.Millisecond)
-		cancel()
-		err := <-done
-		require.ErrorIs(t, err, context.Canceled)
+		require.ErrorIs(t, leaveLookup(t, c, st, i), context.Canceled)
 	}
 	close(st.gate)
 	_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_unknown"))
 	assert.ErrorIs(t, err, ErrNotFound, "the store is asked: callers leaving did not open the breaker")
 	assert.Zero(t, c.Stats().StoreFailures, "a caller leaving is not a store failure")
+}
+
+// Callers that leave early prove nothing, but the lookups they started do
+// go on: when those find no store, the breaker must open all the same.
+// Otherwise an outage in which every check is cancelled before half the
+// timeout (an Envoy timeout shorter than that; in HTTP mode a timeout is a
+// cancellation) never opens it, and every check keeps asking the store.
+func TestLookupsWhoseCallersLeftStillOpenTheBreakerInAnOutage(t *testing.T) {
+	st := newCountingStore()
+	st.gate = make(chan struct{}) // a store that never answers
+	defer close(st.gate)
+	c := NewCache(st, CacheOptions{Size: 100, TTL: 30 * time.Second, NegativeTTL: 5 * time.Second, FetchTimeout: 200 * time.Millisecond})
+	for i := range 3 {
+		require.ErrorIs(t, leaveLookup(t, c, st, i), ErrCallerLeft)
+	}
+	require.Eventually(t, c.breaker.Open, 2*time.Second, 5*time.Millisecond, "three lookups the store never answered open the breaker")
+	_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_next"))
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.EqualValues(t, 3, st.lookups.Load(), "the store is not asked while the breaker is open")
+}
+
+// leaveLookup looks up the i-th unknown key of a store held at its gate,
+// cancels the lookup once the store has it, and returns what it ended with.
+func leaveLookup(t *testing.T, c *Cache, st *countingStore, i int) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Lookup(ctx, NewHasher(nil).Hash(fmt.Sprintf("sk_gone_%d", i)))
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return st.lookups.Load() == int64(i+1) }, time.Second, time.Millisecond)
+	cancel()
+	return <-done
 }
