@@ -567,6 +567,13 @@ func TestWatchForgetsEverythingAfterARestart(t *testing.T) {
 	// The operator heard of the outage once, and of its end.
 	require.Eventually(t, func() bool { return strings.Contains(log.String(), "reading changes from Redis again") }, time.Second, 10*time.Millisecond)
 	assert.Equal(t, 1, strings.Count(log.String(), "key change feed: Redis failed"), "%s", log.String())
+
+	// A second outage is a run of failures of its own: its warning counts
+	// from one again.
+	srv.Stop()
+	require.Eventually(t, func() bool { return strings.Count(log.String(), "key change feed: Redis failed") == 2 }, 3*time.Second, 10*time.Millisecond)
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	assert.Contains(t, lines[len(lines)-1], "failures=1", "%s", log.String())
 }
 
 func TestWatchForgetsEverythingAfterAGapInTheLog(t *testing.T) {

@@ -105,7 +105,8 @@ type watcher struct {
 	backoff time.Duration
 
 	// What the log was told: a failure, when (for repeating it at most
-	// once a minute while failures go on) and how many since.
+	// once a minute while failures go on), and how many failures this
+	// run of them has had.
 	warned   bool
 	warnedAt time.Time
 	failures int
@@ -126,6 +127,7 @@ func (w *watcher) run(ctx context.Context) {
 			if w.s.log != nil {
 				w.s.log.Info("key change feed: reading changes from Redis again", "failures", w.failures)
 			}
+			w.failures = 0
 		}
 	}
 }
