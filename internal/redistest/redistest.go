@@ -202,6 +202,15 @@ func (s *Server) launch() error {
 		log, _ := os.ReadFile(logf.Name())
 		return fmt.Errorf("redis-server on %s did not answer PING: %w\n%s", s.Addr, err, log)
 	}
+	// What answered may be another test's redis-server, on a port taken
+	// between FreePort and this one's bind (which then fails): ask it
+	// who it is, where the login may run INFO.
+	if info, err := s.Info("server"); err == nil && info["process_id"] != strconv.Itoa(cmd.Process.Pid) {
+		_ = cmd.Process.Kill() // it fails to bind, if it has not already
+		<-exited
+		log, _ := os.ReadFile(logf.Name())
+		return fmt.Errorf("redis-server on %s: another process (pid %s) answers there: Address already in use\n%s", s.Addr, info["process_id"], log)
+	}
 	return nil
 }
 

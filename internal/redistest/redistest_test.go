@@ -252,3 +252,28 @@ func TestAServerWhosePortWasTakenStartsOnAnother(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "PONG", v)
 }
+
+// A port FreePort found free may be taken by another redis-server, which
+// answers the helper's PING before this one fails to bind: the helper
+// tells it by its process id, and starts this one on another port.
+func TestAServerWhosePortAnotherRedisTookStartsOnAnother(t *testing.T) {
+	other := Start(t)
+	_, port, err := net.SplitHostPort(other.Addr)
+	require.NoError(t, err)
+	first := true
+	pickPort = func() (int, error) {
+		if first {
+			first = false
+			return strconv.Atoi(port)
+		}
+		return freePort()
+	}
+	t.Cleanup(func() { pickPort = freePort })
+	s := Start(t)
+	require.NotEqual(t, other.Addr, s.Addr)
+	mine, err := s.Info("server")
+	require.NoError(t, err)
+	theirs, err := other.Info("server")
+	require.NoError(t, err)
+	require.NotEqual(t, theirs["process_id"], mine["process_id"])
+}
