@@ -286,18 +286,13 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	if ask, probe := c.breaker.Enter(); ask {
 		k, err = c.fetch(ctx, h)
 		if errors.Is(err, ErrCallerLeft) {
-			// Nothing learned of the store; the caller is gone, so no
+			// Nothing learned of the store yet (judgeLater tells the
+			// breaker once the lookup ends); the caller is gone, so no
 			// stale answer either.
 			c.breaker.Abandon(probe)
 			return nil, err
 		}
-		if errors.Is(err, ErrUnavailable) {
-			c.breaker.Failure(probe)
-			c.storeDown(err)
-		} else {
-			c.breaker.Success(probe) // "not found" is an answer too
-			c.storeBack()
-		}
+		c.judge(probe, err)
 	} else {
 		err = errStoreDown
 	}
@@ -419,12 +414,19 @@ func (c *Cache) judgeLater(flight <-chan singleflight.Result, start time.Time) {
 	case <-timer.C:
 		err = errFetchTimeout
 	}
+	c.judge(false, err)
+}
+
+// judge tells the breaker what a lookup that ended with err shows of the
+// store (probe: it was the open breaker's probe): an error wrapping
+// ErrUnavailable is a failure, anything else ("not found" too) an answer.
+func (c *Cache) judge(probe bool, err error) {
 	if errors.Is(err, ErrUnavailable) {
-		c.breaker.Failure(false)
+		c.breaker.Failure(probe)
 		c.storeDown(err)
 		return
 	}
-	c.breaker.Success(false)
+	c.breaker.Success(probe)
 	c.storeBack()
 }
 

@@ -23,11 +23,10 @@ import (
 // Every key record is in one slot ({keys}), so a move of that slot makes
 // every create and rotation (each makes a record) a TRYAGAIN until it ends,
 // and every update and revocation one while the move has split the records
-// it writes. The Cluster
-// client retries a TRYAGAIN only three times within a few tens of
-// milliseconds, which no move of more than a handful of keys ends in; a
-// change waits for up to slotMoveWait instead (within its caller's
-// context), then fails as the store being unavailable.
+// it writes. The Cluster client retries a TRYAGAIN only three times within
+// a few tens of milliseconds, which no move of more than a handful of keys
+// ends in; a change waits for up to slotMoveWait instead (within its
+// caller's context), then fails as the store being unavailable.
 const slotMoveWait = 5 * time.Second
 
 // slotMoving reports whether err is Redis saying that the call's slot is
