@@ -815,3 +815,66 @@ func TestARotationCopiesAndChecksTheKeyAsItIsNow(t *testing.T) {
 		})
 	}
 }
+
+// TestTouchLastUsedLetsOtherWritersInBetweenItsBatches: the last use of
+// many keys is written a batch per transaction, and a revocation made in
+// this process or in another (a second store on the file, as the CLI is)
+// gets in between two batches instead of waiting for the whole update.
+func TestTouchLastUsedLetsOtherWritersInBetweenItsBatches(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.db")
+	s := openTest(t, path)
+	other := openTest(t, path)
+	ctx := context.Background()
+	used := map[string]time.Time{}
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	for range 7 {
+		k, h := testKey(t)
+		require.NoError(t, s.Create(ctx, k, h, 0))
+		used[k.ID] = at
+	}
+	victim, h := testKey(t)
+	require.NoError(t, s.Create(ctx, victim, h, 0))
+
+	defer func(n int) { touchBatch, touchedBatch = n, nil }(touchBatch)
+	touchBatch = 2
+	batches := 0
+	touchedBatch = func() {
+		batches++
+		if batches != 1 {
+			return
+		}
+		// Between the first two batches: a write through this store (its
+		// writers' queue) and one through another (the file's lock), each
+		// bounded so that a lock still held fails the test instead of
+		// hanging it.
+		for _, w := range []*Store{s, other} {
+			done := make(chan error, 1)
+			go func() {
+				wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				defer cancel()
+				_, err := w.Update(wctx, victim.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error {
+					k.Name = "renamed"
+					return nil
+				})
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				assert.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("a write waited for the whole last-use update")
+			}
+		}
+	}
+	require.NoError(t, s.TouchLastUsed(ctx, used))
+	assert.Equal(t, 4, batches, "7 keys in batches of 2")
+	for id := range used {
+		k, err := s.Get(ctx, id)
+		require.NoError(t, err)
+		require.NotNil(t, k.LastUsedAt, id)
+		assert.True(t, k.LastUsedAt.Equal(at), "%s: %v", id, k.LastUsedAt)
+	}
+	k, err := other.Get(ctx, victim.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "renamed", k.Name)
+}
