@@ -173,10 +173,12 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	}
 	// 2. Normalise method and path.
 	if !normalize(set, req, d) {
+		noteShadowed(req, d)
 		return
 	}
 	// 3. Route (and the route's own mode, if it has one).
 	if !route(d) {
+		noteShadowed(req, d)
 		return
 	}
 	// 4. Find the key (every present source is noted, so all are stripped).
@@ -366,16 +368,30 @@ func route(d *Decision) bool {
 }
 
 // findKey returns the value of the first present source of p and marks
-// every present source in d.Present, p's own and, never read, the other
-// policies' (Policy.strip). A request that names a credential in a
-// spelling some upstream reads as a source's, but the proxy does not strip
-// (Source.lookup, headerAliasesSource), is denied 400 and ok is false.
+// every present source in d.Present (notePresent). A request that names a
+// credential in a spelling some upstream reads as a source's, but the proxy
+// does not strip (Source.lookup, headerAliasesSource), is denied 400 and ok
+// is false.
 func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) {
+	key, found, ambiguous := notePresent(p, req, d)
+	if ambiguous != "" {
+		d.Deny(CodeBadRequest, ambiguous)
+		return "", false, false
+	}
+	return key, found, true
+}
+
+// notePresent returns the value of the first present source of p and marks
+// every present source in d.Present, p's own and, never read, the other
+// policies' (Policy.strip); ambiguous is the message of the 400 a credential
+// spelt two ways gets ("" for none). Every source is marked even then: a
+// decision in shadow mode is allowed whatever it came to, and must still
+// strip all it was sent.
+func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, ambiguous string) {
 	for i, s := range p.Sources {
-		v, present, ambiguous := s.lookup(req)
-		if ambiguous {
-			d.Deny(CodeBadRequest, "malformed request: a "+s.Kind().String()+" name reads as the credential's but is spelt differently")
-			return "", false, false
+		v, present, twice := s.lookup(req)
+		if twice && ambiguous == "" {
+			ambiguous = "malformed request: a " + s.Kind().String() + " name reads as the credential's but is spelt differently"
 		}
 		if !present {
 			continue
@@ -385,9 +401,8 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 			key, found = v, true
 		}
 	}
-	if headerAliasesSource(req, p.Sources) {
-		d.Deny(CodeBadRequest, "malformed request: a header name reads as the credential header's but is spelt differently")
-		return "", false, false
+	if ambiguous == "" && headerAliasesSource(req, p.Sources) {
+		ambiguous = "malformed request: a header name reads as the credential header's but is spelt differently"
 	}
 	// Other policies' sources: never read, only noted, so that a key sent
 	// where another service takes it is removed too. Only a key: the same
@@ -399,7 +414,17 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 			d.Present |= 1 << i
 		}
 	}
-	return key, found, true
+	return key, found, ambiguous
+}
+
+// noteShadowed marks the credentials of a request that steps 2 or 3
+// refused in shadow mode (a path that is not canonical, no route): it is
+// allowed all the same, so what it carries must be stripped all the same,
+// though no step read it.
+func noteShadowed(req *Request, d *Decision) {
+	if d.Shadow {
+		notePresent(d.Policy, req, d)
+	}
 }
 
 // lookup finds the key's record. The cache answers most checks; a key it

@@ -283,3 +283,56 @@ func TestSpoofedMetadataHeadersAreRemovedOverGRPC(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []string{"x-api-key", "x-authz-meta-tenant-id", "x_authz_meta_plan"}, ok.GetHeadersToRemove())
 }
+
+// A shadow policy's request refused before its key was looked for (a path
+// that is not canonical, no route, a credential spelt two ways) is allowed
+// all the same, so its credentials must be stripped all the same: this
+// policy's wherever they are, and another service's key in that service's
+// source. During a rollout most refusals are of this kind, and each would
+// otherwise hand the upstream a key.
+func TestAShadowRefusalBeforeTheKeyStillStripsEveryCredential(t *testing.T) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{
+			{
+				Name:    "orders",
+				Match:   authz.Match{Context: map[string]string{"policy": "orders"}},
+				Routes:  []authz.RouteSpec{{Path: "/orders/**", Permissions: []string{"read:orders"}}},
+				Sources: authztest.Sources(),
+				Mode:    authz.ModeShadow,
+			},
+			{
+				Name:    "billing",
+				Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
+				Routes:  []authz.RouteSpec{{Path: "/invoices/**", Permissions: []string{"read:invoices"}}},
+				Sources: []authz.Source{authz.HeaderSource("x-billing-key", "")},
+			},
+		}
+	})
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_orders", Name: "orders", Permissions: []string{"read:orders"}})
+	billingKey := fx.AddKey(t, &keystore.Key{ID: "key_billing", Name: "billing", Permissions: []string{"read:invoices"}, Policies: []string{"billing"}})
+	headers := map[string]string{
+		"x-api-key": key, "authorization": "Bearer " + key, "cookie": "api_key=" + key + "; theme=dark",
+		"x-billing-key": billingKey,
+	}
+	for _, tt := range []struct{ name, path, code string }{
+		{"a path that is not canonical", "/orders//1?api_key=" + key, "bad_request"},
+		{"a path no route takes", "/elsewhere?api_key=" + key, "no_route"},
+		{"a query credential spelt another way", "/orders/1?api%5Fkey=x&api_key=" + key, "bad_request"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest(tt.path, "x", headers, map[string]string{"policy": "orders"}, ""))
+			require.NoError(t, err)
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), "shadow mode answers OK")
+			assert.Equal(t, tt.code, metadata(t, resp)["code"])
+			ok := resp.GetOkResponse()
+			assert.Subset(t, ok.GetHeadersToRemove(), []string{"x-api-key", "authorization", "x-billing-key"})
+			assert.Contains(t, ok.GetQueryParametersToRemove(), "api_key")
+			if cookie, set := upstreamHeaders(t, resp)["cookie"]; set {
+				assert.Equal(t, "theme=dark", cookie)
+			} else {
+				assert.Contains(t, ok.GetHeadersToRemove(), "cookie")
+			}
+		})
+	}
+}
