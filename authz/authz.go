@@ -312,6 +312,10 @@ func (set *PolicySet) clientIP(req *Request) netip.Addr {
 // (the client address is read before step 1), or the 400.
 func normalize(set *PolicySet, req *Request, d *Decision) bool {
 	if req.Malformed != "" {
+		// Not even in shadow mode: the adapter stopped reading the request
+		// at a limit, so the credentials and client x-authz-* headers past
+		// it could not be named for removal, and would reach the upstream.
+		d.Shadow = false
 		d.Deny(CodeBadRequest, "malformed request: "+req.Malformed)
 		return false
 	}

@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -335,4 +336,25 @@ func TestAShadowRefusalBeforeTheKeyStillStripsEveryCredential(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A request past the header limits is read no further: its headers are
+// dropped unread, so neither a credential nor a client's x-authz-* header
+// among them could be named for removal. Shadow mode must not let it
+// through: it is answered 400 as in enforce mode.
+func TestAShadowPolicyRefusesARequestPastTheHeaderLimits(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	reader := fx.AddKey(t, &keystore.Key{ID: "key_reader", Name: "reader", Permissions: []string{"read:orders"}})
+	headers := map[string]string{"x-api-key": reader, "x-authz-key-id": "key_admin", "x-authz-permissions": "admin"}
+	for i := len(headers); i <= authz.MaxHeaders; i++ {
+		headers[fmt.Sprintf("x-filler-%d", i)] = "1"
+	}
+	resp, err := client.Check(context.Background(), meshRequest("/orders/1", "x", headers, map[string]string{"policy": "orders"}, ""))
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.InvalidArgument), resp.GetStatus().GetCode(), "answered, not let through unread")
+	assert.Nil(t, resp.GetOkResponse())
+	md := metadata(t, resp)
+	assert.Equal(t, "bad_request", md["code"])
+	assert.Equal(t, "enforce", md["mode"])
 }
