@@ -587,13 +587,19 @@ func (ps *PolicySet) byHost(raw string) (*Policy, bool) {
 // when two reasonable proxies could route it differently: a trailing dot
 // (some strip it, some do not), an empty label, an empty or non-numeric
 // port, or a byte no host name holds (a space, a control character, "/" or
-// "@"). An IP literal is canonical (it never matches a configured name).
-// Other bytes are kept, not guessed at: Envoy compares them as they are,
-// and so does a "*.suffix" here.
+// "@"). An IP literal is canonical (it never matches a configured name),
+// but only as "[...]" with at most a port after it: Envoy matches
+// "*.billing.example.com" as a suffix of the whole host, so it routes
+// "[::1]x.billing.example.com" to billing, which the literal alone would
+// not select. Other bytes are kept, not guessed at: Envoy compares them as
+// they are, and so does a "*.suffix" here.
 func canonicalHost[T string | []byte](host T) (int, bool) {
 	if len(host) > 0 && host[0] == '[' { // [v6] or [v6]:port
 		for i := 1; i < len(host); i++ {
 			if host[i] == ']' {
+				if i+1 < len(host) && !isPort(host[i+1:]) {
+					return 0, false
+				}
 				return i + 1, true
 			}
 		}
@@ -602,13 +608,8 @@ func canonicalHost[T string | []byte](host T) (int, bool) {
 	n := len(host)
 	for i := len(host) - 1; i >= 0; i-- {
 		if host[i] == ':' {
-			if i == len(host)-1 {
+			if !isPort(host[i:]) {
 				return 0, false
-			}
-			for j := i + 1; j < len(host); j++ {
-				if host[j] < '0' || host[j] > '9' {
-					return 0, false
-				}
 			}
 			n = i
 			break
@@ -626,6 +627,19 @@ func canonicalHost[T string | []byte](host T) (int, bool) {
 		}
 	}
 	return n, true
+}
+
+// isPort reports whether s is ":" and one or more digits.
+func isPort[T string | []byte](s T) bool {
+	if len(s) < 2 || s[0] != ':' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // strconvQuote quotes s for a message; policy names reach messages only

@@ -358,3 +358,35 @@ func TestAShadowPolicyRefusesARequestPastTheHeaderLimits(t *testing.T) {
 	assert.Equal(t, "bad_request", md["code"])
 	assert.Equal(t, "enforce", md["mode"])
 }
+
+// An IPv6 literal is "[...]" and at most a port: anything after the "]"
+// is no literal, and a proxy matching "*.billing.example.com" as a suffix
+// of the whole host (Envoy) routes "[::1]x.billing.example.com" to
+// billing. Read as the literal alone it would be decided by the default
+// policy, so it is refused as a host two readers route apart.
+func TestAnIPv6LiteralWithMoreAfterItIsABadRequestOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_users", Name: "users", Permissions: []string{"read:users"}, Policies: []string{"default"}})
+	for _, tt := range []struct {
+		host string
+		code codes.Code
+	}{
+		{"[::1]x.billing.example.com", codes.InvalidArgument},
+		{"[::1]:1.billing.example.com", codes.InvalidArgument},
+		{"[::1].billing.example.com", codes.InvalidArgument},
+		{"[::1]:", codes.InvalidArgument},
+		{"[::1]:80", codes.OK}, // a literal: the default policy, where the key is valid
+		{"[2001:db8::1]", codes.OK},
+		{"x.billing.example.com", codes.PermissionDenied}, // billing, where it is not
+	} {
+		t.Run(tt.host, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest("/api/users", tt.host, map[string]string{"x-api-key": key}, nil, ""))
+			require.NoError(t, err)
+			assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			if tt.code == codes.InvalidArgument {
+				assert.Equal(t, "bad_request", metadata(t, resp)["code"])
+			}
+		})
+	}
+}
