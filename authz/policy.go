@@ -544,17 +544,19 @@ func lastExtension(ext []Header, key string) (string, bool) {
 	return "", false
 }
 
-// maxHostBytes is the longest host selection looks at: a DNS name is at
-// most 253 bytes, and a port adds six.
+// maxHostBytes is the longest host selection reads: a DNS name is at
+// most 253 bytes, and a port adds six. A longer one is refused, not passed
+// over: it still ends in some configured "*.suffix", which a proxy matches
+// whatever the length.
 const maxHostBytes = 260
 
 // byHost returns the policy the host selects (nil: none), or false when the
-// host is not in canonical form. Letter case is folded and a port dropped,
+// host is not in canonical form or longer than any host name. Letter case is folded and a port dropped,
 // as Envoy matches virtual hosts (with strip_any_host_port); it does not
 // allocate.
 func (ps *PolicySet) byHost(raw string) (*Policy, bool) {
 	if len(raw) > maxHostBytes {
-		return nil, true // no configured host is that long
+		return nil, false
 	}
 	var buf [maxHostBytes]byte
 	host := buf[:0]

@@ -3,6 +3,7 @@ package envoy
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -389,4 +390,18 @@ func TestAnIPv6LiteralWithMoreAfterItIsABadRequestOverGRPC(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A host longer than any DNS name is still matched by a proxy's
+// "*.billing.example.com" as a suffix: it must not be decided by the
+// default policy as a host no configured one could be.
+func TestAnOverlongHostIsABadRequestOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_users", Name: "users", Permissions: []string{"read:users"}, Policies: []string{"default"}})
+	host := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 63) + ".billing.example.com"
+	resp, err := client.Check(context.Background(), meshRequest("/api/users", host, map[string]string{"x-api-key": key}, nil, ""))
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.InvalidArgument), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+	assert.Equal(t, "bad_request", metadata(t, resp)["code"])
 }
