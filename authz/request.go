@@ -153,35 +153,42 @@ func CookieSource(name string) Source {
 func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	switch s.kind {
 	case SourceHeader:
-		v := strings.TrimSpace(req.Headers.Get(s.name))
-		if s.scheme != "" {
-			// Before the scheme as after it: str.split(None, 1) drops the
-			// \x1c-\x1f, \x85 and \xa0 a value starts with (and "!" is
-			// how Envoy shows extauthz such a byte), so "\xa0Bearer <key>"
-			// is the scheme and the key to the upstream.
-			for len(v) > 0 && latin1Space(v[0]) {
-				v = strings.TrimSpace(v[1:])
-			}
-			// Any white space after the scheme separates as a space does:
-			// upstreams that split the value at white space (Python's
-			// split, so Django REST framework) read the credential that
-			// follows, so it is found, checked and stripped.
-			if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) {
-				return "", false, false
-			}
-			sep := schemeSeparator(v[len(s.scheme):])
-			if sep == 0 {
-				return "", false, false
-			}
-			v = strings.TrimSpace(v[len(s.scheme)+sep:])
-		}
-		return v, v != "", false
+		v, present := s.headerCredential(req.Headers.Get(s.name))
+		return v, present, false
 	case SourceQuery:
 		return queryCredential(req.Path, s.name, s.fold, nil)
 	case SourceCookie:
 		return cookieCredential(req.Headers.Get("cookie"), s.name, s.fold, nil)
 	}
 	return "", false, false
+}
+
+// headerCredential returns the credential a header source reads in the
+// header's value v, if any: v itself, or with a scheme what follows it.
+func (s Source) headerCredential(v string) (string, bool) {
+	v = strings.TrimSpace(v)
+	if s.scheme != "" {
+		// Before the scheme as after it: str.split(None, 1) drops the
+		// \x1c-\x1f, \x85 and \xa0 a value starts with (and "!" is
+		// how Envoy shows extauthz such a byte), so "\xa0Bearer <key>"
+		// is the scheme and the key to the upstream.
+		for len(v) > 0 && latin1Space(v[0]) {
+			v = strings.TrimSpace(v[1:])
+		}
+		// Any white space after the scheme separates as a space does:
+		// upstreams that split the value at white space (Python's
+		// split, so Django REST framework) read the credential that
+		// follows, so it is found, checked and stripped.
+		if len(v) <= len(s.scheme) || !strings.EqualFold(v[:len(s.scheme)], s.scheme) {
+			return "", false
+		}
+		sep := schemeSeparator(v[len(s.scheme):])
+		if sep == 0 {
+			return "", false
+		}
+		v = strings.TrimSpace(v[len(s.scheme)+sep:])
+	}
+	return v, v != ""
 }
 
 // queryCredential returns the first non-empty value of parameter name in
@@ -242,8 +249,20 @@ func (s Source) anyValue(req *Request, f func(string) bool) (hit bool) {
 	case SourceCookie:
 		cookieCredential(req.Headers.Get("cookie"), s.name, s.fold, each)
 	default:
-		v, present, _ := s.lookup(req)
-		hit = present && f(v)
+		raw := req.Headers.Get(s.name)
+		if v, present := s.headerCredential(raw); present && f(v) {
+			return true
+		}
+		// Envoy joins a header's lines with ",", and so does HeaderLines:
+		// a key sent twice, or after another value, is no key whole, but
+		// each line is one as the upstream may read it.
+		if strings.IndexByte(raw, ',') >= 0 {
+			for line := range strings.SplitSeq(raw, ",") {
+				if v, present := s.headerCredential(line); present && f(v) {
+					return true
+				}
+			}
+		}
 	}
 	return hit
 }

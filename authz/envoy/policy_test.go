@@ -405,3 +405,40 @@ func TestAnOverlongHostIsABadRequestOverGRPC(t *testing.T) {
 	assert.Equal(t, int32(codes.InvalidArgument), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
 	assert.Equal(t, "bad_request", metadata(t, resp)["code"])
 }
+
+// Envoy joins a header sent on two lines with ",": another service's key
+// sent twice arrives as "<key>,<key>", which no key's shape matches whole.
+// It is that service's key all the same, twice, and must not reach this
+// upstream; a value of this upstream's own under the name still does.
+func TestAnotherServicesKeySentTwiceIsStrippedOverGRPC(t *testing.T) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{{
+			Name:    "billing",
+			Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
+			Routes:  []authz.RouteSpec{{Path: "/invoices/**", Permissions: []string{"read:invoices"}}},
+			Sources: []authz.Source{authz.HeaderSource("x-billing-key", ""), authz.HeaderSource("authorization", "Bearer")},
+		}}
+		o.Sources = []authz.Source{authz.HeaderSource("x-api-key", "")}
+	})
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	users := fx.AddKey(t, &keystore.Key{ID: "key_users", Name: "users", Permissions: []string{"read:users"}})
+	billing := fx.AddKey(t, &keystore.Key{ID: "key_billing", Name: "billing", Permissions: []string{"read:invoices"}})
+	for _, tt := range []struct {
+		name    string
+		headers map[string]string
+		removed []string
+	}{
+		{"the same key twice", map[string]string{"x-billing-key": billing + "," + billing}, []string{"x-billing-key"}},
+		{"a key after something else", map[string]string{"x-billing-key": "x, " + billing}, []string{"x-billing-key"}},
+		{"a Bearer key on the second line", map[string]string{"authorization": "Bearer eyJhbGciOi.x.y,Bearer " + billing}, []string{"authorization"}},
+		{"this upstream's own tokens stay", map[string]string{"authorization": "Bearer eyJhbGciOi.x.y,Bearer abc"}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.headers["x-api-key"] = users
+			resp, err := client.Check(context.Background(), meshRequest("/api/users", "api.example.com", tt.headers, nil, ""))
+			require.NoError(t, err)
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			assert.ElementsMatch(t, append([]string{"x-api-key"}, tt.removed...), resp.GetOkResponse().GetHeadersToRemove())
+		})
+	}
+}
