@@ -488,7 +488,7 @@ func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
 	if len(ps.hosts)+len(ps.suffixes) > 0 && req.Host != "" {
 		p, ok := ps.byHost(req.Host)
 		if !ok {
-			d.Deny(CodeBadRequest, "malformed request: the host is not in one canonical form (a trailing dot, an empty label)")
+			d.Deny(CodeBadRequest, "malformed request: the host is not in one canonical form (a trailing dot, an empty label, a bad port, over 260 bytes)")
 			return false
 		}
 		if p != nil {
