@@ -317,6 +317,16 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "admin",
 		},
 		{
+			name: "the sidecar's admin interface on the loopback the app shares",
+			file: "../k8s/overlays/sidecar/envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				doc["admin"] = map[string]any{"address": map[string]any{
+					"socket_address": map[string]any{"address": "127.0.0.1", "port_value": 9901},
+				}}
+			},
+			wantErr: "the app shares Envoy's loopback",
+		},
+		{
 			name: "/healthz no longer exempt from ext_authz",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
@@ -640,14 +650,11 @@ func (p *problems) add(format string, args ...any) {
 // checkPolicy asserts the settings that make Envoy a correct front for extauthz.
 func checkPolicy(b *bootstrapv3.Bootstrap, mode authzMode) error {
 	p := &problems{}
-	if addr := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); addr != "127.0.0.1" && addr != "::1" {
-		p.add("admin listens on %q: it must stay on loopback", addr)
-	}
-
 	clusters := map[string]*clusterv3.Cluster{}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		clusters[c.GetName()] = c
 	}
+	checkAdmin(p, b, clusters)
 
 	var hcms int
 	for _, l := range b.GetStaticResources().GetListeners() {
@@ -670,6 +677,61 @@ func checkPolicy(b *bootstrapv3.Bootstrap, mode authzMode) error {
 		p.add("no listener has an http_connection_manager")
 	}
 	return errors.Join(p.errs...)
+}
+
+// checkAdmin: Envoy's admin interface takes no credentials and can change
+// runtime values, turn on debug logging (which writes every request's headers,
+// keys included), drain listeners and stop Envoy. It may listen on loopback
+// only, and not at all where the app Envoy forwards to shares that loopback
+// (a sidecar: an upstream on 127.0.0.1), since the app, or anything that can
+// make it send a request, would then reach it.
+func checkAdmin(p *problems, b *bootstrapv3.Bootstrap, clusters map[string]*clusterv3.Cluster) {
+	addr := b.GetAdmin().GetAddress()
+	if addr == nil {
+		return // no admin interface
+	}
+	ip := addr.GetSocketAddress().GetAddress()
+	if ip != "127.0.0.1" && ip != "::1" {
+		p.add("admin listens on %q: it must stay on loopback", ip)
+	}
+	for _, name := range routedClusters(b) {
+		for _, ep := range clusters[name].GetLoadAssignment().GetEndpoints() {
+			for _, lb := range ep.GetLbEndpoints() {
+				a := lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()
+				if a == "127.0.0.1" || a == "::1" || a == "localhost" {
+					p.add("admin listens on %q beside the upstream %s on %s: the app shares Envoy's loopback and would reach it; remove the admin block", ip, name, a)
+					return
+				}
+			}
+		}
+	}
+}
+
+// routedClusters names the clusters the listeners' routes send requests to:
+// the upstreams, not the ext_authz service.
+func routedClusters(b *bootstrapv3.Bootstrap) []string {
+	var names []string
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				var h hcmv3.HttpConnectionManager
+				if f.GetTypedConfig().UnmarshalTo(&h) != nil {
+					continue
+				}
+				for _, vh := range h.GetRouteConfig().GetVirtualHosts() {
+					for _, r := range vh.GetRoutes() {
+						if c := r.GetRoute().GetCluster(); c != "" {
+							names = append(names, c)
+						}
+						for _, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
+							names = append(names, wc.GetName())
+						}
+					}
+				}
+			}
+		}
+	}
+	return names
 }
 
 func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode authzMode, clusters map[string]*clusterv3.Cluster) {
