@@ -317,6 +317,22 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "admin",
 		},
 		{
+			name: "internal addresses left to Envoy's default (RFC 1918 before 1.33)",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(hcm(t, doc), "internal_address_config") },
+			wantErr: "internal_address_config",
+		},
+		{
+			name: "a private range counted as internal",
+			file: "envoy-http.yaml", mode: httpMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				hcm(t, doc)["internal_address_config"] = map[string]any{"cidr_ranges": []any{
+					map[string]any{"address_prefix": "10.0.0.0", "prefix_len": 8},
+				}}
+			},
+			wantErr: "lists 10.0.0.0/8",
+		},
+		{
 			name: "the sidecar's admin interface on the loopback the app shares",
 			file: "../k8s/overlays/sidecar/envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
@@ -750,6 +766,7 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 	if n := h.GetXffNumTrustedHops(); n != 0 {
 		fail("xff_num_trusted_hops is %d: trust no client-sent X-Forwarded-For", n)
 	}
+	checkInternalAddresses(fail, h.GetInternalAddressConfig())
 	if !h.GetNormalizePath().GetValue() {
 		fail("normalize_path must be true so routes match the path extauthz authorizes")
 	}
@@ -872,6 +889,33 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 
 	checkAccessLogs(h.GetAccessLog(), fail)
 	checkRoutes(h.GetRouteConfig(), needCluster, fail)
+}
+
+// checkInternalAddresses: no client may count as internal. Envoy honours the
+// x-envoy-* request headers of an internal request (x-envoy-retry-on,
+// x-envoy-retriable-status-codes: 200, x-envoy-max-retries), so an internal
+// client could have one checked request sent upstream again and again, past
+// every rate limit. Left unset, Envoy before 1.33 counts every RFC 1918
+// address as internal: a client behind a Kubernetes Service, a cloud load
+// balancer or Docker's port mapping. Set to ranges no peer comes from
+// (0.0.0.0/32, ::/128), no version counts any client as internal.
+func checkInternalAddresses(fail func(string, ...any), c *hcmv3.HttpConnectionManager_InternalAddressConfig) {
+	if c == nil || len(c.GetCidrRanges()) == 0 {
+		fail("internal_address_config must list only 0.0.0.0/32 or ::/128: unset or empty, Envoy before 1.33 trusts the x-envoy-* headers (retries) of every RFC 1918 client")
+		return
+	}
+	if c.GetUnixSockets() {
+		fail("internal_address_config.unix_sockets must be false")
+	}
+	for _, r := range c.GetCidrRanges() {
+		full := uint32(32)
+		if strings.Contains(r.GetAddressPrefix(), ":") {
+			full = 128
+		}
+		if (r.GetAddressPrefix() != "0.0.0.0" && r.GetAddressPrefix() != "::") || r.GetPrefixLen().GetValue() != full {
+			fail("internal_address_config lists %s/%d: a client from there could send x-envoy-* headers (retries) that Envoy honours", r.GetAddressPrefix(), r.GetPrefixLen().GetValue())
+		}
+	}
 }
 
 // authPathRE is an HTTP-mode auth path: the prefix, or the prefix naming a
