@@ -152,6 +152,13 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		{"the billing backend on another port than Envoy's billing cluster", func(p *types.Project) {
 			setService(p, "billing", func(s *types.ServiceConfig) { s.Environment["HTTP_PORT"] = ptr("8080") })
 		}, "envoy cluster billing"},
+		{"the two backends on one network", func(p *types.Project) {
+			setService(p, "upstream", func(s *types.ServiceConfig) {
+				for n := range p.Services["billing"].Networks {
+					s.Networks[n] = nil
+				}
+			})
+		}, "upstream shares network"},
 		{"the upstream next to extauthz", func(p *types.Project) {
 			setService(p, "upstream", func(s *types.ServiceConfig) { s.Networks["edge"] = nil })
 		}, "upstream shares network [edge] with extauthz"},
@@ -611,9 +618,15 @@ func composeNetworkProblems(p *types.Project) []string {
 	}
 	talks := [][2]string{{"envoy", "extauthz"}, {"extauthz", "redis"}, {"create-demo-key", "redis"}}
 	apart := [][2]string{{"envoy", "redis"}}
-	for _, b := range backends {
+	for i, b := range backends {
 		talks = append(talks, [2]string{"envoy", b})
 		apart = append(apart, [2]string{b, "redis"}, [2]string{b, "extauthz"}, [2]string{b, "create-demo-key"})
+		// Each backend is reached through Envoy only: one that shared a
+		// network with another could call it directly, with no key and under
+		// no policy (the users API, compromised, paying invoices on billing).
+		for _, other := range backends[i+1:] {
+			apart = append(apart, [2]string{b, other})
+		}
 	}
 	for _, talk := range talks {
 		if len(shared(talk[0], talk[1])) == 0 {
