@@ -10,6 +10,7 @@ import (
 	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwapiv1b1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 )
@@ -72,6 +73,7 @@ func (m *manifests) checkEnvoyGateway(bad func(string, ...any)) {
 	for _, gw := range g.gateways {
 		id := "Gateway/" + gw.Name
 		m.checkGatewayProxies(gw, bad)
+		m.checkBackendsFenced(gw, bad)
 		if !slices.ContainsFunc(g.clientTraffic, func(ct *egv1a1.ClientTrafficPolicy) bool {
 			return ct.Namespace == gw.Namespace && targets(ct.Spec.PolicyTargetReferences, "Gateway", gw.Name) && clientTrafficIsCanonical(ct)
 		}) {
@@ -235,16 +237,7 @@ func (g *gatewayObjects) grants(sp *egv1a1.SecurityPolicy, service, ns string) b
 // NetworkPolicy admits.
 func (m *manifests) checkGatewayProxies(gw *gwapiv1.Gateway, bad func(string, ...any)) {
 	id := "Gateway/" + gw.Name
-	var labels map[string]string
-	if infra := gw.Spec.Infrastructure; infra != nil && infra.ParametersRef != nil && string(infra.ParametersRef.Group) == egv1a1.GroupName && string(infra.ParametersRef.Kind) == egv1a1.KindEnvoyProxy {
-		for _, ep := range m.gateway.envoyProxies {
-			if ep.Name == infra.ParametersRef.Name && ep.Namespace == gw.Namespace {
-				if k := ep.Spec.Provider; k != nil && k.Kubernetes != nil && k.Kubernetes.EnvoyDeployment != nil && k.Kubernetes.EnvoyDeployment.Pod != nil {
-					labels = k.Kubernetes.EnvoyDeployment.Pod.Labels
-				}
-			}
-		}
-	}
+	labels := m.gatewayEnvoyLabels(gw)
 	if labels == nil {
 		bad("%s: no EnvoyProxy of its namespace labels its Envoy Pods", id)
 		return
@@ -254,6 +247,91 @@ func (m *manifests) checkGatewayProxies(gw *gwapiv1.Gateway, bad func(string, ..
 	}
 }
 
+// backendLabel is the label the overlay's NetworkPolicy selects a backend's
+// Pods by, with the backend Service's name as its value (as the sidecar
+// overlay's demo-app Pods carry it): the Service itself is the user's, not in
+// the overlay.
+const backendLabel = "app.kubernetes.io/name"
+
+// checkBackendsFenced: the Pods of every Service a route of the Gateway
+// sends to take connections from the Gateway's Envoy Pods alone. Any other
+// Pod could call the Service directly, skipping the Gateway and extauthz.
+func (m *manifests) checkBackendsFenced(gw *gwapiv1.Gateway, bad func(string, ...any)) {
+	envoyLabels := m.gatewayEnvoyLabels(gw)
+	for _, r := range m.gateway.routes {
+		if !slices.ContainsFunc(r.Spec.ParentRefs, func(p gwapiv1.ParentReference) bool {
+			return string(p.Name) == gw.Name && string(ptrOr(p.Namespace, gwapiv1.Namespace(r.Namespace))) == gw.Namespace
+		}) {
+			continue
+		}
+		for _, rule := range r.Spec.Rules {
+			for _, ref := range rule.BackendRefs {
+				ns := string(ptrOr(ref.Namespace, gwapiv1.Namespace(r.Namespace)))
+				svc := string(ref.Name)
+				fenced := slices.ContainsFunc(m.netpols, func(np *networkingv1.NetworkPolicy) bool {
+					return np.Namespace == ns && np.Spec.PodSelector.MatchLabels[backendLabel] == svc &&
+						slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) && onlyFrom(np, envoyLabels)
+				})
+				if !fenced {
+					bad("HTTPRoute/%s: no NetworkPolicy in %s lets only the Gateway's Envoy Pods reach the Pods of Service %s (%s=%s): any Pod could call it and skip extauthz", r.Name, ns, svc, backendLabel, svc)
+				}
+			}
+		}
+	}
+	// Policies are additive: one that lets others in too undoes the fence.
+	for _, np := range m.netpols {
+		for _, r := range m.gateway.routes {
+			for _, rule := range r.Spec.Rules {
+				for _, ref := range rule.BackendRefs {
+					if np.Namespace == string(ptrOr(ref.Namespace, gwapiv1.Namespace(r.Namespace))) &&
+						np.Spec.PodSelector.MatchLabels[backendLabel] == string(ref.Name) && !onlyFrom(np, envoyLabels) {
+						bad("NetworkPolicy/%s lets Pods other than the Gateway's Envoy reach Service %s, which would skip extauthz", np.Name, ref.Name)
+					}
+				}
+			}
+		}
+	}
+}
+
+// onlyFrom reports whether every ingress rule of np admits only Pods with
+// these labels (in any namespace), and there is one.
+func onlyFrom(np *networkingv1.NetworkPolicy, podLabels map[string]string) bool {
+	if len(np.Spec.Ingress) == 0 || len(podLabels) == 0 {
+		return false
+	}
+	for _, rule := range np.Spec.Ingress {
+		if len(rule.From) == 0 {
+			return false
+		}
+		for _, peer := range rule.From {
+			if peer.IPBlock != nil || peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) > 0 {
+				return false
+			}
+			for k, v := range podLabels {
+				if peer.PodSelector.MatchLabels[k] != v {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// gatewayEnvoyLabels are the labels the Gateway's EnvoyProxy puts on its
+// Envoy Pods (nil when there is none).
+func (m *manifests) gatewayEnvoyLabels(gw *gwapiv1.Gateway) map[string]string {
+	if infra := gw.Spec.Infrastructure; infra != nil && infra.ParametersRef != nil && string(infra.ParametersRef.Group) == egv1a1.GroupName && string(infra.ParametersRef.Kind) == egv1a1.KindEnvoyProxy {
+		for _, ep := range m.gateway.envoyProxies {
+			if ep.Name == infra.ParametersRef.Name && ep.Namespace == gw.Namespace {
+				if k := ep.Spec.Provider; k != nil && k.Kubernetes != nil && k.Kubernetes.EnvoyDeployment != nil && k.Kubernetes.EnvoyDeployment.Pod != nil {
+					return k.Kubernetes.EnvoyDeployment.Pod.Labels
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // TestEnvoyGatewayMatchesTheChart: the example's SecurityPolicy reaches the
 // Service the chart creates when installed as release extauthz in namespace
 // extauthz, as the overlay's comment says.
@@ -261,6 +339,12 @@ func TestEnvoyGatewayMatchesTheChart(t *testing.T) {
 	overlay := buildOverlay(t, "envoy-gateway")
 	chart, _ := mustRenderChart(t, "")
 	chart.gateway = overlay.gateway
+	// The overlay's own policies for the Gateway's backends come along.
+	for _, np := range overlay.netpols {
+		if np.Namespace != "extauthz" {
+			chart.netpols = append(chart.netpols, np)
+		}
+	}
 	var ps []string
 	chart.checkEnvoyGateway(func(format string, args ...any) { ps = append(ps, fmt.Sprintf(format, args...)) })
 	for _, p := range ps {
@@ -325,6 +409,18 @@ func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
 				}
 			}
 		}, "not let through"},
+		{"the app's Pods open to every Pod", func(m *manifests) {
+			m.netpols = slices.DeleteFunc(m.netpols, func(np *networkingv1.NetworkPolicy) bool { return np.Namespace == "demo" })
+		}, "any Pod could call it"},
+		{"the app's Pods open to a namespace besides the Gateway", func(m *manifests) {
+			for _, np := range m.netpols {
+				if np.Namespace == "demo" {
+					np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: []networkingv1.NetworkPolicyPeer{{
+						NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "monitoring"}},
+					}}})
+				}
+			}
+		}, "any Pod could call it"},
 		{"encoded slashes unescaped", func(m *manifests) {
 			m.gateway.clientTraffic[0].Spec.Path.EscapedSlashesAction = ptr(egv1a1.UnescapeAndForward)
 		}, "encoded slashes"},
