@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -88,4 +90,43 @@ func TestAGRPCCallThatNeverSendsIsCutOff(t *testing.T) {
 		t.Fatalf("the health Watch stream ended: %v", err)
 	case <-time.After(bound):
 	}
+}
+
+// Health Watch streams are exempt from the call bound, so what one holds
+// must not be the caller's to size: a client naming a service of nearly a
+// megabyte in each of many streams on one connection would otherwise make
+// the server keep every name for as long as the connection lives. Each
+// stream still gets SERVICE_UNKNOWN and stays open, as the health protocol
+// says, and a watch of the served services still sees their status.
+func TestAHealthWatchHoldsNoClientSizedName(t *testing.T) {
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
+	hc := healthpb.NewHealthClient(ts.conn)
+
+	for _, service := range []string{"", authv3.Authorization_ServiceDesc.ServiceName} {
+		w, err := hc.Watch(t.Context(), &healthpb.HealthCheckRequest{Service: service})
+		require.NoError(t, err)
+		resp, err := w.Recv()
+		require.NoError(t, err)
+		assert.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.GetStatus(), "service %q", service)
+	}
+
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	const streams, nameLen = 64, 1<<20 - 64
+	for i := range streams {
+		name := fmt.Sprintf("%03d", i) + strings.Repeat("s", nameLen)
+		w, err := hc.Watch(t.Context(), &healthpb.HealthCheckRequest{Service: name})
+		require.NoError(t, err)
+		resp, err := w.Recv()
+		require.NoError(t, err)
+		require.Equal(t, healthpb.HealthCheckResponse_SERVICE_UNKNOWN, resp.GetStatus())
+	}
+	grown := int64(heap()) - int64(before)
+	assert.Less(t, grown, int64(16<<20), "%d watches of %d-byte names hold %d MiB", streams, nameLen, grown>>20)
 }

@@ -253,7 +253,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	)...)
 	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger, Tracer: s.tracing.checks()})
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	healthpb.RegisterHealthServer(s.grpc, healthService{s.health})
 	reflection.Register(s.grpc)
 	s.grpcMetrics.initialize(s.grpc)
 
