@@ -133,10 +133,10 @@ const (
 func (c checkTracer) Start(ctx context.Context, req *authz.Request) (context.Context, func(*authz.Decision)) {
 	parent := ctx
 	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get("traceparent")) > 0 {
-		parent = c.t.prop.Extract(ctx, propagation.HeaderCarrier(http.Header{"Traceparent": md.Get("traceparent"), "Tracestate": md.Get("tracestate")}))
+		parent = c.t.prop.Extract(ctx, traceparentOnly(func() string { return md.Get("traceparent")[0] }))
 	}
 	if !trace.SpanContextFromContext(parent).IsValid() && req.Headers != nil {
-		parent = c.t.prop.Extract(ctx, headersCarrier{req.Headers})
+		parent = c.t.prop.Extract(ctx, traceparentOnly(func() string { return req.Headers.Get("traceparent") }))
 	}
 	ctx, span := c.t.tracer.Start(parent, "extauthz.check", trace.WithSpanKind(trace.SpanKindServer))
 	return ctx, func(d *authz.Decision) {
@@ -160,13 +160,22 @@ func (c checkTracer) Start(ctx context.Context, req *authz.Request) (context.Con
 	}
 }
 
-// headersCarrier reads a trace context from the headers of the request
-// being authorized.
-type headersCarrier struct{ h authz.Headers }
+// traceparentOnly is the trace context a span is joined to: the
+// traceparent its getter returns, and never a tracestate. A span carries
+// the tracestate of its parent to the collector as it came, and that is
+// text the client wrote (Envoy's tracer passes the client's on too): any
+// printable value, a pasted key fits, in up to 32 entries of 256 bytes.
+// The traceparent is ids and flags only, which the propagator parses.
+type traceparentOnly func() string
 
-func (c headersCarrier) Get(key string) string { return c.h.Get(strings.ToLower(key)) }
-func (headersCarrier) Set(string, string)      {}
-func (headersCarrier) Keys() []string          { return nil }
+func (f traceparentOnly) Get(key string) string {
+	if key == "traceparent" {
+		return f()
+	}
+	return ""
+}
+func (traceparentOnly) Set(string, string) {}
+func (traceparentOnly) Keys() []string     { return nil }
 
 // admin wraps the admin API's handler with a span per call, joined to the
 // caller's traceparent, naming the method, the status and (through
@@ -176,7 +185,7 @@ func (t *tracing) admin(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx := t.prop.Extract(r.Context(), traceparentOnly(func() string { return r.Header.Get("traceparent") }))
 		method := spanMethod(r.Method)
 		ctx, span := t.tracer.Start(ctx, "extauthz.admin "+method, trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()

@@ -221,6 +221,40 @@ func TestNoSecretInAnySpan(t *testing.T) {
 	}
 }
 
+// A span's trace_state is a header a client wrote too: tracestate, which
+// rides with the traceparent a span is joined to, of the request being
+// authorized, of Envoy's call (whose tracer passes the client's on) or of
+// an admin call. None reaches the collector, whatever it holds: a pasted
+// key fits its grammar, and each of its 32 entries may be 256 bytes.
+func TestNoSpanCarriesTheClientsTraceState(t *testing.T) {
+	ts, col := startTracedServer(t)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users", "keys:read"}})
+	state := "vendor=" + key + ",other=custom-value-91ab"
+
+	tp1, trace1, _ := traceparent(201)
+	_, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", "10.1.2.3",
+		map[string]string{"x-api-key": key, "traceparent": tp1, "tracestate": state}))
+	require.NoError(t, err)
+	tp2, trace2, _ := traceparent(202)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", tp2, "tracestate", state)
+	_, err = ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": key}))
+	require.NoError(t, err)
+	tp3, trace3, _ := traceparent(203)
+	status, _, _ := get(t, ts.httpURL+"/authz/api/users", map[string]string{"x-api-key": key, "traceparent": tp3, "tracestate": state})
+	require.Equal(t, 200, status)
+	tp4, trace4, _ := traceparent(204)
+	status, _, _ = get(t, ts.adminURL+"/v1/keys", map[string]string{"x-api-key": key, "traceparent": tp4, "tracestate": state})
+	require.Equal(t, 200, status)
+
+	var spans map[string]*tracepb.Span
+	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 4 }, 10*time.Second, 20*time.Millisecond)
+	for i, trace := range []string{trace1, trace2, trace3, trace4} {
+		s := spans[trace]
+		require.NotNil(t, s, "no span in trace %d", i+1)
+		assert.Empty(t, s.GetTraceState(), "span %d (%s)", i+1, s.GetName())
+	}
+}
+
 // The switch: off unless the environment asks, and a request it cannot
 // serve is an error rather than silently no traces.
 func TestTracingIsOnOnlyWhenTheEnvironmentAsks(t *testing.T) {
