@@ -1,8 +1,14 @@
 package main
 
 import (
+	"context"
+	"log"
+	"log/slog"
 	"net/http"
+	"strings"
 	"time"
+
+	"github.com/extauthz/extauthz/audit"
 )
 
 // httpLimits is what an HTTP listener grants one client, so that a slow or
@@ -48,4 +54,37 @@ func (l httpLimits) apply(srv *http.Server) *http.Server {
 	srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout = l.ReadHeader, l.Read, l.Write
 	srv.IdleTimeout, srv.MaxHeaderBytes = l.Idle, l.MaxHeaderBytes
 	return srv
+}
+
+// maxListenerLogLen caps a line of an HTTP listener's own error log.
+const maxListenerLogLen = 512
+
+// listenerErrorLog is the ErrorLog of an HTTP listener: net/http's own
+// messages (a failed TLS handshake, an accept error) as warnings of logger.
+//
+// Some of them quote what the client sent: a failed handshake names every
+// application protocol the client offered, up to 64 KiB of text of the
+// client's choosing, which can be a pasted key. Anyone who can open a
+// connection could otherwise put a key, or a 64 KiB line, in the log at
+// will. So a message that holds a key (holdsKey, the configured format) is
+// replaced whole, as the audit log's client fields are, and any other is
+// cut at maxListenerLogLen; the line still says what failed and for whom.
+func listenerErrorLog(logger *slog.Logger, holdsKey func(string) bool) *log.Logger {
+	return log.New(listenerLogWriter{logger, holdsKey}, "", 0)
+}
+
+type listenerLogWriter struct {
+	logger   *slog.Logger
+	holdsKey func(string) bool
+}
+
+func (w listenerLogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	if w.holdsKey != nil && w.holdsKey(msg) {
+		msg = audit.RedactedMark
+	} else if len(msg) > maxListenerLogLen {
+		msg = strings.ToValidUTF8(msg[:maxListenerLogLen], "") + " [cut]"
+	}
+	w.logger.Log(context.Background(), slog.LevelWarn, msg)
+	return len(p), nil
 }

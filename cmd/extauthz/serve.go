@@ -267,7 +267,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
-		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ContainsKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
@@ -307,7 +307,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	}
 	s.adminSrv = adminLimits.apply(&http.Server{
 		Handler:   recoverHTTP(s.logger, "admin", s.tracing.admin(admin.New(opts))),
-		ErrorLog:  slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+		ErrorLog:  listenerErrorLog(s.logger, s.cfg.Keys.Format.ContainsKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	return nil

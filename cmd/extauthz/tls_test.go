@@ -21,7 +21,9 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -261,5 +263,46 @@ func TestTLSFilesThatDoNotLoadStopTheStart(t *testing.T) {
 		_, errOut, code := cliRun(t, "serve", "--config", path)
 		assert.Equal(t, 1, code)
 		assert.Contains(t, errOut, tc.want)
+	}
+}
+
+// A TLS handshake that fails on the HTTP or admin listener is logged, and
+// Go's message quotes what the client offered: its application protocols,
+// up to 64 KiB of them, any bytes the client likes, a pasted key too. The
+// log line never carries a key (a message holding one is redacted whole),
+// and stays short whatever the client sent.
+func TestAFailedHandshakeLogsNoKeyAndAShortLine(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	dir := t.TempDir()
+	tlsYAML := fmt.Sprintf("tls: {cert_file: %q, key_file: %q}\n", certs.ServerCert, certs.ServerKey)
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: none}\nstore: {path: %q}\n%s%s",
+		filepath.Join(dir, "k.db"), testRoutes, tlsYAML))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+
+	var long []string
+	for i := range 200 {
+		long = append(long, fmt.Sprintf("%03d", i)+strings.Repeat("p", 250))
+	}
+	for _, protos := range [][]string{append([]string{key}, long...), long} {
+		for _, addr := range []string{ts.srv.httpLn.Addr().String(), ts.srv.adminLn.Addr().String()} {
+			c := clientTLS(certs, false)
+			c.NextProtos = protos
+			conn, err := tls.Dial("tcp", addr, c)
+			if err == nil {
+				conn.Close()
+			}
+			require.Error(t, err, "the server accepts none of the protocols offered")
+		}
+	}
+	require.Eventually(t, func() bool { return strings.Count(logs.String(), `"level":"WARN"`) >= 4 }, 5*time.Second, 10*time.Millisecond)
+	out := logs.String()
+	assert.NotContains(t, out, key)
+	assert.NotContains(t, out, key[3:20])
+	assert.Equal(t, 2, strings.Count(out, audit.RedactedMark), "the messages that held the key")
+	assert.Equal(t, 2, strings.Count(out, "TLS handshake error from 127.0.0.1:"), "the others still say what failed")
+	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
+		assert.LessOrEqual(t, len(line), 1024, "a log line of %d bytes: %.200s...", len(line), line)
 	}
 }
