@@ -294,3 +294,44 @@ func TestAReloadNamesEveryChangeItDoesNotApply(t *testing.T) {
 		assert.Contains(t, warned, `"`+field, "names %s", field)
 	}
 }
+
+// The key format (keys.prefix) is a setting a reload does not apply, and
+// the decision keeps it with the rest. A reload that changed it for the
+// decision alone would stop it recognising the keys in use as keys: one
+// sent in another policy's source would reach that policy's upstream, and
+// the admin API would quote it in its errors, until a restart, while the
+// log said the change was not in effect.
+func TestAReloadKeepsTheKeyFormat(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	head := fmt.Sprintf(`listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: off}
+audit: {sink: none}
+store: {path: %q}
+routes: [{path: /api/users, permissions: [read:users]}]
+policies:
+  - name: billing
+    match: {context: {policy: billing}}
+    sources: [{header: x-billing-key}]
+    routes: [{path: "/invoices/**", permissions: [read:invoices]}]
+`, filepath.Join(dir, "k.db"))
+	require.NoError(t, os.WriteFile(path, []byte(head), 0o600))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	billing, _ := ts.create(t, keystore.Spec{Name: "billing", Permissions: []string{"read:invoices"}})
+	other, _ := ts.create(t, keystore.Spec{Name: "other", Permissions: []string{"read:users"}})
+	stripped := func() []string {
+		t.Helper()
+		in := checkReq("GET", "/invoices/1", "10.1.2.3", map[string]string{"x-billing-key": billing, "x-api-key": other})
+		in.Attributes.ContextExtensions = map[string]string{"policy": "billing"}
+		resp, err := ts.client.Check(context.Background(), in)
+		require.NoError(t, err)
+		require.NotNil(t, resp.GetOkResponse(), "%v", resp.GetStatus())
+		return filterSources(resp.GetOkResponse().GetHeadersToRemove())
+	}
+	require.ElementsMatch(t, []string{"x-billing-key", "x-api-key"}, stripped())
+
+	time.Sleep(10 * time.Millisecond) // a different mtime even on coarse clocks
+	require.NoError(t, os.WriteFile(path, []byte(head+"keys: {prefix: pk}\n"), 0o600))
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "need a restart") }, 5*time.Second, 20*time.Millisecond)
+	assert.ElementsMatch(t, []string{"x-billing-key", "x-api-key"}, stripped(), "the key in the other policy's source still never reaches the upstream")
+}

@@ -120,8 +120,16 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		return after, true
 	}
 	if err == nil {
+		// The key format (keys.prefix) needs a restart like the rest of
+		// keys: the audit log, the listeners' log and the keys in the store
+		// all go by the one the server started with. Compiled into the
+		// decision alone it would stop the decision knowing the keys in
+		// use for keys, and one sent in another policy's source would be
+		// let through to that upstream.
+		next := *cfg
+		next.Keys.Format = s.cfg.Keys.Format
 		var policies *authz.PolicySet
-		if policies, err = newPolicies(cfg); err == nil {
+		if policies, err = newPolicies(&next); err == nil {
 			s.obs.setPolicies(policies)
 			s.authz.SetPolicies(policies)
 			s.httpMode.SetMode(httpMode(cfg))
