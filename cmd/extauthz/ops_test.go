@@ -9,13 +9,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	dto "github.com/prometheus/client_model/go"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -76,6 +79,8 @@ func TestHealthAndReadiness(t *testing.T) {
 	status, _, _ = get(t, ts.httpURL+"/readyz", nil)
 	assert.Equal(t, 200, status)
 	r.Stop()
+	// A ping's answer stands for readyFor: the next one finds Redis gone.
+	time.Sleep(readyFor)
 	status, body, _ := get(t, ts.httpURL+"/readyz", nil)
 	assert.Equal(t, 503, status, body)
 	status, _, _ = get(t, ts.httpURL+"/healthz", nil)
@@ -334,4 +339,63 @@ policies:
 	require.NoError(t, os.WriteFile(path, []byte(head+"keys: {prefix: pk}\n"), 0o600))
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "need a restart") }, 5*time.Second, 20*time.Millisecond)
 	assert.ElementsMatch(t, []string{"x-billing-key", "x-api-key"}, stripped(), "the key in the other policy's source still never reaches the upstream")
+}
+
+// /readyz answers anyone who reaches the HTTP listener, and asks the store.
+// A flood of it must not become a flood of store calls, which the
+// failed-attempts budgets keep from every other unauthenticated request:
+// concurrent readiness checks share one store call, and a result stands for
+// a moment. Nor can a caller that hangs up make the shared call fail for the
+// others.
+func TestAFloodOfReadinessChecksIsNotAFloodOfStoreCalls(t *testing.T) {
+	r := redistest.Start(t)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"t:\"}}\n", r.URL(0)))
+	opt, err := goredis.ParseURL(r.URL(0))
+	require.NoError(t, err)
+	rc := goredis.NewClient(opt)
+	defer rc.Close()
+	gets := func() int {
+		info, err := rc.Info(context.Background(), "commandstats").Result()
+		require.NoError(t, err)
+		for line := range strings.SplitSeq(info, "\r\n") {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_get:calls="); ok {
+				n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+				return n
+			}
+		}
+		return 0
+	}
+	require.Equal(t, 200, func() int { s, _, _ := get(t, ts.httpURL+"/readyz", nil); return s }())
+
+	// A caller that gives up at once does not leave its failure to others.
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "GET", ts.httpURL+"/readyz", nil)
+	require.NoError(t, err)
+	go func() { time.Sleep(time.Millisecond); cancel() }()
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+
+	before := gets()
+	const callers, each = 20, 10
+	var wg sync.WaitGroup
+	statuses := make(chan int, callers*each)
+	for range callers {
+		wg.Go(func() {
+			for range each {
+				s, _, _ := get(t, ts.httpURL+"/readyz", nil)
+				statuses <- s
+			}
+		})
+	}
+	start := time.Now()
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		require.Equal(t, 200, s)
+	}
+	calls := gets() - before
+	// One call per moment (readyFor) in which checks came, and one more.
+	limit := int(time.Since(start)/readyFor) + 2
+	assert.LessOrEqual(t, calls, limit, "%d readiness checks made %d store calls", callers*each, calls)
 }

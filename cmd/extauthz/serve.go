@@ -155,6 +155,9 @@ type server struct {
 	// tracing exports a span per check and admin call; nil when off.
 	tracing *tracing
 
+	// ready is the store ping /readyz shares between its callers.
+	ready readiness
+
 	grpcLn, httpLn, adminLn net.Listener
 	// bg runs the cache's watch and last-used writer, the config watch and
 	// the store sweep; cancelBg stops them.
@@ -329,13 +332,45 @@ func (s *server) auditRead(keyID string, c admin.Call) {
 // readyz is 200 when the store answers. A server whose store is down still
 // serves cached keys, but a load balancer should prefer a replica that can
 // also answer for uncached ones.
-func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
-	if err := s.be.ping(r.Context(), time.Second); err != nil {
+func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := s.ready.check(s.be.ping); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "store unavailable\n")
 		return
 	}
 	io.WriteString(w, "ok\n")
+}
+
+// readyFor is how long a store ping answers /readyz for.
+const readyFor = 250 * time.Millisecond
+
+// readiness is /readyz's store ping, shared. Anyone who reaches the HTTP
+// listener may ask for /readyz, with no key, and the store lookups such
+// callers can cause are otherwise bounded (rate_limit.failed_attempts and
+// failed_attempts_total): a ping per request would be a way around those
+// budgets, and a flood of them would hold the store client's connections
+// that lookups wait for. So one ping runs at a time, every check that
+// comes meanwhile waits for it, and its result answers for readyFor after
+// it ends: at most a few pings a second, however many callers. A probe
+// sees the store as it was a quarter of a second ago at most.
+//
+// The ping runs on a context of its own, not the caller's: a caller that
+// hangs up must not make it fail for the others waiting on it.
+type readiness struct {
+	mu  sync.Mutex
+	at  time.Time // when the last ping ended
+	err error     // what it found
+}
+
+func (r *readiness) check(ping func(context.Context, time.Duration) error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.at.IsZero() && time.Since(r.at) < readyFor {
+		return r.err
+	}
+	r.err = ping(context.Background(), time.Second)
+	r.at = time.Now()
+	return r.err
 }
 
 // listen opens the configured listeners (":0" picks a free port; the
