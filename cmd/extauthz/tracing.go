@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
+	"unicode"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -28,7 +30,9 @@ import (
 //   - OTEL_TRACES_EXPORTER unset: on when OTEL_EXPORTER_OTLP_ENDPOINT or
 //     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, else off;
 //   - any other exporter, or an OTLP protocol other than grpc, is an error
-//     at start (it would otherwise be silently ignored).
+//     at start (it would otherwise be silently ignored), and so is a
+//     headers variable or an endpoint the exporter could not read
+//     (checkOTLPSecrets).
 //
 // Spans go over OTLP/gRPC; the exporter reads the rest of its settings
 // (endpoint, OTEL_EXPORTER_OTLP_INSECURE, headers, certificates, timeout)
@@ -68,7 +72,63 @@ func tracingWanted(getenv func(string) string) (bool, error) {
 			break // the traces-specific one wins
 		}
 	}
+	if err := checkOTLPSecrets(getenv); err != nil {
+		return false, err
+	}
 	return true, nil
+}
+
+// checkOTLPSecrets refuses the OTLP variables that may hold the collector's
+// credential (its headers, a url with a login) when the exporter could not
+// read them, naming the variable and never its text. The exporter would
+// drop what it cannot read, and log the text whole through OpenTelemetry's
+// own logger, on standard error and outside this server's log: the
+// credential of a header written "authorization: Bearer ..." (no '='), or
+// with a stray %, in clear, while the spans went out without it.
+func checkOTLPSecrets(getenv func(string) string) error {
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
+		if v := getenv(name); v != "" {
+			if _, err := url.Parse(v); err != nil {
+				return fmt.Errorf("%s: not a url (its text is not shown: it may hold a login)", name)
+			}
+		}
+	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"} {
+		v := getenv(name)
+		if v == "" {
+			continue
+		}
+		for i, entry := range strings.Split(v, ",") {
+			if strings.TrimSpace(entry) == "" {
+				continue // a stray comma: the exporter skips it, and it holds nothing
+			}
+			key, value, ok := strings.Cut(entry, "=")
+			_, err := url.PathUnescape(value)
+			switch {
+			case !ok:
+				return fmt.Errorf("%s: entry %d has no '=': want name=value[,name=value...] (its text is not shown: it may hold a credential)", name, i+1)
+			case !validOTLPHeaderName(strings.TrimSpace(key)):
+				return fmt.Errorf("%s: entry %d: the name before '=' is not a header name (its text is not shown: it may hold a credential)", name, i+1)
+			case err != nil:
+				return fmt.Errorf("%s: entry %d: the value has a '%%' that is not a percent-encoding (write %%25 for a literal %%; its text is not shown)", name, i+1)
+			}
+		}
+	}
+	return nil
+}
+
+// validOTLPHeaderName is the exporter's own test of a header name: an
+// HTTP token.
+func validOTLPHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c > unicode.MaxASCII || !unicode.IsLetter(c) && !unicode.IsDigit(c) && !strings.ContainsRune("!#$%&'*+-.^_`|~", c) {
+			return false
+		}
+	}
+	return true
 }
 
 // newTracing starts the trace pipeline when the environment asks for it,

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -255,6 +257,33 @@ func TestNoSpanCarriesTheClientsTraceState(t *testing.T) {
 	}
 }
 
+// The OTLP headers variables hold the collector's credential. Written
+// wrongly ("authorization: Bearer ...", a stray %), the exporter would
+// drop the entry and log it whole on standard error, outside the server's
+// log and its care; instead the server refuses to start, naming the
+// variable and the entry but never its text.
+func TestAMalformedOTLPHeadersVariableIsRefusedUnshown(t *testing.T) {
+	const secret = "s3cret-7f3c-token"
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	for _, tc := range []struct{ name, value string }{
+		{"OTEL_EXPORTER_OTLP_HEADERS", "authorization: Bearer " + secret},
+		{"OTEL_EXPORTER_OTLP_HEADERS", "x-team=ok,x-key=" + secret + "%zz"},
+		{"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Bearer " + secret},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "serve", "--config", path)
+			cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1", "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:1", tc.name+"="+tc.value)
+			out, err := cmd.CombinedOutput()
+			assert.NotContains(t, string(out), secret)
+			require.Error(t, err, "the server refuses to start")
+			require.NoError(t, ctx.Err(), "the server started:\n%s", out)
+			assert.Contains(t, string(out), tc.name)
+		})
+	}
+}
+
 // The switch: off unless the environment asks, and a request it cannot
 // serve is an error rather than silently no traces.
 func TestTracingIsOnOnlyWhenTheEnvironmentAsks(t *testing.T) {
@@ -273,6 +302,9 @@ func TestTracingIsOnOnlyWhenTheEnvironmentAsks(t *testing.T) {
 		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, false, `OTEL_TRACES_EXPORTER="zipkin"`},
 		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, false, "OTEL_EXPORTER_OTLP_PROTOCOL"},
 		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, true, ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0ken, x-team = a,"}, true, ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_HEADERS": "x-team=a,authorization:Bearer t0ken"}, false, "OTEL_EXPORTER_OTLP_HEADERS: entry 2 has no '='"},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://u:p@h%zz:4317"}, false, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: not a url"},
 	} {
 		t.Run(fmt.Sprint(tc.env), func(t *testing.T) {
 			on, err := tracingWanted(func(k string) string { return tc.env[k] })
