@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -398,4 +400,27 @@ func TestAFloodOfReadinessChecksIsNotAFloodOfStoreCalls(t *testing.T) {
 	// One call per moment (readyFor) in which checks came, and one more.
 	limit := int(time.Since(start)/readyFor) + 2
 	assert.LessOrEqual(t, calls, limit, "%d readiness checks made %d store calls", callers*each, calls)
+}
+
+// A server on the built-in defaults (no config file) has nothing to reload,
+// but a SIGHUP must not end it, as one nobody catches would: operators and
+// their tools send it after a config change out of habit.
+func TestSIGHUPWithoutAConfigFileIsLoggedNotFatal(t *testing.T) {
+	var logs syncbuf.Buffer
+	s := &server{logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.watchConfig(ctx) }()
+	defer func() { cancel(); <-done }()
+	// This test's own catch keeps the test binary alive whatever the watch
+	// does; the signal is sent until the watch, once it catches it too,
+	// says so (it may not have asked for it yet when the first one comes).
+	// It stays registered after the test: a SIGHUP of the loop below still
+	// on its way once both had stopped catching it would end the binary.
+	mine := make(chan os.Signal, 1)
+	signal.Notify(mine, syscall.SIGHUP)
+	require.Eventually(t, func() bool {
+		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+		return strings.Contains(logs.String(), "no config file to reload")
+	}, 5*time.Second, 10*time.Millisecond)
 }

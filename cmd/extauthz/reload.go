@@ -14,14 +14,24 @@ import (
 )
 
 // watchConfig reloads the config on SIGHUP and when the file changes, until
-// ctx is done.
+// ctx is done. Without a file (the built-in defaults) SIGHUP is still
+// caught, and said to have nothing to reload: a SIGHUP nobody catches ends
+// the process, and a habit of sending it after every config change must
+// not take the server down.
 func (s *server) watchConfig(ctx context.Context) {
-	if s.cfgPath == "" {
-		return
-	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if s.cfgPath == "" {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				s.logger.Warn("SIGHUP: no config file to reload; the server runs on the built-in defaults")
+			}
+		}
+	}
 	t := time.NewTicker(s.reloadEvery)
 	defer t.Stop()
 	w := s.newWatch()
