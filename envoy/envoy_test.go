@@ -351,6 +351,14 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "no route exempts /healthz",
 		},
 		{
+			name: "the exemption taking a query, where a key in it would reach the upstream",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				routes(t, doc)[0].(map[string]any)["match"] = map[string]any{"path": "/healthz"}
+			},
+			wantErr: "with a query too",
+		},
+		{
 			name: "the exemption made a prefix, which also exempts /healthz/anything",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
@@ -1006,6 +1014,9 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 				fail("%s skips ext_authz; only exact path matches may (a prefix exempts everything below it)", what)
 				continue
 			}
+			if !matchesOnlyWithoutQuery(r.GetMatch()) {
+				fail("%s skips ext_authz with a query too: a key sent as ?api_key= would reach the upstream, as no route config strips a query parameter (match :path exactly)", what)
+			}
 			for _, hdr := range slices.Concat(identityHeaders, keyHeaders, overrideHeaders) {
 				if !slices.Contains(r.GetRequestHeadersToRemove(), hdr) {
 					fail("%s skips ext_authz but does not remove the client's %s", what, hdr)
@@ -1019,6 +1030,17 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 			fail("virtual host %s: no route exempts /healthz from ext_authz", vh.GetName())
 		}
 	}
+}
+
+// matchesOnlyWithoutQuery reports whether a route of an exact path also
+// requires the whole :path (which holds the query) to be that path.
+func matchesOnlyWithoutQuery(m *routev3.RouteMatch) bool {
+	for _, h := range m.GetHeaders() {
+		if h.GetName() == ":path" && !h.GetInvertMatch() && h.GetStringMatch().GetExact() == m.GetPath() && !h.GetStringMatch().GetIgnoreCase() {
+			return true
+		}
+	}
+	return false
 }
 
 // describeRoute names a route by its match, for messages.
