@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/internal/syncbuf"
@@ -507,4 +508,42 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		}
 		assert.Equal(t, map[string]bool{"path": true, "x-original": true, "x-forwarded": true}, originals)
 	})
+}
+
+// TestNginxMapsEveryDenialCode: nginx's auth_request keeps only 401 and 403
+// of extauthz's answer, and the shipped config turns the x-authz-code header
+// back into the status and body of the denial. A code missing from its maps
+// becomes "unavailable, retry shortly" (503 with Retry-After), which tells a
+// client refused for good to try again: every code must be there, with the
+// status extauthz itself answers it with.
+func TestNginxMapsEveryDenialCode(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(proxiesDir, "nginx.conf"))
+	require.NoError(t, err)
+	maps := map[string]map[string]string{}
+	var cur map[string]string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 4 && f[0] == "map" && f[3] == "{":
+			cur = map[string]string{}
+			maps[f[2]] = cur
+		case len(f) == 1 && f[0] == "}":
+			cur = nil
+		case cur != nil && len(f) >= 2:
+			cur[f[0]] = strings.TrimSuffix(strings.Join(f[1:], " "), ";")
+		}
+	}
+	for _, name := range []string{"$authz_deny_code", "$authz_deny_status", "$authz_deny_message"} {
+		require.Contains(t, maps, name, "nginx.conf has no map to %s", name)
+	}
+	for _, c := range authz.Codes() {
+		if c == authz.CodeUnavailable {
+			continue // the maps' default
+		}
+		code := string(c)
+		assert.Equal(t, code, maps["$authz_deny_code"][code], "%s is not echoed", code)
+		assert.Equal(t, strconv.Itoa(c.HTTPStatus()), maps["$authz_deny_status"][code], "the status of %s", code)
+		assert.NotEmpty(t, maps["$authz_deny_message"][code], "the message of %s", code)
+	}
+	assert.Equal(t, "503", maps["$authz_deny_status"]["default"])
 }
