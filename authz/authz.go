@@ -367,6 +367,8 @@ func route(d *Decision) bool {
 		d.Deny(CodeBadRequest, "malformed request: the letter case of the path decides its route")
 	case matchFormatVaries:
 		d.Deny(CodeBadRequest, "malformed request: the path gets another route without its extension, as frameworks that read it as a format serve it")
+	case matchScriptVaries:
+		d.Deny(CodeBadRequest, "malformed request: the path gets another route read as a PHP script's path info (/index.php/x is served as /x)")
 	}
 	return false
 }

@@ -79,6 +79,7 @@ const (
 	matchSlashVaries                   // with and without its trailing slash, the path gets different routes
 	matchCaseVaries                    // with its letter case folded, the path gets another route
 	matchFormatVaries                  // without its last segment's extension, the path gets another route
+	matchScriptVaries                  // read as a PHP script's path info, the path gets another route
 )
 
 // CompileRoutes checks and compiles the route table; paths holds the opt-in
@@ -207,6 +208,13 @@ func compileRoute(s RouteSpec, scope string) (*Route, error) {
 //     follows its last; if not, it is matchFormatVaries (400). A route
 //     whose pattern ends in a literal with a dot ("/openapi.json") names
 //     the path as it is written and is taken as it stands.
+//  5. A PHP front controller (Symfony, Laravel) behind Caddy's php_fastcgi
+//     or nginx's fastcgi_split_path_info serves "/index.php/api/admin" as
+//     "/api/admin": a path with a segment ending in ".php" followed by
+//     more must get the same answer as what follows that segment (split at
+//     the first such segment, and at the last; scriptRests); if not, it is
+//     matchScriptVaries (400). A route whose pattern names a ".php"
+//     segment is taken as written.
 //
 // It does not allocate.
 func (rt *Routes) match(method, path string) (*Route, matchKind) {
@@ -241,7 +249,81 @@ func (rt *Routes) match(method, path string) (*Route, matchKind) {
 			}
 		}
 	}
+	if !r.namesScript() {
+		rests, n := scriptRests(path)
+		for _, rest := range rests[:n] {
+			if rt.differs(method, rest, r, k) {
+				return nil, matchScriptVaries
+			}
+			if t, ok := strings.CutSuffix(rest, "/"); ok && t != "" && rt.differs(method, t, r, k) {
+				return nil, matchScriptVaries
+			}
+		}
+	}
 	return r, k
+}
+
+// differs reports whether path gets another answer than r, k: another
+// route, or with folded case (when the table folds it) another.
+func (rt *Routes) differs(method, path string, r *Route, k matchKind) bool {
+	if r2, k2 := rt.lookup(method, path, false); r2 != r || k2 != k {
+		return true
+	}
+	if rt.foldCase {
+		if r2, k2 := rt.lookup(method, path, true); r2 != r || k2 != k {
+			return true
+		}
+	}
+	return false
+}
+
+// scriptRests returns the paths a PHP front controller serves path as: a
+// segment ending in ".php" (any case) and followed by more path is a
+// script, and what follows it ("/" at least) its path info, which
+// Symfony, Laravel and their kin route on. nginx's usual
+// fastcgi_split_path_info splits at the last such segment, Caddy's
+// php_fastcgi at the first, so both are returned when they differ. So
+// /index.php/api/admin is served as /api/admin, and must get the answer
+// /api/admin gets. A last segment ending in ".php" is left alone: it names
+// a script to run (or, behind try_files, a path the application routes as
+// it is).
+func scriptRests(path string) (rests [2]string, n int) {
+	if strings.IndexByte(path, '.') < 0 {
+		return rests, 0 // the usual path: no dot, no script
+	}
+	for end := 0; end < len(path); {
+		next := strings.IndexByte(path[end+1:], '/')
+		if next < 0 {
+			next = len(path)
+		} else {
+			next += end + 1
+		}
+		seg := path[end+1 : next]
+		if next < len(path) && len(seg) >= len(".php") && strings.EqualFold(seg[len(seg)-len(".php"):], ".php") {
+			rest := path[next:]
+			if n < 2 {
+				n++
+			}
+			rests[n-1] = rest // the first, then the last
+		}
+		end = next
+	}
+	return rests, n
+}
+
+// namesScript reports whether r's pattern holds a literal segment ending
+// in ".php": the operator named the script, and the path is taken as
+// written.
+func (r *Route) namesScript() bool {
+	if r == nil {
+		return false
+	}
+	for _, s := range r.segs {
+		if s.kind == segLiteral && len(s.lit) >= len(".php") && strings.EqualFold(s.lit[len(s.lit)-len(".php"):], ".php") {
+			return true
+		}
+	}
+	return false
 }
 
 // formatStems returns path without the end of its last segment from the

@@ -85,7 +85,44 @@ var (
 	// matching), which for these patterns is the same as cutting the last
 	// segment at its first dot.
 	springModel = upstreamModel{name: "Spring MVC (suffix patterns)", serve: formatCut(servletServe), equal: func(a, b string) bool { return a == b }}
+	// phpFirstModel and phpLastModel are a PHP front controller (Symfony,
+	// Laravel) behind Caddy's php_fastcgi, which splits the path at its
+	// first segment ending in ".php", and behind nginx's usual
+	// fastcgi_split_path_info, which splits at the last: the application
+	// routes what follows that segment, its path info, literally.
+	phpFirstModel = upstreamModel{name: "PHP front controller (first .php)", serve: scriptCut(literalServe, false), equal: func(a, b string) bool { return a == b }}
+	phpLastModel  = upstreamModel{name: "PHP front controller (last .php)", serve: scriptCut(literalServe, true), equal: func(a, b string) bool { return a == b }}
 )
+
+// scriptCut reads a path as serve does, then keeps only what follows its
+// first (or last) segment ending in ".php" in any case that has a "/"
+// after it: a script's path info.
+func scriptCut(serve func(string) (servedPath, bool), last bool) func(string) (servedPath, bool) {
+	return func(raw string) (servedPath, bool) {
+		sp, ok := serve(raw)
+		if !ok {
+			return sp, ok
+		}
+		cut := -1
+		for i, seg := range sp.segs {
+			followed := i < len(sp.segs)-1 || sp.slash
+			if followed && len(seg) >= 4 && strings.EqualFold(seg[len(seg)-4:], ".php") {
+				cut = i
+				if !last {
+					break
+				}
+			}
+		}
+		if cut < 0 {
+			return sp, true
+		}
+		sp.segs = slices.Clone(sp.segs[cut+1:])
+		if len(sp.segs) == 0 {
+			sp.slash = false // the root
+		}
+		return sp, true
+	}
+}
 
 // formatCut reads a path as serve does, then cuts the last segment at its
 // first dot that does not start it.
@@ -355,9 +392,9 @@ var modelConfigs = []struct {
 	paths  Paths
 	models []upstreamModel
 }{
-	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, railsModel, springModel}},
+	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, railsModel, springModel, phpFirstModel, phpLastModel}},
 	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel}},
-	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel, railsModel}},
+	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel, railsModel, phpFirstModel, phpLastModel}},
 }
 
 var modelMethods = []string{"GET", "HEAD", "DELETE", "OPTIONS", "POST"}
@@ -396,6 +433,42 @@ func checkAgainstUpstreams(t *testing.T, raw string, sel uint8) {
 	}
 }
 
+// The PHP models are not vacuous either: each serves a path under another
+// route than extauthz would take it as, were the path not refused at the
+// route step (a script's path info decides, not a spelling).
+func TestPHPModelsServeThePathInfo(t *testing.T) {
+	set, err := Compile(Options{Routes: modelRoutes, Authenticate: true, Format: testFormat()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		raw   string
+		model upstreamModel
+		want  string
+	}{
+		{"/public/index.php/api/admin/x", phpFirstModel, "[api admin x]"},
+		{"/index.PHP/keys/x", phpFirstModel, "[keys x]"},
+		{"/a.php/public/b.php/api/admin/x", phpLastModel, "[api admin x]"},
+		{"/a.php/public/b.php/api/admin/x", phpFirstModel, "[public b.php api admin x]"},
+		{"/index.php", phpFirstModel, "[index.php]"},
+	} {
+		sp, ok := tt.model.serve(tt.raw)
+		if got := fmt.Sprint(sp.segs); !ok || got != tt.want {
+			t.Errorf("%s serves %q as %s (%v), want %s", tt.model.name, tt.raw, got, ok, tt.want)
+		}
+		if tt.raw == "/index.php" {
+			continue
+		}
+		var d Decision
+		req := Request{Method: "GET", Path: tt.raw, Headers: HeaderMap{}, XFFTrustedHops: -1}
+		if set.selectPolicy(&req, &d) && normalize(set, &req, &d) && route(&d) {
+			t.Errorf("extauthz takes %q as %v", tt.raw, d.Route)
+		} else if d.Code != CodeBadRequest {
+			t.Errorf("%q: %s, want bad_request", tt.raw, d.Code)
+		}
+	}
+}
+
 // FuzzRouteAgainstUpstreams: for any raw path, method and configuration,
 // what extauthz lets through is never less protected than how a servlet
 // container, Go's ServeMux, a router that takes the path literally
@@ -427,6 +500,9 @@ var modelSeeds = []string{
 	"//public/x", "/public/x/", "/api/reports/x/..;/..;/admin/y",
 	"/api/admin.json", "/api/users.json", "/api/users.csv/", "/keys.json", "/api/users/7.json", "/api/admin.tar.gz",
 	"/API/Admin.json", "/docs.html", "/docs.json/", "/.env", "/api/.json", "/public/x.json",
+	"/index.php/api/admin/x", "/index.PHP/api/admin/x", "/public/x.php/api/admin/x", "/a.php/b.php/api/admin/x",
+	"/index.php/", "/index.php", "/.php/api/admin/x", "/public/index.php/keys/x", "/index%2Ephp/api/admin/x",
+	"/index.php/api/users/", "/api/reports/x.php/admin/y",
 }
 
 // The property holds on the bypasses that once got through; and the

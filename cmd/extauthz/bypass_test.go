@@ -175,6 +175,18 @@ func bypassAttempts() []attempt {
 		allow("an extension under **", strictPaths, "GET", "/api/reports/q1.csv", reader, pass("reader", "x-api-key")),
 		allow("a leading dot is no extension", strictPaths, "GET", "/public/.env", nil, pass("")),
 
+		// PHP front controllers: behind Caddy's php_fastcgi or nginx's
+		// fastcgi_split_path_info, Symfony and Laravel serve
+		// /index.php/api/admin/x as /api/admin/x.
+		deny("a front controller's path info", strictPaths, "GET", "/index.php/api/admin/x", reader, 400, "bad_request"),
+		deny("a script under a public prefix", strictPaths, "GET", "/public/index.php/api/admin/x", nil, 400, "bad_request"),
+		deny("a script name in capitals", strictPaths, "GET", "/INDEX.PHP/keys/x", reader, 400, "bad_request"),
+		deny("two scripts, split at the last", strictPaths, "GET", "/public/a.php/public/b.php/keys/x", nil, 400, "bad_request"),
+		deny("an encoded dot in the script name", strictPaths, "GET", "/public/index%2Ephp/keys/x", nil, 400, "bad_request"),
+		deny("a script's path info in another case", foldingPaths, "GET", "/public/index.php/KEYS/x", nil, 400, "bad_request"),
+		allow("a script whose path info gets the same route", strictPaths, "GET", "/public/x.php/public/y", nil, pass("")),
+		allow("a last segment ending in .php", strictPaths, "GET", "/public/x.php", nil, pass("")),
+
 		// Methods.
 		allow("HEAD takes the GET route", strictPaths, "HEAD", "/api/users", users, pass("users", "x-api-key")),
 		deny("HEAD needs the GET route's permission", strictPaths, "HEAD", "/api/users", reader, 403, "permission_denied"),
