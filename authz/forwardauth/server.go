@@ -84,6 +84,23 @@ func (m *Mode) owns(r *http.Request) bool {
 
 var errMissingOriginal = errors.New("missing original request header")
 
+// originalHeader is the one value of an original-request header. Sent on
+// several lines it is an error, not a choice: a proxy that appends its
+// header to a client's (HAProxy's add-header, Apache's RequestHeader add)
+// puts the client's line first, and which line is the proxy's cannot be
+// told from the request. Joined, the lines would be no method, path or
+// host anyone serves.
+func originalHeader(r *http.Request, name string) (string, error) {
+	vs := r.Header.Values(name)
+	if len(vs) > 1 {
+		return "", errors.New(name + " sent more than once")
+	}
+	if len(vs) == 0 {
+		return "", nil
+	}
+	return vs[0], nil
+}
+
 // serve answers one decision request under mode.
 //
 // Allow is 200 with the identity headers and the metadata headers the
@@ -191,23 +208,31 @@ func originalRequest(r *http.Request, mode *Mode, named bool) (authz.Request, er
 	if named {
 		req.PolicyName, rest = authPolicy(rest)
 	}
+	var names [3]string // method, URI, host
 	switch mode.Original {
 	case "x-original":
-		req.Method, req.Path = r.Header.Get("X-Original-Method"), r.Header.Get("X-Original-Uri")
-		if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
-			req.Host = fh
-		}
+		names = [3]string{"X-Original-Method", "X-Original-Uri", "X-Forwarded-Host"}
 	case "x-forwarded":
-		req.Method, req.Path = r.Header.Get("X-Forwarded-Method"), r.Header.Get("X-Forwarded-Uri")
-		if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
-			req.Host = fh
-		}
+		names = [3]string{"X-Forwarded-Method", "X-Forwarded-Uri", "X-Forwarded-Host"}
 	default: // "path": the request itself, below the prefix (and the policy)
 		req.Method = r.Method
 		req.Path = rest
 		if req.Path == "" || req.Path[0] == '?' {
 			req.Path = "/" + req.Path
 		}
+		return req, nil
+	}
+	var vals [3]string
+	for i, name := range names {
+		v, err := originalHeader(r, name)
+		if err != nil {
+			return req, err
+		}
+		vals[i] = v
+	}
+	req.Method, req.Path = vals[0], vals[1]
+	if vals[2] != "" {
+		req.Host = vals[2]
 	}
 	if req.Method == "" || req.Path == "" {
 		return req, errMissingOriginal

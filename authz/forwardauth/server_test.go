@@ -363,3 +363,50 @@ func TestAPanicInAnHTTPCheckIsObserved(t *testing.T) {
 	assert.Equal(t, "10.0.0.7", d.ClientIP.String())
 	assert.Equal(t, "/api/users", d.Path)
 }
+
+// A proxy that appends its original-request header to one the client sent
+// (HAProxy's add-header, Apache's RequestHeader add) puts the client's line
+// first, where a reader of the first line takes the client's path, method
+// or host as the proxy's. Which line is the proxy's cannot be told from the
+// request, so a header of the mode's convention sent more than once is 400,
+// never a choice.
+func TestHTTPModeRefusesARepeatedOriginalHeader(t *testing.T) {
+	tests := []struct {
+		original string
+		name     string
+		lines    [2]string // the client's line, then the proxy's
+		set      map[string]string
+	}{
+		{"x-original", "X-Original-Uri", [2]string{"/api/users", "/api/reports/1"}, map[string]string{"X-Original-Method": "GET"}},
+		{"x-original", "X-Original-Method", [2]string{"GET", "DELETE"}, map[string]string{"X-Original-Uri": "/api/users"}},
+		{"x-original", "X-Forwarded-Host", [2]string{"trusted.example", "api.example"}, map[string]string{"X-Original-Method": "GET", "X-Original-Uri": "/api/users"}},
+		{"x-forwarded", "X-Forwarded-Uri", [2]string{"/api/users", "/api/reports/1"}, map[string]string{"X-Forwarded-Method": "GET"}},
+		{"x-forwarded", "X-Forwarded-Method", [2]string{"GET", "DELETE"}, map[string]string{"X-Forwarded-Uri": "/api/users"}},
+		{"x-forwarded", "X-Forwarded-Host", [2]string{"trusted.example", "api.example"}, map[string]string{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.original+": two "+tt.name+" lines", func(t *testing.T) {
+			f, srv := httpFixture(t, tt.original, 1)
+			send := func(lines ...string) *http.Response {
+				req, err := http.NewRequest("GET", srv.URL+"/authz", nil)
+				require.NoError(t, err)
+				req.Header.Set("X-Api-Key", f.Good)
+				req.Header.Set("X-Forwarded-For", "10.0.0.7")
+				for k, v := range tt.set {
+					req.Header.Set(k, v)
+				}
+				for _, l := range lines {
+					req.Header.Add(tt.name, l)
+				}
+				resp, err := srv.Client().Do(req)
+				require.NoError(t, err)
+				resp.Body.Close()
+				return resp
+			}
+			require.Equal(t, 200, send(tt.lines[0]).StatusCode, "the client's line alone is allowed, so a 200 below would be its decision")
+			resp := send(tt.lines[0], tt.lines[1])
+			assert.Equal(t, 400, resp.StatusCode)
+			assert.Equal(t, "bad_request", resp.Header.Get("X-Authz-Code"))
+		})
+	}
+}
