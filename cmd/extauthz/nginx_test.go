@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -368,6 +369,20 @@ func (n *nginxProc) do(t *testing.T, method, path string, headers map[string]str
 	return nginxResponse{status: resp.StatusCode, body: string(body), header: resp.Header}
 }
 
+// dashSpellings lists name with each subset of its "-" written "_".
+func dashSpellings(name string) []string {
+	out := []string{name}
+	for i := range len(name) {
+		if name[i] != '-' {
+			continue
+		}
+		for _, s := range out {
+			out = append(out, s[:i]+"_"+s[i+1:])
+		}
+	}
+	return out
+}
+
 // TestProxyConfigsSayWhatTheyNeed checks the proxy configs that no test here
 // can run (Traefik, Caddy) for the settings the README explains, and that
 // every extauthz snippet in the README is a valid config.
@@ -483,6 +498,26 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		// would sort request_header after forward_auth.
 		assert.True(t, route < dropSpoofed && dropSpoofed < auth && auth < dropKey && auth < dropAuthorization &&
 			dropKey < proxy && dropAuthorization < proxy, "the order inside route { } is what protects the upstream")
+
+		// Every spelling a backend reads as an x-authz- header goes before
+		// forward_auth too: Caddy's php_fastcgi (and CGI, WSGI, Rack) turn
+		// X_Authz_Owner into HTTP_X_AUTHZ_OWNER, the variable extauthz's
+		// X-Authz-Owner becomes, and a client's would win or stand alone.
+		// Caddy deletes "-Prefix*" by a case-sensitive prefix of the name as
+		// Go's server canonicalised it, which is what is checked here.
+		var drops []string
+		for i, l := range lines {
+			if p, ok := strings.CutPrefix(l, "request_header -"); ok && strings.HasSuffix(p, "*") && i < auth {
+				drops = append(drops, strings.TrimSuffix(p, "*"))
+			}
+		}
+		for _, name := range []string{"x-authz-owner", "X-AUTHZ-KEY-ID", "x-authz-meta-plan"} {
+			for _, spelt := range dashSpellings(name) {
+				canonical := http.CanonicalHeaderKey(spelt)
+				assert.True(t, slices.ContainsFunc(drops, func(p string) bool { return strings.HasPrefix(canonical, p) }),
+					"a client's %q (%q to Caddy) reaches the upstream", spelt, canonical)
+			}
+		}
 	})
 
 	t.Run("Envoy http_service: the doc points at a file that exists", func(t *testing.T) {
