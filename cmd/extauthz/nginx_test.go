@@ -491,9 +491,14 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		auth := at("forward_auth extauthz:9002 {")
 		at("uri /authz")
 		at("copy_headers " + strings.Join(identity, " "))
+		// A hung extauthz refuses the request within a second rather than
+		// holding the client (Caddy sets no timeout of its own).
+		transport, dial, timeout := at("transport http {"), at("dial_timeout 1s"), at("response_header_timeout 1s")
 		dropKey := at("request_header -X-Api-Key")
 		dropAuthorization := at("request_header -Authorization")
 		proxy := at("reverse_proxy upstream:8000")
+		assert.True(t, auth < transport && transport < dial && transport < timeout && dial < proxy && timeout < proxy,
+			"the timeouts are forward_auth's, not the upstream's")
 		// Inside route, handlers run in the order written; outside it Caddy
 		// would sort request_header after forward_auth.
 		assert.True(t, route < dropSpoofed && dropSpoofed < auth && auth < dropKey && auth < dropAuthorization &&
