@@ -84,8 +84,9 @@ type Options struct {
 // does not hold (401, 403 ip_not_allowed, 400 for a credential spelt
 // ambiguously), a key without the keys:* permission the route needs, or a
 // key asking for a change beyond what it may make (403 permission_denied:
-// granting what it lacks, loosening its own key, another owner's list). It
-// never holds the credential.
+// granting what it lacks, loosening its own key, another owner's list), or
+// reaching for another owner's key (answered 404, as an unknown id is,
+// with Code permission_denied). It never holds the credential.
 type AuthFailure struct {
 	// KeyID is the key that was presented, when it is known (revoked,
 	// expired, not allowed from the address, lacking the permission); ""
@@ -322,12 +323,20 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			s.onRead(c.key.ID, callOf(r, rt))
 		}
 		if err != nil {
-			if c != nil && isPermissionDenied(err) {
+			switch {
+			case c == nil:
+			case isPermissionDenied(err):
 				// A change beyond what the caller may make (granting a
 				// permission it lacks, loosening its own key, another
 				// owner's list) is an attempt to escalate: audited like
 				// a call without the route's permission.
 				s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
+			case errors.Is(err, errNotYours):
+				// Another owner's key: answered 404 like no key, so that
+				// ids do not leak, but reaching for it is an escalation
+				// refused all the same (a writer trying to revoke another
+				// tenant's key, whose id it saw in a log or a header).
+				s.authFailed(r, rt, c.key.ID, http.StatusNotFound, codePermissionDenied)
 			}
 			s.writeError(w, r, err)
 		}
@@ -468,10 +477,13 @@ func (c *caller) need(a access) error {
 	return nil
 }
 
-// canSee reports whether k is within the caller's reach: every key for
-// keys:admin, its own owner's keys otherwise.
-func (c *caller) canSee(k *keystore.Key) bool {
-	return c.admin || k.Owner == c.owner
+// reach is nil when k is within the caller's reach (every key for
+// keys:admin, its own owner's keys otherwise), else errNotYours.
+func (c *caller) reach(k *keystore.Key) error {
+	if !c.admin && k.Owner != c.owner {
+		return errNotYours
+	}
+	return nil
 }
 
 // canGrant checks that the caller may give a key these permissions: a
@@ -544,6 +556,9 @@ func (e *apiError) Error() string { return e.msg }
 var (
 	errNoRoute  = &apiError{http.StatusNotFound, codeNotFound, "no such route"}
 	errNotFound = &apiError{http.StatusNotFound, codeNotFound, "no such key"}
+	// errNotYours is another owner's key: the caller hears errNotFound's
+	// very answer, and the audit hears of the attempt (handle).
+	errNotYours = &apiError{http.StatusNotFound, codeNotFound, "no such key"}
 	errTooLarge = &apiError{http.StatusRequestEntityTooLarge, codeTooLarge, "request body too large"}
 )
 

@@ -237,7 +237,8 @@ func (s *server) showKey(w http.ResponseWriter, r *http.Request, c *caller) erro
 }
 
 // visibleKey returns the key id if the caller may see it. A malformed id,
-// an unknown one and another owner's are all 404, so ids do not leak.
+// an unknown one and another owner's are all 404, so ids do not leak
+// (another owner's is audited: errNotYours).
 func (s *server) visibleKey(ctx context.Context, id string, c *caller) (*keystore.Key, error) {
 	if !keystore.ValidID(id) {
 		return nil, errNotFound
@@ -246,8 +247,8 @@ func (s *server) visibleKey(ctx context.Context, id string, c *caller) (*keystor
 	if err != nil {
 		return nil, err
 	}
-	if !c.canSee(k) {
-		return nil, errNotFound
+	if err := c.reach(k); err != nil {
+		return nil, err
 	}
 	return k, nil
 }
@@ -283,8 +284,8 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	// keeping a more powerful key alive (expiry, allowlist) is acting with
 	// its power. Any caller changing itself may only narrow itself.
 	check := func(before, after *keystore.Key) error {
-		if !c.canSee(after) {
-			return errNotFound
+		if err := c.reach(after); err != nil {
+			return err
 		}
 		if after.ID == c.key.ID {
 			if err := s.selfLoosening(before, after); err != nil {
@@ -452,8 +453,8 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	// record the new key copies, so that no change made meanwhile slips
 	// into the copy; another owner's key is 404 before anything else.
 	secret, k, err := s.manager.Rotate(r.Context(), id, grace, c.actor(), func(old *keystore.Key) error {
-		if !c.canSee(old) {
-			return errNotFound
+		if err := c.reach(old); err != nil {
+			return err
 		}
 		if err := s.exceedsCaller(c, old); err != nil {
 			return err
