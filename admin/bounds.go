@@ -18,9 +18,10 @@ import (
 // policies) and its metadata:
 //
 //   - No key loosens its own restrictions (selfLoosening): a caller
-//     changing itself may narrow them, never widen or drop them. Otherwise
-//     a stolen key limited to one address and an hour would simply lift
-//     both.
+//     changing itself, or the later keys of its line of rotations, may
+//     narrow them, never widen or drop them. Otherwise a stolen key limited
+//     to one address and an hour would simply lift both, and a key in its
+//     grace period would undo a narrowing of its successor.
 //   - A key a keys:write caller creates, changes or rotates stays within
 //     the caller's own restrictions (exceedsCaller). Otherwise a limited
 //     writer would mint itself an unlimited child that outlives it. For a

@@ -282,12 +282,15 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	// A keys:write caller may only leave a key with permissions and
 	// restrictions it could give: setting them is granting them, and
 	// keeping a more powerful key alive (expiry, allowlist) is acting with
-	// its power. Any caller changing itself may only narrow itself.
+	// its power. Any caller changing itself may only narrow itself, and
+	// its line of rotations is itself: a key in its grace period that
+	// loosened its successor (undoing an operator's narrowing of it) would
+	// outlive its own grace period in it.
 	check := func(before, after *keystore.Key) error {
 		if err := c.reach(after); err != nil {
 			return err
 		}
-		if after.ID == c.key.ID {
+		if after.ID == c.key.ID || after.RateBucket() == c.key.RateBucket() {
 			if err := s.selfLoosening(before, after); err != nil {
 				return err
 			}
