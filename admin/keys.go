@@ -402,9 +402,9 @@ func (s *server) revokeKey(w http.ResponseWriter, r *http.Request, c *caller) er
 // rotateKey is POST /v1/keys/{id}/rotate {grace?}: 201 with the new key.
 // rotationPending refuses a keys:write caller's rotation of a key whose
 // line of rotations still has a live earlier key (409 rotation_pending):
-// keys in their grace period do not count against keys.max_per_owner, so
-// rotating a line again and again, each time with a long grace, would give
-// a writer as many live keys as it liked. One rotation at a time: the
+// keys in their grace period do not count against keys.max_per_owner
+// while their successor is live, so rotating a line again and again, each
+// time with a long grace, would give a writer as many live keys as it liked. One rotation at a time: the
 // earlier key must be revoked or past its grace first. keys:admin may
 // chain rotations.
 func (s *server) rotationPending(ctx context.Context, c *caller, old *keystore.Key) error {

@@ -286,7 +286,8 @@ type Store interface {
 	// Get finds a key by id.
 	Get(ctx context.Context, id string) (*Key, error)
 	// Create stores k under hash h. If maxPerOwner > 0 and k.Owner already has
-	// that many keys live at k.CreatedAt, it stores nothing and returns
+	// that many keys live at k.CreatedAt (a line of rotations counting once
+	// while a key of it is live: see Rotate), it stores nothing and returns
 	// ErrKeyLimit. The check and the insert are atomic. A store that waits
 	// for its replicas may return an error wrapping ErrUnconfirmed: stored,
 	// but not yet safe from a failover.
@@ -306,8 +307,11 @@ type Store interface {
 	// earlier. next.RotatedFrom must be id and next.Owner the old key's owner.
 	// The old key must be live at next.CreatedAt and not rotated already
 	// (ErrNotLive otherwise: rotating one key again and again would otherwise
-	// mint live keys past maxPerOwner). A rotated-away key no longer counts
-	// against maxPerOwner, so rotation never fails with ErrKeyLimit. A
+	// mint live keys past maxPerOwner). A rotated-away key does not count
+	// against maxPerOwner while its successor is live, so rotation never
+	// fails with ErrKeyLimit; once the successor is revoked or has expired,
+	// the old key counts again until its grace period ends (a line of
+	// rotations counts once while a key of it is live). A
 	// store that waits for its replicas may return the old key with an
 	// error wrapping ErrUnconfirmed: stored, but not yet safe from a
 	// failover.

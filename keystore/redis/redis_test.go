@@ -223,6 +223,8 @@ func TestKeyNamesCarryThePrefixAndOneHashTag(t *testing.T) {
 		"tenant-a:{keys}:expiring", // the rotated key's grace period
 		"tenant-a:{keys}:ends",
 		"tenant-a:{keys}:index",
+		"tenant-a:{keys}:grace:alice",    // the rotated key, until its successor is gone
+		"tenant-a:{keys}:graceids:alice", // the same key's id
 	}
 	for _, name := range want {
 		require.Contains(t, names, name)

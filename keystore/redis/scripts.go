@@ -39,21 +39,49 @@ local function index(open, ownerOpen, expiring, ends, id, member, listed, expSco
 end
 `
 
+// countLua counts an owner's keys against its limit at now (µs): those in
+// its live set (neither revoked nor rotated away) that have not expired,
+// and the keys in their grace period (its grace set, "<id> <successor id>"
+// scored by when the grace ends) whose successor is no longer live: in
+// neither set with a score after now (revoked, expired, or purged). A
+// line of rotations counts once while a key of it is live; a successor
+// stands for a key in its grace period only while it is live itself.
+//
+//	counted(owner's live ids, owner's grace, owner's grace ids, now)
+const countLua = `
+local function liveIn(set, id, now)
+  local score = redis.call('ZSCORE', set, id)
+  return score and (score == 'inf' or tonumber(score) > now)
+end
+local function counted(live, grace, graceIDs, now)
+  local n = redis.call('ZCOUNT', live, '(' .. now, '+inf')
+  local t = tonumber(now)
+  for _, m in ipairs(redis.call('ZRANGE', grace, '(' .. now, '+inf', 'BYSCORE')) do
+    local succ = string.match(m, ' (%S+)$')
+    if not (liveIn(live, succ, t) or liveIn(graceIDs, succ, t)) then
+      n = n + 1
+    end
+  end
+  return n
+end
+`
+
 // createScript stores a new key unless its id or hash exists or its owner
 // is at the limit. On a store with no keys yet it also marks the indexes
 // complete: there is nothing older to index.
 //
 //	KEYS: 1 record, 2 id→hash, 3 all ids, 4 owner's ids, 5 owner's live ids, 6 changes,
-//	      7 open ids, 8 owner's open ids, 9 expiring, 10 ends, 11 index version
+//	      7 open ids, 8 owner's open ids, 9 expiring, 10 ends, 11 index version,
+//	      12 owner's grace, 13 owner's grace ids
 //	ARGV: 1 record JSON, 2 hash hex, 3 id, 4 max per owner (0 = none),
 //	      5 now (µs), 6 live score ("" = not live), 7 changes MAXLEN,
 //	      8 listed, 9 expiry score, 10 end score, 11 member, 12 index version
-var createScript = goredis.NewScript(indexLua + `
+var createScript = goredis.NewScript(indexLua + countLua + `
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 'EXISTS'
 end
 local max = tonumber(ARGV[4])
-if max > 0 and redis.call('ZCOUNT', KEYS[5], '(' .. ARGV[5], '+inf') >= max then
+if max > 0 and counted(KEYS[5], KEYS[12], KEYS[13], ARGV[5]) >= max then
   return 'LIMIT'
 end
 if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[11]) == 0 then
@@ -78,16 +106,18 @@ return 'OK'
 // it did not count before.
 //
 //	KEYS: 1 record, 2 owner's live ids, 3 changes, 4 open ids, 5 owner's open ids,
-//	      6 expiring, 7 ends
+//	      6 expiring, 7 ends, 8 owner's grace, 9 owner's grace ids
 //	ARGV: 1 record JSON as read, 2 new record JSON, 3 id, 4 live score ("" = not live),
 //	      5 hash hex, 6 changes MAXLEN, 7 listed, 8 expiry score, 9 end score,
-//	      10 member, 11 max per owner to check (0 = no check), 12 count instant (µs)
-var updateScript = goredis.NewScript(indexLua + `
+//	      10 member, 11 max per owner to check (0 = no check), 12 count instant (µs),
+//	      13 grace member ("" = the key was not rotated away), 14 grace score
+//	      ("" = not in its grace period: revoked)
+var updateScript = goredis.NewScript(indexLua + countLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
 end
 local max = tonumber(ARGV[11])
-if max > 0 and redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[12], '+inf') >= max then
+if max > 0 and counted(KEYS[2], KEYS[8], KEYS[9], ARGV[12]) >= max then
   return 'LIMIT'
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -96,6 +126,15 @@ if ARGV[4] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 end
+if ARGV[13] ~= '' then
+  if ARGV[14] == '' then
+    redis.call('ZREM', KEYS[8], ARGV[13])
+    redis.call('ZREM', KEYS[9], ARGV[3])
+  else
+    redis.call('ZADD', KEYS[8], ARGV[14], ARGV[13])
+    redis.call('ZADD', KEYS[9], ARGV[14], ARGV[3])
+  end
+end
 index(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[10], ARGV[7], ARGV[8], ARGV[9])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'h', ARGV[5])
 return 'OK'
@@ -103,17 +142,20 @@ return 'OK'
 
 // rotateScript marks the old key rotated and stores its successor, if the
 // old record is still the one the caller read and the new id and hash are
-// free. The rotated key leaves its owner's live set: it no longer counts
-// against the limit, even during its grace period. It stays listed until it
-// expires at the end of the grace period.
+// free. The rotated key leaves its owner's live set for its grace set: it
+// counts against the limit only once its successor is no longer live
+// (countLua). It stays listed until it expires at the end of the grace
+// period.
 //
 //	KEYS: 1 old record, 2 old owner's live ids, 3 new record, 4 new id→hash,
 //	      5 all ids, 6 new owner's ids, 7 new owner's live ids, 8 changes,
-//	      9 open ids, 10 owner's open ids, 11 expiring, 12 ends
+//	      9 open ids, 10 owner's open ids, 11 expiring, 12 ends,
+//	      13 owner's grace, 14 owner's grace ids
 //	ARGV: 1 old record JSON as read, 2 old record JSON rotated, 3 old id, 4 old hash hex,
 //	      5 new record JSON, 6 new id, 7 new hash hex, 8 new live score, 9 changes MAXLEN,
 //	      10 old expiry score, 11 old end score, 12 old member,
-//	      13 new listed, 14 new expiry score, 15 new end score, 16 new member
+//	      13 new listed, 14 new expiry score, 15 new end score, 16 new member,
+//	      17 old grace member
 var rotateScript = goredis.NewScript(indexLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
@@ -123,6 +165,8 @@ if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[13], ARGV[11], ARGV[17])
+redis.call('ZADD', KEYS[14], ARGV[11], ARGV[3])
 index(KEYS[9], KEYS[10], KEYS[11], KEYS[12], ARGV[3], ARGV[12], '1', ARGV[10], ARGV[11])
 redis.call('SET', KEYS[3], ARGV[5])
 redis.call('SET', KEYS[4], ARGV[7])
@@ -167,7 +211,8 @@ return n
 // its entry in every set. It announces no change: a purged key was dead.
 //
 //	KEYS: 1 ends, 2 all ids, 3 open ids, 4 expiring, then for each member:
-//	      id→hash, record, owner's ids, owner's live ids, owner's open ids
+//	      id→hash, record, owner's ids, owner's live ids, owner's open ids,
+//	      owner's grace, owner's grace ids
 //	ARGV: 1 cutoff (µs), then for each member: member, id, hash hex as read
 //	Returns how many it purged.
 var purgeScript = goredis.NewScript(`
@@ -176,7 +221,10 @@ local n = 0
 local members = (#ARGV - 1) / 3
 for i = 0, members - 1 do
   local m, id, hash = ARGV[2+3*i], ARGV[3+3*i], ARGV[4+3*i]
-  local k = 5 + 5*i
+  local k = 5 + 7*i
+  -- grace periods that ended before the cutoff count for nothing
+  redis.call('ZREMRANGEBYSCORE', KEYS[k+5], '-inf', '(' .. ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[k+6], '-inf', '(' .. ARGV[1])
   local score = redis.call('ZSCORE', KEYS[1], m)
   local cur = redis.call('GET', KEYS[k])
   if score and cur and cur ~= hash then

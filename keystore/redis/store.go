@@ -33,6 +33,11 @@ import (
 //	<prefix>{keys}:owner:<owner>     sorted set of the owner's ids, score 0
 //	<prefix>{keys}:live:<owner>      sorted set of the owner's ids that are neither
 //	                                 revoked nor rotated away, scored by expiry (µs)
+//	<prefix>{keys}:grace:<owner>     sorted set of "<id> <successor id>" for the owner's keys
+//	                                 rotated away and not revoked, scored by the end of
+//	                                 their grace period (µs): one counts against the
+//	                                 owner's limit once its successor is no longer live
+//	<prefix>{keys}:graceids:<owner>  the same keys' ids alone, with the same scores
 //	<prefix>{keys}:open              sorted set (score 0, by id) of the ids List walks for
 //	                                 live keys: not revoked, not unlisted by Sweep
 //	<prefix>{keys}:open:<owner>      the same for one owner
@@ -74,6 +79,8 @@ func (l layout) id(id string) string          { return l.base + "id:" + id }
 func (l layout) all() string                  { return l.base + "all" }
 func (l layout) owner(owner string) string    { return l.base + "owner:" + owner }
 func (l layout) live(owner string) string     { return l.base + "live:" + owner }
+func (l layout) grace(owner string) string    { return l.base + "grace:" + owner }
+func (l layout) graceIDs(owner string) string { return l.base + "graceids:" + owner }
 func (l layout) changes() string              { return l.base + "changes" }
 func (l layout) open() string                 { return l.base + "open" }
 func (l layout) openOf(owner string) string   { return l.base + "open:" + owner }
@@ -290,6 +297,7 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		s.keys.record(hexHash), s.keys.id(rec.ID), s.keys.all(),
 		s.keys.owner(rec.Owner), s.keys.live(rec.Owner), s.keys.changes(),
 		s.keys.open(), s.keys.openOf(rec.Owner), s.keys.expiring(), s.keys.ends(), s.keys.index(),
+		s.keys.grace(rec.Owner), s.keys.graceIDs(rec.Owner),
 	}
 	ix := indexOf(rec)
 	res, confirmed, err := s.change(ctx, createScript, confirmCreate, keys,
@@ -334,15 +342,17 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 			return nil, fmt.Errorf("redis update %s: %w", id, err)
 		}
 		keys := []string{s.keys.record(hexHash), s.keys.live(next.Owner), s.keys.changes(),
-			s.keys.open(), s.keys.openOf(next.Owner), s.keys.expiring(), s.keys.ends()}
+			s.keys.open(), s.keys.openOf(next.Owner), s.keys.expiring(), s.keys.ends(),
+			s.keys.grace(next.Owner), s.keys.graceIDs(next.Owner)}
 		check := 0
 		if limit.CheckNeeded(cur, next) {
 			check = limit.Max
 		}
 		ix := indexOf(next)
+		gm, gs := graceOf(next)
 		res, confirmed, err := s.change(ctx, updateScript, repeatUpdate, keys,
 			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
-			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At))
+			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At), gm, gs)
 		if err != nil {
 			return nil, unavailable("update "+id, err)
 		}
@@ -531,11 +541,13 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 			s.keys.record(newHex), s.keys.id(nrec.ID), s.keys.all(),
 			s.keys.owner(nrec.Owner), s.keys.live(nrec.Owner), s.keys.changes(),
 			s.keys.open(), s.keys.openOf(old.Owner), s.keys.expiring(), s.keys.ends(),
+			s.keys.grace(old.Owner), s.keys.graceIDs(old.Owner),
 		}
 		oix, nix := indexOf(old), indexOf(nrec)
+		gm, _ := graceOf(old)
 		res, confirmed, err := s.change(ctx, rotateScript, confirmRotation, keys,
 			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen,
-			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member)
+			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member, gm)
 		if err != nil {
 			return nil, unavailable("rotate "+id, err)
 		}
@@ -746,7 +758,8 @@ func (s *Store) purge(ctx context.Context, cutoff time.Time, batch int) (int, er
 		id, owner := splitMember(m)
 		h, _ := hashes[i].(string)
 		record := s.keys.record(h)
-		keys = append(keys, idKeys[i], record, s.keys.owner(owner), s.keys.live(owner), s.keys.openOf(owner))
+		keys = append(keys, idKeys[i], record, s.keys.owner(owner), s.keys.live(owner), s.keys.openOf(owner),
+			s.keys.grace(owner), s.keys.graceIDs(owner))
 		args = append(args, m, id, h)
 	}
 	n, err := s.runScript(ctx, purgeScript, keys, args...).Int()
@@ -1055,6 +1068,21 @@ func indexOf(k *keystore.Key) entries {
 		e.end = micros(*end)
 	}
 	return e
+}
+
+// graceOf is k's place in its owner's grace sets: the member "<id>
+// <successor id>" of a key rotated away ("" for one that was not), and its
+// score, the end of its grace period ("" once it is revoked: it is no
+// longer live, and never will be again).
+func graceOf(k *keystore.Key) (member, score string) {
+	if k.RotatedTo == "" {
+		return "", ""
+	}
+	member = k.ID + " " + k.RotatedTo
+	if k.RevokedAt == nil && k.ExpiresAt != nil {
+		score = micros(*k.ExpiresAt)
+	}
+	return member, score
 }
 
 // liveScore is k's score in its owner's live set: its expiry, "+inf" when

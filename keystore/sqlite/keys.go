@@ -361,12 +361,21 @@ func checkNew(ctx context.Context, tx *sql.Tx, id string, h keystore.Hash) error
 }
 
 // countLive counts the keys of owner that count against maxPerOwner at the
-// instant at: neither revoked, expired, nor rotated away.
+// instant at: live ones (neither revoked nor expired) that were not
+// rotated away, and live ones that were but whose successor is no longer
+// live (revoked, or expired after its expiry was moved earlier). A line of
+// rotations counts once while a key of it is live: the successor stands
+// for a key in its grace period only while the successor itself is live,
+// or rotating with a long grace and revoking the new key, again and again,
+// would leave any number of live keys that count nowhere.
 func countLive(ctx context.Context, tx *sql.Tx, owner string, at int64) (int, error) {
 	var n int
-	// Listed rows only: the count does not grow with dead keys.
-	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM keys
-		WHERE listed = 1 AND owner = ? AND revoked_at IS NULL AND rotated_to = '' AND (expires_at IS NULL OR expires_at > ?)`,
+	// Listed rows only: the count does not grow with dead keys. The
+	// successor is read by id, one row per key in a grace period.
+	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM keys k
+		WHERE listed = 1 AND owner = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)
+		AND (rotated_to = '' OR NOT EXISTS (SELECT 1 FROM keys s WHERE s.id = k.rotated_to
+			AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?2)))`,
 		owner, at).Scan(&n)
 	if err != nil {
 		return 0, dbErr(err)

@@ -477,6 +477,29 @@ func testKeyLimitCountsLiveKeys(t *testing.T, newBackend Backend) {
 	require.ErrorIs(t, attempt(later, 2), keystore.ErrKeyLimit, "the key c was rotated to counts")
 	require.NoError(t, attempt(later, 3), "c, rotated away but in its grace period, does not count")
 	require.ErrorIs(t, attempt(later, 3), keystore.ErrKeyLimit)
+
+	// The line counts once while a key of it is live: once the key c was
+	// rotated to is revoked, c, still in its grace period, counts again.
+	// Otherwise rotating with a long grace and revoking the new key, again
+	// and again, would leave any number of live keys that count nowhere.
+	revoke(f, s, next)
+	require.ErrorIs(t, attempt(later, 3), keystore.ErrKeyLimit, "c counts once its successor is revoked")
+	revoke(f, s, c)
+	require.NoError(t, attempt(later, 3), "revoked, c counts no more")
+
+	// So it does once its successor expires before it.
+	d, _ := f.create(s, "carol", later)
+	dNext, dNextHash := f.nextOf(d, later)
+	_, err = s.Rotate(ctx, d.ID, dNext, dNextHash, later.Add(24*time.Hour))
+	require.NoError(t, err)
+	expireAt(f, s, dNext, later.Add(time.Hour))
+	carol := func(at time.Time) error {
+		k, h := f.newKey("carol", at)
+		return s.Create(ctx, k, h, 1)
+	}
+	require.ErrorIs(t, carol(later.Add(time.Minute)), keystore.ErrKeyLimit, "the successor is live: the line counts once")
+	require.ErrorIs(t, carol(later.Add(2*time.Hour)), keystore.ErrKeyLimit, "the successor expired: d, in its grace period, counts")
+	require.NoError(t, carol(later.Add(25*time.Hour)), "d's grace period is over")
 }
 
 func testUpdate(t *testing.T, newBackend Backend) {
