@@ -1,7 +1,9 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -253,12 +255,69 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 		return "", nil, err
 	}
 	err = m.Store.Create(ctx, k, h, m.MaxPerOwner)
+	if landed(err, ErrExists) {
+		if _, made := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); made {
+			err = nil // its answer lost
+		}
+	}
 	if !stored(k, err) {
 		return "", nil, err
 	}
 	m.changed(ctx, ChangeCreated, k, actor)
 	return secret, k, err
 }
+
+// landed reports whether err, from a write, may hide a write that was made:
+// the store could not answer (a reply lost after the write reached it), or
+// answered a retry of it, which found the write made and refused it again
+// (one of also). Such a write is in effect, and must be answered and
+// audited as made, never lost behind an error; recheck tells.
+func landed(err error, also ...error) bool {
+	if errors.Is(err, ErrUnavailable) {
+		return true
+	}
+	for _, e := range also {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// recheck reads id again, with a context of its own (the caller's may be
+// what ran out), and returns it if it is there and made is true of it.
+func (m *Manager) recheck(ctx context.Context, id string, made func(*Key) bool) (*Key, bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recheckTimeout)
+	defer cancel()
+	k, err := m.Store.Get(ctx, id)
+	if err != nil || !made(k) {
+		return nil, false
+	}
+	return k, true
+}
+
+// sameRecord reports whether a and b are the same record but for
+// last_used_at, which any server writes behind at any time.
+func sameRecord(a, b *Key) bool {
+	plain := func(k *Key) []byte {
+		c := k.Clone()
+		c.LastUsedAt = nil
+		c.CreatedAt = c.CreatedAt.UTC()
+		for _, t := range []**time.Time{&c.ExpiresAt, &c.RevokedAt} {
+			if *t != nil {
+				u := (*t).UTC()
+				*t = &u
+			}
+		}
+		j, _ := json.Marshal(c) // a record always encodes
+		return j
+	}
+	return bytes.Equal(plain(a), plain(b))
+}
+
+// recheckTimeout bounds the read that tells whether a write whose answer
+// was lost was made.
+const recheckTimeout = 2 * time.Second
 
 func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {
 	secret, err := m.Format.Generate()
@@ -338,6 +397,14 @@ func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration
 	}
 	k.RotatedFrom, k.Lineage = old.ID, old.RateBucket()
 	rotated, err := m.Store.Rotate(ctx, id, k, h, now.Add(grace))
+	if landed(err, ErrNotLive) {
+		if _, made := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); made {
+			// Its answer lost (or a retry found the old key rotated
+			// already, by this very call): the secret exists nowhere
+			// else, and must be shown.
+			rotated, err = old, nil
+		}
+	}
 	if !stored(rotated, err) {
 		return "", nil, err
 	}
@@ -348,17 +415,26 @@ func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration
 // Revoke revokes id; revoking a revoked key changes nothing and is not an
 // error (and not a second audit event).
 func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
+	// One instant for every try: a try that finds the key revoked at it
+	// is a retry of this call's own write (its answer lost), not a key
+	// revoked before.
+	now := m.now()
 	changed := false
 	k, err := m.Store.Update(ctx, id, OwnerLimit{}, func(k *Key) error {
-		if k.RevokedAt == nil {
-			now := m.now()
+		switch {
+		case k.RevokedAt == nil:
 			k.RevokedAt = &now
 			changed = true
-		} else {
-			changed = false
+		default:
+			changed = k.RevokedAt.Equal(now)
 		}
 		return nil
 	})
+	if landed(err) {
+		if got, made := m.recheck(ctx, id, func(k *Key) bool { return k.RevokedAt != nil && k.RevokedAt.Equal(now) }); made {
+			k, err, changed = got, nil, true
+		}
+	}
 	if !stored(k, err) {
 		return nil, err
 	}
@@ -410,7 +486,9 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 			return nil, err
 		}
 	}
+	var tried *Key // the record last written, for a write whose answer was lost
 	k, err := m.Store.Update(ctx, id, limit, func(k *Key) error {
+		tried = nil
 		if k.RevokedAt != nil {
 			return fmt.Errorf("key %s was revoked: %w", k.ID, ErrRetired)
 		}
@@ -467,10 +545,18 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 			return err
 		}
 		if check != nil {
-			return check(before, k)
+			if err := check(before, k); err != nil {
+				return err
+			}
 		}
+		tried = k
 		return nil
 	})
+	if landed(err) && tried != nil {
+		if got, made := m.recheck(ctx, id, func(k *Key) bool { return sameRecord(k, tried) }); made {
+			k, err = got, nil
+		}
+	}
 	if !stored(k, err) {
 		return nil, err
 	}
