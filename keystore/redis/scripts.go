@@ -106,7 +106,8 @@ return 'OK'
 // it did not count before.
 //
 //	KEYS: 1 record, 2 owner's live ids, 3 changes, 4 open ids, 5 owner's open ids,
-//	      6 expiring, 7 ends, 8 owner's grace, 9 owner's grace ids
+//	      6 expiring, 7 ends, 8 owner's grace, 9 owner's grace ids (8 and 9 only when
+//	      ARGV[11] > 0 or ARGV[13] ~= '': the script reads them then alone)
 //	ARGV: 1 record JSON as read, 2 new record JSON, 3 id, 4 live score ("" = not live),
 //	      5 hash hex, 6 changes MAXLEN, 7 listed, 8 expiry score, 9 end score,
 //	      10 member, 11 max per owner to check (0 = no check), 12 count instant (µs),

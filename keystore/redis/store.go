@@ -342,14 +342,21 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 			return nil, fmt.Errorf("redis update %s: %w", id, err)
 		}
 		keys := []string{s.keys.record(hexHash), s.keys.live(next.Owner), s.keys.changes(),
-			s.keys.open(), s.keys.openOf(next.Owner), s.keys.expiring(), s.keys.ends(),
-			s.keys.grace(next.Owner), s.keys.graceIDs(next.Owner)}
+			s.keys.open(), s.keys.openOf(next.Owner), s.keys.expiring(), s.keys.ends()}
 		check := 0
 		if limit.CheckNeeded(cur, next) {
 			check = limit.Max
 		}
 		ix := indexOf(next)
 		gm, gs := graceOf(next)
+		// The owner's grace sets only when the script reads or writes them
+		// (a count, a key rotated away): most owners have none, and a
+		// Cluster refuses (TRYAGAIN) a script naming a key that exists on
+		// neither side of a slot being moved, so a revocation naming them
+		// would wait for the move to end instead of following the ASK.
+		if check > 0 || gm != "" {
+			keys = append(keys, s.keys.grace(next.Owner), s.keys.graceIDs(next.Owner))
+		}
 		res, confirmed, err := s.change(ctx, updateScript, repeatUpdate, keys,
 			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
 			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At), gm, gs)
