@@ -25,8 +25,9 @@ import (
 // request had been made at the grant and used at once: a group counts from
 // its grant until its bound plus W, which covers every use plus W. The local
 // deadline is the time the request was sent plus what Redis said was left
-// until that sub-window ends; Redis read its clock after the send, so by its
-// clock the lease ends no later than the group's bound.
+// until that sub-window ends, less 1/leaseEarly of it; Redis read its clock
+// after the send, so by its clock the lease ends no later than the group's
+// bound, even on a replica whose clock runs up to that much slower.
 //
 // Two kinds, which allow.lua chooses per grant:
 //   - Long, while every limit of the check, with the grant, counts at most
@@ -63,6 +64,16 @@ const (
 	// leaseIdle is how long a lease must go unused before another bucket may
 	// take its way while it still holds requests (see leases).
 	leaseIdle = time.Second
+	// leaseEarly: a lease ends by this replica's clock 1/leaseEarly of its
+	// length before Redis's clock reaches the end of its group's
+	// sub-window. The deadline is measured on this replica's clock, the
+	// bound on Redis's: a replica whose clock ran slower than Redis's would
+	// hand out requests after their group's bound, which then count for
+	// less than W after their use. NTP slews a clock's rate by at most 500
+	// ppm, so two of them differ by at most 1/1000: a long lease (about W)
+	// of an hourly limit ends 7s early, a short one (W/20) 0.4s; what it
+	// still holds then is lost like any leftover.
+	leaseEarly = 500
 )
 
 // maxLease is the largest lease for limits: N/leaseShare of the smallest

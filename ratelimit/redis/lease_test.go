@@ -133,9 +133,12 @@ func TestRedisALongLeaseEndsAboutAWindowAfterItsGrant(t *testing.T) {
 	last, leased := times[len(times)-1], lim.Stats().Leased
 	_, until := lim.leases.peek(leaseKey(limits))
 	granted := last.Truncate(time.Second) // the last grant was at most a few checks ago
-	assert.True(t, until.Sub(granted) >= 19*time.Second && until.Sub(granted) <= 20*time.Second,
+	end := until.Truncate(time.Second).Add(time.Second)
+	assert.True(t, end.Sub(granted) >= 19*time.Second && end.Sub(granted) <= 20*time.Second,
 		"a long lease ends with the 20th sub-window from its grant: until %v, last check %v", until.Sub(limitertest.T0), last.Sub(limitertest.T0))
-	assert.Zero(t, until.Sub(until.Truncate(time.Second)), "a lease ends with a sub-window")
+	early := end.Sub(until)
+	assert.True(t, early > 0 && early <= 20*time.Second/leaseEarly,
+		"a lease ends 1/leaseEarly of its length before its sub-window does: %v before", early)
 
 	clock.Set(until)
 	res, err := lim.Allow(context.Background(), limits)
@@ -163,7 +166,9 @@ func TestRedisABusyKeysLeaseEndsWithItsSubWindow(t *testing.T) {
 	last := times[len(times)-1]
 	left, until := lim.leases.peek(leaseKey(limits))
 	assert.LessOrEqual(t, left, int64(n/2000))
-	assert.Equal(t, last.Truncate(time.Second).Add(time.Second), until, "a short lease ends with its sub-window")
+	early := last.Truncate(time.Second).Add(time.Second).Sub(until)
+	assert.True(t, early > 0 && early <= time.Second/leaseEarly,
+		"a short lease ends 1/leaseEarly of its length before its sub-window does: %v before", early)
 }
 
 // The script chooses the kind of a lease at exactly N/32: a grant that
@@ -576,4 +581,67 @@ func TestRedisACarriedShortLeaseDoesNotHoldLaterRequests(t *testing.T) {
 	}
 	assert.Zero(t, denied, "of 1200 requests at 300/m under 1000/m, 400 carried")
 	limitertest.AssertNoIntervalOverN(t, allowed, 1000, time.Minute)
+}
+
+// A replica's clock that runs a little slower than Redis's (two NTP-slewed
+// clocks may differ in rate by up to 1,000 ppm) must not hand out a lease's
+// requests after the end of the sub-window Redis counted them in: they would
+// count for less than W after their use. Here the replica's clock lags
+// Redis's by 11ms at the end of a long lease of about 20s (550 ppm): by its
+// own clock the lease still had a millisecond to run when Redis's was 10ms
+// past the lease group's bound, and its last requests, handed out then,
+// stopped counting 10ms before W after their use, which the other replica's
+// steady demand took at once: N+1 and more in a window.
+func TestRedisALeaseEndsBeforeRedisCountsItOverOnAReplicaWhoseClockIsSlow(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	redisClock, replicaClock := limitertest.NewClock(), limitertest.NewClock()
+	prefix := uniquePrefix()
+	const (
+		n = 6400
+		w = 20 * time.Second // sub-windows of 1s
+	)
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: n, Window: w}}}
+	leasing := newRedis(t, client, Options{Prefix: prefix, Now: redisClock.Now, Timeout: time.Second})
+	leasing.leaseNow = replicaClock.Now
+	exact := newRedis(t, client, Options{Prefix: prefix, Now: redisClock.Now, Timeout: time.Second, NoLeases: true})
+	var allowed []time.Time
+	for now := limitertest.T0; ; now = now.Add(time.Millisecond) {
+		require.Less(t, len(allowed), 1000, "no lease")
+		redisClock.Set(now)
+		replicaClock.Set(now)
+		res, err := leasing.Allow(context.Background(), limits)
+		require.NoError(t, err)
+		require.True(t, res.Allowed)
+		allowed = append(allowed, now)
+		if left, _ := leasing.leases.peek(leaseKey(limits)); left > 1 && leasing.Stats().Leased > 0 {
+			break
+		}
+	}
+	left, until := leasing.leases.peek(leaseKey(limits))
+	// The lease group's bound: the end of the sub-window the lease ends in.
+	_, sub := limits[0].Rate.Micros()
+	bound := time.UnixMicro((until.UnixMicro() + sub - 1) / sub * sub)
+	redisClock.Set(bound.Add(10 * time.Millisecond))
+	replicaClock.Set(bound.Add(-time.Millisecond))
+	for range left {
+		res, err := leasing.Allow(context.Background(), limits)
+		require.NoError(t, err)
+		if res.Allowed {
+			allowed = append(allowed, redisClock.Now())
+		}
+	}
+	// The other replica asks every millisecond for a window and a second.
+	from := redisClock.Now()
+	for i := range int((w + time.Second) / time.Millisecond) {
+		at := from.Add(time.Duration(i) * time.Millisecond)
+		redisClock.Set(at)
+		res, err := exact.Allow(context.Background(), limits)
+		require.NoError(t, err)
+		if res.Allowed {
+			allowed = append(allowed, at)
+		}
+	}
+	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
+	limitertest.AssertNoIntervalOverN(t, allowed, n, w)
 }

@@ -103,6 +103,10 @@ type Limiter struct {
 	perCheck bool
 	local    *ratelimit.Local
 	leases   *leases
+	// leaseNow, when set (by tests), is the clock of this replica's lease
+	// deadlines in place of now: a replica's clock that runs apart from
+	// Redis's.
+	leaseNow func() time.Time
 	// breaker keeps checks from waiting on a Redis that is down; on the real
 	// clock (Now is the counts' clock, not the outage's). A Cluster client
 	// has one per master, in nodes (address → *breaker.Breaker), so that a
@@ -328,7 +332,7 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 	var key string
 	if most > 1 && !r.opts.NoLeases {
 		key = leaseKey(limits)
-		if res, ok := r.leases.take(key, r.now()); ok {
+		if res, ok := r.leases.take(key, r.leaseClock()); ok {
 			r.allowed.Add(1)
 			r.leased.Add(1)
 			return res, nil
@@ -343,14 +347,14 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 		return r.onStoreError(ctx, limits, n, errBreakerOpen)
 	}
 	want, refill := int64(1), false
-	sent := r.now()
+	sent := r.leaseClock()
 	if key != "" {
 		want, refill = r.leases.want(key, most, sent)
 	}
 	fair := r.fairChance(ctx)
 	res, got, lease, err := r.shared(ctx, limits, n, want)
 	if key != "" {
-		r.leases.granted(key, refill, got, sent.Add(lease), res)
+		r.leases.granted(key, refill, got, sent.Add(lease-lease/leaseEarly), res)
 	}
 	if got > 1 {
 		res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
@@ -435,6 +439,14 @@ func (r *Limiter) onStoreError(ctx context.Context, limits []ratelimit.Limit, n 
 		r.count(res)
 	}
 	return res, err
+}
+
+// leaseClock is the clock this replica's leases end by.
+func (r *Limiter) leaseClock() time.Time {
+	if r.leaseNow != nil {
+		return r.leaseNow()
+	}
+	return r.now()
 }
 
 func (r *Limiter) now() time.Time {
