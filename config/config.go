@@ -20,6 +20,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -728,6 +729,9 @@ func (c *Config) validate() error {
 		if r.MasterName != "" && len(r.Addrs) == 0 {
 			bad("store.redis.addrs", "required with master_name (the Sentinel addresses)")
 		}
+		for i, a := range r.Addrs {
+			validateRedisAddr(fmt.Sprintf("store.redis.addrs[%d]", i), a, bad)
+		}
 		if u, err := url.Parse(r.URL); r.URL != "" && (err != nil || u.Scheme != "redis" && u.Scheme != "rediss") {
 			bad("store.redis.url", "want redis://host:port/db or rediss://...")
 		} else if _, ok := u.User.Password(); ok && err == nil || err == nil && u.Query().Has("password") {
@@ -950,6 +954,22 @@ func (c *Config) validatePolicies(bad func(field, format string, args ...any)) {
 		}
 		validateSources(at+".sources", p.Sources, bad)
 		validateForwardMeta(at+".forward_meta", p.ForwardMeta, bad)
+	}
+}
+
+// validateRedisAddr checks one of store.redis.addrs: host:port, nothing
+// else. A login written into it (user:pw@host:port, or a whole url) would
+// be printed wherever the store is named and by the dialer's errors, so it
+// is refused as a password in the url is, and no message quotes the
+// address: it may hold the password.
+func validateRedisAddr(field, addr string, bad func(field, format string, args ...any)) {
+	if strings.ContainsAny(addr, "@/") {
+		bad(field, "want host:port only, no scheme or login; name the password's environment variable in password_env and the user in username")
+		return
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+		bad(field, "want host:port, e.g. redis-0:6379")
 	}
 }
 

@@ -482,3 +482,32 @@ func TestADuplicateAsTheDecoderReadsItIsRefused(t *testing.T) {
 	require.NoError(t, err, "a merge key alone is fine")
 	assert.Equal(t, []string{"admin"}, cfg.Routes[1].Permissions)
 }
+
+// store.redis.addrs are host:port addresses, and nothing else: a login
+// written into one ("user:pw@host:6379", or a whole url) would be printed
+// wherever the store is named (config check, serve's start line, the keys
+// commands' "wrote to") and by the dialer's own errors. It is refused, as
+// a password in the url is, without quoting the address.
+func TestARedisAddressWithALoginIsRefusedWithoutEchoingIt(t *testing.T) {
+	const secret = "Zq8kR2pLx9vW4mT7nB3cY6hJ1sD5fG0a"
+	for _, addr := range []string{
+		secret + "@redis-0:6379",
+		"extauthz:" + secret + "@redis-0:6379",
+		"redis://:" + secret + "@redis-0:6379",
+		"rediss://extauthz:" + secret + "@redis-0:6379/0",
+	} {
+		for _, text := range []string{
+			"store: {backend: redis, redis: {addrs: [\"redis-1:6379\", \"" + addr + "\"]}}",
+			"store: {backend: redis, redis: {master_name: m, addrs: [\"" + addr + "\"]}}",
+		} {
+			_, err := Parse([]byte(text))
+			require.Error(t, err, addr)
+			assert.Contains(t, err.Error(), "store.redis.addrs[", addr)
+			assert.NotContains(t, err.Error(), secret, addr)
+		}
+	}
+	for _, addr := range []string{"redis-0:6379", "10.0.0.7:6380", "[fd00::7]:6379", "redis-0.redis.extauthz.svc.cluster.local:26379"} {
+		_, err := Parse([]byte("store: {backend: redis, redis: {addrs: [\"" + addr + "\"]}}"))
+		assert.NoError(t, err, addr)
+	}
+}
