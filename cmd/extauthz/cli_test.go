@@ -902,3 +902,70 @@ func TestARedisURLIsNamedWithoutItsUser(t *testing.T) {
 	assert.Contains(t, errOut, "the username has no password")
 	assert.NotContains(t, errOut, secret[:8])
 }
+
+// A new key's secret exists only in what create and rotate print. When that
+// cannot be written (standard output a pipe whose reader is gone, a full
+// disk), the command must not die silently of SIGPIPE with the key made and
+// its secret lost: a created key nobody holds is revoked, a rotated one is
+// named with the way out, and the exit status is 1 either way.
+func TestANewKeyWhoseSecretCannotBePrintedIsNotLeftLiveInSilence(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "k.db")
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\naudit: {sink: none}\n", db))
+	runClosedStdout := func(args ...string) (string, int) {
+		t.Helper()
+		r, w, err := os.Pipe()
+		require.NoError(t, err)
+		require.NoError(t, r.Close()) // nobody will read what it prints
+		defer w.Close()
+		cmd := exec.Command(os.Args[0], append(args, "--config", path)...)
+		cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+		var errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = w, &errb
+		err = cmd.Run()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, errb.String())
+		return errb.String(), exit.ExitCode()
+	}
+	listAll := func() []keystore.Key {
+		t.Helper()
+		out, errOut, code := cliRun(t, "keys", "list", "--config", path, "--all", "--json")
+		require.Equal(t, 0, code, errOut)
+		var keys []keystore.Key
+		require.NoError(t, json.Unmarshal([]byte(out), &keys))
+		return keys
+	}
+
+	for _, asJSON := range []bool{false, true} {
+		args := []string{"keys", "create", "--name", "lost", "--perm", "x"}
+		if asJSON {
+			args = append(args, "--json")
+		}
+		before := len(listAll())
+		errOut, code := runClosedStdout(args...)
+		assert.Equal(t, 1, code, "exit status, not death by SIGPIPE: %s", errOut)
+		keys := listAll()
+		require.Len(t, keys, before+1)
+		k := keys[len(keys)-1]
+		for _, c := range keys {
+			if c.CreatedAt.After(k.CreatedAt) {
+				k = c
+			}
+		}
+		assert.NotNil(t, k.RevokedAt, "the key whose secret nobody got is revoked")
+		assert.Contains(t, errOut, k.ID)
+		assert.Contains(t, errOut, "revoked")
+	}
+
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "kept", "--perm", "x", "--json")
+	require.Equal(t, 0, code, errOut)
+	var old struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(out), &old))
+	errOut, code = runClosedStdout("keys", "rotate", old.ID, "--grace", "1h")
+	assert.Equal(t, 1, code, "exit status, not death by SIGPIPE: %s", errOut)
+	for _, k := range listAll() {
+		if k.RotatedFrom == old.ID {
+			assert.Contains(t, errOut, k.ID, "the new key is named")
+			assert.Contains(t, errOut, "keys rotate "+k.ID, "with the way out")
+		}
+	}
+}

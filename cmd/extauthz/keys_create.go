@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -58,12 +60,24 @@ names), or the key would never match.`,
 				exp := time.Now().UTC().Add(ttl)
 				spec.ExpiresAt = &exp
 			}
+			ignoreBrokenPipe()
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				secret, k, err := m.Create(ctx, spec, "cli")
 				if err != nil && !unconfirmedOnly(secret, err) {
 					return flagError(c, describe(err, m))
 				}
-				return printNewKey(c, asJSON, secret, k, err, "", "create "+k.ID)
+				if perr := printNewKey(c, asJSON, secret, k, err, "", "create "+k.ID); perr != nil {
+					// Nobody holds the secret, or someone holds part of
+					// it: the key can only ever be a liability (and
+					// count against keys.max_per_owner).
+					if _, rerr := m.Revoke(ctx, k.ID, "cli"); rerr != nil && !errors.Is(rerr, keystore.ErrUnconfirmed) {
+						return fmt.Errorf("create %s: the key was made, but its secret could not be printed (%v) and is shown nowhere else; "+
+							"revoking it failed too (%v): revoke it with extauthz keys revoke %s", k.ID, perr, rerr, k.ID)
+					}
+					return fmt.Errorf("create %s: the key was made, but its secret could not be printed (%v) and is shown nowhere else, "+
+						"so the key has been revoked; create another", k.ID, perr)
+				}
+				return nil
 			})
 		},
 	}
@@ -89,7 +103,8 @@ func unconfirmedOnly(secret string, err error) bool {
 }
 
 // printNewKey prints a created or rotated key, k with secret and note. The
-// secret appears here and nowhere else, ever. err, when not nil, is the
+// secret appears here and nowhere else, ever; the error is that of writing
+// it, which the caller must not pass over. err, when not nil, is the
 // replicas' unconfirmedOnly warning: it goes with the key (its unconfirmed
 // field) and to stderr, prefixed with what.
 func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, err error, note, what string) error {
@@ -103,9 +118,18 @@ func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, 
 		return writeJSON(w, created)
 	}
 	printKey(w, created.Key, time.Now())
-	fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", created.Secret)
+	if _, err := fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", created.Secret); err != nil {
+		return err
+	}
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}
 	return nil
 }
+
+// ignoreBrokenPipe makes a write to a pipe whose reader is gone fail
+// rather than end the process. create and rotate print a secret that
+// exists nowhere else, after the key is made: killed by SIGPIPE there,
+// they would leave a key nobody holds without a word. With the write's
+// error they can say so, and act on it.
+func ignoreBrokenPipe() { signal.Ignore(syscall.SIGPIPE) }

@@ -32,6 +32,7 @@ the server's hashing pepper.`,
 			if grace < 0 {
 				return usageErrorf(c, "--grace must not be negative")
 			}
+			ignoreBrokenPipe()
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				secret, k, err := m.Rotate(ctx, id, grace, "cli", nil)
 				switch {
@@ -47,8 +48,15 @@ the server's hashing pepper.`,
 				default:
 					return describeID(err, id)
 				}
-				note := fmt.Sprintf("The old key %s stops working at %s.", id, time.Now().UTC().Add(grace).Format(time.RFC3339))
-				return printNewKey(c, asJSON, secret, k, err, note, "rotate "+id)
+				ends := time.Now().UTC().Add(grace).Format(time.RFC3339)
+				note := fmt.Sprintf("The old key %s stops working at %s.", id, ends)
+				if perr := printNewKey(c, asJSON, secret, k, err, note, "rotate "+id); perr != nil {
+					// The rotation stands (the old key's end is set), so the
+					// way out is to rotate the new key, which nobody uses.
+					return fmt.Errorf("rotate %s: the new key %s was made, but its secret could not be printed (%v) and is shown nowhere else; "+
+						"the old key stops working at %s: run extauthz keys rotate %s --grace 0 for a key you can store", id, k.ID, perr, ends, k.ID)
+				}
+				return nil
 			})
 		},
 	}
