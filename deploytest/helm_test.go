@@ -552,6 +552,13 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"a sidecar with an autoscaler", "sidecar: {enabled: true}\nautoscaling: {enabled: true}", "autoscaling.enabled with sidecar.enabled"},
 		{"a sidecar with Istio", "sidecar: {enabled: true}\nistio: {enabled: true, namespace: demo}", "istio.enabled with sidecar.enabled"},
 		{"an image digest that is not one", "image: {digest: latest}", "image/digest"},
+		{"the pepper in clear in extraEnv", "extraEnv: [{name: EXTAUTHZ_PEPPER, value: Zq8kR2pLx9vW4mT7nB3cY6hJ1sD5fG0a}]", "extraEnv[0] EXTAUTHZ_PEPPER is set by the chart"},
+		{"the Redis password in clear in extraEnv", "extraEnv: [{name: OTEL_SERVICE_NAME, value: x}, {name: REDIS_PASSWORD, value: hunter2}]", "extraEnv[1] REDIS_PASSWORD is set by the chart"},
+		{"the config file moved by extraEnv", "extraEnv: [{name: EXTAUTHZ_CONFIG, value: /tmp/other.yaml}]", "extraEnv[0] EXTAUTHZ_CONFIG is set by the chart"},
+		{"a Sentinel password in clear in extraEnv", "redis: {enabled: false}\nconfig: {store: {redis: {addrs: ['s-0:26379'], master_name: m, sentinel_username: u, sentinel_password_env: SENTINEL_PW}}}\n" +
+			"networkPolicy: {extraEgress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}]}]}\nextraEnv: [{name: SENTINEL_PW, value: hunter2}]", "extraEnv[0] SENTINEL_PW holds a secret"},
+		{"a Secret key that is not one", "pepper: {key: \"pepper: eA==\\n  injected\"}", "pepper/key"},
+		{"a Redis password key that is not one", "store: {redis: {password: {key: \"a b\"}}}", "store/redis/password/key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -265,5 +265,21 @@ each value on its own.
 {{- fail (printf "podDisruptionBudget.minAvailable %d is not below the %d replicas: no node could ever be drained" (int $v.podDisruptionBudget.minAvailable) $replicas) -}}
 {{- end -}}
 {{- end -}}
+{{- /*
+The chart sets these variables itself, the secrets from Secrets: one given
+again in extraEnv would replace it (the last of a name wins), and a secret
+given there sits in clear in the Pod spec, for every reader of Deployments.
+A variable the config names for a secret is taken from a Secret too.
+*/ -}}
+{{- $chartEnv := list "EXTAUTHZ_CONFIG" "GOMEMLIMIT" "EXTAUTHZ_PEPPER" "REDIS_PASSWORD" -}}
+{{- $secretEnv := dig "store" "redis" "sentinel_password_env" "" ($v.config | default dict) -}}
+{{- range $i, $e := $v.extraEnv -}}
+{{- if has $e.name $chartEnv -}}
+{{- fail (printf "extraEnv[%d] %s is set by the chart: the pepper and the Redis password come from their Secrets (pepper, store.redis.password), the rest from the chart's values" $i $e.name) -}}
+{{- end -}}
+{{- if and $secretEnv (eq $e.name $secretEnv) (hasKey $e "value") -}}
+{{- fail (printf "extraEnv[%d] %s holds a secret (config.store.redis.sentinel_password_env names it): take it from a Secret with valueFrom.secretKeyRef, not value, which puts it in clear in the Pod spec" $i $e.name) -}}
+{{- end -}}
+{{- end -}}
 {{- $_ := include "extauthz.goMemLimit" . -}}
 {{- end -}}
