@@ -409,6 +409,13 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 // can make it (20,000 × 4.3 KB), about 11 MB for typical events.
 const DefaultAuditStreamCap = 20_000
 
+// MaxAuditQueueSize bounds audit.queue_size. The queue is made whole when
+// a server or a keys command starts, so a size beyond what can be made
+// would stop it there (a panic, after config check passed the file); a
+// million events waiting already means the sink has been down for a while,
+// and more would only hold more memory before they are dropped anyway.
+const MaxAuditQueueSize = 1 << 20
+
 // The bounds of store.redis.confirm_replicas and confirm_timeout: more
 // replicas than a deployment runs would never confirm, and an admin request
 // (10 s) must outlast the wait.
@@ -832,6 +839,8 @@ func (c *Config) validate() error {
 	}
 	if c.Audit.StreamCap < 1 || c.Audit.QueueSize < 1 {
 		bad("audit", "stream_cap and queue_size must be positive")
+	} else if c.Audit.QueueSize > MaxAuditQueueSize {
+		bad("audit.queue_size", "%d: want at most %d", c.Audit.QueueSize, MaxAuditQueueSize)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

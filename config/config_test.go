@@ -511,3 +511,17 @@ func TestARedisAddressWithALoginIsRefusedWithoutEchoingIt(t *testing.T) {
 		assert.NoError(t, err, addr)
 	}
 }
+
+// audit.queue_size is a buffer made when the server (or a keys command)
+// starts: one too large to make panicked there, after config check had
+// called the file valid. Its bound is the config's.
+func TestTheAuditQueueHasAnUpperBound(t *testing.T) {
+	for _, n := range []string{"9223372036854775807", "1048577"} {
+		_, err := Parse([]byte("audit: {queue_size: " + n + "}"))
+		require.Error(t, err, n)
+		assert.Contains(t, err.Error(), "audit.queue_size", n)
+	}
+	cfg, err := Parse([]byte("audit: {queue_size: 1048576}"))
+	require.NoError(t, err)
+	assert.Equal(t, 1<<20, cfg.Audit.QueueSize)
+}

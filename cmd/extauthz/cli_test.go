@@ -969,3 +969,15 @@ func TestANewKeyWhoseSecretCannotBePrintedIsNotLeftLiveInSilence(t *testing.T) {
 		}
 	}
 }
+
+// A setting out of range is an error naming it, from config check and from
+// every command that would use it, never a panic where it is used.
+func TestAnAuditQueueTooLargeToMakeIsAnErrorNotAPanic(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\naudit: {queue_size: 9223372036854775807}\n", filepath.Join(t.TempDir(), "k.db")))
+	for _, args := range [][]string{{"config", "check"}, {"keys", "list"}} {
+		_, errOut, code := cliRun(t, append(args, "--config", path)...)
+		assert.Equal(t, 1, code, "%v: %s", args, errOut)
+		assert.Contains(t, errOut, "audit.queue_size", args)
+		assert.NotContains(t, errOut, "panic", args)
+	}
+}
