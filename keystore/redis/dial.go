@@ -433,6 +433,11 @@ func (o *Options) validate() error {
 		return fmt.Errorf("store.redis: max retries %d: want -1 (never), 0 (default) or more", o.MaxRetries)
 	}
 	for i, a := range o.Addrs {
+		if strings.ContainsAny(a, "@/") {
+			// A login or a url written where host:port goes: not quoted,
+			// as it may hold the password.
+			return fmt.Errorf("store.redis: addrs[%d]: want host:port only, no scheme or login (not shown: it may hold a password)", i)
+		}
 		if err := checkAddr(a); err != nil {
 			return fmt.Errorf("store.redis: addrs[%d] %q: %v", i, a, err)
 		}

@@ -39,6 +39,8 @@ func TestDialRefusesBadOptions(t *testing.T) {
 		{"a negative db", Options{Addrs: []string{"a:6379"}, DB: -1}, "db -1 must not be negative"},
 		{"an address without a port", Options{Addrs: []string{"a:6379", "redis.internal"}}, `store.redis: addrs[1] "redis.internal": want host:port`},
 		{"an address without a host", Options{Addrs: []string{":6379"}}, `addrs[0] ":6379": missing host`},
+		{"an address with a login", Options{Addrs: []string{"user:Zq8kR2pL@redis:6379"}}, `addrs[0]: want host:port only, no scheme or login (not shown`},
+		{"a url for an address", Options{Addrs: []string{"a:6379", "redis://:Zq8kR2pL@redis:6379"}}, `addrs[1]: want host:port only`},
 		{"an address with a bad port", Options{Addrs: []string{"a:http"}}, `port "http": want a number from 1 to 65535`},
 		{"an address with port 0", Options{Addrs: []string{"a:0"}}, `port "0"`},
 		{"an address with a port too high", Options{Addrs: []string{"a:65536"}}, `port "65536"`},
