@@ -16,8 +16,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/extauthz/extauthz/authz/envoy"
 )
 
 // heldChecks counts this process's Check handlers waiting for a message.
@@ -129,4 +134,36 @@ func TestAHealthWatchHoldsNoClientSizedName(t *testing.T) {
 	}
 	grown := int64(heap()) - int64(before)
 	assert.Less(t, grown, int64(16<<20), "%d watches of %d-byte names hold %d MiB", streams, nameLen, grown>>20)
+}
+
+// Envoy never compresses a CheckRequest, and a compressed message is what
+// lets a caller make the server hold and inflate far more than it sent: a
+// Check padded to just under the 1 MiB message cap gzips to about a
+// kilobyte, and each such call would cost the server a MiB buffer and
+// over half a millisecond of inflating, on as many streams at once as it
+// likes. So a compressed message is refused, unread, on every method
+// (Check, health, reflection), while the same calls uncompressed are
+// answered.
+func TestACompressedGRPCMessageIsRefused(t *testing.T) {
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
+	ctx := t.Context()
+
+	bomb := checkReq("GET", "/healthz", "10.1.2.3", nil)
+	pad := envoy.MaxCheckRequestBytes - 64 - proto.Size(bomb)
+	bomb.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 15, protowire.BytesType), make([]byte, pad)))
+	require.Less(t, proto.Size(bomb), envoy.MaxCheckRequestBytes)
+	_, err := ts.client.Check(ctx, bomb, grpc.UseCompressor(gzip.Name))
+	require.Error(t, err, "a compressed Check is not decided")
+	assert.NotEqual(t, codes.OK, status.Code(err))
+	resp, err := ts.client.Check(ctx, bomb)
+	require.NoError(t, err, "the same Check uncompressed is decided")
+	assert.NotNil(t, resp.GetOkResponse())
+
+	// (grpc-go sends an empty message uncompressed: name a service.)
+	hc := &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName}
+	_, err = healthpb.NewHealthClient(ts.conn).Check(ctx, hc, grpc.UseCompressor(gzip.Name))
+	assert.Error(t, err, "a compressed health Check")
+	_, err = healthpb.NewHealthClient(ts.conn).Check(ctx, hc)
+	assert.NoError(t, err)
 }

@@ -245,6 +245,8 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		grpc.MaxRecvMsgSize(envoy.MaxCheckRequestBytes),
 		grpc.MaxHeaderListSize(grpcMaxMetadataBytes),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
+		//lint:ignore SA1019 the one way to keep a registered compressor off this server (refuseCompressed)
+		grpc.RPCDecompressor(refuseCompressed{}),
 		grpc.InTapHandle(s.boundCall),
 		// A fixed pool of stream workers instead of a goroutine per check,
 		// whose fresh stack grows on every call: measured with the load tool,
@@ -535,6 +537,24 @@ func addrOf(l net.Listener) string {
 	}
 	return l.Addr().String()
 }
+
+// refuseCompressed is the gRPC listener's decompressor for gzip, the one
+// compressor linked in (by the OTLP exporter, which registers it for every
+// server in the process): it refuses the message unread. Envoy never
+// compresses a CheckRequest, and a compressed message is what would let a
+// caller make the server inflate and hold far more than it sent: a message
+// just under MaxCheckRequestBytes gzips to about a kilobyte, and costs a
+// MiB buffer and over half a millisecond to inflate, on every stream at
+// once. Any other compression is refused by grpc-go itself (no such
+// decompressor is installed). It is grpc-go's older server option, the one
+// way to keep a registered compressor off a server's messages.
+type refuseCompressed struct{}
+
+func (refuseCompressed) Do(io.Reader) ([]byte, error) {
+	return nil, errors.New("compressed messages are not accepted")
+}
+
+func (refuseCompressed) Type() string { return "gzip" }
 
 // boundCall gives a gRPC call the deadline grpcMaxCall unless it has a
 // sooner one, or is a health Watch stream. It runs as each call arrives,
