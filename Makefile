@@ -64,6 +64,7 @@ fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz
 	  authz/envoy:FuzzCheck \
 	  authz/envoy:FuzzDecodeCheck \
 	  authz/envoy:FuzzDecodeCheckMessages \
+	  authz/envoy:FuzzDecodeCheckParts \
 	  authz/envoy:FuzzWireAndProtoDecideAlike \
 	  keystore:FuzzFormatCheck \
 	  keystore:FuzzDecodeRecord \

@@ -506,3 +506,142 @@ func TestARawCookieNameIsReadTrimmedAsPythonReadsIt(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeCheckParts builds a CheckRequest part by part from a program of
+// ops, so that what FuzzDecodeCheckMessages cannot write (it marshals whole
+// messages) comes up: a part of any message split over several top-level
+// chunks or nested copies of its parents, which protobuf merges; a map
+// entry whose key or value is given twice, or missing; a known field number
+// with another wire type, an unknown field or a group, at every level the
+// wire decoder walks; each member of the source address's oneof, and a
+// socket address without an address; Envoy's header_map beside the headers
+// map, with value, raw_value or both. decodeBoth holds the wire decoder to
+// proto.Unmarshal on each.
+func FuzzDecodeCheckParts(f *testing.F) {
+	f.Add([]byte{0, 1, 2, 3, 0x83, 6, 7, 8}, "GET", "x-api-key", "sk_1")
+	f.Add([]byte{8, 0x89, 0x8b, 8, 0x8a, 0x88}, "10.0.0.1", "::1", "/run/s")
+	f.Add([]byte{3, 4, 5, 0x83, 0x85, 12, 13, 14}, "x-api-key", "a", "b")
+	f.Add([]byte{6, 0x86, 0x86, 7, 0x87, 15, 16, 17, 0x8f, 0x90, 0x91}, "policy", "billing", "orders")
+	f.Add([]byte{18, 19, 0x92, 0x93, 1, 0x81, 2, 0x82}, "/a", "/b", "h")
+	f.Fuzz(func(t *testing.T, ops []byte, s1, s2, s3 string) {
+		if len(ops) > 64 {
+			return
+		}
+		field := func(b []byte, num protowire.Number, v []byte) []byte {
+			return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), v)
+		}
+		str := func(b []byte, num protowire.Number, s string) []byte { return field(b, num, []byte(s)) }
+		strs := []string{s1, s2, s3}
+		// Each part is the path of messages it lies in, outermost first,
+		// and its bytes within the innermost.
+		type part struct {
+			path []protowire.Number
+			b    []byte
+		}
+		attrs := []protowire.Number{fieldCheckAttributes}
+		http := []protowire.Number{fieldCheckAttributes, fieldAttrRequest, fieldRequestHTTP}
+		source := []protowire.Number{fieldCheckAttributes, fieldAttrSource}
+		address := []protowire.Number{fieldCheckAttributes, fieldAttrSource, fieldPeerAddress}
+		socket := []protowire.Number{fieldCheckAttributes, fieldAttrSource, fieldPeerAddress, fieldAddrSocket}
+		levels := [][]protowire.Number{nil, attrs, source, address, socket, http,
+			{fieldCheckAttributes, fieldAttrRequest}, {fieldCheckAttributes, fieldAttrDestination}}
+		// encode writes parts as one message: a run of parts in the same
+		// field shares one copy of it.
+		var encode func(parts []part) []byte
+		encode = func(parts []part) []byte {
+			var b []byte
+			for len(parts) > 0 {
+				if len(parts[0].path) == 0 {
+					b = append(b, parts[0].b...)
+					parts = parts[1:]
+					continue
+				}
+				num, n := parts[0].path[0], 1
+				for n < len(parts) && len(parts[n].path) > 0 && parts[n].path[0] == num {
+					n++
+				}
+				inner := make([]part, n)
+				for j := range inner {
+					inner[j] = part{parts[j].path[1:], parts[j].b}
+				}
+				b = field(b, num, encode(inner))
+				parts = parts[n:]
+			}
+			return b
+		}
+		var b []byte
+		var chunk []part
+		for i, op := range ops {
+			s, s2 := strs[i%3], strs[(i+1)%3]
+			var p part
+			kind := op & 0x7f % 20
+			switch kind {
+			case 0:
+				p = part{http, str(nil, fieldHTTPMethod, s)}
+			case 1:
+				p = part{http, str(nil, fieldHTTPPath, s)}
+			case 2:
+				p = part{http, str(nil, fieldHTTPHost, s)}
+			case 3: // a header entry
+				p = part{http, field(nil, fieldHTTPHeaders, str(str(nil, fieldMapKey, s), fieldMapValue, s2))}
+			case 4: // a header entry without a value, then one without a key
+				p = part{http, field(field(nil, fieldHTTPHeaders, str(nil, fieldMapKey, s)), fieldHTTPHeaders, str(nil, fieldMapValue, s2))}
+			case 5: // a header entry whose key and value come twice, in reverse
+				e := str(str(str(str(nil, fieldMapValue, s2), fieldMapKey, s2), fieldMapKey, s), fieldMapValue, s)
+				p = part{http, field(nil, fieldHTTPHeaders, e)}
+			case 6:
+				p = part{attrs, field(nil, fieldAttrContextExtensions, str(str(nil, fieldMapKey, s), fieldMapValue, s2))}
+			case 7:
+				p = part{[]protowire.Number{fieldCheckAttributes, fieldAttrDestination}, str(nil, fieldPeerPrincipal, s)}
+			case 8:
+				p = part{socket, str(nil, fieldSocketAddress, s)}
+			case 9:
+				p = part{address, field(nil, fieldAddrPipe, str(nil, 1, s))}
+			case 10:
+				p = part{address, field(nil, fieldAddrInternal, str(nil, 1, s))}
+			case 11: // a socket address with a port and no address
+				p = part{socket, protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 80)}
+			case 12, 13, 14: // header_map: value, raw_value, or both
+				var hv []byte
+				hv = str(hv, 1, s)
+				if kind != 13 {
+					hv = str(hv, 2, s2)
+				}
+				if kind != 12 {
+					hv = str(hv, 3, s)
+				}
+				p = part{http, field(nil, fieldHTTPHeaderMap, field(nil, 1, hv))}
+			case 15, 16, 17: // another wire type, an unknown field, a group, at some level
+				lvl := levels[int(op>>1)%len(levels)]
+				num := protowire.Number(1 + int(op)%5)
+				var b []byte
+				switch kind {
+				case 15:
+					b = protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), uint64(len(s)))
+				case 16:
+					b = str(nil, 99, s)
+				case 17:
+					b = protowire.AppendTag(nil, num, protowire.StartGroupType)
+					b = protowire.AppendTag(protowire.AppendVarint(protowire.AppendTag(b, 1, protowire.VarintType), 1), num, protowire.EndGroupType)
+				}
+				p = part{lvl, b}
+			case 18: // an empty message at some level
+				lvl := levels[int(op>>1)%len(levels)]
+				if len(lvl) == 0 {
+					continue
+				}
+				p = part{lvl[:len(lvl)-1], field(nil, lvl[len(lvl)-1], nil)}
+			case 19: // the source's principal and service, which are not read
+				p = part{source, str(str(nil, 4, s), 2, s2)}
+			}
+			// The top bit ends the message so far: the part starts another,
+			// and protobuf merges the two. Otherwise it joins the message,
+			// within the fields it shares with the part before it.
+			if op&0x80 != 0 {
+				b, chunk = append(b, encode(chunk)...), nil
+			}
+			chunk = append(chunk, p)
+		}
+		decodeBoth(t, append(b, encode(chunk)...))
+	})
+}
