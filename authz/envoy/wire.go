@@ -27,7 +27,12 @@ import (
 // does not handle exactly (Envoy's header_map, a malformed field, a string
 // that is not UTF-8) is decoded by proto.Unmarshal and RequestFromCheck as
 // before, so the two paths give the same Request or the same error;
-// FuzzDecodeCheck holds them to that.
+// FuzzDecodeCheck, FuzzDecodeCheckMessages and FuzzDecodeCheckParts hold
+// them to that. One difference is meant: the fast path checks only what it
+// reads, so a message protobuf refuses for a field the decision never reads
+// (a body that is not UTF-8, a malformed timestamp or pipe) is decided. The
+// framing of every message the fast path walks is checked, so such a field
+// cannot hide or move one it reads.
 
 // ServerCodec is the gRPC server option Register needs: the "proto" codec,
 // except that it decodes an Authorization/Check request straight into an
