@@ -3,12 +3,16 @@ package envoy
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/extauthz/extauthz/authz"
@@ -127,4 +131,99 @@ func BenchmarkCheckAtTheCaps(b *testing.B) {
 			}
 		})
 	}
+}
+
+// The wire decoder leaves nothing to proto.Unmarshal that would make it
+// build a message's every entry: a CheckRequest of a megabyte of Envoy's
+// header_map entries, of context_extensions, or of a map the decision never
+// reads (the source's labels) followed by one header_map entry or by a
+// malformed byte, would otherwise cost the whole message's objects (about
+// 120 MB and over half a second for the first). Each is decoded with
+// allocations a small multiple of its size, and answered as the caps say:
+// 400, or an error for the malformed one.
+func TestAMessageOfManyEntriesCostsNoObjectPerEntry(t *testing.T) {
+	field := func(b []byte, num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), v)
+	}
+	const size = MaxCheckRequestBytes - 4096
+	repeat := func(num protowire.Number, entry []byte) []byte {
+		var b []byte
+		for len(b) < size {
+			b = field(b, num, entry)
+		}
+		return b
+	}
+	http := func(h []byte) []byte {
+		return field(nil, fieldCheckAttributes, field(nil, fieldAttrRequest, field(nil, fieldRequestHTTP, h)))
+	}
+	oneRaw := http(field(nil, fieldHTTPHeaderMap, field(nil, 1, field(nil, 1, []byte("x-api-key")))))
+	labels := field(nil, fieldCheckAttributes, field(nil, fieldAttrSource, repeat(3, field(field(nil, 1, []byte("k")), 2, []byte("v")))))
+	tests := []struct {
+		name      string
+		msg       []byte
+		malformed string // "" for a message that is no CheckRequest
+	}{
+		{"header_map entries", http(field(nil, fieldHTTPHeaderMap, repeat(1, nil))), "more than 512 headers or 256 KiB of headers"},
+		{"header_map messages", http(repeat(fieldHTTPHeaderMap, field(nil, 1, nil))), "more than 512 headers or 256 KiB of headers"},
+		{"context_extensions entries", field(nil, fieldCheckAttributes, repeat(fieldAttrContextExtensions, nil)), "more than 64 context_extensions"},
+		{"unread labels, then a header_map entry", append(labels, oneRaw...), ""},
+		{"unread labels, then a malformed byte", append(labels, 0x0a), "-"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			st := new(checkState)
+			err := st.decode(append([]byte(nil), tt.msg...))
+			runtime.ReadMemStats(&after)
+			allocated := after.TotalAlloc - before.TotalAlloc
+			assert.Less(t, allocated, uint64(4*len(tt.msg)), "%d bytes allocated for a message of %d", allocated, len(tt.msg))
+			if tt.malformed == "-" {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.malformed, st.req.Malformed)
+		})
+	}
+}
+
+// Over a real gRPC connection, a megabyte of empty header_map entries is
+// answered 400 at a cost of a few copies of the message, not the hundred
+// megabytes of objects proto.Unmarshal would make of it.
+func TestAMegabyteOfHeaderMapEntriesOverGRPCIsCheap(t *testing.T) {
+	fx := authztest.New(t, nil)
+	conn := serveChecks(t, fx)
+	field := func(b []byte, num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), v)
+	}
+	var entries []byte
+	for len(entries) < MaxCheckRequestBytes-4096 {
+		entries = field(entries, fieldHeaderMapHeaders, nil)
+	}
+	msg := field(nil, fieldCheckAttributes, field(nil, fieldAttrRequest, field(nil, fieldRequestHTTP, field(nil, fieldHTTPHeaderMap, entries))))
+	call := func() (*authv3.CheckResponse, error) {
+		resp := new(authv3.CheckResponse)
+		err := conn.Invoke(t.Context(), checkMethod, &authv3.CheckRequest{}, resp, grpc.ForceCodecV2(rawRequestCodec{rawBytesCodec{b: msg}}))
+		return resp, err
+	}
+	_, err := call() // warm grpc-go's buffer pools
+	require.NoError(t, err)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	resp, err := call()
+	runtime.ReadMemStats(&after)
+	require.NoError(t, err)
+	assert.Equal(t, int32(400), int32(resp.GetDeniedResponse().GetStatus().GetCode()))
+	allocated := after.TotalAlloc - before.TotalAlloc
+	assert.Less(t, allocated, uint64(16*len(msg)), "%d bytes allocated in client and server for a message of %d", allocated, len(msg))
+}
+
+// rawRequestCodec sends b as rawBytesCodec does and reads the response.
+type rawRequestCodec struct{ rawBytesCodec }
+
+func (rawRequestCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return proto.Unmarshal(data.Materialize(), v.(proto.Message))
 }

@@ -160,6 +160,9 @@ func (s *CheckServer) observePanic(st *checkState, d *authz.Decision, latency ti
 // with more is answered 400.
 const MaxContextExtensions = 64
 
+// errTooManyExtensions is Request.Malformed past MaxContextExtensions.
+const errTooManyExtensions = "more than 64 context_extensions"
+
 // RequestFromCheck reads the attributes of a CheckRequest; any part may be
 // missing (the getters are nil-safe), which the decision's steps then
 // reject. A request past authz.MaxHeaders or authz.MaxHeaderBytes gets no
@@ -176,7 +179,7 @@ func RequestFromCheck(in *authv3.CheckRequest) authz.Request {
 		XFFTrustedHops:       -1,
 	}
 	if ext := attrs.GetContextExtensions(); len(ext) > MaxContextExtensions {
-		req.Malformed = "more than 64 context_extensions"
+		req.Malformed = errTooManyExtensions
 	} else {
 		for k, v := range ext {
 			req.ContextExtensions = append(req.ContextExtensions, authz.Header{Key: k, Value: v})

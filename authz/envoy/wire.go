@@ -2,10 +2,12 @@ package envoy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"unicode/utf8"
 	"unsafe"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -23,16 +25,18 @@ import (
 // cost of a check (about 8 µs of 30 on the development VM, the same as the
 // no-op server pays). The server instead decodes the wire bytes straight
 // into a Request: one copy of the message, whose bytes the strings then
-// share, and the fields the decision needs. Anything the fast path
-// does not handle exactly (Envoy's header_map, a malformed field, a string
-// that is not UTF-8) is decoded by proto.Unmarshal and RequestFromCheck as
-// before, so the two paths give the same Request or the same error;
-// FuzzDecodeCheck, FuzzDecodeCheckMessages and FuzzDecodeCheckParts hold
-// them to that. One difference is meant: the fast path checks only what it
-// reads, so a message protobuf refuses for a field the decision never reads
-// (a body that is not UTF-8, a malformed timestamp or pipe) is decided. The
-// framing of every message the fast path walks is checked, so such a field
-// cannot hide or move one it reads.
+// share, and the fields the decision needs. It gives the Request that
+// proto.Unmarshal and RequestFromCheck give, or an error where they fail
+// (a malformed field, a string that is not UTF-8); FuzzDecodeCheck,
+// FuzzDecodeCheckMessages and FuzzDecodeCheckParts hold it to that. Two
+// differences are meant. It counts map entries as they come, so a header
+// name or a context_extensions key repeated (Envoy never repeats one) may
+// put a request past the caps, answered 400, that protobuf's map would
+// keep within them. And it checks only what it reads, so a message
+// protobuf refuses for a field the decision never reads (a body that is
+// not UTF-8, a malformed timestamp or pipe) is decided; the framing of
+// every message it walks is checked, so such a field cannot hide or move
+// one it reads.
 
 // ServerCodec is the gRPC server option Register needs: the "proto" codec,
 // except that it decodes an Authorization/Check request straight into an
@@ -110,7 +114,18 @@ func (c checkCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return st.decode(data.Materialize())
 }
 
+// errMalformedCheck is the codec's error for bytes that are no CheckRequest
+// (grpc-go answers it INTERNAL, as it does proto.Unmarshal's).
+var errMalformedCheck = errors.New("decoding the CheckRequest: malformed message")
+
 // decode fills st.req from a serialized CheckRequest b, which it keeps.
+//
+// It never hands b to proto.Unmarshal: protobuf builds every entry of every
+// map and list in a message, those the decision never reads included, and
+// a megabyte of empty header_map entries is half a million objects (about
+// 120 MB and over half a second), of source labels a map of as many keys.
+// Envoy's header_map alone is unmarshalled, entry by entry up to the header
+// cap (wireDecoder.headerMap).
 func (st *checkState) decode(b []byte) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -123,28 +138,52 @@ func (st *checkState) decode(b []byte) (err error) {
 	w := wireDecoder{req: &st.req, hdrs: &st.hdrs, ext: st.ext[:0]}
 	ok := w.checkRequest(b)
 	st.ext = w.ext // its array is reused by the next check
-	if ok {
+	if !ok {
+		st.req = authz.Request{}
+		clear(st.hdrs)
+		st.hdrs = st.hdrs[:0]
+		clear(st.ext)
+		st.ext = st.ext[:0]
+		return errMalformedCheck
+	}
+	st.req.Headers = &st.hdrs
+	st.req.XFFTrustedHops = -1
+	if w.rawSeen && st.req.HeaderEntries() == 0 {
+		// Envoy's encode_raw_headers: read as RequestFromCheck reads it,
+		// which is also what it does with a header_map beside entries of
+		// the headers map (Envoy never sends both): ignore it.
+		var entries []*corev3.HeaderValue
+		if w.raw != nil {
+			entries = w.raw.Headers
+		}
+		st.req.Headers = authz.HeaderMap(joinHeaderMap(entries, &st.req))
+		// Entries past the cap were counted, not kept: RequestFromCheck
+		// finds the request past MaxHeaders, and so does this (each call
+		// counts one more entry: at most MaxHeaders+1 of them).
+		for w.rawEntries > len(entries) && st.req.Malformed == "" {
+			st.req.NoteHeader("", "")
+		}
+	}
+	if w.extEntries > MaxContextExtensions {
+		st.req.Malformed = errTooManyExtensions
+	}
+	if st.req.Malformed != "" {
+		// Answered 400 whatever the headers and extensions say.
+		clear(st.hdrs)
+		st.hdrs = st.hdrs[:0]
 		st.req.Headers = &st.hdrs
-		st.req.XFFTrustedHops = -1
-		return nil
+		clear(st.ext)
+		st.ext = st.ext[:0]
+		st.req.ContextExtensions = nil
 	}
-	st.req = authz.Request{}
-	clear(st.hdrs)
-	st.hdrs = st.hdrs[:0]
-	clear(st.ext)
-	st.ext = st.ext[:0]
-	var in authv3.CheckRequest
-	if err := proto.Unmarshal(b, &in); err != nil {
-		return err
-	}
-	st.req = RequestFromCheck(&in)
 	return nil
 }
 
 // wireDecoder reads the fields of a CheckRequest a decision needs. Each
 // method walks one message's fields in order, so that a message or scalar
 // repeated on the wire merges or replaces exactly as proto.Unmarshal does;
-// each returns false for anything it leaves to proto.Unmarshal.
+// each returns false for a malformed field it reads or walks, which
+// proto.Unmarshal refuses too.
 type wireDecoder struct {
 	req  *authz.Request
 	hdrs *authz.HeaderList
@@ -152,6 +191,13 @@ type wireDecoder struct {
 	// socket says the last member of source.address's oneof on the wire
 	// was socket_address: another member replaces it (Peer becomes "").
 	socket bool
+	// extEntries counts the context_extensions entries on the wire.
+	extEntries int
+	// rawSeen says the message has Envoy's header_map; raw holds its
+	// entries up to MaxHeaders of them, rawEntries counts them all.
+	rawSeen    bool
+	raw        *corev3.HeaderMap
+	rawEntries int
 }
 
 // Field numbers, from envoy/service/auth/v3 and envoy/config/core/v3.
@@ -169,7 +215,8 @@ const (
 	fieldHTTPHeaders           = 3 // map<string, string>
 	fieldHTTPPath              = 4
 	fieldHTTPHost              = 5
-	fieldHTTPHeaderMap         = 13 // encode_raw_headers: left to RequestFromCheck
+	fieldHTTPHeaderMap         = 13 // encode_raw_headers: a HeaderMap
+	fieldHeaderMapHeaders      = 1  // HeaderMap.headers: repeated HeaderValue
 	fieldMapKey, fieldMapValue = 1, 2
 
 	// What selects a policy.
@@ -248,13 +295,11 @@ func (w *wireDecoder) destination(num protowire.Number, v []byte) bool {
 }
 
 // contextExtension reads one entry of the context_extensions map: a missing
-// key or value is "". Past MaxContextExtensions entries the message is left
-// to proto.Unmarshal, which keeps one entry per key as the decision does,
-// and RequestFromCheck then refuses the request.
+// key or value is "". Past MaxContextExtensions entries on the wire the
+// request is answered 400 (decode) and entries are read but not kept:
+// Envoy sets a handful and never repeats a key, so a message that does is
+// refused rather than counted by key as protobuf's map would.
 func (w *wireDecoder) contextExtension(v []byte) bool {
-	if len(w.ext) >= MaxContextExtensions {
-		return false
-	}
 	var e authz.Header
 	ok := fields(v, func(num protowire.Number, v []byte) bool {
 		var ok bool
@@ -268,8 +313,10 @@ func (w *wireDecoder) contextExtension(v []byte) bool {
 		}
 		return ok
 	})
-	w.ext = append(w.ext, e)
-	w.req.ContextExtensions = w.ext
+	if w.extEntries++; w.extEntries <= MaxContextExtensions {
+		w.ext = append(w.ext, e)
+		w.req.ContextExtensions = w.ext
+	}
 	return ok
 }
 
@@ -321,7 +368,7 @@ func (w *wireDecoder) http(num protowire.Number, v []byte) bool {
 	case fieldHTTPHeaders:
 		return w.header(v)
 	case fieldHTTPHeaderMap:
-		return false
+		return w.headerMap(v)
 	default:
 		return true
 	}
@@ -357,4 +404,30 @@ func (w *wireDecoder) header(v []byte) bool {
 		*w.hdrs = append(*w.hdrs, h)
 	}
 	return ok
+}
+
+// headerMap reads one header_map field, a HeaderMap whose entries protobuf
+// appends to those of any earlier one. Its entries are unmarshalled
+// (joinHeaderMap reads them as RequestFromCheck does) while there are at
+// most MaxHeaders of them in all; past that they are counted only, the
+// request being answered 400 whatever they say.
+func (w *wireDecoder) headerMap(v []byte) bool {
+	n := 0
+	if !fields(v, func(num protowire.Number, _ []byte) bool {
+		if num == fieldHeaderMapHeaders {
+			n++
+		}
+		return true
+	}) {
+		return false
+	}
+	w.rawSeen = true
+	w.rawEntries += n
+	if n == 0 || w.rawEntries > authz.MaxHeaders {
+		return true
+	}
+	if w.raw == nil {
+		w.raw = new(corev3.HeaderMap)
+	}
+	return proto.UnmarshalOptions{Merge: true}.Unmarshal(v, w.raw) == nil
 }

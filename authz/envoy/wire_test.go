@@ -75,21 +75,22 @@ func decodeBoth(t *testing.T, b []byte) (authz.Request, error) {
 		got.DestinationPrincipal != want.DestinationPrincipal {
 		t.Fatalf("decoding %x:\n got %+v\nwant %+v", b, got, want)
 	}
-	// The wire keeps every context_extensions entry in order, protobuf's map
-	// the last of each key: the decision reads them alike (lastExtension).
-	if g, w := extensionMap(got.ContextExtensions), extensionMap(want.ContextExtensions); !assert.ObjectsAreEqual(w, g) {
-		t.Fatalf("decoding %x: context_extensions\n got %v\nwant %v", b, g, w)
-	}
 	if got.Malformed != want.Malformed {
 		// The wire decoder counts map entries as they come; proto.Unmarshal
-		// keeps the last of a repeated name, so only then may it count fewer.
-		if want.Malformed != "" || !repeatsHeaderNames(&in, b) {
+		// keeps the last of a repeated name or key, so only then may it
+		// count fewer.
+		if want.Malformed != "" || !repeatsMapKeys(&in, b) {
 			t.Fatalf("decoding %x: Malformed %q, want %q", b, got.Malformed, want.Malformed)
 		}
 		return got, nil
 	}
 	if got.Malformed != "" {
-		return got, nil // answered 400 whatever the headers say
+		return got, nil // answered 400 whatever the headers and extensions say
+	}
+	// The wire keeps every context_extensions entry in order, protobuf's map
+	// the last of each key: the decision reads them alike (lastExtension).
+	if g, w := extensionMap(got.ContextExtensions), extensionMap(want.ContextExtensions); !assert.ObjectsAreEqual(w, g) {
+		t.Fatalf("decoding %x: context_extensions\n got %v\nwant %v", b, g, w)
 	}
 	if got.Noted() != want.Noted() {
 		t.Fatalf("decoding %x: header names noted %+v, want %+v", b, got.Noted(), want.Noted())
@@ -106,14 +107,15 @@ func decodeBoth(t *testing.T, b []byte) (authz.Request, error) {
 	return got, nil
 }
 
-// repeatsHeaderNames reports whether the wire form b of in holds more header
-// entries than in's headers map kept.
-func repeatsHeaderNames(in *authv3.CheckRequest, b []byte) bool {
+// repeatsMapKeys reports whether the wire form b of in holds more header
+// or context_extensions entries than in's maps kept.
+func repeatsMapKeys(in *authv3.CheckRequest, b []byte) bool {
 	var req authz.Request
 	var hdrs authz.HeaderList
 	w := wireDecoder{req: &req, hdrs: &hdrs}
 	w.checkRequest(b)
-	return req.HeaderEntries() > len(in.GetAttributes().GetRequest().GetHttp().GetHeaders())
+	return req.HeaderEntries() > len(in.GetAttributes().GetRequest().GetHttp().GetHeaders()) ||
+		w.extEntries > len(in.GetAttributes().GetContextExtensions())
 }
 
 // extensionMap is context_extensions as the decision reads them: the last
@@ -173,7 +175,7 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 	for i := range MaxContextExtensions + 1 {
 		manyExtensions.Attributes.ContextExtensions[fmt.Sprintf("k%d", i)] = "v"
 	}
-	// 64 entries on the wire, but one key given twice: protobuf keeps 63.
+	// 65 entries on the wire, but two keys given twice: protobuf keeps 63.
 	var repeatedExtensions []byte
 	for i := range MaxContextExtensions {
 		repeatedExtensions = append(repeatedExtensions, marshal(t, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
@@ -208,7 +210,7 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		{"what Envoy sends", marshal(t, full), true, false},
 		{"an empty message", nil, true, false},
 		{"a pipe peer has no address", marshal(t, withPipe), true, false},
-		{"encode_raw_headers: header_map, joined and lower-cased", marshal(t, rawHeaders), false, false},
+		{"encode_raw_headers: header_map, joined and lower-cased", marshal(t, rawHeaders), true, false},
 		// Concatenated messages merge: scalars are replaced, maps gain
 		// entries, and a later oneof member replaces an earlier one.
 		{"two messages merge; a repeated header name replaces the first", cat(marshal(t, full), marshal(t, otherHeaders)), true, false},
@@ -217,8 +219,8 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		{"socket, then socket without an address: the address stays", cat(marshal(t, full), marshal(t, socketAgain)), true, false},
 		{"two messages merge: a repeated context key keeps the last value, the principal is replaced", cat(marshal(t, full), marshal(t, otherSelectors)), true, false},
 		{"a destination without a principal leaves the principal as it was", cat(marshal(t, full), marshal(t, destinationAddressOnly)), true, false},
-		{"more context_extensions than the decision reads: left to proto.Unmarshal, answered 400", marshal(t, manyExtensions), false, false},
-		{"65 context_extensions entries on the wire of 63 keys", repeatedExtensions, false, false},
+		{"more context_extensions than the decision reads: answered 400", marshal(t, manyExtensions), true, false},
+		{"65 context_extensions entries on the wire of 63 keys: answered 400, as Envoy never repeats one", repeatedExtensions, true, false},
 		{"a context extension that is not UTF-8", cat(marshal(t, full), field(1, field(10, cat(field(1, []byte("policy")), field(2, []byte("\xff")))))), false, true},
 		{"a destination principal that is not UTF-8", cat(marshal(t, full), field(1, field(2, field(4, []byte("\xc3"))))), false, true},
 		{"a context extension entry without a value is the empty value", cat(marshal(t, full), field(1, field(10, field(1, []byte("policy"))))), true, false},
@@ -261,8 +263,8 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 	assert.Empty(t, many.ContextExtensions)
 	repeated, err := decodeBoth(t, repeatedExtensions)
 	require.NoError(t, err)
-	assert.Empty(t, repeated.Malformed, "63 keys are within the limit")
-	assert.Equal(t, "last", extensionMap(repeated.ContextExtensions)["k0"])
+	assert.Equal(t, "more than 64 context_extensions", repeated.Malformed, "65 entries on the wire, though of 63 keys")
+	assert.Empty(t, repeated.ContextExtensions)
 	noted := got.Noted()
 	assert.Equal(t, []any{13, false, true}, []any{got.HeaderEntries(), noted.Underscored(), noted.Spoofing()},
 		"13 header names noted: one reads as an x-authz- header, none holds a _")
