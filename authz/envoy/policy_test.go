@@ -358,6 +358,7 @@ func TestAShadowPolicyRefusesARequestPastTheHeaderLimits(t *testing.T) {
 	md := metadata(t, resp)
 	assert.Equal(t, "bad_request", md["code"])
 	assert.Equal(t, "enforce", md["mode"])
+	assert.Equal(t, "orders", md["policy"], "the context_extensions still select the policy the 400 is counted under")
 }
 
 // An IPv6 literal is "[...]" and at most a port: anything after the "]"

@@ -168,13 +168,19 @@ func (st *checkState) decode(b []byte) (err error) {
 		st.req.Malformed = errTooManyExtensions
 	}
 	if st.req.Malformed != "" {
-		// Answered 400 whatever the headers and extensions say.
+		// Answered 400 whatever the headers say. The context_extensions
+		// are kept when within their cap, as RequestFromCheck keeps them:
+		// the policy is selected (step 1) before the 400 (step 2), and
+		// they select it, so without them the request would be decided
+		// under another policy, or be 403 no_policy, in place of the 400.
 		clear(st.hdrs)
 		st.hdrs = st.hdrs[:0]
 		st.req.Headers = &st.hdrs
-		clear(st.ext)
-		st.ext = st.ext[:0]
-		st.req.ContextExtensions = nil
+		if w.extEntries > MaxContextExtensions {
+			clear(st.ext)
+			st.ext = st.ext[:0]
+			st.req.ContextExtensions = nil
+		}
 	}
 	return nil
 }

@@ -84,13 +84,15 @@ func decodeBoth(t *testing.T, b []byte) (authz.Request, error) {
 		}
 		return got, nil
 	}
-	if got.Malformed != "" {
-		return got, nil // answered 400 whatever the headers and extensions say
-	}
 	// The wire keeps every context_extensions entry in order, protobuf's map
 	// the last of each key: the decision reads them alike (lastExtension).
+	// A request past the header limits keeps them too: the policy is
+	// selected (step 1) before the 400 (step 2), and they select it.
 	if g, w := extensionMap(got.ContextExtensions), extensionMap(want.ContextExtensions); !assert.ObjectsAreEqual(w, g) {
 		t.Fatalf("decoding %x: context_extensions\n got %v\nwant %v", b, g, w)
+	}
+	if got.Malformed != "" {
+		return got, nil // answered 400 whatever the headers say
 	}
 	if got.Noted() != want.Noted() {
 		t.Fatalf("decoding %x: header names noted %+v, want %+v", b, got.Noted(), want.Noted())
@@ -171,6 +173,10 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		Destination: &authv3.AttributeContext_Peer{Service: "billing", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
 			SocketAddress: &corev3.SocketAddress{Address: "10.0.0.3"}}}},
 	}}
+	manyHeaders := envoyRequest()
+	for i := range authz.MaxHeaders {
+		manyHeaders.Attributes.Request.Http.Headers[fmt.Sprintf("x-h%d", i)] = "v"
+	}
 	manyExtensions := envoyRequest()
 	for i := range MaxContextExtensions + 1 {
 		manyExtensions.Attributes.ContextExtensions[fmt.Sprintf("k%d", i)] = "v"
@@ -220,6 +226,7 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		{"two messages merge: a repeated context key keeps the last value, the principal is replaced", cat(marshal(t, full), marshal(t, otherSelectors)), true, false},
 		{"a destination without a principal leaves the principal as it was", cat(marshal(t, full), marshal(t, destinationAddressOnly)), true, false},
 		{"more context_extensions than the decision reads: answered 400", marshal(t, manyExtensions), true, false},
+		{"more headers than the decision reads: answered 400 under the policy its context_extensions select", marshal(t, manyHeaders), true, false},
 		{"65 context_extensions entries on the wire of 63 keys: answered 400, as Envoy never repeats one", repeatedExtensions, true, false},
 		{"a context extension that is not UTF-8", cat(marshal(t, full), field(1, field(10, cat(field(1, []byte("policy")), field(2, []byte("\xff")))))), false, true},
 		{"a destination principal that is not UTF-8", cat(marshal(t, full), field(1, field(2, field(4, []byte("\xc3"))))), false, true},
@@ -256,6 +263,11 @@ func TestWireDecoderReadsWhatProtoUnmarshalReads(t *testing.T) {
 		[]any{got.Method, got.Path, got.Host, got.Peer, got.XFFTrustedHops, got.Malformed})
 	assert.Equal(t, "spiffe://cluster.local/ns/billing/sa/billing", got.DestinationPrincipal)
 	assert.Equal(t, map[string]string{"route": "users", "policy": "billing"}, extensionMap(got.ContextExtensions))
+
+	past, err := decodeBoth(t, marshal(t, manyHeaders))
+	require.NoError(t, err)
+	assert.NotEmpty(t, past.Malformed)
+	assert.Equal(t, map[string]string{"route": "users", "policy": "billing"}, extensionMap(past.ContextExtensions))
 
 	many, err := decodeBoth(t, marshal(t, manyExtensions))
 	require.NoError(t, err)
