@@ -124,8 +124,9 @@ var errMalformedCheck = errors.New("decoding the CheckRequest: malformed message
 // map and list in a message, those the decision never reads included, and
 // a megabyte of empty header_map entries is half a million objects (about
 // 120 MB and over half a second), of source labels a map of as many keys.
-// Envoy's header_map alone is unmarshalled, entry by entry up to the header
-// cap (wireDecoder.headerMap).
+// Envoy's header_map alone is unmarshalled, a field at a time once its
+// entries are counted, and only while they number at most the header cap
+// in all (wireDecoder.headerMap).
 func (st *checkState) decode(b []byte) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
