@@ -249,8 +249,7 @@ func (rt *Routes) match(method, path string) (*Route, matchKind) {
 			}
 		}
 	}
-	if !r.namesScript() {
-		rests, n := scriptRests(path)
+	if rests, n := scriptRests(path); n > 0 && !r.namesScript() {
 		for _, rest := range rests[:n] {
 			if rt.differs(method, rest, r, k) {
 				return nil, matchScriptVaries
