@@ -173,6 +173,7 @@ func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
 	}
 	// 2. Normalise method and path.
 	if !normalize(set, req, d) {
+		enforceUnread(d)
 		noteShadowed(req, d)
 		return
 	}
@@ -362,15 +363,33 @@ func route(d *Decision) bool {
 	case matchWrongMethod:
 		d.Deny(CodeNoRoute, "no route allows "+d.Method+" on this path")
 	case matchSlashVaries:
-		d.Deny(CodeBadRequest, "malformed request: the path gets another route without its trailing slash")
+		refuseVariant(d, "malformed request: the path gets another route without its trailing slash")
 	case matchCaseVaries:
-		d.Deny(CodeBadRequest, "malformed request: the letter case of the path decides its route")
+		refuseVariant(d, "malformed request: the letter case of the path decides its route")
 	case matchFormatVaries:
-		d.Deny(CodeBadRequest, "malformed request: the path gets another route without its extension, as frameworks that read it as a format serve it")
+		refuseVariant(d, "malformed request: the path gets another route without its extension, as frameworks that read it as a format serve it")
 	case matchScriptVaries:
-		d.Deny(CodeBadRequest, "malformed request: the path gets another route read as a PHP script's path info (/index.php/x is served as /x)")
+		refuseVariant(d, "malformed request: the path gets another route read as a PHP script's path info (/index.php/x is served as /x)")
 	}
 	return false
+}
+
+// refuseVariant is the 400 of a path whose other spellings get other
+// routes: an upstream may serve it as any of them.
+func refuseVariant(d *Decision, msg string) {
+	enforceUnread(d)
+	d.Deny(CodeBadRequest, msg)
+}
+
+// enforceUnread answers a refusal of a path no route could be said to
+// decide (steps 2 and 3: not canonical, or another spelling of it gets
+// another route) in enforce mode when the policy is shadow but a route of
+// it enforces: the upstream may serve the path as that route, which
+// shadowing the refusal would let through.
+func enforceUnread(d *Decision) {
+	if d.Policy != nil && d.Policy.enforcesRoute {
+		d.Shadow = false
+	}
 }
 
 // findKey returns the value of the first present source of p and marks

@@ -83,7 +83,12 @@ type Policy struct {
 	Sources      []Source
 	DefaultRate  ratelimit.Rate
 	Shadow       bool // ModeShadow: decisions are recorded, never answered
-	ForwardMeta  []string
+	// enforcesRoute: Shadow, but a route of it says mode: enforce. A path
+	// refused before a route decides it (not canonical, or one whose
+	// route another spelling changes) may be served as that route, so such
+	// a refusal is enforced, not shadowed (Decide, route).
+	enforcesRoute bool
+	ForwardMeta   []string
 
 	// forward pairs each ForwardMeta name with its header.
 	forward []forwardedMeta
@@ -285,6 +290,7 @@ func compilePolicy(s PolicySpec, paths Paths, scope string) (*Policy, error) {
 	case ModeInherit, ModeEnforce:
 	case ModeShadow:
 		p.Shadow = true
+		p.enforcesRoute = slices.ContainsFunc(routes.routes, func(r *Route) bool { return r.Mode == ModeEnforce })
 	default:
 		return nil, fmt.Errorf("mode: %d is not a mode", s.Mode)
 	}

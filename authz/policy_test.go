@@ -221,9 +221,11 @@ func TestShadowModeDecidesButAllows(t *testing.T) {
 		meshOptions(o)
 		o.Policies[0].Mode = authz.ModeShadow
 		o.Policies[0].Routes = append(o.Policies[0].Routes, authz.RouteSpec{Path: "/enforced", Permissions: []string{"x"}, Mode: authz.ModeEnforce})
+		o.Policies[1].Mode = authz.ModeShadow
 		o.Routes = append(o.Routes, authz.RouteSpec{Path: "/trial/**", Permissions: []string{"trial"}, Mode: authz.ModeShadow})
 	})
 	billing := []authz.Header{{Key: "policy", Value: "billing"}}
+	orders := []authz.Header{{Key: "policy", Value: "orders"}}
 	scopedElsewhere := f.AddKey(t, &keystore.Key{ID: "key_orders", Name: "o", Permissions: []string{"admin"}, Policies: []string{"orders"}})
 	tests := []struct {
 		name       string
@@ -242,7 +244,20 @@ func TestShadowModeDecidesButAllows(t *testing.T) {
 		{"a shadow policy allows a key scoped elsewhere, recording policy_not_allowed",
 			authz.Request{Path: "/invoices/1", ContextExtensions: billing, Headers: authz.HeaderMap{"x-api-key": scopedElsewhere}}, authz.CodePolicyNotAllowed, true, true, false},
 		{"a shadow policy allows a malformed path, recording bad_request",
-			authz.Request{Path: "/invoices/../x", ContextExtensions: billing}, authz.CodeBadRequest, true, true, false},
+			authz.Request{Path: "/orders/../x", ContextExtensions: orders}, authz.CodeBadRequest, true, true, false},
+		{"a shadow policy allows a path whose spellings get other routes",
+			authz.Request{Path: "/index.php/orders/1", ContextExtensions: orders}, authz.CodeBadRequest, true, true, false},
+		// But not where a route of it enforces: the upstream may serve such
+		// a path as that route (/enforced/../enforced, /enforced/ and
+		// /index.php/enforced are all /enforced to some upstream).
+		{"a shadow policy with an enforce route refuses a malformed path",
+			authz.Request{Path: "/invoices/../enforced", ContextExtensions: billing, Headers: authz.HeaderMap{"x-api-key": f.Good}}, authz.CodeBadRequest, false, false, false},
+		{"a shadow policy with an enforce route refuses a slash that changes the route",
+			authz.Request{Path: "/enforced/", ContextExtensions: billing, Headers: authz.HeaderMap{"x-api-key": f.Good}}, authz.CodeBadRequest, false, false, false},
+		{"a shadow policy with an enforce route refuses a script's path info",
+			authz.Request{Path: "/index.php/enforced", ContextExtensions: billing, Headers: authz.HeaderMap{"x-api-key": f.Good}}, authz.CodeBadRequest, false, false, false},
+		{"a shadow policy with an enforce route still shadows what no route claims",
+			authz.Request{Path: "/elsewhere", ContextExtensions: billing}, authz.CodeNoRoute, true, true, false},
 		{"a shadow policy's would-be allow names the key upstream",
 			authz.Request{Path: "/invoices/1", ContextExtensions: billing, Headers: authz.HeaderMap{"x-api-key": f.Admin}}, "", true, true, true},
 		{"an enforce route in a shadow policy denies",
