@@ -257,7 +257,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	err = m.Store.Create(ctx, k, h, m.MaxPerOwner)
 	if landed(err, ErrExists) {
 		if _, made := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); made {
-			err = nil // its answer lost
+			err = m.readBack(ChangeCreated) // its answer lost
 		}
 	}
 	if !stored(k, err) {
@@ -313,6 +313,27 @@ func sameRecord(a, b *Key) bool {
 		return j
 	}
 	return bytes.Equal(plain(a), plain(b))
+}
+
+// ReadBackConfirmer is a Store that waits for its replicas to confirm each
+// change (ErrUnconfirmed otherwise).
+type ReadBackConfirmer interface {
+	// UnconfirmedReadBack is the error a change of kind (ChangeCreated,
+	// ...) found made by a read-back is answered with: one wrapping
+	// ErrUnconfirmed, as the answer lost was the write's and the replicas
+	// were never asked; nil when the store does not confirm changes.
+	UnconfirmedReadBack(kind string) error
+}
+
+// readBack is the error a change of kind, found made by recheck after its
+// answer was lost, is answered with: none, unless the store waits for its
+// replicas (ReadBackConfirmer), when a failover could still undo it and
+// the caller must hear so, as of any change they did not confirm.
+func (m *Manager) readBack(kind string) error {
+	if c, ok := m.Store.(ReadBackConfirmer); ok {
+		return c.UnconfirmedReadBack(kind)
+	}
+	return nil
 }
 
 // recheckTimeout bounds the read that tells whether a write whose answer
@@ -402,7 +423,7 @@ func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration
 			// Its answer lost (or a retry found the old key rotated
 			// already, by this very call): the secret exists nowhere
 			// else, and must be shown.
-			rotated, err = old, nil
+			rotated, err = old, m.readBack(ChangeRotated)
 		}
 	}
 	if !stored(rotated, err) {
@@ -432,7 +453,7 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 	})
 	if landed(err) {
 		if got, made := m.recheck(ctx, id, func(k *Key) bool { return k.RevokedAt != nil && k.RevokedAt.Equal(now) }); made {
-			k, err, changed = got, nil, true
+			k, err, changed = got, m.readBack(ChangeRevoked), true
 		}
 	}
 	if !stored(k, err) {
@@ -554,7 +575,7 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 	})
 	if landed(err) && tried != nil {
 		if got, made := m.recheck(ctx, id, func(k *Key) bool { return sameRecord(k, tried) }); made {
-			k, err = got, nil
+			k, err = got, m.readBack(ChangeUpdated)
 		}
 	}
 	if !stored(k, err) {

@@ -394,6 +394,26 @@ const (
 	confirmCreate   = "the key works now and need not be made again: any confirmed change to a key after it confirms it too (a replica takes its primary's writes in order), and should a failover undo it first, every check refuses its secret as an unknown key"
 )
 
+// UnconfirmedReadBack is the error of a change of kind that the Manager
+// read back as made after its answer was lost: the answer lost was the
+// script's, and the replicas are asked only after it, so with
+// confirmation on the change is unconfirmed; nil with confirmation off.
+func (s *Store) UnconfirmedReadBack(kind string) error {
+	if s.confirm.Replicas == 0 {
+		return nil
+	}
+	remedy := repeatUpdate
+	switch kind {
+	case keystore.ChangeCreated:
+		remedy = confirmCreate
+	case keystore.ChangeRotated:
+		remedy = confirmRotation
+	}
+	return fmt.Errorf("%w: the change is stored on the primary and in effect, but its answer was lost before the replicas were asked, so a failover could still undo it; %s", keystore.ErrUnconfirmed, remedy)
+}
+
+var _ keystore.ReadBackConfirmer = (*Store)(nil)
+
 // change runs script, a write of key records, and returns its reply. With
 // confirmation on and the reply "OK", it then waits for the replicas, and
 // confirmed is an error wrapping keystore.ErrUnconfirmed when too few of
