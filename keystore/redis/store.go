@@ -875,6 +875,11 @@ func (s *Store) readIDs(ctx context.Context, ids []string) ([]*keystore.Key, err
 // missing), in two MGETs. All names share one slot, so MGET works on
 // Cluster.
 func (s *Store) readRaw(ctx context.Context, ids []string) (hashes, raws []string, err error) {
+	if len(ids) == 0 {
+		// MGET of nothing is an error, and an index build's last batch
+		// (after a full one) reads no ids.
+		return nil, nil, nil
+	}
 	names := make([]string, len(ids))
 	for i, id := range ids {
 		names[i] = s.keys.id(id)

@@ -237,3 +237,28 @@ func TestSweepIndexesAgainAStoreRestoredWithoutTheIndex(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{k.ID}, idsOf(page), "indexed again by the sweep")
 }
+
+// A build whose last batch was full ends on a read of no ids at all (as
+// does one of a store with no keys): that is the end of the build, not an
+// error that stops it there for good.
+func TestSweepIndexesAStoreWhoseKeysFillTheLastBatch(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+	for range 4 {
+		create(t, s, "alice")
+	}
+	require.NoError(t, raw.Del(ctx, testPrefix+"{keys}:index").Err())
+	for rounds := 0; ; rounds++ {
+		require.Less(t, rounds, 10, "the build does not end")
+		res, err := s.Sweep(ctx, keystore.SweepOptions{Now: time.Now(), Batch: 2})
+		require.NoError(t, err)
+		if !res.More {
+			break
+		}
+	}
+	version, err := raw.Get(ctx, testPrefix+"{keys}:index").Result()
+	require.NoError(t, err)
+	require.Equal(t, indexVersion, version)
+}
