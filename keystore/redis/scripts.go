@@ -276,6 +276,32 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 'OK'
 `)
 
+// buildGraceScript puts a batch of keys rotated away before the grace sets
+// existed into their owner's grace sets, and records how far the build has
+// come, if no other process moved it meanwhile (CONFLICT: that one did this
+// batch). A record that changed since the caller read it was written by a
+// change that set its grace entries itself, and is skipped.
+//
+//	KEYS: 1 grace build state, then for each key: record, owner's grace, owner's grace ids
+//	ARGV: 1 build state as read ("" = none), 2 new state, then for each key:
+//	      record JSON as read, grace member, grace score, id
+var buildGraceScript = goredis.NewScript(`
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
+  return 'CONFLICT'
+end
+local keys = (#ARGV - 2) / 4
+for i = 0, keys - 1 do
+  local a = 3 + 4*i
+  local k = 2 + 3*i
+  if redis.call('GET', KEYS[k]) == ARGV[a] then
+    redis.call('ZADD', KEYS[k+1], ARGV[a+2], ARGV[a+1])
+    redis.call('ZADD', KEYS[k+2], ARGV[a+2], ARGV[a+3])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 'OK'
+`)
+
 // touchScript writes last-use times into many records at once: each record
 // is replaced only if it is still the one the caller read. It emits no
 // change: last_used_at does not affect a decision, and announcing it would

@@ -38,6 +38,9 @@ import (
 //	                                 their grace period (µs): one counts against the
 //	                                 owner's limit once its successor is no longer live
 //	<prefix>{keys}:graceids:<owner>  the same keys' ids alone, with the same scores
+//	<prefix>{keys}:gracebuilt        how far Sweep has put the keys rotated away before
+//	                                 the grace sets existed into them: "build <last id>",
+//	                                 then "done"
 //	<prefix>{keys}:open              sorted set (score 0, by id) of the ids List walks for
 //	                                 live keys: not revoked, not unlisted by Sweep
 //	<prefix>{keys}:open:<owner>      the same for one owner
@@ -87,6 +90,7 @@ func (l layout) openOf(owner string) string   { return l.base + "open:" + owner 
 func (l layout) expiring() string             { return l.base + "expiring" }
 func (l layout) ends() string                 { return l.base + "ends" }
 func (l layout) index() string                { return l.base + "index" }
+func (l layout) graceBuilt() string           { return l.base + "gracebuilt" }
 
 // indexVersion is the value of the index key once the listing indexes
 // cover every key.
@@ -686,9 +690,11 @@ func (s *Store) indexReady(ctx context.Context) (bool, error) {
 
 // Sweep indexes keys written before the listing indexes existed, one batch
 // per call, until they all are; then it unlists expired keys and purges dead
-// ones, a batch of each per call. Every step is a script that re-checks what
-// it acts on, so sweeps from several replicas at once do each thing once,
-// and a sweep with nothing to do costs a GET and two ZRANGEs.
+// ones, a batch of each per call. Once, a batch per call, it also puts keys
+// rotated away before the owners' grace sets existed into them
+// (buildGrace). Every step is a script that re-checks what it acts on, so
+// sweeps from several replicas at once do each thing once, and a sweep with
+// nothing to do costs two GETs and two ZRANGEs.
 func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore.SweepResult, error) {
 	var res keystore.SweepResult
 	if err := s.check(); err != nil {
@@ -713,6 +719,10 @@ func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore
 			return res, err
 		}
 	}
+	graced, err := s.buildGrace(ctx, batch)
+	if err != nil {
+		return res, err
+	}
 	if res.Unlisted, err = s.unlistExpired(ctx, opts.Now, batch); err != nil {
 		return res, err
 	}
@@ -721,7 +731,7 @@ func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore
 			return res, err
 		}
 	}
-	res.More = res.Unlisted == batch || res.Purged == batch
+	res.More = !graced || res.Unlisted == batch || res.Purged == batch
 	return res, nil
 }
 
@@ -851,6 +861,70 @@ func (s *Store) buildIndex(ctx context.Context, batch int) (bool, error) {
 		return true, nil
 	}
 	return false, nil
+}
+
+// graceBuiltDone is the value of the graceBuilt key once every key
+// rotated away before the grace sets existed is in them.
+const graceBuiltDone = "done"
+
+// buildGrace puts the next batch of ids (in id order, from where the
+// build stands) that are rotated away and in their grace period into
+// their owner's grace sets, and reports whether every key has been seen.
+// A key rotated by an extauthz from before those sets is in neither, and
+// would never count against its owner's limit, even once its successor
+// is gone. Rotations and revocations since write the sets themselves; a
+// record that changed since the batch was read was written by such a
+// change, and is skipped.
+func (s *Store) buildGrace(ctx context.Context, batch int) (bool, error) {
+	state, err := s.client.Get(ctx, s.keys.graceBuilt()).Result()
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return false, unavailable("read grace build state", err)
+	}
+	if state == graceBuiltDone {
+		return true, nil
+	}
+	start := "-"
+	if after, ok := strings.CutPrefix(state, "build "); ok {
+		start = "(" + after
+	}
+	ids, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
+		Key: s.keys.all(), Start: start, Stop: "+", ByLex: true, Count: int64(batch),
+	}).Result()
+	if err != nil {
+		return false, unavailable("grace build: read ids", err)
+	}
+	hashes, raws, err := s.readRaw(ctx, ids)
+	if err != nil {
+		return false, err
+	}
+	next := graceBuiltDone
+	if len(ids) == batch {
+		next = "build " + ids[len(ids)-1]
+	}
+	keys := []string{s.keys.graceBuilt()}
+	args := []any{state, next}
+	for i, raw := range raws {
+		if hashes[i] == "" || raw == "" {
+			continue
+		}
+		k, err := decode(raw)
+		if err != nil {
+			return false, fmt.Errorf("redis grace build: key %s: %w", ids[i], err)
+		}
+		member, score := graceOf(k)
+		if member == "" || score == "" {
+			continue
+		}
+		keys = append(keys, s.keys.record(hashes[i]), s.keys.grace(k.Owner), s.keys.graceIDs(k.Owner))
+		args = append(args, raw, member, score, k.ID)
+	}
+	res, err := s.runScript(ctx, buildGraceScript, keys, args...).Text()
+	if err != nil {
+		return false, unavailable("grace build", err)
+	}
+	// CONFLICT: another process built this batch; either way the next
+	// call goes on from where the build now stands.
+	return res == "OK" && next == graceBuiltDone, nil
 }
 
 // readIDs returns the records of ids in order, nil where one is missing.

@@ -262,3 +262,50 @@ func TestSweepIndexesAStoreWhoseKeysFillTheLastBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, indexVersion, version)
 }
+
+// A key rotated away before the owner's grace sets existed is in neither:
+// it would count nowhere even once its successor is revoked, where the
+// SQLite store, which counts from the records, counts it. Sweep fills the
+// sets for such keys, once.
+func TestSweepFillsTheGraceSetsOfKeysRotatedBefore(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+
+	var rotated []*keystore.Key
+	for range 5 {
+		k, _, _ := create(t, s, "alice")
+		next, h, _ := successor(t, s, k.ID)
+		_, err := s.Rotate(ctx, k.ID, next, h, time.Now().Add(time.Hour))
+		require.NoError(t, err)
+		rotated = append(rotated, next)
+	}
+	// Take the store back to before the grace sets.
+	require.NoError(t, raw.Del(ctx, testPrefix+"{keys}:grace:alice", testPrefix+"{keys}:graceids:alice").Err())
+	for _, next := range rotated {
+		_, err := s.Update(ctx, next.ID, keystore.OwnerLimit{}, func(k *keystore.Key) error {
+			now := time.Now()
+			k.RevokedAt = &now
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	attempt := func() error {
+		k, h, _ := newKey(t, "alice")
+		return s.Create(ctx, k, h, 5)
+	}
+
+	for rounds := 0; ; rounds++ {
+		require.Less(t, rounds, 20, "the sweep does not end")
+		res, err := s.Sweep(ctx, keystore.SweepOptions{Now: time.Now(), Batch: 2})
+		require.NoError(t, err)
+		if !res.More {
+			break
+		}
+	}
+	require.ErrorIs(t, attempt(), keystore.ErrKeyLimit, "the five old keys count once their successors are revoked")
+	graced, err := raw.ZCard(ctx, testPrefix+"{keys}:graceids:alice").Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 5, graced)
+}
