@@ -443,3 +443,43 @@ func TestAnotherServicesKeySentTwiceIsStrippedOverGRPC(t *testing.T) {
 		})
 	}
 }
+
+// A shadow policy with a route that enforces answers a path it cannot
+// read in enforce mode, over gRPC as Envoy asks: /enforced/ and
+// /index.php/enforced are /enforced to some upstream, and a shadowed
+// refusal would let them through to it. What no route claims stays
+// shadowed.
+func TestAShadowPolicysEnforcingRouteIsNotBypassedBySpellingOverGRPC(t *testing.T) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{{
+			Name:  "orders",
+			Match: authz.Match{Context: map[string]string{"policy": "orders"}},
+			Routes: []authz.RouteSpec{
+				{Path: "/orders/**", Permissions: []string{"read:orders"}},
+				{Path: "/enforced", Permissions: []string{"admin:orders"}, Mode: authz.ModeEnforce},
+			},
+			Sources: authztest.Sources(),
+			Mode:    authz.ModeShadow,
+		}}
+	})
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	reader := fx.AddKey(t, &keystore.Key{ID: "key_reader", Name: "reader", Permissions: []string{"read:orders"}})
+	for _, tt := range []struct {
+		path string
+		code codes.Code
+		mode string
+	}{
+		{"/enforced", codes.PermissionDenied, "enforce"},
+		{"/enforced/", codes.InvalidArgument, "enforce"},
+		{"/index.php/enforced", codes.InvalidArgument, "enforce"},
+		{"/orders//../enforced", codes.InvalidArgument, "enforce"},
+		{"/elsewhere", codes.OK, "shadow"},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest(tt.path, "x", map[string]string{"x-api-key": reader}, map[string]string{"policy": "orders"}, ""))
+			require.NoError(t, err)
+			assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			assert.Equal(t, tt.mode, metadata(t, resp)["mode"])
+		})
+	}
+}
