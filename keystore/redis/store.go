@@ -810,32 +810,14 @@ func (s *Store) purge(ctx context.Context, cutoff time.Time, batch int) (int, er
 // build stands, kept in the index key as "build <last id>") and reports
 // whether the build is complete.
 func (s *Store) buildIndex(ctx context.Context, batch int) (bool, error) {
-	state, err := s.client.Get(ctx, s.keys.index()).Result()
-	if err != nil && !errors.Is(err, goredis.Nil) {
-		return false, unavailable("read index version", err)
+	b, err := s.nextBuildBatch(ctx, s.keys.index(), indexVersion, batch, "index")
+	if err != nil || b.done {
+		if b.done {
+			s.indexed.Store(true)
+		}
+		return b.done, err
 	}
-	if state == indexVersion {
-		s.indexed.Store(true)
-		return true, nil
-	}
-	start := "-"
-	if after, ok := strings.CutPrefix(state, "build "); ok {
-		start = "(" + after
-	}
-	ids, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
-		Key: s.keys.all(), Start: start, Stop: "+", ByLex: true, Count: int64(batch),
-	}).Result()
-	if err != nil {
-		return false, unavailable("index: read ids", err)
-	}
-	hashes, raws, err := s.readRaw(ctx, ids)
-	if err != nil {
-		return false, err
-	}
-	next := indexVersion
-	if len(ids) == batch {
-		next = "build " + ids[len(ids)-1]
-	}
+	state, next, ids, hashes, raws := b.state, b.next, b.ids, b.hashes, b.raws
 	keys := []string{s.keys.index(), s.keys.open(), s.keys.expiring(), s.keys.ends()}
 	args := []any{state, next}
 	for i, raw := range raws {
@@ -863,6 +845,50 @@ func (s *Store) buildIndex(ctx context.Context, batch int) (bool, error) {
 	return false, nil
 }
 
+// buildBatch is one step of a build that walks every id in batches (the
+// listing index, the grace sets): where the build stood (state) and will
+// stand once this batch is written (next: "build <last id>", or the done
+// value after a batch that was not full), and the batch's ids with their
+// hashes and raw records. done: the build was complete already.
+type buildBatch struct {
+	done              bool
+	state, next       string
+	ids, hashes, raws []string
+}
+
+// nextBuildBatch reads the state of the build kept in stateKey (doneValue
+// once complete) and the next batch of ids after it, in id order.
+func (s *Store) nextBuildBatch(ctx context.Context, stateKey, doneValue string, batch int, what string) (buildBatch, error) {
+	var b buildBatch
+	state, err := s.client.Get(ctx, stateKey).Result()
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return b, unavailable(what+": read its state", err)
+	}
+	if state == doneValue {
+		b.done = true
+		return b, nil
+	}
+	start := "-"
+	if after, ok := strings.CutPrefix(state, "build "); ok {
+		start = "(" + after
+	}
+	ids, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
+		Key: s.keys.all(), Start: start, Stop: "+", ByLex: true, Count: int64(batch),
+	}).Result()
+	if err != nil {
+		return b, unavailable(what+": read ids", err)
+	}
+	hashes, raws, err := s.readRaw(ctx, ids)
+	if err != nil {
+		return b, err
+	}
+	next := doneValue
+	if len(ids) == batch {
+		next = "build " + ids[len(ids)-1]
+	}
+	return buildBatch{state: state, next: next, ids: ids, hashes: hashes, raws: raws}, nil
+}
+
 // graceBuiltDone is the value of the graceBuilt key once every key
 // rotated away before the grace sets existed is in them.
 const graceBuiltDone = "done"
@@ -876,31 +902,11 @@ const graceBuiltDone = "done"
 // record that changed since the batch was read was written by such a
 // change, and is skipped.
 func (s *Store) buildGrace(ctx context.Context, batch int) (bool, error) {
-	state, err := s.client.Get(ctx, s.keys.graceBuilt()).Result()
-	if err != nil && !errors.Is(err, goredis.Nil) {
-		return false, unavailable("read grace build state", err)
+	b, err := s.nextBuildBatch(ctx, s.keys.graceBuilt(), graceBuiltDone, batch, "grace build")
+	if err != nil || b.done {
+		return b.done, err
 	}
-	if state == graceBuiltDone {
-		return true, nil
-	}
-	start := "-"
-	if after, ok := strings.CutPrefix(state, "build "); ok {
-		start = "(" + after
-	}
-	ids, err := s.client.ZRangeArgs(ctx, goredis.ZRangeArgs{
-		Key: s.keys.all(), Start: start, Stop: "+", ByLex: true, Count: int64(batch),
-	}).Result()
-	if err != nil {
-		return false, unavailable("grace build: read ids", err)
-	}
-	hashes, raws, err := s.readRaw(ctx, ids)
-	if err != nil {
-		return false, err
-	}
-	next := graceBuiltDone
-	if len(ids) == batch {
-		next = "build " + ids[len(ids)-1]
-	}
+	state, next, ids, hashes, raws := b.state, b.next, b.ids, b.hashes, b.raws
 	keys := []string{s.keys.graceBuilt()}
 	args := []any{state, next}
 	for i, raw := range raws {
