@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -14,8 +15,10 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -104,6 +107,9 @@ func TestAGRPCCallThatNeverSendsIsCutOff(t *testing.T) {
 // stream still gets SERVICE_UNKNOWN and stays open, as the health protocol
 // says, and a watch of the served services still sees their status.
 func TestAHealthWatchHoldsNoClientSizedName(t *testing.T) {
+	saved := watchLimits // more streams from one client than it may open
+	watchLimits = watchLimit{PerClient: 100, Total: 100}
+	t.Cleanup(func() { watchLimits = saved })
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
 	hc := healthpb.NewHealthClient(ts.conn)
@@ -166,4 +172,146 @@ func TestACompressedGRPCMessageIsRefused(t *testing.T) {
 	assert.Error(t, err, "a compressed health Check")
 	_, err = healthpb.NewHealthClient(ts.conn).Check(ctx, hc)
 	assert.NoError(t, err)
+}
+
+// dialFrom opens a gRPC connection to addr whose client address is local, a
+// loopback address other than 127.0.0.1 standing for another client.
+func dialFrom(t *testing.T, addr, local string) *grpc.ClientConn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return d.DialContext(ctx, "tcp", a) }))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Health Watch streams last until their client ends them, so their number
+// is bounded, per client address and in all: one client with many
+// connections cannot open them by the million and hold the server's memory,
+// nor take every place from the others. A Watch past the bound is refused
+// with RESOURCE_EXHAUSTED, Check still answers, and a place given back is
+// free again.
+func TestHealthWatchStreamsAreBounded(t *testing.T) {
+	saved := watchLimits
+	watchLimits = watchLimit{PerClient: 3, Total: 5}
+	t.Cleanup(func() { watchLimits = saved })
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
+	addr := ts.srv.grpcLn.Addr().String()
+
+	watch := func(conn *grpc.ClientConn) (context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(t.Context())
+		w, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		if err != nil {
+			cancel()
+		}
+		return cancel, err
+	}
+	exhausted := func(err error) bool { return status.Code(err) == codes.ResourceExhausted }
+
+	// One client, over two connections: three places, not more.
+	a1, a2 := dialFrom(t, addr, "127.0.0.1"), dialFrom(t, addr, "127.0.0.1")
+	var held []context.CancelFunc
+	for i, conn := range []*grpc.ClientConn{a1, a2, a1} {
+		cancel, err := watch(conn)
+		require.NoError(t, err, "watch %d of the first client", i)
+		held = append(held, cancel)
+	}
+	_, err := watch(a2)
+	assert.True(t, exhausted(err), "a fourth watch of one client: %v", err)
+	resp, err := authv3.NewAuthorizationClient(a2).Check(t.Context(), checkReq("GET", "/healthz", "10.1.2.3", nil))
+	require.NoError(t, err, "Check past the watch bound")
+	assert.NotNil(t, resp.GetOkResponse())
+
+	// Another client gets the two places left in all, not a third.
+	b := dialFrom(t, addr, "127.0.0.2")
+	for i := range 2 {
+		cancel, err := watch(b)
+		require.NoError(t, err, "watch %d of the second client", i)
+		t.Cleanup(cancel)
+	}
+	_, err = watch(dialFrom(t, addr, "127.0.0.3"))
+	assert.True(t, exhausted(err), "a watch past the bound in all: %v", err)
+
+	// A place given back is free again.
+	held[0]()
+	assert.Eventually(t, func() bool {
+		cancel, err := watch(dialFrom(t, addr, "127.0.0.3"))
+		if err == nil {
+			t.Cleanup(cancel)
+		}
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond, "the place a watch gave back")
+	for _, cancel := range held[1:] {
+		cancel()
+	}
+}
+
+// A gRPC connection is bounded before and between its calls, as the HTTP
+// listeners' are: one that never finishes its handshake is closed at the
+// handshake bound, and one with no call in flight at the idle bound, with a
+// GOAWAY, though it answers every frame. A connection with a call in flight
+// (a health Watch) is not idle, and stays.
+func TestAGRPCConnectionIsBoundedBeforeAndBetweenCalls(t *testing.T) {
+	saved := grpcConnLimits
+	grpcConnLimits = grpcConnLimit{Handshake: 300 * time.Millisecond, Idle: 300 * time.Millisecond}
+	t.Cleanup(func() { grpcConnLimits = saved })
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
+	addr := ts.srv.grpcLn.Addr().String()
+
+	watch, err := healthpb.NewHealthClient(ts.conn).Watch(t.Context(), &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	_, err = watch.Recv()
+	require.NoError(t, err)
+	watched := make(chan error, 1)
+	go func() { _, err := watch.Recv(); watched <- err }()
+
+	for _, sent := range []string{"", "PRI * HTTP/2.0\r\n", http2.ClientPreface} {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = io.WriteString(c, sent)
+		require.NoError(t, err)
+		start := time.Now()
+		require.NoError(t, c.SetReadDeadline(start.Add(5*time.Second)))
+		_, err = io.Copy(io.Discard, c)
+		require.NoError(t, err, "a connection that sent %q and then nothing is still open after %v", sent, time.Since(start))
+	}
+
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = io.WriteString(c, http2.ClientPreface)
+	require.NoError(t, err)
+	fr := http2.NewFramer(c, c)
+	require.NoError(t, fr.WriteSettings())
+	start := time.Now()
+	require.NoError(t, c.SetReadDeadline(start.Add(5*time.Second)))
+	for {
+		f, err := fr.ReadFrame()
+		require.NoError(t, err, "an idle connection got no GOAWAY in %v", time.Since(start))
+		if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+			require.NoError(t, fr.WriteSettingsAck())
+		}
+		if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+			require.NoError(t, fr.WritePing(true, p.Data))
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+	}
+
+	select {
+	case err := <-watched:
+		t.Fatalf("the connection of a health Watch was closed as idle: %v", err)
+	case <-time.After(time.Second):
+	}
+	resp, err := ts.client.Check(t.Context(), checkReq("GET", "/healthz", "10.1.2.3", nil))
+	require.NoError(t, err)
+	assert.NotNil(t, resp.GetOkResponse())
 }

@@ -1,9 +1,15 @@
 package main
 
 import (
+	"net"
+	"sync"
+
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 // healthService is grpc-go's health server as the gRPC listener serves it:
@@ -18,9 +24,80 @@ import (
 // name that is not served never becomes served (the server sets statuses
 // only for servedHealth), so every such stream sees SERVICE_UNKNOWN either
 // way, and the stream stays open as the health protocol asks.
+//
+// The streams themselves are bounded too, in number (watchLimits): each one
+// holds a goroutine and the transport's state for it, about 8 KiB, and
+// nothing else ends it, so without a bound anyone who can reach the port
+// could open them by the million, 1,024 a connection, and keep them at no
+// cost of their own until the server runs out of memory. The bound is per
+// client address as well as in all, so that one client cannot take every
+// stream. Its own clients watch once per connection (grpc-go's client-side
+// health checking); Envoy's and Kubernetes' health checks call Check.
 type healthService struct {
 	*health.Server
+	watches *watchCount
 }
+
+// watchLimit bounds the Watch streams open at once, per client address
+// and in all.
+type watchLimit struct {
+	PerClient, Total int
+}
+
+// watchLimits are the gRPC listener's; tests lower them.
+var watchLimits = watchLimit{PerClient: 16, Total: 1024}
+
+// watchCount counts the open Watch streams against a watchLimit.
+type watchCount struct {
+	limit watchLimit
+
+	mu       sync.Mutex
+	total    int
+	byClient map[string]int
+}
+
+func newWatchCount(limit watchLimit) *watchCount {
+	return &watchCount{limit: limit, byClient: make(map[string]int)}
+}
+
+// acquire takes a place for a stream from client, or reports that none is
+// free; a place taken is given back with release.
+func (w *watchCount) acquire(client string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.total >= w.limit.Total || w.byClient[client] >= w.limit.PerClient {
+		return false
+	}
+	w.total++
+	w.byClient[client]++
+	return true
+}
+
+func (w *watchCount) release(client string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.total--
+	if w.byClient[client]--; w.byClient[client] == 0 {
+		delete(w.byClient, client)
+	}
+}
+
+// watchClient is what a Watch stream counts against: its client's IP
+// address, not the address and port, which every new connection changes.
+// A peer that is not an IP address (a Unix socket's) counts as one client.
+func watchClient(p *peer.Peer) string {
+	if p == nil || p.Addr == nil {
+		return ""
+	}
+	if a, ok := p.Addr.(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return p.Addr.Network()
+}
+
+// errTooManyWatches is the answer to a Watch past its bound. Such a client
+// can still call Check.
+var errTooManyWatches = status.Error(codes.ResourceExhausted, "too many health Watch streams are open; call Check instead")
 
 // servedHealth are the services the server reports a status for.
 var servedHealth = map[string]bool{"": true, authv3.Authorization_ServiceDesc.ServiceName: true}
@@ -30,6 +107,12 @@ var servedHealth = map[string]bool{"": true, authv3.Authorization_ServiceDesc.Se
 const unknownHealthService = "(unknown)"
 
 func (h healthService) Watch(in *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	p, _ := peer.FromContext(stream.Context())
+	client := watchClient(p)
+	if !h.watches.acquire(client) {
+		return errTooManyWatches
+	}
+	defer h.watches.release(client)
 	if !servedHealth[in.GetService()] {
 		in = &healthpb.HealthCheckRequest{Service: unknownHealthService}
 	}

@@ -95,13 +95,32 @@ const (
 	grpcMaxConcurrentStreams = 1024
 )
 
+// grpcConnLimit bounds a gRPC connection's life before and between calls,
+// as the HTTP listeners' header and idle timeouts do theirs.
+type grpcConnLimit struct {
+	// Handshake is how long a new connection has to finish its TLS and
+	// HTTP/2 handshake: without it, grpc-go waits 120 s for a client that
+	// opens a connection and sends nothing.
+	Handshake time.Duration
+	// Idle is how long a connection with no call in flight stays open; it
+	// is then closed with a GOAWAY, which Envoy answers by opening a new
+	// one when it next needs it. Without it, a client that answers the
+	// keepalive pings could hold a connection open forever at no cost of
+	// its own, and as many as it likes.
+	Idle time.Duration
+}
+
+// grpcConnLimits are the gRPC listener's; tests shorten them.
+var grpcConnLimits = grpcConnLimit{Handshake: 5 * time.Second, Idle: 5 * time.Minute}
+
 // grpcMaxCall bounds a gRPC call that states no shorter deadline of its
 // own. Envoy sends its ext_authz timeout (grpc-timeout) with every Check,
 // so what this bounds is a client that sends none: without it, one could
 // open calls and never send their message, each held (a goroutine, its
 // buffers) for as long as the connection lives, on as many connections as
-// it likes. Health Watch streams, meant to last, are exempt. The HTTP
-// listeners' whole-request bound is the same 10 s (httpLimits.Read).
+// it likes. Health Watch streams, meant to last, are exempt, and bounded
+// in number instead (healthService). The HTTP listeners' whole-request
+// bound is the same 10 s (httpLimits.Read).
 const grpcMaxCall = 10 * time.Second
 
 // gcHeapFloor is how far the heap may grow between collections however
@@ -237,7 +256,8 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tc)))
 	}
 	s.grpc = grpc.NewServer(append(grpcOpts,
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: grpcConnLimits.Idle}),
+		grpc.ConnectionTimeout(grpcConnLimits.Handshake),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Caps on what one connection can make the server hold: a
 		// CheckRequest (its headers are capped again inside it, answered
@@ -260,7 +280,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	)...)
 	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger, Tracer: s.tracing.checks()})
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, healthService{s.health})
+	healthpb.RegisterHealthServer(s.grpc, healthService{s.health, newWatchCount(watchLimits)})
 	reflection.Register(s.grpc)
 	s.grpcMetrics.initialize(s.grpc)
 
