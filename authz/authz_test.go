@@ -46,6 +46,7 @@ func TestDecisionTable(t *testing.T) {
 		{name: "step 4: no key", req: authz.Request{Path: "/api/users"}, code: authz.CodeMissingKey},
 		{name: "step 4: an empty header is not present", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": ""}}, code: authz.CodeMissingKey},
 		{name: "step 4: another Authorization scheme is not present", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"authorization": "Basic dXNlcjpwYXNz"}}, code: authz.CodeMissingKey},
+		{name: "step 4: a Bearer line after another scheme's is present, and invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"authorization": "Basic dXNlcjpwYXNz,Bearer " + f.Good}}, code: authz.CodeInvalidKey},
 		{name: "step 4: an invalid first source does not fall through", req: authz.Request{Path: "/api/users?api_key=" + f.Good, Headers: authz.HeaderMap{"x-api-key": "sk_bad"}}, code: authz.CodeInvalidKey},
 		{name: "step 5: a bad checksum is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": badSum}}, code: authz.CodeInvalidKey},
 		{name: "step 5: an over-long key is invalid", req: authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": long}}, code: authz.CodeInvalidKey},

@@ -144,7 +144,8 @@ func CookieSource(name string) Source {
 }
 
 // lookup returns the credential this source carries in req, if present: an
-// empty value, or an Authorization header with another scheme, is absent.
+// empty value, or an Authorization header with another scheme in every
+// line, is absent.
 // ambiguous is set when the request also holds a query parameter or cookie
 // that some upstream reads as this source's, under another raw name (see
 // foldName), or behind a separator the proxy does not split on: the proxy
@@ -153,8 +154,20 @@ func CookieSource(name string) Source {
 func (s Source) lookup(req *Request) (v string, present, ambiguous bool) {
 	switch s.kind {
 	case SourceHeader:
-		v, present := s.headerCredential(req.Headers.Get(s.name))
-		return v, present, false
+		raw := req.Headers.Get(s.name)
+		if v, present := s.headerCredential(raw); present {
+			return v, true, false
+		}
+		// Envoy joins a header's lines with "," (so does HeaderLines):
+		// "Basic <x>,Bearer <key>" and "Bearer,Bearer <key>" start with no
+		// credential of the scheme, but a line of them is one, and the
+		// upstream gets every line. Such a header is present, so that it
+		// is stripped, and its value is the whole, an invalid key (no key
+		// holds a ","): two lines are one value, not a choice of one.
+		if s.scheme != "" && strings.IndexByte(raw, ',') >= 0 && s.someLine(raw, func(string) bool { return true }) {
+			return strings.TrimSpace(raw), true, false
+		}
+		return "", false, false
 	case SourceQuery:
 		return queryCredential(req.Path, s.name, s.fold, nil)
 	case SourceCookie:
@@ -256,15 +269,20 @@ func (s Source) anyValue(req *Request, f func(string) bool) (hit bool) {
 		// Envoy joins a header's lines with ",", and so does HeaderLines:
 		// a key sent twice, or after another value, is no key whole, but
 		// each line is one as the upstream may read it.
-		if strings.IndexByte(raw, ',') >= 0 {
-			for line := range strings.SplitSeq(raw, ",") {
-				if v, present := s.headerCredential(line); present && f(v) {
-					return true
-				}
-			}
-		}
+		return strings.IndexByte(raw, ',') >= 0 && s.someLine(raw, f)
 	}
 	return hit
+}
+
+// someLine reports whether f holds for the credential of some line of the
+// header value raw, its lines split at ",".
+func (s Source) someLine(raw string, f func(string) bool) bool {
+	for line := range strings.SplitSeq(raw, ",") {
+		if v, present := s.headerCredential(line); present && f(v) {
+			return true
+		}
+	}
+	return false
 }
 
 func unescapeQuery(s string) string {

@@ -483,3 +483,41 @@ func TestAShadowPolicysEnforcingRouteIsNotBypassedBySpellingOverGRPC(t *testing.
 		})
 	}
 }
+
+// Envoy joins a header sent on two lines with ",": a Bearer key on the
+// second line of an Authorization header whose first line has another
+// scheme (or an empty Bearer) reaches the upstream with the first unless
+// it is removed. The header is present: stripped on a public route and
+// beside another source's key, and an invalid key when it is the one read.
+// A header with another scheme in every line stays the upstream's.
+func TestABearerKeyOnALaterAuthorizationLineIsStrippedOverGRPC(t *testing.T) {
+	fx := authztest.New(t, nil)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	for _, tt := range []struct {
+		name    string
+		path    string
+		headers map[string]string
+		code    string // "" = allowed
+		removed []string
+	}{
+		{"after a Basic line, on a public route", "/healthz", map[string]string{"authorization": "Basic Zm9vOmJhcg==,Bearer " + fx.Good}, "", []string{"authorization"}},
+		{"after an empty Bearer line, on a public route", "/healthz", map[string]string{"authorization": "Bearer,Bearer " + fx.Good}, "", []string{"authorization"}},
+		{"after another scheme, with spaces", "/healthz", map[string]string{"authorization": "Token abc , bearer  " + fx.Good}, "", []string{"authorization"}},
+		{"beside a key in x-api-key", "/api/users", map[string]string{"x-api-key": fx.Good, "authorization": "Basic Zm9vOmJhcg==,Bearer " + fx.Admin}, "", []string{"x-api-key", "authorization"}},
+		{"read as the key, it is invalid", "/api/users", map[string]string{"authorization": "Basic Zm9vOmJhcg==,Bearer " + fx.Good}, "invalid_key", nil},
+		{"another scheme on every line stays", "/healthz", map[string]string{"authorization": "Basic Zm9vOmJhcg==,Basic YmFyOmJheg=="}, "", nil},
+		{"an empty Bearer on every line stays", "/healthz", map[string]string{"authorization": "Bearer,Bearer "}, "", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest(tt.path, "api.example.com", tt.headers, nil, ""))
+			require.NoError(t, err)
+			if tt.code != "" {
+				assert.Equal(t, tt.code, metadata(t, resp)["code"])
+				assert.Nil(t, resp.GetOkResponse())
+				return
+			}
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			assert.ElementsMatch(t, tt.removed, resp.GetOkResponse().GetHeadersToRemove())
+		})
+	}
+}

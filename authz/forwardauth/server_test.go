@@ -410,3 +410,45 @@ func TestHTTPModeRefusesARepeatedOriginalHeader(t *testing.T) {
 		})
 	}
 }
+
+// Two Authorization lines, the first of another scheme and the second a
+// Bearer key, are one header for HTTP mode as for Envoy: present, so the
+// 200 names it in x-envoy-auth-headers-to-remove (Envoy's http_service
+// then strips both lines), and an invalid key when it is the one read.
+func TestHTTPModeStripsABearerKeyOnALaterAuthorizationLine(t *testing.T) {
+	f, srv := httpFixture(t, "path", 1)
+	send := func(target string, lines ...[2]string) *http.Response {
+		req, _ := http.NewRequest("GET", srv.URL+target, nil)
+		req.Header.Set("X-Forwarded-For", "10.0.0.7")
+		for _, l := range lines {
+			req.Header.Add(l[0], l[1])
+		}
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp
+	}
+	basic := [2]string{"Authorization", "Basic Zm9vOmJhcg=="}
+	bearer := [2]string{"Authorization", "Bearer " + f.Good}
+
+	resp := send("/authz/healthz", basic, bearer)
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "authorization", resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "a public route")
+
+	resp = send("/authz/healthz", [2]string{"Authorization", "Bearer"}, bearer)
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "authorization", resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "after an empty Bearer")
+
+	resp = send("/authz/api/users", [2]string{"X-Api-Key", f.Good}, basic, [2]string{"Authorization", "Bearer " + f.Admin})
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "key_good", resp.Header.Get("X-Authz-Key-Id"))
+	assert.Equal(t, "x-api-key, authorization", resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "beside another source's key")
+
+	resp = send("/authz/api/users", basic, bearer)
+	assert.Equal(t, 401, resp.StatusCode)
+	assert.Equal(t, "invalid_key", resp.Header.Get("X-Authz-Code"))
+
+	resp = send("/authz/healthz", basic, [2]string{"Authorization", "Basic YmFyOmJheg=="})
+	require.Equal(t, 200, resp.StatusCode)
+	assert.Empty(t, resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "another scheme on every line is the upstream's")
+}
