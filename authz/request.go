@@ -395,8 +395,8 @@ func foldByte(s string, i int) (byte, int) {
 	return c, n
 }
 
-// readsAs reports whether the raw name k folds to fold (foldName), without
-// allocating.
+// readsAs reports whether the raw name k folds to fold (foldName), or
+// does up to where PHP ends the name (endsName), without allocating.
 func readsAs(k, fold string) bool {
 	if fold == "" || len(k) < len(fold) {
 		return false
@@ -404,7 +404,7 @@ func readsAs(k, fold string) bool {
 	j := 0
 	for i := leadingSpaces(k); i < len(k); i++ {
 		if j == len(fold) {
-			return false
+			return endsName(k, i)
 		}
 		c, n := foldByte(k, i)
 		if c != fold[j] {
@@ -414,6 +414,44 @@ func readsAs(k, fold string) bool {
 		j++
 	}
 	return j == len(fold)
+}
+
+// endsName reports whether the raw name k ends at k[i] for PHP, which
+// reads the rest as no part of the name: a NUL (its names are C strings,
+// cut at the first once decoded: "api_key%00x" is $_GET['api_key']), or a
+// "[" with a "]" after it (an array under the name: "api_key[]" and
+// "api_key[x]" are $_GET['api_key'], as Rack and Express's qs read them
+// too). Either may be percent-encoded.
+func endsName(k string, i int) bool {
+	c, n := decodedByte(k, i)
+	if c == 0 {
+		return true
+	}
+	if c != '[' {
+		return false
+	}
+	for i += n + 1; i < len(k); i++ {
+		switch c, n := decodedByte(k, i); c {
+		case ']':
+			return true
+		case 0:
+			return false // PHP's name, and its search for the "]", stop here
+		default:
+			i += n
+		}
+	}
+	return false
+}
+
+// decodedByte returns the byte at k[i], percent-decoded, and how many more
+// bytes of k it consumed (2 for a percent-encoding).
+func decodedByte(k string, i int) (byte, int) {
+	if k[i] == '%' {
+		if d, ok := escapeAt(k, i); ok {
+			return d, 2
+		}
+	}
+	return k[i], 0
 }
 
 // leadingSpaces returns how many bytes of the raw name k are spaces before
