@@ -284,6 +284,14 @@ func bypassAttempts() []attempt {
 			hdr("x-api-key", "{reader}", "authorization", "Bearer\u2003{admin}"), pass("reader", "x-api-key", "authorization")),
 		allow("Bearer and a tab beside a header credential goes", strictPaths, "GET", "/api/reports/x",
 			hdr("x-api-key", "{reader}", "authorization", "Bearer\t{admin}"), pass("reader", "x-api-key", "authorization")),
+		// A header's lines are one value, joined with ",": a Bearer key on a
+		// later line than another scheme's still reaches the upstream with it.
+		allow("a Bearer key on a later Authorization line, beside a header credential, goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "Basic Zm9vOmJhcg==", "authorization", "Bearer {admin}"), pass("reader", "x-api-key", "authorization")),
+		allow("a Bearer key after an empty Bearer line, on a public route, goes", strictPaths, "GET", "/public/x",
+			hdr("authorization", "Bearer", "authorization", "Bearer {reader}"), pass("", "authorization")),
+		deny("a Bearer key on a later Authorization line is an invalid key", strictPaths, "GET", "/api/reports/x",
+			hdr("authorization", "Basic Zm9vOmJhcg==", "authorization", "Bearer {reader}"), 401, "invalid_key"),
 		// Envoy shows extauthz a byte that is not UTF-8 as "!" and passes the
 		// byte itself upstream: "Bearer!" may be "Bearer\xa0" there.
 		allow("Bearer and the ! Envoy puts for a raw byte, beside a header credential", strictPaths, "GET", "/api/reports/x",
