@@ -400,6 +400,10 @@ func enforceUnread(d *Decision) {
 func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) {
 	key, found, ambiguous := notePresent(p, req, d)
 	if ambiguous != "" {
+		// Not even in shadow mode: the proxy strips credentials by their
+		// exact name, so a key under another spelling would reach the
+		// upstream whatever this answer names for removal.
+		d.Shadow = false
 		d.Deny(CodeBadRequest, ambiguous)
 		return "", false, false
 	}
@@ -410,8 +414,8 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 // every present source in d.Present, p's own and, never read, the other
 // policies' (Policy.strip); ambiguous is the message of the 400 a credential
 // spelt two ways gets ("" for none). Every source is marked even then: a
-// decision in shadow mode is allowed whatever it came to, and must still
-// strip all it was sent.
+// decision in shadow mode that is allowed must still strip all it was
+// sent.
 func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, ambiguous string) {
 	for i, s := range p.Sources {
 		v, present, twice := s.lookup(req)
@@ -445,10 +449,14 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 // noteShadowed marks the credentials of a request that steps 2 or 3
 // refused in shadow mode (a path that is not canonical, no route): it is
 // allowed all the same, so what it carries must be stripped all the same,
-// though no step read it.
+// though no step read it. One that carries a credential spelt so that the
+// proxy cannot strip it is not allowed: its refusal is enforced, as
+// findKey enforces the 400 of such a spelling.
 func noteShadowed(req *Request, d *Decision) {
 	if d.Shadow {
-		notePresent(d.Policy, req, d)
+		if _, _, ambiguous := notePresent(d.Policy, req, d); ambiguous != "" {
+			d.Shadow = false
+		}
 	}
 }
 
