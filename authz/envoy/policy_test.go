@@ -562,3 +562,53 @@ func TestAShadowPolicyEnforcesACredentialItCannotStrip(t *testing.T) {
 		})
 	}
 }
+
+// A key of ours under another Authorization scheme ("Token <key>") is no
+// Bearer credential, so it is not read as the key, but an upstream must
+// not get it either (one that searches the value for "Bearer ", or that
+// logs the header): the header is stripped whenever it holds a key of ours,
+// under this policy's source and another's. A value of another scheme that
+// holds none stays the upstream's.
+func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{{
+			Name:    "billing",
+			Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
+			Routes:  []authz.RouteSpec{{Path: "/invoices/**", Public: true}},
+			Sources: []authz.Source{authz.HeaderSource("x-billing-key", "")},
+		}}
+	})
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	notOurs := "Token sk_" + strings.Repeat("a", len(fx.Good)-3)
+	for _, tt := range []struct {
+		name, path, auth string
+		headers          map[string]string
+		ctx              map[string]string
+		code             string // "" = allowed
+		removed          []string
+	}{
+		{"on a public route", "/healthz", "Token " + fx.Good, nil, nil, "", []string{"authorization"}},
+		{"after a space-less scheme", "/healthz", "Token=" + fx.Good, nil, nil, "", []string{"authorization"}},
+		{"beside the key read", "/api/users", "Token " + fx.Admin, map[string]string{"x-api-key": fx.Good}, nil, "", []string{"x-api-key", "authorization"}},
+		{"not read as the key", "/api/users", "Token " + fx.Good, nil, nil, "missing_key", nil},
+		{"under another policy's source", "/invoices/1", "Token " + fx.Good, nil, map[string]string{"policy": "billing"}, "", []string{"authorization"}},
+		{"another scheme's own value", "/healthz", "Basic Zm9vOmJhcg==", nil, nil, "", nil},
+		{"a key's shape with a bad checksum", "/healthz", notOurs, nil, nil, "", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			headers := map[string]string{"authorization": tt.auth}
+			for k, v := range tt.headers {
+				headers[k] = v
+			}
+			resp, err := client.Check(context.Background(), meshRequest(tt.path, "api.example.com", headers, tt.ctx, ""))
+			require.NoError(t, err)
+			if tt.code != "" {
+				assert.Equal(t, tt.code, metadata(t, resp)["code"])
+				assert.Nil(t, resp.GetOkResponse())
+				return
+			}
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			assert.ElementsMatch(t, tt.removed, resp.GetOkResponse().GetHeadersToRemove())
+		})
+	}
+}
