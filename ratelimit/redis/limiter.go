@@ -64,8 +64,8 @@ type Options struct {
 	BreakerProbe time.Duration
 	// MaxBatch is the most checks sent in one batch (default 256).
 	MaxBatch int
-	// Pipelines is how many batches may be on the wire at once (default 1;
-	// 4 for a Cluster client).
+	// Pipelines is how many batches may be on the wire at once to one
+	// Redis: the one server, or each master of a Cluster (default 1).
 	// A check that finds fewer on the wire is sent at once, from its own
 	// goroutine; the others wait, and go together as the next batch when one
 	// on the wire returns. One keeps batches as large as the load makes them
@@ -107,31 +107,52 @@ type Limiter struct {
 	// deadlines in place of now: a replica's clock that runs apart from
 	// Redis's.
 	leaseNow func() time.Time
-	// breaker keeps checks from waiting on a Redis that is down; on the real
-	// clock (Now is the counts' clock, not the outage's). A Cluster client
-	// has one per master, in nodes (address → *breaker.Breaker), so that a
-	// failing master sends only its own buckets to OnStoreError; breaker
-	// then serves only while the client knows no slot map.
-	breaker *breaker.Breaker
+	// home is the breaker and the queue of the one Redis of a plain
+	// client. A Cluster client has a node of its own for each master, in
+	// nodes (address → *node), so that a failing master sends only its own
+	// buckets to OnStoreError and holds up only the checks bound for it;
+	// home then serves only while the client knows no slot map.
+	home    *node
 	cluster *goredis.ClusterClient // nil unless the client is one
 	nodes   sync.Map
+	// nodesMu orders the making of nodes (and the start of their senders)
+	// with Close; stopped: Close has begun, and no node starts senders.
+	nodesMu sync.Mutex
+	stopped bool
 	done    chan struct{}
 	wg      sync.WaitGroup
 	closing sync.Once
 
-	// The batcher: checks wait in pending while Pipelines batches are on
-	// the wire. Whoever brings a batch back takes the pending checks as the
-	// next one (handing it to a sender goroutine through kick), so a wire
-	// slot is only given up with nothing pending: no check waits unseen.
+	replicas                                atomic.Int64
+	allowed, limited, fallback, storeErrors atomic.Uint64
+	leased, calls                           atomic.Uint64
+}
+
+// node is what the limiter keeps for one Redis its checks go to (the one
+// server, or a Cluster master): its circuit breaker and its queue.
+type node struct {
+	// breaker keeps checks from waiting on a Redis that is down; on the
+	// real clock (Now is the counts' clock, not the outage's).
+	breaker *breaker.Breaker
+	queue   *queue
+}
+
+// queue is the batcher of the checks bound for one Redis: checks wait in
+// pending while Pipelines batches are on the wire. Whoever brings a batch
+// back takes the pending checks as the next one (handing it to a sender
+// goroutine through kick), so a wire slot is only given up with nothing
+// pending: no check waits unseen.
+//
+// One per Redis, because a batch waits for every Redis it touches: with
+// one queue for a whole Cluster, a master that stopped answering held every
+// batch, and with them the checks of the healthy masters, for a whole
+// Timeout, which then counted against their breakers and opened them too.
+type queue struct {
 	mu      sync.Mutex
 	pending []*call
 	sending int  // batches on the wire, ≤ Pipelines
 	closed  bool // no more pending checks: Close has begun
 	kick    chan struct{}
-
-	replicas                                atomic.Int64
-	allowed, limited, fallback, storeErrors atomic.Uint64
-	leased, calls                           atomic.Uint64
 }
 
 // call is one check waiting in the batcher. Calls are pooled (newCall,
@@ -218,11 +239,6 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 	_, cluster := client.(*goredis.ClusterClient)
 	if opts.Pipelines <= 0 {
 		opts.Pipelines = 1
-		if cluster {
-			// A Cluster batch waits for every master it touches: with one
-			// on the wire, a stalled master would hold up every check.
-			opts.Pipelines = 4
-		}
 	}
 	r := &Limiter{
 		client:   client,
@@ -230,17 +246,31 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 		perCheck: cluster,
 		local:    ratelimit.NewLocal(opts.Now, opts.MaxLocalBuckets),
 		leases:   newLeases(),
-		breaker:  breaker.New(opts.BreakerFailures, opts.BreakerProbe, nil),
 		done:     make(chan struct{}),
-		kick:     make(chan struct{}, opts.Pipelines),
 	}
 	r.cluster, _ = client.(*goredis.ClusterClient)
+	r.home = r.newNode()
 	r.replicas.Store(1)
-	for range opts.Pipelines {
-		r.wg.Go(r.sender)
-	}
 	r.wg.Go(r.heartbeats)
 	return r, nil
+}
+
+// newNode makes the breaker and the queue of one Redis and starts the
+// queue's senders, unless Close has begun: its queue is then closed.
+// The caller holds nodesMu, or is New.
+func (r *Limiter) newNode() *node {
+	n := &node{
+		breaker: breaker.New(r.opts.BreakerFailures, r.opts.BreakerProbe, nil),
+		queue:   &queue{kick: make(chan struct{}, r.opts.Pipelines)},
+	}
+	if r.stopped {
+		n.queue.closed = true
+		return n
+	}
+	for range r.opts.Pipelines {
+		r.wg.Go(func() { r.sender(n.queue) })
+	}
+	return n
 }
 
 // Close stops the batchers and the heartbeat, and takes this replica out of
@@ -248,7 +278,14 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 // Close return ErrClosed.
 func (r *Limiter) Close() error {
 	r.closing.Do(func() {
-		r.drain()
+		r.nodesMu.Lock()
+		r.stopped = true
+		r.nodesMu.Unlock()
+		r.drain(r.home.queue)
+		r.nodes.Range(func(_, n any) bool {
+			r.drain(n.(*node).queue)
+			return true
+		})
 		close(r.done)
 		r.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
@@ -264,34 +301,42 @@ func (r *Limiter) Replicas() int { return int(r.replicas.Load()) }
 
 // BreakerOpen reports whether checks currently skip Redis.
 func (r *Limiter) BreakerOpen() bool {
-	open := r.breaker.Open()
-	r.nodes.Range(func(_, b any) bool {
-		open = open || b.(*breaker.Breaker).Open()
+	open := r.home.breaker.Open()
+	r.nodes.Range(func(_, n any) bool {
+		open = open || n.(*node).breaker.Open()
 		return !open
 	})
 	return open
 }
 
-// breakerFor returns the breaker of the Redis holding the counters of
-// limits (whose keys share one slot): on a Cluster, that of the master
-// serving their slot now, so that one master failing opens only its own and
-// the buckets of the others keep their shared counts; otherwise the one
-// breaker.
-func (r *Limiter) breakerFor(ctx context.Context, limits []ratelimit.Limit) *breaker.Breaker {
+// nodeFor returns the node of the Redis holding the counters of limits
+// (whose keys share one slot): on a Cluster, that of the master serving
+// their slot now, so that one master failing opens only its own breaker
+// and stalls only its own queue, and the buckets of the others keep their
+// shared counts; otherwise the one node.
+func (r *Limiter) nodeFor(ctx context.Context, limits []ratelimit.Limit) *node {
 	if r.cluster == nil {
-		return r.breaker
+		return r.home
 	}
 	i := slices.IndexFunc(limits, func(l ratelimit.Limit) bool { return l.Rate.Enforced() })
-	node, err := r.cluster.MasterForKey(ctx, r.counterKey(&limits[i]))
+	master, err := r.cluster.MasterForKey(ctx, r.counterKey(&limits[i]))
 	if err != nil {
-		return r.breaker // no slot map yet: the call will fail alike
+		return r.home // no slot map yet: the call will fail alike
 	}
-	addr := node.Options().Addr
-	if b, ok := r.nodes.Load(addr); ok {
-		return b.(*breaker.Breaker)
+	addr := master.Options().Addr
+	if n, ok := r.nodes.Load(addr); ok {
+		return n.(*node)
 	}
-	b, _ := r.nodes.LoadOrStore(addr, breaker.New(r.opts.BreakerFailures, r.opts.BreakerProbe, nil))
-	return b.(*breaker.Breaker)
+	r.nodesMu.Lock()
+	defer r.nodesMu.Unlock()
+	if n, ok := r.nodes.Load(addr); ok {
+		return n.(*node)
+	}
+	n := r.newNode()
+	if !r.stopped {
+		r.nodes.Store(addr, n)
+	}
+	return n
 }
 
 // Stats returns the decision counters.
@@ -341,7 +386,8 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 	if ratelimit.StoreTimeSpent(ctx) {
 		return r.onStoreError(ctx, limits, n, ratelimit.ErrStoreTimeSpent)
 	}
-	b := r.breakerFor(ctx, limits)
+	nd := r.nodeFor(ctx, limits)
+	b := nd.breaker
 	ok, probe := b.Enter()
 	if !ok {
 		return r.onStoreError(ctx, limits, n, errBreakerOpen)
@@ -352,7 +398,7 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 		want, refill = r.leases.want(key, most, sent)
 	}
 	fair := r.fairChance(ctx)
-	res, got, lease, err := r.shared(ctx, limits, n, want)
+	res, got, lease, err := r.shared(ctx, nd.queue, limits, n, want)
 	if key != "" {
 		r.leases.granted(key, refill, got, sent.Add(lease-lease/leaseEarly), res)
 	}
@@ -456,26 +502,26 @@ func (r *Limiter) now() time.Time {
 	return time.Now()
 }
 
-// shared runs the check in Redis through the batcher, waiting at most
-// Timeout, asking for want requests (see allow.lua). It returns how many
-// were granted (0 when denied, or on an error) and how long until the
-// limits' current sub-window ends.
-func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, want int64) (ratelimit.Result, int64, time.Duration, error) {
+// shared runs the check in Redis through q, the batcher of the Redis that
+// holds its counters, waiting at most Timeout, asking for want requests
+// (see allow.lua). It returns how many were granted (0 when denied, or on
+// an error) and how long until the limits' current sub-window ends.
+func (r *Limiter) shared(ctx context.Context, q *queue, limits []ratelimit.Limit, n int, want int64) (ratelimit.Result, int64, time.Duration, error) {
 	c := r.newCall(limits, n, want)
 
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
 		release(c)
 		return ratelimit.Result{}, 0, 0, ErrClosed
 	}
-	if r.sending < r.opts.Pipelines {
+	if q.sending < r.opts.Pipelines {
 		// A wire slot is free, so nothing is pending: send this check from
 		// this goroutine, without a hand-off, then pass the slot on.
-		r.sending++
-		r.mu.Unlock()
+		q.sending++
+		q.mu.Unlock()
 		r.run(ctx, c.alone())
-		r.passOn()
+		r.passOn(q)
 		rep := <-c.reply
 		release(c)
 		if rep.err != nil && callerGaveUp(ctx) {
@@ -483,8 +529,8 @@ func (r *Limiter) shared(ctx context.Context, limits []ratelimit.Limit, n int, w
 		}
 		return r.result(limits, n, rep)
 	}
-	r.pending = append(r.pending, c)
-	r.mu.Unlock()
+	q.pending = append(q.pending, c)
+	q.mu.Unlock()
 	if c.timer == nil {
 		c.timer = time.NewTimer(r.opts.Timeout)
 	} else {
@@ -591,59 +637,59 @@ func (r *Limiter) heartbeatKey() string { return r.opts.Prefix + "{hb}:replicas"
 // passOn is called by whoever brought a batch back from the wire: with
 // checks pending, the wire slot goes to a sender, which sends them; without,
 // it is free again.
-func (r *Limiter) passOn() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.pending) == 0 || r.closed {
-		r.sending--
+func (r *Limiter) passOn(q *queue) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending) == 0 || q.closed {
+		q.sending--
 		return
 	}
-	r.kick <- struct{}{} // never blocks: one kick per slot, Pipelines slots
+	q.kick <- struct{}{} // never blocks: one kick per slot, Pipelines slots
 }
 
-// sender sends the pending checks, MaxBatch at a time, for as long as there
-// are any once a batch returns: the checks that arrive while one batch is on
-// the wire go together as the next.
-func (r *Limiter) sender() {
+// sender sends the pending checks of q, MaxBatch at a time, for as long as
+// there are any once a batch returns: the checks that arrive while one
+// batch is on the wire go together as the next.
+func (r *Limiter) sender(q *queue) {
 	batch := make([]*call, 0, r.opts.MaxBatch)
 	for {
 		select {
-		case <-r.kick:
+		case <-q.kick:
 		case <-r.done:
 			return
 		}
 		for {
-			r.mu.Lock()
-			if len(r.pending) == 0 || r.closed {
-				r.sending--
-				r.mu.Unlock()
+			q.mu.Lock()
+			if len(q.pending) == 0 || q.closed {
+				q.sending--
+				q.mu.Unlock()
 				break
 			}
-			k := min(len(r.pending), r.opts.MaxBatch)
-			batch = append(batch[:0], r.pending[:k]...)
-			rest := copy(r.pending, r.pending[k:])
-			clear(r.pending[rest:])
-			r.pending = r.pending[:rest]
-			r.mu.Unlock()
+			k := min(len(q.pending), r.opts.MaxBatch)
+			batch = append(batch[:0], q.pending[:k]...)
+			rest := copy(q.pending, q.pending[k:])
+			clear(q.pending[rest:])
+			q.pending = q.pending[:rest]
+			q.mu.Unlock()
 			r.run(context.Background(), batch) // a batch outlives any one caller
 			clear(batch)
 		}
 	}
 }
 
-// drain answers the checks pending at Close with ErrClosed, and lets no
-// more wait: at once, before Close waits for its goroutines (a heartbeat on
-// a hung Redis can take Timeout). A waiting check has no case of its own for
-// Close, which would cost every one of them a lock of a channel they all
-// share; checks already on the wire are answered by their batches.
-func (r *Limiter) drain() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.closed = true
-	for _, c := range r.pending {
+// drain answers the checks pending in q at Close with ErrClosed, and lets
+// no more wait: at once, before Close waits for its goroutines (a heartbeat
+// on a hung Redis can take Timeout). A waiting check has no case of its own
+// for Close, which would cost every one of them a lock of a channel they
+// all share; checks already on the wire are answered by their batches.
+func (r *Limiter) drain(q *queue) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	for _, c := range q.pending {
 		c.reply <- reply{err: ErrClosed}
 	}
-	r.pending = nil
+	q.pending = nil
 }
 
 // run sends one batch (within ctx and Timeout) and answers its calls. On

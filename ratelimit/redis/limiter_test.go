@@ -274,16 +274,18 @@ func TestRedisCloseAnswersAPendingCheck(t *testing.T) {
 	onWire := make(chan error, 1)
 	go func() { _, err := r.Allow(context.Background(), []ratelimit.Limit{exact}); onWire <- err }()
 	require.Eventually(t, func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return r.sending == 1
+		q := r.home.queue
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.sending == 1
 	}, 5*time.Second, time.Millisecond, "the first check takes the wire")
 	pending := make(chan error, 1)
 	go func() { _, err := r.Allow(context.Background(), []ratelimit.Limit{exact}); pending <- err }()
 	require.Eventually(t, func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return len(r.pending) == 1
+		q := r.home.queue
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.pending) == 1
 	}, 5*time.Second, time.Millisecond, "the second check waits behind it")
 	start := time.Now()
 	go func() { _ = r.Close() }()
@@ -537,6 +539,88 @@ func TestAFailingClusterMasterOpensOnlyItsOwnBreaker(t *testing.T) {
 	require.Equal(t, fallbacks, lim.Stats().Fallback)
 }
 
+// Under load, a master that stops answering holds up only the checks bound
+// for it. Checks of buckets on the other masters are answered by Redis
+// throughout, never by OnStoreError: with one queue for the whole Cluster,
+// every batch on the wire waited for the stopped master, the checks of
+// healthy masters timed out with it (in the batch, or queued behind it),
+// and those timeouts opened the healthy masters' breakers too, at the
+// start of the fault and again at each of the stopped master's probes.
+func TestAStoppedClusterMasterHoldsUpOnlyItsOwnChecksUnderLoad(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	client := goredis.NewClusterClient(&goredis.ClusterOptions{
+		Addrs: cluster.Addrs(), ContextTimeoutEnabled: true, MaxRetries: -1, DialTimeout: time.Second,
+	})
+	t.Cleanup(func() { _ = client.Close() })
+	const timeout = 100 * time.Millisecond
+	lim := newRedis(t, client, Options{Prefix: uniquePrefix(), Timeout: timeout, OnStoreError: ratelimit.PolicyDeny})
+	ctx := context.Background()
+
+	limitsOf := func(bucket string) []ratelimit.Limit {
+		return []ratelimit.Limit{{Name: "key", Bucket: bucket, Rate: ratelimit.Rate{N: 1 << 30, Window: time.Hour}}}
+	}
+	masterOf := func(bucket string) string {
+		node, err := client.MasterForKey(ctx, lim.counterKey(&limitsOf(bucket)[0]))
+		require.NoError(t, err)
+		return node.Options().Addr
+	}
+	var failing, healthy []string
+	for i := 0; len(healthy) < 24 || len(failing) < 8; i++ {
+		b := fmt.Sprint("key", i)
+		if masterOf(b) == masterOf("key0") {
+			failing = append(failing, b)
+		} else {
+			healthy = append(healthy, b)
+		}
+	}
+
+	var stopping atomic.Bool
+	var healthyChecks, healthyFailed, failingChecks atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	load := func(bucket string, checks, failed *atomic.Int64) {
+		for !stopping.Load() {
+			_, err := lim.Allow(ctx, limitsOf(bucket))
+			checks.Add(1)
+			if err != nil && failed != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for _, b := range healthy[:24] {
+		wg.Go(func() { load(b, &healthyChecks, &healthyFailed) })
+	}
+	for _, b := range failing[:8] {
+		wg.Go(func() { load(b, &failingChecks, nil) })
+	}
+	require.Eventually(t, func() bool { return healthyChecks.Load() > 100 && failingChecks.Load() > 100 },
+		10*time.Second, 10*time.Millisecond, "the load runs")
+
+	victim := cluster.Master(cluster.Slot(lim.counterKey(&limitsOf(failing[0])[0])))
+	victim.Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			victim.Resume()
+		}
+	}()
+	before := healthyChecks.Load()
+	// Long enough for the breaker of the stopped master to open and probe
+	// twice (every second), each probe stalling a batch for the timeout.
+	time.Sleep(2500 * time.Millisecond)
+	during := healthyChecks.Load() - before
+	victim.Resume()
+	resumed = true
+	stopping.Store(true)
+	wg.Wait()
+
+	require.NotZero(t, lim.Stats().Fallback, "the stopped master's checks went to OnStoreError")
+	assert.Greater(t, during, int64(100), "the healthy masters' checks went on")
+	assert.Zero(t, healthyFailed.Load(), "a check of a healthy master was decided without Redis (first: %v)", firstErr.Load())
+}
+
 func TestRedisOddInputs(t *testing.T) {
 	srv := redistest.Start(t)
 	client := newClient(t, srv.Addr)
@@ -772,9 +856,10 @@ func TestRedisCountsItsScriptCalls(t *testing.T) {
 	}
 	// One check is on the wire, held by the pause; the others queue.
 	require.Eventually(t, func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return len(r.pending) == n-1
+		q := r.home.queue
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.pending) == n-1
 	}, 5*time.Second, time.Millisecond)
 	_, err = srv.Do("CLIENT", "UNPAUSE")
 	require.NoError(t, err)
@@ -804,9 +889,10 @@ func TestRedisNeverReusesTheCallOfACallerThatGaveUp(t *testing.T) {
 	}
 	state := func(pending, sending int) func() bool {
 		return func() bool {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			return len(r.pending) == pending && r.sending == sending
+			q := r.home.queue
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			return len(q.pending) == pending && q.sending == sending
 		}
 	}
 
