@@ -308,7 +308,10 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	c.failures.Add(1)
 	// The best we know while the store is down: the entry as it is now (an
 	// invalidation since this lookup began has made it a tombstone), if the
-	// store confirmed it recently enough.
+	// store confirmed it recently enough, now: the lookup may have waited
+	// out its timeout, and an entry that passed MaxStale meanwhile is not
+	// served.
+	now = c.opts.Now()
 	if e, ok := c.pos.peek(h); ok && e.servable(c.gen.Load()) && time.Duration(c.since(now)-e.fetched) < c.opts.MaxStale {
 		if k := c.key(h, &e); k != nil {
 			c.stale.Add(1)

@@ -280,6 +280,59 @@ func TestAnExpiredEntryIsServedWhileTheStoreIsDown(t *testing.T) {
 	assert.ErrorIs(t, err, ErrUnavailable, "nothing cached: the caller answers 503")
 }
 
+// slowFailingStore fails every lookup after it has taken wait on clock, as
+// a store that does not answer within the lookup timeout does.
+type slowFailingStore struct {
+	*countingStore
+	clock *fakeClock
+	wait  time.Duration
+}
+
+func (s slowFailingStore) Lookup(context.Context, Hash) (*Key, error) {
+	s.clock.Add(s.wait)
+	return nil, fmt.Errorf("lookup: %w: no answer", ErrUnavailable)
+}
+
+// max_stale bounds the age of an entry when it is served, not when the
+// lookup that then fails began: a lookup that waited for the store as the
+// entry's max_stale ran out must not serve it past that.
+func TestAStaleEntryIsNotServedPastMaxStaleAfterWaitingForTheStore(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		age    time.Duration // when the lookup begins, since the store confirmed the key
+		wait   time.Duration // what the failing store takes
+		served bool
+	}{
+		{"an entry still within max_stale once the store has failed is served", 4 * time.Minute, 2 * time.Second, true},
+		{"an entry that passes max_stale while the store is asked is not", 5*time.Minute - time.Second, 2 * time.Second, false},
+		{"nor one that passes it by a hair", 5*time.Minute - time.Millisecond, 2 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newCountingStore()
+			clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+			h := NewHasher(nil).Hash("sk_known")
+			st.keys[h] = &Key{ID: "key_known", Name: "known"}
+			failing := slowFailingStore{countingStore: st, clock: clock, wait: tc.wait}
+			c := NewCache(&switchingStore{Store: st}, CacheOptions{TTL: 30 * time.Second, MaxStale: 5 * time.Minute, Now: clock.Now})
+			_, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			c.store.(*switchingStore).Store = failing
+			clock.Add(tc.age)
+			k, err := c.Lookup(context.Background(), h)
+			if tc.served {
+				require.NoError(t, err)
+				assert.Equal(t, "key_known", k.ID)
+				return
+			}
+			assert.ErrorIs(t, err, ErrUnavailable, "served %v after the store last confirmed it, past max_stale", tc.age+tc.wait)
+			assert.Nil(t, k)
+		})
+	}
+}
+
+// switchingStore is the Store a test may replace under a running cache.
+type switchingStore struct{ Store }
+
 func TestInvalidateForgetsOneOrAll(t *testing.T) {
 	c, st, _, h := setup(t)
 	_, _ = c.Lookup(context.Background(), h)
