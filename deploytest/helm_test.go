@@ -222,6 +222,7 @@ pepper: {value: a-pepper-for-the-test-only-0123456789}
 store: {redis: {password: {value: a-redis-password-for-the-test}}}
 listen: {grpc: 7001, http: 7002, admin: "127.0.0.1:7003"}
 resources: {limits: {memory: 1Gi}}
+readinessFailureThreshold: 120
 config:
   cache: {size: 1000000, ttl: 1m, negative_ttl: 10s, max_stale: 10m}
   log: {level: debug, format: text}
@@ -593,6 +594,9 @@ func TestChartProblemsAreCaught(t *testing.T) {
 		mutate  func(m *manifests)
 		wantErr string
 	}{
+		{defaults, "readiness that takes every replica out 10 s into a Redis outage", func(m *manifests) {
+			container(m).ReadinessProbe.FailureThreshold = 2
+		}, "cache.max_stale"},
 		{embedded, "the embedded store with two replicas", func(m *manifests) {
 			m.statefulSets[0].Spec.Replicas = ptr(int32(2))
 		}, "StatefulSet of exactly 1"},

@@ -567,6 +567,42 @@ func (m *manifests) checkProbes(cid string, c *corev1.Container, cfg *extauthzCo
 		if got := orDefault(string(pr.probe.HTTPGet.Scheme), string(corev1.URISchemeHTTP)); got != string(want) {
 			bad("%s: %s probe speaks %s to a listener that serves %s", cid, name, got, want)
 		}
+		if name == "readiness" {
+			checkReadinessOutlastsMaxStale(cid, pr.probe, cfg, bad)
+		}
+	}
+}
+
+// checkReadinessOutlastsMaxStale: with Redis, /readyz answers 503 as soon as
+// Redis does not answer, and an outage of the one Redis every replica
+// shares makes them all fail it at once. Kubernetes does not prefer the
+// ready replicas, it removes the others from the Service (and, for a
+// sidecar, the whole Pod of the app), so a readiness probe that gives up
+// before cache.max_stale turns every Redis outage into a total one, while
+// each replica could still serve its cached keys for that long.
+func checkReadinessOutlastsMaxStale(cid string, p *corev1.Probe, cfg *extauthzConfig, bad func(string, ...any)) {
+	if cfg.Store.Backend != "redis" {
+		return
+	}
+	maxStale := 5 * time.Minute
+	if d, err := time.ParseDuration(cfg.Cache.MaxStale); err == nil {
+		maxStale = d
+	}
+	if ttl, err := time.ParseDuration(cfg.Cache.TTL); err == nil && cfg.Cache.MaxStale == "" {
+		maxStale = max(maxStale, ttl)
+	}
+	period := time.Duration(max(p.PeriodSeconds, 10)) * time.Second
+	if p.PeriodSeconds > 0 {
+		period = time.Duration(p.PeriodSeconds) * time.Second
+	}
+	failures := p.FailureThreshold
+	if failures <= 0 {
+		failures = 3
+	}
+	if tolerated := time.Duration(failures) * period; tolerated < maxStale {
+		bad("%s: readiness probe: %d failures %v apart take a replica out after %v of a Redis outage, every replica at once, "+
+			"while each could serve its cached keys for cache.max_stale (%v); let it fail for at least that long",
+			cid, failures, period, tolerated, maxStale)
 	}
 }
 
@@ -1354,6 +1390,9 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"standalone", "readiness on the wrong path", func(m *manifests) {
 			extauthzContainer(m).ReadinessProbe.HTTPGet.Path = "/healthz"
 		}, "readiness probe"},
+		{"standalone", "readiness that takes every replica out 10 s into a Redis outage", func(m *manifests) {
+			extauthzContainer(m).ReadinessProbe.FailureThreshold = 2
+		}, "cache.max_stale"},
 		{"standalone", "liveness on the gRPC port", func(m *manifests) {
 			extauthzContainer(m).LivenessProbe.HTTPGet.Port = intstr.FromString("grpc")
 		}, "liveness probe"},
@@ -1450,6 +1489,9 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 			spec := &m.deployments[0].Spec.Template.Spec
 			spec.Containers[0].Env = append(spec.Containers[0].Env, *envVar(&spec.InitContainers[0], "REDIS_PASSWORD"))
 		}, "the app container gets the Redis password"},
+		{"sidecar", "the sidecar's readiness taking the app's Pods out 10 s into a Redis outage", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.InitContainers[0].ReadinessProbe.FailureThreshold = 2
+		}, "cache.max_stale"},
 		{"sidecar", "a shared process namespace", func(m *manifests) {
 			m.deployments[0].Spec.Template.Spec.ShareProcessNamespace = ptr(true)
 		}, "shareProcessNamespace"},

@@ -66,10 +66,12 @@ httpGet: {path: {{ .path }}, port: http, scheme: {{ ternary "HTTPS" "HTTP" .Valu
     {{- end }}
     periodSeconds: 2
     failureThreshold: 30
+  # See readinessFailureThreshold in values.yaml: a Redis outage fails every
+  # replica's /readyz at once.
   readinessProbe:
     {{- include "extauthz.probe" (merge (dict "path" "/readyz") .) | nindent 4 }}
     periodSeconds: 5
-    failureThreshold: 2
+    failureThreshold: {{ .Values.readinessFailureThreshold }}
   livenessProbe:
     {{- include "extauthz.probe" (merge (dict "path" "/healthz") .) | nindent 4 }}
     periodSeconds: 10
