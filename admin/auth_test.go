@@ -409,3 +409,41 @@ func requireEscalationAudited(t *testing.T, e *env, callerID, method, route stri
 		UserAgent: "Go-http-client/1.1", Status: http.StatusForbidden, Code: authz.CodePermissionDenied}}, e.rec.AuthFailures(),
 		"a refused escalation is audited, naming the key that tried")
 }
+
+// An allowlist entry in IPv4-mapped IPv6 form names the IPv4 addresses it
+// maps: the caller's address, which the decision reads as IPv4, is in it.
+// (Kept as written, a mapped network would hold no address the decision
+// ever sees, and the key would be refused from the network it names.)
+func TestAnIPv4MappedAllowlistEntryIsItsIPv4Network(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		for _, tc := range []struct {
+			entry, stored string
+			status        int
+		}{
+			{"::ffff:127.0.0.0/104", "127.0.0.0/8", http.StatusOK},
+			{"::ffff:127.0.0.1/128", "127.0.0.1/32", http.StatusOK},
+			{"::ffff:127.0.0.1", "127.0.0.1/32", http.StatusOK},
+			{"::ffff:203.0.113.0/120", "203.0.113.0/24", http.StatusForbidden},
+		} {
+			t.Run(tc.entry, func(t *testing.T) {
+				r := e.send("POST", "/v1/keys", e.root, map[string]any{"name": "k", "permissions": []string{"keys:read"}, "ip_allowlist": []string{tc.entry}})
+				require.Equal(t, http.StatusCreated, r.status, "%s", r)
+				assert.Equal(t, []any{tc.stored}, r.obj(t)["ip_allowlist"])
+				got := e.send("GET", "/v1/keys", r.str(t, "key"), nil)
+				require.Equal(t, tc.status, got.status, "%s", got)
+				if tc.status == http.StatusForbidden {
+					assert.Equal(t, "ip_not_allowed", got.code(t))
+				}
+
+				r = e.send("PATCH", "/v1/keys/"+r.str(t, "id"), e.root, map[string]any{"ip_allowlist": []string{tc.entry, "::ffff:192.0.2.0/120"}})
+				require.Equal(t, http.StatusOK, r.status, "%s", r)
+				assert.Equal(t, []any{tc.stored, "192.0.2.0/24"}, r.obj(t)["ip_allowlist"], "a change reads the entries alike")
+			})
+		}
+		t.Run("a mapped network with host bits set is 400 naming the IPv4 network", func(t *testing.T) {
+			r := e.send("POST", "/v1/keys", e.root, map[string]any{"name": "k", "permissions": []string{"x"}, "ip_allowlist": []string{"::ffff:127.0.0.1/104"}})
+			require.Equal(t, http.StatusBadRequest, r.status, "%s", r)
+			assert.Contains(t, r.str(t, "error"), "did you mean 127.0.0.0/8?")
+		})
+	})
+}
