@@ -121,10 +121,12 @@ func CallFrom(ctx context.Context) (c Call, ok bool) {
 	return c, ok
 }
 
-// callOf is r's Call, asking for rt.
+// callOf is r's Call, asking for rt. Its ClientIP is the peer as the
+// decision that authenticated the call read it: IPv4-mapped as IPv4, and
+// without an IPv6 zone, so that one client is one address in every event.
 func callOf(r *http.Request, rt route) Call {
 	ip, _ := netip.ParseAddr(forwardauth.PeerHost(r.RemoteAddr))
-	return Call{ClientIP: ip.Unmap(), Method: r.Method, Route: rt.Path,
+	return Call{ClientIP: ip.Unmap().WithZone(""), Method: r.Method, Route: rt.Path,
 		RequestID: r.Header.Get("X-Request-Id"), UserAgent: r.Header.Get("User-Agent")}
 }
 

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -446,4 +448,19 @@ func TestAnIPv4MappedAllowlistEntryIsItsIPv4Network(t *testing.T) {
 			assert.Contains(t, r.str(t, "error"), "did you mean 127.0.0.0/8?")
 		})
 	})
+}
+
+// The address an admin API event names is the one the decision that
+// authenticated the call read (authz.Authorizer.ClientIP): one client is one
+// address in every audit event, whatever the listener's socket reported.
+func TestAnAdminCallNamesThePeerAsTheDecisionReadsIt(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	for _, remote := range []string{"127.0.0.1:4000", "[::ffff:127.0.0.1]:4000", "[fe80::1%eth0]:4000", "[2001:db8::1]:4000", "unix"} {
+		t.Run(remote, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/v1/keys", nil)
+			r.RemoteAddr = remote
+			req := forwardauth.NewRequest(r, 0)
+			assert.Equal(t, e.opts.Authz.ClientIP(&req), callOf(r, route{}).ClientIP)
+		})
+	}
 }
