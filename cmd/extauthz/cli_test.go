@@ -330,6 +330,20 @@ routes:
 	assert.Empty(t, errOut, "a clean table gives no warning")
 }
 
+// The CLI reads an allowlist as the admin API does (keystore.ParseCIDRs): an
+// IPv4-mapped network is stored as the IPv4 network it names, which the
+// decision's IPv4 client addresses fall in.
+func TestTheCLIStoresAnIPv4MappedNetworkAsIPv4(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "k.db")))
+	var k struct {
+		IPAllowlist []string `json:"ip_allowlist"`
+	}
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "a", "--perm", "read", "--ip", "::ffff:10.0.0.0/104,::ffff:192.0.2.7/128", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	assert.Equal(t, []string{"10.0.0.0/8", "192.0.2.7/32"}, k.IPAllowlist)
+}
+
 func TestKeysLifecycleThroughTheCLI(t *testing.T) {
 	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\nkeys: {max_per_owner: 2}\n", filepath.Join(t.TempDir(), "k.db")))
 	var a struct{ ID, Key string }
