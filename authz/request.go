@@ -17,8 +17,10 @@ type Request struct {
 	Host    string
 	Headers Headers
 	// Peer is the address of whoever connected to the proxy (Envoy's
-	// attributes.source.address) or to extauthz (HTTP mode): the client IP
-	// when no X-Forwarded-For hop is trusted.
+	// attributes.source.address; in HTTP mode with hops trusted, the
+	// X-Forwarded-For entry the proxy appended, see forwardauth.NewRequest)
+	// or, in HTTP mode with none trusted, to extauthz: the client IP when no
+	// X-Forwarded-For hop is trusted, or the header has too few entries.
 	Peer string
 	// XFFTrustedHops overrides the configured client_ip.xff_trusted_hops
 	// when ≥ 0 (HTTP mode has its own setting); -1 means "use the config".

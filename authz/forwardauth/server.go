@@ -266,12 +266,25 @@ func authPolicy(rest string) (name, after string) {
 // X-Forwarded-For hops to trust for the client address (0: the peer).
 // Method and Path are the caller's to fill: they depend on where the
 // original request is read from.
+//
+// With hops trusted, the peer is a proxy, never the client, so Peer is
+// what a decision over gRPC has there: whoever connected to the proxy, the
+// last X-Forwarded-For entry, which the proxy appended ("" when it sent
+// none: no address, which matches no allowlist). A header with fewer
+// entries than the hops trusted then reads as that entry, as over gRPC it
+// reads as the peer Envoy reports, and never as the proxy's own address: a
+// key allowlisted to the proxy's network would pass for every client of a
+// proxy that sent no X-Forwarded-For.
 func NewRequest(r *http.Request, xffHops int) authz.Request {
 	req := authz.Request{
 		Host:           r.Host,
 		Headers:        authz.HeaderLines(r.Header),
 		Peer:           PeerHost(r.RemoteAddr),
 		XFFTrustedHops: xffHops,
+	}
+	if xffHops > 0 {
+		xff := req.Headers.Get("x-forwarded-for")
+		req.Peer = strings.TrimSpace(xff[strings.LastIndexByte(xff, ',')+1:])
 	}
 	for k, vs := range r.Header {
 		for _, v := range vs {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -163,6 +164,53 @@ func TestHTTPModeJoinsRepeatedHeaders(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, 401, resp.StatusCode, "two keys in one header are one invalid key")
 	assert.False(t, strings.Contains(resp.Header.Get("X-Authz-Key-Id"), "key_"))
+}
+
+// In HTTP mode extauthz's own peer is the proxy, never the client: a key
+// allowlisted to the proxy's network (here the loopback the test's proxy
+// calls from) must not pass for every client of a proxy that sent no
+// X-Forwarded-For, or too few entries. With too few, the client is the last
+// entry, the peer the proxy saw and appended, as over gRPC it is the peer
+// Envoy reports; with none, the client is unknown and matches no allowlist.
+func TestHTTPModeNeverTakesTheProxyForTheClient(t *testing.T) {
+	f := authztest.New(t, nil)
+	local := f.AddKey(t, &keystore.Key{ID: "key_local", Name: "local", Permissions: []string{"read:users"},
+		IPAllowlist: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}})
+	for _, tc := range []struct {
+		name string
+		hops int
+		key  string
+		xff  []string // lines; nil: no header
+		code int
+	}{
+		{"no X-Forwarded-For is no address, not the proxy's", 1, local, nil, 403},
+		{"an empty X-Forwarded-For is no address", 1, local, []string{""}, 403},
+		{"an empty last entry is no address", 1, local, []string{"127.0.0.1, "}, 403},
+		{"too few entries behind a balancer are not the proxy's address", 2, local, nil, 403},
+		{"too few entries are the entry the proxy appended", 2, f.Good, []string{"10.0.0.7"}, 200},
+		{"too few entries on several lines are the last line's", 3, f.Good, []string{"6.6.6.6", "10.0.0.7"}, 200},
+		{"too few entries never reach past the appended one", 3, f.Good, []string{"10.0.0.7, 6.6.6.6"}, 403},
+		{"the trusted entry still decides", 1, local, []string{"6.6.6.6, 127.0.0.1"}, 200},
+		{"a key without an allowlist needs no address", 1, f.Admin, nil, 200},
+		{"with no hop trusted, the peer is the address", 0, local, []string{"6.6.6.6"}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := serveHTTP(t, f, "path", tc.hops)
+			req, err := http.NewRequest("GET", srv.URL+"/authz/api/users", nil)
+			require.NoError(t, err)
+			req.Header.Set("X-Api-Key", tc.key)
+			for _, line := range tc.xff {
+				req.Header.Add("X-Forwarded-For", line)
+			}
+			resp, err := srv.Client().Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, tc.code, resp.StatusCode)
+			if tc.code == 403 {
+				assert.Equal(t, "ip_not_allowed", resp.Header.Get("X-Authz-Code"))
+			}
+		})
+	}
 }
 
 // TestAFloodNamingAnAddressNeverTurnsAwayItsValidKeyOverHTTP: in HTTP mode

@@ -188,7 +188,9 @@ func TestAMalformedRequestIsAuditedWithItsClientAddress(t *testing.T) {
 		code, _ := denial(t, ts.check(t, "GET", p, nil))
 		require.Equal(t, "bad_request", code, p)
 	}
-	st, _, _ := get(t, ts.httpURL+"/authz/api/%2e%2e/admin", nil)
+	// The proxy's X-Forwarded-For names the client in HTTP mode
+	// (xff_trusted_hops: 1), a proxy never being the client.
+	st, _, _ := get(t, ts.httpURL+"/authz/api/%2e%2e/admin", map[string]string{"X-Forwarded-For": "198.51.100.9"})
 	require.Equal(t, 400, st)
 
 	var events []map[string]any
@@ -200,7 +202,7 @@ func TestAMalformedRequestIsAuditedWithItsClientAddress(t *testing.T) {
 		assert.Equal(t, "bad_request", e["code"], "%v", e)
 		want := "10.1.2.3" // the gRPC test client's source address
 		if i == 3 {
-			want = "127.0.0.1" // HTTP mode's peer
+			want = "198.51.100.9" // the entry HTTP mode's proxy appended
 		}
 		assert.Equal(t, want, e["client_ip"], "a 400 names its client: %v", e)
 		assert.Nil(t, e["path"], "a refused path is not written: %v", e)
