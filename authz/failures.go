@@ -126,15 +126,22 @@ func (g *lookupGuard) refund(ip netip.Addr, perBlock, total ratelimit.Rate) {
 
 // addressBlock is the block ip is counted in: the address itself for IPv4
 // (an IPv4-mapped IPv6 address included), its /64 for IPv6. The zero Addr
-// (no usable client address) is one block of its own.
+// (no usable client address) is one block of its own. An address of the
+// well-known NAT64 prefix (64:ff9b::/96) is an IPv4 client's, translated
+// (an IPv6-only cluster behind SIIT): counted alone, as its IPv4 address
+// would be, since its /64 holds every IPv4 client on the internet.
 func addressBlock(ip netip.Addr) netip.Addr {
 	ip = ip.Unmap().WithZone("")
-	if ip.Is6() {
+	if ip.Is6() && !nat64.Contains(ip) {
 		p, _ := ip.Prefix(64) // cannot fail for 64 ≤ 128
 		return p.Addr()
 	}
 	return ip
 }
+
+// nat64 is the well-known NAT64 prefix (RFC 6052), an IPv4 address in its
+// last 32 bits.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
 // tokenBucket holds up to N tokens of a rate N/W and gains N/W of one per
 // unit of time. The zero tokenBucket is full.

@@ -121,6 +121,8 @@ func TestAddressesAreCountedByBlock(t *testing.T) {
 		{"an IPv4-mapped address is its IPv4 address", "::ffff:10.1.2.3", "10.1.2.3", true},
 		{"IPv4 addresses are counted one by one", "10.1.2.3", "10.1.2.4", false},
 		{"a zone does not make another block", "fe80::1%eth0", "fe80::2%eth1", true},
+		{"IPv4 clients translated by NAT64 are counted one by one", "64:ff9b::10.1.2.3", "64:ff9b::10.1.2.4", false},
+		{"a NAT64 address is one client", "64:ff9b::10.1.2.3", "64:ff9b::a01:203", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
