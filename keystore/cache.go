@@ -384,15 +384,18 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	case <-timer.C:
 		return nil, errFetchTimeout
 	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.Canceled) && time.Since(start) < c.opts.FetchTimeout/2 {
-			// The caller left (a client reset its request, and Envoy its
-			// check) before the store had a fair part of the timeout: that
-			// says nothing of the store. Were it taken as the store's
-			// failure, a client resetting three requests in a row would
-			// open the breaker and turn every uncached key away for a
-			// while. A deadline is not the client's to set (Envoy's
-			// ext_authz timeout is), and one that passes is the store's
-			// slowness.
+		if time.Since(start) < c.opts.FetchTimeout/2 {
+			// The caller left before the store had a fair part of the
+			// timeout: a client reset its request (and Envoy its check),
+			// or the call's deadline passed. That says nothing of the
+			// store. Were it taken as the store's failure, a client
+			// resetting three requests in a row would open the breaker
+			// and turn every uncached key away for a while; so would one
+			// sending checks with a deadline of a millisecond, which is
+			// the caller's to set (grpc-timeout: Envoy's ext_authz
+			// timeout, or whatever a client that reaches the port sends).
+			// A deadline that leaves the store half its time or more, and
+			// passes, is the store's slowness.
 			go c.judgeLater(flight, start)
 			return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrCallerLeft, ctx.Err())
 		}
@@ -403,10 +406,11 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 // judgeLater waits for the flight its caller left (started at start) and
 // tells the breaker what it shows of the store, as the caller would have:
 // an answer is a success, an error or no answer within FetchTimeout a
-// failure. Without it, an outage in which every check is cancelled before
-// half the timeout (Envoy's ext_authz timeout is shorter than that, and in
-// HTTP mode its timeout reaches us as a cancellation) would never open the
-// breaker: every check would go on asking a store that does not answer.
+// failure. Without it, an outage in which every check is cancelled, or
+// reaches its deadline, before half the timeout (Envoy's ext_authz timeout
+// is shorter than that: a deadline over gRPC, a cancellation in HTTP mode)
+// would never open the breaker: every check would go on asking a store
+// that does not answer.
 func (c *Cache) judgeLater(flight <-chan singleflight.Result, start time.Time) {
 	timer := time.NewTimer(max(c.opts.FetchTimeout-time.Since(start), 0))
 	defer timer.Stop()
@@ -433,10 +437,10 @@ func (c *Cache) judge(probe bool, err error) {
 	c.storeBack()
 }
 
-// ErrCallerLeft is a lookup whose caller left before the store had a fair
-// chance to answer: not a failure of the store's. The lookup goes on (its
-// answer fills the cache), so it still cost the store a round trip. It
-// wraps ErrUnavailable.
+// ErrCallerLeft is a lookup whose caller left (cancelled, or its deadline
+// passed) before the store had a fair chance to answer: not a failure of
+// the store's. The lookup goes on (its answer fills the cache), so it still
+// cost the store a round trip. It wraps ErrUnavailable.
 var ErrCallerLeft = errors.New("the caller left before the store had half the lookup timeout")
 
 // flight starts (or joins) the store lookup of h, which fills the cache when

@@ -515,50 +515,95 @@ func TestAChangeToAnotherKeyDoesNotStopAFill(t *testing.T) {
 }
 
 // A caller that leaves before the store answers (a client resetting its
-// request) proves nothing about the store: three in a row must not stop
-// the next lookup from asking it.
+// request, or a call whose deadline, the caller's to set, is shorter than
+// the store takes) proves nothing about the store: three in a row must not
+// stop the next lookup from asking it.
 func TestCallersThatLeaveDoNotOpenTheBreaker(t *testing.T) {
-	c, st, _, _ := setup(t)
-	st.gate = make(chan struct{})
-	for i := range 5 {
-		require.ErrorIs(t, leaveLookup(t, c, st, i), context.Canceled)
+	for _, way := range leavingWays {
+		t.Run(way.name, func(t *testing.T) {
+			c, st, _, _ := setup(t)
+			st.gate = make(chan struct{})
+			for i := range 5 {
+				require.ErrorIs(t, leaveLookup(t, c, st, i, way.leave), way.err)
+			}
+			close(st.gate)
+			_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_unknown"))
+			assert.ErrorIs(t, err, ErrNotFound, "the store is asked: callers leaving did not open the breaker")
+			assert.Zero(t, c.Stats().StoreFailures, "a caller leaving is not a store failure")
+		})
 	}
-	close(st.gate)
-	_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_unknown"))
-	assert.ErrorIs(t, err, ErrNotFound, "the store is asked: callers leaving did not open the breaker")
-	assert.Zero(t, c.Stats().StoreFailures, "a caller leaving is not a store failure")
 }
 
 // Callers that leave early prove nothing, but the lookups they started do
 // go on: when those find no store, the breaker must open all the same.
-// Otherwise an outage in which every check is cancelled before half the
-// timeout (an Envoy timeout shorter than that; in HTTP mode a timeout is a
-// cancellation) never opens it, and every check keeps asking the store.
+// Otherwise an outage in which every check is cancelled, or reaches its
+// deadline, before half the timeout (an Envoy timeout shorter than that)
+// never opens it, and every check keeps asking the store.
 func TestLookupsWhoseCallersLeftStillOpenTheBreakerInAnOutage(t *testing.T) {
-	st := newCountingStore()
-	st.gate = make(chan struct{}) // a store that never answers
-	defer close(st.gate)
-	c := NewCache(st, CacheOptions{Size: 100, TTL: 30 * time.Second, NegativeTTL: 5 * time.Second, FetchTimeout: 200 * time.Millisecond})
-	for i := range 3 {
-		require.ErrorIs(t, leaveLookup(t, c, st, i), ErrCallerLeft)
+	for _, way := range leavingWays {
+		t.Run(way.name, func(t *testing.T) {
+			st := newCountingStore()
+			st.gate = make(chan struct{}) // a store that never answers
+			defer close(st.gate)
+			c := NewCache(st, CacheOptions{Size: 100, TTL: 30 * time.Second, NegativeTTL: 5 * time.Second, FetchTimeout: 200 * time.Millisecond})
+			for i := range 3 {
+				require.ErrorIs(t, leaveLookup(t, c, st, i, way.leave), ErrCallerLeft)
+			}
+			require.Eventually(t, c.breaker.Open, 2*time.Second, 5*time.Millisecond, "three lookups the store never answered open the breaker")
+			_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_next"))
+			require.ErrorIs(t, err, ErrUnavailable)
+			assert.EqualValues(t, 3, st.lookups.Load(), "the store is not asked while the breaker is open")
+		})
 	}
-	require.Eventually(t, c.breaker.Open, 2*time.Second, 5*time.Millisecond, "three lookups the store never answered open the breaker")
-	_, err := c.Lookup(context.Background(), NewHasher(nil).Hash("sk_next"))
-	require.ErrorIs(t, err, ErrUnavailable)
-	assert.EqualValues(t, 3, st.lookups.Load(), "the store is not asked while the breaker is open")
+}
+
+// A caller whose deadline left the store half its timeout or more, and
+// passed, did see the store fail to answer: that counts at once.
+func TestADeadlineThatLeftTheStoreItsTimeCountsAsAFailure(t *testing.T) {
+	st := newCountingStore()
+	st.gate = make(chan struct{})
+	defer close(st.gate)
+	c := NewCache(st, CacheOptions{Size: 100, TTL: 30 * time.Second, FetchTimeout: 100 * time.Millisecond})
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Millisecond)
+		_, err := c.Lookup(ctx, NewHasher(nil).Hash(fmt.Sprintf("sk_slow_%d", i)))
+		cancel()
+		require.ErrorIs(t, err, ErrUnavailable)
+		require.NotErrorIs(t, err, ErrCallerLeft)
+	}
+	assert.True(t, c.breaker.Open(), "three lookups that had a fair chance and no answer open the breaker")
+}
+
+// leavingWays are the ways a caller leaves a lookup, and what a lookup left
+// that way ends with while the store is healthy.
+var leavingWays = []struct {
+	name  string
+	leave func(context.Context) (context.Context, context.CancelFunc, func())
+	err   error
+}{
+	{"cancelled", func(ctx context.Context) (context.Context, context.CancelFunc, func()) {
+		ctx, cancel := context.WithCancel(ctx)
+		return ctx, cancel, cancel
+	}, context.Canceled},
+	{"deadline passed", func(ctx context.Context) (context.Context, context.CancelFunc, func()) {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		return ctx, cancel, func() {} // the deadline ends it
+	}, context.DeadlineExceeded},
 }
 
 // leaveLookup looks up the i-th unknown key of a store held at its gate,
-// cancels the lookup once the store has it, and returns what it ended with.
-func leaveLookup(t *testing.T, c *Cache, st *countingStore, i int) error {
+// under a context that leave makes, lets the caller leave once the store
+// has the lookup, and returns what it ended with.
+func leaveLookup(t *testing.T, c *Cache, st *countingStore, i int, leave func(context.Context) (context.Context, context.CancelFunc, func())) error {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel, leaveNow := leave(context.Background())
+	defer cancel()
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Lookup(ctx, NewHasher(nil).Hash(fmt.Sprintf("sk_gone_%d", i)))
 		done <- err
 	}()
 	require.Eventually(t, func() bool { return st.lookups.Load() == int64(i+1) }, time.Second, time.Millisecond)
-	cancel()
+	leaveNow()
 	return <-done
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/extauthz/extauthz/internal/faultproxy"
 	"github.com/extauthz/extauthz/internal/redistest"
@@ -579,10 +585,23 @@ func resetRig(t *testing.T, extraYAML string) (*testServer, *faultproxy.Proxy) {
 	return ts, p
 }
 
-// resetWhileLookedUp sends a check of an unknown, well-formed key and
-// resets it (cancels the RPC, as Envoy does when its client resets) once
-// the server has begun to look the key up in the store, and requires that
-// the reset ended it.
+// A client leaves a check of an unknown, well-formed key while the server
+// asks the store for it: by resetting it (cancelling the RPC, as Envoy does
+// when its client resets), or by a deadline of its own that passes first
+// (a gRPC deadline is the caller's to set: Envoy's timeout, or whatever a
+// client that reaches the port directly sends). Each way requires that the
+// server had begun to look the key up.
+var leavingWays = []struct {
+	name  string
+	leave func(t *testing.T, ts *testServer)
+}{
+	{"reset", resetWhileLookedUp},
+	{"short deadline", shortDeadlineWhileLookedUp},
+}
+
+// resetWhileLookedUp sends a check of an unknown key and resets it (cancels
+// the RPC) once the server has begun to look the key up in the store, and
+// requires that the reset ended it.
 func resetWhileLookedUp(t *testing.T, ts *testServer) {
 	t.Helper()
 	unknown, err := ts.mgr.Format.Generate()
@@ -601,35 +620,93 @@ func resetWhileLookedUp(t *testing.T, ts *testServer) {
 	require.Equal(t, codes.Canceled, status.Code(<-done), "the reset did not end the check")
 }
 
-// A client that resets its requests while their keys are looked up must
-// not make a server take Redis for down: were each reset a store failure,
-// three in a row would open the key cache's breaker, and every uncached
-// key would get 503 for a second.
-func TestFaultClientsResettingChecksDoNotTakeTheStoreForDown(t *testing.T) {
-	ts, proxy := resetRig(t, "")
-	key, _ := ts.create(t, keystore.Spec{Name: "k", Permissions: []string{"read:users"}})
-	for range 5 {
-		resetWhileLookedUp(t, ts)
+// shortDeadlineWhileLookedUp sends a check of an unknown key with a gRPC
+// deadline of 50 ms, shorter than the store takes, and waits for the
+// server's answer. It speaks HTTP/2 itself, as any client of the port may:
+// a grpc-go client cancels the call at its own deadline, and the server
+// then sees a reset rather than its deadline passing.
+func shortDeadlineWhileLookedUp(t *testing.T, ts *testServer) {
+	t.Helper()
+	unknown, err := ts.mgr.Format.Generate()
+	require.NoError(t, err)
+	msg, err := proto.Marshal(checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": unknown}))
+	require.NoError(t, err)
+	body := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+	misses := ts.srv.cache.Stats().Misses
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest("POST", "http://"+ts.srv.grpcLn.Addr().String()+"/envoy.service.auth.v3.Authorization/Check",
+		bytes.NewReader(append(body, msg...)))
+	require.NoError(t, err)
+	req.Header.Set("content-type", "application/grpc")
+	req.Header.Set("te", "trailers")
+	req.Header.Set("grpc-timeout", "50m")
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	var answer []byte
+	if err == nil {
+		answer, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
 	}
-	proxy.Heal() // Redis at full speed: only an open breaker would refuse now
-	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
-	assert.Equal(t, 200, httpStatus, "an uncached key after five resets: denied %s", code)
-	assert.Zero(t, ts.srv.cache.Stats().StoreFailures, "a reset counted as a store failure")
+	require.Greater(t, ts.srv.cache.Stats().Misses, misses, "the check never asked the store")
+	if err != nil {
+		// grpc-go ends a call whose deadline passed before its handler
+		// answered with RST_STREAM CANCEL.
+		require.ErrorContains(t, err, "CANCEL; received from peer")
+		return
+	}
+	switch grpcStatus := cmp.Or(resp.Trailer.Get("grpc-status"), resp.Header.Get("grpc-status")); grpcStatus {
+	case "4": // DEADLINE_EXCEEDED
+	case "0": // the handler answered at its deadline: 503, store unavailable
+		var out authv3.CheckResponse
+		require.Greater(t, len(answer), 5)
+		require.NoError(t, proto.Unmarshal(answer[5:], &out))
+		code, httpStatus := denial(t, &out)
+		require.Equal(t, 503, httpStatus, "a check whose deadline passed while the store was asked: %s", code)
+	default:
+		t.Fatalf("a check whose deadline passed while the store was asked ended with grpc-status %q", grpcStatus)
+	}
+}
+
+// A client that leaves its checks while their keys are looked up (resets
+// them, or gives them a deadline shorter than half the store's timeout)
+// must not make a server take Redis for down: were each one a store
+// failure, three in a row would open the key cache's breaker, and every
+// uncached key of every client would get 503 for a second, again and
+// again for as long as the client kept it up.
+func TestFaultClientsLeavingChecksDoNotTakeTheStoreForDown(t *testing.T) {
+	for _, way := range leavingWays {
+		t.Run(way.name, func(t *testing.T) {
+			ts, proxy := resetRig(t, "")
+			key, _ := ts.create(t, keystore.Spec{Name: "k", Permissions: []string{"read:users"}})
+			for range 5 {
+				way.leave(t, ts)
+			}
+			proxy.Heal() // Redis at full speed: only an open breaker would refuse now
+			code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
+			assert.Equal(t, 200, httpStatus, "an uncached key after five checks left: denied %s", code)
+			assert.Zero(t, ts.srv.cache.Stats().StoreFailures, "a check left counted as a store failure")
+		})
+	}
 }
 
 // A lookup of an unknown key counts against its client's failed attempts
-// even when the client resets the request: the store is asked all the
-// same, so resets must not be a way around the bound.
-func TestFaultResetLookupsCountAsFailedAttempts(t *testing.T) {
-	ts, proxy := resetRig(t, "rate_limit: {failed_attempts: 3/m}\n")
-	for range 3 {
-		resetWhileLookedUp(t, ts)
+// even when the client leaves the check: the store is asked all the same,
+// so leaving must not be a way around the bound.
+func TestFaultLookupsLeftCountAsFailedAttempts(t *testing.T) {
+	for _, way := range leavingWays {
+		t.Run(way.name, func(t *testing.T) {
+			ts, proxy := resetRig(t, "rate_limit: {failed_attempts: 3/m}\n")
+			for range 3 {
+				way.leave(t, ts)
+			}
+			proxy.Heal()
+			unknown, err := ts.mgr.Format.Generate()
+			require.NoError(t, err)
+			code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": unknown}))
+			assert.Equal(t, "rate_limited", code, "a fourth unknown key from the address after three lookups left (status %d)", httpStatus)
+		})
 	}
-	proxy.Heal()
-	unknown, err := ts.mgr.Format.Generate()
-	require.NoError(t, err)
-	code, httpStatus := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": unknown}))
-	assert.Equal(t, "rate_limited", code, "a fourth unknown key from the address after three reset lookups (status %d)", httpStatus)
 }
 
 // TestFaultChangesMadeWhileCutOffAreInForceOnceRedisAnswers: a server cut
