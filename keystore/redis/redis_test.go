@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -708,4 +709,67 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		})
 	})
+}
+
+// A stored record may hold members this version does not know: a newer
+// version wrote them (replicas of two versions run side by side through a
+// rolling upgrade), and one of them may restrict the key, as policies did
+// when it came. The last-use write, which every replica makes behind the
+// checks of every key in use and announces to no cache, must leave them
+// as they are: were it to decode the record and encode it again, an older
+// replica would strip the newer one's restrictions from every key in use
+// within a minute.
+func TestTouchLeavesWhatItDoesNotKnowOfARecordAsItIs(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	for _, tt := range []struct {
+		name string
+		edit func(rec string) string // the record as a newer writer leaves it
+	}{
+		{"a member at the end", func(rec string) string {
+			return strings.TrimSuffix(rec, "}") + `,"scopes_v9":["billing:read"]}`
+		}},
+		{"a member first, with an object", func(rec string) string {
+			return `{"bound_to":{"spiffe":"spiffe://cluster.local/ns/a/sa/b","n":1.50},` + strings.TrimPrefix(rec, "{")
+		}},
+		{"a member between others, and no last_used_at", func(rec string) string {
+			var m map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal([]byte(rec), &m))
+			delete(m, "last_used_at")
+			m["max_body"] = json.RawMessage(`"1MiB \u003c 2"`)
+			out, err := json.Marshal(m)
+			require.NoError(t, err)
+			return string(out)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			k, h, _ := create(t, s, "alice")
+			recKey := testPrefix + "{keys}:h:" + h.String()
+			stored, err := raw.Get(t.Context(), recKey).Result()
+			require.NoError(t, err)
+			newer := tt.edit(stored)
+			require.NoError(t, raw.Set(t.Context(), recKey, newer, 0).Err())
+
+			at := time.Now().UTC().Truncate(time.Microsecond)
+			require.NoError(t, s.TouchLastUsed(t.Context(), map[string]time.Time{k.ID: at}))
+
+			after, err := raw.Get(t.Context(), recKey).Result()
+			require.NoError(t, err)
+			var before, got map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal([]byte(newer), &before))
+			require.NoError(t, json.Unmarshal([]byte(after), &got))
+			var used time.Time
+			require.NoError(t, json.Unmarshal(got["last_used_at"], &used))
+			assert.True(t, used.Equal(at), "last_used_at %s, want %s", got["last_used_at"], at)
+			delete(before, "last_used_at")
+			delete(got, "last_used_at")
+			assert.Equal(t, before, got, "the touch changed more than last_used_at")
+
+			back, err := s.Get(t.Context(), k.ID)
+			require.NoError(t, err)
+			require.NotNil(t, back.LastUsedAt)
+			assert.True(t, back.LastUsedAt.Equal(at))
+		})
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -1064,8 +1065,7 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 		if k.LastUsedAt != nil && !t.After(*k.LastUsedAt) {
 			continue
 		}
-		k.LastUsedAt = &t
-		newRaw, err := encode(k)
+		newRaw, err := withLastUsed(raw, t)
 		if err != nil {
 			return nil, fmt.Errorf("redis touch: key %s: %w", ids[i], err)
 		}
@@ -1087,6 +1087,61 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 		}
 	}
 	return conflicts, nil
+}
+
+// withLastUsed returns rec, a stored record, with its last_used_at set to
+// at, and every other member as it was stored and where it was: those this
+// version does not know as well. The last-use write is made behind the
+// checks of every key in use, by every replica, and announced to no cache;
+// were it to decode the record and encode it again, a replica of an older
+// version, in a rolling upgrade, would strip what a newer one wrote (a
+// restriction, as policies once was) from every key in use within a minute.
+func withLastUsed(rec string, at time.Time) (string, error) {
+	value, err := json.Marshal(at)
+	if err != nil {
+		return "", fmt.Errorf("encode last_used_at: %w", err)
+	}
+	bad := func(what string) error { return fmt.Errorf("decode record: %s", what) }
+	dec := json.NewDecoder(strings.NewReader(rec))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return "", bad("not a JSON object")
+	}
+	out := make([]byte, 0, len(rec)+len(value)+len(`,"last_used_at":`))
+	out = append(out, '{')
+	set := false
+	for dec.More() {
+		tok, err := dec.Token()
+		name, ok := tok.(string)
+		if err != nil || !ok {
+			return "", bad("a member without a name")
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return "", bad("a member without a value")
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		quoted, _ := json.Marshal(name) // a string always encodes
+		out = append(append(out, quoted...), ':')
+		if name == "last_used_at" {
+			v, set = value, true
+		}
+		out = append(out, v...)
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return "", bad("an unterminated object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return "", bad("data after the object")
+	}
+	if !set {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(append(out, `"last_used_at":`...), value...)
+	}
+	return string(append(out, '}')), nil
 }
 
 // Ping reports whether Redis answers a lookup now. It reads a key of the
