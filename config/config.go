@@ -209,8 +209,10 @@ type Hashing struct {
 
 // Cache sizes the in-process key cache.
 type Cache struct {
-	Size        int      `json:"size"`
-	TTL         Duration `json:"ttl"`
+	Size int      `json:"size"`
+	TTL  Duration `json:"ttl"`
+	// NegativeTTL is how long "no such key" is trusted; 0 caches it not at
+	// all.
 	NegativeTTL Duration `json:"negative_ttl"`
 	// MaxStale bounds how long after the store last confirmed a key the
 	// cache may still answer with it while the store is unreachable; past

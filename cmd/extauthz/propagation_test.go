@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -161,4 +163,46 @@ func TestARevocationBeforeTheCacheWatchesStillReachesIt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cache.negative_ttl: 0 trusts "no such key" for no time: a key is found
+// at its first check after the store holds it, even when no change
+// announced it (here its record is written into Redis behind the store's
+// back, as a change whose announcement was lost would leave it). The
+// cache's own zero is its default of 5 s, which must not be what 0 in the
+// file means.
+func TestANegativeTTLOfZeroCachesNoUnknownKey(t *testing.T) {
+	r := redistest.Start(t)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"t:\"}}\ncache: {negative_ttl: 0s}\n", r.URL(0))+testRoutes)
+	opt, err := goredis.ParseURL(r.URL(0))
+	require.NoError(t, err)
+	rc := goredis.NewClient(opt)
+	defer rc.Close()
+	check := func(secret string) (string, int) {
+		return denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret}))
+	}
+	// unannounced is a new key for which the store holds a record that no
+	// change announced.
+	unannounced := func() string {
+		secret, err := ts.mgr.Format.Generate()
+		require.NoError(t, err)
+		code, _ := check(secret)
+		require.Equal(t, "invalid_key", code, "a key the store does not hold yet")
+		now := time.Now().UTC()
+		id, err := keystore.NewID(now)
+		require.NoError(t, err)
+		rec, err := json.Marshal(&keystore.Key{ID: id, Name: "unannounced", Owner: keystore.DefaultOwner, Permissions: []string{"read:users"}, CreatedAt: now})
+		require.NoError(t, err)
+		h := keystore.NewHasher([]byte(testPepper)).Hash(secret)
+		require.NoError(t, rc.Set(t.Context(), "t:{keys}:h:"+h.String(), rec, 0).Err())
+		return secret
+	}
+	// The cache forgets everything once its change feed has found where the
+	// log ends, moments after the server starts: wait for that first.
+	canary := unannounced()
+	require.Eventually(t, func() bool { _, st := check(canary); return st == 200 }, 10*time.Second, 20*time.Millisecond)
+
+	key := unannounced()
+	code, httpStatus := check(key)
+	assert.Equal(t, 200, httpStatus, "the key the store now holds, at once: denied %s", code)
 }

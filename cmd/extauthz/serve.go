@@ -210,6 +210,11 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		MaxStale:    time.Duration(cfg.Cache.MaxStale),
 		Logger:      logger,
 	}
+	if cacheOpts.NegativeTTL == 0 {
+		// negative_ttl: 0 trusts "no such key" for no time; the cache's
+		// own zero would mean its default.
+		cacheOpts.NegativeTTL = -1
+	}
 	if be.redis != nil {
 		// A lookup waits on Redis no longer than any other Redis call.
 		cacheOpts.FetchTimeout = time.Duration(cfg.Store.Redis.Timeout)
