@@ -64,6 +64,7 @@ func openBackend(cfg *config.Config, log *slog.Logger) (*backend, error) {
 		if err != nil {
 			return nil, err
 		}
+		st.LogTo(log)
 		return &backend{store: st}, nil
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -81,6 +82,9 @@ type Store struct {
 	closeOnce sync.Once
 	closed    chan struct{} // closed by Close, which ends every Watch
 
+	// log is told when a Watch cannot read the change log (LogTo); nil: not.
+	log *slog.Logger
+
 	// Change-log settings; fields so that tests can shrink them.
 	pollInterval   time.Duration
 	keepChanges    int64
@@ -89,6 +93,10 @@ type Store struct {
 }
 
 var _ keystore.Store = (*Store)(nil)
+
+// LogTo makes the Store's Watch tell log when it cannot read the change log,
+// and when it reads it again. Call it before Watch.
+func (s *Store) LogTo(log *slog.Logger) { s.log = log }
 
 // Open opens the key store in the SQLite file at path, creating the file
 // (mode 0600) and its directory (0700) if needed, and the schema if the file

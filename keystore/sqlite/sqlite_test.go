@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/storetest"
 	"github.com/extauthz/extauthz/ratelimit"
@@ -877,4 +879,53 @@ func TestTouchLastUsedLetsOtherWritersInBetweenItsBatches(t *testing.T) {
 	k, err := other.Get(ctx, victim.ID)
 	require.NoError(t, err)
 	assert.Equal(t, "renamed", k.Name)
+}
+
+// A Watch that cannot read the change log (here: its table renamed away by
+// another connection, as a damaged or tampered file would fail) goes on
+// polling and loses nothing, but says so: once, not at every poll, since
+// until it reads again a revocation reaches this process's cache late. Once
+// it reads again it says that too, and the change made meanwhile arrives.
+func TestAWatchThatCannotReadTheChangeLogSaysSo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s := openTest(t, path)
+	s.pollInterval = 10 * time.Millisecond
+	var logged syncbuf.Buffer
+	s.LogTo(slog.New(slog.NewJSONHandler(&logged, nil)))
+
+	events := make(chan keystore.Hash, 16)
+	watchCtx, stop := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- s.Watch(watchCtx, func(h keystore.Hash) { events <- h }) }()
+	defer func() {
+		stop()
+		require.NoError(t, <-done)
+	}()
+	select {
+	case h := <-events:
+		require.True(t, h.IsZero(), "the first report is forget-everything")
+	case <-time.After(2 * time.Second):
+		t.Fatal("the Watch did not start")
+	}
+
+	other, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer other.Close()
+	_, err = other.Exec(`ALTER TABLE changes RENAME TO changes_away`)
+	require.NoError(t, err)
+	time.Sleep(30 * s.pollInterval)
+	lines := strings.Count(logged.String(), "the change log cannot be read")
+	assert.Equal(t, 1, lines, "failed reads are logged once, not at every poll:\n%s", logged.String())
+
+	_, err = other.Exec(`ALTER TABLE changes_away RENAME TO changes`)
+	require.NoError(t, err)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+	select {
+	case got := <-events:
+		assert.Equal(t, h, got, "the change made once the log could be read")
+	case <-time.After(2 * time.Second):
+		t.Fatal("no change reported after the change log could be read again")
+	}
+	assert.Contains(t, logged.String(), "reading the change log again")
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -18,10 +19,13 @@ import (
 // when the Store is closed first, or its files were removed or replaced
 // (checkFiles).
 func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
+	var r readReport
 	pos, err := s.changeHead(ctx)
 	started := err == nil
 	if started {
 		onChange(keystore.Hash{})
+	} else {
+		r.failed(ctx, s.log, err)
 	}
 	t := time.NewTicker(s.pollInterval)
 	defer t.Stop()
@@ -39,16 +43,54 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 		if !started {
 			// Changes made since Watch was called cannot be known.
 			if pos, err = s.changeHead(ctx); err != nil {
+				r.failed(ctx, s.log, err)
 				continue
 			}
 			started = true
+			r.read(s.log)
 			onChange(keystore.Hash{})
 			continue
 		}
 		// On an error, pos stays where it was and the next poll retries:
-		// nothing is lost while the file cannot be read.
-		pos, _ = s.readChanges(ctx, pos, onChange)
+		// nothing is lost while the file cannot be read, only late.
+		if pos, err = s.readChanges(ctx, pos, onChange); err != nil {
+			r.failed(ctx, s.log, err)
+		} else {
+			r.read(s.log)
+		}
 	}
+}
+
+// readReport is what a Watch has told the log of its failures to read the
+// change log: the first of a run of them, then at most once a minute while
+// they go on, and when it reads again. Until then a change to a key (a
+// revocation) reaches the caches of this process late, so an operator must
+// hear of it; but a poll fails every 200 ms, which must not flood the log.
+type readReport struct {
+	warned   bool
+	warnedAt time.Time
+	failures int
+}
+
+func (r *readReport) failed(ctx context.Context, log *slog.Logger, err error) {
+	if ctx.Err() != nil || log == nil {
+		return
+	}
+	r.failures++
+	if r.warned && time.Since(r.warnedAt) < time.Minute {
+		return
+	}
+	r.warned, r.warnedAt = true, time.Now()
+	log.Warn("key change feed: the change log cannot be read; until it is, a change to a key (a revocation) reaches this server only when the key's cache entry expires (cache.ttl)",
+		"err", err, "failures", r.failures)
+}
+
+func (r *readReport) read(log *slog.Logger) {
+	if !r.warned {
+		return
+	}
+	log.Info("key change feed: reading the change log again; the changes missed meanwhile are read now", "failures", r.failures)
+	*r = readReport{}
 }
 
 // mark is a watcher's position in the change log: the last change it has
