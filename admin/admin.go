@@ -595,6 +595,8 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, keystore.ErrUnconfirmed):
 		s.log.Warn("admin API: a change is stored but not confirmed by the store's replicas", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnconfirmed, "the change is made and in effect, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it; repeat the same request (it is safe to) once replication is healthy"}
+	case errors.Is(err, keystore.ErrNewerRecord):
+		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "the key's record holds fields a newer version of extauthz wrote, which this server cannot copy into a new key; rotate it through a server of that version (during a rolling upgrade, retry shortly)"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		s.log.Warn("admin API: key store unavailable", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}

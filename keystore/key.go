@@ -207,6 +207,10 @@ var (
 	// ErrChanged: the key changed between the read a rotation copied it
 	// from and the rotation itself (CopiesOld); nothing was stored.
 	ErrChanged = errors.New("the key changed while it was being rotated")
+	// ErrNewerRecord: the key's record has members a newer version of
+	// extauthz wrote, which this version cannot copy faithfully into a
+	// rotation's new key; nothing was stored. A server of that version can.
+	ErrNewerRecord = errors.New("the key's record holds fields a newer version of extauthz wrote")
 	// ErrUnavailable wraps a backend failure (connection refused, timeout):
 	// the store could not answer, which is not the same as "no such key".
 	ErrUnavailable = errors.New("key store unavailable")

@@ -773,3 +773,68 @@ func TestTouchLeavesWhatItDoesNotKnowOfARecordAsItIs(t *testing.T) {
 		})
 	}
 }
+
+// In a rolling upgrade, replicas of two versions share the store, and an
+// older one must not strip from a record what a newer one wrote into it (a
+// restriction, perhaps, that the older one cannot read). A change made
+// through it (a PATCH, a revocation) keeps every member it does not know,
+// as it was; a rotation, whose new key copies the old key's restrictions,
+// refuses rather than make a new key without them, and stores nothing.
+func TestAnOlderReplicaKeepsWhatANewerOneWroteIntoARecord(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	format, err := keystore.NewFormat("sk")
+	require.NoError(t, err)
+	m := &keystore.Manager{Store: s, Hasher: testHasher, Format: format}
+	ctx := t.Context()
+	const newer = `"scopes_v9":["billing:read"],"bound_to":{"spiffe":"spiffe://a/b"}`
+	withNewer := func(t *testing.T, h keystore.Hash) string {
+		recKey := testPrefix + "{keys}:h:" + h.String()
+		stored, err := raw.Get(ctx, recKey).Result()
+		require.NoError(t, err)
+		rec := strings.TrimSuffix(stored, "}") + "," + newer + "}"
+		require.NoError(t, raw.Set(ctx, recKey, rec, 0).Err())
+		return recKey
+	}
+	members := func(t *testing.T, recKey string) map[string]json.RawMessage {
+		rec, err := raw.Get(ctx, recKey).Result()
+		require.NoError(t, err)
+		var got map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal([]byte(rec), &got))
+		return got
+	}
+
+	k, h, _ := create(t, s, "alice")
+	recKey := withNewer(t, h)
+	name := "renamed"
+	_, err = m.Update(ctx, k.ID, keystore.Patch{Name: &name}, nil, "test")
+	require.NoError(t, err)
+	got := members(t, recKey)
+	assert.JSONEq(t, `["billing:read"]`, string(got["scopes_v9"]), "a PATCH kept what it does not know")
+	assert.JSONEq(t, `{"spiffe":"spiffe://a/b"}`, string(got["bound_to"]))
+	assert.JSONEq(t, `"renamed"`, string(got["name"]), "and made its change")
+
+	_, err = m.Revoke(ctx, k.ID, "test")
+	require.NoError(t, err)
+	got = members(t, recKey)
+	assert.JSONEq(t, `["billing:read"]`, string(got["scopes_v9"]), "a revocation kept what it does not know")
+	assert.NotEqual(t, "null", string(got["revoked_at"]))
+
+	k2, h2, _ := create(t, s, "alice")
+	recKey2 := withNewer(t, h2)
+	before, err := raw.Get(ctx, recKey2).Result()
+	require.NoError(t, err)
+	secret, next, err := m.Rotate(ctx, k2.ID, time.Hour, "test", nil)
+	require.ErrorIs(t, err, keystore.ErrNewerRecord)
+	assert.ErrorContains(t, err, "scopes_v9, bound_to")
+	assert.Empty(t, secret)
+	assert.Nil(t, next)
+	after, err := raw.Get(ctx, recKey2).Result()
+	require.NoError(t, err)
+	assert.Equal(t, before, after, "the refused rotation changed the old key's record")
+	list, _, err := s.List(ctx, keystore.ListOptions{Owner: "alice", Now: time.Now(), Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, list, 1, "the refused rotation made a new key")
+	assert.Equal(t, k2.ID, list[0].ID)
+}

@@ -343,6 +343,9 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 		}
 		next = normalize(next)
 		newRaw, err := encode(next)
+		if err == nil {
+			newRaw, err = keepUnknown(oldRaw, newRaw)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("redis update %s: %w", id, err)
 		}
@@ -564,6 +567,21 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 		rotatedRaw, err := encode(old)
 		if err != nil {
 			return nil, fmt.Errorf("redis rotate %s: %w", id, err)
+		}
+		// What a newer version wrote into the record (in a rolling
+		// upgrade) this one cannot read, so it cannot tell whether the new
+		// key must copy it, as it copies the old key's restrictions: it
+		// makes no new key rather than one that may be looser.
+		unknown, err := unknownMembers(oldRaw, rotatedRaw)
+		if err != nil {
+			return nil, fmt.Errorf("redis rotate %s: %w", id, err)
+		}
+		if len(unknown) > 0 {
+			names := make([]string, len(unknown))
+			for i, m := range unknown {
+				names[i] = m.name
+			}
+			return nil, fmt.Errorf("redis rotate %s: %w (%s); rotate it through a server of that version", id, keystore.ErrNewerRecord, strings.Join(names, ", "))
 		}
 		if nrec.Owner != old.Owner {
 			return nil, fmt.Errorf("redis rotate %s: the new key's owner %q is not the old key's %q", id, nrec.Owner, old.Owner)
@@ -1101,47 +1119,100 @@ func withLastUsed(rec string, at time.Time) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("encode last_used_at: %w", err)
 	}
-	bad := func(what string) error { return fmt.Errorf("decode record: %s", what) }
-	dec := json.NewDecoder(strings.NewReader(rec))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return "", bad("not a JSON object")
-	}
 	out := make([]byte, 0, len(rec)+len(value)+len(`,"last_used_at":`))
 	out = append(out, '{')
 	set := false
+	err = eachMember(rec, func(name string, v json.RawMessage) {
+		if name == "last_used_at" {
+			v, set = value, true
+		}
+		out = appendMember(out, name, v)
+	})
+	if err != nil {
+		return "", err
+	}
+	if !set {
+		out = appendMember(out, "last_used_at", value)
+	}
+	return string(append(out, '}')), nil
+}
+
+// keepUnknown returns enc, this version's encoding of a changed record (which
+// writes every member this version knows), with the members of rec, the
+// record as stored, that it lacks: those a newer version wrote, as they
+// were. An update made by an older replica in a rolling upgrade (a PATCH, a
+// revocation) must not strip what a newer one wrote, a restriction
+// perhaps, that the older one cannot read.
+func keepUnknown(rec, enc string) (string, error) {
+	unknown, err := unknownMembers(rec, enc)
+	if err != nil || len(unknown) == 0 {
+		return enc, err
+	}
+	out := []byte(enc[:len(enc)-1])
+	for _, m := range unknown {
+		out = appendMember(out, m.name, m.value)
+	}
+	return string(append(out, '}')), nil
+}
+
+// member is one member of a JSON object, its value as written.
+type member struct {
+	name  string
+	value json.RawMessage
+}
+
+// unknownMembers returns the members of rec, a stored record, that enc, this
+// version's encoding of a record, has no member of that name for.
+func unknownMembers(rec, enc string) ([]member, error) {
+	known := map[string]bool{}
+	if err := eachMember(enc, func(name string, _ json.RawMessage) { known[name] = true }); err != nil {
+		return nil, err
+	}
+	var unknown []member
+	err := eachMember(rec, func(name string, v json.RawMessage) {
+		if !known[name] {
+			unknown = append(unknown, member{name, v})
+		}
+	})
+	return unknown, err
+}
+
+// eachMember calls fn with each member of the JSON object rec, in order.
+func eachMember(rec string, fn func(name string, v json.RawMessage)) error {
+	bad := func(what string) error { return fmt.Errorf("decode record: %s", what) }
+	dec := json.NewDecoder(strings.NewReader(rec))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return bad("not a JSON object")
+	}
 	for dec.More() {
 		tok, err := dec.Token()
 		name, ok := tok.(string)
 		if err != nil || !ok {
-			return "", bad("a member without a name")
+			return bad("a member without a name")
 		}
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return "", bad("a member without a value")
+			return bad("a member without a value")
 		}
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		quoted, _ := json.Marshal(name) // a string always encodes
-		out = append(append(out, quoted...), ':')
-		if name == "last_used_at" {
-			v, set = value, true
-		}
-		out = append(out, v...)
+		fn(name, v)
 	}
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return "", bad("an unterminated object")
+		return bad("an unterminated object")
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return "", bad("data after the object")
+		return bad("data after the object")
 	}
-	if !set {
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = append(append(out, `"last_used_at":`...), value...)
+	return nil
+}
+
+// appendMember appends `"name":v` to out, an object's members so far
+// after its "{", with a comma if it has some.
+func appendMember(out []byte, name string, v json.RawMessage) []byte {
+	if len(out) > 1 {
+		out = append(out, ',')
 	}
-	return string(append(out, '}')), nil
+	quoted, _ := json.Marshal(name) // a string always encodes
+	return append(append(append(out, quoted...), ':'), v...)
 }
 
 // Ping reports whether Redis answers a lookup now. It reads a key of the
