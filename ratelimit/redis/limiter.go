@@ -163,6 +163,11 @@ type call struct {
 	args  []byte      // allow.lua's argument for the check (appendArgs)
 	reply chan reply  // buffered: the batcher never blocks on a caller gone
 	timer *time.Timer // bounds a pending check's wait; nil until first needed
+	// gone is set by a caller that gave up while its check was pending: a
+	// sender that finds it so leaves the check out of its batch. Under
+	// overload, when Redis answers late and callers give up, checks nobody
+	// waits for would otherwise go on loading Redis, and be counted.
+	gone atomic.Bool
 
 	// Room for keys and args of a check of up to two limits (a key's and a
 	// route's), so that they need no allocation of their own.
@@ -542,8 +547,10 @@ func (r *Limiter) shared(ctx context.Context, q *queue, limits []ratelimit.Limit
 		c.timer.Stop()
 		release(c)
 	case <-c.timer.C:
+		c.gone.Store(true)
 		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: no answer from Redis within %v", r.opts.Timeout)
 	case <-ctx.Done():
+		c.gone.Store(true)
 		c.timer.Stop()
 		return ratelimit.Result{}, 0, 0, ctx.Err()
 	}
@@ -666,12 +673,19 @@ func (r *Limiter) sender(q *queue) {
 				break
 			}
 			k := min(len(q.pending), r.opts.MaxBatch)
-			batch = append(batch[:0], q.pending[:k]...)
+			batch = batch[:0]
+			for _, c := range q.pending[:k] {
+				if !c.gone.Load() { // else nobody waits for it: not sent, not counted
+					batch = append(batch, c)
+				}
+			}
 			rest := copy(q.pending, q.pending[k:])
 			clear(q.pending[rest:])
 			q.pending = q.pending[:rest]
 			q.mu.Unlock()
-			r.run(context.Background(), batch) // a batch outlives any one caller
+			if len(batch) > 0 {
+				r.run(context.Background(), batch) // a batch outlives any one caller
+			}
 			clear(batch)
 		}
 	}

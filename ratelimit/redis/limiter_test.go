@@ -935,6 +935,55 @@ func TestRedisNeverReusesTheCallOfACallerThatGaveUp(t *testing.T) {
 	assert.EqualValues(t, n, st.Allowed, "the second wave: an abandoned check counts nowhere")
 }
 
+// A check whose caller gave up while it waited in the queue is never sent:
+// nobody waits for its answer, and under overload, when Redis answers late
+// and callers give up by the thousand, sending them would only load Redis
+// further, and count checks that were never allowed. Here Redis pauses
+// under one check on the wire while a wave queued behind it gives up.
+func TestRedisSendsNoCheckWhoseCallerGaveUpWhileItWaited(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Timeout: 10 * time.Second})
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 100, Window: time.Hour}}}
+	state := func(pending, sending int) func() bool {
+		return func() bool {
+			q := r.home.queue
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			return len(q.pending) == pending && q.sending == sending
+		}
+	}
+
+	_, err := srv.Do("CLIENT", "PAUSE", "1000", "WRITE")
+	require.NoError(t, err)
+	opened := make(chan ratelimit.Result, 1)
+	go func() {
+		res, err := r.Allow(context.Background(), limits)
+		assert.NoError(t, err)
+		opened <- res
+	}()
+	require.Eventually(t, state(0, 1), 5*time.Second, time.Millisecond, "the opener on the wire")
+	const n = 16
+	var gaveUp sync.WaitGroup
+	for range n {
+		gaveUp.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			_, err := r.Allow(ctx, limits)
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+		})
+	}
+	gaveUp.Wait()
+	require.True(t, state(n, 1)(), "the wave gave up queued, behind the opener")
+
+	res := <-opened
+	require.True(t, res.Allowed)
+	require.Eventually(t, state(0, 0), 5*time.Second, time.Millisecond, "the wave left the queue")
+	res, err = r.Allow(context.Background(), limits)
+	require.NoError(t, err)
+	assert.EqualValues(t, 100-2, res.Remaining, "the checks given up were counted")
+	assert.EqualValues(t, 2, r.Stats().Calls, "the checks given up were sent")
+}
+
 // Replicas whose configs disagree on a limit's window, for as long as a
 // reload takes to reach them all (or a key's new rate to reach their
 // caches), check one counter each with its own window. The count carries
