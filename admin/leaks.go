@@ -210,16 +210,24 @@ func (s *server) leaked(ctx context.Context, h keystore.Hash, rep leakReport) (s
 	if k, err = s.manager.Revoke(ctx, k.ID, LeakActor); err != nil {
 		return "", err
 	}
+	format := s.authz.Policies().Format
 	s.log.Warn("GitHub reported a leaked API key", "key_id", k.ID, "owner", k.Owner,
-		"revoked_now", !wasRevoked, "found_at", bounded(rep.URL), "source", bounded(rep.Source))
+		"revoked_now", !wasRevoked, "found_at", reported(format, rep.URL), "source", reported(format, rep.Source))
 	if s.leaks.OnLeak != nil {
 		s.leaks.OnLeak(k)
 	}
 	return truePositive, nil
 }
 
-// bounded cuts a GitHub-supplied string for a log line.
-func bounded(v string) string {
+// reported is a GitHub-supplied string as a log line may hold it: left out
+// when it holds a key of ours (a file or gist named after the secret it
+// leaks has the key in its URL, and a key never reaches a log, revoked or
+// not), else cut to 512 bytes. The key is looked for in the whole string,
+// before the cut could leave a piece of it the check no longer recognises.
+func reported(f keystore.Format, v string) string {
+	if f.ContainsKey(v) {
+		return "(left out: it holds an API key)"
+	}
 	if len(v) > 512 {
 		return v[:512] + "...[truncated]"
 	}

@@ -119,6 +119,47 @@ func TestALeakedKeyIsRevokedAndReported(t *testing.T) {
 	})
 }
 
+// Where GitHub found a key may name it: a file or gist called after the
+// secret it holds, or a source that quotes it. The log line says where it
+// leaked, but never holds a key, revoked or not, nor the piece of one that
+// cutting a long URL would leave.
+func TestALeakReportsURLThatHoldsAKeyIsLeftOutOfTheLog(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		long := "https://github.com/octo/repo/blob/abc/" + strings.Repeat("d/", 240)
+		for _, tc := range []struct {
+			name        string
+			url, source func(key, other string) string
+		}{
+			{"the URL ends in the leaked key", func(k, _ string) string { return "https://github.com/octo/repo/blob/abc/" + k }, plain("content")},
+			{"the URL names it glued to other text", func(k, _ string) string { return "https://gist.github.com/octo/1#file-old_" + k + "_v2-env" }, plain("gist")},
+			{"the URL holds another live key", func(_, o string) string { return "https://github.com/octo/repo/blob/abc/" + o + ".txt" }, plain("content")},
+			{"the source quotes the key", plain("https://github.com/octo/repo/issues/1"), func(k, _ string) string { return "issue_comment:" + k }},
+			{"a long URL holds the key across the cut", func(k, _ string) string { return long[:500] + k }, plain("content")},
+			{"a long URL holds the key past the cut", func(k, _ string) string { return long + k }, plain("content")},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				leaked, _ := e.create(keystore.Spec{Name: "leaked", Permissions: []string{"x"}})
+				other, _ := e.create(keystore.Spec{Name: "other", Permissions: []string{"x"}})
+				body, err := json.Marshal([]leakReport{{Token: leaked, Type: "extauthz_api_key", URL: tc.url(leaked, other), Source: tc.source(leaked, other)}})
+				require.NoError(t, err)
+				r := e.report(body)
+				require.Equal(t, http.StatusOK, r.status, "%s", r)
+				require.Contains(t, string(r.body), truePositive)
+				logs := e.rec.Logs()
+				require.Contains(t, logs, "GitHub reported a leaked API key")
+				for _, k := range []string{leaked, other} {
+					for i := 0; i+16 <= len(k); i += 8 {
+						require.NotContains(t, logs, k[i:i+16], "a piece of a key reached the log")
+					}
+				}
+			})
+		}
+	})
+}
+
+// plain is a report field that does not depend on the keys.
+func plain(v string) func(string, string) string { return func(string, string) string { return v } }
+
 // An expired key that leaked is revoked too: moving its expiry would
 // otherwise make the leaked secret work again.
 func TestALeakedExpiredKeyIsRevoked(t *testing.T) {
