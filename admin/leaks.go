@@ -13,8 +13,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -33,12 +34,9 @@ const DefaultLeakBodyBytes = 1 << 20
 // client that trickles its body comes near it.
 const DefaultLeakBodyTimeout = 10 * time.Second
 
-// DefaultLeakInFlight bounds the reports read or handled at once when
-// LeakOptions.MaxInFlight is 0. The endpoint is reachable by anyone and
-// buffers each body to verify its signature, so this bounds what it can be
-// made to hold: DefaultLeakInFlight × DefaultLeakBodyBytes, 8 MiB (about
-// twice that with the read buffer's growth), however many clients try.
-const DefaultLeakInFlight = 8
+// DefaultLeakBufferedBytes bounds the bytes of report bodies held at once
+// when LeakOptions.MaxBufferedBytes is 0: eight full reports.
+const DefaultLeakBufferedBytes = 8 * DefaultLeakBodyBytes
 
 // LeakOptions enables the GitHub secret-scanning partner endpoint: GitHub
 // finds one of our keys in a public repository, gist or package and posts
@@ -59,38 +57,32 @@ type LeakOptions struct {
 	// BodyTimeout bounds the reading of a report's body, whatever the
 	// listener allows; 0 means DefaultLeakBodyTimeout.
 	BodyTimeout time.Duration
-	// MaxInFlight bounds the reports being read or handled at once; one
-	// more is answered 503 at once, before its body is read. 0 means
-	// DefaultLeakInFlight. Shared by every handler made with these options.
-	MaxInFlight int
+	// MaxBufferedBytes bounds the body bytes that every report being read
+	// or handled holds together, counted as they arrive: a report whose
+	// next bytes would pass it is answered 503 and its connection closed.
+	// 0 means DefaultLeakBufferedBytes. Shared by every handler made with
+	// these options.
+	MaxBufferedBytes int64
 
-	slotsOnce sync.Once
-	slots     chan struct{} // one per report in flight
+	buffered atomic.Int64 // body bytes held by the reports in flight
 }
 
-// inFlight returns the slots of the reports in flight, one per report.
-func (lo *LeakOptions) inFlight() chan struct{} {
-	lo.slotsOnce.Do(func() {
-		n := lo.MaxInFlight
-		if n <= 0 {
-			n = DefaultLeakInFlight
-		}
-		lo.slots = make(chan struct{}, n)
-	})
-	return lo.slots
-}
-
-// acquire takes a slot for one report, without waiting.
-func (lo *LeakOptions) acquire() bool {
-	select {
-	case lo.inFlight() <- struct{}{}:
-		return true
-	default:
+// hold counts n more bytes of a report's body against MaxBufferedBytes,
+// and reports whether they fit; bytes that do not are not counted.
+func (lo *LeakOptions) hold(n int64) bool {
+	most := lo.MaxBufferedBytes
+	if most <= 0 {
+		most = DefaultLeakBufferedBytes
+	}
+	if lo.buffered.Add(n) > most {
+		lo.buffered.Add(-n)
 		return false
 	}
+	return true
 }
 
-func (lo *LeakOptions) release() { <-lo.inFlight() }
+// release gives back n bytes counted by hold.
+func (lo *LeakOptions) release(n int64) { lo.buffered.Add(-n) }
 
 var errLeaksBusy = &apiError{http.StatusServiceUnavailable, codeUnavailable, "too many leak reports in progress; retry shortly"}
 
@@ -123,16 +115,12 @@ const (
 // format (no store call for anything else), hashed and looked up.
 //
 // Anyone can reach it, and it must buffer a body to check its signature:
-// so a report's body must arrive within BodyTimeout, and at most
-// MaxInFlight reports are read at once; the next is answered 503 before its
-// body is read, and its connection closed.
+// so a report's body must arrive within BodyTimeout, and the bodies held
+// at once are bounded by the bytes that have come (MaxBufferedBytes), not
+// by the reports begun: clients that open reports and stall hold no more
+// than they sent, and cannot keep GitHub's report out by their number.
 func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	rc := http.NewResponseController(w)
-	if !s.leaks.acquire() {
-		refuseBody(w, rc)
-		return errLeaksBusy
-	}
-	defer s.leaks.release()
 	limit := s.leaks.MaxBodyBytes
 	if limit <= 0 {
 		limit = DefaultLeakBodyBytes
@@ -146,7 +134,8 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 	if deadline, ok := r.Context().Deadline(); ok { // the route's timeout, longer than the listener's write timeout
 		_ = rc.SetWriteDeadline(deadline.Add(time.Second))
 	}
-	body, err := readBody(w, r, limit)
+	body, held, err := s.leaks.readBody(w, r, limit)
+	defer s.leaks.release(held)
 	if err != nil {
 		refuseBody(w, rc)
 		return err
@@ -180,6 +169,43 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 	}
 	writeJSON(w, http.StatusOK, labels)
 	return nil
+}
+
+// readBody reads at most limit bytes of r's body as readBody does (413
+// above it), counting each piece against MaxBufferedBytes as it arrives:
+// 503 when one does not fit. held is what it counted, to release once the
+// body is no longer needed, whatever the error. The buffer grows as
+// io.ReadAll's does, so it takes at most about twice the bytes counted.
+func (lo *LeakOptions) readBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, held int64, err error) {
+	if r.ContentLength > limit {
+		return nil, 0, errTooLarge
+	}
+	// Never sized by Content-Length: a client that declares a large body
+	// and sends none of it is given nothing.
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	b := make([]byte, 0, 512)
+	for {
+		n, err := rd.Read(b[len(b):cap(b)])
+		if n > 0 {
+			if !lo.hold(int64(n)) {
+				return nil, held, errLeaksBusy
+			}
+			held += int64(n)
+			b = b[:len(b)+n]
+		}
+		var tooLarge *http.MaxBytesError
+		switch {
+		case err == io.EOF:
+			return b, held, nil
+		case errors.As(err, &tooLarge):
+			return nil, held, errTooLarge
+		case err != nil:
+			return nil, held, badRequest("body", "could not be read")
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow, as io.ReadAll does
+		}
+	}
 }
 
 // refuseBody makes sure nothing more of r's body is read: the connection

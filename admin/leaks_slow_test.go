@@ -2,6 +2,8 @@ package admin
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
@@ -15,18 +17,21 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // slowLeakServer serves the leak handler on a real listener whose server
 // sets no timeouts of its own, so that only the handler's bounds act on
-// slow clients. It returns the address and the options (to watch slots).
-func slowLeakServer(t *testing.T, e *env, bodyTimeout time.Duration, inFlight int) (string, *LeakOptions) {
+// slow clients. It returns the address and the options (to watch the
+// bytes held); maxBuffered 0 is the default bound.
+func slowLeakServer(t *testing.T, e *env, bodyTimeout time.Duration, maxBuffered int64) (string, *LeakOptions) {
 	t.Helper()
 	opts := e.opts
 	opts.Leaks = &LeakOptions{
-		PublicKeys:  map[string]*ecdsa.PublicKey{githubKeyID: &e.github.PublicKey},
-		BodyTimeout: bodyTimeout,
-		MaxInFlight: inFlight,
+		PublicKeys:       map[string]*ecdsa.PublicKey{githubKeyID: &e.github.PublicKey},
+		BodyTimeout:      bodyTimeout,
+		MaxBufferedBytes: maxBuffered,
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -74,7 +79,7 @@ func awaitClose(conn net.Conn, within time.Duration) (status int, closedAfter ti
 func TestATrickledLeakReportIsCutOffAtTheBodyDeadline(t *testing.T) {
 	e := newEnv(t, backends[0], envOptions{})
 	const bodyTimeout = 400 * time.Millisecond
-	addr, _ := slowLeakServer(t, e, bodyTimeout, 4)
+	addr, _ := slowLeakServer(t, e, bodyTimeout, 4<<20)
 	var wg sync.WaitGroup
 	for range 3 {
 		conn := openReport(t, addr, DefaultLeakBodyBytes, []byte("["))
@@ -101,16 +106,55 @@ func TestATrickledLeakReportIsCutOffAtTheBodyDeadline(t *testing.T) {
 	wg.Wait()
 }
 
-func TestLeakReportsBeyondTheLimitAreRefusedAtOnce(t *testing.T) {
+// Clients that open reports and stall, or trickle them, hold only what
+// they sent: however many there are, GitHub's report is read and answered
+// (a bound on the reports begun let eight such clients answer every real
+// report 503, keeping leaked keys alive for as long as they kept it up).
+func TestStalledReportsDoNotKeepGitHubsReportOut(t *testing.T) {
 	e := newEnv(t, backends[0], envOptions{})
-	addr, lo := slowLeakServer(t, e, 5*time.Second, 4)
+	addr, lo := slowLeakServer(t, e, 5*time.Second, 0) // the default bounds
+	leaked, id := e.create(keystore.Spec{Name: "leaked", Permissions: []string{"x"}})
+	for i := range 50 {
+		switch i % 3 {
+		case 0: // headers only, declaring the largest body
+			openReport(t, addr, DefaultLeakBodyBytes, nil)
+		case 1: // a first byte, declaring a small body
+			openReport(t, addr, 1000, []byte("["))
+		default: // a chunked body begun
+			conn, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			t.Cleanup(func() { conn.Close() })
+			_, err = fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"+
+				"Github-Public-Key-Identifier: %s\r\nGithub-Public-Key-Signature: AAAA\r\n\r\n10\r\n[{\"token\": \"sk_", leakPath, githubKeyID)
+			require.NoError(t, err)
+		}
+	}
+	require.Eventually(t, func() bool { return lo.buffered.Load() > 0 }, 2*time.Second, 5*time.Millisecond, "the stalled reports are being read")
+
+	start := time.Now()
+	r := e.reportTo("http://"+addr, leakBody(leaked))
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	assert.Contains(t, string(r.body), truePositive)
+	assert.Less(t, time.Since(start), time.Second, "answered at once, not after the stalled ones")
+	k, err := e.store.Get(context.Background(), id)
+	require.NoError(t, err)
+	assert.NotNil(t, k.RevokedAt, "the leaked key is revoked")
+	t.Logf("50 stalled reports hold %d bytes; GitHub's was answered in %v", lo.buffered.Load(), time.Since(start).Round(time.Millisecond))
+}
+
+// Bodies that did arrive count: once they fill MaxBufferedBytes, a report
+// whose bytes do not fit is answered 503 (Retry-After: 1) and its
+// connection closed, and the bytes come back when the stalled ones end.
+func TestLeakBodiesBeyondTheBufferBoundAreRefused(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	addr, lo := slowLeakServer(t, e, 5*time.Second, 4000)
 	var stalled []net.Conn
 	for range 4 {
-		stalled = append(stalled, openReport(t, addr, 1000, []byte("[")))
+		stalled = append(stalled, openReport(t, addr, 2000, bytes.Repeat([]byte(" "), 1000)))
 	}
-	require.Eventually(t, func() bool { return len(lo.inFlight()) == 4 }, 2*time.Second, 5*time.Millisecond, "four reports in flight")
+	require.Eventually(t, func() bool { return lo.buffered.Load() == 4000 }, 2*time.Second, 5*time.Millisecond, "four bodies of 1000 bytes held")
 
-	conn := openReport(t, addr, 1000, []byte("["))
+	conn := openReport(t, addr, 10, []byte("[]        "))
 	start := time.Now()
 	status, after, err := awaitClose(conn, time.Second)
 	require.NoError(t, err, "the refused connection is closed, not drained")
@@ -122,22 +166,25 @@ func TestLeakReportsBeyondTheLimitAreRefusedAtOnce(t *testing.T) {
 	assert.Equal(t, "unavailable", r.code(t))
 	assert.Equal(t, "1", r.header.Get("Retry-After"))
 	assert.Less(t, time.Since(start), time.Second)
+	assert.Equal(t, int64(4000), lo.buffered.Load(), "a refused report keeps nothing counted")
 
 	for _, c := range stalled {
 		c.Close()
 	}
-	require.Eventually(t, func() bool { return len(lo.inFlight()) == 0 }, 2*time.Second, 5*time.Millisecond, "slots come back")
+	require.Eventually(t, func() bool { return lo.buffered.Load() == 0 }, 2*time.Second, 5*time.Millisecond, "the bytes come back")
 	assert.Equal(t, http.StatusOK, e.reportTo("http://"+addr, leakBody("sk_x")).status)
+	assert.Zero(t, lo.buffered.Load(), "an answered report keeps nothing counted")
 }
 
 // TestStalledLeakBodiesHoldBoundedMemory: 100 clients each send a report
 // of 1 MiB less one byte and stall. Without a bound the server would hold
-// 100 MiB until they gave up; with it, MaxInFlight bodies at most, and
-// every connection is closed within the body deadline.
+// 100 MiB until they gave up; with it, MaxBufferedBytes at most (about
+// twice that with the buffers' growth), and every connection is closed
+// within the body deadline.
 func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
 	e := newEnv(t, backends[0], envOptions{})
-	const bodyTimeout, inFlight, clients = 2 * time.Second, 4, 100
-	addr, lo := slowLeakServer(t, e, bodyTimeout, inFlight)
+	const bodyTimeout, maxBuffered, clients = 2 * time.Second, 4 << 20, 100
+	addr, lo := slowLeakServer(t, e, bodyTimeout, maxBuffered)
 	body := make([]byte, DefaultLeakBodyBytes-1)
 	var before runtime.MemStats
 	runtime.GC()
@@ -157,7 +204,7 @@ func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
 		runtime.GC()
 		runtime.ReadMemStats(&m)
 		peak = max(peak, m.HeapAlloc-min(m.HeapAlloc, before.HeapAlloc))
-		return len(lo.inFlight()) == inFlight && peak >= 3<<20
+		return lo.buffered.Load() >= 3<<20 && peak >= 3<<20
 	}, bodyTimeout, 20*time.Millisecond, "the admitted reports are being read")
 	for range 5 {
 		var m runtime.MemStats
@@ -166,8 +213,9 @@ func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
 		peak = max(peak, m.HeapAlloc-min(m.HeapAlloc, before.HeapAlloc))
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("%d stalled 1 MiB reports: live heap grew by %.1f MiB at most (bound %d in flight)", clients, float64(peak)/(1<<20), inFlight)
-	assert.Less(t, peak, uint64(inFlight*3<<20+4<<20), "memory grows with the reports in flight, not with the clients")
+	assert.LessOrEqual(t, lo.buffered.Load(), int64(maxBuffered))
+	t.Logf("%d stalled 1 MiB reports: live heap grew by %.1f MiB at most (bound %d MiB of bodies)", clients, float64(peak)/(1<<20), maxBuffered>>20)
+	assert.Less(t, peak, uint64(3*maxBuffered+4<<20), "memory grows with the bytes bounded, not with the clients")
 
 	var slowest time.Duration
 	for _, c := range conns {
@@ -177,7 +225,7 @@ func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
 	}
 	sent.Wait()
 	t.Logf("every connection closed within %v of its start (body deadline %v)", slowest.Round(time.Millisecond), bodyTimeout)
-	require.Eventually(t, func() bool { return len(lo.inFlight()) == 0 }, time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return lo.buffered.Load() == 0 }, time.Second, 5*time.Millisecond)
 }
 
 // reportTo posts a signed report as report does, to another server.
