@@ -289,7 +289,8 @@ func badSignature(msg string) *apiError {
 // (the JSON document at
 // https://api.github.com/meta/public_keys/secret_scanning) into
 // LeakOptions.PublicKeys. Every key must be an ECDSA P-256 public key in
-// PEM; the error names the first that is not.
+// PEM, and an identifier listed twice must name the same key; the error
+// names the first that is not.
 func ParseGitHubPublicKeys(doc []byte) (map[string]*ecdsa.PublicKey, error) {
 	var list struct {
 		PublicKeys []struct {
@@ -319,6 +320,12 @@ func ParseGitHubPublicKeys(doc []byte) (map[string]*ecdsa.PublicKey, error) {
 		ec, ok := pub.(*ecdsa.PublicKey)
 		if !ok || ec.Curve != elliptic.P256() {
 			return nil, fmt.Errorf("GitHub public key %s: want an ECDSA P-256 key", k.KeyIdentifier)
+		}
+		if prev := keys[k.KeyIdentifier]; prev != nil && !prev.Equal(ec) {
+			// Which of the two signs for the identifier would be a guess
+			// (the last, as a map keeps it; the first, as a reader of
+			// the file might think): not a document GitHub publishes.
+			return nil, fmt.Errorf("GitHub public key %s: listed twice, with different keys", k.KeyIdentifier)
 		}
 		keys[k.KeyIdentifier] = ec
 	}

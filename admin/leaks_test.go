@@ -329,6 +329,22 @@ func TestParseGitHubPublicKeys(t *testing.T) {
 	require.Contains(t, keys, "abc")
 	assert.True(t, keys["abc"].Equal(&ec.PublicKey))
 
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	// docOf is a document of several keys: identifier, PEM, identifier, ...
+	docOf := func(pairs ...string) []byte {
+		var list []map[string]any
+		for i := 0; i < len(pairs); i += 2 {
+			list = append(list, map[string]any{"key_identifier": pairs[i], "key": pairs[i+1], "is_current": i == 0})
+		}
+		b, _ := json.Marshal(map[string]any{"public_keys": list})
+		return b
+	}
+	keys, err = ParseGitHubPublicKeys(docOf("abc", ecPEM, "def", pemOf(t, &other.PublicKey), "abc", ecPEM))
+	require.NoError(t, err, "a key listed twice under its identifier is still one key")
+	assert.Len(t, keys, 2)
+	assert.True(t, keys["def"].Equal(&other.PublicKey))
+
 	for _, tc := range []struct {
 		name string
 		doc  []byte
@@ -340,6 +356,7 @@ func TestParseGitHubPublicKeys(t *testing.T) {
 		{"not PEM", doc("abc", "MFkw..."), "abc: not PEM"},
 		{"an RSA key", doc("abc", pemOf(t, &rsaKey.PublicKey)), "P-256"},
 		{"a P-384 key", doc("abc", pemOf(t, &p384.PublicKey)), "P-256"},
+		{"one identifier for two keys", docOf("abc", ecPEM, "def", ecPEM, "abc", pemOf(t, &other.PublicKey)), "abc: listed twice, with different keys"},
 	} {
 		t.Run(tc.name+" is refused", func(t *testing.T) {
 			_, err := ParseGitHubPublicKeys(tc.doc)
