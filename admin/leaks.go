@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -15,7 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -34,8 +35,8 @@ const DefaultLeakBodyBytes = 1 << 20
 // client that trickles its body comes near it.
 const DefaultLeakBodyTimeout = 10 * time.Second
 
-// DefaultLeakBufferedBytes bounds the bytes of report bodies held at once
-// when LeakOptions.MaxBufferedBytes is 0: eight full reports.
+// DefaultLeakBufferedBytes bounds the report buffers held at once when
+// LeakOptions.MaxBufferedBytes is 0: eight full reports.
 const DefaultLeakBufferedBytes = 8 * DefaultLeakBodyBytes
 
 // LeakOptions enables the GitHub secret-scanning partner endpoint: GitHub
@@ -57,32 +58,170 @@ type LeakOptions struct {
 	// BodyTimeout bounds the reading of a report's body, whatever the
 	// listener allows; 0 means DefaultLeakBodyTimeout.
 	BodyTimeout time.Duration
-	// MaxBufferedBytes bounds the body bytes that every report being read
-	// or handled holds together, counted as they arrive: a report whose
-	// next bytes would pass it is answered 503 and its connection closed.
-	// 0 means DefaultLeakBufferedBytes. Shared by every handler made with
-	// these options.
+	// MaxBufferedBytes bounds the buffers that the reports being read or
+	// handled hold together. A buffer starts small and doubles as bytes
+	// come, so a client is given room for what it sent, at most twice
+	// that. A report whose buffer does not fit makes room by cutting off
+	// the reports still reading their bodies that began before it, oldest
+	// first; when that is not enough it is answered 503 and its
+	// connection closed, as is a report cut off. 0 means
+	// DefaultLeakBufferedBytes. Shared by every handler made with these
+	// options.
 	MaxBufferedBytes int64
 
-	buffered atomic.Int64 // body bytes held by the reports in flight
+	bodies leakBodies
 }
 
-// hold counts n more bytes of a report's body against MaxBufferedBytes,
-// and reports whether they fit; bytes that do not are not counted.
-func (lo *LeakOptions) hold(n int64) bool {
-	most := lo.MaxBufferedBytes
-	if most <= 0 {
-		most = DefaultLeakBufferedBytes
-	}
-	if lo.buffered.Add(n) > most {
-		lo.buffered.Add(-n)
-		return false
-	}
-	return true
+// leakBodies counts the buffers of the reports in flight, in bytes,
+// against LeakOptions.MaxBufferedBytes.
+//
+// What it promises: the buffers counted never pass the bound, and a report
+// is refused for want of room only when every report still reading its
+// body began after it. Why that keeps GitHub's report in: GitHub sends a
+// report in one go, so when it begins, every body already being read is
+// older, and is cut off before it is refused. To keep it out, clients
+// would have to fill the whole bound with bodies begun after it, in the
+// moment it takes to arrive; bodies begun earlier and left to stall only
+// hold room until someone needs it. A report whose body is read keeps its
+// buffer until it is answered, and is never cut: only GitHub's pass the
+// signature check, and any other is refused at once.
+//
+// Why the bound holds while readers are cut: a buffer is counted before it
+// is made; a report cut off keeps its buffer counted (leaving) until its
+// handler ends and lets the buffer go, and the report that needed the room
+// waits for that. So a crowd of senders cutting each other off holds no
+// more than the bound in buffers (and the garbage of the ones outgrown).
+type leakBodies struct {
+	mu      sync.Mutex
+	held    int64     // bytes counted, those of reports cut off included
+	leaving int64     // of held, the bytes of reports cut off, until they end
+	reading list.List // of *bodyShare, by when they began
+	freed   chan struct{}
 }
 
-// release gives back n bytes counted by hold.
-func (lo *LeakOptions) release(n int64) { lo.buffered.Add(-n) }
+// bodyShare is one report's share of leakBodies.
+type bodyShare struct {
+	held    int64
+	reading *list.Element // in leakBodies.reading; nil before it takes anything, and once read
+	cut     func()        // fails its pending read at once
+	dropped bool          // cut off: it may take nothing more
+}
+
+// take counts n more bytes of b's body, cutting off older readers to make
+// room and waiting for them to end, and reports whether they fit; bytes
+// that do not fit are not counted, and a body that was cut off takes
+// nothing more. done ends a wait. Readers are cut under the lock, so that
+// each is cut while its handler still runs (it releases its share, under
+// the lock, before it returns).
+func (lb *leakBodies) take(b *bodyShare, n, most int64, done <-chan struct{}) bool {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	for {
+		switch {
+		case b.dropped:
+			return false
+		case lb.held+n <= most:
+			lb.held += n
+			b.held += n
+			if b.reading == nil {
+				b.reading = lb.reading.PushBack(b)
+			}
+			return true
+		case lb.held-lb.leaving+n > most: // what is leaving will not make room: cut the oldest
+			front := lb.reading.Front()
+			if front == nil || front == b.reading {
+				return false
+			}
+			old := lb.reading.Remove(front).(*bodyShare)
+			old.reading, old.dropped = nil, true
+			lb.leaving += old.held
+			old.cut()
+			lb.wake() // it may be waiting in take itself
+		default: // wait for the readers cut off to end
+			freed := lb.freedChan()
+			lb.mu.Unlock()
+			select {
+			case <-freed:
+			case <-done:
+				lb.mu.Lock()
+				return false
+			}
+			lb.mu.Lock()
+		}
+	}
+}
+
+// freedChan is closed the next time bytes are released or a reader is cut.
+func (lb *leakBodies) freedChan() chan struct{} {
+	if lb.freed == nil {
+		lb.freed = make(chan struct{})
+	}
+	return lb.freed
+}
+
+func (lb *leakBodies) wake() {
+	if lb.freed != nil {
+		close(lb.freed)
+		lb.freed = nil
+	}
+}
+
+// read marks b's body as read in full, no longer to be cut off, and
+// reports whether it still may go on (false: it was cut off meanwhile).
+func (lb *leakBodies) read(b *bodyShare) bool {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if b.reading != nil {
+		lb.reading.Remove(b.reading)
+		b.reading = nil
+	}
+	return !b.dropped
+}
+
+// cutOff reports whether b was cut off to make room.
+func (lb *leakBodies) cutOff(b *bodyShare) bool {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return b.dropped
+}
+
+// give gives back n bytes of b's share (a buffer it no longer uses).
+func (lb *leakBodies) give(b *bodyShare, n int64) {
+	if n == 0 {
+		return
+	}
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	lb.held -= n
+	b.held -= n
+	if b.dropped {
+		lb.leaving -= n
+	}
+	lb.wake()
+}
+
+// release gives back b's share once its report is answered.
+func (lb *leakBodies) release(b *bodyShare) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if b.reading != nil {
+		lb.reading.Remove(b.reading)
+		b.reading = nil
+	}
+	lb.held -= b.held
+	if b.dropped {
+		lb.leaving -= b.held
+	}
+	b.held = 0
+	lb.wake()
+}
+
+// heldBytes is what the buffers of the reports in flight take.
+func (lb *leakBodies) heldBytes() int64 {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.held
+}
 
 var errLeaksBusy = &apiError{http.StatusServiceUnavailable, codeUnavailable, "too many leak reports in progress; retry shortly"}
 
@@ -115,10 +254,11 @@ const (
 // format (no store call for anything else), hashed and looked up.
 //
 // Anyone can reach it, and it must buffer a body to check its signature:
-// so a report's body must arrive within BodyTimeout, and the bodies held
-// at once are bounded by the bytes that have come (MaxBufferedBytes), not
-// by the reports begun: clients that open reports and stall hold no more
-// than they sent, and cannot keep GitHub's report out by their number.
+// so a report's body must arrive within BodyTimeout, and the buffers held
+// at once are bounded (MaxBufferedBytes), by what the clients sent rather
+// than by the reports begun; reports left to stall are cut off to make
+// room for newer ones (leakBodies), so that stalled clients cannot keep
+// GitHub's report out.
 func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	rc := http.NewResponseController(w)
 	limit := s.leaks.MaxBodyBytes
@@ -130,12 +270,17 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 		timeout = DefaultLeakBodyTimeout
 	}
 	// A listener that cannot set deadlines (ErrNotSupported) keeps its own.
-	_ = rc.SetReadDeadline(time.Now().Add(timeout))
+	bodyDeadline := time.Now().Add(timeout)
+	_ = rc.SetReadDeadline(bodyDeadline)
 	if deadline, ok := r.Context().Deadline(); ok { // the route's timeout, longer than the listener's write timeout
 		_ = rc.SetWriteDeadline(deadline.Add(time.Second))
 	}
-	body, held, err := s.leaks.readBody(w, r, limit)
-	defer s.leaks.release(held)
+	share := &bodyShare{cut: func() { _ = rc.SetReadDeadline(time.Now()) }}
+	defer s.leaks.bodies.release(share)
+	// A wait for room counts in the body's time, as a read does.
+	reading, cancel := context.WithDeadline(r.Context(), bodyDeadline)
+	defer cancel()
+	body, err := s.leaks.readBody(w, r.WithContext(reading), limit, share)
 	if err != nil {
 		refuseBody(w, rc)
 		return err
@@ -172,38 +317,69 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 }
 
 // readBody reads at most limit bytes of r's body as readBody does (413
-// above it), counting each piece against MaxBufferedBytes as it arrives:
-// 503 when one does not fit. held is what it counted, to release once the
-// body is no longer needed, whatever the error. The buffer grows as
-// io.ReadAll's does, so it takes at most about twice the bytes counted.
-func (lo *LeakOptions) readBody(w http.ResponseWriter, r *http.Request, limit int64) (body []byte, held int64, err error) {
+// above it), into a buffer counted in share (leakBodies) before it is
+// made: 503 when it does not fit, or when the body is cut off to make room
+// for a newer one. The buffer starts small and doubles as bytes come, so
+// a client is given room only for what it sent, and at most twice that.
+func (lo *LeakOptions) readBody(w http.ResponseWriter, r *http.Request, limit int64, share *bodyShare) ([]byte, error) {
 	if r.ContentLength > limit {
-		return nil, 0, errTooLarge
+		return nil, errTooLarge
+	}
+	most := lo.MaxBufferedBytes
+	if most <= 0 {
+		most = DefaultLeakBufferedBytes
+	}
+	var b []byte
+	// grow makes b room for size bytes: the new buffer is counted before
+	// it is made, the old one no longer once its bytes are copied.
+	grow := func(size int64) bool {
+		if !lo.bodies.take(share, size, most, r.Context().Done()) {
+			return false
+		}
+		next := make([]byte, len(b), size)
+		copy(next, b)
+		lo.bodies.give(share, int64(cap(b)))
+		b = next
+		return true
 	}
 	// Never sized by Content-Length: a client that declares a large body
-	// and sends none of it is given nothing.
+	// and sends none of it is given nothing more.
+	if !grow(min(512, limit)) {
+		return nil, errLeaksBusy
+	}
 	rd := http.MaxBytesReader(w, r.Body, limit)
-	b := make([]byte, 0, 512)
 	for {
-		n, err := rd.Read(b[len(b):cap(b)])
-		if n > 0 {
-			if !lo.hold(int64(n)) {
-				return nil, held, errLeaksBusy
-			}
-			held += int64(n)
+		var n int
+		var err error
+		switch {
+		case len(b) < cap(b):
+			n, err = rd.Read(b[len(b):cap(b)])
 			b = b[:len(b)+n]
+		case int64(cap(b)) < limit:
+			if !grow(min(2*int64(cap(b)), limit)) {
+				return nil, errLeaksBusy
+			}
+			continue
+		default: // limit bytes read: one more is too many
+			var more [1]byte
+			if n, err = rd.Read(more[:]); n > 0 {
+				return nil, errTooLarge
+			}
 		}
 		var tooLarge *http.MaxBytesError
 		switch {
 		case err == io.EOF:
-			return b, held, nil
+			if !lo.bodies.read(share) {
+				return nil, errLeaksBusy
+			}
+			return b, nil
 		case errors.As(err, &tooLarge):
-			return nil, held, errTooLarge
+			return nil, errTooLarge
 		case err != nil:
-			return nil, held, badRequest("body", "could not be read")
-		}
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)] // grow, as io.ReadAll does
+			if lo.bodies.cutOff(share) {
+				return nil, errLeaksBusy
+			}
+			return nil, badRequest("body", "could not be read")
 		}
 	}
 }

@@ -10,7 +10,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"runtime/metrics"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -129,7 +132,7 @@ func TestStalledReportsDoNotKeepGitHubsReportOut(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
-	require.Eventually(t, func() bool { return lo.buffered.Load() > 0 }, 2*time.Second, 5*time.Millisecond, "the stalled reports are being read")
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() > 0 }, 2*time.Second, 5*time.Millisecond, "the stalled reports are being read")
 
 	start := time.Now()
 	r := e.reportTo("http://"+addr, leakBody(leaked))
@@ -139,41 +142,107 @@ func TestStalledReportsDoNotKeepGitHubsReportOut(t *testing.T) {
 	k, err := e.store.Get(context.Background(), id)
 	require.NoError(t, err)
 	assert.NotNil(t, k.RevokedAt, "the leaked key is revoked")
-	t.Logf("50 stalled reports hold %d bytes; GitHub's was answered in %v", lo.buffered.Load(), time.Since(start).Round(time.Millisecond))
+	t.Logf("50 stalled reports hold %d bytes; GitHub's was answered in %v", lo.bodies.heldBytes(), time.Since(start).Round(time.Millisecond))
 }
 
-// Bodies that did arrive count: once they fill MaxBufferedBytes, a report
-// whose bytes do not fit is answered 503 (Retry-After: 1) and its
-// connection closed, and the bytes come back when the stalled ones end.
-func TestLeakBodiesBeyondTheBufferBoundAreRefused(t *testing.T) {
+// Stalled bodies that did send their bytes, enough to fill the bound, do
+// not keep GitHub's report out either: a report that does not fit cuts off
+// the older readers, oldest first (503, connection closed), as many as it
+// needs, and the others keep reading. Counting bytes alone let clients
+// that sent as much as the bound and stalled (eight of 1 MiB by default)
+// hold every real report off.
+func TestFullStalledBodiesAreCutOffForANewerReport(t *testing.T) {
 	e := newEnv(t, backends[0], envOptions{})
-	addr, lo := slowLeakServer(t, e, 5*time.Second, 4000)
+	leaked, id := e.create(keystore.Spec{Name: "leaked", Permissions: []string{"x"}})
+	// Each stalled body has its first buffer (512 bytes), almost full.
+	addr, lo := slowLeakServer(t, e, 5*time.Second, 8*512)
 	var stalled []net.Conn
-	for range 4 {
-		stalled = append(stalled, openReport(t, addr, 2000, bytes.Repeat([]byte(" "), 1000)))
+	for i := range 8 {
+		stalled = append(stalled, openReport(t, addr, 2000, bytes.Repeat([]byte(" "), 500)))
+		require.Eventually(t, func() bool { return lo.bodies.heldBytes() == int64(512*(i+1)) }, 2*time.Second, time.Millisecond)
 	}
-	require.Eventually(t, func() bool { return lo.buffered.Load() == 4000 }, 2*time.Second, 5*time.Millisecond, "four bodies of 1000 bytes held")
 
-	conn := openReport(t, addr, 10, []byte("[]        "))
-	start := time.Now()
-	status, after, err := awaitClose(conn, time.Second)
-	require.NoError(t, err, "the refused connection is closed, not drained")
+	r := e.reportTo("http://"+addr, leakBody(leaked))
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	assert.Contains(t, string(r.body), truePositive)
+	k, err := e.store.Get(context.Background(), id)
+	require.NoError(t, err)
+	assert.NotNil(t, k.RevokedAt, "the leaked key is revoked")
+
+	status, _, err := awaitClose(stalled[0], time.Second)
+	require.NoError(t, err, "the oldest is cut off and its connection closed")
 	assert.Equal(t, http.StatusServiceUnavailable, status)
-	t.Logf("a fifth report: 503 and closed after %v", after.Round(time.Millisecond))
-
-	r := e.reportTo("http://"+addr, leakBody("sk_x"))
-	assert.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
-	assert.Equal(t, "unavailable", r.code(t))
-	assert.Equal(t, "1", r.header.Get("Retry-After"))
-	assert.Less(t, time.Since(start), time.Second)
-	assert.Equal(t, int64(4000), lo.buffered.Load(), "a refused report keeps nothing counted")
-
-	for _, c := range stalled {
+	for _, c := range stalled[1:] {
+		_, err := c.Write([]byte(" "))
+		require.NoError(t, err, "the newer ones are still read")
+	}
+	assert.Equal(t, int64(7*512), lo.bodies.heldBytes(), "only the room needed was made")
+	for _, c := range stalled[1:] {
 		c.Close()
 	}
-	require.Eventually(t, func() bool { return lo.buffered.Load() == 0 }, 2*time.Second, 5*time.Millisecond, "the bytes come back")
-	assert.Equal(t, http.StatusOK, e.reportTo("http://"+addr, leakBody("sk_x")).status)
-	assert.Zero(t, lo.buffered.Load(), "an answered report keeps nothing counted")
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 0 }, 2*time.Second, 5*time.Millisecond, "the room comes back")
+}
+
+// A report whose buffer does not fit, and that is itself the oldest
+// reader, is refused (503, connection closed) rather than cut off a newer
+// one, and keeps nothing counted.
+func TestTheOldestReaderIsRefusedNotANewerOne(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	addr, lo := slowLeakServer(t, e, 5*time.Second, 4096)
+	old := openReport(t, addr, 3000, bytes.Repeat([]byte(" "), 500))
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 512 }, 2*time.Second, time.Millisecond)
+	newer := openReport(t, addr, 2000, bytes.Repeat([]byte(" "), 1500))
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 512+2048 }, 2*time.Second, time.Millisecond)
+
+	// 1100 bytes need a buffer of 2048, which fits only without the newer.
+	_, err := old.Write(bytes.Repeat([]byte(" "), 600))
+	require.NoError(t, err)
+	status, _, err := awaitClose(old, time.Second)
+	require.NoError(t, err, "the refused connection is closed, not drained")
+	assert.Equal(t, http.StatusServiceUnavailable, status)
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 2048 }, 2*time.Second, time.Millisecond, "the refused report keeps nothing counted")
+
+	_, err = newer.Write(bytes.Repeat([]byte(" "), 500))
+	require.NoError(t, err)
+	_ = newer.SetReadDeadline(time.Now().Add(time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(newer), nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "the newer report was read in full (and is not signed)")
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 0 }, 2*time.Second, 5*time.Millisecond)
+
+	r := e.reportTo("http://"+addr, leakBody("sk_x"))
+	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+	assert.Equal(t, "", r.header.Get("Retry-After"))
+	assert.Zero(t, lo.bodies.heldBytes(), "an answered report keeps nothing counted")
+}
+
+// A report refused for want of room is answered 503 with Retry-After: 1,
+// in the JSON of every error.
+func TestALeakReportRefusedForRoomSaysWhenToRetry(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	addr, lo := slowLeakServer(t, e, 5*time.Second, 600) // room for one first buffer
+	stalled := openReport(t, addr, 2000, bytes.Repeat([]byte(" "), 1000))
+	status, _, err := awaitClose(stalled, time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusServiceUnavailable, status, "its second buffer does not fit, and none is older")
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 0 }, 2*time.Second, time.Millisecond)
+
+	open := openReport(t, addr, 2000, bytes.Repeat([]byte(" "), 100))
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 512 }, 2*time.Second, time.Millisecond)
+	defer open.Close()
+	r := e.reportTo("http://"+addr, leakBody("sk_x")) // cuts the open one off
+	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+
+	tiny := &LeakOptions{PublicKeys: map[string]*ecdsa.PublicKey{githubKeyID: &e.github.PublicKey}, MaxBufferedBytes: 100}
+	opts := e.opts
+	opts.Leaks = tiny
+	srv := httptest.NewServer(NewLeakHandler(opts))
+	t.Cleanup(srv.Close)
+	r = e.reportTo(srv.URL, leakBody("sk_x"))
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+	assert.Equal(t, "unavailable", r.code(t))
+	assert.Equal(t, "1", r.header.Get("Retry-After"))
 }
 
 // TestStalledLeakBodiesHoldBoundedMemory: 100 clients each send a report
@@ -186,46 +255,57 @@ func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
 	const bodyTimeout, maxBuffered, clients = 2 * time.Second, 4 << 20, 100
 	addr, lo := slowLeakServer(t, e, bodyTimeout, maxBuffered)
 	body := make([]byte, DefaultLeakBodyBytes-1)
-	var before runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
+	before := liveHeap()
 
 	conns := make([]net.Conn, clients)
+	opened := make([]time.Time, clients)
 	var sent sync.WaitGroup
-	start := time.Now()
 	for i := range conns {
-		conns[i] = openReport(t, addr, DefaultLeakBodyBytes, nil)
+		conns[i], opened[i] = openReport(t, addr, DefaultLeakBodyBytes, nil), time.Now()
 		sent.Add(1)
 		go func() { defer sent.Done(); _, _ = conns[i].Write(body) }() // fails on refused ones
 	}
 	var peak uint64
 	require.Eventually(t, func() bool {
-		var m runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&m)
-		peak = max(peak, m.HeapAlloc-min(m.HeapAlloc, before.HeapAlloc))
-		return lo.buffered.Load() >= 3<<20 && peak >= 3<<20
+		live := liveHeap()
+		peak = max(peak, live-min(live, before))
+		return lo.bodies.heldBytes() >= 3<<20 && peak >= 3<<20
 	}, bodyTimeout, 20*time.Millisecond, "the admitted reports are being read")
 	for range 5 {
-		var m runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&m)
-		peak = max(peak, m.HeapAlloc-min(m.HeapAlloc, before.HeapAlloc))
+		live := liveHeap()
+		peak = max(peak, live-min(live, before))
 		time.Sleep(50 * time.Millisecond)
 	}
-	assert.LessOrEqual(t, lo.buffered.Load(), int64(maxBuffered))
+	assert.LessOrEqual(t, lo.bodies.heldBytes(), int64(maxBuffered))
 	t.Logf("%d stalled 1 MiB reports: live heap grew by %.1f MiB at most (bound %d MiB of bodies)", clients, float64(peak)/(1<<20), maxBuffered>>20)
 	assert.Less(t, peak, uint64(3*maxBuffered+4<<20), "memory grows with the bytes bounded, not with the clients")
 
-	var slowest time.Duration
-	for _, c := range conns {
-		_, _, err := awaitClose(c, bodyTimeout+2*time.Second-time.Since(start))
-		require.NoError(t, err)
-		slowest = max(slowest, time.Since(start))
+	// Those left are the newest (older ones were cut off to make room for
+	// them): each is closed at its own body deadline.
+	open := make([]time.Duration, clients)
+	var closed sync.WaitGroup
+	for i, c := range conns {
+		closed.Add(1)
+		go func() {
+			defer closed.Done()
+			_, _, err := awaitClose(c, time.Until(opened[i].Add(bodyTimeout+2*time.Second)))
+			assert.NoError(t, err)
+			open[i] = time.Since(opened[i])
+		}()
 	}
+	closed.Wait()
 	sent.Wait()
-	t.Logf("every connection closed within %v of its start (body deadline %v)", slowest.Round(time.Millisecond), bodyTimeout)
-	require.Eventually(t, func() bool { return lo.buffered.Load() == 0 }, time.Second, 5*time.Millisecond)
+	t.Logf("every connection closed within %v of its start (body deadline %v)", slices.Max(open).Round(time.Millisecond), bodyTimeout)
+	require.Eventually(t, func() bool { return lo.bodies.heldBytes() == 0 }, time.Second, 5*time.Millisecond)
+}
+
+// liveHeap is the heap a collection, made now, found live: what the
+// server holds, without the garbage its readers make meanwhile.
+func liveHeap() uint64 {
+	runtime.GC()
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	return sample[0].Value.Uint64()
 }
 
 // reportTo posts a signed report as report does, to another server.

@@ -134,21 +134,29 @@ func TestAGitHubReportRevokesTheKeyThroughTheServer(t *testing.T) {
 	assert.NotContains(t, ls.logs.String(), secret, "no secret in the log")
 }
 
-// Clients that open reports on the public listener and stall hold what
-// they sent, however many they are: GitHub's report is still answered.
+// Clients that open reports on the public listener and stall, having sent
+// little or as much as the server will hold, do not keep GitHub's report
+// out, however many they are.
 func TestStalledReportsOnTheHTTPListenerDoNotKeepGitHubOut(t *testing.T) {
 	ls := startLeakServer(t)
 	secret, _ := ls.create(t, keystore.Spec{Name: "billing", Permissions: []string{"read:users"}})
 	addr := strings.TrimPrefix(ls.httpURL, "http://")
-	for range 3 * admin.DefaultLeakBufferedBytes / admin.DefaultLeakBodyBytes {
+	stall := func(sent []byte) {
 		conn, err := net.Dial("tcp", addr)
 		require.NoError(t, err)
 		t.Cleanup(func() { conn.Close() })
 		_, err = fmt.Fprintf(conn, "POST /v1/leaks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"+
-			"Github-Public-Key-Identifier: %s\r\nGithub-Public-Key-Signature: AAAA\r\n\r\n[", admin.DefaultLeakBodyBytes, ls.keyID)
+			"Github-Public-Key-Identifier: %s\r\nGithub-Public-Key-Signature: AAAA\r\n\r\n", admin.DefaultLeakBodyBytes, ls.keyID)
+		require.NoError(t, err)
+		_, err = conn.Write(sent)
 		require.NoError(t, err)
 	}
-	time.Sleep(100 * time.Millisecond) // the stalled reports are being read
+	full := bytes.Repeat([]byte(" "), admin.DefaultLeakBodyBytes-1)
+	for range admin.DefaultLeakBufferedBytes / admin.DefaultLeakBodyBytes {
+		stall([]byte("["))
+		stall(full)
+	}
+	time.Sleep(200 * time.Millisecond) // the stalled reports are being read
 
 	start := time.Now()
 	status, body := ls.report(t, leakReport(secret, "https://github.com/octo/repo/blob/abc/config.yaml"))
