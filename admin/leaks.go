@@ -409,7 +409,13 @@ func (s *server) leaked(ctx context.Context, h keystore.Hash, rep leakReport) (s
 	// that asks the replicas once more to confirm it (store.redis.
 	// confirm_replicas), for a report that failed on that and came again.
 	wasRevoked := k.RevokedAt != nil
-	if k, err = s.manager.Revoke(ctx, k.ID, LeakActor); err != nil {
+	switch k, err = s.manager.Revoke(ctx, k.ID, LeakActor); {
+	case errors.Is(err, keystore.ErrNotFound):
+		// Deleted since the lookup (a key dead past keys.retention): its
+		// secret matches nothing any more, as the next report would find.
+		// Not an error, which would fail the rest of the report.
+		return falsePositive, nil
+	case err != nil:
 		return "", err
 	}
 	format := s.authz.Policies().Format

@@ -275,6 +275,49 @@ func TestGarbageInALeakReportCostsNoStoreCall(t *testing.T) {
 	assert.Equal(t, int64(1), counting.lookups.Load(), "a well-formed token is looked up")
 }
 
+// vanishingStore finds the keys of gone as they were, after they were deleted.
+type vanishingStore struct {
+	keystore.Store
+	gone map[keystore.Hash]*keystore.Key
+}
+
+func (s *vanishingStore) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
+	if k, ok := s.gone[h]; ok {
+		return k.Clone(), nil
+	}
+	return s.Store.Lookup(ctx, h)
+}
+
+// A key deleted between its lookup and its revocation (the retention sweep
+// of a long-dead key) is a false positive, as it is on the next report:
+// the rest of the report is still handled and answered, not failed as 404.
+func TestAKeyDeletedDuringALeakReportIsAFalsePositive(t *testing.T) {
+	vanishing := &vanishingStore{gone: map[keystore.Hash]*keystore.Key{}}
+	e := newEnv(t, backends[0], envOptions{readStore: func(s keystore.Store) keystore.Store {
+		vanishing.Store = s
+		return vanishing
+	}})
+	gone, err := e.manager.Format.Generate()
+	require.NoError(t, err)
+	id, err := keystore.NewID(time.Now())
+	require.NoError(t, err)
+	vanishing.gone[e.manager.Hasher.Hash(gone)] = &keystore.Key{ID: id, Name: "swept", Owner: keystore.DefaultOwner, CreatedAt: time.Now()}
+	live, liveID := e.create(keystore.Spec{Name: "live", Permissions: []string{"x"}})
+
+	r := e.report(leakBody(gone, live))
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	var labels []map[string]string
+	require.NoError(t, json.Unmarshal(r.body, &labels))
+	require.Len(t, labels, 2)
+	assert.Equal(t, falsePositive, labels[0]["label"])
+	assert.Equal(t, truePositive, labels[1]["label"])
+	k, err := e.store.Get(context.Background(), liveID)
+	require.NoError(t, err)
+	assert.NotNil(t, k.RevokedAt, "the rest of the report is handled")
+	require.Len(t, e.rec.Leaked(), 1)
+	assert.Equal(t, liveID, e.rec.Leaked()[0].ID)
+}
+
 func TestTheLeakEndpointIsOffWithoutGitHubKeys(t *testing.T) {
 	e := newEnv(t, backends[0], envOptions{noLeaks: true})
 	r := e.report(leakBody("sk_x"))
