@@ -159,6 +159,28 @@ func TestHashIsHMACWithPepperAndSHA256Without(t *testing.T) {
 	assert.Error(t, err)
 }
 
+// A pooled HMAC state outlives the call that hashed a key with it: it
+// keeps no byte of the key, neither in its scratch buffer nor in the
+// digest's (which a next use would otherwise only overwrite).
+func TestAPooledHasherKeepsNoPlaintext(t *testing.T) {
+	hs := NewHasher([]byte("pepper"))
+	st := hs.pool.New().(*hmacState)
+	empty := hmac.New(sha256.New, []byte("pepper")).Sum(nil)
+	for _, key := range []string{
+		"sk_" + strings.Repeat("K", 49),      // a generated key's length
+		"legacy-" + strings.Repeat("L", 100), // an imported one, over a block
+		strings.Repeat("M", 256),             // the longest a check hashes
+		strings.Repeat("N", 2000),            // longer than the buffer kept
+	} {
+		mac := hmac.New(sha256.New, []byte("pepper"))
+		mac.Write([]byte(key))
+		assert.Equal(t, Hash(mac.Sum(nil)), st.hash(key))
+		assert.NotContains(t, string(st.in[:cap(st.in)]), key[len(key)-8:], "the scratch buffer keeps the key")
+		assert.Equal(t, empty, st.mac.Sum(nil), "the digest was not reset after use")
+		st.mac.Reset()
+	}
+}
+
 func BenchmarkCheckFormat(b *testing.B) {
 	f := mustFormat(b, "sk")
 	k, _ := f.Generate()

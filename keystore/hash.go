@@ -52,7 +52,9 @@ func NewHasher(pepper []byte) *Hasher {
 	}
 	p := append([]byte(nil), pepper...)
 	return &Hasher{pool: &sync.Pool{New: func() any {
-		return &hmacState{mac: hmac.New(sha256.New, p), in: make([]byte, 0, 256)}
+		st := &hmacState{mac: hmac.New(sha256.New, p), in: make([]byte, 0, 256)}
+		st.mac.Reset() // the first Reset keeps the keyed state, which makes the others cheap
+		return st
 	}}}
 }
 
@@ -62,13 +64,22 @@ func (hs *Hasher) Hash(key string) Hash {
 		return sha256.Sum256([]byte(key))
 	}
 	st := hs.pool.Get().(*hmacState)
-	st.mac.Reset()
+	h := st.hash(key)
+	hs.pool.Put(st)
+	return h
+}
+
+// hash returns the HMAC of key, and leaves no byte of it in st: a pooled
+// state outlives the call, and the package holds no plaintext beyond the
+// call that checks it.
+func (st *hmacState) hash(key string) Hash {
 	st.in = append(st.in[:0], key...)
 	st.mac.Write(st.in)
 	h := Hash(st.mac.Sum(st.sum[:0]))
+	clear(st.in)
+	st.mac.Reset() // the digest's block buffer holds the key's last bytes
 	if cap(st.in) > 1024 {
 		st.in = make([]byte, 0, 256) // don't keep a huge buffer for one odd key
 	}
-	hs.pool.Put(st)
 	return h
 }
