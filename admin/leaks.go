@@ -17,6 +17,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -69,7 +70,8 @@ type LeakOptions struct {
 	// options.
 	MaxBufferedBytes int64
 
-	bodies leakBodies
+	bodies       leakBodies
+	unknownNoted atomic.Int64 // when a report signed by an unknown key was last logged, in Unix nanoseconds
 }
 
 // leakBodies counts the buffers of the reports in flight, in bytes,
@@ -286,6 +288,9 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 		return err
 	}
 	if err := s.leaks.verify(r.Header, body); err != nil {
+		if err == errUnknownGitHubKey {
+			s.noteUnknownGitHubKey(r.Header.Get("Github-Public-Key-Identifier"))
+		}
 		return err
 	}
 	var reports []leakReport
@@ -450,7 +455,7 @@ func (lo *LeakOptions) verify(h http.Header, body []byte) error {
 	}
 	pub := lo.PublicKeys[id]
 	if pub == nil {
-		return badSignature("unknown GitHub public key identifier")
+		return errUnknownGitHubKey
 	}
 	sig, err := base64.StdEncoding.DecodeString(sig64)
 	if err != nil {
@@ -461,6 +466,48 @@ func (lo *LeakOptions) verify(h http.Header, body []byte) error {
 		return badSignature("signature does not match the body")
 	}
 	return nil
+}
+
+var errUnknownGitHubKey = badSignature("unknown GitHub public key identifier")
+
+// unknownKeyEvery is how often at most a report signed by a key the keys
+// file does not hold is logged: anyone can send one, but after GitHub
+// starts signing with a new key, every real report is such a one, and
+// refused as forged until the file is saved again and the server
+// restarted. Without a word in the log, leaked keys would quietly stay
+// live.
+const unknownKeyEvery = time.Minute
+
+// noteUnknownGitHubKey logs, at most once per unknownKeyEvery, a report
+// signed by key identifier id, which the keys file does not hold. The
+// identifier is logged only in the shape of GitHub's (64 lowercase hex
+// digits): anything else is the sender's text.
+func (s *server) noteUnknownGitHubKey(id string) {
+	now := s.now().UnixNano()
+	last := s.leaks.unknownNoted.Load()
+	if last != 0 && now-last < int64(unknownKeyEvery) || !s.leaks.unknownNoted.CompareAndSwap(last, now) {
+		return
+	}
+	if !isGitHubKeyID(id) {
+		id = "(not the shape of a GitHub key identifier)"
+	}
+	s.log.Warn("a leak report was signed by a GitHub key that leaks.github_keys_file does not hold, and refused as forged (401): "+
+		"if GitHub added a signing key, save https://api.github.com/meta/public_keys/secret_scanning to the file again and restart "+
+		"(anyone can send such a report, so this is logged at most once a minute)", "key_identifier", id)
+}
+
+// isGitHubKeyID reports whether id has the shape of GitHub's key
+// identifiers: a SHA-256 in lowercase hex.
+func isGitHubKeyID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func badSignature(msg string) *apiError {

@@ -218,6 +218,33 @@ func TestLeakReportsMustBeSignedByGitHub(t *testing.T) {
 	})
 }
 
+// Once GitHub signs with a key the keys file does not hold, every real
+// report is refused as forged; the log says so, and what to do, at most
+// once a minute (anyone can send such a report), naming the identifier
+// only when it has the shape of GitHub's.
+func TestAReportSignedByAnUnknownGitHubKeyIsLogged(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	const newID = "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c"
+	const warning = "signed by a GitHub key that leaks.github_keys_file does not hold"
+	body := leakBody("sk_x")
+	for range 3 {
+		r := e.report(body, "Github-Public-Key-Identifier", newID)
+		require.Equal(t, http.StatusUnauthorized, r.status, "%s", r)
+		assert.Equal(t, "invalid_signature", r.code(t))
+	}
+	assert.Equal(t, 1, strings.Count(e.rec.Logs(), warning), "%s", e.rec.Logs())
+	assert.Contains(t, e.rec.Logs(), newID)
+
+	e.clock.Advance(time.Minute)
+	odd := "sk_" + strings.Repeat("z", 49) + " level=ERROR"
+	require.Equal(t, http.StatusUnauthorized, e.report(body, "Github-Public-Key-Identifier", odd).status)
+	assert.Equal(t, 2, strings.Count(e.rec.Logs(), warning), "a minute later, logged again")
+	assert.NotContains(t, e.rec.Logs(), "zzzz", "a sender's text is not logged")
+
+	require.Equal(t, http.StatusUnauthorized, e.report(body, "Github-Public-Key-Signature", "bm9wZQ==").status)
+	assert.Equal(t, 2, strings.Count(e.rec.Logs(), warning), "a bad signature by a known key is not this")
+}
+
 func TestMalformedAndOversizedLeakReports(t *testing.T) {
 	forEachBackend(t, envOptions{leakBytes: 4096}, func(t *testing.T, e *env) {
 		for _, tc := range []struct {
