@@ -307,11 +307,15 @@ func TestACachedKeyIsServedForAtMostMaxStaleWhileRedisIsDown(t *testing.T) {
 
 // A pepper guards the stored hashes only if it cannot be guessed: every
 // command warns of a short one and of the compose demo's, and still runs.
+// So it does of one with a file's line ending, which one command may get
+// and another not: keys made by one would be unknown to the other.
 func TestAWeakPepperIsWarnedOf(t *testing.T) {
 	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db"))
 	for _, tc := range []struct{ pepper, want string }{
 		{"short", "is 5 bytes"},
 		{"demo-only-pepper-not-for-production", "the demo default written in docker-compose.yml"},
+		{testPepper + "\n", "ends with white space, most likely a file's line ending"},
+		{" " + testPepper, "begins or ends with white space"},
 	} {
 		t.Setenv(testPepperEnv, tc.pepper)
 		_, stderr, code := cliRun(t, "config", "check", "--config", path)
