@@ -111,10 +111,12 @@ type Limiter struct {
 	// client. A Cluster client has a node of its own for each master, in
 	// nodes (address → *node), so that a failing master sends only its own
 	// buckets to OnStoreError and holds up only the checks bound for it;
-	// home then serves only while the client knows no slot map.
+	// home then serves only until mapped: a check through it has
+	// succeeded, so the client has a slot map (nodeFor).
 	home    *node
 	cluster *goredis.ClusterClient // nil unless the client is one
 	nodes   sync.Map
+	mapped  atomic.Bool
 	// nodesMu orders the making of nodes (and the start of their senders)
 	// with Close; stopped: Close has begun, and no node starts senders.
 	nodesMu sync.Mutex
@@ -319,14 +321,20 @@ func (r *Limiter) BreakerOpen() bool {
 // their slot now, so that one master failing opens only its own breaker
 // and stalls only its own queue, and the buckets of the others keep their
 // shared counts; otherwise the one node.
+//
+// Until a check through home has succeeded, the client may have no slot
+// map, and MasterForKey would ask a seed node for one for every check,
+// outside the breaker and the Timeout, each waiting out the client's read
+// timeout on a Cluster that does not answer. Such checks go to home, whose
+// calls load the map within both.
 func (r *Limiter) nodeFor(ctx context.Context, limits []ratelimit.Limit) *node {
-	if r.cluster == nil {
+	if r.cluster == nil || !r.mapped.Load() {
 		return r.home
 	}
 	i := slices.IndexFunc(limits, func(l ratelimit.Limit) bool { return l.Rate.Enforced() })
 	master, err := r.cluster.MasterForKey(ctx, r.counterKey(&limits[i]))
 	if err != nil {
-		return r.home // no slot map yet: the call will fail alike
+		return r.home // once mapped it cannot fail; home is as good as any
 	}
 	addr := master.Options().Addr
 	if n, ok := r.nodes.Load(addr); ok {
@@ -415,6 +423,9 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 	switch {
 	case err == nil:
 		b.Success(probe)
+		if nd == r.home && r.cluster != nil {
+			r.mapped.Store(true) // a Cluster call succeeds only on a slot map
+		}
 		r.count(res)
 		return res, nil
 	case spent && !fair:

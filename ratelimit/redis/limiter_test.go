@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -1106,3 +1107,49 @@ type replyError string
 
 func (e replyError) Error() string { return string(e) }
 func (replyError) RedisError()     {}
+
+// A Cluster that has never answered (the server started before it, as it
+// may) leaves the client no slot map, and every call first asks a seed
+// node for one. A check then waits no longer than Timeout, and after
+// BreakerFailures of them the breaker answers at once: finding a check's
+// master must not ask the Cluster outside the breaker and the Timeout,
+// each time, for as long as the client's own read timeout.
+func TestAClusterWithNoSlotMapYetHoldsAChecksNoLongerThanItsTimeout(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = silent.Close() })
+	var conns sync.WaitGroup
+	conns.Go(func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // read nothing, answer nothing
+		}
+	})
+	client := goredis.NewClusterClient(&goredis.ClusterOptions{
+		Addrs: []string{silent.Addr().String()}, ContextTimeoutEnabled: true, MaxRetries: -1,
+		DialTimeout: time.Second, ReadTimeout: 5 * time.Second,
+	})
+	t.Cleanup(func() { _ = client.Close(); _ = silent.Close(); conns.Wait() })
+	lim := newRedis(t, client, Options{
+		Prefix: uniquePrefix(), Timeout: 50 * time.Millisecond, OnStoreError: ratelimit.PolicyDeny,
+		BreakerFailures: 2, BreakerProbe: time.Hour,
+	})
+
+	limits := []ratelimit.Limit{{Name: "key", Bucket: "k", Rate: ratelimit.Rate{N: 10, Window: time.Minute}}}
+	start := time.Now()
+	for range 4 {
+		_, err := lim.Allow(context.Background(), limits)
+		require.ErrorIs(t, err, ratelimit.ErrUnavailable)
+	}
+	assert.Less(t, time.Since(start), 2*time.Second, "four checks each waited past the Timeout")
+	assert.True(t, lim.BreakerOpen(), "the failed checks opened the breaker")
+}
