@@ -621,8 +621,9 @@ func resetWhileLookedUp(t *testing.T, ts *testServer) {
 }
 
 // shortDeadlineWhileLookedUp sends a check of an unknown key with a gRPC
-// deadline of 50 ms, shorter than the store takes, and waits for the
-// server's answer. It speaks HTTP/2 itself, as any client of the port may:
+// deadline of 400 ms, shorter than the store takes (600 ms) and than half
+// its timeout (1 s), yet long enough for a slow machine's server to have
+// begun the lookup, and waits for the server's answer. It speaks HTTP/2 itself, as any client of the port may:
 // a grpc-go client cancels the call at its own deadline, and the server
 // then sees a reset rather than its deadline passing.
 func shortDeadlineWhileLookedUp(t *testing.T, ts *testServer) {
@@ -641,7 +642,7 @@ func shortDeadlineWhileLookedUp(t *testing.T, ts *testServer) {
 	require.NoError(t, err)
 	req.Header.Set("content-type", "application/grpc")
 	req.Header.Set("te", "trailers")
-	req.Header.Set("grpc-timeout", "50m")
+	req.Header.Set("grpc-timeout", "400m")
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
 	var answer []byte
 	if err == nil {
