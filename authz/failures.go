@@ -88,7 +88,7 @@ func (g *lookupGuard) admit(ip netip.Addr, perBlock, total ratelimit.Rate, now t
 	defer g.mu.Unlock()
 	var b *tokenBucket
 	if !perBlock.IsZero() {
-		block := addressBlock(ip)
+		block := AddressBlock(ip)
 		var ok bool
 		if b, ok = g.blocks.Get(block); !ok {
 			b = &tokenBucket{}
@@ -115,7 +115,7 @@ func (g *lookupGuard) refund(ip netip.Addr, perBlock, total ratelimit.Rate) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !perBlock.IsZero() {
-		if b, ok := g.blocks.Peek(addressBlock(ip)); ok {
+		if b, ok := g.blocks.Peek(AddressBlock(ip)); ok {
 			b.give(perBlock)
 		}
 	}
@@ -124,13 +124,16 @@ func (g *lookupGuard) refund(ip netip.Addr, perBlock, total ratelimit.Rate) {
 	}
 }
 
-// addressBlock is the block ip is counted in: the address itself for IPv4
-// (an IPv4-mapped IPv6 address included), its /64 for IPv6. The zero Addr
-// (no usable client address) is one block of its own. An address of the
-// well-known NAT64 prefix (64:ff9b::/96) is an IPv4 client's, translated
-// (an IPv6-only cluster behind SIIT): counted alone, as its IPv4 address
-// would be, since its /64 holds every IPv4 client on the internet.
-func addressBlock(ip netip.Addr) netip.Addr {
+// AddressBlock is the block of addresses one client is counted as, by the
+// lookup guard and by every other per-client bound: the address itself for
+// IPv4 (an IPv4-mapped IPv6 address included), its /64 for IPv6, the
+// smallest block one client is routinely given (it may pick any address
+// in it). The zero Addr (no usable client address) is one block of its
+// own. An address of the well-known NAT64 prefix (64:ff9b::/96) is an IPv4
+// client's, translated (an IPv6-only cluster behind SIIT): counted alone,
+// as its IPv4 address would be, since its /64 holds every IPv4 client on
+// the internet.
+func AddressBlock(ip netip.Addr) netip.Addr {
 	ip = ip.Unmap().WithZone("")
 	if ip.Is6() && !nat64.Contains(ip) {
 		p, _ := ip.Prefix(64) // cannot fail for 64 ≤ 128

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -314,4 +316,25 @@ func TestAGRPCConnectionIsBoundedBeforeAndBetweenCalls(t *testing.T) {
 	resp, err := ts.client.Check(t.Context(), checkReq("GET", "/healthz", "10.1.2.3", nil))
 	require.NoError(t, err)
 	assert.NotNil(t, resp.GetOkResponse())
+}
+
+// A client's Watch places are counted by the block of addresses it is
+// routinely given, as the lookup guard counts its unknown keys: an IPv4
+// address, or an IPv6 /64. Counted by address, one IPv6 host, free to
+// pick any of its /64's 2^64 addresses for each connection, took every
+// place in all, and no other client could watch.
+func TestHealthWatchPlacesAreCountedPerAddressBlock(t *testing.T) {
+	from := func(addr string) *peer.Peer {
+		return &peer.Peer{Addr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr))}
+	}
+	w := newWatchCount(watchLimit{PerClient: 2, Total: 100})
+	for i, addr := range []string{"[2001:db8:1:2::1]:5000", "[2001:db8:1:2::2]:5001", "[2001:db8:1:2:ffff::3]:5002"} {
+		ok := w.acquire(watchClient(from(addr)))
+		assert.Equal(t, i < 2, ok, "watch %d of one /64, from %s", i, addr)
+	}
+	assert.True(t, w.acquire(watchClient(from("[2001:db8:1:3::1]:5000"))), "another /64 is another client")
+	for i, addr := range []string{"10.0.0.1:1", "[::ffff:10.0.0.1]:2", "10.0.0.1:3"} {
+		assert.Equal(t, i < 2, w.acquire(watchClient(from(addr))), "watch %d of one IPv4 address, mapped or not, from %s", i, addr)
+	}
+	assert.True(t, w.acquire(watchClient(from("10.0.0.2:1"))), "another IPv4 address is another client")
 }

@@ -10,6 +10,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/extauthz/extauthz/authz"
 )
 
 // healthService is grpc-go's health server as the gRPC listener serves it:
@@ -30,7 +32,7 @@ import (
 // nothing else ends it, so without a bound anyone who can reach the port
 // could open them by the million, 1,024 a connection, and keep them at no
 // cost of their own until the server runs out of memory. The bound is per
-// client address as well as in all, so that one client cannot take every
+// client (watchClient) as well as in all, so that one client cannot take every
 // stream. Its own clients watch once per connection (grpc-go's client-side
 // health checking); Envoy's and Kubernetes' health checks call Check.
 type healthService struct {
@@ -82,15 +84,18 @@ func (w *watchCount) release(client string) {
 	}
 }
 
-// watchClient is what a Watch stream counts against: its client's IP
-// address, not the address and port, which every new connection changes.
-// A peer that is not an IP address (a Unix socket's) counts as one client.
+// watchClient is what a Watch stream counts against: its client's block
+// of addresses (authz.AddressBlock: an IPv4 address, an IPv6 /64), as the
+// lookup guard counts it, not the address and port, which every new
+// connection changes, nor an IPv6 address, of which one host may pick any
+// in its /64. A peer that is not an IP address (a Unix socket's) counts as
+// one client.
 func watchClient(p *peer.Peer) string {
 	if p == nil || p.Addr == nil {
 		return ""
 	}
 	if a, ok := p.Addr.(*net.TCPAddr); ok {
-		return a.IP.String()
+		return authz.AddressBlock(a.AddrPort().Addr()).String()
 	}
 	return p.Addr.Network()
 }
