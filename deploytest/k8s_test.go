@@ -591,7 +591,7 @@ func checkReadinessOutlastsMaxStale(cid string, p *corev1.Probe, cfg *extauthzCo
 	if ttl, err := time.ParseDuration(cfg.Cache.TTL); err == nil && cfg.Cache.MaxStale == "" {
 		maxStale = max(maxStale, ttl)
 	}
-	period := time.Duration(max(p.PeriodSeconds, 10)) * time.Second
+	period := 10 * time.Second // Kubernetes' default
 	if p.PeriodSeconds > 0 {
 		period = time.Duration(p.PeriodSeconds) * time.Second
 	}
