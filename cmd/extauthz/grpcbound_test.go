@@ -338,3 +338,42 @@ func TestHealthWatchPlacesAreCountedPerAddressBlock(t *testing.T) {
 	}
 	assert.True(t, w.acquire(watchClient(from("10.0.0.2:1"))), "another IPv4 address is another client")
 }
+
+// A health Watch lasts until its client ends it, so it must not hold up
+// shutdown: graceful stop waits for every call in flight, and a client
+// that keeps a Watch open (anyone who reaches the port may) would make
+// every shutdown wait out its whole bound, holding back the last-use
+// writes and the audit events queued behind it. A Watch of a served
+// service sees NOT_SERVING, and then its stream ends; one of a service
+// this server does not report on just ends.
+func TestAHealthWatchDoesNotHoldUpShutdown(t *testing.T) {
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
+	conn := dialFrom(t, ts.srv.grpcLn.Addr().String(), "127.0.0.1")
+	told := map[string]bool{"": true, "not.served": false} // whether the Watch is told NOT_SERVING
+	streams := map[string]healthpb.Health_WatchClient{}
+	for service := range told {
+		w, err := healthpb.NewHealthClient(conn).Watch(t.Context(), &healthpb.HealthCheckRequest{Service: service})
+		require.NoError(t, err)
+		_, err = w.Recv()
+		require.NoError(t, err)
+		streams[service] = w
+	}
+
+	start := time.Now()
+	ts.stop()
+	assert.Less(t, time.Since(start), 5*time.Second, "shutdown waited for the Watch streams")
+	for service, notServing := range told {
+		last := healthpb.HealthCheckResponse_ServingStatus(-1)
+		for {
+			resp, err := streams[service].Recv()
+			if err != nil {
+				break
+			}
+			last = resp.GetStatus()
+		}
+		if notServing {
+			assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, last, "the last status of a Watch of %q", service)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net"
 	"sync"
 
@@ -35,9 +36,16 @@ import (
 // client (watchClient) as well as in all, so that one client cannot take every
 // stream. Its own clients watch once per connection (grpc-go's client-side
 // health checking); Envoy's and Kubernetes' health checks call Check.
+//
+// And a Watch ends at shutdown, once it has told its client NOT_SERVING
+// (endingWatch): graceful stop waits for every call in flight, so one
+// client keeping a Watch open would otherwise hold up every shutdown for
+// its whole bound, and the last-use writes and audit events behind it.
 type healthService struct {
 	*health.Server
 	watches *watchCount
+	// ending is done once shutdown has begun.
+	ending context.Context
 }
 
 // watchLimit bounds the Watch streams open at once, per client address
@@ -118,8 +126,34 @@ func (h healthService) Watch(in *healthpb.HealthCheckRequest, stream healthpb.He
 		return errTooManyWatches
 	}
 	defer h.watches.release(client)
+	w := &endingWatch{Health_WatchServer: stream, ending: h.ending}
+	w.ctx, w.cancel = context.WithCancel(stream.Context())
+	defer w.cancel()
 	if !servedHealth[in.GetService()] {
 		in = &healthpb.HealthCheckRequest{Service: unknownHealthService}
+		// Nothing sets this one's status, so no NOT_SERVING will come.
+		defer context.AfterFunc(h.ending, w.cancel)()
 	}
-	return h.Server.Watch(in, stream)
+	return h.Server.Watch(in, w)
+}
+
+// endingWatch is a Watch stream that ends once it has sent NOT_SERVING
+// after shutdown began (ending is done). It ends through its context, which
+// the health server's Watch waits on; ending it with ending itself could
+// end it before the NOT_SERVING that health.Server.Shutdown queues is sent.
+type endingWatch struct {
+	healthpb.Health_WatchServer
+	ctx    context.Context
+	cancel context.CancelFunc
+	ending context.Context
+}
+
+func (w *endingWatch) Context() context.Context { return w.ctx }
+
+func (w *endingWatch) Send(r *healthpb.HealthCheckResponse) error {
+	err := w.Health_WatchServer.Send(r)
+	if r.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING && w.ending.Err() != nil {
+		w.cancel()
+	}
+	return err
 }

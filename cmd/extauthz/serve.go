@@ -156,6 +156,9 @@ type server struct {
 	httpMode *forwardauth.Server
 	audit    *audit.Logger
 	metrics  *prometheus.Registry
+	// endWatches tells the health Watch streams that shutdown has begun
+	// (healthService.ending).
+	endWatches context.CancelFunc
 
 	// cfgPath is reloaded on SIGHUP and when the file changes ("" = none);
 	// reloadEvery is how often the file is polled for changes.
@@ -285,7 +288,9 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	)...)
 	envoy.Register(s.grpc, &envoy.CheckServer{Authz: s.authz, Observer: s.obs, Logger: logger, Tracer: s.tracing.checks()})
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, healthService{s.health, newWatchCount(watchLimits)})
+	ending, endWatches := context.WithCancel(context.Background())
+	s.endWatches = endWatches
+	healthpb.RegisterHealthServer(s.grpc, healthService{Server: s.health, watches: newWatchCount(watchLimits), ending: ending})
 	reflection.Register(s.grpc)
 	s.grpcMetrics.initialize(s.grpc)
 
@@ -475,8 +480,10 @@ func (s *server) run(ctx context.Context) error {
 }
 
 // shutdown drains: gRPC health goes NOT_SERVING first so Envoy stops
-// sending, then in-flight checks finish (bounded), then background work.
+// sending (and each Watch stream, told so, ends), then in-flight checks
+// finish (bounded), then background work.
 func (s *server) shutdown() {
+	s.endWatches() // first: a Watch ends once it has sent the NOT_SERVING that follows
 	s.health.Shutdown()
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
