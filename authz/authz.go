@@ -423,11 +423,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 			ambiguous = "malformed request: a " + s.Kind().String() + " name reads as the credential's but is spelt differently"
 		}
 		if !present {
-			// A key of ours under another scheme ("Authorization: Token
-			// <key>") is no credential of this source, but some upstream
-			// may still read it (one that searches the value for
-			// "Bearer "), and none may be handed a key: stripped, unread.
-			if s.scheme != "" && p.format.ContainsKey(req.Headers.Get(s.name)) {
+			if p.otherSchemeHoldsKey(s, req) {
 				d.Present |= 1 << i
 			}
 			continue
@@ -446,7 +442,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	// users' own Bearer tokens, a cookie of its own), which is no key of
 	// ours and must still reach it.
 	for i := len(p.Sources); i < len(p.strip); i++ {
-		if s := p.strip[i]; s.anyValue(req, p.ourKey) || s.scheme != "" && p.format.ContainsKey(req.Headers.Get(s.name)) {
+		if s := p.strip[i]; s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) {
 			d.Present |= 1 << i
 		}
 	}

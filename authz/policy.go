@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
@@ -268,6 +269,56 @@ func (set *PolicySet) unionSources() error {
 func (p *Policy) ourKey(v string) bool {
 	pre := p.format.Prefix()
 	return len(v) > len(pre) && v[:len(pre)] == pre && v[len(pre)] == '_' && p.format.Check(v) == nil
+}
+
+// otherSchemeHoldsKey reports whether the header of s, a source with a
+// scheme, holds a key of ours under another scheme: "Authorization: Token
+// <key>", or Basic credentials whose user or password is one. That is no
+// credential of s, and is not read as one, but some upstream may still
+// read it (one that searches the value for "Bearer ", one that takes an
+// API key as the Basic user, as Stripe's clients send it), and any may log
+// it: none may be handed a key, so the header is stripped.
+func (p *Policy) otherSchemeHoldsKey(s Source, req *Request) bool {
+	if s.scheme == "" || s.kind != SourceHeader {
+		return false
+	}
+	v := req.Headers.Get(s.name)
+	if v == "" {
+		return false
+	}
+	if p.format.ContainsKey(v) {
+		return true
+	}
+	for line := range strings.SplitSeq(v, ",") {
+		if basic, ok := basicCredentials(line); ok && p.format.ContainsKey(basic) {
+			return true
+		}
+	}
+	return false
+}
+
+// basicCredentials returns the "user:password" a Basic credential encodes
+// in line, one line of an Authorization header, read as leniently as the
+// upstreams that accept it: the scheme in any case, base64 with or without
+// its padding.
+func basicCredentials(line string) (string, bool) {
+	line = strings.TrimSpace(line)
+	const scheme = "basic"
+	if len(line) <= len(scheme) || !strings.EqualFold(line[:len(scheme)], scheme) {
+		return "", false
+	}
+	sep := schemeSeparator(line[len(scheme):])
+	if sep == 0 {
+		return "", false
+	}
+	enc := strings.TrimRight(strings.TrimSpace(line[len(scheme)+sep:]), "=")
+	b, err := base64.RawStdEncoding.DecodeString(enc)
+	if err != nil {
+		if b, err = base64.RawURLEncoding.DecodeString(enc); err != nil {
+			return "", false
+		}
+	}
+	return string(b), true
 }
 
 // compilePolicy compiles one policy; scope prefixes its routes' rate-limit

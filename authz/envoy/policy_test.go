@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"testing"
@@ -594,6 +595,14 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 		{"under another policy's source", "/invoices/1", "Token " + fx.Good, nil, map[string]string{"policy": "billing"}, "", []string{"authorization"}},
 		{"another scheme's own value", "/healthz", "Basic Zm9vOmJhcg==", nil, nil, "", nil},
 		{"a key's shape with a bad checksum", "/healthz", notOurs, nil, nil, "", nil},
+		// Basic credentials encode the key: an upstream that takes an API
+		// key as the Basic user (Stripe's clients send it so) reads it.
+		{"as the Basic user", "/healthz", "Basic " + b64(fx.Good+":"), nil, nil, "", []string{"authorization"}},
+		{"as the Basic password, the scheme in capitals, unpadded", "/healthz", "BASIC " + strings.TrimRight(b64("me:"+fx.Good), "="), nil, nil, "", []string{"authorization"}},
+		{"as Basic credentials on a later line", "/healthz", "Token abc, Basic " + b64(fx.Good+":"), nil, nil, "", []string{"authorization"}},
+		{"as Basic credentials, not read as the key", "/api/users", "Basic " + b64(fx.Good+":"), nil, nil, "missing_key", nil},
+		{"as Basic credentials under another policy's source", "/invoices/1", "Basic " + b64(fx.Good+":"), nil, map[string]string{"policy": "billing"}, "", []string{"authorization"}},
+		{"Basic credentials of a key's shape with a bad checksum", "/healthz", "Basic " + b64(notOurs[len("Token "):]+":"), nil, nil, "", nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			headers := map[string]string{"authorization": tt.auth}
@@ -612,3 +621,6 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 		})
 	}
 }
+
+// b64 is s in standard base64, as Basic credentials carry it.
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
@@ -292,6 +293,17 @@ func bypassAttempts() []attempt {
 			hdr("authorization", "Bearer", "authorization", "Bearer {reader}"), pass("", "authorization")),
 		deny("a Bearer key on a later Authorization line is an invalid key", strictPaths, "GET", "/api/reports/x",
 			hdr("authorization", "Basic Zm9vOmJhcg==", "authorization", "Bearer {reader}"), 401, "invalid_key"),
+		// A key under another scheme is no credential, but the upstream
+		// must not get it: one may read "Token <key>", or take an API key
+		// as the Basic user ({basic:name} is base64 of "<key>:").
+		allow("a key under another scheme, beside a header credential, goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "Token {admin}"), pass("reader", "x-api-key", "authorization")),
+		allow("a key as Basic credentials, beside a header credential, goes", strictPaths, "GET", "/api/reports/x",
+			hdr("x-api-key", "{reader}", "authorization", "Basic {basic:admin}"), pass("reader", "x-api-key", "authorization")),
+		allow("a key as Basic credentials, on a public route, goes", strictPaths, "GET", "/public/x",
+			hdr("authorization", "Basic {basic:reader}"), pass("", "authorization")),
+		deny("a key as Basic credentials is not read as the key", strictPaths, "GET", "/api/reports/x",
+			hdr("authorization", "Basic {basic:reader}"), 401, "missing_key"),
 		// Envoy shows extauthz a byte that is not UTF-8 as "!" and passes the
 		// byte itself upstream: "Bearer!" may be "Bearer\xa0" there.
 		allow("Bearer and the ! Envoy puts for a raw byte, beside a header credential", strictPaths, "GET", "/api/reports/x",
@@ -390,6 +402,7 @@ func newBypassFixture(t *testing.T) *bypassFixture {
 func (f *bypassFixture) expand(s string) string {
 	for name, key := range f.keys {
 		s = strings.ReplaceAll(s, "{"+name+"}", key)
+		s = strings.ReplaceAll(s, "{basic:"+name+"}", base64.StdEncoding.EncodeToString([]byte(key+":")))
 	}
 	return s
 }
