@@ -33,9 +33,10 @@ import (
 // nothing else ends it, so without a bound anyone who can reach the port
 // could open them by the million, 1,024 a connection, and keep them at no
 // cost of their own until the server runs out of memory. The bound is per
-// client (watchClient) as well as in all, so that one client cannot take every
-// stream. Its own clients watch once per connection (grpc-go's client-side
-// health checking); Envoy's and Kubernetes' health checks call Check.
+// client (watchClient) as well as in all, so that one client cannot take
+// every stream. Its own clients watch once per connection (grpc-go's
+// client-side health checking); Envoy's and Kubernetes' health checks call
+// Check.
 //
 // And a Watch ends at shutdown, once it has told its client NOT_SERVING
 // (endingWatch): graceful stop waits for every call in flight, so one
