@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -119,7 +120,8 @@ type scenario struct {
 	notes    []string
 
 	// fallbacks is how many rate-limit checks the servers decided without
-	// Redis over the scenario (their local share, on top of Redis's count).
+	// Redis over the scenario's load, from its first check (their local
+	// share, on top of Redis's count).
 	fallbacks int
 }
 
@@ -356,12 +358,19 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	for _, rig := range sc.servers {
 		require.NotNil(t, rig.ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": sc.cached}).GetOkResponse())
 		require.Equal(t, 200, rig.status(t, "/readyz"))
-		if f.meteredOnVictim && f.unavailable {
-			// The local share during the fault is N over the replicas of the
-			// last heartbeat (every 2 s): until each server has seen the
-			// other's, the first one would take all of N for itself.
-			require.Eventually(t, func() bool { return rig.metric(t, "extauthz_ratelimit_replicas") == 2 }, 5*time.Second, 50*time.Millisecond)
-		}
+		// A check decided without Redis is limited to N over the replicas
+		// of the last heartbeat (every 2 s), and its answer names that
+		// share as its limit: until each server has seen the other's, it
+		// would take all of N for itself, and its answers would look like
+		// Redis's (judge tells them apart by it).
+		require.Eventually(t, func() bool { return rig.metric(t, "extauthz_ratelimit_replicas") >= 2 }, 5*time.Second, 50*time.Millisecond)
+	}
+	// Counted from before the first check of the load: a check can fall
+	// back in the baseline too (a Redis call that outlasts its timeout on a
+	// busy machine), and judge counts the allowed checks from the first.
+	fallbacksBefore := 0.0
+	for _, rig := range sc.servers {
+		fallbacksBefore += rig.metric(t, "extauthz_ratelimit_fallback_total")
 	}
 
 	// The load: on each server the cached and the metered key from the
@@ -391,10 +400,6 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	time.Sleep(300 * time.Millisecond) // a healthy baseline
 
 	seen := operatorMetrics(t, sc.servers[1])
-	fallbacksBefore := 0.0
-	for _, rig := range sc.servers {
-		fallbacksBefore += operatorMetrics(t, rig)["extauthz_ratelimit_fallback_total"]
-	}
 	logsFrom := len(logs.String())
 	tFault := time.Now()
 	f.inject(sc)
@@ -430,7 +435,7 @@ func runTopoScenario(t *testing.T, tp *topo, f topoFault, prefix string) {
 	}
 	fallbacksAfter := 0.0
 	for _, rig := range sc.servers {
-		fallbacksAfter += operatorMetrics(t, rig)["extauthz_ratelimit_fallback_total"]
+		fallbacksAfter += rig.metric(t, "extauthz_ratelimit_fallback_total")
 	}
 	sc.fallbacks = int(fallbacksAfter - fallbacksBefore)
 	logLines := logMessages(logs.String()[logsFrom:])
@@ -641,27 +646,34 @@ func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f to
 	inFault := func(s faultSample) bool { return !s.start.Before(tFault) && s.start.Before(tHealed) }
 	all := latencies(samples, func(s faultSample) bool { return s.err == nil })
 	during := latencies(samples, func(s faultSample) bool { return s.err == nil && inFault(s) })
-	var allowed []time.Time
+	// Who decided an allowed check is in its answer's X-RateLimit-Limit:
+	// Redis names the key's limit, N; a server deciding without Redis names
+	// its local share, N over the replicas of its last heartbeat, which is
+	// below N once the servers have seen each other's (before the load).
+	var allowed, byRedis []time.Time
+	local := 0
 	for _, s := range samples {
-		if s.err == nil && strings.HasPrefix(s.worker, "metered") && s.code == "" {
-			allowed = append(allowed, s.start)
+		if s.err != nil || !strings.HasPrefix(s.worker, "metered") || s.code != "" {
+			continue
+		}
+		allowed = append(allowed, s.start)
+		if share, err := strconv.Atoi(s.limit); err == nil && share > 0 && share < meteredN {
+			local++
+		} else {
+			byRedis = append(byRedis, s.start)
 		}
 	}
-	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
 	span := meteredW - all.max
-	most, mostAt := 0, time.Time{}
-	for i := range allowed {
-		j, _ := slices.BinarySearchFunc(allowed, allowed[i].Add(span), func(a, b time.Time) int { return a.Compare(b) })
-		if j-i > most {
-			most, mostAt = j-i, allowed[i]
+	most, mostAt := mostWithin(allowed, span)
+	mostByRedis, mostByRedisAt := mostWithin(byRedis, span)
+	where := func(at time.Time) string {
+		switch {
+		case !at.Before(tHealed):
+			return "after the fault"
+		case !at.Before(tFault.Add(-span)):
+			return "across the fault"
 		}
-	}
-	where := "before the fault"
-	switch {
-	case !mostAt.Before(tHealed):
-		where = "after the fault"
-	case !mostAt.Before(tFault.Add(-span)):
-		where = "across the fault"
+		return "before the fault"
 	}
 	if f.meteredOnVictim && f.unavailable {
 		// Its counters' node failed: each server limits locally to its share
@@ -670,16 +682,35 @@ func (sc *scenario) judge(samples []faultSample, tFault, tHealed time.Time, f to
 	} else {
 		// No node is down, but a call can still fail (a slot moving key by
 		// key answers TRYAGAIN to a script whose keys it has split, until
-		// the timeout): each check a server then decides locally may be
-		// allowed on top of Redis's count, as the operations doc says of
-		// on_store_error: local. None other may be.
-		assert.LessOrEqual(t, most, meteredN+sc.fallbacks,
-			"the metered key: more than N allowed in one window, beyond the %d checks decided without Redis", sc.fallbacks)
+		// the timeout; a call that outlasts its timeout on a busy machine):
+		// each check a server then decides locally may be allowed on top of
+		// Redis's count, as the operations doc says of on_store_error:
+		// local. None other may be: the checks Redis allowed are at most N
+		// in every window, and every check allowed with a local share is
+		// one the servers counted as decided without Redis.
+		assert.LessOrEqual(t, mostByRedis, meteredN,
+			"the metered key: more than N allowed by Redis in one window (%s)", where(mostByRedisAt))
+		assert.LessOrEqual(t, local, sc.fallbacks,
+			"the metered key: more checks allowed with a local share than the servers decided without Redis")
 	}
 
 	t.Logf("fault: %s %-68s checks: all %v; during the fault %v", sc.tp.name, f.name, all, during)
-	t.Logf("fault: %s %-68s uncached key: %d × 503 during the fault; metered key (%d/%s): at most %d allowed in a %v window (%s)",
-		sc.tp.name, f.name, uncached503, meteredN, meteredW, most, span.Round(time.Millisecond), where)
+	t.Logf("fault: %s %-68s uncached key: %d × 503 during the fault; metered key (%d/%s): at most %d allowed in a %v window (%s), at most %d by Redis; %d allowed locally, of %d checks decided without Redis",
+		sc.tp.name, f.name, uncached503, meteredN, meteredW, most, span.Round(time.Millisecond), where(mostAt), mostByRedis, local, sc.fallbacks)
+}
+
+// mostWithin returns the most of times (in any order) that lie in one
+// window [a, a+span), and the a of the first such window.
+func mostWithin(times []time.Time, span time.Duration) (int, time.Time) {
+	times = slices.SortedFunc(slices.Values(times), time.Time.Compare)
+	most, at := 0, time.Time{}
+	for i := range times {
+		j, _ := slices.BinarySearchFunc(times, times[i].Add(span), time.Time.Compare)
+		if j-i > most {
+			most, at = j-i, times[i]
+		}
+	}
+	return most, at
 }
 
 // creator makes keys all along a scenario (each its own owner), as an

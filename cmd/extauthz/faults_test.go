@@ -106,7 +106,8 @@ type faultSample struct {
 	httpStatus int
 	rpcStatus  int32 // CheckResponse.status.code
 	retryAfter string
-	err        error // an RPC error: never acceptable
+	limit      string // X-RateLimit-Limit of the answer ("": none)
+	err        error  // an RPC error: never acceptable
 }
 
 func (s faultSample) took() time.Duration { return s.end.Sub(s.start) }
@@ -153,9 +154,11 @@ func (l *faultLoad) run(name, method, path, key string, begin <-chan struct{}) {
 			if s.err = err; err == nil {
 				s.rpcStatus = resp.GetStatus().GetCode()
 				s.httpStatus = 200
+				s.limit = headerMap(resp.GetOkResponse().GetResponseHeadersToAdd())["x-ratelimit-limit"]
 				if d := resp.GetDeniedResponse(); d != nil {
 					hs := headerMap(d.GetHeaders())
 					s.code, s.retryAfter, s.httpStatus = hs["x-authz-code"], hs["retry-after"], int(d.GetStatus().GetCode())
+					s.limit = hs["x-ratelimit-limit"]
 				}
 			}
 			l.mu.Lock()
