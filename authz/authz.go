@@ -442,8 +442,17 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	// users' own Bearer tokens, a cookie of its own), which is no key of
 	// ours and must still reach it.
 	for i := len(p.Sources); i < len(p.strip); i++ {
-		if s := p.strip[i]; s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) {
+		s := p.strip[i]
+		if s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) {
 			d.Present |= 1 << i
+		}
+		// A key under a spelling of another service's name that the proxy
+		// does not strip (api%5Fkey for api_key) would reach this upstream
+		// whatever the answer names: refused, as for this policy's own
+		// names, but only when the request holds a key of ours, since the
+		// name is no credential here.
+		if ambiguous == "" && p.spellingHoldsKey(s, req) {
+			ambiguous = "malformed request: a " + s.Kind().String() + " name reads as another service's credential's but is spelt differently, and the request holds a key"
 		}
 	}
 	return key, found, ambiguous

@@ -297,6 +297,44 @@ func (p *Policy) otherSchemeHoldsKey(s Source, req *Request) bool {
 	return false
 }
 
+// spellingHoldsKey reports whether req names s, a query or cookie source of
+// another policy, under a spelling some upstream reads as its name but the
+// proxy does not strip (Source.lookup's ambiguous), while its query or
+// cookies hold a key of ours. The key is looked for first, as most requests
+// hold none: the names are read only then.
+func (p *Policy) spellingHoldsKey(s Source, req *Request) bool {
+	var text string
+	switch s.kind {
+	case SourceQuery:
+		i := strings.IndexByte(req.Path, '?')
+		if i < 0 {
+			return false
+		}
+		text = req.Path[i+1:]
+	case SourceCookie:
+		text = req.Headers.Get("cookie")
+	default:
+		return false
+	}
+	if !p.format.ContainsKey(text) && (strings.IndexByte(text, '%') < 0 || !p.format.ContainsKey(percentDecoded(text))) {
+		return false
+	}
+	_, _, ambiguous := s.lookup(req)
+	return ambiguous
+}
+
+// percentDecoded is s with every valid percent-encoding decoded, and the
+// rest as it is: a malformed one elsewhere must not hide a key.
+func percentDecoded(s string) string {
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c, n := decodedByte(s, i)
+		b = append(b, c)
+		i += n
+	}
+	return string(b)
+}
+
 // basicCredentials returns the "user:password" a Basic credential encodes
 // in line, one line of an Authorization header, read as leniently as the
 // upstreams that accept it: the scheme in any case, base64 with or without

@@ -624,3 +624,47 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 
 // b64 is s in standard base64, as Basic credentials carry it.
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// Another service's query or cookie credential, spelt so that an upstream
+// reads it as that name but the proxy, which strips by exact name, does
+// not (api%5Fkey, api_key[], API_KEY as a cookie), would carry a key of
+// ours to this upstream unstripped: the request is refused, as for this
+// policy's own names. Only when it holds a key of ours: the name is no
+// credential here, and this upstream may use it for its own values.
+func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{{
+			Name:    "billing",
+			Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
+			Routes:  []authz.RouteSpec{{Path: "/invoices/**", Public: true}},
+			Sources: []authz.Source{authz.HeaderSource("x-billing-key", "")},
+		}}
+	})
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	billing := map[string]string{"policy": "billing"}
+	encoded := strings.ReplaceAll(fx.Good, "_", "%5F")
+	for _, tt := range []struct {
+		name, path string
+		headers    map[string]string
+		refused    bool
+	}{
+		{"an encoded underscore", "/invoices/1?api%5Fkey=" + fx.Good, nil, true},
+		{"an array index", "/invoices/1?api_key[]=" + fx.Good, nil, true},
+		{"the key itself percent-encoded", "/invoices/1?api.key=" + encoded, nil, true},
+		{"beside a malformed escape", "/invoices/1?q=%zz&api%5Fkey=" + fx.Good, nil, true},
+		{"a cookie in capitals", "/invoices/1", map[string]string{"cookie": "API_KEY=" + fx.Good}, true},
+		{"the exact name is stripped, not refused", "/invoices/1?api_key=" + fx.Good, nil, false},
+		{"a spelling with no key of ours is this upstream's", "/invoices/1?api%5Fkey=their-own-value", nil, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest(tt.path, "billing.example.com", tt.headers, billing, ""))
+			require.NoError(t, err)
+			if tt.refused {
+				assert.Equal(t, "bad_request", metadata(t, resp)["code"])
+				assert.Nil(t, resp.GetOkResponse())
+				return
+			}
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+		})
+	}
+}
