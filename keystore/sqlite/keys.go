@@ -323,10 +323,16 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 }
 
 // write runs fn in one BEGIN IMMEDIATE transaction and commits it unless fn
-// fails, on the files the store opened only.
+// fails, on the files the store opened only. Waiting for this process's
+// other writers ends at ctx's deadline: a revocation queued behind a long
+// last-use write or sweep answers then, unavailable, instead of after it.
 func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
+	select {
+	case s.writeSlot <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: write %s: waiting for this process's other writers: %w", keystore.ErrUnavailable, s.path, ctx.Err())
+	}
+	defer func() { <-s.writeSlot }()
 	if err := s.checkFiles(); err != nil {
 		return err
 	}

@@ -61,10 +61,11 @@ type Store struct {
 	abs  string // the absolute path
 	db   *sql.DB
 
-	// writeMu queues this process's writers, so that they do not spin in
-	// SQLite's busy handler against each other; busy_timeout still covers
-	// the writers of other processes.
-	writeMu sync.Mutex
+	// writeSlot queues this process's writers (one at a time holds it), so
+	// that they do not spin in SQLite's busy handler against each other;
+	// busy_timeout still covers the writers of other processes. A channel,
+	// not a mutex, so that a writer gives up waiting at its deadline.
+	writeSlot chan struct{}
 
 	lookup *sql.Stmt
 	get    *sql.Stmt
@@ -160,6 +161,7 @@ func Open(path string) (*Store, error) {
 		abs:            abs,
 		db:             db,
 		closed:         make(chan struct{}),
+		writeSlot:      make(chan struct{}, 1),
 		pollInterval:   pollInterval,
 		keepChanges:    keepChanges,
 		keepChangesFor: keepChangesFor,

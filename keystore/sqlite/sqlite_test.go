@@ -929,3 +929,29 @@ func TestAWatchThatCannotReadTheChangeLogSaysSo(t *testing.T) {
 	}
 	assert.Contains(t, logged.String(), "reading the change log again")
 }
+
+// This process's writers take turns, but one waiting for its turn gives up
+// at its deadline: a change queued behind a long write (a last-use write
+// of many keys, a sweep) answers unavailable when its caller's time is up,
+// not after the write ahead of it, and changes nothing.
+func TestAWriterWaitingForItsTurnGivesUpAtItsDeadline(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "extauthz.db"))
+	s.writeSlot <- struct{}{} // a write in progress, for the next 2 s
+	released := time.AfterFunc(2*time.Second, func() { <-s.writeSlot })
+	defer released.Stop()
+
+	k, h := testKey(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := s.Create(ctx, k, h, 0)
+	took := time.Since(start)
+	require.ErrorIs(t, err, keystore.ErrUnavailable)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, took, time.Second, "the writer waited past its deadline")
+	_, err = s.Get(t.Context(), k.ID)
+	assert.ErrorIs(t, err, keystore.ErrNotFound, "a write that gave up changed something")
+
+	require.Eventually(t, func() bool { return s.Create(t.Context(), k, h, 0) == nil }, 5*time.Second, 50*time.Millisecond,
+		"writes go on once the writer ahead is done")
+}
