@@ -290,7 +290,7 @@ func (p *Policy) otherSchemeHoldsKey(s Source, req *Request) bool {
 		return true
 	}
 	for line := range strings.SplitSeq(v, ",") {
-		if basic, ok := basicCredentials(line); ok && p.format.ContainsKey(basic) {
+		if readings, ok := basicCredentials(line); ok && slices.ContainsFunc(readings, p.format.ContainsKey) {
 			return true
 		}
 	}
@@ -336,27 +336,72 @@ func percentDecoded(s string) string {
 }
 
 // basicCredentials returns the "user:password" a Basic credential encodes
-// in line, one line of an Authorization header, read as leniently as the
-// upstreams that accept it: the scheme in any case, base64 with or without
-// its padding.
-func basicCredentials(line string) (string, bool) {
+// in line, one line of an Authorization header, as each upstream that
+// accepts it may read it: the scheme in any case, base64 with or without
+// its padding, in either alphabet; and a value that is not base64 as the
+// lenient decoders read it (lenientBase64), which find credentials in
+// more.
+func basicCredentials(line string) ([]string, bool) {
 	line = strings.TrimSpace(line)
 	const scheme = "basic"
 	if len(line) <= len(scheme) || !strings.EqualFold(line[:len(scheme)], scheme) {
-		return "", false
+		return nil, false
 	}
 	sep := schemeSeparator(line[len(scheme):])
 	if sep == 0 {
-		return "", false
+		return nil, false
 	}
-	enc := strings.TrimRight(strings.TrimSpace(line[len(scheme)+sep:]), "=")
-	b, err := base64.RawStdEncoding.DecodeString(enc)
-	if err != nil {
-		if b, err = base64.RawURLEncoding.DecodeString(enc); err != nil {
-			return "", false
+	enc := strings.TrimSpace(line[len(scheme)+sep:])
+	unpadded := strings.TrimRight(enc, "=")
+	if b, err := base64.RawStdEncoding.DecodeString(unpadded); err == nil {
+		return []string{string(b)}, true
+	}
+	if b, err := base64.RawURLEncoding.DecodeString(unpadded); err == nil {
+		return []string{string(b)}, true
+	}
+	return []string{lenientBase64(enc, false), lenientBase64(enc, true)}, true
+}
+
+// lenientBase64 decodes enc as lenient base64 decoders do, which skip
+// every byte outside their alphabet (junk, white space) where a strict
+// one refuses the value: as Python's b64decode does (the standard
+// alphabet; a padding is skipped unless it ends a group of four, where
+// decoding stops), or, with node, as Node's Buffer.from does (either
+// alphabet; decoding stops at the first padding).
+func lenientBase64(enc string, node bool) string {
+	out := make([]byte, 0, len(enc)*3/4)
+	var acc uint32
+	bits, quad, pads := 0, 0, 0
+	for i := 0; i < len(enc); i++ {
+		c := enc[i]
+		var v byte
+		switch {
+		case 'A' <= c && c <= 'Z':
+			v = c - 'A'
+		case 'a' <= c && c <= 'z':
+			v = c - 'a' + 26
+		case '0' <= c && c <= '9':
+			v = c - '0' + 52
+		case c == '+' || node && c == '-':
+			v = 62
+		case c == '/' || node && c == '_':
+			v = 63
+		case c == '=':
+			if pads++; node || quad >= 2 && quad+pads >= 4 {
+				return string(out)
+			}
+			continue
+		default:
+			continue
+		}
+		pads, quad = 0, (quad+1)%4
+		acc, bits = acc<<6|uint32(v), bits+6
+		if bits >= 8 {
+			bits -= 8
+			out = append(out, byte(acc>>bits))
 		}
 	}
-	return string(b), true
+	return string(out)
 }
 
 // compilePolicy compiles one policy; scope prefixes its routes' rate-limit

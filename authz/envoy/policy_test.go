@@ -603,6 +603,13 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 		{"as Basic credentials, not read as the key", "/api/users", "Basic " + b64(fx.Good+":"), nil, nil, "missing_key", nil},
 		{"as Basic credentials under another policy's source", "/invoices/1", "Basic " + b64(fx.Good+":"), nil, map[string]string{"policy": "billing"}, "", []string{"authorization"}},
 		{"Basic credentials of a key's shape with a bad checksum", "/healthz", "Basic " + b64(notOurs[len("Token "):]+":"), nil, nil, "", nil},
+		// Lenient decoders (Python's b64decode, Node's Buffer) skip bytes
+		// outside the alphabet and read on past, or stop at, the padding:
+		// what one of them reads as the key is stripped too.
+		{"as Basic credentials with a byte a lenient decoder skips", "/healthz", "Basic " + junkIn(b64(fx.Good+":"), "*"), nil, nil, "", []string{"authorization"}},
+		{"as Basic credentials with white space inside", "/healthz", "Basic " + junkIn(b64(fx.Good+":"), "\t"), nil, nil, "", []string{"authorization"}},
+		{"as Basic credentials with data after the padding", "/healthz", "Basic " + padded(fx.Good+":") + "junk", nil, nil, "", []string{"authorization"}},
+		{"as Basic credentials in the URL alphabet with a byte skipped", "/healthz", "Basic " + junkIn(base64.URLEncoding.EncodeToString([]byte("\xfb\xff:"+fx.Good)), "."), nil, nil, "", []string{"authorization"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			headers := map[string]string{"authorization": tt.auth}
@@ -624,6 +631,18 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 
 // b64 is s in standard base64, as Basic credentials carry it.
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// padded is s in standard base64 with its padding: bytes are added to s
+// until its encoding needs some.
+func padded(s string) string {
+	for len(s)%3 == 0 {
+		s += "x"
+	}
+	return b64(s)
+}
+
+// junkIn is s with junk put in its middle.
+func junkIn(s, junk string) string { return s[:len(s)/2] + junk + s[len(s)/2:] }
 
 // Another service's query or cookie credential, spelt so that an upstream
 // reads it as that name but the proxy, which strips by exact name, does
