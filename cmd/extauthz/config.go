@@ -266,15 +266,18 @@ func requirePepper(cfg *config.Config, warn func(msg string)) error {
 	} else if slices.Contains(publicPeppers, string(cfg.Hashing.Pepper)) {
 		warn(fmt.Sprintf("the hashing pepper (%s) is the demo default written in docker-compose.yml, which anyone can read: "+
 			"set it to a random secret of your own (openssl rand -base64 32) before keys that matter are made", config.EnvRef(cfg.Hashing.PepperEnv)))
-	} else if p := cfg.Hashing.Pepper; len(bytes.TrimSpace(p)) != len(p) {
-		warn(fmt.Sprintf("the hashing pepper (%s) begins or ends with white space, most likely a file's line ending: "+
-			"every server and every keys command must get the very same bytes (a Kubernetes Secret made with --from-file keeps "+
-			"the file's last newline, $(cat file) drops it), or keys made by one are unknown to the others",
-			config.EnvRef(cfg.Hashing.PepperEnv)))
 	} else if n := len(cfg.Hashing.Pepper); n < minPepperBytes {
 		warn(fmt.Sprintf("the hashing pepper (%s) is %d bytes: a pepper guards the stored hashes only if it cannot be guessed; "+
 			"use at least %d random bytes (openssl rand -base64 32), and keep it: keys hashed under one pepper do not match under another",
 			config.EnvRef(cfg.Hashing.PepperEnv), n, minPepperBytes))
+	}
+	// Apart from the others: a short pepper read from a file has its line
+	// ending too, and each warning asks for its own fix.
+	if p := cfg.Hashing.Pepper; len(bytes.TrimSpace(p)) != len(p) {
+		warn(fmt.Sprintf("the hashing pepper (%s) begins or ends with white space, most likely a file's line ending: "+
+			"every server and every keys command must get the very same bytes (a Kubernetes Secret made with --from-file keeps "+
+			"the file's last newline, $(cat file) drops it), or keys made by one are unknown to the others",
+			config.EnvRef(cfg.Hashing.PepperEnv)))
 	}
 	return nil
 }

@@ -316,6 +316,8 @@ func TestAWeakPepperIsWarnedOf(t *testing.T) {
 		{"demo-only-pepper-not-for-production", "the demo default written in docker-compose.yml"},
 		{testPepper + "\n", "ends with white space, most likely a file's line ending"},
 		{" " + testPepper, "begins or ends with white space"},
+		{"short\n", "is 6 bytes"}, // the line ending hides no other warning
+		{"short\n", "begins or ends with white space"},
 	} {
 		t.Setenv(testPepperEnv, tc.pepper)
 		_, stderr, code := cliRun(t, "config", "check", "--config", path)
