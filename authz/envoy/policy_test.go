@@ -571,15 +571,7 @@ func TestAShadowPolicyEnforcesACredentialItCannotStrip(t *testing.T) {
 // under this policy's source and another's. A value of another scheme that
 // holds none stays the upstream's.
 func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
-	fx := authztest.New(t, func(o *authz.Options) {
-		o.Policies = []authz.PolicySpec{{
-			Name:    "billing",
-			Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
-			Routes:  []authz.RouteSpec{{Path: "/invoices/**", Public: true}},
-			Sources: []authz.Source{authz.HeaderSource("x-billing-key", "")},
-		}}
-	})
-	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	fx, client := publicBillingFixture(t)
 	notOurs := "Token sk_" + strings.Repeat("a", len(fx.Good)-3)
 	for _, tt := range []struct {
 		name, path, auth string
@@ -651,15 +643,7 @@ func junkIn(s, junk string) string { return s[:len(s)/2] + junk + s[len(s)/2:] }
 // policy's own names. Only when it holds a key of ours: the name is no
 // credential here, and this upstream may use it for its own values.
 func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
-	fx := authztest.New(t, func(o *authz.Options) {
-		o.Policies = []authz.PolicySpec{{
-			Name:    "billing",
-			Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
-			Routes:  []authz.RouteSpec{{Path: "/invoices/**", Public: true}},
-			Sources: []authz.Source{authz.HeaderSource("x-billing-key", "")},
-		}}
-	})
-	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	fx, client := publicBillingFixture(t)
 	billing := map[string]string{"policy": "billing"}
 	encoded := strings.ReplaceAll(fx.Good, "_", "%5F")
 	for _, tt := range []struct {
@@ -686,4 +670,20 @@ func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
 		})
 	}
+}
+
+// publicBillingFixture is the default policy and a "billing" policy (its
+// routes all public, its one source x-billing-key), served over gRPC: the
+// default policy's sources are then another service's to a request that
+// selects billing.
+func publicBillingFixture(t *testing.T) (*authztest.Fixture, authv3.AuthorizationClient) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{{
+			Name:    "billing",
+			Match:   authz.Match{Context: map[string]string{"policy": "billing"}},
+			Routes:  []authz.RouteSpec{{Path: "/invoices/**", Public: true}},
+			Sources: []authz.Source{authz.HeaderSource("x-billing-key", "")},
+		}}
+	})
+	return fx, authv3.NewAuthorizationClient(serveChecks(t, fx))
 }

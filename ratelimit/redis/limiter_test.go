@@ -888,14 +888,7 @@ func TestRedisNeverReusesTheCallOfACallerThatGaveUp(t *testing.T) {
 		_, err := r.Allow(ctx, scarce)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 	}
-	state := func(pending, sending int) func() bool {
-		return func() bool {
-			q := r.home.queue
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			return len(q.pending) == pending && q.sending == sending
-		}
-	}
+	state := func(pending, sending int) func() bool { return queueIs(r, pending, sending) }
 
 	_, err := srv.Do("CLIENT", "PAUSE", "2000", "WRITE")
 	require.NoError(t, err)
@@ -945,14 +938,7 @@ func TestRedisSendsNoCheckWhoseCallerGaveUpWhileItWaited(t *testing.T) {
 	srv := redistest.Start(t)
 	r := newRedis(t, newClient(t, srv.Addr), Options{Prefix: uniquePrefix(), Timeout: 10 * time.Second})
 	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 100, Window: time.Hour}}}
-	state := func(pending, sending int) func() bool {
-		return func() bool {
-			q := r.home.queue
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			return len(q.pending) == pending && q.sending == sending
-		}
-	}
+	state := func(pending, sending int) func() bool { return queueIs(r, pending, sending) }
 
 	_, err := srv.Do("CLIENT", "PAUSE", "1000", "WRITE")
 	require.NoError(t, err)
@@ -1152,4 +1138,15 @@ func TestAClusterWithNoSlotMapYetHoldsAChecksNoLongerThanItsTimeout(t *testing.T
 	}
 	assert.Less(t, time.Since(start), 2*time.Second, "four checks each waited past the Timeout")
 	assert.True(t, lim.BreakerOpen(), "the failed checks opened the breaker")
+}
+
+// queueIs reports, when called, whether r's queue holds pending checks
+// and sending batches on the wire.
+func queueIs(r *Limiter, pending, sending int) func() bool {
+	return func() bool {
+		q := r.home.queue
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.pending) == pending && q.sending == sending
+	}
 }
