@@ -441,6 +441,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	// name may carry what this policy's upstream takes for itself (its
 	// users' own Bearer tokens, a cookie of its own), which is no key of
 	// ours and must still reach it.
+	var keyIn keyInRequest
 	for i := len(p.Sources); i < len(p.strip); i++ {
 		s := p.strip[i]
 		if s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) {
@@ -451,7 +452,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 		// whatever the answer names: refused, as for this policy's own
 		// names, but only when the request holds a key of ours, since the
 		// name is no credential here.
-		if ambiguous == "" && p.spellingHoldsKey(s, req) {
+		if ambiguous == "" && p.spellingHoldsKey(s, req, &keyIn) {
 			ambiguous = "malformed request: a " + s.Kind().String() + " name reads as another service's credential's but is spelt differently, and the request holds a key"
 		}
 	}

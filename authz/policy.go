@@ -297,26 +297,45 @@ func (p *Policy) otherSchemeHoldsKey(s Source, req *Request) bool {
 	return false
 }
 
-// spellingHoldsKey reports whether req names s, a query or cookie source of
-// another policy, under a spelling some upstream reads as its name but the
-// proxy does not strip (Source.lookup's ambiguous), while its query or
-// cookies hold a key of ours. The key is looked for first, as most requests
-// hold none: the names are read only then.
-func (p *Policy) spellingHoldsKey(s Source, req *Request) bool {
-	var text string
-	switch s.kind {
+// keyInRequest says whether a request's query and its cookies hold a key
+// of ours (percent-decoded too), each worked out once, on first asking:
+// another policy's query and cookie names are read for a spelling the
+// proxy does not strip only when they do (spellingHoldsKey), and a
+// request is asked for each such name of every other policy.
+type keyInRequest struct {
+	query, cookie int8 // 0 not worked out yet, 1 holds a key, -1 does not
+}
+
+// holds reports whether the query (kind SourceQuery) or the cookies
+// (SourceCookie) of req hold a key of p's format.
+func (k *keyInRequest) holds(p *Policy, kind SourceKind, req *Request) bool {
+	memo, text := &k.query, ""
+	switch kind {
 	case SourceQuery:
-		i := strings.IndexByte(req.Path, '?')
-		if i < 0 {
-			return false
+		if i := strings.IndexByte(req.Path, '?'); i >= 0 {
+			text = req.Path[i+1:]
 		}
-		text = req.Path[i+1:]
 	case SourceCookie:
-		text = req.Headers.Get("cookie")
+		memo, text = &k.cookie, req.Headers.Get("cookie")
 	default:
 		return false
 	}
-	if !p.format.ContainsKey(text) && (strings.IndexByte(text, '%') < 0 || !p.format.ContainsKey(percentDecoded(text))) {
+	if *memo == 0 {
+		*memo = -1
+		if p.format.ContainsKey(text) || strings.IndexByte(text, '%') >= 0 && p.format.ContainsKey(percentDecoded(text)) {
+			*memo = 1
+		}
+	}
+	return *memo == 1
+}
+
+// spellingHoldsKey reports whether req names s, a query or cookie source of
+// another policy, under a spelling some upstream reads as its name but the
+// proxy does not strip (Source.lookup's ambiguous), while its query or
+// cookies hold a key of ours (k). The key is looked for first, as most
+// requests hold none: the names are read only then.
+func (p *Policy) spellingHoldsKey(s Source, req *Request, k *keyInRequest) bool {
+	if !k.holds(p, s.kind, req) {
 		return false
 	}
 	_, _, ambiguous := s.lookup(req)
