@@ -940,7 +940,7 @@ func TestRedisSendsNoCheckWhoseCallerGaveUpWhileItWaited(t *testing.T) {
 	limits := []ratelimit.Limit{{Name: "key", Bucket: "b", Rate: ratelimit.Rate{N: 100, Window: time.Hour}}}
 	state := func(pending, sending int) func() bool { return queueIs(r, pending, sending) }
 
-	_, err := srv.Do("CLIENT", "PAUSE", "1000", "WRITE")
+	_, err := srv.Do("CLIENT", "PAUSE", "2000", "WRITE")
 	require.NoError(t, err)
 	opened := make(chan ratelimit.Result, 1)
 	go func() {
