@@ -595,6 +595,9 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, keystore.ErrUnconfirmed):
 		s.log.Warn("admin API: a change is stored but not confirmed by the store's replicas", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnconfirmed, "the change is made and in effect, but fewer Redis replicas than store.redis.confirm_replicas acknowledged it in time, so a failover could still undo it; repeat the same request (it is safe to) once replication is healthy"}
+	case errors.Is(err, keystore.ErrPepperMismatch):
+		s.log.Error("admin API: refused to make a key: this server's hashing pepper differs from the one the key store's keys were hashed with", "route", r.Pattern)
+		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "this server hashes keys with another pepper than the key store's keys were made with, so a key it made would be unknown to the other servers; it makes none until its operator gives it their pepper"}
 	case errors.Is(err, keystore.ErrNewerRecord):
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "the key's record holds fields a newer version of extauthz wrote, which this server cannot copy into a new key; rotate it through a server of that version (during a rolling upgrade, retry shortly)"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -477,5 +478,40 @@ func TestTheAuditActorIsTheCallersKey(t *testing.T) {
 		assert.True(t, slices.ContainsFunc(e.rec.Changes(), func(c change) bool {
 			return c.keyID == writerID && c.actor == e.rootID
 		}))
+	})
+}
+
+func TestAServerWithAnotherPepperMakesNoKey(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		// A second server on the same store, whose pepper for new keys is
+		// not the one the store's keys were made with (the root key, made
+		// under the right one, still authenticates through the decision).
+		opts := e.opts
+		opts.Manager = &keystore.Manager{Store: e.store, Hasher: keystore.NewHasher([]byte("test peppe")), Format: e.manager.Format, Now: e.clock.Now}
+		opts.Leaks = nil
+		srv := httptest.NewServer(New(opts))
+		t.Cleanup(srv.Close)
+		wrong := *e
+		wrong.url = srv.URL
+
+		before, _, err := e.store.List(t.Context(), keystore.ListOptions{IncludeRevoked: true, Limit: 1000})
+		require.NoError(t, err)
+		r := wrong.send("POST", "/v1/keys", e.root, map[string]any{"name": "unfindable", "permissions": []string{"read:users"}})
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+		assert.Contains(t, r.String(), "another pepper")
+		assert.NotContains(t, r.String(), `"key"`, "no secret in the refusal")
+		r = wrong.send("POST", "/v1/keys/"+e.rootID+"/rotate", e.root, map[string]any{"grace": "1h"})
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+		after, _, err := e.store.List(t.Context(), keystore.ListOptions{IncludeRevoked: true, Limit: 1000})
+		require.NoError(t, err)
+		assert.Equal(t, len(before), len(after), "nothing made")
+		root, err := e.store.Get(t.Context(), e.rootID)
+		require.NoError(t, err)
+		assert.Empty(t, root.RotatedTo, "the root key was not rotated")
+		assert.Contains(t, e.rec.Logs(), "hashing pepper differs")
+
+		// The server with the store's pepper still makes keys.
+		r = e.send("POST", "/v1/keys", e.root, map[string]any{"name": "findable", "permissions": []string{"read:users"}})
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
 	})
 }

@@ -211,6 +211,12 @@ var (
 	// extauthz wrote, which this version cannot copy faithfully into a
 	// rotation's new key; nothing was stored. A server of that version can.
 	ErrNewerRecord = errors.New("the key's record holds fields a newer version of extauthz wrote")
+	// ErrPepperMismatch: the store's keys were hashed with another pepper
+	// than this process's (see PepperMarker). No key made under one
+	// pepper matches under another, so such a process answers every key
+	// of the store as unknown, and a key it made would be unknown to the
+	// others; it makes none.
+	ErrPepperMismatch = errors.New("this process hashes keys with another pepper than the one the key store's keys were hashed with")
 	// ErrUnavailable wraps a backend failure (connection refused, timeout):
 	// the store could not answer, which is not the same as "no such key".
 	ErrUnavailable = errors.New("key store unavailable")

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -46,6 +47,49 @@ type Manager struct {
 	// who made it: an admin key's id, or "cli"; ctx is the one the change
 	// was made with, which may say more (the admin API's request).
 	OnChange func(ctx context.Context, kind string, k *Key, actor string)
+
+	pepperOK atomic.Bool // CheckPepper found the store's mark this process's
+}
+
+// PepperMarker is a store that keeps a mark of the pepper its keys are
+// hashed with: the hash of a fixed text, made as a key's hash is. Every
+// process sharing the store must hash with one pepper (a key hashed under
+// one matches under no other), and the mark is how a process with another
+// one (a secret mistyped, cut, or with a line ending its file kept) is
+// told so, before it makes a key the others cannot find.
+type PepperMarker interface {
+	// MarkPepper stores mark as the store's pepper mark unless it holds
+	// one already, atomically, and returns the mark it holds after: mark,
+	// when it stored it.
+	MarkPepper(ctx context.Context, mark Hash) (Hash, error)
+}
+
+// pepperText is the fixed text whose hash is the pepper mark. Hashing it
+// tells the pepper apart as well as a key's hash does, and no better: like
+// any key hash in the store, the mark lets whoever reads the store test a
+// guess at the pepper, which a long random pepper makes useless.
+const pepperText = "extauthz pepper mark v1"
+
+// CheckPepper compares the store's pepper mark with this process's pepper,
+// storing it when the store has none yet (a new store, or one made by a
+// version before the mark): ErrPepperMismatch when they differ, nil for a
+// store that keeps no mark. Once the two are found equal it does not ask
+// the store again.
+func (m *Manager) CheckPepper(ctx context.Context) error {
+	pm, ok := m.Store.(PepperMarker)
+	if !ok || m.pepperOK.Load() {
+		return nil
+	}
+	mark := m.Hasher.Hash(pepperText)
+	held, err := pm.MarkPepper(ctx, mark)
+	switch {
+	case err != nil:
+		return err
+	case held != mark:
+		return fmt.Errorf("%w: give it the pepper every other process of this store uses (a pepper cannot be changed for keys already made)", ErrPepperMismatch)
+	}
+	m.pepperOK.Store(true)
+	return nil
 }
 
 // Spec is what a caller may choose about a new key or change in one.
@@ -250,6 +294,9 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if err := m.refusePastedKeys(spec.Name, spec.Owner, spec.Permissions, spec.Meta); err != nil {
 		return "", nil, err
 	}
+	if err := m.CheckPepper(ctx); err != nil {
+		return "", nil, err
+	}
 	secret, k, h, err := m.newKey(now, spec)
 	if err != nil {
 		return "", nil, err
@@ -381,6 +428,9 @@ func (m *Manager) newKey(now time.Time, spec Spec) (string, *Key, Hash, error) {
 func (m *Manager) Rotate(ctx context.Context, id string, grace time.Duration, actor string, check func(old *Key) error) (string, *Key, error) {
 	if grace < 0 || grace > MaxLifetime {
 		return "", nil, &FieldError{"grace", "must be from 0 to 100 years"}
+	}
+	if err := m.CheckPepper(ctx); err != nil {
+		return "", nil, err
 	}
 	for range rotateAttempts - 1 {
 		secret, k, err := m.rotateOnce(ctx, id, grace, actor, check)

@@ -310,7 +310,6 @@ func TestACachedKeyIsServedForAtMostMaxStaleWhileRedisIsDown(t *testing.T) {
 // So it does of one with a file's line ending, which one command may get
 // and another not: keys made by one would be unknown to the other.
 func TestAWeakPepperIsWarnedOf(t *testing.T) {
-	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db"))
 	for _, tc := range []struct{ pepper, want string }{
 		{"short", "is 5 bytes"},
 		{"demo-only-pepper-not-for-production", "the demo default written in docker-compose.yml"},
@@ -319,6 +318,8 @@ func TestAWeakPepperIsWarnedOf(t *testing.T) {
 		{"short\n", "is 6 bytes"}, // the line ending hides no other warning
 		{"short\n", "begins or ends with white space"},
 	} {
+		// A store of its own: keys of one store are all made under one pepper.
+		path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db"))
 		t.Setenv(testPepperEnv, tc.pepper)
 		_, stderr, code := cliRun(t, "config", "check", "--config", path)
 		assert.Equal(t, 0, code, stderr)
@@ -329,6 +330,6 @@ func TestAWeakPepperIsWarnedOf(t *testing.T) {
 		assert.Contains(t, stderr, tc.want)
 	}
 	t.Setenv(testPepperEnv, testPepper)
-	_, stderr, _ := cliRun(t, "config", "check", "--config", path)
+	_, stderr, _ := cliRun(t, "config", "check", "--config", writeConfig(t, fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db")))
 	assert.NotContains(t, stderr, "pepper", "a long pepper of one's own is no warning")
 }

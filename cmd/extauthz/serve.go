@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -179,6 +180,11 @@ type server struct {
 
 	// ready is the store ping /readyz shares between its callers.
 	ready readiness
+	// manager is the key lifecycle the admin API and the pepper check share.
+	manager *keystore.Manager
+	// pepperWrong is set once the store's pepper mark is found to be
+	// another pepper's (checkPepper): the server is then never ready.
+	pepperWrong atomic.Bool
 
 	grpcLn, httpLn, adminLn net.Listener
 	// bg runs the cache's watch and last-used writer, the config watch and
@@ -205,7 +211,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	if err != nil {
 		return nil, err
 	}
-	s := &server{cfg: cfg, logger: logger, be: be, maxCall: grpcMaxCall}
+	s := &server{cfg: cfg, logger: logger, be: be, maxCall: grpcMaxCall, manager: be.manager(cfg)}
 	cacheOpts := keystore.CacheOptions{
 		Size:        cfg.Cache.Size,
 		TTL:         time.Duration(cfg.Cache.TTL),
@@ -321,7 +327,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 // buildAdmin makes the admin API (its own listener, meant to stay private)
 // and, when configured, mounts the GitHub leak endpoint on the public mux.
 func (s *server) buildAdmin(public *http.ServeMux) error {
-	m := s.be.manager(s.cfg)
+	m := s.manager
 	m.OnChange = recordChanges(s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
 		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure, OnRead: s.auditRead}
@@ -367,6 +373,11 @@ func (s *server) auditRead(keyID string, c admin.Call) {
 // serves cached keys, but a load balancer should prefer a replica that can
 // also answer for uncached ones.
 func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.pepperWrong.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "hashing pepper differs from the key store's (see the log)\n")
+		return
+	}
 	if err := s.ready.check(s.be.ping); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "store unavailable\n")
@@ -447,6 +458,9 @@ func (s *server) run(ctx context.Context) error {
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 		go func() { errc <- s.grpc.Serve(s.grpcLn) }()
 	}
+	// After the serving status above, which a wrong pepper turns off.
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.checkPepper(bgCtx) }()
 	for _, l := range []struct {
 		srv *http.Server
 		ln  net.Listener

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	goredis "github.com/redis/go-redis/v9"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/keystore"
@@ -93,13 +96,54 @@ func (s *server) checkConfirmingReplicas(ctx context.Context) {
 			}
 			return
 		}
-		t := time.NewTimer(2 * time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, 2*time.Second) {
 			return
-		case <-t.C:
 		}
+	}
+}
+
+// checkPepper compares, once the store answers, the store's pepper mark with
+// this server's pepper (keystore.Manager.CheckPepper), storing it when the
+// store has none. When they differ, every key of the store is unknown here
+// and would be answered 401: the server then says so in the log, goes
+// NOT_SERVING on gRPC health and unready on /readyz, so that a rollout with a
+// mistyped pepper stops at its first replica instead of refusing every
+// caller, and the admin API makes no key (503).
+func (s *server) checkPepper(ctx context.Context) {
+	for {
+		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := s.manager.CheckPepper(callCtx)
+		cancel()
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, keystore.ErrPepperMismatch):
+			s.pepperWrong.Store(true)
+			s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+			s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+			s.logger.Error("the hashing pepper differs from the one the key store's keys were hashed with: no key of the store matches here, so every key is answered 401; this server reports itself not ready and makes no keys. "+
+				"Give it the pepper the store's other servers use (hashing.pepper_env); a pepper cannot be changed for keys already made",
+				"pepper_env", s.cfg.Hashing.PepperEnv, "store", describeStore(s.cfg))
+			return
+		}
+		if ctx.Err() == nil {
+			s.logger.Debug("the key store's pepper mark is not checked yet", "err", err)
+		}
+		if !sleep(ctx, 2*time.Second) {
+			return
+		}
+	}
+}
+
+// sleep waits d, and reports false if ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -25,7 +25,7 @@ func TestTheServerPurgesKeysDeadLongerThanTheRetention(t *testing.T) {
 			// Keys made and revoked as if hours ago, through a manager whose
 			// clock is set back.
 			now := time.Now()
-			past := *ts.mgr
+			past := &keystore.Manager{Store: ts.mgr.Store, Hasher: ts.mgr.Hasher, Format: ts.mgr.Format, MaxPerOwner: ts.mgr.MaxPerOwner}
 			at := now.Add(-3 * time.Hour)
 			past.Now = func() time.Time { return at }
 			_, longDead, err := past.Create(context.Background(), keystore.Spec{Name: "long dead", Permissions: []string{"x"}}, "test")

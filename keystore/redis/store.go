@@ -55,6 +55,7 @@ import (
 //	                                 key (a store written before they existed is indexed
 //	                                 by Sweep; until then List walks every id)
 //	<prefix>{keys}:changes           stream of changes, one field h = hash hex
+//	<prefix>{keys}:pepper            string: the pepper mark (see keystore.PepperMarker), hex
 //
 // Every name carries the same hash tag, {keys}, so on Redis Cluster all key
 // metadata lives in one slot, on one primary. That is deliberate. Metadata
@@ -92,6 +93,7 @@ func (l layout) expiring() string             { return l.base + "expiring" }
 func (l layout) ends() string                 { return l.base + "ends" }
 func (l layout) index() string                { return l.base + "index" }
 func (l layout) graceBuilt() string           { return l.base + "gracebuilt" }
+func (l layout) pepper() string               { return l.base + "pepper" }
 
 // indexVersion is the value of the index key once the listing indexes
 // cover every key.
@@ -510,6 +512,39 @@ func (s *Store) ConfirmingReplicas(ctx context.Context) (int, error) {
 		return 0, unavailable("count replicas", err)
 	}
 	return int(n), nil
+}
+
+// MarkPepper keeps the pepper mark in <prefix>{keys}:pepper, written once
+// (SET NX) and read back in the same round trip. The mark is not
+// confirmed by the replicas: a failover that loses it only has the next
+// process that asks write its own again.
+func (s *Store) MarkPepper(ctx context.Context, mark keystore.Hash) (keystore.Hash, error) {
+	if err := s.check(); err != nil {
+		return keystore.Hash{}, err
+	}
+	key := s.keys.pepper()
+	var set *goredis.StatusCmd
+	var get *goredis.StringCmd
+	_, _ = s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		set = p.SetArgs(ctx, key, mark.String(), goredis.SetArgs{Mode: "NX"}) // SET … NX, which the ACL grants (SETNX it does not)
+		get = p.Get(ctx, key)
+		return nil
+	})
+	err := set.Err()
+	if errors.Is(err, goredis.Nil) { // not set: the store has a mark
+		err = nil
+	}
+	if err == nil {
+		err = get.Err()
+	}
+	if err != nil {
+		return keystore.Hash{}, unavailable("mark pepper", err)
+	}
+	held, err := keystore.ParseHash(get.Val())
+	if err != nil {
+		return keystore.Hash{}, fmt.Errorf("redis store: %s does not hold a pepper mark (64 hex digits); delete it, and the next process to start writes its own", key)
+	}
+	return held, nil
 }
 
 // primary returns the client of the primary that holds key: on a Cluster

@@ -72,6 +72,35 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 	return nil
 }
 
+// MarkPepper keeps the pepper mark in the marks table, written once. A
+// store that has one is only read, so a process that starts does not wait
+// for the write lock.
+func (s *Store) MarkPepper(ctx context.Context, mark keystore.Hash) (keystore.Hash, error) {
+	if err := s.lostErr(); err != nil {
+		return keystore.Hash{}, fmt.Errorf("mark pepper: %w", err)
+	}
+	const read = `SELECT value FROM marks WHERE name = 'pepper'`
+	var held []byte
+	err := s.db.QueryRowContext(ctx, read).Scan(&held)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = s.write(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO marks (name, value) VALUES ('pepper', ?) ON CONFLICT (name) DO NOTHING`, mark[:]); err != nil {
+				return dbErr(err)
+			}
+			return dbErr(tx.QueryRowContext(ctx, read).Scan(&held))
+		})
+	}
+	if err != nil {
+		return keystore.Hash{}, fmt.Errorf("mark pepper: %w", dbErr(err))
+	}
+	var h keystore.Hash
+	if len(held) != len(h) {
+		return keystore.Hash{}, fmt.Errorf("mark pepper: %s's marks table holds a pepper mark of %d bytes, not %d; delete its row, and the next process to start writes its own", s.path, len(held), len(h))
+	}
+	copy(h[:], held)
+	return h, nil
+}
+
 // Update applies fn to the stored record of id and stores the result, in one
 // transaction; fn runs exactly once per successful call. fn must not change
 // the id, owner or created_at. An error from fn is returned as it is. A

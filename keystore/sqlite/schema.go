@@ -73,6 +73,14 @@ ALTER TABLE keys ADD COLUMN meta TEXT NOT NULL DEFAULT '{}';
 -- before the column, whose line then counts from it).
 ALTER TABLE keys ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
 `,
+	4: `
+-- Facts about the store as a whole, by name. 'pepper': the mark of the
+-- pepper its keys are hashed with (see keystore.PepperMarker), 32 bytes.
+CREATE TABLE marks (
+	name  TEXT PRIMARY KEY,
+	value BLOB NOT NULL
+) STRICT;
+`,
 }
 
 // keyColumns are the columns scanKey reads, in its order.

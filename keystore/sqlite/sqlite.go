@@ -29,7 +29,7 @@ import (
 
 const (
 	// schemaVersion is the PRAGMA user_version this code writes and reads.
-	schemaVersion = 4
+	schemaVersion = 5
 
 	// busyTimeout is how long a writer waits for another process's write
 	// transaction before giving up.

@@ -64,6 +64,7 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("TouchLastUsed records when a key was last used", func(t *testing.T) { testTouch(t, newBackend) })
 	t.Run("a key survives closing and reopening the store", func(t *testing.T) { testReopen(t, newBackend) })
 	t.Run("Ping answers on an open store", func(t *testing.T) { testPing(t, newBackend) })
+	t.Run("the pepper mark is written once, and a Manager with another pepper makes no key", func(t *testing.T) { testPepperMark(t, newBackend) })
 	t.Run("Watch sees every change within a second", func(t *testing.T) { testWatch(t, newBackend) })
 	t.Run("Watch does not report TouchLastUsed", func(t *testing.T) { testWatchIgnoresTouch(t, newBackend) })
 	t.Run("Watch returns when its context is done", func(t *testing.T) { testWatchReturns(t, newBackend) })
@@ -1016,6 +1017,49 @@ func testReopen(t *testing.T, newBackend Backend) {
 	require.NoError(t, closeStore())
 
 	requireStored(t, f.store(), k, h)
+}
+
+func testPepperMark(t *testing.T, newBackend Backend) {
+	f := newFixture(t, newBackend)
+	ctx := t.Context()
+	s, closeStore := f.storeWithClose()
+	_, ok := s.(keystore.PepperMarker)
+	require.True(t, ok, "the store keeps no pepper mark")
+
+	one := keystore.NewHasher([]byte("pepper one"))
+	first := &keystore.Manager{Store: s, Hasher: one}
+	_, k, err := first.Create(ctx, keystore.Spec{Name: "made under pepper one", Permissions: []string{"read"}}, "test")
+	require.NoError(t, err, "the first pepper to ask marks the store")
+	require.NoError(t, closeStore())
+
+	// Another process, on the reopened store: another pepper, no pepper at
+	// all (plain SHA-256), or the first one cut short.
+	s = f.store()
+	for name, h := range map[string]*keystore.Hasher{
+		"another pepper": keystore.NewHasher([]byte("pepper two")),
+		"no pepper":      keystore.NewHasher(nil),
+		"a cut pepper":   keystore.NewHasher([]byte("pepper on")),
+	} {
+		other := &keystore.Manager{Store: s, Hasher: h}
+		_, _, err := other.Create(ctx, keystore.Spec{Name: "made under " + name, Permissions: []string{"read"}}, "test")
+		require.ErrorIs(t, err, keystore.ErrPepperMismatch, name)
+		_, _, err = other.Rotate(ctx, k.ID, time.Hour, "test", nil)
+		require.ErrorIs(t, err, keystore.ErrPepperMismatch, name)
+		require.ErrorIs(t, other.CheckPepper(ctx), keystore.ErrPepperMismatch, "%s: asked again, it still differs", name)
+	}
+	keys, _, err := s.List(ctx, keystore.ListOptions{IncludeRevoked: true})
+	require.NoError(t, err)
+	require.Len(t, keys, 1, "a Manager with another pepper made or rotated a key")
+	require.Empty(t, keys[0].RotatedTo, "a Manager with another pepper rotated the key")
+
+	// The mark holds the first pepper's, whatever is offered after.
+	mark, err := s.(keystore.PepperMarker).MarkPepper(ctx, keystore.NewHasher([]byte("pepper three")).Hash("x"))
+	require.NoError(t, err)
+	same := &keystore.Manager{Store: s, Hasher: one}
+	require.NoError(t, same.CheckPepper(ctx), "the first pepper, in another process, matches its mark")
+	require.NotEqual(t, keystore.NewHasher([]byte("pepper three")).Hash("x"), mark)
+	_, _, err = same.Rotate(ctx, k.ID, time.Hour, "test", nil)
+	require.NoError(t, err, "the first pepper still makes keys")
 }
 
 func testPing(t *testing.T, newBackend Backend) {
