@@ -735,6 +735,21 @@ func TestAFileFromBeforeLineagesIsMigrated(t *testing.T) {
 	assert.Equal(t, k.ID, stored.RateBucket())
 }
 
+// A file written before the pepper's mark (schema 4) is migrated when
+// opened, and marked by the first process to ask: its keys stay as they
+// were, and a process with another pepper is told so from then on.
+func TestAFileFromBeforeThePepperMarkIsMigrated(t *testing.T) {
+	k, h := testKey(t)
+	s := openOld(t, 4, k, h, "")
+	m := &keystore.Manager{Store: s, Hasher: hasher}
+	require.NoError(t, m.CheckPepper(t.Context()), "the first to ask marks the store")
+	got, err := s.Lookup(t.Context(), h)
+	require.NoError(t, err)
+	assert.Equal(t, k.ID, got.ID)
+	other := &keystore.Manager{Store: s, Hasher: keystore.NewHasher([]byte("another pepper"))}
+	require.ErrorIs(t, other.CheckPepper(t.Context()), keystore.ErrPepperMismatch)
+}
+
 // openOld writes a store file at schema version, the way that version did,
 // holding k (permissions read:users, rotated from rotatedFrom), and opens
 // it, which migrates it to schemaVersion.
