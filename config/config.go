@@ -102,7 +102,17 @@ type Listen struct {
 	GRPC  Addr `json:"grpc"`
 	HTTP  Addr `json:"http"`
 	Admin Addr `json:"admin"`
+	// MaxConnectionsPerClient caps the connections one client (an address;
+	// an IPv6 /64) holds open on each listener: one past it is closed as
+	// soon as it is accepted.
+	MaxConnectionsPerClient int `json:"max_connections_per_client"`
 }
+
+// DefaultMaxConnectionsPerClient is listen.max_connections_per_client's
+// default: far above what one proxy opens (Envoy keeps a connection or a few
+// per worker thread; nginx and Caddy one per request in flight), and at
+// about 30 KiB a busy connection, some 30 MiB for one client at most.
+const DefaultMaxConnectionsPerClient = 1024
 
 // TLS is what every listener (gRPC, HTTP, admin) serves TLS with; off
 // while CertFile is empty. The files are read at start and again when they
@@ -434,7 +444,7 @@ func Default() Config {
 	failuresTotal := ratelimit.Rate{N: 1000, Window: time.Second}
 	one := 1
 	return Config{
-		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003"},
+		Listen: Listen{GRPC: ":9001", HTTP: ":9002", Admin: "127.0.0.1:9003", MaxConnectionsPerClient: DefaultMaxConnectionsPerClient},
 		Store: Store{Backend: "embedded", Path: "./data/extauthz.db", Redis: Redis{
 			URL: "redis://127.0.0.1:6379/0", PasswordEnv: "REDIS_PASSWORD", Prefix: "extauthz:",
 			Timeout: Duration(200 * time.Millisecond), ConfirmTimeout: Duration(time.Second),
@@ -710,6 +720,9 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(string(addr)); err != nil {
 			bad(name, "%q is not host:port (e.g. \":9001\" or \"127.0.0.1:9003\")", addr)
 		}
+	}
+	if n := c.Listen.MaxConnectionsPerClient; n < 1 || n > 1<<20 {
+		bad("listen.max_connections_per_client", "%d: want 1 to 1048576", n)
 	}
 	// A variable's name, never the secret: a value no variable can be named
 	// (a base64 secret) is refused without quoting it.

@@ -39,6 +39,8 @@ type extauthzConfig struct {
 		GRPC  string `json:"grpc"`
 		HTTP  string `json:"http"`
 		Admin string `json:"admin"`
+		// One client's open connections on each listener.
+		MaxConnectionsPerClient int `json:"max_connections_per_client"`
 	} `json:"listen"`
 	Store struct {
 		Backend string `json:"backend"`

@@ -4,11 +4,17 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/extauthz/extauthz/audit"
+	"github.com/extauthz/extauthz/authz"
 )
 
 // httpLimits is what an HTTP listener grants one client, so that a slow or
@@ -87,4 +93,88 @@ func (w listenerLogWriter) Write(p []byte) (int, error) {
 	}
 	w.logger.Log(context.Background(), slog.LevelWarn, msg)
 	return len(p), nil
+}
+
+// capListener closes, as soon as it is accepted, a connection from a client
+// that holds max open on the listener already: one client (an address, an
+// IPv6 /64, as authz.AddressBlock counts clients everywhere) cannot hold the
+// process's memory and open files with connections, busy or idle, that the
+// handshake and idle bounds do not end. A client past it is logged once a
+// minute at most, and counted in refused.
+type capListener struct {
+	net.Listener
+	name    string // the listener, for the log and the metric
+	max     int
+	refused prometheus.Counter
+	logger  *slog.Logger
+
+	mu       sync.Mutex
+	open     map[netip.Addr]int // by client block; no entry at 0
+	lastWarn time.Time
+}
+
+// capConns wraps ln so that a client holds at most max connections on it.
+func capConns(ln net.Listener, name string, max int, refused *prometheus.CounterVec, logger *slog.Logger) *capListener {
+	return &capListener{Listener: ln, name: name, max: max, refused: refused.WithLabelValues(name), logger: logger,
+		open: map[netip.Addr]int{}}
+}
+
+func (l *capListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		block := clientBlock(c.RemoteAddr())
+		l.mu.Lock()
+		if l.open[block] < l.max {
+			l.open[block]++
+			l.mu.Unlock()
+			return &capConn{Conn: c, l: l, block: block}, nil
+		}
+		warn := time.Since(l.lastWarn) >= time.Minute
+		if warn {
+			l.lastWarn = time.Now()
+		}
+		l.mu.Unlock()
+		c.Close()
+		l.refused.Inc()
+		if warn {
+			l.logger.Warn("a client holds as many connections as listen.max_connections_per_client allows: its new ones are closed at once (logged once a minute; extauthz_connections_refused_total counts them)",
+				"listener", l.name, "client", block.String(), "max_connections_per_client", l.max)
+		}
+	}
+}
+
+// release ends the count of one connection of block.
+func (l *capListener) release(block netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open[block]--; l.open[block] <= 0 {
+		delete(l.open, block)
+	}
+}
+
+// clientBlock is the block a connection's peer counts in; one block for a
+// peer that is not an IP address.
+func clientBlock(a net.Addr) netip.Addr {
+	var ip netip.Addr
+	if tcp, ok := a.(*net.TCPAddr); ok {
+		ip = tcp.AddrPort().Addr()
+	}
+	return authz.AddressBlock(ip)
+}
+
+// capConn is an accepted connection, counted until it is closed.
+type capConn struct {
+	net.Conn
+	l     *capListener
+	block netip.Addr
+	once  sync.Once
+}
+
+func (c *capConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.l.release(c.block) })
+	return err
 }

@@ -166,9 +166,12 @@ type server struct {
 	cfgPath     string
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec
-	lastLoad    prometheus.Gauge
-	obs         *observer
-	grpcMetrics *grpcMetrics
+	// connsRefused counts, by listener, connections closed at once because
+	// their client held listen.max_connections_per_client (capListener).
+	connsRefused *prometheus.CounterVec
+	lastLoad     prometheus.Gauge
+	obs          *observer
+	grpcMetrics  *grpcMetrics
 	// sweepEvery is how often the key store is swept (sweep.go).
 	sweepEvery time.Duration
 
@@ -249,7 +252,12 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	s.lastLoad.SetToCurrentTime()
 	s.reloads.WithLabelValues("ok")
 	s.reloads.WithLabelValues("error")
-	s.metrics.MustRegister(s.reloads, s.lastLoad)
+	s.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_connections_refused_total",
+		Help: "Connections closed as soon as they were accepted, their client holding listen.max_connections_per_client open on the listener already."}, []string{"listener"})
+	for _, l := range []string{"grpc", "http", "admin"} {
+		s.connsRefused.WithLabelValues(l)
+	}
+	s.metrics.MustRegister(s.reloads, s.lastLoad, s.connsRefused)
 	s.grpcMetrics = newGRPCMetrics(cfg.Metrics.GRPC)
 	if s.grpcMetrics != nil {
 		s.metrics.MustRegister(s.grpcMetrics)
@@ -421,21 +429,19 @@ func (r *readiness) check(ping func(context.Context, time.Duration) error) error
 // listen opens the configured listeners (":0" picks a free port; the
 // addresses are then in grpcLn/httpLn).
 func (s *server) listen() error {
-	var err error
-	if a := s.cfg.Listen.GRPC; a.Enabled() {
-		if s.grpcLn, err = net.Listen("tcp", string(a)); err != nil {
-			return fmt.Errorf("listen.grpc: %w", err)
+	for _, l := range []struct {
+		name string
+		addr config.Addr
+		ln   *net.Listener
+	}{{"grpc", s.cfg.Listen.GRPC, &s.grpcLn}, {"http", s.cfg.Listen.HTTP, &s.httpLn}, {"admin", s.cfg.Listen.Admin, &s.adminLn}} {
+		if !l.addr.Enabled() {
+			continue
 		}
-	}
-	if a := s.cfg.Listen.HTTP; a.Enabled() {
-		if s.httpLn, err = net.Listen("tcp", string(a)); err != nil {
-			return fmt.Errorf("listen.http: %w", err)
+		ln, err := net.Listen("tcp", string(l.addr))
+		if err != nil {
+			return fmt.Errorf("listen.%s: %w", l.name, err)
 		}
-	}
-	if a := s.cfg.Listen.Admin; a.Enabled() {
-		if s.adminLn, err = net.Listen("tcp", string(a)); err != nil {
-			return fmt.Errorf("listen.admin: %w", err)
-		}
+		*l.ln = capConns(ln, l.name, s.cfg.Listen.MaxConnectionsPerClient, s.connsRefused, s.logger)
 	}
 	return nil
 }

@@ -150,7 +150,7 @@ sets them: two places for one setting is one too many.
 {{- fail (printf "config.%s is set by the chart: use the value %s instead" $path $value) -}}
 {{- end -}}
 {{- end -}}
-{{- $listen := dict "http" (printf ":%d" (int .Values.listen.http)) -}}
+{{- $listen := dict "http" (printf ":%d" (int .Values.listen.http)) "max_connections_per_client" (int .Values.listen.maxConnectionsPerClient) -}}
 {{- if .Values.sidecar.enabled -}}
 {{- $_ := set $listen "grpc" (printf "127.0.0.1:%d" (int .Values.listen.grpc)) -}}
 {{- $_ := set $listen "admin" "off" -}}
