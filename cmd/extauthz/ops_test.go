@@ -1,6 +1,7 @@
 package main
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,12 +15,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -395,6 +399,71 @@ func TestAFloodOfReadinessChecksIsNotAFloodOfStoreCalls(t *testing.T) {
 	// One call per moment (readyFor) in which checks came, and one more.
 	limit := int(time.Since(start)/readyFor) + 2
 	assert.LessOrEqual(t, calls, limit, "%d readiness checks made %d store calls", callers*each, calls)
+}
+
+// Anyone who reaches the HTTP listener may ask for /metrics, and a page
+// costs about a millisecond of CPU: a flood of requests must cost a few
+// gathers a second, not one each. Sharing must not make the page stale: a
+// request sees what happened before it came, in every format.
+func TestAFloodOfScrapesIsNotAFloodOfGathers(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded"))
+	var gathers, value atomic.Int64
+	ts.srv.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "test_gathers", Help: "Gathers so far."},
+		func() float64 { return float64(gathers.Add(1)) }))
+	ts.srv.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "test_value", Help: "What the test set last."},
+		func() float64 { return float64(value.Load()) }))
+
+	// Fresh: each scrape sees the value set just before it, in text,
+	// gzipped text and protobuf alike.
+	for i := range int64(3) {
+		value.Store(i + 1)
+		assertValue := func(got float64, format string) {
+			assert.Equal(t, float64(i+1), got, "a %s scrape right after a change", format)
+		}
+		v, _ := sample(scrape(t, nil, ts.httpURL+"/metrics"), "test_value")
+		assertValue(v, "text")
+		req, err := http.NewRequest("GET", ts.httpURL+"/metrics", nil)
+		require.NoError(t, err)
+		req.Header.Set("Accept", string(expfmt.NewFormat(expfmt.TypeProtoDelim)))
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+		require.NoError(t, err)
+		require.Equal(t, "gzip", resp.Header.Get("Content-Encoding"))
+		require.Contains(t, resp.Header.Get("Content-Type"), "application/vnd.google.protobuf")
+		zr, err := gzip.NewReader(resp.Body)
+		require.NoError(t, err)
+		fams := map[string]*dto.MetricFamily{}
+		for dec := expfmt.NewDecoder(zr, expfmt.NewFormat(expfmt.TypeProtoDelim)); ; {
+			var mf dto.MetricFamily
+			if err := dec.Decode(&mf); err != nil {
+				require.ErrorIs(t, err, io.EOF)
+				break
+			}
+			fams[mf.GetName()] = &mf
+		}
+		resp.Body.Close()
+		v, _ = sample(fams, "test_value")
+		assertValue(v, "gzipped protobuf")
+	}
+
+	before := gathers.Load()
+	const callers, each = 20, 5
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range callers {
+		wg.Go(func() {
+			for range each {
+				s, body, _ := get(t, ts.httpURL+"/metrics", nil)
+				assert.Equal(t, 200, s)
+				assert.True(t, strings.Contains(body, "extauthz_build_info"), "a page without the metrics")
+			}
+		})
+	}
+	wg.Wait()
+	n := gathers.Load() - before
+	// One gather per metricsEvery in which scrapes came, and one more.
+	limit := int64(time.Since(start)/metricsEvery) + 2
+	assert.LessOrEqual(t, n, limit, "%d scrapes gathered %d times", callers*each, n)
 }
 
 // The store call /readyz shares is made on no caller's context: a caller
