@@ -65,6 +65,14 @@ func (l httpLimits) apply(srv *http.Server) *http.Server {
 // maxListenerLogLen caps a line of an HTTP listener's own error log.
 const maxListenerLogLen = 512
 
+// An HTTP listener's own error log writes at most listenerLogBurst lines
+// per listenerLogEvery; the first line written after it left some out
+// says how many (messages_left_out).
+const (
+	listenerLogBurst = 10
+	listenerLogEvery = time.Minute
+)
+
 // listenerErrorLog is the ErrorLog of an HTTP listener: net/http's own
 // messages (a failed TLS handshake, an accept error) as warnings of logger.
 //
@@ -75,24 +83,61 @@ const maxListenerLogLen = 512
 // will. So a message that holds a key (holdsKey, the configured format) is
 // replaced whole, as the audit log's client fields are, and any other is
 // cut at maxListenerLogLen; the line still says what failed and for whom.
+//
+// And anyone who can open a connection can fail a handshake: one opened
+// and closed without a byte is a line ("TLS handshake error ... EOF"), at
+// whatever rate the client connects. So the lines are a few a minute, as
+// the audit queue's own complaints are; a flood is a count in the next
+// line, not a log that grows as fast as the client can connect.
 func listenerErrorLog(logger *slog.Logger, holdsKey func(string) bool) *log.Logger {
-	return log.New(listenerLogWriter{logger, holdsKey}, "", 0)
+	return log.New(&listenerLogWriter{logger: logger, holdsKey: holdsKey, now: time.Now}, "", 0)
 }
 
 type listenerLogWriter struct {
 	logger   *slog.Logger
 	holdsKey func(string) bool
+	now      func() time.Time
+
+	mu      sync.Mutex
+	since   time.Time // when the current listenerLogEvery began
+	written int       // lines written since then
+	leftOut int       // lines left out since the last one written
 }
 
-func (w listenerLogWriter) Write(p []byte) (int, error) {
+func (w *listenerLogWriter) Write(p []byte) (int, error) {
+	leftOut, ok := w.admit()
+	if !ok {
+		return len(p), nil
+	}
 	msg := strings.TrimSuffix(string(p), "\n")
 	if w.holdsKey != nil && w.holdsKey(msg) {
 		msg = audit.RedactedMark
 	} else if len(msg) > maxListenerLogLen {
 		msg = strings.ToValidUTF8(msg[:maxListenerLogLen], "") + " [cut]"
 	}
-	w.logger.Log(context.Background(), slog.LevelWarn, msg)
+	var attrs []any
+	if leftOut > 0 {
+		attrs = []any{"messages_left_out", leftOut}
+	}
+	w.logger.Log(context.Background(), slog.LevelWarn, msg, attrs...)
 	return len(p), nil
+}
+
+// admit reports whether a line may be written now, and how many were left
+// out before it.
+func (w *listenerLogWriter) admit() (leftOut int, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if now := w.now(); now.Sub(w.since) >= listenerLogEvery {
+		w.since, w.written = now, 0
+	}
+	if w.written >= listenerLogBurst {
+		w.leftOut++
+		return 0, false
+	}
+	w.written++
+	leftOut, w.leftOut = w.leftOut, 0
+	return leftOut, true
 }
 
 // capListener closes, as soon as it is accepted, a connection from a client

@@ -6,6 +6,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -305,4 +308,55 @@ func TestAFailedHandshakeLogsNoKeyAndAShortLine(t *testing.T) {
 	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
 		assert.LessOrEqual(t, len(line), 1024, "a log line of %d bytes: %.200s...", len(line), line)
 	}
+}
+
+// A failed handshake is a log line, and anyone who can open a connection
+// can fail one: without a bound, each connection opened and closed at
+// once (no byte sent) would cost the log a line, at whatever rate the
+// client connects. A listener writes a few such lines a minute, and the
+// first line after says how many it left out.
+func TestAFloodOfFailedHandshakesIsAFewLogLines(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	tlsYAML := fmt.Sprintf("tls: {cert_file: %q, key_file: %q}\n", certs.ServerCert, certs.ServerKey)
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), tlsYAML))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	const conns = 100
+	for _, addr := range []string{ts.srv.httpLn.Addr().String(), ts.srv.adminLn.Addr().String()} {
+		for range conns {
+			conn, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			conn.Close()
+		}
+	}
+	// The server has read every connection once a request on each listener
+	// is answered after them.
+	_, err := httpsGet(t, clientTLS(certs, false), "https://"+ts.srv.httpLn.Addr().String()+"/healthz", "")
+	require.NoError(t, err)
+	_, err = httpsGet(t, clientTLS(certs, false), "https://"+ts.srv.adminLn.Addr().String()+"/v1/keys", "")
+	require.NoError(t, err)
+	time.Sleep(200 * time.Millisecond)
+	n := strings.Count(logs.String(), "TLS handshake error")
+	assert.Positive(t, n, "a failed handshake is still logged")
+	assert.LessOrEqual(t, n, 2*listenerLogBurst, "%d connections closed unspoken made %d log lines", 2*conns, n)
+}
+
+// The lines a listener leaves out are counted, and the first it writes
+// once its minute is over says how many.
+func TestAListenersLogSaysHowManyLinesItLeftOut(t *testing.T) {
+	var logs syncbuf.Buffer
+	now := time.Unix(1000, 0)
+	w := &listenerLogWriter{logger: slog.New(slog.NewJSONHandler(&logs, nil)), now: func() time.Time { return now }}
+	l := log.New(w, "", 0)
+	for i := range listenerLogBurst + 5 {
+		l.Printf("http: TLS handshake error from 10.0.0.%d:1234: EOF", i)
+	}
+	assert.Equal(t, listenerLogBurst, strings.Count(logs.String(), "TLS handshake error"))
+	now = now.Add(listenerLogEvery)
+	l.Printf("http: TLS handshake error from 10.0.0.99:1234: EOF")
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	require.Len(t, lines, listenerLogBurst+1)
+	assert.Contains(t, lines[listenerLogBurst], `"messages_left_out":5`)
+	assert.NotContains(t, lines[0], "messages_left_out")
 }
