@@ -186,19 +186,30 @@ const (
 	attrKeyID  = "extauthz.key_id"
 )
 
-// Start opens the span of one check, joined to the trace it came with: the
-// traceparent of the gRPC call's metadata (Envoy's own span of the
-// ext_authz call), else that of the request being authorized (the
-// client's, or in HTTP mode the proxy's auth request).
+// Start opens the span of one check. With a traceparent in the gRPC call's
+// metadata (Envoy's own span of the ext_authz call, sent when Envoy traces)
+// it is a child of that span, sampled as Envoy chose. Otherwise, when the
+// request being authorized carries a traceparent (the client's, or in HTTP
+// mode whatever the proxy's auth request passed on, which is the client's
+// unless the proxy traces), the span starts a trace of its own and links
+// to that one: the client wrote its ids and its sampled flag, and as a
+// parent they would be the sampler's input, so that any client could have
+// every check of its traced (the flag, or a trace id a ratio sampler
+// takes) at several microseconds of CPU each and a span at the collector,
+// whatever sampling the operator set, or keep its checks out of traces.
 func (c checkTracer) Start(ctx context.Context, req *authz.Request) (context.Context, func(*authz.Decision)) {
 	parent := ctx
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get("traceparent")) > 0 {
 		parent = c.t.prop.Extract(ctx, traceparentOnly(func() string { return md.Get("traceparent")[0] }))
 	}
 	if !trace.SpanContextFromContext(parent).IsValid() && req.Headers != nil {
-		parent = c.t.prop.Extract(ctx, traceparentOnly(func() string { return req.Headers.Get("traceparent") }))
+		sent := trace.SpanContextFromContext(c.t.prop.Extract(ctx, traceparentOnly(func() string { return req.Headers.Get("traceparent") })))
+		if sent.IsValid() {
+			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: sent}))
+		}
 	}
-	ctx, span := c.t.tracer.Start(parent, "extauthz.check", trace.WithSpanKind(trace.SpanKindServer))
+	ctx, span := c.t.tracer.Start(parent, "extauthz.check", opts...)
 	return ctx, func(d *authz.Decision) {
 		code := string(d.Code)
 		if d.Allowed() {

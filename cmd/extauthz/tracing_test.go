@@ -60,13 +60,17 @@ func (c *otlpCollector) Export(_ context.Context, req *collectortrace.ExportTrac
 	return &collectortrace.ExportTraceServiceResponse{}, nil
 }
 
-// received returns the spans so far, by trace id (hex).
+// received returns the spans so far, by trace id (hex), and by the trace
+// id of each span they link to, as "link:" and that id.
 func (c *otlpCollector) received() map[string]*tracepb.Span {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := map[string]*tracepb.Span{}
 	for _, s := range c.spans {
 		out[hex.EncodeToString(s.GetTraceId())] = s
+		for _, l := range s.GetLinks() {
+			out["link:"+hex.EncodeToString(l.GetTraceId())] = s
+		}
 	}
 	return out
 }
@@ -139,20 +143,35 @@ func TestEveryCheckIsASpanJoinedToItsTrace(t *testing.T) {
 	require.Equal(t, 400, status)
 
 	var spans map[string]*tracepb.Span
-	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 5 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 8 }, 10*time.Second, 20*time.Millisecond)
 	for _, tc := range []struct {
 		name, trace, parent string
+		linked              bool // a trace of its own, linked to the sender's
 		want                map[string]string
 	}{
-		{"a gRPC check", trace1, parent1, map[string]string{"extauthz.policy": "default", "extauthz.route": "/api/users", "extauthz.code": "allow",
+		{"a gRPC check", trace1, parent1, false, map[string]string{"extauthz.policy": "default", "extauthz.route": "/api/users", "extauthz.code": "allow",
 			"extauthz.key_id": k.ID, "http.response.status_code": "200"}},
-		{"a gRPC check with the client's traceparent", trace2, parent2, map[string]string{"extauthz.route": "/api/users/{id}", "extauthz.code": "permission_denied",
+		{"a gRPC check with the client's traceparent", trace2, parent2, true, map[string]string{"extauthz.route": "/api/users/{id}", "extauthz.code": "permission_denied",
 			"extauthz.key_id": k.ID, "http.response.status_code": "403"}},
-		{"an HTTP-mode check", trace3, parent3, map[string]string{"extauthz.route": "(unmatched)", "extauthz.code": "no_route"}},
-		{"an admin call", trace4, parent4, map[string]string{"extauthz.key_id": k.ID, "http.request.method": "GET", "http.response.status_code": "200"}},
-		{"a check refused before routing", trace5, parent5, map[string]string{"extauthz.route": "(none)", "extauthz.code": "bad_request"}},
+		{"an HTTP-mode check", trace3, parent3, true, map[string]string{"extauthz.route": "(unmatched)", "extauthz.code": "no_route"}},
+		{"an admin call", trace4, parent4, false, map[string]string{"extauthz.key_id": k.ID, "http.request.method": "GET", "http.response.status_code": "200"}},
+		{"a check refused before routing", trace5, parent5, true, map[string]string{"extauthz.route": "(none)", "extauthz.code": "bad_request"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.linked {
+				s := spans["link:"+tc.trace]
+				require.NotNil(t, s, "no span linked to trace %s", tc.trace)
+				assert.NotEqual(t, tc.trace, hex.EncodeToString(s.GetTraceId()), "the span is in the client's trace")
+				assert.Empty(t, s.GetParentSpanId(), "the span has a parent")
+				require.Len(t, s.GetLinks(), 1)
+				assert.Equal(t, tc.parent, hex.EncodeToString(s.GetLinks()[0].GetSpanId()), "the link is to the sender's span")
+				assert.Empty(t, s.GetLinks()[0].GetTraceState())
+				got := attrs(s)
+				for k, v := range tc.want {
+					assert.Equal(t, v, got[k], k)
+				}
+				return
+			}
 			s := spans[tc.trace]
 			require.NotNil(t, s, "no span in trace %s", tc.trace)
 			assert.Equal(t, tc.parent, hex.EncodeToString(s.GetParentSpanId()), "the span's parent is the sender's span")
@@ -249,11 +268,66 @@ func TestNoSpanCarriesTheClientsTraceState(t *testing.T) {
 	require.Equal(t, 200, status)
 
 	var spans map[string]*tracepb.Span
-	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 4 }, 10*time.Second, 20*time.Millisecond)
-	for i, trace := range []string{trace1, trace2, trace3, trace4} {
+	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 6 }, 10*time.Second, 20*time.Millisecond)
+	// The request's own traceparent is a link (1, 3), Envoy's and an admin
+	// caller's a parent (2, 4).
+	for i, trace := range []string{"link:" + trace1, trace2, "link:" + trace3, trace4} {
 		s := spans[trace]
-		require.NotNil(t, s, "no span in trace %d", i+1)
+		require.NotNil(t, s, "no span in or linked to trace %d", i+1)
 		assert.Empty(t, s.GetTraceState(), "span %d (%s)", i+1, s.GetName())
+		for _, l := range s.GetLinks() {
+			assert.Empty(t, l.GetTraceState(), "span %d (%s)'s link", i+1, s.GetName())
+		}
+	}
+}
+
+// What is traced is the operator's to choose (OTEL_TRACES_SAMPLER), never
+// a client's: the traceparent of the request being authorized is the
+// client's to write, sampled flag and trace id alike, so it is a link of a
+// span that starts a trace of its own, never its parent, whose flag the
+// parent-based samplers follow and whose id a ratio sampler judges. A
+// client could otherwise have every check of its traced (several
+// microseconds each, and a span at the collector) at a 0% sampling, or keep
+// its checks out of traces. Envoy's own traceparent, in the call's
+// metadata, is still followed.
+func TestAClientDoesNotChooseWhatIsTraced(t *testing.T) {
+	for _, sampler := range []string{"parentbased_traceidratio", "traceidratio"} {
+		t.Run(sampler, func(t *testing.T) {
+			t.Setenv("OTEL_TRACES_SAMPLER", sampler)
+			t.Setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+			ts, col := startTracedServer(t)
+			key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+			// Sampled, and an id a ratio sampler takes at any ratio above 0
+			// (its last 8 bytes, read as a number, are below the bound).
+			const forced = "00-7f3c9a1e5b2d4c6f0000000000000000-00f067aa0ba902b7-01"
+			for range 20 {
+				_, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", "10.1.2.3",
+					map[string]string{"x-api-key": key, "traceparent": forced}))
+				require.NoError(t, err)
+				status, _, _ := get(t, ts.httpURL+"/authz/api/users", map[string]string{"x-api-key": key, "traceparent": forced})
+				require.Equal(t, 200, status)
+			}
+			// A marker that is traced: Envoy's sampled span, followed by the
+			// parent-based sampler; at a ratio of 0 alone, nothing is.
+			tp, trace, _ := traceparent(301)
+			ctx := metadata.AppendToOutgoingContext(context.Background(), "traceparent", tp)
+			_, err := ts.client.Check(ctx, checkReq("GET", "/api/users", "10.1.2.3", map[string]string{"x-api-key": key}))
+			require.NoError(t, err)
+			if sampler == "parentbased_traceidratio" {
+				require.Eventually(t, func() bool { return col.received()[trace] != nil }, 10*time.Second, 20*time.Millisecond,
+					"Envoy's sampled traceparent is no longer followed")
+			} else {
+				time.Sleep(300 * time.Millisecond) // 15 of the exporter's schedule delays
+			}
+			spans := col.received()
+			assert.Nil(t, spans["link:7f3c9a1e5b2d4c6f0000000000000000"], "a check was traced because its client asked")
+			assert.Nil(t, spans["7f3c9a1e5b2d4c6f0000000000000000"], "a check was traced because its client asked")
+			want := 0
+			if sampler == "parentbased_traceidratio" {
+				want = 1
+			}
+			assert.Len(t, spans, want, "spans at a sampling ratio of 0")
+		})
 	}
 }
 
