@@ -65,9 +65,9 @@ type Options struct {
 	// requests a minute, of any kind.
 	RateLimit ratelimit.Rate
 	// OnAuthFailure is told of every request refused for its credential,
-	// of every change refused as beyond what its caller may make, and of
-	// every request refused for its key's rate limit (429), to audit them;
-	// nil tells no one. It must not block.
+	// of every change refused as beyond what its caller may make (403) or
+	// as a conflict (409), and of every request refused for its key's rate
+	// limit (429), to audit them; nil tells no one. It must not block.
 	OnAuthFailure func(AuthFailure)
 	// OnRead is told of every read of keys answered (GET /v1/keys and
 	// /v1/keys/{id}), with the caller's key id, to audit them; nil tells
@@ -86,7 +86,9 @@ type Options struct {
 // key asking for a change beyond what it may make (403 permission_denied:
 // granting what it lacks, loosening its own key, another owner's list), or
 // reaching for another owner's key (answered 404, as an unknown id is,
-// with Code permission_denied). It never holds the credential.
+// with Code permission_denied); or a change refused as a conflict (409,
+// with its code: key_limit_reached, not_live, rotation_pending,
+// key_changed). It never holds the credential.
 type AuthFailure struct {
 	// KeyID is the key that was presented, when it is known (revoked,
 	// expired, not allowed from the address, lacking the permission); ""
@@ -325,9 +327,10 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			s.onRead(c.key.ID, callOf(r, rt))
 		}
 		if err != nil {
+			ae := s.answer(r, err)
 			switch {
-			case c == nil:
-			case isPermissionDenied(err):
+			case c == nil || ae == nil:
+			case ae.code == codePermissionDenied:
 				// A change beyond what the caller may make (granting a
 				// permission it lacks, loosening its own key, another
 				// owner's list) is an attempt to escalate: audited like
@@ -339,17 +342,19 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				// refused all the same (a writer trying to revoke another
 				// tenant's key, whose id it saw in a log or a header).
 				s.authFailed(r, rt, c.key.ID, http.StatusNotFound, codePermissionDenied)
+			case ae.status == http.StatusConflict:
+				// A change refused for a key's state or its owner's
+				// limit: one more live key than keys.max_per_owner, a new
+				// life for a retired key, a writer's second rotation of a
+				// line in grace. Each is a try at more than the caller may
+				// have, as a 403 is, and audited like one, with its code.
+				s.authFailed(r, rt, c.key.ID, http.StatusConflict, ae.code)
 			}
-			s.writeError(w, r, err)
+			if ae != nil {
+				forwardauth.WriteError(w, ae.status, ae.code, ae.msg)
+			}
 		}
 	}
-}
-
-// isPermissionDenied says whether err is the admin API's 403
-// permission_denied.
-func isPermissionDenied(err error) bool {
-	var ae *apiError
-	return errors.As(err, &ae) && ae.code == codePermissionDenied
 }
 
 // authenticate runs the key steps of the decision on r, read as every HTTP
@@ -572,10 +577,18 @@ func permissionDenied(msg string) *apiError {
 	return &apiError{http.StatusForbidden, codePermissionDenied, msg}
 }
 
-// writeError is the one mapping from errors to responses. Its log lines name
-// the route's pattern (r.Pattern), never the path, which may hold whatever a
-// caller pasted into it.
+// writeError answers err (see answer).
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if ae := s.answer(r, err); ae != nil {
+		forwardauth.WriteError(w, ae.status, ae.code, ae.msg)
+	}
+}
+
+// answer is the one mapping from errors to responses; nil when the client
+// went away and nobody reads one. Its log lines name the route's pattern
+// (r.Pattern), never the path, which may hold whatever a caller pasted
+// into it.
+func (s *server) answer(r *http.Request, err error) *apiError {
 	var ae *apiError
 	var fe *keystore.FieldError
 	switch {
@@ -604,12 +617,12 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Warn("admin API: key store unavailable", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		return // the client went away; nobody reads an answer
+		return nil // the client went away; nobody reads an answer
 	default:
 		s.log.Error("admin API request failed", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusInternalServerError, codeInternal, "internal error"}
 	}
-	forwardauth.WriteError(w, ae.status, ae.code, ae.msg)
+	return ae
 }
 
 // writeJSON answers a success with v as JSON.

@@ -34,12 +34,13 @@ const (
 	// address its allowlist does not hold, a key without the keys:*
 	// permission the call needs, or one asking for a change beyond what it
 	// may make (granting what it lacks, loosening its own key, another
-	// owner's keys), or a known key over its rate limit (status 429,
-	// code rate_limited). KeyID is set when the key is known; the
-	// request fields (RequestID to UserAgent, Status, Code) say what was
-	// asked and the answer, and Route the API route asked for
-	// ("/v1/keys/{id}"), in place of the path (a pasted key may stand where
-	// an id goes).
+	// owner's keys), or a change refused as a conflict (status 409: past
+	// keys.max_per_owner, a retired key's new life, a rotation pending),
+	// or a known key over its rate limit (status 429, code rate_limited).
+	// KeyID is set when the key is known; the request fields (RequestID to
+	// UserAgent, Status, Code) say what was asked and the answer, and Route
+	// the API route asked for ("/v1/keys/{id}"), in place of the path (a
+	// pasted key may stand where an id goes).
 	TypeAdminAuthFailed Type = "admin.auth_failed"
 	// TypeAdminRead is a read of keys through the admin API answered (a
 	// list of keys, one key's record): what a stolen keys:read key does
