@@ -97,6 +97,7 @@ type recorder struct {
 	mu       sync.Mutex
 	failures []AuthFailure
 	changes  []change
+	unsure   []change // Manager.OnUnsure calls
 	leaked   []*keystore.Key
 	logs     bytes.Buffer
 }
@@ -105,6 +106,19 @@ func (r *recorder) onChange(_ context.Context, kind string, k *keystore.Key, act
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.changes = append(r.changes, change{kind, k.ID, k.Owner, actor, k.RotatedFrom})
+}
+
+func (r *recorder) onUnsure(_ context.Context, kind string, k *keystore.Key, actor string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unsure = append(r.unsure, change{kind, k.ID, k.Owner, actor, k.RotatedFrom})
+}
+
+// Unsure returns the changes whose outcome could not be told.
+func (r *recorder) Unsure() []change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.unsure)
 }
 
 func (r *recorder) onAuthFailure(f AuthFailure) {
@@ -210,7 +224,7 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 
 	e.manager = &keystore.Manager{
 		Store: store, Hasher: hasher, Format: format, MaxPerOwner: o.maxPerOwner,
-		Now: e.clock.Now, OnChange: e.rec.onChange,
+		Now: e.clock.Now, OnChange: e.rec.onChange, OnUnsure: e.rec.onUnsure,
 	}
 	e.github, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)

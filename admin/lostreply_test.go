@@ -23,6 +23,9 @@ type lostReplies struct {
 	keystore.Store
 	proxy *faultproxy.Proxy
 	armed atomic.Bool
+	// cut, when set, cuts the link after the write instead of healing it,
+	// so that the read that would tell whether it was made fails too.
+	cut atomic.Bool
 }
 
 // slowLink is the delay each way: the write arrives within the client's
@@ -39,6 +42,9 @@ func (l *lostReplies) slow() func() {
 		return func() {}
 	}
 	l.proxy.SetDelay(slowLink)
+	if l.cut.Load() {
+		return l.proxy.Drop
+	}
 	return l.proxy.Heal
 }
 
@@ -112,4 +118,61 @@ func TestAChangeWhoseReplyWasLostIsStillAudited(t *testing.T) {
 		assert.NotEmpty(t, r.str(t, "key"))
 		assert.True(t, audited(keystore.ChangeCreated, id), "and audited")
 	})
+}
+
+// A change whose answer was lost, and whose read-back failed too, may be in
+// effect though nobody can tell: it is answered 503, and audited all the
+// same as a change of unknown outcome, never left out of the audit.
+func TestAChangeWhoseReplyAndReadBackWereLostIsAuditedAsUnknown(t *testing.T) {
+	var slow *lostReplies
+	b := backend{"redis behind a link that fails", func(t testing.TB) (keystore.Store, func()) {
+		srv := redistest.Start(t)
+		p := faultproxy.Start(t, srv.Addr)
+		c, err := redis.Dial(redis.Options{URL: "redis://" + p.Addr() + "/0", ReadTimeout: linkTimeout})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		s := redis.New(c, "admintest:")
+		t.Cleanup(func() { _ = s.Close() })
+		slow = &lostReplies{Store: s, proxy: p}
+		return slow, srv.Stop
+	}}
+	e := newEnv(t, b, envOptions{})
+	slow.cut.Store(true)
+	_, victim := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})
+	unsure := func(kind, id string) bool {
+		for _, c := range e.rec.Unsure() {
+			if c.kind == kind && (id == "" || c.keyID == id) && c.actor == e.rootID {
+				return true
+			}
+		}
+		return false
+	}
+	// send sends the request with the link set to lose the write's
+	// answer and then fail, and heals it once answered.
+	send := func(method, path string, body any) response {
+		slow.armed.Store(true)
+		defer slow.proxy.Heal()
+		return e.send(method, path, e.root, body)
+	}
+
+	t.Run("an update", func(t *testing.T) {
+		r := send("PATCH", "/v1/keys/"+victim, `{"name": "renamed"}`)
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+		assert.Equal(t, "renamed", e.stored(victim).Name, "the write was made")
+		assert.True(t, unsure(keystore.ChangeUpdated, victim), "and audited as of unknown outcome")
+	})
+	t.Run("a revocation", func(t *testing.T) {
+		r := send("DELETE", "/v1/keys/"+victim, nil)
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+		assert.NotNil(t, e.stored(victim).RevokedAt, "the write was made")
+		assert.True(t, unsure(keystore.ChangeRevoked, victim), "and audited as of unknown outcome")
+	})
+	t.Run("a create", func(t *testing.T) {
+		r := send("POST", "/v1/keys", `{"name": "made", "permissions": ["x"]}`)
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
+		assert.True(t, unsure(keystore.ChangeCreated, ""), "audited as of unknown outcome")
+	})
+	for _, c := range e.rec.Changes() {
+		assert.NotEqual(t, e.rootID, c.actor, "no change of unknown outcome is audited as made: %+v", c)
+	}
 }

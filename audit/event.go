@@ -56,6 +56,10 @@ const (
 // before the field existed have none.)
 const SchemaVersion = 1
 
+// OutcomeUnknown is Event.Outcome of a key change that may or may not be
+// in effect.
+const OutcomeUnknown = "unknown"
+
 // Values of Event.Decision.
 const (
 	Allow = "allow"
@@ -90,6 +94,11 @@ type Event struct {
 	Owner       string    `json:"owner,omitempty"`
 	Actor       string    `json:"actor,omitempty"`        // for changes: the admin key's id, or "cli"
 	RotatedFrom string    `json:"rotated_from,omitempty"` // for TypeKeyRotated: the old key's id
+	// Outcome is, for a key change (key.*), OutcomeUnknown when the change
+	// may or may not have been made: the store's answer to its write was
+	// lost, and so was the read that would have told. Empty for a change
+	// made, as every other key change event is.
+	Outcome string `json:"outcome,omitempty"`
 
 	RequestID string `json:"request_id,omitempty"` // from x-request-id
 	Method    string `json:"method,omitempty"`
@@ -138,6 +147,7 @@ func (e *Event) AppendJSON(b []byte) []byte {
 	b = appendField(b, `,"owner":`, e.Owner)
 	b = appendField(b, `,"actor":`, e.Actor)
 	b = appendField(b, `,"rotated_from":`, e.RotatedFrom)
+	b = appendField(b, `,"outcome":`, e.Outcome)
 	// Every type: a change made through the admin API names its call.
 	b = appendField(b, `,"request_id":`, e.RequestID)
 	b = appendField(b, `,"method":`, e.Method)
@@ -204,6 +214,7 @@ func (e *Event) scrub() {
 	e.Owner = bound(e.Owner, len(e.Owner))
 	e.Actor = bound(e.Actor, len(e.Actor))
 	e.RotatedFrom = bound(e.RotatedFrom, len(e.RotatedFrom))
+	e.Outcome = bound(e.Outcome, len(e.Outcome))
 	e.RequestID = bound(e.RequestID, len(e.RequestID))
 	e.Method = bound(e.Method, len(e.Method))
 	e.Host = bound(e.Host, len(e.Host))

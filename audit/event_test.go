@@ -58,6 +58,10 @@ func TestEventJSONHasTheFieldsOfTheSpec(t *testing.T) {
 		e:    Event{Time: when, Type: TypeKeyRotated, KeyID: "key_new", KeyName: "ci", Owner: "default", Actor: "cli", RotatedFrom: "key_old"},
 		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.rotated","key_id":"key_new","key_name":"ci","owner":"default","actor":"cli","rotated_from":"key_old"}`,
 	}, {
+		name: "a change nobody can tell was made says its outcome is unknown",
+		e:    Event{Time: when, Type: TypeKeyUpdated, KeyID: "key_1", Actor: "key_admin", Outcome: OutcomeUnknown},
+		want: `{"schema":1,"time":"2026-03-04T04:06:07.891234Z","event":"key.updated","key_id":"key_1","actor":"key_admin","outcome":"unknown"}`,
+	}, {
 		name: "a change event leaves out decision fields even when set",
 		e: Event{Time: when, Type: TypeKeyRevoked, KeyID: "key_1", Actor: "key_admin", Status: 200, Path: "/v1/keys/x",
 			Host: "h", Decision: Allow, Permissions: []string{"p"}, Code: "c"},

@@ -47,6 +47,13 @@ type Manager struct {
 	// who made it: an admin key's id, or "cli"; ctx is the one the change
 	// was made with, which may say more (the admin API's request).
 	OnChange func(ctx context.Context, kind string, k *Key, actor string)
+	// OnUnsure, if set, is told about every change that may have been
+	// made though nobody can tell: the store's answer to its write was
+	// lost (ErrUnavailable) and the read that would tell whether the write
+	// was made failed too. k is the record as the write would leave it.
+	// The change may be in effect, so it must not go unaudited; the caller
+	// hears the store's error. Its arguments are those of OnChange.
+	OnUnsure func(ctx context.Context, kind string, k *Key, actor string)
 
 	pepperOK atomic.Bool // CheckPepper found the store's mark this process's
 }
@@ -303,8 +310,11 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	}
 	err = m.Store.Create(ctx, k, h, m.MaxPerOwner)
 	if landed(err, ErrExists) {
-		if _, made := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); made {
+		switch _, made, known := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); {
+		case made:
 			err = m.readBack(ChangeCreated) // its answer lost
+		case !known:
+			m.unsure(ctx, ChangeCreated, k, actor)
 		}
 	}
 	if !stored(k, err) {
@@ -332,15 +342,30 @@ func landed(err error, also ...error) bool {
 }
 
 // recheck reads id again, with a context of its own (the caller's may be
-// what ran out), and returns it if it is there and made is true of it.
-func (m *Manager) recheck(ctx context.Context, id string, made func(*Key) bool) (*Key, bool) {
+// what ran out), and returns it if it is there and made is true of it
+// (ok). known is false when the read failed, other than for a key not
+// found: then whether the write was made cannot be told.
+func (m *Manager) recheck(ctx context.Context, id string, made func(*Key) bool) (k *Key, ok, known bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recheckTimeout)
 	defer cancel()
 	k, err := m.Store.Get(ctx, id)
-	if err != nil || !made(k) {
-		return nil, false
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, false, true
+	case err != nil:
+		return nil, false, false
+	case !made(k):
+		return nil, false, true
 	}
-	return k, true
+	return k, true, true
+}
+
+// unsure tells OnUnsure of a change of kind to k whose write may have been
+// made, though neither its answer nor a read-back could say.
+func (m *Manager) unsure(ctx context.Context, kind string, k *Key, actor string) {
+	if m.OnUnsure != nil {
+		m.OnUnsure(ctx, kind, k, actor)
+	}
 }
 
 // sameRecord reports whether a and b are the same record but for
@@ -469,11 +494,14 @@ func (m *Manager) rotateOnce(ctx context.Context, id string, grace time.Duration
 	k.RotatedFrom, k.Lineage = old.ID, old.RateBucket()
 	rotated, err := m.Store.Rotate(ctx, id, k, h, now.Add(grace))
 	if landed(err, ErrNotLive) {
-		if _, made := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); made {
+		switch _, made, known := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); {
+		case made:
 			// Its answer lost (or a retry found the old key rotated
 			// already, by this very call): the secret exists nowhere
 			// else, and must be shown.
 			rotated, err = old, m.readBack(ChangeRotated)
+		case !known:
+			m.unsure(ctx, ChangeRotated, k, actor)
 		}
 	}
 	if !stored(rotated, err) {
@@ -491,6 +519,7 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 	// revoked before.
 	now := m.now()
 	changed := false
+	var tried *Key // the record last written, for a write whose answer was lost
 	k, err := m.Store.Update(ctx, id, OwnerLimit{}, func(k *Key) error {
 		switch {
 		case k.RevokedAt == nil:
@@ -499,11 +528,18 @@ func (m *Manager) Revoke(ctx context.Context, id, actor string) (*Key, error) {
 		default:
 			changed = k.RevokedAt.Equal(now)
 		}
+		tried = nil
+		if changed {
+			tried = k
+		}
 		return nil
 	})
-	if landed(err) {
-		if got, made := m.recheck(ctx, id, func(k *Key) bool { return k.RevokedAt != nil && k.RevokedAt.Equal(now) }); made {
+	if landed(err) && tried != nil {
+		switch got, made, known := m.recheck(ctx, id, func(k *Key) bool { return k.RevokedAt != nil && k.RevokedAt.Equal(now) }); {
+		case made:
 			k, err, changed = got, m.readBack(ChangeRevoked), true
+		case !known:
+			m.unsure(ctx, ChangeRevoked, tried, actor)
 		}
 	}
 	if !stored(k, err) {
@@ -624,8 +660,11 @@ func (m *Manager) Update(ctx context.Context, id string, p Patch, check func(bef
 		return nil
 	})
 	if landed(err) && tried != nil {
-		if got, made := m.recheck(ctx, id, func(k *Key) bool { return sameRecord(k, tried) }); made {
+		switch got, made, known := m.recheck(ctx, id, func(k *Key) bool { return sameRecord(k, tried) }); {
+		case made:
 			k, err = got, m.readBack(ChangeUpdated)
+		case !known:
+			m.unsure(ctx, ChangeUpdated, tried, actor)
 		}
 	}
 	if !stored(k, err) {

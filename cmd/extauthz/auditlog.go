@@ -29,13 +29,20 @@ func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.L
 	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger, HoldsKey: cfg.Keys.Format.ContainsKey})
 }
 
-// recordChanges makes key changes audit events; one made through the admin
-// API says where the call came from.
-func recordChanges(l *audit.Logger) func(ctx context.Context, kind string, k *keystore.Key, actor string) {
+// auditChanges makes m's key changes audit events, those whose outcome
+// nobody can tell included (outcome "unknown").
+func auditChanges(m *keystore.Manager, l *audit.Logger) {
+	m.OnChange = recordChanges(l, "")
+	m.OnUnsure = recordChanges(l, audit.OutcomeUnknown)
+}
+
+// recordChanges makes key changes audit events with outcome; one made
+// through the admin API says where the call came from.
+func recordChanges(l *audit.Logger, outcome string) func(ctx context.Context, kind string, k *keystore.Key, actor string) {
 	return func(ctx context.Context, kind string, k *keystore.Key, actor string) {
 		e := audit.Event{
 			Type: audit.Type(kind), KeyID: k.ID, KeyName: k.Name, Owner: k.Owner,
-			Actor: actor, RotatedFrom: k.RotatedFrom,
+			Actor: actor, RotatedFrom: k.RotatedFrom, Outcome: outcome,
 		}
 		if c, ok := admin.CallFrom(ctx); ok {
 			e.ClientIP, e.Method, e.Route, e.RequestID, e.UserAgent = c.ClientIP, c.Method, c.Route, c.RequestID, c.UserAgent

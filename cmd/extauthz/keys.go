@@ -83,7 +83,7 @@ func withManager(c *cobra.Command, act keysAction, fn keysRun) error {
 	m := be.manager(cfg)
 	auditLog := newAuditLogger(cfg, be, stderr, slog.New(slog.NewTextHandler(stderr, nil)))
 	defer closeAudit(auditLog)
-	m.OnChange = recordChanges(auditLog)
+	auditChanges(m, auditLog)
 	ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
 	defer cancel()
 	if err := fn(ctx, m); err != nil {

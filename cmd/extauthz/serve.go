@@ -335,7 +335,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 // and, when configured, mounts the GitHub leak endpoint on the public mux.
 func (s *server) buildAdmin(public *http.ServeMux) error {
 	m := s.manager
-	m.OnChange = recordChanges(s.audit)
+	auditChanges(m, s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
 		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure, OnRead: s.auditRead}
 	if s.tracing != nil {
