@@ -319,6 +319,11 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				s.writeError(w, r, err)
 				return
 			}
+			if rt.access == needWrite {
+				if c, ok = s.current(w, r, rt, c); !ok {
+					return
+				}
+			}
 		}
 		err := rt.serve(s, w, r, c)
 		if err == nil && c != nil && rt.access == needRead && s.onRead != nil && strings.HasPrefix(rt.Path, "/v1/keys") {
@@ -388,6 +393,54 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	s.authFailed(r, rt, keyID, d.Code.HTTPStatus(), d.Code)
 	return nil, false
+}
+
+// current is the caller of a change as the store holds its key. The cache
+// that authenticated it answers for up to a second after the key changed
+// (on every replica but the one that made the change), and a change is
+// made on the store, which knows better: a writer revoked as stolen must
+// not mint keys, nor rotate its owner's keys for their secrets, once its
+// revocation was answered, nor one whose expiry or allowlist an operator
+// narrowed act within the old ones. So the key is read again, and checked
+// again as the decision checks it (revoked, expired, IP allowlist, the
+// route's permission); its stored record is then what bounds the change.
+// On failure current writes the answer and returns false.
+func (s *server) current(w http.ResponseWriter, r *http.Request, rt route, c *caller) (*caller, bool) {
+	k, err := s.store.Get(r.Context(), c.key.ID)
+	var code authz.Code
+	switch {
+	case errors.Is(err, keystore.ErrNotFound): // purged meanwhile
+		code = authz.CodeInvalidKey
+	case err != nil:
+		s.writeError(w, r, fmt.Errorf("reading the calling key: %w", err))
+		return nil, false
+	case k.StatusAt(s.now()) == keystore.Revoked:
+		code = authz.CodeRevokedKey
+	case k.StatusAt(s.now()) == keystore.Expired:
+		code = authz.CodeExpiredKey
+	case !allowedFrom(k.IPAllowlist, callOf(r, rt).ClientIP):
+		code = authz.CodeIPNotAllowed
+	}
+	if code != "" {
+		var d authz.Decision
+		d.Deny(code, "")
+		forwardauth.WriteDenial(w, &d)
+		s.authFailed(r, rt, c.key.ID, code.HTTPStatus(), code)
+		return nil, false
+	}
+	c = newCaller(k)
+	if err := c.need(rt.access); err != nil {
+		s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
+		s.writeError(w, r, err)
+		return nil, false
+	}
+	return c, true
+}
+
+// allowedFrom reports whether a key with allowlist allow may be used from
+// ip, as the decision's step 8 does.
+func allowedFrom(allow []netip.Prefix, ip netip.Addr) bool {
+	return len(allow) == 0 || ip.IsValid() && slices.ContainsFunc(allow, func(p netip.Prefix) bool { return p.Contains(ip) })
 }
 
 // authFailed tells OnAuthFailure of a request refused for its credential.
