@@ -401,6 +401,22 @@ func TestKeysLifecycleThroughTheCLI(t *testing.T) {
 	assert.NotContains(t, errOut, "revoked or expired")
 }
 
+// The old key of a rotation keeps its own expiry when that comes before
+// the grace period's end, and the note says when it really stops.
+func TestARotationSaysWhenTheOldKeyReallyStops(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "k.db")))
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "short", "--perm", "read", "--ttl", "1h", "--json")
+	require.Equal(t, 0, code, errOut)
+	var made struct {
+		ID        string    `json:"id"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &made))
+	out, errOut, code = cliRun(t, "keys", "rotate", made.ID, "--grace", "24h", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out+errOut, "stops working at "+made.ExpiresAt.UTC().Format(time.RFC3339), "the old key's own expiry, not the grace period's end")
+}
+
 func TestHealthcheck(t *testing.T) {
 	port := redistest.FreePort(t)
 	path := writeConfig(t, fmt.Sprintf("listen: {grpc: off, http: \"127.0.0.1:%d\", admin: off}\nstore: {path: %q}\n", port, filepath.Join(t.TempDir(), "k.db")))

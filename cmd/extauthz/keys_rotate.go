@@ -48,7 +48,13 @@ the server's hashing pepper.`,
 				default:
 					return describeID(err, id)
 				}
-				ends := time.Now().UTC().Add(grace).Format(time.RFC3339)
+				// The old key keeps its own expiry when that comes first;
+				// the new key carries the same.
+				end := time.Now().UTC().Add(grace)
+				if k.ExpiresAt != nil && k.ExpiresAt.Before(end) {
+					end = k.ExpiresAt.UTC()
+				}
+				ends := end.Format(time.RFC3339)
 				note := fmt.Sprintf("The old key %s stops working at %s.", id, ends)
 				if perr := printNewKey(c, asJSON, secret, k, err, note, "rotate "+id); perr != nil {
 					// The rotation stands (the old key's end is set), so the
