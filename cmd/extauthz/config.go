@@ -149,22 +149,33 @@ func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 	if err := requirePepper(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) }); err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 	}
-	for _, p := range policies.Policies() {
-		where := ""
-		if policies.Named() {
-			where = "policy " + p.Name + ": "
-		}
-		for _, w := range p.Routes.Warnings() {
-			rep.Warnings = append(rep.Warnings, where+w)
-		}
-	}
-	rep.Warnings = append(rep.Warnings, unstrippableSourceWarnings(cfg)...)
+	rep.Warnings = append(rep.Warnings, policyWarnings(cfg, policies)...)
 	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
 			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
 	}
 	rep.OK = len(rep.Errors) == 0
 	return rep, policies, cfg
+}
+
+// policyWarnings are the warnings of the decision's part of cfg, compiled
+// into policies: the routes that can never decide a request, and the
+// sources the proxy in front cannot strip. The file is valid, but such a
+// route is usually a protection the operator believes in and does not
+// have (an /api/admin/** after an /api/** that needs less), so serve logs
+// them when it starts and at every reload, as config check prints them.
+func policyWarnings(cfg *config.Config, policies *authz.PolicySet) []string {
+	var out []string
+	for _, p := range policies.Policies() {
+		where := ""
+		if policies.Named() {
+			where = "policy " + p.Name + ": "
+		}
+		for _, w := range p.Routes.Warnings() {
+			out = append(out, where+w)
+		}
+	}
+	return append(out, unstrippableSourceWarnings(cfg)...)
 }
 
 // unstrippableSourceWarnings: http_mode.original x-original and x-forwarded

@@ -306,6 +306,42 @@ func TestAReloadNamesEveryChangeItDoesNotApply(t *testing.T) {
 	}
 }
 
+// A route an earlier, broader one shadows never decides a request: here
+// the admin routes added after /api/** leave /api/admin/* to a key that
+// can only read. config check warns of it; so must serve, when it starts
+// on such a file and when a reload brings one in, or the log says only
+// "config reloaded" while the protection the operator added is not there.
+func TestAReloadWarnsOfARouteThatIsNeverReached(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	head := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n",
+		filepath.Join(dir, "k.db"))
+	good := head + "routes:\n  - {path: \"/api/admin/**\", permissions: [admin]}\n  - {path: \"/api/**\", permissions: [read]}\n"
+	shadowed := head + "routes:\n  - {path: \"/api/**\", permissions: [read]}\n  - {path: \"/api/admin/**\", permissions: [admin]}\n"
+	const warning = `routes[1] \"/api/admin/**\" is never reached`
+
+	require.NoError(t, os.WriteFile(path, []byte(good), 0o600))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read"}})
+	code := func() string {
+		c, _ := denial(t, ts.check(t, "GET", "/api/admin/users", map[string]string{"x-api-key": reader}))
+		return c
+	}
+	require.Equal(t, "permission_denied", code())
+	assert.NotContains(t, logs.String(), "never reached")
+
+	require.NoError(t, os.WriteFile(path, []byte(shadowed), 0o600))
+	ts.srv.reload("test", nil)
+	require.Equal(t, "", code(), "the reloaded table lets the reader into /api/admin")
+	assert.Contains(t, logs.String(), warning, "the reload says why")
+
+	// And at start, on the same file.
+	var started syncbuf.Buffer
+	startServerOut(t, path, serverOutput{logs: &started, audit: io.Discard})
+	assert.Contains(t, started.String(), warning)
+}
+
 // The key format (keys.prefix) is a setting a reload does not apply, and
 // the decision keeps it with the rest. A reload that changed it for the
 // decision alone would stop it recognising the keys in use as keys: one

@@ -129,6 +129,7 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		s.logger.Warn("config file changed while it was read; it loads once it settles", "trigger", why)
 		return after, true
 	}
+	var policies *authz.PolicySet
 	if err == nil {
 		// The key format (keys.prefix) needs a restart like the rest of
 		// keys: the audit log, the listeners' log and the keys in the store
@@ -138,7 +139,6 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		// let through to that upstream.
 		next := *cfg
 		next.Keys.Format = s.cfg.Keys.Format
-		var policies *authz.PolicySet
 		if policies, err = newPolicies(&next); err == nil {
 			s.obs.setPolicies(policies)
 			s.authz.SetPolicies(policies)
@@ -156,6 +156,11 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		s.logger.Warn("config reloaded, but these changes need a restart and are not in effect", "trigger", why, "settings", stale)
 	}
 	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes), "policies", len(cfg.Policies)+1)
+	// Said at every reload, not only by config check: a route the reload
+	// made unreachable is a protection that is silently gone.
+	for _, w := range policyWarnings(cfg, policies) {
+		s.logger.Warn(w, "trigger", why)
+	}
 	return after, false
 }
 

@@ -205,7 +205,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	if err := requirePepper(cfg, func(msg string) { logger.Warn(msg) }); err != nil {
 		return nil, err
 	}
-	for _, w := range unstrippableSourceWarnings(cfg) {
+	for _, w := range policyWarnings(cfg, policies) {
 		logger.Warn(w)
 	}
 	goredis.SetLogger(redisLog{logger})
