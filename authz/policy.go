@@ -501,6 +501,10 @@ func (ps *PolicySet) indexMatches() error {
 			if principal == "" || strings.ContainsAny(principal, " \t\r\n") {
 				return fmt.Errorf("%s: %q: a principal is a certificate's URI SAN, e.g. spiffe://cluster.local/ns/billing/sa/billing", field, principal)
 			}
+			if istioForm(principal) {
+				return fmt.Errorf("%s: %q is how Istio's AuthorizationPolicy writes a principal, but Envoy reports the destination's as its certificate's URI SAN: write %q",
+					field, principal, "spiffe://"+principal)
+			}
 			if q := ps.principals[principal]; q != nil {
 				return fmt.Errorf("%s: %q already selects policy %q", field, principal, q.Name)
 			}
@@ -519,6 +523,17 @@ func (ps *PolicySet) indexMatches() error {
 		}
 	}
 	return nil
+}
+
+// istioForm reports whether a configured principal is written as Istio's
+// AuthorizationPolicy writes one ("cluster.local/ns/billing/sa/billing",
+// the SPIFFE id without its scheme), which no destination principal ever
+// is: Envoy reports the certificate's first URI SAN (with its scheme),
+// else its first DNS SAN (no "/"), else its subject (with "="). Such a
+// selector never matches, and the workload's requests go to the default
+// policy (with unselected: default) as if it named none.
+func istioForm(principal string) bool {
+	return strings.Contains(principal, "/") && !strings.ContainsAny(principal, ":=")
 }
 
 // hostIndex returns the index a configured host goes into and its key

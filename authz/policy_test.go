@@ -382,6 +382,8 @@ func TestPolicyConfigsThatCannotWorkAreRefused(t *testing.T) {
 			named("b", authz.Match{Principals: []string{"spiffe://c/ns/a/sa/a"}}),
 		}, `policies[1].match.principals[0]: "spiffe://c/ns/a/sa/a" already selects policy "a"`},
 		{"an empty principal", []authz.PolicySpec{named("a", authz.Match{Principals: []string{""}})}, `policies[0].match.principals[0]`},
+		{"a principal as Istio's AuthorizationPolicy writes it", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"cluster.local/ns/a/sa/a"}})},
+			`policies[0].match.principals[0]: "cluster.local/ns/a/sa/a" is how Istio's AuthorizationPolicy writes a principal, but Envoy reports the destination's as its certificate's URI SAN: write "spiffe://cluster.local/ns/a/sa/a"`},
 		{"one host in two policies", []authz.PolicySpec{
 			named("a", authz.Match{Hosts: []string{"a.example.com"}}),
 			named("b", authz.Match{Hosts: []string{"x.example.com", "a.example.com"}}),
@@ -412,7 +414,10 @@ func TestPolicyConfigsThatCannotWorkAreRefused(t *testing.T) {
 	// Disjoint selectors of every kind compile.
 	o := authztest.Options()
 	meshOptions(&o)
-	o.Policies = append(o.Policies, named("gold", authz.Match{Context: map[string]string{"policy": "billing-gold", "tier": "gold"}}))
+	o.Policies = append(o.Policies, named("gold", authz.Match{Context: map[string]string{"policy": "billing-gold", "tier": "gold"}}),
+		// What else Envoy reports when a certificate has no URI SAN: its
+		// first DNS SAN, or its subject.
+		named("dns", authz.Match{Principals: []string{"billing.internal.example.com", "CN=billing/eu,O=Acme"}}))
 	_, err := authz.Compile(o)
 	require.NoError(t, err)
 }

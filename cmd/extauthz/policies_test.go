@@ -366,3 +366,40 @@ func filterSources(names []string) []string {
 	}
 	return out
 }
+
+// Istio's AuthorizationPolicy writes a principal without "spiffe://"
+// (cluster.local/ns/billing/sa/billing), and docs/policies.md shows one
+// written so; Envoy reports the destination principal with it. A policy
+// selected by such a principal never matched, and the billing workload's
+// requests went to the default policy, here one that makes the invoices
+// public. A reload to such a file fails, and the running config stays.
+func TestAPrincipalWrittenAsIstioWritesItIsRefused(t *testing.T) {
+	var logs syncbuf.Buffer
+	store := storeYAML(t, "embedded")
+	file := func(principal string) string {
+		return "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n" + store +
+			"routes: [{path: \"/invoices/**\", public: true}]\n" +
+			"policies:\n  - name: billing\n    match: {principals: [\"" + principal + "\"]}\n" +
+			"    routes: [{path: \"/invoices/**\", permissions: [read:invoices]}]\n"
+	}
+	path := writeConfig(t, file("spiffe://cluster.local/ns/billing/sa/billing"))
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: &logs}, func(s *server) { s.reloadEvery = time.Hour })
+	in := meshCheck("/invoices/1", "billing.demo.svc", "", nil, "spiffe://cluster.local/ns/billing/sa/billing")
+	check := func() (string, any) {
+		resp, err := ts.client.Check(context.Background(), in)
+		require.NoError(t, err)
+		code, _ := denial(t, resp)
+		return code, resp.GetDynamicMetadata().AsMap()["policy"]
+	}
+	code, policy := check()
+	require.Equal(t, "billing", policy)
+	require.Equal(t, "missing_key", code)
+
+	require.NoError(t, os.WriteFile(path, []byte(file("cluster.local/ns/billing/sa/billing")), 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reload failed")
+	assert.Contains(t, logs.String(), `write \"spiffe://cluster.local/ns/billing/sa/billing\"`)
+	code, policy = check()
+	assert.Equal(t, "billing", policy, "the running config still selects billing")
+	assert.Equal(t, "missing_key", code)
+}
