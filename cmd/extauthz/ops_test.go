@@ -342,6 +342,32 @@ func TestAReloadWarnsOfARouteThatIsNeverReached(t *testing.T) {
 	assert.Contains(t, started.String(), warning)
 }
 
+// A config file every user of the machine may write lets any of them
+// rewrite every policy, which the watch applies within seconds: serve warns
+// of it when it starts and at each reload, naming the file and its mode.
+func TestAConfigFileEveryoneMayWriteIsWarnedOf(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	yaml := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(dir, "k.db"), testRoutes)
+	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	ts.srv.reload("test", nil)
+	require.Contains(t, logs.String(), "config reloaded")
+	assert.NotContains(t, logs.String(), "writable by every user", "a private file is not warned of")
+
+	require.NoError(t, os.Chmod(path, 0o666))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), `"msg":"the config file is writable by every user of this machine`)
+	assert.Contains(t, logs.String(), `"mode":"0666"`)
+
+	var started syncbuf.Buffer
+	startServerOut(t, path, serverOutput{logs: &started, audit: io.Discard})
+	require.Eventually(t, func() bool { return strings.Contains(started.String(), `"trigger":"start"`) }, 5*time.Second, 20*time.Millisecond)
+	assert.Contains(t, started.String(), "writable by every user")
+}
+
 // The key format (keys.prefix) is a setting a reload does not apply, and
 // the decision keeps it with the rest. A reload that changed it for the
 // decision alone would stop it recognising the keys in use as keys: one

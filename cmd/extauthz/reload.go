@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"reflect"
@@ -32,6 +33,7 @@ func (s *server) watchConfig(ctx context.Context) {
 			}
 		}
 	}
+	s.warnWritableConfig("start")
 	t := time.NewTicker(s.reloadEvery)
 	defer t.Stop()
 	w := s.newWatch()
@@ -156,12 +158,29 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		s.logger.Warn("config reloaded, but these changes need a restart and are not in effect", "trigger", why, "settings", stale)
 	}
 	s.logger.Info("config reloaded", "trigger", why, "routes", len(cfg.Routes), "policies", len(cfg.Policies)+1)
+	s.warnWritableConfig(why)
 	// Said at every reload, not only by config check: a route the reload
 	// made unreachable is a protection that is silently gone.
 	for _, w := range policyWarnings(cfg, policies) {
 		s.logger.Warn(w, "trigger", why)
 	}
 	return after, false
+}
+
+// warnWritableConfig warns when every user of the machine may write the
+// config file: the file decides every request, and the watch applies a
+// change within seconds, so any local user could make every route public.
+// The file holds no secret (those are named by their environment
+// variables), so reading it is no harm. A warning, not a refusal: a folder
+// shared into a container from Windows or macOS shows every file as 0777,
+// whatever the host allows.
+func (s *server) warnWritableConfig(why string) {
+	fi, err := os.Stat(s.cfgPath)
+	if err != nil || fi.Mode().Perm()&0o002 == 0 {
+		return
+	}
+	s.logger.Warn("the config file is writable by every user of this machine, who could rewrite every policy, applied within seconds: chmod o-w it",
+		"trigger", why, "file", s.cfgPath, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 }
 
 // reloadedFields are the config's top-level fields a reload applies (the
