@@ -40,8 +40,10 @@ func (m Mode) String() string {
 }
 
 // Match says which requests select a policy. Envoy sets the first two from
-// its own configuration and certificates, never from what a client sends;
-// the host comes from the client (see PolicySet.selectPolicy).
+// its own configuration and certificates, never from what a client sends
+// (but a proxy with a certificate per domain presents the one the
+// client's SNI asks for); the host comes from the client (see
+// PolicySet.selectPolicy).
 type Match struct {
 	// Context are entries of Envoy's context_extensions (set per virtual
 	// host or route in Envoy's ext_authz per-route config), all of which a
@@ -620,7 +622,9 @@ func (s Selector) String() string {
 //     decide by rules nobody intended.
 //  3. The destination principal: the URI SAN of the certificate the proxy
 //     presented on the client's connection (Istio: the workload's SPIFFE
-//     id), which the client cannot choose.
+//     id), which a sidecar's client cannot choose. An edge proxy with a
+//     certificate per domain presents the one the client's SNI names, and
+//     routes by a Host that need not agree: there the client chooses.
 //  4. The host, exact before "*.suffix", the longest suffix first. The host
 //     is the client's to write, so a host-selected policy is only as good as
 //     the proxy's virtual-host routing, which must send exactly those hosts
