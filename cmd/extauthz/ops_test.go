@@ -569,3 +569,29 @@ func TestSIGHUPWithoutAConfigFileIsLoggedNotFatal(t *testing.T) {
 		return strings.Contains(logs.String(), "no config file to reload")
 	}, 5*time.Second, 10*time.Millisecond)
 }
+
+// An emptied config file is not swapped in: empty, it is the defaults,
+// whose no routes would deny every request of a running server. The
+// reload fails, says why, and the routes in force stay.
+func TestAnEmptiedConfigFileIsNotReloaded(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	yaml := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(dir, "k.db"), testRoutes)
+	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse())
+
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reload failed; keeping the running config")
+	assert.Contains(t, logs.String(), "the config file is empty")
+	assert.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse(), "the routes in force were dropped")
+
+	// A file with content again reloads as ever.
+	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reloaded")
+}

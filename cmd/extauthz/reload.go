@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -126,6 +127,13 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		return before, true
 	}
 	cfg, err := config.Load(s.cfgPath)
+	if err == nil && before.size == 0 {
+		// An empty file is the defaults, whose no routes deny every
+		// request: never what a running server should swap in, and what a
+		// file emptied by mistake (a shell's > on the wrong name, a writer
+		// that truncates first and failed) reads as.
+		err = errors.New("the config file is empty (emptied by mistake, or a writer that truncated it failed?); an empty config has no routes and would deny every request")
+	}
 	after := fileStamp(s.cfgPath)
 	if after != before {
 		s.logger.Warn("config file changed while it was read; it loads once it settles", "trigger", why)
