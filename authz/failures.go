@@ -25,8 +25,8 @@ import (
 //     hashing and cost nothing; they are never counted.
 //   - A key the cache answers (a live entry, or a fresh "not found") never
 //     reaches the guard, nor does the refresh of a key whose entry has
-//     expired: the store confirmed that hash before, so asking again is
-//     not a guess. Only a lookup of a hash this process has never seen
+//     expired: the store confirmed that hash before (and has not said
+//     since that it has none), so asking again is not a guess. Only a lookup of a hash this process has never seen
 //     found passes through it.
 //   - Such a lookup takes one token from its address block's bucket and
 //     one from the process's; a lookup that finds the key (or that the

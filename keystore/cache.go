@@ -201,9 +201,10 @@ const (
 	// CacheUnknown: nothing fresh is cached and the store has not confirmed
 	// the hash here (or its entry was evicted): only the store can answer.
 	CacheUnknown CacheState = iota
-	// CacheExpired: the store confirmed this key before, but its entry is
-	// past the TTL or was invalidated by a change. Asking the store again
-	// is a refresh, not a guess.
+	// CacheExpired: the store confirmed this key before (and has not
+	// answered "not found" for it since), but its entry is past the TTL or
+	// was invalidated by a change. Asking the store again is a refresh, not
+	// a guess.
 	CacheExpired
 	// CacheAnswered: the cache answers, with a key or with ErrNotFound.
 	CacheAnswered
@@ -475,8 +476,13 @@ var errFetchTimeout = fmt.Errorf("%w: no answer from the store within the lookup
 // (and the fill is dropped) or after the insert (and buries it). A fill can therefore never
 // land after an invalidation of its key, which a plain check-then-insert
 // allows: the invalidation could run between the two.
+//
+// A "not found" forgets the hash's entry even without a negative cache: the
+// entry is what makes a lookup of the hash a refresh (CacheExpired), which
+// the decision lets past its bound on lookups of unknown keys, and a key the
+// store no longer has (purged) must be a guess like any other from then on.
 func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
-	if err != nil && (!errors.Is(err, ErrNotFound) || c.opts.NegativeTTL <= 0) {
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return
 	}
 	sh := &c.shards[h[0]]
@@ -500,7 +506,9 @@ func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
 		return
 	}
 	c.pos.remove(h)
-	c.neg.add(h, since)
+	if c.opts.NegativeTTL > 0 {
+		c.neg.add(h, since)
+	}
 }
 
 // lock takes sh's lock.

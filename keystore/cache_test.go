@@ -120,6 +120,32 @@ func TestAnEntryIsRefetchedAfterItsTTL(t *testing.T) {
 	assert.Zero(t, c.Stats().Refreshes)
 }
 
+// A key the store no longer has is no longer one it confirmed: with or
+// without a negative cache, its next lookup is of an unknown hash
+// (CacheUnknown), which the decision counts as a guess, not a refresh
+// (CacheExpired), which it does not.
+func TestAKeyTheStoreNoLongerHasIsUnknown(t *testing.T) {
+	for _, negative := range []time.Duration{5 * time.Second, -1} {
+		t.Run(fmt.Sprint("negative ttl ", negative), func(t *testing.T) {
+			c, st, clock, h := setup(t)
+			c.opts.NegativeTTL = negative
+			_, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			st.mu.Lock()
+			delete(st.keys, h) // purged
+			st.mu.Unlock()
+			clock.Add(31 * time.Second)
+			_, state, _ := c.Cached(h)
+			require.Equal(t, CacheExpired, state, "the store confirmed it before")
+			_, err = c.Lookup(context.Background(), h)
+			require.ErrorIs(t, err, ErrNotFound)
+			clock.Add(6 * time.Second)
+			_, state, _ = c.Cached(h)
+			assert.Equal(t, CacheUnknown, state)
+		})
+	}
+}
+
 // A key in use is looked up again in the background in the last quarter of
 // its TTL, so no check of it waits for the store when the TTL would have
 // ended; once per quarter TTL, not on every hit.

@@ -255,3 +255,44 @@ func allowedInTurns(t *testing.T, ts *testServer, rounds int, secrets ...string)
 	}
 	return allowed
 }
+
+// A key the store no longer has (revoked, then purged) is a guess like any
+// other once the store has said so: with no negative cache (negative_ttl: 0)
+// the cache kept its entry as one the store had confirmed, so every check
+// of the purged key went to the store as a refresh and never met
+// rate_limit.failed_attempts, however fast its former holder sent it.
+func TestAPurgedKeyMeetsTheFailedAttemptsBudget(t *testing.T) {
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			ts := startServer(t, storeYAML(t, backend)+testRoutes+
+				"cache: {ttl: 1s, negative_ttl: 0s, max_stale: 1s}\nrate_limit: {failed_attempts: 2/h}\n")
+			secret, k := ts.create(t, keystore.Spec{Name: "gone", Permissions: []string{"read:users"}})
+			h := map[string]string{"x-api-key": secret}
+			require.NotNil(t, ts.check(t, "GET", "/api/users", h).GetOkResponse())
+			_, err := ts.mgr.Revoke(t.Context(), k.ID, "test")
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				code, _ := denial(t, ts.check(t, "GET", "/api/users", h))
+				return code == "revoked_key"
+			}, 5*time.Second, 10*time.Millisecond, "the revocation did not reach the server")
+			now := time.Now()
+			res, err := ts.mgr.Store.Sweep(t.Context(), keystore.SweepOptions{Now: now, PurgeBefore: now.Add(time.Hour)})
+			require.NoError(t, err)
+			require.Equal(t, 1, res.Purged)
+			require.Eventually(t, func() bool {
+				code, _ := denial(t, ts.check(t, "GET", "/api/users", h))
+				return code != "revoked_key"
+			}, 5*time.Second, 10*time.Millisecond, "the purge did not reach the server")
+
+			codes := map[string]int{}
+			for range 10 {
+				code, _ := denial(t, ts.check(t, "GET", "/api/users", h))
+				codes[code]++
+			}
+			// The check that saw the purge may have been a refresh (not
+			// counted) or, had the entry left the cache, a counted lookup.
+			assert.LessOrEqual(t, codes["invalid_key"], 2, "after the store said the key is gone, each lookup of it counts against 2/h")
+			assert.Equal(t, 10, codes["invalid_key"]+codes["rate_limited"], "%v", codes)
+		})
+	}
+}
