@@ -129,13 +129,14 @@ func (g *lookupGuard) refund(ip netip.Addr, perBlock, total ratelimit.Rate) {
 // IPv4 (an IPv4-mapped IPv6 address included), its /64 for IPv6, the
 // smallest block one client is routinely given (it may pick any address
 // in it). The zero Addr (no usable client address) is one block of its
-// own. An address of the well-known NAT64 prefix (64:ff9b::/96) is an IPv4
+// own. An address of a NAT64 prefix (the well-known 64:ff9b::/96, or the
+// local-use 64:ff9b:1::/48 a translator takes its prefix from) is an IPv4
 // client's, translated (an IPv6-only cluster behind SIIT): counted alone,
 // as its IPv4 address would be, since its /64 holds every IPv4 client on
 // the internet.
 func AddressBlock(ip netip.Addr) netip.Addr {
 	ip = ip.Unmap().WithZone("")
-	if ip.Is6() && !nat64.Contains(ip) {
+	if ip.Is6() && !nat64.Contains(ip) && !nat64Local.Contains(ip) {
 		p, _ := ip.Prefix(64) // cannot fail for 64 ≤ 128
 		return p.Addr()
 	}
@@ -143,8 +144,14 @@ func AddressBlock(ip netip.Addr) netip.Addr {
 }
 
 // nat64 is the well-known NAT64 prefix (RFC 6052), an IPv4 address in its
-// last 32 bits.
-var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+// last 32 bits; nat64Local the local-use one (RFC 8215), whose translators
+// embed an IPv4 address in a prefix of their own from /48 to /96 of it
+// (RFC 6052 §2.2). Wherever the IPv4 address lies, each translated client
+// has one address, so both count addresses one by one.
+var (
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48")
+)
 
 // tokenBucket holds up to N tokens of a rate N/W and gains N/W of one per
 // unit of time. The zero tokenBucket is full.

@@ -123,6 +123,9 @@ func TestAddressesAreCountedByBlock(t *testing.T) {
 		{"a zone does not make another block", "fe80::1%eth0", "fe80::2%eth1", true},
 		{"IPv4 clients translated by NAT64 are counted one by one", "64:ff9b::10.1.2.3", "64:ff9b::10.1.2.4", false},
 		{"a NAT64 address is one client", "64:ff9b::10.1.2.3", "64:ff9b::a01:203", true},
+		{"IPv4 clients of a local-use NAT64 prefix are counted one by one", "64:ff9b:1::10.1.2.3", "64:ff9b:1::10.1.2.4", false},
+		{"and so under a /56 prefix of it", "64:ff9b:1:aa00:a:102:3:0", "64:ff9b:1:aa00:a:102:4:0", false},
+		{"the local-use prefix is no wider than its /48", "64:ff9b:2::1", "64:ff9b:2::2", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -296,3 +296,29 @@ func TestAPurgedKeyMeetsTheFailedAttemptsBudget(t *testing.T) {
 		})
 	}
 }
+
+// IPv4 clients that reach an IPv6-only cluster through a translator on the
+// local-use NAT64 prefix (64:ff9b:1::/48) arrive from one /64: counted by
+// it, one guesser spent every IPv4 client's rate_limit.failed_attempts (and
+// held listen.max_connections_per_client for all of them). Each counts
+// alone, as under the well-known prefix.
+func TestClientsOfALocalUseNAT64PrefixHaveABudgetEach(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+testRoutes+"rate_limit: {failed_attempts: 2/h}\n")
+	unknown := func(peer string) string {
+		t.Helper()
+		k, err := ts.mgr.Format.Generate()
+		require.NoError(t, err)
+		resp, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", peer, map[string]string{"x-api-key": k}))
+		require.NoError(t, err)
+		code, _ := denial(t, resp)
+		return code
+	}
+	for _, prefix := range []string{"64:ff9b::", "64:ff9b:1::"} {
+		guesser, other := prefix+"198.51.100.7", prefix+"203.0.113.9"
+		for range 2 {
+			require.Equal(t, "invalid_key", unknown(guesser))
+		}
+		assert.Equal(t, "rate_limited", unknown(guesser), "%s: the guesser's budget is spent", prefix)
+		assert.Equal(t, "invalid_key", unknown(other), "%s: another IPv4 client keeps its own", prefix)
+	}
+}
