@@ -3,6 +3,7 @@ package authz
 import (
 	"errors"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -27,6 +28,7 @@ var (
 	errPathEncodedDot     = errors.New("path has a percent-encoded dot segment (%2e), which some upstreams resolve and others take literally")
 	errPathDotSegment     = errors.New("path has a . or .. segment, which some upstreams resolve and others take literally (Envoy's normalize_path resolves them)")
 	errPathEmptySegment   = errors.New("path has an empty segment (//), which some upstreams merge and others keep (Envoy's merge_slashes merges them)")
+	errPathEdgeSpace      = errors.New("path has a segment that begins or ends with white space (%20), which some upstreams trim and then serve as another path")
 )
 
 // maxPathLen bounds the path without its query; maxTargetLen the request
@@ -164,10 +166,51 @@ func (pr pathRules) normalize(raw string) (string, error) {
 			clean = false
 		}
 	}
-	if clean {
-		return raw, nil
+	if !clean {
+		return pr.normalizeSlow(raw)
 	}
-	return pr.normalizeSlow(raw)
+	if edgeSpace(raw) {
+		return "", errPathEdgeSpace
+	}
+	return raw, nil
+}
+
+// edgeSpace reports whether a segment of the canonical path p begins or
+// ends with white space: an encoded space, or an encoded Unicode white
+// space (p holds no raw one, nor an encoded control character). Spring MVC
+// before 4.3 trims every segment (and drops one left empty), so that
+// "/api/admin%20" and "/api/%20/admin" are "/api/admin" to it; other code
+// trims Unicode white space too. A space inside a segment ("/a%20b") is a
+// name like any other.
+func edgeSpace(p string) bool {
+	if strings.IndexByte(p, '%') < 0 {
+		return false // the usual path
+	}
+	for seg := range strings.SplitSeq(p[1:], "/") {
+		if len(seg) < 3 || seg[0] != '%' && seg[len(seg)-3] != '%' {
+			continue
+		}
+		var buf [utf8.UTFMax]byte
+		// The first character: up to utf8.UTFMax escapes from the start.
+		n := 0
+		for i := 0; n < len(buf) && i+2 < len(seg) && seg[i] == '%'; i += 3 {
+			buf[n], _ = escapeAt(seg, i)
+			n++
+		}
+		if r, _ := utf8.DecodeRune(buf[:n]); n > 0 && unicode.IsSpace(r) {
+			return true
+		}
+		// The last: up to utf8.UTFMax escapes back from the end.
+		n = 0
+		for i := len(seg) - 3; n < len(buf) && i >= 0 && seg[i] == '%'; i -= 3 {
+			n++
+			buf[len(buf)-n], _ = escapeAt(seg, i)
+		}
+		if r, _ := utf8.DecodeLastRune(buf[len(buf)-n:]); n > 0 && unicode.IsSpace(r) {
+			return true
+		}
+	}
+	return false
 }
 
 // normalizeSlow cuts ";params" (servlet reading), decodes and re-encodes
@@ -253,6 +296,9 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 	// matching decides what it means).
 	if len(segs) > 0 && (strings.HasSuffix(decoded, "/") || strings.HasSuffix(decoded, "/.") || strings.HasSuffix(decoded, "/..")) {
 		out += "/"
+	}
+	if edgeSpace(out) {
+		return "", errPathEdgeSpace
 	}
 	return out, nil
 }

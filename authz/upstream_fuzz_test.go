@@ -92,7 +92,31 @@ var (
 	// routes what follows that segment, its path info, literally.
 	phpFirstModel = upstreamModel{name: "PHP front controller (first .php)", serve: scriptCut(literalServe, false), equal: func(a, b string) bool { return a == b }}
 	phpLastModel  = upstreamModel{name: "PHP front controller (last .php)", serve: scriptCut(literalServe, true), equal: func(a, b string) bool { return a == b }}
+	// trimmingModel is Spring MVC before 4.3 on a servlet container: its
+	// AntPathMatcher trims every segment (Java's String.trim: every byte up
+	// to the space) and drops one left empty.
+	trimmingModel = upstreamModel{name: "Spring MVC before 4.3 (trimmed segments)", serve: trimCut(servletServe), equal: func(a, b string) bool { return a == b }}
 )
+
+// trimCut reads a path as serve does, then trims every segment of the
+// bytes up to and including the space at either end, and drops the
+// segments left empty.
+func trimCut(serve func(string) (servedPath, bool)) func(string) (servedPath, bool) {
+	return func(raw string) (servedPath, bool) {
+		sp, ok := serve(raw)
+		if !ok {
+			return sp, ok
+		}
+		segs := make([]string, 0, len(sp.segs))
+		for _, seg := range sp.segs {
+			if seg = strings.TrimFunc(seg, func(r rune) bool { return r <= ' ' }); seg != "" {
+				segs = append(segs, seg)
+			}
+		}
+		sp.segs = segs
+		return sp, true
+	}
+}
 
 // scriptCut reads a path as serve does, then keeps only what follows its
 // first (or last) segment ending in ".php" in any case that has a "/"
@@ -392,8 +416,8 @@ var modelConfigs = []struct {
 	paths  Paths
 	models []upstreamModel
 }{
-	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, railsModel, springModel, phpFirstModel, phpLastModel}},
-	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel}},
+	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, railsModel, springModel, phpFirstModel, phpLastModel, trimmingModel}},
+	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel, trimmingModel}},
 	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel, railsModel, phpFirstModel, phpLastModel}},
 }
 
@@ -503,6 +527,7 @@ var modelSeeds = []string{
 	"/index.php/api/admin/x", "/index.PHP/api/admin/x", "/public/x.php/api/admin/x", "/a.php/b.php/api/admin/x",
 	"/index.php/", "/index.php", "/.php/api/admin/x", "/public/index.php/keys/x", "/index%2Ephp/api/admin/x",
 	"/index.php/api/users/", "/api/reports/x.php/admin/y",
+	"/api/admin%20/x", "/api/%20/admin/x", "/public/%20/x", "/keys%20/x", "/api/users%20", "/api/admin%20;x=1/y",
 }
 
 // The property holds on the bypasses that once got through; and the
@@ -522,6 +547,8 @@ func TestModelsDisagreeWhereExtauthzRejects(t *testing.T) {
 		{"/%C5%BFtatic/x", foldingModel, "[ſtatic x]", folding},
 		{"/api/admin//../../public/x", muxModel, "", pathRules{}},
 		{"/api/admin/../../public/x", literalModel, "[api admin .. .. public x]", pathRules{}},
+		{"/api/admin%20/x", trimmingModel, "[api admin x]", pathRules{}},
+		{"/api/%20/admin/x", trimmingModel, "[api admin x]", pathRules{servlet: true}},
 	} {
 		sp, ok := tt.model.serve(tt.raw)
 		if tt.want == "" {

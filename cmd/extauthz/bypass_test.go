@@ -171,6 +171,11 @@ func bypassAttempts() []attempt {
 		deny("two extensions", strictPaths, "GET", "/api/admin.tar.gz", reader, 400, "bad_request"),
 		deny("an encoded dot", strictPaths, "GET", "/api/admin%2Ejson", reader, 400, "bad_request"),
 		deny("a format suffix under servlet readings", servletPaths, "GET", "/keys.json", reader, 400, "bad_request"),
+		// White space at a segment's edge, which Spring MVC before 4.3 trims.
+		deny("a trailing space out of the admin prefix", strictPaths, "GET", "/api/admin%20/x", reader, 400, "bad_request"),
+		deny("a space-only segment dropped by a trimming upstream", strictPaths, "GET", "/api/%20/admin/x", reader, 400, "bad_request"),
+		deny("a trailing no-break space", strictPaths, "GET", "/api/admin%C2%A0/x", reader, 400, "bad_request"),
+		deny("a trailing space under servlet readings", servletPaths, "GET", "/api/admin%20;x=1/y", reader, 400, "bad_request"),
 		deny("a format suffix in another case", foldingPaths, "GET", "/API/Admin.json", reader, 400, "bad_request"),
 		allow("an extension that changes no route", strictPaths, "GET", "/files/report.pdf", hdr("x-api-key", "{files}"), pass("files", "x-api-key")),
 		allow("an extension under **", strictPaths, "GET", "/api/reports/q1.csv", reader, pass("reader", "x-api-key")),
