@@ -294,7 +294,8 @@ func (m *manifests) checkBackendsFenced(gw *gwapiv1.Gateway, bad func(string, ..
 }
 
 // onlyFrom reports whether every ingress rule of np admits only Pods with
-// these labels (in any namespace), and there is one.
+// these labels in one named namespace (or the policy's own), and there is
+// one. A label alone admits any Pod whose author wrote it, in any namespace.
 func onlyFrom(np *networkingv1.NetworkPolicy, podLabels map[string]string) bool {
 	if len(np.Spec.Ingress) == 0 || len(podLabels) == 0 {
 		return false
@@ -304,7 +305,7 @@ func onlyFrom(np *networkingv1.NetworkPolicy, podLabels map[string]string) bool 
 			return false
 		}
 		for _, peer := range rule.From {
-			if peer.IPBlock != nil || peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) > 0 {
+			if peer.IPBlock != nil || peer.PodSelector == nil || len(peer.PodSelector.MatchExpressions) > 0 || !namesOneNamespace(peer.NamespaceSelector) {
 				return false
 			}
 			for k, v := range podLabels {
@@ -316,6 +317,16 @@ func onlyFrom(np *networkingv1.NetworkPolicy, podLabels map[string]string) bool 
 	}
 	return true
 }
+
+// namesOneNamespace reports whether a peer's namespace selector admits a
+// single namespace: its own (nil) or one named by kubernetes.io/metadata.name,
+// which Kubernetes sets and no one else can.
+func namesOneNamespace(sel *metav1.LabelSelector) bool {
+	return sel == nil || (sel.MatchLabels[namespaceNameLabel] != "" && len(sel.MatchExpressions) == 0)
+}
+
+// namespaceNameLabel is the label Kubernetes gives every namespace, its name.
+const namespaceNameLabel = "kubernetes.io/metadata.name"
 
 // gatewayEnvoyLabels are the labels the Gateway's EnvoyProxy puts on its
 // Envoy Pods (nil when there is none).
@@ -418,6 +429,13 @@ func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
 					np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: []networkingv1.NetworkPolicyPeer{{
 						NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "monitoring"}},
 					}}})
+				}
+			}
+		}, "any Pod could call it"},
+		{"the app's Pods open to the proxy label in every namespace", func(m *manifests) {
+			for _, np := range m.netpols {
+				if np.Namespace == "demo" {
+					np.Spec.Ingress[0].From[0].NamespaceSelector = &metav1.LabelSelector{}
 				}
 			}
 		}, "any Pod could call it"},
