@@ -290,9 +290,20 @@ func (m *manifests) checkWorkloads(t *testing.T, bad func(string, ...any)) {
 		if ptrOr(spec.AutomountServiceAccountToken, true) {
 			bad("%s: automountServiceAccountToken must be false: nothing here talks to the API server", id)
 		}
+		if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+			bad("%s: shares the node's network, process or IPC namespace", id)
+		}
+		for _, v := range spec.Volumes {
+			if v.HostPath != nil {
+				bad("%s: volume %s is a hostPath: the node's files are no Pod's business", id, v.Name)
+			}
+		}
 		podSC := spec.SecurityContext
 		if podSC == nil {
 			podSC = &corev1.PodSecurityContext{}
+		}
+		for _, sc := range podSC.Sysctls {
+			bad("%s: sets sysctl %s", id, sc.Name)
 		}
 		for _, c := range allContainers(spec) {
 			cid := id + " container " + c.Name
@@ -311,6 +322,14 @@ func (m *manifests) checkWorkloads(t *testing.T, bad func(string, ...any)) {
 			}
 			if ptrOr(sc.Privileged, false) {
 				bad("%s: privileged", cid)
+			}
+			if sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount {
+				bad("%s: procMount %s", cid, *sc.ProcMount)
+			}
+			for _, p := range c.Ports {
+				if p.HostPort != 0 {
+					bad("%s: hostPort %d publishes the container on the node's address, past every NetworkPolicy", cid, p.HostPort)
+				}
 			}
 			if !ptrOr(sc.ReadOnlyRootFilesystem, false) {
 				bad("%s: readOnlyRootFilesystem must be true", cid)
@@ -950,6 +969,14 @@ func (m *manifests) checkExtauthzPolicies(id string, w workload, nps []*networki
 				if len(rule.Ports) == 0 || len(rule.To) == 0 {
 					bad("%s: lets %s connect anywhere", pid, id)
 				}
+				for _, peer := range rule.To {
+					switch {
+					case anyDestination(peer):
+						bad("%s: lets %s connect to every address or every Pod of every namespace", pid, id)
+					case ruleOpensPort(rule.Ports, dnsPort) && (peer.PodSelector == nil || peer.PodSelector.MatchLabels[kubeDNSLabel] == ""):
+						bad("%s: lets %s reach port %d of more than the cluster DNS Pods (%s): DNS is a way out for whoever runs code there", pid, id, dnsPort, kubeDNSLabel)
+					}
+				}
 			}
 		}
 	}
@@ -962,6 +989,23 @@ func (m *manifests) checkExtauthzPolicies(id string, w workload, nps []*networki
 	if !egress {
 		bad("%s: no NetworkPolicy limits where it connects", id)
 	}
+}
+
+// anyDestination reports whether an egress peer lets a Pod connect to every
+// address (an IP block of prefix length 0) or to every Pod in every namespace.
+func anyDestination(peer networkingv1.NetworkPolicyPeer) bool {
+	if peer.IPBlock != nil {
+		_, n, err := net.ParseCIDR(peer.IPBlock.CIDR)
+		if err != nil {
+			return true
+		}
+		ones, _ := n.Mask.Size()
+		return ones == 0
+	}
+	emptySel := func(s *metav1.LabelSelector) bool {
+		return s != nil && len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0
+	}
+	return emptySel(peer.NamespaceSelector) && (peer.PodSelector == nil || emptySel(peer.PodSelector))
 }
 
 // checkPDBs: each PDB protects exactly one workload and can be satisfied.
@@ -1374,6 +1418,34 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"standalone", "capabilities kept", func(m *manifests) {
 			extauthzContainer(m).SecurityContext.Capabilities.Drop = nil
 		}, "drop ALL"},
+		{"standalone", "the node's network", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.HostNetwork = true
+		}, "node's network"},
+		{"sidecar", "the node's process namespace", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.HostPID = true
+		}, "node's network, process"},
+		{"standalone", "a hostPath volume for Redis", func(m *manifests) {
+			spec := &m.statefulSets[0].Spec.Template.Spec
+			spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "host", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}})
+		}, "hostPath"},
+		{"standalone", "a hostPort", func(m *manifests) {
+			extauthzContainer(m).Ports[0].HostPort = 9001
+		}, "hostPort"},
+		{"standalone", "an unmasked /proc", func(m *manifests) {
+			extauthzContainer(m).SecurityContext.ProcMount = ptr(corev1.UnmaskedProcMount)
+		}, "procMount"},
+		{"standalone", "a sysctl", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}}
+		}, "sysctl"},
+		{"standalone", "DNS egress to every address", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[1].To = []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "0.0.0.0/0"}}}
+		}, "every address"},
+		{"standalone", "DNS egress to any Pod", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[1].To[0].PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}}
+		}, "cluster DNS Pods"},
+		{"standalone", "Redis egress to every Pod of every namespace", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[0].To = []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}}
+		}, "every Pod of every namespace"},
 		{"standalone", "a writable root filesystem", func(m *manifests) {
 			m.statefulSets[0].Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = nil
 		}, "readOnlyRootFilesystem"},
