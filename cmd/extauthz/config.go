@@ -149,6 +149,7 @@ func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 	if err := requirePepper(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) }); err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 	}
+	warnPublicRedisPassword(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) })
 	rep.Warnings = append(rep.Warnings, policyWarnings(cfg, policies)...)
 	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
@@ -296,6 +297,23 @@ func requirePepper(cfg *config.Config, warn func(msg string)) error {
 // publicPeppers are the peppers the repository itself writes down (the
 // compose demo's default): a pepper is a secret, so these are none.
 var publicPeppers = []string{"demo-only-pepper-not-for-production"}
+
+// warnPublicRedisPassword calls warn when the Redis password is one the
+// repository writes down (the compose demo's default). Whoever knows it and
+// reaches Redis can rewrite any key record, its permissions included; Redis
+// takes it all the same, so a setup copied from the demo would run with it
+// and say nothing.
+func warnPublicRedisPassword(cfg *config.Config, warn func(msg string)) {
+	if cfg.Store.Backend != "redis" || !slices.Contains(publicRedisPasswords, cfg.Store.Redis.Password) {
+		return
+	}
+	warn(fmt.Sprintf("the Redis password (%s) is the demo default written in docker-compose.yml, which anyone can read: "+
+		"whoever reaches Redis with it can change every key; set it to a random secret of your own (openssl rand -base64 32) "+
+		"in Redis and here", config.EnvRef(cfg.Store.Redis.PasswordEnv)))
+}
+
+// publicRedisPasswords are the Redis passwords the repository writes down.
+var publicRedisPasswords = []string{"demo-only-redis-password"}
 
 // minPepperBytes is the pepper length below which every command warns:
 // 32 bytes of base64 text carry 192 bits.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -332,4 +333,48 @@ func TestAWeakPepperIsWarnedOf(t *testing.T) {
 	t.Setenv(testPepperEnv, testPepper)
 	_, stderr, _ := cliRun(t, "config", "check", "--config", writeConfig(t, fmt.Sprintf("store: {path: %q}\n", t.TempDir()+"/k.db")))
 	assert.NotContains(t, stderr, "pepper", "a long pepper of one's own is no warning")
+}
+
+// The compose demo's Redis password is written in docker-compose.yml: a
+// setup copied from the demo runs with it unless told. Redis, started by the
+// shipped start.sh as compose starts it, and every extauthz command that
+// logs in with it say so, never printing it; they still run.
+func TestTheDemoRedisPasswordIsWarnedOf(t *testing.T) {
+	const demo = "demo-only-redis-password"
+	dir := t.TempDir()
+	r := redistest.StartWith(t, redistest.Options{
+		Launcher: "../../k8s/base/redis/start.sh",
+		Env:      []string{"REDIS_PASSWORD=" + demo, "REDIS_ACL_FILE=" + filepath.Join(dir, "users.acl")},
+		Deployed: true,
+		User:     "extauthz",
+		Password: demo,
+	})
+	logs, err := filepath.Glob(filepath.Join(r.Dir(), "redis-*.log"))
+	require.NoError(t, err)
+	require.NotEmpty(t, logs)
+	started, err := os.ReadFile(logs[0])
+	require.NoError(t, err)
+	assert.Contains(t, string(started), "start.sh: warning: REDIS_PASSWORD is the demo default")
+	assert.NotContains(t, string(started), demo)
+
+	const want = "the Redis password ($REDIS_PASSWORD) is the demo default written in docker-compose.yml"
+	redisStore := fmt.Sprintf("store: {backend: redis, redis: {url: %q, username: extauthz, password_env: REDIS_PASSWORD}}\n", r.URL(0))
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+redisStore+testRoutes)
+	t.Setenv("REDIS_PASSWORD", demo)
+	_, stderr, code := cliRun(t, "config", "check", "--config", path)
+	assert.Equal(t, 0, code, stderr)
+	assert.Contains(t, stderr, want)
+	_, stderr, code = cliRun(t, "keys", "create", "--config", path, "--name", "n", "--perm", "p")
+	assert.Equal(t, 0, code, stderr)
+	assert.Contains(t, stderr, want)
+	assert.NotContains(t, stderr, demo, "the password itself is never printed")
+
+	var served syncbuf.Buffer
+	startServerOut(t, path, serverOutput{logs: &served, audit: io.Discard})
+	assert.Contains(t, served.String(), want)
+
+	// A password of one's own is no warning.
+	t.Setenv("REDIS_PASSWORD", "a-redis-password-of-this-test-only")
+	_, stderr, _ = cliRun(t, "config", "check", "--config", path)
+	assert.NotContains(t, stderr, "Redis password")
 }

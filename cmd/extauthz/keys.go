@@ -75,6 +75,7 @@ func withManager(c *cobra.Command, act keysAction, fn keysRun) error {
 			return err
 		}
 	}
+	warnPublicRedisPassword(cfg, func(msg string) { fmt.Fprintln(stderr, "warning: "+msg) })
 	be, err := openBackend(cfg, nil)
 	if err != nil {
 		return err

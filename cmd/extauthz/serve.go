@@ -205,6 +205,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	if err := requirePepper(cfg, func(msg string) { logger.Warn(msg) }); err != nil {
 		return nil, err
 	}
+	warnPublicRedisPassword(cfg, func(msg string) { logger.Warn(msg) })
 	for _, w := range policyWarnings(cfg, policies) {
 		logger.Warn(w)
 	}

@@ -37,6 +37,9 @@ sha256() {
 
 [ -n "${REDIS_PASSWORD:-}" ] || fail "REDIS_PASSWORD is not set: the extauthz user needs a password"
 [ "${#REDIS_PASSWORD}" -ge 16 ] || fail "REDIS_PASSWORD is shorter than 16 characters (use e.g. openssl rand -base64 32)"
+# docker-compose.yml's default, for the demo: it starts, but says so.
+[ "$REDIS_PASSWORD" != "demo-only-redis-password" ] ||
+	echo "start.sh: warning: REDIS_PASSWORD is the demo default written in docker-compose.yml, which anyone can read: set a random one (openssl rand -base64 32)" >&2
 hashes="#$(sha256 "$REDIS_PASSWORD")"
 if [ -n "${REDIS_PASSWORD_PREVIOUS:-}" ]; then
 	[ "${#REDIS_PASSWORD_PREVIOUS}" -ge 16 ] || fail "REDIS_PASSWORD_PREVIOUS is shorter than 16 characters"
