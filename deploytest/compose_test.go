@@ -25,6 +25,36 @@ const (
 // wantComposeServices are the services the demo walkthrough names.
 var wantComposeServices = []string{"billing", "create-demo-key", "envoy", "extauthz", "redis", "upstream"}
 
+// composeHardened are the services that run as they would in production,
+// Envoy, which faces the clients, first among them: a read-only root, no
+// capabilities, no new privileges, no root and none of the host's
+// namespaces, as Kubernetes runs them (k8s/). The echo backends stand in for
+// the user's own apps.
+var composeHardened = []string{"create-demo-key", "envoy", "extauthz", "redis"}
+
+// composeHardening checks one service of composeHardened. A service built
+// from the repository's Dockerfile may leave its user to the image, whose
+// USER dockerfile_test checks; one from another image names a user, as
+// most (Envoy's and Redis's among them) start as root.
+func composeHardening(name string, s types.ServiceConfig, bad func(string, ...any)) {
+	if !s.ReadOnly {
+		bad("service %s: read_only is not set: a process taken over could rewrite its own image", name)
+	}
+	if !slices.Contains(s.CapDrop, "ALL") || len(s.CapAdd) > 0 {
+		bad("service %s: cap_drop must be [ALL] and cap_add empty", name)
+	}
+	if !slices.Contains(s.SecurityOpt, "no-new-privileges:true") && !slices.Contains(s.SecurityOpt, "no-new-privileges") {
+		bad("service %s: security_opt lacks no-new-privileges:true", name)
+	}
+	if s.Privileged || s.NetworkMode == "host" || s.Pid == "host" || s.Ipc == "host" || s.UserNSMode == "host" {
+		bad("service %s: privileged, or shares a namespace of the host", name)
+	}
+	user, _, _ := strings.Cut(s.User, ":")
+	if user == "0" || user == "root" || (user == "" && s.Build == nil) {
+		bad("service %s: runs as root (user %q): name a user, as the image's entrypoint would otherwise start as root", name, s.User)
+	}
+}
+
 // backends are the compose services Envoy forwards to, each an Envoy cluster
 // of its own name.
 var backends = []string{"upstream", "billing"}
@@ -116,6 +146,21 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		mutate  func(p *types.Project)
 		wantErr string
 	}{
+		{"Envoy with a writable root", func(p *types.Project) {
+			setService(p, "envoy", func(s *types.ServiceConfig) { s.ReadOnly = false })
+		}, "service envoy: read_only"},
+		{"Envoy keeping its capabilities", func(p *types.Project) {
+			setService(p, "envoy", func(s *types.ServiceConfig) { s.CapDrop = nil })
+		}, "service envoy: cap_drop"},
+		{"Envoy as root", func(p *types.Project) {
+			setService(p, "envoy", func(s *types.ServiceConfig) { s.User = "" })
+		}, "service envoy: runs as root"},
+		{"Redis gaining privileges", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.SecurityOpt = nil })
+		}, "service redis: security_opt"},
+		{"extauthz on the host's network", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { s.NetworkMode = "host" })
+		}, "service extauthz: privileged"},
 		{"Redis without AOF", func(p *types.Project) {
 			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = append(s.Command, "--appendonly", "no") })
 		}, "appendonly is not yes"},
@@ -308,6 +353,12 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 			if d.Condition == types.ServiceConditionHealthy && (target.HealthCheck == nil || len(target.HealthCheck.Test) == 0 || target.HealthCheck.Disable) {
 				bad("service %s waits for %s to be healthy, but %s has no healthcheck", name, dep, dep)
 			}
+		}
+	}
+
+	for _, name := range composeHardened {
+		if s, ok := p.Services[name]; ok {
+			composeHardening(name, s, bad)
 		}
 	}
 
