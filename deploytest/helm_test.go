@@ -760,6 +760,9 @@ func (m *manifests) sidecarProblems(t *testing.T) []string {
 			bad("%s/%s: extauthz is not the first native sidecar (restartPolicy Always, a startupProbe): the proxy may start before it answers", w.kind, w.name)
 		}
 		checkRedisPasswordIsolated(w.name, spec, ext, bad)
+		// The Pod is the app's, and its securityContext what the app's
+		// chart makes it: the container carries every setting itself.
+		checkContainerHardening(w.kind+"/"+w.name+" container extauthz (in a Pod that sets nothing)", ext, &corev1.PodSecurityContext{}, bad)
 		cfg, err := m.extauthzConfigOf(ext, spec)
 		if err != nil {
 			bad("%s/%s: %v", w.kind, w.name, err)
@@ -833,6 +836,12 @@ func TestChartSidecarProblemsAreCaught(t *testing.T) {
 			spec := app(m)
 			spec.Containers[0].Env = append(spec.Containers[0].Env, *envVar(&spec.InitContainers[0], "REDIS_PASSWORD"))
 		}, "the app container gets the Redis password"},
+		{"extauthz leaving seccomp to the app's Pod", "", func(m *manifests) {
+			app(m).InitContainers[0].SecurityContext.SeccompProfile = nil
+		}, "(in a Pod that sets nothing): seccompProfile"},
+		{"extauthz leaving non-root to the app's Pod", "", func(m *manifests) {
+			app(m).InitContainers[0].SecurityContext.RunAsNonRoot = nil
+		}, "(in a Pod that sets nothing): runAsNonRoot"},
 		{"a shared process namespace", "", func(m *manifests) {
 			app(m).ShareProcessNamespace = ptr(true)
 		}, "shareProcessNamespace"},

@@ -307,43 +307,7 @@ func (m *manifests) checkWorkloads(t *testing.T, bad func(string, ...any)) {
 		}
 		for _, c := range allContainers(spec) {
 			cid := id + " container " + c.Name
-			sc := c.SecurityContext
-			if sc == nil {
-				sc = &corev1.SecurityContext{}
-			}
-			if !ptrOr(sc.RunAsNonRoot, ptrOr(podSC.RunAsNonRoot, false)) {
-				bad("%s: runAsNonRoot is not set", cid)
-			}
-			if ptrOr(sc.RunAsUser, ptrOr(podSC.RunAsUser, -1)) == 0 {
-				bad("%s: runAsUser 0", cid)
-			}
-			if ptrOr(sc.AllowPrivilegeEscalation, true) {
-				bad("%s: allowPrivilegeEscalation must be false", cid)
-			}
-			if ptrOr(sc.Privileged, false) {
-				bad("%s: privileged", cid)
-			}
-			if sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount {
-				bad("%s: procMount %s", cid, *sc.ProcMount)
-			}
-			for _, p := range c.Ports {
-				if p.HostPort != 0 {
-					bad("%s: hostPort %d publishes the container on the node's address, past every NetworkPolicy", cid, p.HostPort)
-				}
-			}
-			if !ptrOr(sc.ReadOnlyRootFilesystem, false) {
-				bad("%s: readOnlyRootFilesystem must be true", cid)
-			}
-			if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
-				bad("%s: capabilities must drop ALL and add none", cid)
-			}
-			seccomp := podSC.SeccompProfile
-			if sc.SeccompProfile != nil {
-				seccomp = sc.SeccompProfile
-			}
-			if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
-				bad("%s: seccompProfile must be RuntimeDefault", cid)
-			}
+			checkContainerHardening(cid, c, podSC, bad)
 			r := c.Resources
 			if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
 				bad("%s: needs cpu and memory requests and a memory limit", cid)
@@ -371,6 +335,49 @@ func (m *manifests) checkWorkloads(t *testing.T, bad func(string, ...any)) {
 	}
 	if !extauthzSeen {
 		bad("no extauthz container in the overlay")
+	}
+}
+
+// checkContainerHardening: what the restricted Pod Security Standard asks of
+// a container, each setting its own or, where Kubernetes inherits it, its
+// Pod's (podSC).
+func checkContainerHardening(cid string, c *corev1.Container, podSC *corev1.PodSecurityContext, bad func(string, ...any)) {
+	sc := c.SecurityContext
+	if sc == nil {
+		sc = &corev1.SecurityContext{}
+	}
+	if !ptrOr(sc.RunAsNonRoot, ptrOr(podSC.RunAsNonRoot, false)) {
+		bad("%s: runAsNonRoot is not set", cid)
+	}
+	if ptrOr(sc.RunAsUser, ptrOr(podSC.RunAsUser, -1)) == 0 {
+		bad("%s: runAsUser 0", cid)
+	}
+	if ptrOr(sc.AllowPrivilegeEscalation, true) {
+		bad("%s: allowPrivilegeEscalation must be false", cid)
+	}
+	if ptrOr(sc.Privileged, false) {
+		bad("%s: privileged", cid)
+	}
+	if sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount {
+		bad("%s: procMount %s", cid, *sc.ProcMount)
+	}
+	for _, p := range c.Ports {
+		if p.HostPort != 0 {
+			bad("%s: hostPort %d publishes the container on the node's address, past every NetworkPolicy", cid, p.HostPort)
+		}
+	}
+	if !ptrOr(sc.ReadOnlyRootFilesystem, false) {
+		bad("%s: readOnlyRootFilesystem must be true", cid)
+	}
+	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
+		bad("%s: capabilities must drop ALL and add none", cid)
+	}
+	seccomp := podSC.SeccompProfile
+	if sc.SeccompProfile != nil {
+		seccomp = sc.SeccompProfile
+	}
+	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		bad("%s: seccompProfile must be RuntimeDefault", cid)
 	}
 }
 
