@@ -242,7 +242,7 @@ func (m *manifests) checkGatewayProxies(gw *gwapiv1.Gateway, bad func(string, ..
 		bad("%s: no EnvoyProxy of its namespace labels its Envoy Pods", id)
 		return
 	}
-	if !m.extauthzAdmitsFromAnyNamespace(labels) {
+	if !m.extauthzAdmits(labels, envoyGatewayNamespace) {
 		bad("%s: its Envoy Pods (%v) are not let through to extauthz's gRPC port by a NetworkPolicy", id, labels)
 	}
 }
@@ -327,6 +327,10 @@ func namesOneNamespace(sel *metav1.LabelSelector) bool {
 
 // namespaceNameLabel is the label Kubernetes gives every namespace, its name.
 const namespaceNameLabel = "kubernetes.io/metadata.name"
+
+// envoyGatewayNamespace is where Envoy Gateway runs the Envoy Pods of every
+// Gateway (its install guide's namespace), as the overlay says.
+const envoyGatewayNamespace = "envoy-gateway-system"
 
 // gatewayEnvoyLabels are the labels the Gateway's EnvoyProxy puts on its
 // Envoy Pods (nil when there is none).

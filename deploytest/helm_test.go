@@ -235,6 +235,36 @@ config:
 `},
 }
 
+// TestChartProxiesCanBeLimitedToTheirNamespaces: with the proxies'
+// namespaces named, no Pod elsewhere reaches extauthz by its labels alone,
+// the Istio-protected workloads included, whose namespace the chart knows.
+func TestChartProxiesCanBeLimitedToTheirNamespaces(t *testing.T) {
+	m, _ := mustRenderChart(t, `
+networkPolicy: {proxyNamespaceLabels: {kubernetes.io/metadata.name: gateways}}
+istio: {enabled: true, namespace: demo}
+`)
+	w, _ := m.extauthzWorkload()
+	proxy := map[string]string{proxyLabel: "true"}
+	protected := map[string]string{protectedLabel: "true"}
+	if !m.extauthzAdmits(proxy, "gateways") || !m.extauthzAdmits(protected, "demo") {
+		t.Error("the proxies, or the protected workloads, are not let in from their own namespace")
+	}
+	for _, ns := range []string{"tenant", "default"} {
+		if m.extauthzAdmits(proxy, ns) || m.extauthzAdmits(protected, ns) {
+			t.Errorf("a Pod in namespace %s that labels itself a proxy or protected reaches extauthz", ns)
+		}
+	}
+	for _, np := range m.policiesFor(w) {
+		for _, rule := range np.Spec.Ingress {
+			for _, peer := range rule.From {
+				if sel := peer.NamespaceSelector; sel != nil && len(sel.MatchLabels) == 0 && len(sel.MatchExpressions) == 0 {
+					t.Errorf("NetworkPolicy/%s admits %v from every namespace", np.Name, peer.PodSelector)
+				}
+			}
+		}
+	}
+}
+
 func TestChartRenders(t *testing.T) {
 	ch := loadChart(t)
 	for _, tc := range chartCases {

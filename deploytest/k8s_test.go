@@ -682,9 +682,9 @@ func (m *manifests) checkEmbedded(cid string, c *corev1.Container, cfg *extauthz
 	}
 }
 
-// extauthzAdmitsFromAnyNamespace reports whether the extauthz Pods' policies
-// let Pods with these labels, in another namespace, reach the gRPC port.
-func (m *manifests) extauthzAdmitsFromAnyNamespace(podLabels map[string]string) bool {
+// extauthzAdmits reports whether the extauthz Pods' policies let Pods with
+// these labels in namespace ns, not extauthz's own, reach the gRPC port.
+func (m *manifests) extauthzAdmits(podLabels map[string]string, ns string) bool {
 	for _, w := range m.workloads() {
 		if w.kind != "Deployment" || w.name != "extauthz" {
 			continue
@@ -696,8 +696,10 @@ func (m *manifests) extauthzAdmitsFromAnyNamespace(podLabels map[string]string) 
 					continue
 				}
 				for _, peer := range rule.From {
-					nsAny := peer.NamespaceSelector != nil && len(peer.NamespaceSelector.MatchLabels) == 0 && len(peer.NamespaceSelector.MatchExpressions) == 0
-					if nsAny && peer.PodSelector != nil && selects(peer.PodSelector, podLabels) {
+					nsSel := peer.NamespaceSelector
+					nsOK := nsSel != nil && ((len(nsSel.MatchLabels) == 0 && len(nsSel.MatchExpressions) == 0) ||
+						selects(nsSel, map[string]string{namespaceNameLabel: ns}))
+					if nsOK && peer.PodSelector != nil && selects(peer.PodSelector, podLabels) {
 						return true
 					}
 				}
@@ -953,6 +955,10 @@ func (m *manifests) checkExtauthzPolicies(id string, w workload, nps []*networki
 				switch {
 				case peer.IPBlock != nil:
 					bad("%s: admits an IP block to %s", pid, id)
+				case requiresLabel(peer.PodSelector, protectedLabel, "true") && !namesOneNamespace(peer.NamespaceSelector):
+					// The protected workloads' namespace is known: a label
+					// alone is one any Pod's author can write.
+					bad("%s: admits Pods labelled %s=true to %s from every namespace, not the protected workloads' own", pid, protectedLabel, id)
 				case peer.PodSelector != nil && (requiresLabel(peer.PodSelector, proxyLabel, "true") || requiresLabel(peer.PodSelector, protectedLabel, "true")):
 					proxies = proxies || ruleOpensPort(rule.Ports, grpcPort)
 				case peer.PodSelector == nil && requiresLabel(peer.NamespaceSelector, "kubernetes.io/metadata.name", monitoringNS):
@@ -1324,7 +1330,7 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 	for _, ap := range m.authzPolicy {
 		id := "AuthorizationPolicy/" + ap.Name
 		// The sidecars of the Pods it selects are what call extauthz.
-		if sel := ap.Spec.GetSelector().GetMatchLabels(); !m.extauthzAdmitsFromAnyNamespace(sel) {
+		if sel := ap.Spec.GetSelector().GetMatchLabels(); !m.extauthzAdmits(sel, ap.Namespace) {
 			bad("%s: the Pods it protects (%v) are not let through to extauthz's gRPC port by a NetworkPolicy", id, sel)
 		}
 		if ap.Spec.GetAction() != securityv1beta1.AuthorizationPolicy_CUSTOM {
@@ -1453,6 +1459,13 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"standalone", "Redis egress to every Pod of every namespace", func(m *manifests) {
 			netpol(m, "extauthz").Spec.Egress[0].To = []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}}
 		}, "every Pod of every namespace"},
+		{"istio", "the protected label admitted from every namespace", func(m *manifests) {
+			for _, peer := range netpol(m, "extauthz").Spec.Ingress[0].From {
+				if peer.PodSelector.MatchLabels[protectedLabel] == "true" {
+					peer.NamespaceSelector.MatchLabels = nil
+				}
+			}
+		}, "from every namespace"},
 		{"standalone", "a writable root filesystem", func(m *manifests) {
 			m.statefulSets[0].Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = nil
 		}, "readOnlyRootFilesystem"},
