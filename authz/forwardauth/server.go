@@ -141,6 +141,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	if traced != nil {
 		traced(&d)
 	}
+	// The answer is this request's alone: it depends on the key, the client
+	// address, the rate limit's state and the time. A cache a proxy puts in
+	// front of extauthz (nginx proxy_cache on the auth location, keyed by
+	// default on the original URI) would otherwise serve one key's allow,
+	// identity and all, to the next request for that URI, with another key
+	// or none, and no revocation or rate limit would reach it.
+	w.Header().Set("Cache-Control", "no-store")
 	if d.Allowed() {
 		h := w.Header()
 		for _, hv := range d.ResponseHeaders(nil) {
@@ -316,12 +323,14 @@ func WriteDenial(w http.ResponseWriter, d *authz.Decision) {
 
 // WriteError is the one writer of an error answer over HTTP: status, the
 // JSON content type, x-authz-code (from which a proxy that drops the body,
-// such as nginx, can rebuild it), Retry-After: 1 with a 503, and the body
-// authz.ErrorBody. The decision's denials, the admin API's errors and a
-// recovered panic all answer through it. message must never hold a key.
+// such as nginx, can rebuild it), Retry-After: 1 with a 503,
+// Cache-Control: no-store, and the body authz.ErrorBody. The decision's
+// denials, the admin API's errors and a recovered panic all answer through
+// it. message must never hold a key.
 func WriteError(w http.ResponseWriter, status int, code authz.Code, message string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store") // an answer to one caller, never to be reused (see serve)
 	h.Set(authz.HeaderCode, string(code))
 	if status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")

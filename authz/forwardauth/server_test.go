@@ -102,6 +102,35 @@ func TestHTTPModePath(t *testing.T) {
 	})
 }
 
+// Every decision answer is the request's own: an allow names one key's
+// identity and spends its rate limit, a denial names one key's fault. A cache
+// in front of extauthz (nginx proxy_cache on the auth location, keyed by the
+// original URI) that stored one would hand it to the next request for that
+// URI, whatever key it carries.
+func TestHTTPModeAnswersAreNeverStored(t *testing.T) {
+	f, srv := httpFixture(t, "x-original", 1)
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string
+		status  int
+	}{
+		{"an allow", map[string]string{"X-Api-Key": f.Good, "X-Original-Uri": "/api/users"}, 200},
+		{"a public route", map[string]string{"X-Original-Uri": "/healthz"}, 200},
+		{"a denial", map[string]string{"X-Original-Uri": "/api/users"}, 401},
+		{"a malformed request", map[string]string{"X-Api-Key": f.Good}, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := map[string]string{"X-Forwarded-For": "10.0.0.7", "X-Original-Method": "GET"}
+			for k, v := range tc.headers {
+				h[k] = v
+			}
+			resp, body := do(t, srv, "GET", "/authz", h)
+			require.Equal(t, tc.status, resp.StatusCode, body)
+			assert.Equal(t, "no-store", resp.Header.Get("Cache-Control"))
+		})
+	}
+}
+
 func TestHTTPModeXOriginal(t *testing.T) {
 	f, srv := httpFixture(t, "x-original", 1)
 	base := func(extra map[string]string) map[string]string {

@@ -201,6 +201,38 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 	}
 }
 
+// TestNginxCacheOnTheAuthLocationStoresNoDecision: guides to auth_request
+// often add proxy_cache to the auth location to spare the auth service.
+// Its default key is the subrequest's $request_uri, the client's target, so
+// a stored allow for one key was served to the next request for that path
+// with any key or none, the first key's identity included. extauthz marks
+// every answer no-store, which nginx honours over proxy_cache_valid.
+func TestNginxCacheOnTheAuthLocationStoresNoDecision(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+nginxRoutes)
+	reader, rk := ts.create(t, keystore.Spec{Name: "reader", Owner: "acme", Permissions: []string{"read:users"}})
+	up := startEchoUpstream(t)
+	cache := filepath.Join(t.TempDir(), "cache")
+	ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr, func(conf string) string {
+		conf = strings.Replace(conf, "upstream extauthz {", "proxy_cache_path "+cache+" keys_zone=authz:1m;\n    upstream extauthz {", 1)
+		return strings.Replace(conf, "proxy_pass_request_body off;",
+			"proxy_pass_request_body off;\n            proxy_cache authz;\n            proxy_cache_valid 200 401 403 10s;", 1)
+	})
+
+	r := ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": reader})
+	require.Equal(t, 200, r.status, r.body)
+	assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
+
+	before := up.calls.Load()
+	r = ngx.do(t, "GET", "/api/users", nil)
+	assertNginxDenial(t, r, 401, "missing_key")
+	r = ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": "sk_nope"})
+	assertNginxDenial(t, r, 401, "invalid_key")
+	assert.Equal(t, before, up.calls.Load(), "no stored allow let a request without the key through")
+
+	r = ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": reader})
+	require.Equal(t, 200, r.status, "no stored denial refuses the key: %s", r.body)
+}
+
 func assertNginxDenial(t *testing.T, r nginxResponse, status int, code string) {
 	t.Helper()
 	require.Equal(t, status, r.status, "body %s", r.body)
@@ -293,7 +325,7 @@ func nginxConf(t *testing.T, dir string, port int, extauthzAddr, upstreamAddr st
 // config and stops it when the test ends. It fails the test when nginx is
 // not installed: CI installs it (.ci/run), so a missing binary is a broken
 // machine, not a reason to skip.
-func startNginx(t *testing.T, extauthzAddr, upstreamAddr string) *nginxProc {
+func startNginx(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(conf string) string) *nginxProc {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
@@ -302,7 +334,11 @@ func startNginx(t *testing.T, extauthzAddr, upstreamAddr string) *nginxProc {
 	dir := t.TempDir()
 	port := redistest.FreePort(t)
 	confPath := filepath.Join(dir, "nginx.conf")
-	require.NoError(t, os.WriteFile(confPath, []byte(nginxConf(t, dir, port, extauthzAddr, upstreamAddr)), 0o600))
+	conf := nginxConf(t, dir, port, extauthzAddr, upstreamAddr)
+	for _, edit := range edits {
+		conf = edit(conf)
+	}
+	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o600))
 
 	n := &nginxProc{
 		url:    fmt.Sprintf("http://127.0.0.1:%d", port),
