@@ -100,6 +100,22 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 		assert.NotContains(t, got.Headers, "X-Api-Key")
 	})
 
+	t.Run("the upstream reads the host nginx served, not one the client names", func(t *testing.T) {
+		// With a policy per server block, the host picked the policy; an
+		// upstream that routes by a forwarded host must see that host.
+		r := ngx.do(t, "GET", "/api/users", map[string]string{
+			"X-Api-Key":         reader,
+			"X-Forwarded-Host":  "admin.example",
+			"Forwarded":         "for=10.9.9.9;host=admin.example;proto=https",
+			"X-Forwarded-Proto": "https",
+		})
+		require.Equal(t, 200, r.status, r.body)
+		got := up.last(t)
+		assert.Equal(t, []string{"127.0.0.1"}, got.Headers["X-Forwarded-Host"])
+		assert.Equal(t, []string{"http"}, got.Headers["X-Forwarded-Proto"])
+		assert.NotContains(t, got.Headers, "Forwarded")
+	})
+
 	t.Run("the client IP is the peer nginx sees, not a client-written X-Forwarded-For", func(t *testing.T) {
 		r := ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": local, "X-Forwarded-For": "10.9.9.9"})
 		require.Equal(t, 200, r.status, r.body)
@@ -491,8 +507,8 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 
 		strip := f.HTTP.Middlewares["strip-credentials"].Headers
 		require.NotNil(t, strip, "middleware strip-credentials is a headers middleware")
-		assert.Equal(t, map[string]string{"X-Api-Key": "", "Authorization": ""}, strip.CustomRequestHeaders,
-			"an empty value removes the header")
+		assert.Equal(t, map[string]string{"X-Api-Key": "", "Authorization": "", "Forwarded": ""}, strip.CustomRequestHeaders,
+			"an empty value removes the header: the credentials, and a client's Forwarded, which Traefik passes on")
 
 		require.NotEmpty(t, f.HTTP.Routers)
 		for name, r := range f.HTTP.Routers {
@@ -547,6 +563,12 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		// Run by hand with Caddy 2.10.2; it removed X-Authz-Owner without it.
 		unnamed := at(`request_header Connection "(?i)x[-_]authz[-_][^,]*" ""`)
 		assert.True(t, route < unnamed && unnamed < proxy, "the Connection header is cut before reverse_proxy reads it")
+
+		// Caddy overwrites X-Forwarded-Host but passes a client's Forwarded,
+		// which Rack 3 and Spring read for the host before it. Run by hand
+		// with Caddy 2.10.2: Forwarded: host=admin.example reached the upstream.
+		forwarded := at("request_header -Forwarded")
+		assert.True(t, route < forwarded && forwarded < proxy, "a client's Forwarded goes before reverse_proxy")
 
 		// Every spelling a backend reads as an x-authz- header goes before
 		// forward_auth too: Caddy's php_fastcgi (and CGI, WSGI, Rack) turn
