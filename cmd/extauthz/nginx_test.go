@@ -217,6 +217,37 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 	}
 }
 
+// TestNginxUpstreamGetsTheTargetExtauthzDecided: /_authz sends extauthz the
+// client's target ($request_uri), and nginx, told only the upstream's
+// address, sends the upstream the rewritten one once anything rewrote it. A
+// versioning rewrite added to the shipped location then let a key allowed
+// /api/v1/admin/x by a route for /api/** be served /api/admin/x, an admin
+// route. The shipped config names $request_uri in proxy_pass too.
+func TestNginxUpstreamGetsTheTargetExtauthzDecided(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+`
+http_mode: {original: x-original, xff_trusted_hops: 1}
+rate_limit: {default: none}
+routes:
+  - {path: "/api/admin/**", permissions: [admin]}
+  - {path: "/api/**", permissions: [read:users]}
+`)
+	reader, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	up := startEchoUpstream(t)
+	ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr, func(conf string) string {
+		const at = "auth_request /_authz;"
+		require.Equal(t, 1, strings.Count(conf, at))
+		return strings.Replace(conf, at, at+"\n            rewrite ^/api/v1/(.*)$ /api/$1 break;", 1)
+	})
+
+	r := ngx.do(t, "GET", "/api/admin/x", map[string]string{"X-Api-Key": reader})
+	assertNginxDenial(t, r, 403, "permission_denied")
+	for _, target := range []string{"/api/v1/admin/x?a=1", "/api/users/%7Bx%7D", "/api/v1/users"} {
+		r = ngx.do(t, "GET", target, map[string]string{"X-Api-Key": reader})
+		require.Equal(t, 200, r.status, "%s: %s", target, r.body)
+		assert.Equal(t, target, up.last(t).URI, "the upstream serves the target extauthz decided")
+	}
+}
+
 // TestNginxCacheOnTheAuthLocationStoresNoDecision: guides to auth_request
 // often add proxy_cache to the auth location to spare the auth service.
 // Its default key is the subrequest's $request_uri, the client's target, so
