@@ -248,36 +248,51 @@ routes:
 	}
 }
 
-// TestNginxCacheOnTheAuthLocationStoresNoDecision: guides to auth_request
-// often add proxy_cache to the auth location to spare the auth service.
-// Its default key is the subrequest's $request_uri, the client's target, so
-// a stored allow for one key was served to the next request for that path
-// with any key or none, the first key's identity included. extauthz marks
-// every answer no-store, which nginx honours over proxy_cache_valid.
-func TestNginxCacheOnTheAuthLocationStoresNoDecision(t *testing.T) {
+// TestNginxCacheStoresNoDecision: guides to auth_request often add
+// proxy_cache to the auth location to spare the auth service, and a cache
+// set for the whole server is inherited by it. The cache's default key is
+// the subrequest's $request_uri, the client's target, so a stored allow for
+// one key was served to the next request for that path with any key or
+// none, the first key's identity included. extauthz marks every answer
+// no-store, which nginx honours over proxy_cache_valid; and /_authz turns
+// caching off, which holds where an inherited proxy_ignore_headers would
+// make nginx ignore no-store.
+func TestNginxCacheStoresNoDecision(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+nginxRoutes)
 	reader, rk := ts.create(t, keystore.Spec{Name: "reader", Owner: "acme", Permissions: []string{"read:users"}})
 	up := startEchoUpstream(t)
-	cache := filepath.Join(t.TempDir(), "cache")
-	ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr, func(conf string) string {
-		conf = strings.Replace(conf, "upstream extauthz {", "proxy_cache_path "+cache+" keys_zone=authz:1m;\n    upstream extauthz {", 1)
-		return strings.Replace(conf, "proxy_pass_request_body off;",
-			"proxy_pass_request_body off;\n            proxy_cache authz;\n            proxy_cache_valid 200 401 403 10s;", 1)
-	})
+	for _, tc := range []struct {
+		name     string
+		old, new string
+	}{
+		{"caching turned on in /_authz", "proxy_cache off;",
+			"proxy_cache authz;\n            proxy_cache_valid 200 401 403 10s;"},
+		{"a server-wide cache that ignores Cache-Control", "ignore_invalid_headers on;",
+			"ignore_invalid_headers on;\n        proxy_cache authz;\n        proxy_cache_valid 200 401 403 10s;\n        proxy_ignore_headers Cache-Control Expires;"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache := filepath.Join(t.TempDir(), "cache")
+			ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr, func(conf string) string {
+				require.Equal(t, 1, strings.Count(conf, tc.old), "deploy/proxies/nginx.conf must contain %q exactly once", tc.old)
+				conf = strings.Replace(conf, "upstream extauthz {", "proxy_cache_path "+cache+" keys_zone=authz:1m;\n    upstream extauthz {", 1)
+				return strings.Replace(conf, tc.old, tc.new, 1)
+			})
 
-	r := ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": reader})
-	require.Equal(t, 200, r.status, r.body)
-	assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
+			r := ngx.do(t, "GET", "/api/users/7", map[string]string{"X-Api-Key": reader})
+			require.Equal(t, 200, r.status, r.body)
+			assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
 
-	before := up.calls.Load()
-	r = ngx.do(t, "GET", "/api/users", nil)
-	assertNginxDenial(t, r, 401, "missing_key")
-	r = ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": "sk_nope"})
-	assertNginxDenial(t, r, 401, "invalid_key")
-	assert.Equal(t, before, up.calls.Load(), "no stored allow let a request without the key through")
+			before := up.calls.Load()
+			r = ngx.do(t, "GET", "/api/users/7", nil)
+			assertNginxDenial(t, r, 401, "missing_key")
+			r = ngx.do(t, "GET", "/api/users/7", map[string]string{"X-Api-Key": "sk_nope"})
+			assertNginxDenial(t, r, 401, "invalid_key")
+			assert.Equal(t, before, up.calls.Load(), "no stored allow let a request without the key through")
 
-	r = ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": reader})
-	require.Equal(t, 200, r.status, "no stored denial refuses the key: %s", r.body)
+			r = ngx.do(t, "GET", "/api/users/7", map[string]string{"X-Api-Key": reader})
+			require.Equal(t, 200, r.status, "no stored denial refuses the key: %s", r.body)
+		})
+	}
 }
 
 func assertNginxDenial(t *testing.T, r nginxResponse, status int, code string) {
