@@ -64,7 +64,7 @@ func newMetricsPage(reg prometheus.Gatherer) *metricsPage {
 
 func (m *metricsPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	came := time.Now()
-	key := pageKey{format: expfmt.Negotiate(r.Header), gzip: acceptsGzip(r.Header.Values("Accept-Encoding"))}
+	key := pageKey{format: expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...), gzip: acceptsGzip(r.Header.Values("Accept-Encoding"))}
 	p := m.page(came, key, r.Header.Values("Accept"))
 	h := w.Header()
 	for name, vs := range p.header {
