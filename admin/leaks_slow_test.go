@@ -252,7 +252,10 @@ func TestALeakReportRefusedForRoomSaysWhenToRetry(t *testing.T) {
 // within the body deadline.
 func TestStalledLeakBodiesHoldBoundedMemory(t *testing.T) {
 	e := newEnv(t, backends[0], envOptions{})
-	const bodyTimeout, maxBuffered, clients = 2 * time.Second, 4 << 20, 100
+	// A body deadline long enough that, on a machine busy with other
+	// tests, the reports admitted are still being read once all 100 are
+	// open (each forced collection below takes its share of the time too).
+	const bodyTimeout, maxBuffered, clients = 4 * time.Second, 4 << 20, 100
 	addr, lo := slowLeakServer(t, e, bodyTimeout, maxBuffered)
 	body := make([]byte, DefaultLeakBodyBytes-1)
 	before := liveHeap()
