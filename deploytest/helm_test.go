@@ -575,6 +575,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"a disruption budget nothing can satisfy", "podDisruptionBudget: {minAvailable: 2}", "no node could ever be drained"},
 		{"a memory limit GOMEMLIMIT cannot be derived from", "resources: {limits: {memory: 1000M}}", "give it in Mi or Gi"},
 		{"no memory limit", "resources: {limits: {memory: null}}", "memory"},
+		{"no memory limit for Redis", "redis: {resources: {limits: {memory: null}}}", "memory"},
+		{"no limits for Redis", "redis: {resources: {limits: null}}", "limits"},
 		{"Istio without the protected namespace", "istio: {enabled: true}", "istio.namespace"},
 		{"Istio skipping a path prefix", "istio: {enabled: true, namespace: demo, notPaths: ['/public/*']}", "istio/notPaths/0"},
 		{"Istio skipping a path suffix", "istio: {enabled: true, namespace: demo, notPaths: ['*.png']}", "istio/notPaths/0"},
