@@ -65,6 +65,22 @@ func (l *lostReplies) Update(ctx context.Context, id string, limit keystore.Owne
 	})
 }
 
+// lossyRedis is a backend of Redis behind a fault proxy whose store, a
+// lostReplies, it puts in *slow when it opens.
+func lossyRedis(name string, slow **lostReplies) backend {
+	return backend{name, func(t testing.TB) (keystore.Store, func()) {
+		srv := redistest.Start(t)
+		p := faultproxy.Start(t, srv.Addr)
+		c, err := redis.Dial(redis.Options{URL: "redis://" + p.Addr() + "/0", ReadTimeout: linkTimeout})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		s := redis.New(c, "admintest:")
+		t.Cleanup(func() { _ = s.Close() })
+		*slow = &lostReplies{Store: s, proxy: p}
+		return *slow, srv.Stop
+	}}
+}
+
 // A change whose write reached the store but whose answer was lost (a
 // reply later than the client's timeout) is a change made all the same:
 // it must be audited, and answered as made, not left out of the audit
@@ -73,17 +89,7 @@ func (l *lostReplies) Update(ctx context.Context, id string, limit keystore.Owne
 // so this link cannot lose only the write's answer.)
 func TestAChangeWhoseReplyWasLostIsStillAudited(t *testing.T) {
 	var slow *lostReplies
-	b := backend{"redis behind a slow link", func(t testing.TB) (keystore.Store, func()) {
-		srv := redistest.Start(t)
-		p := faultproxy.Start(t, srv.Addr)
-		c, err := redis.Dial(redis.Options{URL: "redis://" + p.Addr() + "/0", ReadTimeout: linkTimeout})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.Close() })
-		s := redis.New(c, "admintest:")
-		t.Cleanup(func() { _ = s.Close() })
-		slow = &lostReplies{Store: s, proxy: p}
-		return slow, srv.Stop
-	}}
+	b := lossyRedis("redis behind a slow link", &slow)
 	e := newEnv(t, b, envOptions{})
 	_, victim := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})
 	audited := func(kind, id string) bool {
@@ -125,17 +131,7 @@ func TestAChangeWhoseReplyWasLostIsStillAudited(t *testing.T) {
 // same as a change of unknown outcome, never left out of the audit.
 func TestAChangeWhoseReplyAndReadBackWereLostIsAuditedAsUnknown(t *testing.T) {
 	var slow *lostReplies
-	b := backend{"redis behind a link that fails", func(t testing.TB) (keystore.Store, func()) {
-		srv := redistest.Start(t)
-		p := faultproxy.Start(t, srv.Addr)
-		c, err := redis.Dial(redis.Options{URL: "redis://" + p.Addr() + "/0", ReadTimeout: linkTimeout})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.Close() })
-		s := redis.New(c, "admintest:")
-		t.Cleanup(func() { _ = s.Close() })
-		slow = &lostReplies{Store: s, proxy: p}
-		return slow, srv.Stop
-	}}
+	b := lossyRedis("redis behind a link that fails", &slow)
 	e := newEnv(t, b, envOptions{})
 	slow.cut.Store(true)
 	_, victim := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})

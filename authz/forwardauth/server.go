@@ -51,6 +51,11 @@ func NewServer(a *authz.Authorizer, mode Mode, obs authz.Observer) *Server {
 	return s
 }
 
+// noStore is the value of every answer's Cache-Control, shared: a header
+// written as a slice of its own costs no allocation per answer (net/http
+// only reads it).
+var noStore = []string{"no-store"}
+
 // SetMode swaps the mode (hot reload).
 func (s *Server) SetMode(m Mode) { s.mode.Store(&m) }
 
@@ -147,7 +152,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	// default on the original URI) would otherwise serve one key's allow,
 	// identity and all, to the next request for that URI, with another key
 	// or none, and no revocation or rate limit would reach it.
-	w.Header().Set("Cache-Control", "no-store")
+	w.Header()["Cache-Control"] = noStore
 	if d.Allowed() {
 		h := w.Header()
 		for _, hv := range d.ResponseHeaders(nil) {
@@ -330,7 +335,7 @@ func WriteDenial(w http.ResponseWriter, d *authz.Decision) {
 func WriteError(w http.ResponseWriter, status int, code authz.Code, message string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store") // an answer to one caller, never to be reused (see serve)
+	h["Cache-Control"] = noStore // an answer to one caller, never to be reused (see serve)
 	h.Set(authz.HeaderCode, string(code))
 	if status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")

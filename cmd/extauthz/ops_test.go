@@ -342,17 +342,25 @@ func TestAReloadWarnsOfARouteThatIsNeverReached(t *testing.T) {
 	assert.Contains(t, started.String(), warning)
 }
 
+// startReloadable starts a server on a config file of its own, reloaded
+// only when a test calls reload, and returns the file, what it holds and
+// the server's log.
+func startReloadable(t *testing.T) (ts *testServer, path, yaml string, logs *syncbuf.Buffer) {
+	dir := t.TempDir()
+	path = filepath.Join(dir, "extauthz.yaml")
+	yaml = fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(dir, "k.db"), testRoutes)
+	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	logs = &syncbuf.Buffer{}
+	ts = startServerOut(t, path, serverOutput{logs: logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	return ts, path, yaml, logs
+}
+
 // A config file every user of the machine may write lets any of them
 // rewrite every policy, which the watch applies within seconds: serve warns
 // of it when it starts and at each reload, naming the file and its mode.
 func TestAConfigFileEveryoneMayWriteIsWarnedOf(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "extauthz.yaml")
-	yaml := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
-		filepath.Join(dir, "k.db"), testRoutes)
-	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
-	var logs syncbuf.Buffer
-	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	ts, path, _, logs := startReloadable(t)
 	ts.srv.reload("test", nil)
 	require.Contains(t, logs.String(), "config reloaded")
 	assert.NotContains(t, logs.String(), "writable by every user", "a private file is not warned of")
@@ -574,13 +582,7 @@ func TestSIGHUPWithoutAConfigFileIsLoggedNotFatal(t *testing.T) {
 // whose no routes would deny every request of a running server. The
 // reload fails, says why, and the routes in force stay.
 func TestAnEmptiedConfigFileIsNotReloaded(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "extauthz.yaml")
-	yaml := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
-		filepath.Join(dir, "k.db"), testRoutes)
-	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
-	var logs syncbuf.Buffer
-	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	ts, path, yaml, logs := startReloadable(t)
 	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
 	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse())
 
