@@ -121,9 +121,15 @@ type Limiter struct {
 	// with Close; stopped: Close has begun, and no node starts senders.
 	nodesMu sync.Mutex
 	stopped bool
-	done    chan struct{}
-	wg      sync.WaitGroup
-	closing sync.Once
+	// round counts the heartbeat rounds; idleRounds of them without a check
+	// retire a Cluster master's node; retired holds the retiring nodes
+	// until their last check is done (under nodesMu, for Close).
+	round      atomic.Int64
+	idleRounds atomic.Int64
+	retired    []*node
+	done       chan struct{}
+	wg         sync.WaitGroup
+	closing    sync.Once
 
 	replicas                                atomic.Int64
 	allowed, limited, fallback, storeErrors atomic.Uint64
@@ -137,7 +143,23 @@ type node struct {
 	// real clock (Now is the counts' clock, not the outage's).
 	breaker *breaker.Breaker
 	queue   *queue
+	// A Cluster master's node is retired once no check has gone to it for
+	// nodeIdle (retireIdle): its address may be gone for good, after a
+	// failover or a Pod's restart, and a node kept per address ever seen
+	// would grow with every such change for the life of the process.
+	// seen is the heartbeat round in which a check last went to it; users
+	// the checks that hold it now; retiring, that it has left nodes, so a
+	// check that finds it must look again; stop ends its senders.
+	seen     atomic.Int64
+	users    atomic.Int64
+	retiring atomic.Bool
+	stop     chan struct{}
 }
+
+// nodeIdle is how long a Cluster master's node may go without a check
+// before it is retired: long enough that a master whose slots see a check
+// now and then keeps its node, with its breaker's state.
+const nodeIdle = 10 * time.Minute
 
 // queue is the batcher of the checks bound for one Redis: checks wait in
 // pending while Pipelines batches are on the wire. Whoever brings a batch
@@ -256,6 +278,7 @@ func New(client goredis.UniversalClient, opts Options) (*Limiter, error) {
 		done:     make(chan struct{}),
 	}
 	r.cluster, _ = client.(*goredis.ClusterClient)
+	r.idleRounds.Store(max(2, int64(nodeIdle/opts.Heartbeat)))
 	r.home = r.newNode()
 	r.replicas.Store(1)
 	r.wg.Go(r.heartbeats)
@@ -269,13 +292,15 @@ func (r *Limiter) newNode() *node {
 	n := &node{
 		breaker: breaker.New(r.opts.BreakerFailures, r.opts.BreakerProbe, nil),
 		queue:   &queue{kick: make(chan struct{}, r.opts.Pipelines)},
+		stop:    make(chan struct{}),
 	}
+	n.seen.Store(r.round.Load())
 	if r.stopped {
 		n.queue.closed = true
 		return n
 	}
 	for range r.opts.Pipelines {
-		r.wg.Go(func() { r.sender(n.queue) })
+		r.wg.Go(func() { r.sender(n.queue, n.stop) })
 	}
 	return n
 }
@@ -287,12 +312,16 @@ func (r *Limiter) Close() error {
 	r.closing.Do(func() {
 		r.nodesMu.Lock()
 		r.stopped = true
+		retired := slices.Clone(r.retired)
 		r.nodesMu.Unlock()
 		r.drain(r.home.queue)
 		r.nodes.Range(func(_, n any) bool {
 			r.drain(n.(*node).queue)
 			return true
 		})
+		for _, n := range retired {
+			r.drain(n.queue)
+		}
 		close(r.done)
 		r.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
@@ -327,6 +356,9 @@ func (r *Limiter) BreakerOpen() bool {
 // outside the breaker and the Timeout, each waiting out the client's read
 // timeout on a Cluster that does not answer. Such checks go to home, whose
 // calls load the map within both.
+//
+// A node other than home is returned held (node.users): the caller lets it
+// go (letGo) when its check is done.
 func (r *Limiter) nodeFor(ctx context.Context, limits []ratelimit.Limit) *node {
 	if r.cluster == nil || !r.mapped.Load() {
 		return r.home
@@ -337,19 +369,69 @@ func (r *Limiter) nodeFor(ctx context.Context, limits []ratelimit.Limit) *node {
 		return r.home // once mapped it cannot fail; home is as good as any
 	}
 	addr := master.Options().Addr
-	if n, ok := r.nodes.Load(addr); ok {
-		return n.(*node)
+	round := r.round.Load()
+	for {
+		v, ok := r.nodes.Load(addr)
+		if !ok {
+			r.nodesMu.Lock()
+			if v, ok = r.nodes.Load(addr); !ok {
+				v = r.newNode()
+				if !r.stopped {
+					r.nodes.Store(addr, v)
+				}
+			}
+			r.nodesMu.Unlock()
+		}
+		n := v.(*node)
+		// Held before retiring is read: retireIdle sets retiring before it
+		// reads users, so either it sees this check, or this check sees
+		// retiring and looks again (the node has left nodes by then).
+		n.users.Add(1)
+		if n.retiring.Load() {
+			n.users.Add(-1)
+			continue
+		}
+		if n.seen.Load() != round {
+			n.seen.Store(round)
+		}
+		return n
 	}
+}
+
+// letGo lets go of n, held by nodeFor.
+func (r *Limiter) letGo(n *node) {
+	if n != r.home {
+		n.users.Add(-1)
+	}
+}
+
+// retireIdle retires the Cluster masters' nodes no check has gone to for
+// idleRounds, and stops the senders of those no check holds any more.
+// Called by heartbeats after each round.
+func (r *Limiter) retireIdle() {
+	round, idle := r.round.Load(), r.idleRounds.Load()
+	r.nodes.Range(func(addr, v any) bool {
+		if n := v.(*node); round-n.seen.Load() >= idle {
+			r.nodesMu.Lock()
+			if !r.stopped && r.nodes.CompareAndDelete(addr, n) {
+				n.retiring.Store(true)
+				r.retired = append(r.retired, n)
+			}
+			r.nodesMu.Unlock()
+		}
+		return true
+	})
 	r.nodesMu.Lock()
 	defer r.nodesMu.Unlock()
-	if n, ok := r.nodes.Load(addr); ok {
-		return n.(*node)
-	}
-	n := r.newNode()
-	if !r.stopped {
-		r.nodes.Store(addr, n)
-	}
-	return n
+	r.retired = slices.DeleteFunc(r.retired, func(n *node) bool {
+		if n.users.Load() != 0 {
+			return false
+		}
+		// No check holds it and none can find it: its queue holds at most
+		// checks whose callers gave up, which nobody waits for.
+		close(n.stop)
+		return true
+	})
 }
 
 // Stats returns the decision counters.
@@ -400,6 +482,9 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 		return r.onStoreError(ctx, limits, n, ratelimit.ErrStoreTimeSpent)
 	}
 	nd := r.nodeFor(ctx, limits)
+	if nd != r.home {
+		defer r.letGo(nd)
+	}
 	b := nd.breaker
 	ok, probe := b.Enter()
 	if !ok {
@@ -668,11 +753,13 @@ func (r *Limiter) passOn(q *queue) {
 // sender sends the pending checks of q, MaxBatch at a time, for as long as
 // there are any once a batch returns: the checks that arrive while one
 // batch is on the wire go together as the next.
-func (r *Limiter) sender(q *queue) {
+func (r *Limiter) sender(q *queue, stop <-chan struct{}) {
 	batch := make([]*call, 0, r.opts.MaxBatch)
 	for {
 		select {
 		case <-q.kick:
+		case <-stop:
+			return
 		case <-r.done:
 			return
 		}
@@ -922,8 +1009,12 @@ func (r *Limiter) heartbeats() {
 	defer t.Stop()
 	for {
 		r.heartbeat()
+		if r.cluster != nil {
+			r.retireIdle()
+		}
 		select {
 		case <-t.C:
+			r.round.Add(1)
 		case <-r.done:
 			return
 		}
