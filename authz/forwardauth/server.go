@@ -89,6 +89,15 @@ func (m *Mode) owns(r *http.Request) bool {
 
 var errMissingOriginal = errors.New("missing original request header")
 
+// errIdentityFromClient answers, with original: x-original, a request that
+// carries a header reading as an x-authz- one. nginx, the proxy of that
+// convention, removes a client's header only where its config names it
+// (proxy_set_header), so a name the config does not list, such as the
+// x-authz-meta- header of a forward_meta entry added to a policy later,
+// would reach the upstream as the client wrote it. Refusing is the only
+// answer extauthz can make sure of. A client has no reason to send one.
+var errIdentityFromClient = errors.New("a client header reads as an x-authz- one, which the proxy cannot be relied on to remove")
+
 // originalHeader is the one value of an original-request header. Sent on
 // several lines it is an error, not a choice: a proxy that appends its
 // header to a client's (HAProxy's add-header, Apache's RequestHeader add)
@@ -223,6 +232,9 @@ func originalRequest(r *http.Request, mode *Mode, named bool) (authz.Request, er
 	var names [3]string // method, URI, host
 	switch mode.Original {
 	case "x-original":
+		if req.Noted().Spoofing() {
+			return req, errIdentityFromClient
+		}
 		names = [3]string{"X-Original-Method", "X-Original-Uri", "X-Forwarded-Host"}
 	case "x-forwarded":
 		names = [3]string{"X-Forwarded-Method", "X-Forwarded-Uri", "X-Forwarded-Host"}

@@ -155,6 +155,47 @@ func TestHTTPModeXOriginal(t *testing.T) {
 	assert.Equal(t, "key_admin", resp.Header.Get("X-Authz-Key-Id"))
 }
 
+// nginx, the proxy of original: x-original, removes a client's header only
+// where its config names it, so an x-authz- header it was not told about
+// (X-Authz-Admin, or the x-authz-meta- header of a forward_meta entry added
+// to a policy after the config was written) would reach the upstream as the
+// client wrote it. Such a request is 400, whatever the name's case or its
+// "_" spelling, on key and public routes alike. In the other modes the
+// proxy removes them (Envoy by x-envoy-auth-headers-to-remove, Traefik and
+// Caddy by their shipped configs), and they are not refused.
+func TestHTTPModeXOriginalRefusesAClientsIdentityHeaders(t *testing.T) {
+	f, srv := httpFixture(t, "x-original", 1)
+	for _, uri := range []string{"/api/users", "/healthz"} {
+		for _, name := range []string{"X-Authz-Admin", "X-Authz-Owner", "x-authz-meta-tenant", "X-AUTHZ-KEY-ID", "X-Authz-Code", "X_Authz_Owner", "x-authz_owner"} {
+			t.Run(uri+" "+name, func(t *testing.T) {
+				resp, body := do(t, srv, "GET", "/authz", map[string]string{
+					"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7",
+					"X-Original-Method": "GET", "X-Original-Uri": uri, name: "spoofed",
+				})
+				assert.Equal(t, 400, resp.StatusCode, body)
+				assert.Equal(t, "bad_request", resp.Header.Get("X-Authz-Code"))
+				assert.Empty(t, resp.Header.Get("X-Authz-Key-Id"), "no identity for the proxy to pass on")
+			})
+		}
+	}
+	t.Run("a name that only begins alike is not one", func(t *testing.T) {
+		resp, body := do(t, srv, "GET", "/authz", map[string]string{
+			"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7",
+			"X-Original-Method": "GET", "X-Original-Uri": "/api/users", "X-Authzed": "1",
+		})
+		assert.Equal(t, 200, resp.StatusCode, body)
+	})
+	t.Run("the other modes name them for removal instead", func(t *testing.T) {
+		srv := serveHTTP(t, f, "x-forwarded", 1)
+		resp, body := do(t, srv, "GET", "/authz", map[string]string{
+			"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7",
+			"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users", "X-Authz-Admin": "spoofed",
+		})
+		require.Equal(t, 200, resp.StatusCode, body)
+		assert.Contains(t, resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "x-authz-admin")
+	})
+}
+
 func TestHTTPModeXForwarded(t *testing.T) {
 	f, srv := httpFixture(t, "x-forwarded", 1)
 	h := map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7", "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"}
