@@ -102,12 +102,14 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 			"X-Forwarded-Host":  "admin.example",
 			"Forwarded":         "for=10.9.9.9;host=admin.example;proto=https",
 			"X-Forwarded-Proto": "https",
+			"X-Real-IP":         "10.9.9.9",
 		})
 		require.Equal(t, 200, r.status, r.body)
 		got := up.last(t)
 		assert.Equal(t, []string{"127.0.0.1"}, got.Headers["X-Forwarded-Host"])
 		assert.Equal(t, []string{"http"}, got.Headers["X-Forwarded-Proto"])
 		assert.NotContains(t, got.Headers, "Forwarded")
+		assert.Equal(t, []string{"127.0.0.1"}, got.Headers["X-Real-Ip"], "an upstream reading X-Real-IP gets the address extauthz checked")
 	})
 
 	t.Run("the client IP is the peer nginx sees, not a client-written X-Forwarded-For", func(t *testing.T) {
@@ -622,6 +624,10 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		// with Caddy 2.10.2: Forwarded: host=admin.example reached the upstream.
 		forwarded := at("request_header -Forwarded")
 		assert.True(t, route < forwarded && forwarded < proxy, "a client's Forwarded goes before reverse_proxy")
+		// Caddy passes a client's X-Real-IP on too; an upstream reading the
+		// client address from it would read a spoofed one.
+		realIP := at("request_header -X-Real-IP")
+		assert.True(t, route < realIP && realIP < proxy, "a client's X-Real-IP goes before reverse_proxy")
 
 		// Every spelling a backend reads as an x-authz- header goes before
 		// forward_auth too: Caddy's php_fastcgi (and CGI, WSGI, Rack) turn
