@@ -156,10 +156,18 @@ func (a *Authorizer) SetPolicies(set *PolicySet) { a.policies.Store(set) }
 func (a *Authorizer) Policies() *PolicySet { return a.policies.Load() }
 
 // Decide runs the steps of the decision in order and returns at the first
-// failure. d must be zeroed by the caller (it is passed in so that adapters
-// can keep it on the stack).
+// failure, under the policy set in force. d must be zeroed by the caller (it
+// is passed in so that adapters can keep it on the stack).
 func (a *Authorizer) Decide(ctx context.Context, req *Request, d *Decision) {
-	set := a.policies.Load()
+	a.DecideUnder(ctx, a.policies.Load(), req, d)
+}
+
+// DecideUnder is Decide under set, for an adapter that read req by set
+// already (HTTP mode parses the policy's name out of the auth path only when
+// set has named policies): reading the request by one set and deciding it
+// by another, across a reload, would decide a path cut for one config under
+// the other's default policy.
+func (a *Authorizer) DecideUnder(ctx context.Context, set *PolicySet, req *Request, d *Decision) {
 	now := a.now()
 	// The client address first, so that every decision is attributed to
 	// whoever sent it, those refused at steps 1 and 2 too: unknown hosts

@@ -438,3 +438,25 @@ func TestExplainShowsWhatAppliesBeforeAnyKey(t *testing.T) {
 	assert.True(t, e.Shadow)
 	assert.Equal(t, authz.Code(""), e.Code)
 }
+
+// HTTP mode reads the auth path by one policy set (it cuts /_policy/<name>
+// off the path only when the set has named policies) and must decide it by
+// the same one: a reload between the two that dropped the named policies
+// would decide the cut path under the new default policy.
+func TestDecideUnderDecidesByTheSetItIsGiven(t *testing.T) {
+	named := authztest.New(t, meshOptions)
+	plain := authztest.New(t, nil)
+	readBy := named.Authz.Policies()
+	require.True(t, readBy.Named())
+	named.Authz.SetPolicies(plain.Authz.Policies()) // the reload, in between
+
+	req := authz.Request{Method: "GET", Path: "/invoices/7", PolicyFromPath: true, PolicyName: "billing", Headers: authz.HeaderMap{}}
+	var d authz.Decision
+	named.Authz.DecideUnder(t.Context(), readBy, &req, &d)
+	assert.Equal(t, "billing", d.PolicyName(), "decided by the set the path was read by")
+
+	req = authz.Request{Method: "GET", Path: "/invoices/7", PolicyFromPath: true, PolicyName: "billing", Headers: authz.HeaderMap{}}
+	d = authz.Decision{}
+	named.Authz.Decide(t.Context(), &req, &d)
+	assert.Equal(t, "default", d.PolicyName(), "Decide takes the set in force")
+}

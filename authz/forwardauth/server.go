@@ -127,7 +127,8 @@ func originalHeader(r *http.Request, name string) (string, error) {
 // headers; other proxies need their own configuration (deploy/proxies).
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 	start := time.Now()
-	req, err := originalRequest(r, mode, s.Authz.Policies().Named())
+	set := s.Authz.Policies() // one set reads the auth path and decides it
+	req, err := originalRequest(r, mode, set.Named())
 	ctx := r.Context()
 	var traced func(*authz.Decision)
 	if s.Tracer != nil {
@@ -150,7 +151,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 		d.ClientIP = s.Authz.ClientIP(&req)
 		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
 	} else {
-		s.Authz.Decide(ctx, &req, &d)
+		s.Authz.DecideUnder(ctx, set, &req, &d)
 	}
 	if traced != nil {
 		traced(&d)
