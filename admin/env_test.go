@@ -373,8 +373,34 @@ func (e *env) send(method, path, key string, body any, hdr ...string) response {
 		require.NoError(e.t, json.Unmarshal(b, &eb), "error answer %s", r)
 		require.NotEmpty(e.t, eb["error"], "error answer %s", r)
 		require.NotEmpty(e.t, eb["code"], "error answer %s", r)
+		// The code is one the document's Error schema lists, and the
+		// x-authz-code header says the same.
+		code, _ := eb["code"].(string)
+		require.Contains(e.t, documentedErrorCodes(e.t), code, "error answer %s: a code the OpenAPI document's Error schema does not list", r)
+		require.Equal(e.t, code, resp.Header.Get("x-authz-code"), "error answer %s: x-authz-code", r)
 	}
 	return r
+}
+
+// documentedErrorCodes is the enum of the OpenAPI document's Error.code.
+func documentedErrorCodes(t testing.TB) []string {
+	t.Helper()
+	var d struct {
+		Components struct {
+			Schemas struct {
+				Error struct {
+					Properties struct {
+						Code struct {
+							Enum []string `json:"enum"`
+						} `json:"code"`
+					} `json:"properties"`
+				} `json:"Error"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	require.NoError(t, json.Unmarshal(openAPIDocument, &d))
+	require.NotEmpty(t, d.Components.Schemas.Error.Properties.Code.Enum, "the Error schema lists its codes")
+	return d.Components.Schemas.Error.Properties.Code.Enum
 }
 
 // newKey creates a key through the API as caller and returns its secret and id.
