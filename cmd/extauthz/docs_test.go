@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"unicode"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // TestTheDocsStandAlone holds the repository's documentation to what a
@@ -123,4 +127,80 @@ func rel(root, path string) string {
 		return r
 	}
 	return path
+}
+
+// The command tables of the README and docs/keys.md are the command line's
+// reference: every command they show exists, every flag they give it is
+// one it takes, and every flag it takes is in its row, so that a flag added,
+// renamed or removed in the code without the tables fails here. The README's
+// table has a row for every command.
+func TestTheCommandTablesAreTheCommandLine(t *testing.T) {
+	root := newRootCmd(io.Discard, io.Discard)
+	row := regexp.MustCompile("(?m)^\\| `extauthz ([^`]+)` \\|")
+	flag := regexp.MustCompile(`(?:^|[\s\[|])(--?[a-z][a-z-]*)`)
+	for _, page := range []string{"README.md", "docs/keys.md"} {
+		text, err := os.ReadFile(filepath.Join("..", "..", page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows := row.FindAllStringSubmatch(string(text), -1)
+		if len(rows) == 0 {
+			t.Fatalf("%s has no command table", page)
+		}
+		shown := map[string]bool{}
+		for _, m := range rows {
+			usage := strings.ReplaceAll(m[1], `\|`, "|")
+			var words []string
+			for _, w := range strings.Fields(usage) {
+				if !regexp.MustCompile(`^[a-z]+$`).MatchString(w) {
+					break
+				}
+				words = append(words, w)
+			}
+			cmd, rest, err := root.Find(words)
+			if err != nil || len(rest) > 0 || cmd == root {
+				t.Errorf("%s shows `extauthz %s`, and there is no command %q", page, m[1], strings.Join(words, " "))
+				continue
+			}
+			shown[cmd.CommandPath()] = true
+			given := map[string]bool{}
+			for _, f := range flag.FindAllStringSubmatch(usage, -1) {
+				name := f[1]
+				var ok bool
+				if long, isLong := strings.CutPrefix(name, "--"); isLong {
+					ok = cmd.Flags().Lookup(long) != nil || cmd.InheritedFlags().Lookup(long) != nil
+					given[long] = true
+				} else {
+					ok = cmd.Flags().ShorthandLookup(name[1:]) != nil
+					if f := cmd.Flags().ShorthandLookup(name[1:]); f != nil {
+						given[f.Name] = true
+					}
+				}
+				if !ok {
+					t.Errorf("%s shows `%s` with %s, which it does not take", page, cmd.CommandPath(), name)
+				}
+			}
+			cmd.LocalFlags().VisitAll(func(f *pflag.Flag) {
+				if f.Name != "help" && f.Name != "config" && !f.Hidden && !given[f.Name] {
+					t.Errorf("%s: the row of `%s` does not show its flag --%s", page, cmd.CommandPath(), f.Name)
+				}
+			})
+		}
+		if page != "README.md" {
+			continue
+		}
+		var walk func(c *cobra.Command)
+		walk = func(c *cobra.Command) {
+			for _, sub := range c.Commands() {
+				if sub.Name() == "help" || sub.Name() == "completion" || sub.Hidden {
+					continue
+				}
+				if sub.Runnable() && !sub.HasSubCommands() && !shown[sub.CommandPath()] {
+					t.Errorf("README.md's command table has no row for `%s`", sub.CommandPath())
+				}
+				walk(sub)
+			}
+		}
+		walk(root)
+	}
 }
