@@ -233,3 +233,50 @@ func TestTheSettingsTheDocsNameExist(t *testing.T) {
 		}
 	}
 }
+
+// Every config snippet of the README and the docs loads as written: a
+// reader copies them. A snippet is a yaml block whose top-level fields are
+// all the config file's (an Envoy or Kubernetes block is not one), and
+// that elides nothing ("[...]").
+func TestTheConfigSnippetsLoad(t *testing.T) {
+	var top []string
+	cfg := reflect.TypeFor[Config]()
+	for i := 0; i < cfg.NumField(); i++ {
+		name, _, _ := strings.Cut(cfg.Field(i).Tag.Get("json"), ",")
+		top = append(top, name)
+	}
+	pages, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages = append(pages, filepath.Join("..", "README.md"), filepath.Join("..", "deploy", "proxies", "README.md"))
+	block := regexp.MustCompile("(?s)```ya?ml\n(.*?)```")
+	snippets := 0
+	for _, page := range pages {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range block.FindAllStringSubmatch(string(b), -1) {
+			text := m[1]
+			var tree map[string]any
+			if strings.Contains(text, "[...]") || yaml.Unmarshal([]byte(text), &tree) != nil || len(tree) == 0 {
+				continue
+			}
+			ours := true
+			for k := range tree {
+				ours = ours && slices.Contains(top, k)
+			}
+			if !ours {
+				continue
+			}
+			snippets++
+			if _, err := Parse([]byte(text)); err != nil {
+				t.Errorf("a config snippet of %s does not load: %v\n%s", page, err, text)
+			}
+		}
+	}
+	if snippets < 5 {
+		t.Fatalf("found %d config snippets; the pattern no longer finds them", snippets)
+	}
+}
