@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -201,4 +205,61 @@ func TestTheSchemasNameExactlyTheFields(t *testing.T) {
 	for _, name := range []string{"policies", "meta"} {
 		assert.Contains(t, d.Components.Schemas["Key"].Required, name, "every record has %s", name)
 	}
+}
+
+// The admin tables of the README and docs/keys.md list exactly the key
+// routes of the route table (the leak receiver, signed by GitHub, has its
+// own section), the bodies they show name exactly the fields the handlers
+// read, and docs/keys.md names every error code the API adds to the
+// decision's.
+func TestTheAdminTablesOfTheDocsAreTheRouteTable(t *testing.T) {
+	var keyRoutes []string
+	for _, rt := range routes {
+		if rt.access != signed {
+			keyRoutes = append(keyRoutes, rt.Pattern())
+		}
+	}
+	slices.Sort(keyRoutes)
+	row := regexp.MustCompile("(?m)^\\| `(GET|POST|PATCH|DELETE|PUT) ([^`?]+)[^`]*` \\| ([^\\n]*)\\|$")
+	for _, page := range []string{"README.md", "docs/keys.md"} {
+		b, err := os.ReadFile(filepath.Join("..", page))
+		require.NoError(t, err)
+		var shown []string
+		for _, m := range row.FindAllStringSubmatch(string(b), -1) {
+			pattern, what := m[1]+" "+m[2], m[3]
+			shown = append(shown, pattern)
+			var want []string
+			switch pattern {
+			case "POST /v1/keys":
+				want = createFields
+			case "PATCH /v1/keys/{id}":
+				want = patchFields
+			case "POST /v1/keys/{id}/rotate":
+				want = []string{"grace"}
+			}
+			for _, f := range want {
+				assert.Regexp(t, `\b`+f+`\b`, what, "%s: the row of %s does not name the field %s", page, pattern, f)
+			}
+		}
+		slices.Sort(shown)
+		assert.Equal(t, keyRoutes, shown, "%s: the admin API's table", page)
+	}
+
+	b, err := os.ReadFile(filepath.Join("..", "docs", "keys.md"))
+	require.NoError(t, err)
+	sentence := regexp.MustCompile(`beside the\s+decision's codes the API answers([^.]*)\.`).FindSubmatch(b)
+	require.NotNil(t, sentence, "docs/keys.md names the API's own error codes")
+	var named []string
+	for _, m := range regexp.MustCompile("`([a-z_]+)`").FindAllSubmatch(sentence[1], -1) {
+		named = append(named, string(m[1]))
+	}
+	var own []string
+	for _, code := range documentedErrorCodes(t) {
+		if !slices.Contains(authz.Codes(), authz.Code(code)) {
+			own = append(own, code)
+		}
+	}
+	slices.Sort(named)
+	slices.Sort(own)
+	assert.Equal(t, own, named, "docs/keys.md: the error codes the API answers beside the decision's")
 }
