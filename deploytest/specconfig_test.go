@@ -63,6 +63,10 @@ type extauthzConfig struct {
 			} `json:"tls"`
 			Prefix  string `json:"prefix"`
 			Timeout string `json:"timeout"`
+			// Replicas that must acknowledge a change to a key, and how long
+			// to wait for them.
+			ConfirmReplicas int    `json:"confirm_replicas"`
+			ConfirmTimeout  string `json:"confirm_timeout"`
 		} `json:"redis"`
 	} `json:"store"`
 	Hashing struct {
@@ -96,6 +100,11 @@ type extauthzConfig struct {
 	} `json:"rate_limit"`
 	Routes    []configRoute `json:"routes"`
 	Unmatched string        `json:"unmatched"`
+	// The opt-in readings of a request path.
+	Paths struct {
+		MatrixParams    string `json:"matrix_params"`
+		CaseInsensitive bool   `json:"case_insensitive"`
+	} `json:"paths"`
 	// The default policy's mode and forwarded metadata; the named policies,
 	// and what a request none selects gets.
 	Mode        string         `json:"mode"`
@@ -123,6 +132,10 @@ type extauthzConfig struct {
 	Admin struct {
 		RateLimit string `json:"rate_limit"`
 	} `json:"admin"`
+	// The gRPC server's own metrics on /metrics.
+	Metrics struct {
+		GRPC bool `json:"grpc"`
+	} `json:"metrics"`
 	Development bool `json:"development"`
 	// TLS on every listener; client_ca_file asks clients for certificates.
 	TLS struct {
@@ -557,4 +570,24 @@ func jsonRoundTrip(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// The mirror reads every field of the README's Configuration block, the
+// reference of the config file (which the service's own tests hold to its
+// loader): a field the service gained and the mirror lacks would fail a
+// shipped config that sets it here, for no fault of the file.
+func TestTheMirrorReadsTheREADMEConfigBlock(t *testing.T) {
+	readme := readRepoFile(t, "README.md")
+	_, section, ok := strings.Cut(readme, "\n## Configuration\n")
+	if !ok {
+		t.Fatal("README.md has no Configuration section")
+	}
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	if !ok {
+		t.Fatal("README.md's Configuration section has no yaml block")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	if _, err := parseExtauthzConfig([]byte(block)); err != nil {
+		t.Fatalf("the README's Configuration block: %v", err)
+	}
 }
