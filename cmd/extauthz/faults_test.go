@@ -462,8 +462,12 @@ func (rig *faultRig) waitShared(t *testing.T, healed time.Time, done func(now ti
 	last := rig.metric(t, "extauthz_ratelimit_fallback_total")
 	lastGrowth := healed
 	for deadline := healed.Add(8 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		// The time after the scrape, not before it: /metrics may wait up to
+		// a quarter of a second for its next gather, and a value that grew
+		// holds fallbacks up to that gather, later than the request was sent.
+		v := rig.metric(t, "extauthz_ratelimit_fallback_total")
 		now := time.Now()
-		if v := rig.metric(t, "extauthz_ratelimit_fallback_total"); v != last {
+		if v != last {
 			last, lastGrowth = v, now
 		}
 		if ok := done(now); ok && now.Sub(lastGrowth) >= time.Second {
