@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cncf/xds/go/udpa/annotations"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -25,6 +26,7 @@ import (
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	downstreamconnsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -34,6 +36,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
 	"github.com/extauthz/extauthz/config"
@@ -41,7 +44,8 @@ import (
 
 // The typed_config types the files use are registered by the imports above:
 // ext_authz, router, http_connection_manager, upstreams/http and the stdout
-// access logger. A file naming any
+// access logger, and the overload manager's downstream connections monitor. A
+// file naming any
 // other type fails to parse ("unable to resolve"), which is what we want: a new
 // extension should be imported here deliberately, so that it is validated.
 
@@ -120,6 +124,7 @@ func TestWalkerFindsEveryAny(t *testing.T) {
 		"envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
 		"envoy.extensions.filters.http.router.v3.Router",
 		"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+		"envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
 		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 	}
 	slices.Sort(got)
@@ -276,6 +281,77 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			file: "envoy.yaml", mode: grpcMode,
 			mutate:  func(t *testing.T, doc map[string]any) { delete(hcm(t, doc), "normalize_path") },
 			wantErr: "normalize_path",
+		},
+		{
+			name: "no HTTP/2 limits, so Envoy's defaults let a few connections hold gigabytes",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(hcm(t, doc), "http2_protocol_options") },
+			wantErr: "http2_protocol_options is unset",
+		},
+		{
+			name: "HTTP/2 without a stream limit",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				delete(dig(t, hcm(t, doc), "http2_protocol_options"), "max_concurrent_streams")
+			},
+			wantErr: "max_concurrent_streams",
+		},
+		{
+			name: "HTTP/2 with Envoy's 16 MiB stream window",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, hcm(t, doc), "http2_protocol_options")["initial_stream_window_size"] = 16 << 20
+			},
+			wantErr: "initial_stream_window_size",
+		},
+		{
+			name: "HTTP/2 with Envoy's 24 MiB connection window",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, hcm(t, doc), "http2_protocol_options")["initial_connection_window_size"] = 24 << 20
+			},
+			wantErr: "initial_connection_window_size",
+		},
+		{
+			name: "no request_timeout, so a body trickled a byte at a time holds a stream for ever",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(hcm(t, doc), "request_timeout") },
+			wantErr: "request_timeout",
+		},
+		{
+			name: "request_headers_timeout 0s, which turns it off",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { hcm(t, doc)["request_headers_timeout"] = "0s" },
+			wantErr: "request_headers_timeout is 0s",
+		},
+		{
+			name: "stream_idle_timeout of an hour",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { hcm(t, doc)["stream_idle_timeout"] = "3600s" },
+			wantErr: "stream_idle_timeout is 1h0m0s",
+		},
+		{
+			name: "the listener's buffer limit left at Envoy's 1 MiB",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				delete(dig(t, doc, "static_resources")["listeners"].([]any)[0].(map[string]any), "per_connection_buffer_limit_bytes")
+			},
+			wantErr: "per_connection_buffer_limit_bytes",
+		},
+		{
+			name: "no limit on client connections",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate:  func(t *testing.T, doc map[string]any) { delete(doc, "overload_manager") },
+			wantErr: "overload_manager is unset",
+		},
+		{
+			name: "an overload manager without the global connection limit",
+			file: "../k8s/overlays/sidecar/envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				rm := dig(t, doc, "overload_manager")["resource_monitors"].([]any)[0].(map[string]any)
+				rm["name"] = "envoy.resource_monitors.downstream_connections"
+			},
+			wantErr: globalConnectionLimit,
 		},
 		{
 			name: "passing encoded slashes through",
@@ -545,10 +621,14 @@ func checkConfig(data []byte, mode authzMode) error {
 			return fmt.Errorf("%s: %w", m.ProtoReflect().Descriptor().FullName(), err)
 		}
 	}
-	for _, m := range append([]proto.Message{b}, packed...) {
+	all := append([]proto.Message{b}, packed...)
+	for _, m := range all {
 		if err := noDeprecated(m.ProtoReflect(), string(m.ProtoReflect().Descriptor().Name())); err != nil {
 			return err
 		}
+	}
+	if err := untrustedDownstreamUnset(all); err != nil {
+		return err
 	}
 	return checkPolicy(b, mode)
 }
@@ -651,6 +731,62 @@ func noDeprecated(msg protoreflect.Message, path string) error {
 	return err
 }
 
+// untrustedDownstreamUnset fails on every field Envoy marks to be configured
+// where clients are untrusted (the udpa.annotations.security option
+// configure_for_untrusted_downstream: the overload manager, the listener's
+// buffer limit, the connection manager's timeouts and HTTP/2 limits, and so
+// on) and that a message of the config leaves unset: its default is made for
+// a mesh of trusted peers. Every shipped config faces clients. A field that a
+// newer go-control-plane marks fails here once it is updated, which is the
+// point. Anys are not entered; the caller passes each unpacked message.
+func untrustedDownstreamUnset(msgs []proto.Message) error {
+	var errs []error
+	var walk func(msg protoreflect.Message, path string)
+	walk = func(msg protoreflect.Message, path string) {
+		fields := msg.Descriptor().Fields()
+		for i := range fields.Len() {
+			fd := fields.Get(i)
+			if forUntrustedDownstream(fd) && !msg.Has(fd) {
+				errs = append(errs, fmt.Errorf("%s.%s is unset: Envoy says to set it where clients are untrusted (its default suits a mesh of trusted peers)", path, fd.Name()))
+			}
+		}
+		msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			p := path + "." + string(fd.Name())
+			switch {
+			case fd.Message() == nil || fd.Message().FullName() == "google.protobuf.Any":
+			case fd.IsList():
+				for i := 0; i < v.List().Len(); i++ {
+					walk(v.List().Get(i).Message(), fmt.Sprintf("%s[%d]", p, i))
+				}
+			case fd.IsMap():
+				if fd.MapValue().Message() != nil {
+					v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+						walk(mv.Message(), fmt.Sprintf("%s[%v]", p, k))
+						return true
+					})
+				}
+			default:
+				walk(v.Message(), p)
+			}
+			return true
+		})
+	}
+	for _, m := range msgs {
+		walk(m.ProtoReflect(), string(m.ProtoReflect().Descriptor().Name()))
+	}
+	return errors.Join(errs...)
+}
+
+// forUntrustedDownstream reports whether Envoy's protos mark the field as one
+// to configure in front of untrusted clients.
+func forUntrustedDownstream(fd protoreflect.FieldDescriptor) bool {
+	opts, ok := fd.Options().(*descriptorpb.FieldOptions)
+	if !ok || !proto.HasExtension(opts, annotations.E_Security) {
+		return false
+	}
+	return proto.GetExtension(opts, annotations.E_Security).(*annotations.FieldSecurityAnnotation).GetConfigureForUntrustedDownstream()
+}
+
 // maxAuthzTimeout bounds how long one request may wait for a decision.
 const maxAuthzTimeout = time.Second
 
@@ -679,9 +815,13 @@ func checkPolicy(b *bootstrapv3.Bootstrap, mode authzMode) error {
 		clusters[c.GetName()] = c
 	}
 	checkAdmin(p, b, clusters)
+	checkConnectionLimit(p, b)
 
 	var hcms int
 	for _, l := range b.GetStaticResources().GetListeners() {
+		if v := l.GetPerConnectionBufferLimitBytes(); v == nil || v.GetValue() > maxConnectionBuffer {
+			p.add("listener %s: per_connection_buffer_limit_bytes is %v; want set and at most %d (Envoy's default is 1 MiB a connection)", l.GetName(), v, maxConnectionBuffer)
+		}
 		for _, fc := range l.GetFilterChains() {
 			for _, f := range fc.GetFilters() {
 				var h hcmv3.HttpConnectionManager
@@ -701,6 +841,30 @@ func checkPolicy(b *bootstrapv3.Bootstrap, mode authzMode) error {
 		p.add("no listener has an http_connection_manager")
 	}
 	return errors.Join(p.errs...)
+}
+
+// The limits Envoy's edge guidance sets for clients it cannot trust.
+const (
+	maxConnectionBuffer   = 32 << 10 // listener per_connection_buffer_limit_bytes
+	maxH2Streams          = 100      // concurrent streams on one client connection
+	maxH2StreamWindow     = 64 << 10 // what a client may send on a stream before Envoy reads it
+	maxH2ConnectionWindow = 1 << 20  // and on the whole connection
+)
+
+// globalConnectionLimit is the overload manager's resource monitor that caps
+// the client connections of every listener together.
+const globalConnectionLimit = "envoy.resource_monitors.global_downstream_max_connections"
+
+// checkConnectionLimit: without a global limit a client can open connections
+// until Envoy runs out of memory or file descriptors (Envoy warns at start).
+func checkConnectionLimit(p *problems, b *bootstrapv3.Bootstrap) {
+	for _, rm := range b.GetOverloadManager().GetResourceMonitors() {
+		var dc downstreamconnsv3.DownstreamConnectionsConfig
+		if rm.GetName() == globalConnectionLimit && rm.GetTypedConfig().UnmarshalTo(&dc) == nil && dc.GetMaxActiveDownstreamConnections() > 0 {
+			return
+		}
+	}
+	p.add("no overload_manager resource monitor %s with max_active_downstream_connections above 0: a client could open connections until Envoy runs out of memory or file descriptors", globalConnectionLimit)
 }
 
 // checkAdmin: Envoy's admin interface takes no credentials and can change
@@ -787,6 +951,7 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 	if h.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_REJECT_REQUEST {
 		fail("headers_with_underscores_action must be REJECT_REQUEST")
 	}
+	checkSlowClients(fail, h)
 
 	// Filter order: ext_authz before the router, the router last.
 	filters := h.GetHttpFilters()
@@ -897,6 +1062,38 @@ func checkHCM(p *problems, where string, h *hcmv3.HttpConnectionManager, mode au
 
 	checkAccessLogs(h.GetAccessLog(), fail)
 	checkRoutes(h.GetRouteConfig(), needCluster, fail)
+}
+
+// checkSlowClients: a client that sends slowly, or opens many HTTP/2 streams
+// and sends into each, holds Envoy's memory only as long and as much as these
+// allow. A timeout of 0 turns it off. The bounds are Envoy's edge guidance.
+func checkSlowClients(fail func(string, ...any), h *hcmv3.HttpConnectionManager) {
+	for _, to := range []struct {
+		name string
+		d    *durationpb.Duration
+		max  time.Duration
+	}{
+		{"request_headers_timeout", h.GetRequestHeadersTimeout(), time.Minute},
+		{"stream_idle_timeout", h.GetStreamIdleTimeout(), 5 * time.Minute},
+		{"request_timeout", h.GetRequestTimeout(), 5 * time.Minute},
+	} {
+		if to.d == nil || to.d.AsDuration() <= 0 || to.d.AsDuration() > to.max {
+			fail("%s is %v: want set, above 0 (0 turns it off) and at most %v, or a client sending a byte at a time holds a stream for as long", to.name, to.d.AsDuration(), to.max)
+		}
+	}
+	if d := h.GetCommonHttpProtocolOptions().GetIdleTimeout(); d != nil && d.AsDuration() <= 0 {
+		fail("common_http_protocol_options.idle_timeout is 0, which keeps an idle connection open for ever")
+	}
+	h2 := h.GetHttp2ProtocolOptions()
+	if n := h2.GetMaxConcurrentStreams(); n == nil || n.GetValue() > maxH2Streams {
+		fail("http2_protocol_options.max_concurrent_streams is %v; want set and at most %d", n, maxH2Streams)
+	}
+	if w := h2.GetInitialStreamWindowSize(); w == nil || w.GetValue() > maxH2StreamWindow {
+		fail("http2_protocol_options.initial_stream_window_size is %v; want set and at most %d: it is what Envoy buffers for each stream", w, maxH2StreamWindow)
+	}
+	if w := h2.GetInitialConnectionWindowSize(); w == nil || w.GetValue() > maxH2ConnectionWindow {
+		fail("http2_protocol_options.initial_connection_window_size is %v; want set and at most %d", w, maxH2ConnectionWindow)
+	}
 }
 
 // checkInternalAddresses: no client may count as internal. Envoy honours the
