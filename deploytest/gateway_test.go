@@ -79,6 +79,11 @@ func (m *manifests) checkEnvoyGateway(bad func(string, ...any)) {
 		}) {
 			bad("%s: no ClientTrafficPolicy refuses encoded slashes and header names with underscores", id)
 		}
+		if !slices.ContainsFunc(g.clientTraffic, func(ct *egv1a1.ClientTrafficPolicy) bool {
+			return ct.Namespace == gw.Namespace && targets(ct.Spec.PolicyTargetReferences, "Gateway", gw.Name) && boundsSlowClients(ct)
+		}) {
+			bad("%s: no ClientTrafficPolicy bounds how long a client may take to send its headers (at most %v) and its whole request (at most %v): Envoy Gateway sets neither, so a client sending a byte at a time holds a stream", id, maxHeadersTime, maxRequestTime)
+		}
 		for _, r := range g.routes {
 			if !slices.ContainsFunc(r.Spec.ParentRefs, func(p gwapiv1.ParentReference) bool {
 				return string(p.Name) == gw.Name && string(ptrOr(p.Namespace, gwapiv1.Namespace(r.Namespace))) == gw.Namespace
@@ -123,6 +128,27 @@ func clientTrafficIsCanonical(ct *egv1a1.ClientTrafficPolicy) bool {
 	p, h := ct.Spec.Path, ct.Spec.Headers
 	return p != nil && p.EscapedSlashesAction != nil && *p.EscapedSlashesAction == egv1a1.RejectRequestAction && !ptrOr(p.DisableMergeSlashes, false) &&
 		h != nil && h.WithUnderscoresAction != nil && *h.WithUnderscoresAction == egv1a1.WithUnderscoresActionRejectRequest
+}
+
+// The longest a client may take to send its request's headers, and the whole
+// request (Envoy's edge guidance).
+const (
+	maxHeadersTime = time.Minute
+	maxRequestTime = 5 * time.Minute
+)
+
+// boundsSlowClients: the request headers and the whole request each have a
+// timeout, above 0 (which turns it off) and within the bounds above.
+func boundsSlowClients(ct *egv1a1.ClientTrafficPolicy) bool {
+	within := func(d *gwapiv1.Duration, max time.Duration) bool {
+		if d == nil {
+			return false
+		}
+		v, err := time.ParseDuration(string(*d))
+		return err == nil && v > 0 && v <= max
+	}
+	h := ptrOr(ct.Spec.Timeout, egv1a1.ClientTimeout{}).HTTP
+	return h != nil && within(h.RequestHeadersReceivedTimeout, maxHeadersTime) && within(h.RequestReceivedTimeout, maxRequestTime)
 }
 
 // targets reports whether policy target references name a kind and name.
@@ -449,6 +475,15 @@ func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
 		{"header names with underscores left to the default", func(m *manifests) {
 			m.gateway.clientTraffic[0].Spec.Headers.WithUnderscoresAction = nil
 		}, "underscores"},
+		{"no limit on how long a request's body may trickle in", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Timeout.HTTP.RequestReceivedTimeout = nil
+		}, "whole request"},
+		{"the headers' timeout turned off", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Timeout.HTTP.RequestHeadersReceivedTimeout = ptr(gwapiv1.Duration("0s"))
+		}, "send its headers"},
+		{"an hour for the whole request", func(m *manifests) {
+			m.gateway.clientTraffic[0].Spec.Timeout.HTTP.RequestReceivedTimeout = ptr(gwapiv1.Duration("1h"))
+		}, "whole request"},
 		{"slashes not merged", func(m *manifests) {
 			m.gateway.clientTraffic[0].Spec.Path.DisableMergeSlashes = ptr(true)
 		}, "encoded slashes"},
