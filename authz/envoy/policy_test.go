@@ -513,7 +513,7 @@ func TestABearerKeyOnALaterAuthorizationLineIsStrippedOverGRPC(t *testing.T) {
 			require.NoError(t, err)
 			if tt.code != "" {
 				assert.Equal(t, tt.code, metadata(t, resp)["code"])
-				assert.Nil(t, resp.GetOkResponse())
+	assert.Nil(t, resp.GetOkResponse())
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
@@ -558,7 +558,7 @@ func TestAShadowPolicyEnforcesACredentialItCannotStrip(t *testing.T) {
 				return
 			}
 			assert.NotEqual(t, int32(codes.OK), resp.GetStatus().GetCode(), "let through with a key it cannot strip (code %s)", md["code"])
-			assert.Nil(t, resp.GetOkResponse())
+	assert.Nil(t, resp.GetOkResponse())
 			assert.Equal(t, "enforce", md["mode"])
 		})
 	}
@@ -612,7 +612,7 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 			require.NoError(t, err)
 			if tt.code != "" {
 				assert.Equal(t, tt.code, metadata(t, resp)["code"])
-				assert.Nil(t, resp.GetOkResponse())
+	assert.Nil(t, resp.GetOkResponse())
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
@@ -664,7 +664,7 @@ func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
 			require.NoError(t, err)
 			if tt.refused {
 				assert.Equal(t, "bad_request", metadata(t, resp)["code"])
-				assert.Nil(t, resp.GetOkResponse())
+	assert.Nil(t, resp.GetOkResponse())
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
@@ -686,4 +686,42 @@ func publicBillingFixture(t *testing.T) (*authztest.Fixture, authv3.Authorizatio
 		}}
 	})
 	return fx, authv3.NewAuthorizationClient(serveChecks(t, fx))
+}
+
+// Istio hands a connection to a protected workload's TCP port to the same
+// provider through Envoy's network ext_authz filter: a CheckRequest with the
+// peers and no HTTP request. It must be refused, even under a policy whose
+// every route is public: there is no method, path or key to decide on.
+func TestAConnectionCheckWithoutAnHTTPRequestIsRefusedOverGRPC(t *testing.T) {
+	fx := authztest.New(t, func(o *authz.Options) {
+		o.Policies = []authz.PolicySpec{{
+			Name:    "open",
+			Match:   authz.Match{Principals: []string{"spiffe://cluster.local/ns/demo/sa/open"}},
+			Routes:  []authz.RouteSpec{{Path: "/**", Public: true}},
+			Sources: authztest.Sources(),
+		}}
+	})
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	socket := func(ip string, port uint32) *corev3.Address {
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+		}}}
+	}
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source:      &authv3.AttributeContext_Peer{Address: socket("10.0.0.7", 41234), Principal: "spiffe://cluster.local/ns/demo/sa/client"},
+		Destination: &authv3.AttributeContext_Peer{Address: socket("10.0.0.9", 5432), Principal: "spiffe://cluster.local/ns/demo/sa/open"},
+	}}
+
+	// The same peers with an HTTP request are allowed: the policy is selected.
+	withHTTP := proto.Clone(in).(*authv3.CheckRequest)
+	withHTTP.Attributes.Request = &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Path: "/x", Host: "open"}}
+	resp, err := client.Check(context.Background(), withHTTP)
+	require.NoError(t, err)
+	require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+
+	resp, err = client.Check(context.Background(), in)
+	require.NoError(t, err, "a refusal, not an RPC error")
+	assert.Equal(t, int32(codes.InvalidArgument), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+	assert.Nil(t, resp.GetOkResponse())
+	assert.Equal(t, "bad_request", metadata(t, resp)["code"])
 }
