@@ -435,6 +435,15 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "with a query too",
 		},
 		{
+			name: "the exemption taking every method, a body and a DELETE too",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				m := routes(t, doc)[0].(map[string]any)["match"].(map[string]any)
+				m["headers"] = m["headers"].([]any)[:1]
+			},
+			wantErr: "for every method",
+		},
+		{
 			name: "the exemption made a prefix, which also exempts /healthz/anything",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
@@ -1214,6 +1223,9 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 			if !matchesOnlyWithoutQuery(r.GetMatch()) {
 				fail("%s skips ext_authz with a query too: a key sent as ?api_key= would reach the upstream, as no route config strips a query parameter (match :path exactly)", what)
 			}
+			if !matchesOnlyGET(r.GetMatch()) {
+				fail("%s skips ext_authz for every method: a body, or a method the upstream acts on, reaches it unchecked (match :method GET exactly)", what)
+			}
 			for _, hdr := range slices.Concat(identityHeaders, keyHeaders, overrideHeaders) {
 				if !slices.Contains(r.GetRequestHeadersToRemove(), hdr) {
 					fail("%s skips ext_authz but does not remove the client's %s", what, hdr)
@@ -1234,6 +1246,17 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 func matchesOnlyWithoutQuery(m *routev3.RouteMatch) bool {
 	for _, h := range m.GetHeaders() {
 		if h.GetName() == ":path" && !h.GetInvertMatch() && h.GetStringMatch().GetExact() == m.GetPath() && !h.GetStringMatch().GetIgnoreCase() {
+			return true
+		}
+	}
+	return false
+}
+
+// matchesOnlyGET reports whether a route also requires the method to be
+// exactly GET, as a probe sends it.
+func matchesOnlyGET(m *routev3.RouteMatch) bool {
+	for _, h := range m.GetHeaders() {
+		if h.GetName() == ":method" && !h.GetInvertMatch() && h.GetStringMatch().GetExact() == "GET" && !h.GetStringMatch().GetIgnoreCase() {
 			return true
 		}
 	}
