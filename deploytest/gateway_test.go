@@ -99,6 +99,9 @@ func (m *manifests) checkEnvoyGateway(bad func(string, ...any)) {
 					if match.Path == nil || ptrOr(match.Path.Type, gwapiv1.PathMatchPathPrefix) != gwapiv1.PathMatchExact || ptrOr(match.Path.Value, "/") != "/healthz" || len(match.Headers) > 0 || len(match.QueryParams) > 0 {
 						bad("%s: not covered by a SecurityPolicy, and matches more than the exact path /healthz", rid)
 					}
+					if ptrOr(match.Method, "") != gwapiv1.HTTPMethodGet {
+						bad("%s: not covered by a SecurityPolicy, and takes every method: a body, or a method the app acts on, reaches it unchecked", rid)
+					}
 				}
 				if len(rule.Matches) == 0 {
 					bad("%s: not covered by a SecurityPolicy, and matches every request", rid)
@@ -433,6 +436,9 @@ func TestEnvoyGatewayProblemsAreCaught(t *testing.T) {
 		{"the health route widened to a prefix", func(m *manifests) {
 			route(m, "demo-app-healthz").Spec.Rules[0].Matches[0].Path.Type = ptr(gwapiv1.PathMatchPathPrefix)
 		}, "more than the exact path"},
+		{"the health route taking every method", func(m *manifests) {
+			route(m, "demo-app-healthz").Spec.Rules[0].Matches[0].Method = nil
+		}, "takes every method"},
 		{"the health route passing a client's identity headers on", func(m *manifests) {
 			route(m, "demo-app-healthz").Spec.Rules[0].Filters = nil
 		}, "x-authz-owner"},
