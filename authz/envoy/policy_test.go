@@ -513,7 +513,7 @@ func TestABearerKeyOnALaterAuthorizationLineIsStrippedOverGRPC(t *testing.T) {
 			require.NoError(t, err)
 			if tt.code != "" {
 				assert.Equal(t, tt.code, metadata(t, resp)["code"])
-	assert.Nil(t, resp.GetOkResponse())
+				assert.Nil(t, resp.GetOkResponse())
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
@@ -558,7 +558,7 @@ func TestAShadowPolicyEnforcesACredentialItCannotStrip(t *testing.T) {
 				return
 			}
 			assert.NotEqual(t, int32(codes.OK), resp.GetStatus().GetCode(), "let through with a key it cannot strip (code %s)", md["code"])
-	assert.Nil(t, resp.GetOkResponse())
+			assert.Nil(t, resp.GetOkResponse())
 			assert.Equal(t, "enforce", md["mode"])
 		})
 	}
@@ -612,7 +612,7 @@ func TestAKeyUnderAnotherAuthorizationSchemeIsStrippedUnread(t *testing.T) {
 			require.NoError(t, err)
 			if tt.code != "" {
 				assert.Equal(t, tt.code, metadata(t, resp)["code"])
-	assert.Nil(t, resp.GetOkResponse())
+				assert.Nil(t, resp.GetOkResponse())
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
@@ -664,7 +664,7 @@ func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
 			require.NoError(t, err)
 			if tt.refused {
 				assert.Equal(t, "bad_request", metadata(t, resp)["code"])
-	assert.Nil(t, resp.GetOkResponse())
+				assert.Nil(t, resp.GetOkResponse())
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
