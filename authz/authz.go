@@ -172,7 +172,7 @@ func (a *Authorizer) DecideUnder(ctx context.Context, set *PolicySet, req *Reque
 	// The client address first, so that every decision is attributed to
 	// whoever sent it, those refused at steps 1 and 2 too: unknown hosts
 	// and malformed paths are what a prober sends.
-	d.ClientIP = set.clientIP(req)
+	d.ClientIP = set.ClientIP(req)
 
 	// 1. Select the policy (and its mode): the auth path in HTTP mode, else
 	// Envoy's context extensions, the destination principal, the host.
@@ -219,7 +219,7 @@ func (a *Authorizer) DecideUnder(ctx context.Context, set *PolicySet, req *Reque
 func (a *Authorizer) Authenticate(ctx context.Context, req *Request, d *Decision) {
 	set := a.policies.Load()
 	d.Policy = set.Default
-	d.ClientIP = set.clientIP(req)
+	d.ClientIP = set.ClientIP(req)
 	if !normalize(set, req, d) {
 		return
 	}
@@ -306,10 +306,12 @@ func LogPanic(logger *slog.Logger, where string, r any) {
 // the trusted X-Forwarded-For hop. An adapter that answers a request
 // without deciding it (one it could not read) names its client with it.
 func (a *Authorizer) ClientIP(req *Request) netip.Addr {
-	return a.policies.Load().clientIP(req)
+	return a.policies.Load().ClientIP(req)
 }
 
-func (set *PolicySet) clientIP(req *Request) netip.Addr {
+// ClientIP is Authorizer.ClientIP under set, for an adapter that reads and
+// decides a request by one set (DecideUnder).
+func (set *PolicySet) ClientIP(req *Request) netip.Addr {
 	hops := set.XFFHops
 	if req.XFFTrustedHops >= 0 {
 		hops = req.XFFTrustedHops

@@ -148,7 +148,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
 		}()
 	}
 	if err != nil {
-		d.ClientIP = s.Authz.ClientIP(&req)
+		d.ClientIP = set.ClientIP(&req)
 		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
 	} else {
 		s.Authz.DecideUnder(ctx, set, &req, &d)
