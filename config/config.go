@@ -743,6 +743,16 @@ func (c *Config) validate() error {
 		if c.Store.Path == "" {
 			bad("store.path", "required with the embedded backend")
 		}
+		// A Redis set up here and not used would leave each replica with a
+		// store of its own: a key revoked on one would still pass on the
+		// others. Say so rather than run that way.
+		r, d := c.Store.Redis, Default().Store.Redis
+		if len(r.Addrs) == 0 {
+			r.Addrs = nil
+		}
+		if !reflect.DeepEqual(r, d) {
+			bad("store.redis", "set, but store.backend is embedded, which does not use Redis: set store.backend: redis, or remove store.redis")
+		}
 	case "redis":
 		r := c.Store.Redis
 		if len(r.Addrs) > 0 && r.URL != "" && r.URL != Default().Store.Redis.URL {

@@ -103,7 +103,7 @@ audit: {sink: stdout}
 func TestSecretsComeFromTheNamedEnvironmentVariables(t *testing.T) {
 	t.Setenv("MY_PEPPER", "s3cret")
 	t.Setenv("MY_REDIS_PW", "pw")
-	cfg, err := Parse([]byte("hashing: {pepper_env: MY_PEPPER}\nstore: {redis: {password_env: MY_REDIS_PW}}\n"))
+	cfg, err := Parse([]byte("hashing: {pepper_env: MY_PEPPER}\nstore: {backend: redis, redis: {password_env: MY_REDIS_PW}}\n"))
 	require.NoError(t, err)
 	assert.Equal(t, []byte("s3cret"), cfg.Hashing.Pepper)
 	assert.Equal(t, "pw", cfg.Store.Redis.Password)
@@ -146,7 +146,7 @@ func TestTheRedisTimeoutFitsUnderEnvoysDefault(t *testing.T) {
 	cfg, err := Parse(nil)
 	require.NoError(t, err)
 	assert.Equal(t, Duration(200*time.Millisecond), cfg.Store.Redis.Timeout)
-	cfg, err = Parse([]byte("store: {redis: {timeout: 120ms}}"))
+	cfg, err = Parse([]byte("store: {backend: redis, redis: {timeout: 120ms}}"))
 	require.NoError(t, err)
 	assert.Equal(t, Duration(120*time.Millisecond), cfg.Store.Redis.Timeout)
 }
@@ -197,6 +197,9 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a bad keys.prefix", "keys: {prefix: s-k}", `keys.prefix: key prefix "s-k": only letters and digits are allowed`},
 		{"a zero rate", "rate_limit: {default: 0/s}", "count must be"},
 		{"a bad backend", "store: {backend: mongo}", `store.backend: "mongo"`},
+		{"Redis set up but the embedded store in use", "store: {redis: {url: \"redis://redis:6379/0\"}}", "store.redis: set, but store.backend is embedded"},
+		{"Cluster addresses with the embedded store", "store: {backend: embedded, redis: {addrs: [\"a:6379\", \"b:6379\"]}}", "store.redis: set, but store.backend is embedded"},
+		{"a Redis prefix with the embedded store", "store: {redis: {prefix: \"tenant-a:\"}}", "store.redis: set, but store.backend is embedded"},
 		{"a bad unmatched", "unmatched: allow", `unmatched: "allow"`},
 		{"a source with two places", "sources: [{header: a, query: b}]", "sources[0]: set exactly one"},
 		{"a scheme without a header", "sources: [{query: a, scheme: Bearer}]", "sources[0]: scheme goes with header"},

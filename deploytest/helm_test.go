@@ -545,6 +545,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"the embedded store left at the default replica count", "store: {backend: embedded}", "replicaCount 2"},
 		{"the embedded store autoscaled", "store: {backend: embedded}\nreplicaCount: 1\nautoscaling: {enabled: true}", "cannot scale"},
 		{"the embedded store as a sidecar", "store: {backend: embedded}\nreplicaCount: 1\nsidecar: {enabled: true}", "sidecar.enabled with store.backend embedded"},
+		{"Redis settings for the embedded store", "store: {backend: embedded}\nreplicaCount: 1\nconfig: {store: {redis: {timeout: 500ms}}}", "config.store.redis is set, but store.backend is embedded"},
 		{"an unknown store", "store: {backend: postgres}", "store/backend"},
 		{"a misspelt top-level value", "replicas: 3", "replicas"},
 		{"a misspelt nested value", "store: {redis: {pasword: {value: x}}}", "pasword"},

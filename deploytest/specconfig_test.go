@@ -344,6 +344,26 @@ func (c *extauthzConfig) validate() error {
 	if c.Store.Backend == "redis" && c.Store.Redis.URL == "" && len(c.Store.Redis.Addrs) == 0 {
 		bad("store.redis: the redis backend needs url or addrs")
 	}
+	if c.Store.Backend != "redis" {
+		// Unused Redis settings would leave each replica a store of its
+		// own; the server refuses them, so a shipped file must not hold any.
+		r := c.Store.Redis
+		for field, v := range map[string]bool{
+			"url":          r.URL != "" && r.URL != "redis://127.0.0.1:6379/0",
+			"addrs":        len(r.Addrs) > 0,
+			"master_name":  r.MasterName != "",
+			"username":     r.Username != "" || r.SentinelUsername != "" || r.SentinelPasswordEnv != "",
+			"password_env": r.PasswordEnv != "" && r.PasswordEnv != "REDIS_PASSWORD",
+			"tls":          r.TLS != (extauthzConfig{}).Store.Redis.TLS,
+			"prefix":       r.Prefix != "" && r.Prefix != "extauthz:",
+			"timeout":      r.Timeout != "" && r.Timeout != "200ms",
+			"confirm_*":    r.ConfirmReplicas != 0 || r.ConfirmTimeout != "" && r.ConfirmTimeout != "1s",
+		} {
+			if v {
+				bad("store.redis.%s: set, but store.backend is embedded, which does not use Redis", field)
+			}
+		}
+	}
 	if u := c.Store.Redis.URL; u != "" && !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
 		bad("store.redis.url: %q is not redis:// or rediss://", u)
 	}
@@ -528,6 +548,7 @@ policies:
 		{"a wrong type", "cache: {size: lots}\n", "decode"},
 		{"a duplicate key", "audit: {sink: stdout}\naudit: {sink: none}\n", "already set"},
 		{"an unknown backend", "store: {backend: postgres}\n", "store.backend"},
+		{"Redis set up for the embedded store", "store: {backend: embedded, redis: {url: 'redis://redis:6379/0'}}\n", "store.redis.url: set, but store.backend is embedded"},
 		{"a bad duration", "cache: {ttl: 30}\n", "cache.ttl"},
 		{"a bad rate", "rate_limit: {default: 100/minute}\n", "rate_limit.default"},
 		{"a source naming two places", "sources: [{header: x-api-key, query: api_key}]\n", "exactly one"},

@@ -206,6 +206,9 @@ each value on its own.
 {{- if $v.sidecar.enabled -}}
 {{- fail "sidecar.enabled with store.backend embedded: every app Pod would keep keys of its own; sidecars share keys in Redis" -}}
 {{- end -}}
+{{- if dig "store" "redis" nil ($v.config | default dict) -}}
+{{- fail "config.store.redis is set, but store.backend is embedded, which does not use Redis (extauthz refuses such a config): set store.backend redis, or remove config.store.redis" -}}
+{{- end -}}
 {{- else -}}
 {{- if and $v.redis.enabled $v.store.redis.url -}}
 {{- fail "store.redis.url names your own Redis while redis.enabled also runs the chart's: set redis.enabled false, or store.redis.url \"\"" -}}
