@@ -51,15 +51,17 @@ var backends = []backend{
 		t.Cleanup(func() { _ = s.Close() })
 		return s, func() { _ = s.Close() }
 	}},
-	{"redis", func(t testing.TB) (keystore.Store, func()) {
-		srv := redistest.Start(t)
-		c, err := redis.Dial(redis.Options{URL: srv.URL(0)})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.Close() })
-		s := redis.New(c, "admintest:")
-		t.Cleanup(func() { _ = s.Close() })
-		return s, srv.Stop
-	}},
+	{"redis", func(t testing.TB) (keystore.Store, func()) { return openRedis(t, redistest.Start(t)) }},
+}
+
+// openRedis is the Redis store on srv, and the way to break it.
+func openRedis(t testing.TB, srv *redistest.Server) (keystore.Store, func()) {
+	c, err := redis.Dial(redis.Options{URL: srv.URL(0)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	s := redis.New(c, "admintest:")
+	t.Cleanup(func() { _ = s.Close() })
+	return s, srv.Stop
 }
 
 // forEachBackend runs test once per backend, each with its own env.

@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -441,4 +442,32 @@ func pemOf(t *testing.T, pub any) string {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	require.NoError(t, err)
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
+
+// A key whose record a newer version restricted in a way this one cannot
+// read (its "requires") is not decided here, but a leak report must still
+// revoke it: a leaked key is revoked by whichever replica GitHub reaches.
+// The revocation keeps what this version does not know of the record.
+func TestALeakedKeyWhoseRecordNeedsANewerVersionIsRevoked(t *testing.T) {
+	srv := redistest.Start(t)
+	e := newEnv(t, backend{"redis", func(t testing.TB) (keystore.Store, func()) { return openRedis(t, srv) }}, envOptions{})
+	ctx := t.Context()
+
+	tok, id := e.create(keystore.Spec{Name: "batch", Permissions: []string{"x"}})
+	recKey := "admintest:{keys}:h:" + e.manager.Hasher.Hash(tok).String()
+	stored, err := srv.QueryString("GET", recKey)
+	require.NoError(t, err)
+	_, err = srv.Query("SET", recKey, strings.TrimSuffix(stored, "}")+`,"requires":["bound_to"],"bound_to":{"cidr":"10.0.0.0/8"}}`)
+	require.NoError(t, err)
+
+	r := e.report(leakBody(tok))
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	assert.Contains(t, string(r.body), truePositive)
+	k, err := e.store.Get(ctx, id)
+	require.NoError(t, err)
+	require.NotNil(t, k.RevokedAt, "the leaked key is revoked")
+	after, err := srv.QueryString("GET", recKey)
+	require.NoError(t, err)
+	assert.Contains(t, after, `"requires":["bound_to"]`, "and its record keeps what this version does not know")
+	assert.Contains(t, after, `"bound_to":{"cidr":"10.0.0.0/8"}`)
 }

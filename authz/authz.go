@@ -501,10 +501,11 @@ func (a *Authorizer) lookup(ctx context.Context, set *PolicySet, key string, now
 		}
 		d.storeAsked = time.Now()
 		// A lookup that found its key, or that the store did not answer,
-		// is given back; one that found nothing, or whose client left
+		// is given back; one that found nothing, one whose client left
 		// while the store was asked (a reset costs the store its lookup
-		// all the same), stays counted.
-		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) && !errors.Is(err, keystore.ErrCallerLeft) {
+		// all the same), or one of a key this version refuses (never
+		// cached, so every check of it asks the store again) stays counted.
+		if k, err = a.keys.Lookup(ctx, h); !errors.Is(err, keystore.ErrNotFound) && !errors.Is(err, keystore.ErrCallerLeft) && !errors.Is(err, keystore.ErrNeedsNewer) {
 			a.guard.refund(d.ClientIP, set.FailRate, set.FailTotalRate)
 		}
 	}
@@ -514,6 +515,10 @@ func (a *Authorizer) lookup(ctx context.Context, set *PolicySet, key string, now
 		return true
 	case errors.Is(err, keystore.ErrNotFound):
 		d.Deny(CodeInvalidKey, "")
+	case errors.Is(err, keystore.ErrNeedsNewer):
+		// The record restricts the key in a way this version cannot read
+		// (rolling upgrade, rollback): refuse rather than decide by less.
+		d.Deny(CodeUnavailable, "this key needs a newer version of extauthz to be checked; retry shortly")
 	default:
 		d.Deny(CodeUnavailable, "")
 	}

@@ -303,7 +303,8 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 			c.noteUse(h, k, &fresh, now)
 		}
 		return k, nil
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNeedsNewer):
+		// Answers: what was cached of h is not served (fill forgot it).
 		return nil, err
 	}
 	c.failures.Add(1)
@@ -481,8 +482,14 @@ var errFetchTimeout = fmt.Errorf("%w: no answer from the store within the lookup
 // entry is what makes a lookup of the hash a refresh (CacheExpired), which
 // the decision lets past its bound on lookups of unknown keys, and a key the
 // store no longer has (purged) must be a guess like any other from then on.
+//
+// A record this version cannot decide by (ErrNeedsNewer) forgets the entry
+// too, and is not remembered as absent: what was cached of it is an older
+// record that lacks what the key now requires, and must not be served,
+// fresh or stale.
 func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	needsNewer := errors.Is(err, ErrNeedsNewer)
+	if err != nil && !errors.Is(err, ErrNotFound) && !needsNewer {
 		return
 	}
 	sh := &c.shards[h[0]]
@@ -506,7 +513,7 @@ func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
 		return
 	}
 	c.pos.remove(h)
-	if c.opts.NegativeTTL > 0 {
+	if c.opts.NegativeTTL > 0 && !needsNewer {
 		c.neg.add(h, since)
 	}
 }

@@ -27,6 +27,7 @@ type countingStore struct {
 	keys    map[Hash]*Key
 	lookups atomic.Int64
 	down    atomic.Bool
+	newer   atomic.Bool   // every record requires what this version does not know
 	gate    chan struct{} // when non-nil, Lookup waits on it
 	jitter  bool          // Lookup yields the processor a few times, to vary interleavings
 	touched map[string]time.Time
@@ -51,6 +52,9 @@ func (s *countingStore) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	}
 	if s.down.Load() {
 		return nil, fmt.Errorf("lookup: %w: connection refused", ErrUnavailable)
+	}
+	if ok && s.newer.Load() {
+		return nil, fmt.Errorf("lookup: %w", CheckRequires([]string{"bound_to"}))
 	}
 	if ok {
 		return k.Clone(), nil
@@ -304,6 +308,53 @@ func TestAnExpiredEntryIsServedWhileTheStoreIsDown(t *testing.T) {
 
 	_, err = c.Lookup(context.Background(), NewHasher(nil).Hash("sk_never_seen"))
 	assert.ErrorIs(t, err, ErrUnavailable, "nothing cached: the caller answers 503")
+}
+
+// A record that a newer version has restricted in a way this one cannot
+// read (ErrNeedsNewer) is an answer of the store: what was cached of the key
+// is an older record without the restriction, and is served neither fresh,
+// nor refreshed, nor stale once the store is down; nor is the key taken for
+// unknown (a negative entry would turn its holder away as a guesser).
+func TestARecordThatNeedsANewerVersionIsNeverServedFromTheCache(t *testing.T) {
+	for _, how := range []string{"expired", "refreshed ahead"} {
+		t.Run(how, func(t *testing.T) {
+			c, st, clock, h := setup(t)
+			_, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			st.newer.Store(true)
+			if how == "expired" {
+				clock.Add(31 * time.Second)
+				_, err = c.Lookup(context.Background(), h)
+				require.ErrorIs(t, err, ErrNeedsNewer)
+			} else {
+				clock.Add(25 * time.Second) // the last quarter of the TTL
+				k, err := c.Lookup(context.Background(), h)
+				require.NoError(t, err, "served while fresh; a refresh starts")
+				assert.Equal(t, "key_known", k.ID)
+				require.Eventually(t, func() bool { return st.lookups.Load() == 2 }, 5*time.Second, time.Millisecond)
+				require.Eventually(t, func() bool {
+					_, state, _ := c.Cached(h)
+					return state != CacheAnswered
+				}, 5*time.Second, time.Millisecond, "the refresh forgot the entry")
+			}
+			assert.NotErrorIs(t, err, ErrUnavailable)
+			assert.Zero(t, c.Stats().Stale)
+			assert.Zero(t, c.Stats().StoreFailures, "an answer, not a failure of the store")
+
+			_, state, _ := c.Cached(h)
+			assert.NotEqual(t, CacheAnswered, state, "neither the old record nor a negative entry answers")
+			st.down.Store(true)
+			_, err = c.Lookup(context.Background(), h)
+			require.ErrorIs(t, err, ErrUnavailable, "with the store down, the old record is not served stale")
+			assert.Zero(t, c.Stats().Stale)
+
+			st.down.Store(false)
+			st.newer.Store(false) // this version can read it again (rolled back)
+			k, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			assert.Equal(t, "key_known", k.ID)
+		})
+	}
 }
 
 // slowFailingStore fails every lookup after it has taken wait on clock, as

@@ -11,9 +11,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -211,6 +214,11 @@ var (
 	// extauthz wrote, which this version cannot copy faithfully into a
 	// rotation's new key; nothing was stored. A server of that version can.
 	ErrNewerRecord = errors.New("the key's record holds fields a newer version of extauthz wrote")
+	// ErrNeedsNewer: the key's record names, in its "requires" member,
+	// something a check must enforce that this version of extauthz does
+	// not know (see CheckRequires). The key is not decided here: its checks
+	// are refused until a server of the version that wrote it answers.
+	ErrNeedsNewer = errors.New("the key's record requires a newer version of extauthz")
 	// ErrPepperMismatch: the store's keys were hashed with another pepper
 	// than this process's (see PepperMarker). No key made under one
 	// pepper matches under another, so such a process answers every key
@@ -291,7 +299,11 @@ type SweepResult struct {
 // with the last id of a page as the cursor.
 type Store interface {
 	// Lookup finds the key whose hash is h: ErrNotFound if none; an error
-	// wrapping ErrUnavailable if the backend did not answer.
+	// wrapping ErrUnavailable if the backend did not answer. A record that
+	// requires what this version cannot enforce (CheckRequires) comes with
+	// an error wrapping ErrNeedsNewer and the key as far as this version
+	// reads it: not to decide a check by, but to find the key by (a leak
+	// report revokes it all the same).
 	Lookup(ctx context.Context, h Hash) (*Key, error)
 	// Get finds a key by id.
 	Get(ctx context.Context, id string) (*Key, error)
@@ -395,4 +407,36 @@ func (c Created) MarshalJSON() ([]byte, error) {
 		out = append(append(out, `,"unconfirmed":`...), note...)
 	}
 	return append(out, '}'), nil
+}
+
+// requirementsKnown names what a record's "requires" member may list for
+// this version to decide by the record: none yet.
+//
+// A record lists there each member a check must enforce that was added to
+// the format after this version: a restriction a reader cannot see would
+// otherwise be passed over by every replica that cannot read it, during a
+// rolling upgrade (replicas of two versions share a store) or after a
+// rollback. A version that adds such a member names it in "requires" and
+// here, and a version that does not know the name refuses the key rather
+// than decide by less than the record says. A member that restricts
+// nothing (a description) is not listed, and older replicas pass it by.
+var requirementsKnown = map[string]bool{}
+
+// CheckRequires returns an error wrapping ErrNeedsNewer when names holds
+// a requirement this version does not know.
+func CheckRequires(names []string) error {
+	var unknown []string
+	for _, n := range names {
+		if !requirementsKnown[n] {
+			if len(unknown) == 4 {
+				unknown = append(unknown, "...")
+				break
+			}
+			unknown = append(unknown, strconv.Quote(n))
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (%s)", ErrNeedsNewer, strings.Join(unknown, ", "))
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -205,4 +207,69 @@ func TestANegativeTTLOfZeroCachesNoUnknownKey(t *testing.T) {
 	key := unannounced()
 	code, httpStatus := check(key)
 	assert.Equal(t, 200, httpStatus, "the key the store now holds, at once: denied %s", code)
+}
+
+// In a rolling upgrade a newer replica may restrict a key in a way this
+// version cannot read, and names the restriction in the record's
+// "requires". A key cached here before that change must not go on passing
+// by its older record: the change reaches the cache, and the key's checks
+// are refused with 503 (retry: a newer replica decides it) until a record
+// this version can read is back. No upstream sees such a request allowed.
+func TestAKeyWhoseRecordRequiresANewerVersionIsRefusedNotDecided(t *testing.T) {
+	r := redistest.Start(t)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"t:\"}}\n", r.URL(0))+testRoutes)
+	ctx := t.Context()
+	set := func(key, value string) {
+		_, err := r.Query("SET", key, value)
+		require.NoError(t, err)
+	}
+
+	secret, k := ts.create(t, keystore.Spec{Name: "batch", Permissions: []string{"read:users"}})
+	check := func() (*authv3.CheckResponse, string, int) {
+		resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret})
+		code, status := denial(t, resp)
+		return resp, code, status
+	}
+	_, code, status := check()
+	require.Equal(t, 200, status, "denied %s", code)
+
+	// What a newer replica's PATCH would leave: a restriction this version
+	// cannot read, named in requires. The record is written behind the
+	// store's back, then a change made through this version (which keeps
+	// members it does not know) announces it, as the newer replica's own
+	// change would have.
+	recKey := "t:{keys}:h:" + keystore.NewHasher([]byte(testPepper)).Hash(secret).String()
+	stored, err := r.QueryString("GET", recKey)
+	require.NoError(t, err)
+	set(recKey, strings.TrimSuffix(stored, "}")+`,"requires":["bound_to"],"bound_to":{"spiffe":"spiffe://cluster.local/ns/billing/sa/batch"}}`)
+	rename := func(name string) {
+		_, err := ts.mgr.Update(ctx, k.ID, keystore.Patch{Name: &name}, nil, "test")
+		require.NoError(t, err)
+	}
+	rename("batch-2")
+
+	var resp *authv3.CheckResponse
+	require.Eventually(t, func() bool { resp, code, status = check(); return status != 200 }, 2*time.Second, 10*time.Millisecond,
+		"the key still passes by its older record")
+	assert.Equal(t, 503, status)
+	assert.Equal(t, "unavailable", code)
+	assert.Contains(t, resp.GetDeniedResponse().GetBody(), "needs a newer version of extauthz")
+	for range 20 {
+		_, code, status = check()
+		require.Equal(t, 503, status, "a later check of the key is decided by the older record (%s)", code)
+	}
+
+	// Rolled back by a version that can read it: the key passes again.
+	stored, err = r.QueryString("GET", recKey)
+	require.NoError(t, err)
+	var members map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal([]byte(stored), &members))
+	assert.JSONEq(t, `"batch-2"`, string(members["name"]))
+	delete(members, "requires")
+	delete(members, "bound_to")
+	plain, err := json.Marshal(members)
+	require.NoError(t, err)
+	set(recKey, string(plain))
+	rename("batch-3")
+	require.Eventually(t, func() bool { _, _, status = check(); return status == 200 }, 2*time.Second, 10*time.Millisecond)
 }

@@ -43,6 +43,21 @@ func decode(raw string) (*keystore.Key, error) {
 	return &k, nil
 }
 
+// decodeForCheck decodes a record that a check will be decided by: one
+// whose "requires" names something this version does not know comes with
+// an error wrapping keystore.ErrNeedsNewer (keystore.CheckRequires), read
+// in the same pass.
+func decodeForCheck(raw string) (*keystore.Key, error) {
+	var r struct {
+		keystore.Key
+		Requires []string `json:"requires"`
+	}
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		return nil, fmt.Errorf("decode record: %w", err)
+	}
+	return &r.Key, keystore.CheckRequires(r.Requires)
+}
+
 // micros is t in Unix microseconds, the unit of the live-set scores.
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
 

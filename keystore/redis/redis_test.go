@@ -838,3 +838,69 @@ func TestAnOlderReplicaKeepsWhatANewerOneWroteIntoARecord(t *testing.T) {
 	require.Len(t, list, 1, "the refused rotation made a new key")
 	assert.Equal(t, k2.ID, list[0].ID)
 }
+
+// A newer version that adds a restriction names it in the record's
+// "requires"; this version, which cannot enforce it, must not decide the
+// key by the rest of the record. The lookup a check makes refuses it; the
+// admin reads (Get, List) still show the key, and a PATCH through this
+// version keeps the member as it is.
+func TestALookupRefusesARecordThatRequiresWhatItDoesNotKnow(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+	format, err := keystore.NewFormat("sk")
+	require.NoError(t, err)
+	m := &keystore.Manager{Store: s, Hasher: testHasher, Format: format}
+	for _, tt := range []struct {
+		name     string
+		members  string // added to the record, as a newer writer would
+		refused  bool
+		mentions string
+	}{
+		{"one unknown requirement", `"requires":["bound_to"],"bound_to":{"spiffe":"spiffe://a/b"}`, true, `"bound_to"`},
+		{"requirements first in the record", ``, true, `"scopes_v9"`},
+		{"many unknown requirements, named up to four", `"requires":["a","b","c","d","e","f"]`, true, `"a", "b", "c", "d", ...`},
+		{"an empty list", `"requires":[]`, false, ""},
+		{"null", `"requires":null`, false, ""},
+		{"a member that restricts nothing, not required", `"description_v9":"billing batch"`, false, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			k, h, _ := create(t, s, "alice")
+			recKey := testPrefix + "{keys}:h:" + h.String()
+			stored, err := raw.Get(ctx, recKey).Result()
+			require.NoError(t, err)
+			rec := strings.TrimSuffix(stored, "}") + "," + tt.members + "}"
+			if tt.members == "" {
+				rec = `{"requires":["scopes_v9"],"scopes_v9":["x"],` + strings.TrimPrefix(stored, "{")
+			}
+			require.NoError(t, raw.Set(ctx, recKey, rec, 0).Err())
+
+			got, err := s.Lookup(ctx, h)
+			if !tt.refused {
+				require.NoError(t, err)
+				assert.Equal(t, k.ID, got.ID)
+				return
+			}
+			require.ErrorIs(t, err, keystore.ErrNeedsNewer)
+			assert.NotErrorIs(t, err, keystore.ErrUnavailable, "an answer of the store, not its failure")
+			assert.ErrorContains(t, err, tt.mentions)
+			require.NotNil(t, got, "the key comes with the error, for a revocation to find it")
+			assert.Equal(t, k.ID, got.ID)
+
+			read, err := s.Get(ctx, k.ID)
+			require.NoError(t, err, "the admin API still reads the key")
+			assert.Equal(t, k.ID, read.ID)
+			name := "renamed"
+			_, err = m.Update(ctx, k.ID, keystore.Patch{Name: &name}, nil, "test")
+			require.NoError(t, err)
+			after, err := raw.Get(ctx, recKey).Result()
+			require.NoError(t, err)
+			var members map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal([]byte(after), &members))
+			assert.NotEmpty(t, members["requires"], "a PATCH through this version kept requires")
+			_, err = s.Lookup(ctx, h)
+			require.ErrorIs(t, err, keystore.ErrNeedsNewer, "and the key is still refused after it")
+		})
+	}
+}

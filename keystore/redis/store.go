@@ -228,7 +228,9 @@ func (s *Store) check() error {
 	}
 }
 
-// Lookup finds the key whose hash is h with a single GET.
+// Lookup finds the key whose hash is h with a single GET. A record that
+// requires what this version cannot enforce is keystore.ErrNeedsNewer
+// (with the key, as the Store interface says).
 func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, error) {
 	if err := s.check(); err != nil {
 		return nil, err
@@ -240,9 +242,10 @@ func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, err
 	if err != nil {
 		return nil, unavailable("lookup", err)
 	}
-	k, err := decode(raw)
+	k, err := decodeForCheck(raw)
 	if err != nil {
-		return nil, fmt.Errorf("redis lookup: %w", err)
+		// With ErrNeedsNewer, k is the key as far as this version reads it.
+		return k, fmt.Errorf("redis lookup: %w", err)
 	}
 	return k, nil
 }
