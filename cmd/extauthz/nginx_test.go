@@ -157,7 +157,7 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 		t.Run("denied: "+tt.name, func(t *testing.T) {
 			before := up.calls.Load()
 			r := ngx.do(t, tt.method, tt.path, tt.headers)
-			assertNginxDenial(t, r, tt.status, tt.code)
+			assertDenialJSON(t, r, tt.status, tt.code)
 			assert.Equal(t, before, up.calls.Load(), "the upstream is never called for a denial")
 			if tt.status == 401 {
 				require.Len(t, r.header.Values("Www-Authenticate"), 1, "WWW-Authenticate passes once")
@@ -180,7 +180,7 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 			assert.Equal(t, "2", r.header.Get("X-RateLimit-Limit"))
 		}
 		r := ngx.do(t, "GET", "/api/limited", map[string]string{"X-Api-Key": limited})
-		assertNginxDenial(t, r, 429, "rate_limited")
+		assertDenialJSON(t, r, 429, "rate_limited")
 		retry, err := strconv.Atoi(r.header.Get("Retry-After"))
 		require.NoError(t, err, "Retry-After %q", r.header.Get("Retry-After"))
 		assert.GreaterOrEqual(t, retry, 1)
@@ -203,7 +203,7 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 		ts.stop()
 		before := up.calls.Load()
 		r := ngx.do(t, "GET", "/api/users", map[string]string{"X-Api-Key": reader})
-		assertNginxDenial(t, r, 503, "unavailable")
+		assertDenialJSON(t, r, 503, "unavailable")
 		assert.Equal(t, "1", r.header.Get("Retry-After"))
 		assert.Equal(t, before, up.calls.Load())
 	})
@@ -249,7 +249,7 @@ routes:
 	})
 
 	r := ngx.do(t, "GET", "/api/admin/x", map[string]string{"X-Api-Key": reader})
-	assertNginxDenial(t, r, 403, "permission_denied")
+	assertDenialJSON(t, r, 403, "permission_denied")
 	for _, target := range []string{"/api/v1/admin/x?a=1", "/api/users/%7Bx%7D", "/api/v1/users"} {
 		r = ngx.do(t, "GET", target, map[string]string{"X-Api-Key": reader})
 		require.Equal(t, 200, r.status, "%s: %s", target, r.body)
@@ -293,9 +293,9 @@ func TestNginxCacheStoresNoDecision(t *testing.T) {
 
 			before := up.calls.Load()
 			r = ngx.do(t, "GET", "/api/users/7", nil)
-			assertNginxDenial(t, r, 401, "missing_key")
+			assertDenialJSON(t, r, 401, "missing_key")
 			r = ngx.do(t, "GET", "/api/users/7", map[string]string{"X-Api-Key": "sk_nope"})
-			assertNginxDenial(t, r, 401, "invalid_key")
+			assertDenialJSON(t, r, 401, "invalid_key")
 			assert.Equal(t, before, up.calls.Load(), "no stored allow let a request without the key through")
 
 			r = ngx.do(t, "GET", "/api/users/7", map[string]string{"X-Api-Key": reader})
@@ -304,7 +304,7 @@ func TestNginxCacheStoresNoDecision(t *testing.T) {
 	}
 }
 
-func assertNginxDenial(t *testing.T, r nginxResponse, status int, code string) {
+func assertDenialJSON(t *testing.T, r proxyResponse, status int, code string) {
 	t.Helper()
 	require.Equal(t, status, r.status, "body %s", r.body)
 	assert.Equal(t, code, r.header.Get("X-Authz-Code"))
@@ -316,8 +316,9 @@ func assertNginxDenial(t *testing.T, r nginxResponse, status int, code string) {
 	assert.Len(t, body, 2, "the body is exactly {error, code}")
 }
 
-// echoUpstream is the application behind nginx: it answers every request
-// with the URI and headers it received, and counts the calls.
+// echoUpstream is the application behind the proxy (nginx, Caddy): it
+// answers every request with the URI, headers and body it received, and
+// counts the calls.
 type echoUpstream struct {
 	addr  string
 	calls atomic.Int64
@@ -327,13 +328,15 @@ type echoUpstream struct {
 type echoed struct {
 	URI     string      `json:"uri"`
 	Headers http.Header `json:"headers"`
+	Body    string      `json:"body,omitempty"`
 }
 
 func startEchoUpstream(t *testing.T) *echoUpstream {
 	t.Helper()
 	u := &echoUpstream{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		e := &echoed{URI: r.RequestURI, Headers: r.Header.Clone()}
+		body, _ := io.ReadAll(r.Body)
+		e := &echoed{URI: r.RequestURI, Headers: r.Header.Clone(), Body: string(body)}
 		u.seen.Store(e)
 		u.calls.Add(1)
 		w.Header().Set("Content-Type", "application/json")
@@ -352,15 +355,15 @@ func (u *echoUpstream) last(t *testing.T) *echoed {
 	return e
 }
 
-// nginxProc is one nginx started by a test.
-type nginxProc struct {
+// proxyProc is one proxy (nginx, Caddy) started by a test.
+type proxyProc struct {
 	url    string
 	client *http.Client
-	stdout *syncbuf.Buffer // the access log
-	stderr *syncbuf.Buffer // the error log
+	stdout *syncbuf.Buffer // nginx's access log
+	stderr *syncbuf.Buffer // nginx's error log; all of Caddy's log
 }
 
-type nginxResponse struct {
+type proxyResponse struct {
 	status int
 	body   string
 	header http.Header
@@ -396,7 +399,7 @@ func nginxConf(t *testing.T, dir string, port int, extauthzAddr, upstreamAddr st
 // config and stops it when the test ends. It fails the test when nginx is
 // not installed: CI installs it (.ci/run), so a missing binary is a broken
 // machine, not a reason to skip.
-func startNginx(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(conf string) string) *nginxProc {
+func startNginx(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(conf string) string) *proxyProc {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
@@ -411,18 +414,27 @@ func startNginx(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(c
 	}
 	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o600))
 
-	n := &nginxProc{
-		url:    fmt.Sprintf("http://127.0.0.1:%d", port),
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
-		stdout: &syncbuf.Buffer{},
-		stderr: &syncbuf.Buffer{},
-	}
 	// One process (master_process off): the parent-death signal then takes
 	// all of nginx with it if the test binary dies, leaving no orphaned
 	// workers on the port.
 	cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", "stderr",
 		"-g", fmt.Sprintf("daemon off; master_process off; pid %s;", filepath.Join(dir, "nginx.pid")))
-	cmd.Stdout, cmd.Stderr = n.stdout, n.stderr
+	return runProxy(t, "nginx", cmd, port)
+}
+
+// runProxy starts cmd, a proxy (nginx, Caddy) that listens on port of
+// 127.0.0.1, and waits until it does. The proxy dies with the test binary
+// (parent-death signal) and is stopped when the test ends; its output is
+// kept, and shown when the test failed.
+func runProxy(t *testing.T, name string, cmd *exec.Cmd, port int) *proxyProc {
+	t.Helper()
+	p := &proxyProc{
+		url:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
+		stdout: &syncbuf.Buffer{},
+		stderr: &syncbuf.Buffer{},
+	}
+	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, cmd.Start())
 	exited := make(chan struct{})
@@ -436,7 +448,7 @@ func startNginx(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(c
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("nginx error log:\n%s", n.stderr.String())
+			t.Logf("%s's error log:\n%s", name, p.stderr.String())
 		}
 	})
 
@@ -445,23 +457,23 @@ func startNginx(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(c
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return n
+			return p
 		}
 		select {
 		case <-exited:
-			t.Fatalf("nginx exited at start:\n%s", n.stderr.String())
+			t.Fatalf("%s exited at start:\n%s", name, p.stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nginx did not listen on %d: %v\n%s", port, err, n.stderr.String())
+			t.Fatalf("%s did not listen on %d: %v\n%s", name, port, err, p.stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// do sends one request through nginx. path is sent as written, escapes
-// included.
-func (n *nginxProc) do(t *testing.T, method, path string, headers map[string]string) nginxResponse {
+// do sends one request through the proxy. path is sent as written,
+// escapes included.
+func (n *proxyProc) do(t *testing.T, method, path string, headers map[string]string) proxyResponse {
 	t.Helper()
 	req, err := http.NewRequest(method, n.url+path, nil)
 	require.NoError(t, err)
@@ -473,7 +485,7 @@ func (n *nginxProc) do(t *testing.T, method, path string, headers map[string]str
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	return nginxResponse{status: resp.StatusCode, body: string(body), header: resp.Header}
+	return proxyResponse{status: resp.StatusCode, body: string(body), header: resp.Header}
 }
 
 // dashSpellings lists name with each subset of its "-" written "_".
