@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -502,11 +501,12 @@ func dashSpellings(name string) []string {
 	return out
 }
 
-// TestProxyConfigsSayWhatTheyNeed checks the proxy configs that no test here
-// can run (Traefik, Caddy) for the settings the README explains, and that
-// every extauthz snippet in the README is a valid config.
+// TestProxyConfigsSayWhatTheyNeed checks the proxy config that no test here
+// can run (Traefik) for the settings the README explains, and Caddy's for
+// the one setting caddy_test.go cannot exercise, and that every extauthz
+// snippet in the README is a valid config.
 func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
-	identity := []string{"X-Authz-Key-Id", "X-Authz-Key-Name", "X-Authz-Owner", "X-Authz-Permissions"}
+	identity := identityHeaders
 
 	t.Run("Traefik: ForwardAuth to HTTP mode, identity copied, credentials stripped after it", func(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(proxiesDir, "traefik.yml"))
@@ -585,81 +585,29 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		}
 	})
 
-	t.Run("Caddy: forward_auth to HTTP mode, spoofed x-authz-* dropped before it, credentials after it", func(t *testing.T) {
+	t.Run("Caddy: forward_auth gives up dialling extauthz after a second", func(t *testing.T) {
+		// caddy_test.go runs the Caddyfile in a real Caddy and shows what each
+		// of its lines does; a dial that hangs (rather than being refused)
+		// cannot be made on loopback, so this one is read: the dial timeout
+		// is forward_auth's, not the upstream's.
 		b, err := os.ReadFile(filepath.Join(proxiesDir, "Caddyfile"))
 		require.NoError(t, err)
 		var lines []string
-		sc := bufio.NewScanner(strings.NewReader(string(b)))
-		for sc.Scan() {
-			if l := strings.TrimSpace(sc.Text()); l != "" && !strings.HasPrefix(l, "#") {
+		for l := range strings.SplitSeq(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
 				lines = append(lines, strings.Join(strings.Fields(l), " "))
 			}
 		}
 		at := func(line string) int {
 			t.Helper()
-			for i, l := range lines {
-				if l == line {
-					return i
-				}
-			}
-			t.Errorf("Caddyfile lacks the line %q", line)
-			return -1
+			i := slices.Index(lines, line)
+			require.GreaterOrEqual(t, i, 0, "the Caddyfile lacks the line %q", line)
+			return i
 		}
-		route := at("route {")
-		dropSpoofed := at("request_header -X-Authz-*")
-		auth := at("forward_auth extauthz:9002 {")
-		at("uri /authz")
-		at("copy_headers " + strings.Join(identity, " "))
-		// A hung extauthz refuses the request within a second rather than
-		// holding the client (Caddy sets no timeout of its own).
-		transport, dial, timeout := at("transport http {"), at("dial_timeout 1s"), at("response_header_timeout 1s")
-		dropKey := at("request_header -X-Api-Key")
-		dropAuthorization := at("request_header -Authorization")
-		proxy := at("reverse_proxy upstream:8000")
-		assert.True(t, auth < transport && transport < dial && transport < timeout && dial < proxy && timeout < proxy,
-			"the timeouts are forward_auth's, not the upstream's")
-		// Inside route, handlers run in the order written; outside it Caddy
-		// would sort request_header after forward_auth.
-		assert.True(t, route < dropSpoofed && dropSpoofed < auth && auth < dropKey && auth < dropAuthorization &&
-			dropKey < proxy && dropAuthorization < proxy, "the order inside route { } is what protects the upstream")
-
-		// A client's Connection header names headers Caddy's proxy removes
-		// from the upstream request after forward_auth has set them
-		// (Connection: X-Authz-Owner): the x-authz-* names are cut from it
-		// first, so the upstream gets every identity header extauthz sent.
-		// Run by hand with Caddy 2.10.2; it removed X-Authz-Owner without it.
-		unnamed := at(`request_header Connection "(?i)x[-_]authz[-_][^,]*" ""`)
-		assert.True(t, route < unnamed && unnamed < proxy, "the Connection header is cut before reverse_proxy reads it")
-
-		// Caddy overwrites X-Forwarded-Host but passes a client's Forwarded,
-		// which Rack 3 and Spring read for the host before it. Run by hand
-		// with Caddy 2.10.2: Forwarded: host=admin.example reached the upstream.
-		forwarded := at("request_header -Forwarded")
-		assert.True(t, route < forwarded && forwarded < proxy, "a client's Forwarded goes before reverse_proxy")
-		// Caddy passes a client's X-Real-IP on too; an upstream reading the
-		// client address from it would read a spoofed one.
-		realIP := at("request_header -X-Real-IP")
-		assert.True(t, route < realIP && realIP < proxy, "a client's X-Real-IP goes before reverse_proxy")
-
-		// Every spelling a backend reads as an x-authz- header goes before
-		// forward_auth too: Caddy's php_fastcgi (and CGI, WSGI, Rack) turn
-		// X_Authz_Owner into HTTP_X_AUTHZ_OWNER, the variable extauthz's
-		// X-Authz-Owner becomes, and a client's would win or stand alone.
-		// Caddy deletes "-Prefix*" by a case-sensitive prefix of the name as
-		// Go's server canonicalised it, which is what is checked here.
-		var drops []string
-		for i, l := range lines {
-			if p, ok := strings.CutPrefix(l, "request_header -"); ok && strings.HasSuffix(p, "*") && i < auth {
-				drops = append(drops, strings.TrimSuffix(p, "*"))
-			}
-		}
-		for _, name := range []string{"x-authz-owner", "X-AUTHZ-KEY-ID", "x-authz-meta-plan"} {
-			for _, spelt := range dashSpellings(name) {
-				canonical := http.CanonicalHeaderKey(spelt)
-				assert.True(t, slices.ContainsFunc(drops, func(p string) bool { return strings.HasPrefix(canonical, p) }),
-					"a client's %q (%q to Caddy) reaches the upstream", spelt, canonical)
-			}
-		}
+		auth, transport, dial := at("forward_auth extauthz:9002 {"), at("transport http {"), at("dial_timeout 1s")
+		assert.True(t, auth < transport && transport < dial && dial < at("reverse_proxy upstream:8000"),
+			"dial_timeout 1s is in forward_auth's transport block")
+		assert.Equal(t, 1, strings.Count(string(b), "dial_timeout"))
 	})
 
 	t.Run("Envoy http_service: the doc points at a file that exists", func(t *testing.T) {
