@@ -571,6 +571,15 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 			assert.True(t, re.MatchString(h), "%s is stripped from the client's request", h)
 		}
 		assert.False(t, re.MatchString("X-Api-Key"))
+		// Every header with a "_" goes too: CGI, PHP, WSGI and Rack read
+		// X_Real_Ip as the X-Real-Ip Traefik sets, X_Forwarded_Host as the
+		// host it routed.
+		for _, h := range []string{"X_real_ip", "X-Real_ip", "X_forwarded_host", "X_forwarded-For", "Foo_bar"} {
+			assert.True(t, re.MatchString(h), "%s is stripped from the client's request", h)
+		}
+		for _, h := range []string{"X-Real-Ip", "X-Request-Id", "Content-Type", "User-Agent", "Xauthz-Owner"} {
+			assert.False(t, re.MatchString(h), "%s reaches the upstream", h)
+		}
 
 		strip := f.HTTP.Middlewares["strip-credentials"].Headers
 		require.NotNil(t, strip, "middleware strip-credentials is a headers middleware")
