@@ -49,9 +49,11 @@ func composeHardening(name string, s types.ServiceConfig, bad func(string, ...an
 	if s.Privileged || s.NetworkMode == "host" || s.Pid == "host" || s.Ipc == "host" || s.UserNSMode == "host" {
 		bad("service %s: privileged, or shares a namespace of the host", name)
 	}
-	user, _, _ := strings.Cut(s.User, ":")
+	user, group, _ := strings.Cut(s.User, ":")
 	if user == "0" || user == "root" || (user == "" && s.Build == nil) {
 		bad("service %s: runs as root (user %q): name a user, as the image's entrypoint would otherwise start as root", name, s.User)
+	} else if s.User != "" && (group == "" || group == "0" || group == "root") {
+		bad("service %s: user %q: name a group other than 0 too (user:group), or the process runs in the root group", name, s.User)
 	}
 }
 
@@ -155,6 +157,9 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		{"Envoy as root", func(p *types.Project) {
 			setService(p, "envoy", func(s *types.ServiceConfig) { s.User = "" })
 		}, "service envoy: runs as root"},
+		{"Redis in the root group", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.User = "999" })
+		}, "service redis: user \"999\": name a group"},
 		{"Redis gaining privileges", func(p *types.Project) {
 			setService(p, "redis", func(s *types.ServiceConfig) { s.SecurityOpt = nil })
 		}, "service redis: security_opt"},

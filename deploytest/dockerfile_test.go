@@ -240,9 +240,13 @@ func dockerfileProblems(src string, ignore *patternmatcher.PatternMatcher, exist
 			}
 		}
 	}
-	uid, _, _ := strings.Cut(user, ":")
+	// Numbers, both: Kubernetes' runAsNonRoot can only tell a numeric user
+	// from root, and a USER with no group runs in group 0.
+	uid, gid, _ := strings.Cut(user, ":")
 	if uid == "" || uid == "root" || uid == "0" {
 		bad("final stage: USER is %q; set an explicit non-root user", user)
+	} else if !regexp.MustCompile(`^[1-9][0-9]*$`).MatchString(uid) || !regexp.MustCompile(`^[1-9][0-9]*$`).MatchString(gid) {
+		bad("final stage: USER is %q; want UID:GID, both numbers and neither 0", user)
 	}
 	for _, port := range []string{"9001", "9002", "9003"} {
 		if !slices.Contains(strings.Fields(expose), port) {
@@ -380,6 +384,9 @@ func TestDockerfileProblemsAreCaught(t *testing.T) {
 	}{
 		{name: "running as root", from: "USER 65532:65532", to: "USER root", wantSubstring: "non-root"},
 		{name: "no USER at all", from: "USER 65532:65532", to: "", wantSubstring: "non-root"},
+		{name: "a USER in the root group", from: "USER 65532:65532", to: "USER 65532:0", wantSubstring: "neither 0"},
+		{name: "a USER without a group", from: "USER 65532:65532", to: "USER 65532", wantSubstring: "UID:GID"},
+		{name: "a USER by name", from: "USER 65532:65532", to: "USER nonroot:nonroot", wantSubstring: "both numbers"},
 		{name: "a final stage with a shell and root", from: "FROM gcr.io/distroless/static-debian12:nonroot", to: "FROM debian:12", wantSubstring: "final stage is"},
 		{name: "cgo left on", from: "CGO_ENABLED=0 GOOS", to: "CGO_ENABLED=1 GOOS", wantSubstring: "CGO_ENABLED=0"},
 		{name: "no -trimpath", from: "go build -trimpath ", to: "go build ", wantSubstring: "-trimpath"},

@@ -349,8 +349,21 @@ func checkContainerHardening(cid string, c *corev1.Container, podSC *corev1.PodS
 	if !ptrOr(sc.RunAsNonRoot, ptrOr(podSC.RunAsNonRoot, false)) {
 		bad("%s: runAsNonRoot is not set", cid)
 	}
-	if ptrOr(sc.RunAsUser, ptrOr(podSC.RunAsUser, -1)) == 0 {
-		bad("%s: runAsUser 0", cid)
+	// A fixed, non-zero user and group, each the container's own or its
+	// Pod's. Left unset, they are the image's: its USER (root for many
+	// images, which runAsNonRoot then refuses at start, not here), and a group
+	// that is 0 for a USER given as a bare number, which lets the process
+	// write whatever the root group may.
+	for what, id := range map[string]int64{
+		"runAsUser":  ptrOr(sc.RunAsUser, ptrOr(podSC.RunAsUser, -1)),
+		"runAsGroup": ptrOr(sc.RunAsGroup, ptrOr(podSC.RunAsGroup, -1)),
+	} {
+		switch id {
+		case -1:
+			bad("%s: %s is not set: the image's would apply", cid, what)
+		case 0:
+			bad("%s: %s 0", cid, what)
+		}
 	}
 	if ptrOr(sc.AllowPrivilegeEscalation, true) {
 		bad("%s: allowPrivilegeEscalation must be false", cid)
@@ -1473,6 +1486,15 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 			extauthzContainer(m).SecurityContext.RunAsNonRoot = nil
 			m.deployments[0].Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil
 		}, "runAsNonRoot"},
+		{"standalone", "Redis's group left to the image", func(m *manifests) {
+			m.statefulSets[0].Spec.Template.Spec.SecurityContext.RunAsGroup = nil
+		}, "runAsGroup is not set"},
+		{"standalone", "extauthz in the root group", func(m *manifests) {
+			extauthzContainer(m).SecurityContext.RunAsGroup = ptr(int64(0))
+		}, "runAsGroup 0"},
+		{"sidecar", "the app's user left to the image", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.Containers[0].SecurityContext.RunAsUser = nil
+		}, "runAsUser is not set"},
 		{"standalone", "no seccomp profile", func(m *manifests) {
 			m.deployments[0].Spec.Template.Spec.SecurityContext.SeccompProfile = nil
 		}, "seccompProfile"},
