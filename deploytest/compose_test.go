@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
@@ -157,6 +158,9 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		{"Envoy as root", func(p *types.Project) {
 			setService(p, "envoy", func(s *types.ServiceConfig) { s.User = "" })
 		}, "service envoy: runs as root"},
+		{"extauthz killed 10 s after docker compose stop", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { s.StopGracePeriod = nil })
+		}, "stop_grace_period <nil> is shorter"},
 		{"Redis in the root group", func(p *types.Project) {
 			setService(p, "redis", func(s *types.ServiceConfig) { s.User = "999" })
 		}, "service redis: user \"999\": name a group"},
@@ -400,6 +404,15 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 	}
 	if hc := ext.HealthCheck; hc == nil || !slices.Equal(hc.Test, types.HealthCheckTest{"CMD", "/extauthz", "healthcheck"}) {
 		bad("extauthz: the healthcheck must run the binary's own `healthcheck` (no curl in the image)")
+	}
+	// docker compose stop kills after 10 s unless told otherwise; the
+	// server's stop takes longer (checkGraceOutlastsStop).
+	stop := serverStopBound + defaultRedisTimeout
+	if d, err := time.ParseDuration(cfg.Store.Redis.Timeout); err == nil {
+		stop = serverStopBound + d
+	}
+	if ext.StopGracePeriod == nil || time.Duration(*ext.StopGracePeriod) < stop {
+		bad("extauthz: stop_grace_period %v is shorter than the server's stop (up to %v): docker compose stop would kill it before its audit events are written", ext.StopGracePeriod, stop)
 	}
 	for _, env := range []string{cfg.Hashing.PepperEnv, cfg.Store.Redis.PasswordEnv} {
 		if _, ok := ext.Environment[env]; env != "" && !ok {

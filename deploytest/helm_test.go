@@ -574,6 +574,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"an autoscaler floor of one", "autoscaling: {enabled: true, minReplicas: 1}", "autoscaling/minReplicas"},
 		{"an autoscaler ceiling below its floor", "autoscaling: {enabled: true, minReplicas: 4, maxReplicas: 3}", "maxReplicas is below minReplicas"},
 		{"a disruption budget nothing can satisfy", "podDisruptionBudget: {minAvailable: 2}", "no node could ever be drained"},
+		{"a grace period the preStop sleep and the server's stop do not fit in", "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds"},
 		{"a memory limit GOMEMLIMIT cannot be derived from", "resources: {limits: {memory: 1000M}}", "give it in Mi or Gi"},
 		{"no memory limit", "resources: {limits: {memory: null}}", "memory"},
 		{"no memory limit for Redis", "redis: {resources: {limits: {memory: null}}}", "memory"},

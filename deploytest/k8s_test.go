@@ -506,6 +506,7 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 		bad("%s: containerPort grpc is %d, the config listens on %d", cid, containerPort(c, "grpc"), grpcPort)
 	}
 	m.checkProbes(cid, c, cfg, httpPort, bad)
+	checkGraceOutlastsStop(cid, c, spec, cfg, bad)
 	m.checkTLSFiles(cid, c, spec, cfg, bad)
 	if admin := cfg.adminListen(); admin != "" {
 		if host, _ := hostPort(t, admin); !isLoopback(host) {
@@ -609,6 +610,46 @@ func (m *manifests) checkProbes(cid string, c *corev1.Container, cfg *extauthzCo
 		if name == "readiness" {
 			checkReadinessOutlastsMaxStale(cid, pr.probe, cfg, bad)
 		}
+	}
+}
+
+// The longest `extauthz serve` takes to stop after SIGTERM, each step
+// bounded in cmd/extauthz (serve.go, shutdown and close): in-flight checks
+// 10 s (gRPC GracefulStop), the HTTP and admin listeners 5 s, the queued
+// last_used_at times 5 s (keystore.Cache.RunTouches), the audit events 5 s
+// (closeAudit), the queued spans 5 s (tracing.shutdown); with Redis, the rate
+// limiter's last call (store.redis.timeout) after them.
+const (
+	serverStopBound     = 30 * time.Second
+	defaultRedisTimeout = 200 * time.Millisecond
+	// Kubernetes' default terminationGracePeriodSeconds.
+	defaultGracePeriod = 30
+)
+
+// checkGraceOutlastsStop: the kubelet kills a container terminationGracePeriod
+// after the Pod began to stop, preStop included; one that is still writing
+// its audit events then loses them. The grace period must cover the preStop
+// sleep and the server's whole stop.
+func checkGraceOutlastsStop(cid string, c *corev1.Container, spec *corev1.PodSpec, cfg *extauthzConfig, bad func(string, ...any)) {
+	var preStop time.Duration
+	if l := c.Lifecycle; l != nil && l.PreStop != nil {
+		if l.PreStop.Sleep == nil {
+			bad("%s: a preStop hook other than sleep: its length cannot be known", cid)
+			return
+		}
+		preStop = time.Duration(l.PreStop.Sleep.Seconds) * time.Second
+	}
+	stop := serverStopBound
+	if cfg.Store.Backend == "redis" {
+		t := defaultRedisTimeout
+		if d, err := time.ParseDuration(cfg.Store.Redis.Timeout); err == nil {
+			t = d
+		}
+		stop += t
+	}
+	grace := time.Duration(ptrOr(spec.TerminationGracePeriodSeconds, defaultGracePeriod)) * time.Second
+	if grace < preStop+stop {
+		bad("%s: terminationGracePeriodSeconds %v is shorter than the preStop sleep (%v) and the server's stop (up to %v): the kubelet would kill it before its audit events are written", cid, grace.Seconds(), preStop, stop)
 	}
 }
 
@@ -1498,6 +1539,12 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"standalone", "no seccomp profile", func(m *manifests) {
 			m.deployments[0].Spec.Template.Spec.SecurityContext.SeccompProfile = nil
 		}, "seccompProfile"},
+		{"standalone", "a grace period the preStop sleep and the stop do not fit in", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.TerminationGracePeriodSeconds = ptr(int64(30))
+		}, "terminationGracePeriodSeconds 30 is shorter"},
+		{"sidecar", "the app Pod's grace period left at Kubernetes' default", func(m *manifests) {
+			m.deployments[0].Spec.Template.Spec.TerminationGracePeriodSeconds = nil
+		}, "terminationGracePeriodSeconds 30 is shorter"},
 		{"standalone", "no memory limit", func(m *manifests) {
 			delete(extauthzContainer(m).Resources.Limits, corev1.ResourceMemory)
 		}, "memory limit"},

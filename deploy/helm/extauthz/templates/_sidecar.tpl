@@ -12,6 +12,9 @@ context:
         {{- include "extauthz.sidecar.podAnnotations" .Subcharts.extauthz | nindent 8 }}
     spec:
       automountServiceAccountToken: false
+      # extauthz stops last, after the app and Envoy, and its own stop takes
+      # up to about 30 s (audit events among the last things written).
+      terminationGracePeriodSeconds: 40
       initContainers:
         {{- include "extauthz.sidecar.container" .Subcharts.extauthz | nindent 8 }}
         # then your Envoy, as a native sidecar too (restartPolicy: Always),
