@@ -292,6 +292,7 @@ func (m *manifests) chartProblems(t *testing.T, notes string) []string {
 	}
 	m.checkNetworkPolicies(bad)
 	m.checkPDBs(bad)
+	m.checkObjectsApart(bad)
 	m.checkHPAs(bad)
 	m.checkServiceMonitors(bad)
 	m.checkServiceAccounts(bad)
@@ -547,6 +548,9 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"the embedded store as a sidecar", "store: {backend: embedded}\nreplicaCount: 1\nsidecar: {enabled: true}", "sidecar.enabled with store.backend embedded"},
 		{"Redis settings for the embedded store", "store: {backend: embedded}\nreplicaCount: 1\nconfig: {store: {redis: {timeout: 500ms}}}", "config.store.redis is set, but store.backend is embedded"},
 		{"an unknown store", "store: {backend: postgres}", "store/backend"},
+		{"extauthz named as the chart's Redis is selected", "nameOverride: redis", `nameOverride "redis"`},
+		{"a name too long for its suffixes", "fullnameOverride: " + strings.Repeat("x", 55), "keep it to 54"},
+		{"a nameOverride that makes the names too long for their suffixes", "nameOverride: " + strings.Repeat("y", 50), "keep it to 54"},
 		{"a misspelt top-level value", "replicas: 3", "replicas"},
 		{"a misspelt nested value", "store: {redis: {pasword: {value: x}}}", "pasword"},
 		{"a listen port in config", "config: {listen: {grpc: ':9101'}}", "config.listen is set by the chart: use the value listen"},
@@ -713,6 +717,20 @@ func TestChartProblemsAreCaught(t *testing.T) {
 		{defaults, "Pods under an account the chart does not create", func(m *manifests) {
 			m.deployments[0].Spec.Template.Spec.ServiceAccountName = "default"
 		}, `ServiceAccount "default"`},
+		{defaults, "the extauthz Service selecting the Redis Pod too", func(m *manifests) {
+			svc := m.service(releaseName)
+			svc.Spec.Selector = map[string]string{"app.kubernetes.io/instance": releaseName}
+		}, "Service/extauthz selects the Pods of [Deployment/extauthz StatefulSet/extauthz-redis]"},
+		{defaults, "the extauthz NetworkPolicy selecting the Redis Pod too", func(m *manifests) {
+			for _, np := range m.netpols {
+				if np.Name == releaseName {
+					np.Spec.PodSelector.MatchLabels = map[string]string{"app.kubernetes.io/instance": releaseName}
+				}
+			}
+		}, "NetworkPolicy/extauthz selects the Pods of"},
+		{defaults, "two documents of one name", func(m *manifests) {
+			m.objects = append(m.objects, m.objects[0])
+		}, "rendered twice"},
 		{defaults, "the chart's Redis running other files than k8s/base/redis", func(m *manifests) {
 			for _, cm := range m.configMaps {
 				if cm.Name == "extauthz-redis" {

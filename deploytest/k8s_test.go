@@ -36,6 +36,7 @@ import (
 // its API type.
 type manifests struct {
 	overlay         string
+	objects         []string // "Kind namespace/name" of every document, in order
 	namespaces      []*corev1.Namespace
 	configMaps      []*corev1.ConfigMap
 	secrets         []*corev1.Secret
@@ -106,6 +107,13 @@ func (m *manifests) add(t *testing.T, id, kind, apiVersion string, data []byte) 
 	} else if apiVersion != want {
 		t.Fatalf("%s: apiVersion %s, want %s", id, apiVersion, want)
 	}
+	var meta struct {
+		Metadata metav1.ObjectMeta `json:"metadata"`
+	}
+	if err := yaml.Unmarshal(data, &meta); err != nil {
+		t.Fatalf("%s: %v", id, err)
+	}
+	m.objects = append(m.objects, kind+" "+meta.Metadata.Namespace+"/"+meta.Metadata.Name)
 	switch kind {
 	case "Namespace":
 		m.namespaces = append(m.namespaces, decodeStrict[corev1.Namespace](t, id, data))
@@ -205,6 +213,7 @@ func (m *manifests) problems(t *testing.T) []string {
 	m.checkRedis(t, bad)
 	m.checkNetworkPolicies(bad)
 	m.checkPDBs(bad)
+	m.checkObjectsApart(bad)
 	switch m.overlay {
 	case "standalone", "istio", "envoy-gateway":
 		m.checkCentralService(bad)
@@ -1073,6 +1082,39 @@ func anyDestination(peer networkingv1.NetworkPolicyPeer) bool {
 		return s != nil && len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0
 	}
 	return emptySel(peer.NamespaceSelector) && (peer.PodSelector == nil || emptySel(peer.PodSelector))
+}
+
+// checkObjectsApart: no two documents are one object (the second would
+// replace the first), and no Service or NetworkPolicy selects the Pods of
+// two workloads: extauthz's policy would open Redis to the proxies, Redis's
+// shut extauthz in, and a Service send checks to Redis.
+func (m *manifests) checkObjectsApart(bad func(string, ...any)) {
+	seen := map[string]bool{}
+	for _, o := range m.objects {
+		if seen[o] {
+			bad("%s is rendered twice: the second replaces the first", o)
+		}
+		seen[o] = true
+	}
+	selected := func(namespace string, sel *metav1.LabelSelector) []string {
+		var out []string
+		for _, w := range m.workloads() {
+			if w.namespace == namespace && selects(sel, w.pod.Labels) {
+				out = append(out, w.kind+"/"+w.name)
+			}
+		}
+		return out
+	}
+	for _, svc := range m.services {
+		if ws := selected(svc.Namespace, &metav1.LabelSelector{MatchLabels: svc.Spec.Selector}); len(ws) > 1 {
+			bad("Service/%s selects the Pods of %v", svc.Name, ws)
+		}
+	}
+	for _, np := range m.netpols {
+		if ws := selected(np.Namespace, &np.Spec.PodSelector); len(ws) > 1 {
+			bad("NetworkPolicy/%s selects the Pods of %v", np.Name, ws)
+		}
+	}
 }
 
 // checkPDBs: each PDB protects exactly one workload and can be satisfied.

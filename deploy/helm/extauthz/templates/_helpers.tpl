@@ -196,6 +196,21 @@ each value on its own.
 */}}
 {{- define "extauthz.validate" -}}
 {{- $v := .Values -}}
+{{- /*
+Names: the chart's Redis is selected by app.kubernetes.io/name: redis, so an
+extauthz named redis would be selected with it by every Service,
+NetworkPolicy and budget of either (extauthz's policy opening Redis to the
+proxies). And each name is <fullname> plus a suffix (-redis, -headless)
+within the 63 characters of a Service name: past 54, the suffix is cut or
+refused, and two objects get one name.
+*/ -}}
+{{- if eq (include "extauthz.name" .) "redis" -}}
+{{- fail "nameOverride \"redis\": the extauthz Pods would carry the labels that select the chart's Redis (app.kubernetes.io/name: redis), and each Service and NetworkPolicy of one would select the other's Pods too; choose another name" -}}
+{{- end -}}
+{{- $fullname := include "extauthz.fullname" . -}}
+{{- if gt (len $fullname) 54 -}}
+{{- fail (printf "the object names start with %q (%d characters; the release name, fullnameOverride or nameOverride): keep it to 54, so that -headless and -redis still fit a Service name's 63 and no two objects share one" $fullname (len $fullname)) -}}
+{{- end -}}
 {{- if eq $v.store.backend "embedded" -}}
 {{- if ne (int $v.replicaCount) 1 -}}
 {{- fail (printf "replicaCount %d: the embedded store is one SQLite file on one volume, so it runs exactly 1 replica; use store.backend redis to run more" (int $v.replicaCount)) -}}
