@@ -197,6 +197,13 @@ tls:
   existingSecret: extauthz-tls
   clientCA: {enabled: true, existingSecret: proxies-ca, key: ca.pem}
 `},
+	{"a LoadBalancer, under mutual TLS", `
+service: {type: LoadBalancer}
+tls:
+  enabled: true
+  existingSecret: extauthz-tls
+  clientCA: {enabled: true}
+`},
 	{"the embedded store", `
 store: {backend: embedded}
 replicaCount: 1
@@ -588,6 +595,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"Istio skipping a path suffix", "istio: {enabled: true, namespace: demo, notPaths: ['*.png']}", "istio/notPaths/0"},
 		{"Istio skipping every path", "istio: {enabled: true, namespace: demo, notPaths: ['*']}", "istio/notPaths/0"},
 		{"Istio skipping a path with a parameter", "istio: {enabled: true, namespace: demo, notPaths: ['/healthz;x']}", "istio/notPaths/0"},
+		{"a LoadBalancer that answers anyone", "service: {type: LoadBalancer}", "service.type LoadBalancer publishes"},
+		{"a NodePort with TLS but no client certificates", "service: {type: NodePort}\ntls: {enabled: true, existingSecret: x}", "tls.clientCA.enabled"},
 		{"a sidecar with an autoscaler", "sidecar: {enabled: true}\nautoscaling: {enabled: true}", "autoscaling.enabled with sidecar.enabled"},
 		{"a sidecar with Istio", "sidecar: {enabled: true}\nistio: {enabled: true, namespace: demo}", "istio.enabled with sidecar.enabled"},
 		{"an image digest that is not one", "image: {digest: latest}", "image/digest"},
@@ -717,6 +726,17 @@ func TestChartProblemsAreCaught(t *testing.T) {
 		{defaults, "Pods under an account the chart does not create", func(m *manifests) {
 			m.deployments[0].Spec.Template.Spec.ServiceAccountName = "default"
 		}, `ServiceAccount "default"`},
+		{defaults, "a LoadBalancer in front of plain-text listeners", func(m *manifests) {
+			m.service(releaseName).Spec.Type = corev1.ServiceTypeLoadBalancer
+		}, "Service extauthz is a LoadBalancer"},
+		{mtls, "a NodePort under TLS that asks for no client certificate", func(m *manifests) {
+			for _, cm := range m.configMaps {
+				if cm.Name == releaseName {
+					cm.Data["config.yaml"] = regexp.MustCompile(`(?m)^\s*client_ca_file: .*\n`).ReplaceAllString(cm.Data["config.yaml"], "")
+				}
+			}
+			m.service(releaseName).Spec.Type = corev1.ServiceTypeNodePort
+		}, "Service extauthz is a NodePort"},
 		{defaults, "the extauthz Service selecting the Redis Pod too", func(m *manifests) {
 			svc := m.service(releaseName)
 			svc.Spec.Selector = map[string]string{"app.kubernetes.io/instance": releaseName}

@@ -1158,6 +1158,15 @@ func (m *manifests) checkCentralService(bad func(string, ...any)) {
 	if !selects(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, dep.Spec.Template.Labels) {
 		bad("Service extauthz does not select the Deployment's Pods")
 	}
+	// Off the cluster no NetworkPolicy tells a proxy from anyone else: only a
+	// client certificate does.
+	for _, s := range m.services {
+		if s.Spec.Type != "" && s.Spec.Type != corev1.ServiceTypeClusterIP && selects(&metav1.LabelSelector{MatchLabels: s.Spec.Selector}, dep.Spec.Template.Labels) {
+			if cfg := m.configOfWorkload(dep.Name); cfg == nil || cfg.TLS.ClientCAFile == "" {
+				bad("Service %s is a %s: it publishes the decision ports and /metrics off the cluster, where only a client certificate (tls.client_ca_file) keeps anyone out", s.Name, s.Spec.Type)
+			}
+		}
+	}
 	grpc, http := m.listenPorts(dep.Name)
 	want := map[string]int{"grpc": grpc, "http": http}
 	for name, port := range want {

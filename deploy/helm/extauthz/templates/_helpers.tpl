@@ -258,6 +258,16 @@ refused, and two objects get one name.
 {{- else if or $v.tls.existingSecret $v.tls.clientCA.enabled -}}
 {{- fail "tls.existingSecret or tls.clientCA.enabled is set but tls.enabled is false: turn TLS on, or clear them" -}}
 {{- end -}}
+{{- /*
+A NodePort or LoadBalancer Service takes connections from off the cluster,
+which the NetworkPolicy (it admits Pods) cannot sort: anyone the load
+balancer lets in could ask for decisions naming any client address and
+policy, spend the unknown-key budget every new key waits on, and read
+/metrics. Only a client certificate the CA signed keeps them out there.
+*/ -}}
+{{- if and (ne $v.service.type "ClusterIP") (not $v.sidecar.enabled) (not (and $v.tls.enabled $v.tls.clientCA.enabled)) -}}
+{{- fail (printf "service.type %s publishes the decision ports and /metrics off the cluster, where the NetworkPolicy cannot tell a proxy from anyone else: turn on tls.enabled with tls.clientCA.enabled (only clients holding a certificate your CA signed are answered), or keep service.type ClusterIP" $v.service.type) -}}
+{{- end -}}
 {{- if and $v.tls.clientCA.existingSecret (not $v.tls.clientCA.enabled) -}}
 {{- fail "tls.clientCA.existingSecret is set but tls.clientCA.enabled is false" -}}
 {{- end -}}
