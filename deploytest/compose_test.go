@@ -161,6 +161,18 @@ func TestComposeProblemsAreCaught(t *testing.T) {
 		{"extauthz killed 10 s after docker compose stop", func(p *types.Project) {
 			setService(p, "extauthz", func(s *types.ServiceConfig) { s.StopGracePeriod = nil })
 		}, "stop_grace_period <nil> is shorter"},
+		{"Redis without a memory limit", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.MemLimit = 0 })
+		}, "redis: no memory limit"},
+		{"Redis's maxmemory at its memory limit", func(p *types.Project) {
+			setService(p, "redis", func(s *types.ServiceConfig) { s.Command = append(s.Command, "--maxmemory", "1gb") })
+		}, "three quarters"},
+		{"extauthz without a memory limit", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { s.MemLimit = 0 })
+		}, "extauthz: no memory limit"},
+		{"extauthz's GOMEMLIMIT at its memory limit", func(p *types.Project) {
+			setService(p, "extauthz", func(s *types.ServiceConfig) { s.Environment["GOMEMLIMIT"] = ptr("512MiB") })
+		}, "keep it at 80–95%"},
 		{"Redis in the root group", func(p *types.Project) {
 			setService(p, "redis", func(s *types.ServiceConfig) { s.User = "999" })
 		}, "service redis: user \"999\": name a group"},
@@ -414,6 +426,15 @@ func composeProblems(t *testing.T, p *types.Project) []string {
 	if ext.StopGracePeriod == nil || time.Duration(*ext.StopGracePeriod) < stop {
 		bad("extauthz: stop_grace_period %v is shorter than the server's stop (up to %v): docker compose stop would kill it before its audit events are written", ext.StopGracePeriod, stop)
 	}
+	// As in Kubernetes (checkGoMemLimit): a memory limit, and GOMEMLIMIT at
+	// 80–95% of it.
+	if limit := composeMemLimit(ext); limit == 0 {
+		bad("extauthz: no memory limit (mem_limit)")
+	} else if mib, ok := memLimitMiB(envValue(ext, "GOMEMLIMIT")); !ok {
+		bad("extauthz: GOMEMLIMIT %q is not N MiB", envValue(ext, "GOMEMLIMIT"))
+	} else if pct := (mib << 20) * 100 / limit; pct < 80 || pct > 95 {
+		bad("extauthz: GOMEMLIMIT %s is %d%% of the memory limit %d; keep it at 80–95%%", envValue(ext, "GOMEMLIMIT"), pct, limit)
+	}
 	for _, env := range []string{cfg.Hashing.PepperEnv, cfg.Store.Redis.PasswordEnv} {
 		if _, ok := ext.Environment[env]; env != "" && !ok {
 			bad("extauthz: the config reads $%s, which the service does not set", env)
@@ -636,7 +657,16 @@ func composeRedisProblems(t *testing.T, p *types.Project, cfg *extauthzConfig) [
 	if pol := redisSetting(conf, args, "maxmemory-policy", "noeviction"); pol != "noeviction" {
 		bad("redis: maxmemory-policy %s: Redis may evict key records", pol)
 	}
-	if d := flagValue(args, "--dir", ""); d != "/data" {
+	// As in Kubernetes (checkRedis): a memory limit, and maxmemory well below
+	// it, so that Redis refuses writes rather than take the host's memory.
+	if limit := composeMemLimit(redis); limit == 0 {
+		bad("redis: no memory limit (mem_limit): with noeviction and no maxmemory it grows until the host runs out")
+	} else if mm, err := redisBytes(redisSetting(conf, args, "maxmemory", "0")); err != nil || mm == 0 {
+		bad("redis: no maxmemory: at its memory limit Redis would be killed rather than refuse writes")
+	} else if mm > limit*3/4 {
+		bad("redis: maxmemory %d bytes is over three quarters of the memory limit %d (an AOF rewrite forks)", mm, limit)
+	}
+	if d := lastFlagValue(args, "--dir", ""); d != "/data" {
 		bad("redis: --dir is %q, want /data, the volume", d)
 	}
 	if v := bindOrVolume(redis, "/data"); v == nil || v.Type != types.VolumeTypeVolume {
@@ -725,6 +755,18 @@ func pinnedImage(image string) bool {
 		return false
 	}
 	return image[i+1:] != "latest"
+}
+
+// composeMemLimit is a service's memory limit in bytes (mem_limit, or
+// deploy.resources.limits.memory), 0 when it has none.
+func composeMemLimit(s types.ServiceConfig) int64 {
+	if s.MemLimit > 0 {
+		return int64(s.MemLimit)
+	}
+	if s.Deploy != nil && s.Deploy.Resources.Limits != nil {
+		return int64(s.Deploy.Resources.Limits.MemoryBytes)
+	}
+	return 0
 }
 
 func bindOrVolume(s types.ServiceConfig, target string) *types.ServiceVolumeConfig {

@@ -870,7 +870,7 @@ func (m *manifests) checkRedis(t *testing.T, bad func(string, ...any)) {
 	}) {
 		bad("%s: %s, where start.sh renders the ACL, is not an emptyDir", id, path.Dir(acl))
 	}
-	dir := flagValue(c.Args, "--dir", "/data")
+	dir := lastFlagValue(c.Args, "--dir", "/data")
 	var claim string
 	for _, vm := range c.VolumeMounts {
 		if path.Clean(vm.MountPath) == path.Clean(dir) {

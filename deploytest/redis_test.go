@@ -80,9 +80,20 @@ func redisConf(text string) map[string]string {
 	return conf
 }
 
-// redisSetting is what a server started with conf and then args runs with.
+// redisSetting is what a server started with conf and then args runs with:
+// Redis applies its arguments in order, so the last of a name wins.
 func redisSetting(conf map[string]string, args []string, name, def string) string {
-	return flagValue(args, "--"+name, orDefault(conf[name], def))
+	return lastFlagValue(args, "--"+name, orDefault(conf[name], def))
+}
+
+// lastFlagValue is the value of the last flag of that name in args.
+func lastFlagValue(args []string, flag, def string) string {
+	for i := len(args) - 2; i >= 0; i-- {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return def
 }
 
 // redisBytes reads a redis.conf memory size: 1000 or 1k (1000), 1kb (1024),
