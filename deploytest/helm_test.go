@@ -517,6 +517,36 @@ func checkGoMemLimit(cid string, c *corev1.Container, bad func(string, ...any)) 
 	}
 }
 
+// What one cached key takes (docs/operations.md, Memory: 320 bytes, more
+// for a record over 216 bytes) and extauthz's default cache size.
+const (
+	cachedKeyBytes   = 320
+	defaultCacheSize = 100000
+)
+
+// checkCacheFits: a full key cache takes at most half of GOMEMLIMIT. The
+// cached keys are live heap, which at GOGC=100 grows by as much again
+// between collections, beside everything else the process holds; a cache
+// that fills the soft limit makes the collector run without end, and the
+// kernel kill the container, on every replica that sees enough keys.
+func checkCacheFits(cid string, c *corev1.Container, cfg *extauthzConfig, bad func(string, ...any)) {
+	e := envVar(c, "GOMEMLIMIT")
+	if e == nil {
+		return // checkGoMemLimit says so
+	}
+	mib, ok := memLimitMiB(e.Value)
+	if !ok {
+		return
+	}
+	size := cfg.Cache.Size
+	if size == 0 {
+		size = defaultCacheSize
+	}
+	if full := int64(size) * cachedKeyBytes; full > mib<<20/2 {
+		bad("%s: a full cache of %d keys takes about %d MiB, over half of GOMEMLIMIT %s: raise the memory limit or lower cache.size", cid, size, full>>20, e.Value)
+	}
+}
+
 // mountedSecret returns the Secret and key behind a file in a container.
 func mountedSecret(c *corev1.Container, spec *corev1.PodSpec, file string) (secret, key string, err error) {
 	for _, vm := range c.VolumeMounts {
@@ -586,6 +616,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"an autoscaler ceiling below its floor", "autoscaling: {enabled: true, minReplicas: 4, maxReplicas: 3}", "maxReplicas is below minReplicas"},
 		{"a disruption budget nothing can satisfy", "podDisruptionBudget: {minAvailable: 2}", "no node could ever be drained"},
 		{"a grace period the preStop sleep and the server's stop do not fit in", "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds"},
+		{"a key cache larger than the heap may grow", "config: {cache: {size: 1000000}}", "config.cache.size 1000000: a full cache takes about 305 MiB, over half of GOMEMLIMIT 460MiB"},
+		{"a key cache larger than a GOMEMLIMIT given in GiB allows", "goMemLimit: 1GiB\nresources: {limits: {memory: 1200Mi}}\nconfig: {cache: {size: 2000000}}", "over half of GOMEMLIMIT 1GiB"},
 		{"a memory limit GOMEMLIMIT cannot be derived from", "resources: {limits: {memory: 1000M}}", "give it in Mi or Gi"},
 		{"no memory limit", "resources: {limits: {memory: null}}", "memory"},
 		{"no memory limit for Redis", "redis: {resources: {limits: {memory: null}}}", "memory"},

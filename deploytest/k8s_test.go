@@ -507,6 +507,7 @@ func (m *manifests) checkExtauthzContainer(t *testing.T, cid string, c *corev1.C
 		bad("%s: hashing.pepper_env is not set", cid)
 	}
 	checkGoMemLimit(cid, c, bad)
+	checkCacheFits(cid, c, cfg, bad)
 	_, httpPort := hostPort(t, cfg.httpListen())
 	if containerPort(c, "http") != httpPort {
 		bad("%s: containerPort http is %d, the config listens on %d", cid, containerPort(c, "http"), httpPort)
@@ -1596,6 +1597,13 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"sidecar", "the app Pod's grace period left at Kubernetes' default", func(m *manifests) {
 			m.deployments[0].Spec.Template.Spec.TerminationGracePeriodSeconds = nil
 		}, "terminationGracePeriodSeconds 30 is shorter"},
+		{"standalone", "a key cache larger than the heap may grow", func(m *manifests) {
+			for _, cm := range m.configMaps {
+				if strings.HasPrefix(cm.Name, "extauthz-config") {
+					cm.Data["config.yaml"] = strings.Replace(cm.Data["config.yaml"], "cache: {size: 100000,", "cache: {size: 1000000,", 1)
+				}
+			}
+		}, "a full cache of 1000000 keys"},
 		{"standalone", "no memory limit", func(m *manifests) {
 			delete(extauthzContainer(m).Resources.Limits, corev1.ResourceMemory)
 		}, "memory limit"},

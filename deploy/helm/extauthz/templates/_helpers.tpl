@@ -119,6 +119,14 @@ GOMEMLIMIT: goMemLimit, or 90% of the memory limit (given in Mi or Gi), in MiB.
 {{- end -}}
 {{- end -}}
 
+{{/* GOMEMLIMIT in bytes (goMemLimit's units: none, B, KiB, MiB, GiB, TiB). */}}
+{{- define "extauthz.goMemLimitBytes" -}}
+{{- $s := include "extauthz.goMemLimit" . -}}
+{{- $n := regexFind "^[0-9]+" $s -}}
+{{- $mult := get (dict "" 1 "B" 1 "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "TiB" 1099511627776) (trimPrefix $n $s) -}}
+{{- mul ($n | int64) $mult -}}
+{{- end -}}
+
 {{/*
 The extauthz config file: .Values.config with what the chart owns put in.
 Settings the chart owns are refused in .Values.config, naming the value that
@@ -309,5 +317,15 @@ A variable the config names for a secret is taken from a Secret too.
 {{- fail (printf "extraEnv[%d] %s holds a secret (config.store.redis.sentinel_password_env names it): take it from a Secret with valueFrom.secretKeyRef, not value, which puts it in clear in the Pod spec" $i $e.name) -}}
 {{- end -}}
 {{- end -}}
-{{- $_ := include "extauthz.goMemLimit" . -}}
+{{- /*
+A full key cache (320 bytes a key, docs/operations.md, Memory) is live heap,
+which grows by as much again between collections: past half of GOMEMLIMIT
+the collector runs without end and the kernel kills the container, on every
+replica that sees that many keys.
+*/ -}}
+{{- $soft := include "extauthz.goMemLimitBytes" . | int64 -}}
+{{- $cacheSize := dig "cache" "size" 100000 ($v.config | default dict) | int64 -}}
+{{- if gt (mul $cacheSize 320 2) $soft -}}
+{{- fail (printf "config.cache.size %d: a full cache takes about %d MiB, over half of GOMEMLIMIT %s (from resources.limits.memory or goMemLimit): raise the memory limit, or lower the cache size" $cacheSize (div (mul $cacheSize 320) 1048576) (include "extauthz.goMemLimit" .)) -}}
+{{- end -}}
 {{- end -}}
