@@ -15,6 +15,7 @@ import (
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 	istiosecurityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -1445,6 +1446,13 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 		if len(ap.Spec.GetRules()) == 0 {
 			bad("%s: no rules: a CUSTOM policy without rules matches nothing", id)
 		}
+		// A request no rule matches is not checked at all. Only an empty
+		// rule, {}, matches every request (and TCP connection): each field
+		// narrows it, and even paths ["*"] is a match of one character or
+		// more, which a request without a path (an HTTP/2 CONNECT) misses.
+		if !slices.ContainsFunc(ap.Spec.GetRules(), matchesEverything) {
+			bad("%s: no rule matches every request (an empty rule, {}): the requests its rules leave out reach the workload unchecked", id)
+		}
 		// A path Istio skips reaches the workload with whatever headers the
 		// client wrote (identity headers, credentials, method and target
 		// overrides): Istio cannot strip them there. extauthz answers such a
@@ -1495,6 +1503,20 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 			bad("provider %s: statusOnError %q, want \"503\"", name, g.GetStatusOnError())
 		}
 	}
+}
+
+// matchesEverything reports whether an AuthorizationPolicy rule has nothing
+// that narrows it: no source, no condition, no operation field.
+func matchesEverything(r *securityv1beta1.Rule) bool {
+	if len(r.GetFrom()) > 0 || len(r.GetWhen()) > 0 {
+		return false
+	}
+	for _, to := range r.GetTo() {
+		if o := to.GetOperation(); o != nil && !proto.Equal(o, &securityv1beta1.Operation{}) {
+			return false
+		}
+	}
+	return true
 }
 
 // TestKubernetesProblemsAreCaught breaks a built overlay in memory and expects
@@ -1768,8 +1790,17 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 			m.authzPolicy[0].Spec.Rules = nil
 		}, "no rules"},
 		{"istio", "a policy that skips /healthz", func(m *manifests) {
-			m.authzPolicy[0].Spec.Rules[0].To[0].Operation.NotPaths = []string{"/healthz"}
+			m.authzPolicy[0].Spec.Rules[0].To = []*securityv1beta1.Rule_To{{Operation: &securityv1beta1.Operation{NotPaths: []string{"/healthz"}}}}
 		}, "skips [/healthz]"},
+		{"istio", "a policy of every path, which a request without one escapes", func(m *manifests) {
+			m.authzPolicy[0].Spec.Rules = []*securityv1beta1.Rule{{To: []*securityv1beta1.Rule_To{{Operation: &securityv1beta1.Operation{Paths: []string{"*"}}}}}}
+		}, "no rule matches every request"},
+		{"istio", "a policy of GET requests only", func(m *manifests) {
+			m.authzPolicy[0].Spec.Rules = []*securityv1beta1.Rule{{To: []*securityv1beta1.Rule_To{{Operation: &securityv1beta1.Operation{Methods: []string{"GET"}}}}}}
+		}, "no rule matches every request"},
+		{"istio", "a policy of requests from one namespace", func(m *manifests) {
+			m.authzPolicy[0].Spec.Rules = []*securityv1beta1.Rule{{From: []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{Namespaces: []string{"ingress"}}}}}}
+		}, "no rule matches every request"},
 		{"istio", "mTLS permissive, so a plaintext request has no principal", func(m *manifests) {
 			m.peerAuthn[0].Spec.Mtls.Mode = securityv1beta1.PeerAuthentication_MutualTLS_PERMISSIVE
 		}, "mtls STRICT"},
