@@ -152,6 +152,9 @@ type route struct {
 	access       access
 	timeout      time.Duration
 	serve        func(s *server, w http.ResponseWriter, r *http.Request, c *caller) error
+	// query are the query parameters the route takes, each at most once;
+	// any other is refused (checkQuery).
+	query []string
 }
 
 // Pattern is the http.ServeMux pattern of the route.
@@ -168,14 +171,15 @@ const (
 const leakPath = "/v1/leaks/github"
 
 var routes = []route{
-	{"POST", "/v1/keys", needWrite, requestTimeout, (*server).createKey},
-	{"GET", "/v1/keys", needRead, requestTimeout, (*server).listKeys},
-	{"GET", "/v1/keys/{id}", needRead, requestTimeout, (*server).showKey},
-	{"PATCH", "/v1/keys/{id}", needWrite, requestTimeout, (*server).updateKey},
-	{"DELETE", "/v1/keys/{id}", needWrite, requestTimeout, (*server).revokeKey},
-	{"POST", "/v1/keys/{id}/rotate", needWrite, requestTimeout, (*server).rotateKey},
-	{"GET", "/v1/openapi.json", needRead, requestTimeout, (*server).openAPI},
-	{"POST", leakPath, signed, leakTimeout, (*server).githubLeaks},
+	{"POST", "/v1/keys", needWrite, requestTimeout, (*server).createKey, nil},
+	{"GET", "/v1/keys", needRead, requestTimeout, (*server).listKeys, listQuery},
+	{"GET", "/v1/keys/{id}", needRead, requestTimeout, (*server).showKey, nil},
+	{"PATCH", "/v1/keys/{id}", needWrite, requestTimeout, (*server).updateKey, nil},
+	{"DELETE", "/v1/keys/{id}", needWrite, requestTimeout, (*server).revokeKey, nil},
+	{"POST", "/v1/keys/{id}/rotate", needWrite, requestTimeout, (*server).rotateKey, nil},
+	{"GET", "/v1/openapi.json", needRead, requestTimeout, (*server).openAPI, nil},
+	// GitHub's URL is the operator's to write: its query is not read.
+	{"POST", leakPath, signed, leakTimeout, (*server).githubLeaks, nil},
 }
 
 // server is the handler New returns.
@@ -325,7 +329,13 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				}
 			}
 		}
-		err := rt.serve(s, w, r, c)
+		var err error
+		if rt.access != signed {
+			err = s.checkQuery(r, rt)
+		}
+		if err == nil {
+			err = rt.serve(s, w, r, c)
+		}
 		if err == nil && c != nil && rt.access == needRead && s.onRead != nil && strings.HasPrefix(rt.Path, "/v1/keys") {
 			// Keys read: who read them, from where (the spec at
 			// /v1/openapi.json is no key's).

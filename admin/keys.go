@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/extauthz/extauthz/authz"
@@ -161,21 +163,43 @@ func (s *server) createSpec(o object) (keystore.Spec, error) {
 	return spec, spec.Validate(now)
 }
 
-// listKeys is GET /v1/keys.
-func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) error {
+// listQuery are the query parameters of GET /v1/keys.
+var listQuery = []string{"owner", "include_revoked", "limit", "cursor"}
+
+// checkQuery refuses a query that is malformed, names a parameter rt does
+// not take (a configured api_key parameter is the caller's credential, and
+// taken everywhere), or gives one of rt's twice. A parameter passed over
+// would be a setting the caller believes it made: ?grace=0s on a rotation,
+// sent to cut a leaked key off at once, would leave it the default grace.
+func (s *server) checkQuery(r *http.Request, rt route) error {
+	if r.URL.RawQuery == "" {
+		return nil
+	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		return badRequest("query", "malformed query string")
 	}
 	for name, vs := range q {
 		switch {
-		case name == "owner" || name == "include_revoked" || name == "limit" || name == "cursor":
+		case slices.Contains(rt.query, name):
 			if len(vs) > 1 {
 				return badRequest(name, "given more than once")
 			}
-		case !s.isQuerySource(name):
-			return badRequest("query", "unknown parameter "+s.mention(name)+"; known: owner, include_revoked, limit, cursor")
+		case s.isQuerySource(name):
+		case len(rt.query) == 0:
+			return badRequest("query", "unknown parameter "+s.mention(name)+"; this route takes no query parameters (a change's settings go in its JSON body)")
+		default:
+			return badRequest("query", "unknown parameter "+s.mention(name)+"; known: "+strings.Join(rt.query, ", "))
 		}
+	}
+	return nil
+}
+
+// listKeys is GET /v1/keys; checkQuery has checked its query.
+func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return badRequest("query", "malformed query string")
 	}
 	opts := keystore.ListOptions{Owner: q.Get("owner"), Now: s.now(), Limit: defaultLimit, After: q.Get("cursor")}
 	if opts.Owner != "" {
