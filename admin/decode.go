@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/extauthz/extauthz/keystore"
 )
@@ -172,7 +174,60 @@ func stringAt(field string, raw json.RawMessage) (string, error) {
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &v) != nil {
 		return "", badRequest(field, "want a string, got "+kind(raw))
 	}
+	if !utf8.Valid(raw) || loneSurrogate(raw) {
+		// encoding/json reads either as U+FFFD: the key would carry other
+		// text than was sent. The CLI refuses it too (keystore.CheckText).
+		return "", badRequest(field, "must be valid UTF-8")
+	}
 	return v, nil
+}
+
+// loneSurrogate reports whether the JSON string raw, well formed, escapes
+// half of a UTF-16 surrogate pair without the other half ("\ud800"), which
+// stands for no character.
+func loneSurrogate(raw []byte) bool {
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character: a "\\" escapes no escape
+		if raw[i] != 'u' {
+			continue
+		}
+		r := escapedRune(raw[i+1:])
+		i += 4
+		switch {
+		case utf16.IsSurrogate(r) && r >= 0xDC00: // a low half first
+			return true
+		case utf16.IsSurrogate(r):
+			if len(raw) < i+7 || raw[i+1] != '\\' || raw[i+2] != 'u' {
+				return true
+			}
+			if low := escapedRune(raw[i+3:]); low < 0xDC00 || low > 0xDFFF {
+				return true
+			}
+			i += 6
+		}
+	}
+	return false
+}
+
+// escapedRune is the code unit of the four hex digits a \u escape of a
+// well-formed JSON string starts b with.
+func escapedRune(b []byte) rune {
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c >= 'a':
+			c -= 'a' - 10
+		case c >= 'A':
+			c -= 'A' - 10
+		default:
+			c -= '0'
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
 }
 
 func (o object) strs(field string) ([]string, error) {

@@ -439,3 +439,59 @@ func TestNamesAndPermissionsRefuseControlBidiAndInvisibleCharacters(t *testing.T
 		})
 	})
 }
+
+// Text that is not valid UTF-8 is refused naming its field, as the CLI
+// refuses it (keystore.CheckText), never stored changed: encoding/json
+// would read a byte that is no UTF-8 and an escaped half of a UTF-16
+// surrogate pair ("\ud800") as U+FFFD, and the key would carry a name,
+// permission or metadata value other than the one sent. A whole pair, and
+// U+FFFD sent as itself, are text like any other.
+func TestTextThatIsNotUTF8IsRefusedNotReplaced(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		_, id := e.newKey(e.root, map[string]any{"name": "target", "permissions": []string{"x"}})
+		for _, bad := range []struct{ what, text string }{
+			{"a byte that is no UTF-8", "ab\xffcd"},
+			{"a cut UTF-8 sequence", "ab\xe2\x82cd"},
+			{"an encoded surrogate", "ab\xed\xa0\x80cd"},
+			{"an escaped high surrogate alone", `ab\ud800cd`},
+			{"an escaped low surrogate alone", `ab\uDC00cd`},
+			{"an escaped high surrogate before another high one", `ab\ud800\ud800\udc00cd`},
+			{"an escaped high surrogate at the end", `abcd\ud83d`},
+		} {
+			for _, tc := range []struct {
+				method, path, field, body string
+			}{
+				{"POST", "/v1/keys", "name", `{"name": "%s", "permissions": ["x"]}`},
+				{"POST", "/v1/keys", "permissions[1]", `{"name": "n", "permissions": ["x", "%s"]}`},
+				{"POST", "/v1/keys", "meta.plan", `{"name": "n", "permissions": ["x"], "meta": {"plan": "%s"}}`},
+				{"PATCH", "/v1/keys/" + id, "name", `{"name": "%s"}`},
+				{"PATCH", "/v1/keys/" + id, "meta.plan", `{"meta": {"plan": "%s"}}`},
+			} {
+				t.Run(bad.what+" in "+tc.method+" "+tc.field, func(t *testing.T) {
+					r := e.send(tc.method, tc.path, e.root, fmt.Sprintf(tc.body, bad.text))
+					require.Equal(t, http.StatusBadRequest, r.status, "%s", r)
+					assert.Equal(t, "bad_request", r.code(t))
+					assert.Equal(t, tc.field+": must be valid UTF-8", r.str(t, "error"))
+				})
+			}
+		}
+		k, err := e.store.Get(t.Context(), id)
+		require.NoError(t, err)
+		assert.Equal(t, "target", k.Name)
+		assert.Empty(t, k.Meta)
+
+		t.Run("a whole surrogate pair and U+FFFD itself are text", func(t *testing.T) {
+			for body, want := range map[string]string{
+				`{"name": "deploy \ud83d\ude80", "permissions": ["x"]}`:      "deploy 🚀",
+				`{"name": "deploy \uD83D\uDE80", "permissions": ["x"]}`:      "deploy 🚀",
+				`{"name": "unknown \ufffd", "permissions": ["x"]}`:           "unknown \uFFFD",
+				`{"name": "unknown ` + "\uFFFD" + `", "permissions": ["x"]}`: "unknown \uFFFD",
+				`{"name": "a \\ud800 b", "permissions": ["x"]}`:              `a \ud800 b`,
+			} {
+				r := e.send("POST", "/v1/keys", e.root, body)
+				require.Equal(t, http.StatusCreated, r.status, "%s: %s", body, r)
+				assert.Equal(t, want, r.str(t, "name"), body)
+			}
+		})
+	})
+}
