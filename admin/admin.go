@@ -411,16 +411,34 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request, rt route) 
 // made on the store, which knows better: a writer revoked as stolen must
 // not mint keys, nor rotate its owner's keys for their secrets, once its
 // revocation was answered, nor one whose expiry or allowlist an operator
-// narrowed act within the old ones. So the key is read again, and checked
-// again as the decision checks it (revoked, expired, IP allowlist, the
-// route's permission); its stored record is then what bounds the change.
+// narrowed act within the old ones, nor one a newer version restricted in
+// a way this one cannot read (its record's "requires") act by the rest of
+// its record. So the key is read again, and checked again as the decision
+// checks it (a record this version cannot enforce, revoked, expired, IP
+// allowlist, the route's permission); its stored record is then what
+// bounds the change.
 // On failure current writes the answer and returns false.
 func (s *server) current(w http.ResponseWriter, r *http.Request, rt route, c *caller) (*caller, bool) {
-	k, err := s.store.Get(r.Context(), c.key.ID)
+	var k *keystore.Key
+	var err error
+	if cg, ok := s.store.(keystore.CheckedGetter); ok {
+		k, err = cg.GetForCheck(r.Context(), c.key.ID)
+	} else {
+		k, err = s.store.Get(r.Context(), c.key.ID)
+	}
 	var code authz.Code
 	switch {
 	case errors.Is(err, keystore.ErrNotFound): // purged meanwhile
 		code = authz.CodeInvalidKey
+	case errors.Is(err, keystore.ErrNeedsNewer):
+		// A newer version restricted the key in a way this one cannot
+		// read: as the decision does, refuse rather than act by the rest
+		// of the record (a writer would mint keys free of the
+		// restriction). Not the caller's fault: not audited.
+		var d authz.Decision
+		d.Deny(authz.CodeUnavailable, "this key needs a newer version of extauthz to be checked; retry shortly")
+		forwardauth.WriteDenial(w, &d)
+		return nil, false
 	case err != nil:
 		s.writeError(w, r, fmt.Errorf("reading the calling key: %w", err))
 		return nil, false

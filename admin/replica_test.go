@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -100,4 +102,54 @@ func TestAChangeIsMadeOnlyByAKeyLiveInTheStore(t *testing.T) {
 			assert.Equal(t, "ip_not_allowed", r.code(t))
 		})
 	})
+}
+
+// A caller whose stored record a newer version restricted in a way this one
+// cannot read (its "requires") makes no change here, as no check of it is
+// decided here: the cache that authenticated it may not have heard of the
+// change yet, and a change made by the rest of the record would be made by
+// a key with a restriction nobody enforced (a writer bound to a network
+// this version does not know of would mint keys free of it). The decision
+// answers such a key 503 unavailable, and so does the change.
+func TestAChangeIsNotMadeByACallerThatNeedsANewerVersion(t *testing.T) {
+	srv := redistest.Start(t)
+	e := newEnv(t, backend{"redis", func(t testing.TB) (keystore.Store, func()) { return openRedis(t, srv) }}, envOptions{})
+	b := e.replica(t)
+	w, wID := e.create(keystore.Spec{Name: "writer", Owner: "team-a", Permissions: []string{"keys:write", "x"}})
+	_, target := e.create(keystore.Spec{Name: "target", Owner: "team-a", Permissions: []string{"x"}})
+	require.Equal(t, http.StatusOK, b.send("GET", "/v1/keys", w, nil).status) // the replica caches the writer as it was
+
+	recKey := "admintest:{keys}:h:" + e.manager.Hasher.Hash(w).String()
+	stored, err := srv.QueryString("GET", recKey)
+	require.NoError(t, err)
+	_, err = srv.Query("SET", recKey, strings.TrimSuffix(stored, "}")+`,"requires":["bound_to"],"bound_to":{"cidr":"10.0.0.0/8"}}`)
+	require.NoError(t, err)
+	e.rec.AuthFailures()
+
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{"POST", "/v1/keys", map[string]any{"name": "free of it", "permissions": []string{"x"}}},
+		{"POST", "/v1/keys/" + target + "/rotate", map[string]any{"grace": "1h"}},
+		{"PATCH", "/v1/keys/" + target, map[string]any{"name": "after"}},
+		{"DELETE", "/v1/keys/" + target, nil},
+	} {
+		r := b.send(c.method, c.path, w, c.body)
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s %s: %s", c.method, c.path, r)
+		assert.Equal(t, "unavailable", r.code(t))
+		assert.Contains(t, r.str(t, "error"), "needs a newer version of extauthz")
+	}
+	assert.Empty(t, e.rec.AuthFailures(), "not the caller's fault: nothing to audit, as for the decision")
+	k := e.stored(target)
+	assert.Equal(t, "target", k.Name)
+	assert.Empty(t, k.RotatedTo)
+	assert.Nil(t, k.RevokedAt)
+	list, _, err := e.store.List(context.Background(), keystore.ListOptions{Owner: "team-a", Now: e.clock.Now()})
+	require.NoError(t, err)
+	assert.Len(t, list, 2, "no key made")
+
+	// The admin API still changes such a key for a caller that may.
+	r := e.send("PATCH", "/v1/keys/"+wID, e.root, map[string]any{"name": "renamed"})
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
 }

@@ -387,6 +387,17 @@ func sameRecord(a, b *Key) bool {
 	return bytes.Equal(plain(a), plain(b))
 }
 
+// CheckedGetter is a Store whose records may require what this version
+// cannot enforce (CheckRequires): the Redis store.
+type CheckedGetter interface {
+	// GetForCheck is Get for a key about to act, as a check's key does (the
+	// caller of an admin API change): a record that requires what this
+	// version cannot enforce comes with an error wrapping ErrNeedsNewer and
+	// the key as far as this version reads it, as from Lookup. Get itself
+	// answers such a record without error, for it to be shown and changed.
+	GetForCheck(ctx context.Context, id string) (*Key, error)
+}
+
 // ReadBackConfirmer is a Store that waits for its replicas to confirm each
 // change (ErrUnconfirmed otherwise).
 type ReadBackConfirmer interface {

@@ -841,7 +841,8 @@ func TestAnOlderReplicaKeepsWhatANewerOneWroteIntoARecord(t *testing.T) {
 
 // A newer version that adds a restriction names it in the record's
 // "requires"; this version, which cannot enforce it, must not decide the
-// key by the rest of the record. The lookup a check makes refuses it; the
+// key by the rest of the record. The lookup a check makes refuses it, and
+// so does the read of an admin API change's caller (GetForCheck); the
 // admin reads (Get, List) still show the key, and a PATCH through this
 // version keeps the member as it is.
 func TestALookupRefusesARecordThatRequiresWhatItDoesNotKnow(t *testing.T) {
@@ -877,11 +878,20 @@ func TestALookupRefusesARecordThatRequiresWhatItDoesNotKnow(t *testing.T) {
 			require.NoError(t, raw.Set(ctx, recKey, rec, 0).Err())
 
 			got, err := s.Lookup(ctx, h)
+			acting, actErr := s.GetForCheck(ctx, k.ID)
 			if !tt.refused {
 				require.NoError(t, err)
 				assert.Equal(t, k.ID, got.ID)
+				require.NoError(t, actErr)
+				assert.Equal(t, k.ID, acting.ID)
 				return
 			}
+			// The read of a key about to act (an admin API change's
+			// caller) refuses it as the lookup does.
+			require.ErrorIs(t, actErr, keystore.ErrNeedsNewer)
+			assert.ErrorContains(t, actErr, tt.mentions)
+			require.NotNil(t, acting)
+			assert.Equal(t, k.ID, acting.ID)
 			require.ErrorIs(t, err, keystore.ErrNeedsNewer)
 			assert.NotErrorIs(t, err, keystore.ErrUnavailable, "an answer of the store, not its failure")
 			assert.ErrorContains(t, err, tt.mentions)

@@ -289,6 +289,26 @@ func (s *Store) read(ctx context.Context, id string) (*keystore.Key, string, str
 	return k, hexHash, raw, nil
 }
 
+// GetForCheck is Get for a key about to act: a record that requires what
+// this version cannot enforce is keystore.ErrNeedsNewer, with the key, as
+// from Lookup.
+func (s *Store) GetForCheck(ctx context.Context, id string) (*keystore.Key, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	_, _, raw, err := s.read(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	k, err := decodeForCheck(raw)
+	if err != nil {
+		return k, fmt.Errorf("redis get %q: %w", id, err)
+	}
+	return k, nil
+}
+
+var _ keystore.CheckedGetter = (*Store)(nil)
+
 // Create stores k under h, atomically with the owner's limit check.
 func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int) error {
 	if err := s.check(); err != nil {
