@@ -691,11 +691,18 @@ func (m *Manager) changed(ctx context.Context, kind string, k *Key, actor string
 	}
 }
 
-// maxLineWalk bounds how many earlier keys of a line of rotations
-// liveEarlierKeys reads; for a longer line it returns ErrLineTooLong, and
-// the change that needed to know is refused rather than miss a live key at
-// the line's start.
-const maxLineWalk = 1000
+// lineSteps is how many earlier keys of a line of rotations liveEarlierKeys
+// reads one by one. Past them it looks among the owner's listed keys
+// instead (liveKeysOfLine), a few round trips whatever the line's length:
+// a line of rotations made with no grace costs nothing to make, and walking
+// a thousand of them, two reads each, at every rotation or rate change of
+// the line, would let one writer keep the store busy.
+const lineSteps = 16
+
+// maxOwnerScan bounds how many of an owner's listed keys liveKeysOfLine
+// looks through; past it the change that needed to know is refused
+// (ErrLineTooLong) rather than miss a live key of the line.
+const maxOwnerScan = 100000
 
 // LiveEarlierKeys returns the keys before id in its line of rotations that
 // are still live (in their grace period), newest first; see
@@ -717,8 +724,8 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 	}
 	var live []*Key
 	for n, prev := 0, k.RotatedFrom; prev != ""; n++ {
-		if n == maxLineWalk {
-			return nil, fmt.Errorf("%w: it is longer than %d keys", ErrLineTooLong, maxLineWalk)
+		if n == lineSteps {
+			return m.liveKeysOfLine(ctx, k, live, now)
 		}
 		e, err := m.Store.Get(ctx, prev)
 		if errors.Is(err, ErrNotFound) {
@@ -744,7 +751,8 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 
 // liveKeysOfLine adds to live the owner's live keys, other than k, that
 // count in k's bucket and were rotated away: the earlier keys of k's line
-// (k is the newest; Update and Rotate refuse a rotated-away key).
+// (k is the newest; Update and Rotate refuse a rotated-away key). They come
+// back newest first, as the walk finds them (ids sort by creation).
 func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now time.Time) ([]*Key, error) {
 	after := ""
 	for seen := 0; ; {
@@ -759,9 +767,10 @@ func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now t
 			}
 		}
 		if seen += len(page); next == "" {
+			slices.SortFunc(live, func(a, b *Key) int { return strings.Compare(b.ID, a.ID) })
 			return live, nil
-		} else if seen >= 100*maxLineWalk {
-			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, 100*maxLineWalk)
+		} else if seen >= maxOwnerScan {
+			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, maxOwnerScan)
 		}
 		after = next
 	}
