@@ -623,6 +623,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"no memory limit for Redis", "redis: {resources: {limits: {memory: null}}}", "memory"},
 		{"no limits for Redis", "redis: {resources: {limits: null}}", "limits"},
 		{"Istio without the protected namespace", "istio: {enabled: true}", "istio.namespace"},
+		{"Istio with extauthz's own TLS", "istio: {enabled: true, namespace: demo}\ntls: {enabled: true, existingSecret: extauthz-tls}", "istio.enabled with tls.enabled"},
 		{"Istio skipping a path prefix", "istio: {enabled: true, namespace: demo, notPaths: ['/public/*']}", "istio/notPaths/0"},
 		{"Istio skipping a path suffix", "istio: {enabled: true, namespace: demo, notPaths: ['*.png']}", "istio/notPaths/0"},
 		{"Istio skipping every path", "istio: {enabled: true, namespace: demo, notPaths: ['*']}", "istio/notPaths/0"},

@@ -292,6 +292,9 @@ policy, spend the unknown-key budget every new key waits on, and read
 {{- if and $v.istio.enabled (not $v.istio.namespace) -}}
 {{- fail "istio.enabled: set istio.namespace, the namespace of the workloads to protect (the AuthorizationPolicy goes there)" -}}
 {{- end -}}
+{{- if and $v.istio.enabled $v.tls.enabled -}}
+{{- fail "istio.enabled with tls.enabled: the mesh's extension provider (the notes' block) speaks plain gRPC to extauthz, so every check would fail and every request get 503; in the mesh, let the sidecars' mutual TLS carry the checks and set tls.enabled false" -}}
+{{- end -}}
 {{- if and $v.autoscaling.enabled (lt (int $v.autoscaling.maxReplicas) (int $v.autoscaling.minReplicas)) -}}
 {{- fail "autoscaling: maxReplicas is below minReplicas" -}}
 {{- end -}}
