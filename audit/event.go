@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/extauthz/extauthz/internal/visible"
 )
 
 // Type is what an Event records; its value is the JSON field "event".
@@ -289,31 +291,28 @@ func cutQuery(path string) string {
 
 const hexDigits = "0123456789abcdef"
 
-// displayControl reports whether r changes how the text around it shows,
-// rather than showing itself: the C1 controls (U+009B is a terminal's CSI,
-// as ESC [ is, and ESC is escaped as a control character), the
+// escaped reports whether appendString writes r, which JSON allows raw, as
+// a \u escape all the same: DEL, and every character past ASCII that does
+// not draw itself (visible.Rune). A client writes the user agent, path,
+// host and request id of an event, and these characters act on a terminal
+// or a log viewer instead of showing: C1 controls (U+009B is a terminal's
+// CSI, as ESC [ is, and ESC is escaped as a control character),
 // bidirectional marks, embeddings, overrides and isolates (U+202E shows a
-// client's "1.0 resu" as "user 0.1"), and the line and paragraph
-// separators. A client writes the user agent, path, host and request id
-// of an event: escaped as \uXXXX, these are the same string to a JSON
-// reader, and cannot rearrange a line shown in a terminal (audit tail)
-// or a log viewer so that one field reads as another.
-func displayControl(r rune) bool {
-	switch {
-	case r >= 0x80 && r <= 0x9F,
-		r == 0x061C, r == 0x200E, r == 0x200F,
-		r >= 0x2028 && r <= 0x202E,
-		r >= 0x2066 && r <= 0x2069:
-		return true
-	}
-	return false
+// client's "1.0 resu" as "user 0.1"), line and paragraph separators, and
+// the characters that hide (zero-width ones, U+FEFF, the soft hyphen, tag
+// characters, fillers). Escaped as \uXXXX, they are the same string to a
+// JSON reader, and cannot rearrange or hide part of a line shown in a
+// terminal (audit tail) or a log viewer so that one field reads as
+// another, or one value as another.
+func escaped(r rune) bool {
+	return r == 0x7f || r >= utf8.RuneSelf && !visible.Rune(r)
 }
 
 // appendString appends s as a JSON string, capped like scrub caps it, with
 // the escaping of encoding/json's Encoder under SetEscapeHTML(false): quote,
 // backslash and control characters escaped, invalid UTF-8 bytes replaced by
 // \ufffd, U+2028 and U+2029 escaped; and further the characters of
-// displayControl, which encoding/json leaves as they are.
+// escaped, which encoding/json leaves as they are.
 func appendString(b []byte, s string) []byte {
 	s, cut := truncate(s)
 	b = append(b, '"')
@@ -321,7 +320,7 @@ func appendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
+			if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
 				i++
 				continue
 			}
@@ -339,7 +338,7 @@ func appendString(b []byte, s string) []byte {
 				b = append(b, '\\', 'r')
 			case '\t':
 				b = append(b, '\\', 't')
-			default:
+			default: // the other C0 controls, and DEL
 				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
 			}
 			i++
@@ -351,9 +350,9 @@ func appendString(b []byte, s string) []byte {
 		case r == utf8.RuneError && size == 1:
 			b = append(b, s[start:i]...)
 			b = append(b, `\ufffd`...)
-		case displayControl(r):
+		case escaped(r):
 			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', hexDigits[r>>12], hexDigits[r>>8&0xF], hexDigits[r>>4&0xF], hexDigits[r&0xF])
+			b = visible.AppendJSONEscape(b, r)
 		default:
 			i += size
 			continue

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -117,11 +118,12 @@ var trickyStrings = []string{
 	"\xff", "a\xffb", "\xc3", "\xc3(", "\xe2\x82", "\xed\xa0\x80", "\xf4\x90\x80\x80",
 	"\ufffd", "end\\", `\u0000`, "\"\\\"", strings.Repeat("é", 300),
 	"\u202e1.0 resu", "\u0085\u009b31m", "a\u2066b\u2069c\u200e\u200f\u061c", "\u202a\u202b\u202c\u202d",
+	"zero\u200bwidth\u200c\u200d\u2060\ufeff", "soft\u00adhyphen", "tag\U000E0041\U000E007F", "fill\u3164er\u115f",
+	"nb\u00a0sp", "private\ue000\U000F0000", "\U0001F468\u200d\U0001F469", "del\x7fete",
 }
 
 // stdlibString is encoding/json's encoding of s without HTML escaping,
-// with the characters that change how text shows (displayControl)
-// escaped too.
+// with the characters that do not draw themselves (escaped) escaped too.
 func stdlibString(t testing.TB, s string) string {
 	t.Helper()
 	var buf bytes.Buffer
@@ -132,7 +134,12 @@ func stdlibString(t testing.TB, s string) string {
 	}
 	var out strings.Builder
 	for _, r := range strings.TrimSuffix(buf.String(), "\n") {
-		if displayControl(r) {
+		if escaped(r) {
+			if r > 0xFFFF {
+				hi, lo := utf16.EncodeRune(r)
+				fmt.Fprintf(&out, `\u%04x\u%04x`, hi, lo)
+				continue
+			}
 			fmt.Fprintf(&out, `\u%04x`, r)
 			continue
 		}
@@ -149,7 +156,7 @@ func TestCharactersThatRearrangeALineAreEscaped(t *testing.T) {
 	e := Event{Time: when, Type: TypeDecision, UserAgent: ua, Path: "/a\u202eb"}
 	line := string(e.AppendJSON(nil))
 	for _, r := range line {
-		if displayControl(r) {
+		if escaped(r) {
 			t.Fatalf("line holds U+%04X unescaped: %q", r, line)
 		}
 	}
@@ -159,6 +166,31 @@ func TestCharactersThatRearrangeALineAreEscaped(t *testing.T) {
 	var back Event
 	if err := json.Unmarshal([]byte(line), &back); err != nil || back.UserAgent != ua || back.Path != "/a\u202eb" {
 		t.Errorf("read back as %q, %q (err %v); want what was sent", back.UserAgent, back.Path, err)
+	}
+}
+
+// What does not draw itself cannot hide in an event either: a zero-width
+// character, a soft hyphen, a tag character, a Hangul filler or DEL in a
+// user agent or request id is written as a \u escape, so that
+// "curl\u200b/8" does not show as "curl/8" in audit tail, and reads back as
+// sent.
+func TestCharactersThatHideAreEscaped(t *testing.T) {
+	ua := "cu\u200brl/8\u00ad.5\U000E0041\u3164\x7f\u2060\ufeff"
+	e := Event{Time: when, Type: TypeDecision, UserAgent: ua, RequestID: "r\u200di\u200cd"}
+	line := string(e.AppendJSON(nil))
+	for _, want := range []string{`cu\u200brl/8\u00ad.5\udb40\udc41\u3164\u007f\u2060\ufeff`, `r\u200di\u200cd`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("line = %s; want %s in it", line, want)
+		}
+	}
+	for _, r := range line {
+		if r == 0x7f || r >= 0x80 {
+			t.Fatalf("line holds U+%04X unescaped: %q", r, line)
+		}
+	}
+	var back Event
+	if err := json.Unmarshal([]byte(line), &back); err != nil || back.UserAgent != ua || back.RequestID != "r\u200di\u200cd" {
+		t.Errorf("read back as %q, %q (err %v); want what was sent", back.UserAgent, back.RequestID, err)
 	}
 }
 

@@ -12,8 +12,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode"
 	"unicode/utf8"
+
+	"github.com/extauthz/extauthz/internal/visible"
 )
 
 // FieldError is bad input for one field: the CLI prints it, the admin API
@@ -188,47 +189,12 @@ func CheckText(field, s string) error {
 		return &FieldError{field, "must be valid UTF-8"}
 	}
 	for i, r := range s {
-		if !visible(r) {
+		if !visible.Rune(r) {
 			return &FieldError{field, fmt.Sprintf(
 				"must not contain control, bidirectional, invisible or formatting characters (U+%04X at byte %d)", r, i)}
 		}
 	}
 	return nil
-}
-
-// visible reports whether r may appear in a label: a letter, mark, number,
-// punctuation or symbol that draws something, or the plain space.
-func visible(r rune) bool {
-	switch {
-	case r == ' ':
-		return true
-	case r < 0x20 || r == 0x7f:
-		return false
-	case r < 0x7f:
-		return true
-	case invisibleGraphic[r]:
-		return false
-	case r >= 0xFDD0 && r <= 0xFDEF, r&0xFFFE == 0xFFFE: // non-characters
-		return false
-	}
-	return unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S)
-}
-
-// invisibleGraphic are letters, marks and symbols that draw nothing, the
-// usual ingredients of a name that looks empty or like another.
-var invisibleGraphic = map[rune]bool{
-	0x034F: true, // combining grapheme joiner
-	0x115F: true, // Hangul choseong filler
-	0x1160: true, // Hangul jungseong filler
-	0x17B4: true, // Khmer vowel inherent aq
-	0x17B5: true, // Khmer vowel inherent aa
-	0x180B: true, // Mongolian free variation selectors
-	0x180C: true,
-	0x180D: true,
-	0x180F: true,
-	0x2800: true, // braille pattern blank
-	0x3164: true, // Hangul filler
-	0xFFA0: true, // halfwidth Hangul filler
 }
 
 // ValidateOwner checks an owner: 1–64 of [A-Za-z0-9_.@:-].
