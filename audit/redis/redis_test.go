@@ -213,6 +213,35 @@ func TestTailPrintsTheLastEventsOldestFirst(t *testing.T) {
 	}
 }
 
+// Tail writes to a terminal, and escapes there whatever in an entry does
+// not draw itself, whoever wrote it: an older version's event with a raw
+// zero-width space or right-to-left override in its user agent, or a C1
+// CSI, shows as \u escapes, and the line still reads back as the event.
+func TestTailEscapesWhatAnEntryHoldsRaw(t *testing.T) {
+	_, c := newClient(t)
+	ua := "curl\u200b/8\u202e\u009b2J\x7f\U000E0041"
+	raw := `{"schema":1,"time":"2026-03-04T05:06:07.891234Z","event":"decision","user_agent":"` + ua + `","status":401}`
+	if err := c.XAdd(ctx(t), &goredis.XAddArgs{Stream: "test:audit", Values: []any{"event", raw}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Tail(ctx(t), c, prefix, TailOptions{}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := `"user_agent":"curl\u200b/8\u202e\u009b2J\u007f\udb40\udc41"`; !strings.Contains(out.String(), want) {
+		t.Fatalf("got %q; want %s in it", out.String(), want)
+	}
+	for _, r := range out.String() {
+		if r == 0x7f || r >= 0x80 {
+			t.Fatalf("tail wrote U+%04X raw: %q", r, out.String())
+		}
+	}
+	var back audit.Event
+	if err := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &back); err != nil || back.UserAgent != ua {
+		t.Errorf("read back as %q (err %v), want %q", back.UserAgent, err, ua)
+	}
+}
+
 // decision is a decision about keyID at when + n ms.
 func decision(keyID string, n int) audit.Event {
 	return audit.Event{Time: when.Add(time.Duration(n) * time.Millisecond), Type: audit.TypeDecision,

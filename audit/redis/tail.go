@@ -11,6 +11,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/extauthz/extauthz/internal/visible"
 )
 
 // TailOptions choose what Tail prints.
@@ -204,7 +206,8 @@ func printEntries(w io.Writer, entries []tailEntry) error {
 }
 
 // matchEntry returns the event of a stream entry, its JSON compacted to one
-// line, if the entry holds a JSON object about keyID (any key when keyID is
+// line with every character that does not draw itself escaped
+// (visible.EscapeJSON), if the entry holds a JSON object about keyID (any key when keyID is
 // empty).
 func matchEntry(m goredis.XMessage, keyID string) (tailEntry, bool) {
 	s, ok := m.Values[field].(string)
@@ -226,5 +229,9 @@ func matchEntry(m goredis.XMessage, keyID string) (tailEntry, bool) {
 	if err := json.Compact(&line, []byte(s)); err != nil || line.Bytes()[0] != '{' {
 		return tailEntry{}, false // not ours: a string, a number, null
 	}
-	return tailEntry{about.Time, line.Bytes()}, true
+	// The line goes to a terminal. This version's events have every
+	// character that does not draw itself escaped already; an entry an
+	// older version wrote (before it escaped zero-width characters, say),
+	// or anything else that can write to the stream, may hold them raw.
+	return tailEntry{about.Time, visible.EscapeJSON(nil, line.Bytes())}, true
 }
