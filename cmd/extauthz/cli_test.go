@@ -23,6 +23,7 @@ import (
 
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/internal/syncbuf"
+	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/sqlite"
 )
@@ -656,16 +657,55 @@ func TestKeysListShowsAnOldRecordsInvisibleCharactersEscaped(t *testing.T) {
 	id, err := keystore.NewID(now)
 	require.NoError(t, err)
 	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "pay\u202Eroll\x1b[2J", Owner: "team",
-		Permissions: []string{"read\u200B"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
+		Permissions: []string{"read\u200B", "fill\u3164"}, Policies: []string{"gold\u009b2J"},
+		Meta: map[string]string{"plan": "a\u2060b"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
 	require.NoError(t, st.Close())
 
 	for _, args := range [][]string{{"keys", "list"}, {"keys", "show", id}} {
 		out, errOut, code := cliRun(t, append(args, "--config", path)...)
 		require.Equal(t, 0, code, errOut)
 		assert.Contains(t, out, `"pay\u202eroll\x1b[2J"`, "%v", args)
+		assert.Contains(t, out, `"read\u200b,`, "%v", args)
+		assert.Contains(t, out, `fill\u3164`, "%v: a filler draws nothing, though strconv leaves it raw", args)
+		if args[1] == "show" {
+			assert.Contains(t, out, `"gold\u009b2J"`, "the policies are a stored label too")
+			assert.Contains(t, out, `plan="a\u2060b"`)
+		}
+		assertDrawsEverything(t, out, args)
+	}
+	// The JSON form goes to a terminal as often as to a program: the same
+	// characters are \u escapes there, and it reads back as the record.
+	for _, args := range [][]string{{"keys", "list", "--json"}, {"keys", "show", id, "--json"}} {
+		out, errOut, code := cliRun(t, append(args, "--config", path)...)
+		require.Equal(t, 0, code, errOut)
+		assert.Contains(t, out, `"pay\u202eroll\u001b[2J"`, "%v", args)
 		assert.Contains(t, out, `"read\u200b"`, "%v", args)
-		assert.NotContains(t, out, "\u202E")
-		assert.NotContains(t, out, "\x1b")
+		assert.Contains(t, out, `"gold\u009b2J"`, "%v", args)
+		assertDrawsEverything(t, out, args)
+		var k keystore.Key
+		if args[1] == "list" {
+			var ks []keystore.Key
+			require.NoError(t, json.Unmarshal([]byte(out), &ks), out)
+			require.Len(t, ks, 1)
+			k = ks[0]
+		} else {
+			require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+		}
+		assert.Equal(t, "pay\u202Eroll\x1b[2J", k.Name)
+		assert.Equal(t, []string{"gold\u009b2J"}, k.Policies)
+		assert.Equal(t, "a\u2060b", k.Meta["plan"])
+	}
+}
+
+// assertDrawsEverything fails when out holds a character that does not
+// draw itself, other than the newline and the tab.
+func assertDrawsEverything(t *testing.T, out string, args []string) {
+	t.Helper()
+	for _, r := range out {
+		if r != '\n' && r != '\t' && !visible.Rune(r) {
+			t.Errorf("%v wrote U+%04X raw:\n%s", args, r, out)
+			return
+		}
 	}
 }
 

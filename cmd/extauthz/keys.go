@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -159,10 +159,17 @@ func (m *metaFlag) check(c *cobra.Command) error {
 	return nil
 }
 
+// writeJSON prints v as indented JSON, for a terminal as much as for a
+// program: every character that does not draw itself is a \u escape
+// (visible.EscapeJSON), as encoding/json leaves C1 controls, bidirectional
+// overrides and zero-width characters raw. A program reads the same values.
 func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(visible.EscapeJSON(nil, b), '\n'))
+	return err
 }
 
 func printKey(w io.Writer, k *keystore.Key, now time.Time) {
@@ -188,7 +195,7 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	row("ip allowlist", ips)
 	policies := "(all)"
 	if len(k.Policies) > 0 {
-		policies = strings.Join(k.Policies, ", ")
+		policies = shown(strings.Join(k.Policies, ", "))
 	}
 	row("policies", policies)
 	if len(k.Meta) > 0 {
@@ -220,13 +227,14 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 // shown is a stored label as the terminal should print it: as it is when it
 // is visible text (every name and permission written since they are
 // checked), else quoted with its control, bidirectional and invisible
-// characters escaped, so that a record written before cannot steer the
-// terminal or pass for another.
+// characters escaped (visible.Quote: fillers that draw nothing too), so
+// that a record written before, or straight into the store, cannot steer
+// the terminal or pass for another.
 func shown(label string) string {
 	if keystore.CheckText("", label) == nil {
 		return label
 	}
-	return strconv.Quote(label)
+	return visible.Quote(label)
 }
 
 func fmtTime(t *time.Time, none string) string {
