@@ -25,6 +25,7 @@ import (
 
 	"github.com/extauthz/extauthz/admin"
 	"github.com/extauthz/extauthz/internal/syncbuf"
+	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -132,6 +133,38 @@ func TestAGitHubReportRevokesTheKeyThroughTheServer(t *testing.T) {
 	assert.Contains(t, ls.logs.String(), "GitHub reported a leaked API key")
 	assert.NotContains(t, ls.events.String(), secret, "no secret in the audit")
 	assert.NotContains(t, ls.logs.String(), secret, "no secret in the log")
+}
+
+// The URL of a report is text of someone else's: a file in a public
+// repository can be named with a right-to-left override, a zero-width
+// space or a C1 CSI. In the JSON log they are \u escapes, which act on no
+// terminal and read back as GitHub sent them.
+func TestALeakReportsURLReachesTheLogEscaped(t *testing.T) {
+	ls := startLeakServer(t)
+	secret, _ := ls.create(t, keystore.Spec{Name: "billing", Owner: "team-a", Permissions: []string{"read:users"}})
+	url := "https://github.com/octo/repo/blob/abc/pay\u202eroll\u200b\u009b2J\U000E0041.env"
+	status, body := ls.report(t, leakReport(secret, url))
+	require.Equal(t, http.StatusOK, status, body)
+
+	var line string
+	require.Eventually(t, func() bool {
+		for l := range strings.Lines(ls.logs.String()) {
+			if strings.Contains(l, "GitHub reported a leaked API key") {
+				line = l
+				return true
+			}
+		}
+		return false
+	}, 2*time.Second, 10*time.Millisecond, "the report is logged")
+	assert.Contains(t, line, `pay\u202eroll\u200b\u009b2J\udb40\udc41.env`)
+	for _, r := range line {
+		if r != '\n' && !visible.Rune(r) {
+			t.Fatalf("the log line holds U+%04X raw: %q", r, line)
+		}
+	}
+	var rec map[string]any
+	require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
+	assert.Equal(t, url, rec["found_at"])
 }
 
 // Clients that open reports on the public listener and stall, having sent

@@ -34,6 +34,7 @@ import (
 	"github.com/extauthz/extauthz/authz/forwardauth"
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/gcfloor"
+	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 	rlredis "github.com/extauthz/extauthz/ratelimit/redis"
@@ -129,6 +130,13 @@ const grpcMaxCall = 10 * time.Second
 // in the environment turns it off.
 const gcHeapFloor = 16 << 20
 
+// newLogger is the server's log: JSON lines on w, or slog's text format.
+// Some values in it are text others wrote (the URL of a leak report,
+// what a client offered in a failed TLS handshake). The text format
+// quotes a value with strconv's escapes; slog's JSON leaves C1 controls,
+// bidirectional overrides and zero-width characters raw, which act on the
+// terminal or the log viewer showing the line, so the JSON is written
+// through visibleJSON.
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
@@ -136,7 +144,24 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	if c.Format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(slog.NewJSONHandler(visibleJSON{w}, opts))
+}
+
+// visibleJSON writes the JSON lines of slog's JSON handler (one line per
+// Write) with every character that does not draw itself as a \u escape
+// (visible.EscapeJSON): the same values to a reader of the JSON.
+type visibleJSON struct{ w io.Writer }
+
+func (v visibleJSON) Write(p []byte) (int, error) {
+	for _, c := range p {
+		if c >= 0x7f {
+			if _, err := v.w.Write(visible.EscapeJSON(make([]byte, 0, len(p)+32), p)); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
+	return v.w.Write(p)
 }
 
 // server is one running extauthz: the store, the cache, the decision and

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -124,7 +123,8 @@ func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*ser
 	t.Helper()
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
-	srv, err := newServer(cfg, slog.New(slog.NewJSONHandler(out.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), out.audit)
+	// The server's own logger, at debug.
+	srv, err := newServer(cfg, newLogger(config.Log{Level: "debug", Format: "json"}, out.logs), out.audit)
 	require.NoError(t, err)
 	if pre != nil {
 		pre(srv)
