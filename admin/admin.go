@@ -26,6 +26,7 @@ import (
 
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/authz/forwardauth"
+	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
 )
@@ -715,5 +716,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n')) //nolint:errcheck // the client is gone
+	// An operator reads these with curl in a terminal: a record written
+	// before labels were checked, or straight into the store, has its
+	// controls, bidirectional overrides and zero-width characters escaped
+	// (encoding/json leaves them raw), the same values to a program.
+	w.Write(append(visible.EscapeJSON(nil, b), '\n')) //nolint:errcheck // the client is gone
 }

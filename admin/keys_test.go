@@ -515,3 +515,27 @@ func TestAServerWithAnotherPepperMakesNoKey(t *testing.T) {
 		require.Equal(t, http.StatusCreated, r.status, "%s", r)
 	})
 }
+
+// An operator reads the admin API with curl in a terminal: a record
+// written before labels were checked, or straight into the store, comes
+// back with its controls, bidirectional overrides and invisible characters
+// as \u escapes, and reads back as stored.
+func TestAStoredRecordsInvisibleCharactersAreEscapedInTheAnswer(t *testing.T) {
+	e := newEnv(t, backends[0], envOptions{})
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(t, err)
+	name := "pay\u202eroll\u009b2J\u200b\U000E0041"
+	require.NoError(t, e.store.Create(context.Background(), &keystore.Key{ID: id, Name: name, Owner: "team",
+		Permissions: []string{"read"}, CreatedAt: now}, keystore.NewHasher([]byte("test pepper")).Hash("old"), 0))
+
+	for _, path := range []string{"/v1/keys/" + id, "/v1/keys?owner=team"} {
+		r := e.send("GET", path, e.root, nil)
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		assert.Contains(t, string(r.body), `pay\u202eroll\u009b2J\u200b\udb40\udc41`, path)
+		for _, c := range r.body {
+			require.Less(t, c, byte(0x7f), "%s: a byte past ASCII in %s", path, r.body)
+		}
+	}
+	assert.Equal(t, name, e.send("GET", "/v1/keys/"+id, e.root, nil).str(t, "name"), "reads back as stored")
+}
