@@ -164,9 +164,12 @@ func TestCaddyForwardAuthWithTheShippedConfig(t *testing.T) {
 		r := send(t, "GET", "/api/users", "X-Api-Key: "+local, "User-Agent: forwarding",
 			"X-Forwarded-For: 10.9.9.9", "X-Forwarded-Host: admin.example", "X-Forwarded-Proto: https",
 			"Forwarded: for=10.9.9.9;host=admin.example;proto=https", "X-Real-IP: 10.9.9.9",
-			"X_Real_IP: 10.9.9.9", "X_Forwarded_For: 10.9.9.9", "x-forwarded_host: admin.example")
+			"X_Real_IP: 10.9.9.9", "X_Forwarded_For: 10.9.9.9", "x-forwarded_host: admin.example",
+			"X-Forwarded-Uri: /admin/users", "X-Forwarded-Method: DELETE")
 		require.Equal(t, 200, r.status, r.body)
 		got := up.last(t)
+		assert.NotContains(t, got.Headers, "X-Forwarded-Uri", "the upstream reads no target but the one extauthz decided")
+		assert.NotContains(t, got.Headers, "X-Forwarded-Method")
 		assert.Equal(t, []string{lk.ID}, got.Headers["X-Authz-Key-Id"], "the allowlist held the peer, not the client's X-Forwarded-For")
 		assert.Equal(t, []string{"127.0.0.1"}, got.Headers["X-Forwarded-For"])
 		assert.Equal(t, []string{"api.example.com"}, got.Headers["X-Forwarded-Host"])
@@ -389,6 +392,16 @@ func TestCaddyfileLinesEachCloseAHole(t *testing.T) {
 				r := c.raw(t, caddyRequest("GET", "/api/users", "X-Api-Key: "+reader, "Forwarded: host=admin.example"))
 				require.Equal(t, 200, r.status, r.body)
 				assert.Equal(t, []string{"host=admin.example"}, up.last(t).Headers["Forwarded"])
+			},
+		},
+		{
+			name: "-X-Forwarded-Uri, -X-Forwarded-Method: a client's name another target to the upstream",
+			cut:  [][2]string{{"\t\trequest_header -X-Forwarded-Uri\n", ""}, {"\t\trequest_header -X-Forwarded-Method\n", ""}},
+			hole: func(t *testing.T, c *proxyProc) {
+				r := c.raw(t, caddyRequest("GET", "/api/users", "X-Api-Key: "+reader, "X-Forwarded-Uri: /admin/users", "X-Forwarded-Method: DELETE"))
+				require.Equal(t, 200, r.status, r.body)
+				assert.Equal(t, []string{"/admin/users"}, up.last(t).Headers["X-Forwarded-Uri"])
+				assert.Equal(t, []string{"DELETE"}, up.last(t).Headers["X-Forwarded-Method"])
 			},
 		},
 		{

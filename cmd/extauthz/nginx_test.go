@@ -102,9 +102,13 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 			"Forwarded":         "for=10.9.9.9;host=admin.example;proto=https",
 			"X-Forwarded-Proto": "https",
 			"X-Real-IP":         "10.9.9.9",
+			"X-Original-URI":    "/admin/users",
+			"X-Original-Method": "DELETE",
 		})
 		require.Equal(t, 200, r.status, r.body)
 		got := up.last(t)
+		assert.NotContains(t, got.Headers, "X-Original-Uri", "the upstream reads no target but the one extauthz decided")
+		assert.NotContains(t, got.Headers, "X-Original-Method")
 		assert.Equal(t, []string{"127.0.0.1"}, got.Headers["X-Forwarded-Host"])
 		assert.Equal(t, []string{"http"}, got.Headers["X-Forwarded-Proto"])
 		assert.NotContains(t, got.Headers, "Forwarded")
