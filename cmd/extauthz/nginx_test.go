@@ -182,15 +182,7 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 			assert.Contains(t, r.header.Get("RateLimit"), `"/api/limited";r=`, "an allow carries the rate-limit headers")
 			assert.Equal(t, "2", r.header.Get("X-RateLimit-Limit"))
 		}
-		r := ngx.do(t, "GET", "/api/limited", map[string]string{"X-Api-Key": limited})
-		assertDenialJSON(t, r, 429, "rate_limited")
-		retry, err := strconv.Atoi(r.header.Get("Retry-After"))
-		require.NoError(t, err, "Retry-After %q", r.header.Get("Retry-After"))
-		assert.GreaterOrEqual(t, retry, 1)
-		assert.LessOrEqual(t, retry, 63, "the 2/m window, within the limiter's few percent")
-		assert.Equal(t, "0", r.header.Get("X-RateLimit-Remaining"))
-		assert.Contains(t, r.header.Get("RateLimit"), ";r=0;")
-		assert.NotEmpty(t, r.header.Get("RateLimit-Policy"))
+		assertRateLimitedJSON(t, ngx.do(t, "GET", "/api/limited", map[string]string{"X-Api-Key": limited}))
 		assert.Equal(t, before+2, up.calls.Load(), "only the two allowed requests reached the upstream")
 	})
 
@@ -305,6 +297,21 @@ func TestNginxCacheStoresNoDecision(t *testing.T) {
 			require.Equal(t, 200, r.status, "no stored denial refuses the key: %s", r.body)
 		})
 	}
+}
+
+// assertRateLimitedJSON checks the 429 a proxy passed on for a key past its
+// 2/m route limit: the JSON denial, Retry-After within the window, and the
+// rate-limit headers saying nothing is left.
+func assertRateLimitedJSON(t *testing.T, r proxyResponse) {
+	t.Helper()
+	assertDenialJSON(t, r, 429, "rate_limited")
+	retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+	require.NoError(t, err, "Retry-After %q", r.header.Get("Retry-After"))
+	assert.GreaterOrEqual(t, retry, 1)
+	assert.LessOrEqual(t, retry, 63, "the 2/m window, within the limiter's few percent")
+	assert.Equal(t, "0", r.header.Get("X-RateLimit-Remaining"))
+	assert.Contains(t, r.header.Get("RateLimit"), ";r=0;")
+	assert.NotEmpty(t, r.header.Get("RateLimit-Policy"))
 }
 
 func assertDenialJSON(t *testing.T, r proxyResponse, status int, code string) {
