@@ -437,7 +437,7 @@ func (s *server) current(w http.ResponseWriter, r *http.Request, rt route, c *ca
 		// of the record (a writer would mint keys free of the
 		// restriction). Not the caller's fault: not audited.
 		var d authz.Decision
-		d.Deny(authz.CodeUnavailable, "this key needs a newer version of extauthz to be checked; retry shortly")
+		d.Deny(authz.CodeUnavailable, authz.NeedsNewerMessage)
 		forwardauth.WriteDenial(w, &d)
 		return nil, false
 	case err != nil:

@@ -518,12 +518,16 @@ func (a *Authorizer) lookup(ctx context.Context, set *PolicySet, key string, now
 	case errors.Is(err, keystore.ErrNeedsNewer):
 		// The record restricts the key in a way this version cannot read
 		// (rolling upgrade, rollback): refuse rather than decide by less.
-		d.Deny(CodeUnavailable, "this key needs a newer version of extauthz to be checked; retry shortly")
+		d.Deny(CodeUnavailable, NeedsNewerMessage)
 	default:
 		d.Deny(CodeUnavailable, "")
 	}
 	return false
 }
+
+// NeedsNewerMessage is the answer to a key whose record requires what this
+// version cannot enforce (keystore.ErrNeedsNewer), wherever the key acts.
+const NeedsNewerMessage = "this key needs a newer version of extauthz to be checked; retry shortly"
 
 // admitLookup asks the guard for one store lookup of an unknown key, and
 // answers the check when it refuses.
