@@ -202,7 +202,13 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 		return badRequest("query", "malformed query string")
 	}
 	opts := keystore.ListOptions{Owner: q.Get("owner"), Now: s.now(), Limit: defaultLimit, After: q.Get("cursor")}
-	if opts.Owner != "" {
+	if q.Has("owner") {
+		// An empty owner is what ?owner=$TEAM sends with TEAM unset: listing
+		// every owner's keys for it would answer another question than the
+		// one asked.
+		if opts.Owner == "" {
+			return badRequest("owner", "empty; leave the parameter out to list every owner's keys")
+		}
 		if err := keystore.ValidateOwner(opts.Owner); err != nil {
 			return err
 		}
@@ -213,14 +219,20 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 		}
 		opts.Owner = c.owner
 	}
-	if v := q.Get("include_revoked"); v != "" {
-		if opts.IncludeRevoked, err = strconv.ParseBool(v); err != nil {
+	if q.Has("include_revoked") {
+		switch q.Get("include_revoked") {
+		case "true":
+			opts.IncludeRevoked = true
+		case "false":
+		default:
 			return badRequest("include_revoked", "want true or false")
 		}
 	}
-	if v := q.Get("limit"); v != "" {
+	if q.Has("limit") {
+		v := q.Get("limit")
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxLimit {
+		// Digits only, as the number is written back: no sign, no leading zero.
+		if err != nil || n < 1 || n > maxLimit || v != strconv.Itoa(n) {
 			return badRequest("limit", "want a whole number from 1 to 1000")
 		}
 		opts.Limit = n

@@ -346,7 +346,6 @@ func TestListingHidesRevokedAndExpiredKeysUnlessAsked(t *testing.T) {
 			"owner=o":                       {live},
 			"owner=o&include_revoked=false": {live},
 			"owner=o&include_revoked=true":  {live, revoked, expiring},
-			"owner=o&include_revoked=1":     {live, revoked, expiring},
 		} {
 			r := e.send("GET", "/v1/keys?"+query, e.root, nil)
 			require.Equal(t, http.StatusOK, r.status, "%s", r)
@@ -366,6 +365,13 @@ func TestListingRefusesBadParameters(t *testing.T) {
 			{"a negative limit is refused", "limit=-5", "limit"},
 			{"a limit that is not a number is refused", "limit=ten", "limit"},
 			{"include_revoked must be a boolean", "include_revoked=maybe", "include_revoked"},
+			{"include_revoked is true or false, spelt so", "include_revoked=1", "include_revoked"},
+			{"include_revoked is true or false, in lower case", "include_revoked=TRUE", "include_revoked"},
+			{"an empty include_revoked is refused", "include_revoked=", "include_revoked"},
+			{"a limit with a sign is refused", "limit=%2B5", "limit"},
+			{"a limit with a leading zero is refused", "limit=05", "limit"},
+			{"an empty limit is refused", "limit=", "limit"},
+			{"an empty owner is refused, not taken for every owner", "owner=", "owner"},
 			{"a cursor must come from next_cursor", "cursor=page2", "cursor"},
 			{"a bad owner is refused", "owner=a%20b", "owner"},
 			{"a parameter given twice is refused", "limit=1&limit=2", "limit"},
