@@ -29,6 +29,7 @@ import (
 	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/internal/syncbuf"
+	"github.com/extauthz/extauthz/internal/testproc"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -42,6 +43,7 @@ func TestMain(m *testing.M) {
 	// Every server and CLI process of these tests hashes with a pepper, as in
 	// production; a test of the pepper's absence unsets it for itself.
 	os.Setenv(testPepperEnv, testPepper)
+	testproc.NoRaceExitSleep()
 	goleak.VerifyTestMain(m, redistest.LeakOptions()...)
 }
 

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/extauthz/extauthz/internal/syncbuf"
+	"github.com/extauthz/extauthz/internal/testproc"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/keystore/storetest"
 	"github.com/extauthz/extauthz/ratelimit"
@@ -39,6 +40,7 @@ func TestMain(m *testing.M) {
 	if arg := os.Getenv(fullEnv); arg != "" {
 		os.Exit(childOnAFullDisk(arg))
 	}
+	testproc.NoRaceExitSleep()
 	goleak.VerifyTestMain(m)
 }
 
