@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,13 @@ type leakServer struct {
 
 func startLeakServer(t *testing.T) *leakServer {
 	t.Helper()
+	return startLeakServerLogging(t, "json")
+}
+
+// startLeakServerLogging is startLeakServer with its log in format (json
+// or text).
+func startLeakServerLogging(t *testing.T, format string) *leakServer {
+	t.Helper()
 	github, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	der, err := x509.MarshalPKIXPublicKey(&github.PublicKey)
@@ -56,7 +64,7 @@ func startLeakServer(t *testing.T) *leakServer {
 
 	var logs, events syncbuf.Buffer
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\n"+
-		"audit: {sink: stdout}\nlog: {level: debug}\n"+fmt.Sprintf("leaks: {github_keys_file: %q}\n", keysFile)+
+		"audit: {sink: stdout}\nlog: {level: debug, format: "+format+"}\n"+fmt.Sprintf("leaks: {github_keys_file: %q}\n", keysFile)+
 		storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: &events})
 	return &leakServer{testServer: ts, github: github, keyID: keyID, logs: &logs, events: &events,
@@ -137,34 +145,61 @@ func TestAGitHubReportRevokesTheKeyThroughTheServer(t *testing.T) {
 
 // The URL of a report is text of someone else's: a file in a public
 // repository can be named with a right-to-left override, a zero-width
-// space or a C1 CSI. In the JSON log they are \u escapes, which act on no
+// space, a C1 CSI or a Hangul filler, which Go counts as printable but
+// draws as nothing. In either log format they are escapes, which act on no
 // terminal and read back as GitHub sent them.
 func TestALeakReportsURLReachesTheLogEscaped(t *testing.T) {
-	ls := startLeakServer(t)
-	secret, _ := ls.create(t, keystore.Spec{Name: "billing", Owner: "team-a", Permissions: []string{"read:users"}})
-	url := "https://github.com/octo/repo/blob/abc/pay\u202eroll\u200b\u009b2J\U000E0041.env"
-	status, body := ls.report(t, leakReport(secret, url))
-	require.Equal(t, http.StatusOK, status, body)
+	for _, tc := range []struct{ name, url, json, text string }{
+		{"controls, bidi and zero-width",
+			"https://github.com/octo/repo/blob/abc/pay\u202eroll\u200b\u009b2J\U000E0041.env",
+			`pay\u202eroll\u200b\u009b2J\udb40\udc41.env`, `pay\u202eroll\u200b\u009b2J\U000e0041.env`},
+		{"a filler alone, which leaves a text value bare",
+			"https://github.com/octo/repo/blob/abc/pay\u3164roll.env",
+			`pay\u3164roll.env`, `"https://github.com/octo/repo/blob/abc/pay\u3164roll.env"`},
+		{"a filler among characters the text format quotes",
+			"https://github.com/octo/repo/blob/abc/pay roll\u202e\u3164.env",
+			`pay roll\u202e\u3164.env`, `pay roll\u202e\u3164.env"`},
+	} {
+		for _, format := range []string{"json", "text"} {
+			t.Run(tc.name+", "+format, func(t *testing.T) {
+				ls := startLeakServerLogging(t, format)
+				secret, _ := ls.create(t, keystore.Spec{Name: "billing", Owner: "team-a", Permissions: []string{"read:users"}})
+				status, body := ls.report(t, leakReport(secret, tc.url))
+				require.Equal(t, http.StatusOK, status, body)
 
-	var line string
-	require.Eventually(t, func() bool {
-		for l := range strings.Lines(ls.logs.String()) {
-			if strings.Contains(l, "GitHub reported a leaked API key") {
-				line = l
-				return true
-			}
-		}
-		return false
-	}, 2*time.Second, 10*time.Millisecond, "the report is logged")
-	assert.Contains(t, line, `pay\u202eroll\u200b\u009b2J\udb40\udc41.env`)
-	for _, r := range line {
-		if r != '\n' && !visible.Rune(r) {
-			t.Fatalf("the log line holds U+%04X raw: %q", r, line)
+				var line string
+				require.Eventually(t, func() bool {
+					for l := range strings.Lines(ls.logs.String()) {
+						if strings.Contains(l, "GitHub reported a leaked API key") {
+							line = l
+							return true
+						}
+					}
+					return false
+				}, 2*time.Second, 10*time.Millisecond, "the report is logged")
+				for _, r := range line {
+					if r != '\n' && !visible.Rune(r) {
+						t.Fatalf("the log line holds U+%04X raw: %q", r, line)
+					}
+				}
+				if format == "json" {
+					assert.Contains(t, line, tc.json)
+					var rec map[string]any
+					require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
+					assert.Equal(t, tc.url, rec["found_at"])
+					return
+				}
+				assert.Contains(t, line, tc.text)
+				_, v, ok := strings.Cut(line, " found_at=")
+				require.True(t, ok, line)
+				q, err := strconv.QuotedPrefix(v)
+				require.NoError(t, err, "the value is quoted: %s", line)
+				got, err := strconv.Unquote(q)
+				require.NoError(t, err)
+				assert.Equal(t, tc.url, got, "the value reads back as sent")
+			})
 		}
 	}
-	var rec map[string]any
-	require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
-	assert.Equal(t, url, rec["found_at"])
 }
 
 // Clients that open reports on the public listener and stall, having sent

@@ -10,10 +10,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -132,19 +135,106 @@ const gcHeapFloor = 16 << 20
 
 // newLogger is the server's log: JSON lines on w, or slog's text format.
 // Some values in it are text others wrote (the URL of a leak report,
-// what a client offered in a failed TLS handshake). The text format
-// quotes a value with strconv's escapes; slog's JSON leaves C1 controls,
-// bidirectional overrides and zero-width characters raw, which act on the
-// terminal or the log viewer showing the line, so the JSON is written
-// through visibleJSON.
+// what a client offered in a failed TLS handshake). slog's JSON leaves C1
+// controls, bidirectional overrides and zero-width characters raw, which
+// act on the terminal or the log viewer showing the line, and its text
+// format leaves raw (and a value bare) the characters Go counts as
+// printable though they draw nothing, so each is written through a filter:
+// visibleJSON, visibleText.
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(slog.NewTextHandler(visibleText{w}, opts))
 	}
 	return slog.New(slog.NewJSONHandler(visibleJSON{w}, opts))
+}
+
+// visibleText writes the lines of slog's text handler (one line per Write)
+// with every character that does not draw itself escaped. slog quotes a
+// value with strconv's escapes when it holds a control or a format
+// character, but a filler (U+3164, U+115F, ...: visible.Rune) is printable
+// to Go, so it stays raw inside quotes and leaves a value bare: "curlㅤ/8"
+// read as curl/8. Each bare key or value, and each quoted one, that holds
+// such a character is written quoted by visible.Quote instead, which reads
+// back (strconv.Unquote) as what was logged.
+type visibleText struct{ w io.Writer }
+
+func (v visibleText) Write(p []byte) (int, error) {
+	if visibleASCII(p) {
+		return v.w.Write(p)
+	}
+	out := make([]byte, 0, len(p)+32)
+	for i := 0; i < len(p); {
+		// A line is keys and values between ' ', '=' and the line's end,
+		// each bare or a Go string literal: a bare one never holds a space,
+		// '=' or '"', which slog quotes.
+		j := i
+		if p[i] == '"' {
+			j = endOfQuoted(p, i)
+		} else {
+			for j < len(p) && p[j] != ' ' && p[j] != '=' && p[j] != '\n' && p[j] != '"' {
+				j++
+			}
+		}
+		if j == i { // a separator
+			out = append(out, p[i])
+			i++
+			continue
+		}
+		out = appendVisibleToken(out, p[i:j])
+		i = j
+	}
+	if _, err := v.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// visibleASCII reports whether p is ASCII without DEL, which slog's text
+// handler has already quoted and escaped wherever it does not draw itself.
+func visibleASCII(p []byte) bool {
+	for _, c := range p {
+		if c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// endOfQuoted returns the index after the Go string literal that starts at
+// p[i], or len(p) when it does not end.
+func endOfQuoted(p []byte, i int) int {
+	for j := i + 1; j < len(p); j++ {
+		switch p[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(p)
+}
+
+// appendVisibleToken appends tok, a bare key or value or a quoted one, as
+// it is when every character of it draws itself, else quoted by
+// visible.Quote.
+func appendVisibleToken(out, tok []byte) []byte {
+	if visibleASCII(tok) {
+		return append(out, tok...)
+	}
+	s := string(tok)
+	if tok[0] == '"' {
+		u, err := strconv.Unquote(s)
+		if err != nil {
+			return append(out, strconv.Quote(s)...) // not slog's; quoted whole, escaping all
+		}
+		s = u
+	} else if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !visible.Rune(r) }) {
+		return append(out, tok...)
+	}
+	return append(out, visible.Quote(s)...)
 }
 
 // visibleJSON writes the JSON lines of slog's JSON handler (one line per

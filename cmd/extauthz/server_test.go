@@ -125,8 +125,8 @@ func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*ser
 	t.Helper()
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
-	// The server's own logger, at debug.
-	srv, err := newServer(cfg, newLogger(config.Log{Level: "debug", Format: "json"}, out.logs), out.audit)
+	// The server's own logger, at debug, in the config's format.
+	srv, err := newServer(cfg, newLogger(config.Log{Level: "debug", Format: cfg.Log.Format}, out.logs), out.audit)
 	require.NoError(t, err)
 	if pre != nil {
 		pre(srv)
