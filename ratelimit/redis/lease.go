@@ -142,6 +142,7 @@ type lease struct {
 	tokens    int64            // requests left to hand out
 	until     time.Time        // the last grant's deadline (local clock)
 	res       ratelimit.Result // the last grant's Result (Remaining: after all of it), for the headers
+	sent      time.Time        // when the last grant's check was sent (local clock): res.Reset counts from then
 	used      time.Time        // when this bucket was last checked (local clock)
 	size      int64            // how many to ask for next (at most most)
 	most      int64            // maxLease of the limits
@@ -204,6 +205,10 @@ func (ls *leases) take(key string, now time.Time) (ratelimit.Result, bool) {
 	l.used = now
 	res := l.res
 	res.Remaining += l.tokens
+	// The grant's Reset was read at the grant: what has passed since is
+	// gone from it. Counted from when the grant was sent, before Redis read
+	// its clock, it is never later than the reset an exact check would name.
+	res.Reset = max(0, res.Reset-now.Sub(l.sent))
 	return res, true
 }
 
@@ -243,11 +248,11 @@ func (ls *leases) want(key string, most int64, now time.Time) (int64, bool) {
 	return min(l.size, most), true
 }
 
-// granted records the answer to a check that asked for want: got requests
-// counted (0 when denied or failed), the first for the caller, until the
-// local deadline; res is the caller's Result, whose Remaining counts the
-// whole grant.
-func (ls *leases) granted(key string, refill bool, got int64, until time.Time, res ratelimit.Result) {
+// granted records the answer to a check sent at sent that asked for want:
+// got requests counted (0 when denied or failed), the first for the caller,
+// until the local deadline; res is the caller's Result, whose Remaining
+// counts the whole grant.
+func (ls *leases) granted(key string, refill bool, got int64, sent, until time.Time, res ratelimit.Result) {
 	set := ls.lock(key)
 	defer set.mu.Unlock()
 	l := set.find(key)
@@ -263,7 +268,7 @@ func (ls *leases) granted(key string, refill bool, got int64, until time.Time, r
 		// checks.
 		l.size = 1
 	case got > 1 && refill:
-		l.tokens, l.until, l.res = got-1, until, res
+		l.tokens, l.until, l.res, l.sent = got-1, until, res, sent
 		l.gen++
 	case l.tokens == 0:
 		// An exact check: it tells when a lease granted now would end,

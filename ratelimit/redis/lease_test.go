@@ -259,7 +259,7 @@ func grant(t *testing.T, ls *leases, key string, n int64, now, end time.Time) {
 	want, refill := ls.want(key, 100, now)
 	require.Equal(t, n, want)
 	require.True(t, refill)
-	ls.granted(key, true, n, end, ratelimit.Result{Allowed: true, Remaining: 50})
+	ls.granted(key, true, n, now, end, ratelimit.Result{Allowed: true, Remaining: 50})
 }
 
 // Buckets whose keys share a set use its ways. One more bucket than ways is
@@ -644,4 +644,66 @@ func TestRedisALeaseEndsBeforeRedisCountsItOverOnAReplicaWhoseClockIsSlow(t *tes
 	}
 	slices.SortFunc(allowed, func(a, b time.Time) int { return a.Compare(b) })
 	limitertest.AssertNoIntervalOverN(t, allowed, n, w)
+}
+
+// An answer from a lease says when the limit is fully reset as an exact
+// check at the same instant does, however long after its grant it is
+// handed out: the lease's own Reset, read by Redis at the grant, was handed
+// out unchanged until the lease's deadline, so a leased answer an hour
+// into an hourly limit's long lease named a reset an hour later than the
+// truth, and the X-RateLimit-Reset of two replicas disagreed by that much.
+// Checked for each kind of lease (long; short, above N/32) and for a check
+// of two limits.
+func TestALeasedAnswerNamesTheResetAnExactCheckWould(t *testing.T) {
+	srv := redistest.Start(t)
+	client := newClient(t, srv.Addr)
+	clock := limitertest.NewClock()
+	prefix := uniquePrefix()
+	leasing := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second})
+	exact := newRedis(t, client, Options{Prefix: prefix, Now: clock.Now, Timeout: time.Second, NoLeases: true})
+	rate := ratelimit.Rate{N: 64000, Window: 20 * time.Second} // sub-windows of 1s; N/32 = 2000, N/2000 = 32
+	for _, tc := range []struct {
+		name  string
+		busy  bool // a count above N/32 first: short leases only
+		route bool
+	}{{"long", false, false}, {"short", true, false}, {"long, two limits", false, true}, {"short, two limits", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			limits := []ratelimit.Limit{{Name: "key", Bucket: tc.name, Rate: rate}}
+			if tc.route {
+				limits = append(limits, ratelimit.Limit{Name: "/r", Bucket: tc.name, Scope: "/r", Rate: ratelimit.Rate{N: 2 * rate.N, Window: rate.Window}})
+			}
+			start := limitertest.T0.Add(time.Hour + 10*time.Millisecond)
+			clock.Set(start)
+			if tc.busy {
+				require.Greater(t, limitertest.CountAllowed(t, 8, int(rate.N/32/8+1), exact, limits), int(rate.N/32))
+			}
+			// Checks every millisecond until a grant leaves two requests.
+			var granted time.Time
+			for now := start; ; now = now.Add(time.Millisecond) {
+				require.Less(t, now.Sub(start), time.Second, "no lease of three")
+				clock.Set(now)
+				res, err := leasing.Allow(context.Background(), limits)
+				require.NoError(t, err)
+				require.True(t, res.Allowed)
+				if left, _ := leasing.leases.peek(leaseKey(limits)); left >= 2 {
+					granted = now
+					break
+				}
+			}
+			_, until := leasing.leases.peek(leaseKey(limits))
+			// Hand out the lease's last two requests, one halfway to its
+			// deadline and one just before it.
+			for _, at := range []time.Time{granted.Add(until.Sub(granted) / 2), until.Add(-time.Millisecond)} {
+				clock.Set(at)
+				before := leasing.Stats().Leased
+				got, err := leasing.Allow(context.Background(), limits)
+				require.NoError(t, err)
+				require.Equal(t, before+1, leasing.Stats().Leased, "answered from the lease")
+				want, err := exact.Allow(context.Background(), limits)
+				require.NoError(t, err)
+				assert.Equal(t, want.Limit.Name, got.Limit.Name)
+				assert.Equal(t, want.Reset, got.Reset, "%v after the grant", at.Sub(granted))
+			}
+		})
+	}
 }

@@ -298,7 +298,7 @@ func (r *Limiter) Allow(ctx context.Context, limits []ratelimit.Limit) (ratelimi
 	fair := r.fairChance(ctx)
 	res, got, lease, err := r.shared(ctx, nd.queue, limits, n, want)
 	if key != "" {
-		r.leases.granted(key, refill, got, sent.Add(lease-lease/leaseEarly), res)
+		r.leases.granted(key, refill, got, sent, sent.Add(lease-lease/leaseEarly), res)
 	}
 	if got > 1 {
 		res.Remaining += got - 1 // the rest of the grant is this replica's, still unused
