@@ -34,8 +34,8 @@ import (
 //     lookups that found nothing.
 //
 // The signal is the client's address block: an IPv4 address, or an IPv6
-// /64, the smallest block a client is routinely given (an IPv4-mapped
-// address counts as IPv4). Per block, so that one guesser cannot use up
+// /64, the smallest block a client is routinely given (an IPv6 address that
+// stands for an IPv4 client counts as that IPv4 address: AddressBlock). Per block, so that one guesser cannot use up
 // everyone's share; but a block's budget can be spent by anyone who can
 // send from it or name it (a shared gateway, X-Forwarded-For), and one
 // client may own many blocks, which is why the process-wide budget bounds
@@ -129,28 +129,64 @@ func (g *lookupGuard) refund(ip netip.Addr, perBlock, total ratelimit.Rate) {
 // IPv4 (an IPv4-mapped IPv6 address included), its /64 for IPv6, the
 // smallest block one client is routinely given (it may pick any address
 // in it). The zero Addr (no usable client address) is one block of its
-// own. An address of a NAT64 prefix (the well-known 64:ff9b::/96, or the
-// local-use 64:ff9b:1::/48 a translator takes its prefix from) is an IPv4
-// client's, translated (an IPv6-only cluster behind SIIT): counted alone,
-// as its IPv4 address would be, since its /64 holds every IPv4 client on
-// the internet.
+// own.
+//
+// Some IPv6 addresses stand for one IPv4 client, whose /64 is not its own:
+// they count as that IPv4 address (ipv4Client), so that the client has one
+// block in every spelling of its address, and no other client's. An
+// address of the local-use NAT64 prefix 64:ff9b:1::/48 is an IPv4 client's
+// too, translated (an IPv6-only cluster behind SIIT), but where its IPv4
+// address lies depends on the translator's prefix length: it is counted
+// alone, since its /64 may hold every IPv4 client on the internet.
 func AddressBlock(ip netip.Addr) netip.Addr {
 	ip = ip.Unmap().WithZone("")
-	if ip.Is6() && !nat64.Contains(ip) && !nat64Local.Contains(ip) {
-		p, _ := ip.Prefix(64) // cannot fail for 64 ≤ 128
-		return p.Addr()
+	if !ip.Is6() {
+		return ip
 	}
-	return ip
+	if v4, ok := ipv4Client(ip); ok {
+		return v4
+	}
+	if nat64Local.Contains(ip) {
+		return ip
+	}
+	p, _ := ip.Prefix(64) // cannot fail for 64 ≤ 128
+	return p.Addr()
 }
 
-// nat64 is the well-known NAT64 prefix (RFC 6052), an IPv4 address in its
-// last 32 bits; nat64Local the local-use one (RFC 8215), whose translators
-// embed an IPv4 address in a prefix of their own from /48 to /96 of it
-// (RFC 6052 §2.2). Wherever the IPv4 address lies, each translated client
-// has one address, so both count addresses one by one.
+// ipv4Client returns the IPv4 client an IPv6 address stands for, when it
+// is of a prefix that carries one in a fixed place:
+//
+//   - NAT64's well-known 64:ff9b::/96 (RFC 6052): an IPv4 client,
+//     translated, in the last 32 bits;
+//   - 6to4's 2002::/16 (RFC 3056): a site's /48, named by its IPv4 address
+//     in bits 16–47, whose 65,536 /64s would otherwise each be a block;
+//   - Teredo's 2001::/32 (RFC 4380): a client behind the Teredo server of
+//     bits 32–63, every client of which shares the /64, with its NAT's IPv4
+//     address inverted in the last 32 bits.
+//
+// Replies to each reach that IPv4 address, so a client cannot take on
+// another's address this way unless it could send from it.
+func ipv4Client(ip netip.Addr) (netip.Addr, bool) {
+	b := ip.As16()
+	switch {
+	case nat64.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	case sixToFour.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	case teredo.Contains(ip):
+		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), true
+	}
+	return netip.Addr{}, false
+}
+
+// The prefixes of ipv4Client, and the local-use NAT64 prefix (RFC 8215),
+// whose translators embed an IPv4 address in a prefix of their own from
+// /48 to /96 of it (RFC 6052 §2.2).
 var (
 	nat64      = netip.MustParsePrefix("64:ff9b::/96")
 	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48")
+	sixToFour  = netip.MustParsePrefix("2002::/16")
+	teredo     = netip.MustParsePrefix("2001::/32")
 )
 
 // tokenBucket holds up to N tokens of a rate N/W and gains N/W of one per

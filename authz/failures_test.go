@@ -126,6 +126,13 @@ func TestAddressesAreCountedByBlock(t *testing.T) {
 		{"IPv4 clients of a local-use NAT64 prefix are counted one by one", "64:ff9b:1::10.1.2.3", "64:ff9b:1::10.1.2.4", false},
 		{"and so under a /56 prefix of it", "64:ff9b:1:aa00:a:102:3:0", "64:ff9b:1:aa00:a:102:4:0", false},
 		{"the local-use prefix is no wider than its /48", "64:ff9b:2::1", "64:ff9b:2::2", true},
+		{"a NAT64 address is its IPv4 client", "64:ff9b::10.1.2.3", "10.1.2.3", true},
+		{"a 6to4 site is its IPv4 address", "2002:a01:203:1::1", "10.1.2.3", true},
+		{"and so in every /64 of it", "2002:a01:203:1::1", "2002:a01:203:ffff::1", true},
+		{"6to4 sites are counted one by one", "2002:a01:203::1", "2002:a01:204::1", false},
+		{"a Teredo client is its NAT's address, inverted", "2001:0:c000:201:0:f227:f5fe:fdfc", "10.1.2.3", true},
+		{"Teredo clients of one server are counted one by one", "2001:0:c000:201:0:f227:f5fe:fdfc", "2001:0:c000:201:0:f227:f5fe:fdfb", false},
+		{"Teredo is no wider than its /32", "2001:1::1", "2001:1::2", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

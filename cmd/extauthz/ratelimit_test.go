@@ -322,3 +322,47 @@ func TestClientsOfALocalUseNAT64PrefixHaveABudgetEach(t *testing.T) {
 		assert.Equal(t, "invalid_key", unknown(other), "%s: another IPv4 client keeps its own", prefix)
 	}
 }
+
+// An IPv6 address that stands for one IPv4 client (NAT64's well-known
+// prefix; a 6to4 site's 2002:<IPv4>::/48; a Teredo client, whose NAT's
+// address sits inverted in the last 32 bits behind its server's) is that
+// client, in every spelling, with the one budget of its IPv4 address.
+// Counted by /64, every Teredo client of one server shared a block, so one
+// guesser spent rate_limit.failed_attempts for all of them; and a 6to4 site
+// had a budget per /64 of its /48, 65,536, beside its IPv4 address's.
+func TestAnIPv4ClientHasOneBudgetInEverySpellingOfItsAddress(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+testRoutes+"rate_limit: {failed_attempts: 2/h}\n")
+	unknown := func(peer string) string {
+		t.Helper()
+		k, err := ts.mgr.Format.Generate()
+		require.NoError(t, err)
+		resp, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", peer, map[string]string{"x-api-key": k}))
+		require.NoError(t, err)
+		code, _ := denial(t, resp)
+		return code
+	}
+	// 198.51.100.7 is c633:6407 (inverted: 39cc:9bf8); 203.0.113.9 is
+	// cb00:7109 (inverted: 34ff:8ef6); 192.0.2.1 is a Teredo server.
+	spellings := map[string][]string{
+		"198.51.100.7": {
+			"::ffff:198.51.100.7", "64:ff9b::198.51.100.7", "64:ff9b::c633:6407",
+			"2002:c633:6407::1", "2002:c633:6407:1::1", "2002:c633:6407:ffff:1:2:3:4",
+			"2001:0:c000:201:0:f227:39cc:9bf8", "2001:0:c000:201:8000:1:39cc:9bf8", "2001:0:cb00:7101::39cc:9bf8",
+		},
+		"203.0.113.9": {
+			"64:ff9b::203.0.113.9", "2002:cb00:7109::1", "2002:cb00:7109:2::1", "2001:0:c000:201:0:f227:34ff:8ef6",
+		},
+	}
+	for client, others := range spellings {
+		for _, first := range []string{client, others[0]} {
+			require.Equal(t, "invalid_key", unknown(first), "%s: within its budget", client)
+		}
+		for _, other := range others {
+			assert.Equal(t, "rate_limited", unknown(other), "%s: its budget is spent, sent from %s", client, other)
+		}
+	}
+	// Another client of the same Teredo server, or in the next 6to4 site,
+	// keeps its own.
+	assert.Equal(t, "invalid_key", unknown("2001:0:c000:201:0:f227:39cc:9bf9"), "another Teredo client of that server")
+	assert.Equal(t, "invalid_key", unknown("2002:c633:6408::1"), "another 6to4 site")
+}
