@@ -297,6 +297,19 @@ func TestAPurgedKeyMeetsTheFailedAttemptsBudget(t *testing.T) {
 	}
 }
 
+// unknownKeyFrom checks a key of the right format that no one holds, sent
+// from peer, and returns the denial's code: invalid_key while peer's
+// failed-attempts budget lasts, rate_limited after.
+func unknownKeyFrom(t *testing.T, ts *testServer, peer string) string {
+	t.Helper()
+	k, err := ts.mgr.Format.Generate()
+	require.NoError(t, err)
+	resp, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", peer, map[string]string{"x-api-key": k}))
+	require.NoError(t, err)
+	code, _ := denial(t, resp)
+	return code
+}
+
 // IPv4 clients that reach an IPv6-only cluster through a translator on the
 // local-use NAT64 prefix (64:ff9b:1::/48) arrive from one /64: counted by
 // it, one guesser spent every IPv4 client's rate_limit.failed_attempts (and
@@ -304,15 +317,7 @@ func TestAPurgedKeyMeetsTheFailedAttemptsBudget(t *testing.T) {
 // alone, as under the well-known prefix.
 func TestClientsOfALocalUseNAT64PrefixHaveABudgetEach(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes+"rate_limit: {failed_attempts: 2/h}\n")
-	unknown := func(peer string) string {
-		t.Helper()
-		k, err := ts.mgr.Format.Generate()
-		require.NoError(t, err)
-		resp, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", peer, map[string]string{"x-api-key": k}))
-		require.NoError(t, err)
-		code, _ := denial(t, resp)
-		return code
-	}
+	unknown := func(peer string) string { return unknownKeyFrom(t, ts, peer) }
 	for _, prefix := range []string{"64:ff9b::", "64:ff9b:1::"} {
 		guesser, other := prefix+"198.51.100.7", prefix+"203.0.113.9"
 		for range 2 {
@@ -332,15 +337,7 @@ func TestClientsOfALocalUseNAT64PrefixHaveABudgetEach(t *testing.T) {
 // had a budget per /64 of its /48, 65,536, beside its IPv4 address's.
 func TestAnIPv4ClientHasOneBudgetInEverySpellingOfItsAddress(t *testing.T) {
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes+"rate_limit: {failed_attempts: 2/h}\n")
-	unknown := func(peer string) string {
-		t.Helper()
-		k, err := ts.mgr.Format.Generate()
-		require.NoError(t, err)
-		resp, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users", peer, map[string]string{"x-api-key": k}))
-		require.NoError(t, err)
-		code, _ := denial(t, resp)
-		return code
-	}
+	unknown := func(peer string) string { return unknownKeyFrom(t, ts, peer) }
 	// 198.51.100.7 is c633:6407 (inverted: 39cc:9bf8); 203.0.113.9 is
 	// cb00:7109 (inverted: 34ff:8ef6); 192.0.2.1 is a Teredo server.
 	spellings := map[string][]string{
