@@ -49,7 +49,8 @@ type manifests struct {
 	hpas            []*autoscalingv2.HorizontalPodAutoscaler
 	netpols         []*networkingv1.NetworkPolicy
 	serviceMonitors []*monitoringv1.ServiceMonitor
-	authzPolicy     []*istiosecurityv1.AuthorizationPolicy
+	authzPolicy     []*istiosecurityv1.AuthorizationPolicy // action CUSTOM: the ones that call extauthz
+	authzGuards     []*istiosecurityv1.AuthorizationPolicy // every other action: each must guard a CUSTOM one
 	peerAuthn       []*istiosecurityv1.PeerAuthentication
 	gateway         gatewayObjects
 }
@@ -151,7 +152,11 @@ func (m *manifests) add(t *testing.T, id, kind, apiVersion string, data []byte) 
 		if err := protojson.Unmarshal(jsonRoundTrip(t, raw.Spec), &securityv1beta1.AuthorizationPolicy{}); err != nil {
 			t.Fatalf("%s: spec: %v", id, err)
 		}
-		m.authzPolicy = append(m.authzPolicy, ap)
+		if ap.Spec.GetAction() == securityv1beta1.AuthorizationPolicy_CUSTOM {
+			m.authzPolicy = append(m.authzPolicy, ap)
+		} else {
+			m.authzGuards = append(m.authzGuards, ap)
+		}
 	case "PeerAuthentication":
 		pa := decodeStrict[istiosecurityv1.PeerAuthentication](t, id, data)
 		var raw struct {
@@ -1434,6 +1439,7 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 	if len(m.authzPolicy) == 0 {
 		bad("no AuthorizationPolicy")
 	}
+	m.checkAmbientGuards(bad)
 	for _, ap := range m.authzPolicy {
 		id := "AuthorizationPolicy/" + ap.Name
 		// The sidecars of the Pods it selects are what call extauthz.
@@ -1503,6 +1509,51 @@ func (m *manifests) checkIstioWith(mc *meshv1alpha1.MeshConfig, bad func(string,
 			bad("provider %s: statusOnError %q, want \"503\"", name, g.GetStatusOnError())
 		}
 	}
+}
+
+// ambientGuardMethod is the method the guards' rule names: no client's.
+const ambientGuardMethod = "EXTAUTHZ-AMBIENT-GUARD"
+
+// checkAmbientGuards: each CUSTOM policy has a guard, a DENY policy of the
+// same namespace and selector, that denies nothing through a sidecar and
+// every connection through ztunnel, which runs no CUSTOM policy (a workload
+// in ambient mode would take every request unchecked) but runs a DENY
+// policy without its HTTP fields. So the guard's one rule holds HTTP
+// fields alone (methods: ambientGuardMethod): a port, a source or a
+// condition would stay in ztunnel's rule and narrow it. And nothing else
+// is in the output beside the CUSTOM policies and their guards: an ALLOW
+// policy there would decide what the workloads' own ALLOW policies may let
+// through.
+func (m *manifests) checkAmbientGuards(bad func(string, ...any)) {
+	for _, g := range m.authzGuards {
+		id := "AuthorizationPolicy/" + g.Name
+		if g.Spec.GetAction() != securityv1beta1.AuthorizationPolicy_DENY {
+			bad("%s: action %v; beside the CUSTOM policies only their ambient guards belong, each a DENY", id, g.Spec.GetAction())
+			continue
+		}
+		if !isAmbientGuard(g.Spec.GetRules()) {
+			bad("%s: not an ambient guard: want one rule, to: [{operation: {methods: [%q]}}] and nothing else, which a sidecar never matches and ztunnel, dropping its HTTP fields, matches for every connection", id, ambientGuardMethod)
+		}
+	}
+	for _, ap := range m.authzPolicy {
+		guarded := slices.ContainsFunc(m.authzGuards, func(g *istiosecurityv1.AuthorizationPolicy) bool {
+			return g.Namespace == ap.Namespace && g.Spec.GetAction() == securityv1beta1.AuthorizationPolicy_DENY &&
+				proto.Equal(g.Spec.GetSelector(), ap.Spec.GetSelector()) && isAmbientGuard(g.Spec.GetRules())
+		})
+		if !guarded {
+			bad("AuthorizationPolicy/%s: no ambient guard (a DENY policy of its namespace and selector naming the method %s): a workload it selects that lands in ambient mode takes every request unchecked", ap.Name, ambientGuardMethod)
+		}
+	}
+}
+
+// isAmbientGuard reports whether rules are the guard's one rule: an
+// operation of methods [ambientGuardMethod] and no other field anywhere.
+func isAmbientGuard(rules []*securityv1beta1.Rule) bool {
+	if len(rules) != 1 || len(rules[0].GetFrom()) > 0 || len(rules[0].GetWhen()) > 0 || len(rules[0].GetTo()) != 1 {
+		return false
+	}
+	want := &securityv1beta1.Operation{Methods: []string{ambientGuardMethod}}
+	return proto.Equal(rules[0].GetTo()[0].GetOperation(), want)
 }
 
 // matchesEverything reports whether an AuthorizationPolicy rule has nothing
@@ -1801,6 +1852,27 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"istio", "a policy of requests from one namespace", func(m *manifests) {
 			m.authzPolicy[0].Spec.Rules = []*securityv1beta1.Rule{{From: []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{Namespaces: []string{"ingress"}}}}}}
 		}, "no rule matches every request"},
+		{"istio", "no ambient guard", func(m *manifests) {
+			m.authzGuards = nil
+		}, "no ambient guard"},
+		{"istio", "a guard of other workloads", func(m *manifests) {
+			m.authzGuards[0].Spec.Selector.MatchLabels = map[string]string{"app": "other"}
+		}, "no ambient guard"},
+		{"istio", "a guard in another namespace", func(m *manifests) {
+			m.authzGuards[0].Namespace = "shop"
+		}, "no ambient guard"},
+		{"istio", "a guard of one port, which ztunnel keeps", func(m *manifests) {
+			m.authzGuards[0].Spec.Rules[0].To[0].Operation.Ports = []string{"8080"}
+		}, "not an ambient guard"},
+		{"istio", "a guard of one source, which ztunnel keeps", func(m *manifests) {
+			m.authzGuards[0].Spec.Rules[0].From = []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{Namespaces: []string{"ingress"}}}}
+		}, "not an ambient guard"},
+		{"istio", "a guard of GET, which a sidecar denies", func(m *manifests) {
+			m.authzGuards[0].Spec.Rules[0].To[0].Operation.Methods = []string{"GET"}
+		}, "not an ambient guard"},
+		{"istio", "a guard that allows", func(m *manifests) {
+			m.authzGuards[0].Spec.Action = securityv1beta1.AuthorizationPolicy_ALLOW
+		}, "only their ambient guards belong"},
 		{"istio", "mTLS permissive, so a plaintext request has no principal", func(m *manifests) {
 			m.peerAuthn[0].Spec.Mtls.Mode = securityv1beta1.PeerAuthentication_MutualTLS_PERMISSIVE
 		}, "mtls STRICT"},
