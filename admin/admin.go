@@ -104,6 +104,15 @@ type AuthFailure struct {
 	RequestID, UserAgent string
 	Status               int
 	Code                 authz.Code
+	// Authenticated says the call was refused after its key was
+	// authenticated and the call counted within its rate limit (403
+	// permission_denied, the 404 of another owner's key, 409, or the
+	// caller's record read again for a change and found revoked, expired
+	// or out of its allowlist): only the key's holder can cause such a
+	// refusal, and no faster than its rate limit. False for a refusal of
+	// the credential itself, or of a call over its rate limit, which
+	// anyone who reaches the admin API can cause as fast as they like.
+	Authenticated bool
 }
 
 // Call is where an admin API call that changes a key came from, for its
@@ -320,7 +329,7 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				return
 			}
 			if err := c.need(rt.access); err != nil {
-				s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
+				s.refused(r, rt, c, http.StatusForbidden, codePermissionDenied)
 				s.writeError(w, r, err)
 				return
 			}
@@ -351,20 +360,20 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				// permission it lacks, loosening its own key, another
 				// owner's list) is an attempt to escalate: audited like
 				// a call without the route's permission.
-				s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
+				s.refused(r, rt, c, http.StatusForbidden, codePermissionDenied)
 			case errors.Is(err, errNotYours):
 				// Another owner's key: answered 404 like no key, so that
 				// ids do not leak, but reaching for it is an escalation
 				// refused all the same (a writer trying to revoke another
 				// tenant's key, whose id it saw in a log or a header).
-				s.authFailed(r, rt, c.key.ID, http.StatusNotFound, codePermissionDenied)
+				s.refused(r, rt, c, http.StatusNotFound, codePermissionDenied)
 			case ae.status == http.StatusConflict:
 				// A change refused for a key's state or its owner's
 				// limit: one more live key than keys.max_per_owner, a new
 				// life for a retired key, a writer's second rotation of a
 				// line in grace. Each is a try at more than the caller may
 				// have, as a 403 is, and audited like one, with its code.
-				s.authFailed(r, rt, c.key.ID, http.StatusConflict, ae.code)
+				s.refused(r, rt, c, http.StatusConflict, ae.code)
 			}
 			if ae != nil {
 				forwardauth.WriteError(w, ae.status, ae.code, ae.msg)
@@ -454,12 +463,12 @@ func (s *server) current(w http.ResponseWriter, r *http.Request, rt route, c *ca
 		var d authz.Decision
 		d.Deny(code, "")
 		forwardauth.WriteDenial(w, &d)
-		s.authFailed(r, rt, c.key.ID, code.HTTPStatus(), code)
+		s.refused(r, rt, c, code.HTTPStatus(), code)
 		return nil, false
 	}
 	c = newCaller(k)
 	if err := c.need(rt.access); err != nil {
-		s.authFailed(r, rt, c.key.ID, http.StatusForbidden, codePermissionDenied)
+		s.refused(r, rt, c, http.StatusForbidden, codePermissionDenied)
 		s.writeError(w, r, err)
 		return nil, false
 	}
@@ -472,14 +481,27 @@ func allowedFrom(allow []netip.Prefix, ip netip.Addr) bool {
 	return len(allow) == 0 || ip.IsValid() && slices.ContainsFunc(allow, func(p netip.Prefix) bool { return p.Contains(ip) })
 }
 
-// authFailed tells OnAuthFailure of a request refused for its credential.
+// authFailed tells OnAuthFailure of a request refused for its credential
+// or over its rate limit: what anyone who reaches the admin API can cause.
 func (s *server) authFailed(r *http.Request, rt route, keyID string, status int, code authz.Code) {
+	s.tellFailure(r, rt, AuthFailure{KeyID: keyID, Status: status, Code: code})
+}
+
+// refused tells OnAuthFailure of a call of c refused after c was
+// authenticated and the call counted within its rate limit
+// (AuthFailure.Authenticated).
+func (s *server) refused(r *http.Request, rt route, c *caller, status int, code authz.Code) {
+	s.tellFailure(r, rt, AuthFailure{KeyID: c.key.ID, Status: status, Code: code, Authenticated: true})
+}
+
+// tellFailure completes f with r's call and hands it to OnAuthFailure.
+func (s *server) tellFailure(r *http.Request, rt route, f AuthFailure) {
 	if s.onAuthFailure == nil {
 		return
 	}
 	call := callOf(r, rt)
-	s.onAuthFailure(AuthFailure{KeyID: keyID, ClientIP: call.ClientIP, Method: call.Method, Route: call.Route,
-		RequestID: call.RequestID, UserAgent: call.UserAgent, Status: status, Code: code})
+	f.ClientIP, f.Method, f.Route, f.RequestID, f.UserAgent = call.ClientIP, call.Method, call.Route, call.RequestID, call.UserAgent
+	s.onAuthFailure(f)
 }
 
 // rateLimit counts the request against the caller's limits: the admin API's

@@ -67,17 +67,21 @@ func TestEveryRouteRefusesCallersWithoutAUsableKey(t *testing.T) {
 			status int
 			code   string
 			keyID  string // the key id the audit names, when the key is known
+			// authenticated: refused past authentication and the rate
+			// limit, which only the key's holder can cause; the others,
+			// anyone who reaches the admin API can.
+			authenticated bool
 		}{
-			{"no key is 401 missing_key", nil, 401, "missing_key", ""},
-			{"an empty key is 401 missing_key", []string{"x-api-key", " "}, 401, "missing_key", ""},
-			{"another Authorization scheme is 401 missing_key", []string{"Authorization", "Basic " + e.root}, 401, "missing_key", ""},
-			{"a malformed key is 401 invalid_key", []string{"x-api-key", "not a key!"}, 401, "invalid_key", ""},
-			{"a key with a bad checksum is 401 invalid_key", []string{"x-api-key", badChecksum(e.root)}, 401, "invalid_key", ""},
-			{"an unknown key is 401 invalid_key", []string{"x-api-key", unknown}, 401, "invalid_key", ""},
-			{"a revoked key is 401 revoked_key", []string{"x-api-key", revoked}, 401, "revoked_key", revokedID},
-			{"an expired key is 401 expired_key", []string{"x-api-key", expired}, 401, "expired_key", expiredID},
-			{"a key from outside its allowlist is 403 ip_not_allowed", []string{"x-api-key", faraway}, 403, "ip_not_allowed", farawayID},
-			{"a key without keys:* is 403 permission_denied", []string{"x-api-key", plain}, 403, "permission_denied", plainID},
+			{"no key is 401 missing_key", nil, 401, "missing_key", "", false},
+			{"an empty key is 401 missing_key", []string{"x-api-key", " "}, 401, "missing_key", "", false},
+			{"another Authorization scheme is 401 missing_key", []string{"Authorization", "Basic " + e.root}, 401, "missing_key", "", false},
+			{"a malformed key is 401 invalid_key", []string{"x-api-key", "not a key!"}, 401, "invalid_key", "", false},
+			{"a key with a bad checksum is 401 invalid_key", []string{"x-api-key", badChecksum(e.root)}, 401, "invalid_key", "", false},
+			{"an unknown key is 401 invalid_key", []string{"x-api-key", unknown}, 401, "invalid_key", "", false},
+			{"a revoked key is 401 revoked_key", []string{"x-api-key", revoked}, 401, "revoked_key", revokedID, false},
+			{"an expired key is 401 expired_key", []string{"x-api-key", expired}, 401, "expired_key", expiredID, false},
+			{"a key from outside its allowlist is 403 ip_not_allowed", []string{"x-api-key", faraway}, 403, "ip_not_allowed", farawayID, false},
+			{"a key without keys:* is 403 permission_denied", []string{"x-api-key", plain}, 403, "permission_denied", plainID, true},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				e.rec.AuthFailures()
@@ -96,7 +100,7 @@ func TestEveryRouteRefusesCallersWithoutAUsableKey(t *testing.T) {
 				for i, rt := range keyRoutes() {
 					f := failures[i]
 					assert.Equal(t, AuthFailure{KeyID: tc.keyID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: rt.Method, Route: rt.Path,
-						UserAgent: "Go-http-client/1.1", Status: tc.status, Code: authz.Code(tc.code)}, f)
+						UserAgent: "Go-http-client/1.1", Status: tc.status, Code: authz.Code(tc.code), Authenticated: tc.authenticated}, f)
 				}
 			})
 		}
@@ -408,8 +412,8 @@ func TestEveryRouteAnswers503WhenTheStoreIsDownAndTheKeyIsNotCached(t *testing.T
 func requireEscalationAudited(t *testing.T, e *env, callerID, method, route string) {
 	t.Helper()
 	assert.Equal(t, []AuthFailure{{KeyID: callerID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: method, Route: route,
-		UserAgent: "Go-http-client/1.1", Status: http.StatusForbidden, Code: authz.CodePermissionDenied}}, e.rec.AuthFailures(),
-		"a refused escalation is audited, naming the key that tried")
+		UserAgent: "Go-http-client/1.1", Status: http.StatusForbidden, Code: authz.CodePermissionDenied, Authenticated: true}}, e.rec.AuthFailures(),
+		"a refused escalation is audited, naming the key that tried, as one only its holder can make")
 }
 
 // An allowlist entry in IPv4-mapped IPv6 form names the IPv4 addresses it

@@ -381,7 +381,7 @@ func TestTheAdminAPIRateLimitsEachCallingKey(t *testing.T) {
 			assert.Equal(t, "rate_limited", r.code(t))
 			assert.Equal(t, []AuthFailure{{KeyID: callerID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: "GET", Route: "/v1/keys",
 				UserAgent: "Go-http-client/1.1", Status: http.StatusTooManyRequests, Code: authz.CodeRateLimited}}, e.rec.AuthFailures(),
-				"a 429 is audited, naming the key")
+				"a 429 is audited, naming the key, as one anyone with the key can make at any rate (not Authenticated)")
 			retry, err := strconv.Atoi(r.header.Get("Retry-After"))
 			require.NoError(t, err)
 			assert.GreaterOrEqual(t, retry, 1)

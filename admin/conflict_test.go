@@ -59,7 +59,7 @@ func TestAChangeRefusedAsAConflictIsAudited(t *testing.T) {
 				require.Equal(t, http.StatusConflict, r.status, "%s", r)
 				assert.Equal(t, string(tc.code), r.code(t))
 				assert.Equal(t, []AuthFailure{{KeyID: writerID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: tc.method, Route: tc.route,
-					UserAgent: "Go-http-client/1.1", Status: http.StatusConflict, Code: tc.code}}, e.rec.AuthFailures(),
+					UserAgent: "Go-http-client/1.1", Status: http.StatusConflict, Code: tc.code, Authenticated: true}}, e.rec.AuthFailures(),
 					"the refused change is audited, naming the key that tried")
 			})
 		}

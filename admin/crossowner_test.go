@@ -40,7 +40,7 @@ func TestAWriterReachingForAnotherOwnersKeyIsAudited(t *testing.T) {
 				require.Equal(t, http.StatusNotFound, r.status, "%s", r)
 				assert.Equal(t, "not_found", r.code(t))
 				assert.Equal(t, []AuthFailure{{KeyID: writerAID, ClientIP: netip.MustParseAddr("127.0.0.1"), Method: tc.method, Route: tc.route,
-					UserAgent: "Go-http-client/1.1", Status: http.StatusNotFound, Code: authz.CodePermissionDenied}}, e.rec.AuthFailures(),
+					UserAgent: "Go-http-client/1.1", Status: http.StatusNotFound, Code: authz.CodePermissionDenied, Authenticated: true}}, e.rec.AuthFailures(),
 					"reaching for another owner's key is audited, naming the key that tried")
 
 				unknown := strings.Replace(tc.path, theirs, "key_00000000000000000000", 1)

@@ -69,7 +69,11 @@ func TestAChangeIsMadeOnlyByAKeyLiveInTheStore(t *testing.T) {
 				require.Equal(t, http.StatusUnauthorized, r.status, "%s %s: %s", c.method, c.path, r)
 				assert.Equal(t, "revoked_key", r.code(t))
 			}
-			assert.Len(t, e.rec.AuthFailures(), 3, "each refused and audited")
+			failures := e.rec.AuthFailures()
+			assert.Len(t, failures, 3, "each refused and audited")
+			for _, f := range failures {
+				assert.True(t, f.Authenticated, "refused after the key was authenticated (by the replica's cache) and counted: %+v", f)
+			}
 			k := e.stored(target)
 			assert.Equal(t, "target", k.Name)
 			assert.Empty(t, k.RotatedTo)
@@ -97,9 +101,14 @@ func TestAChangeIsMadeOnlyByAKeyLiveInTheStore(t *testing.T) {
 			allow := mustCIDRs(t, "203.0.113.0/24")
 			_, err := e.manager.Update(context.Background(), wID, keystore.Patch{IPAllowlist: &allow}, nil, "cli")
 			require.NoError(t, err)
+			e.rec.AuthFailures()
 			r := b.send("POST", "/v1/keys", w, map[string]any{"name": "after", "permissions": []string{"x"}})
 			require.Equal(t, http.StatusForbidden, r.status, "%s", r)
 			assert.Equal(t, "ip_not_allowed", r.code(t))
+			failures := e.rec.AuthFailures()
+			if assert.Len(t, failures, 1) {
+				assert.True(t, failures[0].Authenticated, "refused on its stored record, after it was authenticated and counted")
+			}
 		})
 	})
 }

@@ -126,6 +126,15 @@ type Event struct {
 	// have been.
 	Policy string `json:"policy,omitempty"`
 	Mode   string `json:"mode,omitempty"`
+
+	// KeyHolder marks an admin.* event of a caller the admin API
+	// authenticated and counted within its rate limit: a read of keys, or
+	// a call refused past that (permission_denied, a conflict). Only the
+	// holder of a key can cause one, and no faster than the admin API's
+	// rate limit, so it is kept with the key changes (KeptApart), out of
+	// reach of a flood of decisions. It is not written: key_id names the
+	// caller.
+	KeyHolder bool `json:"-"`
 }
 
 // timeLayout is RFC 3339 with a fixed six-digit fraction, so that lines sort

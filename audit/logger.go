@@ -21,14 +21,17 @@ type Sink interface {
 
 // Options tune a Logger. The zero value is ready to use.
 type Options struct {
-	// QueueSize is how many decisions, refused admin calls and reads of
-	// keys can wait for the sink; beyond that Record drops them. Default
-	// 8192. Key changes have a queue of their own (ChangeQueueSize).
+	// QueueSize is how many decisions, and admin calls refused for their
+	// credential or rate limit, can wait for the sink; beyond that Record
+	// drops them. Default 8192. Key changes and the admin calls of key
+	// holders have a queue of their own (ChangeQueueSize).
 	QueueSize int
-	// ChangeQueueSize is how many key changes (Event.IsChange) can wait for the sink, in a queue of their
-	// own that the writer empties first: anyone who can send requests can
-	// fill the other queue, and must not push a key's creation or
-	// revocation out of the trail with it. Default 1024.
+	// ChangeQueueSize is how many key changes, and admin calls of key
+	// holders, can wait for the sink (Event.KeptApart), in a queue of
+	// their own that the writer empties first: anyone who can send
+	// requests can fill the other queue, and must not push a key's
+	// creation or revocation, or a stolen key's reads of keys, out of the
+	// trail with it. Default 1024.
 	ChangeQueueSize int
 	// BatchSize is the most events handed to one Sink.Write. Default 256.
 	BatchSize int
@@ -57,15 +60,16 @@ const RedactedMark = "[redacted: held an API key]"
 // Logger queues events in memory and writes them to a Sink from one
 // background goroutine, so that recording an event never waits for I/O.
 // When the queue is full, events are dropped and counted: the decision path
-// must never block on audit. Key changes wait in a queue of their own,
-// written first, so that a flood of decisions does not drop them; and the
-// log says when events were dropped, and how many of them were changes.
+// must never block on audit. Key changes, and the admin calls of key
+// holders, wait in a queue of their own (Event.KeptApart), written first,
+// so that a flood of decisions does not drop them; and the log says when
+// events were dropped, and how many of them were of that queue.
 //
 // Build it with New; a nil *Logger discards everything.
 type Logger struct {
 	sink          Sink
 	queue         chan Event
-	changes       chan Event // key changes: written before queue
+	changes       chan Event // Event.KeptApart: written before queue
 	batchSize     int
 	writeTimeout  time.Duration
 	errorInterval time.Duration
@@ -81,7 +85,7 @@ type Logger struct {
 	closeOnce sync.Once
 
 	dropped        atomic.Uint64
-	droppedChanges atomic.Uint64 // of dropped, the key changes
+	droppedChanges atomic.Uint64 // of dropped, those kept apart (Event.KeptApart)
 	written        atomic.Uint64
 	failed         atomic.Uint64
 
@@ -140,16 +144,16 @@ func New(sink Sink, opts Options) *Logger {
 // concurrent use and does not allocate, except to copy a field longer than
 // MaxFieldLen into its capped form. It sets e.Time when it is zero, cuts
 // the query off e.Path and replaces a request field holding a key (see
-// Options.HoldsKey). If its queue is full (a key change's own, or the
-// one of the others), or the Logger is closed, e is dropped and counted in
-// Dropped (and a change in DroppedChanges).
+// Options.HoldsKey). If its queue is full (the one of the events kept
+// apart, or the one of the others), or the Logger is closed, e is dropped
+// and counted in Dropped (and one kept apart in DroppedChanges).
 func (l *Logger) Record(e Event) {
 	if l == nil {
 		return
 	}
-	change := e.IsChange()
+	apart := e.KeptApart()
 	if l.closed.Load() {
-		l.drop(change)
+		l.drop(apart)
 		return
 	}
 	if e.Time.IsZero() {
@@ -170,13 +174,13 @@ func (l *Logger) Record(e Event) {
 	}
 	e.scrub()
 	q := l.queue
-	if change {
+	if apart {
 		q = l.changes
 	}
 	select {
 	case q <- e:
 	default:
-		l.drop(change)
+		l.drop(apart)
 	}
 }
 
@@ -196,9 +200,9 @@ func heldKeyScope(s string) string {
 	return s
 }
 
-func (l *Logger) drop(change bool) {
+func (l *Logger) drop(apart bool) {
 	l.dropped.Add(1)
-	if change {
+	if apart {
 		l.droppedChanges.Add(1)
 	}
 }
@@ -209,10 +213,20 @@ func (l *Logger) drop(change bool) {
 // and reads. It names the changes rather than the others: a type added
 // later that a client can cause, were it taken for a change, would let
 // anyone fill the changes' queue and trim their stream, which is what they
-// are kept apart for; a kind of key change added later is a "key." one
+// are kept apart for (KeptApart); a kind of key change added later is a "key." one
 // (keystore's Change kinds are its events' types).
 func (e *Event) IsChange() bool {
 	return strings.HasPrefix(string(e.Type), "key.")
+}
+
+// KeptApart reports whether e waits in the key changes' queue and goes to
+// their stream: a key change, or an admin.* event of a key holder
+// (KeyHolder), such as the reads of keys a stolen keys:read key makes
+// first. Anyone who can send a request can cause the other events at no
+// cost, decisions with no key at all, and a flood of them must drop or
+// trim none of these.
+func (e *Event) KeptApart() bool {
+	return e.IsChange() || e.KeyHolder && strings.HasPrefix(string(e.Type), "admin.")
 }
 
 // Dropped is the number of events recorded but never handed to the sink:
@@ -224,7 +238,8 @@ func (l *Logger) Dropped() uint64 {
 	return l.dropped.Load()
 }
 
-// DroppedChanges is the number of key changes among Dropped.
+// DroppedChanges is the number of events kept apart (Event.KeptApart: key
+// changes, admin calls of key holders) among Dropped.
 func (l *Logger) DroppedChanges() uint64 {
 	if l == nil {
 		return 0
@@ -312,7 +327,7 @@ func (l *Logger) run() {
 	}
 }
 
-// takeChanges adds queued key changes to batch, without waiting, leaving
+// takeChanges adds queued events kept apart to batch, without waiting, leaving
 // room for one more event.
 func (l *Logger) takeChanges(batch []Event) []Event {
 	for len(batch) < l.batchSize-1 {
@@ -327,7 +342,7 @@ func (l *Logger) takeChanges(batch []Event) []Event {
 }
 
 // fill adds queued events to batch, without waiting, up to the batch size:
-// key changes first, then the others.
+// those kept apart first, then the others.
 func (l *Logger) fill(batch []Event) []Event {
 	for len(batch) < l.batchSize {
 		select {
@@ -362,7 +377,7 @@ func (l *Logger) logDrops(final bool) time.Duration {
 	}
 	level := slog.LevelWarn
 	if changes != l.loggedChange {
-		level = slog.LevelError // a key change is missing from the trail
+		level = slog.LevelError // a key change, or a key holder's admin call, is missing from the trail
 	}
 	l.log.Log(context.Background(), level, "audit: events dropped, the audit trail has a gap (queue full, or shutdown)",
 		"dropped_events", dropped-l.loggedDrops, "dropped_changes", changes-l.loggedChange,
@@ -386,7 +401,7 @@ func (l *Logger) flush(batch []Event) {
 func (l *Logger) write(batch []Event) {
 	if l.runCtx.Err() != nil { // Close gave up: nothing more reaches the sink
 		for i := range batch {
-			l.drop(batch[i].IsChange())
+			l.drop(batch[i].KeptApart())
 		}
 		clear(batch)
 		return

@@ -134,8 +134,9 @@ func TestRecordDropsWithoutBlockingWhenTheSinkIsStuck(t *testing.T) {
 
 // A flood of decisions (anyone who can send requests can make one, with
 // missing or made-up keys) while the sink is slow fills the queue; a key
-// created or revoked meanwhile still reaches the sink, and the log says
-// that events were dropped and whether changes were among them.
+// created or revoked meanwhile, or read by a key holder, still reaches the
+// sink, and the log says that events were dropped and whether changes were
+// among them.
 func TestAFloodOfDecisionsDropsNoKeyChange(t *testing.T) {
 	const queueSize, burst = 64, 10_000
 	logs := &logRecorder{}
@@ -148,11 +149,13 @@ func TestAFloodOfDecisionsDropsNoKeyChange(t *testing.T) {
 		l.Record(seq(i))
 	}
 	created := Event{Type: TypeKeyCreated, KeyID: "key_new", Actor: "key_stolen"}
+	read := Event{Type: TypeAdminRead, KeyID: "key_stolen", Status: 200, KeyHolder: true}
 	revoked := Event{Type: TypeKeyRevoked, KeyID: "key_old", Actor: "key_stolen"}
 	l.Record(created)
 	for i := 1; i <= burst; i++ {
 		l.Record(seq(burst + i))
 	}
+	l.Record(read)
 	l.Record(revoked)
 	checkCount(t, "DroppedChanges", l.DroppedChanges(), 0)
 	checkCount(t, "Dropped", l.Dropped(), 2*burst-queueSize)
@@ -165,7 +168,7 @@ func TestAFloodOfDecisionsDropsNoKeyChange(t *testing.T) {
 			changes = append(changes, string(e.Type)+" "+e.KeyID)
 		}
 	}
-	if want := []string{"key.created key_new", "key.revoked key_old"}; strings.Join(changes, ",") != strings.Join(want, ",") {
+	if want := []string{"key.created key_new", "admin.read key_stolen", "key.revoked key_old"}; strings.Join(changes, ",") != strings.Join(want, ",") {
 		t.Errorf("changes written = %q, want %q", changes, want)
 	}
 	got := logs.logged()
@@ -210,6 +213,35 @@ func TestIsChangeNamesTheKeyChangesOnly(t *testing.T) {
 		e := Event{Type: typ}
 		if got := e.IsChange(); got != want {
 			t.Errorf("Event{Type: %q}.IsChange() = %v, want %v", typ, got, want)
+		}
+	}
+}
+
+// What waits with the key changes is what only a key holder can cause:
+// the changes, and the admin calls of a caller the admin API authenticated
+// and counted (KeyHolder). An admin call any client can cause (no key, a
+// made-up one, one over its rate limit) is not, nor is a decision, even
+// marked: either would let anyone fill the changes' queue and trim their
+// stream.
+func TestKeptApartAreTheChangesAndTheAdminCallsOfKeyHolders(t *testing.T) {
+	for _, tt := range []struct {
+		e    Event
+		want bool
+	}{
+		{Event{Type: TypeKeyCreated}, true},
+		{Event{Type: TypeKeyRevoked, Outcome: OutcomeUnknown}, true},
+		{Event{Type: TypeAdminRead, KeyID: "key_r", KeyHolder: true}, true},
+		{Event{Type: TypeAdminAuthFailed, KeyID: "key_w", Status: 403, Code: "permission_denied", KeyHolder: true}, true},
+		{Event{Type: TypeAdminAuthFailed, KeyID: "key_w", Status: 409, Code: "not_live", KeyHolder: true}, true},
+		{Event{Type: TypeAdminAuthFailed, Status: 401, Code: "missing_key"}, false},
+		{Event{Type: TypeAdminAuthFailed, KeyID: "key_r", Status: 401, Code: "revoked_key"}, false},
+		{Event{Type: TypeAdminAuthFailed, KeyID: "key_w", Status: 429, Code: "rate_limited"}, false},
+		{Event{Type: TypeAdminRead, KeyID: "key_r"}, false},
+		{Event{Type: TypeDecision, KeyID: "key_r", KeyHolder: true}, false},
+		{Event{Type: TypeDecision}, false},
+	} {
+		if got := tt.e.KeptApart(); got != tt.want {
+			t.Errorf("%+v: KeptApart() = %v, want %v", tt.e, got, tt.want)
 		}
 	}
 }

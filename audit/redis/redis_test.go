@@ -250,12 +250,16 @@ func decision(keyID string, n int) audit.Event {
 
 // Anyone who can send a request adds decisions to the audit; a flood of
 // them, trimming their stream, must not trim a key's creation or
-// revocation out of the trail.
+// revocation out of the trail, nor what a key holder did at the admin API.
 func TestAFloodOfDecisionsTrimsNoKeyChange(t *testing.T) {
 	_, c := newClient(t)
 	sink := NewSink(c, prefix, 1000)
 	created := audit.Event{Time: when, Type: audit.TypeKeyCreated, KeyID: "key_stolen", Owner: "default", Actor: "key_writer"}
-	if err := sink.Write(ctx(t), []audit.Event{created}); err != nil {
+	// A stolen key's first moves: reading every key, trying for more.
+	read := audit.Event{Time: when, Type: audit.TypeAdminRead, KeyID: "key_stolen", Method: "GET", Route: "/v1/keys", Status: 200, KeyHolder: true}
+	tried := audit.Event{Time: when, Type: audit.TypeAdminAuthFailed, KeyID: "key_stolen", Method: "POST", Route: "/v1/keys",
+		Status: 403, Code: "permission_denied", KeyHolder: true}
+	if err := sink.Write(ctx(t), []audit.Event{created, read, tried}); err != nil {
 		t.Fatal(err)
 	}
 	flood := make([]audit.Event, 256)
@@ -274,7 +278,7 @@ func TestAFloodOfDecisionsTrimsNoKeyChange(t *testing.T) {
 	if err := Tail(ctx(t), c, prefix, TailOptions{KeyID: "key_stolen"}, &out); err != nil {
 		t.Fatal(err)
 	}
-	if want := lines(created); out.String() != want {
+	if want := lines(created, read, tried); out.String() != want {
 		t.Errorf("audit tail --key key_stolen printed\n%s\nwant\n%s", out.String(), want)
 	}
 }

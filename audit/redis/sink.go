@@ -2,11 +2,14 @@
 // two capped streams, and Tail, which reads them back, merged, for
 // "extauthz audit tail".
 //
-// Decisions, refused admin calls and reads of keys go to <prefix>audit,
-// key changes (audit.Event.IsChange) to <prefix>audit:keys: anyone who can
-// send a request can add to the first, and a flood of them, trimming it, must not
-// trim a key's creation or revocation out of the trail with it. Each entry
-// has one field, "event", holding the event's JSON (audit.Event.AppendJSON).
+// Decisions, and admin calls refused for their credential or rate limit,
+// go to <prefix>audit; key changes and the admin calls of key holders
+// (audit.Event.KeptApart: reads of keys, escalations refused) to
+// <prefix>audit:keys. Anyone who can send a request can add to the first,
+// and a flood of them, trimming it, must not trim a key's creation or
+// revocation, or a stolen key's reads, out of the trail with it. Each
+// entry has one field, "event", holding the event's JSON
+// (audit.Event.AppendJSON).
 //
 // It is not the queue in front of a sink (audit.Logger) and does not dial
 // Redis: it takes the key store's client.
@@ -30,17 +33,18 @@ const DefaultMaxLen = 20_000
 // field is the one field of each stream entry.
 const field = "event"
 
-// StreamKey returns the name of the audit stream of decisions, refused
-// admin calls and reads of keys (every event but the key changes) under a
-// key prefix.
+// StreamKey returns the name of the audit stream of decisions and of
+// admin calls refused for their credential or rate limit (every event not
+// kept apart) under a key prefix.
 func StreamKey(prefix string) string { return prefix + "audit" }
 
-// ChangeStreamKey returns the name of the audit stream of key changes under
-// a key prefix.
+// ChangeStreamKey returns the name of the audit stream of key changes and
+// of the admin calls of key holders (audit.Event.KeptApart) under a key
+// prefix.
 func ChangeStreamKey(prefix string) string { return prefix + "audit:keys" }
 
 // Sink appends events to the capped streams <prefix>audit and
-// <prefix>audit:keys (key changes), one pipelined XADD MAXLEN ~ per event,
+// <prefix>audit:keys (audit.Event.KeptApart), one pipelined XADD MAXLEN ~ per event,
 // one round trip per batch.
 type Sink struct {
 	client  goredis.UniversalClient
@@ -84,7 +88,7 @@ func (s *Sink) Write(ctx context.Context, events []audit.Event) error {
 	start := 0
 	for i, end := range ends {
 		stream := s.stream
-		if events[i].IsChange() {
+		if events[i].KeptApart() {
 			stream = s.changes
 		}
 		pipe.XAdd(ctx, &goredis.XAddArgs{

@@ -32,8 +32,9 @@ func newAuditTailCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "tail [--key ID] [-f] [-n N]",
 		Short: "Print the recent audit events of the Redis stream, and follow it",
-		Long: `Print the most recent events of the audit streams <prefix>audit (decisions,
-refused admin calls, reads of keys) and <prefix>audit:keys (key changes), merged by time, one JSON
+		Long: `Print the most recent events of the audit streams <prefix>audit (decisions, admin
+calls refused for their credential or rate limit) and <prefix>audit:keys (key changes, and
+the reads and refused escalations of authenticated admin callers), merged by time, one JSON
 object a line, oldest first; -f keeps printing new ones. It reads the streams of the
 Redis sink (audit.sink: redis); with the stdout sink, read the server's output instead.`,
 		Args: noArgs,

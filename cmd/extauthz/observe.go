@@ -242,7 +242,7 @@ func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter,
 		gauge("extauthz_ratelimit_replicas", "Replicas alive at the last heartbeat (each limits to N/replicas when Redis is down).", func() float64 { return float64(r.Replicas()) })
 	}
 	counter("extauthz_audit_dropped_total", "Audit events dropped because the queue was full.", func() float64 { return float64(auditLog.Dropped()) })
-	counter("extauthz_audit_dropped_changes_total", "Key changes among the audit events dropped: their own queue was full.", func() float64 { return float64(auditLog.DroppedChanges()) })
+	counter("extauthz_audit_dropped_changes_total", "Key changes, and admin calls of authenticated key holders, among the audit events dropped: their own queue was full.", func() float64 { return float64(auditLog.DroppedChanges()) })
 	counter("extauthz_audit_written_total", "Audit events written to the sink.", func() float64 { return float64(auditLog.Written()) })
 	counter("extauthz_audit_failed_total", "Audit events lost to sink errors.", func() float64 { return float64(auditLog.Failed()) })
 	b := currentBuild()

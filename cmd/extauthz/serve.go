@@ -480,16 +480,20 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 }
 
 // auditAuthFailure records a request the admin API refused for its
-// credential.
+// credential, or as beyond what its caller may do. One refused after its
+// key was authenticated, only the key's holder could cause: it is kept
+// with the key changes (audit.Event.KeyHolder).
 func (s *server) auditAuthFailure(f admin.AuthFailure) {
 	s.audit.Record(audit.Event{Type: audit.TypeAdminAuthFailed, KeyID: f.KeyID, ClientIP: f.ClientIP,
-		Method: f.Method, Route: f.Route, RequestID: f.RequestID, UserAgent: f.UserAgent, Status: f.Status, Code: string(f.Code)})
+		Method: f.Method, Route: f.Route, RequestID: f.RequestID, UserAgent: f.UserAgent, Status: f.Status, Code: string(f.Code),
+		KeyHolder: f.Authenticated})
 }
 
-// auditRead records a read of keys the admin API answered.
+// auditRead records a read of keys the admin API answered, which only an
+// authenticated key's holder makes: kept with the key changes.
 func (s *server) auditRead(keyID string, c admin.Call) {
 	s.audit.Record(audit.Event{Type: audit.TypeAdminRead, KeyID: keyID, ClientIP: c.ClientIP,
-		Method: c.Method, Route: c.Route, RequestID: c.RequestID, UserAgent: c.UserAgent, Status: http.StatusOK})
+		Method: c.Method, Route: c.Route, RequestID: c.RequestID, UserAgent: c.UserAgent, Status: http.StatusOK, KeyHolder: true})
 }
 
 // readyz is 200 when the store answers. A server whose store is down still
