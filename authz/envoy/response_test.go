@@ -217,7 +217,9 @@ func TestTheFieldNumbersAreTheProtos(t *testing.T) {
 // A key record whose text is not UTF-8 (a store's record not written by
 // extauthz's checks) cannot be answered: proto3 strings are UTF-8. The
 // check is an RPC error, which Envoy treats as the service failing, never
-// an allow with the bytes mangled.
+// an allow with the bytes mangled; the Observer (the metrics, the audit)
+// hears of it as that failure, with the key, not as the allow the client
+// never got.
 func TestAKeyRecordThatIsNotUTF8IsAnRPCError(t *testing.T) {
 	f := authztest.New(t, nil)
 	for name, k := range map[string]*keystore.Key{
@@ -226,8 +228,15 @@ func TestAKeyRecordThatIsNotUTF8IsAnRPCError(t *testing.T) {
 		"meta":       {ID: "key_m", Name: "m", Permissions: []string{"read:users"}, Meta: map[string]string{"plan": "\xc0"}},
 	} {
 		secret := f.AddKey(t, k)
-		s := &CheckServer{Authz: f.Authz}
+		var obs observed
+		s := &CheckServer{Authz: f.Authz, Observer: &obs}
 		_, err := s.Check(context.Background(), checkRequest(map[string]string{"x-api-key": secret}))
 		assert.Equal(t, codes.Internal, status.Code(err), name)
+		if assert.Len(t, obs.decisions, 1, name) {
+			d := obs.decisions[0]
+			assert.Equal(t, authz.CodeUnavailable, d.Code, name)
+			assert.False(t, d.Allowed(), name)
+			assert.Equal(t, k.ID, d.Key.ID, name)
+		}
 	}
 }

@@ -129,6 +129,8 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, e
 	st.out, st.tmp, err = s.appendResponse(st.out[:0], st.tmp, &st.req, &st.d)
 	if err == nil {
 		resp = slices.Clone(st.out)
+	} else {
+		unsent(&st.d)
 	}
 	if traced != nil {
 		traced(&st.d)
@@ -139,6 +141,18 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, e
 	st.reset()
 	checkStates.Put(st)
 	return resp, err
+}
+
+// unsent makes d what the client got when its answer could not be sent
+// (errNotUTF8): the check ends as an RPC error, which Envoy answers as the
+// authorization service failing (status_on_error: 503 in the shipped
+// configs, failure_mode_allow false), whatever d decided and in shadow
+// mode too. The trace, the metrics and the audit then say so, naming the
+// key, rather than record an allow, or a denial, that the client never
+// got.
+func unsent(d *authz.Decision) {
+	d.Shadow = false
+	d.Deny(authz.CodeUnavailable, "")
 }
 
 // observePanic tells the Observer of a check that panicked, answered d

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	auditpkg "github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/internal/redistest"
@@ -366,4 +369,49 @@ func TestARequestRefusedBeforeItIsReadNamesItsClient(t *testing.T) {
 	assert.Equal(t, "10.1.2.3", events[0]["client_ip"], "%v", events[0])
 	assert.Equal(t, "bad_request", events[1]["code"])
 	assert.Equal(t, "198.51.100.7", events[1]["client_ip"], "%v", events[1])
+}
+
+// A key record whose text is not UTF-8 (a row of the embedded store written
+// by something else than extauthz's checks) cannot be answered over gRPC:
+// the check is an RPC error, which Envoy answers as the service failing
+// (status_on_error, 503 in the shipped configs), whatever the decision and
+// whatever the mode. Its audit event says so, naming the key, and never
+// that the request was allowed, or denied otherwise.
+func TestAnAnswerThatCannotBeSentIsAuditedAsTheFailureEnvoySaw(t *testing.T) {
+	for _, mode := range []string{"enforce", "shadow"} {
+		t.Run(mode, func(t *testing.T) {
+			audit := &syncbuf.Buffer{}
+			store := filepath.Join(t.TempDir(), "k.db")
+			path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\nstore: {path: %q}\nmode: %s\n%s",
+				store, mode, testRoutes))
+			ts := startServerOut(t, path, serverOutput{logs: &syncbuf.Buffer{}, audit: audit})
+			key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+			db, err := sql.Open("sqlite", store)
+			require.NoError(t, err)
+			defer db.Close()
+			_, err = db.Exec("UPDATE keys SET name = CAST(X'6e61ff6d65' AS TEXT) WHERE id = ?", k.ID)
+			require.NoError(t, err)
+
+			// Allowed, and denied (a permission the key lacks).
+			for _, p := range []string{"/api/users", "/api/reports/x"} {
+				_, err := ts.client.Check(t.Context(), checkReq("GET", p, "10.1.2.3", map[string]string{"x-api-key": key}))
+				require.Equal(t, codes.Internal, status.Code(err), "%s: %v", p, err)
+			}
+			var events []map[string]any
+			require.Eventually(t, func() bool {
+				events = auditEventsOf(t, audit.String(), "decision")
+				return len(events) >= 2
+			}, 5*time.Second, 10*time.Millisecond, audit.String())
+			time.Sleep(100 * time.Millisecond) // a second event for one check would have come by now
+			events = auditEventsOf(t, audit.String(), "decision")
+			require.Len(t, events, 2, "one event per check")
+			for _, e := range events {
+				assert.Equal(t, "deny", e["decision"], "%v", e)
+				assert.Equal(t, "unavailable", e["code"], "%v", e)
+				assert.EqualValues(t, 503, e["status"], "%v", e)
+				assert.Equal(t, "enforce", e["mode"], "Envoy fails closed in shadow mode too: %v", e)
+				assert.Equal(t, k.ID, e["key_id"], "%v", e)
+			}
+		})
+	}
 }
