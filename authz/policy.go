@@ -644,7 +644,7 @@ func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
 		if req.PolicyName == "" {
 			d.Deny(CodeNoPolicy, "no policy named: the auth path must be <prefix>/_policy/<name>/... when the config has policies")
 		} else {
-			d.Deny(CodeNoPolicy, "no policy is named "+strconvQuote(req.PolicyName))
+			d.Deny(CodeNoPolicy, ps.noPolicyNamed(req.PolicyName))
 		}
 		return false
 	}
@@ -822,13 +822,17 @@ func isPort[T string | []byte](s T) bool {
 	return true
 }
 
-// strconvQuote quotes s for a message; policy names reach messages only
-// after the charset check, but a name from a path may be anything.
-func strconvQuote(s string) string {
-	if len(s) > 64 {
-		s = s[:64] + "..."
+// noPolicyNamed is the message of the no_policy answer to an auth path
+// naming a policy the config lacks. It names the name when it could be a
+// policy's (keystore.ValidatePolicyName), to help find a typo in a
+// proxy's config, unless it holds a key. The name is text the client
+// writes when a proxy calls extauthz with the bare prefix, and an answer
+// never echoes a key pasted there, nor text no config could name.
+func (ps *PolicySet) noPolicyNamed(name string) string {
+	if keystore.ValidatePolicyName("", name) != nil || ps.Format.ContainsKey(name) {
+		return "the auth path names no policy of this config"
 	}
-	return fmt.Sprintf("%q", s)
+	return "no policy is named \"" + name + "\""
 }
 
 // Explanation is what applies to a request before any key is looked at:

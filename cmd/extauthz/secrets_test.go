@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/syncbuf"
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // TestNoKeyEverReachesALogOrAuditEvent runs a whole life of keys — created
@@ -195,4 +196,43 @@ func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
 	assert.Equal(t, svcID, kinds["key.rotated"]["rotated_from"])
 	assert.Contains(t, cliStderr.String(), `"event":"key.created","key_id":"`+cliID+`"`)
 	assert.Contains(t, cliStderr.String(), `"actor":"cli"`)
+}
+
+// The policy an HTTP-mode auth path names is text the client writes when
+// the proxy calls extauthz with the bare prefix (/authz/_policy/<name>/...
+// is then the client's own path). The 403 no_policy answer names a name
+// that could be a policy's, to help find a typo in a proxy's config, but
+// never a key written there, alone or glued to other text, nor anything
+// else no config could name; the audit event holds neither.
+func TestNoAnswerEchoesAKeyWrittenWhereAPolicyIsNamed(t *testing.T) {
+	var events syncbuf.Buffer
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: stdout}\n"+
+		"http_mode: {xff_trusted_hops: 0}\n"+storeYAML(t, "embedded")+meshConfig)
+	ts := startServerOut(t, path, serverOutput{logs: &syncbuf.Buffer{}, audit: &events})
+	key, _ := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:invoices"}})
+
+	for _, tc := range []struct {
+		name, want string // want: what the answer names, "" for nothing
+	}{
+		{key, ""},
+		{"old-" + key, ""},
+		{key + "-v2", ""},
+		{url.PathEscape("Bearer " + key), ""},
+		{"billng", `"billng"`},
+		{"team-billing_2", `"team-billing_2"`},
+		{"Billing", ""},
+	} {
+		st, body, h := get(t, ts.httpURL+"/authz/_policy/"+tc.name+"/invoices/1", map[string]string{"x-api-key": key})
+		require.Equal(t, 403, st, "%s: %s", tc.name, body)
+		assert.Equal(t, "no_policy", h.Get("x-authz-code"))
+		assert.NotContains(t, body, key[3:len(key)-6], "the answer holds the key: %s", body)
+		if tc.want != "" {
+			assert.Contains(t, body, "no policy is named "+strings.ReplaceAll(tc.want, `"`, `\"`), body)
+		} else {
+			assert.NotContains(t, body, "no policy is named \\\"", body)
+		}
+	}
+	ts.stop()
+	assert.NotContains(t, events.String(), key[3:len(key)-6], "the audit holds the key")
+	assert.Equal(t, 7, strings.Count(events.String(), `"code":"no_policy"`), "one event per request:\n%s", events.String())
 }
