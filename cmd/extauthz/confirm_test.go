@@ -39,7 +39,8 @@ func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syn
 // answers 503 unconfirmed saying so, and the same request again confirms it.
 func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
 	ts, path, replica, audit := startConfirming(t)
-	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	adminKey, admin := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	adminID := admin.ID
 	key, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}})
 
 	revoke := func() (int, http.Header, string) {
@@ -90,6 +91,15 @@ func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, "the same request again, with the replica back, confirms it: %s", body)
 	require.Contains(t, body, `"revoked_at"`)
 	require.EqualValues(t, 401, checkCode())
+
+	// One revocation, one event, naming who made it: the repeats (the
+	// CLI's, the admin API's) that confirm it change nothing, so they are
+	// not audited again.
+	time.Sleep(100 * time.Millisecond) // a second event would have come by now
+	revoked := auditEventsOf(t, audit.String(), "key.revoked")
+	require.Len(t, revoked, 1, audit.String())
+	require.Equal(t, k.ID, revoked[0]["key_id"])
+	require.Equal(t, adminID, revoked[0]["actor"])
 }
 
 // A rotation waits for the replicas as a revocation does: one they did not
