@@ -518,6 +518,8 @@ func (a *Authorizer) lookup(ctx context.Context, set *PolicySet, key string, now
 	case errors.Is(err, keystore.ErrNeedsNewer):
 		// The record restricts the key in a way this version cannot read
 		// (rolling upgrade, rollback): refuse rather than decide by less.
+		// The key is known, as a revoked one is: its audit event names it.
+		d.Key = k
 		d.Deny(CodeUnavailable, NeedsNewerMessage)
 	default:
 		d.Deny(CodeUnavailable, "")

@@ -275,7 +275,9 @@ func (c *Cache) remember(h Hash, seq uint64, k *Key) {
 // Lookup returns the key whose hash is h, from the cache when fresh, else
 // from the store. The returned Key is shared: callers must not modify it.
 // Errors: ErrNotFound, or one wrapping ErrUnavailable when the store did not
-// answer and no entry younger than MaxStale is cached.
+// answer and no entry younger than MaxStale is cached, or one wrapping
+// ErrNeedsNewer with the key as far as this version reads it (as the
+// store's Lookup gives it: to name the key by, not to decide by).
 func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	if k, state, err := c.Cached(h); state == CacheAnswered {
 		return k, err
@@ -303,9 +305,14 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 			c.noteUse(h, k, &fresh, now)
 		}
 		return k, nil
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNeedsNewer):
-		// Answers: what was cached of h is not served (fill forgot it).
+	case errors.Is(err, ErrNotFound):
+		// An answer: what was cached of h is not served (fill forgot it).
 		return nil, err
+	case errors.Is(err, ErrNeedsNewer):
+		// An answer too, and nothing cached of h is served; the key as far
+		// as this version reads it comes with it, to name the key in the
+		// refusal's audit event, never to decide by.
+		return k, err
 	}
 	c.failures.Add(1)
 	// The best we know while the store is down: the entry as it is now (an
@@ -380,6 +387,10 @@ func (c *Cache) fetch(ctx context.Context, h Hash) (*Key, error) {
 	select {
 	case res := <-flight:
 		if res.Err != nil {
+			if errors.Is(res.Err, ErrNeedsNewer) {
+				k, _ := res.Val.(*Key) // to name the key, not to decide by (Store.Lookup)
+				return k, res.Err
+			}
 			return nil, res.Err
 		}
 		return res.Val.(*Key), nil

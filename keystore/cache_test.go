@@ -53,8 +53,8 @@ func (s *countingStore) Lookup(ctx context.Context, h Hash) (*Key, error) {
 	if s.down.Load() {
 		return nil, fmt.Errorf("lookup: %w: connection refused", ErrUnavailable)
 	}
-	if ok && s.newer.Load() {
-		return nil, fmt.Errorf("lookup: %w", CheckRequires([]string{"bound_to"}))
+	if ok && s.newer.Load() { // the key as far as this version reads it, as Store.Lookup says
+		return k.Clone(), fmt.Errorf("lookup: %w", CheckRequires([]string{"bound_to"}))
 	}
 	if ok {
 		return k.Clone(), nil
@@ -324,8 +324,10 @@ func TestARecordThatNeedsANewerVersionIsNeverServedFromTheCache(t *testing.T) {
 			st.newer.Store(true)
 			if how == "expired" {
 				clock.Add(31 * time.Second)
-				_, err = c.Lookup(context.Background(), h)
+				k, err := c.Lookup(context.Background(), h)
 				require.ErrorIs(t, err, ErrNeedsNewer)
+				require.NotNil(t, k, "the key comes with the refusal, to be named by it")
+				assert.Equal(t, "key_known", k.ID)
 			} else {
 				clock.Add(25 * time.Second) // the last quarter of the TTL
 				k, err := c.Lookup(context.Background(), h)

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -214,10 +215,13 @@ func TestANegativeTTLOfZeroCachesNoUnknownKey(t *testing.T) {
 // "requires". A key cached here before that change must not go on passing
 // by its older record: the change reaches the cache, and the key's checks
 // are refused with 503 (retry: a newer replica decides it) until a record
-// this version can read is back. No upstream sees such a request allowed.
+// this version can read is back. No upstream sees such a request allowed,
+// and the refusal's audit event names the key, as a revoked key's does.
 func TestAKeyWhoseRecordRequiresANewerVersionIsRefusedNotDecided(t *testing.T) {
 	r := redistest.Start(t)
-	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"t:\"}}\n", r.URL(0))+testRoutes)
+	var audit syncbuf.Buffer
+	ts := startServerOut(t, writeConfig(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"t:\"}}\n", r.URL(0))+testRoutes),
+		serverOutput{logs: &syncbuf.Buffer{}, audit: &audit})
 	ctx := t.Context()
 	set := func(key, value string) {
 		_, err := r.Query("SET", key, value)
@@ -258,6 +262,16 @@ func TestAKeyWhoseRecordRequiresANewerVersionIsRefusedNotDecided(t *testing.T) {
 		_, code, status = check()
 		require.Equal(t, 503, status, "a later check of the key is decided by the older record (%s)", code)
 	}
+	require.Eventually(t, func() bool {
+		n := 0
+		for _, e := range auditEventsOf(t, audit.String(), "decision") {
+			if e["status"] == 503.0 && e["code"] == "unavailable" {
+				assert.Equal(t, k.ID, e["key_id"], "the refusal names the key: %v", e)
+				n++
+			}
+		}
+		return n >= 21
+	}, 2*time.Second, 10*time.Millisecond, "each refusal is audited")
 
 	// Rolled back by a version that can read it: the key passes again.
 	stored, err = r.QueryString("GET", recKey)
