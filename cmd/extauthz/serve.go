@@ -192,8 +192,9 @@ func (v visibleText) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// visibleASCII reports whether p is ASCII without DEL, which slog's text
-// handler has already quoted and escaped wherever it does not draw itself.
+// visibleASCII reports whether p is ASCII without DEL, which slog's
+// handlers have already escaped wherever it does not draw itself: a line
+// either filter passes on as it is.
 func visibleASCII(p []byte) bool {
 	for _, c := range p {
 		if c >= 0x7f {
@@ -243,15 +244,13 @@ func appendVisibleToken(out, tok []byte) []byte {
 type visibleJSON struct{ w io.Writer }
 
 func (v visibleJSON) Write(p []byte) (int, error) {
-	for _, c := range p {
-		if c >= 0x7f {
-			if _, err := v.w.Write(visible.EscapeJSON(make([]byte, 0, len(p)+32), p)); err != nil {
-				return 0, err
-			}
-			return len(p), nil
-		}
+	if visibleASCII(p) {
+		return v.w.Write(p)
 	}
-	return v.w.Write(p)
+	if _, err := v.w.Write(visible.EscapeJSON(make([]byte, 0, len(p)+32), p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // server is one running extauthz: the store, the cache, the decision and
