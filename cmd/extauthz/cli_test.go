@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1050,4 +1051,128 @@ func TestAnAuditQueueTooLargeToMakeIsAnErrorNotAPanic(t *testing.T) {
 		assert.Contains(t, errOut, "audit.queue_size", args)
 		assert.NotContains(t, errOut, "panic", args)
 	}
+}
+
+// A key printed into a file that other users of the host may read (a
+// shell's "> key.json" under umask 022) would be theirs too: the file is
+// made its owner's alone before the key is made, and one that cannot be is
+// refused with no key made. Whatever else stdout is stays as it is.
+func TestANewKeyIsNeverWrittenToAFileOtherUsersCanRead(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "k.db")
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\naudit: {sink: none}\n", db))
+	dir := t.TempDir()
+	runInto := func(mode os.FileMode, args ...string) (file, stderr string, code int) {
+		t.Helper()
+		name := filepath.Join(dir, fmt.Sprintf("out-%d", time.Now().UnixNano()))
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY, 0o600)
+		require.NoError(t, err)
+		defer f.Close()
+		require.NoError(t, f.Chmod(mode)) // whatever the umask
+		cmd := exec.Command(os.Args[0], append(args, "--config", path)...)
+		cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+		var errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = f, &errb
+		err = cmd.Run()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else {
+			require.NoError(t, err)
+		}
+		fi, err := os.Stat(name)
+		require.NoError(t, err)
+		assert.Equal(t, mode&0o700, fi.Mode().Perm(), "%s: the file is its owner's alone", strings.Join(args, " "))
+		out, err := os.ReadFile(name)
+		require.NoError(t, err)
+		return string(out), errb.String(), code
+	}
+	var id string
+	for _, c := range []struct {
+		mode os.FileMode
+		args []string
+	}{
+		{0o644, []string{"keys", "create", "--name", "a", "--perm", "x", "--json"}},
+		{0o660, []string{"keys", "create", "--name", "b", "--perm", "x"}},
+		{0o606, []string{"keys", "rotate", "ID", "--grace", "1h", "--json"}},
+		{0o600, []string{"keys", "create", "--name", "c", "--perm", "x", "--json"}},
+	} {
+		if c.args[1] == "rotate" {
+			c.args[2] = id
+		}
+		out, errOut, code := runInto(c.mode, c.args...)
+		require.Equal(t, 0, code, errOut)
+		require.Regexp(t, `"?key"?: "?sk_`, out, "the key is printed")
+		if c.mode&0o077 != 0 {
+			assert.Contains(t, errOut, fmt.Sprintf("open to other users (mode %04o); made it private (%04o)", c.mode, c.mode&0o700))
+		} else {
+			assert.NotContains(t, errOut, "open to other users", "a private file is left as it is")
+		}
+		if strings.HasPrefix(out, "{") {
+			var k struct{ ID string }
+			require.NoError(t, json.Unmarshal([]byte(out), &k))
+			id = k.ID
+		}
+	}
+
+	t.Run("another user's file", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("running as another user than the file's takes root (CI runs as root)")
+		}
+		// The commands run as user 12345, from a copy of this binary that
+		// user may run, on a store and config of its own and a file of root's.
+		home := t.TempDir()
+		for d := home; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+			require.NoError(t, os.Chmod(d, 0o755))
+		}
+		bin := filepath.Join(home, "extauthz.test")
+		self, err := os.ReadFile(os.Args[0])
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(bin, self, 0o755))
+		cfg := filepath.Join(home, "extauthz.yaml")
+		require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf("store: {path: %q}\naudit: {sink: none}\n", filepath.Join(home, "data", "k.db"))), 0o644))
+		require.NoError(t, os.Mkdir(filepath.Join(home, "data"), 0o700))
+		require.NoError(t, os.Chown(filepath.Join(home, "data"), 12345, 12345))
+		asOther := func(stdout io.Writer, args ...string) (string, int) {
+			cmd := exec.Command(bin, append(args, "--config", cfg)...)
+			cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 12345, Gid: 12345}}
+			var errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = stdout, &errb
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				return errb.String(), exit.ExitCode()
+			}
+			require.NoError(t, err)
+			return errb.String(), 0
+		}
+		var made bytes.Buffer
+		errOut, code := asOther(&made, "keys", "create", "--name", "mine", "--perm", "x", "--json")
+		require.Equal(t, 0, code, errOut)
+		var mine struct{ ID string }
+		require.NoError(t, json.Unmarshal(made.Bytes(), &mine))
+
+		name := filepath.Join(dir, "root-owned")
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY, 0o600)
+		require.NoError(t, err)
+		defer f.Close()
+		require.NoError(t, f.Chmod(0o644))
+		for _, args := range [][]string{{"keys", "create", "--name", "d", "--perm", "x"}, {"keys", "rotate", mine.ID}} {
+			errOut, code := asOther(f, args...)
+			assert.Equal(t, 1, code, errOut)
+			assert.Contains(t, errOut, "cannot be made private")
+			assert.Contains(t, errOut, "no key was made")
+		}
+		fi, err := os.Stat(name)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o644), fi.Mode().Perm(), "left as it was")
+		out, err := os.ReadFile(name)
+		require.NoError(t, err)
+		assert.Empty(t, out)
+		var listed bytes.Buffer
+		errOut, code = asOther(&listed, "keys", "list", "--all", "--json")
+		require.Equal(t, 0, code, errOut)
+		assert.NotContains(t, listed.String(), `"name": "d"`, "no key was made")
+		assert.NotContains(t, listed.String(), `"rotated_to": "key_`, "no key was rotated")
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -52,6 +53,9 @@ names), or the key would never match.`,
 				}
 			}
 			if err := meta.check(c); err != nil {
+				return err
+			}
+			if err := privateSecretOutput(c); err != nil {
 				return err
 			}
 			spec := keystore.Spec{Name: name, Owner: owner, Permissions: perms, RateLimit: rate.rate, IPAllowlist: ips.prefixes,
@@ -124,6 +128,36 @@ func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, 
 	if note != "" {
 		fmt.Fprintln(w, note)
 	}
+	return nil
+}
+
+// privateSecretOutput makes sure that the secret create or rotate is about
+// to print lands nowhere other users of the host can read. Standard output
+// redirected to a file (`> key.json`) gets the shell's umask, 022 on most
+// systems: a file every user may read, and the admin API trusts the host's
+// own address. Such a file is made its owner's alone before the key is made
+// (it is empty then, or holds what it held before), and standard error says
+// so; one whose mode cannot be changed (another user's) is refused, and no
+// key is made. Terminals, pipes and sockets are left as they are.
+func privateSecretOutput(c *cobra.Command) error {
+	f, ok := c.OutOrStdout().(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o077 == 0 {
+		return nil
+	}
+	if err := f.Chmod(perm & 0o700); err != nil {
+		return fmt.Errorf("standard output is a file open to other users (mode %04o), and it cannot be made private (%v); "+
+			"no key was made: write it to a file only you can read, e.g. (umask 077; extauthz keys ... > key.json)", perm, err)
+	}
+	fmt.Fprintf(c.ErrOrStderr(), "standard output is a file that was open to other users (mode %04o); made it private (%04o) before writing the key to it\n",
+		perm, perm&0o700)
 	return nil
 }
 

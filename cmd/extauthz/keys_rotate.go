@@ -32,6 +32,9 @@ the server's hashing pepper.`,
 			if grace < 0 {
 				return usageErrorf(c, "--grace must not be negative")
 			}
+			if err := privateSecretOutput(c); err != nil {
+				return err
+			}
 			ignoreBrokenPipe()
 			return withManager(c, keysAction{hashes: true, writes: true}, func(ctx context.Context, m *keystore.Manager) error {
 				secret, k, err := m.Rotate(ctx, id, grace, "cli", nil)
