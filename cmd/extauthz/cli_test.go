@@ -1176,3 +1176,64 @@ func TestANewKeyIsNeverWrittenToAFileOtherUsersCanRead(t *testing.T) {
 		assert.NotContains(t, listed.String(), `"rotated_to": "key_`, "no key was rotated")
 	})
 }
+
+// Revoking one key of a line of rotations leaves the others working: the
+// keys it was rotated to, which whoever held a stolen key that could rotate
+// itself may hold too, and an earlier key in its grace period. keys revoke
+// names each one still live, so that "revoked" is not taken for the line.
+func TestRevokingOneKeyOfALineNamesTheKeysOfItThatStillWork(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\naudit: {sink: none}\n", filepath.Join(t.TempDir(), "k.db")))
+	made := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := cliRun(t, append(args, "--json", "--config", path)...)
+		require.Equal(t, 0, code, errOut)
+		var k struct{ ID string }
+		require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+		return k.ID
+	}
+	shown := func(id string) *time.Time {
+		t.Helper()
+		out, errOut, code := cliRun(t, "keys", "show", id, "--json", "--config", path)
+		require.Equal(t, 0, code, errOut)
+		var k struct {
+			ExpiresAt *time.Time `json:"expires_at"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &k), out)
+		return k.ExpiresAt
+	}
+	revoke := func(id string) string {
+		t.Helper()
+		out, errOut, code := cliRun(t, "keys", "revoke", id, "--config", path)
+		require.Equal(t, 0, code, errOut)
+		require.Contains(t, out, "revoked "+id)
+		return errOut
+	}
+
+	// a → b → c, each rotation with a day's grace.
+	a := made("keys", "create", "--name", "line", "--perm", "x")
+	b := made("keys", "rotate", a, "--grace", "24h")
+	c := made("keys", "rotate", b, "--grace", "24h")
+	aEnds := shown(a).UTC().Format(time.RFC3339)
+
+	errOut := revoke(b)
+	assert.Contains(t, errOut, c+", a later key of the same line of rotations, still works (it does not expire)")
+	assert.Contains(t, errOut, a+", an earlier key of the same line of rotations, still works in its grace period (until "+aEnds+")")
+	assert.NotContains(t, errOut, b+",")
+	for _, id := range []string{a, c} {
+		out, errOut, code := cliRun(t, "keys", "show", id, "--config", path)
+		require.Equal(t, 0, code, errOut)
+		assert.Regexp(t, `status:\s+live`, out, "%s is named because it still works", id)
+	}
+
+	errOut = revoke(a)
+	assert.NotContains(t, errOut, b+",", "revoked: no longer live")
+	assert.Contains(t, errOut, c+", a later key")
+	assert.NotContains(t, errOut, "earlier key", "a has none")
+
+	errOut = revoke(c)
+	assert.NotContains(t, errOut, "note:", "nothing of the line works any more")
+
+	// A key that was never rotated, revoked, says nothing more.
+	lone := made("keys", "create", "--name", "lone", "--perm", "x")
+	assert.NotContains(t, revoke(lone), "note:")
+}
