@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -429,11 +430,29 @@ func (s *server) leaked(ctx context.Context, h keystore.Hash, rep leakReport) (s
 	}
 	format := s.authz.Policies().Format
 	s.log.Warn("GitHub reported a leaked API key", "key_id", k.ID, "owner", k.Owner,
-		"revoked_now", !wasRevoked, "found_at", reported(format, rep.URL), "source", reported(format, rep.Source))
+		"revoked_now", !wasRevoked, "found_at", reported(format, rep.URL), "source", reported(format, rep.Source),
+		"still_live", s.liveLine(ctx, k))
 	if s.leaks.OnLeak != nil {
 		s.leaks.OnLeak(k)
 	}
 	return truePositive, nil
+}
+
+// liveLine names the keys of k's line of rotations that still work now
+// that k is revoked (keystore.Manager.LiveLine), for the leak's log line:
+// only k is revoked, as its successor may be the one its owner made
+// because of the leak, but whoever found k may have rotated it first, if
+// it could rotate itself. It says so when it could not look.
+func (s *server) liveLine(ctx context.Context, k *keystore.Key) []string {
+	later, earlier, err := s.manager.LiveLine(ctx, k)
+	if err != nil {
+		return []string{"unknown: " + err.Error()}
+	}
+	ids := make([]string, 0, len(later)+len(earlier))
+	for _, e := range slices.Concat(later, earlier) {
+		ids = append(ids, e.ID)
+	}
+	return ids
 }
 
 // reported is a GitHub-supplied string as a log line may hold it: left out

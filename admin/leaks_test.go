@@ -183,6 +183,65 @@ func TestALeakedExpiredKeyIsRevoked(t *testing.T) {
 	})
 }
 
+// A leak revokes the leaked key only (its successor may be the one its
+// owner made because of the leak), and the log line names the keys of its
+// line of rotations that still work: whoever found it may have rotated it
+// first. Keys of the same owner outside the line, and keys of the line
+// already dead, are not named.
+func TestALeakNamesTheKeysOfItsLineThatStillWork(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		_, first := e.create(keystore.Spec{Name: "line", Owner: "team-a", Permissions: []string{"x"}})
+		_, other := e.create(keystore.Spec{Name: "other", Owner: "team-a", Permissions: []string{"x"}})
+		leakedSecret, leaked, err := e.manager.Rotate(ctx, first, time.Hour, "cli", nil)
+		require.NoError(t, err)
+		_, next, err := e.manager.Rotate(ctx, leaked.ID, time.Hour, "cli", nil)
+		require.NoError(t, err)
+		_, newest, err := e.manager.Rotate(ctx, next.ID, 0, "cli", nil) // next dies at once
+		require.NoError(t, err)
+
+		r := e.report(leakBody(leakedSecret))
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		line := leakLine(t, e.rec.Logs(), leaked.ID)
+		assert.Contains(t, line, "still_live=\"["+newest.ID+" "+first+"]\"", "the newest key, then the first (in its grace period)")
+		assert.NotContains(t, line, next.ID, "a key of the line that no longer works")
+		assert.NotContains(t, line, other, "a key outside the line")
+		k, err := e.store.Get(ctx, newest.ID)
+		require.NoError(t, err)
+		assert.Nil(t, k.RevokedAt, "only the leaked key is revoked")
+
+		// A line too long to walk key by key: its live keys are found among
+		// the owner's.
+		longSecret, start := e.create(keystore.Spec{Name: "long", Owner: "team-a", Permissions: []string{"x"}})
+		_, k, err = e.manager.Rotate(ctx, start, time.Hour, "cli", nil)
+		require.NoError(t, err)
+		for range 20 {
+			_, k, err = e.manager.Rotate(ctx, k.ID, 0, "cli", nil)
+			require.NoError(t, err)
+		}
+		r = e.report(leakBody(longSecret))
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		assert.Contains(t, leakLine(t, e.rec.Logs(), start), "still_live=["+k.ID+"]")
+
+		lone, _ := e.create(keystore.Spec{Name: "lone", Owner: "team-a", Permissions: []string{"x"}})
+		r = e.report(leakBody(lone))
+		require.Equal(t, http.StatusOK, r.status, "%s", r)
+		assert.Contains(t, e.rec.Logs(), "still_live=[]", "a key never rotated leaves none")
+	})
+}
+
+// leakLine is the leak report's log line about the key id.
+func leakLine(t *testing.T, logs, id string) string {
+	t.Helper()
+	for l := range strings.Lines(logs) {
+		if strings.Contains(l, "leaked API key") && strings.Contains(l, "key_id="+id) {
+			return l
+		}
+	}
+	t.Fatalf("no leak line names %s in\n%s", id, logs)
+	return ""
+}
+
 func TestLeakReportsMustBeSignedByGitHub(t *testing.T) {
 	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
 		victim, id := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})

@@ -670,6 +670,65 @@ const lineSteps = 16
 // (ErrLineTooLong) rather than miss a live key of the line.
 const maxOwnerScan = 100000
 
+// LiveLine returns the keys of k's line of rotations, other than k, that
+// still work: later, the keys k was rotated to and their successors, oldest
+// first, and earlier, the keys before it still in their grace period,
+// newest first. Revoking k leaves them working, and a revocation of a
+// stolen key is often meant for the whole line: whoever held a key that
+// could rotate itself may hold its successor too. Like liveEarlierKeys it
+// reads the line's keys one by one for lineSteps of them, then looks among
+// the owner's listed keys (as it does past a key already purged).
+func (m *Manager) LiveLine(ctx context.Context, k *Key) (later, earlier []*Key, err error) {
+	now := m.now()
+	for n, next := 0, k.RotatedTo; next != ""; n++ {
+		e, err := m.Store.Get(ctx, next)
+		if n == lineSteps || errors.Is(err, ErrNotFound) {
+			if later, err = m.liveLaterKeys(ctx, k, now); err != nil {
+				return nil, nil, err
+			}
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if e.StatusAt(now) == Live {
+			later = append(later, e)
+		}
+		next = e.RotatedTo
+	}
+	if earlier, err = m.liveEarlierKeys(ctx, k.ID, now); err != nil {
+		return nil, nil, err
+	}
+	return later, earlier, nil
+}
+
+// liveLaterKeys returns the owner's live keys made after k that count in
+// k's bucket (a line keeps its owner and its bucket), oldest first: the
+// later keys of k's line, for a line too long to walk or one whose walk
+// meets a purged key.
+func (m *Manager) liveLaterKeys(ctx context.Context, k *Key, now time.Time) ([]*Key, error) {
+	var live []*Key
+	after := k.ID
+	for seen := 0; ; {
+		page, next, err := m.Store.List(ctx, ListOptions{Owner: k.Owner, Now: now, Limit: 500, After: after})
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range page {
+			if e.ID > k.ID && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live {
+				live = append(live, e)
+			}
+		}
+		if seen += len(page); next == "" {
+			slices.SortFunc(live, func(a, b *Key) int { return strings.Compare(a.ID, b.ID) })
+			return live, nil
+		} else if seen >= maxOwnerScan {
+			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, maxOwnerScan)
+		}
+		after = next
+	}
+}
+
 // LiveEarlierKeys returns the keys before id in its line of rotations that
 // are still live (in their grace period), newest first; see
 // liveEarlierKeys.

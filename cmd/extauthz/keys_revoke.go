@@ -42,42 +42,25 @@ func newRevokeCmd() *cobra.Command {
 }
 
 // stillLive names on w the keys of k's line of rotations that still work
-// after k was revoked: the keys it was rotated to, and the earlier keys in
-// their grace period. A revocation stops one key, and a line is cut off
-// only when each of its live keys is revoked: whoever held a stolen key
-// that could rotate itself may hold its successor too, and an earlier key
-// still in its grace period works until that ends. An operator who took
-// "revoked" for the whole line would leave them working. It is told after
-// the revocation, and a failure to look tells nothing.
+// after k was revoked (keystore.Manager.LiveLine): a revocation stops one
+// key, and a line is cut off only when each of its live keys is revoked.
+// An operator who took "revoked" for the whole line would leave them
+// working. It is told after the revocation, and a failure to look tells
+// nothing.
 func stillLive(ctx context.Context, w io.Writer, m *keystore.Manager, k *keystore.Key) {
-	now := time.Now()
-	next := k.RotatedTo
-	for range lineShown {
-		if next == "" {
-			break
-		}
-		s, err := m.Store.Get(ctx, next)
-		if err != nil {
-			break
-		}
-		if s.StatusAt(now) == keystore.Live {
-			fmt.Fprintf(w, "note: %s, a later key of the same line of rotations, still works (%s); revoke it too if whoever held %s could have rotated it\n",
-				s.ID, worksUntil(s), k.ID)
-		}
-		next = s.RotatedTo
-	}
-	earlier, err := m.LiveEarlierKeys(ctx, k.ID)
+	later, earlier, err := m.LiveLine(ctx, k)
 	if err != nil {
 		return
+	}
+	for _, s := range later {
+		fmt.Fprintf(w, "note: %s, a later key of the same line of rotations, still works (%s); revoke it too if whoever held %s could have rotated it\n",
+			s.ID, worksUntil(s), k.ID)
 	}
 	for _, e := range earlier {
 		fmt.Fprintf(w, "note: %s, an earlier key of the same line of rotations, still works in its grace period (%s); revoke it too to cut the line off now\n",
 			e.ID, worksUntil(e))
 	}
 }
-
-// lineShown bounds how many later keys stillLive follows.
-const lineShown = 16
 
 // worksUntil says how long the live key k works: until its expiry, or for good.
 func worksUntil(k *keystore.Key) string {
