@@ -500,5 +500,26 @@ func (s *server) rotateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		}
 		return s.rotationPending(r.Context(), c, old)
 	})
+	if errors.Is(err, keystore.ErrNotLive) {
+		if ae := s.rotatedAlready(r.Context(), c, id); ae != nil {
+			return ae
+		}
+	}
 	return s.writeNewKey(w, secret, k, err, "rotation", unconfirmedRotation)
+}
+
+// rotatedAlready is the refusal of a rotation of a key rotated already,
+// naming its successor, or nil for a key refused otherwise (revoked,
+// expired) or one it cannot read. A client whose rotation timed out and
+// who sends it again lands here: the new key's secret was in the answer it
+// never got and exists nowhere else, and the only way to a secret it holds
+// is to rotate that successor in turn, which it must be able to name.
+func (s *server) rotatedAlready(ctx context.Context, c *caller, id string) *apiError {
+	old, err := s.store.Get(ctx, id)
+	if err != nil || c.reach(old) != nil || old.RotatedTo == "" || old.RevokedAt != nil {
+		return nil
+	}
+	return &apiError{http.StatusConflict, codeNotLive, "the key was rotated already, to " + old.RotatedTo +
+		": a key is rotated once; if the answer to that rotation was lost, its secret is lost with it: revoke this key, then rotate " +
+		old.RotatedTo + " with \"grace\": \"0s\" for a secret you hold"}
 }

@@ -246,6 +246,36 @@ func TestRotation(t *testing.T) {
 			require.Equal(t, http.StatusConflict, r.status, "%s", r)
 			assert.Equal(t, "not_live", r.code(t))
 		})
+		t.Run("a rotation sent again names the key the first one made", func(t *testing.T) {
+			// A client whose rotation timed out sends it again: the new
+			// key's secret was in the answer it lost, so the refusal must
+			// name that key, the one it can rotate for a secret it holds.
+			writer, _ := e.newKey(e.root, map[string]any{"name": "w", "owner": "team-r", "permissions": []string{"keys:write", "x"}})
+			_, id := e.newKey(writer, map[string]any{"name": "r", "permissions": []string{"x"}})
+			r := e.send("POST", "/v1/keys/"+id+"/rotate", writer, map[string]any{"grace": "1h"})
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+			next := r.str(t, "id")
+			for _, caller := range []string{writer, e.root} {
+				r = e.send("POST", "/v1/keys/"+id+"/rotate", caller, map[string]any{"grace": "1h"})
+				require.Equal(t, http.StatusConflict, r.status, "%s", r)
+				assert.Equal(t, "not_live", r.code(t))
+				assert.Contains(t, r.str(t, "error"), "rotated already, to "+next)
+			}
+			// Another owner's key is still 404, rotated or not.
+			other, _ := e.newKey(e.root, map[string]any{"name": "o", "owner": "team-o", "permissions": []string{"keys:write", "x"}})
+			r = e.send("POST", "/v1/keys/"+id+"/rotate", other, nil)
+			require.Equal(t, http.StatusNotFound, r.status, "%s", r)
+			assert.NotContains(t, string(r.body), next)
+
+			// What the answer says to do works for the writer, and a
+			// revoked key names no successor.
+			require.Equal(t, http.StatusOK, e.send("DELETE", "/v1/keys/"+id, writer, nil).status)
+			r = e.send("POST", "/v1/keys/"+next+"/rotate", writer, map[string]any{"grace": "0s"})
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+			r = e.send("POST", "/v1/keys/"+id+"/rotate", e.root, nil)
+			require.Equal(t, http.StatusConflict, r.status, "%s", r)
+			assert.NotContains(t, r.str(t, "error"), "rotated already")
+		})
 		t.Run("an expired key cannot be rotated", func(t *testing.T) {
 			_, id := e.newKey(e.root, map[string]any{"name": "r", "permissions": []string{"x"}, "ttl": "1m"})
 			e.clock.Advance(2 * time.Minute)
