@@ -11,10 +11,12 @@
 package config
 
 import (
+	"bytes"
 	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -24,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -511,6 +514,9 @@ func Parse(data []byte) (*Config, error) {
 		}
 		return nil, fmt.Errorf("parse yaml: %w", err)
 	}
+	if err := oneDocument(data); err != nil {
+		return nil, err
+	}
 	if s := strings.TrimSpace(string(js)); s != "null" && s != "" {
 		var tree any
 		if err := json.Unmarshal(js, &tree); err != nil {
@@ -545,6 +551,27 @@ func Parse(data []byte) (*Config, error) {
 		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
 	}
 	return &cfg, nil
+}
+
+// oneDocument refuses a file that holds more than one YAML document. The
+// decoder reads the first and drops the rest without a word, so routes, a
+// policy or an unselected: deny written after a "---" (two files joined, a
+// rendered template) or after a "..." would be silently left out: every
+// protection they give gone, while config check passes. Empty documents
+// after the first (a trailing "---") say nothing, and are let be.
+func oneDocument(data []byte) error {
+	dec := yamlv2.NewDecoder(bytes.NewReader(data))
+	for n := 1; ; n++ {
+		var doc any
+		switch err := dec.Decode(&doc); {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return fmt.Errorf("parse yaml: after the first document: %w (a file holds one document: write everything in it)", err)
+		case n > 1 && doc != nil:
+			return fmt.Errorf("parse yaml: document %d: the file holds more than one YAML document (\"---\"), and only the first would be read: write everything in one", n)
+		}
+	}
 }
 
 // CheckPepper reports a missing hashing pepper: without one, keys are

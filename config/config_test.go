@@ -528,3 +528,41 @@ func TestTheAuditQueueHasAnUpperBound(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1<<20, cfg.Audit.QueueSize)
 }
+
+// The YAML decoder reads a file's first document and drops the rest without
+// a word: routes or a policy after a "---" (two files joined, a rendered
+// template) or after a "..." would be silently missing, with every
+// protection they give. Such a file is refused; a leading "---" and empty
+// documents after the first say nothing and are fine.
+func TestAFileOfMoreThanOneDocumentIsRefused(t *testing.T) {
+	const admin = "routes: [{path: \"/api/admin/**\", permissions: [admin]}]\n"
+	for _, text := range []string{
+		"unmatched: authenticate\n---\n" + admin,
+		"---\nunmatched: authenticate\n---\n" + admin,
+		"unmatched: authenticate\n...\n" + admin,
+		"unmatched: authenticate\n...\n---\n" + admin,
+		"unmatched: authenticate\n---\n---\n" + admin,
+		"unmatched: authenticate\n--- " + admin,
+		"unmatched: authenticate\n---\nunselected: deny\n",
+		"unmatched: authenticate\n---\n[]\n",
+		"unmatched: authenticate\n---\nfalse\n",
+	} {
+		_, err := Parse([]byte(text))
+		require.Error(t, err, text)
+		assert.Contains(t, err.Error(), "parse yaml:", text)
+		assert.Contains(t, err.Error(), "one", text)
+	}
+	for _, text := range []string{
+		admin,
+		"---\n" + admin,
+		admin + "---\n",
+		admin + "...\n",
+		admin + "---\n# nothing more\n",
+		admin + "--- ~\n",
+	} {
+		cfg, err := Parse([]byte(text))
+		require.NoError(t, err, text)
+		require.Len(t, cfg.Routes, 1, text)
+		assert.Equal(t, []string{"admin"}, cfg.Routes[0].Permissions, text)
+	}
+}

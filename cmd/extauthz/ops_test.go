@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/extauthz/extauthz/config"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
@@ -596,4 +597,28 @@ func TestAnEmptiedConfigFileIsNotReloaded(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
 	ts.srv.reload("test", nil)
 	assert.Contains(t, logs.String(), "config reloaded")
+}
+
+// A config file of two YAML documents is not loaded, at start or on a
+// reload: the decoder would read the first alone, and here the admin route
+// after the "---" would be gone, leaving /api/admin to any valid key under
+// unmatched: authenticate. Over gRPC the reader stays refused there.
+func TestAConfigFileOfTwoDocumentsIsNotLoaded(t *testing.T) {
+	ts, path, yaml, logs := startReloadable(t)
+	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+	adminCode := func() string {
+		c, _ := denial(t, ts.check(t, "GET", "/api/admin/users", map[string]string{"x-api-key": reader}))
+		return c
+	}
+	require.Equal(t, "no_route", adminCode())
+
+	joined := yaml + "unmatched: authenticate\n---\nroutes: [{path: \"/api/admin/**\", permissions: [admin]}]\n"
+	require.NoError(t, os.WriteFile(path, []byte(joined), 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reload failed; keeping the running config")
+	assert.Contains(t, logs.String(), "more than one YAML document")
+	assert.Equal(t, "no_route", adminCode(), "the reader got into /api/admin")
+
+	_, err := config.Load(path)
+	require.ErrorContains(t, err, "more than one YAML document", "serve and config check refuse it too")
 }
