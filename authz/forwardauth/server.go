@@ -41,13 +41,21 @@ type Server struct {
 	Observer authz.Observer // may be nil
 	// Tracer makes a span of each decision; nil = none, at no cost.
 	Tracer authz.Tracer
-	mode   atomic.Pointer[Mode]
+	conf   atomic.Pointer[reading]
 }
 
-// NewServer returns a Server for mode.
+// reading is what a decision request is read and decided by: the mode and
+// the policy set of one config file, swapped together.
+type reading struct {
+	mode Mode
+	set  *authz.PolicySet
+}
+
+// NewServer returns a Server for mode, deciding by the Authorizer's policy
+// set as it is now.
 func NewServer(a *authz.Authorizer, mode Mode, obs authz.Observer) *Server {
 	s := &Server{Authz: a, Observer: obs}
-	s.mode.Store(&mode)
+	s.conf.Store(&reading{mode, a.Policies()})
 	return s
 }
 
@@ -56,24 +64,31 @@ func NewServer(a *authz.Authorizer, mode Mode, obs authz.Observer) *Server {
 // only reads it).
 var noStore = []string{"no-store"}
 
-// SetMode swaps the mode (hot reload).
-func (s *Server) SetMode(m Mode) { s.mode.Store(&m) }
+// SetConfig swaps the mode and the policy set together (hot reload), so
+// that a request is read by one config's mode and decided by the same
+// config's policies: read by one and decided by the other, a path cut at
+// the old prefix (or taken from the old convention's header) would be
+// routed by the new routes, which may make it a public path. Give it the
+// set given to the Authorizer's SetPolicies: the endpoint decides by this
+// one.
+func (s *Server) SetConfig(m Mode, set *authz.PolicySet) { s.conf.Store(&reading{m, set}) }
 
 // Handler returns the HTTP listener's handler: decision requests (the raw
 // request target is the prefix or below it: "/authz", "/authz/...", never
 // "/authzfoo") are answered here, everything else goes to other. It looks
 // at the raw request target so that no path cleaning (or redirect) by a
-// router runs first, and it reads the mode once per request, so that a
-// reload cannot make it recognise a request by one prefix and read it by
-// another.
+// router runs first, and it reads the mode and the policy set once per
+// request, together, so that a reload cannot make it recognise a request by
+// one prefix and read it by another, nor read it by one config and decide
+// it by another.
 func (s *Server) Handler(other http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mode := s.mode.Load()
-		if !mode.owns(r) {
+		conf := s.conf.Load()
+		if !conf.mode.owns(r) {
 			other.ServeHTTP(w, r)
 			return
 		}
-		s.serve(w, r, mode)
+		s.serve(w, r, &conf.mode, conf.set)
 	})
 }
 
@@ -115,7 +130,7 @@ func originalHeader(r *http.Request, name string) (string, error) {
 	return vs[0], nil
 }
 
-// serve answers one decision request under mode.
+// serve answers one decision request, read by mode and decided by set.
 //
 // Allow is 200 with the identity headers and the metadata headers the
 // policy forwards on every allow, empty when the request was allowed
@@ -125,9 +140,9 @@ func originalHeader(r *http.Request, name string) (string, error) {
 // headers and every client header that reads as an x-authz- one except
 // those set with a value. Envoy applies that list after it sets the
 // headers; other proxies need their own configuration (deploy/proxies).
-func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode) {
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode, set *authz.PolicySet) {
 	start := time.Now()
-	set := s.Authz.Policies() // one set reads the auth path and decides it
+	// One set reads the auth path and decides it.
 	req, err := originalRequest(r, mode, set.Named())
 	ctx := r.Context()
 	var traced func(*authz.Decision)

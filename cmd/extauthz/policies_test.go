@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -402,4 +404,88 @@ func TestAPrincipalWrittenAsIstioWritesItIsRefused(t *testing.T) {
 	code, policy = check()
 	assert.Equal(t, "billing", policy, "the running config still selects billing")
 	assert.Equal(t, "missing_key", code)
+}
+
+// In HTTP mode a reload swaps http_mode with the policies: a check reads
+// the original request by one config's http_mode and decides it by that
+// same config's routes. Here the two versions differ in both (the prefix
+// moves from /authz to /authz/v2, and the routes with it), and each denies
+// the request sent: /authz/v2/r/1 is /v2/r/1 under version A, which needs
+// a permission, and /r/1 under version B, which needs another. Read by one
+// version and routed by the other, it is a public route of that other,
+// allowed without a key. Workers send it without pause while the two are
+// swapped in and out: no answer may be a 200, and every one is one
+// version's denial.
+func TestAReloadSwapsTheHTTPModeWithThePolicies(t *testing.T) {
+	store := storeYAML(t, "embedded")
+	const head = "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nrate_limit: {default: none}\n"
+	versionA := head + store + `
+http_mode: {prefix: /authz}
+routes:
+  - {path: "/v2/r/{a}", permissions: [perm-a]}
+  - {path: "/r/**", public: true}
+`
+	versionB := head + store + `
+http_mode: {prefix: /authz/v2}
+routes:
+  - {path: "/r/{b}", permissions: [perm-b]}
+  - {path: "/v2/**", public: true}
+`
+	path := writeConfig(t, versionA)
+	ts := startServerFile(t, path)
+	key, _ := ts.create(t, keystore.Spec{Name: "k"})
+	url := ts.httpURL + "/authz/v2/r/1"
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	var seenA, seenB, checks atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan string, 16)
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				req, _ := http.NewRequest("GET", url, nil)
+				req.Header.Set("X-Api-Key", key)
+				resp, err := client.Do(req)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				checks.Add(1)
+				switch {
+				case resp.StatusCode == 403 && strings.Contains(string(body), `missing permission \"perm-a\"`):
+					seenA.Add(1)
+				case resp.StatusCode == 403 && strings.Contains(string(body), `missing permission \"perm-b\"`):
+					seenB.Add(1)
+				default:
+					errs <- fmt.Sprintf("an answer of neither config: %d %s", resp.StatusCode, body)
+					return
+				}
+			}
+		})
+	}
+	reloads := 0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && len(errs) == 0; reloads++ {
+		next := versionB
+		if reloads%2 == 1 {
+			next = versionA
+		}
+		require.NoError(t, os.WriteFile(path+".new", []byte(next), 0o600))
+		require.NoError(t, os.Rename(path+".new", path))
+		ts.srv.reload("test", nil)
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	t.Logf("%d reloads, %d checks: %d answered by version A, %d by version B", reloads, checks.Load(), seenA.Load(), seenB.Load())
+	assert.Greater(t, reloads, 100)
+	assert.Positive(t, seenA.Load(), "version A answered")
+	assert.Positive(t, seenB.Load(), "version B answered")
 }

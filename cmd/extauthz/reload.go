@@ -152,7 +152,7 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		if policies, err = newPolicies(&next); err == nil {
 			s.obs.setPolicies(policies)
 			s.authz.SetPolicies(policies)
-			s.httpMode.SetMode(httpMode(cfg))
+			s.httpMode.SetConfig(httpMode(cfg), policies)
 		}
 	}
 	if err != nil {
