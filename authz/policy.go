@@ -507,6 +507,9 @@ func (ps *PolicySet) indexMatches() error {
 				return fmt.Errorf("%s: %q is how Istio's AuthorizationPolicy writes a principal, but Envoy reports the destination's as its certificate's URI SAN: write %q",
 					field, principal, "spiffe://"+principal)
 			}
+			if err := checkSPIFFEID(principal); err != nil {
+				return fmt.Errorf("%s: %q is no SPIFFE ID (%v), so no certificate carries it and it would never select %q", field, principal, err, p.Name)
+			}
 			if q := ps.principals[principal]; q != nil {
 				return fmt.Errorf("%s: %q already selects policy %q", field, principal, q.Name)
 			}
@@ -536,6 +539,49 @@ func (ps *PolicySet) indexMatches() error {
 // policy (with unselected: default) as if it named none.
 func istioForm(principal string) bool {
 	return strings.Contains(principal, "/") && !strings.ContainsAny(principal, ":=")
+}
+
+// checkSPIFFEID checks a principal that names the spiffe scheme (in any
+// case) against the SPIFFE ID's syntax: "spiffe://", a trust domain of
+// lower-case letters, digits, '.', '-' and '_', then path segments of
+// letters, digits, '.', '-' and '_', none empty, "." or "..". A SPIFFE
+// certificate carries nothing else, so a selector written otherwise never
+// matches, and the workload's requests go to the default policy: a
+// template's placeholder left in ("spiffe://${TRUST_DOMAIN}/ns/..."), a
+// trust domain in capitals, a trailing slash, a port. Other principals
+// (a DNS SAN, a subject) are taken as written.
+func checkSPIFFEID(principal string) error {
+	const scheme = "spiffe://"
+	if len(principal) < len(scheme) || !strings.EqualFold(principal[:len(scheme)], scheme) {
+		return nil
+	}
+	if principal[:len(scheme)] != scheme {
+		return errors.New(`the scheme is "spiffe://", in lower case`)
+	}
+	if len(principal) > 2048 {
+		return errors.New("longer than 2048 bytes")
+	}
+	domain, path, hasPath := strings.Cut(principal[len(scheme):], "/")
+	if domain == "" {
+		return errors.New("no trust domain")
+	}
+	if strings.Trim(domain, "abcdefghijklmnopqrstuvwxyz0123456789.-_") != "" {
+		return errors.New("a trust domain is lower-case letters, digits, '.', '-' and '_', with no port, and nothing is expanded in it")
+	}
+	if !hasPath {
+		return nil
+	}
+	for seg := range strings.SplitSeq(path, "/") {
+		switch {
+		case seg == "":
+			return errors.New("an empty path segment (a trailing or doubled slash)")
+		case seg == "." || seg == "..":
+			return errors.New(`a "." or ".." path segment`)
+		case strings.Trim(seg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != "":
+			return errors.New("a path segment is letters, digits, '.', '-' and '_', and nothing is expanded in it")
+		}
+	}
+	return nil
 }
 
 // hostIndex returns the index a configured host goes into and its key

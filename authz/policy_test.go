@@ -384,6 +384,18 @@ func TestPolicyConfigsThatCannotWorkAreRefused(t *testing.T) {
 		{"an empty principal", []authz.PolicySpec{named("a", authz.Match{Principals: []string{""}})}, `policies[0].match.principals[0]`},
 		{"a principal as Istio's AuthorizationPolicy writes it", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"cluster.local/ns/a/sa/a"}})},
 			`policies[0].match.principals[0]: "cluster.local/ns/a/sa/a" is how Istio's AuthorizationPolicy writes a principal, but Envoy reports the destination's as its certificate's URI SAN: write "spiffe://cluster.local/ns/a/sa/a"`},
+		{"a placeholder left in a principal's trust domain", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://${TRUST_DOMAIN}/ns/a/sa/a"}})},
+			`policies[0].match.principals[0]: "spiffe://${TRUST_DOMAIN}/ns/a/sa/a" is no SPIFFE ID (a trust domain is lower-case letters`},
+		{"a principal in Kubernetes' $(VAR) form", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://$(TD)/ns/a/sa/a"}})}, `is no SPIFFE ID`},
+		{"a placeholder in a principal's path", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://cluster.local/ns/${NS}/sa/a"}})}, `a path segment is letters`},
+		{"a principal's trust domain in capitals", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://Cluster.Local/ns/a/sa/a"}})}, `is no SPIFFE ID`},
+		{"a principal's scheme in capitals", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"SPIFFE://cluster.local/ns/a/sa/a"}})}, `in lower case`},
+		{"a principal with a port", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://cluster.local:443/ns/a/sa/a"}})}, `no port`},
+		{"a principal with a trailing slash", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://cluster.local/ns/a/sa/a/"}})}, `an empty path segment`},
+		{"a principal with a doubled slash", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://cluster.local//ns/a/sa/a"}})}, `an empty path segment`},
+		{"a principal with a dot segment", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://cluster.local/ns/../sa/a"}})}, `".." path segment`},
+		{"a principal without a trust domain", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe:///ns/a/sa/a"}})}, `no trust domain`},
+		{"a principal with a query", []authz.PolicySpec{named("a", authz.Match{Principals: []string{"spiffe://cluster.local/ns/a/sa/a?x=1"}})}, `is no SPIFFE ID`},
 		{"one host in two policies", []authz.PolicySpec{
 			named("a", authz.Match{Hosts: []string{"a.example.com"}}),
 			named("b", authz.Match{Hosts: []string{"x.example.com", "a.example.com"}}),
@@ -417,7 +429,10 @@ func TestPolicyConfigsThatCannotWorkAreRefused(t *testing.T) {
 	o.Policies = append(o.Policies, named("gold", authz.Match{Context: map[string]string{"policy": "billing-gold", "tier": "gold"}}),
 		// What else Envoy reports when a certificate has no URI SAN: its
 		// first DNS SAN, or its subject.
-		named("dns", authz.Match{Principals: []string{"billing.internal.example.com", "CN=billing/eu,O=Acme"}}))
+		named("dns", authz.Match{Principals: []string{"billing.internal.example.com", "CN=billing/eu,O=Acme"}}),
+		// SPIFFE IDs as certificates carry them: a trust domain alone, and
+		// a path of any letters.
+		named("spiffe", authz.Match{Principals: []string{"spiffe://example.org", "spiffe://prod.example-org_1/Team.A/svc-1_x"}}))
 	_, err := authz.Compile(o)
 	require.NoError(t, err)
 }

@@ -489,3 +489,53 @@ routes:
 	assert.Positive(t, seenA.Load(), "version A answered")
 	assert.Positive(t, seenB.Load(), "version B answered")
 }
+
+// A principal that names the spiffe scheme but is no SPIFFE ID is carried
+// by no certificate: a template's placeholder left in, a trust domain in
+// capitals, a trailing slash. Its policy would never be selected, and the
+// billing workload's requests would go to the default policy, here one that
+// makes the invoices public. A reload to such a file fails, and over gRPC
+// the running config still decides billing's requests.
+func TestAPrincipalThatIsNoSPIFFEIDIsRefused(t *testing.T) {
+	const billing = "spiffe://cluster.local/ns/billing/sa/billing"
+	var logs syncbuf.Buffer
+	store := storeYAML(t, "embedded")
+	file := func(principal string) string {
+		return "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n" + store +
+			"routes: [{path: \"/invoices/**\", public: true}]\n" +
+			"policies:\n  - name: billing\n    match: {principals: [\"" + principal + "\"]}\n" +
+			"    routes: [{path: \"/invoices/**\", permissions: [read:invoices]}]\n"
+	}
+	path := writeConfig(t, file(billing))
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	in := meshCheck("/invoices/1", "billing.demo.svc", "", nil, billing)
+	check := func() (string, any) {
+		resp, err := ts.client.Check(context.Background(), in)
+		require.NoError(t, err)
+		code, _ := denial(t, resp)
+		return code, resp.GetDynamicMetadata().AsMap()["policy"]
+	}
+	code, policy := check()
+	require.Equal(t, "billing", policy)
+	require.Equal(t, "missing_key", code)
+
+	for _, bad := range []string{
+		"spiffe://${TRUST_DOMAIN}/ns/billing/sa/billing",
+		"spiffe://$(TRUST_DOMAIN)/ns/billing/sa/billing",
+		"spiffe://cluster.local/ns/${NAMESPACE}/sa/billing",
+		"spiffe://Cluster.Local/ns/billing/sa/billing",
+		"SPIFFE://cluster.local/ns/billing/sa/billing",
+		"spiffe://cluster.local/ns/billing/sa/billing/",
+		"spiffe://cluster.local:15443/ns/billing/sa/billing",
+	} {
+		seen := len(logs.String())
+		require.NoError(t, os.WriteFile(path, []byte(file(bad)), 0o600))
+		ts.srv.reload("test", nil)
+		logged := logs.String()[seen:]
+		assert.Contains(t, logged, "config reload failed", bad)
+		assert.Contains(t, logged, "is no SPIFFE ID", bad)
+		code, policy = check()
+		assert.Equal(t, "billing", policy, "%s: the running config still selects billing", bad)
+		assert.Equal(t, "missing_key", code, bad)
+	}
+}
