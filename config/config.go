@@ -937,6 +937,14 @@ func validateRoutes(path string, routes []Route, bad func(field, format string, 
 		if r.Public && (len(r.Permissions) > 0 || r.RateLimit != nil) {
 			bad(field, "a public route takes no permissions or rate_limit (no key is looked up)")
 		}
+		if r.Methods != nil && len(r.Methods) == 0 {
+			// Written, but empty: most likely a template's list that
+			// rendered to nothing. Read as every method, it would make a
+			// public route public for every method; read as none, it
+			// would be a route that decides nothing. Neither is a guess to
+			// make.
+			bad(field+".methods", "an empty list: name the methods, or leave methods out for every method")
+		}
 		for _, m := range r.Methods {
 			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " /") {
 				bad(field+".methods", "%q: want upper-case method names like GET", m)

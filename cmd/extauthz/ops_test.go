@@ -622,3 +622,30 @@ func TestAConfigFileOfTwoDocumentsIsNotLoaded(t *testing.T) {
 	_, err := config.Load(path)
 	require.ErrorContains(t, err, "more than one YAML document", "serve and config check refuse it too")
 }
+
+// A route's methods written as an empty list (a template's list that
+// rendered to nothing) is refused rather than read as every method: here it
+// would make /status public for DELETE too, where the operator meant only
+// GET to be. The reload fails, and over gRPC DELETE still needs a key.
+func TestARouteWithAnEmptyListOfMethodsIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "extauthz.yaml")
+	file := func(public string) string {
+		return fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n"+
+			"routes:\n  - {path: /status, methods: %s, public: true}\n  - {path: /status, permissions: [admin]}\n", filepath.Join(dir, "k.db"), public)
+	}
+	require.NoError(t, os.WriteFile(path, []byte(file("[GET]")), 0o600))
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	deleteCode := func() string {
+		c, _ := denial(t, ts.check(t, "DELETE", "/status", nil))
+		return c
+	}
+	require.Equal(t, "missing_key", deleteCode())
+
+	require.NoError(t, os.WriteFile(path, []byte(file("[]")), 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reload failed; keeping the running config")
+	assert.Contains(t, logs.String(), "routes[0].methods: an empty list")
+	assert.Equal(t, "missing_key", deleteCode(), "DELETE /status became public")
+}
