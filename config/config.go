@@ -861,6 +861,13 @@ func (c *Config) validate() error {
 		bad("unselected", "%q: want default or deny%s", c.Unselected,
 			suggestValue(string(c.Unselected), string(UnselectedDefault), string(UnselectedDeny)))
 	}
+	if c.Unselected == UnselectedDeny && len(c.Policies) == 0 {
+		// Without named policies every request is decided by the default
+		// one: the rules that unselected: deny says no request gets by
+		// falling through. A policies list that rendered or was edited
+		// down to nothing would hand every workload's requests to them.
+		bad("unselected", "deny, but no policies are named: every request would be decided by the default policy (the top-level routes), which unselected: deny keeps requests from falling through to; name the policies, or say unselected: default")
+	}
 	c.validatePolicies(bad)
 	switch c.Paths.MatrixParams {
 	case MatrixReject, MatrixServlet:

@@ -206,6 +206,8 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"an upper-case header name", "sources: [{header: X-Api-Key}]", "lower-case"},
 		{"a public route with permissions", "routes: [{path: /a, public: true, permissions: [x]}]", "routes[0]: a public route"},
 		{"a lower-case method", "routes: [{path: /a, methods: [get]}]", "routes[0].methods"},
+		{"unselected: deny without policies", "unselected: deny\nroutes: [{path: /a, public: true}]\npolicies: []", "unselected: deny, but no policies are named"},
+		{"unselected: deny with policies left out", "unselected: deny", "unselected: deny, but no policies are named"},
 		{"an empty list of methods", "routes: [{path: /a}, {path: /b, methods: [], public: true}]", "routes[1].methods: an empty list: name the methods, or leave methods out for every method"},
 		{"an empty list of methods in a policy", "policies: [{name: b, routes: [{path: /a, methods: []}]}]", "policies[0].routes[0].methods: an empty list"},
 		{"a permission with a comma", "routes: [{path: /a, permissions: [\"a,b\"]}]", "routes[0].permissions"},

@@ -539,3 +539,38 @@ func TestAPrincipalThatIsNoSPIFFEIDIsRefused(t *testing.T) {
 		assert.Equal(t, "missing_key", code, bad)
 	}
 }
+
+// unselected: deny says no request falls through to the default policy.
+// Without named policies every request would (a config has its top-level
+// settings decide everything), so a policies list that rendered empty
+// would hand the billing workload's requests to the top-level routes, here
+// ones that make the invoices public. Such a file is refused: a reload to it
+// fails, and over gRPC billing still decides.
+func TestUnselectedDenyWithoutPoliciesIsRefused(t *testing.T) {
+	const billing = "spiffe://cluster.local/ns/billing/sa/billing"
+	var logs syncbuf.Buffer
+	store := storeYAML(t, "embedded")
+	head := "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n" + store +
+		"unselected: deny\nroutes: [{path: \"/invoices/**\", public: true}]\n"
+	path := writeConfig(t, head+"policies:\n  - name: billing\n    match: {principals: [\""+billing+"\"]}\n"+
+		"    routes: [{path: \"/invoices/**\", permissions: [read:invoices]}]\n")
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	in := meshCheck("/invoices/1", "billing.demo.svc", "", nil, billing)
+	check := func() (string, any) {
+		resp, err := ts.client.Check(context.Background(), in)
+		require.NoError(t, err)
+		code, _ := denial(t, resp)
+		return code, resp.GetDynamicMetadata().AsMap()["policy"]
+	}
+	code, policy := check()
+	require.Equal(t, "billing", policy)
+	require.Equal(t, "missing_key", code)
+
+	require.NoError(t, os.WriteFile(path, []byte(head+"policies: []\n"), 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reload failed")
+	assert.Contains(t, logs.String(), "unselected: deny, but no policies are named")
+	code, policy = check()
+	assert.Equal(t, "billing", policy, "the running config still selects billing")
+	assert.Equal(t, "missing_key", code, "the invoice is not public")
+}
