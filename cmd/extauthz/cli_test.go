@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -1215,7 +1216,14 @@ func TestRevokingOneKeyOfALineNamesTheKeysOfItThatStillWork(t *testing.T) {
 	c := made("keys", "rotate", b, "--grace", "24h")
 	aEnds := shown(a).UTC().Format(time.RFC3339)
 
-	errOut := revoke(b)
+	// The list tells the keys in their grace period from the line's newest.
+	out, errOut, code := cliRun(t, "keys", "list", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	for id, status := range map[string]string{a: "grace", b: "grace", c: "live"} {
+		assert.Regexp(t, regexp.MustCompile(`(?m)^`+id+`\s.*\s`+status+`\s`), out)
+	}
+
+	errOut = revoke(b)
 	assert.Contains(t, errOut, c+", a later key of the same line of rotations, still works (it does not expire)")
 	assert.Contains(t, errOut, a+", an earlier key of the same line of rotations, still works in its grace period (until "+aEnds+")")
 	assert.NotContains(t, errOut, b+",")

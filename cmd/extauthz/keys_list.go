@@ -69,9 +69,19 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
 	for _, k := range keys {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
-			k.StatusAt(now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
+			listedStatus(k, now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d key(s)\n", len(keys))
 	return nil
+}
+
+// listedStatus is a key's status as the table shows it: a live key rotated
+// away is "grace", working until its EXPIRES (the end of its grace
+// period), so that it is not taken for the line's newest key.
+func listedStatus(k *keystore.Key, now time.Time) string {
+	if st := k.StatusAt(now); st != keystore.Live || k.RotatedTo == "" {
+		return st.String()
+	}
+	return "grace"
 }
