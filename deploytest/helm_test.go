@@ -287,6 +287,81 @@ func TestChartRenders(t *testing.T) {
 	}
 }
 
+// TestNotesMakeTheAdminKeyAsTheREADMEDoes: the install notes' first admin
+// key carries every restriction of the README's bootstrap (its permission,
+// its allowlist of the loopback the admin API is called from, which is
+// where kubectl port-forward connects from, and the check of a copied key
+// through a proxy names no such address), whatever store the chart runs;
+// only the name and the CLI's own flags may differ, and the allowlist
+// follows the admin listener to IPv6's loopback.
+func TestNotesMakeTheAdminKeyAsTheREADMEDoes(t *testing.T) {
+	readme := adminKeyFlags(t, "README.md", readRepoFile(t, "README.md"))
+	if ip := readme["--ip"]; !slices.Equal(ip, []string{"127.0.0.1/32"}) {
+		t.Fatalf("README.md: the admin key's --ip is %q; this test expects the loopback", ip)
+	}
+	for _, tc := range []struct{ values, loopback string }{
+		{``, "127.0.0.1/32"},
+		{"store: {backend: embedded}\nreplicaCount: 1", "127.0.0.1/32"},
+		{`listen: {admin: "localhost:7003"}`, "127.0.0.1/32"},
+		{`listen: {admin: "[::1]:7003"}`, "::1/128"},
+		{`listen: {admin: "off"}`, "127.0.0.1/32"},
+	} {
+		_, notes := mustRenderChart(t, tc.values)
+		got := adminKeyFlags(t, "NOTES.txt", notes)
+		for flag, want := range readme {
+			if flag == "--ip" {
+				want = []string{tc.loopback}
+			}
+			if !slices.Equal(got[flag], want) {
+				t.Errorf("values %q: the notes' admin key has %s %q, want %q", tc.values, flag, got[flag], want)
+			}
+		}
+	}
+}
+
+// adminKeyFlags are the flags of the one `keys create` command in text that
+// makes a keys:admin key, by name, leaving out those that do not shape the
+// key (--name, --config, --json).
+func adminKeyFlags(t *testing.T, source, text string) map[string][]string {
+	t.Helper()
+	var lines []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.Contains(line, "keys create") && strings.Contains(line, "keys:admin") {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%s: %d commands make an admin key, want 1: %q", source, len(lines), lines)
+	}
+	_, args, _ := strings.Cut(lines[0], "keys create")
+	args, _, _ = strings.Cut(args, "|")
+	args, _, _ = strings.Cut(args, ")")
+	flags := map[string][]string{}
+	fields := strings.Fields(args)
+	for i := 0; i < len(fields); i++ {
+		f := fields[i]
+		if !strings.HasPrefix(f, "--") {
+			t.Fatalf("%s: %q in the admin key's command is not a flag", source, f)
+		}
+		switch f {
+		case "--json":
+			continue
+		case "--name", "--config":
+			i++
+			continue
+		}
+		if i+1 == len(fields) {
+			t.Fatalf("%s: %s without a value", source, f)
+		}
+		flags[f] = append(flags[f], fields[i+1])
+		i++
+	}
+	if len(flags["--perm"]) == 0 {
+		t.Fatalf("%s: the admin key's command has no --perm", source)
+	}
+	return flags
+}
+
 // chartProblems runs the overlays' checks that apply to the rendered chart,
 // and the chart's own.
 func (m *manifests) chartProblems(t *testing.T, notes string) []string {
