@@ -9,6 +9,7 @@ import (
 	"net"
 	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -269,6 +270,33 @@ istio: {enabled: true, namespace: demo}
 				}
 			}
 		}
+	}
+}
+
+// TestChartNamesAnotherClustersDNS: where the cluster DNS runs elsewhere or
+// is labelled otherwise, the values name it, and extauthz's egress to port
+// 53 goes to those Pods in that namespace, no further.
+func TestChartNamesAnotherClustersDNS(t *testing.T) {
+	m, _ := mustRenderChart(t, `
+networkPolicy:
+  dnsPodLabels: {k8s-app: null, app: resolver}
+  dnsNamespaceLabels: {kubernetes.io/metadata.name: dns}
+`)
+	w, _ := m.extauthzWorkload()
+	var peers []networkingv1.NetworkPolicyPeer
+	for _, np := range m.policiesFor(w) {
+		for _, rule := range np.Spec.Egress {
+			if ruleOpensPort(rule.Ports, dnsPort) {
+				peers = append(peers, rule.To...)
+			}
+		}
+	}
+	want := networkingv1.NetworkPolicyPeer{
+		NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{namespaceNameLabel: "dns"}},
+		PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app": "resolver"}},
+	}
+	if len(peers) != 1 || !reflect.DeepEqual(peers[0], want) {
+		t.Errorf("extauthz may reach port %d of %+v, want only %+v", dnsPort, peers, want)
 	}
 }
 
@@ -685,6 +713,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"no Redis at all", "redis: {enabled: false}", "store.redis.url"},
 		{"your Redis behind a NetworkPolicy with no way out to it", "redis: {enabled: false}\nstore: {redis: {url: 'redis://mine:6379/0'}}", "networkPolicy.extraEgress"},
 		{"an egress rule that opens everything", "networkPolicy: {extraEgress: [{}]}", "extraEgress"},
+		{"DNS in every namespace", "networkPolicy: {dnsNamespaceLabels: {kubernetes.io/metadata.name: null}}", "dnsNamespaceLabels"},
+		{"DNS on every Pod", "networkPolicy: {dnsPodLabels: {k8s-app: null}}", "dnsPodLabels"},
 		{"the chart's Redis with another ACL user", "store: {redis: {username: admin}}", "lets in the ACL user extauthz only"},
 		{"keys outside the chart's Redis ACL", "store: {redis: {prefix: 'authz:'}}", "keep the prefix under extauthz:"},
 		{"an autoscaler floor of one", "autoscaling: {enabled: true, minReplicas: 1}", "autoscaling/minReplicas"},

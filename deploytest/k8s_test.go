@@ -908,6 +908,9 @@ const (
 	redisPort    = 6379
 	dnsPort      = 53
 	kubeDNSLabel = "k8s-app"
+	// dnsNamespace is where the cluster DNS Pods run (kubeadm's CoreDNS and
+	// most distributions').
+	dnsNamespace = "kube-system"
 )
 
 // policiesFor returns the NetworkPolicies that select a workload's Pods.
@@ -1058,6 +1061,10 @@ func (m *manifests) checkExtauthzPolicies(id string, w workload, nps []*networki
 						bad("%s: lets %s connect to every address or every Pod of every namespace", pid, id)
 					case ruleOpensPort(rule.Ports, dnsPort) && (peer.PodSelector == nil || peer.PodSelector.MatchLabels[kubeDNSLabel] == ""):
 						bad("%s: lets %s reach port %d of more than the cluster DNS Pods (%s): DNS is a way out for whoever runs code there", pid, id, dnsPort, kubeDNSLabel)
+					case ruleOpensPort(rule.Ports, dnsPort) && (peer.NamespaceSelector == nil || peer.NamespaceSelector.MatchLabels[namespaceNameLabel] != dnsNamespace):
+						// Anyone who may create a Pod in some namespace
+						// can give it the DNS Pods' label.
+						bad("%s: lets %s reach port %d of Pods outside namespace %s, where the cluster DNS runs: any Pod can carry the DNS Pods' label, and DNS is a way out for whoever runs code there", pid, id, dnsPort, dnsNamespace)
 					}
 				}
 			}
@@ -1635,6 +1642,15 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"standalone", "DNS egress to any Pod", func(m *manifests) {
 			netpol(m, "extauthz").Spec.Egress[1].To[0].PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}}
 		}, "cluster DNS Pods"},
+		{"standalone", "DNS egress to the DNS label in every namespace", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[1].To[0].NamespaceSelector = &metav1.LabelSelector{}
+		}, "outside namespace kube-system"},
+		{"standalone", "DNS egress to the DNS label in extauthz's own namespace", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[1].To[0].NamespaceSelector = nil
+		}, "outside namespace kube-system"},
+		{"standalone", "DNS egress to the DNS label in another namespace", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[1].To[0].NamespaceSelector.MatchLabels[namespaceNameLabel] = "tenant"
+		}, "outside namespace kube-system"},
 		{"standalone", "Redis egress to every Pod of every namespace", func(m *manifests) {
 			netpol(m, "extauthz").Spec.Egress[0].To = []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}}
 		}, "every Pod of every namespace"},
