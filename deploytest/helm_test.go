@@ -212,6 +212,16 @@ replicaCount: 1
 	{"istio", `
 istio: {enabled: true, namespace: demo}
 `},
+	{"a max_stale of an hour and a half, and a readiness probe that lasts it", `
+readinessFailureThreshold: 1080
+config:
+  cache: {max_stale: 1.5h}
+`},
+	{"a long ttl, the unset max_stale, and a readiness probe that lasts it", `
+readinessFailureThreshold: 72
+config:
+  cache: {ttl: 6m}
+`},
 	{"your own Redis", `
 redis: {enabled: false}
 store:
@@ -713,6 +723,11 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"no Redis at all", "redis: {enabled: false}", "store.redis.url"},
 		{"your Redis behind a NetworkPolicy with no way out to it", "redis: {enabled: false}\nstore: {redis: {url: 'redis://mine:6379/0'}}", "networkPolicy.extraEgress"},
 		{"an egress rule that opens everything", "networkPolicy: {extraEgress: [{}]}", "extraEgress"},
+		{"a max_stale the readiness probe gives up before", "config: {cache: {max_stale: 10m}}", "readinessFailureThreshold 60"},
+		{"a max_stale in hours the readiness probe gives up before", "readinessFailureThreshold: 1079\nconfig: {cache: {max_stale: 1.5h}}", "raise it to at least 1080"},
+		{"a max_stale in parts the readiness probe gives up before", "readinessFailureThreshold: 100\nconfig: {cache: {max_stale: 8m30s}}", "raise it to at least 102"},
+		{"a ttl, the unset max_stale, the readiness probe gives up before", "config: {cache: {ttl: 6m}}", "unset: cache.ttl"},
+		{"a max_stale the sidecar's readiness probe gives up before", "sidecar: {enabled: true}\nconfig: {cache: {max_stale: 10m}}", "readinessFailureThreshold 60"},
 		{"DNS in every namespace", "networkPolicy: {dnsNamespaceLabels: {kubernetes.io/metadata.name: null}}", "dnsNamespaceLabels"},
 		{"DNS on every Pod", "networkPolicy: {dnsPodLabels: {k8s-app: null}}", "dnsPodLabels"},
 		{"the chart's Redis with another ACL user", "store: {redis: {username: admin}}", "lets in the ACL user extauthz only"},

@@ -128,6 +128,25 @@ GOMEMLIMIT: goMemLimit, or 90% of the memory limit (given in Mi or Gi), in MiB.
 {{- end -}}
 
 {{/*
+The seconds of a Go duration string (time.ParseDuration's units: "5m",
+"1h30m", "1.5h", "500ms"); "" for anything else, which extauthz itself
+refuses when it starts.
+*/}}
+{{- define "extauthz.durationSeconds" -}}
+{{- $d := toString . -}}
+{{- $part := "([0-9]+[.]?[0-9]*|[.][0-9]+)(h|ms|us|µs|ns|m|s)" -}}
+{{- if regexMatch (printf "^(%s)+$" $part) $d -}}
+{{- $unit := dict "h" 3600.0 "m" 60.0 "s" 1.0 "ms" 0.001 "us" 0.000001 "µs" 0.000001 "ns" 0.000000001 -}}
+{{- $sum := 0.0 -}}
+{{- range regexFindAll $part $d -1 -}}
+{{- $n := regexFind "^[0-9.]+" . -}}
+{{- $sum = addf $sum (mulf (float64 $n) (get $unit (trimPrefix $n .))) -}}
+{{- end -}}
+{{- $sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The extauthz config file: .Values.config with what the chart owns put in.
 Settings the chart owns are refused in .Values.config, naming the value that
 sets them: two places for one setting is one too many.
@@ -330,5 +349,32 @@ replica that sees that many keys.
 {{- $cacheSize := dig "cache" "size" 100000 ($v.config | default dict) | int64 -}}
 {{- if gt (mul $cacheSize 320 2) $soft -}}
 {{- fail (printf "config.cache.size %d: a full cache takes about %d MiB, over half of GOMEMLIMIT %s (from resources.limits.memory or goMemLimit): raise the memory limit, or lower the cache size" $cacheSize (div (mul $cacheSize 320) 1048576) (include "extauthz.goMemLimit" .)) -}}
+{{- end -}}
+{{- /*
+With Redis, /readyz fails on every replica at once when Redis is down, and
+Kubernetes then takes them all out of the Service (a sidecar's, the app's
+Pods out of theirs) while each could still serve its cached keys for
+cache.max_stale (unset: 5m or cache.ttl, whichever is longer): the probes
+(every 5 s, _pod.tpl) must tolerate failing at least that long.
+*/ -}}
+{{- if eq $v.store.backend "redis" -}}
+{{- $cache := dig "cache" dict ($v.config | default dict) -}}
+{{- $maxStale := "" -}}
+{{- $source := "config.cache.max_stale" -}}
+{{- if hasKey $cache "max_stale" -}}
+{{- $maxStale = include "extauthz.durationSeconds" $cache.max_stale -}}
+{{- else -}}
+{{- $maxStale = "300" -}}
+{{- $source = "config.cache.max_stale (unset: 5m)" -}}
+{{- $ttl := include "extauthz.durationSeconds" (get $cache "ttl") -}}
+{{- if and $ttl (gt (float64 $ttl) 300.0) -}}
+{{- $maxStale = $ttl -}}
+{{- $source = "config.cache.max_stale (unset: cache.ttl)" -}}
+{{- end -}}
+{{- end -}}
+{{- $tolerated := mulf (float64 $v.readinessFailureThreshold) 5.0 -}}
+{{- if and $maxStale (lt $tolerated (float64 $maxStale)) -}}
+{{- fail (printf "readinessFailureThreshold %d: the readiness probe (every 5 s) takes a replica out after %v s of a Redis outage, every replica at once, while each could serve its cached keys for %s, %v s: raise it to at least %v" (int $v.readinessFailureThreshold) $tolerated $source (float64 $maxStale) (ceil (divf (float64 $maxStale) 5.0))) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
