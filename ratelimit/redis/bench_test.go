@@ -1,9 +1,11 @@
 package redis
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,6 +218,116 @@ func BenchmarkRedisCallAtRest(b *testing.B) {
 			b.ReportMetric((redisCPU(b, client)-cpu0).Seconds()*1e6/float64(i), "redis-µs/call")
 		})
 	}
+}
+
+// BenchmarkRedisClientCall measures what a call of allow.lua (one check of
+// one limit) costs this process, the replica's side: its CPU per call
+// (getrusage, user and system) when calls go one after another, each
+// waiting for its reply, as a replica's batches do when Redis is idle. Three
+// ways to send it: through go-redis as the limiter does (a pooled
+// connection, checked with a non-blocking peek each time it is taken), on
+// one connection go-redis hands out for good (client.Conn: no pool, no
+// peek), and written and read by hand on one net.Conn (no pool, no hooks,
+// no reconnection, no TLS: the most "a pipeline writer of our own" could
+// save, before the code that would make it usable):
+//
+//	go test -run '^$' -bench 'BenchmarkRedisClientCall' -benchtime 30000x -count 6 ./ratelimit/redis/
+func BenchmarkRedisClientCall(b *testing.B) {
+	srv := redistest.Start(b)
+	client := newClient(b, srv.Addr)
+	ctx := context.Background()
+	rate := ratelimit.Rate{N: 2*leaseShare - 1, Window: time.Second}
+	wUs, sUs := rate.Micros()
+	c := &call{keys: []string{"bench:count:{key}:"}, args: appendArgs(nil, 1, 1, rate.N, wUs, sUs)}
+	if err := allow(ctx, client, batchArgs([]*call{c}, "")).Err(); err != nil { // loads the script
+		b.Fatal(err)
+	}
+	sticky := client.Conn()
+	defer sticky.Close()
+	conn, err := net.Dial("tcp", srv.Addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	rd := bufio.NewReader(conn)
+	var buf []byte
+	for _, tc := range []struct {
+		name string
+		call func() error
+	}{
+		{"go-redis", func() error { return allow(ctx, client, batchArgs([]*call{c}, "")).Err() }},
+		{"go-redis, one connection", func() error {
+			cmd := allowCmd(ctx, batchArgs([]*call{c}, ""), "evalsha", allowScript.Hash())
+			return sticky.Process(ctx, cmd)
+		}},
+		{"by hand, one connection", func() error {
+			buf = appendRESP(buf[:0], "evalsha", allowScript.Hash(), "1", c.keys[0], "", strconv.Itoa(ratelimit.Span), string(c.args))
+			if err := conn.SetDeadline(time.Now().Add(time.Second)); err != nil {
+				return err
+			}
+			if _, err := conn.Write(buf); err != nil {
+				return err
+			}
+			return readInts(rd)
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cpu0 := processCPU()
+			for b.Loop() {
+				if err := tc.call(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N)/1e3, "client-cpu-µs/call")
+		})
+	}
+}
+
+// processCPU is this process's CPU time so far, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// appendRESP appends a command in the Redis protocol: an array of bulk
+// strings.
+func appendRESP(b []byte, args ...string) []byte {
+	b = append(b, '*')
+	b = strconv.AppendInt(b, int64(len(args)), 10)
+	b = append(b, "\r\n"...)
+	for _, a := range args {
+		b = append(b, '$')
+		b = strconv.AppendInt(b, int64(len(a)), 10)
+		b = append(b, "\r\n"...)
+		b = append(b, a...)
+		b = append(b, "\r\n"...)
+	}
+	return b
+}
+
+// readInts reads a reply that must be an array of integers.
+func readInts(rd *bufio.Reader) error {
+	line, err := rd.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if len(line) < 3 || line[0] != '*' {
+		return fmt.Errorf("reply %q, want an array", line)
+	}
+	n, err := strconv.Atoi(string(line[1 : len(line)-2]))
+	if err != nil {
+		return err
+	}
+	for range n {
+		if line, err = rd.ReadSlice('\n'); err != nil {
+			return err
+		}
+		if len(line) < 3 || line[0] != ':' {
+			return fmt.Errorf("reply %q, want an integer", line)
+		}
+	}
+	return nil
 }
 
 // BenchmarkRedisScriptInstructions counts the instructions Redis runs for
