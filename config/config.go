@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"maps"
 	"net/url"
 	"os"
 	"reflect"
@@ -728,7 +729,11 @@ func editDistance(a, b string) int {
 func describeJSONError(err error) error {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return fmt.Errorf("%s: want %s, got %s", te.Field, te.Type, te.Value)
+		hint := ""
+		if te.Value == "bool" && te.Type.Kind() == reflect.String {
+			hint = " (YAML reads an unquoted on, off, yes, no, y or n as a boolean: quote it)"
+		}
+		return fmt.Errorf("%s: want %s, got %s%s", te.Field, te.Type, te.Value, hint)
 	}
 	// Errors from our own UnmarshalJSON/UnmarshalText methods carry no path in
 	// encoding/json; they do say what was wrong and with which value.
@@ -1030,6 +1035,15 @@ func (c *Config) validatePolicies(bad func(field, format string, args ...any)) {
 		}
 		validateSources(at+".sources", p.Sources, bad)
 		validateForwardMeta(at+".forward_meta", p.ForwardMeta, bad)
+		for _, k := range slices.Sorted(maps.Keys(p.Match.Context)) {
+			if k == "true" || k == "false" {
+				// A key written on, yes, y, off, no or n unquoted is a
+				// boolean to YAML, read back as "true" or "false": a
+				// selector no context_extensions entry has, whose
+				// workload's requests would go to the default policy.
+				bad(at+".match.context", "a key read as %q: YAML reads an unquoted on, off, yes, no, y or n as a boolean; quote the key (\"on\": ...), or name no context key true or false", k)
+			}
+		}
 	}
 }
 

@@ -265,6 +265,9 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a forward_meta name no key can have", "forward_meta: [Plan]", `forward_meta[0]: "Plan": names are 1 to 64 characters`},
 		{"a policy forwarding an entry twice", "policies: [{name: a, forward_meta: [plan, plan]}]", `policies[0].forward_meta[1]: "plan" is named twice`},
 		{"a misspelt unselected", "unselected: defualt", `unselected: "defualt": want default or deny (did you mean "default"?)`},
+		{"a context key YAML reads as a boolean (on)", "policies: [{name: a, match: {context: {on: x}}}]", `policies[0].match.context: a key read as "true"`},
+		{"a context key YAML reads as a boolean (n)", "policies: [{name: a, match: {context: {n: x}}}]", `policies[0].match.context: a key read as "false"`},
+		{"a context value YAML reads as a boolean", "policies: [{name: a, match: {context: {tier: yes}}}]", "policies.match.context: want string, got bool (YAML reads an unquoted on, off, yes, no, y or n as a boolean: quote it)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
