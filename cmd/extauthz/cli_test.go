@@ -333,6 +333,29 @@ routes:
 	assert.Empty(t, errOut, "a clean table gives no warning")
 }
 
+// A named policy without a match selector is one only HTTP mode's auth path
+// can select: with the gRPC listener on, config check says that no Envoy
+// check will, for the requests meant for it go to the default policy.
+func TestConfigCheckWarnsOfAPolicyNoCheckSelects(t *testing.T) {
+	policies := `
+policies:
+  - name: billing
+    match: {context: {policy: billing}}
+    routes: [{path: "/**", permissions: [billing]}]
+  - name: payroll
+    routes: [{path: "/**", permissions: [payroll]}]
+`
+	_, errOut, code := cliRun(t, "config", "check", "--config", writeConfig(t, policies))
+	require.Equal(t, 0, code, errOut)
+	warnings := strings.Split(strings.TrimSpace(errOut), "\n")
+	require.Len(t, warnings, 1, errOut)
+	assert.Contains(t, warnings[0], "warning: policy payroll: no match: no gRPC check selects it")
+
+	_, errOut, code = cliRun(t, "config", "check", "--config", writeConfig(t, "listen: {grpc: \"off\", http: \":0\"}\n"+policies))
+	require.Equal(t, 0, code, errOut)
+	assert.NotContains(t, errOut, "no match", "HTTP mode alone selects it by its auth path")
+}
+
 // The CLI reads an allowlist as the admin API does (keystore.ParseCIDRs): an
 // IPv4-mapped network is stored as the IPv4 network it names, which the
 // decision's IPv4 client addresses fall in.

@@ -175,6 +175,13 @@ func policyWarnings(cfg *config.Config, policies *authz.PolicySet) []string {
 		for _, w := range p.Routes.Warnings() {
 			out = append(out, where+w)
 		}
+		m := p.Match
+		if p.Name != "default" && cfg.Listen.GRPC.Enabled() && len(m.Context) == 0 && len(m.Principals) == 0 && len(m.Hosts) == 0 {
+			// Valid for HTTP mode, whose auth path names the policy; over
+			// gRPC nothing selects it, and its workload's checks go to the
+			// default policy (or 403 no_policy with unselected: deny).
+			out = append(out, where+"no match: no gRPC check selects it (only an HTTP mode auth path that names it does), so the requests meant for it are decided as unselected says; give it match.context, match.principals or match.hosts")
+		}
 	}
 	return append(out, unstrippableSourceWarnings(cfg)...)
 }
