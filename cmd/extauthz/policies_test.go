@@ -200,31 +200,50 @@ policies:
 		return answer{s("policy"), s("route"), s("mode"), s("decision"), s("code"), strings.Join(resp.GetOkResponse().GetHeadersToRemove(), ",")}
 	}
 
+	reloadRace(t, ts, path, versionA, versionB, 2*time.Millisecond, func() (answered, problem string) {
+		resp, err := ts.client.Check(context.Background(), in)
+		if err != nil {
+			return "", err.Error()
+		}
+		if resp.GetStatus().GetCode() != int32(codes.OK) {
+			return "", fmt.Sprintf("denied: %s %v", resp.GetStatus().GetMessage(), resp.GetDynamicMetadata().AsMap())
+		}
+		switch got := read(resp); got {
+		case wantA:
+			return "A", ""
+		case wantB:
+			return "B", ""
+		default:
+			return "", fmt.Sprintf("an answer of neither config: %+v", got)
+		}
+	})
+}
+
+// reloadRace sends check from 8 workers without pause while the config at
+// path is rewritten, versionB and versionA in turns, and reloaded, for 3
+// s. Each check says which version answered it ("A" or "B"), or what was
+// wrong with its answer, which fails the test: a config is swapped whole
+// or not at both ends of every check. Both versions must have answered.
+func reloadRace(t *testing.T, ts *testServer, path, versionA, versionB string, pause time.Duration, check func() (answered, problem string)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var seenA, seenB, checks atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan string, 16)
 	for range 8 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				resp, err := ts.client.Check(context.Background(), in)
-				if err != nil {
-					errs <- err.Error()
-					return
-				}
-				if resp.GetStatus().GetCode() != int32(codes.OK) {
-					errs <- fmt.Sprintf("denied: %s %v", resp.GetStatus().GetMessage(), resp.GetDynamicMetadata().AsMap())
+				answered, problem := check()
+				if problem != "" {
+					errs <- problem
 					return
 				}
 				checks.Add(1)
-				switch got := read(resp); got {
-				case wantA:
+				if answered == "A" {
 					seenA.Add(1)
-				case wantB:
+				} else {
 					seenB.Add(1)
-				default:
-					errs <- fmt.Sprintf("an answer of neither config: %+v", got)
-					return
 				}
 			}
 		})
@@ -240,7 +259,7 @@ policies:
 		require.NoError(t, os.WriteFile(path+".new", []byte(next), 0o600))
 		require.NoError(t, os.Rename(path+".new", path))
 		ts.srv.reload("test", nil) // as SIGHUP does; the file watch may reload it too
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pause)
 	}
 	cancel()
 	wg.Wait()
@@ -436,58 +455,25 @@ routes:
 	key, _ := ts.create(t, keystore.Spec{Name: "k"})
 	url := ts.httpURL + "/authz/v2/r/1"
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	var seenA, seenB, checks atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan string, 16)
-	for range 8 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				req, _ := http.NewRequest("GET", url, nil)
-				req.Header.Set("X-Api-Key", key)
-				resp, err := client.Do(req)
-				if err != nil {
-					errs <- err.Error()
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				checks.Add(1)
-				switch {
-				case resp.StatusCode == 403 && strings.Contains(string(body), `missing permission \"perm-a\"`):
-					seenA.Add(1)
-				case resp.StatusCode == 403 && strings.Contains(string(body), `missing permission \"perm-b\"`):
-					seenB.Add(1)
-				default:
-					errs <- fmt.Sprintf("an answer of neither config: %d %s", resp.StatusCode, body)
-					return
-				}
-			}
-		})
-	}
-	reloads := 0
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && len(errs) == 0; reloads++ {
-		next := versionB
-		if reloads%2 == 1 {
-			next = versionA
+	reloadRace(t, ts, path, versionA, versionB, time.Millisecond, func() (answered, problem string) {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("X-Api-Key", key)
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", err.Error()
 		}
-		require.NoError(t, os.WriteFile(path+".new", []byte(next), 0o600))
-		require.NoError(t, os.Rename(path+".new", path))
-		ts.srv.reload("test", nil)
-		time.Sleep(time.Millisecond)
-	}
-	cancel()
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Fatal(e)
-	}
-	t.Logf("%d reloads, %d checks: %d answered by version A, %d by version B", reloads, checks.Load(), seenA.Load(), seenB.Load())
-	assert.Greater(t, reloads, 100)
-	assert.Positive(t, seenA.Load(), "version A answered")
-	assert.Positive(t, seenB.Load(), "version B answered")
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == 403 && strings.Contains(string(body), `missing permission \"perm-a\"`):
+			return "A", ""
+		case resp.StatusCode == 403 && strings.Contains(string(body), `missing permission \"perm-b\"`):
+			return "B", ""
+		default:
+			return "", fmt.Sprintf("an answer of neither config: %d %s", resp.StatusCode, body)
+		}
+	})
 }
 
 // A principal that names the spiffe scheme but is no SPIFFE ID is carried
