@@ -90,10 +90,14 @@ const (
 // the audit queue's own complaints are; a flood is a count in the next
 // line, not a log that grows as fast as the client can connect.
 func listenerErrorLog(logger *slog.Logger, holdsKey func(string) bool) *log.Logger {
-	return log.New(&listenerLogWriter{logger: logger, holdsKey: holdsKey, now: time.Now}, "", 0)
+	return log.New(&limitedLogWriter{logger: logger, holdsKey: holdsKey, now: time.Now}, "", 0)
 }
 
-type listenerLogWriter struct {
+// limitedLogWriter writes each line it is given as a warning of logger, a
+// few a minute at most (listenerLogBurst per listenerLogEvery), a line that
+// holds a key replaced and any other cut at maxListenerLogLen: the lines of
+// a library's own log that anyone can make it write.
+type limitedLogWriter struct {
 	logger   *slog.Logger
 	holdsKey func(string) bool
 	now      func() time.Time
@@ -104,7 +108,7 @@ type listenerLogWriter struct {
 	leftOut int       // lines left out since the last one written
 }
 
-func (w *listenerLogWriter) Write(p []byte) (int, error) {
+func (w *limitedLogWriter) Write(p []byte) (int, error) {
 	leftOut, ok := w.admit()
 	if !ok {
 		return len(p), nil
@@ -125,7 +129,7 @@ func (w *listenerLogWriter) Write(p []byte) (int, error) {
 
 // admit reports whether a line may be written now, and how many were left
 // out before it.
-func (w *listenerLogWriter) admit() (leftOut int, ok bool) {
+func (w *limitedLogWriter) admit() (leftOut int, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if now := w.now(); now.Sub(w.since) >= listenerLogEvery {

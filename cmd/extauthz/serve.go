@@ -382,7 +382,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		be.Close()
 		return nil, err
 	}
-	if s.tracing, err = newTracing(context.Background()); err != nil {
+	if s.tracing, err = newTracing(context.Background(), logger, cfg.Keys.Format.ContainsKey); err != nil {
 		s.limiter.Close()
 		be.Close()
 		return nil, err

@@ -347,7 +347,7 @@ func TestAFloodOfFailedHandshakesIsAFewLogLines(t *testing.T) {
 func TestAListenersLogSaysHowManyLinesItLeftOut(t *testing.T) {
 	var logs syncbuf.Buffer
 	now := time.Unix(1000, 0)
-	w := &listenerLogWriter{logger: slog.New(slog.NewJSONHandler(&logs, nil)), now: func() time.Time { return now }}
+	w := &limitedLogWriter{logger: slog.New(slog.NewJSONHandler(&logs, nil)), now: func() time.Time { return now }}
 	l := log.New(w, "", 0)
 	for i := range listenerLogBurst + 5 {
 		l.Printf("http: TLS handshake error from 10.0.0.%d:1234: EOF", i)

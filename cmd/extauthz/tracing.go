@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"time"
 	"unicode"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -132,12 +134,14 @@ func validOTLPHeaderName(s string) bool {
 }
 
 // newTracing starts the trace pipeline when the environment asks for it,
-// else returns nil.
-func newTracing(ctx context.Context) (*tracing, error) {
+// else returns nil. OpenTelemetry's own errors go to logger from then on
+// (otelErrors).
+func newTracing(ctx context.Context, logger *slog.Logger, holdsKey func(string) bool) (*tracing, error) {
 	on, err := tracingWanted(os.Getenv)
 	if err != nil || !on {
 		return nil, err
 	}
+	otel.SetErrorHandler(otelErrors(logger, holdsKey))
 	exp, err := otlptracegrpc.New(ctx) // does not wait for the collector
 	if err != nil {
 		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
@@ -153,6 +157,19 @@ func newTracing(ctx context.Context) (*tracing, error) {
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return &tracing{provider: tp, tracer: tp.Tracer("github.com/extauthz/extauthz")}, nil
+}
+
+// otelErrors is OpenTelemetry's error handler (the process has one): its
+// errors as warnings of logger, a few a minute, as an HTTP listener's own
+// are. Its default writes each on standard error through Go's standard
+// logger, plain text among the JSON lines, with the collector's answer
+// unescaped; and a failed export is one, so that a collector that refuses
+// every export at once (an expired credential) made a line of every batch
+// of spans, as many as the checks anyone sends make, for as long as it
+// lasted.
+func otelErrors(logger *slog.Logger, holdsKey func(string) bool) otel.ErrorHandler {
+	w := &limitedLogWriter{logger: logger, holdsKey: holdsKey, now: time.Now}
+	return otel.ErrorHandlerFunc(func(err error) { w.Write([]byte("opentelemetry: " + err.Error())) })
 }
 
 // shutdown sends the spans still queued, waiting at most a few seconds.

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,8 +23,11 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -423,4 +429,63 @@ func TestAnAdminCallsMethodIsNotTakenAsWritten(t *testing.T) {
 		}
 	}
 	assert.Equal(t, map[string]bool{"extauthz.admin GET": true, "extauthz.admin _OTHER": true}, names)
+}
+
+// refusingCollector answers every export as a collector does whose
+// credential for extauthz has expired: at once, and not to be retried.
+type refusingCollector struct {
+	collectortrace.UnimplementedTraceServiceServer
+	calls atomic.Int64
+}
+
+func (c *refusingCollector) Export(context.Context, *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	c.calls.Add(1)
+	return nil, status.Error(codes.Unauthenticated, "token expired \u202e")
+}
+
+// OpenTelemetry's own errors, a failed export above all, are the server's
+// log lines, a few a minute, as its listeners' errors are. They went to
+// Go's standard logger instead: plain text among the JSON lines, with the
+// collector's text unescaped, and one line per failed batch, so that with a
+// collector that refuses every export the checks anyone sends made a line
+// per batch, for as long as it lasted.
+func TestAFailingCollectorIsInTheLogAFewLinesAMinute(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	col := &refusingCollector{}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, col)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+ln.Addr().String())
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+	t.Setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1") // an export per check
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	var logs syncbuf.Buffer
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%s",
+		filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+
+	const checks = 4 * listenerLogBurst
+	for range checks {
+		require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}).GetOkResponse())
+	}
+	require.Eventually(t, func() bool { return col.calls.Load() >= checks }, 10*time.Second, 20*time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // the last export's error on its way to the log
+
+	var lines []string
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if strings.Contains(line, "Unauthenticated") {
+			lines = append(lines, line)
+		}
+	}
+	require.NotEmpty(t, lines, "a failed export is not in the server's log")
+	assert.LessOrEqual(t, len(lines), listenerLogBurst, "a line per failed export")
+	for _, line := range lines {
+		var v map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &v), line)
+		assert.Equal(t, "WARN", v["level"])
+		assert.NotContains(t, line, "\u202e", "the collector's text is written raw")
+	}
 }
