@@ -377,7 +377,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		s.metrics.MustRegister(s.grpcMetrics)
 	}
 
-	if s.tls, err = newListenerTLS(cfg.TLS); err != nil {
+	if s.tls, err = newListenerTLS(cfg.TLS, logger); err != nil {
 		s.limiter.Close()
 		be.Close()
 		return nil, err

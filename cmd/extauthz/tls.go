@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"log/slog"
 	"sync"
 
 	"github.com/extauthz/extauthz/config"
@@ -22,13 +23,20 @@ type listenerTLS struct {
 
 // newListenerTLS loads the files of c, or returns nil when TLS is off.
 // Errors name the config field.
-func newListenerTLS(c config.TLS) (*listenerTLS, error) {
+func newListenerTLS(c config.TLS, logger *slog.Logger) (*listenerTLS, error) {
 	if !c.Enabled() {
 		return nil, nil
 	}
 	pair, err := certfile.Load("tls", c.CertFile, c.KeyFile)
 	if err != nil {
 		return nil, err
+	}
+	pair.Logger = logger
+	if cert, _ := pair.Current(); certfile.ValidNow(cert.Leaf) != nil {
+		// Served all the same, as a proxy would: refusing to start would
+		// take the probes down too, and a renewal is picked up as it comes.
+		logger.Warn("tls.cert_file is not valid now; clients that verify it refuse it until it is renewed",
+			"cert_file", c.CertFile, "err", certfile.ValidNow(cert.Leaf))
 	}
 	t := &listenerTLS{pair: pair}
 	if c.ClientCAFile != "" {

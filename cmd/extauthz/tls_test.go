@@ -2,12 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -359,4 +365,89 @@ func TestAListenersLogSaysHowManyLinesItLeftOut(t *testing.T) {
 	require.Len(t, lines, listenerLogBurst+1)
 	assert.Contains(t, lines[listenerLogBurst], `"messages_left_out":5`)
 	assert.NotContains(t, lines[0], "messages_left_out")
+}
+
+// A renewal that does not load keeps the certificate in use, and says so
+// in the log once per change of the files, not at every handshake: an
+// expired certificate or one not valid yet (a backup restored, a wrong
+// clock where it was made), a certificate beside another's key, a file cut
+// off halfway, one that cannot be read. A renewal that loads is served and
+// logged.
+func TestARenewalThatDoesNotLoadKeepsTheCertificateAndSaysSo(t *testing.T) {
+	a := redistest.NewTLSFiles(t, t.TempDir())
+	b := redistest.NewTLSFiles(t, t.TempDir())
+	dir := t.TempDir()
+	logs := &syncbuf.Buffer{}
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	installPair(t, a.ServerCert, a.ServerKey, certFile, keyFile)
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n%stls: {cert_file: %q, key_file: %q}\n",
+		filepath.Join(dir, "k.db"), testRoutes, certFile, keyFile))
+	ts := startServerOut(t, path, serverOutput{logs: logs, audit: io.Discard})
+	served := func() []byte {
+		t.Helper()
+		// #nosec G402 -- the test compares the certificate served, whatever it is.
+		conn, err := tls.Dial("tcp", ts.srv.httpLn.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		require.NoError(t, err)
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Raw
+	}
+	der := func(certFile, keyFile string) []byte {
+		t.Helper()
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		require.NoError(t, err)
+		return pair.Certificate[0]
+	}
+	inUse := der(a.ServerCert, a.ServerKey)
+	require.Equal(t, inUse, served())
+	refusals := func() int { return strings.Count(logs.String(), "certificate files changed but do not load") }
+
+	expired, expiredKey := selfSigned(t, t.TempDir(), time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	early, earlyKey := selfSigned(t, t.TempDir(), time.Now().Add(time.Hour), time.Now().Add(48*time.Hour))
+	cut := filepath.Join(t.TempDir(), "cut.crt")
+	whole, err := os.ReadFile(b.ServerCert)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cut, whole[:len(whole)/2], 0o600))
+	for i, tc := range []struct {
+		name    string
+		install func()
+		want    string
+	}{
+		{"expired", func() { installPair(t, expired, expiredKey, certFile, keyFile) }, "the certificate expired at"},
+		{"not valid yet", func() { installPair(t, early, earlyKey, certFile, keyFile) }, "the certificate is not valid before"},
+		{"another's key", func() { installPair(t, b.ServerCert, a.ServerKey, certFile, keyFile) }, "private key does not match public key"},
+		{"cut off", func() { installPair(t, cut, b.ServerKey, certFile, keyFile) }, "failed to find any PEM data in certificate input"},
+		{"unreadable", func() { require.NoError(t, os.Mkdir(certFile, 0o700)) }, "is a directory"},
+	} {
+		tc.install()
+		for range 5 {
+			assert.Equal(t, inUse, served(), "%s: the pair in use was replaced", tc.name)
+		}
+		assert.Equal(t, i+1, refusals(), "%s: said once, not at every handshake:\n%s", tc.name, logs.String())
+		assert.Contains(t, logs.String(), tc.want, tc.name)
+		require.NoError(t, os.RemoveAll(certFile)) // for the next case's rename
+
+	}
+
+	installPair(t, b.ServerCert, b.ServerKey, certFile, keyFile)
+	assert.Equal(t, der(b.ServerCert, b.ServerKey), served(), "a renewal that loads is served")
+	assert.Contains(t, logs.String(), "certificate files reloaded")
+}
+
+// selfSigned writes a self-signed certificate valid from notBefore to
+// notAfter, and its key, into dir.
+func selfSigned(t *testing.T, dir string, notBefore, notAfter time.Time) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: notBefore, NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	certDER, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "self.crt"), filepath.Join(dir, "self.key")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
+	return certFile, keyFile
 }

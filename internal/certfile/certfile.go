@@ -13,8 +13,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
+	"time"
 )
 
 // Pair is a certificate and its key, read from CertFile and KeyFile and
@@ -22,11 +24,29 @@ import (
 // config path errors name ("tls", "store.redis.tls").
 type Pair struct {
 	field, certFile, keyFile string
+	// Logger, when set, is told of each pair that replaces the one in
+	// use, and of each change of the files that does not load (the pair
+	// in use then stays): a renewal that failed must not pass in silence
+	// until the old certificate expires.
+	Logger *slog.Logger
 
 	mu    sync.Mutex
 	stamp [2]os.FileInfo // of the files the pair in cert was read from
 	cert  *tls.Certificate
+	// failed is the files as they were when they last did not load, at
+	// failedAt, with err; said is the last error logged.
+	failed   [2]os.FileInfo
+	failedAt time.Time
+	err      error
+	said     string
 }
+
+// retryFailed is how often files that did not load are read again while
+// they look unchanged: a fix that leaves the size and time as they were
+// (a chmod, a directory made readable) is seen within it, and a
+// handshake, which anyone who reaches the port can start, does not cost a
+// read and parse of both files while a renewal is broken.
+const retryFailed = time.Second
 
 // Load reads the pair for the first time; the error names field and the
 // files.
@@ -39,29 +59,74 @@ func Load(field, certFile, keyFile string) (*Pair, error) {
 }
 
 // Current returns the pair, read again if either file changed since it was
-// last read. When the files do not load (missing, or a new certificate next
-// to the old key while a renewal is being written), it returns the last pair
-// that loaded, with the error; once nothing ever loaded, nil and the error.
+// last read. When the files do not load (missing, a new certificate next
+// to the old key while a renewal is being written, or a certificate that is
+// not valid now, expired or not yet begun, in place of one that is), it
+// returns the last pair that loaded, with the error; once nothing ever
+// loaded, nil and the error.
 func (p *Pair) Current() (*tls.Certificate, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var now [2]os.FileInfo
 	var err error
 	if now[0], err = os.Stat(p.certFile); err != nil {
-		return p.cert, fmt.Errorf("%s.cert_file: %w", p.field, err)
+		return p.cert, p.fail(now, fmt.Errorf("%s.cert_file: %w", p.field, err))
 	}
 	if now[1], err = os.Stat(p.keyFile); err != nil {
-		return p.cert, fmt.Errorf("%s.key_file: %w", p.field, err)
+		return p.cert, p.fail(now, fmt.Errorf("%s.key_file: %w", p.field, err))
 	}
 	if p.cert != nil && unchanged(p.stamp[0], now[0]) && unchanged(p.stamp[1], now[1]) {
 		return p.cert, nil
 	}
+	if p.err != nil && unchanged(p.failed[0], now[0]) && unchanged(p.failed[1], now[1]) && time.Since(p.failedAt) < retryFailed {
+		return p.cert, p.err
+	}
 	pair, err := tls.LoadX509KeyPair(p.certFile, p.keyFile)
 	if err != nil {
-		return p.cert, fmt.Errorf("%s: cert_file %s and key_file %s: %v", p.field, p.certFile, p.keyFile, err)
+		return p.cert, p.fail(now, fmt.Errorf("%s: cert_file %s and key_file %s: %v", p.field, p.certFile, p.keyFile, err))
 	}
+	// A certificate that is not valid now (a backup restored, a clock
+	// wrong where it was issued) does not replace one that is; once the
+	// one in use has expired too, the new one is no worse.
+	if p.cert != nil && ValidNow(p.cert.Leaf) == nil {
+		if err := ValidNow(pair.Leaf); err != nil {
+			return p.cert, p.fail(now, fmt.Errorf("%s: cert_file %s: %v", p.field, p.certFile, err))
+		}
+	}
+	replaced := p.cert != nil
 	p.cert, p.stamp = &pair, now
+	p.err, p.said = nil, ""
+	if replaced && p.Logger != nil {
+		p.Logger.Info("certificate files reloaded", "field", p.field, "cert_file", p.certFile, "not_after", pair.Leaf.NotAfter)
+	}
 	return p.cert, nil
+}
+
+// fail notes that the files as they are in now did not load, with err, and
+// logs it when it is news: not again for every handshake while the files
+// stay as they are.
+func (p *Pair) fail(now [2]os.FileInfo, err error) error {
+	p.failed, p.failedAt, p.err = now, time.Now(), err
+	if p.cert != nil && p.Logger != nil && err.Error() != p.said {
+		p.said = err.Error()
+		p.Logger.Error("certificate files changed but do not load; the pair in use stays until they do",
+			"field", p.field, "err", err, "in_use_not_after", p.cert.Leaf.NotAfter)
+	}
+	return err
+}
+
+// ValidNow is nil when leaf is valid at this moment, else says why not.
+func ValidNow(leaf *x509.Certificate) error {
+	now := time.Now()
+	switch {
+	case leaf == nil:
+		return nil
+	case now.After(leaf.NotAfter):
+		return fmt.Errorf("the certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return fmt.Errorf("the certificate is not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // usable is Current for crypto/tls: the last pair that loaded if any,
