@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -37,9 +38,38 @@ import (
 // before or after the arguments) and the list of subcommands a group prints.
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx := stopOnSignal(context.Background())
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// stopOnSignal returns a context that ends at the first SIGINT or SIGTERM:
+// a command stops its work, serve drains (up to about 30 s). A second one
+// exits at once with status 1, having said so through onSecondSignal, as
+// Caddy and Docker do: an operator who sends it again has chosen not to
+// wait for the drain, and must not find the signal swallowed.
+func stopOnSignal(parent context.Context) context.Context {
+	ctx, cancel := context.WithCancel(parent)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		cancel()
+		sig := <-sigs
+		(*onSecondSignal.Load())(sig)
+		os.Exit(1)
+	}()
+	return ctx
+}
+
+// onSecondSignal says, before the process exits, that a second signal cut
+// its stop short; serve sets it to say so in the server's log.
+var onSecondSignal atomic.Pointer[func(os.Signal)]
+
+func init() {
+	say := func(sig os.Signal) {
+		fmt.Fprintf(os.Stderr, "extauthz: second %s: exiting at once\n", sig)
+	}
+	onSecondSignal.Store(&say)
 }
 
 // run executes one command line and returns the exit status.

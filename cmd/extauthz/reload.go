@@ -21,9 +21,13 @@ import (
 // the process, and a habit of sending it after every config change must
 // not take the server down.
 func (s *server) watchConfig(ctx context.Context) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	hup := s.hup
+	if hup == nil {
+		own := make(chan os.Signal, 1)
+		signal.Notify(own, syscall.SIGHUP)
+		defer signal.Stop(own)
+		hup = own
+	}
 	if s.cfgPath == "" {
 		for {
 			select {

@@ -56,6 +56,13 @@ built-in defaults. It refuses to start without a hashing pepper unless the confi
 declares development: true.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			// SIGHUP is caught from here to the process's end, not only
+			// while the config watch runs: uncaught, it ends the process,
+			// and one sent as the server starts (a config tool that sends
+			// it after each write) or while it stops (writing the queued
+			// audit events and last-use times) would kill it there.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
 			cfg, path, err := loadConfig(c)
 			if err != nil {
 				return err
@@ -66,22 +73,27 @@ declares development: true.`,
 			// reader: the write fails, and the audit queue counts and logs
 			// the events lost.
 			signal.Ignore(syscall.SIGPIPE)
-			return serve(c.Context(), cfg, path, c.ErrOrStderr(), c.OutOrStdout())
+			return serve(c.Context(), cfg, path, hup, c.ErrOrStderr(), c.OutOrStdout())
 		},
 	}
 	addConfigFlag(c.Flags())
 	return c
 }
 
-// serve runs a server on cfg until ctx is done; audit events with the
-// stdout sink go to auditOut.
-func serve(ctx context.Context, cfg *config.Config, path string, stderr, auditOut io.Writer) error {
+// serve runs a server on cfg until ctx is done; hup is where SIGHUP
+// arrives, and audit events with the stdout sink go to auditOut.
+func serve(ctx context.Context, cfg *config.Config, path string, hup <-chan os.Signal, stderr, auditOut io.Writer) error {
 	logger := newLogger(cfg.Log, stderr)
+	second := func(sig os.Signal) {
+		logger.Error("second signal: exiting at once; checks and admin calls in flight, and audit events and last_used_at times not yet written, are lost",
+			"signal", sig.String())
+	}
+	onSecondSignal.Store(&second)
 	srv, err := newServer(cfg, logger, auditOut)
 	if err != nil {
 		return err
 	}
-	srv.cfgPath = path
+	srv.cfgPath, srv.hup = path, hup
 	defer gcfloor.Start(gcHeapFloor, 500*time.Millisecond)()
 	if err := srv.listen(); err != nil {
 		srv.close()
@@ -275,8 +287,11 @@ type server struct {
 	endWatches context.CancelFunc
 
 	// cfgPath is reloaded on SIGHUP and when the file changes ("" = none);
-	// reloadEvery is how often the file is polled for changes.
+	// reloadEvery is how often the file is polled for changes. hup, when
+	// set, is where SIGHUP arrives (serve catches it for the process's
+	// life); else the config watch catches it while it runs.
 	cfgPath     string
+	hup         <-chan os.Signal
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec
 	// connsRefused counts, by listener, connections closed at once because
