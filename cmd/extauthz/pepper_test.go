@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/extauthz/extauthz/config"
+	"github.com/extauthz/extauthz/internal/faultproxy"
+	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
@@ -92,4 +95,45 @@ func TestAServerWithTheStoresPepperIsReady(t *testing.T) {
 			assert.False(t, strings.Contains(logs.String(), "pepper differs"), logs.String())
 		})
 	}
+}
+
+// A server cannot say it is ready before it knows its pepper is the
+// store's. Started while Redis is unreachable, it could not check the
+// mark; once Redis was back, the ping answered and /readyz said 200 until
+// the check's next try, long enough for a rollout to count a replica with
+// a mistyped pepper as ready and go on to the next.
+func TestAServerIsNotReadyBeforeItHasCheckedThePepper(t *testing.T) {
+	r := redistest.Start(t)
+	direct := writeConfig(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"p:\"}}\n", r.URL(0)))
+	cfg, err := config.Load(direct)
+	require.NoError(t, err)
+	be, err := openBackend(cfg, nil)
+	require.NoError(t, err)
+	fleet := &keystore.Manager{Store: be.store, Hasher: keystore.NewHasher([]byte("the fleet's own pepper")), Format: cfg.Keys.Format}
+	_, _, err = fleet.Create(context.Background(), keystore.Spec{Name: "the fleet's", Permissions: []string{"read:users"}}, "test")
+	require.NoError(t, err)
+	require.NoError(t, be.Close())
+
+	p := faultproxy.Start(t, r.Addr)
+	p.Drop()
+	logs := &syncbuf.Buffer{}
+	ts := startServerOut(t, writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {backend: redis, redis: {url: %q, prefix: \"p:\"}}\n%s",
+		"redis://"+p.Addr()+"/0", testRoutes)), serverOutput{logs: logs, audit: io.Discard})
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "the key store's pepper mark is not checked yet") }, 10*time.Second, 10*time.Millisecond)
+	p.Heal()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(ts.httpURL + "/readyz")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "ready with a pepper it has not checked: %s", body)
+		if strings.Contains(string(body), "pepper") {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.Contains(t, logs.String(), "the hashing pepper differs")
+	assert.Equal(t, 1, strings.Count(logs.String(), "the hashing pepper differs"), "said once")
 }

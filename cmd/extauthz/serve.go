@@ -510,21 +510,38 @@ func (s *server) auditRead(keyID string, c admin.Call) {
 		Method: c.Method, Route: c.Route, RequestID: c.RequestID, UserAgent: c.UserAgent, Status: http.StatusOK, KeyHolder: true})
 }
 
-// readyz is 200 when the store answers. A server whose store is down still
-// serves cached keys, but a load balancer should prefer a replica that can
-// also answer for uncached ones.
+// readyz is 200 when the store answers and its pepper mark has been found
+// to be this server's pepper. A server whose store is down still serves
+// cached keys, but a load balancer should prefer a replica that can also
+// answer for uncached ones.
 func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	err := s.ready.check(s.readyPing)
 	if s.pepperWrong.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "hashing pepper differs from the key store's (see the log)\n")
 		return
 	}
-	if err := s.ready.check(s.be.ping); err != nil {
+	if err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "store unavailable\n")
 		return
 	}
 	io.WriteString(w, "ok\n")
+}
+
+// readyPing is /readyz's store call: a ping and, until the store's pepper
+// mark has been found to match (checkPepper), that check too. Until then
+// the server cannot tell whether its keys are the store's: a store that
+// was down at start and is back answers the ping before checkPepper's next
+// try, and a server with another pepper was ready meanwhile, long enough
+// for a rollout to count it and go on to the next replica.
+func (s *server) readyPing(ctx context.Context, d time.Duration) error {
+	if err := s.be.ping(ctx, d); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return s.notePepper(s.manager.CheckPepper(ctx)) // no store call once it matched
 }
 
 // readyFor is how long a store ping answers /readyz for.

@@ -112,18 +112,9 @@ func (s *server) checkConfirmingReplicas(ctx context.Context) {
 func (s *server) checkPepper(ctx context.Context) {
 	for {
 		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := s.manager.CheckPepper(callCtx)
+		err := s.notePepper(s.manager.CheckPepper(callCtx))
 		cancel()
-		switch {
-		case err == nil:
-			return
-		case errors.Is(err, keystore.ErrPepperMismatch):
-			s.pepperWrong.Store(true)
-			s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-			s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-			s.logger.Error("the hashing pepper differs from the one the key store's keys were hashed with: no key of the store matches here, so every key is answered 401; this server reports itself not ready and makes no keys. "+
-				"Give it the pepper the store's other servers use (hashing.pepper_env); a pepper cannot be changed for keys already made",
-				"pepper_env", s.cfg.Hashing.PepperEnv, "store", describeStore(s.cfg))
+		if err == nil || s.pepperWrong.Load() {
 			return
 		}
 		if ctx.Err() == nil {
@@ -133,6 +124,20 @@ func (s *server) checkPepper(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// notePepper acts on what a check of the store's pepper mark found, and
+// returns it: a mismatch, found first here or by /readyz, makes the server
+// unready and NOT_SERVING for good, and is logged once.
+func (s *server) notePepper(err error) error {
+	if errors.Is(err, keystore.ErrPepperMismatch) && s.pepperWrong.CompareAndSwap(false, true) {
+		s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+		s.logger.Error("the hashing pepper differs from the one the key store's keys were hashed with: no key of the store matches here, so every key is answered 401; this server reports itself not ready and makes no keys. "+
+			"Give it the pepper the store's other servers use (hashing.pepper_env); a pepper cannot be changed for keys already made",
+			"pepper_env", s.cfg.Hashing.PepperEnv, "store", describeStore(s.cfg))
+	}
+	return err
 }
 
 // sleep waits d, and reports false if ctx ends first.
