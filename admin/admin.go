@@ -621,7 +621,7 @@ func (s *server) canGrant(c *caller, perms []string) error {
 // bidirectional and other invisible characters, so that an echoed name
 // reads as what it is.
 func (s *server) mention(v string) string {
-	if f := s.authz.Policies().Format; len(v) >= 16 && (f.Check(v) == nil || f.ContainsKey(v)) {
+	if f := s.authz.Policies().Format; len(v) >= 16 && (f.Check(v) == nil || f.ResemblesKey(v)) {
 		return "(a value shaped like an API key, not shown)"
 	}
 	return strconv.Quote(strings.ToValidUTF8(v, "\uFFFD"))

@@ -461,7 +461,7 @@ func (s *server) liveLine(ctx context.Context, k *keystore.Key) []string {
 // not), else cut to 512 bytes. The key is looked for in the whole string,
 // before the cut could leave a piece of it the check no longer recognises.
 func reported(f keystore.Format, v string) string {
-	if f.ContainsKey(v) {
+	if f.ResemblesKey(v) {
 		return "(left out: it holds an API key)"
 	}
 	if len(v) > 512 {

@@ -45,8 +45,8 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock, for Event.Time and ErrorInterval. Default time.Now.
 	Now func() time.Time
-	// HoldsKey reports whether a string holds an API key
-	// (keystore.Format.ContainsKey). Record replaces each field a client
+	// HoldsKey reports whether a string holds an API key, or enough of
+	// one to matter (keystore.Format.ResemblesKey). Record replaces each field a client
 	// wrote (request_id, path, host, user_agent) that does with
 	// RedactedMark: someone who pastes a key into a path or a header the
 	// decision does not read as a credential must not put it in the audit

@@ -875,7 +875,7 @@ func isPort[T string | []byte](s T) bool {
 // writes when a proxy calls extauthz with the bare prefix, and an answer
 // never echoes a key pasted there, nor text no config could name.
 func (ps *PolicySet) noPolicyNamed(name string) string {
-	if keystore.ValidatePolicyName("", name) != nil || ps.Format.ContainsKey(name) {
+	if keystore.ValidatePolicyName("", name) != nil || ps.Format.ResemblesKey(name) {
 		return "the auth path names no policy of this config"
 	}
 	return "no policy is named \"" + name + "\""

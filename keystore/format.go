@@ -126,6 +126,39 @@ func (f Format) ContainsKey(s string) bool {
 	return false
 }
 
+// ResemblesKey reports whether s holds what may be a key of this format or
+// enough of one to matter: the prefix and an underscore followed by at
+// least resembleLen base62 characters, whatever the checksum. It is for
+// what is written out (logs, audit events, error messages), which must
+// hold no part of a secret that would shorten a search for the rest: a key
+// pasted without its last characters, or with one mistyped, fails
+// ContainsKey's checksum yet carries most of its secret. Decisions about a
+// request (what to strip, what to refuse) use ContainsKey, which a
+// lookalike never sets off.
+func (f Format) ResemblesKey(s string) bool {
+	marker := f.prefix + "_"
+	for i := strings.Index(s, marker); i >= 0; {
+		n := 0
+		for j := i + len(marker); j < len(s) && isBase62(s[j]); j++ {
+			if n++; n >= resembleLen {
+				return true
+			}
+		}
+		j := strings.Index(s[i+1:], marker)
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
+}
+
+// resembleLen is how many base62 characters after the prefix make a
+// string resemble a key: half of a key's random part and one more, 131 of
+// its 256 bits, so that what is left unknown of one written out in part
+// is at most 125 bits.
+const resembleLen = randomLen/2 + 1
+
 var ieeeTable = crc32.MakeTable(crc32.IEEE)
 
 // crcString is crc32.ChecksumIEEE of s without converting s to a []byte,

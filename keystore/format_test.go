@@ -342,3 +342,41 @@ func TestPoliciesAndMetaAreBounded(t *testing.T) {
 		})
 	}
 }
+
+// What is written out must hold no key nor enough of one to shorten the
+// search for the rest: ResemblesKey sets off on the prefix and 22 or more
+// base62 characters (131 bits of a key's 256), checksum or not, wherever
+// they stand. ContainsKey, which decisions use, needs the whole key.
+func TestAKeyWithoutItsChecksumOrEndStillResemblesAKey(t *testing.T) {
+	f, err := NewFormat("sk")
+	require.NoError(t, err)
+	key, err := f.Generate()
+	require.NoError(t, err)
+	last := "a"
+	if key[len(key)-1] == 'a' {
+		last = "b"
+	}
+	mistyped := key[:len(key)-1] + last // its checksum no longer matches
+	for _, s := range []string{
+		key,
+		"ua/1 (" + key + ")",
+		key[:len(key)-checksumLen],          // the checksum left off
+		key[:len(key)-checksumLen-1] + " x", // and a character more
+		mistyped,
+		"sk_x sk_" + key[3:3+resembleLen],       // the second of two markers
+		"user-" + key[:3+resembleLen] + "-tail", // glued to other text
+	} {
+		assert.True(t, f.ResemblesKey(s), "%q", s)
+	}
+	assert.False(t, f.ContainsKey(key[:len(key)-checksumLen]), "a decision needs the whole key")
+	for _, s := range []string{
+		"",
+		"sk_",
+		"sk_" + key[3:3+resembleLen-1],     // 21 characters: 125 bits unknown
+		key[3:],                            // no prefix
+		"sk_" + key[3:13] + "-" + key[13:], // cut by a character no key has
+		"pk_" + key[3:],
+	} {
+		assert.False(t, f.ResemblesKey(s), "%q", s)
+	}
+}

@@ -224,6 +224,12 @@ func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
 	ts.check(t, "GET", "/api/reports/x", map[string]string{"x-api-key": key,
 		"user-agent": "tool/1.0 (key=" + key + ")", "x-request-id": key})
 	ts.check(t, "GET", "/api/reports/x", map[string]string{"user-agent": strings.Repeat("u", auditpkg.MaxFieldLen-20) + key})
+	// Most of a key is as bad as all of it: without its checksum, with a
+	// character mistyped, or cut after 22 of its characters.
+	mistyped := []byte(key)
+	mistyped[len(key)-1] ^= 1
+	ts.check(t, "GET", "/api/reports/r-"+key[:3+22]+"-x", map[string]string{"x-api-key": key, "user-agent": "ua " + key[:len(key)-6],
+		"x-request-id": string(mistyped)})
 	// The admin API's refusals carry the user agent and request id too.
 	req, err := http.NewRequest("GET", ts.adminURL+"/v1/keys/"+k.ID, nil)
 	require.NoError(t, err)
@@ -238,10 +244,10 @@ func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
 	var events []map[string]any
 	require.Eventually(t, func() bool {
 		events = auditEvents(t, audit.String())
-		return len(events) >= 4
+		return len(events) >= 5
 	}, 5*time.Second, 10*time.Millisecond, audit.String())
 	out := audit.String()
-	assert.NotContains(t, out, key[3:len(key)-6], "the audit holds a key")
+	assert.NotContains(t, out, key[3:3+22], "the audit holds a key, or most of one")
 	assert.NotContains(t, out, key[:20], "the audit holds the start of a key")
 	const mark = "[redacted: held an API key]"
 	// The admin refusal of a key holder is queued with the key changes, the
@@ -254,7 +260,7 @@ func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
 			checks = append(checks, e)
 		}
 	}
-	require.Len(t, checks, 3, out)
+	require.Len(t, checks, 4, out)
 	require.Len(t, refused, 1, out)
 	assert.Equal(t, mark, checks[0]["path"])
 	assert.Equal(t, "/api/reports/**", checks[0]["route"], "the route still says what was asked")
@@ -262,6 +268,9 @@ func TestAKeyPastedIntoARequestFieldIsNotAudited(t *testing.T) {
 	assert.Equal(t, mark, checks[1]["request_id"])
 	assert.Equal(t, "/api/reports/x", checks[1]["path"], "a field without a key is kept")
 	assert.Equal(t, mark, checks[2]["user_agent"])
+	for _, field := range []string{"user_agent", "request_id", "path"} {
+		assert.Equal(t, mark, checks[3][field], field)
+	}
 	assert.Equal(t, mark, refused[0]["user_agent"])
 	assert.Equal(t, mark, refused[0]["request_id"])
 }

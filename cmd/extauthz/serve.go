@@ -397,7 +397,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		be.Close()
 		return nil, err
 	}
-	if s.tracing, err = newTracing(context.Background(), logger, cfg.Keys.Format.ContainsKey); err != nil {
+	if s.tracing, err = newTracing(context.Background(), logger, cfg.Keys.Format.ResemblesKey); err != nil {
 		s.limiter.Close()
 		be.Close()
 		return nil, err
@@ -447,7 +447,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
-		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ContainsKey),
+		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ResemblesKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
@@ -487,7 +487,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	}
 	s.adminSrv = adminLimits.apply(&http.Server{
 		Handler:   recoverHTTP(s.logger, "admin", s.tracing.admin(admin.New(opts))),
-		ErrorLog:  listenerErrorLog(s.logger, s.cfg.Keys.Format.ContainsKey),
+		ErrorLog:  listenerErrorLog(s.logger, s.cfg.Keys.Format.ResemblesKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	return nil
