@@ -630,11 +630,13 @@ func (m *manifests) checkProbes(cid string, c *corev1.Container, cfg *extauthzCo
 }
 
 // The longest `extauthz serve` takes to stop after SIGTERM, each step
-// bounded in cmd/extauthz (serve.go, shutdown and close): in-flight checks
-// 10 s (gRPC GracefulStop), the HTTP and admin listeners 5 s, the queued
-// last_used_at times 5 s (keystore.Cache.RunTouches), the audit events 5 s
-// (closeAudit), the queued spans 5 s (tracing.shutdown); with Redis, the rate
-// limiter's last call (store.redis.timeout) after them.
+// bounded in cmd/extauthz (serve.go, shutdown and close): the calls in
+// flight on the gRPC, HTTP and admin listeners, which stop together, 10 s
+// (drainFor), the queued last_used_at times 5 s (keystore.Cache.RunTouches),
+// the audit events 5 s (closeAudit), the queued spans 5 s
+// (tracing.shutdown); with Redis, the rate limiter's last call
+// (store.redis.timeout) after them. That is 25 s; 30 keeps a margin for a
+// machine too busy to keep to its timers, which is when Pods get replaced.
 const (
 	serverStopBound     = 30 * time.Second
 	defaultRedisTimeout = 200 * time.Millisecond

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,8 +39,15 @@ type serveChild struct {
 // listener on a free port, and waits until it serves.
 func startServeChild(t *testing.T, yaml string) *serveChild {
 	t.Helper()
+	return startServeChildHTTP(t, "off", yaml)
+}
+
+// startServeChildHTTP is startServeChild with the HTTP listener on
+// httpAddr ("off" for none).
+func startServeChildHTTP(t *testing.T, httpAddr, yaml string) *serveChild {
+	t.Helper()
 	c := &serveChild{stderr: &syncbuf.Buffer{}, exited: make(chan struct{}), grpcAddr: fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t))}
-	path := writeConfig(t, fmt.Sprintf("listen: {grpc: %q, http: off, admin: off}\naudit: {sink: none}\n%s", c.grpcAddr, yaml))
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: %q, http: %q, admin: off}\naudit: {sink: none}\n%s", c.grpcAddr, httpAddr, yaml))
 	c.cmd = exec.Command(os.Args[0], "serve", "--config", path)
 	c.cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
 	c.cmd.Stderr = c.stderr
@@ -146,4 +154,45 @@ func TestASIGHUPWhileStoppingDoesNotCutTheStopShort(t *testing.T) {
 	got, err := be.store.Get(context.Background(), k.ID)
 	require.NoError(t, err)
 	assert.NotNil(t, got.LastUsedAt, "the last use queued at the stop was not written:\n%s", c.stderr.String())
+}
+
+// The listeners stop together: once a stop begins, the HTTP listener takes
+// no new request while a gRPC call in flight holds the drain, as the gRPC
+// listener takes no new call. It used to answer, /readyz "ok" included,
+// until the gRPC drain had ended (up to 10 s).
+func TestTheHTTPListenerStopsWithTheGRPCOne(t *testing.T) {
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t))
+	c := startServeChildHTTP(t, httpAddr, fmt.Sprintf("store: {path: %q}\n%s", filepath.Join(t.TempDir(), "k.db"), testRoutes))
+	get := func() (int, error) {
+		client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	code, err := get()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code)
+
+	conn, err := grpc.NewClient(c.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err = conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, authv3.Authorization_Check_FullMethodName)
+	require.NoError(t, err)
+	require.NoError(t, c.cmd.Process.Signal(syscall.SIGTERM))
+	require.Eventually(t, func() bool { _, err := get(); return err != nil }, 2*time.Second, 20*time.Millisecond,
+		"the HTTP listener still answers while the gRPC drain waits")
+	select {
+	case <-c.exited:
+		t.Fatalf("the drain did not wait for the gRPC call in flight:\n%s", c.stderr.String())
+	default:
+	}
+	cancel() // the call ends, and with it the drain
+	code, sig := c.waitExit(t, 15*time.Second)
+	assert.Nil(t, sig)
+	assert.Equal(t, 0, code, c.stderr.String())
 }

@@ -650,25 +650,41 @@ func (s *server) run(ctx context.Context) error {
 }
 
 // shutdown drains: gRPC health goes NOT_SERVING first so Envoy stops
-// sending (and each Watch stream, told so, ends), then in-flight checks
-// finish (bounded), then background work.
+// sending (and each Watch stream, told so, ends), then the three listeners
+// stop together, each taking no new connection or call and letting those
+// in flight finish (drainFor), then background work. Together: an HTTP
+// listener left open while the gRPC calls drained went on answering, its
+// /readyz "ready", for as long as one slow check held the stop.
 func (s *server) shutdown() {
 	s.endWatches() // first: a Watch ends once it has sent the NOT_SERVING that follows
 	s.health.Shutdown()
-	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		s.grpc.Stop()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(drainFor):
+			s.grpc.Stop()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), drainFor)
+	defer cancel()
+	for _, h := range []*http.Server{s.http, s.adminSrv} {
+		wg.Go(func() {
+			if err := h.Shutdown(ctx); err != nil {
+				h.Close() // what is still in flight at the bound is cut off, as gRPC's is
+			}
+		})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_ = s.http.Shutdown(ctx)
-	_ = s.adminSrv.Shutdown(ctx)
-	cancel()
+	wg.Wait()
 	s.close()
 	s.logger.Info("extauthz stopped")
 }
+
+// drainFor bounds how long the listeners' calls in flight may take to
+// finish once a stop begins.
+const drainFor = 10 * time.Second
 
 func (s *server) close() {
 	if s.cancelBg != nil {
