@@ -40,7 +40,7 @@ func openBackend(cfg *config.Config, log *slog.Logger) (*backend, error) {
 			SentinelPassword: r.SentinelPassword,
 			TLS: redisstore.TLSOptions{
 				Enabled: r.TLS.Enabled, CAFile: r.TLS.CAFile, CertFile: r.TLS.CertFile,
-				KeyFile: r.TLS.KeyFile, ServerName: r.TLS.ServerName,
+				KeyFile: r.TLS.KeyFile, ServerName: r.TLS.ServerName, Logger: log,
 			},
 			Timeout: time.Duration(r.Timeout),
 		}

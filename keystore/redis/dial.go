@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -118,6 +119,11 @@ type TLSOptions struct {
 	// means the host of each address dialled (of the URL, of each seed or
 	// announced Cluster node, of the primary a Sentinel names).
 	ServerName string
+	// Logger, when set, is told when the client certificate's files are
+	// reloaded, and when a change of them does not load (the pair in use
+	// stays): a renewal that failed must not pass in silence until the
+	// certificate in use expires and Redis refuses every new connection.
+	Logger *slog.Logger
 }
 
 // any reports whether a setting other than Enabled is made.
@@ -377,6 +383,7 @@ func (t TLSOptions) config(host string) (*tls.Config, error) {
 		if err != nil {
 			return nil, err
 		}
+		pair.Logger = t.Logger
 		cfg.GetClientCertificate = pair.GetClientCertificate
 	}
 	return cfg, nil

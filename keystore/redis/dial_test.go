@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/internal/syncbuf"
 )
 
 func TestDialRefusesBadOptions(t *testing.T) {
@@ -233,7 +235,10 @@ func TestDialRereadsARenewedClientCertificate(t *testing.T) {
 		require.NoError(t, err)
 	}
 	install(srv.TLS.ClientCert, srv.TLS.ClientKey)
-	c := dial(t, Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA, CertFile: cert, KeyFile: key}, DialTimeout: 10 * time.Second, ReadTimeout: 5 * time.Second})
+	var logs syncbuf.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	c := dial(t, Options{URL: srv.URL(0), TLS: TLSOptions{CAFile: srv.TLS.CA, CertFile: cert, KeyFile: key, Logger: logger},
+		DialTimeout: 10 * time.Second, ReadTimeout: 5 * time.Second})
 	require.NoError(t, c.Ping(t.Context()).Err())
 
 	install(untrusted.ClientCert, untrusted.ClientKey)
@@ -241,6 +246,14 @@ func TestDialRereadsARenewedClientCertificate(t *testing.T) {
 
 	install(srv.TLS.ClientCert, srv.TLS.ClientKey)
 	require.NoError(t, c.Ping(t.Context()).Err(), "the renewed certificate was not picked up")
+	require.Contains(t, logs.String(), "certificate files reloaded")
+
+	// A renewal that does not load (a certificate beside another's key)
+	// keeps the pair in use, and the log says so.
+	install(srv.TLS.ClientCert, untrusted.ClientKey)
+	require.NoError(t, c.Ping(t.Context()).Err(), "the pair in use was not kept")
+	require.Contains(t, logs.String(), "certificate files changed but do not load")
+	require.Contains(t, logs.String(), "store.redis.tls")
 }
 
 func TestDialAuthenticatesWithThePassword(t *testing.T) {
