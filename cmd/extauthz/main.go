@@ -43,7 +43,7 @@ func main() {
 }
 
 // stopOnSignal returns a context that ends at the first SIGINT or SIGTERM:
-// a command stops its work, serve drains (up to about 30 s). A second one
+// a command stops its work, serve drains (up to about 25 s). A second one
 // exits at once with status 1, having said so through onSecondSignal, as
 // Caddy and Docker do: an operator who sends it again has chosen not to
 // wait for the drain, and must not find the signal swallowed.
