@@ -681,7 +681,10 @@ const maxOwnerScan = 100000
 func (m *Manager) LiveLine(ctx context.Context, k *Key) (later, earlier []*Key, err error) {
 	now := m.now()
 	for n, next := 0, k.RotatedTo; next != ""; n++ {
-		e, err := m.Store.Get(ctx, next)
+		var e *Key
+		if n < lineSteps {
+			e, err = m.Store.Get(ctx, next)
+		}
 		if n == lineSteps || errors.Is(err, ErrNotFound) {
 			if later, err = m.liveLaterKeys(ctx, k, now); err != nil {
 				return nil, nil, err
