@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"iter"
 	"strings"
 	"time"
 )
@@ -111,17 +112,14 @@ func (f Format) Check(key string) error {
 // What comes before or after does not matter, so no joining character
 // hides one.
 func (f Format) ContainsKey(s string) bool {
-	marker := f.prefix + "_"
-	n := len(marker) + randomLen + checksumLen
-	for i := strings.Index(s, marker); i >= 0 && len(s)-i >= n; {
+	n := len(f.prefix) + 1 + randomLen + checksumLen
+	for i := range f.markers(s) {
+		if len(s)-i < n {
+			break // and so is every later one
+		}
 		if f.Check(s[i:i+n]) == nil {
 			return true
 		}
-		j := strings.Index(s[i+1:], marker)
-		if j < 0 {
-			break
-		}
-		i += 1 + j
 	}
 	return false
 }
@@ -136,21 +134,33 @@ func (f Format) ContainsKey(s string) bool {
 // request (what to strip, what to refuse) use ContainsKey, which a
 // lookalike never sets off.
 func (f Format) ResemblesKey(s string) bool {
-	marker := f.prefix + "_"
-	for i := strings.Index(s, marker); i >= 0; {
+	for i := range f.markers(s) {
 		n := 0
-		for j := i + len(marker); j < len(s) && isBase62(s[j]); j++ {
+		for j := i + len(f.prefix) + 1; j < len(s) && isBase62(s[j]); j++ {
 			if n++; n >= resembleLen {
 				return true
 			}
 		}
-		j := strings.Index(s[i+1:], marker)
-		if j < 0 {
-			break
-		}
-		i += 1 + j
 	}
 	return false
+}
+
+// markers yields the index of each place in s where the prefix and its
+// underscore start, overlapping ones included, in order.
+func (f Format) markers(s string) iter.Seq[int] {
+	marker := f.prefix + "_"
+	return func(yield func(int) bool) {
+		for i := strings.Index(s, marker); i >= 0; {
+			if !yield(i) {
+				return
+			}
+			j := strings.Index(s[i+1:], marker)
+			if j < 0 {
+				return
+			}
+			i += 1 + j
+		}
+	}
 }
 
 // resembleLen is how many base62 characters after the prefix make a
