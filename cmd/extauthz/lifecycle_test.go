@@ -88,13 +88,7 @@ func TestASecondSignalExitsAtOnce(t *testing.T) {
 	for _, sigs := range [][2]os.Signal{{syscall.SIGTERM, syscall.SIGTERM}, {os.Interrupt, syscall.SIGTERM}, {syscall.SIGTERM, os.Interrupt}} {
 		t.Run(fmt.Sprintf("%s then %s", sigs[0], sigs[1]), func(t *testing.T) {
 			c := startServeChild(t, fmt.Sprintf("store: {path: %q}\n%s", filepath.Join(t.TempDir(), "k.db"), testRoutes))
-			conn, err := grpc.NewClient(c.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			require.NoError(t, err)
-			defer conn.Close()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			_, err = conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, authv3.Authorization_Check_FullMethodName)
-			require.NoError(t, err)
+			holdACheck(t, c.grpcAddr)
 
 			require.NoError(t, c.cmd.Process.Signal(sigs[0]))
 			select {
@@ -176,13 +170,7 @@ func TestTheHTTPListenerStopsWithTheGRPCOne(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, code)
 
-	conn, err := grpc.NewClient(c.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, err = conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, authv3.Authorization_Check_FullMethodName)
-	require.NoError(t, err)
+	release := holdACheck(t, c.grpcAddr)
 	require.NoError(t, c.cmd.Process.Signal(syscall.SIGTERM))
 	require.Eventually(t, func() bool { _, err := get(); return err != nil }, 2*time.Second, 20*time.Millisecond,
 		"the HTTP listener still answers while the gRPC drain waits")
@@ -191,8 +179,23 @@ func TestTheHTTPListenerStopsWithTheGRPCOne(t *testing.T) {
 		t.Fatalf("the drain did not wait for the gRPC call in flight:\n%s", c.stderr.String())
 	default:
 	}
-	cancel() // the call ends, and with it the drain
+	release() // the call ends, and with it the drain
 	code, sig := c.waitExit(t, 15*time.Second)
 	assert.Nil(t, sig)
 	assert.Equal(t, 0, code, c.stderr.String())
+}
+
+// holdACheck opens a Check call to the gRPC server at addr whose message
+// never comes, which a graceful stop waits for (up to its bound), until
+// the returned release, or the test's end.
+func holdACheck(t *testing.T, addr string) (release func()) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	_, err = conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, authv3.Authorization_Check_FullMethodName)
+	require.NoError(t, err)
+	return cancel
 }
