@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -286,4 +288,38 @@ func TestAKeyWhoseRecordRequiresANewerVersionIsRefusedNotDecided(t *testing.T) {
 	set(recKey, string(plain))
 	rename("batch-3")
 	require.Eventually(t, func() bool { _, _, status = check(); return status == 200 }, 2*time.Second, 10*time.Millisecond)
+}
+
+// After an upgrade, a keys command of the newer version run before the
+// server was restarted migrates the embedded store past the schema the
+// server knows, and may restrict a key in a column of its own. The running
+// server must not decide that key by the columns it can read (it allowed
+// it): over gRPC the key answers 503 unavailable, and /readyz says 503.
+func TestAServerDecidesNoKeyOfAStoreANewerVersionMigrated(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
+	secret, k := ts.create(t, keystore.Spec{Name: "bound", Permissions: []string{"read:users"}})
+	h := keystore.NewHasher(ts.cfg.Hashing.Pepper).Hash(secret)
+
+	db, err := sql.Open("sqlite", ts.cfg.Store.Path)
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(fmt.Sprintf(`BEGIN IMMEDIATE;
+		ALTER TABLE keys ADD COLUMN bound_to TEXT NOT NULL DEFAULT '';
+		UPDATE keys SET bound_to = 'spiffe://only/this' WHERE id = '%s';
+		INSERT INTO changes (hash, at) VALUES (x'%s', %d);
+		PRAGMA user_version = 1000;
+		COMMIT`, k.ID, h.String(), time.Now().UnixNano()))
+	require.NoError(t, err)
+
+	deny := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret}).GetDeniedResponse()
+	require.NotNil(t, deny, "a key restricted by a newer version is not allowed by what this one can read")
+	require.Equal(t, "unavailable", headerMap(deny.GetHeaders())["x-authz-code"])
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(ts.httpURL + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, 3*time.Second, 50*time.Millisecond, "/readyz says 503")
 }

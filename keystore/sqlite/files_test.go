@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -327,4 +328,118 @@ func newClosedStore(t *testing.T) string {
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
 	return path
+}
+
+// A newer extauthz (its keys command, run after an upgrade before the
+// servers are restarted) migrates the file past the schema this process
+// knows, and may then store in a column of its own a restriction this
+// process cannot read. A process that opens such a file refuses it; one
+// that had it open before must not go on deciding keys by the columns it
+// knows. Whichever of its calls first reads the new version (a lookup or a
+// get of a key the newer version stored, a write, Ping, the Watch's poll)
+// says so, and from then on every call does.
+func TestAStoreMigratedByANewerVersionWhileOpenStopsAnswering(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		first func(ctx context.Context, s *Store, id string, h keystore.Hash) error
+	}{
+		{"a lookup of a key it stored", func(ctx context.Context, s *Store, _ string, h keystore.Hash) error {
+			_, err := s.Lookup(ctx, h)
+			return err
+		}},
+		{"a get of a key it stored", func(ctx context.Context, s *Store, id string, _ keystore.Hash) error {
+			_, err := s.Get(ctx, id)
+			return err
+		}},
+		{"a write", func(ctx context.Context, s *Store, _ string, _ keystore.Hash) error {
+			k, h := testKey(t)
+			return s.Create(ctx, k, h, 0)
+		}},
+		{"a ping", func(ctx context.Context, s *Store, _ string, _ keystore.Hash) error {
+			return s.Ping(ctx)
+		}},
+		{"the watch", func(ctx context.Context, s *Store, _ string, _ keystore.Hash) error {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			return s.Watch(ctx, func(keystore.Hash) {})
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "extauthz.db")
+			s := openTest(t, path)
+			s.pollInterval = 20 * time.Millisecond
+			ctx := t.Context()
+			old, oldHash := testKey(t)
+			require.NoError(t, s.Create(ctx, old, oldHash, 0))
+
+			k, h := migrateToNewer(t, path)
+			err := tt.first(ctx, s, k.ID, h)
+			require.ErrorIs(t, err, keystore.ErrUnavailable)
+			require.ErrorContains(t, err, fmt.Sprintf("migrated to schema version %d by a newer extauthz", schemaVersion+1))
+			require.ErrorContains(t, err, "restart it with the newer version")
+
+			_, err = s.Lookup(ctx, oldHash)
+			require.ErrorIs(t, err, keystore.ErrUnavailable, "a key it stored before is not answered from then on either")
+			require.ErrorIs(t, s.Ping(ctx), keystore.ErrUnavailable, "nor is the store ready")
+		})
+	}
+}
+
+// migrateToNewer does to the store file at path what a newer version's
+// migration could: a column of its own, a key it restricts by it, and the
+// version. It returns that key and its hash.
+func migrateToNewer(t *testing.T, path string) (*keystore.Key, keystore.Hash) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(`ALTER TABLE keys ADD COLUMN bound_to TEXT NOT NULL DEFAULT ''`)
+	require.NoError(t, err)
+	_, err = db.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion+1))
+	require.NoError(t, err)
+	k, h := testKey(t)
+	_, err = db.Exec(`INSERT INTO keys (id, hash, name, owner, permissions, rate_limit, ip_allowlist, created_at, rotated_from, rotated_to, bound_to)
+		VALUES (?, ?, 'bound', 'alice', '["read:users"]', '', '[]', ?, '', '', 'spiffe://only/this')`, k.ID, h[:], k.CreatedAt.UnixNano())
+	require.NoError(t, err)
+	return k, h
+}
+
+// The command of a newer version that migrates the file may also revoke a
+// key: the Watch of a process that had the file open passes that
+// revocation on before it stops, so the key's cache entry goes.
+func TestAWatchPassesOnTheChangesUpToANewerVersionsMigration(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extauthz.db")
+	s := openTest(t, path)
+	s.pollInterval = 20 * time.Millisecond
+	ctx := t.Context()
+	k, h := testKey(t)
+	require.NoError(t, s.Create(ctx, k, h, 0))
+
+	seen := make(chan keystore.Hash, 16)
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- s.Watch(ctx, func(h keystore.Hash) { seen <- h }) }()
+	require.Equal(t, keystore.Hash{}, <-seen, "the watch has found the log's end")
+
+	// One transaction, as a command that migrates and then revokes
+	// commits both before the next poll.
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(fmt.Sprintf(`BEGIN IMMEDIATE;
+		ALTER TABLE keys ADD COLUMN bound_to TEXT NOT NULL DEFAULT '';
+		PRAGMA user_version = %d;
+		UPDATE keys SET revoked_at = %d, listed = 0 WHERE id = '%s';
+		INSERT INTO changes (hash, at) VALUES (x'%s', %d);
+		COMMIT`, schemaVersion+1, time.Now().UnixNano(), k.ID, h.String(), time.Now().UnixNano()))
+	require.NoError(t, err)
+
+	select {
+	case err := <-watchErr:
+		require.ErrorIs(t, err, keystore.ErrUnavailable)
+		require.ErrorContains(t, err, "by a newer extauthz")
+	case <-time.After(2 * time.Second):
+		t.Fatal("the watch went on reading a file a newer version migrated")
+	}
+	require.Len(t, seen, 1)
+	require.Equal(t, h, <-seen, "the revocation reached the caller")
 }

@@ -19,7 +19,11 @@ func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, err
 	if err := s.lostErr(); err != nil {
 		return nil, fmt.Errorf("look up key hash %s: %w", shortHash(h), err)
 	}
-	k, err := scanKey(s.lookup.QueryRowContext(ctx, h[:]))
+	var v int
+	k, err := scanKey(s.lookup.QueryRowContext(ctx, h[:]), &v)
+	if err == nil {
+		err = s.checkSchema(v)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("look up key hash %s: %w", shortHash(h), err)
 	}
@@ -31,7 +35,11 @@ func (s *Store) Get(ctx context.Context, id string) (*keystore.Key, error) {
 	if err := s.lostErr(); err != nil {
 		return nil, fmt.Errorf("get key %q: %w", id, err)
 	}
-	k, err := scanKey(s.get.QueryRowContext(ctx, id))
+	var v int
+	k, err := scanKey(s.get.QueryRowContext(ctx, id), &v)
+	if err == nil {
+		err = s.checkSchema(v)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("get key %q: %w", id, err)
 	}
@@ -370,6 +378,13 @@ func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 		return dbErr(err)
 	}
 	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(ctx, `SELECT `+userVersion).Scan(&v); err != nil {
+		return dbErr(err)
+	}
+	if err := s.checkSchema(v); err != nil {
+		return err
+	}
 	if err := fn(tx); err != nil {
 		return err
 	}

@@ -76,9 +76,12 @@ type Store struct {
 	// never deletes the -wal and -shm while it is: a file at one of those
 	// paths that is not the one opened, or none, means someone removed or
 	// replaced it, and lost then holds the error every call returns.
-	files [3]os.FileInfo
-	pin   *sql.Conn
-	lost  atomic.Pointer[error]
+	// migrated does so once a newer version has migrated the file
+	// (checkSchema).
+	files    [3]os.FileInfo
+	pin      *sql.Conn
+	lost     atomic.Pointer[error]
+	migrated atomic.Pointer[error]
 
 	closeOnce sync.Once
 	closed    chan struct{} // closed by Close, which ends every Watch
@@ -217,8 +220,8 @@ func (s *Store) setUp(ctx context.Context) error {
 	// Preparing reads the columns: a file whose tables only have the names
 	// of a key store's is refused here, unchanged.
 	var err error
-	if s.lookup, err = s.db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE hash = ?`); err == nil {
-		s.get, err = s.db.Prepare(`SELECT ` + keyColumns + ` FROM keys WHERE id = ?`)
+	if s.lookup, err = s.db.Prepare(`SELECT ` + keyColumns + `, ` + userVersion + ` FROM keys WHERE hash = ?`); err == nil {
+		s.get, err = s.db.Prepare(`SELECT ` + keyColumns + `, ` + userVersion + ` FROM keys WHERE id = ?`)
 	}
 	if err != nil {
 		return dbErr(err)
@@ -275,8 +278,8 @@ func (s *Store) filePaths() [3]string {
 // will read, while two -wal files for one database corrupt it. An error
 // reading a path (not its absence) is reported for this call only.
 func (s *Store) checkFiles() error {
-	if err := s.lostErr(); err != nil {
-		return err
+	if err := s.lost.Load(); err != nil {
+		return *err
 	}
 	for i, p := range s.filePaths() {
 		if s.files[i] == nil {
@@ -292,15 +295,43 @@ func (s *Store) checkFiles() error {
 		lost := fmt.Errorf("%w: %s was removed or replaced while this process had the key store open, so it no longer sees the "+
 			"store others change; restart it to open the files now at the path", keystore.ErrUnavailable, p)
 		s.lost.CompareAndSwap(nil, &lost)
-		return s.lostErr()
+		return *s.lost.Load()
 	}
 	return nil
 }
 
-// lostErr is the error of checkFiles once it found the files replaced, else
+// userVersion is the SQL of the file's schema version, as a value.
+const userVersion = `(SELECT user_version FROM pragma_user_version)`
+
+// checkSchema reports an error wrapping keystore.ErrUnavailable if v, the
+// schema version of the file as just read, is newer than this code's, and
+// from then on for good. A newer extauthz (its keys command, run after an
+// upgrade before the servers are restarted) migrates the file while this
+// process has it open, and may then store restrictions in columns this
+// code does not read: a key decided by the columns it knows would be
+// decided by less than its record says.
+func (s *Store) checkSchema(v int) error {
+	if err := s.migrated.Load(); err != nil {
+		return *err
+	}
+	if v <= schemaVersion {
+		return nil
+	}
+	migrated := fmt.Errorf("%w: %s was migrated to schema version %d by a newer extauthz while this process had it open; "+
+		"this one knows versions up to %d and cannot enforce what the newer one stores: restart it with the newer version",
+		keystore.ErrUnavailable, s.path, v, schemaVersion)
+	s.migrated.CompareAndSwap(nil, &migrated)
+	return *s.migrated.Load()
+}
+
+// lostErr is the error of checkFiles once it found the files replaced, or
+// of checkSchema once it found the file migrated by a newer version, else
 // nil.
 func (s *Store) lostErr() error {
 	if err := s.lost.Load(); err != nil {
+		return *err
+	}
+	if err := s.migrated.Load(); err != nil {
 		return *err
 	}
 	return nil
@@ -358,8 +389,12 @@ func (s *Store) Ping(ctx context.Context) error {
 		return fmt.Errorf("ping %s: %w", s.path, err)
 	}
 	var through int64
-	if err := s.db.QueryRowContext(ctx, `SELECT through FROM changes_trimmed`).Scan(&through); err != nil {
+	var v int
+	if err := s.db.QueryRowContext(ctx, `SELECT through, `+userVersion+` FROM changes_trimmed`).Scan(&through, &v); err != nil {
 		return fmt.Errorf("ping %s: %w", s.path, dbErr(err))
+	}
+	if err := s.checkSchema(v); err != nil {
+		return fmt.Errorf("ping %s: %w", s.path, err)
 	}
 	return nil
 }

@@ -16,8 +16,8 @@ import (
 // it may have missed some: first of all once it has found where the log
 // ends, since what changed before that is unknown to it and its caller may
 // have cached keys already. It returns nil when ctx is done, and an error
-// when the Store is closed first, or its files were removed or replaced
-// (checkFiles).
+// when the Store is closed first, its files were removed or replaced
+// (checkFiles), or a newer version migrated the file (checkSchema).
 func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 	var r readReport
 	pos, err := s.changeHead(ctx)
@@ -37,26 +37,33 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 			return fmt.Errorf("watch %s: store closed", s.path)
 		case <-t.C:
 		}
-		if err := s.checkFiles(); err != nil && s.lostErr() != nil {
+		if err := s.checkFiles(); err != nil && s.lost.Load() != nil {
 			return fmt.Errorf("watch %s: %w", s.path, err)
 		}
 		if !started {
 			// Changes made since Watch was called cannot be known.
 			if pos, err = s.changeHead(ctx); err != nil {
 				r.failed(ctx, s.log, err)
-				continue
+			} else {
+				started = true
+				r.read(s.log)
+				onChange(keystore.Hash{})
 			}
-			started = true
-			r.read(s.log)
-			onChange(keystore.Hash{})
-			continue
-		}
-		// On an error, pos stays where it was and the next poll retries:
-		// nothing is lost while the file cannot be read, only late.
-		if pos, err = s.readChanges(ctx, pos, onChange); err != nil {
+		} else if pos, err = s.readChanges(ctx, pos, onChange); err != nil {
+			// pos stays where it was and the next poll retries: nothing
+			// is lost while the file cannot be read, only late.
 			r.failed(ctx, s.log, err)
 		} else {
 			r.read(s.log)
+		}
+		// After the read, so that the changes made up to a newer version's
+		// migration (the revocation of the command that migrated it) reach
+		// the caller before it stops. (A version that cannot be read
+		// stays 0: the read of the log says why.)
+		var v int
+		_ = s.db.QueryRowContext(ctx, `SELECT `+userVersion).Scan(&v)
+		if err := s.checkSchema(v); err != nil {
+			return fmt.Errorf("watch %s: %w", s.path, err)
 		}
 	}
 }
