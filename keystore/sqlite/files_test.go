@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"modernc.org/sqlite"
 
+	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
 )
 
@@ -177,6 +179,8 @@ func TestWatchForgetsEverythingWhenABackupIsRestoredUnderIt(t *testing.T) {
 	path := filepath.Join(dir, "extauthz.db")
 	server, cli := openTest(t, path), openTest(t, path)
 	server.pollInterval = 20 * time.Millisecond
+	var logged syncbuf.Buffer
+	server.LogTo(slog.New(slog.NewJSONHandler(&logged, nil)))
 	ctx := t.Context()
 	k, h := testKey(t)
 	require.NoError(t, cli.Create(ctx, k, h, 0))
@@ -208,8 +212,14 @@ func TestWatchForgetsEverythingWhenABackupIsRestoredUnderIt(t *testing.T) {
 		require.NoError(t, cli.Create(ctx, k2, h2, 0))
 		require.Equal(t, h2, next())
 	}
+	require.Empty(t, logged.String(), "changes that move the log on are not a restore")
 
 	restore(t, cli, backup)
+	require.True(t, next().IsZero(), "the restore itself is seen")
+	// A key revoked after the backup is live again: the operator is told.
+	require.Contains(t, logged.String(), "went back, as when a backup is restored into it")
+	require.Contains(t, logged.String(), "a key revoked after the backup was made is live again")
+	require.Contains(t, logged.String(), path)
 
 	_, err = (&keystore.Manager{Store: cli, Hasher: hasher}).Revoke(ctx, k.ID, "test")
 	require.NoError(t, err)

@@ -182,6 +182,13 @@ func (s *Store) readChanges(ctx context.Context, pos mark, onChange func(keystor
 	end := endOf(through, last, lastAt, lastHash)
 	// A change at pos trimmed away is no sign: the trim mark says so.
 	if end.seq < pos.seq || pos.hash != nil && pos.seq > through && (!posAt.Valid || posAt.Int64 != pos.at || !bytes.Equal(posHash, pos.hash)) {
+		// The caches forget, but what the backup brings back is the
+		// store's now: an operator must hear that keys revoked since
+		// are live again.
+		if s.log != nil {
+			s.log.Warn("key change feed: the key store's change log went back, as when a backup is restored into it: every key is now as the backup has it, "+
+				"and a key revoked after the backup was made is live again until it is revoked again", "path", s.path)
+		}
 		onChange(keystore.Hash{})
 		return end, nil
 	}
