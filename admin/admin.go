@@ -83,7 +83,8 @@ type Options struct {
 // AuthFailure is a request the admin API refused for its credential: no
 // key, an unknown, revoked or expired one, an address the key's allowlist
 // does not hold (401, 403 ip_not_allowed, 400 for a credential spelt
-// ambiguously), a key without the keys:* permission the route needs, or a
+// ambiguously, 403 browser_request for a request a web page sent), a key
+// without the keys:* permission the route needs, or a
 // key asking for a change beyond what it may make (403 permission_denied:
 // granting what it lacks, loosening its own key, another owner's list), or
 // reaching for another owner's key (answered 404, as an unknown id is,
@@ -318,6 +319,11 @@ func (s *server) handle(rt route) http.HandlerFunc {
 		var c *caller
 		if rt.access != signed {
 			r = r.WithContext(context.WithValue(r.Context(), callKey{}, callOf(r, rt)))
+			if fromBrowserPage(r) {
+				s.authFailed(r, rt, "", http.StatusForbidden, codeFromWebPage)
+				s.writeError(w, r, errFromWebPage)
+				return
+			}
 			var ok bool
 			if c, ok = s.authenticate(w, r, rt); !ok {
 				return
@@ -380,6 +386,26 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			}
 		}
 	}
+}
+
+// fromBrowserPage reports whether r was sent by a web page, as browsers
+// mark such requests: an Origin header (every request but a same-origin
+// GET or HEAD), or Sec-Fetch-Site other than "none" (which is a URL the
+// user typed or bookmarked). No client of the admin API is a web page: it
+// serves none, and answers no CORS preflight. But a page the operator
+// opens may send it requests all the same (an <img> or a form, which need
+// no preflight, from any site to http://localhost:9003, or fetch from a
+// page whose name was rebound to 127.0.0.1), and the browser adds the
+// api_key cookie it holds for localhost, which is one of the default key
+// sources. Such a request would spend that key's rate limit, which its
+// decisions share, or the address's budget of unknown keys: it is refused
+// before anything is read from it.
+func fromBrowserPage(r *http.Request) bool {
+	if _, ok := r.Header["Origin"]; ok {
+		return true
+	}
+	site, ok := r.Header["Sec-Fetch-Site"]
+	return ok && (len(site) != 1 || site[0] != "none")
 }
 
 // authenticate runs the key steps of the decision on r, read as every HTTP
@@ -633,6 +659,7 @@ const (
 	codeMethodNotAllowed authz.Code = "method_not_allowed"
 	codeTooLarge         authz.Code = "payload_too_large"
 	codeUnsupportedMedia authz.Code = "unsupported_media_type"
+	codeFromWebPage      authz.Code = "browser_request"
 	codeKeyLimit         authz.Code = "key_limit_reached"
 	codeChanged          authz.Code = "key_changed"
 	codeRotationPending  authz.Code = "rotation_pending"
@@ -671,6 +698,9 @@ var (
 	// very answer, and the audit hears of the attempt (handle).
 	errNotYours = &apiError{http.StatusNotFound, codeNotFound, "no such key"}
 	errTooLarge = &apiError{http.StatusRequestEntityTooLarge, codeTooLarge, "request body too large"}
+	// errFromWebPage answers a request a browser sent for a web page
+	// (fromBrowserPage).
+	errFromWebPage = &apiError{http.StatusForbidden, codeFromWebPage, "the admin API does not answer requests from web pages (this one carries Origin or Sec-Fetch-Site): call it with curl or another HTTP client"}
 )
 
 func badRequest(field, msg string) *apiError {
