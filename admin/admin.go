@@ -350,6 +350,9 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			err = s.checkQuery(r, rt)
 		}
 		if err == nil {
+			err = checkNoBody(r, rt)
+		}
+		if err == nil {
 			err = rt.serve(s, w, r, c)
 		}
 		if err == nil && c != nil && rt.access == needRead && s.onRead != nil && strings.HasPrefix(rt.Path, "/v1/keys") {

@@ -195,6 +195,18 @@ func (s *server) checkQuery(r *http.Request, rt route) error {
 	return nil
 }
 
+// checkNoBody refuses a body sent to a route that reads none (GET, HEAD,
+// DELETE), for the reason checkQuery refuses an unknown parameter: a body
+// passed over would be settings the caller believes it made. GET /v1/keys
+// with {"owner": "team-a"} would list every owner's keys, and a script
+// that revokes what it lists would revoke them all.
+func checkNoBody(r *http.Request, rt route) error {
+	if rt.Method != "GET" && rt.Method != "DELETE" || r.ContentLength == 0 {
+		return nil
+	}
+	return badRequest("body", "this route takes no body (GET /v1/keys takes its settings in the query string)")
+}
+
 // listKeys is GET /v1/keys; checkQuery has checked its query.
 func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) error {
 	q, err := url.ParseQuery(r.URL.RawQuery)

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -59,6 +60,53 @@ func TestEveryRouteRefusesQueryParametersItDoesNotTake(t *testing.T) {
 			}
 			r := e.send("POST", "/v1/keys/"+target+"/rotate?api_key="+e.root, "", `{"grace": "0s"}`)
 			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		})
+	})
+}
+
+// A body sent to a route that reads none is refused, as an unknown query
+// parameter is: {"owner": "team-a"} passed over would list every owner's
+// keys to a caller who asked for one owner's.
+func TestARouteThatReadsNoBodyRefusesOne(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		_, target := e.create(keystore.Spec{Name: "target", Owner: "team-b", Permissions: []string{"x"}})
+		for _, rt := range keyRoutes() {
+			if rt.Method != "GET" && rt.Method != "DELETE" {
+				continue
+			}
+			path := strings.ReplaceAll(rt.Path, "{id}", target)
+			for _, method := range []string{rt.Method, map[string]string{"GET": "HEAD"}[rt.Method]} {
+				if method == "" {
+					continue
+				}
+				for _, tc := range []struct {
+					name string
+					body func() io.Reader
+				}{
+					{"with a length", func() io.Reader { return strings.NewReader(`{"owner": "team-a"}`) }},
+					{"chunked", func() io.Reader { return io.MultiReader(strings.NewReader(`{"owner": "team-a"}`)) }},
+				} {
+					t.Run(method+" "+rt.Path+" "+tc.name, func(t *testing.T) {
+						req, err := http.NewRequest(method, e.url+path, tc.body())
+						require.NoError(t, err)
+						req.Header.Set("x-api-key", e.root)
+						req.Header.Set("Content-Type", "application/json")
+						resp, err := http.DefaultClient.Do(req)
+						require.NoError(t, err)
+						defer resp.Body.Close()
+						require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+						assert.Equal(t, "bad_request", resp.Header.Get("x-authz-code"))
+					})
+				}
+			}
+		}
+		k, err := e.store.Get(context.Background(), target)
+		require.NoError(t, err)
+		assert.Nil(t, k.RevokedAt, "a DELETE with a body revoked nothing")
+
+		t.Run("an empty body, Content-Length: 0, is no body", func(t *testing.T) {
+			r := e.send("DELETE", "/v1/keys/"+target, e.root, "")
+			assert.Equal(t, http.StatusOK, r.status, "%s", r)
 		})
 	})
 }
