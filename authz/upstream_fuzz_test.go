@@ -498,8 +498,8 @@ func TestPHPModelsServeThePathInfo(t *testing.T) {
 // container, Go's ServeMux, a router that takes the path literally
 // (Express, Flask) or a case-insensitive upstream would route the same
 // request (see checkAgainstUpstreams). The checked-in seeds are the
-// bypasses of issue 11 and their variants; every plain test run replays
-// them.
+// path bypasses found in review and their variants; every plain test run
+// replays them.
 func FuzzRouteAgainstUpstreams(f *testing.F) {
 	for _, s := range modelSeeds {
 		for sel := range 30 {

@@ -37,7 +37,7 @@ func TestTheTableTakesTheBestRound(t *testing.T) {
 	}
 }
 
-// Issue 15's targets are ratios to servers of the same run: the no-op for
+// The ratio targets are ratios to servers of the same run: the no-op for
 // server CPU and p99, the peer for Redis CPU.
 func TestIssue15TargetsAreRatiosOfTheSameRun(t *testing.T) {
 	// result makes a scenario's result of one round: checks in each

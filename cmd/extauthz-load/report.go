@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// Targets of issue 6, checked by the bench table.
+// The bench table's absolute targets: CPU per check against the no-op's,
+// and a p99 in milliseconds at a fixed open-loop rate.
 const (
 	targetCachedRatio = 1.3                  // CPU per check with a cached key, × the no-op
 	targetRLRatio     = 2.0                  // with Redis rate limiting, × the no-op
@@ -17,7 +18,7 @@ const (
 	targetRate        = 5000
 )
 
-// Targets of issue 15 (the Redis path at its limit): ratios of one run, so
+// The bench table's ratio targets (the Redis path at its limit): ratios of one run, so
 // that they hold on any machine. They apply to the scenarios of evenly used
 // keys limited in Redis (the case a few hot keys' leases do not cover) and
 // to the scale scenario.
@@ -86,7 +87,7 @@ func counts(m map[string]uint64) string {
 	return strings.Join(parts, ", ")
 }
 
-// printTable writes the comparison of issue 6: one row per scenario, CPU
+// printTable writes the comparison: one row per scenario, CPU
 // per check as a ratio to the no-op server measured in the same run.
 func printTable(w io.Writer, results []*ScenarioResult, o BenchOptions) {
 	noop := noopOf(results)
@@ -139,9 +140,9 @@ func noopOf(results []*ScenarioResult) *ScenarioResult {
 	return nil
 }
 
-// verdicts compares the figures with issue 6's targets.
+// verdicts compares the figures with the absolute targets.
 func verdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
-	fmt.Fprintln(w, "\ntargets (issue 6):")
+	fmt.Fprintln(w, "\ntargets:")
 	for _, r := range results {
 		sc := r.Scenario
 		if sc.Noop || sc.Peer { // the targets are extauthz's
@@ -175,7 +176,7 @@ func verdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult) {
 	}
 }
 
-// ratioVerdicts compares the figures with issue 15's targets, each a ratio
+// ratioVerdicts compares the figures with the ratio targets, each a ratio
 // to a server measured in the same run: the no-op, or the peer. Like CPU,
 // each side's p99 is its best round's: a stall of a second on a shared
 // machine (the no-op once read p99 71.8 ms in one round and 5.5 ms in the
@@ -187,7 +188,7 @@ func ratioVerdicts(w io.Writer, results []*ScenarioResult, noop *ScenarioResult)
 			peer = r
 		}
 	}
-	fmt.Fprintln(w, "\ntargets (issue 15, ratios of this run):")
+	fmt.Fprintln(w, "\ntargets (ratios of this run):")
 	line := func(title, what string, x, limit float64, than string) {
 		fmt.Fprintf(w, "  %-46s %-28s %.2f× %-8s (≤ %.1f×)  %s\n", title, what, x, than, limit, pass(x <= limit))
 	}

@@ -71,7 +71,7 @@ var scenarios = []Scenario{
 	{Name: "embedded-rl", Title: "embedded store, cached key, local rate limit", Store: "embedded", KeyRate: highRate},
 	{Name: "redis", Title: "Redis store, cached key", Store: "redis", KeyRate: "none"},
 	{Name: "redis-rl", Title: "Redis store + Redis rate limiting", Store: "redis", KeyRate: highRate},
-	// Issue 15: the Redis limiter at its limit. A fleet's keys each see a
+	// The Redis limiter at its limit. A fleet's keys each see a
 	// few checks a second. redis-even gives 1000 keys used evenly a limit
 	// too small to lease (ratelimit/redis/lease.go), so every check is one
 	// round trip of the limiter; the peer does the same job. redis-even-lease
@@ -96,7 +96,7 @@ const exactRate = "199/s"
 // gives them long leases.
 const quietRate = "3999/s"
 
-// scaleScenario is issue 6's scale run: 1M keys in Redis, a cache of 100k,
+// scaleScenario is the scale run: 1M keys in Redis, a cache of 100k,
 // Zipf traffic. It is left out unless asked for (--scale).
 func scaleScenario(keys, cacheSize int, ttl time.Duration, zipf float64, rate string) Scenario {
 	title := fmt.Sprintf("Redis, %s keys, cache %s, Zipf s=%g", count(keys), count(cacheSize), zipf)

@@ -91,7 +91,7 @@ func hdr(kv ...string) [][2]string {
 	return out
 }
 
-// bypassAttempts are the classes of issue 11 and 17, each with its
+// bypassAttempts are the classes of bypass found in review, each with its
 // variants and encodings. Every row asserts who may pass.
 func bypassAttempts() []attempt {
 	deny := func(name, paths, method, path string, h [][2]string, status int, code string, via ...string) attempt {

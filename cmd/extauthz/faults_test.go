@@ -270,7 +270,7 @@ var faultKinds = []faultKind{
 	{"blackholed", func(r *faultRig) { r.proxy.Blackhole() }, func(r *faultRig) { r.proxy.Heal() }},
 }
 
-// TestFaultRedisFailsUnderLoad is the scenario of issue 6 for each fault,
+// TestFaultRedisFailsUnderLoad runs the Redis-failure-under-load scenario for each fault,
 // with on_store_error: local.
 func TestFaultRedisFailsUnderLoad(t *testing.T) {
 	for _, f := range faultKinds {
