@@ -264,7 +264,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jsonOut := fs.String("json", "", "also write every figure as JSON to this file")
 	var variants listFlag
 	fs.Var(&variants, "variant", "NAME=BINARY: also run each extauthz scenario with this build (repeatable), to measure a change side by side")
-	rateLimitBin := fs.String("ratelimit", "", "envoyproxy/ratelimit's service_cmd, for the ratelimit scenario (default: service_cmd in $GOBIN or $(go env GOPATH)/bin; build it with `"+rateLimitInstall+"`)")
+	rateLimitBin := fs.String("ratelimit", "", "the `PATH` of envoyproxy/ratelimit's service_cmd, for the ratelimit scenario (default: service_cmd in $GOBIN or $(go env GOPATH)/bin; build it with: "+rateLimitInstall+")")
 	rateLimitWindow := fs.Duration("ratelimit-pipeline-window", 150*time.Microsecond, "REDIS_PIPELINE_WINDOW of the ratelimit scenario: its README recommends 150us-500us for throughput; 0 is its default, no write buffering")
 	noopWorkers := fs.Int("noop-stream-workers", 64, "grpc.NumStreamWorkers of the no-op server (extauthz serve uses 64; keep them equal)")
 	var serverEnv listFlag
