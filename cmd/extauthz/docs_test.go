@@ -205,3 +205,96 @@ func TestTheCommandTablesAreTheCommandLine(t *testing.T) {
 		walk(root)
 	}
 }
+
+// Every extauthz command line the docs show, in a shell block or as code in
+// running text ("`extauthz keys create --json`"), names a command there is
+// and only flags it takes; every `make` target they name is the Makefile's.
+// A reader copies them as written.
+func TestTheCommandLinesOfTheDocsRun(t *testing.T) {
+	root := newRootCmd(io.Discard, io.Discard)
+	top := filepath.Join("..", "..")
+	pages, err := filepath.Glob(filepath.Join(top, "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"README.md", "cmd/extauthz-load/README.md", "deploy/proxies/README.md", "deploy/proxies/envoy-http-service.md"} {
+		pages = append(pages, filepath.Join(top, p))
+	}
+	makefile, err := os.ReadFile(filepath.Join(top, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shell := map[string]bool{"sh.": true, "shell.": true, "bash.": true, "console.": true}
+	span := regexp.MustCompile("`((?:go run \\./cmd/)?extauthz [a-z][^`]*)`")
+	// extauthz as a command: at the start of a line or a span, or after
+	// "./cmd/", "bin/" or "$(" (not after a space: `helm install extauthz`
+	// names a release), and followed by a word.
+	invocation := regexp.MustCompile(`(?:^\s*|/|\$\()extauthz ([a-z][^|#)\n]*)`)
+	makeTarget := regexp.MustCompile("`make ([a-z][a-z-]*)")
+	lines := 0
+	for _, page := range pages {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var shown []string
+		fence := "" // the language of the block a line is in
+		for _, line := range strings.Split(string(b), "\n") {
+			if l, ok := strings.CutPrefix(strings.TrimSpace(line), "```"); ok {
+				if fence == "" {
+					fence = l + "."
+				} else {
+					fence = ""
+				}
+				continue
+			}
+			if shell[fence] {
+				shown = append(shown, line)
+			}
+		}
+		for _, m := range span.FindAllStringSubmatch(string(b), -1) {
+			if !strings.HasPrefix(m[0], "`extauthz ") || !strings.Contains(m[1], "\\|") {
+				shown = append(shown, m[1]) // not a table row: TestTheCommandTablesAreTheCommandLine reads those
+			}
+		}
+		for _, line := range shown {
+			for _, m := range invocation.FindAllStringSubmatch(line, -1) {
+				lines++
+				checkCommandLine(t, root, rel(top, page), m[1])
+			}
+		}
+		for _, m := range makeTarget.FindAllStringSubmatch(string(b), -1) {
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(m[1]) + `:`).Match(makefile) {
+				t.Errorf("%s names `make %s`, and the Makefile has no target %s", rel(top, page), m[1], m[1])
+			}
+		}
+	}
+	if lines < 15 {
+		t.Fatalf("found %d extauthz command lines in the docs; the patterns no longer find them", lines)
+	}
+}
+
+// checkCommandLine reports a command line of a page ("keys create --name
+// demo --json") whose command does not exist or which gives it a flag it
+// does not take.
+func checkCommandLine(t *testing.T, root *cobra.Command, page, line string) {
+	t.Helper()
+	var words []string
+	fields := strings.Fields(line)
+	for _, w := range fields {
+		if !regexp.MustCompile(`^[a-z]+$`).MatchString(w) {
+			break
+		}
+		words = append(words, w)
+	}
+	cmd, rest, err := root.Find(words)
+	if err != nil || cmd == root || len(rest) > 0 && (cmd.HasSubCommands() || cmd.ValidateArgs(rest) != nil) {
+		t.Errorf("%s shows `extauthz %s`, and there is no command %q", page, line, strings.Join(words, " "))
+		return
+	}
+	for _, f := range regexp.MustCompile(`(?:^|[\s\[|])--([a-z][a-z-]*)`).FindAllStringSubmatch(line, -1) {
+		if f[1] != "help" && cmd.Flags().Lookup(f[1]) == nil && cmd.InheritedFlags().Lookup(f[1]) == nil {
+			t.Errorf("%s shows `extauthz %s`, and `%s` does not take --%s", page, line, cmd.CommandPath(), f[1])
+		}
+	}
+}
