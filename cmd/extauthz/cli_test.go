@@ -1268,3 +1268,35 @@ func TestRevokingOneKeyOfALineNamesTheKeysOfItThatStillWork(t *testing.T) {
 	lone := made("keys", "create", "--name", "lone", "--perm", "x")
 	assert.NotContains(t, revoke(lone), "note:")
 }
+
+// An error about the config file names it, whatever its name: a file name
+// of 16 or more of a key's characters ("extauthz-staging.yaml") was taken
+// for a pasted key and the error read "[redacted: may be a key]: ...". A
+// key given where a path goes, which names no file, is still never echoed.
+func TestAnErrorAboutTheConfigFileNamesIt(t *testing.T) {
+	dir := t.TempDir()
+	const name = "extauthz-staging.yaml"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte("routes: [{path: /a, permision: [x]}]\n"), 0o600))
+	t.Chdir(dir)
+	for _, args := range [][]string{
+		{"config", "check", "--config", name},
+		{"config", "check", "--config=" + name},
+		{"serve", "--config", name},
+		{"keys", "list", "--config", name},
+	} {
+		_, errOut, code := cliRun(t, args...)
+		assert.Equal(t, 1, code, errOut)
+		assert.Contains(t, errOut, name+": routes[0].permision: unknown field", "extauthz %s", strings.Join(args, " "))
+	}
+
+	const pasted = "sk_0123456789012345678901234567890123456789012345678"
+	for _, args := range [][]string{
+		{"config", "check", "--config", pasted},
+		{"keys", "list", "--config=" + pasted},
+	} {
+		_, errOut, code := cliRun(t, args...)
+		assert.NotZero(t, code, errOut)
+		assert.NotContains(t, errOut, pasted, "a key given as a path is never echoed")
+		assert.Contains(t, errOut, "[redacted: may be a key]")
+	}
+}

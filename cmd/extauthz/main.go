@@ -195,8 +195,9 @@ func noArgs(c *cobra.Command, args []string) error {
 // key id, which is public. A value is searched word by word too, since a
 // key pasted into a list or a rate ("--ip 10.0.0.1,sk_...", "--rate
 // sk_.../m") is quoted whole by the error that refuses it; file paths (the
-// values of --config, --client-cert, --client-key) only as a whole, so that
-// an error about a file still names it.
+// values of --config, --client-cert, --client-key) only as a whole, and not
+// when they name a file there is, so that an error about a file still names
+// it ("extauthz-staging.yaml: ...": a key is no file's name).
 func redactArgs(msg string, args []string) string {
 	redact := func(w string) {
 		if mayBeKey(w) {
@@ -214,10 +215,13 @@ func redactArgs(msg string, args []string) string {
 			isPath = pathFlags[strings.TrimLeft(a, "-")]
 		}
 		a = strings.TrimLeft(a, "-")
-		redact(a)
 		if path {
+			if _, err := os.Stat(a); err != nil {
+				redact(a)
+			}
 			continue
 		}
+		redact(a)
 		for _, w := range strings.FieldsFunc(a, func(r rune) bool { return !isKeyChar(r) }) {
 			redact(w)
 		}
