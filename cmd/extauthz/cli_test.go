@@ -1299,4 +1299,12 @@ func TestAnErrorAboutTheConfigFileNamesIt(t *testing.T) {
 		assert.NotContains(t, errOut, pasted, "a key given as a path is never echoed")
 		assert.Contains(t, errOut, "[redacted: may be a key]")
 	}
+
+	// A file named after the key it holds names a file, and is still never
+	// echoed.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, pasted+".yaml"), []byte("routes: [{path: /a, permision: [x]}]\n"), 0o600))
+	_, errOut, code := cliRun(t, "config", "check", "--config", pasted+".yaml")
+	assert.Equal(t, 1, code, errOut)
+	assert.NotContains(t, errOut, pasted)
+	assert.Contains(t, errOut, "[redacted: may be a key]")
 }

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -216,7 +217,7 @@ func redactArgs(msg string, args []string) string {
 		}
 		a = strings.TrimLeft(a, "-")
 		if path {
-			if _, err := os.Stat(a); err != nil {
+			if _, err := os.Stat(a); err != nil || keyLikeRun.MatchString(a) {
 				redact(a)
 			}
 			continue
@@ -228,6 +229,12 @@ func redactArgs(msg string, args []string) string {
 	}
 	return msg
 }
+
+// keyLikeRun matches what looks like a generated key of any prefix: a
+// prefix, an underscore and 22 or more base62 characters (more than half
+// of a key's secret). A file may be named after the key it holds; its
+// name is redacted even though it names a file.
+var keyLikeRun = regexp.MustCompile(`[A-Za-z0-9]{1,16}_[A-Za-z0-9]{22,}`)
 
 // pathFlags are the flags whose values are file paths.
 var pathFlags = map[string]bool{"config": true, "client-cert": true, "client-key": true}
