@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -108,7 +109,7 @@ func (r *Limiter) shared(ctx context.Context, q *queue, limits []ratelimit.Limit
 		if rep.err != nil && callerGaveUp(ctx) {
 			return ratelimit.Result{}, 0, 0, context.DeadlineExceeded
 		}
-		return r.result(limits, n, rep)
+		return r.result(limits, n, want, rep)
 	}
 	q.pending = append(q.pending, c)
 	q.mu.Unlock()
@@ -130,7 +131,7 @@ func (r *Limiter) shared(ctx context.Context, q *queue, limits []ratelimit.Limit
 		c.timer.Stop()
 		return ratelimit.Result{}, 0, 0, ctx.Err()
 	}
-	return r.result(limits, n, rep)
+	return r.result(limits, n, want, rep)
 }
 
 // newCall is the script's part of a check of limits, n of them enforced,
@@ -176,9 +177,13 @@ func callerGaveUp(ctx context.Context) bool {
 	return ok && !time.Now().Before(dl)
 }
 
-// result reads the script's reply for limits: the Result, how many
-// requests were granted and how long until the sub-window ends.
-func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.Result, int64, time.Duration, error) {
+// result reads the script's reply for limits, asking for want requests:
+// the Result, how many requests were granted and how long until the
+// sub-window ends. A reply the script does not give (a grant of fewer than
+// none or more than want, a denial that names no exhausted limit) is an
+// error, decided as Redis failing: go-redis reads a nil as 0, so a reply of
+// nils (or zeros) would otherwise be a check that no limit refused.
+func (r *Limiter) result(limits []ratelimit.Limit, n int, want int64, rep reply) (ratelimit.Result, int64, time.Duration, error) {
 	if rep.err != nil {
 		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: %w", rep.err)
 	}
@@ -187,6 +192,9 @@ func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.
 	}
 	p := ratelimit.NewPicker()
 	granted := rep.vals[0]
+	if granted < 0 || granted > want {
+		return ratelimit.Result{}, 0, 0, fmt.Errorf("rate-limit check: script granted %d requests of %d asked", granted, want)
+	}
 	k := 0
 	for i := range limits {
 		l := &limits[i]
@@ -200,6 +208,9 @@ func (r *Limiter) result(limits []ratelimit.Limit, n int, rep reply) (ratelimit.
 		} else if held >= l.Rate.N {
 			p.Exhausted(l, ratelimit.FromMicros(t))
 		}
+	}
+	if granted == 0 && !p.Denied() {
+		return ratelimit.Result{}, 0, 0, errors.New("rate-limit check: script denied the check with no limit exhausted")
 	}
 	return p.Result(), granted, ratelimit.FromMicros(rep.vals[1]), nil
 }
@@ -288,16 +299,22 @@ func (r *Limiter) run(ctx context.Context, batch []*call) {
 		defer cancel()
 		r.calls.Add(1)
 		vals, err := allow(ctx, r.client, batchArgs(batch, now)).Result()
+		// The checks' values follow one another: a reply of another
+		// length than theirs together is not the script's, and any
+		// check's values read from it could be another's.
+		need := 0
+		for _, c := range batch {
+			need += 2 + 2*len(c.keys)
+		}
+		if err == nil && len(vals) != need {
+			err = fmt.Errorf("script returned %d values for a batch of %d checks, not %d", len(vals), len(batch), need)
+		}
 		for _, c := range batch {
 			if err != nil {
 				c.reply <- reply{err: err}
 				continue
 			}
 			k := 2 + 2*len(c.keys)
-			if len(vals) < k {
-				c.reply <- reply{err: fmt.Errorf("script returned %d values for a batch of %d checks", len(vals), len(batch))}
-				continue
-			}
 			c.reply <- reply{vals: vals[:k:k]}
 			vals = vals[k:]
 		}
