@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -82,6 +83,81 @@ func TestARateLimitReplyOfAnotherShapeIsAStoreFailure(t *testing.T) {
 			// A check Redis answers itself: the breaker's count of failures
 			// starts again, so that every case reaches Redis.
 			require.Empty(t, check(), "allowed again with Redis's own replies")
+		})
+	}
+}
+
+// TestAChangeOfAnUnreadableFormStillReachesTheCache revokes cached keys
+// as another writer would (a newer version, whose change entries this one
+// may not read, or one whose entry was damaged): a key's record is
+// rewritten in Redis and the change stream gets an entry that names no key
+// this version can read. The server must forget what it cached rather than
+// skip the entry: skipped, the revoked key stayed allowed until its cache
+// entry expired (here an hour).
+func TestAChangeOfAnUnreadableFormStillReachesTheCache(t *testing.T) {
+	r := redistest.Start(t)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"u:\"}}\n", r.URL(0))+
+		"cache: {ttl: 1h}\n"+testRoutes)
+	cases := []struct {
+		name  string
+		entry func(hexHash string) []string // the entry's fields and values
+	}{
+		{"a hash that is not hex", func(string) []string { return []string{"h", "not a hash"} }},
+		{"an empty hash", func(string) []string { return []string{"h", ""} }},
+		{"a hash one byte long", func(h string) []string { return []string{"h", h + "00"} }},
+		{"a hash one byte short", func(h string) []string { return []string{"h", h[:len(h)-2]} }},
+		{"the zero hash", func(h string) []string { return []string{"h", strings.Repeat("0", len(h))} }},
+		{"the hash under another field", func(h string) []string { return []string{"hash", h} }},
+		{"the hash with a field of another kind", func(h string) []string { return []string{"v", "2", "hs", h} }},
+	}
+	check := func(key string) string {
+		code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
+		return code
+	}
+	// revoke rewrites the record of the key id as revoked, and adds entry
+	// (of the record's hash hex) to the change stream.
+	revoke := func(t *testing.T, id string, entry func(string) []string) {
+		hexHash, err := r.QueryString("GET", "u:{keys}:id:"+id)
+		require.NoError(t, err)
+		record := "u:{keys}:h:" + hexHash
+		raw, err := r.QueryString("GET", record)
+		require.NoError(t, err)
+		revoked := strings.Replace(raw, `"revoked_at":null`, `"revoked_at":"2020-01-01T00:00:00Z"`, 1)
+		require.NotEqual(t, raw, revoked, "the record %s names revoked_at", raw)
+		_, err = r.Query("SET", record, revoked)
+		require.NoError(t, err)
+		_, err = r.Query(append([]string{"XADD", "u:{keys}:changes", "*"}, entry(hexHash)...)...)
+		require.NoError(t, err)
+	}
+	refused := func(t *testing.T, key string) {
+		var code string
+		require.Eventually(t, func() bool { code = check(key); return code != "" }, 3*time.Second, 20*time.Millisecond,
+			"the revoked key is refused once the change is read, not when its cache entry expires")
+		assert.Equal(t, "revoked_key", code)
+	}
+
+	// Every case's key is made first, then one more revoked with the form
+	// this version writes: once that reaches the cache, so have the
+	// creates before it, which would otherwise make the cache forget a key
+	// of a case after its record was rewritten.
+	keys := make([]string, len(cases))
+	ids := make([]string, len(cases))
+	for i := range cases {
+		var k *keystore.Key
+		keys[i], k = ts.create(t, keystore.Spec{Name: "unread", Permissions: []string{"read:users"}})
+		ids[i] = k.ID
+	}
+	control, k := ts.create(t, keystore.Spec{Name: "control", Permissions: []string{"read:users"}})
+	require.Empty(t, check(control))
+	revoke(t, k.ID, func(h string) []string { return []string{"h", h} })
+	refused(t, control)
+
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Empty(t, check(keys[i]), "allowed before it is revoked")
+			require.Empty(t, check(keys[i]), "allowed before it is revoked")
+			revoke(t, ids[i], tc.entry)
+			refused(t, keys[i])
 		})
 	}
 }

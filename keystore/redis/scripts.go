@@ -332,7 +332,8 @@ return conflicts
 //	ARGV: 1 last id seen ("" = none yet), 2 max entries
 //	Returns {status, id, hash hex…}: status "END" (id = current end),
 //	"GAP" (id = current end) or "OK" (id = last entry returned, or the
-//	last id seen when there is nothing new).
+//	last id seen when there is nothing new). An entry without an "h"
+//	field gives "": a change the watcher cannot name.
 var pollScript = goredis.NewScript(`
 local function tail()
   local e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -350,10 +351,11 @@ local out = {'OK', last}
 local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])
 for _, e in ipairs(entries) do
   out[2] = e[1]
-  local f = e[2]
+  local f, named = e[2], false
   for i = 1, #f, 2 do
-    if f[i] == 'h' then out[#out+1] = f[i+1] end
+    if f[i] == 'h' then out[#out+1], named = f[i+1], true end
   end
+  if not named then out[#out+1] = '' end
 end
 return out
 `)

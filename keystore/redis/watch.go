@@ -165,13 +165,22 @@ func (w *watcher) poll(ctx context.Context) (int, error) {
 	default:
 		return 0, fmt.Errorf("redis watch: unexpected poll status %q", status)
 	}
+	// An entry that names no key this version can read (another
+	// version's form, a corrupted one) is a change all the same, to a key
+	// unknown: skipped, it would leave a revoked key live in the cache
+	// until its entry expires. Forget everything instead.
+	unnamed := false
 	for _, v := range res[2:] {
 		hexHash, _ := v.(string)
 		h, err := keystore.ParseHash(hexHash)
 		if err != nil || h.IsZero() {
-			continue // not an entry this package wrote
+			unnamed = true
+			continue
 		}
 		w.onChange(h)
+	}
+	if unnamed {
+		w.onChange(keystore.Hash{})
 	}
 	return len(res) - 2, nil
 }
