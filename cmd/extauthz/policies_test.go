@@ -493,17 +493,7 @@ func TestAPrincipalThatIsNoSPIFFEIDIsRefused(t *testing.T) {
 			"    routes: [{path: \"/invoices/**\", permissions: [read:invoices]}]\n"
 	}
 	path := writeConfig(t, file(billing))
-	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
-	in := meshCheck("/invoices/1", "billing.demo.svc", "", nil, billing)
-	check := func() (string, any) {
-		resp, err := ts.client.Check(context.Background(), in)
-		require.NoError(t, err)
-		code, _ := denial(t, resp)
-		return code, resp.GetDynamicMetadata().AsMap()["policy"]
-	}
-	code, policy := check()
-	require.Equal(t, "billing", policy)
-	require.Equal(t, "missing_key", code)
+	ts, check := startBilling(t, path, billing, &logs)
 
 	for _, bad := range []string{
 		"spiffe://${TRUST_DOMAIN}/ns/billing/sa/billing",
@@ -520,7 +510,7 @@ func TestAPrincipalThatIsNoSPIFFEIDIsRefused(t *testing.T) {
 		logged := logs.String()[seen:]
 		assert.Contains(t, logged, "config reload failed", bad)
 		assert.Contains(t, logged, "is no SPIFFE ID", bad)
-		code, policy = check()
+		code, policy := check()
 		assert.Equal(t, "billing", policy, "%s: the running config still selects billing", bad)
 		assert.Equal(t, "missing_key", code, bad)
 	}
@@ -540,7 +530,25 @@ func TestUnselectedDenyWithoutPoliciesIsRefused(t *testing.T) {
 		"unselected: deny\nroutes: [{path: \"/invoices/**\", public: true}]\n"
 	path := writeConfig(t, head+"policies:\n  - name: billing\n    match: {principals: [\""+billing+"\"]}\n"+
 		"    routes: [{path: \"/invoices/**\", permissions: [read:invoices]}]\n")
-	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	ts, check := startBilling(t, path, billing, &logs)
+
+	require.NoError(t, os.WriteFile(path, []byte(head+"policies: []\n"), 0o600))
+	ts.srv.reload("test", nil)
+	assert.Contains(t, logs.String(), "config reload failed")
+	assert.Contains(t, logs.String(), "unselected: deny, but no policies are named")
+	code, policy := check()
+	assert.Equal(t, "billing", policy, "the running config still selects billing")
+	assert.Equal(t, "missing_key", code, "the invoice is not public")
+}
+
+// startBilling starts a server on the config at path, reloaded only when
+// told, logging to logs, whose config has a billing policy selected by the
+// principal billing that guards /invoices/**; check sends a keyless check
+// of /invoices/1 from billing's sidecar and returns the denial's code and
+// the policy that decided it, which start out missing_key and billing.
+func startBilling(t *testing.T, path, billing string, logs *syncbuf.Buffer) (*testServer, func() (string, any)) {
+	t.Helper()
+	ts := startServerOut(t, path, serverOutput{logs: logs, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
 	in := meshCheck("/invoices/1", "billing.demo.svc", "", nil, billing)
 	check := func() (string, any) {
 		resp, err := ts.client.Check(context.Background(), in)
@@ -551,12 +559,5 @@ func TestUnselectedDenyWithoutPoliciesIsRefused(t *testing.T) {
 	code, policy := check()
 	require.Equal(t, "billing", policy)
 	require.Equal(t, "missing_key", code)
-
-	require.NoError(t, os.WriteFile(path, []byte(head+"policies: []\n"), 0o600))
-	ts.srv.reload("test", nil)
-	assert.Contains(t, logs.String(), "config reload failed")
-	assert.Contains(t, logs.String(), "unselected: deny, but no policies are named")
-	code, policy = check()
-	assert.Equal(t, "billing", policy, "the running config still selects billing")
-	assert.Equal(t, "missing_key", code, "the invoice is not public")
+	return ts, check
 }
