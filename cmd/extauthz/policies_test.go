@@ -404,23 +404,13 @@ func TestAPrincipalWrittenAsIstioWritesItIsRefused(t *testing.T) {
 			"    routes: [{path: \"/invoices/**\", permissions: [read:invoices]}]\n"
 	}
 	path := writeConfig(t, file("spiffe://cluster.local/ns/billing/sa/billing"))
-	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: &logs}, func(s *server) { s.reloadEvery = time.Hour })
-	in := meshCheck("/invoices/1", "billing.demo.svc", "", nil, "spiffe://cluster.local/ns/billing/sa/billing")
-	check := func() (string, any) {
-		resp, err := ts.client.Check(context.Background(), in)
-		require.NoError(t, err)
-		code, _ := denial(t, resp)
-		return code, resp.GetDynamicMetadata().AsMap()["policy"]
-	}
-	code, policy := check()
-	require.Equal(t, "billing", policy)
-	require.Equal(t, "missing_key", code)
+	ts, check := startBilling(t, path, "spiffe://cluster.local/ns/billing/sa/billing", &logs)
 
 	require.NoError(t, os.WriteFile(path, []byte(file("cluster.local/ns/billing/sa/billing")), 0o600))
 	ts.srv.reload("test", nil)
 	assert.Contains(t, logs.String(), "config reload failed")
 	assert.Contains(t, logs.String(), `write \"spiffe://cluster.local/ns/billing/sa/billing\"`)
-	code, policy = check()
+	code, policy := check()
 	assert.Equal(t, "billing", policy, "the running config still selects billing")
 	assert.Equal(t, "missing_key", code)
 }
