@@ -68,6 +68,7 @@ fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz
 	  authz/envoy:FuzzWireAndProtoDecideAlike \
 	  keystore:FuzzFormatCheck \
 	  keystore:FuzzDecodeRecord \
+	  keystore/redis:FuzzReplyScanner \
 	  config:FuzzParse \
 	  admin:FuzzCreateAndPatchBodies \
 	  audit:FuzzAppendString

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -158,6 +159,58 @@ func TestAChangeOfAnUnreadableFormStillReachesTheCache(t *testing.T) {
 			require.Empty(t, check(keys[i]), "allowed before it is revoked")
 			revoke(t, ids[i], tc.entry)
 			refused(t, keys[i])
+		})
+	}
+}
+
+// TestAnOversizedRedisReplyIsAStoreFailure answers the server's Redis
+// calls, through a proxy, with replies that declare more than they send:
+// a key record's GET with a string of 1 GiB, the rate limiter's script with
+// an array of 100M counts. go-redis allocated what such a header declared
+// before reading on (up to 2^31 elements or bytes: the process out of
+// memory from twenty bytes). Each check must be decided as Redis failing
+// (on_store_error: deny, 503) without the allocation, and the
+// server must answer normally once Redis's own replies are back.
+func TestAnOversizedRedisReplyIsAStoreFailure(t *testing.T) {
+	r := redistest.Start(t)
+	rw := redistest.StartRewriter(t, r.Addr)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"o:\"}}\n", "redis://"+rw.Addr()+"/0")+
+		testRoutes+"rate_limit: {default: 100/m, on_store_error: deny}\n")
+	check := func(key string) string {
+		code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
+		return code
+	}
+	for _, tc := range []struct {
+		name, reply string
+		hostile     func(cmd []string) bool
+	}{
+		{"a key record of 1 GiB", "$1073741824\r\n", func(cmd []string) bool {
+			return strings.EqualFold(cmd[0], "GET") && strings.Contains(cmd[1], "{keys}:h:")
+		}},
+		{"a rate-limit reply of 100M counts", "*100000000\r\n", isAllowCall},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A new key each time: its first check looks its record up.
+			key, _ := ts.create(t, keystore.Spec{Name: "oversized", Permissions: []string{"read:users"}})
+			var seen atomic.Int64
+			rw.Set(func(cmd []string, reply []byte) []byte {
+				if !tc.hostile(cmd) {
+					return reply
+				}
+				seen.Add(1)
+				return []byte(tc.reply)
+			})
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			code := check(key)
+			runtime.ReadMemStats(&after)
+			rw.Set(nil)
+			require.Positive(t, seen.Load(), "the call went through the proxy")
+			assert.Equal(t, "unavailable", code, "decided as a Redis failure (on_store_error: deny)")
+			allocated := after.TotalAlloc - before.TotalAlloc
+			assert.Less(t, allocated, uint64(64<<20), "the check allocated %d MiB", allocated>>20)
+			require.Eventually(t, func() bool { return check(key) == "" }, 5*time.Second, 20*time.Millisecond,
+				"allowed again with Redis's own replies")
 		})
 	}
 }

@@ -158,6 +158,7 @@ func Dial(o Options) (goredis.UniversalClient, error) {
 		if o.Timeout == 0 { // the url's query may have set the socket timeouts
 			budget = max(opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout)
 		}
+		opt.Dialer = boundReplies(goredis.NewDialer(opt))
 		c := goredis.NewClient(opt)
 		c.AddHook(callBudget{d: budget})
 		return c, nil
@@ -189,6 +190,11 @@ func Dial(o Options) (goredis.UniversalClient, error) {
 		}
 		u.TLSConfig = cfg
 	}
+	// go-redis's own dialer (its keep-alive, TLS with each address's name
+	// verified), every connection read through the reply bounds. Given a
+	// Dialer, go-redis uses it for Cluster nodes, Sentinels and the
+	// primary they name alike.
+	u.Dialer = boundReplies(goredis.NewDialer(&goredis.Options{DialTimeout: t.dial, TLSConfig: u.TLSConfig}))
 	u.DialTimeout, u.ReadTimeout, u.WriteTimeout = t.dial, t.read, t.write
 	u.MaxRetries, u.DialerRetries, u.PoolTimeout = t.retries, t.dialerRetries, t.pool
 	u.ContextTimeoutEnabled = true
