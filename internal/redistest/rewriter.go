@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -35,9 +36,21 @@ type Rewriter struct {
 // connection to target (host:port), until tb's cleanup.
 func StartRewriter(tb testing.TB, target string) *Rewriter {
 	tb.Helper()
+	return StartRewriterTLS(tb, target, nil)
+}
+
+// StartRewriterTLS is StartRewriter with clients talking TLS to it (cfg,
+// as a server; nil: plaintext) while it talks plaintext to target: the man
+// in the middle a client cannot tell from Redis, for a test of what a
+// client does with a reply inside TLS.
+func StartRewriterTLS(tb testing.TB, target string, cfg *tls.Config) *Rewriter {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("redistest: rewriter: listen on a loopback port: %v", err)
+	}
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
 	}
 	p := &Rewriter{target: target, ln: ln, conns: map[net.Conn]struct{}{}}
 	p.wg.Go(p.accept)

@@ -79,6 +79,12 @@ func NewTLSFiles(tb testing.TB, dir string) *TLSFiles {
 	return f
 }
 
+// ServerConfig is a TLS server configuration that presents the server
+// certificate (for ServerName and 127.0.0.1).
+func (f *TLSFiles) ServerConfig() *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{f.serverPair}, MinVersion: tls.VersionTLS12}
+}
+
 // ClientConfig is a TLS client configuration that trusts the CA and
 // presents the client certificate.
 func (f *TLSFiles) ClientConfig() *tls.Config {

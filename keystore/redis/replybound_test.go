@@ -43,8 +43,8 @@ var hostileReplies = []struct{ name, reply string }{
 // Redis (a broken proxy, a man in the middle of a plaintext link, or a
 // compromised server) that answers one command with a reply past the
 // bounds, on every kind of connection a client from Dial makes: to a
-// standalone server by URL and by address, to a Sentinel and the primary it
-// names, and to a Cluster's seed node. The call must fail with the scanner's
+// standalone server by URL, by address and over TLS, to a Sentinel and the
+// primary it names, and to a Cluster's seed node. The call must fail with the scanner's
 // error, having allocated little, and the next call, on a new connection,
 // must work.
 func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
@@ -93,6 +93,14 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 			require.NoError(t, err)
 			rw := redistest.StartRewriter(t, srv.Addr)
 			return rig{Options{Addrs: []string{rw.Addr()}}, rw, isGetProbe, getProbe}
+		}},
+		{"standalone over TLS (the scanner reads inside it)", false, func(t *testing.T) rig {
+			srv := redistest.Start(t)
+			_, err := srv.Do("SET", "probe", "value")
+			require.NoError(t, err)
+			certs := redistest.NewTLSFiles(t, t.TempDir())
+			rw := redistest.StartRewriterTLS(t, srv.Addr, certs.ServerConfig())
+			return rig{Options{URL: "rediss://" + rw.Addr() + "/0", TLS: TLSOptions{CAFile: certs.CA}}, rw, isGetProbe, getProbe}
 		}},
 		{"the primary a Sentinel names", false, func(t *testing.T) rig {
 			primary := redistest.Start(t)
