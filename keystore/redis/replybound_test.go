@@ -65,12 +65,9 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 		}
 		return err
 	}
-	dial := func(t *testing.T, o Options) goredis.UniversalClient {
+	dialClient := func(t *testing.T, o Options) goredis.UniversalClient {
 		o.Timeout = 2 * time.Second
-		c, err := Dial(o)
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.Close() })
-		return c
+		return dial(t, o)
 	}
 	topologies := []struct {
 		name string
@@ -131,13 +128,13 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 	for _, topo := range topologies {
 		t.Run(topo.name, func(t *testing.T) {
 			r := topo.start(t)
-			shared := dial(t, r.opts)
+			shared := dialClient(t, r.opts)
 			require.NoError(t, r.probe(t, shared), "the call works with Redis's own replies")
 			for _, tc := range hostileReplies {
 				t.Run(tc.name, func(t *testing.T) {
 					client := shared
 					if topo.fresh {
-						client = dial(t, r.opts)
+						client = dialClient(t, r.opts)
 					}
 					r.rw.Set(func(cmd []string, reply []byte) []byte {
 						if r.hostile(cmd) {
@@ -331,6 +328,55 @@ func BenchmarkReplyScanner(b *testing.B) {
 			for b.Loop() {
 				if err := s.feed(bc.reply); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestALateReplyNeverAnswersTheNextCall delays Redis's reply to one call
+// past the call's timeout, then makes more calls at once, over plaintext
+// and over TLS. go-redis checks a pooled plaintext connection for unread
+// bytes before reusing it, but cannot look inside TLS; were a connection
+// whose call timed out put back in the pool, the next call on it would
+// read the late reply as its own (a key record of another key, a rate
+// limit's counts for another check). Each later call must get its own
+// value: the connection of a call that timed out is dropped, not reused.
+func TestALateReplyNeverAnswersTheNextCall(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plaintext", true: "TLS"}[useTLS], func(t *testing.T) {
+			srv := redistest.Start(t)
+			for _, k := range []string{"late", "a", "b", "c"} {
+				_, err := srv.Do("SET", k, "value of "+k)
+				require.NoError(t, err)
+			}
+			// A timeout that a new connection's dial and TLS handshake fit
+			// in under the race detector on two busy cores.
+			o := Options{Timeout: 500 * time.Millisecond, PoolSize: 1}
+			var rw *redistest.Rewriter
+			if useTLS {
+				certs := redistest.NewTLSFiles(t, t.TempDir())
+				rw = redistest.StartRewriterTLS(t, srv.Addr, certs.ServerConfig())
+				o.URL, o.TLS = "rediss://"+rw.Addr()+"/0", TLSOptions{CAFile: certs.CA}
+			} else {
+				rw = redistest.StartRewriter(t, srv.Addr)
+				o.URL = "redis://" + rw.Addr() + "/0"
+			}
+			c := dial(t, o)
+			ctx := t.Context()
+			require.NoError(t, c.Ping(ctx).Err(), "the pool's one connection is open before the late reply")
+			rw.Set(func(cmd []string, reply []byte) []byte {
+				if strings.EqualFold(cmd[0], "GET") && cmd[1] == "late" {
+					time.Sleep(time.Second)
+				}
+				return reply
+			})
+			for range 2 {
+				require.Error(t, c.Get(ctx, "late").Err(), "the late reply comes after the timeout")
+				for _, k := range []string{"a", "b", "c"} {
+					got, err := c.Get(ctx, k).Result()
+					require.NoError(t, err)
+					require.Equal(t, "value of "+k, got, "a call read a reply that was not its own")
 				}
 			}
 		})
