@@ -193,12 +193,13 @@ func TestAnOversizedRedisReplyIsAStoreFailure(t *testing.T) {
 			// A new key each time: its first check looks its record up.
 			key, _ := ts.create(t, keystore.Spec{Name: "oversized", Permissions: []string{"read:users"}})
 			var seen atomic.Int64
+			hostile := []byte(tc.reply)
 			rw.Set(func(cmd []string, reply []byte) []byte {
 				if !tc.hostile(cmd) {
 					return reply
 				}
 				seen.Add(1)
-				return []byte(tc.reply)
+				return hostile
 			})
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)

@@ -18,13 +18,14 @@ import (
 // scanner that adds up what each reply declares, and fails the read (the
 // call gets an error, go-redis drops the connection) before go-redis sees
 // a header past these bounds. Nothing extauthz reads comes near them: its
-// largest replies are a page of a key list or of the audit stream.
+// largest reply, a page of 1,000 keys each as large as a key may be, is
+// 17 MiB of strings (TestAPageOfTheLargestKeysFitsTheBounds).
 const (
 	// maxReplyElements bounds the elements of every array, set, map (two
 	// per entry) and push of one reply together: a slice of 4 MiB.
 	maxReplyElements = 1 << 18
 	// maxReplyBytes bounds the strings of one reply together.
-	maxReplyBytes = 16 << 20
+	maxReplyBytes = 64 << 20
 	// maxReplyDepth bounds how deep a reply's aggregates nest.
 	maxReplyDepth = 32
 	// maxReplyLine bounds a simple string, error, number or header line,

@@ -2,6 +2,8 @@ package redis
 
 import (
 	"bytes"
+	"fmt"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/extauthz/extauthz/internal/redistest"
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // hostileReplies are replies past the bounds, each of which go-redis would
@@ -29,7 +32,7 @@ var hostileReplies = []struct{ name, reply string }{
 	{"a blob error of 1 GiB", "!1073741824\r\n"},
 	{"an attribute of 100M entries", "|100000000\r\n"},
 	// In an attribute, which go-redis reads through whatever the command.
-	{"strings of 8 MiB each, three in one reply", "|1\r\n$8388608\r\n" + strings.Repeat("x", 8388608) + "\r\n*2\r\n$8388608\r\n" + strings.Repeat("x", 8388608) + "\r\n$8388608\r\n"},
+	{"strings of 30 MiB each, three in one reply", "|1\r\n$31457280\r\n" + strings.Repeat("x", 31457280) + "\r\n*2\r\n$31457280\r\n" + strings.Repeat("x", 31457280) + "\r\n$31457280\r\n"},
 	{"arrays of 100k elements nested 10,000 deep", strings.Repeat("*100000\r\n", 10000)},
 	{"arrays of one element nested a million deep", strings.Repeat("*1\r\n", 1000000)},
 	{"a line of 1 MiB without its end", "+" + strings.Repeat("a", 1<<20)},
@@ -136,9 +139,10 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 					if topo.fresh {
 						client = dialClient(t, r.opts)
 					}
+					hostile := []byte(tc.reply) // made before the allocations counted
 					r.rw.Set(func(cmd []string, reply []byte) []byte {
 						if r.hostile(cmd) {
-							return []byte(tc.reply)
+							return hostile
 						}
 						return reply
 					})
@@ -160,9 +164,9 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 
 // TestRepliesWithinTheBoundsPassUnchanged reads, through a client from
 // Dial, replies of every shape near the bounds from a real Redis: a string
-// of 15 MiB, a list of 200,000 elements, a hash of 100,000 fields (a RESP3
+// of 48 MiB, a list of 200,000 elements, a hash of 100,000 fields (a RESP3
 // map of 200,000 elements), a script's table nested 30 deep, a stream
-// entry, and three strings of 10 MiB pipelined (each reply has its own
+// entry, and three strings of 30 MiB pipelined (each reply has its own
 // bounds, not the connection).
 func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	srv := redistest.Start(t)
@@ -171,11 +175,11 @@ func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	ctx := t.Context()
 
-	big := bytes.Repeat([]byte("0123456789abcdef"), 15<<16) // 15 MiB
+	big := bytes.Repeat([]byte("0123456789abcdef"), 48<<16) // 48 MiB
 	require.NoError(t, c.Set(ctx, "big", big, 0).Err())
 	got, err := c.Get(ctx, "big").Bytes()
 	require.NoError(t, err)
-	require.True(t, bytes.Equal(big, got), "the 15 MiB string came back changed (%d bytes)", len(got))
+	require.True(t, bytes.Equal(big, got), "the 48 MiB string came back changed (%d bytes)", len(got))
 
 	const n = 200000
 	for i := 0; i < n; i += 10000 {
@@ -218,11 +222,11 @@ func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	require.Len(t, streams, 1)
 	assert.Equal(t, map[string]any{"h": "v"}, streams[0].Messages[0].Values)
 
-	ten := big[:10<<20]
-	require.NoError(t, c.Set(ctx, "ten", ten, 0).Err())
+	thirty := big[:30<<20]
+	require.NoError(t, c.Set(ctx, "thirty", thirty, 0).Err())
 	cmds, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for range 3 {
-			p.Get(ctx, "ten")
+			p.Get(ctx, "thirty")
 		}
 		return nil
 	})
@@ -230,7 +234,7 @@ func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	for _, cmd := range cmds {
 		b, err := cmd.(*goredis.StringCmd).Bytes()
 		require.NoError(t, err)
-		require.Len(t, b, len(ten))
+		require.Len(t, b, len(thirty))
 	}
 }
 
@@ -381,4 +385,52 @@ func TestALateReplyNeverAnswersTheNextCall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAPageOfTheLargestKeysFitsTheBounds lists, in one page of the most a
+// list call may ask for (1,000), keys as large as a key may be: a name of
+// 128 bytes, 64 permissions of 128, 32 policies, 16 metadata entries of
+// 64 and 256, 100 allowlist entries. That page is read with one MGET, the
+// largest reply extauthz asks Redis for; it must pass the bounds with room
+// to spare.
+func TestAPageOfTheLargestKeysFitsTheBounds(t *testing.T) {
+	srv := redistest.Start(t)
+	c := dial(t, Options{URL: srv.URL(0), Timeout: 30 * time.Second})
+	s := New(c, testPrefix)
+	t.Cleanup(func() { _ = s.Close() })
+	const page = 1000
+	fill := func(prefix string, n int) string { return prefix + strings.Repeat("x", n-len(prefix)) }
+	for i := range page {
+		k, h, _ := newKey(t, "owner")
+		k.Name = fill(fmt.Sprintf("key %d ", i), 128)
+		k.Permissions = make([]string, 64)
+		for j := range k.Permissions {
+			k.Permissions[j] = fill(fmt.Sprintf("p%d:", j), 128)
+		}
+		k.Policies = make([]string, 32)
+		for j := range k.Policies {
+			k.Policies[j] = fill(fmt.Sprintf("policy-%d-", j), 63)
+		}
+		k.Meta = map[string]string{}
+		for j := range 16 {
+			k.Meta[fill(fmt.Sprintf("m%d", j), 64)] = fill("v", 256)
+		}
+		for j := range 100 {
+			k.IPAllowlist = append(k.IPAllowlist, netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x::/48", j)))
+		}
+		require.NoError(t, s.Create(t.Context(), k, h, 0))
+	}
+	records, err := c.Keys(t.Context(), testPrefix+"{keys}:h:*").Result()
+	require.NoError(t, err)
+	require.Len(t, records, page)
+	size, err := c.StrLen(t.Context(), records[0]).Result()
+	require.NoError(t, err)
+	t.Logf("a record of the largest key: %d bytes; a page of %d: %.1f MiB of strings against the bound of %d MiB",
+		size, page, float64(size*page)/(1<<20), maxReplyBytes>>20)
+	assert.Less(t, size*page, int64(maxReplyBytes)/2, "a page of the largest keys is within half the bound")
+
+	keys, _, err := s.List(t.Context(), keystore.ListOptions{Owner: "owner", Limit: page, Now: time.Now()})
+	require.NoError(t, err)
+	require.Len(t, keys, page)
+	assert.Len(t, keys[0].Permissions, 64)
 }
