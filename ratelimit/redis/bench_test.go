@@ -224,13 +224,16 @@ func BenchmarkRedisCallAtRest(b *testing.B) {
 // BenchmarkRedisClientCall measures what a call of allow.lua (one check of
 // one limit) costs this process, the replica's side: its CPU per call
 // (getrusage, user and system) when calls go one after another, each
-// waiting for its reply, as a replica's batches do when Redis is idle. Three
+// waiting for its reply, as a replica's batches do when Redis is idle. Four
 // ways to send it: through go-redis as the limiter does (a pooled
-// connection, checked with a non-blocking peek each time it is taken), on
-// one connection go-redis hands out for good (client.Conn: no pool, no
-// peek), and written and read by hand on one net.Conn (no pool, no hooks,
-// no reconnection, no TLS: the most "a pipeline writer of our own" could
-// save, before the code that would make it usable):
+// connection, checked with a non-blocking peek each time it is taken); the
+// same through a client as the server dials it (keystore/redis.Dial: every
+// reply read through the bound on what it may declare, each call given its
+// time budget by a hook); on one connection go-redis hands out for good
+// (client.Conn: no pool, no peek); and written and read by hand on one
+// net.Conn (no pool, no hooks, no reconnection, no TLS: the most "a
+// pipeline writer of our own" could save, before the code that would make
+// it usable):
 //
 //	go test -run '^$' -bench 'BenchmarkRedisClientCall' -benchtime 30000x -count 6 ./ratelimit/redis/
 func BenchmarkRedisClientCall(b *testing.B) {
