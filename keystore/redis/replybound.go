@@ -10,14 +10,15 @@ import (
 
 // What one reply from Redis may declare. go-redis allocates what a reply's
 // header declares before it reads what follows: "*2147483647\r\n" is a
-// 32 GiB slice, "$2147483647\r\n" a 2 GiB string, and a reply nested a
-// million deep a goroutine stack past Go's limit. Each of those ends the
-// process, which no recover catches, from a few bytes sent by whoever
-// answers for Redis: a broken proxy, a man in the middle of a plaintext
-// link, or a compromised server. Every connection is read through a
-// scanner that adds up what each reply declares, and fails the read (the
-// call gets an error, go-redis drops the connection) before go-redis sees
-// a header past these bounds. Nothing extauthz reads comes near them: its
+// 32 GiB slice, "$2147483647\r\n" a 2 GiB string, and it reads nested
+// aggregates by recursion, so a reply of "*1\r\n" a few million times over
+// (four bytes a level) can take a goroutine's stack past Go's 1 GB limit.
+// Each of those ends the process, which no recover catches, from bytes sent
+// by whoever answers for Redis: a broken proxy, a man in the middle of a
+// plaintext link, or a compromised server. Every connection is read
+// through a scanner that adds up what each reply declares, and fails the
+// read (the call gets an error, go-redis drops the connection) before
+// go-redis sees a header past these bounds. Nothing extauthz reads comes near them: its
 // largest reply, a page of 1,000 keys each as large as a key may be, is
 // 17 MiB of strings (TestAPageOfTheLargestKeysFitsTheBounds).
 const (
