@@ -168,7 +168,7 @@ func TestAChangeOfAnUnreadableFormStillReachesTheCache(t *testing.T) {
 // a key record's GET with a string of 1 GiB, the rate limiter's script with
 // an array of 100M counts. go-redis allocated what such a header declared
 // before reading on (up to 2^31 elements or bytes: the process out of
-// memory from twenty bytes). Each check must be decided as Redis failing
+// memory from a 13-byte header). Each check must be decided as Redis failing
 // (on_store_error: deny, 503) without the allocation, and the
 // server must answer normally once Redis's own replies are back.
 func TestAnOversizedRedisReplyIsAStoreFailure(t *testing.T) {
