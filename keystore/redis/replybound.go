@@ -25,7 +25,13 @@ const (
 	// maxReplyElements bounds the elements of every array, set, map (two
 	// per entry) and push of one reply together: a slice of 4 MiB.
 	maxReplyElements = 1 << 18
-	// maxReplyBytes bounds the strings of one reply together.
+	// maxReplyString bounds one string: what a header alone can make
+	// go-redis set aside before any of the string has come. A key record
+	// is at most 18 KB.
+	maxReplyString = 4 << 20
+	// maxReplyBytes bounds the strings of one reply together, which the
+	// peer must have sent (each string's header comes after the one
+	// before's body).
 	maxReplyBytes = 64 << 20
 	// maxReplyDepth bounds how deep a reply's aggregates nest.
 	maxReplyDepth = 32
@@ -208,6 +214,9 @@ func (s *replyScanner) header() error {
 	}
 	switch s.kind {
 	case '$', '!', '=':
+		if s.n > maxReplyString {
+			return s.fail("a string of %d bytes, more than the %d one may hold", s.n, maxReplyString)
+		}
 		if s.bytes += s.n; s.bytes > maxReplyBytes {
 			return s.fail("strings of more than %d bytes in one reply", maxReplyBytes)
 		}

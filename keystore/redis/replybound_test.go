@@ -31,8 +31,10 @@ var hostileReplies = []struct{ name, reply string }{
 	{"a verbatim string of 1 GiB", "=1073741824\r\n"},
 	{"a blob error of 1 GiB", "!1073741824\r\n"},
 	{"an attribute of 100M entries", "|100000000\r\n"},
+	{"a string of one byte over 4 MiB", "$4194305\r\n"},
 	// In an attribute, which go-redis reads through whatever the command.
-	{"strings of 30 MiB each, three in one reply", "|1\r\n$31457280\r\n" + strings.Repeat("x", 31457280) + "\r\n*2\r\n$31457280\r\n" + strings.Repeat("x", 31457280) + "\r\n$31457280\r\n"},
+	{"strings of 4 MiB, 17 in one reply (68 MiB)", "|1\r\n$4194304\r\n" + strings.Repeat("x", 4194304) + "\r\n*16\r\n" +
+		strings.Repeat("$4194304\r\n"+strings.Repeat("x", 4194304)+"\r\n", 15) + "$4194304\r\n"},
 	{"arrays of 100k elements nested 10,000 deep", strings.Repeat("*100000\r\n", 10000)},
 	{"arrays of one element nested a million deep", strings.Repeat("*1\r\n", 1000000)},
 	{"a line of 1 MiB without its end", "+" + strings.Repeat("a", 1<<20)},
@@ -174,11 +176,12 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 }
 
 // TestRepliesWithinTheBoundsPassUnchanged reads, through a client from
-// Dial, replies of every shape near the bounds from a real Redis: a string
-// of 48 MiB, a list of 200,000 elements, a hash of 100,000 fields (a RESP3
-// map of 200,000 elements), a script's table nested 30 deep, a stream
-// entry, and three strings of 30 MiB pipelined (each reply has its own
-// bounds, not the connection).
+// Dial, replies of every shape at or near the bounds from a real Redis: a
+// string of 4 MiB, sixteen of them in one MGET (64 MiB), and that MGET
+// twice in one pipeline (each reply has its own bounds, not the
+// connection), a list of 200,000 elements, a hash of 100,000 fields (a
+// RESP3 map of 200,000 elements), a script's table nested 30 deep and a
+// stream entry.
 func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	srv := redistest.Start(t)
 	c, err := Dial(Options{URL: srv.URL(0), Timeout: 30 * time.Second})
@@ -186,11 +189,11 @@ func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	ctx := t.Context()
 
-	big := bytes.Repeat([]byte("0123456789abcdef"), 48<<16) // 48 MiB
+	big := bytes.Repeat([]byte("0123456789abcdef"), maxReplyString/16)
 	require.NoError(t, c.Set(ctx, "big", big, 0).Err())
 	got, err := c.Get(ctx, "big").Bytes()
 	require.NoError(t, err)
-	require.True(t, bytes.Equal(big, got), "the 48 MiB string came back changed (%d bytes)", len(got))
+	require.True(t, bytes.Equal(big, got), "the 4 MiB string came back changed (%d bytes)", len(got))
 
 	const n = 200000
 	for i := 0; i < n; i += 10000 {
@@ -233,19 +236,24 @@ func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	require.Len(t, streams, 1)
 	assert.Equal(t, map[string]any{"h": "v"}, streams[0].Messages[0].Values)
 
-	thirty := big[:30<<20]
-	require.NoError(t, c.Set(ctx, "thirty", thirty, 0).Err())
+	sixteen := make([]string, maxReplyBytes/maxReplyString)
+	for i := range sixteen {
+		sixteen[i] = "big"
+	}
 	cmds, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for range 3 {
-			p.Get(ctx, "thirty")
+		for range 2 {
+			p.MGet(ctx, sixteen...)
 		}
 		return nil
 	})
 	require.NoError(t, err)
 	for _, cmd := range cmds {
-		b, err := cmd.(*goredis.StringCmd).Bytes()
+		vals, err := cmd.(*goredis.SliceCmd).Result()
 		require.NoError(t, err)
-		require.Len(t, b, len(thirty))
+		require.Len(t, vals, len(sixteen))
+		for _, v := range vals {
+			require.Len(t, v, len(big))
+		}
 	}
 }
 
