@@ -27,7 +27,7 @@ const (
 	maxReplyElements = 1 << 18
 	// maxReplyString bounds one string: what a header alone can make
 	// go-redis set aside before any of the string has come. A key record
-	// is at most 18 KB.
+	// as large as a key may be is about 18 KB.
 	maxReplyString = 4 << 20
 	// maxReplyBytes bounds the strings of one reply together, which the
 	// peer must have sent (each string's header comes after the one
@@ -167,8 +167,8 @@ func (s *replyScanner) feed(p []byte) error {
 			switch {
 			case c >= '0' && c <= '9':
 				s.digit = true
-				// No bound is below a tenth of this, so n stays far from
-				// overflowing before the check below refuses it.
+				// Every bound is at most maxReplyBytes: a number past it is
+				// refused at once, long before it could overflow.
 				if s.n = s.n*10 + int64(c-'0'); s.n > maxReplyBytes {
 					return s.fail("a %q header declaring more than %d", s.kind, maxReplyBytes)
 				}

@@ -70,6 +70,13 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 		}
 		return err
 	}
+	// withProbe is a Redis holding the key the probes read.
+	withProbe := func(t *testing.T) *redistest.Server {
+		srv := redistest.Start(t)
+		_, err := srv.Do("SET", "probe", "value")
+		require.NoError(t, err)
+		return srv
+	}
 	dialClient := func(t *testing.T, o Options) goredis.UniversalClient {
 		o.Timeout = 2 * time.Second
 		return dial(t, o)
@@ -83,39 +90,29 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 		start func(t *testing.T) rig
 	}{
 		{"standalone by URL", false, func(t *testing.T) rig {
-			srv := redistest.Start(t)
-			_, err := srv.Do("SET", "probe", "value")
-			require.NoError(t, err)
+			srv := withProbe(t)
 			rw := redistest.StartRewriter(t, srv.Addr)
 			return rig{Options{URL: "redis://" + rw.Addr() + "/0"}, rw, isGetProbe, getProbe}
 		}},
 		{"standalone by address", false, func(t *testing.T) rig {
-			srv := redistest.Start(t)
-			_, err := srv.Do("SET", "probe", "value")
-			require.NoError(t, err)
+			srv := withProbe(t)
 			rw := redistest.StartRewriter(t, srv.Addr)
 			return rig{Options{Addrs: []string{rw.Addr()}}, rw, isGetProbe, getProbe}
 		}},
 		{"standalone over TLS (the scanner reads inside it)", false, func(t *testing.T) rig {
-			srv := redistest.Start(t)
-			_, err := srv.Do("SET", "probe", "value")
-			require.NoError(t, err)
+			srv := withProbe(t)
 			certs := redistest.NewTLSFiles(t, t.TempDir())
 			rw := redistest.StartRewriterTLS(t, srv.Addr, certs.ServerConfig())
 			return rig{Options{URL: "rediss://" + rw.Addr() + "/0", TLS: TLSOptions{CAFile: certs.CA}}, rw, isGetProbe, getProbe}
 		}},
 		{"the primary a Sentinel names", false, func(t *testing.T) rig {
-			primary := redistest.Start(t)
-			_, err := primary.Do("SET", "probe", "value")
-			require.NoError(t, err)
+			primary := withProbe(t)
 			rw := redistest.StartRewriter(t, primary.Addr)
 			sentinel := redistest.StartSentinel(t, primary, redistest.SentinelOptions{MasterName: "m", PrimaryAddr: rw.Addr()})
 			return rig{Options{Addrs: []string{sentinel.Addr}, MasterName: "m"}, rw, isGetProbe, getProbe}
 		}},
 		{"a Sentinel", true, func(t *testing.T) rig {
-			primary := redistest.Start(t)
-			_, err := primary.Do("SET", "probe", "value")
-			require.NoError(t, err)
+			primary := withProbe(t)
 			sentinel := redistest.StartSentinel(t, primary, redistest.SentinelOptions{MasterName: "m"})
 			rw := redistest.StartRewriter(t, sentinel.Addr)
 			isSentinel := func(cmd []string) bool { return strings.EqualFold(cmd[0], "SENTINEL") }
@@ -184,9 +181,7 @@ func TestRepliesPastTheBoundsFailTheCallNotTheProcess(t *testing.T) {
 // stream entry.
 func TestRepliesWithinTheBoundsPassUnchanged(t *testing.T) {
 	srv := redistest.Start(t)
-	c, err := Dial(Options{URL: srv.URL(0), Timeout: 30 * time.Second})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
+	c := dial(t, Options{URL: srv.URL(0), Timeout: 30 * time.Second})
 	ctx := t.Context()
 
 	big := bytes.Repeat([]byte("0123456789abcdef"), maxReplyString/16)
