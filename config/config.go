@@ -189,6 +189,12 @@ type Redis struct {
 	// how long to wait for them. 0 (the default) does not wait.
 	ConfirmReplicas int      `json:"confirm_replicas"`
 	ConfirmTimeout  Duration `json:"confirm_timeout"`
+	// PoolSize is how many connections a replica opens to each Redis node
+	// at most (0: the Redis client's default, 10 for each CPU the Go
+	// runtime uses). One is held by the key change feed's blocking read and
+	// one by the rate limiter's batch in flight, so at least
+	// MinRedisPoolSize.
+	PoolSize int `json:"pool_size"`
 
 	// Password is read from the environment variable PasswordEnv by Load,
 	// SentinelPassword from SentinelPasswordEnv.
@@ -438,6 +444,16 @@ const MaxAuditQueueSize = 1 << 20
 const (
 	maxConfirmReplicas = 16
 	maxConfirmTimeout  = 5 * time.Second
+)
+
+// The bounds of store.redis.pool_size (and of a url's ?pool_size=): the
+// key change feed's blocking read holds one connection and the rate
+// limiter's batch in flight another, so fewer than four leaves a key
+// lookup waiting on both; more than 1024 per replica is a fleet that
+// exhausts Redis's maxclients (10,000) at ten replicas.
+const (
+	MinRedisPoolSize = 4
+	MaxRedisPoolSize = 1024
 )
 
 // Default returns the configuration an empty file gives.
@@ -814,6 +830,7 @@ func (c *Config) validate() error {
 		if r.ConfirmReplicas > 0 && (r.ConfirmTimeout <= 0 || time.Duration(r.ConfirmTimeout) > maxConfirmTimeout) {
 			bad("store.redis.confirm_timeout", "%s: want more than 0 and at most %s (a change's request waits this long when a replica is behind)", time.Duration(r.ConfirmTimeout), maxConfirmTimeout)
 		}
+		validateRedisPoolSize(r, bad)
 	default:
 		bad("store.backend", "%q: want embedded or redis", c.Store.Backend)
 	}
@@ -1060,6 +1077,38 @@ func validateRedisAddr(field, addr string, bad func(field, format string, args .
 	host, port, err := net.SplitHostPort(addr)
 	if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
 		bad(field, "want host:port, e.g. redis-0:6379")
+	}
+}
+
+// validateRedisPoolSize checks store.redis.pool_size, and the pool size a
+// url may set instead (?pool_size=), against the same bounds: a pool too
+// small for the change feed and the rate limiter leaves every key lookup
+// waiting for a connection, then failing.
+func validateRedisPoolSize(r Redis, bad func(field, format string, args ...any)) {
+	want := fmt.Sprintf("want 0 (the Redis client's default, 10 per CPU) or %d to %d connections to each node (the key change feed holds one, the rate limiter's batch another)", MinRedisPoolSize, MaxRedisPoolSize)
+	if r.PoolSize != 0 && (r.PoolSize < MinRedisPoolSize || r.PoolSize > MaxRedisPoolSize) {
+		bad("store.redis.pool_size", "%d: %s", r.PoolSize, want)
+	}
+	u, err := url.Parse(r.URL)
+	if r.URL == "" || err != nil {
+		return
+	}
+	if u.Query().Has("pipeline_pool_size") {
+		bad("store.redis.url", "?pipeline_pool_size= is not supported: pipelines share the one pool of pool_size")
+	}
+	if !u.Query().Has("pool_size") {
+		return
+	}
+	if r.PoolSize != 0 {
+		bad("store.redis.pool_size", "set here and in the url's ?pool_size=; keep one")
+		return
+	}
+	n, err := strconv.Atoi(u.Query().Get("pool_size"))
+	switch {
+	case err != nil:
+		bad("store.redis.url", "?pool_size= is not a number: %s", want)
+	case n != 0 && (n < MinRedisPoolSize || n > MaxRedisPoolSize):
+		bad("store.redis.url", "?pool_size=%d: %s", n, want)
 	}
 }
 

@@ -163,6 +163,25 @@ func TestConfirmingChangesIsOffByDefault(t *testing.T) {
 	assert.Equal(t, Duration(time.Second), cfg.Store.Redis.ConfirmTimeout)
 }
 
+// The pool size is the Redis client's own unless set, here or in the url
+// (one of the two), and the bounds take the smallest and largest pools.
+func TestTheRedisPoolSizeIsTheClientsUnlessSet(t *testing.T) {
+	for _, tc := range []struct {
+		conf string
+		want int
+	}{
+		{"store: {backend: redis}", 0},
+		{"store: {backend: redis, redis: {pool_size: 4}}", 4},
+		{"store: {backend: redis, redis: {pool_size: 1024}}", 1024},
+		{"store: {backend: redis, redis: {url: \"redis://h:6379/0?pool_size=4\"}}", 0},
+		{"store: {backend: redis, redis: {url: \"redis://h:6379/0?pool_size=0\"}}", 0},
+	} {
+		cfg, err := Parse([]byte(tc.conf))
+		require.NoError(t, err, tc.conf)
+		assert.Equal(t, tc.want, cfg.Store.Redis.PoolSize, tc.conf)
+	}
+}
+
 func TestTheAuditStreamCapIsSmallByDefault(t *testing.T) {
 	cfg, err := Parse(nil)
 	require.NoError(t, err)
@@ -223,6 +242,14 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a negative confirm_replicas", "store: {backend: redis, redis: {confirm_replicas: -1}}", "store.redis.confirm_replicas: -1: want 0 (do not wait) to 16 replicas"},
 		{"confirm_replicas without a timeout", "store: {backend: redis, redis: {confirm_replicas: 1, confirm_timeout: 0s}}", "store.redis.confirm_timeout: 0s: want more than 0 and at most 5s"},
 		{"a confirm_timeout past an admin request's", "store: {backend: redis, redis: {confirm_replicas: 1, confirm_timeout: 10s}}", "store.redis.confirm_timeout: 10s"},
+		{"a pool too small for the change feed and the limiter", "store: {backend: redis, redis: {pool_size: 3}}", "store.redis.pool_size: 3: want 0 (the Redis client's default, 10 per CPU) or 4 to 1024 connections to each node"},
+		{"a negative pool size", "store: {backend: redis, redis: {pool_size: -1}}", "store.redis.pool_size: -1: want 0"},
+		{"a pool past what a Redis serves a fleet", "store: {backend: redis, redis: {pool_size: 1025}}", "store.redis.pool_size: 1025: want 0"},
+		{"a pool size in the url and the field", "store: {backend: redis, redis: {url: \"redis://h:6379/0?pool_size=8\", pool_size: 8}}", "store.redis.pool_size: set here and in the url's ?pool_size=; keep one"},
+		{"a pool too small in the url", "store: {backend: redis, redis: {url: \"redis://h:6379/0?pool_size=1\"}}", "store.redis.url: ?pool_size=1: want 0"},
+		{"a pool size in the url that is no number", "store: {backend: redis, redis: {url: \"redis://h:6379/0?pool_size=many\"}}", "store.redis.url: ?pool_size= is not a number"},
+		{"a pool of pipelines in the url", "store: {backend: redis, redis: {url: \"redis://h:6379/0?pipeline_pool_size=10\"}}", "store.redis.url: ?pipeline_pool_size= is not supported"},
+		{"a pool size with the embedded store", "store: {redis: {pool_size: 8}}", "store.redis: set, but store.backend is embedded"},
 		{"skip_verify in the url", "store: {backend: redis, redis: {url: \"rediss://h:6379/0?skip_verify=true\"}}", "store.redis.url: skip_verify is not supported"},
 		{"a username in the url and the field", "store: {backend: redis, redis: {url: \"redis://a@h:6379/0\", username: b}}", "store.redis.username: the url names a user too"},
 		{"a username with a space", "store: {backend: redis, redis: {username: \"ext authz\"}}", "store.redis.username"},

@@ -111,10 +111,7 @@ func TestAChangeOfAnUnreadableFormStillReachesTheCache(t *testing.T) {
 		{"the hash under another field", func(h string) []string { return []string{"hash", h} }},
 		{"the hash with a field of another kind", func(h string) []string { return []string{"v", "2", "hs", h} }},
 	}
-	check := func(key string) string {
-		code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
-		return code
-	}
+	check := func(key string) string { return checkCode(t, ts, key) }
 	// revoke rewrites the record of the key id as revoked, and adds entry
 	// (of the record's hash hex) to the change stream.
 	revoke := func(t *testing.T, id string, entry func(string) []string) {
@@ -176,10 +173,7 @@ func TestAnOversizedRedisReplyIsAStoreFailure(t *testing.T) {
 	rw := redistest.StartRewriter(t, r.Addr)
 	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"o:\"}}\n", "redis://"+rw.Addr()+"/0")+
 		testRoutes+"rate_limit: {default: 100/m, on_store_error: deny}\n")
-	check := func(key string) string {
-		code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
-		return code
-	}
+	check := func(key string) string { return checkCode(t, ts, key) }
 	for _, tc := range []struct {
 		name, reply string
 		hostile     func(cmd []string) bool

@@ -217,6 +217,14 @@ func denial(t *testing.T, resp *authv3.CheckResponse) (string, int) {
 	return body.Code, int(d.GetStatus().GetCode())
 }
 
+// checkCode is the denial code of one check of key on GET /api/users ("":
+// allowed).
+func checkCode(t *testing.T, ts *testServer, key string) string {
+	t.Helper()
+	code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
+	return code
+}
+
 func TestDecisionsOverGRPC(t *testing.T) {
 	for _, backend := range []string{"embedded", "redis"} {
 		t.Run(backend, func(t *testing.T) {

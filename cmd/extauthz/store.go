@@ -42,7 +42,8 @@ func openBackend(cfg *config.Config, log *slog.Logger) (*backend, error) {
 				Enabled: r.TLS.Enabled, CAFile: r.TLS.CAFile, CertFile: r.TLS.CertFile,
 				KeyFile: r.TLS.KeyFile, ServerName: r.TLS.ServerName, Logger: log,
 			},
-			Timeout: time.Duration(r.Timeout),
+			Timeout:  time.Duration(r.Timeout),
+			PoolSize: r.PoolSize,
 		}
 		if len(r.Addrs) > 0 {
 			opts.Addrs, opts.MasterName = r.Addrs, r.MasterName

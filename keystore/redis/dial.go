@@ -89,8 +89,10 @@ type Options struct {
 	// (Timeout, else DefaultReadTimeout and DefaultWriteTimeout, when 0).
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
-	// PoolSize is the number of connections per node (go-redis' default,
-	// 10 per CPU, when 0).
+	// PoolSize is the most connections the client opens to each node
+	// (go-redis' default, 10 per CPU, when 0). Pipelines take theirs from
+	// the same pool, so it bounds every connection of the client but
+	// those of pub/sub, which the server does not use.
 	PoolSize int
 	// MaxRetries is how often a failed command is retried: 0 means
 	// DefaultMaxRetries, -1 means never.
@@ -173,6 +175,7 @@ func Dial(o Options) (goredis.UniversalClient, error) {
 		SentinelPassword: o.SentinelPassword,
 		DB:               o.DB,
 		PoolSize:         o.PoolSize,
+		PipelinePoolSize: oneConnectionPool,
 		// Only the commands the store, the limiter and the audit sink need
 		// reach Redis, so that its ACL can grant exactly those: no CLIENT
 		// SETINFO on connect, no CLIENT MAINT_NOTIFICATIONS (a managed
@@ -502,6 +505,9 @@ func (o *Options) urlOptions(t tuning) (*goredis.Options, error) {
 	if u.Query().Has("skip_verify") {
 		return nil, errors.New("store.redis: url: skip_verify is not supported: certificates are always verified (set tls.ca_file or tls.server_name)")
 	}
+	if u.Query().Has("pipeline_pool_size") {
+		return nil, errors.New("store.redis: url: pipeline_pool_size is not supported: pipelines share the one pool of pool_size")
+	}
 	opt, err := goredis.ParseURL(o.URL)
 	if err != nil {
 		return nil, fmt.Errorf("store.redis: url: %v", err)
@@ -528,6 +534,7 @@ func (o *Options) urlOptions(t tuning) (*goredis.Options, error) {
 	if o.PoolSize > 0 {
 		opt.PoolSize = o.PoolSize
 	}
+	opt.PipelinePoolSize = oneConnectionPool
 	// Timeouts from the URL's query win over our defaults but not over
 	// explicit fields.
 	if o.DialTimeout > 0 || opt.DialTimeout == 0 {
@@ -549,6 +556,13 @@ func (o *Options) urlOptions(t tuning) (*goredis.Options, error) {
 	opt.ContextTimeoutEnabled = true
 	return opt, nil
 }
+
+// oneConnectionPool is go-redis's PipelinePoolSize that sends pipelines
+// through the client's one pool. Its default is a second pool of 10
+// connections per node for pipelines alone, on top of PoolSize: more
+// connections than an operator setting a pool size asked for, each with
+// 128 KiB buffers, for pipelines of a few small commands.
+const oneConnectionPool = -1
 
 type tuning struct {
 	call, dial, read, write, pool time.Duration

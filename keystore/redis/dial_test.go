@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -61,6 +62,7 @@ func TestDialRefusesBadOptions(t *testing.T) {
 		{"a CA file that does not exist", Options{URL: "rediss://127.0.0.1:6379", TLS: TLSOptions{CAFile: "/nonexistent/ca.pem"}}, "store.redis.tls.ca_file: open /nonexistent/ca.pem"},
 		{"a client certificate that does not exist", Options{Addrs: []string{"a:6379"}, TLS: TLSOptions{Enabled: true, CertFile: "/nonexistent/c.pem", KeyFile: "/nonexistent/k.pem"}}, "store.redis.tls.cert_file"},
 		{"skip_verify in the url", Options{URL: "rediss://127.0.0.1:6379/0?skip_verify=true"}, "skip_verify is not supported"},
+		{"a pool of pipelines in the url", Options{URL: "redis://127.0.0.1:6379/0?pipeline_pool_size=10"}, "pipeline_pool_size is not supported: pipelines share the one pool of pool_size"},
 		{"a username without a password", Options{Addrs: []string{"a:6379"}, Username: "extauthz"}, `username "extauthz" has no password`},
 		// Not quoted: it may be a password written where the user goes.
 		{"a username in the url without a password", Options{URL: "redis://Zq8kR2pLx9vW4mT7@127.0.0.1:6379/0"}, `the username has no password`},
@@ -163,6 +165,35 @@ func TestDialDefaultsAreShort(t *testing.T) {
 	co := cc.(*goredis.ClusterClient).Options()
 	require.Equal(t, DefaultReadTimeout, co.ReadTimeout)
 	require.Equal(t, time.Second, co.WriteTimeout)
+}
+
+// TestPipelinesShareTheOnePool holds PoolSize to every connection the
+// client opens: go-redis otherwise gives pipelines a pool of their own, of
+// 10 connections per node on top of PoolSize (and 128 KiB buffers each).
+func TestPipelinesShareTheOnePool(t *testing.T) {
+	for name, opts := range map[string]func(*redistest.Server) Options{
+		"by url":     func(s *redistest.Server) Options { return Options{URL: s.URL(0), PoolSize: 1} },
+		"by address": func(s *redistest.Server) Options { return Options{Addrs: []string{s.Addr}, PoolSize: 1} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			c := dial(t, opts(srv))
+			ctx := context.Background()
+			require.NoError(t, c.Set(ctx, "a", "1", 0).Err())
+			_, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+				p.Set(ctx, "b", "2", 0)
+				p.Get(ctx, "a")
+				return nil
+			})
+			require.NoError(t, err)
+			require.NoError(t, c.Get(ctx, "b").Err())
+			info, err := srv.Info("clients")
+			require.NoError(t, err)
+			require.Equal(t, "2", info["connected_clients"], "the client's one connection, and the query's own")
+		})
+	}
+	cc := dial(t, Options{Addrs: []string{"127.0.0.1:7000", "127.0.0.1:7001"}})
+	require.Equal(t, oneConnectionPool, cc.(*goredis.ClusterClient).Options().PipelinePoolSize, "a Cluster's nodes too")
 }
 
 func TestDialSendsNothingTheACLNeedNotGrant(t *testing.T) {
