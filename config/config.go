@@ -106,6 +106,9 @@ type Listen struct {
 	GRPC  Addr `json:"grpc"`
 	HTTP  Addr `json:"http"`
 	Admin Addr `json:"admin"`
+	// Debug serves Go's profiles (/debug/pprof/) and nothing else; off by
+	// default. It asks for no credential, so it belongs on loopback.
+	Debug Addr `json:"debug"`
 	// MaxConnectionsPerClient caps the connections one client (an address;
 	// an IPv6 /64) holds open on each listener: one past it is closed as
 	// soon as it is accepted.
@@ -761,7 +764,7 @@ func (c *Config) validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 	}
-	for name, addr := range map[string]Addr{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
+	for name, addr := range map[string]Addr{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin, "listen.debug": c.Listen.Debug} {
 		if !addr.Enabled() {
 			continue
 		}

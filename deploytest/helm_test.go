@@ -714,6 +714,10 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"the admin API on a Pod address", "listen: {admin: '10.0.0.1:9003'}", "listen/admin"},
 		{"two listeners on one port", "listen: {grpc: 9002}", "three different ports"},
 		{"the admin API on the HTTP port", "listen: {admin: '127.0.0.1:9002'}", "three different ports"},
+		{"the profiles on every interface", "listen: {debug: ':9004'}", "listen/debug"},
+		{"the profiles on a Pod address", "listen: {debug: '10.0.0.1:9004'}", "listen/debug"},
+		{"the profiles on the gRPC port", "listen: {debug: '127.0.0.1:9001'}", "debug needs a port of its own"},
+		{"the profiles on the admin port", "listen: {debug: 'localhost:9003'}", "debug needs a port of its own"},
 		{"TLS without its Secret", "tls: {enabled: true}", "tls.existingSecret"},
 		{"a TLS Secret with TLS off", "tls: {existingSecret: x}", "tls.enabled is false"},
 		{"a client CA with TLS off", "tls: {clientCA: {enabled: true}}", "tls.enabled is false"},
@@ -934,12 +938,15 @@ func TestChartProblemsAreCaught(t *testing.T) {
 // sends its checks, the admin API off, and the Redis password for the
 // extauthz container alone.
 func TestChartAsASidecar(t *testing.T) {
-	m, notes := renderSidecarApp(t, "")
-	for _, p := range m.chartProblems(t, notes) {
-		t.Error(p)
-	}
-	for _, p := range m.sidecarProblems(t) {
-		t.Error(p)
+	// The second asks for the profiles, which the app would share.
+	for _, values := range []string{"", `extauthz: {listen: {debug: "127.0.0.1:9004"}}`} {
+		m, notes := renderSidecarApp(t, values)
+		for _, p := range m.chartProblems(t, notes) {
+			t.Errorf("values %q: %s", values, p)
+		}
+		for _, p := range m.sidecarProblems(t) {
+			t.Errorf("values %q: %s", values, p)
+		}
 	}
 }
 
@@ -999,6 +1006,9 @@ func (m *manifests) sidecarProblems(t *testing.T) []string {
 		}
 		if cfg.adminListen() != "" {
 			bad("%s/%s: the sidecar's admin API %q is on: the app shares its loopback", w.kind, w.name, cfg.adminListen())
+		}
+		if d := cfg.Listen.Debug; d != "" && d != "off" {
+			bad("%s/%s: the sidecar's profiles %q are on: the app shares its loopback", w.kind, w.name, d)
 		}
 		var proxyPorts []int
 		for _, c := range spec.InitContainers[1:] {
@@ -1194,6 +1204,32 @@ func TestOneExtauthzImage(t *testing.T) {
 		}
 		if _, ok := images[k.Images[0].NewName+":"+k.Images[0].NewTag]; !ok {
 			t.Errorf("k8s/%s/kustomization.yaml sets %s:%s, the deployments run %v", o, k.Images[0].NewName, k.Images[0].NewTag, images)
+		}
+	}
+}
+
+// TestChartProfilesAreOffUnlessAsked: the debug listener (Go's profiles,
+// no credential) is off in the config the chart writes, and on the loopback
+// address asked for when set.
+func TestChartProfilesAreOffUnlessAsked(t *testing.T) {
+	for values, want := range map[string]string{
+		``:                                  "off",
+		`listen: {debug: "127.0.0.1:9004"}`: "127.0.0.1:9004",
+	} {
+		m, _ := mustRenderChart(t, values)
+		var seen int
+		for _, w := range m.workloads() {
+			cfg := m.configOfWorkload(w.name)
+			if cfg == nil {
+				continue
+			}
+			seen++
+			if got := listenOrOff(cfg.Listen.Debug, ""); got != strings.TrimSuffix(want, "off") {
+				t.Errorf("values %q: %s listens for profiles on %q, want %q", values, w.name, cfg.Listen.Debug, want)
+			}
+		}
+		if seen == 0 {
+			t.Fatalf("values %q: no extauthz workload rendered", values)
 		}
 	}
 }

@@ -39,6 +39,8 @@ type extauthzConfig struct {
 		GRPC  string `json:"grpc"`
 		HTTP  string `json:"http"`
 		Admin string `json:"admin"`
+		// Go's profiles, off unless set.
+		Debug string `json:"debug"`
 		// One client's open connections on each listener.
 		MaxConnectionsPerClient int `json:"max_connections_per_client"`
 	} `json:"listen"`
@@ -67,6 +69,8 @@ type extauthzConfig struct {
 			// to wait for them.
 			ConfirmReplicas int    `json:"confirm_replicas"`
 			ConfirmTimeout  string `json:"confirm_timeout"`
+			// The most connections to each node (0: the client's default).
+			PoolSize int `json:"pool_size"`
 		} `json:"redis"`
 	} `json:"store"`
 	Hashing struct {
@@ -330,7 +334,7 @@ func (c *extauthzConfig) validate() error {
 		}
 	}
 
-	for field, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin} {
+	for field, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP, "listen.admin": c.Listen.Admin, "listen.debug": c.Listen.Debug} {
 		if addr == "" || addr == "off" {
 			continue
 		}
@@ -358,6 +362,7 @@ func (c *extauthzConfig) validate() error {
 			"prefix":       r.Prefix != "" && r.Prefix != "extauthz:",
 			"timeout":      r.Timeout != "" && r.Timeout != "200ms",
 			"confirm_*":    r.ConfirmReplicas != 0 || r.ConfirmTimeout != "" && r.ConfirmTimeout != "1s",
+			"pool_size":    r.PoolSize != 0,
 		} {
 			if v {
 				bad("store.redis.%s: set, but store.backend is embedded, which does not use Redis", field)

@@ -81,7 +81,7 @@ value, a missing hashing pepper outside a development setup.
 Warnings (on standard error; the file stays valid): routes that can never decide a
 request (a repeated pattern, a route a broader earlier one shadows), a missing
 pepper in a development setup, an admin listener reachable off loopback without
-TLS, a query or cookie source with http_mode.original x-original or x-forwarded
+TLS, a debug listener reachable off loopback, a query or cookie source with http_mode.original x-original or x-forwarded
 (nginx, Traefik and Caddy cannot remove it). --json prints {ok, config, store, warnings, errors, routes} on standard
 output instead, with the same exit status.`,
 		Args: noArgs,
@@ -154,6 +154,9 @@ func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
 			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
+	}
+	if w := debugWarning(cfg); w != "" {
+		rep.Warnings = append(rep.Warnings, w)
 	}
 	rep.OK = len(rep.Errors) == 0
 	return rep, policies, cfg

@@ -304,6 +304,7 @@ type server struct {
 	sweepEvery time.Duration
 
 	adminSrv *http.Server
+	debugSrv *http.Server // listen.debug: Go's profiles (debug.go)
 	// tls is what every listener serves TLS with; nil when off.
 	tls *listenerTLS
 	// tracing exports a span per check and admin call; nil when off.
@@ -317,7 +318,7 @@ type server struct {
 	// another pepper's (checkPepper): the server is then never ready.
 	pepperWrong atomic.Bool
 
-	grpcLn, httpLn, adminLn net.Listener
+	grpcLn, httpLn, adminLn, debugLn net.Listener
 	// bg runs the cache's watch and last-used writer, the config watch and
 	// the store sweep; cancelBg stops them.
 	bg       sync.WaitGroup
@@ -447,6 +448,11 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
+		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ResemblesKey),
+		TLSConfig: s.tls.config("h2", "http/1.1"),
+	})
+	s.debugSrv = debugLimits.apply(&http.Server{
+		Handler:   recoverHTTP(logger, "debug", debugHandler()),
 		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ResemblesKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
@@ -583,7 +589,7 @@ func (s *server) listen() error {
 		name string
 		addr config.Addr
 		ln   *net.Listener
-	}{{"grpc", s.cfg.Listen.GRPC, &s.grpcLn}, {"http", s.cfg.Listen.HTTP, &s.httpLn}, {"admin", s.cfg.Listen.Admin, &s.adminLn}} {
+	}{{"grpc", s.cfg.Listen.GRPC, &s.grpcLn}, {"http", s.cfg.Listen.HTTP, &s.httpLn}, {"admin", s.cfg.Listen.Admin, &s.adminLn}, {"debug", s.cfg.Listen.Debug, &s.debugLn}} {
 		if !l.addr.Enabled() {
 			continue
 		}
@@ -620,7 +626,7 @@ func (s *server) run(ctx context.Context) error {
 	for _, l := range []struct {
 		srv *http.Server
 		ln  net.Listener
-	}{{s.http, s.httpLn}, {s.adminSrv, s.adminLn}} {
+	}{{s.http, s.httpLn}, {s.adminSrv, s.adminLn}, {s.debugSrv, s.debugLn}} {
 		if l.ln == nil {
 			continue
 		}
@@ -637,7 +643,10 @@ func (s *server) run(ctx context.Context) error {
 		}()
 	}
 	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn),
-		"admin", addrOf(s.adminLn), "store", describeStore(s.cfg), "tls", describeTLS(s.cfg.TLS))
+		"admin", addrOf(s.adminLn), "debug", addrOf(s.debugLn), "store", describeStore(s.cfg), "tls", describeTLS(s.cfg.TLS))
+	if w := debugWarning(s.cfg); w != "" {
+		s.logger.Warn(w)
+	}
 
 	var err error
 	select {
@@ -650,7 +659,7 @@ func (s *server) run(ctx context.Context) error {
 }
 
 // shutdown drains: gRPC health goes NOT_SERVING first so Envoy stops
-// sending (and each Watch stream, told so, ends), then the three listeners
+// sending (and each Watch stream, told so, ends), then the listeners
 // stop together, each taking no new connection or call and letting those
 // in flight finish (drainFor), then background work. Together: an HTTP
 // listener left open while the gRPC calls drained went on answering, its
@@ -670,7 +679,7 @@ func (s *server) shutdown() {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), drainFor)
 	defer cancel()
-	for _, h := range []*http.Server{s.http, s.adminSrv} {
+	for _, h := range []*http.Server{s.http, s.adminSrv, s.debugSrv} {
 		wg.Go(func() {
 			if err := h.Shutdown(ctx); err != nil {
 				h.Close() // what is still in flight at the bound is cut off, as gRPC's is

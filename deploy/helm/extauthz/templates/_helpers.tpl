@@ -181,9 +181,11 @@ sets them: two places for one setting is one too many.
 {{- if .Values.sidecar.enabled -}}
 {{- $_ := set $listen "grpc" (printf "127.0.0.1:%d" (int .Values.listen.grpc)) -}}
 {{- $_ := set $listen "admin" "off" -}}
+{{- $_ := set $listen "debug" "off" -}}
 {{- else -}}
 {{- $_ := set $listen "grpc" (printf ":%d" (int .Values.listen.grpc)) -}}
 {{- $_ := set $listen "admin" .Values.listen.admin -}}
+{{- $_ := set $listen "debug" .Values.listen.debug -}}
 {{- end -}}
 {{- $_ := set $cfg "listen" $listen -}}
 {{- $store := deepCopy (get $cfg "store" | default dict) -}}
@@ -300,6 +302,10 @@ policy, spend the unknown-key budget every new key waits on, and read
 {{- end -}}
 {{- if or (eq (int $v.listen.grpc) (int $v.listen.http)) (hasSuffix (printf ":%d" (int $v.listen.grpc)) (toString $v.listen.admin)) (hasSuffix (printf ":%d" (int $v.listen.http)) (toString $v.listen.admin)) -}}
 {{- fail "listen: grpc, http and admin need three different ports" -}}
+{{- end -}}
+{{- $debugPort := regexReplaceAll "^.*:" (toString $v.listen.debug) "" -}}
+{{- if and (ne (toString $v.listen.debug) "off") (has $debugPort (list (toString (int $v.listen.grpc)) (toString (int $v.listen.http)) (regexReplaceAll "^.*:" (toString $v.listen.admin) ""))) -}}
+{{- fail "listen: debug needs a port of its own, not grpc's, http's or admin's" -}}
 {{- end -}}
 {{- if $v.sidecar.enabled -}}
 {{- range $name, $on := dict "autoscaling.enabled" $v.autoscaling.enabled "istio.enabled" $v.istio.enabled "metrics.serviceMonitor.enabled" $v.metrics.serviceMonitor.enabled -}}
