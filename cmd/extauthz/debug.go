@@ -28,8 +28,10 @@ var debugLimits = httpLimits{
 // net/http/pprof does, for go tool pprof and continuous profilers: the index,
 // profile (CPU, ?seconds=, 30 by default), trace, symbol, and the named
 // profiles (heap, allocs, goroutine, threadcreate, block, mutex). Not the
-// process's command line (cmdline), and nothing else: the listener has no
-// credential, and a profile names the server's code, not its data.
+// process's command line (cmdline), and nothing else. The listener asks
+// for no credential: a profile names the server's code and where its memory
+// and time go, but a goroutine dump (debug=2) also prints raw words of
+// function arguments, so it belongs on loopback (debugWarning).
 //
 // Importing net/http/pprof also registers these on http.DefaultServeMux;
 // no listener of the server serves that mux (TestTheDebugListener asks the
