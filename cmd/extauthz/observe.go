@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
@@ -213,6 +214,28 @@ func (o *observer) Observe(req *authz.Request, d *authz.Decision, latency time.D
 func nearLimit(d *authz.Decision) bool {
 	n := d.RateLimit.Limit.Rate.N
 	return n > 0 && float64(d.RateLimit.Remaining) <= nearLimitShare*float64(n)
+}
+
+// registerRedisPool exports what the Redis client's connection pool holds
+// and how often a call had to wait for one of its connections, read at
+// scrape time (a Cluster's nodes together), so that store.redis.pool_size
+// can be chosen from what the pool does: waits that keep rising mean every
+// connection was in use when a call came.
+func registerRedisPool(reg *prometheus.Registry, client goredis.UniversalClient) {
+	for state, f := range map[string]func(*goredis.PoolStats) float64{
+		"in_use": func(p *goredis.PoolStats) float64 { return float64(p.TotalConns) - float64(p.IdleConns) },
+		"idle":   func(p *goredis.PoolStats) float64 { return float64(p.IdleConns) },
+	} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "extauthz_redis_connections",
+			Help:        "Connections the Redis client holds open, in use or idle (at most store.redis.pool_size to each node).",
+			ConstLabels: prometheus.Labels{"state": state}}, func() float64 { return f(client.PoolStats()) }))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "extauthz_redis_pool_waits_total",
+		Help: "Redis calls that found every pooled connection in use and waited for one."},
+		func() float64 { return float64(client.PoolStats().WaitCount) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "extauthz_redis_pool_wait_seconds_total",
+		Help: "Time Redis calls spent waiting for a pooled connection."},
+		func() float64 { return float64(client.PoolStats().WaitDurationNs) / 1e9 }))
 }
 
 // registerStats exports the counters the cache, the limiter and the audit

@@ -92,6 +92,22 @@ func TestThePoolSizeBoundsTheConnectionsToRedis(t *testing.T) {
 		t.Logf("pool_size %d: %d checks, at most %d connections to Redis", poolSize, checks.Load(), most)
 		require.Positive(t, checks.Load())
 		assert.Zero(t, denials.Load(), "every check allowed")
+
+		// What the pool did, as /metrics tells it.
+		fams := scrape(t, nil, ts.httpURL+"/metrics")
+		inUse, ok1 := sample(fams, "extauthz_redis_connections", "state", "in_use")
+		idle, ok2 := sample(fams, "extauthz_redis_connections", "state", "idle")
+		waits, ok3 := sample(fams, "extauthz_redis_pool_waits_total")
+		waited, ok4 := sample(fams, "extauthz_redis_pool_wait_seconds_total")
+		require.True(t, ok1 && ok2 && ok3 && ok4, "the pool's metrics are exported")
+		t.Logf("metrics: %v in use, %v idle, %v waits for %.3fs", inUse, idle, waits, waited)
+		assert.Positive(t, inUse+idle)
+		if poolSize > 0 {
+			assert.LessOrEqual(t, inUse+idle, float64(poolSize))
+			// 16 callers, each lookup held 2 ms, on 4 connections.
+			assert.Positive(t, waits, "calls waited for one of the 4 connections")
+			assert.Positive(t, waited)
+		}
 		return most
 	}
 

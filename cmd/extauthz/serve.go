@@ -376,6 +376,9 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	s.obs = newObserver(s.metrics, s.audit)
 	s.obs.setPolicies(policies)
 	registerStats(s.metrics, s.cache, s.limiter, s.audit)
+	if be.redis != nil {
+		registerRedisPool(s.metrics, be.redis)
+	}
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_config_reloads_total", Help: "Config reloads by result."}, []string{"result"})
 	s.lastLoad = prometheus.NewGauge(prometheus.GaugeOpts{Name: "extauthz_config_last_reload_success_timestamp_seconds",
 		Help: "When the config in force was loaded (at start, or by the last successful reload), in seconds since the Unix epoch."})
