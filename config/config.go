@@ -196,7 +196,7 @@ type Redis struct {
 	// at most (0: the Redis client's default, 10 for each CPU the Go
 	// runtime uses). One is held by the key change feed's blocking read and
 	// one by the rate limiter's batch in flight, so at least
-	// MinRedisPoolSize.
+	// minRedisPoolSize.
 	PoolSize int `json:"pool_size"`
 
 	// Password is read from the environment variable PasswordEnv by Load,
@@ -455,8 +455,8 @@ const (
 // lookup waiting on both; more than 1024 per replica is a fleet that
 // exhausts Redis's maxclients (10,000) at ten replicas.
 const (
-	MinRedisPoolSize = 4
-	MaxRedisPoolSize = 1024
+	minRedisPoolSize = 4
+	maxRedisPoolSize = 1024
 )
 
 // Default returns the configuration an empty file gives.
@@ -1088,8 +1088,8 @@ func validateRedisAddr(field, addr string, bad func(field, format string, args .
 // small for the change feed and the rate limiter leaves every key lookup
 // waiting for a connection, then failing.
 func validateRedisPoolSize(r Redis, bad func(field, format string, args ...any)) {
-	want := fmt.Sprintf("want 0 (the Redis client's default, 10 per CPU) or %d to %d connections to each node (the key change feed holds one, the rate limiter's batch another)", MinRedisPoolSize, MaxRedisPoolSize)
-	if r.PoolSize != 0 && (r.PoolSize < MinRedisPoolSize || r.PoolSize > MaxRedisPoolSize) {
+	want := fmt.Sprintf("want 0 (the Redis client's default, 10 per CPU) or %d to %d connections to each node (the key change feed holds one, the rate limiter's batch another)", minRedisPoolSize, maxRedisPoolSize)
+	if r.PoolSize != 0 && (r.PoolSize < minRedisPoolSize || r.PoolSize > maxRedisPoolSize) {
 		bad("store.redis.pool_size", "%d: %s", r.PoolSize, want)
 	}
 	u, err := url.Parse(r.URL)
@@ -1110,7 +1110,7 @@ func validateRedisPoolSize(r Redis, bad func(field, format string, args ...any))
 	switch {
 	case err != nil:
 		bad("store.redis.url", "?pool_size= is not a number: %s", want)
-	case n != 0 && (n < MinRedisPoolSize || n > MaxRedisPoolSize):
+	case n != 0 && (n < minRedisPoolSize || n > maxRedisPoolSize):
 		bad("store.redis.url", "?pool_size=%d: %s", n, want)
 	}
 }

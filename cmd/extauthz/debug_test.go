@@ -1,12 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -24,48 +23,39 @@ func TestTheDebugListener(t *testing.T) {
 		storeYAML(t, "embedded")+testRoutes))
 	require.NotNil(t, ts.srv.debugLn)
 	debugURL := "http://" + ts.srv.debugLn.Addr().String()
-	get := func(t *testing.T, url string) (int, []byte) {
-		t.Helper()
-		resp, err := http.Get(url)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return resp.StatusCode, body
-	}
-	gzipped := []byte{0x1f, 0x8b}
+	const gzipped = "\x1f\x8b"
 
 	t.Run("profiles go tool pprof reads", func(t *testing.T) {
 		goTool, err := exec.LookPath("go")
 		require.NoError(t, err, "go is on PATH where the tests run")
 		for _, name := range []string{"heap", "allocs", "goroutine", "profile?seconds=1"} {
-			code, body := get(t, debugURL+"/debug/pprof/"+name)
+			code, body, _ := get(t, debugURL+"/debug/pprof/"+name, nil)
 			require.Equal(t, http.StatusOK, code, "%s: %s", name, body)
-			require.True(t, bytes.HasPrefix(body, gzipped), "%s: a gzipped profile", name)
+			require.True(t, strings.HasPrefix(body, gzipped), "%s: a gzipped profile", name)
 			file := filepath.Join(t.TempDir(), "profile.pb.gz")
-			require.NoError(t, os.WriteFile(file, body, 0o600))
+			require.NoError(t, os.WriteFile(file, []byte(body), 0o600))
 			out, err := exec.Command(goTool, "tool", "pprof", "-top", file).CombinedOutput()
 			require.NoError(t, err, "go tool pprof -top %s: %s", name, out)
 			assert.Contains(t, string(out), "flat%", name)
 		}
-		code, body := get(t, debugURL+"/debug/pprof/goroutine?debug=1")
+		code, body, _ := get(t, debugURL+"/debug/pprof/goroutine?debug=1", nil)
 		require.Equal(t, http.StatusOK, code)
-		assert.Contains(t, string(body), "goroutine profile: total")
-		code, body = get(t, debugURL+"/debug/pprof/")
+		assert.Contains(t, body, "goroutine profile: total")
+		code, body, _ = get(t, debugURL+"/debug/pprof/", nil)
 		require.Equal(t, http.StatusOK, code)
-		assert.Contains(t, string(body), "heap")
+		assert.Contains(t, body, "heap")
 	})
 
 	t.Run("nothing else there", func(t *testing.T) {
 		for _, path := range []string{"/debug/pprof/cmdline", "/debug/pprof/nosuchprofile", "/metrics", "/healthz", "/v1/keys", "/"} {
-			code, _ := get(t, debugURL+path)
+			code, _, _ := get(t, debugURL+path, nil)
 			assert.Equal(t, http.StatusNotFound, code, path)
 		}
 		// net/http/pprof records for as long as it is asked: a request
 		// holds the CPU profiler, or waits for a delta, at most
 		// maxProfileFor.
 		for _, path := range []string{"profile?seconds=61", "trace?seconds=600", "heap?seconds=1e9", "allocs?seconds=NaN", "profile?seconds=Inf", "goroutine?seconds=x"} {
-			code, body := get(t, debugURL+"/debug/pprof/"+path)
+			code, body, _ := get(t, debugURL+"/debug/pprof/"+path, nil)
 			assert.Equal(t, http.StatusBadRequest, code, "%s: %s", path, body)
 		}
 	})
@@ -73,10 +63,10 @@ func TestTheDebugListener(t *testing.T) {
 	t.Run("no other listener serves them", func(t *testing.T) {
 		for _, base := range []string{ts.httpURL, ts.adminURL} {
 			for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine?debug=1"} {
-				code, body := get(t, base+path)
+				code, body, _ := get(t, base+path, nil)
 				assert.NotEqual(t, http.StatusOK, code, "%s%s", base, path)
-				assert.NotContains(t, string(body), "goroutine", "%s%s", base, path)
-				assert.False(t, bytes.HasPrefix(body, gzipped), "%s%s", base, path)
+				assert.NotContains(t, body, "goroutine", "%s%s", base, path)
+				assert.False(t, strings.HasPrefix(body, gzipped), "%s%s", base, path)
 			}
 		}
 	})

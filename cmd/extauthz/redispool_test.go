@@ -52,9 +52,10 @@ func TestThePoolSizeBoundsTheConnectionsToRedis(t *testing.T) {
 		require.NoError(t, err)
 		be, err := openBackend(cfg, nil)
 		require.NoError(t, err)
+		mgr := be.manager(cfg)
 		keys := make([]string, 64)
 		for i := range keys {
-			keys[i], _, err = be.manager(cfg).Create(context.Background(), keystore.Spec{Name: "pooled", Permissions: []string{"read:users"}}, "test")
+			keys[i], _, err = mgr.Create(context.Background(), keystore.Spec{Name: "pooled", Permissions: []string{"read:users"}}, "test")
 			require.NoError(t, err)
 		}
 		be.Close()
