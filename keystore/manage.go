@@ -110,6 +110,9 @@ type Spec struct {
 	ExpiresAt   *time.Time
 	Policies    []string          // empty = every policy
 	Meta        map[string]string // see ValidateMeta
+	// Once, if set, makes the create idempotent (see Once); only Create
+	// reads it.
+	Once *Once
 }
 
 func (m *Manager) now() time.Time {
@@ -155,6 +158,11 @@ func (s *Spec) Validate(now time.Time) error {
 	}
 	if err := ValidatePolicies(s.Policies); err != nil {
 		return err
+	}
+	if s.Once != nil {
+		if err := ValidateIdempotencyKey(s.Once.Key); err != nil {
+			return err
+		}
 	}
 	return ValidateMeta(s.Meta)
 }
@@ -274,7 +282,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if err != nil {
 		return "", nil, err
 	}
-	err = m.Store.Create(ctx, k, h, m.MaxPerOwner)
+	err = m.storeCreate(ctx, now, spec, k, h)
 	if landed(err, ErrExists) {
 		switch _, made, known := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); {
 		case made:

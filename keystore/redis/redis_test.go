@@ -208,16 +208,25 @@ func TestKeyNamesCarryThePrefixAndOneHashTag(t *testing.T) {
 	_, err = s.Rotate(ctx, k.ID, next, nextHash, time.Now().Add(time.Hour))
 	require.NoError(t, err)
 	require.NoError(t, s.TouchLastUsed(ctx, map[string]time.Time{next.ID: time.Now()}))
+	bobs, bobsHash, _ := newKey(t, "bob")
+	token := keystore.OnceToken("bob", "request 1")
+	require.NoError(t, s.CreateOnce(ctx, bobs, bobsHash, 0, keystore.OnceRecord{Token: token, Until: bobs.CreatedAt.Add(time.Hour)}))
 
 	names := allKeys(t, raw)
 	want := []string{
 		"tenant-a:{keys}:h:" + h.String(),
 		"tenant-a:{keys}:h:" + nextHash.String(),
+		"tenant-a:{keys}:h:" + bobsHash.String(),
 		"tenant-a:{keys}:id:" + k.ID,
 		"tenant-a:{keys}:id:" + next.ID,
+		"tenant-a:{keys}:id:" + bobs.ID,
+		"tenant-a:{keys}:once:" + token.String(),
 		"tenant-a:{keys}:all",
 		"tenant-a:{keys}:owner:alice",
 		"tenant-a:{keys}:live:alice",
+		"tenant-a:{keys}:owner:bob",
+		"tenant-a:{keys}:live:bob",
+		"tenant-a:{keys}:open:bob",
 		"tenant-a:{keys}:changes",
 		"tenant-a:{keys}:open",
 		"tenant-a:{keys}:open:alice",

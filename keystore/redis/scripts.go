@@ -72,11 +72,22 @@ end
 //
 //	KEYS: 1 record, 2 id→hash, 3 all ids, 4 owner's ids, 5 owner's live ids, 6 changes,
 //	      7 open ids, 8 owner's open ids, 9 expiring, 10 ends, 11 index version,
-//	      12 owner's grace, 13 owner's grace ids
+//	      12 owner's grace, 13 owner's grace ids,
+//	      14 the idempotency key's record (only for a create that has one)
 //	ARGV: 1 record JSON, 2 hash hex, 3 id, 4 max per owner (0 = none),
 //	      5 now (µs), 6 live score ("" = not live), 7 changes MAXLEN,
-//	      8 listed, 9 expiry score, 10 end score, 11 member, 12 index version
+//	      8 listed, 9 expiry score, 10 end score, 11 member, 12 index version,
+//	      13 the idempotency record ("<request hex> <id>"), 14 its lifetime (ms)
+//
+// A create whose idempotency key has a record already stores nothing and
+// answers "ONCE <record>".
 var createScript = goredis.NewScript(indexLua + countLua + `
+if KEYS[14] then
+  local was = redis.call('GET', KEYS[14])
+  if was then
+    return 'ONCE ' .. was
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 'EXISTS'
 end
@@ -96,6 +107,9 @@ if ARGV[6] ~= '' then
 end
 index(KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[3], ARGV[11], ARGV[8], ARGV[9], ARGV[10])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'h', ARGV[2])
+if KEYS[14] then
+  redis.call('SET', KEYS[14], ARGV[13], 'PX', ARGV[14])
+end
 return 'OK'
 `)
 

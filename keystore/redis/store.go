@@ -16,6 +16,7 @@ package redis
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,6 +60,9 @@ import (
 //	                                 by Sweep; until then List walks every id)
 //	<prefix>{keys}:changes           stream of changes, one field h = hash hex
 //	<prefix>{keys}:pepper            string: the pepper mark (see keystore.PepperMarker), hex
+//	<prefix>{keys}:once:<token hex>  string: "<request hex> <id>", the key a create with an
+//	                                 idempotency key made (keystore.Once); expires after
+//	                                 keystore.OnceWindow
 //
 // Every name carries the same hash tag, {keys}, so on Redis Cluster all key
 // metadata lives in one slot, on one primary. That is deliberate. Metadata
@@ -97,6 +101,7 @@ func (l layout) ends() string                 { return l.base + "ends" }
 func (l layout) index() string                { return l.base + "index" }
 func (l layout) graceBuilt() string           { return l.base + "gracebuilt" }
 func (l layout) pepper() string               { return l.base + "pepper" }
+func (l layout) once(token string) string     { return l.base + "once:" + token }
 
 // indexVersion is the value of the index key once the listing indexes
 // cover every key.
@@ -311,6 +316,16 @@ var _ keystore.CheckedGetter = (*Store)(nil)
 
 // Create stores k under h, atomically with the owner's limit check.
 func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int) error {
+	return s.create(ctx, k, h, maxPerOwner, nil)
+}
+
+// CreateOnce is Create that keeps once under its token until once.Until,
+// written by the same script (keystore.OnceCreator).
+func (s *Store) CreateOnce(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int, once keystore.OnceRecord) error {
+	return s.create(ctx, k, h, maxPerOwner, &once)
+}
+
+func (s *Store) create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int, once *keystore.OnceRecord) error {
 	if err := s.check(); err != nil {
 		return err
 	}
@@ -333,11 +348,30 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		s.keys.grace(rec.Owner), s.keys.graceIDs(rec.Owner),
 	}
 	ix := indexOf(rec)
-	res, confirmed, err := s.change(ctx, createScript, confirmCreate, keys,
-		raw, hexHash, rec.ID, max(maxPerOwner, 0), micros(rec.CreatedAt), liveScore(rec), changesMaxLen,
-		ix.listed, ix.expiry, ix.end, ix.member, indexVersion)
+	args := []any{raw, hexHash, rec.ID, max(maxPerOwner, 0), micros(rec.CreatedAt), liveScore(rec), changesMaxLen,
+		ix.listed, ix.expiry, ix.end, ix.member, indexVersion}
+	if once != nil {
+		ms := once.Until.Sub(rec.CreatedAt).Milliseconds() // Redis's clock from here on
+		if ms <= 0 {
+			return fmt.Errorf("redis create %s: the idempotency key's record ends in the past", rec.ID)
+		}
+		keys = append(keys, s.keys.once(once.Token.String()))
+		args = append(args, once.Request.String()+" "+rec.ID, ms)
+	}
+	res, confirmed, err := s.change(ctx, createScript, confirmCreate, keys, args...)
 	if err != nil {
 		return unavailable("create "+rec.ID, err)
+	}
+	if was, ok := strings.CutPrefix(res, "ONCE "); ok && once != nil {
+		request, id, ok := strings.Cut(was, " ")
+		var rh keystore.Hash
+		if !ok || hex.DecodedLen(len(request)) != len(rh) {
+			return fmt.Errorf("redis create %s: unreadable idempotency record %q", rec.ID, was)
+		}
+		if _, err := hex.Decode(rh[:], []byte(request)); err != nil {
+			return fmt.Errorf("redis create %s: unreadable idempotency record %q", rec.ID, was)
+		}
+		return keystore.EarlierCreateOf(rec, *once, id, rh)
 	}
 	switch res {
 	case "OK":

@@ -49,6 +49,17 @@ func (s *Store) Get(ctx context.Context, id string) (*keystore.Key, error) {
 // Create stores k under hash h, unless its id or hash exists (ErrExists) or
 // its owner already has maxPerOwner keys live at k.CreatedAt (ErrKeyLimit).
 func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int) error {
+	return s.create(ctx, k, h, maxPerOwner, nil)
+}
+
+// CreateOnce is Create that keeps once in the table of the same name, in
+// the same transaction (keystore.OnceCreator). Sweep forgets the rows past
+// their time.
+func (s *Store) CreateOnce(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int, once keystore.OnceRecord) error {
+	return s.create(ctx, k, h, maxPerOwner, &once)
+}
+
+func (s *Store) create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int, once *keystore.OnceRecord) error {
 	if k == nil {
 		return errors.New("create key: nil key")
 	}
@@ -57,6 +68,11 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		return fmt.Errorf("create key %q: %w", k.ID, err)
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
+		if once != nil {
+			if err := checkOnce(ctx, tx, k, *once); err != nil {
+				return err
+			}
+		}
 		if err := checkNew(ctx, tx, k.ID, h); err != nil {
 			return err
 		}
@@ -72,12 +88,43 @@ func (s *Store) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		if err := insert(ctx, tx, r, h); err != nil {
 			return err
 		}
+		if once != nil {
+			// A row of the token still there is past its time (checkOnce).
+			_, err := tx.ExecContext(ctx, `INSERT INTO once (token, request, key_id, until) VALUES (?, ?, ?, ?)
+				ON CONFLICT (token) DO UPDATE SET request = excluded.request, key_id = excluded.key_id, until = excluded.until`,
+				once.Token[:], once.Request[:], k.ID, once.Until.UnixNano())
+			if err != nil {
+				return dbErr(err)
+			}
+		}
 		return s.logChanges(ctx, tx, h)
 	})
-	if err != nil {
+	var earlier *keystore.EarlierCreate
+	if err != nil && !errors.As(err, &earlier) {
 		return fmt.Errorf("create key %q: %w", k.ID, err)
 	}
-	return nil
+	return err
+}
+
+// checkOnce returns keystore.EarlierCreateOf the record of once's token, if
+// there is one still in its time as of k's creation (the one clock of the
+// create; Sweep deletes the rest).
+func checkOnce(ctx context.Context, tx *sql.Tx, k *keystore.Key, once keystore.OnceRecord) error {
+	var request []byte
+	var id string
+	err := tx.QueryRowContext(ctx, `SELECT request, key_id FROM once WHERE token = ? AND until > ?`,
+		once.Token[:], k.CreatedAt.UnixNano()).Scan(&request, &id)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return dbErr(err)
+	}
+	var rh keystore.Hash
+	if copy(rh[:], request) != len(rh) {
+		return fmt.Errorf("create key %q: unreadable idempotency record", k.ID)
+	}
+	return keystore.EarlierCreateOf(k, once, id, rh)
 }
 
 // MarkPepper keeps the pepper mark in the marks table, written once. A

@@ -81,6 +81,19 @@ CREATE TABLE marks (
 	value BLOB NOT NULL
 ) STRICT;
 `,
+	5: `
+-- The keys that creates with an idempotency key made (keystore.Once), so
+-- that such a create repeated is answered with the key it made, not a
+-- second one. token is keystore.OnceToken (the idempotency key itself is
+-- not kept); a row is forgotten once past until (unix nanoseconds).
+CREATE TABLE once (
+	token   BLOB PRIMARY KEY CHECK (length(token) = 32),
+	request BLOB NOT NULL CHECK (length(request) = 32),
+	key_id  TEXT NOT NULL,
+	until   INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX once_by_until ON once (until);
+`,
 }
 
 // keyColumns are the columns scanKey reads, in its order.

@@ -29,7 +29,7 @@ import (
 
 const (
 	// schemaVersion is the PRAGMA user_version this code writes and reads.
-	schemaVersion = 5
+	schemaVersion = 6
 
 	// busyTimeout is how long a writer waits for another process's write
 	// transaction before giving up.

@@ -31,6 +31,11 @@ func (s *Store) Sweep(ctx context.Context, opts keystore.SweepOptions) (keystore
 			return dbErr(err)
 		}
 		res.Unlisted = int(n)
+		// Creates' idempotency keys past their time go too, as many.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM once WHERE token IN (SELECT token FROM once
+			WHERE until <= ? ORDER BY until LIMIT ?)`, now, batch); err != nil {
+			return dbErr(err)
+		}
 		if opts.PurgeBefore.IsZero() {
 			return nil
 		}

@@ -170,3 +170,24 @@ func idsOf(keys []*keystore.Key) []string {
 	}
 	return out
 }
+
+func TestSweepForgetsIdempotencyKeysPastTheirTime(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"))
+	now := time.Now().UTC()
+	for i, life := range []time.Duration{time.Minute, time.Minute, 2 * time.Hour} {
+		k, h := testKey(t)
+		once := keystore.OnceRecord{Token: keystore.OnceToken("alice", string(rune('a'+i))), Request: hasher.Hash("r"), Until: now.Add(life)}
+		require.NoError(t, s.CreateOnce(t.Context(), k, h, 0, once))
+	}
+	rows := func() (n int) {
+		require.NoError(t, s.db.QueryRowContext(t.Context(), `SELECT count(*) FROM once`).Scan(&n))
+		return n
+	}
+	require.Equal(t, 3, rows())
+	_, err := s.Sweep(t.Context(), keystore.SweepOptions{Now: now.Add(time.Hour), Batch: 1})
+	require.NoError(t, err)
+	require.Equal(t, 2, rows(), "a sweep forgets at most a batch")
+	_, err = s.Sweep(t.Context(), keystore.SweepOptions{Now: now.Add(time.Hour)})
+	require.NoError(t, err)
+	require.Equal(t, 1, rows(), "the one still in its time is kept")
+}

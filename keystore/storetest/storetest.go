@@ -44,6 +44,9 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("Create refuses a key over maxPerOwner", func(t *testing.T) { testKeyLimit(t, newBackend) })
 	t.Run("concurrent creates for one owner stop at exactly maxPerOwner", func(t *testing.T) { testKeyLimitConcurrent(t, newBackend) })
 	t.Run("revoked, expired and rotated-away keys do not count against maxPerOwner", func(t *testing.T) { testKeyLimitCountsLiveKeys(t, newBackend) })
+	t.Run("CreateOnce makes one key per idempotency key and names it to a repeat", func(t *testing.T) { testOnce(t, newBackend) })
+	t.Run("CreateOnce forgets an idempotency key after its time", func(t *testing.T) { testOnceExpires(t, newBackend) })
+	t.Run("concurrent creates with one idempotency key make exactly one key", func(t *testing.T) { testOnceConcurrent(t, newBackend) })
 	t.Run("Update stores what fn made of the record", func(t *testing.T) { testUpdate(t, newBackend) })
 	t.Run("Update changes nothing when fn fails", func(t *testing.T) { testUpdateAborts(t, newBackend) })
 	t.Run("Update of an unknown id is ErrNotFound", func(t *testing.T) { testUpdateUnknown(t, newBackend) })
@@ -134,6 +137,17 @@ func (f *fixture) newKey(owner string, at time.Time) (*keystore.Key, keystore.Ha
 		Permissions: []string{"read:users"},
 		CreatedAt:   at,
 	}, hasher.Hash("secret of " + id)
+}
+
+// newKeys returns n of newKey's keys of owner, created at the fixture's base.
+func (f *fixture) newKeys(owner string, n int) ([]*keystore.Key, []keystore.Hash) {
+	f.t.Helper()
+	keys := make([]*keystore.Key, n)
+	hashes := make([]keystore.Hash, n)
+	for i := range n {
+		keys[i], hashes[i] = f.newKey(owner, f.base)
+	}
+	return keys, hashes
 }
 
 // create stores a new key of owner created at `at`, with no owner limit.
@@ -227,6 +241,21 @@ func requireAbsent(t *testing.T, s keystore.Store, id string, h keystore.Hash) {
 }
 
 func ptr(t time.Time) *time.Time { return &t }
+
+// atOnce runs call(0) to call(n-1) in goroutines released together, and
+// returns when all are done.
+func atOnce(n int, call func(i int)) {
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			call(i)
+		})
+	}
+	close(start)
+	wg.Wait()
+}
 
 func testRoundTrip(t *testing.T, newBackend Backend) {
 	f := newFixture(t, newBackend)
@@ -414,24 +443,12 @@ func testKeyLimitConcurrent(t *testing.T, newBackend Backend) {
 	f := newFixture(t, newBackend)
 	stores := []keystore.Store{f.store(), f.store()}
 	const attempts, limit = 20, 5
-	keys := make([]*keystore.Key, attempts)
-	hashes := make([]keystore.Hash, attempts)
-	for i := range attempts {
-		keys[i], hashes[i] = f.newKey("carol", f.base)
-	}
-
+	keys, hashes := f.newKeys("carol", attempts)
 	errs := make([]error, attempts)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range attempts {
+	atOnce(attempts, func(i int) {
 		s := stores[i%len(stores)] // half through each Store, as two processes would
-		wg.Go(func() {
-			<-start
-			errs[i] = s.Create(context.Background(), keys[i], hashes[i], limit)
-		})
-	}
-	close(start)
-	wg.Wait()
+		errs[i] = s.Create(context.Background(), keys[i], hashes[i], limit)
+	})
 
 	var created []string
 	for i, err := range errs {

@@ -90,20 +90,13 @@ func testUpdateOwnerLimitConcurrent(t *testing.T, newBackend Backend) {
 		ids = append(ids, k.ID)
 	}
 	errs := make([]error, expired)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, id := range ids {
+	atOnce(expired, func(i int) {
 		s := stores[i%len(stores)]
-		wg.Go(func() {
-			<-start
-			_, errs[i] = s.Update(context.Background(), id, keystore.OwnerLimit{Max: limit, At: f.base}, func(cur *keystore.Key) error {
-				cur.ExpiresAt = nil
-				return nil
-			})
+		_, errs[i] = s.Update(context.Background(), ids[i], keystore.OwnerLimit{Max: limit, At: f.base}, func(cur *keystore.Key) error {
+			cur.ExpiresAt = nil
+			return nil
 		})
-	}
-	close(start)
-	wg.Wait()
+	})
 	revived := 0
 	for i, err := range errs {
 		switch {
