@@ -376,6 +376,9 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				// refused all the same (a writer trying to revoke another
 				// tenant's key, whose id it saw in a log or a header).
 				s.refused(r, rt, c, http.StatusNotFound, codePermissionDenied)
+			case ae.code == codeAlreadyCreated:
+				// A create sent again: a client's retry, asking for no more
+				// than it asked before.
 			case ae.status == http.StatusConflict:
 				// A change refused for a key's state or its owner's
 				// limit: one more live key than keys.max_per_owner, a new

@@ -362,13 +362,19 @@ func (e *env) send(method, path, key string, body any, hdr ...string) response {
 			req.Header.Set(hdr[i], hdr[i+1])
 		}
 	}
+	return e.do(req)
+}
+
+// do sends req as it is and checks an error answer as send does.
+func (e *env) do(req *http.Request) response {
+	e.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(e.t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(e.t, err)
 	r := response{status: resp.StatusCode, header: resp.Header, body: b}
-	if r.status >= 400 && method != "HEAD" {
+	if r.status >= 400 && req.Method != "HEAD" {
 		// Every error is JSON {"error", "code"}, whatever produced it.
 		require.Equal(e.t, "application/json", resp.Header.Get("Content-Type"), "error answer %s", r)
 		var eb map[string]any

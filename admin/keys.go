@@ -67,7 +67,13 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err := s.exceedsCaller(c, asked); err != nil {
 		return err
 	}
+	if spec.Once, err = once(r, body, spec.Owner); err != nil {
+		return err
+	}
 	secret, k, err := s.manager.Create(r.Context(), spec, c.actor())
+	if err := earlierCreate(w, err); err != nil {
+		return err
+	}
 	return s.writeNewKey(w, secret, k, err, "create", unconfirmedCreate)
 }
 
