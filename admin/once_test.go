@@ -138,3 +138,29 @@ func TestABadIdempotencyKeyMakesNothing(t *testing.T) {
 		}
 	})
 }
+
+// TestAQuotedIdempotencyKeyIsTheBareOne: every key a client may send has
+// two spellings, bare and as a structured-field string, and both read as
+// the one key; nothing else reads as a key.
+func TestAQuotedIdempotencyKeyIsTheBareOne(t *testing.T) {
+	var every strings.Builder
+	for c := byte(0x21); c <= 0x7e; c++ {
+		every.WriteByte(c)
+	}
+	quote := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	for _, key := range []string{every.String(), "a", "a b", `\`, `"`, `""`, `\"`, strings.Repeat("z", 255)} {
+		require.NoError(t, keystore.ValidateIdempotencyKey(key), "%q", key)
+		got, err := unquote(`"` + quote.Replace(key) + `"`)
+		require.NoError(t, err, "%q quoted", key)
+		assert.Equal(t, key, got, "%q quoted", key)
+		if !strings.HasPrefix(key, `"`) {
+			got, err = unquote(key)
+			require.NoError(t, err)
+			assert.Equal(t, key, got, "%q bare", key)
+		}
+	}
+	for _, bad := range []string{`"`, `"a`, `"a"b`, `"a\"`, `"a\b"`, `"\`} {
+		_, err := unquote(bad)
+		assert.Error(t, err, "%q", bad)
+	}
+}
