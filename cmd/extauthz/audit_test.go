@@ -1,7 +1,6 @@
 package main
 
 import (
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -406,10 +405,7 @@ func TestAnAnswerThatCannotBeSentIsAuditedAsTheFailureEnvoySaw(t *testing.T) {
 				store, mode, testRoutes))
 			ts := startServerOut(t, path, serverOutput{logs: &syncbuf.Buffer{}, audit: audit})
 			key, k := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
-			db, err := sql.Open("sqlite", store)
-			require.NoError(t, err)
-			defer db.Close()
-			_, err = db.Exec("UPDATE keys SET name = CAST(X'6e61ff6d65' AS TEXT) WHERE id = ?", k.ID)
+			_, err := openStoreFile(t, store).Exec("UPDATE keys SET name = CAST(X'6e61ff6d65' AS TEXT) WHERE id = ?", k.ID)
 			require.NoError(t, err)
 
 			// Allowed, and denied (a permission the key lacks).

@@ -290,6 +290,18 @@ func TestAKeyWhoseRecordRequiresANewerVersionIsRefusedNotDecided(t *testing.T) {
 	require.Eventually(t, func() bool { _, _, status = check(); return status == 200 }, 2*time.Second, 10*time.Millisecond)
 }
 
+// openStoreFile opens an embedded store's file as another process would,
+// to change it behind a running server's back. The server writes too (its
+// sweeps, last use), so a write here waits for the lock as its own do,
+// rather than failing SQLITE_BUSY at once.
+func openStoreFile(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)")
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 // After an upgrade, a keys command of the newer version run before the
 // server was restarted migrates the embedded store past the schema the
 // server knows, and may restrict a key in a column of its own. The running
@@ -300,10 +312,8 @@ func TestAServerDecidesNoKeyOfAStoreANewerVersionMigrated(t *testing.T) {
 	secret, k := ts.create(t, keystore.Spec{Name: "bound", Permissions: []string{"read:users"}})
 	h := keystore.NewHasher(ts.cfg.Hashing.Pepper).Hash(secret)
 
-	db, err := sql.Open("sqlite", ts.cfg.Store.Path)
-	require.NoError(t, err)
-	defer db.Close()
-	_, err = db.Exec(fmt.Sprintf(`BEGIN IMMEDIATE;
+	db := openStoreFile(t, ts.cfg.Store.Path)
+	_, err := db.Exec(fmt.Sprintf(`BEGIN IMMEDIATE;
 		ALTER TABLE keys ADD COLUMN bound_to TEXT NOT NULL DEFAULT '';
 		UPDATE keys SET bound_to = 'spiffe://only/this' WHERE id = '%s';
 		INSERT INTO changes (hash, at) VALUES (x'%s', %d);
