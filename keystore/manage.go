@@ -788,7 +788,9 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 // liveKeysOfLine adds to live the owner's live keys, other than k, that
 // count in k's bucket and were rotated away: the earlier keys of k's line
 // (k is the newest; Update and Rotate refuse a rotated-away key). They come
-// back newest first, as the walk finds them (ids sort by creation).
+// back newest first, as the walk finds them: by creation time, not by id,
+// whose time is whole milliseconds (two keys of one millisecond sort by
+// their random part).
 func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now time.Time) ([]*Key, error) {
 	after := ""
 	for seen := 0; ; {
@@ -803,7 +805,12 @@ func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now t
 			}
 		}
 		if seen += len(page); next == "" {
-			slices.SortFunc(live, func(a, b *Key) int { return strings.Compare(b.ID, a.ID) })
+			slices.SortFunc(live, func(a, b *Key) int {
+				if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+					return c
+				}
+				return strings.Compare(b.ID, a.ID)
+			})
 			return live, nil
 		} else if seen >= maxOwnerScan {
 			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, maxOwnerScan)
