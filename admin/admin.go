@@ -78,7 +78,19 @@ type Options struct {
 	// context (to name the key on the request's trace span); nil tells no
 	// one. It must not block.
 	OnCaller func(ctx context.Context, keyID string)
+	// OnAnswer is told of every request answered, for metrics: its route
+	// (the pattern, "POST /v1/keys", or RouteUnmatched) and its code
+	// (CodeOK for a success, else the error's code, or CodeNoAnswer when
+	// the client went away first); nil tells no one. It must not block.
+	OnAnswer func(route, code string)
 }
+
+// Labels OnAnswer may be told besides a route's pattern and an error's code.
+const (
+	RouteUnmatched = "unmatched" // a path or method no route serves
+	CodeOK         = "ok"
+	CodeNoAnswer   = "none"
+)
 
 // AuthFailure is a request the admin API refused for its credential: no
 // key, an unknown, revoked or expired one, an address the key's allowlist
@@ -208,6 +220,7 @@ type server struct {
 	onAuthFailure func(AuthFailure)
 	onRead        func(keyID string, c Call)
 	onCaller      func(ctx context.Context, keyID string)
+	onAnswer      func(route, code string)
 
 	mux   *http.ServeMux
 	paths *http.ServeMux      // method-less patterns, to tell 405 from 404
@@ -252,7 +265,7 @@ func newServer(o Options, rs []route) *server {
 	s := &server{
 		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger,
 		leaks: o.Leaks, maxBody: o.MaxBodyBytes, limiter: o.Limiter, rate: o.RateLimit,
-		onAuthFailure: o.OnAuthFailure, onRead: o.OnRead, onCaller: o.OnCaller,
+		onAuthFailure: o.OnAuthFailure, onRead: o.OnRead, onCaller: o.OnCaller, onAnswer: o.OnAnswer,
 		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
 	}
 	if s.store == nil {
@@ -285,6 +298,52 @@ func newServer(o Options, rs []route) *server {
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.onAnswer == nil {
+		s.serve(w, r)
+		return
+	}
+	aw := &answerWriter{ResponseWriter: w}
+	s.serve(aw, r)
+	route := r.Pattern // set by the mux on r itself
+	if route == "" || route == "/" {
+		route = RouteUnmatched
+	}
+	code := CodeNoAnswer
+	switch {
+	case aw.status == 0:
+	case aw.status < 400:
+		code = CodeOK
+	default:
+		if code = w.Header().Get(authz.HeaderCode); code == "" { // every error answer has one
+			code = strconv.Itoa(aw.status)
+		}
+	}
+	s.onAnswer(route, code)
+}
+
+// answerWriter notes the status of the answer written through it.
+type answerWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *answerWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *answerWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *answerWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (s *server) serve(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store") // create and rotate answers carry a secret
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -101,7 +101,23 @@ type recorder struct {
 	changes  []change
 	unsure   []change // Manager.OnUnsure calls
 	leaked   []*keystore.Key
+	answers  []string // "route code", as told to OnAnswer
 	logs     bytes.Buffer
+}
+
+func (r *recorder) onAnswer(route, code string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.answers = append(r.answers, route+" "+code)
+}
+
+// Answers returns the answers told to OnAnswer since the last call.
+func (r *recorder) Answers() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a := r.answers
+	r.answers = nil
+	return a
 }
 
 func (r *recorder) onChange(_ context.Context, kind string, k *keystore.Key, actor string) {
@@ -239,6 +255,7 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 		Limiter:       ratelimit.NewLocal(e.clock.Now, 0),
 		RateLimit:     ratelimit.Rate{N: 600, Window: time.Minute}, // the default admin.rate_limit
 		OnAuthFailure: e.rec.onAuthFailure,
+		OnAnswer:      e.rec.onAnswer,
 	}
 	if o.adminRate != "" {
 		opts.RateLimit, err = ratelimit.ParseRate(o.adminRate)
@@ -441,30 +458,9 @@ var seen = struct {
 	m map[string]map[int]bool // route pattern → statuses answered
 }{m: map[string]map[int]bool{}}
 
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 func recordStatuses(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &answerWriter{ResponseWriter: w} // as OnAnswer's
 		h.ServeHTTP(sw, r)
 		if r.Pattern == "" || r.Pattern == "/" { // 404 and 405 outside the routes
 			return

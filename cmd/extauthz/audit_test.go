@@ -73,17 +73,7 @@ func TestAuditEventsCarryTheSchemaTheRouteAndRefusedAdminCalls(t *testing.T) {
 	ts.check(t, "DELETE", "/api/users/7", map[string]string{"x-api-key": key})
 	ts.check(t, "GET", "/nowhere", map[string]string{"x-api-key": key})
 
-	adminCall := func(key string) int {
-		req, err := http.NewRequest("GET", ts.adminURL+"/v1/keys/"+k.ID, nil)
-		require.NoError(t, err)
-		if key != "" {
-			req.Header.Set("x-api-key", key)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	adminCall := func(key string) int { return adminStatus(t, ts, "GET", "/v1/keys/"+k.ID, key, "") }
 	assert.Equal(t, 403, adminCall(key), "a key without keys:read")
 	assert.Equal(t, 401, adminCall(""))
 	unknown, err := ts.mgr.Format.Generate()

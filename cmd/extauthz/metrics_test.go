@@ -120,14 +120,17 @@ func TestMetricsCountDecisionsByPolicyAndRoute(t *testing.T) {
 // and labels, and nothing else: the list cannot drift from the registry.
 func TestTheMetricsListIsTheRegistry(t *testing.T) {
 	// The Redis limiter adds its replicas gauge; 12 checks of a key limited to
-	// 10/h come near the limit (the near-limit series are made on first use).
-	ts := startServer(t, storeYAML(t, "redis")+testRoutes+"rate_limit: {default: 10/h}\nmetrics: {grpc: true}\n")
+	// 10/h come near the limit (the near-limit series are made on first use,
+	// as are the admin API's by its first answer).
+	ts := startServerFile(t, writeConfig(t, `listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: "127.0.0.1:0"}`+"\naudit: {sink: none}\n"+
+		storeYAML(t, "redis")+testRoutes+"rate_limit: {default: 10/h}\nmetrics: {grpc: true}\n"))
 	key, _ := ts.create(t, keystore.Spec{Name: "m", Permissions: []string{"read:users"}})
 	for range 12 {
 		ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key})
 	}
 	_, err := ts.client.Check(context.Background(), checkReq("GET", "/api/users/9", "10.0.0.1", nil))
 	require.NoError(t, err)
+	require.Equal(t, 401, adminStatus(t, ts, "GET", "/v1/keys", "", ""))
 	fams := scrape(t, nil, ts.httpURL+"/metrics")
 
 	doc, err := os.ReadFile("../../docs/operations.md")
@@ -161,5 +164,37 @@ func TestTheMetricsListIsTheRegistry(t *testing.T) {
 			continue
 		}
 		assert.True(t, documented[name], "%s is exported but not in the metrics table of docs/operations.md", name)
+	}
+}
+
+// The admin API's answers are counted by route pattern and code, on
+// /metrics, over real HTTP: a path with a secret pasted into it is counted
+// by its pattern, never by the path.
+func TestMetricsCountAdminAnswersByRouteAndCode(t *testing.T) {
+	ts := startServerFile(t, writeConfig(t, `listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: "127.0.0.1:0"}`+"\naudit: {sink: none}\n"+
+		storeYAML(t, "embedded")+testRoutes))
+	root, _ := ts.create(t, keystore.Spec{Name: "root", Permissions: []string{"keys:admin"}})
+	require.Equal(t, 201, adminStatus(t, ts, "POST", "/v1/keys", root, `{"name": "a", "permissions": ["none"]}`))
+	require.Equal(t, 201, adminStatus(t, ts, "POST", "/v1/keys", root, `{"name": "b", "permissions": ["none"]}`))
+	require.Equal(t, 401, adminStatus(t, ts, "GET", "/v1/keys", "", ""))
+	require.Equal(t, 404, adminStatus(t, ts, "DELETE", "/v1/keys/sk_pasted", root, ""))
+
+	fams := scrape(t, nil, ts.httpURL+"/metrics")
+	for _, tt := range []struct {
+		route, code string
+		want        float64
+	}{
+		{"POST /v1/keys", "ok", 2},
+		{"GET /v1/keys", "missing_key", 1},
+		{"DELETE /v1/keys/{id}", "not_found", 1},
+	} {
+		n, ok := sample(fams, "extauthz_admin_requests_total", "route", tt.route, "code", tt.code)
+		assert.True(t, ok, "%s %s", tt.route, tt.code)
+		assert.Equal(t, tt.want, n, "%s %s", tt.route, tt.code)
+	}
+	for _, m := range fams["extauthz_admin_requests_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			assert.NotContains(t, l.GetValue(), "sk_", "a label holds a path")
+		}
 	}
 }

@@ -297,6 +297,8 @@ type server struct {
 	// connsRefused counts, by listener, connections closed at once because
 	// their client held listen.max_connections_per_client (capListener).
 	connsRefused *prometheus.CounterVec
+	// adminAnswers counts the admin API's answers by route and code.
+	adminAnswers *prometheus.CounterVec
 	lastLoad     prometheus.Gauge
 	obs          *observer
 	grpcMetrics  *grpcMetrics
@@ -390,7 +392,9 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	for _, l := range []string{"grpc", "http", "admin"} {
 		s.connsRefused.WithLabelValues(l)
 	}
-	s.metrics.MustRegister(s.reloads, s.lastLoad, s.connsRefused)
+	s.adminAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "extauthz_admin_requests_total",
+		Help: "Admin API requests answered, by route (its pattern, or unmatched) and code (ok, the error's code, or none when the client went away first)."}, []string{"route", "code"})
+	s.metrics.MustRegister(s.reloads, s.lastLoad, s.connsRefused, s.adminAnswers)
 	s.grpcMetrics = newGRPCMetrics(cfg.Metrics.GRPC)
 	if s.grpcMetrics != nil {
 		s.metrics.MustRegister(s.grpcMetrics)
@@ -476,7 +480,8 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	m := s.manager
 	auditChanges(m, s.audit)
 	opts := admin.Options{Authz: s.authz, Manager: m, Store: s.be.store, Logger: s.logger,
-		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure, OnRead: s.auditRead}
+		Limiter: s.limiter, RateLimit: *s.cfg.Admin.RateLimit, OnAuthFailure: s.auditAuthFailure, OnRead: s.auditRead,
+		OnAnswer: func(route, code string) { s.adminAnswers.WithLabelValues(route, code).Inc() }}
 	if s.tracing != nil {
 		opts.OnCaller = noteCaller
 	}

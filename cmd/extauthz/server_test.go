@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -223,6 +224,24 @@ func checkCode(t *testing.T, ts *testServer, key string) string {
 	t.Helper()
 	code, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": key}))
 	return code
+}
+
+// adminStatus is the status of one admin API call to ts with key ("" =
+// none) and a JSON body ("" = none).
+func adminStatus(t *testing.T, ts *testServer, method, path, key, body string) int {
+	t.Helper()
+	req, err := http.NewRequest(method, ts.adminURL+path, strings.NewReader(body))
+	require.NoError(t, err)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		req.Header.Set("x-api-key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func TestDecisionsOverGRPC(t *testing.T) {
