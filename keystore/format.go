@@ -221,13 +221,17 @@ func appendRandomBase62(b []byte, n int) ([]byte, error) {
 // IDPrefix starts every key id, so ids are never mistaken for keys.
 const IDPrefix = "key_"
 
+// idTimeChars is how many base62 digits of an id hold its time.
+const idTimeChars = 8
+
 // NewID returns a public key id: "key_", the creation time in milliseconds
 // as 8 base62 digits, then 12 random base62 digits. Ids therefore sort in
-// creation order, which is what makes cursor pagination stable.
+// creation order to the millisecond (within one, by their random part),
+// which is what makes cursor pagination stable.
 func NewID(now time.Time) (string, error) {
 	b := make([]byte, 0, len(IDPrefix)+20)
 	b = append(b, IDPrefix...)
-	var d [8]byte
+	var d [idTimeChars]byte
 	ms := uint64(now.UnixMilli())
 	for i := len(d) - 1; i >= 0; i-- {
 		d[i] = base62[ms%62]

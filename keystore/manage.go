@@ -716,22 +716,27 @@ func (m *Manager) LiveLine(ctx context.Context, k *Key) (later, earlier []*Key, 
 // liveLaterKeys returns the owner's live keys made after k that count in
 // k's bucket (a line keeps its owner and its bucket), oldest first: the
 // later keys of k's line, for a line too long to walk or one whose walk
-// meets a purged key.
+// meets a purged key. Made after k is by creation time: ids sort by it to
+// the millisecond only, so the listing starts at the first id of k's
+// millisecond.
 func (m *Manager) liveLaterKeys(ctx context.Context, k *Key, now time.Time) ([]*Key, error) {
 	var live []*Key
-	after := k.ID
+	after := "" // an id not of NewID's shape: every key of the owner
+	if ValidID(k.ID) {
+		after = k.ID[:len(IDPrefix)+idTimeChars] // sorts before every id of its millisecond
+	}
 	for seen := 0; ; {
 		page, next, err := m.Store.List(ctx, ListOptions{Owner: k.Owner, Now: now, Limit: 500, After: after})
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range page {
-			if e.ID > k.ID && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live {
+			if e.ID != k.ID && newerKey(e, k) > 0 && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live {
 				live = append(live, e)
 			}
 		}
 		if seen += len(page); next == "" {
-			slices.SortFunc(live, func(a, b *Key) int { return strings.Compare(a.ID, b.ID) })
+			slices.SortFunc(live, newerKey)
 			return live, nil
 		} else if seen >= maxOwnerScan {
 			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, maxOwnerScan)
@@ -785,6 +790,15 @@ func (m *Manager) liveEarlierKeys(ctx context.Context, id string, now time.Time)
 	return live, nil
 }
 
+// newerKey orders keys by creation: > 0 when a was made after b. Ids alone
+// tell it to the millisecond; two keys of one instant go by id.
+func newerKey(a, b *Key) int {
+	if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
+}
+
 // liveKeysOfLine adds to live the owner's live keys, other than k, that
 // count in k's bucket and were rotated away: the earlier keys of k's line
 // (k is the newest; Update and Rotate refuse a rotated-away key). They come
@@ -805,12 +819,7 @@ func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now t
 			}
 		}
 		if seen += len(page); next == "" {
-			slices.SortFunc(live, func(a, b *Key) int {
-				if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
-					return c
-				}
-				return strings.Compare(b.ID, a.ID)
-			})
+			slices.SortFunc(live, func(a, b *Key) int { return newerKey(b, a) })
 			return live, nil
 		} else if seen >= maxOwnerScan {
 			return nil, fmt.Errorf("%w: the key's owner has over %d live keys to look through for it", ErrLineTooLong, maxOwnerScan)
