@@ -1,11 +1,16 @@
 package admin
 
 import (
+	"context"
 	"net/http"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // TestEveryAnswerIsToldByRouteAndCode: what the metrics count. Labels are
@@ -35,4 +40,36 @@ func TestEveryAnswerIsToldByRouteAndCode(t *testing.T) {
 		require.Equal(t, tt.status, r.status, "%s %s: %s", tt.method, tt.path, r)
 		assert.Equal(t, []string{tt.want}, e.rec.Answers(), "%s %s", tt.method, tt.path)
 	}
+}
+
+// heldReads is a store whose reads of one id wait for their caller to go.
+type heldReads struct {
+	keystore.Store
+	id string
+}
+
+func (s heldReads) Get(ctx context.Context, id string) (*keystore.Key, error) {
+	if id == s.id {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return s.Store.Get(ctx, id)
+}
+
+// A client that leaves before its answer is counted as answered with none.
+func TestAnAnswerNobodyWaitedForIsToldAsNone(t *testing.T) {
+	held, err := keystore.NewID(time.Now())
+	require.NoError(t, err)
+	e := newEnv(t, backends[0], envOptions{readStore: func(s keystore.Store) keystore.Store { return heldReads{s, held} }})
+	e.rec.Answers()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", e.url+"/v1/keys/"+held, nil)
+	require.NoError(t, err)
+	req.Header.Set("x-api-key", e.root)
+	_, err = http.DefaultClient.Do(req)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Eventually(t, func() bool {
+		return slices.Contains(e.rec.Answers(), "GET /v1/keys/{id} none")
+	}, 5*time.Second, 10*time.Millisecond)
 }
