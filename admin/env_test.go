@@ -462,7 +462,7 @@ func recordStatuses(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &answerWriter{ResponseWriter: w} // as OnAnswer's
 		h.ServeHTTP(sw, r)
-		if r.Pattern == "" || r.Pattern == "/" { // 404 and 405 outside the routes
+		if r.Pattern == "" || r.Pattern == "/" || sw.status == 0 { // 404 and 405 outside the routes; a client gone before its answer
 			return
 		}
 		seen.Lock()
