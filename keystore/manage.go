@@ -282,7 +282,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, actor string) (string, 
 	if err != nil {
 		return "", nil, err
 	}
-	err = m.storeCreate(ctx, now, spec, k, h)
+	err = m.storeCreate(ctx, spec, k, h)
 	if landed(err, ErrExists) {
 		switch _, made, known := m.recheck(ctx, k.ID, func(got *Key) bool { return sameRecord(got, k) }); {
 		case made:
@@ -731,7 +731,7 @@ func (m *Manager) liveLaterKeys(ctx context.Context, k *Key, now time.Time) ([]*
 			return nil, err
 		}
 		for _, e := range page {
-			if e.ID != k.ID && newerKey(e, k) > 0 && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live {
+			if newerKey(e, k) > 0 && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live {
 				live = append(live, e)
 			}
 		}

@@ -103,8 +103,9 @@ func EarlierCreateOf(k *Key, once OnceRecord, id string, request Hash) error {
 	return &EarlierCreate{ID: id, SameRequest: request == once.Request}
 }
 
-// storeCreate is the store's create of k, idempotent when spec asked.
-func (m *Manager) storeCreate(ctx context.Context, now time.Time, spec Spec, k *Key, h Hash) error {
+// storeCreate is the store's create of k, idempotent when spec asked: the
+// idempotency key is kept for OnceWindow from k's creation.
+func (m *Manager) storeCreate(ctx context.Context, spec Spec, k *Key, h Hash) error {
 	if spec.Once == nil {
 		return m.Store.Create(ctx, k, h, m.MaxPerOwner)
 	}
@@ -112,6 +113,6 @@ func (m *Manager) storeCreate(ctx context.Context, now time.Time, spec Spec, k *
 	if !ok {
 		return errors.New("this key store cannot make a create idempotent")
 	}
-	once := OnceRecord{Token: OnceToken(k.Owner, spec.Once.Key), Request: spec.Once.Request, Until: now.Add(OnceWindow)}
+	once := OnceRecord{Token: OnceToken(k.Owner, spec.Once.Key), Request: spec.Once.Request, Until: k.CreatedAt.Add(OnceWindow)}
 	return oc.CreateOnce(ctx, k, h, m.MaxPerOwner, once)
 }
