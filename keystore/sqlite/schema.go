@@ -157,12 +157,12 @@ func schemaOf(ctx context.Context, q querier) (int, error) {
 // processes opening a new file at once do not both create it. A file at
 // schemaVersion is only read: a command that reads keys does not wait for
 // the write lock.
-func (s *Store) migrate(ctx context.Context) error {
-	v, err := schemaOf(ctx, s.db)
+func migrate(ctx context.Context, db *sql.DB) error {
+	v, err := schemaOf(ctx, db)
 	if err != nil || v == schemaVersion {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return dbErr(err)
 	}

@@ -123,33 +123,17 @@ func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
-	// Create the file ourselves so that it is private; SQLite gives the -wal
-	// and -shm files the same mode.
-	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
-	}
-	if err := f.Close(); err != nil {
+	switch err := ensureStoreFile(abs); {
+	case errors.Is(err, errNotAStore):
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	case err != nil:
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
 	if err := checkCompanions(abs); err != nil {
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
 
-	// Every connection of the pool gets these. synchronous=FULL: a key is on
-	// disk once Create returns. _txlock=immediate: every read-write
-	// transaction takes the write lock at BEGIN, so that a check and the write
-	// that depends on it (maxPerOwner) are atomic across processes.
-	// journal_size_limit: see walSizeLimit. WAL is not among them: it is a
-	// setting of the file, written once the file is known to be a key store
-	// (setUp), so that another application's database named by mistake is
-	// left as it was.
-	dsn := abs + "?_txlock=immediate" +
-		fmt.Sprintf("&_pragma=busy_timeout(%d)", busyTimeout.Milliseconds()) +
-		"&_pragma=synchronous(FULL)" +
-		"&_pragma=foreign_keys(ON)" +
-		fmt.Sprintf("&_pragma=journal_size_limit(%d)", walSizeLimit)
-	db, err := sql.Open("sqlite", dsn)
+	db, err := sql.Open("sqlite", dsnOf(abs))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -175,6 +159,115 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// dsnOf is the data source name of the database at abs. Every connection
+// of the pool gets these settings. synchronous=FULL: a key is on disk once
+// Create returns. _txlock=immediate: every read-write transaction takes the
+// write lock at BEGIN, so that a check and the write that depends on it
+// (maxPerOwner) are atomic across processes. journal_size_limit: see
+// walSizeLimit. WAL is not among them: it is a setting of the file, written
+// once the file is known to be a key store (setUp), so that another
+// application's database named by mistake is left as it was.
+func dsnOf(abs string) string {
+	return abs + "?_txlock=immediate" +
+		fmt.Sprintf("&_pragma=busy_timeout(%d)", busyTimeout.Milliseconds()) +
+		"&_pragma=synchronous(FULL)" +
+		"&_pragma=foreign_keys(ON)" +
+		fmt.Sprintf("&_pragma=journal_size_limit(%d)", walSizeLimit)
+}
+
+// ensureStoreFile makes a new key store at abs if nothing is there, and
+// refuses an empty file.
+//
+// A store is made whole under a name of its own beside abs and then linked
+// to abs, which fails if another process got there first (its store is then
+// used, and this one removed). So a file at abs always holds a schema from
+// the moment it appears, and an empty one can only be damage: a store
+// truncated, or a file put there by hand. Opening such a file as a new store
+// would start over with no keys, answering every key as unknown while the
+// operator looks for the cause, and writing new keys where the old ones
+// should be restored; it is refused instead. A database with no tables that
+// is not 0 bytes long (one whose page size was set, say) is still made a
+// store in place, as before.
+//
+// On a file system without hard links the store is made in place, as
+// extauthz did before: there, two processes making the same new store at
+// once may see the file empty, and one of them is refused until it retries.
+func ensureStoreFile(abs string) error {
+	fi, err := os.Stat(abs)
+	switch {
+	case err == nil && fi.Size() == 0:
+		return fmt.Errorf("%w: the file is empty, and a key store never is, so it may have been truncated; "+
+			"restore it from a backup, or remove it to start a new store with no keys", errNotAStore)
+	case err == nil:
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(abs), "."+filepath.Base(abs)+".new-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	// CreateTemp makes the file private (0600); SQLite gives the -wal and
+	// -shm files the same mode.
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := makeSchema(tmp.Name()); err != nil {
+		return fmt.Errorf("make a new key store: %w", err)
+	}
+	switch err := os.Link(tmp.Name(), abs); {
+	case errors.Is(err, fs.ErrExist):
+		return ensureStoreFile(abs) // another process made it meanwhile
+	case err != nil:
+		return makeInPlace(abs)
+	}
+	return syncDir(filepath.Dir(abs))
+}
+
+// makeSchema writes the schema into the new, empty database file at path,
+// in its rollback-journal mode, so that every page is in the file itself
+// once it returns.
+func makeSchema(path string) error {
+	db, err := sql.Open("sqlite", dsnOf(path))
+	if err != nil {
+		return err
+	}
+	err = migrate(context.Background(), db)
+	if cerr := db.Close(); err == nil {
+		err = dbErr(cerr)
+	}
+	os.Remove(path + "-journal") // left only by a failed write
+	return err
+}
+
+// makeInPlace makes a new store at abs the way one is made where a file
+// cannot be linked: create it empty, then the schema in one transaction
+// (setUp).
+func makeInPlace(abs string) error {
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return ensureStoreFile(abs)
+	}
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return makeSchema(abs)
+}
+
+// syncDir makes a new name in dir last through a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // checkCompanions refuses a -wal or -shm beside the database at abs that
@@ -214,7 +307,7 @@ func checkCompanions(abs string) error {
 // Nothing in the file or its mode changes before it is known to be a key
 // store, or empty: a file that is not is refused as it was.
 func (s *Store) setUp(ctx context.Context) error {
-	if err := retryBusy(func() error { return s.migrate(ctx) }); err != nil {
+	if err := retryBusy(func() error { return migrate(ctx, s.db) }); err != nil {
 		return err
 	}
 	// Preparing reads the columns: a file whose tables only have the names

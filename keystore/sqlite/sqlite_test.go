@@ -516,6 +516,12 @@ func TestOpenRefusesAFileItDidNotMakeAndLeavesItAsItWas(t *testing.T) {
 	_, err := s.db.Exec(`PRAGMA user_version = 99`)
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
+	emptied := filepath.Join(dir, "emptied.db")
+	s = openTest(t, emptied)
+	k, h := testKey(t)
+	require.NoError(t, s.Create(t.Context(), k, h, 0))
+	require.NoError(t, s.Close())
+	require.NoError(t, os.Truncate(emptied, 0))
 
 	tests := []struct {
 		name        string
@@ -531,6 +537,7 @@ func TestOpenRefusesAFileItDidNotMakeAndLeavesItAsItWas(t *testing.T) {
 		{"a database with a table named keys of its own",
 			sqliteFile("lookalike.db", `CREATE TABLE keys (k TEXT)`, `PRAGMA user_version = 4`), "not an extauthz key store", false},
 		{"a schema newer than this code", newer, "schema version 99", false},
+		{"a store truncated to nothing", emptied, "the file is empty", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -574,21 +581,24 @@ func (q *queryHook) QueryRowContext(ctx context.Context, query string, args ...a
 	return q.db.QueryRowContext(ctx, query, args...)
 }
 
-// Processes opening a brand-new file at once (a server starting and the
-// keys create that makes the first admin key) must all open it: one reading
-// the file as it is made a key store by another must not take it for
-// another application's database. Here the other process migrates the file
-// right after the first statement of the check.
+// A process reading a file as another makes it a key store in place (a
+// database with no tables, or one an older extauthz is migrating) must not
+// take it for another application's database. Here the other process
+// migrates the file right after the first statement of the check.
 func TestAFileMadeAKeyStoreMeanwhileIsNotRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "extauthz.db")
 	db, err := sql.Open("sqlite", path)
 	require.NoError(t, err)
 	defer db.Close()
-	q := &queryHook{db: db, between: func() { require.NoError(t, openTest(t, path).Close()) }}
+	other, err := sql.Open("sqlite", dsnOf(path))
+	require.NoError(t, err)
+	defer other.Close()
+	q := &queryHook{db: db, between: func() { require.NoError(t, migrate(t.Context(), other)) }}
 
 	v, err := schemaOf(t.Context(), q)
 	require.NoError(t, err)
 	require.Contains(t, []int{0, schemaVersion}, v)
+	require.NoError(t, migrate(t.Context(), other)) // as it goes on, if the check was one statement
 	s := openTest(t, path)
 	require.NoError(t, s.Ping(t.Context()))
 }
@@ -973,4 +983,41 @@ func TestAWriterWaitingForItsTurnGivesUpAtItsDeadline(t *testing.T) {
 
 	require.Eventually(t, func() bool { return s.Create(t.Context(), k, h, 0) == nil }, 5*time.Second, 50*time.Millisecond,
 		"writes go on once the writer ahead is done")
+}
+
+// Processes opening a brand-new path at once (a server starting and the
+// keys create that makes the first admin key) all open one store, and none
+// of them sees the file before it is one: each makes a store under a name of
+// its own and links it into place, so the file appears whole or not at all.
+// Nothing of the losers' stores is left beside it.
+func TestStoresOpenedAtOnceOnANewPathAreOneStore(t *testing.T) {
+	for round := range 5 {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "extauthz.db")
+		stores := make([]*Store, 8)
+		errs := make([]error, len(stores))
+		var wg sync.WaitGroup
+		for i := range stores {
+			wg.Go(func() { stores[i], errs[i] = Open(path) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			require.NoError(t, err, "round %d, opener %d", round, i)
+			t.Cleanup(func() { _ = stores[i].Close() })
+		}
+		k, h := testKey(t)
+		require.NoError(t, stores[0].Create(t.Context(), k, h, 0))
+		for i, s := range stores {
+			got, err := s.Lookup(t.Context(), h)
+			require.NoError(t, err, "opener %d does not see the key another made", i)
+			require.Equal(t, k.ID, got.ID)
+		}
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		require.ElementsMatch(t, []string{"extauthz.db", "extauthz.db-wal", "extauthz.db-shm"}, names)
+	}
 }
