@@ -69,6 +69,10 @@ type PolicySpec struct {
 	Authenticate bool
 	Sources      []Source
 	DefaultRate  ratelimit.Rate
+	// OwnDefaultRate says the policy sets DefaultRate itself rather than
+	// inheriting Options' (even when the two are equal): the keys it limits
+	// by that default are counted apart from the top-level default's count.
+	OwnDefaultRate bool
 	// Mode is ModeEnforce (the zero value too) or ModeShadow.
 	Mode Mode
 	// ForwardMeta names key metadata entries sent upstream as
@@ -104,14 +108,15 @@ type Policy struct {
 	// policy's source (ourKey).
 	format keystore.Format
 	// keyScope names the counter of a key limited by this policy's
-	// DefaultRate (a key without a rate of its own): "" when the rate is
-	// the default policy's (the counter the admin API counts in too, shared
-	// by every policy that inherits that default), else one named by the
-	// rate. A counter checked with another window is carried over to it
-	// (as if its requests were all made at the latest), so two different
-	// defaults in one counter would hold each policy's requests to the
-	// other's window; one rate in two counters would give a key that rate
-	// twice.
+	// DefaultRate (a key without a rate of its own): "" when the policy
+	// inherits the top-level default (the counter the admin API counts in
+	// too, shared by every policy that inherits that default), else one
+	// named by the policy. Named by the policy, not by its rate, so that a
+	// reload that changes the rate keeps the count, which the limiter then
+	// carries over to the new window (as if its requests were all made at
+	// the latest), as it does for a route's; and a policy's own default in
+	// the top-level counter would hold each one's requests to the other's
+	// window.
 	keyScope string
 }
 
@@ -226,11 +231,11 @@ func Compile(o Options) (*PolicySet, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s.%w", at, err)
 		}
-		if p.DefaultRate != def.DefaultRate {
+		if spec.OwnDefaultRate || p.DefaultRate != def.DefaultRate {
 			// Route scopes are "<name> /<pattern> <methods>", the admin
 			// API's "admin": a policy name holds no ":", so this is none
 			// of them.
-			p.keyScope = "rate:" + p.DefaultRate.String()
+			p.keyScope = "policy:" + p.Name
 		}
 		set.policies = append(set.policies, p)
 		set.byName[p.Name] = p

@@ -178,6 +178,73 @@ func TestTheSameRouteInTwoPoliciesCountsApart(t *testing.T) {
 	assert.Equal(t, authz.CodeRateLimited, d.Code)
 }
 
+// A policy's own default is counted by the policy, not by its rate: a
+// reload that changes the rate keeps the count (carried over to the new
+// window), as a route's count is kept, so a key is not given the new rate
+// afresh on top of the old one while the reload reaches the replicas. Nor
+// does a change of the top-level default move the policy's count.
+func TestAPolicysOwnDefaultKeepsItsCountAcrossAReload(t *testing.T) {
+	policyB := func(top, own ratelimit.Rate, declared bool) func(o *authz.Options) {
+		return func(o *authz.Options) {
+			o.DefaultRate = top
+			o.Policies = []authz.PolicySpec{{Name: "b", Match: authz.Match{Hosts: []string{"b.example.com"}},
+				Routes: []authz.RouteSpec{{Path: "/x"}}, Sources: authztest.Sources(), DefaultRate: own, OwnDefaultRate: declared}}
+		}
+	}
+	twoAnHour := ratelimit.Rate{N: 2, Window: time.Hour}
+	tests := []struct {
+		name        string
+		before, now func(o *authz.Options)
+		more        int // allowed after the reload
+	}{
+		{"its window shortened", policyB(ratelimit.Rate{N: 100, Window: time.Minute}, twoAnHour, true),
+			policyB(ratelimit.Rate{N: 100, Window: time.Minute}, ratelimit.Rate{N: 2, Window: 30 * time.Minute}, true), 0},
+		{"its N raised", policyB(ratelimit.Rate{N: 100, Window: time.Minute}, twoAnHour, true),
+			policyB(ratelimit.Rate{N: 100, Window: time.Minute}, ratelimit.Rate{N: 3, Window: time.Hour}, true), 1},
+		{"the top-level default made equal to it", policyB(ratelimit.Rate{N: 100, Window: time.Minute}, twoAnHour, true),
+			policyB(twoAnHour, twoAnHour, true), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := authztest.New(t, tt.before)
+			req := authz.Request{Path: "/x", Host: "b.example.com", Headers: authz.HeaderMap{"x-api-key": f.Admin}}
+			allowed := func() (n int) {
+				for range 4 {
+					if f.Decide(req).Allowed() {
+						n++
+					}
+				}
+				return n
+			}
+			require.Equal(t, 2, allowed(), "2/h under policy b")
+
+			o := authztest.Options()
+			tt.now(&o)
+			set, err := authz.Compile(o)
+			require.NoError(t, err)
+			f.Authz.SetPolicies(set)
+			f.Now = f.Now.Add(time.Minute)
+			assert.Equal(t, tt.more, allowed(), "the 2 made a minute ago still count under the new default")
+		})
+	}
+
+	// Two policies with the same default of their own count apart, as two
+	// policies with different ones do: each is its service's.
+	f := authztest.New(t, func(o *authz.Options) {
+		o.DefaultRate = ratelimit.Rate{N: 100, Window: time.Minute}
+		for _, name := range []string{"b", "c"} {
+			o.Policies = append(o.Policies, authz.PolicySpec{Name: name, Match: authz.Match{Hosts: []string{name + ".example.com"}},
+				Routes: []authz.RouteSpec{{Path: "/x"}}, Sources: authztest.Sources(), DefaultRate: twoAnHour, OwnDefaultRate: true})
+		}
+	})
+	for _, host := range []string{"b.example.com", "c.example.com"} {
+		for i := range 3 {
+			d := f.Decide(authz.Request{Path: "/x", Host: host, Headers: authz.HeaderMap{"x-api-key": f.Admin}})
+			assert.Equal(t, i < 2, d.Allowed(), "check %d on %s: %s", i+1, host, d.Message)
+		}
+	}
+}
+
 func TestAScopedKeyIsRefusedUnderOtherPolicies(t *testing.T) {
 	f := authztest.New(t, meshOptions)
 	scoped := f.AddKey(t, &keystore.Key{ID: "key_scoped", Name: "billing job", Permissions: []string{"admin"}, Policies: []string{"billing"}})

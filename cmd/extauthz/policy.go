@@ -49,7 +49,7 @@ func newPolicies(cfg *config.Config) (*authz.PolicySet, error) {
 			spec.Sources = sourcesOf(p.Sources)
 		}
 		if p.RateLimit.Default != nil {
-			spec.DefaultRate = *p.RateLimit.Default
+			spec.DefaultRate, spec.OwnDefaultRate = *p.RateLimit.Default, true
 		}
 		o.Policies = append(o.Policies, spec)
 	}

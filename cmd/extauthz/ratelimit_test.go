@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -190,6 +191,51 @@ policies:
 				assert.Equal(t, 3, allowed, "3/m under the default policy and the one inheriting its default, together")
 			})
 		})
+	}
+}
+
+// A policy's own default keeps its count through reloads that change it or
+// the top-level default: the count is the policy's, whatever its rate, so a
+// reload reaching the replicas one by one does not hand a key the new rate
+// afresh on top of what it used under the old.
+func TestAPolicysOwnDefaultIsNotResetByAReload(t *testing.T) {
+	ts, path, yaml, logs := startReloadable(t)
+	withRates := func(top, bulk string) string {
+		return strings.Replace(yaml, testRoutes, testRoutes+fmt.Sprintf(`rate_limit: {default: %s}
+policies:
+  - name: bulk
+    match: {context: {policy: bulk}}
+    rate_limit: {default: %s}
+    routes: [{path: /api/users, methods: [GET], permissions: [read:users]}]
+`, top, bulk), 1)
+	}
+	reload := func(cfg string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
+		before := strings.Count(logs.String(), "config reloaded")
+		ts.srv.reload("test", nil)
+		require.Equal(t, before+1, strings.Count(logs.String(), "config reloaded"), logs.String())
+	}
+	reload(withRates("100/m", "2/h"))
+	key, _ := ts.create(t, keystore.Spec{Name: "no own limit", Permissions: []string{"read:users"}})
+	allowed := func() (n int) {
+		for range 3 {
+			resp, err := ts.client.Check(t.Context(), meshCheck("/api/users", "api.example.com", key, map[string]string{"policy": "bulk"}, ""))
+			require.NoError(t, err)
+			if resp.GetOkResponse() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	require.Equal(t, 2, allowed(), "2/h under bulk")
+	for _, step := range []struct{ top, bulk string }{
+		{"2/h", "2/h"},   // the top-level default made equal to bulk's
+		{"2/h", "2/30m"}, // bulk's window shortened
+		{"100/m", "2/m"}, // and shortened again, the top-level default moved away
+	} {
+		reload(withRates(step.top, step.bulk))
+		assert.Zero(t, allowed(), "top-level %s, bulk %s: the 2 made moments ago still count", step.top, step.bulk)
 	}
 }
 
