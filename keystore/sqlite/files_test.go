@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"os"
@@ -290,11 +291,11 @@ func TestWatchForgetsEverythingWhenARestoredLogPassesItsPosition(t *testing.T) {
 	require.True(t, got[0].IsZero(), "the watcher forgets everything first; got %v after making %v", got, made)
 }
 
-// A -wal or -shm beside the database that its owner did not make (planted
-// in a directory others can write to) is refused before SQLite reads it,
-// and left where it is.
+// A -wal, -shm or -journal beside the database that its owner did not make
+// (planted in a directory others can write to) is refused before SQLite
+// reads it, and left where it is.
 func TestOpenRefusesACompanionFileItsOwnerDidNotMake(t *testing.T) {
-	for _, suffix := range []string{"-wal", "-shm"} {
+	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
 		t.Run("a symbolic link as "+suffix, func(t *testing.T) {
 			path := newClosedStore(t)
 			target := filepath.Join(t.TempDir(), "elsewhere")
@@ -452,4 +453,79 @@ func TestAWatchPassesOnTheChangesUpToANewerVersionsMigration(t *testing.T) {
 	}
 	require.Len(t, seen, 1)
 	require.Equal(t, h, <-seen, "the revocation reached the caller")
+}
+
+// A -journal is no less the store than a -wal: SQLite plays a "hot" one
+// back over the database when it opens it, WAL mode or not. One planted by
+// another user, holding every page of a store of the planter's, would
+// replace the store's keys with the planter's (a keys:admin key among
+// them) at the next start. It is refused, and the store is as it was.
+func TestOpenRefusesAPlantedRollbackJournal(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving a file to another user takes root (CI runs as root)")
+	}
+	path := newClosedStore(t)
+	victim, err := Open(path)
+	require.NoError(t, err)
+	k, h := testKey(t)
+	require.NoError(t, victim.Create(t.Context(), k, h, 0))
+	require.NoError(t, victim.Close())
+
+	planterPath := filepath.Join(t.TempDir(), "mine.db")
+	planter, err := Open(planterPath)
+	require.NoError(t, err)
+	pk, ph := testKey(t)
+	pk.Name, pk.Permissions = "planted", []string{"keys:admin"}
+	require.NoError(t, planter.Create(t.Context(), pk, ph, 0))
+	require.NoError(t, planter.Close())
+	require.NoError(t, os.WriteFile(path+"-journal", hotJournalOf(t, planterPath), 0o666))
+	require.NoError(t, os.Chown(path+"-journal", 12345, 12345))
+
+	_, err = Open(path)
+	require.ErrorIs(t, err, keystore.ErrUnavailable)
+	require.ErrorContains(t, err, "-journal belongs to user 12345")
+
+	// What the check stops: with the journal the store's own user's, SQLite
+	// plays it back, and the store is the planter's.
+	require.NoError(t, os.Chown(path+"-journal", os.Getuid(), os.Getgid()))
+	s, err := Open(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	_, err = s.Lookup(t.Context(), ph)
+	require.NoError(t, err, "the journal was not played back, so this test shows nothing")
+	_, err = s.Lookup(t.Context(), h)
+	require.ErrorIs(t, err, keystore.ErrNotFound)
+}
+
+// hotJournalOf is a rollback journal that SQLite, finding it beside a
+// database, plays back by writing every page of the database at src over
+// it (the format of sqlite.org/fileformat2.html, "The Rollback Journal").
+func hotJournalOf(t *testing.T, src string) []byte {
+	t.Helper()
+	db, err := os.ReadFile(src)
+	require.NoError(t, err)
+	pageSize := int(binary.BigEndian.Uint16(db[16:18]))
+	if pageSize == 1 {
+		pageSize = 65536
+	}
+	pages := len(db) / pageSize
+	const sector, nonce = 512, uint32(0x1234567)
+	j := make([]byte, sector)
+	copy(j, []byte{0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7})
+	binary.BigEndian.PutUint32(j[8:], uint32(pages))
+	binary.BigEndian.PutUint32(j[12:], nonce)
+	binary.BigEndian.PutUint32(j[16:], uint32(pages))
+	binary.BigEndian.PutUint32(j[20:], sector)
+	binary.BigEndian.PutUint32(j[24:], uint32(pageSize))
+	for p := range pages {
+		page := db[p*pageSize : (p+1)*pageSize]
+		j = binary.BigEndian.AppendUint32(j, uint32(p+1))
+		j = append(j, page...)
+		sum := nonce
+		for i := pageSize - 200; i > 0; i -= 200 {
+			sum += uint32(page[i])
+		}
+		j = binary.BigEndian.AppendUint32(j, sum)
+	}
+	return j
 }

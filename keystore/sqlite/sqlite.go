@@ -270,11 +270,13 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// checkCompanions refuses a -wal or -shm beside the database at abs that
-// its owner did not make: one that is a symbolic link, or belongs to
-// another user. SQLite reads a -wal it finds as part of the database, so
-// in a directory others can write to, one planted there before a process
-// opens the store would add to it whatever its maker wrote. (Whoever
+// checkCompanions refuses a -wal, -shm or -journal beside the database at
+// abs that its owner did not make: one that is a symbolic link, or belongs
+// to another user. SQLite reads a -wal it finds as part of the database,
+// and plays a -journal it finds back over the database (even one in WAL
+// mode) as the undo of a write that did not finish, so in a directory
+// others can write to, one planted there before a process opens the store
+// would add to it, or put in its place, whatever its maker wrote. (Whoever
 // writes these files can write the database: the process's own user, or
 // root, which SQLite makes give them to the database's owner.)
 func checkCompanions(abs string) error {
@@ -283,7 +285,7 @@ func checkCompanions(abs string) error {
 		return err
 	}
 	owner := ownerOf(db)
-	for _, suffix := range []string{"-wal", "-shm"} {
+	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
 		fi, err := os.Lstat(abs + suffix)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
