@@ -53,8 +53,12 @@ type Decision struct {
 	Shadow bool
 	Method string // normalised method ("" when step 2 failed)
 	Path   string // normalised path, without query
-	Route  *Route // nil when none matched
-	Key    *keystore.Key
+	// rawPath is Path with the percent-encodings of !$&'()*+,=:@ kept as
+	// sent, when the request had any ("" otherwise): a router that
+	// matches the raw path reads them so (route).
+	rawPath string
+	Route   *Route // nil when none matched
+	Key     *keystore.Key
 	// Present has bit i set when key source i carried a value, whether or
 	// not it was the one used: every present credential is removed before the
 	// request goes upstream.
@@ -349,6 +353,9 @@ func normalize(set *PolicySet, req *Request, d *Decision) bool {
 		return false
 	}
 	d.Method, d.Path = method, path
+	if !set.paths.servlet {
+		d.rawPath = keptSubDelims(req.Path)
+	}
 	return true
 }
 
@@ -358,6 +365,14 @@ func normalize(set *PolicySet, req *Request, d *Decision) bool {
 func route(d *Decision) bool {
 	p := d.Policy
 	r, k := p.Routes.match(d.Method, d.Path)
+	if k != matchCaseVaries && k != matchSlashVaries && d.rawPath != "" && p.Routes.differs(d.Method, d.rawPath, r, k) {
+		// Express and koa-router match a literal against the raw path
+		// and decode only what a wildcard captures: for them
+		// "/v1/things%3Alist" is not "/v1/things:list". Such escapes
+		// cannot be refused outright (encodeURIComponent writes them),
+		// but they must not pick the route.
+		k = matchEncodingVaries
+	}
 	switch k {
 	case matchRoute:
 		d.Route = r
@@ -380,6 +395,8 @@ func route(d *Decision) bool {
 		refuseVariant(d, "malformed request: the path gets another route without its extension, as frameworks that read it as a format serve it")
 	case matchScriptVaries:
 		refuseVariant(d, "malformed request: the path gets another route read as a PHP script's path info (/index.php/x is served as /x)")
+	case matchEncodingVaries:
+		refuseVariant(d, "malformed request: the path gets another route with its percent-encodings read as written, as routers that match the raw path (Express) read it")
 	}
 	return false
 }

@@ -29,6 +29,7 @@ var (
 	errPathDotSegment     = errors.New("path has a . or .. segment, which some upstreams resolve and others take literally (Envoy's normalize_path resolves them)")
 	errPathEmptySegment   = errors.New("path has an empty segment (//), which some upstreams merge and others keep (Envoy's merge_slashes merges them)")
 	errPathEdgeSpace      = errors.New("path has a segment that begins or ends with white space (%20), which some upstreams trim and then serve as another path")
+	errPathEncodedPlain   = errors.New("path percent-encodes a letter, digit or one of -._~, which routers that match the raw path (Express) read as another name than the decoded one; send it unencoded")
 )
 
 // maxPathLen bounds the path without its query; maxTargetLen the request
@@ -47,9 +48,11 @@ type Paths struct {
 	// every segment before dot segments resolve ("/a/..;x/b" is "/b").
 	// Otherwise a ";" in a path is 400.
 	Servlet bool
-	// CaseInsensitive says the upstreams fold ASCII letter case: a path
-	// whose letter case picks its route, or that holds a percent-encoded
-	// non-ASCII byte, is 400. Matching stays case-sensitive.
+	// CaseInsensitive says the upstreams fold letter case, Unicode's too:
+	// a path that holds a percent-encoded non-ASCII byte is 400. (A path
+	// whose ASCII letter case picks its route is 400 whatever this says:
+	// Express and ASP.NET Core route case-insensitively by default.)
+	// Matching stays case-sensitive.
 	CaseInsensitive bool
 }
 
@@ -150,6 +153,16 @@ func (pr pathRules) normalize(raw string) (string, error) {
 					return "", errPathEncodedUnicode
 				}
 				clean = false // its UTF-8 is checked on the slow path
+			case isUnreserved(d) && d != '.' && !pr.servlet:
+				// Express and koa-router match a literal segment against
+				// the raw path and decode only what a wildcard captures:
+				// "/files/%70ublic" is not their "/files/public" but
+				// "/files/:name". Most other upstreams decode first. No
+				// client need encode these (RFC 3986 says not to), and
+				// Envoy's normalize_path decodes them before extauthz
+				// sees them; nginx, Caddy and Traefik pass them on as sent.
+				// ("%2e" is left to the dot-segment rules: normalizeSlow.)
+				return "", errPathEncodedPlain
 			case rawInPath(d) || isLowerHex(raw[i+1]) || isLowerHex(raw[i+2]):
 				clean = false
 			}
@@ -226,6 +239,8 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 		// reaches different handlers. (With the servlet reading, every
 		// upstream is a servlet container, and it climbs.)
 		return "", errPathEncodedDot
+	} else if strings.Contains(raw, "%2e") || strings.Contains(raw, "%2E") {
+		return "", errPathEncodedPlain // an encoded "." within a name ("index%2Ephp")
 	}
 	var b strings.Builder
 	b.Grow(len(raw))
@@ -301,6 +316,50 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 		return "", errPathEdgeSpace
 	}
 	return out, nil
+}
+
+// keptSubDelims returns the canonical form of raw, a path the strict reading
+// accepted, but with the percent-encodings of the sub-delimiters
+// !$&'()*+,=:@ kept (in upper-case hex) instead of decoded, or "" when raw
+// encodes none. That is how a router that matches the raw path (Express)
+// sees its literals: "/v1/things%3Alist" is not "/v1/things:list" to it.
+func keptSubDelims(raw string) string {
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
+		raw = raw[:i]
+	}
+	kept := false
+	for i := strings.IndexByte(raw, '%'); i >= 0 && i+2 < len(raw); {
+		if d, _ := escapeAt(raw, i); rawInPath(d) && !isUnreserved(d) {
+			kept = true
+			break
+		}
+		next := strings.IndexByte(raw[i+3:], '%')
+		if next < 0 {
+			break
+		}
+		i += 3 + next
+	}
+	if !kept {
+		return "" // the usual path
+	}
+	var b strings.Builder
+	b.Grow(len(raw))
+	for i := 0; i < len(raw); i++ {
+		d, ok := escapeAt(raw, i)
+		if raw[i] != '%' || !ok {
+			b.WriteByte(raw[i])
+			continue
+		}
+		if rawInPath(d) && isUnreserved(d) {
+			b.WriteByte(d) // refused by the strict reading; here for completeness
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(upperHex(raw[i+1]))
+			b.WriteByte(upperHex(raw[i+2]))
+		}
+		i += 2
+	}
+	return b.String()
 }
 
 // isDotSegmentAt reports whether the segment starting at raw[i] is "." or

@@ -65,21 +65,26 @@ type segment struct {
 // route.
 type Routes struct {
 	routes   []*Route
-	foldCase bool // paths.case_insensitive
+	foldCase bool // paths.case_insensitive (for Print)
 	servlet  bool // paths.matrix_params: servlet (for Print)
+	// upperLiteral: some pattern's literal holds an ASCII upper-case
+	// letter, so a path without one may still match another route with
+	// its case folded (foldMatters).
+	upperLiteral bool
 }
 
 // matchKind is how a request met the route table.
 type matchKind uint8
 
 const (
-	matchNone         matchKind = iota // no route's pattern matches the path
-	matchRoute                         // a route decides the request
-	matchWrongMethod                   // routes claim the path; none lists the method
-	matchSlashVaries                   // with and without its trailing slash, the path gets different routes
-	matchCaseVaries                    // with its letter case folded, the path gets another route
-	matchFormatVaries                  // without its last segment's extension, the path gets another route
-	matchScriptVaries                  // read as a PHP script's path info, the path gets another route
+	matchNone           matchKind = iota // no route's pattern matches the path
+	matchRoute                           // a route decides the request
+	matchWrongMethod                     // routes claim the path; none lists the method
+	matchSlashVaries                     // with and without its trailing slash, the path gets different routes
+	matchCaseVaries                      // with its letter case folded, the path gets another route
+	matchFormatVaries                    // without its last segment's extension, the path gets another route
+	matchScriptVaries                    // read as a PHP script's path info, the path gets another route
+	matchEncodingVaries                  // with its encoded sub-delimiters kept, the path gets another route (route)
 )
 
 // CompileRoutes checks and compiles the route table; paths holds the opt-in
@@ -106,6 +111,9 @@ func compileRoutes(specs []RouteSpec, paths Paths, scope string) (*Routes, error
 			scopes[r.scope] = 1
 		}
 		rt.routes = append(rt.routes, r)
+		for _, seg := range r.segs {
+			rt.upperLiteral = rt.upperLiteral || seg.kind == segLiteral && hasUpperASCII(seg.lit)
+		}
 	}
 	for i, r := range rt.routes {
 		r.sameNext = -1
@@ -197,7 +205,8 @@ func compileRoute(s RouteSpec, scope string) (*Route, error) {
 //     the root of "/x/..."), so a path with a trailing slash must get the
 //     same answer without it; if not, it is matchSlashVaries (400).
 //  3. Literal segments compare case-sensitively, as Envoy's route matcher
-//     does. With paths.case_insensitive, the path must also get the same
+//     does. But Express, koa-router and ASP.NET Core route
+//     case-insensitively by default, so the path must also get the same
 //     answer with ASCII letter case folded; if not, it is matchCaseVaries
 //     (400). Folding thus only ever rejects; it never picks a route.
 //     Nothing folds Unicode.
@@ -226,7 +235,8 @@ func (rt *Routes) match(method, path string) (*Route, matchKind) {
 			return nil, matchSlashVaries
 		}
 	}
-	if rt.foldCase {
+	fold := rt.foldMatters(path)
+	if fold {
 		if r2, k2 := rt.lookup(method, path, true); r2 != r || k2 != k {
 			return nil, matchCaseVaries
 		}
@@ -242,7 +252,7 @@ func (rt *Routes) match(method, path string) (*Route, matchKind) {
 			if r2, k2 := rt.lookup(method, stem, false); r2 != r || k2 != k {
 				return nil, matchFormatVaries
 			}
-			if rt.foldCase {
+			if fold {
 				if r2, k2 := rt.lookup(method, stem, true); r2 != r || k2 != k {
 					return nil, matchFormatVaries
 				}
@@ -263,12 +273,12 @@ func (rt *Routes) match(method, path string) (*Route, matchKind) {
 }
 
 // differs reports whether path gets another answer than r, k: another
-// route, or with folded case (when the table folds it) another.
+// route, or with folded case another.
 func (rt *Routes) differs(method, path string, r *Route, k matchKind) bool {
 	if r2, k2 := rt.lookup(method, path, false); r2 != r || k2 != k {
 		return true
 	}
-	if rt.foldCase {
+	if rt.foldMatters(path) {
 		if r2, k2 := rt.lookup(method, path, true); r2 != r || k2 != k {
 			return true
 		}
@@ -357,6 +367,22 @@ func (r *Route) namesDottedFile() bool {
 	}
 	last := r.segs[len(r.segs)-1]
 	return last.kind == segLiteral && strings.IndexByte(last.lit, '.') > 0
+}
+
+// foldMatters reports whether path could match otherwise with ASCII letter
+// case folded: only when it, or some pattern's literal, holds an upper-case
+// letter. (The usual path and table hold none, and skip the second lookup.)
+func (rt *Routes) foldMatters(path string) bool {
+	return rt.upperLiteral || hasUpperASCII(path)
+}
+
+func hasUpperASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
 }
 
 // lookup applies rule 1 of match, comparing literals with ASCII case
@@ -600,13 +626,13 @@ func (rt *Routes) Print(w io.Writer, unmatched string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	reading := "Paths: a ';', '//' or a dot segment is 400"
+	reading := "Paths: a ';', '//', a dot segment or an encoded letter, digit or -._~ is 400"
 	if rt.servlet {
 		reading = "Paths (servlet): ;params are cut, '//' merged and dot segments resolved before matching"
 	}
-	cases := "literal segments match case-sensitively."
+	cases := "literal segments match case-sensitively, and a path whose ASCII letter case picks\nits route is 400."
 	if rt.foldCase {
-		cases = "literal segments match case-sensitively,\nand a path whose ASCII letter case picks its route, or with encoded non-ASCII, is 400."
+		cases = "literal segments match case-sensitively, and a path whose ASCII letter case picks\nits route, or with encoded non-ASCII, is 400."
 	}
 	_, err := fmt.Fprintf(w, `
 Methods: the first route whose pattern matches the path claims it, and decides if it
@@ -615,7 +641,8 @@ pattern may; if none lists it, 403 no_route. A method never falls through to a
 broader route or to "anything else".
 Slashes: /x matches only /x; /x/ matches /x and /x/; /x/** matches /x, /x/ and below;
 a path ending in / that gets another route without the slash is 400.
-%s; %s
+%s;
+%s
 `, reading, cases)
 	return err
 }

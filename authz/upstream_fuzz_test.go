@@ -67,10 +67,18 @@ var (
 	// unescaped one by one, so "%2e%2e" and "a%2Fb" are names; ";" is a
 	// character; case-sensitive.
 	muxModel = upstreamModel{name: "Go ServeMux", serve: muxServe, equal: func(a, b string) bool { return a == b }}
-	// literalModel is Express, Flask or Rails behind a proxy that passes
-	// the request target on as it came: segments decoded one by one, but
+	// literalModel is Flask behind a proxy that passes the
+	// request target on as it came: segments decoded one by one, but
 	// neither "//" merged nor dot segments resolved; case-sensitive.
-	literalModel = upstreamModel{name: "literal router (Express, Flask)", serve: literalServe, equal: func(a, b string) bool { return a == b }}
+	literalModel = upstreamModel{name: "literal router (Flask)", serve: literalServe, equal: func(a, b string) bool { return a == b }}
+	// expressModel is Express 4 and 5 (and koa-router) with their
+	// defaults, behind such a proxy: a route's regular expression runs on
+	// the raw path, case-insensitively ("case sensitive routing" off), with
+	// a trailing slash optional ("strict routing" off); only what a
+	// wildcard captures is decoded. So a literal matches a raw segment
+	// only as written (a character that must be encoded, encoded), in any
+	// ASCII case. (Rails' router matches the raw path too, case-sensitively.)
+	expressModel = upstreamModel{name: "Express (raw, case-insensitive)", serve: rawServe, equal: rawEqualFold, slashBlind: true}
 	// foldingModel is a case-insensitive upstream (IIS-like, and
 	// pessimistic): everything decoded, "\" a separator, dots resolved,
 	// Unicode case folded (strings.EqualFold: ſ is s, K is k), a trailing
@@ -273,6 +281,33 @@ func literalServe(raw string) (servedPath, bool) {
 	return servedPath{segs: segs, slash: strings.HasSuffix(raw, "/")}, true
 }
 
+// rawServe splits the raw path into its segments, decoding nothing.
+func rawServe(raw string) (servedPath, bool) {
+	raw = cutQueryModel(raw)
+	if !strings.HasPrefix(raw, "/") || hasControl(raw) {
+		return servedPath{}, false
+	}
+	if raw == "/" {
+		return servedPath{}, true
+	}
+	body := strings.TrimSuffix(raw[1:], "/")
+	return servedPath{segs: strings.Split(body, "/"), slash: strings.HasSuffix(raw, "/")}, true
+}
+
+// rawEqualFold compares a raw segment with a pattern literal spelt as the
+// application writes it, ASCII letter case folded.
+func rawEqualFold(seg, lit string) bool {
+	var b strings.Builder
+	for i := 0; i < len(lit); i++ {
+		if c := lit[i]; rawInPath(c) {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return equalFoldASCII(seg, b.String())
+}
+
 func foldingServe(raw string) (servedPath, bool) {
 	raw = cutQueryModel(raw)
 	d, ok := decodeAll(raw)
@@ -416,9 +451,9 @@ var modelConfigs = []struct {
 	paths  Paths
 	models []upstreamModel
 }{
-	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, railsModel, springModel, phpFirstModel, phpLastModel, trimmingModel}},
+	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, expressModel, railsModel, springModel, phpFirstModel, phpLastModel, trimmingModel}},
 	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel, trimmingModel}},
-	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, foldingModel, railsModel, phpFirstModel, phpLastModel}},
+	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, expressModel, foldingModel, railsModel, phpFirstModel, phpLastModel}},
 }
 
 var modelMethods = []string{"GET", "HEAD", "DELETE", "OPTIONS", "POST"}

@@ -366,10 +366,11 @@ type Paths struct {
 	// segment before dot segments are resolved, as servlet containers do, so
 	// "/a/..;x/b" is "/b".
 	MatrixParams MatrixParams `json:"matrix_params"`
-	// CaseInsensitive says the upstreams fold ASCII letter case. Matching
-	// stays case-sensitive; a path whose letter case decides which route it
-	// gets, or that holds a percent-encoded non-ASCII byte (such upstreams
-	// often fold Unicode too), is answered 400.
+	// CaseInsensitive says the upstreams fold letter case beyond ASCII.
+	// Matching stays case-sensitive, and a path whose ASCII letter case
+	// decides which route it gets is 400 either way (Express and ASP.NET
+	// Core fold ASCII case by default); with it, a path that holds a
+	// percent-encoded non-ASCII byte is answered 400 too.
 	CaseInsensitive bool `json:"case_insensitive"`
 }
 

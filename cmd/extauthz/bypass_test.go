@@ -131,15 +131,30 @@ func bypassAttempts() []attempt {
 		deny("an encoded single dot", strictPaths, "GET", "/public/%2e/x", nil, 400, "bad_request"),
 		deny("climbing above the root", strictPaths, "GET", "/public/../../api/admin/x", nil, 400, "bad_request"),
 
+		// Encodings a router that matches the raw path (Express) reads
+		// as other names than the decoded ones.
+		deny("an encoded letter of the public file", strictPaths, "GET", "/files/%70ublic", nil, 400, "bad_request"),
+		deny("an encoded letter of the admin prefix", strictPaths, "GET", "/api/%61dmin/x", reader, 400, "bad_request"),
+		deny("an encoded digit", strictPaths, "GET", "/public/v%31", nil, 400, "bad_request"),
+		deny("an encoded tilde", strictPaths, "GET", "/public/%7Eme", nil, 400, "bad_request"),
+		deny("an encoded sub-delimiter of a literal", strictPaths, "GET", "/v1/things%3Alist", hdr("x-api-key", "{admin}"), 400, "bad_request"),
+		allow("an encoded sub-delimiter a wildcard takes either way", strictPaths, "GET", "/files/a%3Ab", hdr("x-api-key", "{files}"), pass("files", "x-api-key")),
+
 		// Double slashes.
 		deny("// (upstreams merge it or not)", strictPaths, "GET", "//public//x", nil, 400, "bad_request"),
 		deny("// then .. resolves differently per upstream", strictPaths, "GET", "/api/admin//../../public/x", nil, 400, "bad_request"),
 		deny("//.. from a public prefix", strictPaths, "GET", "/public//../api/admin/x", nil, 400, "bad_request"),
 
 		// Case and Unicode.
-		deny("upper case is another file, not the public one", strictPaths, "GET", "/files/PUBLIC", nil, 401, "missing_key"),
+		// Express, koa-router and ASP.NET Core route case-insensitively by
+		// default, so a path whose case picks its route is 400 whatever
+		// paths.case_insensitive says.
+		deny("upper case that picks the public file for a case-blind router", strictPaths, "GET", "/files/PUBLIC", nil, 400, "bad_request"),
+		deny("upper case that reaches the admin prefix for one", strictPaths, "GET", "/API/admin/x", reader, 400, "bad_request"),
+		deny("a lower-case path that a folded pattern would take", strictPaths, "GET", "/v1/THINGS:list", reader, 400, "bad_request"),
+		allow("upper case that changes no route", strictPaths, "GET", "/files/Report", hdr("x-api-key", "{files}"), pass("files", "x-api-key")),
 		deny("a ;param on a public literal", strictPaths, "GET", "/files/public;x", nil, 400, "bad_request"),
-		deny("an upper-case public prefix is not public", strictPaths, "GET", "/Public/x", nil, 401, "missing_key"),
+		deny("an upper-case public prefix is neither public nor another route", strictPaths, "GET", "/Public/x", nil, 400, "bad_request"),
 		deny("raw long s (U+017F) is not s", strictPaths, "GET", "/\u017ftatic/x", nil, 400, "bad_request", viaGRPC, viaXOriginal, viaXForwarded),
 		deny("encoded long s is not s", strictPaths, "GET", "/%C5%BFtatic/x", nil, 401, "missing_key"),
 		deny("the Kelvin sign is not K", strictPaths, "GET", "/%E2%84%AAeys/x", nil, 401, "missing_key"),

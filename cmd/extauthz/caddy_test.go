@@ -245,7 +245,7 @@ func TestCaddyForwardAuthWithTheShippedConfig(t *testing.T) {
 			{"/public/..%5Cadmin/x", 400},
 			{"/public/%252e%252e/admin/x", 400},
 			{"/public/x#/../../admin/x", 400},
-			{"/public/%61dmin", 200},
+			{"/public/%61dmin", 400}, // Express reads it as another name than /public/admin
 			{"/admin/x", 401},
 			{"http://admin.example/public/x", 200},
 			{"http://admin.example/admin/x", 401},
