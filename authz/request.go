@@ -326,8 +326,51 @@ func cookieCredential(header, name, fold string, each func(string)) (value strin
 		case readsAs(k, fold):
 			ambiguous = true
 		}
+		if !ambiguous && hiddenCookie(trimCookieName(part), name, fold) {
+			ambiguous = true
+		}
 	}
 	return value, present, ambiguous
+}
+
+// hiddenCookie reports whether one cookie piece v (the text between two
+// ";" or ",") holds, after its own name, a "name=" that some reader takes
+// for a cookie of its own: Python's
+// SimpleCookie (Bottle, aiohttp) separates cookies at white space as at
+// ";", and WebOb (Pyramid) finds every name=value pair with a findall, so
+// any byte a cookie name cannot hold separates for it ("a=b api_key=x",
+// `a="b"api_key=x`). The proxy cannot strip such a cookie: the request is
+// refused. Each "=" is looked at once, back to the byte before its name:
+// linear in v.
+func hiddenCookie(v, name, fold string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] != '=' {
+			continue
+		}
+		end := i
+		for end > 0 && (v[end-1] == ' ' || v[end-1] == '\t') {
+			end--
+		}
+		start := end
+		for start > 0 && cookieNameByte(v[start-1]) {
+			start--
+		}
+		if start == 0 || start == end {
+			continue // the piece's own name, or text of its value
+		}
+		if k := v[start:end]; k == name || readsAs(k, fold) {
+			return true
+		}
+	}
+	return false
+}
+
+// cookieNameByte reports whether c may be part of a cookie name for the
+// loosest of those readers (SimpleCookie's and WebOb's legal characters,
+// but for "=", which ends a name for both).
+func cookieNameByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		strings.IndexByte("!#$%&'()*+-./:<>?@^_`{|}~", c) >= 0
 }
 
 // CookieWithout returns the cookie header without every cookie whose name
