@@ -262,23 +262,13 @@ func muxServe(raw string) (servedPath, bool) {
 }
 
 func literalServe(raw string) (servedPath, bool) {
-	raw = cutQueryModel(raw)
-	if !strings.HasPrefix(raw, "/") || hasControl(raw) {
-		return servedPath{}, false
-	}
-	if raw == "/" {
-		return servedPath{}, true
-	}
-	body := strings.TrimSuffix(raw[1:], "/")
-	var segs []string
-	for _, s := range strings.Split(body, "/") {
-		d, ok := decodeAll(s)
-		if !ok {
+	sp, ok := rawServe(raw)
+	for i := range sp.segs {
+		if sp.segs[i], ok = decodeAll(sp.segs[i]); !ok {
 			return servedPath{}, false
 		}
-		segs = append(segs, d)
 	}
-	return servedPath{segs: segs, slash: strings.HasSuffix(raw, "/")}, true
+	return sp, ok
 }
 
 // rawServe splits the raw path into its segments, decoding nothing.
