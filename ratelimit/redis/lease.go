@@ -44,10 +44,12 @@ import (
 // Cost, always capacity, never the promise. Requests counted but never
 // handed out (a lease that ends with some left, or is dropped) are lost
 // until they age out of the window. A lease is at most N/leaseShare (long)
-// or N/2000 (short) of every limit, and a replica holds one lease of a
-// bucket at a time, ending at most once per W (long) or W/20 (short), so a
-// replica loses at most about 1% of N per window to leftovers of either
-// kind, 2% in a window that sees both. And a long lease's requests count
+// or N/2000 (short) of every limit, and a replica holds one lease of a set
+// of limits at a time (leaseKey: a key's limit alone, or with one route's),
+// ending at most once per W (long) or W/20 (short), so a replica loses at
+// most about 1% of N per window and set to leftovers of either kind, 2% in
+// a window that sees both. A key checked under several route limits holds a
+// lease of each, and may lose that much of its own limit to each. And a long lease's requests count
 // until about 2W after the grant however early they are used: as long
 // grants are only made while the count stays at most N/32, they can hold at
 // most N/32 of a key's limit beyond their time, which a key that goes from
