@@ -720,6 +720,10 @@ func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
 			d.Deny(CodeBadRequest, "malformed request: the host is not in one canonical form (a trailing dot, an empty label, a bad port, over 260 bytes)")
 			return false
 		}
+		if !ps.forwardedHostsAgree(req.Headers, p) {
+			d.Deny(CodeBadRequest, "malformed request: X-Forwarded-Host or Forwarded names a host of another policy than the request's host, which an upstream that trusts it would serve the request as")
+			return false
+		}
 		if p != nil {
 			return d.choose(p, SelectedByHost)
 		}
@@ -729,6 +733,38 @@ func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
 		return false
 	}
 	return d.choose(ps.Default, SelectedByDefault)
+}
+
+// forwardedHostsAgree reports whether every host the request names in
+// X-Forwarded-Host (a list) or in Forwarded's host= parameters selects p,
+// the policy its host selected (nil: none by host), and is in canonical
+// form. Express with "trust proxy", Django's USE_X_FORWARDED_HOST, Rails
+// and Spring's ForwardedHeaderFilter take the host from them, so an
+// upstream that serves several hosts would otherwise answer, as another
+// service's, a request decided by this one's rules.
+func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
+	agrees := func(host string) bool {
+		host = strings.TrimSpace(host)
+		if host == "" {
+			return true // names nothing: the request's host stands
+		}
+		q, ok := ps.byHost(host)
+		return ok && q == p
+	}
+	for host := range strings.SplitSeq(h.Get("x-forwarded-host"), ",") {
+		if !agrees(host) {
+			return false
+		}
+	}
+	for elem := range strings.SplitSeq(h.Get("forwarded"), ",") {
+		for pair := range strings.SplitSeq(elem, ";") {
+			k, v, _ := strings.Cut(strings.TrimSpace(pair), "=")
+			if strings.EqualFold(strings.TrimSpace(k), "host") && !agrees(strings.Trim(strings.TrimSpace(v), `"`)) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // choose records the selected policy and its mode.

@@ -109,6 +109,52 @@ func TestEachSelectorChoosesItsPolicy(t *testing.T) {
 	}
 }
 
+// Upstreams that trust X-Forwarded-Host or Forwarded (Express's "trust
+// proxy", Django's USE_X_FORWARDED_HOST, Rails, Spring's
+// ForwardedHeaderFilter) take the host from them. Where the host selects the
+// policy, one that names another policy's host than the request's is 400:
+// the request would be decided by one service's rules and answered as
+// another's.
+func TestAForwardedHostOfAnotherPolicyIsABadRequest(t *testing.T) {
+	f := authztest.New(t, meshOptions)
+	tests := []struct {
+		name    string
+		host    string
+		headers authz.HeaderMap
+		policy  string // "" = 400
+	}{
+		{"X-Forwarded-Host of another policy", "orders.example.com", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, ""},
+		{"of the default policy, from a named one", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "api.other.org"}, ""},
+		{"of a named policy, from the default one", "api.other.org", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, ""},
+		{"the second of a list", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "billing.example.com, shop.example.com"}, ""},
+		{"not in canonical form", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "billing.example.com."}, ""},
+		{"Forwarded's host", "orders.example.com", authz.HeaderMap{"forwarded": `for=192.0.2.1;host=billing.example.com;proto=https`}, ""},
+		{"quoted, in the second element, any case", "orders.example.com", authz.HeaderMap{"forwarded": `for=192.0.2.1, Host="Billing.example.com:443"`}, ""},
+		{"the same host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, "billing"},
+		{"another spelling of it", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "BILLING.example.com:8443"}, "billing"},
+		{"another host of the same policy", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "eu.billing.example.com"}, "billing"},
+		{"Forwarded without a host", "billing.example.com", authz.HeaderMap{"forwarded": "for=192.0.2.1;proto=https"}, "billing"},
+		{"an empty X-Forwarded-Host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": ""}, "billing"},
+		{"two hosts of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "www.other.org"}, "default"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := f.Decide(authz.Request{Method: "GET", Path: "/", Host: tt.host, Headers: tt.headers, XFFTrustedHops: -1})
+			if tt.policy == "" {
+				assert.Equal(t, authz.CodeBadRequest, d.Code, d.Message)
+				return
+			}
+			assert.NotEqual(t, authz.CodeBadRequest, d.Code, d.Message)
+			assert.Equal(t, tt.policy, d.PolicyName())
+		})
+	}
+	// Selected otherwise, the policy does not depend on the host, and the
+	// headers are the upstream's business.
+	d := f.Decide(authz.Request{Method: "GET", Path: "/", Host: "orders.example.com", ContextExtensions: []authz.Header{{Key: "policy", Value: "orders"}},
+		Headers: authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, XFFTrustedHops: -1})
+	assert.Equal(t, "orders", d.PolicyName(), d.Message)
+}
+
 // A config without named policies selects nothing: every request is the
 // default policy's, whatever it carries, as before policies existed.
 func TestWithoutPoliciesEveryRequestIsTheDefaultPolicys(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 
@@ -724,4 +725,28 @@ func TestAConnectionCheckWithoutAnHTTPRequestIsRefusedOverGRPC(t *testing.T) {
 	assert.Equal(t, int32(codes.InvalidArgument), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
 	assert.Nil(t, resp.GetOkResponse())
 	assert.Equal(t, "bad_request", metadata(t, resp)["code"])
+}
+
+// Where the host selects the policy, an X-Forwarded-Host or Forwarded host
+// of another policy's is 400 over gRPC: an upstream that trusts it would
+// serve the request as that other service's.
+func TestAForwardedHostOfAnotherPolicyIsABadRequestOverGRPC(t *testing.T) {
+	fx := meshFixture(t)
+	client := authv3.NewAuthorizationClient(serveChecks(t, fx))
+	key := fx.AddKey(t, &keystore.Key{ID: "key_users", Name: "users", Permissions: []string{"read:users"}, Policies: []string{"default"}})
+	for _, tt := range []struct {
+		headers map[string]string
+		code    codes.Code
+	}{
+		{map[string]string{"x-forwarded-host": "x.billing.example.com"}, codes.InvalidArgument},
+		{map[string]string{"forwarded": "for=192.0.2.1;host=billing.example.com"}, codes.InvalidArgument},
+		{map[string]string{"x-forwarded-host": "api.example.org:443"}, codes.OK}, // no policy's, as the request's host
+		{map[string]string{}, codes.OK},
+	} {
+		headers := map[string]string{"x-api-key": key}
+		maps.Copy(headers, tt.headers)
+		resp, err := client.Check(context.Background(), meshRequest("/api/users", "api.example.org", headers, nil, ""))
+		require.NoError(t, err)
+		assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), "%v: %s", tt.headers, resp.GetStatus().GetMessage())
+	}
 }
