@@ -210,7 +210,7 @@ func edgeSpace(p string) bool {
 			buf[n], _ = escapeAt(seg, i)
 			n++
 		}
-		if r, _ := utf8.DecodeRune(buf[:n]); n > 0 && unicode.IsSpace(r) {
+		if r, _ := utf8.DecodeRune(buf[:n]); n > 0 && trimmedSpace(r) {
 			return true
 		}
 		// The last: up to utf8.UTFMax escapes back from the end.
@@ -219,11 +219,19 @@ func edgeSpace(p string) bool {
 			n++
 			buf[len(buf)-n], _ = escapeAt(seg, i)
 		}
-		if r, _ := utf8.DecodeLastRune(buf[len(buf)-n:]); n > 0 && unicode.IsSpace(r) {
+		if r, _ := utf8.DecodeLastRune(buf[len(buf)-n:]); n > 0 && trimmedSpace(r) {
 			return true
 		}
 	}
 	return false
+}
+
+// trimmedSpace reports whether some upstream's trim removes r: Unicode's
+// white space, the byte-order mark (JavaScript's String.prototype.trim)
+// and the Mongolian vowel separator (white space before Unicode 6.3, and
+// still to older .NET and Java).
+func trimmedSpace(r rune) bool {
+	return unicode.IsSpace(r) || r == '\uFEFF' || r == '\u180E'
 }
 
 // normalizeSlow cuts ";params" (servlet reading), decodes and re-encodes
