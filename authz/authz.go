@@ -365,7 +365,7 @@ func normalize(set *PolicySet, req *Request, d *Decision) bool {
 func route(d *Decision) bool {
 	p := d.Policy
 	r, k := p.Routes.match(d.Method, d.Path)
-	if k != matchCaseVaries && k != matchSlashVaries && d.rawPath != "" && p.Routes.differs(d.Method, d.rawPath, r, k) {
+	if decided := k == matchRoute || k == matchNone || k == matchWrongMethod; decided && d.rawPath != "" && p.Routes.differs(d.Method, d.rawPath, r, k) {
 		// Express and koa-router match a literal against the raw path
 		// and decode only what a wildcard captures: for them
 		// "/v1/things%3Alist" is not "/v1/things:list". Such escapes
