@@ -510,8 +510,55 @@ func (rt *Routes) Warnings() []string {
 		if w := rt.formatWarning(j, b); w != "" {
 			out = append(out, w)
 		}
+		if w := rt.caseWarning(j, b); w != "" {
+			out = append(out, w)
+		}
 	}
 	return out
+}
+
+// caseWarning describes a route whose own path gets another route with
+// its letter case folded (a pattern "/Admin" after "/admin"): such a path
+// is 400 (match, rule 3), so the route decides nothing that a
+// case-insensitive upstream (Express, ASP.NET Core) could not serve as
+// the other.
+func (rt *Routes) caseWarning(j int, r *Route) string {
+	path, method := r.samplePath()
+	got, k := rt.lookup(method, path, false)
+	if k != matchRoute || got != r {
+		return "" // never reached anyway: Warnings says so
+	}
+	if r2, k2 := rt.lookup(method, path, true); r2 != r {
+		other := "no route"
+		if k2 == matchRoute {
+			other = fmt.Sprintf("the route %q", r2.Pattern)
+		}
+		return fmt.Sprintf("routes[%d] %q differs only in letter case from %s, which its paths get with their case folded: "+
+			"every request for them is 400 (Express and ASP.NET Core route case-insensitively); give the two one spelling", j, r.Pattern, other)
+	}
+	return ""
+}
+
+// samplePath is a path r's pattern matches (each wildcard a segment "x"),
+// and a method r takes.
+func (r *Route) samplePath() (path, method string) {
+	var b strings.Builder
+	for _, s := range r.segs {
+		b.WriteByte('/')
+		if s.kind == segLiteral {
+			b.WriteString(s.lit)
+		} else {
+			b.WriteString("x")
+		}
+	}
+	if b.Len() == 0 {
+		b.WriteByte('/')
+	}
+	method = "GET"
+	if len(r.Methods) > 0 {
+		method = r.Methods[0]
+	}
+	return b.String(), method
 }
 
 // sameAccess reports whether a and b let the same requests through: both
@@ -533,20 +580,7 @@ func (rt *Routes) formatWarning(j int, r *Route) string {
 	if !r.namesDottedFile() {
 		return ""
 	}
-	var b strings.Builder
-	for _, s := range r.segs {
-		b.WriteByte('/')
-		if s.kind == segLiteral {
-			b.WriteString(s.lit)
-		} else {
-			b.WriteString("x")
-		}
-	}
-	path := b.String()
-	method := "GET"
-	if len(r.Methods) > 0 {
-		method = r.Methods[0]
-	}
+	path, method := r.samplePath()
 	got, k := rt.lookup(method, path, false)
 	stems, n := formatStems(path)
 	for _, stem := range stems[:n] {

@@ -267,3 +267,19 @@ func TestAnExtensionMustNotChangeTheRoute(t *testing.T) {
 	assert.Empty(t, compile(t, Paths{}, RouteSpec{Path: "/openapi.json", Public: true}, RouteSpec{Path: "/openapi", Public: true}).Warnings(),
 		"a file route whose stem has the same access is fine")
 }
+
+// Two patterns that differ only in letter case decide nothing apart: the
+// later one's paths get the earlier one with their case folded, so every
+// request for them is 400. config check says so.
+func TestWarningsNameARouteThatDiffersOnlyInCase(t *testing.T) {
+	rt := compile(t, Paths{},
+		RouteSpec{Path: "/admin/{id}", Permissions: []string{"admin"}},
+		RouteSpec{Path: "/Admin/{id}", Public: true},
+		RouteSpec{Path: "/Reports/**", Permissions: []string{"read:reports"}},
+	)
+	_, k := rt.match("GET", "/Admin/1")
+	require.Equal(t, matchCaseVaries, k)
+	w := rt.Warnings()
+	require.Len(t, w, 1, "%q", w)
+	assert.Contains(t, w[0], `routes[1] "/Admin/{id}" differs only in letter case from the route "/admin/{id}"`)
+}
