@@ -471,7 +471,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	var keyIn keyInRequest
 	for i := len(p.Sources); i < len(p.strip); i++ {
 		s := p.strip[i]
-		if s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) {
+		if s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) || p.headerHoldsKey(s, req) {
 			d.Present |= 1 << i
 		}
 		// A key under a spelling of another service's name that the proxy

@@ -278,6 +278,15 @@ func (p *Policy) ourKey(v string) bool {
 	return len(v) > len(pre) && v[:len(pre)] == pre && v[len(pre)] == '_' && p.format.Check(v) == nil
 }
 
+// headerHoldsKey reports whether the header of s, another policy's header
+// source without a scheme, holds a key of ours anywhere in its value
+// ("Token <key>", "<key>,x"): not that service's credential, but its
+// upstream would get it, and may log it, so the header is stripped. A
+// value with no key of ours is that upstream's own, and stays.
+func (p *Policy) headerHoldsKey(s Source, req *Request) bool {
+	return s.kind == SourceHeader && s.scheme == "" && p.format.ContainsKey(req.Headers.Get(s.name))
+}
+
 // otherSchemeHoldsKey reports whether the header of s, a source with a
 // scheme, holds a key of ours under another scheme: "Authorization: Token
 // <key>", or Basic credentials whose user or password is one. That is no

@@ -750,3 +750,27 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequestOverGRPC(t *testing.T) {
 		assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), "%v: %s", tt.headers, resp.GetStatus().GetMessage())
 	}
 }
+
+// Another service's header source without a scheme is stripped when its
+// value holds a key of ours anywhere, not only when the whole value is one:
+// "Token <key>" there is no credential of that service, but its upstream
+// would get our key. A value of its own stays.
+func TestAKeyInsideAnotherServicesHeaderIsStripped(t *testing.T) {
+	fx, client := publicBillingFixture(t)
+	for _, tt := range []struct {
+		name, value string
+		removed     []string
+	}{
+		{"the whole value", fx.Good, []string{"x-billing-key"}},
+		{"after another scheme", "Token " + fx.Good, []string{"x-billing-key"}},
+		{"in a list", "abc, " + fx.Good, []string{"x-billing-key"}},
+		{"that service's own token", "billing-token-123", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := client.Check(context.Background(), meshRequest("/healthz", "api.example.com", map[string]string{"x-billing-key": tt.value}, nil, ""))
+			require.NoError(t, err)
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			assert.ElementsMatch(t, tt.removed, resp.GetOkResponse().GetHeadersToRemove())
+		})
+	}
+}
