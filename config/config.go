@@ -674,6 +674,15 @@ func checkFields(path string, v any, t reflect.Type) error {
 				return err
 			}
 		}
+	case nil:
+		// A list written with no value ("methods:", "null", "~", or a
+		// template's empty rendering) decodes as if it were left out, and
+		// a list left out means its default: every method, the top-level
+		// sources. An empty list ([]) is refused where that would widen
+		// access; null must not be the way around it.
+		if t.Kind() == reflect.Slice {
+			return fmt.Errorf("%s: written with no value (null): list its entries, or leave the field out for its default", path)
+		}
 	case []any:
 		if t.Kind() != reflect.Slice {
 			return nil

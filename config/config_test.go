@@ -600,3 +600,26 @@ func TestAFileOfMoreThanOneDocumentIsRefused(t *testing.T) {
 		assert.Equal(t, []string{"admin"}, cfg.Routes[0].Permissions, text)
 	}
 }
+
+// A list written with no value (methods: with nothing after it, null, ~, a
+// template's empty rendering) decodes as if left out, which means every
+// method, or a policy's top-level sources. methods: [] is refused for
+// exactly that reason; null is refused too, with the path named.
+func TestANullListIsRefusedLikeAnEmptyOne(t *testing.T) {
+	for _, tt := range []struct{ name, text, want string }{
+		{"methods: with nothing after it", "routes:\n  - path: /status\n    public: true\n    methods:\n", "routes[0].methods: written with no value (null)"},
+		{"methods: null", "routes: [{path: /status, public: true, methods: null}]\n", "routes[0].methods"},
+		{"methods: ~", "routes: [{path: /status, public: true, methods: ~}]\n", "routes[0].methods"},
+		{"methods: null in a policy", "policies: [{name: b, match: {hosts: [b.example.com]}, routes: [{path: /s, public: true, methods: null}]}]\n", "policies[0].routes[0].methods"},
+		{"a policy's sources: null", "policies: [{name: b, match: {hosts: [b.example.com]}, sources: null}]\n", "policies[0].sources"},
+		{"routes: null", "routes: null\n", "routes: written with no value"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.text))
+			require.Error(t, err, "a null list was read as left out")
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+	_, err := Parse([]byte("routes: [{path: /status, public: true}]\n"))
+	require.NoError(t, err, "a list left out is its default")
+}
