@@ -151,11 +151,7 @@ func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 	}
 	warnPublicRedisPassword(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) })
 	rep.Warnings = append(rep.Warnings, policyWarnings(cfg, policies)...)
-	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
-			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
-	}
-	if w := debugWarning(cfg); w != "" {
+	for _, w := range listenerWarnings(cfg) {
 		rep.Warnings = append(rep.Warnings, w)
 	}
 	rep.OK = len(rep.Errors) == 0

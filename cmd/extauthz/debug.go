@@ -31,7 +31,7 @@ var debugLimits = httpLimits{
 // process's command line (cmdline), and nothing else. The listener asks
 // for no credential: a profile names the server's code and where its memory
 // and time go, but a goroutine dump (debug=2) also prints raw words of
-// function arguments, so it belongs on loopback (debugWarning).
+// function arguments, so it belongs on loopback (listenerWarnings).
 //
 // Importing net/http/pprof also registers these on http.DefaultServeMux;
 // no listener of the server serves that mux (TestTheDebugListener asks the
@@ -63,14 +63,21 @@ func boundSeconds(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// debugWarning says why listen.debug is risky where it listens ("" when it
-// is off or on loopback): anyone who reaches it may read the server's
-// profiles and keep a CPU profile running (a few percent of its CPU).
-func debugWarning(cfg *config.Config) string {
-	a := cfg.Listen.Debug
-	if !a.Enabled() || loopbackAddr(string(a)) {
-		return ""
+// listenerWarnings say why a listener is risky where it listens, for config
+// check and for serve to log as it starts (an operator who never runs the
+// check, under the chart or compose, is told too): the admin API off
+// loopback without TLS takes admin keys in clear, and anyone who reaches
+// the debug listener may read the server's profiles and keep a CPU profile
+// running (a few percent of its CPU).
+func listenerWarnings(cfg *config.Config) []string {
+	var out []string
+	if a := cfg.Listen.Admin; a.Enabled() && !cfg.TLS.Enabled() && !loopbackAddr(string(a)) {
+		out = append(out, fmt.Sprintf("listen.admin %q is reachable off this host and tls is off: admin keys would cross the network in clear; "+
+			"listen on 127.0.0.1 or set tls.cert_file and tls.key_file", a))
 	}
-	return fmt.Sprintf("listen.debug %q is reachable off this host and asks for no credential: anyone who reaches it can read the server's profiles "+
-		"and keep a CPU profile running; listen on 127.0.0.1 (kubectl port-forward reaches it there)", a)
+	if a := cfg.Listen.Debug; a.Enabled() && !loopbackAddr(string(a)) {
+		out = append(out, fmt.Sprintf("listen.debug %q is reachable off this host and asks for no credential: anyone who reaches it can read the server's profiles "+
+			"and keep a CPU profile running; listen on 127.0.0.1 (kubectl port-forward reaches it there)", a))
+	}
+	return out
 }

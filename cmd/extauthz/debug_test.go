@@ -86,11 +86,13 @@ func TestADebugListenerOffLoopbackIsAWarning(t *testing.T) {
 	} {
 		cfg, err := config.Parse([]byte("hashing: {pepper_env: " + testPepperEnv + "}\nlisten: {debug: \"" + addr + "\"}\n"))
 		require.NoError(t, err, addr)
-		w := debugWarning(cfg)
+		ws := listenerWarnings(cfg)
 		if !warned {
-			assert.Empty(t, w, addr)
+			assert.Empty(t, ws, addr)
 			continue
 		}
+		require.Len(t, ws, 1, addr)
+		w := ws[0]
 		assert.Contains(t, w, "listen.debug", addr)
 		assert.Contains(t, w, "asks for no credential", addr)
 		rep, _, _ := checkConfig(writeConfig(t, "listen: {debug: \""+addr+"\"}\n"))

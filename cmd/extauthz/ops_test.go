@@ -649,3 +649,49 @@ func TestARouteWithAnEmptyListOfMethodsIsRefused(t *testing.T) {
 	assert.Contains(t, logs.String(), "routes[0].methods: an empty list")
 	assert.Equal(t, "missing_key", deleteCode(), "DELETE /status became public")
 }
+
+// The watch knows a config file by which file its path names, not only by
+// its size and time: a symbolic link retargeted to another file (ln -sfn,
+// the deploy of NixOS's /etc, whose store files all have one time, or of
+// release directories) with the same size and time is loaded. Here the
+// new file takes read:users off /api/users.
+func TestAConfigSymlinkSwappedToAnotherFileOfTheSameSizeAndTimeIsReloaded(t *testing.T) {
+	dir := t.TempDir()
+	head := fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nstore: {path: %q}\n", filepath.Join(dir, "k.db"))
+	a, b := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	require.NoError(t, os.WriteFile(a, []byte(head+"routes: [{path: /api/users, permissions: [read:users]}]\n"), 0o600))
+	require.NoError(t, os.WriteFile(b, []byte(head+"routes: [{path: /api/users, permissions: [gone:users]}]\n"), 0o600))
+	epoch := time.Unix(1, 0) // as in the Nix store
+	require.NoError(t, os.Chtimes(a, epoch, epoch))
+	require.NoError(t, os.Chtimes(b, epoch, epoch))
+	path := filepath.Join(dir, "extauthz.yaml")
+	require.NoError(t, os.Symlink("a.yaml", path))
+
+	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard}, func(s *server) { s.reloadEvery = time.Hour })
+	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+	code := func() string {
+		c, _ := denial(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}))
+		return c
+	}
+	w := ts.srv.newWatch()
+	require.Equal(t, "", code())
+
+	next := filepath.Join(dir, "next") // ln -sfn b.yaml extauthz.yaml, atomically
+	require.NoError(t, os.Symlink("b.yaml", next))
+	require.NoError(t, os.Rename(next, path))
+	for range 3 {
+		w.poll()
+	}
+	assert.Equal(t, "permission_denied", code(), "the swapped-in config was never loaded")
+}
+
+// serve warns of an admin listener reachable off loopback without TLS as
+// it starts, as config check does: under the chart or compose nobody runs
+// the check.
+func TestServeWarnsOfACleartextAdminListenerOffLoopback(t *testing.T) {
+	var logs syncbuf.Buffer
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"0.0.0.0:0\"}\naudit: {sink: none}\n"+storeYAML(t, "embedded"))
+	startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "extauthz serving") }, 5*time.Second, 20*time.Millisecond)
+	assert.Contains(t, logs.String(), "is reachable off this host and tls is off")
+}

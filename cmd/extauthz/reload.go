@@ -101,17 +101,25 @@ func (w *configWatch) apply(read stamp, moved bool) {
 	}
 }
 
+// stamp is what the watch knows a config file by: which file the path
+// names (a symbolic link retargeted, or a file renamed over the config,
+// is another file even with the same size and time: build tools and
+// package stores often give every file one time), its time and its size.
 type stamp struct {
+	id   fileID
 	mod  time.Time
 	size int64
 }
+
+// fileID names a file on its device (see fileIDOf).
+type fileID struct{ dev, ino uint64 }
 
 func fileStamp(path string) stamp {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return stamp{}
 	}
-	return stamp{fi.ModTime(), fi.Size()}
+	return stamp{fileIDOf(fi), fi.ModTime(), fi.Size()}
 }
 
 // reload swaps in the policies (routes, sources, limits, selectors, modes)

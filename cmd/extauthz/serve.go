@@ -652,7 +652,7 @@ func (s *server) run(ctx context.Context) error {
 	}
 	s.logger.Info("extauthz serving", "version", version, "grpc", addrOf(s.grpcLn), "http", addrOf(s.httpLn),
 		"admin", addrOf(s.adminLn), "debug", addrOf(s.debugLn), "store", describeStore(s.cfg), "tls", describeTLS(s.cfg.TLS))
-	if w := debugWarning(s.cfg); w != "" {
+	for _, w := range listenerWarnings(s.cfg) {
 		s.logger.Warn(w)
 	}
 
