@@ -313,6 +313,11 @@ func (c *Cache) Lookup(ctx context.Context, h Hash) (*Key, error) {
 		// as this version reads it comes with it, to name the key in the
 		// refusal's audit event, never to decide by.
 		return k, err
+	case !errors.Is(err, ErrUnavailable):
+		// The store answered with what cannot be decided by (a record
+		// that does not decode): an answer, not an outage. Nothing cached
+		// of h is served (fill forgot it).
+		return nil, err
 	}
 	c.failures.Add(1)
 	// The best we know while the store is down: the entry as it is now (an
@@ -499,10 +504,10 @@ var errFetchTimeout = fmt.Errorf("%w: no answer from the store within the lookup
 // record that lacks what the key now requires, and must not be served,
 // fresh or stale.
 func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
-	needsNewer := errors.Is(err, ErrNeedsNewer)
-	if err != nil && !errors.Is(err, ErrNotFound) && !needsNewer {
+	if errors.Is(err, ErrUnavailable) {
 		return
 	}
+	notFound := errors.Is(err, ErrNotFound)
 	sh := &c.shards[h[0]]
 	c.lock(sh)
 	defer sh.mu.Unlock()
@@ -524,7 +529,7 @@ func (c *Cache) fill(h Hash, epoch uint64, k *Key, err error) {
 		return
 	}
 	c.pos.remove(h)
-	if c.opts.NegativeTTL > 0 && !needsNewer {
+	if c.opts.NegativeTTL > 0 && notFound {
 		c.neg.add(h, since)
 	}
 }

@@ -209,3 +209,41 @@ func TestAnOversizedRedisReplyIsAStoreFailure(t *testing.T) {
 		})
 	}
 }
+
+// A key record Redis returns that does not decode (damaged, written by
+// hand without a change-stream entry, or a reply rewritten on a plaintext
+// link) is an answer the check cannot be decided by: 503, never the entry
+// the cache held before. The cache read the decode error as neither found,
+// absent nor unavailable, and fell through to serving its stale entry for
+// up to cache.max_stale: the check was allowed.
+func TestAKeyRecordThatDoesNotDecodeIsNotAnsweredFromTheStaleCache(t *testing.T) {
+	r := redistest.Start(t)
+	rw := redistest.StartRewriter(t, r.Addr)
+	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"m:\"}}\n", "redis://"+rw.Addr()+"/0")+
+		"cache: {ttl: 1s, max_stale: 1h}\n"+testRoutes)
+	for _, tc := range []struct{ name, record string }{
+		{"a record whose id is a number", `{"id":7}`},
+		{"a record whose revoked_at is not a time", `{"id":"x","revoked_at":"yesterday"}`},
+		{"a record cut short", `{"id":"key_`},
+		{"no key record at all", `null`},
+		{"a record without an id, owner or creation time", `{"permissions":["read:users"]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			key, _ := ts.create(t, keystore.Spec{Name: "malformed", Permissions: []string{"read:users"}})
+			// The create's own change reaches the cache first: it would
+			// bury an entry filled before it.
+			time.Sleep(300 * time.Millisecond)
+			require.Empty(t, checkCode(t, ts, key), "allowed while the record is sound")
+			bulk := []byte(fmt.Sprintf("$%d\r\n%s\r\n", len(tc.record), tc.record))
+			rw.Set(func(cmd []string, reply []byte) []byte {
+				if strings.EqualFold(cmd[0], "GET") && strings.Contains(cmd[1], "{keys}:h:") {
+					return bulk
+				}
+				return reply
+			})
+			defer rw.Set(nil)
+			time.Sleep(1200 * time.Millisecond) // past cache.ttl: the next check asks Redis
+			assert.Equal(t, "unavailable", checkCode(t, ts, key))
+		})
+	}
+}

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -54,6 +55,12 @@ func decodeForCheck(raw string) (*keystore.Key, error) {
 	}
 	if err := json.Unmarshal([]byte(raw), &r); err != nil {
 		return nil, fmt.Errorf("decode record: %w", err)
+	}
+	// A check is decided by what the record names: one that is no key
+	// record (null, {}, no id, owner or creation time) is refused, never
+	// read as a live key with no restrictions.
+	if r.ID == "" || r.Owner == "" || r.CreatedAt.IsZero() {
+		return nil, errors.New("decode record: not a key record (no id, owner or created_at)")
 	}
 	return &r.Key, keystore.CheckRequires(r.Requires)
 }

@@ -931,3 +931,21 @@ func TestALookupRefusesARecordThatRequiresWhatItDoesNotKnow(t *testing.T) {
 		})
 	}
 }
+
+// A record that decodes but is no key record (JSON null, an empty object,
+// one without an id, an owner or a creation time: damaged, or written by
+// hand) must not be answered as a live key with no id, no restrictions,
+// every policy and any address: a check on a route that needs only a key
+// would be allowed, with a rate-limit bucket named "".
+func TestALookupRefusesARecordWithoutAnIdentity(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, testPrefix)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	_, h, _ := create(t, s, "alice")
+	for _, rec := range []string{`null`, `{}`, `{"permissions":["admin"]}`, `{"id":"","owner":"alice"}`, `{"id":"key_x","owner":"alice"}`} {
+		require.NoError(t, raw.Set(t.Context(), testPrefix+"{keys}:h:"+h.String(), rec, 0).Err())
+		got, err := s.Lookup(t.Context(), h)
+		require.Error(t, err, "record %s was answered as the key %+v", rec, got)
+		require.NotErrorIs(t, err, keystore.ErrNotFound, "the record is there")
+	}
+}
