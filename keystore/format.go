@@ -145,6 +145,55 @@ func (f Format) ResemblesKey(s string) bool {
 	return false
 }
 
+// MayHoldKey is ResemblesKey read more loosely, for what is written out
+// (audit fields, log lines) only, where a false positive costs a field
+// replaced by a mark: it also sets off on the prefix followed by '-' or '.'
+// (the underscore mistyped), and counts the base62 characters after the
+// marker across up to maxKeyGaps bytes that no key has (a character
+// mistyped as '-' or '.', a space where the key was wrapped). A key with
+// one character mistyped that way carries all of its secret but one
+// character, which ResemblesKey's one run of 22 does not see. Read so
+// loosely, a marker counts only at the start of a word.
+func (f Format) MayHoldKey(s string) bool {
+	if f.ResemblesKey(s) {
+		return true
+	}
+	for _, sep := range [...]string{"_", "-", "."} {
+		marker := f.prefix + sep
+		for i := 0; ; {
+			j := strings.Index(s[i:], marker)
+			if j < 0 {
+				break
+			}
+			i += j
+			if i > 0 && isBase62(s[i-1]) {
+				// Inside a word ("task-", "desk_"): read loosely there,
+				// hyphenated names would be taken for keys. A key glued
+				// to letters is ResemblesKey's.
+				i++
+				continue
+			}
+			n, gaps := 0, 0
+			for k := i + len(marker); k < len(s); k++ {
+				if isBase62(s[k]) {
+					if n++; n >= resembleLen {
+						return true
+					}
+					continue
+				}
+				if gaps++; gaps > maxKeyGaps || n == 0 {
+					break
+				}
+			}
+			i++
+		}
+	}
+	return false
+}
+
+// maxKeyGaps is how many bytes no key has MayHoldKey reads across.
+const maxKeyGaps = 3
+
 // markers yields the index of each place in s where the prefix and its
 // underscore start, overlapping ones included, in order.
 func (f Format) markers(s string) iter.Seq[int] {

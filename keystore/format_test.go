@@ -380,3 +380,38 @@ func TestAKeyWithoutItsChecksumOrEndStillResemblesAKey(t *testing.T) {
 		assert.False(t, f.ResemblesKey(s), "%q", s)
 	}
 }
+
+// MayHoldKey, for what is written out only (audit fields, log lines), reads
+// more loosely than ResemblesKey: a key whose "_" was mistyped, or with a
+// character of its first 22 mistyped as one no key has, or wrapped where it
+// was copied from, still carries all of its secret but a character or two.
+// A false positive there costs a field replaced by a mark.
+func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
+	f, err := NewFormat("sk")
+	require.NoError(t, err)
+	key, err := f.Generate()
+	require.NoError(t, err)
+	for _, s := range []string{
+		key,
+		"sk-" + key[3:],                    // the underscore mistyped
+		"sk." + key[3:],                    // as a dot
+		"sk_" + key[3:13] + "-" + key[13:], // a character mistyped as one no key has
+		"ua " + key[:3+20] + " " + key[3+20:],
+		"x sk_" + key[3:8] + ".." + key[8:], // two bytes no key has
+	} {
+		assert.True(t, f.MayHoldKey(s), "%q", s)
+	}
+	for _, s := range []string{
+		"",
+		"sk-fine",
+		"sk_" + key[3:3+resembleLen-1],      // 21 characters
+		"sk_" + key[3:8] + "----" + key[8:], // four gaps: read no further
+		key[3:],                             // no prefix
+		"task-" + strings.Repeat("ab-", 5) + "done",   // words, not a key
+		"/api/desk-booking-requests-history-overview", // a marker inside a word
+		"/api/task_management-dashboard-overview-2024",
+		"pk_" + key[3:],
+	} {
+		assert.False(t, f.MayHoldKey(s), "%q", s)
+	}
+}

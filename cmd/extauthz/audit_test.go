@@ -421,3 +421,26 @@ func TestAnAnswerThatCannotBeSentIsAuditedAsTheFailureEnvoySaw(t *testing.T) {
 		})
 	}
 }
+
+// A key mistyped where it was pasted into a request field (a character of
+// its first 22 mistyped as one no key has, its "_" as "-", or wrapped at a
+// space) still carries nearly all of its secret: the audit replaces the
+// field as it does one that holds the key.
+func TestAMistypedKeyInARequestFieldIsNotAudited(t *testing.T) {
+	ts, audit := startAudited(t, false)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:reports"}})
+	random := key[3 : 3+43]
+	typo := []byte(key)
+	typo[3+10] = '-'
+	ts.check(t, "GET", "/api/reports/x", map[string]string{
+		"x-api-key":    key,
+		"user-agent":   "tool/1.0 (key=" + string(typo) + ")",
+		"x-request-id": "sk-" + key[3:],
+	})
+	ts.check(t, "GET", "/api/reports/x", map[string]string{"x-api-key": key, "user-agent": "ua " + key[:3+20] + " " + key[3+20:]})
+	require.Eventually(t, func() bool { return len(auditEvents(t, audit.String())) >= 2 }, 5*time.Second, 10*time.Millisecond)
+	out := audit.String()
+	for _, part := range []string{random[11:], random, random[20:]} {
+		assert.NotContains(t, out, part, "the audit holds %d of a key's 43 random characters", len(part))
+	}
+}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
@@ -42,7 +44,7 @@ func debugHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", boundSeconds(pprof.Profile))
 	mux.HandleFunc("GET /debug/pprof/trace", boundSeconds(pprof.Trace))
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("POST /debug/pprof/symbol", boundBody(pprof.Symbol))
 	mux.HandleFunc("GET /debug/pprof/cmdline", http.NotFound)
 	mux.HandleFunc("GET /debug/pprof/{profile}", boundSeconds(pprof.Index)) // a named profile; an unknown name is 404
 	return mux
@@ -59,6 +61,32 @@ func boundSeconds(h http.HandlerFunc) http.HandlerFunc {
 				return
 			}
 		}
+		h(w, r)
+	}
+}
+
+// maxSymbolBody bounds the body of POST /debug/pprof/symbol: net/http/pprof
+// reads it whole and buffers an answer line (the address and its
+// function's name, several times the bytes of the address) per address
+// before writing any, so the body alone decides how much memory the answer
+// takes. go tool pprof posts one address per location of a profile: tens
+// of kilobytes.
+const maxSymbolBody = 1 << 20
+
+// boundBody answers 413 past maxSymbolBody bytes of body, before h
+// buffers anything for them.
+func boundBody(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > maxSymbolBody {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSymbolBody))
+		if err != nil {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		h(w, r)
 	}
 }

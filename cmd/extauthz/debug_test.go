@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -98,4 +101,39 @@ func TestADebugListenerOffLoopbackIsAWarning(t *testing.T) {
 		rep, _, _ := checkConfig(writeConfig(t, "listen: {debug: \""+addr+"\"}\n"))
 		assert.Contains(t, rep.Warnings, w, "config check says so: %s", addr)
 	}
+}
+
+// POST /debug/pprof/symbol is net/http/pprof's Symbol, which reads the
+// whole body and buffers a line of answer per address (some 70 bytes for
+// each 9 of the body) before it writes any: unbounded, a client of the
+// debug listener could make the process hold gigabytes in seconds. go tool
+// pprof posts one address per location of a profile, tens of kilobytes: a
+// body over 1 MiB is 413, and one under it is answered.
+func TestTheDebugListenerBoundsASymbolLookupsBody(t *testing.T) {
+	ts := startServerFile(t, writeConfig(t, `listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: off, debug: "127.0.0.1:0"}`+"\naudit: {sink: none}\n"+
+		storeYAML(t, "embedded")+testRoutes))
+	url := "http://" + ts.srv.debugLn.Addr().String() + "/debug/pprof/symbol"
+	word := fmt.Sprintf("%#x+", reflect.ValueOf((*server).buildAdmin).Pointer())
+	post := func(body io.Reader, size int64) (int, int64) {
+		t.Helper()
+		req, err := http.NewRequest("POST", url, body)
+		require.NoError(t, err)
+		req.ContentLength = size
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		n, _ := io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, n
+	}
+	big := strings.Repeat(word, (16<<20)/len(word))
+	status, n := post(strings.NewReader(big), int64(len(big)))
+	assert.Equal(t, http.StatusRequestEntityTooLarge, status)
+	assert.Less(t, n, int64(1<<10))
+	status, n = post(io.MultiReader(strings.NewReader(big)), -1) // no length given: read up to the bound
+	assert.Equal(t, http.StatusRequestEntityTooLarge, status)
+	assert.Less(t, n, int64(1<<10))
+	small := strings.Repeat(word, 100)
+	status, n = post(strings.NewReader(small), int64(len(small)))
+	assert.Equal(t, http.StatusOK, status)
+	assert.Greater(t, n, int64(len(small)), "the addresses are named")
 }

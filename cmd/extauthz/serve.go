@@ -405,7 +405,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		be.Close()
 		return nil, err
 	}
-	if s.tracing, err = newTracing(context.Background(), logger, cfg.Keys.Format.ResemblesKey); err != nil {
+	if s.tracing, err = newTracing(context.Background(), logger, cfg.Keys.Format.MayHoldKey); err != nil {
 		s.limiter.Close()
 		be.Close()
 		return nil, err
@@ -455,12 +455,12 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	// path cleaning would redirect /authz/a/../b instead of answering it.
 	s.http = decisionLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
-		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ResemblesKey),
+		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.MayHoldKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	s.debugSrv = debugLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "debug", debugHandler()),
-		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.ResemblesKey),
+		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.MayHoldKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
@@ -501,7 +501,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	}
 	s.adminSrv = adminLimits.apply(&http.Server{
 		Handler:   recoverHTTP(s.logger, "admin", s.tracing.admin(admin.New(opts))),
-		ErrorLog:  listenerErrorLog(s.logger, s.cfg.Keys.Format.ResemblesKey),
+		ErrorLog:  listenerErrorLog(s.logger, s.cfg.Keys.Format.MayHoldKey),
 		TLSConfig: s.tls.config("h2", "http/1.1"),
 	})
 	return nil
