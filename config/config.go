@@ -435,6 +435,22 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 // can make it (20,000 × 4.3 KB), about 11 MB for typical events.
 const DefaultAuditStreamCap = 20_000
 
+// MaxCacheTTL and MaxCacheMaxStale bound cache.ttl and cache.max_stale:
+// each is how long a revocation may go unseen (the ttl where the change
+// stream fails, max_stale while the store is down), so a value past them
+// is a mistyped unit (720h for 720s) rather than a choice.
+const (
+	MaxCacheTTL      = time.Hour
+	MaxCacheMaxStale = 24 * time.Hour
+)
+
+// MaxAuditStreamCap bounds audit.stream_cap. The streams live in the key
+// store's Redis, which never evicts, and any client that reaches the
+// listeners adds events to the decisions' one: a cap of a million is some
+// 4.3 GB when each event is as large as a client can make it. A Redis
+// filled to its maxmemory refuses every write, revocations included.
+const MaxAuditStreamCap = 1_000_000
+
 // MaxAuditQueueSize bounds audit.queue_size. The queue is made whole when
 // a server or a keys command starts, so a size beyond what can be made
 // would stop it there (a panic, after config check passed the file); a
@@ -855,6 +871,12 @@ func (c *Config) validate() error {
 	} else if c.Cache.MaxStale < c.Cache.TTL {
 		bad("cache.max_stale", "%s is shorter than cache.ttl (%s), within which a cached key is served anyway; set it to at least the ttl",
 			time.Duration(c.Cache.MaxStale), time.Duration(c.Cache.TTL))
+	} else if c.Cache.TTL > Duration(MaxCacheTTL) {
+		bad("cache.ttl", "%s: want at most %s; where the change stream fails, the ttl is how long a revoked key is still answered from the cache",
+			time.Duration(c.Cache.TTL), MaxCacheTTL)
+	} else if c.Cache.MaxStale > Duration(MaxCacheMaxStale) {
+		bad("cache.max_stale", "%s: want at most %s; it is how long a key revoked during a store outage may still be answered",
+			time.Duration(c.Cache.MaxStale), MaxCacheMaxStale)
 	}
 	if c.Keys.MaxPerOwner < 0 {
 		bad("keys.max_per_owner", "must not be negative (0 = no limit)")
@@ -935,6 +957,9 @@ func (c *Config) validate() error {
 		bad("audit", "stream_cap and queue_size must be positive")
 	} else if c.Audit.QueueSize > MaxAuditQueueSize {
 		bad("audit.queue_size", "%d: want at most %d", c.Audit.QueueSize, MaxAuditQueueSize)
+	} else if c.Audit.StreamCap > MaxAuditStreamCap {
+		bad("audit.stream_cap", "%d: want at most %d (each stream may then hold some 4.3 GB of the key store's Redis, which never evicts, when clients fill their events' fields)",
+			c.Audit.StreamCap, MaxAuditStreamCap)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

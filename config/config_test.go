@@ -623,3 +623,23 @@ func TestANullListIsRefusedLikeAnEmptyOne(t *testing.T) {
 	_, err := Parse([]byte("routes: [{path: /status, public: true}]\n"))
 	require.NoError(t, err, "a list left out is its default")
 }
+
+// Three settings that each trade away a protection when mistyped (an h for
+// an s, a zero too many) have a ceiling: the ttl and max_stale are how long
+// a revocation may go unseen, and the audit streams fill the key store's
+// Redis, which never evicts, with what any client sends.
+func TestSettingsThatWeakenAProtectionHaveACeiling(t *testing.T) {
+	for _, tt := range []struct{ text, want string }{
+		{"cache: {ttl: 720h}\n", "cache.ttl: 720h0m0s: want at most 1h0m0s"},
+		{"cache: {max_stale: 87600h}\n", "cache.max_stale: 87600h0m0s: want at most 24h0m0s"},
+		{"store: {backend: redis}\naudit: {sink: redis, stream_cap: 2000000000}\n", "audit.stream_cap: 2000000000: want at most 1000000"},
+	} {
+		_, err := Parse([]byte(tt.text))
+		require.Error(t, err, tt.text)
+		assert.Contains(t, err.Error(), tt.want)
+	}
+	for _, text := range []string{"cache: {ttl: 1h, max_stale: 24h}\n", "store: {backend: redis}\naudit: {sink: redis, stream_cap: 1000000}\n"} {
+		_, err := Parse([]byte(text))
+		require.NoError(t, err, text)
+	}
+}
