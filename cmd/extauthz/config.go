@@ -151,9 +151,7 @@ func checkConfig(path string) (checkReport, *authz.PolicySet, *config.Config) {
 	}
 	warnPublicRedisPassword(cfg, func(msg string) { rep.Warnings = append(rep.Warnings, msg) })
 	rep.Warnings = append(rep.Warnings, policyWarnings(cfg, policies)...)
-	for _, w := range listenerWarnings(cfg) {
-		rep.Warnings = append(rep.Warnings, w)
-	}
+	rep.Warnings = append(rep.Warnings, listenerWarnings(cfg)...)
 	rep.OK = len(rep.Errors) == 0
 	return rep, policies, cfg
 }
