@@ -335,13 +335,12 @@ func cookieCredential(header, name, fold string, each func(string)) (value strin
 
 // hiddenCookie reports whether one cookie piece v (the text between two
 // ";" or ",") holds, after its own name, a "name=" that some reader takes
-// for a cookie of its own: Python's
-// SimpleCookie (Bottle, aiohttp) separates cookies at white space as at
-// ";", and WebOb (Pyramid) finds every name=value pair with a findall, so
-// any byte a cookie name cannot hold separates for it ("a=b api_key=x",
-// `a="b"api_key=x`). The proxy cannot strip such a cookie: the request is
-// refused. Each "=" is looked at once, back to the byte before its name:
-// linear in v.
+// for a cookie of its own: Python's SimpleCookie (Bottle, aiohttp)
+// separates cookies at white space as at ";", and WebOb (Pyramid) finds
+// every name=value pair with a findall, so any byte a cookie name cannot
+// hold separates for it ("a=b api_key=x", `a="b"api_key=x`). The proxy
+// cannot strip such a cookie: the request is refused. Each "=" is looked
+// at once, back to the byte before its name: linear in v.
 func hiddenCookie(v, name, fold string) bool {
 	for i := 0; i < len(v); i++ {
 		if v[i] != '=' {
