@@ -243,9 +243,9 @@ func makeSchema(path string) error {
 	return err
 }
 
-// makeInPlace makes a new store at abs the way one is made where a file
-// cannot be linked: create it empty, then the schema in one transaction
-// (setUp).
+// makeInPlace makes a new store at abs where a file cannot be linked:
+// created empty (only if nothing is there yet), then its schema written in
+// one transaction (makeSchema).
 func makeInPlace(abs string) error {
 	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
