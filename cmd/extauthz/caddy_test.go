@@ -808,3 +808,24 @@ func startCaddy(t *testing.T, extauthzAddr, upstreamAddr string, edits ...func(c
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"))
 	return runProxy(t, "caddy", cmd, port)
 }
+
+// The same through the shipped Caddyfile, which removed a client's
+// X-Real-IP and Forwarded only.
+func TestCaddyHandsTheUpstreamNoClientWrittenAddress(t *testing.T) {
+	ts, _ := startCaddyExtauthz(t, caddyExtauthzConfig(t)+caddyRoutes)
+	local, lk := ts.create(t, keystore.Spec{Name: "loopback", Permissions: []string{"read:users"}, IPAllowlist: mustCIDRs(t, "127.0.0.0/8")})
+	up := startEchoUpstream(t)
+	caddy := startCaddy(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
+
+	headers := []string{"X-Api-Key: " + local}
+	for _, h := range clientAddressHeaders {
+		headers = append(headers, h+": 10.9.9.9")
+	}
+	r := caddy.raw(t, caddyRequest("GET", "/api/users", headers...))
+	require.Equal(t, 200, r.status, r.body)
+	got := up.last(t)
+	require.Equal(t, []string{lk.ID}, got.Headers["X-Authz-Key-Id"])
+	for _, h := range clientAddressHeaders {
+		assert.NotContains(t, got.Headers, h, "the upstream would read the client-written 10.9.9.9 as the client address")
+	}
+}

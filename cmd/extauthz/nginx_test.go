@@ -594,8 +594,9 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 
 		strip := f.HTTP.Middlewares["strip-credentials"].Headers
 		require.NotNil(t, strip, "middleware strip-credentials is a headers middleware")
-		assert.Equal(t, map[string]string{"X-Api-Key": "", "Authorization": "", "Forwarded": ""}, strip.CustomRequestHeaders,
-			"an empty value removes the header: the credentials, and a client's Forwarded, which Traefik passes on")
+		assert.Equal(t, map[string]string{"X-Api-Key": "", "Authorization": "", "Forwarded": "",
+			"X-Client-Ip": "", "True-Client-Ip": "", "Cf-Connecting-Ip": "", "Fastly-Client-Ip": "", "X-Cluster-Client-Ip": ""}, strip.CustomRequestHeaders,
+			"an empty value removes the header: the credentials, and a client's Forwarded and address headers, which Traefik passes on")
 
 		require.NotEmpty(t, f.HTTP.Routers)
 		for name, r := range f.HTTP.Routers {
@@ -691,4 +692,36 @@ func TestNginxMapsEveryDenialCode(t *testing.T) {
 		assert.NotEmpty(t, maps["$authz_deny_message"][code], "the message of %s", code)
 	}
 	assert.Equal(t, "503", maps["$authz_deny_status"]["default"])
+}
+
+// clientAddressHeaders are the headers, other than X-Forwarded-For,
+// X-Real-IP and Forwarded (which the shipped configs already set or clear),
+// that common client-address readers take the client from: Node's
+// request-ip reads X-Client-IP before anything else, then X-Forwarded-For,
+// CF-Connecting-IP, Fastly-Client-IP, True-Client-IP, X-Real-IP,
+// X-Cluster-Client-IP; Spring/Tomcat RemoteIpValve and many WAF rules read
+// True-Client-IP / X-Client-IP too.
+var clientAddressHeaders = []string{"X-Client-Ip", "True-Client-Ip", "Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Cluster-Client-Ip"}
+
+// The shipped nginx.conf sets X-Forwarded-For and X-Real-IP to
+// $remote_addr, so that an upstream reads the address extauthz checked; it
+// clears every other header upstreams read the client address from, which
+// it passed on as the client wrote them.
+func TestNginxHandsTheUpstreamNoClientWrittenAddress(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+nginxRoutes)
+	local, lk := ts.create(t, keystore.Spec{Name: "loopback", Permissions: []string{"read:users"}, IPAllowlist: mustCIDRs(t, "127.0.0.0/8")})
+	up := startEchoUpstream(t)
+	ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
+
+	hdrs := map[string]string{"X-Api-Key": local}
+	for _, h := range clientAddressHeaders {
+		hdrs[h] = "10.9.9.9"
+	}
+	r := ngx.do(t, "GET", "/api/users", hdrs)
+	require.Equal(t, 200, r.status, r.body)
+	got := up.last(t)
+	require.Equal(t, []string{lk.ID}, got.Headers["X-Authz-Key-Id"], "extauthz checked the allowlist against 127.0.0.1")
+	for _, h := range clientAddressHeaders {
+		assert.NotContains(t, got.Headers, h, "the upstream would read the client-written 10.9.9.9 as the client address")
+	}
 }
