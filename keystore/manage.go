@@ -799,9 +799,11 @@ func newerKey(a, b *Key) int {
 	return strings.Compare(a.ID, b.ID)
 }
 
-// liveKeysOfLine adds to live the owner's live keys, other than k, that
-// count in k's bucket and were rotated away: the earlier keys of k's line
-// (k is the newest; Update and Rotate refuse a rotated-away key). They come
+// liveKeysOfLine adds to live the owner's live keys made before k that
+// count in k's bucket and were rotated away: the earlier keys of k's line.
+// (k is the newest of its line when Update and Rotate ask, as they refuse
+// a rotated-away key, but LiveLine asks for a key in the middle of a line
+// too, whose later keys are rotated away as well.) They come
 // back newest first, as the walk finds them: by creation time, not by id,
 // whose time is whole milliseconds (two keys of one millisecond sort by
 // their random part).
@@ -813,7 +815,7 @@ func (m *Manager) liveKeysOfLine(ctx context.Context, k *Key, live []*Key, now t
 			return nil, err
 		}
 		for _, e := range page {
-			if e.ID != k.ID && e.RotatedTo != "" && e.RateBucket() == k.RateBucket() && e.StatusAt(now) == Live &&
+			if e.ID != k.ID && e.RotatedTo != "" && e.RateBucket() == k.RateBucket() && newerKey(k, e) > 0 && e.StatusAt(now) == Live &&
 				!slices.ContainsFunc(live, func(l *Key) bool { return l.ID == e.ID }) {
 				live = append(live, e)
 			}

@@ -57,3 +57,45 @@ func TestALineMadeInOneMillisecondIsToldInTheOrderItWasMade(t *testing.T) {
 		assert.Equal(t, wantEarlier, ids(earlier), "the keys before key %d", i)
 	}
 }
+
+// LiveLine of a key in the middle of a line longer than the steps it
+// follows back one by one (the key a keys revoke or a leak report names)
+// lists the owner's keys to find the earlier ones, and must not count the
+// keys after it among them: each would be named twice, as later and as
+// earlier.
+func TestTheMiddleKeyOfALongLineIsToldItsEarlierAndLaterKeysApart(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"))
+	f, err := keystore.NewFormat("sk")
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	m := &keystore.Manager{Store: s, Hasher: hasher, Format: f, Now: func() time.Time {
+		now = now.Add(2 * time.Millisecond)
+		return now
+	}}
+	ctx := t.Context()
+	_, k, err := m.Create(ctx, keystore.Spec{Name: "line", Permissions: []string{"x"}}, "test")
+	require.NoError(t, err)
+	line := []*keystore.Key{k}
+	for range 20 {
+		_, k, err = m.Rotate(ctx, k.ID, time.Hour, "test", nil)
+		require.NoError(t, err)
+		line = append(line, k)
+	}
+	ids := func(keys []*keystore.Key) (out []string) {
+		for _, k := range keys {
+			out = append(out, k.ID)
+		}
+		return out
+	}
+	const i = 18 // 18 keys before it (more than lineSteps), 2 after
+	mid, err := s.Get(ctx, line[i].ID)
+	require.NoError(t, err)
+	later, earlier, err := m.LiveLine(ctx, mid)
+	require.NoError(t, err)
+	var wantEarlier []string
+	for j := i - 1; j >= 0; j-- {
+		wantEarlier = append(wantEarlier, line[j].ID)
+	}
+	assert.Equal(t, ids(line[i+1:]), ids(later), "later")
+	assert.Equal(t, wantEarlier, ids(earlier), "earlier: key %s (after key %d) is reported as an earlier key", line[i+1].ID, i)
+}
