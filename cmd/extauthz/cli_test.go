@@ -159,6 +159,8 @@ func TestExitStatusesAreTheSameForTheSameKindOfMistake(t *testing.T) {
 		{"keys revoke", []string{"keys", "revoke", "--config", cfg}, 2, "want exactly one key id"},
 		{"keys revoke", []string{"keys", "revoke", "key_0000000000000000000A", "--config", cfg}, 1, "no key with id key_0000000000000000000A"},
 		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--grace", "1 day", "--config", cfg}, 2, `"--grace" flag`},
+		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--grace", "-1h", "--config", cfg}, 2, "--grace must be from 0 to 100 years"},
+		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--grace", "900000h", "--config", cfg}, 2, "--grace must be from 0 to 100 years"},
 		{"keys rotate", []string{"keys", "rotate", "key_0000000000000000000A", "--config", cfg}, 1, "no key with id"},
 		{"audit", []string{"audit", "head"}, 2, `unknown command "head"`},
 		{"audit tail", []string{"audit", "tail", "-n", "many", "--config", cfg}, 2, `"-n, --count" flag`},

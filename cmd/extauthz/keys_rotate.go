@@ -29,8 +29,8 @@ the server's hashing pepper.`,
 			if err != nil {
 				return err
 			}
-			if grace < 0 {
-				return usageErrorf(c, "--grace must not be negative")
+			if grace < 0 || grace > keystore.MaxLifetime {
+				return usageErrorf(c, "--grace must be from 0 to 100 years")
 			}
 			if err := privateSecretOutput(c); err != nil {
 				return err
