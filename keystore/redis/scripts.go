@@ -45,20 +45,22 @@ end
 // scored by when the grace ends) whose successor is no longer live: in
 // neither set with a score after now (revoked, expired, or purged). A
 // line of rotations counts once while a key of it is live; a successor
-// stands for a key in its grace period only while it is live itself.
+// stands for a key in its grace period only while it is live itself. A key
+// being brought back (revived, "" for none) stands for its predecessor
+// already: the line counts once with it, as the key itself.
 //
-//	counted(owner's live ids, owner's grace, owner's grace ids, now)
+//	counted(owner's live ids, owner's grace, owner's grace ids, now, revived)
 const countLua = `
 local function liveIn(set, id, now)
   local score = redis.call('ZSCORE', set, id)
   return score and (score == 'inf' or tonumber(score) > now)
 end
-local function counted(live, grace, graceIDs, now)
+local function counted(live, grace, graceIDs, now, revived)
   local n = redis.call('ZCOUNT', live, '(' .. now, '+inf')
   local t = tonumber(now)
   for _, m in ipairs(redis.call('ZRANGE', grace, '(' .. now, '+inf', 'BYSCORE')) do
     local succ = string.match(m, ' (%S+)$')
-    if not (liveIn(live, succ, t) or liveIn(graceIDs, succ, t)) then
+    if succ ~= revived and not (liveIn(live, succ, t) or liveIn(graceIDs, succ, t)) then
       n = n + 1
     end
   end
@@ -92,7 +94,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 'EXISTS'
 end
 local max = tonumber(ARGV[4])
-if max > 0 and counted(KEYS[5], KEYS[12], KEYS[13], ARGV[5]) >= max then
+if max > 0 and counted(KEYS[5], KEYS[12], KEYS[13], ARGV[5], '') >= max then
   return 'LIMIT'
 end
 if redis.call('ZCARD', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[11]) == 0 then
@@ -132,7 +134,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
 end
 local max = tonumber(ARGV[11])
-if max > 0 and counted(KEYS[2], KEYS[8], KEYS[9], ARGV[12]) >= max then
+if max > 0 and counted(KEYS[2], KEYS[8], KEYS[9], ARGV[12], ARGV[3]) >= max then
   return 'LIMIT'
 end
 redis.call('SET', KEYS[1], ARGV[2])

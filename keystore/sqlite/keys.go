@@ -77,7 +77,7 @@ func (s *Store) create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 			return err
 		}
 		if maxPerOwner > 0 {
-			n, err := countLive(ctx, tx, k.Owner, r.createdAt)
+			n, err := countLive(ctx, tx, k.Owner, r.createdAt, "")
 			if err != nil {
 				return err
 			}
@@ -186,7 +186,7 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 				return fmt.Errorf("limit instant: %w", err)
 			}
 			// The key itself does not count at limit.At (it did not before).
-			n, err := countLive(ctx, tx, next.Owner, at)
+			n, err := countLive(ctx, tx, next.Owner, at, next.ID)
 			if err != nil {
 				return err
 			}
@@ -465,15 +465,18 @@ func checkNew(ctx context.Context, tx *sql.Tx, id string, h keystore.Hash) error
 // for a key in its grace period only while the successor itself is live,
 // or rotating with a long grace and revoking the new key, again and again,
 // would leave any number of live keys that count nowhere.
-func countLive(ctx context.Context, tx *sql.Tx, owner string, at int64) (int, error) {
+func countLive(ctx context.Context, tx *sql.Tx, owner string, at int64, revived string) (int, error) {
 	var n int
 	// Listed rows only: the count does not grow with dead keys. The
-	// successor is read by id, one row per key in a grace period.
+	// successor is read by id, one row per key in a grace period. A key
+	// being brought back (revived, "" for none) stands for its predecessor
+	// already: the line counts once with it, as the key itself.
 	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM keys k
 		WHERE listed = 1 AND owner = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)
 		AND (rotated_to = '' OR NOT EXISTS (SELECT 1 FROM keys s WHERE s.id = k.rotated_to
-			AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?2)))`,
-		owner, at).Scan(&n)
+			AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?2)))
+		AND (?3 = '' OR rotated_to <> ?3)`,
+		owner, at, revived).Scan(&n)
 	if err != nil {
 		return 0, dbErr(err)
 	}

@@ -53,6 +53,7 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("concurrent updates are all kept", func(t *testing.T) { testUpdateConcurrent(t, newBackend) })
 	t.Run("Update refuses to bring a key back past its owner's limit", func(t *testing.T) { testUpdateOwnerLimit(t, newBackend) })
 	t.Run("concurrent revivals for one owner stop at exactly the limit", func(t *testing.T) { testUpdateOwnerLimitConcurrent(t, newBackend) })
+	t.Run("reviving a successor keeps its line counting once", func(t *testing.T) { testRevivingASuccessorKeepsItsLineCountingOnce(t, newBackend) })
 	t.Run("Rotate stores the new key and winds the old one down", func(t *testing.T) { testRotate(t, newBackend) })
 	t.Run("Rotate refuses and stores nothing", func(t *testing.T) { testRotateRefuses(t, newBackend) })
 	t.Run("List returns keys in id order", func(t *testing.T) { testListOrder(t, newBackend) })

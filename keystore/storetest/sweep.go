@@ -18,6 +18,31 @@ import (
 // back a key past its owner's limit, and Sweep keeps listing cheap and
 // deletes what has been dead long enough.
 
+// Bringing back the expired successor of a key still in its grace period
+// adds no key to its owner's count: before, the line counts once (the key
+// in grace, whose successor is no longer live), and after, once (the
+// successor, which stands for it again). The key in grace was counted
+// against the revival, which was refused at the limit.
+func testRevivingASuccessorKeepsItsLineCountingOnce(t *testing.T, newBackend Backend) {
+	f := newFixture(t, newBackend)
+	s := f.store()
+	ctx := t.Context()
+	a, _ := f.create(s, "erin", f.base)
+	b, bHash := f.nextOf(a, f.base)
+	_, err := s.Rotate(ctx, a.ID, b, bHash, f.base.Add(30*24*time.Hour)) // a long grace period
+	require.NoError(t, err)
+	expireAt(f, s, b, f.base.Add(time.Minute))
+	at := f.base.Add(time.Hour) // b has expired; a, in its grace period, counts
+	_, err = s.Update(ctx, b.ID, keystore.OwnerLimit{Max: 1, At: at}, func(cur *keystore.Key) error {
+		cur.ExpiresAt = nil
+		return nil
+	})
+	require.NoError(t, err, "reviving b: the line counts once before and after")
+	// Another key of the owner's is still refused: the line counts.
+	c, ch := f.newKey("erin", at)
+	require.ErrorIs(t, s.Create(ctx, c, ch, 1), keystore.ErrKeyLimit)
+}
+
 func testUpdateOwnerLimit(t *testing.T, newBackend Backend) {
 	// The owner "capped" has two keys that count; the key under test is
 	// prepared, then changed by the step, with a limit of max at f.base.
