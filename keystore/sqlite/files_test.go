@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -417,42 +418,56 @@ func migrateToNewer(t *testing.T, path string) (*keystore.Key, keystore.Hash) {
 
 // The command of a newer version that migrates the file may also revoke a
 // key: the Watch of a process that had the file open passes that
-// revocation on before it stops, so the key's cache entry goes.
+// revocation on before it stops, so the key's cache entry goes. So it does
+// when the migration commits between its read of the log and its look at
+// the schema version (which once stopped it with the revocation unread).
 func TestAWatchPassesOnTheChangesUpToANewerVersionsMigration(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "extauthz.db")
-	s := openTest(t, path)
-	s.pollInterval = 20 * time.Millisecond
-	ctx := t.Context()
-	k, h := testKey(t)
-	require.NoError(t, s.Create(ctx, k, h, 0))
+	for _, between := range []bool{false, true} {
+		t.Run(fmt.Sprintf("committed between the read and the version check: %v", between), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "extauthz.db")
+			s := openTest(t, path)
+			s.pollInterval = 20 * time.Millisecond
+			ctx := t.Context()
+			k, h := testKey(t)
+			require.NoError(t, s.Create(ctx, k, h, 0))
 
-	seen := make(chan keystore.Hash, 16)
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- s.Watch(ctx, func(h keystore.Hash) { seen <- h }) }()
-	require.Equal(t, keystore.Hash{}, <-seen, "the watch has found the log's end")
+			// One transaction, as a command that migrates and then revokes
+			// commits both before the next poll.
+			db, err := sql.Open("sqlite", path)
+			require.NoError(t, err)
+			defer db.Close()
+			migrateAndRevoke := func() {
+				_, err := db.Exec(fmt.Sprintf(`BEGIN IMMEDIATE;
+					ALTER TABLE keys ADD COLUMN bound_to TEXT NOT NULL DEFAULT '';
+					PRAGMA user_version = %d;
+					UPDATE keys SET revoked_at = %d, listed = 0 WHERE id = '%s';
+					INSERT INTO changes (hash, at) VALUES (x'%s', %d);
+					COMMIT`, schemaVersion+1, time.Now().UnixNano(), k.ID, h.String(), time.Now().UnixNano()))
+				require.NoError(t, err)
+			}
+			seen := make(chan keystore.Hash, 16)
+			if between {
+				var once sync.Once
+				s.afterRead = func() { once.Do(migrateAndRevoke) }
+			}
+			watchErr := make(chan error, 1)
+			go func() { watchErr <- s.Watch(ctx, func(h keystore.Hash) { seen <- h }) }()
+			require.Equal(t, keystore.Hash{}, <-seen, "the watch has found the log's end")
+			if !between {
+				migrateAndRevoke()
+			}
 
-	// One transaction, as a command that migrates and then revokes
-	// commits both before the next poll.
-	db, err := sql.Open("sqlite", path)
-	require.NoError(t, err)
-	defer db.Close()
-	_, err = db.Exec(fmt.Sprintf(`BEGIN IMMEDIATE;
-		ALTER TABLE keys ADD COLUMN bound_to TEXT NOT NULL DEFAULT '';
-		PRAGMA user_version = %d;
-		UPDATE keys SET revoked_at = %d, listed = 0 WHERE id = '%s';
-		INSERT INTO changes (hash, at) VALUES (x'%s', %d);
-		COMMIT`, schemaVersion+1, time.Now().UnixNano(), k.ID, h.String(), time.Now().UnixNano()))
-	require.NoError(t, err)
-
-	select {
-	case err := <-watchErr:
-		require.ErrorIs(t, err, keystore.ErrUnavailable)
-		require.ErrorContains(t, err, "by a newer extauthz")
-	case <-time.After(2 * time.Second):
-		t.Fatal("the watch went on reading a file a newer version migrated")
+			select {
+			case err := <-watchErr:
+				require.ErrorIs(t, err, keystore.ErrUnavailable)
+				require.ErrorContains(t, err, "by a newer extauthz")
+			case <-time.After(2 * time.Second):
+				t.Fatal("the watch went on reading a file a newer version migrated")
+			}
+			require.Len(t, seen, 1)
+			require.Equal(t, h, <-seen, "the revocation reached the caller")
+		})
 	}
-	require.Len(t, seen, 1)
-	require.Equal(t, h, <-seen, "the revocation reached the caller")
 }
 
 // A -journal is no less the store than a -wal: SQLite plays a "hot" one

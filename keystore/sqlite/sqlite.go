@@ -94,6 +94,7 @@ type Store struct {
 	keepChanges    int64
 	keepChangesFor time.Duration
 	now            func() time.Time // stamps change-log rows
+	afterRead      func()           // tests: runs after each poll's read of the change log
 }
 
 var _ keystore.Store = (*Store)(nil)

@@ -56,6 +56,9 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 		} else {
 			r.read(s.log)
 		}
+		if s.afterRead != nil {
+			s.afterRead()
+		}
 		// After the read, so that the changes made up to a newer version's
 		// migration (the revocation of the command that migrated it) reach
 		// the caller before it stops. (A version that cannot be read
@@ -63,6 +66,14 @@ func (s *Store) Watch(ctx context.Context, onChange func(keystore.Hash)) error {
 		var v int
 		_ = s.db.QueryRowContext(ctx, `SELECT `+userVersion).Scan(&v)
 		if err := s.checkSchema(v); err != nil {
+			// The migration may have committed between the read above and
+			// this one, with the changes of its own transaction: read once
+			// more, so that those reach the caller too (a revocation left
+			// unread would be served from the cache while the store is
+			// refused).
+			if started {
+				_, _ = s.readChanges(ctx, pos, onChange)
+			}
 			return fmt.Errorf("watch %s: %w", s.path, err)
 		}
 	}
