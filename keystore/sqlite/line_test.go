@@ -17,44 +17,11 @@ import (
 // time is whole milliseconds, so within one its random part must not
 // decide which key is newer.
 func TestALineMadeInOneMillisecondIsToldInTheOrderItWasMade(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "k.db"))
-	f, err := keystore.NewFormat("sk")
-	require.NoError(t, err)
-	var mu sync.Mutex
-	now := time.Now().UTC().Truncate(time.Millisecond)
-	m := &keystore.Manager{Store: s, Hasher: hasher, Format: f, Now: func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		now = now.Add(time.Microsecond) // a millisecond holds them all
-		return now
-	}}
-	ctx := t.Context()
-	_, k, err := m.Create(ctx, keystore.Spec{Name: "line", Permissions: []string{"x"}}, "test")
-	require.NoError(t, err)
-	line := []*keystore.Key{k}
-	for range 24 { // more than the Manager walks one by one, each in grace
-		_, k, err = m.Rotate(ctx, k.ID, time.Hour, "test", nil)
-		require.NoError(t, err)
-		line = append(line, k)
-	}
-	ids := func(keys []*keystore.Key) (out []string) {
-		for _, k := range keys {
-			out = append(out, k.ID)
-		}
-		return out
-	}
+	// 24 rotations: more than the Manager walks one by one, each in grace,
+	// a microsecond apart, so that a millisecond holds them all.
+	m, s, line := rotatedLine(t, time.Microsecond, 24)
 	for _, i := range []int{0, 3, 12, 24} {
-		k, err := s.Get(ctx, line[i].ID)
-		require.NoError(t, err)
-		later, earlier, err := m.LiveLine(ctx, k)
-		require.NoError(t, err)
-		want := ids(line[i+1:]) // oldest first
-		var wantEarlier []string
-		for j := i - 1; j >= 0; j-- { // newest first
-			wantEarlier = append(wantEarlier, line[j].ID)
-		}
-		assert.Equal(t, want, ids(later), "the keys after key %d", i)
-		assert.Equal(t, wantEarlier, ids(earlier), "the keys before key %d", i)
+		assertLineAround(t, m, s, line, i)
 	}
 }
 
@@ -64,38 +31,55 @@ func TestALineMadeInOneMillisecondIsToldInTheOrderItWasMade(t *testing.T) {
 // keys after it among them: each would be named twice, as later and as
 // earlier.
 func TestTheMiddleKeyOfALongLineIsToldItsEarlierAndLaterKeysApart(t *testing.T) {
+	m, s, line := rotatedLine(t, 2*time.Millisecond, 20)
+	assertLineAround(t, m, s, line, 18) // 18 keys before it (more than lineSteps), 2 after
+}
+
+// rotatedLine makes a key and rotates it the given number of times, each
+// with an hour's grace, on a clock that moves step at each reading; it
+// returns the line oldest first.
+func rotatedLine(t *testing.T, step time.Duration, rotations int) (*keystore.Manager, *Store, []*keystore.Key) {
+	t.Helper()
 	s := openTest(t, filepath.Join(t.TempDir(), "k.db"))
 	f, err := keystore.NewFormat("sk")
 	require.NoError(t, err)
-	now := time.Now().UTC()
+	var mu sync.Mutex
+	now := time.Now().UTC().Truncate(time.Millisecond)
 	m := &keystore.Manager{Store: s, Hasher: hasher, Format: f, Now: func() time.Time {
-		now = now.Add(2 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(step)
 		return now
 	}}
-	ctx := t.Context()
-	_, k, err := m.Create(ctx, keystore.Spec{Name: "line", Permissions: []string{"x"}}, "test")
+	_, k, err := m.Create(t.Context(), keystore.Spec{Name: "line", Permissions: []string{"x"}}, "test")
 	require.NoError(t, err)
 	line := []*keystore.Key{k}
-	for range 20 {
-		_, k, err = m.Rotate(ctx, k.ID, time.Hour, "test", nil)
+	for range rotations {
+		_, k, err = m.Rotate(t.Context(), k.ID, time.Hour, "test", nil)
 		require.NoError(t, err)
 		line = append(line, k)
 	}
+	return m, s, line
+}
+
+// assertLineAround checks LiveLine of line[i]: the keys after it, oldest
+// first, and the keys before it, newest first, each once.
+func assertLineAround(t *testing.T, m *keystore.Manager, s *Store, line []*keystore.Key, i int) {
+	t.Helper()
 	ids := func(keys []*keystore.Key) (out []string) {
 		for _, k := range keys {
 			out = append(out, k.ID)
 		}
 		return out
 	}
-	const i = 18 // 18 keys before it (more than lineSteps), 2 after
-	mid, err := s.Get(ctx, line[i].ID)
+	k, err := s.Get(t.Context(), line[i].ID)
 	require.NoError(t, err)
-	later, earlier, err := m.LiveLine(ctx, mid)
+	later, earlier, err := m.LiveLine(t.Context(), k)
 	require.NoError(t, err)
 	var wantEarlier []string
 	for j := i - 1; j >= 0; j-- {
 		wantEarlier = append(wantEarlier, line[j].ID)
 	}
-	assert.Equal(t, ids(line[i+1:]), ids(later), "later")
-	assert.Equal(t, wantEarlier, ids(earlier), "earlier: key %s (after key %d) is reported as an earlier key", line[i+1].ID, i)
+	assert.Equal(t, ids(line[i+1:]), ids(later), "the keys after key %d", i)
+	assert.Equal(t, wantEarlier, ids(earlier), "the keys before key %d", i)
 }
