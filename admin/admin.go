@@ -402,6 +402,9 @@ func (s *server) handle(rt route) http.HandlerFunc {
 				if c, ok = s.current(w, r, rt, c); !ok {
 					return
 				}
+				// The store makes the change only if the caller's record
+				// is still the one just checked, in the step that writes.
+				r = r.WithContext(keystore.WithWriter(r.Context(), c.key))
 			}
 		}
 		var err error
@@ -418,6 +421,15 @@ func (s *server) handle(rt route) http.HandlerFunc {
 			// Keys read: who read them, from where (the spec at
 			// /v1/openapi.json is no key's).
 			s.onRead(c.key.ID, callOf(r, rt))
+		}
+		if errors.Is(err, keystore.ErrWriterChanged) && c != nil {
+			// The caller was revoked, narrowed or otherwise changed
+			// between its check and the write, which made nothing: it
+			// is answered as it would be now.
+			if _, ok := s.current(w, r, rt, c); !ok {
+				return
+			}
+			err = errWriterChanged
 		}
 		if err != nil {
 			ae := s.answer(r, err)
@@ -763,6 +775,10 @@ var (
 	// very answer, and the audit hears of the attempt (handle).
 	errNotYours = &apiError{http.StatusNotFound, codeNotFound, "no such key"}
 	errTooLarge = &apiError{http.StatusRequestEntityTooLarge, codeTooLarge, "request body too large"}
+	// errWriterChanged answers a change the store refused because the
+	// calling key's record changed after it was checked (and still allows
+	// the call as it is now).
+	errWriterChanged = &apiError{http.StatusConflict, codeChanged, "the key making this request changed while the request was being served, and nothing was changed; send the request again"}
 	// errFromWebPage answers a request a browser sent for a web page
 	// (fromBrowserPage).
 	errFromWebPage = &apiError{http.StatusForbidden, codeFromWebPage, "the admin API does not answer requests from web pages (this one carries Origin or Sec-Fetch-Site): call it with curl or another HTTP client"}

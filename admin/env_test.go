@@ -191,6 +191,8 @@ type envOptions struct {
 	noLeaks      bool
 	// readStore, if set, wraps the store the API reads through (Options.Store).
 	readStore func(keystore.Store) keystore.Store
+	// writeStore, if set, wraps the store the Manager writes through.
+	writeStore func(keystore.Store) keystore.Store
 	// adminRate is Options.RateLimit; "" means the config's default.
 	adminRate string
 	// policies are named policies besides the default one.
@@ -240,8 +242,12 @@ func newEnv(t testing.TB, b backend, o envOptions) *env {
 	go func() { defer close(watching); e.cache.Watch(ctx) }()
 	t.Cleanup(func() { cancel(); <-watching })
 
+	writes := store
+	if o.writeStore != nil {
+		writes = o.writeStore(store)
+	}
 	e.manager = &keystore.Manager{
-		Store: store, Hasher: hasher, Format: format, MaxPerOwner: o.maxPerOwner,
+		Store: writes, Hasher: hasher, Format: format, MaxPerOwner: o.maxPerOwner,
 		Now: e.clock.Now, OnChange: e.rec.onChange, OnUnsure: e.rec.onUnsure,
 	}
 	e.github, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -16,9 +17,11 @@ import (
 	"github.com/extauthz/extauthz/keystore/redis"
 )
 
-// lostReplies is a Redis store whose next write, once armed, reaches Redis
-// but whose reply comes back later than the client waits: the write is
-// made, and the store reports it unavailable.
+// lostReplies is a Redis store whose next script call (a change's write),
+// once armed, reaches Redis but whose reply comes back later than the
+// client waits: the write is made, and the store reports it unavailable.
+// It is a hook on the store's client, so that the reads a change makes
+// before its write (the record, the writer's) go over a healthy link.
 type lostReplies struct {
 	keystore.Store
 	proxy *faultproxy.Proxy
@@ -35,34 +38,37 @@ const (
 	linkTimeout = 900 * time.Millisecond
 )
 
-// slow, when armed, slows the link down and returns what heals it, for
-// after the write; otherwise it does nothing.
-func (l *lostReplies) slow() func() {
-	if !l.armed.Swap(false) {
-		return func() {}
-	}
-	l.proxy.SetDelay(slowLink)
-	if l.cut.Load() {
-		return l.proxy.Drop
-	}
-	return l.proxy.Heal
+func (l *lostReplies) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (l *lostReplies) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
 }
 
-func (l *lostReplies) Create(ctx context.Context, k *keystore.Key, h keystore.Hash, maxPerOwner int) error {
-	defer l.slow()()
-	return l.Store.Create(ctx, k, h, maxPerOwner)
-}
-
-func (l *lostReplies) Update(ctx context.Context, id string, limit keystore.OwnerLimit, fn func(*keystore.Key) error) (*keystore.Key, error) {
-	heal := func() {}
-	defer func() { heal() }()
-	return l.Store.Update(ctx, id, limit, func(k *keystore.Key) error {
-		err := fn(k)
-		if err == nil {
-			heal = l.slow() // after the read, before the write
+// ProcessHook slows the link down for the write it was armed for, and
+// heals (or cuts) it once the call has given up. A change's write is a
+// script of seven keys or more; the change stream's poll, which the
+// cache's watch sends meanwhile, is a script of one.
+func (l *lostReplies) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		if isWrite(cmd) && l.armed.Swap(false) {
+			l.proxy.SetDelay(slowLink)
+			if l.cut.Load() {
+				defer l.proxy.Drop()
+			} else {
+				defer l.proxy.Heal()
+			}
 		}
-		return err
-	})
+		return next(ctx, cmd)
+	}
+}
+
+func isWrite(cmd goredis.Cmder) bool {
+	args := cmd.Args()
+	if n := cmd.Name(); (n != "evalsha" && n != "eval") || len(args) < 3 {
+		return false
+	}
+	keys, _ := args[2].(int)
+	return keys >= 7
 }
 
 // lossyRedis is a backend of Redis behind a fault proxy whose store, a
@@ -77,20 +83,33 @@ func lossyRedis(name string, slow **lostReplies) backend {
 		s := redis.New(c, "admintest:")
 		t.Cleanup(func() { _ = s.Close() })
 		*slow = &lostReplies{Store: s, proxy: p}
+		c.AddHook(*slow)
 		return *slow, srv.Stop
 	}}
+}
+
+// loadScripts has the root make, change and rotate a key through the API,
+// so that Redis knows the scripts of a key's changes: a script Redis does
+// not know yet is sent twice (EVALSHA, then EVAL), and the lost reply must
+// be the write's.
+func loadScripts(e *env) {
+	e.t.Helper()
+	_, id := e.newKey(e.root, map[string]any{"name": "warm-up", "permissions": []string{"x"}})
+	r := e.send("PATCH", "/v1/keys/"+id, e.root, `{"name": "warmed up"}`)
+	require.Equal(e.t, http.StatusOK, r.status, "%s", r)
+	r = e.send("POST", "/v1/keys/"+id+"/rotate", e.root, nil)
+	require.Equal(e.t, http.StatusCreated, r.status, "%s", r)
 }
 
 // A change whose write reached the store but whose answer was lost (a
 // reply later than the client's timeout) is a change made all the same:
 // it must be audited, and answered as made, not left out of the audit
-// behind a 503 while it is in effect. (A rotation is handled alike, but
-// the store reads the old key over the same link just before it writes,
-// so this link cannot lose only the write's answer.)
+// behind a 503 while it is in effect.
 func TestAChangeWhoseReplyWasLostIsStillAudited(t *testing.T) {
 	var slow *lostReplies
 	b := lossyRedis("redis behind a slow link", &slow)
 	e := newEnv(t, b, envOptions{})
+	loadScripts(e)
 	_, victim := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})
 	audited := func(kind, id string) bool {
 		for _, c := range e.rec.Changes() {
@@ -115,6 +134,15 @@ func TestAChangeWhoseReplyWasLostIsStillAudited(t *testing.T) {
 		require.Equal(t, http.StatusOK, r.status, "%s", r)
 		assert.True(t, audited(keystore.ChangeRevoked, victim), "and audited")
 	})
+	t.Run("a rotation", func(t *testing.T) {
+		_, old := e.create(keystore.Spec{Name: "old", Permissions: []string{"x"}})
+		slow.armed.Store(true)
+		r := e.send("POST", "/v1/keys/"+old+"/rotate", e.root, nil)
+		assert.NotEmpty(t, e.stored(old).RotatedTo, "the write was made")
+		require.Equal(t, http.StatusCreated, r.status, "%s", r)
+		assert.NotEmpty(t, r.str(t, "key"), "the new key's secret is answered")
+		assert.True(t, audited(keystore.ChangeRotated, r.str(t, "id")), "and audited")
+	})
 	t.Run("a create", func(t *testing.T) {
 		slow.armed.Store(true)
 		r := e.send("POST", "/v1/keys", e.root, `{"name": "made", "permissions": ["x"]}`)
@@ -133,6 +161,8 @@ func TestAChangeWhoseReplyAndReadBackWereLostIsAuditedAsUnknown(t *testing.T) {
 	var slow *lostReplies
 	b := lossyRedis("redis behind a link that fails", &slow)
 	e := newEnv(t, b, envOptions{})
+	loadScripts(e)
+	warmUp := len(e.rec.Changes())
 	slow.cut.Store(true)
 	_, victim := e.create(keystore.Spec{Name: "victim", Permissions: []string{"x"}})
 	unsure := func(kind, id string) bool {
@@ -168,7 +198,7 @@ func TestAChangeWhoseReplyAndReadBackWereLostIsAuditedAsUnknown(t *testing.T) {
 		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r)
 		assert.True(t, unsure(keystore.ChangeCreated, ""), "audited as of unknown outcome")
 	})
-	for _, c := range e.rec.Changes() {
+	for _, c := range e.rec.Changes()[warmUp:] {
 		assert.NotEqual(t, e.rootID, c.actor, "no change of unknown outcome is audited as made: %+v", c)
 	}
 }

@@ -293,7 +293,10 @@ type SweepResult struct {
 
 // Store is where keys live. Implementations store only the hash of a key,
 // never the plaintext, and are safe for concurrent use. Every change (Create,
-// Update, Rotate) must be seen by Watch in every process sharing the store.
+// Update, Rotate) must be seen by Watch in every process sharing the store,
+// and a change whose context names its writer (WithWriter) is made only
+// while the writer's record is the one its authority was checked against,
+// checked in the same atomic step as the write.
 //
 // Ids are ordered by creation (see NewID), so List pages in creation order
 // with the last id of a page as the cursor.

@@ -343,11 +343,24 @@ func (m *Manager) unsure(ctx context.Context, kind string, k *Key, actor string)
 }
 
 // sameRecord reports whether a and b are the same record but for
-// last_used_at, which any server writes behind at any time.
+// last_used_at, which any server writes behind at any time. An empty list
+// or map is the same as none, as every store reads it.
 func sameRecord(a, b *Key) bool {
 	plain := func(k *Key) []byte {
 		c := k.Clone()
 		c.LastUsedAt = nil
+		if len(c.Permissions) == 0 {
+			c.Permissions = nil
+		}
+		if len(c.IPAllowlist) == 0 {
+			c.IPAllowlist = nil
+		}
+		if len(c.Policies) == 0 {
+			c.Policies = nil
+		}
+		if len(c.Meta) == 0 {
+			c.Meta = nil
+		}
 		c.CreatedAt = c.CreatedAt.UTC()
 		for _, t := range []**time.Time{&c.ExpiresAt, &c.RevokedAt} {
 			if *t != nil {

@@ -68,9 +68,23 @@ local function counted(live, grace, graceIDs, now, revived)
 end
 `
 
-// createScript stores a new key unless its id or hash exists or its owner
-// is at the limit. On a store with no keys yet it also marks the indexes
-// complete: there is nothing older to index.
+// writerLua starts the twin of each write script that a change made by a
+// key (keystore.WithWriter) runs: the last key and the last argument, taken
+// off before the script proper reads its own, are the writer's record and
+// the record as the writer's authority was checked against. If the stored
+// record is no longer that one, the script writes nothing and answers
+// WRITER: the store reads the writer again and tells a last-use write
+// behind (try again) from a change of its authority (refused).
+const writerLua = `
+local writer, writerRecord = table.remove(KEYS), table.remove(ARGV)
+if redis.call('GET', writer) ~= writerRecord then
+  return 'WRITER'
+end
+`
+
+// createLua, the script of a create, stores a new key unless its id or hash
+// exists or its owner is at the limit. On a store with no keys yet it also
+// marks the indexes complete: there is nothing older to index.
 //
 //	KEYS: 1 record, 2 id→hash, 3 all ids, 4 owner's ids, 5 owner's live ids, 6 changes,
 //	      7 open ids, 8 owner's open ids, 9 expiring, 10 ends, 11 index version,
@@ -83,7 +97,7 @@ end
 //
 // A create whose idempotency key has a record already stores nothing and
 // answers "ONCE <record>".
-var createScript = goredis.NewScript(indexLua + countLua + `
+const createLua = indexLua + countLua + `
 if KEYS[14] then
   local was = redis.call('GET', KEYS[14])
   if was then
@@ -113,13 +127,16 @@ if KEYS[14] then
   redis.call('SET', KEYS[14], ARGV[13], 'PX', ARGV[14])
 end
 return 'OK'
-`)
+`
 
-// updateScript replaces a record if it is still the one the caller read
-// (optimistic concurrency: the caller retries on CONFLICT). When the caller
-// says the change makes the key count against its owner's limit, the
-// owner's count is checked first (LIMIT): the key itself is not in it, as
-// it did not count before.
+// createScript runs it; createByWriter runs it for a key's change (writerLua).
+var createScript, createByWriter = goredis.NewScript(createLua), goredis.NewScript(writerLua + createLua)
+
+// updateLua, the script of an update, replaces a record if it is still the
+// one the caller read (optimistic concurrency: the caller retries on
+// CONFLICT). When the caller says the change makes the key count against its
+// owner's limit, the owner's count is checked first (LIMIT): the key itself
+// is not in it, as it did not count before.
 //
 //	KEYS: 1 record, 2 owner's live ids, 3 changes, 4 open ids, 5 owner's open ids,
 //	      6 expiring, 7 ends, 8 owner's grace, 9 owner's grace ids (8 and 9 only when
@@ -129,7 +146,7 @@ return 'OK'
 //	      10 member, 11 max per owner to check (0 = no check), 12 count instant (µs),
 //	      13 grace member ("" = the key was not rotated away), 14 grace score
 //	      ("" = not in its grace period: revoked)
-var updateScript = goredis.NewScript(indexLua + countLua + `
+const updateLua = indexLua + countLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
 end
@@ -155,14 +172,17 @@ end
 index(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[10], ARGV[7], ARGV[8], ARGV[9])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'h', ARGV[5])
 return 'OK'
-`)
+`
 
-// rotateScript marks the old key rotated and stores its successor, if the
-// old record is still the one the caller read and the new id and hash are
-// free. The rotated key leaves its owner's live set for its grace set: it
-// counts against the limit only once its successor is no longer live
-// (countLua). It stays listed until it expires at the end of the grace
-// period.
+// updateScript runs it; updateByWriter runs it for a key's change (writerLua).
+var updateScript, updateByWriter = goredis.NewScript(updateLua), goredis.NewScript(writerLua + updateLua)
+
+// rotateLua, the script of a rotation, marks the old key rotated and stores
+// its successor, if the old record is still the one the caller read and the
+// new id and hash are free. The rotated key leaves its owner's live set for
+// its grace set: it counts against the limit only once its successor is no
+// longer live (countLua). It stays listed until it expires at the end of the
+// grace period.
 //
 //	KEYS: 1 old record, 2 old owner's live ids, 3 new record, 4 new id→hash,
 //	      5 all ids, 6 new owner's ids, 7 new owner's live ids, 8 changes,
@@ -173,7 +193,7 @@ return 'OK'
 //	      10 old expiry score, 11 old end score, 12 old member,
 //	      13 new listed, 14 new expiry score, 15 new end score, 16 new member,
 //	      17 old grace member
-var rotateScript = goredis.NewScript(indexLua + `
+const rotateLua = indexLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'CONFLICT'
 end
@@ -196,7 +216,10 @@ index(KEYS[9], KEYS[10], KEYS[11], KEYS[12], ARGV[6], ARGV[16], ARGV[13], ARGV[1
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*', 'h', ARGV[4])
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[9], '*', 'h', ARGV[7])
 return 'OK'
-`)
+`
+
+// rotateScript runs it; rotateByWriter runs it for a key's change (writerLua).
+var rotateScript, rotateByWriter = goredis.NewScript(rotateLua), goredis.NewScript(writerLua + rotateLua)
 
 // unlistScript takes expired keys out of the live listing: each member of
 // the expiring set whose score is still below the cutoff (a concurrent

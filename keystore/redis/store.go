@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -358,9 +359,9 @@ func (s *Store) create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		keys = append(keys, s.keys.once(once.Token.String()))
 		args = append(args, once.Request.String()+" "+rec.ID, ms)
 	}
-	res, confirmed, err := s.change(ctx, createScript, confirmCreate, keys, args...)
+	res, confirmed, err := s.change(ctx, createScript, createByWriter, confirmCreate, keys, args...)
 	if err != nil {
-		return unavailable("create "+rec.ID, err)
+		return changeFailed("create "+rec.ID, err)
 	}
 	if was, ok := strings.CutPrefix(res, "ONCE "); ok && once != nil {
 		request, id, ok := strings.Cut(was, " ")
@@ -427,11 +428,11 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 		if check > 0 || gm != "" {
 			keys = append(keys, s.keys.grace(next.Owner), s.keys.graceIDs(next.Owner))
 		}
-		res, confirmed, err := s.change(ctx, updateScript, repeatUpdate, keys,
+		res, confirmed, err := s.change(ctx, updateScript, updateByWriter, repeatUpdate, keys,
 			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
 			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At), gm, gs)
 		if err != nil {
-			return nil, unavailable("update "+id, err)
+			return nil, changeFailed("update "+id, err)
 		}
 		switch res {
 		case "OK":
@@ -491,13 +492,73 @@ var _ keystore.ReadBackConfirmer = (*Store)(nil)
 // the error's message: what the caller can do about it. A write the
 // records' slot move refuses is tried again until the move ends
 // (whileSlotMoves).
-func (s *Store) change(ctx context.Context, script *goredis.Script, remedy string, keys []string, args ...any) (reply string, confirmed, err error) {
-	err = whileSlotMoves(ctx, func() error {
-		var err error
-		reply, confirmed, err = s.changeOnce(ctx, script, remedy, keys, args)
-		return err
-	})
-	return reply, confirmed, err
+//
+// A change made by a key (keystore.WithWriter) runs byWriter, script's
+// twin that first checks that the writer's record is still the one its
+// authority was checked against (writerLua); err wraps
+// keystore.ErrWriterChanged when it is not.
+func (s *Store) change(ctx context.Context, script, byWriter *goredis.Script, remedy string, keys []string, args ...any) (reply string, confirmed, err error) {
+	writer := keystore.WriterOf(ctx)
+	if writer != nil {
+		script = byWriter
+	}
+	for attempt := range updateAttempts {
+		k, a := keys, args
+		if writer != nil {
+			key, raw, err := s.writerRecord(ctx, writer)
+			if err != nil {
+				return "", nil, err
+			}
+			k, a = append(slices.Clip(keys), key), append(slices.Clip(args), raw)
+		}
+		err = whileSlotMoves(ctx, func() error {
+			var err error
+			reply, confirmed, err = s.changeOnce(ctx, script, remedy, k, a)
+			return err
+		})
+		if err != nil || reply != "WRITER" {
+			return reply, confirmed, err
+		}
+		// The writer's record was written meanwhile, by a last-use write
+		// behind or a change of the writer: read it again.
+		if err := backoff(ctx, attempt); err != nil {
+			return "", nil, err
+		}
+	}
+	return "", nil, fmt.Errorf("the writer's record kept changing; gave up after %d attempts", updateAttempts)
+}
+
+// writerRecord reads the record of writer, the key a change is made by,
+// and returns its Redis key and its JSON, or an error wrapping
+// keystore.ErrWriterChanged if it is not the record writer's authority was
+// checked against.
+func (s *Store) writerRecord(ctx context.Context, writer *keystore.Key) (key, raw string, err error) {
+	_, hexHash, raw, err := s.read(ctx, writer.ID)
+	var stored *keystore.Key
+	switch {
+	case errors.Is(err, keystore.ErrUnavailable):
+		return "", "", err
+	case err != nil: // gone, or no longer a record this version reads
+	default:
+		// A record that now requires what this version cannot enforce
+		// is not the one the writer was checked against.
+		if stored, err = decodeForCheck(raw); err != nil {
+			stored = nil
+		}
+	}
+	if !keystore.StillWriter(writer, stored) {
+		return "", "", fmt.Errorf("writer %q: %w", writer.ID, keystore.ErrWriterChanged)
+	}
+	return s.keys.record(hexHash), raw, nil
+}
+
+// changeFailed is the error of a change whose script did not answer: the
+// writer's refusal as it is, anything else Redis's.
+func changeFailed(op string, err error) error {
+	if errors.Is(err, keystore.ErrWriterChanged) {
+		return fmt.Errorf("redis %s: %w", op, err)
+	}
+	return unavailable(op, err)
 }
 
 // changeOnce is one try of change. WAIT counts the acknowledgements of its
@@ -690,11 +751,11 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 		}
 		oix, nix := indexOf(old), indexOf(nrec)
 		gm, _ := graceOf(old)
-		res, confirmed, err := s.change(ctx, rotateScript, confirmRotation, keys,
+		res, confirmed, err := s.change(ctx, rotateScript, rotateByWriter, confirmRotation, keys,
 			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen,
 			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member, gm)
 		if err != nil {
-			return nil, unavailable("rotate "+id, err)
+			return nil, changeFailed("rotate "+id, err)
 		}
 		switch res {
 		case "OK":

@@ -68,6 +68,9 @@ func (s *Store) create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		return fmt.Errorf("create key %q: %w", k.ID, err)
 	}
 	err = s.write(ctx, func(tx *sql.Tx) error {
+		if err := checkWriter(ctx, tx); err != nil {
+			return err
+		}
 		if once != nil {
 			if err := checkOnce(ctx, tx, k, *once); err != nil {
 				return err
@@ -165,6 +168,9 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 	var updated *keystore.Key
 	var fnErr error
 	err := s.write(ctx, func(tx *sql.Tx) error {
+		if err := checkWriter(ctx, tx); err != nil {
+			return err
+		}
 		cur, h, err := getForWrite(ctx, tx, id)
 		if err != nil {
 			return err
@@ -234,6 +240,9 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 	}
 	var rotated *keystore.Key
 	err = s.write(ctx, func(tx *sql.Tx) error {
+		if err := checkWriter(ctx, tx); err != nil {
+			return err
+		}
 		old, oldHash, err := getForWrite(ctx, tx, id)
 		if err != nil {
 			return err
@@ -437,6 +446,29 @@ func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return dbErr(err)
+	}
+	return nil
+}
+
+// checkWriter returns an error wrapping ErrWriterChanged if ctx names the
+// key a change is made by (keystore.WithWriter) and its record is no
+// longer the one that key's authority was checked against. Read in the
+// write's transaction, which holds the write lock, so a revocation is
+// either before it (and refuses the change) or after the change.
+func checkWriter(ctx context.Context, tx *sql.Tx) error {
+	w := keystore.WriterOf(ctx)
+	if w == nil {
+		return nil
+	}
+	stored, _, err := getForWrite(ctx, tx, w.ID)
+	switch {
+	case errors.Is(err, keystore.ErrNotFound):
+		stored = nil
+	case err != nil:
+		return err
+	}
+	if !keystore.StillWriter(w, stored) {
+		return fmt.Errorf("writer %q: %w", w.ID, keystore.ErrWriterChanged)
 	}
 	return nil
 }

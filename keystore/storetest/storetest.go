@@ -56,6 +56,7 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("reviving a successor keeps its line counting once", func(t *testing.T) { testRevivingASuccessorKeepsItsLineCountingOnce(t, newBackend) })
 	t.Run("Rotate stores the new key and winds the old one down", func(t *testing.T) { testRotate(t, newBackend) })
 	t.Run("Rotate refuses and stores nothing", func(t *testing.T) { testRotateRefuses(t, newBackend) })
+	t.Run("a key's change is made only while the key is as it was checked", func(t *testing.T) { testWriter(t, newBackend) })
 	t.Run("List returns keys in id order", func(t *testing.T) { testListOrder(t, newBackend) })
 	t.Run("List shows live keys unless IncludeRevoked", func(t *testing.T) { testListLive(t, newBackend) })
 	t.Run("List pages through every key exactly once", func(t *testing.T) { testListPages(t, newBackend) })
