@@ -750,7 +750,10 @@ func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
 // form. Express with "trust proxy", Django's USE_X_FORWARDED_HOST, Rails
 // and Spring's ForwardedHeaderFilter take the host from them, so an
 // upstream that serves several hosts would otherwise answer, as another
-// service's, a request decided by this one's rules.
+// service's, a request decided by this one's rules. Both are read under
+// every spelling an upstream reads them by (any case, "_" for "-", as CGI,
+// WSGI and Rack name headers), and a Forwarded value that parsers read
+// differently (forwardedHostsOf) agrees with nothing.
 func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
 	agrees := func(host string) bool {
 		host = strings.TrimSpace(host)
@@ -760,20 +763,96 @@ func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
 		q, ok := ps.byHost(host)
 		return ok && q == p
 	}
-	for host := range strings.SplitSeq(h.Get("x-forwarded-host"), ",") {
-		if !agrees(host) {
+	ok := true
+	eachHeader(h, func(name, value string) {
+		switch {
+		case !ok:
+		case readsAsHeader(name, "x-forwarded-host"):
+			for host := range strings.SplitSeq(value, ",") {
+				ok = ok && agrees(host)
+			}
+		case readsAsHeader(name, "forwarded"):
+			ok = forwardedHostsOf(value, agrees)
+		}
+	})
+	return ok
+}
+
+// forwardedHostsOf calls agrees with each host= parameter of a Forwarded
+// value (RFC 7239: elements split at ",", pairs at ";", each a token, "="
+// and a token or quoted string) and reports whether all agree. A value
+// that readers of Forwarded read differently agrees with nothing: one that
+// does not parse (an unclosed quote, a pair without "=", a name that is
+// not a token), one with a backslash (RFC 7239's quoted-pair, which Spring
+// 7.1, Jetty and Symfony unescape and others keep), and one where "host="
+// (any case) stands anywhere but as the name of a pair: Spring's
+// ForwardedHeaderUtils before 7.1 and Reactor Netty search the whole value
+// for host="?([^;,"]+), so they read "xhost=a" and for="host=a" as host a.
+// No proxy writes any of these.
+func forwardedHostsOf(value string, agrees func(string) bool) bool {
+	if strings.IndexByte(value, '\\') >= 0 {
+		return false
+	}
+	named := 0 // pairs named host
+	for i := 0; i < len(value); {
+		// One pair: OWS token "=" (token | quoted-string) OWS, then ";",
+		// "," or the end.
+		for i < len(value) && (value[i] == ' ' || value[i] == '\t') {
+			i++
+		}
+		if i < len(value) && (value[i] == ',' || value[i] == ';') {
+			i++ // an empty pair or element, which RFC 7239's lists allow
+			continue
+		}
+		start := i
+		for i < len(value) && isTokenByte(value[i]) {
+			i++
+		}
+		name := value[start:i]
+		if name == "" || i == len(value) || value[i] != '=' {
 			return false
 		}
-	}
-	for elem := range strings.SplitSeq(h.Get("forwarded"), ",") {
-		for pair := range strings.SplitSeq(elem, ";") {
-			k, v, _ := strings.Cut(strings.TrimSpace(pair), "=")
-			if strings.EqualFold(strings.TrimSpace(k), "host") && !agrees(strings.Trim(strings.TrimSpace(v), `"`)) {
+		i++
+		var v string
+		if i < len(value) && value[i] == '"' {
+			end := strings.IndexByte(value[i+1:], '"')
+			if end < 0 {
+				return false
+			}
+			v, i = value[i+1:i+1+end], i+2+end
+		} else {
+			start := i
+			for i < len(value) && isTokenByte(value[i]) {
+				i++
+			}
+			v = value[start:i]
+		}
+		for i < len(value) && (value[i] == ' ' || value[i] == '\t') {
+			i++
+		}
+		if i < len(value) && value[i] != ',' && value[i] != ';' {
+			return false
+		}
+		if strings.EqualFold(name, "host") {
+			named++
+			if !agrees(v) {
 				return false
 			}
 		}
 	}
-	return true
+	return countFold(value, "host=") == named
+}
+
+// countFold counts the occurrences of the lower-case ASCII text sub in s,
+// in any letter case.
+func countFold(s, sub string) int {
+	n := 0
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			n++
+		}
+	}
+	return n
 }
 
 // choose records the selected policy and its mode.
@@ -954,4 +1033,14 @@ func (ps *PolicySet) Explain(req *Request) Explanation {
 	_ = ps.selectPolicy(req, &d) && normalize(ps, req, &d) && route(&d)
 	return Explanation{Policy: d.Policy, SelectedBy: d.selector, Method: d.Method, Path: d.Path, Route: d.Route,
 		Shadow: d.Shadow, Code: d.Code, Message: d.Message}
+}
+
+// isTokenByte reports whether c may stand in an HTTP token (RFC 9110's
+// tchar), as a Forwarded parameter's name and unquoted value must.
+func isTokenByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }

@@ -740,7 +740,15 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequestOverGRPC(t *testing.T) {
 	}{
 		{map[string]string{"x-forwarded-host": "x.billing.example.com"}, codes.InvalidArgument},
 		{map[string]string{"forwarded": "for=192.0.2.1;host=billing.example.com"}, codes.InvalidArgument},
+		// Read as billing's by an upstream: Spring before 7.1 and Reactor
+		// Netty find host= anywhere, Spring 7.1 and Jetty unescape, CGI,
+		// WSGI and Rack read "_" as "-".
+		{map[string]string{"forwarded": "for=192.0.2.1;xhost=billing.example.com"}, codes.InvalidArgument},
+		{map[string]string{"forwarded": `for="host=billing.example.com"`}, codes.InvalidArgument},
+		{map[string]string{"forwarded": `for=192.0.2.1;host="billing\.example\.com"`}, codes.InvalidArgument},
+		{map[string]string{"x_forwarded_host": "billing.example.com"}, codes.InvalidArgument},
 		{map[string]string{"x-forwarded-host": "api.example.org:443"}, codes.OK}, // no policy's, as the request's host
+		{map[string]string{"forwarded": "for=192.0.2.1;proto=https"}, codes.OK},
 		{map[string]string{}, codes.OK},
 	} {
 		headers := map[string]string{"x-api-key": key}
