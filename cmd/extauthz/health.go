@@ -29,7 +29,8 @@ import (
 // way, and the stream stays open as the health protocol asks.
 //
 // The streams themselves are bounded too, in number (watchLimits): each one
-// holds a goroutine and the transport's state for it, about 8 KiB, and
+// holds a goroutine and the transport's state for it, about 8 KiB (and
+// its metadata, at most grpcMaxCallMetadataBytes: boundCall), and
 // nothing else ends it, so without a bound anyone who can reach the port
 // could open them by the million, 1,024 a connection, and keep them at no
 // cost of their own until the server runs out of memory. The bound is per

@@ -23,11 +23,14 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
 	"github.com/extauthz/extauthz/admin"
@@ -110,6 +113,27 @@ const (
 	grpcMaxMetadataBytes     = 64 << 10
 	grpcMaxConcurrentStreams = 1024
 )
+
+// grpcMaxCallMetadataBytes bounds the metadata a call keeps while it is
+// open, as decoded (names and values). grpcMaxMetadataBytes bounds the
+// header list as it arrives, but HPACK lets a client name a header in its
+// table with one byte, and grpc-go decodes every copy of a "-bin" header
+// into a string of its own: 20 bytes on the wire became 46 KiB held by a
+// call for its whole life (a Check whose message never comes: 10 s; a
+// health Watch: as long as its client likes). Envoy's calls carry a few
+// hundred bytes (its tracing headers, a grpc_service's initial_metadata).
+const grpcMaxCallMetadataBytes = 8 << 10
+
+// metadataBytes is what md holds: its names and values.
+func metadataBytes(md metadata.MD) int {
+	n := 0
+	for k, vs := range md {
+		for _, v := range vs {
+			n += len(k) + len(v)
+		}
+	}
+	return n
+}
 
 // grpcConnLimit bounds a gRPC connection's life before and between calls,
 // as the HTTP listeners' header and idle timeouts do theirs.
@@ -793,11 +817,15 @@ func (refuseCompressed) Do(io.Reader) ([]byte, error) {
 
 func (refuseCompressed) Type() string { return "gzip" }
 
-// boundCall gives a gRPC call the deadline grpcMaxCall unless it has a
-// sooner one, or is a health Watch stream. It runs as each call arrives,
-// before its message is read, so a call whose message never comes ends at
-// the deadline too.
+// boundCall refuses a gRPC call whose metadata holds more than
+// grpcMaxCallMetadataBytes, and gives the others the deadline grpcMaxCall
+// unless they have a sooner one or are a health Watch stream. It runs as
+// each call arrives, before its message is read, so a call whose message
+// never comes ends at the deadline too.
 func (s *server) boundCall(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if n := metadataBytes(info.Header); n > grpcMaxCallMetadataBytes {
+		return nil, status.Errorf(codes.ResourceExhausted, "the call's metadata holds %d bytes once decoded, over the %d this server keeps for a call", n, grpcMaxCallMetadataBytes)
+	}
 	if info.FullMethodName == healthpb.Health_Watch_FullMethodName {
 		return ctx, nil
 	}
