@@ -343,35 +343,42 @@ func (m *Manager) unsure(ctx context.Context, kind string, k *Key, actor string)
 }
 
 // sameRecord reports whether a and b are the same record but for
-// last_used_at, which any server writes behind at any time. An empty list
-// or map is the same as none, as every store reads it.
+// last_used_at, which any server writes behind at any time.
 func sameRecord(a, b *Key) bool {
 	plain := func(k *Key) []byte {
-		c := k.Clone()
+		c := k.Canonical()
 		c.LastUsedAt = nil
-		if len(c.Permissions) == 0 {
-			c.Permissions = nil
-		}
-		if len(c.IPAllowlist) == 0 {
-			c.IPAllowlist = nil
-		}
-		if len(c.Policies) == 0 {
-			c.Policies = nil
-		}
-		if len(c.Meta) == 0 {
-			c.Meta = nil
-		}
-		c.CreatedAt = c.CreatedAt.UTC()
-		for _, t := range []**time.Time{&c.ExpiresAt, &c.RevokedAt} {
-			if *t != nil {
-				u := (*t).UTC()
-				*t = &u
-			}
-		}
 		j, _ := json.Marshal(c) // a record always encodes
 		return j
 	}
 	return bytes.Equal(plain(a), plain(b))
+}
+
+// Canonical returns a copy of k in the one form every store reads a record
+// back in: an empty list or map as none, every time in UTC (without a
+// monotonic reading), so that two reads of one record compare equal.
+func (k *Key) Canonical() *Key {
+	c := k.Clone()
+	if len(c.Permissions) == 0 {
+		c.Permissions = nil
+	}
+	if len(c.IPAllowlist) == 0 {
+		c.IPAllowlist = nil
+	}
+	if len(c.Policies) == 0 {
+		c.Policies = nil
+	}
+	if len(c.Meta) == 0 {
+		c.Meta = nil
+	}
+	c.CreatedAt = c.CreatedAt.UTC()
+	for _, t := range []**time.Time{&c.ExpiresAt, &c.LastUsedAt, &c.RevokedAt} {
+		if *t != nil {
+			u := (*t).UTC()
+			*t = &u
+		}
+	}
+	return c
 }
 
 // CheckedGetter is a Store whose records may require what this version
