@@ -65,8 +65,24 @@ func decodeForCheck(raw string) (*keystore.Key, error) {
 	return &r.Key, keystore.CheckRequires(r.Requires)
 }
 
-// micros is t in Unix microseconds, the unit of the live-set scores.
+// micros is the instant t in Unix microseconds, the unit of the scores,
+// rounded down: a "now" to compare scores with.
 func micros(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+
+// untilMicros is the end t (an expiry, the end of a grace period or of a
+// key's life) as a score: in Unix microseconds, rounded up, so that a key
+// live at an instant by its record (t after it, to the nanosecond) is live
+// by its score at that instant rounded down. Rounded down, a key expiring
+// within the microsecond of a count would go uncounted though live, and its
+// owner could have one key more than keys.max_per_owner for it; rounded up,
+// it counts for up to a microsecond after it expired, and is swept as late.
+func untilMicros(t time.Time) string {
+	us := t.UnixMicro()
+	if t.Sub(time.UnixMicro(us)) > 0 {
+		us++
+	}
+	return strconv.FormatInt(us, 10)
+}
 
 // entries is where a key stands in the listing indexes, as the scripts'
 // index function takes it.
@@ -86,11 +102,11 @@ func indexOf(k *keystore.Key) entries {
 	if k.RevokedAt == nil {
 		e.listed = "1"
 		if k.ExpiresAt != nil {
-			e.expiry = micros(*k.ExpiresAt)
+			e.expiry = untilMicros(*k.ExpiresAt)
 		}
 	}
 	if end := k.EndsAt(); end != nil {
-		e.end = micros(*end)
+		e.end = untilMicros(*end)
 	}
 	return e
 }
@@ -105,7 +121,7 @@ func graceOf(k *keystore.Key) (member, score string) {
 	}
 	member = k.ID + " " + k.RotatedTo
 	if k.RevokedAt == nil && k.ExpiresAt != nil {
-		score = micros(*k.ExpiresAt)
+		score = untilMicros(*k.ExpiresAt)
 	}
 	return member, score
 }
@@ -120,5 +136,5 @@ func liveScore(k *keystore.Key) string {
 	case k.ExpiresAt == nil:
 		return "+inf"
 	}
-	return micros(*k.ExpiresAt)
+	return untilMicros(*k.ExpiresAt)
 }

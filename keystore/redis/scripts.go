@@ -8,8 +8,10 @@ import goredis "github.com/redis/go-redis/v9"
 // raising errors, so that "already exists" or "someone changed it meanwhile"
 // never looks like an unavailable Redis.
 //
-// Scores of the live-by-owner sets are expiry times in Unix microseconds
-// ("+inf" for no expiry): exact in a Lua/float64 number until the year 2255.
+// Scores of the live-by-owner sets are expiry times in Unix microseconds,
+// rounded up (untilMicros; "+inf" for no expiry), and the instants they are
+// compared with are rounded down (micros): exact in a Lua/float64 number
+// until the year 2255.
 
 // indexLua maintains a key's entries in the live listing index and the
 // expiry and end indexes (see the layout in store.go) from what the caller

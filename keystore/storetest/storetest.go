@@ -42,6 +42,7 @@ func Run(t *testing.T, newBackend Backend) {
 	t.Run("what does not exist is ErrNotFound", func(t *testing.T) { testNotFound(t, newBackend) })
 	t.Run("Create refuses an id or hash that exists", func(t *testing.T) { testDuplicates(t, newBackend) })
 	t.Run("Create refuses a key over maxPerOwner", func(t *testing.T) { testKeyLimit(t, newBackend) })
+	t.Run("a key expiring in the microsecond after a count counts", func(t *testing.T) { testKeyLimitCountsToTheNanosecond(t, newBackend) })
 	t.Run("concurrent creates for one owner stop at exactly maxPerOwner", func(t *testing.T) { testKeyLimitConcurrent(t, newBackend) })
 	t.Run("revoked, expired and rotated-away keys do not count against maxPerOwner", func(t *testing.T) { testKeyLimitCountsLiveKeys(t, newBackend) })
 	t.Run("CreateOnce makes one key per idempotency key and names it to a repeat", func(t *testing.T) { testOnce(t, newBackend) })
@@ -418,6 +419,26 @@ func testKeyLimit(t *testing.T, newBackend Backend) {
 
 	require.NoError(t, s.Create(ctx, over, overHash, 0), "maxPerOwner 0 means no limit")
 	requireStored(t, s, over, overHash)
+}
+
+// A key expiring within the same microsecond as a count, but after it,
+// is live at that count and counts: a store keeping times in microseconds
+// must round an expiry up, not down.
+func testKeyLimitCountsToTheNanosecond(t *testing.T, newBackend Backend) {
+	f := newFixture(t, newBackend)
+	s := f.store()
+	at := f.base.Add(100 * time.Nanosecond) // f.base is on a whole millisecond
+	f.create(s, "erin", f.base, func(k *keystore.Key) { k.ExpiresAt = ptr(f.base.Add(600 * time.Nanosecond)) })
+	k, h := f.newKey("erin", at)
+	require.ErrorIs(t, s.Create(t.Context(), k, h, 1), keystore.ErrKeyLimit, "the first key is live 500 ns past the count")
+	requireAbsent(t, s, k.ID, h)
+
+	revived, _ := f.create(s, "erin", f.base, func(k *keystore.Key) { k.ExpiresAt = ptr(f.base.Add(50 * time.Nanosecond)) })
+	_, err := s.Update(t.Context(), revived.ID, keystore.OwnerLimit{Max: 1, At: at}, func(k *keystore.Key) error {
+		k.ExpiresAt = ptr(at.Add(time.Hour))
+		return nil
+	})
+	require.ErrorIs(t, err, keystore.ErrKeyLimit, "bringing a key back counts the first key too")
 }
 
 func testKeyLimitConcurrent(t *testing.T, newBackend Backend) {
