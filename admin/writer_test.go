@@ -2,15 +2,22 @@ package admin
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/keystore/redis"
 )
 
 // heldWrites, once armed, holds the next write (create, update or rotate)
@@ -123,4 +130,157 @@ func TestAWriterChangedWhileItsChangeIsInFlightChangesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// resetAfterWrite, once armed, lets the next change script (EVALSHA of
+// seven keys or more) reach Redis and run, then resets the connection
+// before its reply is read: the reply is lost, as on a connection a
+// network blip or a proxy closes mid-answer. go-redis retries the command
+// (DefaultMaxRetries) on a fresh connection, which gets its answer.
+type resetAfterWrite struct {
+	armed atomic.Bool
+	lost  atomic.Int32
+}
+
+type resetConn struct {
+	net.Conn
+	h    *resetAfterWrite
+	lose atomic.Bool
+}
+
+func (c *resetConn) Write(b []byte) (int, error) {
+	if isChangeScript(b) && c.h.armed.Swap(false) {
+		c.lose.Store(true)
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *resetConn) Read(b []byte) (int, error) {
+	if c.lose.Swap(false) {
+		// The script ran: its reply arrives. It is lost with the connection.
+		if _, err := c.Conn.Read(b); err != nil {
+			return 0, err
+		}
+		c.h.lost.Add(1)
+		_ = c.Conn.Close()
+		return 0, io.EOF
+	}
+	return c.Conn.Read(b)
+}
+
+// isChangeScript reports whether b, a RESP command, is EVALSHA or EVAL of
+// seven keys or more (a change's write, as isWrite tells one).
+func isChangeScript(b []byte) bool {
+	parts := strings.Split(string(b), "\r\n")
+	if len(parts) < 7 {
+		return false
+	}
+	if n := strings.ToLower(parts[2]); n != "evalsha" && n != "eval" {
+		return false
+	}
+	keys, err := strconv.Atoi(parts[6])
+	return err == nil && keys >= 7
+}
+
+func (h *resetAfterWrite) DialHook(next goredis.DialHook) goredis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &resetConn{Conn: c, h: h}, nil
+	}
+}
+
+func (h *resetAfterWrite) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook { return next }
+
+func (h *resetAfterWrite) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
+}
+
+// A keys:write caller's change of its own key (revoking itself, rotating
+// itself, renaming itself) whose reply Redis sent but the connection lost
+// is sent again by go-redis, and the second try finds the caller's record
+// changed, by the first. That is a lost answer, read back and answered and
+// audited as made, as the same loss on a change of another key is: taken
+// for the caller changed meanwhile, it was answered "nothing was changed"
+// and not audited, and a rotation's new key was live with its secret lost.
+func TestAChangeOfTheCallersOwnKeyWhoseReplyWasLostIsAnsweredAsMade(t *testing.T) {
+	var h *resetAfterWrite
+	b := backend{"redis, a connection reset after a write", func(t testing.TB) (keystore.Store, func()) {
+		srv := redistest.Start(t)
+		c, err := redis.Dial(redis.Options{URL: srv.URL(0)})
+		require.NoError(t, err)
+		h = &resetAfterWrite{}
+		c.AddHook(h)
+		t.Cleanup(func() { _ = c.Close() })
+		s := redis.New(c, "admintest:")
+		t.Cleanup(func() { _ = s.Close() })
+		return s, srv.Stop
+	}}
+	e := newEnv(t, b, envOptions{})
+	loadScripts(e)
+	audited := func(kind, id, actor string) bool {
+		for _, c := range e.rec.Changes() {
+			if c.kind == kind && c.keyID == id && c.actor == actor {
+				return true
+			}
+		}
+		return false
+	}
+	writer := func() (secret, id string) {
+		return e.newKey(e.root, map[string]any{"name": "self", "owner": "acme", "permissions": []string{"keys:write", "read:x"}})
+	}
+
+	t.Run("a writer revoking itself", func(t *testing.T) {
+		secret, id := writer()
+		h.armed.Store(true)
+		r := e.send("DELETE", "/v1/keys/"+id, secret, nil)
+		require.EqualValues(t, 1, h.lost.Swap(0), "the write's reply was lost")
+		assert.NotNil(t, e.stored(id).RevokedAt, "the revocation was made")
+		assert.Equal(t, http.StatusOK, r.status, "answered as made: %s", r)
+		assert.True(t, audited(keystore.ChangeRevoked, id, id), "and audited")
+	})
+	t.Run("a writer rotating itself", func(t *testing.T) {
+		secret, id := writer()
+		h.armed.Store(true)
+		r := e.send("POST", "/v1/keys/"+id+"/rotate", secret, nil)
+		require.EqualValues(t, 1, h.lost.Swap(0), "the write's reply was lost")
+		next := e.stored(id).RotatedTo
+		assert.NotEmpty(t, next, "the rotation was made")
+		if next != "" {
+			assert.Nil(t, e.stored(next).RevokedAt, "its new key is live")
+			assert.True(t, audited(keystore.ChangeRotated, next, id), "and audited")
+		}
+		require.Equal(t, http.StatusCreated, r.status, "answered as made, with the new key's secret: %s", r)
+		assert.NotEmpty(t, r.str(t, "key"))
+	})
+	t.Run("a writer renaming itself", func(t *testing.T) {
+		secret, id := writer()
+		h.armed.Store(true)
+		r := e.send("PATCH", "/v1/keys/"+id, secret, `{"name": "renamed"}`)
+		require.EqualValues(t, 1, h.lost.Swap(0), "the write's reply was lost")
+		assert.Equal(t, "renamed", e.stored(id).Name, "the update was made")
+		assert.Equal(t, http.StatusOK, r.status, "answered as made: %s", r)
+		assert.True(t, audited(keystore.ChangeUpdated, id, id), "and audited")
+	})
+	// The same loss on a change of another key is answered as made.
+	t.Run("control: the root revoking another key", func(t *testing.T) {
+		_, id := writer()
+		h.armed.Store(true)
+		r := e.send("DELETE", "/v1/keys/"+id, e.root, nil)
+		require.EqualValues(t, 1, h.lost.Swap(0), "the write's reply was lost")
+		assert.NotNil(t, e.stored(id).RevokedAt, "the revocation was made")
+		assert.Equal(t, http.StatusOK, r.status, "answered as made: %s", r)
+		assert.True(t, audited(keystore.ChangeRevoked, id, e.rootID), "and audited")
+	})
+	t.Run("control: the root rotating another key", func(t *testing.T) {
+		_, id := writer()
+		h.armed.Store(true)
+		r := e.send("POST", "/v1/keys/"+id+"/rotate", e.root, nil)
+		require.EqualValues(t, 1, h.lost.Swap(0), "the write's reply was lost")
+		require.Equal(t, http.StatusCreated, r.status, "answered as made: %s", r)
+		assert.Equal(t, r.str(t, "id"), e.stored(id).RotatedTo)
+		assert.True(t, audited(keystore.ChangeRotated, r.str(t, "id"), e.rootID), "and audited")
+	})
 }

@@ -359,7 +359,7 @@ func (s *Store) create(ctx context.Context, k *keystore.Key, h keystore.Hash, ma
 		keys = append(keys, s.keys.once(once.Token.String()))
 		args = append(args, once.Request.String()+" "+rec.ID, ms)
 	}
-	res, confirmed, err := s.change(ctx, createScript, createByWriter, confirmCreate, keys, args...)
+	res, confirmed, err := s.change(ctx, createScript, createByWriter, confirmCreate, "", "", keys, args...)
 	if err != nil {
 		return changeFailed("create "+rec.ID, err)
 	}
@@ -428,7 +428,7 @@ func (s *Store) Update(ctx context.Context, id string, limit keystore.OwnerLimit
 		if check > 0 || gm != "" {
 			keys = append(keys, s.keys.grace(next.Owner), s.keys.graceIDs(next.Owner))
 		}
-		res, confirmed, err := s.change(ctx, updateScript, updateByWriter, repeatUpdate, keys,
+		res, confirmed, err := s.change(ctx, updateScript, updateByWriter, repeatUpdate, id, newRaw, keys,
 			oldRaw, newRaw, id, liveScore(next), hexHash, changesMaxLen,
 			ix.listed, ix.expiry, ix.end, ix.member, check, micros(limit.At), gm, gs)
 		if err != nil {
@@ -496,8 +496,13 @@ var _ keystore.ReadBackConfirmer = (*Store)(nil)
 // A change made by a key (keystore.WithWriter) runs byWriter, script's
 // twin that first checks that the writer's record is still the one its
 // authority was checked against (writerLua); err wraps
-// keystore.ErrWriterChanged when it is not.
-func (s *Store) change(ctx context.Context, script, byWriter *goredis.Script, remedy string, keys []string, args ...any) (reply string, confirmed, err error) {
+// keystore.ErrWriterChanged when it is not. target is the id of the record
+// the change rewrites ("" for a create) and after that record as the change
+// leaves it: a change of the writer's own record may find it changed by
+// itself, when Redis ran a try whose reply was lost and go-redis sent the
+// script again, and that is a lost answer (ErrUnavailable, for the
+// Manager's read-back), not a refusal.
+func (s *Store) change(ctx context.Context, script, byWriter *goredis.Script, remedy, target, after string, keys []string, args ...any) (reply string, confirmed, err error) {
 	writer := keystore.WriterOf(ctx)
 	if writer != nil {
 		script = byWriter
@@ -506,6 +511,9 @@ func (s *Store) change(ctx context.Context, script, byWriter *goredis.Script, re
 		k, a := keys, args
 		if writer != nil {
 			key, raw, err := s.writerRecord(ctx, writer)
+			if errors.Is(err, keystore.ErrWriterChanged) && attempt > 0 && writer.ID == target && sameJSONRecord(raw, after) {
+				return "", nil, fmt.Errorf("%w: the writer's own record is as this change leaves it, after a try whose reply was lost", keystore.ErrUnavailable)
+			}
 			if err != nil {
 				return "", nil, err
 			}
@@ -530,8 +538,8 @@ func (s *Store) change(ctx context.Context, script, byWriter *goredis.Script, re
 
 // writerRecord reads the record of writer, the key a change is made by,
 // and returns its Redis key and its JSON, or an error wrapping
-// keystore.ErrWriterChanged if it is not the record writer's authority was
-// checked against.
+// keystore.ErrWriterChanged (with the JSON it read, "" for none) if it is
+// not the record writer's authority was checked against.
 func (s *Store) writerRecord(ctx context.Context, writer *keystore.Key) (key, raw string, err error) {
 	_, hexHash, raw, err := s.read(ctx, writer.ID)
 	var stored *keystore.Key
@@ -547,9 +555,20 @@ func (s *Store) writerRecord(ctx context.Context, writer *keystore.Key) (key, ra
 		}
 	}
 	if !keystore.StillWriter(writer, stored) {
-		return "", "", fmt.Errorf("writer %q: %w", writer.ID, keystore.ErrWriterChanged)
+		return "", raw, fmt.Errorf("writer %q: %w", writer.ID, keystore.ErrWriterChanged)
 	}
 	return s.keys.record(hexHash), raw, nil
+}
+
+// sameJSONRecord reports whether two records' JSON are the same record but
+// for last_used_at.
+func sameJSONRecord(a, b string) bool {
+	ka, err := decode(a)
+	if err != nil {
+		return false
+	}
+	kb, err := decode(b)
+	return err == nil && keystore.StillWriter(ka, kb)
 }
 
 // changeFailed is the error of a change whose script did not answer: the
@@ -751,7 +770,7 @@ func (s *Store) Rotate(ctx context.Context, id string, next *keystore.Key, h key
 		}
 		oix, nix := indexOf(old), indexOf(nrec)
 		gm, _ := graceOf(old)
-		res, confirmed, err := s.change(ctx, rotateScript, rotateByWriter, confirmRotation, keys,
+		res, confirmed, err := s.change(ctx, rotateScript, rotateByWriter, confirmRotation, id, rotatedRaw, keys,
 			oldRaw, rotatedRaw, id, oldHex, newRaw, nrec.ID, newHex, liveScore(nrec), changesMaxLen,
 			oix.expiry, oix.end, oix.member, nix.listed, nix.expiry, nix.end, nix.member, gm)
 		if err != nil {
