@@ -845,6 +845,9 @@ func (c *Config) validate() error {
 			bad("store.redis.url", "want redis://host:port/db or rediss://...")
 		} else if _, ok := u.User.Password(); ok && err == nil || err == nil && u.Query().Has("password") {
 			bad("store.redis.url", "must not contain a password; name its environment variable in password_env")
+		} else if r.URL != "" && !redisURLShape(u) {
+			bad("store.redis.url", "does not read as redis://host:port/db: a password written into it whose first characters are '/', '?', '#' or digits "+
+				"breaks it up so (not shown: it may hold one); name the password's environment variable in password_env")
 		}
 		if r.Prefix == "" {
 			bad("store.redis.prefix", "must not be empty")
@@ -1100,6 +1103,36 @@ func (c *Config) validatePolicies(bad func(field, format string, args ...any)) {
 			}
 		}
 	}
+}
+
+// redisURLShape reports whether u has the shape of a Redis url: a host
+// with a port of digits or none, a path naming a database ("/", "/0") or
+// none, no fragment and no '@' but the one ending a user name. A password
+// written into the url after "user:" that starts with '/', '?' or '#', or
+// with digits and then one of them, does not read as a password but splits
+// the url elsewhere (host "user:", the rest a path, query or fragment), and
+// each of those is printed: where the store is named, by the dialer's
+// errors.
+func redisURLShape(u *url.URL) bool {
+	if u.Opaque != "" || u.Fragment != "" || strings.Contains(u.Host+u.Path+u.RawQuery, "@") {
+		return false
+	}
+	if db, ok := strings.CutPrefix(u.Path, "/"); ok && db != "" {
+		if _, err := strconv.ParseUint(db, 10, 32); err != nil {
+			return false
+		}
+	} else if u.Path != "" && u.Path != "/" {
+		return false
+	}
+	if u.Hostname() == "" || strings.HasSuffix(u.Host, ":") {
+		return false
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return false
+		}
+	}
+	return true
 }
 
 // validateRedisAddr checks one of store.redis.addrs: host:port, nothing

@@ -487,6 +487,25 @@ func TestASecretWrittenWhereItsVariableGoesIsNeverEchoed(t *testing.T) {
 	_, err := Parse([]byte("store: {backend: redis, redis: {url: \"redis://127.0.0.1:6379/0?password=" + alnum + "\"}}"))
 	require.ErrorContains(t, err, "store.redis.url: must not contain a password", "a password in the query is one too")
 	assert.NotContains(t, err.Error(), "Zq8kR2pL")
+	// A password after "user:" that starts with '/', '?', '#' or digits
+	// and one of them does not read as a password: the url splits
+	// elsewhere, and the rest would be printed as its path or query.
+	for _, u := range []string{
+		"redis://default:/" + alnum + "@127.0.0.1:1/0",
+		"redis://default:4711/" + alnum + "@127.0.0.1:1/0",
+		"redis://default:4711?" + alnum + "@127.0.0.1:1/0",
+		"redis://default:#" + alnum + "@127.0.0.1:1/0",
+		"redis://:/" + alnum + "@127.0.0.1:1",
+		"redis://h:6379/" + alnum,
+	} {
+		_, err := Parse([]byte("store: {backend: redis, redis: {url: \"" + u + "\"}}"))
+		require.ErrorContains(t, err, "store.redis.url: does not read as redis://host:port/db", u)
+		assert.NotContains(t, err.Error(), "Zq8kR2pL")
+	}
+	for _, u := range []string{"redis://h", "redis://h:6379", "redis://h:6379/", "redis://h:6379/15", "rediss://[::1]:6380/0", "redis://user@h:6379/0?pool_size=20"} {
+		_, err := Parse([]byte("store: {backend: redis, redis: {url: \"" + u + "\"}}"))
+		assert.NoError(t, err, u)
+	}
 	cfg, err := Parse([]byte("hashing: {pepper_env: " + alnum + "}"))
 	require.NoError(t, err)
 	err = cfg.CheckPepper()

@@ -1000,6 +1000,29 @@ func TestARedisURLIsNamedWithoutItsUser(t *testing.T) {
 	assert.NotContains(t, errOut, secret[:8])
 }
 
+// A password written into a Redis url after "user:" that starts with '/',
+// '?' or '#' (one base64 secret in 64 starts with '/'), or with digits and
+// then one of them, does not read as a password: the url splits elsewhere,
+// and the rest was printed as the store's path by config check and in
+// go-redis's parse errors by serve and keys. Every command refuses it now,
+// and none quotes it.
+func TestARedisPasswordThatBreaksTheURLUpIsNeverEchoed(t *testing.T) {
+	const secret = "Zq8kR2pLx9vW4mT7nB3c"
+	for _, url := range []string{
+		"redis://default:/" + secret + "@127.0.0.1:1/0",
+		"redis://default:4711/" + secret + "@127.0.0.1:1/0",
+		"redis://default:4711?" + secret + "@127.0.0.1:1/0",
+	} {
+		path := writeConfig(t, "store: {backend: redis, redis: {url: \""+url+"\"}}\ndevelopment: true\n")
+		for _, args := range [][]string{{"config", "check"}, {"config", "check", "--json"}, {"serve"}, {"keys", "list"}} {
+			out, errOut, code := cliRun(t, append(args, "--config", path)...)
+			assert.NotEqual(t, 0, code, "%s %s", url[:20], strings.Join(args, " "))
+			assert.Contains(t, out+errOut, "store.redis.url")
+			assert.NotContains(t, out+errOut, secret[:8], "%s %s", url[:20], strings.Join(args, " "))
+		}
+	}
+}
+
 // A new key's secret exists only in what create and rotate print. When that
 // cannot be written (standard output a pipe whose reader is gone, a full
 // disk), the command must not die silently of SIGPIPE with the key made and

@@ -510,7 +510,16 @@ func (o *Options) urlOptions(t tuning) (*goredis.Options, error) {
 	}
 	opt, err := goredis.ParseURL(o.URL)
 	if err != nil {
-		return nil, fmt.Errorf("store.redis: url: %v", err)
+		// Not go-redis's message: it quotes the url's path or an option's
+		// name, where a password mistyped into the url may stand.
+		msg := "does not parse as redis://host:port/db?option=value"
+		switch {
+		case strings.Contains(err.Error(), "invalid database number"), strings.Contains(err.Error(), "invalid URL path"):
+			msg = "the path must be a database number (redis://host:port/0)"
+		case strings.Contains(err.Error(), "unexpected option"):
+			msg = "an option go-redis does not take (pool_size, dial_timeout, read_timeout, ... are)"
+		}
+		return nil, fmt.Errorf("store.redis: url: %s; the url is not shown, as it may hold a password", msg)
 	}
 	if o.Username != "" {
 		opt.Username = o.Username

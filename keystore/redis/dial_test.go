@@ -29,8 +29,12 @@ func TestDialRefusesBadOptions(t *testing.T) {
 		{"a unix socket url", Options{URL: "unix:///tmp/redis.sock"}, `url scheme "unix"`},
 		{"a url without a scheme", Options{URL: "127.0.0.1:6379"}, "store.redis: url"},
 		{"a url without a host", Options{URL: "redis:///0"}, "store.redis: url has no host"},
-		{"a url with a bad database", Options{URL: "redis://127.0.0.1:6379/zero"}, "invalid database number"},
-		{"a url with an unknown option", Options{URL: "redis://127.0.0.1:6379/0?colour=blue"}, "unexpected option: colour"},
+		{"a url with a bad database", Options{URL: "redis://127.0.0.1:6379/zero"}, "the path must be a database number"},
+		{"a url with an unknown option", Options{URL: "redis://127.0.0.1:6379/0?colour=blue"}, "an option go-redis does not take"},
+		// go-redis's own messages quote the path or the option, where a
+		// password that broke the url up stands.
+		{"a password that starts with '/'", Options{URL: "redis://default:/Zq8kR2pLx9vW4mT7@127.0.0.1:6379/0"}, "the url is not shown"},
+		{"a password after digits and '?'", Options{URL: "redis://default:4711?Zq8kR2pLx9vW4mT7@127.0.0.1:6379/0"}, "the url is not shown"},
 		{"a password in the url and from the environment", Options{URL: "redis://:a@127.0.0.1:6379/0", Password: "b"}, "password set both in the url and from password_env"},
 		{"master_name with a url", Options{URL: "redis://127.0.0.1:6379", MasterName: "mymaster"}, "master_name needs addrs (the Sentinel addresses), not url"},
 		{"cluster with a url", Options{URL: "redis://127.0.0.1:6379", Cluster: true}, "a cluster needs addrs, not url"},
