@@ -38,11 +38,15 @@ func newListenerTLS(c config.TLS, logger *slog.Logger) (*listenerTLS, error) {
 		logger.Warn("tls.cert_file is not valid now; clients that verify it refuse it until it is renewed",
 			"cert_file", c.CertFile, "err", certfile.ValidNow(cert.Leaf))
 	}
+	certfile.WarnWritable(logger, "tls.cert_file", c.CertFile, nil)
+	certfile.WarnWritable(logger, "tls.key_file", c.KeyFile, nil)
 	t := &listenerTLS{pair: pair}
 	if c.ClientCAFile != "" {
 		if t.ca, err = certfile.LoadCAPool("tls.client_ca_file", c.ClientCAFile); err != nil {
 			return nil, err
 		}
+		t.ca.Logger = logger
+		certfile.WarnWritable(logger, "tls.client_ca_file", c.ClientCAFile, nil)
 	}
 	return t, nil
 }

@@ -451,3 +451,105 @@ func selfSigned(t *testing.T, dir string, notBefore, notAfter time.Time) (certFi
 	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
 	return certFile, keyFile
 }
+
+// startMTLSWithCAFile starts a server under mutual TLS whose client CA
+// bundle is caFile (a copy the test may rewrite), with its log in logs.
+func startMTLSWithCAFile(t *testing.T, certs *redistest.TLSFiles, caFile string, logs io.Writer) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: none}\nstore: {path: %q}\n%stls: {cert_file: %q, key_file: %q, client_ca_file: %q}\n",
+		filepath.Join(dir, "k.db"), testRoutes, certs.ServerCert, certs.ServerKey, caFile))
+	return startServerOut(t, path, serverOutput{logs: logs, audit: io.Discard})
+}
+
+// mtlsAccepted reports whether a TLS 1.3 client presenting c's certificate
+// gets an answer from the HTTP listener (under TLS 1.3 the server refuses a
+// client certificate after the client's Finished, so a request is needed).
+func mtlsAccepted(t *testing.T, addr string, c *tls.Config) bool {
+	t.Helper()
+	_, err := httpsGet(t, c, "https://"+addr+"/healthz", "")
+	return err == nil
+}
+
+// An operator retires a client CA by writing a new bundle. When the new
+// bundle does not load (cut off, DER instead of PEM, a directory), the old
+// bundle stays in force, as documented, and the holder of a certificate of
+// the CA meant to be gone keeps access: that must be logged, as a server
+// certificate's renewal that does not load is, and a reload that does.
+func TestAClientCABundleThatDoesNotLoadIsLogged(t *testing.T) {
+	old := redistest.NewTLSFiles(t, t.TempDir()) // the CA being retired
+	next := redistest.NewTLSFiles(t, t.TempDir())
+	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
+	data, err := os.ReadFile(old.CA)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(caFile, data, 0o600))
+	var logs syncbuf.Buffer
+	ts := startMTLSWithCAFile(t, old, caFile, &logs)
+	addr := ts.srv.httpLn.Addr().String()
+	require.True(t, mtlsAccepted(t, addr, clientTLS(old, true)))
+
+	// The new bundle, written cut off (a copy interrupted, a full disk).
+	nextPEM, err := os.ReadFile(next.CA)
+	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond)
+	require.NoError(t, os.WriteFile(caFile+".new", nextPEM[:len(nextPEM)/2], 0o600))
+	require.NoError(t, os.Rename(caFile+".new", caFile))
+
+	assert.True(t, mtlsAccepted(t, addr, clientTLS(old, true)), "the bundle in use stays")
+	assert.True(t, mtlsAccepted(t, addr, clientTLS(old, true)))
+	assert.Equal(t, 1, strings.Count(logs.String(), "the client CA bundle changed but does not load"),
+		"logged once for the change, not for every handshake:\n%s", lastLines(logs.String(), 5))
+	assert.Contains(t, logs.String(), "tls.client_ca_file")
+
+	// The bundle written whole: the new CA in force, the retired one out.
+	time.Sleep(10 * time.Millisecond)
+	require.NoError(t, os.WriteFile(caFile+".new", nextPEM, 0o600))
+	require.NoError(t, os.Rename(caFile+".new", caFile))
+	assert.False(t, mtlsAccepted(t, addr, clientTLS(old, true)), "the retired CA is out")
+	c := clientTLS(old, true) // the server's certificate is still old's
+	c.Certificates = next.ClientConfig().Certificates
+	assert.True(t, mtlsAccepted(t, addr, c), "the new CA is in")
+	assert.Contains(t, logs.String(), "client CA bundle reloaded")
+}
+
+// tls.client_ca_file is read again on every change, and whoever can write
+// it can add a CA of their own and pass mutual TLS on every listener (the
+// admin API included): a bundle every user of the host may write is warned
+// of, as such a config file is.
+func TestAClientCABundleEveryUserMayWriteIsWarnedOf(t *testing.T) {
+	certs := redistest.NewTLSFiles(t, t.TempDir())
+	intruder := redistest.NewTLSFiles(t, t.TempDir())
+	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
+	data, err := os.ReadFile(certs.CA)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(caFile, data, 0o600))
+	require.NoError(t, os.Chmod(caFile, 0o666))
+	var logs syncbuf.Buffer
+	ts := startMTLSWithCAFile(t, certs, caFile, &logs)
+	addr := ts.srv.httpLn.Addr().String()
+	require.False(t, mtlsAccepted(t, addr, clientTLS(intruder, true)))
+
+	// Another local user appends their CA (the file is 0666).
+	extra, err := os.ReadFile(intruder.CA)
+	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond)
+	f, err := os.OpenFile(caFile, os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.Write(extra)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	c := clientTLS(certs, true)
+	c.Certificates = intruder.ClientConfig().Certificates
+	require.True(t, mtlsAccepted(t, addr, c), "what the warning is about: the intruder's own certificate passes")
+
+	assert.Contains(t, logs.String(), "tls.client_ca_file is writable by every user",
+		"tls.client_ca_file is mode 0666:\n%s", lastLines(logs.String(), 5))
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}

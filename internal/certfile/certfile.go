@@ -98,6 +98,8 @@ func (p *Pair) Current() (*tls.Certificate, error) {
 	p.err, p.said = nil, ""
 	if replaced && p.Logger != nil {
 		p.Logger.Info("certificate files reloaded", "field", p.field, "cert_file", p.certFile, "not_after", pair.Leaf.NotAfter)
+		WarnWritable(p.Logger, p.field+".cert_file", p.certFile, now[0])
+		WarnWritable(p.Logger, p.field+".key_file", p.keyFile, now[1])
 	}
 	return p.cert, nil
 }
@@ -159,10 +161,21 @@ func unchanged(before, now os.FileInfo) bool {
 // then keeps the last one that did).
 type CAPool struct {
 	field, file string
+	// Logger, when set, is told of each bundle that replaces the one in
+	// use, and of each change of the file that does not load: the bundle
+	// in use then stays, and a CA an operator meant to retire with the
+	// change stays trusted, which must not pass in silence.
+	Logger *slog.Logger
 
 	mu    sync.Mutex
 	stamp os.FileInfo
 	pool  *x509.CertPool
+	// failed is the file as it was when it last did not load, at
+	// failedAt, with err; said is the last error logged.
+	failed   os.FileInfo
+	failedAt time.Time
+	err      error
+	said     string
 }
 
 // LoadCAPool reads the bundle for the first time; the error names field.
@@ -181,19 +194,60 @@ func (c *CAPool) Current() (*x509.CertPool, error) {
 	defer c.mu.Unlock()
 	fi, err := os.Stat(c.file)
 	if err != nil {
-		return c.pool, fmt.Errorf("%s: %w", c.field, err)
+		return c.pool, c.fail(fi, fmt.Errorf("%s: %w", c.field, err))
 	}
 	if c.pool != nil && unchanged(c.stamp, fi) {
 		return c.pool, nil
 	}
+	if c.err != nil && unchanged(c.failed, fi) && time.Since(c.failedAt) < retryFailed {
+		return c.pool, c.err
+	}
 	pem, err := os.ReadFile(c.file)
 	if err != nil {
-		return c.pool, fmt.Errorf("%s: %w", c.field, err)
+		return c.pool, c.fail(fi, fmt.Errorf("%s: %w", c.field, err))
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return c.pool, fmt.Errorf("%s %s: no PEM certificate in it", c.field, c.file)
+		return c.pool, c.fail(fi, fmt.Errorf("%s %s: no PEM certificate in it", c.field, c.file))
 	}
+	replaced := c.pool != nil
 	c.pool, c.stamp = pool, fi
+	c.err, c.said = nil, ""
+	if replaced && c.Logger != nil {
+		c.Logger.Info("client CA bundle reloaded", "field", c.field, "file", c.file)
+		WarnWritable(c.Logger, c.field, c.file, fi)
+	}
 	return c.pool, nil
+}
+
+// fail notes that the file as it is in fi did not load, with err, and logs
+// it when it is news: not again for every handshake while the file stays
+// as it is.
+func (c *CAPool) fail(fi os.FileInfo, err error) error {
+	c.failed, c.failedAt, c.err = fi, time.Now(), err
+	if c.pool != nil && c.Logger != nil && err.Error() != c.said {
+		c.said = err.Error()
+		c.Logger.Error("the client CA bundle changed but does not load; the bundle in use stays until it does, CAs taken out of it included",
+			"field", c.field, "err", err)
+	}
+	return err
+}
+
+// WarnWritable logs a warning when every user of the machine may write
+// file: whoever can could put a certificate, key or CA of their own in it,
+// read again within a second (a CA added to a client CA bundle passes
+// mutual TLS on every listener). A warning, not a refusal, as for the
+// config file: a folder shared into a container from Windows or macOS
+// shows every file as 0777. fi is the file's, nil to stat it.
+func WarnWritable(logger *slog.Logger, field, file string, fi os.FileInfo) {
+	if fi == nil {
+		var err error
+		if fi, err = os.Stat(file); err != nil {
+			return
+		}
+	}
+	if logger != nil && fi.Mode().Perm()&0o002 != 0 {
+		logger.Warn(field+" is writable by every user of this machine, who could put a certificate or CA of their own in it, read again within a second: chmod o-w it",
+			"file", file, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
 }
