@@ -452,6 +452,18 @@ func selfSigned(t *testing.T, dir string, notBefore, notAfter time.Time) (certFi
 	return certFile, keyFile
 }
 
+// copyCA copies the CA of certs to a file of the given mode, for a test to
+// rewrite, and returns its path.
+func copyCA(t *testing.T, certs *redistest.TLSFiles, mode os.FileMode) string {
+	t.Helper()
+	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
+	data, err := os.ReadFile(certs.CA)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(caFile, data, 0o600))
+	require.NoError(t, os.Chmod(caFile, mode)) // past the umask
+	return caFile
+}
+
 // startMTLSWithCAFile starts a server under mutual TLS whose client CA
 // bundle is caFile (a copy the test may rewrite), with its log in logs.
 func startMTLSWithCAFile(t *testing.T, certs *redistest.TLSFiles, caFile string, logs io.Writer) *testServer {
@@ -479,10 +491,7 @@ func mtlsAccepted(t *testing.T, addr string, c *tls.Config) bool {
 func TestAClientCABundleThatDoesNotLoadIsLogged(t *testing.T) {
 	old := redistest.NewTLSFiles(t, t.TempDir()) // the CA being retired
 	next := redistest.NewTLSFiles(t, t.TempDir())
-	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
-	data, err := os.ReadFile(old.CA)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(caFile, data, 0o600))
+	caFile := copyCA(t, old, 0o600)
 	var logs syncbuf.Buffer
 	ts := startMTLSWithCAFile(t, old, caFile, &logs)
 	addr := ts.srv.httpLn.Addr().String()
@@ -519,11 +528,7 @@ func TestAClientCABundleThatDoesNotLoadIsLogged(t *testing.T) {
 func TestAClientCABundleEveryUserMayWriteIsWarnedOf(t *testing.T) {
 	certs := redistest.NewTLSFiles(t, t.TempDir())
 	intruder := redistest.NewTLSFiles(t, t.TempDir())
-	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
-	data, err := os.ReadFile(certs.CA)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(caFile, data, 0o600))
-	require.NoError(t, os.Chmod(caFile, 0o666))
+	caFile := copyCA(t, certs, 0o666)
 	var logs syncbuf.Buffer
 	ts := startMTLSWithCAFile(t, certs, caFile, &logs)
 	addr := ts.srv.httpLn.Addr().String()
