@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -456,12 +457,17 @@ func (s *server) liveLine(ctx context.Context, k *keystore.Key) []string {
 }
 
 // reported is a GitHub-supplied string as a log line may hold it: left out
-// when it holds a key of ours (a file or gist named after the secret it
+// when it may hold a key of ours (a file or gist named after the secret it
 // leaks has the key in its URL, and a key never reaches a log, revoked or
-// not), else cut to 512 bytes. The key is looked for in the whole string,
-// before the cut could leave a piece of it the check no longer recognises.
+// not), else cut to 512 bytes. It is read as everything written out is
+// (Format.MayHoldKey: a key with one character mistyped or a space where
+// it was wrapped still gives away all but that character), and percent-
+// decoded too, as a URL may spell the key's "_" %5F. The key is looked for
+// in the whole string, before the cut could leave a piece of it the check
+// no longer recognises.
 func reported(f keystore.Format, v string) string {
-	if f.ResemblesKey(v) {
+	decoded, err := url.PathUnescape(v)
+	if f.MayHoldKey(v) || err == nil && decoded != v && f.MayHoldKey(decoded) {
 		return "(left out: it holds an API key)"
 	}
 	if len(v) > 512 {

@@ -134,6 +134,20 @@ func TestALeakReportsURLThatHoldsAKeyIsLeftOutOfTheLog(t *testing.T) {
 			{"the URL ends in the leaked key", func(k, _ string) string { return "https://github.com/octo/repo/blob/abc/" + k }, plain("content")},
 			{"the URL names it glued to other text", func(k, _ string) string { return "https://gist.github.com/octo/1#file-old_" + k + "_v2-env" }, plain("gist")},
 			{"the URL holds another live key", func(_, o string) string { return "https://github.com/octo/repo/blob/abc/" + o + ".txt" }, plain("content")},
+			// Not the key the report names, and not a key at all as written,
+			// but a live one all the same once the reader fixes one character.
+			{"the URL holds another key with its _ typed as -", func(_, o string) string {
+				return "https://github.com/octo/repo/blob/abc/" + strings.Replace(o, "_", "-", 1) + ".env"
+			}, plain("content")},
+			{"the URL holds another key with a dot inside", func(_, o string) string {
+				return "https://github.com/octo/repo/blob/abc/" + o[:24] + "." + o[24:] + ".txt"
+			}, plain("content")},
+			{"the URL holds another key percent-encoded", func(_, o string) string {
+				return "https://github.com/octo/repo/blob/abc/" + strings.Replace(o, "_", "%5F", 1) + ".txt"
+			}, plain("content")},
+			{"the source quotes another key wrapped at a space", plain("https://github.com/octo/repo/issues/1"), func(_, o string) string {
+				return "issue_comment:" + o[:30] + " " + o[30:]
+			}},
 			{"the source quotes the key", plain("https://github.com/octo/repo/issues/1"), func(k, _ string) string { return "issue_comment:" + k }},
 			{"a long URL holds the key across the cut", func(k, _ string) string { return long[:500] + k }, plain("content")},
 			{"a long URL holds the key past the cut", func(k, _ string) string { return long + k }, plain("content")},
