@@ -46,8 +46,9 @@ type Options struct {
 	// Now is the clock, for Event.Time and ErrorInterval. Default time.Now.
 	Now func() time.Time
 	// HoldsKey reports whether a string holds an API key, or enough of
-	// one to matter (keystore.Format.ResemblesKey). Record replaces each field a client
-	// wrote (request_id, path, host, user_agent) that does with
+	// one to matter (keystore.Format.MayHoldKey). Record replaces each field a client
+	// wrote (request_id, path, host, user_agent), and the key's name, owner
+	// and the change's actor, that does with
 	// RedactedMark: someone who pastes a key into a path or a header the
 	// decision does not read as a credential must not put it in the audit
 	// trail. Default: nothing is replaced.
@@ -166,7 +167,10 @@ func (l *Logger) Record(e Event) {
 		if e.Path != "" && l.holdsKey(heldKeyScope(cutQuery(e.Path))) {
 			e.Path = RedactedMark
 		}
-		for _, f := range [...]*string{&e.RequestID, &e.Host, &e.UserAgent} {
+		// The key's own labels too: a key made before labels were
+		// refused for holding most of a key, or written straight into
+		// the store, must not repeat a secret on every decision it makes.
+		for _, f := range [...]*string{&e.RequestID, &e.Host, &e.UserAgent, &e.KeyName, &e.Owner, &e.Actor} {
 			if *f != "" && l.holdsKey(heldKeyScope(*f)) {
 				*f = RedactedMark
 			}

@@ -147,18 +147,19 @@ func (f Format) ResemblesKey(s string) bool {
 
 // MayHoldKey is ResemblesKey read more loosely, for what is written out
 // (audit fields, log lines) only, where a false positive costs a field
-// replaced by a mark: it also sets off on the prefix followed by '-' or '.'
-// (the underscore mistyped), and counts the base62 characters after the
-// marker across up to maxKeyGaps bytes that no key has (a character
-// mistyped as '-' or '.', a space where the key was wrapped). A key with
-// one character mistyped that way carries all of its secret but one
-// character, which ResemblesKey's one run of 22 does not see. Read so
-// loosely, a marker counts only at the start of a word.
+// replaced by a mark: it also sets off on the prefix followed by '-', '.',
+// a space or "%5F" (the underscore mistyped, or percent-encoded), and counts
+// the base62 characters after the marker across up to maxKeyGaps runs of up
+// to maxGapBytes bytes that no key has (a character mistyped as '-' or '.',
+// white space or a line break where the key was wrapped). A key written
+// so carries all of its secret but a character or two, which
+// ResemblesKey's one run of 22 does not see. Read so loosely, a marker
+// counts only at the start of a word.
 func (f Format) MayHoldKey(s string) bool {
 	if f.ResemblesKey(s) {
 		return true
 	}
-	for _, sep := range [...]string{"_", "-", "."} {
+	for _, sep := range [...]string{"_", "-", ".", " ", "%5F", "%5f"} {
 		marker := f.prefix + sep
 		for i := 0; ; {
 			j := strings.Index(s[i:], marker)
@@ -173,17 +174,8 @@ func (f Format) MayHoldKey(s string) bool {
 				i++
 				continue
 			}
-			n, gaps := 0, 0
-			for k := i + len(marker); k < len(s); k++ {
-				if isBase62(s[k]) {
-					if n++; n >= resembleLen {
-						return true
-					}
-					continue
-				}
-				if gaps++; gaps > maxKeyGaps || n == 0 {
-					break
-				}
+			if base62RunAcrossGaps(s[i+len(marker):]) >= resembleLen {
+				return true
 			}
 			i++
 		}
@@ -191,8 +183,37 @@ func (f Format) MayHoldKey(s string) bool {
 	return false
 }
 
-// maxKeyGaps is how many bytes no key has MayHoldKey reads across.
-const maxKeyGaps = 3
+// base62RunAcrossGaps counts the base62 characters at the start of s, up
+// to resembleLen, read across at most maxKeyGaps runs of at most
+// maxGapBytes other bytes each.
+func base62RunAcrossGaps(s string) int {
+	n, gaps, gap := 0, 0, 0
+	for k := 0; k < len(s) && n < resembleLen; k++ {
+		if isBase62(s[k]) {
+			n, gap = n+1, 0
+			continue
+		}
+		if n == 0 {
+			break
+		}
+		if gap == 0 {
+			gaps++
+		}
+		if gap++; gaps > maxKeyGaps || gap > maxGapBytes {
+			break
+		}
+	}
+	return n
+}
+
+// maxKeyGaps is how many runs of bytes no key has MayHoldKey reads across,
+// and maxGapBytes how long each may be: a tab and three spaces, "\r\n"
+// and two spaces, or two no-break spaces (two bytes each in UTF-8) where a
+// key was wrapped.
+const (
+	maxKeyGaps  = 3
+	maxGapBytes = 4
+)
 
 // markers yields the index of each place in s where the prefix and its
 // underscore start, overlapping ones included, in order.

@@ -262,9 +262,19 @@ func TestAKeyPastedIntoANameOwnerPermissionOrMetadataIsRefused(t *testing.T) {
 	if secret[len(secret)-1] == '0' {
 		other = "1"
 	}
+	// A key with its checksum mistyped or cut is no key, but carries all
+	// of its secret, and a label is written out on every decision: refused
+	// as a key is, and so is one whose "_" was typed as "-".
 	broken := secret[:len(secret)-1] + other // its checksum's last character changed
-	assert.NoError(t, m.refusePastedKeys("old_"+broken, "", nil, nil), "a key-shaped string whose checksum fails is no key")
-	assert.NoError(t, m.refusePastedKeys("old_"+secret[:len(secret)-1], "", nil, nil), "nor one character short of a key")
+	for _, s := range []string{"old_" + broken, "old_" + secret[:len(secret)-1], "sk-" + secret[3:], "old " + secret[:20] + " " + secret[20:]} {
+		err := m.refusePastedKeys(s, "", nil, nil)
+		var fe *FieldError
+		require.ErrorAs(t, err, &fe, "%q", s)
+		assert.Equal(t, "name", fe.Field)
+		assert.NotContains(t, err.Error(), secret[3:20])
+	}
+	assert.NoError(t, m.refusePastedKeys("sk-learn model for fraud detection", "sk-team", []string{"read:sk-reports"}, map[string]string{"lib": "sk-learn 1.5.2"}),
+		"words after the prefix are no key")
 }
 
 func TestKeyJSONCarriesPoliciesAndMeta(t *testing.T) {
@@ -397,18 +407,25 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 		"sk." + key[3:],                    // as a dot
 		"sk_" + key[3:13] + "-" + key[13:], // a character mistyped as one no key has
 		"ua " + key[:3+20] + " " + key[3+20:],
-		"x sk_" + key[3:8] + ".." + key[8:], // two bytes no key has
+		"x sk_" + key[3:8] + ".." + key[8:],              // two bytes no key has
+		"sk%5F" + key[3:],                                // the underscore percent-encoded
+		"tool/1 key=sk " + key[3:],                       // typed as a space
+		"ua " + key[:3+20] + "\t   " + key[3+20:],        // wrapped at four bytes
+		"ua " + key[:3+20] + "\u00a0\u00a0" + key[3+20:], // at two no-break spaces
+		"sk_" + key[3:8] + "----" + key[8:13] + "-" + key[13:18] + "-" + key[18:], // three runs
 	} {
 		assert.True(t, f.MayHoldKey(s), "%q", s)
 	}
 	for _, s := range []string{
 		"",
 		"sk-fine",
-		"sk_" + key[3:3+resembleLen-1],      // 21 characters
-		"sk_" + key[3:8] + "----" + key[8:], // four gaps: read no further
-		key[3:],                             // no prefix
-		"task-" + strings.Repeat("ab-", 5) + "done",   // words, not a key
-		"/api/desk-booking-requests-history-overview", // a marker inside a word
+		"sk_" + key[3:3+resembleLen-1],       // 21 characters
+		"sk_" + key[3:8] + "-----" + key[8:], // five bytes in a row: read no further
+		"sk_" + key[3:6] + "-" + key[6:9] + "-" + key[9:12] + "-" + key[12:15] + "-" + key[15:], // four runs
+		"sk learn model for fraud detection",                                                    // words after a space
+		key[3:],                                                                                 // no prefix
+		"task-" + strings.Repeat("ab-", 5) + "done",                                             // words, not a key
+		"/api/desk-booking-requests-history-overview",                                           // a marker inside a word
 		"/api/task_management-dashboard-overview-2024",
 		"pk_" + key[3:],
 	} {

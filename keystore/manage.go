@@ -237,26 +237,29 @@ func ValidatePermissions(perms []string) error {
 }
 
 // refusePastedKeys rejects a name, owner, permission or metadata entry
-// that holds a key of the configured format anywhere (Format.ContainsKey):
-// someone pasted a secret where a label goes, and a label travels to logs,
-// audit events, Envoy's metadata and upstream headers (the owner as
-// x-authz-owner, on every request the key makes).
+// that holds a key of the configured format anywhere, or most of one
+// (Format.MayHoldKey: a key with its checksum mistyped or cut, its "_"
+// typed as "-", or wrapped, fails ContainsKey yet carries all of its
+// secret but a character or two): someone pasted a secret where a label
+// goes, and a label travels to logs, audit events, Envoy's metadata and
+// upstream headers (the owner as x-authz-owner), on every request the key
+// makes.
 func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[string]string) error {
-	looksLikeKey := m.Format.ContainsKey
+	looksLikeKey := m.Format.MayHoldKey
 	if looksLikeKey(name) {
-		return &FieldError{"name", "contains an API key; never put a key in a name"}
+		return &FieldError{"name", "contains an API key, or most of one; never put a key in a name"}
 	}
 	if looksLikeKey(owner) {
-		return &FieldError{"owner", "contains an API key; never put a key in an owner"}
+		return &FieldError{"owner", "contains an API key, or most of one; never put a key in an owner"}
 	}
 	for _, p := range perms {
 		if looksLikeKey(p) {
-			return &FieldError{"permissions", "a permission contains an API key; never put a key in a permission"}
+			return &FieldError{"permissions", "a permission contains an API key, or most of one; never put a key in a permission"}
 		}
 	}
 	for k, v := range meta {
 		if looksLikeKey(k) || looksLikeKey(v) {
-			return &FieldError{"meta", "an entry contains an API key; never put a key in metadata"}
+			return &FieldError{"meta", "an entry contains an API key, or most of one; never put a key in metadata"}
 		}
 	}
 	return nil

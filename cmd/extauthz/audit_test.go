@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -443,4 +445,76 @@ func TestAMistypedKeyInARequestFieldIsNotAudited(t *testing.T) {
 	for _, part := range []string{random[11:], random, random[20:]} {
 		assert.NotContains(t, out, part, "the audit holds %d of a key's 43 random characters", len(part))
 	}
+}
+
+// More spellings of a key in a request field that still carry all of its
+// secret: the "_" percent-encoded (as a client library encodes a value) or
+// typed as a space, a wrap at four bytes no key has.
+func TestAKeySpelledOtherwiseInARequestFieldIsNotAudited(t *testing.T) {
+	ts, audit := startAudited(t, false)
+	key, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:reports"}})
+	random := key[3 : 3+43]
+	cases := []map[string]string{
+		{"x-request-id": "sk%5F" + key[3:]},
+		{"user-agent": "tool/1 key=sk " + key[3:]},
+		{"user-agent": "ua " + key[:3+21] + "\t   " + key[3+21:]},
+	}
+	for _, h := range cases {
+		h["x-api-key"] = key
+		ts.check(t, "GET", "/api/reports/x", h)
+	}
+	require.Eventually(t, func() bool { return len(auditEvents(t, audit.String())) >= len(cases) }, 5*time.Second, 10*time.Millisecond)
+	for i, e := range auditEvents(t, audit.String()) {
+		line := fmt.Sprint(e["user_agent"], " ", e["request_id"])
+		assert.False(t, strings.Contains(line, random[:21]) && strings.Contains(line, random[21:]), "event %d holds all of a key's 43 random characters: %s", i, line)
+	}
+}
+
+// A key pasted with its checksum mistyped or cut into a key's name or owner
+// is no key, but carries all of its secret, and a key's labels are written
+// into the audit on every decision it makes: such labels are refused, by
+// the admin API and the Manager (the CLI), and a record that holds one all
+// the same (made before, or written straight into the store) has them
+// replaced in the audit.
+func TestAMistypedKeyInAKeysLabelsIsRefusedAndNeverAudited(t *testing.T) {
+	ts, audit := startAudited(t, true)
+	victim, _ := ts.create(t, keystore.Spec{Name: "victim", Permissions: []string{"read:reports"}})
+	writer, _ := ts.create(t, keystore.Spec{Name: "writer", Permissions: []string{"keys:write", "read:reports"}})
+	mistyped := []byte(victim)
+	mistyped[len(mistyped)-1] ^= 1 // the checksum's last character: all 43 random characters intact
+	cut := victim[:len(victim)-1]
+
+	req, err := http.NewRequest("POST", ts.adminURL+"/v1/keys", strings.NewReader(`{"name": "`+string(mistyped)+`", "permissions": ["read:reports"]}`))
+	require.NoError(t, err)
+	req.Header.Set("x-api-key", writer)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "%s", body)
+	assert.Contains(t, string(body), "name")
+	assert.NotContains(t, string(body), victim[3:20])
+	for _, spec := range []keystore.Spec{{Name: cut, Permissions: []string{"x"}}, {Name: "o", Owner: cut, Permissions: []string{"x"}}} {
+		_, _, err := ts.mgr.Create(context.Background(), spec, "cli")
+		var fe *keystore.FieldError
+		require.ErrorAs(t, err, &fe)
+	}
+
+	// Records that hold them all the same, as a store may from before.
+	for _, edit := range []func(k *keystore.Key){func(k *keystore.Key) { k.Name = cut }, func(k *keystore.Key) { k.Owner = cut }} {
+		secret, err := ts.mgr.Format.Generate()
+		require.NoError(t, err)
+		id, err := keystore.NewID(time.Now())
+		require.NoError(t, err)
+		k := &keystore.Key{ID: id, Name: "n", Owner: "o", Permissions: []string{"read:reports"}, CreatedAt: time.Now().UTC()}
+		edit(k)
+		require.NoError(t, ts.mgr.Store.Create(context.Background(), k, ts.mgr.Hasher.Hash(secret), 0))
+		resp := ts.check(t, "GET", "/api/reports/x", map[string]string{"x-api-key": secret})
+		require.NotNil(t, resp.GetOkResponse(), "%v", resp.GetStatus())
+	}
+	require.Eventually(t, func() bool { return len(auditEventsOf(t, audit.String(), "decision")) >= 2 }, 5*time.Second, 10*time.Millisecond)
+	assert.NotContains(t, audit.String(), victim[3:3+43], "the audit holds all 43 random characters of a key")
+	assert.Contains(t, audit.String(), `"key_name":"[redacted: held an API key]"`)
+	assert.Contains(t, audit.String(), `"owner":"[redacted: held an API key]"`)
 }
