@@ -47,12 +47,18 @@ type Options struct {
 	Now func() time.Time
 	// HoldsKey reports whether a string holds an API key, or enough of
 	// one to matter (keystore.Format.MayHoldKey). Record replaces each field a client
-	// wrote (request_id, path, host, user_agent), and the key's name, owner
-	// and the change's actor, that does with
+	// wrote (request_id, path, host, user_agent) that does with
 	// RedactedMark: someone who pastes a key into a path or a header the
 	// decision does not read as a credential must not put it in the audit
 	// trail. Default: nothing is replaced.
 	HoldsKey func(string) bool
+	// LabelHoldsKey is HoldsKey for a key's name and owner and a
+	// change's actor (keystore.Format.LabelHoldsKey, the reading a label
+	// is refused by when a key is made or changed): a key made before
+	// labels were refused so, or written into the store by hand, must not
+	// repeat a secret on every decision it makes, and a label that was
+	// accepted is never replaced. Default: HoldsKey.
+	LabelHoldsKey func(string) bool
 }
 
 // RedactedMark stands in the place of a request field that held a key.
@@ -77,6 +83,7 @@ type Logger struct {
 	log           *slog.Logger
 	now           func() time.Time
 	holdsKey      func(string) bool
+	labelHoldsKey func(string) bool // never nil when holdsKey is not
 
 	closed    atomic.Bool
 	stop      chan struct{} // closed by Close: flush and exit
@@ -132,10 +139,14 @@ func New(sink Sink, opts Options) *Logger {
 		log:           opts.Log,
 		now:           opts.Now,
 		holdsKey:      opts.HoldsKey,
+		labelHoldsKey: opts.LabelHoldsKey,
 		stop:          make(chan struct{}),
 		done:          make(chan struct{}),
 		runCtx:        ctx,
 		abort:         abort,
+	}
+	if l.labelHoldsKey == nil {
+		l.labelHoldsKey = l.holdsKey
 	}
 	go l.run()
 	return l
@@ -167,11 +178,13 @@ func (l *Logger) Record(e Event) {
 		if e.Path != "" && l.holdsKey(heldKeyScope(cutQuery(e.Path))) {
 			e.Path = RedactedMark
 		}
-		// The key's own labels too: a key made before labels were
-		// refused for holding most of a key, or written straight into
-		// the store, must not repeat a secret on every decision it makes.
-		for _, f := range [...]*string{&e.RequestID, &e.Host, &e.UserAgent, &e.KeyName, &e.Owner, &e.Actor} {
+		for _, f := range [...]*string{&e.RequestID, &e.Host, &e.UserAgent} {
 			if *f != "" && l.holdsKey(heldKeyScope(*f)) {
+				*f = RedactedMark
+			}
+		}
+		for _, f := range [...]*string{&e.KeyName, &e.Owner, &e.Actor} {
+			if *f != "" && l.labelHoldsKey(heldKeyScope(*f)) {
 				*f = RedactedMark
 			}
 		}

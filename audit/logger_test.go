@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -427,6 +429,44 @@ func TestHoldsKeySeesNoMoreThanCanBeWritten(t *testing.T) {
 	got := sink.written()
 	if len(got) != 1 || got[0].UserAgent != RedactedMark {
 		t.Errorf("a key cut in two by the cap: wrote %+v, want the user agent redacted", got)
+	}
+}
+
+// A key's name and owner and a change's actor are redacted by the label
+// reading (LabelHoldsKey: what refuses a label when a key is made), so a
+// record that holds a key all the same does not repeat it on every
+// decision, while a label of words that reading accepts is written as it
+// is, though the looser reading of client fields would take it for a key.
+func TestAKeysLabelsAreReadAsLabels(t *testing.T) {
+	f, err := keystore.NewFormat("sk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := f.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memorySink{}
+	l := New(sink, Options{HoldsKey: f.MayHoldKey, LabelHoldsKey: f.LabelHoldsKey})
+	words := "sk-learn classifier for fraud detection"
+	l.Record(Event{Type: TypeDecision, KeyName: "sk_live_payments_reconciliation", Owner: words, UserAgent: words})
+	l.Record(Event{Type: TypeKeyCreated, KeyName: key[:len(key)-1], Owner: "sk-" + key[3:], Actor: key})
+	closeLogger(t, l)
+	got := sink.written()
+	if len(got) != 2 {
+		t.Fatalf("wrote %d events", len(got))
+	}
+	if got[0].Type != TypeDecision { // changes are written first
+		got[0], got[1] = got[1], got[0]
+	}
+	if got[0].KeyName != "sk_live_payments_reconciliation" || got[0].Owner != words {
+		t.Errorf("labels of words written as %q and %q", got[0].KeyName, got[0].Owner)
+	}
+	if got[0].UserAgent != RedactedMark {
+		t.Errorf("a client field is read more loosely: user agent written as %q", got[0].UserAgent)
+	}
+	if got[1].KeyName != RedactedMark || got[1].Owner != RedactedMark || got[1].Actor != RedactedMark {
+		t.Errorf("labels holding a key written as %q, %q, %q", got[1].KeyName, got[1].Owner, got[1].Actor)
 	}
 }
 

@@ -151,14 +151,33 @@ func (f Format) ResemblesKey(s string) bool {
 // a space or "%5F" (the underscore mistyped, or percent-encoded), and counts
 // the base62 characters after the marker across up to maxKeyGaps runs of up
 // to maxGapBytes bytes that no key has (a character mistyped as '-' or '.',
-// white space or a line break where the key was wrapped). A key written
-// so carries all of its secret but a character or two, which
-// ResemblesKey's one run of 22 does not see. Read so loosely, a marker
-// counts only at the start of a word.
+// white space or a line break where the key was wrapped, right after the
+// marker too). A key written so carries all of its secret but a character
+// or two, which ResemblesKey's one run of 22 does not see. Read so loosely,
+// a marker counts only at the start of a word.
 func (f Format) MayHoldKey(s string) bool {
-	if f.ResemblesKey(s) {
-		return true
-	}
+	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps)
+}
+
+// LabelHoldsKey is the reading for a key's labels (its name, owner,
+// permissions and metadata), which are refused when they hold a key or
+// most of one and are written into every decision the key makes:
+// ContainsKey, and the prefix at the start of a word, followed by '_', '-',
+// '.', a space or "%5F", then (past at most maxGapBytes bytes no key has,
+// a wrap) 22 base62 characters in a row. That is a key with its checksum
+// mistyped or cut, or its underscore mistyped, but not words after the
+// prefix ("sk-learn GradientBoostingClassifier",
+// "sk_live_payments_reconciliation"), which MayHoldKey's reading across
+// gaps would take for one.
+func (f Format) LabelHoldsKey(s string) bool {
+	return f.ContainsKey(s) || f.nearKey(s, 0)
+}
+
+// nearKey reports whether s holds, where a word starts, the prefix and one
+// of the separators a key's underscore may be mistyped or encoded as,
+// followed by resembleLen base62 characters read across up to gaps runs of
+// bytes no key has (and one such run right after the separator).
+func (f Format) nearKey(s string, gaps int) bool {
 	for _, sep := range [...]string{"_", "-", ".", " ", "%5F", "%5f"} {
 		marker := f.prefix + sep
 		for i := 0; ; {
@@ -170,11 +189,11 @@ func (f Format) MayHoldKey(s string) bool {
 			if i > 0 && isBase62(s[i-1]) {
 				// Inside a word ("task-", "desk_"): read loosely there,
 				// hyphenated names would be taken for keys. A key glued
-				// to letters is ResemblesKey's.
+				// to letters is ResemblesKey's and ContainsKey's.
 				i++
 				continue
 			}
-			if base62RunAcrossGaps(s[i+len(marker):]) >= resembleLen {
+			if base62RunAcrossGaps(s[i+len(marker):], gaps) >= resembleLen {
 				return true
 			}
 			i++
@@ -184,11 +203,15 @@ func (f Format) MayHoldKey(s string) bool {
 }
 
 // base62RunAcrossGaps counts the base62 characters at the start of s, up
-// to resembleLen, read across at most maxKeyGaps runs of at most
-// maxGapBytes other bytes each.
-func base62RunAcrossGaps(s string) int {
-	n, gaps, gap := 0, 0, 0
-	for k := 0; k < len(s) && n < resembleLen; k++ {
+// to resembleLen, read past a first run of at most maxGapBytes other bytes
+// and across at most gaps more such runs.
+func base62RunAcrossGaps(s string, gaps int) int {
+	k := 0
+	for k < len(s) && k < maxGapBytes && !isBase62(s[k]) {
+		k++
+	}
+	n, runs, gap := 0, 0, 0
+	for ; k < len(s) && n < resembleLen; k++ {
 		if isBase62(s[k]) {
 			n, gap = n+1, 0
 			continue
@@ -197,9 +220,9 @@ func base62RunAcrossGaps(s string) int {
 			break
 		}
 		if gap == 0 {
-			gaps++
+			runs++
 		}
-		if gap++; gaps > maxKeyGaps || gap > maxGapBytes {
+		if gap++; runs > gaps || gap > maxGapBytes {
 			break
 		}
 	}

@@ -266,15 +266,27 @@ func TestAKeyPastedIntoANameOwnerPermissionOrMetadataIsRefused(t *testing.T) {
 	// of its secret, and a label is written out on every decision: refused
 	// as a key is, and so is one whose "_" was typed as "-".
 	broken := secret[:len(secret)-1] + other // its checksum's last character changed
-	for _, s := range []string{"old_" + broken, "old_" + secret[:len(secret)-1], "sk-" + secret[3:], "old " + secret[:20] + " " + secret[20:]} {
+	for _, s := range []string{"old_" + broken, "old_" + secret[:len(secret)-1], "sk-" + secret[3:], "sk_ " + secret[3:]} {
 		err := m.refusePastedKeys(s, "", nil, nil)
 		var fe *FieldError
 		require.ErrorAs(t, err, &fe, "%q", s)
 		assert.Equal(t, "name", fe.Field)
 		assert.NotContains(t, err.Error(), secret[3:20])
 	}
-	assert.NoError(t, m.refusePastedKeys("sk-learn model for fraud detection", "sk-team", []string{"read:sk-reports"}, map[string]string{"lib": "sk-learn 1.5.2"}),
-		"words after the prefix are no key")
+	// Words after the prefix are no key, however long: a label is read
+	// for a key's characters in a row, not across gaps as output is.
+	for _, tc := range []struct {
+		name, owner string
+		meta        map[string]string
+	}{
+		{name: "sk-learn model for fraud detection"},
+		{name: "sk-learn classifier for fraud detection"},
+		{name: "sk_live_payments_reconciliation"},
+		{name: "ok", owner: "servicedesk_integrationaccountsforproduction"},
+		{name: "ok", meta: map[string]string{"model": "sk-learn GradientBoostingClassifier", "lib": "sk-learn 1.5.2"}},
+	} {
+		assert.NoError(t, m.refusePastedKeys(tc.name, tc.owner, []string{"read:sk-reports"}, tc.meta), "%q %q %v", tc.name, tc.owner, tc.meta)
+	}
 }
 
 func TestKeyJSONCarriesPoliciesAndMeta(t *testing.T) {
@@ -413,6 +425,9 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 		"ua " + key[:3+20] + "\t   " + key[3+20:],        // wrapped at four bytes
 		"ua " + key[:3+20] + "\u00a0\u00a0" + key[3+20:], // at two no-break spaces
 		"sk_" + key[3:8] + "----" + key[8:13] + "-" + key[13:18] + "-" + key[18:], // three runs
+		"ua " + key[:3] + "\r\n  " + key[3:],                                      // wrapped right after the underscore
+		"ua " + key[:3] + " " + key[3:],
+		"ua sk-\t" + key[3:],
 	} {
 		assert.True(t, f.MayHoldKey(s), "%q", s)
 	}

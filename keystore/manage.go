@@ -238,14 +238,13 @@ func ValidatePermissions(perms []string) error {
 
 // refusePastedKeys rejects a name, owner, permission or metadata entry
 // that holds a key of the configured format anywhere, or most of one
-// (Format.MayHoldKey: a key with its checksum mistyped or cut, its "_"
-// typed as "-", or wrapped, fails ContainsKey yet carries all of its
-// secret but a character or two): someone pasted a secret where a label
-// goes, and a label travels to logs, audit events, Envoy's metadata and
-// upstream headers (the owner as x-authz-owner), on every request the key
-// makes.
+// (Format.LabelHoldsKey: a key with its checksum mistyped or cut, or its
+// "_" typed as "-", fails ContainsKey yet carries all of its secret but a
+// character or two): someone pasted a secret where a label goes, and a
+// label travels to logs, audit events, Envoy's metadata and upstream
+// headers (the owner as x-authz-owner), on every request the key makes.
 func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[string]string) error {
-	looksLikeKey := m.Format.MayHoldKey
+	looksLikeKey := m.Format.LabelHoldsKey
 	if looksLikeKey(name) {
 		return &FieldError{"name", "contains an API key, or most of one; never put a key in a name"}
 	}

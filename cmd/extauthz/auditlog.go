@@ -26,7 +26,7 @@ func newAuditLogger(cfg *config.Config, be *backend, w io.Writer, logger *slog.L
 	default:
 		sink = audit.NewWriterSink(w)
 	}
-	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger, HoldsKey: cfg.Keys.Format.MayHoldKey})
+	return audit.New(sink, audit.Options{QueueSize: cfg.Audit.QueueSize, Log: logger, HoldsKey: cfg.Keys.Format.MayHoldKey, LabelHoldsKey: cfg.Keys.Format.LabelHoldsKey})
 }
 
 // auditChanges makes m's key changes audit events, those whose outcome
