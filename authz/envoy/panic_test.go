@@ -78,3 +78,29 @@ func TestAPanicInCheckIsObserved(t *testing.T) {
 	assert.Equal(t, "203.0.113.9", d.ClientIP.String())
 	assert.Equal(t, "/api/users", d.Path)
 }
+
+// spans records the decisions the spans it starts end with.
+type spans struct{ ended []authz.Decision }
+
+func (s *spans) Start(ctx context.Context, _ *authz.Request) (context.Context, func(*authz.Decision)) {
+	return ctx, func(d *authz.Decision) { s.ended = append(s.ended, *d) }
+}
+
+// The span of a check that panics ends, as the 503 it is answered with:
+// left open, the trace would show the check as never answered, and the
+// span's memory would be held until the exporter gave up on it.
+func TestAPanickedChecksSpanEnds(t *testing.T) {
+	f := authztest.New(t, nil)
+	f.Rebuild(panickyKeys{secret: f.Good}, nil)
+	var sp spans
+	s := &CheckServer{Authz: f.Authz, Tracer: &sp, Logger: slog.New(slog.DiscardHandler)}
+	in := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+		Method: "GET", Path: "/api/users", Headers: map[string]string{"x-api-key": f.Good},
+	}}}}
+	resp, err := s.Check(context.Background(), in)
+	require.NoError(t, err)
+	assert.Equal(t, int32(codes.Unavailable), resp.GetStatus().GetCode())
+	require.Len(t, sp.ended, 1, "the span ends")
+	assert.Equal(t, authz.CodeUnavailable, sp.ended[0].Code)
+	assert.Equal(t, "/api/users", sp.ended[0].Path)
+}

@@ -112,6 +112,7 @@ func (s *CheckServer) Check(ctx context.Context, in *authv3.CheckRequest) (*auth
 // a response that cannot be sent (errNotUTF8).
 func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, err error) {
 	start := time.Now()
+	var traced func(*authz.Decision)
 	defer func() {
 		if r := recover(); r != nil {
 			authz.LogPanic(s.Logger, "check", r)
@@ -119,9 +120,9 @@ func (s *CheckServer) check(ctx context.Context, st *checkState) (resp []byte, e
 			d.Deny(authz.CodeUnavailable, "")
 			resp, _, err = s.appendResponse(nil, nil, &authz.Request{Headers: authz.HeaderMap{}}, &d)
 			s.observePanic(st, &d, time.Since(start))
+			authz.EndPanicked(traced, st.d)
 		}
 	}()
-	var traced func(*authz.Decision)
 	if s.Tracer != nil {
 		ctx, traced = s.Tracer.Start(ctx, &st.req)
 	}

@@ -150,14 +150,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode, set *
 		ctx, traced = s.Tracer.Start(ctx, &req)
 	}
 	var d authz.Decision
-	if s.Observer != nil {
+	if s.Observer != nil || traced != nil {
 		// A check that panics is audited too, as the 503 the server's
 		// recovery answers, with what the decision had read: someone who
 		// found an input that crashes a check is attributed for each try.
-		// The panic goes on to that recovery, which logs it.
+		// Its span ends so too. The panic goes on to that recovery, which
+		// logs it.
 		defer func() {
 			if v := recover(); v != nil {
-				observePanic(s.Observer, &req, d, time.Since(start))
+				if s.Observer != nil {
+					observePanic(s.Observer, &req, d, time.Since(start))
+				}
+				authz.EndPanicked(traced, d)
 				panic(v)
 			}
 		}()
@@ -210,8 +214,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode, set *
 // had read. A panic of the Observer itself is not retried.
 func observePanic(obs authz.Observer, req *authz.Request, d authz.Decision, latency time.Duration) {
 	defer func() { _ = recover() }()
-	p := authz.Decision{ClientIP: d.ClientIP, Method: d.Method, Path: d.Path, Policy: d.Policy, Route: d.Route, Key: d.Key}
-	p.Deny(authz.CodeUnavailable, "")
+	p := authz.Panicked(d)
 	obs.Observe(req, &p, latency)
 }
 

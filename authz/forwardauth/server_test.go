@@ -482,6 +482,46 @@ func TestAPanicInAnHTTPCheckIsObserved(t *testing.T) {
 	assert.Equal(t, "/api/users", d.Path)
 }
 
+// spans records the decisions the spans it starts end with.
+type spans struct {
+	mu    sync.Mutex
+	ended []authz.Decision
+}
+
+func (s *spans) Start(ctx context.Context, _ *authz.Request) (context.Context, func(*authz.Decision)) {
+	return ctx, func(d *authz.Decision) { s.mu.Lock(); s.ended = append(s.ended, *d); s.mu.Unlock() }
+}
+
+// The span of an HTTP check that panics ends, as the 503 it is answered
+// with, with no Observer set too; the panic still reaches the server's
+// recovery.
+func TestAPanickedHTTPChecksSpanEnds(t *testing.T) {
+	f := authztest.New(t, nil)
+	f.Rebuild(panickyKeys{}, nil)
+	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: "x-forwarded", XFFHops: 1}, nil)
+	var sp spans
+	s.Tracer = &sp
+	var recovered any
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if recovered = recover(); recovered != nil {
+				WriteError(w, http.StatusServiceUnavailable, authz.CodeUnavailable, "internal error")
+			}
+		}()
+		s.Handler(nil).ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	resp, _ := do(t, srv, "GET", "/authz", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7",
+		"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"})
+	assert.Equal(t, 503, resp.StatusCode)
+	assert.Equal(t, "boom", recovered, "the panic goes on to the server's recovery")
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	require.Len(t, sp.ended, 1, "the span ends")
+	assert.Equal(t, authz.CodeUnavailable, sp.ended[0].Code)
+	assert.Equal(t, "/api/users", sp.ended[0].Path)
+}
+
 // A proxy that appends its original-request header to one the client sent
 // (HAProxy's add-header, Apache's RequestHeader add) puts the client's line
 // first, where a reader of the first line takes the client's path, method
