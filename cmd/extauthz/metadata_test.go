@@ -21,6 +21,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/extauthz/extauthz/internal/syncbuf"
 )
 
 // countingConn counts the bytes a client writes.
@@ -128,7 +130,8 @@ func liveHeapBytes() int64 {
 // as before.
 func TestACallsMetadataIsBoundedAsDecoded(t *testing.T) {
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
-	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard}, func(s *server) { s.maxCall = 3 * time.Second })
+	var logs syncbuf.Buffer
+	ts := startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard}, func(s *server) { s.maxCall = 3 * time.Second })
 	addr := ts.srv.grpcLn.Addr().String()
 	const calls, padBytes = 500, 2800
 
@@ -150,6 +153,12 @@ func TestACallsMetadataIsBoundedAsDecoded(t *testing.T) {
 	assert.Zero(t, heldChecks(), "no call over the bound is held")
 	t.Logf("%d calls of 44.8 KB of metadata each, %d bytes sent: the server holds %d KiB after refusing them", calls, sent, held>>10)
 	assert.Less(t, held, int64(16*sent), "the server holds %d KiB for %d bytes sent", held>>10, sent)
+	// An operator whose Envoy or mesh sends more than that hears why every
+	// check fails, a few lines a minute, not one per call.
+	refusals := strings.Count(logs.String(), "gRPC call refused: its metadata holds")
+	assert.Positive(t, refusals, "the refusal is logged:\n%s", logs.String())
+	assert.LessOrEqual(t, refusals, listenerLogBurst, "and at most a few times a minute")
+	assert.Contains(t, logs.String(), "/envoy.service.auth.v3.Authorization/Check")
 
 	// A health Watch is held without a deadline: over the bound, refused too.
 	watches := dialRaw(t, addr)

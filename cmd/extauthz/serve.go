@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -29,6 +30,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
@@ -306,6 +308,10 @@ type server struct {
 	httpMode *forwardauth.Server
 	audit    *audit.Logger
 	metrics  *prometheus.Registry
+	// refusedCalls logs, a few a minute, the gRPC calls boundCall refuses
+	// for their metadata: an Envoy or mesh that sends more than the bound
+	// has every check fail, and this says why.
+	refusedCalls *log.Logger
 	// endWatches tells the health Watch streams that shutdown has begun
 	// (healthService.ending).
 	endWatches context.CancelFunc
@@ -438,6 +444,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	if tc := s.tls.config("h2"); tc != nil {
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tc)))
 	}
+	s.refusedCalls = listenerErrorLog(logger, cfg.Keys.Format.MayHoldKey)
 	s.grpc = grpc.NewServer(append(grpcOpts,
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: grpcConnLimits.Idle}),
 		grpc.ConnectionTimeout(grpcConnLimits.Handshake),
@@ -824,6 +831,14 @@ func (refuseCompressed) Type() string { return "gzip" }
 // never comes ends at the deadline too.
 func (s *server) boundCall(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if n := metadataBytes(info.Header); n > grpcMaxCallMetadataBytes {
+		if s.refusedCalls != nil {
+			from := "an unknown address"
+			if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+				from = p.Addr.String()
+			}
+			s.refusedCalls.Printf("gRPC call refused: its metadata holds %d bytes once decoded, over the %d a call may keep (method %s, from %s)",
+				n, grpcMaxCallMetadataBytes, info.FullMethodName, from)
+		}
 		return nil, status.Errorf(codes.ResourceExhausted, "the call's metadata holds %d bytes once decoded, over the %d this server keeps for a call", n, grpcMaxCallMetadataBytes)
 	}
 	if info.FullMethodName == healthpb.Health_Watch_FullMethodName {
