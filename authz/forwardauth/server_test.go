@@ -455,10 +455,26 @@ func (o *observed) Observe(_ *authz.Request, d *authz.Decision, _ time.Duration)
 // the path the decision had read; the panic still reaches the server's
 // recovery.
 func TestAPanicInAnHTTPCheckIsObserved(t *testing.T) {
+	var obs observed
+	checkThatPanics(t, func(s *Server) { s.Observer = &obs })
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	require.Len(t, obs.decisions, 1, "the panicked check is observed")
+	d := obs.decisions[0]
+	assert.Equal(t, authz.CodeUnavailable, d.Code)
+	assert.Equal(t, "10.0.0.7", d.ClientIP.String())
+	assert.Equal(t, "/api/users", d.Path)
+}
+
+// checkThatPanics sends, over a real HTTP connection, a check whose key
+// lookup panics to a server set up by tune, and asserts it is answered
+// 503 and that the panic reaches the server's recovery.
+func checkThatPanics(t *testing.T, tune func(*Server)) {
+	t.Helper()
 	f := authztest.New(t, nil)
 	f.Rebuild(panickyKeys{}, nil)
-	var obs observed
-	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: "x-forwarded", XFFHops: 1}, &obs)
+	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: "x-forwarded", XFFHops: 1}, nil)
+	tune(s)
 	var recovered any
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
@@ -473,13 +489,6 @@ func TestAPanicInAnHTTPCheckIsObserved(t *testing.T) {
 		"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"})
 	assert.Equal(t, 503, resp.StatusCode)
 	assert.Equal(t, "boom", recovered, "the panic goes on to the server's recovery")
-	obs.mu.Lock()
-	defer obs.mu.Unlock()
-	require.Len(t, obs.decisions, 1, "the panicked check is observed")
-	d := obs.decisions[0]
-	assert.Equal(t, authz.CodeUnavailable, d.Code)
-	assert.Equal(t, "10.0.0.7", d.ClientIP.String())
-	assert.Equal(t, "/api/users", d.Path)
 }
 
 // spans records the decisions the spans it starts end with.
@@ -493,28 +502,10 @@ func (s *spans) Start(ctx context.Context, _ *authz.Request) (context.Context, f
 }
 
 // The span of an HTTP check that panics ends, as the 503 it is answered
-// with, with no Observer set too; the panic still reaches the server's
-// recovery.
+// with, with no Observer set too.
 func TestAPanickedHTTPChecksSpanEnds(t *testing.T) {
-	f := authztest.New(t, nil)
-	f.Rebuild(panickyKeys{}, nil)
-	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: "x-forwarded", XFFHops: 1}, nil)
 	var sp spans
-	s.Tracer = &sp
-	var recovered any
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if recovered = recover(); recovered != nil {
-				WriteError(w, http.StatusServiceUnavailable, authz.CodeUnavailable, "internal error")
-			}
-		}()
-		s.Handler(nil).ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	resp, _ := do(t, srv, "GET", "/authz", map[string]string{"X-Api-Key": f.Good, "X-Forwarded-For": "10.0.0.7",
-		"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/users"})
-	assert.Equal(t, 503, resp.StatusCode)
-	assert.Equal(t, "boom", recovered, "the panic goes on to the server's recovery")
+	checkThatPanics(t, func(s *Server) { s.Tracer = &sp })
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
 	require.Len(t, sp.ended, 1, "the span ends")
