@@ -622,7 +622,11 @@ func (c *Cache) RunTouches(ctx context.Context, interval time.Duration) {
 		}
 		if err := c.store.TouchLastUsed(ctx, pending); err != nil {
 			c.opts.Logger.Warn("write last_used_at", "keys", len(pending), "err", err)
-			return // keep them for the next round
+			if !errors.Is(err, ErrUnreadableRecord) {
+				return // keep them for the next round
+			}
+			// The rest were written, and the skipped records read no
+			// better next round: keeping them would only read them again.
 		}
 		pending = map[string]time.Time{}
 	}

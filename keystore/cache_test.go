@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"strings"
@@ -31,6 +32,10 @@ type countingStore struct {
 	gate    chan struct{} // when non-nil, Lookup waits on it
 	jitter  bool          // Lookup yields the processor a few times, to vary interleavings
 	touched map[string]time.Time
+	// touchErr, when set, answers TouchLastUsed after touches records
+	// what it was sent.
+	touchErr func(used map[string]time.Time) error
+	touches  []map[string]time.Time
 }
 
 func newCountingStore() *countingStore {
@@ -72,6 +77,10 @@ func (s *countingStore) set(h Hash, k *Key) {
 func (s *countingStore) TouchLastUsed(_ context.Context, used map[string]time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.touches = append(s.touches, maps.Clone(used))
+	if s.touchErr != nil {
+		return s.touchErr(used)
+	}
 	for id, at := range used {
 		s.touched[id] = at
 	}
@@ -454,6 +463,46 @@ func TestLastUseIsWrittenBehindAtMostOncePerInterval(t *testing.T) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	assert.True(t, st.touched["key_known"].After(first), "the later use wins")
+}
+
+// A last use the store could not write is sent again with the next
+// round's, unless the store skipped it for a record that does not read as
+// a key (and wrote the rest): sending it again would only read that record
+// again, every round, for as long as the process runs.
+func TestLastUseIsKeptForTheNextRoundOnlyWhenTryingAgainCanHelp(t *testing.T) {
+	for _, tc := range []struct {
+		err      error
+		sentLast bool
+	}{
+		{fmt.Errorf("touch: %w: connection refused", ErrUnavailable), true},
+		{fmt.Errorf("touch: last use not written for key_known: %w", ErrUnreadableRecord), false},
+	} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			c, st, _, h := setup(t)
+			st.touchErr = func(map[string]time.Time) error { return tc.err }
+			_, err := c.Lookup(context.Background(), h)
+			require.NoError(t, err)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { c.RunTouches(ctx, 5*time.Millisecond); close(done) }()
+			require.Eventually(t, func() bool {
+				st.mu.Lock()
+				defer st.mu.Unlock()
+				return len(st.touches) >= 1
+			}, 5*time.Second, time.Millisecond)
+			cancel()
+			<-done // shutdown sends whatever is still kept
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			assert.Contains(t, st.touches[0], "key_known")
+			if tc.sentLast {
+				require.GreaterOrEqual(t, len(st.touches), 2)
+				assert.Contains(t, st.touches[len(st.touches)-1], "key_known", "kept for the next round")
+			} else {
+				assert.Len(t, st.touches, 1, "sent again")
+			}
+		})
+	}
 }
 
 func BenchmarkCacheHit(b *testing.B) {

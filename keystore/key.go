@@ -240,6 +240,11 @@ var (
 	// through for its earlier keys still in their grace period (which a
 	// rate change and a keys:write caller's rotation need to know).
 	ErrLineTooLong = errors.New("the key's line of rotations is too long to look through")
+	// ErrUnreadableRecord: TouchLastUsed found records that do not read as
+	// key records (written by hand, or damaged) and left them as they are;
+	// it wrote the other ids' last use. Trying those ids again changes
+	// nothing until their records are rewritten.
+	ErrUnreadableRecord = errors.New("a stored record does not read as a key record")
 )
 
 // ListOptions selects and pages keys for Store.List.
@@ -361,6 +366,9 @@ type Store interface {
 	Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error)
 	// TouchLastUsed records last-use times in bulk (write-behind; ids that no
 	// longer exist are ignored). It is not a change: it does not reach Watch.
+	// An error wrapping ErrUnreadableRecord means the records it names were
+	// skipped and every other id written: one damaged record does not stop
+	// last use being recorded for all the others.
 	TouchLastUsed(ctx context.Context, used map[string]time.Time) error
 	// Watch calls onChange with the hash of every key that changes after Watch
 	// is called, in every process sharing the store, until ctx is done. When

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // TouchLastUsed moves last_used_at forward (never back) for the ids that
@@ -23,6 +26,7 @@ func (s *Store) TouchLastUsed(ctx context.Context, used map[string]time.Time) er
 			ids = append(ids, id)
 		}
 	}
+	var unreadable []string
 	for attempt := 0; len(ids) > 0; attempt++ {
 		if attempt == updateAttempts {
 			return fmt.Errorf("redis touch: %d records kept changing; gave up after %d attempts", len(ids), updateAttempts)
@@ -30,11 +34,12 @@ func (s *Store) TouchLastUsed(ctx context.Context, used map[string]time.Time) er
 		var retry []string
 		for start := 0; start < len(ids); start += touchBatch {
 			chunk := ids[start:min(start+touchBatch, len(ids))]
-			conflicts, err := s.touch(ctx, chunk, used)
+			conflicts, skipped, err := s.touch(ctx, chunk, used)
 			if err != nil {
 				return err
 			}
 			retry = append(retry, conflicts...)
+			unreadable = append(unreadable, skipped...)
 		}
 		ids = retry
 		if len(ids) > 0 {
@@ -43,7 +48,22 @@ func (s *Store) TouchLastUsed(ctx context.Context, used map[string]time.Time) er
 			}
 		}
 	}
-	return nil
+	return unreadableRecords(unreadable)
+}
+
+// unreadableRecords is TouchLastUsed's answer when the records of ids
+// were skipped: an error naming a few of them (ids are public), nil for
+// none.
+func unreadableRecords(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	named := strings.Join(ids[:min(len(ids), 3)], ", ")
+	if len(ids) > 3 {
+		named += fmt.Sprintf(" and %d more", len(ids)-3)
+	}
+	return fmt.Errorf("redis touch: last use not written for %s: %w", named, keystore.ErrUnreadableRecord)
 }
 
 // backoff waits a random moment, growing with attempt, before an
@@ -60,11 +80,12 @@ func backoff(ctx context.Context, attempt int) error {
 	}
 }
 
-// touch writes one batch and returns the ids whose records changed meanwhile.
-func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Time) ([]string, error) {
+// touch writes one batch and returns the ids whose records changed
+// meanwhile, and those whose records it skipped as unreadable.
+func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Time) (conflicts, unreadable []string, err error) {
 	hashes, raws, err := s.readRaw(ctx, ids)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var keys, whose []string
 	var args []any
@@ -74,7 +95,8 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 		}
 		k, err := decode(raw)
 		if err != nil {
-			return nil, fmt.Errorf("redis touch: key %s: %w", ids[i], err)
+			unreadable = append(unreadable, ids[i])
+			continue
 		}
 		t := used[ids[i]].UTC()
 		if k.LastUsedAt != nil && !t.After(*k.LastUsedAt) {
@@ -82,26 +104,27 @@ func (s *Store) touch(ctx context.Context, ids []string, used map[string]time.Ti
 		}
 		newRaw, err := withLastUsed(raw, t)
 		if err != nil {
-			return nil, fmt.Errorf("redis touch: key %s: %w", ids[i], err)
+			unreadable = append(unreadable, ids[i])
+			continue
 		}
 		keys = append(keys, s.keys.record(hashes[i]))
 		whose = append(whose, ids[i])
 		args = append(args, raw, newRaw)
 	}
 	if len(keys) == 0 {
-		return nil, nil
+		return nil, unreadable, nil
 	}
 	res, err := s.runScript(ctx, touchScript, keys, args...).Int64Slice()
 	if err != nil {
-		return nil, unavailable("touch", err)
+		return nil, nil, unavailable("touch", err)
 	}
-	conflicts := make([]string, 0, len(res))
+	conflicts = make([]string, 0, len(res))
 	for _, i := range res {
 		if i >= 1 && int(i) <= len(whose) {
 			conflicts = append(conflicts, whose[i-1])
 		}
 	}
-	return conflicts, nil
+	return conflicts, unreadable, nil
 }
 
 // withLastUsed returns rec, a stored record, with its last_used_at set to

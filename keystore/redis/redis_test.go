@@ -704,6 +704,56 @@ func TestConcurrentTouchAndUpdateLoseNothing(t *testing.T) {
 	require.True(t, got.LastUsedAt.Equal(base.Add((n-1)*time.Second)), "last_used_at %v, want the latest touch", got.LastUsedAt)
 }
 
+// A record that does not read as a key (damaged, or written by hand) is
+// left as it is, and every other key's last use is still written: an error
+// for the whole batch made each round of the write-behind fail, for every
+// key of every replica, for as long as that record stayed.
+func TestAnUnreadableRecordStopsNoOtherKeysLastUse(t *testing.T) {
+	srv := redistest.Start(t)
+	raw := dial(t, Options{URL: srv.URL(0)})
+	s := newStore(t, srv, testPrefix)
+	ctx := t.Context()
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	used := map[string]time.Time{}
+	var good []string
+	for range 4 {
+		k, _, _ := create(t, s, "alice")
+		used[k.ID] = at
+		good = append(good, k.ID)
+	}
+	damaged := map[string]string{}
+	for _, tc := range []func(string) string{
+		func(string) string { return "not json" },
+		func(rec string) string {
+			return strings.Replace(rec, `"permissions":["read:users"]`, `"permissions":"read:users"`, 1)
+		},
+	} {
+		k, h, _ := create(t, s, "alice")
+		record := s.keys.record(h.String())
+		before, err := raw.Get(ctx, record).Result()
+		require.NoError(t, err)
+		after := tc(before)
+		require.NotEqual(t, before, after)
+		require.NoError(t, raw.Set(ctx, record, after, 0).Err())
+		damaged[record] = after
+		used[k.ID] = at
+	}
+
+	err := s.TouchLastUsed(ctx, used)
+	require.ErrorIs(t, err, keystore.ErrUnreadableRecord)
+	for _, id := range good {
+		got, err := s.Get(ctx, id)
+		require.NoError(t, err)
+		require.NotNil(t, got.LastUsedAt, "key %s", id)
+		assert.True(t, got.LastUsedAt.Equal(at))
+	}
+	for record, want := range damaged {
+		got, err := raw.Get(ctx, record).Result()
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "a record that does not read was rewritten")
+	}
+}
+
 func BenchmarkLookup(b *testing.B) {
 	srv := redistest.Start(b)
 	s := newStore(b, srv, testPrefix)
