@@ -1103,9 +1103,10 @@ func TestAnAuditQueueTooLargeToMakeIsAnErrorNotAPanic(t *testing.T) {
 }
 
 // A key printed into a file that other users of the host may read (a
-// shell's "> key.json" under umask 022) would be theirs too: the file is
-// made its owner's alone before the key is made, and one that cannot be is
-// refused with no key made. Whatever else stdout is stays as it is.
+// shell's "> key.json" under umask 022) would be theirs too, and making the
+// file private first would not do: whoever opened it while it was readable
+// keeps reading it. Such a file is refused, left as it was, and no key is
+// made. Whatever else stdout is stays as it is.
 func TestANewKeyIsNeverWrittenToAFileOtherUsersCanRead(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "k.db")
 	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\naudit: {sink: none}\n", db))
@@ -1130,37 +1131,42 @@ func TestANewKeyIsNeverWrittenToAFileOtherUsersCanRead(t *testing.T) {
 		}
 		fi, err := os.Stat(name)
 		require.NoError(t, err)
-		assert.Equal(t, mode&0o700, fi.Mode().Perm(), "%s: the file is its owner's alone", strings.Join(args, " "))
+		assert.Equal(t, mode, fi.Mode().Perm(), "%s: the file's mode is left as it was", strings.Join(args, " "))
 		out, err := os.ReadFile(name)
 		require.NoError(t, err)
 		return string(out), errb.String(), code
 	}
-	var id string
+	listed := func() string {
+		out, errOut, code := cliRun(t, "keys", "list", "--all", "--json", "--config", path)
+		require.Equal(t, 0, code, errOut)
+		return out
+	}
+
+	out, errOut, code := runInto(0o600, "keys", "create", "--name", "mine", "--perm", "x", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, `"key": "sk_`, "the key is printed to a file only its owner may read")
+	assert.NotContains(t, errOut, "other users", "a private file is left as it is")
+	var mine struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(out), &mine))
+
 	for _, c := range []struct {
 		mode os.FileMode
 		args []string
 	}{
 		{0o644, []string{"keys", "create", "--name", "a", "--perm", "x", "--json"}},
-		{0o660, []string{"keys", "create", "--name", "b", "--perm", "x"}},
-		{0o606, []string{"keys", "rotate", "ID", "--grace", "1h", "--json"}},
-		{0o600, []string{"keys", "create", "--name", "c", "--perm", "x", "--json"}},
+		{0o640, []string{"keys", "create", "--name", "b", "--perm", "x"}},
+		{0o604, []string{"keys", "create", "--name", "c", "--perm", "x"}},
+		{0o660, []string{"keys", "rotate", mine.ID, "--grace", "1h", "--json"}},
+		{0o606, []string{"keys", "rotate", mine.ID}},
 	} {
-		if c.args[1] == "rotate" {
-			c.args[2] = id
-		}
+		before := listed()
 		out, errOut, code := runInto(c.mode, c.args...)
-		require.Equal(t, 0, code, errOut)
-		require.Regexp(t, `"?key"?: "?sk_`, out, "the key is printed")
-		if c.mode&0o077 != 0 {
-			assert.Contains(t, errOut, fmt.Sprintf("open to other users (mode %04o); made it private (%04o)", c.mode, c.mode&0o700))
-		} else {
-			assert.NotContains(t, errOut, "open to other users", "a private file is left as it is")
-		}
-		if strings.HasPrefix(out, "{") {
-			var k struct{ ID string }
-			require.NoError(t, json.Unmarshal([]byte(out), &k))
-			id = k.ID
-		}
+		assert.Equal(t, 1, code, "%v: %s", c.args, errOut)
+		assert.Empty(t, out, "%v: written to a file other users may read", c.args)
+		assert.Contains(t, errOut, fmt.Sprintf("a file other users may read (mode %04o)", c.mode), c.args)
+		assert.Contains(t, errOut, "no key was made", c.args)
+		assert.Contains(t, errOut, "(umask 077; extauthz keys "+c.args[1]+" ... > key.json)", c.args)
+		assert.Equal(t, before, listed(), "%v: a key was made or rotated", c.args)
 	}
 
 	t.Run("another user's file", func(t *testing.T) {
@@ -1209,7 +1215,7 @@ func TestANewKeyIsNeverWrittenToAFileOtherUsersCanRead(t *testing.T) {
 		for _, args := range [][]string{{"keys", "create", "--name", "d", "--perm", "x"}, {"keys", "rotate", mine.ID}} {
 			errOut, code := asOther(f, args...)
 			assert.Equal(t, 1, code, errOut)
-			assert.Contains(t, errOut, "cannot be made private")
+			assert.Contains(t, errOut, "other users may read")
 			assert.Contains(t, errOut, "no key was made")
 		}
 		fi, err := os.Stat(name)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -135,10 +136,12 @@ func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, 
 // to print lands nowhere other users of the host can read. Standard output
 // redirected to a file (`> key.json`) gets the shell's umask, 022 on most
 // systems: a file every user may read, and the admin API trusts the host's
-// own address. Such a file is made its owner's alone before the key is made
-// (it is empty then, or holds what it held before), and standard error says
-// so; one whose mode cannot be changed (another user's) is refused, and no
-// key is made. Terminals, pipes and sockets are left as they are.
+// own address. Such a file is refused and no key is made. Making it private
+// instead (chmod) would not do: a mode is checked when a file is opened,
+// so whoever opened it while it was readable (between the shell making it
+// and this process starting, or at any time before, for a file being
+// overwritten) keeps reading what is written to it. Terminals, pipes and
+// sockets are left as they are.
 func privateSecretOutput(c *cobra.Command) error {
 	f, ok := c.OutOrStdout().(*os.File)
 	if !ok {
@@ -148,16 +151,11 @@ func privateSecretOutput(c *cobra.Command) error {
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil
 	}
-	perm := fi.Mode().Perm()
-	if perm&0o077 == 0 {
-		return nil
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("standard output is a file other users may read (mode %04o), and whoever opened it already would read the key "+
+			"whatever its mode became; no key was made: remove the file and write the key to a new one only you can read, "+
+			"e.g. rm -f key.json; (umask 077; extauthz %s ... > key.json)", perm, strings.TrimPrefix(c.CommandPath(), c.Root().Name()+" "))
 	}
-	if err := f.Chmod(perm & 0o700); err != nil {
-		return fmt.Errorf("standard output is a file open to other users (mode %04o), and it cannot be made private (%v); "+
-			"no key was made: write it to a file only you can read, e.g. (umask 077; extauthz keys ... > key.json)", perm, err)
-	}
-	fmt.Fprintf(c.ErrOrStderr(), "standard output is a file that was open to other users (mode %04o); made it private (%04o) before writing the key to it\n",
-		perm, perm&0o700)
 	return nil
 }
 
