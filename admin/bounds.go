@@ -50,11 +50,10 @@ import (
 //     dropping any could be a way out. A keys:write caller's keys carry its
 //     own metadata (a create that gives none inherits it), only keys:admin
 //     gives others, and no key changes its own;
-//   - rate_limit: neither a bigger burst nor a faster long-run rate. N/W
-//     allows up to N at once and N per W over time, so a rate fits under
-//     the bound's only if N ≤ N' and N/W ≤ N'/W' (1000/h is slower than
-//     100/m but bursts ten times higher, so it does not fit). "none" fits
-//     only "none". A key without a rate of its own has, under each policy,
+//   - rate_limit: never more requests in any span of time (rateWithin:
+//     1000/h is slower than 100/m but bursts ten times higher, and 59/59s
+//     is slower than 60/m and bursts lower, but makes 118 in a minute;
+//     neither fits). "none" fits only "none". A key without a rate of its own has, under each policy,
 //     that policy's default (its rate_limit.default, else the top-level
 //     one) as it stands when the request is made, and a named policy may
 //     have a looser default than the top-level one: the rate must fit
@@ -226,7 +225,15 @@ func expiryWithin(exp, bound *time.Time) bool {
 }
 
 // rateWithin reports whether the rate limit own (a key's rate_limit, unset
-// for the default) is no looser than bound's.
+// for the default) is no looser than bound's: whether a key limited to own
+// can never make more requests than one limited to bound, over any span of
+// time. N/W lets through at most N in any W, so at most N·⌈T/W⌉ in a span
+// T, and as many when they come at the start of each window. Comparing
+// the bursts and the long-run rates is not enough: 59/59s has both below
+// 60/m's, and makes 118 requests in a minute (59, and 59 more a second
+// before the minute ends). Where own's window is as long as bound's or
+// longer, N ≤ N′ is enough; where it is shorter, a span of bound's window
+// W′ holds ⌈W′/W⌉ of own's windows, each of which may be full.
 func rateWithin(own, bound keystore.RateLimit, defaultRate ratelimit.Rate) bool {
 	if !own.IsSet() && !bound.IsSet() {
 		return true
@@ -238,7 +245,11 @@ func rateWithin(own, bound keystore.RateLimit, defaultRate ratelimit.Rate) bool 
 	case r.IsZero():
 		return false
 	}
-	// N ≤ 1e9 and windows ≤ 366 days: the products fit in an int64.
+	// Windows are whole seconds up to 366 days and N ≤ 1e9: the product
+	// fits in an int64.
 	rw, bw := int64(r.Window/time.Second), int64(b.Window/time.Second)
-	return r.N <= b.N && r.N*bw <= b.N*rw
+	if rw >= bw {
+		return r.N <= b.N
+	}
+	return r.N*((bw+rw-1)/rw) <= b.N
 }

@@ -281,6 +281,10 @@ func TestAWritersKeysStayWithinTheWritersOwnRestrictions(t *testing.T) {
 			{"a key with a faster rate and a smaller burst", map[string]any{"rate_limit": "10/s"}, "rate_limit"},
 			{"a key with the same rate", map[string]any{"rate_limit": "100/m"}, ""},
 			{"a key with a smaller burst and a slower rate", map[string]any{"rate_limit": "1/s"}, ""},
+			// 60/40s is slower on average, but two of its windows fit in a
+			// minute: 120 requests in one.
+			{"a key whose shorter windows, each full, make more in the caller's", map[string]any{"rate_limit": "60/40s"}, "rate_limit"},
+			{"a key whose shorter windows, each full, make no more in the caller's", map[string]any{"rate_limit": "30/20s"}, ""},
 			{"a key with a permission the writer lacks", map[string]any{"permissions": []string{"delete:users"}}, "missing permission"},
 		}
 		for _, tc := range creates {
@@ -675,4 +679,67 @@ func TestALongLineOfRotationsCostsAFewReads(t *testing.T) {
 
 	r = e.send("POST", "/v1/keys/"+id+"/rotate", e.root, map[string]any{"grace": "1h"})
 	require.Equal(t, http.StatusCreated, r.status, "%s", r)
+}
+
+// most is the largest number of requests N/W lets through in some span of
+// t seconds (N at the start of each window the span meets).
+func most(r ratelimit.Rate, t int64) int64 {
+	w := int64(r.Window / time.Second)
+	return r.N * ((t + w - 1) / w)
+}
+
+// A rate fits under another exactly when it never lets through more in any
+// span of time: every pair of small rates, against the spans that decide
+// it (the pattern of both windows repeats every W·W′).
+func TestARateFitsUnderAnotherWhenItNeverAllowsMoreInAnySpan(t *testing.T) {
+	for n := int64(1); n <= 7; n++ {
+		for w := int64(1); w <= 13; w++ {
+			for bn := int64(1); bn <= 7; bn++ {
+				for bw := int64(1); bw <= 13; bw++ {
+					r := ratelimit.Rate{N: n, Window: time.Duration(w) * time.Second}
+					b := ratelimit.Rate{N: bn, Window: time.Duration(bw) * time.Second}
+					want := true
+					for span := int64(1); span <= 2*w*bw && want; span++ {
+						want = most(r, span) <= most(b, span)
+					}
+					own, bound := rateLimit(t, r.String()), rateLimit(t, b.String())
+					require.Equal(t, want, rateWithin(own, bound, ratelimit.Rate{N: 5, Window: time.Second}), "%v under %v", r, b)
+				}
+			}
+		}
+	}
+}
+
+// A writer limited to 60/m could give a key 59/59s (a smaller burst and a
+// slower long-run rate), which the limiter lets make 118 requests in a
+// minute: measured here on the limiter itself, and refused by the API.
+func TestAWritersKeyMakesNoMoreRequestsInAnySpanThanTheWriter(t *testing.T) {
+	inAMinute := func(rate ratelimit.Rate) int {
+		start := time.Unix(1_700_000_000, 0)
+		now := start
+		l := ratelimit.NewLocal(func() time.Time { return now }, 0)
+		n := 0
+		for ; now.Sub(start) < time.Minute; now = now.Add(10 * time.Millisecond) {
+			for {
+				res, err := l.Allow(context.Background(), []ratelimit.Limit{{Name: "key", Bucket: "k", Rate: rate}})
+				require.NoError(t, err)
+				if !res.Allowed {
+					break
+				}
+				n++
+			}
+		}
+		return n
+	}
+	writerRate, looser := ratelimit.Rate{N: 60, Window: time.Minute}, ratelimit.Rate{N: 59, Window: 59 * time.Second}
+	require.Equal(t, 60, inAMinute(writerRate))
+	require.Equal(t, 118, inAMinute(looser), "what the limiter lets 59/59s make in a minute")
+
+	e := newEnv(t, backends[0], envOptions{})
+	writer, id := e.newKey(e.root, map[string]any{"name": "w", "permissions": []string{"keys:write", "read:users"}, "rate_limit": "60/m"})
+	r := e.send("POST", "/v1/keys", writer, map[string]any{"name": "child", "permissions": []string{"read:users"}, "rate_limit": "59/59s"})
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	assert.Contains(t, string(r.body), "rate_limit")
+	r = e.send("PATCH", "/v1/keys/"+id, writer, map[string]any{"rate_limit": "59/59s"})
+	require.Equal(t, http.StatusForbidden, r.status, "a key loosening itself: %s", r)
 }
