@@ -67,7 +67,14 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err := s.exceedsCaller(c, asked); err != nil {
 		return err
 	}
-	if spec.Once, err = once(r, body, spec.Owner); err != nil {
+	// An idempotency key is the owner's that the key will have: an admin's
+	// create that names none makes a key of the default owner, and shares
+	// its idempotency keys with that owner's writers.
+	owner := spec.Owner
+	if owner == "" {
+		owner = keystore.DefaultOwner
+	}
+	if spec.Once, err = once(r, body, owner); err != nil {
 		return err
 	}
 	secret, k, err := s.manager.Create(r.Context(), spec, c.actor())

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -95,6 +96,27 @@ func TestAWritersCreateSentAgainIsKeptToItsOwner(t *testing.T) {
 		r = e.send("POST", "/v1/keys", e.root, body, "Idempotency-Key", "job-1")
 		require.Equal(t, http.StatusCreated, r.status, "%s", r)
 		assert.Equal(t, "default", r.str(t, "owner"))
+	})
+}
+
+// A create that names no owner makes a key of the default owner, whoever
+// sends it: an admin and a writer of that owner share its idempotency keys,
+// in either order, as they do for any other owner.
+func TestAnAdminAndAWriterOfTheDefaultOwnerShareIdempotencyKeys(t *testing.T) {
+	forEachBackend(t, envOptions{}, func(t *testing.T, e *env) {
+		writer, _ := e.newKey(e.root, map[string]any{"name": "w", "permissions": []string{"keys:write", "read:users"}})
+		const body = `{"name": "bot", "permissions": ["read:users"]}`
+		for i, callers := range [][2]string{{e.root, writer}, {writer, e.root}} {
+			idem := fmt.Sprintf("bot-%d", i)
+			r := e.send("POST", "/v1/keys", callers[0], body, "Idempotency-Key", idem)
+			require.Equal(t, http.StatusCreated, r.status, "%s", r)
+			require.Equal(t, keystore.DefaultOwner, r.str(t, "owner"))
+			first := r.str(t, "id")
+			r = e.send("POST", "/v1/keys", callers[1], body, "Idempotency-Key", idem)
+			require.Equal(t, http.StatusConflict, r.status, "the same request of the same owner, sent again by another of its callers: %s", r)
+			assert.Equal(t, "already_created", r.code(t))
+			assert.Equal(t, "/v1/keys/"+first, r.header.Get("Location"))
+		}
 	})
 }
 
