@@ -265,17 +265,25 @@ func (f traceparentOnly) Get(key string) string {
 func (traceparentOnly) Set(string, string) {}
 func (traceparentOnly) Keys() []string     { return nil }
 
-// admin wraps the admin API's handler with a span per call, joined to the
-// caller's traceparent, naming the method, the status and (through
-// noteCaller) the calling key's id; nil t returns h as it is.
+// admin wraps the admin API's handler with a span per call, naming the
+// method, the status and (through noteCaller) the calling key's id; nil t
+// returns h as it is. The span starts a trace of its own, linked to the
+// caller's traceparent, for the reason checks' spans do (checkTracer.Start):
+// the span starts before the caller is authenticated, so as its parent the
+// traceparent of anyone who reaches the listener, with no key at all, would
+// choose what is sampled.
 func (t *tracing) admin(h http.Handler) http.Handler {
 	if t == nil {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := t.prop.Extract(r.Context(), traceparentOnly(func() string { return r.Header.Get("traceparent") }))
+		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+		sent := trace.SpanContextFromContext(t.prop.Extract(r.Context(), traceparentOnly(func() string { return r.Header.Get("traceparent") })))
+		if sent.IsValid() {
+			opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: sent}))
+		}
 		method := spanMethod(r.Method)
-		ctx, span := t.tracer.Start(ctx, "extauthz.admin "+method, trace.WithSpanKind(trace.SpanKindServer))
+		ctx, span := t.tracer.Start(r.Context(), "extauthz.admin "+method, opts...)
 		defer span.End()
 		sw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(sw, r.WithContext(ctx))

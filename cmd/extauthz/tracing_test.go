@@ -160,7 +160,7 @@ func TestEveryCheckIsASpanJoinedToItsTrace(t *testing.T) {
 		{"a gRPC check with the client's traceparent", trace2, parent2, true, map[string]string{"extauthz.route": "/api/users/{id}", "extauthz.code": "permission_denied",
 			"extauthz.key_id": k.ID, "http.response.status_code": "403"}},
 		{"an HTTP-mode check", trace3, parent3, true, map[string]string{"extauthz.route": "(unmatched)", "extauthz.code": "no_route"}},
-		{"an admin call", trace4, parent4, false, map[string]string{"extauthz.key_id": k.ID, "http.request.method": "GET", "http.response.status_code": "200"}},
+		{"an admin call", trace4, parent4, true, map[string]string{"extauthz.key_id": k.ID, "http.request.method": "GET", "http.response.status_code": "200"}},
 		{"a check refused before routing", trace5, parent5, true, map[string]string{"extauthz.route": "(none)", "extauthz.code": "bad_request"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -275,9 +275,9 @@ func TestNoSpanCarriesTheClientsTraceState(t *testing.T) {
 
 	var spans map[string]*tracepb.Span
 	require.Eventually(t, func() bool { spans = col.received(); return len(spans) >= 6 }, 10*time.Second, 20*time.Millisecond)
-	// The request's own traceparent is a link (1, 3), Envoy's and an admin
-	// caller's a parent (2, 4).
-	for i, trace := range []string{"link:" + trace1, trace2, "link:" + trace3, trace4} {
+	// The request's own traceparent and an admin caller's are links (1, 3,
+	// 4), Envoy's a parent (2).
+	for i, trace := range []string{"link:" + trace1, trace2, "link:" + trace3, "link:" + trace4} {
 		s := spans[trace]
 		require.NotNil(t, s, "no span in or linked to trace %d", i+1)
 		assert.Empty(t, s.GetTraceState(), "span %d (%s)", i+1, s.GetName())
@@ -294,7 +294,8 @@ func TestNoSpanCarriesTheClientsTraceState(t *testing.T) {
 // parent-based samplers follow and whose id a ratio sampler judges. A
 // client could otherwise have every check of its traced (several
 // microseconds each, and a span at the collector) at a 0% sampling, or keep
-// its checks out of traces. Envoy's own traceparent, in the call's
+// its checks out of traces. The same holds for the admin listener, which
+// anyone who reaches it may call. Envoy's own traceparent, in the call's
 // metadata, is still followed.
 func TestAClientDoesNotChooseWhatIsTraced(t *testing.T) {
 	for _, sampler := range []string{"parentbased_traceidratio", "traceidratio"} {
@@ -312,6 +313,13 @@ func TestAClientDoesNotChooseWhatIsTraced(t *testing.T) {
 				require.NoError(t, err)
 				status, _, _ := get(t, ts.httpURL+"/authz/api/users", map[string]string{"x-api-key": key, "traceparent": forced})
 				require.Equal(t, 200, status)
+				// The admin listener too, whose span starts before the
+				// caller's key is read: a caller with no key, and one
+				// whose key may not list keys.
+				status, _, _ = get(t, ts.adminURL+"/v1/keys", map[string]string{"traceparent": forced})
+				require.Equal(t, 401, status)
+				status, _, _ = get(t, ts.adminURL+"/v1/keys", map[string]string{"x-api-key": key, "traceparent": forced})
+				require.Equal(t, 403, status)
 			}
 			// A marker that is traced: Envoy's sampled span, followed by the
 			// parent-based sampler; at a ratio of 0 alone, nothing is.
