@@ -222,6 +222,25 @@ func unavailable(op string, err error) error {
 	return fmt.Errorf("redis %s: %w: %w", op, keystore.ErrUnavailable, err)
 }
 
+// readFailed is a failed read of one record: unavailable, unless Redis
+// answered that the record is held as another type than a string (written
+// by hand, or by something else that shares the prefix). That is an answer
+// about this record, as a record that does not decode is, and no outage:
+// taken for one, the cache would serve what it held of the key stale, and a
+// few such lookups would open its breaker for every key.
+func readFailed(op string, err error) error {
+	if isWrongType(err) {
+		return fmt.Errorf("redis %s: the record is not a string: %w", op, err)
+	}
+	return unavailable(op, err)
+}
+
+// isWrongType reports whether err is Redis's WRONGTYPE reply.
+func isWrongType(err error) bool {
+	var reply goredis.Error
+	return errors.As(err, &reply) && strings.HasPrefix(reply.Error(), "WRONGTYPE ")
+}
+
 func (s *Store) check() error {
 	if s.err != nil {
 		return s.err
@@ -246,7 +265,7 @@ func (s *Store) Lookup(ctx context.Context, h keystore.Hash) (*keystore.Key, err
 		return nil, keystore.ErrNotFound
 	}
 	if err != nil {
-		return nil, unavailable("lookup", err)
+		return nil, readFailed("lookup", err)
 	}
 	k, err := decodeForCheck(raw)
 	if err != nil {
@@ -279,14 +298,14 @@ func (s *Store) read(ctx context.Context, id string) (*keystore.Key, string, str
 		return nil, "", "", keystore.ErrNotFound
 	}
 	if err != nil {
-		return nil, "", "", unavailable(fmt.Sprintf("get %q", id), err)
+		return nil, "", "", readFailed(fmt.Sprintf("get %q", id), err)
 	}
 	raw, err := s.client.Get(ctx, s.keys.record(hexHash)).Result()
 	if errors.Is(err, goredis.Nil) {
 		return nil, "", "", keystore.ErrNotFound
 	}
 	if err != nil {
-		return nil, "", "", unavailable(fmt.Sprintf("get %q", id), err)
+		return nil, "", "", readFailed(fmt.Sprintf("get %q", id), err)
 	}
 	k, err := decode(raw)
 	if err != nil {

@@ -117,7 +117,13 @@ end
 -- would go (pos), and how many of the oldest groups are stale (drop, holding
 -- dropped requests).
 local function count(key, w, s)
-  local str = redis.call('GET', key)
+  -- pcall: a key held as another type than a string (written by hand, or by
+  -- something else sharing the prefix) is no counter, as a string that is
+  -- not one is below, and starts afresh (SET replaces it). With call, its
+  -- WRONGTYPE error would fail the whole batch, every check in it taken for
+  -- a Redis outage.
+  local str = redis.pcall('GET', key)
+  if type(str) == 'table' then str = false end
   local np, total = 0, 0
   if str then
     np = (#str - 16) / 16
