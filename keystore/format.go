@@ -156,7 +156,7 @@ func (f Format) ResemblesKey(s string) bool {
 // or two, which ResemblesKey's one run of 22 does not see. Read so loosely,
 // a marker counts only at the start of a word.
 func (f Format) MayHoldKey(s string) bool {
-	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps)
+	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps) || f.bareKey(s)
 }
 
 // LabelHoldsKey is the reading for a key's labels (its name, owner,
@@ -170,7 +170,50 @@ func (f Format) MayHoldKey(s string) bool {
 // "sk_live_payments_reconciliation"), which MayHoldKey's reading across
 // gaps would take for one.
 func (f Format) LabelHoldsKey(s string) bool {
-	return f.ContainsKey(s) || f.nearKey(s, 0)
+	return f.ContainsKey(s) || f.nearKey(s, 0) || f.bareKey(s)
+}
+
+// bareKey reports whether s holds a key without its prefix: a run of
+// base62 characters that starts or ends with a key's random part and the
+// checksum of the prefix, an underscore and that part. The prefix is
+// public; the random part is the secret, and its checksum tells whoever
+// reads it that it is a key of this server. So a key whose prefix was lost,
+// typed in capitals or mistyped ("SK_", "sl_", "sk:") is one to every
+// reader of what is written out, though no reading that looks for the
+// prefix sees it. The checksum keeps other long tokens (hashes, ids) from
+// reading as keys: one in 2³² would. A key glued to base62 characters on
+// both sides is not seen.
+func (f Format) bareKey(s string) bool {
+	const n = randomLen + checksumLen
+	for i := 0; i < len(s); {
+		if !isBase62(s[i]) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(s) && isBase62(s[j]) {
+			j++
+		}
+		if j-i >= n && (f.checksumMatches(s[i:i+n]) || f.checksumMatches(s[j-n:j])) {
+			return true
+		}
+		i = j
+	}
+	return false
+}
+
+// checksumMatches reports whether body, a key's random part and checksum
+// in base62, is a key of this format's once the prefix and "_" go before it.
+func (f Format) checksumMatches(body string) bool {
+	crc := ^uint32(0)
+	for _, s := range [...]string{f.prefix, "_", body[:randomLen]} {
+		for i := 0; i < len(s); i++ {
+			crc = ieeeTable[byte(crc)^s[i]] ^ crc>>8
+		}
+	}
+	var want [checksumLen]byte
+	appendChecksum(want[:0], ^crc)
+	return string(want[:]) == body[randomLen:]
 }
 
 // nearKey reports whether s holds, where a word starts, the prefix and one

@@ -428,6 +428,14 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 		"ua " + key[:3] + "\r\n  " + key[3:],                                      // wrapped right after the underscore
 		"ua " + key[:3] + " " + key[3:],
 		"ua sk-\t" + key[3:],
+		// The prefix lost or mistyped: the random part and its checksum
+		// are all of the secret, and tell a reader it is a key.
+		key[3:],
+		"pk_" + key[3:],
+		"SK_" + key[3:],
+		"/api/reports/sk:" + key[3:] + "/raw",
+		"id=" + key[3:] + "xyz", // glued on one side
+		"xyz" + key[3:],
 	} {
 		assert.True(t, f.MayHoldKey(s), "%q", s)
 	}
@@ -438,12 +446,34 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 		"sk_" + key[3:8] + "-----" + key[8:], // five bytes in a row: read no further
 		"sk_" + key[3:6] + "-" + key[6:9] + "-" + key[9:12] + "-" + key[12:15] + "-" + key[15:], // four runs
 		"sk learn model for fraud detection",                                                    // words after a space
-		key[3:],                                                                                 // no prefix
 		"task-" + strings.Repeat("ab-", 5) + "done",                                             // words, not a key
 		"/api/desk-booking-requests-history-overview",                                           // a marker inside a word
 		"/api/task_management-dashboard-overview-2024",
-		"pk_" + key[3:],
+		"pk_" + key[3:len(key)-1] + otherBase62(key[len(key)-1]),                              // no prefix and the checksum wrong: a token like any other
+		strings.Repeat("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 2), // hex digests
+		"xyz" + key[3:] + "xyz",                                                               // glued on both sides
 	} {
 		assert.False(t, f.MayHoldKey(s), "%q", s)
 	}
+}
+
+// otherBase62 is a base62 character other than c.
+func otherBase62(c byte) string {
+	if c == 'x' {
+		return "y"
+	}
+	return "x"
+}
+
+// A label holding a key whose prefix is lost or mistyped is refused, as one
+// holding the key is: it would be written into every decision the key makes.
+func TestALabelHoldingAKeyWithoutItsPrefixHoldsAKey(t *testing.T) {
+	f, err := NewFormat("sk")
+	require.NoError(t, err)
+	key, err := f.Generate()
+	require.NoError(t, err)
+	for _, s := range []string{key[3:], "billing " + key[3:], "SK_" + key[3:], "sk:" + key[3:]} {
+		assert.True(t, f.LabelHoldsKey(s), "%q", s)
+	}
+	assert.False(t, f.LabelHoldsKey("billing "+key[3:len(key)-1]+otherBase62(key[len(key)-1])), "a long token whose checksum does not match")
 }
