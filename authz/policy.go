@@ -723,11 +723,18 @@ func (ps *PolicySet) selectPolicy(req *Request, d *Decision) bool {
 			return d.choose(p, SelectedByDestination)
 		}
 	}
-	if len(ps.hosts)+len(ps.suffixes) > 0 && req.Host != "" {
-		p, ok := ps.byHost(req.Host)
-		if !ok {
-			d.Deny(CodeBadRequest, "malformed request: the host is not in one canonical form (a trailing dot, an empty label, a bad port, over 260 bytes)")
-			return false
+	if len(ps.hosts)+len(ps.suffixes) > 0 {
+		// An empty host selects no policy, as a host of none does; the
+		// forwarded hosts must agree with it all the same, or an upstream
+		// that trusts them would serve as another policy's a request the
+		// default policy decided.
+		var p *Policy
+		if req.Host != "" {
+			var ok bool
+			if p, ok = ps.byHost(req.Host); !ok {
+				d.Deny(CodeBadRequest, "malformed request: the host is not in one canonical form (a trailing dot, an empty label, a bad port, over 260 bytes)")
+				return false
+			}
 		}
 		if !ps.forwardedHostsAgree(req.Headers, p) {
 			d.Deny(CodeBadRequest, "malformed request: X-Forwarded-Host or Forwarded names a host of another policy than the request's host, which an upstream that trusts it would serve the request as")

@@ -150,6 +150,13 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequest(t *testing.T) {
 		{"Forwarded without a host", "billing.example.com", authz.HeaderMap{"forwarded": "for=192.0.2.1;proto=https"}, "billing"},
 		{"an empty X-Forwarded-Host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": ""}, "billing"},
 		{"two hosts of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "www.other.org"}, "default"},
+		// An empty host (Host: with no value, an empty :authority) selects
+		// no policy by host, as a host of no policy does.
+		{"of a named policy, from an empty host", "", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, ""},
+		{"Forwarded's, from an empty host", "", authz.HeaderMap{"forwarded": "host=billing.example.com"}, ""},
+		{"not in canonical form, from an empty host", "", authz.HeaderMap{"x-forwarded-host": "api.other.org."}, ""},
+		{"of no policy, from an empty host", "", authz.HeaderMap{"x-forwarded-host": "api.other.org"}, "default"},
+		{"none, from an empty host", "", authz.HeaderMap{}, "default"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -753,9 +753,13 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequestOverGRPC(t *testing.T) {
 	} {
 		headers := map[string]string{"x-api-key": key}
 		maps.Copy(headers, tt.headers)
-		resp, err := client.Check(context.Background(), meshRequest("/api/users", "api.example.org", headers, nil, ""))
-		require.NoError(t, err)
-		assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), "%v: %s", tt.headers, resp.GetStatus().GetMessage())
+		// The request's host one of no policy, and empty (Host: with no
+		// value, an empty :authority), which selects none either.
+		for _, host := range []string{"api.example.org", ""} {
+			resp, err := client.Check(context.Background(), meshRequest("/api/users", host, headers, nil, ""))
+			require.NoError(t, err)
+			assert.Equal(t, int32(tt.code), resp.GetStatus().GetCode(), "host %q, %v: %s", host, tt.headers, resp.GetStatus().GetMessage())
+		}
 	}
 }
 
