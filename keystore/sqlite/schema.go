@@ -103,6 +103,10 @@ const keyColumns = `id, name, owner, permissions, rate_limit, ip_allowlist,
 // errNotAStore marks a file that is a database but not a key store.
 var errNotAStore = errors.New("not an extauthz key store")
 
+// errNotAFile marks a store path that names something other than a file
+// (a symbolic link, a directory, a device).
+var errNotAFile = errors.New("the key store must be a regular file")
+
 // retryBusy runs fn, waiting out SQLITE_BUSY: when several processes open a
 // brand-new file at once, the first connection's switch to WAL can fail with
 // "database is locked" without the busy handler being consulted. Bounded by

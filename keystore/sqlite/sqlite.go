@@ -125,7 +125,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
 	}
 	switch err := ensureStoreFile(abs); {
-	case errors.Is(err, errNotAStore):
+	case errors.Is(err, errNotAStore), errors.Is(err, errNotAFile):
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	case err != nil:
 		return nil, fmt.Errorf("open %s: %w: %w", path, keystore.ErrUnavailable, err)
@@ -196,8 +196,16 @@ func dsnOf(abs string) string {
 // extauthz did before: there, two processes making the same new store at
 // once may see the file empty, and one of them is refused until it retries.
 func ensureStoreFile(abs string) error {
-	fi, err := os.Stat(abs)
+	fi, err := os.Lstat(abs)
 	switch {
+	case err == nil && fi.Mode()&fs.ModeSymlink != 0:
+		// SQLite follows the link and keeps its -wal, -shm and -journal
+		// beside the file it points to, where the checks of them (a
+		// planted or removed -wal, their modes) would not look; a link
+		// to nothing would be made again and again.
+		return fmt.Errorf("%w: it is a symbolic link; name the file itself in store.path", errNotAFile)
+	case err == nil && !fi.Mode().IsRegular():
+		return fmt.Errorf("%w: it is a %s", errNotAFile, fi.Mode().Type())
 	case err == nil && fi.Size() == 0:
 		return fmt.Errorf("%w: the file is empty, and a key store never is, so it may have been truncated; "+
 			"restore it from a backup, or remove it to start a new store with no keys", errNotAStore)
