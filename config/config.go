@@ -516,26 +516,39 @@ func Default() Config {
 // then reads the secrets from the environment variables it names. Errors
 // name the file and the field.
 func Load(path string) (*Config, error) {
+	cfg, _, err := LoadSetting(path)
+	return cfg, err
+}
+
+// LoadSetting is Load, and reports whether the file sets anything at all:
+// one that is empty, blank, only comments or an empty document or mapping
+// is the defaults, which have no routes and deny every request.
+func LoadSetting(path string) (cfg *Config, setsSomething bool, err error) {
 	var data []byte
 	if path != "" {
-		var err error
 		if data, err = os.ReadFile(path); err != nil {
-			return nil, fmt.Errorf("read config: %w", err)
+			return nil, false, fmt.Errorf("read config: %w", err)
 		}
 	}
-	cfg, err := Parse(data)
+	cfg, setsSomething, err = parse(data)
 	if err != nil {
 		if path == "" {
-			return nil, err
+			return nil, false, err
 		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, false, fmt.Errorf("%s: %w", path, err)
 	}
-	return cfg, nil
+	return cfg, setsSomething, nil
 }
 
 // Parse decodes and validates YAML config text (empty text = defaults) and
 // resolves secrets from the environment.
 func Parse(data []byte) (*Config, error) {
+	cfg, _, err := parse(data)
+	return cfg, err
+}
+
+// parse is Parse, and reports whether data sets any field.
+func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 	cfg := Default()
 	// Strict: a field given twice is an error, never "last wins" (a second
 	// routes: block would silently drop the first one's protected routes).
@@ -547,30 +560,32 @@ func Parse(data []byte) (*Config, error) {
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		if strings.Contains(err.Error(), "already set in map") {
-			return nil, fmt.Errorf("parse yaml: %w (a field given twice, or given again beside a merge key (<<) that brings it: write it once)", err)
+			return nil, false, fmt.Errorf("parse yaml: %w (a field given twice, or given again beside a merge key (<<) that brings it: write it once)", err)
 		}
-		return nil, fmt.Errorf("parse yaml: %w", err)
+		return nil, false, fmt.Errorf("parse yaml: %w", err)
 	}
 	if err := oneDocument(data); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if s := strings.TrimSpace(string(js)); s != "null" && s != "" {
 		var tree any
 		if err := json.Unmarshal(js, &tree); err != nil {
-			return nil, fmt.Errorf("parse yaml: %w", err)
+			return nil, false, fmt.Errorf("parse yaml: %w", err)
 		}
-		if _, ok := tree.(map[string]any); !ok {
-			return nil, errors.New("config must be a mapping of fields (listen, store, routes, ...)")
+		m, ok := tree.(map[string]any)
+		if !ok {
+			return nil, false, errors.New("config must be a mapping of fields (listen, store, routes, ...)")
 		}
+		setsSomething = len(m) > 0
 		if err := checkFields("", tree, reflect.TypeFor[Config]()); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		// Lists replace the defaults rather than merge into them.
 		if m := tree.(map[string]any); m["sources"] != nil {
 			cfg.Sources = nil
 		}
 		if err := json.Unmarshal(js, &cfg); err != nil {
-			return nil, describeJSONError(err)
+			return nil, false, describeJSONError(err)
 		}
 		// An unset max_stale is the default or the ttl, whichever is longer.
 		if cache, _ := tree.(map[string]any)["cache"].(map[string]any); cache["max_stale"] == nil {
@@ -578,7 +593,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 	}
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	cfg.Store.Redis.Password = os.Getenv(cfg.Store.Redis.PasswordEnv)
 	if cfg.Store.Redis.SentinelPasswordEnv != "" {
@@ -587,7 +602,7 @@ func Parse(data []byte) (*Config, error) {
 	if cfg.Hashing.PepperEnv != "" {
 		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
 	}
-	return &cfg, nil
+	return &cfg, setsSomething, nil
 }
 
 // oneDocument refuses a file that holds more than one YAML document. The

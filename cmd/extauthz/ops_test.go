@@ -579,24 +579,30 @@ func TestSIGHUPWithoutAConfigFileIsLoggedNotFatal(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond)
 }
 
-// An emptied config file is not swapped in: empty, it is the defaults,
-// whose no routes would deny every request of a running server. The
-// reload fails, says why, and the routes in force stay.
+// An emptied config file is not swapped in: setting nothing, it is the
+// defaults, whose no routes would deny every request of a running server.
+// Nor is one of blanks, comments, an empty document or mapping (echo >
+// file, a template that rendered only its header comment), which sets
+// nothing either. The reload fails, says why, and the routes in force stay.
 func TestAnEmptiedConfigFileIsNotReloaded(t *testing.T) {
-	ts, path, yaml, logs := startReloadable(t)
-	reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
-	require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse())
+	for _, content := range []string{"", "\n", "  \n\n", "# managed by the deploy tool\n", "---\n", "{}\n", "---\n# nothing\n...\n"} {
+		t.Run(fmt.Sprintf("%q", content), func(t *testing.T) {
+			ts, path, yaml, logs := startReloadable(t)
+			reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
+			require.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse())
 
-	require.NoError(t, os.WriteFile(path, nil, 0o600))
-	ts.srv.reload("test", nil)
-	assert.Contains(t, logs.String(), "config reload failed; keeping the running config")
-	assert.Contains(t, logs.String(), "the config file is empty")
-	assert.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse(), "the routes in force were dropped")
+			require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+			ts.srv.reload("test", nil)
+			assert.Contains(t, logs.String(), "config reload failed; keeping the running config")
+			assert.Contains(t, logs.String(), "the config file sets nothing")
+			assert.NotNil(t, ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": reader}).GetOkResponse(), "the routes in force were dropped")
 
-	// A file with content again reloads as ever.
-	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
-	ts.srv.reload("test", nil)
-	assert.Contains(t, logs.String(), "config reloaded")
+			// A file with content again reloads as ever.
+			require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+			ts.srv.reload("test", nil)
+			assert.Contains(t, logs.String(), "config reloaded")
+		})
+	}
 }
 
 // A config file of two YAML documents is not loaded, at start or on a

@@ -138,13 +138,14 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 	if expect != nil && before != *expect {
 		return before, true
 	}
-	cfg, err := config.Load(s.cfgPath)
-	if err == nil && before.size == 0 {
-		// An empty file is the defaults, whose no routes deny every
-		// request: never what a running server should swap in, and what a
-		// file emptied by mistake (a shell's > on the wrong name, a writer
-		// that truncates first and failed) reads as.
-		err = errors.New("the config file is empty (emptied by mistake, or a writer that truncated it failed?); an empty config has no routes and would deny every request")
+	cfg, setsSomething, err := config.LoadSetting(s.cfgPath)
+	if err == nil && !setsSomething {
+		// A file that sets nothing is the defaults, whose no routes deny
+		// every request: never what a running server should swap in, and
+		// what a file emptied by mistake (a shell's > on the wrong name,
+		// echo > file, a writer that truncates first and failed, a
+		// template that rendered only its header comment) reads as.
+		err = errors.New("the config file sets nothing (empty, blank or only comments: emptied by mistake, or a writer that truncated it failed?); as the defaults it has no routes and would deny every request")
 	}
 	after := fileStamp(s.cfgPath)
 	if after != before {
