@@ -567,6 +567,9 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 	if err := oneDocument(data); err != nil {
 		return nil, false, err
 	}
+	if err := keysStayApart(data, js); err != nil {
+		return nil, false, err
+	}
 	if s := strings.TrimSpace(string(js)); s != "null" && s != "" {
 		var tree any
 		if err := json.Unmarshal(js, &tree); err != nil {
@@ -603,6 +606,61 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
 	}
 	return &cfg, setsSomething, nil
+}
+
+// keysStayApart refuses a mapping whose keys YAML keeps apart but that
+// turn into one field name on the way to JSON: 1 and "1", 0x10 and "16",
+// null and "null". The decoder's strict mode sees two keys; the JSON names
+// one twice, and the last would silently win (a policy's context selector
+// the one the file happened to list last). data and js are the config as
+// YAML and as the JSON it became; each mapping of one is paired with the
+// object of the other by walking both.
+func keysStayApart(data, js []byte) error {
+	var y any
+	if err := yamlv2.Unmarshal(data, &y); err != nil {
+		return nil // the decoder that made js took it; its reading stands
+	}
+	var j any
+	if err := json.Unmarshal(js, &j); err != nil {
+		return nil
+	}
+	return keysApart("", y, j)
+}
+
+func keysApart(path string, y, j any) error {
+	switch y := y.(type) {
+	case map[any]any:
+		jm, ok := j.(map[string]any)
+		if !ok {
+			return nil
+		}
+		if len(jm) < len(y) {
+			where := path
+			if where == "" {
+				where = "the top level"
+			}
+			return fmt.Errorf("%s: two keys read as one field name (such as 1 and \"1\", or 0x10 and \"16\"): write each key once, as a string", where)
+		}
+		for k, v := range y {
+			name := fmt.Sprint(k)
+			if jv, ok := jm[name]; ok {
+				if err := keysApart(join(path, name), v, jv); err != nil {
+					return err
+				}
+			}
+		}
+	case []any:
+		jl, ok := j.([]any)
+		if !ok || len(jl) != len(y) {
+			return nil
+		}
+		for i := range y {
+			if err := keysApart(fmt.Sprintf("%s[%d]", path, i), y[i], jl[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // oneDocument refuses a file that holds more than one YAML document. The

@@ -207,6 +207,10 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a top-level field given twice", "routes:\n  - {path: /admin/**, permissions: [admin]}\nroutes:\n  - {path: /**, public: true}", `key "routes" already set in map`},
 		{"a nested field given twice", "store:\n  path: a.db\n  path: b.db", `line 3: key "path" already set in map`},
 		{"a route field given twice", "routes:\n  - {path: /a, permissions: [x], public: false, public: true}", `key "public" already set in map`},
+		// Two keys YAML keeps apart that JSON names alike: the last would win.
+		{"a context key as a number and a string", "policies:\n- name: p\n  match:\n    context:\n      1: billing\n      \"1\": users\n", `policies[0].match.context: two keys read as one field name`},
+		{"a context key in hex and in decimal", "policies:\n- name: p\n  match:\n    context:\n      0x10: billing\n      \"16\": users\n", `policies[0].match.context: two keys read as one field name`},
+		{"a context key true and \"true\"", "policies:\n- name: p\n  match:\n    context:\n      true: billing\n      \"true\": users\n", `policies[0].match.context: two keys read as one field name`},
 		{"an unknown redis field names its path", "store: {redis: {pasword_env: X}}", "store.redis.pasword_env: unknown field"},
 		{"a password in the file is refused", "store: {backend: redis, redis: {url: \"redis://:hunter2@h:6379/0\"}}", "store.redis.url: must not contain a password"},
 		{"a bad duration", "cache: {ttl: soon}", `bad duration "soon"`},
