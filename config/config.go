@@ -559,10 +559,11 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 	// the decoder's, at the price of writing such a route out.
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		if strings.Contains(err.Error(), "already set in map") {
-			return nil, false, fmt.Errorf("parse yaml: %w (a field given twice, or given again beside a merge key (<<) that brings it: write it once)", err)
+		msg := withoutValues(err.Error())
+		if strings.Contains(msg, "already set in map") {
+			return nil, false, fmt.Errorf("parse yaml: %s (a field given twice, or given again beside a merge key (<<) that brings it: write it once)", msg)
 		}
-		return nil, false, fmt.Errorf("parse yaml: %w", err)
+		return nil, false, fmt.Errorf("parse yaml: %s", msg)
 	}
 	if err := oneDocument(data); err != nil {
 		return nil, false, err
@@ -606,6 +607,31 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 		cfg.Hashing.Pepper = []byte(os.Getenv(cfg.Hashing.PepperEnv))
 	}
 	return &cfg, setsSomething, nil
+}
+
+// withoutValues is a YAML decoder's message with each value it quotes
+// (between backquotes: "cannot unmarshal !!str `...` into int") left out.
+// The value is the file's text, which may be a secret written where it
+// does not belong: a Redis url with its password, given a tag (!!int) that
+// the decoder refuses before the config's own checks, which never quote
+// one, could read it.
+func withoutValues(msg string) string {
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(msg, '`')
+		if i < 0 {
+			break
+		}
+		j := strings.IndexByte(msg[i+1:], '`')
+		if j < 0 {
+			break
+		}
+		b.WriteString(msg[:i])
+		b.WriteString("(a value, not shown)")
+		msg = msg[i+1+j+1:]
+	}
+	b.WriteString(msg)
+	return b.String()
 }
 
 // keysStayApart refuses a mapping whose keys YAML keeps apart but that
