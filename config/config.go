@@ -980,6 +980,10 @@ func (c *Config) validate() error {
 		bad("cache.max_stale", "%s: want at most %s; it is how long a key revoked during a store outage may still be answered",
 			time.Duration(c.Cache.MaxStale), MaxCacheMaxStale)
 	}
+	if c.Cache.NegativeTTL > Duration(MaxCacheTTL) {
+		bad("cache.negative_ttl", "%s: want at most %s; where the change stream fails, it is how long a new key may still be answered as unknown",
+			time.Duration(c.Cache.NegativeTTL), MaxCacheTTL)
+	}
 	if c.Keys.MaxPerOwner < 0 {
 		bad("keys.max_per_owner", "must not be negative (0 = no limit)")
 	}

@@ -213,6 +213,7 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a context key true and \"true\"", "policies:\n- name: p\n  match:\n    context:\n      true: billing\n      \"true\": users\n", `policies[0].match.context: two keys read as one field name`},
 		{"an unknown redis field names its path", "store: {redis: {pasword_env: X}}", "store.redis.pasword_env: unknown field"},
 		{"a password in the file is refused", "store: {backend: redis, redis: {url: \"redis://:hunter2@h:6379/0\"}}", "store.redis.url: must not contain a password"},
+		{"a negative_ttl past an hour", "cache: {negative_ttl: 720h}", "cache.negative_ttl: 720h0m0s: want at most 1h0m0s"},
 		{"a value the YAML decoder refuses is not quoted", "store: {backend: redis, redis: {url: !!int \"redis://:hunter2@h:6379/0\"}}", "cannot decode !!str (a value, not shown) as a !!int"},
 		{"a bad duration", "cache: {ttl: soon}", `bad duration "soon"`},
 		{"a bad rate", "rate_limit: {default: 10/fortnight}", `rate "10/fortnight"`},
