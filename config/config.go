@@ -28,6 +28,7 @@ import (
 	"time"
 
 	yamlv2 "go.yaml.in/yaml/v2"
+	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/extauthz/extauthz/keystore"
@@ -571,6 +572,9 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 	if err := keysStayApart(data, js); err != nil {
 		return nil, false, err
 	}
+	if err := numbersReadOneWay(data); err != nil {
+		return nil, false, err
+	}
 	if s := strings.TrimSpace(string(js)); s != "null" && s != "" {
 		var tree any
 		if err := json.Unmarshal(js, &tree); err != nil {
@@ -632,6 +636,49 @@ func withoutValues(msg string) string {
 	}
 	b.WriteString(msg)
 	return b.String()
+}
+
+// numbersReadOneWay refuses a plain scalar that YAML's two versions read
+// as different values. The decoder reads YAML 1.1, where 010 is the octal
+// 8, 1_000 is 1000 and 0b11 is 3; YAML 1.2 (and most other tools an
+// operator checks a file with) reads 010 as 10 and the other two as text.
+// xff_trusted_hops: 010 would trust 8 hops. Quoted, such text is text.
+func numbersReadOneWay(data []byte) error {
+	var root yamlv3.Node
+	if err := yamlv3.Unmarshal(data, &root); err != nil {
+		return nil // the decoder that read the config took it; its reading stands
+	}
+	var walk func(n *yamlv3.Node) error
+	walk = func(n *yamlv3.Node) error {
+		if n.Kind == yamlv3.ScalarNode && n.Style == 0 && twoWayNumber(n.Value) {
+			return fmt.Errorf("parse yaml: line %d: %s reads as one number to this reader (YAML 1.1: a leading 0 is octal, _ is dropped, 0b is binary) and as another value to YAML 1.2: write the number in plain decimal digits, or quote it if it is text",
+				n.Line, n.Value)
+		}
+		for _, c := range n.Content {
+			if err := walk(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(&root)
+}
+
+// twoWayNumber reports whether v, a plain scalar, is a number whose value
+// YAML 1.1 and 1.2 read differently: a leading zero before more digits,
+// an underscore among digits, or 0b.
+func twoWayNumber(v string) bool {
+	v = strings.TrimLeft(v, "+-")
+	if len(v) < 2 || v[0] < '0' || v[0] > '9' {
+		return false
+	}
+	if v[0] == '0' && (v[1] == 'b' || v[1] == 'B') {
+		return len(v) > 2 && strings.Trim(v[2:], "01_") == ""
+	}
+	if strings.Trim(v, "0123456789_") != "" {
+		return false // a float, a time, a word
+	}
+	return v[0] == '0' || strings.Contains(v, "_")
 }
 
 // keysStayApart refuses a mapping whose keys YAML keeps apart but that

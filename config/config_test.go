@@ -213,6 +213,10 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a context key true and \"true\"", "policies:\n- name: p\n  match:\n    context:\n      true: billing\n      \"true\": users\n", `policies[0].match.context: two keys read as one field name`},
 		{"an unknown redis field names its path", "store: {redis: {pasword_env: X}}", "store.redis.pasword_env: unknown field"},
 		{"a password in the file is refused", "store: {backend: redis, redis: {url: \"redis://:hunter2@h:6379/0\"}}", "store.redis.url: must not contain a password"},
+		// Numbers YAML 1.1 (the decoder) and YAML 1.2 read as different values.
+		{"a number with a leading zero", "client_ip: {xff_trusted_hops: 010}", "line 1: 010 reads as one number to this reader"},
+		{"a number with an underscore", "cache:\n  size: 100_000\n", "line 2: 100_000 reads as one number"},
+		{"a binary number", "cache: {size: 0b1000}", "0b1000 reads as one number"},
 		{"a negative_ttl past an hour", "cache: {negative_ttl: 720h}", "cache.negative_ttl: 720h0m0s: want at most 1h0m0s"},
 		{"a value the YAML decoder refuses is not quoted", "store: {backend: redis, redis: {url: !!int \"redis://:hunter2@h:6379/0\"}}", "cannot decode !!str (a value, not shown) as a !!int"},
 		{"a bad duration", "cache: {ttl: soon}", `bad duration "soon"`},
@@ -667,4 +671,15 @@ func TestSettingsThatWeakenAProtectionHaveACeiling(t *testing.T) {
 		_, err := Parse([]byte(text))
 		require.NoError(t, err, text)
 	}
+}
+
+// Numbers in plain decimal digits, and text that looks like a number once
+// quoted, read one way to every YAML reader and are taken as they are.
+func TestNumbersThatReadOneWayAreTaken(t *testing.T) {
+	cfg, err := Parse([]byte("client_ip: {xff_trusted_hops: 10}\ncache: {size: 0x10, ttl: 30s}\n" +
+		"policies: [{name: a, match: {context: {tier: \"010\", plan: '1_000'}}}]\n"))
+	require.NoError(t, err)
+	assert.Equal(t, 10, cfg.ClientIP.XFFTrustedHops)
+	assert.Equal(t, 16, cfg.Cache.Size)
+	assert.Equal(t, map[string]string{"tier": "010", "plan": "1_000"}, cfg.Policies[0].Match.Context)
 }
