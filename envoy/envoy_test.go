@@ -8,6 +8,7 @@ package envoy_test
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -78,8 +79,7 @@ var keyHeaders = []string{"x-api-key", "authorization", "cookie"}
 
 // overrideHeaders are the headers some upstreams take a method or a target
 // from instead of the request's own: extauthz answers 400 to one naming
-// another (docs/decision.md), so it must see them, and a route that skips it
-// must remove them.
+// another (docs/decision.md), so it must see them.
 var overrideHeaders = []string{"x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"}
 
 // denyHeaders are the headers of a denial the client must see (docs/decision.md).
@@ -104,8 +104,8 @@ func TestShippedConfigsAreValidAndSecure(t *testing.T) {
 }
 
 // TestWalkerFindsEveryAny guards the walker itself: the gRPC config packs an HCM in
-// the listener, the ext_authz and router configs in the HCM, a per-route ext_authz
-// config in a route and the HTTP protocol options in a cluster. If the walker
+// the listener, the ext_authz and router configs in the HCM, a per-filter ext_authz
+// config in a virtual host and the HTTP protocol options in a cluster. If the walker
 // missed nested Anys, the per-message validation above would pass vacuously.
 func TestWalkerFindsEveryAny(t *testing.T) {
 	data, err := os.ReadFile("envoy.yaml")
@@ -171,9 +171,9 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "ConnectTimeout",
 		},
 		{
-			name: "a validation rule broken inside a per-route Any is caught by walking the Anys",
+			name: "a validation rule broken inside a per-filter Any is caught by walking the Anys",
 			file: "envoy.yaml", mode: grpcMode,
-			mutate:  func(t *testing.T, doc map[string]any) { delete(healthzPerRoute(t, doc), "disabled") },
+			mutate:  func(t *testing.T, doc map[string]any) { delete(vhostPerFilter(t, doc), "check_settings") },
 			wantErr: "invalid ExtAuthzPerRoute.Override",
 		},
 		{
@@ -206,7 +206,7 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			name: "a route pointing at a cluster that does not exist",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				routes(t, doc)[1].(map[string]any)["route"].(map[string]any)["cluster"] = "backend"
+				routes(t, doc)[0].(map[string]any)["route"].(map[string]any)["cluster"] = "backend"
 			},
 			wantErr: `cluster "backend" is not defined`,
 		},
@@ -376,15 +376,6 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "does not pass x-http-method-override",
 		},
 		{
-			name: "/healthz passing a target override to the upstream",
-			file: "envoy.yaml", mode: grpcMode,
-			mutate: func(t *testing.T, doc map[string]any) {
-				r := routes(t, doc)[0].(map[string]any)
-				r["request_headers_to_remove"] = slices.DeleteFunc(r["request_headers_to_remove"].([]any), func(h any) bool { return h == "x-original-url" })
-			},
-			wantErr: "does not remove the client's x-original-url",
-		},
-		{
 			name: "the admin interface on every address",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
@@ -419,54 +410,94 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 			wantErr: "the app shares Envoy's loopback",
 		},
 		{
-			name: "/healthz no longer exempt from ext_authz",
+			name: "a /healthz route that skips ext_authz, removing a fixed list of headers",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				delete(routes(t, doc)[0].(map[string]any), "typed_per_filter_config")
+				vh := virtualHost(t, doc, 1)
+				vh["routes"] = append([]any{healthzExemption(vh["routes"].([]any)[0])}, vh["routes"].([]any)...)
 			},
-			wantErr: "no route exempts /healthz",
+			wantErr: "virtual host users: route path /healthz skips ext_authz",
 		},
 		{
-			name: "the exemption taking a query, where a key in it would reach the upstream",
-			file: "envoy.yaml", mode: grpcMode,
+			name: "the sidecar's /healthz skipping ext_authz",
+			file: "../k8s/overlays/sidecar/envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				routes(t, doc)[0].(map[string]any)["match"] = map[string]any{"path": "/healthz"}
+				vh := virtualHost(t, doc, 0)
+				vh["routes"] = append([]any{healthzExemption(vh["routes"].([]any)[0])}, vh["routes"].([]any)...)
 			},
-			wantErr: "with a query too",
+			wantErr: "route path /healthz skips ext_authz",
 		},
 		{
-			name: "the exemption taking every method, a body and a DELETE too",
-			file: "envoy.yaml", mode: grpcMode,
+			name: "HTTP mode's /healthz skipping ext_authz",
+			file: "envoy-http.yaml", mode: httpMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				m := routes(t, doc)[0].(map[string]any)["match"].(map[string]any)
-				m["headers"] = m["headers"].([]any)[:1]
+				vh := virtualHost(t, doc, 0)
+				vh["routes"] = append([]any{healthzExemption(vh["routes"].([]any)[0])}, vh["routes"].([]any)...)
 			},
-			wantErr: "for every method",
+			wantErr: "route path /healthz skips ext_authz",
 		},
 		{
-			name: "the exemption made a prefix, which also exempts /healthz/anything",
+			name: "the catch-all route skipping ext_authz",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				routes(t, doc)[0].(map[string]any)["match"] = map[string]any{"prefix": "/healthz"}
+				routes(t, doc)[0].(map[string]any)["typed_per_filter_config"] = disabledExtAuthz(extAuthzFilterName)
 			},
-			wantErr: "exact path",
+			wantErr: "virtual host billing: route prefix / skips ext_authz",
 		},
 		{
-			name: "an exempt route that lets spoofed identity headers through",
+			name: "a virtual host skipping ext_authz for every route",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				delete(routes(t, doc)[0].(map[string]any), "request_headers_to_remove")
+				virtualHost(t, doc, 1)["typed_per_filter_config"] = disabledExtAuthz(extAuthzFilterName)
 			},
-			wantErr: "x-authz-owner",
+			wantErr: "virtual host users skips ext_authz",
 		},
 		{
-			name: "the catch-all route exempt from ext_authz",
+			name: "the whole route table skipping ext_authz",
+			file: "envoy-tls.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				dig(t, hcm(t, doc), "route_config")["typed_per_filter_config"] = disabledExtAuthz(extAuthzFilterName)
+			},
+			wantErr: "route_config ingress skips ext_authz",
+		},
+		{
+			name: "a weighted cluster skipping ext_authz",
 			file: "envoy.yaml", mode: grpcMode,
 			mutate: func(t *testing.T, doc map[string]any) {
-				r := routes(t, doc)
-				r[1].(map[string]any)["typed_per_filter_config"] = r[0].(map[string]any)["typed_per_filter_config"]
+				routes(t, doc)[0].(map[string]any)["route"] = map[string]any{"weighted_clusters": map[string]any{"clusters": []any{
+					map[string]any{"name": "billing", "weight": 1, "typed_per_filter_config": disabledExtAuthz(extAuthzFilterName)},
+				}}}
+			},
+			wantErr: "weighted cluster billing skips ext_authz",
+		},
+		{
+			name: "ext_authz turned off by Envoy's generic FilterConfig",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				routes(t, doc)[0].(map[string]any)["typed_per_filter_config"] = map[string]any{extAuthzFilterName: map[string]any{
+					"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true,
+				}}
 			},
 			wantErr: "route prefix / skips ext_authz",
+		},
+		{
+			name: "a disabling ExtAuthzPerRoute wrapped in a FilterConfig",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				routes(t, doc)[0].(map[string]any)["typed_per_filter_config"] = map[string]any{extAuthzFilterName: map[string]any{
+					"@type":  "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+					"config": disabledExtAuthz(extAuthzFilterName)[extAuthzFilterName],
+				}}
+			},
+			wantErr: "route prefix / skips ext_authz",
+		},
+		{
+			name: "a disabling ExtAuthzPerRoute filed under another name, which a renamed filter would pick up",
+			file: "envoy.yaml", mode: grpcMode,
+			mutate: func(t *testing.T, doc map[string]any) {
+				routes(t, doc)[0].(map[string]any)["typed_per_filter_config"] = disabledExtAuthz("ext_authz")
+			},
+			wantErr: "route prefix / skips ext_authz (typed_per_filter_config ext_authz)",
 		},
 		{
 			name: "an access log of the path with its query",
@@ -487,17 +518,6 @@ func TestBrokenConfigsAreRejected(t *testing.T) {
 				delete(hcm(t, doc)["access_log"].([]any)[0].(map[string]any)["typed_config"].(map[string]any), "log_format")
 			},
 			wantErr: "no log_format",
-		},
-		{
-			name: "the exemption filed under another filter's name, which Envoy would not apply",
-			file: "envoy.yaml", mode: grpcMode,
-			mutate: func(t *testing.T, doc map[string]any) {
-				r := routes(t, doc)[0].(map[string]any)
-				tpfc := r["typed_per_filter_config"].(map[string]any)
-				tpfc["ext_authz"] = tpfc[extAuthzFilterName]
-				delete(tpfc, extAuthzFilterName)
-			},
-			wantErr: "no route exempts /healthz",
 		},
 		{
 			name: "the router before ext_authz, so authorization never runs",
@@ -1195,72 +1215,37 @@ func checkRoutes(rc *routev3.RouteConfiguration, needCluster func(name, what str
 		fail("route_config must be inline (no RDS) so these checks see it")
 		return
 	}
-	for _, vh := range rc.GetVirtualHosts() {
-		if disablesExtAuthz(vh.GetTypedPerFilterConfig()) {
-			fail("virtual host %s disables ext_authz for every route", vh.GetName())
+	// No route may skip ext_authz, /healthz included: extauthz answers a
+	// public path itself, without a key, and removes every client-sent
+	// x-authz-* header in any spelling. A route that skips it can only remove
+	// the headers it names, and Envoy cannot remove headers by prefix, so a
+	// client's x-authz-admin or x-authz-meta-<name> would reach the upstream
+	// as sent; and no route match keeps a body out (a GET may carry one, over
+	// HTTP/2 with neither Content-Length nor Transfer-Encoding).
+	skips := func(where string, tpfc map[string]*anypb.Any) {
+		for _, name := range slices.Sorted(maps.Keys(tpfc)) {
+			if disablesExtAuthz(name, tpfc[name]) {
+				fail("%s skips ext_authz (typed_per_filter_config %s): requests there reach the upstream unchecked, with any x-authz-* header the client wrote; make the path a public route of extauthz's config instead", where, name)
+			}
 		}
-		// Each virtual host fronts a backend whose liveness must stay
-		// reachable without a key.
-		exemptHealthz := false
+	}
+	skips("route_config "+rc.GetName(), rc.GetTypedPerFilterConfig())
+	for _, vh := range rc.GetVirtualHosts() {
+		skips("virtual host "+vh.GetName(), vh.GetTypedPerFilterConfig())
 		for _, r := range vh.GetRoutes() {
 			what := describeRoute(r)
+			skips("virtual host "+vh.GetName()+": "+what, r.GetTypedPerFilterConfig())
 			if a := r.GetRoute(); a != nil {
 				if c := a.GetCluster(); c != "" {
 					needCluster(c, what)
 				}
 				for _, wc := range a.GetWeightedClusters().GetClusters() {
 					needCluster(wc.GetName(), what)
+					skips("virtual host "+vh.GetName()+": "+what+": weighted cluster "+wc.GetName(), wc.GetTypedPerFilterConfig())
 				}
 			}
-			if !disablesExtAuthz(r.GetTypedPerFilterConfig()) {
-				continue
-			}
-			path := r.GetMatch().GetPath()
-			if path == "" {
-				fail("%s skips ext_authz; only exact path matches may (a prefix exempts everything below it)", what)
-				continue
-			}
-			if !matchesOnlyWithoutQuery(r.GetMatch()) {
-				fail("%s skips ext_authz with a query too: a key sent as ?api_key= would reach the upstream, as no route config strips a query parameter (match :path exactly)", what)
-			}
-			if !matchesOnlyGET(r.GetMatch()) {
-				fail("%s skips ext_authz for every method: a body, or a method the upstream acts on, reaches it unchecked (match :method GET exactly)", what)
-			}
-			for _, hdr := range slices.Concat(identityHeaders, keyHeaders, overrideHeaders) {
-				if !slices.Contains(r.GetRequestHeadersToRemove(), hdr) {
-					fail("%s skips ext_authz but does not remove the client's %s", what, hdr)
-				}
-			}
-			if path == "/healthz" {
-				exemptHealthz = true
-			}
-		}
-		if !exemptHealthz {
-			fail("virtual host %s: no route exempts /healthz from ext_authz", vh.GetName())
 		}
 	}
-}
-
-// matchesOnlyWithoutQuery reports whether a route of an exact path also
-// requires the whole :path (which holds the query) to be that path.
-func matchesOnlyWithoutQuery(m *routev3.RouteMatch) bool {
-	for _, h := range m.GetHeaders() {
-		if h.GetName() == ":path" && !h.GetInvertMatch() && h.GetStringMatch().GetExact() == m.GetPath() && !h.GetStringMatch().GetIgnoreCase() {
-			return true
-		}
-	}
-	return false
-}
-
-// matchesOnlyGET reports whether a route also requires the method to be
-// exactly GET, as a probe sends it.
-func matchesOnlyGET(m *routev3.RouteMatch) bool {
-	for _, h := range m.GetHeaders() {
-		if h.GetName() == ":method" && !h.GetInvertMatch() && h.GetStringMatch().GetExact() == "GET" && !h.GetStringMatch().GetIgnoreCase() {
-			return true
-		}
-	}
-	return false
 }
 
 // describeRoute names a route by its match, for messages.
@@ -1278,18 +1263,21 @@ func describeRoute(r *routev3.Route) string {
 	}
 }
 
-// disablesExtAuthz reports whether a typed_per_filter_config turns ext_authz off.
-// The key must be the filter's name: Envoy looks the config up by it.
-func disablesExtAuthz(tpfc map[string]*anypb.Any) bool {
-	a, ok := tpfc[extAuthzFilterName]
-	if !ok {
-		return false
-	}
+// disablesExtAuthz reports whether one typed_per_filter_config entry turns
+// ext_authz off: an ExtAuthzPerRoute with disabled set, under any name (under
+// another than the filter's Envoy does not apply it today, but a renamed
+// filter would), or a FilterConfig with disabled set under the filter's name,
+// or wrapping such an ExtAuthzPerRoute.
+func disablesExtAuthz(name string, a *anypb.Any) bool {
 	var per extauthzv3.ExtAuthzPerRoute
-	if err := a.UnmarshalTo(&per); err != nil {
-		return false
+	if a.MessageIs(&per) {
+		return a.UnmarshalTo(&per) == nil && per.GetDisabled()
 	}
-	return per.GetDisabled()
+	var fc routev3.FilterConfig
+	if a.MessageIs(&fc) && a.UnmarshalTo(&fc) == nil {
+		return (name == extAuthzFilterName && fc.GetDisabled()) || (fc.GetConfig() != nil && disablesExtAuthz(name, fc.GetConfig()))
+	}
+	return false
 }
 
 // speaksHTTP2 reports whether Envoy uses HTTP/2 to the cluster's endpoints.
@@ -1392,9 +1380,44 @@ func dropPattern(t *testing.T, authz map[string]any, kind, value string) {
 	}
 }
 
-func healthzPerRoute(t *testing.T, doc map[string]any) map[string]any {
+// virtualHost is the i-th virtual host of the first listener's route table.
+func virtualHost(t *testing.T, doc map[string]any, i int) map[string]any {
 	t.Helper()
-	return dig(t, routes(t, doc)[0].(map[string]any), "typed_per_filter_config", extAuthzFilterName)
+	return dig(t, hcm(t, doc), "route_config")["virtual_hosts"].([]any)[i].(map[string]any)
+}
+
+// vhostPerFilter is the first virtual host's ext_authz per-filter config.
+func vhostPerFilter(t *testing.T, doc map[string]any) map[string]any {
+	t.Helper()
+	return dig(t, virtualHost(t, doc, 0), "typed_per_filter_config", extAuthzFilterName)
+}
+
+// disabledExtAuthz is a typed_per_filter_config that turns ext_authz off,
+// filed under name.
+func disabledExtAuthz(name string) map[string]any {
+	return map[string]any{name: map[string]any{
+		"@type":    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+		"disabled": true,
+	}}
+}
+
+// healthzExemption is a route that sends GET /healthz without a query to
+// catchAll's cluster with ext_authz off and a fixed list of headers removed:
+// the shape of the exemption the shipped files once had.
+func healthzExemption(catchAll any) map[string]any {
+	remove := []any{}
+	for _, h := range slices.Concat(identityHeaders, keyHeaders, overrideHeaders) {
+		remove = append(remove, h)
+	}
+	return map[string]any{
+		"match": map[string]any{"path": "/healthz", "headers": []any{
+			map[string]any{"name": ":path", "string_match": map[string]any{"exact": "/healthz"}},
+			map[string]any{"name": ":method", "string_match": map[string]any{"exact": "GET"}},
+		}},
+		"route":                     map[string]any{"cluster": catchAll.(map[string]any)["route"].(map[string]any)["cluster"], "timeout": "5s"},
+		"request_headers_to_remove": remove,
+		"typed_per_filter_config":   disabledExtAuthz(extAuthzFilterName),
+	}
 }
 
 func cluster(t *testing.T, doc map[string]any, name string) map[string]any {
