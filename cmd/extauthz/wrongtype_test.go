@@ -26,14 +26,7 @@ func TestARecordOfAnotherTypeIsAnAnswerNotAnOutage(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the create's change reaches the cache first
 	require.Empty(t, checkCode(t, ts, key), "allowed while the record is sound")
 
-	hexHash, err := r.QueryString("GET", "wt:{keys}:id:"+k.ID)
-	require.NoError(t, err)
-	record := "wt:{keys}:h:" + hexHash
-	// Written by hand, as a hash, with no change-stream entry.
-	_, err = r.Query("DEL", record)
-	require.NoError(t, err)
-	_, err = r.Query("HSET", record, "id", k.ID)
-	require.NoError(t, err)
+	recordAsHash(t, r, "wt:", k.ID)
 
 	time.Sleep(1200 * time.Millisecond) // past cache.ttl: the next check asks Redis
 	assert.Equal(t, "unavailable", checkCode(t, ts, key), "a record Redis holds as another type is no outage: 503 at once, not the stale entry")
@@ -49,13 +42,7 @@ func TestARecordOfAnotherTypeOpensNoBreakerForOtherKeys(t *testing.T) {
 		"cache: {ttl: 1s, max_stale: 1h}\n"+testRoutes)
 	bad, k := ts.create(t, keystore.Spec{Name: "wrongtype", Permissions: []string{"read:users"}})
 	good, _ := ts.create(t, keystore.Spec{Name: "good", Permissions: []string{"read:users"}})
-	hexHash, err := r.QueryString("GET", "wb:{keys}:id:"+k.ID)
-	require.NoError(t, err)
-	record := "wb:{keys}:h:" + hexHash
-	_, err = r.Query("DEL", record)
-	require.NoError(t, err)
-	_, err = r.Query("HSET", record, "id", k.ID)
-	require.NoError(t, err)
+	recordAsHash(t, r, "wb:", k.ID)
 	time.Sleep(300 * time.Millisecond)
 
 	for range 3 {
@@ -94,4 +81,17 @@ func TestACounterOfAnotherTypeFailsNoOtherKeysRateLimit(t *testing.T) {
 		}
 	}
 	assert.Empty(t, checkCode(t, ts, good), "another key, whose counter Redis reads, is counted by Redis, not refused as if Redis were down")
+}
+
+// recordAsHash rewrites the record of key id (under prefix) as a Redis
+// hash, as a hand-written one would be, with no change-stream entry.
+func recordAsHash(t *testing.T, r *redistest.Server, prefix, id string) {
+	t.Helper()
+	hexHash, err := r.QueryString("GET", prefix+"{keys}:id:"+id)
+	require.NoError(t, err)
+	record := prefix + "{keys}:h:" + hexHash
+	_, err = r.Query("DEL", record)
+	require.NoError(t, err)
+	_, err = r.Query("HSET", record, "id", id)
+	require.NoError(t, err)
 }
