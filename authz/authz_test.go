@@ -138,7 +138,11 @@ func TestRevokedAndExpiredKeys(t *testing.T) {
 func TestMalformedKeysNeverReachTheStore(t *testing.T) {
 	f := authztest.New(t, nil)
 	wrongSum := f.Good[:len(f.Good)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(f.Good, "0")]
-	for _, key := range []string{"sk_short", wrongSum, "x", strings.Repeat("z", 5000), "sk_" + strings.Repeat("!", 49)} {
+	body := f.Good[len("sk_"):]
+	// A generated key with its prefix mistyped or lost reads as a legacy
+	// key by its shape, but its checksum says it is a mistyped one.
+	mistyped := []string{"SK_" + body, "sk-" + body, "sk." + body, "sl_" + body, body}
+	for _, key := range append([]string{"sk_short", wrongSum, "x", strings.Repeat("z", 5000), "sk_" + strings.Repeat("!", 49)}, mistyped...) {
 		d := f.Decide(authz.Request{Path: "/api/users", Headers: authz.HeaderMap{"x-api-key": key}})
 		assert.Equal(t, authz.CodeInvalidKey, d.Code)
 	}

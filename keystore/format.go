@@ -103,6 +103,13 @@ func (f Format) Check(key string) error {
 			return ErrMalformed
 		}
 	}
+	// A key of this format with its prefix mistyped ("SK_", "sk-", "sl_")
+	// or lost is no imported key but a mistyped one: its checksum says so
+	// (one imported key in 2³² would read as one), and it is refused here
+	// rather than looked up, spending its sender's failed-attempts budget.
+	if f.bareKey(key) {
+		return ErrMalformed
+	}
 	return nil
 }
 

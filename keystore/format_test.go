@@ -101,7 +101,15 @@ func TestCheckRejectsWithoutAStore(t *testing.T) {
 		{"the empty string fails", "", false},
 		{"the prefix alone fails", "sk_", false},
 		{"a prefixed key of legacy shape fails (prefix means new format)", "sk_this-is-not-a-valid-key", false},
-		{"another prefix is a legacy key", "pk_" + good[3:], true},
+		// A generated key with its prefix mistyped or lost is no imported
+		// key: its checksum says it is this format's, mistyped.
+		{"a generated key with another prefix fails", "pk_" + good[3:], false},
+		{"a generated key with its prefix in capitals fails", "SK_" + good[3:], false},
+		{"a generated key with its underscore typed as - fails", "sk-" + good[3:], false},
+		{"a generated key with its underscore typed as . fails", "sk." + good[3:], false},
+		{"a generated key without its prefix fails", good[3:], false},
+		{"another prefix before another checksum is a legacy key", "pk_" + flip(good, len(good)-1)[3:], true},
+		{"an imported key of the same length is a legacy key", "sk-" + strings.Repeat("a", 49), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
