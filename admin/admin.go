@@ -719,12 +719,14 @@ func (s *server) canGrant(c *caller, perms []string) error {
 }
 
 // mention quotes a client-supplied name for an error message, unless it
-// has the shape of an API key or holds one: someone may have pasted one in
-// the wrong place, and a key never appears in an error. Quoting escapes control,
+// has the shape of an API key or may hold one, read as everything written
+// out is (Format.MayHoldKey: a key mistyped, wrapped, or with its prefix
+// lost): someone may have pasted one in the wrong place, and a key never
+// appears in an error. Quoting escapes control,
 // bidirectional and other invisible characters, so that an echoed name
 // reads as what it is.
 func (s *server) mention(v string) string {
-	if f := s.authz.Policies().Format; len(v) >= 16 && (f.Check(v) == nil || f.ResemblesKey(v)) {
+	if f := s.authz.Policies().Format; len(v) >= 16 && (f.Check(v) == nil || f.MayHoldKey(v)) {
 		return "(a value shaped like an API key, not shown)"
 	}
 	return strconv.Quote(strings.ToValidUTF8(v, "\uFFFD"))
