@@ -580,11 +580,9 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 		if err := json.Unmarshal(js, &tree); err != nil {
 			return nil, false, fmt.Errorf("parse yaml: %w", err)
 		}
-		m, ok := tree.(map[string]any)
-		if !ok {
+		if _, ok := tree.(map[string]any); !ok {
 			return nil, false, errors.New("config must be a mapping of fields (listen, store, routes, ...)")
 		}
-		setsSomething = len(m) > 0
 		if err := checkFields("", tree, reflect.TypeFor[Config]()); err != nil {
 			return nil, false, err
 		}
@@ -599,6 +597,9 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 		if cache, _ := tree.(map[string]any)["cache"].(map[string]any); cache["max_stale"] == nil {
 			cfg.Cache.MaxStale = max(cfg.Cache.MaxStale, cfg.Cache.TTL)
 		}
+		// However it is written (fields, empty sections, the defaults
+		// spelt out), a file that comes to the defaults sets nothing.
+		setsSomething = !reflect.DeepEqual(cfg, Default())
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, false, err
@@ -619,23 +620,16 @@ func parse(data []byte) (_ *Config, setsSomething bool, _ error) {
 // does not belong: a Redis url with its password, given a tag (!!int) that
 // the decoder refuses before the config's own checks, which never quote
 // one, could read it.
+//
+// Everything from the first backquote to the last goes: a value may hold a
+// backquote of its own, and pairing them one by one would show what
+// follows it.
 func withoutValues(msg string) string {
-	var b strings.Builder
-	for {
-		i := strings.IndexByte(msg, '`')
-		if i < 0 {
-			break
-		}
-		j := strings.IndexByte(msg[i+1:], '`')
-		if j < 0 {
-			break
-		}
-		b.WriteString(msg[:i])
-		b.WriteString("(a value, not shown)")
-		msg = msg[i+1+j+1:]
+	i, j := strings.IndexByte(msg, '`'), strings.LastIndexByte(msg, '`')
+	if i < 0 || j == i {
+		return msg
 	}
-	b.WriteString(msg)
-	return b.String()
+	return msg[:i] + "(a value, not shown)" + msg[j+1:]
 }
 
 // numbersReadOneWay refuses a plain scalar that YAML's two versions read
@@ -665,8 +659,9 @@ func numbersReadOneWay(data []byte) error {
 }
 
 // twoWayNumber reports whether v, a plain scalar, is a number whose value
-// YAML 1.1 and 1.2 read differently: a leading zero before more digits,
-// an underscore among digits, or 0b.
+// YAML 1.1 and 1.2 read differently: octal digits after a leading zero
+// that make another number in decimal (010), an underscore among digits,
+// or 0b.
 func twoWayNumber(v string) bool {
 	v = strings.TrimLeft(v, "+-")
 	if len(v) < 2 || v[0] < '0' || v[0] > '9' {
@@ -678,7 +673,18 @@ func twoWayNumber(v string) bool {
 	if strings.Trim(v, "0123456789_") != "" {
 		return false // a float, a time, a word
 	}
-	return v[0] == '0' || strings.Contains(v, "_")
+	if strings.Contains(v, "_") {
+		return true
+	}
+	// A leading zero: YAML 1.1 reads octal digits as octal (with an 8 or
+	// a 9 among them, as decimal), YAML 1.2 as decimal. 01 to 07 are the
+	// same either way.
+	octal, err := strconv.ParseInt(v, 8, 64)
+	if v[0] != '0' || err != nil {
+		return false
+	}
+	decimal, err := strconv.ParseInt(v, 10, 64)
+	return err != nil || octal != decimal
 }
 
 // keysStayApart refuses a mapping whose keys YAML keeps apart but that

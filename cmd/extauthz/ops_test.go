@@ -585,7 +585,7 @@ func TestSIGHUPWithoutAConfigFileIsLoggedNotFatal(t *testing.T) {
 // file, a template that rendered only its header comment), which sets
 // nothing either. The reload fails, says why, and the routes in force stay.
 func TestAnEmptiedConfigFileIsNotReloaded(t *testing.T) {
-	for _, content := range []string{"", "\n", "  \n\n", "# managed by the deploy tool\n", "---\n", "{}\n", "---\n# nothing\n...\n"} {
+	for _, content := range []string{"", "\n", "  \n\n", "# managed by the deploy tool\n", "---\n", "{}\n", "---\n# nothing\n...\n", "listen: {}\nstore: {}\n"} {
 		t.Run(fmt.Sprintf("%q", content), func(t *testing.T) {
 			ts, path, yaml, logs := startReloadable(t)
 			reader, _ := ts.create(t, keystore.Spec{Name: "r", Permissions: []string{"read:users"}})
