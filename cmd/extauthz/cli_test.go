@@ -1169,6 +1169,31 @@ func TestANewKeyIsNeverWrittenToAFileOtherUsersCanRead(t *testing.T) {
 		assert.Equal(t, before, listed(), "%v: a key was made or rotated", c.args)
 	}
 
+	t.Run("another user's private file", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("writing into another user's file takes root (CI runs as root)")
+		}
+		name := filepath.Join(dir, "theirs.json")
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY, 0o600)
+		require.NoError(t, err)
+		defer f.Close()
+		require.NoError(t, os.Chown(name, 12345, 12345))
+		before := listed()
+		cmd := exec.Command(os.Args[0], "keys", "create", "--name", "theirs", "--perm", "x", "--config", path)
+		cmd.Env = append(os.Environ(), "EXTAUTHZ_TEST_AS_MAIN=1")
+		var errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = f, &errb
+		var exit *exec.ExitError
+		require.ErrorAs(t, cmd.Run(), &exit)
+		assert.Equal(t, 1, exit.ExitCode(), errb.String())
+		assert.Contains(t, errb.String(), "a file another user owns")
+		assert.Contains(t, errb.String(), "no key was made")
+		out, err := os.ReadFile(name)
+		require.NoError(t, err)
+		assert.Empty(t, out)
+		assert.Equal(t, before, listed(), "a key was made")
+	})
+
 	t.Run("another user's file", func(t *testing.T) {
 		if os.Geteuid() != 0 {
 			t.Skip("running as another user than the file's takes root (CI runs as root)")

@@ -4,6 +4,7 @@ package main
 
 import (
 	"io/fs"
+	"os"
 	"syscall"
 )
 
@@ -14,4 +15,11 @@ func fileIDOf(fi fs.FileInfo) fileID {
 		return fileID{dev: uint64(st.Dev), ino: uint64(st.Ino)}
 	}
 	return fileID{}
+}
+
+// ownedByAnother reports whether fi's file belongs to another user than
+// the one this process runs as.
+func ownedByAnother(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) != os.Geteuid()
 }

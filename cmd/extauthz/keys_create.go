@@ -140,8 +140,12 @@ func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, 
 // instead (chmod) would not do: a mode is checked when a file is opened,
 // so whoever opened it while it was readable (between the shell making it
 // and this process starting, or at any time before, for a file being
-// overwritten) keeps reading what is written to it. Terminals, pipes and
-// sockets are left as they are.
+// overwritten) keeps reading what is written to it. A private file of
+// another user (root writing into it) is refused too: its owner reads it.
+// What stays out of reach is a file that was readable before and was made
+// private since: a descriptor opened then still reads, and nothing here
+// can tell; write a key to a new file. Terminals, pipes and sockets are
+// left as they are.
 func privateSecretOutput(c *cobra.Command) error {
 	f, ok := c.OutOrStdout().(*os.File)
 	if !ok {
@@ -151,10 +155,15 @@ func privateSecretOutput(c *cobra.Command) error {
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil
 	}
+	how := "remove the file and write the key to a new one only you can read, e.g. rm -f key.json; (umask 077; extauthz " +
+		strings.TrimPrefix(c.CommandPath(), c.Root().Name()+" ") + " ... > key.json)"
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("standard output is a file other users may read (mode %04o), and whoever opened it already would read the key "+
-			"whatever its mode became; no key was made: remove the file and write the key to a new one only you can read, "+
-			"e.g. rm -f key.json; (umask 077; extauthz %s ... > key.json)", perm, strings.TrimPrefix(c.CommandPath(), c.Root().Name()+" "))
+			"whatever its mode became; no key was made: %s", perm, how)
+	}
+	if ownedByAnother(fi) {
+		// Private, but another user's (root writing into it): theirs to read.
+		return fmt.Errorf("standard output is a file another user owns, who can read it; no key was made: %s", how)
 	}
 	return nil
 }
