@@ -151,10 +151,17 @@ func (m *metaFlag) Set(v string) error {
 	return nil
 }
 
-// check reports a --meta flag without "=", never quoting it.
+// check reports a --meta flag without "=", never quoting it, and a name no
+// entry can have: a deletion by such a name (update's --meta Tier=) would
+// remove nothing and still report the key changed.
 func (m *metaFlag) check(c *cobra.Command) error {
 	if m.malformed > 0 {
 		return usageErrorf(c, "--meta wants name=value, e.g. --meta plan=gold")
+	}
+	for _, name := range slices.Sorted(maps.Keys(m.entries)) {
+		if err := keystore.ValidateMetaName("meta", name); err != nil {
+			return flagError(c, err)
+		}
 	}
 	return nil
 }
@@ -175,7 +182,7 @@ func writeJSON(w io.Writer, v any) error {
 func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(name, value string) { fmt.Fprintf(tw, "%s:\t%s\n", name, value) }
-	row("id", k.ID)
+	row("id", shown(k.ID))
 	row("name", shown(k.Name))
 	row("owner", shown(k.Owner))
 	row("permissions", shown(strings.Join(k.Permissions, ", ")))
@@ -183,7 +190,7 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 	if rate == "" {
 		rate = "(default)"
 	}
-	row("rate limit", rate)
+	row("rate limit", shown(rate))
 	ips := "(any)"
 	if len(k.IPAllowlist) > 0 {
 		parts := make([]string, len(k.IPAllowlist))
@@ -213,18 +220,20 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 		row("revoked", fmtTime(k.RevokedAt, ""))
 	}
 	if k.RotatedFrom != "" {
-		row("rotated from", k.RotatedFrom)
+		row("rotated from", shown(k.RotatedFrom))
 	}
 	if k.RotatedTo != "" {
-		row("rotated to", k.RotatedTo)
+		row("rotated to", shown(k.RotatedTo))
 	}
 	if k.Lineage != "" {
-		row("lineage", k.Lineage+" (counts in its rate limits)")
+		row("lineage", shown(k.Lineage)+" (counts in its rate limits)")
 	}
 	tw.Flush()
 }
 
-// shown is a stored label as the terminal should print it: as it is when it
+// shown is a stored label as the terminal should print it (a name, an
+// owner, permissions, metadata, and what else a record holds as text: its
+// id and those it names, its rate limit as written): as it is when it
 // is visible text (every name and permission written since they are
 // checked), else quoted with its control, bidirectional and invisible
 // characters escaped (visible.Quote: fillers that draw nothing too), so

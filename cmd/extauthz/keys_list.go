@@ -68,7 +68,7 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(k.ID), shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
 			listedStatus(k, now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
 	}
 	tw.Flush()

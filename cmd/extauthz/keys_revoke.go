@@ -32,7 +32,7 @@ func newRevokeCmd() *cobra.Command {
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}
-				fmt.Fprintf(c.OutOrStdout(), "revoked %s (%s) at %s\n", k.ID, shown(k.Name), k.RevokedAt.Format(time.RFC3339))
+				fmt.Fprintf(c.OutOrStdout(), "revoked %s (%s) at %s\n", shown(k.ID), shown(k.Name), k.RevokedAt.Format(time.RFC3339))
 				return nil
 			})
 		},
@@ -54,11 +54,11 @@ func stillLive(ctx context.Context, w io.Writer, m *keystore.Manager, k *keystor
 	}
 	for _, s := range later {
 		fmt.Fprintf(w, "note: %s, a later key of the same line of rotations, still works (%s); revoke it too if whoever held %s could have rotated it\n",
-			s.ID, worksUntil(s), k.ID)
+			shown(s.ID), worksUntil(s), shown(k.ID))
 	}
 	for _, e := range earlier {
 		fmt.Fprintf(w, "note: %s, an earlier key of the same line of rotations, still works in its grace period (%s); revoke it too to cut the line off now\n",
-			e.ID, worksUntil(e))
+			shown(e.ID), worksUntil(e))
 	}
 }
 

