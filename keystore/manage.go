@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/extauthz/extauthz/internal/visible"
@@ -196,11 +197,17 @@ func CheckText(field, s string) error {
 	if !utf8.ValidString(s) {
 		return &FieldError{field, "must be valid UTF-8"}
 	}
+	prev := rune(-1)
 	for i, r := range s {
-		if !visible.Rune(r) {
+		// A text or emoji presentation selector may follow the symbol
+		// it chooses the form of ("love ❤\ufe0f"); anywhere else, and
+		// every other variation selector, it draws nothing.
+		presents := (r == 0xFE0E || r == 0xFE0F) && prev >= 0 && unicode.Is(unicode.So, prev)
+		if !visible.Rune(r) && !presents {
 			return &FieldError{field, fmt.Sprintf(
 				"must not contain control, bidirectional, invisible or formatting characters (U+%04X at byte %d)", r, i)}
 		}
+		prev = r
 	}
 	return nil
 }

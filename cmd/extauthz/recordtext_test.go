@@ -77,3 +77,17 @@ func TestDeletingAMetaEntryByANameNoEntryCanHaveIsAUsageError(t *testing.T) {
 	_, errOut, code = cliRun(t, "keys", "update", k.ID, "--config", path, "--meta", "tier=")
 	assert.Equal(t, 0, code, "a deletion by the entry's own name: %s", errOut)
 }
+
+// A name that draws as another key's (a variation selector after a letter
+// draws nothing) is refused: keys list would show three keys of one owner
+// all named billing-readonly, one of them an admin key.
+func TestANameWithAVariationSelectorAfterALetterIsRefused(t *testing.T) {
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(t.TempDir(), "k.db")))
+	for _, name := range []string{"billing-readonly\uFE0E", "billing\U000E0100-readonly"} {
+		_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", name, "--perm", "admin", "--owner", "team", "--json")
+		assert.Equal(t, 2, code, "%+q: %s", name, errOut)
+		assert.Contains(t, errOut, "--name")
+	}
+	_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "love \u2764\uFE0F", "--perm", "read", "--json")
+	assert.Equal(t, 0, code, "an emoji's presentation selector: %s", errOut)
+}

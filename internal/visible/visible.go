@@ -26,8 +26,8 @@ import (
 // control characters (C0, DEL, C1), bidirectional controls, zero-width and
 // other format characters (U+200B–U+200D, U+2060, U+FEFF, U+00AD, the tag
 // characters), line and paragraph separators, spaces other than U+0020,
-// private-use, unassigned and non-characters, and the letters that draw
-// nothing (Hangul fillers, U+034F, U+2800...).
+// private-use, unassigned and non-characters, the letters that draw
+// nothing (Hangul fillers, U+034F, U+2800...) and the variation selectors.
 func Rune(r rune) bool {
 	switch {
 	case r == ' ':
@@ -36,12 +36,22 @@ func Rune(r rune) bool {
 		return false
 	case r < 0x7f:
 		return true
-	case invisibleGraphic[r]:
+	case invisibleGraphic[r], VariationSelector(r):
 		return false
 	case r >= 0xFDD0 && r <= 0xFDEF, r&0xFFFE == 0xFFFE: // non-characters
 		return false
 	}
 	return unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S)
+}
+
+// VariationSelector reports whether r is one of the variation selectors
+// U+FE00–U+FE0F and U+E0100–U+E01EF. They are marks (category Mn) that
+// draw nothing of their own: after a letter, "admin\ufe0f" draws as
+// "admin". U+FE0E and U+FE0F choose the text or emoji form of a symbol
+// ("❤\ufe0f"), which a label may keep (keystore.CheckText); written out,
+// each is escaped.
+func VariationSelector(r rune) bool {
+	return r >= 0xFE00 && r <= 0xFE0F || r >= 0xE0100 && r <= 0xE01EF
 }
 
 // invisibleGraphic are letters, marks and symbols that draw nothing, the
