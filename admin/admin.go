@@ -709,10 +709,10 @@ func (s *server) canGrant(c *caller, perms []string) error {
 	}
 	for _, p := range perms {
 		if p == permAdmin || p == permKeysAdmin {
-			return permissionDenied("granting " + s.mention(p) + " needs keys:admin")
+			return permissionDenied("granting " + s.mentionLabel(p) + " needs keys:admin")
 		}
 		if !slices.Contains(c.key.Permissions, p) {
-			return permissionDenied("missing permission " + s.mention(p) + ": a keys:write caller may only grant permissions it holds")
+			return permissionDenied("missing permission " + s.mentionLabel(p) + ": a keys:write caller may only grant permissions it holds")
 		}
 	}
 	return nil
@@ -726,10 +726,22 @@ func (s *server) canGrant(c *caller, perms []string) error {
 // bidirectional and other invisible characters, so that an echoed name
 // reads as what it is.
 func (s *server) mention(v string) string {
-	if f := s.authz.Policies().Format; len(v) >= 16 && (f.Check(v) == nil || f.MayHoldKey(v)) {
+	return s.mentionBy(v, s.authz.Policies().Format.MayHoldKey)
+}
+
+// mentionLabel is mention for a permission the request asks for, which
+// has passed the checks of a label (Format.LabelHoldsKey): read as a label
+// is, so that a permission a key may hold ("sk-learn-classifier:read") is
+// named, where the looser reading of client text would hide it.
+func (s *server) mentionLabel(v string) string {
+	return s.mentionBy(v, s.authz.Policies().Format.LabelHoldsKey)
+}
+
+func (s *server) mentionBy(v string, holdsKey func(string) bool) string {
+	if f := s.authz.Policies().Format; len(v) >= 16 && (f.Check(v) == nil || holdsKey(v)) {
 		return "(a value shaped like an API key, not shown)"
 	}
-	return strconv.Quote(strings.ToValidUTF8(v, "\uFFFD"))
+	return visible.Quote(strings.ToValidUTF8(v, "\uFFFD"))
 }
 
 // Error codes of the admin API beyond those of the decision (authz.Code).

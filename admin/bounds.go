@@ -87,7 +87,7 @@ func restriction(k, bound *keystore.Key, defaults []policyRate) string {
 func (s *server) selfLoosening(before, after *keystore.Key) error {
 	for _, p := range after.Permissions {
 		if !slices.Contains(before.Permissions, p) {
-			return permissionDenied("permissions: a key may not give itself a permission it lacks (" + s.mention(p) + ")")
+			return permissionDenied("permissions: a key may not give itself a permission it lacks (" + s.mentionLabel(p) + ")")
 		}
 	}
 	switch field := restriction(after, before, s.defaultRates()); field {
