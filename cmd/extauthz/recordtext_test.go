@@ -91,3 +91,26 @@ func TestANameWithAVariationSelectorAfterALetterIsRefused(t *testing.T) {
 	_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "love \u2764\uFE0F", "--perm", "read", "--json")
 	assert.Equal(t, 0, code, "an emoji's presentation selector: %s", errOut)
 }
+
+// An error the CLI prints may carry text a record holds: keys update of a
+// rotated-away key named its rotated_to, as written straight into the
+// store, and an OSC 8 link reached the terminal. Every error is printed
+// with what does not draw escaped.
+func TestAnErrorNamingARecordsTextDrawsEverything(t *testing.T) {
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
+	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	id, err := keystore.NewID(now)
+	require.NoError(t, err)
+	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "ok", Owner: "team", Permissions: []string{"read"},
+		RotatedTo: "key_\x1b]8;;https://evil.example/\x1b\\key_0Vd7NFXyfOIkpygzfyqF\x1b]8;;\x1b\\", CreatedAt: now},
+		keystore.NewHasher(nil).Hash("old"), 0))
+	require.NoError(t, st.Close())
+
+	out, errOut, code := cliRun(t, "keys", "update", id, "--name", "other", "--config", path)
+	require.NotEqual(t, 0, code, out)
+	assertDrawsEverything(t, errOut, []string{"keys", "update"})
+	assert.NotContains(t, errOut, "\x1b]8;;", "an OSC 8 hyperlink from the store reaches the terminal")
+}
