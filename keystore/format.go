@@ -71,7 +71,8 @@ var ErrMalformed = errors.New("malformed API key")
 // Check reports whether key can be a valid key, with no store lookup: keys
 // that start with the configured prefix and an underscore must have the exact
 // shape and a matching checksum; any other (imported or legacy) key must be
-// 16–256 characters of [A-Za-z0-9_.-].
+// 16–256 characters of [A-Za-z0-9_.-] and hold no key of this format with
+// its prefix mistyped or lost (bareKey).
 func (f Format) Check(key string) error {
 	if len(key) > maxKeyLen {
 		return ErrMalformed

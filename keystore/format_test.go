@@ -486,12 +486,14 @@ func TestALabelHoldingAKeyWithoutItsPrefixHoldsAKey(t *testing.T) {
 	assert.False(t, f.LabelHoldsKey("billing "+key[3:len(key)-1]+otherBase62(key[len(key)-1])), "a long token whose checksum does not match")
 }
 
-// A label may hold a text or emoji presentation selector right after the
-// symbol it chooses the form of, and no other variation selector anywhere:
+// A label may hold a text or emoji presentation selector right after what
+// has both forms (a symbol, punctuation, a digit of a keycap, ℹ), and no
+// other variation selector anywhere:
 // after a letter they draw nothing, and "billing-readonly\ufe0e" would
 // pass for "billing-readonly".
 func TestALabelKeepsOnlyASymbolsPresentationSelector(t *testing.T) {
-	for _, ok := range []string{"love \u2764\ufe0f", "check \u2714\ufe0e done", "deploy \U0001F680"} {
+	for _, ok := range []string{"love \u2764\ufe0f", "check \u2714\ufe0e done", "deploy \U0001F680",
+		"team 1\ufe0f\u20e3 ci", "#\ufe0f\u20e3", "\u203c\ufe0f", "\u2194\ufe0f", "\u2139\ufe0f"} {
 		assert.NoError(t, CheckText("name", ok), "%+q", ok)
 	}
 	for _, bad := range []string{"billing-readonly\ufe0e", "billing\U000E0100-readonly", "admin\ufe0f", "\ufe0f", "love \u2764\ufe0f\ufe0f", "\u2764\ufe00", "x\u2764 \ufe0f"} {

@@ -199,10 +199,13 @@ func CheckText(field, s string) error {
 	}
 	prev := rune(-1)
 	for i, r := range s {
-		// A text or emoji presentation selector may follow the symbol
-		// it chooses the form of ("love ❤\ufe0f"); anywhere else, and
-		// every other variation selector, it draws nothing.
-		presents := (r == 0xFE0E || r == 0xFE0F) && prev >= 0 && unicode.Is(unicode.So, prev)
+		// A text or emoji presentation selector may follow what has a
+		// text and an emoji form: a symbol, punctuation or a digit
+		// ("love ❤\ufe0f", "‼\ufe0f", the keycap "1\ufe0f\u20e3"), and
+		// ℹ; after a letter or a mark, and every other variation
+		// selector anywhere, it draws nothing ("admin\ufe0f").
+		presents := (r == 0xFE0E || r == 0xFE0F) && prev >= 0 &&
+			(unicode.In(prev, unicode.S, unicode.P, unicode.Nd) || prev == 0x2139)
 		if !visible.Rune(r) && !presents {
 			return &FieldError{field, fmt.Sprintf(
 				"must not contain control, bidirectional, invisible or formatting characters (U+%04X at byte %d)", r, i)}

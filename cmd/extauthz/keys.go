@@ -235,12 +235,14 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 // owner, permissions, metadata, and what else a record holds as text: its
 // id and those it names, its rate limit as written): as it is when it
 // is visible text (every name and permission written since they are
-// checked), else quoted with its control, bidirectional and invisible
+// checked) with no variation selector (after a symbol with no second form,
+// one draws nothing: "★\ufe0e" would pass for "★"), else quoted with its
+// control, bidirectional and invisible
 // characters escaped (visible.Quote: fillers that draw nothing too), so
 // that a record written before, or straight into the store, cannot steer
 // the terminal or pass for another.
 func shown(label string) string {
-	if keystore.CheckText("", label) == nil {
+	if keystore.CheckText("", label) == nil && !strings.ContainsFunc(label, visible.VariationSelector) {
 		return label
 	}
 	return visible.Quote(label)

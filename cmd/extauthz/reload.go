@@ -145,7 +145,7 @@ func (s *server) reload(why string, expect *stamp) (read stamp, moved bool) {
 		// what a file emptied by mistake (a shell's > on the wrong name,
 		// echo > file, a writer that truncates first and failed, a
 		// template that rendered only its header comment) reads as.
-		err = errors.New("the config file sets nothing (empty, blank or only comments: emptied by mistake, or a writer that truncated it failed?); as the defaults it has no routes and would deny every request")
+		err = errors.New("the config file sets nothing but the defaults (empty, blank, only comments or empty sections: emptied by mistake, or a writer that truncated it failed?); as the defaults it has no routes and would deny every request")
 	}
 	after := fileStamp(s.cfgPath)
 	if after != before {
