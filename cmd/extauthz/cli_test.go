@@ -27,7 +27,6 @@ import (
 	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
-	"github.com/extauthz/extauthz/keystore/sqlite"
 )
 
 // cliRun runs the command as a separate process and returns what it printed
@@ -675,18 +674,12 @@ func TestKeysCarryPoliciesAndMetadataThroughTheCLI(t *testing.T) {
 }
 
 func TestKeysListShowsAnOldRecordsInvisibleCharactersEscaped(t *testing.T) {
-	dir := t.TempDir()
-	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
 	// A record written before names were checked, straight into the store.
-	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
-	require.NoError(t, err)
-	now := time.Now().UTC()
-	id, err := keystore.NewID(now)
-	require.NoError(t, err)
-	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "pay\u202Eroll\x1b[2J", Owner: "team",
+	k := &keystore.Key{Name: "pay\u202Eroll\x1b[2J", Owner: "team",
 		Permissions: []string{"read\u200B", "fill\u3164"}, Policies: []string{"gold\u009b2J"},
-		Meta: map[string]string{"plan": "a\u2060b"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
-	require.NoError(t, st.Close())
+		Meta: map[string]string{"plan": "a\u2060b"}}
+	path := storedRecords(t, k)
+	id := k.ID
 
 	for _, args := range [][]string{{"keys", "list"}, {"keys", "show", id}} {
 		out, errOut, code := cliRun(t, append(args, "--config", path)...)

