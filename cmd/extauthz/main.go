@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -90,7 +89,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, errReported) {
 		return 1
 	}
-	msg := drawable(redactArgs(err.Error(), args))
+	// An error may carry text a record holds (an id it names, written
+	// straight into the store): written so that it cannot steer the
+	// terminal or pass for other text.
+	msg := visible.Escape(redactArgs(err.Error(), args))
 	if ue := (*usageError)(nil); errors.As(err, &ue) {
 		path := ue.cmd.CommandPath()
 		fmt.Fprintf(stderr, "%s: %s\nUsage: %s\nRun '%s --help' for more.\n", path, msg, ue.cmd.UseLine(), path)
@@ -98,27 +100,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "%s: %s\n", cmd.CommandPath(), msg)
 	return 1
-}
-
-// drawable is an error message as a terminal should print it: every
-// character that does not draw itself (visible.Rune) but line breaks and
-// tabs written as its Go escape (\x1b, \u202e). A message may carry text
-// a record holds (an id it names, written straight into the store), which
-// must not steer the terminal or pass for other text.
-func drawable(msg string) string {
-	if !strings.ContainsFunc(msg, func(r rune) bool { return r != '\n' && r != '\t' && !visible.Rune(r) }) {
-		return msg
-	}
-	var b strings.Builder
-	for _, r := range msg {
-		if r == '\n' || r == '\t' || visible.Rune(r) {
-			b.WriteRune(r)
-			continue
-		}
-		q := strconv.QuoteRuneToASCII(r)
-		b.WriteString(q[1 : len(q)-1])
-	}
-	return b.String()
 }
 
 // newRootCmd is the command tree; stdout and stderr are where commands

@@ -22,3 +22,18 @@ func TestVariationSelectorsDoNotDrawThemselves(t *testing.T) {
 		t.Errorf("Quote left U+E0100 raw: %+q", q)
 	}
 }
+
+// Escape leaves what draws, line breaks and tabs as they are and writes the
+// rest as Go escapes, unquoted.
+func TestEscapeWritesWhatDoesNotDrawAsGoEscapes(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain text, line\n\tnext":      "plain text, line\n\tnext",
+		"key_\x1b]8;;https://e/\x1b\\x": `key_\x1b]8;;https://e/\x1b\x`,
+		"pay\u202eroll \u009b2J":        `pay\u202eroll \u009b2J`,
+		"admin\U000e0100 love ❤\ufe0f":  `admin\U000e0100 love ❤\ufe0f`,
+	} {
+		if got := Escape(in); got != want {
+			t.Errorf("Escape(%+q) = %s, want %s", in, got, want)
+		}
+	}
+}

@@ -16,6 +16,7 @@ package visible
 
 import (
 	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -133,17 +134,46 @@ func quoteAll(q string) string {
 	b := make([]byte, 0, len(q)+16)
 	for _, r := range q {
 		if r >= utf8.RuneSelf && !Rune(r) {
-			if r > 0xFFFF {
-				b = append(b, '\\', 'U')
-				for shift := 28; shift >= 0; shift -= 4 {
-					b = append(b, hexDigits[r>>shift&0xF])
-				}
-				continue
-			}
-			b = AppendJSONEscape(b, r) // \uXXXX, as Go spells it too
+			b = appendGoEscape(b, r)
 			continue
 		}
 		b = utf8.AppendRune(b, r)
 	}
 	return string(b)
+}
+
+// Escape returns s, unquoted, with every character that does not draw
+// itself but line breaks and tabs written as its Go escape (\x1b, \u202e,
+// \U000e0100): for a message made of text others wrote, such as an error
+// naming what a stored record holds, printed to a terminal.
+func Escape(s string) string {
+	keep := func(r rune) bool { return r == '\n' || r == '\t' || Rune(r) }
+	if !strings.ContainsFunc(s, func(r rune) bool { return !keep(r) }) {
+		return s
+	}
+	b := make([]byte, 0, len(s)+16)
+	for _, r := range s {
+		if keep(r) {
+			b = utf8.AppendRune(b, r)
+			continue
+		}
+		b = appendGoEscape(b, r)
+	}
+	return string(b)
+}
+
+// appendGoEscape appends r as Go writes it escaped: \xXX below U+0080,
+// \uXXXX up to U+FFFF, \UXXXXXXXX above.
+func appendGoEscape(b []byte, r rune) []byte {
+	switch {
+	case r < utf8.RuneSelf:
+		return append(b, '\\', 'x', hexDigits[r>>4], hexDigits[r&0xF])
+	case r > 0xFFFF:
+		b = append(b, '\\', 'U')
+		for shift := 28; shift >= 0; shift -= 4 {
+			b = append(b, hexDigits[r>>shift&0xF])
+		}
+		return b
+	}
+	return AppendJSONEscape(b, r) // \uXXXX, as Go spells it too
 }
