@@ -1034,6 +1034,10 @@ func (m *manifests) checkExtauthzPolicies(id string, w workload, nps []*networki
 					// The protected workloads' namespace is known: a label
 					// alone is one any Pod's author can write.
 					bad("%s: admits Pods labelled %s=true to %s from every namespace, not the protected workloads' own", pid, protectedLabel, id)
+				case requiresLabel(peer.PodSelector, protectedLabel, "true") && ruleOpensPort(rule.Ports, httpPort):
+					// Their sidecars ask over gRPC; the application beside
+					// each has no business with HTTP decisions or /metrics.
+					bad("%s: lets the Istio-protected workloads reach %s beyond its gRPC port %d", pid, id, grpcPort)
 				case peer.PodSelector != nil && (requiresLabel(peer.PodSelector, proxyLabel, "true") || requiresLabel(peer.PodSelector, protectedLabel, "true")):
 					proxies = proxies || ruleOpensPort(rule.Ports, grpcPort)
 				case peer.PodSelector == nil && requiresLabel(peer.NamespaceSelector, "kubernetes.io/metadata.name", monitoringNS):
@@ -1600,6 +1604,29 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		t.Fatalf("no NetworkPolicy %s", name)
 		return nil
 	}
+	// The ingress rule of the extauthz NetworkPolicy that admits the
+	// Istio-protected workloads, and their peer in it.
+	protectedRule := func(m *manifests) *networkingv1.NetworkPolicyIngressRule {
+		np := netpol(m, "extauthz")
+		for i, rule := range np.Spec.Ingress {
+			for _, peer := range rule.From {
+				if requiresLabel(peer.PodSelector, protectedLabel, "true") {
+					return &np.Spec.Ingress[i]
+				}
+			}
+		}
+		t.Fatal("no ingress rule of NetworkPolicy/extauthz admits the protected workloads")
+		return nil
+	}
+	protectedPeer := func(m *manifests) *networkingv1.NetworkPolicyPeer {
+		rule := protectedRule(m)
+		for i, peer := range rule.From {
+			if requiresLabel(peer.PodSelector, protectedLabel, "true") {
+				return &rule.From[i]
+			}
+		}
+		return nil
+	}
 	setConfig := func(m *manifests, name, data string) {
 		for _, cm := range m.configMaps {
 			if strings.HasPrefix(cm.Name, name) {
@@ -1657,12 +1684,15 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 			netpol(m, "extauthz").Spec.Egress[0].To = []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}}
 		}, "every Pod of every namespace"},
 		{"istio", "the protected label admitted from every namespace", func(m *manifests) {
-			for _, peer := range netpol(m, "extauthz").Spec.Ingress[0].From {
-				if peer.PodSelector.MatchLabels[protectedLabel] == "true" {
-					peer.NamespaceSelector.MatchLabels = nil
-				}
-			}
+			protectedPeer(m).NamespaceSelector.MatchLabels = nil
 		}, "from every namespace"},
+		{"istio", "the protected workloads let through to the HTTP port too", func(m *manifests) {
+			rule := protectedRule(m)
+			rule.Ports = append(rule.Ports, networkingv1.NetworkPolicyPort{Port: ptr(intstr.FromInt32(9002))})
+		}, "beyond its gRPC port"},
+		{"istio", "the protected workloads let through to every port", func(m *manifests) {
+			protectedRule(m).Ports = nil
+		}, "beyond its gRPC port"},
 		{"standalone", "a writable root filesystem", func(m *manifests) {
 			m.statefulSets[0].Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = nil
 		}, "readOnlyRootFilesystem"},
@@ -1794,7 +1824,11 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		}, "no NetworkPolicy limits who reaches"},
 		{"istio", "the protected workloads shut out of extauthz", func(m *manifests) {
 			np := netpol(m, "extauthz")
-			np.Spec.Ingress[0].From = np.Spec.Ingress[0].From[:1]
+			np.Spec.Ingress = slices.DeleteFunc(np.Spec.Ingress, func(rule networkingv1.NetworkPolicyIngressRule) bool {
+				return slices.ContainsFunc(rule.From, func(peer networkingv1.NetworkPolicyPeer) bool {
+					return requiresLabel(peer.PodSelector, protectedLabel, "true")
+				})
+			})
 		}, "are not let through"},
 		{"sidecar", "the sidecar's Redis password given to the app too", func(m *manifests) {
 			spec := &m.deployments[0].Spec.Template.Spec
