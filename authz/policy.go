@@ -767,6 +767,9 @@ func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
 		if host == "" {
 			return true // names nothing: the request's host stands
 		}
+		if !plainHost(host) {
+			return false
+		}
 		q, ok := ps.byHost(host)
 		return ok && q == p
 	}
@@ -783,6 +786,40 @@ func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
 		}
 	})
 	return ok
+}
+
+// plainHost reports whether a forwarded host is spelled with the bytes of
+// a host name (letters, digits, ".", "-", "_"), or as an IP literal in
+// brackets, with at most a port after either: what every reader of the
+// header reads alike. Any other byte is one some reader cuts at or decodes,
+// so that it finds another host inside: Spring's ForwardedHeaderUtils
+// before 7.1 and Reactor Netty read host="?([^;,"]+) out of
+// host="billing.example.com,x", Rack splits a Forwarded value at "," and
+// ";" before it reads quotes, and a "%" may be decoded. A request's own
+// Host is not held to this (Envoy compares its bytes as they are, and so
+// does selection): only the hosts an upstream may take instead of it.
+func plainHost(host string) bool {
+	if host[0] == '[' {
+		end := strings.IndexByte(host, ']')
+		if end < 0 {
+			return false
+		}
+		for i := 1; i < end; i++ {
+			if c := host[i]; unhex(c) < 0 && c != ':' && c != '.' {
+				return false
+			}
+		}
+		return end+1 == len(host) || isPort(host[end+1:])
+	}
+	for i := 0; i < len(host); i++ {
+		switch c := host[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.', c == '-', c == '_', c == ':': // a ":" is the port's, or canonicalHost refuses it
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // forwardedHostsOf calls agrees with each host= parameter of a Forwarded

@@ -142,6 +142,22 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequest(t *testing.T) {
 		{"a pair without =", "billing.example.com", authz.HeaderMap{"forwarded": "for=192.0.2.1;host"}, ""},
 		{"spaces around =", "api.other.org", authz.HeaderMap{"forwarded": "host = billing.example.com"}, ""},
 		{"an unquoted value that is no token", "billing.example.com", authz.HeaderMap{"forwarded": "for=[2001:db8::1]"}, ""},
+		// A byte no host name holds: some reader cuts the host there or
+		// decodes it, and finds another policy's host inside. Spring before
+		// 7.1 and Reactor Netty read host="?([^;,"]+), Rack splits at ","
+		// and ";" before it reads quotes.
+		{"a quoted host holding a comma", "api.other.org", authz.HeaderMap{"forwarded": `host="billing.example.com,x"`}, ""},
+		{"a quoted host holding a semicolon", "api.other.org", authz.HeaderMap{"forwarded": `for=192.0.2.1;host="billing.example.com;x"`}, ""},
+		{"a quoted host holding another pair", "api.other.org", authz.HeaderMap{"forwarded": `host="billing.example.com,for=x"`}, ""},
+		{"a quoted host ending in the request's own policy's host", "shop.example.com", authz.HeaderMap{"forwarded": `host="billing.example.com,shop.example.com"`}, ""},
+		{"a quoted host holding a space", "api.other.org", authz.HeaderMap{"forwarded": `host="billing.example.com x"`}, ""},
+		{"a quoted host of the same policy holding a comma", "billing.example.com", authz.HeaderMap{"forwarded": `host="billing.example.com,billing.example.com"`}, ""},
+		{"a percent-encoded host", "api.other.org", authz.HeaderMap{"forwarded": `host="billing%2Eexample.com"`}, ""},
+		{"a non-ASCII host", "api.other.org", authz.HeaderMap{"x-forwarded-host": "billing.exam\u0440le.com"}, ""},
+		{"X-Forwarded-Host holding a semicolon", "api.other.org", authz.HeaderMap{"x-forwarded-host": "billing.example.com;x"}, ""},
+		{"X-Forwarded-Host holding a quote", "api.other.org", authz.HeaderMap{"x-forwarded-host": `"billing.example.com"`}, ""},
+		{"an IP literal with more than a port after it", "api.other.org", authz.HeaderMap{"x-forwarded-host": "[2001:db8::1]x.billing.example.com"}, ""},
+		{"an IP literal holding a letter past f", "api.other.org", authz.HeaderMap{"x-forwarded-host": "[billing.example.com]"}, ""},
 		{"the same host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, "billing"},
 		{"Forwarded as proxies write it", "billing.example.com", authz.HeaderMap{"forwarded": `for=192.0.2.1;proto=https;by="[2001:db8::1]:80", for=198.51.100.17;host=billing.example.com`}, "billing"},
 		{"empty pairs and elements", "billing.example.com", authz.HeaderMap{"forwarded": "for=192.0.2.1;; ,proto=https"}, "billing"},
@@ -150,6 +166,8 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequest(t *testing.T) {
 		{"Forwarded without a host", "billing.example.com", authz.HeaderMap{"forwarded": "for=192.0.2.1;proto=https"}, "billing"},
 		{"an empty X-Forwarded-Host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": ""}, "billing"},
 		{"two hosts of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "www.other.org"}, "default"},
+		{"an IP literal and a port, of no policy", "api.other.org", authz.HeaderMap{"forwarded": `host="[2001:db8::1]:8443"`}, "default"},
+		{"an underscore and a port, of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "internal_api.other.org:80"}, "default"},
 		// An empty host (Host: with no value, an empty :authority) selects
 		// no policy by host, as a host of no policy does.
 		{"of a named policy, from an empty host", "", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, ""},
