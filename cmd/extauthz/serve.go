@@ -150,10 +150,21 @@ type grpcConnLimit struct {
 	// keepalive pings could hold a connection open forever at no cost of
 	// its own, and as many as it likes.
 	Idle time.Duration
+	// Age is how long any connection stays open (grpc-go adds up to 10%
+	// either way): it is then sent a GOAWAY, and AgeGrace later closed
+	// with whatever it still holds. Envoy opens a new connection for its
+	// next call. grpcMaxCall cannot end a call whose client never grants
+	// the flow-control window for its answer (SETTINGS_INITIAL_WINDOW_SIZE
+	// 0): grpc-go forgets a stream only once its trailers are written,
+	// which queue behind that answer, so such a client kept each call's
+	// metadata and its place among the connection's 1,024 for as long as
+	// it answered pings, and the connection was never idle. Zero: no bound.
+	Age, AgeGrace time.Duration
 }
 
-// grpcConnLimits are the gRPC listener's; tests shorten them.
-var grpcConnLimits = grpcConnLimit{Handshake: 5 * time.Second, Idle: 5 * time.Minute}
+// grpcConnLimits are the gRPC listener's; tests shorten them. The grace
+// lets a call that began just before the GOAWAY run to its own bound.
+var grpcConnLimits = grpcConnLimit{Handshake: 5 * time.Second, Idle: 5 * time.Minute, Age: 5 * time.Minute, AgeGrace: grpcMaxCall + 5*time.Second}
 
 // grpcMaxCall bounds a gRPC call that states no shorter deadline of its
 // own. Envoy sends its ext_authz timeout (grpc-timeout) with every Check,
@@ -446,7 +457,8 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	}
 	s.refusedCalls = listenerErrorLog(logger, cfg.Keys.Format.MayHoldKey)
 	s.grpc = grpc.NewServer(append(grpcOpts,
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: grpcConnLimits.Idle}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second,
+			MaxConnectionIdle: grpcConnLimits.Idle, MaxConnectionAge: grpcConnLimits.Age, MaxConnectionAgeGrace: grpcConnLimits.AgeGrace}),
 		grpc.ConnectionTimeout(grpcConnLimits.Handshake),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Caps on what one connection can make the server hold: a
