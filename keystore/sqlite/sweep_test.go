@@ -62,7 +62,7 @@ func queryPlan(t *testing.T, s *Store, query string, args ...any) string {
 func TestListingLiveKeysReadsOnlyListedRows(t *testing.T) {
 	s := openTest(t, filepath.Join(t.TempDir(), "k.db"))
 	now := time.Now().UTC()
-	fillDead(t, s, "alice", 20000, now, now.Add(time.Minute))
+	fillDead(t, s, "alice", 4000, now, now.Add(time.Minute))
 	var live []string
 	for i := range 6 {
 		k, h := testKey(t)
@@ -72,7 +72,7 @@ func TestListingLiveKeysReadsOnlyListedRows(t *testing.T) {
 	}
 	later := now.Add(time.Hour)
 	for {
-		res, err := s.Sweep(t.Context(), keystore.SweepOptions{Now: later, Batch: 5000})
+		res, err := s.Sweep(t.Context(), keystore.SweepOptions{Now: later, Batch: 1000})
 		require.NoError(t, err)
 		if !res.More {
 			break
