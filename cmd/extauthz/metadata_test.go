@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,37 +40,67 @@ func (c *countingConn) Write(b []byte) (int, error) {
 
 // rawStreams is one raw HTTP/2 connection that opens gRPC calls whose
 // headers it writes itself, and counts the calls the server ended with
-// grpc-status 8 (RESOURCE_EXHAUSTED) in a trailers-only answer.
+// grpc-status 8 (RESOURCE_EXHAUSTED) in a trailers-only answer. It
+// acknowledges the server's settings and answers its pings, so that
+// keepalive finds nothing wrong with it.
 type rawStreams struct {
 	conn      *countingConn
+	wmu       sync.Mutex // one writer at a time: open, and the reader's acknowledgements
 	exhausted atomic.Int64
+	data      atomic.Int64 // DATA frames received: answers the server could send
+	goaway    atomic.Bool
+	closed    atomic.Bool // the server closed the connection
 }
 
-// dialRaw opens a raw HTTP/2 connection to addr and reads what the server
-// sends (so that it never blocks on the client).
-func dialRaw(t *testing.T, addr string) *rawStreams {
+// dialRaw opens a raw HTTP/2 connection to addr with the settings given
+// and reads what the server sends (so that it never blocks on the client).
+func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawStreams {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
 	rs := &rawStreams{conn: &countingConn{Conn: c}}
 	_, err = io.WriteString(rs.conn, http2.ClientPreface)
 	require.NoError(t, err)
-	require.NoError(t, http2.NewFramer(rs.conn, c).WriteSettings())
+	require.NoError(t, http2.NewFramer(rs.conn, c).WriteSettings(settings...))
+	read := make(chan struct{})
+	t.Cleanup(func() { c.Close(); <-read })
 	go func() {
+		defer close(read)
+		defer rs.closed.Store(true)
 		rfr := http2.NewFramer(io.Discard, c)
 		rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		acks := http2.NewFramer(c, nil) // not counted: what the client sends of its own accord
+		ack := func(write func() error) {
+			rs.wmu.Lock()
+			defer rs.wmu.Unlock()
+			_ = write()
+		}
 		for {
 			f, err := rfr.ReadFrame()
 			if err != nil {
 				return
 			}
-			if mh, ok := f.(*http2.MetaHeadersFrame); ok && mh.StreamEnded() && mh.PseudoValue("status") == "200" {
-				for _, hf := range mh.RegularFields() {
-					if hf.Name == "grpc-status" && hf.Value == "8" {
-						rs.exhausted.Add(1)
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				if f.StreamEnded() && f.PseudoValue("status") == "200" {
+					for _, hf := range f.RegularFields() {
+						if hf.Name == "grpc-status" && hf.Value == "8" {
+							rs.exhausted.Add(1)
+						}
 					}
 				}
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					ack(acks.WriteSettingsAck)
+				}
+			case *http2.PingFrame:
+				if !f.IsAck() {
+					ack(func() error { return acks.WritePing(true, f.Data) })
+				}
+			case *http2.GoAwayFrame:
+				rs.goaway.Store(true)
+			case *http2.DataFrame:
+				rs.data.Add(1)
 			}
 		}
 	}()
@@ -84,6 +115,8 @@ func dialRaw(t *testing.T, addr string) *rawStreams {
 // written.
 func (rs *rawStreams) open(t *testing.T, path string, msg []byte, first, calls, pads, padBytes int) int {
 	t.Helper()
+	rs.wmu.Lock()
+	defer rs.wmu.Unlock()
 	before := rs.conn.n
 	fr := http2.NewFramer(rs.conn, nil)
 	pad := make([]byte, padBytes)

@@ -1,113 +1,14 @@
 package main
 
 import (
-	"bytes"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/binary"
 	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
-
-// stingyClient is a raw HTTP/2 client that grants the server no flow-control
-// window for its answers (SETTINGS_INITIAL_WINDOW_SIZE 0, and never a
-// WINDOW_UPDATE), but otherwise behaves: it reads every frame, acknowledges
-// settings and answers pings, so that keepalive finds nothing wrong.
-type stingyClient struct {
-	conn *countingConn
-	wmu  sync.Mutex
-	fr   *http2.Framer
-
-	goaway atomic.Bool
-	closed atomic.Bool
-	data   atomic.Int64 // DATA frames received (answers the server could send)
-}
-
-func dialStingy(t *testing.T, addr string) *stingyClient {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	sc := &stingyClient{conn: &countingConn{Conn: c}}
-	sc.fr = http2.NewFramer(sc.conn, nil)
-	_, err = io.WriteString(sc.conn, http2.ClientPreface)
-	require.NoError(t, err)
-	require.NoError(t, sc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}))
-	done := make(chan struct{})
-	t.Cleanup(func() { c.Close(); <-done })
-	go func() {
-		defer close(done)
-		defer sc.closed.Store(true)
-		rfr := http2.NewFramer(io.Discard, c)
-		rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		for {
-			f, err := rfr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					sc.wmu.Lock()
-					_ = sc.fr.WriteSettingsAck()
-					sc.wmu.Unlock()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					sc.wmu.Lock()
-					_ = sc.fr.WritePing(true, f.Data)
-					sc.wmu.Unlock()
-				}
-			case *http2.GoAwayFrame:
-				sc.goaway.Store(true)
-			case *http2.DataFrame:
-				sc.data.Add(1)
-			}
-		}
-	}()
-	return sc
-}
-
-// open sends calls Check calls, each with two copies of one 2,800-byte
-// "-bin" metadata entry (5.6 KB decoded, within the 8 KiB a call may keep;
-// HPACK sends each copy after the first as a one-byte index) and an empty
-// CheckRequest, and half-closes them. It returns the bytes written.
-func (sc *stingyClient) open(t *testing.T, calls int) int {
-	t.Helper()
-	sc.wmu.Lock()
-	defer sc.wmu.Unlock()
-	before := sc.conn.n
-	pad := make([]byte, 2800)
-	_, _ = rand.Read(pad)
-	padValue := base64.StdEncoding.EncodeToString(pad)
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	msg := binary.BigEndian.AppendUint32([]byte{0}, 0) // an empty CheckRequest, uncompressed
-	for i := range calls {
-		block.Reset()
-		for _, f := range []hpack.HeaderField{
-			{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-			{Name: ":path", Value: "/envoy.service.auth.v3.Authorization/Check"},
-			{Name: ":authority", Value: "x"}, {Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-			{Name: "x-p-bin", Value: padValue}, {Name: "x-p-bin", Value: padValue},
-		} {
-			require.NoError(t, enc.WriteField(f))
-		}
-		id := uint32(2*i + 1)
-		require.NoError(t, sc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true}))
-		require.NoError(t, sc.fr.WriteData(id, true, msg))
-	}
-	return sc.conn.n - before
-}
 
 // A client that never grants the flow-control window for its answers
 // (SETTINGS_INITIAL_WINDOW_SIZE 0) does not hold its calls past the
@@ -128,10 +29,13 @@ func TestACallWhoseAnswerIsNeverAcceptedIsHeldNoLongerThanItsConnectionsAge(t *t
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard}, func(s *server) { s.maxCall = bound })
 
-	sc := dialStingy(t, ts.srv.grpcLn.Addr().String())
+	// No flow-control window for the answers, and never a WINDOW_UPDATE.
+	sc := dialRaw(t, ts.srv.grpcLn.Addr().String(), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
 	before := liveHeapBytes()
 	const calls = grpcMaxConcurrentStreams
-	sent := sc.open(t, calls)
+	// Each with two copies of one 2,800-byte "-bin" entry: 5.6 KB decoded,
+	// within the 8 KiB a call may keep, and an empty CheckRequest.
+	sent := sc.open(t, "/envoy.service.auth.v3.Authorization/Check", []byte{0, 0, 0, 0, 0}, 0, calls, 2, 2800)
 	start := time.Now()
 	// Well past the age and its grace (and its jitter); the bound being
 	// proved is that it ends at all, not how soon.
