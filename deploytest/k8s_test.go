@@ -944,6 +944,23 @@ func requiresLabel(sel *metav1.LabelSelector, label, value string) bool {
 // from proxies only and metrics from the monitoring namespace, and talks to
 // Redis and DNS only.
 func (m *manifests) checkNetworkPolicies(bad func(string, ...any)) {
+	// Every check below reads a rule's ports one by one (.port): a range
+	// (endPort) would open ports they never see, and no policy here needs
+	// one, so none may hold one.
+	for _, np := range m.netpols {
+		var ports []networkingv1.NetworkPolicyPort
+		for _, rule := range np.Spec.Ingress {
+			ports = append(ports, rule.Ports...)
+		}
+		for _, rule := range np.Spec.Egress {
+			ports = append(ports, rule.Ports...)
+		}
+		for _, p := range ports {
+			if p.EndPort != nil {
+				bad("NetworkPolicy/%s: opens ports %v to %d, a range; name each port", np.Name, p.Port, *p.EndPort)
+			}
+		}
+	}
 	redis, _ := m.redisContainer()
 	for _, w := range m.workloads() {
 		id := w.kind + "/" + w.name
@@ -1693,6 +1710,13 @@ func TestKubernetesProblemsAreCaught(t *testing.T) {
 		{"istio", "the protected workloads let through to every port", func(m *manifests) {
 			protectedRule(m).Ports = nil
 		}, "beyond its gRPC port"},
+		{"istio", "the protected workloads let through to a range of ports from the gRPC one", func(m *manifests) {
+			rule := protectedRule(m)
+			rule.Ports[0].EndPort = ptr(int32(9002))
+		}, "a range"},
+		{"standalone", "Redis egress to a range of ports from 6379", func(m *manifests) {
+			netpol(m, "extauthz").Spec.Egress[0].Ports[0].EndPort = ptr(int32(6400))
+		}, "a range"},
 		{"standalone", "a writable root filesystem", func(m *manifests) {
 			m.statefulSets[0].Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = nil
 		}, "readOnlyRootFilesystem"},
