@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -789,7 +790,7 @@ func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
 }
 
 // plainHost reports whether a forwarded host is spelled with the bytes of
-// a host name (letters, digits, ".", "-", "_"), or as an IP literal in
+// a host name (letters, digits, ".", "-", "_"), or as an IPv6 address in
 // brackets, with at most a port after either: what every reader of the
 // header reads alike. Any other byte is one some reader cuts at or decodes,
 // so that it finds another host inside: Spring's ForwardedHeaderUtils
@@ -800,14 +801,16 @@ func (ps *PolicySet) forwardedHostsAgree(h Headers, p *Policy) bool {
 // does selection): only the hosts an upstream may take instead of it.
 func plainHost(host string) bool {
 	if host[0] == '[' {
+		// An IPv6 address without a zone, as written: "[beef.cafe]" or
+		// "[10.0.0.5]" are no literal, and Go's net.SplitHostPort reads
+		// the name inside.
 		end := strings.IndexByte(host, ']')
 		if end < 0 {
 			return false
 		}
-		for i := 1; i < end; i++ {
-			if c := host[i]; unhex(c) < 0 && c != ':' && c != '.' {
-				return false
-			}
+		ip, err := netip.ParseAddr(host[1:end])
+		if err != nil || !ip.Is6() || ip.Zone() != "" {
+			return false
 		}
 		return end+1 == len(host) || isPort(host[end+1:])
 	}

@@ -158,6 +158,11 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequest(t *testing.T) {
 		{"X-Forwarded-Host holding a quote", "api.other.org", authz.HeaderMap{"x-forwarded-host": `"billing.example.com"`}, ""},
 		{"an IP literal with more than a port after it", "api.other.org", authz.HeaderMap{"x-forwarded-host": "[2001:db8::1]x.billing.example.com"}, ""},
 		{"an IP literal holding a letter past f", "api.other.org", authz.HeaderMap{"x-forwarded-host": "[billing.example.com]"}, ""},
+		// Go's net.SplitHostPort reads the name inside brackets: a host of
+		// hexadecimal letters, digits and dots must not pass as a literal.
+		{"a name of hex letters in brackets", "api.other.org", authz.HeaderMap{"x-forwarded-host": "[bad.cafe]:443"}, ""},
+		{"an IPv4 address in brackets", "api.other.org", authz.HeaderMap{"forwarded": `host="[10.0.0.5]"`}, ""},
+		{"an IPv6 literal with a zone", "api.other.org", authz.HeaderMap{"forwarded": `host="[fe80::1%eth0]"`}, ""},
 		{"the same host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": "billing.example.com"}, "billing"},
 		{"Forwarded as proxies write it", "billing.example.com", authz.HeaderMap{"forwarded": `for=192.0.2.1;proto=https;by="[2001:db8::1]:80", for=198.51.100.17;host=billing.example.com`}, "billing"},
 		{"empty pairs and elements", "billing.example.com", authz.HeaderMap{"forwarded": "for=192.0.2.1;; ,proto=https"}, "billing"},
@@ -167,6 +172,7 @@ func TestAForwardedHostOfAnotherPolicyIsABadRequest(t *testing.T) {
 		{"an empty X-Forwarded-Host", "billing.example.com", authz.HeaderMap{"x-forwarded-host": ""}, "billing"},
 		{"two hosts of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "www.other.org"}, "default"},
 		{"an IP literal and a port, of no policy", "api.other.org", authz.HeaderMap{"forwarded": `host="[2001:db8::1]:8443"`}, "default"},
+		{"an IPv4-mapped IP literal, of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "[::ffff:10.0.0.5]"}, "default"},
 		{"an underscore and a port, of no policy", "api.other.org", authz.HeaderMap{"x-forwarded-host": "internal_api.other.org:80"}, "default"},
 		// An empty host (Host: with no value, an empty :authority) selects
 		// no policy by host, as a host of no policy does.
