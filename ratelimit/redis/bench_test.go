@@ -353,8 +353,9 @@ func readInts(rd *bufio.Reader) error {
 // instructions per call and per check for a call of one check (the case of
 // an idle Redis) and of 16 (a busy one), of 16 checks of two limits each (a
 // key's and a route's, which the script runs by its path for several
-// limits), and for a PING: what reading a
-// request and writing its reply costs whatever the request. The script is
+// limits), for the floor of any such script (its Redis calls and reply,
+// none of its arithmetic), for the peer's pair of commands, and for a PING:
+// what reading a request and writing its reply costs whatever the request. The script is
 // given the clock, so its call of TIME, about 11,000 instructions a call, is
 // not counted. It needs valgrind (callgrind_control included):
 //
@@ -456,6 +457,28 @@ func BenchmarkRedisScriptInstructions(b *testing.B) {
 			b.ReportMetric(n/float64(b.N*size), "instructions/check")
 		})
 	}
+	// The floor of any script that counts as allow.lua does: a script of no
+	// arithmetic at all making the Redis calls of a one-check call (a GET
+	// of the counter, a SET of a counter-sized string with its expiry) and
+	// a reply of four values, given the same arguments plus that string.
+	floor := goredis.NewScript("redis.call('GET', KEYS[1]) " +
+		"redis.call('SET', KEYS[1], ARGV[4], 'PX', '1050') return {1, 2, 3, 4}")
+	if err := floor.Load(ctx, client).Err(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("floor: a script's call, GET, SET, a reply", func(b *testing.B) {
+		counter := strings.Repeat("c", 16+16*5) // five groups
+		args := string(appendArgs(nil, 1, 1, rate.N, wUs, sUs))
+		n := counted(func() {
+			for i := range b.N {
+				key := fmt.Sprintf("bench:floor:{key%d}:", i%1000)
+				if err := floor.EvalSha(ctx, client, []string{key}, "1", strconv.Itoa(ratelimit.Span), args, counter).Err(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.ReportMetric(n/float64(b.N), "instructions/call")
+	})
 	// What commands without a script cost, for comparison: the peer's pair
 	// (envoyproxy/ratelimit's INCRBY and EXPIRE, pipelined), and a count
 	// kept as INCR-first sub-window counters (INCRBY, PEXPIRE, and an MGET
