@@ -58,15 +58,22 @@ import (
 //     one) as it stands when the request is made, and a named policy may
 //     have a looser default than the top-level one: the rate must fit
 //     under every policy both keys are valid under, and under the
-//     top-level default, by which the admin API counts. Two keys that both
-//     have the default always fit each other, as they move together when
-//     a default changes.
+//     top-level default, by which the admin API counts. Under a bound
+//     with a rate of its own, which is one count under every policy, a key
+//     on the defaults must also fit with all its counts together
+//     (defaultsBeyond): each policy with a default of its own counts it
+//     apart, so one policy at a time it may fit while together it makes
+//     several times the bound. Two keys that both have the default always
+//     fit each other, as they move together when a default changes.
 
 // restriction names the field of the first restriction of k that goes
 // beyond bound, or "" when k fits within it; defaults are every policy's
 // default rate (defaultRates).
 func restriction(k, bound *keystore.Key, defaults []policyRate) string {
 	_, rateBeyond := rateBeyond(k, bound, defaults)
+	if _, beyond := defaultsBeyond(k, bound, defaults); beyond {
+		rateBeyond = true
+	}
 	switch {
 	case !allowlistWithin(k.IPAllowlist, bound.IPAllowlist):
 		return "ip_allowlist"
@@ -118,6 +125,11 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 		return permissionDenied("expires_at: a keys:write caller's keys must expire no later than the caller itself (" +
 			c.key.ExpiresAt.UTC().Format(time.RFC3339) + ")")
 	case "rate_limit":
+		if apart, beyond := defaultsBeyond(k, c.key, defaults); beyond {
+			return permissionDenied("rate_limit: a keys:write caller's keys may not have a higher rate limit than the caller itself (" +
+				c.key.RateLimit.String() + "); a key without a rate of its own is counted by the configured default and, apart from it, by the default of each policy that sets one (" +
+				strings.Join(apart, ", ") + "), and together those let through more: give the key a rate_limit of its own")
+		}
 		p, _ := rateBeyond(k, c.key, defaults)
 		under := ""
 		if p.name != authz.DefaultPolicy && c.key.RateLimit.Own() {
@@ -152,6 +164,9 @@ func describeRate(own keystore.RateLimit, p policyRate) string {
 type policyRate struct {
 	name string
 	rate ratelimit.Rate
+	// apart: the policy counts such a key apart from every other policy
+	// (authz.Policy.CountsDefaultApart).
+	apart bool
 }
 
 // defaultRates returns the default rate of every policy in force.
@@ -159,9 +174,57 @@ func (s *server) defaultRates() []policyRate {
 	ps := s.authz.Policies().Policies()
 	out := make([]policyRate, len(ps))
 	for i, p := range ps {
-		out[i] = policyRate{p.Name, p.DefaultRate}
+		out[i] = policyRate{p.Name, p.DefaultRate, p.CountsDefaultApart()}
 	}
 	return out
+}
+
+// defaultsBeyond reports whether k, a key without a rate of its own, lets
+// through more requests in some span of time than bound, a key with one,
+// counting all of k's counts together; apart names the policies that count
+// k apart. bound's rate is one count under every policy. k is counted by
+// the top-level default (under every policy that inherits it, and by the
+// admin API) and, apart from that, by the default of each policy it is
+// valid under that sets its own: compared one policy at a time, each may
+// fit under bound's rate while together they make several times it. A span
+// T meets ⌈T/W′⌉ of bound's windows, and a count N/W lets through at most
+// N·⌈T/W⌉ ≤ N·⌈W′/W⌉·⌈T/W′⌉ when W < W′, N·⌈T/W′⌉ otherwise (rateWithin);
+// so the counts together fit when the sum of N·⌈W′/W⌉ (N where W ≥ W′) is
+// at most N′. That is rateWithin exactly for one count, and never lets a
+// sum through that could outrun bound.
+func defaultsBeyond(k, bound *keystore.Key, defaults []policyRate) (apart []string, beyond bool) {
+	if k.RateLimit.Own() || !bound.RateLimit.Own() {
+		return nil, false
+	}
+	b := bound.RateLimit.Or(ratelimit.Rate{})
+	if b.IsZero() {
+		return nil, false // none: anything fits
+	}
+	bw := int64(b.Window / time.Second)
+	var sum int64
+	for _, p := range defaults {
+		if p.name != authz.DefaultPolicy && !(p.apart && k.ValidUnder(p.name)) {
+			continue // counted in the top-level default's count, or not at all
+		}
+		if p.name != authz.DefaultPolicy {
+			apart = append(apart, p.name)
+		}
+		r := p.rate
+		if beyond || r.IsZero() {
+			beyond = true
+			continue
+		}
+		// Each term is at most 1e9 × 366 days in seconds, and no more are
+		// added once the sum passes N′ (at most 1e9): no overflow.
+		n, rw := r.N, int64(r.Window/time.Second)
+		if rw < bw {
+			n *= (bw + rw - 1) / rw
+		}
+		if sum += n; sum > b.N {
+			beyond = true
+		}
+	}
+	return apart, beyond
 }
 
 // rateBeyond returns the first policy, among those both k and bound are

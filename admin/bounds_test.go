@@ -596,6 +596,92 @@ func TestTheDefaultRateIsEveryPoliciesDefault(t *testing.T) {
 	})
 }
 
+// A key without a rate of its own is counted by the top-level default
+// (under every policy that inherits it, and by the admin API) and, apart
+// from it, by the default of each policy that sets its own. Compared with
+// a writer's own rate one policy at a time, each default fitted while
+// together they let the key through twice the writer's rate or more: a
+// writer's keys, and a key dropping its own rate, are held to the sum.
+func TestAKeyOnTheDefaultsIsHeldToItsWriterByAllItsCountsTogether(t *testing.T) {
+	hour := ratelimit.Rate{N: 1000, Window: time.Hour} // the env's top-level default
+	p1 := authz.PolicySpec{Name: "p1", Match: authz.Match{Hosts: []string{"p1.example.com"}}, Sources: authztest.Sources(),
+		DefaultRate: hour, OwnDefaultRate: true, Authenticate: true}
+	// 10/m: up to 600 in an hour, 10 at the start of each minute.
+	p2 := authz.PolicySpec{Name: "p2", Match: authz.Match{Hosts: []string{"p2.example.com"}}, Sources: authztest.Sources(),
+		DefaultRate: ratelimit.Rate{N: 10, Window: time.Minute}, Authenticate: true}
+	e := newEnv(t, backends[0], envOptions{policies: []authz.PolicySpec{p1, p2}})
+
+	// Together: 1000 + 1000 + 10·60 = 2600 an hour.
+	short, _ := e.create(keystore.Spec{Name: "short", Owner: "team", Permissions: []string{"keys:write", "x"}, RateLimit: rateLimit(t, "2599/h")})
+	r := e.send("POST", "/v1/keys", short, map[string]any{"name": "child", "permissions": []string{"x"}})
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	assert.True(t, strings.HasPrefix(r.str(t, "error"), "rate_limit:"), "%s", r)
+	assert.Contains(t, r.str(t, "error"), "(p1, p2)")
+	for _, scope := range [][]string{{"p1"}, {"p2"}} {
+		// The top-level default's count is the admin API's too: 1000 and
+		// the one policy's default fit.
+		r := e.send("POST", "/v1/keys", short, map[string]any{"name": "child", "permissions": []string{"x"}, "policies": scope})
+		assert.Equal(t, http.StatusCreated, r.status, "scoped to %v: %s", scope, r)
+	}
+	r = e.send("POST", "/v1/keys", short, map[string]any{"name": "child", "permissions": []string{"x"}, "rate_limit": "2599/h"})
+	assert.Equal(t, http.StatusCreated, r.status, "%s", r)
+
+	// A key of its own rate may not drop it for the defaults unless they fit
+	// together.
+	self, selfID := e.create(keystore.Spec{Name: "self", Owner: "team", Permissions: []string{"keys:write", "x"}, RateLimit: rateLimit(t, "2599/h")})
+	before := e.stored(selfID)
+	r = e.send("PATCH", "/v1/keys/"+selfID, self, `{"rate_limit": null}`)
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	assert.Equal(t, before, e.stored(selfID))
+
+	writer, writerID := e.create(keystore.Spec{Name: "writer", Owner: "team", Permissions: []string{"keys:write", "x"}, RateLimit: rateLimit(t, "2600/h")})
+	r = e.send("POST", "/v1/keys", writer, map[string]any{"name": "child", "permissions": []string{"x"}})
+	require.Equal(t, http.StatusCreated, r.status, "%s", r)
+	child := r.str(t, "key")
+
+	// What the sum promises, by decisions: within an hour, sent under every
+	// policy as fast as each allows (p2's 10 at the start of each of 60
+	// windows, 61 s apart, the last 3,599 s after the first), the child
+	// makes no more requests than the writer.
+	set, err := authz.Compile(authz.Options{
+		Sources: authztest.Sources(), Format: authztest.Format, Authenticate: true,
+		DefaultRate: hour, FailRate: ratelimit.Rate{N: 100, Window: time.Minute}, FailTotalRate: ratelimit.Rate{N: 1000, Window: time.Second},
+		Policies: []authz.PolicySpec{p1, p2},
+	})
+	require.NoError(t, err)
+	az := authz.NewAuthorizer(set, e.cache, e.manager.Hasher, ratelimit.NewLocal(e.clock.Now, 0), e.clock.Now)
+	anHour := func(key string) int {
+		n := 0
+		for minute := range 60 {
+			for _, host := range []string{"app.example.com", "p1.example.com", "p2.example.com"} {
+				tries := 11
+				if minute == 0 && host != "p2.example.com" {
+					tries = 1100
+				}
+				for range tries {
+					req := authz.Request{Method: "GET", Path: "/anything", Host: host, Peer: "10.1.2.3", XFFTrustedHops: -1,
+						Headers: authz.HeaderMap{"x-api-key": key}}
+					var d authz.Decision
+					az.Decide(context.Background(), &req, &d)
+					if d.Allowed() {
+						n++
+					}
+				}
+			}
+			e.clock.Advance(61 * time.Second)
+		}
+		return n
+	}
+	w := anHour(writer)
+	c := anHour(child)
+	assert.Equal(t, 2600, w, "the writer's own rate")
+	assert.Equal(t, 2600, c, "the child's defaults together")
+
+	// And a key whose own rate they fit may drop it.
+	r = e.send("PATCH", "/v1/keys/"+writerID, writer, `{"rate_limit": null}`)
+	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+}
+
 // readCounter counts the reads of keys a store answers.
 type readCounter struct {
 	keystore.Store

@@ -274,6 +274,12 @@ func (set *PolicySet) unionSources() error {
 // shape of a key of this format: its prefix, "_" and a matching checksum.
 // Imported keys of another shape cannot be told from the tokens an
 // upstream takes under the same name, so those are left alone.
+// CountsDefaultApart reports whether the policy counts a key without a rate
+// of its own apart from every other policy: it sets a default of its own.
+// The policies that inherit the top-level default count such a key once
+// between them, in the count the admin API counts it in too.
+func (p *Policy) CountsDefaultApart() bool { return p.keyScope != "" }
+
 func (p *Policy) ourKey(v string) bool {
 	pre := p.format.Prefix()
 	return len(v) > len(pre) && v[:len(pre)] == pre && v[len(pre)] == '_' && p.format.Check(v) == nil
