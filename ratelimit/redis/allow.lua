@@ -124,13 +124,14 @@ local function count(key, w, s)
   -- a Redis outage.
   local str = redis.pcall('GET', key)
   if type(str) == 'table' then str = false end
-  local np, total = 0, 0
+  local np, total, cs = 0, 0, 0
   if str then
     np = (#str - 16) / 16
-    local cs
-    cs, total = sunpack('<dd', str)
-    if np < 1 or np % 1 ~= 0 then
-      str, np, total = false, 0, 0 -- not a counter: start afresh
+    if np >= 1 and np % 1 == 0 then cs, total = sunpack('<dd', str) end
+    -- Not a counter (too short to unpack, of another length, or a header
+    -- no counter has: NaN fails both tests): start afresh.
+    if not (cs > 0 and total >= 0) then
+      str, np, total = false, 0, 0
     elseif cs ~= s then
       -- Counted with another s: carried over, as window.carry in
       -- ratelimit/window.go does (here, not in a function of its own,
@@ -168,7 +169,7 @@ local function count(key, w, s)
         if leased and g >= floordiv(now, s) then m = 0 end -- still a lease's
         str, np, total = spack('<dddd', s, held, g, held * 256 + m), 1, held
         local ttl = floordiv((g + 1) * s + w + 1 - now + 999, 1000)
-        if ttl < 1 then ttl = 1 end
+        if not (ttl >= 1) then ttl = 1 elseif ttl > 1e12 then ttl = 1e12 end -- as in record
         redis.call('SET', key, str, 'PX', format('%d', ttl))
       else
         -- Nothing left to carry: the counter is void, as the local
@@ -270,11 +271,14 @@ local function record(key, w, s, str, np, total, idx, held, cur, drop, dropped, 
     end
   end
   -- At least 1ms: SET takes no other (only clocks beyond 2^53 µs, which
-  -- doubles cannot hold exactly, come near it). Passed as a decimal
+  -- doubles cannot hold exactly, come near it). At most 10^12 ms (about 31
+  -- years; no counter needs as long): %d of a larger number is no integer
+  -- SET takes, nor is NaN, which only a value no counter holds gives, and
+  -- an error here would fail the whole batch. Passed as a decimal
   -- integer made here: Redis would turn the number into text with %.17g,
   -- which costs twice as much.
   local ttl = floordiv((last + 1) * s + w + 1 - now + 999, 1000)
-  if ttl < 1 then ttl = 1 end
+  if not (ttl >= 1) then ttl = 1 elseif ttl > 1e12 then ttl = 1e12 end
   redis.call('SET', key, spack('<dd', s, total - dropped + granted) .. head .. spack('<dd', g, v) .. tail, 'PX', format('%d', ttl))
   return held + granted, latest(last, lastv, s) + w + 1 - now
 end
