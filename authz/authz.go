@@ -471,7 +471,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	var keyIn keyInRequest
 	for i := len(p.Sources); i < len(p.strip); i++ {
 		s := p.strip[i]
-		if s.anyValue(req, p.ourKey) || p.otherSchemeHoldsKey(s, req) || p.headerHoldsKey(s, req) {
+		if s.anyValue(req, p.holdsKey) || p.otherSchemeHoldsKey(s, req) || p.headerHoldsKey(s, req) {
 			d.Present |= 1 << i
 		}
 		// A key under a spelling of another service's name that the proxy
@@ -479,7 +479,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 		// whatever the answer names: refused, as for this policy's own
 		// names, but only when the request holds a key of ours, since the
 		// name is no credential here.
-		if ambiguous == "" && p.spellingHoldsKey(s, req, &keyIn) {
+		if ambiguous == "" && (p.spellingHoldsKey(s, req, &keyIn) || p.aliasHoldsKey(s, req)) {
 			ambiguous = "malformed request: a " + s.Kind().String() + " name reads as another service's credential's but is spelt differently, and the request holds a key"
 		}
 	}

@@ -106,7 +106,7 @@ type Policy struct {
 	// still a secret, and this upstream must not get it.
 	strip []Source
 	// format is the key format, for telling a key of ours in another
-	// policy's source (ourKey).
+	// policy's source (holdsKey).
 	format keystore.Format
 	// keyScope names the counter of a key limited by this policy's
 	// DefaultRate (a key without a rate of its own): "" when the policy
@@ -270,19 +270,65 @@ func (set *PolicySet) unionSources() error {
 	return nil
 }
 
-// ourKey reports whether v, found in another policy's source, has the
-// shape of a key of this format: its prefix, "_" and a matching checksum.
-// Imported keys of another shape cannot be told from the tokens an
-// upstream takes under the same name, so those are left alone.
 // CountsDefaultApart reports whether the policy counts a key without a rate
 // of its own apart from every other policy: it sets a default of its own.
 // The policies that inherit the top-level default count such a key once
 // between them, in the count the admin API counts it in too.
 func (p *Policy) CountsDefaultApart() bool { return p.keyScope != "" }
 
-func (p *Policy) ourKey(v string) bool {
-	pre := p.format.Prefix()
-	return len(v) > len(pre) && v[:len(pre)] == pre && v[len(pre)] == '_' && p.format.Check(v) == nil
+// holdsKey reports whether v, a value of another policy's query or cookie
+// source, holds a key of this format (its prefix, "_" and a matching
+// checksum) as some upstream may read it: anywhere in v ("<key>\n",
+// "<key>,<key>"), with its percent-encodings decoded (PHP, Rack and Node's
+// cookie decode cookie values: "sk%5F..."), or with its backslash escapes
+// undone (Python's SimpleCookie and werkzeug read a quoted "\163k_..." as
+// "sk_..."). Such a value is no credential of that service's own, and is
+// stripped; imported keys of another shape cannot be told from the tokens
+// an upstream takes under the same name, so those are left alone.
+func (p *Policy) holdsKey(v string) bool {
+	return p.format.ContainsKey(v) ||
+		strings.IndexByte(v, '%') >= 0 && p.format.ContainsKey(percentDecoded(v)) ||
+		strings.IndexByte(v, '\\') >= 0 && p.format.ContainsKey(unslashed(v))
+}
+
+// unslashed is s with Python's cookie escapes undone, as
+// http.cookies._unquote does for a quoted value: a backslash and three
+// octal digits (the first 0-3) is that byte, a backslash and any other
+// byte is that byte.
+func unslashed(s string) string {
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\\' && i+1 < len(s) {
+			if i+3 < len(s) && '0' <= s[i+1] && s[i+1] <= '3' && isOctal(s[i+2]) && isOctal(s[i+3]) {
+				c = (s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0')
+				i += 3
+			} else {
+				i++
+				c = s[i]
+			}
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+func isOctal(c byte) bool { return '0' <= c && c <= '7' }
+
+// aliasHoldsKey reports whether a header whose name differs from that of
+// s, another policy's header source, only by "_" for "-" (x_api_key for
+// x-api-key) holds a key of ours: no credential here, and not stripped,
+// but an upstream that reads the two names alike (CGI, WSGI, PHP, Rack)
+// would be handed the key.
+func (p *Policy) aliasHoldsKey(s Source, req *Request) bool {
+	if s.kind != SourceHeader || req.noted.names.lacks(namesUnderscore) {
+		return false
+	}
+	found := false
+	eachHeader(req.Headers, func(name, v string) {
+		found = found || strings.IndexByte(name, '_') >= 0 && readsAsHeader(name, s.name) && p.format.ContainsKey(v)
+	})
+	return found
 }
 
 // headerHoldsKey reports whether the header of s, another policy's header

@@ -229,11 +229,17 @@ func queryCredential(path, name, fold string, each func(string)) (value string, 
 		switch {
 		case k == name:
 			if !present || each != nil {
+				raw := v
 				if strings.ContainsAny(v, "%+") {
 					v = unescapeQuery(v)
 				}
 				if each != nil && v != "" {
 					each(v)
+					if v != raw {
+						// As written too: a value Go does not
+						// decode ("%ZZ") others read leniently.
+						each(raw)
+					}
 				}
 			}
 			if !present {

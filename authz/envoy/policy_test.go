@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -657,6 +658,9 @@ func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
 		{"the key itself percent-encoded", "/invoices/1?api.key=" + encoded, nil, true},
 		{"beside a malformed escape", "/invoices/1?q=%zz&api%5Fkey=" + fx.Good, nil, true},
 		{"a cookie in capitals", "/invoices/1", map[string]string{"cookie": "API_KEY=" + fx.Good}, true},
+		{"a header with _ for -", "/invoices/1", map[string]string{"x_api_key": fx.Good}, true},
+		{"a header with _ for -, the key inside", "/invoices/1", map[string]string{"x_api_key": "Token " + fx.Good}, true},
+		{"a header with _ for - and no key of ours is this upstream's", "/invoices/1", map[string]string{"x_api_key": "their-own-value"}, false},
 		{"the exact name is stripped, not refused", "/invoices/1?api_key=" + fx.Good, nil, false},
 		{"a spelling with no key of ours is this upstream's", "/invoices/1?api%5Fkey=their-own-value", nil, false},
 	} {
@@ -669,6 +673,54 @@ func TestAnotherServicesCredentialSpeltToDodgeStrippingIsRefused(t *testing.T) {
 				return
 			}
 			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+		})
+	}
+}
+
+// Another service's query or cookie credential is stripped when it holds a
+// key of ours as some upstream reads it, not only when the value is one
+// whole: with a newline or a space after it (a key file's), twice, or
+// encoded as a cookie reader decodes it (percent-encoded for PHP, Rack and
+// Node's cookie; a backslash escape in quotes for Python's SimpleCookie and
+// werkzeug, which read "\163k_..." as "sk_..."). That service's own values
+// under the name still reach the upstream.
+func TestAKeyInsideAnotherServicesQueryOrCookieIsStripped(t *testing.T) {
+	fx, client := publicBillingFixture(t) // the default policy's sources: x-api-key, Bearer, ?api_key, cookie api_key
+	billing := map[string]string{"policy": "billing"}
+	encoded := strings.ReplaceAll(fx.Good, "_", "%5F")
+	for _, tt := range []struct {
+		name, path string
+		cookie     string
+		stripped   bool
+	}{
+		{"query: a trailing newline", "/invoices/1?api_key=" + fx.Good + "%0A", "", true},
+		{"query: a trailing space", "/invoices/1?api_key=" + fx.Good + "+", "", true},
+		{"query: two keys in one value", "/invoices/1?api_key=" + fx.Good + "," + fx.Good, "", true},
+		{"query: a malformed escape after the key", "/invoices/1?api_key=" + fx.Good + "%ZZ", "", true},
+		{"query: the second of two values", "/invoices/1?api_key=theirs&api_key=" + fx.Good, "", true},
+		{"query: that service's own value", "/invoices/1?api_key=theirs%0A", "", false},
+		{"cookie: percent-encoded", "/invoices/1", "api_key=" + encoded, true},
+		{"cookie: a trailing encoded newline", "/invoices/1", "api_key=" + fx.Good + "%0A", true},
+		{"cookie: an octal escape in quotes", "/invoices/1", `api_key="\163` + fx.Good[1:] + `"`, true},
+		{"cookie: a backslash before a letter", "/invoices/1", `api_key="` + fx.Good[:3] + `\` + fx.Good[3:] + `"`, true},
+		{"cookie: that service's own value", "/invoices/1", `api_key="their\163own"`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var headers map[string]string
+			if tt.cookie != "" {
+				headers = map[string]string{"cookie": tt.cookie}
+			}
+			resp, err := client.Check(context.Background(), meshRequest(tt.path, "billing.example.com", headers, billing, ""))
+			require.NoError(t, err)
+			require.Equal(t, int32(codes.OK), resp.GetStatus().GetCode(), resp.GetStatus().GetMessage())
+			ok := resp.GetOkResponse()
+			stripped := slices.Contains(ok.GetQueryParametersToRemove(), "api_key") || slices.Contains(ok.GetHeadersToRemove(), "cookie")
+			for _, h := range ok.GetHeaders() {
+				if h.GetHeader().GetKey() == "cookie" && !strings.Contains(h.GetHeader().GetValue(), "api_key") {
+					stripped = true
+				}
+			}
+			assert.Equal(t, tt.stripped, stripped, "%v", ok)
 		})
 	}
 }
