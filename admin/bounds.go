@@ -107,6 +107,28 @@ func (s *server) selfLoosening(before, after *keystore.Key) error {
 	return nil
 }
 
+// countStartsAfresh refuses a change that moves a key between a rate of its
+// own and the defaults while it is valid under a policy that counts a key
+// on the defaults apart: a rate of its own is counted in the top-level
+// default's count, under every policy, so under such a policy the move
+// starts the key's count afresh, and a key moved back and forth (by itself,
+// or by a keys:write caller) would make its limit twice in every window,
+// at the same rate throughout. Only a keys:admin caller may move another
+// key so, as it may grant any rate.
+func (s *server) countStartsAfresh(before, after *keystore.Key) error {
+	if before.RateLimit.Own() == after.RateLimit.Own() {
+		return nil
+	}
+	for _, p := range s.defaultRates() {
+		if p.apart && (before.ValidUnder(p.name) || after.ValidUnder(p.name)) {
+			return permissionDenied("rate_limit: policy " + strconv.Quote(p.name) + " counts a key without a rate of its own apart, so moving this key " +
+				"between a rate of its own and the defaults would start its count there afresh; only a keys:admin caller may, for another key " +
+				"(or create a key with the rate it needs)")
+		}
+	}
+	return nil
+}
+
 // exceedsCaller refuses a key that goes beyond a keys:write caller's own
 // restrictions; the message names the first field, and the caller's own
 // bound (the caller's own record, never a secret).

@@ -677,8 +677,65 @@ func TestAKeyOnTheDefaultsIsHeldToItsWriterByAllItsCountsTogether(t *testing.T) 
 	assert.Equal(t, 2600, w, "the writer's own rate")
 	assert.Equal(t, 2600, c, "the child's defaults together")
 
-	// And a key whose own rate they fit may drop it.
+	// A key whose own rate they fit may still not drop it, as its count
+	// under p1 would start afresh (the next test).
 	r = e.send("PATCH", "/v1/keys/"+writerID, writer, `{"rate_limit": null}`)
+	assert.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	assert.Contains(t, r.str(t, "error"), "afresh")
+}
+
+// A key with a rate of its own is counted in one count under every policy;
+// a key on the defaults, under a policy with a default of its own, in that
+// policy's count. Moved between the two, at the same rate (its policy's
+// default written as its own), a key started its count afresh under that
+// policy, and moved back and forth by itself or by a keys:write caller made
+// its limit twice in every window. Only keys:admin may move another key so.
+func TestAKeyMovedBetweenItsOwnRateAndTheDefaultsIsNotCountedAfresh(t *testing.T) {
+	twoAnHour := ratelimit.Rate{N: 2, Window: time.Hour}
+	b := authz.PolicySpec{Name: "b", Match: authz.Match{Hosts: []string{"b.example.com"}}, Sources: authztest.Sources(),
+		Authenticate: true, DefaultRate: twoAnHour, OwnDefaultRate: true}
+	e := newEnv(t, backends[0], envOptions{policies: []authz.PolicySpec{b}})
+	writer, writerID := e.create(keystore.Spec{Name: "writer", Owner: "team", Permissions: []string{"keys:write", "x"}})
+
+	dec := authz.NewAuthorizer(e.opts.Authz.Policies(), e.cache, e.manager.Hasher, ratelimit.NewLocal(e.clock.Now, 0), e.clock.Now)
+	allowed := func(key string) (n int) {
+		for range 4 {
+			req := authz.Request{Method: "GET", Host: "b.example.com", Path: "/data", Peer: "10.1.2.3", XFFTrustedHops: -1,
+				Headers: authz.HeaderMap{"x-api-key": key}}
+			var d authz.Decision
+			dec.Decide(context.Background(), &req, &d)
+			if d.Allowed() {
+				n++
+			}
+		}
+		return n
+	}
+	require.Equal(t, 2, allowed(writer), "2/h, policy b's default")
+
+	before := e.stored(writerID)
+	r := e.send("PATCH", "/v1/keys/"+writerID, writer, map[string]any{"rate_limit": "2/h"})
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	assert.Contains(t, r.str(t, "error"), `policy "b"`)
+	assert.Equal(t, before, e.stored(writerID))
+	assert.Zero(t, allowed(writer), "the 2 it made within the hour still count")
+
+	// The writer moving another key of its owner, either way.
+	_, ownID := e.newKey(writer, map[string]any{"name": "own", "permissions": []string{"x"}, "rate_limit": "1/h"})
+	r = e.send("PATCH", "/v1/keys/"+ownID, writer, `{"rate_limit": null}`)
+	assert.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	_, defID := e.newKey(writer, map[string]any{"name": "def", "permissions": []string{"x"}})
+	r = e.send("PATCH", "/v1/keys/"+defID, writer, map[string]any{"rate_limit": "1/h"})
+	assert.Equal(t, http.StatusForbidden, r.status, "%s", r)
+
+	// A key that b does not count is moved freely: it has one count.
+	_, scopedID := e.newKey(writer, map[string]any{"name": "scoped", "permissions": []string{"x"}, "policies": []string{"default"}})
+	r = e.send("PATCH", "/v1/keys/"+scopedID, writer, map[string]any{"rate_limit": "1/h"})
+	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+	r = e.send("PATCH", "/v1/keys/"+scopedID, writer, `{"rate_limit": null}`)
+	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+
+	// keys:admin grants any rate to another key.
+	r = e.send("PATCH", "/v1/keys/"+defID, e.root, map[string]any{"rate_limit": "1/h"})
 	assert.Equal(t, http.StatusOK, r.status, "%s", r)
 }
 

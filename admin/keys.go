@@ -351,8 +351,14 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 		if err := c.reach(after); err != nil {
 			return err
 		}
-		if after.ID == c.key.ID || after.RateBucket() == c.key.RateBucket() {
+		self := after.ID == c.key.ID || after.RateBucket() == c.key.RateBucket()
+		if self {
 			if err := s.selfLoosening(before, after); err != nil {
+				return err
+			}
+		}
+		if self || !c.admin {
+			if err := s.countStartsAfresh(before, after); err != nil {
 				return err
 			}
 		}
