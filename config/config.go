@@ -1355,7 +1355,7 @@ func validateRedisAuth(r Redis, bad func(field, format string, args ...any)) {
 		}
 	}
 	if strings.ContainsAny(r.Username, " \t:@/") {
-		bad("store.redis.username", "%q: want an ACL user name (no spaces, ':', '@' or '/')", r.Username)
+		bad("store.redis.username", "want an ACL user name (no spaces, ':', '@' or '/'; not quoted here: a login or a password written there would be printed)")
 	}
 	t := r.TLS
 	files := t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""

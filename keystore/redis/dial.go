@@ -420,9 +420,11 @@ func (o *Options) validate() error {
 	case strings.ContainsAny(o.TLS.ServerName, ":/ \t@"):
 		return fmt.Errorf("store.redis.tls.server_name %q: want a host name, without port or scheme", o.TLS.ServerName)
 	case o.URL == "" && o.Username != "" && o.Password == "":
-		return fmt.Errorf("store.redis: username %q has no password (set the environment variable password_env names)", o.Username)
+		// The username is not quoted, here or below: a password written
+		// where it goes would be printed.
+		return errors.New("store.redis: username is set and has no password (set the environment variable password_env names)")
 	case o.SentinelUsername != "" && o.SentinelPassword == "":
-		return fmt.Errorf("store.redis: sentinel username %q has no password", o.SentinelUsername)
+		return errors.New("store.redis: sentinel username is set and has no password")
 	case o.SentinelUsername != "" && o.MasterName == "":
 		return errors.New("store.redis: sentinel username set without master_name")
 	case o.URL != "" && o.DB != 0:

@@ -67,11 +67,11 @@ func TestDialRefusesBadOptions(t *testing.T) {
 		{"a client certificate that does not exist", Options{Addrs: []string{"a:6379"}, TLS: TLSOptions{Enabled: true, CertFile: "/nonexistent/c.pem", KeyFile: "/nonexistent/k.pem"}}, "store.redis.tls.cert_file"},
 		{"skip_verify in the url", Options{URL: "rediss://127.0.0.1:6379/0?skip_verify=true"}, "skip_verify is not supported"},
 		{"a pool of pipelines in the url", Options{URL: "redis://127.0.0.1:6379/0?pipeline_pool_size=10"}, "pipeline_pool_size is not supported: pipelines share the one pool of pool_size"},
-		{"a username without a password", Options{Addrs: []string{"a:6379"}, Username: "extauthz"}, `username "extauthz" has no password`},
+		{"a username without a password", Options{Addrs: []string{"a:6379"}, Username: "extauthz"}, `username is set and has no password`},
 		// Not quoted: it may be a password written where the user goes.
 		{"a username in the url without a password", Options{URL: "redis://Zq8kR2pLx9vW4mT7@127.0.0.1:6379/0"}, `the username has no password`},
 		{"a username both in the url and the field", Options{URL: "redis://extauthz@127.0.0.1:6379/0", Username: "other", Password: "pw"}, "username set both in the url and in username"},
-		{"a sentinel username without a password", Options{Addrs: []string{"a:26379"}, MasterName: "m", SentinelUsername: "s"}, `sentinel username "s" has no password`},
+		{"a sentinel username without a password", Options{Addrs: []string{"a:26379"}, MasterName: "m", SentinelUsername: "s"}, `sentinel username is set and has no password`},
 		{"a sentinel username without sentinel", Options{Addrs: []string{"a:6379"}, SentinelUsername: "s", SentinelPassword: "pw"}, "sentinel username set without master_name"},
 	}
 	for _, tt := range tests {
