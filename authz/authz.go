@@ -471,7 +471,19 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	var keyIn keyInRequest
 	for i := len(p.Sources); i < len(p.strip); i++ {
 		s := p.strip[i]
-		if s.anyValue(req, p.holdsKey) || p.otherSchemeHoldsKey(s, req) || p.headerHoldsKey(s, req) {
+		holds := p.holdsKey // a query or cookie value, as its readers decode it
+		if s.kind == SourceHeader {
+			holds = p.format.ContainsKey // no header reader decodes a value
+		}
+		if s.anyValue(req, holds) || p.otherSchemeHoldsKey(s, req) || p.headerHoldsKey(s, req) {
+			d.Present |= 1 << i
+		} else if s.kind == SourceCookie && keyIn.holds(p, SourceCookie, req) && s.anyValue(req, anyCookie) {
+			// The cookies hold a key of ours, but not in this cookie's
+			// value as it is split here, at ";" and ",": a reader that
+			// reads on (api_key=theirs,<key> to Go's net/http and Node;
+			// a quoted api_key="theirs; <key>" to Python's SimpleCookie)
+			// takes it for this cookie's. It goes, and the pieces that
+			// hold the key with it (CookieWithout).
 			d.Present |= 1 << i
 		}
 		// A key under a spelling of another service's name that the proxy
@@ -485,6 +497,10 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	}
 	return key, found, ambiguous
 }
+
+// anyCookie is true of any value: Source.anyValue with it reports whether
+// a cookie of the source's name is present.
+func anyCookie(string) bool { return true }
 
 // noteShadowed marks the credentials of a request that steps 2 or 3
 // refused in shadow mode (a path that is not canonical, no route): it is

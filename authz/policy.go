@@ -286,6 +286,12 @@ func (p *Policy) CountsDefaultApart() bool { return p.keyScope != "" }
 // stripped; imported keys of another shape cannot be told from the tokens
 // an upstream takes under the same name, so those are left alone.
 func (p *Policy) holdsKey(v string) bool {
+	return p.HoldsKey(v)
+}
+
+// HoldsKey is holdsKey, for the proxy adapters: a cookie piece that holds a
+// key of ours is cut from what goes upstream (CookieWithout).
+func (p *Policy) HoldsKey(v string) bool {
 	return p.format.ContainsKey(v) ||
 		strings.IndexByte(v, '%') >= 0 && p.format.ContainsKey(percentDecoded(v)) ||
 		strings.IndexByte(v, '\\') >= 0 && p.format.ContainsKey(unslashed(v))
@@ -391,7 +397,7 @@ func (k *keyInRequest) holds(p *Policy, kind SourceKind, req *Request) bool {
 	}
 	if *memo == 0 {
 		*memo = -1
-		if p.format.ContainsKey(text) || strings.IndexByte(text, '%') >= 0 && p.format.ContainsKey(percentDecoded(text)) {
+		if p.HoldsKey(text) {
 			*memo = 1
 		}
 	}

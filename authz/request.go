@@ -379,10 +379,15 @@ func cookieNameByte(c byte) bool {
 }
 
 // CookieWithout returns the cookie header without every cookie whose name
-// is in names, keeping the others in order and as they were written; ""
-// when none is left. Like the lookup, it treats ";" and "," as separators:
-// "a=1,api_key=x; b=2" keeps "a=1; b=2".
-func CookieWithout(header string, names ...string) string {
+// is in names, and without every piece for which holds (if set) is true,
+// keeping the others in order and as they were written; "" when none is
+// left. Like the lookup, it treats ";" and "," as separators: "a=1,api_key=x;
+// b=2" keeps "a=1; b=2". A reader that splits at ";" alone (Go's net/http,
+// Node's cookie) reads "api_key=<key>,<key>" as one value, and Python's
+// SimpleCookie reads a quoted `api_key="<key>; <key>"` whole: the pieces
+// after the first are part of the credential to them, so a piece that
+// holds a key of ours (Policy.HoldsKey) goes too, whatever it is named.
+func CookieWithout(header string, holds func(string) bool, names ...string) string {
 	var b strings.Builder
 	for header != "" {
 		var part string
@@ -391,7 +396,7 @@ func CookieWithout(header string, names ...string) string {
 		start := b.Len()
 		for piece := range strings.SplitSeq(part, ",") {
 			piece = strings.TrimSpace(piece)
-			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, trimCookieName(k)) {
+			if k, _, _ := strings.Cut(piece, "="); piece == "" || slices.Contains(names, trimCookieName(k)) || holds != nil && holds(piece) {
 				continue
 			}
 			if kept == 0 && start > 0 {

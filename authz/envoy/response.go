@@ -107,7 +107,7 @@ func (s *CheckServer) appendResponse(b, tmp []byte, req *authz.Request, d *authz
 			// encode_raw_headers) cannot travel in the response: drop the
 			// whole header rather than fail the check or pass the
 			// credential on.
-			if rest := authz.CookieWithout(req.Headers.Get("cookie"), cookies...); rest != "" && utf8.ValidString(rest) {
+			if rest := authz.CookieWithout(req.Headers.Get("cookie"), d.Policy.HoldsKey, cookies...); rest != "" && utf8.ValidString(rest) {
 				ok = w.appendHeader(ok, fieldOKHeaders, "cookie", rest)
 			} else {
 				remove = append(remove, "cookie")

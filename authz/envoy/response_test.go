@@ -103,7 +103,7 @@ func wantResponse(req *authz.Request, d *authz.Decision) *authv3.CheckResponse {
 	remove, queries, cookies := presentSources(d, nil)
 	ok.QueryParametersToRemove = queries
 	if len(cookies) > 0 {
-		if rest := authz.CookieWithout(req.Headers.Get("cookie"), cookies...); rest != "" && utf8.ValidString(rest) {
+		if rest := authz.CookieWithout(req.Headers.Get("cookie"), d.Policy.HoldsKey, cookies...); rest != "" && utf8.ValidString(rest) {
 			headers = append(headers, authz.Header{Key: "cookie", Value: rest})
 		} else {
 			remove = append(remove, "cookie")
