@@ -129,8 +129,9 @@ local function count(key, w, s)
     np = (#str - 16) / 16
     if np >= 1 and np % 1 == 0 then cs, total = sunpack('<dd', str) end
     -- Not a counter (too short to unpack, of another length, or a header
-    -- no counter has: NaN fails both tests): start afresh.
-    if not (cs > 0 and total >= 0) then
+    -- no counter has: NaN fails every test, and a total past 2^53 no count
+    -- reaches): start afresh.
+    if not (cs > 0 and total >= 0 and total < 9007199254740992) then
       str, np, total = false, 0, 0
     elseif cs ~= s then
       -- Counted with another s: carried over, as window.carry in
@@ -306,6 +307,10 @@ local function check1(k, args, want, out, o)
     lease = (idx + 1) * s - now
   end
   if held >= n then
+    -- At most 2^53: Redis casts a reply's number to an integer, and a
+    -- larger one (only a value no counter holds gives it) would come back
+    -- negative, a denial naming no exhausted limit.
+    if held > 9007199254740992 then held = 9007199254740992 end
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 0, lease, held, wait(str, np, idx, held, n, w, s)
     return
   end
@@ -364,6 +369,7 @@ local function checkN(k, nkeys, args, want, out, o)
     for i = 1, nkeys do
       local b = 12 * (i - 1)
       local n, w, s, str, idx, held, np = ST[b + 1], ST[b + 2], ST[b + 3], ST[b + 4], ST[b + 5], ST[b + 6], ST[b + 8]
+      if held > 9007199254740992 then held = 9007199254740992 end -- as in check1
       out[o + 2 * i + 1], out[o + 2 * i + 2] = held, wait(str, np, idx, held, n, w, s)
     end
     return

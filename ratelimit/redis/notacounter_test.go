@@ -53,6 +53,11 @@ func TestAValueThatIsNoCounterFailsNoBatch(t *testing.T) {
 		{"a negative sub-window", doubles(-s, 1, 1, 256), true},
 		{"a negative total", doubles(s, -1e300, 1, 256), true},
 		{"a total of NaN", doubles(s, math.NaN(), 1, 256), true},
+		{"an infinite total", doubles(s, math.Inf(1), 1, 256+1), true},
+		{"a total beyond 2^53", doubles(s, 1e300, 1, 256+1), true},
+		// Carried over to this limit's sub-window, its count past any
+		// integer a reply holds.
+		{"another sub-window, a recent group holding more than any count", doubles(s/2, 1, float64(time.Now().UnixMicro()/(sub/2)), 1e300), false},
 		{"a group from the far future", doubles(s, 1, 1e300, 256+1), false},
 		{"a group of NaN", doubles(s, 1, math.NaN(), math.NaN()), false},
 		{"an infinite group", doubles(s, 1, math.Inf(1), math.Inf(1)), false},
