@@ -107,23 +107,33 @@ func (s *server) selfLoosening(before, after *keystore.Key) error {
 	return nil
 }
 
-// countStartsAfresh refuses a change that moves a key between a rate of its
-// own and the defaults while it is valid under a policy that counts a key
-// on the defaults apart: a rate of its own is counted in the top-level
-// default's count, under every policy, so under such a policy the move
-// starts the key's count afresh, and a key moved back and forth (by itself,
-// or by a keys:write caller) would make its limit twice in every window,
-// at the same rate throughout. Only a keys:admin caller may move another
-// key so, as it may grant any rate.
+// countStartsAfresh refuses a change that could start a key's count
+// afresh under a policy that counts a key on the defaults apart (one with a
+// default of its own). A rate of its own is counted in the top-level
+// default's count, under every policy; on the defaults the key is counted
+// in such a policy's own count. So under that policy, moving the key
+// between a rate of its own and the defaults moves it to another count,
+// and so does making it valid there again after it moved while scoped
+// away (scoped to other policies, moved, then scoped back: each step
+// harmless alone). Moved back and forth at the same rate, by itself or by
+// a keys:write caller, it would make its limit twice in every window.
+// Only a keys:admin caller may make either change to another key, as it
+// may grant any rate.
 func (s *server) countStartsAfresh(before, after *keystore.Key) error {
-	if before.RateLimit.Own() == after.RateLimit.Own() {
-		return nil
-	}
+	moved := before.RateLimit.Own() != after.RateLimit.Own()
 	for _, p := range s.defaultRates() {
-		if p.apart && (before.ValidUnder(p.name) || after.ValidUnder(p.name)) {
+		if !p.apart {
+			continue
+		}
+		switch {
+		case moved && (before.ValidUnder(p.name) || after.ValidUnder(p.name)):
 			return permissionDenied("rate_limit: policy " + strconv.Quote(p.name) + " counts a key without a rate of its own apart, so moving this key " +
 				"between a rate of its own and the defaults would start its count there afresh; only a keys:admin caller may, for another key " +
 				"(or create a key with the rate it needs)")
+		case !before.ValidUnder(p.name) && after.ValidUnder(p.name):
+			return permissionDenied("policies: policy " + strconv.Quote(p.name) + " counts a key without a rate of its own apart, and this key may " +
+				"have moved between a rate of its own and the defaults while it was not valid under it, so its count there could start afresh; " +
+				"only a keys:admin caller may make another key valid under it again (or create a key scoped as it needs)")
 		}
 	}
 	return nil
@@ -148,9 +158,16 @@ func (s *server) exceedsCaller(c *caller, k *keystore.Key) error {
 			c.key.ExpiresAt.UTC().Format(time.RFC3339) + ")")
 	case "rate_limit":
 		if apart, beyond := defaultsBeyond(k, c.key, defaults); beyond {
+			// A new key may be given a rate of its own; an existing one
+			// may not move to one (countStartsAfresh), but may be scoped
+			// away from those policies.
+			advice := "give the key a rate_limit of its own"
+			if k.ID != "" {
+				advice = "scope the key away from those policies, or have a keys:admin caller give it a rate of its own"
+			}
 			return permissionDenied("rate_limit: a keys:write caller's keys may not have a higher rate limit than the caller itself (" +
 				c.key.RateLimit.String() + "); a key without a rate of its own is counted by the configured default and, apart from it, by the default of each policy that sets one (" +
-				strings.Join(apart, ", ") + "), and together those let through more: give the key a rate_limit of its own")
+				strings.Join(apart, ", ") + "), and together those let through more: " + advice)
 		}
 		p, _ := rateBeyond(k, c.key, defaults)
 		under := ""

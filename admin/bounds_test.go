@@ -737,6 +737,50 @@ func TestAKeyMovedBetweenItsOwnRateAndTheDefaultsIsNotCountedAfresh(t *testing.T
 	// keys:admin grants any rate to another key.
 	r = e.send("PATCH", "/v1/keys/"+defID, e.root, map[string]any{"rate_limit": "1/h"})
 	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+
+	// The same move around a scope: scoped away from b, moved, then scoped
+	// back (each step harmless alone). The last step is refused.
+	child, childID := e.newKey(writer, map[string]any{"name": "child", "permissions": []string{"x"}, "policies": []string{"b"}})
+	require.Equal(t, 2, allowed(child))
+	r = e.send("PATCH", "/v1/keys/"+childID, writer, map[string]any{"policies": []string{"default"}})
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	r = e.send("PATCH", "/v1/keys/"+childID, writer, map[string]any{"rate_limit": "2/h"})
+	require.Equal(t, http.StatusOK, r.status, "%s", r)
+	before = e.stored(childID)
+	r = e.send("PATCH", "/v1/keys/"+childID, writer, map[string]any{"policies": []string{"b"}})
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	assert.True(t, strings.HasPrefix(r.str(t, "error"), "policies:"), "%s", r)
+	assert.Equal(t, before, e.stored(childID))
+	r = e.send("PATCH", "/v1/keys/"+childID, writer, `{"policies": null}`)
+	assert.Equal(t, http.StatusForbidden, r.status, "every policy is b too: %s", r)
+	// A keys:admin caller may.
+	r = e.send("PATCH", "/v1/keys/"+childID, e.root, map[string]any{"policies": []string{"b"}})
+	assert.Equal(t, http.StatusOK, r.status, "%s", r)
+}
+
+// The refusal of an existing key on the defaults whose counts together
+// outrun its keys:write caller advises what that caller can do: scope it
+// away (a rate of its own would start its count afresh, which only
+// keys:admin may do), and a new key a rate of its own.
+func TestTheSumRefusalAdvisesWhatTheCallerCanDo(t *testing.T) {
+	hour := ratelimit.Rate{N: 1000, Window: time.Hour} // the env's top-level default
+	b := authz.PolicySpec{Name: "b", Match: authz.Match{Hosts: []string{"b.example.com"}}, Sources: authztest.Sources(),
+		Authenticate: true, DefaultRate: hour, OwnDefaultRate: true}
+	e := newEnv(t, backends[0], envOptions{policies: []authz.PolicySpec{b}})
+	writer, _ := e.create(keystore.Spec{Name: "writer", Owner: "team", Permissions: []string{"keys:write", "x"}, RateLimit: rateLimit(t, "1000/h")})
+	_, id := e.create(keystore.Spec{Name: "old", Owner: "team", Permissions: []string{"x"}}) // made by an admin, on the defaults
+
+	r := e.send("PATCH", "/v1/keys/"+id, writer, map[string]any{"name": "renamed"})
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	require.Contains(t, r.str(t, "error"), "scope the key away from those policies")
+	r = e.send("PATCH", "/v1/keys/"+id, writer, map[string]any{"name": "renamed", "policies": []string{"default"}})
+	assert.Equal(t, http.StatusOK, r.status, "following the advice: %s", r)
+
+	r = e.send("POST", "/v1/keys", writer, map[string]any{"name": "new", "permissions": []string{"x"}})
+	require.Equal(t, http.StatusForbidden, r.status, "%s", r)
+	require.Contains(t, r.str(t, "error"), "give the key a rate_limit of its own")
+	r = e.send("POST", "/v1/keys", writer, map[string]any{"name": "new", "permissions": []string{"x"}, "rate_limit": "1000/h"})
+	assert.Equal(t, http.StatusCreated, r.status, "following the advice: %s", r)
 }
 
 // readCounter counts the reads of keys a store answers.
