@@ -1512,3 +1512,58 @@ func TestTheTLSVariantVerifiesExtauthz(t *testing.T) {
 		t.Errorf("envoy.yaml's commented transport_socket is not envoy-tls.yaml's:\n%v\n%v", uncommented, ctx)
 	}
 }
+
+// forwardingHeaders are the headers upstreams read the client's address,
+// the host or the original target from that Envoy does not write itself:
+// a client's own would reach the upstream beside what extauthz checked.
+var forwardingHeaders = []string{
+	"x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "fastly-client-ip", "x-cluster-client-ip",
+	"forwarded", "x-forwarded-host",
+	"x-original-uri", "x-original-method", "x-forwarded-uri", "x-forwarded-method",
+}
+
+// Every shipped Envoy removes a client's forwarding headers on the way
+// upstream, as the shipped nginx, Caddy and Traefik configs do: an upstream
+// reading X-Real-IP would take a client-written address for the one an IP
+// allowlist checked, one reading Forwarded or X-Forwarded-Host another
+// site's host, and one built for a forward-auth proxy another target.
+func TestShippedConfigsRemoveClientWrittenForwardingHeaders(t *testing.T) {
+	for _, c := range shippedConfigs {
+		t.Run(filepath.Base(filepath.Dir(c.path))+"/"+filepath.Base(c.path), func(t *testing.T) {
+			data, err := os.ReadFile(c.path)
+			must(t, err)
+			var doc any
+			must(t, yaml.Unmarshal(data, &doc))
+			var removed []string
+			collectRemoved(doc, &removed)
+			for _, h := range forwardingHeaders {
+				if !slices.Contains(removed, h) {
+					t.Errorf("%s passes a client's %s to the upstream (request_headers_to_remove: %v)", c.path, h, removed)
+				}
+			}
+		})
+	}
+}
+
+// collectRemoved gathers every request_headers_to_remove entry anywhere in
+// a decoded config (route configuration, virtual host, route), lower-cased.
+func collectRemoved(v any, out *[]string) {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			if k == "request_headers_to_remove" {
+				list, _ := e.([]any)
+				for _, h := range list {
+					s, _ := h.(string)
+					*out = append(*out, strings.ToLower(s))
+				}
+				continue
+			}
+			collectRemoved(e, out)
+		}
+	case []any:
+		for _, e := range v {
+			collectRemoved(e, out)
+		}
+	}
+}

@@ -829,3 +829,21 @@ func TestCaddyHandsTheUpstreamNoClientWrittenAddress(t *testing.T) {
 		assert.NotContains(t, got.Headers, h, "the upstream would read the client-written 10.9.9.9 as the client address")
 	}
 }
+
+// The mirror image through the shipped Caddyfile: it deletes a client's
+// X-Forwarded-Uri and X-Forwarded-Method, and X-Original-URI and
+// X-Original-Method too (the nginx convention, which extauthz does not
+// read in x-forwarded mode).
+func TestCaddyClearsTheOtherConventionsTargetHeaders(t *testing.T) {
+	ts, _ := startCaddyExtauthz(t, caddyExtauthzConfig(t)+caddyRoutes)
+	reader, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	up := startEchoUpstream(t)
+	caddy := startCaddy(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
+
+	r := caddy.raw(t, caddyRequest("GET", "/api/users", "X-Api-Key: "+reader,
+		"X-Original-URI: /admin/users", "X-Original-Method: DELETE"))
+	require.Equal(t, 200, r.status, r.body)
+	got := up.last(t)
+	assert.NotContains(t, got.Headers, "X-Original-Uri", "the upstream reads no target but the one extauthz decided (GET /api/users)")
+	assert.NotContains(t, got.Headers, "X-Original-Method", "the upstream reads no method but the one extauthz decided")
+}

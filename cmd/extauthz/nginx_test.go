@@ -725,3 +725,25 @@ func TestNginxHandsTheUpstreamNoClientWrittenAddress(t *testing.T) {
 		assert.NotContains(t, got.Headers, h, "the upstream would read the client-written 10.9.9.9 as the client address")
 	}
 }
+
+// nginx.conf clears a client's X-Original-URI and X-Original-Method before
+// the upstream, and the other convention's pair too: X-Forwarded-Uri and
+// X-Forwarded-Method (Caddy's and Traefik's forward auth, which extauthz
+// does not read in x-original mode) would hand an upstream written for
+// those proxies a target extauthz never decided.
+func TestNginxClearsTheOtherConventionsTargetHeaders(t *testing.T) {
+	ts := startServer(t, storeYAML(t, "embedded")+nginxRoutes)
+	reader, _ := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+	up := startEchoUpstream(t)
+	ngx := startNginx(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
+
+	r := ngx.do(t, "GET", "/api/users", map[string]string{
+		"X-Api-Key":          reader,
+		"X-Forwarded-Uri":    "/api/users/7",
+		"X-Forwarded-Method": "DELETE",
+	})
+	require.Equal(t, 200, r.status, r.body)
+	got := up.last(t)
+	assert.NotContains(t, got.Headers, "X-Forwarded-Uri", "the upstream reads no target but the one extauthz decided (GET /api/users)")
+	assert.NotContains(t, got.Headers, "X-Forwarded-Method", "the upstream reads no method but the one extauthz decided")
+}
