@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -163,8 +164,145 @@ func (f Format) ResemblesKey(s string) bool {
 // marker too). A key written so carries all of its secret but a character
 // or two, which ResemblesKey's one run of 22 does not see. Read so loosely,
 // a marker counts only at the start of a word.
+//
+// It also reads s as its readers may decode it: with bytes that draw
+// nothing or group the key taken out (squeezedKey: "sk_A jkzg 0h3W…", a
+// zero-width space every few characters), the prefix in any case
+// ("SK_…" with a checksum mistyped), percent-decoded ("%73%6B%5F…"),
+// and each long base64 token decoded (Basic credentials of "<key>:"). A
+// key's random part alone, or with its prefix lost and its checksum
+// mistyped, is a token like any other and is not seen.
 func (f Format) MayHoldKey(s string) bool {
-	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps) || f.bareKey(s)
+	if f.mayHoldKey(s) {
+		return true
+	}
+	if strings.IndexByte(s, '%') >= 0 {
+		if d := percentDecoded(s); d != s && f.mayHoldKey(d) {
+			return true
+		}
+	}
+	return f.base64HoldsKey(s)
+}
+
+// mayHoldKey is MayHoldKey without the decoding readings.
+func (f Format) mayHoldKey(s string) bool {
+	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps, true) || f.bareKey(s) || f.squeezedKey(s)
+}
+
+// base64HoldsKey reports whether a token of s in base64 (either alphabet,
+// with or without its padding) of at least minBase64 characters decodes to
+// text that holds a key (mayHoldKey): the Basic credentials of a key sent
+// as a user name, or a key pasted encoded.
+func (f Format) base64HoldsKey(s string) bool {
+	for i := 0; i < len(s); {
+		if !isBase64(s[i]) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(s) && isBase64(s[j]) {
+			j++
+		}
+		if tok := strings.TrimRight(s[i:j], "="); len(tok) >= minBase64 {
+			for _, enc := range [...]*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+				if b, err := enc.DecodeString(tok); err == nil && f.mayHoldKey(string(b)) {
+					return true
+				}
+			}
+		}
+		i = j
+	}
+	return false
+}
+
+// minBase64 is the shortest base64 token base64HoldsKey decodes: the
+// encoding of a key's random part and checksum, the least of a key that
+// any reading here finds across gaps. (Shorter tokens, ids and digests,
+// are common in what is written out, and are not decoded.)
+const minBase64 = 4 * (randomLen + checksumLen) / 3
+
+func isBase64(c byte) bool {
+	return isBase62(c) || c == '+' || c == '/' || c == '-' || c == '_' || c == '='
+}
+
+// percentDecoded is s with every valid percent-encoding decoded and the
+// rest as it is.
+func percentDecoded(s string) string {
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}
+
+// lower is c in lower case, if an ASCII letter.
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+// squeezedKey reports whether s holds a key of this format written with
+// short runs of bytes no key has inside it (a wrap, a grouping by spaces
+// or dashes, zero-width characters, the underscore mistyped or lost), its
+// prefix in any case: read with every run of at most maxGapBytes such
+// bytes between two base62 characters taken out, s holds the prefix
+// followed by a key's random part and a checksum that matches it. The
+// checksum keeps text that merely reads on after the prefix from counting
+// ("desktop Safari…" reads as "desktopSafari…"): one in 2³² would.
+func (f Format) squeezedKey(s string) bool {
+	var buf [512]byte
+	sq := buf[:0]
+	for i := 0; i < len(s); {
+		if isBase62(s[i]) {
+			sq = append(sq, s[i])
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(s) && !isBase62(s[j]) {
+			j++
+		}
+		if j-i > maxGapBytes || len(sq) == 0 || j == len(s) {
+			sq = append(sq, ' ') // a break no key reads across
+		}
+		i = j
+	}
+	n, p, first := randomLen+checksumLen, len(f.prefix), lower(f.prefix[0])
+	for i := 0; i+p+n <= len(sq); i++ {
+		if lower(sq[i]) == first && strings.EqualFold(string(sq[i:i+p]), f.prefix) && f.squeezedBody(sq[i+p:i+p+n]) {
+			return true
+		}
+	}
+	return false
+}
+
+// squeezedBody reports whether b is a key's random part and its checksum.
+func (f Format) squeezedBody(b []byte) bool {
+	for _, c := range b {
+		if !isBase62(c) {
+			return false
+		}
+	}
+	return f.checksumMatches(string(b))
 }
 
 // LabelHoldsKey is the reading for a key's labels (its name, owner,
@@ -177,8 +315,13 @@ func (f Format) MayHoldKey(s string) bool {
 // prefix ("sk-learn GradientBoostingClassifier",
 // "sk_live_payments_reconciliation"), which MayHoldKey's reading across
 // gaps would take for one.
+//
+// Also a key grouped or wrapped anywhere, or with its prefix in capitals,
+// whose checksum matches (squeezedKey): "sk_A jkzg 0h3W…" as a name would
+// reach the upstream, in x-authz-key-name, with every request the key
+// makes.
 func (f Format) LabelHoldsKey(s string) bool {
-	return f.ContainsKey(s) || f.nearKey(s, 0) || f.bareKey(s)
+	return f.ContainsKey(s) || f.nearKey(s, 0, false) || f.bareKey(s) || f.squeezedKey(s)
 }
 
 // bareKey reports whether s holds a key without its prefix: a run of
@@ -224,30 +367,27 @@ func (f Format) checksumMatches(body string) bool {
 	return string(want[:]) == body[randomLen:]
 }
 
-// nearKey reports whether s holds, where a word starts, the prefix and one
-// of the separators a key's underscore may be mistyped or encoded as,
-// followed by resembleLen base62 characters read across up to gaps runs of
-// bytes no key has (and one such run right after the separator).
-func (f Format) nearKey(s string, gaps int) bool {
-	for _, sep := range [...]string{"_", "-", ".", " ", "%5F", "%5f"} {
-		marker := f.prefix + sep
-		for i := 0; ; {
-			j := strings.Index(s[i:], marker)
-			if j < 0 {
-				break
-			}
-			i += j
-			if i > 0 && isBase62(s[i-1]) {
-				// Inside a word ("task-", "desk_"): read loosely there,
-				// hyphenated names would be taken for keys. A key glued
-				// to letters is ResemblesKey's and ContainsKey's.
-				i++
-				continue
-			}
-			if base62RunAcrossGaps(s[i+len(marker):], gaps) >= resembleLen {
+// nearKey reports whether s holds, where a word starts, the prefix (in any
+// case, with fold) and one of the separators a key's underscore may be
+// mistyped or encoded as, followed by resembleLen base62 characters read
+// across up to gaps runs of bytes no key has (and one such run right after
+// the separator).
+func (f Format) nearKey(s string, gaps int, fold bool) bool {
+	p, first := len(f.prefix), lower(f.prefix[0])
+	for i := 0; i+p < len(s); i++ {
+		if fold && (lower(s[i]) != first || !strings.EqualFold(s[i:i+p], f.prefix)) || !fold && s[i:i+p] != f.prefix {
+			continue
+		}
+		if i > 0 && isBase62(s[i-1]) {
+			// Inside a word ("task-", "desk_"): read loosely there,
+			// hyphenated names would be taken for keys. A key glued
+			// to letters is ResemblesKey's and ContainsKey's.
+			continue
+		}
+		for _, sep := range [...]string{"_", "-", ".", " ", "%5F", "%5f"} {
+			if strings.HasPrefix(s[i+p:], sep) && base62RunAcrossGaps(s[i+p+len(sep):], gaps) >= resembleLen {
 				return true
 			}
-			i++
 		}
 	}
 	return false

@@ -3,6 +3,7 @@ package keystore
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
@@ -444,6 +445,19 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 		"/api/reports/sk:" + key[3:] + "/raw",
 		"id=" + key[3:] + "xyz", // glued on one side
 		"xyz" + key[3:],
+		// Grouped or wrapped anywhere, its checksum whole: read with the
+		// groups' separators taken out.
+		"sk_" + key[3:6] + "-" + key[6:9] + "-" + key[9:12] + "-" + key[12:15] + "-" + key[15:],
+		"client/1.0 " + grouped(key, " ", 4),
+		"client/1.0 " + grouped(key, "-", 4),
+		"client/1.0 " + grouped(key, "\u200b", 6), // a zero-width space every six
+		// The prefix in capitals and the checksum mistyped.
+		"client/1.0 SK_" + key[3:len(key)-1] + otherBase62(key[len(key)-1]),
+		// Percent-encoded, every byte.
+		"token=" + percentEncoded(key),
+		// The Basic credentials of "<key>:".
+		"Basic " + base64.StdEncoding.EncodeToString([]byte(key+":")),
+		"Basic " + base64.RawURLEncoding.EncodeToString([]byte("user:"+key)),
 	} {
 		assert.True(t, f.MayHoldKey(s), "%q", s)
 	}
@@ -452,10 +466,12 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 		"sk-fine",
 		"sk_" + key[3:3+resembleLen-1],       // 21 characters
 		"sk_" + key[3:8] + "-----" + key[8:], // five bytes in a row: read no further
-		"sk_" + key[3:6] + "-" + key[6:9] + "-" + key[9:12] + "-" + key[12:15] + "-" + key[15:], // four runs
-		"sk learn model for fraud detection",                                                    // words after a space
-		"task-" + strings.Repeat("ab-", 5) + "done",                                             // words, not a key
-		"/api/desk-booking-requests-history-overview",                                           // a marker inside a word
+		// Four runs, the checksum mistyped: too far from a key to read
+		// across, and no checksum says it is one.
+		"sk_" + key[3:6] + "-" + key[6:9] + "-" + key[9:12] + "-" + key[12:15] + "-" + key[15:len(key)-1] + otherBase62(key[len(key)-1]),
+		"sk learn model for fraud detection",          // words after a space
+		"task-" + strings.Repeat("ab-", 5) + "done",   // words, not a key
+		"/api/desk-booking-requests-history-overview", // a marker inside a word
 		"/api/task_management-dashboard-overview-2024",
 		"pk_" + key[3:len(key)-1] + otherBase62(key[len(key)-1]),                              // no prefix and the checksum wrong: a token like any other
 		strings.Repeat("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", 2), // hex digests
@@ -463,6 +479,25 @@ func TestAMistypedOrWrappedKeyMayHoldAKey(t *testing.T) {
 	} {
 		assert.False(t, f.MayHoldKey(s), "%q", s)
 	}
+}
+
+// grouped is s in groups of n joined by sep.
+func grouped(s, sep string, n int) string {
+	var parts []string
+	for len(s) > n {
+		parts = append(parts, s[:n])
+		s = s[n:]
+	}
+	return strings.Join(append(parts, s), sep)
+}
+
+// percentEncoded is s with every byte percent-encoded.
+func percentEncoded(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, "%%%02X", s[i])
+	}
+	return b.String()
 }
 
 // otherBase62 is a base62 character other than c.
@@ -484,6 +519,34 @@ func TestALabelHoldingAKeyWithoutItsPrefixHoldsAKey(t *testing.T) {
 		assert.True(t, f.LabelHoldsKey(s), "%q", s)
 	}
 	assert.False(t, f.LabelHoldsKey("billing "+key[3:len(key)-1]+otherBase62(key[len(key)-1])), "a long token whose checksum does not match")
+}
+
+// A label holding a key wrapped or grouped anywhere (a space, '.' or ':'
+// in it, or every few characters) is refused: the whole secret would reach
+// every upstream the key calls, in x-authz-key-name and its kin, with one
+// character taken out. Words after the prefix still pass.
+func TestALabelHoldingAGroupedOrWrappedKeyHoldsAKey(t *testing.T) {
+	f, err := NewFormat("sk")
+	require.NoError(t, err)
+	key, err := f.Generate()
+	require.NoError(t, err)
+	for _, s := range []string{
+		key[:13] + " " + key[13:],
+		key[:20] + "." + key[20:],
+		"read:users," + key[:16] + ":" + key[16:],
+		"team " + grouped(key, " ", 4),
+		grouped(key, "-", 8),
+		"SK " + grouped(key[3:], " ", 5),
+	} {
+		assert.True(t, f.LabelHoldsKey(s), "%q", s)
+	}
+	for _, s := range []string{
+		"sk-learn GradientBoostingClassifier",
+		"sk_live_payments_reconciliation",
+		"desk booking " + grouped(key[3:len(key)-1]+otherBase62(key[len(key)-1]), " ", 4), // no checksum matches
+	} {
+		assert.False(t, f.LabelHoldsKey(s), "%q", s)
+	}
 }
 
 // A label may hold a text or emoji presentation selector right after what
