@@ -75,6 +75,7 @@ fuzz: ## each fuzz target for FUZZTIME (the checked-in seeds under testdata/fuzz
 	  authz/envoy:FuzzDecodeCheckParts \
 	  authz/envoy:FuzzWireAndProtoDecideAlike \
 	  keystore:FuzzFormatCheck \
+	  keystore:FuzzHoldsKey \
 	  keystore:FuzzDecodeRecord \
 	  keystore/redis:FuzzReplyScanner \
 	  config:FuzzParse \

@@ -177,7 +177,7 @@ func (f Format) MayHoldKey(s string) bool {
 		return true
 	}
 	if strings.IndexByte(s, '%') >= 0 {
-		if d := percentDecoded(s); d != s && f.mayHoldKey(d) {
+		if d := percentDecoded(s); d != s && (f.mayHoldKey(d) || f.base64HoldsKey(d)) {
 			return true
 		}
 	}
@@ -186,13 +186,16 @@ func (f Format) MayHoldKey(s string) bool {
 
 // mayHoldKey is MayHoldKey without the decoding readings.
 func (f Format) mayHoldKey(s string) bool {
-	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps, true) || f.bareKey(s) || f.squeezedKey(s)
+	return f.ResemblesKey(s) || f.nearKey(s, maxKeyGaps, true, resembleLen) || f.bareKey(s) || f.squeezedKey(s)
 }
 
 // base64HoldsKey reports whether a token of s in base64 (either alphabet,
-// with or without its padding) of at least minBase64 characters decodes to
-// text that holds a key (mayHoldKey): the Basic credentials of a key sent
-// as a user name, or a key pasted encoded.
+// or both mixed, its padding ending it) of at least minBase64 characters
+// decodes to text that holds a key (mayHoldKey): the Basic credentials of
+// a key sent as a user name, or a key pasted encoded. '/', '+', '-' and
+// '_' are base64 characters, so in a path or a list the token may start
+// anywhere in its run ("/v1/x/<base64>"): each of the four alignments is
+// decoded, one of which reads the token right.
 func (f Format) base64HoldsKey(s string) bool {
 	for i := 0; i < len(s); {
 		if !isBase64(s[i]) {
@@ -203,14 +206,40 @@ func (f Format) base64HoldsKey(s string) bool {
 		for j < len(s) && isBase64(s[j]) {
 			j++
 		}
-		if tok := strings.TrimRight(s[i:j], "="); len(tok) >= minBase64 {
-			for _, enc := range [...]*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-				if b, err := enc.DecodeString(tok); err == nil && f.mayHoldKey(string(b)) {
-					return true
-				}
-			}
+		if j-i >= minBase64 && f.base64RunHoldsKey(s[i:j]) {
+			return true
 		}
 		i = j
+	}
+	return false
+}
+
+// base64RunHoldsKey decodes run, base64 characters of either alphabet, at
+// each of its four alignments, and reports whether one holds a key.
+func (f Format) base64RunHoldsKey(run string) bool {
+	std := make([]byte, len(run))
+	for k := 0; k < len(run); k++ {
+		switch c := run[k]; c {
+		case '-':
+			std[k] = '+'
+		case '_':
+			std[k] = '/'
+		default:
+			std[k] = c
+		}
+	}
+	dec := make([]byte, base64.RawStdEncoding.DecodedLen(len(std)))
+	for off := range 4 {
+		if len(std)-off < minBase64 {
+			break
+		}
+		src := std[off:]
+		if len(src)%4 == 1 {
+			src = src[:len(src)-1] // a lone character decodes to nothing
+		}
+		if n, err := base64.RawStdEncoding.Decode(dec, src); err == nil && f.mayHoldKey(string(dec[:n])) {
+			return true
+		}
 	}
 	return false
 }
@@ -221,8 +250,10 @@ func (f Format) base64HoldsKey(s string) bool {
 // are common in what is written out, and are not decoded.)
 const minBase64 = 4 * (randomLen + checksumLen) / 3
 
+// isBase64 reports whether c is a base64 character of either alphabet
+// (padding aside).
 func isBase64(c byte) bool {
-	return isBase62(c) || c == '+' || c == '/' || c == '-' || c == '_' || c == '='
+	return isBase62(c) || c == '+' || c == '/' || c == '-' || c == '_'
 }
 
 // percentDecoded is s with every valid percent-encoding decoded and the
@@ -269,7 +300,7 @@ func unhex(c byte) byte {
 // checksum keeps text that merely reads on after the prefix from counting
 // ("desktop Safari…" reads as "desktopSafari…"): one in 2³² would.
 func (f Format) squeezedKey(s string) bool {
-	var buf [512]byte
+	var buf [1024]byte // a field written out is at most this long
 	sq := buf[:0]
 	for i := 0; i < len(s); {
 		if isBase62(s[i]) {
@@ -302,15 +333,16 @@ func (f Format) squeezedBody(b []byte) bool {
 			return false
 		}
 	}
-	return f.checksumMatches(string(b))
+	return checksumOf(f, b)
 }
 
 // LabelHoldsKey is the reading for a key's labels (its name, owner,
 // permissions and metadata), which are refused when they hold a key or
 // most of one and are written into every decision the key makes:
-// ContainsKey, and the prefix at the start of a word, followed by '_', '-',
-// '.', a space or "%5F", then (past at most maxGapBytes bytes no key has,
-// a wrap) 22 base62 characters in a row. That is a key with its checksum
+// ContainsKey, and the prefix (in any case) at the start of a word,
+// followed by '_', '-', '.', a space or "%5F", then (past at most
+// maxGapBytes bytes no key has, a wrap) 22 base62 characters in a row, or
+// a key's whole random part across one more such run. That is a key with its checksum
 // mistyped or cut, or its underscore mistyped, but not words after the
 // prefix ("sk-learn GradientBoostingClassifier",
 // "sk_live_payments_reconciliation"), which MayHoldKey's reading across
@@ -321,7 +353,8 @@ func (f Format) squeezedBody(b []byte) bool {
 // reach the upstream, in x-authz-key-name, with every request the key
 // makes.
 func (f Format) LabelHoldsKey(s string) bool {
-	return f.ContainsKey(s) || f.nearKey(s, 0, false) || f.bareKey(s) || f.squeezedKey(s)
+	return f.ContainsKey(s) || f.nearKey(s, 0, true, resembleLen) || f.nearKey(s, 1, true, randomLen) ||
+		f.bareKey(s) || f.squeezedKey(s)
 }
 
 // bareKey reports whether s holds a key without its prefix: a run of
@@ -355,24 +388,39 @@ func (f Format) bareKey(s string) bool {
 
 // checksumMatches reports whether body, a key's random part and checksum
 // in base62, is a key of this format's once the prefix and "_" go before it.
-func (f Format) checksumMatches(body string) bool {
+func (f Format) checksumMatches(body string) bool { return checksumOf(f, body) }
+
+// checksumOf is checksumMatches for a string or a byte slice, without a
+// copy. A checksum's first digit is 0–4 (2³² is "4gfFC4" in base62), so
+// most bodies that are no key are turned away before the CRC is worked out.
+func checksumOf[T string | []byte](f Format, body T) bool {
+	if c := body[randomLen]; c < '0' || c > '4' {
+		return false
+	}
 	crc := ^uint32(0)
-	for _, s := range [...]string{f.prefix, "_", body[:randomLen]} {
-		for i := 0; i < len(s); i++ {
-			crc = ieeeTable[byte(crc)^s[i]] ^ crc>>8
-		}
+	for i := 0; i < len(f.prefix); i++ {
+		crc = ieeeTable[byte(crc)^f.prefix[i]] ^ crc>>8
+	}
+	crc = ieeeTable[byte(crc)^'_'] ^ crc>>8
+	for i := 0; i < randomLen; i++ {
+		crc = ieeeTable[byte(crc)^body[i]] ^ crc>>8
 	}
 	var want [checksumLen]byte
 	appendChecksum(want[:0], ^crc)
-	return string(want[:]) == body[randomLen:]
+	for i := range checksumLen {
+		if want[i] != body[randomLen+i] {
+			return false
+		}
+	}
+	return true
 }
 
 // nearKey reports whether s holds, where a word starts, the prefix (in any
 // case, with fold) and one of the separators a key's underscore may be
-// mistyped or encoded as, followed by resembleLen base62 characters read
-// across up to gaps runs of bytes no key has (and one such run right after
-// the separator).
-func (f Format) nearKey(s string, gaps int, fold bool) bool {
+// mistyped or encoded as, followed by need base62 characters read across
+// up to gaps runs of bytes no key has (and one such run right after the
+// separator).
+func (f Format) nearKey(s string, gaps int, fold bool, need int) bool {
 	p, first := len(f.prefix), lower(f.prefix[0])
 	for i := 0; i+p < len(s); i++ {
 		if fold && (lower(s[i]) != first || !strings.EqualFold(s[i:i+p], f.prefix)) || !fold && s[i:i+p] != f.prefix {
@@ -385,7 +433,7 @@ func (f Format) nearKey(s string, gaps int, fold bool) bool {
 			continue
 		}
 		for _, sep := range [...]string{"_", "-", ".", " ", "%5F", "%5f"} {
-			if strings.HasPrefix(s[i+p:], sep) && base62RunAcrossGaps(s[i+p+len(sep):], gaps) >= resembleLen {
+			if strings.HasPrefix(s[i+p:], sep) && base62RunAcrossGaps(s[i+p+len(sep):], gaps, need) >= need {
 				return true
 			}
 		}
@@ -394,15 +442,15 @@ func (f Format) nearKey(s string, gaps int, fold bool) bool {
 }
 
 // base62RunAcrossGaps counts the base62 characters at the start of s, up
-// to resembleLen, read past a first run of at most maxGapBytes other bytes
-// and across at most gaps more such runs.
-func base62RunAcrossGaps(s string, gaps int) int {
+// to need, read past a first run of at most maxGapBytes other bytes and
+// across at most gaps more such runs.
+func base62RunAcrossGaps(s string, gaps, need int) int {
 	k := 0
 	for k < len(s) && k < maxGapBytes && !isBase62(s[k]) {
 		k++
 	}
 	n, runs, gap := 0, 0, 0
-	for ; k < len(s) && n < resembleLen; k++ {
+	for ; k < len(s) && n < need; k++ {
 		if isBase62(s[k]) {
 			n, gap = n+1, 0
 			continue

@@ -1,0 +1,28 @@
+package keystore
+
+import (
+	"encoding/base64"
+	"testing"
+)
+
+// FuzzHoldsKey: no input makes the readings panic, and each is looser than
+// the one before it: ContainsKey, then LabelHoldsKey, then MayHoldKey.
+func FuzzHoldsKey(f *testing.F) {
+	fm, _ := NewFormat("sk")
+	key, _ := fm.Generate()
+	for _, s := range []string{"", "%", "%5", "%5F", "sk", "SK_", key, " " + key + " ", "\xff\xfe", "a=b==", base64.StdEncoding.EncodeToString([]byte(key)),
+		"s\u200bk_" + key[3:], "é" + key + "é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		_ = fm.MayHoldKey(s)
+		_ = fm.LabelHoldsKey(s)
+		_ = fm.ContainsKey(s)
+		if fm.ContainsKey(s) && !fm.LabelHoldsKey(s) {
+			t.Fatalf("ContainsKey but not LabelHoldsKey: %q", s)
+		}
+		if fm.LabelHoldsKey(s) && !fm.MayHoldKey(s) {
+			t.Fatalf("LabelHoldsKey but not MayHoldKey: %q", s)
+		}
+	})
+}
