@@ -1545,6 +1545,53 @@ func TestShippedConfigsRemoveClientWrittenForwardingHeaders(t *testing.T) {
 	}
 }
 
+// The Envoy Gateway overlay's HTTPRoute to the app removes them too, with
+// a RequestHeaderModifier.
+func TestTheGatewayOverlayRemovesClientWrittenForwardingHeaders(t *testing.T) {
+	const path = "../k8s/overlays/envoy-gateway/gateway.yaml"
+	data, err := os.ReadFile(path)
+	must(t, err)
+	routes := 0
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var route struct {
+			Kind string `json:"kind"`
+			Spec struct {
+				Rules []struct {
+					Filters []struct {
+						Type                  string `json:"type"`
+						RequestHeaderModifier struct {
+							Remove []string `json:"remove"`
+						} `json:"requestHeaderModifier"`
+					} `json:"filters"`
+				} `json:"rules"`
+			} `json:"spec"`
+		}
+		must(t, yaml.Unmarshal([]byte(doc), &route))
+		if route.Kind != "HTTPRoute" {
+			continue
+		}
+		routes++
+		for i, rule := range route.Spec.Rules {
+			var removed []string
+			for _, f := range rule.Filters {
+				if f.Type == "RequestHeaderModifier" {
+					for _, h := range f.RequestHeaderModifier.Remove {
+						removed = append(removed, strings.ToLower(h))
+					}
+				}
+			}
+			for _, h := range forwardingHeaders {
+				if !slices.Contains(removed, h) {
+					t.Errorf("%s: rule %d passes a client's %s to the app (removed: %v)", path, i, h, removed)
+				}
+			}
+		}
+	}
+	if routes == 0 {
+		t.Fatalf("%s: no HTTPRoute", path)
+	}
+}
+
 // collectRemoved gathers every request_headers_to_remove entry anywhere in
 // a decoded config (route configuration, virtual host, route), lower-cased.
 func collectRemoved(v any, out *[]string) {
