@@ -317,9 +317,9 @@ func (f Format) squeezedKey(s string) bool {
 		}
 		i = j
 	}
-	n, p, first := randomLen+checksumLen, len(f.prefix), lower(f.prefix[0])
+	n, p := randomLen+checksumLen, len(f.prefix)
 	for i := 0; i+p+n <= len(sq); i++ {
-		if lower(sq[i]) == first && strings.EqualFold(string(sq[i:i+p]), f.prefix) && f.squeezedBody(sq[i+p:i+p+n]) {
+		if (p == 0 || lower(sq[i]) == lower(f.prefix[0])) && strings.EqualFold(string(sq[i:i+p]), f.prefix) && f.squeezedBody(sq[i+p:i+p+n]) {
 			return true
 		}
 	}
@@ -421,9 +421,9 @@ func checksumOf[T string | []byte](f Format, body T) bool {
 // up to gaps runs of bytes no key has (and one such run right after the
 // separator).
 func (f Format) nearKey(s string, gaps int, fold bool, need int) bool {
-	p, first := len(f.prefix), lower(f.prefix[0])
+	p := len(f.prefix)
 	for i := 0; i+p < len(s); i++ {
-		if fold && (lower(s[i]) != first || !strings.EqualFold(s[i:i+p], f.prefix)) || !fold && s[i:i+p] != f.prefix {
+		if fold && (p > 0 && lower(s[i]) != lower(f.prefix[0]) || !strings.EqualFold(s[i:i+p], f.prefix)) || !fold && s[i:i+p] != f.prefix {
 			continue
 		}
 		if i > 0 && isBase62(s[i-1]) {

@@ -26,3 +26,18 @@ func FuzzHoldsKey(f *testing.F) {
 		}
 	})
 }
+
+// The zero Format (no prefix), which a Manager built without one holds,
+// reads every string without a panic.
+func TestTheZeroFormatReadsWithoutAPanic(t *testing.T) {
+	var f Format
+	key, err := Format{prefix: "sk"}.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"", "x", "billing key", key, "SK " + key[3:], base64.StdEncoding.EncodeToString([]byte(key))} {
+		f.MayHoldKey(s)
+		f.LabelHoldsKey(s)
+		f.ContainsKey(s)
+	}
+}

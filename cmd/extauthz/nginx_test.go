@@ -595,8 +595,9 @@ func TestProxyConfigsSayWhatTheyNeed(t *testing.T) {
 		strip := f.HTTP.Middlewares["strip-credentials"].Headers
 		require.NotNil(t, strip, "middleware strip-credentials is a headers middleware")
 		assert.Equal(t, map[string]string{"X-Api-Key": "", "Authorization": "", "Forwarded": "",
-			"X-Client-Ip": "", "True-Client-Ip": "", "Cf-Connecting-Ip": "", "Fastly-Client-Ip": "", "X-Cluster-Client-Ip": ""}, strip.CustomRequestHeaders,
-			"an empty value removes the header: the credentials, and a client's Forwarded and address headers, which Traefik passes on")
+			"X-Client-Ip": "", "True-Client-Ip": "", "Cf-Connecting-Ip": "", "Fastly-Client-Ip": "", "X-Cluster-Client-Ip": "",
+			"X-Original-Uri": "", "X-Original-Method": ""}, strip.CustomRequestHeaders,
+			"an empty value removes the header: the credentials, and a client's Forwarded, address and nginx-convention target headers, which Traefik passes on")
 
 		require.NotEmpty(t, f.HTTP.Routers)
 		for name, r := range f.HTTP.Routers {
