@@ -471,7 +471,7 @@ func notePresent(p *Policy, req *Request, d *Decision) (key string, found bool, 
 	var keyIn keyInRequest
 	for i := len(p.Sources); i < len(p.strip); i++ {
 		s := p.strip[i]
-		holds := p.holdsKey // a query or cookie value, as its readers decode it
+		holds := p.HoldsKey // a query or cookie value, as its readers decode it
 		if s.kind == SourceHeader {
 			holds = p.format.ContainsKey // no header reader decodes a value
 		}

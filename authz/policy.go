@@ -106,7 +106,7 @@ type Policy struct {
 	// still a secret, and this upstream must not get it.
 	strip []Source
 	// format is the key format, for telling a key of ours in another
-	// policy's source (holdsKey).
+	// policy's source (HoldsKey).
 	format keystore.Format
 	// keyScope names the counter of a key limited by this policy's
 	// DefaultRate (a key without a rate of its own): "" when the policy
@@ -276,8 +276,8 @@ func (set *PolicySet) unionSources() error {
 // between them, in the count the admin API counts it in too.
 func (p *Policy) CountsDefaultApart() bool { return p.keyScope != "" }
 
-// holdsKey reports whether v, a value of another policy's query or cookie
-// source, holds a key of this format (its prefix, "_" and a matching
+// HoldsKey reports whether v, a value of another policy's query or cookie
+// source (or a cookie piece the proxy adapters may cut), holds a key of this format (its prefix, "_" and a matching
 // checksum) as some upstream may read it: anywhere in v ("<key>\n",
 // "<key>,<key>"), with its percent-encodings decoded (PHP, Rack and Node's
 // cookie decode cookie values: "sk%5F..."), or with its backslash escapes
@@ -285,15 +285,9 @@ func (p *Policy) CountsDefaultApart() bool { return p.keyScope != "" }
 // "sk_..."). Such a value is no credential of that service's own, and is
 // stripped; imported keys of another shape cannot be told from the tokens
 // an upstream takes under the same name, so those are left alone.
-func (p *Policy) holdsKey(v string) bool {
-	return p.HoldsKey(v)
-}
-
-// HoldsKey is holdsKey, for the proxy adapters: a cookie piece that holds a
-// key of ours is cut from what goes upstream (CookieWithout).
 func (p *Policy) HoldsKey(v string) bool {
 	return p.format.ContainsKey(v) ||
-		strings.IndexByte(v, '%') >= 0 && p.format.ContainsKey(percentDecoded(v)) ||
+		strings.IndexByte(v, '%') >= 0 && p.format.ContainsKey(keystore.PercentDecoded(v)) ||
 		strings.IndexByte(v, '\\') >= 0 && p.format.ContainsKey(unslashed(v))
 }
 
@@ -415,18 +409,6 @@ func (p *Policy) spellingHoldsKey(s Source, req *Request, k *keyInRequest) bool 
 	}
 	_, _, ambiguous := s.lookup(req)
 	return ambiguous
-}
-
-// percentDecoded is s with every valid percent-encoding decoded, and the
-// rest as it is: a malformed one elsewhere must not hide a key.
-func percentDecoded(s string) string {
-	b := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		c, n := decodedByte(s, i)
-		b = append(b, c)
-		i += n
-	}
-	return string(b)
 }
 
 // basicCredentials returns the "user:password" a Basic credential encodes

@@ -177,7 +177,7 @@ func (f Format) MayHoldKey(s string) bool {
 		return true
 	}
 	if strings.IndexByte(s, '%') >= 0 {
-		if d := percentDecoded(s); d != s && (f.mayHoldKey(d) || f.base64HoldsKey(d)) {
+		if d := PercentDecoded(s); d != s && (f.mayHoldKey(d) || f.base64HoldsKey(d)) {
 			return true
 		}
 	}
@@ -256,9 +256,9 @@ func isBase64(c byte) bool {
 	return isBase62(c) || c == '+' || c == '/' || c == '-' || c == '_'
 }
 
-// percentDecoded is s with every valid percent-encoding decoded and the
-// rest as it is.
-func percentDecoded(s string) string {
+// PercentDecoded is s with every valid percent-encoding decoded and the
+// rest as it is: a malformed one elsewhere must not hide a key.
+func PercentDecoded(s string) string {
 	b := make([]byte, 0, len(s))
 	for i := 0; i < len(s); i++ {
 		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
@@ -378,7 +378,7 @@ func (f Format) bareKey(s string) bool {
 		for j < len(s) && isBase62(s[j]) {
 			j++
 		}
-		if j-i >= n && (f.checksumMatches(s[i:i+n]) || f.checksumMatches(s[j-n:j])) {
+		if j-i >= n && (checksumOf(f, s[i:i+n]) || checksumOf(f, s[j-n:j])) {
 			return true
 		}
 		i = j
@@ -386,12 +386,9 @@ func (f Format) bareKey(s string) bool {
 	return false
 }
 
-// checksumMatches reports whether body, a key's random part and checksum
-// in base62, is a key of this format's once the prefix and "_" go before it.
-func (f Format) checksumMatches(body string) bool { return checksumOf(f, body) }
-
-// checksumOf is checksumMatches for a string or a byte slice, without a
-// copy. A checksum's first digit is 0–4 (2³² is "4gfFC4" in base62), so
+// checksumOf reports whether body (a string or a byte slice, read without
+// a copy), a key's random part and checksum in base62, is a key of this
+// format's once the prefix and "_" go before it. A checksum's first digit is 0–4 (2³² is "4gfFC4" in base62), so
 // most bodies that are no key are turned away before the CRC is worked out.
 func checksumOf[T string | []byte](f Format, body T) bool {
 	if c := body[randomLen]; c < '0' || c > '4' {
