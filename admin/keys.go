@@ -90,7 +90,7 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request, c *caller) er
 // cannot be repeated, so it is a success too, with the unconfirmed note;
 // any other error is returned.
 func (s *server) writeNewKey(w http.ResponseWriter, secret string, k *keystore.Key, err error, what, note string) error {
-	created := keystore.Created{Key: k, Secret: secret}
+	created := keystore.Created{Key: s.shown(k), Secret: secret}
 	switch {
 	case err == nil:
 	case secret != "" && errors.Is(err, keystore.ErrUnconfirmed):
@@ -272,8 +272,18 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 	if keys == nil {
 		keys = []*keystore.Key{}
 	}
+	for i, k := range keys {
+		keys[i] = s.shown(k)
+	}
 	writeJSON(w, http.StatusOK, keyList{Keys: keys, NextCursor: next})
 	return nil
+}
+
+// shown is k as the API shows it: a label that holds a key (a record
+// written by hand, or before labels were refused so) redacted, as it is
+// served (keystore.RedactLabels).
+func (s *server) shown(k *keystore.Key) *keystore.Key {
+	return keystore.RedactLabels(k, s.authz.Policies().Format.LabelHoldsKey)
 }
 
 // isQuerySource reports whether name is a configured query-parameter key
@@ -293,7 +303,7 @@ func (s *server) showKey(w http.ResponseWriter, r *http.Request, c *caller) erro
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, k)
+	writeJSON(w, http.StatusOK, s.shown(k))
 	return nil
 }
 
@@ -368,7 +378,7 @@ func (s *server) updateKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, k)
+	writeJSON(w, http.StatusOK, s.shown(k))
 	return nil
 }
 
@@ -462,7 +472,7 @@ func (s *server) revokeKey(w http.ResponseWriter, r *http.Request, c *caller) er
 	if k, err = s.manager.Revoke(r.Context(), k.ID, c.actor()); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, k)
+	writeJSON(w, http.StatusOK, s.shown(k))
 	return nil
 }
 

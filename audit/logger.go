@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/extauthz/extauthz/keystore"
 )
 
 // Sink is where a Logger writes events: standard output, a Redis stream,
@@ -61,8 +63,9 @@ type Options struct {
 	LabelHoldsKey func(string) bool
 }
 
-// RedactedMark stands in the place of a request field that held a key.
-const RedactedMark = "[redacted: held an API key]"
+// RedactedMark stands in the place of a request field that held a key;
+// it is the text a key's label that held one is served with.
+const RedactedMark = keystore.RedactedLabel
 
 // Logger queues events in memory and writes them to a Sink from one
 // background goroutine, so that recording an event never waits for I/O.

@@ -36,7 +36,12 @@ type CacheOptions struct {
 	// past it the lookup fails with ErrUnavailable. Default 5 minutes; never
 	// less than TTL, within which every entry is served anyway.
 	MaxStale time.Duration
-	Logger   *slog.Logger
+	// LabelHoldsKey (Format.LabelHoldsKey) reads the labels of every key
+	// the store answers: a key whose labels hold a key is served with them
+	// redacted (RedactLabels), and a line logs its id. Nil serves every
+	// record as stored.
+	LabelHoldsKey func(string) bool
+	Logger        *slog.Logger
 }
 
 // DefaultMaxStale is CacheOptions.MaxStale when none is given.
@@ -93,6 +98,8 @@ type Cache struct {
 	// started for a hash of slot i (refreshAhead): at most one per slot per
 	// quarter TTL, so a failing store is not asked on every hit.
 	refreshed [refreshSlots]atomic.Int64
+	// labelsWarned is when (unix nanos) warnLabels last logged.
+	labelsWarned atomic.Int64
 }
 
 // frontSets is half the number of decoded keys the cache keeps (front).
@@ -479,9 +486,25 @@ func (c *Cache) flight(ctx context.Context, h Hash) <-chan singleflight.Result {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
 		defer cancel()
 		k, err := c.store.Lookup(fctx, h)
+		if r := RedactLabels(k, c.opts.LabelHoldsKey); r != k {
+			c.warnLabels(r)
+			k = r
+		}
 		c.fill(h, epoch, k, err)
 		return k, err
 	})
+}
+
+// warnLabels logs that k, as the store holds it, has a key in its labels,
+// at most once a minute: the line names its id, never a label.
+func (c *Cache) warnLabels(k *Key) {
+	now := time.Now().UnixNano()
+	last := c.labelsWarned.Load()
+	if now-last < int64(time.Minute) || !c.labelsWarned.CompareAndSwap(last, now) {
+		return
+	}
+	c.opts.Logger.Warn("a key's name, owner, permissions or metadata hold an API key: served with them redacted; change them (keys update) or revoke the key, and treat the key they hold as leaked (further keys like it are logged at most once a minute)",
+		"key_id", k.ID)
 }
 
 var errFetchTimeout = fmt.Errorf("%w: no answer from the store within the lookup timeout", ErrUnavailable)

@@ -563,3 +563,27 @@ func TestALabelKeepsOnlyASymbolsPresentationSelector(t *testing.T) {
 		assert.Error(t, CheckText("name", bad), "%+q", bad)
 	}
 }
+
+// RedactLabels leaves a key whose labels hold no key as it is (the same
+// pointer: nothing copied on the lookups of ordinary keys), and never
+// changes the key it was given.
+func TestRedactLabelsCopiesOnlyAKeyWhoseLabelsHoldOne(t *testing.T) {
+	f, err := NewFormat("sk")
+	require.NoError(t, err)
+	leaked, err := f.Generate()
+	require.NoError(t, err)
+	clean := &Key{ID: "key_1", Name: "svc", Owner: "team", Permissions: []string{"read"}, Meta: map[string]string{"plan": "gold"}}
+	assert.Same(t, clean, RedactLabels(clean, f.LabelHoldsKey))
+	assert.Same(t, clean, RedactLabels(clean, nil))
+	assert.Zero(t, testing.AllocsPerRun(100, func() { RedactLabels(clean, f.LabelHoldsKey) }))
+
+	held := &Key{ID: "key_2", Name: "svc " + leaked, Owner: leaked, Permissions: []string{"read", leaked},
+		Meta: map[string]string{"plan": "gold", "note": leaked, strings.ToLower(leaked): "x"}}
+	was := *held
+	got := RedactLabels(held, f.LabelHoldsKey)
+	assert.Equal(t, &Key{ID: "key_2", Name: RedactedLabel, Owner: RedactedLabel, Permissions: []string{"read"},
+		Meta: map[string]string{"plan": "gold", "note": RedactedLabel}}, got)
+	assert.Equal(t, was, *held)
+	assert.Equal(t, []string{"read", leaked}, held.Permissions)
+	assert.Len(t, held.Meta, 3)
+}

@@ -274,6 +274,67 @@ func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[
 	return nil
 }
 
+// RedactedLabel stands in the place of a key's name or owner, or a
+// metadata value, that holds an API key (RedactLabels).
+const RedactedLabel = "[redacted: held an API key]"
+
+// RedactLabels returns k as it may be served: k itself when none of its
+// labels holds a key (holds is Format.LabelHoldsKey), else a copy in which
+// a name, owner or metadata value that does reads RedactedLabel, and a
+// permission or metadata entry whose name does is left out. Keys made
+// through a Manager never hold one (refusePastedKeys), but a record made
+// before labels were refused so, or written into the store by hand, would
+// repeat the secret to every upstream (x-authz-key-name, x-authz-owner,
+// x-authz-permissions, x-authz-meta-*) and into Envoy's dynamic metadata
+// on every request the key makes. What the copy loses only narrows the
+// key: a permission left out grants nothing, and RedactedLabel is no
+// owner's name (owners are letters, digits and _ . @ : -). The id, the
+// times and the rate limit are kept: they are not labels.
+func RedactLabels(k *Key, holds func(string) bool) *Key {
+	if k == nil || holds == nil || !labelsHoldKey(k, holds) {
+		return k
+	}
+	c := *k
+	if holds(c.Name) {
+		c.Name = RedactedLabel
+	}
+	if holds(c.Owner) {
+		c.Owner = RedactedLabel
+	}
+	c.Permissions = make([]string, 0, len(k.Permissions))
+	for _, p := range k.Permissions {
+		if !holds(p) {
+			c.Permissions = append(c.Permissions, p)
+		}
+	}
+	if k.Meta != nil {
+		c.Meta = make(map[string]string, len(k.Meta))
+		for name, v := range k.Meta {
+			switch {
+			case holds(name):
+			case holds(v):
+				c.Meta[name] = RedactedLabel
+			default:
+				c.Meta[name] = v
+			}
+		}
+	}
+	return &c
+}
+
+// labelsHoldKey reports whether any of k's labels holds a key.
+func labelsHoldKey(k *Key, holds func(string) bool) bool {
+	if holds(k.Name) || holds(k.Owner) || slices.ContainsFunc(k.Permissions, holds) {
+		return true
+	}
+	for name, v := range k.Meta {
+		if holds(name) || holds(v) {
+			return true
+		}
+	}
+	return false
+}
+
 // Create makes a new key from spec and returns its plaintext (shown once)
 // and its record. A create stored but not confirmed by the store's
 // replicas (ErrUnconfirmed) is in effect: like an unconfirmed rotation, it

@@ -53,7 +53,9 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 		if err != nil {
 			return err
 		}
-		keys = append(keys, page...)
+		for _, k := range page {
+			keys = append(keys, keystore.RedactLabels(k, m.Format.LabelHoldsKey))
+		}
 		if next == "" {
 			break
 		}

@@ -393,7 +393,10 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		TTL:         time.Duration(cfg.Cache.TTL),
 		NegativeTTL: time.Duration(cfg.Cache.NegativeTTL),
 		MaxStale:    time.Duration(cfg.Cache.MaxStale),
-		Logger:      logger,
+		// A record written by hand, or before labels were refused so,
+		// never repeats a secret to the upstream.
+		LabelHoldsKey: cfg.Keys.Format.LabelHoldsKey,
+		Logger:        logger,
 	}
 	if cacheOpts.NegativeTTL == 0 {
 		// negative_ttl: 0 trusts "no such key" for no time; the cache's
