@@ -11,7 +11,6 @@ import (
 var (
 	errPathNotAbsolute    = errors.New("path must start with /")
 	errPathFragment       = errors.New("request target contains '#': a request carries no fragment, and upstreams read a raw one as part of the path or query")
-	errPathEscapes        = errors.New("path climbs above the root")
 	errPathEncodedSep     = errors.New("path contains an encoded / or \\")
 	errPathBackslash      = errors.New("path contains a backslash")
 	errPathControl        = errors.New("path contains a control character")
@@ -24,9 +23,9 @@ var (
 	errPathRawReserved    = errors.New("path contains a character that must be percent-encoded")
 	errPathBadUTF8        = errors.New("path contains percent-encoded bytes that are not UTF-8")
 	errPathEncodedUnicode = errors.New("path contains a percent-encoded non-ASCII character, which case-insensitive upstreams may fold")
-	errPathEmptyDotDot    = errors.New("path has a .. after an empty segment (//), which upstreams resolve differently")
 	errPathEncodedDot     = errors.New("path has a percent-encoded dot segment (%2e), which some upstreams resolve and others take literally")
 	errPathDotSegment     = errors.New("path has a . or .. segment, which some upstreams resolve and others take literally (Envoy's normalize_path resolves them)")
+	errPathServletDot     = errors.New("path has a . or .. segment (with ;params or percent-encoded), which servlet containers resolve and Spring's path patterns take literally")
 	errPathEmptySegment   = errors.New("path has an empty segment (//), which some upstreams merge and others keep (Envoy's merge_slashes merges them)")
 	errPathEdgeSpace      = errors.New("path has a segment that begins or ends with white space (%20), which some upstreams trim and then serve as another path")
 	errPathEncodedPlain   = errors.New("path percent-encodes a letter, digit or one of -._~, which routers that match the raw path (Express) read as another name than the decoded one; send it unencoded")
@@ -45,8 +44,10 @@ const (
 // differently is 400.
 type Paths struct {
 	// Servlet reads ";params" as servlet containers do: they are cut from
-	// every segment before dot segments resolve ("/a/..;x/b" is "/b").
-	// Otherwise a ";" in a path is 400.
+	// every segment ("/api/users;jsessionid=1" is "/api/users") and "//"
+	// merges. A dot segment is 400 still, with params or encoded too
+	// ("/a/..;x/b"): the container resolves it, Spring's path patterns
+	// take it as a name. Otherwise a ";" in a path is 400.
 	Servlet bool
 	// CaseInsensitive says the upstreams fold letter case, Unicode's too:
 	// a path that holds a percent-encoded non-ASCII byte is 400. (A path
@@ -89,9 +90,10 @@ func NormalizePath(raw string) (string, error) { return pathRules{}.normalize(ra
 //
 // With the servlet reading (every upstream is a servlet container), it
 // reads the path as they do instead: ";params" cut from every segment,
-// then the path decoded, "//" merged and dot segments resolved (".." above
-// the root, and ".." after an empty segment, which RFC 3986 resolves
-// otherwise, are still rejected).
+// then the path decoded and "//" merged. A dot segment is still rejected,
+// with params or encoded too: the container resolves it for its servlet
+// path, and Spring MVC's path patterns, which match the request URI,
+// take it as a name.
 //
 // It allocates only when the path changes.
 func (pr pathRules) normalize(raw string) (string, error) {
@@ -173,10 +175,7 @@ func (pr pathRules) normalize(raw string) (string, error) {
 			}
 			clean = false
 		case c == '.' && raw[i-1] == '/' && isDotSegmentAt(raw, i):
-			if !pr.servlet {
-				return "", errPathDotSegment
-			}
-			clean = false
+			return "", errPathDotSegment
 		}
 	}
 	if !clean {
@@ -293,23 +292,18 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 	}
 
 	segs := make([]string, 0, strings.Count(decoded, "/"))
-	empty := false // an empty segment came before
 	for seg := range strings.SplitSeq(decoded[1:], "/") {
 		switch seg {
-		case "":
-			empty = true
-		case ".":
-		case "..":
-			// "/a//../b" is "/b" where "//" merges first (Envoy's
-			// merge_slashes, Go, servlet containers) and "/a/b" where ".."
-			// only removes the empty segment (RFC 3986, WHATWG URLs).
-			if empty {
-				return "", errPathEmptyDotDot
-			}
-			if len(segs) == 0 {
-				return "", errPathEscapes
-			}
-			segs = segs[:len(segs)-1]
+		case "": // "//", merged (servlet reading)
+		case ".", "..":
+			// Only the servlet reading gets here (the strict one refused
+			// every dot segment, raw or encoded), from "..;x" or "%2e%2e".
+			// The container resolves it for its servlet path, but Spring
+			// MVC's path patterns (its default since Spring Boot 2.6) match
+			// the raw request URI with ";params" cut and each segment
+			// decoded, resolving nothing: "/api/admin/x/..;/..;/..;/public"
+			// would be "/public" here and "/api/admin/**" there.
+			return "", errPathServletDot
 		default:
 			segs = append(segs, seg)
 		}
@@ -317,7 +311,7 @@ func (pr pathRules) normalizeSlow(raw string) (string, error) {
 	out := "/" + strings.Join(segs, "/")
 	// A trailing slash is part of the path the upstream sees: keep it (route
 	// matching decides what it means).
-	if len(segs) > 0 && (strings.HasSuffix(decoded, "/") || strings.HasSuffix(decoded, "/.") || strings.HasSuffix(decoded, "/..")) {
+	if len(segs) > 0 && strings.HasSuffix(decoded, "/") {
 		out += "/"
 	}
 	if edgeSpace(out) {

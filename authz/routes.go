@@ -662,7 +662,7 @@ func (rt *Routes) Print(w io.Writer, unmatched string) error {
 	}
 	reading := "Paths: a ';', '//', a dot segment or an encoded letter, digit or -._~ is 400"
 	if rt.servlet {
-		reading = "Paths (servlet): ;params are cut, '//' merged and dot segments resolved before matching"
+		reading = "Paths (servlet): ;params are cut and '//' merged before matching; a dot segment is 400"
 	}
 	cases := "literal segments match case-sensitively, and a path whose ASCII letter case picks\nits route is 400."
 	if rt.foldCase {

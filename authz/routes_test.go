@@ -208,7 +208,7 @@ func TestPrintSaysHowPathsAreRead(t *testing.T) {
 		paths Paths
 		want  string
 	}{
-		{Paths{Servlet: true}, "Paths (servlet): ;params are cut, '//' merged and dot segments resolved"},
+		{Paths{Servlet: true}, "Paths (servlet): ;params are cut and '//' merged before matching; a dot segment is 400"},
 		{Paths{}, "a path whose ASCII letter case picks\nits route is 400."},
 		{Paths{CaseInsensitive: true}, "a path whose ASCII letter case picks\nits route, or with encoded non-ASCII, is 400"},
 	} {

@@ -100,6 +100,13 @@ var (
 	// routes what follows that segment, its path info, literally.
 	phpFirstModel = upstreamModel{name: "PHP front controller (first .php)", serve: scriptCut(literalServe, false), equal: func(a, b string) bool { return a == b }}
 	phpLastModel  = upstreamModel{name: "PHP front controller (last .php)", serve: scriptCut(literalServe, true), equal: func(a, b string) bool { return a == b }}
+	// springPatternModel is Spring MVC 5.3+ with its path patterns
+	// (PathPatternParser, the default of Spring Boot 2.6+ and Spring 6) on
+	// a servlet container: it matches the request URI, not the
+	// container's servlet path, split at "/", each segment's ";params"
+	// cut and the rest decoded; empty segments are skipped and nothing
+	// resolves "." or "..", which are names to it.
+	springPatternModel = upstreamModel{name: "Spring MVC path patterns", serve: springPatternServe, equal: func(a, b string) bool { return a == b }}
 	// trimmingModel is Spring MVC before 4.3 on a servlet container: its
 	// AntPathMatcher trims every segment (Java's String.trim: every byte up
 	// to the space) and drops one left empty.
@@ -229,6 +236,27 @@ func servletServe(raw string) (servedPath, bool) {
 	slash := d == "" || d == "." || d == ".."
 	out, ok := resolve(segs)
 	return servedPath{segs: out, slash: slash && len(out) > 0}, ok
+}
+
+func springPatternServe(raw string) (servedPath, bool) {
+	raw = cutQueryModel(raw)
+	if !strings.HasPrefix(raw, "/") || strings.ContainsAny(raw, "\\") || hasControl(raw) {
+		return servedPath{}, false
+	}
+	var segs []string
+	for s := range strings.SplitSeq(raw[1:], "/") {
+		if i := strings.IndexByte(s, ';'); i >= 0 {
+			s = s[:i]
+		}
+		d, ok := decodeAll(s)
+		if !ok || !utf8.ValidString(d) || hasControl(d) {
+			return servedPath{}, false
+		}
+		if d != "" {
+			segs = append(segs, d)
+		}
+	}
+	return servedPath{segs: segs, slash: strings.HasSuffix(raw, "/") && len(segs) > 0}, true
 }
 
 func muxServe(raw string) (servedPath, bool) {
@@ -442,7 +470,7 @@ var modelConfigs = []struct {
 	models []upstreamModel
 }{
 	{Paths{}, []upstreamModel{servletModel, muxModel, literalModel, expressModel, railsModel, springModel, phpFirstModel, phpLastModel, trimmingModel}},
-	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel, trimmingModel}},
+	{Paths{Servlet: true}, []upstreamModel{servletModel, springModel, springPatternModel, trimmingModel}},
 	{Paths{CaseInsensitive: true}, []upstreamModel{servletModel, muxModel, literalModel, expressModel, foldingModel, railsModel, phpFirstModel, phpLastModel}},
 }
 
@@ -553,6 +581,8 @@ var modelSeeds = []string{
 	"/index.php/", "/index.php", "/.php/api/admin/x", "/public/index.php/keys/x", "/index%2Ephp/api/admin/x",
 	"/index.php/api/users/", "/api/reports/x.php/admin/y",
 	"/api/admin%20/x", "/api/%20/admin/x", "/public/%20/x", "/keys%20/x", "/api/users%20", "/api/admin%20;x=1/y",
+	"/api/admin/x/..;/..;/..;/public/x", "/keys/x/..;/..;/public/x", "/api/admin/x/%2e%2e;/%2e%2e;/%2e%2e;/public/x",
+	"/keys/x/.;/..;y/..;/public/x",
 }
 
 // The property holds on the bypasses that once got through; and the
@@ -574,6 +604,9 @@ func TestModelsDisagreeWhereExtauthzRejects(t *testing.T) {
 		{"/api/admin/../../public/x", literalModel, "[api admin .. .. public x]", pathRules{}},
 		{"/api/admin%20/x", trimmingModel, "[api admin x]", pathRules{}},
 		{"/api/%20/admin/x", trimmingModel, "[api admin x]", pathRules{servlet: true}},
+		{"/api/admin/x/..;/..;/..;/public/x", springPatternModel, "[api admin x .. .. .. public x]", pathRules{servlet: true}},
+		{"/api/admin/x/%2e%2e;/%2e%2e;/public/x", springPatternModel, "[api admin x .. .. public x]", pathRules{servlet: true}},
+		{"/api/admin/x/..;/..;/..;/public/x", servletModel, "[public x]", pathRules{servlet: true}},
 	} {
 		sp, ok := tt.model.serve(tt.raw)
 		if tt.want == "" {
