@@ -55,10 +55,18 @@ var adminLimits = httpLimits{
 	Idle: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
 }
 
-// apply sets l on srv.
+// apply sets l on srv, and has it speak HTTP/1.1 only: net/http's HTTP/2
+// server bounds a connection's first header block by ReadHeader, but not
+// the header blocks of later requests on it, which may then stay unfinished
+// (holding what they sent, decoded, up to MaxHeaderBytes) for as long as
+// Idle, renewed by each finished one. The proxies' auth calls, health
+// checks, scrapes and admin clients all speak HTTP/1.1, where ReadHeader
+// bounds every request.
 func (l httpLimits) apply(srv *http.Server) *http.Server {
 	srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout = l.ReadHeader, l.Read, l.Write
 	srv.IdleTimeout, srv.MaxHeaderBytes = l.Idle, l.MaxHeaderBytes
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
 	return srv
 }
 

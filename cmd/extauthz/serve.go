@@ -502,12 +502,12 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 	s.http = decisionLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "http", s.httpMode.Handler(mux)),
 		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.MayHoldKey),
-		TLSConfig: s.tls.config("h2", "http/1.1"),
+		TLSConfig: s.tls.config("http/1.1"),
 	})
 	s.debugSrv = debugLimits.apply(&http.Server{
 		Handler:   recoverHTTP(logger, "debug", debugHandler()),
 		ErrorLog:  listenerErrorLog(logger, cfg.Keys.Format.MayHoldKey),
-		TLSConfig: s.tls.config("h2", "http/1.1"),
+		TLSConfig: s.tls.config("http/1.1"),
 	})
 	if err := s.buildAdmin(mux); err != nil {
 		s.tracing.shutdown()
@@ -548,7 +548,7 @@ func (s *server) buildAdmin(public *http.ServeMux) error {
 	s.adminSrv = adminLimits.apply(&http.Server{
 		Handler:   recoverHTTP(s.logger, "admin", s.tracing.admin(admin.New(opts))),
 		ErrorLog:  listenerErrorLog(s.logger, s.cfg.Keys.Format.MayHoldKey),
-		TLSConfig: s.tls.config("h2", "http/1.1"),
+		TLSConfig: s.tls.config("http/1.1"),
 	})
 	return nil
 }

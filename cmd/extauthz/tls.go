@@ -52,7 +52,8 @@ func newListenerTLS(c config.TLS, logger *slog.Logger) (*listenerTLS, error) {
 }
 
 // config is the tls.Config of one listener, offering protos by ALPN
-// ("h2" for gRPC; "h2" and "http/1.1" for HTTP); nil when TLS is off.
+// ("h2" for gRPC; "http/1.1" alone for HTTP: httpLimits); nil when TLS is
+// off.
 func (t *listenerTLS) config(protos ...string) *tls.Config {
 	if t == nil {
 		return nil

@@ -205,7 +205,7 @@ func TestARenewedCertificateIsServedWithoutARestart(t *testing.T) {
 	}
 	served := func(addr string) []byte {
 		t.Helper()
-		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: trustBoth, NextProtos: []string{"h2"}})
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: trustBoth, NextProtos: []string{"h2", "http/1.1"}})
 		require.NoError(t, err)
 		defer conn.Close()
 		return conn.ConnectionState().PeerCertificates[0].Raw
