@@ -26,6 +26,7 @@ import (
 
 	"github.com/extauthz/extauthz/authz"
 	"github.com/extauthz/extauthz/authz/forwardauth"
+	"github.com/extauthz/extauthz/internal/loglimit"
 	"github.com/extauthz/extauthz/internal/visible"
 	"github.com/extauthz/extauthz/keystore"
 	"github.com/extauthz/extauthz/ratelimit"
@@ -212,6 +213,11 @@ type server struct {
 	store   keystore.Store
 	now     func() time.Time
 	log     *slog.Logger
+	// failLog bounds the lines a request's failure writes (the store
+	// down, an internal error): any client of the port can send requests
+	// as fast as it likes while the store is down, each of which would
+	// otherwise be a line.
+	failLog *loglimit.Limiter
 	leaks   *LeakOptions
 	maxBody int64
 	limiter ratelimit.Limiter
@@ -263,7 +269,7 @@ func newServer(o Options, rs []route) *server {
 		panic("admin: Options.Authz and Options.Manager are required")
 	}
 	s := &server{
-		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger,
+		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger, failLog: loglimit.New(failLogBurst, failLogEvery, o.Now),
 		leaks: o.Leaks, maxBody: o.MaxBodyBytes, limiter: o.Limiter, rate: o.RateLimit,
 		onAuthFailure: o.OnAuthFailure, onRead: o.OnRead, onCaller: o.OnCaller, onAnswer: o.OnAnswer,
 		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
@@ -504,10 +510,11 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	forwardauth.WriteDenial(w, &d)
 	if d.Code == authz.CodeUnavailable {
-		// The store failed, not the caller's credential.
-		// The route's pattern, not the path: a secret pasted into the path
-		// (DELETE /v1/keys/sk_…) would land in the log.
-		s.log.Warn("admin API: key store unavailable while authenticating", "route", rt.Pattern())
+		// The store failed, or the process's budget of unknown keys is
+		// spent: not the caller's credential. The route's pattern, not the
+		// path: a secret pasted into the path (DELETE /v1/keys/sk_…) would
+		// land in the log. The reason is the server's own text.
+		s.logFailure(slog.LevelWarn, "admin API: a request could not be authenticated (503)", "route", rt.Pattern(), "reason", d.Message)
 		return nil, false
 	}
 	var keyID string
@@ -843,15 +850,34 @@ func (s *server) answer(r *http.Request, err error) *apiError {
 	case errors.Is(err, keystore.ErrNewerRecord):
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "the key's record holds fields a newer version of extauthz wrote, which this server cannot copy into a new key; rotate it through a server of that version (during a rolling upgrade, retry shortly)"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		s.log.Warn("admin API: key store unavailable", "route", r.Pattern, "err", err)
+		s.logFailure(slog.LevelWarn, "admin API: key store unavailable", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return nil // the client went away; nobody reads an answer
 	default:
-		s.log.Error("admin API request failed", "route", r.Pattern, "err", err)
+		s.logFailure(slog.LevelError, "admin API request failed", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusInternalServerError, codeInternal, "internal error"}
 	}
 	return ae
+}
+
+// The lines of requests' failures: at most failLogBurst per failLogEvery.
+const (
+	failLogBurst = 10
+	failLogEvery = time.Minute
+)
+
+// logFailure logs a request's failure, within failLog's bound; the first
+// line after some were left out says how many.
+func (s *server) logFailure(level slog.Level, msg string, attrs ...any) {
+	leftOut, ok := s.failLog.Admit()
+	if !ok {
+		return
+	}
+	if leftOut > 0 {
+		attrs = append(attrs, "messages_left_out", leftOut)
+	}
+	s.log.Log(context.Background(), level, msg, attrs...)
 }
 
 // writeJSON answers a success with v as JSON.

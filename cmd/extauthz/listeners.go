@@ -15,6 +15,7 @@ import (
 
 	"github.com/extauthz/extauthz/audit"
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/internal/loglimit"
 )
 
 // httpLimits is what an HTTP listener grants one client, so that a slow or
@@ -98,7 +99,7 @@ const (
 // the audit queue's own complaints are; a flood is a count in the next
 // line, not a log that grows as fast as the client can connect.
 func listenerErrorLog(logger *slog.Logger, holdsKey func(string) bool) *log.Logger {
-	return log.New(&limitedLogWriter{logger: logger, holdsKey: holdsKey, now: time.Now}, "", 0)
+	return log.New(&limitedLogWriter{logger: logger, holdsKey: holdsKey, limit: loglimit.New(listenerLogBurst, listenerLogEvery, nil)}, "", 0)
 }
 
 // limitedLogWriter writes each line it is given as a warning of logger, a
@@ -108,16 +109,11 @@ func listenerErrorLog(logger *slog.Logger, holdsKey func(string) bool) *log.Logg
 type limitedLogWriter struct {
 	logger   *slog.Logger
 	holdsKey func(string) bool
-	now      func() time.Time
-
-	mu      sync.Mutex
-	since   time.Time // when the current listenerLogEvery began
-	written int       // lines written since then
-	leftOut int       // lines left out since the last one written
+	limit    *loglimit.Limiter
 }
 
 func (w *limitedLogWriter) Write(p []byte) (int, error) {
-	leftOut, ok := w.admit()
+	leftOut, ok := w.limit.Admit()
 	if !ok {
 		return len(p), nil
 	}
@@ -133,23 +129,6 @@ func (w *limitedLogWriter) Write(p []byte) (int, error) {
 	}
 	w.logger.Log(context.Background(), slog.LevelWarn, msg, attrs...)
 	return len(p), nil
-}
-
-// admit reports whether a line may be written now, and how many were left
-// out before it.
-func (w *limitedLogWriter) admit() (leftOut int, ok bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if now := w.now(); now.Sub(w.since) >= listenerLogEvery {
-		w.since, w.written = now, 0
-	}
-	if w.written >= listenerLogBurst {
-		w.leftOut++
-		return 0, false
-	}
-	w.written++
-	leftOut, w.leftOut = w.leftOut, 0
-	return leftOut, true
 }
 
 // capListener closes, as soon as it is accepted, a connection from a client

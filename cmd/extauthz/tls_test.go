@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/extauthz/extauthz/audit"
+	"github.com/extauthz/extauthz/internal/loglimit"
 	"github.com/extauthz/extauthz/internal/redistest"
 	"github.com/extauthz/extauthz/internal/syncbuf"
 	"github.com/extauthz/extauthz/keystore"
@@ -353,7 +354,7 @@ func TestAFloodOfFailedHandshakesIsAFewLogLines(t *testing.T) {
 func TestAListenersLogSaysHowManyLinesItLeftOut(t *testing.T) {
 	var logs syncbuf.Buffer
 	now := time.Unix(1000, 0)
-	w := &limitedLogWriter{logger: slog.New(slog.NewJSONHandler(&logs, nil)), now: func() time.Time { return now }}
+	w := &limitedLogWriter{logger: slog.New(slog.NewJSONHandler(&logs, nil)), limit: loglimit.New(listenerLogBurst, listenerLogEvery, func() time.Time { return now })}
 	l := log.New(w, "", 0)
 	for i := range listenerLogBurst + 5 {
 		l.Printf("http: TLS handshake error from 10.0.0.%d:1234: EOF", i)

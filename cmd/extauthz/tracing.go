@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/extauthz/extauthz/authz"
+	"github.com/extauthz/extauthz/internal/loglimit"
 )
 
 // Tracing is on when the standard OpenTelemetry environment asks for it,
@@ -168,7 +169,7 @@ func newTracing(ctx context.Context, logger *slog.Logger, holdsKey func(string) 
 // of spans, as many as the checks anyone sends make, for as long as it
 // lasted.
 func otelErrors(logger *slog.Logger, holdsKey func(string) bool) otel.ErrorHandler {
-	w := &limitedLogWriter{logger: logger, holdsKey: holdsKey, now: time.Now}
+	w := &limitedLogWriter{logger: logger, holdsKey: holdsKey, limit: loglimit.New(listenerLogBurst, listenerLogEvery, nil)}
 	return otel.ErrorHandlerFunc(func(err error) { w.Write([]byte("opentelemetry: " + err.Error())) })
 }
 
