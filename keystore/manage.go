@@ -173,10 +173,16 @@ func (s *Spec) Validate(now time.Time) error {
 const MaxLifetime = 100 * 365 * 24 * time.Hour
 
 // ValidateName checks a key name: 1–128 bytes of visible UTF-8 text (see
-// CheckText).
+// CheckText), with no space at either end and no two in a row: "billing",
+// "billing " and "bill  ing" draw alike in keys list's table, in a log
+// line and in x-authz-key-name, and a name is how an operator tells which
+// key is which.
 func ValidateName(name string) error {
 	if name == "" || len(name) > 128 {
 		return &FieldError{"name", "required, at most 128 bytes"}
+	}
+	if name[0] == ' ' || name[len(name)-1] == ' ' || strings.Contains(name, "  ") {
+		return &FieldError{"name", "must not begin or end with a space, nor hold two in a row"}
 	}
 	return CheckText("name", name)
 }

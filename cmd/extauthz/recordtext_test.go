@@ -3,7 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,4 +136,45 @@ func storedRecords(t *testing.T, keys ...*keystore.Key) string {
 	}
 	require.NoError(t, st.Close())
 	return path
+}
+
+// A name with a space at either end, or two in a row, is refused by the
+// CLI and the admin API, on create and on update: keys list showed
+// "billing" and "billing " (an admin key) as two keys of one name.
+func TestANameThatDrawsAsAnotherWithItsSpacesIsRefused(t *testing.T) {
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
+	ts := startServerFile(t, path)
+	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	_, k := ts.create(t, keystore.Spec{Name: "billing", Permissions: []string{"read"}})
+	for _, name := range []string{"billing ", " billing", "bill  ing", " "} {
+		_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", name, "--perm", "admin", "--json")
+		assert.Equal(t, 2, code, "%q: %s", name, errOut)
+		assert.Contains(t, errOut, "--name")
+		_, errOut, code = cliRun(t, "keys", "update", k.ID, "--config", path, "--name", name)
+		assert.Equal(t, 2, code, "update to %q: %s", name, errOut)
+
+		body, _ := json.Marshal(map[string]any{"name": name, "permissions": []string{"read"}})
+		status, out := adminDo(t, "POST", ts.adminURL+"/v1/keys", adminKey, string(body))
+		assert.Equal(t, 400, status, "%q: %s", name, out)
+		body, _ = json.Marshal(map[string]any{"name": name})
+		status, out = adminDo(t, "PATCH", ts.adminURL+"/v1/keys/"+k.ID, adminKey, string(body))
+		assert.Equal(t, 400, status, "PATCH to %q: %s", name, out)
+	}
+	_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "billing read only", "--perm", "read", "--json")
+	assert.Equal(t, 0, code, "single spaces between words: %s", errOut)
+}
+
+// adminDo sends an admin API request with key and a JSON body, and returns
+// the status and the body of the answer.
+func adminDo(t *testing.T, method, url, key, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("X-Api-Key", key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
 }
