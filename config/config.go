@@ -648,6 +648,16 @@ func numbersReadOneWay(data []byte) error {
 			return fmt.Errorf("parse yaml: line %d: %s reads as one number to this reader (YAML 1.1: a leading 0 is octal, _ is dropped, 0b is binary) and as another value to YAML 1.2: write the number in plain decimal digits, or quote it if it is text",
 				n.Line, n.Value)
 		}
+		if n.Kind == yamlv3.MappingNode {
+			// A key is a name (a field, a context key Envoy sends as it
+			// is written): one YAML reads as a number is turned into that
+			// number's text, so 0x10 would name "16" and 1.10 "1.1".
+			for i := 0; i < len(n.Content); i += 2 {
+				if k := n.Content[i]; k.Kind == yamlv3.ScalarNode && k.Style == 0 && (k.ShortTag() == "!!int" || k.ShortTag() == "!!float") {
+					return fmt.Errorf("parse yaml: line %d: the key %s reads as a number, and would be read as that number's text: quote it (\"%s\")", k.Line, k.Value, k.Value)
+				}
+			}
+		}
 		for _, c := range n.Content {
 			if err := walk(c); err != nil {
 				return err
@@ -1170,6 +1180,11 @@ func validateRoutes(path string, routes []Route, bad func(field, format string, 
 			// would be a route that decides nothing. Neither is a guess to
 			// make.
 			bad(field+".methods", "an empty list: name the methods, or leave methods out for every method")
+		}
+		if r.Permissions != nil && len(r.Permissions) == 0 {
+			// The same: a template's empty list, which read as written
+			// would open the route to any valid key.
+			bad(field+".permissions", "an empty list: name the permissions, or leave permissions out for any valid key")
 		}
 		for _, m := range r.Methods {
 			if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " /") {
