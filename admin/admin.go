@@ -213,15 +213,17 @@ type server struct {
 	store   keystore.Store
 	now     func() time.Time
 	log     *slog.Logger
-	// failLog bounds the lines a request's failure writes (the store
-	// down, an internal error): any client of the port can send requests
-	// as fast as it likes while the store is down, each of which would
-	// otherwise be a line.
-	failLog *loglimit.Limiter
-	leaks   *LeakOptions
-	maxBody int64
-	limiter ratelimit.Limiter
-	rate    ratelimit.Rate
+	// authLog and failLog bound the lines a request's failure writes:
+	// authLog those of requests that could not be authenticated (the
+	// store down, the unknown-key budget spent), which anyone who reaches
+	// the port can send as fast as it likes; failLog those of
+	// authenticated calls (the store down, an internal error), so that
+	// the first cannot crowd the second out of the log.
+	authLog, failLog *loglimit.Limiter
+	leaks            *LeakOptions
+	maxBody          int64
+	limiter          ratelimit.Limiter
+	rate             ratelimit.Rate
 
 	onAuthFailure func(AuthFailure)
 	onRead        func(keyID string, c Call)
@@ -269,7 +271,7 @@ func newServer(o Options, rs []route) *server {
 		panic("admin: Options.Authz and Options.Manager are required")
 	}
 	s := &server{
-		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger, failLog: loglimit.New(failLogBurst, failLogEvery, o.Now),
+		authz: o.Authz, manager: o.Manager, store: o.Store, now: o.Now, log: o.Logger, authLog: loglimit.New(failLogBurst, failLogEvery, o.Now), failLog: loglimit.New(failLogBurst, failLogEvery, o.Now),
 		leaks: o.Leaks, maxBody: o.MaxBodyBytes, limiter: o.Limiter, rate: o.RateLimit,
 		onAuthFailure: o.OnAuthFailure, onRead: o.OnRead, onCaller: o.OnCaller, onAnswer: o.OnAnswer,
 		mux: http.NewServeMux(), paths: http.NewServeMux(), allow: map[string][]string{},
@@ -514,7 +516,7 @@ func (s *server) authenticate(w http.ResponseWriter, r *http.Request, rt route) 
 		// spent: not the caller's credential. The route's pattern, not the
 		// path: a secret pasted into the path (DELETE /v1/keys/sk_…) would
 		// land in the log. The reason is the server's own text.
-		s.logFailure(slog.LevelWarn, "admin API: a request could not be authenticated (503)", "route", rt.Pattern(), "reason", d.Message)
+		logLimited(s.log, s.authLog, slog.LevelWarn, "admin API: a request could not be authenticated (503)", "route", rt.Pattern(), "reason", d.Message)
 		return nil, false
 	}
 	var keyID string
@@ -850,12 +852,12 @@ func (s *server) answer(r *http.Request, err error) *apiError {
 	case errors.Is(err, keystore.ErrNewerRecord):
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "the key's record holds fields a newer version of extauthz wrote, which this server cannot copy into a new key; rotate it through a server of that version (during a rolling upgrade, retry shortly)"}
 	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		s.logFailure(slog.LevelWarn, "admin API: key store unavailable", "route", r.Pattern, "err", err)
+		logLimited(s.log, s.failLog, slog.LevelWarn, "admin API: key store unavailable", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusServiceUnavailable, codeUnavailable, "key store unavailable, retry shortly"}
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return nil // the client went away; nobody reads an answer
 	default:
-		s.logFailure(slog.LevelError, "admin API request failed", "route", r.Pattern, "err", err)
+		logLimited(s.log, s.failLog, slog.LevelError, "admin API request failed", "route", r.Pattern, "err", err)
 		ae = &apiError{http.StatusInternalServerError, codeInternal, "internal error"}
 	}
 	return ae
@@ -867,17 +869,17 @@ const (
 	failLogEvery = time.Minute
 )
 
-// logFailure logs a request's failure, within failLog's bound; the first
-// line after some were left out says how many.
-func (s *server) logFailure(level slog.Level, msg string, attrs ...any) {
-	leftOut, ok := s.failLog.Admit()
+// logLimited logs a request's failure to log within limit's bound; the
+// first line after some were left out says how many.
+func logLimited(log *slog.Logger, limit *loglimit.Limiter, level slog.Level, msg string, attrs ...any) {
+	leftOut, ok := limit.Admit()
 	if !ok {
 		return
 	}
 	if leftOut > 0 {
 		attrs = append(attrs, "messages_left_out", leftOut)
 	}
-	s.log.Log(context.Background(), level, msg, attrs...)
+	log.Log(context.Background(), level, msg, attrs...)
 }
 
 // writeJSON answers a success with v as JSON.

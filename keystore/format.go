@@ -299,7 +299,21 @@ func unhex(c byte) byte {
 // followed by a key's random part and a checksum that matches it. The
 // checksum keeps text that merely reads on after the prefix from counting
 // ("desktop Safari…" reads as "desktopSafari…"): one in 2³² would.
-func (f Format) squeezedKey(s string) bool {
+func (f Format) squeezedKey(s string) bool { return f.squeezedKeyAcross(s, maxGapBytes) }
+
+// StoredLabelHoldsKey is the reading for the labels of a key record as the
+// store holds it, which may have been written by hand, never checked by
+// LabelHoldsKey: that, or a key read with every byte no key has taken out,
+// however many in a row. What reaches an upstream is the label with the
+// bytes a header cannot carry dropped (a run of control bytes, say), and a
+// reader who drops the rest too has the key; the checksum keeps ordinary
+// text from reading as one.
+func (f Format) StoredLabelHoldsKey(s string) bool {
+	return f.LabelHoldsKey(s) || f.squeezedKeyAcross(s, len(s))
+}
+
+// squeezedKeyAcross is squeezedKey with runs of up to gap bytes taken out.
+func (f Format) squeezedKeyAcross(s string, gap int) bool {
 	var buf [1024]byte // a field written out is at most this long
 	sq := buf[:0]
 	for i := 0; i < len(s); {
@@ -312,7 +326,7 @@ func (f Format) squeezedKey(s string) bool {
 		for j < len(s) && !isBase62(s[j]) {
 			j++
 		}
-		if j-i > maxGapBytes || len(sq) == 0 || j == len(s) {
+		if j-i > gap || len(sq) == 0 || j == len(s) {
 			sq = append(sq, ' ') // a break no key reads across
 		}
 		i = j

@@ -258,6 +258,9 @@ func TestAKeyPastedIntoANameOwnerPermissionOrMetadataIsRefused(t *testing.T) {
 		{"ok", []string{"read_" + secret}, nil, "permissions", ""},
 		{"ok", nil, map[string]string{"note": "was_" + secret}, "meta", ""},
 		{"ok", nil, map[string]string{"note": "sk_" + secret}, "meta", ""},
+		// Cut in two permissions, neither most of a key: joined, as the
+		// upstream gets them, one but for a comma.
+		{"ok", []string{"read", secret[:len("sk_")+21], secret[len("sk_")+21:]}, nil, "permissions", ""},
 	} {
 		err := m.refusePastedKeys(tt.name, tt.owner, tt.perms, tt.meta)
 		var fe *FieldError
@@ -573,14 +576,14 @@ func TestRedactLabelsCopiesOnlyAKeyWhoseLabelsHoldOne(t *testing.T) {
 	leaked, err := f.Generate()
 	require.NoError(t, err)
 	clean := &Key{ID: "key_1", Name: "svc", Owner: "team", Permissions: []string{"read"}, Meta: map[string]string{"plan": "gold"}}
-	assert.Same(t, clean, RedactLabels(clean, f.LabelHoldsKey))
+	assert.Same(t, clean, RedactLabels(clean, f.StoredLabelHoldsKey))
 	assert.Same(t, clean, RedactLabels(clean, nil))
-	assert.Zero(t, testing.AllocsPerRun(100, func() { RedactLabels(clean, f.LabelHoldsKey) }))
+	assert.Zero(t, testing.AllocsPerRun(100, func() { RedactLabels(clean, f.StoredLabelHoldsKey) }))
 
 	held := &Key{ID: "key_2", Name: "svc " + leaked, Owner: leaked, Permissions: []string{"read", leaked},
 		Meta: map[string]string{"plan": "gold", "note": leaked, strings.ToLower(leaked): "x"}}
 	was := *held
-	got := RedactLabels(held, f.LabelHoldsKey)
+	got := RedactLabels(held, f.StoredLabelHoldsKey)
 	assert.Equal(t, &Key{ID: "key_2", Name: RedactedLabel, Owner: RedactedLabel, Permissions: []string{"read"},
 		Meta: map[string]string{"plan": "gold", "note": RedactedLabel}}, got)
 	assert.Equal(t, was, *held)

@@ -272,6 +272,11 @@ func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[
 			return &FieldError{"permissions", "a permission contains an API key, or most of one; never put a key in a permission"}
 		}
 	}
+	// The upstream gets them joined (x-authz-permissions): a key cut in
+	// two permissions is one there, but for a comma.
+	if len(perms) > 1 && looksLikeKey(strings.Join(perms, ",")) {
+		return &FieldError{"permissions", "the permissions together contain an API key, or most of one; never put a key in a permission"}
+	}
 	for k, v := range meta {
 		if looksLikeKey(k) || looksLikeKey(v) {
 			return &FieldError{"meta", "an entry contains an API key, or most of one; never put a key in metadata"}
@@ -285,9 +290,11 @@ func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[
 const RedactedLabel = "[redacted: held an API key]"
 
 // RedactLabels returns k as it may be served: k itself when none of its
-// labels holds a key (holds is Format.LabelHoldsKey), else a copy in which
-// a name, owner or metadata value that does reads RedactedLabel, and a
-// permission or metadata entry whose name does is left out. Keys made
+// labels holds a key (holds is Format.StoredLabelHoldsKey), else a copy in
+// which a name, owner or metadata value that does reads RedactedLabel, and
+// a permission or metadata entry whose name does is left out (so is a
+// permission that completes one when joined to those before it, as
+// x-authz-permissions joins them). Keys made
 // through a Manager never hold one (refusePastedKeys), but a record made
 // before labels were refused so, or written into the store by hand, would
 // repeat the secret to every upstream (x-authz-key-name, x-authz-owner,
@@ -307,9 +314,11 @@ func RedactLabels(k *Key, holds func(string) bool) *Key {
 	if holds(c.Owner) {
 		c.Owner = RedactedLabel
 	}
+	// Each permission is kept unless, joined to those kept before it as
+	// x-authz-permissions joins them, it makes a key.
 	c.Permissions = make([]string, 0, len(k.Permissions))
 	for _, p := range k.Permissions {
-		if !holds(p) {
+		if !holds(p) && !holds(strings.Join(append(c.Permissions, p), ",")) {
 			c.Permissions = append(c.Permissions, p)
 		}
 	}
@@ -330,7 +339,7 @@ func RedactLabels(k *Key, holds func(string) bool) *Key {
 
 // labelsHoldKey reports whether any of k's labels holds a key.
 func labelsHoldKey(k *Key, holds func(string) bool) bool {
-	if holds(k.Name) || holds(k.Owner) || slices.ContainsFunc(k.Permissions, holds) {
+	if holds(k.Name) || holds(k.Owner) || holds(strings.Join(k.Permissions, ",")) {
 		return true
 	}
 	for name, v := range k.Meta {

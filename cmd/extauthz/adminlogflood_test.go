@@ -1,6 +1,7 @@
 package main
 
 import (
+	"database/sql"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -71,4 +72,51 @@ func TestAnAdminAPIOutageIsNotALogLinePerRequest(t *testing.T) {
 		require.Positive(t, statuses[http.StatusServiceUnavailable])
 		assert.LessOrEqual(t, n, listenerLogBurst, "a warning line per refused request: the client chooses how many the log gets")
 	})
+}
+
+// The lines of authentication's 503, which anyone who reaches the admin
+// port causes with made-up keys once the process's unknown-key budget is
+// spent, shared one cap with the error line of an authenticated caller's
+// request that failed inside the server: ten requests a minute with no key
+// hid every internal error of the operators' own calls. They have a cap
+// each now.
+func TestAnonymousNoiseDoesNotHideAnInternalErrorOfAnAdminCall(t *testing.T) {
+	dbPath := filepath.Join(t.TempDir(), "k.db")
+	logs := &syncbuf.Buffer{}
+	path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}\naudit: {sink: none}\nstore: {path: %q}\n%s"+
+		"rate_limit: {failed_attempts_total: 20/h}\n", dbPath, testRoutes))
+	ts := startServerOut(t, path, serverOutput{logs: logs, audit: &syncbuf.Buffer{}})
+	admin, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
+	_, broken := ts.create(t, keystore.Spec{Name: "broken", Permissions: []string{"read:users"}})
+
+	// The operator's key is known to the cache before the flood.
+	status, body, _ := get(t, ts.adminURL+"/v1/keys", map[string]string{"X-Api-Key": admin})
+	require.Equal(t, http.StatusOK, status, body)
+
+	// A record the server cannot read: its next read is an internal error.
+	db, err := sql.Open("sqlite", dbPath)
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(`UPDATE keys SET permissions = 'not json' WHERE id = ?`, broken.ID)
+	require.NoError(t, err)
+
+	// Anyone, with made-up keys: the budget of unknown keys is spent, and
+	// each further request is a 503 and an "admin API:" line, up to the cap.
+	format := ts.mgr.Format
+	refused := 0
+	for range 40 {
+		key, err := format.Generate()
+		require.NoError(t, err)
+		status, _, _ := get(t, ts.adminURL+"/v1/keys", map[string]string{"X-Api-Key": key})
+		if status == http.StatusServiceUnavailable {
+			refused++
+		}
+	}
+	require.Greater(t, refused, 10, "the budget ran out")
+
+	// The operator's own call fails inside the server.
+	status, body, _ = get(t, ts.adminURL+"/v1/keys/"+broken.ID, map[string]string{"X-Api-Key": admin})
+	require.Equal(t, http.StatusInternalServerError, status, body)
+	assert.True(t, strings.Contains(logs.String(), "admin API request failed"),
+		"an internal error of an authenticated admin call is not logged at all: ten requests with made-up keys spent the cap it shares")
 }

@@ -150,3 +150,55 @@ func TestAStoredLabelHoldingAKeyIsShownRedacted(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	assert.False(t, holdsRandom(out+errOut, random), "keys revoke: %s", out)
 }
+
+// The cache read each label as it is stored, but the upstream is sent each
+// label as it is written out, in two ways that differ: a name, owner or
+// forwarded metadata value has the bytes a header cannot carry dropped (a
+// run of control bytes longer than a wrap's gap inside a key left it
+// unread, and x-authz-key-name carried the exact key), and the permissions
+// are joined with "," (a key cut in two permissions, neither of them most
+// of a key, reached x-authz-permissions whole but for the comma). Stored
+// labels are now read with every byte no key has taken out, and a
+// permission that completes a key when joined is left out.
+func TestAStoredLabelIsReadAsItIsWrittenOut(t *testing.T) {
+	var logs syncbuf.Buffer
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nforward_meta: [note, plan]\n"+
+		storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: &logs})
+	leaked, _ := ts.create(t, keystore.Spec{Name: "victim", Permissions: []string{"read:users"}})
+	f := ts.mgr.Format
+	cut := len("sk_") + 21 // 21 of the 43 random characters: short of "most of a key" (22)
+
+	t.Run("control bytes inside the name", func(t *testing.T) {
+		name := leaked[:cut] + strings.Repeat("\x01", 5) + leaked[cut:]
+		require.False(t, f.LabelHoldsKey(name), "precondition: the stored name is not read as holding a key")
+		k := &keystore.Key{Name: name, Owner: "team", Permissions: []string{"read:users"}}
+		secret := storeByHand(t, ts, k)
+
+		resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret})
+		ok := resp.GetOkResponse()
+		require.NotNil(t, ok, "%v", resp.GetDeniedResponse())
+		got := headerMap(ok.GetHeaders())["x-authz-key-name"]
+		assert.NotContains(t, got, leaked, "x-authz-key-name carries the exact key to the upstream on every request")
+
+		status, _, hh := get(t, ts.httpURL+"/authz/api/users", map[string]string{"X-Api-Key": secret})
+		require.Equal(t, 200, status)
+		assert.NotContains(t, hh.Get("X-Authz-Key-Name"), leaked, "HTTP mode: x-authz-key-name carries the exact key")
+	})
+
+	t.Run("a key cut in two permissions", func(t *testing.T) {
+		perms := []string{"read:users", leaked[:cut], leaked[cut:]}
+		for _, p := range perms {
+			require.False(t, f.LabelHoldsKey(p), "precondition: no permission alone is read as holding a key: %q", p)
+		}
+		k := &keystore.Key{Name: "legacy", Owner: "team", Permissions: perms}
+		secret := storeByHand(t, ts, k)
+
+		resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret})
+		ok := resp.GetOkResponse()
+		require.NotNil(t, ok, "%v", resp.GetDeniedResponse())
+		got := headerMap(ok.GetHeaders())["x-authz-permissions"]
+		assert.False(t, f.LabelHoldsKey(got), "x-authz-permissions %q holds a key by the very reading labels are redacted by", got)
+		assert.NotContains(t, strings.ReplaceAll(got, ",", ""), leaked, "x-authz-permissions holds the whole key but for a comma")
+	})
+}
