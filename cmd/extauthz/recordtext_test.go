@@ -3,10 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -154,27 +151,10 @@ func TestANameThatDrawsAsAnotherWithItsSpacesIsRefused(t *testing.T) {
 		assert.Equal(t, 2, code, "update to %q: %s", name, errOut)
 
 		body, _ := json.Marshal(map[string]any{"name": name, "permissions": []string{"read"}})
-		status, out := adminDo(t, "POST", ts.adminURL+"/v1/keys", adminKey, string(body))
-		assert.Equal(t, 400, status, "%q: %s", name, out)
+		assert.Equal(t, 400, adminStatus(t, ts, "POST", "/v1/keys", adminKey, string(body)), "%q", name)
 		body, _ = json.Marshal(map[string]any{"name": name})
-		status, out = adminDo(t, "PATCH", ts.adminURL+"/v1/keys/"+k.ID, adminKey, string(body))
-		assert.Equal(t, 400, status, "PATCH to %q: %s", name, out)
+		assert.Equal(t, 400, adminStatus(t, ts, "PATCH", "/v1/keys/"+k.ID, adminKey, string(body)), "PATCH to %q", name)
 	}
 	_, errOut, code := cliRun(t, "keys", "create", "--config", path, "--name", "billing read only", "--perm", "read", "--json")
 	assert.Equal(t, 0, code, "single spaces between words: %s", errOut)
-}
-
-// adminDo sends an admin API request with key and a JSON body, and returns
-// the status and the body of the answer.
-func adminDo(t *testing.T, method, url, key, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	require.NoError(t, err)
-	req.Header.Set("X-Api-Key", key)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(out)
 }
