@@ -384,3 +384,12 @@ cache.max_stale (unset: 5m or cache.ttl, whichever is longer): the probes
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The labels of the workloads Istio sends to extauthz: istio.selector, or
+extauthz/protected: "true" when it is empty. The default lives here, not in
+values.yaml, where Helm would merge it into a selector the user gives.
+*/}}
+{{- define "extauthz.istioSelector" -}}
+{{- toYaml (default (dict "extauthz/protected" "true") .Values.istio.selector) -}}
+{{- end -}}
