@@ -51,9 +51,10 @@ func recordChanges(l *audit.Logger, outcome string) func(ctx context.Context, ki
 	}
 }
 
-// closeAudit flushes queued events, waiting at most a few seconds.
-func closeAudit(l *audit.Logger) {
+// closeAudit flushes queued events, waiting at most a few seconds; an
+// error says some were left unwritten. Closing twice is harmless.
+func closeAudit(l *audit.Logger) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = l.Close(ctx)
+	return l.Close(ctx)
 }

@@ -93,8 +93,19 @@ func withManager(c *cobra.Command, act keysAction, fn keysRun) error {
 	if act.writes {
 		fmt.Fprintf(stderr, "wrote to %s, config %s\n", describeStoreAt(cfg), path)
 	}
+	// The CLI's changes are audited by the CLI alone: one whose event
+	// the sink did not take is in effect but nowhere in the trail, which
+	// must not read as plain success.
+	closeErr := closeAudit(auditLog)
+	if closeErr != nil || auditLog.Failed() > 0 || auditLog.Dropped() > 0 {
+		return errUnaudited
+	}
 	return nil
 }
+
+// errUnaudited is a change made whose audit event was lost (exit status 3).
+var errUnaudited = errors.New("the change was made and is in effect, but its audit event could not be written " +
+	"(see the audit warning above): record it in the audit trail by hand")
 
 // oneID is the one key id a command takes.
 func oneID(c *cobra.Command, args []string) (string, error) {
@@ -179,8 +190,12 @@ func writeJSON(w io.Writer, v any) error {
 	return err
 }
 
-func printKey(w io.Writer, k *keystore.Key, now time.Time) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+// printKey prints k as a table of its fields; the error is the first one
+// writing it met (a full disk, a closed pipe), which the command must
+// report: its output is what a script keeps.
+func printKey(w io.Writer, k *keystore.Key, now time.Time) error {
+	ew := &errWriter{w: w}
+	tw := tabwriter.NewWriter(ew, 0, 4, 2, ' ', 0)
 	row := func(name, value string) { fmt.Fprintf(tw, "%s:\t%s\n", name, value) }
 	row("id", shown(k.ID))
 	row("name", shown(k.Name))
@@ -229,6 +244,24 @@ func printKey(w io.Writer, k *keystore.Key, now time.Time) {
 		row("lineage", shown(k.Lineage)+" (counts in its rate limits)")
 	}
 	tw.Flush()
+	return ew.err
+}
+
+// errWriter writes to w until a write fails, then keeps that error (in
+// err) and writes nothing more: a table or a listing written line by line
+// reports its first failure once, at the end.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	e.err = err
+	return n, err
 }
 
 // shown is a stored label as the terminal should print it (a name, an

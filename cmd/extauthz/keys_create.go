@@ -122,7 +122,9 @@ func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, 
 	if asJSON {
 		return writeJSON(w, created)
 	}
-	printKey(w, created.Key, time.Now())
+	if err := printKey(w, created.Key, time.Now()); err != nil {
+		return err
+	}
 	if _, err := fmt.Fprintf(w, "\nkey: %s\n\nThis is the only time the key is shown: store it now.\n", created.Secret); err != nil {
 		return err
 	}

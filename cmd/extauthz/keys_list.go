@@ -67,15 +67,16 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 		}
 		return writeJSON(w, keys)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	ew := &errWriter{w: w}
+	tw := tabwriter.NewWriter(ew, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tOWNER\tPERMISSIONS\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
 	for _, k := range keys {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shown(k.ID), shown(k.Name), shown(k.Owner), shown(strings.Join(k.Permissions, ",")),
 			listedStatus(k, now), k.CreatedAt.UTC().Format(time.RFC3339), fmtTime(k.ExpiresAt, "never"), fmtTime(k.LastUsedAt, "never"))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "%d key(s)\n", len(keys))
-	return nil
+	fmt.Fprintf(ew, "%d key(s)\n", len(keys))
+	return ew.err
 }
 
 // listedStatus is a key's status as the table shows it: a live key rotated

@@ -33,8 +33,8 @@ func newRevokeCmd() *cobra.Command {
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}
-				fmt.Fprintf(c.OutOrStdout(), "revoked %s (%s) at %s\n", shown(k.ID), shown(k.Name), k.RevokedAt.Format(time.RFC3339))
-				return nil
+				_, err = fmt.Fprintf(c.OutOrStdout(), "revoked %s (%s) at %s\n", shown(k.ID), shown(k.Name), k.RevokedAt.Format(time.RFC3339))
+				return err
 			})
 		},
 	}

@@ -29,8 +29,7 @@ func newShowCmd() *cobra.Command {
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}
-				printKey(c.OutOrStdout(), k, time.Now())
-				return nil
+				return printKey(c.OutOrStdout(), k, time.Now())
 			})
 		},
 	}

@@ -103,8 +103,7 @@ keys.max_per_owner; a revoked or rotated-away key never changes again.`,
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}
-				printKey(c.OutOrStdout(), k, time.Now())
-				return nil
+				return printKey(c.OutOrStdout(), k, time.Now())
 			})
 		},
 	}

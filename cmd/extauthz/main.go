@@ -89,6 +89,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, errReported) {
 		return 1
 	}
+	if errors.Is(err, errUnaudited) {
+		fmt.Fprintf(stderr, "%s: %s\n", cmd.CommandPath(), err)
+		return 3
+	}
 	// An error may carry text a record holds (an id it names, written
 	// straight into the store): written so that it cannot steer the
 	// terminal or pass for other text.
