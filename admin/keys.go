@@ -283,7 +283,7 @@ func (s *server) listKeys(w http.ResponseWriter, r *http.Request, c *caller) err
 // written by hand, or before labels were refused so) redacted, as it is
 // served (keystore.RedactLabels).
 func (s *server) shown(k *keystore.Key) *keystore.Key {
-	return keystore.RedactLabels(k, s.authz.Policies().Format.StoredLabelHoldsKey)
+	return keystore.RedactLabels(k, s.authz.Policies().Format.LabelHoldsKey)
 }
 
 // isQuerySource reports whether name is a configured query-parameter key

@@ -36,7 +36,7 @@ type CacheOptions struct {
 	// past it the lookup fails with ErrUnavailable. Default 5 minutes; never
 	// less than TTL, within which every entry is served anyway.
 	MaxStale time.Duration
-	// LabelHoldsKey (Format.StoredLabelHoldsKey) reads the labels of every key
+	// LabelHoldsKey (Format.LabelHoldsKey) reads the labels of every key
 	// the store answers: a key whose labels hold a key is served with them
 	// redacted (RedactLabels), and a line logs its id. Nil serves every
 	// record as stored.

@@ -299,21 +299,7 @@ func unhex(c byte) byte {
 // followed by a key's random part and a checksum that matches it. The
 // checksum keeps text that merely reads on after the prefix from counting
 // ("desktop Safari…" reads as "desktopSafari…"): one in 2³² would.
-func (f Format) squeezedKey(s string) bool { return f.squeezedKeyAcross(s, maxGapBytes) }
-
-// StoredLabelHoldsKey is the reading for the labels of a key record as the
-// store holds it, which may have been written by hand, never checked by
-// LabelHoldsKey: that, or a key read with every byte no key has taken out,
-// however many in a row. What reaches an upstream is the label with the
-// bytes a header cannot carry dropped (a run of control bytes, say), and a
-// reader who drops the rest too has the key; the checksum keeps ordinary
-// text from reading as one.
-func (f Format) StoredLabelHoldsKey(s string) bool {
-	return f.LabelHoldsKey(s) || f.squeezedKeyAcross(s, len(s))
-}
-
-// squeezedKeyAcross is squeezedKey with runs of up to gap bytes taken out.
-func (f Format) squeezedKeyAcross(s string, gap int) bool {
+func (f Format) squeezedKey(s string) bool {
 	var buf [1024]byte // a field written out is at most this long
 	sq := buf[:0]
 	for i := 0; i < len(s); {
@@ -326,7 +312,7 @@ func (f Format) squeezedKeyAcross(s string, gap int) bool {
 		for j < len(s) && !isBase62(s[j]) {
 			j++
 		}
-		if j-i > gap || len(sq) == 0 || j == len(s) {
+		if j-i > maxGapBytes || len(sq) == 0 || j == len(s) {
 			sq = append(sq, ' ') // a break no key reads across
 		}
 		i = j
@@ -365,10 +351,43 @@ func (f Format) squeezedBody(b []byte) bool {
 // Also a key grouped or wrapped anywhere, or with its prefix in capitals,
 // whose checksum matches (squeezedKey): "sk_A jkzg 0h3W…" as a name would
 // reach the upstream, in x-authz-key-name, with every request the key
-// makes.
+// makes. And a key's random part and checksum, with or without a prefix,
+// once every byte no key has is taken out, however many in a row
+// (strippedBody): a header drops the bytes it cannot carry (a run of control
+// bytes in a record written by hand), and a reader who drops the rest has
+// the key; a label is short, and the checksum keeps text from reading as
+// one.
 func (f Format) LabelHoldsKey(s string) bool {
 	return f.ContainsKey(s) || f.nearKey(s, 0, true, resembleLen) || f.nearKey(s, 1, true, randomLen) ||
-		f.bareKey(s) || f.squeezedKey(s)
+		f.bareKey(s) || f.squeezedKey(s) || f.strippedBody(s)
+}
+
+// strippedBody reports whether s, with every byte that is not base62 taken
+// out, holds a key's random part followed by its checksum anywhere.
+func (f Format) strippedBody(s string) bool {
+	const n = randomLen + checksumLen
+	count := 0
+	for i := 0; i < len(s); i++ {
+		if isBase62(s[i]) {
+			count++
+		}
+	}
+	if count < n {
+		return false // most labels: no copy made
+	}
+	var buf [1024]byte
+	b := buf[:0]
+	for i := 0; i < len(s); i++ {
+		if isBase62(s[i]) {
+			b = append(b, s[i])
+		}
+	}
+	for i := 0; i+n <= len(b); i++ {
+		if checksumOf(f, b[i:i+n]) {
+			return true
+		}
+	}
+	return false
 }
 
 // bareKey reports whether s holds a key without its prefix: a run of

@@ -261,6 +261,11 @@ func TestAKeyPastedIntoANameOwnerPermissionOrMetadataIsRefused(t *testing.T) {
 		// Cut in two permissions, neither most of a key: joined, as the
 		// upstream gets them, one but for a comma.
 		{"ok", []string{"read", secret[:len("sk_")+21], secret[len("sk_")+21:]}, nil, "permissions", ""},
+		// The same without the prefix: the random part is the secret.
+		{"ok", []string{"read", secret[len("sk_") : len("sk_")+21], secret[len("sk_")+21:]}, nil, "permissions", ""},
+		// A run of bytes no key has inside one, wider than a wrap.
+		{secret[:20] + "\x01\x01\x01\x01\x01" + secret[20:], nil, nil, "name", ""},
+		{secret[len("sk_"):20] + "     " + secret[20:], nil, nil, "name", ""},
 	} {
 		err := m.refusePastedKeys(tt.name, tt.owner, tt.perms, tt.meta)
 		var fe *FieldError
@@ -576,14 +581,14 @@ func TestRedactLabelsCopiesOnlyAKeyWhoseLabelsHoldOne(t *testing.T) {
 	leaked, err := f.Generate()
 	require.NoError(t, err)
 	clean := &Key{ID: "key_1", Name: "svc", Owner: "team", Permissions: []string{"read"}, Meta: map[string]string{"plan": "gold"}}
-	assert.Same(t, clean, RedactLabels(clean, f.StoredLabelHoldsKey))
+	assert.Same(t, clean, RedactLabels(clean, f.LabelHoldsKey))
 	assert.Same(t, clean, RedactLabels(clean, nil))
-	assert.Zero(t, testing.AllocsPerRun(100, func() { RedactLabels(clean, f.StoredLabelHoldsKey) }))
+	assert.Zero(t, testing.AllocsPerRun(100, func() { RedactLabels(clean, f.LabelHoldsKey) }))
 
 	held := &Key{ID: "key_2", Name: "svc " + leaked, Owner: leaked, Permissions: []string{"read", leaked},
 		Meta: map[string]string{"plan": "gold", "note": leaked, strings.ToLower(leaked): "x"}}
 	was := *held
-	got := RedactLabels(held, f.StoredLabelHoldsKey)
+	got := RedactLabels(held, f.LabelHoldsKey)
 	assert.Equal(t, &Key{ID: "key_2", Name: RedactedLabel, Owner: RedactedLabel, Permissions: []string{"read"},
 		Meta: map[string]string{"plan": "gold", "note": RedactedLabel}}, got)
 	assert.Equal(t, was, *held)

@@ -290,7 +290,7 @@ func (m *Manager) refusePastedKeys(name, owner string, perms []string, meta map[
 const RedactedLabel = "[redacted: held an API key]"
 
 // RedactLabels returns k as it may be served: k itself when none of its
-// labels holds a key (holds is Format.StoredLabelHoldsKey), else a copy in
+// labels holds a key (holds is Format.LabelHoldsKey), else a copy in
 // which a name, owner or metadata value that does reads RedactedLabel, and
 // a permission or metadata entry whose name does is left out (so is a
 // permission that completes one when joined to those before it, as

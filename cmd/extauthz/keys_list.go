@@ -54,7 +54,7 @@ func listKeys(ctx context.Context, m *keystore.Manager, w io.Writer, owner strin
 			return err
 		}
 		for _, k := range page {
-			keys = append(keys, keystore.RedactLabels(k, m.Format.StoredLabelHoldsKey))
+			keys = append(keys, keystore.RedactLabels(k, m.Format.LabelHoldsKey))
 		}
 		if next == "" {
 			break

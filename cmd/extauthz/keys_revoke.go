@@ -29,7 +29,7 @@ func newRevokeCmd() *cobra.Command {
 					return describeID(err, id)
 				}
 				defer stillLive(ctx, c.ErrOrStderr(), m, k)
-				k = keystore.RedactLabels(k, m.Format.StoredLabelHoldsKey)
+				k = keystore.RedactLabels(k, m.Format.LabelHoldsKey)
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}

@@ -25,7 +25,7 @@ func newShowCmd() *cobra.Command {
 				if err != nil {
 					return describeID(err, id)
 				}
-				k = keystore.RedactLabels(k, m.Format.StoredLabelHoldsKey)
+				k = keystore.RedactLabels(k, m.Format.LabelHoldsKey)
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}

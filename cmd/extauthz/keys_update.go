@@ -99,7 +99,7 @@ keys.max_per_owner; a revoked or rotated-away key never changes again.`,
 				if err != nil {
 					return flagError(c, describeID(describe(err, m), id))
 				}
-				k = keystore.RedactLabels(k, m.Format.StoredLabelHoldsKey)
+				k = keystore.RedactLabels(k, m.Format.LabelHoldsKey)
 				if asJSON {
 					return writeJSON(c.OutOrStdout(), k)
 				}

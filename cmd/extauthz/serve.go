@@ -395,7 +395,7 @@ func newServer(cfg *config.Config, logger *slog.Logger, auditOut io.Writer) (*se
 		MaxStale:    time.Duration(cfg.Cache.MaxStale),
 		// A record written by hand, or before labels were refused so,
 		// never repeats a secret to the upstream.
-		LabelHoldsKey: cfg.Keys.Format.StoredLabelHoldsKey,
+		LabelHoldsKey: cfg.Keys.Format.LabelHoldsKey,
 		Logger:        logger,
 	}
 	if cacheOpts.NegativeTTL == 0 {

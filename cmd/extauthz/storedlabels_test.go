@@ -171,7 +171,6 @@ func TestAStoredLabelIsReadAsItIsWrittenOut(t *testing.T) {
 
 	t.Run("control bytes inside the name", func(t *testing.T) {
 		name := leaked[:cut] + strings.Repeat("\x01", 5) + leaked[cut:]
-		require.False(t, f.LabelHoldsKey(name), "precondition: the stored name is not read as holding a key")
 		k := &keystore.Key{Name: name, Owner: "team", Permissions: []string{"read:users"}}
 		secret := storeByHand(t, ts, k)
 
@@ -201,4 +200,66 @@ func TestAStoredLabelIsReadAsItIsWrittenOut(t *testing.T) {
 		assert.False(t, f.LabelHoldsKey(got), "x-authz-permissions %q holds a key by the very reading labels are redacted by", got)
 		assert.NotContains(t, strings.ReplaceAll(got, ",", ""), leaked, "x-authz-permissions holds the whole key but for a comma")
 	})
+}
+
+// A stored label holding a key's body (random part and checksum) without
+// its prefix, or with the prefix mistyped, and a run of control bytes
+// inside it: the bytes are dropped on the way to x-authz-key-name (and
+// x-authz-owner, x-authz-meta-*), and the upstream gets the body whole,
+// which the project's own reading (LabelHoldsKey's bareKey: "the prefix is
+// public; the random part is the secret") takes for a key. The reading
+// across any gap looked only for the prefix, so the record was served
+// unredacted; it now looks for the random part and its checksum.
+func TestAPrefixlessKeyWithControlBytesInAStoredLabelIsRedacted(t *testing.T) {
+	var logs syncbuf.Buffer
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nforward_meta: [note, plan]\n"+
+		storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: &logs})
+	leaked, _ := ts.create(t, keystore.Spec{Name: "victim", Permissions: []string{"read:users"}})
+	f := ts.mgr.Format
+	body := leaked[len("sk_"):]
+	require.True(t, f.LabelHoldsKey(body), "precondition: the body alone is a key to the project's own reading")
+
+	for form, label := range map[string]string{
+		"no prefix":        body[:20] + strings.Repeat("\x01", 5) + body[20:],
+		"prefix mistyped":  "sl_" + body[:20] + strings.Repeat("\x01", 5) + body[20:],
+		"one control byte": body[:20] + "\x1f" + body[20:],
+	} {
+		t.Run(form, func(t *testing.T) {
+			k := &keystore.Key{Name: label, Owner: "team", Permissions: []string{"read:users"},
+				Meta: map[string]string{"note": label, "plan": "gold"}}
+			secret := storeByHand(t, ts, k)
+
+			resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret})
+			ok := resp.GetOkResponse()
+			require.NotNil(t, ok, "%v", resp.GetDeniedResponse())
+			headers := headerMap(ok.GetHeaders())
+			for _, h := range []string{"x-authz-key-name", "x-authz-meta-note"} {
+				assert.NotContains(t, headers[h], body, "%s carries the key's secret part whole to the upstream", h)
+				assert.False(t, f.LabelHoldsKey(headers[h]), "%s = %q holds a key by the reading labels are refused by", h, headers[h])
+			}
+		})
+	}
+}
+
+// The same key body, prefixless, cut in two stored permissions: neither
+// is most of a key, and x-authz-permissions carried it whole but for a
+// comma, as it did for a key with its prefix.
+func TestAPrefixlessKeyCutInTwoStoredPermissionsIsLeftOut(t *testing.T) {
+	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
+		storeYAML(t, "embedded")+testRoutes)
+	ts := startServerOut(t, path, serverOutput{logs: &syncbuf.Buffer{}})
+	leaked, _ := ts.create(t, keystore.Spec{Name: "victim", Permissions: []string{"read:users"}})
+	f := ts.mgr.Format
+	body := leaked[len("sk_"):]
+	perms := []string{"read:users", body[:21], body[21:]}
+	for _, p := range perms {
+		require.False(t, f.LabelHoldsKey(p), "precondition: no permission alone holds a key: %q", p)
+	}
+	secret := storeByHand(t, ts, &keystore.Key{Name: "legacy", Owner: "team", Permissions: perms})
+	resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret})
+	ok := resp.GetOkResponse()
+	require.NotNil(t, ok, "%v", resp.GetDeniedResponse())
+	got := headerMap(ok.GetHeaders())["x-authz-permissions"]
+	assert.NotContains(t, strings.ReplaceAll(got, ",", ""), body, "x-authz-permissions %q holds the key's secret part whole but for a comma", got)
 }
