@@ -653,8 +653,17 @@ func numbersReadOneWay(data []byte) error {
 			// is written): one YAML reads as a number is turned into that
 			// number's text, so 0x10 would name "16" and 1.10 "1.1".
 			for i := 0; i < len(n.Content); i += 2 {
-				if k := n.Content[i]; k.Kind == yamlv3.ScalarNode && k.Style == 0 && (k.ShortTag() == "!!int" || k.ShortTag() == "!!float") {
+				k := n.Content[i]
+				if k.Kind != yamlv3.ScalarNode {
+					continue
+				}
+				if k.Style == 0 && (k.ShortTag() == "!!int" || k.ShortTag() == "!!float") {
 					return fmt.Errorf("parse yaml: line %d: the key %s reads as a number, and would be read as that number's text: quote it (\"%s\")", k.Line, k.Value, k.Value)
+				}
+				// A tag written on a key (!!int 0x10, !!binary ...) makes
+				// it other text than the file shows in the same way.
+				if k.Style&yamlv3.TaggedStyle != 0 && k.ShortTag() != "!!str" {
+					return fmt.Errorf("parse yaml: line %d: the key %s is tagged %s, and would be read as other text than it shows: write it untagged, quoted", k.Line, k.Value, k.ShortTag())
 				}
 			}
 		}

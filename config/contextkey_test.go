@@ -31,3 +31,24 @@ func TestAContextKeyReadAsANumberIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// The same with a tag written on the key: !!int 0x10 named "16", !!float
+// 1.10 "1.1", and !!binary turned base64 into other text; a key tagged
+// !!str is what it shows.
+func TestATaggedContextKeyIsRefused(t *testing.T) {
+	for _, key := range []string{"!!int 0x10", "!!float 1.10", "!!int 0o17", "!!binary cGF5cm9sbA==", "!!bool yes", "!!int 12"} {
+		t.Run(key, func(t *testing.T) {
+			cfg, err := Parse([]byte("policies: [{name: payroll, match: {context: {" + key + ": payroll}}, routes: [{path: /x, permissions: [p]}]}]\n"))
+			if err == nil {
+				t.Errorf("context key %s accepted and read as %q: the selector names a key the file does not show", key, cfg.Policies[0].Match.Context)
+			}
+		})
+	}
+	cfg, err := Parse([]byte("policies: [{name: payroll, match: {context: {!!str 0x10: payroll}}, routes: [{path: /x, permissions: [p]}]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Policies[0].Match.Context["0x10"]; got != "payroll" {
+		t.Errorf("!!str 0x10 read as %q", cfg.Policies[0].Match.Context)
+	}
+}
