@@ -45,10 +45,10 @@ func (d *Decision) MetaHeaders(dst []Header, blanks bool) []Header {
 	for _, f := range d.Policy.forward {
 		v := ""
 		if d.Identified() {
-			v = d.Key.Meta[f.name]
+			v = sanitizeHeaderValue(d.Key.Meta[f.name])
 		}
 		if v != "" || blanks {
-			dst = append(dst, Header{Key: f.header, Value: sanitizeHeaderValue(v)})
+			dst = append(dst, Header{Key: f.header, Value: v})
 		}
 	}
 	return dst
@@ -67,7 +67,10 @@ func (d *Decision) setsHeader(name string) bool {
 		return true
 	}
 	for _, f := range d.Policy.forward {
-		if equalFoldASCII(name, f.header) && d.Key.Meta[f.name] != "" {
+		// As MetaHeaders writes it: a value of nothing but bytes a
+		// header cannot carry (a record written by hand) sets nothing,
+		// and a client's header of that name must still go.
+		if equalFoldASCII(name, f.header) && sanitizeHeaderValue(d.Key.Meta[f.name]) != "" {
 			return true
 		}
 	}
