@@ -80,6 +80,11 @@ func (d *Decision) setsHeader(name string) bool {
 // AppendIdentityHeaders appends the upstream identity headers of key k: its
 // id, name, owner (DefaultOwner when it has none) and comma-joined
 // permissions, with the bytes a header value cannot hold dropped.
+//
+// A name or owner of nothing but such bytes (a record written by hand) is
+// written as unprintableLabel: the headers are always set, so a client's
+// own of those names is not removed, and an empty value that a proxy
+// drops would let the client's through.
 func AppendIdentityHeaders(dst []Header, k *keystore.Key) []Header {
 	owner := k.Owner
 	if owner == "" {
@@ -87,10 +92,22 @@ func AppendIdentityHeaders(dst []Header, k *keystore.Key) []Header {
 	}
 	return append(dst,
 		Header{Key: HeaderKeyID, Value: k.ID},
-		Header{Key: HeaderKeyName, Value: sanitizeHeaderValue(k.Name)},
-		Header{Key: HeaderOwner, Value: sanitizeHeaderValue(owner)},
+		Header{Key: HeaderKeyName, Value: printable(k.Name)},
+		Header{Key: HeaderOwner, Value: printable(owner)},
 		Header{Key: HeaderPermissions, Value: strings.Join(k.Permissions, ",")},
 	)
+}
+
+// unprintableLabel stands for a name or owner that is empty once the bytes
+// a header cannot carry are dropped.
+const unprintableLabel = "(unprintable)"
+
+// printable is s as a header value, never empty.
+func printable(s string) string {
+	if s = sanitizeHeaderValue(s); s == "" {
+		return unprintableLabel
+	}
+	return s
 }
 
 // sanitizeHeaderValue drops bytes that cannot appear in a header value, so
