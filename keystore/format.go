@@ -357,7 +357,24 @@ func (f Format) squeezedBody(b []byte) bool {
 // bytes in a record written by hand), and a reader who drops the rest has
 // the key; a label is short, and the checksum keeps text from reading as
 // one.
+//
+// And as its readers may decode it, as MayHoldKey reads it: percent-decoded,
+// and each long base64 token decoded (a pasted Authorization header, "Basic
+// " and the base64 of "<key>:").
 func (f Format) LabelHoldsKey(s string) bool {
+	if f.labelHoldsKey(s) || f.base64HoldsKey(s) {
+		return true
+	}
+	if strings.IndexByte(s, '%') >= 0 {
+		if d := PercentDecoded(s); d != s && (f.labelHoldsKey(d) || f.base64HoldsKey(d)) {
+			return true
+		}
+	}
+	return false
+}
+
+// labelHoldsKey is LabelHoldsKey without the decoding readings.
+func (f Format) labelHoldsKey(s string) bool {
 	return f.ContainsKey(s) || f.nearKey(s, 0, true, resembleLen) || f.nearKey(s, 1, true, randomLen) ||
 		f.bareKey(s) || f.squeezedKey(s) || f.strippedBody(s)
 }
