@@ -654,6 +654,11 @@ func numbersReadOneWay(data []byte) error {
 			// number's text, so 0x10 would name "16" and 1.10 "1.1".
 			for i := 0; i < len(n.Content); i += 2 {
 				k := n.Content[i]
+				if k.Kind == yamlv3.AliasNode {
+					// *a as a key is whatever a's node reads as: a
+					// number anchored elsewhere (&a 0x1) names "1".
+					return fmt.Errorf("parse yaml: line %d: the key *%s is an alias: write the key itself", k.Line, k.Value)
+				}
 				if k.Kind != yamlv3.ScalarNode {
 					continue
 				}

@@ -52,3 +52,21 @@ func TestATaggedContextKeyIsRefused(t *testing.T) {
 		t.Errorf("!!str 0x10 read as %q", cfg.Policies[0].Match.Context)
 	}
 }
+
+// The refusal of number keys skipped every key that is not a scalar node,
+// and an alias (*a) is an alias node: an alias to an anchored number
+// (xff_trusted_hops: &a 0x1) used as a context key was turned into that
+// number's text, "1", just as the untagged key 0x1 was. A key that is an
+// alias is refused.
+func TestAnAliasedNumberAsAContextKeyIsRefused(t *testing.T) {
+	for _, doc := range []string{
+		"http_mode: {xff_trusted_hops: &a 0x1}\npolicies: [{name: payroll, match: {context: {*a: payroll}}, routes: [{path: /x, permissions: [p]}]}]\n",
+		"http_mode: {xff_trusted_hops: &a !!int 0x1}\npolicies: [{name: payroll, match: {context: {*a: payroll}}, routes: [{path: /x, permissions: [p]}]}]\n",
+	} {
+		cfg, err := Parse([]byte(doc))
+		if err == nil {
+			t.Errorf("context key *a (anchored to 0x1) accepted and read as %q: the selector names a key the file does not show\n%s",
+				cfg.Policies[0].Match.Context, doc)
+		}
+	}
+}
