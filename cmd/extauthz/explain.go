@@ -89,8 +89,9 @@ request's host. They select the policy as they would for a real request.`,
 			if asJSON {
 				return writeJSON(c.OutOrStdout(), ex)
 			}
-			printExplanation(c.OutOrStdout(), ex)
-			return nil
+			ew := &errWriter{w: c.OutOrStdout()}
+			printExplanation(ew, ex)
+			return ew.err
 		},
 	}
 	fs := c.Flags()
@@ -175,7 +176,8 @@ func explain(set *authz.PolicySet, method, path, host, principal string, ctx map
 	return ex
 }
 
-// printExplanation writes ex for a person.
+// printExplanation writes ex for a person (to an errWriter: the caller
+// reports its first failed write).
 func printExplanation(w io.Writer, ex explanation) {
 	policy := ex.Policy
 	if policy == "" {

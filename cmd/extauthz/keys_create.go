@@ -129,10 +129,27 @@ func printNewKey(c *cobra.Command, asJSON bool, secret string, k *keystore.Key, 
 		return err
 	}
 	if note != "" {
-		fmt.Fprintln(w, note)
+		if _, err := fmt.Fprintln(w, note); err != nil {
+			// The secret is out: not the error that makes the caller
+			// take the key back, but a failure all the same.
+			return &noteLost{note: note, err: err}
+		}
 	}
 	return nil
 }
+
+// noteLost is printNewKey's failure to write its note after the secret:
+// the key stands, and the error says what the note said.
+type noteLost struct {
+	note string
+	err  error
+}
+
+func (e *noteLost) Error() string {
+	return fmt.Sprintf("the new key was printed, but not the note after it (%v): %s", e.err, e.note)
+}
+
+func (e *noteLost) Unwrap() error { return e.err }
 
 // privateSecretOutput makes sure that the secret create or rotate is about
 // to print lands nowhere other users of the host can read. Standard output

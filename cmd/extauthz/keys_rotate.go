@@ -60,6 +60,9 @@ the server's hashing pepper.`,
 				ends := end.Format(time.RFC3339)
 				note := fmt.Sprintf("The old key %s stops working at %s.", id, ends)
 				if perr := printNewKey(c, asJSON, secret, keystore.RedactLabels(k, m.Format.LabelHoldsKey), err, note, "rotate "+id); perr != nil {
+					if nl := (*noteLost)(nil); errors.As(perr, &nl) {
+						return fmt.Errorf("rotate %s: %w", id, perr) // the secret was printed
+					}
 					// The rotation stands (the old key's end is set), so the
 					// way out is to rotate the new key, which nobody uses.
 					return fmt.Errorf("rotate %s: the new key %s was made, but its secret could not be printed (%v) and is shown nowhere else; "+
