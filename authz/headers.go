@@ -123,10 +123,11 @@ func eachHeader(h Headers, f func(name, value string)) {
 }
 
 // dashFold is a header-name byte as CGI, WSGI, PHP and Rack read it: "_"
-// and "-" are the same, and case does not matter.
+// and "-" are the same (and "." too, to PHP: dashAlias), and case does not
+// matter.
 func dashFold(c byte) byte {
 	switch {
-	case c == '_':
+	case c == '_' || c == '.':
 		return '-'
 	case 'A' <= c && c <= 'Z':
 		return c + 'a' - 'A'
@@ -224,7 +225,7 @@ type headerNames uint8
 
 const (
 	namesSeen       headerNames = 1 << iota // the adapter summarised the names
-	namesUnderscore                         // some name holds a "_"
+	namesUnderscore                         // some name holds a "_" or a "." (dashAlias)
 	namesIdentity                           // some name reads as an x-authz- header
 	namesOverride                           // some name reads as an override header (readsAsOverride)
 )
@@ -232,7 +233,7 @@ const (
 // note adds one header name to the summary.
 func (n *headerNames) note(name string) {
 	*n |= namesSeen
-	if strings.IndexByte(name, '_') >= 0 {
+	if dashAlias(name) {
 		*n |= namesUnderscore
 	}
 	if readsAsIdentity(name) {
@@ -241,6 +242,15 @@ func (n *headerNames) note(name string) {
 	if readsAsOverride(name) != overridesNothing {
 		*n |= namesOverride
 	}
+}
+
+// dashAlias reports whether a header name holds a byte some upstream reads
+// as "-": "_" (CGI, WSGI, PHP and Rack turn "-" into "_" and so read the
+// two alike) or "." (PHP turns "." into "_" in the variables it makes, so
+// X.Api.Key is HTTP_X_API_KEY to it; Go's HTTP servers, Caddy's among them,
+// accept and pass on names with a ".").
+func dashAlias(name string) bool {
+	return strings.IndexByte(name, '_') >= 0 || strings.IndexByte(name, '.') >= 0
 }
 
 // lacks reports whether the summary says that no name has the flag.
@@ -252,22 +262,25 @@ func (n headerNames) lacks(flag headerNames) bool { return n&namesSeen != 0 && n
 const maxAliasDashes = 4
 
 // underscoreSpellings lists the spellings of a lower-case header name with
-// one or more of its "-" written "_", or nil past maxAliasDashes.
+// one or more of its "-" written "_" or "." (dashAlias), or nil past
+// maxAliasDashes.
 func underscoreSpellings(name string) []string {
 	n := strings.Count(name, "-")
 	if n == 0 || n > maxAliasDashes {
 		return nil
 	}
+	total := 1
+	for range n {
+		total *= 3
+	}
 	var out []string
-	for mask := 1; mask < 1<<n; mask++ {
+	for combo := 1; combo < total; combo++ { // 0 is the name itself
 		b := []byte(name)
-		k := 0
-		for i, c := range b {
-			if c == '-' {
-				if mask&(1<<k) != 0 {
-					b[i] = '_'
-				}
-				k++
+		c := combo
+		for i := range b {
+			if b[i] == '-' {
+				b[i] = "-_."[c%3]
+				c /= 3
 			}
 		}
 		out = append(out, string(b))
@@ -304,7 +317,7 @@ func headerAliasesSource(req *Request, sources []Source) bool {
 	}
 	found := false
 	eachHeader(req.Headers, func(name, _ string) {
-		if found || strings.IndexByte(name, '_') < 0 {
+		if found || !dashAlias(name) {
 			return
 		}
 		for i := range sources {

@@ -326,7 +326,7 @@ func (p *Policy) aliasHoldsKey(s Source, req *Request) bool {
 	}
 	found := false
 	eachHeader(req.Headers, func(name, v string) {
-		found = found || strings.IndexByte(name, '_') >= 0 && readsAsHeader(name, s.name) && p.format.ContainsKey(v)
+		found = found || dashAlias(name) && readsAsHeader(name, s.name) && p.format.ContainsKey(v)
 	})
 	return found
 }

@@ -368,7 +368,7 @@ func TestCaddyfileLinesEachCloseAHole(t *testing.T) {
 		},
 		{
 			name: "Connection: the proxy drops a header the client names there after forward_auth set it",
-			cut:  [][2]string{{"\t\trequest_header Connection \"(?i)x[-_]authz[-_][^,]*\" \"\"\n", ""}},
+			cut:  [][2]string{{"\t\trequest_header Connection \"(?i)x[-_.]authz[-_.][^,]*\" \"\"\n", ""}},
 			hole: func(t *testing.T, c *proxyProc) {
 				r := c.raw(t, caddyRequest("GET", "/api/users", "X-Api-Key: "+reader, "Connection: X-Authz-Owner"))
 				require.Equal(t, 200, r.status, r.body)
