@@ -45,7 +45,7 @@ func (d *Decision) MetaHeaders(dst []Header, blanks bool) []Header {
 	for _, f := range d.Policy.forward {
 		v := ""
 		if d.Identified() {
-			v = sanitizeHeaderValue(d.Key.Meta[f.name])
+			v = headerValue(d.Key.Meta[f.name])
 		}
 		if v != "" || blanks {
 			dst = append(dst, Header{Key: f.header, Value: v})
@@ -64,13 +64,16 @@ func (d *Decision) setsHeader(name string) bool {
 		return false
 	}
 	if isIdentityHeader(name) {
-		return true
+		// Every one is set but x-authz-permissions of a key without
+		// permissions (AppendIdentityHeaders).
+		return !equalFoldASCII(name, HeaderPermissions) || permissionsValue(d.Key) != ""
 	}
 	for _, f := range d.Policy.forward {
 		// As MetaHeaders writes it: a value of nothing but bytes a
-		// header cannot carry (a record written by hand) sets nothing,
-		// and a client's header of that name must still go.
-		if equalFoldASCII(name, f.header) && sanitizeHeaderValue(d.Key.Meta[f.name]) != "" {
+		// header cannot carry or blanks (a record written by hand, a
+		// value of one space) sets nothing, and a client's header of
+		// that name must still go.
+		if equalFoldASCII(name, f.header) && headerValue(d.Key.Meta[f.name]) != "" {
 			return true
 		}
 	}
@@ -85,26 +88,66 @@ func (d *Decision) setsHeader(name string) bool {
 // written as unprintableLabel: the headers are always set, so a client's
 // own of those names is not removed, and an empty value that a proxy
 // drops would let the client's through.
+//
+// x-authz-permissions is left out for a key without permissions (an empty
+// value, which a proxy may drop, would be no header to the upstream but a
+// client's), and the client's is removed instead (setsHeader).
 func AppendIdentityHeaders(dst []Header, k *keystore.Key) []Header {
 	owner := k.Owner
 	if owner == "" {
 		owner = keystore.DefaultOwner
 	}
-	return append(dst,
+	dst = append(dst,
 		Header{Key: HeaderKeyID, Value: k.ID},
 		Header{Key: HeaderKeyName, Value: printable(k.Name)},
 		Header{Key: HeaderOwner, Value: printable(owner)},
-		Header{Key: HeaderPermissions, Value: strings.Join(k.Permissions, ",")},
 	)
+	if perms := permissionsValue(k); perms != "" {
+		dst = append(dst, Header{Key: HeaderPermissions, Value: perms})
+	}
+	return dst
+}
+
+// permissionsValue is x-authz-permissions for k: its permissions as header
+// values (headerValue), the empty ones left out, comma-joined.
+func permissionsValue(k *keystore.Key) string {
+	clean := true
+	for _, p := range k.Permissions {
+		if headerValue(p) != p {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return strings.Join(k.Permissions, ",")
+	}
+	var kept []string
+	for _, p := range k.Permissions {
+		if v := headerValue(p); v != "" {
+			kept = append(kept, v)
+		}
+	}
+	return strings.Join(kept, ",")
+}
+
+// headerValue is s as a header value: the bytes a header cannot carry
+// dropped (sanitizeHeaderValue), and "" when what is left is blank, which
+// readers trim to nothing (RFC 9110 §5.5).
+func headerValue(s string) string {
+	s = sanitizeHeaderValue(s)
+	if strings.Trim(s, " \t") == "" {
+		return ""
+	}
+	return s
 }
 
 // unprintableLabel stands for a name or owner that is empty once the bytes
 // a header cannot carry are dropped.
 const unprintableLabel = "(unprintable)"
 
-// printable is s as a header value, never empty.
+// printable is s as a header value (headerValue), never empty.
 func printable(s string) string {
-	if s = sanitizeHeaderValue(s); s == "" {
+	if s = headerValue(s); s == "" {
 		return unprintableLabel
 	}
 	return s

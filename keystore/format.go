@@ -9,6 +9,7 @@ import (
 	"iter"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // base62 is the key alphabet, in ASCII order so that fixed-width base62
@@ -217,7 +218,16 @@ func (f Format) base64HoldsKey(s string) bool {
 // base64RunHoldsKey decodes run, base64 characters of either alphabet, at
 // each of its four alignments, and reports whether one holds a key.
 func (f Format) base64RunHoldsKey(run string) bool {
-	std := make([]byte, len(run))
+	// On the stack for a field of up to 1 KiB (every label, every audit
+	// field): decoding a long name must not allocate on every decision
+	// that audits it.
+	var stdBuf [1024]byte
+	var decBuf [768]byte
+	std := stdBuf[:0]
+	if len(run) > len(stdBuf) {
+		std = make([]byte, 0, len(run))
+	}
+	std = std[:len(run)]
 	for k := 0; k < len(run); k++ {
 		switch c := run[k]; c {
 		case '-':
@@ -228,7 +238,10 @@ func (f Format) base64RunHoldsKey(run string) bool {
 			std[k] = c
 		}
 	}
-	dec := make([]byte, base64.RawStdEncoding.DecodedLen(len(std)))
+	dec := decBuf[:]
+	if n := base64.RawStdEncoding.DecodedLen(len(std)); n > len(dec) {
+		dec = make([]byte, n)
+	}
 	for off := range 4 {
 		if len(std)-off < minBase64 {
 			break
@@ -237,7 +250,9 @@ func (f Format) base64RunHoldsKey(run string) bool {
 		if len(src)%4 == 1 {
 			src = src[:len(src)-1] // a lone character decodes to nothing
 		}
-		if n, err := base64.RawStdEncoding.Decode(dec, src); err == nil && f.mayHoldKey(string(dec[:n])) {
+		// The string is read only during the call, before dec is written
+		// again: a view of it, not a copy.
+		if n, err := base64.RawStdEncoding.Decode(dec, src); err == nil && n > 0 && f.mayHoldKey(unsafe.String(&dec[0], n)) {
 			return true
 		}
 	}
