@@ -18,7 +18,7 @@ import (
 // who runs `keys list > inventory.txt` (or `keys show ID > record.txt`) on a
 // full disk was told, by exit status 0, that the file held the listing.
 // The --json forms failed already; the table forms (update's and revoke's
-// too, as their --json forms do) now fail as well.
+// too, as their --json forms do, and config explain's) now fail as well.
 func TestKeysOutputThatCannotBeWrittenIsAFailure(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "k.db")
 	path := writeConfig(t, fmt.Sprintf("store: {path: %q}\naudit: {sink: none}\n", db))
@@ -50,6 +50,8 @@ func TestKeysOutputThatCannotBeWrittenIsAFailure(t *testing.T) {
 		{"keys", "show", made.ID},
 		{"keys", "update", made.ID, "--name", "b"},
 		{"keys", "revoke", made.ID},
+		{"config", "explain", "--method", "GET", "--path", "/x", "--json"},
+		{"config", "explain", "--method", "GET", "--path", "/x"},
 	} {
 		errOut, code := runFull(args...)
 		assert.Equal(t, 1, code, "%v wrote nothing (ENOSPC) yet exited %d: %s", args, code, errOut)

@@ -263,35 +263,3 @@ func TestAPrefixlessKeyCutInTwoStoredPermissionsIsLeftOut(t *testing.T) {
 	got := headerMap(ok.GetHeaders())["x-authz-permissions"]
 	assert.NotContains(t, strings.ReplaceAll(got, ",", ""), body, "x-authz-permissions %q holds the key's secret part whole but for a comma", got)
 }
-
-// A stored metadata value of nothing but bytes a header cannot carry (a
-// record written by hand) was forwarded as an empty header, and the
-// client's own header of that name was kept, as one the answer sets: a
-// proxy that drops an empty value passes the client's on. The client's is
-// removed now, as for a key that carries no such entry.
-func TestAForwardedEntryThatSanitisesToNothingLeavesNoClientHeader(t *testing.T) {
-	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\nforward_meta: [note]\n"+
-		storeYAML(t, "embedded")+testRoutes)
-	ts := startServerFile(t, path)
-	secret := storeByHand(t, ts, &keystore.Key{Name: "legacy", Owner: "team", Permissions: []string{"read:users"},
-		Meta: map[string]string{"note": "\x01\x02\x7f"}})
-	resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret, "x-authz-meta-note": "tier=admin"})
-	ok := resp.GetOkResponse()
-	require.NotNil(t, ok, "%v", resp.GetDeniedResponse())
-	assert.Contains(t, ok.GetHeadersToRemove(), "x-authz-meta-note", "the client's x-authz-meta-note is left for the upstream")
-	assert.NotContains(t, headerMap(ok.GetHeaders()), "x-authz-meta-note", "an empty header set in its place")
-}
-
-// The same for the identity headers, which the answer always sets: a
-// stored name of nothing but such bytes was written as an empty
-// x-authz-key-name, with the client's own of that name left in place.
-func TestAStoredNameThatSanitisesToNothingIsStillAValue(t *testing.T) {
-	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
-		storeYAML(t, "embedded")+testRoutes)
-	ts := startServerFile(t, path)
-	secret := storeByHand(t, ts, &keystore.Key{Name: "\x01\x02", Owner: "team", Permissions: []string{"read:users"}})
-	resp := ts.check(t, "GET", "/api/users", map[string]string{"x-api-key": secret, "x-authz-key-name": "admin-console"})
-	ok := resp.GetOkResponse()
-	require.NotNil(t, ok, "%v", resp.GetDeniedResponse())
-	assert.Equal(t, "(unprintable)", headerMap(ok.GetHeaders())["x-authz-key-name"])
-}
