@@ -1175,6 +1175,11 @@ func validateSources(path string, sources []Source, bad func(field, format strin
 		}
 		if s.Header != "" && (strings.ToLower(s.Header) != s.Header || strings.ContainsAny(s.Header, " :\t")) {
 			bad(field+".header", "%q: header names must be lower-case tokens", s.Header)
+		} else if strings.ContainsAny(s.Header, "_.") {
+			// CGI, WSGI, PHP and Rack read "_" (and PHP ".") as "-": the
+			// other spellings of such a name, which extauthz reads against
+			// its "-" spelling, would be handed to them unchecked.
+			bad(field+".header", "%q: write a header name with \"-\", not \"_\" or \".\" (upstreams read the three alike)", s.Header)
 		}
 	}
 }

@@ -70,3 +70,24 @@ func TestAnAliasedNumberAsAContextKeyIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A header source named with "_" or "." (x_api_key, x.api.key) was taken,
+// and its other spellings (x-api-key among them), which CGI, WSGI, PHP and
+// Rack read as the same header, went to the upstream unchecked: extauthz
+// reads a request's "_" and "." as "-", never a source's. Such a name is
+// refused, at the top level and in a policy.
+func TestAHeaderSourceNamedWithUnderscoreOrDotIsRefused(t *testing.T) {
+	for _, name := range []string{"x_api_key", "x.api.key", "x-api_key", "x-api.key"} {
+		for _, doc := range []string{
+			"sources: [{header: " + name + "}]\n",
+			"policies: [{name: p, match: {context: {policy: p}}, sources: [{header: " + name + "}], routes: [{path: /x, permissions: [r]}]}]\n",
+		} {
+			if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), "write a header name with") {
+				t.Errorf("%s: %v; want it refused", strings.TrimSpace(doc), err)
+			}
+		}
+	}
+	if _, err := Parse([]byte("sources: [{header: x-api-key}]\n")); err != nil {
+		t.Errorf("x-api-key: %v", err)
+	}
+}
