@@ -1310,6 +1310,11 @@ func matchesAny(l *matcherv3.ListStringMatcher, name string) bool {
 			if strings.HasPrefix(v, m.Prefix) {
 				return true
 			}
+		case *matcherv3.StringMatcher_SafeRegex:
+			// Envoy's RE2 matches the whole name; Go's regexp is RE2 too.
+			if re, err := regexp.Compile("^(?:" + m.SafeRegex.GetRegex() + ")$"); err == nil && re.MatchString(v) {
+				return true
+			}
 		}
 	}
 	return false
