@@ -289,6 +289,20 @@ func (d *Decision) Sources() []Source {
 	return d.Policy.strip
 }
 
+// CredentialOutsideHeaders reports whether d noted a credential in the
+// query or a cookie (Present): a source of the policy's own that carried
+// any value, or another policy's that carried a key. An adapter whose
+// proxy can remove only headers (HTTP mode) must not let such a request
+// through, or the credential reaches the upstream and its logs.
+func (d *Decision) CredentialOutsideHeaders() bool {
+	for i, s := range d.Sources() {
+		if d.Present&(1<<i) != 0 && s.kind != SourceHeader {
+			return true
+		}
+	}
+	return false
+}
+
 // Observer is told about every decision after it is made (metrics, audit).
 // It must not block.
 type Observer interface {

@@ -390,7 +390,18 @@ type HTTPMode struct {
 	Prefix         string `json:"prefix"`
 	Original       string `json:"original"` // path | x-original | x-forwarded
 	XFFTrustedHops *int   `json:"xff_trusted_hops"`
+	// QueryAndCookieKeys is what a decision request does with a credential
+	// sent in the query or a cookie, which no proxy that calls an HTTP auth
+	// service can take off the request it forwards: refuse (the default)
+	// answers it 400, pass decides it and lets the upstream have it.
+	QueryAndCookieKeys string `json:"query_and_cookie_keys"`
 }
+
+// The values of http_mode.query_and_cookie_keys.
+const (
+	QueryAndCookieKeysRefuse = "refuse"
+	QueryAndCookieKeysPass   = "pass"
+)
 
 // Audit selects where audit events go.
 type Audit struct {
@@ -503,7 +514,7 @@ func Default() Config {
 		RateLimit: RateLimit{Default: &hour, OnStoreError: ratelimit.PolicyLocal, FailedAttempts: &failures, FailedAttemptsTotal: &failuresTotal},
 		Unmatched: "deny",
 		Paths:     Paths{MatrixParams: MatrixReject},
-		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one},
+		HTTPMode:  HTTPMode{Prefix: "/authz", Original: "path", XFFTrustedHops: &one, QueryAndCookieKeys: QueryAndCookieKeysRefuse},
 		Audit:     Audit{Sink: "stdout", StreamCap: DefaultAuditStreamCap, QueueSize: 8192},
 		Log:       Log{Level: "info", Format: "json"},
 		Admin:     Admin{RateLimit: &adminRate},
@@ -1126,6 +1137,12 @@ func (c *Config) validate() error {
 	}
 	if hm.XFFTrustedHops == nil || *hm.XFFTrustedHops < 0 || *hm.XFFTrustedHops > 16 {
 		bad("http_mode.xff_trusted_hops", "must be 0 to 16")
+	}
+	switch hm.QueryAndCookieKeys {
+	case QueryAndCookieKeysRefuse, QueryAndCookieKeysPass:
+	default:
+		bad("http_mode.query_and_cookie_keys", "%q: want refuse or pass%s", hm.QueryAndCookieKeys,
+			suggestValue(hm.QueryAndCookieKeys, QueryAndCookieKeysRefuse, QueryAndCookieKeysPass))
 	}
 	switch c.Audit.Sink {
 	case "stdout", "none":

@@ -267,6 +267,8 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a sentinel user without a password", "store: {backend: redis, redis: {addrs: [\"s:26379\"], master_name: m, sentinel_username: w}}", "store.redis.sentinel_password_env: required with sentinel_username"},
 		{"an http_mode prefix with a trailing slash", "http_mode: {prefix: /authz/}", "http_mode.prefix"},
 		{"a bad http_mode original", "http_mode: {original: header}", "http_mode.original"},
+		{"a bad http_mode query_and_cookie_keys", "http_mode: {query_and_cookie_keys: allow}", "http_mode.query_and_cookie_keys"},
+		{"an empty http_mode query_and_cookie_keys", "http_mode: {query_and_cookie_keys: \"\"}", "http_mode.query_and_cookie_keys"},
 		{"a bad matrix_params", "paths: {matrix_params: allow}", `paths.matrix_params: "allow": want reject or servlet`},
 		{"a misspelt matrix_params value", "paths: {matrix_params: rejects}", `(did you mean "reject"?)`},
 		{"a misspelt paths field", "paths: {case_insensitve: true}", `paths.case_insensitve: unknown field (did you mean "case_insensitive"?)`},

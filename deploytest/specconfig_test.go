@@ -116,9 +116,10 @@ type extauthzConfig struct {
 	Policies    []configPolicy `json:"policies"`
 	Unselected  string         `json:"unselected"`
 	HTTPMode    struct {
-		Prefix         string `json:"prefix"`
-		Original       string `json:"original"`
-		XFFTrustedHops *int   `json:"xff_trusted_hops"`
+		Prefix             string `json:"prefix"`
+		Original           string `json:"original"`
+		XFFTrustedHops     *int   `json:"xff_trusted_hops"`
+		QueryAndCookieKeys string `json:"query_and_cookie_keys"`
 	} `json:"http_mode"`
 	Audit struct {
 		Sink      string `json:"sink"`
@@ -446,6 +447,7 @@ func (c *extauthzConfig) validate() error {
 		bad("http_mode.prefix: %q must start, and not end, with /", p)
 	}
 	oneOf("http_mode.original", c.HTTPMode.Original, "path", "x-original", "x-forwarded")
+	oneOf("http_mode.query_and_cookie_keys", c.HTTPMode.QueryAndCookieKeys, "refuse", "pass")
 	if h := c.HTTPMode.XFFTrustedHops; h != nil && *h < 0 {
 		bad("http_mode.xff_trusted_hops must not be negative")
 	}

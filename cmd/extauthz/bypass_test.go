@@ -64,8 +64,10 @@ var allTransports = []string{viaGRPC, viaPath, viaXOriginal, viaXForwarded}
 type upstream struct {
 	key     string   // the key whose identity the upstream gets; "" = a public route (identity emptied)
 	removed []string // header names (lower-case) that must be removed before the upstream
-	query   []string // query parameters removed (gRPC mode only: HTTP mode cannot)
-	cookie  *string  // the cookie header rewritten without the credential (gRPC only); "" = removed whole
+	// query and cookie are what gRPC mode removes; no HTTP-mode proxy can
+	// remove either, so over HTTP such a request is 400 instead.
+	query  []string // query parameters removed
+	cookie *string  // the cookie header rewritten without the credential; "" = removed whole
 }
 
 // attempt is one request an attacker makes, and who may pass.
@@ -555,6 +557,13 @@ func (f *bypassFixture) checkHTTP(t *testing.T, ts *testServer, transport string
 	}
 	if transport == viaXOriginal && slices.ContainsFunc(a.headers, func(h [2]string) bool { return readsAsIdentity(h[0]) }) {
 		// nginx removes only the names its config lists: refused.
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		assert.Equal(t, "bad_request", resp.Header.Get("X-Authz-Code"))
+		return
+	}
+	if a.allow != nil && (len(a.allow.query) > 0 || a.allow.cookie != nil) {
+		// The credential is in the query or a cookie, which the proxy
+		// cannot remove (http_mode.query_and_cookie_keys: refuse).
 		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
 		assert.Equal(t, "bad_request", resp.Header.Get("X-Authz-Code"))
 		return

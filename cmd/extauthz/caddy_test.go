@@ -565,24 +565,35 @@ policies:
 	assertDenialJSON(t, named.raw(t, caddyRequest("GET", "/healthz")), 403, "no_route")
 }
 
-// TestCaddyPassesQueryAndCookieCredentials is why the Caddyfile's extauthz
-// config takes keys from headers only: with the default sources, a key in
-// the query or a cookie is accepted, and Caddy, which can remove a header
-// but not a query parameter or one cookie, hands it to the upstream.
-func TestCaddyPassesQueryAndCookieCredentials(t *testing.T) {
-	ts, _ := startCaddyExtauthz(t, "http_mode: {original: x-forwarded, xff_trusted_hops: 1}\n"+caddyRoutes)
-	reader, rk := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
-	up := startEchoUpstream(t)
-	caddy := startCaddy(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
+// TestCaddyQueryAndCookieCredentials: Caddy can remove a header but not a
+// query parameter or one cookie, so with the default sources a key sent
+// there is refused (http_mode.query_and_cookie_keys: refuse) and the
+// upstream never sees it. With pass it is allowed, and Caddy hands it to
+// the upstream: why the Caddyfile's extauthz config takes keys from headers
+// only, and why pass is not the default.
+func TestCaddyQueryAndCookieCredentials(t *testing.T) {
+	for _, mode := range []string{"refuse", "pass"} {
+		t.Run(mode, func(t *testing.T) {
+			ts, _ := startCaddyExtauthz(t, "http_mode: {original: x-forwarded, xff_trusted_hops: 1, query_and_cookie_keys: "+mode+"}\n"+caddyRoutes)
+			reader, rk := ts.create(t, keystore.Spec{Name: "reader", Permissions: []string{"read:users"}})
+			up := startEchoUpstream(t)
+			caddy := startCaddy(t, strings.TrimPrefix(ts.httpURL, "http://"), up.addr)
 
-	r := caddy.raw(t, caddyRequest("GET", "/api/users?api_key="+reader))
-	require.Equal(t, 200, r.status, r.body)
-	assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
-	assert.Equal(t, "/api/users?api_key="+reader, up.last(t).URI)
-
-	r = caddy.raw(t, caddyRequest("GET", "/api/users", "Cookie: theme=dark; api_key="+reader))
-	require.Equal(t, 200, r.status, r.body)
-	assert.Equal(t, []string{"theme=dark; api_key=" + reader}, up.last(t).Headers["Cookie"])
+			inQuery := caddy.raw(t, caddyRequest("GET", "/api/users?api_key="+reader))
+			if mode == "refuse" {
+				assertDenialJSON(t, inQuery, 400, "bad_request")
+				assertDenialJSON(t, caddy.raw(t, caddyRequest("GET", "/api/users", "Cookie: theme=dark; api_key="+reader)), 400, "bad_request")
+				assert.Zero(t, up.calls.Load(), "the upstream saw neither")
+				return
+			}
+			require.Equal(t, 200, inQuery.status, inQuery.body)
+			assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
+			assert.Equal(t, "/api/users?api_key="+reader, up.last(t).URI)
+			inCookie := caddy.raw(t, caddyRequest("GET", "/api/users", "Cookie: theme=dark; api_key="+reader))
+			require.Equal(t, 200, inCookie.status, inCookie.body)
+			assert.Equal(t, []string{"theme=dark; api_key=" + reader}, up.last(t).Headers["Cookie"])
+		})
+	}
 }
 
 // caddyExtauthzConfig returns the extauthz settings the Caddyfile's header

@@ -822,25 +822,26 @@ func TestConfigCheckWarnsAboutAnAdminListenerOffLoopbackWithoutTLS(t *testing.T)
 	}
 }
 
-// nginx, Traefik and Caddy (http_mode.original x-original, x-forwarded) can
-// remove a credential header but not a query parameter or a cookie: a config
-// for them that accepts one is worth a warning. The default sources accept
-// both, so the defaults with those modes warn; original: path (Envoy, and
-// every gRPC deployment's probe listener) does not.
+// No proxy that calls an HTTP auth service can remove a query parameter or
+// a cookie. By default HTTP mode refuses a credential sent there (400), so
+// nothing warns; a config that lets them pass (query_and_cookie_keys: pass)
+// with such a source is worth a warning, whatever the convention.
 func TestConfigCheckWarnsAboutSourcesAnHTTPModeProxyCannotStrip(t *testing.T) {
 	headers := "sources: [{header: x-api-key}, {header: authorization, scheme: Bearer}]\n"
+	pass := "http_mode: {original: x-original, query_and_cookie_keys: pass}\n"
 	for _, tc := range []struct {
 		config string
 		warn   []string
 	}{
-		{"http_mode: {original: x-original}\n", []string{"sources[2] {query: api_key} with http_mode.original x-original", "sources[3] {cookie: api_key}"}},
-		{"http_mode: {original: x-forwarded}\n", []string{"sources[2] {query: api_key} with http_mode.original x-forwarded"}},
-		{"http_mode: {original: x-forwarded}\n" + headers +
+		{pass, []string{"sources[2] {query: api_key} with http_mode.query_and_cookie_keys: pass", "sources[3] {cookie: api_key}"}},
+		{"http_mode: {query_and_cookie_keys: pass}\n", []string{"sources[2] {query: api_key} with http_mode.query_and_cookie_keys: pass"}},
+		{"http_mode: {original: x-forwarded, query_and_cookie_keys: pass}\n" + headers +
 			"policies: [{name: billing, match: {context: {policy: billing}}, sources: [{cookie: session_key}], routes: [{path: /x, public: true}]}]\n",
 			[]string{"policy billing: sources[0] {cookie: session_key}"}},
-		{"http_mode: {original: x-original}\n" + headers, nil},
-		{"http_mode: {original: x-original}\nlisten: {http: off}\n", nil},
-		{"http_mode: {original: path}\n", nil},
+		{pass + headers, nil},
+		{pass + "listen: {http: off}\n", nil},
+		{"http_mode: {original: x-original}\n", nil},
+		{"http_mode: {original: x-forwarded, query_and_cookie_keys: refuse}\n", nil},
 	} {
 		t.Run(tc.config, func(t *testing.T) {
 			t.Parallel() // a process each

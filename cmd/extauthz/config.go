@@ -183,15 +183,14 @@ func policyWarnings(cfg *config.Config, policies *authz.PolicySet) []string {
 	return append(out, unstrippableSourceWarnings(cfg)...)
 }
 
-// unstrippableSourceWarnings: http_mode.original x-original and x-forwarded
-// are the conventions of nginx, Traefik and Caddy, none of which can take a
-// query parameter or one cookie off the request it forwards. With such a
-// source, a key sent there is allowed and then reaches the upstream, its
-// logs included. (original: path is Envoy's http_service, which cannot
-// either, but the same listener serves gRPC deployments' probes, so the
-// default says nothing of the proxy in front.)
+// unstrippableSourceWarnings: with http_mode.query_and_cookie_keys: pass,
+// a key sent in a query or cookie source is allowed over HTTP mode, and no
+// proxy that calls an HTTP auth service (Envoy's http_service, nginx,
+// Traefik, Caddy) can take it off the request it forwards: it reaches the
+// upstream, its logs included. With the default, refuse, such a request is
+// 400 and nothing is worth a warning.
 func unstrippableSourceWarnings(cfg *config.Config) []string {
-	if !cfg.Listen.HTTP.Enabled() || cfg.HTTPMode.Original == "path" {
+	if !cfg.Listen.HTTP.Enabled() || cfg.HTTPMode.QueryAndCookieKeys != config.QueryAndCookieKeysPass {
 		return nil
 	}
 	var out []string
@@ -204,8 +203,8 @@ func unstrippableSourceWarnings(cfg *config.Config) []string {
 			if name == "" {
 				continue
 			}
-			out = append(out, fmt.Sprintf("%ssources[%d] {%s: %s} with http_mode.original %s: the proxy in front (nginx, Traefik, Caddy) cannot remove a %s credential, "+
-				"so a key sent there reaches the upstream; accept keys in headers only", where, i, kind, name, cfg.HTTPMode.Original, kind))
+			out = append(out, fmt.Sprintf("%ssources[%d] {%s: %s} with http_mode.query_and_cookie_keys: pass: the proxy in front cannot remove a %s credential, "+
+				"so over HTTP mode a key sent there reaches the upstream; accept keys in headers only, or refuse them", where, i, kind, name, kind))
 		}
 	}
 	check("", cfg.Sources)

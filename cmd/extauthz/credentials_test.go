@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -62,9 +63,15 @@ func TestEveryEntryPointAnswersAnAmbiguousCredentialAlike(t *testing.T) {
 				{"admin API", ts.adminURL, "/v1/keys"},
 			} {
 				resp := rawHTTP(t, strings.TrimPrefix(ep.url, "http://"), "GET", ep.target, tc.lines)
+				status, code := status, tc.code
+				if ep.name == "HTTP mode" && code == "" && slices.ContainsFunc(tc.lines, func(l [2]string) bool { return strings.EqualFold(l[0], "cookie") }) {
+					// Found all the same, and refused: the proxy cannot
+					// remove a cookie (http_mode.query_and_cookie_keys).
+					status, code = 400, "bad_request"
+				}
 				require.Equal(t, status, resp.StatusCode, ep.name)
-				if tc.code != "" {
-					assert.Equal(t, tc.code, resp.Header.Get("X-Authz-Code"), ep.name)
+				if code != "" {
+					assert.Equal(t, code, resp.Header.Get("X-Authz-Code"), ep.name)
 					assert.Equal(t, "application/json", resp.Header.Get("Content-Type"), ep.name)
 				}
 			}

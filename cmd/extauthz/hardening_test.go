@@ -55,16 +55,16 @@ func TestADevelopmentSetupStartsWithoutAPepperAndSaysSo(t *testing.T) {
 	assert.Contains(t, logs.String(), "DEVELOPMENT SETUP, NOT FOR PRODUCTION: no hashing pepper")
 }
 
-// A server whose config is for nginx, Traefik or Caddy (http_mode.original
-// x-original) and keeps the default query and cookie sources says at start
-// that those keys would reach the upstream; it still serves.
+// A server whose config lets HTTP mode pass query and cookie credentials
+// and keeps the default query and cookie sources says at start that those
+// keys would reach the upstream; it still serves.
 func TestServeWarnsOfSourcesAnHTTPModeProxyCannotStrip(t *testing.T) {
 	var logs syncbuf.Buffer
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+
-		"http_mode: {original: x-original}\n"+storeYAML(t, "embedded")+testRoutes)
+		"http_mode: {original: x-original, query_and_cookie_keys: pass}\n"+storeYAML(t, "embedded")+testRoutes)
 	startServerOut(t, path, serverOutput{logs: &logs, audit: io.Discard})
-	assert.Contains(t, logs.String(), "sources[2] {query: api_key} with http_mode.original x-original")
-	assert.Contains(t, logs.String(), "sources[3] {cookie: api_key} with http_mode.original x-original")
+	assert.Contains(t, logs.String(), "sources[2] {query: api_key} with http_mode.query_and_cookie_keys: pass")
+	assert.Contains(t, logs.String(), "sources[3] {cookie: api_key} with http_mode.query_and_cookie_keys: pass")
 }
 
 func TestConfigCheckAndKeyCommandsWithoutAPepper(t *testing.T) {

@@ -186,12 +186,11 @@ func TestNginxAuthRequestWithTheShippedConfig(t *testing.T) {
 		assert.Equal(t, before+2, up.calls.Load(), "only the two allowed requests reached the upstream")
 	})
 
-	t.Run("a key in the query is allowed but never logged", func(t *testing.T) {
-		r := ngx.do(t, "GET", "/api/users?api_key="+reader, nil)
-		require.Equal(t, 200, r.status, r.body)
-		// nginx cannot remove a query credential (README): the upstream sees it.
-		// What the shipped config does guarantee is a keyless access log.
-		assert.Equal(t, []string{rk.ID}, up.last(t).Headers["X-Authz-Key-Id"])
+	t.Run("a key in the query or a cookie is refused: nginx cannot remove it", func(t *testing.T) {
+		before := up.calls.Load()
+		assertDenialJSON(t, ngx.do(t, "GET", "/api/users?api_key="+reader, nil), 400, "bad_request")
+		assertDenialJSON(t, ngx.do(t, "GET", "/api/users", map[string]string{"Cookie": "theme=dark; api_key=" + reader}), 400, "bad_request")
+		assert.Equal(t, before, up.calls.Load(), "the upstream saw neither")
 	})
 
 	t.Run("extauthz down is 503 unavailable with Retry-After", func(t *testing.T) {

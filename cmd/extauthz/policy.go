@@ -104,5 +104,8 @@ func rateOf(r *ratelimit.Rate) ratelimit.Rate {
 // httpMode is the HTTP listener's way of reading the original request, from
 // cfg's http_mode.
 func httpMode(cfg *config.Config) forwardauth.Mode {
-	return forwardauth.Mode{Prefix: cfg.HTTPMode.Prefix, Original: cfg.HTTPMode.Original, XFFHops: *cfg.HTTPMode.XFFTrustedHops}
+	return forwardauth.Mode{
+		Prefix: cfg.HTTPMode.Prefix, Original: cfg.HTTPMode.Original, XFFHops: *cfg.HTTPMode.XFFTrustedHops,
+		PassQueryAndCookieKeys: cfg.HTTPMode.QueryAndCookieKeys == config.QueryAndCookieKeysPass,
+	}
 }

@@ -86,7 +86,7 @@ func TestNoKeyEverReachesALogOrAuditEvent(t *testing.T) {
 	}
 	require.NotNil(t, ts.check(t, "GET", "/api/users?api_key="+url.QueryEscape(svcKey)+"&x=1", nil).GetOkResponse())
 	st, _, _ := get(t, ts.httpURL+"/authz/api/users?api_key="+svcKey, nil)
-	require.Equal(t, 200, st)
+	require.Equal(t, 400, st, "found, and refused: an HTTP-mode proxy cannot remove it")
 
 	// Denials with the key, and with near-copies of it.
 	ts.check(t, "GET", "/api/reports/x", map[string]string{"x-api-key": svcKey})
