@@ -289,12 +289,10 @@ func (d *Decision) Sources() []Source {
 	return d.Policy.strip
 }
 
-// CredentialOutsideHeaders reports whether d noted a credential in the
+// credentialOutsideHeaders reports whether d noted a credential in the
 // query or a cookie (Present): a source of the policy's own that carried
-// any value, or another policy's that carried a key. An adapter whose
-// proxy can remove only headers (HTTP mode) must not let such a request
-// through, or the credential reaches the upstream and its logs.
-func (d *Decision) CredentialOutsideHeaders() bool {
+// any value, or another policy's that carried a key.
+func (d *Decision) credentialOutsideHeaders() bool {
 	for i, s := range d.Sources() {
 		if d.Present&(1<<i) != 0 && s.kind != SourceHeader {
 			return true
@@ -448,8 +446,23 @@ func findKey(p *Policy, req *Request, d *Decision) (key string, found, ok bool) 
 		d.Deny(CodeBadRequest, ambiguous)
 		return "", false, false
 	}
+	if req.HeadersOnly && d.credentialOutsideHeaders() {
+		// Nor here: allowed, the credential would reach the upstream
+		// just the same.
+		d.Shadow = false
+		d.Deny(CodeBadRequest, msgCredentialOutsideHeaders)
+		return "", false, false
+	}
 	return key, found, true
 }
+
+// msgCredentialOutsideHeaders is the 400 of a request with a credential in
+// the query or a cookie from an adapter whose proxy can remove only
+// headers (Request.HeadersOnly). None of the proxies that call an HTTP
+// auth service (Envoy's http_service, nginx, Traefik, Caddy) can take a
+// query parameter or one cookie off the request it forwards, where over
+// gRPC Envoy does.
+const msgCredentialOutsideHeaders = "a credential was sent in the query or a cookie, which the proxy in front cannot remove before the request goes upstream: send it in a header"
 
 // notePresent returns the value of the first present source of p and marks
 // every present source in d.Present, p's own and, never read, the other
@@ -524,7 +537,7 @@ func anyCookie(string) bool { return true }
 // findKey enforces the 400 of such a spelling.
 func noteShadowed(req *Request, d *Decision) {
 	if d.Shadow {
-		if _, _, ambiguous := notePresent(d.Policy, req, d); ambiguous != "" {
+		if _, _, ambiguous := notePresent(d.Policy, req, d); ambiguous != "" || req.HeadersOnly && d.credentialOutsideHeaders() {
 			d.Shadow = false
 		}
 	}

@@ -46,6 +46,12 @@ type Request struct {
 	// name alone.
 	PolicyFromPath bool
 	PolicyName     string
+	// HeadersOnly is set by an adapter whose proxy can take only headers
+	// off the request it forwards (HTTP mode, by default): a request with
+	// a credential in a query or cookie source is answered 400, before the
+	// key is looked up or its rate limit spent, since allowed it would
+	// reach the upstream whole (see findKey).
+	HeadersOnly bool
 
 	// noted and budget are what the adapter noted of the headers
 	// (NoteHeader).

@@ -14,12 +14,11 @@ import (
 )
 
 // No proxy that calls an HTTP auth service can take a query parameter or
-// one cookie off the request it forwards, so a request that would be
-// allowed with a credential there is 400 in every convention: on a key
-// route (whatever the key), on a public route, in shadow mode, and with a
-// good key in a header beside it. A request denied for its own reasons
-// keeps its answer. With query_and_cookie_keys: pass it is decided as over
-// gRPC.
+// one cookie off the request it forwards, so a request with a credential
+// there is 400 in every convention, whatever the key: on a key route, on a
+// public route, in shadow mode, and with a good key in a header beside it.
+// A request refused earlier (its path) keeps that answer. With
+// query_and_cookie_keys: pass it is decided as over gRPC.
 func TestHTTPModeRefusesACredentialInTheQueryOrACookie(t *testing.T) {
 	f := authztest.New(t, func(o *authz.Options) {
 		o.Routes = append(o.Routes, authz.RouteSpec{Path: "/shadow/**", Permissions: []string{"nobody:has"}, Mode: authz.ModeShadow})
@@ -63,8 +62,10 @@ func TestHTTPModeRefusesACredentialInTheQueryOrACookie(t *testing.T) {
 		{"a key in the query of a public route", "/healthz?api_key=" + good, nil, 400, 200},
 		{"any value in the key's parameter on a public route", "/healthz?api_key=not-a-key", nil, 400, 200},
 		{"a key in a cookie in shadow mode", "/shadow/x", map[string]string{"Cookie": "api_key=" + f.Good}, 400, 200},
-		{"an unknown key in the query is still 401", "/api/users?api_key=sk_nope", nil, 401, 401},
-		{"a key in the query without the permission is still 403", "/api/reports/1?api_key=" + good, nil, 403, 403},
+		{"an unknown key in the query", "/api/users?api_key=sk_nope", nil, 400, 401},
+		{"a key in the query without the permission", "/api/reports/1?api_key=" + good, nil, 400, 403},
+		{"a path refused before the key is read keeps its answer", "/api/../healthz?api_key=" + good, nil, 400, 400},
+		{"a path no route takes keeps its answer", "/nowhere?api_key=" + good, nil, 403, 403},
 		{"a header key alone is allowed", "/api/users?page=2", map[string]string{"X-Api-Key": f.Good, "Cookie": "theme=dark"}, 200, 200},
 	}
 	for _, original := range []string{"path", "x-original", "x-forwarded"} {
@@ -81,4 +82,22 @@ func TestHTTPModeRefusesACredentialInTheQueryOrACookie(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A request refused for a credential in the query goes nowhere, so it is
+// refused before the key is looked up or its rate limit spent: the client
+// that then sends the key in a header, as the 400 says, gets its request
+// through. The route DELETE /api/users/{id} allows 1/m per key.
+func TestHTTPModeRefusesAQueryKeyBeforeItsRateLimit(t *testing.T) {
+	f := authztest.New(t, nil)
+	s := NewServer(f.Authz, Mode{Prefix: "/authz", Original: "path", XFFHops: 1}, nil)
+	srv := httptest.NewServer(s.Handler(http.NotFoundHandler()))
+	t.Cleanup(srv.Close)
+
+	resp, _ := do(t, srv, "DELETE", "/authz/api/users/1?api_key="+url.QueryEscape(f.Perms), map[string]string{"X-Forwarded-For": "10.0.0.7"})
+	require.Equal(t, 400, resp.StatusCode)
+	assert.Empty(t, resp.Header.Get("X-Ratelimit-Remaining"), "a refusal that went nowhere reports no spent rate limit")
+
+	resp, _ = do(t, srv, "DELETE", "/authz/api/users/1", map[string]string{"X-Forwarded-For": "10.0.0.7", "X-Api-Key": f.Perms})
+	assert.Equal(t, 200, resp.StatusCode, "the same request with the key in a header, as the 400 told: code %q", resp.Header.Get("X-Authz-Code"))
 }

@@ -33,7 +33,7 @@ type Mode struct {
 	// PassQueryAndCookieKeys lets a request whose credential is in the
 	// query or a cookie be decided and allowed, though the proxy cannot
 	// remove it on the way upstream. Off, such a request is 400
-	// (errCredentialOutsideHeaders).
+	// (authz.Request.HeadersOnly).
 	PassQueryAndCookieKeys bool
 }
 
@@ -109,16 +109,6 @@ func (m *Mode) owns(r *http.Request) bool {
 
 var errMissingOriginal = errors.New("missing original request header")
 
-// errCredentialOutsideHeaders answers a request that would be allowed with
-// a credential in the query or a cookie. Over gRPC the answer has Envoy
-// take it off the request; none of the proxies that call an HTTP auth
-// service (Envoy's http_service, nginx, Traefik, Caddy) can do that for a
-// query parameter or one cookie, so the key would reach the upstream, its
-// access log and whatever it forwards to. Not even in shadow mode, whose
-// allow would pass it on just the same. A request denied for its own
-// reasons is answered for them: it goes nowhere.
-const errCredentialOutsideHeaders = "a credential was sent in the query or a cookie, which the proxy in front cannot remove before the request goes upstream: send it in a header"
-
 // errIdentityFromClient answers, with original: x-original, a request that
 // carries a header reading as an x-authz- one. nginx, the proxy of that
 // convention, removes a client's header only where its config names it
@@ -186,10 +176,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, mode *Mode, set *
 		d.Deny(authz.CodeBadRequest, "malformed request: "+err.Error())
 	} else {
 		s.Authz.DecideUnder(ctx, set, &req, &d)
-		if d.Allowed() && !mode.PassQueryAndCookieKeys && d.CredentialOutsideHeaders() {
-			d.Shadow = false
-			d.Deny(authz.CodeBadRequest, errCredentialOutsideHeaders)
-		}
 	}
 	if traced != nil {
 		traced(&d)
@@ -264,6 +250,7 @@ func originalRequest(r *http.Request, mode *Mode, named bool) (authz.Request, er
 	req := NewRequest(r, mode.XFFHops)
 	rest := r.RequestURI[len(mode.Prefix):]
 	req.PolicyFromPath = true
+	req.HeadersOnly = !mode.PassQueryAndCookieKeys
 	if named {
 		req.PolicyName, rest = authPolicy(rest)
 	}
