@@ -38,6 +38,7 @@ func startConfirming(t *testing.T) (*testServer, string, *redistest.Server, *syn
 // still in effect (every server refuses the key) and audited, the admin API
 // answers 503 unconfirmed saying so, and the same request again confirms it.
 func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ts, path, replica, audit := startConfirming(t)
 	adminKey, admin := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
 	adminID := admin.ID
@@ -108,6 +109,7 @@ func TestARevocationNoReplicaConfirmedIsInEffectAndSaysSo(t *testing.T) {
 // an unconfirmed one still succeeds (201, the CLI exit status 0) with the
 // secret, and says what confirms it; and it is in effect and audited.
 func TestARotationNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ts, path, replica, audit := startConfirming(t)
 	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
 	_, k := ts.create(t, keystore.Spec{Name: "svc", Permissions: []string{"read:users"}})
@@ -141,6 +143,7 @@ func TestARotationNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
 // CLI exit status 0) with the secret and a warning, is in effect and is
 // audited.
 func TestACreateNoReplicaConfirmedHandsOutItsSecretAndSaysSo(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ts, path, replica, audit := startConfirming(t)
 	adminKey, _ := ts.create(t, keystore.Spec{Name: "ops", Permissions: []string{"keys:admin"}})
 	allowed := func(key string) bool {
@@ -216,6 +219,7 @@ func cliUnconfirmed(t *testing.T, args ...string) (unconfirmedKey, string) {
 // A server told to confirm changes with more replicas than the primary has
 // says so at start, once Redis answers, and says it is fine when it is.
 func TestTooFewReplicasToConfirmChangesAreWarnedAtStart(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	start := func(t *testing.T, srv *redistest.Server) *syncbuf.Buffer {
 		var logs syncbuf.Buffer
 		path := writeConfig(t, fmt.Sprintf("listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+

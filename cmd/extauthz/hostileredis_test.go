@@ -217,6 +217,7 @@ func TestAnOversizedRedisReplyIsAStoreFailure(t *testing.T) {
 // absent nor unavailable, and fell through to serving its stale entry for
 // up to cache.max_stale: the check was allowed.
 func TestAKeyRecordThatDoesNotDecodeIsNotAnsweredFromTheStaleCache(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	r := redistest.Start(t)
 	rw := redistest.StartRewriter(t, r.Addr)
 	ts := startServer(t, fmt.Sprintf("store: {backend: redis, redis: {url: %q, prefix: \"m:\"}}\n", "redis://"+rw.Addr()+"/0")+

@@ -113,6 +113,7 @@ func TestASecondSignalExitsAtOnce(t *testing.T) {
 // written. Here their write is slowed by latency to Redis, and a SIGHUP
 // arrives while it is under way.
 func TestASIGHUPWhileStoppingDoesNotCutTheStopShort(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	r := redistest.Start(t)
 	p := faultproxy.Start(t, r.Addr)
 	direct := fmt.Sprintf("store: {backend: redis, redis: {url: %q, timeout: 5s, prefix: \"h:\"}}\n", r.URL(0))

@@ -36,6 +36,12 @@ import (
 
 // TestMain lets the test binary act as the extauthz command, so tests can
 // run the CLI and the server as real separate processes without building.
+// TestMain runs the package's tests. Most run one at a time: the fault
+// tests measure how long checks take and look for leaked goroutines, and
+// others read the process's memory. The few that spend seconds waiting
+// (for a replica's confirm timeout, a cache TTL, a grace period, a child
+// process) and measure nothing of the process call t.Parallel: Go starts
+// them only once every serial test has finished, and they wait together.
 func TestMain(m *testing.M) {
 	if os.Getenv("EXTAUTHZ_TEST_AS_MAIN") == "1" {
 		main()
@@ -519,6 +525,7 @@ func TestCLIChangesReachARunningServerWithinOneSecond(t *testing.T) {
 }
 
 func TestRotationGivesAGracePeriod(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ts := startServer(t, storeYAML(t, "embedded")+testRoutes)
 	oldKey, old := ts.create(t, keystore.Spec{Name: "svc", Owner: "team", Permissions: []string{"read:users"}, RateLimit: rateLimit(t, "1000/m")})
 	var rotated map[string]any
