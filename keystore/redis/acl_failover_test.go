@@ -319,6 +319,7 @@ func exerciseFailovers(t *testing.T, d *deployed, tp failingOver) {
 // replica each, every node started from the shipped files with their
 // persistence, the replicas logging in as the replication user.
 func TestClusterFailoverWithTheShippedACL(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newDeployed(t, deployedRedis)
 	replUser, replArgs := replication(t)
 	node := d.options(t, false, replUser)
@@ -352,6 +353,7 @@ func TestClusterFailoverWithTheShippedACL(t *testing.T) {
 // Sentinel user of their own; extauthz logs in to the Sentinels as the
 // Sentinel user operations.md documents.
 func TestSentinelFailoverWithTheShippedACL(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	// A Sentinel rewrites the config file of each node it reconfigures
 	// (CONFIG REWRITE): the nodes run a copy of the shipped files, so that
 	// the repository's own are left alone. They share it: what differs

@@ -205,6 +205,7 @@ func tlsOptions(f *redistest.TLSFiles) redisstore.TLSOptions {
 }
 
 func TestTheShippedACLIsEnoughAndNoMore(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newDeployed(t, deployedRedis)
 	opts := d.options(t, false)
 	opts.Deployed = true // redis.conf's own persistence and eviction settings
@@ -718,6 +719,7 @@ func TestAMissingCommandIsCaught(t *testing.T) {
 // shipped files, TLS on every link (clients and cluster bus) with client
 // certificates, and extauthz as the restricted user.
 func TestClusterOverTLSWithTheShippedACL(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newDeployed(t, deployedRedis)
 	cluster := redistest.StartClusterWith(t, 3, d.options(t, true))
 	dialCluster := func(t *testing.T) goredis.UniversalClient {
@@ -773,6 +775,7 @@ func extauthzSentinelUser(password string) string {
 // ACL: extauthz logs in to the Sentinel as one user and to the primary as
 // another.
 func TestSentinelOverTLSWithACLUsers(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newDeployed(t, deployedRedis)
 	monitorPassword, sentinelPassword := randomSecret(t), randomSecret(t)
 	// The Sentinel's own user on the primary (what Redis documents it needs).

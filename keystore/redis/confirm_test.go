@@ -43,6 +43,7 @@ func replicated(t *testing.T, srv *redistest.Server, h keystore.Hash) *keystore.
 // the key work again. With confirmation on, a change to a key returns only
 // once enough replicas hold it, or says that they do not.
 func TestChangesWaitForTheReplicas(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	primary := redistest.Start(t)
 	replica := redistest.StartReplica(t, primary, redistest.Options{})
 	const wait = time.Second
@@ -241,6 +242,7 @@ func requireConfirmedUnlessPaused(t *testing.T, client goredis.UniversalClient, 
 // A Cluster's replicas confirm too: the change and WAIT go to the master of
 // the records' slot, on one connection.
 func TestChangesWaitForTheReplicasOnACluster(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	cluster := redistest.StartClusterOf(t, redistest.ClusterOptions{Masters: 3, Replicas: 1})
 	client := dial(t, Options{Addrs: cluster.Addrs()})
 	require.IsType(t, &goredis.ClusterClient{}, client)
@@ -252,6 +254,7 @@ func TestChangesWaitForTheReplicasOnACluster(t *testing.T) {
 // Behind a Sentinel the client's connections are to the primary it names:
 // the change and WAIT go there, on one connection, as on one server.
 func TestChangesWaitForTheReplicasBehindASentinel(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	primary := redistest.Start(t)
 	replica := redistest.StartReplica(t, primary, redistest.Options{})
 	sentinel := redistest.StartSentinel(t, primary, redistest.SentinelOptions{MasterName: "m"})
@@ -273,6 +276,7 @@ func TestConfirmingNeedsATimeout(t *testing.T) {
 // have all moved there is redirected to it (ASK) before the hand-over; it
 // waits for the hand-over rather than failing, and is confirmed there.
 func TestAConfirmedChangeWaitsForItsRecordsToMoveToANewMaster(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	cluster := redistest.StartCluster(t, 3)
 	client := dial(t, Options{Addrs: cluster.Addrs()})
 	plain := New(client, testPrefix)

@@ -54,6 +54,7 @@ func (s *slowWrites) Update(ctx context.Context, id string, limit keystore.Owner
 // (ErrUnconfirmed), as a change WAIT did not confirm does, not answer as
 // done and safe.
 func TestAChangeReadBackIsNotConfirmed(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	primary := redistest.Start(t)
 	redistest.StartReplica(t, primary, redistest.Options{})
 	p := faultproxy.Start(t, primary.Addr)

@@ -23,6 +23,12 @@ import (
 	"github.com/extauthz/extauthz/ratelimit"
 )
 
+// TestMain runs the package's tests. Most run one at a time, as several
+// measure how long a call takes. Those that spend their seconds waiting on
+// Redis processes of their own (a Cluster or a Sentinel to form or fail
+// over, a replica to confirm) and measure no time but a lower bound call
+// t.Parallel: Go starts them once every serial test has finished, and they
+// wait together.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, redistest.LeakOptions()...)
 }
@@ -100,6 +106,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestCluster(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	cluster := redistest.StartCluster(t, 3)
 	dialCluster := func(t *testing.T) goredis.UniversalClient {
 		c := dial(t, Options{Addrs: cluster.Addrs()})
