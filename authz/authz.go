@@ -248,6 +248,12 @@ func (a *Authorizer) checkKey(ctx context.Context, set *PolicySet, key string, f
 	if !a.lookup(ctx, set, key, now, d) {
 		return false
 	}
+	if !d.storeAsked.IsZero() {
+		// The lookup waited on the store (up to its timeout, then perhaps
+		// a stale record): a key whose expiry or grace end passed
+		// meanwhile is expired now, not when the check began.
+		now = a.now()
+	}
 	// 7. Revoked or expired.
 	switch d.Key.StatusAt(now) {
 	case keystore.Revoked:
