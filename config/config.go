@@ -972,6 +972,49 @@ func describeJSONError(err error) error {
 	return fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "json: "))
 }
 
+// listenerNames are the listen fields, in the order serve opens them.
+var listenerNames = [...]string{"listen.grpc", "listen.http", "listen.admin", "listen.debug"}
+
+// addr is the address of the listener named by one of listenerNames.
+func (l *Listen) addr(name string) Addr {
+	switch name {
+	case "listen.grpc":
+		return l.GRPC
+	case "listen.http":
+		return l.HTTP
+	case "listen.admin":
+		return l.Admin
+	}
+	return l.Debug
+}
+
+// clash names two enabled listeners that would bind the same port: the
+// same non-zero port on the same host, or where either host is every
+// address (":9002", "0.0.0.0", "::"). Port 0 (any free port) never
+// clashes. Host names are compared as written.
+func (l *Listen) clash() (string, string, bool) {
+	type bound struct{ name, host, port string }
+	var seen []bound
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	for _, name := range listenerNames {
+		a := l.addr(name)
+		if !a.Enabled() {
+			continue
+		}
+		host, port, err := net.SplitHostPort(string(a))
+		if err != nil || port == "0" {
+			continue
+		}
+		for _, b := range seen {
+			if b.port == port && (b.host == host || wild(b.host) || wild(host)) {
+				return b.name, name, true
+			}
+		}
+		seen = append(seen, bound{name, host, port})
+	}
+	return "", "", false
+}
+
 func (c *Config) validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -984,6 +1027,9 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(string(addr)); err != nil {
 			bad(name, "%q is not host:port (e.g. \":9001\" or \"127.0.0.1:9003\")", addr)
 		}
+	}
+	if a, b, ok := c.Listen.clash(); ok {
+		bad(b, "the same port as %s (%s, %s): two listeners cannot share one, and serve would fail to start", a, c.Listen.addr(a), c.Listen.addr(b))
 	}
 	if n := c.Listen.MaxConnectionsPerClient; n < 1 || n > 1<<20 {
 		bad("listen.max_connections_per_client", "%d: want 1 to 1048576", n)

@@ -754,12 +754,17 @@ func (s *server) close() {
 		s.cancelBg()
 		s.bg.Wait()
 	}
-	if s.grpcLn != nil {
-		s.grpcLn.Close()
+	// Every listener, those opened before one that failed to open too: a
+	// start that stopped there must not leave a port bound (closing one a
+	// server's Shutdown closed already is a harmless error).
+	for _, ln := range []net.Listener{s.grpcLn, s.httpLn, s.adminLn, s.debugLn} {
+		if ln != nil {
+			ln.Close()
+		}
 	}
-	if s.httpLn != nil {
-		s.httpLn.Close()
-	}
+	// And the gRPC server's stream workers, which it starts when it is
+	// made (a no-op after run's stop).
+	s.grpc.Stop()
 	closeAudit(s.audit)
 	s.tracing.shutdown()
 	if err := s.limiter.Close(); err != nil {

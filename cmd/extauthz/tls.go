@@ -40,6 +40,7 @@ func newListenerTLS(c config.TLS, logger *slog.Logger) (*listenerTLS, error) {
 	}
 	certfile.WarnWritable(logger, "tls.cert_file", c.CertFile, nil)
 	certfile.WarnWritable(logger, "tls.key_file", c.KeyFile, nil)
+	certfile.WarnReadable(logger, "tls.key_file", c.KeyFile, nil)
 	t := &listenerTLS{pair: pair}
 	if c.ClientCAFile != "" {
 		if t.ca, err = certfile.LoadCAPool("tls.client_ca_file", c.ClientCAFile); err != nil {

@@ -100,6 +100,7 @@ func (p *Pair) Current() (*tls.Certificate, error) {
 		p.Logger.Info("certificate files reloaded", "field", p.field, "cert_file", p.certFile, "not_after", pair.Leaf.NotAfter)
 		WarnWritable(p.Logger, p.field+".cert_file", p.certFile, now[0])
 		WarnWritable(p.Logger, p.field+".key_file", p.keyFile, now[1])
+		WarnReadable(p.Logger, p.field+".key_file", p.keyFile, now[1])
 	}
 	return p.cert, nil
 }
@@ -248,6 +249,25 @@ func WarnWritable(logger *slog.Logger, field, file string, fi os.FileInfo) {
 	}
 	if logger != nil && fi.Mode().Perm()&0o002 != 0 {
 		logger.Warn(field+" is writable by every user of this machine, who could put a certificate or CA of their own in it, read again within a second: chmod o-w it",
+			"file", file, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+}
+
+// WarnReadable logs a warning when every user of the machine may read
+// file, a private key: whoever reads it can pose as the server (to Envoy,
+// and to the admin API's callers with their keys). A warning, as for
+// WarnWritable. Group read is not warned of: Kubernetes gives a Secret's
+// files to the Pod's fsGroup that way (defaultMode 0400 becomes 0440). fi
+// is the file's, nil to stat it.
+func WarnReadable(logger *slog.Logger, field, file string, fi os.FileInfo) {
+	if fi == nil {
+		var err error
+		if fi, err = os.Stat(file); err != nil {
+			return
+		}
+	}
+	if logger != nil && fi.Mode().Perm()&0o004 != 0 {
+		logger.Warn(field+" is readable by every user of this machine, who could pose as this server with it: chmod o-r it (in Kubernetes, defaultMode: 0400 on the Secret's volume)",
 			"file", file, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 }

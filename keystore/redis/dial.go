@@ -393,6 +393,7 @@ func (t TLSOptions) config(host string) (*tls.Config, error) {
 			return nil, err
 		}
 		pair.Logger = t.Logger
+		certfile.WarnReadable(t.Logger, "store.redis.tls.key_file", t.KeyFile, nil)
 		cfg.GetClientCertificate = pair.GetClientCertificate
 	}
 	return cfg, nil

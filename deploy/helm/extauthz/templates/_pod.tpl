@@ -129,6 +129,9 @@ httpGet: {path: {{ .path }}, port: http, scheme: {{ ternary "HTTPS" "HTTP" .Valu
 - name: extauthz-tls
   secret:
     secretName: {{ .Values.tls.existingSecret }}
+    # Owner read only; the Pod's fsGroup adds group read: the key is no
+    # file every user of the node's container may read.
+    defaultMode: 0400
     items:
     - {key: tls.crt, path: tls.crt}
     - {key: tls.key, path: tls.key}
