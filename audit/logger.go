@@ -99,13 +99,16 @@ type Logger struct {
 	droppedChanges atomic.Uint64 // of dropped, those kept apart (Event.KeptApart)
 	written        atomic.Uint64
 	failed         atomic.Uint64
+	failedChanges  atomic.Uint64 // of failed, those kept apart
 
 	// Owned by the goroutine.
-	lastErrorLog time.Time
-	unlogged     uint64 // events failed since the last error line
-	lastDropLog  time.Time
-	loggedDrops  uint64 // Dropped when the last drop line was written
-	loggedChange uint64 // DroppedChanges then
+	lastErrorLog    time.Time
+	lastErr         error  // the sink's error behind unlogged
+	unlogged        uint64 // events failed since the last error line
+	unloggedChanges uint64 // of unlogged, those kept apart
+	lastDropLog     time.Time
+	loggedDrops     uint64 // Dropped when the last drop line was written
+	loggedChange    uint64 // DroppedChanges then
 }
 
 // New starts a Logger writing to sink. Stop it with Close.
@@ -283,6 +286,15 @@ func (l *Logger) Failed() uint64 {
 	return l.failed.Load()
 }
 
+// FailedChanges is the number of events kept apart (Event.KeptApart: key
+// changes, admin calls of key holders) among Failed.
+func (l *Logger) FailedChanges() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.failedChanges.Load()
+}
+
 // Close writes the events still queued and stops the Logger. If ctx ends
 // first, it abandons the rest (counted in Dropped), logs how many were
 // queued (besides the batch in the sink), and returns ctx's error;
@@ -338,9 +350,14 @@ func (l *Logger) run() {
 		case <-l.stop:
 			l.flush(batch)
 			l.logDrops(true)
+			l.logFailures(true)
 			return
 		}
-		if wait := l.logDrops(false); wait > 0 && !waking {
+		wait := l.logDrops(false)
+		if w := l.logFailures(false); w > 0 && (wait == 0 || w < wait) {
+			wait = w
+		}
+		if wait > 0 && !waking {
 			wake.Reset(wait)
 			waking = true
 		}
@@ -426,6 +443,12 @@ func (l *Logger) write(batch []Event) {
 		clear(batch)
 		return
 	}
+	changes := 0
+	for i := range batch {
+		if batch[i].KeptApart() {
+			changes++
+		}
+	}
 	ctx, cancel := context.WithTimeout(l.runCtx, l.writeTimeout)
 	err := l.sink.Write(ctx, batch)
 	cancel()
@@ -436,12 +459,36 @@ func (l *Logger) write(batch []Event) {
 	}
 	l.failed.Add(uint64(len(batch)))
 	l.unlogged += uint64(len(batch))
-	if now := l.now(); l.lastErrorLog.IsZero() || now.Sub(l.lastErrorLog) >= l.errorInterval {
-		// err comes from the sink's I/O and never quotes an event; events
-		// hold no credentials anyway.
-		l.log.Warn("audit: sink write failed; events lost",
-			"err", err, "lost_events", l.unlogged, "lost_total", l.failed.Load())
-		l.lastErrorLog = now
-		l.unlogged = 0
+	l.unloggedChanges += uint64(changes)
+	l.failedChanges.Add(uint64(changes))
+	l.lastErr = err
+	l.logFailures(false)
+}
+
+// logFailures says in the log, at most once per ErrorInterval unless
+// final, how many events the sink failed since it last did, with the
+// sink's latest error: at ERROR when a key change (or a key holder's
+// admin call) is among them, as for a drop. A line held back by the
+// interval is written when it ends (run wakes for it) or at close, never
+// lost because the sink recovered; it returns how long until it may be
+// written (else 0).
+func (l *Logger) logFailures(final bool) time.Duration {
+	if l.unlogged == 0 {
+		return 0
 	}
+	now := l.now()
+	if since := now.Sub(l.lastErrorLog); !final && !l.lastErrorLog.IsZero() && since < l.errorInterval {
+		return l.errorInterval - since
+	}
+	level := slog.LevelWarn
+	if l.unloggedChanges > 0 {
+		level = slog.LevelError
+	}
+	// err comes from the sink's I/O and never quotes an event; events
+	// hold no credentials anyway.
+	l.log.Log(context.Background(), level, "audit: sink write failed; events lost",
+		"err", l.lastErr, "lost_events", l.unlogged, "lost_changes", l.unloggedChanges, "lost_total", l.failed.Load())
+	l.lastErrorLog = now
+	l.unlogged, l.unloggedChanges, l.lastErr = 0, 0, nil
+	return 0
 }

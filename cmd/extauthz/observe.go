@@ -268,6 +268,7 @@ func registerStats(reg *prometheus.Registry, cache *keystore.Cache, lim limiter,
 	counter("extauthz_audit_dropped_changes_total", "Key changes, and admin calls of authenticated key holders, among the audit events dropped: their own queue was full.", func() float64 { return float64(auditLog.DroppedChanges()) })
 	counter("extauthz_audit_written_total", "Audit events written to the sink.", func() float64 { return float64(auditLog.Written()) })
 	counter("extauthz_audit_failed_total", "Audit events lost to sink errors.", func() float64 { return float64(auditLog.Failed()) })
+	counter("extauthz_audit_failed_changes_total", "Key changes, and admin calls of authenticated key holders, among the audit events lost to sink errors.", func() float64 { return float64(auditLog.FailedChanges()) })
 	b := currentBuild()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "extauthz_build_info", Help: "Always 1: the version, commit and Go version of the running binary."},
 		[]string{"version", "commit", "goversion"})
