@@ -118,14 +118,18 @@ type AuthFailure struct {
 	RequestID, UserAgent string
 	Status               int
 	Code                 authz.Code
-	// Authenticated says the call was refused after its key was
-	// authenticated and the call counted within its rate limit (403
-	// permission_denied, the 404 of another owner's key, 409, or the
-	// caller's record read again for a change and found revoked, expired
-	// or out of its allowlist): only the key's holder can cause such a
-	// refusal, and no faster than its rate limit. False for a refusal of
-	// the credential itself, or of a call over its rate limit, which
-	// anyone who reaches the admin API can cause as fast as they like.
+	// Authenticated says the call was refused after its key, one the
+	// admin API serves (keys:read or more), was authenticated and the call
+	// counted within its rate limit (403 permission_denied, the 404 of
+	// another owner's key, 409, or the caller's record read again for a
+	// change and found revoked, expired or out of its allowlist): only the
+	// holder of such a key can cause the refusal, and no faster than its
+	// rate limit. False for a refusal of the credential itself, of a call
+	// over its rate limit, which anyone who reaches the admin API can
+	// cause as fast as they like, and of a key without any keys:
+	// permission, which every client of the data plane may hold: were its
+	// refusals kept with the key changes, one such key could trim a
+	// revocation out of their capped stream at the admin rate limit.
 	Authenticated bool
 }
 
@@ -603,7 +607,7 @@ func (s *server) authFailed(r *http.Request, rt route, keyID string, status int,
 // authenticated and the call counted within its rate limit
 // (AuthFailure.Authenticated).
 func (s *server) refused(r *http.Request, rt route, c *caller, status int, code authz.Code) {
-	s.tellFailure(r, rt, AuthFailure{KeyID: c.key.ID, Status: status, Code: code, Authenticated: true})
+	s.tellFailure(r, rt, AuthFailure{KeyID: c.key.ID, Status: status, Code: code, Authenticated: c.read})
 }
 
 // tellFailure completes f with r's call and hands it to OnAuthFailure.
