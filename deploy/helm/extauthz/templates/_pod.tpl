@@ -129,9 +129,13 @@ httpGet: {path: {{ .path }}, port: http, scheme: {{ ternary "HTTPS" "HTTP" .Valu
 - name: extauthz-tls
   secret:
     secretName: {{ .Values.tls.existingSecret }}
+    {{- if not .extauthzSidecar }}
     # Owner read only; the Pod's fsGroup adds group read: the key is no
-    # file every user of the node's container may read.
+    # file every user of the container may read. Not in an app's Pod
+    # (sidecar), whose fsGroup the chart does not set: there the files
+    # would stay root's, and extauthz could not read its key.
     defaultMode: 0400
+    {{- end }}
     items:
     - {key: tls.crt, path: tls.crt}
     - {key: tls.key, path: tls.key}

@@ -48,7 +48,7 @@ any caller. This chart renders no policy for Pods that are your app's.
 
 {{- define "extauthz.sidecar.volumes" -}}
 {{- include "extauthz.sidecar.check" . -}}
-{{- include "extauthz.volumes" . -}}
+{{- include "extauthz.volumes" (merge (dict "extauthzSidecar" true) .) -}}
 {{- end -}}
 
 {{/* Only the label the Redis NetworkPolicy admits by: the Pod is your app's. */}}
