@@ -335,6 +335,7 @@ func (l *Logger) run() {
 	wake.Stop()
 	defer wake.Stop()
 	waking := false
+	var wakeAt time.Time // when wake fires, while waking
 	for {
 		select {
 		case <-wake.C:
@@ -357,9 +358,12 @@ func (l *Logger) run() {
 		if w := l.logFailures(false); w > 0 && (wait == 0 || w < wait) {
 			wait = w
 		}
-		if wait > 0 && !waking {
+		// The earliest held-back line sets the wake-up: one due sooner
+		// than the one already waited for moves it forward. (Reset on a
+		// running timer delivers no stale value since Go 1.23.)
+		if at := time.Now().Add(wait); wait > 0 && (!waking || at.Before(wakeAt)) {
 			wake.Reset(wait)
-			waking = true
+			waking, wakeAt = true, at
 		}
 	}
 }
