@@ -19,6 +19,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -990,23 +991,42 @@ func (l *Listen) addr(name string) Addr {
 
 // clash names two enabled listeners that would bind the same port: the
 // same non-zero port on the same host, or where either host is every
-// address (":9002", "0.0.0.0", "::"). Port 0 (any free port) never
-// clashes. Host names are compared as written.
+// address ("", 0.0.0.0, ::, in any spelling: Go binds both families for
+// either). Addresses are compared as IPs (::ffff:127.0.0.1 is 127.0.0.1,
+// 0:0:0:0:0:0:0:1 is ::1), localhost as 127.0.0.1 (what Go binds for it),
+// ports as numbers (09001 is 9001, 00 any free port); other host names as
+// written.
 func (l *Listen) clash() (string, string, bool) {
-	type bound struct{ name, host, port string }
+	type bound struct {
+		name, host string
+		port       int
+	}
 	var seen []bound
-	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	norm := func(h string) string {
+		if h == "localhost" {
+			return "127.0.0.1"
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			if ip = ip.Unmap(); ip.IsUnspecified() {
+				return ""
+			}
+			return ip.String()
+		}
+		return h
+	}
 	for _, name := range listenerNames {
 		a := l.addr(name)
 		if !a.Enabled() {
 			continue
 		}
-		host, port, err := net.SplitHostPort(string(a))
-		if err != nil || port == "0" {
+		host, p, err := net.SplitHostPort(string(a))
+		port, perr := strconv.Atoi(p)
+		if err != nil || perr != nil || port == 0 {
 			continue
 		}
+		host = norm(host)
 		for _, b := range seen {
-			if b.port == port && (b.host == host || wild(b.host) || wild(host)) {
+			if b.port == port && (b.host == host || b.host == "" || host == "") {
 				return b.name, name, true
 			}
 		}

@@ -27,6 +27,11 @@ func TestAKeyFileEveryUserMayReadIsWarnedOf(t *testing.T) {
 	}{{0o644, true}, {0o604, true}, {0o640, false}, {0o600, false}} {
 		t.Run(fmt.Sprintf("%04o", tc.mode), func(t *testing.T) {
 			dir := t.TempDir()
+			// Folders others may pass through, as /etc/ssl's are: in one
+			// they may not (t.TempDir's 0700) no key is reachable.
+			for _, d := range []string{filepath.Dir(dir), dir} {
+				require.NoError(t, os.Chmod(d, 0o755))
+			}
 			certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 			installPair(t, certs.ServerCert, certs.ServerKey, certFile, keyFile)
 			require.NoError(t, os.Chmod(keyFile, tc.mode))

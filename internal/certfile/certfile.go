@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 )
@@ -257,8 +258,10 @@ func WarnWritable(logger *slog.Logger, field, file string, fi os.FileInfo) {
 // file, a private key: whoever reads it can pose as the server (to Envoy,
 // and to the admin API's callers with their keys). A warning, as for
 // WarnWritable. Group read is not warned of: Kubernetes gives a Secret's
-// files to the Pod's fsGroup that way (defaultMode 0400 becomes 0440). fi
-// is the file's, nil to stat it.
+// files to the Pod's fsGroup that way (defaultMode 0400 becomes 0440). Nor
+// is a file in a folder other users cannot pass through (no o+x on it or
+// on a folder above it, symbolic links followed). fi is the file's, nil to
+// stat it.
 func WarnReadable(logger *slog.Logger, field, file string, fi os.FileInfo) {
 	if fi == nil {
 		var err error
@@ -266,8 +269,26 @@ func WarnReadable(logger *slog.Logger, field, file string, fi os.FileInfo) {
 			return
 		}
 	}
-	if logger != nil && fi.Mode().Perm()&0o004 != 0 {
-		logger.Warn(field+" is readable by every user of this machine, who could pose as this server with it: chmod o-r it (in Kubernetes, defaultMode: 0400 on the Secret's volume)",
-			"file", file, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	if logger == nil || fi.Mode().Perm()&0o004 == 0 || unreachable(file) {
+		return
+	}
+	logger.Warn(field+" is readable by every user of this machine, who could pose as this server with it: chmod o-r it (in Kubernetes, defaultMode: 0400 on the Secret's volume)",
+		"file", file, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+}
+
+// unreachable reports whether other users cannot reach file: a folder on
+// its path (its links resolved) denies them passage (no o+x).
+func unreachable(file string) bool {
+	real, err := filepath.EvalSymlinks(file)
+	if err != nil {
+		return false
+	}
+	for d := filepath.Dir(real); ; d = filepath.Dir(d) {
+		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o001 == 0 {
+			return true
+		}
+		if d == filepath.Dir(d) {
+			return false
+		}
 	}
 }
