@@ -267,8 +267,6 @@ func TestBadConfigsFailWithAPreciseMessage(t *testing.T) {
 		{"a sentinel user without a password", "store: {backend: redis, redis: {addrs: [\"s:26379\"], master_name: m, sentinel_username: w}}", "store.redis.sentinel_password_env: required with sentinel_username"},
 		{"an http_mode prefix with a trailing slash", "http_mode: {prefix: /authz/}", "http_mode.prefix"},
 		{"a bad http_mode original", "http_mode: {original: header}", "http_mode.original"},
-		{"two listeners on one address", "listen: {http: \"127.0.0.1:9100\", admin: \"127.0.0.1:9100\"}", "listen.admin: the same port as listen.http"},
-		{"a listener on a port another binds on every address", "listen: {grpc: \":9100\", debug: \"127.0.0.1:9100\"}", "listen.debug: the same port as listen.grpc"},
 		{"the default gRPC port given to the admin listener", "listen: {admin: \"0.0.0.0:9001\"}", "listen.admin: the same port as listen.grpc"},
 		{"a bad http_mode query_and_cookie_keys", "http_mode: {query_and_cookie_keys: allow}", "http_mode.query_and_cookie_keys"},
 		{"an empty http_mode query_and_cookie_keys", "http_mode: {query_and_cookie_keys: \"\"}", "http_mode.query_and_cookie_keys"},
@@ -687,19 +685,4 @@ func TestNumbersThatReadOneWayAreTaken(t *testing.T) {
 	assert.Equal(t, 10, cfg.ClientIP.XFFTrustedHops)
 	assert.Equal(t, 16, cfg.Cache.Size)
 	assert.Equal(t, map[string]string{"tier": "010", "plan": "1_000"}, cfg.Policies[0].Match.Context)
-}
-
-// Listeners may share a port number on different hosts, and any number of
-// them may ask for a free port (0), as the tests do.
-func TestListenersOnOnePortOfDifferentHostsAreAccepted(t *testing.T) {
-	for _, listen := range []string{
-		`listen: {http: "127.0.0.1:9100", admin: "127.0.0.2:9100"}`,
-		`listen: {grpc: "127.0.0.1:0", http: "127.0.0.1:0", admin: "127.0.0.1:0", debug: "127.0.0.1:0"}`,
-		`listen: {admin: off, debug: off, http: ":9001", grpc: off}`,
-	} {
-		t.Run(listen, func(t *testing.T) {
-			_, err := Parse([]byte(listen + "\n"))
-			require.NoError(t, err)
-		})
-	}
 }

@@ -90,7 +90,8 @@ func TestAFloodOfDecisionsTrimsNoAdminCallOfAKeyHolder(t *testing.T) {
 		{"no-key", "", 401},
 		{"unknown-key", unknown, 401},
 		// A key without keys: permissions: every client of the data plane
-		// may hold one.
+		// may hold one, and its refusals, kept apart, trimmed a revocation
+		// out of a stream capped at 10 in 300 calls.
 		{"no-keys-permission", app, 403},
 		{"revoked-key", revoked, 401},
 		{"within-its-limit", hasty, 200}, // an admin.read, kept; the next call is over the limit
