@@ -6,7 +6,11 @@ import (
 )
 
 // FuzzHoldsKey: no input makes the readings panic, and each is looser than
-// the one before it: ContainsKey, then LabelHoldsKey, then MayHoldKey.
+// the one before it: ContainsKey, then LabelHoldsKey, then MayHoldKey, but
+// for the one reading labels alone get (strippedBody: a random part and its
+// checksum with other bytes between them, "0lC2gr...ZF bkv2...0K"), which
+// costs a checksum at every offset of a long string: once per cache fill
+// for a label, where MayHoldKey runs on request fields at every decision.
 func FuzzHoldsKey(f *testing.F) {
 	fm, _ := NewFormat("sk")
 	key, _ := fm.Generate()
@@ -21,7 +25,8 @@ func FuzzHoldsKey(f *testing.F) {
 		if fm.ContainsKey(s) && !fm.LabelHoldsKey(s) {
 			t.Fatalf("ContainsKey but not LabelHoldsKey: %q", s)
 		}
-		if fm.LabelHoldsKey(s) && !fm.MayHoldKey(s) {
+		labelsOnly := fm.strippedBody(s) || fm.strippedBody(PercentDecoded(s))
+		if fm.LabelHoldsKey(s) && !fm.MayHoldKey(s) && !labelsOnly {
 			t.Fatalf("LabelHoldsKey but not MayHoldKey: %q", s)
 		}
 	})
