@@ -828,17 +828,26 @@ func validEnvName(name string) bool {
 }
 
 // EnvRef is how a message names the variable an *_env field names: $NAME
-// when it looks like a variable's name (upper case, digits and _, as
-// variables are named), else "the variable it names". Someone may have
-// written the secret itself where its variable's name goes, and a random
-// secret has lower-case letters: a message must not print it.
+// when it looks like a variable's name as variables are written (upper
+// case, digits and _, with an _ and a letter: EXTAUTHZ_PEPPER), else "the
+// variable it names". Someone may have written the secret itself where its
+// variable's name goes, and a message must not print it: a random secret
+// has lower-case letters, or, made with base32 or upper-case hex, none but
+// A-Z and digits, never an _.
 func EnvRef(name string) string {
+	underscore, letter := false, false
 	for _, r := range name {
-		if !(r == '_' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9') {
+		switch {
+		case r == '_':
+			underscore = true
+		case 'A' <= r && r <= 'Z':
+			letter = true
+		case '0' <= r && r <= '9':
+		default:
 			return "the variable it names"
 		}
 	}
-	if len(name) > 64 {
+	if !underscore || !letter || len(name) > 64 {
 		return "the variable it names"
 	}
 	return "$" + name
