@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -21,9 +22,9 @@ import (
 //
 // A Watch stream is meant to last (boundCall exempts it from the call
 // bound), and grpc-go's server keeps the name it watches for as long as the
-// stream is open. The name is the caller's to write, up to the 1 MiB a
-// message may have, and a connection may hold 1,024 streams: about a
-// gigabyte per connection, held by anyone who can reach the gRPC port. A
+// stream is open. The name is the caller's to write, up to the 320 KiB a
+// message may have, and a connection may hold 1,024 streams: about a third
+// of a gigabyte per connection, held by anyone who can reach the gRPC port. A
 // name that is not served never becomes served (the server sets statuses
 // only for servedHealth), so every such stream sees SERVICE_UNKNOWN either
 // way, and the stream stays open as the health protocol asks.
@@ -34,7 +35,7 @@ import (
 // nothing else ends it, so without a bound anyone who can reach the port
 // could open them by the million, 1,024 a connection, and keep them at no
 // cost of their own until the server runs out of memory. The bound is per
-// client (watchClient) as well as in all, so that one client cannot take
+// client (clientOf) as well as in all, so that one client cannot take
 // every stream. Its own clients watch once per connection (grpc-go's
 // client-side health checking); Envoy's and Kubernetes' health checks call
 // Check.
@@ -45,47 +46,57 @@ import (
 // its whole bound, and the last-use writes and audit events behind it.
 type healthService struct {
 	*health.Server
-	watches *watchCount
+	watches *clientCount
 	// ending is done once shutdown has begun.
 	ending context.Context
 }
 
-// watchLimit bounds the Watch streams open at once, per client address
-// and in all.
-type watchLimit struct {
+// clientLimit bounds streams open at once, per client (clientOf) and in
+// all: the health Watch streams (watchLimits) and the gRPC calls still
+// receiving their message (receivingLimits).
+type clientLimit struct {
 	PerClient, Total int
 }
 
-// watchLimits are the gRPC listener's; tests lower them.
-var watchLimits = watchLimit{PerClient: 16, Total: 1024}
+// watchLimits are the gRPC listener's Watch streams'; tests lower them.
+var watchLimits = clientLimit{PerClient: 16, Total: 1024}
 
-// watchCount counts the open Watch streams against a watchLimit.
-type watchCount struct {
-	limit watchLimit
+// clientCount counts open streams against a clientLimit.
+type clientCount struct {
+	limit clientLimit
 
 	mu       sync.Mutex
 	total    int
-	byClient map[string]int
+	byClient map[netip.Addr]int
 }
 
-func newWatchCount(limit watchLimit) *watchCount {
-	return &watchCount{limit: limit, byClient: make(map[string]int)}
+func newClientCount(limit clientLimit) *clientCount {
+	return &clientCount{limit: limit, byClient: make(map[netip.Addr]int)}
 }
 
 // acquire takes a place for a stream from client, or reports that none is
 // free; a place taken is given back with release.
-func (w *watchCount) acquire(client string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.total >= w.limit.Total || w.byClient[client] >= w.limit.PerClient {
-		return false
-	}
-	w.total++
-	w.byClient[client]++
-	return true
+func (w *clientCount) acquire(client netip.Addr) bool {
+	ok, _ := w.acquireBeyond(client, w.limit)
+	return ok
 }
 
-func (w *watchCount) release(client string) {
+// acquireBeyond is acquire, and also reports whether the stream is beyond
+// kept, a lower limit: whether client or all had reached it already.
+func (w *clientCount) acquireBeyond(client netip.Addr, kept clientLimit) (ok, beyond bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := w.byClient[client]
+	if w.total >= w.limit.Total || n >= w.limit.PerClient {
+		return false, true
+	}
+	beyond = w.total >= kept.Total || n >= kept.PerClient
+	w.total++
+	w.byClient[client] = n + 1
+	return true, beyond
+}
+
+func (w *clientCount) release(client netip.Addr) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.total--
@@ -94,20 +105,20 @@ func (w *watchCount) release(client string) {
 	}
 }
 
-// watchClient is what a Watch stream counts against: its client's block
-// of addresses (authz.AddressBlock: an IPv4 address, an IPv6 /64), as the
+// clientOf is what a stream counts against: its client's block of
+// addresses (authz.AddressBlock: an IPv4 address, an IPv6 /64), as the
 // lookup guard counts it, not the address and port, which every new
 // connection changes, nor an IPv6 address, of which one host may pick any
 // in its /64. A peer that is not an IP address (a Unix socket's) counts as
-// one client.
-func watchClient(p *peer.Peer) string {
+// one client, the zero Addr.
+func clientOf(p *peer.Peer) netip.Addr {
 	if p == nil || p.Addr == nil {
-		return ""
+		return netip.Addr{}
 	}
 	if a, ok := p.Addr.(*net.TCPAddr); ok {
-		return authz.AddressBlock(a.AddrPort().Addr()).String()
+		return authz.AddressBlock(a.AddrPort().Addr())
 	}
-	return p.Addr.Network()
+	return netip.Addr{}
 }
 
 // errTooManyWatches is the answer to a Watch past its bound. Such a client
@@ -123,7 +134,7 @@ const unknownHealthService = "(unknown)"
 
 func (h healthService) Watch(in *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
 	p, _ := peer.FromContext(stream.Context())
-	client := watchClient(p)
+	client := clientOf(p)
 	if !h.watches.acquire(client) {
 		return errTooManyWatches
 	}
