@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -19,7 +18,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
@@ -30,67 +28,14 @@ import (
 // process (460 MiB of a 512 MiB container).
 const shippedMemoryLimit = 460 << 20
 
-// openSilentChecks opens calls Check calls on a new raw HTTP/2 connection
-// to addr from the address local, each with pad bytes of plain metadata
-// (within the 8 KiB a call may keep), and never sends their message. It
-// returns a func that closes the connection and waits for its reader.
-func openSilentChecks(t *testing.T, addr, local string, calls, pad int) func() {
+// openSilentCalls opens calls calls of method on a new raw HTTP/2
+// connection to addr, each with 6 KiB of metadata (within the 8 KiB a call
+// may keep), and never sends their message. It returns the connection.
+func openSilentCalls(t *testing.T, addr, method string, calls int) *rawStreams {
 	t.Helper()
-	return openSilentCalls(t, addr, local, "/envoy.service.auth.v3.Authorization/Check", calls, pad)
-}
-
-// openSilentCalls is openSilentChecks for calls of method.
-func openSilentCalls(t *testing.T, addr, local, method string, calls, pad int) func() {
-	t.Helper()
-	c, err := tcpFrom(context.Background(), local, addr)
-	require.NoError(t, err)
-	_, err = io.WriteString(c, http2.ClientPreface)
-	require.NoError(t, err)
-	fr := http2.NewFramer(c, c)
-	fr.SetMaxReadFrameSize(1 << 20)
-	require.NoError(t, fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20}))
-	var mu sync.Mutex // the framer's writes
-	done := make(chan struct{})
-	go func() { // answer the server's SETTINGS and PINGs, read and drop the rest
-		defer close(done)
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					_ = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					_ = fr.WritePing(true, f.Data)
-				}
-			}
-			mu.Unlock()
-		}
-	}()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	value := strings.Repeat("p", pad)
-	for i := range calls {
-		hb.Reset()
-		for _, f := range []hpack.HeaderField{
-			{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-			{Name: ":path", Value: method}, {Name: ":authority", Value: "extauthz"},
-			{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-			{Name: "x-pad", Value: value, Sensitive: true}, // never indexed: sent, and decoded, each time
-		} {
-			require.NoError(t, enc.WriteField(f))
-		}
-		mu.Lock()
-		err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndHeaders: true})
-		mu.Unlock()
-		require.NoError(t, err)
-	}
-	return func() { c.Close(); <-done }
+	rs := dialRaw(t, addr)
+	rs.open(t, method, nil, 0, calls, 2, 3<<10)
+	return rs
 }
 
 // liveHeap is the live heap after a collection, plus the goroutine stacks.
@@ -124,19 +69,23 @@ func TestOneClientsSilentCallsAreBounded(t *testing.T) {
 	addr := ts.srv.grpcLn.Addr().String()
 	perClient := receivingLimits.PerClient
 
-	const conns, pad = 3, 6 << 10 // metadata within grpcMaxCallMetadataBytes
+	const conns = 3
 	before := liveHeap()
-	var closers []func()
-	defer func() {
-		for _, c := range closers {
-			c()
-		}
-	}()
+	var raws []*rawStreams
 	for range conns {
-		closers = append(closers, openSilentChecks(t, addr, "127.0.0.1", grpcMaxConcurrentStreams, pad))
+		raws = append(raws, openSilentCalls(t, addr, authv3.Authorization_Check_FullMethodName, grpcMaxConcurrentStreams))
 	}
 	require.Eventually(t, func() bool { return heldChecks() == perClient }, 8*time.Second, 20*time.Millisecond,
 		"a client's calls waiting for their message (held %d)", heldChecks())
+	refused := func() int {
+		n := 0
+		for _, rs := range raws {
+			n += int(rs.exhausted.Load())
+		}
+		return n
+	}
+	require.Eventually(t, func() bool { return refused() == conns*grpcMaxConcurrentStreams-perClient }, 8*time.Second, 20*time.Millisecond,
+		"the others refused with RESOURCE_EXHAUSTED (%d)", refused())
 	time.Sleep(300 * time.Millisecond)
 	assert.Equal(t, perClient, heldChecks(), "no more of them later")
 	assert.Equal(t, perClient, receivingNow(ts.srv))
@@ -155,10 +104,9 @@ func TestOneClientsSilentCallsAreBounded(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotNil(t, resp.GetOkResponse())
 
-	for _, c := range closers {
-		c()
+	for _, rs := range raws {
+		rs.conn.Close()
 	}
-	closers = nil
 	require.Eventually(t, func() bool { return receivingNow(ts.srv) == 0 }, 10*time.Second, 20*time.Millisecond,
 		"the places of the calls that ended come back (%d still taken)", receivingNow(ts.srv))
 	assert.Eventually(t, func() bool { return heldChecks() == 0 }, 10*time.Second, 20*time.Millisecond)
@@ -176,16 +124,16 @@ func TestEveryMethodsSilentCallsAreBounded(t *testing.T) {
 		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 	} {
 		t.Run(method, func(t *testing.T) {
-			var closers []func()
+			var raws []*rawStreams
 			for range 2 {
-				closers = append(closers, openSilentCalls(t, addr, "127.0.0.1", method, 256, 0))
+				raws = append(raws, openSilentCalls(t, addr, method, 256))
 			}
 			require.Eventually(t, func() bool { return receivingNow(ts.srv) == receivingLimits.PerClient }, 8*time.Second, 20*time.Millisecond,
 				"calls waiting for their message (%d)", receivingNow(ts.srv))
 			time.Sleep(300 * time.Millisecond)
 			assert.Equal(t, receivingLimits.PerClient, receivingNow(ts.srv), "no more of them later")
-			for _, c := range closers {
-				c()
+			for _, rs := range raws {
+				rs.conn.Close()
 			}
 			require.Eventually(t, func() bool { return receivingNow(ts.srv) == 0 }, 10*time.Second, 20*time.Millisecond)
 		})
