@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -17,7 +16,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/net/http2"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
@@ -188,13 +186,9 @@ func TestUnfinishedCheckMessagesFitTheShippedMemoryLimit(t *testing.T) {
 		size  = envoy.MaxCheckRequestBytes - 64 // a message the server accepts
 		sent  = size - 16                       // all of it but the last bytes
 	)
-	tr := &http2.Transport{
-		AllowHTTP:                  true,
-		StrictMaxConcurrentStreams: true, // one connection
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		},
-	}
+	var h2c http.Protocols // HTTP/2 without TLS, from the first byte, as gRPC speaks it
+	h2c.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &h2c, HTTP2: &http.HTTP2Config{StrictMaxConcurrentRequests: true}} // one connection
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
