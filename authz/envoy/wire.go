@@ -90,9 +90,8 @@ func (s *CheckServer) receive(ctx context.Context, dec func(any) error, st *chec
 	if err != nil {
 		return err
 	}
-	err = dec(st)
-	s.Receiving.End(client)
-	return err
+	defer s.Receiving.End(client) // even if dec panics: a place never given back is one less for good
+	return dec(st)
 }
 
 // encoded is a serialized CheckResponse as the handler returns it for

@@ -52,8 +52,8 @@ type healthService struct {
 }
 
 // clientLimit bounds streams open at once, per client (clientOf) and in
-// all: the health Watch streams (watchLimits) and the gRPC calls still
-// receiving their message (receivingLimits).
+// all: the health Watch streams (watchLimits) and the gRPC calls waiting
+// for a message (receivingLimits).
 type clientLimit struct {
 	PerClient, Total int
 }
@@ -77,23 +77,15 @@ func newClientCount(limit clientLimit) *clientCount {
 // acquire takes a place for a stream from client, or reports that none is
 // free; a place taken is given back with release.
 func (w *clientCount) acquire(client netip.Addr) bool {
-	ok, _ := w.acquireBeyond(client, w.limit)
-	return ok
-}
-
-// acquireBeyond is acquire, and also reports whether the stream is beyond
-// kept, a lower limit: whether client or all had reached it already.
-func (w *clientCount) acquireBeyond(client netip.Addr, kept clientLimit) (ok, beyond bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := w.byClient[client]
 	if w.total >= w.limit.Total || n >= w.limit.PerClient {
-		return false, true
+		return false
 	}
-	beyond = w.total >= kept.Total || n >= kept.PerClient
 	w.total++
 	w.byClient[client] = n + 1
-	return true, beyond
+	return true
 }
 
 func (w *clientCount) release(client netip.Addr) {
