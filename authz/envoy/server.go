@@ -13,7 +13,6 @@ package envoy
 import (
 	"context"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -28,12 +27,10 @@ import (
 )
 
 // MaxCheckRequestBytes is the largest CheckRequest the gRPC server accepts
-// (grpc.MaxRecvMsgSize): room for authz.MaxHeaderBytes of headers, with
-// what each of authz.MaxHeaders entries adds, and the rest of what Envoy
-// sends. A larger message is an RPC error, which Envoy answers with its
-// status_on_error. It is also what a call may hold while its message comes,
-// so it is no larger than that.
-const MaxCheckRequestBytes = 320 << 10
+// (grpc.MaxRecvMsgSize): room for authz.MaxHeaderBytes of headers and the
+// rest of what Envoy sends. A larger message is an RPC error, which Envoy
+// answers with its status_on_error.
+const MaxCheckRequestBytes = 1 << 20
 
 // CheckServer is Envoy's envoy.service.auth.v3.Authorization over an
 // authz.Authorizer.
@@ -44,18 +41,8 @@ type CheckServer struct {
 	Logger   *slog.Logger   // for recovered panics; may be nil
 	// Tracer makes a span of each check; nil = none, at no cost.
 	Tracer authz.Tracer
-	// Receiving, when set, bounds the calls waiting for their message.
-	Receiving Receiving
 
 	identity atomic.Pointer[identityMemo] // made on first use
-}
-
-// Receiving bounds the calls waiting for their message: Begin is called
-// before a call's message is read, and refuses the call with its error;
-// End, with what Begin returned, once the read is over.
-type Receiving interface {
-	Begin(ctx context.Context) (client netip.Addr, err error)
-	End(client netip.Addr)
 }
 
 // checkState is the request and decision of one check, reused through

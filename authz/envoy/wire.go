@@ -64,7 +64,7 @@ const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
 func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 	s := srv.(*CheckServer)
 	st := checkStates.Get().(*checkState)
-	if err := s.receive(ctx, dec, st); err != nil {
+	if err := dec(st); err != nil {
 		st.reset()
 		checkStates.Put(st)
 		return nil, err
@@ -78,20 +78,6 @@ func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor
 	return interceptor(ctx, &st.req, info, func(ctx context.Context, _ any) (any, error) {
 		return encoded(s.check(ctx, st))
 	})
-}
-
-// receive reads the call's message into st: grpc-go calls a handler before
-// its message has come, and dec waits for it, within s.Receiving's bound.
-func (s *CheckServer) receive(ctx context.Context, dec func(any) error, st *checkState) error {
-	if s.Receiving == nil {
-		return dec(st)
-	}
-	client, err := s.Receiving.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer s.Receiving.End(client) // even if dec panics: a place never given back is one less for good
-	return dec(st)
 }
 
 // encoded is a serialized CheckResponse as the handler returns it for

@@ -103,14 +103,14 @@ func TestAGRPCCallThatNeverSendsIsCutOff(t *testing.T) {
 }
 
 // Health Watch streams are exempt from the call bound, so what one holds
-// must not be the caller's to size: a client naming a service of nearly
-// the message cap (320 KiB) in each of many streams on one connection would otherwise make
+// must not be the caller's to size: a client naming a service of nearly a
+// megabyte in each of many streams on one connection would otherwise make
 // the server keep every name for as long as the connection lives. Each
 // stream still gets SERVICE_UNKNOWN and stays open, as the health protocol
 // says, and a watch of the served services still sees their status.
 func TestAHealthWatchHoldsNoClientSizedName(t *testing.T) {
 	saved := watchLimits // more streams from one client than it may open
-	watchLimits = clientLimit{PerClient: 100, Total: 100}
+	watchLimits = watchLimit{PerClient: 100, Total: 100}
 	t.Cleanup(func() { watchLimits = saved })
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
@@ -131,7 +131,7 @@ func TestAHealthWatchHoldsNoClientSizedName(t *testing.T) {
 		return m.HeapAlloc
 	}
 	before := heap()
-	const streams, nameLen = 96, envoy.MaxCheckRequestBytes - 64 // 30 MiB of names
+	const streams, nameLen = 64, 1<<20 - 64
 	for i := range streams {
 		name := fmt.Sprintf("%03d", i) + strings.Repeat("s", nameLen)
 		w, err := hc.Watch(t.Context(), &healthpb.HealthCheckRequest{Service: name})
@@ -146,9 +146,9 @@ func TestAHealthWatchHoldsNoClientSizedName(t *testing.T) {
 
 // Envoy never compresses a CheckRequest, and a compressed message is what
 // lets a caller make the server hold and inflate far more than it sent: a
-// Check padded to just under the message cap gzips to about a kilobyte,
-// and each such call would cost the server a buffer of that size and a
-// fraction of a millisecond of inflating, on as many streams at once as it
+// Check padded to just under the 1 MiB message cap gzips to about a
+// kilobyte, and each such call would cost the server a MiB buffer and
+// over half a millisecond of inflating, on as many streams at once as it
 // likes. So a compressed message is refused, unread, on every method
 // (Check, health, reflection), while the same calls uncompressed are
 // answered.
@@ -196,7 +196,7 @@ func dialFrom(t *testing.T, addr, local string) *grpc.ClientConn {
 // free again.
 func TestHealthWatchStreamsAreBounded(t *testing.T) {
 	saved := watchLimits
-	watchLimits = clientLimit{PerClient: 3, Total: 5}
+	watchLimits = watchLimit{PerClient: 3, Total: 5}
 	t.Cleanup(func() { watchLimits = saved })
 	path := writeConfig(t, "listen: {grpc: \"127.0.0.1:0\", http: \"127.0.0.1:0\", admin: off}\naudit: {sink: none}\n"+storeYAML(t, "embedded")+testRoutes)
 	ts := startServerOut(t, path, serverOutput{logs: io.Discard, audit: io.Discard})
@@ -327,16 +327,16 @@ func TestHealthWatchPlacesAreCountedPerAddressBlock(t *testing.T) {
 	from := func(addr string) *peer.Peer {
 		return &peer.Peer{Addr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr))}
 	}
-	w := newClientCount(clientLimit{PerClient: 2, Total: 100})
+	w := newWatchCount(watchLimit{PerClient: 2, Total: 100})
 	for i, addr := range []string{"[2001:db8:1:2::1]:5000", "[2001:db8:1:2::2]:5001", "[2001:db8:1:2:ffff::3]:5002"} {
-		ok := w.acquire(clientOf(from(addr)))
+		ok := w.acquire(watchClient(from(addr)))
 		assert.Equal(t, i < 2, ok, "watch %d of one /64, from %s", i, addr)
 	}
-	assert.True(t, w.acquire(clientOf(from("[2001:db8:1:3::1]:5000"))), "another /64 is another client")
+	assert.True(t, w.acquire(watchClient(from("[2001:db8:1:3::1]:5000"))), "another /64 is another client")
 	for i, addr := range []string{"10.0.0.1:1", "[::ffff:10.0.0.1]:2", "10.0.0.1:3"} {
-		assert.Equal(t, i < 2, w.acquire(clientOf(from(addr))), "watch %d of one IPv4 address, mapped or not, from %s", i, addr)
+		assert.Equal(t, i < 2, w.acquire(watchClient(from(addr))), "watch %d of one IPv4 address, mapped or not, from %s", i, addr)
 	}
-	assert.True(t, w.acquire(clientOf(from("10.0.0.2:1"))), "another IPv4 address is another client")
+	assert.True(t, w.acquire(watchClient(from("10.0.0.2:1"))), "another IPv4 address is another client")
 }
 
 // A health Watch lasts until its client ends it, so it must not hold up

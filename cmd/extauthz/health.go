@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net"
-	"net/netip"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -22,9 +21,9 @@ import (
 //
 // A Watch stream is meant to last (boundCall exempts it from the call
 // bound), and grpc-go's server keeps the name it watches for as long as the
-// stream is open. The name is the caller's to write, up to the 320 KiB a
-// message may have, and a connection may hold 1,024 streams: about a third
-// of a gigabyte per connection, held by anyone who can reach the gRPC port. A
+// stream is open. The name is the caller's to write, up to the 1 MiB a
+// message may have, and a connection may hold 1,024 streams: about a
+// gigabyte per connection, held by anyone who can reach the gRPC port. A
 // name that is not served never becomes served (the server sets statuses
 // only for servedHealth), so every such stream sees SERVICE_UNKNOWN either
 // way, and the stream stays open as the health protocol asks.
@@ -35,7 +34,7 @@ import (
 // nothing else ends it, so without a bound anyone who can reach the port
 // could open them by the million, 1,024 a connection, and keep them at no
 // cost of their own until the server runs out of memory. The bound is per
-// client (clientOf) as well as in all, so that one client cannot take
+// client (watchClient) as well as in all, so that one client cannot take
 // every stream. Its own clients watch once per connection (grpc-go's
 // client-side health checking); Envoy's and Kubernetes' health checks call
 // Check.
@@ -46,49 +45,47 @@ import (
 // its whole bound, and the last-use writes and audit events behind it.
 type healthService struct {
 	*health.Server
-	watches *clientCount
+	watches *watchCount
 	// ending is done once shutdown has begun.
 	ending context.Context
 }
 
-// clientLimit bounds streams open at once, per client (clientOf) and in
-// all: the health Watch streams (watchLimits) and the gRPC calls waiting
-// for a message (receivingLimits).
-type clientLimit struct {
+// watchLimit bounds the Watch streams open at once, per client address
+// and in all.
+type watchLimit struct {
 	PerClient, Total int
 }
 
-// watchLimits are the gRPC listener's Watch streams'; tests lower them.
-var watchLimits = clientLimit{PerClient: 16, Total: 1024}
+// watchLimits are the gRPC listener's; tests lower them.
+var watchLimits = watchLimit{PerClient: 16, Total: 1024}
 
-// clientCount counts open streams against a clientLimit.
-type clientCount struct {
-	limit clientLimit
+// watchCount counts the open Watch streams against a watchLimit.
+type watchCount struct {
+	limit watchLimit
 
 	mu       sync.Mutex
 	total    int
-	byClient map[netip.Addr]int
+	byClient map[string]int
 }
 
-func newClientCount(limit clientLimit) *clientCount {
-	return &clientCount{limit: limit, byClient: make(map[netip.Addr]int)}
+func newWatchCount(limit watchLimit) *watchCount {
+	return &watchCount{limit: limit, byClient: make(map[string]int)}
 }
 
 // acquire takes a place for a stream from client, or reports that none is
 // free; a place taken is given back with release.
-func (w *clientCount) acquire(client netip.Addr) bool {
+func (w *watchCount) acquire(client string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := w.byClient[client]
-	if w.total >= w.limit.Total || n >= w.limit.PerClient {
+	if w.total >= w.limit.Total || w.byClient[client] >= w.limit.PerClient {
 		return false
 	}
 	w.total++
-	w.byClient[client] = n + 1
+	w.byClient[client]++
 	return true
 }
 
-func (w *clientCount) release(client netip.Addr) {
+func (w *watchCount) release(client string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.total--
@@ -97,20 +94,20 @@ func (w *clientCount) release(client netip.Addr) {
 	}
 }
 
-// clientOf is what a stream counts against: its client's block of
-// addresses (authz.AddressBlock: an IPv4 address, an IPv6 /64), as the
+// watchClient is what a Watch stream counts against: its client's block
+// of addresses (authz.AddressBlock: an IPv4 address, an IPv6 /64), as the
 // lookup guard counts it, not the address and port, which every new
 // connection changes, nor an IPv6 address, of which one host may pick any
 // in its /64. A peer that is not an IP address (a Unix socket's) counts as
-// one client, the zero Addr.
-func clientOf(p *peer.Peer) netip.Addr {
+// one client.
+func watchClient(p *peer.Peer) string {
 	if p == nil || p.Addr == nil {
-		return netip.Addr{}
+		return ""
 	}
 	if a, ok := p.Addr.(*net.TCPAddr); ok {
-		return authz.AddressBlock(a.AddrPort().Addr())
+		return authz.AddressBlock(a.AddrPort().Addr()).String()
 	}
-	return netip.Addr{}
+	return p.Addr.Network()
 }
 
 // errTooManyWatches is the answer to a Watch past its bound. Such a client
@@ -126,7 +123,7 @@ const unknownHealthService = "(unknown)"
 
 func (h healthService) Watch(in *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
 	p, _ := peer.FromContext(stream.Context())
-	client := clientOf(p)
+	client := watchClient(p)
 	if !h.watches.acquire(client) {
 		return errTooManyWatches
 	}

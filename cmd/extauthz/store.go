@@ -136,7 +136,7 @@ func (s *server) notePepper(err error) error {
 		s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 		s.logger.Error("the hashing pepper differs from the one the key store's keys were hashed with: no key of the store matches here, so every key is answered 401; this server reports itself not ready and makes no keys. "+
 			"Give it the pepper the store's other servers use (hashing.pepper_env); a pepper cannot be changed for keys already made",
-			"pepper_env", s.cfg.Hashing.PepperEnv, "store", describeStore(s.cfg))
+			"pepper_env", config.EnvRef(s.cfg.Hashing.PepperEnv), "store", describeStore(s.cfg))
 	}
 	return err
 }
