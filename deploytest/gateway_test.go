@@ -533,3 +533,19 @@ func healthzRoute(app *gwapiv1.HTTPRoute) *gwapiv1.HTTPRoute {
 	}}
 	return r
 }
+
+// Behind Envoy Gateway the proxies' namespace is known: a Pod labelled as a
+// proxy in any other namespace (whoever may create a Pod there may label
+// it) does not reach extauthz, and the Gateway's own Envoy Pods still do.
+func TestEnvoyGatewayLetsInOnlyItsOwnNamespacesProxies(t *testing.T) {
+	m := buildOverlay(t, "envoy-gateway")
+	proxy := map[string]string{"extauthz/proxy": "true"}
+	if !m.extauthzAdmits(proxy, envoyGatewayNamespace) {
+		t.Errorf("the Gateway's Envoy Pods in %s are not let in", envoyGatewayNamespace)
+	}
+	for _, ns := range []string{"some-tenant", "demo", "extauthz"} {
+		if m.extauthzAdmits(proxy, ns) {
+			t.Errorf("a Pod labelled as a proxy in namespace %s is let in", ns)
+		}
+	}
+}
