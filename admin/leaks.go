@@ -279,7 +279,14 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 	if deadline, ok := r.Context().Deadline(); ok { // the route's timeout, longer than the listener's write timeout
 		_ = rc.SetWriteDeadline(deadline.Add(time.Second))
 	}
-	share := &bodyShare{cut: func() { _ = rc.SetReadDeadline(time.Now()) }}
+	share := &bodyShare{cut: func() {
+		_ = rc.SetReadDeadline(time.Now())
+		// A report sent with Expect: 100-continue to a client that reads
+		// nothing back blocks in net/http's write of "100 Continue" on its
+		// first read, which a read deadline does not end; this does, and
+		// still leaves a cut report that is reading the time to be told 503.
+		_ = rc.SetWriteDeadline(time.Now().Add(cutWriteGrace))
+	}}
 	defer s.leaks.bodies.release(share)
 	// A wait for room counts in the body's time, as a read does.
 	reading, cancel := context.WithDeadline(r.Context(), bodyDeadline)
@@ -297,7 +304,7 @@ func (s *server) githubLeaks(w http.ResponseWriter, r *http.Request, _ *caller) 
 	}
 	var reports []leakReport
 	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&reports); err != nil || dec.More() {
+	if err := dec.Decode(&reports); err != nil || !onlySpaceAfter(dec) {
 		return badRequest("body", "want a JSON array of {token, type, url, source}")
 	}
 	format := s.authz.Policies().Format
@@ -389,6 +396,18 @@ func (lo *LeakOptions) readBody(w http.ResponseWriter, r *http.Request, limit in
 			return nil, badRequest("body", "could not be read")
 		}
 	}
+}
+
+// cutWriteGrace is how long a report cut off to make room has to write its
+// 503 (leakBodies).
+const cutWriteGrace = 100 * time.Millisecond
+
+// onlySpaceAfter reports whether nothing but white space follows the value
+// dec decoded. (dec.More is false before a ']' or '}' too, which would let
+// a stray one follow the array.)
+func onlySpaceAfter(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
 }
 
 // refuseBody makes sure nothing more of r's body is read: the connection
