@@ -81,8 +81,8 @@ value, a missing hashing pepper outside a development setup.
 Warnings (on standard error; the file stays valid): routes that can never decide a
 request (a repeated pattern, a route a broader earlier one shadows), a missing
 pepper in a development setup, an admin listener reachable off loopback without
-TLS, a debug listener reachable off loopback, a query or cookie source with http_mode.original x-original or x-forwarded
-(nginx, Traefik and Caddy cannot remove it). --json prints {ok, config, store, warnings, errors, routes} on standard
+TLS, a debug listener reachable off loopback, a query or cookie source with
+http_mode.query_and_cookie_keys: pass (no proxy in front of HTTP mode can remove it). --json prints {ok, config, store, warnings, errors, routes} on standard
 output instead, with the same exit status.`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {

@@ -47,7 +47,7 @@ func TestAPortTakenLeavesNoListenerOpen(t *testing.T) {
 		httpAddr, adminAddr, taken.Addr().String(), filepath.Join(t.TempDir(), "k.db"), testRoutes))
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
-	err = serve(context.Background(), cfg, path, nil, io.Discard, io.Discard)
+	err = serve(context.Background(), cfg, path, fileStamp(path), nil, io.Discard, io.Discard)
 	require.ErrorContains(t, err, "listen.debug")
 	for name, a := range map[string]string{"http": httpAddr, "admin": adminAddr} {
 		ln, err := net.Listen("tcp", a)

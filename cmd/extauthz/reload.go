@@ -71,9 +71,12 @@ type configWatch struct {
 	seen   stamp // the file at the last poll
 }
 
+// newWatch begins a watch of the file the server's config was read from: a
+// change since it was read at start (the store opening and the listeners
+// binding take time, and a ConfigMap may be updated meanwhile) is loaded at
+// the first poll that finds the file settled, like any other.
 func (s *server) newWatch() *configWatch {
-	st := fileStamp(s.cfgPath)
-	return &configWatch{s: s, loaded: st, seen: st}
+	return &configWatch{s: s, loaded: s.cfgRead, seen: fileStamp(s.cfgPath)}
 }
 
 // poll looks at the file once, and loads it when it changed and then stayed

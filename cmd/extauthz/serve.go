@@ -68,7 +68,9 @@ declares development: true.`,
 			// audit events and last-use times) would kill it there.
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
-			cfg, path, err := loadConfig(c)
+			path := configPath(c)
+			read := fileStamp(path) // before it is read: a change from here on is reloaded (newWatch)
+			cfg, err := config.Load(path)
 			if err != nil {
 				return err
 			}
@@ -78,16 +80,17 @@ declares development: true.`,
 			// reader: the write fails, and the audit queue counts and logs
 			// the events lost.
 			signal.Ignore(syscall.SIGPIPE)
-			return serve(c.Context(), cfg, path, hup, c.ErrOrStderr(), c.OutOrStdout())
+			return serve(c.Context(), cfg, path, read, hup, c.ErrOrStderr(), c.OutOrStdout())
 		},
 	}
 	addConfigFlag(c.Flags())
 	return c
 }
 
-// serve runs a server on cfg until ctx is done; hup is where SIGHUP
-// arrives, and audit events with the stdout sink go to auditOut.
-func serve(ctx context.Context, cfg *config.Config, path string, hup <-chan os.Signal, stderr, auditOut io.Writer) error {
+// serve runs a server on cfg, read from path (as read stamps it before it
+// was read), until ctx is done; hup is where SIGHUP arrives, and audit
+// events with the stdout sink go to auditOut.
+func serve(ctx context.Context, cfg *config.Config, path string, read stamp, hup <-chan os.Signal, stderr, auditOut io.Writer) error {
 	logger := newLogger(cfg.Log, stderr)
 	second := func(sig os.Signal) {
 		logger.Error("second signal: exiting at once; checks and admin calls in flight, and audit events and last_used_at times not yet written, are lost",
@@ -98,7 +101,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, hup <-chan os.S
 	if err != nil {
 		return err
 	}
-	srv.cfgPath, srv.hup = path, hup
+	srv.cfgPath, srv.cfgRead, srv.hup = path, read, hup
 	defer gcfloor.Start(gcHeapFloor, 500*time.Millisecond)()
 	if err := srv.listen(); err != nil {
 		srv.close()
@@ -332,6 +335,7 @@ type server struct {
 	// set, is where SIGHUP arrives (serve catches it for the process's
 	// life); else the config watch catches it while it runs.
 	cfgPath     string
+	cfgRead     stamp // the file at cfgPath as it was before the config in force was first read
 	hup         <-chan os.Signal
 	reloadEvery time.Duration
 	reloads     *prometheus.CounterVec

@@ -130,6 +130,7 @@ func startServerOut(t *testing.T, path string, out serverOutput, tune ...func(*s
 // tune after it listens, before it serves.
 func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*server), tune ...func(*server)) *testServer {
 	t.Helper()
+	read := fileStamp(path)
 	cfg, err := config.Load(path)
 	require.NoError(t, err)
 	// The server's own logger, at debug, in the config's format.
@@ -139,7 +140,7 @@ func startServerTuned(t *testing.T, path string, out serverOutput, pre func(*ser
 		pre(srv)
 	}
 	require.NoError(t, srv.listen())
-	srv.cfgPath, srv.reloadEvery = path, 20*time.Millisecond
+	srv.cfgPath, srv.cfgRead, srv.reloadEvery = path, read, 20*time.Millisecond
 	for _, f := range tune {
 		f(srv)
 	}
