@@ -47,7 +47,7 @@ type httpLimits struct {
 // bytes (a map entry and strings per line), and one client may hold
 // listen.max_connections_per_client (1,024) of them for ReadHeader, then
 // open them again: 64 KiB keeps that within the memory the shipped
-// deployments give the process (measured: about 250 MiB for 1,024 blocks
+// deployments give the process (measured: about 300 MiB for 1,024 blocks
 // of one-byte headers, where 256 KiB made it a gibibyte).
 var decisionLimits = httpLimits{
 	ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 10 * time.Second,
